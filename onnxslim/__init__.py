@@ -1,0 +1,18 @@
+"""onnxslim: post-training structured pruning and static INT8 quantization of ONNX models.
+
+The Python API mirrors the command line::
+
+    import onnxslim
+    summary = onnxslim.inspect("model.onnx")
+    report = onnxslim.validate("model.onnx", "model.int8.onnx", "data/")
+"""
+
+__version__ = "0.1.0"
+
+from onnxslim.errors import OnnxSlimError  # noqa: E402
+from onnxslim.ir.io import load_model, save_model  # noqa: E402
+from onnxslim.optimize import optimize  # noqa: E402
+from onnxslim.summary import inspect  # noqa: E402
+from onnxslim.validate import Gates, validate  # noqa: E402
+
+__all__ = ["OnnxSlimError", "Gates", "inspect", "load_model", "optimize", "save_model", "validate", "__version__"]

@@ -1,0 +1,208 @@
+"""The ``onnxslim`` command line: thin wrappers over the Python API."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from onnxslim import __version__
+from onnxslim.cli_options import input_shapes_option, output_option, providers_option, quiet_option, report_option, threads_option
+from onnxslim.errors import OnnxSlimError
+from onnxslim.report import to_json, write_report
+
+console = Console()
+err_console = Console(stderr=True)
+
+GATE_FAILED_EXIT = 3
+
+
+class _Group(click.Group):
+    """Turns onnxslim's user-facing errors into one line and an exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OnnxSlimError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxslim")
+def main() -> None:
+    """Make trained ONNX models smaller and faster: prune, quantize, and prove it with onnxruntime."""
+
+
+def _finish(report: dict, report_path: str | None) -> None:
+    if report_path:
+        write_report(report, report_path)
+        err_console.print(f"report written to {report_path}", highlight=False)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value in (float("inf"), float("-inf")):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _count(value: int) -> str:
+    return f"{value:,}"
+
+
+# ---------------------------------------------------------------- inspect
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@input_shapes_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of tables.")
+@report_option
+def inspect(model, input_shapes, as_json, report_path):
+    """Show opset, inputs/outputs, op histogram, parameters and MACs of MODEL."""
+    from onnxslim.summary import inspect as inspect_model
+
+    summary = inspect_model(model, input_shapes=input_shapes)
+    data = summary.to_dict()
+    if as_json:
+        click.echo(to_json(data))
+    else:
+        _print_summary(summary)
+    _finish(data, report_path)
+
+
+def _print_summary(summary) -> None:
+    opsets = ", ".join(f"{domain} {version}" for domain, version in summary.opsets.items())
+    console.print(f"[bold]{escape(summary.path)}[/]  IR {summary.ir_version}, opset {opsets}" + (f", from {summary.producer}" if summary.producer else ""), highlight=False)
+    table = Table(box=None, pad_edge=False)
+    table.add_column("")
+    table.add_column("name")
+    table.add_column("dtype")
+    table.add_column("shape")
+    for kind, specs in (("input", summary.inputs), ("output", summary.outputs)):
+        for spec in specs:
+            table.add_row(kind, escape(spec.name), spec.dtype_name, escape(spec.shape_text()))
+    console.print(table)
+    ops = ", ".join(f"{op} {count}" for op, count in summary.op_histogram.items())
+    console.print(f"nodes: {summary.nodes}  ({ops})", highlight=False)
+    console.print(f"parameters: {_count(summary.parameters)}  weights: {summary.weight_bytes / 1e6:.2f} MB", highlight=False)
+    macs = f"{summary.macs / 1e6:,.1f} M"
+    if summary.macs_unknown_nodes:
+        macs += f" (shapes unknown for {len(summary.macs_unknown_nodes)} weighted node(s); give --input-shapes)"
+    console.print(f"multiply-accumulates: {macs}", highlight=False)
+
+
+# ---------------------------------------------------------------- optimize
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@output_option
+@report_option
+def optimize(model, output, report_path):
+    """Clean MODEL up: Constant weights to initializers, constant folding, BatchNorm folding, dead code."""
+    from onnxslim.optimize import optimize as optimize_model
+
+    _, report = optimize_model(model, output)
+    for result in report.passes:
+        for change in result.changes:
+            console.print(f"[green]{result.name}[/]: {change}", highlight=False)
+        for decline in result.declined:
+            console.print(f"[yellow]{result.name}[/]: left {decline.where}: {decline.reason}", highlight=False)
+    console.print(
+        f"nodes {report.nodes_before} -> {report.nodes_after}, parameters {_count(report.parameters_before)} -> {_count(report.parameters_after)}; wrote {output}",
+        highlight=False,
+    )
+    _finish(report.to_dict(), report_path)
+
+
+# ---------------------------------------------------------------- validate
+@main.command()
+@click.argument("reference", type=click.Path(dir_okay=True))
+@click.argument("candidate", type=click.Path(dir_okay=True))
+@click.option("--data", default=None, help="Folder of .npz batches (keys = input names), or 'random'.")
+@input_shapes_option
+@providers_option()
+@threads_option
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs of each model before timing.")
+@click.option("--runs", type=click.IntRange(min=0), default=50, show_default=True, help="Timed runs of each model, interleaved (0: no timing).")
+@click.option("--min-cosine", type=float, default=None, help="Fail (exit 3) when an output's cosine similarity is below this.")
+@click.option("--min-snr", "min_snr_db", type=float, default=None, help="Fail when an output's SNR in dB is below this.")
+@click.option("--max-abs-error", type=float, default=None, help="Fail when an output's largest absolute error exceeds this.")
+@click.option("--min-top1", type=click.FloatRange(0, 1), default=None, help="Fail when top-1 agreement of class-score outputs is below this.")
+@click.option("--max-latency-ratio", type=float, default=None, help="Fail when candidate/reference median latency exceeds this.")
+@report_option
+@quiet_option
+def validate(reference, candidate, data, input_shapes, providers, threads, warmup, runs, min_cosine, min_snr_db, max_abs_error, min_top1, max_latency_ratio, report_path, quiet):
+    """Compare CANDIDATE with REFERENCE: accuracy per output, latency, where nodes ran."""
+    from onnxslim.validate import Gates, validate as validate_models
+
+    if data is None:
+        raise click.UsageError("give --data DIR (a folder of .npz batches) or --data random")
+    gates = Gates(min_cosine, min_snr_db, max_abs_error, min_top1, max_latency_ratio)
+    report = validate_models(
+        reference, candidate, data, providers=providers, input_shapes=input_shapes, threads=threads or None, warmup=warmup, runs=runs, gates=gates, show_progress=not quiet
+    )
+    _print_validation(report)
+    _finish(report.to_dict(), report_path)
+    if not report.complete:
+        sys.exit(1)
+    if not report.passed:
+        sys.exit(GATE_FAILED_EXIT)
+
+
+def _print_validation(report) -> None:
+    for warning in report.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    console.print(f"data: {report.data}; threads: {report.threads or 'onnxruntime default'}", highlight=False)
+    accuracy = Table(title="accuracy (candidate vs reference)", title_justify="left")
+    for column in ("provider", "output", "cosine", "SNR dB", "max abs", "mean abs", "top-1"):
+        accuracy.add_column(column, justify="right" if column not in ("provider", "output") else "left")
+    timing = Table(title="latency, interleaved", title_justify="left")
+    for column in ("provider", "nodes ran on", "reference median / p90 ms", "candidate median / p90 ms", "ratio"):
+        timing.add_column(column, justify="right" if "ms" in column or column == "ratio" else "left")
+    for result in report.providers:
+        name = result.to_dict()["provider"]
+        if result.status == "not available":
+            accuracy.add_row(name, "-", "not available", "", "", "", "")
+            continue
+        for output in result.outputs:
+            cos = _fmt(output.cosine, 6) + (" (degenerate)" if output.degenerate else "")
+            accuracy.add_row(name, escape(output.name), cos, _fmt(output.snr_db, 3), _fmt(output.max_abs), _fmt(output.mean_abs), _fmt(output.top1, 4))
+        placement = result.placement.get("candidate", {}).get("nodes_by_provider", {})
+        ran = ", ".join(f"{p} {n}" for p, n in placement.items()) or "-"
+        if result.status != "ok":
+            ran += f" [red]({result.status})[/]"
+        latency = result.latency
+        if latency:
+            ref, cand = latency["reference"], latency["candidate"]
+            timing.add_row(name, ran, f"{ref['median_ms']:.3f} / {ref['p90_ms']:.3f}", f"{cand['median_ms']:.3f} / {cand['p90_ms']:.3f}", f"{latency['ratio']:.3f}")
+        else:
+            timing.add_row(name, ran, "-", "-", "-")
+    console.print(accuracy)
+    console.print(timing)
+    failed = [g for g in report.gates if not g.passed]
+    for gate in failed:
+        where = f"{gate.provider}" + (f" output '{gate.output}'" if gate.output else "")
+        console.print(f"[red]gate {gate.gate}: {where}: {_fmt(gate.value, 6)} vs limit {gate.limit}[/]", highlight=False)
+    if not report.complete:
+        console.print("[bold red]INCOMPLETE[/]: not every provider ran (see warnings)")
+    elif report.passed:
+        checked = f"{len(report.gates)} gate(s) checked" if report.gates else "no gates set"
+        console.print(f"[bold green]PASSED[/] ({checked})")
+    else:
+        console.print(f"[bold red]FAILED[/] ({len(failed)} of {len(report.gates)} gate(s) failed)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,179 @@
+"""Where batches of model inputs come from.
+
+The project's one data format is a folder of ``.npz`` files, one batch each,
+whose keys are the model's input names (see ``calibration/README.md``). A
+:class:`DataSource` yields ``(label, {input name: array})`` pairs, where the
+label names the file a batch came from so that errors can point at it.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Iterator, Mapping, Protocol
+
+import numpy as np
+
+from onnxslim.data.checks import check_batch
+from onnxslim.errors import DataError, UsageError
+from onnxslim.ir.tensors import TensorSpec
+
+Batch = dict[str, np.ndarray]
+
+
+class DataSource(Protocol):
+    """Yields labelled batches; ``len()`` is the number of batches when known."""
+
+    description: str
+
+    def __iter__(self) -> Iterator[tuple[str, Batch]]: ...
+
+    def __len__(self) -> int: ...
+
+
+class NpzFolder:
+    """A folder of ``.npz`` files, read in name order, one batch each."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.exists():
+            raise DataError(f"data folder not found: {self.folder}")
+        if self.folder.is_file():
+            if self.folder.suffix != ".npz":
+                raise DataError(f"{self.folder}: data must be a folder of .npz files (or one .npz file)")
+            self.files = [self.folder]
+        else:
+            self.files = sorted(self.folder.glob("*.npz"))
+        if not self.files:
+            raise DataError(f"data folder {self.folder} holds no .npz files")
+        self.description = f"{len(self.files)} batch(es) from {self.folder}"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __iter__(self) -> Iterator[tuple[str, Batch]]:
+        for path in self.files:
+            yield str(path), self._read(path)
+
+    @staticmethod
+    def _read(path: Path) -> Batch:
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            raise DataError(f"{path}: not a readable .npz file ({str(exc).splitlines()[0][:120]})") from None
+
+
+def parse_input_shapes(specs: str | list[str] | tuple[str, ...] | None) -> dict[str, tuple[int, ...]]:
+    """Parse ``name:1,3,224,224`` entries (several given as a list or separated by spaces)."""
+    if not specs:
+        return {}
+    items = specs.split() if isinstance(specs, str) else [part for spec in specs for part in spec.split()]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        name, sep, dims = item.rpartition(":")
+        if not sep or not name:
+            raise UsageError(f"--input-shapes entry '{item}' is not NAME:D1,D2,...")
+        try:
+            shape = tuple(int(d) for d in dims.split(",") if d.strip())
+        except ValueError:
+            raise UsageError(f"--input-shapes entry '{item}': dimensions must be integers") from None
+        if any(d < 0 for d in shape):
+            raise UsageError(f"--input-shapes entry '{item}': dimensions must not be negative")
+        shapes[name] = shape
+    return shapes
+
+
+def resolve_shape(spec: TensorSpec, overrides: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """A concrete shape for ``spec``: the override if given, else its static dims."""
+    if spec.name in overrides:
+        shape = overrides[spec.name]
+        if spec.shape is not None:
+            if len(shape) != len(spec.shape):
+                raise UsageError(f"--input-shapes {spec.name}: rank {len(shape)} given, the model expects {spec.shape_text()}")
+            for axis, (dim, size) in enumerate(zip(spec.shape, shape)):
+                if isinstance(dim, int) and dim != size:
+                    raise UsageError(f"--input-shapes {spec.name}: axis {axis} is {dim} in the model, {size} given")
+        return shape
+    if spec.shape is None:
+        raise UsageError(f"input '{spec.name}' has unknown rank; give --input-shapes {spec.name}:D1,D2,...")
+    dynamic = [(axis, dim) for axis, dim in enumerate(spec.shape) if not isinstance(dim, int)]
+    if dynamic:
+        axis, dim = dynamic[0]
+        label = f"'{dim}'" if dim else "unnamed"
+        raise UsageError(
+            f"input '{spec.name}' has dynamic dimension {label} (axis {axis}); give --input-shapes {spec.name}:"
+            + ",".join("N" if not isinstance(d, int) else str(d) for d in spec.shape)
+        )
+    return tuple(int(d) for d in spec.shape)
+
+
+class RandomInputs:
+    """Seeded random batches shaped like the model's inputs; proves little, and says so."""
+
+    def __init__(self, inputs: list[TensorSpec], shapes: Mapping[str, tuple[int, ...]] | None = None, *, batches: int = 4, seed: int = 0):
+        unknown = [name for name in (shapes or {}) if name not in {s.name for s in inputs}]
+        if unknown:
+            raise UsageError(f"--input-shapes names '{unknown[0]}', which is not a model input ({', '.join(s.name for s in inputs)})")
+        self.inputs = inputs
+        self.shapes = {spec.name: resolve_shape(spec, shapes or {}) for spec in inputs}
+        self.batches = batches
+        self.seed = seed
+        self.description = f"{batches} random batch(es) (seed {seed})"
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[tuple[str, Batch]]:
+        rng = np.random.default_rng(self.seed)
+        for index in range(self.batches):
+            batch: Batch = {}
+            for spec in self.inputs:
+                shape = self.shapes[spec.name]
+                dtype = spec.dtype if spec.dtype is not None else np.dtype(np.float32)
+                if dtype.kind == "f":
+                    batch[spec.name] = rng.standard_normal(shape).astype(dtype)
+                elif dtype.kind in "iu":
+                    batch[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
+                elif dtype.kind == "b":
+                    batch[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
+                else:
+                    raise UsageError(f"input '{spec.name}' is {dtype}; random data cannot be made for it")
+            yield f"random batch {index}", batch
+
+
+class CheckedSource:
+    """Wraps a source and checks each batch against the model's inputs as it is read."""
+
+    def __init__(self, source: DataSource, inputs: list[TensorSpec], *, finite: bool = True):
+        self.source = source
+        self.inputs = inputs
+        self.finite = finite
+        self.description = source.description
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self) -> Iterator[tuple[str, Batch]]:
+        for label, batch in self.source:
+            check_batch(batch, self.inputs, label, finite=self.finite)
+            yield label, batch
+
+
+def open_data(
+    data: str | Path | DataSource,
+    inputs: list[TensorSpec],
+    *,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    random_batches: int = 4,
+    seed: int = 0,
+) -> CheckedSource:
+    """Open ``data`` ('random', a folder or file of .npz, or a DataSource) as checked batches."""
+    if isinstance(data, (str, Path)):
+        if str(data) == "random":
+            source: DataSource = RandomInputs(inputs, input_shapes, batches=random_batches, seed=seed)
+        else:
+            source = NpzFolder(data)
+    else:
+        source = data
+    return CheckedSource(source, inputs)

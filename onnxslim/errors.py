@@ -1,0 +1,41 @@
+"""Errors that reach the user as one line.
+
+Everything raised for a user's mistake (a missing file, data that does not fit
+the model, an option out of range) is an :class:`OnnxSlimError`. The CLI prints
+its message on one line and exits non-zero, without a traceback. Anything else
+escaping the CLI is a bug in onnxslim and is shown with its traceback.
+"""
+
+from __future__ import annotations
+
+
+class OnnxSlimError(Exception):
+    """A problem with the user's input, with a message that names what is at fault."""
+
+    exit_code = 1
+
+
+class ModelLoadError(OnnxSlimError):
+    """The model file is missing, unreadable, not ONNX, or inconsistent."""
+
+
+class DataError(OnnxSlimError):
+    """Input or calibration data does not fit the model."""
+
+
+class ProviderError(OnnxSlimError):
+    """An execution provider was asked for that this onnxruntime cannot give."""
+
+
+class ModelWriteError(OnnxSlimError):
+    """The output could not be written, or did not pass its checks."""
+
+
+class NothingToDoError(OnnxSlimError):
+    """The requested transformation found nothing it could change."""
+
+
+class UsageError(OnnxSlimError):
+    """An option or argument was given a value that cannot be used."""
+
+    exit_code = 2

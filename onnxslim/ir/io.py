@@ -1,0 +1,232 @@
+"""Loading and saving ONNX models without losing data.
+
+Loading accepts a path or a ``ModelProto`` and refuses, with one line naming the
+file, anything that is not a usable ONNX model. External data is read only from
+inside the model's folder.
+
+Saving is atomic: the model (and its external data file, when it has one) is
+written into a temporary folder beside the destination, checked there with
+``onnx.checker`` (by path, so models over 2 GB are checked too) and, optionally,
+by opening an onnxruntime session; only then are the files renamed into place.
+A failed save leaves nothing behind and never touches an existing file other
+than the destination it replaces.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Union
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from onnxslim.errors import ModelLoadError, ModelWriteError
+
+ModelLike = Union[str, os.PathLike, onnx.ModelProto]
+
+# protobuf cannot serialize a message of 2 GiB or more; keep a margin for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+# Tensors smaller than this stay inside the .onnx file when external data is written.
+EXTERNAL_TENSOR_MIN_BYTES = 1024
+
+
+def _tensors_of(model: onnx.ModelProto):
+    return external_data_helper._get_all_tensors(model)
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(external_data_helper.uses_external_data(t) for t in _tensors_of(model))
+
+
+def model_weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes held by tensors in the model (initializers, Constant values, subgraphs)."""
+    total = 0
+    for tensor in _tensors_of(model):
+        if external_data_helper.uses_external_data(tensor):
+            info = external_data_helper.ExternalDataInfo(tensor)
+            total += int(info.length or 0)
+        elif tensor.HasField("raw_data"):
+            total += len(tensor.raw_data)
+        else:
+            total += tensor.ByteSize()
+    return total
+
+
+def _check_external_locations(model: onnx.ModelProto, base_dir: Path, model_path: Path) -> None:
+    base = base_dir.resolve()
+    for tensor in _tensors_of(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        location = info.location or ""
+        if not location or os.path.isabs(location):
+            raise ModelLoadError(
+                f"{model_path}: tensor '{tensor.name}' has external data at '{location}', "
+                "which is not a path relative to the model's folder"
+            )
+        target = (base / location).resolve()
+        if base != target and base not in target.parents:
+            raise ModelLoadError(
+                f"{model_path}: tensor '{tensor.name}' points at external data '{location}' "
+                "outside the model's folder; refusing to read it"
+            )
+        if not target.is_file():
+            raise ModelLoadError(
+                f"{model_path}: external data file '{location}' of tensor '{tensor.name}' is missing"
+            )
+        size = target.stat().st_size
+        end = int(info.offset or 0) + int(info.length or 0)
+        if info.length is not None and end > size:
+            raise ModelLoadError(
+                f"{model_path}: external data file '{location}' is truncated "
+                f"(tensor '{tensor.name}' needs bytes up to {end}, file has {size})"
+            )
+
+
+def load_model(model: ModelLike, *, load_weights: bool = True) -> onnx.ModelProto:
+    """Load a model from a path, or return a copy of a ``ModelProto``.
+
+    The returned proto is the caller's to change: a proto passed in is copied,
+    so the caller's object is never modified by later passes.
+    """
+    if isinstance(model, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    path = Path(model)
+    if not path.exists():
+        raise ModelLoadError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder, not an ONNX model file")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path} is empty, not an ONNX model")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"{path} is not a readable ONNX model (truncated or corrupted: {exc})") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    _check_plausible(proto, path)
+    if _uses_external_data(proto):
+        _check_external_locations(proto, path.parent, path)
+        if load_weights:
+            external_data_helper.load_external_data_for_model(proto, str(path.parent))
+    return proto
+
+
+def _check_plausible(proto: onnx.ModelProto, path: Path) -> None:
+    # Protobuf happily parses many non-ONNX byte strings into a mostly empty message.
+    if proto.ir_version <= 0 or not proto.HasField("graph"):
+        raise ModelLoadError(f"{path} is not an ONNX model (no IR version or graph in the file)")
+    if not proto.graph.output:
+        raise ModelLoadError(f"{path} is not a usable ONNX model: its graph has no outputs")
+    if not any(op.domain in ("", "ai.onnx") for op in proto.opset_import) and proto.graph.node:
+        raise ModelLoadError(f"{path} does not declare the default ONNX opset")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    verify: Callable[[Path], None] | None = None,
+    protect: tuple[str | os.PathLike, ...] = (),
+) -> Path:
+    """Write ``model`` to ``path`` atomically and return the path.
+
+    ``external_data``: ``None`` writes the weights to ``<name>.data`` beside the
+    model when they would not fit in one protobuf (about 2 GB), ``True`` always,
+    ``False`` never. ``verify`` is called with the temporary model path after
+    ``onnx.checker`` passed (onnxslim passes an onnxruntime session check here);
+    it raises to refuse the file. ``protect`` lists files that must never be
+    overwritten, typically the input model.
+    """
+    dest = Path(path)
+    for guarded in protect:
+        guarded_path = Path(guarded)
+        if dest.resolve() == guarded_path.resolve() or _same_file(dest, guarded_path):
+            raise ModelWriteError(f"output {dest} is the input model; choose another output path")
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if dest.is_dir():
+        raise ModelWriteError(f"output {dest} is a folder; give a file name ending in .onnx")
+    if not folder.exists():
+        raise ModelWriteError(f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ModelWriteError(f"cannot write to output folder {folder}: permission denied")
+
+    if external_data is None:
+        external_data = model_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD or _uses_external_data(model)
+    data_name = dest.name + ".data"
+    for guarded in protect:
+        if _same_file(folder / data_name, Path(guarded)):
+            raise ModelWriteError(f"output data file {folder / data_name} would overwrite an input file")
+
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".onnxslim-", dir=folder))
+    except OSError as exc:
+        raise ModelWriteError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
+    weights_at: Path | None = None
+    try:
+        staged_model = staging / dest.name
+        if external_data:
+            weights_at = staging
+            _write_with_external_data(model, staged_model, data_name)
+        else:
+            try:
+                data = model.SerializeToString()
+            except ValueError as exc:
+                raise ModelWriteError(f"{dest}: model too large for one file ({exc}); use external data") from None
+            with open(staged_model, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        try:
+            onnx.checker.check_model(str(staged_model))
+        except onnx.checker.ValidationError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelWriteError(f"{dest}: the result does not pass onnx.checker ({first}); nothing written") from None
+        if verify is not None:
+            verify(staged_model)
+        staged_data = staging / data_name
+        if staged_data.exists():
+            os.replace(staged_data, folder / data_name)
+            weights_at = folder
+        os.replace(staged_model, dest)
+    except OSError as exc:
+        raise ModelWriteError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    finally:
+        if weights_at is not None:
+            # Writing moved the weights out of the proto; read them back so the
+            # caller's model is the same before and after saving, failed or not.
+            external_data_helper.load_external_data_for_model(model, str(weights_at))
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def _write_with_external_data(model: onnx.ModelProto, staged_model: Path, data_name: str) -> None:
+    if _uses_external_data(model):
+        # Tensors already pointing at some file must be in memory before they can be moved.
+        missing = [t.name for t in _tensors_of(model) if external_data_helper.uses_external_data(t) and not t.HasField("raw_data")]
+        if missing:
+            raise ModelWriteError(f"{staged_model.name}: weights of '{missing[0]}' were never loaded; load the model with its weights")
+    external_data_helper.convert_model_to_external_data(
+        model, all_tensors_to_one_file=True, location=data_name, size_threshold=EXTERNAL_TENSOR_MIN_BYTES
+    )
+    # write_external_data_tensors writes one tensor at a time and clears its raw bytes,
+    # so memory never holds a second copy of the weights.
+    external_data_helper.write_external_data_tensors(model, str(staged_model.parent))
+    with open(staged_model, "wb") as handle:
+        handle.write(model.SerializeToString())
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -1,0 +1,53 @@
+"""``optimize``: the cleanup passes as a command of their own."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxslim.ir.io import load_model
+from onnxslim.ir.write import write_verified
+from onnxslim.passes import CLEANUP_PASSES, GraphPass, PassResult, run_passes
+from onnxslim.summary import count_parameters
+
+
+@dataclass
+class OptimizeReport:
+    model: str
+    output: str | None
+    nodes_before: int
+    nodes_after: int
+    parameters_before: int
+    parameters_after: int
+    passes: list[PassResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "command": "optimize",
+            "model": self.model,
+            "output": self.output,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "parameters_before": self.parameters_before,
+            "parameters_after": self.parameters_after,
+            "passes": [p.to_dict() for p in self.passes],
+        }
+
+
+def optimize(
+    model: str | os.PathLike | onnx.ModelProto,
+    output: str | os.PathLike | None = None,
+    *,
+    passes: tuple[GraphPass, ...] = CLEANUP_PASSES,
+) -> tuple[onnx.ModelProto, OptimizeReport]:
+    """Run the cleanup passes on a copy of ``model``; write it to ``output`` when given."""
+    proto = load_model(model)
+    nodes_before, params_before = len(proto.graph.node), count_parameters(proto)
+    results = run_passes(proto, passes)
+    label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
+    if output is not None:
+        write_verified(proto, output, source=None if isinstance(model, onnx.ModelProto) else model)
+    report = OptimizeReport(label, str(output) if output else None, nodes_before, len(proto.graph.node), params_before, count_parameters(proto), results)
+    return proto, report

@@ -1,0 +1,58 @@
+"""Graph cleanup passes and the pipeline that runs them.
+
+Each pass is a function ``(model) -> PassResult`` that edits the model in
+place; :func:`cleanup` runs the standard sequence on a copy.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import onnx
+
+from onnxslim.passes.base import Decline, PassResult
+from onnxslim.passes.batchnorm import fuse_batchnorm
+from onnxslim.passes.cleanup import remove_dead_nodes, remove_identities
+from onnxslim.passes.constants import constants_to_initializers
+from onnxslim.passes.fold import fold_constants
+from onnxslim.passes.opset import default_opset, upgrade_opset
+
+GraphPass = Callable[[onnx.ModelProto], PassResult]
+
+CLEANUP_PASSES: tuple[GraphPass, ...] = (
+    constants_to_initializers,
+    remove_identities,
+    fold_constants,
+    fuse_batchnorm,
+    remove_dead_nodes,
+)
+
+PASSES_BY_NAME: dict[str, GraphPass] = {
+    "constants-to-initializers": constants_to_initializers,
+    "remove-identity": remove_identities,
+    "fold-constants": fold_constants,
+    "fuse-batchnorm": fuse_batchnorm,
+    "remove-dead": remove_dead_nodes,
+}
+
+
+def run_passes(model: onnx.ModelProto, passes: Sequence[GraphPass] = CLEANUP_PASSES) -> list[PassResult]:
+    """Run ``passes`` in order on ``model`` (in place) and return what each did."""
+    return [graph_pass(model) for graph_pass in passes]
+
+
+__all__ = [
+    "CLEANUP_PASSES",
+    "PASSES_BY_NAME",
+    "Decline",
+    "GraphPass",
+    "PassResult",
+    "constants_to_initializers",
+    "default_opset",
+    "fold_constants",
+    "fuse_batchnorm",
+    "remove_dead_nodes",
+    "remove_identities",
+    "run_passes",
+    "upgrade_opset",
+]

@@ -1,0 +1,142 @@
+"""Fold inference-mode BatchNormalization into the Conv, ConvTranspose or Gemm before it.
+
+With s = gamma / sqrt(var + eps), a BatchNormalization y = s * (x - mean) + beta
+after a layer x = W * a + b equals a layer with weights W' = s * W (scaled on
+the output-channel axis) and bias b' = s * (b - mean) + beta. The output channel
+axis of W is 0 for Conv, 1 inside each group for ConvTranspose, and the N axis
+for Gemm (0 with transB=1, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxslim.ir.tensors import all_value_names, consumers_map, constant_names, from_array, initializer_map, producer_map, to_array, unique_name
+from onnxslim.passes.base import PassResult
+
+FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for index, attr in enumerate(node.attribute):
+        if attr.name == name:
+            del node.attribute[index]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _scale_weights(layer: onnx.NodeProto, weight: np.ndarray, scale: np.ndarray) -> np.ndarray | None:
+    if layer.op_type == "Conv":
+        return weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+    if layer.op_type == "ConvTranspose":
+        groups = int(_attr(layer, "group", 1))
+        c_in, c_out_per_group = weight.shape[0], weight.shape[1]
+        grouped = weight.reshape((groups, c_in // groups, c_out_per_group) + weight.shape[2:])
+        factor = scale.reshape((groups, 1, c_out_per_group) + (1,) * (weight.ndim - 2))
+        return (grouped * factor).reshape(weight.shape)
+    if layer.op_type == "Gemm":
+        if weight.ndim != 2:
+            return None
+        if int(_attr(layer, "transB", 0)):
+            return weight * scale[:, None]
+        return weight * scale[None, :]
+    return None
+
+
+def _out_channels(layer: onnx.NodeProto, weight: np.ndarray) -> int:
+    if layer.op_type == "ConvTranspose":
+        return weight.shape[1] * int(_attr(layer, "group", 1))
+    if layer.op_type == "Gemm":
+        return weight.shape[0] if int(_attr(layer, "transB", 0)) else weight.shape[1]
+    return weight.shape[0]
+
+
+def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
+    result = PassResult("fuse-batchnorm")
+    graph = model.graph
+    inits = initializer_map(graph)
+    constants = constant_names(graph)
+    producers = producer_map(graph)
+    consumers = consumers_map(graph)
+    outputs = {v.name for v in graph.output}
+    taken = all_value_names(graph)
+    fused_bn: set[int] = set()
+    for bn in graph.node:
+        if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx"):
+            continue
+        where = bn.name or bn.output[0]
+        if len([o for o in bn.output if o]) > 1 or int(_attr(bn, "training_mode", 0)):
+            result.decline(where, "training-mode outputs (running mean/var) are used")
+            continue
+        params = list(bn.input[1:5])
+        if len(params) < 4 or not all(p in constants for p in params):
+            result.decline(where, "scale, bias, mean or variance is not a constant initializer")
+            continue
+        layer = producers.get(bn.input[0])
+        if layer is None or layer.op_type not in FOLDABLE or layer.domain not in ("", "ai.onnx"):
+            result.decline(where, f"input comes from {layer.op_type if layer is not None else 'a graph input'}, not Conv/ConvTranspose/Gemm")
+            continue
+        if len(consumers.get(bn.input[0], [])) != 1 or bn.input[0] in outputs:
+            result.decline(where, f"output of {layer.name or layer.op_type} is also read elsewhere")
+            continue
+        if len(layer.input) < 2 or layer.input[1] not in constants:
+            result.decline(where, f"weights of {layer.name or layer.op_type} are not a constant initializer")
+            continue
+        has_bias = len(layer.input) > 2 and bool(layer.input[2])
+        if has_bias and layer.input[2] not in constants:
+            result.decline(where, f"bias of {layer.name or layer.op_type} is not a constant initializer")
+            continue
+        weight = to_array(inits[layer.input[1]])
+        if weight.dtype not in (np.float32, np.float64, np.float16):
+            result.decline(where, f"weights are {weight.dtype}, not floating point")
+            continue
+        gamma, beta, mean, var = (to_array(inits[p]).astype(np.float64) for p in params)
+        eps = float(_attr(bn, "epsilon", 1e-5))
+        scale = gamma / np.sqrt(var + eps)
+        channels = _out_channels(layer, weight)
+        if scale.shape != (channels,):
+            result.decline(where, f"{scale.shape[0] if scale.ndim == 1 else scale.shape} BN channels vs {channels} layer outputs")
+            continue
+        bias = np.zeros(channels, dtype=np.float64)
+        if has_bias:
+            raw_bias = to_array(inits[layer.input[2]]).astype(np.float64)
+            if layer.op_type == "Gemm":
+                beta_attr = float(_attr(layer, "beta", 1.0))
+                if raw_bias.size not in (1, channels):
+                    result.decline(where, f"Gemm bias of shape {raw_bias.shape} is not per output feature")
+                    continue
+                raw_bias = np.broadcast_to(raw_bias.reshape(-1), (channels,)) * beta_attr
+            bias = raw_bias.reshape(channels)
+        new_weight = _scale_weights(layer, weight.astype(np.float64), scale)
+        if new_weight is None:
+            result.decline(where, "weight layout not understood")
+            continue
+        new_bias = (bias - mean) * scale + beta
+        weight_name = unique_name(layer.input[1] + "_bnfused", taken)
+        bias_name = unique_name((layer.input[2] if has_bias else layer.output[0] + "_bias") + "_bnfused", taken)
+        graph.initializer.append(from_array(new_weight.astype(weight.dtype), weight_name))
+        graph.initializer.append(from_array(new_bias.astype(weight.dtype), bias_name))
+        layer.input[1] = weight_name
+        if has_bias:
+            layer.input[2] = bias_name
+        else:
+            layer.input.append(bias_name)
+        if layer.op_type == "Gemm":
+            _set_attr(layer, "beta", 1.0)
+        layer.output[0] = bn.output[0]
+        fused_bn.add(id(bn))
+        result.change(f"folded {where} into {layer.name or layer.op_type}")
+    if fused_bn:
+        kept = [n for n in graph.node if id(n) not in fused_bn]
+        del graph.node[:]
+        graph.node.extend(kept)
+    return result

@@ -1,0 +1,70 @@
+"""Turn weights held in ``Constant`` nodes into initializers.
+
+Exporters such as Paddle2ONNX put every weight in a Constant node. Quantizers
+and pruners look for weights among initializers, so a weight in a Constant
+node would be treated as an activation (one scale, or missed entirely). This
+pass moves each Constant of the main graph into an initializer of the same
+name; Constants inside subgraphs are left where they are, since an initializer
+there would change the subgraph's scope.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxslim.passes.base import PassResult
+
+
+def _constant_tensor(node: onnx.NodeProto) -> tuple[onnx.TensorProto | None, str]:
+    attrs = {a.name: a for a in node.attribute}
+    output = node.output[0]
+    if "value" in attrs:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(attrs["value"].t)
+        tensor.name = output
+        return tensor, ""
+    if "value_float" in attrs:
+        return numpy_helper.from_array(np.array(attrs["value_float"].f, dtype=np.float32), output), ""
+    if "value_floats" in attrs:
+        return numpy_helper.from_array(np.array(list(attrs["value_floats"].floats), dtype=np.float32), output), ""
+    if "value_int" in attrs:
+        return numpy_helper.from_array(np.array(attrs["value_int"].i, dtype=np.int64), output), ""
+    if "value_ints" in attrs:
+        return numpy_helper.from_array(np.array(list(attrs["value_ints"].ints), dtype=np.int64), output), ""
+    if "sparse_value" in attrs:
+        return None, "sparse constant kept as a node"
+    if "value_string" in attrs or "value_strings" in attrs:
+        return None, "string constant kept as a node"
+    return None, "constant refers to an outer attribute"
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> PassResult:
+    result = PassResult("constants-to-initializers")
+    graph = model.graph
+    if model.ir_version < 4:
+        # Before IR 4 every initializer also had to be a graph input, which would make weights overridable.
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                result.decline(node.name or node.output[0], f"IR version {model.ir_version} < 4 requires initializers to be inputs")
+        return result
+    kept: list[onnx.NodeProto] = []
+    moved = 0
+    for node in graph.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            kept.append(node)
+            continue
+        tensor, reason = _constant_tensor(node)
+        if tensor is None:
+            result.decline(node.name or node.output[0], reason)
+            kept.append(node)
+            continue
+        graph.initializer.append(tensor)
+        moved += 1
+    if moved:
+        del graph.node[:]
+        graph.node.extend(kept)
+        result.change(f"moved {moved} Constant node(s) into initializers")
+    return result
+

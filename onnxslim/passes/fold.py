@@ -1,0 +1,57 @@
+"""Constant folding of weight-only subgraphs, through onnx-graphsurgeon.
+
+graphsurgeon evaluates every node whose inputs are all constants with
+onnxruntime and replaces it by its value (Transpose/Cast/Reshape of weights,
+DequantizeLinear of stored INT8 weights, shape arithmetic on static shapes).
+Folding is refused when it would grow the model by more than
+``max_growth_bytes`` (an Expand or Tile of a constant can be huge) and for
+models whose weights would not fit in one protobuf, where graphsurgeon would
+need a second copy of them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx
+
+from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, model_weight_bytes
+from onnxslim.passes.base import PassResult
+
+
+def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 16 << 20) -> PassResult:
+    result = PassResult("fold-constants")
+    if model_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD // 2:
+        result.decline("model", "weights too large to fold without a second copy in memory")
+        return result
+    import onnx_graphsurgeon as gs
+
+    before = Counter(node.op_type for node in model.graph.node)
+    size_before = model_weight_bytes(model)
+    try:
+        graph = gs.import_onnx(model)
+        graph.fold_constants(error_ok=True, size_threshold=max_growth_bytes, flatten_subgraphs=False)
+        graph.cleanup(remove_unused_graph_inputs=False)
+        folded = gs.export_onnx(graph, do_type_check=False)
+    except Exception as exc:  # graphsurgeon wraps onnxruntime's own errors
+        result.decline("model", f"constant folding failed and was skipped: {str(exc).splitlines()[0][:200]}")
+        return result
+    if [v.name for v in folded.graph.input] != [v.name for v in model.graph.input] or [
+        v.name for v in folded.graph.output
+    ] != [v.name for v in model.graph.output]:
+        result.decline("model", "folding would have changed the graph's inputs or outputs")
+        return result
+    if model_weight_bytes(folded) > size_before + max_growth_bytes:
+        result.decline("model", "folding would have grown the weights beyond the limit")
+        return result
+    after = Counter(node.op_type for node in folded.graph.node)
+    removed = before - after
+    if not removed:
+        return result
+    folded.ir_version = model.ir_version
+    folded.producer_name = model.producer_name
+    folded.producer_version = model.producer_version
+    model.CopyFrom(folded)
+    detail = ", ".join(f"{count} {op}" for op, count in sorted(removed.items()))
+    result.change(f"folded {sum(removed.values())} node(s) with constant inputs: {detail}")
+    return result

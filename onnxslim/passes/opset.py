@@ -1,0 +1,32 @@
+"""Upgrade the default-domain opset when a later step needs a newer one."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import version_converter
+
+from onnxslim.passes.base import PassResult
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 0
+
+
+def upgrade_opset(model: onnx.ModelProto, target: int = 13) -> PassResult:
+    """Convert the model to opset ``target`` if it is older; never downgrades."""
+    result = PassResult("upgrade-opset")
+    current = default_opset(model)
+    if current >= target:
+        return result
+    try:
+        converted = version_converter.convert_version(model, target)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # the converter raises plain RuntimeErrors
+        result.decline("model", f"opset {current} -> {target} conversion failed: {str(exc).splitlines()[0][:200]}")
+        return result
+    model.CopyFrom(converted)
+    result.change(f"upgraded opset {current} -> {target}")
+    return result

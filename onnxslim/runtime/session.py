@@ -1,0 +1,191 @@
+"""onnxruntime sessions with timing and node placement.
+
+A :class:`Runner` owns one session of one model on one execution provider. It
+runs batches, times single runs, and reports where the nodes actually ran
+(from onnxruntime's own profile), so a CUDA session that quietly fell back to
+the CPU is seen as such.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from onnxslim.errors import DataError, ModelLoadError, ProviderError
+from onnxslim.runtime.providers import available_providers, provider_chain, short_name
+
+
+def _ort():
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    return ort
+
+
+@dataclass
+class Placement:
+    """Which execution provider ran how many nodes, from one profiled run."""
+
+    requested: str
+    registered: list[str]
+    nodes_by_provider: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fell_back(self) -> bool:
+        """True when the requested provider ran no node at all (or was never registered)."""
+        if self.requested not in self.registered:
+            return True
+        if not self.nodes_by_provider:
+            return False
+        return self.nodes_by_provider.get(self.requested, 0) == 0
+
+    def to_dict(self) -> dict:
+        return {
+            "requested": short_name(self.requested),
+            "registered": [short_name(p) for p in self.registered],
+            "nodes_by_provider": {short_name(k): v for k, v in self.nodes_by_provider.items()},
+            "fell_back_to_cpu": self.fell_back and self.requested != "CPUExecutionProvider",
+        }
+
+
+def _session_options(threads: int | None, optimization: str, profile_prefix: str | None = None, optimized_path: str | None = None):
+    ort = _ort()
+    options = ort.SessionOptions()
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    options.graph_optimization_level = levels[optimization]
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 4
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    return options
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            return line[:300]
+    return type(exc).__name__
+
+
+class Runner:
+    """One model on one execution provider."""
+
+    def __init__(self, model: str | os.PathLike | bytes, provider: str = "CPUExecutionProvider", *, threads: int | None = 1, optimization: str = "all", label: str = "model"):
+        self.provider = provider
+        self.threads = threads
+        self.label = label
+        self._model = str(model) if isinstance(model, (str, os.PathLike)) else model
+        self._optimization = optimization
+        ort = _ort()
+        if provider not in available_providers():
+            raise ProviderError(
+                f"execution provider '{short_name(provider)}' is not available in this onnxruntime "
+                f"(available: {', '.join(short_name(p) for p in available_providers())})"
+            )
+        try:
+            self.session = ort.InferenceSession(
+                self._model, sess_options=_session_options(threads, optimization), providers=provider_chain(provider)
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types for bad models
+            raise ModelLoadError(f"{label}: onnxruntime cannot load it on {short_name(provider)}: {_first_line(exc)}") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def registered_providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def run(self, feed: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+        try:
+            return self.session.run(outputs, dict(feed))
+        except Exception as exc:
+            raise DataError(f"{self.label}: onnxruntime failed to run this input: {_first_line(exc)}") from None
+
+    def time_once(self, feed: Mapping[str, np.ndarray]) -> float:
+        """Seconds for one run of ``feed``."""
+        start = time.perf_counter()
+        self.session.run(None, dict(feed))
+        return time.perf_counter() - start
+
+    def placement(self, feed: Mapping[str, np.ndarray]) -> Placement:
+        """Run ``feed`` once with profiling and count the nodes each provider ran."""
+        ort = _ort()
+        with tempfile.TemporaryDirectory(prefix="onnxslim-profile-") as folder:
+            options = _session_options(self.threads, self._optimization, profile_prefix=str(Path(folder) / "profile"))
+            session = ort.InferenceSession(self._model, sess_options=options, providers=provider_chain(self.provider))
+            try:
+                session.run(None, dict(feed))
+            except Exception as exc:
+                raise DataError(f"{self.label}: onnxruntime failed to run this input: {_first_line(exc)}") from None
+            profile_file = session.end_profiling()
+            counts = _nodes_by_provider(Path(profile_file))
+            registered = list(session.get_providers())
+        return Placement(requested=self.provider, registered=registered, nodes_by_provider=counts)
+
+
+def _nodes_by_provider(profile_file: Path) -> dict[str, int]:
+    try:
+        events = json.loads(profile_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    nodes: dict[str, str] = {}
+    for event in events:
+        if event.get("cat") != "Node":
+            continue
+        args = event.get("args") or {}
+        provider = args.get("provider")
+        name = str(event.get("name", ""))
+        if provider and name.endswith("_kernel_time"):
+            nodes[name[: -len("_kernel_time")]] = provider
+    return dict(Counter(nodes.values()))
+
+
+def make_runner(model, provider: str = "CPUExecutionProvider", **kwargs) -> Runner:
+    return Runner(model, provider, **kwargs)
+
+
+def check_loads(path: str | os.PathLike) -> None:
+    """Raise ModelLoadError unless onnxruntime's CPU provider can open ``path``."""
+    ort = _ort()
+    try:
+        ort.InferenceSession(str(path), sess_options=_session_options(1, "disable"), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelLoadError(f"{Path(path).name}: onnxruntime cannot load the result: {_first_line(exc)}") from None
+
+
+def optimized_ops(model: str | os.PathLike | bytes, *, threads: int = 1) -> Counter:
+    """Op types onnxruntime's CPU provider runs after its own graph optimizations.
+
+    This is how onnxslim checks that a quantized layout was fused into integer
+    kernels (QLinearConv, MatMulInteger, ...) rather than left as float ops
+    between Quantize/Dequantize pairs.
+    """
+    import onnx
+
+    ort = _ort()
+    with tempfile.TemporaryDirectory(prefix="onnxslim-opt-") as folder:
+        target = str(Path(folder) / "optimized.onnx")
+        options = _session_options(threads, "all", optimized_path=target)
+        ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(target, load_external_data=False)
+    return Counter(node.op_type for node in optimized.graph.node)

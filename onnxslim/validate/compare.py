@@ -1,0 +1,245 @@
+"""``validate``: run a reference and a candidate model on the same data and compare them.
+
+For each execution provider asked for, both models run on every batch; each
+output is compared with streaming statistics, where the nodes ran is read from
+onnxruntime's profile, and latency is measured interleaved on one batch. Gates
+turn the numbers into a verdict.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import onnx
+
+from onnxslim.data.sources import DataSource, open_data
+from onnxslim.errors import DataError, ProviderError
+from onnxslim.ir.io import load_model
+from onnxslim.ir.tensors import graph_inputs, graph_outputs
+from onnxslim.progress import track
+from onnxslim.runtime import Runner, available_providers, resolve_provider
+from onnxslim.runtime.providers import short_name
+from onnxslim.validate.latency import interleaved_latency
+from onnxslim.validate.metrics import OutputComparison, summarize_latency
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Limits that make validation fail; ``None`` means not checked."""
+
+    min_cosine: float | None = None
+    min_snr_db: float | None = None
+    max_abs_error: float | None = None
+    min_top1: float | None = None
+    max_latency_ratio: float | None = None
+
+
+@dataclass
+class GateCheck:
+    gate: str
+    provider: str
+    output: str | None
+    value: float | None
+    limit: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        value = self.value
+        if isinstance(value, float) and math.isinf(value):
+            value = "inf" if value > 0 else "-inf"
+        return {"gate": self.gate, "provider": self.provider, "output": self.output, "value": value, "limit": self.limit, "passed": self.passed}
+
+
+@dataclass
+class ProviderResult:
+    provider: str
+    status: str  # "ok", "not available", "fell back to cpu"
+    message: str = ""
+    outputs: list[OutputComparison] = field(default_factory=list)
+    placement: dict = field(default_factory=dict)
+    latency: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "provider": short_name(self.provider),
+            "status": self.status,
+            "message": self.message,
+            "placement": self.placement,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "latency": self.latency,
+        }
+
+
+@dataclass
+class ValidationReport:
+    reference: str
+    candidate: str
+    data: str
+    random_data: bool
+    threads: int | None
+    providers: list[ProviderResult] = field(default_factory=list)
+    gates: list[GateCheck] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return all(p.status == "ok" for p in self.providers)
+
+    @property
+    def passed(self) -> bool:
+        return self.complete and all(g.passed for g in self.gates)
+
+    def to_dict(self) -> dict:
+        return {
+            "command": "validate",
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "data": self.data,
+            "random_data": self.random_data,
+            "threads": self.threads,
+            "providers": [p.to_dict() for p in self.providers],
+            "gates": [g.to_dict() for g in self.gates],
+            "warnings": list(self.warnings),
+            "complete": self.complete,
+            "passed": self.passed,
+        }
+
+
+def _label(model, default: str) -> str:
+    return str(model) if isinstance(model, (str, os.PathLike)) else default
+
+
+def _as_session_input(model) -> str | bytes:
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    return model.SerializeToString()
+
+
+def validate(
+    reference: str | os.PathLike | onnx.ModelProto,
+    candidate: str | os.PathLike | onnx.ModelProto,
+    data: str | Path | DataSource = "random",
+    *,
+    providers: Sequence[str] = ("cpu",),
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    threads: int | None = 1,
+    warmup: int = 5,
+    runs: int = 50,
+    gates: Gates = Gates(),
+    show_progress: bool = False,
+) -> ValidationReport:
+    """Compare ``candidate`` with ``reference`` on ``data`` for each provider in ``providers``."""
+    resolved = [resolve_provider(p) for p in providers]
+    ref_label, cand_label = _label(reference, "reference"), _label(candidate, "candidate")
+    ref_proto = load_model(reference, load_weights=False)
+    cand_proto = load_model(candidate, load_weights=False)
+    inputs = graph_inputs(ref_proto)
+    _check_same_interface(ref_proto, cand_proto, ref_label, cand_label)
+    source = open_data(data, inputs, input_shapes=input_shapes)
+    is_random = isinstance(data, str) and data == "random"
+    report = ValidationReport(ref_label, cand_label, source.description, is_random, threads)
+    if is_random:
+        report.warnings.append("inputs are random: agreement on random data proves little about real inputs; pass --data DIR")
+    ref_model, cand_model = _as_session_input(reference), _as_session_input(candidate)
+    output_names = [o.name for o in graph_outputs(ref_proto)]
+    available = available_providers()
+    for provider in resolved:
+        if provider not in available:
+            report.providers.append(
+                ProviderResult(provider, "not available", f"{short_name(provider)} is not available in this onnxruntime (available: {', '.join(short_name(p) for p in available)})")
+            )
+            continue
+        report.providers.append(
+            _run_provider(provider, ref_model, cand_model, ref_label, cand_label, source, output_names, threads, warmup, runs, show_progress)
+        )
+    for result in report.providers:
+        if result.status != "ok":
+            report.warnings.append(f"{short_name(result.provider)}: {result.status}: {result.message}")
+        for output in result.outputs:
+            if output.degenerate:
+                report.warnings.append(
+                    f"{short_name(result.provider)}: reference output '{output.name}' is nearly constant (std {output.reference_std:.3g}); any candidate would match it"
+                )
+            if output.nonfinite_candidate:
+                report.warnings.append(f"{short_name(result.provider)}: candidate output '{output.name}' has {output.nonfinite_candidate} NaN/Inf values")
+    report.gates = _check_gates(report.providers, gates)
+    return report
+
+
+def _check_same_interface(ref: onnx.ModelProto, cand: onnx.ModelProto, ref_label: str, cand_label: str) -> None:
+    ref_in = {s.name for s in graph_inputs(ref)}
+    cand_in = {s.name for s in graph_inputs(cand)}
+    if ref_in != cand_in:
+        missing = sorted(ref_in - cand_in) or sorted(cand_in - ref_in)
+        raise DataError(f"{cand_label}: inputs differ from {ref_label} (input '{missing[0]}' is not in both)")
+    ref_out = [s.name for s in graph_outputs(ref)]
+    cand_out = {s.name for s in graph_outputs(cand)}
+    absent = [name for name in ref_out if name not in cand_out]
+    if absent:
+        raise DataError(f"{cand_label}: has no output '{absent[0]}', which {ref_label} has")
+
+
+def _run_provider(provider, ref_model, cand_model, ref_label, cand_label, source, output_names, threads, warmup, runs, show_progress) -> ProviderResult:
+    name = short_name(provider)
+    try:
+        ref_runner = Runner(ref_model, provider, threads=threads, label=ref_label)
+        cand_runner = Runner(cand_model, provider, threads=threads, label=cand_label)
+    except ProviderError as exc:
+        return ProviderResult(provider, "not available", str(exc))
+    result = ProviderResult(provider, "ok")
+    comparisons = [OutputComparison(o) for o in output_names]
+    first = None
+    for label, batch in track(source, f"{name}: comparing outputs", enabled=show_progress):
+        if first is None:
+            first = (label, batch)
+        ref_out = ref_runner.run(batch, output_names)
+        cand_out = cand_runner.run(batch, output_names)
+        for comparison, ref_value, cand_value in zip(comparisons, ref_out, cand_out):
+            comparison.add(ref_value, cand_value, label)
+    result.outputs = comparisons
+    feed = first[1]
+    ref_place = ref_runner.placement(feed)
+    cand_place = cand_runner.placement(feed)
+    result.placement = {"reference": ref_place.to_dict(), "candidate": cand_place.to_dict()}
+    if provider != "CPUExecutionProvider" and (ref_place.fell_back or cand_place.fell_back):
+        which = [lbl for lbl, p in (("reference", ref_place), ("candidate", cand_place)) if p.fell_back]
+        result.status = "fell back to cpu"
+        result.message = f"{' and '.join(which)} ran no node on {name}; onnxruntime fell back to the CPU"
+    if runs > 0:
+        ref_times, cand_times = interleaved_latency(
+            [ref_runner, cand_runner], feed, warmup=warmup, runs=runs, show_progress=show_progress, description=f"{name}: timing"
+        )
+        ref_stats, cand_stats = summarize_latency(ref_times), summarize_latency(cand_times)
+        result.latency = {
+            "threads": threads,
+            "batch": first[0],
+            "reference": ref_stats,
+            "candidate": cand_stats,
+            "ratio": cand_stats["median_ms"] / ref_stats["median_ms"] if ref_stats["median_ms"] else None,
+        }
+    return result
+
+
+def _check_gates(results: list[ProviderResult], gates: Gates) -> list[GateCheck]:
+    checks: list[GateCheck] = []
+    for result in results:
+        if result.status == "not available":
+            continue
+        name = short_name(result.provider)
+        for output in result.outputs:
+            if gates.min_cosine is not None:
+                checks.append(GateCheck("min_cosine", name, output.name, output.cosine, gates.min_cosine, output.cosine >= gates.min_cosine))
+            if gates.min_snr_db is not None:
+                checks.append(GateCheck("min_snr_db", name, output.name, output.snr_db, gates.min_snr_db, output.snr_db >= gates.min_snr_db))
+            if gates.max_abs_error is not None:
+                checks.append(GateCheck("max_abs_error", name, output.name, output.max_abs, gates.max_abs_error, output.max_abs <= gates.max_abs_error))
+            if gates.min_top1 is not None and output.top1 is not None:
+                checks.append(GateCheck("min_top1", name, output.name, output.top1, gates.min_top1, output.top1 >= gates.min_top1))
+        if gates.max_latency_ratio is not None and result.latency.get("ratio") is not None:
+            ratio = result.latency["ratio"]
+            checks.append(GateCheck("max_latency_ratio", name, None, ratio, gates.max_latency_ratio, ratio <= gates.max_latency_ratio))
+    return checks
