@@ -27,7 +27,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except OnnxSlimError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
@@ -116,9 +116,9 @@ def optimize(model, output, report_path):
     _, report = optimize_model(model, output)
     for result in report.passes:
         for change in result.changes:
-            console.print(f"[green]{result.name}[/]: {change}", highlight=False)
+            console.print(f"[green]{result.name}[/]: {escape(change)}", highlight=False)
         for decline in result.declined:
-            console.print(f"[yellow]{result.name}[/]: left {decline.where}: {decline.reason}", highlight=False)
+            console.print(f"[yellow]{result.name}[/]: left {escape(decline.where)}: {escape(decline.reason)}", highlight=False)
     console.print(
         f"nodes {report.nodes_before} -> {report.nodes_after}, parameters {_count(report.parameters_before)} -> {_count(report.parameters_after)}; wrote {output}",
         highlight=False,
@@ -163,7 +163,7 @@ def validate(reference, candidate, data, input_shapes, providers, threads, warmu
 
 def _print_validation(report) -> None:
     for warning in report.warnings:
-        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     console.print(f"data: {report.data}; threads: {report.threads or 'onnxruntime default'}", highlight=False)
     accuracy = Table(title="accuracy (candidate vs reference)", title_justify="left")
     for column in ("provider", "output", "cosine", "SNR dB", "max abs", "mean abs", "top-1"):

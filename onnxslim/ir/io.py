@@ -22,7 +22,7 @@ from typing import Callable, Union
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
 from onnxslim.errors import ModelLoadError, ModelWriteError
 
@@ -176,11 +176,9 @@ def save_model(
         staging = Path(tempfile.mkdtemp(prefix=".onnxslim-", dir=folder))
     except OSError as exc:
         raise ModelWriteError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
-    weights_at: Path | None = None
     try:
         staged_model = staging / dest.name
         if external_data:
-            weights_at = staging
             _write_with_external_data(model, staged_model, data_name)
         else:
             try:
@@ -201,32 +199,69 @@ def save_model(
         staged_data = staging / data_name
         if staged_data.exists():
             os.replace(staged_data, folder / data_name)
-            weights_at = folder
         os.replace(staged_model, dest)
     except OSError as exc:
         raise ModelWriteError(f"cannot write {dest}: {exc.strerror or exc}") from None
     finally:
-        if weights_at is not None:
-            # Writing moved the weights out of the proto; read them back so the
-            # caller's model is the same before and after saving, failed or not.
-            external_data_helper.load_external_data_for_model(model, str(weights_at))
         shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 
 def _write_with_external_data(model: onnx.ModelProto, staged_model: Path, data_name: str) -> None:
-    if _uses_external_data(model):
-        # Tensors already pointing at some file must be in memory before they can be moved.
-        missing = [t.name for t in _tensors_of(model) if external_data_helper.uses_external_data(t) and not t.HasField("raw_data")]
-        if missing:
-            raise ModelWriteError(f"{staged_model.name}: weights of '{missing[0]}' were never loaded; load the model with its weights")
-    external_data_helper.convert_model_to_external_data(
-        model, all_tensors_to_one_file=True, location=data_name, size_threshold=EXTERNAL_TENSOR_MIN_BYTES
-    )
-    # write_external_data_tensors writes one tensor at a time and clears its raw bytes,
-    # so memory never holds a second copy of the weights.
-    external_data_helper.write_external_data_tensors(model, str(staged_model.parent))
+    """Write big initializers to ``data_name`` and a skeleton model that points at them.
+
+    The caller's proto is not touched: protobuf's arena does not give back the
+    memory of a cleared field, so clearing and restoring the weights would hold
+    two copies of them. Instead a skeleton graph is assembled field by field,
+    its large initializers replaced by references into the data file.
+    """
+    skeleton = onnx.ModelProto()
+    for descriptor, value in model.ListFields():
+        if descriptor.name != "graph":
+            _copy_field(skeleton, descriptor, value)
+    graph = model.graph
+    for descriptor, value in graph.ListFields():
+        if descriptor.name != "initializer":
+            _copy_field(skeleton.graph, descriptor, value)
+    with open(staged_model.parent / data_name, "wb") as data_file:
+        for tensor in graph.initializer:
+            if tensor.HasField("raw_data") and len(tensor.raw_data) >= EXTERNAL_TENSOR_MIN_BYTES:
+                payload = tensor.raw_data
+            elif external_data_helper.uses_external_data(tensor):
+                raise ModelWriteError(f"{staged_model.name}: weights of '{tensor.name}' were never loaded; load the model with its weights")
+            elif tensor.ByteSize() >= EXTERNAL_TENSOR_MIN_BYTES and tensor.data_type != onnx.TensorProto.STRING:
+                payload = numpy_helper.to_array(tensor).tobytes()
+            else:
+                skeleton.graph.initializer.append(tensor)
+                continue
+            # Page-aligned offsets let onnxruntime map the weights instead of copying them.
+            offset = -data_file.tell() % 4096
+            data_file.write(b"\0" * offset)
+            start = data_file.tell()
+            data_file.write(payload)
+            del payload
+            stub = skeleton.graph.initializer.add()
+            stub.name = tensor.name
+            stub.data_type = tensor.data_type
+            stub.dims.extend(tensor.dims)
+            stub.doc_string = tensor.doc_string
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(start)), ("length", str(data_file.tell() - start))):
+                entry = stub.external_data.add()
+                entry.key, entry.value = key, value
+        data_file.flush()
+        os.fsync(data_file.fileno())
     with open(staged_model, "wb") as handle:
-        handle.write(model.SerializeToString())
+        handle.write(skeleton.SerializeToString())
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _copy_field(target, descriptor, value) -> None:
+    repeated = descriptor.is_repeated if hasattr(descriptor, "is_repeated") else descriptor.label == descriptor.LABEL_REPEATED
+    if repeated:
+        getattr(target, descriptor.name).extend(value)
+    elif descriptor.type == descriptor.TYPE_MESSAGE:
+        getattr(target, descriptor.name).CopyFrom(value)
+    else:
+        setattr(target, descriptor.name, value)

@@ -1,0 +1,262 @@
+"""Small ONNX models, built with onnx.helper, covering the graph shapes onnxslim must handle.
+
+Every builder is deterministic (seeded weights) and returns a checked
+``ModelProto`` whose single input is named ``input`` unless said otherwise.
+Weights are scaled so that activations stay in a realistic range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+class GraphBuilder:
+    """A tiny helper that names tensors and collects nodes and initializers."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.counter = 0
+
+    def name(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}_{self.counter}"
+
+    def const(self, array: np.ndarray, prefix: str = "w") -> str:
+        name = self.name(prefix)
+        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs) -> str | list[str]:
+        outputs = [self.name(op.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=self.name(op), **attrs))
+        return outputs[0] if n_out == 1 else outputs
+
+    def weight(self, *shape: int, fan_in: int | None = None) -> np.ndarray:
+        fan = fan_in if fan_in is not None else int(np.prod(shape[1:])) or 1
+        return (self.rng.standard_normal(shape) * np.sqrt(2.0 / fan)).astype(np.float32)
+
+    def conv(self, x: str, c_in: int, c_out: int, k: int = 3, stride: int = 1, groups: int = 1, bias: bool = True) -> str:
+        w = self.const(self.weight(c_out, c_in // groups, k, k))
+        inputs = [x, w]
+        if bias:
+            inputs.append(self.const((self.rng.standard_normal(c_out) * 0.1).astype(np.float32), "b"))
+        return self.node("Conv", inputs, kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride, stride], group=groups)
+
+    def batchnorm(self, x: str, channels: int) -> str:
+        gamma = self.const((1.0 + 0.2 * self.rng.standard_normal(channels)).astype(np.float32), "gamma")
+        beta = self.const((0.1 * self.rng.standard_normal(channels)).astype(np.float32), "beta")
+        mean = self.const((0.1 * self.rng.standard_normal(channels)).astype(np.float32), "mean")
+        var = self.const((0.5 + self.rng.random(channels)).astype(np.float32), "var")
+        return self.node("BatchNormalization", [x, gamma, beta, mean, var], epsilon=1e-5)
+
+    def linear(self, x: str, d_in: int, d_out: int, bias: bool = True) -> str:
+        y = self.node("MatMul", [x, self.const(self.weight(d_in, d_out, fan_in=d_in))])
+        if bias:
+            y = self.node("Add", [y, self.const((0.1 * self.rng.standard_normal(d_out)).astype(np.float32), "b")])
+        return y
+
+    def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], name: str, opset: int = OPSET) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxslim-models")
+        model.ir_version = min(model.ir_version, 8)
+        onnx.checker.check_model(model)
+        return model
+
+
+def _image_input(channels: int, size: int, batch: int | str = 1) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, channels, size, size])
+
+
+def _output(name: str, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _rename_output(b: GraphBuilder, tensor: str, name: str) -> None:
+    for node in b.nodes:
+        for index, out in enumerate(node.output):
+            if out == tensor:
+                node.output[index] = name
+
+
+def conv_bn_relu(channels: int = 16, size: int = 32, *, seed: int = 0, batch: int | str = 1) -> onnx.ModelProto:
+    """Conv -> BatchNorm -> Relu, twice, then global pooling and a classifier."""
+    b = GraphBuilder(seed)
+    x = b.node("Relu", [b.batchnorm(b.conv("input", 3, channels, bias=False), channels)])
+    x = b.node("Relu", [b.batchnorm(b.conv(x, channels, channels * 2, stride=2), channels * 2)])
+    x = b.node("GlobalAveragePool", [x])
+    x = b.node("Flatten", [x], axis=1)
+    w = b.const(b.weight(10, channels * 2))
+    bias = b.const(np.zeros(10, np.float32), "b")
+    y = b.node("Gemm", [x, w, bias], transB=1)
+    _rename_output(b, y, "logits")
+    return b.model([_image_input(3, size, batch)], [_output("logits", [batch, 10])], "conv_bn_relu")
+
+
+def residual(channels: int = 16, size: int = 16, blocks: int = 2, *, seed: int = 1) -> onnx.ModelProto:
+    """A stem conv and residual blocks (conv-relu-conv + skip Add, then Relu)."""
+    b = GraphBuilder(seed)
+    x = b.node("Relu", [b.conv("input", 3, channels)])
+    for _ in range(blocks):
+        y = b.node("Relu", [b.conv(x, channels, channels)])
+        y = b.conv(y, channels, channels)
+        x = b.node("Relu", [b.node("Add", [x, y])])
+    x = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    y = b.conv(x, channels, 4, k=1)
+    _rename_output(b, y, "features")
+    return b.model([_image_input(3, size)], [_output("features", [1, 4, size // 2, size // 2])], "residual")
+
+
+def depthwise_separable(channels: int = 16, size: int = 16, *, seed: int = 2) -> onnx.ModelProto:
+    """Pointwise expand, depthwise 3x3 (group = channels), squeeze-and-excitation gate, pointwise project."""
+    b = GraphBuilder(seed)
+    x = b.node("Relu", [b.conv("input", 3, channels, k=1)])
+    x = b.node("Relu", [b.conv(x, channels, channels, groups=channels)])
+    gate = b.node("GlobalAveragePool", [x])
+    gate = b.node("Relu", [b.conv(gate, channels, channels // 4, k=1)])
+    gate = b.node("HardSigmoid", [b.conv(gate, channels // 4, channels, k=1)], alpha=1.0 / 6, beta=0.5)
+    x = b.node("Mul", [x, gate])
+    y = b.conv(x, channels, 8, k=1)
+    _rename_output(b, y, "features")
+    return b.model([_image_input(3, size)], [_output("features", [1, 8, size, size])], "depthwise_separable")
+
+
+def grouped_conv(channels: int = 16, groups: int = 4, size: int = 16, *, seed: int = 3) -> onnx.ModelProto:
+    """Conv -> grouped Conv (``groups`` groups) -> Conv."""
+    b = GraphBuilder(seed)
+    x = b.node("Relu", [b.conv("input", 3, channels)])
+    x = b.node("Relu", [b.conv(x, channels, channels, groups=groups)])
+    y = b.conv(x, channels, 8, k=1)
+    _rename_output(b, y, "features")
+    return b.model([_image_input(3, size)], [_output("features", [1, 8, size, size])], "grouped_conv")
+
+
+def concat_split(channels: int = 8, size: int = 16, *, seed: int = 4) -> onnx.ModelProto:
+    """Two branches concatenated on channels, a conv, then Split back into two heads."""
+    b = GraphBuilder(seed)
+    left = b.node("Relu", [b.conv("input", 3, channels)])
+    right = b.node("Relu", [b.conv("input", 3, channels * 2, k=1)])
+    x = b.node("Concat", [left, right], axis=1)
+    x = b.node("Relu", [b.conv(x, channels * 3, channels * 2)])
+    split = b.const(np.array([channels, channels], dtype=np.int64), "split")
+    head_a, head_b = b.node("Split", [x, split], n_out=2, axis=1)
+    ya = b.conv(head_a, channels, 4, k=1)
+    yb = b.conv(head_b, channels, 4, k=1)
+    _rename_output(b, ya, "head_a")
+    _rename_output(b, yb, "head_b")
+    outs = [_output("head_a", [1, 4, size, size]), _output("head_b", [1, 4, size, size])]
+    return b.model([_image_input(3, size)], outs, "concat_split")
+
+
+def mlp(d_in: int = 32, hidden: int = 64, d_out: int = 10, *, seed: int = 5, batch: int | str = 1) -> onnx.ModelProto:
+    """Gemm -> Relu -> Gemm -> Relu -> Gemm."""
+    b = GraphBuilder(seed)
+    x = "input"
+    for fan_in, fan_out in ((d_in, hidden), (hidden, hidden)):
+        w = b.const(b.weight(fan_out, fan_in))
+        x = b.node("Relu", [b.node("Gemm", [x, w, b.const((0.1 * b.rng.standard_normal(fan_out)).astype(np.float32), "b")], transB=1)])
+    y = b.node("Gemm", [x, b.const(b.weight(d_out, hidden)), b.const(np.zeros(d_out, np.float32), "b")], transB=1)
+    _rename_output(b, y, "logits")
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, d_in])]
+    return b.model(inputs, [_output("logits", [batch, d_out])], "mlp")
+
+
+def _layernorm(b: GraphBuilder, x: str, dim: int) -> str:
+    scale = b.const((1.0 + 0.1 * b.rng.standard_normal(dim)).astype(np.float32), "ln_scale")
+    bias = b.const((0.05 * b.rng.standard_normal(dim)).astype(np.float32), "ln_bias")
+    return b.node("LayerNormalization", [x, scale, bias], axis=-1, epsilon=1e-5)
+
+
+def transformer_block(dim: int = 32, heads: int = 4, ffn: int = 64, seq: int = 8, *, seed: int = 6) -> onnx.ModelProto:
+    """Pre-norm encoder block: multi-head self-attention and a GELU feed-forward, both residual.
+
+    The head split is spelled out as exporters write it: MatMul -> Add ->
+    Reshape (B, S, H, D) -> Transpose (B, H, S, D), scaled dot product with
+    Softmax, then Transpose -> Reshape back and the output projection.
+    """
+    b = GraphBuilder(seed)
+    head_dim = dim // heads
+    split_shape = b.const(np.array([0, 0, heads, head_dim], dtype=np.int64), "shape")
+    merge_shape = b.const(np.array([0, 0, dim], dtype=np.int64), "shape")
+    h = _layernorm(b, "input", dim)
+
+    def heads_of(t: str, perm: list[int]) -> str:
+        return b.node("Transpose", [b.node("Reshape", [t, split_shape])], perm=perm)
+
+    q = heads_of(b.linear(h, dim, dim), [0, 2, 1, 3])
+    k = heads_of(b.linear(h, dim, dim), [0, 2, 3, 1])
+    v = heads_of(b.linear(h, dim, dim), [0, 2, 1, 3])
+    scores = b.node("Mul", [b.node("MatMul", [q, k]), b.const(np.array(1.0 / np.sqrt(head_dim), np.float32), "scale")])
+    attn = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
+    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), merge_shape])
+    x = b.node("Add", ["input", b.linear(merged, dim, dim)])
+    h = _layernorm(b, x, dim)
+    h = _gelu(b, b.linear(h, dim, ffn))
+    y = b.node("Add", [x, b.linear(h, ffn, dim)])
+    _rename_output(b, y, "hidden")
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, seq, dim])]
+    return b.model(inputs, [_output("hidden", [1, seq, dim])], "transformer_block")
+
+
+def _gelu(b: GraphBuilder, x: str) -> str:
+    """GELU spelled out with Erf, as PyTorch exports it before opset 20."""
+    scaled = b.node("Div", [x, b.const(np.array(np.sqrt(2.0), np.float32), "sqrt2")])
+    erf = b.node("Add", [b.node("Erf", [scaled]), b.const(np.array(1.0, np.float32), "one")])
+    return b.node("Mul", [b.node("Mul", [x, erf]), b.const(np.array(0.5, np.float32), "half")])
+
+
+def constant_node_weights(channels: int = 8, size: int = 16, *, seed: int = 7, opset: int = 11) -> onnx.ModelProto:
+    """A conv net whose weights sit in Constant nodes, at an old opset, as Paddle2ONNX writes them."""
+    model = residual(channels, size, blocks=1, seed=seed)
+    graph = model.graph
+    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in graph.initializer]
+    del graph.initializer[:]
+    nodes = constants + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", opset))
+    onnx.checker.check_model(model)
+    return model
+
+
+def mixed_range_concat(size: int = 8, *, seed: int = 8) -> onnx.ModelProto:
+    """A detector-style head: box coordinates in pixels concatenated with class scores in 0..1."""
+    b = GraphBuilder(seed)
+    x = b.node("Relu", [b.conv("input", 3, 8)])
+    boxes = b.node("Mul", [b.conv(x, 8, 4, k=1), b.const(np.array(300.0, np.float32), "pixels")])
+    scores = b.node("Sigmoid", [b.conv(x, 8, 3, k=1)])
+    y = b.node("Concat", [boxes, scores], axis=1)
+    _rename_output(b, y, "detections")
+    return b.model([_image_input(3, size)], [_output("detections", [1, 7, size, size])], "mixed_range_concat")
+
+
+ALL_BUILDERS = {
+    "conv_bn_relu": conv_bn_relu,
+    "residual": residual,
+    "depthwise_separable": depthwise_separable,
+    "grouped_conv": grouped_conv,
+    "concat_split": concat_split,
+    "mlp": mlp,
+    "transformer_block": transformer_block,
+    "constant_node_weights": constant_node_weights,
+    "mixed_range_concat": mixed_range_concat,
+}
+
+
+def sample_inputs(model: onnx.ModelProto, batches: int = 4, seed: int = 100) -> list[dict[str, np.ndarray]]:
+    """Random inputs matching ``model``'s static input shapes (dynamic dims become 1)."""
+    rng = np.random.default_rng(seed)
+    result = []
+    for _ in range(batches):
+        feed = {}
+        for value in model.graph.input:
+            shape = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
+            feed[value.name] = rng.standard_normal(shape).astype(np.float32)
+        result.append(feed)
+    return result

@@ -1,0 +1,35 @@
+import json
+
+from click.testing import CliRunner
+
+from models.builders import conv_bn_relu, transformer_block
+from onnxslim import inspect
+from onnxslim.cli import main
+
+
+def test_inspect_counts_parameters_and_macs():
+    summary = inspect(conv_bn_relu(channels=16, size=32))
+    # conv1: 3->16 3x3 on 32x32, conv2: 16->32 3x3 stride 2 on 16x16, gemm 32->10
+    expected = 32 * 32 * 16 * 3 * 9 + 16 * 16 * 32 * 16 * 9 + 32 * 10
+    assert summary.macs == expected
+    assert not summary.macs_unknown_nodes
+    assert summary.op_histogram["Conv"] == 2
+    assert summary.inputs[0].shape == (1, 3, 32, 32)
+
+
+def test_inspect_dynamic_dims_are_named_and_fixable(save):
+    path = save(conv_bn_relu(batch="batch"))
+    summary = inspect(path)
+    assert summary.inputs[0].shape[0] == "batch"
+    assert summary.macs_unknown_nodes
+    fixed = inspect(path, input_shapes={"input": (2, 3, 32, 32)})
+    assert not fixed.macs_unknown_nodes and fixed.macs > 0
+
+
+def test_cli_inspect_json(save):
+    path = save(transformer_block())
+    result = CliRunner().invoke(main, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["op_histogram"]["MatMul"] == 8
+    assert data["macs"] > 0

@@ -1,0 +1,148 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from models.builders import conv_bn_relu, mlp, sample_inputs
+from onnxslim import Gates, validate
+from onnxslim.cli import main
+from onnxslim.errors import DataError, UsageError
+from onnxslim.ir import load_model
+from onnxslim.validate.metrics import OutputComparison
+from tests.conftest import requires_cuda
+
+
+def perturbed(model, scale=0.2, seed=0):
+    copy = load_model(model)
+    rng = np.random.default_rng(seed)
+    from onnx import numpy_helper
+
+    for index, tensor in enumerate(copy.graph.initializer):
+        array = numpy_helper.to_array(tensor)
+        if array.ndim >= 2:
+            noisy = array + scale * np.abs(array).mean() * rng.standard_normal(array.shape).astype(array.dtype)
+            copy.graph.initializer[index].CopyFrom(numpy_helper.from_array(noisy, tensor.name))
+    return copy
+
+
+def test_metrics_match_numpy():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((4, 10)).astype(np.float32)
+    cand = ref + 0.01 * rng.standard_normal((4, 10)).astype(np.float32)
+    comparison = OutputComparison("y")
+    comparison.add(ref[:2], cand[:2])
+    comparison.add(ref[2:], cand[2:])
+    r, c = ref.astype(np.float64).ravel(), cand.astype(np.float64).ravel()
+    assert comparison.cosine == pytest.approx(r @ c / np.linalg.norm(r) / np.linalg.norm(c))
+    assert comparison.snr_db == pytest.approx(10 * np.log10((r @ r) / ((r - c) @ (r - c))))
+    assert comparison.max_abs == pytest.approx(np.abs(r - c).max())
+    assert comparison.top1 == np.mean(ref.argmax(-1) == cand.argmax(-1))
+    assert not comparison.degenerate
+
+
+def test_degenerate_reference_is_flagged():
+    comparison = OutputComparison("y")
+    comparison.add(np.full((2, 5), 3.0, np.float32), np.full((2, 5), 3.0, np.float32))
+    assert comparison.degenerate
+
+
+def test_validate_identical_and_perturbed(save, npz_folder):
+    model = conv_bn_relu()
+    ref = save(model, "ref.onnx")
+    bad = save(perturbed(model), "bad.onnx")
+    data = npz_folder(sample_inputs(model, 3))
+    same = validate(ref, ref, data, runs=5, warmup=1, gates=Gates(min_cosine=0.999))
+    assert same.passed
+    output = same.providers[0].outputs[0]
+    assert output.cosine == pytest.approx(1.0) and output.max_abs == 0
+    assert same.providers[0].placement["candidate"]["nodes_by_provider"]["cpu"] > 0
+    assert 0.3 < same.providers[0].latency["ratio"] < 3
+    worse = validate(ref, bad, data, runs=0, gates=Gates(min_cosine=0.9999))
+    assert not worse.passed
+    assert worse.gates[0].value < 0.9999
+
+
+def test_cli_validate_exit_codes_and_report(save, npz_folder, tmp_path):
+    model = mlp()
+    ref = save(model, "ref.onnx")
+    bad = save(perturbed(model, 0.5), "bad.onnx")
+    data = npz_folder(sample_inputs(model, 2))
+    runner = CliRunner()
+    report = tmp_path / "report.json"
+    ok = runner.invoke(main, ["validate", str(ref), str(ref), "--data", str(data), "--runs", "3", "--min-cosine", "0.999", "--report", str(report), "-q"])
+    assert ok.exit_code == 0, ok.output
+    assert "PASSED" in ok.output
+    content = json.loads(report.read_text())
+    assert content["passed"] and content["providers"][0]["outputs"][0]["cosine"] == pytest.approx(1.0)
+    fail = runner.invoke(main, ["validate", str(ref), str(bad), "--data", str(data), "--runs", "0", "--min-cosine", "0.999", "-q"])
+    assert fail.exit_code == 3, fail.output
+    assert "FAILED" in fail.output
+    usage = runner.invoke(main, ["validate", str(ref), str(ref), "--data", str(data), "--min-top1", "7"])
+    assert usage.exit_code == 2
+
+
+def test_random_data_warns_and_needs_shapes_for_dynamic_dims(save):
+    model = conv_bn_relu(batch="N")
+    path = save(model)
+    with pytest.raises(UsageError, match="dynamic dimension 'N'"):
+        validate(path, path, "random", runs=0)
+    report = validate(path, path, "random", input_shapes={"input": (2, 3, 32, 32)}, runs=0)
+    assert any("random" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ({"wrong": np.zeros((1, 32), np.float32)}, "no array for model input 'input'"),
+        ({"input": np.zeros((1, 32), np.float64)}, "input 'input' is float64, the model expects float32"),
+        ({"input": np.zeros((1, 31), np.float32)}, "has shape (1, 31)"),
+        ({"input": np.full((1, 32), np.nan, np.float32)}, "contains NaN"),
+        ({"input": np.zeros((1, 32), np.float32), "extra": np.zeros(1)}, "'extra' is not an input"),
+    ],
+)
+def test_bad_data_names_file_and_input(save, npz_folder, batch, message):
+    path = save(mlp())
+    folder = npz_folder([batch])
+    with pytest.raises(DataError) as info:
+        validate(path, path, folder, runs=0)
+    assert message in str(info.value)
+    assert "batch_000.npz" in str(info.value)
+
+
+def test_cli_bad_inputs_are_one_line_errors(tmp_path, save):
+    runner = CliRunner()
+    not_onnx = tmp_path / "notes.onnx"
+    not_onnx.write_text("hello")
+    good = save(mlp())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        ["inspect", str(tmp_path / "missing.onnx")],
+        ["inspect", str(not_onnx)],
+        ["validate", str(good), str(not_onnx), "--data", "random"],
+        ["validate", str(good), str(good), "--data", str(empty)],
+    ]
+    for args in cases:
+        result = runner.invoke(main, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "Traceback" not in result.output
+        lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1, result.output
+
+
+def test_unavailable_provider_is_reported(save):
+    path = save(mlp())
+    report = validate(path, path, "random", providers=("cpu", "rocm"), runs=0)
+    statuses = {p.provider: p.status for p in report.providers}
+    assert statuses["ROCMExecutionProvider"] == "not available"
+    assert not report.complete
+
+
+@requires_cuda
+def test_cuda_runs_nodes_on_cuda(save):
+    path = save(conv_bn_relu())
+    report = validate(path, path, "random", providers=("cpu", "cuda"), runs=5)
+    cuda = [p for p in report.providers if p.provider == "CUDAExecutionProvider"][0]
+    assert cuda.status == "ok", cuda.message
+    assert cuda.placement["candidate"]["nodes_by_provider"].get("cuda", 0) > 0
