@@ -1,0 +1,138 @@
+"""Task metrics for the real models: what "accuracy" means for each, measured on held-out data.
+
+Each task knows its model file, its data folders and how to score a model's
+outputs against the labels written by calibration/make_datasets.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models" / "cache"
+DATA = ROOT / "calibration" / "cache"
+
+
+def edit_distance(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def ctc_decode(probabilities: np.ndarray, characters: list[str]) -> str:
+    """Greedy CTC: best class per step, repeats merged, blanks (index 0) dropped."""
+    best = probabilities.argmax(-1)
+    text, last = [], -1
+    for index in best:
+        if index != last and index != 0:
+            text.append(characters[index])
+        last = index
+    return "".join(text)
+
+
+def rec_characters() -> list[str]:
+    keys = (MODELS / "ppocr_keys.txt").read_text(encoding="utf-8").split("\n")
+    return ["blank"] + keys + [" "]
+
+
+def score_rec(outputs: list[list[np.ndarray]], labels: list[dict]) -> float:
+    """Character accuracy: 1 - total edit distance / total ground-truth characters."""
+    characters = rec_characters()
+    errors = total = 0
+    for output, label in zip(outputs, labels):
+        text = ctc_decode(output[0][0], characters)
+        errors += edit_distance(text, label["text"])
+        total += len(label["text"])
+    return 1.0 - errors / max(total, 1)
+
+
+def score_cls(outputs, labels) -> float:
+    return float(np.mean([int(np.argmax(o[0][0])) == label["label"] for o, label in zip(outputs, labels)]))
+
+
+def text_mask(probability: np.ndarray, threshold: float = 0.3) -> np.ndarray:
+    """PaddleOCR's DB post-processing starts from the probability map thresholded at 0.3."""
+    return probability[0, 0] > threshold
+
+
+def mask_iou(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
+    """Mean IoU of the candidate's text masks with the reference model's masks."""
+    scores = []
+    for ref, cand in zip(reference, candidate):
+        a, b = text_mask(ref[0]), text_mask(cand[0])
+        union = np.logical_or(a, b).sum()
+        scores.append(1.0 if union == 0 else np.logical_and(a, b).sum() / union)
+    return float(np.mean(scores))
+
+
+def embedding_cosine(reference, candidate, feeds) -> float:
+    """Mean cosine of sentence embeddings (mean pooled, normalized) against the reference model's."""
+    from models.minilm_export import sentence_embeddings
+
+    scores = []
+    for ref, cand, feed in zip(reference, candidate, feeds):
+        mask = feed["attention_mask"]
+        a, b = sentence_embeddings(ref[0], mask), sentence_embeddings(cand[0], mask)
+        scores.append(float((a * b).sum(-1).mean()))
+    return float(np.mean(scores))
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    model: Path
+    metric: str
+    against_labels: Callable | None  # score(outputs, labels) for tasks with ground truth
+
+    @property
+    def calib(self) -> Path:
+        return DATA / self.name / "calib"
+
+    @property
+    def eval(self) -> Path:
+        return DATA / self.name / "eval"
+
+    def labels(self) -> list[dict]:
+        return json.loads((self.eval / "labels.json").read_text(encoding="utf-8"))
+
+
+TASKS = {
+    "rec": Task("rec", MODELS / "ppocr_rec.onnx", "char accuracy", score_rec),
+    "det": Task("det", MODELS / "ppocr_det.onnx", "text-mask IoU vs FP32", None),
+    "cls": Task("cls", MODELS / "ppocr_cls.onnx", "accuracy", score_cls),
+    "minilm": Task("minilm", MODELS / "minilm.onnx", "embedding cosine vs FP32", None),
+}
+
+
+def eval_feeds(task: Task) -> list[dict[str, np.ndarray]]:
+    feeds = []
+    for entry in task.labels():
+        with np.load(task.eval / entry["file"]) as archive:
+            feeds.append({k: archive[k] for k in archive.files})
+    return feeds
+
+
+def run_all(model_path: Path | str, feeds: list[dict], threads: int = 1) -> list[list[np.ndarray]]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return [session.run(None, feed) for feed in feeds]
+
+
+def score(task: Task, outputs, reference_outputs, feeds) -> float:
+    if task.name == "det":
+        return mask_iou(reference_outputs, outputs)
+    if task.name == "minilm":
+        return embedding_cosine(reference_outputs, outputs, feeds)
+    return task.against_labels(outputs, task.labels())

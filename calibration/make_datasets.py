@@ -1,0 +1,236 @@
+"""Make real labelled data sets for the gathered models, with disjoint calibration and evaluation splits.
+
+    python calibration/make_datasets.py rec det cls       # OCR sets (needs Pillow, and models/gather.py run first)
+    python calibration/make_datasets.py minilm            # sentences (needs the `bench` extra: tokenizers)
+    python calibration/make_datasets.py rec --calib 256 --eval 200
+
+Each set is written as the project's data format (see calibration/README.md):
+calibration/cache/<task>/calib/*.npz and calibration/cache/<task>/eval/*.npz,
+one sample per file, keys = the model's input names, plus labels.json beside
+each split with the ground truth of every file.
+
+The text is real English: sentences from the docstrings of Python's standard
+library. Calibration and evaluation draw from disjoint sets of modules and use
+different random seeds for fonts, sizes, colours and layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pkgutil
+import random
+import re
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "calibration" / "cache"
+MODELS = ROOT / "models" / "cache"
+FONT_DIRS = [Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path("/Library/Fonts"), Path("C:/Windows/Fonts")]
+
+
+# ------------------------------------------------------------------ text
+def stdlib_sentences() -> dict[str, list[str]]:
+    """Sentences from standard-library docstrings, split by module into 'calib' and 'eval'."""
+    import importlib
+    import warnings
+
+    splits: dict[str, list[str]] = {"calib": [], "eval": []}
+    seen: set[str] = set()
+    names = sorted(m.name for m in pkgutil.iter_modules() if not m.name.startswith("_"))
+    stdlib = set(getattr(sys, "stdlib_module_names", names))
+    for name in names:
+        if name not in stdlib or name in {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo"}:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                module = importlib.import_module(name)
+            except Exception:  # some stdlib modules need optional system libraries
+                continue
+            docs = [module.__doc__ or ""]
+            docs += [getattr(obj, "__doc__", "") or "" for obj in vars(module).values() if callable(obj)][:40]
+        split = "calib" if zlib.crc32(name.encode()) % 2 else "eval"
+        for doc in docs:
+            if not isinstance(doc, str):
+                continue
+            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
+                if 20 <= len(sentence) <= 160 and sentence not in seen and sentence[0].isalpha():
+                    seen.add(sentence)
+                    splits[split].append(sentence)
+    return splits
+
+
+# ------------------------------------------------------------------ rendering
+def fonts() -> list[Path]:
+    found = []
+    for folder in FONT_DIRS:
+        if folder.exists():
+            found += [p for p in folder.rglob("*.ttf") if "Mono" not in p.name or len(found) % 3 == 0]
+    return sorted(found)
+
+
+def load_font(rng: random.Random, font_files: list[Path], size: int):
+    from PIL import ImageFont
+
+    if font_files:
+        return ImageFont.truetype(str(rng.choice(font_files)), size)
+    return ImageFont.load_default(size=size)
+
+
+def render_line(text: str, rng: random.Random, font_files: list[Path]):
+    """A text line on a plain or noisy background, tightly cropped: RGB uint8 array."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    font = load_font(rng, font_files, rng.randint(22, 40))
+    left, top, right, bottom = font.getbbox(text)
+    margin_x, margin_y = rng.randint(2, 10), rng.randint(2, 8)
+    size = (right - left + 2 * margin_x, bottom - top + 2 * margin_y)
+    background = tuple(rng.randint(170, 255) for _ in range(3))
+    ink = tuple(rng.randint(0, 80) for _ in range(3))
+    image = Image.new("RGB", size, background)
+    ImageDraw.Draw(image).text((margin_x - left, margin_y - top), text, font=font, fill=ink)
+    if rng.random() < 0.3:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+    array = np.asarray(image, dtype=np.float32)
+    array += np.random.default_rng(rng.randint(0, 1 << 30)).normal(0, rng.uniform(0, 8), array.shape)
+    return np.clip(array, 0, 255).astype(np.uint8)
+
+
+def resize_to_height(image: np.ndarray, height: int, max_width: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    width = min(max_width, max(1, int(round(w * height / h))))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def ocr_line_tensor(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """PaddleOCR recognizer/classifier preprocessing: BGR, (x/255 - 0.5)/0.5, right-padded with 0."""
+    resized = resize_to_height(image, height, width)[:, :, ::-1]
+    normalized = (resized.astype(np.float32) / 255.0 - 0.5) / 0.5
+    tensor = np.zeros((1, 3, height, width), np.float32)
+    tensor[0, :, :, : resized.shape[1]] = normalized.transpose(2, 0, 1)
+    return tensor
+
+
+def pick_line(sentences: list[str], rng: random.Random, allowed: set[str], max_chars: int = 24) -> str:
+    while True:
+        words = rng.choice(sentences).split()
+        start = rng.randrange(len(words))
+        text = ""
+        for word in words[start:]:
+            if len(text) + len(word) + 1 > max_chars:
+                break
+            text = f"{text} {word}".strip()
+        text = "".join(ch for ch in text if ch in allowed).strip()
+        if len(text) >= 3:
+            return text
+
+
+# ------------------------------------------------------------------ tasks
+def make_rec(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    characters = (MODELS / "ppocr_keys.txt").read_text(encoding="utf-8").split("\n")
+    allowed = set(characters) | {" "}
+    rng, font_files, labels = random.Random(seed), fonts(), []
+    for index in range(count):
+        text = pick_line(sentences, rng, allowed)
+        image = render_line(text, rng, font_files)
+        if image.shape[1] * 48 / image.shape[0] > 320:  # would be squeezed: keep the sample but shorten the text
+            text = text[: max(3, len(text) * 2 // 3)].strip()
+            image = render_line(text, rng, font_files)
+        np.savez(out / f"{index:05d}.npz", x=ocr_line_tensor(image, 48, 320))
+        labels.append({"file": f"{index:05d}.npz", "text": text})
+    return labels
+
+
+def make_cls(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    rng, font_files, labels = random.Random(seed), fonts(), []
+    allowed = set(chr(c) for c in range(32, 127))
+    for index in range(count):
+        text = pick_line(sentences, rng, allowed, max_chars=16)
+        image = render_line(text, rng, font_files)
+        flipped = rng.random() < 0.5
+        if flipped:
+            image = np.ascontiguousarray(image[::-1, ::-1])
+        np.savez(out / f"{index:05d}.npz", x=ocr_line_tensor(image, 48, 192))
+        labels.append({"file": f"{index:05d}.npz", "label": int(flipped), "text": text})
+    return labels
+
+
+def make_det(split: str, count: int, sentences: list[str], seed: int, out: Path, size: int = 480) -> list:
+    from PIL import Image, ImageDraw
+
+    rng, font_files, labels = random.Random(seed), fonts(), []
+    allowed = set(chr(c) for c in range(32, 127))
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    for index in range(count):
+        base = np.array([rng.randint(150, 255) for _ in range(3)], np.float32)
+        gradient = np.linspace(0, rng.uniform(-60, 60), size, dtype=np.float32)[None, :, None]
+        page = np.clip(base + gradient + np.random.default_rng(rng.randint(0, 1 << 30)).normal(0, 6, (size, size, 3)), 0, 255)
+        image = Image.fromarray(page.astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        boxes, y = [], rng.randint(5, 40)
+        while y < size - 30:
+            font = load_font(rng, font_files, rng.randint(14, 34))
+            text = pick_line(sentences, rng, allowed, max_chars=rng.randint(8, 40))
+            x = rng.randint(5, size // 3)
+            ink = tuple(rng.randint(0, 90) for _ in range(3))
+            draw.text((x, y), text, font=font, fill=ink)
+            left, top, right, bottom = draw.textbbox((x, y), text, font=font)
+            boxes.append([left, top, min(right, size), min(bottom, size)])
+            y = bottom + rng.randint(6, 40)
+        rgb = np.asarray(image, dtype=np.float32) / 255.0
+        # PaddleOCR's detector reads BGR images and normalizes them with ImageNet statistics.
+        tensor = ((rgb[:, :, ::-1] - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+        np.savez(out / f"{index:05d}.npz", x=tensor)
+        labels.append({"file": f"{index:05d}.npz", "boxes": boxes})
+    return labels
+
+
+def make_minilm(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    sys.path.insert(0, str(ROOT))
+    from models.minilm_export import tokenize
+
+    rng, labels = random.Random(seed), []
+    chosen = rng.sample(sentences, min(count, len(sentences)))
+    for index, sentence in enumerate(chosen):
+        feed = tokenize([sentence], MODELS / "minilm", length=32)
+        np.savez(out / f"{index:05d}.npz", **feed)
+        labels.append({"file": f"{index:05d}.npz", "sentence": sentence})
+    return labels
+
+
+TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm}
+
+
+def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:
+    sentences = stdlib_sentences()
+    for split, count, seed in (("calib", calib, 1), ("eval", evaluation, 2)):
+        out = root / task / split
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("*.npz"):
+            old.unlink()
+        labels = TASKS[task](split, count, sentences[split], seed + 1000 * list(TASKS).index(task), out)
+        (out / "labels.json").write_text(json.dumps(labels, indent=1, ensure_ascii=False), encoding="utf-8")
+        print(f"{task}/{split}: {len(labels)} samples in {out}")
+    return root / task
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tasks", nargs="+", choices=sorted(TASKS))
+    parser.add_argument("--calib", type=int, default=64, help="calibration samples (default 64)")
+    parser.add_argument("--eval", type=int, default=200, help="held-out evaluation samples (default 200)")
+    parser.add_argument("--out", type=Path, default=CACHE)
+    args = parser.parse_args()
+    for task in args.tasks:
+        make(task, args.calib, args.eval, args.out)
+
+
+if __name__ == "__main__":
+    main()
