@@ -78,7 +78,7 @@ def count_parameters(model: onnx.ModelProto) -> int:
     return total
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy without the bytes of large tensors: enough for shape inference, small enough to serialize."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -94,7 +94,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def with_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
     """Copy of ``model`` (a skeleton) whose inputs have the given static shapes."""
-    copy = _skeleton(model)
+    copy = skeleton(model)
     for value in copy.graph.input:
         if value.name in shapes:
             dims = value.type.tensor_type.shape.dim
@@ -106,11 +106,11 @@ def with_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ..
 
 def infer_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, tuple]:
     """Tensor name -> shape tuple (ints or None) for everything shape inference could resolve."""
-    skeleton = with_input_shapes(model, shapes or {})
+    skel = with_input_shapes(model, shapes or {})
     try:
-        inferred = shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+        inferred = shape_inference.infer_shapes(skel, strict_mode=False, data_prop=True)
     except Exception:  # an unknown op or a bad model: report what is known without inference
-        inferred = skeleton
+        inferred = skel
     known: dict[str, tuple] = {}
     values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
     for value in values:

@@ -47,7 +47,7 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
         return TensorSpec(value.name, dtype, None)
     dims: list[Dim] = []
     for dim in ttype.shape.dim:
-        if dim.HasField("dim_value"):
+        if dim.HasField("dim_value") and dim.dim_value >= 0:
             dims.append(int(dim.dim_value))
         elif dim.HasField("dim_param") and dim.dim_param:
             dims.append(dim.dim_param)

@@ -10,11 +10,13 @@ from typing import Callable, Sequence
 
 import onnx
 
+from onnxslim.passes.affine import fold_affine_into_conv
 from onnxslim.passes.base import Decline, PassResult
 from onnxslim.passes.batchnorm import fuse_batchnorm
 from onnxslim.passes.cleanup import remove_dead_nodes, remove_identities
 from onnxslim.passes.constants import constants_to_initializers
 from onnxslim.passes.fold import fold_constants
+from onnxslim.passes.hardswish import fuse_hardswish
 from onnxslim.passes.opset import default_opset, upgrade_opset
 
 GraphPass = Callable[[onnx.ModelProto], PassResult]
@@ -24,6 +26,8 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     remove_identities,
     fold_constants,
     fuse_batchnorm,
+    fold_affine_into_conv,
+    fuse_hardswish,
     remove_dead_nodes,
 )
 
@@ -32,6 +36,8 @@ PASSES_BY_NAME: dict[str, GraphPass] = {
     "remove-identity": remove_identities,
     "fold-constants": fold_constants,
     "fuse-batchnorm": fuse_batchnorm,
+    "fold-affine-into-conv": fold_affine_into_conv,
+    "fuse-hardswish": fuse_hardswish,
     "remove-dead": remove_dead_nodes,
 }
 
@@ -49,7 +55,9 @@ __all__ = [
     "PassResult",
     "constants_to_initializers",
     "default_opset",
+    "fold_affine_into_conv",
     "fold_constants",
+    "fuse_hardswish",
     "fuse_batchnorm",
     "remove_dead_nodes",
     "remove_identities",

@@ -1,0 +1,51 @@
+"""Graph helpers: topological order and node names."""
+
+from __future__ import annotations
+
+import onnx
+
+from onnxslim.ir.tensors import outer_references, subgraphs
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Order ``graph``'s nodes so that every tensor is produced before it is read (stable)."""
+    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    reads = {id(n): set(n.input) | set().union(*(outer_references(s) for s in subgraphs(n))) for n in pending}
+    produced_anywhere = {o for n in pending for o in n.output}
+    while pending:
+        progress = []
+        rest = []
+        for node in pending:
+            needed = {r for r in reads[id(node)] if r in produced_anywhere}
+            if needed <= available:
+                progress.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if not progress:
+            raise ValueError(f"graph has a cycle or a missing tensor near node '{rest[0].name}'")
+        ordered.extend(progress)
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def name_nodes(graph: onnx.GraphProto) -> int:
+    """Give every unnamed node a unique name (op type and index); returns how many were named."""
+    taken = {n.name for n in graph.node if n.name}
+    named = 0
+    for index, node in enumerate(graph.node):
+        if node.name:
+            continue
+        base = f"{node.op_type}_{index}"
+        name = base
+        suffix = 1
+        while name in taken:
+            name = f"{base}_{suffix}"
+            suffix += 1
+        node.name = name
+        taken.add(name)
+        named += 1
+    return named

@@ -1,0 +1,155 @@
+"""Turn a :class:`~onnxslim.quant.plan.QuantPlan` and its parameters into a QDQ model.
+
+Contract: takes the prepared float model (not modified), the plan, and the
+scale/zero point of every planned activation; returns a new model in which
+every planned activation passes through QuantizeLinear -> DequantizeLinear,
+weights are stored as INT8 with a DequantizeLinear, biases as INT32 with scale
+input_scale * weight_scale, folded Relu/Clip nodes are gone, and graph inputs
+and outputs keep their names, types and shapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxslim.ir.graph import topological_sort
+from onnxslim.ir.tensors import all_value_names, initializer_map, to_array, unique_name
+from onnxslim.passes.cleanup import remove_dead_nodes
+from onnxslim.quant.params import quantize_bias, quantize_weight, weight_params
+from onnxslim.quant.plan import QuantPlan
+
+
+class _Emitter:
+    def __init__(self, model: onnx.ModelProto, plan: QuantPlan):
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(model)
+        self.graph = self.model.graph
+        self.plan = plan
+        self.taken = all_value_names(self.graph) | {n.name for n in self.graph.node}
+        self.inits = initializer_map(self.graph)
+        self.new_nodes: list[onnx.NodeProto] = []
+        self.weight_scales: dict[str, np.ndarray] = {}
+
+    def name(self, base: str) -> str:
+        return unique_name(base, self.taken)
+
+    def constant(self, base: str, array: np.ndarray) -> str:
+        name = self.name(base)
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs) -> None:
+        self.new_nodes.append(helper.make_node(op, inputs, [output], name=self.name(f"{output}_{op}"), **attrs))
+
+    def dequantize(self, quantized: str, scale: str, zero: str, output: str, axis: int | None) -> None:
+        attrs = {} if axis is None else {"axis": axis}
+        self.node("DequantizeLinear", [quantized, scale, zero], output, **attrs)
+
+    # ------------------------------------------------------------ weights and biases
+    def weights(self) -> dict[str, str]:
+        replaced: dict[str, str] = {}
+        for name, spec in self.plan.weights.items():
+            array = to_array(self.inits[name]).astype(np.float32)
+            scales = weight_params(array, spec.axis)
+            self.weight_scales[name] = scales
+            quantized = self.constant(f"{name}_quantized", quantize_weight(array, scales, spec.axis))
+            scale = self.constant(f"{name}_scale", scales)
+            zero = self.constant(f"{name}_zero_point", np.zeros(scales.shape, np.int8))
+            output = self.name(f"{name}_dequantized")
+            self.dequantize(quantized, scale, zero, output, spec.axis)
+            replaced[name] = output
+        nodes = {n.name: n for n in self.graph.node}
+        for name, readers in self.plan.weight_readers.items():
+            for reader in readers:
+                node = nodes[reader]
+                node.input[1] = replaced[name]
+        return replaced
+
+    def bias(self, bias_name: str, activation: str, weight: str, params) -> str:
+        scale_in = params[activation][0]
+        bias = to_array(self.inits[bias_name]) if bias_name else None
+        weight_scales = self.weight_scales[weight]
+        columns = weight_scales.size if weight_scales.ndim else (bias.size if bias is not None else 1)
+        if bias is None:
+            bias = np.zeros(columns, np.float32)
+        full_scales = np.broadcast_to(weight_scales, (bias.size,)) if weight_scales.ndim == 0 else weight_scales
+        quantized, scale = quantize_bias(bias, scale_in, np.asarray(full_scales, np.float32))
+        base = bias_name or f"{weight}_zero_bias"
+        q = self.constant(f"{base}_quantized", quantized)
+        s = self.constant(f"{base}_scale", scale)
+        z = self.constant(f"{base}_zero_point", np.zeros(scale.shape, np.int32))
+        output = self.name(f"{base}_dequantized")
+        self.dequantize(q, s, z, output, 0)
+        return output
+
+    def biases(self, params) -> None:
+        nodes = {n.name: n for n in self.graph.node}
+        for spec in self.plan.biases:
+            output = self.bias(spec.tensor, spec.activation, spec.weight, params)
+            for node in self.graph.node:
+                if node.name == spec.node and node.op_type in ("Conv", "Gemm"):
+                    node.input[2] = output
+            if nodes[spec.node].op_type == "MatMul":
+                matmul_out = nodes[spec.node].output[0]
+                for node in self.graph.node:
+                    if node.op_type == "Add" and matmul_out in node.input:
+                        for index, name in enumerate(node.input):
+                            if name == spec.tensor:
+                                node.input[index] = output
+        for matmul_name, (activation, weight) in self.plan.zero_bias_for.items():
+            node = nodes[matmul_name]
+            zero = self.bias("", activation, weight, params)
+            product = self.name(f"{node.output[0]}_product")
+            final = node.output[0]
+            node.output[0] = product
+            self.node("Add", [product, zero], final)
+
+    # ------------------------------------------------------------ activations
+    def activations(self, params) -> None:
+        producers = {o: n for n in list(self.graph.node) + self.new_nodes for o in n.output if o}
+        folded = set(self.plan.folded_nodes)
+        for key, spec in self.plan.activations.items():
+            scale_value, zero_value = params[key]
+            scale = self.constant(f"{spec.tensor}_scale", np.asarray(scale_value, np.float32))
+            zero = self.constant(f"{spec.tensor}_zero_point", np.asarray(zero_value))
+            quantized = self.name(f"{spec.tensor}_quantized")
+            if spec.folded_into:
+                self.node("QuantizeLinear", [spec.tensor, scale, zero], quantized)
+                self.dequantize(quantized, scale, zero, spec.folded_into, None)
+            elif spec.rewire_all:
+                producer = producers.get(spec.tensor)
+                if producer is None:
+                    raise AssertionError(f"tensor {spec.tensor} is quantized for its producer but has none")
+                source = self.name(f"{spec.tensor}_float")
+                producer.output[list(producer.output).index(spec.tensor)] = source
+                self.node("QuantizeLinear", [source, scale, zero], quantized)
+                self.dequantize(quantized, scale, zero, spec.tensor, None)
+            else:
+                output = self.name(f"{spec.tensor}_dequantized")
+                self.node("QuantizeLinear", [spec.tensor, scale, zero], quantized)
+                self.dequantize(quantized, scale, zero, output, None)
+                for node in self.graph.node:
+                    if node.name in spec.readers:
+                        for index, name in enumerate(node.input):
+                            if name == spec.tensor:
+                                node.input[index] = output
+        kept = [n for n in self.graph.node if n.name not in folded]
+        del self.graph.node[:]
+        self.graph.node.extend(kept)
+
+    def finish(self) -> onnx.ModelProto:
+        self.graph.node.extend(self.new_nodes)
+        topological_sort(self.graph)
+        remove_dead_nodes(self.model)
+        return self.model
+
+
+def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, params: dict[str, tuple[np.float32, np.integer]]) -> onnx.ModelProto:
+    """The QDQ model for ``plan`` with activation ``params`` (tensor -> (scale, zero point))."""
+    emitter = _Emitter(model, plan)
+    emitter.weights()
+    emitter.biases(params)
+    emitter.activations(params)
+    return emitter.finish()

@@ -1,0 +1,232 @@
+"""``quantize``: prepare, plan, calibrate, insert Q/DQ, check, and keep what is faster.
+
+The pieces live in their own modules; this one only orders them and turns
+their results into a :class:`~onnxslim.quant.report.QuantReport`.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import replace
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from onnxslim.data.sources import DataSource, open_data
+from onnxslim.errors import DataError, ModelLoadError, NothingToDoError
+from onnxslim.ir.io import load_model
+from onnxslim.ir.tensors import graph_inputs
+from onnxslim.ir.write import write_verified
+from onnxslim.progress import track
+from onnxslim.quant.calibrate import calibrate
+from onnxslim.quant.config import QuantConfig
+from onnxslim.quant.evaluate import fidelity, latency_ratio, worst_cosine
+from onnxslim.quant.params import activation_params
+from onnxslim.quant.plan import QuantPlan, drop_mixed_range_concats, make_plan
+from onnxslim.quant.prepare import float_tensors, prepare
+from onnxslim.quant.qdq import insert_qdq
+from onnxslim.quant.ranges import calibrated_range
+from onnxslim.quant.report import QuantReport
+from onnxslim.runtime import Runner, resolve_provider
+from onnxslim.runtime.session import optimized_ops
+
+SENSITIVITY_BATCHES = 16
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _Session:
+    """State of one quantization run: the prepared model, data splits, statistics."""
+
+    def __init__(self, model, data, config: QuantConfig, eval_data, input_shapes, show_progress: bool):
+        self.config = config
+        self.show_progress = show_progress
+        self.label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
+        self.original = load_model(model)
+        self.prepared = load_model(self.original)
+        self.prepare_results = prepare(self.prepared)
+        self.float_names = float_tensors(self.prepared)
+        self.provider = resolve_provider(config.calibration_provider)
+        inputs = graph_inputs(self.original)
+        for spec in inputs:
+            if spec.dtype is not None and spec.dtype != np.float32 and spec.dtype.kind == "f":
+                raise ModelLoadError(f"{self.label}: input '{spec.name}' is {spec.dtype}; quantize the float32 model")
+        source = open_data(data, inputs, input_shapes=input_shapes)
+        self.warnings: list[str] = []
+        if isinstance(data, str) and data == "random":
+            self.warnings.append("calibrating on random inputs: the ranges will not match real data; pass --data DIR")
+        self.calib_source, self.eval_batches, self.eval_label = self._split(source, eval_data, inputs, input_shapes)
+        self.reference = Runner(self.original.SerializeToString(), "CPUExecutionProvider", threads=None, label=self.label)
+        self.stats: dict = {}
+        self.calibration_batches = 0
+        self.calibration_seconds = 0.0
+
+    def _split(self, source, eval_data, inputs, input_shapes):
+        if eval_data is not None:
+            held_out = list(open_data(eval_data, inputs, input_shapes=input_shapes))
+            return source, held_out, f"{len(held_out)} batch(es) of --eval-data"
+        total = len(source)
+        limit = self.config.max_calibration_samples
+        held = int(round(total * self.config.eval_fraction)) if total > 1 else 0
+        held = max(1, held) if total > 1 and self.config.eval_fraction > 0 else held
+        calib_count = total - held
+        if limit is not None:
+            calib_count = min(calib_count, limit)
+
+        class Calibration:
+            description = f"{calib_count} batch(es)"
+
+            def __len__(self):
+                return calib_count
+
+            def __iter__(self):
+                for index, item in enumerate(source):
+                    if index >= calib_count:
+                        return
+                    yield item
+
+        held_out = [item for index, item in enumerate(source) if index >= total - held] if held else []
+        if not held_out:
+            held_out = list(Calibration())[:SENSITIVITY_BATCHES]
+            self.warnings.append("only one batch of data: fidelity is measured on the calibration batch itself; pass --eval-data")
+            return Calibration(), held_out, "the calibration batch (no held-out data)"
+        return Calibration(), held_out, f"{held} held-out batch(es) of --data (not used for calibration)"
+
+    def observe(self, plan: QuantPlan) -> None:
+        start = time.perf_counter()
+        needed = plan.observed_tensors()
+        histogram = self.config.method != "minmax"
+        self.stats, seen = calibrate(
+            self.prepared, needed, self.calib_source, histogram=histogram, bins=self.config.histogram_bins,
+            provider=self.provider, total=len(self.calib_source), show_progress=self.show_progress, stats=self.stats,
+        )
+        self.calibration_batches = max(self.calibration_batches, seen)
+        self.calibration_seconds += time.perf_counter() - start
+
+    def plan(self, config: QuantConfig) -> QuantPlan:
+        plan = make_plan(self.prepared, config, self.float_names)
+        if any(t not in self.stats for t in plan.observed_tensors()):
+            self.observe(plan)
+        return plan
+
+    def params(self, plan: QuantPlan) -> dict:
+        signed = plan.signed
+        ranges = {t: calibrated_range(self.stats[t], self.config.method, symmetric=signed, percentile=self.config.percentile) for t in plan.observed_tensors()}
+        drop_mixed_range_concats(plan, self.prepared, ranges, self.config.concat_range_ratio)
+        params: dict = {}
+
+        def resolve(key: str, depth: int = 0):
+            if key in params:
+                return params[key]
+            spec = plan.activations[key]
+            if spec.share is not None and spec.share in plan.activations and depth < 64:
+                params[key] = resolve(spec.share, depth + 1)
+                return params[key]
+            lo, hi = ranges[spec.observe]
+            if spec.clamp_high is not None:
+                hi = min(hi, spec.clamp_high)
+            params[key] = activation_params(lo, hi, signed=signed)
+            return params[key]
+
+        for key in plan.activations:
+            resolve(key)
+        return params
+
+    def build(self, config: QuantConfig) -> tuple[QuantPlan, onnx.ModelProto]:
+        plan = self.plan(config)
+        return plan, insert_qdq(self.prepared, plan, self.params(plan))
+
+
+def _sensitivity(session: _Session, plan: QuantPlan, budget: float) -> tuple[QuantConfig, list[dict], list[str]]:
+    """Keep the layers that cost the most accuracy in float until the budget holds."""
+    batches = session.eval_batches[:SENSITIVITY_BATCHES]
+    candidates = [d.node for d in plan.decisions.values() if d.quantized and d.node not in plan.folded_nodes and "bias of" not in d.reason]
+    damage: dict[str, float] = {}
+    for node in track(candidates, "per-layer sensitivity", enabled=session.show_progress):
+        others = tuple(n for n in candidates if n != node)
+        _, model = session.build(session.config.with_excluded(others))
+        damage[node] = 1.0 - worst_cosine(fidelity(session.reference, model, batches))
+    ranked = sorted(candidates, key=lambda n: damage[n], reverse=True)
+    notes: list[str] = []
+    count = 1
+    while count <= len(ranked):
+        excluded = tuple(ranked[:count])
+        config = session.config.with_excluded(excluded)
+        _, model = session.build(config)
+        cosine = worst_cosine(fidelity(session.reference, model, batches))
+        if cosine >= budget:
+            kept = [{"node": n, "cosine_when_alone_quantized": 1.0 - damage[n]} for n in excluded]
+            notes.append(f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float (cosine {cosine:.5f} on {len(batches)} batch(es))")
+            return config, kept, notes
+        count = count * 2 if count < 8 else count + max(1, len(ranked) // 8)
+    notes.append(f"accuracy budget {budget} cannot be met even with every quantized layer in float")
+    return session.config.with_excluded(tuple(ranked)), [{"node": n, "cosine_when_alone_quantized": 1.0 - damage[n]} for n in ranked], notes
+
+
+def quantize(
+    model: str | os.PathLike | onnx.ModelProto,
+    data: str | os.PathLike | DataSource,
+    *,
+    config: QuantConfig = QuantConfig(),
+    output: str | os.PathLike | None = None,
+    eval_data: str | os.PathLike | DataSource | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    show_progress: bool = False,
+) -> tuple[onnx.ModelProto, QuantReport]:
+    """Quantize ``model`` to INT8 QDQ with calibration ``data``; write to ``output`` when given.
+
+    Returns the model written (INT8, or the cleaned FP32 model when INT8 is
+    slower and ``config.if_slower`` is 'keep-fp32') and the report.
+    """
+    session = _Session(model, data, config, eval_data, input_shapes, show_progress)
+    report = QuantReport(session.label, str(output) if output else None, config.target, config.method, budget=config.accuracy_budget)
+    report.prepare = session.prepare_results
+    report.warnings.extend(session.warnings)
+    plan = session.plan(config)
+    if not plan.quantized_nodes:
+        reasons = sorted({d.reason for d in plan.decisions.values()})[:3]
+        raise NothingToDoError(f"{session.label}: nothing to quantize ({'; '.join(reasons) or 'no nodes'})")
+    plan, quantized = session.build(config)
+    comparisons = fidelity(session.reference, quantized, session.eval_batches)
+    if config.accuracy_budget is not None and worst_cosine(comparisons) < config.accuracy_budget:
+        budget_config, kept, notes = _sensitivity(session, plan, config.accuracy_budget)
+        report.kept_float_for_budget = kept
+        report.warnings.extend(n for n in notes if "cannot" in n)
+        plan, quantized = session.build(budget_config)
+        comparisons = fidelity(session.reference, quantized, session.eval_batches)
+    report.decisions = list(plan.decisions.values())
+    report.fidelity = comparisons
+    report.calibration_batches = session.calibration_batches
+    report.calibration_seconds = session.calibration_seconds
+    report.calibration_peak_rss_mb = _peak_rss_mb()
+    report.evaluation = session.eval_label
+    report.evaluation_batches = len(session.eval_batches)
+    quantized_bytes = quantized.SerializeToString()
+    original_bytes = session.original.SerializeToString()
+    report.fp32_bytes, report.int8_bytes = len(original_bytes), len(quantized_bytes)
+    try:
+        report.onnxruntime_kernels = dict(optimized_ops(quantized_bytes, threads=config.threads))
+    except Exception as exc:  # an optimizer failure is worth reporting, not fatal
+        report.warnings.append(f"could not read onnxruntime's optimized graph: {str(exc).splitlines()[0][:160]}")
+    if config.latency_runs > 0:
+        report.latency = latency_ratio(original_bytes, quantized_bytes, session.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=show_progress)
+    result = quantized
+    ratio = report.latency.get("ratio")
+    if ratio is not None and ratio >= 1.0:
+        message = f"INT8 is not faster than FP32 here ({ratio:.2f}x FP32 latency at {config.threads} thread(s))"
+        if config.if_slower == "keep-fp32":
+            result = session.prepared
+            report.written = "fp32"
+            report.warnings.append(message + "; wrote the cleaned FP32 model instead (--if-slower keep-int8 writes INT8 anyway)")
+        elif config.if_slower == "fail":
+            raise NothingToDoError(message + "; nothing written (--if-slower fail)")
+        else:
+            report.warnings.append(message)
+    if output is not None:
+        write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
+    return result, report
