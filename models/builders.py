@@ -226,11 +226,16 @@ def constant_node_weights(channels: int = 8, size: int = 16, *, seed: int = 7, o
 
 
 def mixed_range_concat(size: int = 8, *, seed: int = 8) -> onnx.ModelProto:
-    """A detector-style head: box coordinates in pixels concatenated with class scores in 0..1."""
+    """A detector-style head: box coordinates in pixels concatenated with class scores in 0..1.
+
+    Both branches end in an activation that folds into a quantizer (Relu, Clip to
+    0..1), so a naive quantizer would give the Concat one shared scale.
+    """
     b = GraphBuilder(seed)
     x = b.node("Relu", [b.conv("input", 3, 8)])
-    boxes = b.node("Mul", [b.conv(x, 8, 4, k=1), b.const(np.array(300.0, np.float32), "pixels")])
-    scores = b.node("Sigmoid", [b.conv(x, 8, 3, k=1)])
+    w = b.const(b.weight(4, 8, 1, 1) * 300.0)
+    boxes = b.node("Relu", [b.node("Conv", [x, w, b.const(np.full(4, 200.0, np.float32), "b")], kernel_shape=[1, 1])])
+    scores = b.node("Clip", [b.conv(x, 8, 3, k=1), b.const(np.array(0.0, np.float32), "lo"), b.const(np.array(1.0, np.float32), "hi")])
     y = b.node("Concat", [boxes, scores], axis=1)
     _rename_output(b, y, "detections")
     return b.model([_image_input(3, size)], [_output("detections", [1, 7, size, size])], "mixed_range_concat")

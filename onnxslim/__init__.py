@@ -4,6 +4,7 @@ The Python API mirrors the command line::
 
     import onnxslim
     summary = onnxslim.inspect("model.onnx")
+    model, report = onnxslim.quantize("model.onnx", "calib/", output="model.int8.onnx")
     report = onnxslim.validate("model.onnx", "model.int8.onnx", "data/")
 """
 
@@ -12,7 +13,8 @@ __version__ = "0.1.0"
 from onnxslim.errors import OnnxSlimError  # noqa: E402
 from onnxslim.ir.io import load_model, save_model  # noqa: E402
 from onnxslim.optimize import optimize  # noqa: E402
+from onnxslim.quant import QuantConfig, quantize  # noqa: E402
 from onnxslim.summary import inspect  # noqa: E402
 from onnxslim.validate import Gates, validate  # noqa: E402
 
-__all__ = ["OnnxSlimError", "Gates", "inspect", "load_model", "optimize", "save_model", "validate", "__version__"]
+__all__ = ["OnnxSlimError", "Gates", "QuantConfig", "inspect", "load_model", "optimize", "quantize", "save_model", "validate", "__version__"]

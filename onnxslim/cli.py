@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from onnxslim import __version__
-from onnxslim.cli_options import input_shapes_option, output_option, providers_option, quiet_option, report_option, threads_option
+from onnxslim.cli_options import csv_option, data_options, input_shapes_option, output_option, providers_option, quiet_option, report_option, threads_option
 from onnxslim.errors import OnnxSlimError
 from onnxslim.report import to_json, write_report
 
@@ -115,8 +115,8 @@ def optimize(model, output, report_path):
 
     _, report = optimize_model(model, output)
     for result in report.passes:
-        for change in result.changes:
-            console.print(f"[green]{result.name}[/]: {escape(change)}", highlight=False)
+        if result.changes:
+            console.print(f"[green]{result.name}[/]: {escape(result.summary())}", highlight=False)
         for decline in result.declined:
             console.print(f"[yellow]{result.name}[/]: left {escape(decline.where)}: {escape(decline.reason)}", highlight=False)
     console.print(
@@ -202,6 +202,102 @@ def _print_validation(report) -> None:
         console.print(f"[bold green]PASSED[/] ({checked})")
     else:
         console.print(f"[bold red]FAILED[/] ({len(failed)} of {len(report.gates)} gate(s) failed)")
+
+
+# ---------------------------------------------------------------- quantize
+def _resolve_data(model_path, options: dict, required: bool = True):
+    from onnxslim.data.resolve import data_from_options
+    from onnxslim.ir import load_model
+
+    keys = ("data", "data_loader", "image_size", "image_layout", "image_scale", "image_mean", "image_std", "image_channels")
+    model = load_model(model_path, load_weights=False)
+    return data_from_options(model, required=required, **{k: options[k] for k in keys})
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@output_option
+@data_options
+@click.option("--eval-data", default=None, help="Held-out .npz folder for the fidelity check (default: every 5th batch of --data, not used for calibration).")
+@click.option("--target", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="Layout to emit: cpu = what onnxruntime's CPU provider fuses (UINT8 activations); cuda/tensorrt = INT8 symmetric Q/DQ on weighted-op inputs.")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="percentile", show_default=True, help="Calibration range method.")
+@click.option("--percentile", type=float, default=99.999, show_default=True, help="Percentile for --method percentile.")
+@click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")
+@csv_option("--op-types", "Quantize only these op types.")
+@csv_option("--exclude-nodes", "Keep these nodes (by name) in float.")
+@csv_option("--exclude-op-types", "Keep these op types in float.")
+@click.option("--quantize-attention", is_flag=True, help="Also quantize MatMuls of two activations (attention scores).")
+@click.option("--quantize-output-layers", is_flag=True, help="Also quantize layers that feed a graph output directly (kept in float by default).")
+@click.option("--accuracy-budget", type=float, default=None, metavar="COSINE", help="Keep the most sensitive layers in float until every output's cosine on held-out data reaches this.")
+@click.option("--calibration-provider", default="cpu", show_default=True, help="Execution provider for calibration runs.")
+@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Calibrate on at most this many batches.")
+@click.option("--eval-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True, help="Share of --data held out for the fidelity check.")
+@threads_option
+@click.option("--latency-runs", type=click.IntRange(min=0), default=30, show_default=True, help="Timed runs of FP32 and INT8, interleaved (0: no timing).")
+@click.option("--if-slower", type=click.Choice(["keep-fp32", "keep-int8", "fail"]), default="keep-fp32", show_default=True, help="What to write when INT8 is not faster than FP32.")
+@report_option
+@quiet_option
+def quantize(model, output, eval_data, target, method, percentile, per_tensor, op_types, exclude_nodes, exclude_op_types, quantize_attention,
+             quantize_output_layers, accuracy_budget, calibration_provider, max_samples, eval_fraction, threads, latency_runs, if_slower,
+             report_path, quiet, input_shapes, **data_options):
+    """Quantize MODEL to INT8 (QDQ) with calibration data, check it against FP32, write OUTPUT."""
+    from onnxslim.quant import QuantConfig, quantize as quantize_model
+
+    data = _resolve_data(model, data_options)
+    config = QuantConfig(
+        target=target, method=method, percentile=percentile, per_channel=not per_tensor, op_types=op_types, exclude_nodes=exclude_nodes,
+        exclude_op_types=exclude_op_types, quantize_attention=quantize_attention, quantize_output_layers=quantize_output_layers,
+        accuracy_budget=accuracy_budget, calibration_provider=calibration_provider, max_calibration_samples=max_samples,
+        eval_fraction=eval_fraction, threads=threads or 1, latency_runs=latency_runs, if_slower=if_slower,
+    )
+    _, report = quantize_model(model, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
+    _print_quantization(report)
+    _finish(report.to_dict(), report_path)
+
+
+def _print_quantization(report) -> None:
+    for result in report.prepare:
+        if result.changes:
+            console.print(f"[dim]prepare {result.name}:[/] {escape(result.summary())}", highlight=False)
+    quantized = report.quantized
+    ops: dict[str, int] = {}
+    for decision in quantized:
+        ops[decision.op_type] = ops.get(decision.op_type, 0) + 1
+    console.print(
+        f"quantized {len(quantized)} of {len(report.decisions)} nodes ({', '.join(f'{op} {n}' for op, n in sorted(ops.items()))}); "
+        f"target {report.target}, {report.method} ranges from {report.calibration_batches} batch(es) in {report.calibration_seconds:.1f} s",
+        highlight=False,
+    )
+    kernels = ", ".join(f"{op} {n}" for op, n in sorted(report.integer_kernels.items()))
+    console.print(f"onnxruntime runs: {kernels or 'no integer kernels'}", highlight=False)
+    skipped = Table(title="kept in float", title_justify="left", show_lines=False)
+    skipped.add_column("ops")
+    skipped.add_column("why")
+    for reason, counter in sorted(report.skipped_by_reason().items(), key=lambda item: -sum(item[1].values())):
+        skipped.add_row(", ".join(f"{op} {n}" for op, n in counter.most_common()), escape(reason))
+    if report.skipped:
+        console.print(skipped)
+    for entry in report.kept_float_for_budget:
+        console.print(f"  kept in float for the accuracy budget: {escape(entry['node'])} (cosine {entry['cosine_when_alone_quantized']:.5f} when it alone is quantized)", highlight=False)
+    fidelity = Table(title=f"INT8 vs FP32 on {report.evaluation}", title_justify="left")
+    for column in ("output", "cosine", "SNR dB", "max abs", "top-1"):
+        fidelity.add_column(column, justify="left" if column == "output" else "right")
+    for output in report.fidelity:
+        fidelity.add_row(escape(output.name), _fmt(output.cosine, 6), _fmt(output.snr_db, 3), _fmt(output.max_abs), _fmt(output.top1, 4))
+    console.print(fidelity)
+    latency = report.latency
+    if latency:
+        console.print(
+            f"latency ({latency['threads']} thread(s), median of {latency['fp32']['runs']} interleaved runs): FP32 {latency['fp32']['median_ms']:.3f} ms, "
+            f"INT8 {latency['int8']['median_ms']:.3f} ms, ratio {latency['ratio']:.3f}",
+            highlight=False,
+        )
+    console.print(f"size: FP32 {report.fp32_bytes / 1e6:.2f} MB, INT8 {report.int8_bytes / 1e6:.2f} MB", highlight=False)
+    for warning in report.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if report.output:
+        what = "INT8 QDQ model" if report.written == "int8" else "[bold yellow]FP32 model (cleaned), not INT8[/]"
+        console.print(f"wrote {escape(report.output)}: {what}", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,3 +56,50 @@ def threads_option(f):
 
 def quiet_option(f):
     return click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(f)
+
+
+def _csv(ctx, param, value):
+    if value is None:
+        return ()
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _floats(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of numbers") from None
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        height, width = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not HEIGHTxWIDTH, e.g. 224x224") from None
+    return height, width
+
+
+def data_options(f):
+    """--data and everything that says how to read it: shared by quantize and prune."""
+    options = [
+        click.option("--data", default=None, help="Calibration data: a folder of .npz batches (keys = input names), a folder of images, or 'random'."),
+        click.option("--data-loader", default=None, metavar="MODULE:FUNCTION", help="A Python function yielding dicts of input name -> array."),
+        click.option("--image-size", callback=_size, default=None, metavar="HxW", help="Image folder: resize to this size."),
+        click.option("--image-layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True, help="Image folder: tensor layout."),
+        click.option("--image-scale", type=float, default=1.0 / 255.0, show_default="1/255", help="Image folder: multiply pixel values by this."),
+        click.option("--image-mean", callback=_floats, default=None, metavar="R,G,B", help="Image folder: subtract per channel (after scaling)."),
+        click.option("--image-std", callback=_floats, default=None, metavar="R,G,B", help="Image folder: divide per channel."),
+        click.option("--image-channels", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True, help="Image folder: channel order."),
+        input_shapes_option,
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def csv_option(name: str, help_text: str):
+    return click.option(name, default=None, callback=_csv, metavar="A,B,...", help=help_text)

@@ -154,6 +154,12 @@ class CheckedSource:
     def __len__(self) -> int:
         return len(self.source)
 
+    def known_length(self) -> int | None:
+        try:
+            return len(self.source)
+        except TypeError:
+            return None
+
     def __iter__(self) -> Iterator[tuple[str, Batch]]:
         for label, batch in self.source:
             check_batch(batch, self.inputs, label, finite=self.finite)
@@ -168,7 +174,8 @@ def open_data(
     random_batches: int = 4,
     seed: int = 0,
 ) -> CheckedSource:
-    """Open ``data`` ('random', a folder or file of .npz, or a DataSource) as checked batches."""
+    """Open ``data`` ('random', a folder or file of .npz, a DataSource, a reader, a list) as checked batches."""
+    data = as_source(data)
     if isinstance(data, (str, Path)):
         if str(data) == "random":
             source: DataSource = RandomInputs(inputs, input_shapes, batches=random_batches, seed=seed)
@@ -177,3 +184,146 @@ def open_data(
     else:
         source = data
     return CheckedSource(source, inputs)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class ImageFolder:
+    """A folder of images turned into one-image batches by a declared preprocessing.
+
+    Each image is converted to RGB (or BGR), resized to ``size`` (height,
+    width), multiplied by ``scale``, normalized per channel with ``mean`` and
+    ``std``, and laid out as NCHW or NHWC with a batch dimension of 1.
+    """
+
+    def __init__(self, folder: str | Path, input_name: str, *, size: tuple[int, int], layout: str = "nchw", scale: float = 1.0 / 255.0,
+                 mean: tuple[float, ...] = (0.0, 0.0, 0.0), std: tuple[float, ...] = (1.0, 1.0, 1.0), channels: str = "rgb"):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise DataError(f"image folder not found: {self.folder}")
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise DataError(f"{self.folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        if layout not in ("nchw", "nhwc"):
+            raise UsageError(f"image layout must be nchw or nhwc, not {layout}")
+        if channels not in ("rgb", "bgr"):
+            raise UsageError(f"image channels must be rgb or bgr, not {channels}")
+        if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
+            raise UsageError("image mean and std need three values each, std non-zero")
+        self.input_name, self.size, self.layout, self.scale = input_name, size, layout, scale
+        self.mean, self.std, self.channels = np.array(mean, np.float32), np.array(std, np.float32), channels
+        self.description = f"{len(self.files)} image(s) from {self.folder} ({size[0]}x{size[1]} {layout}, {channels})"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __iter__(self) -> Iterator[tuple[str, Batch]]:
+        try:
+            from PIL import Image
+        except ImportError:
+            raise DataError("reading an image folder needs Pillow: pip install pillow") from None
+        for path in self.files:
+            try:
+                with Image.open(path) as image:
+                    rgb = image.convert("RGB").resize((self.size[1], self.size[0]), Image.BILINEAR)
+            except OSError as exc:
+                raise DataError(f"{path}: not a readable image ({exc})") from None
+            array = np.asarray(rgb, dtype=np.float32)
+            if self.channels == "bgr":
+                array = array[:, :, ::-1]
+            array = (array * self.scale - self.mean) / self.std
+            if self.layout == "nchw":
+                array = array.transpose(2, 0, 1)
+            yield str(path), {self.input_name: np.ascontiguousarray(array[None], dtype=np.float32)}
+
+
+class LoaderFunction:
+    """Batches from a user function ``module:function`` (or ``path/to/file.py:function``) yielding dicts."""
+
+    def __init__(self, spec: str):
+        import importlib
+        import importlib.util
+
+        module_name, sep, function_name = spec.rpartition(":")
+        if not sep or not module_name or not function_name:
+            raise UsageError(f"--data-loader '{spec}' is not MODULE:FUNCTION")
+        try:
+            if module_name.endswith(".py") or "/" in module_name:
+                path = Path(module_name)
+                if not path.is_file():
+                    raise DataError(f"--data-loader: file not found: {path}")
+                module_spec = importlib.util.spec_from_file_location(path.stem, path)
+                module = importlib.util.module_from_spec(module_spec)
+                module_spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise DataError(f"--data-loader: cannot import '{module_name}': {exc}") from None
+        self.function = getattr(module, function_name, None)
+        if not callable(self.function):
+            raise DataError(f"--data-loader: '{module_name}' has no function '{function_name}'")
+        self.spec = spec
+        self.description = f"batches from {spec}"
+
+    def __len__(self) -> int:
+        raise TypeError("a loader function's length is not known in advance")
+
+    def __iter__(self) -> Iterator[tuple[str, Batch]]:
+        for index, batch in enumerate(self.function()):
+            if not isinstance(batch, Mapping):
+                raise DataError(f"{self.spec}: item {index} is {type(batch).__name__}, not a dict of input name -> array")
+            yield f"{self.spec} item {index}", {k: np.asarray(v) for k, v in batch.items()}
+
+
+class ReaderAdapter:
+    """An onnxruntime ``CalibrationDataReader`` (anything with ``get_next()``) as a DataSource.
+
+    Its batches are read once and kept, since such readers cannot always rewind.
+    """
+
+    def __init__(self, reader):
+        self.batches: list[Batch] = []
+        while True:
+            item = reader.get_next()
+            if item is None:
+                break
+            self.batches.append({k: np.asarray(v) for k, v in dict(item).items()})
+        if not self.batches:
+            raise DataError("the calibration data reader returned no batches")
+        self.description = f"{len(self.batches)} batch(es) from {type(reader).__name__}"
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[str, Batch]]:
+        for index, batch in enumerate(self.batches):
+            yield f"reader batch {index}", batch
+
+
+def as_source(data) -> "DataSource | str | Path":
+    """Accept the Python API's forms of data: a path, 'random', a DataSource, a reader, or a list of dicts."""
+    if isinstance(data, (str, Path)) or hasattr(data, "__iter__") and hasattr(data, "description"):
+        return data
+    if hasattr(data, "get_next"):
+        return ReaderAdapter(data)
+    if isinstance(data, (list, tuple)) and all(isinstance(item, Mapping) for item in data):
+        return InMemory(list(data))
+    raise UsageError(f"data must be a folder of .npz files, 'random', a DataSource or a CalibrationDataReader, not {type(data).__name__}")
+
+
+class InMemory:
+    """A list of input dicts."""
+
+    def __init__(self, batches: list[Mapping[str, np.ndarray]]):
+        if not batches:
+            raise DataError("the list of batches is empty")
+        self.batches = [{k: np.asarray(v) for k, v in b.items()} for b in batches]
+        self.description = f"{len(self.batches)} in-memory batch(es)"
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[str, Batch]]:
+        for index, batch in enumerate(self.batches):
+            yield f"batch {index}", batch

@@ -37,6 +37,12 @@ class PassResult:
     def decline(self, where: str, reason: str) -> None:
         self.declined.append(Decline(where, reason))
 
+    def summary(self) -> str:
+        """One line: the change itself, or how many and the first."""
+        if len(self.changes) == 1:
+            return self.changes[0]
+        return f"{len(self.changes)} changes, e.g. {self.changes[0]}"
+
     def to_dict(self) -> dict:
         return {
             "pass": self.name,

@@ -6,7 +6,7 @@ import onnx
 from onnx import TensorProto, shape_inference
 
 from onnxslim.ir.graph import name_nodes
-from onnxslim.passes import PassResult, fuse_hardswish, run_passes, upgrade_opset
+from onnxslim.passes import PassResult, constants_to_initializers, fuse_hardswish, run_passes, upgrade_opset
 from onnxslim.passes.opset import default_opset
 from onnxslim.summary import skeleton
 
@@ -22,6 +22,8 @@ def prepare(model: onnx.ModelProto) -> list[PassResult]:
         upgraded = upgrade_opset(model, QDQ_MIN_OPSET)
     results.append(upgraded)
     if upgraded.modified:
+        # the converter writes new shape constants as Constant nodes
+        constants_to_initializers(model)
         results.append(fuse_hardswish(model))
     named = name_nodes(model.graph)
     if named:

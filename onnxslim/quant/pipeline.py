@@ -40,6 +40,32 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+class _Calibration:
+    """The batches of a source not held out for evaluation, up to ``limit``."""
+
+    def __init__(self, source, held: set[int], limit: int | None):
+        self.source, self.held, self.limit = source, held, limit
+        total = source.known_length()
+        self.total = None if total is None else total - len(held)
+        if self.total is not None and limit is not None:
+            self.total = min(self.total, limit)
+
+    def __len__(self) -> int:
+        if self.total is None:
+            raise TypeError("length unknown")
+        return self.total
+
+    def __iter__(self):
+        taken = 0
+        for index, item in enumerate(self.source):
+            if index in self.held:
+                continue
+            if self.limit is not None and taken >= self.limit:
+                return
+            taken += 1
+            yield item
+
+
 class _Session:
     """State of one quantization run: the prepared model, data splits, statistics."""
 
@@ -67,35 +93,27 @@ class _Session:
         self.calibration_seconds = 0.0
 
     def _split(self, source, eval_data, inputs, input_shapes):
+        """Calibration batches (re-iterable) and held-out batches (kept in memory: they are few)."""
+        limit = self.config.max_calibration_samples
         if eval_data is not None:
             held_out = list(open_data(eval_data, inputs, input_shapes=input_shapes))
-            return source, held_out, f"{len(held_out)} batch(es) of --eval-data"
-        total = len(source)
-        limit = self.config.max_calibration_samples
-        held = int(round(total * self.config.eval_fraction)) if total > 1 else 0
-        held = max(1, held) if total > 1 and self.config.eval_fraction > 0 else held
-        calib_count = total - held
-        if limit is not None:
-            calib_count = min(calib_count, limit)
-
-        class Calibration:
-            description = f"{calib_count} batch(es)"
-
-            def __len__(self):
-                return calib_count
-
-            def __iter__(self):
-                for index, item in enumerate(source):
-                    if index >= calib_count:
-                        return
-                    yield item
-
-        held_out = [item for index, item in enumerate(source) if index >= total - held] if held else []
+            return _Calibration(source, set(), limit), held_out, f"{len(held_out)} batch(es) of --eval-data"
+        period = round(1.0 / self.config.eval_fraction) if self.config.eval_fraction > 0 else 0
+        held_out, held_index, count = [], set(), 0
+        for index, item in enumerate(source):
+            count = index + 1
+            if period and index % period == period - 1:
+                held_out.append(item)
+                held_index.add(index)
+        if not held_out and count >= 2 and period:
+            held_index = {count - 1}
+            held_out = [item for index, item in enumerate(source) if index == count - 1]
         if not held_out:
-            held_out = list(Calibration())[:SENSITIVITY_BATCHES]
-            self.warnings.append("only one batch of data: fidelity is measured on the calibration batch itself; pass --eval-data")
-            return Calibration(), held_out, "the calibration batch (no held-out data)"
-        return Calibration(), held_out, f"{held} held-out batch(es) of --data (not used for calibration)"
+            self.warnings.append("no held-out data: fidelity is measured on calibration batches; pass --eval-data or more batches")
+            calibration = _Calibration(source, set(), limit)
+            return calibration, list(calibration)[:SENSITIVITY_BATCHES], "the calibration batches (no held-out data)"
+        calibration = _Calibration(source, held_index, limit)
+        return calibration, held_out, f"{len(held_out)} held-out batch(es) of --data (every {period}th, not used for calibration)" if period > 1 else f"{len(held_out)} held-out batch(es)"
 
     def observe(self, plan: QuantPlan) -> None:
         start = time.perf_counter()
@@ -103,7 +121,7 @@ class _Session:
         histogram = self.config.method != "minmax"
         self.stats, seen = calibrate(
             self.prepared, needed, self.calib_source, histogram=histogram, bins=self.config.histogram_bins,
-            provider=self.provider, total=len(self.calib_source), show_progress=self.show_progress, stats=self.stats,
+            provider=self.provider, total=self.calib_source.total, show_progress=self.show_progress, stats=self.stats,
         )
         self.calibration_batches = max(self.calibration_batches, seen)
         self.calibration_seconds += time.perf_counter() - start

@@ -1,0 +1,41 @@
+"""Turn the command line's data options into a DataSource."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from onnxslim.data.sources import IMAGE_SUFFIXES, ImageFolder, LoaderFunction
+from onnxslim.errors import UsageError
+from onnxslim.ir.tensors import graph_inputs
+
+
+def data_from_options(model: onnx.ModelProto, *, data: str | None, data_loader: str | None, image_size, image_layout: str, image_scale: float,
+                      image_mean, image_std, image_channels: str, required: bool = True):
+    """The data source the options describe: .npz folder, image folder, loader function or 'random'."""
+    if data and data_loader:
+        raise UsageError("give either --data or --data-loader, not both")
+    if data_loader:
+        return LoaderFunction(data_loader)
+    if not data:
+        if required:
+            raise UsageError("give --data DIR (.npz batches or images), --data-loader MODULE:FUNCTION, or --data random")
+        return None
+    folder = Path(data)
+    if data != "random" and folder.is_dir() and not any(folder.glob("*.npz")) and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+        inputs = graph_inputs(model)
+        if len(inputs) != 1:
+            raise UsageError(f"an image folder feeds models with one input; this one has {len(inputs)}: {', '.join(i.name for i in inputs)}")
+        if image_size is None:
+            shape = inputs[0].shape or ()
+            spatial = shape[2:4] if image_layout == "nchw" else shape[1:3]
+            if len(spatial) == 2 and all(isinstance(d, int) for d in spatial):
+                image_size = tuple(spatial)
+            else:
+                raise UsageError(f"{folder} holds images: give --image-size HxW (the model's input '{inputs[0].name}' is {inputs[0].shape_text()})")
+        return ImageFolder(
+            folder, inputs[0].name, size=image_size, layout=image_layout, scale=image_scale,
+            mean=image_mean or (0.0, 0.0, 0.0), std=image_std or (1.0, 1.0, 1.0), channels=image_channels,
+        )
+    return data

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from onnxslim.quant.observers import HistogramObserver, MinMaxObserver, TensorStats
+from onnxslim.quant.params import activation_params, quantize_bias, quantize_weight, weight_params
+from onnxslim.quant.ranges import calibrated_range, entropy_threshold
+
+
+def test_histogram_growth_is_exact_and_shapes_may_differ():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(0, scale, shape) for scale, shape in ((0.1, (3, 5)), (1.0, (7,)), (8.0, (2, 2, 9)), (0.5, (40,)), (30.0, (4, 4)))]
+    observer = HistogramObserver(256)
+    for batch in batches:
+        observer.update(batch)
+    values = np.concatenate([b.ravel() for b in batches]).astype(np.float32)
+    assert observer.total == values.size
+    assert observer.low <= values.min() and observer.high > values.max()
+    expected, _ = np.histogram(values, bins=observer.edges())
+    np.testing.assert_array_equal(observer.counts, expected)
+
+
+def test_state_is_fixed_size_whatever_the_number_of_samples():
+    observer = HistogramObserver(512)
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        observer.update(rng.normal(0, 1, 1000))
+    assert observer.counts.shape == (512,) and observer.total == 200_000
+
+
+def test_minmax_and_moving_average():
+    observer = MinMaxObserver(momentum=0.5)
+    observer.update(np.array([-1.0, 2.0]))
+    observer.update(np.array([-3.0, 4.0]))
+    assert (observer.min, observer.max) == (-3.0, 4.0)
+    assert (observer.avg_min, observer.avg_max) == (-2.0, 3.0)
+
+
+def stats_of(values) -> TensorStats:
+    stats = TensorStats(MinMaxObserver(), HistogramObserver())
+    for chunk in np.array_split(values, 10):
+        stats.update(chunk)
+    return stats
+
+
+def test_percentile_range_ignores_rare_outliers():
+    rng = np.random.default_rng(2)
+    values = np.concatenate([rng.normal(0, 1, 200_000), [80.0]])
+    lo, hi = calibrated_range(stats_of(values), "percentile", symmetric=False, percentile=99.99)
+    assert 3.0 < hi < 5.0 and -5.0 < lo < -3.0
+    assert calibrated_range(stats_of(values), "minmax", symmetric=False)[1] == 80.0
+
+
+def test_entropy_and_mse_on_gaussian_are_sane():
+    values = np.random.default_rng(3).normal(0, 1, 300_000)
+    stats = stats_of(values)
+    threshold = entropy_threshold(stats.histogram, symmetric=True)
+    assert 2.5 < threshold < 6.0
+    lo, hi = calibrated_range(stats, "mse", symmetric=True)
+    assert lo == -hi and 2.0 < hi <= np.abs(values).max()
+
+
+def test_ranges_always_contain_zero():
+    stats = stats_of(np.random.default_rng(4).uniform(2.0, 3.0, 10_000))
+    for method in ("minmax", "percentile", "entropy", "mse"):
+        lo, hi = calibrated_range(stats, method, symmetric=False)
+        assert lo == 0.0 and hi > 2.0
+
+
+def test_uint8_and_int8_parameters():
+    scale, zero = activation_params(-1.0, 3.0, signed=False)
+    assert zero.dtype == np.uint8 and int(zero) == 64 and scale == pytest.approx(4.0 / 255)
+    scale, zero = activation_params(0.0, 6.0, signed=False)
+    assert int(zero) == 0
+    scale, zero = activation_params(-1.0, 3.0, signed=True)
+    assert zero.dtype == np.int8 and int(zero) == 0 and scale == pytest.approx(3.0 / 127)
+
+
+def test_weight_and_bias_quantization_round_trip():
+    rng = np.random.default_rng(5)
+    weight = rng.normal(0, 1, (6, 3, 3, 3)).astype(np.float32) * np.arange(1, 7, dtype=np.float32)[:, None, None, None]
+    scales = weight_params(weight, 0)
+    assert scales.shape == (6,)
+    quantized = quantize_weight(weight, scales, 0)
+    assert quantized.dtype == np.int8 and np.abs(quantized).max() == 127
+    error = np.abs(quantized * scales[:, None, None, None] - weight).max(axis=(1, 2, 3))
+    assert np.all(error <= scales / 2 + 1e-7)
+    bias, bias_scale = quantize_bias(np.linspace(-1, 1, 6).astype(np.float32), np.float32(0.02), scales)
+    assert bias.dtype == np.int32
+    np.testing.assert_allclose(bias * bias_scale, np.linspace(-1, 1, 6), atol=bias_scale.max())

@@ -1,0 +1,289 @@
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from models.builders import ALL_BUILDERS, GraphBuilder, conv_bn_relu, constant_node_weights, mixed_range_concat, mlp, residual, sample_inputs, transformer_block
+from onnxslim import QuantConfig, quantize
+from onnxslim.cli import main
+from onnxslim.errors import DataError, NothingToDoError
+import onnxslim.quant.pipeline as quantize_steps
+from tests.conftest import run_model
+
+GOLDEN = Path(__file__).parent / "golden"
+FAST = QuantConfig(latency_runs=0)
+EVERY_LAYER = QuantConfig(latency_runs=0, quantize_output_layers=True)
+
+
+def calibrate_on(model, count=20, seed=1):
+    return sample_inputs(model, count, seed=seed)
+
+
+def ops(model):
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def initializers(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def stored_dq(model, inits, dtype):
+    """DequantizeLinear nodes reading a stored tensor of ``dtype`` (weights: int8, biases: int32)."""
+    return [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == dtype]
+
+
+def cosine(a, b):
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+
+def assert_close_to_float(original, quantized, minimum=0.995):
+    for feed in sample_inputs(original, 3, seed=99):
+        for a, b in zip(run_model(original, feed), run_model(quantized, feed)):
+            assert cosine(a, b) > minimum
+
+
+def test_conv_bn_relu_layout_and_numbers():
+    model = conv_bn_relu()
+    quantized, report = quantize(model, calibrate_on(model), config=FAST)
+    counts = ops(quantized)
+    assert "BatchNormalization" not in counts and "Relu" not in counts  # BN folded, Relu folded into UINT8 quantizers
+    inits = initializers(quantized)
+    weights = stored_dq(quantized, inits, np.int8)
+    assert len(weights) == 2  # the two convs; the classifier Gemm is an output layer and stays float
+    for node in weights:
+        axis = next(a.i for a in node.attribute if a.name == "axis")
+        scale = inits[node.input[1]]
+        assert scale.ndim == 1 and scale.size == inits[node.input[0]].shape[axis]
+        assert not inits[node.input[2]].any()
+    biases = stored_dq(quantized, inits, np.int32)
+    assert len(biases) == 2
+    activations = [n for n in quantized.graph.node if n.op_type == "QuantizeLinear"]
+    assert all(inits[n.input[2]].dtype == np.uint8 for n in activations)
+    assert report.integer_kernels == {"QLinearConv": 2, "QLinearGlobalAveragePool": 1}
+    assert_close_to_float(model, quantized, 0.999)
+    assert [i.name for i in quantized.graph.input] == [i.name for i in model.graph.input]
+    assert [o.name for o in quantized.graph.output] == [o.name for o in model.graph.output]
+
+
+def test_residual_add_and_maxpool_share_scales():
+    model = residual()
+    quantized, report = quantize(model, calibrate_on(model), config=EVERY_LAYER)
+    assert report.integer_kernels.get("QLinearAdd") == 2
+    assert report.integer_kernels.get("QLinearConv") == 6
+    inits = initializers(quantized)
+    producers = {o: n for n in quantized.graph.node for o in n.output}
+    pool = next(n for n in quantized.graph.node if n.op_type == "MaxPool")
+    before = producers[pool.input[0]]
+    after = next(n for n in quantized.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == pool.output[0])
+    assert before.op_type == "DequantizeLinear"
+    assert inits[before.input[1]] == inits[after.input[1]] and inits[before.input[2]] == inits[after.input[2]]
+    assert_close_to_float(model, quantized, 0.999)
+
+
+def test_depthwise_grouped_and_concat_models_quantize_every_conv():
+    for name in ("depthwise_separable", "grouped_conv", "concat_split"):
+        model = ALL_BUILDERS[name]()
+        quantized, report = quantize(model, calibrate_on(model), config=EVERY_LAYER)
+        convs = sum(1 for n in model.graph.node if n.op_type == "Conv")
+        assert report.integer_kernels.get("QLinearConv") == convs, name
+        assert_close_to_float(model, quantized, 0.998)
+
+
+def test_gemm_weights_on_output_axis():
+    model = mlp()
+    quantized, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=0, quantize_output_layers=True))
+    inits = initializers(quantized)
+    for node in stored_dq(quantized, inits, np.int8):
+        assert next(a.i for a in node.attribute if a.name == "axis") == 0  # transB=1: (N, K)
+    assert report.integer_kernels == {"QGemm": 3}
+    _, default_report = quantize(model, calibrate_on(model), config=FAST)
+    last = [d for d in default_report.decisions if d.node == model.graph.node[-1].name][0]
+    assert not last.quantized and "output layer" in last.reason
+
+
+def test_transformer_block_keeps_sensitive_paths_in_float():
+    model = transformer_block()
+    quantized, report = quantize(model, calibrate_on(model, 24), config=FAST)
+    for decision in report.decisions:
+        if decision.op_type in ("LayerNormalization", "Softmax", "Erf"):
+            assert not decision.quantized
+    attention = [d for d in report.decisions if d.op_type == "MatMul" and "attention" in d.reason]
+    assert len(attention) == 2
+    inits = initializers(quantized)
+    for node in stored_dq(quantized, inits, np.int8):
+        assert next(a.i for a in node.attribute if a.name == "axis") == 1  # MatMul weight (K, N)
+    assert report.integer_kernels.get("QGemm", 0) >= 5
+    assert_close_to_float(model, quantized, 0.995)
+
+
+def test_concat_of_differently_ranged_outputs_stays_float():
+    model = mixed_range_concat()
+    quantized, report = quantize(model, calibrate_on(model), config=FAST)
+    concat = next(d for d in report.decisions if d.op_type == "Concat")
+    assert not concat.quantized and "ranges" in concat.reason
+    for feed in sample_inputs(model, 3, seed=7):
+        reference, candidate = run_model(model, feed)[0], run_model(quantized, feed)[0]
+        scores_ref, scores_q = reference[:, 4:], candidate[:, 4:]
+        assert np.abs(scores_ref - scores_q).max() < 0.05  # class scores survive next to pixel coordinates
+
+
+def test_constant_node_weights_at_opset_11_are_quantized_as_weights(tmp_path):
+    model = constant_node_weights(channels=48, opset=11)
+    source = tmp_path / "paddle_style.onnx"
+    onnx.save(model, str(source))
+    out = tmp_path / "int8.onnx"
+    quantized, report = quantize(source, calibrate_on(model), config=FAST, output=out)
+    assert quantized.opset_import[0].version >= 13
+    assert any(r.name == "constants-to-initializers" and r.modified for r in report.prepare)
+    weights = [n for n in stored_dq(quantized, initializers(quantized), np.int8) if initializers(quantized)[n.input[0]].ndim == 4]
+    convs = sum(1 for n in model.graph.node if n.op_type == "Conv")
+    assert len(weights) == convs - 1  # all but the output layer
+    assert any("output layer" in d.reason for d in report.decisions if d.op_type == "Conv")
+    assert out.stat().st_size < source.stat().st_size * 0.5
+    assert_close_to_float(model, onnx.load(str(out)), 0.999)
+
+
+def test_cuda_target_is_symmetric_int8_on_weighted_inputs():
+    model = residual()
+    quantized, report = quantize(model, calibrate_on(model), config=QuantConfig(target="cuda", latency_runs=0))
+    inits = initializers(quantized)
+    for node in quantized.graph.node:
+        if node.op_type == "QuantizeLinear":
+            zero = inits[node.input[2]]
+            assert zero.dtype == np.int8 and int(zero) == 0
+    consumers = Counter(c.op_type for n in quantized.graph.node if n.op_type == "DequantizeLinear" for c in quantized.graph.node if n.output[0] in c.input)
+    assert set(consumers) == {"Conv"}
+    assert ops(quantized)["Relu"] == ops(model)["Relu"]
+    assert_close_to_float(model, quantized, 0.998)
+
+
+def test_golden_scales_for_conv_bn_relu():
+    """Scales and zero points must not drift; regenerate with ONNXSLIM_REGENERATE_GOLDENS=1."""
+    model = conv_bn_relu()
+    quantized, _ = quantize(model, calibrate_on(model, 16, seed=3), config=QuantConfig(latency_runs=0, eval_fraction=0.0))
+    inits = initializers(quantized)
+    found = {}
+    for node in quantized.graph.node:
+        if node.op_type == "QuantizeLinear":
+            found[node.output[0]] = {"scale": float(inits[node.input[1]]), "zero_point": int(inits[node.input[2]])}
+    golden = GOLDEN / "conv_bn_relu_scales.json"
+    if os.environ.get("ONNXSLIM_REGENERATE_GOLDENS") == "1":
+        golden.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+    expected = json.loads(golden.read_text())
+    assert found.keys() == expected.keys()
+    for name, values in expected.items():
+        assert found[name]["zero_point"] == values["zero_point"], name
+        assert found[name]["scale"] == pytest.approx(values["scale"], rel=1e-5), name
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda b: {"other": b["input"]}, "no array for model input 'input'"),
+        (lambda b: {"input": b["input"][:, :2]}, "has shape"),
+        (lambda b: {"input": b["input"].astype(np.float64)}, "float64"),
+        (lambda b: {"input": np.full_like(b["input"], np.nan)}, "NaN"),
+        (lambda b: {"input": np.full_like(b["input"], np.inf)}, "Inf"),
+    ],
+)
+def test_bad_calibration_data_is_named(npz_folder, mutate, message):
+    model = conv_bn_relu()
+    batches = [mutate(b) for b in calibrate_on(model, 4)]
+    folder = npz_folder(batches)
+    with pytest.raises(DataError) as info:
+        quantize(model, folder, config=FAST)
+    assert message in str(info.value) and "batch_000.npz" in str(info.value)
+
+
+def test_nothing_to_quantize_exits_nonzero(save, npz_folder):
+    b = GraphBuilder(0)
+    y = b.node("Sigmoid", ["input"])
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4])], "plain")
+    with pytest.raises(NothingToDoError, match="nothing to quantize"):
+        quantize(model, [{"input": np.ones((1, 4), np.float32)}] * 3, config=FAST)
+    path = save(model)
+    data = npz_folder([{"input": np.ones((1, 4), np.float32)}] * 3)
+    result = CliRunner().invoke(main, ["quantize", str(path), "-o", str(path.parent / "q.onnx"), "--data", str(data), "-q"])
+    assert result.exit_code == 1 and "nothing to quantize" in result.output
+    assert not (path.parent / "q.onnx").exists()
+
+
+def test_slower_int8_writes_fp32_when_asked(monkeypatch, tmp_path):
+    model = conv_bn_relu()
+    monkeypatch.setattr(quantize_steps, "latency_ratio", lambda *a, **k: {"threads": 1, "ratio": 1.4, "fp32": {"median_ms": 1.0, "runs": 3}, "int8": {"median_ms": 1.4, "runs": 3}})
+    written, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3), output=tmp_path / "a.onnx")
+    assert report.written == "fp32" and not any(n.op_type == "QuantizeLinear" for n in written.graph.node)
+    assert any("not faster" in w for w in report.warnings)
+    written, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3, if_slower="keep-int8"))
+    assert report.written == "int8"
+    with pytest.raises(NothingToDoError, match="not faster"):
+        quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3, if_slower="fail"))
+
+
+def test_accuracy_budget_keeps_sensitive_layers_in_float():
+    model = transformer_block()
+    data = calibrate_on(model, 24)
+    _, plain = quantize(model, data, config=FAST)
+    budget = min(c.cosine for c in plain.fidelity) + (1 - min(c.cosine for c in plain.fidelity)) * 0.5
+    _, strict = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=budget))
+    assert strict.kept_float_for_budget
+    assert min(c.cosine for c in strict.fidelity) >= budget - 1e-6
+    kept = {k["node"] for k in strict.kept_float_for_budget}
+    assert all(not d.quantized for d in strict.decisions if d.node in kept)
+
+
+def test_cli_quantize_writes_model_and_report(save, npz_folder, tmp_path):
+    model = residual()
+    path = save(model)
+    data = npz_folder(calibrate_on(model, 10))
+    out, report = tmp_path / "int8.onnx", tmp_path / "report.json"
+    result = CliRunner().invoke(
+        main, ["quantize", str(path), "-o", str(out), "--data", str(data), "--latency-runs", "0", "--quantize-output-layers", "--report", str(report), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    content = json.loads(report.read_text())
+    assert content["written"] == "int8" and content["integer_kernels"]["QLinearConv"] == 6
+    assert {d["op_type"] for d in content["quantized_nodes"]} >= {"Conv", "Add"}
+    assert all(d["reason"] for d in content["skipped_nodes"])
+    assert content["calibration"]["batches"] == 8 and content["evaluation"]["batches"] == 2
+    onnx.checker.check_model(str(out))
+
+
+def test_python_loader_reader_and_image_folder(tmp_path):
+    from onnxslim.data.sources import ImageFolder, LoaderFunction
+
+    model = conv_bn_relu(size=16)
+    module = tmp_path / "my_loader.py"
+    module.write_text("import numpy as np\ndef batches():\n    rng = np.random.default_rng(0)\n    for _ in range(6):\n        yield {'input': rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}\n")
+    _, report = quantize(model, LoaderFunction(f"{module}:batches"), config=FAST)
+    assert report.calibration_batches == 5 and report.evaluation_batches == 1
+
+    class Reader:
+        def __init__(self):
+            self.items = iter(calibrate_on(model, 5))
+
+        def get_next(self):
+            return next(self.items, None)
+
+    _, report = quantize(model, Reader(), config=FAST)
+    assert report.calibration_batches == 4
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(5):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    source = ImageFolder(images, "input", size=(16, 16), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    label, batch = next(iter(source))
+    assert batch["input"].shape == (1, 3, 16, 16) and batch["input"].dtype == np.float32
+    _, report = quantize(model, source, config=FAST)
+    assert report.calibration_batches == 4

@@ -1,0 +1,92 @@
+"""End to end on the pretrained PP-OCRv4 models that ship inside rapidocr-onnxruntime."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+pytest.importorskip("rapidocr_onnxruntime", reason="the dev extra (rapidocr-onnxruntime) ships the PP-OCRv4 models")
+pytest.importorskip("PIL", reason="rendering text lines needs Pillow (dev extra)")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.tasks import ctc_decode, edit_distance, rec_characters  # noqa: E402
+from calibration.make_datasets import make  # noqa: E402
+from models.gather import gather_ppocr  # noqa: E402
+from onnxslim import QuantConfig, quantize  # noqa: E402
+from onnxslim.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ppocr():
+    return gather_ppocr()
+
+
+@pytest.fixture(scope="module")
+def rec_data(ppocr, tmp_path_factory):
+    return make("rec", 24, 48, root=tmp_path_factory.mktemp("data"))
+
+
+def char_accuracy(model_path, folder: Path) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    labels = json.loads((folder / "labels.json").read_text())
+    characters = rec_characters()
+    errors = total = 0
+    for entry in labels:
+        with np.load(folder / entry["file"]) as archive:
+            probabilities = session.run(None, {"x": archive["x"]})[0][0]
+        errors += edit_distance(ctc_decode(probabilities, characters), entry["text"])
+        total += len(entry["text"])
+    return 1 - errors / total
+
+
+def test_recognizer_quantizes_with_fused_kernels_and_keeps_accuracy(ppocr, rec_data, tmp_path):
+    out = tmp_path / "rec.int8.onnx"
+    _, report = quantize(ppocr["ppocr_rec.onnx"], rec_data / "calib", eval_data=rec_data / "eval", output=out, config=QuantConfig(latency_runs=0))
+    assert report.written == "int8"
+    assert report.integer_kernels.get("QLinearConv", 0) >= 30  # the Paddle Constant-node weights were found and fused
+    assert out.stat().st_size < ppocr["ppocr_rec.onnx"].stat().st_size * 0.6
+    fp32, int8 = char_accuracy(ppocr["ppocr_rec.onnx"], rec_data / "eval"), char_accuracy(out, rec_data / "eval")
+    assert fp32 > 0.85
+    assert int8 >= fp32 - 0.02, (fp32, int8)
+
+
+def perturbed_copy(source: Path, target: Path) -> None:
+    model = onnx.load(str(source))
+    rng = np.random.default_rng(0)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            tensor = node.attribute[0].t
+            array = numpy_helper.to_array(tensor)
+            if array.ndim == 4 and array.dtype == np.float32:
+                noisy = array + 0.3 * np.abs(array).mean() * rng.standard_normal(array.shape).astype(np.float32)
+                tensor.CopyFrom(numpy_helper.from_array(noisy, tensor.name))
+    onnx.save(model, str(target))
+
+
+def test_validate_detector_against_itself_and_a_perturbed_copy(ppocr, tmp_path):
+    det = ppocr["ppocr_det.onnx"]
+    runner = CliRunner()
+    report = tmp_path / "same.json"
+    args = ["--data", "random", "--input-shapes", "x:1,3,160,160", "--runs", "20", "-q"]
+    same = runner.invoke(main, ["validate", str(det), str(det), *args, "--min-cosine", "0.999", "--report", str(report)])
+    assert same.exit_code == 0, same.output
+    content = json.loads(report.read_text())
+    cpu = content["providers"][0]
+    assert cpu["outputs"][0]["cosine"] == pytest.approx(1.0)
+    assert 0.6 < cpu["latency"]["ratio"] < 1.6
+    bad = tmp_path / "perturbed.onnx"
+    perturbed_copy(det, bad)
+    worse = runner.invoke(main, ["validate", str(det), str(bad), *args, "--min-cosine", "0.999"])
+    assert worse.exit_code == 3, worse.output
+    assert "FAILED" in worse.output
