@@ -13,8 +13,22 @@ __version__ = "0.1.0"
 from onnxslim.errors import OnnxSlimError  # noqa: E402
 from onnxslim.ir.io import load_model, save_model  # noqa: E402
 from onnxslim.optimize import optimize  # noqa: E402
+from onnxslim.prune import PruneConfig, prune  # noqa: E402
 from onnxslim.quant import QuantConfig, quantize  # noqa: E402
 from onnxslim.summary import inspect  # noqa: E402
 from onnxslim.validate import Gates, validate  # noqa: E402
 
-__all__ = ["OnnxSlimError", "Gates", "QuantConfig", "inspect", "load_model", "optimize", "quantize", "save_model", "validate", "__version__"]
+__all__ = [
+    "OnnxSlimError",
+    "Gates",
+    "PruneConfig",
+    "QuantConfig",
+    "inspect",
+    "load_model",
+    "optimize",
+    "prune",
+    "quantize",
+    "save_model",
+    "validate",
+    "__version__",
+]

@@ -300,5 +300,64 @@ def _print_quantization(report) -> None:
         console.print(f"wrote {escape(report.output)}: {what}", highlight=False)
 
 
+# ---------------------------------------------------------------- prune
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@output_option
+@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True, help="Share of each group's channels to remove (or, with --unstructured, of each layer's weights to zero).")
+@data_options
+@click.option("--importance", type=click.Choice(["l1", "l2", "activation"]), default="l2", show_default=True, help="Channel ranking: weight magnitude (BatchNorm-aware) or activation-aware (needs --data).")
+@click.option("--scope", type=click.Choice(["local", "global"]), default="local", show_default=True, help="Rank within each group, or across all groups.")
+@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, help="Keep channel counts at multiples of this.")
+@click.option("--target-params", type=click.FloatRange(0, 1, min_open=True), default=None, help="Instead of --ratio: keep at most this share of the parameters.")
+@click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True), default=None, help="Instead of --ratio: keep at most this share of the multiply-accumulates.")
+@click.option("--recovery", type=click.Choice(["none", "bias", "refit"]), default=None, help="Retraining-free recovery with --data (default: refit when data is given, else none).")
+@click.option("--unstructured", is_flag=True, help="Zero the smallest weights instead of removing channels (smaller after compression, not faster).")
+@threads_option
+@click.option("--latency-runs", type=click.IntRange(min=0), default=30, show_default=True, help="Timed runs before/after, interleaved, when data is given (0: no timing).")
+@report_option
+@quiet_option
+def prune(model, output, ratio, importance, scope, round_to, target_params, target_macs, recovery, unstructured, threads, latency_runs, report_path, quiet, input_shapes, **data_options):
+    """Remove whole channels, neurons and heads from MODEL; write the smaller dense model to OUTPUT."""
+    from onnxslim.prune import PruneConfig, prune as prune_model
+
+    data = _resolve_data(model, data_options, required=False)
+    config = PruneConfig(
+        ratio=ratio, importance=importance, scope=scope, round_to=round_to, target_params=target_params, target_macs=target_macs,
+        recovery=recovery or ("refit" if data is not None else "none"), unstructured=unstructured, threads=threads or 1, latency_runs=latency_runs,
+    )
+    _, report = prune_model(model, output, config=config, data=data, input_shapes=input_shapes, show_progress=not quiet)
+    _print_pruning(report)
+    _finish(report.to_dict(), report_path)
+
+
+def _print_pruning(report) -> None:
+    if report.mode == "structured":
+        table = Table(title="channel groups", title_justify="left")
+        for column in ("producers", "channels", "kept", "note"):
+            table.add_column(column, justify="right" if column in ("channels", "kept") else "left")
+        for group in report.groups:
+            producers = ", ".join(group.producers[:3]) + (f" +{len(group.producers) - 3}" if len(group.producers) > 3 else "")
+            table.add_row(escape(producers), str(group.channels_before), str(group.channels_after), escape(group.skipped or ""))
+        console.print(table)
+        console.print(f"pruned {len(report.pruned_groups)} of {len(report.groups)} groups", highlight=False)
+    for line in report.recovery:
+        console.print(f"[dim]{escape(line)}[/]", highlight=False)
+    (p0, p1), (m0, m1), (f0, f1) = report.parameters, report.macs, report.file_bytes
+    console.print(f"parameters {_count(p0)} -> {_count(p1)} ({p1 / max(p0, 1):.2f}x); MACs {m0 / 1e6:,.1f} M -> {m1 / 1e6:,.1f} M ({m1 / max(m0, 1):.2f}x); file {f0 / 1e6:.2f} MB -> {f1 / 1e6:.2f} MB", highlight=False)
+    for output in report.fidelity:
+        console.print(f"output {escape(output.name)}: cosine {output.cosine:.5f} vs the original on the data", highlight=False)
+    if report.latency:
+        latency = report.latency
+        console.print(
+            f"latency ({latency['threads']} thread(s)): {latency['original']['median_ms']:.3f} ms -> {latency['pruned']['median_ms']:.3f} ms, ratio {latency['ratio']:.3f}",
+            highlight=False,
+        )
+    for warning in report.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if report.output:
+        console.print(f"wrote {escape(report.output)}", highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

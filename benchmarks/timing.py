@@ -1,0 +1,18 @@
+"""Interleaved latency of several models on one input: the same method for onnxslim and every peer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from onnxslim.runtime import Runner
+from onnxslim.validate.latency import interleaved_latency
+
+
+def median_latencies(models: Sequence[Path | str], feed: Mapping[str, np.ndarray], *, threads: int, runs: int = 30, warmup: int = 5) -> list[float]:
+    """Median milliseconds per model, all measured in one interleaved loop."""
+    runners = [Runner(str(m), threads=threads, label=str(m)) for m in models]
+    samples = interleaved_latency(runners, feed, warmup=warmup, runs=runs)
+    return [float(np.median(s) * 1000.0) for s in samples]

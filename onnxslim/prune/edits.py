@@ -1,0 +1,132 @@
+"""How a removal of channels changes each node: the slicing rules, one small class per kind.
+
+Edits work on a :class:`WorkingWeights` view so that several edits on the same
+node (a Conv losing both input and output channels) compose, and a weight
+shared by two nodes is copied rather than cut under the other's feet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxslim.ir.tensors import from_array, initializer_map, to_array, unique_name
+from onnxslim.prune.atoms import Layout
+
+
+class WorkingWeights:
+    """Arrays of node inputs as edits change them; written back as fresh initializers."""
+
+    def __init__(self, model: onnx.ModelProto, taken: set[str]):
+        self.model = model
+        self.inits = initializer_map(model.graph)
+        self.nodes = {n.name: n for n in model.graph.node}
+        self.arrays: dict[tuple[str, int], np.ndarray] = {}
+        self.taken = taken
+
+    def get(self, node: str, index: int) -> np.ndarray:
+        key = (node, index)
+        if key not in self.arrays:
+            self.arrays[key] = to_array(self.inits[self.nodes[node].input[index]]).copy()
+        return self.arrays[key]
+
+    def set(self, node: str, index: int, array: np.ndarray) -> None:
+        self.arrays[(node, index)] = array
+
+    def commit(self) -> None:
+        for (node_name, index), array in self.arrays.items():
+            node = self.nodes[node_name]
+            original = node.input[index] if index < len(node.input) else f"{node_name}_input{index}"
+            name = unique_name(f"{original}_pruned", self.taken)
+            self.model.graph.initializer.append(from_array(np.ascontiguousarray(array), name))
+            while len(node.input) <= index:
+                node.input.append("")
+            node.input[index] = name
+
+
+def positions(layout: Layout, removed: set[int]) -> list[int]:
+    """Positions on the tensor's axis to delete (expanded by the layout's repeat)."""
+    gone = [p for p, atom in enumerate(layout.atoms) if atom is not None and atom in removed]
+    if layout.repeat == 1:
+        return gone
+    return [p * layout.repeat + r for p in gone for r in range(layout.repeat)]
+
+
+@dataclass
+class SliceInput:
+    """Delete positions of a constant input along an axis: weights, biases, per-channel parameters."""
+
+    node: str
+    index: int
+    axis: int
+    layout: Layout
+    kind: str  # 'producer', 'consumer' or 'parameter': what importance and recovery read
+
+    def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
+        array = weights.get(self.node, self.index)
+        axis = self.axis if self.axis >= 0 else array.ndim + self.axis
+        if array.ndim == 0 or array.shape[axis] == 1 and len(self.layout) * self.layout.repeat != 1:
+            return  # broadcast along the channel axis: nothing to cut
+        gone = positions(self.layout, removed)
+        if gone:
+            weights.set(self.node, self.index, np.delete(array, gone, axis=axis))
+
+
+@dataclass
+class SetGroup:
+    """A depthwise convolution keeps group == its channel count."""
+
+    node: str
+    layout: Layout
+
+    def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
+        node = weights.nodes[self.node]
+        count = len(self.layout) - len(positions(self.layout, removed))
+        for attr in node.attribute:
+            if attr.name == "group":
+                attr.i = count
+
+
+@dataclass
+class SplitSizes:
+    """A Split along the channel axis: each output keeps the channels of its range."""
+
+    node: str
+    ranges: list[tuple[int, int]]
+    layout: Layout
+
+    def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
+        node = weights.nodes[self.node]
+        sizes = []
+        for start, stop in self.ranges:
+            kept = sum(1 for atom in self.layout.atoms[start:stop] if atom is None or atom not in removed)
+            sizes.append(kept * self.layout.repeat)
+        array = np.array(sizes, dtype=np.int64)
+        if len(node.input) > 1 and node.input[1]:
+            weights.set(self.node, 1, array)
+        else:
+            for attr in list(node.attribute):
+                if attr.name == "split":
+                    node.attribute.remove(attr)
+            node.attribute.append(helper.make_attribute("split", sizes))
+
+
+@dataclass
+class ReshapeChannels:
+    """A Reshape whose constant target names the channel count (or the flattened feature count)."""
+
+    node: str
+    position: int
+    layout: Layout
+
+    def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
+        shape = weights.get(self.node, 1)
+        if shape[self.position] <= 0:
+            return  # 0 (copy) or -1 (infer) adapt by themselves
+        kept = len(self.layout) - sum(1 for a in self.layout.atoms if a is not None and a in removed)
+        shape = shape.copy()
+        shape[self.position] = kept * self.layout.repeat
+        weights.set(self.node, 1, shape)

@@ -1,0 +1,360 @@
+"""Follow every prunable channel through the graph and record what its removal touches.
+
+One walk over the graph in order computes, for every tensor that carries
+channels of a prunable producer, its :class:`~onnxslim.prune.atoms.Layout`, and
+records the edits that removing those channels implies (producer filters,
+consumer input slices, per-channel parameters, group counts, split sizes,
+reshape targets). Ops without a rule, graph outputs and unresolved shapes block
+the channels they see, with the reason kept for the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxslim.ir.tensors import constant_names, initializer_map, to_array
+from onnxslim.prune.atoms import AtomTable, Layout
+from onnxslim.prune.edits import ReshapeChannels, SetGroup, SliceInput, SplitSizes
+
+UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu", "Selu", "Softplus", "Softsign",
+         "Mish", "Identity", "Dropout", "Cast", "Clip", "Abs", "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos"}
+SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Resize", "Upsample", "SpaceToDepth"}
+BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean"}
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+@dataclass
+class Tracing:
+    atoms: AtomTable = field(default_factory=AtomTable)
+    layouts: dict[str, Layout] = field(default_factory=dict)
+    edits: list = field(default_factory=list)
+    producers: dict[str, str] = field(default_factory=dict)  # producer node -> op type
+    consumer_inputs: dict[str, str] = field(default_factory=dict)  # consumer node -> the tracked tensor it reads
+
+
+class Tracer:
+    def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple]):
+        self.graph = model.graph
+        self.constants = constant_names(self.graph)
+        self.inits = initializer_map(self.graph)
+        self.shapes = shapes
+        self.t = Tracing()
+
+    # ------------------------------------------------------------ helpers
+    def rank(self, name: str) -> int | None:
+        shape = self.shapes.get(name)
+        return None if shape is None else len(shape)
+
+    def const(self, name: str) -> np.ndarray | None:
+        return to_array(self.inits[name]) if name in self.constants else None
+
+    def block_inputs(self, node: onnx.NodeProto, reason: str) -> None:
+        for name in node.input:
+            self.t.atoms.block_layout(self.t.layouts.get(name), reason)
+
+    def new_atoms(self, node: onnx.NodeProto, count: int, axis: int) -> Layout:
+        self.t.producers[node.name] = node.op_type
+        return Layout(axis, self.t.atoms.new(node.name, count))
+
+    def consume(self, node: onnx.NodeProto, layout: Layout, index: int, axis: int) -> None:
+        self.t.edits.append(SliceInput(node.name, index, axis, layout, "consumer"))
+        self.t.consumer_inputs[node.name] = node.input[0]
+
+    # ------------------------------------------------------------ rules
+    def weighted(self, node: onnx.NodeProto, layout: Layout | None) -> Layout | None:
+        """Conv / ConvTranspose / Gemm / MatMul with a constant weight: consumer of its input, producer of its output."""
+        op = node.op_type
+        weight = self.const(node.input[1]) if len(node.input) > 1 else None
+        if weight is None:
+            if layout is not None:
+                self.t.atoms.block_layout(layout, f"{op} {node.name} has no constant weight")
+            for name in node.input[1:]:
+                self.t.atoms.block_layout(self.t.layouts.get(name), f"{op} {node.name} mixes two activations")
+            return None
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if op in ("Conv", "ConvTranspose"):
+            group = int(_attr(node, "group", 1))
+            in_axis, out_axis = (1, 0) if op == "Conv" else (0, 1)
+            c_in = weight.shape[1] * group if op == "Conv" else weight.shape[0]
+            c_out = weight.shape[0] if op == "Conv" else weight.shape[1] * group
+            if layout is not None and layout.repeat != 1:
+                self.t.atoms.block_layout(layout, f"{op} {node.name} reads flattened channels")
+                layout = None
+            if group > 1:
+                if op == "Conv" and group == c_in == c_out and layout is not None:
+                    # depthwise: output channel c is computed from input channel c alone
+                    self.t.edits.append(SliceInput(node.name, 1, 0, layout, "passthrough"))
+                    if bias:
+                        self.t.edits.append(SliceInput(node.name, 2, 0, layout, "passthrough"))
+                    self.t.edits.append(SetGroup(node.name, layout))
+                    return Layout(1, layout.atoms)
+                self.t.atoms.block_layout(layout, f"grouped {op} {node.name} (group={group}) keeps its groups whole")
+                return None
+            if layout is not None:
+                self.consume(node, layout, 1, in_axis)
+            out = self.new_atoms(node, c_out, 1)
+            self.t.edits.append(SliceInput(node.name, 1, out_axis, out, "producer"))
+            if bias:
+                self.t.edits.append(SliceInput(node.name, 2, 0, out, "producer-bias"))
+            return out
+        if op == "Gemm":
+            trans_a, trans_b = int(_attr(node, "transA", 0)), int(_attr(node, "transB", 0))
+            if trans_a or weight.ndim != 2:
+                self.t.atoms.block_layout(layout, f"Gemm {node.name} with transA")
+                return None
+            if layout is not None:
+                if layout.axis != 1:
+                    self.t.atoms.block_layout(layout, f"Gemm {node.name} reads channels on a non-feature axis")
+                else:
+                    self.consume(node, layout, 1, 1 if trans_b else 0)
+            out = self.new_atoms(node, weight.shape[0] if trans_b else weight.shape[1], 1)
+            self.t.edits.append(SliceInput(node.name, 1, 0 if trans_b else 1, out, "producer"))
+            if bias is not None and self.const(bias) is not None and self.const(bias).ndim >= 1 and self.const(bias).shape[-1] == len(out):
+                self.t.edits.append(SliceInput(node.name, 2, -1, out, "producer-bias"))
+            elif bias is not None and self.const(bias) is not None and self.const(bias).size != 1:
+                self.t.atoms.block_layout(out, f"Gemm {node.name} bias is not per output feature")
+            return out
+        # MatMul with a constant right-hand side
+        if weight.ndim != 2:
+            self.t.atoms.block_layout(layout, f"MatMul {node.name} has a batched weight")
+            return None
+        rank = self.rank(node.input[0])
+        if layout is not None:
+            if rank is None or layout.axis != rank - 1:
+                self.t.atoms.block_layout(layout, f"MatMul {node.name} reads channels on a non-feature axis")
+            else:
+                self.consume(node, layout, 1, 0)
+        out_rank = self.rank(node.output[0]) or rank or 2
+        out = self.new_atoms(node, weight.shape[1], out_rank - 1)
+        self.t.edits.append(SliceInput(node.name, 1, 1, out, "producer"))
+        return out
+
+    def binary(self, node: onnx.NodeProto) -> Layout | None:
+        out_rank = self.rank(node.output[0])
+        tracked = [(i, self.t.layouts[n]) for i, n in enumerate(node.input) if n in self.t.layouts]
+        if not tracked:
+            return None
+        if out_rank is None:
+            for _, layout in tracked:
+                self.t.atoms.block_layout(layout, f"{node.op_type} {node.name}: shape unknown")
+            return None
+        first_index, first = tracked[0]
+        in_rank = self.rank(node.input[first_index])
+        out_axis = first.axis + (out_rank - in_rank) if in_rank is not None else first.axis
+        result = Layout(out_axis, first.atoms, first.repeat)
+        for index, name in enumerate(node.input):
+            if not name or index == first_index:
+                continue
+            layout = self.t.layouts.get(name)
+            rank = self.rank(name)
+            if layout is not None:
+                if len(layout) != len(first) or layout.repeat != first.repeat or (rank is not None and layout.axis + out_rank - rank != out_axis):
+                    self.t.atoms.block_layout(layout, f"{node.op_type} {node.name} combines differently laid out channels")
+                    self.t.atoms.block_layout(first, f"{node.op_type} {node.name} combines differently laid out channels")
+                    continue
+                for a, b in zip(first.atoms, layout.atoms):
+                    self.t.atoms.tie(a, b)
+                continue
+            shape = self.shapes.get(name)
+            if shape is None:
+                self.t.atoms.block_layout(first, f"{node.op_type} {node.name}: shape of '{name}' unknown")
+                continue
+            axis = out_axis - (out_rank - len(shape))
+            if axis < 0 or shape[axis] == 1:
+                continue  # broadcast along the channel axis
+            if name in self.constants and shape[axis] == len(first) * first.repeat and first.repeat == 1:
+                self.t.edits.append(SliceInput(node.name, index, axis, Layout(axis, first.atoms), "parameter"))
+                continue
+            self.t.atoms.block_layout(first, f"{node.op_type} {node.name} combines the channels with '{name}', which is not pruned with them")
+        return result
+
+    def concat(self, node: onnx.NodeProto) -> Layout | None:
+        layouts = [self.t.layouts.get(n) for n in node.input]
+        if not any(layouts):
+            return None
+        rank = self.rank(node.output[0])
+        axis = int(_attr(node, "axis", 0))
+        if rank is not None and axis < 0:
+            axis += rank
+        tracked = [l for l in layouts if l is not None]
+        if any(l.axis != tracked[0].axis or l.repeat != 1 for l in tracked):
+            for l in tracked:
+                self.t.atoms.block_layout(l, f"Concat {node.name} joins differently laid out channels")
+            return None
+        channel_axis = tracked[0].axis
+        if axis != channel_axis:
+            return self.binary(node)  # joining along another axis ties the channels position by position
+        atoms: list[int | None] = []
+        for name, layout in zip(node.input, layouts):
+            if layout is not None:
+                atoms.extend(layout.atoms)
+                continue
+            shape = self.shapes.get(name)
+            if shape is None or not isinstance(shape[axis], int):
+                for l in tracked:
+                    self.t.atoms.block_layout(l, f"Concat {node.name}: size of input '{name}' unknown")
+                return None
+            atoms.extend([None] * shape[axis])
+        return Layout(axis, tuple(atoms))
+
+    def split(self, node: onnx.NodeProto, layout: Layout) -> None:
+        axis = int(_attr(node, "axis", 0))
+        rank = self.rank(node.input[0])
+        if rank is not None and axis < 0:
+            axis += rank
+        if axis != layout.axis:
+            for out in node.output:
+                self.t.layouts[out] = layout
+            return
+        sizes = None
+        if len(node.input) > 1 and node.input[1]:
+            array = self.const(node.input[1])
+            sizes = None if array is None else [int(v) for v in array]
+        elif _attr(node, "split") is not None:
+            sizes = list(_attr(node, "split"))
+        else:
+            self.t.atoms.block_layout(layout, f"Split {node.name} splits into equal parts, which pruning would break")
+            return
+        if sizes is None or layout.repeat != 1 or sum(sizes) != len(layout):
+            self.t.atoms.block_layout(layout, f"Split {node.name}: split sizes not constant")
+            return
+        ranges, start = [], 0
+        for out, size in zip(node.output, sizes):
+            ranges.append((start, start + size))
+            self.t.layouts[out] = Layout(axis, layout.atoms[start : start + size])
+            start += size
+        self.t.edits.append(SplitSizes(node.name, ranges, layout))
+
+    def flatten(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        shape = self.shapes.get(node.input[0])
+        axis = int(_attr(node, "axis", 1)) if node.op_type == "Flatten" else 1
+        if node.op_type == "Reshape":
+            target = self.const(node.input[1])
+            out_rank = self.rank(node.output[0])
+            if target is None or shape is None:
+                self.t.atoms.block_layout(layout, f"Reshape {node.name}: target shape not constant")
+                return None
+            if len(target) == len(shape) and all(
+                int(target[i]) in (0, shape[i]) or i == layout.axis for i in range(len(shape))
+            ):
+                self.t.edits.append(ReshapeChannels(node.name, layout.axis, layout))
+                return Layout(layout.axis, layout.atoms, layout.repeat)
+            if not (len(target) == 2 and out_rank == 2 and layout.axis == 1):
+                self.t.atoms.block_layout(layout, f"Reshape {node.name} rearranges the channel axis")
+                return None
+            self.t.edits.append(ReshapeChannels(node.name, 1, layout))
+        if shape is None or axis != layout.axis or not all(isinstance(d, int) for d in shape[axis + 1 :]):
+            self.t.atoms.block_layout(layout, f"{node.op_type} {node.name}: flattened sizes unknown")
+            return None
+        inner = int(np.prod(shape[axis + 1 :], dtype=np.int64)) if len(shape) > axis + 1 else 1
+        return Layout(1, layout.atoms, layout.repeat * inner)
+
+    def node(self, node: onnx.NodeProto) -> None:
+        op = node.op_type
+        layouts = self.t.layouts
+        data = layouts.get(node.input[0]) if node.input else None
+        if node.domain not in ("", "ai.onnx"):
+            self.block_inputs(node, f"custom op {node.domain}.{op} has no channel rule")
+            return
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            self.block_inputs(node, f"{op} {node.name} has subgraphs")
+            return
+        if op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            out = self.weighted(node, data)
+            if out is not None:
+                layouts[node.output[0]] = out
+            return
+        if op == "Shape" or op == "Size":
+            self.block_inputs(node, f"its size is read by {op} {node.name}")
+            return
+        if data is None and op not in BINARY and op != "Concat":
+            if any(n in layouts for n in node.input):
+                self.block_inputs(node, f"{op} {node.name} has no rule for channels on this input")
+            return
+        if op in UNARY:
+            if op == "PRelu" and len(node.input) > 1:
+                layouts[node.output[0]] = self.binary(node) or data
+            else:
+                layouts[node.output[0]] = data
+        elif op in SPATIAL:
+            layouts[node.output[0]] = data
+        elif op in ("BatchNormalization", "InstanceNormalization"):
+            for index in range(1, len(node.input)):
+                if node.input[index]:
+                    self.t.edits.append(SliceInput(node.name, index, 0, Layout(0, data.atoms), "parameter"))
+            layouts[node.output[0]] = data
+        elif op in BINARY:
+            out = self.binary(node)
+            if out is not None:
+                layouts[node.output[0]] = out
+        elif op == "Concat":
+            out = self.concat(node)
+            if out is not None:
+                layouts[node.output[0]] = out
+        elif op == "Split":
+            self.split(node, data)
+        elif op in ("Flatten", "Reshape"):
+            out = self.flatten(node, data)
+            if out is not None:
+                layouts[node.output[0]] = out
+        elif op == "Transpose":
+            perm = _attr(node, "perm")
+            if perm is None or data.repeat != 1:
+                self.t.atoms.block_layout(data, f"Transpose {node.name} without perm")
+                return
+            layouts[node.output[0]] = Layout(list(perm).index(data.axis), data.atoms)
+        elif op == "Pad":
+            pads = self.const(node.input[1]) if len(node.input) > 1 and node.input[1] else np.array(_attr(node, "pads", []))
+            rank = self.rank(node.input[0])
+            if pads is None or rank is None or pads.size != 2 * rank or pads[data.axis] != 0 or pads[data.axis + rank] != 0:
+                self.t.atoms.block_layout(data, f"Pad {node.name} may pad the channel axis")
+                return
+            layouts[node.output[0]] = data
+        elif op in ("Softmax", "LogSoftmax", "LayerNormalization", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2"):
+            rank = self.rank(node.input[0])
+            axes = self._reduced_axes(node, rank)
+            keepdims = int(_attr(node, "keepdims", 1)) if op.startswith("Reduce") else 1
+            if axes is None or data.axis in axes or (not keepdims and any(a < data.axis for a in axes)):
+                self.t.atoms.block_layout(data, f"{op} {node.name} works across the channel axis")
+                return
+            layouts[node.output[0]] = data
+        else:
+            self.block_inputs(node, f"no channel rule for {op} ({node.name})")
+
+    def _reduced_axes(self, node: onnx.NodeProto, rank: int | None) -> set[int] | None:
+        if rank is None:
+            return None
+        if node.op_type in ("Softmax", "LogSoftmax"):
+            return {int(_attr(node, "axis", -1)) % rank}
+        if node.op_type == "LayerNormalization":
+            start = int(_attr(node, "axis", -1)) % rank
+            return set(range(start, rank))
+        axes = _attr(node, "axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            array = self.const(node.input[1])
+            axes = None if array is None else [int(a) for a in array]
+        if axes is None:
+            return set(range(rank))
+        return {int(a) % rank for a in axes}
+
+    def run(self) -> Tracing:
+        for node in self.graph.node:
+            self.node(node)
+        for output in self.graph.output:
+            self.t.atoms.block_layout(self.t.layouts.get(output.name), f"reaches graph output '{output.name}'")
+        return self.t
+
+
+def trace(model: onnx.ModelProto, shapes: dict[str, tuple]) -> Tracing:
+    """Layouts, ties, blocks and edits for every prunable channel of ``model``."""
+    return Tracer(model, shapes).run()

@@ -1,0 +1,89 @@
+"""Importance of removable channel classes: pure functions of weights and activation statistics.
+
+Magnitude: the Lp norm (p = 1 or 2) of every weight slice a class would remove,
+producer filters and consumer input slices alike, with filters followed by a
+BatchNormalization scaled by |gamma| / sqrt(var + eps) so that a channel the
+normalization silences counts as small. Activation-aware: for each consumer,
+E[x_c^2] (the mean square of the channel's activation over the calibration
+data) times the squared norm of the consumer weights reading it; this is the
+expected energy a removal takes out of the consumer's output.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from onnxslim.prune.edits import SliceInput
+
+METHODS = ("l1", "l2", "activation")
+
+
+def _slice_norms(array: np.ndarray, axis: int, count: int, repeat: int, p: int) -> np.ndarray:
+    """Norm contribution of each of ``count`` positions (spanning ``repeat`` entries each) along ``axis``."""
+    axis = axis if axis >= 0 else array.ndim + axis
+    moved = np.moveaxis(np.abs(array.astype(np.float64)) ** p, axis, 0)
+    per_entry = moved.reshape(moved.shape[0], -1).sum(axis=1)
+    if per_entry.size != count * repeat:
+        return np.zeros(count)
+    return per_entry.reshape(count, repeat).sum(axis=1)
+
+
+def class_scores(
+    classes: Mapping[int, list[int]],
+    edits: list,
+    weights: Mapping[tuple[str, int], np.ndarray],
+    *,
+    method: str = "l2",
+    bn_scale: Mapping[str, np.ndarray] | None = None,
+    channel_energy: Mapping[str, np.ndarray] | None = None,
+) -> dict[int, float]:
+    """Score of each class (keyed by its root atom); higher means more important.
+
+    ``weights`` maps (node, input index) to the array an edit slices; ``bn_scale``
+    maps a producer node to the per-channel factor of a BatchNormalization after
+    it; ``channel_energy`` maps a consumer node to E[x^2] per input position.
+    """
+    p = 1 if method == "l1" else 2
+    root_of = {atom: root for root, members in classes.items() for atom in members}
+    scores = {root: 0.0 for root in classes}
+    for edit in edits:
+        if not isinstance(edit, SliceInput) or edit.kind not in ("producer", "consumer"):
+            continue
+        array = weights.get((edit.node, edit.index))
+        if array is None:
+            continue
+        if method == "activation":
+            if edit.kind != "consumer" or channel_energy is None or edit.node not in channel_energy:
+                continue
+            norms = _slice_norms(array, edit.axis, len(edit.layout), edit.layout.repeat, 2)
+            energy = channel_energy[edit.node]
+            if energy.size == len(edit.layout) * edit.layout.repeat:
+                energy = energy.reshape(len(edit.layout), edit.layout.repeat).mean(axis=1)
+            if energy.size != norms.size:
+                continue
+            norms = norms * energy
+        else:
+            norms = _slice_norms(array, edit.axis, len(edit.layout), edit.layout.repeat, p)
+            if edit.kind == "producer" and bn_scale and edit.node in bn_scale and bn_scale[edit.node].size == norms.size:
+                norms = norms * np.abs(bn_scale[edit.node]) ** p
+        for position, atom in enumerate(edit.layout.atoms):
+            if atom is not None and atom in root_of:
+                scores[root_of[atom]] += float(norms[position])
+    return scores
+
+
+def keep_count(total: int, ratio: float, round_to: int = 1) -> int:
+    """How many of ``total`` channels to keep at pruning ``ratio``, a multiple of ``round_to`` where possible."""
+    keep = total - int(np.floor(total * ratio + 1e-9))
+    if round_to > 1:
+        keep = int(np.ceil(keep / round_to) * round_to)
+    return int(min(total, max(1, keep)))
+
+
+def select_local(scores: Mapping[int, float], prunable: list[int], ratio: float, round_to: int = 1) -> set[int]:
+    """The lowest-scoring classes of one group, leaving ``keep_count`` of them."""
+    keep = keep_count(len(prunable), ratio, round_to)
+    ranked = sorted(prunable, key=lambda root: (scores[root], root))
+    return set(ranked[: len(prunable) - keep])

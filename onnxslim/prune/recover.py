@@ -1,0 +1,286 @@
+"""Retraining-free recovery after pruning, and the measurements around it.
+
+The original model is the teacher. For every layer whose inputs lost channels
+(a consumer), either:
+
+- bias compensation: the removed channels contributed, on average,
+  sum_c mean(x_c) * W[:, c] to the consumer's output; that constant is added
+  to its bias, so the output keeps its mean; or
+- refit: for linear consumers (Gemm, MatMul, 1x1 Conv) the weights over the
+  kept channels are re-solved by ridge least squares so that, on the
+  calibration data, the pruned model's input to the layer reproduces the
+  original model's output of the layer. Layers are refit in graph order, each
+  on inputs from the already refit pruned model. The ridge term is
+  ``ridge * mean(diag(X^T X))``.
+
+Only sums (X^T X, X^T Y, channel means) are kept, so memory does not grow
+with the amount of data.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
+from onnxslim.progress import track
+from onnxslim.quant.evaluate import latency_ratio
+from onnxslim.runtime import Runner
+from onnxslim.validate.metrics import OutputComparison
+
+LINEAR = ("Gemm", "MatMul", "Conv")
+
+
+def _attr(node, name, default):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _probe(model: onnx.ModelProto, names: list[str]) -> Runner:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    for name in names:
+        if name not in existing:
+            copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return Runner(copy.SerializeToString(), threads=None, label="probe")
+
+
+def _channels_last(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+    """Rows = samples, columns = the layer's input channels."""
+    if node.op_type == "Conv":
+        return np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray]) -> dict[str, tuple]:
+    """Shapes of every float or integer node output on one batch, read off an actual run."""
+    names = [o for n in model.graph.node for o in n.output if o]
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    for name in names:
+        if name not in existing:
+            copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None))
+    try:
+        runner = Runner(copy.SerializeToString(), threads=None, optimization="disable", label="shape probe")
+        values = runner.run(batch)
+    except Exception:  # a model that cannot expose every tensor still prunes with inferred shapes
+        return {}
+    return {name: tuple(int(d) for d in np.shape(value)) for name, value in zip(runner.output_names, values)}
+
+
+def channel_energy(model: onnx.ModelProto, source: Iterable, *, show_progress: bool = False) -> dict[str, np.ndarray]:
+    """Consumer node -> E[x_c^2] of each input channel over the data."""
+    consumers = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+    inputs = {v.name for v in model.graph.input}
+    names = sorted({n.input[0] for n in consumers} - inputs)
+    runner = _probe(model, names)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for _, batch in track(source, "activation statistics", enabled=show_progress):
+        values = dict(zip(names, runner.run(batch, names)))
+        values.update({k: v for k, v in batch.items()})
+        for node in consumers:
+            x = values.get(node.input[0])
+            if x is None or x.dtype.kind != "f" or x.ndim < 2:
+                continue
+            rows = _channels_last(x, node) if node.op_type in ("Conv", "ConvTranspose") else x.reshape(-1, x.shape[-1]) if node.op_type == "MatMul" else x
+            if node.op_type == "ConvTranspose":
+                rows = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+            sums[node.name] = sums.get(node.name, 0) + (rows.astype(np.float64) ** 2).sum(axis=0)
+            counts[node.name] = counts.get(node.name, 0) + rows.shape[0]
+    return {name: sums[name] / counts[name] for name in sums}
+
+
+def _changed_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
+    """(original node, pruned node) pairs of linear layers whose input channels shrank, in graph order."""
+    by_name = {n.name: n for n in original.graph.node}
+    before = initializer_map(original.graph)
+    pairs = []
+    for node in pruned.graph.node:
+        old = by_name.get(node.name)
+        if old is None or node.op_type not in LINEAR or node.name not in kept or "in" not in kept[node.name]:
+            continue
+        if node.op_type == "Conv" and int(_attr(node, "group", 1)) != 1:
+            continue
+        total = list(before[old.input[1]].dims)[_input_axis(old)] if old.input[1] in before else None
+        if total is not None and len(kept[node.name]["in"]) < total:
+            pairs.append((old, node))
+    return pairs
+
+
+def _input_axis(node: onnx.NodeProto) -> int:
+    if node.op_type == "Conv":
+        return 1
+    if node.op_type == "Gemm":
+        return 1 if int(_attr(node, "transB", 0)) else 0
+    return 0
+
+
+def _as_matrix(weight: np.ndarray, node: onnx.NodeProto) -> np.ndarray | None:
+    """Weights as (inputs, outputs) for a linear layer, None for a spatial conv."""
+    if node.op_type == "Conv":
+        return weight[:, :, 0, 0].T if weight.ndim == 4 and weight.shape[2:] == (1, 1) and all(p == 0 for p in _attr(node, "pads", [0])) else None
+    if node.op_type == "Gemm" and int(_attr(node, "transB", 0)):
+        return weight.T
+    return weight
+
+
+def _from_matrix(matrix: np.ndarray, node: onnx.NodeProto, like: np.ndarray) -> np.ndarray:
+    if node.op_type == "Conv":
+        return matrix.T.reshape(like.shape[0], matrix.shape[0], 1, 1)
+    if node.op_type == "Gemm" and int(_attr(node, "transB", 0)):
+        return matrix.T
+    return matrix
+
+
+def _bias_slot(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[onnx.NodeProto, int] | None:
+    """(node, input index) holding the layer's per-output bias: its own, or the Add right after a MatMul."""
+    if node.op_type in ("Conv", "Gemm"):
+        return node, 2
+    readers = [n for n in model.graph.node if node.output[0] in n.input]
+    inits = initializer_map(model.graph)
+    if len(readers) == 1 and readers[0].op_type == "Add":
+        other = [i for i, name in enumerate(readers[0].input) if name != node.output[0]]
+        if other and readers[0].input[other[0]] in inits and to_array(inits[readers[0].input[other[0]]]).ndim == 1:
+            return readers[0], other[0]
+    return None
+
+
+def _set_input(model: onnx.ModelProto, node: onnx.NodeProto, index: int, array: np.ndarray, taken: set[str]) -> None:
+    base = node.input[index] if index < len(node.input) and node.input[index] else f"{node.name}_bias"
+    name = unique_name(f"{base}_recovered", taken)
+    model.graph.initializer.append(from_array(array.astype(np.float32), name))
+    while len(node.input) <= index:
+        node.input.append("")
+    node.input[index] = name
+
+
+def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable, config, kept: dict, *, show_progress: bool = False) -> list[str]:
+    """Compensate (in place on ``pruned``) the layers that lost input channels; returns what was done.
+
+    ``kept`` gives, per layer, the surviving input and output channels in the original numbering.
+    """
+    lines = []
+    taken = all_value_names(pruned.graph)
+    for old, new in track(_changed_consumers(original, pruned, kept), "recovering layers", enabled=show_progress):
+        outputs = kept[new.name].get("out")
+        refit = config.recovery == "refit"
+        done = _refit(original, pruned, old, new, source, config.ridge, taken, outputs) if refit else None
+        if done is None:
+            done = _compensate_bias(original, pruned, old, new, source, taken, kept[new.name]["in"], outputs)
+        lines.append(f"{new.name}: {done}")
+    return lines
+
+
+def _layer_stats(original, pruned, old, new, source, outputs):
+    """Streaming sums over the data: X^T X, X^T Y and column sums, X from the pruned model, Y from the original."""
+    teacher = _probe(original, [old.output[0]])
+    student = _probe(pruned, [new.input[0]])
+    xtx = xty = xsum = ysum = None
+    rows = 0
+    for _, batch in source:
+        (y,) = teacher.run(batch, [old.output[0]])
+        (x,) = student.run(batch, [new.input[0]])
+        x = _channels_last(x, new).astype(np.float64)
+        y = _channels_last(y, new).astype(np.float64)
+        if outputs is not None:
+            y = y[:, outputs]
+        if xtx is None:
+            xtx, xty, xsum, ysum = x.T @ x, x.T @ y, x.sum(axis=0), y.sum(axis=0)
+        else:
+            xtx += x.T @ x
+            xty += x.T @ y
+            xsum += x.sum(axis=0)
+            ysum += y.sum(axis=0)
+        rows += x.shape[0]
+    return xtx, xty, xsum, ysum, rows
+
+
+def _refit(original, pruned, old, new, source, ridge, taken, outputs) -> str | None:
+    inits = initializer_map(pruned.graph)
+    weight = to_array(inits[new.input[1]])
+    matrix = _as_matrix(weight, new)
+    slot = _bias_slot(pruned, new)
+    if matrix is None or slot is None:
+        return None
+    bias_node, bias_index = slot
+    has_bias = bias_index < len(bias_node.input) and bool(bias_node.input[bias_index])
+    bias = to_array(inits[bias_node.input[bias_index]]).astype(np.float64) if has_bias else np.zeros(matrix.shape[1])
+    xtx, xty, xsum, ysum, rows = _layer_stats(original, pruned, old, new, source, outputs)
+    count = xtx.shape[0]
+    # [X 1]^T [X 1] w = [X 1]^T Y: the last row of the solution is an intercept
+    gram = np.zeros((count + 1, count + 1))
+    gram[:count, :count] = xtx
+    gram[:count, count] = gram[count, :count] = xsum
+    gram[count, count] = rows
+    cross = np.vstack([xty, ysum[None, :]])
+    penalty = ridge * float(np.mean(np.diag(xtx))) if count else 0.0
+    try:
+        solution = np.linalg.solve(gram + np.diag(np.r_[np.full(count, penalty), 0.0]), cross)
+    except np.linalg.LinAlgError:
+        return None
+    new_matrix, intercept = solution[:count], solution[count]
+    # Conv and Gemm outputs include their bias, so the intercept is the new bias; a MatMul's
+    # output does not, so the intercept is a correction added to the bias of the Add after it.
+    new_bias = intercept if bias_node is new else bias + intercept
+    _set_input(pruned, bias_node, bias_index, new_bias.reshape(bias.shape), taken)
+    _set_input(pruned, new, 1, _from_matrix(new_matrix, new, weight).astype(weight.dtype), taken)
+    return f"refit {count} input channel(s) by ridge least squares on {rows} rows (ridge {penalty:.3g})"
+
+
+def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_out) -> str:
+    before = to_array(initializer_map(original.graph)[old.input[1]])
+    axis = _input_axis(new)
+    if kept_out is not None:
+        before = np.take(before, kept_out, axis=_output_axis(new))
+    slot = _bias_slot(pruned, new)
+    if slot is None:
+        return "no bias to compensate into; left as pruned"
+    teacher = _probe(original, [old.input[0]])
+    total, rows = None, 0
+    for _, batch in source:
+        (x,) = teacher.run(batch, [old.input[0]])
+        cols = _channels_last(x, old).astype(np.float64)
+        total = cols.sum(axis=0) if total is None else total + cols.sum(axis=0)
+        rows += cols.shape[0]
+    mean = total / max(rows, 1)
+    removed = np.setdiff1d(np.arange(before.shape[axis]), kept_in)
+    contribution = np.take(before, removed, axis=axis).astype(np.float64)
+    if new.op_type == "Conv":
+        delta = np.einsum("oikl,i->o", contribution, mean[removed])
+    elif axis == 1:  # Gemm with transB: (N, K)
+        delta = contribution @ mean[removed]
+    else:
+        delta = mean[removed] @ contribution
+    bias_node, index = slot
+    inits = initializer_map(pruned.graph)
+    current = to_array(inits[bias_node.input[index]]) if index < len(bias_node.input) and bias_node.input[index] else np.zeros(delta.shape)
+    _set_input(pruned, bias_node, index, current + delta.reshape(current.shape), taken)
+    return f"added the mean contribution of {removed.size} removed channel(s) to the bias"
+
+
+def _output_axis(node: onnx.NodeProto) -> int:
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if int(_attr(node, "transB", 0)) else 1
+    return 1
+
+
+def compare_outputs(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable) -> list[OutputComparison]:
+    reference = Runner(original.SerializeToString(), threads=None, label="original")
+    candidate = Runner(pruned.SerializeToString(), threads=None, label="pruned")
+    comparisons = [OutputComparison(name) for name in reference.output_names]
+    for label, batch in source:
+        for comparison, a, b in zip(comparisons, reference.run(batch), candidate.run(batch, reference.output_names)):
+            comparison.add(a, b, label)
+    return comparisons
+
+
+def measure_latency(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: Mapping[str, np.ndarray], *, threads: int, runs: int) -> dict:
+    result = latency_ratio(original.SerializeToString(), pruned.SerializeToString(), feed, threads=threads, runs=runs)
+    return {"threads": threads, "original": result["fp32"], "pruned": result["int8"], "ratio": result["ratio"]}

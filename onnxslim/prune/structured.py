@@ -1,0 +1,352 @@
+"""``prune``: find coupled channel groups, rank them, cut the weights, verify, recover.
+
+Contract: the input model is not modified; inputs and outputs keep their names
+and shapes; at ratio 0 no weight changes, so outputs are bit-identical; a group
+is either pruned consistently everywhere its channels reach or left whole with
+its reason in the report; the result must pass the checker and run in
+onnxruntime with the original output shapes, or nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxslim.data.sources import DataSource, open_data
+from onnxslim.errors import ModelWriteError, NothingToDoError, UsageError
+from onnxslim.ir.graph import name_nodes
+from onnxslim.ir.io import load_model
+from onnxslim.ir.tensors import all_value_names, graph_inputs, initializer_map, to_array
+from onnxslim.ir.write import write_verified
+from onnxslim.passes import constants_to_initializers, fold_constants, remove_dead_nodes, remove_identities
+from onnxslim.prune.edits import SliceInput, WorkingWeights, positions
+from onnxslim.prune.groups import trace
+from onnxslim.prune.importance import METHODS, class_scores, keep_count, select_local
+from onnxslim.prune.unstructured import magnitude_sparsify
+from onnxslim.summary import count_macs, count_parameters, infer_shapes
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How to prune.
+
+    ratio: share of each group's channels to remove (0..1).
+    importance: 'l1', 'l2' (magnitude, BatchNorm-aware) or 'activation' (needs data).
+    scope: 'local' ranks within each group; 'global' ranks all groups together
+        (scores normalized per group) and removes ``ratio`` of all channels.
+    round_to: keep channel counts at multiples of this (fast kernels like multiples of 8).
+    target_params / target_macs: instead of ``ratio``, the smallest global ratio
+        reaching at most this share (0..1) of the original parameters / MACs.
+    recovery: 'none', 'bias' (add the mean contribution of removed channels to the
+        consumer's bias) or 'refit' (ridge least squares of 1x1/linear consumers
+        against the original model's outputs, then 'bias' for the others); needs data.
+    unstructured: zero the smallest weights per layer to ``ratio`` sparsity instead.
+    """
+
+    ratio: float = 0.3
+    importance: str = "l2"
+    scope: str = "local"
+    round_to: int = 1
+    target_params: float | None = None
+    target_macs: float | None = None
+    recovery: str = "none"
+    ridge: float = 1e-2
+    unstructured: bool = False
+    threads: int = 1
+    latency_runs: int = 30
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise UsageError(f"--ratio {self.ratio} must be in [0, 1)")
+        if self.importance not in METHODS:
+            raise UsageError(f"--importance must be one of {', '.join(METHODS)}")
+        if self.scope not in ("local", "global"):
+            raise UsageError("--scope must be local or global")
+        if self.recovery not in ("none", "bias", "refit"):
+            raise UsageError("--recovery must be none, bias or refit")
+        if self.round_to < 1:
+            raise UsageError("--round-to must be at least 1")
+        for name in ("target_params", "target_macs"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise UsageError(f"--{name.replace('_', '-')} {value} must be a share in (0, 1]")
+
+
+@dataclass
+class GroupReport:
+    producers: list[str]
+    channels_before: int
+    channels_after: int
+    skipped: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"producers": self.producers, "channels_before": self.channels_before, "channels_after": self.channels_after, "skipped": self.skipped}
+
+
+@dataclass
+class PruneReport:
+    model: str
+    output: str | None
+    mode: str
+    config: dict
+    groups: list[GroupReport] = field(default_factory=list)
+    parameters: tuple[int, int] = (0, 0)
+    macs: tuple[int, int] = (0, 0)
+    file_bytes: tuple[int, int] = (0, 0)
+    latency: dict = field(default_factory=dict)
+    fidelity: list = field(default_factory=list)
+    recovery: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def pruned_groups(self) -> list[GroupReport]:
+        return [g for g in self.groups if g.channels_after < g.channels_before]
+
+    def to_dict(self) -> dict:
+        return {
+            "command": "prune",
+            "model": self.model,
+            "output": self.output,
+            "mode": self.mode,
+            "config": self.config,
+            "parameters": {"before": self.parameters[0], "after": self.parameters[1]},
+            "macs": {"before": self.macs[0], "after": self.macs[1]},
+            "file_bytes": {"before": self.file_bytes[0], "after": self.file_bytes[1]},
+            "latency": self.latency,
+            "fidelity": [c.to_dict() for c in self.fidelity],
+            "groups": [g.to_dict() for g in self.groups],
+            "recovery": self.recovery,
+            "warnings": self.warnings,
+        }
+
+
+def _prepare(model: onnx.ModelProto) -> None:
+    # Only steps that leave every output bit-identical: ratio 0 must change nothing.
+    constants_to_initializers(model)
+    remove_identities(model)
+    fold_constants(model)
+    remove_dead_nodes(model)
+    name_nodes(model.graph)
+
+
+def _bn_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Producer node -> gamma / sqrt(var + eps) of the BatchNormalization right after it."""
+    inits = initializer_map(model.graph)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    scales = {}
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization" or not all(n in inits for n in node.input[1:5]):
+            continue
+        producer = producers.get(node.input[0])
+        if producer is None:
+            continue
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        gamma, var = to_array(inits[node.input[1]]), to_array(inits[node.input[4]])
+        scales[producer.name] = gamma / np.sqrt(var + eps)
+    return scales
+
+
+class _Pruner:
+    def __init__(self, model: onnx.ModelProto, shapes: dict, config: PruneConfig, channel_energy=None):
+        self.model = model
+        self.config = config
+        self.shapes = shapes
+        self.tracing = trace(model, shapes)
+        atoms = self.tracing.atoms
+        self.classes = atoms.classes()
+        view = WorkingWeights(model, set())
+        self.weights = {}
+        for edit in self.tracing.edits:
+            if isinstance(edit, SliceInput):
+                self.weights[(edit.node, edit.index)] = view.get(edit.node, edit.index)
+        self.scores = class_scores(
+            self.classes, self.tracing.edits, self.weights, method=config.importance, bn_scale=_bn_scales(model), channel_energy=channel_energy
+        )
+        self.groups: dict[tuple[str, ...], list[int]] = {}
+        for root, members in self.classes.items():
+            key = tuple(sorted({atoms.producers[a][0] for a in members}))
+            self.groups.setdefault(key, []).append(root)
+
+    def group_reason(self, roots: list[int]) -> str | None:
+        reasons = [self.tracing.atoms.class_block_reason(self.classes[r]) for r in roots]
+        if all(reason is not None for reason in reasons):
+            return reasons[0]
+        return None
+
+    def select(self, ratio: float) -> tuple[set[int], list[GroupReport]]:
+        removed: set[int] = set()
+        reports = []
+        prunable_by_group = {}
+        for key, roots in self.groups.items():
+            prunable = [r for r in roots if self.tracing.atoms.class_block_reason(self.classes[r]) is None]
+            prunable_by_group[key] = prunable
+        if self.config.scope == "global":
+            removed = self._select_global(prunable_by_group, ratio)
+        for key, roots in self.groups.items():
+            prunable = prunable_by_group[key]
+            if self.config.scope == "local":
+                removed |= select_local(self.scores, prunable, ratio, self.config.round_to) if prunable else set()
+            gone = sum(1 for r in prunable if r in removed)
+            reason = None if prunable else self.group_reason(roots)
+            if prunable and len(prunable) < len(roots):
+                reason = f"{len(roots) - len(prunable)} channel(s) kept: {self.group_reason([r for r in roots if r not in prunable])}"
+            reports.append(GroupReport(list(key), len(roots), len(roots) - gone, reason))
+        return removed, reports
+
+    def _select_global(self, prunable_by_group, ratio: float) -> set[int]:
+        normalized = []
+        for key, prunable in prunable_by_group.items():
+            if not prunable:
+                continue
+            mean = np.mean([self.scores[r] for r in prunable]) or 1.0
+            normalized.extend((self.scores[r] / mean, r, key) for r in prunable)
+        normalized.sort()
+        budget = int(np.floor(len(normalized) * ratio + 1e-9))
+        removed, per_group = set(), {}
+        for _, root, key in normalized:
+            if len(removed) >= budget:
+                break
+            total = len(prunable_by_group[key])
+            if total - per_group.get(key, 0) <= max(1, self.config.round_to if total > self.config.round_to else 1):
+                continue
+            removed.add(root)
+            per_group[key] = per_group.get(key, 0) + 1
+        if self.config.round_to > 1:
+            for key, prunable in prunable_by_group.items():
+                count = per_group.get(key, 0)
+                keep = keep_count(len(prunable), count / len(prunable) if prunable else 0, self.config.round_to)
+                excess = (len(prunable) - keep) - count
+                if excess < 0:  # give channels back, most important first
+                    chosen = sorted((r for r in prunable if r in removed), key=lambda r: -self.scores[r])[: -excess]
+                    removed -= set(chosen)
+        return removed
+
+    def kept_positions(self, removed: set[int]) -> dict[str, dict[str, list[int]]]:
+        """Per layer, which input ('in') and output ('out') channels survive, in original numbering."""
+        removed_atoms = {atom for root in removed for atom in self.classes[root]}
+        kept: dict[str, dict[str, list[int]]] = {}
+        for edit in self.tracing.edits:
+            if isinstance(edit, SliceInput) and edit.kind in ("consumer", "producer"):
+                side = "in" if edit.kind == "consumer" else "out"
+                gone = set(positions(edit.layout, removed_atoms))
+                total = len(edit.layout) * edit.layout.repeat
+                kept.setdefault(edit.node, {})[side] = [p for p in range(total) if p not in gone]
+        return kept
+
+    def apply(self, removed: set[int]) -> onnx.ModelProto:
+        pruned = onnx.ModelProto()
+        pruned.CopyFrom(self.model)
+        removed_atoms = {atom for root in removed for atom in self.classes[root]}
+        if not removed_atoms:
+            return pruned
+        view = WorkingWeights(pruned, all_value_names(pruned.graph))
+        for edit in self.tracing.edits:
+            edit.apply(view, removed_atoms)
+        view.commit()
+        for value in list(pruned.graph.value_info):
+            pruned.graph.value_info.remove(value)
+        remove_dead_nodes(pruned)
+        return pruned
+
+
+def _shapes_for(model: onnx.ModelProto, source) -> dict:
+    """Every tensor's shape on the first data batch, as onnxruntime computes it (exact where inference gives up)."""
+    from onnxslim.prune.recover import runtime_shapes
+
+    _, batch = next(iter(source))
+    shapes = infer_shapes(model, {k: tuple(v.shape) for k, v in batch.items()})
+    shapes.update(runtime_shapes(model, batch))
+    return shapes
+
+
+def prune(
+    model: str | os.PathLike | onnx.ModelProto,
+    output: str | os.PathLike | None = None,
+    *,
+    config: PruneConfig = PruneConfig(),
+    data: str | os.PathLike | DataSource | None = None,
+    input_shapes=None,
+    show_progress: bool = False,
+) -> tuple[onnx.ModelProto, PruneReport]:
+    """Prune ``model`` by ``config``; write to ``output`` when given."""
+    from onnxslim.prune.recover import channel_energy, compare_outputs, measure_latency, recover
+
+    label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
+    original = load_model(model)
+    work = load_model(original)
+    _prepare(work)
+    source = open_data(data, graph_inputs(original), input_shapes=input_shapes) if data is not None else None
+    if (config.importance == "activation" or config.recovery != "none") and source is None:
+        raise UsageError("activation importance and recovery need calibration data: give --data")
+    report = PruneReport(label, str(output) if output else None, "unstructured" if config.unstructured else "structured", config.__dict__.copy())
+    shapes = _shapes_for(work, source) if source is not None else infer_shapes(work, input_shapes or {})
+    if config.unstructured:
+        pruned, lines = magnitude_sparsify(work, config.ratio)
+        report.recovery.extend(lines)
+        report.warnings.append("unstructured sparsity keeps every tensor's shape: the model compresses better but dense runtimes do not run it faster")
+    else:
+        energy = channel_energy(work, source, show_progress=show_progress) if config.importance == "activation" else None
+        pruner = _Pruner(work, shapes, config, energy)
+        if not any(r for g, r in pruner.groups.items()):
+            raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights)")
+        ratio = _ratio_for_budget(pruner, work, shapes, config) if (config.target_params or config.target_macs) else config.ratio
+        removed, report.groups = pruner.select(ratio)
+        if config.ratio > 0 and not removed and not config.target_params and not config.target_macs:
+            reasons = sorted({g.skipped for g in report.groups if g.skipped})[:3]
+            raise NothingToDoError(f"{label}: no channel group can be pruned ({'; '.join(reasons)})")
+        pruned = pruner.apply(removed)
+        if source is not None and config.recovery != "none" and removed:
+            report.recovery.extend(recover(work, pruned, source, config, pruner.kept_positions(removed), show_progress=show_progress))
+            remove_dead_nodes(pruned)
+    _check_interface(original, pruned, label)
+    new_shapes = infer_shapes(pruned, {k: v for k, v in ((s, shapes.get(s)) for s in [i.name for i in graph_inputs(original)]) if v and all(isinstance(d, int) for d in v)})
+    report.parameters = (count_parameters(original), count_parameters(pruned))
+    report.macs = (count_macs(original, shapes)[0], count_macs(pruned, new_shapes)[0])
+    report.file_bytes = (len(original.SerializeToString()), len(pruned.SerializeToString()))
+    if source is not None:
+        report.fidelity = compare_outputs(original, pruned, source)
+    feed = next(iter(source))[1] if source is not None else None
+    if config.latency_runs > 0 and feed is not None:
+        report.latency = measure_latency(original, pruned, feed, threads=config.threads, runs=config.latency_runs)
+    if output is not None:
+        write_verified(pruned, output, source=None if isinstance(model, onnx.ModelProto) else model)
+    return pruned, report
+
+
+def _ratio_for_budget(pruner: _Pruner, model: onnx.ModelProto, shapes: dict, config: PruneConfig) -> float:
+    """The smallest ratio whose result fits the parameter or MAC budget (bisection)."""
+    params0, macs0 = count_parameters(model), count_macs(model, shapes)[0]
+
+    def fits(ratio: float) -> bool:
+        removed, _ = pruner.select(ratio)
+        pruned = pruner.apply(removed)
+        if config.target_params is not None and count_parameters(pruned) > config.target_params * params0:
+            return False
+        if config.target_macs is not None:
+            inputs = {i.name: shapes[i.name] for i in graph_inputs(model) if i.name in shapes}
+            if count_macs(pruned, infer_shapes(pruned, inputs))[0] > config.target_macs * macs0:
+                return False
+        return True
+
+    low, high = 0.0, 0.95
+    if not fits(high):
+        return high
+    for _ in range(12):
+        middle = (low + high) / 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _check_interface(original: onnx.ModelProto, pruned: onnx.ModelProto, label: str) -> None:
+    before = [(v.name, v.type.SerializeToString()) for v in list(original.graph.input) + list(original.graph.output)]
+    after = [(v.name, v.type.SerializeToString()) for v in list(pruned.graph.input) + list(pruned.graph.output)]
+    if [b for b in before if not b[0] in {i.name for i in original.graph.initializer}] != [
+        a for a in after if not a[0] in {i.name for i in pruned.graph.initializer}
+    ]:
+        raise ModelWriteError(f"{label}: pruning would change the model's inputs or outputs; nothing written")
