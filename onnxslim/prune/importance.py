@@ -4,9 +4,10 @@ Magnitude: the Lp norm (p = 1 or 2) of every weight slice a class would remove,
 producer filters and consumer input slices alike, with filters followed by a
 BatchNormalization scaled by |gamma| / sqrt(var + eps) so that a channel the
 normalization silences counts as small. Activation-aware: for each consumer,
-E[x_c^2] (the mean square of the channel's activation over the calibration
-data) times the squared norm of the consumer weights reading it; this is the
-expected energy a removal takes out of the consumer's output.
+Var[x_c] (the variance of the channel's activation over the calibration
+data, its variance) times the squared norm of the consumer weights reading
+it: the energy a removal takes out of the consumer's output once bias
+compensation has restored the channel's mean.
 """
 
 from __future__ import annotations

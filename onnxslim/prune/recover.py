@@ -73,12 +73,17 @@ def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray]) -> d
 
 
 def channel_energy(model: onnx.ModelProto, source: Iterable, *, show_progress: bool = False) -> dict[str, np.ndarray]:
-    """Consumer node -> E[x_c^2] of each input channel over the data."""
+    """Consumer node -> variance of each input channel over the data.
+
+    Variance rather than mean square: the mean of a removed channel is restored
+    by bias compensation, so only its variation is lost.
+    """
     consumers = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
     inputs = {v.name for v in model.graph.input}
     names = sorted({n.input[0] for n in consumers} - inputs)
     runner = _probe(model, names)
     sums: dict[str, np.ndarray] = {}
+    firsts: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for _, batch in track(source, "activation statistics", enabled=show_progress):
         values = dict(zip(names, runner.run(batch, names)))
@@ -90,9 +95,11 @@ def channel_energy(model: onnx.ModelProto, source: Iterable, *, show_progress: b
             rows = _channels_last(x, node) if node.op_type in ("Conv", "ConvTranspose") else x.reshape(-1, x.shape[-1]) if node.op_type == "MatMul" else x
             if node.op_type == "ConvTranspose":
                 rows = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
-            sums[node.name] = sums.get(node.name, 0) + (rows.astype(np.float64) ** 2).sum(axis=0)
+            rows = rows.astype(np.float64)
+            sums[node.name] = sums.get(node.name, 0) + (rows**2).sum(axis=0)
+            firsts[node.name] = firsts.get(node.name, 0) + rows.sum(axis=0)
             counts[node.name] = counts.get(node.name, 0) + rows.shape[0]
-    return {name: sums[name] / counts[name] for name in sums}
+    return {name: np.maximum(sums[name] / counts[name] - (firsts[name] / counts[name]) ** 2, 0.0) for name in sums}
 
 
 def _changed_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
