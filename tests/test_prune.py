@@ -1,0 +1,194 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from models.builders import ALL_BUILDERS, GraphBuilder, conv_bn_relu, mlp, residual, sample_inputs
+from onnxslim import PruneConfig, prune
+from onnxslim.cli import main
+from onnxslim.errors import NothingToDoError, UsageError
+from onnxslim.ir import load_model
+from onnxslim.ir.tensors import all_value_names
+from onnxslim.prune.edits import SliceInput, WorkingWeights, positions
+from onnxslim.prune.structured import _prepare, _Pruner
+from onnxslim.summary import infer_shapes
+from tests.conftest import run_model
+
+FAST = PruneConfig(ratio=0.5, latency_runs=0)
+
+
+def masked_and_pruned(model, ratio=0.5, config=FAST):
+    """The pruned model, and the original with the removed channels' consumer weights zeroed.
+
+    Removing a channel must equal cutting its every use: the two models compute the same function.
+    """
+    work = load_model(model)
+    _prepare(work)
+    pruner = _Pruner(work, infer_shapes(work), config)
+    removed, groups = pruner.select(ratio)
+    pruned = pruner.apply(removed)
+    atoms = {a for root in removed for a in pruner.classes[root]}
+    masked = load_model(work)
+    view = WorkingWeights(masked, all_value_names(masked.graph))
+    for edit in pruner.tracing.edits:
+        if isinstance(edit, SliceInput) and edit.kind == "consumer":
+            array = view.get(edit.node, edit.index)
+            index = [slice(None)] * array.ndim
+            index[edit.axis] = positions(edit.layout, atoms)
+            array[tuple(index)] = 0
+            view.set(edit.node, edit.index, array)
+    view.commit()
+    return pruned, masked, groups, atoms
+
+
+@pytest.mark.parametrize("name", ["conv_bn_relu", "residual", "depthwise_separable", "concat_split", "mlp", "transformer_block", "constant_node_weights", "mixed_range_concat"])
+def test_pruned_model_equals_original_with_removed_channels_cut(name):
+    model = ALL_BUILDERS[name]()
+    pruned, masked, groups, atoms = masked_and_pruned(model)
+    assert atoms, f"{name}: nothing was pruned"
+    onnx.checker.check_model(pruned)
+    for feed in sample_inputs(model, 2, seed=11):
+        for a, b in zip(run_model(masked, feed), run_model(pruned, feed)):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_really_shrink_and_residual_groups_are_tied():
+    model = residual(channels=16, blocks=2)
+    pruned, _, groups, _ = masked_and_pruned(model)
+    tied = [g for g in groups if len(g.producers) == 3]  # stem conv and both blocks' second convs feed the residual stream
+    assert len(tied) == 1 and tied[0].channels_after == 8
+    shapes = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
+    conv_weights = [shapes[n.input[1]] for n in pruned.graph.node if n.op_type == "Conv"]
+    assert conv_weights[0] == (8, 3, 3, 3)
+    assert all(shape[1] in (8, 3) for shape in conv_weights)
+
+
+def test_se_gate_and_depthwise_prune_together():
+    pruned, _, groups, _ = masked_and_pruned(ALL_BUILDERS["depthwise_separable"]())
+    depthwise = next(n for n in pruned.graph.node if n.op_type == "Conv" and next((a.i for a in n.attribute if a.name == "group"), 1) > 1)
+    assert next(a.i for a in depthwise.attribute if a.name == "group") == 8
+    squeeze = [g for g in groups if g.channels_before == 4]
+    assert squeeze and squeeze[0].channels_after == 2
+
+
+def test_flatten_into_gemm_cuts_feature_blocks():
+    b = GraphBuilder(9)
+    x = b.node("Relu", [b.conv("input", 3, 8)])
+    x = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    x = b.node("Flatten", [x], axis=1)
+    y = b.node("Gemm", [x, b.const(b.weight(5, 8 * 4 * 4)), b.const(np.zeros(5, np.float32))], transB=1)
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 5])], "flat")
+    pruned, masked, _, atoms = masked_and_pruned(model)
+    gemm = next(n for n in pruned.graph.node if n.op_type == "Gemm")
+    weight = next(t for t in pruned.graph.initializer if t.name == gemm.input[1])
+    assert tuple(weight.dims) == (5, 4 * 16)
+    feed = sample_inputs(model, 1)[0]
+    np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_op_blocks_its_group_instead_of_breaking_the_graph():
+    b = GraphBuilder(10)
+    a = b.node("Relu", [b.conv("input", 3, 8)])
+    odd = b.node("LpNormalization", [a], axis=1)  # mixes all channels: no rule
+    y = b.conv(odd, 8, 4)
+    c = b.node("Relu", [b.conv("input", 3, 6)])
+    z = b.node("Add", [y, b.conv(c, 6, 4)])
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(z, TensorProto.FLOAT, [1, 4, 8, 8])], "odd")
+    pruned, report = prune(model, config=FAST)
+    blocked = [g for g in report.groups if g.channels_before == 8]
+    assert blocked[0].channels_after == 8 and "LpNormalization" in blocked[0].skipped
+    assert any(g.channels_before == 6 and g.channels_after == 3 for g in report.groups)
+    feed = sample_inputs(model, 1)[0]
+    assert run_model(pruned, feed)[0].shape == (1, 4, 8, 8)
+
+
+def test_importance_removes_the_weakest_channels():
+    b = GraphBuilder(11)
+    weight = np.ones((6, 3, 1, 1), np.float32)
+    weight[[1, 4]] *= 0.01  # two nearly dead filters
+    x = b.node("Relu", [b.node("Conv", ["input", b.const(weight)], kernel_shape=[1, 1])])
+    y = b.conv(x, 6, 2, k=1)
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 2, 4, 4])], "weak")
+    work = load_model(model)
+    _prepare(work)
+    for method in ("l1", "l2"):
+        pruner = _Pruner(work, infer_shapes(work), PruneConfig(ratio=0.34, importance=method, latency_runs=0))
+        removed, _ = pruner.select(0.34)
+        channels = sorted(pruner.tracing.atoms.producers[a][1] for r in removed for a in pruner.classes[r])
+        assert channels == [1, 4], method
+
+
+def test_ratio_zero_is_bit_identical():
+    model = conv_bn_relu()
+    pruned, report = prune(model, config=PruneConfig(ratio=0.0, latency_runs=0))
+    for feed in sample_inputs(model, 2):
+        for a, b in zip(run_model(model, feed), run_model(pruned, feed)):
+            np.testing.assert_array_equal(a, b)
+    assert report.parameters[0] == report.parameters[1]
+
+
+def test_round_to_and_budgets():
+    model = mlp(hidden=64)
+    _, report = prune(model, config=PruneConfig(ratio=0.3, round_to=8, latency_runs=0))
+    assert all(g.channels_after % 8 == 0 for g in report.groups if g.channels_after < g.channels_before)
+    _, budget = prune(model, config=PruneConfig(target_params=0.6, latency_runs=0))
+    assert budget.parameters[1] <= 0.6 * budget.parameters[0]
+    _, macs = prune(residual(), config=PruneConfig(target_macs=0.5, latency_runs=0))
+    assert macs.macs[1] <= 0.5 * macs.macs[0]
+
+
+def test_recovery_brings_outputs_back():
+    model = mlp(d_in=16, hidden=64)
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((4, 16)).astype(np.float32)
+    data = [{"input": (rng.standard_normal((32, 4)).astype(np.float32) @ basis)} for _ in range(6)]  # correlated, low-rank inputs
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    scores = {}
+    for recovery in ("none", "bias", "refit"):
+        _, report = prune(model, config=PruneConfig(ratio=0.5, importance="activation", recovery=recovery, latency_runs=0), data=data)
+        scores[recovery] = report.fidelity[0].cosine
+    assert scores["refit"] > scores["none"] and scores["bias"] >= scores["none"] - 1e-6
+    assert scores["refit"] > 0.99
+
+
+def test_unstructured_sparsity_keeps_shapes():
+    model = residual()
+    pruned, report = prune(model, config=PruneConfig(ratio=0.5, unstructured=True, latency_runs=0))
+    assert report.mode == "unstructured" and report.warnings
+    zeros = [float(np.mean(onnx.numpy_helper.to_array(t) == 0)) for t in pruned.graph.initializer if len(t.dims) == 4]
+    assert zeros and all(z >= 0.5 for z in zeros)
+    assert report.parameters[0] == report.parameters[1]
+
+
+def test_bad_options_and_nothing_to_prune():
+    with pytest.raises(UsageError):
+        PruneConfig(ratio=1.2)
+    with pytest.raises(UsageError, match="need calibration data"):
+        prune(mlp(), config=PruneConfig(importance="activation"))
+    b = GraphBuilder(12)
+    y = b.node("Relu", ["input"])
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4])], "flat")
+    with pytest.raises(NothingToDoError):
+        prune(model, config=FAST)
+
+
+def test_cli_prune_writes_model_and_report(save, npz_folder, tmp_path):
+    model = residual()
+    path = save(model)
+    data = npz_folder(sample_inputs(model, 4))
+    out, report = tmp_path / "pruned.onnx", tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), "--ratio", "0.5", "--data", str(data), "--latency-runs", "3", "--report", str(report), "-q"])
+    assert result.exit_code == 0, result.output
+    content = json.loads(report.read_text())
+    assert content["parameters"]["after"] < content["parameters"]["before"]
+    assert content["macs"]["after"] < content["macs"]["before"]
+    assert content["latency"]["ratio"] > 0 and content["recovery"]
+    assert any(g["skipped"] for g in content["groups"])
+    pruned = onnx.load(str(out))
+    feed = sample_inputs(model, 1)[0]
+    assert run_model(pruned, feed)[0].shape == run_model(model, feed)[0].shape
