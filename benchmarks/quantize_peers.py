@@ -16,7 +16,6 @@ import argparse
 import glob
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -112,6 +111,8 @@ def measured_run(tool: str, task_name: str, count: int, target: Path, timeout: i
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"did not finish in {timeout} s"}
     seconds = time.perf_counter() - start
+    if done.returncode < 0:
+        return {"ok": False, "error": f"killed by signal {-done.returncode} (out of memory)" if done.returncode == -9 else f"killed by signal {-done.returncode}", "seconds": seconds}
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["?"])[-1][:200]
         return {"ok": False, "error": tail, "seconds": seconds}
@@ -177,7 +178,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         tool, task_name, count, target = sys.argv[2], sys.argv[3], int(sys.argv[4]), Path(sys.argv[5])
         run_tool(tool, task_name, count, target)
-        print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
+        # VmHWM belongs to this process image alone; ru_maxrss would include the parent's size at fork
+        peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+        print(json.dumps({"peak_rss_mb": peak_kb / 1024.0}))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["rec", "det", "cls", "minilm"], choices=sorted(TASKS))

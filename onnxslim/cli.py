@@ -341,8 +341,12 @@ def _print_pruning(report) -> None:
             table.add_row(escape(producers), str(group.channels_before), str(group.channels_after), escape(group.skipped or ""))
         console.print(table)
         console.print(f"pruned {len(report.pruned_groups)} of {len(report.groups)} groups", highlight=False)
-    for line in report.recovery:
-        console.print(f"[dim]{escape(line)}[/]", highlight=False)
+    if report.recovery:
+        refit = sum("refit" in line for line in report.recovery)
+        compensated = sum("mean contribution" in line for line in report.recovery)
+        other = len(report.recovery) - refit - compensated
+        summary = f"recovery: {refit} layer(s) refit by least squares, {compensated} bias-compensated"
+        console.print(summary + (f", {other} other (see --report)" if other else " (details in --report)"), highlight=False)
     (p0, p1), (m0, m1), (f0, f1) = report.parameters, report.macs, report.file_bytes
     console.print(f"parameters {_count(p0)} -> {_count(p1)} ({p1 / max(p0, 1):.2f}x); MACs {m0 / 1e6:,.1f} M -> {m1 / 1e6:,.1f} M ({m1 / max(m0, 1):.2f}x); file {f0 / 1e6:.2f} MB -> {f1 / 1e6:.2f} MB", highlight=False)
     for output in report.fidelity:

@@ -32,6 +32,7 @@ from onnxslim.runtime import Runner
 from onnxslim.validate.metrics import OutputComparison
 
 LINEAR = ("Gemm", "MatMul", "Conv")
+MIN_ROWS_PER_INPUT = 4  # a least-squares refit needs several observations per weight it solves for
 
 
 def _attr(node, name, default):
@@ -219,6 +220,8 @@ def _refit(original, pruned, old, new, source, ridge, taken, outputs) -> str | N
     bias = to_array(inits[bias_node.input[bias_index]]).astype(np.float64) if has_bias else np.zeros(matrix.shape[1])
     xtx, xty, xsum, ysum, rows = _layer_stats(original, pruned, old, new, source, outputs)
     count = xtx.shape[0]
+    if rows < MIN_ROWS_PER_INPUT * (count + 1):
+        return None  # too few samples to determine the weights; bias compensation is safer
     # [X 1]^T [X 1] w = [X 1]^T Y: the last row of the solution is an intercept
     gram = np.zeros((count + 1, count + 1))
     gram[:count, :count] = xtx

@@ -44,6 +44,7 @@ class QuantConfig:
     calibration_provider: str = "cpu"
     max_calibration_samples: int | None = None
     eval_fraction: float = 0.2
+    max_eval_batches: int = 64
     threads: int = 1
     latency_runs: int = 30
     if_slower: str = "keep-fp32"

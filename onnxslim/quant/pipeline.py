@@ -6,6 +6,7 @@ their results into a :class:`~onnxslim.quant.report.QuantReport`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import resource
 import time
@@ -96,13 +97,13 @@ class _Session:
         """Calibration batches (re-iterable) and held-out batches (kept in memory: they are few)."""
         limit = self.config.max_calibration_samples
         if eval_data is not None:
-            held_out = list(open_data(eval_data, inputs, input_shapes=input_shapes))
+            held_out = list(itertools.islice(open_data(eval_data, inputs, input_shapes=input_shapes), self.config.max_eval_batches))
             return _Calibration(source, set(), limit), held_out, f"{len(held_out)} batch(es) of --eval-data"
         period = round(1.0 / self.config.eval_fraction) if self.config.eval_fraction > 0 else 0
         held_out, held_index, count = [], set(), 0
         for index, item in enumerate(source):
             count = index + 1
-            if period and index % period == period - 1:
+            if period and index % period == period - 1 and len(held_out) < self.config.max_eval_batches:
                 held_out.append(item)
                 held_index.add(index)
         if not held_out and count >= 2 and period:
@@ -113,7 +114,7 @@ class _Session:
             calibration = _Calibration(source, set(), limit)
             return calibration, list(calibration)[:SENSITIVITY_BATCHES], "the calibration batches (no held-out data)"
         calibration = _Calibration(source, held_index, limit)
-        return calibration, held_out, f"{len(held_out)} held-out batch(es) of --data (every {period}th, not used for calibration)" if period > 1 else f"{len(held_out)} held-out batch(es)"
+        return calibration, held_out, f"{len(held_out)} held-out batch(es) of --data (1 in {period}, not used for calibration)"
 
     def observe(self, plan: QuantPlan) -> None:
         start = time.perf_counter()
