@@ -14,7 +14,7 @@ from onnxslim.passes.affine import fold_affine_into_conv
 from onnxslim.passes.base import Decline, PassResult
 from onnxslim.passes.batchnorm import fuse_batchnorm
 from onnxslim.passes.cleanup import remove_dead_nodes, remove_identities
-from onnxslim.passes.constants import constants_to_initializers
+from onnxslim.passes.constants import constants_to_initializers, initializers_out_of_inputs
 from onnxslim.passes.fold import fold_constants
 from onnxslim.passes.hardswish import fuse_hardswish
 from onnxslim.passes.opset import default_opset, upgrade_opset
@@ -22,6 +22,7 @@ from onnxslim.passes.opset import default_opset, upgrade_opset
 GraphPass = Callable[[onnx.ModelProto], PassResult]
 
 CLEANUP_PASSES: tuple[GraphPass, ...] = (
+    initializers_out_of_inputs,
     constants_to_initializers,
     remove_identities,
     fold_constants,
@@ -32,6 +33,7 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
 )
 
 PASSES_BY_NAME: dict[str, GraphPass] = {
+    "initializers-out-of-inputs": initializers_out_of_inputs,
     "constants-to-initializers": constants_to_initializers,
     "remove-identity": remove_identities,
     "fold-constants": fold_constants,
@@ -58,6 +60,7 @@ __all__ = [
     "fold_affine_into_conv",
     "fold_constants",
     "fuse_hardswish",
+    "initializers_out_of_inputs",
     "fuse_batchnorm",
     "remove_dead_nodes",
     "remove_identities",

@@ -68,3 +68,24 @@ def constants_to_initializers(model: onnx.ModelProto) -> PassResult:
         result.change(f"moved {moved} Constant node(s) into initializers")
     return result
 
+
+
+def initializers_out_of_inputs(model: onnx.ModelProto) -> PassResult:
+    """Models of IR version < 4 had to list every initializer as a graph input too.
+
+    There that listing is a format rule, not a wish to feed weights at run time,
+    yet it makes every weight look overridable. Such models are moved to IR 4
+    with the listing removed, so weights are constants again.
+    """
+    result = PassResult("initializers-out-of-inputs")
+    if model.ir_version >= 4:
+        return result
+    names = {t.name for t in model.graph.initializer}
+    kept = [v for v in model.graph.input if v.name not in names]
+    dropped = len(model.graph.input) - len(kept)
+    if dropped:
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+    result.change(f"IR version {model.ir_version} -> 4: {dropped} initializer(s) are no longer listed as inputs")
+    model.ir_version = 4
+    return result

@@ -19,18 +19,19 @@ from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, model_weight_bytes
 from onnxslim.passes.base import PassResult
 
 
-def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 16 << 20) -> PassResult:
+def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20) -> PassResult:
     result = PassResult("fold-constants")
     if model_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD // 2:
         result.decline("model", "weights too large to fold without a second copy in memory")
         return result
     import onnx_graphsurgeon as gs
 
+    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its warnings go to stdout, which must stay clean for --json
     before = Counter(node.op_type for node in model.graph.node)
     size_before = model_weight_bytes(model)
     try:
         graph = gs.import_onnx(model)
-        graph.fold_constants(error_ok=True, size_threshold=max_growth_bytes, flatten_subgraphs=False)
+        graph.fold_constants(error_ok=True, size_threshold=max_growth_bytes, flatten_subgraphs=False, fold_shapes=False)
         graph.cleanup(remove_unused_graph_inputs=False)
         folded = gs.export_onnx(graph, do_type_check=False)
     except Exception as exc:  # graphsurgeon wraps onnxruntime's own errors

@@ -21,7 +21,7 @@ from onnxslim.ir.graph import name_nodes
 from onnxslim.ir.io import load_model
 from onnxslim.ir.tensors import all_value_names, graph_inputs, initializer_map, to_array
 from onnxslim.ir.write import write_verified
-from onnxslim.passes import constants_to_initializers, fold_constants, remove_dead_nodes, remove_identities
+from onnxslim.passes import constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
 from onnxslim.prune.edits import SliceInput, WorkingWeights, positions
 from onnxslim.prune.groups import trace
 from onnxslim.prune.importance import METHODS, class_scores, keep_count, select_local
@@ -125,6 +125,7 @@ class PruneReport:
 
 def _prepare(model: onnx.ModelProto) -> None:
     # Only steps that leave every output bit-identical: ratio 0 must change nothing.
+    initializers_out_of_inputs(model)
     constants_to_initializers(model)
     remove_identities(model)
     fold_constants(model)

@@ -400,10 +400,15 @@ def drop_mixed_range_concats(plan: QuantPlan, model: onnx.ModelProto, ranges: di
         if len(spans) < 2 or max(spans) / min(spans) <= ratio:
             continue
         out = node.output[0]
-        dependents = [a for a in plan.activations.values() if a.share == out]
-        for dependent in dependents:
-            dependent.share = None  # falls back to its own observed range
-        del plan.activations[out]
+        # Quantized layers reading the Concat's output still need it quantized, now as the output of a float op.
+        readers = {n.name for n in model.graph.node if out in n.input and n.name in plan.decisions and plan.decisions[n.name].quantized and n.name != name}
+        if readers:
+            plan.activations[out].rewire_all = False
+            plan.activations[out].readers = readers
+        else:
+            for dependent in [a for a in plan.activations.values() if a.share == out]:
+                dependent.share = None  # falls back to its own observed range
+            del plan.activations[out]
         for tensor in node.input:
             activation = plan.activations.get(tensor)
             if activation is not None and not activation.rewire_all:
