@@ -112,7 +112,7 @@ class _Session:
         if not held_out:
             self.warnings.append("no held-out data: fidelity is measured on calibration batches; pass --eval-data or more batches")
             calibration = _Calibration(source, set(), limit)
-            return calibration, list(calibration)[:SENSITIVITY_BATCHES], "the calibration batches (no held-out data)"
+            return calibration, list(itertools.islice(calibration, SENSITIVITY_BATCHES)), "the calibration batches (no held-out data)"
         calibration = _Calibration(source, held_index, limit)
         return calibration, held_out, f"{len(held_out)} held-out batch(es) of --data (1 in {period}, not used for calibration)"
 
