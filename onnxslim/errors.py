@@ -35,6 +35,10 @@ class NothingToDoError(OnnxSlimError):
     """The requested transformation found nothing it could change."""
 
 
+class UnsupportedModelError(OnnxSlimError):
+    """A valid model that this command cannot handle (yet), with the reason."""
+
+
 class UsageError(OnnxSlimError):
     """An option or argument was given a value that cannot be used."""
 

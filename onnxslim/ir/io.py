@@ -265,3 +265,14 @@ def _copy_field(target, descriptor, value) -> None:
         getattr(target, descriptor.name).CopyFrom(value)
     else:
         setattr(target, descriptor.name, value)
+
+
+def refuse_oversized(model: onnx.ModelProto, label: str, command: str) -> None:
+    """Raise UnsupportedModelError for weights that do not fit one protobuf: ``command`` works on in-memory copies."""
+    from onnxslim.errors import UnsupportedModelError
+
+    size = model_weight_bytes(model)
+    if size > EXTERNAL_DATA_THRESHOLD:
+        raise UnsupportedModelError(
+            f"{label}: {size / 1e9:.2f} GB of weights; {command} works on models under 2 GB (inspect and validate take bigger ones)"
+        )

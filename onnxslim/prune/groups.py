@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.ir.tensors import constant_names, initializer_map, to_array
+from onnxslim.ir.tensors import constant_names, initializer_map, outer_references, subgraphs, to_array
 from onnxslim.prune.atoms import AtomTable, Layout
 from onnxslim.prune.edits import ReshapeChannels, SetGroup, SliceInput, SplitSizes
 
@@ -268,6 +268,9 @@ class Tracer:
             return
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             self.block_inputs(node, f"{op} {node.name} has subgraphs")
+            for sub in subgraphs(node):
+                for name in outer_references(sub):  # read inside the branch or body without being an input
+                    self.t.atoms.block_layout(layouts.get(name), f"read inside a subgraph of {op} {node.name}")
             return
         if op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             out = self.weighted(node, data)

@@ -18,7 +18,7 @@ import onnx
 from onnxslim.data.sources import DataSource, open_data
 from onnxslim.errors import ModelWriteError, NothingToDoError, UsageError
 from onnxslim.ir.graph import name_nodes
-from onnxslim.ir.io import load_model
+from onnxslim.ir.io import load_model, refuse_oversized
 from onnxslim.ir.tensors import all_value_names, graph_inputs, initializer_map, to_array
 from onnxslim.ir.write import write_verified
 from onnxslim.passes import constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
@@ -277,6 +277,7 @@ def prune(
 
     label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
     original = load_model(model)
+    refuse_oversized(original, label, "prune")
     work = load_model(original)
     _prepare(work)
     source = open_data(data, graph_inputs(original), input_shapes=input_shapes) if data is not None else None

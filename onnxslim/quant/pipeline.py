@@ -18,7 +18,7 @@ import onnx
 
 from onnxslim.data.sources import DataSource, open_data
 from onnxslim.errors import DataError, ModelLoadError, NothingToDoError
-from onnxslim.ir.io import load_model
+from onnxslim.ir.io import load_model, refuse_oversized
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.ir.write import write_verified
 from onnxslim.progress import track
@@ -75,6 +75,7 @@ class _Session:
         self.show_progress = show_progress
         self.label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
         self.original = load_model(model)
+        refuse_oversized(self.original, self.label, "quantize")
         self.prepared = load_model(self.original)
         self.prepare_results = prepare(self.prepared)
         self.float_names = float_tensors(self.prepared)

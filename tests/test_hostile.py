@@ -1,0 +1,201 @@
+"""Broken, hostile and unusual input: one clear line, a non-zero exit, nothing damaged on disk."""
+
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from models.builders import GraphBuilder, conv_bn_relu, residual, sample_inputs
+from onnxslim import PruneConfig, QuantConfig, prune, quantize
+from onnxslim.cli import main
+from onnxslim.errors import DataError, NothingToDoError, UnsupportedModelError
+from tests.conftest import run_model
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in result.output
+
+
+@pytest.fixture
+def setup(tmp_path, save, npz_folder):
+    model = conv_bn_relu()
+    path = save(model)
+    data = npz_folder(sample_inputs(model, 5))
+    return model, path, data, tmp_path
+
+
+def corrupted_files(tmp_path, path):
+    raw = path.read_bytes()
+    files = {
+        "truncated.onnx": raw[: len(raw) // 3],
+        "magic.onnx": b"\x89PNG\r\n\x1a\n" + raw[8:],
+        "noise.onnx": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "empty.onnx": b"",
+    }
+    flipped = bytearray(raw)
+    for index in range(16, len(flipped), 97):
+        flipped[index] ^= 0xFF
+    files["flipped.onnx"] = bytes(flipped)
+    written = []
+    for name, content in files.items():
+        target = tmp_path / name
+        target.write_bytes(content)
+        written.append(target)
+    return written
+
+
+def test_corrupted_models_fail_cleanly_in_every_command(setup):
+    _, path, data, tmp_path = setup
+    for bad in corrupted_files(tmp_path, path):
+        before = digest(bad)
+        out = tmp_path / "out.onnx"
+        for args in (
+            ("inspect", bad),
+            ("optimize", bad, "-o", out),
+            ("quantize", bad, "-o", out, "--data", data, "-q"),
+            ("prune", bad, "-o", out, "-q"),
+            ("validate", path, bad, "--data", data, "-q"),
+        ):
+            result = invoke(*args)
+            if result.exit_code == 0:
+                # a few flipped bytes can leave a valid model; then the output must be a valid model too
+                assert bad.name == "flipped.onnx"
+                continue
+            assert_one_line_error(result, bad.name)
+            assert not out.exists()
+        assert digest(bad) == before
+
+
+def test_folder_output_equal_to_input_and_missing_folder(setup):
+    _, path, data, tmp_path = setup
+    before = digest(path)
+    assert_one_line_error(invoke("quantize", tmp_path, "-o", tmp_path / "o.onnx", "--data", data, "-q"), "is a folder")
+    assert_one_line_error(invoke("quantize", path, "-o", path, "--data", data, "--latency-runs", "0", "-q"), "is the input model")
+    assert_one_line_error(invoke("prune", path, "-o", path, "-q"), "is the input model")
+    assert_one_line_error(invoke("optimize", path, "-o", tmp_path / "missing" / "o.onnx"), "does not exist")
+    assert digest(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx", "data"])
+
+
+def test_unwritable_output_folder_leaves_nothing(setup, monkeypatch):
+    import onnxslim.ir.io as io
+
+    _, path, data, tmp_path = setup
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(io.tempfile, "mkdtemp", refuse)
+    result = invoke("quantize", path, "-o", tmp_path / "o.onnx", "--data", data, "--latency-runs", "0", "-q")
+    assert_one_line_error(result, "Permission denied")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nonfinite_calibration_data(npz_folder, setup, value):
+    model, path, _, tmp_path = setup
+    batches = sample_inputs(model, 3)
+    batches[1]["input"][0, 0, 0, 0] = value
+    folder = npz_folder(batches, name=f"bad{abs(hash(str(value)))}")
+    for args in (("quantize", path, "-o", tmp_path / "q.onnx", "--data", folder, "-q"), ("prune", path, "-o", tmp_path / "p.onnx", "--data", folder, "-q")):
+        assert_one_line_error(invoke(*args), "batch_001.npz", "input 'input'")
+
+
+def test_empty_data_folders(setup):
+    _, path, _, tmp_path = setup
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for command in ("quantize", "prune"):
+        assert_one_line_error(invoke(command, path, "-o", tmp_path / "o.onnx", "--data", empty, "-q"), "no .npz files")
+
+
+def test_zero_sized_input_dimension(tmp_path, save):
+    b = GraphBuilder(3)
+    y = b.node("Relu", [b.conv("input", 3, 4)])
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [0, 3, 8, 8])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [0, 4, 8, 8])], "zero")
+    path = save(model)
+    result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data", "random", "-q")
+    assert_one_line_error(result, "input 'input' is empty")
+    with pytest.raises(DataError, match="is empty"):
+        quantize(model, "random")
+
+
+def branch_model():
+    """A conv whose output an If branch reads from the outer scope, next to a conv inside a Loop body."""
+    b = GraphBuilder(4)
+    features = b.node("Relu", [b.conv("input", 3, 8)])
+    inner_w = onnx.numpy_helper.from_array(b.weight(8, 8, 1, 1), "inner_w")
+    then_graph = helper.make_graph(
+        [helper.make_node("Conv", [features, "inner_w"], ["then_out"], kernel_shape=[1, 1])], "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [1, 8, 8, 8])], [inner_w]
+    )
+    else_graph = helper.make_graph([helper.make_node("Neg", [features], ["else_out"])], "else", [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [1, 8, 8, 8])])
+    flag = b.const(np.array(True), "flag")
+    branched = b.node("If", [flag], then_branch=then_graph, else_branch=else_graph)
+    y = b.conv(b.node("Relu", [branched]), 8, 4)
+    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4, 8, 8])], "branch")
+
+
+def test_subgraph_outer_references_survive_quantize_and_prune():
+    model = branch_model()
+    data = sample_inputs(model, 6)
+    quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0))
+    onnx.checker.check_model(quantized)
+    if_node = next(n for n in quantized.graph.node if n.op_type == "If")
+    produced = {o for n in quantized.graph.node for o in n.output}
+    inner = [n for n in if_node.attribute if n.name == "then_branch"][0].g.node[0]
+    assert inner.input[0] in produced  # still refers to a tensor the outer graph defines
+    for feed in sample_inputs(model, 2, seed=5):
+        a, b = run_model(model, feed)[0], run_model(quantized, feed)[0]
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+    # the conv feeding the branch is read inside it, the last conv feeds the output: nothing may be cut
+    with pytest.raises(NothingToDoError, match="read inside a subgraph of If"):
+        prune(model, config=PruneConfig(ratio=0.5, latency_runs=0))
+
+
+def test_model_local_functions_are_kept(tmp_path):
+    b = GraphBuilder(5)
+    x = b.conv("input", 3, 8)
+    b.nodes.append(helper.make_node("Swish", [x], ["swished"], domain="custom.local", name="swish_call"))
+    y = b.conv(b.node("Relu", [b.conv("swished", 8, 8)]), 8, 4)
+    function = helper.make_function(
+        "custom.local", "Swish", ["X"], ["Y"], [helper.make_node("Sigmoid", ["X"], ["S"]), helper.make_node("Mul", ["X", "S"], ["Y"])], [helper.make_opsetid("", 17)]
+    )
+    graph = helper.make_graph(b.nodes, "fn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4, 8, 8])], b.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.local", 1)], functions=[function])
+    model.ir_version = 8
+    data = sample_inputs(model, 6)
+    quantized, _ = quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True))
+    assert [f.name for f in quantized.functions] == ["Swish"]
+    pruned, report = prune(model, config=PruneConfig(ratio=0.5, latency_runs=0))
+    assert any("custom op" in (g.skipped or "") for g in report.groups)
+    assert any(g.channels_after < g.channels_before for g in report.groups)
+    assert [f.name for f in pruned.functions] == ["Swish"]
+    feed = data[0]
+    assert run_model(quantized, feed)[0].shape == run_model(pruned, feed)[0].shape == (1, 4, 8, 8)
+
+
+def test_models_over_2gb_are_declined_by_quantize_and_prune_with_a_reason(tmp_path, monkeypatch):
+    import onnxslim.ir.io as io
+
+    model = residual()
+    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)  # pretend this small model is a big one
+    with pytest.raises(UnsupportedModelError, match="2 GB"):
+        quantize(model, sample_inputs(model, 3), config=QuantConfig(latency_runs=0))
+    with pytest.raises(UnsupportedModelError, match="2 GB"):
+        prune(model, config=PruneConfig(latency_runs=0))
