@@ -23,10 +23,22 @@ from onnxslim.errors import DataError, ModelLoadError, ProviderError
 from onnxslim.runtime.providers import available_providers, provider_chain, short_name
 
 
+_PRELOADED = False
+
+
 def _ort():
+    global _PRELOADED
     import onnxruntime as ort
 
     ort.set_default_logger_severity(4)
+    if not _PRELOADED:
+        _PRELOADED = True
+        # onnxruntime-gpu finds CUDA and cuDNN installed as pip packages (nvidia-*) only when asked to load them
+        if "CUDAExecutionProvider" in ort.get_available_providers() and hasattr(ort, "preload_dlls"):
+            try:
+                ort.preload_dlls()
+            except Exception:  # the system's own CUDA libraries may still be found by the loader
+                pass
     return ort
 
 

@@ -1,0 +1,5 @@
+"""``python -m onnxslim`` runs the command line."""
+
+from onnxslim.cli import main
+
+main()
