@@ -64,8 +64,15 @@ class Placement:
             "requested": short_name(self.requested),
             "registered": [short_name(p) for p in self.registered],
             "nodes_by_provider": {short_name(k): v for k, v in self.nodes_by_provider.items()},
-            "fell_back_to_cpu": self.fell_back and self.requested != "CPUExecutionProvider",
+            "fell_back": self.fell_back and self.requested != "CPUExecutionProvider",
         }
+
+    def ran_on(self) -> str:
+        """Where the nodes ran, e.g. 'cuda 531, cpu 54', or the registered providers when nothing was profiled."""
+        if self.nodes_by_provider:
+            ordered = sorted(self.nodes_by_provider.items(), key=lambda item: -item[1])
+            return ", ".join(f"{short_name(p)} {n}" for p, n in ordered)
+        return ", ".join(short_name(p) for p in self.registered)
 
 
 def _session_options(threads: int | None, optimization: str, profile_prefix: str | None = None, optimized_path: str | None = None):

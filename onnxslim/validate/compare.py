@@ -57,7 +57,7 @@ class GateCheck:
 @dataclass
 class ProviderResult:
     provider: str
-    status: str  # "ok", "not available", "fell back to cpu"
+    status: str  # "ok", "not available", "fell back"
     message: str = ""
     outputs: list[OutputComparison] = field(default_factory=list)
     placement: dict = field(default_factory=dict)
@@ -207,8 +207,8 @@ def _run_provider(provider, ref_model, cand_model, ref_label, cand_label, source
     result.placement = {"reference": ref_place.to_dict(), "candidate": cand_place.to_dict()}
     if provider != "CPUExecutionProvider" and (ref_place.fell_back or cand_place.fell_back):
         which = [lbl for lbl, p in (("reference", ref_place), ("candidate", cand_place)) if p.fell_back]
-        result.status = "fell back to cpu"
-        result.message = f"{' and '.join(which)} ran no node on {name}; onnxruntime fell back to the CPU"
+        result.status = "fell back"
+        result.message = f"{' and '.join(which)} ran no node on {name}; onnxruntime fell back (nodes ran on {cand_place.ran_on()})"
     if runs > 0:
         ref_times, cand_times = interleaved_latency(
             [ref_runner, cand_runner], feed, warmup=warmup, runs=runs, show_progress=show_progress, description=f"{name}: timing"
