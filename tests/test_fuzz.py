@@ -9,7 +9,6 @@ run and stay close to the float model. The run is bounded in examples and time.
 
 import numpy as np
 import onnx
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper

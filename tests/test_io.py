@@ -4,7 +4,7 @@ import os
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from models.builders import conv_bn_relu, mlp
 from onnxslim.errors import ModelLoadError, ModelWriteError

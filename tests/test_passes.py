@@ -1,7 +1,6 @@
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from models.builders import GraphBuilder, conv_bn_relu, constant_node_weights, sample_inputs
 from onnxslim.ir import load_model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onnx
+from onnx import TensorProto, helper
 
 from onnxslim.ir.tensors import outer_references, subgraphs
 
@@ -49,3 +50,14 @@ def name_nodes(graph: onnx.GraphProto) -> int:
         taken.add(name)
         named += 1
     return named
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str], elem_type: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """A copy of ``model`` that also returns the tensors ``names`` (to observe intermediate values)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {v.name for v in probe.graph.output}
+    for name in names:
+        if name not in existing:
+            probe.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
+    return probe

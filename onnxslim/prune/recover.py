@@ -25,9 +25,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxslim.ir.graph import with_outputs
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 from onnxslim.progress import track
-from onnxslim.quant.evaluate import latency_ratio
+from onnxslim.quant.evaluate import fidelity, latency_ratio
 from onnxslim.runtime import Runner
 from onnxslim.validate.metrics import OutputComparison
 
@@ -40,13 +41,7 @@ def _attr(node, name, default):
 
 
 def _probe(model: onnx.ModelProto, names: list[str]) -> Runner:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    existing = {o.name for o in copy.graph.output}
-    for name in names:
-        if name not in existing:
-            copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    return Runner(copy.SerializeToString(), threads=None, label="probe")
+    return Runner(with_outputs(model, names).SerializeToString(), threads=None, label="probe")
 
 
 def _channels_last(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
@@ -59,14 +54,8 @@ def _channels_last(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
 def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray]) -> dict[str, tuple]:
     """Shapes of every float or integer node output on one batch, read off an actual run."""
     names = [o for n in model.graph.node for o in n.output if o]
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    existing = {o.name for o in copy.graph.output}
-    for name in names:
-        if name not in existing:
-            copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None))
     try:
-        runner = Runner(copy.SerializeToString(), threads=None, optimization="disable", label="shape probe")
+        runner = Runner(with_outputs(model, names, TensorProto.UNDEFINED).SerializeToString(), threads=None, optimization="disable", label="shape probe")
         values = runner.run(batch)
     except Exception:  # a model that cannot expose every tensor still prunes with inferred shapes
         return {}
@@ -282,13 +271,7 @@ def _output_axis(node: onnx.NodeProto) -> int:
 
 
 def compare_outputs(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable) -> list[OutputComparison]:
-    reference = Runner(original.SerializeToString(), threads=None, label="original")
-    candidate = Runner(pruned.SerializeToString(), threads=None, label="pruned")
-    comparisons = [OutputComparison(name) for name in reference.output_names]
-    for label, batch in source:
-        for comparison, a, b in zip(comparisons, reference.run(batch), candidate.run(batch, reference.output_names)):
-            comparison.add(a, b, label)
-    return comparisons
+    return fidelity(Runner(original.SerializeToString(), threads=None, label="original"), pruned, source)
 
 
 def measure_latency(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: Mapping[str, np.ndarray], *, threads: int, runs: int) -> dict:

@@ -345,10 +345,11 @@ def _ratio_for_budget(pruner: _Pruner, model: onnx.ModelProto, shapes: dict, con
     return high
 
 
+def _interface(model: onnx.ModelProto) -> list[tuple[str, bytes]]:
+    weights = {t.name for t in model.graph.initializer}
+    return [(v.name, v.type.SerializeToString()) for v in list(model.graph.input) + list(model.graph.output) if v.name not in weights]
+
+
 def _check_interface(original: onnx.ModelProto, pruned: onnx.ModelProto, label: str) -> None:
-    before = [(v.name, v.type.SerializeToString()) for v in list(original.graph.input) + list(original.graph.output)]
-    after = [(v.name, v.type.SerializeToString()) for v in list(pruned.graph.input) + list(pruned.graph.output)]
-    if [b for b in before if not b[0] in {i.name for i in original.graph.initializer}] != [
-        a for a in after if not a[0] in {i.name for i in pruned.graph.initializer}
-    ]:
+    if _interface(original) != _interface(pruned):
         raise ModelWriteError(f"{label}: pruning would change the model's inputs or outputs; nothing written")

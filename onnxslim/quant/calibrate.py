@@ -11,22 +11,12 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
 from onnxslim.errors import DataError
+from onnxslim.ir.graph import with_outputs
 from onnxslim.progress import track
 from onnxslim.quant.observers import HistogramObserver, MinMaxObserver, TensorStats
 from onnxslim.runtime import Runner
-
-
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {v.name for v in probe.graph.output}
-    for name in names:
-        if name not in existing:
-            probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    return probe
 
 
 def calibrate(
@@ -50,7 +40,7 @@ def calibrate(
     from_graph = [t for t in wanted if t not in inputs]
     for name in wanted:
         stats[name] = TensorStats(MinMaxObserver(), HistogramObserver(bins) if histogram else None)
-    runner = Runner(_with_outputs(model, from_graph).SerializeToString(), provider, threads=None, label="calibration model")
+    runner = Runner(with_outputs(model, from_graph).SerializeToString(), provider, threads=None, label="calibration model")
     seen = 0
     for label, batch in track(batches, "calibrating", total=total, enabled=show_progress):
         values = runner.run(batch, from_graph) if from_graph else []

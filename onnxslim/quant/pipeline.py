@@ -10,14 +10,13 @@ import itertools
 import os
 import resource
 import time
-from dataclasses import replace
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import onnx
 
 from onnxslim.data.sources import DataSource, open_data
-from onnxslim.errors import DataError, ModelLoadError, NothingToDoError
+from onnxslim.errors import ModelLoadError, NothingToDoError
 from onnxslim.ir.io import load_model, refuse_oversized
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.ir.write import write_verified
