@@ -192,3 +192,20 @@ def test_cli_prune_writes_model_and_report(save, npz_folder, tmp_path):
     pruned = onnx.load(str(out))
     feed = sample_inputs(model, 1)[0]
     assert run_model(pruned, feed)[0].shape == run_model(model, feed)[0].shape
+
+
+def test_attention_heads_are_pruned_whole():
+    from models.builders import transformer_block
+
+    model = transformer_block(dim=32, heads=4, ffn=64)
+    pruned, report = prune(model, config=PruneConfig(ratio=0.5, only="heads", latency_runs=0))
+    heads = [g for g in report.groups if g.channels_before == 4]
+    assert len(heads) == 1 and heads[0].channels_after == 2 and len(heads[0].producers) == 3  # Q, K, V tied per head
+    assert all(g.channels_after == g.channels_before for g in report.groups if g.channels_before != 4)
+    targets = [onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer if t.name.startswith("shape") and "pruned" in t.name]
+    assert any(list(t) == [0, 0, 2, 8] for t in targets) and any(list(t) == [0, 0, 16] for t in targets)
+    feed = sample_inputs(model, 1)[0]
+    assert run_model(pruned, feed)[0].shape == (1, 8, 32)
+    _, channels = prune(model, config=PruneConfig(ratio=0.5, only="channels", latency_runs=0))
+    assert [g.channels_after for g in channels.groups if g.channels_before == 64] == [32]
+    assert all(g.channels_after == 4 for g in channels.groups if g.channels_before == 4)

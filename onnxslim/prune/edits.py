@@ -130,3 +130,23 @@ class ReshapeChannels:
         shape = shape.copy()
         shape[self.position] = kept * self.layout.repeat
         weights.set(self.node, 1, shape)
+
+
+@dataclass
+class ShapeEntry:
+    """One entry of a Reshape target (in a constant target, or a one-element constant fed to a Concat)
+    that counts pruned units: it becomes kept units times ``per_unit``."""
+
+    node: str
+    index: int
+    element: int
+    layout: Layout
+    per_unit: int
+
+    def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
+        array = weights.get(self.node, self.index).copy()
+        kept = sum(1 for atom in self.layout.atoms if atom is None or atom not in removed)
+        flat = array.reshape(-1)
+        if flat[self.element] > 0:
+            flat[self.element] = kept * self.per_unit
+            weights.set(self.node, self.index, flat.reshape(array.shape))

@@ -18,7 +18,7 @@ from onnx import helper
 
 from onnxslim.ir.tensors import constant_names, initializer_map, outer_references, subgraphs, to_array
 from onnxslim.prune.atoms import AtomTable, Layout
-from onnxslim.prune.edits import ReshapeChannels, SetGroup, SliceInput, SplitSizes
+from onnxslim.prune.edits import ReshapeChannels, SetGroup, ShapeEntry, SliceInput, SplitSizes
 
 UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu", "Selu", "Softplus", "Softsign",
          "Mish", "Identity", "Dropout", "Cast", "Clip", "Abs", "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos"}
@@ -40,6 +40,7 @@ class Tracing:
     edits: list = field(default_factory=list)
     producers: dict[str, str] = field(default_factory=dict)  # producer node -> op type
     consumer_inputs: dict[str, str] = field(default_factory=dict)  # consumer node -> the tracked tensor it reads
+    head_atoms: set[int] = field(default_factory=set)  # atoms standing for whole attention heads
 
 
 class Tracer:
@@ -75,6 +76,8 @@ class Tracer:
         """Conv / ConvTranspose / Gemm / MatMul with a constant weight: consumer of its input, producer of its output."""
         op = node.op_type
         weight = self.const(node.input[1]) if len(node.input) > 1 else None
+        if weight is None and op == "MatMul" and len(node.input) == 2:
+            return self.activation_matmul(node)
         if weight is None:
             if layout is not None:
                 self.t.atoms.block_layout(layout, f"{op} {node.name} has no constant weight")
@@ -239,6 +242,9 @@ class Tracer:
         shape = self.shapes.get(node.input[0])
         axis = int(_attr(node, "axis", 1)) if node.op_type == "Flatten" else 1
         if node.op_type == "Reshape":
+            heads = self.split_heads(node, layout) or self.merge_heads(node, layout)
+            if heads is not None:
+                return heads
             target = self.const(node.input[1])
             out_rank = self.rank(node.output[0])
             if target is None or shape is None:
@@ -277,6 +283,8 @@ class Tracer:
             if out is not None:
                 layouts[node.output[0]] = out
             return
+        if op == "Shape" and data is not None and self._reads_other_dims(node, data):
+            return  # only batch or sequence sizes are read: unaffected by pruning
         if op == "Shape" or op == "Size":
             self.block_inputs(node, f"its size is read by {op} {node.name}")
             return
@@ -333,6 +341,98 @@ class Tracer:
             layouts[node.output[0]] = data
         else:
             self.block_inputs(node, f"no channel rule for {op} ({node.name})")
+
+    def _reads_other_dims(self, shape_node: onnx.NodeProto, layout: Layout) -> bool:
+        readers = [n for n in self.graph.node if shape_node.output[0] in n.input]
+        rank = self.rank(shape_node.input[0])
+        if not readers or rank is None or _attr(shape_node, "start") is not None:
+            return False
+        for reader in readers:
+            index = self.const(reader.input[1]) if reader.op_type == "Gather" and len(reader.input) > 1 else None
+            if index is None or index.size != 1 or int(index.reshape(())) % rank == layout.axis:
+                return False
+        return True
+
+    def _target_entries(self, node: onnx.NodeProto) -> list[tuple[int | None, tuple[str, int, int] | None]] | None:
+        """A Reshape target as (value or None, where a constant entry is stored), or None when unreadable."""
+        target = node.input[1]
+        array = self.const(target)
+        if array is not None:
+            return [(int(v), (node.name, 1, i)) for i, v in enumerate(array.reshape(-1))]
+        producer = next((n for n in self.graph.node if target in n.output), None)
+        if producer is None or producer.op_type != "Concat":
+            return None
+        entries = []
+        for index, piece in enumerate(producer.input):
+            value = self.const(piece)
+            if value is not None:
+                entries.extend((int(v), (producer.name, index, i)) for i, v in enumerate(value.reshape(-1)))
+                continue
+            shape = self.shapes.get(piece)
+            if shape is None or len(shape) != 1 or not isinstance(shape[0], int):
+                return None
+            entries.extend((None, None) for _ in range(shape[0]))
+        return entries
+
+    def split_heads(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        """Reshape (..., H*D, ...) -> (..., H, D, ...): a head is D channels that go together."""
+        in_shape, out_shape = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+        entries = self._target_entries(node)
+        axis = layout.axis
+        if in_shape is None or out_shape is None or entries is None or layout.repeat != 1 or len(out_shape) != len(in_shape) + 1:
+            return None
+        heads, size = out_shape[axis], out_shape[axis + 1]
+        if not isinstance(heads, int) or not isinstance(size, int) or heads * size != len(layout) or heads < 2:
+            return None
+        if tuple(out_shape[:axis]) != tuple(in_shape[:axis]) or tuple(out_shape[axis + 2 :]) != tuple(in_shape[axis + 1 :]):
+            return None
+        value, where = entries[axis]
+        if value is None or where is None or value != heads:
+            return None
+        for head in range(heads):
+            first = layout.atoms[head * size]
+            for offset in range(1, size):
+                self.t.atoms.tie(first, layout.atoms[head * size + offset])
+        atoms = tuple(layout.atoms[head * size] for head in range(heads))
+        self.t.head_atoms.update(a for a in atoms if a is not None)
+        out = Layout(axis, atoms)
+        self.t.edits.append(ShapeEntry(where[0], where[1], where[2], out, 1))
+        return out
+
+    def merge_heads(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        """Reshape (..., H, D, ...) -> (..., H*D, ...): heads back into channels, D positions each."""
+        in_shape, out_shape = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+        entries = self._target_entries(node)
+        axis = layout.axis
+        if in_shape is None or out_shape is None or entries is None or len(out_shape) != len(in_shape) - 1 or axis + 1 >= len(in_shape):
+            return None
+        size = in_shape[axis + 1]
+        if not isinstance(size, int) or out_shape[axis] != len(layout) * layout.repeat * size:
+            return None
+        if tuple(out_shape[:axis]) != tuple(in_shape[:axis]) or tuple(out_shape[axis + 1 :]) != tuple(in_shape[axis + 2 :]):
+            return None
+        out = Layout(axis, layout.atoms, layout.repeat * size)
+        value, where = entries[axis]
+        if value is not None and value > 0:
+            self.t.edits.append(ShapeEntry(where[0], where[1], where[2], out, out.repeat))
+        return out
+
+    def activation_matmul(self, node: onnx.NodeProto) -> Layout | None:
+        """Both operands are activations: channels on a shared batch axis (attention heads) tie; others block."""
+        a, b = (self.t.layouts.get(n) for n in node.input[:2])
+        ranks = [self.rank(n) for n in node.input[:2]]
+        out_rank = self.rank(node.output[0])
+        ok = (
+            a is not None and b is not None and None not in ranks and out_rank is not None and ranks[0] == ranks[1] == out_rank
+            and a.axis == b.axis and a.axis < out_rank - 2 and len(a) == len(b) and a.repeat == b.repeat == 1
+        )
+        if not ok:
+            for layout in (a, b):
+                self.t.atoms.block_layout(layout, f"MatMul {node.name} mixes two activations")
+            return None
+        for x, y in zip(a.atoms, b.atoms):
+            self.t.atoms.tie(x, y)
+        return Layout(a.axis, a.atoms)
 
     def _reduced_axes(self, node: onnx.NodeProto, rank: int | None) -> set[int] | None:
         if rank is None:

@@ -44,6 +44,8 @@ class PruneConfig:
         consumer's bias) or 'refit' (ridge least squares of 1x1/linear consumers
         against the original model's outputs, then 'bias' for the others); needs data.
     unstructured: zero the smallest weights per layer to ``ratio`` sparsity instead.
+    only: 'all', 'heads' (whole attention heads only) or 'channels' (channels and
+        neurons, no heads).
     """
 
     ratio: float = 0.3
@@ -55,6 +57,7 @@ class PruneConfig:
     recovery: str = "none"
     ridge: float = 1e-2
     unstructured: bool = False
+    only: str = "all"
     threads: int = 1
     latency_runs: int = 30
 
@@ -65,6 +68,8 @@ class PruneConfig:
             raise UsageError(f"--importance must be one of {', '.join(METHODS)}")
         if self.scope not in ("local", "global"):
             raise UsageError("--scope must be local or global")
+        if self.only not in ("all", "heads", "channels"):
+            raise UsageError("--only must be all, heads or channels")
         if self.recovery not in ("none", "bias", "refit"):
             raise UsageError("--recovery must be none, bias or refit")
         if self.round_to < 1:
@@ -181,8 +186,12 @@ class _Pruner:
         removed: set[int] = set()
         reports = []
         prunable_by_group = {}
+        heads = {self.tracing.atoms.find(a) for a in self.tracing.head_atoms}
         for key, roots in self.groups.items():
             prunable = [r for r in roots if self.tracing.atoms.class_block_reason(self.classes[r]) is None]
+            is_heads = any(r in heads for r in roots)
+            if (self.config.only == "heads" and not is_heads) or (self.config.only == "channels" and is_heads):
+                prunable = []
             prunable_by_group[key] = prunable
         if self.config.scope == "global":
             removed = self._select_global(prunable_by_group, ratio)
@@ -191,7 +200,7 @@ class _Pruner:
             if self.config.scope == "local":
                 removed |= select_local(self.scores, prunable, ratio, self.config.round_to) if prunable else set()
             gone = sum(1 for r in prunable if r in removed)
-            reason = None if prunable else self.group_reason(roots)
+            reason = None if prunable else self.group_reason(roots) or f"not selected by --only {self.config.only}"
             if prunable and len(prunable) < len(roots):
                 reason = f"{len(roots) - len(prunable)} channel(s) kept: {self.group_reason([r for r in roots if r not in prunable])}"
             reports.append(GroupReport(list(key), len(roots), len(roots) - gone, reason))
