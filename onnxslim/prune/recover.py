@@ -46,7 +46,7 @@ def _probe(model: onnx.ModelProto, names: list[str]) -> Runner:
 
 def _channels_last(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
     """Rows = samples, columns = the layer's input channels."""
-    if node.op_type == "Conv":
+    if node.op_type in ("Conv", "ConvTranspose"):
         return np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
     return x.reshape(-1, x.shape[-1])
 
@@ -82,9 +82,7 @@ def channel_energy(model: onnx.ModelProto, source: Iterable, *, show_progress: b
             x = values.get(node.input[0])
             if x is None or x.dtype.kind != "f" or x.ndim < 2:
                 continue
-            rows = _channels_last(x, node) if node.op_type in ("Conv", "ConvTranspose") else x.reshape(-1, x.shape[-1]) if node.op_type == "MatMul" else x
-            if node.op_type == "ConvTranspose":
-                rows = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+            rows = _channels_last(x, node)
             rows = rows.astype(np.float64)
             sums[node.name] = sums.get(node.name, 0) + (rows**2).sum(axis=0)
             firsts[node.name] = firsts.get(node.name, 0) + rows.sum(axis=0)
