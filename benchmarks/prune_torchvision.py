@@ -1,0 +1,155 @@
+"""Structured pruning coverage on torchvision's classification models: onnxslim (on the ONNX
+export) against Torch-Pruning (on the PyTorch module), side by side.
+
+    pip install torch==2.14.1 torchvision==0.29.1 torch-pruning   # in the benchmark environment
+    python benchmarks/prune_torchvision.py --ratio 0.5 --models resnet18 mobilenet_v2 ...
+    python benchmarks/prune_torchvision.py --ratio 0.5 --all
+
+Weights are random (coverage and speed do not depend on them). For each model: export to ONNX
+(opset 17), prune the export with `onnxslim.prune` (l2 magnitude, per group), and prune the
+module with Torch-Pruning's MagnitudePruner (L2, same ratio, classifier left whole) then export
+that. Each result must run in onnxruntime with the original output shape. Parameter ratio and
+latency ratio (interleaved medians against the unpruned export, 1 thread, batch 1) are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.timing import median_latencies  # noqa: E402
+
+WORK = ROOT / "benchmarks" / "cache" / "torchvision"
+DEFAULT_MODELS = [
+    "alexnet", "vgg11", "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "densenet121", "googlenet", "squeezenet1_0",
+    "mobilenet_v2", "mobilenet_v3_small", "mnasnet0_5", "shufflenet_v2_x0_5", "efficientnet_b0", "regnet_x_400mf", "regnet_y_400mf",
+    "convnext_tiny", "vit_b_16", "swin_t",
+]
+
+
+def export(module, path: Path, size: int) -> None:
+    import torch
+
+    example = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        torch.onnx.export(module, (example,), str(path), input_names=["input"], output_names=["logits"], opset_version=17, dynamo=False)
+
+
+def runs_with_shape(path: Path, reference_shape: tuple, size: int) -> bool:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"input": np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)})[0]
+    return tuple(out.shape) == tuple(reference_shape)
+
+
+def torch_pruning(module, ratio: float, size: int):
+    import torch
+    import torch_pruning as tp
+
+    example = torch.randn(1, 3, size, size)
+    classifier = [m for m in module.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000]
+    pruner = tp.pruner.MagnitudePruner(module, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio, ignored_layers=classifier)
+    pruner.step()
+    return module
+
+
+def bench(name: str, ratio: float, runs: int) -> dict:
+    import torch
+    import torchvision
+
+    from onnxslim import PruneConfig, prune
+
+    size = 299 if name.startswith("inception") else 224
+    WORK.mkdir(parents=True, exist_ok=True)
+    row: dict = {"model": name}
+    module = torchvision.models.get_model(name, weights=None).eval()
+    base = WORK / f"{name}.onnx"
+    export(module, base, size)
+    with torch.no_grad():
+        reference_shape = tuple(module(torch.randn(1, 3, size, size)).shape)
+    feed = {"input": np.random.default_rng(1).standard_normal((1, 3, size, size)).astype(np.float32)}
+    params0 = sum(p.numel() for p in module.parameters())
+    candidates = {}
+    start = time.perf_counter()
+    try:
+        ours = WORK / f"{name}.onnxslim.onnx"
+        _, report = prune(base, ours, config=PruneConfig(ratio=ratio, latency_runs=0))
+        ok = runs_with_shape(ours, reference_shape, size)
+        row["onnxslim"] = {
+            "ok": ok,
+            "params": report.parameters[1] / report.parameters[0],
+            "groups": f"{len(report.pruned_groups)}/{len(report.groups)}",
+            "seconds": time.perf_counter() - start,
+        }
+        if ok:
+            candidates["onnxslim"] = ours
+    except Exception as exc:  # a benchmark records failures instead of stopping
+        row["onnxslim"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+    start = time.perf_counter()
+    try:
+        pruned_module = torch_pruning(torchvision.models.get_model(name, weights=None).eval(), ratio, size)
+        theirs = WORK / f"{name}.torch_pruning.onnx"
+        export(pruned_module, theirs, size)
+        ok = runs_with_shape(theirs, reference_shape, size)
+        row["torch_pruning"] = {"ok": ok, "params": sum(p.numel() for p in pruned_module.parameters()) / params0, "seconds": time.perf_counter() - start}
+        if ok:
+            candidates["torch_pruning"] = theirs
+    except Exception as exc:
+        row["torch_pruning"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else traceback.format_exc(limit=1)[-160:]}"}
+    if candidates:
+        medians = median_latencies([base, *candidates.values()], feed, threads=1, runs=runs, warmup=2)
+        for (tool, _), ms in zip(candidates.items(), medians[1:]):
+            row[tool]["latency_ratio"] = ms / medians[0]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--all", action="store_true", help="every torchvision classification model")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--markdown", type=Path, default=None)
+    args = parser.parse_args()
+    names = args.models
+    if args.all:
+        import torchvision
+
+        names = torchvision.models.list_models(module=torchvision.models)
+    rows = []
+    for name in names:
+        row = bench(name, args.ratio, args.runs)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    (WORK / f"coverage_{args.ratio}.json").write_text(json.dumps(rows, indent=1))
+
+    def cell(entry: dict) -> str:
+        if not entry.get("ok"):
+            return entry.get("error", "output shape changed")[:70]
+        latency = f", latency {entry['latency_ratio']:.2f}" if "latency_ratio" in entry else ""
+        return f"params {entry['params']:.2f}{latency}" + (f", groups {entry['groups']}" if "groups" in entry else "")
+
+    lines = [f"| model | onnxslim at {args.ratio:.0%} | Torch-Pruning at {args.ratio:.0%} |", "|---|---|---|"]
+    lines += [f"| {r['model']} | {cell(r['onnxslim'])} | {cell(r['torch_pruning'])} |" for r in rows]
+    for tool in ("onnxslim", "torch_pruning"):
+        good = [r[tool] for r in rows if r[tool].get("ok")]
+        ratios = [g["latency_ratio"] for g in good if "latency_ratio" in g]
+        lines.append(f"\n{tool}: {len(good)}/{len(rows)} pruned and ran; median parameter ratio {np.median([g['params'] for g in good]) if good else float('nan'):.2f}; median latency ratio {np.median(ratios) if ratios else float('nan'):.2f}")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table)
+
+
+if __name__ == "__main__":
+    main()
