@@ -220,7 +220,7 @@ def _resolve_data(model_path, options: dict, required: bool = True):
 @data_options
 @click.option("--eval-data", default=None, help="Held-out .npz folder for the fidelity check (default: every 5th batch of --data, not used for calibration).")
 @click.option("--target", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="Layout to emit: cpu = what onnxruntime's CPU provider fuses (UINT8 activations); cuda/tensorrt = INT8 symmetric Q/DQ on weighted-op inputs.")
-@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="percentile", show_default=True, help="Calibration range method.")
+@click.option("--method", type=click.Choice(["percentile", "minmax", "moving-minmax", "entropy", "mse"]), default="percentile", show_default=True, help="Calibration range method.")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="Percentile for --method percentile.")
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")
 @csv_option("--op-types", "Quantize only these op types.")

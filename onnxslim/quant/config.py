@@ -19,7 +19,8 @@ class QuantConfig:
         kernels (UINT8 asymmetric activations, INT8 per-channel weights, Relu
         folded into the quantizer); 'cuda'/'tensorrt' emit INT8 symmetric
         activations with Q/DQ on the inputs of weighted ops.
-    method: calibration range method (minmax, percentile, entropy, mse).
+    method: calibration range method (percentile, minmax, moving-minmax: the
+        moving average of per-batch extremes, entropy (KL), mse).
     op_types: only these op types are quantized (empty: every supported one).
     exclude_nodes / exclude_op_types: kept in float.
     quantize_output_layers: quantize the layers whose results reach a graph

@@ -10,7 +10,7 @@ import numpy as np
 
 from onnxslim.quant.observers import HistogramObserver, TensorStats
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
+METHODS = ("minmax", "percentile", "entropy", "mse", "moving-minmax")
 
 
 def _cumulative_quantile(hist: HistogramObserver, q: float) -> float:
@@ -97,7 +97,9 @@ def calibrated_range(stats: TensorStats, method: str, *, symmetric: bool, percen
     mm = stats.minmax
     if mm.count == 0:
         return 0.0, 0.0
-    if method == "minmax" or stats.histogram is None or stats.histogram.total == 0:
+    if method == "moving-minmax":
+        lo, hi = mm.avg_min, mm.avg_max
+    elif method == "minmax" or stats.histogram is None or stats.histogram.total == 0:
         lo, hi = mm.min, mm.max
     elif method == "percentile":
         lo, hi = percentile_range(stats.histogram, percentile)
