@@ -164,16 +164,17 @@ def test_cuda_target_is_symmetric_int8_on_weighted_inputs():
     assert_close_to_float(model, quantized, 0.998)
 
 
-def test_golden_scales_for_conv_bn_relu():
+@pytest.mark.parametrize("name", ["conv_bn_relu", "residual", "transformer_block"])
+def test_golden_scales(name):
     """Scales and zero points must not drift; regenerate with ONNXSLIM_REGENERATE_GOLDENS=1."""
-    model = conv_bn_relu()
+    model = ALL_BUILDERS[name]()
     quantized, _ = quantize(model, calibrate_on(model, 16, seed=3), config=QuantConfig(latency_runs=0, eval_fraction=0.0))
     inits = initializers(quantized)
     found = {}
     for node in quantized.graph.node:
         if node.op_type == "QuantizeLinear":
             found[node.output[0]] = {"scale": float(inits[node.input[1]]), "zero_point": int(inits[node.input[2]])}
-    golden = GOLDEN / "conv_bn_relu_scales.json"
+    golden = GOLDEN / f"{name}_scales.json"
     if os.environ.get("ONNXSLIM_REGENERATE_GOLDENS") == "1":
         golden.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
     expected = json.loads(golden.read_text())
