@@ -18,7 +18,7 @@ from onnxslim import QuantConfig, quantize
 from tests.conftest import run_model
 from tests.test_prune import masked_and_pruned
 
-BLOCKS = ("conv", "depthwise", "residual", "bn_relu", "se", "concat", "pool")
+BLOCKS = ("conv", "depthwise", "grouped", "residual", "bn_relu", "se", "concat", "pool")
 
 
 def build(blocks: list[str], widths: list[int], head: str, seed: int) -> onnx.ModelProto:
@@ -29,6 +29,8 @@ def build(blocks: list[str], widths: list[int], head: str, seed: int) -> onnx.Mo
             x, channels = b.node("Relu", [b.conv(x, channels, width)]), width
         elif kind == "depthwise":
             x = b.node("Clip", [b.conv(x, channels, channels, groups=channels), b.const(np.array(0.0, np.float32), "lo"), b.const(np.array(6.0, np.float32), "hi")])
+        elif kind == "grouped" and channels % 2 == 0 and width % 2 == 0:
+            x, channels = b.node("Relu", [b.conv(x, channels, width, groups=2)]), width
         elif kind == "residual":
             x = b.node("Relu", [b.node("Add", [x, b.conv(b.node("Relu", [b.conv(x, channels, width)]), width, channels)])])
         elif kind == "bn_relu":

@@ -12,7 +12,7 @@ from onnxslim.cli import main
 from onnxslim.errors import NothingToDoError, UsageError
 from onnxslim.ir import load_model
 from onnxslim.ir.tensors import all_value_names
-from onnxslim.prune.edits import SliceInput, WorkingWeights, positions
+from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights, positions
 from onnxslim.prune.structured import _prepare, _Pruner
 from onnxslim.summary import infer_shapes
 from tests.conftest import run_model
@@ -40,11 +40,17 @@ def masked_and_pruned(model, ratio=0.5, config=FAST):
             index[edit.axis] = positions(edit.layout, atoms)
             array[tuple(index)] = 0
             view.set(edit.node, edit.index, array)
+        elif isinstance(edit, GroupedInput):
+            array = view.get(edit.node, 1)
+            rows = array.shape[0] // edit.groups
+            for group, cut in enumerate(edit.removed_per_group(atoms)):
+                array[group * rows : (group + 1) * rows, cut] = 0
+            view.set(edit.node, 1, array)
     view.commit()
     return pruned, masked, groups, atoms
 
 
-@pytest.mark.parametrize("name", ["conv_bn_relu", "residual", "depthwise_separable", "concat_split", "mlp", "transformer_block", "constant_node_weights", "mixed_range_concat"])
+@pytest.mark.parametrize("name", sorted(ALL_BUILDERS))
 def test_pruned_model_equals_original_with_removed_channels_cut(name):
     model = ALL_BUILDERS[name]()
     pruned, masked, groups, atoms = masked_and_pruned(model)
@@ -209,3 +215,12 @@ def test_attention_heads_are_pruned_whole():
     _, channels = prune(model, config=PruneConfig(ratio=0.5, only="channels", latency_runs=0))
     assert [g.channels_after for g in channels.groups if g.channels_before == 64] == [32]
     assert all(g.channels_after == 4 for g in channels.groups if g.channels_before == 4)
+
+
+def test_grouped_convolution_loses_channels_equally_in_every_group():
+    model = ALL_BUILDERS["grouped_conv"](channels=16, groups=4)
+    pruned, _, groups, _ = masked_and_pruned(model)
+    grouped = next(n for n in pruned.graph.node if n.op_type == "Conv" and next((a.i for a in n.attribute if a.name == "group"), 1) == 4)
+    weight = next(t for t in pruned.graph.initializer if t.name == grouped.input[1])
+    assert tuple(weight.dims)[:2] == (8, 2)  # 16 -> 8 outputs, 4 -> 2 inputs per group
+    assert sorted(g.channels_after for g in groups if g.channels_before == 16) == [8, 8]

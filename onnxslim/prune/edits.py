@@ -150,3 +150,44 @@ class ShapeEntry:
         if flat[self.element] > 0:
             flat[self.element] = kept * self.per_unit
             weights.set(self.node, self.index, flat.reshape(array.shape))
+
+
+@dataclass
+class GroupedInput:
+    """Input channels of a grouped convolution: each group loses the same number of its own channels.
+
+    The weight is (C_out, C_in / groups, k...); input channel c belongs to group
+    c // (C_in / groups) and is column c % (C_in / groups) of that group's rows.
+    """
+
+    node: str
+    layout: Layout
+    groups: int
+    kind: str = "consumer"
+    index: int = 1
+    axis: int = 1
+
+    def removed_per_group(self, removed: set[int]) -> list[list[int]]:
+        size = len(self.layout) // self.groups
+        gone = set(positions(self.layout, removed))
+        return [[p - g * size for p in range(g * size, (g + 1) * size) if p in gone] for g in range(self.groups)]
+
+    def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
+        per_group = self.removed_per_group(removed)
+        if not any(per_group):
+            return
+        if len({len(cut) for cut in per_group}) != 1:
+            raise ValueError(f"{self.node}: groups would lose different numbers of channels")
+        weight = weights.get(self.node, 1)
+        rows = weight.shape[0] // self.groups
+        parts = [np.delete(weight[g * rows : (g + 1) * rows], cut, axis=1) for g, cut in enumerate(per_group)]
+        weights.set(self.node, 1, np.concatenate(parts, axis=0))
+
+    def norms(self, weight: np.ndarray, p: int) -> np.ndarray:
+        """Norm of the weights reading each input position."""
+        rows, size = weight.shape[0] // self.groups, weight.shape[1]
+        magnitude = np.abs(weight.astype(np.float64)) ** p
+        result = np.zeros(len(self.layout))
+        for g in range(self.groups):
+            result[g * size : (g + 1) * size] = magnitude[g * rows : (g + 1) * rows].reshape(rows, size, -1).sum(axis=(0, 2))
+        return result

@@ -18,7 +18,7 @@ from onnx import helper
 
 from onnxslim.ir.tensors import constant_names, initializer_map, outer_references, subgraphs, to_array
 from onnxslim.prune.atoms import AtomTable, Layout
-from onnxslim.prune.edits import ReshapeChannels, SetGroup, ShapeEntry, SliceInput, SplitSizes
+from onnxslim.prune.edits import GroupedInput, ReshapeChannels, SetGroup, ShapeEntry, SliceInput, SplitSizes
 
 UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu", "Selu", "Softplus", "Softsign",
          "Mish", "Identity", "Dropout", "Cast", "Clip", "Abs", "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos"}
@@ -41,6 +41,8 @@ class Tracing:
     producers: dict[str, str] = field(default_factory=dict)  # producer node -> op type
     consumer_inputs: dict[str, str] = field(default_factory=dict)  # consumer node -> the tracked tensor it reads
     head_atoms: set[int] = field(default_factory=set)  # atoms standing for whole attention heads
+    # (layout, groups): channels of a grouped convolution, which every group must lose equally
+    block_constraints: list[tuple[Layout, int]] = field(default_factory=list)
 
 
 class Tracer:
@@ -101,8 +103,19 @@ class Tracer:
                         self.t.edits.append(SliceInput(node.name, 2, 0, layout, "passthrough"))
                     self.t.edits.append(SetGroup(node.name, layout))
                     return Layout(1, layout.atoms)
-                self.t.atoms.block_layout(layout, f"grouped {op} {node.name} (group={group}) keeps its groups whole")
-                return None
+                if op != "Conv" or c_in % group or c_out % group:
+                    self.t.atoms.block_layout(layout, f"grouped {op} {node.name} (group={group}) keeps its groups whole")
+                    return None
+                if layout is not None:
+                    self.t.edits.append(GroupedInput(node.name, layout, group))
+                    self.t.block_constraints.append((layout, group))
+                    self.t.consumer_inputs[node.name] = node.input[0]
+                out = self.new_atoms(node, c_out, 1)
+                self.t.edits.append(SliceInput(node.name, 1, 0, out, "producer"))
+                if bias:
+                    self.t.edits.append(SliceInput(node.name, 2, 0, out, "producer-bias"))
+                self.t.block_constraints.append((out, group))
+                return out
             if layout is not None:
                 self.consume(node, layout, 1, in_axis)
             out = self.new_atoms(node, c_out, 1)

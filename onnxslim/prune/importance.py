@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from onnxslim.prune.edits import SliceInput
+from onnxslim.prune.edits import GroupedInput, SliceInput
 
 METHODS = ("l1", "l2", "activation")
 
@@ -50,12 +50,18 @@ def class_scores(
     root_of = {atom: root for root, members in classes.items() for atom in members}
     scores = {root: 0.0 for root in classes}
     for edit in edits:
-        if not isinstance(edit, SliceInput) or edit.kind not in ("producer", "consumer"):
+        if not isinstance(edit, (SliceInput, GroupedInput)) or edit.kind not in ("producer", "consumer"):
             continue
         array = weights.get((edit.node, edit.index))
         if array is None:
             continue
-        if method == "activation":
+        if isinstance(edit, GroupedInput):
+            norms = edit.norms(array, 2 if method == "activation" else p)
+            if method == "activation" and channel_energy is not None and edit.node in channel_energy and channel_energy[edit.node].size == norms.size:
+                norms = norms * channel_energy[edit.node]
+            elif method == "activation":
+                continue
+        elif method == "activation":
             if edit.kind != "consumer" or channel_energy is None or edit.node not in channel_energy:
                 continue
             norms = _slice_norms(array, edit.axis, len(edit.layout), edit.layout.repeat, 2)
@@ -67,6 +73,7 @@ def class_scores(
             norms = norms * energy
         else:
             norms = _slice_norms(array, edit.axis, len(edit.layout), edit.layout.repeat, p)
+        if isinstance(edit, SliceInput) and method != "activation":
             if edit.kind == "producer" and bn_scale and edit.node in bn_scale and bn_scale[edit.node].size == norms.size:
                 norms = norms * np.abs(bn_scale[edit.node]) ** p
         for position, atom in enumerate(edit.layout.atoms):

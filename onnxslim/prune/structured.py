@@ -22,7 +22,7 @@ from onnxslim.ir.io import load_model, refuse_oversized
 from onnxslim.ir.tensors import all_value_names, graph_inputs, initializer_map, to_array
 from onnxslim.ir.write import write_verified
 from onnxslim.passes import constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
-from onnxslim.prune.edits import SliceInput, WorkingWeights, positions
+from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights, positions
 from onnxslim.prune.groups import trace
 from onnxslim.prune.importance import METHODS, class_scores, keep_count, select_local
 from onnxslim.prune.unstructured import magnitude_sparsify
@@ -166,7 +166,7 @@ class _Pruner:
         view = WorkingWeights(model, set())
         self.weights = {}
         for edit in self.tracing.edits:
-            if isinstance(edit, SliceInput):
+            if isinstance(edit, (SliceInput, GroupedInput)):
                 self.weights[(edit.node, edit.index)] = view.get(edit.node, edit.index)
         self.scores = class_scores(
             self.classes, self.tracing.edits, self.weights, method=config.importance, bn_scale=_bn_scales(model), channel_energy=channel_energy
@@ -175,6 +175,34 @@ class _Pruner:
         for root, members in self.classes.items():
             key = tuple(sorted({atoms.producers[a][0] for a in members}))
             self.groups.setdefault(key, []).append(root)
+        self.blocks = self._block_of_class()
+
+    def _block_of_class(self) -> dict[int, tuple[int, int]]:
+        """Class root -> (group count, group index) for channels of grouped convolutions; (0, 0) where they disagree."""
+        found: dict[int, set[tuple[int, int]]] = {}
+        for layout, groups in self.tracing.block_constraints:
+            size = len(layout) // groups
+            for position, atom in enumerate(layout.atoms):
+                if atom is not None:
+                    found.setdefault(self.tracing.atoms.find(atom), set()).add((groups, position // size))
+        return {root: next(iter(ids)) if len(ids) == 1 else (0, 0) for root, ids in found.items()}
+
+    def _select_blocked(self, prunable: list[int], ratio: float) -> set[int] | str:
+        """Equal removal from every group of a grouped convolution, or the reason it cannot be done."""
+        ids = [self.blocks.get(r) for r in prunable]
+        if any(i is None or i == (0, 0) for i in ids) or len({i[0] for i in ids}) != 1:
+            return "channels of grouped convolutions with different group structures"
+        by_block: dict[int, list[int]] = {}
+        for root, (_, block) in zip(prunable, ids):
+            by_block.setdefault(block, []).append(root)
+        if len(by_block) != ids[0][0]:
+            return "a group of a grouped convolution has no removable channel"
+        smallest = min(len(members) for members in by_block.values())
+        cut = smallest - keep_count(smallest, ratio, self.config.round_to)
+        removed = set()
+        for members in by_block.values():
+            removed |= set(sorted(members, key=lambda r: (self.scores[r], r))[:cut])
+        return removed
 
     def group_reason(self, roots: list[int]) -> str | None:
         reasons = [self.tracing.atoms.class_block_reason(self.classes[r]) for r in roots]
@@ -197,11 +225,20 @@ class _Pruner:
             removed = self._select_global(prunable_by_group, ratio)
         for key, roots in self.groups.items():
             prunable = prunable_by_group[key]
-            if self.config.scope == "local":
+            reason = None
+            if prunable and any(r in self.blocks for r in prunable):
+                removed -= set(prunable)  # grouped convolutions: equal removal per group, always ranked locally
+                chosen = self._select_blocked(prunable, ratio)
+                if isinstance(chosen, str):
+                    reason, prunable = chosen, []
+                else:
+                    removed |= chosen
+            elif self.config.scope == "local":
                 removed |= select_local(self.scores, prunable, ratio, self.config.round_to) if prunable else set()
             gone = sum(1 for r in prunable if r in removed)
-            reason = None if prunable else self.group_reason(roots) or f"not selected by --only {self.config.only}"
-            if prunable and len(prunable) < len(roots):
+            if not prunable and reason is None:
+                reason = self.group_reason(roots) or f"not selected by --only {self.config.only}"
+            elif prunable and len(prunable) < len(roots):
                 reason = f"{len(roots) - len(prunable)} channel(s) kept: {self.group_reason([r for r in roots if r not in prunable])}"
             reports.append(GroupReport(list(key), len(roots), len(roots) - gone, reason))
         return removed, reports
