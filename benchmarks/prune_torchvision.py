@@ -65,68 +65,89 @@ def torch_pruning(module, ratio: float, size: int):
     return module
 
 
-def bench(name: str, ratio: float, runs: int) -> dict:
+def reference(name: str):
     import torch
     import torchvision
 
+    size = 299 if name.startswith("inception") else 224
+    module = torchvision.models.get_model(name, weights=None).eval()
+    with torch.no_grad():
+        shape = tuple(module(torch.randn(1, 3, size, size)).shape)
+    return module, size, shape
+
+
+def run_tool(name: str, tool: str, ratio: float) -> dict:
+    """One tool on one model, in this process; writes the pruned ONNX file and returns its entry."""
     from onnxslim import PruneConfig, prune
 
-    size = 299 if name.startswith("inception") else 224
     WORK.mkdir(parents=True, exist_ok=True)
-    row: dict = {"model": name}
-    module = torchvision.models.get_model(name, weights=None).eval()
+    module, size, shape = reference(name)
     base = WORK / f"{name}.onnx"
-    try:
-        export(module, base, size)
-    except Exception as exc:  # the model cannot be exported: neither tool gets an ONNX graph to compare
-        error = f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-        return {"model": name, "onnxslim": {"ok": False, "error": error}, "torch_pruning": {"ok": False, "error": error}}
-    with torch.no_grad():
-        reference_shape = tuple(module(torch.randn(1, 3, size, size)).shape)
-    feed = {"input": np.random.default_rng(1).standard_normal((1, 3, size, size)).astype(np.float32)}
-    params0 = sum(p.numel() for p in module.parameters())
-    candidates = {}
     start = time.perf_counter()
     try:
-        ours = WORK / f"{name}.onnxslim.onnx"
-        _, report = prune(base, ours, config=PruneConfig(ratio=ratio, latency_runs=0))
-        ok = runs_with_shape(ours, reference_shape, size)
-        row["onnxslim"] = {
-            "ok": ok,
-            "params": report.parameters[1] / report.parameters[0],
-            "groups": f"{len(report.pruned_groups)}/{len(report.groups)}",
-            "seconds": time.perf_counter() - start,
-        }
-        if ok:
-            candidates["onnxslim"] = ours
+        if tool == "onnxslim":
+            export(module, base, size)
+            target = WORK / f"{name}.onnxslim.onnx"
+            _, report = prune(base, target, config=PruneConfig(ratio=ratio, latency_runs=0))
+            entry = {"params": report.parameters[1] / report.parameters[0], "groups": f"{len(report.pruned_groups)}/{len(report.groups)}"}
+        else:
+            params0 = sum(p.numel() for p in module.parameters())
+            pruned_module = torch_pruning(module, ratio, size)
+            target = WORK / f"{name}.torch_pruning.onnx"
+            export(pruned_module, target, size)
+            entry = {"params": sum(p.numel() for p in pruned_module.parameters()) / params0}
+        entry.update(ok=runs_with_shape(target, shape, size), seconds=time.perf_counter() - start, path=str(target))
+        if not entry["ok"]:
+            entry["error"] = "the pruned model's output shape changed"
+        return entry
     except Exception as exc:  # a benchmark records failures instead of stopping
-        row["onnxslim"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
-    start = time.perf_counter()
+        message = str(exc).splitlines()[0][:160] if str(exc) else traceback.format_exc(limit=1)[-160:]
+        return {"ok": False, "error": f"{type(exc).__name__}: {message}"}
+
+
+def run_isolated(name: str, tool: str, ratio: float) -> dict:
+    """``run_tool`` in a child process, so that a tool that crashes or exhausts memory costs one cell."""
+    import subprocess
+
+    command = [sys.executable, __file__, "--one", name, "--tool", tool, "--ratio", str(ratio)]
     try:
-        pruned_module = torch_pruning(torchvision.models.get_model(name, weights=None).eval(), ratio, size)
-        theirs = WORK / f"{name}.torch_pruning.onnx"
-        export(pruned_module, theirs, size)
-        ok = runs_with_shape(theirs, reference_shape, size)
-        row["torch_pruning"] = {"ok": ok, "params": sum(p.numel() for p in pruned_module.parameters()) / params0, "seconds": time.perf_counter() - start}
-        if ok:
-            candidates["torch_pruning"] = theirs
-    except Exception as exc:
-        row["torch_pruning"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else traceback.format_exc(limit=1)[-160:]}"}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": "did not finish in 30 minutes"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    reason = "killed (out of memory)" if done.returncode == -9 else f"the process crashed (exit code {done.returncode})"
+    return {"ok": False, "error": reason}
+
+
+def bench(name: str, ratio: float, runs: int) -> dict:
+    row = {"model": name, "onnxslim": run_isolated(name, "onnxslim", ratio)}
+    base = WORK / f"{name}.onnx"
+    row["torch_pruning"] = run_isolated(name, "torch_pruning", ratio) if base.exists() else {"ok": False, "error": "no ONNX export"}
+    candidates = {tool: Path(row[tool]["path"]) for tool in ("onnxslim", "torch_pruning") if row[tool].get("ok")}
     if candidates:
-        medians = median_latencies([base, *candidates.values()], feed, threads=1, runs=runs, warmup=2)
-        for (tool, _), ms in zip(candidates.items(), medians[1:]):
+        size = 299 if name.startswith("inception") else 224
+        feed = {"input": np.random.default_rng(1).standard_normal((1, 3, size, size)).astype(np.float32)}
+        medians = median_latencies([base, *candidates.values()], feed, threads=1, runs=runs, warmup=3)
+        for tool, ms in zip(candidates, medians[1:]):
             row[tool]["latency_ratio"] = ms / medians[0]
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--tool", default="onnxslim", help=argparse.SUPPRESS)
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--all", action="store_true", help="every torchvision classification model")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_tool(args.one, args.tool, args.ratio)))
+        return
     names = args.models
     if args.all:
         import torchvision
