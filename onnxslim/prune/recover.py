@@ -26,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import with_outputs
+from onnxslim.ir.layers import weight_axes
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 from onnxslim.progress import track
 from onnxslim.quant.evaluate import fidelity, latency_ratio
@@ -101,18 +102,10 @@ def _changed_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept:
             continue
         if node.op_type == "Conv" and int(_attr(node, "group", 1)) != 1:
             continue
-        total = list(before[old.input[1]].dims)[_input_axis(old)] if old.input[1] in before else None
+        total = list(before[old.input[1]].dims)[weight_axes(old)[0]] if old.input[1] in before else None
         if total is not None and len(kept[node.name]["in"]) < total:
             pairs.append((old, node))
     return pairs
-
-
-def _input_axis(node: onnx.NodeProto) -> int:
-    if node.op_type == "Conv":
-        return 1
-    if node.op_type == "Gemm":
-        return 1 if int(_attr(node, "transB", 0)) else 0
-    return 0
 
 
 def _as_matrix(weight: np.ndarray, node: onnx.NodeProto) -> np.ndarray | None:
@@ -231,9 +224,9 @@ def _refit(original, pruned, old, new, source, ridge, taken, outputs) -> str | N
 
 def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_out) -> str:
     before = to_array(initializer_map(original.graph)[old.input[1]])
-    axis = _input_axis(new)
+    axis = weight_axes(new)[0]
     if kept_out is not None:
-        before = np.take(before, kept_out, axis=_output_axis(new))
+        before = np.take(before, kept_out, axis=weight_axes(new)[1])
     slot = _bias_slot(pruned, new)
     if slot is None:
         return "no bias to compensate into; left as pruned"
@@ -258,14 +251,6 @@ def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_ou
     current = to_array(inits[bias_node.input[index]]) if index < len(bias_node.input) and bias_node.input[index] else np.zeros(delta.shape)
     _set_input(pruned, bias_node, index, current + delta.reshape(current.shape), taken)
     return f"added the mean contribution of {removed.size} removed channel(s) to the bias"
-
-
-def _output_axis(node: onnx.NodeProto) -> int:
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "Gemm":
-        return 0 if int(_attr(node, "transB", 0)) else 1
-    return 1
 
 
 def compare_outputs(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable) -> list[OutputComparison]:

@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxslim.ir.layers import weight_axes
 from onnxslim.ir.tensors import constant_names, initializer_map, to_array
 from onnxslim.quant.config import QuantConfig
 
@@ -228,13 +229,9 @@ class Planner:
     def weight_axis(self, node: onnx.NodeProto, weight: np.ndarray) -> int | None:
         if not self.config.per_channel:
             return None
-        if node.op_type == "Conv":
-            return 0
-        if node.op_type == "ConvTranspose":
-            return 1 if int(_attr(node, "group", 1)) == 1 else None
-        if node.op_type == "Gemm":
-            return 0 if int(_attr(node, "transB", 0)) else 1
-        return weight.ndim - 1  # MatMul: the output-feature (last) axis
+        if node.op_type == "ConvTranspose" and int(_attr(node, "group", 1)) != 1:
+            return None  # its axis 1 holds output channels of one group only
+        return weight_axes(node, weight.ndim)[1]
 
     def add_weight(self, node: onnx.NodeProto, name: str) -> bool:
         weight = to_array(self.inits[name])

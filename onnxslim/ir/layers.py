@@ -1,0 +1,23 @@
+"""Where the channels are in the weights of the layers onnxslim quantizes and prunes."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+
+def weight_axes(node: onnx.NodeProto, weight_ndim: int = 2) -> tuple[int, int]:
+    """(input-channel axis, output-channel axis) of a Conv, ConvTranspose, Gemm or MatMul weight.
+
+    Conv (C_out, C_in/g, k...); ConvTranspose (C_in, C_out/g, k...); Gemm (N, K) with transB,
+    (K, N) without; MatMul (..., K, N).
+    """
+    op = node.op_type
+    if op == "Conv":
+        return 1, 0
+    if op == "ConvTranspose":
+        return 0, 1
+    if op == "Gemm":
+        trans_b = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "transB"), 0)
+        return (1, 0) if int(trans_b) else (0, 1)
+    return weight_ndim - 2, weight_ndim - 1
