@@ -276,29 +276,22 @@ class LoaderFunction:
             yield f"{self.spec} item {index}", {k: np.asarray(v) for k, v in batch.items()}
 
 
-class ReaderAdapter:
+def from_reader(reader) -> "InMemory":
     """An onnxruntime ``CalibrationDataReader`` (anything with ``get_next()``) as a DataSource.
 
     Its batches are read once and kept, since such readers cannot always rewind.
     """
-
-    def __init__(self, reader):
-        self.batches: list[Batch] = []
-        while True:
-            item = reader.get_next()
-            if item is None:
-                break
-            self.batches.append({k: np.asarray(v) for k, v in dict(item).items()})
-        if not self.batches:
-            raise DataError("the calibration data reader returned no batches")
-        self.description = f"{len(self.batches)} batch(es) from {type(reader).__name__}"
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self) -> Iterator[tuple[str, Batch]]:
-        for index, batch in enumerate(self.batches):
-            yield f"reader batch {index}", batch
+    batches = []
+    while True:
+        item = reader.get_next()
+        if item is None:
+            break
+        batches.append(dict(item))
+    if not batches:
+        raise DataError("the calibration data reader returned no batches")
+    source = InMemory(batches, label="reader batch")
+    source.description = f"{len(batches)} batch(es) from {type(reader).__name__}"
+    return source
 
 
 def as_source(data) -> "DataSource | str | Path":
@@ -306,7 +299,7 @@ def as_source(data) -> "DataSource | str | Path":
     if isinstance(data, (str, Path)) or hasattr(data, "__iter__") and hasattr(data, "description"):
         return data
     if hasattr(data, "get_next"):
-        return ReaderAdapter(data)
+        return from_reader(data)
     if isinstance(data, (list, tuple)) and all(isinstance(item, Mapping) for item in data):
         return InMemory(list(data))
     raise UsageError(f"data must be a folder of .npz files, 'random', a DataSource or a CalibrationDataReader, not {type(data).__name__}")
@@ -315,10 +308,11 @@ def as_source(data) -> "DataSource | str | Path":
 class InMemory:
     """A list of input dicts."""
 
-    def __init__(self, batches: list[Mapping[str, np.ndarray]]):
+    def __init__(self, batches: list[Mapping[str, np.ndarray]], label: str = "batch"):
         if not batches:
             raise DataError("the list of batches is empty")
         self.batches = [{k: np.asarray(v) for k, v in b.items()} for b in batches]
+        self.label = label
         self.description = f"{len(self.batches)} in-memory batch(es)"
 
     def __len__(self) -> int:
@@ -326,4 +320,4 @@ class InMemory:
 
     def __iter__(self) -> Iterator[tuple[str, Batch]]:
         for index, batch in enumerate(self.batches):
-            yield f"batch {index}", batch
+            yield f"{self.label} {index}", batch

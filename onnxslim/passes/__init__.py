@@ -32,17 +32,6 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     remove_dead_nodes,
 )
 
-PASSES_BY_NAME: dict[str, GraphPass] = {
-    "initializers-out-of-inputs": initializers_out_of_inputs,
-    "constants-to-initializers": constants_to_initializers,
-    "remove-identity": remove_identities,
-    "fold-constants": fold_constants,
-    "fuse-batchnorm": fuse_batchnorm,
-    "fold-affine-into-conv": fold_affine_into_conv,
-    "fuse-hardswish": fuse_hardswish,
-    "remove-dead": remove_dead_nodes,
-}
-
 
 def run_passes(model: onnx.ModelProto, passes: Sequence[GraphPass] = CLEANUP_PASSES) -> list[PassResult]:
     """Run ``passes`` in order on ``model`` (in place) and return what each did."""
@@ -51,7 +40,6 @@ def run_passes(model: onnx.ModelProto, passes: Sequence[GraphPass] = CLEANUP_PAS
 
 __all__ = [
     "CLEANUP_PASSES",
-    "PASSES_BY_NAME",
     "Decline",
     "GraphPass",
     "PassResult",

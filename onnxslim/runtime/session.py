@@ -179,10 +179,6 @@ def _nodes_by_provider(profile_file: Path) -> dict[str, int]:
     return dict(Counter(nodes.values()))
 
 
-def make_runner(model, provider: str = "CPUExecutionProvider", **kwargs) -> Runner:
-    return Runner(model, provider, **kwargs)
-
-
 def check_loads(path: str | os.PathLike) -> None:
     """Raise ModelLoadError unless onnxruntime's CPU provider can open ``path``."""
     ort = _ort()
