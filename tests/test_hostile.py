@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from models.builders import GraphBuilder, conv_bn_relu, residual, sample_inputs
+from models.builders import GraphBuilder, conv_bn_relu, sample_inputs
 from onnxslim import PruneConfig, QuantConfig, prune, quantize
 from onnxslim.cli import main
-from onnxslim.errors import DataError, NothingToDoError, UnsupportedModelError
+from onnxslim.errors import DataError, NothingToDoError
 from tests.conftest import run_model
 
 
@@ -94,7 +94,7 @@ def test_folder_output_equal_to_input_and_missing_folder(setup):
 
 
 def test_unwritable_output_folder_leaves_nothing(setup, monkeypatch):
-    import onnxslim.ir.io as io
+    from onnxslim.ir import io
 
     _, path, data, tmp_path = setup
 
@@ -188,14 +188,3 @@ def test_model_local_functions_are_kept(tmp_path):
     assert [f.name for f in pruned.functions] == ["Swish"]
     feed = data[0]
     assert run_model(quantized, feed)[0].shape == run_model(pruned, feed)[0].shape == (1, 4, 8, 8)
-
-
-def test_models_over_2gb_are_declined_by_quantize_and_prune_with_a_reason(tmp_path, monkeypatch):
-    import onnxslim.ir.io as io
-
-    model = residual()
-    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)  # pretend this small model is a big one
-    with pytest.raises(UnsupportedModelError, match="2 GB"):
-        quantize(model, sample_inputs(model, 3), config=QuantConfig(latency_runs=0))
-    with pytest.raises(UnsupportedModelError, match="2 GB"):
-        prune(model, config=PruneConfig(latency_runs=0))

@@ -35,13 +35,13 @@ def masked_and_pruned(model, ratio=0.5, config=FAST):
     view = WorkingWeights(masked, all_value_names(masked.graph))
     for edit in pruner.tracing.edits:
         if isinstance(edit, SliceInput) and edit.kind == "consumer":
-            array = view.get(edit.node, edit.index)
+            array = view.get(edit.node, edit.index).copy()
             index = [slice(None)] * array.ndim
             index[edit.axis] = positions(edit.layout, atoms)
             array[tuple(index)] = 0
             view.set(edit.node, edit.index, array)
         elif isinstance(edit, GroupedInput):
-            array = view.get(edit.node, 1)
+            array = view.get(edit.node, 1).copy()
             rows = array.shape[0] // edit.groups
             for group, cut in enumerate(edit.removed_per_group(atoms)):
                 array[group * rows : (group + 1) * rows, cut] = 0

@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
 
 from onnxslim.errors import ModelLoadError, ModelWriteError
+from onnxslim.ir.tensors import external_info, is_mapped
 
 ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 
@@ -54,6 +55,14 @@ def model_weight_bytes(model: onnx.ModelProto) -> int:
         else:
             total += tensor.ByteSize()
     return total
+
+
+def model_file_bytes(model: onnx.ModelProto) -> int:
+    """Bytes the model takes once saved: the .onnx file plus any external data."""
+    external = sum(
+        int(external_data_helper.ExternalDataInfo(t).length or 0) for t in _tensors_of(model) if external_data_helper.uses_external_data(t)
+    )
+    return model.ByteSize() + external
 
 
 def _check_external_locations(model: onnx.ModelProto, base_dir: Path, model_path: Path) -> None:
@@ -87,11 +96,13 @@ def _check_external_locations(model: onnx.ModelProto, base_dir: Path, model_path
             )
 
 
-def load_model(model: ModelLike, *, load_weights: bool = True) -> onnx.ModelProto:
+def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool | None = None) -> onnx.ModelProto:
     """Load a model from a path, or return a copy of a ``ModelProto``.
 
     The returned proto is the caller's to change: a proto passed in is copied,
-    so the caller's object is never modified by later passes.
+    so the caller's object is never modified by later passes. External weights
+    are read into memory, or, when they exceed what one protobuf holds (or
+    ``map_weights`` is true), left on disk and mapped (see ``ir.mapped``).
     """
     if isinstance(model, onnx.ModelProto):
         copy = onnx.ModelProto()
@@ -114,7 +125,12 @@ def load_model(model: ModelLike, *, load_weights: bool = True) -> onnx.ModelProt
     if _uses_external_data(proto):
         _check_external_locations(proto, path.parent, path)
         if load_weights:
-            external_data_helper.load_external_data_for_model(proto, str(path.parent))
+            if map_weights or (map_weights is None and model_weight_bytes(proto) > EXTERNAL_DATA_THRESHOLD):
+                from onnxslim.ir.mapped import map_external_weights
+
+                map_external_weights(proto, path)
+            else:
+                external_data_helper.load_external_data_for_model(proto, str(path.parent))
     return proto
 
 
@@ -208,12 +224,21 @@ def save_model(
 
 
 def _write_with_external_data(model: onnx.ModelProto, staged_model: Path, data_name: str) -> None:
-    """Write big initializers to ``data_name`` and a skeleton model that points at them.
+    write_skeleton(model, staged_model, data_name)
+    with open(staged_model, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_skeleton(model: onnx.ModelProto, model_path: Path, data_name: str, *, link_mapped: bool = False) -> None:
+    """Write big initializers to ``data_name`` beside ``model_path`` and a skeleton model that points at them.
 
     The caller's proto is not touched: protobuf's arena does not give back the
     memory of a cleared field, so clearing and restoring the weights would hold
     two copies of them. Instead a skeleton graph is assembled field by field,
-    its large initializers replaced by references into the data file.
+    its large initializers replaced by references into the data file. Mapped
+    weights (kept on disk, see ``ir.mapped``) are copied file to file; with
+    ``link_mapped`` those already in ``model_path``'s folder are referenced
+    where they are instead.
     """
     skeleton = onnx.ModelProto()
     for descriptor, value in model.ListFields():
@@ -223,38 +248,65 @@ def _write_with_external_data(model: onnx.ModelProto, staged_model: Path, data_n
     for descriptor, value in graph.ListFields():
         if descriptor.name != "initializer":
             _copy_field(skeleton.graph, descriptor, value)
-    with open(staged_model.parent / data_name, "wb") as data_file:
+    folder = model_path.parent.resolve()
+    with open(model_path.parent / data_name, "wb") as data_file:
         for tensor in graph.initializer:
-            if tensor.HasField("raw_data") and len(tensor.raw_data) >= EXTERNAL_TENSOR_MIN_BYTES:
-                payload = tensor.raw_data
+            if is_mapped(tensor):
+                location, offset, length = external_info(tensor)
+                if link_mapped and Path(location).parent == folder:
+                    _add_stub(skeleton, tensor, Path(location).name, offset, length)
+                    continue
+                start = _align(data_file)
+                _copy_range(location, offset, length, data_file)
+            elif tensor.HasField("raw_data") and len(tensor.raw_data) >= EXTERNAL_TENSOR_MIN_BYTES:
+                start = _align(data_file)
+                data_file.write(tensor.raw_data)
             elif external_data_helper.uses_external_data(tensor):
-                raise ModelWriteError(f"{staged_model.name}: weights of '{tensor.name}' were never loaded; load the model with its weights")
+                raise ModelWriteError(f"{model_path.name}: weights of '{tensor.name}' were never loaded; load the model with its weights")
             elif tensor.ByteSize() >= EXTERNAL_TENSOR_MIN_BYTES and tensor.data_type != onnx.TensorProto.STRING:
-                payload = numpy_helper.to_array(tensor).tobytes()
+                start = _align(data_file)
+                data_file.write(numpy_helper.to_array(tensor).tobytes())
             else:
                 skeleton.graph.initializer.append(tensor)
                 continue
-            # Page-aligned offsets let onnxruntime map the weights instead of copying them.
-            offset = -data_file.tell() % 4096
-            data_file.write(b"\0" * offset)
-            start = data_file.tell()
-            data_file.write(payload)
-            del payload
-            stub = skeleton.graph.initializer.add()
-            stub.name = tensor.name
-            stub.data_type = tensor.data_type
-            stub.dims.extend(tensor.dims)
-            stub.doc_string = tensor.doc_string
-            stub.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", data_name), ("offset", str(start)), ("length", str(data_file.tell() - start))):
-                entry = stub.external_data.add()
-                entry.key, entry.value = key, value
+            _add_stub(skeleton, tensor, data_name, start, data_file.tell() - start)
         data_file.flush()
         os.fsync(data_file.fileno())
-    with open(staged_model, "wb") as handle:
+    with open(model_path, "wb") as handle:
         handle.write(skeleton.SerializeToString())
         handle.flush()
-        os.fsync(handle.fileno())
+
+
+def _align(data_file) -> int:
+    """Pad to a page boundary: aligned offsets let onnxruntime map the weights instead of copying them."""
+    data_file.write(b"\0" * (-data_file.tell() % 4096))
+    return data_file.tell()
+
+
+def _copy_range(location: str, offset: int, length: int | None, data_file, chunk: int = 64 << 20) -> None:
+    with open(location, "rb") as source:
+        source.seek(offset)
+        remaining = length
+        while remaining is None or remaining > 0:
+            block = source.read(chunk if remaining is None else min(chunk, remaining))
+            if not block:
+                break
+            data_file.write(block)
+            if remaining is not None:
+                remaining -= len(block)
+
+
+def _add_stub(skeleton: onnx.ModelProto, tensor: onnx.TensorProto, location: str, offset: int, length: int | None) -> None:
+    stub = skeleton.graph.initializer.add()
+    stub.name = tensor.name
+    stub.data_type = tensor.data_type
+    stub.dims.extend(tensor.dims)
+    stub.doc_string = tensor.doc_string
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    entries = [("location", location), ("offset", str(offset))] + ([("length", str(length))] if length is not None else [])
+    for key, value in entries:
+        entry = stub.external_data.add()
+        entry.key, entry.value = key, value
 
 
 def _copy_field(target, descriptor, value) -> None:
@@ -265,14 +317,3 @@ def _copy_field(target, descriptor, value) -> None:
         getattr(target, descriptor.name).CopyFrom(value)
     else:
         setattr(target, descriptor.name, value)
-
-
-def refuse_oversized(model: onnx.ModelProto, label: str, command: str) -> None:
-    """Raise UnsupportedModelError for weights that do not fit one protobuf: ``command`` works on in-memory copies."""
-    from onnxslim.errors import UnsupportedModelError
-
-    size = model_weight_bytes(model)
-    if size > EXTERNAL_DATA_THRESHOLD:
-        raise UnsupportedModelError(
-            f"{label}: {size / 1e9:.2f} GB of weights; {command} works on models under 2 GB (inspect and validate take bigger ones)"
-        )

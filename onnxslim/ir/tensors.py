@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Union
 
@@ -76,8 +77,46 @@ def constant_names(graph: onnx.GraphProto) -> set[str]:
     return {t.name for t in graph.initializer if t.name not in overridable}
 
 
+def is_mapped(tensor: onnx.TensorProto) -> bool:
+    """True for a weight kept on disk by onnxslim (external data at an absolute path, see ``ir.mapped``)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return False
+    location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+    return os.path.isabs(location)
+
+
+def external_info(tensor: onnx.TensorProto) -> tuple[str, int, int | None]:
+    """(location, offset, length) of a tensor's external data."""
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    length = entries.get("length")
+    return entries.get("location", ""), int(entries.get("offset") or 0), None if length is None else int(length)
+
+
 def to_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """The tensor's values; a mapped weight comes back as a read-only memory map of its file."""
+    if is_mapped(tensor):
+        return _read_mapped(tensor)
     return numpy_helper.to_array(tensor)
+
+
+def _read_mapped(tensor: onnx.TensorProto) -> np.ndarray:
+    location, offset, length = external_info(tensor)
+    shape = tuple(int(d) for d in tensor.dims)
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    except (KeyError, TypeError, ValueError):
+        dtype = None
+    count = int(np.prod(shape, dtype=np.int64))
+    if dtype is not None and dtype.kind in "biuf" and (length is None or length == count * dtype.itemsize):
+        if count == 0:
+            return np.zeros(shape, dtype)
+        return np.memmap(location, dtype=dtype, mode="r", offset=offset, shape=shape)
+    # packed or exotic types (int4, float8, bfloat16...): let onnx decode the bytes
+    with open(location, "rb") as handle:
+        handle.seek(offset)
+        payload = handle.read() if length is None else handle.read(length)
+    inline = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims, raw_data=payload)
+    return numpy_helper.to_array(inline)
 
 
 def from_array(array: np.ndarray, name: str) -> onnx.TensorProto:

@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.ir.tensors import from_array, initializer_map, to_array, unique_name
+from onnxslim.ir.mapped import ArrayStore
+from onnxslim.ir.tensors import initializer_map, to_array, unique_name
 from onnxslim.prune.atoms import Layout
 
 
@@ -26,22 +27,30 @@ class WorkingWeights:
         self.nodes = {n.name: n for n in model.graph.node}
         self.arrays: dict[tuple[str, int], np.ndarray] = {}
         self.taken = taken
+        self.store = ArrayStore(model)
 
     def get(self, node: str, index: int) -> np.ndarray:
         key = (node, index)
         if key not in self.arrays:
-            self.arrays[key] = to_array(self.inits[self.nodes[node].input[index]]).copy()
+            # read-only (a memory map for weights kept on disk): every edit builds a new array
+            self.arrays[key] = self.read(node, index)
         return self.arrays[key]
+
+    def read(self, node: str, index: int) -> np.ndarray:
+        """The current model's array, not kept by the view."""
+        return to_array(self.inits[self.nodes[node].input[index]])
 
     def set(self, node: str, index: int, array: np.ndarray) -> None:
         self.arrays[(node, index)] = array
 
     def commit(self) -> None:
-        for (node_name, index), array in self.arrays.items():
+        # arrays leave the view as they enter the model, so the two are never both held in full
+        for (node_name, index) in list(self.arrays):
+            array = self.arrays.pop((node_name, index))
             node = self.nodes[node_name]
             original = node.input[index] if index < len(node.input) else f"{node_name}_input{index}"
             name = unique_name(f"{original}_pruned", self.taken)
-            self.model.graph.initializer.append(from_array(np.ascontiguousarray(array), name))
+            self.model.graph.initializer.append(self.store.tensor(array, name))
             while len(node.input) <= index:
                 node.input.append("")
             node.input[index] = name

@@ -42,7 +42,7 @@ def _attr(node, name, default):
 
 
 def _probe(model: onnx.ModelProto, names: list[str]) -> Runner:
-    return Runner(with_outputs(model, names).SerializeToString(), threads=None, label="probe")
+    return Runner(with_outputs(model, names), threads=None, label="probe")
 
 
 def _channels_last(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
@@ -56,7 +56,7 @@ def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray]) -> d
     """Shapes of every float or integer node output on one batch, read off an actual run."""
     names = [o for n in model.graph.node for o in n.output if o]
     try:
-        runner = Runner(with_outputs(model, names, TensorProto.UNDEFINED).SerializeToString(), threads=None, optimization="disable", label="shape probe")
+        runner = Runner(with_outputs(model, names, TensorProto.UNDEFINED), threads=None, optimization="disable", label="shape probe")
         values = runner.run(batch)
     except Exception:  # a model that cannot expose every tensor still prunes with inferred shapes
         return {}
@@ -254,9 +254,9 @@ def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_ou
 
 
 def compare_outputs(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable) -> list[OutputComparison]:
-    return fidelity(Runner(original.SerializeToString(), threads=None, label="original"), pruned, source)
+    return fidelity(Runner(original, threads=None, label="original"), pruned, source)
 
 
 def measure_latency(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: Mapping[str, np.ndarray], *, threads: int, runs: int) -> dict:
-    result = latency_ratio(original.SerializeToString(), pruned.SerializeToString(), feed, threads=threads, runs=runs)
+    result = latency_ratio(original, pruned, feed, threads=threads, runs=runs)
     return {"threads": threads, "original": result["fp32"], "pruned": result["int8"], "ratio": result["ratio"]}

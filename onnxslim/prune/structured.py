@@ -10,6 +10,7 @@ onnxruntime with the original output shapes, or nothing is written.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,8 @@ import onnx
 from onnxslim.data.sources import DataSource, open_data
 from onnxslim.errors import ModelWriteError, NothingToDoError, UsageError
 from onnxslim.ir.graph import name_nodes
-from onnxslim.ir.io import load_model, refuse_oversized
+from onnxslim.ir.io import load_model, model_file_bytes
+from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.tensors import all_value_names, graph_inputs, initializer_map, to_array
 from onnxslim.ir.write import write_verified
 from onnxslim.passes import constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
@@ -155,6 +157,24 @@ def _bn_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return scales
 
 
+class _OnDemand(Mapping):
+    """A read-only mapping whose values are computed on each access and never stored."""
+
+    def __init__(self, compute, keys):
+        self._compute, self._keys = compute, keys
+
+    def __getitem__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._compute(key)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 class _Pruner:
     def __init__(self, model: onnx.ModelProto, shapes: dict, config: PruneConfig, channel_energy=None):
         self.model = model
@@ -164,12 +184,11 @@ class _Pruner:
         atoms = self.tracing.atoms
         self.classes = atoms.classes()
         view = WorkingWeights(model, set())
-        self.weights = {}
-        for edit in self.tracing.edits:
-            if isinstance(edit, (SliceInput, GroupedInput)):
-                self.weights[(edit.node, edit.index)] = view.get(edit.node, edit.index)
+        keys = {(edit.node, edit.index) for edit in self.tracing.edits if isinstance(edit, (SliceInput, GroupedInput))}
+        # read one at a time and not kept: for a model with weights on disk they are memory maps
+        weights = _OnDemand(lambda key: view.read(*key), keys)
         self.scores = class_scores(
-            self.classes, self.tracing.edits, self.weights, method=config.importance, bn_scale=_bn_scales(model), channel_energy=channel_energy
+            self.classes, self.tracing.edits, weights, method=config.importance, bn_scale=_bn_scales(model), channel_energy=channel_energy
         )
         self.groups: dict[tuple[str, ...], list[int]] = {}
         for root, members in self.classes.items():
@@ -323,7 +342,6 @@ def prune(
 
     label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
     original = load_model(model)
-    refuse_oversized(original, label, "prune")
     work = load_model(original)
     _prepare(work)
     source = open_data(data, graph_inputs(original), input_shapes=input_shapes) if data is not None else None
@@ -349,11 +367,13 @@ def prune(
         if source is not None and config.recovery != "none" and removed:
             report.recovery.extend(recover(work, pruned, source, config, pruner.kept_positions(removed), show_progress=show_progress))
             remove_dead_nodes(pruned)
+    if has_mapped(original):
+        pruned = spill(pruned)
     _check_interface(original, pruned, label)
     new_shapes = infer_shapes(pruned, {k: v for k, v in ((s, shapes.get(s)) for s in [i.name for i in graph_inputs(original)]) if v and all(isinstance(d, int) for d in v)})
     report.parameters = (count_parameters(original), count_parameters(pruned))
     report.macs = (count_macs(original, shapes)[0], count_macs(pruned, new_shapes)[0])
-    report.file_bytes = (len(original.SerializeToString()), len(pruned.SerializeToString()))
+    report.file_bytes = (model_file_bytes(original), model_file_bytes(pruned))
     if source is not None:
         report.fidelity = compare_outputs(original, pruned, source)
     feed = next(iter(source))[1] if source is not None else None

@@ -40,7 +40,7 @@ def calibrate(
     from_graph = [t for t in wanted if t not in inputs]
     for name in wanted:
         stats[name] = TensorStats(MinMaxObserver(), HistogramObserver(bins) if histogram else None)
-    runner = Runner(with_outputs(model, from_graph).SerializeToString(), provider, threads=None, label="calibration model")
+    runner = Runner(with_outputs(model, from_graph), provider, threads=None, label="calibration model")
     seen = 0
     for label, batch in track(batches, "calibrating", total=total, enabled=show_progress):
         values = runner.run(batch, from_graph) if from_graph else []

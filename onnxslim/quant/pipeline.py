@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import resource
 import time
 from typing import Mapping
 
@@ -17,9 +16,11 @@ import onnx
 
 from onnxslim.data.sources import DataSource, open_data
 from onnxslim.errors import ModelLoadError, NothingToDoError
-from onnxslim.ir.io import load_model, refuse_oversized
+from onnxslim.ir.io import load_model, model_file_bytes
+from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.ir.write import write_verified
+from onnxslim.memory import peak_rss_bytes
 from onnxslim.progress import track
 from onnxslim.quant.calibrate import calibrate
 from onnxslim.quant.config import QuantConfig
@@ -37,7 +38,7 @@ SENSITIVITY_BATCHES = 16
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return peak_rss_bytes() / 1024.0**2
 
 
 class _Calibration:
@@ -74,7 +75,6 @@ class _Session:
         self.show_progress = show_progress
         self.label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
         self.original = load_model(model)
-        refuse_oversized(self.original, self.label, "quantize")
         self.prepared = load_model(self.original)
         self.prepare_results = prepare(self.prepared)
         self.float_names = float_tensors(self.prepared)
@@ -88,10 +88,20 @@ class _Session:
         if isinstance(data, str) and data == "random":
             self.warnings.append("calibrating on random inputs: the ranges will not match real data; pass --data DIR")
         self.calib_source, self.eval_batches, self.eval_label = self._split(source, eval_data, inputs, input_shapes)
-        self.reference = Runner(self.original.SerializeToString(), "CPUExecutionProvider", threads=None, label=self.label)
+        self._reference: Runner | None = None
         self.stats: dict = {}
         self.calibration_batches = 0
         self.calibration_seconds = 0.0
+
+    @property
+    def reference(self) -> Runner:
+        """The float model's session, opened on first use: its weights are not held during calibration."""
+        if self._reference is None:
+            self._reference = Runner(self.original, "CPUExecutionProvider", threads=None, label=self.label)
+        return self._reference
+
+    def release_reference(self) -> None:
+        self._reference = None
 
     def _split(self, source, eval_data, inputs, input_shapes):
         """Calibration batches (re-iterable) and held-out batches (kept in memory: they are few)."""
@@ -158,7 +168,10 @@ class _Session:
 
     def build(self, config: QuantConfig) -> tuple[QuantPlan, onnx.ModelProto]:
         plan = self.plan(config)
-        return plan, insert_qdq(self.prepared, plan, self.params(plan))
+        quantized = insert_qdq(self.prepared, plan, self.params(plan))
+        if has_mapped(self.original):
+            quantized = spill(quantized)  # the INT8 weights join the float ones on disk
+        return plan, quantized
 
 
 def _sensitivity(session: _Session, plan: QuantPlan, budget: float) -> tuple[QuantConfig, list[dict], list[str]]:
@@ -225,15 +238,14 @@ def quantize(
     report.calibration_peak_rss_mb = _peak_rss_mb()
     report.evaluation = session.eval_label
     report.evaluation_batches = len(session.eval_batches)
-    quantized_bytes = quantized.SerializeToString()
-    original_bytes = session.original.SerializeToString()
-    report.fp32_bytes, report.int8_bytes = len(original_bytes), len(quantized_bytes)
+    session.release_reference()
+    report.fp32_bytes, report.int8_bytes = model_file_bytes(session.original), model_file_bytes(quantized)
     try:
-        report.onnxruntime_kernels = dict(optimized_ops(quantized_bytes, threads=config.threads))
+        report.onnxruntime_kernels = dict(optimized_ops(quantized, threads=config.threads))
     except Exception as exc:  # an optimizer failure is worth reporting, not fatal
         report.warnings.append(f"could not read onnxruntime's optimized graph: {str(exc).splitlines()[0][:160]}")
     if config.latency_runs > 0:
-        report.latency = latency_ratio(original_bytes, quantized_bytes, session.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=show_progress)
+        report.latency = latency_ratio(session.original, quantized, session.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=show_progress)
     result = quantized
     ratio = report.latency.get("ratio")
     if ratio is not None and ratio >= 1.0:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from onnxslim.ir.graph import topological_sort
+from onnxslim.ir.mapped import ArrayStore
 from onnxslim.ir.tensors import all_value_names, initializer_map, to_array, unique_name
 from onnxslim.passes.cleanup import remove_dead_nodes
 from onnxslim.quant.params import quantize_bias, quantize_weight, weight_params
@@ -31,13 +32,14 @@ class _Emitter:
         self.inits = initializer_map(self.graph)
         self.new_nodes: list[onnx.NodeProto] = []
         self.weight_scales: dict[str, np.ndarray] = {}
+        self.store = ArrayStore(self.model)
 
     def name(self, base: str) -> str:
         return unique_name(base, self.taken)
 
     def constant(self, base: str, array: np.ndarray) -> str:
         name = self.name(base)
-        self.graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+        self.graph.initializer.append(self.store.tensor(np.asarray(array), name))
         return name
 
     def node(self, op: str, inputs: list[str], output: str, **attrs) -> None:

@@ -15,12 +15,17 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Union
 
 import numpy as np
+import onnx
 
 from onnxslim.errors import DataError, ModelLoadError, ProviderError
+from onnxslim.ir.mapped import SessionFile
 from onnxslim.runtime.providers import available_providers, provider_chain, short_name
+
+# A model file's path, its serialized bytes, or a model in memory (written for onnxruntime as needed).
+ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]
 
 
 _PRELOADED = False
@@ -109,11 +114,12 @@ def _first_line(exc: BaseException) -> str:
 class Runner:
     """One model on one execution provider."""
 
-    def __init__(self, model: str | os.PathLike | bytes, provider: str = "CPUExecutionProvider", *, threads: int | None = 1, optimization: str = "all", label: str = "model"):
+    def __init__(self, model: ModelSource, provider: str = "CPUExecutionProvider", *, threads: int | None = 1, optimization: str = "all", label: str = "model"):
         self.provider = provider
         self.threads = threads
         self.label = label
-        self._model = str(model) if isinstance(model, (str, os.PathLike)) else model
+        self._file = SessionFile(model) if isinstance(model, onnx.ModelProto) else None
+        self._model = self._file.source if self._file is not None else str(model) if isinstance(model, (str, os.PathLike)) else model
         self._optimization = optimization
         ort = _ort()
         if provider not in available_providers():
@@ -188,19 +194,22 @@ def check_loads(path: str | os.PathLike) -> None:
         raise ModelLoadError(f"{Path(path).name}: onnxruntime cannot load the result: {_first_line(exc)}") from None
 
 
-def optimized_ops(model: str | os.PathLike | bytes, *, threads: int = 1) -> Counter:
+def optimized_ops(model: ModelSource, *, threads: int = 1) -> Counter:
     """Op types onnxruntime's CPU provider runs after its own graph optimizations.
 
     This is how onnxslim checks that a quantized layout was fused into integer
     kernels (QLinearConv, MatMulInteger, ...) rather than left as float ops
     between Quantize/Dequantize pairs.
     """
-    import onnx
-
     ort = _ort()
+    file = SessionFile(model) if isinstance(model, onnx.ModelProto) else None
+    source = file.source if file is not None else model if isinstance(model, bytes) else str(model)
     with tempfile.TemporaryDirectory(prefix="onnxslim-opt-") as folder:
         target = str(Path(folder) / "optimized.onnx")
         options = _session_options(threads, "all", optimized_path=target)
-        ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=options, providers=["CPUExecutionProvider"])
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.onnx.data")
+        ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
         optimized = onnx.load(target, load_external_data=False)
+    if file is not None:
+        file.close()
     return Counter(node.op_type for node in optimized.graph.node)

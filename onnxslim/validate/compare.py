@@ -113,10 +113,8 @@ def _label(model, default: str) -> str:
     return str(model) if isinstance(model, (str, os.PathLike)) else default
 
 
-def _as_session_input(model) -> str | bytes:
-    if isinstance(model, (str, os.PathLike)):
-        return str(model)
-    return model.SerializeToString()
+def _as_session_input(model) -> str | onnx.ModelProto:
+    return str(model) if isinstance(model, (str, os.PathLike)) else model
 
 
 def validate(

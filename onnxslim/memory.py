@@ -1,0 +1,23 @@
+"""The process's peak resident memory, as reported in onnxslim's reports."""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process.
+
+    Linux's ``VmHWM`` is preferred to ``ru_maxrss``: the latter survives exec,
+    so a process started by a big parent reports the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
