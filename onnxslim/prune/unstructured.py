@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxslim.ir.tensors import constant_names, from_array, initializer_map, to_array
+from onnxslim.ir.mapped import ArrayStore
+from onnxslim.ir.tensors import constant_names, initializer_map, to_array
 
 WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
@@ -16,6 +17,7 @@ def magnitude_sparsify(model: onnx.ModelProto, sparsity: float) -> tuple[onnx.Mo
     result.CopyFrom(model)
     constants = constant_names(result.graph)
     inits = initializer_map(result.graph)
+    store = ArrayStore(result)
     done: set[str] = set()
     lines = []
     for node in result.graph.node:
@@ -31,7 +33,7 @@ def magnitude_sparsify(model: onnx.ModelProto, sparsity: float) -> tuple[onnx.Mo
             continue
         threshold = np.partition(np.abs(weight).ravel(), count - 1)[count - 1]
         sparse = np.where(np.abs(weight) <= threshold, 0, weight).astype(weight.dtype)
-        inits[name].CopyFrom(from_array(sparse, name))
+        inits[name].CopyFrom(store.tensor(sparse, name))
         done.add(name)
         lines.append(f"{node.name}: {np.mean(sparse == 0):.1%} of {weight.size} weights are zero")
     return result, lines
