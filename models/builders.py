@@ -241,6 +241,52 @@ def mixed_range_concat(size: int = 8, *, seed: int = 8) -> onnx.ModelProto:
     return b.model([_image_input(3, size)], [_output("detections", [1, 7, size, size])], "mixed_range_concat")
 
 
+def channel_shuffle(channels: int = 8, size: int = 8, units: int = 2, *, seed: int = 9) -> onnx.ModelProto:
+    """ShuffleNetV2 units as PyTorch exports them.
+
+    ``chunk`` splits the channels in half through Shape -> Gather -> Add ->
+    Div -> Mul -> Slice; one half passes, the other goes through 1x1, depthwise
+    3x3 and 1x1 convolutions; the halves are concatenated and shuffled by
+    Reshape (N, 2, C/2, H, W) -> Transpose -> Reshape (N, C, H, W).
+    """
+    b = GraphBuilder(seed)
+    x = b.node("Relu", [b.conv("input", 3, channels)])
+    half = channels // 2
+    split_shape = b.const(np.array([1, 2, half, size, size], np.int64), "shape")
+    merge_shape = b.const(np.array([1, channels, size, size], np.int64), "shape")
+    for _ in range(units):
+        count = b.node("Gather", [b.node("Shape", [x]), b.const(np.array(1, np.int64), "index")], axis=0)
+        middle = b.node("Div", [b.node("Add", [count, b.const(np.array(1, np.int64), "one")]), b.const(np.array(2, np.int64), "two")])
+        middle = b.node("Unsqueeze", [middle, b.const(np.array([0], np.int64), "axes")])
+        end = b.node("Mul", [middle, b.const(np.array([2], np.int64), "two")])
+        axis = b.const(np.array([1], np.int64), "axis")
+        kept = b.node("Slice", [x, b.const(np.array([0], np.int64), "start"), middle, axis])
+        branch = b.node("Slice", [x, middle, end, axis])
+        branch = b.node("Relu", [b.conv(branch, half, half, k=1)])
+        branch = b.node("Relu", [b.conv(b.conv(branch, half, half, groups=half), half, half, k=1)])
+        joined = b.node("Concat", [kept, branch], axis=1)
+        shuffled = b.node("Transpose", [b.node("Reshape", [joined, split_shape])], perm=[0, 2, 1, 3, 4])
+        x = b.node("Reshape", [shuffled, merge_shape])
+    pooled = b.node("Flatten", [b.node("GlobalAveragePool", [x])])
+    logits = b.node("Gemm", [pooled, b.const(b.weight(10, channels)), b.const(np.zeros(10, np.float32), "b")], transB=1)
+    _rename_output(b, logits, "logits")
+    return b.model([_image_input(3, size)], [_output("logits", [1, 10])], "channel_shuffle")
+
+
+def convnext_block(channels: int = 16, size: int = 8, *, seed: int = 10) -> onnx.ModelProto:
+    """A ConvNeXt block: depthwise 7x7, permute to channels-last, LayerNorm over channels, MLP, layer scale, residual."""
+    b = GraphBuilder(seed)
+    x = b.conv("input", 3, channels, k=3)
+    h = b.node("Transpose", [b.conv(x, channels, channels, k=7, groups=channels)], perm=[0, 2, 3, 1])
+    h = _gelu(b, b.linear(_layernorm(b, h, channels), channels, 4 * channels))
+    h = b.node("Mul", [b.linear(h, 4 * channels, channels), b.const(np.full(channels, 0.5, np.float32), "gamma")])
+    x = b.node("Add", [x, b.node("Transpose", [h], perm=[0, 3, 1, 2])])
+    pooled = b.node("Flatten", [b.node("GlobalAveragePool", [x])])
+    logits = b.node("Gemm", [pooled, b.const(b.weight(10, channels)), b.const(np.zeros(10, np.float32), "b")], transB=1)
+    _rename_output(b, logits, "logits")
+    return b.model([_image_input(3, size)], [_output("logits", [1, 10])], "convnext_block")
+
+
 ALL_BUILDERS = {
     "conv_bn_relu": conv_bn_relu,
     "residual": residual,
@@ -251,6 +297,7 @@ ALL_BUILDERS = {
     "transformer_block": transformer_block,
     "constant_node_weights": constant_node_weights,
     "mixed_range_concat": mixed_range_concat,
+    "channel_shuffle": channel_shuffle,
 }
 
 

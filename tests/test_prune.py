@@ -81,11 +81,15 @@ def test_se_gate_and_depthwise_prune_together():
     assert squeeze and squeeze[0].channels_after == 2
 
 
-def test_flatten_into_gemm_cuts_feature_blocks():
+@pytest.mark.parametrize("flatten", ["Flatten", "Reshape"])
+def test_flatten_into_gemm_cuts_feature_blocks(flatten):
     b = GraphBuilder(9)
     x = b.node("Relu", [b.conv("input", 3, 8)])
     x = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
-    x = b.node("Flatten", [x], axis=1)
+    if flatten == "Flatten":
+        x = b.node("Flatten", [x], axis=1)
+    else:  # as Caffe2 exports wrote it: a constant (1, C*H*W) target
+        x = b.node("Reshape", [x, b.const(np.array([1, 8 * 4 * 4], np.int64), "shape")])
     y = b.node("Gemm", [x, b.const(b.weight(5, 8 * 4 * 4)), b.const(np.zeros(5, np.float32))], transB=1)
     model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 5])], "flat")
     pruned, masked, _, atoms = masked_and_pruned(model)
@@ -224,3 +228,39 @@ def test_grouped_convolution_loses_channels_equally_in_every_group():
     weight = next(t for t in pruned.graph.initializer if t.name == grouped.input[1])
     assert tuple(weight.dims)[:2] == (8, 2)  # 16 -> 8 outputs, 4 -> 2 inputs per group
     assert sorted(g.channels_after for g in groups if g.channels_before == 16) == [8, 8]
+
+
+def test_channel_shuffle_is_followed_as_a_permutation():
+    model = ALL_BUILDERS["channel_shuffle"](channels=8, units=2)
+    pruned, report = prune(model, config=FAST)
+    assert not [g for g in report.groups if g.skipped and "logits" not in g.skipped]
+    stem = pruned.graph.node[0]
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert stem.op_type == "Conv" and dims[stem.input[1]][0] == 4  # its channels pass both shuffles, and are pruned
+    targets = [onnx.numpy_helper.to_array(t).tolist() for t in pruned.graph.initializer if t.name.startswith("shape")]
+    assert [1, 2, 2, 8, 8] in targets and [1, 4, 8, 8] in targets
+    # the chunk's Shape-computed slice bounds became constants and moved with the kept channels
+    assert not any(n.op_type == "Shape" for n in pruned.graph.node)
+
+
+def test_layernorm_over_channels_is_pruned_and_said_to_renormalize():
+    from models.builders import convnext_block
+
+    model = convnext_block(channels=16)
+    pruned, report = prune(model, config=FAST)
+    norm = next(n for n in pruned.graph.node if n.op_type == "LayerNormalization")
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert dims[norm.input[1]] == dims[norm.input[2]] == [8]
+    assert any("LayerNormalization over pruned channels" in w for w in report.warnings)
+    out = run_model(pruned, sample_inputs(model, 1)[0])[0]
+    assert out.shape == (1, 10) and np.isfinite(out).all()
+
+
+def test_a_rule_that_leaves_a_stale_size_is_caught_before_writing(monkeypatch, tmp_path):
+    from onnxslim.errors import OnnxSlimError
+    from onnxslim.prune.edits import SliceBounds
+
+    monkeypatch.setattr(SliceBounds, "apply", lambda self, weights, removed: None)  # forget to move the slice bounds
+    with pytest.raises(OnnxSlimError, match="fails a test run"):
+        prune(ALL_BUILDERS["channel_shuffle"](), tmp_path / "out.onnx", config=FAST)
+    assert not (tmp_path / "out.onnx").exists()

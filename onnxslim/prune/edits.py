@@ -142,6 +142,24 @@ class ReshapeChannels:
 
 
 @dataclass
+class SliceBounds:
+    """A Slice of the channel axis with constant bounds: start and end move to where the kept channels now lie."""
+
+    node: str
+    entry: int  # which element of starts/ends is the channel axis
+    layout: Layout  # of the sliced input
+    start: int
+    end: int
+
+    def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
+        for index, bound in ((1, self.start), (2, self.end)):
+            kept = sum(1 for atom in self.layout.atoms[:bound] if atom is None or atom not in removed)
+            array = weights.get(self.node, index).copy()
+            array.reshape(-1)[self.entry] = kept
+            weights.set(self.node, index, array)
+
+
+@dataclass
 class ShapeEntry:
     """One entry of a Reshape target (in a constant target, or a one-element constant fed to a Concat)
     that counts pruned units: it becomes kept units times ``per_unit``."""

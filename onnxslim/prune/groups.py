@@ -18,7 +18,7 @@ from onnx import helper
 
 from onnxslim.ir.tensors import constant_names, initializer_map, outer_references, subgraphs, to_array
 from onnxslim.prune.atoms import AtomTable, Layout
-from onnxslim.prune.edits import GroupedInput, ReshapeChannels, SetGroup, ShapeEntry, SliceInput, SplitSizes
+from onnxslim.prune.edits import GroupedInput, ReshapeChannels, SetGroup, ShapeEntry, SliceBounds, SliceInput, SplitSizes
 
 UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu", "Selu", "Softplus", "Softsign",
          "Mish", "Identity", "Dropout", "Cast", "Clip", "Abs", "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos"}
@@ -43,6 +43,8 @@ class Tracing:
     head_atoms: set[int] = field(default_factory=set)  # atoms standing for whole attention heads
     # (layout, groups): channels of a grouped convolution, which every group must lose equally
     block_constraints: list[tuple[Layout, int]] = field(default_factory=list)
+    # LayerNormalization node -> the channels it normalizes over: removing any changes its statistics
+    renormalized: dict[str, Layout] = field(default_factory=dict)
 
 
 class Tracer:
@@ -52,6 +54,7 @@ class Tracer:
         self.inits = initializer_map(self.graph)
         self.shapes = shapes
         self.t = Tracing()
+        self.handled: set[str] = set()  # nodes a pattern rule already accounted for
 
     # ------------------------------------------------------------ helpers
     def rank(self, name: str) -> int | None:
@@ -251,10 +254,90 @@ class Tracer:
             start += size
         self.t.edits.append(SplitSizes(node.name, ranges, layout))
 
+    def slice(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        """Slices of other axes keep the channels; a constant-bounds slice of the channel axis keeps a range of them."""
+        rank = self.rank(node.input[0])
+        bounds = [self.const(node.input[i]) if len(node.input) > i and node.input[i] else None for i in range(1, 5)]
+        starts, ends, axes, steps = bounds
+        if rank is None or starts is None or ends is None or (len(node.input) > 3 and node.input[3] and axes is None) or (
+            len(node.input) > 4 and node.input[4] and steps is None
+        ):
+            self.t.atoms.block_layout(layout, f"Slice {node.name}: bounds not constant")
+            return None
+        axes = list(range(starts.size)) if axes is None else [int(a) % rank for a in axes.reshape(-1)]
+        if layout.axis not in axes:
+            return layout
+        entry = axes.index(layout.axis)
+        step = 1 if steps is None else int(steps.reshape(-1)[entry])
+        size = len(layout) * layout.repeat
+        if step != 1 or layout.repeat != 1:
+            self.t.atoms.block_layout(layout, f"Slice {node.name} steps through the channel axis")
+            return None
+        start, end = (int(v.reshape(-1)[entry]) for v in (starts, ends))
+        start = min(max(start + size if start < 0 else start, 0), size)
+        end = min(max(end + size if end < 0 else end, 0), size)
+        if end <= start:
+            self.t.atoms.block_layout(layout, f"Slice {node.name} keeps no channel")
+            return None
+        self.t.edits.append(SliceBounds(node.name, entry, layout, start, end))
+        return Layout(layout.axis, layout.atoms[start:end])
+
+    def channel_shuffle(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        """Reshape (g*n) -> (g, n), a Transpose swapping the two, Reshape back to g*n: a fixed permutation.
+
+        Position i1*n + i2 moves to i2*g + i1. Pruned, the same three nodes must
+        shuffle the kept channels the same way, so channel i2 goes in all g groups
+        or in none: those g channels are tied.
+        """
+        in_shape, out_shape = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+        axis = layout.axis
+        if in_shape is None or out_shape is None or layout.repeat != 1 or len(out_shape) != len(in_shape) + 1:
+            return None
+        groups, per_group = out_shape[axis], out_shape[axis + 1]
+        if not isinstance(groups, int) or not isinstance(per_group, int) or groups < 2 or groups * per_group != len(layout):
+            return None
+        transpose = self._sole_reader(node.output[0])
+        if transpose is None or transpose.op_type != "Transpose":
+            return None
+        swapped = list(range(len(out_shape)))
+        swapped[axis], swapped[axis + 1] = axis + 1, axis
+        if list(_attr(transpose, "perm", [])) != swapped:
+            return None
+        merge = self._sole_reader(transpose.output[0])
+        if merge is None or merge.op_type != "Reshape" or self.shapes.get(merge.output[0]) != in_shape:
+            return None
+        split_entries, merge_entries = self._target_entries(node), self._target_entries(merge)
+        if split_entries is None or merge_entries is None or len(merge_entries) != len(in_shape):
+            return None
+        (group_value, _), (size_value, size_where) = split_entries[axis], split_entries[axis + 1]
+        merge_value, merge_where = merge_entries[axis]
+        if group_value != groups or size_value is None or merge_value is None or (size_value > 0 and size_where is None) or (merge_value > 0 and merge_where is None):
+            return None
+        for i2 in range(per_group):
+            for i1 in range(1, groups):
+                self.t.atoms.tie(layout.atoms[i2], layout.atoms[i1 * per_group + i2])
+        out = Layout(axis, tuple(layout.atoms[i1 * per_group + i2] for i2 in range(per_group) for i1 in range(groups)))
+        if size_value > 0:
+            self.t.edits.append(ShapeEntry(size_where[0], size_where[1], size_where[2], Layout(axis, layout.atoms[:per_group]), 1))
+        if merge_value > 0:
+            self.t.edits.append(ShapeEntry(merge_where[0], merge_where[1], merge_where[2], out, 1))
+        self.handled.update((transpose.name, merge.name))
+        return out, merge.output[0]
+
+    def _sole_reader(self, name: str) -> onnx.NodeProto | None:
+        readers = [n for n in self.graph.node if name in n.input]
+        is_output = any(o.name == name for o in self.graph.output)
+        return readers[0] if len(readers) == 1 and not is_output else None
+
     def flatten(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
         shape = self.shapes.get(node.input[0])
         axis = int(_attr(node, "axis", 1)) if node.op_type == "Flatten" else 1
         if node.op_type == "Reshape":
+            shuffled = self.channel_shuffle(node, layout)
+            if shuffled is not None:
+                out, name = shuffled
+                self.t.layouts[name] = out
+                return None
             heads = self.split_heads(node, layout) or self.merge_heads(node, layout)
             if heads is not None:
                 return heads
@@ -271,14 +354,18 @@ class Tracer:
             if not (len(target) == 2 and out_rank == 2 and layout.axis == 1):
                 self.t.atoms.block_layout(layout, f"Reshape {node.name} rearranges the channel axis")
                 return None
-            self.t.edits.append(ReshapeChannels(node.name, 1, layout))
         if shape is None or axis != layout.axis or not all(isinstance(d, int) for d in shape[axis + 1 :]):
             self.t.atoms.block_layout(layout, f"{node.op_type} {node.name}: flattened sizes unknown")
             return None
         inner = int(np.prod(shape[axis + 1 :], dtype=np.int64)) if len(shape) > axis + 1 else 1
-        return Layout(1, layout.atoms, layout.repeat * inner)
+        out = Layout(1, layout.atoms, layout.repeat * inner)
+        if node.op_type == "Reshape":
+            self.t.edits.append(ReshapeChannels(node.name, 1, out))  # the feature count: kept channels x spatial size
+        return out
 
     def node(self, node: onnx.NodeProto) -> None:
+        if node.name in self.handled:
+            return
         op = node.op_type
         layouts = self.t.layouts
         data = layouts.get(node.input[0]) if node.input else None
@@ -327,6 +414,10 @@ class Tracer:
                 layouts[node.output[0]] = out
         elif op == "Split":
             self.split(node, data)
+        elif op == "Slice":
+            out = self.slice(node, data)
+            if out is not None:
+                layouts[node.output[0]] = out
         elif op in ("Flatten", "Reshape"):
             out = self.flatten(node, data)
             if out is not None:
@@ -343,6 +434,13 @@ class Tracer:
             if pads is None or rank is None or pads.size != 2 * rank or pads[data.axis] != 0 or pads[data.axis + rank] != 0:
                 self.t.atoms.block_layout(data, f"Pad {node.name} may pad the channel axis")
                 return
+            layouts[node.output[0]] = data
+        elif op == "LayerNormalization" and self._normalizes_channels_only(node, data):
+            # scale and bias are per channel; mean and variance are then taken over the kept channels
+            for index in (1, 2):
+                if len(node.input) > index and node.input[index]:
+                    self.t.edits.append(SliceInput(node.name, index, 0, Layout(0, data.atoms), "parameter"))
+            self.t.renormalized[node.name] = data
             layouts[node.output[0]] = data
         elif op in ("Softmax", "LogSoftmax", "LayerNormalization", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2"):
             rank = self.rank(node.input[0])
@@ -446,6 +544,13 @@ class Tracer:
         for x, y in zip(a.atoms, b.atoms):
             self.t.atoms.tie(x, y)
         return Layout(a.axis, a.atoms)
+
+    def _normalizes_channels_only(self, node: onnx.NodeProto, data: Layout) -> bool:
+        rank = self.rank(node.input[0])
+        if rank is None or data.repeat != 1 or self._reduced_axes(node, rank) != {data.axis}:
+            return False
+        params = [node.input[i] for i in (1, 2) if len(node.input) > i and node.input[i]]
+        return all(name in self.constants and tuple(self.inits[name].dims) == (len(data),) for name in params)
 
     def _reduced_axes(self, node: onnx.NodeProto, rank: int | None) -> set[int] | None:
         if rank is None:

@@ -260,3 +260,20 @@ def compare_outputs(original: onnx.ModelProto, pruned: onnx.ModelProto, source: 
 def measure_latency(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: Mapping[str, np.ndarray], *, threads: int, runs: int) -> dict:
     result = latency_ratio(original, pruned, feed, threads=threads, runs=runs)
     return {"threads": threads, "original": result["fp32"], "pruned": result["int8"], "ratio": result["ratio"]}
+
+
+def check_runs(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> str | None:
+    """Run both models on ``feed``, one after the other; why the pruned one is wrong, or None.
+
+    The last line of defence of "never write a wrong graph": a rule that let a
+    stale size through shows up here as a failed run or a changed output shape.
+    """
+    expected = [np.shape(v) for v in Runner(original, threads=None, optimization="disable", label="original").run(feed)]
+    try:
+        got = [np.shape(v) for v in Runner(pruned, threads=None, optimization="disable", label="pruned model").run(feed)]
+    except Exception as exc:  # onnxruntime's own errors, already one line
+        return str(exc)
+    for output, (a, b) in zip(original.graph.output, zip(expected, got)):
+        if a != b:
+            return f"output '{output.name}' has shape {list(b)} instead of {list(a)}"
+    return None

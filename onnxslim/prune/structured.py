@@ -17,13 +17,14 @@ import numpy as np
 import onnx
 
 from onnxslim.data.sources import DataSource, open_data
-from onnxslim.errors import ModelWriteError, NothingToDoError, UsageError
+from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
 from onnxslim.ir.graph import name_nodes
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.tensors import all_value_names, graph_inputs, initializer_map, to_array
 from onnxslim.ir.write import write_verified
 from onnxslim.passes import constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
+from onnxslim.passes.static_dims import fold_static_dims
 from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights, positions
 from onnxslim.prune.groups import trace
 from onnxslim.prune.importance import METHODS, class_scores, keep_count, select_local
@@ -135,6 +136,7 @@ def _prepare(model: onnx.ModelProto) -> None:
     initializers_out_of_inputs(model)
     constants_to_initializers(model)
     remove_identities(model)
+    fold_static_dims(model)
     fold_constants(model)
     remove_dead_nodes(model)
     name_nodes(model.graph)
@@ -302,6 +304,11 @@ class _Pruner:
                 kept.setdefault(edit.node, {})[side] = [p for p in range(total) if p not in gone]
         return kept
 
+    def renormalized(self, removed: set[int]) -> list[str]:
+        """LayerNormalization nodes that normalize over some of the removed channels."""
+        gone = {atom for root in removed for atom in self.classes[root]}
+        return [name for name, layout in self.tracing.renormalized.items() if any(a in gone for a in layout.atoms if a is not None)]
+
     def apply(self, removed: set[int]) -> onnx.ModelProto:
         pruned = onnx.ModelProto()
         pruned.CopyFrom(self.model)
@@ -338,7 +345,7 @@ def prune(
     show_progress: bool = False,
 ) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune ``model`` by ``config``; write to ``output`` when given."""
-    from onnxslim.prune.recover import channel_energy, compare_outputs, measure_latency, recover
+    from onnxslim.prune.recover import channel_energy, check_runs, compare_outputs, measure_latency, recover
 
     label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
     original = load_model(model)
@@ -364,12 +371,25 @@ def prune(
             reasons = sorted({g.skipped for g in report.groups if g.skipped})[:3]
             raise NothingToDoError(f"{label}: no channel group can be pruned ({'; '.join(reasons)})")
         pruned = pruner.apply(removed)
+        renormalized = pruner.renormalized(removed)
+        if renormalized:
+            report.warnings.append(
+                f"LayerNormalization over pruned channels ({', '.join(renormalized[:3])}{' ...' if len(renormalized) > 3 else ''}): "
+                "its mean and variance are now taken over the kept channels, so outputs change beyond the removed channels' share"
+            )
         if source is not None and config.recovery != "none" and removed:
             report.recovery.extend(recover(work, pruned, source, config, pruner.kept_positions(removed), show_progress=show_progress))
             remove_dead_nodes(pruned)
     if has_mapped(original):
         pruned = spill(pruned)
     _check_interface(original, pruned, label)
+    probe = _probe_feed(original, source, input_shapes)
+    if probe is None:
+        report.warnings.append("the pruned model was not test-run: give --data or --input-shapes for its dynamic inputs")
+    else:
+        problem = check_runs(original, pruned, probe)
+        if problem is not None:
+            raise OnnxSlimError(f"{label}: the pruned model fails a test run ({problem}); nothing written. This is a bug in onnxslim's rules, please report it")
     new_shapes = infer_shapes(pruned, {k: v for k, v in ((s, shapes.get(s)) for s in [i.name for i in graph_inputs(original)]) if v and all(isinstance(d, int) for d in v)})
     report.parameters = (count_parameters(original), count_parameters(pruned))
     report.macs = (count_macs(original, shapes)[0], count_macs(pruned, new_shapes)[0])
@@ -382,6 +402,16 @@ def prune(
     if output is not None:
         write_verified(pruned, output, source=None if isinstance(model, onnx.ModelProto) else model)
     return pruned, report
+
+
+def _probe_feed(model: onnx.ModelProto, source, input_shapes) -> dict | None:
+    """One batch to test-run the result on: the first of the data, or random inputs where every size is known."""
+    if source is not None:
+        return next(iter(source))[1]
+    try:
+        return next(iter(open_data("random", graph_inputs(model), input_shapes=input_shapes, random_batches=1)))[1]
+    except OnnxSlimError:
+        return None
 
 
 def _ratio_for_budget(pruner: _Pruner, model: onnx.ModelProto, shapes: dict, config: PruneConfig) -> float:
