@@ -86,7 +86,8 @@ def run_tool(name: str, tool: str, ratio: float) -> dict:
     start = time.perf_counter()
     try:
         if tool == "onnxslim":
-            export(module, base, size)
+            if not base.exists():  # one export per model, shared by every ratio
+                export(module, base, size)
             target = WORK / f"{name}.onnxslim.onnx"
             _, report = prune(base, target, config=PruneConfig(ratio=ratio, latency_runs=0))
             entry = {"params": report.parameters[1] / report.parameters[0], "groups": f"{len(report.pruned_groups)}/{len(report.groups)}"}
@@ -105,15 +106,15 @@ def run_tool(name: str, tool: str, ratio: float) -> dict:
         return {"ok": False, "error": f"{type(exc).__name__}: {message}"}
 
 
-def run_isolated(name: str, tool: str, ratio: float) -> dict:
+def run_isolated(name: str, tool: str, ratio: float, timeout: int) -> dict:
     """``run_tool`` in a child process, so that a tool that crashes or exhausts memory costs one cell."""
     import subprocess
 
     command = [sys.executable, __file__, "--one", name, "--tool", tool, "--ratio", str(ratio)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"ok": False, "error": "did not finish in 30 minutes"}
+        return {"ok": False, "error": f"did not finish in {timeout // 60} minutes"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode == 0 and lines:
         return json.loads(lines[-1])
@@ -121,10 +122,10 @@ def run_isolated(name: str, tool: str, ratio: float) -> dict:
     return {"ok": False, "error": reason}
 
 
-def bench(name: str, ratio: float, runs: int) -> dict:
-    row = {"model": name, "onnxslim": run_isolated(name, "onnxslim", ratio)}
+def bench(name: str, ratio: float, runs: int, timeout: int) -> dict:
+    row = {"model": name, "onnxslim": run_isolated(name, "onnxslim", ratio, timeout)}
     base = WORK / f"{name}.onnx"
-    row["torch_pruning"] = run_isolated(name, "torch_pruning", ratio) if base.exists() else {"ok": False, "error": "no ONNX export"}
+    row["torch_pruning"] = run_isolated(name, "torch_pruning", ratio, timeout) if base.exists() else {"ok": False, "error": "no ONNX export"}
     candidates = {tool: Path(row[tool]["path"]) for tool in ("onnxslim", "torch_pruning") if row[tool].get("ok")}
     if candidates:
         size = 299 if name.startswith("inception") else 224
@@ -144,6 +145,8 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every torchvision classification model")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds for one tool on one model")
+    parser.add_argument("--resume", action="store_true", help="reuse the rows of models already measured at this ratio")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_tool(args.one, args.tool, args.ratio)))
@@ -153,9 +156,18 @@ def main() -> None:
         import torchvision
 
         names = torchvision.models.list_models(module=torchvision.models)
+    journal = WORK / f"coverage_{args.ratio}.jsonl"
+    done = {}
+    if args.resume and journal.exists():
+        done = {row["model"]: row for row in map(json.loads, journal.read_text().splitlines())}
+    elif journal.exists():
+        journal.unlink()
     rows = []
     for name in names:
-        row = bench(name, args.ratio, args.runs)
+        row = done.get(name) or bench(name, args.ratio, args.runs, args.timeout)
+        if name not in done:
+            with open(journal, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
         rows.append(row)
     (WORK / f"coverage_{args.ratio}.json").write_text(json.dumps(rows, indent=1))

@@ -273,6 +273,38 @@ def channel_shuffle(channels: int = 8, size: int = 8, units: int = 2, *, seed: i
     return b.model([_image_input(3, size)], [_output("logits", [1, 10])], "channel_shuffle")
 
 
+def packed_attention(dim: int = 16, heads: int = 4, seq: int = 8, *, seed: int = 11) -> onnx.ModelProto:
+    """Self-attention as nn.MultiheadAttention exports it (ViT): one packed Q/K/V projection.
+
+    (S, 1, E) -> MatMul (E, 3E) -> Reshape (S, 1, 3, E) -> Unsqueeze -> Transpose ->
+    Squeeze -> Gather 0 / 1 / 2, each Reshape (S, H, D) (a batch of one merged into
+    the heads) -> Transpose -> Reshape (1, H, S, D); attention; Transpose ->
+    Reshape (S, E) -> Gemm output projection -> Reshape (S, 1, E), residual.
+    """
+    b = GraphBuilder(seed)
+    head_dim = dim // heads
+    packed = b.linear("input", dim, 3 * dim)
+    split = b.node("Reshape", [packed, b.const(np.array([seq, 1, 3, dim], np.int64), "shape")])
+    moved = b.node("Transpose", [b.node("Unsqueeze", [split, b.const(np.array([0], np.int64), "axes")])], perm=[3, 1, 2, 0, 4])
+    parts = b.node("Squeeze", [moved, b.const(np.array([3], np.int64), "axes")])
+    per_head = b.const(np.array([seq, heads, head_dim], np.int64), "shape")
+    batched = b.const(np.array([1, heads, seq, head_dim], np.int64), "shape")
+
+    def part(index: int) -> str:
+        x = b.node("Gather", [parts, b.const(np.array(index, np.int64), "index")], axis=0)
+        return b.node("Reshape", [b.node("Transpose", [b.node("Reshape", [x, per_head])], perm=[1, 0, 2]), batched])
+
+    q, k, v = part(0), part(1), part(2)
+    scores = b.node("MatMul", [b.node("Mul", [q, b.const(np.array(head_dim**-0.5, np.float32), "scale")]), b.node("Transpose", [k], perm=[0, 1, 3, 2])])
+    attn = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
+    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[2, 0, 1, 3]), b.const(np.array([seq, dim], np.int64), "shape")])
+    projected = b.node("Gemm", [merged, b.const(b.weight(dim, dim)), b.const(np.zeros(dim, np.float32), "b")], transB=1)
+    y = b.node("Add", ["input", b.node("Reshape", [projected, b.const(np.array([seq, 1, dim], np.int64), "shape")])])
+    _rename_output(b, y, "hidden")
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [seq, 1, dim])]
+    return b.model(inputs, [_output("hidden", [seq, 1, dim])], "packed_attention")
+
+
 def convnext_block(channels: int = 16, size: int = 8, *, seed: int = 10) -> onnx.ModelProto:
     """A ConvNeXt block: depthwise 7x7, permute to channels-last, LayerNorm over channels, MLP, layer scale, residual."""
     b = GraphBuilder(seed)
@@ -298,6 +330,7 @@ ALL_BUILDERS = {
     "constant_node_weights": constant_node_weights,
     "mixed_range_concat": mixed_range_concat,
     "channel_shuffle": channel_shuffle,
+    "packed_attention": packed_attention,
 }
 
 

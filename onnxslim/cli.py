@@ -313,19 +313,20 @@ def _print_quantization(report) -> None:
 @click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True), default=None, help="Instead of --ratio: keep at most this share of the multiply-accumulates.")
 @click.option("--recovery", type=click.Choice(["none", "bias", "refit"]), default=None, help="Retraining-free recovery with --data (default: refit when data is given, else none).")
 @click.option("--unstructured", is_flag=True, help="Zero the smallest weights instead of removing channels (smaller after compression, not faster).")
+@click.option("--token-mask", default=None, metavar="INPUT", help="Input whose zeros mark padding tokens, left out of statistics and recovery (default: attention_mask when the model has it; 'none': off).")
 @click.option("--only", type=click.Choice(["all", "heads", "channels"]), default="all", show_default=True, help="Prune only whole attention heads, or only channels and neurons.")
 @threads_option
 @click.option("--latency-runs", type=click.IntRange(min=0), default=30, show_default=True, help="Timed runs before/after, interleaved, when data is given (0: no timing).")
 @report_option
 @quiet_option
-def prune(model, output, ratio, importance, scope, round_to, target_params, target_macs, recovery, unstructured, only, threads, latency_runs, report_path, quiet, input_shapes, **data_options):
+def prune(model, output, ratio, importance, scope, round_to, target_params, target_macs, recovery, unstructured, token_mask, only, threads, latency_runs, report_path, quiet, input_shapes, **data_options):
     """Remove whole channels, neurons and heads from MODEL; write the smaller dense model to OUTPUT."""
     from onnxslim.prune import PruneConfig, prune as prune_model
 
     data = _resolve_data(model, data_options, required=False)
     config = PruneConfig(
         ratio=ratio, importance=importance, scope=scope, round_to=round_to, target_params=target_params, target_macs=target_macs,
-        recovery=recovery or ("refit" if data is not None else "none"), unstructured=unstructured, only=only, threads=threads or 1, latency_runs=latency_runs,
+        recovery=recovery or ("refit" if data is not None else "none"), unstructured=unstructured, token_mask=token_mask, only=only, threads=threads or 1, latency_runs=latency_runs,
     )
     _, report = prune_model(model, output, config=config, data=data, input_shapes=input_shapes, show_progress=not quiet)
     _print_pruning(report)

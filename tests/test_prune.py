@@ -264,3 +264,15 @@ def test_a_rule_that_leaves_a_stale_size_is_caught_before_writing(monkeypatch, t
     with pytest.raises(OnnxSlimError, match="fails a test run"):
         prune(ALL_BUILDERS["channel_shuffle"](), tmp_path / "out.onnx", config=FAST)
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_packed_qkv_attention_loses_whole_heads():
+    model = ALL_BUILDERS["packed_attention"](dim=16, heads=4)
+    pruned, masked, groups, atoms = masked_and_pruned(model)
+    heads = [g for g in groups if g.channels_before == 4]  # the heads of Q, K and V, tied
+    assert len(heads) == 1 and heads[0].channels_after == 2
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    packed = next(n for n in pruned.graph.node if n.op_type == "MatMul")
+    assert dims[packed.input[1]] == [16, 24]  # 3 x 2 heads x 4
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)

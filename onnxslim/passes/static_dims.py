@@ -3,7 +3,7 @@
 Exporters compute slice bounds and reshape targets from ``Shape`` at run time
 even where the dimension is static (PyTorch's ``chunk`` over channels is
 Shape -> Gather -> Add -> Div -> Mul -> Slice). Replacing ``Gather(Shape(x),
-i)`` by its value, for a dimension ``i`` that shape inference finds static
+i)`` (or a ``Slice`` of it) by its value, for dimensions that shape inference finds static
 without being told any input size, changes no output for any input the model
 accepts; constant folding then turns the arithmetic after it into constants.
 Dynamic dimensions (batch, sequence, image size) are left to be read at run time.
@@ -30,7 +30,7 @@ def fold_static_dims(model: onnx.ModelProto) -> PassResult:
     inits = initializer_map(graph)
     replaced: list[onnx.NodeProto] = []
     for node in graph.node:
-        if node.op_type != "Gather" or len(node.input) < 2 or node.input[1] not in constants:
+        if node.op_type not in ("Gather", "Slice") or len(node.input) < 2 or any(n and n not in constants for n in node.input[1:]):
             continue
         shape_node = producers.get(node.input[0])
         if shape_node is None or shape_node.op_type != "Shape" or int(_attr(node, "axis", 0)) != 0:
@@ -40,19 +40,34 @@ def fold_static_dims(model: onnx.ModelProto) -> PassResult:
             continue
         start = int(_attr(shape_node, "start", 0))
         end = _attr(shape_node, "end", None)
-        read = list(dims)[start:end] if end is not None else list(dims)[start:]
-        index = to_array(inits[node.input[1]])
-        if index.dtype.kind not in "iu" or index.size == 0 or np.any(index >= len(read)) or np.any(index < -len(read)):
+        read = np.array([-1 if not isinstance(d, int) or d <= 0 else d for d in (list(dims)[start:end] if end is not None else list(dims)[start:])], np.int64)
+        try:
+            if node.op_type == "Gather":
+                index = to_array(inits[node.input[1]])
+                if index.dtype.kind not in "iu" or np.any(index >= len(read)) or np.any(index < -len(read)):
+                    continue
+                values = read[index]
+            else:
+                values = _slice(read, *(to_array(inits[n]) if n else None for n in list(node.input[1:]) + [""] * (5 - len(node.input))))
+        except (IndexError, ValueError, TypeError):
             continue
-        values = [read[int(i)] for i in index.reshape(-1)]
-        if not all(isinstance(v, int) and v > 0 for v in values):
+        if values is None or np.any(values <= 0):
             continue
-        graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64).reshape(index.shape), node.output[0]))
+        graph.initializer.append(numpy_helper.from_array(np.asarray(values, np.int64), node.output[0]))
         replaced.append(node)
     for node in replaced:
         graph.node.remove(node)
         result.change(f"{node.name or node.output[0]}: static dimension read from a Shape became a constant")
     return result
+
+
+def _slice(read: np.ndarray, starts, ends, axes, steps) -> np.ndarray | None:
+    """The entries of a 1-D shape vector a Slice keeps, or None for slices onnxslim does not evaluate."""
+    if starts is None or ends is None or starts.size != 1 or ends.size != 1:
+        return None
+    if (axes is not None and int(axes.reshape(-1)[0]) not in (0, -1)) or (steps is not None and int(steps.reshape(-1)[0]) != 1):
+        return None
+    return read[int(starts.reshape(-1)[0]) : int(min(ends.reshape(-1)[0], len(read)))]
 
 
 def _attr(node: onnx.NodeProto, name: str, default):

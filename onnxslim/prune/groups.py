@@ -254,6 +254,19 @@ class Tracer:
             start += size
         self.t.edits.append(SplitSizes(node.name, ranges, layout))
 
+    def gather(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        """Picking along another axis (the class token of a ViT) keeps the channels; picking channels blocks them."""
+        rank = self.rank(node.input[0])
+        indices = self.shapes.get(node.input[1]) if len(node.input) > 1 else None
+        if rank is None or indices is None or node.input[1] in self.t.layouts:
+            self.t.atoms.block_layout(layout, f"Gather {node.name}: shapes unknown")
+            return None
+        axis = int(_attr(node, "axis", 0)) % rank
+        if axis == layout.axis:
+            self.t.atoms.block_layout(layout, f"Gather {node.name} picks channels")
+            return None
+        return Layout(layout.axis if layout.axis < axis else layout.axis - 1 + len(indices), layout.atoms, layout.repeat)
+
     def slice(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
         """Slices of other axes keep the channels; a constant-bounds slice of the channel axis keeps a range of them."""
         rank = self.rank(node.input[0])
@@ -338,7 +351,9 @@ class Tracer:
                 out, name = shuffled
                 self.t.layouts[name] = out
                 return None
-            heads = self.split_heads(node, layout) or self.merge_heads(node, layout)
+            if self.packed_parts(node, layout):
+                return None
+            heads = self.split_heads(node, layout) or self.merge_heads(node, layout) or self.keep_channel_axis(node, layout)
             if heads is not None:
                 return heads
             target = self.const(node.input[1])
@@ -414,6 +429,10 @@ class Tracer:
                 layouts[node.output[0]] = out
         elif op == "Split":
             self.split(node, data)
+        elif op == "Gather" and node.input[0] in layouts:
+            out = self.gather(node, data)
+            if out is not None:
+                layouts[node.output[0]] = out
         elif op == "Slice":
             out = self.slice(node, data)
             if out is not None:
@@ -485,18 +504,40 @@ class Tracer:
             entries.extend((None, None) for _ in range(shape[0]))
         return entries
 
-    def split_heads(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
-        """Reshape (..., H*D, ...) -> (..., H, D, ...): a head is D channels that go together."""
+    def _unit_free(self, node: onnx.NodeProto) -> tuple[list[tuple[int, int]], list[tuple[int, int]]] | None:
+        """(axis, size) of the dims other than 1 of a Reshape's input and output, when both shapes are static."""
         in_shape, out_shape = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+        if in_shape is None or out_shape is None or not all(isinstance(d, int) for d in (*in_shape, *out_shape)):
+            return None
+        return [(i, d) for i, d in enumerate(in_shape) if d != 1], [(i, d) for i, d in enumerate(out_shape) if d != 1]
+
+    def _split_axes(self, node: onnx.NodeProto, layout: Layout) -> tuple[int, int, int, int] | None:
+        """For a Reshape splitting the channel axis in two (dims of 1 aside): (outer axis, outer size, inner axis, inner size)."""
+        dims = self._unit_free(node)
+        if dims is None or layout.repeat != 1:
+            return None
+        ins, outs = dims
+        k = next((i for i, (axis, _) in enumerate(ins) if axis == layout.axis), None)
+        if k is None or len(outs) != len(ins) + 1 or k + 1 >= len(outs):
+            return None
+        (outer_axis, outer), (inner_axis, inner) = outs[k], outs[k + 1]
+        if inner_axis != outer_axis + 1 or outer * inner != len(layout) or outer < 2:
+            return None
+        if [d for _, d in outs[:k]] != [d for _, d in ins[:k]] or [d for _, d in outs[k + 2 :]] != [d for _, d in ins[k + 1 :]]:
+            return None
+        return outer_axis, outer, inner_axis, inner
+
+    def split_heads(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        """Reshape (..., H*D, ...) -> (..., H, D, ...): a head is D channels that go together.
+
+        Dims of 1 may come and go on the way ((S, 1, H*D) -> (S, H, D) merges a
+        batch of one into the heads, as nn.MultiheadAttention exports write it).
+        """
+        split = self._split_axes(node, layout)
         entries = self._target_entries(node)
-        axis = layout.axis
-        if in_shape is None or out_shape is None or entries is None or layout.repeat != 1 or len(out_shape) != len(in_shape) + 1:
+        if split is None or entries is None:
             return None
-        heads, size = out_shape[axis], out_shape[axis + 1]
-        if not isinstance(heads, int) or not isinstance(size, int) or heads * size != len(layout) or heads < 2:
-            return None
-        if tuple(out_shape[:axis]) != tuple(in_shape[:axis]) or tuple(out_shape[axis + 2 :]) != tuple(in_shape[axis + 1 :]):
-            return None
+        axis, heads, _, size = split
         value, where = entries[axis]
         if value is None or where is None or value != heads:
             return None
@@ -511,22 +552,119 @@ class Tracer:
         return out
 
     def merge_heads(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
-        """Reshape (..., H, D, ...) -> (..., H*D, ...): heads back into channels, D positions each."""
-        in_shape, out_shape = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+        """Reshape (..., H, D, ...) -> (..., H*D, ...): heads back into channels, D positions each (dims of 1 aside)."""
+        dims = self._unit_free(node)
         entries = self._target_entries(node)
-        axis = layout.axis
-        if in_shape is None or out_shape is None or entries is None or len(out_shape) != len(in_shape) - 1 or axis + 1 >= len(in_shape):
+        if dims is None or entries is None:
             return None
-        size = in_shape[axis + 1]
-        if not isinstance(size, int) or out_shape[axis] != len(layout) * layout.repeat * size:
+        ins, outs = dims
+        k = next((i for i, (axis, _) in enumerate(ins) if axis == layout.axis), None)
+        if k is None or k + 1 >= len(ins) or len(outs) != len(ins) - 1:
             return None
-        if tuple(out_shape[:axis]) != tuple(in_shape[:axis]) or tuple(out_shape[axis + 1 :]) != tuple(in_shape[axis + 2 :]):
+        size = ins[k + 1][1]
+        merged_axis, merged = outs[k]
+        if merged != len(layout) * layout.repeat * size:
             return None
-        out = Layout(axis, layout.atoms, layout.repeat * size)
-        value, where = entries[axis]
-        if value is not None and value > 0:
+        if [d for _, d in outs[:k]] != [d for _, d in ins[:k]] or [d for _, d in outs[k + 1 :]] != [d for _, d in ins[k + 2 :]]:
+            return None
+        out = Layout(merged_axis, layout.atoms, layout.repeat * size)
+        value, where = entries[merged_axis]
+        if value is None or (value > 0 and where is None):
+            return None
+        if value > 0:
             self.t.edits.append(ShapeEntry(where[0], where[1], where[2], out, out.repeat))
         return out
+
+    def keep_channel_axis(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        """A Reshape that regroups only the other dims ((N, C, H, W) -> (N, C, H*W), dims of 1 added or dropped).
+
+        The channel dim stands alone on both sides with the same number of
+        elements before and after it, so its positions keep their meaning.
+        """
+        in_shape, out_shape = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+        entries = self._target_entries(node)
+        if in_shape is None or out_shape is None or entries is None or not all(isinstance(d, int) for d in (*in_shape, *out_shape)):
+            return None
+        size = len(layout) * layout.repeat
+        before = int(np.prod(in_shape[: layout.axis], dtype=np.int64))
+        if size < 2 or in_shape[layout.axis] != size:
+            return None
+        axis = next((j for j, d in enumerate(out_shape) if d == size and int(np.prod(out_shape[:j], dtype=np.int64)) == before), None)
+        if axis is None:
+            return None
+        out = Layout(axis, layout.atoms, layout.repeat)
+        value, where = entries[axis]
+        if value is None or (value > 0 and where is None):
+            return None
+        if value > 0:
+            self.t.edits.append(ShapeEntry(where[0], where[1], where[2], out, out.repeat))
+        return out
+
+    def packed_parts(self, node: onnx.NodeProto, layout: Layout) -> bool:
+        """A packed projection (Q, K and V in one MatMul) split into its parts.
+
+        Reshape (..., P*C) -> (..., P, C), then Unsqueeze / Transpose / Squeeze
+        moving the parts axis, then one Gather per part: each Gather's output
+        carries that part's C channels. Position j of every part is tied, so the
+        C of the Reshape target stays one number.
+        """
+        split = self._split_axes(node, layout)
+        entries = self._target_entries(node)
+        if split is None or entries is None:
+            return False
+        parts_axis, parts, channel_axis, size = split
+        value, where = entries[channel_axis]
+        if entries[parts_axis][0] != parts or value is None or (value > 0 and where is None):
+            return False
+        chain, current, rank = [], node, self.rank(node.output[0])
+        while True:
+            readers = [n for n in self.graph.node if current.output[0] in n.input]
+            if any(o.name == current.output[0] for o in self.graph.output) or not readers:
+                return False
+            if all(r.op_type == "Gather" and r.input[0] == current.output[0] for r in readers):
+                break
+            if len(readers) != 1 or rank is None:
+                return False
+            step = readers[0]
+            axes = _attr(step, "axes")
+            if axes is None and len(step.input) > 1 and step.input[1]:
+                array = self.const(step.input[1])
+                axes = None if array is None else [int(a) for a in array.reshape(-1)]
+            if step.op_type == "Unsqueeze" and axes is not None:
+                rank += len(axes)
+                for added in sorted(a % rank for a in axes):
+                    parts_axis += added <= parts_axis
+                    channel_axis += added <= channel_axis
+            elif step.op_type == "Squeeze" and axes is not None:
+                gone = {a % rank for a in axes}
+                if parts_axis in gone or channel_axis in gone:
+                    return False
+                parts_axis -= sum(a < parts_axis for a in gone)
+                channel_axis -= sum(a < channel_axis for a in gone)
+                rank -= len(gone)
+            elif step.op_type == "Transpose" and _attr(step, "perm") is not None:
+                perm = list(_attr(step, "perm"))
+                parts_axis, channel_axis = perm.index(parts_axis), perm.index(channel_axis)
+            else:
+                return False
+            chain.append(step)
+            current = step
+        gathers = []
+        for gather in readers:
+            index = self.const(gather.input[1]) if len(gather.input) > 1 else None
+            if int(_attr(gather, "axis", 0)) % rank != parts_axis or index is None or index.size != 1 or index.ndim != 0:
+                return False
+            gathers.append((gather, int(index) % parts))
+        for j in range(size):
+            for part in range(1, parts):
+                self.t.atoms.tie(layout.atoms[j], layout.atoms[part * size + j])
+        axis = channel_axis - (channel_axis > parts_axis)
+        for gather, part in gathers:
+            self.t.layouts[gather.output[0]] = Layout(axis, layout.atoms[part * size : (part + 1) * size])
+        if value > 0:
+            self.t.edits.append(ShapeEntry(where[0], where[1], where[2], Layout(axis, layout.atoms[:size]), 1))
+        self.handled.update(n.name for n in chain + [g for g, _ in gathers])
+        return True
 
     def activation_matmul(self, node: onnx.NodeProto) -> Layout | None:
         """Both operands are activations: channels on a shared batch axis (attention heads) tie; others block."""

@@ -52,6 +52,20 @@ def _channels_last(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
     return x.reshape(-1, x.shape[-1])
 
 
+def _rows(x: np.ndarray, node: onnx.NodeProto, batch: Mapping[str, np.ndarray], token_mask: str | None) -> np.ndarray:
+    """Channels-last rows of ``x``; with a token mask, only the rows of real (unmasked) tokens.
+
+    Padding positions do not reach a pooled sentence embedding; fitting or
+    ranking on them spends the least-squares budget on values nobody reads.
+    """
+    rows = _channels_last(x, node)
+    if token_mask and token_mask in batch:
+        keep = np.asarray(batch[token_mask]).reshape(-1) != 0
+        if keep.size == rows.shape[0] and keep.any():
+            rows = rows[keep]
+    return rows
+
+
 def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray]) -> dict[str, tuple]:
     """Shapes of every float or integer node output on one batch, read off an actual run."""
     names = [o for n in model.graph.node for o in n.output if o]
@@ -63,7 +77,7 @@ def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray]) -> d
     return {name: tuple(int(d) for d in np.shape(value)) for name, value in zip(runner.output_names, values)}
 
 
-def channel_energy(model: onnx.ModelProto, source: Iterable, *, show_progress: bool = False) -> dict[str, np.ndarray]:
+def channel_energy(model: onnx.ModelProto, source: Iterable, *, token_mask: str | None = None, show_progress: bool = False) -> dict[str, np.ndarray]:
     """Consumer node -> variance of each input channel over the data.
 
     Variance rather than mean square: the mean of a removed channel is restored
@@ -83,8 +97,7 @@ def channel_energy(model: onnx.ModelProto, source: Iterable, *, show_progress: b
             x = values.get(node.input[0])
             if x is None or x.dtype.kind != "f" or x.ndim < 2:
                 continue
-            rows = _channels_last(x, node)
-            rows = rows.astype(np.float64)
+            rows = _rows(x, node, batch, token_mask).astype(np.float64)
             sums[node.name] = sums.get(node.name, 0) + (rows**2).sum(axis=0)
             firsts[node.name] = firsts.get(node.name, 0) + rows.sum(axis=0)
             counts[node.name] = counts.get(node.name, 0) + rows.shape[0]
@@ -157,14 +170,15 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable
     for old, new in track(_changed_consumers(original, pruned, kept), "recovering layers", enabled=show_progress):
         outputs = kept[new.name].get("out")
         refit = config.recovery == "refit"
-        done = _refit(original, pruned, old, new, source, config.ridge, taken, outputs) if refit else None
+        mask = config.token_mask
+        done = _refit(original, pruned, old, new, source, config.ridge, taken, outputs, mask) if refit else None
         if done is None:
-            done = _compensate_bias(original, pruned, old, new, source, taken, kept[new.name]["in"], outputs)
+            done = _compensate_bias(original, pruned, old, new, source, taken, kept[new.name]["in"], outputs, mask)
         lines.append(f"{new.name}: {done}")
     return lines
 
 
-def _layer_stats(original, pruned, old, new, source, outputs):
+def _layer_stats(original, pruned, old, new, source, outputs, token_mask):
     """Streaming sums over the data: X^T X, X^T Y and column sums, X from the pruned model, Y from the original."""
     teacher = _probe(original, [old.output[0]])
     student = _probe(pruned, [new.input[0]])
@@ -173,8 +187,8 @@ def _layer_stats(original, pruned, old, new, source, outputs):
     for _, batch in source:
         (y,) = teacher.run(batch, [old.output[0]])
         (x,) = student.run(batch, [new.input[0]])
-        x = _channels_last(x, new).astype(np.float64)
-        y = _channels_last(y, new).astype(np.float64)
+        x = _rows(x, new, batch, token_mask).astype(np.float64)
+        y = _rows(y, new, batch, token_mask).astype(np.float64)
         if outputs is not None:
             y = y[:, outputs]
         if xtx is None:
@@ -188,7 +202,7 @@ def _layer_stats(original, pruned, old, new, source, outputs):
     return xtx, xty, xsum, ysum, rows
 
 
-def _refit(original, pruned, old, new, source, ridge, taken, outputs) -> str | None:
+def _refit(original, pruned, old, new, source, ridge, taken, outputs, token_mask) -> str | None:
     inits = initializer_map(pruned.graph)
     weight = to_array(inits[new.input[1]])
     matrix = _as_matrix(weight, new)
@@ -198,7 +212,7 @@ def _refit(original, pruned, old, new, source, ridge, taken, outputs) -> str | N
     bias_node, bias_index = slot
     has_bias = bias_index < len(bias_node.input) and bool(bias_node.input[bias_index])
     bias = to_array(inits[bias_node.input[bias_index]]).astype(np.float64) if has_bias else np.zeros(matrix.shape[1])
-    xtx, xty, xsum, ysum, rows = _layer_stats(original, pruned, old, new, source, outputs)
+    xtx, xty, xsum, ysum, rows = _layer_stats(original, pruned, old, new, source, outputs, token_mask)
     count = xtx.shape[0]
     if rows < MIN_ROWS_PER_INPUT * (count + 1):
         return None  # too few samples to determine the weights; bias compensation is safer
@@ -222,7 +236,7 @@ def _refit(original, pruned, old, new, source, ridge, taken, outputs) -> str | N
     return f"refit {count} input channel(s) by ridge least squares on {rows} rows (ridge {penalty:.3g})"
 
 
-def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_out) -> str:
+def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_out, token_mask) -> str:
     before = to_array(initializer_map(original.graph)[old.input[1]])
     axis = weight_axes(new)[0]
     if kept_out is not None:
@@ -234,7 +248,7 @@ def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_ou
     total, rows = None, 0
     for _, batch in source:
         (x,) = teacher.run(batch, [old.input[0]])
-        cols = _channels_last(x, old).astype(np.float64)
+        cols = _rows(x, old, batch, token_mask).astype(np.float64)
         total = cols.sum(axis=0) if total is None else total + cols.sum(axis=0)
         rows += cols.shape[0]
     mean = total / max(rows, 1)

@@ -9,6 +9,7 @@ onnxruntime with the original output shapes, or nothing is written.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class PruneConfig:
         consumer's bias) or 'refit' (ridge least squares of 1x1/linear consumers
         against the original model's outputs, then 'bias' for the others); needs data.
     unstructured: zero the smallest weights per layer to ``ratio`` sparsity instead.
+    token_mask: name of an input whose zeros mark padding tokens (``attention_mask``,
+        used by default when the model has an input of that name): activation
+        statistics and recovery then use real tokens only; 'none' turns it off.
     only: 'all', 'heads' (whole attention heads only) or 'channels' (channels and
         neurons, no heads).
     """
@@ -59,6 +63,7 @@ class PruneConfig:
     target_macs: float | None = None
     recovery: str = "none"
     ridge: float = 1e-2
+    token_mask: str | None = None
     unstructured: bool = False
     only: str = "all"
     threads: int = 1
@@ -136,8 +141,9 @@ def _prepare(model: onnx.ModelProto) -> None:
     initializers_out_of_inputs(model)
     constants_to_initializers(model)
     remove_identities(model)
-    fold_static_dims(model)
     fold_constants(model)
+    if fold_static_dims(model).modified:
+        fold_constants(model)  # the arithmetic on the sizes that just became constants
     remove_dead_nodes(model)
     name_nodes(model.graph)
 
@@ -354,6 +360,7 @@ def prune(
     source = open_data(data, graph_inputs(original), input_shapes=input_shapes) if data is not None else None
     if (config.importance == "activation" or config.recovery != "none") and source is None:
         raise UsageError("activation importance and recovery need calibration data: give --data")
+    config = _resolve_token_mask(config, original)
     report = PruneReport(label, str(output) if output else None, "unstructured" if config.unstructured else "structured", config.__dict__.copy())
     shapes = _shapes_for(work, source) if source is not None else infer_shapes(work, input_shapes or {})
     if config.unstructured:
@@ -361,7 +368,7 @@ def prune(
         report.recovery.extend(lines)
         report.warnings.append("unstructured sparsity keeps every tensor's shape: the model compresses better but dense runtimes do not run it faster")
     else:
-        energy = channel_energy(work, source, show_progress=show_progress) if config.importance == "activation" else None
+        energy = channel_energy(work, source, token_mask=config.token_mask, show_progress=show_progress) if config.importance == "activation" else None
         pruner = _Pruner(work, shapes, config, energy)
         if not any(r for g, r in pruner.groups.items()):
             raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights)")
@@ -402,6 +409,17 @@ def prune(
     if output is not None:
         write_verified(pruned, output, source=None if isinstance(model, onnx.ModelProto) else model)
     return pruned, report
+
+
+def _resolve_token_mask(config: PruneConfig, model: onnx.ModelProto) -> PruneConfig:
+    names = [spec.name for spec in graph_inputs(model)]
+    if config.token_mask is None:
+        return dataclasses.replace(config, token_mask="attention_mask") if "attention_mask" in names else config
+    if config.token_mask == "none":
+        return dataclasses.replace(config, token_mask=None)
+    if config.token_mask not in names:
+        raise UsageError(f"--token-mask names '{config.token_mask}', which is not a model input ({', '.join(names)})")
+    return config
 
 
 def _probe_feed(model: onnx.ModelProto, source, input_shapes) -> dict | None:
