@@ -305,6 +305,29 @@ def packed_attention(dim: int = 16, heads: int = 4, seq: int = 8, *, seed: int =
     return b.model(inputs, [_output("hidden", [seq, 1, dim])], "packed_attention")
 
 
+def window_attention(dim: int = 16, heads: int = 4, tokens: int = 8, windows: int = 2, *, seed: int = 12) -> onnx.ModelProto:
+    """Swin's window attention: the packed Q/K/V reshaped straight into (3, heads, head size).
+
+    (W, N, E) -> MatMul (E, 3E) -> Reshape (W, N, 3, H, D) -> Transpose (3, W, H, N, D) ->
+    Gather 0 / 1 / 2; scores plus a per-head relative position bias (H, N, N); attention;
+    Transpose -> Reshape (W, N, E) -> output projection, residual.
+    """
+    b = GraphBuilder(seed)
+    head_dim = dim // heads
+    packed = b.linear("input", dim, 3 * dim)
+    split = b.node("Reshape", [packed, b.const(np.array([windows, tokens, 3, heads, head_dim], np.int64), "shape")])
+    parts = b.node("Transpose", [split], perm=[2, 0, 3, 1, 4])
+    q, k, v = (b.node("Gather", [parts, b.const(np.array(i, np.int64), "index")], axis=0) for i in range(3))
+    scores = b.node("MatMul", [b.node("Mul", [q, b.const(np.array(head_dim**-0.5, np.float32), "scale")]), b.node("Transpose", [k], perm=[0, 1, 3, 2])])
+    scores = b.node("Add", [scores, b.const((0.1 * b.rng.standard_normal((heads, tokens, tokens))).astype(np.float32), "position_bias")])
+    attn = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
+    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), b.const(np.array([windows, tokens, dim], np.int64), "shape")])
+    y = b.node("Add", ["input", b.linear(merged, dim, dim)])
+    _rename_output(b, y, "hidden")
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [windows, tokens, dim])]
+    return b.model(inputs, [_output("hidden", [windows, tokens, dim])], "window_attention")
+
+
 def convnext_block(channels: int = 16, size: int = 8, *, seed: int = 10) -> onnx.ModelProto:
     """A ConvNeXt block: depthwise 7x7, permute to channels-last, LayerNorm over channels, MLP, layer scale, residual."""
     b = GraphBuilder(seed)
@@ -331,6 +354,7 @@ ALL_BUILDERS = {
     "mixed_range_concat": mixed_range_concat,
     "channel_shuffle": channel_shuffle,
     "packed_attention": packed_attention,
+    "window_attention": window_attention,
 }
 
 

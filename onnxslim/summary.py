@@ -123,6 +123,18 @@ def infer_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] |
     return known
 
 
+def element_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor name -> ONNX element type, for every tensor whose type is declared or inferred."""
+    try:
+        inferred = shape_inference.infer_shapes(skeleton(model), strict_mode=False)
+    except Exception:  # an unknown op: the declared types only
+        inferred = skeleton(model)
+    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    types = {v.name: v.type.tensor_type.elem_type for v in values if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return types
+
+
 def _static(shape) -> bool:
     return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
 

@@ -276,3 +276,27 @@ def test_packed_qkv_attention_loses_whole_heads():
     assert dims[packed.input[1]] == [16, 24]  # 3 x 2 heads x 4
     for feed in sample_inputs(model, 2, seed=3):
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_token_mask_leaves_padding_out_of_recovery_statistics():
+    from onnxslim.prune.recover import _rows
+
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    mask = np.array([[1, 1, 0], [1, 0, 0]])
+    rows = _rows(x, node, {"attention_mask": mask}, "attention_mask")
+    np.testing.assert_array_equal(rows, x.reshape(6, 4)[[0, 1, 3]])
+    np.testing.assert_array_equal(_rows(x, node, {"attention_mask": mask}, None), x.reshape(6, 4))
+    with pytest.raises(UsageError, match="--token-mask names 'mask'"):
+        prune(mlp(), config=PruneConfig(token_mask="mask", latency_runs=0))
+
+
+def test_window_attention_heads_take_their_position_bias_along():
+    model = ALL_BUILDERS["window_attention"](dim=16, heads=4)
+    pruned, masked, groups, _ = masked_and_pruned(model)
+    assert any(g.channels_before == 4 and g.channels_after == 2 for g in groups)
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    bias = next(n for n in pruned.graph.node if n.op_type == "Add" and any(i.startswith("position_bias") for i in n.input))
+    assert dims[next(i for i in bias.input if i.startswith("position_bias"))] == [2, 8, 8]
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import onnx
 from onnx import TensorProto, helper
 
@@ -52,12 +54,16 @@ def name_nodes(graph: onnx.GraphProto) -> int:
     return named
 
 
-def with_outputs(model: onnx.ModelProto, names: list[str], elem_type: int = TensorProto.FLOAT) -> onnx.ModelProto:
-    """A copy of ``model`` that also returns the tensors ``names`` (to observe intermediate values)."""
+def with_outputs(model: onnx.ModelProto, names: list[str], elem_type: int | Mapping[str, int] = TensorProto.FLOAT) -> onnx.ModelProto:
+    """A copy of ``model`` that also returns the tensors ``names`` (to observe intermediate values).
+
+    ``elem_type`` is one element type for all, or one per name.
+    """
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {v.name for v in probe.graph.output}
     for name in names:
         if name not in existing:
-            probe.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
+            kind = elem_type if isinstance(elem_type, int) else elem_type[name]
+            probe.graph.output.append(helper.make_tensor_value_info(name, kind, None))
     return probe

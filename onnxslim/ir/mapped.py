@@ -9,9 +9,11 @@ only the tensors it creates.
 
 onnxruntime opens such a model from a skeleton file written into the same
 work folder (:class:`SessionFile`): it maps the same bytes rather than
-receiving a serialized copy. :func:`spill` moves a model's large in-memory
-tensors into the work folder too, so that a derived model (pruned,
-quantized) stops costing memory once it is built.
+receiving a serialized copy. Passes that make new weights for such a model
+put them in the work folder as they go (:class:`ArrayStore`), and
+:func:`spill` moves whatever large tensors are still in memory there, so a
+pruned or quantized copy of a big model is never held in memory in full.
+The work folders are removed when the process exits.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from onnx import helper
 from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, model_weight_bytes
 from onnxslim.ir.tensors import external_info, is_mapped
 from onnxslim.passes.base import PassResult
+from onnxslim.runtime.session import quiet_onnxruntime
 
 
 def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20) -> PassResult:
@@ -32,6 +33,7 @@ def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20)
     import onnx_graphsurgeon as gs
 
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its warnings go to stdout, which must stay clean for --json
+    quiet_onnxruntime()  # graphsurgeon evaluates with onnxruntime sessions of its own
     before = Counter(node.op_type for node in model.graph.node)
     size_before = model_weight_bytes(model)
     try:

@@ -19,12 +19,15 @@ from onnxslim.ir.tensors import constant_names, initializer_map, to_array
 from onnxslim.passes.base import PassResult
 
 
-def fold_static_dims(model: onnx.ModelProto) -> PassResult:
+def fold_static_dims(model: onnx.ModelProto, run_shapes: dict | None = None) -> PassResult:
+    """``run_shapes``: shapes of a model whose inputs all have fixed sizes, measured by running it
+    (then every dimension is static, including where shape inference gives up)."""
     from onnxslim.summary import infer_shapes
 
     result = PassResult("fold-static-dims")
     graph = model.graph
     shapes = infer_shapes(model)
+    shapes.update(run_shapes or {})
     producers = {o: n for n in graph.node for o in n.output}
     constants = constant_names(graph)
     inits = initializer_map(graph)

@@ -511,21 +511,21 @@ class Tracer:
             return None
         return [(i, d) for i, d in enumerate(in_shape) if d != 1], [(i, d) for i, d in enumerate(out_shape) if d != 1]
 
-    def _split_axes(self, node: onnx.NodeProto, layout: Layout) -> tuple[int, int, int, int] | None:
-        """For a Reshape splitting the channel axis in two (dims of 1 aside): (outer axis, outer size, inner axis, inner size)."""
+    def _split_axes(self, node: onnx.NodeProto, layout: Layout, pieces: int = 2) -> list[tuple[int, int]] | None:
+        """For a Reshape splitting the channel axis into ``pieces`` adjacent dims (dims of 1 aside): their (axis, size)."""
         dims = self._unit_free(node)
         if dims is None or layout.repeat != 1:
             return None
         ins, outs = dims
         k = next((i for i, (axis, _) in enumerate(ins) if axis == layout.axis), None)
-        if k is None or len(outs) != len(ins) + 1 or k + 1 >= len(outs):
+        if k is None or len(outs) != len(ins) + pieces - 1 or k + pieces > len(outs):
             return None
-        (outer_axis, outer), (inner_axis, inner) = outs[k], outs[k + 1]
-        if inner_axis != outer_axis + 1 or outer * inner != len(layout) or outer < 2:
+        split = outs[k : k + pieces]
+        if any(b[0] != a[0] + 1 for a, b in zip(split, split[1:])) or int(np.prod([d for _, d in split])) != len(layout) or split[0][1] < 2:
             return None
-        if [d for _, d in outs[:k]] != [d for _, d in ins[:k]] or [d for _, d in outs[k + 2 :]] != [d for _, d in ins[k + 1 :]]:
+        if [d for _, d in outs[:k]] != [d for _, d in ins[:k]] or [d for _, d in outs[k + pieces :]] != [d for _, d in ins[k + 1 :]]:
             return None
-        return outer_axis, outer, inner_axis, inner
+        return split
 
     def split_heads(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
         """Reshape (..., H*D, ...) -> (..., H, D, ...): a head is D channels that go together.
@@ -537,7 +537,7 @@ class Tracer:
         entries = self._target_entries(node)
         if split is None or entries is None:
             return None
-        axis, heads, _, size = split
+        (axis, heads), (_, size) = split
         value, where = entries[axis]
         if value is None or where is None or value != heads:
             return None
@@ -603,18 +603,23 @@ class Tracer:
     def packed_parts(self, node: onnx.NodeProto, layout: Layout) -> bool:
         """A packed projection (Q, K and V in one MatMul) split into its parts.
 
-        Reshape (..., P*C) -> (..., P, C), then Unsqueeze / Transpose / Squeeze
-        moving the parts axis, then one Gather per part: each Gather's output
-        carries that part's C channels. Position j of every part is tied, so the
-        C of the Reshape target stays one number.
+        Reshape (..., P*C) -> (..., P, C), or straight into heads (..., P, H, D)
+        as Swin writes it, then Unsqueeze / Transpose / Squeeze moving the axes,
+        then one Gather per part: each Gather's output carries that part's C
+        channels (or H heads). Position j of every part is tied, so the C (or H)
+        of the Reshape target stays one number.
         """
-        split = self._split_axes(node, layout)
         entries = self._target_entries(node)
+        split = self._split_axes(node, layout, 2) or self._split_axes(node, layout, 3)
         if split is None or entries is None:
             return False
-        parts_axis, parts, channel_axis, size = split
+        (parts_axis, parts), (channel_axis, count) = split[0], split[1]
+        head_size = split[2][1] if len(split) == 3 else 1
+        size = count * head_size
         value, where = entries[channel_axis]
         if entries[parts_axis][0] != parts or value is None or (value > 0 and where is None):
+            return False
+        if head_size > 1 and (value != count or where is None):
             return False
         chain, current, rank = [], node, self.rank(node.output[0])
         while True:
@@ -658,11 +663,17 @@ class Tracer:
         for j in range(size):
             for part in range(1, parts):
                 self.t.atoms.tie(layout.atoms[j], layout.atoms[part * size + j])
+        for head in range(parts * count):  # a head's channels go together
+            for offset in range(1, head_size):
+                self.t.atoms.tie(layout.atoms[head * head_size], layout.atoms[head * head_size + offset])
         axis = channel_axis - (channel_axis > parts_axis)
         for gather, part in gathers:
-            self.t.layouts[gather.output[0]] = Layout(axis, layout.atoms[part * size : (part + 1) * size])
+            atoms = layout.atoms[part * size : (part + 1) * size : head_size]
+            if head_size > 1:
+                self.t.head_atoms.update(a for a in atoms if a is not None)
+            self.t.layouts[gather.output[0]] = Layout(axis, atoms)
         if value > 0:
-            self.t.edits.append(ShapeEntry(where[0], where[1], where[2], Layout(axis, layout.atoms[:size]), 1))
+            self.t.edits.append(ShapeEntry(where[0], where[1], where[2], Layout(axis, layout.atoms[:size:head_size]), 1))
         self.handled.update(n.name for n in chain + [g for g, _ in gathers])
         return True
 

@@ -68,9 +68,12 @@ def _rows(x: np.ndarray, node: onnx.NodeProto, batch: Mapping[str, np.ndarray], 
 
 def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray]) -> dict[str, tuple]:
     """Shapes of every float or integer node output on one batch, read off an actual run."""
-    names = [o for n in model.graph.node for o in n.output if o]
+    from onnxslim.summary import element_types
+
+    types = element_types(model)
+    names = [o for n in model.graph.node for o in n.output if o and types.get(o)]
     try:
-        runner = Runner(with_outputs(model, names, TensorProto.UNDEFINED), threads=None, optimization="disable", label="shape probe")
+        runner = Runner(with_outputs(model, names, types), threads=None, optimization="disable", label="shape probe")
         values = runner.run(batch)
     except Exception:  # a model that cannot expose every tensor still prunes with inferred shapes
         return {}

@@ -142,7 +142,7 @@ def _prepare(model: onnx.ModelProto) -> None:
     constants_to_initializers(model)
     remove_identities(model)
     fold_constants(model)
-    if fold_static_dims(model).modified:
+    if fold_static_dims(model, _fixed_input_shapes(model)).modified:
         fold_constants(model)  # the arithmetic on the sizes that just became constants
     remove_dead_nodes(model)
     name_nodes(model.graph)
@@ -329,6 +329,21 @@ class _Pruner:
             pruned.graph.value_info.remove(value)
         remove_dead_nodes(pruned)
         return pruned
+
+
+def _fixed_input_shapes(model: onnx.ModelProto) -> dict | None:
+    """Every tensor's shape from one run, for a model whose inputs all have fixed sizes (None otherwise).
+
+    Such a model can only ever see these shapes, so whatever size it reads
+    with ``Shape`` is a constant, including where ONNX shape inference gives up.
+    """
+    from onnxslim.prune.recover import runtime_shapes
+
+    inputs = graph_inputs(model)
+    if not inputs or any(spec.dtype is None or spec.shape is None or not all(isinstance(d, int) and d > 0 for d in spec.shape) for spec in inputs):
+        return None
+    feed = {spec.name: np.zeros(spec.shape, spec.dtype) for spec in inputs}
+    return runtime_shapes(model, feed) or None
 
 
 def _shapes_for(model: onnx.ModelProto, source) -> dict:

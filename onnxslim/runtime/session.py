@@ -47,6 +47,11 @@ def _ort():
     return ort
 
 
+def quiet_onnxruntime() -> None:
+    """Silence onnxruntime's own log, also for sessions other libraries open (graphsurgeon's folding)."""
+    _ort()
+
+
 @dataclass
 class Placement:
     """Which execution provider ran how many nodes, from one profiled run."""
