@@ -1,0 +1,304 @@
+"""Channel rules for Reshape: flattening into features, attention heads, packed projections, channel shuffles.
+
+Exporters spell head splits, Q/K/V unpacking and channel shuffles with
+Reshape, Transpose and Gather; each rule here recognizes one such spelling
+from static shapes and constant targets, ties the channels that must go
+together and records the edits of the targets. A Reshape no rule explains
+blocks the channels it carries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxslim.prune.atoms import Layout
+from onnxslim.prune.edits import ReshapeChannels, ShapeEntry
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+class ReshapeRules:
+    """Reshape rules of the tracer (mixed into :class:`~onnxslim.prune.groups.Tracer`, whose state they use)."""
+
+    def channel_shuffle(self, node: onnx.NodeProto, layout: Layout) -> tuple[Layout, str] | None:
+        """Reshape (g*n) -> (g, n), a Transpose swapping the two, Reshape back to g*n: a fixed permutation.
+
+        Returns the layout after the second Reshape and that tensor's name.
+
+        Position i1*n + i2 moves to i2*g + i1. Pruned, the same three nodes must
+        shuffle the kept channels the same way, so channel i2 goes in all g groups
+        or in none: those g channels are tied.
+        """
+        in_shape, out_shape = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+        axis = layout.axis
+        if in_shape is None or out_shape is None or layout.repeat != 1 or len(out_shape) != len(in_shape) + 1:
+            return None
+        groups, per_group = out_shape[axis], out_shape[axis + 1]
+        if not isinstance(groups, int) or not isinstance(per_group, int) or groups < 2 or groups * per_group != len(layout):
+            return None
+        transpose = self._sole_reader(node.output[0])
+        if transpose is None or transpose.op_type != "Transpose":
+            return None
+        swapped = list(range(len(out_shape)))
+        swapped[axis], swapped[axis + 1] = axis + 1, axis
+        if list(_attr(transpose, "perm", [])) != swapped:
+            return None
+        merge = self._sole_reader(transpose.output[0])
+        if merge is None or merge.op_type != "Reshape" or self.shapes.get(merge.output[0]) != in_shape:
+            return None
+        split_entries, merge_entries = self._target_entries(node), self._target_entries(merge)
+        if split_entries is None or merge_entries is None or len(merge_entries) != len(in_shape):
+            return None
+        (group_value, _), (size_value, size_where) = split_entries[axis], split_entries[axis + 1]
+        merge_value, merge_where = merge_entries[axis]
+        if group_value != groups or size_value is None or merge_value is None or (size_value > 0 and size_where is None) or (merge_value > 0 and merge_where is None):
+            return None
+        for i2 in range(per_group):
+            for i1 in range(1, groups):
+                self.t.atoms.tie(layout.atoms[i2], layout.atoms[i1 * per_group + i2])
+        out = Layout(axis, tuple(layout.atoms[i1 * per_group + i2] for i2 in range(per_group) for i1 in range(groups)))
+        if size_value > 0:
+            self.t.edits.append(ShapeEntry(size_where[0], size_where[1], size_where[2], Layout(axis, layout.atoms[:per_group]), 1))
+        if merge_value > 0:
+            self.t.edits.append(ShapeEntry(merge_where[0], merge_where[1], merge_where[2], out, 1))
+        self.handled.update((transpose.name, merge.name))
+        return out, merge.output[0]
+
+    def _sole_reader(self, name: str) -> onnx.NodeProto | None:
+        readers = [n for n in self.graph.node if name in n.input]
+        is_output = any(o.name == name for o in self.graph.output)
+        return readers[0] if len(readers) == 1 and not is_output else None
+
+    def flatten(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        shape = self.shapes.get(node.input[0])
+        axis = int(_attr(node, "axis", 1)) if node.op_type == "Flatten" else 1
+        if node.op_type == "Reshape":
+            shuffled = self.channel_shuffle(node, layout)
+            if shuffled is not None:
+                out, name = shuffled
+                self.t.layouts[name] = out
+                return None
+            if self.packed_parts(node, layout):
+                return None
+            heads = self.split_heads(node, layout) or self.merge_heads(node, layout) or self.keep_channel_axis(node, layout)
+            if heads is not None:
+                return heads
+            target = self.const(node.input[1])
+            out_rank = self.rank(node.output[0])
+            if target is None or shape is None:
+                self.t.atoms.block_layout(layout, f"Reshape {node.name}: target shape not constant")
+                return None
+            if len(target) == len(shape) and all(
+                int(target[i]) in (0, shape[i]) or i == layout.axis for i in range(len(shape))
+            ):
+                self.t.edits.append(ReshapeChannels(node.name, layout.axis, layout))
+                return Layout(layout.axis, layout.atoms, layout.repeat)
+            if not (len(target) == 2 and out_rank == 2 and layout.axis == 1):
+                self.t.atoms.block_layout(layout, f"Reshape {node.name} rearranges the channel axis")
+                return None
+        if shape is None or axis != layout.axis or not all(isinstance(d, int) for d in shape[axis + 1 :]):
+            self.t.atoms.block_layout(layout, f"{node.op_type} {node.name}: flattened sizes unknown")
+            return None
+        inner = int(np.prod(shape[axis + 1 :], dtype=np.int64)) if len(shape) > axis + 1 else 1
+        out = Layout(1, layout.atoms, layout.repeat * inner)
+        if node.op_type == "Reshape":
+            self.t.edits.append(ReshapeChannels(node.name, 1, out))  # the feature count: kept channels x spatial size
+        return out
+
+    def _target_entries(self, node: onnx.NodeProto) -> list[tuple[int | None, tuple[str, int, int] | None]] | None:
+        """A Reshape target as (value or None, where a constant entry is stored), or None when unreadable."""
+        target = node.input[1]
+        array = self.const(target)
+        if array is not None:
+            return [(int(v), (node.name, 1, i)) for i, v in enumerate(array.reshape(-1))]
+        producer = next((n for n in self.graph.node if target in n.output), None)
+        if producer is None or producer.op_type != "Concat":
+            return None
+        entries = []
+        for index, piece in enumerate(producer.input):
+            value = self.const(piece)
+            if value is not None:
+                entries.extend((int(v), (producer.name, index, i)) for i, v in enumerate(value.reshape(-1)))
+                continue
+            shape = self.shapes.get(piece)
+            if shape is None or len(shape) != 1 or not isinstance(shape[0], int):
+                return None
+            entries.extend((None, None) for _ in range(shape[0]))
+        return entries
+
+    def _unit_free(self, node: onnx.NodeProto) -> tuple[list[tuple[int, int]], list[tuple[int, int]]] | None:
+        """(axis, size) of the dims other than 1 of a Reshape's input and output, when both shapes are static."""
+        in_shape, out_shape = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+        if in_shape is None or out_shape is None or not all(isinstance(d, int) for d in (*in_shape, *out_shape)):
+            return None
+        return [(i, d) for i, d in enumerate(in_shape) if d != 1], [(i, d) for i, d in enumerate(out_shape) if d != 1]
+
+    def _split_axes(self, node: onnx.NodeProto, layout: Layout, pieces: int = 2) -> list[tuple[int, int]] | None:
+        """For a Reshape splitting the channel axis into ``pieces`` adjacent dims (dims of 1 aside): their (axis, size)."""
+        dims = self._unit_free(node)
+        if dims is None or layout.repeat != 1:
+            return None
+        ins, outs = dims
+        k = next((i for i, (axis, _) in enumerate(ins) if axis == layout.axis), None)
+        if k is None or len(outs) != len(ins) + pieces - 1 or k + pieces > len(outs):
+            return None
+        split = outs[k : k + pieces]
+        if any(b[0] != a[0] + 1 for a, b in zip(split, split[1:])) or int(np.prod([d for _, d in split])) != len(layout) or split[0][1] < 2:
+            return None
+        if [d for _, d in outs[:k]] != [d for _, d in ins[:k]] or [d for _, d in outs[k + pieces :]] != [d for _, d in ins[k + 1 :]]:
+            return None
+        return split
+
+    def split_heads(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        """Reshape (..., H*D, ...) -> (..., H, D, ...): a head is D channels that go together.
+
+        Dims of 1 may come and go on the way ((S, 1, H*D) -> (S, H, D) merges a
+        batch of one into the heads, as nn.MultiheadAttention exports write it).
+        """
+        split = self._split_axes(node, layout)
+        entries = self._target_entries(node)
+        if split is None or entries is None:
+            return None
+        (axis, heads), (_, size) = split
+        value, where = entries[axis]
+        if value is None or where is None or value != heads:
+            return None
+        for head in range(heads):
+            first = layout.atoms[head * size]
+            for offset in range(1, size):
+                self.t.atoms.tie(first, layout.atoms[head * size + offset])
+        atoms = tuple(layout.atoms[head * size] for head in range(heads))
+        self.t.head_atoms.update(a for a in atoms if a is not None)
+        out = Layout(axis, atoms)
+        self.t.edits.append(ShapeEntry(where[0], where[1], where[2], out, 1))
+        return out
+
+    def merge_heads(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        """Reshape (..., H, D, ...) -> (..., H*D, ...): heads back into channels, D positions each (dims of 1 aside)."""
+        dims = self._unit_free(node)
+        entries = self._target_entries(node)
+        if dims is None or entries is None:
+            return None
+        ins, outs = dims
+        k = next((i for i, (axis, _) in enumerate(ins) if axis == layout.axis), None)
+        if k is None or k + 1 >= len(ins) or len(outs) != len(ins) - 1:
+            return None
+        size = ins[k + 1][1]
+        merged_axis, merged = outs[k]
+        if merged != len(layout) * layout.repeat * size:
+            return None
+        if [d for _, d in outs[:k]] != [d for _, d in ins[:k]] or [d for _, d in outs[k + 1 :]] != [d for _, d in ins[k + 2 :]]:
+            return None
+        out = Layout(merged_axis, layout.atoms, layout.repeat * size)
+        value, where = entries[merged_axis]
+        if value is None or (value > 0 and where is None):
+            return None
+        if value > 0:
+            self.t.edits.append(ShapeEntry(where[0], where[1], where[2], out, out.repeat))
+        return out
+
+    def keep_channel_axis(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        """A Reshape that regroups only the other dims ((N, C, H, W) -> (N, C, H*W), dims of 1 added or dropped).
+
+        The channel dim stands alone on both sides with the same number of
+        elements before and after it, so its positions keep their meaning.
+        """
+        in_shape, out_shape = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+        entries = self._target_entries(node)
+        if in_shape is None or out_shape is None or entries is None or not all(isinstance(d, int) for d in (*in_shape, *out_shape)):
+            return None
+        size = len(layout) * layout.repeat
+        before = int(np.prod(in_shape[: layout.axis], dtype=np.int64))
+        if size < 2 or in_shape[layout.axis] != size:
+            return None
+        axis = next((j for j, d in enumerate(out_shape) if d == size and int(np.prod(out_shape[:j], dtype=np.int64)) == before), None)
+        if axis is None:
+            return None
+        out = Layout(axis, layout.atoms, layout.repeat)
+        value, where = entries[axis]
+        if value is None or (value > 0 and where is None):
+            return None
+        if value > 0:
+            self.t.edits.append(ShapeEntry(where[0], where[1], where[2], out, out.repeat))
+        return out
+
+    def packed_parts(self, node: onnx.NodeProto, layout: Layout) -> bool:
+        """A packed projection (Q, K and V in one MatMul) split into its parts.
+
+        Reshape (..., P*C) -> (..., P, C), or straight into heads (..., P, H, D)
+        as Swin writes it, then Unsqueeze / Transpose / Squeeze moving the axes,
+        then one Gather per part: each Gather's output carries that part's C
+        channels (or H heads). Position j of every part is tied, so the C (or H)
+        of the Reshape target stays one number.
+        """
+        entries = self._target_entries(node)
+        split = self._split_axes(node, layout, 2) or self._split_axes(node, layout, 3)
+        if split is None or entries is None:
+            return False
+        (parts_axis, parts), (channel_axis, count) = split[0], split[1]
+        head_size = split[2][1] if len(split) == 3 else 1
+        size = count * head_size
+        value, where = entries[channel_axis]
+        if entries[parts_axis][0] != parts or value is None or (value > 0 and where is None):
+            return False
+        if head_size > 1 and (value != count or where is None):
+            return False
+        chain, current, rank = [], node, self.rank(node.output[0])
+        while True:
+            readers = [n for n in self.graph.node if current.output[0] in n.input]
+            if any(o.name == current.output[0] for o in self.graph.output) or not readers:
+                return False
+            if all(r.op_type == "Gather" and r.input[0] == current.output[0] for r in readers):
+                break
+            if len(readers) != 1 or rank is None:
+                return False
+            step = readers[0]
+            axes = _attr(step, "axes")
+            if axes is None and len(step.input) > 1 and step.input[1]:
+                array = self.const(step.input[1])
+                axes = None if array is None else [int(a) for a in array.reshape(-1)]
+            if step.op_type == "Unsqueeze" and axes is not None:
+                rank += len(axes)
+                for added in sorted(a % rank for a in axes):
+                    parts_axis += added <= parts_axis
+                    channel_axis += added <= channel_axis
+            elif step.op_type == "Squeeze" and axes is not None:
+                gone = {a % rank for a in axes}
+                if parts_axis in gone or channel_axis in gone:
+                    return False
+                parts_axis -= sum(a < parts_axis for a in gone)
+                channel_axis -= sum(a < channel_axis for a in gone)
+                rank -= len(gone)
+            elif step.op_type == "Transpose" and _attr(step, "perm") is not None:
+                perm = list(_attr(step, "perm"))
+                parts_axis, channel_axis = perm.index(parts_axis), perm.index(channel_axis)
+            else:
+                return False
+            chain.append(step)
+            current = step
+        gathers = []
+        for gather in readers:
+            index = self.const(gather.input[1]) if len(gather.input) > 1 else None
+            if int(_attr(gather, "axis", 0)) % rank != parts_axis or index is None or index.size != 1 or index.ndim != 0:
+                return False
+            gathers.append((gather, int(index) % parts))
+        for j in range(size):
+            for part in range(1, parts):
+                self.t.atoms.tie(layout.atoms[j], layout.atoms[part * size + j])
+        for head in range(parts * count):  # a head's channels go together
+            for offset in range(1, head_size):
+                self.t.atoms.tie(layout.atoms[head * head_size], layout.atoms[head * head_size + offset])
+        axis = channel_axis - (channel_axis > parts_axis)
+        for gather, part in gathers:
+            atoms = layout.atoms[part * size : (part + 1) * size : head_size]
+            if head_size > 1:
+                self.t.head_atoms.update(a for a in atoms if a is not None)
+            self.t.layouts[gather.output[0]] = Layout(axis, atoms)
+        if value > 0:
+            self.t.edits.append(ShapeEntry(where[0], where[1], where[2], Layout(axis, layout.atoms[:size:head_size]), 1))
+        self.handled.update(n.name for n in chain + [g for g, _ in gathers])
+        return True
