@@ -23,7 +23,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from onnxslim.ir.graph import with_outputs
 from onnxslim.ir.layers import weight_axes
