@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--timeout", type=int, default=1800, help="seconds for one tool on one model")
     parser.add_argument("--resume", action="store_true", help="reuse the rows of models already measured at this ratio")
+    parser.add_argument("--report-only", action="store_true", help="write the table from the rows already measured; run nothing")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_tool(args.one, args.tool, args.ratio)))
@@ -158,12 +159,15 @@ def main() -> None:
         names = torchvision.models.list_models(module=torchvision.models)
     journal = WORK / f"coverage_{args.ratio}.jsonl"
     done = {}
-    if args.resume and journal.exists():
+    if (args.resume or args.report_only) and journal.exists():
         done = {row["model"]: row for row in map(json.loads, journal.read_text().splitlines())}
     elif journal.exists():
         journal.unlink()
     rows = []
     for name in names:
+        if args.report_only and name not in done:
+            rows.append({"model": name, "onnxslim": {"ok": False, "error": "not run"}, "torch_pruning": {"ok": False, "error": "not run"}})
+            continue
         row = done.get(name) or bench(name, args.ratio, args.runs, args.timeout)
         if name not in done:
             with open(journal, "a") as handle:
@@ -171,6 +175,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
     (WORK / f"coverage_{args.ratio}.json").write_text(json.dumps(rows, indent=1))
+    measured = [r for r in rows if r["onnxslim"].get("error") != "not run"]
 
     def cell(entry: dict) -> str:
         if not entry.get("ok"):
@@ -181,9 +186,18 @@ def main() -> None:
     lines = [f"| model | onnxslim at {args.ratio:.0%} | Torch-Pruning at {args.ratio:.0%} |", "|---|---|---|"]
     lines += [f"| {r['model']} | {cell(r['onnxslim'])} | {cell(r['torch_pruning'])} |" for r in rows]
     for tool in ("onnxslim", "torch_pruning"):
-        good = [r[tool] for r in rows if r[tool].get("ok")]
+        good = [r[tool] for r in measured if r[tool].get("ok")]
         ratios = [g["latency_ratio"] for g in good if "latency_ratio" in g]
-        lines.append(f"\n{tool}: {len(good)}/{len(rows)} pruned and ran; median parameter ratio {np.median([g['params'] for g in good]) if good else float('nan'):.2f}; median latency ratio {np.median(ratios) if ratios else float('nan'):.2f}")
+        lines.append(f"\n{tool}: {len(good)}/{len(measured)} pruned and ran; median parameter ratio {np.median([g['params'] for g in good]) if good else float('nan'):.2f}; median latency ratio {np.median(ratios) if ratios else float('nan'):.2f}")
+    both = [r for r in measured if r["onnxslim"].get("ok") and r["torch_pruning"].get("ok") and "latency_ratio" in r["onnxslim"] and "latency_ratio" in r["torch_pruning"]]
+    if both:
+        lines.append(
+            f"\nwhere both ran ({len(both)} models): median latency ratio onnxslim {np.median([r['onnxslim']['latency_ratio'] for r in both]):.2f}, "
+            f"Torch-Pruning {np.median([r['torch_pruning']['latency_ratio'] for r in both]):.2f}; median parameter ratio onnxslim "
+            f"{np.median([r['onnxslim']['params'] for r in both]):.2f}, Torch-Pruning {np.median([r['torch_pruning']['params'] for r in both]):.2f}"
+        )
+    if len(measured) < len(rows):
+        lines.append(f"\nnot run: {', '.join(r['model'] for r in rows if r not in measured)}")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.markdown:
