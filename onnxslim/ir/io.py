@@ -243,11 +243,11 @@ def write_skeleton(model: onnx.ModelProto, model_path: Path, data_name: str, *, 
     skeleton = onnx.ModelProto()
     for descriptor, value in model.ListFields():
         if descriptor.name != "graph":
-            _copy_field(skeleton, descriptor, value)
+            copy_field(skeleton, descriptor, value)
     graph = model.graph
     for descriptor, value in graph.ListFields():
         if descriptor.name != "initializer":
-            _copy_field(skeleton.graph, descriptor, value)
+            copy_field(skeleton.graph, descriptor, value)
     folder = model_path.parent.resolve()
     with open(model_path.parent / data_name, "wb") as data_file:
         for tensor in graph.initializer:
@@ -309,7 +309,8 @@ def _add_stub(skeleton: onnx.ModelProto, tensor: onnx.TensorProto, location: str
         entry.key, entry.value = key, value
 
 
-def _copy_field(target, descriptor, value) -> None:
+def copy_field(target, descriptor, value) -> None:
+    """Set field ``descriptor`` of ``target`` to ``value`` (repeated, message or scalar)."""
     repeated = descriptor.is_repeated if hasattr(descriptor, "is_repeated") else descriptor.label == descriptor.LABEL_REPEATED
     if repeated:
         getattr(target, descriptor.name).extend(value)

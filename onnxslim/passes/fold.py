@@ -4,10 +4,12 @@ graphsurgeon evaluates every node whose inputs are all constants with
 onnxruntime and replaces it by its value (Transpose/Cast/Reshape of weights,
 DequantizeLinear of stored INT8 weights, shape arithmetic on static shapes).
 Folding is refused when it would grow the model by more than
-``max_growth_bytes`` (an Expand or Tile of a constant can be huge) and for
-in-memory weights that would not fit in one protobuf, where graphsurgeon
-would need a second copy of them. Weights kept on disk (mapped) take part as
-runtime values: whatever reads them is left as it is.
+``max_growth_bytes`` (an Expand or Tile of a constant can be huge).
+graphsurgeon holds its own copy of every constant, so weights kept on disk
+(mapped) and, in models with weights over half the protobuf limit, every
+tensor of ``HIDE_BYTES`` or more take part as runtime values instead:
+whatever reads them is left as it is, while the shape arithmetic around
+them still folds. The result is written back in place, without copying them.
 """
 
 from __future__ import annotations
@@ -17,25 +19,29 @@ from collections import Counter
 import onnx
 from onnx import helper
 
-from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, model_weight_bytes
-from onnxslim.ir.tensors import external_info, is_mapped
+from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, copy_field, model_weight_bytes
+from onnxslim.ir.tensors import is_mapped
 from onnxslim.passes.base import PassResult
 from onnxslim.runtime.session import quiet_onnxruntime
+
+# With weights over half the protobuf limit, tensors at least this big are kept out of folding.
+HIDE_BYTES = 1 << 20
 
 
 def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20) -> PassResult:
     result = PassResult("fold-constants")
-    mapped = [t for t in model.graph.initializer if is_mapped(t)]
-    if model_weight_bytes(model) - _mapped_bytes(mapped) > EXTERNAL_DATA_THRESHOLD // 2:
-        result.decline("model", "weights too large to fold without a second copy in memory")
-        return result
-    work = _mapped_as_inputs(model, mapped) if mapped else model
+    hidden = [t for t in model.graph.initializer if is_mapped(t)]
+    if model_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD // 2:
+        # graphsurgeon would copy every weight; big ones take part as runtime values instead, so
+        # shape arithmetic still folds while whatever reads a big weight stays as it is
+        hidden += [t for t in model.graph.initializer if not is_mapped(t) and t.HasField("raw_data") and len(t.raw_data) >= HIDE_BYTES]
+    work = _without(model, hidden)
     import onnx_graphsurgeon as gs
 
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its warnings go to stdout, which must stay clean for --json
     quiet_onnxruntime()  # graphsurgeon evaluates with onnxruntime sessions of its own
     before = Counter(node.op_type for node in model.graph.node)
-    size_before = model_weight_bytes(model)
+    size_before = model_weight_bytes(work)
     try:
         graph = gs.import_onnx(work)
         graph.fold_constants(error_ok=True, size_threshold=max_growth_bytes, flatten_subgraphs=False, fold_shapes=False)
@@ -56,32 +62,39 @@ def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20)
     removed = before - after
     if not removed:
         return result
-    if mapped:
-        del folded.graph.input[len(model.graph.input):]
-        folded.graph.initializer.extend(mapped)
-    folded.ir_version = model.ir_version
-    folded.producer_name = model.producer_name
-    folded.producer_version = model.producer_version
-    model.CopyFrom(folded)
+    # in place, so that the hidden weights are never copied
+    names = {t.name for t in hidden}
+    graph = model.graph
+    del graph.node[:]
+    graph.node.extend(folded.graph.node)
+    del graph.value_info[:]
+    graph.value_info.extend(folded.graph.value_info)
+    for index in reversed(range(len(graph.initializer))):
+        if graph.initializer[index].name not in names:
+            del graph.initializer[index]
+    graph.initializer.extend(t for t in folded.graph.initializer if t.name not in names)
     detail = ", ".join(f"{count} {op}" for op, count in sorted(removed.items()))
     result.change(f"folded {sum(removed.values())} node(s) with constant inputs: {detail}")
     return result
 
 
-def _mapped_bytes(tensors) -> int:
-    return sum(int(external_info(t)[2] or 0) for t in tensors)
-
-
-def _mapped_as_inputs(model: onnx.ModelProto, mapped: list[onnx.TensorProto]) -> onnx.ModelProto:
-    """A copy of ``model`` whose mapped weights are graph inputs instead of initializers."""
-    names = {t.name for t in mapped}
+def _without(model: onnx.ModelProto, hidden: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """A copy of ``model`` in which the ``hidden`` initializers are graph inputs, assembled without copying them."""
+    if not hidden:
+        return model
+    names = {t.name for t in hidden}
     work = onnx.ModelProto()
-    work.CopyFrom(model)
-    kept = [t for t in work.graph.initializer if t.name not in names]
-    del work.graph.initializer[:]
-    work.graph.initializer.extend(kept)
+    for descriptor, value in model.ListFields():
+        if descriptor.name != "graph":
+            copy_field(work, descriptor, value)
+    for descriptor, value in model.graph.ListFields():
+        if descriptor.name == "initializer":
+            work.graph.initializer.extend(t for t in value if t.name not in names)
+        else:
+            copy_field(work.graph, descriptor, value)
     listed = {v.name for v in work.graph.input}
-    for tensor in mapped:
+    for tensor in hidden:
         if tensor.name not in listed:
             work.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     return work
+
