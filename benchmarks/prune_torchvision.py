@@ -88,13 +88,13 @@ def run_tool(name: str, tool: str, ratio: float) -> dict:
         if tool == "onnxslim":
             if not base.exists():  # one export per model, shared by every ratio
                 export(module, base, size)
-            target = WORK / f"{name}.onnxslim.onnx"
+            target = WORK / f"{name}.onnxslim-{ratio}.onnx"
             _, report = prune(base, target, config=PruneConfig(ratio=ratio, latency_runs=0))
             entry = {"params": report.parameters[1] / report.parameters[0], "groups": f"{len(report.pruned_groups)}/{len(report.groups)}"}
         else:
             params0 = sum(p.numel() for p in module.parameters())
             pruned_module = torch_pruning(module, ratio, size)
-            target = WORK / f"{name}.torch_pruning.onnx"
+            target = WORK / f"{name}.torch_pruning-{ratio}.onnx"
             export(pruned_module, target, size)
             entry = {"params": sum(p.numel() for p in pruned_module.parameters()) / params0}
         entry.update(ok=runs_with_shape(target, shape, size), seconds=time.perf_counter() - start, path=str(target))
@@ -126,6 +126,12 @@ def bench(name: str, ratio: float, runs: int, timeout: int) -> dict:
     row = {"model": name, "onnxslim": run_isolated(name, "onnxslim", ratio, timeout)}
     base = WORK / f"{name}.onnx"
     row["torch_pruning"] = run_isolated(name, "torch_pruning", ratio, timeout) if base.exists() else {"ok": False, "error": "no ONNX export"}
+    return measure(row, runs)
+
+
+def measure(row: dict, runs: int) -> dict:
+    """Latency ratios of both tools' results against the unpruned export, interleaved in one run."""
+    name, base = row["model"], WORK / f"{row['model']}.onnx"
     candidates = {tool: Path(row[tool]["path"]) for tool in ("onnxslim", "torch_pruning") if row[tool].get("ok")}
     if candidates:
         size = 299 if name.startswith("inception") else 224
@@ -148,6 +154,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds for one tool on one model")
     parser.add_argument("--resume", action="store_true", help="reuse the rows of models already measured at this ratio")
     parser.add_argument("--report-only", action="store_true", help="write the table from the rows already measured; run nothing")
+    parser.add_argument("--remeasure", action="store_true", help="time the rows already measured again with --runs, then write the table")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_tool(args.one, args.tool, args.ratio)))
@@ -159,11 +166,18 @@ def main() -> None:
         names = torchvision.models.list_models(module=torchvision.models)
     journal = WORK / f"coverage_{args.ratio}.jsonl"
     done = {}
-    if (args.resume or args.report_only) and journal.exists():
+    if (args.resume or args.report_only or args.remeasure) and journal.exists():
         done = {row["model"]: row for row in map(json.loads, journal.read_text().splitlines())}
     elif journal.exists():
         journal.unlink()
     rows = []
+    if args.remeasure:
+        for name in names:
+            if name in done:
+                done[name] = measure(done[name], args.runs)
+                print(json.dumps(done[name]), flush=True)
+        journal.write_text("".join(json.dumps(row) + "\n" for row in done.values()))
+        args.report_only = True
     for name in names:
         if args.report_only and name not in done:
             rows.append({"model": name, "onnxslim": {"ok": False, "error": "not run"}, "torch_pruning": {"ok": False, "error": "not run"}})

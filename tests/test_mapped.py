@@ -71,7 +71,10 @@ def test_spill_moves_new_weights_to_disk_and_keeps_their_values(tmp_path):
 @pytest.fixture
 def big_threshold(monkeypatch):
     """Treat every model with external data as one over the protobuf limit."""
+    import onnxslim.ir.mapped as mapped
+
     monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    monkeypatch.setattr(mapped, "MAP_MIN_BYTES", 0)
 
 
 def test_quantize_from_disk_equals_quantize_in_memory(tmp_path, big_threshold):
@@ -102,3 +105,24 @@ def test_prune_from_disk_equals_prune_in_memory(tmp_path, big_threshold, npz_fol
     assert report.parameters[1] < report.parameters[0]
     assert report.latency
     assert {p.name: digest(p) for p in (tmp_path / "in").iterdir()} == before
+
+
+def test_external_data_without_lengths_one_file_per_tensor(tmp_path, big_threshold):
+    """As PyTorch writes models over 2 GB: a file per tensor, named after it, no length recorded."""
+    model = residual()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index, tensor in enumerate(model.graph.initializer):
+        if len(tensor.raw_data) < 256:
+            continue
+        (folder / f"w{index}").write_bytes(tensor.raw_data)
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        entry = tensor.external_data.add()
+        entry.key, entry.value = "location", f"w{index}"
+    onnx.save(model, str(folder / "model.onnx"))
+    assert io.model_weight_bytes(load_model(folder / "model.onnx", load_weights=False)) > 1000
+    pruned, report = prune(folder / "model.onnx", tmp_path / "p.onnx", config=PruneConfig(ratio=0.5, latency_runs=0))
+    assert report.parameters[1] < report.parameters[0]
+    feed = sample_inputs(residual(), 1)[0]
+    assert run_model(onnx.load(str(tmp_path / "p.onnx")), feed)[0].shape == run_model(residual(), feed)[0].shape

@@ -49,7 +49,7 @@ def model_weight_bytes(model: onnx.ModelProto) -> int:
     for tensor in _tensors_of(model):
         if external_data_helper.uses_external_data(tensor):
             info = external_data_helper.ExternalDataInfo(tensor)
-            total += int(info.length or 0)
+            total += int(info.length) if info.length else nominal_bytes(tensor)
         elif tensor.HasField("raw_data"):
             total += len(tensor.raw_data)
         else:
@@ -57,10 +57,22 @@ def model_weight_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
+def nominal_bytes(tensor: onnx.TensorProto) -> int:
+    """Size implied by a tensor's dims and type (external data written without a length)."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 1
+    count = 1
+    for dim in tensor.dims:
+        count *= int(dim)
+    return count * itemsize
+
+
 def model_file_bytes(model: onnx.ModelProto) -> int:
     """Bytes the model takes once saved: the .onnx file plus any external data."""
     external = sum(
-        int(external_data_helper.ExternalDataInfo(t).length or 0) for t in _tensors_of(model) if external_data_helper.uses_external_data(t)
+        int(external_data_helper.ExternalDataInfo(t).length or nominal_bytes(t)) for t in _tensors_of(model) if external_data_helper.uses_external_data(t)
     )
     return model.ByteSize() + external
 
@@ -128,7 +140,7 @@ def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool
             if map_weights or (map_weights is None and model_weight_bytes(proto) > EXTERNAL_DATA_THRESHOLD):
                 from onnxslim.ir.mapped import map_external_weights
 
-                map_external_weights(proto, path)
+                map_external_weights(proto, path, 0 if map_weights else None)
             else:
                 external_data_helper.load_external_data_for_model(proto, str(path.parent))
     return proto

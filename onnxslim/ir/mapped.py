@@ -34,6 +34,8 @@ from onnxslim.ir.tensors import external_info, is_mapped
 
 # A model serialized for onnxruntime in one piece must stay under protobuf's 2 GiB limit.
 SERIALIZE_LIMIT = 1_800_000_000
+# External tensors smaller than this are read into memory even when the big ones stay on disk.
+MAP_MIN_BYTES = 1 << 20
 
 _FOLDERS: list[Path] = []
 _FOLDER_FOR: dict[Path, Path] = {}
@@ -98,23 +100,27 @@ def _stage(source: Path) -> Path:
     return target
 
 
-def map_external_weights(model: onnx.ModelProto, model_path: Path) -> None:
+def map_external_weights(model: onnx.ModelProto, model_path: Path, min_bytes: int | None = None) -> None:
     """Point the external initializers of ``model`` (loaded from ``model_path``) at work-folder files.
 
     Locations were checked to lie inside the model's folder before this is
-    called. External tensors outside the main graph's initializers (Constant
-    attributes, subgraphs) are small in practice and are read into memory.
+    called. Initializers under ``min_bytes`` (default ``MAP_MIN_BYTES``) and external tensors outside
+    the main graph's initializers (Constant attributes, subgraphs) are read
+    into memory.
     """
+    from onnxslim.ir.io import nominal_bytes
+
     base = model_path.parent
-    top_level = {id(t) for t in model.graph.initializer}
     for tensor in model.graph.initializer:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location, offset, length = external_info(tensor)
-        target = _stage(base / location)
-        _set_location(tensor, str(target), offset, length)
+        length = length if length is not None else nominal_bytes(tensor)
+        if length < (MAP_MIN_BYTES if min_bytes is None else min_bytes):
+            continue  # small ones are read below: folding and rules see their values
+        _set_location(tensor, str(_stage(base / location)), offset, length)
     for tensor in external_data_helper._get_all_tensors(model):
-        if id(tensor) not in top_level and external_data_helper.uses_external_data(tensor) and not is_mapped(tensor):
+        if external_data_helper.uses_external_data(tensor) and not is_mapped(tensor):
             external_data_helper.load_external_data_for_tensor(tensor, str(base))
             tensor.data_location = onnx.TensorProto.DEFAULT
             del tensor.external_data[:]
@@ -156,7 +162,7 @@ class SessionFile:
 
     def __init__(self, model: onnx.ModelProto):
         self.paths: list[Path] = []
-        if not has_mapped(model) and model.ByteSize() < SERIALIZE_LIMIT:
+        if not has_mapped(model) and _serialized_size(model) < SERIALIZE_LIMIT:
             self.source: bytes | str = model.SerializeToString()
         else:
             from onnxslim.ir.io import write_skeleton
@@ -171,6 +177,13 @@ class SessionFile:
 
     def close(self) -> None:
         self._finalizer()
+
+
+def _serialized_size(model: onnx.ModelProto) -> int:
+    try:
+        return model.ByteSize()
+    except Exception:  # protobuf refuses to even size a message over 2 GiB
+        return SERIALIZE_LIMIT
 
 
 def _unlink(paths: list[Path]) -> None:

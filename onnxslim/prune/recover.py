@@ -66,14 +66,14 @@ def _rows(x: np.ndarray, node: onnx.NodeProto, batch: Mapping[str, np.ndarray], 
     return rows
 
 
-def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray]) -> dict[str, tuple]:
-    """Shapes of every float or integer node output on one batch, read off an actual run."""
+def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wanted: set[str] | None = None) -> dict[str, tuple]:
+    """Shapes of node outputs (all, or the ``wanted`` ones) on one batch, read off an actual run."""
     from onnxslim.summary import element_types
 
     types = element_types(model)
-    names = [o for n in model.graph.node for o in n.output if o and types.get(o)]
+    names = [o for n in model.graph.node for o in n.output if o and types.get(o) and (wanted is None or o in wanted)]
     try:
-        runner = Runner(with_outputs(model, names, types), threads=None, optimization="disable", label="shape probe")
+        runner = Runner(with_outputs(model, names, types), threads=None, optimization="disable", label="shape probe", prepack=False)
         values = runner.run(batch)
     except Exception:  # a model that cannot expose every tensor still prunes with inferred shapes
         return {}
@@ -285,9 +285,9 @@ def check_runs(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: Mapping
     The last line of defence of "never write a wrong graph": a rule that let a
     stale size through shows up here as a failed run or a changed output shape.
     """
-    expected = [np.shape(v) for v in Runner(original, threads=None, optimization="disable", label="original").run(feed)]
+    expected = [np.shape(v) for v in Runner(original, threads=None, optimization="disable", label="original", prepack=False).run(feed)]
     try:
-        got = [np.shape(v) for v in Runner(pruned, threads=None, optimization="disable", label="pruned model").run(feed)]
+        got = [np.shape(v) for v in Runner(pruned, threads=None, optimization="disable", label="pruned model", prepack=False).run(feed)]
     except Exception as exc:  # onnxruntime's own errors, already one line
         return str(exc)
     for output, (a, b) in zip(original.graph.output, zip(expected, got)):

@@ -332,7 +332,7 @@ class _Pruner:
 
 
 def _fixed_input_shapes(model: onnx.ModelProto) -> dict | None:
-    """Every tensor's shape from one run, for a model whose inputs all have fixed sizes (None otherwise).
+    """The shapes that ``Shape`` nodes read, from one run of a model whose inputs all have fixed sizes (None otherwise).
 
     Such a model can only ever see these shapes, so whatever size it reads
     with ``Shape`` is a constant, including where ONNX shape inference gives up.
@@ -343,7 +343,10 @@ def _fixed_input_shapes(model: onnx.ModelProto) -> dict | None:
     if not inputs or any(spec.dtype is None or spec.shape is None or not all(isinstance(d, int) and d > 0 for d in spec.shape) for spec in inputs):
         return None
     feed = {spec.name: np.zeros(spec.shape, spec.dtype) for spec in inputs}
-    return runtime_shapes(model, feed) or None
+    read = {n.input[0] for n in model.graph.node if n.op_type == "Shape" and n.input}
+    if not read:
+        return None
+    return runtime_shapes(model, feed, read) or None
 
 
 def _shapes_for(model: onnx.ModelProto, source) -> dict:

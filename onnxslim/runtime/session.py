@@ -119,7 +119,9 @@ def _first_line(exc: BaseException) -> str:
 class Runner:
     """One model on one execution provider."""
 
-    def __init__(self, model: ModelSource, provider: str = "CPUExecutionProvider", *, threads: int | None = 1, optimization: str = "all", label: str = "model"):
+    def __init__(
+        self, model: ModelSource, provider: str = "CPUExecutionProvider", *, threads: int | None = 1, optimization: str = "all", label: str = "model", prepack: bool = True
+    ):
         self.provider = provider
         self.threads = threads
         self.label = label
@@ -132,10 +134,11 @@ class Runner:
                 f"execution provider '{short_name(provider)}' is not available in this onnxruntime "
                 f"(available: {', '.join(short_name(p) for p in available_providers())})"
             )
+        options = _session_options(threads, optimization)
+        if not prepack:  # a session run once or twice: repacking weights would cost a copy of them for nothing
+            options.add_session_config_entry("session.disable_prepacking", "1")
         try:
-            self.session = ort.InferenceSession(
-                self._model, sess_options=_session_options(threads, optimization), providers=provider_chain(provider)
-            )
+            self.session = ort.InferenceSession(self._model, sess_options=options, providers=provider_chain(provider))
         except Exception as exc:  # onnxruntime raises its own exception types for bad models
             raise ModelLoadError(f"{label}: onnxruntime cannot load it on {short_name(provider)}: {_first_line(exc)}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
