@@ -1,9 +1,8 @@
 """Weights that stay on disk, for models too big to hold twice in memory.
 
 A model over the protobuf limit is loaded with its initializers *mapped*:
-each keeps a reference to its bytes in a file of a work folder (a hard link
-to the input's data file where the filesystem allows, a copy otherwise;
-never the input file itself, which is only read). Passes read those values
+each keeps a reference to its bytes in a copy of the input's data file in a
+temporary work folder (the input itself is only read). Passes read those values
 through read-only memory maps (``ir.tensors.to_array``), so the process holds
 only the tensors it creates.
 
@@ -51,9 +50,9 @@ def _remove_folders() -> None:
 atexit.register(_remove_folders)
 
 
-def _work_folder(parent: Path | None = None) -> Path | None:
-    """A work folder in ``parent`` (default: the temp folder), one per parent; None where it cannot be created."""
-    key = (parent or Path(tempfile.gettempdir())).resolve()
+def _work_folder() -> Path | None:
+    """This process's work folder in the temp folder (TMPDIR), or None where it cannot be created."""
+    key = Path(tempfile.gettempdir()).resolve()
     folder = _FOLDER_FOR.get(key)
     if folder is not None and folder.exists():
         return folder
@@ -67,27 +66,16 @@ def _work_folder(parent: Path | None = None) -> Path | None:
 
 
 def _stage(source: Path) -> Path:
-    """The work-folder file holding ``source``'s bytes.
+    """The work-folder copy of ``source``'s bytes.
 
-    A hard link in the temp folder where the filesystem allows; else a hard
-    link in a work folder beside the input (same filesystem, removed at exit);
-    else a streamed copy in the temp folder.
+    A copy, not a link: a hard link would change the input file's link count,
+    which onnx's own loader then refuses as a possible hard-link attack. The
+    copy is made by the kernel (copy_file_range / sendfile), not through memory.
     """
     source = source.resolve()
     staged = _STAGED.get(source)
     if staged is not None and staged.exists():
         return staged
-    for parent in (None, source.parent):
-        folder = _work_folder(parent)
-        if folder is None:
-            continue
-        target = folder / f"{next(_COUNTER)}-{source.name}"
-        try:
-            os.link(source, target)
-        except OSError:
-            continue
-        _STAGED[source] = target
-        return target
     folder = _work_folder()
     if folder is None:
         raise ModelLoadError("cannot create a work folder for the model's weights (no writable temporary folder)")
@@ -95,7 +83,7 @@ def _stage(source: Path) -> Path:
     try:
         shutil.copyfile(source, target)
     except OSError as exc:
-        raise ModelLoadError(f"cannot stage external data {source.name}: {exc.strerror or exc}") from None
+        raise ModelLoadError(f"cannot copy external data {source.name} to the work folder {folder}: {exc.strerror or exc}") from None
     _STAGED[source] = target
     return target
 
