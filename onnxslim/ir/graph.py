@@ -10,6 +10,11 @@ from onnx import TensorProto, helper
 from onnxslim.ir.tensors import outer_references, subgraphs
 
 
+def node_attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of ``node``'s attribute ``name``, or ``default`` when it has none."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
 def topological_sort(graph: onnx.GraphProto) -> None:
     """Order ``graph``'s nodes so that every tensor is produced before it is read (stable)."""
     available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}

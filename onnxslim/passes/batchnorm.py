@@ -13,17 +13,11 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxslim.ir.graph import node_attr
 from onnxslim.ir.tensors import all_value_names, consumers_map, constant_names, from_array, initializer_map, producer_map, to_array, unique_name
 from onnxslim.passes.base import PassResult
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    for attr in node.attribute:
-        if attr.name == name:
-            return helper.get_attribute_value(attr)
-    return default
 
 
 def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
@@ -38,7 +32,7 @@ def _scale_weights(layer: onnx.NodeProto, weight: np.ndarray, scale: np.ndarray)
     if layer.op_type == "Conv":
         return weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
     if layer.op_type == "ConvTranspose":
-        groups = int(_attr(layer, "group", 1))
+        groups = int(node_attr(layer, "group", 1))
         c_in, c_out_per_group = weight.shape[0], weight.shape[1]
         grouped = weight.reshape((groups, c_in // groups, c_out_per_group) + weight.shape[2:])
         factor = scale.reshape((groups, 1, c_out_per_group) + (1,) * (weight.ndim - 2))
@@ -46,7 +40,7 @@ def _scale_weights(layer: onnx.NodeProto, weight: np.ndarray, scale: np.ndarray)
     if layer.op_type == "Gemm":
         if weight.ndim != 2:
             return None
-        if int(_attr(layer, "transB", 0)):
+        if int(node_attr(layer, "transB", 0)):
             return weight * scale[:, None]
         return weight * scale[None, :]
     return None
@@ -54,9 +48,9 @@ def _scale_weights(layer: onnx.NodeProto, weight: np.ndarray, scale: np.ndarray)
 
 def _out_channels(layer: onnx.NodeProto, weight: np.ndarray) -> int:
     if layer.op_type == "ConvTranspose":
-        return weight.shape[1] * int(_attr(layer, "group", 1))
+        return weight.shape[1] * int(node_attr(layer, "group", 1))
     if layer.op_type == "Gemm":
-        return weight.shape[0] if int(_attr(layer, "transB", 0)) else weight.shape[1]
+        return weight.shape[0] if int(node_attr(layer, "transB", 0)) else weight.shape[1]
     return weight.shape[0]
 
 
@@ -74,7 +68,7 @@ def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
         if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx"):
             continue
         where = bn.name or bn.output[0]
-        if len([o for o in bn.output if o]) > 1 or int(_attr(bn, "training_mode", 0)):
+        if len([o for o in bn.output if o]) > 1 or int(node_attr(bn, "training_mode", 0)):
             result.decline(where, "training-mode outputs (running mean/var) are used")
             continue
         params = list(bn.input[1:5])
@@ -100,7 +94,7 @@ def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
             result.decline(where, f"weights are {weight.dtype}, not floating point")
             continue
         gamma, beta, mean, var = (to_array(inits[p]).astype(np.float64) for p in params)
-        eps = float(_attr(bn, "epsilon", 1e-5))
+        eps = float(node_attr(bn, "epsilon", 1e-5))
         scale = gamma / np.sqrt(var + eps)
         channels = _out_channels(layer, weight)
         if scale.shape != (channels,):
@@ -110,7 +104,7 @@ def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
         if has_bias:
             raw_bias = to_array(inits[layer.input[2]]).astype(np.float64)
             if layer.op_type == "Gemm":
-                beta_attr = float(_attr(layer, "beta", 1.0))
+                beta_attr = float(node_attr(layer, "beta", 1.0))
                 if raw_bias.size not in (1, channels):
                     result.decline(where, f"Gemm bias of shape {raw_bias.shape} is not per output feature")
                     continue

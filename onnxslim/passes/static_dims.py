@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
+from onnxslim.ir.graph import node_attr
 from onnxslim.ir.tensors import constant_names, initializer_map, to_array
 from onnxslim.passes.base import PassResult
 
@@ -36,13 +37,13 @@ def fold_static_dims(model: onnx.ModelProto, run_shapes: dict | None = None) -> 
         if node.op_type not in ("Gather", "Slice") or len(node.input) < 2 or any(n and n not in constants for n in node.input[1:]):
             continue
         shape_node = producers.get(node.input[0])
-        if shape_node is None or shape_node.op_type != "Shape" or int(_attr(node, "axis", 0)) != 0:
+        if shape_node is None or shape_node.op_type != "Shape" or int(node_attr(node, "axis", 0)) != 0:
             continue
         dims = shapes.get(shape_node.input[0])
         if dims is None:
             continue
-        start = int(_attr(shape_node, "start", 0))
-        end = _attr(shape_node, "end", None)
+        start = int(node_attr(shape_node, "start", 0))
+        end = node_attr(shape_node, "end", None)
         read = np.array([-1 if not isinstance(d, int) or d <= 0 else d for d in (list(dims)[start:end] if end is not None else list(dims)[start:])], np.int64)
         try:
             if node.op_type == "Gather":
@@ -71,7 +72,3 @@ def _slice(read: np.ndarray, starts, ends, axes, steps) -> np.ndarray | None:
     if (axes is not None and int(axes.reshape(-1)[0]) not in (0, -1)) or (steps is not None and int(steps.reshape(-1)[0]) != 1):
         return None
     return read[int(starts.reshape(-1)[0]) : int(min(ends.reshape(-1)[0], len(read)))]
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)

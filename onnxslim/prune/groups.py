@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
 
+from onnxslim.ir.graph import node_attr
 from onnxslim.ir.tensors import (
     constant_names,
     initializer_map,
@@ -37,13 +37,6 @@ UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "T
          "Mish", "Identity", "Dropout", "Cast", "Clip", "Abs", "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos"}
 SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Resize", "Upsample", "SpaceToDepth"}
 BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean"}
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for attr in node.attribute:
-        if attr.name == name:
-            return helper.get_attribute_value(attr)
-    return default
 
 
 @dataclass
@@ -104,7 +97,7 @@ class Tracer(ReshapeRules):
             return None
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if op in ("Conv", "ConvTranspose"):
-            group = int(_attr(node, "group", 1))
+            group = int(node_attr(node, "group", 1))
             in_axis, out_axis = (1, 0) if op == "Conv" else (0, 1)
             c_in = weight.shape[1] * group if op == "Conv" else weight.shape[0]
             c_out = weight.shape[0] if op == "Conv" else weight.shape[1] * group
@@ -140,7 +133,7 @@ class Tracer(ReshapeRules):
                 self.t.edits.append(SliceInput(node.name, 2, 0, out, "producer-bias"))
             return out
         if op == "Gemm":
-            trans_a, trans_b = int(_attr(node, "transA", 0)), int(_attr(node, "transB", 0))
+            trans_a, trans_b = int(node_attr(node, "transA", 0)), int(node_attr(node, "transB", 0))
             if trans_a or weight.ndim != 2:
                 self.t.atoms.block_layout(layout, f"Gemm {node.name} with transA")
                 return None
@@ -215,7 +208,7 @@ class Tracer(ReshapeRules):
         if not any(layouts):
             return None
         rank = self.rank(node.output[0])
-        axis = int(_attr(node, "axis", 0))
+        axis = int(node_attr(node, "axis", 0))
         if rank is not None and axis < 0:
             axis += rank
         tracked = [l for l in layouts if l is not None]
@@ -240,7 +233,7 @@ class Tracer(ReshapeRules):
         return Layout(axis, tuple(atoms))
 
     def split(self, node: onnx.NodeProto, layout: Layout) -> None:
-        axis = int(_attr(node, "axis", 0))
+        axis = int(node_attr(node, "axis", 0))
         rank = self.rank(node.input[0])
         if rank is not None and axis < 0:
             axis += rank
@@ -252,8 +245,8 @@ class Tracer(ReshapeRules):
         if len(node.input) > 1 and node.input[1]:
             array = self.const(node.input[1])
             sizes = None if array is None else [int(v) for v in array]
-        elif _attr(node, "split") is not None:
-            sizes = list(_attr(node, "split"))
+        elif node_attr(node, "split") is not None:
+            sizes = list(node_attr(node, "split"))
         else:
             self.t.atoms.block_layout(layout, f"Split {node.name} splits into equal parts, which pruning would break")
             return
@@ -274,7 +267,7 @@ class Tracer(ReshapeRules):
         if rank is None or indices is None or node.input[1] in self.t.layouts:
             self.t.atoms.block_layout(layout, f"Gather {node.name}: shapes unknown")
             return None
-        axis = int(_attr(node, "axis", 0)) % rank
+        axis = int(node_attr(node, "axis", 0)) % rank
         if axis == layout.axis:
             self.t.atoms.block_layout(layout, f"Gather {node.name} picks channels")
             return None
@@ -372,13 +365,13 @@ class Tracer(ReshapeRules):
             if out is not None:
                 layouts[node.output[0]] = out
         elif op == "Transpose":
-            perm = _attr(node, "perm")
+            perm = node_attr(node, "perm")
             if perm is None or data.repeat != 1:
                 self.t.atoms.block_layout(data, f"Transpose {node.name} without perm")
                 return
             layouts[node.output[0]] = Layout(list(perm).index(data.axis), data.atoms)
         elif op == "Pad":
-            pads = self.const(node.input[1]) if len(node.input) > 1 and node.input[1] else np.array(_attr(node, "pads", []))
+            pads = self.const(node.input[1]) if len(node.input) > 1 and node.input[1] else np.array(node_attr(node, "pads", []))
             rank = self.rank(node.input[0])
             if pads is None or rank is None or pads.size != 2 * rank or pads[data.axis] != 0 or pads[data.axis + rank] != 0:
                 self.t.atoms.block_layout(data, f"Pad {node.name} may pad the channel axis")
@@ -394,7 +387,7 @@ class Tracer(ReshapeRules):
         elif op in ("Softmax", "LogSoftmax", "LayerNormalization", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2"):
             rank = self.rank(node.input[0])
             axes = self._reduced_axes(node, rank)
-            keepdims = int(_attr(node, "keepdims", 1)) if op.startswith("Reduce") else 1
+            keepdims = int(node_attr(node, "keepdims", 1)) if op.startswith("Reduce") else 1
             if axes is None or data.axis in axes or (not keepdims and any(a < data.axis for a in axes)):
                 self.t.atoms.block_layout(data, f"{op} {node.name} works across the channel axis")
                 return
@@ -405,7 +398,7 @@ class Tracer(ReshapeRules):
     def _reads_other_dims(self, shape_node: onnx.NodeProto, layout: Layout) -> bool:
         readers = [n for n in self.graph.node if shape_node.output[0] in n.input]
         rank = self.rank(shape_node.input[0])
-        if not readers or rank is None or _attr(shape_node, "start") is not None:
+        if not readers or rank is None or node_attr(shape_node, "start") is not None:
             return False
         for reader in readers:
             index = self.const(reader.input[1]) if reader.op_type == "Gather" and len(reader.input) > 1 else None
@@ -441,11 +434,11 @@ class Tracer(ReshapeRules):
         if rank is None:
             return None
         if node.op_type in ("Softmax", "LogSoftmax"):
-            return {int(_attr(node, "axis", -1)) % rank}
+            return {int(node_attr(node, "axis", -1)) % rank}
         if node.op_type == "LayerNormalization":
-            start = int(_attr(node, "axis", -1)) % rank
+            start = int(node_attr(node, "axis", -1)) % rank
             return set(range(start, rank))
-        axes = _attr(node, "axes")
+        axes = node_attr(node, "axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             array = self.const(node.input[1])
             axes = None if array is None else [int(a) for a in array]

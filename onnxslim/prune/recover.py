@@ -23,8 +23,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
-from onnx import helper
 
+from onnxslim.ir.graph import node_attr
 from onnxslim.ir.graph import with_outputs
 from onnxslim.ir.layers import weight_axes
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
@@ -35,10 +35,6 @@ from onnxslim.validate.metrics import OutputComparison
 
 LINEAR = ("Gemm", "MatMul", "Conv")
 MIN_ROWS_PER_INPUT = 1  # a refit needs at least as many observations as unknowns per output; the ridge term does the rest
-
-
-def _attr(node, name, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _probe(model: onnx.ModelProto, names: list[str]) -> Runner:
@@ -116,7 +112,7 @@ def _changed_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept:
         old = by_name.get(node.name)
         if old is None or node.op_type not in LINEAR or node.name not in kept or "in" not in kept[node.name]:
             continue
-        if node.op_type == "Conv" and int(_attr(node, "group", 1)) != 1:
+        if node.op_type == "Conv" and int(node_attr(node, "group", 1)) != 1:
             continue
         total = list(before[old.input[1]].dims)[weight_axes(old)[0]] if old.input[1] in before else None
         if total is not None and len(kept[node.name]["in"]) < total:
@@ -127,8 +123,8 @@ def _changed_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept:
 def _as_matrix(weight: np.ndarray, node: onnx.NodeProto) -> np.ndarray | None:
     """Weights as (inputs, outputs) for a linear layer, None for a spatial conv."""
     if node.op_type == "Conv":
-        return weight[:, :, 0, 0].T if weight.ndim == 4 and weight.shape[2:] == (1, 1) and all(p == 0 for p in _attr(node, "pads", [0])) else None
-    if node.op_type == "Gemm" and int(_attr(node, "transB", 0)):
+        return weight[:, :, 0, 0].T if weight.ndim == 4 and weight.shape[2:] == (1, 1) and all(p == 0 for p in node_attr(node, "pads", [0])) else None
+    if node.op_type == "Gemm" and int(node_attr(node, "transB", 0)):
         return weight.T
     return weight
 
@@ -136,7 +132,7 @@ def _as_matrix(weight: np.ndarray, node: onnx.NodeProto) -> np.ndarray | None:
 def _from_matrix(matrix: np.ndarray, node: onnx.NodeProto, like: np.ndarray) -> np.ndarray:
     if node.op_type == "Conv":
         return matrix.T.reshape(like.shape[0], matrix.shape[0], 1, 1)
-    if node.op_type == "Gemm" and int(_attr(node, "transB", 0)):
+    if node.op_type == "Gemm" and int(node_attr(node, "transB", 0)):
         return matrix.T
     return matrix
 

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
 
+from onnxslim.ir.graph import node_attr
 from onnxslim.prune.atoms import Layout
 from onnxslim.prune.edits import ReshapeChannels, ShapeEntry
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 class ReshapeRules:
@@ -45,7 +41,7 @@ class ReshapeRules:
             return None
         swapped = list(range(len(out_shape)))
         swapped[axis], swapped[axis + 1] = axis + 1, axis
-        if list(_attr(transpose, "perm", [])) != swapped:
+        if list(node_attr(transpose, "perm", [])) != swapped:
             return None
         merge = self._sole_reader(transpose.output[0])
         if merge is None or merge.op_type != "Reshape" or self.shapes.get(merge.output[0]) != in_shape:
@@ -75,7 +71,7 @@ class ReshapeRules:
 
     def flatten(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
         shape = self.shapes.get(node.input[0])
-        axis = int(_attr(node, "axis", 1)) if node.op_type == "Flatten" else 1
+        axis = int(node_attr(node, "axis", 1)) if node.op_type == "Flatten" else 1
         if node.op_type == "Reshape":
             shuffled = self.channel_shuffle(node, layout)
             if shuffled is not None:
@@ -257,7 +253,7 @@ class ReshapeRules:
             if len(readers) != 1 or rank is None:
                 return False
             step = readers[0]
-            axes = _attr(step, "axes")
+            axes = node_attr(step, "axes")
             if axes is None and len(step.input) > 1 and step.input[1]:
                 array = self.const(step.input[1])
                 axes = None if array is None else [int(a) for a in array.reshape(-1)]
@@ -273,8 +269,8 @@ class ReshapeRules:
                 parts_axis -= sum(a < parts_axis for a in gone)
                 channel_axis -= sum(a < channel_axis for a in gone)
                 rank -= len(gone)
-            elif step.op_type == "Transpose" and _attr(step, "perm") is not None:
-                perm = list(_attr(step, "perm"))
+            elif step.op_type == "Transpose" and node_attr(step, "perm") is not None:
+                perm = list(node_attr(step, "perm"))
                 parts_axis, channel_axis = perm.index(parts_axis), perm.index(channel_axis)
             else:
                 return False
@@ -283,7 +279,7 @@ class ReshapeRules:
         gathers = []
         for gather in readers:
             index = self.const(gather.input[1]) if len(gather.input) > 1 else None
-            if int(_attr(gather, "axis", 0)) % rank != parts_axis or index is None or index.size != 1 or index.ndim != 0:
+            if int(node_attr(gather, "axis", 0)) % rank != parts_axis or index is None or index.size != 1 or index.ndim != 0:
                 return False
             gathers.append((gather, int(index) % parts))
         for j in range(size):

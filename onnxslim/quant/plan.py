@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
 
+from onnxslim.ir.graph import node_attr
 from onnxslim.ir.layers import weight_axes
 from onnxslim.ir.tensors import constant_names, initializer_map, to_array
 from onnxslim.quant.config import QuantConfig
@@ -113,13 +113,6 @@ class QuantPlan:
         return [d.node for d in self.decisions.values() if d.quantized]
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for attr in node.attribute:
-        if attr.name == name:
-            return helper.get_attribute_value(attr)
-    return default
-
-
 class Planner:
     def __init__(self, model: onnx.ModelProto, config: QuantConfig, float_tensors: set[str]):
         self.model = model
@@ -201,7 +194,7 @@ class Planner:
             return False
         if node.op_type == "Relu":
             return None
-        low, high = _attr(node, "min"), _attr(node, "max")
+        low, high = node_attr(node, "min"), node_attr(node, "max")
         if len(node.input) > 1 and node.input[1]:
             if node.input[1] not in self.constants:
                 return False
@@ -229,7 +222,7 @@ class Planner:
     def weight_axis(self, node: onnx.NodeProto, weight: np.ndarray) -> int | None:
         if not self.config.per_channel:
             return None
-        if node.op_type == "ConvTranspose" and int(_attr(node, "group", 1)) != 1:
+        if node.op_type == "ConvTranspose" and int(node_attr(node, "group", 1)) != 1:
             return None  # its axis 1 holds output channels of one group only
         return weight_axes(node, weight.ndim)[1]
 
@@ -264,9 +257,9 @@ class Planner:
         if op == "MatMul" and array.ndim != 2:
             return f"batched constant weight of rank {array.ndim}"
         if op == "Gemm":
-            if int(_attr(node, "transA", 0)):
+            if int(node_attr(node, "transA", 0)):
                 return "Gemm with transA=1"
-            if float(_attr(node, "alpha", 1.0)) != 1.0:
+            if float(node_attr(node, "alpha", 1.0)) != 1.0:
                 return "Gemm with alpha != 1"
         if not self.add_weight(node, weight):
             return "weight is shared with a layer that quantizes it on another axis"
@@ -308,7 +301,7 @@ class Planner:
 
     def _add_bias(self, node: onnx.NodeProto, bias: str, activation: str, weight: str) -> None:
         array = to_array(self.inits[bias])
-        if array.ndim == 1 and array.dtype == np.float32 and (node.op_type != "Gemm" or float(_attr(node, "beta", 1.0)) == 1.0):
+        if array.ndim == 1 and array.dtype == np.float32 and (node.op_type != "Gemm" or float(node_attr(node, "beta", 1.0)) == 1.0):
             self.plan.biases.append(BiasQuant(bias, node.name, activation, weight))
 
     def activation_matmul(self, node: onnx.NodeProto) -> str | None:
