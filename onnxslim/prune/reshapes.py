@@ -17,8 +17,20 @@ from onnxslim.prune.atoms import Layout
 from onnxslim.prune.edits import ReshapeChannels, ShapeEntry
 
 
+def _resizable(entry: tuple[int | None, tuple[str, int, int] | None]) -> bool:
+    """A target entry pruning can keep right: known, and either stored where it can be edited or one that adapts (0, -1)."""
+    value, where = entry
+    return value is not None and (value <= 0 or where is not None)
+
+
 class ReshapeRules:
     """Reshape rules of the tracer (mixed into :class:`~onnxslim.prune.groups.Tracer`, whose state they use)."""
+
+    def _resize(self, entry: tuple[int | None, tuple[str, int, int] | None], layout: Layout, per_unit: int) -> None:
+        """Record the edit of a positive target entry that counts ``layout``'s kept units; 0 and -1 adapt by themselves."""
+        value, where = entry
+        if value is not None and value > 0:
+            self.t.edits.append(ShapeEntry(where[0], where[1], where[2], layout, per_unit))
 
     def channel_shuffle(self, node: onnx.NodeProto, layout: Layout) -> tuple[Layout, str] | None:
         """Reshape (g*n) -> (g, n), a Transpose swapping the two, Reshape back to g*n: a fixed permutation.
@@ -49,18 +61,14 @@ class ReshapeRules:
         split_entries, merge_entries = self._target_entries(node), self._target_entries(merge)
         if split_entries is None or merge_entries is None or len(merge_entries) != len(in_shape):
             return None
-        (group_value, _), (size_value, size_where) = split_entries[axis], split_entries[axis + 1]
-        merge_value, merge_where = merge_entries[axis]
-        if group_value != groups or size_value is None or merge_value is None or (size_value > 0 and size_where is None) or (merge_value > 0 and merge_where is None):
+        if split_entries[axis][0] != groups or not _resizable(split_entries[axis + 1]) or not _resizable(merge_entries[axis]):
             return None
         for i2 in range(per_group):
             for i1 in range(1, groups):
                 self.t.atoms.tie(layout.atoms[i2], layout.atoms[i1 * per_group + i2])
         out = Layout(axis, tuple(layout.atoms[i1 * per_group + i2] for i2 in range(per_group) for i1 in range(groups)))
-        if size_value > 0:
-            self.t.edits.append(ShapeEntry(size_where[0], size_where[1], size_where[2], Layout(axis, layout.atoms[:per_group]), 1))
-        if merge_value > 0:
-            self.t.edits.append(ShapeEntry(merge_where[0], merge_where[1], merge_where[2], out, 1))
+        self._resize(split_entries[axis + 1], Layout(axis, layout.atoms[:per_group]), 1)
+        self._resize(merge_entries[axis], out, 1)
         self.handled.update((transpose.name, merge.name))
         return out, merge.output[0]
 
@@ -190,11 +198,9 @@ class ReshapeRules:
         if [d for _, d in outs[:k]] != [d for _, d in ins[:k]] or [d for _, d in outs[k + 1 :]] != [d for _, d in ins[k + 2 :]]:
             return None
         out = Layout(merged_axis, layout.atoms, layout.repeat * size)
-        value, where = entries[merged_axis]
-        if value is None or (value > 0 and where is None):
+        if not _resizable(entries[merged_axis]):
             return None
-        if value > 0:
-            self.t.edits.append(ShapeEntry(where[0], where[1], where[2], out, out.repeat))
+        self._resize(entries[merged_axis], out, out.repeat)
         return out
 
     def keep_channel_axis(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
@@ -215,11 +221,9 @@ class ReshapeRules:
         if axis is None:
             return None
         out = Layout(axis, layout.atoms, layout.repeat)
-        value, where = entries[axis]
-        if value is None or (value > 0 and where is None):
+        if not _resizable(entries[axis]):
             return None
-        if value > 0:
-            self.t.edits.append(ShapeEntry(where[0], where[1], where[2], out, out.repeat))
+        self._resize(entries[axis], out, out.repeat)
         return out
 
     def packed_parts(self, node: onnx.NodeProto, layout: Layout) -> bool:
@@ -238,10 +242,10 @@ class ReshapeRules:
         (parts_axis, parts), (channel_axis, count) = split[0], split[1]
         head_size = split[2][1] if len(split) == 3 else 1
         size = count * head_size
-        value, where = entries[channel_axis]
-        if entries[parts_axis][0] != parts or value is None or (value > 0 and where is None):
+        entry = entries[channel_axis]  # channel_axis moves with the ops below; the entry is the Reshape's
+        if entries[parts_axis][0] != parts or not _resizable(entry):
             return False
-        if head_size > 1 and (value != count or where is None):
+        if head_size > 1 and (entry[0] != count or entry[1] is None):
             return False
         chain, current, rank = [], node, self.rank(node.output[0])
         while True:
@@ -294,7 +298,6 @@ class ReshapeRules:
             if head_size > 1:
                 self.t.head_atoms.update(a for a in atoms if a is not None)
             self.t.layouts[gather.output[0]] = Layout(axis, atoms)
-        if value > 0:
-            self.t.edits.append(ShapeEntry(where[0], where[1], where[2], Layout(axis, layout.atoms[:size:head_size]), 1))
+        self._resize(entry, Layout(axis, layout.atoms[:size:head_size]), 1)
         self.handled.update(n.name for n in chain + [g for g, _ in gathers])
         return True
