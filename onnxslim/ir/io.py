@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
 
 from onnxslim.errors import ModelLoadError, ModelWriteError
-from onnxslim.ir.tensors import external_info, is_mapped
+from onnxslim.ir.tensors import external_info, is_mapped, tensor_elements
 
 ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 
@@ -63,10 +63,7 @@ def nominal_bytes(tensor: onnx.TensorProto) -> int:
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     except (KeyError, TypeError, ValueError):
         itemsize = 1
-    count = 1
-    for dim in tensor.dims:
-        count *= int(dim)
-    return count * itemsize
+    return tensor_elements(tensor) * itemsize
 
 
 def model_file_bytes(model: onnx.ModelProto) -> int:
@@ -268,15 +265,15 @@ def write_skeleton(model: onnx.ModelProto, model_path: Path, data_name: str, *, 
                 if link_mapped and Path(location).parent == folder:
                     _add_stub(skeleton, tensor, Path(location).name, offset, length)
                     continue
-                start = _align(data_file)
+                start = align_page(data_file)
                 _copy_range(location, offset, length, data_file)
             elif tensor.HasField("raw_data") and len(tensor.raw_data) >= EXTERNAL_TENSOR_MIN_BYTES:
-                start = _align(data_file)
+                start = align_page(data_file)
                 data_file.write(tensor.raw_data)
             elif external_data_helper.uses_external_data(tensor):
                 raise ModelWriteError(f"{model_path.name}: weights of '{tensor.name}' were never loaded; load the model with its weights")
             elif tensor.ByteSize() >= EXTERNAL_TENSOR_MIN_BYTES and tensor.data_type != onnx.TensorProto.STRING:
-                start = _align(data_file)
+                start = align_page(data_file)
                 data_file.write(numpy_helper.to_array(tensor).tobytes())
             else:
                 skeleton.graph.initializer.append(tensor)
@@ -289,7 +286,7 @@ def write_skeleton(model: onnx.ModelProto, model_path: Path, data_name: str, *, 
         handle.flush()
 
 
-def _align(data_file) -> int:
+def align_page(data_file) -> int:
     """Pad to a page boundary: aligned offsets let onnxruntime map the weights instead of copying them."""
     data_file.write(b"\0" * (-data_file.tell() % 4096))
     return data_file.tell()

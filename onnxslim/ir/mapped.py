@@ -221,14 +221,15 @@ class ArrayStore:
         import numpy as np
         from onnx import numpy_helper
 
+        from onnxslim.ir.io import align_page
+
         array = np.asarray(array, order="C")  # keeps 0-d scalars 0-d, unlike ascontiguousarray
         if self.folder is None or array.nbytes < self.min_bytes or array.dtype.kind not in "biuf":
             return numpy_helper.from_array(array, name)
         if self.path is None:
             self.path = self.folder / f"arrays-{os.getpid()}-{next(_COUNTER)}.data"
         with open(self.path, "ab") as handle:
-            handle.write(b"\0" * (-handle.tell() % 4096))
-            offset = handle.tell()
+            offset = align_page(handle)
             handle.write(memoryview(array).cast("B"))
         tensor = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
         _set_location(tensor, str(self.path), offset, array.nbytes)
