@@ -249,14 +249,8 @@ def write_skeleton(model: onnx.ModelProto, model_path: Path, data_name: str, *, 
     ``link_mapped`` those already in ``model_path``'s folder are referenced
     where they are instead.
     """
-    skeleton = onnx.ModelProto()
-    for descriptor, value in model.ListFields():
-        if descriptor.name != "graph":
-            copy_field(skeleton, descriptor, value)
+    skeleton = without_initializers(model)
     graph = model.graph
-    for descriptor, value in graph.ListFields():
-        if descriptor.name != "initializer":
-            copy_field(skeleton.graph, descriptor, value)
     folder = model_path.parent.resolve()
     with open(model_path.parent / data_name, "wb") as data_file:
         for tensor in graph.initializer:
@@ -318,7 +312,19 @@ def _add_stub(skeleton: onnx.ModelProto, tensor: onnx.TensorProto, location: str
         entry.key, entry.value = key, value
 
 
-def copy_field(target, descriptor, value) -> None:
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with no initializers in its main graph, assembled field by field so the weights are never copied."""
+    copy = onnx.ModelProto()
+    for descriptor, value in model.ListFields():
+        if descriptor.name != "graph":
+            _copy_field(copy, descriptor, value)
+    for descriptor, value in model.graph.ListFields():
+        if descriptor.name != "initializer":
+            _copy_field(copy.graph, descriptor, value)
+    return copy
+
+
+def _copy_field(target, descriptor, value) -> None:
     """Set field ``descriptor`` of ``target`` to ``value`` (repeated, message or scalar)."""
     repeated = descriptor.is_repeated if hasattr(descriptor, "is_repeated") else descriptor.label == descriptor.LABEL_REPEATED
     if repeated:

@@ -19,7 +19,7 @@ from collections import Counter
 import onnx
 from onnx import helper
 
-from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, copy_field, model_weight_bytes
+from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, model_weight_bytes, without_initializers
 from onnxslim.ir.tensors import is_mapped
 from onnxslim.passes.base import PassResult
 from onnxslim.runtime.session import quiet_onnxruntime
@@ -83,15 +83,8 @@ def _without(model: onnx.ModelProto, hidden: list[onnx.TensorProto]) -> onnx.Mod
     if not hidden:
         return model
     names = {t.name for t in hidden}
-    work = onnx.ModelProto()
-    for descriptor, value in model.ListFields():
-        if descriptor.name != "graph":
-            copy_field(work, descriptor, value)
-    for descriptor, value in model.graph.ListFields():
-        if descriptor.name == "initializer":
-            work.graph.initializer.extend(t for t in value if t.name not in names)
-        else:
-            copy_field(work.graph, descriptor, value)
+    work = without_initializers(model)
+    work.graph.initializer.extend(t for t in model.graph.initializer if t.name not in names)
     listed = {v.name for v in work.graph.input}
     for tensor in hidden:
         if tensor.name not in listed:
