@@ -209,7 +209,9 @@ def main() -> None:
         tried = [r for r in measured if not r[tool].get("error", "").startswith("not run")]
         good = [r[tool] for r in tried if r[tool].get("ok")]
         ratios = [g["latency_ratio"] for g in good if "latency_ratio" in g]
-        lines.append(f"\n{tool}: {len(good)}/{len(tried)} pruned and ran; median parameter ratio {np.median([g['params'] for g in good]) if good else float('nan'):.2f}; median latency ratio {np.median(ratios) if ratios else float('nan'):.2f}")
+        params = np.median([g["params"] for g in good]) if good else float("nan")
+        latency = np.median(ratios) if ratios else float("nan")
+        lines.append(f"\n{tool}: {len(good)}/{len(tried)} pruned and ran; median parameter ratio {params:.2f}; median latency ratio {latency:.2f}")
     both = [r for r in measured if r["onnxslim"].get("ok") and r["torch_pruning"].get("ok") and "latency_ratio" in r["onnxslim"] and "latency_ratio" in r["torch_pruning"]]
     if both:
         lines.append(

@@ -7,9 +7,9 @@ outputs against the labels written by calibration/make_datasets.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
+from onnxslim.measure import interleaved_latency
 from onnxslim.runtime import Runner
-from onnxslim.validate.latency import interleaved_latency
 
 
 def median_latencies(models: Sequence[Path | str], feed: Mapping[str, np.ndarray], *, threads: int, runs: int = 30, warmup: int = 5) -> list[float]:

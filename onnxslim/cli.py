@@ -145,7 +145,8 @@ def optimize(model, output, report_path):
 @quiet_option
 def validate(reference, candidate, data, input_shapes, providers, threads, warmup, runs, min_cosine, min_snr_db, max_abs_error, min_top1, max_latency_ratio, report_path, quiet):
     """Compare CANDIDATE with REFERENCE: accuracy per output, latency, where nodes ran."""
-    from onnxslim.validate import Gates, validate as validate_models
+    from onnxslim.validate import Gates
+    from onnxslim.validate import validate as validate_models
 
     if data is None:
         raise click.UsageError("give --data DIR (a folder of .npz batches) or --data random")
@@ -185,8 +186,8 @@ def _print_validation(report) -> None:
             ran += f" [red]({result.status})[/]"
         latency = result.latency
         if latency:
-            ref, cand = latency["reference"], latency["candidate"]
-            timing.add_row(name, ran, f"{ref['median_ms']:.3f} / {ref['p90_ms']:.3f}", f"{cand['median_ms']:.3f} / {cand['p90_ms']:.3f}", f"{latency['ratio']:.3f}")
+            ref, cand = latency.reference, latency.candidate
+            timing.add_row(name, ran, f"{ref['median_ms']:.3f} / {ref['p90_ms']:.3f}", f"{cand['median_ms']:.3f} / {cand['p90_ms']:.3f}", f"{latency.ratio:.3f}")
         else:
             timing.add_row(name, ran, "-", "-", "-")
     console.print(accuracy)
@@ -219,7 +220,9 @@ def _resolve_data(model_path, options: dict, required: bool = True):
 @output_option
 @data_options
 @click.option("--eval-data", default=None, help="Held-out .npz folder for the fidelity check (default: every 5th batch of --data, not used for calibration).")
-@click.option("--target", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="Layout to emit: cpu = what onnxruntime's CPU provider fuses (UINT8 activations); cuda/tensorrt = INT8 symmetric Q/DQ on weighted-op inputs.")
+@click.option("--target", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help=(
+    "Layout to emit: cpu = what onnxruntime's CPU provider fuses (UINT8 activations); cuda/tensorrt = INT8 symmetric Q/DQ on weighted-op inputs."
+))
 @click.option("--method", type=click.Choice(["percentile", "minmax", "moving-minmax", "entropy", "mse"]), default="percentile", show_default=True, help="Calibration range method.")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="Percentile for --method percentile.")
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")
@@ -241,7 +244,8 @@ def quantize(model, output, eval_data, target, method, percentile, per_tensor, o
              quantize_output_layers, accuracy_budget, calibration_provider, max_samples, eval_fraction, threads, latency_runs, if_slower,
              report_path, quiet, input_shapes, **data_options):
     """Quantize MODEL to INT8 (QDQ) with calibration data, check it against FP32, write OUTPUT."""
-    from onnxslim.quant import QuantConfig, quantize as quantize_model
+    from onnxslim.quant import QuantConfig
+    from onnxslim.quant import quantize as quantize_model
 
     data = _resolve_data(model, data_options)
     config = QuantConfig(
@@ -288,8 +292,8 @@ def _print_quantization(report) -> None:
     latency = report.latency
     if latency:
         console.print(
-            f"latency ({latency['threads']} thread(s), median of {latency['fp32']['runs']} interleaved runs): FP32 {latency['fp32']['median_ms']:.3f} ms, "
-            f"INT8 {latency['int8']['median_ms']:.3f} ms, ratio {latency['ratio']:.3f}",
+            f"latency ({latency.threads} thread(s), median of {latency.runs} interleaved runs): FP32 {latency.reference['median_ms']:.3f} ms, "
+            f"INT8 {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
             highlight=False,
         )
     console.print(f"size: FP32 {report.fp32_bytes / 1e6:.2f} MB, INT8 {report.int8_bytes / 1e6:.2f} MB", highlight=False)
@@ -304,24 +308,34 @@ def _print_quantization(report) -> None:
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=True))
 @output_option
-@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True, help="Share of each group's channels to remove (or, with --unstructured, of each layer's weights to zero).")
+@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True, help=(
+    "Share of each group's channels to remove (or, with --unstructured, of each layer's weights to zero)."
+))
 @data_options
-@click.option("--importance", type=click.Choice(["l1", "l2", "activation"]), default="l2", show_default=True, help="Channel ranking: weight magnitude (BatchNorm-aware) or activation-aware (needs --data).")
+@click.option("--importance", type=click.Choice(["l1", "l2", "activation"]), default="l2", show_default=True, help=(
+    "Channel ranking: weight magnitude (BatchNorm-aware) or activation-aware (needs --data)."
+))
 @click.option("--scope", type=click.Choice(["local", "global"]), default="local", show_default=True, help="Rank within each group, or across all groups.")
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, help="Keep channel counts at multiples of this.")
 @click.option("--target-params", type=click.FloatRange(0, 1, min_open=True), default=None, help="Instead of --ratio: keep at most this share of the parameters.")
 @click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True), default=None, help="Instead of --ratio: keep at most this share of the multiply-accumulates.")
 @click.option("--recovery", type=click.Choice(["none", "bias", "refit"]), default=None, help="Retraining-free recovery with --data (default: refit when data is given, else none).")
 @click.option("--unstructured", is_flag=True, help="Zero the smallest weights instead of removing channels (smaller after compression, not faster).")
-@click.option("--token-mask", default=None, metavar="INPUT", help="Input whose zeros mark padding tokens, left out of statistics and recovery (default: attention_mask when the model has it; 'none': off).")
+@click.option("--token-mask", default=None, metavar="INPUT", help=(
+    "Input whose zeros mark padding tokens, left out of statistics and recovery (default: attention_mask when the model has it; 'none': off)."
+))
 @click.option("--only", type=click.Choice(["all", "heads", "channels"]), default="all", show_default=True, help="Prune only whole attention heads, or only channels and neurons.")
 @threads_option
 @click.option("--latency-runs", type=click.IntRange(min=0), default=30, show_default=True, help="Timed runs before/after, interleaved, when data is given (0: no timing).")
 @report_option
 @quiet_option
-def prune(model, output, ratio, importance, scope, round_to, target_params, target_macs, recovery, unstructured, token_mask, only, threads, latency_runs, report_path, quiet, input_shapes, **data_options):
+def prune(
+    model, output, ratio, importance, scope, round_to, target_params, target_macs, recovery, unstructured, token_mask, only, threads, latency_runs, report_path, quiet,
+    input_shapes, **data_options,
+):
     """Remove whole channels, neurons and heads from MODEL; write the smaller dense model to OUTPUT."""
-    from onnxslim.prune import PruneConfig, prune as prune_model
+    from onnxslim.prune import PruneConfig
+    from onnxslim.prune import prune as prune_model
 
     data = _resolve_data(model, data_options, required=False)
     config = PruneConfig(
@@ -350,13 +364,17 @@ def _print_pruning(report) -> None:
         summary = f"recovery: {refit} layer(s) refit by least squares, {compensated} bias-compensated"
         console.print(summary + (f", {other} other (see --report)" if other else " (details in --report)"), highlight=False)
     (p0, p1), (m0, m1), (f0, f1) = report.parameters, report.macs, report.file_bytes
-    console.print(f"parameters {_count(p0)} -> {_count(p1)} ({p1 / max(p0, 1):.2f}x); MACs {m0 / 1e6:,.1f} M -> {m1 / 1e6:,.1f} M ({m1 / max(m0, 1):.2f}x); file {f0 / 1e6:.2f} MB -> {f1 / 1e6:.2f} MB", highlight=False)
+    console.print(
+        f"parameters {_count(p0)} -> {_count(p1)} ({p1 / max(p0, 1):.2f}x); MACs {m0 / 1e6:,.1f} M -> {m1 / 1e6:,.1f} M ({m1 / max(m0, 1):.2f}x); "
+        f"file {f0 / 1e6:.2f} MB -> {f1 / 1e6:.2f} MB",
+        highlight=False,
+    )
     for output in report.fidelity:
         console.print(f"output {escape(output.name)}: cosine {output.cosine:.5f} vs the original on the data", highlight=False)
     if report.latency:
         latency = report.latency
         console.print(
-            f"latency ({latency['threads']} thread(s)): {latency['original']['median_ms']:.3f} ms -> {latency['pruned']['median_ms']:.3f} ms, ratio {latency['ratio']:.3f}",
+            f"latency ({latency.threads} thread(s)): {latency.reference['median_ms']:.3f} ms -> {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
             highlight=False,
         )
     for warning in report.warnings:

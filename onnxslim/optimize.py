@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from onnxslim.ir.counts import count_parameters
 from onnxslim.ir.io import load_model
-from onnxslim.ir.write import write_verified
 from onnxslim.passes import CLEANUP_PASSES, GraphPass, PassResult, run_passes
-from onnxslim.summary import count_parameters
+from onnxslim.runtime.write import write_verified
 
 
 @dataclass

@@ -176,7 +176,9 @@ def test_model_local_functions_are_kept(tmp_path):
     function = helper.make_function(
         "custom.local", "Swish", ["X"], ["Y"], [helper.make_node("Sigmoid", ["X"], ["S"]), helper.make_node("Mul", ["X", "S"], ["Y"])], [helper.make_opsetid("", 17)]
     )
-    graph = helper.make_graph(b.nodes, "fn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4, 8, 8])], b.initializers)
+    graph = helper.make_graph(
+        b.nodes, "fn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4, 8, 8])], b.initializers
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.local", 1)], functions=[function])
     model.ir_version = 8
     data = sample_inputs(model, 6)

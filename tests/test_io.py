@@ -9,7 +9,7 @@ from onnx import numpy_helper
 from models.builders import conv_bn_relu, mlp
 from onnxslim.errors import ModelLoadError, ModelWriteError
 from onnxslim.ir import load_model, save_model
-from onnxslim.ir.write import write_verified
+from onnxslim.runtime.write import write_verified
 
 
 def digest(path) -> str:

@@ -57,7 +57,7 @@ CHILD = textwrap.dedent(
     from onnxslim.memory import peak_rss_bytes
     import numpy as np
     from onnxslim.ir import load_model
-    from onnxslim.ir.write import write_verified
+    from onnxslim.runtime.write import write_verified
     from onnxslim.runtime import Runner
     source, target = sys.argv[1], sys.argv[2]
     model = load_model(source)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from models.builders import GraphBuilder, conv_bn_relu, constant_node_weights, sample_inputs
+from models.builders import GraphBuilder, constant_node_weights, conv_bn_relu, sample_inputs
 from onnxslim.ir import load_model
 from onnxslim.passes import (
     constants_to_initializers,

@@ -11,10 +11,10 @@ from onnxslim import PruneConfig, prune
 from onnxslim.cli import main
 from onnxslim.errors import NothingToDoError, UsageError
 from onnxslim.ir import load_model
+from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names
 from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights, positions
 from onnxslim.prune.structured import _prepare, _Pruner
-from onnxslim.summary import infer_shapes
 from tests.conftest import run_model
 
 FAST = PruneConfig(ratio=0.5, latency_runs=0)

@@ -9,11 +9,12 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from models.builders import ALL_BUILDERS, GraphBuilder, conv_bn_relu, constant_node_weights, mixed_range_concat, mlp, residual, sample_inputs, transformer_block
+import onnxslim.quant.pipeline as quantize_steps
+from models.builders import ALL_BUILDERS, GraphBuilder, constant_node_weights, conv_bn_relu, mixed_range_concat, mlp, residual, sample_inputs, transformer_block
 from onnxslim import QuantConfig, quantize
 from onnxslim.cli import main
 from onnxslim.errors import DataError, NothingToDoError
-import onnxslim.quant.pipeline as quantize_steps
+from onnxslim.measure import LatencyComparison
 from tests.conftest import run_model
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -218,7 +219,8 @@ def test_nothing_to_quantize_exits_nonzero(save, npz_folder):
 
 def test_slower_int8_writes_fp32_when_asked(monkeypatch, tmp_path):
     model = conv_bn_relu()
-    monkeypatch.setattr(quantize_steps, "latency_ratio", lambda *a, **k: {"threads": 1, "ratio": 1.4, "fp32": {"median_ms": 1.0, "runs": 3}, "int8": {"median_ms": 1.4, "runs": 3}})
+    slower = LatencyComparison(1, {"median_ms": 1.0, "runs": 3}, {"median_ms": 1.4, "runs": 3})
+    monkeypatch.setattr(quantize_steps, "latency_ratio", lambda *a, **k: slower)
     written, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3), output=tmp_path / "a.onnx")
     assert report.written == "fp32" and not any(n.op_type == "QuantizeLinear" for n in written.graph.node)
     assert any("not faster" in w for w in report.warnings)
@@ -262,7 +264,10 @@ def test_python_loader_reader_and_image_folder(tmp_path):
 
     model = conv_bn_relu(size=16)
     module = tmp_path / "my_loader.py"
-    module.write_text("import numpy as np\ndef batches():\n    rng = np.random.default_rng(0)\n    for _ in range(6):\n        yield {'input': rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}\n")
+    module.write_text(
+        "import numpy as np\ndef batches():\n    rng = np.random.default_rng(0)\n    for _ in range(6):\n"
+        "        yield {'input': rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}\n"
+    )
     _, report = quantize(model, LoaderFunction(f"{module}:batches"), config=FAST)
     assert report.calibration_batches == 5 and report.evaluation_batches == 1
 

@@ -9,8 +9,9 @@ label names the file a batch came from so that errors can point at it.
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -276,7 +277,7 @@ class LoaderFunction:
             yield f"{self.spec} item {index}", {k: np.asarray(v) for k, v in batch.items()}
 
 
-def from_reader(reader) -> "InMemory":
+def from_reader(reader) -> InMemory:
     """An onnxruntime ``CalibrationDataReader`` (anything with ``get_next()``) as a DataSource.
 
     Its batches are read once and kept, since such readers cannot always rewind.
@@ -294,7 +295,7 @@ def from_reader(reader) -> "InMemory":
     return source
 
 
-def as_source(data) -> "DataSource | str | Path":
+def as_source(data) -> DataSource | str | Path:
     """Accept the Python API's forms of data: a path, 'random', a DataSource, a reader, or a list of dicts."""
     if isinstance(data, (str, Path)) or hasattr(data, "__iter__") and hasattr(data, "description"):
         return data

@@ -1,5 +1,8 @@
-"""Model I/O and small graph helpers shared by every pass."""
+"""The model layer: loading and saving (external data, weights kept on disk), shapes, counts, graph helpers.
 
-from onnxslim.ir.io import load_model, save_model, model_weight_bytes
+Nothing here runs a model; onnxruntime is reached only through ``onnxslim.runtime``.
+"""
 
-__all__ = ["load_model", "save_model", "model_weight_bytes"]
+from onnxslim.ir.io import load_model, model_weight_bytes, save_model
+
+__all__ = ["load_model", "model_weight_bytes", "save_model"]

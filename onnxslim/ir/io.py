@@ -17,22 +17,22 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper, numpy_helper
+from onnx import external_data_helper
 
 from onnxslim.errors import ModelLoadError, ModelWriteError
-from onnxslim.ir.tensors import external_info, is_mapped, tensor_elements
+from onnxslim.ir.external import write_skeleton
+from onnxslim.ir.mapped import map_external_weights
+from onnxslim.ir.tensors import nominal_bytes
 
-ModelLike = Union[str, os.PathLike, onnx.ModelProto]
+ModelLike = str | os.PathLike | onnx.ModelProto
 
 # protobuf cannot serialize a message of 2 GiB or more; keep a margin for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
-# Tensors smaller than this stay inside the .onnx file when external data is written.
-EXTERNAL_TENSOR_MIN_BYTES = 1024
 
 
 def _tensors_of(model: onnx.ModelProto):
@@ -55,15 +55,6 @@ def model_weight_bytes(model: onnx.ModelProto) -> int:
         else:
             total += tensor.ByteSize()
     return total
-
-
-def nominal_bytes(tensor: onnx.TensorProto) -> int:
-    """Size implied by a tensor's dims and type (external data written without a length)."""
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, TypeError, ValueError):
-        itemsize = 1
-    return tensor_elements(tensor) * itemsize
 
 
 def model_file_bytes(model: onnx.ModelProto) -> int:
@@ -135,8 +126,6 @@ def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool
         _check_external_locations(proto, path.parent, path)
         if load_weights:
             if map_weights or (map_weights is None and model_weight_bytes(proto) > EXTERNAL_DATA_THRESHOLD):
-                from onnxslim.ir.mapped import map_external_weights
-
                 map_external_weights(proto, path, 0 if map_weights else None)
             else:
                 external_data_helper.load_external_data_for_model(proto, str(path.parent))
@@ -238,98 +227,3 @@ def _write_with_external_data(model: onnx.ModelProto, staged_model: Path, data_n
         os.fsync(handle.fileno())
 
 
-def write_skeleton(model: onnx.ModelProto, model_path: Path, data_name: str, *, link_mapped: bool = False) -> None:
-    """Write big initializers to ``data_name`` beside ``model_path`` and a skeleton model that points at them.
-
-    The caller's proto is not touched: protobuf's arena does not give back the
-    memory of a cleared field, so clearing and restoring the weights would hold
-    two copies of them. Instead a skeleton graph is assembled field by field,
-    its large initializers replaced by references into the data file. Mapped
-    weights (kept on disk, see ``ir.mapped``) are copied file to file; with
-    ``link_mapped`` those already in ``model_path``'s folder are referenced
-    where they are instead.
-    """
-    skeleton = without_initializers(model)
-    graph = model.graph
-    folder = model_path.parent.resolve()
-    with open(model_path.parent / data_name, "wb") as data_file:
-        for tensor in graph.initializer:
-            if is_mapped(tensor):
-                location, offset, length = external_info(tensor)
-                if link_mapped and Path(location).parent == folder:
-                    _add_stub(skeleton, tensor, Path(location).name, offset, length)
-                    continue
-                start = align_page(data_file)
-                _copy_range(location, offset, length, data_file)
-            elif tensor.HasField("raw_data") and len(tensor.raw_data) >= EXTERNAL_TENSOR_MIN_BYTES:
-                start = align_page(data_file)
-                data_file.write(tensor.raw_data)
-            elif external_data_helper.uses_external_data(tensor):
-                raise ModelWriteError(f"{model_path.name}: weights of '{tensor.name}' were never loaded; load the model with its weights")
-            elif tensor.ByteSize() >= EXTERNAL_TENSOR_MIN_BYTES and tensor.data_type != onnx.TensorProto.STRING:
-                start = align_page(data_file)
-                data_file.write(numpy_helper.to_array(tensor).tobytes())
-            else:
-                skeleton.graph.initializer.append(tensor)
-                continue
-            _add_stub(skeleton, tensor, data_name, start, data_file.tell() - start)
-        data_file.flush()
-        os.fsync(data_file.fileno())
-    with open(model_path, "wb") as handle:
-        handle.write(skeleton.SerializeToString())
-        handle.flush()
-
-
-def align_page(data_file) -> int:
-    """Pad to a page boundary: aligned offsets let onnxruntime map the weights instead of copying them."""
-    data_file.write(b"\0" * (-data_file.tell() % 4096))
-    return data_file.tell()
-
-
-def _copy_range(location: str, offset: int, length: int | None, data_file, chunk: int = 64 << 20) -> None:
-    with open(location, "rb") as source:
-        source.seek(offset)
-        remaining = length
-        while remaining is None or remaining > 0:
-            block = source.read(chunk if remaining is None else min(chunk, remaining))
-            if not block:
-                break
-            data_file.write(block)
-            if remaining is not None:
-                remaining -= len(block)
-
-
-def _add_stub(skeleton: onnx.ModelProto, tensor: onnx.TensorProto, location: str, offset: int, length: int | None) -> None:
-    stub = skeleton.graph.initializer.add()
-    stub.name = tensor.name
-    stub.data_type = tensor.data_type
-    stub.dims.extend(tensor.dims)
-    stub.doc_string = tensor.doc_string
-    stub.data_location = onnx.TensorProto.EXTERNAL
-    entries = [("location", location), ("offset", str(offset))] + ([("length", str(length))] if length is not None else [])
-    for key, value in entries:
-        entry = stub.external_data.add()
-        entry.key, entry.value = key, value
-
-
-def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` with no initializers in its main graph, assembled field by field so the weights are never copied."""
-    copy = onnx.ModelProto()
-    for descriptor, value in model.ListFields():
-        if descriptor.name != "graph":
-            _copy_field(copy, descriptor, value)
-    for descriptor, value in model.graph.ListFields():
-        if descriptor.name != "initializer":
-            _copy_field(copy.graph, descriptor, value)
-    return copy
-
-
-def _copy_field(target, descriptor, value) -> None:
-    """Set field ``descriptor`` of ``target`` to ``value`` (repeated, message or scalar)."""
-    repeated = descriptor.is_repeated if hasattr(descriptor, "is_repeated") else descriptor.label == descriptor.LABEL_REPEATED
-    if repeated:
-        getattr(target, descriptor.name).extend(value)
-    elif descriptor.type == descriptor.TYPE_MESSAGE:
-        getattr(target, descriptor.name).CopyFrom(value)
-    else:
-        setattr(target, descriptor.name, value)

@@ -25,11 +25,13 @@ import tempfile
 import weakref
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
 from onnxslim.errors import ModelLoadError
-from onnxslim.ir.tensors import external_info, is_mapped
+from onnxslim.ir.external import align_page, set_external_location, write_skeleton
+from onnxslim.ir.tensors import external_info, is_mapped, nominal_bytes
 
 # A model serialized for onnxruntime in one piece must stay under protobuf's 2 GiB limit.
 SERIALIZE_LIMIT = 1_800_000_000
@@ -96,8 +98,6 @@ def map_external_weights(model: onnx.ModelProto, model_path: Path, min_bytes: in
     the main graph's initializers (Constant attributes, subgraphs) are read
     into memory.
     """
-    from onnxslim.ir.io import nominal_bytes
-
     base = model_path.parent
     for tensor in model.graph.initializer:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -106,21 +106,12 @@ def map_external_weights(model: onnx.ModelProto, model_path: Path, min_bytes: in
         length = length if length is not None else nominal_bytes(tensor)
         if length < (MAP_MIN_BYTES if min_bytes is None else min_bytes):
             continue  # small ones are read below: folding and rules see their values
-        _set_location(tensor, str(_stage(base / location)), offset, length)
+        set_external_location(tensor, str(_stage(base / location)), offset, length)
     for tensor in external_data_helper._get_all_tensors(model):
         if external_data_helper.uses_external_data(tensor) and not is_mapped(tensor):
             external_data_helper.load_external_data_for_tensor(tensor, str(base))
             tensor.data_location = onnx.TensorProto.DEFAULT
             del tensor.external_data[:]
-
-
-def _set_location(tensor: onnx.TensorProto, location: str, offset: int, length: int | None) -> None:
-    del tensor.external_data[:]
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    entries = [("location", location), ("offset", str(offset))] + ([("length", str(length))] if length is not None else [])
-    for key, value in entries:
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
 
 
 def has_mapped(model: onnx.ModelProto) -> bool:
@@ -153,8 +144,6 @@ class SessionFile:
         if not has_mapped(model) and _serialized_size(model) < SERIALIZE_LIMIT:
             self.source: bytes | str = model.SerializeToString()
         else:
-            from onnxslim.ir.io import write_skeleton
-
             folder = _home(model)
             stem = f"session-{os.getpid()}-{next(_COUNTER)}"
             path = folder / f"{stem}.onnx"
@@ -188,8 +177,6 @@ def spill(model: onnx.ModelProto) -> onnx.ModelProto:
     The caller drops its reference to ``model`` to release that memory (a
     cleared protobuf field does not give its memory back; a dropped message does).
     """
-    from onnxslim.ir.io import write_skeleton
-
     folder = _home(model)
     stem = f"spill-{os.getpid()}-{next(_COUNTER)}"
     path = folder / f"{stem}.onnx"
@@ -199,7 +186,7 @@ def spill(model: onnx.ModelProto) -> onnx.ModelProto:
     for tensor in result.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL and not os.path.isabs(external_info(tensor)[0]):
             location, offset, length = external_info(tensor)
-            _set_location(tensor, str(folder / location), offset, length)
+            set_external_location(tensor, str(folder / location), offset, length)
     return result
 
 
@@ -218,11 +205,6 @@ class ArrayStore:
         self.path: Path | None = None
 
     def tensor(self, array, name: str) -> onnx.TensorProto:
-        import numpy as np
-        from onnx import numpy_helper
-
-        from onnxslim.ir.io import align_page
-
         array = np.asarray(array, order="C")  # keeps 0-d scalars 0-d, unlike ascontiguousarray
         if self.folder is None or array.nbytes < self.min_bytes or array.dtype.kind not in "biuf":
             return numpy_helper.from_array(array, name)
@@ -232,5 +214,5 @@ class ArrayStore:
             offset = align_page(handle)
             handle.write(memoryview(array).cast("B"))
         tensor = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
-        _set_location(tensor, str(self.path), offset, array.nbytes)
+        set_external_location(tensor, str(self.path), offset, array.nbytes)
         return tensor

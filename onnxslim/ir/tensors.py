@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-Dim = Union[int, str, None]
+Dim = int | str | None
 
 
 @dataclass(frozen=True)
@@ -128,6 +127,15 @@ def tensor_elements(tensor: onnx.TensorProto) -> int:
     for dim in tensor.dims:
         count *= int(dim)
     return count
+
+
+def nominal_bytes(tensor: onnx.TensorProto) -> int:
+    """Size implied by a tensor's dims and type (external data written without a length)."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 1
+    return tensor_elements(tensor) * itemsize
 
 
 def unique_name(base: str, taken: set[str]) -> str:

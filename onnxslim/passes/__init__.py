@@ -6,7 +6,7 @@ place; :func:`cleanup` runs the standard sequence on a copy.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import onnx
 

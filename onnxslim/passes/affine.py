@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxslim.ir.tensors import all_value_names, consumers_map, constant_names, from_array, initializer_map, to_array, unique_name
+from onnxslim.ir.tensors import all_value_names, constant_names, consumers_map, from_array, initializer_map, to_array, unique_name
 from onnxslim.passes.base import PassResult
 
 

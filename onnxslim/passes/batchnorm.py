@@ -14,7 +14,7 @@ import onnx
 from onnx import helper
 
 from onnxslim.ir.graph import node_attr
-from onnxslim.ir.tensors import all_value_names, consumers_map, constant_names, from_array, initializer_map, producer_map, to_array, unique_name
+from onnxslim.ir.tensors import all_value_names, constant_names, consumers_map, from_array, initializer_map, producer_map, to_array, unique_name
 from onnxslim.passes.base import PassResult
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm")

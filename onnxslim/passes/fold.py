@@ -19,10 +19,11 @@ from collections import Counter
 import onnx
 from onnx import helper
 
-from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, model_weight_bytes, without_initializers
+from onnxslim.ir.external import without_initializers
+from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, model_weight_bytes
 from onnxslim.ir.tensors import is_mapped
 from onnxslim.passes.base import PassResult
-from onnxslim.runtime.session import quiet_onnxruntime
+from onnxslim.runtime.folding import fold_with_onnxruntime
 
 # With weights over half the protobuf limit, tensors at least this big are kept out of folding.
 HIDE_BYTES = 1 << 20
@@ -36,17 +37,10 @@ def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20)
         # shape arithmetic still folds while whatever reads a big weight stays as it is
         hidden += [t for t in model.graph.initializer if not is_mapped(t) and t.HasField("raw_data") and len(t.raw_data) >= HIDE_BYTES]
     work = _without(model, hidden)
-    import onnx_graphsurgeon as gs
-
-    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its warnings go to stdout, which must stay clean for --json
-    quiet_onnxruntime()  # graphsurgeon evaluates with onnxruntime sessions of its own
     before = Counter(node.op_type for node in model.graph.node)
     size_before = model_weight_bytes(work)
     try:
-        graph = gs.import_onnx(work)
-        graph.fold_constants(error_ok=True, size_threshold=max_growth_bytes, flatten_subgraphs=False, fold_shapes=False)
-        graph.cleanup(remove_unused_graph_inputs=False)
-        folded = gs.export_onnx(graph, do_type_check=False)
+        folded = fold_with_onnxruntime(work, size_threshold=max_growth_bytes)
     except Exception as exc:  # graphsurgeon wraps onnxruntime's own errors
         result.decline("model", f"constant folding failed and was skipped: {str(exc).splitlines()[0][:200]}")
         return result

@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from onnxslim.ir.tensors import consumers_map, constant_names, initializer_map, producer_map, to_array
+from onnxslim.ir.tensors import constant_names, consumers_map, initializer_map, producer_map, to_array
 from onnxslim.passes.base import PassResult
 from onnxslim.passes.opset import default_opset
 

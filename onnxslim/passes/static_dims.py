@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxslim.ir.graph import node_attr
+from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import constant_names, initializer_map, to_array
 from onnxslim.passes.base import PassResult
 
@@ -23,8 +24,6 @@ from onnxslim.passes.base import PassResult
 def fold_static_dims(model: onnx.ModelProto, run_shapes: dict | None = None) -> PassResult:
     """``run_shapes``: shapes of a model whose inputs all have fixed sizes, measured by running it
     (then every dimension is static, including where shape inference gives up)."""
-    from onnxslim.summary import infer_shapes
-
     result = PassResult("fold-static-dims")
     graph = model.graph
     shapes = infer_shapes(model)

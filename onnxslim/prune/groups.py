@@ -211,10 +211,10 @@ class Tracer(ReshapeRules):
         axis = int(node_attr(node, "axis", 0))
         if rank is not None and axis < 0:
             axis += rank
-        tracked = [l for l in layouts if l is not None]
-        if any(l.axis != tracked[0].axis or l.repeat != 1 for l in tracked):
-            for l in tracked:
-                self.t.atoms.block_layout(l, f"Concat {node.name} joins differently laid out channels")
+        tracked = [layout for layout in layouts if layout is not None]
+        if any(layout.axis != tracked[0].axis or layout.repeat != 1 for layout in tracked):
+            for layout in tracked:
+                self.t.atoms.block_layout(layout, f"Concat {node.name} joins differently laid out channels")
             return None
         channel_axis = tracked[0].axis
         if axis != channel_axis:
@@ -226,8 +226,8 @@ class Tracer(ReshapeRules):
                 continue
             shape = self.shapes.get(name)
             if shape is None or not isinstance(shape[axis], int):
-                for l in tracked:
-                    self.t.atoms.block_layout(l, f"Concat {node.name}: size of input '{name}' unknown")
+                for layout in tracked:
+                    self.t.atoms.block_layout(layout, f"Concat {node.name}: size of input '{name}' unknown")
                 return None
             atoms.extend([None] * shape[axis])
         return Layout(axis, tuple(atoms))

@@ -12,7 +12,7 @@ compensation has restored the channel's mean.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

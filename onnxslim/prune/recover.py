@@ -19,26 +19,19 @@ with the amount of data.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
 
 from onnxslim.ir.graph import node_attr
-from onnxslim.ir.graph import with_outputs
 from onnxslim.ir.layers import weight_axes
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 from onnxslim.progress import track
-from onnxslim.quant.evaluate import fidelity, latency_ratio
-from onnxslim.runtime import Runner
-from onnxslim.validate.metrics import OutputComparison
+from onnxslim.runtime.probe import probe_runner
 
 LINEAR = ("Gemm", "MatMul", "Conv")
 MIN_ROWS_PER_INPUT = 1  # a refit needs at least as many observations as unknowns per output; the ridge term does the rest
-
-
-def _probe(model: onnx.ModelProto, names: list[str]) -> Runner:
-    return Runner(with_outputs(model, names), threads=None, label="probe")
 
 
 def _channels_last(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
@@ -62,20 +55,6 @@ def _rows(x: np.ndarray, node: onnx.NodeProto, batch: Mapping[str, np.ndarray], 
     return rows
 
 
-def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wanted: set[str] | None = None) -> dict[str, tuple]:
-    """Shapes of node outputs (all, or the ``wanted`` ones) on one batch, read off an actual run."""
-    from onnxslim.summary import element_types
-
-    types = element_types(model)
-    names = [o for n in model.graph.node for o in n.output if o and types.get(o) and (wanted is None or o in wanted)]
-    try:
-        runner = Runner(with_outputs(model, names, types), threads=None, optimization="disable", label="shape probe", prepack=False)
-        values = runner.run(batch)
-    except Exception:  # a model that cannot expose every tensor still prunes with inferred shapes
-        return {}
-    return {name: tuple(int(d) for d in np.shape(value)) for name, value in zip(runner.output_names, values)}
-
-
 def channel_energy(model: onnx.ModelProto, source: Iterable, *, token_mask: str | None = None, show_progress: bool = False) -> dict[str, np.ndarray]:
     """Consumer node -> variance of each input channel over the data.
 
@@ -85,7 +64,7 @@ def channel_energy(model: onnx.ModelProto, source: Iterable, *, token_mask: str 
     consumers = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
     inputs = {v.name for v in model.graph.input}
     names = sorted({n.input[0] for n in consumers} - inputs)
-    runner = _probe(model, names)
+    runner = probe_runner(model, names)
     sums: dict[str, np.ndarray] = {}
     firsts: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
@@ -179,8 +158,8 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable
 
 def _layer_stats(original, pruned, old, new, source, outputs, token_mask):
     """Streaming sums over the data: X^T X, X^T Y and column sums, X from the pruned model, Y from the original."""
-    teacher = _probe(original, [old.output[0]])
-    student = _probe(pruned, [new.input[0]])
+    teacher = probe_runner(original, [old.output[0]])
+    student = probe_runner(pruned, [new.input[0]])
     xtx = xty = xsum = ysum = None
     rows = 0
     for _, batch in source:
@@ -243,7 +222,7 @@ def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_ou
     slot = _bias_slot(pruned, new)
     if slot is None:
         return "no bias to compensate into; left as pruned"
-    teacher = _probe(original, [old.input[0]])
+    teacher = probe_runner(original, [old.input[0]])
     total, rows = None, 0
     for _, batch in source:
         (x,) = teacher.run(batch, [old.input[0]])
@@ -266,27 +245,3 @@ def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_ou
     return f"added the mean contribution of {removed.size} removed channel(s) to the bias"
 
 
-def compare_outputs(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable) -> list[OutputComparison]:
-    return fidelity(Runner(original, threads=None, label="original"), pruned, source)
-
-
-def measure_latency(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: Mapping[str, np.ndarray], *, threads: int, runs: int) -> dict:
-    result = latency_ratio(original, pruned, feed, threads=threads, runs=runs)
-    return {"threads": threads, "original": result["fp32"], "pruned": result["int8"], "ratio": result["ratio"]}
-
-
-def check_runs(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> str | None:
-    """Run both models on ``feed``, one after the other; why the pruned one is wrong, or None.
-
-    The last line of defence of "never write a wrong graph": a rule that let a
-    stale size through shows up here as a failed run or a changed output shape.
-    """
-    expected = [np.shape(v) for v in Runner(original, threads=None, optimization="disable", label="original", prepack=False).run(feed)]
-    try:
-        got = [np.shape(v) for v in Runner(pruned, threads=None, optimization="disable", label="pruned model", prepack=False).run(feed)]
-    except Exception as exc:  # onnxruntime's own errors, already one line
-        return str(exc)
-    for output, (a, b) in zip(original.graph.output, zip(expected, got)):
-        if a != b:
-            return f"output '{output.name}' has shape {list(b)} instead of {list(a)}"
-    return None

@@ -19,18 +19,23 @@ import onnx
 
 from onnxslim.data.sources import DataSource, open_data
 from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
+from onnxslim.ir.counts import count_macs, count_parameters
 from onnxslim.ir.graph import name_nodes
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
+from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names, graph_inputs, initializer_map, to_array
-from onnxslim.ir.write import write_verified
+from onnxslim.measure import LatencyComparison, fidelity, latency_ratio
 from onnxslim.passes import constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
 from onnxslim.passes.static_dims import fold_static_dims
 from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights, positions
 from onnxslim.prune.groups import trace
 from onnxslim.prune.importance import METHODS, class_scores, keep_count, select_local
+from onnxslim.prune.recover import channel_energy, recover
 from onnxslim.prune.unstructured import magnitude_sparsify
-from onnxslim.summary import count_macs, count_parameters, infer_shapes
+from onnxslim.runtime import Runner
+from onnxslim.runtime.probe import check_runs, runtime_shapes
+from onnxslim.runtime.write import write_verified
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ class PruneReport:
     parameters: tuple[int, int] = (0, 0)
     macs: tuple[int, int] = (0, 0)
     file_bytes: tuple[int, int] = (0, 0)
-    latency: dict = field(default_factory=dict)
+    latency: LatencyComparison | None = None
     fidelity: list = field(default_factory=list)
     recovery: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -128,7 +133,7 @@ class PruneReport:
             "parameters": {"before": self.parameters[0], "after": self.parameters[1]},
             "macs": {"before": self.macs[0], "after": self.macs[1]},
             "file_bytes": {"before": self.file_bytes[0], "after": self.file_bytes[1]},
-            "latency": self.latency,
+            "latency": self.latency.to_dict() if self.latency else {},
             "fidelity": [c.to_dict() for c in self.fidelity],
             "groups": [g.to_dict() for g in self.groups],
             "recovery": self.recovery,
@@ -337,8 +342,6 @@ def _fixed_input_shapes(model: onnx.ModelProto) -> dict | None:
     Such a model can only ever see these shapes, so whatever size it reads
     with ``Shape`` is a constant, including where ONNX shape inference gives up.
     """
-    from onnxslim.prune.recover import runtime_shapes
-
     inputs = graph_inputs(model)
     if not inputs or any(spec.dtype is None or spec.shape is None or not all(isinstance(d, int) and d > 0 for d in spec.shape) for spec in inputs):
         return None
@@ -351,8 +354,6 @@ def _fixed_input_shapes(model: onnx.ModelProto) -> dict | None:
 
 def _shapes_for(model: onnx.ModelProto, source) -> dict:
     """Every tensor's shape on the first data batch, as onnxruntime computes it (exact where inference gives up)."""
-    from onnxslim.prune.recover import runtime_shapes
-
     _, batch = next(iter(source))
     shapes = infer_shapes(model, {k: tuple(v.shape) for k, v in batch.items()})
     shapes.update(runtime_shapes(model, batch))
@@ -369,8 +370,6 @@ def prune(
     show_progress: bool = False,
 ) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune ``model`` by ``config``; write to ``output`` when given."""
-    from onnxslim.prune.recover import channel_energy, check_runs, compare_outputs, measure_latency, recover
-
     label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
     original = load_model(model)
     work = load_model(original)
@@ -420,10 +419,12 @@ def prune(
     report.macs = (count_macs(original, shapes)[0], count_macs(pruned, new_shapes)[0])
     report.file_bytes = (model_file_bytes(original), model_file_bytes(pruned))
     if source is not None:
-        report.fidelity = compare_outputs(original, pruned, source)
+        report.fidelity = fidelity(Runner(original, threads=None, label="original"), pruned, source, label="pruned model")
     feed = next(iter(source))[1] if source is not None else None
     if config.latency_runs > 0 and feed is not None:
-        report.latency = measure_latency(original, pruned, feed, threads=config.threads, runs=config.latency_runs)
+        report.latency = latency_ratio(
+            original, pruned, feed, threads=config.threads, runs=config.latency_runs, description="timing original vs pruned", labels=("original", "pruned model")
+        )
     if output is not None:
         write_verified(pruned, output, source=None if isinstance(model, onnx.ModelProto) else model)
     return pruned, report

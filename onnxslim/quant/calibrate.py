@@ -7,7 +7,7 @@ flat however many samples there are, and samples may differ in shape.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx

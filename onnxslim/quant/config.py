@@ -70,7 +70,7 @@ class QuantConfig:
     def signed_activations(self) -> bool:
         return self.target != "cpu"
 
-    def with_excluded(self, nodes: tuple[str, ...]) -> "QuantConfig":
+    def with_excluded(self, nodes: tuple[str, ...]) -> QuantConfig:
         from dataclasses import replace
 
         return replace(self, exclude_nodes=tuple(self.exclude_nodes) + tuple(nodes))

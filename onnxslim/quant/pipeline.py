@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -19,12 +19,11 @@ from onnxslim.errors import ModelLoadError, NothingToDoError
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.tensors import graph_inputs
-from onnxslim.ir.write import write_verified
+from onnxslim.measure import fidelity, latency_ratio, worst_cosine
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.progress import track
 from onnxslim.quant.calibrate import calibrate
 from onnxslim.quant.config import QuantConfig
-from onnxslim.quant.evaluate import fidelity, latency_ratio, worst_cosine
 from onnxslim.quant.params import activation_params
 from onnxslim.quant.plan import QuantPlan, drop_mixed_range_concats, make_plan
 from onnxslim.quant.prepare import float_tensors, prepare
@@ -33,6 +32,7 @@ from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.report import QuantReport
 from onnxslim.runtime import Runner, resolve_provider
 from onnxslim.runtime.session import optimized_ops
+from onnxslim.runtime.write import write_verified
 
 SENSITIVITY_BATCHES = 16
 
@@ -247,7 +247,7 @@ def quantize(
     if config.latency_runs > 0:
         report.latency = latency_ratio(session.original, quantized, session.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=show_progress)
     result = quantized
-    ratio = report.latency.get("ratio")
+    ratio = report.latency.ratio if report.latency is not None else None
     if ratio is not None and ratio >= 1.0:
         message = f"INT8 is not faster than FP32 here ({ratio:.2f}x FP32 latency at {config.threads} thread(s))"
         if config.if_slower == "keep-fp32":

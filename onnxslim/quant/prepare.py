@@ -6,9 +6,9 @@ import onnx
 from onnx import TensorProto, shape_inference
 
 from onnxslim.ir.graph import name_nodes
+from onnxslim.ir.shapes import without_large_values
 from onnxslim.passes import PassResult, constants_to_initializers, fuse_hardswish, run_passes, upgrade_opset
 from onnxslim.passes.opset import default_opset
-from onnxslim.summary import skeleton
 
 QDQ_MIN_OPSET = 13  # per-axis DequantizeLinear
 PREFERRED_OPSET = 14  # HardSwish as one op
@@ -36,7 +36,7 @@ def prepare(model: onnx.ModelProto) -> list[PassResult]:
 def float_tensors(model: onnx.ModelProto) -> set[str]:
     """Names of float32 tensors, from the graph's declarations and shape inference."""
     try:
-        inferred = shape_inference.infer_shapes(skeleton(model), strict_mode=False)
+        inferred = shape_inference.infer_shapes(without_large_values(model), strict_mode=False)
     except Exception:  # inference is a help here, not a requirement
         inferred = model
     values = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)

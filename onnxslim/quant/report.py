@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from onnxslim.measure import LatencyComparison, OutputComparison
 from onnxslim.passes import PassResult
 from onnxslim.quant.plan import NodeDecision
-from onnxslim.validate.metrics import OutputComparison
 
 INTEGER_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "ConvInteger", "QLinearAdd", "QLinearMul",
                    "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax"}
@@ -29,7 +29,7 @@ class QuantReport:
     decisions: list[NodeDecision] = field(default_factory=list)
     kept_float_for_budget: list[dict] = field(default_factory=list)
     fidelity: list[OutputComparison] = field(default_factory=list)
-    latency: dict = field(default_factory=dict)
+    latency: LatencyComparison | None = None
     onnxruntime_kernels: dict[str, int] = field(default_factory=dict)
     fp32_bytes: int = 0
     int8_bytes: int = 0
@@ -66,7 +66,7 @@ class QuantReport:
             "evaluation": {"data": self.evaluation, "batches": self.evaluation_batches},
             "accuracy_budget": self.budget,
             "fidelity": [c.to_dict() for c in self.fidelity],
-            "latency": self.latency,
+            "latency": self.latency.to_dict() if self.latency else {},
             "onnxruntime_kernels": self.onnxruntime_kernels,
             "integer_kernels": self.integer_kernels,
             "sizes": {"fp32_bytes": self.fp32_bytes, "int8_bytes": self.int8_bytes},

@@ -13,9 +13,9 @@ import os
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Union
 
 import numpy as np
 import onnx
@@ -25,7 +25,7 @@ from onnxslim.ir.mapped import SessionFile
 from onnxslim.runtime.providers import available_providers, provider_chain, short_name
 
 # A model file's path, its serialized bytes, or a model in memory (written for onnxruntime as needed).
-ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 
 
 _PRELOADED = False

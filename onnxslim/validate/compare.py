@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import onnx
 
@@ -20,11 +20,10 @@ from onnxslim.data.sources import DataSource, open_data
 from onnxslim.errors import DataError, ProviderError
 from onnxslim.ir.io import load_model
 from onnxslim.ir.tensors import graph_inputs, graph_outputs
+from onnxslim.measure import LatencyComparison, OutputComparison, time_pair
 from onnxslim.progress import track
 from onnxslim.runtime import Runner, available_providers, resolve_provider
 from onnxslim.runtime.providers import short_name
-from onnxslim.validate.latency import interleaved_latency
-from onnxslim.validate.metrics import OutputComparison, summarize_latency
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class ProviderResult:
     message: str = ""
     outputs: list[OutputComparison] = field(default_factory=list)
     placement: dict = field(default_factory=dict)
-    latency: dict = field(default_factory=dict)
+    latency: LatencyComparison | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -70,7 +69,7 @@ class ProviderResult:
             "message": self.message,
             "placement": self.placement,
             "outputs": [o.to_dict() for o in self.outputs],
-            "latency": self.latency,
+            "latency": self.latency.to_dict() if self.latency else {},
         }
 
 
@@ -208,17 +207,9 @@ def _run_provider(provider, ref_model, cand_model, ref_label, cand_label, source
         result.status = "fell back"
         result.message = f"{' and '.join(which)} ran no node on {name}; onnxruntime fell back (nodes ran on {cand_place.ran_on()})"
     if runs > 0:
-        ref_times, cand_times = interleaved_latency(
-            [ref_runner, cand_runner], feed, warmup=warmup, runs=runs, show_progress=show_progress, description=f"{name}: timing"
+        result.latency = time_pair(
+            ref_runner, cand_runner, feed, warmup=warmup, runs=runs, batch=first[0], show_progress=show_progress, description=f"{name}: timing"
         )
-        ref_stats, cand_stats = summarize_latency(ref_times), summarize_latency(cand_times)
-        result.latency = {
-            "threads": threads,
-            "batch": first[0],
-            "reference": ref_stats,
-            "candidate": cand_stats,
-            "ratio": cand_stats["median_ms"] / ref_stats["median_ms"] if ref_stats["median_ms"] else None,
-        }
     return result
 
 
@@ -237,7 +228,7 @@ def _check_gates(results: list[ProviderResult], gates: Gates) -> list[GateCheck]
                 checks.append(GateCheck("max_abs_error", name, output.name, output.max_abs, gates.max_abs_error, output.max_abs <= gates.max_abs_error))
             if gates.min_top1 is not None and output.top1 is not None:
                 checks.append(GateCheck("min_top1", name, output.name, output.top1, gates.min_top1, output.top1 >= gates.min_top1))
-        if gates.max_latency_ratio is not None and result.latency.get("ratio") is not None:
-            ratio = result.latency["ratio"]
+        if gates.max_latency_ratio is not None and result.latency is not None and result.latency.ratio is not None:
+            ratio = result.latency.ratio
             checks.append(GateCheck("max_latency_ratio", name, None, ratio, gates.max_latency_ratio, ratio <= gates.max_latency_ratio))
     return checks

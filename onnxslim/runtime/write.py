@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 
 from onnxslim.ir.io import save_model
-from onnxslim.runtime import check_loads
+from onnxslim.runtime.session import check_loads
 
 
 def write_verified(model: onnx.ModelProto, output: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:

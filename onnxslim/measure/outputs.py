@@ -1,4 +1,4 @@
-"""Streaming accuracy statistics of one output, folded batch by batch.
+"""How close a candidate's outputs are to the reference's: streaming statistics per output.
 
 State is a handful of sums, so any number of batches costs the same memory,
 and two comparisons of disjoint data merge exactly.
@@ -134,16 +134,3 @@ def _json_float(value: float) -> float | str:
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return value
-
-
-def summarize_latency(samples: list[float]) -> dict:
-    """Median and p90 in milliseconds of per-run seconds."""
-    if not samples:
-        return {"runs": 0, "median_ms": None, "p90_ms": None}
-    ordered = np.sort(np.asarray(samples)) * 1000.0
-    return {
-        "runs": len(samples),
-        "median_ms": float(np.median(ordered)),
-        "p90_ms": float(np.percentile(ordered, 90)),
-        "min_ms": float(ordered[0]),
-    }

@@ -1,0 +1,71 @@
+"""What a model costs: parameters and multiply-accumulates of its weighted ops."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import external_data_helper
+
+from onnxslim.ir.tensors import tensor_elements
+
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger")
+
+
+def count_parameters(model: onnx.ModelProto) -> int:
+    """Elements of floating-point weights: initializers and Constant node values."""
+    total = 0
+    for tensor in external_data_helper._get_all_tensors(model):
+        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+            total += tensor_elements(tensor)
+    return total
+
+
+def _static(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+
+
+def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple]) -> int | None:
+    """Multiply-accumulates of one weighted node, or None when its shapes are unknown."""
+    op = node.op_type
+    get = shapes.get
+    if op in ("Conv", "ConvInteger", "QLinearConv"):
+        weight_index = 3 if op == "QLinearConv" else 1
+        out, weight = get(node.output[0]), get(node.input[weight_index])
+        if not (_static(out) and _static(weight)):
+            return None
+        return int(np.prod(out, dtype=np.int64) * np.prod(weight[1:], dtype=np.int64))
+    if op == "ConvTranspose":
+        inp, weight = get(node.input[0]), get(node.input[1])
+        if not (_static(inp) and _static(weight)):
+            return None
+        return int(np.prod(inp, dtype=np.int64) * np.prod(weight[1:], dtype=np.int64))
+    if op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+        out, a = get(node.output[0]), get(node.input[0])
+        if not (_static(out) and _static(a)) or len(a) == 0:
+            return None
+        if op == "Gemm":
+            trans_a = any(attr.name == "transA" and attr.i for attr in node.attribute)
+            k = a[0] if trans_a else a[1]
+        else:
+            k = a[-1]
+        return int(np.prod(out, dtype=np.int64) * k)
+    return 0
+
+
+def count_macs(model: onnx.ModelProto, shapes: Mapping[str, tuple]) -> tuple[int, dict[str, int], list[str]]:
+    total = 0
+    by_op: Counter = Counter()
+    unknown: list[str] = []
+    for node in model.graph.node:
+        if node.op_type not in MAC_OPS:
+            continue
+        macs = node_macs(node, shapes)
+        if macs is None:
+            unknown.append(node.name or node.output[0])
+            continue
+        total += macs
+        by_op[node.op_type] += macs
+    return total, dict(by_op), unknown

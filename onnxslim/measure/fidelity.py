@@ -1,0 +1,30 @@
+"""Fidelity of a candidate model to its reference, output by output, over a set of batches."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from onnxslim.measure.outputs import OutputComparison
+from onnxslim.runtime.session import Runner
+
+
+def fidelity(
+    reference: Runner, candidate: onnx.ModelProto | Runner, batches: Sequence[tuple[str, Mapping[str, np.ndarray]]], *, provider: str = "CPUExecutionProvider",
+    label: str = "quantized model",
+) -> list[OutputComparison]:
+    """Per-output comparison of ``candidate`` with ``reference`` over ``batches``; ``label`` names the candidate in errors."""
+    runner = candidate if isinstance(candidate, Runner) else Runner(candidate, provider, threads=None, label=label)
+    comparisons = [OutputComparison(name) for name in reference.output_names]
+    for label, batch in batches:
+        ref_out = reference.run(batch)
+        cand_out = runner.run(batch, reference.output_names)
+        for comparison, a, b in zip(comparisons, ref_out, cand_out):
+            comparison.add(a, b, label)
+    return comparisons
+
+
+def worst_cosine(comparisons: Sequence[OutputComparison]) -> float:
+    return min(c.cosine for c in comparisons) if comparisons else 1.0

@@ -1,0 +1,89 @@
+"""Interleaved latency measurement of several runners on the same input.
+
+Runs alternate between the models (in a rotating order) so that a burst of
+noise on a shared machine hits them all alike; the ratio of medians is what
+onnxslim reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxslim.progress import track
+from onnxslim.runtime.session import ModelSource, Runner
+
+
+def interleaved_latency(
+    runners: Sequence[Runner], feed: Mapping[str, np.ndarray], *, warmup: int = 5, runs: int = 50, show_progress: bool = False, description: str = "timing"
+) -> list[list[float]]:
+    """Seconds per run for each runner, measured alternately."""
+    for runner in runners:
+        for _ in range(warmup):
+            runner.time_once(feed)
+    samples: list[list[float]] = [[] for _ in runners]
+    order = list(range(len(runners)))
+    for _ in track(range(runs), description, total=runs, enabled=show_progress):
+        for index in order:
+            samples[index].append(runners[index].time_once(feed))
+        order.reverse()
+    return samples
+
+
+def summarize_latency(samples: list[float]) -> dict:
+    """Median and p90 in milliseconds of per-run seconds."""
+    if not samples:
+        return {"runs": 0, "median_ms": None, "p90_ms": None}
+    ordered = np.sort(np.asarray(samples)) * 1000.0
+    return {
+        "runs": len(samples),
+        "median_ms": float(np.median(ordered)),
+        "p90_ms": float(np.percentile(ordered, 90)),
+        "min_ms": float(ordered[0]),
+    }
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Interleaved latency of a reference and a candidate model on one batch.
+
+    ``reference`` and ``candidate`` are :func:`summarize_latency` results (runs,
+    median, p90, min in milliseconds); ``ratio`` is candidate over reference median.
+    """
+
+    threads: int | None
+    reference: dict
+    candidate: dict
+    batch: str | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        ref, cand = self.reference.get("median_ms"), self.candidate.get("median_ms")
+        return cand / ref if ref and cand is not None else None
+
+    @property
+    def runs(self) -> int:
+        return int(self.reference.get("runs", 0))
+
+    def to_dict(self) -> dict:
+        return {"threads": self.threads, "batch": self.batch, "reference": dict(self.reference), "candidate": dict(self.candidate), "ratio": self.ratio}
+
+
+def time_pair(
+    reference: Runner, candidate: Runner, feed: Mapping[str, np.ndarray], *, warmup: int, runs: int, batch: str | None = None,
+    show_progress: bool = False, description: str = "timing",
+) -> LatencyComparison:
+    """Time two open sessions interleaved on ``feed``."""
+    ref_times, cand_times = interleaved_latency([reference, candidate], feed, warmup=warmup, runs=runs, show_progress=show_progress, description=description)
+    return LatencyComparison(reference.threads, summarize_latency(ref_times), summarize_latency(cand_times), batch)
+
+
+def latency_ratio(
+    reference: ModelSource, candidate: ModelSource, feed: Mapping[str, np.ndarray], *, threads: int, runs: int, show_progress: bool = False,
+    description: str = "timing FP32 vs INT8", labels: tuple[str, str] = ("float model", "quantized model"),
+) -> LatencyComparison:
+    """Interleaved median latency of both models on one batch, and their ratio; ``labels`` name them in errors."""
+    runners = [Runner(reference, threads=threads, label=labels[0]), Runner(candidate, threads=threads, label=labels[1])]
+    return time_pair(runners[0], runners[1], feed, warmup=max(3, runs // 10), runs=runs, show_progress=show_progress, description=description)

@@ -1,0 +1,28 @@
+"""Constant folding evaluated by onnxruntime, through onnx-graphsurgeon.
+
+graphsurgeon evaluates every node whose inputs are all constants by running
+it in onnxruntime sessions of its own; this is the one place that lets it, with
+both libraries' logging kept off stdout and stderr.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from onnxslim.runtime.session import quiet_onnxruntime
+
+
+def fold_with_onnxruntime(model: onnx.ModelProto, *, size_threshold: int) -> onnx.ModelProto:
+    """A copy of ``model`` with constant subexpressions evaluated and dead nodes removed.
+
+    Results larger than ``size_threshold`` bytes stay unevaluated. Raises what
+    graphsurgeon raises when evaluation fails.
+    """
+    import onnx_graphsurgeon as gs
+
+    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its warnings go to stdout, which must stay clean for --json
+    quiet_onnxruntime()
+    graph = gs.import_onnx(model)
+    graph.fold_constants(error_ok=True, size_threshold=size_threshold, flatten_subgraphs=False, fold_shapes=False)
+    graph.cleanup(remove_unused_graph_inputs=False)
+    return gs.export_onnx(graph, do_type_check=False)

@@ -1,0 +1,46 @@
+"""Runs that look inside a model: intermediate tensors, their shapes, and a smoke test of a result."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+
+from onnxslim.ir.graph import with_outputs
+from onnxslim.ir.shapes import element_types
+from onnxslim.runtime.session import Runner
+
+
+def probe_runner(model: onnx.ModelProto, names: list[str]) -> Runner:
+    """A session of ``model`` that also returns the tensors ``names``."""
+    return Runner(with_outputs(model, names), threads=None, label="probe")
+
+
+def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wanted: set[str] | None = None) -> dict[str, tuple]:
+    """Shapes of node outputs (all, or the ``wanted`` ones) on one batch, read off an actual run."""
+    types = element_types(model)
+    names = [o for n in model.graph.node for o in n.output if o and types.get(o) and (wanted is None or o in wanted)]
+    try:
+        runner = Runner(with_outputs(model, names, types), threads=None, optimization="disable", label="shape probe", prepack=False)
+        values = runner.run(batch)
+    except Exception:  # a model that cannot expose every tensor still prunes with inferred shapes
+        return {}
+    return {name: tuple(int(d) for d in np.shape(value)) for name, value in zip(runner.output_names, values)}
+
+
+def check_runs(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> str | None:
+    """Run both models on ``feed``, one after the other; why the pruned one is wrong, or None.
+
+    The last line of defence of "never write a wrong graph": a rule that let a
+    stale size through shows up here as a failed run or a changed output shape.
+    """
+    expected = [np.shape(v) for v in Runner(original, threads=None, optimization="disable", label="original", prepack=False).run(feed)]
+    try:
+        got = [np.shape(v) for v in Runner(pruned, threads=None, optimization="disable", label="pruned model", prepack=False).run(feed)]
+    except Exception as exc:  # onnxruntime's own errors, already one line
+        return str(exc)
+    for output, (a, b) in zip(original.graph.output, zip(expected, got)):
+        if a != b:
+            return f"output '{output.name}' has shape {list(b)} instead of {list(a)}"
+    return None
