@@ -1,32 +1,42 @@
-"""Print onnxslim's import graph between layers (top-level modules and subpackages), function-local imports included."""
-import ast, pathlib, sys, collections
-root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "onnxslim")
-def layer(mod):
-    parts = mod.split(".")
+"""Print onnxslim's import graph between its layers (subpackages and top-level modules).
+
+Function-local imports count like any other: ``python .ci/import_graph.py``.
+"""
+
+import ast
+import collections
+import pathlib
+import sys
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
     return parts[1] if len(parts) > 1 else parts[0]
-edges = collections.defaultdict(set)
-for path in root.rglob("*.py"):
-    rel = path.relative_to(root.parent).with_suffix("")
-    mod = ".".join(rel.parts)
-    if mod.endswith(".__init__"): mod = mod[:-9]; pkg = mod
-    else: pkg = mod.rsplit(".", 1)[0]
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        targets = []
+
+
+def imported_modules(path: pathlib.Path, package: str):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
+            yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = pkg.split(".")
-                base = base[: len(base) - node.level + 1]
-                m = ".".join(base + ([node.module] if node.module else []))
-            else:
-                m = node.module or ""
-            targets = [m]
-        for t in targets:
-            if t.startswith("onnxslim.") and layer(t) != layer(mod):
-                edges[layer(mod)].add((layer(t), mod))
-for src in sorted(edges):
-    dsts = collections.defaultdict(list)
-    for d, m in edges[src]: dsts[d].append(m)
-    print(f"{src} -> " + ", ".join(f"{d}" for d in sorted(dsts)))
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                yield ".".join(base + ([node.module] if node.module else []))
+            elif node.module:
+                yield node.module
+
+
+def main(root: pathlib.Path) -> None:
+    edges = collections.defaultdict(set)
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(path.relative_to(root.parent).with_suffix("").parts)
+        package = module[: -len(".__init__")] if module.endswith(".__init__") else module.rsplit(".", 1)[0]
+        for target in imported_modules(path, package):
+            if target.startswith(root.name + ".") and layer(target) != layer(module):
+                edges[layer(module)].add(layer(target))
+    for source in sorted(edges):
+        print(f"{source} -> {', '.join(sorted(edges[source]))}")
+
+
+if __name__ == "__main__":
+    main(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "onnxslim"))
