@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 
 import click
 from rich.console import Console
@@ -118,7 +119,7 @@ def optimize(model, output, report_path):
         if result.changes:
             console.print(f"[green]{result.name}[/]: {escape(result.summary())}", highlight=False)
         for decline in result.declined:
-            console.print(f"[yellow]{result.name}[/]: left {escape(decline.where)}: {escape(decline.reason)}", highlight=False)
+            console.print(f"[yellow]{result.name}[/]: left {escape(decline.where)}: {escape(decline.reason.text)}", highlight=False)
     console.print(
         f"nodes {report.nodes_before} -> {report.nodes_after}, parameters {_count(report.parameters_before)} -> {_count(report.parameters_after)}; wrote {output}",
         highlight=False,
@@ -348,6 +349,11 @@ def prune(
 
 
 def _print_pruning(report) -> None:
+    from onnxslim.prune.recover import RecoveryKind
+
+    for result in report.prepare:
+        if result.changes:
+            console.print(f"[dim]prepare {result.name}:[/] {escape(result.summary())}", highlight=False)
     if report.mode == "structured":
         table = Table(title="channel groups", title_justify="left")
         for column in ("producers", "channels", "kept", "note"):
@@ -358,11 +364,13 @@ def _print_pruning(report) -> None:
         console.print(table)
         console.print(f"pruned {len(report.pruned_groups)} of {len(report.groups)} groups", highlight=False)
     if report.recovery:
-        refit = sum("refit" in line for line in report.recovery)
-        compensated = sum("mean contribution" in line for line in report.recovery)
+        kinds = Counter(step.kind for step in report.recovery)
+        refit, compensated = kinds[RecoveryKind.REFIT], kinds[RecoveryKind.BIAS]
         other = len(report.recovery) - refit - compensated
         summary = f"recovery: {refit} layer(s) refit by least squares, {compensated} bias-compensated"
         console.print(summary + (f", {other} other (see --report)" if other else " (details in --report)"), highlight=False)
+    if report.sparsity:
+        console.print(f"zeroed the smallest weights of {len(report.sparsity)} layer(s) (details in --report)", highlight=False)
     (p0, p1), (m0, m1), (f0, f1) = report.parameters, report.macs, report.file_bytes
     console.print(
         f"parameters {_count(p0)} -> {_count(p1)} ({p1 / max(p0, 1):.2f}x); MACs {m0 / 1e6:,.1f} M -> {m1 / 1e6:,.1f} M ({m1 / max(m0, 1):.2f}x); "

@@ -9,7 +9,7 @@ import onnx
 
 from onnxslim.ir.counts import count_parameters
 from onnxslim.ir.io import load_model
-from onnxslim.passes import CLEANUP_PASSES, GraphPass, PassResult, run_passes
+from onnxslim.passes import CLEANUP, PassResult, Pipeline
 from onnxslim.runtime.write import write_verified
 
 
@@ -40,12 +40,12 @@ def optimize(
     model: str | os.PathLike | onnx.ModelProto,
     output: str | os.PathLike | None = None,
     *,
-    passes: tuple[GraphPass, ...] = CLEANUP_PASSES,
+    pipeline: Pipeline = CLEANUP,
 ) -> tuple[onnx.ModelProto, OptimizeReport]:
     """Run the cleanup passes on a copy of ``model``; write it to ``output`` when given."""
     proto = load_model(model)
     nodes_before, params_before = len(proto.graph.node), count_parameters(proto)
-    results = run_passes(proto, passes)
+    results = pipeline(proto)
     label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
     if output is not None:
         write_verified(proto, output, source=None if isinstance(model, onnx.ModelProto) else model)

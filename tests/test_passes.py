@@ -5,12 +5,13 @@ from onnx import TensorProto, helper
 from models.builders import GraphBuilder, constant_node_weights, conv_bn_relu, sample_inputs
 from onnxslim.ir import load_model
 from onnxslim.passes import (
+    CLEANUP,
+    DeclineCode,
     constants_to_initializers,
     fold_constants,
     fuse_batchnorm,
     remove_dead_nodes,
     remove_identities,
-    run_passes,
     upgrade_opset,
 )
 from tests.conftest import run_model
@@ -65,7 +66,7 @@ def test_batchnorm_not_folded_when_conv_output_is_shared():
     model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info(total, TensorProto.FLOAT, [1, 4, 8, 8])], "shared")
     result = fuse_batchnorm(load_model(model))
     assert not result.modified
-    assert "also read elsewhere" in result.declined[0].reason
+    assert result.declined[0].reason.code == DeclineCode.SHARED_VALUE and "also read elsewhere" in result.declined[0].reason.text
 
 
 def test_identity_and_dead_nodes_removed_and_subgraph_reference_kept():
@@ -97,7 +98,7 @@ def test_identity_feeding_graph_output_is_kept_with_reason():
     model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])], "id")
     result = remove_identities(load_model(model))
     assert not result.modified
-    assert "graph output" in result.declined[0].reason
+    assert result.declined[0].reason.code == DeclineCode.GRAPH_OUTPUT and "graph output" in result.declined[0].reason.text
 
 
 def test_fold_constants_folds_weight_only_subgraph():
@@ -126,7 +127,7 @@ def test_upgrade_opset():
 def test_cleanup_pipeline_on_conv_bn_relu_keeps_numbers():
     model = conv_bn_relu()
     work = load_model(model)
-    results = run_passes(work)
+    results = CLEANUP(work)
     assert not any(n.op_type == "BatchNormalization" for n in work.graph.node)
     assert any(r.modified for r in results)
     assert_same_outputs(model, work, atol=1e-4)

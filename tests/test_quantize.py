@@ -15,6 +15,7 @@ from onnxslim import QuantConfig, quantize
 from onnxslim.cli import main
 from onnxslim.errors import DataError, NothingToDoError
 from onnxslim.measure import LatencyComparison
+from onnxslim.quant.decisions import QuantReason
 from tests.conftest import run_model
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -106,7 +107,7 @@ def test_gemm_weights_on_output_axis():
     assert report.integer_kernels == {"QGemm": 3}
     _, default_report = quantize(model, calibrate_on(model), config=FAST)
     last = [d for d in default_report.decisions if d.node == model.graph.node[-1].name][0]
-    assert not last.quantized and "output layer" in last.reason
+    assert not last.quantized and last.code == QuantReason.OUTPUT_LAYER and "output layer" in last.reason.text
 
 
 def test_transformer_block_keeps_sensitive_paths_in_float():
@@ -115,7 +116,7 @@ def test_transformer_block_keeps_sensitive_paths_in_float():
     for decision in report.decisions:
         if decision.op_type in ("LayerNormalization", "Softmax", "Erf"):
             assert not decision.quantized
-    attention = [d for d in report.decisions if d.op_type == "MatMul" and "attention" in d.reason]
+    attention = [d for d in report.decisions if d.op_type == "MatMul" and d.code == QuantReason.ATTENTION]
     assert len(attention) == 2
     inits = initializers(quantized)
     for node in stored_dq(quantized, inits, np.int8):
@@ -128,7 +129,7 @@ def test_concat_of_differently_ranged_outputs_stays_float():
     model = mixed_range_concat()
     quantized, report = quantize(model, calibrate_on(model), config=FAST)
     concat = next(d for d in report.decisions if d.op_type == "Concat")
-    assert not concat.quantized and "ranges" in concat.reason
+    assert not concat.quantized and concat.code == QuantReason.MIXED_RANGES and "ranges" in concat.reason.text
     for feed in sample_inputs(model, 3, seed=7):
         reference, candidate = run_model(model, feed)[0], run_model(quantized, feed)[0]
         scores_ref, scores_q = reference[:, 4:], candidate[:, 4:]
@@ -146,7 +147,7 @@ def test_constant_node_weights_at_opset_11_are_quantized_as_weights(tmp_path):
     weights = [n for n in stored_dq(quantized, initializers(quantized), np.int8) if initializers(quantized)[n.input[0]].ndim == 4]
     convs = sum(1 for n in model.graph.node if n.op_type == "Conv")
     assert len(weights) == convs - 1  # all but the output layer
-    assert any("output layer" in d.reason for d in report.decisions if d.op_type == "Conv")
+    assert any(d.code == QuantReason.OUTPUT_LAYER for d in report.decisions if d.op_type == "Conv")
     assert out.stat().st_size < source.stat().st_size * 0.5
     assert_close_to_float(model, onnx.load(str(out)), 0.999)
 
@@ -239,7 +240,9 @@ def test_accuracy_budget_keeps_sensitive_layers_in_float():
     assert strict.kept_float_for_budget
     assert min(c.cosine for c in strict.fidelity) >= budget - 1e-6
     kept = {k["node"] for k in strict.kept_float_for_budget}
-    assert all(not d.quantized for d in strict.decisions if d.node in kept)
+    # kept for the budget, and said so: not blamed on --exclude-nodes, which was not given
+    assert all(d.code == QuantReason.KEPT_FOR_ACCURACY for d in strict.decisions if d.node in kept)
+    assert not any(d.code == QuantReason.EXCLUDED_BY_USER for d in strict.decisions)
 
 
 def test_cli_quantize_writes_model_and_report(save, npz_folder, tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from onnxslim.ir.tensors import all_value_names, constant_names, consumers_map, from_array, initializer_map, to_array, unique_name
-from onnxslim.passes.base import PassResult
+from onnxslim.passes.base import DeclineCode, PassResult
 
 
 def _per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
@@ -30,64 +30,93 @@ def _per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray |
     return None
 
 
+def _affine_follower(conv: onnx.NodeProto, consumers, constants: set[str]) -> tuple[onnx.NodeProto, str] | None:
+    """The Mul or Add with one constant operand that reads ``conv``'s output, and that constant (None if no reader is one)."""
+    for reader in consumers.get(conv.output[0], []):
+        if reader.op_type in ("Mul", "Add") and reader.domain in ("", "ai.onnx") and len(reader.input) == 2:
+            other = reader.input[1] if reader.input[0] == conv.output[0] else reader.input[0]
+            if other in constants and other != conv.output[0]:
+                return reader, other
+    return None
+
+
 def fold_affine_into_conv(model: onnx.ModelProto) -> PassResult:
+    """Fold every constant per-channel Mul/Add after a Conv into the Conv's weights and bias.
+
+    Declines (with a reason) each Conv -> Mul/Add(constant) it cannot fold;
+    Convs followed by anything else are not candidates. The lookup maps are
+    built once and kept current as folds rename outputs.
+    """
     result = PassResult("fold-affine-into-conv")
     graph = model.graph
     outputs = {v.name for v in graph.output}
-    changed = True
+    constants = constant_names(graph)
+    inits = initializer_map(graph)
+    consumers = consumers_map(graph)
+    taken = all_value_names(graph)
     folded: set[int] = set()
-    while changed:
-        changed = False
-        constants = constant_names(graph)
-        inits = initializer_map(graph)
-        consumers = consumers_map(graph)
-        taken = all_value_names(graph)
-        for conv in graph.node:
-            if id(conv) in folded or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx"):
-                continue
-            if len(conv.input) < 2 or conv.input[1] not in constants:
-                continue
-            if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in constants:
-                continue
-            readers = consumers.get(conv.output[0], [])
-            if len(readers) != 1 or conv.output[0] in outputs:
-                continue
-            follower = readers[0]
-            if follower.op_type not in ("Mul", "Add") or follower.domain not in ("", "ai.onnx") or len(follower.input) != 2:
-                continue
-            other = follower.input[1] if follower.input[0] == conv.output[0] else follower.input[0]
-            if other not in constants or other == conv.output[0]:
-                continue
-            weight = to_array(inits[conv.input[1]])
-            if weight.dtype != np.float32:
-                continue
-            values = _per_channel(to_array(inits[other]), weight.shape[0], weight.ndim)
-            if values is None:
-                result.decline(follower.name or follower.output[0], "constant does not act per output channel")
-                continue
-            bias = to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else np.zeros(weight.shape[0])
-            if follower.op_type == "Mul":
-                new_weight = weight.astype(np.float64) * values.reshape((-1,) + (1,) * (weight.ndim - 1))
-                new_bias = bias * values
-            else:
-                new_weight, new_bias = weight, bias + values
-            weight_name = unique_name(conv.input[1] + "_folded", taken)
-            bias_name = unique_name((conv.input[2] if len(conv.input) > 2 and conv.input[2] else conv.output[0] + "_bias") + "_folded", taken)
-            graph.initializer.append(from_array(np.asarray(new_weight, np.float32), weight_name))
-            graph.initializer.append(from_array(np.asarray(new_bias, np.float32), bias_name))
-            conv.input[1] = weight_name
-            if len(conv.input) > 2:
-                conv.input[2] = bias_name
-            else:
-                conv.input.append(bias_name)
-            conv.output[0] = follower.output[0]
+    for conv in list(graph.node):
+        if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx"):
+            continue
+        while True:  # Conv -> Mul -> Add folds one follower at a time
+            found = _affine_follower(conv, consumers, constants)
+            if found is None:
+                break
+            follower, other = found
+            where = follower.name or follower.output[0]
+            reason = _why_not_foldable(conv, consumers, outputs, constants, inits, other)
+            if reason is not None:
+                result.decline(where, *reason)
+                break
+            _fold(conv, follower, other, inits, taken, graph)
+            consumers[conv.output[0]] = consumers.pop(follower.output[0], [])
+            constants.update(conv.input[1:3])
             folded.add(id(follower))
-            result.change(f"folded {follower.op_type} {follower.name or follower.output[0]} into {conv.name or conv.op_type}")
-            changed = True
-            break
-        if changed:
-            kept = [n for n in graph.node if id(n) not in folded]
-            del graph.node[:]
-            graph.node.extend(kept)
-            folded.clear()
+            result.change(f"folded {follower.op_type} {where} into {conv.name or conv.op_type}")
+    if folded:
+        kept = [n for n in graph.node if id(n) not in folded]
+        del graph.node[:]
+        graph.node.extend(kept)
     return result
+
+
+def _why_not_foldable(conv, consumers, outputs, constants, inits, other) -> tuple[DeclineCode, str] | None:
+    if conv.output[0] in outputs:
+        return DeclineCode.GRAPH_OUTPUT, f"output of {conv.name or conv.op_type} is a graph output"
+    if len(consumers.get(conv.output[0], [])) != 1:
+        return DeclineCode.SHARED_VALUE, f"output of {conv.name or conv.op_type} is also read elsewhere"
+    if len(conv.input) < 2 or conv.input[1] not in constants:
+        return DeclineCode.NOT_CONSTANT, f"weights of {conv.name or conv.op_type} are not a constant initializer"
+    if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in constants:
+        return DeclineCode.NOT_CONSTANT, f"bias of {conv.name or conv.op_type} is not a constant initializer"
+    weight = to_array(inits[conv.input[1]])
+    if weight.dtype != np.float32:
+        return DeclineCode.UNSUPPORTED_TYPE, f"weights of {conv.name or conv.op_type} are {weight.dtype}, not float32"
+    if _per_channel(to_array(inits[other]), weight.shape[0], weight.ndim) is None:
+        return DeclineCode.UNSUPPORTED_FORM, "constant does not act per output channel"
+    return None
+
+
+def _fold(conv, follower, other, inits, taken, graph) -> None:
+    """Fold ``follower`` (Mul or Add by the constant ``other``) into ``conv``; ``conv`` takes over its output."""
+    weight = to_array(inits[conv.input[1]])
+    values = _per_channel(to_array(inits[other]), weight.shape[0], weight.ndim)
+    has_bias = len(conv.input) > 2 and conv.input[2]
+    bias = to_array(inits[conv.input[2]]).astype(np.float64) if has_bias else np.zeros(weight.shape[0])
+    if follower.op_type == "Mul":
+        new_weight = weight.astype(np.float64) * values.reshape((-1,) + (1,) * (weight.ndim - 1))
+        new_bias = bias * values
+    else:
+        new_weight, new_bias = weight, bias + values
+    weight_name = unique_name(conv.input[1] + "_folded", taken)
+    bias_name = unique_name((conv.input[2] if has_bias else conv.output[0] + "_bias") + "_folded", taken)
+    for array, name in ((new_weight, weight_name), (new_bias, bias_name)):
+        tensor = from_array(np.asarray(array, np.float32), name)
+        graph.initializer.append(tensor)
+        inits[name] = tensor
+    conv.input[1] = weight_name
+    if len(conv.input) > 2:
+        conv.input[2] = bias_name
+    else:
+        conv.input.append(bias_name)
+    conv.output[0] = follower.output[0]

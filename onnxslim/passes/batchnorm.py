@@ -15,7 +15,7 @@ from onnx import helper
 
 from onnxslim.ir.graph import node_attr
 from onnxslim.ir.tensors import all_value_names, constant_names, consumers_map, from_array, initializer_map, producer_map, to_array, unique_name
-from onnxslim.passes.base import PassResult
+from onnxslim.passes.base import DeclineCode, PassResult
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 
@@ -69,36 +69,36 @@ def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
             continue
         where = bn.name or bn.output[0]
         if len([o for o in bn.output if o]) > 1 or int(node_attr(bn, "training_mode", 0)):
-            result.decline(where, "training-mode outputs (running mean/var) are used")
+            result.decline(where, DeclineCode.TRAINING_MODE, "training-mode outputs (running mean/var) are used")
             continue
         params = list(bn.input[1:5])
         if len(params) < 4 or not all(p in constants for p in params):
-            result.decline(where, "scale, bias, mean or variance is not a constant initializer")
+            result.decline(where, DeclineCode.NOT_CONSTANT, "scale, bias, mean or variance is not a constant initializer")
             continue
         layer = producers.get(bn.input[0])
         if layer is None or layer.op_type not in FOLDABLE or layer.domain not in ("", "ai.onnx"):
-            result.decline(where, f"input comes from {layer.op_type if layer is not None else 'a graph input'}, not Conv/ConvTranspose/Gemm")
+            result.decline(where, DeclineCode.UNSUPPORTED_FORM, f"input comes from {layer.op_type if layer is not None else 'a graph input'}, not Conv/ConvTranspose/Gemm")
             continue
         if len(consumers.get(bn.input[0], [])) != 1 or bn.input[0] in outputs:
-            result.decline(where, f"output of {layer.name or layer.op_type} is also read elsewhere")
+            result.decline(where, DeclineCode.SHARED_VALUE, f"output of {layer.name or layer.op_type} is also read elsewhere")
             continue
         if len(layer.input) < 2 or layer.input[1] not in constants:
-            result.decline(where, f"weights of {layer.name or layer.op_type} are not a constant initializer")
+            result.decline(where, DeclineCode.NOT_CONSTANT, f"weights of {layer.name or layer.op_type} are not a constant initializer")
             continue
         has_bias = len(layer.input) > 2 and bool(layer.input[2])
         if has_bias and layer.input[2] not in constants:
-            result.decline(where, f"bias of {layer.name or layer.op_type} is not a constant initializer")
+            result.decline(where, DeclineCode.NOT_CONSTANT, f"bias of {layer.name or layer.op_type} is not a constant initializer")
             continue
         weight = to_array(inits[layer.input[1]])
         if weight.dtype not in (np.float32, np.float64, np.float16):
-            result.decline(where, f"weights are {weight.dtype}, not floating point")
+            result.decline(where, DeclineCode.UNSUPPORTED_TYPE, f"weights are {weight.dtype}, not floating point")
             continue
         gamma, beta, mean, var = (to_array(inits[p]).astype(np.float64) for p in params)
         eps = float(node_attr(bn, "epsilon", 1e-5))
         scale = gamma / np.sqrt(var + eps)
         channels = _out_channels(layer, weight)
         if scale.shape != (channels,):
-            result.decline(where, f"{scale.shape[0] if scale.ndim == 1 else scale.shape} BN channels vs {channels} layer outputs")
+            result.decline(where, DeclineCode.UNSUPPORTED_FORM, f"{scale.shape[0] if scale.ndim == 1 else scale.shape} BN channels vs {channels} layer outputs")
             continue
         bias = np.zeros(channels, dtype=np.float64)
         if has_bias:
@@ -106,13 +106,13 @@ def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
             if layer.op_type == "Gemm":
                 beta_attr = float(node_attr(layer, "beta", 1.0))
                 if raw_bias.size not in (1, channels):
-                    result.decline(where, f"Gemm bias of shape {raw_bias.shape} is not per output feature")
+                    result.decline(where, DeclineCode.UNSUPPORTED_FORM, f"Gemm bias of shape {raw_bias.shape} is not per output feature")
                     continue
                 raw_bias = np.broadcast_to(raw_bias.reshape(-1), (channels,)) * beta_attr
             bias = raw_bias.reshape(channels)
         new_weight = _scale_weights(layer, weight.astype(np.float64), scale)
         if new_weight is None:
-            result.decline(where, "weight layout not understood")
+            result.decline(where, DeclineCode.UNSUPPORTED_FORM, "weight layout not understood")
             continue
         new_bias = (bias - mean) * scale + beta
         weight_name = unique_name(layer.input[1] + "_bnfused", taken)

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxslim.passes.base import PassResult
+from onnxslim.passes.base import DeclineCode, PassResult
 
 
 def _constant_tensor(node: onnx.NodeProto) -> tuple[onnx.TensorProto | None, str]:
@@ -47,7 +47,7 @@ def constants_to_initializers(model: onnx.ModelProto) -> PassResult:
         # Before IR 4 every initializer also had to be a graph input, which would make weights overridable.
         for node in graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                result.decline(node.name or node.output[0], f"IR version {model.ir_version} < 4 requires initializers to be inputs")
+                result.decline(node.name or node.output[0], DeclineCode.OPSET, f"IR version {model.ir_version} < 4 requires initializers to be inputs")
         return result
     kept: list[onnx.NodeProto] = []
     moved = 0
@@ -57,7 +57,7 @@ def constants_to_initializers(model: onnx.ModelProto) -> PassResult:
             continue
         tensor, reason = _constant_tensor(node)
         if tensor is None:
-            result.decline(node.name or node.output[0], reason)
+            result.decline(node.name or node.output[0], DeclineCode.UNSUPPORTED_FORM, reason)
             kept.append(node)
             continue
         graph.initializer.append(tensor)

@@ -22,7 +22,7 @@ from onnx import helper
 from onnxslim.ir.external import without_initializers
 from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, model_weight_bytes
 from onnxslim.ir.tensors import is_mapped
-from onnxslim.passes.base import PassResult
+from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.runtime.folding import fold_with_onnxruntime
 
 # With weights over half the protobuf limit, tensors at least this big are kept out of folding.
@@ -42,15 +42,15 @@ def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20)
     try:
         folded = fold_with_onnxruntime(work, size_threshold=max_growth_bytes)
     except Exception as exc:  # graphsurgeon wraps onnxruntime's own errors
-        result.decline("model", f"constant folding failed and was skipped: {str(exc).splitlines()[0][:200]}")
+        result.decline("model", DeclineCode.TOOL_FAILED, f"constant folding failed and was skipped: {str(exc).splitlines()[0][:200]}")
         return result
     if [v.name for v in folded.graph.input] != [v.name for v in work.graph.input] or [
         v.name for v in folded.graph.output
     ] != [v.name for v in model.graph.output]:
-        result.decline("model", "folding would have changed the graph's inputs or outputs")
+        result.decline("model", DeclineCode.INTERFACE, "folding would have changed the graph's inputs or outputs")
         return result
     if model_weight_bytes(folded) > size_before + max_growth_bytes:
-        result.decline("model", "folding would have grown the weights beyond the limit")
+        result.decline("model", DeclineCode.WOULD_GROW, "folding would have grown the weights beyond the limit")
         return result
     after = Counter(node.op_type for node in folded.graph.node)
     removed = before - after

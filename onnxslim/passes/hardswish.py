@@ -13,7 +13,7 @@ import onnx
 from onnx import helper
 
 from onnxslim.ir.tensors import constant_names, consumers_map, initializer_map, producer_map, to_array
-from onnxslim.passes.base import PassResult
+from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.opset import default_opset
 
 SIXTH = 1.0 / 6.0
@@ -112,7 +112,7 @@ def fuse_hardswish(model: onnx.ModelProto) -> PassResult:
     graph = model.graph
     if default_opset(model) < 14:
         if any(n.op_type == "Clip" for n in graph.node):
-            result.decline("model", f"HardSwish needs opset 14; the model has {default_opset(model)}")
+            result.decline("model", DeclineCode.OPSET, f"HardSwish needs opset 14; the model has {default_opset(model)}")
         return result
     matcher = _Matcher(graph)
     replaced: dict[int, onnx.NodeProto] = {}

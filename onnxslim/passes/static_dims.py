@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from onnxslim.ir.graph import node_attr
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import constant_names, initializer_map, to_array
-from onnxslim.passes.base import PassResult
+from onnxslim.passes.base import DeclineCode, PassResult
 
 
 def fold_static_dims(model: onnx.ModelProto, run_shapes: dict | None = None) -> PassResult:
@@ -33,28 +33,31 @@ def fold_static_dims(model: onnx.ModelProto, run_shapes: dict | None = None) -> 
     inits = initializer_map(graph)
     replaced: list[onnx.NodeProto] = []
     for node in graph.node:
-        if node.op_type not in ("Gather", "Slice") or len(node.input) < 2 or any(n and n not in constants for n in node.input[1:]):
+        if node.op_type not in ("Gather", "Slice") or len(node.input) < 2:
             continue
         shape_node = producers.get(node.input[0])
-        if shape_node is None or shape_node.op_type != "Shape" or int(node_attr(node, "axis", 0)) != 0:
+        if shape_node is None or shape_node.op_type != "Shape":
+            continue
+        where = node.name or node.output[0]
+        if any(n and n not in constants for n in node.input[1:]):
+            result.decline(where, DeclineCode.NOT_CONSTANT, f"which entries of the shape of '{shape_node.input[0]}' are read is computed at run time")
+            continue
+        if int(node_attr(node, "axis", 0)) != 0:
+            result.decline(where, DeclineCode.UNSUPPORTED_FORM, "Gather of a shape along an axis other than 0")
             continue
         dims = shapes.get(shape_node.input[0])
         if dims is None:
+            result.decline(where, DeclineCode.DYNAMIC, f"the shape of '{shape_node.input[0]}' is not known before run time")
             continue
         start = int(node_attr(shape_node, "start", 0))
         end = node_attr(shape_node, "end", None)
         read = np.array([-1 if not isinstance(d, int) or d <= 0 else d for d in (list(dims)[start:end] if end is not None else list(dims)[start:])], np.int64)
-        try:
-            if node.op_type == "Gather":
-                index = to_array(inits[node.input[1]])
-                if index.dtype.kind not in "iu" or np.any(index >= len(read)) or np.any(index < -len(read)):
-                    continue
-                values = read[index]
-            else:
-                values = _slice(read, *(to_array(inits[n]) if n else None for n in list(node.input[1:]) + [""] * (5 - len(node.input))))
-        except (IndexError, ValueError, TypeError):
+        values = _entries(node, read, inits)
+        if values is None:
+            result.decline(where, DeclineCode.UNSUPPORTED_FORM, f"indices or slice bounds into the shape of '{shape_node.input[0]}' that onnxslim does not evaluate")
             continue
-        if values is None or np.any(values <= 0):
+        if np.any(values <= 0):
+            result.decline(where, DeclineCode.DYNAMIC, f"reads a dimension of '{shape_node.input[0]}' that is only known at run time")
             continue
         graph.initializer.append(numpy_helper.from_array(np.asarray(values, np.int64), node.output[0]))
         replaced.append(node)
@@ -62,6 +65,20 @@ def fold_static_dims(model: onnx.ModelProto, run_shapes: dict | None = None) -> 
         graph.node.remove(node)
         result.change(f"{node.name or node.output[0]}: static dimension read from a Shape became a constant")
     return result
+
+
+def _entries(node: onnx.NodeProto, read: np.ndarray, inits) -> np.ndarray | None:
+    """The entries of the shape vector ``read`` that a Gather or Slice of it returns, or None where onnxslim does not evaluate it."""
+    try:
+        if node.op_type == "Gather":
+            index = to_array(inits[node.input[1]])
+            if index.dtype.kind not in "iu" or np.any(index >= len(read)) or np.any(index < -len(read)):
+                return None
+            return read[index]
+        bounds = [to_array(inits[n]) if n else None for n in list(node.input[1:]) + [""] * (5 - len(node.input))]
+        return _slice(read, *bounds)
+    except (IndexError, ValueError, TypeError):
+        return None
 
 
 def _slice(read: np.ndarray, starts, ends, axes, steps) -> np.ndarray | None:

@@ -20,6 +20,8 @@ with the amount of data.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import onnx
@@ -28,9 +30,36 @@ from onnxslim.ir.graph import node_attr
 from onnxslim.ir.layers import weight_axes
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 from onnxslim.progress import track
+from onnxslim.reasons import Reason
 from onnxslim.runtime.probe import probe_runner
 
 LINEAR = ("Gemm", "MatMul", "Conv")
+
+
+class RecoveryKind(Enum):
+    """How a layer that lost input channels was compensated."""
+
+    REFIT = "refit"  # weights re-solved by ridge least squares
+    BIAS = "bias"  # the removed channels' mean contribution added to the bias
+    NONE = "none"  # nothing to compensate into; left as pruned
+
+
+@dataclass(frozen=True)
+class RecoveryStep:
+    """What recovery did to one layer."""
+
+    layer: str
+    reason: Reason
+
+    @property
+    def kind(self) -> RecoveryKind:
+        return self.reason.code  # type: ignore[return-value]
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "code": self.reason.code.value, "text": self.reason.text}
+
+    def __str__(self) -> str:
+        return f"{self.layer}: {self.reason.text}"
 MIN_ROWS_PER_INPUT = 1  # a refit needs at least as many observations as unknowns per output; the ridge term does the rest
 
 
@@ -138,7 +167,7 @@ def _set_input(model: onnx.ModelProto, node: onnx.NodeProto, index: int, array: 
     node.input[index] = name
 
 
-def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable, config, kept: dict, *, show_progress: bool = False) -> list[str]:
+def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable, config, kept: dict, *, show_progress: bool = False) -> list[RecoveryStep]:
     """Compensate (in place on ``pruned``) the layers that lost input channels; returns what was done.
 
     ``kept`` gives, per layer, the surviving input and output channels in the original numbering.
@@ -152,7 +181,7 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable
         done = _refit(original, pruned, old, new, source, config.ridge, taken, outputs, mask) if refit else None
         if done is None:
             done = _compensate_bias(original, pruned, old, new, source, taken, kept[new.name]["in"], outputs, mask)
-        lines.append(f"{new.name}: {done}")
+        lines.append(RecoveryStep(new.name, done))
     return lines
 
 
@@ -180,7 +209,7 @@ def _layer_stats(original, pruned, old, new, source, outputs, token_mask):
     return xtx, xty, xsum, ysum, rows
 
 
-def _refit(original, pruned, old, new, source, ridge, taken, outputs, token_mask) -> str | None:
+def _refit(original, pruned, old, new, source, ridge, taken, outputs, token_mask) -> Reason | None:
     inits = initializer_map(pruned.graph)
     weight = to_array(inits[new.input[1]])
     matrix = _as_matrix(weight, new)
@@ -211,17 +240,17 @@ def _refit(original, pruned, old, new, source, ridge, taken, outputs, token_mask
     new_bias = intercept if bias_node is new else bias + intercept
     _set_input(pruned, bias_node, bias_index, new_bias.reshape(bias.shape), taken)
     _set_input(pruned, new, 1, _from_matrix(new_matrix, new, weight).astype(weight.dtype), taken)
-    return f"refit {count} input channel(s) by ridge least squares on {rows} rows (ridge {penalty:.3g})"
+    return Reason(RecoveryKind.REFIT, f"refit {count} input channel(s) by ridge least squares on {rows} rows (ridge {penalty:.3g})")
 
 
-def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_out, token_mask) -> str:
+def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_out, token_mask) -> Reason:
     before = to_array(initializer_map(original.graph)[old.input[1]])
     axis = weight_axes(new)[0]
     if kept_out is not None:
         before = np.take(before, kept_out, axis=weight_axes(new)[1])
     slot = _bias_slot(pruned, new)
     if slot is None:
-        return "no bias to compensate into; left as pruned"
+        return Reason(RecoveryKind.NONE, "no bias to compensate into; left as pruned")
     teacher = probe_runner(original, [old.input[0]])
     total, rows = None, 0
     for _, batch in source:
@@ -242,6 +271,6 @@ def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_ou
     inits = initializer_map(pruned.graph)
     current = to_array(inits[bias_node.input[index]]) if index < len(bias_node.input) and bias_node.input[index] else np.zeros(delta.shape)
     _set_input(pruned, bias_node, index, current + delta.reshape(current.shape), taken)
-    return f"added the mean contribution of {removed.size} removed channel(s) to the bias"
+    return Reason(RecoveryKind.BIAS, f"added the mean contribution of {removed.size} removed channel(s) to the bias")
 
 

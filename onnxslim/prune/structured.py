@@ -20,18 +20,18 @@ import onnx
 from onnxslim.data.sources import DataSource, open_data
 from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
 from onnxslim.ir.counts import count_macs, count_parameters
-from onnxslim.ir.graph import name_nodes
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names, graph_inputs, initializer_map, to_array
 from onnxslim.measure import LatencyComparison, fidelity, latency_ratio
-from onnxslim.passes import constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
+from onnxslim.passes import PassResult, Pipeline, constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
+from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.static_dims import fold_static_dims
 from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights, positions
 from onnxslim.prune.groups import trace
 from onnxslim.prune.importance import METHODS, class_scores, keep_count, select_local
-from onnxslim.prune.recover import channel_energy, recover
+from onnxslim.prune.recover import RecoveryStep, channel_energy, recover
 from onnxslim.prune.unstructured import magnitude_sparsify
 from onnxslim.runtime import Runner
 from onnxslim.runtime.probe import check_runs, runtime_shapes
@@ -116,8 +116,10 @@ class PruneReport:
     file_bytes: tuple[int, int] = (0, 0)
     latency: LatencyComparison | None = None
     fidelity: list = field(default_factory=list)
-    recovery: list[str] = field(default_factory=list)
+    recovery: list[RecoveryStep] = field(default_factory=list)
+    sparsity: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    prepare: list[PassResult] = field(default_factory=list)
 
     @property
     def pruned_groups(self) -> list[GroupReport]:
@@ -136,21 +138,29 @@ class PruneReport:
             "latency": self.latency.to_dict() if self.latency else {},
             "fidelity": [c.to_dict() for c in self.fidelity],
             "groups": [g.to_dict() for g in self.groups],
-            "recovery": self.recovery,
+            "recovery": [step.to_dict() for step in self.recovery],
+            "sparsity": list(self.sparsity),
+            "prepare": [p.to_dict() for p in self.prepare],
             "warnings": self.warnings,
         }
 
 
-def _prepare(model: onnx.ModelProto) -> None:
-    # Only steps that leave every output bit-identical: ratio 0 must change nothing.
-    initializers_out_of_inputs(model)
-    constants_to_initializers(model)
-    remove_identities(model)
-    fold_constants(model)
-    if fold_static_dims(model, _fixed_input_shapes(model)).modified:
-        fold_constants(model)  # the arithmetic on the sizes that just became constants
-    remove_dead_nodes(model)
-    name_nodes(model.graph)
+def fold_fixed_sizes(model: onnx.ModelProto) -> PassResult:
+    """Sizes read off shapes that the model fixes become constants, and the arithmetic on them is folded."""
+    result = fold_static_dims(model, _fixed_input_shapes(model))
+    if result.modified:
+        folded = fold_constants(model)
+        result.changes.extend(folded.changes)
+        result.declined.extend(folded.declined)
+    return result
+
+
+# Only steps that leave every output bit-identical: ratio 0 must change nothing.
+PREPARE = Pipeline((initializers_out_of_inputs, constants_to_initializers, remove_identities, fold_constants, fold_fixed_sizes, remove_dead_nodes, name_unnamed_nodes))
+
+
+def _prepare(model: onnx.ModelProto) -> list[PassResult]:
+    return PREPARE(model)
 
 
 def _bn_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -373,16 +383,17 @@ def prune(
     label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
     original = load_model(model)
     work = load_model(original)
-    _prepare(work)
+    prepared = _prepare(work)
     source = open_data(data, graph_inputs(original), input_shapes=input_shapes) if data is not None else None
     if (config.importance == "activation" or config.recovery != "none") and source is None:
         raise UsageError("activation importance and recovery need calibration data: give --data")
     config = _resolve_token_mask(config, original)
     report = PruneReport(label, str(output) if output else None, "unstructured" if config.unstructured else "structured", config.__dict__.copy())
+    report.prepare = prepared
     shapes = _shapes_for(work, source) if source is not None else infer_shapes(work, input_shapes or {})
     if config.unstructured:
         pruned, lines = magnitude_sparsify(work, config.ratio)
-        report.recovery.extend(lines)
+        report.sparsity.extend(lines)
         report.warnings.append("unstructured sparsity keeps every tensor's shape: the model compresses better but dense runtimes do not run it faster")
     else:
         energy = channel_energy(work, source, token_mask=config.token_mask, show_progress=show_progress) if config.importance == "activation" else None

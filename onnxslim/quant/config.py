@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from onnxslim.errors import UsageError
 from onnxslim.quant.ranges import METHODS
@@ -50,7 +50,6 @@ class QuantConfig:
     latency_runs: int = 30
     if_slower: str = "keep-fp32"
     histogram_bins: int = 2048
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -70,7 +69,3 @@ class QuantConfig:
     def signed_activations(self) -> bool:
         return self.target != "cpu"
 
-    def with_excluded(self, nodes: tuple[str, ...]) -> QuantConfig:
-        from dataclasses import replace
-
-        return replace(self, exclude_nodes=tuple(self.exclude_nodes) + tuple(nodes))

@@ -10,6 +10,7 @@ import itertools
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -25,7 +26,7 @@ from onnxslim.progress import track
 from onnxslim.quant.calibrate import calibrate
 from onnxslim.quant.config import QuantConfig
 from onnxslim.quant.params import activation_params
-from onnxslim.quant.plan import QuantPlan, drop_mixed_range_concats, make_plan
+from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats, make_plan
 from onnxslim.quant.prepare import float_tensors, prepare
 from onnxslim.quant.qdq import insert_qdq
 from onnxslim.quant.ranges import calibrated_range
@@ -137,16 +138,17 @@ class _Session:
         self.calibration_batches = max(self.calibration_batches, seen)
         self.calibration_seconds += time.perf_counter() - start
 
-    def plan(self, config: QuantConfig) -> QuantPlan:
-        plan = make_plan(self.prepared, config, self.float_names)
+    def plan(self, config: QuantConfig, keep_float: frozenset[str] = frozenset()) -> QuantPlan:
+        plan = make_plan(self.prepared, config, self.float_names, keep_float)
         if any(t not in self.stats for t in plan.observed_tensors()):
             self.observe(plan)
         return plan
 
-    def params(self, plan: QuantPlan) -> dict:
+    def params(self, plan: QuantPlan) -> tuple[QuantPlan, dict]:
+        """The plan as calibration leaves it (a copy) and the scale and zero point of every quantized activation."""
         signed = plan.signed
         ranges = {t: calibrated_range(self.stats[t], self.config.method, symmetric=signed, percentile=self.config.percentile) for t in plan.observed_tensors()}
-        drop_mixed_range_concats(plan, self.prepared, ranges, self.config.concat_range_ratio)
+        plan = drop_mixed_range_concats(plan, self.prepared, ranges, self.config.concat_range_ratio)
         params: dict = {}
 
         def resolve(key: str, depth: int = 0):
@@ -164,40 +166,48 @@ class _Session:
 
         for key in plan.activations:
             resolve(key)
-        return params
+        return plan, params
 
-    def build(self, config: QuantConfig) -> tuple[QuantPlan, onnx.ModelProto]:
-        plan = self.plan(config)
-        quantized = insert_qdq(self.prepared, plan, self.params(plan))
+    def build(self, config: QuantConfig, keep_float: frozenset[str] = frozenset()) -> tuple[QuantPlan, onnx.ModelProto]:
+        plan, params = self.params(self.plan(config, keep_float))
+        quantized = insert_qdq(self.prepared, plan, params)
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
 
 
-def _sensitivity(session: _Session, plan: QuantPlan, budget: float) -> tuple[QuantConfig, list[dict], list[str]]:
+@dataclass(frozen=True)
+class BudgetSearch:
+    """The layers the accuracy budget keeps in float, and whether the budget was met."""
+
+    keep_float: frozenset[str]
+    kept: list[dict]
+    met: bool
+    note: str
+
+
+def _sensitivity(session: _Session, plan: QuantPlan, budget: float) -> BudgetSearch:
     """Keep the layers that cost the most accuracy in float until the budget holds."""
     batches = session.eval_batches[:SENSITIVITY_BATCHES]
-    candidates = [d.node for d in plan.decisions.values() if d.quantized and d.node not in plan.folded_nodes and "bias of" not in d.reason]
+    candidates = [d.node for d in plan.decisions.values() if d.quantized and d.code not in (QuantReason.FOLDED, QuantReason.BIAS_FUSED)]
     damage: dict[str, float] = {}
     for node in track(candidates, "per-layer sensitivity", enabled=session.show_progress):
-        others = tuple(n for n in candidates if n != node)
-        _, model = session.build(session.config.with_excluded(others))
+        others = frozenset(n for n in candidates if n != node)
+        _, model = session.build(session.config, others)
         damage[node] = 1.0 - worst_cosine(fidelity(session.reference, model, batches))
     ranked = sorted(candidates, key=lambda n: damage[n], reverse=True)
-    notes: list[str] = []
     count = 1
     while count <= len(ranked):
-        excluded = tuple(ranked[:count])
-        config = session.config.with_excluded(excluded)
-        _, model = session.build(config)
+        excluded = frozenset(ranked[:count])
+        _, model = session.build(session.config, excluded)
         cosine = worst_cosine(fidelity(session.reference, model, batches))
         if cosine >= budget:
-            kept = [{"node": n, "cosine_when_alone_quantized": 1.0 - damage[n]} for n in excluded]
-            notes.append(f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float (cosine {cosine:.5f} on {len(batches)} batch(es))")
-            return config, kept, notes
+            kept = [{"node": n, "cosine_when_alone_quantized": 1.0 - damage[n]} for n in ranked[:count]]
+            note = f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float (cosine {cosine:.5f} on {len(batches)} batch(es))"
+            return BudgetSearch(excluded, kept, True, note)
         count = count * 2 if count < 8 else count + max(1, len(ranked) // 8)
-    notes.append(f"accuracy budget {budget} cannot be met even with every quantized layer in float")
-    return session.config.with_excluded(tuple(ranked)), [{"node": n, "cosine_when_alone_quantized": 1.0 - damage[n]} for n in ranked], notes
+    kept = [{"node": n, "cosine_when_alone_quantized": 1.0 - damage[n]} for n in ranked]
+    return BudgetSearch(frozenset(ranked), kept, False, f"accuracy budget {budget} cannot be met even with every quantized layer in float")
 
 
 def quantize(
@@ -221,15 +231,16 @@ def quantize(
     report.warnings.extend(session.warnings)
     plan = session.plan(config)
     if not plan.quantized_nodes:
-        reasons = sorted({d.reason for d in plan.decisions.values()})[:3]
+        reasons = sorted({d.reason.text for d in plan.decisions.values()})[:3]
         raise NothingToDoError(f"{session.label}: nothing to quantize ({'; '.join(reasons) or 'no nodes'})")
     plan, quantized = session.build(config)
     comparisons = fidelity(session.reference, quantized, session.eval_batches)
     if config.accuracy_budget is not None and worst_cosine(comparisons) < config.accuracy_budget:
-        budget_config, kept, notes = _sensitivity(session, plan, config.accuracy_budget)
-        report.kept_float_for_budget = kept
-        report.warnings.extend(n for n in notes if "cannot" in n)
-        plan, quantized = session.build(budget_config)
+        search = _sensitivity(session, plan, config.accuracy_budget)
+        report.kept_float_for_budget = search.kept
+        if not search.met:
+            report.warnings.append(search.note)
+        plan, quantized = session.build(config, search.keep_float)
         comparisons = fidelity(session.reference, quantized, session.eval_batches)
     report.decisions = list(plan.decisions.values())
     report.fidelity = comparisons

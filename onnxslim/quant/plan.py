@@ -20,7 +20,7 @@ stay in float, because quantizing around them only adds work.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
 
 import numpy as np
 import onnx
@@ -29,93 +29,23 @@ from onnxslim.ir.graph import node_attr
 from onnxslim.ir.layers import weight_axes
 from onnxslim.ir.tensors import constant_names, initializer_map, to_array
 from onnxslim.quant.config import QuantConfig
+from onnxslim.quant.decisions import ActivationQuant, BiasQuant, NodeDecision, QuantPlan, QuantReason, WeightQuant
+from onnxslim.quant.rules import REMOVABLE, WEIGHTED_GPU, rule_for
+from onnxslim.reasons import Reason
 
-PASS_THROUGH = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Resize", "Slice", "DepthToSpace", "SpaceToDepth", "Gather"}
-INTEGER_UNARY = {"GlobalAveragePool", "AveragePool"}
-INTEGER_BINARY = {"Add", "Mul"}
-REMOVABLE = {"Relu", "Clip"}
-WEIGHTED_CPU = {"Conv", "Gemm", "MatMul"}
-WEIGHTED_GPU = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-KEPT_FLOAT_REASONS = {
-    "Softmax": "softmax kept in float (its output precision matters more than its cost)",
-    "LayerNormalization": "normalization kept in float",
-    "BatchNormalization": "normalization kept in float (not folded into a layer)",
-    "InstanceNormalization": "normalization kept in float",
-    "HardSigmoid": "smooth activation kept in float: no integer kernel on CPU",
-    "HardSwish": "smooth activation kept in float: no integer kernel on CPU",
-    "Sigmoid": "smooth activation kept in float",
-    "Tanh": "smooth activation kept in float: no integer kernel on CPU",
-    "Erf": "GELU path kept in float",
-    "Div": "division kept in float (part of normalization or smooth activation)",
-    "Pow": "kept in float (part of a spelled-out normalization)",
-    "Sqrt": "kept in float (part of a spelled-out normalization)",
-    "ReduceMean": "reduction kept in float",
-    "ConvTranspose": "onnxruntime's CPU provider has no integer ConvTranspose; Q/DQ around it would only add work",
-}
-
-
-@dataclass
-class ActivationQuant:
-    """A tensor that gets QuantizeLinear -> DequantizeLinear."""
-
-    tensor: str
-    observe: str
-    share: str | None = None  # take scale and zero point of this tensor (pass-through ops)
-    clamp_high: float | None = None  # upper bound from a folded Clip
-    rewire_all: bool = False  # every reader reads the dequantized value (needed for producer fusion)
-    readers: set[str] = field(default_factory=set)  # nodes reading the dequantized value, when not all
-    folded_into: str | None = None  # a Relu/Clip output name that the dequantized value replaces
-
-
-@dataclass
-class WeightQuant:
-    tensor: str
-    axis: int | None
-
-
-@dataclass
-class BiasQuant:
-    tensor: str
-    node: str
-    activation: str
-    weight: str
-
-
-@dataclass
-class NodeDecision:
-    node: str
-    op_type: str
-    quantized: bool
-    reason: str
-
-    def to_dict(self) -> dict:
-        return {"node": self.node, "op_type": self.op_type, "quantized": self.quantized, "reason": self.reason}
-
-
-@dataclass
-class QuantPlan:
-    # keyed by the name readers see: the folded Relu/Clip output where one was folded, else the tensor
-    activations: dict[str, ActivationQuant] = field(default_factory=dict)
-    weights: dict[str, WeightQuant] = field(default_factory=dict)
-    weight_readers: dict[str, set[str]] = field(default_factory=dict)
-    biases: list[BiasQuant] = field(default_factory=list)
-    folded_nodes: dict[str, str] = field(default_factory=dict)  # Relu/Clip node -> tensor quantized in its place
-    zero_bias_for: dict[str, tuple[str, str]] = field(default_factory=dict)  # MatMul node -> (activation, weight)
-    concat_candidates: list[str] = field(default_factory=list)
-    decisions: dict[str, NodeDecision] = field(default_factory=dict)
-    signed: bool = False
-
-    def observed_tensors(self) -> set[str]:
-        return {a.observe for a in self.activations.values()}
-
-    @property
-    def quantized_nodes(self) -> list[str]:
-        return [d.node for d in self.decisions.values() if d.quantized]
+__all__ = ["ActivationQuant", "BiasQuant", "NodeDecision", "Planner", "QuantPlan", "QuantReason", "WeightQuant", "drop_mixed_range_concats", "make_plan"]
 
 
 class Planner:
-    def __init__(self, model: onnx.ModelProto, config: QuantConfig, float_tensors: set[str]):
+    """Walks the prepared graph once, applying the rule of each op type (see :mod:`onnxslim.quant.rules`).
+
+    Holds the lookups the rules need (constants, consumers, producers) and the
+    plan being built; rules mark tensors through its helpers.
+    """
+
+    def __init__(self, model: onnx.ModelProto, config: QuantConfig, float_tensors: set[str], keep_float: frozenset[str] = frozenset()):
         self.model = model
+        self.keep_float = keep_float
         self.graph = model.graph
         self.config = config
         self.constants = constant_names(self.graph)
@@ -153,8 +83,8 @@ class Planner:
         return found
 
     # ------------------------------------------------------------ helpers
-    def decide(self, node: onnx.NodeProto, quantized: bool, reason: str) -> None:
-        self.plan.decisions[node.name] = NodeDecision(node.name, node.op_type, quantized, reason)
+    def decide(self, node: onnx.NodeProto, reason: Reason) -> None:
+        self.plan.decisions[node.name] = NodeDecision(node.name, node.op_type, reason)
 
     def is_float_activation(self, name: str) -> bool:
         return bool(name) and name not in self.constants and name in self.float_tensors
@@ -182,7 +112,7 @@ class Planner:
                 target.clamp_high = clamp
                 target.folded_into = follower.output[0]
                 self.plan.folded_nodes[follower.name] = tensor
-                self.decide(follower, True, f"folded into the quantizer of {node.name}'s output (UINT8 with zero point 0 clamps like it)")
+                self.decide(follower, Reason(QuantReason.FOLDED, f"folded into the quantizer of {node.name}'s output (UINT8 with zero point 0 clamps like it)"))
         visible = target.folded_into or tensor
         self.plan.activations[visible] = target
         self.quantized_outputs.add(visible)
@@ -207,16 +137,19 @@ class Planner:
             return False
         return None if high is None else float(high)
 
-    def _allowed(self, node: onnx.NodeProto) -> str | None:
+    def _allowed(self, node: onnx.NodeProto) -> Reason | None:
+        """Why the user's options or the node's domain keep ``node`` in float, or None."""
         config = self.config
+        if node.name in self.keep_float:
+            return Reason(QuantReason.KEPT_FOR_ACCURACY, "kept in float to meet the accuracy budget (among the layers that cost the most accuracy)")
         if node.name in config.exclude_nodes:
-            return "excluded by --exclude-nodes"
+            return Reason(QuantReason.EXCLUDED_BY_USER, "excluded by --exclude-nodes")
         if node.op_type in config.exclude_op_types:
-            return "excluded by --exclude-op-types"
+            return Reason(QuantReason.EXCLUDED_BY_USER, "excluded by --exclude-op-types")
         if config.op_types and node.op_type not in config.op_types and node.op_type not in REMOVABLE:
-            return "op type not in --op-types"
+            return Reason(QuantReason.EXCLUDED_BY_USER, "op type not in --op-types")
         if node.domain not in ("", "ai.onnx"):
-            return f"custom domain '{node.domain}'"
+            return Reason(QuantReason.UNSUPPORTED, f"custom domain '{node.domain}'")
         return None
 
     def weight_axis(self, node: onnx.NodeProto, weight: np.ndarray) -> int | None:
@@ -236,53 +169,7 @@ class Planner:
         self.plan.weight_readers.setdefault(name, set()).add(node.name)
         return True
 
-    # ------------------------------------------------------------ rules
-    def weighted(self, node: onnx.NodeProto) -> str | None:
-        """Quantize a layer with a constant weight; returns a reason when it is declined."""
-        op = node.op_type
-        if len(node.input) < 2:
-            return "no weight input"
-        activation, weight = node.input[0], node.input[1]
-        if weight not in self.constants:
-            if op == "MatMul" and self.is_float_activation(weight):
-                return self.activation_matmul(node)
-            return "weight is not a constant initializer"
-        if not self.is_float_activation(activation):
-            return "input is not a float activation"
-        if node.name in self.output_layers:
-            return "output layer kept in float: its rounding errors reach the result directly (--quantize-output-layers quantizes it)"
-        array = to_array(self.inits[weight])
-        if array.dtype != np.float32:
-            return f"weight is {array.dtype}, not float32"
-        if op == "MatMul" and array.ndim != 2:
-            return f"batched constant weight of rank {array.ndim}"
-        if op == "Gemm":
-            if int(node_attr(node, "transA", 0)):
-                return "Gemm with transA=1"
-            if float(node_attr(node, "alpha", 1.0)) != 1.0:
-                return "Gemm with alpha != 1"
-        if not self.add_weight(node, weight):
-            return "weight is shared with a layer that quantizes it on another axis"
-        self.quantize_input(activation, node)
-        if self.plan.signed:
-            self.decide(node, True, "INT8 input and per-channel weights (Q/DQ on inputs)")
-            return None
-        bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        if op == "MatMul":
-            bias_name = self._matmul_bias(node)
-        if bias_name is not None:
-            self._add_bias(node, bias_name, activation, weight)
-        if op == "Conv":
-            self.quantize_output(node, allow_fold=True)
-            self.decide(node, True, "QLinearConv: UINT8 input and output, INT8 per-channel weights, INT32 bias")
-        elif op == "MatMul" and bias_name is None:
-            self.plan.zero_bias_for[node.name] = (activation, weight)
-            self.decide(node, True, "QGemm: UINT8 input, INT8 per-channel weights, float output")
-        else:
-            self.decide(node, True, "QGemm: UINT8 input, INT8 per-channel weights, INT32 bias, float output")
-        return None
-
-    def _matmul_bias(self, node: onnx.NodeProto) -> str | None:
+    def matmul_bias(self, node: onnx.NodeProto) -> str | None:
         readers = self.consumers.get(node.output[0], [])
         if len(readers) != 1 or node.output[0] in self.graph_outputs:
             return None
@@ -296,92 +183,39 @@ class Planner:
         columns = to_array(self.inits[node.input[1]]).shape[-1]
         if bias.dtype != np.float32 or bias.shape != (columns,):
             return None
-        self.decide(add, True, f"bias of {node.name}, fused with it into QGemm")
+        self.decide(add, Reason(QuantReason.BIAS_FUSED, f"bias of {node.name}, fused with it into QGemm"))
         return other
 
-    def _add_bias(self, node: onnx.NodeProto, bias: str, activation: str, weight: str) -> None:
+    def add_bias(self, node: onnx.NodeProto, bias: str, activation: str, weight: str) -> None:
         array = to_array(self.inits[bias])
         if array.ndim == 1 and array.dtype == np.float32 and (node.op_type != "Gemm" or float(node_attr(node, "beta", 1.0)) == 1.0):
             self.plan.biases.append(BiasQuant(bias, node.name, activation, weight))
 
-    def activation_matmul(self, node: onnx.NodeProto) -> str | None:
-        if not self.config.quantize_attention:
-            return "activation x activation MatMul (attention) kept in float; --quantize-attention quantizes it"
-        a, b = node.input[0], node.input[1]
-        if not (self.is_float_activation(a) and self.is_float_activation(b)):
-            return "inputs are not float activations"
-        self.quantize_input(a, node)
-        self.quantize_input(b, node)
-        if not self.plan.signed:
-            self.quantize_output(node, allow_fold=False)
-        self.decide(node, True, "QLinearMatMul on two quantized activations")
-        return None
-
     def run(self) -> QuantPlan:
-        weighted_ops = WEIGHTED_GPU if self.plan.signed else WEIGHTED_CPU
         for node in self.graph.node:
             if node.name in self.plan.decisions:
-                continue
-            op = node.op_type
-            blocked = self._allowed(node)
-            if blocked is not None:
-                self.decide(node, False, blocked)
-                continue
-            if op in weighted_ops:
-                reason = self.weighted(node)
-                if reason is not None:
-                    self.decide(node, False, reason)
-                continue
-            if self.plan.signed:
-                self.decide(node, False, KEPT_FLOAT_REASONS.get(op, "only the inputs of weighted layers are quantized for this target"))
-                continue
-            data = node.input[0] if node.input else ""
-            if op in PASS_THROUGH and self.is_quantized(data) and data in self.quantized_outputs:
-                out = node.output[0]
-                self.plan.activations[out] = ActivationQuant(out, observe=out, share=data, rewire_all=True)
-                self.quantized_outputs.add(out)
-                self.decide(node, True, "runs on UINT8: same scale before and after")
-                continue
-            if op in INTEGER_UNARY and self.is_quantized(data) and data in self.quantized_outputs:
-                self.quantize_input(data, node)
-                self.quantize_output(node, allow_fold=False)
-                self.decide(node, True, f"QLinear{op}")
-                continue
-            if op in INTEGER_BINARY and len(node.input) == 2 and all(n in self.quantized_outputs for n in node.input):
-                for name in node.input:
-                    self.quantize_input(name, node)
-                self.quantize_output(node, allow_fold=op == "Add")
-                self.decide(node, True, f"QLinear{op}: both inputs already quantized")
-                continue
-            if op == "Concat" and node.input and all(n in self.quantized_outputs for n in node.input):
-                for name in node.input:
-                    self.quantize_input(name, node)
-                self.quantize_output(node, allow_fold=False)
-                self.plan.concat_candidates.append(node.name)
-                self.decide(node, True, "QLinearConcat")
-                continue
-            if op in KEPT_FLOAT_REASONS:
-                self.decide(node, False, KEPT_FLOAT_REASONS[op])
-            elif op in PASS_THROUGH | INTEGER_UNARY | INTEGER_BINARY | {"Concat"}:
-                self.decide(node, False, "inputs are not all quantized, so an integer kernel would need extra quantizers")
-            elif op in REMOVABLE:
-                self.decide(node, False, "not directly after a quantized layer, so it cannot be folded")
-            else:
-                self.decide(node, False, f"no integer kernel for {op} on this target")
+                continue  # decided earlier: a Relu/Clip folded into its producer, a MatMul's bias Add
+            reason = self._allowed(node) or rule_for(node.op_type, self.plan.signed)(self, node)
+            self.decide(node, reason)
         return self.plan
 
 
-def make_plan(model: onnx.ModelProto, config: QuantConfig, float_tensors: set[str]) -> QuantPlan:
-    """Plan the quantization of a prepared model; ``float_tensors`` are the float32 tensor names."""
-    return Planner(model, config, float_tensors).run()
+def make_plan(model: onnx.ModelProto, config: QuantConfig, float_tensors: set[str], keep_float: frozenset[str] = frozenset()) -> QuantPlan:
+    """Plan the quantization of a prepared model; ``float_tensors`` are the float32 tensor names.
+
+    ``keep_float``: nodes kept in float for the accuracy budget (reported as such, not as the user's exclusions).
+    """
+    return Planner(model, config, float_tensors, keep_float).run()
 
 
-def drop_mixed_range_concats(plan: QuantPlan, model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], ratio: float) -> None:
-    """Undo Concat quantization where the inputs' ranges differ by more than ``ratio``.
+def drop_mixed_range_concats(plan: QuantPlan, model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], ratio: float) -> QuantPlan:
+    """A copy of ``plan`` with Concat quantization undone where the inputs' ranges differ by more than ``ratio``.
 
     One scale for box coordinates in pixels and class scores in 0..1 rounds the
     scores to zero; such a Concat stays in float and its inputs keep their own scales.
+    ``plan`` itself is left as planned.
     """
+    plan = copy.deepcopy(plan)
     nodes = {n.name: n for n in model.graph.node}
     for name in plan.concat_candidates:
         node = nodes[name]
@@ -405,9 +239,6 @@ def drop_mixed_range_concats(plan: QuantPlan, model: onnx.ModelProto, ranges: di
                 activation.readers.discard(name)
                 if not activation.readers:
                     del plan.activations[tensor]
-        plan.decisions[name] = NodeDecision(
-            name,
-            "Concat",
-            False,
-            f"inputs span ranges from {min(spans):.3g} to {max(spans):.3g} ({max(spans) / min(spans):.0f}x); one scale would round the smaller ones away",
-        )
+        spread = f"inputs span ranges from {min(spans):.3g} to {max(spans):.3g} ({max(spans) / min(spans):.0f}x); one scale would round the smaller ones away"
+        plan.decisions[name] = NodeDecision(name, "Concat", Reason(QuantReason.MIXED_RANGES, spread))
+    return plan

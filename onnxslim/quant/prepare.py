@@ -5,32 +5,35 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, shape_inference
 
-from onnxslim.ir.graph import name_nodes
 from onnxslim.ir.shapes import without_large_values
-from onnxslim.passes import PassResult, constants_to_initializers, fuse_hardswish, run_passes, upgrade_opset
+from onnxslim.passes import CLEANUP_PASSES, PassResult, Pipeline, constants_to_initializers, fuse_hardswish, upgrade_opset
+from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.opset import default_opset
 
 QDQ_MIN_OPSET = 13  # per-axis DequantizeLinear
 PREFERRED_OPSET = 14  # HardSwish as one op
 
 
-def prepare(model: onnx.ModelProto) -> list[PassResult]:
-    """Clean ``model`` in place for quantization and return what each step did."""
-    results = run_passes(model)
+def upgrade_opset_for_qdq(model: onnx.ModelProto) -> PassResult:
+    """Upgrade to opset 14 (HardSwish as one op), or at least 13 (per-axis DequantizeLinear) where 14 fails."""
     upgraded = upgrade_opset(model, PREFERRED_OPSET)
     if not upgraded.modified and default_opset(model) < QDQ_MIN_OPSET:
         upgraded = upgrade_opset(model, QDQ_MIN_OPSET)
-    results.append(upgraded)
-    if upgraded.modified:
-        # the converter writes new shape constants as Constant nodes
-        constants_to_initializers(model)
-        results.append(fuse_hardswish(model))
-    named = name_nodes(model.graph)
-    if named:
-        result = PassResult("name-nodes")
-        result.change(f"named {named} unnamed node(s)")
-        results.append(result)
-    return results
+    return upgraded
+
+
+BEFORE_UPGRADE = Pipeline((*CLEANUP_PASSES, upgrade_opset_for_qdq))
+# the converter writes new shape constants as Constant nodes, and opset 14 lets HardSwish fuse
+AFTER_UPGRADE = Pipeline((constants_to_initializers, fuse_hardswish))
+NAMING = Pipeline((name_unnamed_nodes,))
+
+
+def prepare(model: onnx.ModelProto) -> list[PassResult]:
+    """Clean ``model`` in place for quantization and return what each step did."""
+    results = BEFORE_UPGRADE(model)
+    if results[-1].modified:
+        results.append(AFTER_UPGRADE(model)[-1])
+    return results + [r for r in NAMING(model) if r.modified]
 
 
 def float_tensors(model: onnx.ModelProto) -> set[str]:

@@ -18,8 +18,8 @@ from onnxslim.ir.graph import topological_sort
 from onnxslim.ir.mapped import ArrayStore
 from onnxslim.ir.tensors import all_value_names, initializer_map, to_array, unique_name
 from onnxslim.passes.cleanup import remove_dead_nodes
+from onnxslim.quant.decisions import QuantPlan
 from onnxslim.quant.params import quantize_bias, quantize_weight, weight_params
-from onnxslim.quant.plan import QuantPlan
 
 
 class _Emitter:

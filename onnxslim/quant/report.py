@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from onnxslim.measure import LatencyComparison, OutputComparison
 from onnxslim.passes import PassResult
-from onnxslim.quant.plan import NodeDecision
+from onnxslim.quant.decisions import NodeDecision
 
 INTEGER_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "ConvInteger", "QLinearAdd", "QLinearMul",
                    "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax"}
@@ -51,7 +51,7 @@ class QuantReport:
     def skipped_by_reason(self) -> dict[str, Counter]:
         grouped: dict[str, Counter] = {}
         for decision in self.skipped:
-            grouped.setdefault(decision.reason, Counter())[decision.op_type] += 1
+            grouped.setdefault(decision.reason.text, Counter())[decision.op_type] += 1
         return grouped
 
     def to_dict(self) -> dict:

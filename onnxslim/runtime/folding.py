@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import onnx
 
+from onnxslim.ir.tensors import subgraphs
 from onnxslim.runtime.session import quiet_onnxruntime
 
 
 def fold_with_onnxruntime(model: onnx.ModelProto, *, size_threshold: int) -> onnx.ModelProto:
-    """A copy of ``model`` with constant subexpressions evaluated and dead nodes removed.
+    """A copy of ``model`` with constant subexpressions evaluated and dead nodes removed; ``model`` is not changed.
 
     Results larger than ``size_threshold`` bytes stay unevaluated. Raises what
     graphsurgeon raises when evaluation fails.
@@ -22,6 +23,11 @@ def fold_with_onnxruntime(model: onnx.ModelProto, *, size_threshold: int) -> onn
 
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its warnings go to stdout, which must stay clean for --json
     quiet_onnxruntime()
+    if any(True for node in model.graph.node for _ in subgraphs(node)):
+        # graphsurgeon names the tensors of Constant nodes inside subgraphs on the proto it imports
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
     graph = gs.import_onnx(model)
     graph.fold_constants(error_ok=True, size_threshold=size_threshold, flatten_subgraphs=False, fold_shapes=False)
     graph.cleanup(remove_unused_graph_inputs=False)

@@ -19,7 +19,7 @@ import onnx
 from onnxslim import PruneConfig, QuantConfig, prune, quantize
 from onnxslim.errors import OnnxSlimError
 from onnxslim.ir import load_model
-from onnxslim.passes import run_passes
+from onnxslim.passes import CLEANUP_PASSES, Pipeline
 
 QUANT = QuantConfig(latency_runs=0, quantize_output_layers=True)  # single-layer cases: the layer is the output layer
 PRUNE = PruneConfig(ratio=0.5, latency_runs=0)
@@ -119,14 +119,14 @@ def check_case(name: str, model: onnx.ModelProto, inputs: list | None, expected:
     # cleanup passes
     try:
         cleaned = load_model(model)
-        results = run_passes(cleaned)
+        results = Pipeline(CLEANUP_PASSES, verify_unmodified=True)(cleaned)
         if runs:
             outputs = _run(cleaned, inputs)
             target = expected if expected is not None and _close(reference, expected, rtol, atol) else reference
             if not _close(outputs, target, rtol, atol):
                 tally.add(name, "cleanup", "failed", "outputs changed")
             else:
-                reasons = [d.reason for r in results for d in r.declined] or ["no cleanup pass applies to this graph"]
+                reasons = [d.reason.text for r in results for d in r.declined] or ["no cleanup pass applies to this graph"]
                 tally.add(name, "cleanup", "transformed" if any(r.modified for r in results) else "declined", "; ".join(reasons[:2]))
         else:
             tally.add(name, "cleanup", "declined", "onnxruntime cannot run the original")

@@ -1,0 +1,110 @@
+"""The typed result of planning: what to quantize, and a coded reason for every node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from onnxslim.reasons import Reason
+
+
+class QuantReason(Enum):
+    """Why a node is or is not quantized."""
+
+    # quantized
+    INTEGER_KERNEL = "integer_kernel"  # runs as an integer kernel (QLinearConv, QGemm, QLinearAdd, ...)
+    SHARED_SCALE = "shared_scale"  # runs on UINT8 with the scale of its input (MaxPool, Reshape, ...)
+    FOLDED = "folded"  # a Relu/Clip folded into the quantizer before it
+    BIAS_FUSED = "bias_fused"  # the bias Add of a MatMul, fused into QGemm
+    QDQ_INPUTS = "qdq_inputs"  # INT8 Q/DQ on the inputs of a weighted layer (GPU targets)
+    # kept in float
+    EXCLUDED_BY_USER = "excluded_by_user"  # --exclude-nodes, --exclude-op-types, --op-types
+    KEPT_FOR_ACCURACY = "kept_for_accuracy"  # kept in float to meet --accuracy-budget
+    OUTPUT_LAYER = "output_layer"  # feeds a graph output directly
+    ATTENTION = "attention"  # activation x activation MatMul
+    KEPT_FLOAT = "kept_float"  # quantizing around it costs more than it saves, or precision matters
+    NO_INTEGER_KERNEL = "no_integer_kernel"  # the target has no integer kernel for it
+    INPUTS_NOT_QUANTIZED = "inputs_not_quantized"  # would need extra quantizers before it
+    UNSUPPORTED = "unsupported"  # weight, attribute, type or domain the rules do not handle
+    MIXED_RANGES = "mixed_ranges"  # a Concat whose inputs' ranges differ too much for one scale
+
+
+QUANTIZED = frozenset({QuantReason.INTEGER_KERNEL, QuantReason.SHARED_SCALE, QuantReason.FOLDED, QuantReason.BIAS_FUSED, QuantReason.QDQ_INPUTS})
+
+
+@dataclass
+class ActivationQuant:
+    """A tensor that gets QuantizeLinear -> DequantizeLinear."""
+
+    tensor: str
+    observe: str
+    share: str | None = None  # take scale and zero point of this tensor (pass-through ops)
+    clamp_high: float | None = None  # upper bound from a folded Clip
+    rewire_all: bool = False  # every reader reads the dequantized value (needed for producer fusion)
+    readers: set[str] = field(default_factory=set)  # nodes reading the dequantized value, when not all
+    folded_into: str | None = None  # a Relu/Clip output name that the dequantized value replaces
+
+
+@dataclass
+class WeightQuant:
+    """A constant weight quantized to INT8, per channel along ``axis`` (None: per tensor)."""
+
+    tensor: str
+    axis: int | None
+
+
+@dataclass
+class BiasQuant:
+    """A bias quantized to INT32 with the scale of ``activation`` times that of ``weight``."""
+
+    tensor: str
+    node: str
+    activation: str
+    weight: str
+
+
+@dataclass(frozen=True)
+class NodeDecision:
+    """Whether a node runs quantized, and why (``reason.code`` is a :class:`QuantReason`)."""
+
+    node: str
+    op_type: str
+    reason: Reason
+
+    @property
+    def quantized(self) -> bool:
+        return self.reason.code in QUANTIZED
+
+    @property
+    def code(self) -> QuantReason:
+        return self.reason.code  # type: ignore[return-value]
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "op_type": self.op_type, "quantized": self.quantized, "code": self.reason.code.value, "reason": self.reason.text}
+
+
+@dataclass
+class QuantPlan:
+    """Which tensors get Q/DQ, which weights and biases are quantized, and a decision for every node.
+
+    Built by the planner before calibration; afterwards only copies are changed
+    (see :func:`onnxslim.quant.plan.drop_mixed_range_concats`).
+    """
+
+    # keyed by the name readers see: the folded Relu/Clip output where one was folded, else the tensor
+    activations: dict[str, ActivationQuant] = field(default_factory=dict)
+    weights: dict[str, WeightQuant] = field(default_factory=dict)
+    weight_readers: dict[str, set[str]] = field(default_factory=dict)
+    biases: list[BiasQuant] = field(default_factory=list)
+    folded_nodes: dict[str, str] = field(default_factory=dict)  # Relu/Clip node -> tensor quantized in its place
+    zero_bias_for: dict[str, tuple[str, str]] = field(default_factory=dict)  # MatMul node -> (activation, weight)
+    concat_candidates: list[str] = field(default_factory=list)
+    decisions: dict[str, NodeDecision] = field(default_factory=dict)
+    signed: bool = False
+
+    def observed_tensors(self) -> set[str]:
+        return {a.observe for a in self.activations.values()}
+
+    @property
+    def quantized_nodes(self) -> list[str]:
+        return [d.node for d in self.decisions.values() if d.quantized]

@@ -1,0 +1,196 @@
+"""One quantization rule per op type, kept in a registry.
+
+A rule looks at one node with the planner's view of the graph, marks what to
+quantize through the planner's helpers (``quantize_input``, ``quantize_output``,
+``add_weight``, ...) and returns the :class:`~onnxslim.reasons.Reason` for its
+decision; the code says whether the node was quantized. :func:`rule_for` picks
+the rule of an op type for a target: ``cpu`` follows what onnxruntime's CPU
+provider fuses into integer kernels, the signed (GPU) targets put Q/DQ on the
+inputs of weighted layers only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from onnxslim.ir.graph import node_attr
+from onnxslim.ir.tensors import to_array
+from onnxslim.quant.decisions import ActivationQuant, QuantReason
+from onnxslim.reasons import Reason
+
+if TYPE_CHECKING:
+    from onnxslim.quant.plan import Planner
+
+Rule = Callable[["Planner", onnx.NodeProto], Reason]
+
+PASS_THROUGH = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Resize", "Slice", "DepthToSpace", "SpaceToDepth", "Gather"}
+INTEGER_UNARY = {"GlobalAveragePool", "AveragePool"}
+INTEGER_BINARY = {"Add", "Mul"}
+REMOVABLE = {"Relu", "Clip"}
+WEIGHTED_CPU = {"Conv", "Gemm", "MatMul"}
+WEIGHTED_GPU = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+KEPT_FLOAT_REASONS = {
+    "Softmax": "softmax kept in float (its output precision matters more than its cost)",
+    "LayerNormalization": "normalization kept in float",
+    "BatchNormalization": "normalization kept in float (not folded into a layer)",
+    "InstanceNormalization": "normalization kept in float",
+    "HardSigmoid": "smooth activation kept in float: no integer kernel on CPU",
+    "HardSwish": "smooth activation kept in float: no integer kernel on CPU",
+    "Sigmoid": "smooth activation kept in float",
+    "Tanh": "smooth activation kept in float: no integer kernel on CPU",
+    "Erf": "GELU path kept in float",
+    "Div": "division kept in float (part of normalization or smooth activation)",
+    "Pow": "kept in float (part of a spelled-out normalization)",
+    "Sqrt": "kept in float (part of a spelled-out normalization)",
+    "ReduceMean": "reduction kept in float",
+    "ConvTranspose": "onnxruntime's CPU provider has no integer ConvTranspose; Q/DQ around it would only add work",
+}
+
+
+def _unsupported(text: str) -> Reason:
+    return Reason(QuantReason.UNSUPPORTED, text)
+
+
+def weighted(planner: Planner, node: onnx.NodeProto) -> Reason:
+    """A layer with a constant weight: INT8 per-channel weight, quantized input, INT32 bias where it fuses."""
+    op = node.op_type
+    if len(node.input) < 2:
+        return _unsupported("no weight input")
+    activation, weight = node.input[0], node.input[1]
+    if weight not in planner.constants:
+        if op == "MatMul" and planner.is_float_activation(weight):
+            return activation_matmul(planner, node)
+        return _unsupported("weight is not a constant initializer")
+    if not planner.is_float_activation(activation):
+        return _unsupported("input is not a float activation")
+    if node.name in planner.output_layers:
+        return Reason(QuantReason.OUTPUT_LAYER, "output layer kept in float: its rounding errors reach the result directly (--quantize-output-layers quantizes it)")
+    array = to_array(planner.inits[weight])
+    if array.dtype != np.float32:
+        return _unsupported(f"weight is {array.dtype}, not float32")
+    if op == "MatMul" and array.ndim != 2:
+        return _unsupported(f"batched constant weight of rank {array.ndim}")
+    if op == "Gemm":
+        if int(node_attr(node, "transA", 0)):
+            return _unsupported("Gemm with transA=1")
+        if float(node_attr(node, "alpha", 1.0)) != 1.0:
+            return _unsupported("Gemm with alpha != 1")
+    if not planner.add_weight(node, weight):
+        return _unsupported("weight is shared with a layer that quantizes it on another axis")
+    planner.quantize_input(activation, node)
+    if planner.plan.signed:
+        return Reason(QuantReason.QDQ_INPUTS, "INT8 input and per-channel weights (Q/DQ on inputs)")
+    bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if op == "MatMul":
+        bias_name = planner.matmul_bias(node)
+    if bias_name is not None:
+        planner.add_bias(node, bias_name, activation, weight)
+    if op == "Conv":
+        planner.quantize_output(node, allow_fold=True)
+        return Reason(QuantReason.INTEGER_KERNEL, "QLinearConv: UINT8 input and output, INT8 per-channel weights, INT32 bias")
+    if op == "MatMul" and bias_name is None:
+        planner.plan.zero_bias_for[node.name] = (activation, weight)
+        return Reason(QuantReason.INTEGER_KERNEL, "QGemm: UINT8 input, INT8 per-channel weights, float output")
+    return Reason(QuantReason.INTEGER_KERNEL, "QGemm: UINT8 input, INT8 per-channel weights, INT32 bias, float output")
+
+
+def activation_matmul(planner: Planner, node: onnx.NodeProto) -> Reason:
+    """A MatMul of two activations (attention scores and context): QLinearMatMul when asked for."""
+    if not planner.config.quantize_attention:
+        return Reason(QuantReason.ATTENTION, "activation x activation MatMul (attention) kept in float; --quantize-attention quantizes it")
+    a, b = node.input[0], node.input[1]
+    if not (planner.is_float_activation(a) and planner.is_float_activation(b)):
+        return _unsupported("inputs are not float activations")
+    planner.quantize_input(a, node)
+    planner.quantize_input(b, node)
+    if not planner.plan.signed:
+        planner.quantize_output(node, allow_fold=False)
+    return Reason(QuantReason.INTEGER_KERNEL, "QLinearMatMul on two quantized activations")
+
+
+def _inputs_not_quantized() -> Reason:
+    return Reason(QuantReason.INPUTS_NOT_QUANTIZED, "inputs are not all quantized, so an integer kernel would need extra quantizers")
+
+
+def shared_scale(planner: Planner, node: onnx.NodeProto) -> Reason:
+    """Data movement (MaxPool, Reshape, ...): runs on UINT8 when its input is the quantized output of a quantized node."""
+    data = node.input[0] if node.input else ""
+    if not (planner.is_quantized(data) and data in planner.quantized_outputs):
+        return _inputs_not_quantized()
+    out = node.output[0]
+    planner.plan.activations[out] = ActivationQuant(out, observe=out, share=data, rewire_all=True)
+    planner.quantized_outputs.add(out)
+    return Reason(QuantReason.SHARED_SCALE, "runs on UINT8: same scale before and after")
+
+
+def integer_unary(planner: Planner, node: onnx.NodeProto) -> Reason:
+    """Pooling with a QLinear kernel: quantized input and output."""
+    data = node.input[0] if node.input else ""
+    if not (planner.is_quantized(data) and data in planner.quantized_outputs):
+        return _inputs_not_quantized()
+    planner.quantize_input(data, node)
+    planner.quantize_output(node, allow_fold=False)
+    return Reason(QuantReason.INTEGER_KERNEL, f"QLinear{node.op_type}")
+
+
+def integer_binary(planner: Planner, node: onnx.NodeProto) -> Reason:
+    """Add/Mul of two quantized tensors (residuals, SE scales): QLinearAdd/QLinearMul."""
+    if not (len(node.input) == 2 and all(n in planner.quantized_outputs for n in node.input)):
+        return _inputs_not_quantized()
+    for name in node.input:
+        planner.quantize_input(name, node)
+    planner.quantize_output(node, allow_fold=node.op_type == "Add")
+    return Reason(QuantReason.INTEGER_KERNEL, f"QLinear{node.op_type}: both inputs already quantized")
+
+
+def concat(planner: Planner, node: onnx.NodeProto) -> Reason:
+    """Concat of quantized tensors: QLinearConcat, unless calibration finds their ranges too far apart."""
+    if not (node.input and all(n in planner.quantized_outputs for n in node.input)):
+        return _inputs_not_quantized()
+    for name in node.input:
+        planner.quantize_input(name, node)
+    planner.quantize_output(node, allow_fold=False)
+    planner.plan.concat_candidates.append(node.name)
+    return Reason(QuantReason.INTEGER_KERNEL, "QLinearConcat")
+
+
+def unfolded_clamp(planner: Planner, node: onnx.NodeProto) -> Reason:
+    """A Relu/Clip the layer before it did not fold into its quantizer."""
+    return Reason(QuantReason.INPUTS_NOT_QUANTIZED, "not directly after a quantized layer, so it cannot be folded")
+
+
+def kept_float(planner: Planner, node: onnx.NodeProto) -> Reason:
+    return Reason(QuantReason.KEPT_FLOAT, KEPT_FLOAT_REASONS[node.op_type])
+
+
+def no_integer_kernel(planner: Planner, node: onnx.NodeProto) -> Reason:
+    return Reason(QuantReason.NO_INTEGER_KERNEL, f"no integer kernel for {node.op_type} on this target")
+
+
+def inputs_of_weighted_only(planner: Planner, node: onnx.NodeProto) -> Reason:
+    if node.op_type in KEPT_FLOAT_REASONS:
+        return kept_float(planner, node)
+    return Reason(QuantReason.NO_INTEGER_KERNEL, "only the inputs of weighted layers are quantized for this target")
+
+
+CPU_RULES: dict[str, Rule] = {
+    **{op: kept_float for op in KEPT_FLOAT_REASONS},
+    **{op: shared_scale for op in PASS_THROUGH},
+    **{op: integer_unary for op in INTEGER_UNARY},
+    **{op: integer_binary for op in INTEGER_BINARY},
+    **{op: unfolded_clamp for op in REMOVABLE},
+    "Concat": concat,
+    **{op: weighted for op in WEIGHTED_CPU},
+}
+SIGNED_RULES: dict[str, Rule] = {op: weighted for op in WEIGHTED_GPU}
+
+
+def rule_for(op_type: str, signed: bool) -> Rule:
+    """The rule for ``op_type`` on a signed (GPU) or the CPU target."""
+    if signed:
+        return SIGNED_RULES.get(op_type, inputs_of_weighted_only)
+    return CPU_RULES.get(op_type, no_integer_kernel)

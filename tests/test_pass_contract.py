@@ -1,0 +1,196 @@
+"""Each pass on a model it changes and on one it leaves alone, run through a Pipeline that checks the contract."""
+
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+from onnx import numpy_helper
+
+from onnxslim.passes import (
+    DeclineCode,
+    PassError,
+    PassResult,
+    Pipeline,
+    fold_affine_into_conv,
+    fuse_hardswish,
+    graph_is_sorted,
+    initializers_out_of_inputs,
+    model_is_valid,
+)
+from onnxslim.passes.static_dims import fold_static_dims
+from tests.conftest import run_model
+
+RNG = np.random.default_rng(0)
+
+
+def checked(graph_pass) -> Pipeline:
+    return Pipeline((graph_pass,), checks=(model_is_valid, graph_is_sorted), verify_unmodified=True)
+
+
+def with_weights(text: str, **arrays) -> onnx.ModelProto:
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.extend(numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arrays.items())
+    onnx.checker.check_model(model)
+    return model
+
+
+def assert_same_outputs(before: onnx.ModelProto, after: onnx.ModelProto, feed: dict) -> None:
+    for a, b in zip(run_model(before, feed), run_model(after, feed)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+CONV_AFFINE = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) {
+    c = Conv <pads = [1, 1, 1, 1]> (x, w)
+    s = Mul (c, scale)
+    y = Add (s, shift)
+}
+"""
+
+
+def test_fold_affine_into_conv_changes_and_keeps_numbers():
+    model = with_weights(CONV_AFFINE, w=RNG.normal(size=(4, 3, 3, 3)), scale=RNG.normal(size=(1, 4, 1, 1)), shift=RNG.normal(size=(4, 1, 1)))
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(fold_affine_into_conv)(work)
+    assert result.modified and len(result.changes) == 2
+    assert [n.op_type for n in work.graph.node] == ["Conv"]
+    assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)})
+
+
+def test_fold_affine_into_conv_declines_with_a_reason_and_leaves_the_model():
+    # the scale varies along the width, not per channel
+    model = with_weights(CONV_AFFINE, w=RNG.normal(size=(4, 3, 3, 3)), scale=RNG.normal(size=(1, 1, 1, 8)), shift=RNG.normal(size=(4, 1, 1)))
+    (result,) = checked(fold_affine_into_conv)(model)
+    assert not result.modified
+    assert [d.reason.code for d in result.declined] == [DeclineCode.UNSUPPORTED_FORM]
+
+
+def test_fold_affine_into_conv_leaves_other_graphs_alone():
+    model = with_weights(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) {
+            c = Conv (x, w)
+            y = Relu (c)
+        }
+        """,
+        w=RNG.normal(size=(4, 3, 1, 1)),
+    )
+    (result,) = checked(fold_affine_into_conv)(model)
+    assert not result.modified and not result.declined
+
+
+HARDSWISH = """
+<ir_version: 8, opset_import: ["" : 14]>
+g (float[1, 4] x) => (float[1, 4] y)
+  <float three = {3.0}, float zero = {0.0}, float six = {6.0}> {
+    a = Add (x, three)
+    c = Clip (a, zero, six)
+    m = Mul (x, c)
+    y = Div (m, six)
+}
+"""
+
+
+def test_fuse_hardswish_changes_and_keeps_numbers():
+    model = onnx.parser.parse_model(HARDSWISH)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(fuse_hardswish)(work)
+    assert result.modified
+    assert "HardSwish" in [n.op_type for n in work.graph.node]
+    assert_same_outputs(model, work, {"x": np.linspace(-5, 5, 4, dtype=np.float32).reshape(1, 4)})
+
+
+def test_fuse_hardswish_declines_below_opset_14():
+    model = onnx.parser.parse_model(HARDSWISH.replace('"" : 14', '"" : 13'))
+    (result,) = checked(fuse_hardswish)(model)
+    assert not result.modified and result.declined[0].reason.code == DeclineCode.OPSET
+
+
+def static_dims_model(index: int) -> onnx.ModelProto:
+    text = """
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 6, 4] x) => (float[N, 6, 4] y, int64 d) {
+        s = Shape (x)
+        d = Gather <axis = 0> (s, i)
+        y = Identity (x)
+    }
+    """
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.append(numpy_helper.from_array(np.array(index, np.int64), "i"))
+    return model
+
+
+def test_fold_static_dims_turns_a_fixed_dimension_into_a_constant():
+    model = static_dims_model(1)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(fold_static_dims)(work)
+    assert result.modified and not any(n.op_type == "Gather" for n in work.graph.node)
+    assert_same_outputs(model, work, {"x": np.ones((3, 6, 4), np.float32)})
+
+
+def test_fold_static_dims_declines_a_dynamic_dimension():
+    (result,) = checked(fold_static_dims)(static_dims_model(0))
+    assert not result.modified and [d.reason.code for d in result.declined] == [DeclineCode.DYNAMIC]
+
+
+def test_initializers_out_of_inputs_changes_old_models_only():
+    old = with_weights(
+        """
+        <ir_version: 3, opset_import: ["" : 8]>
+        g (float[1, 4] x, float[4, 2] w) => (float[1, 2] y) {
+            y = MatMul (x, w)
+        }
+        """,
+        w=RNG.normal(size=(4, 2)),
+    )
+    (result,) = checked(initializers_out_of_inputs)(old)
+    assert result.modified and old.ir_version == 4 and [v.name for v in old.graph.input] == ["x"]
+    (again,) = checked(initializers_out_of_inputs)(old)
+    assert not again.modified
+
+
+def test_pipeline_names_the_pass_that_breaks_its_contract():
+    def lying_pass(model):
+        model.graph.node[0].name = "renamed"
+        return PassResult("lying-pass")
+
+    model = with_weights(CONV_AFFINE, w=RNG.normal(size=(4, 3, 3, 3)), scale=np.ones((1, 4, 1, 1)), shift=np.zeros((4, 1, 1)))
+    with pytest.raises(PassError, match="lying-pass changed the model but reported modified=False"):
+        Pipeline((lying_pass,), verify_unmodified=True)(model)
+
+    def unsorting_pass(model):
+        nodes = list(model.graph.node)[::-1]
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        result = PassResult("unsorting-pass")
+        result.change("reversed the nodes")
+        return result
+
+    with pytest.raises(PassError, match="after pass unsorting-pass: node .* reads"):
+        Pipeline((unsorting_pass,), checks=(graph_is_sorted,))(model)
+
+    def broken_pass(model):
+        raise KeyError("w")
+
+    with pytest.raises(PassError, match="pass broken-pass failed: KeyError"):
+        Pipeline((broken_pass,))(model)
+
+
+def test_pipeline_repeats_until_nothing_changes():
+    calls = []
+
+    def halves(model):
+        calls.append(1)
+        result = PassResult("halves")
+        if len(calls) < 3:
+            result.change("halved")
+        return result
+
+    results = Pipeline((halves,), max_steps=10)(onnx.ModelProto())
+    assert [r.modified for r in results] == [True, True, False]
+    assert len(Pipeline((halves,), max_steps=1)(onnx.ModelProto())) == 1
