@@ -13,6 +13,7 @@ from rich.table import Table
 from onnxslim import __version__
 from onnxslim.cli_options import csv_option, data_options, input_shapes_option, output_option, providers_option, quiet_option, report_option, threads_option
 from onnxslim.errors import OnnxSlimError
+from onnxslim.ir.destinations import check_destinations
 from onnxslim.report import to_json, write_report
 
 console = Console()
@@ -73,6 +74,7 @@ def _count(value: int) -> str:
 @report_option
 def inspect(model, input_shapes, as_json, report_path):
     """Show opset, inputs/outputs, op histogram, parameters and MACs of MODEL."""
+    check_destinations(inputs=[model], report=report_path)
     from onnxslim.summary import inspect as inspect_model
 
     summary = inspect_model(model, input_shapes=input_shapes)
@@ -112,6 +114,7 @@ def _print_summary(summary) -> None:
 @report_option
 def optimize(model, output, report_path):
     """Clean MODEL up: Constant weights to initializers, constant folding, BatchNorm folding, dead code."""
+    check_destinations(inputs=[model], output=output, report=report_path)
     from onnxslim.optimize import optimize as optimize_model
 
     _, report = optimize_model(model, output)
@@ -146,6 +149,7 @@ def optimize(model, output, report_path):
 @quiet_option
 def validate(reference, candidate, data, input_shapes, providers, threads, warmup, runs, min_cosine, min_snr_db, max_abs_error, min_top1, max_latency_ratio, report_path, quiet):
     """Compare CANDIDATE with REFERENCE: accuracy per output, latency, where nodes ran."""
+    check_destinations(inputs=[reference, candidate], report=report_path)
     from onnxslim.validate import Gates
     from onnxslim.validate import validate as validate_models
 
@@ -245,6 +249,7 @@ def quantize(model, output, eval_data, target, method, percentile, per_tensor, o
              quantize_output_layers, accuracy_budget, calibration_provider, max_samples, eval_fraction, threads, latency_runs, if_slower,
              report_path, quiet, input_shapes, **data_options):
     """Quantize MODEL to INT8 (QDQ) with calibration data, check it against FP32, write OUTPUT."""
+    check_destinations(inputs=[model], output=output, report=report_path)
     from onnxslim.quant import QuantConfig
     from onnxslim.quant import quantize as quantize_model
 
@@ -335,6 +340,7 @@ def prune(
     input_shapes, **data_options,
 ):
     """Remove whole channels, neurons and heads from MODEL; write the smaller dense model to OUTPUT."""
+    check_destinations(inputs=[model], output=output, report=report_path)
     from onnxslim.prune import PruneConfig
     from onnxslim.prune import prune as prune_model
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from onnxslim.errors import ModelWriteError
+from onnxslim.ir.destinations import check_writable_path
 
 
 def _plain(value: Any) -> Any:
@@ -34,8 +35,7 @@ def write_report(data: dict, path: str | os.PathLike) -> Path:
     """Write ``data`` as JSON to ``path`` through a temporary file in the same folder."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise ModelWriteError(f"report folder {folder} does not exist")
+    check_writable_path(target, "report", ModelWriteError)
     try:
         handle, temp = tempfile.mkstemp(prefix=".onnxslim-report-", dir=folder)
         with os.fdopen(handle, "w") as stream:

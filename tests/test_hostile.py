@@ -23,8 +23,8 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def assert_one_line_error(result, *needles):
-    assert result.exit_code == 1, result.output
+def assert_one_line_error(result, *needles, exit_code=1):
+    assert result.exit_code == exit_code, result.output
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.output
@@ -86,9 +86,10 @@ def test_folder_output_equal_to_input_and_missing_folder(setup):
     _, path, data, tmp_path = setup
     before = digest(path)
     assert_one_line_error(invoke("quantize", tmp_path, "-o", tmp_path / "o.onnx", "--data", data, "-q"), "is a folder")
-    assert_one_line_error(invoke("quantize", path, "-o", path, "--data", data, "--latency-runs", "0", "-q"), "is the input model")
-    assert_one_line_error(invoke("prune", path, "-o", path, "-q"), "is the input model")
-    assert_one_line_error(invoke("optimize", path, "-o", tmp_path / "missing" / "o.onnx"), "does not exist")
+    # destinations are checked before any work: usage errors
+    assert_one_line_error(invoke("quantize", path, "-o", path, "--data", data, "--latency-runs", "0", "-q"), "is the input model", exit_code=2)
+    assert_one_line_error(invoke("prune", path, "-o", path, "-q"), "is the input model", exit_code=2)
+    assert_one_line_error(invoke("optimize", path, "-o", tmp_path / "missing" / "o.onnx"), "does not exist", exit_code=2)
     assert digest(path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx", "data"])
 

@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from onnxslim.errors import ModelLoadError, ModelWriteError
+from onnxslim.ir.destinations import check_writable_path
 from onnxslim.ir.external import write_skeleton
 from onnxslim.ir.mapped import map_external_weights
 from onnxslim.ir.tensors import nominal_bytes
@@ -172,12 +173,7 @@ def save_model(
         if dest.resolve() == guarded_path.resolve() or _same_file(dest, guarded_path):
             raise ModelWriteError(f"output {dest} is the input model; choose another output path")
     folder = dest.parent if str(dest.parent) else Path(".")
-    if dest.is_dir():
-        raise ModelWriteError(f"output {dest} is a folder; give a file name ending in .onnx")
-    if not folder.exists():
-        raise ModelWriteError(f"output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ModelWriteError(f"cannot write to output folder {folder}: permission denied")
+    check_writable_path(dest, "output", ModelWriteError)
 
     if external_data is None:
         external_data = model_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD or _uses_external_data(model)

@@ -1,0 +1,89 @@
+"""No command destroys a file: destinations are checked before any work, with exit 2 and one line."""
+
+import hashlib
+import os
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from models.builders import conv_bn_relu
+from onnxslim.cli import main
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_refused(result, needle):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], result.output
+
+
+@pytest.fixture
+def models(tmp_path):
+    """A model with its weights inline and one with its weights in an external data file."""
+    inline = tmp_path / "m.onnx"
+    onnx.save(conv_bn_relu(), str(inline))
+    external = tmp_path / "e.onnx"
+    onnx.save(conv_bn_relu(), str(external), save_as_external_data=True, all_tensors_to_one_file=True, location="e.data", size_threshold=0)
+    return inline, external, tmp_path / "e.data"
+
+
+def test_report_path_equal_to_an_input_or_the_output_is_refused_before_work(models, tmp_path):
+    inline, external, data = models
+    hashes = {p: digest(p) for p in (inline, external, data)}
+    out = tmp_path / "o.onnx"
+    assert_refused(invoke("optimize", inline, "-o", out, "--report", inline), "is the input model")
+    assert_refused(invoke("validate", inline, external, "--report", external, "--runs", "0", "-q"), "is the input model")
+    assert_refused(invoke("optimize", inline, "-o", out, "--report", out), "is the output model")
+    assert_refused(invoke("optimize", external, "-o", out, "--report", data), "external data of the input model")
+    assert_refused(invoke("inspect", external, "--report", data), "external data of the input model")
+    assert not out.exists()
+    assert {p: digest(p) for p in hashes} == hashes
+
+
+def test_output_equal_to_the_inputs_external_data_is_refused(models, tmp_path):
+    _, external, data = models
+    before = digest(data)
+    assert_refused(invoke("optimize", external, "-o", data), "external data of the input model")
+    # an output whose own data file would land on the input's weights
+    (tmp_path / "w.onnx.data").write_bytes(data.read_bytes())
+    model = onnx.load(str(external), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "w.onnx.data"
+    onnx.save(model, str(tmp_path / "f.onnx"))
+    assert_refused(invoke("optimize", tmp_path / "f.onnx", "-o", tmp_path / "w.onnx"), "would write its weights to")
+    assert digest(data) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_special_files_and_symlinks_are_never_replaced(models, tmp_path):
+    inline, _, _ = models
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert_refused(invoke("optimize", inline, "-o", fifo), "not a regular file")
+    assert_refused(invoke("optimize", inline, "-o", tmp_path / "o.onnx", "--report", fifo), "not a regular file")
+    assert fifo.is_fifo()
+    target = tmp_path / "target.onnx"
+    target.write_bytes(b"keep")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    assert_refused(invoke("optimize", inline, "-o", link), "symbolic link")
+    assert link.is_symlink() and target.read_bytes() == b"keep"
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_destination_folders_that_are_files_are_named_as_such(models, tmp_path):
+    inline, _, _ = models
+    assert_refused(invoke("optimize", inline, "-o", inline / "x.onnx"), "is a file, not a folder")
+    assert_refused(invoke("optimize", inline, "-o", tmp_path / "o.onnx", "--report", inline / "r.json"), "is a file, not a folder")
+    assert_refused(invoke("optimize", inline, "-o", tmp_path / "missing" / "o.onnx"), "does not exist")
