@@ -87,3 +87,43 @@ def test_weight_and_bias_quantization_round_trip():
     bias, bias_scale = quantize_bias(np.linspace(-1, 1, 6).astype(np.float32), np.float32(0.02), scales)
     assert bias.dtype == np.int32
     np.testing.assert_allclose(bias * bias_scale, np.linspace(-1, 1, 6), atol=bias_scale.max())
+
+
+def observe(batches, bins=256) -> TensorStats:
+    stats = TensorStats(MinMaxObserver(momentum=0.8), HistogramObserver(bins))
+    for batch in batches:
+        stats.update(batch)
+    return stats
+
+
+@pytest.mark.parametrize("cuts", [(1,), (2, 5), (1, 2, 3, 4, 5, 6), (6,)])
+def test_any_grouping_of_the_same_batches_gives_the_same_state(cuts):
+    rng = np.random.default_rng(7)
+    batches = [rng.normal(shift, scale, rng.integers(5, 400)) for shift, scale in ((0, 0.01), (3, 1), (-40, 8), (0, 0.5), (100, 30), (2, 2), (0, 1e-4))]
+    whole = observe(batches)
+    edges = [0, *cuts, len(batches)]
+    parts = [observe(batches[a:b]) for a, b in zip(edges, edges[1:])]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged.merge(part)
+    assert (merged.histogram.width, merged.histogram.first, merged.histogram.total) == (whole.histogram.width, whole.histogram.first, whole.histogram.total)
+    np.testing.assert_array_equal(merged.histogram.counts, whole.histogram.counts)
+    assert (merged.minmax.min, merged.minmax.max, merged.minmax.count) == (whole.minmax.min, whole.minmax.max, whole.minmax.count)
+    assert merged.minmax.avg_min == pytest.approx(whole.minmax.avg_min, rel=1e-12)
+    assert merged.minmax.avg_max == pytest.approx(whole.minmax.avg_max, rel=1e-12)
+    for method in ("minmax", "moving-minmax", "percentile", "entropy", "mse"):
+        for symmetric in (False, True):
+            assert calibrated_range(merged, method, symmetric=symmetric) == pytest.approx(calibrated_range(whole, method, symmetric=symmetric), rel=1e-9), method
+
+
+def test_histogram_grid_is_fixed_by_the_values_alone():
+    rng = np.random.default_rng(8)
+    values = rng.normal(0, 3, 5000).astype(np.float32)
+    one, shuffled = HistogramObserver(128), HistogramObserver(128)
+    one.update(values)
+    for chunk in np.array_split(rng.permutation(values), 17):
+        shuffled.update(chunk)
+    assert (one.width, one.first) == (shuffled.width, shuffled.first)
+    np.testing.assert_array_equal(one.counts, shuffled.counts)
+    assert one.width == 2.0 ** np.round(np.log2(one.width))
+    assert one.low <= values.min() and one.high > values.max()

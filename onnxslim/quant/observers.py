@@ -1,10 +1,11 @@
 """Streaming range observers for calibration.
 
 An observer folds each batch into a fixed-size state, so memory does not grow
-with the number of samples and batches may differ in shape. Folding is
-associative: observing [a, b] then c gives the same state as a then [b, c],
-up to histogram bin merging, which is exact because bins sit on a grid anchored
-at zero and only ever widen by integer factors.
+with the number of samples and batches may differ in shape. Observers of
+consecutive parts of the data merge (``a.merge(b)``, where ``b`` saw the
+batches after ``a``'s), so calibration can be split over processes: the
+histogram and the extremes come out the same for any grouping of the same
+batches, exactly; the moving averages of per-batch extremes up to rounding.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ import numpy as np
 
 @dataclass
 class MinMaxObserver:
-    """Running min and max, plus an exponential moving average of per-batch min and max."""
+    """Running min and max, plus an exponential moving average of per-batch min and max.
+
+    ``first_min``/``first_max`` (the first batch's extremes) and ``batches``
+    are what :meth:`merge` needs to continue the moving average across observers.
+    """
 
     momentum: float = 0.9
     min: float = math.inf
@@ -25,6 +30,9 @@ class MinMaxObserver:
     avg_min: float | None = None
     avg_max: float | None = None
     count: int = 0
+    batches: int = 0
+    first_min: float | None = None
+    first_max: float | None = None
 
     def update(self, array: np.ndarray) -> None:
         if array.size == 0:
@@ -33,20 +41,43 @@ class MinMaxObserver:
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         if self.avg_min is None:
             self.avg_min, self.avg_max = lo, hi
+            self.first_min, self.first_max = lo, hi
         else:
             self.avg_min = self.momentum * self.avg_min + (1 - self.momentum) * lo
             self.avg_max = self.momentum * self.avg_max + (1 - self.momentum) * hi
         self.count += array.size
+        self.batches += 1
+
+    def merge(self, later: MinMaxObserver) -> None:
+        """Fold in ``later``, an observer of the batches that came after this one's."""
+        if later.avg_min is None:
+            return
+        if self.avg_min is None:
+            self.__dict__.update(later.__dict__)
+            return
+        if later.momentum != self.momentum:
+            raise ValueError("observers with different momentum cannot be merged")
+        # later.avg = m^n * first + (its weighted sum of batches); continuing this average replaces first by this one's avg
+        decay = self.momentum**later.batches
+        self.avg_min = decay * self.avg_min + (later.avg_min - decay * later.first_min)
+        self.avg_max = decay * self.avg_max + (later.avg_max - decay * later.first_max)
+        self.min, self.max = min(self.min, later.min), max(self.max, later.max)
+        self.count += later.count
+        self.batches += later.batches
 
 
 class HistogramObserver:
-    """A histogram on a zero-anchored grid whose bin width grows as data arrives.
+    """A histogram on a grid fixed by the data's range alone.
 
-    Bin ``k`` covers ``[k * width, (k + 1) * width)``; the histogram keeps
-    ``bins`` consecutive bins starting at ``first``. When a batch falls outside,
-    the width is multiplied by the smallest integer that makes everything fit
-    and existing counts are merged exactly into the wider bins.
+    Bin ``k`` covers ``[k * width, (k + 1) * width)``, with ``width`` the
+    smallest power of two (at least ``MIN_WIDTH``) for which the values seen so
+    far fit in ``bins`` consecutive bins, the first being the one that holds
+    the minimum. A power-of-two width makes x / width exact, and doubling it
+    maps old bin k to new bin k // 2, so merging is exact and the state depends
+    only on the values seen, never on how they were batched or grouped.
     """
+
+    MIN_WIDTH = 2.0**-40
 
     def __init__(self, bins: int = 2048):
         self.bins = bins
@@ -54,6 +85,8 @@ class HistogramObserver:
         self.first = 0
         self.counts = np.zeros(bins, dtype=np.int64)
         self.total = 0
+        self.min = math.inf
+        self.max = -math.inf
 
     @property
     def low(self) -> float:
@@ -63,41 +96,58 @@ class HistogramObserver:
     def high(self) -> float:
         return (self.first + self.bins) * self.width
 
-    def _fits(self, lo: float, hi: float) -> bool:
-        return self.width > 0 and lo >= self.low and hi < self.high
+    def _fitting_width(self, lo: float, hi: float) -> float:
+        """The smallest power of two (>= MIN_WIDTH, >= the current width) whose grid holds [lo, hi] in ``bins`` bins."""
+        span = hi - lo
+        width = max(self.MIN_WIDTH, self.width)
+        if span > 0:
+            # every width under span / bins leaves out some value: start just below it
+            width = max(width, math.ldexp(1.0, math.frexp(span / self.bins)[1] - 1))
+        while math.floor(hi / width) - math.floor(lo / width) >= self.bins:
+            width *= 2.0
+        return width
 
-    def _regrid(self, lo: float, hi: float) -> None:
+    def _regrid(self, width: float, lo: float) -> None:
+        """Move the counts to the grid of ``width`` (a power-of-two multiple of the current one) starting at ``lo``'s bin."""
+        first = math.floor(lo / width)
         if self.width == 0.0:
-            span = hi - lo
-            self.width = (span if span > 0 else max(abs(lo), 1e-8)) * 1.0001 / (self.bins - 1)
-            self.first = int(math.floor(lo / self.width))
+            self.width, self.first = width, first
             return
-        old_first, old_last = self.first, self.first + self.bins - 1
-        factor = 1
-        while True:
-            factor *= 2
-            width = self.width * factor
-            first_new = min(int(math.floor(lo / width)), old_first // factor)
-            last_new = max(int(math.floor(hi / width)), old_last // factor)
-            if last_new - first_new < self.bins:
-                break
-        # old bin k lies inside new bin k // factor: merging is exact
-        new_index = np.floor_divide(np.arange(old_first, old_last + 1), factor) - first_new
+        factor = int(round(width / self.width))
+        index = np.floor_divide(np.arange(self.first, self.first + self.bins), factor) - first
         counts = np.zeros(self.bins, dtype=np.int64)
-        np.add.at(counts, new_index, self.counts)
-        self.counts, self.width, self.first = counts, width, first_new
+        keep = self.counts > 0
+        np.add.at(counts, index[keep], self.counts[keep])
+        self.counts, self.width, self.first = counts, width, first
 
     def update(self, array: np.ndarray) -> None:
         values = np.asarray(array, dtype=np.float32).ravel()
         if values.size == 0:
             return
         lo, hi = float(values.min()), float(values.max())
-        if not self._fits(lo, hi):
-            self._regrid(lo, hi)
-        index = np.floor(values / self.width).astype(np.int64) - self.first
-        np.clip(index, 0, self.bins - 1, out=index)
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self._regrid(self._fitting_width(self.min, self.max), self.min)
+        index = np.floor(values / np.float32(self.width)).astype(np.int64) - self.first
         self.counts += np.bincount(index, minlength=self.bins)
         self.total += values.size
+
+    def merge(self, other: HistogramObserver) -> None:
+        """Fold in ``other``'s counts; the result is what one observer of both sets of values would hold."""
+        if other.bins != self.bins:
+            raise ValueError("histograms with different bin counts cannot be merged")
+        if other.total == 0:
+            return
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        width = self._fitting_width(self.min, self.max)
+        width = max(width, other.width)
+        while math.floor(self.max / width) - math.floor(self.min / width) >= self.bins:
+            width *= 2.0
+        self._regrid(width, self.min)
+        moved = HistogramObserver(other.bins)
+        moved.__dict__.update({k: v for k, v in other.__dict__.items() if k != "counts"}, counts=other.counts.copy())
+        moved._regrid(width, self.min)
+        self.counts += moved.counts
+        self.total += other.total
 
     def edges(self) -> np.ndarray:
         return (self.first + np.arange(self.bins + 1)) * self.width
@@ -117,3 +167,9 @@ class TensorStats:
         self.minmax.update(array)
         if self.histogram is not None:
             self.histogram.update(array)
+
+    def merge(self, later: TensorStats) -> None:
+        """Fold in the statistics of the batches that came after this one's."""
+        self.minmax.merge(later.minmax)
+        if self.histogram is not None and later.histogram is not None:
+            self.histogram.merge(later.histogram)
