@@ -127,3 +127,11 @@ def test_histogram_grid_is_fixed_by_the_values_alone():
     np.testing.assert_array_equal(one.counts, shuffled.counts)
     assert one.width == 2.0 ** np.round(np.log2(one.width))
     assert one.low <= values.min() and one.high > values.max()
+
+
+def test_histogram_leaves_out_non_finite_values_and_survives_huge_ones():
+    observer = HistogramObserver(64)
+    observer.update(np.array([1e30, 1e30, np.inf, np.nan], np.float32))
+    observer.update(np.array([-3e30, 2.0], np.float32))
+    assert observer.total == 4 and observer.counts.sum() == 4
+    assert observer.low <= -3e30 and observer.high > 1e30

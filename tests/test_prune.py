@@ -14,7 +14,10 @@ from onnxslim.ir import load_model
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names
 from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights, positions
-from onnxslim.prune.structured import _prepare, _Pruner
+from onnxslim.prune.groups import apply_removal, build_groups
+from onnxslim.prune.select import select
+from onnxslim.prune.structured import PREPARE, channel_scores
+from onnxslim.prune.trace import trace
 from tests.conftest import run_model
 
 FAST = PruneConfig(ratio=0.5, latency_runs=0)
@@ -26,14 +29,14 @@ def masked_and_pruned(model, ratio=0.5, config=FAST):
     Removing a channel must equal cutting its every use: the two models compute the same function.
     """
     work = load_model(model)
-    _prepare(work)
-    pruner = _Pruner(work, infer_shapes(work), config)
-    removed, groups = pruner.select(ratio)
-    pruned = pruner.apply(removed)
-    atoms = {a for root in removed for a in pruner.classes[root]}
+    PREPARE(work)
+    groups = build_groups(trace(work, infer_shapes(work)))
+    removed, reports = select(groups, channel_scores(work, groups, config.importance), ratio, config.selection)
+    pruned = apply_removal(work, groups, removed)
+    atoms = groups.atoms_of(removed)
     masked = load_model(work)
     view = WorkingWeights(masked, all_value_names(masked.graph))
-    for edit in pruner.tracing.edits:
+    for edit in groups.tracing.edits:
         if isinstance(edit, SliceInput) and edit.kind == "consumer":
             array = view.get(edit.node, edit.index).copy()
             index = [slice(None)] * array.ndim
@@ -47,7 +50,7 @@ def masked_and_pruned(model, ratio=0.5, config=FAST):
                 array[group * rows : (group + 1) * rows, cut] = 0
             view.set(edit.node, 1, array)
     view.commit()
-    return pruned, masked, groups, atoms
+    return pruned, masked, reports, atoms
 
 
 @pytest.mark.parametrize("name", sorted(ALL_BUILDERS))
@@ -124,12 +127,12 @@ def test_importance_removes_the_weakest_channels():
     y = b.conv(x, 6, 2, k=1)
     model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 2, 4, 4])], "weak")
     work = load_model(model)
-    _prepare(work)
+    PREPARE(work)
+    groups = build_groups(trace(work, infer_shapes(work)))
     for method in ("l1", "l2"):
-        pruner = _Pruner(work, infer_shapes(work), PruneConfig(ratio=0.34, importance=method, latency_runs=0))
-        removed, _ = pruner.select(0.34)
-        channels = sorted(pruner.tracing.atoms.producers[a][1] for r in removed for a in pruner.classes[r])
-        assert channels == [1, 4], method
+        config = PruneConfig(ratio=0.34, importance=method, latency_runs=0)
+        removed, _ = select(groups, channel_scores(work, groups, method), 0.34, config.selection)
+        assert [channel for _, channel in groups.channels_of(removed)] == [1, 4], method
 
 
 def test_ratio_zero_is_bit_identical():
@@ -279,7 +282,7 @@ def test_packed_qkv_attention_loses_whole_heads():
 
 
 def test_token_mask_leaves_padding_out_of_recovery_statistics():
-    from onnxslim.prune.recover import _rows
+    from onnxslim.prune.statistics import channel_rows as _rows
 
     node = helper.make_node("MatMul", ["x", "w"], ["y"])
     x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)

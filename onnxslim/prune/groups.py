@@ -1,459 +1,125 @@
-"""Follow every prunable channel through the graph and record what its removal touches.
+"""Groups: the channels that must be pruned together, built from what tracing found.
 
-One walk over the graph in order computes, for every tensor that carries
-channels of a prunable producer, its :class:`~onnxslim.prune.atoms.Layout`, and
-records the edits that removing those channels implies (producer filters,
-consumer input slices, per-channel parameters, group counts, split sizes,
-reshape targets). Ops without a rule, graph outputs and unresolved shapes block
-the channels they see, with the reason kept for the report.
+A class is a set of tied channel atoms (see :mod:`onnxslim.prune.atoms`),
+removed whole or not at all; a group is every class produced by the same set
+of nodes (the filters of one Conv, or of several Convs whose outputs are added).
+Selection ranks and removes classes within (or across) groups; this module only
+describes them, and applies a chosen removal to a model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-import numpy as np
 import onnx
 
-from onnxslim.ir.graph import node_attr
-from onnxslim.ir.tensors import (
-    constant_names,
-    initializer_map,
-    outer_references,
-    subgraphs,
-    to_array,
-)
-from onnxslim.prune.atoms import AtomTable, Layout
-from onnxslim.prune.edits import (
-    GroupedInput,
-    SetGroup,
-    SliceBounds,
-    SliceInput,
-    SplitSizes,
-)
-from onnxslim.prune.reshapes import ReshapeRules
-
-UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu", "Selu", "Softplus", "Softsign",
-         "Mish", "Identity", "Dropout", "Cast", "Clip", "Abs", "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos"}
-SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Resize", "Upsample", "SpaceToDepth"}
-BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean"}
+from onnxslim.ir.tensors import all_value_names
+from onnxslim.passes import remove_dead_nodes
+from onnxslim.prune.edits import SliceInput, WorkingWeights, positions
+from onnxslim.prune.trace import Tracing
 
 
-@dataclass
-class Tracing:
-    atoms: AtomTable = field(default_factory=AtomTable)
-    layouts: dict[str, Layout] = field(default_factory=dict)
-    edits: list = field(default_factory=list)
-    producers: dict[str, str] = field(default_factory=dict)  # producer node -> op type
-    consumer_inputs: dict[str, str] = field(default_factory=dict)  # consumer node -> the tracked tensor it reads
-    head_atoms: set[int] = field(default_factory=set)  # atoms standing for whole attention heads
-    # (layout, groups): channels of a grouped convolution, which every group must lose equally
-    block_constraints: list[tuple[Layout, int]] = field(default_factory=list)
-    # LayerNormalization node -> the channels it normalizes over: removing any changes its statistics
-    renormalized: dict[str, Layout] = field(default_factory=dict)
+@dataclass(frozen=True)
+class Group:
+    """The classes (by root atom) produced by one set of producer nodes, and what constrains them.
+
+    ``blocked``: root -> why that class cannot be removed. ``heads``: the group
+    stands for attention heads. ``blocks``: root -> (group count, group index)
+    for channels of grouped convolutions, which every group must lose equally
+    ((0, 0) where the convolutions disagree).
+    """
+
+    producers: tuple[str, ...]
+    roots: tuple[int, ...]
+    blocked: Mapping[int, str]
+    heads: bool
+    blocks: Mapping[int, tuple[int, int]]
+
+    @property
+    def removable(self) -> tuple[int, ...]:
+        return tuple(r for r in self.roots if r not in self.blocked)
+
+    def block_reason(self, roots) -> str | None:
+        """The reason the given classes cannot be removed, when none of them can."""
+        reasons = [self.blocked.get(r) for r in roots]
+        return reasons[0] if reasons and all(reason is not None for reason in reasons) else None
 
 
-class Tracer(ReshapeRules):
-    def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple]):
-        self.graph = model.graph
-        self.constants = constant_names(self.graph)
-        self.inits = initializer_map(self.graph)
-        self.shapes = shapes
-        self.t = Tracing()
-        self.handled: set[str] = set()  # nodes a pattern rule already accounted for
+@dataclass(frozen=True)
+class Groups:
+    """Every group of a traced model, with the classes' atoms to map a removal back to channels."""
 
-    # ------------------------------------------------------------ helpers
-    def rank(self, name: str) -> int | None:
-        shape = self.shapes.get(name)
-        return None if shape is None else len(shape)
+    tracing: Tracing
+    classes: Mapping[int, tuple[int, ...]]
+    groups: tuple[Group, ...]
 
-    def const(self, name: str) -> np.ndarray | None:
-        return to_array(self.inits[name]) if name in self.constants else None
+    def atoms_of(self, removed: set[int]) -> set[int]:
+        return {atom for root in removed for atom in self.classes[root]}
 
-    def block_inputs(self, node: onnx.NodeProto, reason: str) -> None:
-        for name in node.input:
-            self.t.atoms.block_layout(self.t.layouts.get(name), reason)
-
-    def new_atoms(self, node: onnx.NodeProto, count: int, axis: int) -> Layout:
-        self.t.producers[node.name] = node.op_type
-        return Layout(axis, self.t.atoms.new(node.name, count))
-
-    def consume(self, node: onnx.NodeProto, layout: Layout, index: int, axis: int) -> None:
-        self.t.edits.append(SliceInput(node.name, index, axis, layout, "consumer"))
-        self.t.consumer_inputs[node.name] = node.input[0]
-
-    # ------------------------------------------------------------ rules
-    def weighted(self, node: onnx.NodeProto, layout: Layout | None) -> Layout | None:
-        """Conv / ConvTranspose / Gemm / MatMul with a constant weight: consumer of its input, producer of its output."""
-        op = node.op_type
-        weight = self.const(node.input[1]) if len(node.input) > 1 else None
-        if weight is None and op == "MatMul" and len(node.input) == 2:
-            return self.activation_matmul(node)
-        if weight is None:
-            if layout is not None:
-                self.t.atoms.block_layout(layout, f"{op} {node.name} has no constant weight")
-            for name in node.input[1:]:
-                self.t.atoms.block_layout(self.t.layouts.get(name), f"{op} {node.name} mixes two activations")
-            return None
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        if op in ("Conv", "ConvTranspose"):
-            group = int(node_attr(node, "group", 1))
-            in_axis, out_axis = (1, 0) if op == "Conv" else (0, 1)
-            c_in = weight.shape[1] * group if op == "Conv" else weight.shape[0]
-            c_out = weight.shape[0] if op == "Conv" else weight.shape[1] * group
-            if layout is not None and layout.repeat != 1:
-                self.t.atoms.block_layout(layout, f"{op} {node.name} reads flattened channels")
-                layout = None
-            if group > 1:
-                if op == "Conv" and group == c_in == c_out and layout is not None:
-                    # depthwise: output channel c is computed from input channel c alone
-                    self.t.edits.append(SliceInput(node.name, 1, 0, layout, "passthrough"))
-                    if bias:
-                        self.t.edits.append(SliceInput(node.name, 2, 0, layout, "passthrough"))
-                    self.t.edits.append(SetGroup(node.name, layout))
-                    return Layout(1, layout.atoms)
-                if op != "Conv" or c_in % group or c_out % group:
-                    self.t.atoms.block_layout(layout, f"grouped {op} {node.name} (group={group}) keeps its groups whole")
-                    return None
-                if layout is not None:
-                    self.t.edits.append(GroupedInput(node.name, layout, group))
-                    self.t.block_constraints.append((layout, group))
-                    self.t.consumer_inputs[node.name] = node.input[0]
-                out = self.new_atoms(node, c_out, 1)
-                self.t.edits.append(SliceInput(node.name, 1, 0, out, "producer"))
-                if bias:
-                    self.t.edits.append(SliceInput(node.name, 2, 0, out, "producer-bias"))
-                self.t.block_constraints.append((out, group))
-                return out
-            if layout is not None:
-                self.consume(node, layout, 1, in_axis)
-            out = self.new_atoms(node, c_out, 1)
-            self.t.edits.append(SliceInput(node.name, 1, out_axis, out, "producer"))
-            if bias:
-                self.t.edits.append(SliceInput(node.name, 2, 0, out, "producer-bias"))
-            return out
-        if op == "Gemm":
-            trans_a, trans_b = int(node_attr(node, "transA", 0)), int(node_attr(node, "transB", 0))
-            if trans_a or weight.ndim != 2:
-                self.t.atoms.block_layout(layout, f"Gemm {node.name} with transA")
-                return None
-            if layout is not None:
-                if layout.axis != 1:
-                    self.t.atoms.block_layout(layout, f"Gemm {node.name} reads channels on a non-feature axis")
-                else:
-                    self.consume(node, layout, 1, 1 if trans_b else 0)
-            out = self.new_atoms(node, weight.shape[0] if trans_b else weight.shape[1], 1)
-            self.t.edits.append(SliceInput(node.name, 1, 0 if trans_b else 1, out, "producer"))
-            if bias is not None and self.const(bias) is not None and self.const(bias).ndim >= 1 and self.const(bias).shape[-1] == len(out):
-                self.t.edits.append(SliceInput(node.name, 2, -1, out, "producer-bias"))
-            elif bias is not None and self.const(bias) is not None and self.const(bias).size != 1:
-                self.t.atoms.block_layout(out, f"Gemm {node.name} bias is not per output feature")
-            return out
-        # MatMul with a constant right-hand side
-        if weight.ndim != 2:
-            self.t.atoms.block_layout(layout, f"MatMul {node.name} has a batched weight")
-            return None
-        rank = self.rank(node.input[0])
-        if layout is not None:
-            if rank is None or layout.axis != rank - 1:
-                self.t.atoms.block_layout(layout, f"MatMul {node.name} reads channels on a non-feature axis")
-            else:
-                self.consume(node, layout, 1, 0)
-        out_rank = self.rank(node.output[0]) or rank or 2
-        out = self.new_atoms(node, weight.shape[1], out_rank - 1)
-        self.t.edits.append(SliceInput(node.name, 1, 1, out, "producer"))
-        return out
-
-    def binary(self, node: onnx.NodeProto) -> Layout | None:
-        out_rank = self.rank(node.output[0])
-        tracked = [(i, self.t.layouts[n]) for i, n in enumerate(node.input) if n in self.t.layouts]
-        if not tracked:
-            return None
-        if out_rank is None:
-            for _, layout in tracked:
-                self.t.atoms.block_layout(layout, f"{node.op_type} {node.name}: shape unknown")
-            return None
-        first_index, first = tracked[0]
-        in_rank = self.rank(node.input[first_index])
-        out_axis = first.axis + (out_rank - in_rank) if in_rank is not None else first.axis
-        result = Layout(out_axis, first.atoms, first.repeat)
-        for index, name in enumerate(node.input):
-            if not name or index == first_index:
-                continue
-            layout = self.t.layouts.get(name)
-            rank = self.rank(name)
-            if layout is not None:
-                if len(layout) != len(first) or layout.repeat != first.repeat or (rank is not None and layout.axis + out_rank - rank != out_axis):
-                    self.t.atoms.block_layout(layout, f"{node.op_type} {node.name} combines differently laid out channels")
-                    self.t.atoms.block_layout(first, f"{node.op_type} {node.name} combines differently laid out channels")
-                    continue
-                for a, b in zip(first.atoms, layout.atoms):
-                    self.t.atoms.tie(a, b)
-                continue
-            shape = self.shapes.get(name)
-            if shape is None:
-                self.t.atoms.block_layout(first, f"{node.op_type} {node.name}: shape of '{name}' unknown")
-                continue
-            axis = out_axis - (out_rank - len(shape))
-            if axis < 0 or shape[axis] == 1:
-                continue  # broadcast along the channel axis
-            if name in self.constants and shape[axis] == len(first) * first.repeat and first.repeat == 1:
-                self.t.edits.append(SliceInput(node.name, index, axis, Layout(axis, first.atoms), "parameter"))
-                continue
-            self.t.atoms.block_layout(first, f"{node.op_type} {node.name} combines the channels with '{name}', which is not pruned with them")
-        return result
-
-    def concat(self, node: onnx.NodeProto) -> Layout | None:
-        layouts = [self.t.layouts.get(n) for n in node.input]
-        if not any(layouts):
-            return None
-        rank = self.rank(node.output[0])
-        axis = int(node_attr(node, "axis", 0))
-        if rank is not None and axis < 0:
-            axis += rank
-        tracked = [layout for layout in layouts if layout is not None]
-        if any(layout.axis != tracked[0].axis or layout.repeat != 1 for layout in tracked):
-            for layout in tracked:
-                self.t.atoms.block_layout(layout, f"Concat {node.name} joins differently laid out channels")
-            return None
-        channel_axis = tracked[0].axis
-        if axis != channel_axis:
-            return self.binary(node)  # joining along another axis ties the channels position by position
-        atoms: list[int | None] = []
-        for name, layout in zip(node.input, layouts):
-            if layout is not None:
-                atoms.extend(layout.atoms)
-                continue
-            shape = self.shapes.get(name)
-            if shape is None or not isinstance(shape[axis], int):
-                for layout in tracked:
-                    self.t.atoms.block_layout(layout, f"Concat {node.name}: size of input '{name}' unknown")
-                return None
-            atoms.extend([None] * shape[axis])
-        return Layout(axis, tuple(atoms))
-
-    def split(self, node: onnx.NodeProto, layout: Layout) -> None:
-        axis = int(node_attr(node, "axis", 0))
-        rank = self.rank(node.input[0])
-        if rank is not None and axis < 0:
-            axis += rank
-        if axis != layout.axis:
-            for out in node.output:
-                self.t.layouts[out] = layout
-            return
-        sizes = None
-        if len(node.input) > 1 and node.input[1]:
-            array = self.const(node.input[1])
-            sizes = None if array is None else [int(v) for v in array]
-        elif node_attr(node, "split") is not None:
-            sizes = list(node_attr(node, "split"))
-        else:
-            self.t.atoms.block_layout(layout, f"Split {node.name} splits into equal parts, which pruning would break")
-            return
-        if sizes is None or layout.repeat != 1 or sum(sizes) != len(layout):
-            self.t.atoms.block_layout(layout, f"Split {node.name}: split sizes not constant")
-            return
-        ranges, start = [], 0
-        for out, size in zip(node.output, sizes):
-            ranges.append((start, start + size))
-            self.t.layouts[out] = Layout(axis, layout.atoms[start : start + size])
-            start += size
-        self.t.edits.append(SplitSizes(node.name, ranges, layout))
-
-    def gather(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
-        """Picking along another axis (the class token of a ViT) keeps the channels; picking channels blocks them."""
-        rank = self.rank(node.input[0])
-        indices = self.shapes.get(node.input[1]) if len(node.input) > 1 else None
-        if rank is None or indices is None or node.input[1] in self.t.layouts:
-            self.t.atoms.block_layout(layout, f"Gather {node.name}: shapes unknown")
-            return None
-        axis = int(node_attr(node, "axis", 0)) % rank
-        if axis == layout.axis:
-            self.t.atoms.block_layout(layout, f"Gather {node.name} picks channels")
-            return None
-        return Layout(layout.axis if layout.axis < axis else layout.axis - 1 + len(indices), layout.atoms, layout.repeat)
-
-    def slice(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
-        """Slices of other axes keep the channels; a constant-bounds slice of the channel axis keeps a range of them."""
-        rank = self.rank(node.input[0])
-        bounds = [self.const(node.input[i]) if len(node.input) > i and node.input[i] else None for i in range(1, 5)]
-        starts, ends, axes, steps = bounds
-        if rank is None or starts is None or ends is None or (len(node.input) > 3 and node.input[3] and axes is None) or (
-            len(node.input) > 4 and node.input[4] and steps is None
-        ):
-            self.t.atoms.block_layout(layout, f"Slice {node.name}: bounds not constant")
-            return None
-        axes = list(range(starts.size)) if axes is None else [int(a) % rank for a in axes.reshape(-1)]
-        if layout.axis not in axes:
-            return layout
-        entry = axes.index(layout.axis)
-        step = 1 if steps is None else int(steps.reshape(-1)[entry])
-        size = len(layout) * layout.repeat
-        if step != 1 or layout.repeat != 1:
-            self.t.atoms.block_layout(layout, f"Slice {node.name} steps through the channel axis")
-            return None
-        start, end = (int(v.reshape(-1)[entry]) for v in (starts, ends))
-        start = min(max(start + size if start < 0 else start, 0), size)
-        end = min(max(end + size if end < 0 else end, 0), size)
-        if end <= start:
-            self.t.atoms.block_layout(layout, f"Slice {node.name} keeps no channel")
-            return None
-        self.t.edits.append(SliceBounds(node.name, entry, layout, start, end))
-        return Layout(layout.axis, layout.atoms[start:end])
-
-    def node(self, node: onnx.NodeProto) -> None:
-        if node.name in self.handled:
-            return
-        op = node.op_type
-        layouts = self.t.layouts
-        data = layouts.get(node.input[0]) if node.input else None
-        if node.domain not in ("", "ai.onnx"):
-            self.block_inputs(node, f"custom op {node.domain}.{op} has no channel rule")
-            return
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            self.block_inputs(node, f"{op} {node.name} has subgraphs")
-            for sub in subgraphs(node):
-                for name in outer_references(sub):  # read inside the branch or body without being an input
-                    self.t.atoms.block_layout(layouts.get(name), f"read inside a subgraph of {op} {node.name}")
-            return
-        if op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            out = self.weighted(node, data)
-            if out is not None:
-                layouts[node.output[0]] = out
-            return
-        if op == "Shape" and data is not None and self._reads_other_dims(node, data):
-            return  # only batch or sequence sizes are read: unaffected by pruning
-        if op == "Shape" or op == "Size":
-            self.block_inputs(node, f"its size is read by {op} {node.name}")
-            return
-        if data is None and op not in BINARY and op != "Concat":
-            if any(n in layouts for n in node.input):
-                self.block_inputs(node, f"{op} {node.name} has no rule for channels on this input")
-            return
-        if op in UNARY:
-            if op == "PRelu" and len(node.input) > 1:
-                layouts[node.output[0]] = self.binary(node) or data
-            else:
-                layouts[node.output[0]] = data
-        elif op in SPATIAL:
-            layouts[node.output[0]] = data
-        elif op in ("BatchNormalization", "InstanceNormalization"):
-            for index in range(1, len(node.input)):
-                if node.input[index]:
-                    self.t.edits.append(SliceInput(node.name, index, 0, Layout(0, data.atoms), "parameter"))
-            layouts[node.output[0]] = data
-        elif op in BINARY:
-            out = self.binary(node)
-            if out is not None:
-                layouts[node.output[0]] = out
-        elif op == "Concat":
-            out = self.concat(node)
-            if out is not None:
-                layouts[node.output[0]] = out
-        elif op == "Split":
-            self.split(node, data)
-        elif op == "Gather" and node.input[0] in layouts:
-            out = self.gather(node, data)
-            if out is not None:
-                layouts[node.output[0]] = out
-        elif op == "Slice":
-            out = self.slice(node, data)
-            if out is not None:
-                layouts[node.output[0]] = out
-        elif op in ("Flatten", "Reshape"):
-            out = self.flatten(node, data)
-            if out is not None:
-                layouts[node.output[0]] = out
-        elif op == "Transpose":
-            perm = node_attr(node, "perm")
-            if perm is None or data.repeat != 1:
-                self.t.atoms.block_layout(data, f"Transpose {node.name} without perm")
-                return
-            layouts[node.output[0]] = Layout(list(perm).index(data.axis), data.atoms)
-        elif op == "Pad":
-            pads = self.const(node.input[1]) if len(node.input) > 1 and node.input[1] else np.array(node_attr(node, "pads", []))
-            rank = self.rank(node.input[0])
-            if pads is None or rank is None or pads.size != 2 * rank or pads[data.axis] != 0 or pads[data.axis + rank] != 0:
-                self.t.atoms.block_layout(data, f"Pad {node.name} may pad the channel axis")
-                return
-            layouts[node.output[0]] = data
-        elif op == "LayerNormalization" and self._normalizes_channels_only(node, data):
-            # scale and bias are per channel; mean and variance are then taken over the kept channels
-            for index in (1, 2):
-                if len(node.input) > index and node.input[index]:
-                    self.t.edits.append(SliceInput(node.name, index, 0, Layout(0, data.atoms), "parameter"))
-            self.t.renormalized[node.name] = data
-            layouts[node.output[0]] = data
-        elif op in ("Softmax", "LogSoftmax", "LayerNormalization", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2"):
-            rank = self.rank(node.input[0])
-            axes = self._reduced_axes(node, rank)
-            keepdims = int(node_attr(node, "keepdims", 1)) if op.startswith("Reduce") else 1
-            if axes is None or data.axis in axes or (not keepdims and any(a < data.axis for a in axes)):
-                self.t.atoms.block_layout(data, f"{op} {node.name} works across the channel axis")
-                return
-            layouts[node.output[0]] = data
-        else:
-            self.block_inputs(node, f"no channel rule for {op} ({node.name})")
-
-    def _reads_other_dims(self, shape_node: onnx.NodeProto, layout: Layout) -> bool:
-        readers = [n for n in self.graph.node if shape_node.output[0] in n.input]
-        rank = self.rank(shape_node.input[0])
-        if not readers or rank is None or node_attr(shape_node, "start") is not None:
-            return False
-        for reader in readers:
-            index = self.const(reader.input[1]) if reader.op_type == "Gather" and len(reader.input) > 1 else None
-            if index is None or index.size != 1 or int(index.reshape(())) % rank == layout.axis:
-                return False
-        return True
-
-    def activation_matmul(self, node: onnx.NodeProto) -> Layout | None:
-        """Both operands are activations: channels on a shared batch axis (attention heads) tie; others block."""
-        a, b = (self.t.layouts.get(n) for n in node.input[:2])
-        ranks = [self.rank(n) for n in node.input[:2]]
-        out_rank = self.rank(node.output[0])
-        ok = (
-            a is not None and b is not None and None not in ranks and out_rank is not None and ranks[0] == ranks[1] == out_rank
-            and a.axis == b.axis and a.axis < out_rank - 2 and len(a) == len(b) and a.repeat == b.repeat == 1
-        )
-        if not ok:
-            for layout in (a, b):
-                self.t.atoms.block_layout(layout, f"MatMul {node.name} mixes two activations")
-            return None
-        for x, y in zip(a.atoms, b.atoms):
-            self.t.atoms.tie(x, y)
-        return Layout(a.axis, a.atoms)
-
-    def _normalizes_channels_only(self, node: onnx.NodeProto, data: Layout) -> bool:
-        rank = self.rank(node.input[0])
-        if rank is None or data.repeat != 1 or self._reduced_axes(node, rank) != {data.axis}:
-            return False
-        params = [node.input[i] for i in (1, 2) if len(node.input) > i and node.input[i]]
-        return all(name in self.constants and tuple(self.inits[name].dims) == (len(data),) for name in params)
-
-    def _reduced_axes(self, node: onnx.NodeProto, rank: int | None) -> set[int] | None:
-        if rank is None:
-            return None
-        if node.op_type in ("Softmax", "LogSoftmax"):
-            return {int(node_attr(node, "axis", -1)) % rank}
-        if node.op_type == "LayerNormalization":
-            start = int(node_attr(node, "axis", -1)) % rank
-            return set(range(start, rank))
-        axes = node_attr(node, "axes")
-        if axes is None and len(node.input) > 1 and node.input[1]:
-            array = self.const(node.input[1])
-            axes = None if array is None else [int(a) for a in array]
-        if axes is None:
-            return set(range(rank))
-        return {int(a) % rank for a in axes}
-
-    def run(self) -> Tracing:
-        for node in self.graph.node:
-            self.node(node)
-        for output in self.graph.output:
-            self.t.atoms.block_layout(self.t.layouts.get(output.name), f"reaches graph output '{output.name}'")
-        return self.t
+    def channels_of(self, removed: set[int]) -> list[tuple[str, int]]:
+        """(producer node, channel) of every removed atom, sorted."""
+        return sorted(self.tracing.atoms.producers[a] for a in self.atoms_of(removed))
 
 
-def trace(model: onnx.ModelProto, shapes: dict[str, tuple]) -> Tracing:
-    """Layouts, ties, blocks and edits for every prunable channel of ``model``."""
-    return Tracer(model, shapes).run()
+def build_groups(tracing: Tracing) -> Groups:
+    """Group the traced classes by the producer nodes of their atoms."""
+    atoms = tracing.atoms
+    classes = {root: tuple(members) for root, members in atoms.classes().items()}
+    blocks = _block_of_class(tracing)
+    heads = {atoms.find(a) for a in tracing.head_atoms}
+    by_producers: dict[tuple[str, ...], list[int]] = {}
+    for root, members in classes.items():
+        key = tuple(sorted({atoms.producers[a][0] for a in members}))
+        by_producers.setdefault(key, []).append(root)
+    groups = []
+    for key, roots in by_producers.items():
+        blocked = {r: reason for r in roots if (reason := atoms.class_block_reason(list(classes[r]))) is not None}
+        groups.append(Group(key, tuple(roots), blocked, any(r in heads for r in roots), {r: blocks[r] for r in roots if r in blocks}))
+    return Groups(tracing, classes, tuple(groups))
+
+
+def _block_of_class(tracing: Tracing) -> dict[int, tuple[int, int]]:
+    found: dict[int, set[tuple[int, int]]] = {}
+    for layout, count in tracing.block_constraints:
+        size = len(layout) // count
+        for position, atom in enumerate(layout.atoms):
+            if atom is not None:
+                found.setdefault(tracing.atoms.find(atom), set()).add((count, position // size))
+    return {root: next(iter(ids)) if len(ids) == 1 else (0, 0) for root, ids in found.items()}
+
+
+def apply_removal(model: onnx.ModelProto, groups: Groups, removed: set[int]) -> onnx.ModelProto:
+    """A copy of ``model`` with the classes ``removed`` cut out of every layer they touch."""
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    removed_atoms = groups.atoms_of(removed)
+    if not removed_atoms:
+        return pruned
+    view = WorkingWeights(pruned, all_value_names(pruned.graph))
+    for edit in groups.tracing.edits:
+        edit.apply(view, removed_atoms)
+    view.commit()
+    for value in list(pruned.graph.value_info):
+        pruned.graph.value_info.remove(value)
+    remove_dead_nodes(pruned)
+    return pruned
+
+
+def kept_positions(groups: Groups, removed: set[int]) -> dict[str, dict[str, list[int]]]:
+    """Per layer, which input ('in') and output ('out') channels survive, in original numbering."""
+    removed_atoms = groups.atoms_of(removed)
+    kept: dict[str, dict[str, list[int]]] = {}
+    for edit in groups.tracing.edits:
+        if isinstance(edit, SliceInput) and edit.kind in ("consumer", "producer"):
+            side = "in" if edit.kind == "consumer" else "out"
+            gone = set(positions(edit.layout, removed_atoms))
+            total = len(edit.layout) * edit.layout.repeat
+            kept.setdefault(edit.node, {})[side] = [p for p in range(total) if p not in gone]
+    return kept
+
+
+def renormalized(groups: Groups, removed: set[int]) -> list[str]:
+    """LayerNormalization nodes that normalize over some of the removed channels."""
+    gone = groups.atoms_of(removed)
+    return [name for name, layout in groups.tracing.renormalized.items() if any(a in gone for a in layout.atoms if a is not None)]

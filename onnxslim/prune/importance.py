@@ -80,18 +80,3 @@ def class_scores(
             if atom is not None and atom in root_of:
                 scores[root_of[atom]] += float(norms[position])
     return scores
-
-
-def keep_count(total: int, ratio: float, round_to: int = 1) -> int:
-    """How many of ``total`` channels to keep at pruning ``ratio``, a multiple of ``round_to`` where possible."""
-    keep = total - int(np.floor(total * ratio + 1e-9))
-    if round_to > 1:
-        keep = int(np.ceil(keep / round_to) * round_to)
-    return int(min(total, max(1, keep)))
-
-
-def select_local(scores: Mapping[int, float], prunable: list[int], ratio: float, round_to: int = 1) -> set[int]:
-    """The lowest-scoring classes of one group, leaving ``keep_count`` of them."""
-    keep = keep_count(len(prunable), ratio, round_to)
-    ranked = sorted(prunable, key=lambda root: (scores[root], root))
-    return set(ranked[: len(prunable) - keep])

@@ -1,4 +1,4 @@
-"""Retraining-free recovery after pruning, and the measurements around it.
+"""Retraining-free recovery after pruning: bias compensation and ridge refits of the layers that lost inputs.
 
 The original model is the teacher. For every layer whose inputs lost channels
 (a consumer), either:
@@ -19,7 +19,7 @@ with the amount of data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -30,6 +30,7 @@ from onnxslim.ir.graph import node_attr
 from onnxslim.ir.layers import weight_axes
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 from onnxslim.progress import track
+from onnxslim.prune.statistics import channel_rows
 from onnxslim.reasons import Reason
 from onnxslim.runtime.probe import probe_runner
 
@@ -61,54 +62,6 @@ class RecoveryStep:
     def __str__(self) -> str:
         return f"{self.layer}: {self.reason.text}"
 MIN_ROWS_PER_INPUT = 1  # a refit needs at least as many observations as unknowns per output; the ridge term does the rest
-
-
-def _channels_last(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-    """Rows = samples, columns = the layer's input channels."""
-    if node.op_type in ("Conv", "ConvTranspose"):
-        return np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
-    return x.reshape(-1, x.shape[-1])
-
-
-def _rows(x: np.ndarray, node: onnx.NodeProto, batch: Mapping[str, np.ndarray], token_mask: str | None) -> np.ndarray:
-    """Channels-last rows of ``x``; with a token mask, only the rows of real (unmasked) tokens.
-
-    Padding positions do not reach a pooled sentence embedding; fitting or
-    ranking on them spends the least-squares budget on values nobody reads.
-    """
-    rows = _channels_last(x, node)
-    if token_mask and token_mask in batch:
-        keep = np.asarray(batch[token_mask]).reshape(-1) != 0
-        if keep.size == rows.shape[0] and keep.any():
-            rows = rows[keep]
-    return rows
-
-
-def channel_energy(model: onnx.ModelProto, source: Iterable, *, token_mask: str | None = None, show_progress: bool = False) -> dict[str, np.ndarray]:
-    """Consumer node -> variance of each input channel over the data.
-
-    Variance rather than mean square: the mean of a removed channel is restored
-    by bias compensation, so only its variation is lost.
-    """
-    consumers = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
-    inputs = {v.name for v in model.graph.input}
-    names = sorted({n.input[0] for n in consumers} - inputs)
-    runner = probe_runner(model, names)
-    sums: dict[str, np.ndarray] = {}
-    firsts: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for _, batch in track(source, "activation statistics", enabled=show_progress):
-        values = dict(zip(names, runner.run(batch, names)))
-        values.update({k: v for k, v in batch.items()})
-        for node in consumers:
-            x = values.get(node.input[0])
-            if x is None or x.dtype.kind != "f" or x.ndim < 2:
-                continue
-            rows = _rows(x, node, batch, token_mask).astype(np.float64)
-            sums[node.name] = sums.get(node.name, 0) + (rows**2).sum(axis=0)
-            firsts[node.name] = firsts.get(node.name, 0) + rows.sum(axis=0)
-            counts[node.name] = counts.get(node.name, 0) + rows.shape[0]
-    return {name: np.maximum(sums[name] / counts[name] - (firsts[name] / counts[name]) ** 2, 0.0) for name in sums}
 
 
 def _changed_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
@@ -194,8 +147,8 @@ def _layer_stats(original, pruned, old, new, source, outputs, token_mask):
     for _, batch in source:
         (y,) = teacher.run(batch, [old.output[0]])
         (x,) = student.run(batch, [new.input[0]])
-        x = _rows(x, new, batch, token_mask).astype(np.float64)
-        y = _rows(y, new, batch, token_mask).astype(np.float64)
+        x = channel_rows(x, new, batch, token_mask).astype(np.float64)
+        y = channel_rows(y, new, batch, token_mask).astype(np.float64)
         if outputs is not None:
             y = y[:, outputs]
         if xtx is None:
@@ -255,7 +208,7 @@ def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_ou
     total, rows = None, 0
     for _, batch in source:
         (x,) = teacher.run(batch, [old.input[0]])
-        cols = _rows(x, old, batch, token_mask).astype(np.float64)
+        cols = channel_rows(x, old, batch, token_mask).astype(np.float64)
         total = cols.sum(axis=0) if total is None else total + cols.sum(axis=0)
         rows += cols.shape[0]
     mean = total / max(rows, 1)

@@ -24,7 +24,7 @@ def _resizable(entry: tuple[int | None, tuple[str, int, int] | None]) -> bool:
 
 
 class ReshapeRules:
-    """Reshape rules of the tracer (mixed into :class:`~onnxslim.prune.groups.Tracer`, whose state they use)."""
+    """Reshape rules of the tracer (mixed into :class:`~onnxslim.prune.trace.Tracer`, whose state they use)."""
 
     def _resize(self, entry: tuple[int | None, tuple[str, int, int] | None], layout: Layout, per_unit: int) -> None:
         """Record the edit of a positive target entry that counts ``layout``'s kept units; 0 and -1 adapt by themselves."""

@@ -23,15 +23,18 @@ from onnxslim.ir.counts import count_macs, count_parameters
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.shapes import infer_shapes
-from onnxslim.ir.tensors import all_value_names, graph_inputs, initializer_map, to_array
+from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
 from onnxslim.measure import LatencyComparison, fidelity, latency_ratio
 from onnxslim.passes import PassResult, Pipeline, constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
 from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.static_dims import fold_static_dims
-from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights, positions
-from onnxslim.prune.groups import trace
-from onnxslim.prune.importance import METHODS, class_scores, keep_count, select_local
-from onnxslim.prune.recover import RecoveryStep, channel_energy, recover
+from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights
+from onnxslim.prune.groups import Groups, apply_removal, build_groups, kept_positions, renormalized
+from onnxslim.prune.importance import METHODS, class_scores
+from onnxslim.prune.recover import RecoveryStep, recover
+from onnxslim.prune.select import GroupReport, SelectionSettings, select
+from onnxslim.prune.statistics import channel_energy
+from onnxslim.prune.trace import trace
 from onnxslim.prune.unstructured import magnitude_sparsify
 from onnxslim.runtime import Runner
 from onnxslim.runtime.probe import check_runs, runtime_shapes
@@ -74,6 +77,10 @@ class PruneConfig:
     threads: int = 1
     latency_runs: int = 30
 
+    @property
+    def selection(self) -> SelectionSettings:
+        return SelectionSettings(scope=self.scope, only=self.only, round_to=self.round_to)
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise UsageError(f"--ratio {self.ratio} must be in [0, 1)")
@@ -91,17 +98,6 @@ class PruneConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
                 raise UsageError(f"--{name.replace('_', '-')} {value} must be a share in (0, 1]")
-
-
-@dataclass
-class GroupReport:
-    producers: list[str]
-    channels_before: int
-    channels_after: int
-    skipped: str | None = None
-
-    def to_dict(self) -> dict:
-        return {"producers": self.producers, "channels_before": self.channels_before, "channels_after": self.channels_after, "skipped": self.skipped}
 
 
 @dataclass
@@ -159,10 +155,6 @@ def fold_fixed_sizes(model: onnx.ModelProto) -> PassResult:
 PREPARE = Pipeline((initializers_out_of_inputs, constants_to_initializers, remove_identities, fold_constants, fold_fixed_sizes, remove_dead_nodes, name_unnamed_nodes))
 
 
-def _prepare(model: onnx.ModelProto) -> list[PassResult]:
-    return PREPARE(model)
-
-
 def _bn_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Producer node -> gamma / sqrt(var + eps) of the BatchNormalization right after it."""
     inits = initializer_map(model.graph)
@@ -198,152 +190,13 @@ class _OnDemand(Mapping):
         return len(self._keys)
 
 
-class _Pruner:
-    def __init__(self, model: onnx.ModelProto, shapes: dict, config: PruneConfig, channel_energy=None):
-        self.model = model
-        self.config = config
-        self.shapes = shapes
-        self.tracing = trace(model, shapes)
-        atoms = self.tracing.atoms
-        self.classes = atoms.classes()
-        view = WorkingWeights(model, set())
-        keys = {(edit.node, edit.index) for edit in self.tracing.edits if isinstance(edit, (SliceInput, GroupedInput))}
-        # read one at a time and not kept: for a model with weights on disk they are memory maps
-        weights = _OnDemand(lambda key: view.read(*key), keys)
-        self.scores = class_scores(
-            self.classes, self.tracing.edits, weights, method=config.importance, bn_scale=_bn_scales(model), channel_energy=channel_energy
-        )
-        self.groups: dict[tuple[str, ...], list[int]] = {}
-        for root, members in self.classes.items():
-            key = tuple(sorted({atoms.producers[a][0] for a in members}))
-            self.groups.setdefault(key, []).append(root)
-        self.blocks = self._block_of_class()
-
-    def _block_of_class(self) -> dict[int, tuple[int, int]]:
-        """Class root -> (group count, group index) for channels of grouped convolutions; (0, 0) where they disagree."""
-        found: dict[int, set[tuple[int, int]]] = {}
-        for layout, groups in self.tracing.block_constraints:
-            size = len(layout) // groups
-            for position, atom in enumerate(layout.atoms):
-                if atom is not None:
-                    found.setdefault(self.tracing.atoms.find(atom), set()).add((groups, position // size))
-        return {root: next(iter(ids)) if len(ids) == 1 else (0, 0) for root, ids in found.items()}
-
-    def _select_blocked(self, prunable: list[int], ratio: float) -> set[int] | str:
-        """Equal removal from every group of a grouped convolution, or the reason it cannot be done."""
-        ids = [self.blocks.get(r) for r in prunable]
-        if any(i is None or i == (0, 0) for i in ids) or len({i[0] for i in ids}) != 1:
-            return "channels of grouped convolutions with different group structures"
-        by_block: dict[int, list[int]] = {}
-        for root, (_, block) in zip(prunable, ids):
-            by_block.setdefault(block, []).append(root)
-        if len(by_block) != ids[0][0]:
-            return "a group of a grouped convolution has no removable channel"
-        smallest = min(len(members) for members in by_block.values())
-        cut = smallest - keep_count(smallest, ratio, self.config.round_to)
-        removed = set()
-        for members in by_block.values():
-            removed |= set(sorted(members, key=lambda r: (self.scores[r], r))[:cut])
-        return removed
-
-    def group_reason(self, roots: list[int]) -> str | None:
-        reasons = [self.tracing.atoms.class_block_reason(self.classes[r]) for r in roots]
-        if all(reason is not None for reason in reasons):
-            return reasons[0]
-        return None
-
-    def select(self, ratio: float) -> tuple[set[int], list[GroupReport]]:
-        removed: set[int] = set()
-        reports = []
-        prunable_by_group = {}
-        heads = {self.tracing.atoms.find(a) for a in self.tracing.head_atoms}
-        for key, roots in self.groups.items():
-            prunable = [r for r in roots if self.tracing.atoms.class_block_reason(self.classes[r]) is None]
-            is_heads = any(r in heads for r in roots)
-            if (self.config.only == "heads" and not is_heads) or (self.config.only == "channels" and is_heads):
-                prunable = []
-            prunable_by_group[key] = prunable
-        if self.config.scope == "global":
-            removed = self._select_global(prunable_by_group, ratio)
-        for key, roots in self.groups.items():
-            prunable = prunable_by_group[key]
-            reason = None
-            if prunable and any(r in self.blocks for r in prunable):
-                removed -= set(prunable)  # grouped convolutions: equal removal per group, always ranked locally
-                chosen = self._select_blocked(prunable, ratio)
-                if isinstance(chosen, str):
-                    reason, prunable = chosen, []
-                else:
-                    removed |= chosen
-            elif self.config.scope == "local":
-                removed |= select_local(self.scores, prunable, ratio, self.config.round_to) if prunable else set()
-            gone = sum(1 for r in prunable if r in removed)
-            if not prunable and reason is None:
-                reason = self.group_reason(roots) or f"not selected by --only {self.config.only}"
-            elif prunable and len(prunable) < len(roots):
-                reason = f"{len(roots) - len(prunable)} channel(s) kept: {self.group_reason([r for r in roots if r not in prunable])}"
-            reports.append(GroupReport(list(key), len(roots), len(roots) - gone, reason))
-        return removed, reports
-
-    def _select_global(self, prunable_by_group, ratio: float) -> set[int]:
-        normalized = []
-        for key, prunable in prunable_by_group.items():
-            if not prunable:
-                continue
-            mean = np.mean([self.scores[r] for r in prunable]) or 1.0
-            normalized.extend((self.scores[r] / mean, r, key) for r in prunable)
-        normalized.sort()
-        budget = int(np.floor(len(normalized) * ratio + 1e-9))
-        removed, per_group = set(), {}
-        for _, root, key in normalized:
-            if len(removed) >= budget:
-                break
-            total = len(prunable_by_group[key])
-            if total - per_group.get(key, 0) <= max(1, self.config.round_to if total > self.config.round_to else 1):
-                continue
-            removed.add(root)
-            per_group[key] = per_group.get(key, 0) + 1
-        if self.config.round_to > 1:
-            for key, prunable in prunable_by_group.items():
-                count = per_group.get(key, 0)
-                keep = keep_count(len(prunable), count / len(prunable) if prunable else 0, self.config.round_to)
-                excess = (len(prunable) - keep) - count
-                if excess < 0:  # give channels back, most important first
-                    chosen = sorted((r for r in prunable if r in removed), key=lambda r: -self.scores[r])[: -excess]
-                    removed -= set(chosen)
-        return removed
-
-    def kept_positions(self, removed: set[int]) -> dict[str, dict[str, list[int]]]:
-        """Per layer, which input ('in') and output ('out') channels survive, in original numbering."""
-        removed_atoms = {atom for root in removed for atom in self.classes[root]}
-        kept: dict[str, dict[str, list[int]]] = {}
-        for edit in self.tracing.edits:
-            if isinstance(edit, SliceInput) and edit.kind in ("consumer", "producer"):
-                side = "in" if edit.kind == "consumer" else "out"
-                gone = set(positions(edit.layout, removed_atoms))
-                total = len(edit.layout) * edit.layout.repeat
-                kept.setdefault(edit.node, {})[side] = [p for p in range(total) if p not in gone]
-        return kept
-
-    def renormalized(self, removed: set[int]) -> list[str]:
-        """LayerNormalization nodes that normalize over some of the removed channels."""
-        gone = {atom for root in removed for atom in self.classes[root]}
-        return [name for name, layout in self.tracing.renormalized.items() if any(a in gone for a in layout.atoms if a is not None)]
-
-    def apply(self, removed: set[int]) -> onnx.ModelProto:
-        pruned = onnx.ModelProto()
-        pruned.CopyFrom(self.model)
-        removed_atoms = {atom for root in removed for atom in self.classes[root]}
-        if not removed_atoms:
-            return pruned
-        view = WorkingWeights(pruned, all_value_names(pruned.graph))
-        for edit in self.tracing.edits:
-            edit.apply(view, removed_atoms)
-        view.commit()
-        for value in list(pruned.graph.value_info):
-            pruned.graph.value_info.remove(value)
-        remove_dead_nodes(pruned)
-        return pruned
+def channel_scores(model: onnx.ModelProto, groups: Groups, importance: str, channel_energy=None) -> dict[int, float]:
+    """Importance of every class of ``groups`` (higher: keep), read from ``model``'s weights one tensor at a time."""
+    view = WorkingWeights(model, set())
+    keys = {(edit.node, edit.index) for edit in groups.tracing.edits if isinstance(edit, (SliceInput, GroupedInput))}
+    # read one at a time and not kept: for a model with weights on disk they are memory maps
+    weights = _OnDemand(lambda key: view.read(*key), keys)
+    return class_scores(groups.classes, groups.tracing.edits, weights, method=importance, bn_scale=_bn_scales(model), channel_energy=channel_energy)
 
 
 def _fixed_input_shapes(model: onnx.ModelProto) -> dict | None:
@@ -383,7 +236,7 @@ def prune(
     label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
     original = load_model(model)
     work = load_model(original)
-    prepared = _prepare(work)
+    prepared = PREPARE(work)
     source = open_data(data, graph_inputs(original), input_shapes=input_shapes) if data is not None else None
     if (config.importance == "activation" or config.recovery != "none") and source is None:
         raise UsageError("activation importance and recovery need calibration data: give --data")
@@ -397,23 +250,25 @@ def prune(
         report.warnings.append("unstructured sparsity keeps every tensor's shape: the model compresses better but dense runtimes do not run it faster")
     else:
         energy = channel_energy(work, source, token_mask=config.token_mask, show_progress=show_progress) if config.importance == "activation" else None
-        pruner = _Pruner(work, shapes, config, energy)
-        if not any(r for g, r in pruner.groups.items()):
+        groups = build_groups(trace(work, shapes))
+        if not any(group.roots for group in groups.groups):
             raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights)")
-        ratio = _ratio_for_budget(pruner, work, shapes, config) if (config.target_params or config.target_macs) else config.ratio
-        removed, report.groups = pruner.select(ratio)
+        scores = channel_scores(work, groups, config.importance, energy)
+        settings = config.selection
+        ratio = _ratio_for_budget(work, groups, scores, shapes, config) if (config.target_params or config.target_macs) else config.ratio
+        removed, report.groups = select(groups, scores, ratio, settings)
         if config.ratio > 0 and not removed and not config.target_params and not config.target_macs:
             reasons = sorted({g.skipped for g in report.groups if g.skipped})[:3]
             raise NothingToDoError(f"{label}: no channel group can be pruned ({'; '.join(reasons)})")
-        pruned = pruner.apply(removed)
-        renormalized = pruner.renormalized(removed)
-        if renormalized:
+        pruned = apply_removal(work, groups, removed)
+        layer_norms = renormalized(groups, removed)
+        if layer_norms:
             report.warnings.append(
-                f"LayerNormalization over pruned channels ({', '.join(renormalized[:3])}{' ...' if len(renormalized) > 3 else ''}): "
+                f"LayerNormalization over pruned channels ({', '.join(layer_norms[:3])}{' ...' if len(layer_norms) > 3 else ''}): "
                 "its mean and variance are now taken over the kept channels, so outputs change beyond the removed channels' share"
             )
         if source is not None and config.recovery != "none" and removed:
-            report.recovery.extend(recover(work, pruned, source, config, pruner.kept_positions(removed), show_progress=show_progress))
+            report.recovery.extend(recover(work, pruned, source, config, kept_positions(groups, removed), show_progress=show_progress))
             remove_dead_nodes(pruned)
     if has_mapped(original):
         pruned = spill(pruned)
@@ -462,13 +317,13 @@ def _probe_feed(model: onnx.ModelProto, source, input_shapes) -> dict | None:
         return None
 
 
-def _ratio_for_budget(pruner: _Pruner, model: onnx.ModelProto, shapes: dict, config: PruneConfig) -> float:
+def _ratio_for_budget(model: onnx.ModelProto, groups: Groups, scores, shapes: dict, config: PruneConfig) -> float:
     """The smallest ratio whose result fits the parameter or MAC budget (bisection)."""
     params0, macs0 = count_parameters(model), count_macs(model, shapes)[0]
 
     def fits(ratio: float) -> bool:
-        removed, _ = pruner.select(ratio)
-        pruned = pruner.apply(removed)
+        removed, _ = select(groups, scores, ratio, config.selection)
+        pruned = apply_removal(model, groups, removed)
         if config.target_params is not None and count_parameters(pruned) > config.target_params * params0:
             return False
         if config.target_macs is not None:

@@ -70,9 +70,10 @@ class HistogramObserver:
     """A histogram on a grid fixed by the data's range alone.
 
     Bin ``k`` covers ``[k * width, (k + 1) * width)``, with ``width`` the
-    smallest power of two (at least ``MIN_WIDTH``) for which the values seen so
-    far fit in ``bins`` consecutive bins, the first being the one that holds
-    the minimum. A power-of-two width makes x / width exact, and doubling it
+    smallest power of two for which the values seen so far fit in ``bins``
+    consecutive bins, the first being the one that holds the minimum (and at
+    least ``MIN_WIDTH``, and 2**-40 of the largest magnitude seen, so bin
+    indices stay small integers). Non-finite values are left out. A power-of-two width makes x / width exact, and doubling it
     maps old bin k to new bin k // 2, so merging is exact and the state depends
     only on the values seen, never on how they were batched or grouped.
     """
@@ -96,10 +97,11 @@ class HistogramObserver:
     def high(self) -> float:
         return (self.first + self.bins) * self.width
 
-    def _fitting_width(self, lo: float, hi: float) -> float:
-        """The smallest power of two (>= MIN_WIDTH, >= the current width) whose grid holds [lo, hi] in ``bins`` bins."""
+    def _fitting_width(self, lo: float, hi: float, at_least: float) -> float:
+        """The smallest power of two (>= ``at_least`` and the floors above) whose grid holds [lo, hi] in ``bins`` bins."""
         span = hi - lo
-        width = max(self.MIN_WIDTH, self.width)
+        magnitude = max(abs(lo), abs(hi))
+        width = max(self.MIN_WIDTH, at_least, math.ldexp(1.0, math.frexp(magnitude)[1] - 40) if magnitude > 0 else 0.0)
         if span > 0:
             # every width under span / bins leaves out some value: start just below it
             width = max(width, math.ldexp(1.0, math.frexp(span / self.bins)[1] - 1))
@@ -122,11 +124,13 @@ class HistogramObserver:
 
     def update(self, array: np.ndarray) -> None:
         values = np.asarray(array, dtype=np.float32).ravel()
+        if not np.isfinite(values).all():
+            values = values[np.isfinite(values)]
         if values.size == 0:
             return
         lo, hi = float(values.min()), float(values.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
-        self._regrid(self._fitting_width(self.min, self.max), self.min)
+        self._regrid(self._fitting_width(self.min, self.max, self.width), self.min)
         index = np.floor(values / np.float32(self.width)).astype(np.int64) - self.first
         self.counts += np.bincount(index, minlength=self.bins)
         self.total += values.size
@@ -138,10 +142,7 @@ class HistogramObserver:
         if other.total == 0:
             return
         self.min, self.max = min(self.min, other.min), max(self.max, other.max)
-        width = self._fitting_width(self.min, self.max)
-        width = max(width, other.width)
-        while math.floor(self.max / width) - math.floor(self.min / width) >= self.bins:
-            width *= 2.0
+        width = self._fitting_width(self.min, self.max, max(self.width, other.width))
         self._regrid(width, self.min)
         moved = HistogramObserver(other.bins)
         moved.__dict__.update({k: v for k, v in other.__dict__.items() if k != "counts"}, counts=other.counts.copy())
