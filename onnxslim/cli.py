@@ -11,9 +11,22 @@ from rich.markup import escape
 from rich.table import Table
 
 from onnxslim import __version__
-from onnxslim.cli_options import csv_option, data_options, input_shapes_option, output_option, providers_option, quiet_option, report_option, threads_option
+from onnxslim.cli_options import (
+    config_options,
+    config_values,
+    data_options,
+    input_shapes_option,
+    output_option,
+    providers_option,
+    quiet_option,
+    report_option,
+    threads_option,
+)
 from onnxslim.errors import OnnxSlimError
 from onnxslim.ir.destinations import check_destinations
+from onnxslim.measure.latency import threads_text
+from onnxslim.prune import PruneConfig
+from onnxslim.quant import QuantConfig
 from onnxslim.report import to_json, write_report
 
 console = Console()
@@ -225,41 +238,22 @@ def _resolve_data(model_path, options: dict, required: bool = True):
 @output_option
 @data_options
 @click.option("--eval-data", default=None, help="Held-out .npz folder for the fidelity check (default: every 5th batch of --data, not used for calibration).")
-@click.option("--target", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help=(
-    "Layout to emit: cpu = what onnxruntime's CPU provider fuses (UINT8 activations); cuda/tensorrt = INT8 symmetric Q/DQ on weighted-op inputs."
-))
-@click.option("--method", type=click.Choice(["percentile", "minmax", "moving-minmax", "entropy", "mse"]), default="percentile", show_default=True, help="Calibration range method.")
-@click.option("--percentile", type=float, default=99.999, show_default=True, help="Percentile for --method percentile.")
+@config_options(
+    QuantConfig, "target", "method", "percentile", "op_types", "exclude_nodes", "exclude_op_types", "quantize_attention", "quantize_output_layers",
+    "accuracy_budget", "calibration_provider", "max_calibration_samples", "eval_fraction",
+)
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")
-@csv_option("--op-types", "Quantize only these op types.")
-@csv_option("--exclude-nodes", "Keep these nodes (by name) in float.")
-@csv_option("--exclude-op-types", "Keep these op types in float.")
-@click.option("--quantize-attention", is_flag=True, help="Also quantize MatMuls of two activations (attention scores).")
-@click.option("--quantize-output-layers", is_flag=True, help="Also quantize layers that feed a graph output directly (kept in float by default).")
-@click.option("--accuracy-budget", type=float, default=None, metavar="COSINE", help="Keep the most sensitive layers in float until every output's cosine on held-out data reaches this.")
-@click.option("--calibration-provider", default="cpu", show_default=True, help="Execution provider for calibration runs.")
-@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Calibrate on at most this many batches.")
-@click.option("--eval-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True, help="Share of --data held out for the fidelity check.")
 @threads_option
-@click.option("--latency-runs", type=click.IntRange(min=0), default=30, show_default=True, help="Timed runs of FP32 and INT8, interleaved (0: no timing).")
-@click.option("--if-slower", type=click.Choice(["keep-fp32", "keep-int8", "fail"]), default="keep-fp32", show_default=True, help="What to write when INT8 is not faster than FP32.")
+@config_options(QuantConfig, "latency_runs", "if_slower")
 @report_option
 @quiet_option
-def quantize(model, output, eval_data, target, method, percentile, per_tensor, op_types, exclude_nodes, exclude_op_types, quantize_attention,
-             quantize_output_layers, accuracy_budget, calibration_provider, max_samples, eval_fraction, threads, latency_runs, if_slower,
-             report_path, quiet, input_shapes, **data_options):
+def quantize(model, output, eval_data, per_tensor, threads, report_path, quiet, input_shapes, **options):
     """Quantize MODEL to INT8 (QDQ) with calibration data, check it against FP32, write OUTPUT."""
     check_destinations(inputs=[model], output=output, report=report_path)
-    from onnxslim.quant import QuantConfig
     from onnxslim.quant import quantize as quantize_model
 
-    data = _resolve_data(model, data_options)
-    config = QuantConfig(
-        target=target, method=method, percentile=percentile, per_channel=not per_tensor, op_types=op_types, exclude_nodes=exclude_nodes,
-        exclude_op_types=exclude_op_types, quantize_attention=quantize_attention, quantize_output_layers=quantize_output_layers,
-        accuracy_budget=accuracy_budget, calibration_provider=calibration_provider, max_calibration_samples=max_samples,
-        eval_fraction=eval_fraction, threads=threads or 1, latency_runs=latency_runs, if_slower=if_slower,
-    )
+    config = QuantConfig(per_channel=not per_tensor, threads=threads, **config_values(QuantConfig, options))
+    data = _resolve_data(model, options)
     _, report = quantize_model(model, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
     _print_quantization(report)
     _finish(report.to_dict(), report_path)
@@ -275,7 +269,7 @@ def _print_quantization(report) -> None:
         ops[decision.op_type] = ops.get(decision.op_type, 0) + 1
     console.print(
         f"quantized {len(quantized)} of {len(report.decisions)} nodes ({', '.join(f'{op} {n}' for op, n in sorted(ops.items()))}); "
-        f"target {report.target}, {report.method} ranges from {report.calibration_batches} batch(es) in {report.calibration_seconds:.1f} s",
+        f"target {report.target}, {report.method} ranges from {report.calibration.batches} batch(es) in {report.calibration.seconds:.1f} s",
         highlight=False,
     )
     kernels = ", ".join(f"{op} {n}" for op, n in sorted(report.integer_kernels.items()))
@@ -289,7 +283,7 @@ def _print_quantization(report) -> None:
         console.print(skipped)
     for entry in report.kept_float_for_budget:
         console.print(f"  kept in float for the accuracy budget: {escape(entry['node'])} (cosine {entry['cosine_when_alone_quantized']:.5f} when it alone is quantized)", highlight=False)
-    fidelity = Table(title=f"INT8 vs FP32 on {report.evaluation}", title_justify="left")
+    fidelity = Table(title=f"INT8 vs FP32 on {report.evaluation.data}", title_justify="left")
     for column in ("output", "cosine", "SNR dB", "max abs", "top-1"):
         fidelity.add_column(column, justify="left" if column == "output" else "right")
     for output in report.fidelity:
@@ -298,11 +292,11 @@ def _print_quantization(report) -> None:
     latency = report.latency
     if latency:
         console.print(
-            f"latency ({latency.threads} thread(s), median of {latency.runs} interleaved runs): FP32 {latency.reference['median_ms']:.3f} ms, "
+            f"latency ({threads_text(latency.threads)}, median of {latency.runs} interleaved runs): FP32 {latency.reference['median_ms']:.3f} ms, "
             f"INT8 {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
             highlight=False,
         )
-    console.print(f"size: FP32 {report.fp32_bytes / 1e6:.2f} MB, INT8 {report.int8_bytes / 1e6:.2f} MB", highlight=False)
+    console.print(f"size: FP32 {report.sizes.fp32_bytes / 1e6:.2f} MB, INT8 {report.sizes.int8_bytes / 1e6:.2f} MB", highlight=False)
     for warning in report.warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if report.output:
@@ -314,41 +308,20 @@ def _print_quantization(report) -> None:
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=True))
 @output_option
-@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True, help=(
-    "Share of each group's channels to remove (or, with --unstructured, of each layer's weights to zero)."
-))
+@config_options(PruneConfig, "ratio")
 @data_options
-@click.option("--importance", type=click.Choice(["l1", "l2", "activation"]), default="l2", show_default=True, help=(
-    "Channel ranking: weight magnitude (BatchNorm-aware) or activation-aware (needs --data)."
-))
-@click.option("--scope", type=click.Choice(["local", "global"]), default="local", show_default=True, help="Rank within each group, or across all groups.")
-@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, help="Keep channel counts at multiples of this.")
-@click.option("--target-params", type=click.FloatRange(0, 1, min_open=True), default=None, help="Instead of --ratio: keep at most this share of the parameters.")
-@click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True), default=None, help="Instead of --ratio: keep at most this share of the multiply-accumulates.")
-@click.option("--recovery", type=click.Choice(["none", "bias", "refit"]), default=None, help="Retraining-free recovery with --data (default: refit when data is given, else none).")
-@click.option("--unstructured", is_flag=True, help="Zero the smallest weights instead of removing channels (smaller after compression, not faster).")
-@click.option("--token-mask", default=None, metavar="INPUT", help=(
-    "Input whose zeros mark padding tokens, left out of statistics and recovery (default: attention_mask when the model has it; 'none': off)."
-))
-@click.option("--only", type=click.Choice(["all", "heads", "channels"]), default="all", show_default=True, help="Prune only whole attention heads, or only channels and neurons.")
+@config_options(PruneConfig, "importance", "scope", "round_to", "target_params", "target_macs", "recovery", "unstructured", "token_mask", "only")
 @threads_option
-@click.option("--latency-runs", type=click.IntRange(min=0), default=30, show_default=True, help="Timed runs before/after, interleaved, when data is given (0: no timing).")
+@config_options(PruneConfig, "latency_runs")
 @report_option
 @quiet_option
-def prune(
-    model, output, ratio, importance, scope, round_to, target_params, target_macs, recovery, unstructured, token_mask, only, threads, latency_runs, report_path, quiet,
-    input_shapes, **data_options,
-):
+def prune(model, output, threads, report_path, quiet, input_shapes, **options):
     """Remove whole channels, neurons and heads from MODEL; write the smaller dense model to OUTPUT."""
     check_destinations(inputs=[model], output=output, report=report_path)
-    from onnxslim.prune import PruneConfig
     from onnxslim.prune import prune as prune_model
 
-    data = _resolve_data(model, data_options, required=False)
-    config = PruneConfig(
-        ratio=ratio, importance=importance, scope=scope, round_to=round_to, target_params=target_params, target_macs=target_macs,
-        recovery=recovery or ("refit" if data is not None else "none"), unstructured=unstructured, token_mask=token_mask, only=only, threads=threads or 1, latency_runs=latency_runs,
-    )
+    config = PruneConfig(threads=threads, **config_values(PruneConfig, options))
+    data = _resolve_data(model, options, required=False)
     _, report = prune_model(model, output, config=config, data=data, input_shapes=input_shapes, show_progress=not quiet)
     _print_pruning(report)
     _finish(report.to_dict(), report_path)
@@ -388,7 +361,7 @@ def _print_pruning(report) -> None:
     if report.latency:
         latency = report.latency
         console.print(
-            f"latency ({latency.threads} thread(s)): {latency.reference['median_ms']:.3f} ms -> {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
+            f"latency ({threads_text(latency.threads)}): {latency.reference['median_ms']:.3f} ms -> {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
             highlight=False,
         )
     for warning in report.warnings:

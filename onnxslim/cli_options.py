@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from onnxslim.data.sources import parse_input_shapes
 from onnxslim.errors import OnnxSlimError
+from onnxslim.options import option_name, setting_of
 
 
 def _shapes(ctx, param, value):
@@ -101,5 +104,44 @@ def data_options(f):
     return f
 
 
-def csv_option(name: str, help_text: str):
-    return click.option(name, default=None, callback=_csv, metavar="A,B,...", help=help_text)
+def csv_option(name: str, help_text: str, dest: str | None = None):
+    declarations = (name, dest) if dest else (name,)
+    return click.option(*declarations, default=None, callback=_csv, metavar="A,B,...", help=help_text)
+
+
+def config_option(config_type: type, name: str):
+    """A click option built from the declaration of ``config_type.name``: its name, default, choices, range and help."""
+    field = next(f for f in dataclasses.fields(config_type) if f.name == name)
+    described = setting_of(config_type, name)
+    flag = option_name(name, described)
+    if field.type in ("bool", bool):
+        return click.option(flag, name, is_flag=True, default=field.default, help=described.help)
+    if field.type in ("tuple[str, ...]",):
+        return csv_option(flag, described.help, dest=name)
+    if described.choices is not None:
+        kind = click.Choice(list(described.choices))
+    elif described.low is not None or described.high is not None:
+        numeric = click.IntRange if "int" in str(field.type) else click.FloatRange
+        kind = numeric(described.low, described.high, min_open=described.low_open, max_open=described.high_open)
+    else:
+        kind = None
+    return click.option(
+        flag, name, type=kind, default=field.default, show_default=field.default is not None, metavar=described.metavar, help=described.help
+    )
+
+
+def config_options(config_type: type, *names: str):
+    """:func:`config_option` for each of ``names``, in that order on the help page."""
+
+    def decorate(f):
+        for name in reversed(names):
+            f = config_option(config_type, name)(f)
+        return f
+
+    return decorate
+
+
+def config_values(config_type: type, options: dict) -> dict:
+    """Take the values of ``config_type``'s declared settings out of ``options`` (click's keyword arguments)."""
+    names = {f.name for f in dataclasses.fields(config_type) if "setting" in f.metadata}
+    return {name: options.pop(name) for name in list(options) if name in names}

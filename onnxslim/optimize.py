@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import onnx
 
 from onnxslim.ir.counts import count_parameters
 from onnxslim.ir.io import load_model
 from onnxslim.passes import CLEANUP, PassResult, Pipeline
+from onnxslim.records import Record
 from onnxslim.runtime.write import write_verified
 
 
 @dataclass
-class OptimizeReport:
+class OptimizeReport(Record):
+    """What ``optimize`` did: node and parameter counts before and after, and every pass's result."""
+
+    command: ClassVar[str] = "optimize"
+
     model: str
     output: str | None
     nodes_before: int
@@ -22,18 +28,6 @@ class OptimizeReport:
     parameters_before: int
     parameters_after: int
     passes: list[PassResult] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {
-            "command": "optimize",
-            "model": self.model,
-            "output": self.output,
-            "nodes_before": self.nodes_before,
-            "nodes_after": self.nodes_after,
-            "parameters_before": self.parameters_before,
-            "parameters_after": self.parameters_after,
-            "passes": [p.to_dict() for p in self.passes],
-        }
 
 
 def optimize(

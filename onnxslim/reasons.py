@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from onnxslim.records import Record
+
 
 @dataclass(frozen=True)
-class Reason:
+class Reason(Record):
     """A reason: ``code`` (a member of one of onnxslim's reason enums) and a human-readable ``text``."""
 
     code: Enum
@@ -20,6 +22,3 @@ class Reason:
 
     def __str__(self) -> str:
         return self.text
-
-    def to_dict(self) -> dict:
-        return {"code": self.code.value, "text": self.text}

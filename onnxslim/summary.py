@@ -11,6 +11,7 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import onnx
 
@@ -18,46 +19,33 @@ from onnxslim.ir.counts import count_macs, count_parameters
 from onnxslim.ir.io import load_model, model_weight_bytes
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import TensorSpec, graph_inputs, graph_outputs, subgraphs
+from onnxslim.records import Record, json_field
 
 
 @dataclass
-class ModelSummary:
-    path: str
-    ir_version: int
-    opsets: dict[str, int]
-    producer: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    op_histogram: dict[str, int]
-    nodes: int
-    parameters: int
-    weight_bytes: int
-    macs: int
-    macs_unknown_nodes: list[str] = field(default_factory=list)
-    macs_by_op: dict[str, int] = field(default_factory=dict)
-    has_subgraphs: bool = False
-    functions: int = 0
+class ModelSummary(Record):
+    """What ``inspect`` reports: interface, op histogram, parameters, bytes and multiply-accumulates."""
 
-    def to_dict(self) -> dict:
-        return {
-            "command": "inspect",
-            "model": self.path,
-            "ir_version": self.ir_version,
-            "opsets": self.opsets,
-            "producer": self.producer,
-            "inputs": [i.to_dict() for i in self.inputs],
-            "outputs": [o.to_dict() for o in self.outputs],
-            "nodes": self.nodes,
-            "op_histogram": self.op_histogram,
-            "parameters": self.parameters,
-            "weight_bytes": self.weight_bytes,
-            "macs": self.macs,
-            "macs_by_op": self.macs_by_op,
-            "macs_complete": not self.macs_unknown_nodes,
-            "macs_unknown_nodes": self.macs_unknown_nodes,
-            "has_subgraphs": self.has_subgraphs,
-            "local_functions": self.functions,
-        }
+    command: ClassVar[str] = "inspect"
+
+    path: str = json_field(key="model")
+    ir_version: int = 0
+    opsets: dict[str, int] = field(default_factory=dict)
+    producer: str = ""
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+    nodes: int = 0
+    op_histogram: dict[str, int] = field(default_factory=dict)
+    parameters: int = 0
+    weight_bytes: int = 0
+    macs: int = 0
+    macs_by_op: dict[str, int] = field(default_factory=dict)
+    macs_unknown_nodes: list[str] = field(default_factory=list)
+    has_subgraphs: bool = False
+    functions: int = json_field(0, key="local_functions")
+
+    def derived(self) -> dict:
+        return {"macs_complete": not self.macs_unknown_nodes}
 
 
 def _all_nodes(graph: onnx.GraphProto):

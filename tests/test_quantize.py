@@ -272,7 +272,7 @@ def test_python_loader_reader_and_image_folder(tmp_path):
         "        yield {'input': rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}\n"
     )
     _, report = quantize(model, LoaderFunction(f"{module}:batches"), config=FAST)
-    assert report.calibration_batches == 5 and report.evaluation_batches == 1
+    assert report.calibration.batches == 5 and report.evaluation.batches == 1
 
     class Reader:
         def __init__(self):
@@ -282,7 +282,7 @@ def test_python_loader_reader_and_image_folder(tmp_path):
             return next(self.items, None)
 
     _, report = quantize(model, Reader(), config=FAST)
-    assert report.calibration_batches == 4
+    assert report.calibration.batches == 4
 
     from PIL import Image
 
@@ -295,4 +295,4 @@ def test_python_loader_reader_and_image_folder(tmp_path):
     label, batch = next(iter(source))
     assert batch["input"].shape == (1, 3, 16, 16) and batch["input"].dtype == np.float32
     _, report = quantize(model, source, config=FAST)
-    assert report.calibration_batches == 4
+    assert report.calibration.batches == 4

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxslim.progress import track
+from onnxslim.records import Record
 from onnxslim.runtime.session import ModelSource, Runner
 
 
@@ -45,8 +46,15 @@ def summarize_latency(samples: list[float]) -> dict:
     }
 
 
+def threads_text(threads: int | None) -> str:
+    """'1 thread', '4 threads', or onnxruntime's default (0 or None)."""
+    if not threads:
+        return "onnxruntime's default threads"
+    return f"{threads} thread{'s' if threads != 1 else ''}"
+
+
 @dataclass(frozen=True)
-class LatencyComparison:
+class LatencyComparison(Record):
     """Interleaved latency of a reference and a candidate model on one batch.
 
     ``reference`` and ``candidate`` are :func:`summarize_latency` results (runs,
@@ -67,8 +75,8 @@ class LatencyComparison:
     def runs(self) -> int:
         return int(self.reference.get("runs", 0))
 
-    def to_dict(self) -> dict:
-        return {"threads": self.threads, "batch": self.batch, "reference": dict(self.reference), "candidate": dict(self.candidate), "ratio": self.ratio}
+    def derived(self) -> dict:
+        return {"ratio": self.ratio}
 
 
 def time_pair(

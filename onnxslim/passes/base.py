@@ -20,6 +20,7 @@ import onnx
 
 from onnxslim.errors import OnnxSlimError
 from onnxslim.reasons import Reason
+from onnxslim.records import Record, json_field
 
 
 class DeclineCode(Enum):
@@ -39,21 +40,18 @@ class DeclineCode(Enum):
 
 
 @dataclass(frozen=True)
-class Decline:
+class Decline(Record):
     """A place a pass looked at and did not change, and why."""
 
     where: str
     reason: Reason
 
-    def to_dict(self) -> dict:
-        return {"where": self.where, "code": self.reason.code.value, "reason": self.reason.text}
-
 
 @dataclass
-class PassResult:
+class PassResult(Record):
     """What one run of a pass did: whether it changed the model, each change, each decline."""
 
-    name: str
+    name: str = json_field(key="pass")
     modified: bool = False
     changes: list[str] = field(default_factory=list)
     declined: list[Decline] = field(default_factory=list)
@@ -75,13 +73,6 @@ class PassResult:
             return self.changes[0]
         return f"{len(self.changes)} changes, e.g. {self.changes[0]}"
 
-    def to_dict(self) -> dict:
-        return {
-            "pass": self.name,
-            "modified": self.modified,
-            "changes": list(self.changes),
-            "declined": [d.to_dict() for d in self.declined],
-        }
 
 
 GraphPass = Callable[[onnx.ModelProto], PassResult]

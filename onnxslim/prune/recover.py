@@ -32,6 +32,7 @@ from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to
 from onnxslim.progress import track
 from onnxslim.prune.statistics import channel_rows
 from onnxslim.reasons import Reason
+from onnxslim.records import Record
 from onnxslim.runtime.probe import probe_runner
 
 LINEAR = ("Gemm", "MatMul", "Conv")
@@ -46,7 +47,7 @@ class RecoveryKind(Enum):
 
 
 @dataclass(frozen=True)
-class RecoveryStep:
+class RecoveryStep(Record):
     """What recovery did to one layer."""
 
     layer: str
@@ -55,9 +56,6 @@ class RecoveryStep:
     @property
     def kind(self) -> RecoveryKind:
         return self.reason.code  # type: ignore[return-value]
-
-    def to_dict(self) -> dict:
-        return {"layer": self.layer, "code": self.reason.code.value, "text": self.reason.text}
 
     def __str__(self) -> str:
         return f"{self.layer}: {self.reason.text}"

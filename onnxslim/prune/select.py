@@ -17,6 +17,7 @@ import numpy as np
 
 from onnxslim.prune.groups import Group, Groups
 from onnxslim.reasons import Reason
+from onnxslim.records import Record
 
 
 class GroupOutcome(Enum):
@@ -31,7 +32,7 @@ class GroupOutcome(Enum):
 
 
 @dataclass(frozen=True)
-class GroupReport:
+class GroupReport(Record):
     """One group's result: its producers, channels before and after, and why channels were left."""
 
     producers: list[str]
@@ -39,15 +40,6 @@ class GroupReport:
     channels_after: int
     outcome: GroupOutcome = GroupOutcome.PRUNED
     skipped: str | None = None
-
-    def to_dict(self) -> dict:
-        return {
-            "producers": self.producers,
-            "channels_before": self.channels_before,
-            "channels_after": self.channels_after,
-            "outcome": self.outcome.value,
-            "skipped": self.skipped,
-        }
 
     @property
     def reason(self) -> Reason | None:

@@ -13,6 +13,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -25,6 +26,7 @@ from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
 from onnxslim.measure import LatencyComparison, fidelity, latency_ratio
+from onnxslim.options import check_settings, setting
 from onnxslim.passes import PassResult, Pipeline, constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
 from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.static_dims import fold_static_dims
@@ -36,6 +38,7 @@ from onnxslim.prune.select import GroupReport, SelectionSettings, select
 from onnxslim.prune.statistics import channel_energy
 from onnxslim.prune.trace import trace
 from onnxslim.prune.unstructured import magnitude_sparsify
+from onnxslim.records import BeforeAfter, Record
 from onnxslim.runtime import Runner
 from onnxslim.runtime.probe import check_runs, runtime_shapes
 from onnxslim.runtime.write import write_verified
@@ -52,7 +55,8 @@ class PruneConfig:
     round_to: keep channel counts at multiples of this (fast kernels like multiples of 8).
     target_params / target_macs: instead of ``ratio``, the smallest global ratio
         reaching at most this share (0..1) of the original parameters / MACs.
-    recovery: 'none', 'bias' (add the mean contribution of removed channels to the
+    recovery: 'auto' (the default: 'refit' when data is given, 'none' without),
+        'none', 'bias' (add the mean contribution of removed channels to the
         consumer's bias) or 'refit' (ridge least squares of 1x1/linear consumers
         against the original model's outputs, then 'bias' for the others); needs data.
     unstructured: zero the smallest weights per layer to ``ratio`` sparsity instead.
@@ -63,82 +67,60 @@ class PruneConfig:
         neurons, no heads).
     """
 
-    ratio: float = 0.3
-    importance: str = "l2"
-    scope: str = "local"
-    round_to: int = 1
-    target_params: float | None = None
-    target_macs: float | None = None
-    recovery: str = "none"
+    ratio: float = setting(0.3, "Share of each group's channels to remove (or, with --unstructured, of each layer's weights to zero).", low=0.0, high=1.0, high_open=True)
+    importance: str = setting("l2", "Channel ranking: weight magnitude (BatchNorm-aware) or activation-aware (needs --data).", choices=METHODS)
+    scope: str = setting("local", "Rank within each group, or across all groups.", choices=("local", "global"))
+    round_to: int = setting(1, "Keep channel counts at multiples of this.", low=1)
+    target_params: float | None = setting(None, "Instead of --ratio: keep at most this share of the parameters.", low=0.0, high=1.0, low_open=True)
+    target_macs: float | None = setting(None, "Instead of --ratio: keep at most this share of the multiply-accumulates.", low=0.0, high=1.0, low_open=True)
+    recovery: str = setting("auto", "Retraining-free recovery (auto: refit when data is given, else none).", choices=("auto", "none", "bias", "refit"))
     ridge: float = 1e-2
-    token_mask: str | None = None
-    unstructured: bool = False
-    only: str = "all"
-    threads: int = 1
-    latency_runs: int = 30
+    token_mask: str | None = setting(
+        None, "Input whose zeros mark padding tokens, left out of statistics and recovery (default: attention_mask when the model has it; 'none': off).", metavar="INPUT"
+    )
+    unstructured: bool = setting(False, "Zero the smallest weights instead of removing channels (smaller after compression, not faster).")
+    only: str = setting("all", "Prune only whole attention heads, or only channels and neurons.", choices=("all", "heads", "channels"))
+    threads: int = 1  # onnxruntime intra-op threads for timing; 0: onnxruntime's default
+    latency_runs: int = setting(30, "Timed runs before/after, interleaved, when data is given (0: no timing).", low=0)
 
     @property
     def selection(self) -> SelectionSettings:
         return SelectionSettings(scope=self.scope, only=self.only, round_to=self.round_to)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ratio < 1.0:
-            raise UsageError(f"--ratio {self.ratio} must be in [0, 1)")
-        if self.importance not in METHODS:
-            raise UsageError(f"--importance must be one of {', '.join(METHODS)}")
-        if self.scope not in ("local", "global"):
-            raise UsageError("--scope must be local or global")
-        if self.only not in ("all", "heads", "channels"):
-            raise UsageError("--only must be all, heads or channels")
-        if self.recovery not in ("none", "bias", "refit"):
-            raise UsageError("--recovery must be none, bias or refit")
-        if self.round_to < 1:
-            raise UsageError("--round-to must be at least 1")
-        for name in ("target_params", "target_macs"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 < value <= 1.0:
-                raise UsageError(f"--{name.replace('_', '-')} {value} must be a share in (0, 1]")
+        check_settings(self)
+
+    def with_data(self, has_data: bool) -> PruneConfig:
+        """The settings with 'auto' recovery resolved: refit when there is data, none otherwise."""
+        if self.recovery != "auto":
+            return self
+        return dataclasses.replace(self, recovery="refit" if has_data else "none")
 
 
 @dataclass
-class PruneReport:
+class PruneReport(Record):
+    """What ``prune`` did: every group, sizes before and after, recovery, fidelity and latency against the original."""
+
+    command: ClassVar[str] = "prune"
+
     model: str
     output: str | None
     mode: str
     config: dict
-    groups: list[GroupReport] = field(default_factory=list)
-    parameters: tuple[int, int] = (0, 0)
-    macs: tuple[int, int] = (0, 0)
-    file_bytes: tuple[int, int] = (0, 0)
+    parameters: BeforeAfter = BeforeAfter()
+    macs: BeforeAfter = BeforeAfter()
+    file_bytes: BeforeAfter = BeforeAfter()
     latency: LatencyComparison | None = None
     fidelity: list = field(default_factory=list)
+    groups: list[GroupReport] = field(default_factory=list)
     recovery: list[RecoveryStep] = field(default_factory=list)
     sparsity: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
     prepare: list[PassResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def pruned_groups(self) -> list[GroupReport]:
         return [g for g in self.groups if g.channels_after < g.channels_before]
-
-    def to_dict(self) -> dict:
-        return {
-            "command": "prune",
-            "model": self.model,
-            "output": self.output,
-            "mode": self.mode,
-            "config": self.config,
-            "parameters": {"before": self.parameters[0], "after": self.parameters[1]},
-            "macs": {"before": self.macs[0], "after": self.macs[1]},
-            "file_bytes": {"before": self.file_bytes[0], "after": self.file_bytes[1]},
-            "latency": self.latency.to_dict() if self.latency else {},
-            "fidelity": [c.to_dict() for c in self.fidelity],
-            "groups": [g.to_dict() for g in self.groups],
-            "recovery": [step.to_dict() for step in self.recovery],
-            "sparsity": list(self.sparsity),
-            "prepare": [p.to_dict() for p in self.prepare],
-            "warnings": self.warnings,
-        }
 
 
 def fold_fixed_sizes(model: onnx.ModelProto) -> PassResult:
@@ -238,6 +220,7 @@ def prune(
     work = load_model(original)
     prepared = PREPARE(work)
     source = open_data(data, graph_inputs(original), input_shapes=input_shapes) if data is not None else None
+    config = config.with_data(source is not None)
     if (config.importance == "activation" or config.recovery != "none") and source is None:
         raise UsageError("activation importance and recovery need calibration data: give --data")
     config = _resolve_token_mask(config, original)
@@ -281,9 +264,9 @@ def prune(
         if problem is not None:
             raise OnnxSlimError(f"{label}: the pruned model fails a test run ({problem}); nothing written. This is a bug in onnxslim's rules, please report it")
     new_shapes = infer_shapes(pruned, {k: v for k, v in ((s, shapes.get(s)) for s in [i.name for i in graph_inputs(original)]) if v and all(isinstance(d, int) for d in v)})
-    report.parameters = (count_parameters(original), count_parameters(pruned))
-    report.macs = (count_macs(original, shapes)[0], count_macs(pruned, new_shapes)[0])
-    report.file_bytes = (model_file_bytes(original), model_file_bytes(pruned))
+    report.parameters = BeforeAfter(count_parameters(original), count_parameters(pruned))
+    report.macs = BeforeAfter(count_macs(original, shapes)[0], count_macs(pruned, new_shapes)[0])
+    report.file_bytes = BeforeAfter(model_file_bytes(original), model_file_bytes(pruned))
     if source is not None:
         report.fidelity = fidelity(Runner(original, threads=None, label="original"), pruned, source, label="pruned model")
     feed = next(iter(source))[1] if source is not None else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnxslim.errors import UsageError
+from onnxslim.options import check_settings, setting
 from onnxslim.quant.ranges import METHODS
 
 TARGETS = ("cpu", "cuda", "tensorrt")
@@ -31,39 +31,30 @@ class QuantConfig:
     if_slower: what to write when INT8 is not faster than FP32.
     """
 
-    target: str = "cpu"
-    method: str = "percentile"
-    percentile: float = 99.999
+    target: str = setting("cpu", "Layout to emit: cpu = what onnxruntime's CPU provider fuses (UINT8 activations); cuda/tensorrt = INT8 symmetric Q/DQ on weighted-op inputs.", choices=TARGETS)
+    method: str = setting("percentile", "Calibration range method.", choices=METHODS)
+    percentile: float = setting(99.999, "Percentile for --method percentile.", low=50.0, high=100.0, low_open=True)
     per_channel: bool = True
-    op_types: tuple[str, ...] = ()
-    exclude_nodes: tuple[str, ...] = ()
-    exclude_op_types: tuple[str, ...] = ()
-    quantize_attention: bool = False
-    quantize_output_layers: bool = False
+    op_types: tuple[str, ...] = setting((), "Quantize only these op types.")
+    exclude_nodes: tuple[str, ...] = setting((), "Keep these nodes (by name) in float.")
+    exclude_op_types: tuple[str, ...] = setting((), "Keep these op types in float.")
+    quantize_attention: bool = setting(False, "Also quantize MatMuls of two activations (attention scores).")
+    quantize_output_layers: bool = setting(False, "Also quantize layers that feed a graph output directly (kept in float by default).")
     concat_range_ratio: float = 16.0
-    accuracy_budget: float | None = None
-    calibration_provider: str = "cpu"
-    max_calibration_samples: int | None = None
-    eval_fraction: float = 0.2
+    accuracy_budget: float | None = setting(
+        None, "Keep the most sensitive layers in float until every output's cosine on held-out data reaches this.", low=-1.0, high=1.0, metavar="COSINE"
+    )
+    calibration_provider: str = setting("cpu", "Execution provider for calibration runs.")
+    max_calibration_samples: int | None = setting(None, "Calibrate on at most this many batches.", low=1, option="--max-samples")
+    eval_fraction: float = setting(0.2, "Share of --data held out for the fidelity check.", low=0.0, high=0.9)
     max_eval_batches: int = 64
-    threads: int = 1
-    latency_runs: int = 30
-    if_slower: str = "keep-fp32"
+    threads: int = 1  # onnxruntime intra-op threads for timing; 0: onnxruntime's default
+    latency_runs: int = setting(30, "Timed runs of FP32 and INT8, interleaved (0: no timing).", low=0)
+    if_slower: str = setting("keep-fp32", "What to write when INT8 is not faster than FP32.", choices=IF_SLOWER)
     histogram_bins: int = 2048
 
     def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise UsageError(f"unknown target '{self.target}' (choose from {', '.join(TARGETS)})")
-        if self.method not in METHODS:
-            raise UsageError(f"unknown calibration method '{self.method}' (choose from {', '.join(METHODS)})")
-        if not 50.0 < self.percentile <= 100.0:
-            raise UsageError(f"percentile {self.percentile} must be in (50, 100]")
-        if self.accuracy_budget is not None and not -1.0 <= self.accuracy_budget <= 1.0:
-            raise UsageError(f"accuracy budget {self.accuracy_budget} is a cosine similarity and must be in [-1, 1]")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise UsageError(f"eval fraction {self.eval_fraction} must be in [0, 1)")
-        if self.if_slower not in IF_SLOWER:
-            raise UsageError(f"--if-slower must be one of {', '.join(IF_SLOWER)}")
+        check_settings(self)
 
     @property
     def signed_activations(self) -> bool:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from onnxslim.reasons import Reason
+from onnxslim.records import Record
 
 
 class QuantReason(Enum):
@@ -64,7 +65,7 @@ class BiasQuant:
 
 
 @dataclass(frozen=True)
-class NodeDecision:
+class NodeDecision(Record):
     """Whether a node runs quantized, and why (``reason.code`` is a :class:`QuantReason`)."""
 
     node: str
@@ -79,8 +80,8 @@ class NodeDecision:
     def code(self) -> QuantReason:
         return self.reason.code  # type: ignore[return-value]
 
-    def to_dict(self) -> dict:
-        return {"node": self.node, "op_type": self.op_type, "quantized": self.quantized, "code": self.reason.code.value, "reason": self.reason.text}
+    def derived(self) -> dict:
+        return {"quantized": self.quantized}
 
 
 @dataclass

@@ -21,6 +21,7 @@ from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import fidelity, latency_ratio, worst_cosine
+from onnxslim.measure.latency import threads_text
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.progress import track
 from onnxslim.quant.calibrate import calibrate
@@ -30,7 +31,7 @@ from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats
 from onnxslim.quant.prepare import float_tensors, prepare
 from onnxslim.quant.qdq import insert_qdq
 from onnxslim.quant.ranges import calibrated_range
-from onnxslim.quant.report import QuantReport
+from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
 from onnxslim.runtime import Runner, resolve_provider
 from onnxslim.runtime.session import optimized_ops
 from onnxslim.runtime.write import write_verified
@@ -244,13 +245,10 @@ def quantize(
         comparisons = fidelity(session.reference, quantized, session.eval_batches)
     report.decisions = list(plan.decisions.values())
     report.fidelity = comparisons
-    report.calibration_batches = session.calibration_batches
-    report.calibration_seconds = session.calibration_seconds
-    report.calibration_peak_rss_mb = _peak_rss_mb()
-    report.evaluation = session.eval_label
-    report.evaluation_batches = len(session.eval_batches)
+    report.calibration = CalibrationSummary(session.calibration_batches, session.calibration_seconds, _peak_rss_mb())
+    report.evaluation = EvaluationSummary(session.eval_label, len(session.eval_batches))
     session.release_reference()
-    report.fp32_bytes, report.int8_bytes = model_file_bytes(session.original), model_file_bytes(quantized)
+    report.sizes = Sizes(model_file_bytes(session.original), model_file_bytes(quantized))
     try:
         report.onnxruntime_kernels = dict(optimized_ops(quantized, threads=config.threads))
     except Exception as exc:  # an optimizer failure is worth reporting, not fatal
@@ -260,7 +258,7 @@ def quantize(
     result = quantized
     ratio = report.latency.ratio if report.latency is not None else None
     if ratio is not None and ratio >= 1.0:
-        message = f"INT8 is not faster than FP32 here ({ratio:.2f}x FP32 latency at {config.threads} thread(s))"
+        message = f"INT8 is not faster than FP32 here ({ratio:.2f}x FP32 latency at {threads_text(config.threads)})"
         if config.if_slower == "keep-fp32":
             result = session.prepared
             report.written = "fp32"

@@ -4,37 +4,64 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from onnxslim.measure import LatencyComparison, OutputComparison
 from onnxslim.passes import PassResult
 from onnxslim.quant.decisions import NodeDecision
+from onnxslim.records import Record, json_field
 
 INTEGER_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "ConvInteger", "QLinearAdd", "QLinearMul",
                    "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax"}
 
 
 @dataclass
-class QuantReport:
+class CalibrationSummary(Record):
+    """How many batches calibration read, how long it took, and the process's peak memory by then."""
+
+    batches: int = 0
+    seconds: float = 0.0
+    peak_rss_mb: float | None = None
+
+
+@dataclass
+class EvaluationSummary(Record):
+    """Which held-out data the fidelity was measured on."""
+
+    data: str = ""
+    batches: int = 0
+
+
+@dataclass
+class Sizes(Record):
+    """Bytes of the float model and of the result, as files (external data included)."""
+
+    fp32_bytes: int = 0
+    int8_bytes: int = 0
+
+
+@dataclass
+class QuantReport(Record):
+    """What ``quantize`` did: the decision for every node, calibration, fidelity, latency, sizes, what was written."""
+
+    command: ClassVar[str] = "quantize"
+
     model: str
     output: str | None
     target: str
     method: str
-    calibration_batches: int = 0
-    calibration_seconds: float = 0.0
-    calibration_peak_rss_mb: float | None = None
-    evaluation: str = ""
-    evaluation_batches: int = 0
     written: str = "int8"
-    prepare: list[PassResult] = field(default_factory=list)
-    decisions: list[NodeDecision] = field(default_factory=list)
-    kept_float_for_budget: list[dict] = field(default_factory=list)
+    calibration: CalibrationSummary = field(default_factory=CalibrationSummary)
+    evaluation: EvaluationSummary = field(default_factory=EvaluationSummary)
+    budget: float | None = json_field(None, key="accuracy_budget")
     fidelity: list[OutputComparison] = field(default_factory=list)
     latency: LatencyComparison | None = None
     onnxruntime_kernels: dict[str, int] = field(default_factory=dict)
-    fp32_bytes: int = 0
-    int8_bytes: int = 0
+    sizes: Sizes = field(default_factory=Sizes)
+    prepare: list[PassResult] = field(default_factory=list)
+    decisions: list[NodeDecision] = json_field(omit=True, factory=list)
+    kept_float_for_budget: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    budget: float | None = None
 
     @property
     def quantized(self) -> list[NodeDecision]:
@@ -54,25 +81,5 @@ class QuantReport:
             grouped.setdefault(decision.reason.text, Counter())[decision.op_type] += 1
         return grouped
 
-    def to_dict(self) -> dict:
-        return {
-            "command": "quantize",
-            "model": self.model,
-            "output": self.output,
-            "written": self.written,
-            "target": self.target,
-            "method": self.method,
-            "calibration": {"batches": self.calibration_batches, "seconds": self.calibration_seconds, "peak_rss_mb": self.calibration_peak_rss_mb},
-            "evaluation": {"data": self.evaluation, "batches": self.evaluation_batches},
-            "accuracy_budget": self.budget,
-            "fidelity": [c.to_dict() for c in self.fidelity],
-            "latency": self.latency.to_dict() if self.latency else {},
-            "onnxruntime_kernels": self.onnxruntime_kernels,
-            "integer_kernels": self.integer_kernels,
-            "sizes": {"fp32_bytes": self.fp32_bytes, "int8_bytes": self.int8_bytes},
-            "prepare": [p.to_dict() for p in self.prepare],
-            "quantized_nodes": [d.to_dict() for d in self.quantized],
-            "skipped_nodes": [d.to_dict() for d in self.skipped],
-            "kept_float_for_budget": self.kept_float_for_budget,
-            "warnings": list(self.warnings),
-        }
+    def derived(self) -> dict:
+        return {"integer_kernels": self.integer_kernels, "quantized_nodes": self.quantized, "skipped_nodes": self.skipped}

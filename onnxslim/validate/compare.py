@@ -8,11 +8,11 @@ turn the numbers into a verdict.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import onnx
 
@@ -22,6 +22,7 @@ from onnxslim.ir.io import load_model
 from onnxslim.ir.tensors import graph_inputs, graph_outputs
 from onnxslim.measure import LatencyComparison, OutputComparison, time_pair
 from onnxslim.progress import track
+from onnxslim.records import Record, json_field
 from onnxslim.runtime import Runner, available_providers, resolve_provider
 from onnxslim.runtime.providers import short_name
 
@@ -38,7 +39,9 @@ class Gates:
 
 
 @dataclass
-class GateCheck:
+class GateCheck(Record):
+    """One gate checked on one output (or on latency) of one provider."""
+
     gate: str
     provider: str
     output: str | None
@@ -46,35 +49,29 @@ class GateCheck:
     limit: float
     passed: bool
 
-    def to_dict(self) -> dict:
-        value = self.value
-        if isinstance(value, float) and math.isinf(value):
-            value = "inf" if value > 0 else "-inf"
-        return {"gate": self.gate, "provider": self.provider, "output": self.output, "value": value, "limit": self.limit, "passed": self.passed}
 
 
 @dataclass
-class ProviderResult:
-    provider: str
-    status: str  # "ok", "not available", "fell back"
+class ProviderResult(Record):
+    """Both models on one execution provider: output comparisons, where the nodes ran, latency."""
+
+    provider: str = json_field(omit=True)
+    status: str = "ok"  # "ok", "not available", "fell back"
     message: str = ""
-    outputs: list[OutputComparison] = field(default_factory=list)
     placement: dict = field(default_factory=dict)
+    outputs: list[OutputComparison] = field(default_factory=list)
     latency: LatencyComparison | None = None
 
-    def to_dict(self) -> dict:
-        return {
-            "provider": short_name(self.provider),
-            "status": self.status,
-            "message": self.message,
-            "placement": self.placement,
-            "outputs": [o.to_dict() for o in self.outputs],
-            "latency": self.latency.to_dict() if self.latency else {},
-        }
+    def derived(self) -> dict:
+        return {"provider": short_name(self.provider)}
 
 
 @dataclass
-class ValidationReport:
+class ValidationReport(Record):
+    """What ``validate`` found: per provider, per output, the gates and the verdict."""
+
+    command: ClassVar[str] = "validate"
+
     reference: str
     candidate: str
     data: str
@@ -92,20 +89,8 @@ class ValidationReport:
     def passed(self) -> bool:
         return self.complete and all(g.passed for g in self.gates)
 
-    def to_dict(self) -> dict:
-        return {
-            "command": "validate",
-            "reference": self.reference,
-            "candidate": self.candidate,
-            "data": self.data,
-            "random_data": self.random_data,
-            "threads": self.threads,
-            "providers": [p.to_dict() for p in self.providers],
-            "gates": [g.to_dict() for g in self.gates],
-            "warnings": list(self.warnings),
-            "complete": self.complete,
-            "passed": self.passed,
-        }
+    def derived(self) -> dict:
+        return {"complete": self.complete, "passed": self.passed}
 
 
 def _label(model, default: str) -> str:

@@ -1,0 +1,49 @@
+"""One set of option names and defaults: the CLI's options are built from the config declarations."""
+
+import dataclasses
+
+import pytest
+
+from onnxslim.cli import main
+from onnxslim.errors import UsageError
+from onnxslim.options import option_name
+from onnxslim.prune import PruneConfig
+from onnxslim.quant import QuantConfig
+
+
+def declared(config_type):
+    return {f.name: f for f in dataclasses.fields(config_type) if "setting" in f.metadata}
+
+
+@pytest.mark.parametrize(("command", "config_type"), [("quantize", QuantConfig), ("prune", PruneConfig)])
+def test_every_declared_setting_is_an_option_with_the_same_default(command, config_type):
+    params = {p.name: p for p in main.commands[command].params}
+    for name, field in declared(config_type).items():
+        assert name in params, f"{command} has no option for {config_type.__name__}.{name}"
+        param = params[name]
+        assert option_name(name, field.metadata["setting"]) in param.opts
+        default = param.default if not (param.default is None and field.default == ()) else ()
+        assert default == field.default, name
+
+
+@pytest.mark.parametrize(
+    ("config_type", "values", "message"),
+    [
+        (QuantConfig, {"target": "npu"}, "--target must be one of cpu, cuda, tensorrt"),
+        (QuantConfig, {"percentile": 50.0}, "--percentile 50.0 must be in (50, 100]"),
+        (QuantConfig, {"max_calibration_samples": 0}, "--max-samples 0 must be in [1, inf]"),
+        (PruneConfig, {"ratio": 1.0}, "--ratio 1.0 must be in [0, 1)"),
+        (PruneConfig, {"recovery": "retrain"}, "--recovery must be one of auto, none, bias, refit"),
+        (PruneConfig, {"target_macs": 0.0}, "--target-macs 0.0 must be in (0, 1]"),
+    ],
+)
+def test_api_values_are_checked_with_the_cli_names(config_type, values, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        config_type(**values)
+
+
+def test_prune_recovery_defaults_to_refit_with_data_in_the_api_as_in_the_cli():
+    assert PruneConfig().recovery == "auto"
+    assert PruneConfig().with_data(True).recovery == "refit"
+    assert PruneConfig().with_data(False).recovery == "none"
+    assert PruneConfig(recovery="bias").with_data(True).recovery == "bias"
