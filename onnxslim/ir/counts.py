@@ -56,6 +56,7 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple]) -> int | None:
 
 
 def count_macs(model: onnx.ModelProto, shapes: Mapping[str, tuple]) -> tuple[int, dict[str, int], list[str]]:
+    """Total multiply-accumulates, the same per op type, and the weighted nodes whose shapes are unknown."""
     total = 0
     by_op: Counter = Counter()
     unknown: list[str] = []

@@ -115,6 +115,7 @@ def map_external_weights(model: onnx.ModelProto, model_path: Path, min_bytes: in
 
 
 def has_mapped(model: onnx.ModelProto) -> bool:
+    """True when some initializer of ``model`` is kept on disk (see the module docstring)."""
     return any(is_mapped(t) for t in model.graph.initializer)
 
 

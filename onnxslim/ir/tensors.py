@@ -63,10 +63,12 @@ def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
 
 
 def graph_outputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """The graph's outputs as typed specs, in order."""
     return [_spec(v) for v in model.graph.output]
 
 
 def initializer_map(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Initializer name -> tensor, for ``graph`` itself (not its subgraphs)."""
     return {t.name: t for t in graph.initializer}
 
 
@@ -162,6 +164,7 @@ def all_value_names(graph: onnx.GraphProto) -> set[str]:
 
 
 def subgraphs(node: onnx.NodeProto):
+    """The graphs held in ``node``'s attributes (If branches, Loop and Scan bodies)."""
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             yield attr.g
@@ -199,4 +202,5 @@ def consumers_map(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
 
 
 def producer_map(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Tensor name -> the node of ``graph`` that produces it."""
     return {out: node for node in graph.node for out in node.output if out}

@@ -27,4 +27,5 @@ def fidelity(
 
 
 def worst_cosine(comparisons: Sequence[OutputComparison]) -> float:
+    """The lowest cosine similarity over the outputs (1.0 when there are none)."""
     return min(c.cosine for c in comparisons) if comparisons else 1.0

@@ -21,6 +21,8 @@ def looks_like_class_scores(array: np.ndarray) -> bool:
 
 @dataclass
 class OutputComparison:
+    """Running sums comparing one output of a candidate with the reference's, batch by batch; ``add`` folds a batch in."""
+
     name: str
     elements: int = 0
     batches: int = 0

@@ -55,6 +55,7 @@ def _out_channels(layer: onnx.NodeProto, weight: np.ndarray) -> int:
 
 
 def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
+    """Fold each inference BatchNormalization into the Conv, ConvTranspose or Gemm before it (see the module docstring)."""
     result = PassResult("fuse-batchnorm")
     graph = model.graph
     inits = initializer_map(graph)

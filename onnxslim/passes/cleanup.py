@@ -48,6 +48,7 @@ def _is_passthrough(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
 
 
 def remove_identities(model: onnx.ModelProto) -> PassResult:
+    """Remove Identity nodes and inference-mode Dropout, renaming their readers to read the input directly."""
     result = PassResult("remove-identity")
     graph = model.graph
     outputs = {v.name for v in graph.output}

@@ -41,6 +41,7 @@ def _constant_tensor(node: onnx.NodeProto) -> tuple[onnx.TensorProto | None, str
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> PassResult:
+    """Move every Constant node of the main graph into an initializer of the same name."""
     result = PassResult("constants-to-initializers")
     graph = model.graph
     if model.ir_version < 4:

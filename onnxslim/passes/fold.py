@@ -30,6 +30,7 @@ HIDE_BYTES = 1 << 20
 
 
 def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20) -> PassResult:
+    """Evaluate every node whose inputs are all constants and replace it by its value (see the module docstring)."""
     result = PassResult("fold-constants")
     hidden = [t for t in model.graph.initializer if is_mapped(t)]
     if model_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD // 2:

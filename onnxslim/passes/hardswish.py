@@ -20,6 +20,8 @@ SIXTH = 1.0 / 6.0
 
 
 class _Matcher:
+    """Looks up constants and readers while matching the spelled-out HardSwish patterns."""
+
     def __init__(self, graph: onnx.GraphProto):
         self.constants = constant_names(graph)
         self.inits = initializer_map(graph)
@@ -108,6 +110,7 @@ class _Matcher:
 
 
 def fuse_hardswish(model: onnx.ModelProto) -> PassResult:
+    """Replace each spelled-out HardSwish (see the module docstring) by one HardSwish node; needs opset 14."""
     result = PassResult("fuse-hardswish")
     graph = model.graph
     if default_opset(model) < 14:

@@ -9,6 +9,7 @@ from onnxslim.passes.base import DeclineCode, PassResult
 
 
 def default_opset(model: onnx.ModelProto) -> int:
+    """The model's opset version for the default ONNX domain (0 when it declares none)."""
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
             return int(entry.version)

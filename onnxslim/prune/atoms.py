@@ -29,6 +29,8 @@ class Layout:
 
 @dataclass
 class AtomTable:
+    """Every channel atom, the union-find of atoms that must go together, and why blocked atoms must stay."""
+
     producers: list[tuple[str, int]] = field(default_factory=list)  # atom -> (producer node, channel)
     parent: list[int] = field(default_factory=list)
     blocked: dict[int, str] = field(default_factory=dict)  # atom -> reason

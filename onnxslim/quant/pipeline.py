@@ -69,7 +69,7 @@ class _Calibration:
             yield item
 
 
-class _Session:
+class QuantRun:
     """State of one quantization run: the prepared model, data splits, statistics."""
 
     def __init__(self, model, data, config: QuantConfig, eval_data, input_shapes, show_progress: bool):
@@ -103,6 +103,7 @@ class _Session:
         return self._reference
 
     def release_reference(self) -> None:
+        """Drop the float model's session (its weights) before the result is timed and written."""
         self._reference = None
 
     def _split(self, source, eval_data, inputs, input_shapes):
@@ -129,6 +130,7 @@ class _Session:
         return calibration, held_out, f"{len(held_out)} held-out batch(es) of --data (1 in {period}, not used for calibration)"
 
     def observe(self, plan: QuantPlan) -> None:
+        """Calibrate: one pass over the calibration batches, observing the plan's tensors not yet observed."""
         start = time.perf_counter()
         needed = plan.observed_tensors()
         histogram = self.config.method != "minmax"
@@ -140,6 +142,7 @@ class _Session:
         self.calibration_seconds += time.perf_counter() - start
 
     def plan(self, config: QuantConfig, keep_float: frozenset[str] = frozenset()) -> QuantPlan:
+        """The plan for ``config``; calibrates first if it observes tensors not yet seen."""
         plan = make_plan(self.prepared, config, self.float_names, keep_float)
         if any(t not in self.stats for t in plan.observed_tensors()):
             self.observe(plan)
@@ -170,6 +173,7 @@ class _Session:
         return plan, params
 
     def build(self, config: QuantConfig, keep_float: frozenset[str] = frozenset()) -> tuple[QuantPlan, onnx.ModelProto]:
+        """The QDQ model for ``config`` (``keep_float``: nodes kept in float for the budget) and the plan it follows."""
         plan, params = self.params(self.plan(config, keep_float))
         quantized = insert_qdq(self.prepared, plan, params)
         if has_mapped(self.original):
@@ -187,21 +191,21 @@ class BudgetSearch:
     note: str
 
 
-def _sensitivity(session: _Session, plan: QuantPlan, budget: float) -> BudgetSearch:
+def _sensitivity(run: QuantRun, plan: QuantPlan, budget: float) -> BudgetSearch:
     """Keep the layers that cost the most accuracy in float until the budget holds."""
-    batches = session.eval_batches[:SENSITIVITY_BATCHES]
+    batches = run.eval_batches[:SENSITIVITY_BATCHES]
     candidates = [d.node for d in plan.decisions.values() if d.quantized and d.code not in (QuantReason.FOLDED, QuantReason.BIAS_FUSED)]
     damage: dict[str, float] = {}
-    for node in track(candidates, "per-layer sensitivity", enabled=session.show_progress):
+    for node in track(candidates, "per-layer sensitivity", enabled=run.show_progress):
         others = frozenset(n for n in candidates if n != node)
-        _, model = session.build(session.config, others)
-        damage[node] = 1.0 - worst_cosine(fidelity(session.reference, model, batches))
+        _, model = run.build(run.config, others)
+        damage[node] = 1.0 - worst_cosine(fidelity(run.reference, model, batches))
     ranked = sorted(candidates, key=lambda n: damage[n], reverse=True)
     count = 1
     while count <= len(ranked):
         excluded = frozenset(ranked[:count])
-        _, model = session.build(session.config, excluded)
-        cosine = worst_cosine(fidelity(session.reference, model, batches))
+        _, model = run.build(run.config, excluded)
+        cosine = worst_cosine(fidelity(run.reference, model, batches))
         if cosine >= budget:
             kept = [{"node": n, "cosine_when_alone_quantized": 1.0 - damage[n]} for n in ranked[:count]]
             note = f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float (cosine {cosine:.5f} on {len(batches)} batch(es))"
@@ -226,41 +230,41 @@ def quantize(
     Returns the model written (INT8, or the cleaned FP32 model when INT8 is
     slower and ``config.if_slower`` is 'keep-fp32') and the report.
     """
-    session = _Session(model, data, config, eval_data, input_shapes, show_progress)
-    report = QuantReport(session.label, str(output) if output else None, config.target, config.method, budget=config.accuracy_budget)
-    report.prepare = session.prepare_results
-    report.warnings.extend(session.warnings)
-    plan = session.plan(config)
+    run = QuantRun(model, data, config, eval_data, input_shapes, show_progress)
+    report = QuantReport(run.label, str(output) if output else None, config.target, config.method, budget=config.accuracy_budget)
+    report.prepare = run.prepare_results
+    report.warnings.extend(run.warnings)
+    plan = run.plan(config)
     if not plan.quantized_nodes:
         reasons = sorted({d.reason.text for d in plan.decisions.values()})[:3]
-        raise NothingToDoError(f"{session.label}: nothing to quantize ({'; '.join(reasons) or 'no nodes'})")
-    plan, quantized = session.build(config)
-    comparisons = fidelity(session.reference, quantized, session.eval_batches)
+        raise NothingToDoError(f"{run.label}: nothing to quantize ({'; '.join(reasons) or 'no nodes'})")
+    plan, quantized = run.build(config)
+    comparisons = fidelity(run.reference, quantized, run.eval_batches)
     if config.accuracy_budget is not None and worst_cosine(comparisons) < config.accuracy_budget:
-        search = _sensitivity(session, plan, config.accuracy_budget)
+        search = _sensitivity(run, plan, config.accuracy_budget)
         report.kept_float_for_budget = search.kept
         if not search.met:
             report.warnings.append(search.note)
-        plan, quantized = session.build(config, search.keep_float)
-        comparisons = fidelity(session.reference, quantized, session.eval_batches)
+        plan, quantized = run.build(config, search.keep_float)
+        comparisons = fidelity(run.reference, quantized, run.eval_batches)
     report.decisions = list(plan.decisions.values())
     report.fidelity = comparisons
-    report.calibration = CalibrationSummary(session.calibration_batches, session.calibration_seconds, _peak_rss_mb())
-    report.evaluation = EvaluationSummary(session.eval_label, len(session.eval_batches))
-    session.release_reference()
-    report.sizes = Sizes(model_file_bytes(session.original), model_file_bytes(quantized))
+    report.calibration = CalibrationSummary(run.calibration_batches, run.calibration_seconds, _peak_rss_mb())
+    report.evaluation = EvaluationSummary(run.eval_label, len(run.eval_batches))
+    run.release_reference()
+    report.sizes = Sizes(model_file_bytes(run.original), model_file_bytes(quantized))
     try:
         report.onnxruntime_kernels = dict(optimized_ops(quantized, threads=config.threads))
     except Exception as exc:  # an optimizer failure is worth reporting, not fatal
         report.warnings.append(f"could not read onnxruntime's optimized graph: {str(exc).splitlines()[0][:160]}")
     if config.latency_runs > 0:
-        report.latency = latency_ratio(session.original, quantized, session.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=show_progress)
+        report.latency = latency_ratio(run.original, quantized, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=show_progress)
     result = quantized
     ratio = report.latency.ratio if report.latency is not None else None
     if ratio is not None and ratio >= 1.0:
         message = f"INT8 is not faster than FP32 here ({ratio:.2f}x FP32 latency at {threads_text(config.threads)})"
         if config.if_slower == "keep-fp32":
-            result = session.prepared
+            result = run.prepared
             report.written = "fp32"
             report.warnings.append(message + "; wrote the cleaned FP32 model instead (--if-slower keep-int8 writes INT8 anyway)")
         elif config.if_slower == "fail":

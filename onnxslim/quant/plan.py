@@ -87,12 +87,15 @@ class Planner:
         self.plan.decisions[node.name] = NodeDecision(node.name, node.op_type, reason)
 
     def is_float_activation(self, name: str) -> bool:
+        """A float32 tensor computed at run time (not a constant)."""
         return bool(name) and name not in self.constants and name in self.float_tensors
 
     def is_quantized(self, name: str) -> bool:
+        """``name`` already gets a Quantize/Dequantize pair in the plan."""
         return name in self.plan.activations
 
     def quantize_input(self, tensor: str, reader: onnx.NodeProto) -> None:
+        """Mark ``tensor`` for Q/DQ as an input of ``reader`` (sharing the pair with other readers)."""
         existing = self.plan.activations.get(tensor)
         if existing is None:
             existing = self.plan.activations[tensor] = ActivationQuant(tensor, observe=tensor)
@@ -153,6 +156,7 @@ class Planner:
         return None
 
     def weight_axis(self, node: onnx.NodeProto, weight: np.ndarray) -> int | None:
+        """The per-channel axis of ``node``'s weight, or None for one scale per tensor."""
         if not self.config.per_channel:
             return None
         if node.op_type == "ConvTranspose" and int(node_attr(node, "group", 1)) != 1:
@@ -160,6 +164,7 @@ class Planner:
         return weight_axes(node, weight.ndim)[1]
 
     def add_weight(self, node: onnx.NodeProto, name: str) -> bool:
+        """Mark the constant weight ``name`` of ``node`` for INT8; False when another layer quantizes it on another axis."""
         weight = to_array(self.inits[name])
         axis = self.weight_axis(node, weight)
         existing = self.plan.weights.get(name)
@@ -170,6 +175,7 @@ class Planner:
         return True
 
     def matmul_bias(self, node: onnx.NodeProto) -> str | None:
+        """The constant bias of the Add right after a MatMul, which QGemm fuses (marking that Add), or None."""
         readers = self.consumers.get(node.output[0], [])
         if len(readers) != 1 or node.output[0] in self.graph_outputs:
             return None
@@ -187,11 +193,13 @@ class Planner:
         return other
 
     def add_bias(self, node: onnx.NodeProto, bias: str, activation: str, weight: str) -> None:
+        """Mark ``bias`` for INT32 with the scale of ``activation`` times that of ``weight``."""
         array = to_array(self.inits[bias])
         if array.ndim == 1 and array.dtype == np.float32 and (node.op_type != "Gemm" or float(node_attr(node, "beta", 1.0)) == 1.0):
             self.plan.biases.append(BiasQuant(bias, node.name, activation, weight))
 
     def run(self) -> QuantPlan:
+        """Decide every node in graph order and return the plan."""
         for node in self.graph.node:
             if node.name in self.plan.decisions:
                 continue  # decided earlier: a Relu/Clip folded into its producer, a MatMul's bias Add

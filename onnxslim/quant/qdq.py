@@ -23,6 +23,8 @@ from onnxslim.quant.params import quantize_bias, quantize_weight, weight_params
 
 
 class _Emitter:
+    """Builds the QDQ graph: new initializers and nodes with unique names, then the rewired copy of the float graph."""
+
     def __init__(self, model: onnx.ModelProto, plan: QuantPlan):
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)

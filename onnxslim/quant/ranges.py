@@ -20,6 +20,7 @@ def _cumulative_quantile(hist: HistogramObserver, q: float) -> float:
 
 
 def percentile_range(hist: HistogramObserver, percentile: float) -> tuple[float, float]:
+    """The range holding all but ``100 - percentile`` percent of the values at each end."""
     tail = (100.0 - percentile) / 100.0
     lo = _cumulative_quantile(hist, tail)
     hi = _cumulative_quantile(hist, 1.0 - tail)
