@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections import Counter
 
 import click
@@ -35,10 +37,21 @@ err_console = Console(stderr=True)
 GATE_FAILED_EXIT = 3
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the program is so that every cleanup on the way out runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 class _Group(click.Group):
-    """Turns onnxslim's user-facing errors into one line and an exit code."""
+    """Turns onnxslim's user-facing errors into one line and an exit code; SIGTERM cleans up like Ctrl-C."""
 
     def invoke(self, ctx):
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return super().invoke(ctx)
         except OnnxSlimError as exc:
@@ -47,6 +60,12 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             sys.exit(130)
+        except _Terminated:
+            err_console.print("[bold red]terminated[/]")
+            sys.exit(143)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -87,3 +87,38 @@ def test_destination_folders_that_are_files_are_named_as_such(models, tmp_path):
     assert_refused(invoke("optimize", inline, "-o", inline / "x.onnx"), "is a file, not a folder")
     assert_refused(invoke("optimize", inline, "-o", tmp_path / "o.onnx", "--report", inline / "r.json"), "is a file, not a folder")
     assert_refused(invoke("optimize", inline, "-o", tmp_path / "missing" / "o.onnx"), "does not exist")
+
+
+TERMINATE_DURING_WRITE = """
+import os, signal, sys
+import onnxslim.runtime.write as write
+def check_then_terminate(path):
+    os.kill(os.getpid(), signal.SIGTERM)
+write.check_loads = check_then_terminate
+from onnxslim.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_mid_write_cleans_up_like_ctrl_c(models, tmp_path):
+    import subprocess
+    import sys
+
+    inline, _, _ = models
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = subprocess.run([sys.executable, "-c", TERMINATE_DURING_WRITE, "optimize", str(inline), "-o", str(out_dir / "o.onnx")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert "terminated" in result.stderr and "Traceback" not in result.stderr
+    assert list(out_dir.iterdir()) == []
+
+
+def test_staging_left_by_a_killed_run_is_removed_by_the_next_one(models, tmp_path):
+    inline, _, _ = models
+    dead = tmp_path / ".onnxslim-4194999-abcd"  # above Linux's largest pid: no such process
+    dead.mkdir()
+    (dead / "o.onnx").write_bytes(b"half written")
+    result = invoke("optimize", inline, "-o", tmp_path / "o.onnx")
+    assert result.exit_code == 0, result.output
+    assert not dead.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnxslim-")]

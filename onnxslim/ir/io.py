@@ -28,6 +28,7 @@ from onnxslim.errors import ModelLoadError, ModelWriteError
 from onnxslim.ir.destinations import check_writable_path
 from onnxslim.ir.external import write_skeleton
 from onnxslim.ir.mapped import map_external_weights
+from onnxslim.ir.staging import STAGING_PREFIX, remove_stale
 from onnxslim.ir.tensors import nominal_bytes
 
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -182,28 +183,14 @@ def save_model(
         if _same_file(folder / data_name, Path(guarded)):
             raise ModelWriteError(f"output data file {folder / data_name} would overwrite an input file")
 
+    remove_stale(folder, STAGING_PREFIX)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=".onnxslim-", dir=folder))
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder))
     except OSError as exc:
         raise ModelWriteError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from None
     try:
         staged_model = staging / dest.name
-        if external_data:
-            _write_with_external_data(model, staged_model, data_name)
-        else:
-            try:
-                data = model.SerializeToString()
-            except ValueError as exc:
-                raise ModelWriteError(f"{dest}: model too large for one file ({exc}); use external data") from None
-            with open(staged_model, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        try:
-            onnx.checker.check_model(str(staged_model))
-        except onnx.checker.ValidationError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelWriteError(f"{dest}: the result does not pass onnx.checker ({first}); nothing written") from None
+        _write_checked(model, staged_model, data_name, external_data, dest)
         if verify is not None:
             verify(staged_model)
         staged_data = staging / data_name
@@ -215,6 +202,26 @@ def save_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dest
+
+
+def _write_checked(model: onnx.ModelProto, staged_model: Path, data_name: str, external_data: bool, dest: Path) -> None:
+    """Write ``model`` (and its data file) at ``staged_model`` and check it there with onnx.checker, by path."""
+    if external_data:
+        _write_with_external_data(model, staged_model, data_name)
+    else:
+        try:
+            data = model.SerializeToString()
+        except ValueError as exc:
+            raise ModelWriteError(f"{dest}: model too large for one file ({exc}); use external data") from None
+        with open(staged_model, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    try:
+        onnx.checker.check_model(str(staged_model))
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelWriteError(f"{dest}: the result does not pass onnx.checker ({first}); nothing written") from None
 
 
 def _write_with_external_data(model: onnx.ModelProto, staged_model: Path, data_name: str) -> None:

@@ -31,6 +31,7 @@ from onnx import external_data_helper, numpy_helper
 
 from onnxslim.errors import ModelLoadError
 from onnxslim.ir.external import align_page, set_external_location, write_skeleton
+from onnxslim.ir.staging import WORK_PREFIX, remove_stale
 from onnxslim.ir.tensors import external_info, is_mapped, nominal_bytes
 
 # A model serialized for onnxruntime in one piece must stay under protobuf's 2 GiB limit.
@@ -58,8 +59,9 @@ def _work_folder() -> Path | None:
     folder = _FOLDER_FOR.get(key)
     if folder is not None and folder.exists():
         return folder
+    remove_stale(key, WORK_PREFIX)
     try:
-        folder = Path(tempfile.mkdtemp(prefix=".onnxslim-work-", dir=key)).resolve()
+        folder = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=key)).resolve()
     except OSError:
         return None
     _FOLDERS.append(folder)

@@ -9,6 +9,8 @@ for Gemm (0 with transB=1, 1 otherwise).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import onnx
 from onnx import helper
@@ -54,68 +56,31 @@ def _out_channels(layer: onnx.NodeProto, weight: np.ndarray) -> int:
     return weight.shape[0]
 
 
+class _Declined(Exception):
+    """Why one BatchNormalization cannot be folded (raised inside the checks, turned into a decline)."""
+
+    def __init__(self, code: DeclineCode, text: str):
+        super().__init__(text)
+        self.code, self.text = code, text
+
+
 def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
     """Fold each inference BatchNormalization into the Conv, ConvTranspose or Gemm before it (see the module docstring)."""
     result = PassResult("fuse-batchnorm")
     graph = model.graph
-    inits = initializer_map(graph)
-    constants = constant_names(graph)
-    producers = producer_map(graph)
-    consumers = consumers_map(graph)
-    outputs = {v.name for v in graph.output}
+    view = _GraphView(initializer_map(graph), constant_names(graph), producer_map(graph), consumers_map(graph), {v.name for v in graph.output})
     taken = all_value_names(graph)
     fused_bn: set[int] = set()
     for bn in graph.node:
         if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx"):
             continue
         where = bn.name or bn.output[0]
-        if len([o for o in bn.output if o]) > 1 or int(node_attr(bn, "training_mode", 0)):
-            result.decline(where, DeclineCode.TRAINING_MODE, "training-mode outputs (running mean/var) are used")
+        try:
+            layer, weight, has_bias = _foldable_layer(bn, view)
+            new_weight, new_bias = _folded_parameters(bn, layer, weight, has_bias, view.inits)
+        except _Declined as declined:
+            result.decline(where, declined.code, declined.text)
             continue
-        params = list(bn.input[1:5])
-        if len(params) < 4 or not all(p in constants for p in params):
-            result.decline(where, DeclineCode.NOT_CONSTANT, "scale, bias, mean or variance is not a constant initializer")
-            continue
-        layer = producers.get(bn.input[0])
-        if layer is None or layer.op_type not in FOLDABLE or layer.domain not in ("", "ai.onnx"):
-            result.decline(where, DeclineCode.UNSUPPORTED_FORM, f"input comes from {layer.op_type if layer is not None else 'a graph input'}, not Conv/ConvTranspose/Gemm")
-            continue
-        if len(consumers.get(bn.input[0], [])) != 1 or bn.input[0] in outputs:
-            result.decline(where, DeclineCode.SHARED_VALUE, f"output of {layer.name or layer.op_type} is also read elsewhere")
-            continue
-        if len(layer.input) < 2 or layer.input[1] not in constants:
-            result.decline(where, DeclineCode.NOT_CONSTANT, f"weights of {layer.name or layer.op_type} are not a constant initializer")
-            continue
-        has_bias = len(layer.input) > 2 and bool(layer.input[2])
-        if has_bias and layer.input[2] not in constants:
-            result.decline(where, DeclineCode.NOT_CONSTANT, f"bias of {layer.name or layer.op_type} is not a constant initializer")
-            continue
-        weight = to_array(inits[layer.input[1]])
-        if weight.dtype not in (np.float32, np.float64, np.float16):
-            result.decline(where, DeclineCode.UNSUPPORTED_TYPE, f"weights are {weight.dtype}, not floating point")
-            continue
-        gamma, beta, mean, var = (to_array(inits[p]).astype(np.float64) for p in params)
-        eps = float(node_attr(bn, "epsilon", 1e-5))
-        scale = gamma / np.sqrt(var + eps)
-        channels = _out_channels(layer, weight)
-        if scale.shape != (channels,):
-            result.decline(where, DeclineCode.UNSUPPORTED_FORM, f"{scale.shape[0] if scale.ndim == 1 else scale.shape} BN channels vs {channels} layer outputs")
-            continue
-        bias = np.zeros(channels, dtype=np.float64)
-        if has_bias:
-            raw_bias = to_array(inits[layer.input[2]]).astype(np.float64)
-            if layer.op_type == "Gemm":
-                beta_attr = float(node_attr(layer, "beta", 1.0))
-                if raw_bias.size not in (1, channels):
-                    result.decline(where, DeclineCode.UNSUPPORTED_FORM, f"Gemm bias of shape {raw_bias.shape} is not per output feature")
-                    continue
-                raw_bias = np.broadcast_to(raw_bias.reshape(-1), (channels,)) * beta_attr
-            bias = raw_bias.reshape(channels)
-        new_weight = _scale_weights(layer, weight.astype(np.float64), scale)
-        if new_weight is None:
-            result.decline(where, DeclineCode.UNSUPPORTED_FORM, "weight layout not understood")
-            continue
-        new_bias = (bias - mean) * scale + beta
         weight_name = unique_name(layer.input[1] + "_bnfused", taken)
         bias_name = unique_name((layer.input[2] if has_bias else layer.output[0] + "_bias") + "_bnfused", taken)
         graph.initializer.append(from_array(new_weight.astype(weight.dtype), weight_name))
@@ -135,3 +100,55 @@ def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
         del graph.node[:]
         graph.node.extend(kept)
     return result
+
+
+class _GraphView(NamedTuple):
+    inits: dict
+    constants: set
+    producers: dict
+    consumers: dict
+    outputs: set
+
+
+def _foldable_layer(bn: onnx.NodeProto, view: _GraphView) -> tuple[onnx.NodeProto, np.ndarray, bool]:
+    """The layer ``bn`` folds into, its weight, and whether it has a bias; raises _Declined otherwise."""
+    if len([o for o in bn.output if o]) > 1 or int(node_attr(bn, "training_mode", 0)):
+        raise _Declined(DeclineCode.TRAINING_MODE, "training-mode outputs (running mean/var) are used")
+    params = list(bn.input[1:5])
+    if len(params) < 4 or not all(p in view.constants for p in params):
+        raise _Declined(DeclineCode.NOT_CONSTANT, "scale, bias, mean or variance is not a constant initializer")
+    layer = view.producers.get(bn.input[0])
+    if layer is None or layer.op_type not in FOLDABLE or layer.domain not in ("", "ai.onnx"):
+        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"input comes from {layer.op_type if layer is not None else 'a graph input'}, not Conv/ConvTranspose/Gemm")
+    if len(view.consumers.get(bn.input[0], [])) != 1 or bn.input[0] in view.outputs:
+        raise _Declined(DeclineCode.SHARED_VALUE, f"output of {layer.name or layer.op_type} is also read elsewhere")
+    if len(layer.input) < 2 or layer.input[1] not in view.constants:
+        raise _Declined(DeclineCode.NOT_CONSTANT, f"weights of {layer.name or layer.op_type} are not a constant initializer")
+    has_bias = len(layer.input) > 2 and bool(layer.input[2])
+    if has_bias and layer.input[2] not in view.constants:
+        raise _Declined(DeclineCode.NOT_CONSTANT, f"bias of {layer.name or layer.op_type} is not a constant initializer")
+    weight = to_array(view.inits[layer.input[1]])
+    if weight.dtype not in (np.float32, np.float64, np.float16):
+        raise _Declined(DeclineCode.UNSUPPORTED_TYPE, f"weights are {weight.dtype}, not floating point")
+    return layer, weight, has_bias
+
+
+def _folded_parameters(bn: onnx.NodeProto, layer: onnx.NodeProto, weight: np.ndarray, has_bias: bool, inits: dict) -> tuple[np.ndarray, np.ndarray]:
+    """W * scale and (b - mean) * scale + beta, in float64; raises _Declined where the shapes do not fit."""
+    gamma, beta, mean, var = (to_array(inits[p]).astype(np.float64) for p in bn.input[1:5])
+    scale = gamma / np.sqrt(var + float(node_attr(bn, "epsilon", 1e-5)))
+    channels = _out_channels(layer, weight)
+    if scale.shape != (channels,):
+        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{scale.shape[0] if scale.ndim == 1 else scale.shape} BN channels vs {channels} layer outputs")
+    bias = np.zeros(channels, dtype=np.float64)
+    if has_bias:
+        raw_bias = to_array(inits[layer.input[2]]).astype(np.float64)
+        if layer.op_type == "Gemm":
+            if raw_bias.size not in (1, channels):
+                raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"Gemm bias of shape {raw_bias.shape} is not per output feature")
+            raw_bias = np.broadcast_to(raw_bias.reshape(-1), (channels,)) * float(node_attr(layer, "beta", 1.0))
+        bias = raw_bias.reshape(channels)
+    new_weight = _scale_weights(layer, weight.astype(np.float64), scale)
+    if new_weight is None:
+        raise _Declined(DeclineCode.UNSUPPORTED_FORM, "weight layout not understood")
+    return new_weight, (bias - mean) * scale + beta

@@ -226,6 +226,55 @@ class ReshapeRules:
         self._resize(entries[axis], out, out.repeat)
         return out
 
+    def _follow_to_gathers(self, node: onnx.NodeProto, parts_axis: int, channel_axis: int):
+        """Follow Unsqueeze / Squeeze / Transpose after ``node`` to the Gathers that take the parts apart.
+
+        Returns (the ops passed, the Gathers, the parts and channel axes there, the rank there), or None.
+        """
+        chain, current, rank = [], node, self.rank(node.output[0])
+        while True:
+            readers = [n for n in self.graph.node if current.output[0] in n.input]
+            if any(o.name == current.output[0] for o in self.graph.output) or not readers:
+                return None
+            if all(r.op_type == "Gather" and r.input[0] == current.output[0] for r in readers):
+                return chain, readers, parts_axis, channel_axis, rank
+            if len(readers) != 1 or rank is None:
+                return None
+            step = readers[0]
+            axes = node_attr(step, "axes")
+            if axes is None and len(step.input) > 1 and step.input[1]:
+                array = self.const(step.input[1])
+                axes = None if array is None else [int(a) for a in array.reshape(-1)]
+            if step.op_type == "Unsqueeze" and axes is not None:
+                rank += len(axes)
+                for added in sorted(a % rank for a in axes):
+                    parts_axis += added <= parts_axis
+                    channel_axis += added <= channel_axis
+            elif step.op_type == "Squeeze" and axes is not None:
+                gone = {a % rank for a in axes}
+                if parts_axis in gone or channel_axis in gone:
+                    return None
+                parts_axis -= sum(a < parts_axis for a in gone)
+                channel_axis -= sum(a < channel_axis for a in gone)
+                rank -= len(gone)
+            elif step.op_type == "Transpose" and node_attr(step, "perm") is not None:
+                perm = list(node_attr(step, "perm"))
+                parts_axis, channel_axis = perm.index(parts_axis), perm.index(channel_axis)
+            else:
+                return None
+            chain.append(step)
+            current = step
+
+    def _tie_parts(self, layout: Layout, parts: int, count: int, head_size: int) -> None:
+        """Position j of every part goes together, and so do a head's channels."""
+        size = count * head_size
+        for j in range(size):
+            for part in range(1, parts):
+                self.t.atoms.tie(layout.atoms[j], layout.atoms[part * size + j])
+        for head in range(parts * count):
+            for offset in range(1, head_size):
+                self.t.atoms.tie(layout.atoms[head * head_size], layout.atoms[head * head_size + offset])
+
     def packed_parts(self, node: onnx.NodeProto, layout: Layout) -> bool:
         """A packed projection (Q, K and V in one MatMul) split into its parts.
 
@@ -247,51 +296,17 @@ class ReshapeRules:
             return False
         if head_size > 1 and (entry[0] != count or entry[1] is None):
             return False
-        chain, current, rank = [], node, self.rank(node.output[0])
-        while True:
-            readers = [n for n in self.graph.node if current.output[0] in n.input]
-            if any(o.name == current.output[0] for o in self.graph.output) or not readers:
-                return False
-            if all(r.op_type == "Gather" and r.input[0] == current.output[0] for r in readers):
-                break
-            if len(readers) != 1 or rank is None:
-                return False
-            step = readers[0]
-            axes = node_attr(step, "axes")
-            if axes is None and len(step.input) > 1 and step.input[1]:
-                array = self.const(step.input[1])
-                axes = None if array is None else [int(a) for a in array.reshape(-1)]
-            if step.op_type == "Unsqueeze" and axes is not None:
-                rank += len(axes)
-                for added in sorted(a % rank for a in axes):
-                    parts_axis += added <= parts_axis
-                    channel_axis += added <= channel_axis
-            elif step.op_type == "Squeeze" and axes is not None:
-                gone = {a % rank for a in axes}
-                if parts_axis in gone or channel_axis in gone:
-                    return False
-                parts_axis -= sum(a < parts_axis for a in gone)
-                channel_axis -= sum(a < channel_axis for a in gone)
-                rank -= len(gone)
-            elif step.op_type == "Transpose" and node_attr(step, "perm") is not None:
-                perm = list(node_attr(step, "perm"))
-                parts_axis, channel_axis = perm.index(parts_axis), perm.index(channel_axis)
-            else:
-                return False
-            chain.append(step)
-            current = step
+        followed = self._follow_to_gathers(node, parts_axis, channel_axis)
+        if followed is None:
+            return False
+        chain, readers, parts_axis, channel_axis, rank = followed
         gathers = []
         for gather in readers:
             index = self.const(gather.input[1]) if len(gather.input) > 1 else None
             if int(node_attr(gather, "axis", 0)) % rank != parts_axis or index is None or index.size != 1 or index.ndim != 0:
                 return False
             gathers.append((gather, int(index) % parts))
-        for j in range(size):
-            for part in range(1, parts):
-                self.t.atoms.tie(layout.atoms[j], layout.atoms[part * size + j])
-        for head in range(parts * count):  # a head's channels go together
-            for offset in range(1, head_size):
-                self.t.atoms.tie(layout.atoms[head * head_size], layout.atoms[head * head_size + offset])
+        self._tie_parts(layout, parts, count, head_size)
         axis = channel_axis - (channel_axis > parts_axis)
         for gather, part in gathers:
             atoms = layout.atoms[part * size : (part + 1) * size : head_size]

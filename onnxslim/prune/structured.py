@@ -232,51 +232,67 @@ def prune(
         report.sparsity.extend(lines)
         report.warnings.append("unstructured sparsity keeps every tensor's shape: the model compresses better but dense runtimes do not run it faster")
     else:
-        energy = channel_energy(work, source, token_mask=config.token_mask, show_progress=show_progress) if config.importance == "activation" else None
-        groups = build_groups(trace(work, shapes))
-        if not any(group.roots for group in groups.groups):
-            raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights)")
-        scores = channel_scores(work, groups, config.importance, energy)
-        settings = config.selection
-        ratio = _ratio_for_budget(work, groups, scores, shapes, config) if (config.target_params or config.target_macs) else config.ratio
-        removed, report.groups = select(groups, scores, ratio, settings)
-        if config.ratio > 0 and not removed and not config.target_params and not config.target_macs:
-            reasons = sorted({g.skipped for g in report.groups if g.skipped})[:3]
-            raise NothingToDoError(f"{label}: no channel group can be pruned ({'; '.join(reasons)})")
-        pruned = apply_removal(work, groups, removed)
-        layer_norms = renormalized(groups, removed)
-        if layer_norms:
-            report.warnings.append(
-                f"LayerNormalization over pruned channels ({', '.join(layer_norms[:3])}{' ...' if len(layer_norms) > 3 else ''}): "
-                "its mean and variance are now taken over the kept channels, so outputs change beyond the removed channels' share"
-            )
-        if source is not None and config.recovery != "none" and removed:
-            report.recovery.extend(recover(work, pruned, source, config, kept_positions(groups, removed), show_progress=show_progress))
-            remove_dead_nodes(pruned)
+        pruned = _remove_channels(work, shapes, source, config, report, label, show_progress)
     if has_mapped(original):
         pruned = spill(pruned)
-    _check_interface(original, pruned, label)
-    probe = _probe_feed(original, source, input_shapes)
-    if probe is None:
-        report.warnings.append("the pruned model was not test-run: give --data or --input-shapes for its dynamic inputs")
-    else:
-        problem = check_runs(original, pruned, probe)
-        if problem is not None:
-            raise OnnxSlimError(f"{label}: the pruned model fails a test run ({problem}); nothing written. This is a bug in onnxslim's rules, please report it")
-    new_shapes = infer_shapes(pruned, {k: v for k, v in ((s, shapes.get(s)) for s in [i.name for i in graph_inputs(original)]) if v and all(isinstance(d, int) for d in v)})
-    report.parameters = BeforeAfter(count_parameters(original), count_parameters(pruned))
-    report.macs = BeforeAfter(count_macs(original, shapes)[0], count_macs(pruned, new_shapes)[0])
-    report.file_bytes = BeforeAfter(model_file_bytes(original), model_file_bytes(pruned))
-    if source is not None:
-        report.fidelity = fidelity(Runner(original, threads=None, label="original"), pruned, source, label="pruned model")
-    feed = next(iter(source))[1] if source is not None else None
-    if config.latency_runs > 0 and feed is not None:
-        report.latency = latency_ratio(
-            original, pruned, feed, threads=config.threads, runs=config.latency_runs, description="timing original vs pruned", labels=("original", "pruned model")
-        )
+    _check_result(original, pruned, _probe_feed(original, source, input_shapes), report, label)
+    _measure(original, pruned, shapes, source, config, report)
     if output is not None:
         write_verified(pruned, output, source=None if isinstance(model, onnx.ModelProto) else model)
     return pruned, report
+
+
+def _remove_channels(work: onnx.ModelProto, shapes: dict, source, config: PruneConfig, report: PruneReport, label: str, show_progress: bool) -> onnx.ModelProto:
+    """Trace, group, score, select and cut; then recover from the data when there is some."""
+    energy = channel_energy(work, source, token_mask=config.token_mask, show_progress=show_progress) if config.importance == "activation" else None
+    groups = build_groups(trace(work, shapes))
+    if not any(group.roots for group in groups.groups):
+        raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights)")
+    scores = channel_scores(work, groups, config.importance, energy)
+    ratio = _ratio_for_budget(work, groups, scores, shapes, config) if (config.target_params or config.target_macs) else config.ratio
+    removed, report.groups = select(groups, scores, ratio, config.selection)
+    if config.ratio > 0 and not removed and not config.target_params and not config.target_macs:
+        reasons = sorted({g.skipped for g in report.groups if g.skipped})[:3]
+        raise NothingToDoError(f"{label}: no channel group can be pruned ({'; '.join(reasons)})")
+    pruned = apply_removal(work, groups, removed)
+    layer_norms = renormalized(groups, removed)
+    if layer_norms:
+        report.warnings.append(
+            f"LayerNormalization over pruned channels ({', '.join(layer_norms[:3])}{' ...' if len(layer_norms) > 3 else ''}): "
+            "its mean and variance are now taken over the kept channels, so outputs change beyond the removed channels' share"
+        )
+    if source is not None and config.recovery != "none" and removed:
+        report.recovery.extend(recover(work, pruned, source, config, kept_positions(groups, removed), show_progress=show_progress))
+        remove_dead_nodes(pruned)
+    return pruned
+
+
+def _check_result(original: onnx.ModelProto, pruned: onnx.ModelProto, probe: dict | None, report: PruneReport, label: str) -> None:
+    """The same interface, and a run next to the original on ``probe`` with outputs of the same shapes."""
+    _check_interface(original, pruned, label)
+    if probe is None:
+        report.warnings.append("the pruned model was not test-run: give --data or --input-shapes for its dynamic inputs")
+        return
+    problem = check_runs(original, pruned, probe)
+    if problem is not None:
+        raise OnnxSlimError(f"{label}: the pruned model fails a test run ({problem}); nothing written. This is a bug in onnxslim's rules, please report it")
+
+
+def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, source, config: PruneConfig, report: PruneReport) -> None:
+    """Parameters, MACs and file bytes before and after; with data, fidelity and interleaved latency."""
+    inputs = [i.name for i in graph_inputs(original)]
+    new_shapes = infer_shapes(pruned, {k: v for k, v in ((s, shapes.get(s)) for s in inputs) if v and all(isinstance(d, int) for d in v)})
+    report.parameters = BeforeAfter(count_parameters(original), count_parameters(pruned))
+    report.macs = BeforeAfter(count_macs(original, shapes)[0], count_macs(pruned, new_shapes)[0])
+    report.file_bytes = BeforeAfter(model_file_bytes(original), model_file_bytes(pruned))
+    if source is None:
+        return
+    report.fidelity = fidelity(Runner(original, threads=None, label="original"), pruned, source, label="pruned model")
+    if config.latency_runs > 0:
+        feed = next(iter(source))[1]
+        report.latency = latency_ratio(
+            original, pruned, feed, threads=config.threads, runs=config.latency_runs, description="timing original vs pruned", labels=("original", "pruned model")
+        )
 
 
 def _resolve_token_mask(config: PruneConfig, model: onnx.ModelProto) -> PruneConfig:

@@ -102,59 +102,75 @@ class Tracer(ReshapeRules):
             return None
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if op in ("Conv", "ConvTranspose"):
-            group = int(node_attr(node, "group", 1))
-            in_axis, out_axis = (1, 0) if op == "Conv" else (0, 1)
-            c_in = weight.shape[1] * group if op == "Conv" else weight.shape[0]
-            c_out = weight.shape[0] if op == "Conv" else weight.shape[1] * group
-            if layout is not None and layout.repeat != 1:
-                self.t.atoms.block_layout(layout, f"{op} {node.name} reads flattened channels")
-                layout = None
-            if group > 1:
-                if op == "Conv" and group == c_in == c_out and layout is not None:
-                    # depthwise: output channel c is computed from input channel c alone
-                    self.t.edits.append(SliceInput(node.name, 1, 0, layout, "passthrough"))
-                    if bias:
-                        self.t.edits.append(SliceInput(node.name, 2, 0, layout, "passthrough"))
-                    self.t.edits.append(SetGroup(node.name, layout))
-                    return Layout(1, layout.atoms)
-                if op != "Conv" or c_in % group or c_out % group:
-                    self.t.atoms.block_layout(layout, f"grouped {op} {node.name} (group={group}) keeps its groups whole")
-                    return None
-                if layout is not None:
-                    self.t.edits.append(GroupedInput(node.name, layout, group))
-                    self.t.block_constraints.append((layout, group))
-                    self.t.consumer_inputs[node.name] = node.input[0]
-                out = self.new_atoms(node, c_out, 1)
-                self.t.edits.append(SliceInput(node.name, 1, 0, out, "producer"))
-                if bias:
-                    self.t.edits.append(SliceInput(node.name, 2, 0, out, "producer-bias"))
-                self.t.block_constraints.append((out, group))
-                return out
-            if layout is not None:
-                self.consume(node, layout, 1, in_axis)
-            out = self.new_atoms(node, c_out, 1)
-            self.t.edits.append(SliceInput(node.name, 1, out_axis, out, "producer"))
-            if bias:
-                self.t.edits.append(SliceInput(node.name, 2, 0, out, "producer-bias"))
-            return out
+            return self._convolution(node, layout, weight, bias)
         if op == "Gemm":
-            trans_a, trans_b = int(node_attr(node, "transA", 0)), int(node_attr(node, "transB", 0))
-            if trans_a or weight.ndim != 2:
-                self.t.atoms.block_layout(layout, f"Gemm {node.name} with transA")
-                return None
-            if layout is not None:
-                if layout.axis != 1:
-                    self.t.atoms.block_layout(layout, f"Gemm {node.name} reads channels on a non-feature axis")
-                else:
-                    self.consume(node, layout, 1, 1 if trans_b else 0)
-            out = self.new_atoms(node, weight.shape[0] if trans_b else weight.shape[1], 1)
-            self.t.edits.append(SliceInput(node.name, 1, 0 if trans_b else 1, out, "producer"))
-            if bias is not None and self.const(bias) is not None and self.const(bias).ndim >= 1 and self.const(bias).shape[-1] == len(out):
-                self.t.edits.append(SliceInput(node.name, 2, -1, out, "producer-bias"))
-            elif bias is not None and self.const(bias) is not None and self.const(bias).size != 1:
-                self.t.atoms.block_layout(out, f"Gemm {node.name} bias is not per output feature")
-            return out
-        # MatMul with a constant right-hand side
+            return self._gemm(node, layout, weight, bias)
+        return self._matmul(node, layout, weight)
+
+    def _convolution(self, node: onnx.NodeProto, layout: Layout | None, weight: np.ndarray, bias: str | None) -> Layout | None:
+        op = node.op_type
+        group = int(node_attr(node, "group", 1))
+        in_axis, out_axis = (1, 0) if op == "Conv" else (0, 1)
+        c_in = weight.shape[1] * group if op == "Conv" else weight.shape[0]
+        c_out = weight.shape[0] if op == "Conv" else weight.shape[1] * group
+        if layout is not None and layout.repeat != 1:
+            self.t.atoms.block_layout(layout, f"{op} {node.name} reads flattened channels")
+            layout = None
+        if group > 1:
+            return self._grouped_convolution(node, layout, group, c_in, c_out, bias)
+        if layout is not None:
+            self.consume(node, layout, 1, in_axis)
+        out = self.new_atoms(node, c_out, 1)
+        self.t.edits.append(SliceInput(node.name, 1, out_axis, out, "producer"))
+        if bias:
+            self.t.edits.append(SliceInput(node.name, 2, 0, out, "producer-bias"))
+        return out
+
+    def _grouped_convolution(self, node: onnx.NodeProto, layout: Layout | None, group: int, c_in: int, c_out: int, bias: str | None) -> Layout | None:
+        """Depthwise: channels pass straight through. Other grouped Convs: every group loses channels equally."""
+        op = node.op_type
+        if op == "Conv" and group == c_in == c_out and layout is not None:
+            # depthwise: output channel c is computed from input channel c alone
+            self.t.edits.append(SliceInput(node.name, 1, 0, layout, "passthrough"))
+            if bias:
+                self.t.edits.append(SliceInput(node.name, 2, 0, layout, "passthrough"))
+            self.t.edits.append(SetGroup(node.name, layout))
+            return Layout(1, layout.atoms)
+        if op != "Conv" or c_in % group or c_out % group:
+            self.t.atoms.block_layout(layout, f"grouped {op} {node.name} (group={group}) keeps its groups whole")
+            return None
+        if layout is not None:
+            self.t.edits.append(GroupedInput(node.name, layout, group))
+            self.t.block_constraints.append((layout, group))
+            self.t.consumer_inputs[node.name] = node.input[0]
+        out = self.new_atoms(node, c_out, 1)
+        self.t.edits.append(SliceInput(node.name, 1, 0, out, "producer"))
+        if bias:
+            self.t.edits.append(SliceInput(node.name, 2, 0, out, "producer-bias"))
+        self.t.block_constraints.append((out, group))
+        return out
+
+    def _gemm(self, node: onnx.NodeProto, layout: Layout | None, weight: np.ndarray, bias: str | None) -> Layout | None:
+        trans_a, trans_b = int(node_attr(node, "transA", 0)), int(node_attr(node, "transB", 0))
+        if trans_a or weight.ndim != 2:
+            self.t.atoms.block_layout(layout, f"Gemm {node.name} with transA")
+            return None
+        if layout is not None:
+            if layout.axis != 1:
+                self.t.atoms.block_layout(layout, f"Gemm {node.name} reads channels on a non-feature axis")
+            else:
+                self.consume(node, layout, 1, 1 if trans_b else 0)
+        out = self.new_atoms(node, weight.shape[0] if trans_b else weight.shape[1], 1)
+        self.t.edits.append(SliceInput(node.name, 1, 0 if trans_b else 1, out, "producer"))
+        bias_value = self.const(bias) if bias is not None else None
+        if bias_value is not None and bias_value.ndim >= 1 and bias_value.shape[-1] == len(out):
+            self.t.edits.append(SliceInput(node.name, 2, -1, out, "producer-bias"))
+        elif bias_value is not None and bias_value.size != 1:
+            self.t.atoms.block_layout(out, f"Gemm {node.name} bias is not per output feature")
+        return out
+
+    def _matmul(self, node: onnx.NodeProto, layout: Layout | None, weight: np.ndarray) -> Layout | None:
+        """MatMul with a constant right-hand side."""
         if weight.ndim != 2:
             self.t.atoms.block_layout(layout, f"MatMul {node.name} has a batched weight")
             return None
