@@ -13,7 +13,7 @@ from onnxslim.errors import NothingToDoError, UsageError
 from onnxslim.ir import load_model
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names
-from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights, positions
+from onnxslim.prune.edits import EditRole, GroupedInput, SliceInput, WorkingWeights, positions
 from onnxslim.prune.groups import apply_removal, build_groups
 from onnxslim.prune.select import select
 from onnxslim.prune.structured import PREPARE, channel_scores
@@ -37,7 +37,7 @@ def masked_and_pruned(model, ratio=0.5, config=FAST):
     masked = load_model(work)
     view = WorkingWeights(masked, all_value_names(masked.graph))
     for edit in groups.tracing.edits:
-        if isinstance(edit, SliceInput) and edit.kind == "consumer":
+        if isinstance(edit, SliceInput) and edit.kind == EditRole.CONSUMER:
             array = view.get(edit.node, edit.index).copy()
             index = [slice(None)] * array.ndim
             index[edit.axis] = positions(edit.layout, atoms)

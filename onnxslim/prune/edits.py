@@ -8,6 +8,7 @@ shared by two nodes is copied rather than cut under the other's feet.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import onnx
@@ -64,6 +65,16 @@ def positions(layout: Layout, removed: set[int]) -> list[int]:
     return [p * layout.repeat + r for p in gone for r in range(layout.repeat)]
 
 
+class EditRole(Enum):
+    """What a sliced input is to the channels being removed: what importance and recovery read."""
+
+    PRODUCER = "producer"  # the filters that produce the channels
+    PRODUCER_BIAS = "producer-bias"  # their bias
+    CONSUMER = "consumer"  # the weight columns that read the channels
+    PARAMETER = "parameter"  # per-channel parameters of ops in between (BatchNorm, LayerNorm, biases of Add)
+    PASSTHROUGH = "passthrough"  # depthwise filters: one per channel, in and out
+
+
 @dataclass
 class SliceInput:
     """Delete positions of a constant input along an axis: weights, biases, per-channel parameters."""
@@ -72,7 +83,7 @@ class SliceInput:
     index: int
     axis: int
     layout: Layout
-    kind: str  # 'producer', 'consumer' or 'parameter': what importance and recovery read
+    kind: EditRole
 
     def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
         array = weights.get(self.node, self.index)
@@ -190,7 +201,7 @@ class GroupedInput:
     node: str
     layout: Layout
     groups: int
-    kind: str = "consumer"
+    kind: EditRole = EditRole.CONSUMER
     index: int = 1
     axis: int = 1
 

@@ -16,7 +16,7 @@ import onnx
 
 from onnxslim.ir.tensors import all_value_names
 from onnxslim.passes import remove_dead_nodes
-from onnxslim.prune.edits import SliceInput, WorkingWeights, positions
+from onnxslim.prune.edits import EditRole, SliceInput, WorkingWeights, positions
 from onnxslim.prune.trace import Tracing
 
 
@@ -111,8 +111,8 @@ def kept_positions(groups: Groups, removed: set[int]) -> dict[str, dict[str, lis
     removed_atoms = groups.atoms_of(removed)
     kept: dict[str, dict[str, list[int]]] = {}
     for edit in groups.tracing.edits:
-        if isinstance(edit, SliceInput) and edit.kind in ("consumer", "producer"):
-            side = "in" if edit.kind == "consumer" else "out"
+        if isinstance(edit, SliceInput) and edit.kind in (EditRole.CONSUMER, EditRole.PRODUCER):
+            side = "in" if edit.kind == EditRole.CONSUMER else "out"
             gone = set(positions(edit.layout, removed_atoms))
             total = len(edit.layout) * edit.layout.repeat
             kept.setdefault(edit.node, {})[side] = [p for p in range(total) if p not in gone]

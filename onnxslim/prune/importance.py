@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from onnxslim.prune.edits import GroupedInput, SliceInput
+from onnxslim.prune.edits import EditRole, GroupedInput, SliceInput
 
 METHODS = ("l1", "l2", "activation")
 
@@ -50,7 +50,7 @@ def class_scores(
     root_of = {atom: root for root, members in classes.items() for atom in members}
     scores = {root: 0.0 for root in classes}
     for edit in edits:
-        if not isinstance(edit, (SliceInput, GroupedInput)) or edit.kind not in ("producer", "consumer"):
+        if not isinstance(edit, (SliceInput, GroupedInput)) or edit.kind not in (EditRole.PRODUCER, EditRole.CONSUMER):
             continue
         array = weights.get((edit.node, edit.index))
         if array is None:
@@ -62,7 +62,7 @@ def class_scores(
             elif method == "activation":
                 continue
         elif method == "activation":
-            if edit.kind != "consumer" or channel_energy is None or edit.node not in channel_energy:
+            if edit.kind != EditRole.CONSUMER or channel_energy is None or edit.node not in channel_energy:
                 continue
             norms = _slice_norms(array, edit.axis, len(edit.layout), edit.layout.repeat, 2)
             energy = channel_energy[edit.node]
@@ -74,7 +74,7 @@ def class_scores(
         else:
             norms = _slice_norms(array, edit.axis, len(edit.layout), edit.layout.repeat, p)
         if isinstance(edit, SliceInput) and method != "activation":
-            if edit.kind == "producer" and bn_scale and edit.node in bn_scale and bn_scale[edit.node].size == norms.size:
+            if edit.kind == EditRole.PRODUCER and bn_scale and edit.node in bn_scale and bn_scale[edit.node].size == norms.size:
                 norms = norms * np.abs(bn_scale[edit.node]) ** p
         for position, atom in enumerate(edit.layout.atoms):
             if atom is not None and atom in root_of:

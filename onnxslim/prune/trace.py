@@ -26,6 +26,7 @@ from onnxslim.ir.tensors import (
 )
 from onnxslim.prune.atoms import AtomTable, Layout
 from onnxslim.prune.edits import (
+    EditRole,
     GroupedInput,
     SetGroup,
     SliceBounds,
@@ -84,7 +85,7 @@ class Tracer(ReshapeRules):
         return Layout(axis, self.t.atoms.new(node.name, count))
 
     def consume(self, node: onnx.NodeProto, layout: Layout, index: int, axis: int) -> None:
-        self.t.edits.append(SliceInput(node.name, index, axis, layout, "consumer"))
+        self.t.edits.append(SliceInput(node.name, index, axis, layout, EditRole.CONSUMER))
         self.t.consumer_inputs[node.name] = node.input[0]
 
     # ------------------------------------------------------------ rules
@@ -121,9 +122,9 @@ class Tracer(ReshapeRules):
         if layout is not None:
             self.consume(node, layout, 1, in_axis)
         out = self.new_atoms(node, c_out, 1)
-        self.t.edits.append(SliceInput(node.name, 1, out_axis, out, "producer"))
+        self.t.edits.append(SliceInput(node.name, 1, out_axis, out, EditRole.PRODUCER))
         if bias:
-            self.t.edits.append(SliceInput(node.name, 2, 0, out, "producer-bias"))
+            self.t.edits.append(SliceInput(node.name, 2, 0, out, EditRole.PRODUCER_BIAS))
         return out
 
     def _grouped_convolution(self, node: onnx.NodeProto, layout: Layout | None, group: int, c_in: int, c_out: int, bias: str | None) -> Layout | None:
@@ -131,9 +132,9 @@ class Tracer(ReshapeRules):
         op = node.op_type
         if op == "Conv" and group == c_in == c_out and layout is not None:
             # depthwise: output channel c is computed from input channel c alone
-            self.t.edits.append(SliceInput(node.name, 1, 0, layout, "passthrough"))
+            self.t.edits.append(SliceInput(node.name, 1, 0, layout, EditRole.PASSTHROUGH))
             if bias:
-                self.t.edits.append(SliceInput(node.name, 2, 0, layout, "passthrough"))
+                self.t.edits.append(SliceInput(node.name, 2, 0, layout, EditRole.PASSTHROUGH))
             self.t.edits.append(SetGroup(node.name, layout))
             return Layout(1, layout.atoms)
         if op != "Conv" or c_in % group or c_out % group:
@@ -144,9 +145,9 @@ class Tracer(ReshapeRules):
             self.t.block_constraints.append((layout, group))
             self.t.consumer_inputs[node.name] = node.input[0]
         out = self.new_atoms(node, c_out, 1)
-        self.t.edits.append(SliceInput(node.name, 1, 0, out, "producer"))
+        self.t.edits.append(SliceInput(node.name, 1, 0, out, EditRole.PRODUCER))
         if bias:
-            self.t.edits.append(SliceInput(node.name, 2, 0, out, "producer-bias"))
+            self.t.edits.append(SliceInput(node.name, 2, 0, out, EditRole.PRODUCER_BIAS))
         self.t.block_constraints.append((out, group))
         return out
 
@@ -161,10 +162,10 @@ class Tracer(ReshapeRules):
             else:
                 self.consume(node, layout, 1, 1 if trans_b else 0)
         out = self.new_atoms(node, weight.shape[0] if trans_b else weight.shape[1], 1)
-        self.t.edits.append(SliceInput(node.name, 1, 0 if trans_b else 1, out, "producer"))
+        self.t.edits.append(SliceInput(node.name, 1, 0 if trans_b else 1, out, EditRole.PRODUCER))
         bias_value = self.const(bias) if bias is not None else None
         if bias_value is not None and bias_value.ndim >= 1 and bias_value.shape[-1] == len(out):
-            self.t.edits.append(SliceInput(node.name, 2, -1, out, "producer-bias"))
+            self.t.edits.append(SliceInput(node.name, 2, -1, out, EditRole.PRODUCER_BIAS))
         elif bias_value is not None and bias_value.size != 1:
             self.t.atoms.block_layout(out, f"Gemm {node.name} bias is not per output feature")
         return out
@@ -182,7 +183,7 @@ class Tracer(ReshapeRules):
                 self.consume(node, layout, 1, 0)
         out_rank = self.rank(node.output[0]) or rank or 2
         out = self.new_atoms(node, weight.shape[1], out_rank - 1)
-        self.t.edits.append(SliceInput(node.name, 1, 1, out, "producer"))
+        self.t.edits.append(SliceInput(node.name, 1, 1, out, EditRole.PRODUCER))
         return out
 
     def binary(self, node: onnx.NodeProto) -> Layout | None:
@@ -219,7 +220,7 @@ class Tracer(ReshapeRules):
             if axis < 0 or shape[axis] == 1:
                 continue  # broadcast along the channel axis
             if name in self.constants and shape[axis] == len(first) * first.repeat and first.repeat == 1:
-                self.t.edits.append(SliceInput(node.name, index, axis, Layout(axis, first.atoms), "parameter"))
+                self.t.edits.append(SliceInput(node.name, index, axis, Layout(axis, first.atoms), EditRole.PARAMETER))
                 continue
             self.t.atoms.block_layout(first, f"{node.op_type} {node.name} combines the channels with '{name}', which is not pruned with them")
         return result
@@ -362,7 +363,7 @@ class Tracer(ReshapeRules):
         """BatchNormalization / InstanceNormalization: their per-channel parameters lose the same channels."""
         for index in range(1, len(node.input)):
             if node.input[index]:
-                self.t.edits.append(SliceInput(node.name, index, 0, Layout(0, data.atoms), "parameter"))
+                self.t.edits.append(SliceInput(node.name, index, 0, Layout(0, data.atoms), EditRole.PARAMETER))
         return data
 
     def shape(self, node: onnx.NodeProto, data: Layout | None) -> None:
@@ -406,7 +407,7 @@ class Tracer(ReshapeRules):
             return self.reduction(node, data)
         for index in (1, 2):
             if len(node.input) > index and node.input[index]:
-                self.t.edits.append(SliceInput(node.name, index, 0, Layout(0, data.atoms), "parameter"))
+                self.t.edits.append(SliceInput(node.name, index, 0, Layout(0, data.atoms), EditRole.PARAMETER))
         self.t.renormalized[node.name] = data
         return data
 
