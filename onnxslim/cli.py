@@ -204,7 +204,7 @@ def _print_validation(report) -> None:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     console.print(f"data: {report.data}; threads: {report.threads or 'onnxruntime default'}", highlight=False)
     accuracy = Table(title="accuracy (candidate vs reference)", title_justify="left")
-    for column in ("provider", "output", "cosine", "SNR dB", "max abs", "mean abs", "top-1"):
+    for column in ("provider", "output", "cosine", "SNR dB", "max abs", "mean abs", "top-1", "non-finite"):
         accuracy.add_column(column, justify="right" if column not in ("provider", "output") else "left")
     timing = Table(title="latency, interleaved", title_justify="left")
     for column in ("provider", "nodes ran on", "reference median / p90 ms", "candidate median / p90 ms", "ratio"):
@@ -212,11 +212,13 @@ def _print_validation(report) -> None:
     for result in report.providers:
         name = result.to_dict()["provider"]
         if result.status == "not available":
-            accuracy.add_row(name, "-", "not available", "", "", "", "")
+            accuracy.add_row(name, "-", "not available", "", "", "", "", "")
             continue
         for output in result.outputs:
             cos = _fmt(output.cosine, 6) + (" (degenerate)" if output.degenerate else "")
-            accuracy.add_row(name, escape(output.name), cos, _fmt(output.snr_db, 3), _fmt(output.max_abs), _fmt(output.mean_abs), _fmt(output.top1, 4))
+            nonfinite = f"[red]{output.nonfinite_mismatches}[/]" if output.nonfinite_mismatches else "0"
+            max_abs = _fmt(float("inf") if output.nonfinite_mismatches else output.max_abs)
+            accuracy.add_row(name, escape(output.name), cos, _fmt(output.snr_db, 3), max_abs, _fmt(output.mean_abs), _fmt(output.top1, 4), nonfinite)
         placement = result.placement.get("candidate", {}).get("nodes_by_provider", {})
         ran = ", ".join(f"{p} {n}" for p, n in placement.items()) or "-"
         if result.status != "ok":

@@ -122,3 +122,68 @@ def test_staging_left_by_a_killed_run_is_removed_by_the_next_one(models, tmp_pat
     assert result.exit_code == 0, result.output
     assert not dead.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnxslim-")]
+
+
+def unary_model(op: str, path) -> None:
+    import onnx.parser
+
+    model = onnx.parser.parse_model(
+        f"""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[1, 8] x) => (float[1, 8] y) {{
+            y = {op} (x)
+        }}
+        """
+    )
+    onnx.save(model, str(path))
+
+
+@pytest.fixture
+def nan_pair(tmp_path, npz_folder):
+    import numpy as np
+
+    unary_model("Abs", tmp_path / "finite.onnx")
+    unary_model("Sqrt", tmp_path / "nan.onnx")  # NaN for negative inputs
+    data = npz_folder([{"x": np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)}])
+    return tmp_path / "finite.onnx", tmp_path / "nan.onnx", data
+
+
+@pytest.mark.parametrize("nan_side", ["candidate", "reference"])
+def test_nan_on_either_side_fails_every_accuracy_gate(nan_pair, tmp_path, nan_side):
+    import json
+
+    finite, nan, data = nan_pair
+    reference, candidate = (finite, nan) if nan_side == "candidate" else (nan, finite)
+    report = tmp_path / "r.json"
+    args = ("validate", reference, candidate, "--data", data, "--runs", "0", "-q", "--report", report)
+    result = invoke(*args, "--min-cosine", "0.5", "--min-snr", "-100", "--max-abs-error", "1000")
+    assert result.exit_code == 3, result.output
+    content = json.loads(report.read_text())
+    output = content["providers"][0]["outputs"][0]
+    assert output[f"nonfinite_{nan_side}_values"] == 4 and output["cosine"] == "nan"
+    assert {g["gate"] for g in content["gates"] if not g["passed"]} == {"min_cosine", "min_snr_db", "max_abs_error"}
+    assert sum("NaN/Inf in one model and not the other" in line for line in result.output.splitlines()) == 1
+
+
+def test_a_gate_that_cannot_be_checked_is_a_usage_error(nan_pair):
+    finite, _, data = nan_pair
+    assert_refused(invoke("validate", finite, finite, "--data", data, "--runs", "0", "--max-latency-ratio", "0.01", "-q"), "--runs is 0")
+    # a (1, 8) output is a class-score vector; a detector-like (1, 4, 2) map of anchors is not
+    assert invoke("validate", finite, finite, "--data", data, "--runs", "0", "--min-top1", "0.9", "-q").exit_code == 0
+
+
+def test_min_top1_on_a_map_that_is_not_class_scores_is_refused(tmp_path, npz_folder):
+    import numpy as np
+    import onnx.parser
+
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[1, 4, 6] x) => (float[1, 4, 6] y) {
+            y = Relu (x)
+        }
+        """
+    )
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    data = npz_folder([{"x": np.random.default_rng(0).normal(size=(1, 4, 6)).astype(np.float32)}])
+    assert_refused(invoke("validate", tmp_path / "m.onnx", tmp_path / "m.onnx", "--data", data, "--runs", "0", "--min-top1", "0.9", "-q"), "--min-top1 cannot be checked")

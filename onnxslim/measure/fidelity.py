@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -27,5 +28,8 @@ def fidelity(
 
 
 def worst_cosine(comparisons: Sequence[OutputComparison]) -> float:
-    """The lowest cosine similarity over the outputs (1.0 when there are none)."""
-    return min(c.cosine for c in comparisons) if comparisons else 1.0
+    """The lowest cosine similarity over the outputs (1.0 when there are none; NaN when an output disagrees on NaN/Inf)."""
+    values = [c.cosine for c in comparisons]
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    return min(values) if values else 1.0

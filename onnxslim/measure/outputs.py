@@ -15,8 +15,17 @@ from onnxslim.errors import DataError
 
 
 def looks_like_class_scores(array: np.ndarray) -> bool:
-    """(batch, classes) or (batch, steps, classes) floats: where top-1 agreement means something."""
-    return array.dtype.kind == "f" and array.ndim in (2, 3) and array.shape[-1] >= 2
+    """Where top-1 agreement means something: (batch, classes) floats, or (batch, steps, classes) probabilities.
+
+    A 3-D output must sum to 1 over its last axis: otherwise that axis may hold
+    anchors or positions (a detector's (1, 84, 8400)), where an argmax means nothing.
+    """
+    if array.dtype.kind != "f" or array.ndim not in (2, 3) or array.shape[-1] < 2:
+        return False
+    if array.ndim == 2:
+        return True
+    sums = array.sum(axis=-1, dtype=np.float64)
+    return bool(np.all(array >= 0) and np.allclose(sums, 1.0, atol=1e-3))
 
 
 @dataclass
@@ -37,7 +46,9 @@ class OutputComparison:
     top1_match: int = 0
     top1_total: int = 0
     min_batch_cosine: float = 1.0
-    nonfinite_candidate: int = 0
+    nonfinite_candidate: int = 0  # NaN/Inf in the candidate where the reference is finite
+    nonfinite_reference: int = 0  # NaN/Inf in the reference where the candidate is finite
+    nonfinite_disagreeing: int = 0  # both non-finite, but not the same value (NaN vs Inf, +Inf vs -Inf)
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, source: str = "") -> None:
         if reference.shape != candidate.shape:
@@ -47,9 +58,16 @@ class OutputComparison:
             )
         ref = np.asarray(reference, dtype=np.float64).ravel()
         cand = np.asarray(candidate, dtype=np.float64).ravel()
-        finite = np.isfinite(cand)
-        self.nonfinite_candidate += int(cand.size - finite.sum())
-        cand = np.where(finite, cand, 0.0)
+        ref_finite, cand_finite = np.isfinite(ref), np.isfinite(cand)
+        if not (ref_finite.all() and cand_finite.all()):
+            self.nonfinite_candidate += int((ref_finite & ~cand_finite).sum())
+            self.nonfinite_reference += int((~ref_finite & cand_finite).sum())
+            both = ~ref_finite & ~cand_finite
+            same = (np.isnan(ref) & np.isnan(cand)) | (ref == cand)
+            self.nonfinite_disagreeing += int((both & ~same).sum())
+            # the statistics below cover the positions where both are finite; the counts above fail every gate
+            keep = ref_finite & cand_finite
+            ref, cand = ref[keep], cand[keep]
         diff = ref - cand
         dot = float(ref @ cand)
         ref_sq = float(ref @ ref)
@@ -63,7 +81,7 @@ class OutputComparison:
         self.err_abs += float(np.abs(diff).sum())
         self.max_abs = max(self.max_abs, float(np.abs(diff).max()) if diff.size else 0.0)
         self.ref_sum += float(ref.sum())
-        self.exact += int((np.asarray(reference) == np.asarray(candidate)).sum())
+        self.exact += int((ref == cand).sum())
         self.min_batch_cosine = min(self.min_batch_cosine, _cosine(dot, ref_sq, cand_sq))
         if looks_like_class_scores(reference):
             ref_top = np.argmax(reference, axis=-1)
@@ -72,7 +90,15 @@ class OutputComparison:
             self.top1_total += int(ref_top.size)
 
     @property
+    def nonfinite_mismatches(self) -> int:
+        """Positions where one model gave NaN/Inf and the other did not (or a different one)."""
+        return self.nonfinite_candidate + self.nonfinite_reference + self.nonfinite_disagreeing
+
+    @property
     def cosine(self) -> float:
+        """Cosine similarity over all batches; NaN when the models disagree on non-finite values, so no gate passes."""
+        if self.nonfinite_mismatches:
+            return math.nan
         return _cosine(self.dot, self.ref_sq, self.cand_sq)
 
     @property
@@ -81,6 +107,8 @@ class OutputComparison:
 
     @property
     def snr_db(self) -> float:
+        if self.nonfinite_mismatches:
+            return math.nan
         if self.err_sq == 0.0:
             return math.inf
         if self.ref_sq == 0.0:
@@ -111,7 +139,7 @@ class OutputComparison:
             "name": self.name,
             "elements": self.elements,
             "batches": self.batches,
-            "max_abs_error": self.max_abs,
+            "max_abs_error": math.inf if self.nonfinite_mismatches else self.max_abs,
             "mean_abs_error": self.mean_abs,
             "cosine": self.cosine,
             "min_batch_cosine": self.min_batch_cosine,
@@ -121,6 +149,8 @@ class OutputComparison:
             "reference_std": self.reference_std,
             "degenerate_reference": self.degenerate,
             "nonfinite_candidate_values": self.nonfinite_candidate,
+            "nonfinite_reference_values": self.nonfinite_reference,
+            "nonfinite_disagreeing_values": self.nonfinite_disagreeing,
         }
 
 

@@ -7,6 +7,7 @@ their results into a :class:`~onnxslim.quant.report.QuantReport`.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -199,7 +200,8 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, budget: float) -> BudgetSearch:
     for node in track(candidates, "per-layer sensitivity", enabled=run.show_progress):
         others = frozenset(n for n in candidates if n != node)
         _, model = run.build(run.config, others)
-        damage[node] = 1.0 - worst_cosine(fidelity(run.reference, model, batches))
+        cosine = worst_cosine(fidelity(run.reference, model, batches))
+        damage[node] = 2.0 if math.isnan(cosine) else 1.0 - cosine  # NaN/Inf where FP32 is finite: worst of all
     ranked = sorted(candidates, key=lambda n: damage[n], reverse=True)
     count = 1
     while count <= len(ranked):
@@ -240,7 +242,7 @@ def quantize(
         raise NothingToDoError(f"{run.label}: nothing to quantize ({'; '.join(reasons) or 'no nodes'})")
     plan, quantized = run.build(config)
     comparisons = fidelity(run.reference, quantized, run.eval_batches)
-    if config.accuracy_budget is not None and worst_cosine(comparisons) < config.accuracy_budget:
+    if config.accuracy_budget is not None and not worst_cosine(comparisons) >= config.accuracy_budget:  # NaN misses the budget too
         search = _sensitivity(run, plan, config.accuracy_budget)
         report.kept_float_for_budget = search.kept
         if not search.met:

@@ -8,6 +8,7 @@ turn the numbers into a verdict.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import ClassVar
 import onnx
 
 from onnxslim.data.sources import DataSource, open_data
-from onnxslim.errors import DataError, ProviderError
+from onnxslim.errors import DataError, ProviderError, UsageError
 from onnxslim.ir.io import load_model
 from onnxslim.ir.tensors import graph_inputs, graph_outputs
 from onnxslim.measure import LatencyComparison, OutputComparison, time_pair
@@ -115,6 +116,8 @@ def validate(
     show_progress: bool = False,
 ) -> ValidationReport:
     """Compare ``candidate`` with ``reference`` on ``data`` for each provider in ``providers``."""
+    if runs == 0 and gates.max_latency_ratio is not None:
+        raise UsageError("--max-latency-ratio needs timing, but --runs is 0: give --runs 1 or more, or drop the latency gate")
     resolved = [resolve_provider(p) for p in providers]
     ref_label, cand_label = _label(reference, "reference"), _label(candidate, "candidate")
     ref_proto = load_model(reference, load_weights=False)
@@ -146,10 +149,29 @@ def validate(
                 report.warnings.append(
                     f"{short_name(result.provider)}: reference output '{output.name}' is nearly constant (std {output.reference_std:.3g}); any candidate would match it"
                 )
-            if output.nonfinite_candidate:
-                report.warnings.append(f"{short_name(result.provider)}: candidate output '{output.name}' has {output.nonfinite_candidate} NaN/Inf values")
+            if output.nonfinite_mismatches:
+                report.warnings.append(
+                    f"{short_name(result.provider)}: output '{output.name}': {output.nonfinite_mismatches} value(s) are NaN/Inf in one model and not the other "
+                    f"(reference {output.nonfinite_reference}, candidate {output.nonfinite_candidate}, both but different {output.nonfinite_disagreeing}); "
+                    "every accuracy gate fails"
+                )
     report.gates = _check_gates(report.providers, gates)
+    if gates.min_top1 is not None:
+        _check_top1_applies(report)
     return report
+
+
+def _check_top1_applies(report: ValidationReport) -> None:
+    """--min-top1 is checked only on class-score outputs: say where it is not, and refuse it when no output is one."""
+    outputs = [o for result in report.providers for o in result.outputs]
+    without = sorted({o.name for o in outputs if o.top1 is None})
+    if outputs and len(without) == len({o.name for o in outputs}):
+        raise UsageError(
+            f"--min-top1 cannot be checked: no output is a class-score vector ((batch, classes), or probabilities over the last axis); "
+            f"'{without[0]}' is not"
+        )
+    for name in without:
+        report.warnings.append(f"--min-top1 not checked on output '{name}': it is not a class-score vector, so top-1 is not meaningful there")
 
 
 def _check_same_interface(ref: onnx.ModelProto, cand: onnx.ModelProto, ref_label: str, cand_label: str) -> None:
@@ -205,14 +227,16 @@ def _check_gates(results: list[ProviderResult], gates: Gates) -> list[GateCheck]
             continue
         name = short_name(result.provider)
         for output in result.outputs:
+            finite = not output.nonfinite_mismatches  # NaN/Inf where the other model is finite fails every accuracy gate
+            max_abs = output.max_abs if finite else math.inf
             if gates.min_cosine is not None:
-                checks.append(GateCheck("min_cosine", name, output.name, output.cosine, gates.min_cosine, output.cosine >= gates.min_cosine))
+                checks.append(GateCheck("min_cosine", name, output.name, output.cosine, gates.min_cosine, finite and output.cosine >= gates.min_cosine))
             if gates.min_snr_db is not None:
-                checks.append(GateCheck("min_snr_db", name, output.name, output.snr_db, gates.min_snr_db, output.snr_db >= gates.min_snr_db))
+                checks.append(GateCheck("min_snr_db", name, output.name, output.snr_db, gates.min_snr_db, finite and output.snr_db >= gates.min_snr_db))
             if gates.max_abs_error is not None:
-                checks.append(GateCheck("max_abs_error", name, output.name, output.max_abs, gates.max_abs_error, output.max_abs <= gates.max_abs_error))
+                checks.append(GateCheck("max_abs_error", name, output.name, max_abs, gates.max_abs_error, finite and max_abs <= gates.max_abs_error))
             if gates.min_top1 is not None and output.top1 is not None:
-                checks.append(GateCheck("min_top1", name, output.name, output.top1, gates.min_top1, output.top1 >= gates.min_top1))
+                checks.append(GateCheck("min_top1", name, output.name, output.top1, gates.min_top1, finite and output.top1 >= gates.min_top1))
         if gates.max_latency_ratio is not None and result.latency is not None and result.latency.ratio is not None:
             ratio = result.latency.ratio
             checks.append(GateCheck("max_latency_ratio", name, None, ratio, gates.max_latency_ratio, ratio <= gates.max_latency_ratio))
