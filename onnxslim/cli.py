@@ -321,7 +321,7 @@ def _print_quantization(report) -> None:
     for warning in report.warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if report.output:
-        what = "INT8 QDQ model" if report.written == "int8" else "[bold yellow]FP32 model (cleaned), not INT8[/]"
+        what = f"INT8 QDQ model ({len(report.quantized)} of {len(report.decisions)} nodes quantized)" if report.written == "int8" else "[bold yellow]FP32 model (cleaned), not INT8[/]"
         console.print(f"wrote {escape(report.output)}: {what}", highlight=False)
 
 

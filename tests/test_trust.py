@@ -187,3 +187,42 @@ def test_min_top1_on_a_map_that_is_not_class_scores_is_refused(tmp_path, npz_fol
     onnx.save(model, str(tmp_path / "m.onnx"))
     data = npz_folder([{"x": np.random.default_rng(0).normal(size=(1, 4, 6)).astype(np.float32)}])
     assert_refused(invoke("validate", tmp_path / "m.onnx", tmp_path / "m.onnx", "--data", data, "--runs", "0", "--min-top1", "0.9", "-q"), "--min-top1 cannot be checked")
+
+
+def test_a_budget_that_leaves_nothing_quantized_exits_1_with_the_real_reason(save, npz_folder, tmp_path):
+    import numpy as np
+
+    model = conv_bn_relu()
+    path = save(model)
+    rng = np.random.default_rng(0)
+    data = npz_folder([{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)} for _ in range(6)])
+    out = tmp_path / "q.onnx"
+    result = invoke("quantize", path, "-o", out, "--data", data, "--accuracy-budget", "1", "--latency-runs", "0", "-q")
+    assert result.exit_code == 1, result.output
+    assert "leaves nothing quantized" in result.output and "--exclude-nodes" not in result.output
+    assert not out.exists()
+
+
+def test_constant_calibration_data_is_refused_unless_evaluation_data_is_given(save, npz_folder, tmp_path):
+    import numpy as np
+
+    path = save(conv_bn_relu())
+    zeros = npz_folder([{"input": np.zeros((1, 3, 32, 32), np.float32)} for _ in range(6)], name="zeros")
+    result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data", zeros, "--latency-runs", "0", "-q")
+    assert result.exit_code == 1 and "barely vary" in result.output, result.output
+    rng = np.random.default_rng(1)
+    real = npz_folder([{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)} for _ in range(3)], name="real")
+    result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data", zeros, "--eval-data", real, "--latency-runs", "0", "-q")
+    assert result.exit_code == 0, result.output
+
+
+def test_an_already_quantized_model_is_named_as_such(save, npz_folder, tmp_path):
+    import numpy as np
+
+    path = save(conv_bn_relu())
+    rng = np.random.default_rng(2)
+    data = npz_folder([{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)} for _ in range(6)])
+    first = tmp_path / "q.onnx"
+    assert invoke("quantize", path, "-o", first, "--data", data, "--latency-runs", "0", "--if-slower", "keep-int8", "-q").exit_code == 0
+    result = invoke("quantize", first, "-o", tmp_path / "qq.onnx", "--data", data, "--latency-runs", "0", "-q")
+    assert result.exit_code == 1 and "already quantized" in result.output, result.output

@@ -10,6 +10,7 @@ import itertools
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import numpy as np
 import onnx
 
 from onnxslim.data.sources import DataSource, open_data
-from onnxslim.errors import ModelLoadError, NothingToDoError
+from onnxslim.errors import DataError, ModelLoadError, NothingToDoError
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.tensors import graph_inputs
@@ -217,6 +218,55 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, budget: float) -> BudgetSearch:
     return BudgetSearch(frozenset(ranked), kept, False, f"accuracy budget {budget} cannot be met even with every quantized layer in float")
 
 
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm"}
+
+
+def _refuse_quantized(model: onnx.ModelProto, label: str) -> None:
+    found = Counter(n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS)
+    if found:
+        detail = ", ".join(f"{op} {n}" for op, n in found.most_common(3))
+        raise NothingToDoError(f"{label}: the model is already quantized ({detail}); quantize its float original")
+
+
+def _evaluation_problems(comparisons, run: QuantRun, eval_data_given: bool) -> list[str]:
+    """Refuse (or, with --eval-data, warn about) held-out data that does not exercise the model.
+
+    Inputs that do not vary give the float model the same outputs for every
+    sample, so any candidate that matches them once "passes"; the same holds
+    for outputs that are constant whatever the input.
+    """
+    problems = []
+    float_inputs = {name for _, batch in run.eval_batches for name, array in batch.items() if array.dtype.kind == "f"}
+    still = _constant_inputs(run.eval_batches)
+    if still:
+        problems.append(f"input(s) {', '.join(still)} barely vary over {run.eval_label}: agreement on such data says little about real inputs")
+    constant = [c for c in comparisons if c.degenerate]
+    if constant:
+        problems.append(
+            f"the float model's output '{constant[0].name}' is nearly constant on {run.eval_label} (std {constant[0].reference_std:.3g}): "
+            "agreement with it proves nothing"
+        )
+    refuse = constant or (float_inputs and set(still) >= float_inputs)
+    if refuse and not eval_data_given:
+        raise DataError(f"{run.label}: {problems[0]}; calibrate on real inputs, or give --eval-data to measure on other data")
+    return problems
+
+
+def _constant_inputs(batches) -> list[str]:
+    """Float inputs whose values hardly change over ``batches`` (all zeros, one repeated image)."""
+    values: dict[str, list[np.ndarray]] = {}
+    for _, batch in batches:
+        for name, array in batch.items():
+            if array.dtype.kind == "f":
+                values.setdefault(name, []).append(np.asarray(array, np.float64).ravel())
+    still = []
+    for name, arrays in values.items():
+        joined = np.concatenate(arrays)
+        if joined.size and joined.std() <= 1e-6 * max(1.0, abs(float(joined.mean()))):
+            still.append(name)
+    return still
+
+
 def quantize(
     model: str | os.PathLike | onnx.ModelProto,
     data: str | os.PathLike | DataSource,
@@ -233,6 +283,7 @@ def quantize(
     slower and ``config.if_slower`` is 'keep-fp32') and the report.
     """
     run = QuantRun(model, data, config, eval_data, input_shapes, show_progress)
+    _refuse_quantized(run.prepared, run.label)
     report = QuantReport(run.label, str(output) if output else None, config.target, config.method, budget=config.accuracy_budget)
     report.prepare = run.prepare_results
     report.warnings.extend(run.warnings)
@@ -242,6 +293,7 @@ def quantize(
         raise NothingToDoError(f"{run.label}: nothing to quantize ({'; '.join(reasons) or 'no nodes'})")
     plan, quantized = run.build(config)
     comparisons = fidelity(run.reference, quantized, run.eval_batches)
+    report.warnings.extend(_evaluation_problems(comparisons, run, eval_data is not None))
     if config.accuracy_budget is not None and not worst_cosine(comparisons) >= config.accuracy_budget:  # NaN misses the budget too
         search = _sensitivity(run, plan, config.accuracy_budget)
         report.kept_float_for_budget = search.kept
@@ -249,6 +301,12 @@ def quantize(
             report.warnings.append(search.note)
         plan, quantized = run.build(config, search.keep_float)
         comparisons = fidelity(run.reference, quantized, run.eval_batches)
+        if not plan.quantized_nodes:
+            best = max((1.0 - k["cosine_when_alone_quantized"] for k in search.kept), default=None)
+            raise NothingToDoError(
+                f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: every layer alone brings an output's cosine on "
+                f"{run.eval_label} below it" + (f" (the least harmful reaches {1.0 - best:.5f})" if best is not None else "") + "; nothing written"
+            )
     report.decisions = list(plan.decisions.values())
     report.fidelity = comparisons
     report.calibration = CalibrationSummary(run.calibration_batches, run.calibration_seconds, _peak_rss_mb())
