@@ -156,7 +156,8 @@ def optimize(model, output, report_path):
         for decline in result.declined:
             console.print(f"[yellow]{result.name}[/]: left {escape(decline.where)}: {escape(decline.reason.text)}", highlight=False)
     console.print(
-        f"nodes {report.nodes_before} -> {report.nodes_after}, parameters {_count(report.parameters_before)} -> {_count(report.parameters_after)}; wrote {output}",
+        f"nodes {report.nodes_before} -> {report.nodes_after}, parameters {_count(report.parameters_before)} -> {_count(report.parameters_after)}; "
+        + (f"wrote {output}" if any(r.modified for r in report.passes) else f"nothing to change: wrote an unchanged copy to {output}"),
         highlight=False,
     )
     _finish(report.to_dict(), report_path)
@@ -388,7 +389,8 @@ def _print_pruning(report) -> None:
     for warning in report.warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if report.output:
-        console.print(f"wrote {escape(report.output)}", highlight=False)
+        unchanged = report.mode == "structured" and not report.pruned_groups
+        console.print(f"wrote {escape(report.output)}" + (": unchanged (ratio 0 removes nothing)" if unchanged else ""), highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -226,3 +226,24 @@ def test_an_already_quantized_model_is_named_as_such(save, npz_folder, tmp_path)
     assert invoke("quantize", path, "-o", first, "--data", data, "--latency-runs", "0", "--if-slower", "keep-int8", "-q").exit_code == 0
     result = invoke("quantize", first, "-o", tmp_path / "qq.onnx", "--data", data, "--latency-runs", "0", "-q")
     assert result.exit_code == 1 and "already quantized" in result.output, result.output
+
+
+@pytest.mark.parametrize("name", ["same", ""])
+def test_every_command_works_when_node_names_repeat_or_are_empty(tmp_path, name):
+    from models.builders import residual
+
+    model = residual()
+    for node in model.graph.node:
+        node.name = name
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    before = digest(path)
+    for args in (
+        ("optimize", path, "-o", tmp_path / "o.onnx"),
+        ("prune", path, "-o", tmp_path / "p.onnx", "--latency-runs", "0", "-q"),
+        ("quantize", path, "-o", tmp_path / "q.onnx", "--data", "random", "--latency-runs", "0", "-q"),
+        ("validate", path, tmp_path / "p.onnx", "--data", "random", "--runs", "0", "-q"),
+    ):
+        result = invoke(*args)
+        assert result.exit_code == 0, (args[0], result.output)
+    assert digest(path) == before  # names are made unique in the working copy only

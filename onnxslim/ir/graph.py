@@ -40,6 +40,36 @@ def topological_sort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
+def unique_node_names(graph: onnx.GraphProto) -> int:
+    """Rename the second and later nodes sharing a name (in ``graph`` and its subgraphs); returns how many.
+
+    onnxruntime refuses a graph with two nodes of one name, and onnxslim's plans
+    and reports refer to nodes by name. The first node keeps the name, empty
+    names stay empty, and every other name is left as it is.
+    """
+    taken = {n.name for n in graph.node if n.name}
+    seen: set[str] = set()
+    renamed = 0
+    for node in graph.node:
+        if node.name and node.name in seen:
+            base, suffix = node.name, 1
+            while f"{base}_{suffix}" in taken:
+                suffix += 1
+            node.name = f"{base}_{suffix}"
+            taken.add(node.name)
+            renamed += 1
+        seen.add(node.name)
+        for sub in subgraphs(node):
+            renamed += unique_node_names(sub)
+    return renamed
+
+
+def has_duplicate_node_names(graph: onnx.GraphProto) -> bool:
+    """True when two nodes of ``graph`` (or of one of its subgraphs) share a non-empty name."""
+    names = [n.name for n in graph.node if n.name]
+    return len(names) != len(set(names)) or any(has_duplicate_node_names(s) for n in graph.node for s in subgraphs(n))
+
+
 def name_nodes(graph: onnx.GraphProto) -> int:
     """Give every unnamed node a unique name (op type and index); returns how many were named."""
     taken = {n.name for n in graph.node if n.name}

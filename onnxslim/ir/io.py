@@ -27,6 +27,7 @@ from onnx import external_data_helper
 from onnxslim.errors import ModelLoadError, ModelWriteError
 from onnxslim.ir.destinations import check_writable_path
 from onnxslim.ir.external import write_skeleton
+from onnxslim.ir.graph import unique_node_names
 from onnxslim.ir.mapped import map_external_weights
 from onnxslim.ir.staging import STAGING_PREFIX, remove_stale
 from onnxslim.ir.tensors import nominal_bytes
@@ -98,17 +99,20 @@ def _check_external_locations(model: onnx.ModelProto, base_dir: Path, model_path
             )
 
 
-def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool | None = None) -> onnx.ModelProto:
+def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool | None = None, unique_names: bool = True) -> onnx.ModelProto:
     """Load a model from a path, or return a copy of a ``ModelProto``.
 
     The returned proto is the caller's to change: a proto passed in is copied,
-    so the caller's object is never modified by later passes. External weights
+    so the caller's object is never modified by later passes. Nodes that share
+    a name with an earlier node are renamed in the copy (see ``unique_node_names``). External weights
     are read into memory, or, when they exceed what one protobuf holds (or
     ``map_weights`` is true), left on disk and mapped (see ``ir.mapped``).
     """
     if isinstance(model, onnx.ModelProto):
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
+        if unique_names:
+            unique_node_names(copy.graph)
         return copy
     path = Path(model)
     if not path.exists():
@@ -124,6 +128,8 @@ def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
     _check_plausible(proto, path)
+    if unique_names:
+        unique_node_names(proto.graph)  # onnxruntime refuses duplicates; the copy, never the file, is renamed
     if _uses_external_data(proto):
         _check_external_locations(proto, path.parent, path)
         if load_weights:

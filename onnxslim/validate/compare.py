@@ -19,6 +19,7 @@ import onnx
 
 from onnxslim.data.sources import DataSource, open_data
 from onnxslim.errors import DataError, ProviderError, UsageError
+from onnxslim.ir.graph import has_duplicate_node_names
 from onnxslim.ir.io import load_model
 from onnxslim.ir.tensors import graph_inputs, graph_outputs
 from onnxslim.measure import LatencyComparison, OutputComparison, time_pair
@@ -98,8 +99,11 @@ def _label(model, default: str) -> str:
     return str(model) if isinstance(model, (str, os.PathLike)) else default
 
 
-def _as_session_input(model) -> str | onnx.ModelProto:
-    return str(model) if isinstance(model, (str, os.PathLike)) else model
+def _as_session_input(model, proto: onnx.ModelProto) -> str | onnx.ModelProto:
+    """The path for onnxruntime to open, or the loaded model where its node names had to be made unique first."""
+    if not isinstance(model, (str, os.PathLike)):
+        return model
+    return load_model(model) if has_duplicate_node_names(proto.graph) else str(model)
 
 
 def validate(
@@ -120,8 +124,8 @@ def validate(
         raise UsageError("--max-latency-ratio needs timing, but --runs is 0: give --runs 1 or more, or drop the latency gate")
     resolved = [resolve_provider(p) for p in providers]
     ref_label, cand_label = _label(reference, "reference"), _label(candidate, "candidate")
-    ref_proto = load_model(reference, load_weights=False)
-    cand_proto = load_model(candidate, load_weights=False)
+    ref_proto = load_model(reference, load_weights=False, unique_names=False)
+    cand_proto = load_model(candidate, load_weights=False, unique_names=False)
     inputs = graph_inputs(ref_proto)
     _check_same_interface(ref_proto, cand_proto, ref_label, cand_label)
     source = open_data(data, inputs, input_shapes=input_shapes)
@@ -129,7 +133,7 @@ def validate(
     report = ValidationReport(ref_label, cand_label, source.description, is_random, threads)
     if is_random:
         report.warnings.append("inputs are random: agreement on random data proves little about real inputs; pass --data DIR")
-    ref_model, cand_model = _as_session_input(reference), _as_session_input(candidate)
+    ref_model, cand_model = _as_session_input(reference, ref_proto), _as_session_input(candidate, cand_proto)
     output_names = [o.name for o in graph_outputs(ref_proto)]
     available = available_providers()
     for provider in resolved:
