@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -55,6 +56,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except OnnxSlimError as exc:
+            if os.environ.get("ONNXSLIM_DEBUG"):
+                err_console.print_exception()
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -262,7 +265,7 @@ def _resolve_data(model_path, options: dict, required: bool = True):
 @click.option("--eval-data", default=None, help="Held-out .npz folder for the fidelity check (default: every 5th batch of --data, not used for calibration).")
 @config_options(
     QuantConfig, "target", "method", "percentile", "op_types", "exclude_nodes", "exclude_op_types", "quantize_attention", "quantize_output_layers",
-    "accuracy_budget", "calibration_provider", "max_calibration_samples", "eval_fraction",
+    "accuracy_budget", "calibration_provider", "max_calibration_samples", "eval_fraction", "max_eval_batches",
 )
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")
 @threads_option
@@ -332,7 +335,7 @@ def _print_quantization(report) -> None:
 @output_option
 @config_options(PruneConfig, "ratio")
 @data_options
-@config_options(PruneConfig, "importance", "scope", "round_to", "target_params", "target_macs", "recovery", "unstructured", "token_mask", "only")
+@config_options(PruneConfig, "max_calibration_samples", "importance", "scope", "round_to", "target_params", "target_macs", "recovery", "unstructured", "token_mask", "only")
 @threads_option
 @config_options(PruneConfig, "latency_runs")
 @report_option

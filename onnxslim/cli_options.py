@@ -83,6 +83,8 @@ def _size(ctx, param, value):
         height, width = (int(v) for v in value.lower().split("x"))
     except ValueError:
         raise click.BadParameter(f"'{value}' is not HEIGHTxWIDTH, e.g. 224x224") from None
+    if height < 1 or width < 1:
+        raise click.BadParameter(f"'{value}': height and width must be at least 1")
     return height, width
 
 

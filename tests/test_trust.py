@@ -247,3 +247,77 @@ def test_every_command_works_when_node_names_repeat_or_are_empty(tmp_path, name)
         result = invoke(*args)
         assert result.exit_code == 0, (args[0], result.output)
     assert digest(path) == before  # names are made unique in the working copy only
+
+
+def test_image_size_must_be_positive(save, tmp_path):
+    path = save(conv_bn_relu())
+    result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data", tmp_path, "--image-size", "0x0")
+    assert result.exit_code == 2 and "at least 1" in result.output and "Traceback" not in result.output
+
+
+LOADERS = {
+    "missing": None,
+    "syntax": "def batches(:\n",
+    "raises_on_import": "raise RuntimeError('no GPU here')\n",
+    "raises_mid_stream": (
+        "import numpy as np\n"
+        "def batches():\n"
+        "    for i in range(6):\n"
+        "        if i == 3:\n"
+        "            raise ValueError('corrupt record 3')\n"
+        "        yield {'input': np.ones((1, 3, 32, 32), np.float32) * i}\n"
+    ),
+    "needs_arguments": "def batches(folder):\n    yield {}\n",
+}
+
+
+@pytest.mark.parametrize(("kind", "needle"), [
+    ("missing", "file not found"), ("syntax", "SyntaxError"), ("raises_on_import", "RuntimeError: no GPU here"),
+    ("raises_mid_stream", "batch 3 raised ValueError: corrupt record 3"), ("needs_arguments", "calling it raised TypeError"),
+])
+def test_loader_errors_are_one_line_naming_the_loader(save, tmp_path, kind, needle):
+    path = save(conv_bn_relu())
+    loader = tmp_path / f"{kind}.py"
+    if LOADERS[kind] is not None:
+        loader.write_text(LOADERS[kind])
+    result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data-loader", f"{loader}:batches", "--latency-runs", "0", "-q")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{kind}.py" in result.output and needle in result.output.replace("\n", " "), result.output
+
+
+ENDLESS = """
+import numpy as np
+from pathlib import Path
+LOG = Path(__file__).with_suffix(".log")
+def batches():
+    with LOG.open("a") as log:
+        log.write("call\\n")
+    rng = np.random.default_rng(0)
+    while True:
+        with LOG.open("a") as log:
+            log.write("item\\n")
+        yield {"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)}
+"""
+
+
+@pytest.mark.parametrize("command", ["quantize", "prune"])
+def test_an_endless_loader_is_called_once_and_read_no_further_than_max_samples(save, tmp_path, command):
+    path = save(conv_bn_relu())
+    loader = tmp_path / "endless.py"
+    loader.write_text(ENDLESS)
+    result = invoke(command, path, "-o", tmp_path / "out.onnx", "--data-loader", f"{loader}:batches", "--max-samples", "20", "--latency-runs", "0", "-q")
+    assert result.exit_code == 0, result.output
+    log = (tmp_path / "endless.log").read_text().split()
+    assert log.count("call") == 1
+    assert log.count("item") <= 20 + 5 + 1  # the calibration batches, their share held out, and one read ahead
+
+
+def test_an_eval_fraction_that_leaves_no_calibration_data_is_a_usage_error(save, npz_folder, tmp_path):
+    import numpy as np
+
+    path = save(conv_bn_relu())
+    data = npz_folder([{"input": np.random.default_rng(i).normal(size=(1, 3, 32, 32)).astype(np.float32)} for i in range(6)])
+    result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data", data, "--eval-fraction", "0.7", "-q")
+    assert result.exit_code == 2 and "hold out every batch" in result.output, result.output

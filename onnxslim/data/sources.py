@@ -8,6 +8,7 @@ label names the file a batch came from so that errors can point at it.
 
 from __future__ import annotations
 
+import itertools
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -146,10 +147,11 @@ class RandomInputs:
 class CheckedSource:
     """Wraps a source and checks each batch against the model's inputs as it is read."""
 
-    def __init__(self, source: DataSource, inputs: list[TensorSpec], *, finite: bool = True):
+    def __init__(self, source: DataSource, inputs: list[TensorSpec], *, finite: bool = True, check: bool = True):
         self.source = source
         self.inputs = inputs
         self.finite = finite
+        self.check = check  # False for batches checked when they were first read
         self.description = source.description
 
     def __len__(self) -> int:
@@ -163,8 +165,52 @@ class CheckedSource:
 
     def __iter__(self) -> Iterator[tuple[str, Batch]]:
         for label, batch in self.source:
-            check_batch(batch, self.inputs, label, finite=self.finite)
+            if self.check:
+                check_batch(batch, self.inputs, label, finite=self.finite)
             yield label, batch
+
+
+def reiterable(source) -> bool:
+    """False for sources that can be read only once (a loader function's generator)."""
+    inner = getattr(source, "source", source)
+    return getattr(inner, "reiterable", True)
+
+
+def in_memory(items: list[tuple[str, Batch]], like) -> CheckedSource:
+    """Batches already read (and checked), kept under their labels as a source that can be read again."""
+    if not items:
+        raise DataError(f"{like.description}: no batches")
+    memory = InMemory([batch for _, batch in items], labels=[label for label, _ in items])
+    memory.description = like.description
+    return CheckedSource(memory, getattr(like, "inputs", []), check=False)
+
+
+def read_once(source, limit: int | None) -> CheckedSource:
+    """Read up to ``limit`` batches (all, without one) of a one-shot source into memory."""
+    return in_memory(list(itertools.islice(source, limit)), source)
+
+
+class FirstBatches:
+    """The first ``limit`` batches of a source that can be read again, read again as often as needed."""
+
+    def __init__(self, source, limit: int):
+        self.source, self.limit = source, limit
+        self.description = f"the first {limit} batch(es) of {source.description}"
+        self.inputs = getattr(source, "inputs", [])
+
+    def known_length(self) -> int | None:
+        total = self.source.known_length()
+        return None if total is None else min(total, self.limit)
+
+    def __iter__(self) -> Iterator[tuple[str, Batch]]:
+        yield from itertools.islice(self.source, self.limit)
+
+
+def for_several_passes(source, limit: int | None):
+    """``source`` bounded to ``limit`` batches, readable as often as a pass over the data needs it."""
+    if not reiterable(source):
+        return read_once(source, limit)
+    return FirstBatches(source, limit) if limit is not None else source
 
 
 def open_data(
@@ -239,6 +285,11 @@ class ImageFolder:
             yield str(path), {self.input_name: np.ascontiguousarray(array[None], dtype=np.float32)}
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "(no message)"
+
+
 class LoaderFunction:
     """Batches from a user function ``module:function`` (or ``path/to/file.py:function``) yielding dicts."""
 
@@ -259,8 +310,12 @@ class LoaderFunction:
                 module_spec.loader.exec_module(module)
             else:
                 module = importlib.import_module(module_name)
+        except DataError:
+            raise
         except ImportError as exc:
-            raise DataError(f"--data-loader: cannot import '{module_name}': {exc}") from None
+            raise DataError(f"--data-loader: cannot import '{module_name}': {exc}") from exc
+        except Exception as exc:  # the loader's own code failed while being imported (SyntaxError, RuntimeError, ...)
+            raise DataError(f"--data-loader {spec}: importing '{module_name}' raised {type(exc).__name__}: {_first_line(exc)}") from exc
         self.function = getattr(module, function_name, None)
         if not callable(self.function):
             raise DataError(f"--data-loader: '{module_name}' has no function '{function_name}'")
@@ -270,11 +325,25 @@ class LoaderFunction:
     def __len__(self) -> int:
         raise TypeError("a loader function's length is not known in advance")
 
+    reiterable = False  # a generator may be one-shot or shuffle: it is called once and read once
+
     def __iter__(self) -> Iterator[tuple[str, Batch]]:
-        for index, batch in enumerate(self.function()):
+        try:
+            stream = iter(self.function())
+        except Exception as exc:  # the user's function, called with no arguments
+            raise DataError(f"--data-loader {self.spec}: calling it raised {type(exc).__name__}: {_first_line(exc)}") from exc
+        index = 0
+        while True:
+            try:
+                batch = next(stream)
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise DataError(f"--data-loader {self.spec}: batch {index} raised {type(exc).__name__}: {_first_line(exc)}") from exc
             if not isinstance(batch, Mapping):
                 raise DataError(f"{self.spec}: item {index} is {type(batch).__name__}, not a dict of input name -> array")
             yield f"{self.spec} item {index}", {k: np.asarray(v) for k, v in batch.items()}
+            index += 1
 
 
 def from_reader(reader) -> InMemory:
@@ -309,16 +378,15 @@ def as_source(data) -> DataSource | str | Path:
 class InMemory:
     """A list of input dicts."""
 
-    def __init__(self, batches: list[Mapping[str, np.ndarray]], label: str = "batch"):
+    def __init__(self, batches: list[Mapping[str, np.ndarray]], label: str = "batch", labels: list[str] | None = None):
         if not batches:
             raise DataError("the list of batches is empty")
         self.batches = [{k: np.asarray(v) for k, v in b.items()} for b in batches]
-        self.label = label
+        self.labels = labels or [f"{label} {index}" for index in range(len(self.batches))]
         self.description = f"{len(self.batches)} in-memory batch(es)"
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self) -> Iterator[tuple[str, Batch]]:
-        for index, batch in enumerate(self.batches):
-            yield f"{self.label} {index}", batch
+        yield from zip(self.labels, self.batches)

@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 import onnx
 
-from onnxslim.data.sources import DataSource, open_data
+from onnxslim.data.sources import DataSource, for_several_passes, open_data
 from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
 from onnxslim.ir.counts import count_macs, count_parameters
 from onnxslim.ir.io import load_model, model_file_bytes
@@ -80,6 +80,7 @@ class PruneConfig:
     )
     unstructured: bool = setting(False, "Zero the smallest weights instead of removing channels (smaller after compression, not faster).")
     only: str = setting("all", "Prune only whole attention heads, or only channels and neurons.", choices=("all", "heads", "channels"))
+    max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
     threads: int = 1  # onnxruntime intra-op threads for timing; 0: onnxruntime's default
     latency_runs: int = setting(30, "Timed runs before/after, interleaved, when data is given (0: no timing).", low=0)
 
@@ -220,6 +221,8 @@ def prune(
     work = load_model(original)
     prepared = PREPARE(work)
     source = open_data(data, graph_inputs(original), input_shapes=input_shapes) if data is not None else None
+    if source is not None:
+        source = for_several_passes(source, config.max_calibration_samples)
     config = config.with_data(source is not None)
     if (config.importance == "activation" or config.recovery != "none") and source is None:
         raise UsageError("activation importance and recovery need calibration data: give --data")

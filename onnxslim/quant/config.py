@@ -47,7 +47,7 @@ class QuantConfig:
     calibration_provider: str = setting("cpu", "Execution provider for calibration runs.")
     max_calibration_samples: int | None = setting(None, "Calibrate on at most this many batches.", low=1, option="--max-samples")
     eval_fraction: float = setting(0.2, "Share of --data held out for the fidelity check.", low=0.0, high=0.9)
-    max_eval_batches: int = 64
+    max_eval_batches: int = setting(64, "Measure fidelity on at most this many held-out batches.", low=1)
     threads: int = 1  # onnxruntime intra-op threads for timing; 0: onnxruntime's default
     latency_runs: int = setting(30, "Timed runs of FP32 and INT8, interleaved (0: no timing).", low=0)
     if_slower: str = setting("keep-fp32", "What to write when INT8 is not faster than FP32.", choices=IF_SLOWER)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxslim.data.sources import DataSource, open_data
-from onnxslim.errors import DataError, ModelLoadError, NothingToDoError
+from onnxslim.data.sources import DataSource, in_memory, open_data, read_once, reiterable
+from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageError
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.tensors import graph_inputs
@@ -109,18 +109,43 @@ class QuantRun:
         self._reference = None
 
     def _split(self, source, eval_data, inputs, input_shapes):
-        """Calibration batches (re-iterable) and held-out batches (kept in memory: they are few)."""
-        limit = self.config.max_calibration_samples
+        """Calibration batches (re-iterable) and held-out batches (kept in memory: they are few).
+
+        The data is read once, and no further than it is used: with
+        ``max_calibration_samples`` the read stops once that many calibration
+        batches and their share of held-out ones are in. A source that cannot
+        be read twice (a loader function) is kept in memory as it is read.
+        """
+        limit, cap = self.config.max_calibration_samples, self.config.max_eval_batches
+        once = not reiterable(source)
         if eval_data is not None:
-            held_out = list(itertools.islice(open_data(eval_data, inputs, input_shapes=input_shapes), self.config.max_eval_batches))
-            return _Calibration(source, set(), limit), held_out, f"{len(held_out)} batch(es) of --eval-data"
+            evaluation = open_data(eval_data, inputs, input_shapes=input_shapes)
+            held_out = list(itertools.islice(evaluation, cap + 1))
+            if len(held_out) > cap:
+                held_out = held_out[:cap]
+                self.warnings.append(f"evaluation uses the first {cap} batches of --eval-data (--max-eval-batches)")
+            calibration = read_once(source, limit) if once else source
+            return _Calibration(calibration, set(), limit), held_out, f"{len(held_out)} batch(es) of --eval-data"
         period = round(1.0 / self.config.eval_fraction) if self.config.eval_fraction > 0 else 0
-        held_out, held_index, count = [], set(), 0
+        if period == 1:
+            raise UsageError(f"--eval-fraction {self.config.eval_fraction} would hold out every batch; use at most 0.5, or give --eval-data")
+        held_out, held_index, kept, count, taken = [], set(), [], 0, 0
+        wanted_held = cap if limit is None or not period else min(cap, max(1, -(-limit // (period - 1))))
         for index, item in enumerate(source):
             count = index + 1
-            if period and index % period == period - 1 and len(held_out) < self.config.max_eval_batches:
+            if once:
+                kept.append(item)
+            if period and index % period == period - 1 and len(held_out) < cap:
                 held_out.append(item)
                 held_index.add(index)
+            else:
+                taken += 1
+            if limit is not None and taken >= limit and (not period or len(held_out) >= wanted_held):
+                break
+        if once:
+            source = in_memory(kept, source)
+        if count == 0:
+            raise DataError(f"{source.description}: no batches")
         if not held_out and count >= 2 and period:
             held_index = {count - 1}
             held_out = [item for index, item in enumerate(source) if index == count - 1]
@@ -128,6 +153,8 @@ class QuantRun:
             self.warnings.append("no held-out data: fidelity is measured on calibration batches; pass --eval-data or more batches")
             calibration = _Calibration(source, set(), limit)
             return calibration, list(itertools.islice(calibration, SENSITIVITY_BATCHES)), "the calibration batches (no held-out data)"
+        if len(held_out) == cap and source.known_length() is not None and source.known_length() // period > cap:
+            self.warnings.append(f"evaluation uses {cap} held-out batches; more are available (--max-eval-batches)")
         calibration = _Calibration(source, held_index, limit)
         return calibration, held_out, f"{len(held_out)} held-out batch(es) of --data (1 in {period}, not used for calibration)"
 
