@@ -255,7 +255,11 @@ def _resolve_data(model_path, options: dict, required: bool = True):
 
     keys = ("data", "data_loader", "image_size", "image_layout", "image_scale", "image_mean", "image_std", "image_channels")
     model = load_model(model_path, load_weights=False)
-    return data_from_options(model, required=required, **{k: options[k] for k in keys})
+    return data_from_options(model, required=required, warn=_warn, **{k: options[k] for k in keys})
+
+
+def _warn(text: str) -> None:
+    err_console.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -345,6 +349,9 @@ def prune(model, output, threads, report_path, quiet, input_shapes, **options):
     check_destinations(inputs=[model], output=output, report=report_path)
     from onnxslim.prune import prune as prune_model
 
+    ratio_given = click.get_current_context().get_parameter_source("ratio") == click.core.ParameterSource.COMMANDLINE
+    if ratio_given and (options.get("target_params") is not None or options.get("target_macs") is not None):
+        raise click.UsageError("give --ratio or --target-params/--target-macs, not both: a target chooses the ratio")
     config = PruneConfig(threads=threads, **config_values(PruneConfig, options))
     data = _resolve_data(model, options, required=False)
     _, report = prune_model(model, output, config=config, data=data, input_shapes=input_shapes, show_progress=not quiet)

@@ -321,3 +321,37 @@ def test_an_eval_fraction_that_leaves_no_calibration_data_is_a_usage_error(save,
     data = npz_folder([{"input": np.random.default_rng(i).normal(size=(1, 3, 32, 32)).astype(np.float32)} for i in range(6)])
     result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data", data, "--eval-fraction", "0.7", "-q")
     assert result.exit_code == 2 and "hold out every batch" in result.output, result.output
+
+
+def test_silently_ignored_input_is_named(save, npz_folder, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    path = save(conv_bn_relu())
+    rng = np.random.default_rng(3)
+    data = npz_folder([{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)} for _ in range(6)])
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    out = tmp_path / "q.onnx"
+    quantize = ("quantize", path, "-o", out, "--latency-runs", "0", "-q")
+
+    result = invoke(*quantize, "--data", images)
+    assert result.exit_code == 0 and "--image-mean and --image-std" in result.output, result.output
+    np.savez(images / "stray.npz", input=np.zeros((1, 3, 32, 32), np.float32))
+    assert invoke(*quantize, "--data", images).exit_code == 2
+    result = invoke(*quantize, "--data", data, "--exclude-nodes", "no_such_node")
+    assert result.exit_code == 0 and "no node named 'no_such_node'" in result.output, result.output
+    result = invoke(*quantize, "--data", data, "--input-shapes", "image:1,3,32,32")
+    assert result.exit_code == 2 and "'image', which is not a model input" in result.output, result.output
+    result = invoke("prune", path, "-o", out, "--ratio", "0.5", "--target-macs", "0.5", "-q")
+    assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_prune_says_when_accuracy_was_not_measured_on_real_data(save, tmp_path):
+    path = save(conv_bn_relu())
+    result = invoke("prune", path, "-o", tmp_path / "p.onnx", "--latency-runs", "0", "-q")
+    assert result.exit_code == 0 and "accuracy was not measured" in result.output.replace("\n", " "), result.output
+    result = invoke("prune", path, "-o", tmp_path / "p.onnx", "--data", "random", "--latency-runs", "0", "-q")
+    assert result.exit_code == 0 and "proves nothing about real inputs" in result.output.replace("\n", " "), result.output

@@ -12,8 +12,11 @@ from onnxslim.ir.tensors import graph_inputs
 
 
 def data_from_options(model: onnx.ModelProto, *, data: str | None, data_loader: str | None, image_size, image_layout: str, image_scale: float,
-                      image_mean, image_std, image_channels: str, required: bool = True):
-    """The data source the options describe: .npz folder, image folder, loader function or 'random'."""
+                      image_mean, image_std, image_channels: str, required: bool = True, warn=lambda text: None):
+    """The data source the options describe: .npz folder, image folder, loader function or 'random'.
+
+    ``warn`` is called with what the user should know about the choice (images without normalization).
+    """
     if data and data_loader:
         raise UsageError("give either --data or --data-loader, not both")
     if data_loader:
@@ -23,7 +26,10 @@ def data_from_options(model: onnx.ModelProto, *, data: str | None, data_loader: 
             raise UsageError("give --data DIR (.npz batches or images), --data-loader MODULE:FUNCTION, or --data random")
         return None
     folder = Path(data)
-    if data != "random" and folder.is_dir() and not any(folder.glob("*.npz")) and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+    has_images = data != "random" and folder.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
+    if has_images and any(folder.glob("*.npz")):
+        raise UsageError(f"{folder} holds both .npz batches and images: put them in separate folders (onnxslim reads one kind)")
+    if has_images:
         inputs = graph_inputs(model)
         if len(inputs) != 1:
             raise UsageError(f"an image folder feeds models with one input; this one has {len(inputs)}: {', '.join(i.name for i in inputs)}")
@@ -34,6 +40,8 @@ def data_from_options(model: onnx.ModelProto, *, data: str | None, data_loader: 
                 image_size = tuple(spatial)
             else:
                 raise UsageError(f"{folder} holds images: give --image-size HxW (the model's input '{inputs[0].name}' is {inputs[0].shape_text()})")
+        if image_mean is None and image_std is None:
+            warn(f"{folder}: images are only scaled by {image_scale:g}: give --image-mean and --image-std if the model was trained on normalized inputs")
         return ImageFolder(
             folder, inputs[0].name, size=image_size, layout=image_layout, scale=image_scale,
             mean=image_mean or (0.0, 0.0, 0.0), std=image_std or (1.0, 1.0, 1.0), channels=image_channels,

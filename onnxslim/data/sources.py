@@ -222,6 +222,9 @@ def open_data(
     seed: int = 0,
 ) -> CheckedSource:
     """Open ``data`` ('random', a folder or file of .npz, a DataSource, a reader, a list) as checked batches."""
+    unknown = sorted(set(input_shapes or {}) - {spec.name for spec in inputs})
+    if unknown:
+        raise UsageError(f"--input-shapes names '{unknown[0]}', which is not a model input ({', '.join(spec.name for spec in inputs)})")
     data = as_source(data)
     if isinstance(data, (str, Path)):
         if str(data) == "random":

@@ -227,8 +227,10 @@ def prune(
     if (config.importance == "activation" or config.recovery != "none") and source is None:
         raise UsageError("activation importance and recovery need calibration data: give --data")
     config = _resolve_token_mask(config, original)
+    data_warnings = _data_warnings(data, config)
     report = PruneReport(label, str(output) if output else None, "unstructured" if config.unstructured else "structured", config.__dict__.copy())
     report.prepare = prepared
+    report.warnings.extend(data_warnings)
     shapes = _shapes_for(work, source) if source is not None else infer_shapes(work, input_shapes or {})
     if config.unstructured:
         pruned, lines = magnitude_sparsify(work, config.ratio)
@@ -296,6 +298,16 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
         report.latency = latency_ratio(
             original, pruned, feed, threads=config.threads, runs=config.latency_runs, description="timing original vs pruned", labels=("original", "pruned model")
         )
+
+
+def _data_warnings(data, config: PruneConfig) -> list[str]:
+    """What the user must know about the data behind the numbers (or their absence)."""
+    if data is None:
+        return ["no --data: the pruned model's accuracy was not measured and nothing was recovered; give real inputs with --data"]
+    if isinstance(data, str) and data == "random":
+        what = "channels were ranked and layers refit on noise" if config.recovery == "refit" else "the fidelity reported is on noise"
+        return [f"--data random: {what}, which proves nothing about real inputs; recovery and accuracy need real data"]
+    return []
 
 
 def _resolve_token_mask(config: PruneConfig, model: onnx.ModelProto) -> PruneConfig:

@@ -314,6 +314,10 @@ def quantize(
     report = QuantReport(run.label, str(output) if output else None, config.target, config.method, budget=config.accuracy_budget)
     report.prepare = run.prepare_results
     report.warnings.extend(run.warnings)
+    names = {n.name for n in run.prepared.graph.node}
+    types = {n.op_type for n in run.prepared.graph.node}
+    report.warnings.extend(f"--exclude-nodes: no node named '{name}' (names as in the report's decisions)" for name in config.exclude_nodes if name not in names)
+    report.warnings.extend(f"--exclude-op-types: the model has no {op} node" for op in config.exclude_op_types if op not in types)
     plan = run.plan(config)
     if not plan.quantized_nodes:
         reasons = sorted({d.reason.text for d in plan.decisions.values()})[:3]
