@@ -1,7 +1,14 @@
-"""Progress bars for long steps, on stderr so that stdout stays clean for JSON."""
+"""Progress for long steps, on stderr so that stdout stays clean for JSON.
+
+On a terminal, a rich progress bar; when stderr is piped to a file or a log
+collector, plain lines at most every few seconds (and at the end), so that a
+CI log shows the step is alive and how far it got.
+"""
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -11,10 +18,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 T = TypeVar("T")
 
 stderr_console = Console(stderr=True)
+PLAIN_INTERVAL_S = 5.0
 
 
 def track(items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True) -> Iterator[T]:
-    """Iterate ``items``, drawing a progress bar on stderr when ``enabled``."""
+    """Iterate ``items``, showing progress on stderr when ``enabled``."""
     if not enabled:
         yield from items
         return
@@ -23,9 +31,33 @@ def track(items: Iterable[T], description: str, *, total: int | None = None, ena
             total = len(items)  # type: ignore[arg-type]
         except TypeError:
             total = None
+    if not stderr_console.is_terminal:
+        yield from _plain_lines(items, description, total)
+        return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=stderr_console, transient=True) as progress:
         task = progress.add_task(description, total=total)
         for item in items:
             yield item
             progress.advance(task)
+
+
+def _plain_lines(items: Iterable[T], description: str, total: int | None) -> Iterator[T]:
+    start = last = time.monotonic()
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if now - last >= PLAIN_INTERVAL_S:
+            last = now
+            print(_line(description, done, total, now - start), file=sys.stderr, flush=True)
+    if done:
+        print(_line(description, done, total, time.monotonic() - start) + " done", file=sys.stderr, flush=True)
+
+
+def _line(description: str, done: int, total: int | None, elapsed: float) -> str:
+    if total:
+        remaining = elapsed / done * (total - done) if done else 0.0
+        return f"{description}: {done}/{total} ({done / total:.0%}), {elapsed:.1f} s, about {remaining:.0f} s left"
+    return f"{description}: {done}, {elapsed:.1f} s"

@@ -355,3 +355,12 @@ def test_prune_says_when_accuracy_was_not_measured_on_real_data(save, tmp_path):
     assert result.exit_code == 0 and "accuracy was not measured" in result.output.replace("\n", " "), result.output
     result = invoke("prune", path, "-o", tmp_path / "p.onnx", "--data", "random", "--latency-runs", "0", "-q")
     assert result.exit_code == 0 and "proves nothing about real inputs" in result.output.replace("\n", " "), result.output
+
+
+def test_progress_shows_as_plain_lines_when_output_is_piped(monkeypatch, capsys):
+    import onnxslim.progress as progress
+
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL_S", 0.0)
+    assert list(progress.track(range(3), "calibrating")) == [0, 1, 2]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("calibrating: 1/3 (33%)") and lines[-1].startswith("calibrating: 3/3 (100%)") and lines[-1].endswith("done")
