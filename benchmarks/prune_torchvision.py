@@ -91,7 +91,7 @@ def run_tool(name: str, tool: str, ratio: float) -> dict:
             if not base.exists():  # one export per model, shared by every ratio
                 export(module, base, size)
             target = WORK / f"{name}.onnxslim-{ratio}.onnx"
-            _, report = prune(base, target, config=PruneConfig(ratio=ratio, latency_runs=0))
+            _, report = prune(base, config=PruneConfig(ratio=ratio, latency_runs=0), output=target)
             entry = {"params": report.parameters[1] / report.parameters[0], "groups": f"{len(report.pruned_groups)}/{len(report.groups)}"}
         else:
             params0 = sum(p.numel() for p in module.parameters())

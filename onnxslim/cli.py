@@ -107,7 +107,8 @@ def _count(value: int) -> str:
 @input_shapes_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of tables.")
 @report_option
-def inspect(model, input_shapes, as_json, report_path):
+@quiet_option
+def inspect(model, input_shapes, as_json, report_path, quiet):
     """Show opset, inputs/outputs, op histogram, parameters and MACs of MODEL."""
     check_destinations(inputs=[model], report=report_path)
     from onnxslim.summary import inspect as inspect_model
@@ -147,13 +148,14 @@ def _print_summary(summary) -> None:
 @click.argument("model", type=click.Path(dir_okay=True))
 @output_option
 @report_option
-def optimize(model, output, report_path):
+@quiet_option
+def optimize(model, output, report_path, quiet):
     """Clean MODEL up: Constant weights to initializers, constant folding, BatchNorm folding, dead code."""
     check_destinations(inputs=[model], output=output, report=report_path)
     from onnxslim.optimize import optimize as optimize_model
 
     _, report = optimize_model(model, output)
-    for result in report.passes:
+    for result in report.passes if not quiet else ():
         if result.changes:
             console.print(f"[green]{result.name}[/]: {escape(result.summary())}", highlight=False)
         for decline in result.declined:
@@ -170,12 +172,11 @@ def optimize(model, output, report_path):
 @main.command()
 @click.argument("reference", type=click.Path(dir_okay=True))
 @click.argument("candidate", type=click.Path(dir_okay=True))
-@click.option("--data", default=None, help="Folder of .npz batches (keys = input names), or 'random'.")
-@input_shapes_option
+@data_options
 @providers_option()
 @threads_option
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs of each model before timing.")
-@click.option("--runs", type=click.IntRange(min=0), default=50, show_default=True, help="Timed runs of each model, interleaved (0: no timing).")
+@click.option("--latency-runs", "--runs", "runs", type=click.IntRange(min=0), default=50, show_default=True, help="Timed runs of each model, interleaved (0: no timing).")
 @click.option("--min-cosine", type=float, default=None, help="Fail (exit 3) when an output's cosine similarity is below this.")
 @click.option("--min-snr", "min_snr_db", type=float, default=None, help="Fail when an output's SNR in dB is below this.")
 @click.option("--max-abs-error", type=float, default=None, help="Fail when an output's largest absolute error exceeds this.")
@@ -183,14 +184,14 @@ def optimize(model, output, report_path):
 @click.option("--max-latency-ratio", type=float, default=None, help="Fail when candidate/reference median latency exceeds this.")
 @report_option
 @quiet_option
-def validate(reference, candidate, data, input_shapes, providers, threads, warmup, runs, min_cosine, min_snr_db, max_abs_error, min_top1, max_latency_ratio, report_path, quiet):
+def validate(reference, candidate, input_shapes, providers, threads, warmup, runs, min_cosine, min_snr_db, max_abs_error, min_top1, max_latency_ratio, report_path, quiet,
+             **data_options):
     """Compare CANDIDATE with REFERENCE: accuracy per output, latency, where nodes ran."""
     check_destinations(inputs=[reference, candidate], report=report_path)
     from onnxslim.validate import Gates
     from onnxslim.validate import validate as validate_models
 
-    if data is None:
-        raise click.UsageError("give --data DIR (a folder of .npz batches) or --data random")
+    data = _resolve_data(reference, data_options)
     gates = Gates(min_cosine, min_snr_db, max_abs_error, min_top1, max_latency_ratio)
     report = validate_models(
         reference, candidate, data, providers=providers, input_shapes=input_shapes, threads=threads or None, warmup=warmup, runs=runs, gates=gates, show_progress=not quiet
@@ -249,13 +250,17 @@ def _print_validation(report) -> None:
 
 
 # ---------------------------------------------------------------- quantize
-def _resolve_data(model_path, options: dict, required: bool = True):
+def _resolve_data(model_path, options: dict, required: bool = True, *, data=None):
+    """The data the options describe; ``data`` replaces --data (as --eval-data does), read with the same image options."""
     from onnxslim.data.resolve import data_from_options
     from onnxslim.ir import load_model
 
     keys = ("data", "data_loader", "image_size", "image_layout", "image_scale", "image_mean", "image_std", "image_channels")
+    values = {k: options[k] for k in keys}
+    if data is not None:
+        values.update(data=data, data_loader=None)
     model = load_model(model_path, load_weights=False)
-    return data_from_options(model, required=required, warn=_warn, **{k: options[k] for k in keys})
+    return data_from_options(model, required=required, warn=_warn, **values)
 
 
 def _warn(text: str) -> None:
@@ -266,7 +271,9 @@ def _warn(text: str) -> None:
 @click.argument("model", type=click.Path(dir_okay=True))
 @output_option
 @data_options
-@click.option("--eval-data", default=None, help="Held-out .npz folder for the fidelity check (default: every 5th batch of --data, not used for calibration).")
+@click.option("--eval-data", default=None, help=(
+    "Held-out data for the fidelity check, read like --data (default: every 5th batch of --data, not used for calibration)."
+))
 @config_options(
     QuantConfig, "target", "method", "percentile", "op_types", "exclude_nodes", "exclude_op_types", "quantize_attention", "quantize_output_layers",
     "accuracy_budget", "calibration_provider", "max_calibration_samples", "eval_fraction", "max_eval_batches",
@@ -283,6 +290,7 @@ def quantize(model, output, eval_data, per_tensor, threads, report_path, quiet, 
 
     config = QuantConfig(per_channel=not per_tensor, threads=threads, **config_values(QuantConfig, options))
     data = _resolve_data(model, options)
+    eval_data = _resolve_data(model, options, data=eval_data) if eval_data is not None else None
     _, report = quantize_model(model, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
     _print_quantization(report)
     _finish(report.to_dict(), report_path)
@@ -354,7 +362,7 @@ def prune(model, output, threads, report_path, quiet, input_shapes, **options):
         raise click.UsageError("give --ratio or --target-params/--target-macs, not both: a target chooses the ratio")
     config = PruneConfig(threads=threads, **config_values(PruneConfig, options))
     data = _resolve_data(model, options, required=False)
-    _, report = prune_model(model, output, config=config, data=data, input_shapes=input_shapes, show_progress=not quiet)
+    _, report = prune_model(model, data, config=config, output=output, input_shapes=input_shapes, show_progress=not quiet)
     _print_pruning(report)
     _finish(report.to_dict(), report_path)
 

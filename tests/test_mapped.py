@@ -98,7 +98,7 @@ def test_prune_from_disk_equals_prune_in_memory(tmp_path, big_threshold, npz_fol
     data = npz_folder(sample_inputs(model, 4))
     config = PruneConfig(ratio=0.5, latency_runs=3, importance="activation", recovery="refit")
     in_memory, _ = prune(model, config=config, data=data)
-    _, report = prune(path, tmp_path / "p.onnx", config=config, data=data)
+    _, report = prune(path, data, config=config, output=tmp_path / "p.onnx")
     written = onnx.load(str(tmp_path / "p.onnx"))
     for feed in sample_inputs(model, 2, seed=7):
         np.testing.assert_allclose(run_model(written, feed)[0], run_model(in_memory, feed)[0], rtol=0, atol=1e-5)
@@ -122,7 +122,7 @@ def test_external_data_without_lengths_one_file_per_tensor(tmp_path, big_thresho
         entry.key, entry.value = "location", f"w{index}"
     onnx.save(model, str(folder / "model.onnx"))
     assert io.model_weight_bytes(load_model(folder / "model.onnx", load_weights=False)) > 1000
-    pruned, report = prune(folder / "model.onnx", tmp_path / "p.onnx", config=PruneConfig(ratio=0.5, latency_runs=0))
+    pruned, report = prune(folder / "model.onnx", config=PruneConfig(ratio=0.5, latency_runs=0), output=tmp_path / "p.onnx")
     assert report.parameters[1] < report.parameters[0]
     feed = sample_inputs(residual(), 1)[0]
     assert run_model(onnx.load(str(tmp_path / "p.onnx")), feed)[0].shape == run_model(residual(), feed)[0].shape

@@ -47,3 +47,41 @@ def test_prune_recovery_defaults_to_refit_with_data_in_the_api_as_in_the_cli():
     assert PruneConfig().with_data(True).recovery == "refit"
     assert PruneConfig().with_data(False).recovery == "none"
     assert PruneConfig(recovery="bias").with_data(True).recovery == "bias"
+
+
+DATA_OPTIONS = {"--data", "--data-loader", "--image-size", "--image-layout", "--image-scale", "--image-mean", "--image-std", "--image-channels", "--input-shapes"}
+
+
+def options_of(command: str) -> set[str]:
+    return {opt for p in main.commands[command].params for opt in getattr(p, "opts", [])}
+
+
+def test_the_same_option_names_on_every_command():
+    for command in ("quantize", "prune", "validate"):
+        assert DATA_OPTIONS <= options_of(command), command
+        assert {"--latency-runs", "--threads", "--max-samples"} & options_of(command) >= {"--latency-runs", "--threads"}, command
+    for command in main.commands:
+        assert {"-q", "--report"} <= options_of(command), command
+    assert "--max-samples" in options_of("quantize") and "--max-samples" in options_of("prune")
+
+
+def test_validate_reads_images_like_quantize(tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from models.builders import conv_bn_relu
+
+    path = tmp_path / "m.onnx"
+    import onnx
+
+    onnx.save(conv_bn_relu(), str(path))
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    result = CliRunner().invoke(main, ["validate", str(path), str(path), "--data", str(images), "--image-mean", "0.5,0.5,0.5", "--image-std", "0.25,0.25,0.25",
+                                       "--latency-runs", "0", "--min-cosine", "0.999", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.output

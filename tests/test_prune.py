@@ -265,7 +265,7 @@ def test_a_rule_that_leaves_a_stale_size_is_caught_before_writing(monkeypatch, t
 
     monkeypatch.setattr(SliceBounds, "apply", lambda self, weights, removed: None)  # forget to move the slice bounds
     with pytest.raises(OnnxSlimError, match="fails a test run"):
-        prune(ALL_BUILDERS["channel_shuffle"](), tmp_path / "out.onnx", config=FAST)
+        prune(ALL_BUILDERS["channel_shuffle"](), config=FAST, output=tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
 
 

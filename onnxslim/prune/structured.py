@@ -208,14 +208,17 @@ def _shapes_for(model: onnx.ModelProto, source) -> dict:
 
 def prune(
     model: str | os.PathLike | onnx.ModelProto,
-    output: str | os.PathLike | None = None,
+    data: str | os.PathLike | DataSource | None = None,
     *,
     config: PruneConfig = PruneConfig(),
-    data: str | os.PathLike | DataSource | None = None,
+    output: str | os.PathLike | None = None,
     input_shapes=None,
     show_progress: bool = False,
 ) -> tuple[onnx.ModelProto, PruneReport]:
-    """Prune ``model`` by ``config``; write to ``output`` when given."""
+    """Prune ``model`` by ``config``, with optional ``data`` for ranking, recovery and checks; write to ``output`` when given.
+
+    The arguments mirror :func:`onnxslim.quantize`: the model, its data, then keywords.
+    """
     label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
     original = load_model(model)
     work = load_model(original)

@@ -109,7 +109,7 @@ def _as_session_input(model, proto: onnx.ModelProto) -> str | onnx.ModelProto:
 def validate(
     reference: str | os.PathLike | onnx.ModelProto,
     candidate: str | os.PathLike | onnx.ModelProto,
-    data: str | Path | DataSource = "random",
+    data: str | Path | DataSource,
     *,
     providers: Sequence[str] = ("cpu",),
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
