@@ -364,3 +364,14 @@ def test_progress_shows_as_plain_lines_when_output_is_piped(monkeypatch, capsys)
     assert list(progress.track(range(3), "calibrating")) == [0, 1, 2]
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("calibrating: 1/3 (33%)") and lines[-1].startswith("calibrating: 3/3 (100%)") and lines[-1].endswith("done")
+
+
+def test_misleading_reasons_say_what_really_happened(save, tmp_path):
+    path = save(conv_bn_relu())
+    result = invoke("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "1e-9", "-q")
+    assert result.exit_code == 1 and "removes no whole channel" in result.output.replace("\n", " "), result.output
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "a.npz").write_bytes(b"not an archive at all")
+    result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data", garbage, "-q")
+    assert result.exit_code == 1 and "not a .npz file: no zip archive" in result.output.replace("\n", " ") and "pickled" not in result.output, result.output

@@ -60,6 +60,14 @@ class NpzFolder:
     @staticmethod
     def _read(path: Path) -> Batch:
         try:
+            with open(path, "rb") as handle:
+                head = handle.read(6)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        if not head.startswith(b"PK"):
+            what = "pickled Python objects, which onnxslim never loads" if head[:1] == b"\x80" else f"no zip archive (it starts with {head!r})"
+            raise DataError(f"{path}: not a .npz file: {what}; write batches with numpy.savez")
+        try:
             with np.load(path, allow_pickle=False) as archive:
                 return {key: archive[key] for key in archive.files}
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:

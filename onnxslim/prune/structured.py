@@ -34,7 +34,7 @@ from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights
 from onnxslim.prune.groups import Groups, apply_removal, build_groups, kept_positions, renormalized
 from onnxslim.prune.importance import METHODS, class_scores
 from onnxslim.prune.recover import RecoveryStep, recover
-from onnxslim.prune.select import GroupReport, SelectionSettings, select
+from onnxslim.prune.select import GroupOutcome, GroupReport, SelectionSettings, select
 from onnxslim.prune.statistics import channel_energy
 from onnxslim.prune.trace import trace
 from onnxslim.prune.unstructured import magnitude_sparsify
@@ -260,6 +260,13 @@ def _remove_channels(work: onnx.ModelProto, shapes: dict, source, config: PruneC
     ratio = _ratio_for_budget(work, groups, scores, shapes, config) if (config.target_params or config.target_macs) else config.ratio
     removed, report.groups = select(groups, scores, ratio, config.selection)
     if config.ratio > 0 and not removed and not config.target_params and not config.target_macs:
+        free = [g for g in report.groups if g.outcome in (GroupOutcome.UNCHANGED, GroupOutcome.PARTLY_BLOCKED)]
+        if free:
+            largest = max(g.channels_before for g in free)
+            raise NothingToDoError(
+                f"{label}: --ratio {config.ratio:g} removes no whole channel from any group (the largest prunable group has {largest} "
+                f"channels: a ratio of at least {1 / largest:.3g} removes one from it)"
+            )
         reasons = sorted({g.skipped for g in report.groups if g.skipped})[:3]
         raise NothingToDoError(f"{label}: no channel group can be pruned ({'; '.join(reasons)})")
     pruned = apply_removal(work, groups, removed)
