@@ -375,3 +375,25 @@ def test_misleading_reasons_say_what_really_happened(save, tmp_path):
     (garbage / "a.npz").write_bytes(b"not an archive at all")
     result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data", garbage, "-q")
     assert result.exit_code == 1 and "not a .npz file: no zip archive" in result.output.replace("\n", " ") and "pickled" not in result.output, result.output
+
+
+def test_fp16_models_prune_with_data(tmp_path, npz_folder):
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    from models.builders import mlp
+
+    model = mlp()
+    for tensor in model.graph.initializer:
+        if tensor.data_type == TensorProto.FLOAT:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    path = tmp_path / "fp16.onnx"
+    onnx.save(model, str(path))
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(4)
+    data = npz_folder([{model.graph.input[0].name: rng.normal(size=shape).astype(np.float16)} for _ in range(8)])
+    result = invoke("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--data", data, "--latency-runs", "0", "-q")
+    assert result.exit_code == 0, result.output
+    assert "cosine" in result.output

@@ -109,10 +109,11 @@ def _bias_slot(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[onnx.NodeP
     return None
 
 
-def _set_input(model: onnx.ModelProto, node: onnx.NodeProto, index: int, array: np.ndarray, taken: set[str]) -> None:
+def _set_input(model: onnx.ModelProto, node: onnx.NodeProto, index: int, array: np.ndarray, taken: set[str], dtype: np.dtype) -> None:
+    """Feed ``node``'s input ``index`` from a new initializer holding ``array`` in the layer's own float type."""
     base = node.input[index] if index < len(node.input) and node.input[index] else f"{node.name}_bias"
     name = unique_name(f"{base}_recovered", taken)
-    model.graph.initializer.append(from_array(array.astype(np.float32), name))
+    model.graph.initializer.append(from_array(array.astype(dtype), name))
     while len(node.input) <= index:
         node.input.append("")
     node.input[index] = name
@@ -189,8 +190,8 @@ def _refit(original, pruned, old, new, source, ridge, taken, outputs, token_mask
     # Conv and Gemm outputs include their bias, so the intercept is the new bias; a MatMul's
     # output does not, so the intercept is a correction added to the bias of the Add after it.
     new_bias = intercept if bias_node is new else bias + intercept
-    _set_input(pruned, bias_node, bias_index, new_bias.reshape(bias.shape), taken)
-    _set_input(pruned, new, 1, _from_matrix(new_matrix, new, weight).astype(weight.dtype), taken)
+    _set_input(pruned, bias_node, bias_index, new_bias.reshape(bias.shape), taken, weight.dtype)
+    _set_input(pruned, new, 1, _from_matrix(new_matrix, new, weight), taken, weight.dtype)
     return Reason(RecoveryKind.REFIT, f"refit {count} input channel(s) by ridge least squares on {rows} rows (ridge {penalty:.3g})")
 
 
@@ -221,7 +222,7 @@ def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_ou
     bias_node, index = slot
     inits = initializer_map(pruned.graph)
     current = to_array(inits[bias_node.input[index]]) if index < len(bias_node.input) and bias_node.input[index] else np.zeros(delta.shape)
-    _set_input(pruned, bias_node, index, current + delta.reshape(current.shape), taken)
+    _set_input(pruned, bias_node, index, current + delta.reshape(current.shape), taken, before.dtype)
     return Reason(RecoveryKind.BIAS, f"added the mean contribution of {removed.size} removed channel(s) to the bias")
 
 

@@ -13,8 +13,9 @@ from onnxslim.runtime.session import Runner
 
 
 def probe_runner(model: onnx.ModelProto, names: list[str]) -> Runner:
-    """A session of ``model`` that also returns the tensors ``names``."""
-    return Runner(with_outputs(model, names), threads=None, label="probe")
+    """A session of ``model`` that also returns the tensors ``names`` (declared with their own element types: FP16 stays FP16)."""
+    types = element_types(model)
+    return Runner(with_outputs(model, names, {name: types.get(name, onnx.TensorProto.FLOAT) for name in names}), threads=None, label="probe")
 
 
 def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wanted: set[str] | None = None) -> dict[str, tuple]:
