@@ -83,6 +83,15 @@ def _finish(report: dict, report_path: str | None) -> None:
         err_console.print(f"report written to {report_path}", highlight=False)
 
 
+def _grouped_declines(declined) -> list[tuple]:
+    """One (first decline, count) per reason code, in order of first appearance: the report keeps every one."""
+    groups: dict = {}
+    for decline in declined:
+        first, count = groups.get(decline.reason.code, (decline, 0))
+        groups[decline.reason.code] = (first, count + 1)
+    return list(groups.values())
+
+
 def _fmt(value, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -158,8 +167,9 @@ def optimize(model, output, report_path, quiet):
     for result in report.passes if not quiet else ():
         if result.changes:
             console.print(f"[green]{result.name}[/]: {escape(result.summary())}", highlight=False)
-        for decline in result.declined:
-            console.print(f"[yellow]{result.name}[/]: left {escape(decline.where)}: {escape(decline.reason.text)}", highlight=False)
+        for first, count in _grouped_declines(result.declined):
+            where = escape(first.where) if count == 1 else f"{count} places, e.g. {escape(first.where)}"
+            console.print(f"[yellow]{result.name}[/]: left {where}: {escape(first.reason.text)}", highlight=False)
     console.print(
         f"nodes {report.nodes_before} -> {report.nodes_after}, parameters {_count(report.parameters_before)} -> {_count(report.parameters_after)}; "
         + (f"wrote {output}" if any(r.modified for r in report.passes) else f"nothing to change: wrote an unchanged copy to {output}"),

@@ -13,9 +13,14 @@ from onnxslim.runtime.session import Runner
 
 
 def probe_runner(model: onnx.ModelProto, names: list[str]) -> Runner:
-    """A session of ``model`` that also returns the tensors ``names`` (declared with their own element types: FP16 stays FP16)."""
+    """A session of ``model`` that also returns the tensors ``names`` (declared with their own element types: FP16 stays FP16).
+
+    Without onnxruntime's layout transforms (level 'extended'): its blocked NCHWc rewrite of a graph
+    whose intermediate tensors are outputs has failed on real detectors.
+    """
     types = element_types(model)
-    return Runner(with_outputs(model, names, {name: types.get(name, onnx.TensorProto.FLOAT) for name in names}), threads=None, label="probe")
+    outputs = {name: types.get(name, onnx.TensorProto.FLOAT) for name in names}
+    return Runner(with_outputs(model, names, outputs), threads=None, optimization="extended", label="probe")
 
 
 def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wanted: set[str] | None = None) -> dict[str, tuple]:
