@@ -303,3 +303,44 @@ def test_window_attention_heads_take_their_position_bias_along():
     assert dims[next(i for i in bias.input if i.startswith("position_bias"))] == [2, 8, 8]
     for feed in sample_inputs(model, 2, seed=3):
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def shared_ffn_model(blocks: int = 3, dim: int = 16, hidden: int = 32) -> onnx.ModelProto:
+    """Residual FFN blocks that all reuse one set of weights (tied layers, as in ALBERT-style encoders)."""
+    rng = np.random.default_rng(5)
+    inits = [
+        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (dim, hidden)).astype(np.float32), "w1"),
+        onnx.numpy_helper.from_array(rng.normal(0, 0.1, hidden).astype(np.float32), "b1"),
+        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (hidden, dim)).astype(np.float32), "w2"),
+    ]
+    nodes, current = [], "x"
+    for block in range(blocks):
+        nodes += [
+            helper.make_node("MatMul", [current, "w1"], [f"h{block}"], name=f"up{block}"),
+            helper.make_node("Add", [f"h{block}", "b1"], [f"hb{block}"], name=f"bias{block}"),
+            helper.make_node("Relu", [f"hb{block}"], [f"r{block}"], name=f"relu{block}"),
+            helper.make_node("MatMul", [f"r{block}", "w2"], [f"d{block}"], name=f"down{block}"),
+            helper.make_node("Add", [current, f"d{block}"], [f"y{block}"], name=f"res{block}"),
+        ]
+        current = f"y{block}"
+    graph = helper.make_graph(
+        nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, dim])], [helper.make_tensor_value_info(current, TensorProto.FLOAT, [2, dim])], inits
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("with_data", [False, True])
+def test_shared_weights_stay_shared_and_the_model_never_grows(with_data):
+    model = shared_ffn_model()
+    data = [{"x": np.random.default_rng(i).normal(size=(2, 16)).astype(np.float32)} for i in range(8)] if with_data else None
+    pruned, report = prune(model, data, config=PruneConfig(ratio=0.5, latency_runs=0))
+    assert report.parameters.after < report.parameters.before
+    readers = {}
+    for node in pruned.graph.node:
+        for name in node.input[1:]:
+            readers.setdefault(name, set()).add(node.op_type)
+    matmul_weights = {node.input[1] for node in pruned.graph.node if node.op_type == "MatMul"}
+    assert len(matmul_weights) == 2  # one pruned w1 and one pruned w2, each read by all three blocks
+    assert len(pruned.graph.initializer) == len(model.graph.initializer)
+    for feed in sample_inputs(model, 2):
+        assert run_model(pruned, feed)[0].shape == run_model(model, feed)[0].shape

@@ -7,6 +7,7 @@ shared by two nodes is copied rather than cut under the other's feet.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
 
@@ -45,13 +46,24 @@ class WorkingWeights:
         self.arrays[(node, index)] = array
 
     def commit(self) -> None:
-        # arrays leave the view as they enter the model, so the two are never both held in full
+        """Write every changed array as a new initializer; uses of one weight that came out equal share one tensor."""
+        def original_of(node_name: str, index: int) -> str:
+            node = self.nodes[node_name]
+            return node.input[index] if index < len(node.input) else f"{node_name}_input{index}"
+
+        uses = Counter(original_of(*key) for key in self.arrays)
+        written: dict[str, list[tuple[np.ndarray, str]]] = {}
+        # arrays leave the view as they enter the model, so the two are never both held in full (shared ones aside)
         for (node_name, index) in list(self.arrays):
             array = self.arrays.pop((node_name, index))
             node = self.nodes[node_name]
-            original = node.input[index] if index < len(node.input) else f"{node_name}_input{index}"
-            name = unique_name(f"{original}_pruned", self.taken)
-            self.model.graph.initializer.append(self.store.tensor(array, name))
+            original = original_of(node_name, index)
+            twins = written.setdefault(original, []) if uses[original] > 1 else []
+            name = next((n for a, n in twins if a.dtype == array.dtype and a.shape == array.shape and np.array_equal(a, array)), None)
+            if name is None:
+                name = unique_name(f"{original}_pruned", self.taken)
+                self.model.graph.initializer.append(self.store.tensor(array, name))
+                twins.append((array, name))
             while len(node.input) <= index:
                 node.input.append("")
             node.input[index] = name

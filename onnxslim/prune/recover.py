@@ -19,6 +19,7 @@ with the amount of data.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -126,7 +127,12 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable
     """
     lines = []
     taken = all_value_names(pruned.graph)
+    readers = Counter(name for node in pruned.graph.node for name in node.input[1:] if name)
     for old, new in track(_changed_consumers(original, pruned, kept), "recovering layers", enabled=show_progress):
+        if any(readers[name] > 1 for name in new.input[1:] if name):
+            # a refit would give each use its own weights: the shared tensor would be written once per use
+            lines.append(RecoveryStep(new.name, Reason(RecoveryKind.NONE, "weights shared with other layers: left as pruned, so they stay one tensor")))
+            continue
         outputs = kept[new.name].get("out")
         refit = config.recovery == "refit"
         mask = config.token_mask

@@ -67,6 +67,8 @@ class Tracer(ReshapeRules):
         self.shapes = shapes
         self.t = Tracing()
         self.handled: set[str] = set()  # nodes a pattern rule already accounted for
+        # (side, weight name) -> the layout of the first layer using that weight: later uses tie to it
+        self.shared_weights: dict[tuple[str, str], Layout] = {}
 
     # ------------------------------------------------------------ helpers
     def rank(self, name: str) -> int | None:
@@ -82,11 +84,28 @@ class Tracer(ReshapeRules):
 
     def new_atoms(self, node: onnx.NodeProto, count: int, axis: int) -> Layout:
         self.t.producers[node.name] = node.op_type
-        return Layout(axis, self.t.atoms.new(node.name, count))
+        layout = Layout(axis, self.t.atoms.new(node.name, count))
+        if len(node.input) > 1 and node.input[1] in self.constants:
+            self._tie_shared("out", node.input[1], layout)
+        return layout
 
     def consume(self, node: onnx.NodeProto, layout: Layout, index: int, axis: int) -> None:
         self.t.edits.append(SliceInput(node.name, index, axis, layout, EditRole.CONSUMER))
         self.t.consumer_inputs[node.name] = node.input[0]
+        self._tie_shared("in", node.input[index], layout)
+
+    def _tie_shared(self, side: str, weight: str, layout: Layout) -> None:
+        """A weight used by several layers (tied or repeated blocks) loses the same channels in every use, so it stays one tensor."""
+        first = self.shared_weights.setdefault((side, weight), layout)
+        if first is layout:
+            return
+        if len(first) != len(layout) or first.repeat != layout.repeat:
+            reason = f"weight '{weight}' is shared by layers whose channels are laid out differently"
+            self.t.atoms.block_layout(first, reason)
+            self.t.atoms.block_layout(layout, reason)
+            return
+        for a, b in zip(first.atoms, layout.atoms):
+            self.t.atoms.tie(a, b)
 
     # ------------------------------------------------------------ rules
     def weighted(self, node: onnx.NodeProto, layout: Layout | None) -> Layout | None:
