@@ -194,3 +194,28 @@ def test_pipeline_repeats_until_nothing_changes():
     results = Pipeline((halves,), max_steps=10)(onnx.ModelProto())
     assert [r.modified for r in results] == [True, True, False]
     assert len(Pipeline((halves,), max_steps=1)(onnx.ModelProto())) == 1
+
+
+def test_fold_constants_never_grows_the_weights():
+    from onnxslim.ir.io import model_weight_bytes
+    from onnxslim.passes import fold_constants
+
+    rng = np.random.default_rng(1)
+    # LeViT-style attention bias: a small table gathered by constant indices into a large one
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[1, 4, 64, 64] x) => (float[1, 4, 64, 64] y) {
+            bias = Gather <axis = 1> (table, index)
+            y = Add (x, bias)
+        }
+        """
+    )
+    model.graph.initializer.extend([
+        numpy_helper.from_array(rng.normal(size=(4, 100)).astype(np.float32), "table"),
+        numpy_helper.from_array(rng.integers(0, 100, (64, 64)).astype(np.int64), "index"),
+    ])
+    before = model_weight_bytes(model)
+    (result,) = checked(fold_constants)(model)
+    assert not result.modified and result.declined[0].reason.code == DeclineCode.WOULD_GROW
+    assert model_weight_bytes(model) == before

@@ -3,8 +3,10 @@
 graphsurgeon evaluates every node whose inputs are all constants with
 onnxruntime and replaces it by its value (Transpose/Cast/Reshape of weights,
 DequantizeLinear of stored INT8 weights, shape arithmetic on static shapes).
-Folding is refused when it would grow the model by more than
-``max_growth_bytes`` (an Expand or Tile of a constant can be huge).
+Folding never grows the model's weights by more than ``GROWTH_FACTOR``: an
+Expand or Tile of a constant, a Gather of a bias table by constant indices or
+a DequantizeLinear of INT8 weights is left to run time, while the shape
+arithmetic around it still folds.
 graphsurgeon holds its own copy of every constant, so weights kept on disk
 (mapped) and, in models with weights over half the protobuf limit, every
 tensor of ``HIDE_BYTES`` or more take part as runtime values instead:
@@ -27,6 +29,12 @@ from onnxslim.runtime.folding import fold_with_onnxruntime
 
 # With weights over half the protobuf limit, tensors at least this big are kept out of folding.
 HIDE_BYTES = 1 << 20
+# Folding may not grow the weights by more than this factor (plus a little for shape constants): a Gather
+# of a bias table by constant indices, or a DequantizeLinear of INT8 weights, is cheaper left to run time.
+GROWTH_FACTOR = 1.05
+GROWTH_SLACK_BYTES = 4096
+# When a full fold would grow the model, only results up to this size are evaluated (shape arithmetic).
+SMALL_RESULT_BYTES = 4096
 
 
 def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20) -> PassResult:
@@ -50,9 +58,19 @@ def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20)
     ] != [v.name for v in model.graph.output]:
         result.decline("model", DeclineCode.INTERFACE, "folding would have changed the graph's inputs or outputs")
         return result
-    if model_weight_bytes(folded) > size_before + max_growth_bytes:
-        result.decline("model", DeclineCode.WOULD_GROW, "folding would have grown the weights beyond the limit")
-        return result
+    limit = size_before * GROWTH_FACTOR + GROWTH_SLACK_BYTES
+    grown = model_weight_bytes(folded)
+    if grown > limit:
+        try:
+            small = fold_with_onnxruntime(work, size_threshold=SMALL_RESULT_BYTES)
+        except Exception:  # the full fold worked; a smaller one failing leaves nothing to do
+            small = work
+        text = f"evaluating every constant expression would grow the weights from {size_before / 1e6:.2f} MB to {grown / 1e6:.2f} MB"
+        if model_weight_bytes(small) > limit:
+            result.decline("model", DeclineCode.WOULD_GROW, text + "; nothing folded")
+            return result
+        result.decline("model", DeclineCode.WOULD_GROW, text + f"; only results under {SMALL_RESULT_BYTES} bytes were folded")
+        folded = small
     after = Counter(node.op_type for node in folded.graph.node)
     removed = before - after
     if not removed:
