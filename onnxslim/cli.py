@@ -359,7 +359,7 @@ def _print_quantization(report) -> None:
 @data_options
 @config_options(PruneConfig, "max_calibration_samples", "importance", "scope", "round_to", "target_params", "target_macs", "recovery", "unstructured", "token_mask", "only")
 @threads_option
-@config_options(PruneConfig, "latency_runs")
+@config_options(PruneConfig, "latency_runs", "if_slower")
 @report_option
 @quiet_option
 def prune(model, output, threads, report_path, quiet, input_shapes, **options):
@@ -418,7 +418,11 @@ def _print_pruning(report) -> None:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if report.output:
         unchanged = report.mode == "structured" and not report.pruned_groups
-        console.print(f"wrote {escape(report.output)}" + (": unchanged (ratio 0 removes nothing)" if unchanged else ""), highlight=False)
+        if report.written == "original":
+            what = ": [bold yellow]the original model, not the pruned one[/] (it was not faster)"
+        else:
+            what = ": unchanged (ratio 0 removes nothing)" if unchanged else ""
+        console.print(f"wrote {escape(report.output)}{what}", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

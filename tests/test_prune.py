@@ -344,3 +344,27 @@ def test_shared_weights_stay_shared_and_the_model_never_grows(with_data):
     assert len(pruned.graph.initializer) == len(model.graph.initializer)
     for feed in sample_inputs(model, 2):
         assert run_model(pruned, feed)[0].shape == run_model(model, feed)[0].shape
+
+
+@pytest.mark.parametrize("if_slower", ["keep-original", "write", "fail"])
+def test_a_pruned_model_that_is_not_faster_is_not_written_by_default(monkeypatch, tmp_path, if_slower):
+    from onnxslim.prune import structured
+    from onnxslim.measure import LatencyComparison
+
+    slower = LatencyComparison(1, {"median_ms": 1.0, "runs": 3}, {"median_ms": 1.2, "runs": 3})
+    monkeypatch.setattr(structured, "latency_ratio", lambda *a, **k: slower)
+    model = conv_bn_relu()
+    config = PruneConfig(ratio=0.5, latency_runs=3, if_slower=if_slower)
+    if if_slower == "fail":
+        with pytest.raises(NothingToDoError, match="not faster"):
+            prune(model, config=config, output=tmp_path / "p.onnx")
+        assert not (tmp_path / "p.onnx").exists()
+        return
+    written, report = prune(model, config=config, output=tmp_path / "p.onnx")
+    assert report.latency.ratio == pytest.approx(1.2)  # timed on random inputs: no data was given
+    saved = load_model(tmp_path / "p.onnx")
+    if if_slower == "keep-original":
+        assert report.written == "original" and len(saved.graph.initializer) == len(load_model(model).graph.initializer)
+        assert any("wrote the original model" in w for w in report.warnings)
+    else:
+        assert report.written == "pruned" and report.parameters.after < report.parameters.before

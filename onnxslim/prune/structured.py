@@ -26,6 +26,7 @@ from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
 from onnxslim.measure import LatencyComparison, fidelity, latency_ratio
+from onnxslim.measure.latency import threads_text
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import PassResult, Pipeline, constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
 from onnxslim.passes.naming import name_unnamed_nodes
@@ -82,7 +83,10 @@ class PruneConfig:
     only: str = setting("all", "Prune only whole attention heads, or only channels and neurons.", choices=("all", "heads", "channels"))
     max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
     threads: int = 1  # onnxruntime intra-op threads for timing; 0: onnxruntime's default
-    latency_runs: int = setting(30, "Timed runs before/after, interleaved, when data is given (0: no timing).", low=0)
+    latency_runs: int = setting(30, "Timed runs of the original and the pruned model, interleaved (0: no timing).", low=0)
+    if_slower: str = setting(
+        "keep-original", "What to write when the pruned model is not faster than the original.", choices=("keep-original", "write", "fail")
+    )
 
     @property
     def selection(self) -> SelectionSettings:
@@ -117,6 +121,7 @@ class PruneReport(Record):
     recovery: list[RecoveryStep] = field(default_factory=list)
     sparsity: list[str] = field(default_factory=list)
     prepare: list[PassResult] = field(default_factory=list)
+    written: str = "pruned"  # or "original", when the pruned model was not faster (--if-slower keep-original)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -243,11 +248,35 @@ def prune(
         pruned = _remove_channels(work, shapes, source, config, report, label, show_progress)
     if has_mapped(original):
         pruned = spill(pruned)
-    _check_result(original, pruned, _probe_feed(original, source, input_shapes), report, label)
-    _measure(original, pruned, shapes, source, config, report)
+    probe = _probe_feed(original, source, input_shapes)
+    _check_result(original, pruned, probe, report, label)
+    _measure(original, pruned, shapes, source, probe, config, report)
+    result = _never_slower(original, pruned, config, report)
     if output is not None:
-        write_verified(pruned, output, source=None if isinstance(model, onnx.ModelProto) else model)
-    return pruned, report
+        write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
+    return result, report
+
+
+def _never_slower(original: onnx.ModelProto, pruned: onnx.ModelProto, config: PruneConfig, report: PruneReport) -> onnx.ModelProto:
+    """The model to write: the pruned one, unless it was measured no faster than the original (``if_slower``)."""
+    if report.mode != "structured":
+        return pruned
+    ratio = report.latency.ratio if report.latency is not None else None
+    if ratio is None:
+        if config.latency_runs > 0:
+            report.warnings.append("the pruned model was not timed (its inputs have unknown sizes): give --data or --input-shapes to check it is faster")
+        return pruned
+    if ratio < 1.0:
+        return pruned
+    message = f"the pruned model is not faster than the original ({ratio:.2f}x its latency at {threads_text(config.threads)})"
+    if config.if_slower == "fail":
+        raise NothingToDoError(message + "; nothing written (--if-slower fail)")
+    if config.if_slower == "keep-original":
+        report.written = "original"
+        report.warnings.append(message + "; wrote the original model instead (--if-slower write writes the pruned one anyway)")
+        return original
+    report.warnings.append(message)
+    return pruned
 
 
 def _remove_channels(work: onnx.ModelProto, shapes: dict, source, config: PruneConfig, report: PruneReport, label: str, show_progress: bool) -> onnx.ModelProto:
@@ -293,21 +322,19 @@ def _check_result(original: onnx.ModelProto, pruned: onnx.ModelProto, probe: dic
         raise OnnxSlimError(f"{label}: the pruned model fails a test run ({problem}); nothing written. This is a bug in onnxslim's rules, please report it")
 
 
-def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, source, config: PruneConfig, report: PruneReport) -> None:
-    """Parameters, MACs and file bytes before and after; with data, fidelity and interleaved latency."""
+def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, source, probe, config: PruneConfig, report: PruneReport) -> None:
+    """Parameters, MACs and file bytes before and after; interleaved latency on ``probe``; with data, fidelity."""
     inputs = [i.name for i in graph_inputs(original)]
     new_shapes = infer_shapes(pruned, {k: v for k, v in ((s, shapes.get(s)) for s in inputs) if v and all(isinstance(d, int) for d in v)})
     report.parameters = BeforeAfter(count_parameters(original), count_parameters(pruned))
     report.macs = BeforeAfter(count_macs(original, shapes)[0], count_macs(pruned, new_shapes)[0])
     report.file_bytes = BeforeAfter(model_file_bytes(original), model_file_bytes(pruned))
-    if source is None:
-        return
-    report.fidelity = fidelity(Runner(original, threads=None, label="original"), pruned, source, label="pruned model")
-    if config.latency_runs > 0:
-        feed = next(iter(source))[1]
+    if config.latency_runs > 0 and probe is not None and report.mode == "structured":
         report.latency = latency_ratio(
-            original, pruned, feed, threads=config.threads, runs=config.latency_runs, description="timing original vs pruned", labels=("original", "pruned model")
+            original, pruned, probe, threads=config.threads, runs=config.latency_runs, description="timing original vs pruned", labels=("original", "pruned model")
         )
+    if source is not None:
+        report.fidelity = fidelity(Runner(original, threads=None, label="original"), pruned, source, label="pruned model")
 
 
 def _data_warnings(data, config: PruneConfig) -> list[str]:
