@@ -305,6 +305,29 @@ def packed_attention(dim: int = 16, heads: int = 4, seq: int = 8, *, seed: int =
     return b.model(inputs, [_output("hidden", [seq, 1, dim])], "packed_attention")
 
 
+def unbound_attention(dim: int = 16, heads: int = 4, seq: int = 8, *, seed: int = 13) -> onnx.ModelProto:
+    """Self-attention as timm's ``Attention`` exports it (ViT-Tiny): packed Q/K/V taken apart by ``unbind``.
+
+    (1, N, C) -> MatMul (C, 3C) + bias -> Reshape (1, N, 3, H, D) -> Transpose (2, 0, 3, 1, 4) ->
+    Split into 3 along axis 0 -> Squeeze each -> q, k, v (1, H, N, D); attention; Transpose ->
+    Reshape (1, N, C) -> output projection, residual.
+    """
+    b = GraphBuilder(seed)
+    head_dim = dim // heads
+    packed = b.linear("input", dim, 3 * dim)
+    heads_view = b.node("Reshape", [packed, b.const(np.array([1, seq, 3, heads, head_dim], np.int64), "shape")])
+    moved = b.node("Transpose", [heads_view], perm=[2, 0, 3, 1, 4])
+    parts = b.node("Split", [moved, b.const(np.array([1, 1, 1], np.int64), "split")], n_out=3, axis=0)
+    q, k, v = (b.node("Squeeze", [part, b.const(np.array([0], np.int64), "axes")]) for part in parts)
+    scores = b.node("MatMul", [b.node("Mul", [q, b.const(np.array(head_dim**-0.5, np.float32), "scale")]), b.node("Transpose", [k], perm=[0, 1, 3, 2])])
+    attn = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
+    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), b.const(np.array([1, seq, dim], np.int64), "shape")])
+    y = b.node("Add", ["input", b.linear(merged, dim, dim)])
+    _rename_output(b, y, "hidden")
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, seq, dim])]
+    return b.model(inputs, [_output("hidden", [1, seq, dim])], "unbound_attention")
+
+
 def window_attention(dim: int = 16, heads: int = 4, tokens: int = 8, windows: int = 2, *, seed: int = 12) -> onnx.ModelProto:
     """Swin's window attention: the packed Q/K/V reshaped straight into (3, heads, head size).
 
@@ -354,6 +377,7 @@ ALL_BUILDERS = {
     "mixed_range_concat": mixed_range_concat,
     "channel_shuffle": channel_shuffle,
     "packed_attention": packed_attention,
+    "unbound_attention": unbound_attention,
     "window_attention": window_attention,
 }
 

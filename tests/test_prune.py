@@ -348,8 +348,8 @@ def test_shared_weights_stay_shared_and_the_model_never_grows(with_data):
 
 @pytest.mark.parametrize("if_slower", ["keep-original", "write", "fail"])
 def test_a_pruned_model_that_is_not_faster_is_not_written_by_default(monkeypatch, tmp_path, if_slower):
-    from onnxslim.prune import structured
     from onnxslim.measure import LatencyComparison
+    from onnxslim.prune import structured
 
     slower = LatencyComparison(1, {"median_ms": 1.0, "runs": 3}, {"median_ms": 1.2, "runs": 3})
     monkeypatch.setattr(structured, "latency_ratio", lambda *a, **k: slower)

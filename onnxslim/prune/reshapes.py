@@ -236,7 +236,7 @@ class ReshapeRules:
             readers = [n for n in self.graph.node if current.output[0] in n.input]
             if any(o.name == current.output[0] for o in self.graph.output) or not readers:
                 return None
-            if all(r.op_type == "Gather" and r.input[0] == current.output[0] for r in readers):
+            if all(r.op_type == "Gather" and r.input[0] == current.output[0] for r in readers) or (len(readers) == 1 and readers[0].op_type == "Split"):
                 return chain, readers, parts_axis, channel_axis, rank
             if len(readers) != 1 or rank is None:
                 return None
@@ -264,6 +264,39 @@ class ReshapeRules:
                 return None
             chain.append(step)
             current = step
+
+    def _parts_taken(self, readers: list[onnx.NodeProto], parts_axis: int, parts: int, rank: int | None):
+        """(node whose output is one part, which part) for each part: Gathers of one index, or a Split into
+        single parts each followed by a Squeeze of that axis (torch's ``unbind`` as timm's attention exports it)."""
+        if rank is None:
+            return None
+        if len(readers) == 1 and readers[0].op_type == "Split":
+            return self._split_parts(readers[0], parts_axis, parts, rank)
+        taken = []
+        for gather in readers:
+            index = self.const(gather.input[1]) if len(gather.input) > 1 else None
+            if int(node_attr(gather, "axis", 0)) % rank != parts_axis or index is None or index.size != 1 or index.ndim != 0:
+                return None
+            taken.append((gather, int(index) % parts))
+        return taken
+
+    def _split_parts(self, split: onnx.NodeProto, parts_axis: int, parts: int, rank: int):
+        sizes = self.const(split.input[1]) if len(split.input) > 1 and split.input[1] else node_attr(split, "split")
+        if int(node_attr(split, "axis", 0)) % rank != parts_axis or len(split.output) != parts:
+            return None
+        if sizes is not None and [int(s) for s in np.asarray(sizes).reshape(-1)] != [1] * parts:
+            return None
+        taken = []
+        for part, output in enumerate(split.output):
+            readers = [n for n in self.graph.node if output in n.input]
+            if len(readers) != 1 or readers[0].op_type != "Squeeze":
+                return None
+            squeeze = readers[0]
+            axes = self.const(squeeze.input[1]) if len(squeeze.input) > 1 and squeeze.input[1] else node_attr(squeeze, "axes")
+            if axes is None or [int(a) % rank for a in np.asarray(axes).reshape(-1)] != [parts_axis]:
+                return None
+            taken.append((squeeze, part))
+        return taken
 
     def _tie_parts(self, layout: Layout, parts: int, count: int, head_size: int) -> None:
         """Position j of every part goes together, and so do a head's channels."""
@@ -300,12 +333,11 @@ class ReshapeRules:
         if followed is None:
             return False
         chain, readers, parts_axis, channel_axis, rank = followed
-        gathers = []
-        for gather in readers:
-            index = self.const(gather.input[1]) if len(gather.input) > 1 else None
-            if int(node_attr(gather, "axis", 0)) % rank != parts_axis or index is None or index.size != 1 or index.ndim != 0:
-                return False
-            gathers.append((gather, int(index) % parts))
+        gathers = self._parts_taken(readers, parts_axis, parts, rank)
+        if gathers is None:
+            return False
+        if readers[0].op_type == "Split":
+            chain = chain + readers
         self._tie_parts(layout, parts, count, head_size)
         axis = channel_axis - (channel_axis > parts_axis)
         for gather, part in gathers:
