@@ -313,31 +313,12 @@ def quantize(
     _refuse_quantized(run.prepared, run.label)
     report = QuantReport(run.label, str(output) if output else None, config.target, config.method, budget=config.accuracy_budget)
     report.prepare = run.prepare_results
-    report.warnings.extend(run.warnings)
-    names = {n.name for n in run.prepared.graph.node}
-    types = {n.op_type for n in run.prepared.graph.node}
-    report.warnings.extend(f"--exclude-nodes: no node named '{name}' (names as in the report's decisions)" for name in config.exclude_nodes if name not in names)
-    report.warnings.extend(f"--exclude-op-types: the model has no {op} node" for op in config.exclude_op_types if op not in types)
+    report.warnings.extend(run.warnings + _unknown_exclusions(run.prepared, config))
     plan = run.plan(config)
     if not plan.quantized_nodes:
         reasons = sorted({d.reason.text for d in plan.decisions.values()})[:3]
         raise NothingToDoError(f"{run.label}: nothing to quantize ({'; '.join(reasons) or 'no nodes'})")
-    plan, quantized = run.build(config)
-    comparisons = fidelity(run.reference, quantized, run.eval_batches)
-    report.warnings.extend(_evaluation_problems(comparisons, run, eval_data is not None))
-    if config.accuracy_budget is not None and not worst_cosine(comparisons) >= config.accuracy_budget:  # NaN misses the budget too
-        search = _sensitivity(run, plan, config.accuracy_budget)
-        report.kept_float_for_budget = search.kept
-        if not search.met:
-            report.warnings.append(search.note)
-        plan, quantized = run.build(config, search.keep_float)
-        comparisons = fidelity(run.reference, quantized, run.eval_batches)
-        if not plan.quantized_nodes:
-            best = max((1.0 - k["cosine_when_alone_quantized"] for k in search.kept), default=None)
-            raise NothingToDoError(
-                f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: every layer alone brings an output's cosine on "
-                f"{run.eval_label} below it" + (f" (the least harmful reaches {1.0 - best:.5f})" if best is not None else "") + "; nothing written"
-            )
+    plan, quantized, comparisons = _within_budget(run, config, report, eval_data is not None)
     report.decisions = list(plan.decisions.values())
     report.fidelity = comparisons
     report.calibration = CalibrationSummary(run.calibration_batches, run.calibration_seconds, _peak_rss_mb())
@@ -348,20 +329,54 @@ def quantize(
         report.onnxruntime_kernels = dict(optimized_ops(quantized, threads=config.threads))
     except Exception as exc:  # an optimizer failure is worth reporting, not fatal
         report.warnings.append(f"could not read onnxruntime's optimized graph: {str(exc).splitlines()[0][:160]}")
-    if config.latency_runs > 0:
-        report.latency = latency_ratio(run.original, quantized, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=show_progress)
-    result = quantized
-    ratio = report.latency.ratio if report.latency is not None else None
-    if ratio is not None and ratio >= 1.0:
-        message = f"INT8 is not faster than FP32 here ({ratio:.2f}x FP32 latency at {threads_text(config.threads)})"
-        if config.if_slower == "keep-fp32":
-            result = run.prepared
-            report.written = "fp32"
-            report.warnings.append(message + "; wrote the cleaned FP32 model instead (--if-slower keep-int8 writes INT8 anyway)")
-        elif config.if_slower == "fail":
-            raise NothingToDoError(message + "; nothing written (--if-slower fail)")
-        else:
-            report.warnings.append(message)
+    result = _faster_or_float(run, quantized, config, report, show_progress)
     if output is not None:
         write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
     return result, report
+
+
+def _unknown_exclusions(model: onnx.ModelProto, config: QuantConfig) -> list[str]:
+    names = {n.name for n in model.graph.node}
+    types = {n.op_type for n in model.graph.node}
+    return [f"--exclude-nodes: no node named '{name}' (names as in the report's decisions)" for name in config.exclude_nodes if name not in names] + [
+        f"--exclude-op-types: the model has no {op} node" for op in config.exclude_op_types if op not in types
+    ]
+
+
+def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval_data_given: bool):
+    """The plan, the QDQ model and its fidelity: with an accuracy budget, the most sensitive layers kept in float until it holds."""
+    plan, quantized = run.build(config)
+    comparisons = fidelity(run.reference, quantized, run.eval_batches)
+    report.warnings.extend(_evaluation_problems(comparisons, run, eval_data_given))
+    if config.accuracy_budget is None or worst_cosine(comparisons) >= config.accuracy_budget:  # NaN misses the budget
+        return plan, quantized, comparisons
+    search = _sensitivity(run, plan, config.accuracy_budget)
+    report.kept_float_for_budget = search.kept
+    if not search.met:
+        report.warnings.append(search.note)
+    plan, quantized = run.build(config, search.keep_float)
+    if not plan.quantized_nodes:
+        best = max((1.0 - k["cosine_when_alone_quantized"] for k in search.kept), default=None)
+        raise NothingToDoError(
+            f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: every layer alone brings an output's cosine on "
+            f"{run.eval_label} below it" + (f" (the least harmful reaches {1.0 - best:.5f})" if best is not None else "") + "; nothing written"
+        )
+    return plan, quantized, fidelity(run.reference, quantized, run.eval_batches)
+
+
+def _faster_or_float(run: QuantRun, quantized: onnx.ModelProto, config: QuantConfig, report: QuantReport, show_progress: bool) -> onnx.ModelProto:
+    """Time INT8 against FP32; the model to write under ``if_slower`` when INT8 is not faster."""
+    if config.latency_runs > 0:
+        report.latency = latency_ratio(run.original, quantized, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=show_progress)
+    ratio = report.latency.ratio if report.latency is not None else None
+    if ratio is None or ratio < 1.0:
+        return quantized
+    message = f"INT8 is not faster than FP32 here ({ratio:.2f}x FP32 latency at {threads_text(config.threads)})"
+    if config.if_slower == "fail":
+        raise NothingToDoError(message + "; nothing written (--if-slower fail)")
+    if config.if_slower == "keep-fp32":
+        report.written = "fp32"
+        report.warnings.append(message + "; wrote the cleaned FP32 model instead (--if-slower keep-int8 writes INT8 anyway)")
+        return run.prepared
+    report.warnings.append(message)
+    return quantized
