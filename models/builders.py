@@ -305,20 +305,25 @@ def packed_attention(dim: int = 16, heads: int = 4, seq: int = 8, *, seed: int =
     return b.model(inputs, [_output("hidden", [seq, 1, dim])], "packed_attention")
 
 
-def unbound_attention(dim: int = 16, heads: int = 4, seq: int = 8, *, seed: int = 13) -> onnx.ModelProto:
+def unbound_attention(dim: int = 16, heads: int = 4, seq: int = 8, *, seed: int = 13, unbind: str = "split") -> onnx.ModelProto:
     """Self-attention as timm's ``Attention`` exports it (ViT-Tiny): packed Q/K/V taken apart by ``unbind``.
 
     (1, N, C) -> MatMul (C, 3C) + bias -> Reshape (1, N, 3, H, D) -> Transpose (2, 0, 3, 1, 4) ->
-    Split into 3 along axis 0 -> Squeeze each -> q, k, v (1, H, N, D); attention; Transpose ->
-    Reshape (1, N, C) -> output projection, residual.
+    unbind along axis 0 -> q, k, v (1, H, N, D); attention; Transpose -> Reshape (1, N, C) ->
+    output projection, residual. ``unbind``: 'split' (Split, then a Squeeze of each part, as the
+    TorchScript exporter writes it) or 'slice' (a Slice and a Squeeze per part, as torch.export does).
     """
     b = GraphBuilder(seed)
     head_dim = dim // heads
     packed = b.linear("input", dim, 3 * dim)
     heads_view = b.node("Reshape", [packed, b.const(np.array([1, seq, 3, heads, head_dim], np.int64), "shape")])
     moved = b.node("Transpose", [heads_view], perm=[2, 0, 3, 1, 4])
-    parts = b.node("Split", [moved, b.const(np.array([1, 1, 1], np.int64), "split")], n_out=3, axis=0)
-    q, k, v = (b.node("Squeeze", [part, b.const(np.array([0], np.int64), "axes")]) for part in parts)
+    axis0 = b.const(np.array([0], np.int64), "axes")
+    if unbind == "split":
+        parts = b.node("Split", [moved, b.const(np.array([1, 1, 1], np.int64), "split")], n_out=3, axis=0)
+    else:
+        parts = [b.node("Slice", [moved, b.const(np.array([i], np.int64), "start"), b.const(np.array([i + 1], np.int64), "end"), axis0]) for i in range(3)]
+    q, k, v = (b.node("Squeeze", [part, axis0]) for part in parts)
     scores = b.node("MatMul", [b.node("Mul", [q, b.const(np.array(head_dim**-0.5, np.float32), "scale")]), b.node("Transpose", [k], perm=[0, 1, 3, 2])])
     attn = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
     merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), b.const(np.array([1, seq, dim], np.int64), "shape")])
@@ -378,6 +383,7 @@ ALL_BUILDERS = {
     "channel_shuffle": channel_shuffle,
     "packed_attention": packed_attention,
     "unbound_attention": unbound_attention,
+    "sliced_attention": lambda: unbound_attention(unbind="slice"),
     "window_attention": window_attention,
 }
 

@@ -236,7 +236,8 @@ class ReshapeRules:
             readers = [n for n in self.graph.node if current.output[0] in n.input]
             if any(o.name == current.output[0] for o in self.graph.output) or not readers:
                 return None
-            if all(r.op_type == "Gather" and r.input[0] == current.output[0] for r in readers) or (len(readers) == 1 and readers[0].op_type == "Split"):
+            takes_parts = all(r.op_type in ("Gather", "Slice") and r.input[0] == current.output[0] for r in readers)
+            if takes_parts or (len(readers) == 1 and readers[0].op_type == "Split"):
                 return chain, readers, parts_axis, channel_axis, rank
             if len(readers) != 1 or rank is None:
                 return None
@@ -272,6 +273,8 @@ class ReshapeRules:
             return None
         if len(readers) == 1 and readers[0].op_type == "Split":
             return self._split_parts(readers[0], parts_axis, parts, rank)
+        if all(r.op_type == "Slice" for r in readers):
+            return self._sliced_parts(readers, parts_axis, parts, rank)
         taken = []
         for gather in readers:
             index = self.const(gather.input[1]) if len(gather.input) > 1 else None
@@ -279,6 +282,36 @@ class ReshapeRules:
                 return None
             taken.append((gather, int(index) % parts))
         return taken
+
+    def _sliced_parts(self, slices: list[onnx.NodeProto], parts_axis: int, parts: int, rank: int):
+        """Slices [i, i+1) along the parts axis, each followed by a Squeeze of it (torch.export's ``unbind``)."""
+        taken = []
+        for node in slices:
+            starts, ends, axes, steps = (self.const(node.input[i]) if len(node.input) > i and node.input[i] else None for i in range(1, 5))
+            if starts is None or ends is None or starts.size != 1 or ends.size != 1:
+                return None
+            axis = int(axes.reshape(-1)[0]) % rank if axes is not None else 0
+            if axis != parts_axis or (steps is not None and int(steps.reshape(-1)[0]) != 1):
+                return None
+            part = int(starts.reshape(-1)[0]) % parts
+            if int(ends.reshape(-1)[0]) != part + 1:
+                return None
+            squeeze = self._squeeze_of(node.output[0], parts_axis, rank)
+            if squeeze is None:
+                return None
+            taken.append((squeeze, part))
+        return taken if sorted(part for _, part in taken) == list(range(parts)) else None
+
+    def _squeeze_of(self, tensor: str, axis: int, rank: int) -> onnx.NodeProto | None:
+        """The one reader of ``tensor`` when it is a Squeeze of exactly ``axis``."""
+        readers = [n for n in self.graph.node if tensor in n.input]
+        if len(readers) != 1 or readers[0].op_type != "Squeeze":
+            return None
+        squeeze = readers[0]
+        axes = self.const(squeeze.input[1]) if len(squeeze.input) > 1 and squeeze.input[1] else node_attr(squeeze, "axes")
+        if axes is None or [int(a) % rank for a in np.asarray(axes).reshape(-1)] != [axis]:
+            return None
+        return squeeze
 
     def _split_parts(self, split: onnx.NodeProto, parts_axis: int, parts: int, rank: int):
         sizes = self.const(split.input[1]) if len(split.input) > 1 and split.input[1] else node_attr(split, "split")
@@ -288,12 +321,8 @@ class ReshapeRules:
             return None
         taken = []
         for part, output in enumerate(split.output):
-            readers = [n for n in self.graph.node if output in n.input]
-            if len(readers) != 1 or readers[0].op_type != "Squeeze":
-                return None
-            squeeze = readers[0]
-            axes = self.const(squeeze.input[1]) if len(squeeze.input) > 1 and squeeze.input[1] else node_attr(squeeze, "axes")
-            if axes is None or [int(a) % rank for a in np.asarray(axes).reshape(-1)] != [parts_axis]:
+            squeeze = self._squeeze_of(output, parts_axis, rank)
+            if squeeze is None:
                 return None
             taken.append((squeeze, part))
         return taken
@@ -336,7 +365,7 @@ class ReshapeRules:
         gathers = self._parts_taken(readers, parts_axis, parts, rank)
         if gathers is None:
             return False
-        if readers[0].op_type == "Split":
+        if readers[0].op_type in ("Split", "Slice"):
             chain = chain + readers
         self._tie_parts(layout, parts, count, head_size)
         axis = channel_axis - (channel_axis > parts_axis)
