@@ -368,3 +368,20 @@ def test_a_pruned_model_that_is_not_faster_is_not_written_by_default(monkeypatch
         assert any("wrote the original model" in w for w in report.warnings)
     else:
         assert report.written == "pruned" and report.parameters.after < report.parameters.before
+
+
+def test_a_conv_reading_tracked_channels_off_its_channel_axis_blocks_them():
+    """YOLOv8's DFL head: 4 box sides x 16 bins in one conv's channels, bins moved onto the channel axis of a fixed 1x1 conv."""
+    b = GraphBuilder(21)
+    features = b.node("Relu", [b.conv("input", 8, 8)])
+    flat = b.const(np.array([1, 64, -1], np.int64), "shape")
+    scales = [b.node("Reshape", [b.conv(features, 8, 64, k=1), flat]) for _ in range(2)]  # two detection scales, 16 anchors each
+    sides = b.node("Reshape", [b.node("Concat", scales, axis=-1), b.const(np.array([1, 4, 16, 32], np.int64), "shape")])
+    bins = b.node("Softmax", [b.node("Transpose", [sides], perm=[0, 2, 1, 3])], axis=1)
+    dfl = b.node("Conv", [bins, b.const(np.arange(16, dtype=np.float32).reshape(1, 16, 1, 1))])
+    y = b.node("Reshape", [dfl, b.const(np.array([1, 4, 32], np.int64), "shape")])
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 4, 4])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4, 32])], "dfl")
+    pruned, report = prune(model, config=PruneConfig(ratio=0.5, latency_runs=0))
+    for feed in sample_inputs(model, 1):
+        assert run_model(pruned, feed)[0].shape == (1, 4, 32)
+    assert any(g.skipped and "not its channel axis" in g.skipped for g in report.groups)

@@ -136,6 +136,10 @@ class Tracer(ReshapeRules):
         if layout is not None and layout.repeat != 1:
             self.t.atoms.block_layout(layout, f"{op} {node.name} reads flattened channels")
             layout = None
+        if layout is not None and layout.axis != 1:
+            # the tracked channels lie on another axis (YOLO's DFL: box sides moved off the channel axis)
+            self.t.atoms.block_layout(layout, f"{op} {node.name} reads the tracked channels on axis {layout.axis}, not its channel axis")
+            layout = None
         if group > 1:
             return self._grouped_convolution(node, layout, group, c_in, c_out, bias)
         if layout is not None:
