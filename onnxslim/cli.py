@@ -357,12 +357,18 @@ def _print_quantization(report) -> None:
 @output_option
 @config_options(PruneConfig, "ratio")
 @data_options
-@config_options(PruneConfig, "max_calibration_samples", "importance", "scope", "round_to", "target_params", "target_macs", "recovery", "unstructured", "token_mask", "only")
+@click.option("--eval-data", default=None, help=(
+    "Held-out data for the fidelity check, read like --data (default: every 5th batch of --data, not used for pruning)."
+))
+@config_options(
+    PruneConfig, "max_calibration_samples", "eval_fraction", "max_eval_batches", "importance", "scope", "round_to", "target_params", "target_macs", "recovery",
+    "unstructured", "token_mask", "only",
+)
 @threads_option
 @config_options(PruneConfig, "latency_runs", "if_slower")
 @report_option
 @quiet_option
-def prune(model, output, threads, report_path, quiet, input_shapes, **options):
+def prune(model, output, eval_data, threads, report_path, quiet, input_shapes, **options):
     """Remove whole channels, neurons and heads from MODEL; write the smaller dense model to OUTPUT."""
     check_destinations(inputs=[model], output=output, report=report_path)
     from onnxslim.prune import prune as prune_model
@@ -372,7 +378,8 @@ def prune(model, output, threads, report_path, quiet, input_shapes, **options):
         raise click.UsageError("give --ratio or --target-params/--target-macs, not both: a target chooses the ratio")
     config = PruneConfig(threads=threads, **config_values(PruneConfig, options))
     data = _resolve_data(model, options, required=False)
-    _, report = prune_model(model, data, config=config, output=output, input_shapes=input_shapes, show_progress=not quiet)
+    eval_data = _resolve_data(model, options, data=eval_data) if eval_data is not None else None
+    _, report = prune_model(model, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
     _print_pruning(report)
     _finish(report.to_dict(), report_path)
 
@@ -407,7 +414,7 @@ def _print_pruning(report) -> None:
         highlight=False,
     )
     for output in report.fidelity:
-        console.print(f"output {escape(output.name)}: cosine {output.cosine:.5f} vs the original on the data", highlight=False)
+        console.print(f"output {escape(output.name)}: cosine {output.cosine:.5f} vs the original on {escape(report.evaluation)}", highlight=False)
     if report.latency:
         latency = report.latency
         console.print(

@@ -397,3 +397,19 @@ def test_fp16_models_prune_with_data(tmp_path, npz_folder):
     result = invoke("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--data", data, "--latency-runs", "0", "-q")
     assert result.exit_code == 0, result.output
     assert "cosine" in result.output
+
+
+def test_prune_measures_fidelity_on_batches_it_did_not_use(save, npz_folder, tmp_path):
+    import numpy as np
+
+    path = save(conv_bn_relu())
+    rng = np.random.default_rng(6)
+    data = npz_folder([{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)} for _ in range(10)])
+    result = invoke("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--data", data, "--latency-runs", "0", "-q")
+    assert result.exit_code == 0 and "2 held-out batch(es) of --data" in result.output.replace("\n", " "), result.output
+    other = npz_folder([{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)} for _ in range(3)], name="other")
+    result = invoke("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--data", data, "--eval-data", other, "--latency-runs", "0", "-q")
+    assert result.exit_code == 0 and "3 batch(es) of --eval-data" in result.output.replace("\n", " "), result.output
+    result = invoke("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--eval-data", other, "--latency-runs", "0", "-q")
+    flat = result.output.replace("\n", " ")
+    assert result.exit_code == 0 and "cosine" in flat and "measured on --eval-data" in flat, result.output

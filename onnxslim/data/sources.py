@@ -214,6 +214,42 @@ class FirstBatches:
         yield from itertools.islice(self.source, self.limit)
 
 
+class Excluding:
+    """The batches of a source that can be read again, less those at the ``skip`` positions (held out for evaluation)."""
+
+    def __init__(self, source, skip: set[int]):
+        self.source, self.skip = source, skip
+        self.inputs = getattr(source, "inputs", [])
+        self.description = f"{source.description} less {len(skip)} held-out batch(es)"
+
+    def known_length(self) -> int | None:
+        total = self.source.known_length() if hasattr(self.source, "known_length") else None
+        return None if total is None else total - len(self.skip)
+
+    def __iter__(self) -> Iterator[tuple[str, Batch]]:
+        for index, item in enumerate(self.source):
+            if index not in self.skip:
+                yield item
+
+
+def hold_out(source, fraction: float, cap: int) -> tuple[object, list[tuple[str, Batch]]]:
+    """Every ``1/fraction``-th batch of ``source`` (at most ``cap``) set aside, and the rest as a source.
+
+    With fewer than two batches nothing is held out (the caller says so).
+    """
+    period = round(1.0 / fraction) if fraction > 0 else 0
+    if not period:
+        return source, []
+    held, skip = [], set()
+    for index, item in enumerate(source):
+        if index % period == period - 1 and len(held) < cap:
+            held.append(item)
+            skip.add(index)
+    if not held:
+        return source, []
+    return Excluding(source, skip), held
+
+
 def for_several_passes(source, limit: int | None):
     """``source`` bounded to ``limit`` batches, readable as often as a pass over the data needs it."""
     if not reiterable(source):

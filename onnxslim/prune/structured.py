@@ -10,6 +10,7 @@ onnxruntime with the original output shapes, or nothing is written.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 import onnx
 
-from onnxslim.data.sources import DataSource, for_several_passes, open_data
+from onnxslim.data.sources import DataSource, for_several_passes, hold_out, open_data
 from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
 from onnxslim.ir.counts import count_macs, count_parameters
 from onnxslim.ir.io import load_model, model_file_bytes
@@ -82,6 +83,8 @@ class PruneConfig:
     unstructured: bool = setting(False, "Zero the smallest weights instead of removing channels (smaller after compression, not faster).")
     only: str = setting("all", "Prune only whole attention heads, or only channels and neurons.", choices=("all", "heads", "channels"))
     max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
+    eval_fraction: float = setting(0.2, "Share of --data held out for the fidelity check.", low=0.0, high=0.5)
+    max_eval_batches: int = setting(64, "Measure fidelity on at most this many held-out batches.", low=1)
     threads: int = 1  # onnxruntime intra-op threads for timing; 0: onnxruntime's default
     latency_runs: int = setting(30, "Timed runs of the original and the pruned model, interleaved (0: no timing).", low=0)
     if_slower: str = setting(
@@ -122,6 +125,7 @@ class PruneReport(Record):
     sparsity: list[str] = field(default_factory=list)
     prepare: list[PassResult] = field(default_factory=list)
     written: str = "pruned"  # or "original", when the pruned model was not faster (--if-slower keep-original)
+    evaluation: str = ""  # the data the fidelity was measured on
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -217,6 +221,7 @@ def prune(
     *,
     config: PruneConfig = PruneConfig(),
     output: str | os.PathLike | None = None,
+    eval_data: str | os.PathLike | DataSource | None = None,
     input_shapes=None,
     show_progress: bool = False,
 ) -> tuple[onnx.ModelProto, PruneReport]:
@@ -229,16 +234,22 @@ def prune(
     work = load_model(original)
     prepared = PREPARE(work)
     source = open_data(data, graph_inputs(original), input_shapes=input_shapes) if data is not None else None
+    held_out, evaluation = [], ""
     if source is not None:
         source = for_several_passes(source, config.max_calibration_samples)
+    if source is not None or eval_data is not None:
+        source, held_out, evaluation = _evaluation_split(source, eval_data, original, config, input_shapes)
     config = config.with_data(source is not None)
     if (config.importance == "activation" or config.recovery != "none") and source is None:
         raise UsageError("activation importance and recovery need calibration data: give --data")
     config = _resolve_token_mask(config, original)
-    data_warnings = _data_warnings(data, config)
+    data_warnings = _data_warnings(data, eval_data, config)
     report = PruneReport(label, str(output) if output else None, "unstructured" if config.unstructured else "structured", config.__dict__.copy())
     report.prepare = prepared
+    report.evaluation = evaluation
     report.warnings.extend(data_warnings)
+    if data is not None and not held_out:
+        report.warnings.append("no held-out data: fidelity is measured on the batches that ranked and refit the channels; give --eval-data or more batches")
     shapes = _shapes_for(work, source) if source is not None else infer_shapes(work, input_shapes or {})
     if config.unstructured:
         pruned, lines = magnitude_sparsify(work, config.ratio)
@@ -250,7 +261,7 @@ def prune(
         pruned = spill(pruned)
     probe = _probe_feed(original, source, input_shapes)
     _check_result(original, pruned, probe, report, label)
-    _measure(original, pruned, shapes, source, probe, config, report)
+    _measure(original, pruned, shapes, held_out or source, probe, config, report)
     result = _never_slower(original, pruned, config, report)
     if output is not None:
         write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
@@ -337,8 +348,21 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
         report.fidelity = fidelity(Runner(original, threads=None, label="original"), pruned, source, label="pruned model")
 
 
-def _data_warnings(data, config: PruneConfig) -> list[str]:
+def _evaluation_split(source, eval_data, model: onnx.ModelProto, config: PruneConfig, input_shapes):
+    """Batches for ranking and recovery, batches for the fidelity check (never the same ones), and how to name the latter."""
+    if eval_data is not None:
+        held = list(itertools.islice(open_data(eval_data, graph_inputs(model), input_shapes=input_shapes), config.max_eval_batches))
+        return source, held, f"{len(held)} batch(es) of --eval-data"
+    rest, held = hold_out(source, config.eval_fraction, config.max_eval_batches)
+    if not held:
+        return source, [], "the batches it was pruned with (no held-out data)"
+    return rest, held, f"{len(held)} held-out batch(es) of --data (1 in {round(1 / config.eval_fraction)}, not used for pruning)"
+
+
+def _data_warnings(data, eval_data, config: PruneConfig) -> list[str]:
     """What the user must know about the data behind the numbers (or their absence)."""
+    if data is None and eval_data is not None:
+        return ["no --data: channels were ranked by their weights and nothing was recovered; the accuracy is measured on --eval-data"]
     if data is None:
         return ["no --data: the pruned model's accuracy was not measured and nothing was recovered; give real inputs with --data"]
     if isinstance(data, str) and data == "random":
