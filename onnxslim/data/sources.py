@@ -235,7 +235,7 @@ class Excluding:
 def hold_out(source, fraction: float, cap: int) -> tuple[object, list[tuple[str, Batch]]]:
     """Every ``1/fraction``-th batch of ``source`` (at most ``cap``) set aside, and the rest as a source.
 
-    With fewer than two batches nothing is held out (the caller says so).
+    A source with fewer than ``1/fraction`` batches holds nothing out (the caller says so).
     """
     period = round(1.0 / fraction) if fraction > 0 else 0
     if not period:
