@@ -43,3 +43,15 @@ class UsageError(OnnxSlimError):
     """An option or argument was given a value that cannot be used."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException, limit: int = 300, *, empty: str | None = None) -> str:
+    """The first non-blank line of ``exc``'s message, cut to ``limit`` characters (libraries raise pages).
+
+    An exception without a message gives ``empty``, or its type name.
+    """
+    for line in str(exc).strip().splitlines():
+        line = line.strip()
+        if line:
+            return line[:limit]
+    return empty if empty is not None else type(exc).__name__

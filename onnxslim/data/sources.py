@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from onnxslim.data.checks import check_batch
-from onnxslim.errors import DataError, UsageError
+from onnxslim.errors import DataError, UsageError, first_line
 from onnxslim.ir.tensors import TensorSpec
 
 Batch = dict[str, np.ndarray]
@@ -71,7 +71,7 @@ class NpzFolder:
             with np.load(path, allow_pickle=False) as archive:
                 return {key: archive[key] for key in archive.files}
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise DataError(f"{path}: not a readable .npz file ({str(exc).splitlines()[0][:120]})") from None
+            raise DataError(f"{path}: not a readable .npz file ({first_line(exc, 120)})") from None
 
 
 def parse_input_shapes(specs: str | list[str] | tuple[str, ...] | None) -> dict[str, tuple[int, ...]]:
@@ -332,11 +332,6 @@ class ImageFolder:
             yield str(path), {self.input_name: np.ascontiguousarray(array[None], dtype=np.float32)}
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else "(no message)"
-
-
 class LoaderFunction:
     """Batches from a user function ``module:function`` (or ``path/to/file.py:function``) yielding dicts."""
 
@@ -362,7 +357,7 @@ class LoaderFunction:
         except ImportError as exc:
             raise DataError(f"--data-loader: cannot import '{module_name}': {exc}") from exc
         except Exception as exc:  # the loader's own code failed while being imported (SyntaxError, RuntimeError, ...)
-            raise DataError(f"--data-loader {spec}: importing '{module_name}' raised {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise DataError(f"--data-loader {spec}: importing '{module_name}' raised {type(exc).__name__}: {first_line(exc, empty='(no message)')}") from exc
         self.function = getattr(module, function_name, None)
         if not callable(self.function):
             raise DataError(f"--data-loader: '{module_name}' has no function '{function_name}'")
@@ -378,7 +373,7 @@ class LoaderFunction:
         try:
             stream = iter(self.function())
         except Exception as exc:  # the user's function, called with no arguments
-            raise DataError(f"--data-loader {self.spec}: calling it raised {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise DataError(f"--data-loader {self.spec}: calling it raised {type(exc).__name__}: {first_line(exc, empty='(no message)')}") from exc
         index = 0
         while True:
             try:
@@ -386,7 +381,7 @@ class LoaderFunction:
             except StopIteration:
                 return
             except Exception as exc:
-                raise DataError(f"--data-loader {self.spec}: batch {index} raised {type(exc).__name__}: {_first_line(exc)}") from exc
+                raise DataError(f"--data-loader {self.spec}: batch {index} raised {type(exc).__name__}: {first_line(exc, empty='(no message)')}") from exc
             if not isinstance(batch, Mapping):
                 raise DataError(f"{self.spec}: item {index} is {type(batch).__name__}, not a dict of input name -> array")
             yield f"{self.spec} item {index}", {k: np.asarray(v) for k, v in batch.items()}

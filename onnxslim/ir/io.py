@@ -24,7 +24,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
-from onnxslim.errors import ModelLoadError, ModelWriteError
+from onnxslim.errors import ModelLoadError, ModelWriteError, first_line
 from onnxslim.ir.destinations import check_writable_path
 from onnxslim.ir.external import write_skeleton
 from onnxslim.ir.graph import unique_node_names
@@ -226,8 +226,7 @@ def _write_checked(model: onnx.ModelProto, staged_model: Path, data_name: str, e
     try:
         onnx.checker.check_model(str(staged_model))
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelWriteError(f"{dest}: the result does not pass onnx.checker ({first}); nothing written") from None
+        raise ModelWriteError(f"{dest}: the result does not pass onnx.checker ({first_line(exc)}); nothing written") from None
 
 
 def _write_with_external_data(model: onnx.ModelProto, staged_model: Path, data_name: str) -> None:

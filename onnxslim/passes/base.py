@@ -18,7 +18,7 @@ from enum import Enum
 
 import onnx
 
-from onnxslim.errors import OnnxSlimError
+from onnxslim.errors import OnnxSlimError, first_line
 from onnxslim.reasons import Reason
 from onnxslim.records import Record, json_field
 
@@ -146,7 +146,7 @@ def model_is_valid(model: onnx.ModelProto) -> str | None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # the checker raises ValidationError and inference errors alike
-        return f"the model no longer passes onnx.checker: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        return f"the model no longer passes onnx.checker: {first_line(exc)}"
     return None
 
 

@@ -21,6 +21,7 @@ from collections import Counter
 import onnx
 from onnx import helper
 
+from onnxslim.errors import first_line
 from onnxslim.ir.external import without_initializers
 from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, model_weight_bytes
 from onnxslim.ir.tensors import is_mapped
@@ -51,7 +52,7 @@ def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20)
     try:
         folded = fold_with_onnxruntime(work, size_threshold=max_growth_bytes)
     except Exception as exc:  # graphsurgeon wraps onnxruntime's own errors
-        result.decline("model", DeclineCode.TOOL_FAILED, f"constant folding failed and was skipped: {str(exc).splitlines()[0][:200]}")
+        result.decline("model", DeclineCode.TOOL_FAILED, f"constant folding failed and was skipped: {first_line(exc, 200)}")
         return result
     if [v.name for v in folded.graph.input] != [v.name for v in work.graph.input] or [
         v.name for v in folded.graph.output

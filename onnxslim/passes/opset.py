@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx
 from onnx import version_converter
 
+from onnxslim.errors import first_line
 from onnxslim.passes.base import DeclineCode, PassResult
 
 
@@ -26,7 +27,7 @@ def upgrade_opset(model: onnx.ModelProto, target: int = 13) -> PassResult:
         converted = version_converter.convert_version(model, target)
         onnx.checker.check_model(converted)
     except Exception as exc:  # the converter raises plain RuntimeErrors
-        result.decline("model", DeclineCode.TOOL_FAILED, f"opset {current} -> {target} conversion failed: {str(exc).splitlines()[0][:200]}")
+        result.decline("model", DeclineCode.TOOL_FAILED, f"opset {current} -> {target} conversion failed: {first_line(exc, 200)}")
         return result
     model.CopyFrom(converted)
     result.change(f"upgraded opset {current} -> {target}")

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from onnxslim.data.sources import DataSource, in_memory, open_data, read_once, reiterable
-from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageError
+from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageError, first_line
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.tensors import graph_inputs
@@ -328,7 +328,7 @@ def quantize(
     try:
         report.onnxruntime_kernels = dict(optimized_ops(quantized, threads=config.threads))
     except Exception as exc:  # an optimizer failure is worth reporting, not fatal
-        report.warnings.append(f"could not read onnxruntime's optimized graph: {str(exc).splitlines()[0][:160]}")
+        report.warnings.append(f"could not read onnxruntime's optimized graph: {first_line(exc, 160)}")
     result = _faster_or_float(run, quantized, config, report, show_progress)
     if output is not None:
         write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxslim.errors import DataError, ModelLoadError, ProviderError
+from onnxslim.errors import DataError, ModelLoadError, ProviderError, first_line
 from onnxslim.ir.mapped import SessionFile
 from onnxslim.runtime.providers import available_providers, provider_chain, short_name
 
@@ -107,15 +107,6 @@ def _session_options(threads: int | None, optimization: str, profile_prefix: str
     return options
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if line:
-            return line[:300]
-    return type(exc).__name__
-
-
 class Runner:
     """One model on one execution provider."""
 
@@ -140,7 +131,7 @@ class Runner:
         try:
             self.session = ort.InferenceSession(self._model, sess_options=options, providers=provider_chain(provider))
         except Exception as exc:  # onnxruntime raises its own exception types for bad models
-            raise ModelLoadError(f"{label}: onnxruntime cannot load it on {short_name(provider)}: {_first_line(exc)}") from None
+            raise ModelLoadError(f"{label}: onnxruntime cannot load it on {short_name(provider)}: {first_line(exc)}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -152,7 +143,7 @@ class Runner:
         try:
             return self.session.run(outputs, dict(feed))
         except Exception as exc:
-            raise DataError(f"{self.label}: onnxruntime failed to run this input: {_first_line(exc)}") from None
+            raise DataError(f"{self.label}: onnxruntime failed to run this input: {first_line(exc)}") from None
 
     def time_once(self, feed: Mapping[str, np.ndarray]) -> float:
         """Seconds for one run of ``feed``."""
@@ -169,7 +160,7 @@ class Runner:
             try:
                 session.run(None, dict(feed))
             except Exception as exc:
-                raise DataError(f"{self.label}: onnxruntime failed to run this input: {_first_line(exc)}") from None
+                raise DataError(f"{self.label}: onnxruntime failed to run this input: {first_line(exc)}") from None
             profile_file = session.end_profiling()
             counts = _nodes_by_provider(Path(profile_file))
             registered = list(session.get_providers())
@@ -199,7 +190,7 @@ def check_loads(path: str | os.PathLike) -> None:
     try:
         ort.InferenceSession(str(path), sess_options=_session_options(1, "disable"), providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelLoadError(f"{Path(path).name}: onnxruntime cannot load the result: {_first_line(exc)}") from None
+        raise ModelLoadError(f"{Path(path).name}: onnxruntime cannot load the result: {first_line(exc)}") from None
 
 
 def optimized_ops(model: ModelSource, *, threads: int = 1) -> Counter:
