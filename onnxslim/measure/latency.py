@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxslim.errors import NothingToDoError
 from onnxslim.progress import track
 from onnxslim.records import Record
 from onnxslim.runtime.session import ModelSource, Runner
@@ -44,6 +45,21 @@ def summarize_latency(samples: list[float]) -> dict:
         "p90_ms": float(np.percentile(ordered, 90)),
         "min_ms": float(ordered[0]),
     }
+
+
+def keep_fallback(ratio: float | None, policy: str, *, keep: str, message: str, kept: str) -> tuple[bool, str | None]:
+    """Whether a candidate timed at ``ratio`` of its original's latency gives way to the fallback, and the warning.
+
+    ``policy`` is the command's ``--if-slower``: ``keep`` writes the fallback, 'fail' raises, anything
+    else writes the candidate with a warning. A candidate not timed or faster is kept silently.
+    """
+    if ratio is None or ratio < 1.0:
+        return False, None
+    if policy == "fail":
+        raise NothingToDoError(message + "; nothing written (--if-slower fail)")
+    if policy == keep:
+        return True, f"{message}; {kept}"
+    return False, message
 
 
 def threads_text(threads: int | None) -> str:

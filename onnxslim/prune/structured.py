@@ -27,7 +27,7 @@ from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
 from onnxslim.measure import LatencyComparison, fidelity, latency_ratio
-from onnxslim.measure.latency import threads_text
+from onnxslim.measure.latency import keep_fallback, threads_text
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import PassResult, Pipeline, constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
 from onnxslim.passes.naming import name_unnamed_nodes
@@ -277,16 +277,15 @@ def _never_slower(original: onnx.ModelProto, pruned: onnx.ModelProto, config: Pr
         if config.latency_runs > 0:
             report.warnings.append("the pruned model was not timed (its inputs have unknown sizes): give --data or --input-shapes to check it is faster")
         return pruned
-    if ratio < 1.0:
-        return pruned
     message = f"the pruned model is not faster than the original ({ratio:.2f}x its latency at {threads_text(config.threads)})"
-    if config.if_slower == "fail":
-        raise NothingToDoError(message + "; nothing written (--if-slower fail)")
-    if config.if_slower == "keep-original":
+    use_original, warning = keep_fallback(
+        ratio, config.if_slower, keep="keep-original", message=message, kept="wrote the original model instead (--if-slower write writes the pruned one anyway)"
+    )
+    if warning:
+        report.warnings.append(warning)
+    if use_original:
         report.written = "original"
-        report.warnings.append(message + "; wrote the original model instead (--if-slower write writes the pruned one anyway)")
         return original
-    report.warnings.append(message)
     return pruned
 
 

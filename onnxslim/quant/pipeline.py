@@ -23,7 +23,7 @@ from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import fidelity, latency_ratio, worst_cosine
-from onnxslim.measure.latency import threads_text
+from onnxslim.measure.latency import keep_fallback, threads_text
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.progress import track
 from onnxslim.quant.calibrate import calibrate
@@ -369,14 +369,13 @@ def _faster_or_float(run: QuantRun, quantized: onnx.ModelProto, config: QuantCon
     if config.latency_runs > 0:
         report.latency = latency_ratio(run.original, quantized, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=show_progress)
     ratio = report.latency.ratio if report.latency is not None else None
-    if ratio is None or ratio < 1.0:
-        return quantized
-    message = f"INT8 is not faster than FP32 here ({ratio:.2f}x FP32 latency at {threads_text(config.threads)})"
-    if config.if_slower == "fail":
-        raise NothingToDoError(message + "; nothing written (--if-slower fail)")
-    if config.if_slower == "keep-fp32":
+    message = f"INT8 is not faster than FP32 here ({ratio:.2f}x FP32 latency at {threads_text(config.threads)})" if ratio is not None else ""
+    use_fp32, warning = keep_fallback(
+        ratio, config.if_slower, keep="keep-fp32", message=message, kept="wrote the cleaned FP32 model instead (--if-slower keep-int8 writes INT8 anyway)"
+    )
+    if warning:
+        report.warnings.append(warning)
+    if use_fp32:
         report.written = "fp32"
-        report.warnings.append(message + "; wrote the cleaned FP32 model instead (--if-slower keep-int8 writes INT8 anyway)")
         return run.prepared
-    report.warnings.append(message)
     return quantized
