@@ -102,3 +102,39 @@ def with_outputs(model: onnx.ModelProto, names: list[str], elem_type: int | Mapp
             kind = elem_type if isinstance(elem_type, int) else elem_type[name]
             probe.graph.output.append(helper.make_tensor_value_info(name, kind, None))
     return probe
+
+
+def observing_only(model: onnx.ModelProto, names: list[str], elem_type: Mapping[str, int]) -> onnx.ModelProto:
+    """A copy of ``model`` whose only outputs are the tensors ``names``, without the nodes and weights they do not need.
+
+    A run of it computes just the part of the model in front of the observed
+    tensors, which is what makes observing a model's early layers cheap.
+    """
+    producers = {o: n for n in model.graph.node for o in n.output if o}
+    needed: set[int] = set()
+    seen: set[str] = set()
+    pending = list(names)
+    while pending:
+        tensor = pending.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        node = producers.get(tensor)
+        if node is None or id(node) in needed:
+            continue
+        needed.add(id(node))
+        pending.extend(node.input)
+        for sub in subgraphs(node):
+            pending.extend(outer_references(sub))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    nodes = [copy for copy, original in zip(probe.graph.node, model.graph.node) if id(original) in needed]
+    reads = {name for node in nodes for name in node.input} | set().union(*(outer_references(s) for node in nodes for s in subgraphs(node)))
+    weights = [t for t in probe.graph.initializer if t.name in reads or t.name in names]
+    del probe.graph.node[:]
+    probe.graph.node.extend(nodes)
+    del probe.graph.initializer[:]
+    probe.graph.initializer.extend(weights)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_tensor_value_info(name, elem_type.get(name, TensorProto.FLOAT), None) for name in names)
+    return probe

@@ -9,19 +9,26 @@ The original model is the teacher. For every layer whose inputs lost channels
 - refit: for linear consumers (Gemm, MatMul, 1x1 Conv) the weights over the
   kept channels are re-solved by ridge least squares so that, on the
   calibration data, the pruned model's input to the layer reproduces the
-  original model's output of the layer. Layers are refit in graph order, each
-  on inputs from the already refit pruned model. The ridge term is
+  original model's output of the layer. The ridge term is
   ``ridge * mean(diag(X^T X))``.
 
-Only sums (X^T X, X^T Y, channel means) are kept, so memory does not grow
-with the amount of data.
+Refits are sequential (each layer is fitted to inputs from the pruned model
+whose earlier layers are already refit, so errors do not pile up) without a
+pass over the data per layer: one run of the original collects every target
+and every input mean, then one run per *wave* of the pruned model, truncated
+to what the wave reads, fits all layers whose refit inputs no longer change.
+A chain of n refit layers costs n truncated passes; independent branches share
+them. Targets are kept for a fixed random subset of rows per layer (at least
+``ROWS_PER_UNKNOWN`` per weight of a column), so memory does not grow with the
+amount of data.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
@@ -34,7 +41,7 @@ from onnxslim.progress import track
 from onnxslim.prune.statistics import channel_rows
 from onnxslim.reasons import Reason
 from onnxslim.records import Record
-from onnxslim.runtime.probe import probe_runner
+from onnxslim.runtime.probe import observer
 
 LINEAR = ("Gemm", "MatMul", "Conv")
 
@@ -61,6 +68,8 @@ class RecoveryStep(Record):
     def __str__(self) -> str:
         return f"{self.layer}: {self.reason.text}"
 MIN_ROWS_PER_INPUT = 1  # a refit needs at least as many observations as unknowns per output; the ridge term does the rest
+ROWS_PER_UNKNOWN = 32  # rows of targets kept per input channel of a refit layer (at least MIN_TARGET_ROWS)
+MIN_TARGET_ROWS = 16384
 
 
 def _changed_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
@@ -120,64 +129,123 @@ def _set_input(model: onnx.ModelProto, node: onnx.NodeProto, index: int, array: 
     node.input[index] = name
 
 
+@dataclass
+class _Layer:
+    """One layer that lost input channels, and what the pass over the original model found for it."""
+
+    old: onnx.NodeProto
+    new: onnx.NodeProto
+    kept_in: list[int]
+    kept_out: list[int] | None
+    old_weight: np.ndarray
+    refit: bool
+    input_sum: np.ndarray | None = None  # the original model's input, summed per channel over all rows
+    input_rows: int = 0
+    picks: list[np.ndarray] = field(default_factory=list)  # per batch: the rows whose targets are kept
+    targets: list[np.ndarray] = field(default_factory=list)  # per batch: the original layer's output on those rows
+
+
 def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable, config, kept: dict, *, show_progress: bool = False) -> list[RecoveryStep]:
     """Compensate (in place on ``pruned``) the layers that lost input channels; returns what was done.
 
     ``kept`` gives, per layer, the surviving input and output channels in the original numbering.
     """
-    lines = []
-    taken = all_value_names(pruned.graph)
+    steps: dict[str, RecoveryStep] = {}
     readers = Counter(name for node in pruned.graph.node for name in node.input[1:] if name)
-    for old, new in track(_changed_consumers(original, pruned, kept), "recovering layers", enabled=show_progress):
+    layers = []
+    before = initializer_map(original.graph)
+    for old, new in _changed_consumers(original, pruned, kept):
         if any(readers[name] > 1 for name in new.input[1:] if name):
             # a refit would give each use its own weights: the shared tensor would be written once per use
-            lines.append(RecoveryStep(new.name, Reason(RecoveryKind.NONE, "weights shared with other layers: left as pruned, so they stay one tensor")))
+            steps[new.name] = RecoveryStep(new.name, Reason(RecoveryKind.NONE, "weights shared with other layers: left as pruned, so they stay one tensor"))
             continue
-        outputs = kept[new.name].get("out")
-        refit = config.recovery == "refit"
-        mask = config.token_mask
-        done = _refit(original, pruned, old, new, source, config.ridge, taken, outputs, mask) if refit else None
-        if done is None:
-            done = _compensate_bias(original, pruned, old, new, source, taken, kept[new.name]["in"], outputs, mask)
-        lines.append(RecoveryStep(new.name, done))
-    return lines
+        refit = config.recovery == "refit" and _as_matrix(to_array(initializer_map(pruned.graph)[new.input[1]]), new) is not None and _bias_slot(pruned, new) is not None
+        layers.append(_Layer(old, new, kept[new.name]["in"], kept[new.name].get("out"), to_array(before[old.input[1]]), refit))
+    if layers:
+        taken = all_value_names(pruned.graph)
+        _observe_original(original, layers, source, config.token_mask, show_progress)
+        for layer in layers:
+            if not layer.refit:
+                steps[layer.new.name] = RecoveryStep(layer.new.name, _compensate_bias(pruned, layer, taken))
+        waves = _waves(pruned, [layer for layer in layers if layer.refit])
+        for wave in track(waves, "refitting layers (sequential waves)", enabled=show_progress):
+            for layer, reason in _refit_wave(pruned, wave, source, config, taken):
+                steps[layer.new.name] = RecoveryStep(layer.new.name, reason)
+    order = {node.name: i for i, node in enumerate(pruned.graph.node)}
+    return sorted(steps.values(), key=lambda step: order.get(step.layer, len(order)))
 
 
-def _layer_stats(original, pruned, old, new, source, outputs, token_mask):
-    """Streaming sums over the data: X^T X, X^T Y and column sums, X from the pruned model, Y from the original."""
-    teacher = probe_runner(original, [old.output[0]])
-    student = probe_runner(pruned, [new.input[0]])
-    xtx = xty = xsum = ysum = None
-    rows = 0
-    for _, batch in source:
-        (y,) = teacher.run(batch, [old.output[0]])
-        (x,) = student.run(batch, [new.input[0]])
-        x = channel_rows(x, new, batch, token_mask).astype(np.float64)
-        y = channel_rows(y, new, batch, token_mask).astype(np.float64)
-        if outputs is not None:
-            y = y[:, outputs]
-        if xtx is None:
-            xtx, xty, xsum, ysum = x.T @ x, x.T @ y, x.sum(axis=0), y.sum(axis=0)
-        else:
-            xtx += x.T @ x
-            xty += x.T @ y
-            xsum += x.sum(axis=0)
-            ysum += y.sum(axis=0)
-        rows += x.shape[0]
-    return xtx, xty, xsum, ysum, rows
+def _observe_original(original: onnx.ModelProto, layers: list[_Layer], source: Iterable, token_mask, show_progress: bool) -> None:
+    """One pass of the original model: every layer's input means, and the refit layers' targets on a sample of rows."""
+    batches = sum(1 for _ in source)
+    names = sorted({layer.old.input[0] for layer in layers} | {layer.old.output[0] for layer in layers if layer.refit})
+    runner = observer(original, [n for n in names if n not in _input_names(original)])
+    rng = np.random.default_rng(0)
+    for _, batch in track(source, "observing the original model", total=batches, enabled=show_progress):
+        values = dict(zip(runner.output_names, runner.run(batch)))
+        values.update(batch)
+        for layer in layers:
+            x = channel_rows(values[layer.old.input[0]], layer.old, batch, token_mask)
+            layer.input_sum = x.sum(axis=0, dtype=np.float64) + (0 if layer.input_sum is None else layer.input_sum)
+            layer.input_rows += x.shape[0]
+            if layer.refit:
+                y = channel_rows(values[layer.old.output[0]], layer.old, batch, token_mask)
+                wanted = math.ceil(max(MIN_TARGET_ROWS, ROWS_PER_UNKNOWN * (len(layer.kept_in) + 1)) / max(batches, 1))
+                pick = np.sort(rng.choice(y.shape[0], wanted, replace=False)) if y.shape[0] > wanted else np.arange(y.shape[0])
+                y = y[pick]
+                layer.picks.append(pick)
+                layer.targets.append(np.ascontiguousarray(y[:, layer.kept_out] if layer.kept_out is not None else y, dtype=np.float32))
 
 
-def _refit(original, pruned, old, new, source, ridge, taken, outputs, token_mask) -> Reason | None:
-    inits = initializer_map(pruned.graph)
-    weight = to_array(inits[new.input[1]])
-    matrix = _as_matrix(weight, new)
-    slot = _bias_slot(pruned, new)
-    if matrix is None or slot is None:
-        return None
-    bias_node, bias_index = slot
-    has_bias = bias_index < len(bias_node.input) and bool(bias_node.input[bias_index])
-    bias = to_array(inits[bias_node.input[bias_index]]).astype(np.float64) if has_bias else np.zeros(matrix.shape[1])
-    xtx, xty, xsum, ysum, rows = _layer_stats(original, pruned, old, new, source, outputs, token_mask)
+def _input_names(model: onnx.ModelProto) -> set[str]:
+    return {v.name for v in model.graph.input}
+
+
+def _waves(model: onnx.ModelProto, layers: list[_Layer]) -> list[list[_Layer]]:
+    """The refit layers in waves: a layer comes one wave after the last refit layer in front of it."""
+    by_name = {layer.new.name: layer for layer in layers}
+    depth: dict[str, int] = {}
+    waves: dict[int, list[_Layer]] = {}
+    for node in model.graph.node:
+        level = max((depth.get(name, 0) for name in node.input), default=0)
+        if node.name in by_name:
+            waves.setdefault(level, []).append(by_name[node.name])
+            level += 1
+        for name in node.output:
+            depth[name] = level
+    return [waves[level] for level in sorted(waves)]
+
+
+def _refit_wave(pruned: onnx.ModelProto, wave: list[_Layer], source: Iterable, config, taken: set[str]) -> list[tuple[_Layer, Reason]]:
+    """Fit every layer of ``wave`` on its input in the pruned model as it is now; the ones that cannot be fitted get bias compensation."""
+    names = [layer.new.input[0] for layer in wave]
+    runner = observer(pruned, sorted(set(names) - _input_names(pruned)))
+    sums: dict[str, list] = {layer.new.name: [None, None, None, None, 0] for layer in wave}
+    for index, (_, batch) in enumerate(source):
+        values = dict(zip(runner.output_names, runner.run(batch)))
+        values.update(batch)
+        for layer in wave:
+            x = channel_rows(values[layer.new.input[0]], layer.new, batch, config.token_mask)[layer.picks[index]].astype(np.float64)
+            y = layer.targets[index].astype(np.float64)
+            acc = sums[layer.new.name]
+            if acc[0] is None:
+                acc[:4] = x.T @ x, x.T @ y, x.sum(axis=0), y.sum(axis=0)
+            else:
+                acc[0] += x.T @ x
+                acc[1] += x.T @ y
+                acc[2] += x.sum(axis=0)
+                acc[3] += y.sum(axis=0)
+            acc[4] += x.shape[0]
+    done = []
+    for layer in wave:
+        reason = _apply_refit(pruned, layer.new, *sums[layer.new.name], config.ridge, taken)
+        done.append((layer, reason if reason is not None else _compensate_bias(pruned, layer, taken)))
+        layer.targets, layer.picks = [], []  # free the targets as soon as the layer is fitted
+    return done
+
+
+def solve_refit(xtx: np.ndarray, xty: np.ndarray, xsum: np.ndarray, ysum: np.ndarray, rows: int, ridge: float) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Ridge least squares with an intercept from the sums: (weights (inputs, outputs), intercept, penalty), or None when underdetermined."""
     count = xtx.shape[0]
     if rows < MIN_ROWS_PER_INPUT * (count + 1):
         return None  # too few samples to determine the weights; bias compensation is safer
@@ -192,33 +260,42 @@ def _refit(original, pruned, old, new, source, ridge, taken, outputs, token_mask
         solution = np.linalg.solve(gram + np.diag(np.r_[np.full(count, penalty), 0.0]), cross)
     except np.linalg.LinAlgError:
         return None
-    new_matrix, intercept = solution[:count], solution[count]
+    return solution[:count], solution[count], penalty
+
+
+def _apply_refit(pruned, new, xtx, xty, xsum, ysum, rows, ridge, taken) -> Reason | None:
+    if xtx is None:
+        return None
+    inits = initializer_map(pruned.graph)
+    weight = to_array(inits[new.input[1]])
+    bias_node, bias_index = _bias_slot(pruned, new)
+    has_bias = bias_index < len(bias_node.input) and bool(bias_node.input[bias_index])
+    bias = to_array(inits[bias_node.input[bias_index]]).astype(np.float64) if has_bias else np.zeros(xty.shape[1])
+    solved = solve_refit(xtx, xty, xsum, ysum, rows, ridge)
+    if solved is None:
+        return None
+    new_matrix, intercept, penalty = solved
     # Conv and Gemm outputs include their bias, so the intercept is the new bias; a MatMul's
     # output does not, so the intercept is a correction added to the bias of the Add after it.
     new_bias = intercept if bias_node is new else bias + intercept
     _set_input(pruned, bias_node, bias_index, new_bias.reshape(bias.shape), taken, weight.dtype)
     _set_input(pruned, new, 1, _from_matrix(new_matrix, new, weight), taken, weight.dtype)
-    return Reason(RecoveryKind.REFIT, f"refit {count} input channel(s) by ridge least squares on {rows} rows (ridge {penalty:.3g})")
+    return Reason(RecoveryKind.REFIT, f"refit {xtx.shape[0]} input channel(s) by ridge least squares on {rows} rows (ridge {penalty:.3g})")
 
 
-def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_out, token_mask) -> Reason:
-    before = to_array(initializer_map(original.graph)[old.input[1]])
-    axis = weight_axes(new)[0]
-    if kept_out is not None:
-        before = np.take(before, kept_out, axis=weight_axes(new)[1])
+def _compensate_bias(pruned, layer: _Layer, taken) -> Reason:
+    """Add the removed input channels' mean contribution (over the original model's inputs to the layer) to the bias."""
+    new = layer.new
     slot = _bias_slot(pruned, new)
     if slot is None:
         return Reason(RecoveryKind.NONE, "no bias to compensate into; left as pruned")
-    teacher = probe_runner(original, [old.input[0]])
-    total, rows = None, 0
-    for _, batch in source:
-        (x,) = teacher.run(batch, [old.input[0]])
-        cols = channel_rows(x, old, batch, token_mask).astype(np.float64)
-        total = cols.sum(axis=0) if total is None else total + cols.sum(axis=0)
-        rows += cols.shape[0]
-    mean = total / max(rows, 1)
-    removed = np.setdiff1d(np.arange(before.shape[axis]), kept_in)
-    contribution = np.take(before, removed, axis=axis).astype(np.float64)
+    weights = layer.old_weight
+    axis = weight_axes(new)[0]
+    if layer.kept_out is not None:
+        weights = np.take(weights, layer.kept_out, axis=weight_axes(new)[1])
+    mean = layer.input_sum / max(layer.input_rows, 1)
+    removed = np.setdiff1d(np.arange(weights.shape[axis]), layer.kept_in)
+    contribution = np.take(weights, removed, axis=axis).astype(np.float64)
     if new.op_type == "Conv":
         delta = np.einsum("oikl,i->o", contribution, mean[removed])
     elif axis == 1:  # Gemm with transB: (N, K)
@@ -228,7 +305,5 @@ def _compensate_bias(original, pruned, old, new, source, taken, kept_in, kept_ou
     bias_node, index = slot
     inits = initializer_map(pruned.graph)
     current = to_array(inits[bias_node.input[index]]) if index < len(bias_node.input) and bias_node.input[index] else np.zeros(delta.shape)
-    _set_input(pruned, bias_node, index, current + delta.reshape(current.shape), taken, before.dtype)
+    _set_input(pruned, bias_node, index, current + delta.reshape(current.shape), taken, weights.dtype)
     return Reason(RecoveryKind.BIAS, f"added the mean contribution of {removed.size} removed channel(s) to the bias")
-
-

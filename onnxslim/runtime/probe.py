@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from onnxslim.ir.graph import with_outputs
+from onnxslim.ir.graph import observing_only, with_outputs
 from onnxslim.ir.shapes import element_types
 from onnxslim.runtime.session import Runner
 
@@ -21,6 +21,12 @@ def probe_runner(model: onnx.ModelProto, names: list[str]) -> Runner:
     types = element_types(model)
     outputs = {name: types.get(name, onnx.TensorProto.FLOAT) for name in names}
     return Runner(with_outputs(model, names, outputs), threads=None, optimization="extended", label="probe")
+
+
+def observer(model: onnx.ModelProto, names: list[str]) -> Runner:
+    """A session that computes only the tensors ``names`` (and what they need), returned in that order."""
+    types = element_types(model)
+    return Runner(observing_only(model, names, types), threads=None, optimization="extended", label="probe")
 
 
 def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wanted: set[str] | None = None) -> dict[str, tuple]:
