@@ -399,6 +399,8 @@ def _print_pruning(report) -> None:
             table.add_row(escape(producers), str(group.channels_before), str(group.channels_after), escape(group.skipped or ""))
         console.print(table)
         console.print(f"pruned {len(report.pruned_groups)} of {len(report.groups)} groups", highlight=False)
+        if report.widths is not None:
+            console.print(escape(str(report.widths)), highlight=False)
     if report.recovery:
         kinds = Counter(step.kind for step in report.recovery)
         refit, compensated = kinds[RecoveryKind.REFIT], kinds[RecoveryKind.BIAS]

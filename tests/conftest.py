@@ -10,6 +10,10 @@ from onnxslim.runtime.providers import available_providers
 
 def pytest_configure(config):
     os.environ.setdefault("COLUMNS", "160")
+    # measured channel widths are cached per machine; tests must measure, not read a developer's cache
+    import tempfile
+
+    os.environ["ONNXSLIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="onnxslim-cache-")
 
 
 @pytest.fixture

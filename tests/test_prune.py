@@ -387,3 +387,100 @@ def test_a_conv_reading_tracked_channels_off_its_channel_axis_blocks_them():
     for feed in sample_inputs(model, 1):
         assert run_model(pruned, feed)[0].shape == (1, 4, 32)
     assert any(g.skipped and "not its channel axis" in g.skipped for g in report.groups)
+
+
+def test_choose_multiple_takes_the_most_accurate_of_the_fastest():
+    from onnxslim.prune.widths import choose_multiple
+
+    # 8 and 16 are equally fast within noise: 16 keeps more channels, so it wins; 1 is slow
+    assert choose_multiple({1: 1.22, 4: 0.71, 8: 0.69, 16: 0.695, 32: 0.80}) == 16
+    assert choose_multiple({1: 0.60, 4: 0.70, 8: 0.70}) == 1
+    with pytest.raises(ValueError):
+        choose_multiple({})
+
+
+def test_default_width_is_measured_and_kept_counts_follow_it(monkeypatch):
+    from onnxslim.prune import structured
+    from onnxslim.prune.widths import CANDIDATE_MULTIPLES
+
+    model = conv_bn_relu(channels=40)
+    calls = []
+
+    def timed(runners, feed, **kwargs):  # the original, then the distinct candidates: some fast, some slow
+        calls.append(len(runners))
+        return [[1.0]] + [[0.5 if index % 2 else 0.9] for index in range(1, len(runners))]
+
+    monkeypatch.setattr(structured, "interleaved_latency", timed)
+    _, report = prune(model, config=PruneConfig(ratio=0.3, latency_runs=3))
+    assert calls and report.widths.measured and set(report.widths.measured) == set(CANDIDATE_MULTIPLES)
+    fastest = min(report.widths.measured.values())
+    assert report.widths.measured[report.widths.multiple] == fastest
+    changed = [g for g in report.groups if g.channels_after < g.channels_before]
+    assert changed and all(g.channels_after % report.widths.multiple == 0 for g in changed)
+    # the same model and selection again: the measurement comes from the cache
+    calls.clear()
+    _, again = prune(model, config=PruneConfig(ratio=0.3, latency_runs=3))
+    assert not calls and again.widths.cached and again.widths.multiple == report.widths.multiple
+    # without timing there is nothing to measure: the exact counts, and the report says why
+    _, untimed = prune(model, config=PruneConfig(ratio=0.3, latency_runs=0))
+    assert untimed.widths.multiple == 1 and "not measured" in untimed.widths.note
+    _, given = prune(model, config=PruneConfig(ratio=0.3, round_to=8, latency_runs=0))
+    assert given.widths.multiple == 8 and all(g.channels_after % 8 == 0 for g in given.groups if g.channels_after < g.channels_before)
+
+
+def _three_layer_mlp(seed: int = 0) -> onnx.ModelProto:
+    b = GraphBuilder(seed)
+    h = "x"
+    for index, (d_in, d_out) in enumerate([(8, 32), (32, 32), (32, 4)]):
+        h = b.node("Add", [b.node("MatMul", [h, b.const(b.weight(d_in, d_out, fan_in=d_in))]), b.const((0.1 * b.rng.standard_normal(d_out)).astype(np.float32), "b")])
+        if index < 2:
+            h = b.node("Relu", [h])
+    graph = helper.make_graph(
+        b.nodes, "mlp3", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])], [helper.make_tensor_value_info(h, TensorProto.FLOAT, ["n", 4])], b.initializers
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _ridge(x, y, ridge):
+    """The refit's normal equations with an intercept, in numpy."""
+    xa = np.hstack([x, np.ones((x.shape[0], 1))]).astype(np.float64)
+    penalty = ridge * np.mean(np.diag(x.T.astype(np.float64) @ x))
+    solution = np.linalg.solve(xa.T @ xa + np.diag(np.r_[np.full(x.shape[1], penalty), 0.0]), xa.T @ y)
+    return solution[:-1], solution[-1]
+
+
+def test_refit_is_sequential_each_layer_fitted_on_the_refit_model_before_it():
+    from onnxslim.prune.groups import kept_positions
+    from onnxslim.prune.recover import recover
+
+    model = _three_layer_mlp()
+    work = load_model(model)
+    PREPARE(work)
+    rng = np.random.default_rng(1)
+    data = [("b", {"x": rng.standard_normal((64, 8)).astype(np.float32)}) for _ in range(4)]
+    groups = build_groups(trace(work, infer_shapes(work, {"x": (64, 8)})))
+    removed, _ = select(groups, channel_scores(work, groups, "l2"), 0.5, PruneConfig().selection)
+    pruned = apply_removal(work, groups, removed)
+    kept = kept_positions(groups, removed)
+    config = PruneConfig(recovery="refit")
+    steps = recover(work, pruned, data, config, kept)
+    assert [s.kind.value for s in steps] == ["refit", "refit"]
+
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in work.graph.initializer}
+    (m1, a1), (m2, a2), (m3, a3) = [(n, next(r for r in work.graph.node if n.output[0] in r.input)) for n in work.graph.node if n.op_type == "MatMul"]
+    w = [weights[m.input[1]] for m in (m1, m2, m3)]
+    bias = [weights[a.input[1]] for a in (a1, a2, a3)]
+    x = np.concatenate([feed["x"] for _, feed in data]).astype(np.float64)
+    k1, k2 = kept[m1.name]["out"], kept[m2.name]["out"]
+    h1 = np.maximum(x @ w[0] + bias[0], 0)
+    h2 = np.maximum(h1 @ w[1] + bias[1], 0)
+    # layer 2 on the pruned model's own input, towards the original's output at the kept channels
+    h1_pruned = np.maximum(x @ w[0][:, k1] + bias[0][k1], 0)
+    w2, c2 = _ridge(h1_pruned, (h1 @ w[1])[:, k2], config.ridge)
+    # layer 3 on the output of the REFIT layer 2: sequential, not both from the unrefit model
+    h2_refit = np.maximum(h1_pruned @ w2 + bias[1][k2] + c2, 0)
+    w3, _ = _ridge(h2_refit, h2 @ w[2], config.ridge)
+    got = {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    by_name = {n.name: n for n in pruned.graph.node}
+    np.testing.assert_allclose(got[by_name[m2.name].input[1]], w2, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(got[by_name[m3.name].input[1]], w3, rtol=2e-4, atol=2e-5)

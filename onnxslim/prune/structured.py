@@ -10,6 +10,7 @@ onnxruntime with the original output shapes, or nothing is written.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import os
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
 from onnxslim.measure import LatencyComparison, fidelity, latency_ratio
-from onnxslim.measure.latency import keep_fallback, threads_text
+from onnxslim.measure.latency import interleaved_latency, keep_fallback, threads_text
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import PassResult, Pipeline, constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
 from onnxslim.passes.naming import name_unnamed_nodes
@@ -40,6 +41,7 @@ from onnxslim.prune.select import GroupOutcome, GroupReport, SelectionSettings, 
 from onnxslim.prune.statistics import channel_energy
 from onnxslim.prune.trace import trace
 from onnxslim.prune.unstructured import magnitude_sparsify
+from onnxslim.prune.widths import CANDIDATE_MULTIPLES, WidthChoice, cache_key, cached, choose_multiple, remember
 from onnxslim.records import BeforeAfter, Record
 from onnxslim.runtime import Runner
 from onnxslim.runtime.probe import check_runs, runtime_shapes
@@ -54,7 +56,10 @@ class PruneConfig:
     importance: 'l1', 'l2' (magnitude, BatchNorm-aware) or 'activation' (needs data).
     scope: 'local' ranks within each group; 'global' ranks all groups together
         (scores normalized per group) and removes ``ratio`` of all channels.
-    round_to: keep channel counts at multiples of this (fast kernels like multiples of 8).
+    round_to: keep channel counts at multiples of this; 0 (the default) measures the
+        candidates 1, 4, 8, 16 and 32 against the original on the timing batch and
+        keeps the fastest (onnxruntime's blocked kernels want multiples of their
+        vector width; which multiple pays depends on the model and the machine).
     target_params / target_macs: instead of ``ratio``, the smallest global ratio
         reaching at most this share (0..1) of the original parameters / MACs.
     recovery: 'auto' (the default: 'refit' when data is given, 'none' without),
@@ -72,7 +77,7 @@ class PruneConfig:
     ratio: float = setting(0.3, "Share of each group's channels to remove (or, with --unstructured, of each layer's weights to zero).", low=0.0, high=1.0, high_open=True)
     importance: str = setting("l2", "Channel ranking: weight magnitude (BatchNorm-aware) or activation-aware (needs --data).", choices=METHODS)
     scope: str = setting("local", "Rank within each group, or across all groups.", choices=("local", "global"))
-    round_to: int = setting(1, "Keep channel counts at multiples of this.", low=1)
+    round_to: int = setting(0, "Keep channel counts at multiples of this (0: the multiple measured fastest on this machine, of 1, 4, 8, 16, 32).", low=0)
     target_params: float | None = setting(None, "Instead of --ratio: keep at most this share of the parameters.", low=0.0, high=1.0, low_open=True)
     target_macs: float | None = setting(None, "Instead of --ratio: keep at most this share of the multiply-accumulates.", low=0.0, high=1.0, low_open=True)
     recovery: str = setting("auto", "Retraining-free recovery (auto: refit when data is given, else none).", choices=("auto", "none", "bias", "refit"))
@@ -127,6 +132,7 @@ class PruneReport(Record):
     written: str = "pruned"  # or "original", when the pruned model was not faster (--if-slower keep-original)
     evaluation: str = ""  # the data the fidelity was measured on
     warnings: list[str] = field(default_factory=list)
+    widths: WidthChoice | None = None
 
     @property
     def pruned_groups(self) -> list[GroupReport]:
@@ -251,15 +257,15 @@ def prune(
     if data is not None and not held_out:
         report.warnings.append("no held-out data: fidelity is measured on the batches that ranked and refit the channels; give --eval-data or more batches")
     shapes = _shapes_for(work, source) if source is not None else infer_shapes(work, input_shapes or {})
+    probe = _probe_feed(original, source, input_shapes)
     if config.unstructured:
         pruned, lines = magnitude_sparsify(work, config.ratio)
         report.sparsity.extend(lines)
         report.warnings.append("unstructured sparsity keeps every tensor's shape: the model compresses better but dense runtimes do not run it faster")
     else:
-        pruned = _remove_channels(work, shapes, source, config, report, label, show_progress)
+        pruned = _remove_channels(work, shapes, source, probe, config, report, label, show_progress)
     if has_mapped(original):
         pruned = spill(pruned)
-    probe = _probe_feed(original, source, input_shapes)
     _check_result(original, pruned, probe, report, label)
     _measure(original, pruned, shapes, held_out or source, probe, config, report)
     result = _never_slower(original, pruned, config, report)
@@ -289,7 +295,9 @@ def _never_slower(original: onnx.ModelProto, pruned: onnx.ModelProto, config: Pr
     return pruned
 
 
-def _remove_channels(work: onnx.ModelProto, shapes: dict, source, config: PruneConfig, report: PruneReport, label: str, show_progress: bool) -> onnx.ModelProto:
+def _remove_channels(
+    work: onnx.ModelProto, shapes: dict, source, probe: dict | None, config: PruneConfig, report: PruneReport, label: str, show_progress: bool
+) -> onnx.ModelProto:
     """Trace, group, score, select and cut; then recover from the data when there is some."""
     energy = channel_energy(work, source, token_mask=config.token_mask, show_progress=show_progress) if config.importance == "activation" else None
     groups = build_groups(trace(work, shapes))
@@ -297,7 +305,7 @@ def _remove_channels(work: onnx.ModelProto, shapes: dict, source, config: PruneC
         raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights)")
     scores = channel_scores(work, groups, config.importance, energy)
     ratio = _ratio_for_budget(work, groups, scores, shapes, config) if (config.target_params or config.target_macs) else config.ratio
-    removed, report.groups = select(groups, scores, ratio, config.selection)
+    removed, report.groups, report.widths = _select_widths(work, groups, scores, ratio, probe, config, show_progress)
     if config.ratio > 0 and not removed and not config.target_params and not config.target_macs:
         free = [g for g in report.groups if g.outcome in (GroupOutcome.UNCHANGED, GroupOutcome.PARTLY_BLOCKED)]
         if free:
@@ -319,6 +327,43 @@ def _remove_channels(work: onnx.ModelProto, shapes: dict, source, config: PruneC
         report.recovery.extend(recover(work, pruned, source, config, kept_positions(groups, removed), show_progress=show_progress))
         remove_dead_nodes(pruned)
     return pruned
+
+
+def _select_widths(work: onnx.ModelProto, groups: Groups, scores, ratio: float, probe: dict | None, config: PruneConfig, show_progress: bool):
+    """The classes to remove, the group reports, and the channel multiple used: the one given, or the fastest measured."""
+    if config.round_to:
+        removed, reports = select(groups, scores, ratio, config.selection)
+        return removed, reports, WidthChoice(config.round_to, note="--round-to")
+    choices = {m: select(groups, scores, ratio, dataclasses.replace(config.selection, round_to=m)) for m in CANDIDATE_MULTIPLES}
+    distinct: dict[frozenset, list[int]] = {}
+    for m, (removed, _) in choices.items():
+        distinct.setdefault(frozenset(removed), []).append(m)
+    if len(distinct) == 1 or probe is None or config.latency_runs == 0:
+        why = "every multiple keeps the same channels" if len(distinct) == 1 else "not measured: no timing batch" if probe is None else "not measured: --latency-runs 0"
+        removed, reports = choices[1]
+        return removed, reports, WidthChoice(1, note=why)
+    key = cache_key(_digest(work), repr(sorted(sorted(r) for r in distinct)), "CPUExecutionProvider", config.threads)
+    ratios = cached(key)
+    from_cache = ratios is not None and set(ratios) == set(CANDIDATE_MULTIPLES)
+    if not from_cache:
+        candidates = [apply_removal(work, groups, set(removed)) for removed in distinct]
+        runners = [Runner(work, threads=config.threads, label="original")] + [Runner(c, threads=config.threads, label=f"candidate {i}") for i, c in enumerate(candidates)]
+        runs = max(5, min(config.latency_runs, 20))
+        samples = interleaved_latency(runners, probe, warmup=3, runs=runs, show_progress=show_progress, description="timing channel multiples")
+        medians = [float(np.median(s)) for s in samples]
+        ratios = {m: medians[i + 1] / medians[0] for i, multiples in enumerate(distinct.values()) for m in multiples}
+        remember(key, ratios)
+    multiple = choose_multiple(ratios)
+    removed, reports = choices[multiple]
+    return removed, reports, WidthChoice(multiple, ratios, config.threads, cached=from_cache)
+
+
+def _digest(model: onnx.ModelProto) -> str:
+    """A fingerprint of the model's graph and weights (of the weights' names and shapes only, for a model too large to serialize)."""
+    if model.ByteSize() < 2**31 - 2**20:
+        return hashlib.sha256(model.SerializeToString()).hexdigest()
+    summary = [(t.name, tuple(t.dims), t.data_type) for t in model.graph.initializer] + [(n.name, n.op_type, tuple(n.input)) for n in model.graph.node]
+    return hashlib.sha256(repr(summary).encode()).hexdigest()
 
 
 def _check_result(original: onnx.ModelProto, pruned: onnx.ModelProto, probe: dict | None, report: PruneReport, label: str) -> None:
