@@ -6,10 +6,12 @@ The Python API mirrors the command line::
     summary = onnxslim.inspect("model.onnx")
     model, report = onnxslim.quantize("model.onnx", "calib/", output="model.int8.onnx")
     report = onnxslim.validate("model.onnx", "model.int8.onnx", "data/")
+    model, report = onnxslim.compress("model.onnx", "calib/", output="model.small.onnx")
 """
 
 __version__ = "0.1.0"
 
+from onnxslim.compress import CompressConfig, compress  # noqa: E402
 from onnxslim.errors import OnnxSlimError  # noqa: E402
 from onnxslim.ir.io import load_model, save_model  # noqa: E402
 from onnxslim.optimize import optimize  # noqa: E402
@@ -19,10 +21,12 @@ from onnxslim.summary import inspect  # noqa: E402
 from onnxslim.validate import Gates, validate  # noqa: E402
 
 __all__ = [
+    "CompressConfig",
     "OnnxSlimError",
     "Gates",
     "PruneConfig",
     "QuantConfig",
+    "compress",
     "inspect",
     "load_model",
     "optimize",

@@ -25,6 +25,7 @@ from onnxslim.cli_options import (
     report_option,
     threads_option,
 )
+from onnxslim.compress import CompressConfig
 from onnxslim.errors import OnnxSlimError
 from onnxslim.ir.destinations import check_destinations
 from onnxslim.measure.latency import threads_text
@@ -432,6 +433,79 @@ def _print_pruning(report) -> None:
         else:
             what = ": unchanged (ratio 0 removes nothing)" if unchanged else ""
         console.print(f"wrote {escape(report.output)}{what}", highlight=False)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@output_option
+@data_options
+@click.option("--eval-data", default=None, help=(
+    "Held-out data every candidate is measured on, read like --data (default: every 5th batch of --data, used to build no candidate)."
+))
+@config_options(CompressConfig, "max_loss", "target_latency", "ratios", "importance", "target", "max_calibration_samples", "eval_fraction", "max_eval_batches")
+@threads_option
+@config_options(CompressConfig, "latency_runs")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, help="Also write one self-contained HTML page: the candidates' accuracy/latency plot and a per-layer chart.")
+@report_option
+@quiet_option
+def compress(model, output, eval_data, threads, html_path, report_path, quiet, input_shapes, **options):
+    """Prune and quantize MODEL under one accuracy budget; write the fastest candidate that stays within it to OUTPUT.
+
+    Every candidate (quantized; pruned at each ratio; pruned and quantized) is measured against MODEL on held-out data
+    and timed interleaved with it. When none is within the budget and faster, nothing is written (exit 1).
+    """
+    check_destinations(inputs=[model], output=output, report=report_path, html=html_path)
+    from onnxslim.compress import compress as compress_model
+    from onnxslim.errors import BudgetError
+
+    if html_path:
+        from onnxslim.compress.html import _plotly
+
+        _plotly()  # fail before the work, not after it
+    config = CompressConfig(threads=threads, **config_values(CompressConfig, options))
+    data = _resolve_data(model, options, required=True)
+    eval_data = _resolve_data(model, options, data=eval_data) if eval_data is not None else None
+    try:
+        _, report = compress_model(model, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
+    except BudgetError as exc:
+        if exc.report is not None:
+            _print_candidates(exc.report)
+            _write_compress_reports(exc.report, report_path, html_path)
+        raise
+    _print_candidates(report)
+    _write_compress_reports(report, report_path, html_path)
+
+
+def _write_compress_reports(report, report_path, html_path) -> None:
+    if html_path:
+        from onnxslim.compress.html import write_html
+
+        write_html(report, html_path)
+        err_console.print(f"HTML report written to {html_path}", highlight=False)
+    _finish(report.to_dict(), report_path)
+
+
+def _print_candidates(report) -> None:
+    table = Table(title=f"candidates against the original ({escape(report.evaluation)}; latency at {threads_text(report.threads)})", title_justify="left")
+    for column in ("candidate", "latency", "worst cosine", "size MB", "budget", "what was done"):
+        table.add_column(column, justify="right" if column in ("latency", "worst cosine", "size MB") else "left")
+    for c in report.candidates:
+        latency = f"{c.latency_ratio:.3f}x" if c.latency_ratio is not None else "-"
+        cosine = "-" if c.failed or c.loss != c.loss else ("nan" if c.loss == float("inf") else f"{1 - c.loss:.5f}")
+        mark = "[bold green]written[/]" if c.chosen else ("ok" if c.within_budget else "over" if c.measured else "-")
+        table.add_row(escape(c.name), latency, cosine, f"{c.file_bytes / 1e6:.2f}" if c.file_bytes else "-", mark, escape(c.note))
+    console.print(table)
+    budget = report.budget
+    target = f", target latency {budget['target_latency']:g}x" if budget.get("target_latency") else ""
+    console.print(f"budget: every output's cosine >= {1 - budget['max_loss']:g} vs the original{target}", highlight=False)
+    for warning in report.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    chosen = next((c for c in report.candidates if c.chosen), None)
+    if chosen is not None and report.output:
+        console.print(
+            f"wrote {escape(report.output)}: {escape(chosen.name)} ({report.why}), {chosen.latency_ratio:.2f}x the original's latency, worst cosine {1 - chosen.loss:.5f}",
+            highlight=False,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -120,6 +120,9 @@ def config_option(config_type: type, name: str):
         return click.option(flag, name, is_flag=True, default=field.default, help=described.help)
     if field.type in ("tuple[str, ...]",):
         return csv_option(flag, described.help, dest=name)
+    if field.type in ("tuple[float, ...]",):
+        default = ",".join(f"{v:g}" for v in field.default)
+        return click.option(flag, name, default=default, show_default=True, callback=_floats, metavar=described.metavar, help=described.help)
     if described.choices is not None:
         kind = click.Choice(list(described.choices))
     elif described.low is not None or described.high is not None:

@@ -39,6 +39,14 @@ class UnsupportedModelError(OnnxSlimError):
     """A valid model that this command cannot handle (yet), with the reason."""
 
 
+class BudgetError(OnnxSlimError):
+    """No result met the accuracy budget (or was faster than the input); ``report`` holds everything measured."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
+
+
 class UsageError(OnnxSlimError):
     """An option or argument was given a value that cannot be used."""
 

@@ -12,20 +12,35 @@ from onnxslim.ir.destinations import check_writable_path
 from onnxslim.records import plain
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def to_json(data: dict) -> str:
     return json.dumps(plain(data), indent=2)
 
 
 def write_report(data: dict, path: str | os.PathLike) -> Path:
     """Write ``data`` as JSON to ``path`` through a temporary file in the same folder."""
+    return write_text(to_json(data) + "\n", path, "report")
+
+
+def write_text(text: str, path: str | os.PathLike, role: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a temporary file in the same folder, then a rename); ``role`` names it in errors."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
-    check_writable_path(target, "report", ModelWriteError)
+    check_writable_path(target, role, ModelWriteError)
+    temp = None
     try:
         handle, temp = tempfile.mkstemp(prefix=".onnxslim-report-", dir=folder)
         with os.fdopen(handle, "w") as stream:
-            stream.write(to_json(data) + "\n")
+            stream.write(text)
+        os.chmod(temp, 0o666 & ~_umask())  # what a plain open() would have given, not mkstemp's private 0600
         os.replace(temp, target)
     except OSError as exc:
-        raise ModelWriteError(f"cannot write report {target}: {exc.strerror or exc}") from None
+        if temp is not None and os.path.exists(temp):
+            os.unlink(temp)
+        raise ModelWriteError(f"cannot write {role} {target}: {exc.strerror or exc}") from None
     return target

@@ -61,6 +61,23 @@ def test_recognizer_quantizes_with_fused_kernels_and_keeps_accuracy(ppocr, rec_d
     assert int8 >= fp32 - 0.02, (fp32, int8)
 
 
+def test_compress_on_the_recognizer_writes_a_faster_model_within_its_budget(ppocr, rec_data, tmp_path):
+    from onnxslim import CompressConfig, compress
+    from onnxslim.errors import BudgetError
+
+    out = tmp_path / "rec.small.onnx"
+    config = CompressConfig(ratios=(0.1,), latency_runs=10)
+    try:
+        _, report = compress(ppocr["ppocr_rec.onnx"], rec_data / "calib", eval_data=rec_data / "eval", config=config, output=out)
+    except BudgetError as exc:  # show what was measured
+        pytest.fail(f"{exc}: {[(c.name, c.loss, c.latency_ratio) for c in exc.report.candidates]}")
+    chosen = next(c for c in report.candidates if c.chosen)
+    assert chosen.loss <= config.max_loss and chosen.latency_ratio < 1.0
+    assert {c.name for c in report.candidates} >= {"original", "quantized", "pruned 10%"}
+    fp32, small = char_accuracy(ppocr["ppocr_rec.onnx"], rec_data / "eval"), char_accuracy(out, rec_data / "eval")
+    assert small >= fp32 - 0.02, (fp32, small)
+
+
 def perturbed_copy(source: Path, target: Path) -> None:
     model = onnx.load(str(source))
     rng = np.random.default_rng(0)

@@ -42,7 +42,7 @@ def test_report_path_equal_to_an_input_or_the_output_is_refused_before_work(mode
     out = tmp_path / "o.onnx"
     assert_refused(invoke("optimize", inline, "-o", out, "--report", inline), "is the input model")
     assert_refused(invoke("validate", inline, external, "--report", external, "--runs", "0", "-q"), "is the input model")
-    assert_refused(invoke("optimize", inline, "-o", out, "--report", out), "is the output model")
+    assert_refused(invoke("optimize", inline, "-o", out, "--report", out), "is the output too")
     assert_refused(invoke("optimize", external, "-o", out, "--report", data), "external data of the input model")
     assert_refused(invoke("inspect", external, "--report", data), "external data of the input model")
     assert not out.exists()

@@ -8,6 +8,7 @@ symbolic link would be replaced by a plain file.
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 from collections.abc import Sequence
@@ -74,14 +75,16 @@ def check_writable_path(path: Path, role: str, error: type[OnnxSlimError] = Usag
         raise error(f"cannot write to {role} folder {folder}: permission denied")
 
 
-def check_destinations(*, inputs: Sequence[PathLike] = (), output: PathLike | None = None, report: PathLike | None = None) -> None:
+def check_destinations(
+    *, inputs: Sequence[PathLike] = (), output: PathLike | None = None, report: PathLike | None = None, html: PathLike | None = None
+) -> None:
     """Refuse, with one line, destinations that would overwrite an input, each other, or a special file.
 
     ``inputs`` are model paths (their external data files count too) or other
     files the command reads. ``output`` is a model path: its data file
     ``<output>.data`` must not be an input either.
     """
-    existing = [Path(p) for p in (output, report, None if output is None else str(output) + ".data") if p is not None and os.path.lexists(p)]
+    existing = [Path(p) for p in (output, report, html, None if output is None else str(output) + ".data") if p is not None and os.path.lexists(p)]
     read: list[tuple[Path, str]] = []
     for item in inputs:
         # only a destination that exists can be one of the files a model references: parse the model only then
@@ -93,6 +96,8 @@ def check_destinations(*, inputs: Sequence[PathLike] = (), output: PathLike | No
         destinations.append((Path(output), "output"))
     if report is not None:
         destinations.append((Path(report), "report"))
+    if html is not None:
+        destinations.append((Path(html), "HTML report"))
     for path, role in destinations:
         for source, what in read:
             if _same(path, source):
@@ -103,5 +108,6 @@ def check_destinations(*, inputs: Sequence[PathLike] = (), output: PathLike | No
         for source, what in read:
             if _same(data, source):
                 raise UsageError(f"output {output} would write its weights to {data}, which is {what}; choose another output path")
-    if output is not None and report is not None and _same(Path(output), Path(report)):
-        raise UsageError(f"report {report} is the output model; choose another path for one of them")
+    for (first, first_role), (second, second_role) in itertools.combinations(destinations, 2):
+        if _same(first, second):
+            raise UsageError(f"{second_role} {second} is the {first_role} too; choose another path for one of them")

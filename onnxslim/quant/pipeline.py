@@ -12,7 +12,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -218,6 +218,7 @@ class BudgetSearch:
     kept: list[dict]
     met: bool
     note: str
+    sensitivity: list[dict] = field(default_factory=list)  # every candidate layer, most harmful first
 
 
 def _sensitivity(run: QuantRun, plan: QuantPlan, budget: float) -> BudgetSearch:
@@ -231,6 +232,7 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, budget: float) -> BudgetSearch:
         cosine = worst_cosine(fidelity(run.reference, model, batches))
         damage[node] = 2.0 if math.isnan(cosine) else 1.0 - cosine  # NaN/Inf where FP32 is finite: worst of all
     ranked = sorted(candidates, key=lambda n: damage[n], reverse=True)
+    every = [{"node": n, "cosine_when_alone_quantized": 1.0 - damage[n]} for n in ranked]
     count = 1
     while count <= len(ranked):
         excluded = frozenset(ranked[:count])
@@ -239,10 +241,10 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, budget: float) -> BudgetSearch:
         if cosine >= budget:
             kept = [{"node": n, "cosine_when_alone_quantized": 1.0 - damage[n]} for n in ranked[:count]]
             note = f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float (cosine {cosine:.5f} on {len(batches)} batch(es))"
-            return BudgetSearch(excluded, kept, True, note)
+            return BudgetSearch(excluded, kept, True, note, every)
         count = count * 2 if count < 8 else count + max(1, len(ranked) // 8)
     kept = [{"node": n, "cosine_when_alone_quantized": 1.0 - damage[n]} for n in ranked]
-    return BudgetSearch(frozenset(ranked), kept, False, f"accuracy budget {budget} cannot be met even with every quantized layer in float")
+    return BudgetSearch(frozenset(ranked), kept, False, f"accuracy budget {budget} cannot be met even with every quantized layer in float", every)
 
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm"}
@@ -352,6 +354,7 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
         return plan, quantized, comparisons
     search = _sensitivity(run, plan, config.accuracy_budget)
     report.kept_float_for_budget = search.kept
+    report.sensitivity = search.sensitivity
     if not search.met:
         report.warnings.append(search.note)
     plan, quantized = run.build(config, search.keep_float)

@@ -61,6 +61,7 @@ class QuantReport(Record):
     prepare: list[PassResult] = field(default_factory=list)
     decisions: list[NodeDecision] = json_field(omit=True, factory=list)
     kept_float_for_budget: list[dict] = field(default_factory=list)
+    sensitivity: list[dict] = field(default_factory=list)  # with a budget search: every layer's cosine when it alone is quantized
     warnings: list[str] = field(default_factory=list)
 
     @property

@@ -1,0 +1,101 @@
+"""``compress --html``: one self-contained HTML file with the accuracy/latency plot of the candidates and a per-layer chart.
+
+Drawn with plotly (the ``html`` extra); its JavaScript is embedded, so the file
+opens anywhere without a network.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+
+from onnxslim.compress.pipeline import CompressReport
+from onnxslim.errors import UsageError
+from onnxslim.report import write_text
+
+
+def _plotly():
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        raise UsageError("--html needs plotly: pip install 'onnxslim[html]'") from None
+    return go
+
+
+def pareto_figure(report: CompressReport):
+    """Loss (1 - worst cosine) against latency ratio, one point per measured candidate; the budget as a line."""
+    go = _plotly()
+    figure = go.Figure()
+    measured = [c for c in report.candidates if c.measured]
+    for chosen in (False, True):
+        points = [c for c in measured if c.chosen == chosen]
+        if not points:
+            continue
+        figure.add_trace(
+            go.Scatter(
+                x=[c.latency_ratio for c in points],
+                y=[c.loss for c in points],
+                mode="markers+text",
+                text=[c.name for c in points],
+                textposition="top center",
+                marker={"size": 14 if chosen else 9, "symbol": "star" if chosen else "circle"},
+                name="written" if chosen else "candidates",
+                hovertext=[f"{c.name}: {c.note}; {c.file_bytes / 1e6:.2f} MB" for c in points],
+            )
+        )
+    figure.add_hline(y=report.budget["max_loss"], line_dash="dash", annotation_text=f"budget: loss {report.budget['max_loss']:g}")
+    if report.budget.get("target_latency"):
+        figure.add_vline(x=report.budget["target_latency"], line_dash="dot", annotation_text="target latency")
+    figure.update_layout(
+        title="Candidates against the original (held-out data)",
+        xaxis_title=f"latency / original's latency ({report.threads or 'default'} thread(s))",
+        yaxis_title="loss: 1 - worst output cosine",
+        template="plotly_white",
+    )
+    return figure
+
+
+def layer_figure(report: CompressReport):
+    """Per-layer quantization sensitivity when quantize measured it; otherwise the share of channels each group kept in the written candidate."""
+    go = _plotly()
+    if report.sensitivity:
+        rows = sorted(report.sensitivity, key=lambda r: r["cosine_when_alone_quantized"])
+        figure = go.Figure(go.Bar(x=[r["node"] for r in rows], y=[1.0 - r["cosine_when_alone_quantized"] for r in rows]))
+        figure.update_layout(title="Per-layer sensitivity: loss when only this layer is INT8", yaxis_title="1 - worst output cosine", template="plotly_white")
+        return figure
+    chosen = next((c for c in report.candidates if c.chosen), None)
+    groups = (chosen.details.get("prune", {}) if chosen else {}).get("groups", [])
+    if not groups:
+        source = next((c for c in report.candidates if c.details.get("prune")), None)
+        groups = source.details["prune"]["groups"] if source else []
+    figure = go.Figure(go.Bar(x=[", ".join(g["producers"][:2]) for g in groups], y=[g["channels_after"] / max(g["channels_before"], 1) for g in groups]))
+    figure.update_layout(title="Channels kept per group (per-layer quantization sensitivity was not measured: the budget held without it)",
+                         yaxis_title="kept / original channels", template="plotly_white")
+    return figure
+
+
+def write_html(report: CompressReport, path: str | os.PathLike) -> None:
+    """The plot, the chart and the candidate table in one file, written atomically."""
+    pareto, layers = pareto_figure(report), layer_figure(report)
+    rows = "".join(
+        f"<tr><td>{'&#9733; ' if c.chosen else ''}{html.escape(c.name)}</td><td>{_num(c.latency_ratio, 'x')}</td><td>{_num(c.loss)}</td>"
+        f"<td>{c.file_bytes / 1e6:.2f} MB</td><td>{'yes' if c.within_budget else 'no'}</td><td>{html.escape(c.note)}</td></tr>"
+        for c in report.candidates
+    )
+    document = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>onnxslim compress: {html.escape(report.model)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head>
+<body><h1>onnxslim compress</h1>
+<p>{html.escape(report.model)} &rarr; {html.escape(str(report.output or "(not written)"))}: {html.escape(report.why)}. Measured on {html.escape(report.evaluation)}.</p>
+<table><tr><th>candidate</th><th>latency</th><th>loss</th><th>size</th><th>within budget</th><th>what was done</th></tr>{rows}</table>
+{pareto.to_html(full_html=False, include_plotlyjs=True)}
+{layers.to_html(full_html=False, include_plotlyjs=False)}
+</body></html>
+"""
+    write_text(document, path, "HTML report")
+
+
+def _num(value, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}{suffix}" if value == value else "nan"

@@ -1,0 +1,209 @@
+"""``compress``: spend one accuracy budget on pruning and quantization together, and write the fastest model within it.
+
+Contract: the input model is not modified; every candidate is measured against
+the ORIGINAL model on held-out data it was not built with (``eval_data``, or
+every ``1/eval_fraction``-th batch of ``data``), and timed interleaved with the
+original and every other candidate; the model written is the chosen candidate,
+and when none is within the budget and faster than the original nothing is
+written and the call raises :class:`~onnxslim.errors.BudgetError` with the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import onnx
+
+from onnxslim.compress.search import Budget, Candidate, choose
+from onnxslim.data.sources import InMemory, for_several_passes, hold_out, open_data
+from onnxslim.errors import BudgetError, NothingToDoError, UnsupportedModelError, UsageError
+from onnxslim.ir.counts import count_parameters
+from onnxslim.ir.io import load_model, model_file_bytes
+from onnxslim.ir.tensors import graph_inputs
+from onnxslim.measure import fidelity
+from onnxslim.measure.fidelity import worst_cosine
+from onnxslim.measure.latency import interleaved_latency
+from onnxslim.options import check_settings, setting
+from onnxslim.progress import stderr_console
+from onnxslim.prune import PruneConfig, prune
+from onnxslim.quant import QuantConfig, quantize
+from onnxslim.quant.config import TARGETS
+from onnxslim.records import Record
+from onnxslim.runtime import Runner
+from onnxslim.runtime.write import write_verified
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """How to compress: the budget, the pruning amounts to try, and the shared data, timing and target settings."""
+
+    max_loss: float = setting(
+        0.02, "Largest drop in cosine similarity to the original allowed on any output, on held-out data (0.02: cosine >= 0.98).", low=0.0, high=1.0, high_open=True
+    )
+    target_latency: float | None = setting(None, "Instead of the fastest: the most faithful candidate at or below this latency ratio to the original.", low=0.0, high=1.0, low_open=True)
+    ratios: tuple[float, ...] = setting((0.1, 0.2, 0.3, 0.4), "Pruning ratios to try, each also quantized (larger ones are skipped once one exceeds the budget).", metavar="R,R,...")
+    importance: str = setting("activation", "Channel ranking for pruning.", choices=("l1", "l2", "activation"))
+    target: str = setting("cpu", "Quantization layout (as quantize --target).", choices=TARGETS)
+    max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
+    eval_fraction: float = setting(0.2, "Share of --data held out to measure every candidate.", low=0.05, high=0.5)
+    max_eval_batches: int = setting(64, "Measure fidelity on at most this many held-out batches.", low=1)
+    threads: int = 1  # onnxruntime intra-op threads for timing; 0: onnxruntime's default
+    latency_runs: int = setting(30, "Timed runs of the original and every candidate, interleaved.", low=3)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if not self.ratios or any(not 0.0 < r < 1.0 for r in self.ratios):
+            raise UsageError("--ratios must be numbers between 0 and 1 (exclusive), e.g. 0.1,0.2,0.3")
+
+
+@dataclass
+class CompressReport(Record):
+    """Every candidate with its loss, latency ratio and size against the original, and which one was written and why."""
+
+    command: ClassVar[str] = "compress"
+
+    model: str
+    output: str | None
+    config: dict
+    budget: dict
+    evaluation: str = ""
+    threads: int | None = 1
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: str | None = None
+    why: str = ""
+    sensitivity: list[dict] = field(default_factory=list)  # per layer: the loss when only it is quantized (from quantize's budget search)
+    warnings: list[str] = field(default_factory=list)
+
+
+def compress(
+    model: str | os.PathLike | onnx.ModelProto,
+    data,
+    *,
+    config: CompressConfig = CompressConfig(),
+    output: str | os.PathLike | None = None,
+    eval_data=None,
+    input_shapes=None,
+    show_progress: bool = False,
+) -> tuple[onnx.ModelProto | None, CompressReport]:
+    """Prune at each of ``config.ratios``, quantize each, measure all against ``model``; write the fastest within the budget to ``output``.
+
+    The arguments mirror :func:`onnxslim.quantize` and :func:`onnxslim.prune`.
+    """
+    label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
+    original = load_model(model)
+    inputs = graph_inputs(original)
+    source = for_several_passes(open_data(data, inputs, input_shapes=input_shapes), config.max_calibration_samples)
+    calibration, held, evaluation = _split(source, eval_data, inputs, config, input_shapes)
+    budget = Budget(config.max_loss, config.target_latency)
+    report = CompressReport(label, str(output) if output else None, dataclasses.asdict(config), dataclasses.asdict(budget), evaluation, config.threads)
+    reference = Runner(original, threads=None, label="original")
+    given = Candidate("original", 0.0, False, loss=0.0, file_bytes=model_file_bytes(original), parameters=count_parameters(original), note="the model as given")
+    built: list[tuple[Candidate, onnx.ModelProto | None]] = [(given, original)]
+    _say(show_progress, f"compress: quantizing the original, then pruning at {', '.join(f'{r:.0%}' for r in sorted(config.ratios))}")
+    built.append(_quantized(original, "quantized", 0.0, calibration, held, config, budget.max_loss, report, show_progress))
+    for ratio in sorted(config.ratios):
+        pruned = _pruned(original, ratio, calibration, held, config, show_progress)
+        built.append(pruned)
+        candidate, pruned_model = pruned
+        _measure_fidelity(reference, candidate, pruned_model, held)
+        if not candidate.failed and candidate.loss > budget.max_loss:
+            candidate.note += "; over the budget already, so larger ratios were not tried"
+            break
+        if not candidate.failed:
+            remaining = budget.max_loss - candidate.loss
+            built.append(_quantized(pruned_model, f"pruned {ratio:.0%} + quantized", ratio, calibration, held, config, remaining, report, show_progress))
+    for candidate, candidate_model in built:
+        if candidate_model is not None and math.isnan(candidate.loss):
+            _measure_fidelity(reference, candidate, candidate_model, held)
+    _time_all(built, held, config, show_progress)
+    best, report.why = choose([c for c, _ in built], budget)
+    report.candidates = [c for c, _ in built]
+    if best is None:
+        raise BudgetError(f"{label}: {report.why}; nothing written", report=report)
+    report.chosen = best.name
+    result = next(m for c, m in built if c is best)
+    if output is not None:
+        write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
+    return result, report
+
+
+def _say(enabled: bool, text: str) -> None:
+    if enabled:
+        stderr_console.print(text, highlight=False)
+
+
+def _split(source, eval_data, inputs, config: CompressConfig, input_shapes):
+    """Batches to build candidates with, batches to judge them on (never the same), and how to name the latter."""
+    if eval_data is not None:
+        held = list(itertools.islice(open_data(eval_data, inputs, input_shapes=input_shapes), config.max_eval_batches))
+        return source, held, f"{len(held)} batch(es) of --eval-data"
+    rest, held = hold_out(source, config.eval_fraction, config.max_eval_batches)
+    if not held:
+        raise UsageError(
+            f"--data has too few batches to hold any out for the accuracy check (1 in {round(1 / config.eval_fraction)} is held out): give more batches or --eval-data"
+        )
+    return rest, held, f"{len(held)} held-out batch(es) of --data (1 in {round(1 / config.eval_fraction)}, not used to build any candidate)"
+
+
+def _as_source(held: list) -> InMemory:
+    memory = InMemory([batch for _, batch in held], labels=[name for name, _ in held])
+    memory.description = f"{len(held)} held-out batch(es)"
+    return memory
+
+
+def _pruned(original, ratio: float, calibration, held, config: CompressConfig, show_progress: bool) -> tuple[Candidate, onnx.ModelProto | None]:
+    name = f"pruned {ratio:.0%}"
+    _say(show_progress, f"compress: {name}")
+    prune_config = PruneConfig(
+        ratio=ratio, importance=config.importance, threads=config.threads, latency_runs=min(config.latency_runs, 20), if_slower="write", eval_fraction=0.0
+    )
+    try:
+        pruned, prune_report = prune(original, calibration, config=prune_config, eval_data=_as_source(held), show_progress=show_progress)
+    except (NothingToDoError, UnsupportedModelError) as exc:
+        return Candidate(name, ratio, False, note=f"not built: {exc}", failed=True), None
+    widths = prune_report.widths.multiple if prune_report.widths is not None else 1
+    note = f"{len(prune_report.pruned_groups)} of {len(prune_report.groups)} channel groups pruned, counts at multiples of {widths}"
+    return Candidate(name, ratio, False, note=note, details={"prune": prune_report.to_dict()}), pruned
+
+
+def _quantized(model, name: str, ratio: float, calibration, held, config: CompressConfig, allowance: float, report: CompressReport, show_progress: bool):
+    """The INT8 candidate of ``model``, with quantize's own budget set to what is left of compress's."""
+    _say(show_progress, f"compress: {name}")
+    quant_config = QuantConfig(target=config.target, threads=config.threads, latency_runs=0, if_slower="keep-int8", accuracy_budget=1.0 - allowance, eval_fraction=0.0)
+    try:
+        quantized, quant_report = quantize(model, calibration, config=quant_config, eval_data=_as_source(held), show_progress=show_progress)
+    except (NothingToDoError, UnsupportedModelError) as exc:  # a candidate that cannot be built; the user's mistakes still stop the run
+        return Candidate(name, ratio, True, note=f"not built: {exc}", failed=True), None
+    if ratio == 0.0:
+        report.sensitivity = list(quant_report.sensitivity)
+    kept = len(quant_report.kept_float_for_budget)
+    note = f"{len(quant_report.quantized)} nodes INT8" + (f", {kept} kept in float for the budget" if kept else "")
+    return Candidate(name, ratio, True, note=note, details={"quantize": quant_report.to_dict()}), quantized
+
+
+def _measure_fidelity(reference: Runner, candidate: Candidate, model: onnx.ModelProto | None, held: list) -> None:
+    if model is None or candidate.failed:
+        return
+    comparisons = fidelity(reference, model, held, label=candidate.name)
+    worst = worst_cosine(comparisons)
+    candidate.loss = math.inf if math.isnan(worst) else 1.0 - worst
+    candidate.parameters = count_parameters(model)
+    candidate.file_bytes = model_file_bytes(model)
+    candidate.details["fidelity"] = [c.to_dict() for c in comparisons]
+
+
+def _time_all(built: list, held: list, config: CompressConfig, show_progress: bool) -> None:
+    """Every built candidate timed interleaved with the original (the first entry) on one held-out batch."""
+    timed = [(c, m) for c, m in built if m is not None and not c.failed]
+    runners = [Runner(m, threads=config.threads, label=c.name) for c, m in timed]
+    samples = interleaved_latency(runners, held[0][1], warmup=3, runs=config.latency_runs, show_progress=show_progress, description="timing every candidate")
+    medians = [float(np.median(s)) for s in samples]
+    for (candidate, _), median in zip(timed, medians):
+        candidate.latency_ratio = median / medians[0]
+        candidate.details["median_ms"] = median * 1000.0

@@ -1,0 +1,81 @@
+"""Which candidate ``compress`` writes: a pure function of the measured candidates and the budget.
+
+A candidate's loss is the largest drop in cosine similarity to the original
+over the model's outputs on held-out data (1 - worst cosine); a candidate whose
+outputs disagree on NaN/Inf has an infinite loss and never fits a budget.
+Within the budget, the fastest candidate wins; with a latency target, the most
+faithful candidate that meets it. The original itself is a candidate (loss 0,
+ratio 1), so "nothing helps" is an answer, not a crash.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from onnxslim.records import Record
+
+LATENCY_TIE = 0.03
+
+
+@dataclass
+class Candidate(Record):
+    """One model compress built and measured against the original."""
+
+    name: str
+    prune_ratio: float
+    quantized: bool
+    loss: float = math.nan  # 1 - the worst output's cosine to the original, on held-out data
+    latency_ratio: float | None = None  # median latency over the original's, interleaved with every other candidate
+    file_bytes: int = 0
+    parameters: int = 0
+    note: str = ""  # what was done, or why the candidate was not built
+    failed: bool = False
+    within_budget: bool = False
+    chosen: bool = False
+    details: dict = field(default_factory=dict)
+
+    @property
+    def measured(self) -> bool:
+        return not self.failed and not math.isnan(self.loss) and self.latency_ratio is not None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the user can lose, and optionally what they need."""
+
+    max_loss: float
+    target_latency: float | None = None
+
+    def fits(self, candidate: Candidate) -> bool:
+        return candidate.measured and math.isfinite(candidate.loss) and candidate.loss <= self.max_loss + 1e-12
+
+
+def choose(candidates: list[Candidate], budget: Budget) -> tuple[Candidate | None, str]:
+    """The candidate to write (None: none helps) and why, marking ``within_budget`` and ``chosen`` on the candidates.
+
+    A candidate no faster than the original is never chosen: writing it would
+    make the user's model slower for nothing.
+    """
+    for candidate in candidates:
+        candidate.within_budget = budget.fits(candidate)
+        candidate.chosen = False
+    fitting = [c for c in candidates if c.within_budget and (c.prune_ratio > 0 or c.quantized)]
+    faster = [c for c in fitting if c.latency_ratio is not None and c.latency_ratio < 1.0]
+    if not fitting:
+        return None, f"no candidate keeps every output within the budget (loss <= {budget.max_loss:g}, i.e. cosine >= {1 - budget.max_loss:g})"
+    if not faster:
+        return None, "every candidate within the budget is as slow as the original or slower"
+    if budget.target_latency is not None:
+        meeting = [c for c in faster if c.latency_ratio <= budget.target_latency]
+        if not meeting:
+            best = min(faster, key=lambda c: c.latency_ratio)
+            return None, f"no candidate within the budget reaches --target-latency {budget.target_latency:g} (the fastest is {best.name} at {best.latency_ratio:.2f}x)"
+        best = min(meeting, key=lambda c: (c.loss, c.latency_ratio))
+        best.chosen = True
+        return best, f"the most faithful candidate at or below {budget.target_latency:g}x the original's latency"
+    fastest = min(c.latency_ratio for c in faster)
+    # timings closer than the noise of a shared machine are a tie: the more faithful one wins it
+    best = min((c for c in faster if c.latency_ratio <= fastest * (1 + LATENCY_TIE)), key=lambda c: (c.loss, c.latency_ratio))
+    best.chosen = True
+    return best, "the fastest candidate within the budget" + (" (the more faithful of equally fast ones)" if best.latency_ratio > fastest else "")

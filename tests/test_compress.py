@@ -1,0 +1,133 @@
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from models.builders import conv_bn_relu, sample_inputs
+from onnxslim import CompressConfig, compress
+from onnxslim.cli import main
+from onnxslim.compress import Budget, Candidate, choose
+from onnxslim.compress import pipeline as compress_pipeline
+from onnxslim.errors import UsageError
+from onnxslim.ir.counts import count_macs
+from onnxslim.ir.shapes import infer_shapes
+from tests.conftest import run_model
+
+
+def candidate(name, loss, latency, ratio=0.1, quantized=True):
+    return Candidate(name, ratio, quantized, loss=loss, latency_ratio=latency)
+
+
+def test_choose_takes_the_fastest_within_the_budget():
+    original = candidate("original", 0.0, 1.0, ratio=0.0, quantized=False)
+    options = [original, candidate("int8", 0.004, 0.55), candidate("p20+int8", 0.015, 0.40), candidate("p40+int8", 0.05, 0.30)]
+    best, why = choose(options, Budget(0.02))
+    assert best.name == "p20+int8" and best.chosen and "fastest" in why
+    assert [c.within_budget for c in options] == [True, True, True, False]
+    # a tighter budget falls back to the quantized-only model
+    assert choose(options, Budget(0.01))[0].name == "int8"
+
+
+def test_choose_breaks_timing_ties_by_fidelity_and_never_picks_nan():
+    options = [candidate("a", 0.010, 0.500), candidate("b", 0.002, 0.505), candidate("nan", math.inf, 0.1), candidate("unmeasured", math.nan, 0.2)]
+    best, _ = choose(options, Budget(0.02))
+    assert best.name == "b"  # 1% slower is noise; b is five times as faithful
+    assert not options[2].within_budget and not options[3].within_budget
+
+
+def test_choose_with_a_latency_target_takes_the_most_faithful_that_meets_it():
+    options = [candidate("int8", 0.004, 0.55), candidate("p20+int8", 0.015, 0.40), candidate("p30+int8", 0.018, 0.35)]
+    assert choose(options, Budget(0.02, target_latency=0.45))[0].name == "p20+int8"
+    best, why = choose(options, Budget(0.02, target_latency=0.2))
+    assert best is None and "--target-latency 0.2" in why and "0.35x" in why
+
+
+def test_choose_never_writes_something_slower_or_outside_the_budget():
+    slower = [candidate("original", 0.0, 1.0, ratio=0.0, quantized=False), candidate("int8", 0.001, 1.05)]
+    best, why = choose(slower, Budget(0.02))
+    assert best is None and "slower" in why
+    best, why = choose([candidate("int8", 0.03, 0.5)], Budget(0.02))
+    assert best is None and "cosine >= 0.98" in why
+
+
+def _timed_by_macs(monkeypatch):
+    """Latency proportional to the multiply-accumulates, for int8 a third cheaper: the decision logic, free of a shared machine's noise."""
+
+    def timed(runners, feed, **kwargs):
+        costs = []
+        for runner in runners:
+            model = onnx.load(runner._model) if isinstance(runner._model, str) else runner._model
+            if not isinstance(model, onnx.ModelProto):
+                model = onnx.load_from_string(model)
+            macs = count_macs(model, infer_shapes(model, {k: v.shape for k, v in feed.items()}))[0]
+            int8 = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+            costs.append([macs * (0.66 if int8 else 1.0)])
+        return costs
+
+    monkeypatch.setattr(compress_pipeline, "interleaved_latency", timed)
+
+
+def test_compress_writes_the_fastest_candidate_within_the_budget(monkeypatch, tmp_path):
+    _timed_by_macs(monkeypatch)
+    model = conv_bn_relu(channels=32, size=16)
+    data = sample_inputs(model, 20)
+    config = CompressConfig(ratios=(0.25, 0.5), max_loss=0.05, latency_runs=3)
+    written, report = compress(model, data, config=config, output=tmp_path / "small.onnx")
+    names = [c.name for c in report.candidates]
+    assert names[:3] == ["original", "quantized", "pruned 25%"]
+    chosen = next(c for c in report.candidates if c.chosen)
+    assert report.chosen == chosen.name and chosen.within_budget and chosen.latency_ratio < 1.0 and chosen.loss <= 0.05
+    faster_within = [c for c in report.candidates if c.within_budget and c.latency_ratio is not None and c.latency_ratio < chosen.latency_ratio * 0.97]
+    assert not faster_within
+    assert report.evaluation.startswith("4 held-out batch(es)")
+    # the file is the chosen candidate, and its outputs are as faithful as reported on the held-out batches
+    saved = onnx.load(str(tmp_path / "small.onnx"))
+    held = [batch for index, batch in enumerate(data) if index % 5 == 4]
+    ours = np.concatenate([run_model(saved, b)[0].ravel() for b in held])
+    theirs = np.concatenate([run_model(model, b)[0].ravel() for b in held])
+    cosine = float(ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs))
+    assert cosine == pytest.approx(1.0 - chosen.loss, abs=1e-4)
+    assert report.to_dict()["candidates"][0]["name"] == "original"
+
+
+def test_a_budget_that_cannot_be_met_writes_nothing_and_exits_1(monkeypatch, tmp_path, save, npz_folder):
+    _timed_by_macs(monkeypatch)
+    model = conv_bn_relu(channels=32, size=16)
+    path, data = save(model), npz_folder(sample_inputs(model, 10))
+    out, report, html = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "r.html"
+    result = CliRunner().invoke(
+        main, ["compress", str(path), "-o", str(out), "--data", str(data), "--max-loss", "0", "--ratios", "0.5", "--latency-runs", "3", "--report", str(report), "--html", str(html), "-q"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "no candidate keeps every output within the budget" in result.output and "nothing written" in result.output
+    assert not out.exists()
+    content = json.loads(report.read_text())
+    assert content["chosen"] is None and all(not c["chosen"] for c in content["candidates"])
+    assert html.read_text().count("<table>") == 1
+
+
+def test_cli_compress_writes_model_report_and_html(monkeypatch, tmp_path, save, npz_folder):
+    _timed_by_macs(monkeypatch)
+    model = conv_bn_relu(channels=32, size=16)
+    path, data = save(model), npz_folder(sample_inputs(model, 10))
+    out, report, html = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "r.html"
+    args = ["compress", str(path), "-o", str(out), "--data", str(data), "--max-loss", "0.1", "--ratios", "0.25", "--latency-runs", "3", "--report", str(report), "--html", str(html)]
+    result = CliRunner().invoke(main, args + ["-q"])
+    assert result.exit_code == 0, result.output
+    content = json.loads(report.read_text())
+    assert content["command"] == "compress" and content["chosen"] and "wrote" in result.output
+    page = html.read_text()
+    assert "plotly" in page.lower() and content["chosen"] in page and "<script" in page
+    # a destination that is an input or another destination is refused before any work
+    clash = CliRunner().invoke(main, ["compress", str(path), "-o", str(out), "--data", str(data), "--report", str(html), "--html", str(html)])
+    assert clash.exit_code == 2 and "choose another path" in clash.output
+
+
+def test_compress_options_are_checked_like_everywhere_else():
+    with pytest.raises(UsageError, match="--ratios"):
+        CompressConfig(ratios=(0.0, 0.5))
+    with pytest.raises(UsageError, match="--max-loss"):
+        CompressConfig(max_loss=1.5)
