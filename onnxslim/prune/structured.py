@@ -53,7 +53,8 @@ class PruneConfig:
     """How to prune.
 
     ratio: share of each group's channels to remove (0..1).
-    importance: 'l1', 'l2' (magnitude, BatchNorm-aware) or 'activation' (needs data).
+    importance: 'l1', 'l2' (magnitude, BatchNorm-aware) or 'activation' (variance times
+        weights, needs data); 'auto' (the default): 'activation' with data, 'l2' without.
     scope: 'local' ranks within each group; 'global' ranks all groups together
         (scores normalized per group) and removes ``ratio`` of all channels.
     round_to: keep channel counts at multiples of this; 0 (the default) measures the
@@ -75,7 +76,11 @@ class PruneConfig:
     """
 
     ratio: float = setting(0.3, "Share of each group's channels to remove (or, with --unstructured, of each layer's weights to zero).", low=0.0, high=1.0, high_open=True)
-    importance: str = setting("l2", "Channel ranking: weight magnitude (BatchNorm-aware) or activation-aware (needs --data).", choices=METHODS)
+    importance: str = setting(
+        "auto",
+        "Channel ranking: weight magnitude (BatchNorm-aware) or activation-aware (needs --data); auto: activation with --data, l2 without.",
+        choices=("auto", *METHODS),
+    )
     scope: str = setting("local", "Rank within each group, or across all groups.", choices=("local", "global"))
     round_to: int = setting(0, "Keep channel counts at multiples of this (0: the multiple measured fastest on this machine, of 1, 4, 8, 16, 32).", low=0)
     target_params: float | None = setting(None, "Instead of --ratio: keep at most this share of the parameters.", low=0.0, high=1.0, low_open=True)
@@ -104,10 +109,13 @@ class PruneConfig:
         check_settings(self)
 
     def with_data(self, has_data: bool) -> PruneConfig:
-        """The settings with 'auto' recovery resolved: refit when there is data, none otherwise."""
-        if self.recovery != "auto":
-            return self
-        return dataclasses.replace(self, recovery="refit" if has_data else "none")
+        """The settings with 'auto' resolved: refit and activation ranking when there is data, no recovery and l2 otherwise."""
+        config = self
+        if config.recovery == "auto":
+            config = dataclasses.replace(config, recovery="refit" if has_data else "none")
+        if config.importance == "auto":
+            config = dataclasses.replace(config, importance="activation" if has_data else "l2")
+        return config
 
 
 @dataclass
@@ -247,7 +255,7 @@ def prune(
         source, held_out, evaluation = _evaluation_split(source, eval_data, original, config, input_shapes)
     config = config.with_data(source is not None)
     if (config.importance == "activation" or config.recovery != "none") and source is None:
-        raise UsageError("activation importance and recovery need calibration data: give --data")
+        raise UsageError(f"--importance {config.importance} and recovery need calibration data: give --data")
     config = _resolve_token_mask(config, original)
     data_warnings = _data_warnings(data, eval_data, config)
     report = PruneReport(label, str(output) if output else None, "unstructured" if config.unstructured else "structured", config.__dict__.copy())
