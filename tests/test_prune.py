@@ -484,4 +484,3 @@ def test_refit_is_sequential_each_layer_fitted_on_the_refit_model_before_it():
     by_name = {n.name: n for n in pruned.graph.node}
     np.testing.assert_allclose(got[by_name[m2.name].input[1]], w2, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(got[by_name[m3.name].input[1]], w3, rtol=2e-4, atol=2e-5)
-
