@@ -117,7 +117,7 @@ def config_option(config_type: type, name: str):
     described = setting_of(config_type, name)
     flag = option_name(name, described)
     if field.type in ("bool", bool):
-        return click.option(flag, name, is_flag=True, default=field.default, help=described.help)
+        return click.option(flag, name, is_flag=True, default=field.default, show_default="/" in flag, help=described.help)
     if field.type in ("tuple[str, ...]",):
         return csv_option(flag, described.help, dest=name)
     if field.type in ("tuple[float, ...]",):

@@ -131,3 +131,13 @@ def test_compress_options_are_checked_like_everywhere_else():
         CompressConfig(ratios=(0.0, 0.5))
     with pytest.raises(UsageError, match="--max-loss"):
         CompressConfig(max_loss=1.5)
+
+
+def test_no_quantize_spends_the_budget_on_pruning_alone(monkeypatch):
+    _timed_by_macs(monkeypatch)
+    model = conv_bn_relu(channels=32, size=16)
+    _, report = compress(model, sample_inputs(model, 20), config=CompressConfig(ratios=(0.25, 0.5), max_loss=0.5, quantize=False, latency_runs=3))
+    assert not any(c.quantized for c in report.candidates)
+    assert report.chosen == "pruned 50%"  # the fastest within a loose budget
+    result = CliRunner().invoke(main, ["compress", "--help"])
+    assert "--quantize / --no-quantize" in result.output

@@ -49,6 +49,7 @@ class CompressConfig:
     target_latency: float | None = setting(None, "Instead of the fastest: the most faithful candidate at or below this latency ratio to the original.", low=0.0, high=1.0, low_open=True)
     ratios: tuple[float, ...] = setting((0.1, 0.2, 0.3, 0.4), "Pruning ratios to try, each also quantized (larger ones are skipped once one exceeds the budget).", metavar="R,R,...")
     importance: str = setting("activation", "Channel ranking for pruning.", choices=("l1", "l2", "activation"))
+    quantize: bool = setting(True, "Also quantize the original and every pruned candidate (--no-quantize: pruning alone under the budget).", option="--quantize/--no-quantize")
     target: str = setting("cpu", "Quantization layout (as quantize --target).", choices=TARGETS)
     max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
     eval_fraction: float = setting(0.2, "Share of --data held out to measure every candidate.", low=0.05, high=0.5)
@@ -105,8 +106,10 @@ def compress(
     reference = Runner(original, threads=None, label="original")
     given = Candidate("original", 0.0, False, loss=0.0, file_bytes=model_file_bytes(original), parameters=count_parameters(original), note="the model as given")
     built: list[tuple[Candidate, onnx.ModelProto | None]] = [(given, original)]
-    _say(show_progress, f"compress: quantizing the original, then pruning at {', '.join(f'{r:.0%}' for r in sorted(config.ratios))}")
-    built.append(_quantized(original, "quantized", 0.0, calibration, held, config, budget.max_loss, report, show_progress))
+    ratios = ", ".join(f"{r:.0%}" for r in sorted(config.ratios))
+    _say(show_progress, f"compress: quantizing the original, then pruning at {ratios}" if config.quantize else f"compress: pruning at {ratios}")
+    if config.quantize:
+        built.append(_quantized(original, "quantized", 0.0, calibration, held, config, budget.max_loss, report, show_progress))
     for ratio in sorted(config.ratios):
         pruned = _pruned(original, ratio, calibration, held, config, show_progress)
         built.append(pruned)
@@ -115,7 +118,7 @@ def compress(
         if not candidate.failed and candidate.loss > budget.max_loss:
             candidate.note += "; over the budget already, so larger ratios were not tried"
             break
-        if not candidate.failed:
+        if not candidate.failed and config.quantize:
             remaining = budget.max_loss - candidate.loss
             built.append(_quantized(pruned_model, f"pruned {ratio:.0%} + quantized", ratio, calibration, held, config, remaining, report, show_progress))
     for candidate, candidate_model in built:

@@ -1,0 +1,112 @@
+"""compress against quantize alone on the real pretrained models, scored by each task's metric on held-out data.
+
+    python benchmarks/compress_real.py --tasks rec,det,minilm --budgets 0.005,0.01,0.02 --calib 64 --threads 1,2
+
+For each task: the FP32 model, ``onnxslim quantize`` with its defaults, and
+``onnxslim compress`` at each budget, all built from the first ``--calib``
+samples of ``calibration/cache/<task>/calib`` (compress holds 1 in 5 of them
+out to judge its candidates) and scored on ``calibration/cache/<task>/eval``,
+which none of them saw. Latency: every model of a task timed in one
+interleaved loop against the FP32 model (median of ``--runs``), at each thread
+count. compress's table of candidates (pruned-only ones included) is kept in
+the JSON. Results: docs/compress-benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.tasks import TASKS, eval_feeds, run_all, score  # noqa: E402
+from benchmarks.timing import median_latencies  # noqa: E402
+from onnxslim import CompressConfig, QuantConfig, compress, quantize  # noqa: E402
+from onnxslim.errors import BudgetError  # noqa: E402
+
+
+def first_samples(task, count: int, folder: Path) -> Path:
+    """The first ``count`` calibration samples, as a folder of their own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(task.calib.glob("*.npz"))[:count]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], runs: int, work: Path) -> dict:
+    task = TASKS[name]
+    data = first_samples(task, calib, work / name / "calib")
+    feeds = eval_feeds(task)
+    reference = run_all(task.model, feeds)
+    rows = [{"setting": "FP32", "path": str(task.model), "seconds": 0.0}]
+    started = time.time()
+    out = work / name / "int8.onnx"
+    quantize(task.model, str(data), config=QuantConfig(latency_runs=0), output=out)
+    rows.append({"setting": "quantize (defaults)", "path": str(out), "seconds": time.time() - started})
+    for budget in budgets:
+        out = work / name / f"compress_{budget}.onnx"
+        started = time.time()
+        try:
+            _, report = compress(task.model, str(data), config=CompressConfig(max_loss=budget, latency_runs=20), output=out, show_progress=True)
+            rows.append({"setting": f"compress --max-loss {budget}", "path": str(out), "seconds": time.time() - started, "chosen": report.chosen,
+                         "candidates": [c.to_dict() | {"details": None} for c in report.candidates]})
+        except BudgetError as exc:
+            rows.append({"setting": f"compress --max-loss {budget}", "path": None, "seconds": time.time() - started, "error": str(exc),
+                         "candidates": [c.to_dict() | {"details": None} for c in exc.report.candidates]})
+    for row in rows:
+        if row["path"]:
+            row["metric"] = score(task, run_all(row["path"], feeds), reference, feeds)
+            row["mb"] = Path(row["path"]).stat().st_size / 1e6
+    timed = [row for row in rows if row["path"]]
+    for count in threads:
+        medians = median_latencies([row["path"] for row in timed], feeds[0], threads=count, runs=runs)
+        for row, median in zip(timed, medians):
+            row[f"latency_{count}t"] = median / medians[0]
+    return {"task": name, "metric": task.metric, "rows": rows}
+
+
+def markdown(results: list[dict], threads: list[int]) -> str:
+    lines = []
+    for result in results:
+        lines.append(f"\n**{result['task']}** ({result['metric']}, held-out set)\n")
+        header = "| setting | written | metric | size MB | " + " | ".join(f"latency {t}T" for t in threads) + " | build s |"
+        lines += [header, "|" + "---|" * (5 + len(threads))]
+        for row in result["rows"]:
+            if not row["path"]:
+                lines.append(f"| {row['setting']} | nothing ({row['error'].split(': ', 1)[-1]}) | - | - | " + " | ".join("-" for _ in threads) + f" | {row['seconds']:.0f} |")
+                continue
+            latency = " | ".join(f"{row[f'latency_{t}t']:.2f}x" for t in threads)
+            lines.append(f"| {row['setting']} | {row.get('chosen', '-')} | {row['metric']:.4f} | {row['mb']:.2f} | {latency} | {row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="rec,det")
+    parser.add_argument("--budgets", default="0.005,0.01,0.02")
+    parser.add_argument("--calib", type=int, default=64)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "cache" / "compress_real.json"))
+    args = parser.parse_args()
+    budgets = [float(b) for b in args.budgets.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
+    results = []
+    with tempfile.TemporaryDirectory() as work:
+        for name in args.tasks.split(","):
+            if not TASKS[name].model.exists() or not TASKS[name].calib.is_dir():
+                raise SystemExit(f"{name}: run models/gather.py and calibration/make_datasets.py {name} first")
+            results.append(bench_task(name, budgets, args.calib, threads, args.runs, Path(work)))
+            Path(args.json).write_text(json.dumps(results, indent=1))
+            print(markdown(results[-1:], threads), flush=True)
+    print(markdown(results, threads))
+
+
+if __name__ == "__main__":
+    main()
