@@ -287,7 +287,7 @@ def _warn(text: str) -> None:
 ))
 @config_options(
     QuantConfig, "target", "method", "percentile", "op_types", "exclude_nodes", "exclude_op_types", "quantize_attention", "quantize_output_layers",
-    "accuracy_budget", "calibration_provider", "max_calibration_samples", "eval_fraction", "max_eval_batches",
+    "accuracy_budget", "accuracy_metric", "calibration_provider", "max_calibration_samples", "eval_fraction", "max_eval_batches",
 )
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")
 @threads_option
@@ -330,7 +330,8 @@ def _print_quantization(report) -> None:
     if report.skipped:
         console.print(skipped)
     for entry in report.kept_float_for_budget:
-        console.print(f"  kept in float for the accuracy budget: {escape(entry['node'])} (cosine {entry['cosine_when_alone_quantized']:.5f} when it alone is quantized)", highlight=False)
+        score = entry["score_when_alone_quantized"]
+        console.print(f"  kept in float for the accuracy budget: {escape(entry['node'])} ({report.accuracy_metric} {score:.5f} when it alone is quantized)", highlight=False)
     fidelity = Table(title=f"INT8 vs FP32 on {report.evaluation.data}", title_justify="left")
     for column in ("output", "cosine", "SNR dB", "max abs", "top-1"):
         fidelity.add_column(column, justify="left" if column == "output" else "right")
@@ -442,7 +443,7 @@ def _print_pruning(report) -> None:
 @click.option("--eval-data", default=None, help=(
     "Held-out data every candidate is measured on, read like --data (default: every 5th batch of --data, used to build no candidate)."
 ))
-@config_options(CompressConfig, "max_loss", "target_latency", "ratios", "importance", "quantize", "target", "max_calibration_samples", "eval_fraction", "max_eval_batches")
+@config_options(CompressConfig, "max_loss", "metric", "target_latency", "ratios", "importance", "quantize", "target", "max_calibration_samples", "eval_fraction", "max_eval_batches")
 @threads_option
 @config_options(CompressConfig, "latency_runs")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, help="Also write one self-contained HTML page: the candidates' accuracy/latency plot and a per-layer chart.")
@@ -487,23 +488,25 @@ def _write_compress_reports(report, report_path, html_path) -> None:
 
 def _print_candidates(report) -> None:
     table = Table(title=f"candidates against the original ({escape(report.evaluation)}; latency at {threads_text(report.threads)})", title_justify="left")
-    for column in ("candidate", "latency", "worst cosine", "size MB", "budget", "what was done"):
-        table.add_column(column, justify="right" if column in ("latency", "worst cosine", "size MB") else "left")
+    metric = report.config.get("metric", "cosine")
+    for column in ("candidate", "latency", f"worst {metric}", "size MB", "budget", "what was done"):
+        table.add_column(column, justify="right" if column in ("latency", f"worst {metric}", "size MB") else "left")
     for c in report.candidates:
         latency = f"{c.latency_ratio:.3f}x" if c.latency_ratio is not None else "-"
-        cosine = "-" if c.failed or c.loss != c.loss else ("nan" if c.loss == float("inf") else f"{1 - c.loss:.5f}")
+        score = "-" if c.failed or c.loss != c.loss else ("nan" if c.loss == float("inf") else f"{1 - c.loss:.5f}")
         mark = "[bold green]written[/]" if c.chosen else ("ok" if c.within_budget else "over" if c.measured else "-")
-        table.add_row(escape(c.name), latency, cosine, f"{c.file_bytes / 1e6:.2f}" if c.file_bytes else "-", mark, escape(c.note))
+        table.add_row(escape(c.name), latency, score, f"{c.file_bytes / 1e6:.2f}" if c.file_bytes else "-", mark, escape(c.note))
     console.print(table)
     budget = report.budget
     target = f", target latency {budget['target_latency']:g}x" if budget.get("target_latency") else ""
-    console.print(f"budget: every output's cosine >= {1 - budget['max_loss']:g} vs the original{target}", highlight=False)
+    what = "cosine or top-1 agreement (class scores)" if metric == "auto" else metric
+    console.print(f"budget: every output's {what} >= {1 - budget['max_loss']:g} vs the original{target}", highlight=False)
     for warning in report.warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     chosen = next((c for c in report.candidates if c.chosen), None)
     if chosen is not None and report.output:
         console.print(
-            f"wrote {escape(report.output)}: {escape(chosen.name)} ({report.why}), {chosen.latency_ratio:.2f}x the original's latency, worst cosine {1 - chosen.loss:.5f}",
+            f"wrote {escape(report.output)}: {escape(chosen.name)} ({report.why}), {chosen.latency_ratio:.2f}x the original's latency, worst {metric} {1 - chosen.loss:.5f}",
             highlight=False,
         )
 

@@ -50,7 +50,7 @@ def test_choose_never_writes_something_slower_or_outside_the_budget():
     best, why = choose(slower, Budget(0.02))
     assert best is None and "slower" in why
     best, why = choose([candidate("int8", 0.03, 0.5)], Budget(0.02))
-    assert best is None and "cosine >= 0.98" in why
+    assert best is None and "loss <= 0.02" in why
 
 
 def _timed_by_macs(monkeypatch):
@@ -74,7 +74,7 @@ def test_compress_writes_the_fastest_candidate_within_the_budget(monkeypatch, tm
     _timed_by_macs(monkeypatch)
     model = conv_bn_relu(channels=32, size=16)
     data = sample_inputs(model, 20)
-    config = CompressConfig(ratios=(0.25, 0.5), max_loss=0.05, latency_runs=3)
+    config = CompressConfig(ratios=(0.25, 0.5), max_loss=0.05, metric="cosine", latency_runs=3)
     written, report = compress(model, data, config=config, output=tmp_path / "small.onnx")
     names = [c.name for c in report.candidates]
     assert names[:3] == ["original", "quantized", "pruned 25%"]
@@ -93,13 +93,28 @@ def test_compress_writes_the_fastest_candidate_within_the_budget(monkeypatch, tm
     assert report.to_dict()["candidates"][0]["name"] == "original"
 
 
+def test_auto_metric_judges_class_scores_by_their_decisions(monkeypatch):
+    _timed_by_macs(monkeypatch)
+    model = conv_bn_relu(channels=32, size=16)
+    data = sample_inputs(model, 20)
+    assert run_model(model, data[0])[0].ndim == 2  # (batch, classes): top-1 applies
+    _, report = compress(model, data, config=CompressConfig(ratios=(0.5,), max_loss=0.5, latency_runs=3))
+    for c in report.candidates[1:]:
+        if c.failed:
+            continue
+        assert c.loss == pytest.approx(1.0 - c.details["fidelity"][0]["top1_agreement"])
+        assert c.details["worst_cosine"] <= 1.0
+
+
 def test_a_budget_that_cannot_be_met_writes_nothing_and_exits_1(monkeypatch, tmp_path, save, npz_folder):
     _timed_by_macs(monkeypatch)
     model = conv_bn_relu(channels=32, size=16)
     path, data = save(model), npz_folder(sample_inputs(model, 10))
     out, report, html = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "r.html"
     result = CliRunner().invoke(
-        main, ["compress", str(path), "-o", str(out), "--data", str(data), "--max-loss", "0", "--ratios", "0.5", "--latency-runs", "3", "--report", str(report), "--html", str(html), "-q"]
+        main,
+        ["compress", str(path), "-o", str(out), "--data", str(data), "--max-loss", "0", "--metric", "cosine", "--ratios", "0.5", "--latency-runs", "3"]
+        + ["--report", str(report), "--html", str(html), "-q"],
     )
     assert result.exit_code == 1, result.output
     assert "no candidate keeps every output within the budget" in result.output and "nothing written" in result.output

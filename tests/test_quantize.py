@@ -245,6 +245,21 @@ def test_accuracy_budget_keeps_sensitive_layers_in_float():
     assert not any(d.code == QuantReason.EXCLUDED_BY_USER for d in strict.decisions)
 
 
+def test_a_top1_budget_bounds_decisions_not_cosine():
+    from models.builders import conv_bn_relu
+
+    model = conv_bn_relu(channels=32, size=16)  # ends in (batch, classes) scores
+    data = calibrate_on(model, 24)
+    config = QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=0.999999, accuracy_metric="top1")
+    _, report = quantize(model, data, config=config)
+    top1 = [c.top1 for c in report.fidelity]
+    assert report.accuracy_metric == "top1" and all(t is not None and t >= 0.999999 for t in top1)
+    assert report.to_dict()["accuracy_metric"] == "top1"
+    # the same budget on cosine is a different, stricter promise: no INT8 layer keeps the output's cosine at 1
+    with pytest.raises(NothingToDoError, match="cosine score"):
+        quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=0.999999))
+
+
 def test_cli_quantize_writes_model_and_report(save, npz_folder, tmp_path):
     model = residual()
     path = save(model)

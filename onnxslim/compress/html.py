@@ -59,8 +59,8 @@ def layer_figure(report: CompressReport):
     """Per-layer quantization sensitivity when quantize measured it; otherwise the share of channels each group kept in the written candidate."""
     go = _plotly()
     if report.sensitivity:
-        rows = sorted(report.sensitivity, key=lambda r: r["cosine_when_alone_quantized"])
-        figure = go.Figure(go.Bar(x=[r["node"] for r in rows], y=[1.0 - r["cosine_when_alone_quantized"] for r in rows]))
+        rows = sorted(report.sensitivity, key=lambda r: r["score_when_alone_quantized"])
+        figure = go.Figure(go.Bar(x=[r["node"] for r in rows], y=[1.0 - r["score_when_alone_quantized"] for r in rows]))
         figure.update_layout(title="Per-layer sensitivity: loss when only this layer is INT8", yaxis_title="1 - worst output cosine", template="plotly_white")
         return figure
     chosen = next((c for c in report.candidates if c.chosen), None)

@@ -27,7 +27,7 @@ from onnxslim.ir.counts import count_parameters
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import fidelity
-from onnxslim.measure.fidelity import worst_cosine
+from onnxslim.measure.fidelity import SCORES, worst_cosine, worst_score
 from onnxslim.measure.latency import interleaved_latency
 from onnxslim.options import check_settings, setting
 from onnxslim.progress import stderr_console
@@ -44,7 +44,11 @@ class CompressConfig:
     """How to compress: the budget, the pruning amounts to try, and the shared data, timing and target settings."""
 
     max_loss: float = setting(
-        0.02, "Largest drop in cosine similarity to the original allowed on any output, on held-out data (0.02: cosine >= 0.98).", low=0.0, high=1.0, high_open=True
+        0.02, "Largest loss against the original allowed on any output, on held-out data (see --metric).", low=0.0, high=1.0, high_open=True
+    )
+    metric: str = setting(
+        "auto", "Loss per output: 1 - cosine similarity, 1 - top-1 agreement, or auto (top-1 for class scores and per-step probabilities, cosine otherwise).",
+        choices=SCORES,
     )
     target_latency: float | None = setting(None, "Instead of the fastest: the most faithful candidate at or below this latency ratio to the original.", low=0.0, high=1.0, low_open=True)
     ratios: tuple[float, ...] = setting((0.1, 0.2, 0.3, 0.4), "Pruning ratios to try, each also quantized (larger ones are skipped once one exceeds the budget).", metavar="R,R,...")
@@ -114,7 +118,7 @@ def compress(
         pruned = _pruned(original, ratio, calibration, held, config, show_progress)
         built.append(pruned)
         candidate, pruned_model = pruned
-        _measure_fidelity(reference, candidate, pruned_model, held)
+        _measure_fidelity(reference, candidate, pruned_model, held, config.metric)
         if not candidate.failed and candidate.loss > budget.max_loss:
             candidate.note += "; over the budget already, so larger ratios were not tried"
             break
@@ -123,7 +127,7 @@ def compress(
             built.append(_quantized(pruned_model, f"pruned {ratio:.0%} + quantized", ratio, calibration, held, config, remaining, report, show_progress))
     for candidate, candidate_model in built:
         if candidate_model is not None and math.isnan(candidate.loss):
-            _measure_fidelity(reference, candidate, candidate_model, held)
+            _measure_fidelity(reference, candidate, candidate_model, held, config.metric)
     _time_all(built, held, config, show_progress)
     best, report.why = choose([c for c, _ in built], budget)
     report.candidates = [c for c, _ in built]
@@ -178,7 +182,9 @@ def _pruned(original, ratio: float, calibration, held, config: CompressConfig, s
 def _quantized(model, name: str, ratio: float, calibration, held, config: CompressConfig, allowance: float, report: CompressReport, show_progress: bool):
     """The INT8 candidate of ``model``, with quantize's own budget set to what is left of compress's."""
     _say(show_progress, f"compress: {name}")
-    quant_config = QuantConfig(target=config.target, threads=config.threads, latency_runs=0, if_slower="keep-int8", accuracy_budget=1.0 - allowance, eval_fraction=0.0)
+    quant_config = QuantConfig(
+        target=config.target, threads=config.threads, latency_runs=0, if_slower="keep-int8", accuracy_budget=1.0 - allowance, accuracy_metric=config.metric, eval_fraction=0.0
+    )
     try:
         quantized, quant_report = quantize(model, calibration, config=quant_config, eval_data=_as_source(held), show_progress=show_progress)
     except (NothingToDoError, UnsupportedModelError) as exc:  # a candidate that cannot be built; the user's mistakes still stop the run
@@ -190,12 +196,13 @@ def _quantized(model, name: str, ratio: float, calibration, held, config: Compre
     return Candidate(name, ratio, True, note=note, details={"quantize": quant_report.to_dict()}), quantized
 
 
-def _measure_fidelity(reference: Runner, candidate: Candidate, model: onnx.ModelProto | None, held: list) -> None:
+def _measure_fidelity(reference: Runner, candidate: Candidate, model: onnx.ModelProto | None, held: list, metric: str) -> None:
     if model is None or candidate.failed:
         return
     comparisons = fidelity(reference, model, held, label=candidate.name)
-    worst = worst_cosine(comparisons)
-    candidate.loss = math.inf if math.isnan(worst) else 1.0 - worst
+    score = worst_score(comparisons, metric)
+    candidate.loss = math.inf if math.isnan(score) else 1.0 - score
+    candidate.details["worst_cosine"] = worst_cosine(comparisons)
     candidate.parameters = count_parameters(model)
     candidate.file_bytes = model_file_bytes(model)
     candidate.details["fidelity"] = [c.to_dict() for c in comparisons]

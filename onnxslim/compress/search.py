@@ -1,8 +1,9 @@
 """Which candidate ``compress`` writes: a pure function of the measured candidates and the budget.
 
-A candidate's loss is the largest drop in cosine similarity to the original
-over the model's outputs on held-out data (1 - worst cosine); a candidate whose
-outputs disagree on NaN/Inf has an infinite loss and never fits a budget.
+A candidate's loss is 1 - its worst output's score against the original on
+held-out data (cosine similarity, or top-1 agreement for class scores and
+per-step probabilities: :func:`onnxslim.measure.output_score`). A candidate
+whose outputs disagree on NaN/Inf has an infinite loss and never fits a budget.
 Within the budget, the fastest candidate wins; with a latency target, the most
 faithful candidate that meets it. The original itself is a candidate (loss 0,
 ratio 1), so "nothing helps" is an answer, not a crash.
@@ -63,7 +64,7 @@ def choose(candidates: list[Candidate], budget: Budget) -> tuple[Candidate | Non
     fitting = [c for c in candidates if c.within_budget and (c.prune_ratio > 0 or c.quantized)]
     faster = [c for c in fitting if c.latency_ratio is not None and c.latency_ratio < 1.0]
     if not fitting:
-        return None, f"no candidate keeps every output within the budget (loss <= {budget.max_loss:g}, i.e. cosine >= {1 - budget.max_loss:g})"
+        return None, f"no candidate keeps every output within the budget (loss <= {budget.max_loss:g})"
     if not faster:
         return None, "every candidate within the budget is as slow as the original or slower"
     if budget.target_latency is not None:

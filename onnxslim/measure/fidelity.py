@@ -33,3 +33,31 @@ def worst_cosine(comparisons: Sequence[OutputComparison]) -> float:
     if any(math.isnan(v) for v in values):
         return math.nan
     return min(values) if values else 1.0
+
+
+SCORES = ("cosine", "top1", "auto")
+
+
+def output_score(comparison: OutputComparison, metric: str = "cosine") -> float:
+    """How faithful one output is, 1 being identical: its cosine, or its top-1 agreement.
+
+    'auto' uses top-1 agreement where the output is class scores or per-step
+    probabilities (the decision is the argmax, and cosine over probabilities
+    punishes changes no decision sees), cosine elsewhere; 'top1' falls back to
+    cosine on outputs that are not class scores. NaN/Inf disagreement is NaN.
+    """
+    cosine = comparison.cosine
+    if math.isnan(cosine):
+        return math.nan
+    top1 = comparison.top1
+    if metric in ("top1", "auto") and top1 is not None:
+        return top1
+    return cosine
+
+
+def worst_score(comparisons: Sequence[OutputComparison], metric: str = "cosine") -> float:
+    """The lowest :func:`output_score` over the outputs (1.0 when there are none; NaN when any is NaN)."""
+    values = [output_score(c, metric) for c in comparisons]
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    return min(values) if values else 1.0

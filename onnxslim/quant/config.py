@@ -26,8 +26,9 @@ class QuantConfig:
     quantize_output_layers: quantize the layers whose results reach a graph
         output through single-input ops only (a final classifier); kept in
         float by default, since their rounding errors flip close decisions.
-    accuracy_budget: minimum cosine similarity per output on held-out data;
-        the most sensitive layers are kept in float until it holds.
+    accuracy_budget: minimum score per output on held-out data (cosine
+        similarity, or top-1 agreement: ``accuracy_metric``); the most
+        sensitive layers are kept in float until it holds.
     if_slower: what to write when INT8 is not faster than FP32.
     """
 
@@ -43,6 +44,10 @@ class QuantConfig:
     concat_range_ratio: float = 16.0
     accuracy_budget: float | None = setting(
         None, "Keep the most sensitive layers in float until every output's cosine on held-out data reaches this.", low=-1.0, high=1.0, metavar="COSINE"
+    )
+    accuracy_metric: str = setting(
+        "cosine", "What --accuracy-budget bounds: cosine, top-1 agreement, or auto (top-1 for class scores and per-step probabilities, cosine otherwise).",
+        choices=("cosine", "top1", "auto"),
     )
     calibration_provider: str = setting("cpu", "Execution provider for calibration runs.")
     max_calibration_samples: int | None = setting(None, "Calibrate on at most this many batches.", low=1, option="--max-samples")

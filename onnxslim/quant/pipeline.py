@@ -22,7 +22,7 @@ from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageEr
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.tensors import graph_inputs
-from onnxslim.measure import fidelity, latency_ratio, worst_cosine
+from onnxslim.measure import fidelity, latency_ratio, worst_score
 from onnxslim.measure.latency import keep_fallback, threads_text
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.progress import track
@@ -229,21 +229,21 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, budget: float) -> BudgetSearch:
     for node in track(candidates, "per-layer sensitivity", enabled=run.show_progress):
         others = frozenset(n for n in candidates if n != node)
         _, model = run.build(run.config, others)
-        cosine = worst_cosine(fidelity(run.reference, model, batches))
-        damage[node] = 2.0 if math.isnan(cosine) else 1.0 - cosine  # NaN/Inf where FP32 is finite: worst of all
+        score = worst_score(fidelity(run.reference, model, batches), run.config.accuracy_metric)
+        damage[node] = 2.0 if math.isnan(score) else 1.0 - score  # NaN/Inf where FP32 is finite: worst of all
     ranked = sorted(candidates, key=lambda n: damage[n], reverse=True)
-    every = [{"node": n, "cosine_when_alone_quantized": 1.0 - damage[n]} for n in ranked]
+    every = [{"node": n, "score_when_alone_quantized": 1.0 - damage[n]} for n in ranked]
     count = 1
     while count <= len(ranked):
         excluded = frozenset(ranked[:count])
         _, model = run.build(run.config, excluded)
-        cosine = worst_cosine(fidelity(run.reference, model, batches))
-        if cosine >= budget:
-            kept = [{"node": n, "cosine_when_alone_quantized": 1.0 - damage[n]} for n in ranked[:count]]
-            note = f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float (cosine {cosine:.5f} on {len(batches)} batch(es))"
+        score = worst_score(fidelity(run.reference, model, batches), run.config.accuracy_metric)
+        if score >= budget:
+            kept = [{"node": n, "score_when_alone_quantized": 1.0 - damage[n]} for n in ranked[:count]]
+            note = f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float ({run.config.accuracy_metric} {score:.5f} on {len(batches)} batch(es))"
             return BudgetSearch(excluded, kept, True, note, every)
         count = count * 2 if count < 8 else count + max(1, len(ranked) // 8)
-    kept = [{"node": n, "cosine_when_alone_quantized": 1.0 - damage[n]} for n in ranked]
+    kept = [{"node": n, "score_when_alone_quantized": 1.0 - damage[n]} for n in ranked]
     return BudgetSearch(frozenset(ranked), kept, False, f"accuracy budget {budget} cannot be met even with every quantized layer in float", every)
 
 
@@ -313,7 +313,7 @@ def quantize(
     """
     run = QuantRun(model, data, config, eval_data, input_shapes, show_progress)
     _refuse_quantized(run.prepared, run.label)
-    report = QuantReport(run.label, str(output) if output else None, config.target, config.method, budget=config.accuracy_budget)
+    report = QuantReport(run.label, str(output) if output else None, config.target, config.method, budget=config.accuracy_budget, accuracy_metric=config.accuracy_metric)
     report.prepare = run.prepare_results
     report.warnings.extend(run.warnings + _unknown_exclusions(run.prepared, config))
     plan = run.plan(config)
@@ -350,7 +350,7 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
     plan, quantized = run.build(config)
     comparisons = fidelity(run.reference, quantized, run.eval_batches)
     report.warnings.extend(_evaluation_problems(comparisons, run, eval_data_given))
-    if config.accuracy_budget is None or worst_cosine(comparisons) >= config.accuracy_budget:  # NaN misses the budget
+    if config.accuracy_budget is None or worst_score(comparisons, config.accuracy_metric) >= config.accuracy_budget:  # NaN misses the budget
         return plan, quantized, comparisons
     search = _sensitivity(run, plan, config.accuracy_budget)
     report.kept_float_for_budget = search.kept
@@ -359,9 +359,9 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
         report.warnings.append(search.note)
     plan, quantized = run.build(config, search.keep_float)
     if not plan.quantized_nodes:
-        best = max((1.0 - k["cosine_when_alone_quantized"] for k in search.kept), default=None)
+        best = max((1.0 - k["score_when_alone_quantized"] for k in search.kept), default=None)
         raise NothingToDoError(
-            f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: every layer alone brings an output's cosine on "
+            f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: every layer alone brings an output's {config.accuracy_metric} score on "
             f"{run.eval_label} below it" + (f" (the least harmful reaches {1.0 - best:.5f})" if best is not None else "") + "; nothing written"
         )
     return plan, quantized, fidelity(run.reference, quantized, run.eval_batches)

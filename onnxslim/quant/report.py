@@ -54,6 +54,7 @@ class QuantReport(Record):
     calibration: CalibrationSummary = field(default_factory=CalibrationSummary)
     evaluation: EvaluationSummary = field(default_factory=EvaluationSummary)
     budget: float | None = json_field(None, key="accuracy_budget")
+    accuracy_metric: str = "cosine"  # what the budget bounds: cosine, top1 or auto
     fidelity: list[OutputComparison] = field(default_factory=list)
     latency: LatencyComparison | None = None
     onnxruntime_kernels: dict[str, int] = field(default_factory=dict)
