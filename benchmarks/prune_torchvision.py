@@ -8,7 +8,9 @@ export) against Torch-Pruning (on the PyTorch module), side by side.
     python benchmarks/prune_torchvision.py --ratio 0.3 --all --tools onnxslim --runs 0   # coverage only
 
 Weights are random (coverage and speed do not depend on them). For each model: export to ONNX
-(opset 17), prune the export with `onnxslim.prune` (l2 magnitude, per group), and prune the
+(opset 17), prune the export with `onnxslim.prune` with its defaults (l2 magnitude without data,
+per group; kept channel counts at the multiple it measures fastest; the original written when the
+pruned model is not faster: the `written` field says which), and prune the
 module with Torch-Pruning's MagnitudePruner (L2, same ratio, classifier left whole) then export
 that. Each result must run in onnxruntime with the original output shape. Parameter ratio and
 latency ratio (interleaved medians against the unpruned export, 1 thread, batch 1) are reported.
@@ -91,8 +93,13 @@ def run_tool(name: str, tool: str, ratio: float) -> dict:
             if not base.exists():  # one export per model, shared by every ratio
                 export(module, base, size)
             target = WORK / f"{name}.onnxslim-{ratio}.onnx"
-            _, report = prune(base, config=PruneConfig(ratio=ratio, latency_runs=0), output=target)
-            entry = {"params": report.parameters[1] / report.parameters[0], "groups": f"{len(report.pruned_groups)}/{len(report.groups)}"}
+            # defaults: the channel multiple measured fastest, and the original kept when pruning is not faster
+            _, report = prune(base, config=PruneConfig(ratio=ratio), output=target)
+            entry = {
+                "params": report.parameters[1] / report.parameters[0], "groups": f"{len(report.pruned_groups)}/{len(report.groups)}",
+                "multiple": report.widths.multiple if report.widths else None, "written": report.written,
+                "own_latency_ratio": report.latency.ratio if report.latency else None,
+            }
         else:
             params0 = sum(p.numel() for p in module.parameters())
             pruned_module = torch_pruning(module, ratio, size)
@@ -201,7 +208,10 @@ def main() -> None:
         if not entry.get("ok"):
             return entry.get("error", "output shape changed")[:70]
         latency = f", latency {entry['latency_ratio']:.2f}" if "latency_ratio" in entry else ""
-        return f"params {entry['params']:.2f}{latency}" + (f", groups {entry['groups']}" if "groups" in entry else "")
+        how = f", multiple {entry['multiple']}" if entry.get("multiple") else ""
+        if entry.get("written") == "original":
+            how += ", original kept (pruned not faster)"
+        return f"params {entry['params']:.2f}{latency}" + (f", groups {entry['groups']}" if "groups" in entry else "") + how
 
     lines = [f"| model | onnxslim at {args.ratio:.0%} | Torch-Pruning at {args.ratio:.0%} |", "|---|---|---|"]
     lines += [f"| {r['model']} | {cell(r['onnxslim'])} | {cell(r['torch_pruning'])} |" for r in rows]
