@@ -182,11 +182,13 @@ def _pruned(original, ratio: float, calibration, held, config: CompressConfig, s
 def _quantized(model, name: str, ratio: float, calibration, held, config: CompressConfig, allowance: float, report: CompressReport, show_progress: bool):
     """The INT8 candidate of ``model``, with quantize's own budget set to what is left of compress's."""
     _say(show_progress, f"compress: {name}")
+    # quantize's own budget search holds out its own share of the calibration batches: compress's
+    # held-out batches judge the candidates and choose none of their layers
     quant_config = QuantConfig(
-        target=config.target, threads=config.threads, latency_runs=0, if_slower="keep-int8", accuracy_budget=1.0 - allowance, accuracy_metric=config.metric, eval_fraction=0.0
+        target=config.target, threads=config.threads, latency_runs=0, if_slower="keep-int8", accuracy_budget=1.0 - allowance, accuracy_metric=config.metric
     )
     try:
-        quantized, quant_report = quantize(model, calibration, config=quant_config, eval_data=_as_source(held), show_progress=show_progress)
+        quantized, quant_report = quantize(model, calibration, config=quant_config, show_progress=show_progress)
     except (NothingToDoError, UnsupportedModelError) as exc:  # a candidate that cannot be built; the user's mistakes still stop the run
         return Candidate(name, ratio, True, note=f"not built: {exc}", failed=True), None
     if ratio == 0.0:
