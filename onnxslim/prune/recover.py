@@ -89,13 +89,12 @@ def _changed_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept:
     return pairs
 
 
-def _as_matrix(weight: np.ndarray, node: onnx.NodeProto) -> np.ndarray | None:
-    """Weights as (inputs, outputs) for a linear layer, None for a spatial conv."""
+def _is_matrix(weight: onnx.TensorProto, node: onnx.NodeProto) -> bool:
+    """Whether the layer is linear in its input channels with one weight matrix (Gemm, 2-D MatMul, unpadded 1x1 Conv): what a refit re-solves."""
+    dims = tuple(weight.dims)
     if node.op_type == "Conv":
-        return weight[:, :, 0, 0].T if weight.ndim == 4 and weight.shape[2:] == (1, 1) and all(p == 0 for p in node_attr(node, "pads", [0])) else None
-    if node.op_type == "Gemm" and int(node_attr(node, "transB", 0)):
-        return weight.T
-    return weight
+        return len(dims) == 4 and dims[2:] == (1, 1) and all(p == 0 for p in node_attr(node, "pads", [0]))
+    return len(dims) == 2
 
 
 def _from_matrix(matrix: np.ndarray, node: onnx.NodeProto, like: np.ndarray) -> np.ndarray:
@@ -137,7 +136,7 @@ class _Layer:
     new: onnx.NodeProto
     kept_in: list[int]
     kept_out: list[int] | None
-    old_weight: np.ndarray
+    old_weight: onnx.TensorProto  # read only when the layer's bias is compensated
     refit: bool
     input_sum: np.ndarray | None = None  # the original model's input, summed per channel over all rows
     input_rows: int = 0
@@ -153,14 +152,14 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable
     steps: dict[str, RecoveryStep] = {}
     readers = Counter(name for node in pruned.graph.node for name in node.input[1:] if name)
     layers = []
-    before = initializer_map(original.graph)
+    before, after = initializer_map(original.graph), initializer_map(pruned.graph)
     for old, new in _changed_consumers(original, pruned, kept):
         if any(readers[name] > 1 for name in new.input[1:] if name):
             # a refit would give each use its own weights: the shared tensor would be written once per use
             steps[new.name] = RecoveryStep(new.name, Reason(RecoveryKind.NONE, "weights shared with other layers: left as pruned, so they stay one tensor"))
             continue
-        refit = config.recovery == "refit" and _as_matrix(to_array(initializer_map(pruned.graph)[new.input[1]]), new) is not None and _bias_slot(pruned, new) is not None
-        layers.append(_Layer(old, new, kept[new.name]["in"], kept[new.name].get("out"), to_array(before[old.input[1]]), refit))
+        refit = config.recovery == "refit" and _is_matrix(after[new.input[1]], new) and _bias_slot(pruned, new) is not None
+        layers.append(_Layer(old, new, kept[new.name]["in"], kept[new.name].get("out"), before[old.input[1]], refit))
     if layers:
         taken = all_value_names(pruned.graph)
         _observe_original(original, layers, source, config.token_mask, show_progress)
@@ -289,7 +288,7 @@ def _compensate_bias(pruned, layer: _Layer, taken) -> Reason:
     slot = _bias_slot(pruned, new)
     if slot is None:
         return Reason(RecoveryKind.NONE, "no bias to compensate into; left as pruned")
-    weights = layer.old_weight
+    weights = to_array(layer.old_weight)
     axis = weight_axes(new)[0]
     if layer.kept_out is not None:
         weights = np.take(weights, layer.kept_out, axis=weight_axes(new)[1])
