@@ -98,7 +98,7 @@ def test_auto_metric_judges_class_scores_by_their_decisions(monkeypatch):
     model = conv_bn_relu(channels=32, size=16)
     data = sample_inputs(model, 20)
     assert run_model(model, data[0])[0].ndim == 2  # (batch, classes): top-1 applies
-    _, report = compress(model, data, config=CompressConfig(ratios=(0.5,), max_loss=0.5, latency_runs=3))
+    _, report = compress(model, data, config=CompressConfig(ratios=(0.5,), max_loss=0.5, metric="auto", latency_runs=3))
     for c in report.candidates[1:]:
         if c.failed:
             continue

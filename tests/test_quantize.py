@@ -14,6 +14,7 @@ from models.builders import ALL_BUILDERS, GraphBuilder, constant_node_weights, c
 from onnxslim import QuantConfig, quantize
 from onnxslim.cli import main
 from onnxslim.errors import DataError, NothingToDoError
+from onnxslim.ir import load_model
 from onnxslim.measure import LatencyComparison
 from onnxslim.quant.decisions import QuantReason
 from tests.conftest import run_model
@@ -311,3 +312,55 @@ def test_python_loader_reader_and_image_folder(tmp_path):
     assert batch["input"].shape == (1, 3, 16, 16) and batch["input"].dtype == np.float32
     _, report = quantize(model, source, config=FAST)
     assert report.calibration.batches == 4
+
+
+def embedding_model(vocab: int = 1000, dim: int = 128, tied: bool = False) -> onnx.ModelProto:
+    """Token ids -> embedding lookup -> linear layer (and, tied, an output projection reading the same table)."""
+    rng = np.random.default_rng(0)
+    table = (rng.standard_normal((vocab, dim)) * rng.uniform(0.01, 1.0, (vocab, 1))).astype(np.float32)  # rows of very different scales
+    weights = [onnx.numpy_helper.from_array(table, "table"), onnx.numpy_helper.from_array(rng.standard_normal((dim, 64)).astype(np.float32) * 0.1, "w")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], name="lookup"), helper.make_node("MatMul", ["emb", "w"], ["hidden"], name="proj")]
+    out = "hidden"
+    if tied:
+        weights.append(onnx.numpy_helper.from_array(np.ascontiguousarray(table.T), "table_t"))
+        nodes.append(helper.make_node("Transpose", ["table"], ["table_t_view"], name="tie", perm=[1, 0]))
+        nodes.append(helper.make_node("MatMul", ["emb", "table_t_view"], ["logits"], name="lm_head"))
+        out = "logits"
+    graph = helper.make_graph(
+        nodes, "embed", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], weights
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_embedding_tables_are_stored_in_int8_rows_and_looked_up_exactly():
+    from onnxslim.quant.tables import row_quantize
+
+    model = embedding_model()
+    data = [{"ids": np.random.default_rng(i).integers(0, 1000, (1, 16)).astype(np.int64)} for i in range(12)]
+    quantized, report = quantize(model, data, config=FAST)
+    decision = next(d for d in report.decisions if d.node == "lookup")
+    assert decision.code == QuantReason.WEIGHT_ONLY and decision.quantized
+    tables = {t.name: t for t in quantized.graph.initializer}
+    assert "table" not in tables and tables["table_int8"].data_type == TensorProto.INT8
+    assert report.sizes.int8_bytes < 0.4 * report.sizes.fp32_bytes  # 512 KB of float rows -> 128 KB of INT8 (+ scales)
+    # the lookup computes exactly the per-row dequantization of the rows it reads
+    table = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    values, scales = row_quantize(table)
+    probe = load_model(quantized)
+    probe.graph.output.append(helper.make_tensor_value_info("emb", TensorProto.FLOAT, None))
+    feed = data[0]
+    got = run_model(probe, feed)[-1]
+    np.testing.assert_array_equal(got, values[feed["ids"]].astype(np.float32) * scales[feed["ids"]][..., None])
+    assert np.abs(got - table[feed["ids"]]).max() <= np.abs(table[feed["ids"]]).max(axis=-1, keepdims=True).max() / 254 + 1e-6
+    assert min(c.cosine for c in report.fidelity) > 0.999
+    # tables kept float: the lookup was this model's only quantizable work
+    with pytest.raises(NothingToDoError, match="nothing to quantize"):
+        quantize(model, data, config=QuantConfig(latency_runs=0, embeddings="float"))
+
+
+def test_a_table_tied_to_an_output_projection_stays_float():
+    from onnxslim.quant.tables import find_tables
+
+    model = embedding_model(tied=True)
+    (choice,) = find_tables(model)
+    assert not choice.quantized and "also read by other nodes" in choice.reason

@@ -47,7 +47,7 @@ class CompressConfig:
         0.02, "Largest loss against the original allowed on any output, on held-out data (see --metric).", low=0.0, high=1.0, high_open=True
     )
     metric: str = setting(
-        "auto", "Loss per output: 1 - cosine similarity, 1 - top-1 agreement, or auto (top-1 for class scores and per-step probabilities, cosine otherwise).",
+        "cosine", "Loss per output: 1 - cosine similarity, 1 - top-1 agreement, or auto (top-1 for class scores and per-step probabilities, cosine otherwise).",
         choices=SCORES,
     )
     target_latency: float | None = setting(None, "Instead of the fastest: the most faithful candidate at or below this latency ratio to the original.", low=0.0, high=1.0, low_open=True)

@@ -41,6 +41,9 @@ class QuantConfig:
     exclude_op_types: tuple[str, ...] = setting((), "Keep these op types in float.")
     quantize_attention: bool = setting(False, "Also quantize MatMuls of two activations (attention scores).")
     quantize_output_layers: bool = setting(False, "Also quantize layers that feed a graph output directly (kept in float by default).")
+    embeddings: str = setting(
+        "int8", "Lookup tables of Gathers (token embeddings) of at least 65,536 values: stored INT8 with a scale per row, or kept float.", choices=("int8", "float")
+    )
     concat_range_ratio: float = 16.0
     accuracy_budget: float | None = setting(
         None, "Keep the most sensitive layers in float until every output's cosine on held-out data reaches this.", low=-1.0, high=1.0, metavar="COSINE"

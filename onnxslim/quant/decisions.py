@@ -18,6 +18,7 @@ class QuantReason(Enum):
     FOLDED = "folded"  # a Relu/Clip folded into the quantizer before it
     BIAS_FUSED = "bias_fused"  # the bias Add of a MatMul, fused into QGemm
     QDQ_INPUTS = "qdq_inputs"  # INT8 Q/DQ on the inputs of a weighted layer (GPU targets)
+    WEIGHT_ONLY = "weight_only"  # a lookup table stored in INT8, the looked-up rows turned back into float
     # kept in float
     EXCLUDED_BY_USER = "excluded_by_user"  # --exclude-nodes, --exclude-op-types, --op-types
     KEPT_FOR_ACCURACY = "kept_for_accuracy"  # kept in float to meet --accuracy-budget
@@ -30,7 +31,9 @@ class QuantReason(Enum):
     MIXED_RANGES = "mixed_ranges"  # a Concat whose inputs' ranges differ too much for one scale
 
 
-QUANTIZED = frozenset({QuantReason.INTEGER_KERNEL, QuantReason.SHARED_SCALE, QuantReason.FOLDED, QuantReason.BIAS_FUSED, QuantReason.QDQ_INPUTS})
+QUANTIZED = frozenset(
+    {QuantReason.INTEGER_KERNEL, QuantReason.SHARED_SCALE, QuantReason.FOLDED, QuantReason.BIAS_FUSED, QuantReason.QDQ_INPUTS, QuantReason.WEIGHT_ONLY}
+)
 
 
 @dataclass

@@ -6,6 +6,7 @@ their results into a :class:`~onnxslim.quant.report.QuantReport`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -28,12 +29,15 @@ from onnxslim.memory import peak_rss_bytes
 from onnxslim.progress import track
 from onnxslim.quant.calibrate import calibrate
 from onnxslim.quant.config import QuantConfig
+from onnxslim.quant.decisions import NodeDecision
 from onnxslim.quant.params import activation_params
 from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats, make_plan
 from onnxslim.quant.prepare import float_tensors, prepare
 from onnxslim.quant.qdq import insert_qdq
 from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
+from onnxslim.quant.tables import find_tables, store_tables_in_int8
+from onnxslim.reasons import Reason
 from onnxslim.runtime import Runner, resolve_provider
 from onnxslim.runtime.session import optimized_ops
 from onnxslim.runtime.write import write_verified
@@ -205,9 +209,25 @@ class QuantRun:
         """The QDQ model for ``config`` (``keep_float``: nodes kept in float for the budget) and the plan it follows."""
         plan, params = self.params(self.plan(config, keep_float))
         quantized = insert_qdq(self.prepared, plan, params)
+        if config.embeddings == "int8":
+            plan = _with_int8_tables(plan, quantized, keep_float)
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
+
+
+def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str]) -> QuantPlan:
+    """Store the lookup tables of ``model`` in INT8 (in place), except those kept in float; the plan's decisions say so."""
+    choices = [c for c in find_tables(model) if c.node not in keep_float]
+    rewritten = store_tables_in_int8(model, choices)
+    if not rewritten:
+        return plan
+    decisions = dict(plan.decisions)
+    for choice in choices:
+        if choice.node in rewritten:
+            text = f"table {choice.table} ({choice.elements:,} values) stored INT8 per row; the looked-up rows are turned back into float"
+            decisions[choice.node] = NodeDecision(choice.node, "Gather", Reason(QuantReason.WEIGHT_ONLY, text))
+    return dataclasses.replace(plan, decisions=decisions)
 
 
 @dataclass(frozen=True)
@@ -317,7 +337,8 @@ def quantize(
     report.prepare = run.prepare_results
     report.warnings.extend(run.warnings + _unknown_exclusions(run.prepared, config))
     plan = run.plan(config)
-    if not plan.quantized_nodes:
+    tables = config.embeddings == "int8" and any(c.quantized for c in find_tables(run.prepared))
+    if not plan.quantized_nodes and not tables:
         reasons = sorted({d.reason.text for d in plan.decisions.values()})[:3]
         raise NothingToDoError(f"{run.label}: nothing to quantize ({'; '.join(reasons) or 'no nodes'})")
     plan, quantized, comparisons = _within_budget(run, config, report, eval_data is not None)

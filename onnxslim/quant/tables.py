@@ -1,0 +1,112 @@
+"""Weight-only INT8 for lookup tables: a Gather's constant table stored as INT8 rows with one scale per row.
+
+A token-embedding table is most of a small transformer's bytes (all-MiniLM-L6-v2:
+47 of 90 MB) but only the rows looked up are ever used, so the table is looked
+up in INT8 and only those rows are turned back into float:
+
+    Gather(table, ids)  ->  Mul(Cast(Gather(table_int8, ids)), Unsqueeze(Gather(row_scales, ids), -1))
+
+Each row is scaled symmetrically by its own largest magnitude (127 steps), so a
+rare token with small values keeps its precision. The rewrite computes exactly
+what a per-row DequantizeLinear would, on the looked-up rows only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxslim.ir.graph import node_attr
+from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
+
+MIN_TABLE_ELEMENTS = 1 << 16  # smaller tables are not worth three extra nodes
+
+
+@dataclass(frozen=True)
+class TableChoice:
+    """A Gather and whether its table is stored in INT8 (``reason`` when not)."""
+
+    node: str
+    table: str
+    elements: int
+    reason: str | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.reason is None
+
+
+def find_tables(model: onnx.ModelProto, *, min_elements: int = MIN_TABLE_ELEMENTS) -> list[TableChoice]:
+    """Every Gather that reads a float32 constant table of rows (axis 0, 2-D), and whether it can be stored in INT8."""
+    weights = initializer_map(model.graph)
+    readers = Counter(name for node in model.graph.node for name in node.input)
+    outputs = {v.name for v in model.graph.output}
+    choices = []
+    for node in model.graph.node:
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or not node.input or node.input[0] not in weights:
+            continue
+        table = weights[node.input[0]]
+        elements = int(np.prod(table.dims)) if table.dims else 1
+        if table.data_type != TensorProto.FLOAT or len(table.dims) != 2 or int(node_attr(node, "axis", 0)) != 0:
+            continue
+        reason = None
+        if elements < min_elements:
+            reason = f"table of {elements} values: too small to be worth it"
+        elif readers[node.input[0]] > 1:
+            reason = "the table is also read by other nodes (a tied output projection): kept in float for them"
+        elif node.output[0] in outputs:
+            reason = "the lookup is a graph output"
+        choices.append(TableChoice(node.name, node.input[0], elements, reason))
+    return choices
+
+
+def row_quantize(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """INT8 rows and their float32 scales: row * 127 / max|row|, rounded; a zero row gets scale 1."""
+    peak = np.abs(table).max(axis=1).astype(np.float32)
+    scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    values = np.clip(np.rint(table / scales[:, None]), -127, 127).astype(np.int8)
+    return values, scales
+
+
+def store_tables_in_int8(model: onnx.ModelProto, choices: list[TableChoice]) -> list[str]:
+    """Rewrite (in place) every quantizable choice's Gather; returns the nodes rewritten."""
+    weights = initializer_map(model.graph)
+    taken = all_value_names(model.graph)
+    by_name = {c.node: c for c in choices if c.quantized}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    rewritten: list[str] = []
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        nodes.append(node)
+        choice = by_name.get(node.name)
+        if choice is None:
+            continue
+        values, scales = row_quantize(to_array(weights[choice.table]).astype(np.float32))
+        table_name = unique_name(f"{choice.table}_int8", taken)
+        scale_name = unique_name(f"{choice.table}_row_scale", taken)
+        model.graph.initializer.extend([from_array(values, table_name), from_array(scales, scale_name)])
+        result, ids = node.output[0], node.input[1]
+        looked_up, row_scale, as_float, column = (unique_name(f"{result}_{suffix}", taken) for suffix in ("int8", "scale", "float", "scale_column"))
+        node.input[0] = table_name
+        node.output[0] = looked_up
+        nodes.append(helper.make_node("Gather", [scale_name, ids], [row_scale], name=unique_name(f"{node.name}_scale", taken), axis=0))
+        nodes.append(helper.make_node("Cast", [looked_up], [as_float], name=unique_name(f"{node.name}_cast", taken), to=TensorProto.FLOAT))
+        if opset >= 13:
+            axes = unique_name(f"{node.name}_last_axis", taken)
+            model.graph.initializer.append(from_array(np.array([-1], np.int64), axes))
+            nodes.append(helper.make_node("Unsqueeze", [row_scale, axes], [column], name=unique_name(f"{node.name}_unsqueeze", taken)))
+        else:
+            nodes.append(helper.make_node("Unsqueeze", [row_scale], [column], name=unique_name(f"{node.name}_unsqueeze", taken), axes=[-1]))
+        nodes.append(helper.make_node("Mul", [as_float, column], [result], name=unique_name(f"{node.name}_dequantize", taken)))
+        rewritten.append(node.name)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    gone = {by_name[n].table for n in rewritten}
+    kept = [t for t in model.graph.initializer if t.name not in gone]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return rewritten
