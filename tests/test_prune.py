@@ -484,3 +484,14 @@ def test_refit_is_sequential_each_layer_fitted_on_the_refit_model_before_it():
     by_name = {n.name: n for n in pruned.graph.node}
     np.testing.assert_allclose(got[by_name[m2.name].input[1]], w2, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(got[by_name[m3.name].input[1]], w3, rtol=2e-4, atol=2e-5)
+
+
+def test_a_multiple_that_keeps_every_channel_is_never_chosen(monkeypatch):
+    from onnxslim.prune import structured
+
+    monkeypatch.setattr(structured, "interleaved_latency", lambda runners, feed, **kwargs: [[1.0] for _ in runners])  # all equally fast
+    # 64 hidden neurons at 30%: exact counts keep 45, multiples of 4, 8 and 16 keep 48, of 32 all 64 (no pruning at all)
+    _, report = prune(mlp(hidden=64), config=PruneConfig(ratio=0.3, latency_runs=3))
+    assert set(report.widths.measured) == {1, 4, 8, 16}
+    assert report.widths.multiple == 16  # equally fast: the most channels kept among candidates that prune
+    assert [g.channels_after for g in report.groups if g.channels_before == 64] == [48]

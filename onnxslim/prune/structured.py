@@ -23,7 +23,7 @@ import onnx
 from onnxslim.data.sources import DataSource, for_several_passes, hold_out, open_data
 from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
 from onnxslim.ir.counts import count_macs, count_parameters
-from onnxslim.ir.io import load_model, model_file_bytes
+from onnxslim.ir.io import load_model, model_file_bytes, model_weight_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
@@ -46,6 +46,8 @@ from onnxslim.records import BeforeAfter, Record
 from onnxslim.runtime import Runner
 from onnxslim.runtime.probe import check_runs, runtime_shapes
 from onnxslim.runtime.write import write_verified
+
+MAX_MEASURED_BYTES = 256 * 2**20  # models with more weights keep the exact counts unless --round-to says otherwise
 
 
 @dataclass(frozen=True)
@@ -345,14 +347,25 @@ def _select_widths(work: onnx.ModelProto, groups: Groups, scores, ratio: float, 
     choices = {m: select(groups, scores, ratio, dataclasses.replace(config.selection, round_to=m)) for m in CANDIDATE_MULTIPLES}
     distinct: dict[frozenset, list[int]] = {}
     for m, (removed, _) in choices.items():
-        distinct.setdefault(frozenset(removed), []).append(m)
-    if len(distinct) == 1 or probe is None or config.latency_runs == 0:
-        why = "every multiple keeps the same channels" if len(distinct) == 1 else "not measured: no timing batch" if probe is None else "not measured: --latency-runs 0"
+        if removed:  # a multiple that keeps every channel is the original model, not a way to prune it
+            distinct.setdefault(frozenset(removed), []).append(m)
+    weight_bytes = model_weight_bytes(work)
+    if len(distinct) <= 1 or probe is None or config.latency_runs == 0 or weight_bytes > MAX_MEASURED_BYTES:
+        if len(distinct) == 1:
+            multiple = max(next(iter(distinct.values())))
+            return *choices[multiple], WidthChoice(multiple, note="every multiple that removes channels removes the same ones")
+        if not distinct:
+            why = "no multiple removes a channel"
+        elif probe is None or config.latency_runs == 0:
+            why = "not measured: no timing batch" if probe is None else "not measured: --latency-runs 0"
+        else:
+            why = f"not measured: {weight_bytes / 1e9:.2f} GB of weights, and every candidate is held at once to time them (up to {MAX_MEASURED_BYTES / 1e6:.0f} MB); --round-to sets it"
         removed, reports = choices[1]
         return removed, reports, WidthChoice(1, note=why)
     key = cache_key(_digest(work), repr(sorted(sorted(r) for r in distinct)), "CPUExecutionProvider", config.threads)
+    measured = {m for multiples in distinct.values() for m in multiples}
     ratios = cached(key)
-    from_cache = ratios is not None and set(ratios) == set(CANDIDATE_MULTIPLES)
+    from_cache = ratios is not None and set(ratios) == measured
     if not from_cache:
         candidates = [apply_removal(work, groups, set(removed)) for removed in distinct]
         runners = [Runner(work, threads=config.threads, label="original")] + [Runner(c, threads=config.threads, label=f"candidate {i}") for i, c in enumerate(candidates)]
