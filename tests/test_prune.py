@@ -494,4 +494,5 @@ def test_a_multiple_that_keeps_every_channel_is_never_chosen(monkeypatch):
     _, report = prune(mlp(hidden=64), config=PruneConfig(ratio=0.3, latency_runs=3))
     assert set(report.widths.measured) == {1, 4, 8, 16}
     assert report.widths.multiple == 16  # equally fast: the most channels kept among candidates that prune
-    assert [g.channels_after for g in report.groups if g.channels_before == 64] == [48]
+    widths = [g.channels_after for g in report.groups if g.channels_before == 64]
+    assert widths and set(widths) == {48}
