@@ -394,11 +394,12 @@ def _print_pruning(report) -> None:
             console.print(f"[dim]prepare {result.name}:[/] {escape(result.summary())}", highlight=False)
     if report.mode == "structured":
         table = Table(title="channel groups", title_justify="left")
-        for column in ("producers", "channels", "kept", "note"):
-            table.add_column(column, justify="right" if column in ("channels", "kept") else "left")
+        for column in ("producers", "channels", "kept", "importance cut", "note"):
+            table.add_column(column, justify="right" if column in ("channels", "kept", "importance cut") else "left")
         for group in report.groups:
             producers = ", ".join(group.producers[:3]) + (f" +{len(group.producers) - 3}" if len(group.producers) > 3 else "")
-            table.add_row(escape(producers), str(group.channels_before), str(group.channels_after), escape(group.skipped or ""))
+            cut = f"{group.score_removed:.1%}" if group.score_removed else ""
+            table.add_row(escape(producers), str(group.channels_before), str(group.channels_after), cut, escape(group.skipped or ""))
         console.print(table)
         console.print(f"pruned {len(report.pruned_groups)} of {len(report.groups)} groups", highlight=False)
         if report.widths is not None:

@@ -496,3 +496,22 @@ def test_a_multiple_that_keeps_every_channel_is_never_chosen(monkeypatch):
     assert report.widths.multiple == 16  # equally fast: the most channels kept among candidates that prune
     widths = [g.channels_after for g in report.groups if g.channels_before == 64]
     assert widths and set(widths) == {48}
+
+
+def test_cost_scope_cuts_where_channels_are_expensive():
+    b = GraphBuilder(3)
+    h = b.node("Relu", [b.conv("x", 8, 32)])  # 32x32 maps: each channel costs a lot
+    h = b.node("Relu", [b.node("Conv", [h, b.const(b.weight(32, 32, 3, 3))], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[4, 4])])  # 8x8 maps: cheap
+    out = b.conv(h, 32, 8, k=1)
+    graph = helper.make_graph(
+        b.nodes, "costs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32, 32])], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+        b.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _, local = prune(model, config=PruneConfig(ratio=0.25, round_to=1, latency_runs=0))
+    _, cost = prune(model, config=PruneConfig(ratio=0.25, scope="cost", round_to=1, latency_runs=0))
+    first, second = (next(g for g in cost.groups if g.producers == local_group.producers) for local_group in local.groups if local_group.channels_before == 32)
+    assert first.channels_after < second.channels_after  # the expensive 32x32 group gives more
+    assert first.channels_after >= 32 - int(0.5 * 32)  # but no more than twice the ratio
+    assert cost.macs.after < local.macs.after  # same ratio, more of the cost removed
+    assert first.macs_removed > second.macs_removed and 0 < first.score_removed < 1

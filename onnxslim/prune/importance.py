@@ -80,3 +80,24 @@ def class_scores(
             if atom is not None and atom in root_of:
                 scores[root_of[atom]] += float(norms[position])
     return scores
+
+
+def class_costs(classes: Mapping[int, list[int]], edits: list, node_macs: Mapping[str, int]) -> dict[int, float]:
+    """Multiply-accumulates each class's removal saves: its share of every weighted layer it is a filter, column or depthwise channel of."""
+    root_of = {atom: root for root, members in classes.items() for atom in members}
+    costs = {root: 0.0 for root in classes}
+    weighted = (EditRole.PRODUCER, EditRole.CONSUMER, EditRole.PASSTHROUGH)
+    for edit in edits:
+        if isinstance(edit, SliceInput) and not (edit.kind in weighted and edit.index == 1):
+            continue
+        if not isinstance(edit, (SliceInput, GroupedInput)):
+            continue
+        total = node_macs.get(edit.node)
+        positions = len(edit.layout) * edit.layout.repeat
+        if not total or not positions:
+            continue
+        per_atom = total / positions * edit.layout.repeat
+        for atom in edit.layout.atoms:
+            if atom is not None and atom in root_of:
+                costs[root_of[atom]] += per_atom
+    return costs

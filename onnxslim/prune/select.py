@@ -2,7 +2,10 @@
 
 Local scope removes the same share of every group's lowest-scoring classes;
 global scope ranks all classes against each other (each score divided by its
-group's mean) under one budget. Channels of grouped convolutions are always
+group's mean) under one budget; cost scope ranks them by that normalized score
+per multiply-accumulate a class's removal saves, and removes ``ratio`` of the
+prunable multiply-accumulates (no group losing more than ``MAX_COST_CUT`` times
+the ratio): channels are taken where they cost much and matter little. Channels of grouped convolutions are always
 removed equally from every group, ranked locally. Every group gets a report
 line: how many channels it keeps, and why any were left.
 """
@@ -31,15 +34,25 @@ class GroupOutcome(Enum):
     GROUP_STRUCTURE = "group_structure"  # grouped convolutions whose groups cannot lose channels equally
 
 
+MAX_COST_CUT = 2.0
+
+
 @dataclass(frozen=True)
 class GroupReport(Record):
-    """One group's result: its producers, channels before and after, and why channels were left."""
+    """One group's result: its producers, channels before and after, and why channels were left.
+
+    ``score_removed``: the share of the group's importance the removed channels
+    carried (an estimate of the loss at its consumers); ``macs_removed``: the
+    multiply-accumulates their removal saves, where known.
+    """
 
     producers: list[str]
     channels_before: int
     channels_after: int
     outcome: GroupOutcome = GroupOutcome.PRUNED
     skipped: str | None = None
+    score_removed: float | None = None
+    macs_removed: float | None = None
 
     @property
     def reason(self) -> Reason | None:
@@ -70,10 +83,18 @@ def select_local(scores: Mapping[int, float], prunable: list[int], ratio: float,
     return set(ranked[: len(prunable) - keep])
 
 
-def select(groups: Groups, scores: Mapping[int, float], ratio: float, settings: SelectionSettings) -> tuple[set[int], list[GroupReport]]:
-    """The classes to remove at ``ratio`` and a report per group."""
+def select(
+    groups: Groups, scores: Mapping[int, float], ratio: float, settings: SelectionSettings, costs: Mapping[int, float] | None = None
+) -> tuple[set[int], list[GroupReport]]:
+    """The classes to remove at ``ratio`` and a report per group; ``costs``: multiply-accumulates each class's removal saves (needed by scope 'cost')."""
     prunable_by_group = {group.producers: _considered(group, settings) for group in groups.groups}
-    removed: set[int] = _select_global(prunable_by_group, scores, ratio, settings.round_to) if settings.scope == "global" else set()
+    removed: set[int] = set()
+    if settings.scope == "global":
+        removed = _select_global(prunable_by_group, scores, ratio, settings.round_to)
+    elif settings.scope == "cost":
+        if costs is None:
+            raise ValueError("scope 'cost' needs the classes' costs")
+        removed = _select_global(prunable_by_group, scores, ratio, settings.round_to, costs)
     reports = []
     for group in groups.groups:
         prunable = prunable_by_group[group.producers]
@@ -97,7 +118,10 @@ def select(groups: Groups, scores: Mapping[int, float], ratio: float, settings: 
             reason = f"{len(group.roots) - len(prunable)} channel(s) kept: {group.block_reason([r for r in group.roots if r not in prunable])}"
         elif prunable and not gone:
             outcome = GroupOutcome.UNCHANGED
-        reports.append(GroupReport(list(group.producers), len(group.roots), len(group.roots) - gone, outcome, reason))
+        total = sum(scores.get(r, 0.0) for r in group.roots)
+        share = sum(scores.get(r, 0.0) for r in group.roots if r in removed) / total if total > 0 else None
+        saved = sum(costs.get(r, 0.0) for r in group.roots if r in removed) if costs is not None else None
+        reports.append(GroupReport(list(group.producers), len(group.roots), len(group.roots) - gone, outcome, reason, share, saved))
     return removed, reports
 
 
@@ -125,24 +149,39 @@ def _select_blocked(group: Group, prunable: list[int], scores: Mapping[int, floa
     return removed
 
 
-def _select_global(prunable_by_group: Mapping[tuple, list[int]], scores: Mapping[int, float], ratio: float, round_to: int) -> set[int]:
+def _select_global(
+    prunable_by_group: Mapping[tuple, list[int]], scores: Mapping[int, float], ratio: float, round_to: int, costs: Mapping[int, float] | None = None
+) -> set[int]:
+    """Rank every class by its score over its group's mean (per unit of cost, with ``costs``) and remove the lowest.
+
+    Without costs, ``ratio`` of all classes go; with costs, ``ratio`` of their total cost,
+    no group losing more than ``MAX_COST_CUT * ratio`` of its classes.
+    """
     normalized = []
     for key, prunable in prunable_by_group.items():
         if not prunable:
             continue
         mean = np.mean([scores[r] for r in prunable]) or 1.0
-        normalized.extend((scores[r] / mean, r, key) for r in prunable)
+        for r in prunable:
+            value = scores[r] / mean
+            if costs is not None:
+                value /= max(costs.get(r, 0.0), 1e-9)
+            normalized.append((value, r, key))
     normalized.sort()
-    budget = int(np.floor(len(normalized) * ratio + 1e-9))
-    removed, per_group = set(), {}
+    weight = (lambda r: costs.get(r, 0.0)) if costs is not None else (lambda r: 1.0)
+    budget = (sum(weight(r) for _, r, _ in normalized) * ratio) if costs is not None else int(np.floor(len(normalized) * ratio + 1e-9))
+    cap = min(0.9, MAX_COST_CUT * ratio) if costs is not None else 1.0
+    removed, per_group, spent = set(), {}, 0.0
     for _, root, key in normalized:
-        if len(removed) >= budget:
+        if spent >= budget - 1e-9:
             break
         total = len(prunable_by_group[key])
-        if total - per_group.get(key, 0) <= max(1, round_to if total > round_to else 1):
+        count = per_group.get(key, 0)
+        if total - count <= max(1, round_to if total > round_to else 1) or count + 1 > cap * total:
             continue
         removed.add(root)
-        per_group[key] = per_group.get(key, 0) + 1
+        per_group[key] = count + 1
+        spent += weight(root)
     if round_to > 1:
         for key, prunable in prunable_by_group.items():
             count = per_group.get(key, 0)

@@ -22,7 +22,7 @@ import onnx
 
 from onnxslim.data.sources import DataSource, for_several_passes, hold_out, open_data
 from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
-from onnxslim.ir.counts import count_macs, count_parameters
+from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters, node_macs
 from onnxslim.ir.io import load_model, model_file_bytes, model_weight_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.shapes import infer_shapes
@@ -35,7 +35,7 @@ from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.static_dims import fold_static_dims
 from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights
 from onnxslim.prune.groups import Groups, apply_removal, build_groups, kept_positions, renormalized
-from onnxslim.prune.importance import METHODS, class_scores
+from onnxslim.prune.importance import METHODS, class_costs, class_scores
 from onnxslim.prune.recover import RecoveryStep, recover
 from onnxslim.prune.select import GroupOutcome, GroupReport, SelectionSettings, select
 from onnxslim.prune.statistics import channel_energy
@@ -58,7 +58,9 @@ class PruneConfig:
     importance: 'l1', 'l2' (magnitude, BatchNorm-aware) or 'activation' (variance times
         weights, needs data); 'auto' (the default): 'activation' with data, 'l2' without.
     scope: 'local' ranks within each group; 'global' ranks all groups together
-        (scores normalized per group) and removes ``ratio`` of all channels.
+        (scores normalized per group) and removes ``ratio`` of all channels; 'cost'
+        ranks them by normalized score per multiply-accumulate saved and removes
+        ``ratio`` of the prunable multiply-accumulates (ratios differ per group).
     round_to: keep channel counts at multiples of this; 0 (the default) measures the
         candidates 1, 4, 8, 16 and 32 against the original on the timing batch and
         keeps the fastest (onnxruntime's blocked kernels want multiples of their
@@ -83,7 +85,10 @@ class PruneConfig:
         "Channel ranking: weight magnitude (BatchNorm-aware) or activation-aware (needs --data); auto: activation with --data, l2 without.",
         choices=("auto", *METHODS),
     )
-    scope: str = setting("local", "Rank within each group, or across all groups.", choices=("local", "global"))
+    scope: str = setting(
+        "local", "Rank within each group, across all groups, or across all groups per multiply-accumulate saved (cost: --ratio of the MACs).",
+        choices=("local", "global", "cost"),
+    )
     round_to: int = setting(0, "Keep channel counts at multiples of this (0: the multiple measured fastest on this machine, of 1, 4, 8, 16, 32).", low=0)
     target_params: float | None = setting(None, "Instead of --ratio: keep at most this share of the parameters.", low=0.0, high=1.0, low_open=True)
     target_macs: float | None = setting(None, "Instead of --ratio: keep at most this share of the multiply-accumulates.", low=0.0, high=1.0, low_open=True)
@@ -314,8 +319,9 @@ def _remove_channels(
     if not any(group.roots for group in groups.groups):
         raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights)")
     scores = channel_scores(work, groups, config.importance, energy)
-    ratio = _ratio_for_budget(work, groups, scores, shapes, config) if (config.target_params or config.target_macs) else config.ratio
-    removed, report.groups, report.widths = _select_widths(work, groups, scores, ratio, probe, config, show_progress)
+    costs = class_costs(groups.classes, groups.tracing.edits, _node_macs(work, shapes)) if config.scope == "cost" else None
+    ratio = _ratio_for_budget(work, groups, scores, shapes, config, costs) if (config.target_params or config.target_macs) else config.ratio
+    removed, report.groups, report.widths = _select_widths(work, groups, scores, ratio, probe, config, show_progress, costs)
     if config.ratio > 0 and not removed and not config.target_params and not config.target_macs:
         free = [g for g in report.groups if g.outcome in (GroupOutcome.UNCHANGED, GroupOutcome.PARTLY_BLOCKED)]
         if free:
@@ -339,12 +345,18 @@ def _remove_channels(
     return pruned
 
 
-def _select_widths(work: onnx.ModelProto, groups: Groups, scores, ratio: float, probe: dict | None, config: PruneConfig, show_progress: bool):
+def _node_macs(model: onnx.ModelProto, shapes: dict) -> dict[str, int]:
+    return {node.name: macs for node in model.graph.node if node.op_type in MAC_OPS and (macs := node_macs(node, shapes))}
+
+
+def _select_widths(
+    work: onnx.ModelProto, groups: Groups, scores, ratio: float, probe: dict | None, config: PruneConfig, show_progress: bool, costs=None
+):
     """The classes to remove, the group reports, and the channel multiple used: the one given, or the fastest measured."""
     if config.round_to:
-        removed, reports = select(groups, scores, ratio, config.selection)
+        removed, reports = select(groups, scores, ratio, config.selection, costs)
         return removed, reports, WidthChoice(config.round_to, note="--round-to")
-    choices = {m: select(groups, scores, ratio, dataclasses.replace(config.selection, round_to=m)) for m in CANDIDATE_MULTIPLES}
+    choices = {m: select(groups, scores, ratio, dataclasses.replace(config.selection, round_to=m), costs) for m in CANDIDATE_MULTIPLES}
     distinct: dict[frozenset, list[int]] = {}
     for m, (removed, _) in choices.items():
         if removed:  # a multiple that keeps every channel is the original model, not a way to prune it
@@ -457,12 +469,12 @@ def _probe_feed(model: onnx.ModelProto, source, input_shapes) -> dict | None:
         return None
 
 
-def _ratio_for_budget(model: onnx.ModelProto, groups: Groups, scores, shapes: dict, config: PruneConfig) -> float:
+def _ratio_for_budget(model: onnx.ModelProto, groups: Groups, scores, shapes: dict, config: PruneConfig, costs=None) -> float:
     """The smallest ratio whose result fits the parameter or MAC budget (bisection)."""
     params0, macs0 = count_parameters(model), count_macs(model, shapes)[0]
 
     def fits(ratio: float) -> bool:
-        removed, _ = select(groups, scores, ratio, config.selection)
+        removed, _ = select(groups, scores, ratio, config.selection, costs)
         pruned = apply_removal(model, groups, removed)
         if config.target_params is not None and count_parameters(pruned) > config.target_params * params0:
             return False
