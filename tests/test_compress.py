@@ -156,3 +156,29 @@ def test_no_quantize_spends_the_budget_on_pruning_alone(monkeypatch):
     assert report.chosen == "pruned 50%"  # the fastest within a loose budget
     result = CliRunner().invoke(main, ["compress", "--help"])
     assert "--quantize / --no-quantize" in result.output
+
+
+def test_an_int8_candidate_that_misses_the_budget_on_held_out_data_is_rebuilt_tighter(monkeypatch):
+    from onnxslim.quant.report import QuantReport
+
+    budgets = []
+
+    def fake_quantize(model, data, *, config, show_progress=False, **kwargs):
+        budgets.append(config.accuracy_budget)
+        return model, QuantReport("m", None, "cpu", "percentile", budget=config.accuracy_budget)
+
+    def fake_fidelity(reference, candidate, model, held, metric):
+        # held-out data is harsher than quantize's own split: the loss is 1.5x what quantize allowed
+        allowed = 1.0 - candidate.details["quantize"]["accuracy_budget"]
+        candidate.loss = 1.5 * allowed
+        candidate.file_bytes = 1
+
+    monkeypatch.setattr(compress_pipeline, "quantize", fake_quantize)
+    monkeypatch.setattr(compress_pipeline, "_measure_fidelity", fake_fidelity)
+    model = conv_bn_relu(channels=8, size=8)
+    report = compress_pipeline.CompressReport("m", None, {}, {})
+    candidate, _ = compress_pipeline._quantized(
+        model, "quantized", 0.0, 0.0, sample_inputs(model, 4), [], CompressConfig(), Budget(0.02), None, report, False
+    )
+    assert budgets[0] == pytest.approx(0.98) and budgets[1] > budgets[0]  # tightened after the miss
+    assert len(budgets) == 2 and candidate.loss == pytest.approx(1.5 * (1 - budgets[1]))
