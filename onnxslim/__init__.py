@@ -17,6 +17,7 @@ from onnxslim.ir.io import load_model, save_model  # noqa: E402
 from onnxslim.optimize import optimize  # noqa: E402
 from onnxslim.prune import PruneConfig, prune  # noqa: E402
 from onnxslim.quant import QuantConfig, quantize  # noqa: E402
+from onnxslim.share import ShareConfig, share  # noqa: E402
 from onnxslim.summary import inspect  # noqa: E402
 from onnxslim.validate import Gates, validate  # noqa: E402
 
@@ -26,6 +27,7 @@ __all__ = [
     "Gates",
     "PruneConfig",
     "QuantConfig",
+    "ShareConfig",
     "compress",
     "inspect",
     "load_model",
@@ -33,6 +35,7 @@ __all__ = [
     "prune",
     "quantize",
     "save_model",
+    "share",
     "validate",
     "__version__",
 ]

@@ -32,6 +32,7 @@ from onnxslim.measure.latency import threads_text
 from onnxslim.prune import PruneConfig
 from onnxslim.quant import QuantConfig
 from onnxslim.report import to_json, write_report
+from onnxslim.share import ShareConfig
 
 console = Console()
 err_console = Console(stderr=True)
@@ -435,6 +436,49 @@ def _print_pruning(report) -> None:
         else:
             what = ": unchanged (ratio 0 removes nothing)" if unchanged else ""
         console.print(f"wrote {escape(report.output)}{what}", highlight=False)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@output_option
+@config_options(ShareConfig, "clusters", "min_elements", "tolerance")
+@data_options
+@click.option("--eval-data", default=None, help="Held-out data for the fidelity check, read like --data (default: every 5th batch of --data).")
+@config_options(ShareConfig, "max_calibration_samples", "eval_fraction", "max_eval_batches")
+@threads_option
+@config_options(ShareConfig, "latency_runs")
+@report_option
+@quiet_option
+def share(model, output, eval_data, threads, report_path, quiet, input_shapes, **options):
+    """Store identical tensors once and large weights as codebooks (16 or 256 values) that onnxruntime expands when it loads OUTPUT.
+
+    The file and its download shrink; inference speed does not change. With --data the codebooks favour the weights that
+    multiply the busiest input channels, and fidelity is measured on held-out batches.
+    """
+    check_destinations(inputs=[model], output=output, report=report_path)
+    from onnxslim.share import share as share_model
+
+    config = ShareConfig(threads=threads, **config_values(ShareConfig, options))
+    data = _resolve_data(model, options, required=False)
+    eval_data = _resolve_data(model, options, data=eval_data) if eval_data is not None else None
+    _, report = share_model(model, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
+    codebooks = [t for t in report.tensors if t.how.startswith("codebook")]
+    tied = [t for t in report.tensors if t.how.startswith("tied")]
+    if codebooks:
+        worst = max(codebooks, key=lambda t: t.rms_error)
+        console.print(f"{len(codebooks)} weight(s) as codebooks of {config.clusters} values (largest relative RMS error {worst.rms_error:.4f}, {escape(worst.name)})", highlight=False)
+    if tied:
+        console.print(f"{len(tied)} tensor(s) tied to an identical one: {escape(', '.join(t.name for t in tied[:3]))}{' ...' if len(tied) > 3 else ''}", highlight=False)
+    (f0, f1), (z0, z1) = report.file_bytes, report.zipped_bytes
+    console.print(f"file {f0 / 1e6:.2f} MB -> {f1 / 1e6:.2f} MB ({f1 / max(f0, 1):.2f}x); zipped {z0 / 1e6:.2f} MB -> {z1 / 1e6:.2f} MB ({z1 / max(z0, 1):.2f}x)", highlight=False)
+    for comparison in report.fidelity:
+        console.print(f"output {escape(comparison.name)}: cosine {comparison.cosine:.5f} vs the original on {escape(report.evaluation)}", highlight=False)
+    if report.latency and report.latency.ratio is not None:
+        console.print(f"latency ({threads_text(report.latency.threads)}): ratio {report.latency.ratio:.3f} (the lookups are folded when the session loads)", highlight=False)
+    for warning in report.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {escape(output)}", highlight=False)
+    _finish(report.to_dict(), report_path)
 
 
 @main.command()

@@ -1,0 +1,106 @@
+"""Codebooks for weights: 1-D k-means over a tensor's values, and 4-bit index packing.
+
+Pure numpy. A tensor becomes a codebook of ``clusters`` float values and one
+index per element (8 bits for 256 clusters, two per byte for 16); the values
+are restored by a lookup that onnxruntime folds into a plain weight when it
+creates a session, so the file shrinks and inference does not change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FIT_SAMPLE = 1 << 20  # values a codebook is fitted on; every value is then assigned to its nearest code
+
+
+def kmeans_1d(values: np.ndarray, clusters: int, *, weights: np.ndarray | None = None, iterations: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A codebook of ``clusters`` values (sorted) and each value's index in it, by weighted Lloyd iterations.
+
+    ``weights`` (same shape, non-negative) make some values count more in the
+    fit (how much their error costs); initialization is at weighted quantiles, so
+    dense regions get more codes. A tensor with fewer distinct values than
+    clusters is represented exactly.
+    """
+    flat = np.asarray(values, np.float64).ravel()
+    w = np.ones_like(flat) if weights is None else np.broadcast_to(np.asarray(weights, np.float64), np.shape(values)).ravel()
+    distinct = np.unique(flat)
+    if distinct.size <= clusters:
+        codebook = np.pad(distinct, (0, clusters - distinct.size), mode="edge")
+        return codebook.astype(np.float32), np.searchsorted(distinct, flat).astype(np.uint8 if clusters <= 256 else np.int32)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(flat.size, FIT_SAMPLE, replace=False) if flat.size > FIT_SAMPLE else np.arange(flat.size)
+    x, xw = flat[sample], w[sample] + 1e-12
+    order = np.argsort(x)
+    x, xw = x[order], xw[order]
+    codebook = _companded_start(x, xw, clusters)
+    for _ in range(iterations):
+        edges = (codebook[1:] + codebook[:-1]) / 2
+        assign = np.searchsorted(edges, x)
+        totals = np.bincount(assign, weights=xw * x, minlength=clusters)
+        mass = np.bincount(assign, weights=xw, minlength=clusters)
+        updated = np.where(mass > 0, totals / np.maximum(mass, 1e-300), codebook)
+        updated = np.sort(updated)
+        if np.allclose(updated, codebook, rtol=0, atol=1e-12 * (np.abs(codebook).max() + 1e-30)):
+            codebook = updated
+            break
+        codebook = updated
+    edges = (codebook[1:] + codebook[:-1]) / 2
+    indices = np.searchsorted(edges, flat)
+    return codebook.astype(np.float32), indices.astype(np.uint8 if clusters <= 256 else np.int32)
+
+
+def _companded_start(x: np.ndarray, weights: np.ndarray, clusters: int) -> np.ndarray:
+    """Starting codes spaced by the cube root of the (weighted) density of sorted ``x``.
+
+    The codes of a quantizer with the least squared error are spread by the cube
+    root of the density (Panter and Dite): denser than a uniform grid where the
+    values crowd, sparser than quantiles in the tails. Lloyd iterations from
+    there converge in a few steps; from quantiles they crawl.
+    """
+    counts, edges = np.histogram(x, bins=min(4096, max(64, x.size // 8)), weights=weights)
+    density = np.cbrt(np.maximum(counts, 0))
+    cumulative = np.concatenate([[0.0], np.cumsum(density)])
+    cumulative /= cumulative[-1] or 1.0
+    return np.interp((np.arange(clusters) + 0.5) / clusters, cumulative, edges)
+
+
+def pack_nibbles(indices: np.ndarray) -> np.ndarray:
+    """Indices below 16, two per byte: the first in the high half (an odd count is padded with a zero)."""
+    flat = np.asarray(indices, np.uint8).ravel()
+    if np.any(flat > 15):
+        raise ValueError("4-bit packing needs indices below 16")
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    return ((flat[0::2] << 4) | flat[1::2]).astype(np.uint8)
+
+
+def unpack_nibbles(packed: np.ndarray, count: int) -> np.ndarray:
+    """The inverse of :func:`pack_nibbles`: ``count`` indices."""
+    packed = np.asarray(packed, np.uint8)
+    high, low = packed >> 4, packed & 15
+    return np.stack([high, low], axis=1).ravel()[:count]
+
+
+def identical_groups(tensors: dict[str, np.ndarray], tolerance: float = 0.0) -> list[list[str]]:
+    """Names of tensors that hold the same values (same dtype and shape; within ``tolerance`` of the first, relative to its largest magnitude)."""
+    by_shape: dict[tuple, list[str]] = {}
+    for name, array in tensors.items():
+        by_shape.setdefault((array.dtype.str, array.shape), []).append(name)
+    groups = []
+    for names in by_shape.values():
+        remaining = list(names)
+        while remaining:
+            first = remaining.pop(0)
+            reference = tensors[first]
+            scale = float(np.abs(reference).max()) if reference.size and reference.dtype.kind == "f" else 0.0
+            same = [n for n in remaining if _same(reference, tensors[n], tolerance * scale)]
+            if same:
+                groups.append([first, *same])
+                remaining = [n for n in remaining if n not in same]
+    return groups
+
+
+def _same(a: np.ndarray, b: np.ndarray, atol: float) -> bool:
+    if atol == 0 or a.dtype.kind != "f":
+        return a.tobytes() == b.tobytes()
+    return bool(np.allclose(a, b, rtol=0, atol=atol))

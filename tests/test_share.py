@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from models.builders import conv_bn_relu, residual, sample_inputs
+from onnxslim import ShareConfig, share
+from onnxslim.cli import main
+from onnxslim.errors import NothingToDoError, UsageError
+from onnxslim.runtime.session import optimized_ops
+from onnxslim.share.codebook import identical_groups, kmeans_1d, pack_nibbles, unpack_nibbles
+from tests.conftest import run_model
+
+
+def test_nibbles_round_trip_like_a_plain_reference():
+    indices = np.random.default_rng(0).integers(0, 16, 1001).astype(np.uint8)
+    packed = pack_nibbles(indices)
+    assert packed.size == 501 and packed[0] == (indices[0] << 4 | indices[1])
+    np.testing.assert_array_equal(unpack_nibbles(packed, indices.size), indices)
+    with pytest.raises(ValueError):
+        pack_nibbles(np.array([16], np.uint8))
+
+
+def test_kmeans_codebook_round_trip():
+    values = np.random.default_rng(1).standard_normal(50_000).astype(np.float32)
+    for clusters, bound in ((256, 0.01), (16, 0.11)):
+        codebook, indices = kmeans_1d(values, clusters)
+        error = np.sqrt(np.mean((codebook[indices.astype(int)] - values) ** 2))
+        assert codebook.shape == (clusters,) and np.all(np.diff(codebook) >= 0) and error < bound
+    few = np.array([0.5, -1.0, 0.5, 2.0], np.float32)  # fewer distinct values than codes: exact
+    codebook, indices = kmeans_1d(few, 16)
+    np.testing.assert_array_equal(codebook[indices.astype(int)], few)
+
+
+def test_identical_and_nearly_identical_tensors_are_found():
+    a = np.arange(32, dtype=np.float32)
+    groups = identical_groups({"a": a, "b": a.copy(), "c": a + 1e-4, "d": a[::-1].copy()})
+    assert groups == [["a", "b"]]
+    assert identical_groups({"a": a, "c": a + 1e-4}, tolerance=1e-5) == [["a", "c"]]
+
+
+def tied_model() -> onnx.ModelProto:
+    """Two layers whose weights are separate tensors with the same values (a tied export)."""
+    weight = np.random.default_rng(2).standard_normal((64, 64)).astype(np.float32) * 0.1
+    inits = [onnx.numpy_helper.from_array(weight, "w1"), onnx.numpy_helper.from_array(weight.copy(), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"), helper.make_node("MatMul", ["h", "w2"], ["y"], name="second")]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_tied_weights_are_stored_once_and_compute_the_same():
+    model = tied_model()
+    shared, report = share(model, config=ShareConfig(clusters=0, latency_runs=0))
+    assert [t.how for t in report.tensors] == ["tied to w1"]
+    assert [t.name for t in shared.graph.initializer] == ["w1"]
+    assert {n.input[1] for n in shared.graph.node} == {"w1"}
+    feed = {"x": np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)}
+    np.testing.assert_array_equal(run_model(shared, feed)[0], run_model(model, feed)[0])
+    assert report.file_bytes.after < 0.6 * report.file_bytes.before
+
+
+@pytest.mark.parametrize("clusters", [256, 16])
+def test_codebooks_shrink_the_file_and_onnxruntime_folds_the_lookups(clusters):
+    model = residual(channels=32, size=8)
+    data = sample_inputs(model, 10)
+    shared, report = share(model, data, config=ShareConfig(clusters=clusters, min_elements=1024, latency_runs=0))
+    onnx.checker.check_model(shared)
+    codebooks = [t for t in report.tensors if t.how.startswith("codebook")]
+    assert codebooks and all(t.bytes_after < t.bytes_before / (3 if clusters == 256 else 6) for t in codebooks)
+    assert report.zipped_bytes.after < report.zipped_bytes.before
+    # what the session runs is the plain model: every lookup folded into a weight at load time
+    ops = optimized_ops(shared)
+    assert not {"Gather", "BitShift", "Cast"} & set(ops)
+    cosine = report.fidelity[0].cosine
+    assert cosine > (0.999 if clusters == 256 else 0.97), cosine
+    assert report.evaluation.startswith("2 held-out")
+
+
+def test_share_refuses_what_it_cannot_do():
+    with pytest.raises(UsageError, match="--clusters"):
+        ShareConfig(clusters=64)
+    tiny = conv_bn_relu(channels=4, size=4)
+    with pytest.raises(NothingToDoError, match="nothing to share"):
+        share(tiny, config=ShareConfig(min_elements=10**9, latency_runs=0))
+
+
+def test_cli_share_writes_model_and_report(save, tmp_path):
+    path = save(tied_model())
+    out, report = tmp_path / "shared.onnx", tmp_path / "share.json"
+    result = CliRunner().invoke(main, ["share", str(path), "-o", str(out), "--min-elements", "1024", "--latency-runs", "3", "--report", str(report), "-q"])
+    assert result.exit_code == 0, result.output
+    content = json.loads(report.read_text())
+    assert content["command"] == "share" and content["zipped_bytes"]["after"] < content["zipped_bytes"]["before"]
+    assert "tied to w1" in {t["how"] for t in content["tensors"]} and "zipped" in result.output
+    assert "random inputs" in result.output  # no --data: said plainly
+    onnx.checker.check_model(str(out))
