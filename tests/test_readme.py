@@ -27,7 +27,7 @@ def setup_steps() -> list[str]:
 
 def test_readme_has_the_commands_it_tours():
     commands = readme_commands()
-    for name in ("inspect", "optimize", "quantize", "prune", "compress", "validate"):
+    for name in ("inspect", "optimize", "quantize", "prune", "compress", "share", "validate"):
         assert any(c.split()[1] == name for c in commands), name
     assert setup_steps() == ["python models/gather.py", "python calibration/make_datasets.py rec"]
 
