@@ -38,7 +38,7 @@ from onnxslim.records import Record
 from onnxslim.runtime import Runner
 from onnxslim.runtime.write import write_verified
 
-RETRIES = 1  # INT8 builds after the first, when a candidate misses the budget on the held-out batches
+RETRIES = 2  # INT8 builds after the first, when a candidate misses the budget on the held-out batches
 
 
 @dataclass(frozen=True)
@@ -189,9 +189,10 @@ def _quantized(
     quantize's own layer search holds out its own share of the calibration
     batches, so compress's held-out batches judge the candidate and choose none
     of its layers. Its budget is what is left of compress's once ``model``'s own
-    loss (``spent``: 0 for the original) is taken; two small sets rarely agree to the third decimal, so when the
-    candidate misses the budget on the held-out batches it is built once more
-    with quantize's budget tightened in proportion to the miss.
+    loss (``spent``: 0 for the original) is taken; two small sets rarely agree to
+    the third decimal, so when the candidate misses the budget on the held-out
+    batches it is built again (at most ``RETRIES`` times) with quantize's budget
+    at most half as loose.
     """
     allowance = budget.max_loss - spent
     candidate, quantized = None, None
@@ -215,7 +216,7 @@ def _quantized(
         miss = candidate.loss - spent
         if candidate.loss <= budget.max_loss or not math.isfinite(miss) or miss <= 0 or allowance <= 0:
             break
-        allowance *= min(0.8, allowance / miss)
+        allowance *= min(0.5, allowance / miss)
         if attempt == RETRIES:
             break
     return candidate, quantized
