@@ -97,3 +97,14 @@ def test_cli_share_writes_model_and_report(save, tmp_path):
     assert "tied to w1" in {t["how"] for t in content["tensors"]} and "zipped" in result.output
     assert "random inputs" in result.output  # no --data: said plainly
     onnx.checker.check_model(str(out))
+
+
+def test_pruned_zeros_stay_exactly_zero():
+    rng = np.random.default_rng(4)
+    values = rng.standard_normal(20_000).astype(np.float32)
+    values[rng.random(values.size) < 0.5] = 0.0  # half the weights pruned
+    for clusters in (16, 256):
+        codebook, indices = kmeans_1d(values, clusters)
+        restored = codebook[indices.astype(int)]
+        assert np.all(restored[values == 0] == 0) and codebook.size == clusters
+        assert np.sqrt(np.mean((restored - values)[values != 0] ** 2)) < (0.15 if clusters == 16 else 0.02)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 FIT_SAMPLE = 1 << 20  # values a codebook is fitted on; every value is then assigned to its nearest code
+SPARSE_SHARE = 0.01  # with more exact zeros than this, zero gets a code of its own (pruned weights stay pruned)
 
 
 def kmeans_1d(values: np.ndarray, clusters: int, *, weights: np.ndarray | None = None, iterations: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -23,6 +24,12 @@ def kmeans_1d(values: np.ndarray, clusters: int, *, weights: np.ndarray | None =
     """
     flat = np.asarray(values, np.float64).ravel()
     w = np.ones_like(flat) if weights is None else np.broadcast_to(np.asarray(weights, np.float64), np.shape(values)).ravel()
+    zeros = flat == 0
+    if clusters > 2 and zeros.mean() > SPARSE_SHARE and not zeros.all():
+        # a pruned (sparse) tensor keeps its zeros exact: one code is 0, the others fit the rest
+        codes, _ = kmeans_1d(flat[~zeros], clusters - 1, weights=w[~zeros], iterations=iterations, seed=seed)
+        codebook = np.sort(np.append(codes, np.float32(0.0)))
+        return codebook, _nearest(codebook, flat, exact_zero=True)
     distinct = np.unique(flat)
     if distinct.size <= clusters:
         codebook = np.pad(distinct, (0, clusters - distinct.size), mode="edge")
@@ -47,6 +54,15 @@ def kmeans_1d(values: np.ndarray, clusters: int, *, weights: np.ndarray | None =
     edges = (codebook[1:] + codebook[:-1]) / 2
     indices = np.searchsorted(edges, flat)
     return codebook.astype(np.float32), indices.astype(np.uint8 if clusters <= 256 else np.int32)
+
+
+def _nearest(codebook: np.ndarray, flat: np.ndarray, *, exact_zero: bool = False) -> np.ndarray:
+    """Each value's nearest code (an exact zero to the zero code)."""
+    edges = (codebook[1:].astype(np.float64) + codebook[:-1]) / 2
+    indices = np.searchsorted(edges, flat)
+    if exact_zero:
+        indices[flat == 0] = int(np.flatnonzero(codebook == 0)[0])
+    return indices.astype(np.uint8 if codebook.size <= 256 else np.int32)
 
 
 def _companded_start(x: np.ndarray, weights: np.ndarray, clusters: int) -> np.ndarray:
