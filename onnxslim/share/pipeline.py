@@ -36,12 +36,12 @@ from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.layers import weight_axes
 from onnxslim.ir.tensors import all_value_names, from_array, graph_inputs, initializer_map, to_array, unique_name
 from onnxslim.measure import LatencyComparison, fidelity, latency_ratio
+from onnxslim.measure.channels import input_moments
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import Pipeline, constants_to_initializers, initializers_out_of_inputs
 from onnxslim.progress import track
 from onnxslim.records import BeforeAfter, Record
 from onnxslim.runtime import Runner
-from onnxslim.runtime.probe import observer
 from onnxslim.runtime.write import write_verified
 from onnxslim.share.codebook import identical_groups, kmeans_1d, pack_nibbles
 
@@ -285,24 +285,9 @@ def _weights_of(array: np.ndarray, readers: list[onnx.NodeProto], energy: dict[s
 
 
 def _input_energy(model: onnx.ModelProto, source, show_progress: bool) -> dict[str, np.ndarray]:
-    """Layer -> mean square of each input channel over the data (channels on axis 1 for Conv, the last axis otherwise)."""
-    layers = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and n.input]
-    inputs = {v.name for v in model.graph.input}
-    names = sorted({n.input[0] for n in layers} - inputs)
-    runner = observer(model, names) if names else None
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for _, batch in track(source, "input statistics", enabled=show_progress):
-        values = dict(zip(runner.output_names, runner.run(batch))) if runner else {}
-        values.update(batch)
-        for node in layers:
-            x = values.get(node.input[0])
-            if x is None or x.dtype.kind != "f" or x.ndim < 2:
-                continue
-            rows = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1]) if node.op_type.startswith("Conv") else x.reshape(-1, x.shape[-1])
-            sums[node.name] = sums.get(node.name, 0) + (rows.astype(np.float64) ** 2).sum(axis=0)
-            counts[node.name] = counts.get(node.name, 0) + rows.shape[0]
-    return {name: sums[name] / counts[name] for name in sums}
+    """Layer -> mean square of each input channel over the data."""
+    moments = input_moments(model, source, show_progress=show_progress, description="input statistics")
+    return {name: m.mean_square for name, m in moments.items()}
 
 
 def _measure(original: onnx.ModelProto, shared: onnx.ModelProto, held: list, input_shapes, config: ShareConfig, report: ShareReport) -> None:

@@ -1,0 +1,76 @@
+"""Per-channel statistics of the inputs of weighted layers, gathered in one pass over the data with only sums kept.
+
+Pruning ranks channels by their variance; weight sharing weighs each weight by
+its input channel's mean square. Both read the same moments from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxslim.progress import track
+from onnxslim.runtime.probe import observer
+
+WEIGHTED_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _channels_last(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+    """Rows = samples, columns = the layer's input channels."""
+    if node.op_type in ("Conv", "ConvTranspose"):
+        return np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def channel_rows(x: np.ndarray, node: onnx.NodeProto, batch: Mapping[str, np.ndarray], token_mask: str | None) -> np.ndarray:
+    """Channels-last rows of ``x``; with a token mask, only the rows of real (unmasked) tokens.
+
+    Padding positions do not reach a pooled sentence embedding; fitting or
+    ranking on them spends the least-squares budget on values nobody reads.
+    """
+    rows = _channels_last(x, node)
+    if token_mask and token_mask in batch:
+        keep = np.asarray(batch[token_mask]).reshape(-1) != 0
+        if keep.size == rows.shape[0] and keep.any():
+            rows = rows[keep]
+    return rows
+
+
+@dataclass(frozen=True)
+class ChannelMoments:
+    """Mean and mean square of each input channel of one layer over the data."""
+
+    mean: np.ndarray
+    mean_square: np.ndarray
+
+    @property
+    def variance(self) -> np.ndarray:
+        return np.maximum(self.mean_square - self.mean**2, 0.0)
+
+
+def input_moments(
+    model: onnx.ModelProto, source: Iterable, *, token_mask: str | None = None, show_progress: bool = False, description: str = "activation statistics"
+) -> dict[str, ChannelMoments]:
+    """Layer (Conv, ConvTranspose, Gemm, MatMul) -> the moments of each of its input channels over ``source``."""
+    layers = [n for n in model.graph.node if n.op_type in WEIGHTED_LAYERS and n.input]
+    inputs = {v.name for v in model.graph.input}
+    names = sorted({n.input[0] for n in layers} - inputs)
+    runner = observer(model, names) if names else None
+    sums: dict[str, np.ndarray] = {}
+    squares: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for _, batch in track(source, description, enabled=show_progress):
+        values = dict(zip(runner.output_names, runner.run(batch))) if runner else {}
+        values.update(batch)
+        for node in layers:
+            x = values.get(node.input[0])
+            if x is None or x.dtype.kind != "f" or x.ndim < 2:
+                continue
+            rows = channel_rows(x, node, batch, token_mask).astype(np.float64)
+            squares[node.name] = squares.get(node.name, 0) + (rows**2).sum(axis=0)
+            sums[node.name] = sums.get(node.name, 0) + rows.sum(axis=0)
+            counts[node.name] = counts.get(node.name, 0) + rows.shape[0]
+    return {name: ChannelMoments(sums[name] / counts[name], squares[name] / counts[name]) for name in sums}
