@@ -488,7 +488,7 @@ def share(model, output, eval_data, threads, report_path, quiet, input_shapes, *
 @click.option("--eval-data", default=None, help=(
     "Held-out data every candidate is measured on, read like --data (default: every 5th batch of --data, used to build no candidate)."
 ))
-@config_options(CompressConfig, "max_loss", "metric", "target_latency", "ratios", "importance", "quantize", "target", "max_calibration_samples", "eval_fraction", "max_eval_batches")
+@config_options(CompressConfig, "max_loss", "accuracy_metric", "target_latency", "ratios", "importance", "quantize", "target", "max_calibration_samples", "eval_fraction", "max_eval_batches")
 @threads_option
 @config_options(CompressConfig, "latency_runs")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, help="Also write one self-contained HTML page: the candidates' accuracy/latency plot and a per-layer chart.")
@@ -533,7 +533,7 @@ def _write_compress_reports(report, report_path, html_path) -> None:
 
 def _print_candidates(report) -> None:
     table = Table(title=f"candidates against the original ({escape(report.evaluation)}; latency at {threads_text(report.threads)})", title_justify="left")
-    metric = report.config.get("metric", "cosine")
+    metric = report.config.get("accuracy_metric", "cosine")
     for column in ("candidate", "latency", f"worst {metric}", "size MB", "budget", "what was done"):
         table.add_column(column, justify="right" if column in ("latency", f"worst {metric}", "size MB") else "left")
     for c in report.candidates:

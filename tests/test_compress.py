@@ -74,7 +74,7 @@ def test_compress_writes_the_fastest_candidate_within_the_budget(monkeypatch, tm
     _timed_by_macs(monkeypatch)
     model = conv_bn_relu(channels=32, size=16)
     data = sample_inputs(model, 20)
-    config = CompressConfig(ratios=(0.25, 0.5), max_loss=0.05, metric="cosine", latency_runs=3)
+    config = CompressConfig(ratios=(0.25, 0.5), max_loss=0.05, accuracy_metric="cosine", latency_runs=3)
     written, report = compress(model, data, config=config, output=tmp_path / "small.onnx")
     names = [c.name for c in report.candidates]
     assert names[:3] == ["original", "quantized", "pruned 25%"]
@@ -98,7 +98,7 @@ def test_auto_metric_judges_class_scores_by_their_decisions(monkeypatch):
     model = conv_bn_relu(channels=32, size=16)
     data = sample_inputs(model, 20)
     assert run_model(model, data[0])[0].ndim == 2  # (batch, classes): top-1 applies
-    _, report = compress(model, data, config=CompressConfig(ratios=(0.5,), max_loss=0.5, metric="auto", latency_runs=3))
+    _, report = compress(model, data, config=CompressConfig(ratios=(0.5,), max_loss=0.5, accuracy_metric="auto", latency_runs=3))
     for c in report.candidates[1:]:
         if c.failed:
             continue
@@ -113,7 +113,7 @@ def test_a_budget_that_cannot_be_met_writes_nothing_and_exits_1(monkeypatch, tmp
     out, report, html = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "r.html"
     result = CliRunner().invoke(
         main,
-        ["compress", str(path), "-o", str(out), "--data", str(data), "--max-loss", "0", "--metric", "cosine", "--ratios", "0.5", "--latency-runs", "3"]
+        ["compress", str(path), "-o", str(out), "--data", str(data), "--max-loss", "0", "--accuracy-metric", "cosine", "--ratios", "0.5", "--latency-runs", "3"]
         + ["--report", str(report), "--html", str(html), "-q"],
     )
     assert result.exit_code == 1, result.output

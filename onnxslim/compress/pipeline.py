@@ -32,6 +32,7 @@ from onnxslim.measure.latency import interleaved_latency
 from onnxslim.options import check_settings, setting
 from onnxslim.progress import stderr_console
 from onnxslim.prune import PruneConfig, prune
+from onnxslim.prune.importance import METHODS
 from onnxslim.quant import QuantConfig, quantize
 from onnxslim.quant.config import TARGETS
 from onnxslim.records import Record
@@ -46,15 +47,15 @@ class CompressConfig:
     """How to compress: the budget, the pruning amounts to try, and the shared data, timing and target settings."""
 
     max_loss: float = setting(
-        0.02, "Largest loss against the original allowed on any output, on held-out data (see --metric).", low=0.0, high=1.0, high_open=True
+        0.02, "Largest loss against the original allowed on any output, on held-out data: 1 - its --accuracy-metric.", low=0.0, high=1.0, high_open=True
     )
-    metric: str = setting(
-        "cosine", "Loss per output: 1 - cosine similarity, 1 - top-1 agreement, or auto (top-1 for class scores and per-step probabilities, cosine otherwise).",
+    accuracy_metric: str = setting(
+        "cosine", "What --max-loss bounds: cosine, top-1 agreement, or auto (top-1 for class scores and per-step probabilities, cosine otherwise).",
         choices=SCORES,
     )
     target_latency: float | None = setting(None, "Instead of the fastest: the most faithful candidate at or below this latency ratio to the original.", low=0.0, high=1.0, low_open=True)
     ratios: tuple[float, ...] = setting((0.1, 0.2, 0.3, 0.4), "Pruning ratios to try, each also quantized (larger ones are skipped once one exceeds the budget).", metavar="R,R,...")
-    importance: str = setting("activation", "Channel ranking for pruning.", choices=("l1", "l2", "activation"))
+    importance: str = setting("auto", "Channel ranking for pruning, as prune --importance (auto: activation, since compress always has data).", choices=("auto", *METHODS))
     quantize: bool = setting(True, "Also quantize the original and every pruned candidate (--no-quantize: pruning alone under the budget).", option="--quantize/--no-quantize")
     target: str = setting("cpu", "Quantization layout (as quantize --target).", choices=TARGETS)
     max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
@@ -120,7 +121,7 @@ def compress(
         pruned = _pruned(original, ratio, calibration, held, config, show_progress)
         built.append(pruned)
         candidate, pruned_model = pruned
-        _measure_fidelity(reference, candidate, pruned_model, held, config.metric)
+        _measure_fidelity(reference, candidate, pruned_model, held, config.accuracy_metric)
         if not candidate.failed and candidate.loss > budget.max_loss:
             candidate.note += "; over the budget already, so larger ratios were not tried"
             break
@@ -128,7 +129,7 @@ def compress(
             built.append(_quantized(pruned_model, f"pruned {ratio:.0%} + quantized", ratio, candidate.loss, calibration, held, config, budget, reference, report, show_progress))
     for candidate, candidate_model in built:
         if candidate_model is not None and math.isnan(candidate.loss):
-            _measure_fidelity(reference, candidate, candidate_model, held, config.metric)
+            _measure_fidelity(reference, candidate, candidate_model, held, config.accuracy_metric)
     _time_all(built, held, config, show_progress)
     best, report.why = choose([c for c, _ in built], budget)
     report.candidates = [c for c, _ in built]
@@ -199,7 +200,7 @@ def _quantized(
     for attempt in range(RETRIES + 1):
         _say(show_progress, f"compress: {name}" + (f" (again, quantize's budget {1 - allowance:.4f})" if attempt else ""))
         quant_config = QuantConfig(
-            target=config.target, threads=config.threads, latency_runs=0, if_slower="keep-int8", accuracy_budget=1.0 - allowance, accuracy_metric=config.metric
+            target=config.target, threads=config.threads, latency_runs=0, if_slower="keep-int8", accuracy_budget=1.0 - allowance, accuracy_metric=config.accuracy_metric
         )
         try:
             quantized, quant_report = quantize(model, calibration, config=quant_config, show_progress=show_progress)
@@ -210,7 +211,7 @@ def _quantized(
         kept = len(quant_report.kept_float_for_budget)
         note = f"{len(quant_report.quantized)} nodes INT8" + (f", {kept} kept in float for the budget" if kept else "")
         candidate = Candidate(name, ratio, True, note=note, details={"quantize": quant_report.to_dict()})
-        _measure_fidelity(reference, candidate, quantized, held, config.metric)
+        _measure_fidelity(reference, candidate, quantized, held, config.accuracy_metric)
         if ratio == 0.0 and quant_report.sensitivity:
             report.sensitivity = list(quant_report.sensitivity)
         miss = candidate.loss - spent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from onnxslim.measure.fidelity import SCORES
 from onnxslim.options import check_settings, setting
 from onnxslim.quant.ranges import METHODS
 
@@ -50,7 +51,7 @@ class QuantConfig:
     )
     accuracy_metric: str = setting(
         "cosine", "What --accuracy-budget bounds: cosine, top-1 agreement, or auto (top-1 for class scores and per-step probabilities, cosine otherwise).",
-        choices=("cosine", "top1", "auto"),
+        choices=SCORES,
     )
     calibration_provider: str = setting("cpu", "Execution provider for calibration runs.")
     max_calibration_samples: int | None = setting(None, "Calibrate on at most this many batches.", low=1, option="--max-samples")
