@@ -8,6 +8,8 @@ creates a session, so the file shrinks and inference does not change.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 FIT_SAMPLE = 1 << 20  # values a codebook is fitted on; every value is then assigned to its nearest code
@@ -99,6 +101,13 @@ def unpack_nibbles(packed: np.ndarray, count: int) -> np.ndarray:
 
 def identical_groups(tensors: dict[str, np.ndarray], tolerance: float = 0.0) -> list[list[str]]:
     """Names of tensors that hold the same values (same dtype and shape; within ``tolerance`` of the first, relative to its largest magnitude)."""
+    if tolerance == 0:
+        # bitwise equality: one digest per tensor, no pairwise comparison
+        by_content: dict[tuple, list[str]] = {}
+        for name, array in tensors.items():
+            key = (array.dtype.str, array.shape, hashlib.sha256(np.ascontiguousarray(array).tobytes()).digest())
+            by_content.setdefault(key, []).append(name)
+        return [names for names in by_content.values() if len(names) > 1]
     by_shape: dict[tuple, list[str]] = {}
     for name, array in tensors.items():
         by_shape.setdefault((array.dtype.str, array.shape), []).append(name)
