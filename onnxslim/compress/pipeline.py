@@ -11,7 +11,6 @@ written and the call raises :class:`~onnxslim.errors.BudgetError` with the table
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 import onnx
 
 from onnxslim.compress.search import Budget, Candidate, choose
-from onnxslim.data.sources import InMemory, for_several_passes, hold_out, open_data
+from onnxslim.data.sources import InMemory, evaluation_split, for_several_passes, open_data
 from onnxslim.errors import BudgetError, NothingToDoError, UnsupportedModelError, UsageError
 from onnxslim.ir.counts import count_parameters
 from onnxslim.ir.io import load_model, model_file_bytes
@@ -149,11 +148,10 @@ def _say(enabled: bool, text: str) -> None:
 
 def _split(source, eval_data, inputs, config: CompressConfig, input_shapes):
     """Batches to build candidates with, batches to judge them on (never the same), and how to name the latter."""
-    if eval_data is not None:
-        held = list(itertools.islice(open_data(eval_data, inputs, input_shapes=input_shapes), config.max_eval_batches))
-        return source, held, f"{len(held)} batch(es) of --eval-data"
-    rest, held = hold_out(source, config.eval_fraction, config.max_eval_batches)
-    if not held:
+    rest, held, origin = evaluation_split(source, eval_data, inputs, fraction=config.eval_fraction, cap=config.max_eval_batches, input_shapes=input_shapes)
+    if origin == "eval-data":
+        return rest, held, f"{len(held)} batch(es) of --eval-data"
+    if origin is None:
         raise UsageError(
             f"--data has too few batches to hold any out for the accuracy check (1 in {round(1 / config.eval_fraction)} is held out): give more batches or --eval-data"
         )

@@ -250,6 +250,21 @@ def hold_out(source, fraction: float, cap: int) -> tuple[object, list[tuple[str,
     return Excluding(source, skip), held
 
 
+def evaluation_split(source, eval_data, inputs: list[TensorSpec], *, fraction: float, cap: int, input_shapes=None) -> tuple[object, list, str | None]:
+    """Batches to build with, batches to judge the result on (never the same ones), and where the latter came from.
+
+    ``eval_data`` given: at most ``cap`` of its batches, and ``source`` whole
+    ('eval-data'). Otherwise every ``1/fraction``-th batch of ``source`` ('held-out'),
+    or none when it has too few (None: the caller decides what that means).
+    """
+    if eval_data is not None:
+        return source, list(itertools.islice(open_data(eval_data, inputs, input_shapes=input_shapes), cap)), "eval-data"
+    if source is None:
+        return None, [], None
+    rest, held = hold_out(source, fraction, cap)
+    return (rest, held, "held-out") if held else (source, [], None)
+
+
 def for_several_passes(source, limit: int | None):
     """``source`` bounded to ``limit`` batches, readable as often as a pass over the data needs it."""
     if not reiterable(source):

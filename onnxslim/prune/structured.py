@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 import onnx
 
-from onnxslim.data.sources import DataSource, for_several_passes, hold_out, open_data
+from onnxslim.data.sources import DataSource, evaluation_split, for_several_passes, open_data
 from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
 from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters, node_macs
 from onnxslim.ir.io import load_model, model_file_bytes, model_weight_bytes
@@ -427,12 +426,11 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
 
 def _evaluation_split(source, eval_data, model: onnx.ModelProto, config: PruneConfig, input_shapes):
     """Batches for ranking and recovery, batches for the fidelity check (never the same ones), and how to name the latter."""
-    if eval_data is not None:
-        held = list(itertools.islice(open_data(eval_data, graph_inputs(model), input_shapes=input_shapes), config.max_eval_batches))
-        return source, held, f"{len(held)} batch(es) of --eval-data"
-    rest, held = hold_out(source, config.eval_fraction, config.max_eval_batches)
-    if not held:
-        return source, [], "the batches it was pruned with (no held-out data)"
+    rest, held, origin = evaluation_split(source, eval_data, graph_inputs(model), fraction=config.eval_fraction, cap=config.max_eval_batches, input_shapes=input_shapes)
+    if origin == "eval-data":
+        return rest, held, f"{len(held)} batch(es) of --eval-data"
+    if origin is None:
+        return rest, [], "the batches it was pruned with (no held-out data)"
     return rest, held, f"{len(held)} held-out batch(es) of --data (1 in {round(1 / config.eval_fraction)}, not used for pruning)"
 
 

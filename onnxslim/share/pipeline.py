@@ -20,7 +20,6 @@ the result passes the checker and runs in onnxruntime before it is written.
 
 from __future__ import annotations
 
-import itertools
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxslim.data.sources import DataSource, for_several_passes, hold_out, open_data
+from onnxslim.data.sources import DataSource, evaluation_split, for_several_passes, open_data
 from onnxslim.errors import NothingToDoError, UsageError
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.layers import weight_axes
@@ -117,12 +116,10 @@ def share(
     work = load_model(original)
     PREPARE(work)
     report = ShareReport(label, str(output) if output else None, dict(config.__dict__))
-    source, held = None, []
-    if data is not None:
-        source = for_several_passes(open_data(data, graph_inputs(original), input_shapes=input_shapes), config.max_calibration_samples)
-        source, held = hold_out(source, config.eval_fraction, config.max_eval_batches)
-    if eval_data is not None:
-        held = list(itertools.islice(open_data(eval_data, graph_inputs(original), input_shapes=input_shapes), config.max_eval_batches))
+    source = for_several_passes(open_data(data, graph_inputs(original), input_shapes=input_shapes), config.max_calibration_samples) if data is not None else None
+    source, held, _ = evaluation_split(
+        source, eval_data, graph_inputs(original), fraction=config.eval_fraction, cap=config.max_eval_batches, input_shapes=input_shapes
+    )
     report.tensors.extend(tie_identical(work, config.tolerance))
     if config.clusters:
         energy = _input_energy(work, source, show_progress) if source is not None else {}
