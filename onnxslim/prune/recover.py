@@ -176,7 +176,8 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable
 
 def _observe_original(original: onnx.ModelProto, layers: list[_Layer], source: Iterable, token_mask, show_progress: bool) -> None:
     """One pass of the original model: every layer's input means, and the refit layers' targets on a sample of rows."""
-    batches = sum(1 for _ in source)
+    known = source.known_length() if hasattr(source, "known_length") else None
+    batches = known if known is not None else sum(1 for _ in source)  # counting reads every batch once more
     names = sorted({layer.old.input[0] for layer in layers} | {layer.old.output[0] for layer in layers if layer.refit})
     runner = observer(original, [n for n in names if n not in _input_names(original)])
     rng = np.random.default_rng(0)
