@@ -287,7 +287,7 @@ def _warn(text: str) -> None:
     "Held-out data for the fidelity check, read like --data (default: every 5th batch of --data, not used for calibration)."
 ))
 @config_options(
-    QuantConfig, "target", "method", "percentile", "op_types", "exclude_nodes", "exclude_op_types", "quantize_attention", "quantize_output_layers",
+    QuantConfig, "precision", "target", "method", "percentile", "op_types", "exclude_nodes", "exclude_op_types", "quantize_attention", "quantize_output_layers",
     "embeddings", "accuracy_budget", "accuracy_metric", "calibration_provider", "max_calibration_samples", "eval_fraction", "max_eval_batches",
 )
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")
@@ -296,7 +296,7 @@ def _warn(text: str) -> None:
 @report_option
 @quiet_option
 def quantize(model, output, eval_data, per_tensor, threads, report_path, quiet, input_shapes, **options):
-    """Quantize MODEL to INT8 (QDQ) with calibration data, check it against FP32, write OUTPUT."""
+    """Quantize MODEL to INT8 (QDQ), or FP16 for GPUs, with calibration data; check it against FP32, write OUTPUT."""
     check_destinations(inputs=[model], output=output, report=report_path)
     from onnxslim.quant import quantize as quantize_model
 
@@ -313,17 +313,22 @@ def _print_quantization(report) -> None:
         if result.changes:
             console.print(f"[dim]prepare {result.name}:[/] {escape(result.summary())}", highlight=False)
     quantized = report.quantized
+    label = report.precision.upper()
     ops: dict[str, int] = {}
     for decision in quantized:
         ops[decision.op_type] = ops.get(decision.op_type, 0) + 1
+    verb = "quantized" if report.precision == "int8" else "in FP16:"
     console.print(
-        f"quantized {len(quantized)} of {len(report.decisions)} nodes ({', '.join(f'{op} {n}' for op, n in sorted(ops.items()))}); "
+        f"{verb} {len(quantized)} of {len(report.decisions)} nodes ({', '.join(f'{op} {n}' for op, n in sorted(ops.items()))}); "
         f"target {report.target}, {report.method} ranges from {report.calibration.batches} batch(es) in {report.calibration.seconds:.1f} s",
         highlight=False,
     )
-    kernels = ", ".join(f"{op} {n}" for op, n in sorted(report.integer_kernels.items()))
-    console.print(f"onnxruntime runs: {kernels or 'no integer kernels'}", highlight=False)
-    skipped = Table(title="kept in float", title_justify="left", show_lines=False)
+    if report.precision == "int8":
+        kernels = ", ".join(f"{op} {n}" for op, n in sorted(report.integer_kernels.items()))
+        console.print(f"onnxruntime runs: {kernels or 'no integer kernels'}", highlight=False)
+    else:
+        console.print(f"{report.float16['casts_inserted']} Cast(s) where precision changes, {report.float16['weights_converted']} weight tensor(s) in float16", highlight=False)
+    skipped = Table(title="kept in float" if report.precision == "int8" else "kept in float32", title_justify="left", show_lines=False)
     skipped.add_column("ops")
     skipped.add_column("why")
     for reason, counter in sorted(report.skipped_by_reason().items(), key=lambda item: -sum(item[1].values())):
@@ -331,9 +336,10 @@ def _print_quantization(report) -> None:
     if report.skipped:
         console.print(skipped)
     for entry in report.kept_float_for_budget:
-        score = entry["score_when_alone_quantized"]
-        console.print(f"  kept in float for the accuracy budget: {escape(entry['node'])} ({report.accuracy_metric} {score:.5f} when it alone is quantized)", highlight=False)
-    fidelity = Table(title=f"INT8 vs FP32 on {report.evaluation.data}", title_justify="left")
+        score = entry.get("score_when_alone_quantized", entry.get("score_when_alone_fp16"))
+        console.print(f"  kept in float for the accuracy budget: {escape(entry['node'])} ({report.accuracy_metric} {score:.5f} when it alone is {label})", highlight=False)
+    where = f" (measured on {report.float16['fidelity_measured_on']})" if report.float16 else ""
+    fidelity = Table(title=f"{label} vs FP32 on {report.evaluation.data}{where}", title_justify="left")
     for column in ("output", "cosine", "SNR dB", "max abs", "top-1"):
         fidelity.add_column(column, justify="left" if column == "output" else "right")
     for output in report.fidelity:
@@ -343,14 +349,19 @@ def _print_quantization(report) -> None:
     if latency:
         console.print(
             f"latency ({threads_text(latency.threads)}, median of {latency.runs} interleaved runs): FP32 {latency.reference['median_ms']:.3f} ms, "
-            f"INT8 {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
+            f"{label} {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
             highlight=False,
         )
-    console.print(f"size: FP32 {report.sizes.fp32_bytes / 1e6:.2f} MB, INT8 {report.sizes.int8_bytes / 1e6:.2f} MB", highlight=False)
+    console.print(f"size: FP32 {report.sizes.fp32_bytes / 1e6:.2f} MB, {label} {report.sizes.quantized_bytes / 1e6:.2f} MB", highlight=False)
     for warning in report.warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if report.output:
-        what = f"INT8 QDQ model ({len(report.quantized)} of {len(report.decisions)} nodes quantized)" if report.written == "int8" else "[bold yellow]FP32 model (cleaned), not INT8[/]"
+        if report.written == "int8":
+            what = f"INT8 QDQ model ({len(report.quantized)} of {len(report.decisions)} nodes quantized)"
+        elif report.written == "fp16":
+            what = f"FP16 model ({len(report.quantized)} of {len(report.decisions)} float nodes in FP16)"
+        else:
+            what = f"[bold yellow]FP32 model (cleaned), not {label}[/]"
         console.print(f"wrote {escape(report.output)}: {what}", highlight=False)
 
 

@@ -171,7 +171,7 @@ def test_model_over_2gb_quantizes_and_prunes_with_weights_left_on_disk(tmp_path)
     )
     report = json.loads((out_dir / "q.json").read_text())
     assert report["fidelity"][0]["cosine"] > 0.99
-    assert report["sizes"]["int8_bytes"] < 0.3 * weights
+    assert report["sizes"]["quantized_bytes"] < 0.3 * weights
     assert (out_dir / "q.onnx.data").stat().st_size < 0.3 * weights
 
     pruned = run_cli_measured("prune", source, "-o", out_dir / "p.onnx", "--ratio", "0.5", "--report", out_dir / "p.json")

@@ -107,3 +107,13 @@ def test_validate_detector_against_itself_and_a_perturbed_copy(ppocr, tmp_path):
     worse = runner.invoke(main, ["validate", str(det), str(bad), *args, "--min-cosine", "0.999"])
     assert worse.exit_code == 3, worse.output
     assert "FAILED" in worse.output
+
+
+def test_recognizer_in_fp16_keeps_char_accuracy(ppocr, rec_data, tmp_path):
+    out = tmp_path / "rec.fp16.onnx"
+    _, report = quantize(ppocr["ppocr_rec.onnx"], rec_data / "calib", eval_data=rec_data / "eval", output=out, config=QuantConfig(precision="fp16", target="cuda"))
+    assert report.written == "fp16"
+    assert report.fidelity[0].cosine > 0.999
+    assert out.stat().st_size < ppocr["ppocr_rec.onnx"].stat().st_size * 0.55
+    fp32, fp16 = char_accuracy(ppocr["ppocr_rec.onnx"], rec_data / "eval"), char_accuracy(out, rec_data / "eval")  # the CPU runs float16 through casts
+    assert fp16 >= fp32 - 0.005

@@ -106,8 +106,8 @@ def time_pair(
 
 def latency_ratio(
     reference: ModelSource, candidate: ModelSource, feed: Mapping[str, np.ndarray], *, threads: int, runs: int, show_progress: bool = False,
-    description: str = "timing FP32 vs INT8", labels: tuple[str, str] = ("float model", "quantized model"),
+    description: str = "timing FP32 vs INT8", labels: tuple[str, str] = ("float model", "quantized model"), provider: str = "CPUExecutionProvider",
 ) -> LatencyComparison:
-    """Interleaved median latency of both models on one batch, and their ratio; ``labels`` name them in errors."""
-    runners = [Runner(reference, threads=threads, label=labels[0]), Runner(candidate, threads=threads, label=labels[1])]
+    """Interleaved median latency of both models on one batch on ``provider``, and their ratio; ``labels`` name them in errors."""
+    runners = [Runner(reference, provider, threads=threads, label=labels[0]), Runner(candidate, provider, threads=threads, label=labels[1])]
     return time_pair(runners[0], runners[1], feed, warmup=max(3, runs // 10), runs=runs, show_progress=show_progress, description=description)

@@ -9,7 +9,8 @@ from onnxslim.options import check_settings, setting
 from onnxslim.quant.ranges import METHODS
 
 TARGETS = ("cpu", "cuda", "tensorrt")
-IF_SLOWER = ("keep-fp32", "keep-int8", "fail")
+IF_SLOWER = ("keep-fp32", "write", "keep-int8", "fail")  # keep-int8: the older name of write
+PRECISIONS = ("int8", "fp16")
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,14 @@ class QuantConfig:
     accuracy_budget: minimum score per output on held-out data (cosine
         similarity, or top-1 agreement: ``accuracy_metric``); the most
         sensitive layers are kept in float until it holds.
-    if_slower: what to write when INT8 is not faster than FP32.
+    precision: 'int8' (static QDQ) or 'fp16' (float16 with float32 islands, for GPUs).
+    if_slower: what to write when the result is not faster than FP32.
     """
 
+    precision: str = setting(
+        "int8", "int8: static INT8 (QDQ) with calibration; fp16: float16 with float32 islands where ranges or the accuracy budget need them (for GPUs).",
+        choices=PRECISIONS,
+    )
     target: str = setting("cpu", "Layout to emit: cpu = what onnxruntime's CPU provider fuses (UINT8 activations); cuda/tensorrt = INT8 symmetric Q/DQ on weighted-op inputs.", choices=TARGETS)
     method: str = setting("percentile", "Calibration range method.", choices=METHODS)
     percentile: float = setting(99.999, "Percentile for --method percentile.", low=50.0, high=100.0, low_open=True)
@@ -59,7 +65,7 @@ class QuantConfig:
     max_eval_batches: int = setting(64, "Measure fidelity on at most this many held-out batches.", low=1)
     threads: int = 1  # onnxruntime intra-op threads for timing; 0: onnxruntime's default
     latency_runs: int = setting(30, "Timed runs of FP32 and INT8, interleaved (0: no timing).", low=0)
-    if_slower: str = setting("keep-fp32", "What to write when INT8 is not faster than FP32.", choices=IF_SLOWER)
+    if_slower: str = setting("keep-fp32", "What to write when the result is not faster than FP32 (write: the quantized model anyway).", choices=IF_SLOWER)
     histogram_bins: int = 2048
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ class QuantReason(Enum):
     BIAS_FUSED = "bias_fused"  # the bias Add of a MatMul, fused into QGemm
     QDQ_INPUTS = "qdq_inputs"  # INT8 Q/DQ on the inputs of a weighted layer (GPU targets)
     WEIGHT_ONLY = "weight_only"  # a lookup table stored in INT8, the looked-up rows turned back into float
+    FLOAT16 = "float16"  # runs in float16 (--precision fp16)
     # kept in float
     EXCLUDED_BY_USER = "excluded_by_user"  # --exclude-nodes, --exclude-op-types, --op-types
     KEPT_FOR_ACCURACY = "kept_for_accuracy"  # kept in float to meet --accuracy-budget
@@ -29,10 +30,12 @@ class QuantReason(Enum):
     INPUTS_NOT_QUANTIZED = "inputs_not_quantized"  # would need extra quantizers before it
     UNSUPPORTED = "unsupported"  # weight, attribute, type or domain the rules do not handle
     MIXED_RANGES = "mixed_ranges"  # a Concat whose inputs' ranges differ too much for one scale
+    OVERFLOW = "overflow"  # a tensor it reads or writes leaves float16's range
 
 
 QUANTIZED = frozenset(
-    {QuantReason.INTEGER_KERNEL, QuantReason.SHARED_SCALE, QuantReason.FOLDED, QuantReason.BIAS_FUSED, QuantReason.QDQ_INPUTS, QuantReason.WEIGHT_ONLY}
+    {QuantReason.INTEGER_KERNEL, QuantReason.SHARED_SCALE, QuantReason.FOLDED, QuantReason.BIAS_FUSED, QuantReason.QDQ_INPUTS, QuantReason.WEIGHT_ONLY,
+     QuantReason.FLOAT16}
 )
 
 

@@ -30,6 +30,7 @@ from onnxslim.progress import track
 from onnxslim.quant.calibrate import calibrate
 from onnxslim.quant.config import QuantConfig
 from onnxslim.quant.decisions import NodeDecision
+from onnxslim.quant.half import SENSITIVITY_BATCHES, budget_shortfall, quantize_half
 from onnxslim.quant.params import activation_params
 from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats, make_plan
 from onnxslim.quant.prepare import float_tensors, prepare
@@ -41,8 +42,6 @@ from onnxslim.reasons import Reason
 from onnxslim.runtime import Runner, resolve_provider
 from onnxslim.runtime.session import optimized_ops
 from onnxslim.runtime.write import write_verified
-
-SENSITIVITY_BATCHES = 16
 
 
 def _peak_rss_mb() -> float:
@@ -326,16 +325,27 @@ def quantize(
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     show_progress: bool = False,
 ) -> tuple[onnx.ModelProto, QuantReport]:
-    """Quantize ``model`` to INT8 QDQ with calibration ``data``; write to ``output`` when given.
+    """Quantize ``model`` to INT8 QDQ (or FP16, ``config.precision``) with calibration ``data``; write to ``output`` when given.
 
-    Returns the model written (INT8, or the cleaned FP32 model when INT8 is
-    slower and ``config.if_slower`` is 'keep-fp32') and the report.
+    Returns the model written (INT8 or FP16, or the cleaned FP32 model when
+    the result is slower and ``config.if_slower`` is 'keep-fp32') and the report.
     """
     run = QuantRun(model, data, config, eval_data, input_shapes, show_progress)
     _refuse_quantized(run.prepared, run.label)
-    report = QuantReport(run.label, str(output) if output else None, config.target, config.method, budget=config.accuracy_budget, accuracy_metric=config.accuracy_metric)
+    report = QuantReport(
+        run.label, str(output) if output else None, config.target, config.method if config.precision == "int8" else "minmax",
+        precision=config.precision, budget=config.accuracy_budget, accuracy_metric=config.accuracy_metric,
+    )
     report.prepare = run.prepare_results
     report.warnings.extend(run.warnings + _unknown_exclusions(run.prepared, config))
+    if config.precision == "fp16":
+        result = quantize_half(run, config, report, eval_data is not None, _evaluation_problems)
+        report.calibration = CalibrationSummary(run.calibration_batches, run.calibration_seconds, _peak_rss_mb())
+        report.evaluation = EvaluationSummary(run.eval_label, len(run.eval_batches))
+        report.sizes = Sizes(model_file_bytes(run.original), model_file_bytes(result))
+        if output is not None:
+            write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
+        return result, report
     plan = run.plan(config)
     tables = config.embeddings == "int8" and any(c.quantized for c in find_tables(run.prepared))
     if not plan.quantized_nodes and not tables:
@@ -385,7 +395,9 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
             f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: every layer alone brings an output's {config.accuracy_metric} score on "
             f"{run.eval_label} below it" + (f" (the least harmful reaches {1.0 - best:.5f})" if best is not None else "") + "; nothing written"
         )
-    return plan, quantized, fidelity(run.reference, quantized, run.eval_batches)
+    comparisons = fidelity(run.reference, quantized, run.eval_batches)
+    report.warnings.extend(budget_shortfall(comparisons, config, run))
+    return plan, quantized, comparisons
 
 
 def _faster_or_float(run: QuantRun, quantized: onnx.ModelProto, config: QuantConfig, report: QuantReport, show_progress: bool) -> onnx.ModelProto:

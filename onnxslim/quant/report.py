@@ -37,7 +37,7 @@ class Sizes(Record):
     """Bytes of the float model and of the result, as files (external data included)."""
 
     fp32_bytes: int = 0
-    int8_bytes: int = 0
+    quantized_bytes: int = 0  # the INT8 or FP16 model
 
 
 @dataclass
@@ -50,7 +50,8 @@ class QuantReport(Record):
     output: str | None
     target: str
     method: str
-    written: str = "int8"
+    precision: str = "int8"
+    written: str = "int8"  # int8, fp16, or fp32 (the cleaned float model, when the result was not faster)
     calibration: CalibrationSummary = field(default_factory=CalibrationSummary)
     evaluation: EvaluationSummary = field(default_factory=EvaluationSummary)
     budget: float | None = json_field(None, key="accuracy_budget")
@@ -62,7 +63,8 @@ class QuantReport(Record):
     prepare: list[PassResult] = field(default_factory=list)
     decisions: list[NodeDecision] = json_field(omit=True, factory=list)
     kept_float_for_budget: list[dict] = field(default_factory=list)
-    sensitivity: list[dict] = field(default_factory=list)  # with a budget search: every layer's cosine when it alone is quantized
+    sensitivity: list[dict] = field(default_factory=list)  # with a budget search: every layer's score when it alone is quantized
+    float16: dict = field(default_factory=dict)  # --precision fp16: where fidelity was measured, Casts inserted, weights converted
     warnings: list[str] = field(default_factory=list)
 
     @property

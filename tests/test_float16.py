@@ -1,0 +1,233 @@
+"""quantize --precision fp16: the FP16 model, its float32 emulation, FP32 islands, and the command."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxslim.cli import main
+from onnxslim.quant import QuantConfig, quantize
+from onnxslim.quant.float16 import eligible_nodes, overflowing, to_float16
+from tests.conftest import requires_cuda, run_model
+
+RNG = np.random.default_rng(0)
+
+
+def _init(name, array):
+    return numpy_helper.from_array(np.asarray(array, np.float32), name)
+
+
+def mlp(scale=1.0):
+    """x -> MatMul -> Add -> Relu -> Mul(scale) -> Pow 2 -> ReduceMean -> Sqrt, and a second output from the Relu."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="bias"),
+        helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+        helper.make_node("Mul", ["r", "s"], ["rs"], name="scale"),
+        helper.make_node("Pow", ["rs", "two"], ["sq"], name="pow"),
+        helper.make_node("ReduceMean", ["sq"], ["ms"], name="mean", axes=[-1], keepdims=1),
+        helper.make_node("Sqrt", ["ms"], ["y"], name="sqrt"),
+        helper.make_node("Shape", ["r"], ["r_shape"], name="shape"),
+    ]
+    inits = [_init("w1", RNG.normal(size=(16, 32)) * 0.3), _init("b1", RNG.normal(size=32) * 0.1), _init("s", [scale]), _init("two", [2.0])]
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1]), helper.make_tensor_value_info("r", TensorProto.FLOAT, ["n", 32]),
+         helper.make_tensor_value_info("r_shape", TensorProto.INT64, [2])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _feed(n=8, scale=1.0):
+    return {"x": (RNG.normal(size=(n, 16)) * scale).astype(np.float32)}
+
+
+def test_every_float_node_in_fp16_keeps_float32_interface_and_casts_once():
+    model = mlp()
+    eligibility = eligible_nodes(model)
+    assert set(eligibility.eligible) == {"mm", "bias", "relu", "scale", "pow", "mean", "sqrt"}  # Shape does no float work
+    result = to_float16(model, eligibility.eligible)
+    converted = result.model
+    onnx.checker.check_model(converted)
+    assert {i.name: i.type.tensor_type.elem_type for i in converted.graph.input} == {"x": TensorProto.FLOAT}
+    outputs = {o.name: o.type.tensor_type.elem_type for o in converted.graph.output}
+    assert outputs == {"y": TensorProto.FLOAT, "r": TensorProto.FLOAT, "r_shape": TensorProto.INT64}
+    assert all(t.data_type == TensorProto.FLOAT16 for t in converted.graph.initializer)
+    producers = {o: n for n in converted.graph.node for o in n.output}
+    casts = [n for n in converted.graph.node if n.op_type == "Cast"]
+    assert len(casts) == result.casts == 3  # x in; y and r out: the Shape reads r in float16
+    assert not [c for c in casts if producers.get(c.input[0]) is not None and producers[c.input[0]].op_type == "Cast"]
+    feed = _feed()
+    reference = run_model(model, feed)
+    real = run_model(converted, feed)
+    emulated = run_model(to_float16(model, eligibility.eligible, emulate=True).model, feed)
+    for ref, got, emu in zip(reference[:2], real[:2], emulated[:2]):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, rtol=5e-3, atol=5e-3)
+        np.testing.assert_allclose(emu, got, rtol=2e-3, atol=2e-3)
+    np.testing.assert_array_equal(real[2], reference[2])
+
+
+def test_emulation_rounds_exactly_where_the_fp16_model_stores_float16():
+    model = mlp()
+    feed = _feed()
+    emulated = run_model(to_float16(model, ["mm", "bias"], emulate=True).model, feed)
+    half = lambda a: np.asarray(a, np.float32).astype(np.float16).astype(np.float32)  # noqa: E731
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    h = half(half(feed["x"]) @ half(weights["w1"]))
+    hb = half(h + half(weights["b1"]))
+    r = np.maximum(hb, 0)
+    np.testing.assert_allclose(emulated[1], r, rtol=1e-6, atol=1e-6)
+    y = np.sqrt(np.mean((r * weights["s"]) ** 2, axis=-1, keepdims=True))
+    np.testing.assert_allclose(emulated[0], y, rtol=1e-5)
+
+
+def test_a_float32_node_between_fp16_nodes_is_an_island_with_one_cast_each_way():
+    model = mlp()
+    half = ["mm", "bias", "relu", "pow", "mean", "sqrt"]  # 'scale' stays float32
+    converted = to_float16(model, half).model
+    onnx.checker.check_model(converted)
+    scale = next(n for n in converted.graph.node if n.name == "scale")
+    producers = {o: n for n in converted.graph.node for o in n.output}
+    assert producers[scale.input[0]].op_type == "Cast"  # relu's float16 result widened for it
+    assert next(t for t in converted.graph.initializer if t.name == "s").data_type == TensorProto.FLOAT
+    pow_node = next(n for n in converted.graph.node if n.name == "pow")
+    assert producers[pow_node.input[0]].op_type == "Cast"
+    feed = _feed()
+    np.testing.assert_allclose(run_model(converted, feed)[0], run_model(model, feed)[0], rtol=5e-3)
+
+
+def test_tensors_beyond_float16_range_keep_both_sides_in_float32():
+    model = mlp(scale=400.0)  # Pow squares values of a few thousand: beyond 65504
+    feed = _feed(scale=3.0)
+    values = run_model(model, feed)
+    assert np.isinf(run_model(to_float16(model, eligible_nodes(model).eligible, emulate=True).model, feed)[0]).any()  # all in float16 overflows
+    absmax = {"sq": 1e6, "rs": 3000.0}
+    kept = overflowing(model, absmax)
+    assert set(kept) == {"pow", "mean"}  # the writer and the reader of 'sq'
+    assert "'sq' reaches 1e+06" in kept["pow"]
+    half = [n for n in eligible_nodes(model).eligible if n not in kept]
+    converted = run_model(to_float16(model, half).model, feed)
+    assert np.isfinite(converted[0]).all()
+    np.testing.assert_allclose(converted[0], values[0], rtol=5e-3)
+
+
+def test_control_flow_stays_float32_with_the_tensors_its_bodies_read():
+    then_graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "a"], ["t"], name="then_add")], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])]
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("Identity", ["a"], ["e"], name="else_id")], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2])]
+    )
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="relu"),
+        helper.make_node("ReduceSum", ["x"], ["total"], name="total", keepdims=0),
+        helper.make_node("Greater", ["total", "zero"], ["cond"], name="cond"),
+        helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_graph, else_branch=else_graph),
+    ]
+    graph = helper.make_graph(
+        nodes, "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [_init("zero", 0.0)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    eligibility = eligible_nodes(model)
+    assert "control flow" in eligibility.refused["branch"]
+    assert "read inside a control-flow body" in eligibility.refused["relu"]
+    converted = to_float16(model, eligibility.eligible).model
+    onnx.checker.check_model(converted)
+    for x in ([1.0, 2.0], [-3.0, 1.0]):
+        feed = {"x": np.array(x, np.float32)}
+        np.testing.assert_allclose(run_model(converted, feed)[0], run_model(model, feed)[0], rtol=1e-3)
+
+
+def _data(npz_folder, count=20, scale=1.0, name="data"):
+    return npz_folder([_feed(scale=scale) for _ in range(count)], name)
+
+
+def test_quantize_fp16_for_cuda_without_a_gpu_reports_emulated_fidelity(save, npz_folder, tmp_path):
+    path = save(mlp())
+    out = tmp_path / "out.onnx"
+    model, report = quantize(str(path), str(_data(npz_folder)), config=QuantConfig(precision="fp16", target="cuda"), output=str(out))
+    if report.float16["fidelity_measured_on"] == "cuda":
+        pytest.skip("CUDA is present: covered by test_fp16_runs_every_node_on_cuda")
+    assert report.written == "fp16" and report.precision == "fp16"
+    assert report.latency is None
+    assert any("not available here" in w for w in report.warnings)
+    assert report.fidelity[0].cosine > 0.9999
+    written = onnx.load(str(out))
+    assert any(t.data_type == TensorProto.FLOAT16 for t in written.graph.initializer)
+    assert report.sizes.quantized_bytes < 0.75 * report.sizes.fp32_bytes
+    assert {d.node for d in report.quantized} == {"mm", "bias", "relu", "scale", "pow", "mean", "sqrt"}
+
+
+def test_quantize_fp16_on_cpu_is_timed_and_never_written_when_slower(save, npz_folder, tmp_path):
+    path = save(mlp())
+    model, report = quantize(str(path), str(_data(npz_folder)), config=QuantConfig(precision="fp16", target="cpu", latency_runs=10), output=str(tmp_path / "o.onnx"))
+    assert report.float16["fidelity_measured_on"] == "cpu"
+    assert report.latency is not None
+    if report.latency.ratio >= 1.0:
+        assert report.written == "fp32"
+        assert all(t.data_type == TensorProto.FLOAT for t in model.graph.initializer)
+    else:
+        assert report.written == "fp16"
+
+
+def cancellation_model():
+    """(x + 1000) - 1000: float16 keeps about 0.5 of resolution at 1000, so the rounding swamps x."""
+    nodes = [helper.make_node("Add", ["x", "big"], ["shifted"], name="shift"), helper.make_node("Sub", ["shifted", "big"], ["back"], name="unshift"),
+             helper.make_node("Mul", ["back", "gain"], ["y"], name="gain")]
+    graph = helper.make_graph(
+        nodes, "cancel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        [_init("big", [1000.0]), _init("gain", [2.0])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_accuracy_budget_moves_the_harmful_nodes_to_float32(save, npz_folder, tmp_path):
+    path = save(cancellation_model())
+    data = str(_data(npz_folder, scale=0.1))
+    _, loose = quantize(str(path), data, config=QuantConfig(precision="fp16", target="cuda"))
+    assert loose.fidelity[0].cosine < 0.999  # all in float16: the sum loses x
+    _, strict = quantize(str(path), data, config=QuantConfig(precision="fp16", target="cuda", accuracy_budget=0.9999))
+    kept = {entry["node"] for entry in strict.kept_float_for_budget}
+    assert "shift" in kept
+    assert strict.fidelity[0].cosine >= 0.9999
+    assert {d.node: d.reason.code.value for d in strict.decisions}["shift"] == "kept_for_accuracy"
+
+
+def test_cli_precision_fp16_writes_report(save, npz_folder, tmp_path):
+    path = save(mlp())
+    out, report_path = tmp_path / "o.onnx", tmp_path / "r.json"
+    result = CliRunner().invoke(
+        main, ["quantize", str(path), "-o", str(out), "--precision", "fp16", "--target", "cuda", "--data", str(_data(npz_folder)), "--report", str(report_path), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "FP16 model (7 of 7 float nodes in FP16)" in result.output
+    report = json.loads(report_path.read_text())
+    assert report["precision"] == "fp16" and report["written"] == "fp16"
+    assert report["float16"]["casts_inserted"] == 3
+    assert report["sizes"]["quantized_bytes"] > 0
+
+
+@requires_cuda
+def test_fp16_runs_every_node_on_cuda(save, npz_folder, tmp_path):
+    from onnxslim.runtime import Runner
+
+    path = save(mlp())
+    model, report = quantize(str(path), str(_data(npz_folder)), config=QuantConfig(precision="fp16", target="cuda", latency_runs=5, if_slower="write"))
+    assert report.float16["fidelity_measured_on"] == "cuda"
+    placement = Runner(model, "CUDAExecutionProvider").placement(_feed())
+    assert set(placement.to_dict()["nodes_by_provider"]) <= {"cuda"}
+
+
+def test_calibration_finds_the_overflowing_tensor(save, npz_folder):
+    path = save(mlp(scale=400.0))
+    model, report = quantize(str(path), str(_data(npz_folder, scale=3.0)), config=QuantConfig(precision="fp16", target="cuda"))
+    reasons = {d.node: d.reason.code.value for d in report.decisions}
+    assert reasons["pow"] == reasons["mean"] == "overflow"
+    assert reasons["mm"] == "float16"
+    assert np.isfinite(report.fidelity[0].cosine) and report.fidelity[0].cosine > 0.9999
