@@ -194,17 +194,18 @@ def optimize(model, output, report_path, quiet):
 @click.option("--max-abs-error", type=float, default=None, help="Fail when an output's largest absolute error exceeds this.")
 @click.option("--min-top1", type=click.FloatRange(0, 1), default=None, help="Fail when top-1 agreement of class-score outputs is below this.")
 @click.option("--max-latency-ratio", type=float, default=None, help="Fail when candidate/reference median latency exceeds this.")
+@click.option("--allow-cpu-nodes", is_flag=True, help="On cuda/tensorrt, accept a candidate that runs more nodes on the CPU than the reference (fails by default).")
 @report_option
 @quiet_option
-def validate(reference, candidate, input_shapes, providers, threads, warmup, runs, min_cosine, min_snr_db, max_abs_error, min_top1, max_latency_ratio, report_path, quiet,
-             **data_options):
+def validate(reference, candidate, input_shapes, providers, threads, warmup, runs, min_cosine, min_snr_db, max_abs_error, min_top1, max_latency_ratio, allow_cpu_nodes,
+             report_path, quiet, **data_options):
     """Compare CANDIDATE with REFERENCE: accuracy per output, latency, where nodes ran."""
     check_destinations(inputs=[reference, candidate], report=report_path)
     from onnxslim.validate import Gates
     from onnxslim.validate import validate as validate_models
 
     data = _resolve_data(reference, data_options)
-    gates = Gates(min_cosine, min_snr_db, max_abs_error, min_top1, max_latency_ratio)
+    gates = Gates(min_cosine, min_snr_db, max_abs_error, min_top1, max_latency_ratio, allow_cpu_nodes)
     report = validate_models(
         reference, candidate, data, providers=providers, input_shapes=input_shapes, threads=threads or None, warmup=warmup, runs=runs, gates=gates, show_progress=not quiet
     )

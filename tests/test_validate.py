@@ -146,3 +146,23 @@ def test_cuda_runs_nodes_on_cuda(save):
     cuda = [p for p in report.providers if p.provider == "CUDAExecutionProvider"][0]
     assert cuda.status == "ok", cuda.message
     assert cuda.placement["candidate"]["nodes_by_provider"].get("cuda", 0) > 0
+
+
+def test_a_candidate_running_more_nodes_on_the_cpu_fails_on_an_accelerator_by_default():
+    from onnxslim.validate.compare import Gates, ProviderResult, _check_gates, cpu_fallback_note
+
+    result = ProviderResult("CUDAExecutionProvider", "ok")
+    result.placement = {
+        "reference": {"nodes_by_provider": {"cuda": 300, "cpu": 4}},
+        "candidate": {"nodes_by_provider": {"cuda": 280, "cpu": 58}, "ops_by_provider": {"cpu": {"DequantizeLinear": 50, "Shape": 8}}},
+    }
+    [check] = _check_gates([result], Gates())
+    assert check.gate == "cpu_fallback" and check.value == 54 and not check.passed
+    assert "54 more node(s) on the CPU" in cpu_fallback_note(result) and "DequantizeLinear 50" in cpu_fallback_note(result)
+    assert _check_gates([result], Gates(allow_cpu_nodes=True)) == []
+    result.placement["candidate"]["nodes_by_provider"]["cpu"] = 4
+    [check] = _check_gates([result], Gates())
+    assert check.passed and cpu_fallback_note(result) is None
+    on_cpu = ProviderResult("CPUExecutionProvider", "ok")
+    on_cpu.placement = result.placement
+    assert _check_gates([on_cpu], Gates()) == []

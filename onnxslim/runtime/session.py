@@ -59,6 +59,7 @@ class Placement:
     requested: str
     registered: list[str]
     nodes_by_provider: dict[str, int] = field(default_factory=dict)
+    ops_by_provider: dict[str, dict[str, int]] = field(default_factory=dict)  # provider -> op type -> nodes
 
     @property
     def fell_back(self) -> bool:
@@ -74,6 +75,7 @@ class Placement:
             "requested": short_name(self.requested),
             "registered": [short_name(p) for p in self.registered],
             "nodes_by_provider": {short_name(k): v for k, v in self.nodes_by_provider.items()},
+            "ops_by_provider": {short_name(k): v for k, v in self.ops_by_provider.items()},
             "fell_back": self.fell_back and self.requested != "CPUExecutionProvider",
         }
 
@@ -162,17 +164,18 @@ class Runner:
             except Exception as exc:
                 raise DataError(f"{self.label}: onnxruntime failed to run this input: {first_line(exc)}") from None
             profile_file = session.end_profiling()
-            counts = _nodes_by_provider(Path(profile_file))
+            counts, ops = _nodes_by_provider(Path(profile_file))
             registered = list(session.get_providers())
-        return Placement(requested=self.provider, registered=registered, nodes_by_provider=counts)
+        return Placement(requested=self.provider, registered=registered, nodes_by_provider=counts, ops_by_provider=ops)
 
 
-def _nodes_by_provider(profile_file: Path) -> dict[str, int]:
+def _nodes_by_provider(profile_file: Path) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Nodes per provider, and op types per provider, from an onnxruntime profile."""
     try:
         events = json.loads(profile_file.read_text())
     except (OSError, ValueError):
-        return {}
-    nodes: dict[str, str] = {}
+        return {}, {}
+    nodes: dict[str, tuple[str, str]] = {}
     for event in events:
         if event.get("cat") != "Node":
             continue
@@ -180,8 +183,11 @@ def _nodes_by_provider(profile_file: Path) -> dict[str, int]:
         provider = args.get("provider")
         name = str(event.get("name", ""))
         if provider and name.endswith("_kernel_time"):
-            nodes[name[: -len("_kernel_time")]] = provider
-    return dict(Counter(nodes.values()))
+            nodes[name[: -len("_kernel_time")]] = (provider, str(args.get("op_name", "?")))
+    ops: dict[str, Counter] = {}
+    for provider, op in nodes.values():
+        ops.setdefault(provider, Counter())[op] += 1
+    return dict(Counter(provider for provider, _ in nodes.values())), {p: dict(c) for p, c in ops.items()}
 
 
 def check_loads(path: str | os.PathLike) -> None:

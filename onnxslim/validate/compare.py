@@ -38,6 +38,7 @@ class Gates:
     max_abs_error: float | None = None
     min_top1: float | None = None
     max_latency_ratio: float | None = None
+    allow_cpu_nodes: bool = False  # on an accelerator, the candidate may run more nodes on the CPU than the reference
 
 
 @dataclass
@@ -159,6 +160,10 @@ def validate(
                     f"(reference {output.nonfinite_reference}, candidate {output.nonfinite_candidate}, both but different {output.nonfinite_disagreeing}); "
                     "every accuracy gate fails"
                 )
+    for result in report.providers:
+        note = cpu_fallback_note(result)
+        if note:
+            report.warnings.append(note)
     report.gates = _check_gates(report.providers, gates)
     if gates.min_top1 is not None:
         _check_top1_applies(report)
@@ -224,6 +229,27 @@ def _run_provider(provider, ref_model, cand_model, ref_label, cand_label, source
     return result
 
 
+def _extra_cpu_nodes(result: ProviderResult) -> int | None:
+    """On an accelerator: how many more nodes the candidate ran on the CPU than the reference (None: not measured or on the CPU)."""
+    if result.provider == "CPUExecutionProvider" or result.status != "ok" or not result.placement:
+        return None
+    ran = [result.placement[side].get("nodes_by_provider", {}) for side in ("reference", "candidate")]
+    if not ran[1]:
+        return None
+    return ran[1].get("cpu", 0) - ran[0].get("cpu", 0)
+
+
+def cpu_fallback_note(result: ProviderResult) -> str | None:
+    """One line naming the op types the candidate ran on the CPU, when it ran more there than the reference."""
+    extra = _extra_cpu_nodes(result)
+    if not extra or extra <= 0:
+        return None
+    ops = result.placement["candidate"].get("ops_by_provider", {}).get("cpu", {})
+    listed = ", ".join(f"{op} {n}" for op, n in sorted(ops.items(), key=lambda item: -item[1])[:6])
+    return (f"{short_name(result.provider)}: the candidate ran {extra} more node(s) on the CPU than the reference ({listed}); "
+            "each costs copies between devices (--allow-cpu-nodes accepts it)")
+
+
 def _check_gates(results: list[ProviderResult], gates: Gates) -> list[GateCheck]:
     checks: list[GateCheck] = []
     for result in results:
@@ -241,6 +267,9 @@ def _check_gates(results: list[ProviderResult], gates: Gates) -> list[GateCheck]
                 checks.append(GateCheck("max_abs_error", name, output.name, max_abs, gates.max_abs_error, finite and max_abs <= gates.max_abs_error))
             if gates.min_top1 is not None and output.top1 is not None:
                 checks.append(GateCheck("min_top1", name, output.name, output.top1, gates.min_top1, finite and output.top1 >= gates.min_top1))
+        extra = _extra_cpu_nodes(result)
+        if extra is not None and not gates.allow_cpu_nodes:
+            checks.append(GateCheck("cpu_fallback", name, None, float(extra), 0.0, extra <= 0))
         if gates.max_latency_ratio is not None and result.latency is not None and result.latency.ratio is not None:
             ratio = result.latency.ratio
             checks.append(GateCheck("max_latency_ratio", name, None, ratio, gates.max_latency_ratio, ratio <= gates.max_latency_ratio))
