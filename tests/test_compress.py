@@ -182,3 +182,41 @@ def test_an_int8_candidate_that_misses_the_budget_on_held_out_data_is_rebuilt_ti
     )
     assert budgets[0] == pytest.approx(0.98) and budgets[1] > budgets[0]  # tightened after the miss
     assert len(budgets) == 2 and candidate.loss == pytest.approx(1.5 * (1 - budgets[1]))
+
+
+def test_target_cuda_needs_cuda_to_time_on(tmp_path, save, npz_folder):
+    from onnxslim.runtime import available_providers
+
+    if "CUDAExecutionProvider" in available_providers():
+        pytest.skip("CUDA is present here")
+    model = conv_bn_relu(channels=16, size=8)
+    path, data = save(model), npz_folder(sample_inputs(model, 6))
+    result = CliRunner().invoke(main, ["compress", str(path), "-o", str(tmp_path / "o.onnx"), "--data", str(data), "--target", "cuda", "-q"])
+    assert result.exit_code != 0
+    assert "times every candidate on CUDA" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_target_cuda_builds_fp16_candidates(monkeypatch, tmp_path):
+    """The FP16 path of compress, timed here by a cost model (a GPU runs FP16 at about half the cost) on the CPU provider."""
+
+    def timed(runners, feed, **kwargs):
+        costs = []
+        for runner in runners:
+            model = onnx.load(runner._model) if isinstance(runner._model, str) else runner._model
+            if not isinstance(model, onnx.ModelProto):
+                model = onnx.load_from_string(model)
+            macs = count_macs(model, infer_shapes(model, {k: v.shape for k, v in feed.items()}))[0]
+            half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+            costs.append([macs * (0.5 if half else 1.0)])
+        return costs
+
+    monkeypatch.setattr(compress_pipeline, "interleaved_latency", timed)
+    monkeypatch.setattr(compress_pipeline, "_timing_provider", lambda config: "CPUExecutionProvider")
+    model = conv_bn_relu(channels=32, size=16)
+    config = CompressConfig(ratios=(0.25,), max_loss=0.05, accuracy_metric="cosine", latency_runs=3, target="cuda")
+    written, report = compress(model, sample_inputs(model, 20), config=config, output=tmp_path / "o.onnx")
+    quantized = next(c for c in report.candidates if c.name == "quantized")
+    assert "FP16" in quantized.note and quantized.loss < 1e-4
+    assert quantized.details["quantize"]["precision"] == "fp16"
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in written.graph.initializer)

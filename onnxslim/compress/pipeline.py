@@ -21,7 +21,7 @@ import onnx
 
 from onnxslim.compress.search import Budget, Candidate, choose
 from onnxslim.data.sources import InMemory, evaluation_split, for_several_passes, open_data
-from onnxslim.errors import BudgetError, NothingToDoError, UnsupportedModelError, UsageError
+from onnxslim.errors import BudgetError, NothingToDoError, ProviderError, UnsupportedModelError, UsageError
 from onnxslim.ir.counts import count_parameters
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.tensors import graph_inputs
@@ -35,7 +35,7 @@ from onnxslim.prune.importance import METHODS
 from onnxslim.quant import QuantConfig, quantize
 from onnxslim.quant.config import TARGETS
 from onnxslim.records import Record
-from onnxslim.runtime import Runner
+from onnxslim.runtime import Runner, available_providers, resolve_provider
 from onnxslim.runtime.write import write_verified
 
 RETRIES = 2  # INT8 builds after the first, when a candidate misses the budget on the held-out batches
@@ -56,7 +56,10 @@ class CompressConfig:
     ratios: tuple[float, ...] = setting((0.1, 0.2, 0.3, 0.4), "Pruning ratios to try, each also quantized (larger ones are skipped once one exceeds the budget).", metavar="R,R,...")
     importance: str = setting("auto", "Channel ranking for pruning, as prune --importance (auto: activation, since compress always has data).", choices=("auto", *METHODS))
     quantize: bool = setting(True, "Also quantize the original and every pruned candidate (--no-quantize: pruning alone under the budget).", option="--quantize/--no-quantize")
-    target: str = setting("cpu", "Quantization layout (as quantize --target).", choices=TARGETS)
+    target: str = setting(
+        "cpu", "Where the result runs: cpu = INT8 for onnxruntime's CPU provider; cuda/tensorrt = FP16 with FP32 islands (as quantize --precision fp16), "
+        "every candidate timed on CUDA.", choices=TARGETS,
+    )
     max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
     eval_fraction: float = setting(0.2, "Share of --data held out to measure every candidate.", low=0.05, high=0.5)
     max_eval_batches: int = setting(64, "Measure fidelity on at most this many held-out batches.", low=1)
@@ -103,6 +106,7 @@ def compress(
     The arguments mirror :func:`onnxslim.quantize` and :func:`onnxslim.prune`.
     """
     label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
+    _timing_provider(config)
     original = load_model(model)
     inputs = graph_inputs(original)
     source = for_several_passes(open_data(data, inputs, input_shapes=input_shapes), config.max_calibration_samples)
@@ -198,7 +202,7 @@ def _quantized(
     for attempt in range(RETRIES + 1):
         _say(show_progress, f"compress: {name}" + (f" (again, quantize's budget {1 - allowance:.4f})" if attempt else ""))
         quant_config = QuantConfig(
-            target=config.target, threads=config.threads, latency_runs=0, if_slower="keep-int8", accuracy_budget=1.0 - allowance, accuracy_metric=config.accuracy_metric
+            precision=_precision(config), target=config.target, threads=config.threads, latency_runs=0, if_slower="keep-int8", accuracy_budget=1.0 - allowance, accuracy_metric=config.accuracy_metric
         )
         try:
             quantized, quant_report = quantize(model, calibration, config=quant_config, show_progress=show_progress)
@@ -207,7 +211,7 @@ def _quantized(
                 break  # keep the previous attempt, measured
             return Candidate(name, ratio, True, note=f"not built: {exc}", failed=True), None
         kept = len(quant_report.kept_float_for_budget)
-        note = f"{len(quant_report.quantized)} nodes INT8" + (f", {kept} kept in float for the budget" if kept else "")
+        note = f"{len(quant_report.quantized)} nodes {quant_report.precision.upper()}" + (f", {kept} kept in float for the budget" if kept else "")
         candidate = Candidate(name, ratio, True, note=note, details={"quantize": quant_report.to_dict()})
         _measure_fidelity(reference, candidate, quantized, held, config.accuracy_metric)
         if ratio == 0.0 and quant_report.sensitivity:
@@ -219,6 +223,22 @@ def _quantized(
         if attempt == RETRIES:
             break
     return candidate, quantized
+
+
+def _precision(config: CompressConfig) -> str:
+    """INT8 for the CPU; FP16 for GPUs, whose execution provider runs INT8 Q/DQ models as float between the quantizers."""
+    return "int8" if config.target == "cpu" else "fp16"
+
+
+def _timing_provider(config: CompressConfig) -> str:
+    """The execution provider the candidates are timed on: the target's, which must be here, since the choice rests on it."""
+    provider = resolve_provider("cpu" if config.target == "cpu" else "cuda")
+    if provider not in available_providers():
+        raise ProviderError(
+            f"compress --target {config.target} times every candidate on CUDA, and this onnxruntime has no CUDA provider "
+            f"(available: {', '.join(available_providers())}); install onnxruntime-gpu on a machine with an NVIDIA GPU, or use --target cpu"
+        )
+    return provider
 
 
 def _measure_fidelity(reference: Runner, candidate: Candidate, model: onnx.ModelProto | None, held: list, metric: str) -> None:
@@ -236,7 +256,8 @@ def _measure_fidelity(reference: Runner, candidate: Candidate, model: onnx.Model
 def _time_all(built: list, held: list, config: CompressConfig, show_progress: bool) -> None:
     """Every built candidate timed interleaved with the original (the first entry) on one held-out batch."""
     timed = [(c, m) for c, m in built if m is not None and not c.failed]
-    runners = [Runner(m, threads=config.threads, label=c.name) for c, m in timed]
+    provider = _timing_provider(config)
+    runners = [Runner(m, provider, threads=config.threads, label=c.name) for c, m in timed]
     samples = interleaved_latency(runners, held[0][1], warmup=3, runs=config.latency_runs, show_progress=show_progress, description="timing every candidate")
     medians = [float(np.median(s)) for s in samples]
     for (candidate, _), median in zip(timed, medians):
