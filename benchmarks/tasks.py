@@ -121,12 +121,13 @@ def eval_feeds(task: Task) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def run_all(model_path: Path | str, feeds: list[dict], threads: int = 1) -> list[list[np.ndarray]]:
+def run_all(model_path: Path | str, feeds: list[dict], threads: int = 1, provider: str = "CPUExecutionProvider") -> list[list[np.ndarray]]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+    session = ort.InferenceSession(str(model_path), options, providers=providers)
     return [session.run(None, feed) for feed in feeds]
 
 

@@ -11,8 +11,10 @@ from onnxslim.measure import interleaved_latency
 from onnxslim.runtime import Runner
 
 
-def median_latencies(models: Sequence[Path | str], feed: Mapping[str, np.ndarray], *, threads: int, runs: int = 30, warmup: int = 5) -> list[float]:
-    """Median milliseconds per model, all measured in one interleaved loop."""
-    runners = [Runner(str(m), threads=threads, label=str(m)) for m in models]
+def median_latencies(
+    models: Sequence[Path | str], feed: Mapping[str, np.ndarray], *, threads: int, runs: int = 30, warmup: int = 5, provider: str = "CPUExecutionProvider"
+) -> list[float]:
+    """Median milliseconds per model on ``provider``, all measured in one interleaved loop."""
+    runners = [Runner(str(m), provider, threads=threads, label=str(m)) for m in models]
     samples = interleaved_latency(runners, feed, warmup=warmup, runs=runs)
     return [float(np.median(s) * 1000.0) for s in samples]

@@ -231,3 +231,21 @@ def test_calibration_finds_the_overflowing_tensor(save, npz_folder):
     assert reasons["pow"] == reasons["mean"] == "overflow"
     assert reasons["mm"] == "float16"
     assert np.isfinite(report.fidelity[0].cosine) and report.fidelity[0].cosine > 0.9999
+
+
+def test_a_cast_to_float32_read_only_by_fp16_nodes_casts_to_float16_instead():
+    nodes = [helper.make_node("Cast", ["mask"], ["maskf"], name="to_float", to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["maskf", "w"], ["y"], name="mul")]
+    graph = helper.make_graph(
+        nodes, "cast", [helper.make_tensor_value_info("mask", TensorProto.INT64, ["n", 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [_init("w", [0.5, 1.5, -2.0, 3.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    eligibility = eligible_nodes(model)
+    assert eligibility.eligible == ["mul"] and "to_float" not in eligibility.refused
+    result = to_float16(model, eligibility.eligible)
+    cast = next(n for n in result.model.graph.node if n.name == "to_float")
+    assert helper.get_attribute_value(cast.attribute[0]) == TensorProto.FLOAT16
+    assert result.casts == 1  # only y back to float32
+    feed = {"mask": np.array([[1, 0, 1, 1]], np.int64)}
+    np.testing.assert_allclose(run_model(result.model, feed)[0], run_model(model, feed)[0])

@@ -80,8 +80,8 @@ def eligible_nodes(model: onnx.ModelProto, types: Mapping[str, int] | None = Non
     eligible, refused = [], {}
     for node in graph.node:
         floats = [node.input[p] for p in float_positions(node) if node.input[p]] + list(node.output)
-        if not any(types.get(name) == TensorProto.FLOAT for name in floats):
-            continue  # no float work: shapes, indices
+        if not any(types.get(name) == TensorProto.FLOAT for name in floats) or node.op_type == "Cast":
+            continue  # no float work (shapes, indices); a Cast to float32 read only by float16 nodes casts to float16 instead
         if list(subgraphs(node)):
             refused[node.name] = "control flow: its bodies stay float32"
         elif node.domain not in ("", "ai.onnx") or node.op_type not in FLOAT16_OPS:

@@ -1,0 +1,160 @@
+"""FP16 (and, for honesty, INT8 QDQ) against FP32 on onnxruntime's CUDA provider: latency at batch 1 and 8, task metrics, node placement.
+
+    python benchmarks/gpu_fp16.py --tasks det,rec,minilm --torchvision resnet50,convnext_tiny,vit_b_16 --batches 1,8
+
+Every model is converted with ``quantize --precision fp16 --target cuda`` and
+``quantize --target cuda`` (INT8 Q/DQ, written even when slower, to show what
+the CUDA provider does with it), calibrated on the first ``--calib`` samples of
+``calibration/cache/<task>/calib``; the task metrics are measured on
+``calibration/cache/<task>/eval`` with every model run on ``--provider``.
+torchvision classifiers (random weights: latency and top-1 agreement with FP32
+only) are exported here when torch and torchvision import. Latency: the three
+models of each row timed interleaved, median of ``--runs``, at every batch size
+(the first held-out sample repeated). ``nodes on cpu`` counts the FP16 model's
+nodes onnxruntime placed on the CPU (shape computations it keeps there on
+purpose are counted too; the FP32 model's count is next to it). Results:
+docs/gpu-validation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.tasks import TASKS, eval_feeds, run_all, score  # noqa: E402
+from benchmarks.timing import median_latencies  # noqa: E402
+from onnxslim import QuantConfig, quantize  # noqa: E402
+from onnxslim.runtime import Runner, available_providers, resolve_provider  # noqa: E402
+
+
+def first_samples(folder: Path, count: int, target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(folder.glob("*.npz"))[:count]:
+        shutil.copy(path, target / path.name)
+    return target
+
+
+def export_torchvision(name: str, folder: Path, count: int) -> tuple[Path, Path, list[dict]]:
+    """A torchvision classifier with random weights, exported with a dynamic batch axis, and random 224x224 inputs."""
+    import torch
+    import torchvision
+
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    path = folder / f"{name}.onnx"
+    example = torch.randn(1, 3, 224, 224)
+    torch.onnx.export(model, example, str(path), input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.normal(size=(1, 3, 224, 224)).astype(np.float32)} for _ in range(count * 2)]
+    calib = folder / f"{name}_calib"
+    calib.mkdir(exist_ok=True)
+    for index, feed in enumerate(feeds[:count]):
+        np.savez(calib / f"{index:05d}.npz", **feed)
+    return path, calib, feeds[count:]
+
+
+def top1_agreement(reference, candidate) -> float:
+    return float(np.mean([np.argmax(r[0], -1) == np.argmax(c[0], -1) for r, c in zip(reference, candidate)]))
+
+
+def batched(feed: dict, size: int) -> dict:
+    return {name: np.repeat(value, size, axis=0) for name, value in feed.items()}
+
+
+def placement(path: Path, feed: dict, provider: str) -> dict:
+    return Runner(str(path), provider, threads=1, label=path.name).placement(feed).to_dict()["nodes_by_provider"]
+
+
+def bench(name: str, fp32: Path, calib: Path, feeds: list[dict], metric, work: Path, args, provider: str) -> dict:
+    row = {"model": name, "files": {}, "metric": {}, "latency": {}, "seconds": {}}
+    paths = {"FP32": fp32}
+    for label, config in (("FP16", QuantConfig(precision="fp16", target="cuda", latency_runs=0)),
+                          ("INT8 QDQ", QuantConfig(target="cuda", latency_runs=0, if_slower="write"))):
+        out = work / f"{name}.{label.split()[0].lower()}.onnx"
+        started = time.time()
+        _, report = quantize(fp32, str(calib), config=config, output=out, show_progress=False)
+        row["seconds"][label] = time.time() - started
+        if label == "FP16":
+            row["fp16_kept_float32"] = [d.node for d in report.skipped]
+            row["fp16_fidelity_on"] = report.float16["fidelity_measured_on"]
+        paths[label] = out
+    outputs = {label: run_all(path, feeds, provider=provider) for label, path in paths.items()}
+    for label, path in paths.items():
+        row["files"][label] = path.stat().st_size / 1e6
+        row["metric"][label] = metric(outputs["FP32"], outputs[label], feeds)
+    for size in args.batches:
+        feed = batched(feeds[0], size)
+        medians = median_latencies([paths[label] for label in paths], feed, threads=1, runs=args.runs, provider=provider)
+        row["latency"][f"batch {size}"] = {label: {"ms": ms, "ratio": ms / medians[0]} for label, ms in zip(paths, medians)}
+    row["nodes_on_cpu"] = {label: placement(paths[label], feeds[0], provider).get("cpu", 0) for label in ("FP32", "FP16")}
+    return row
+
+
+def markdown(rows: list[dict], batches: list[int], provider: str) -> str:
+    lines = [f"| model | metric (FP32 / FP16 / INT8) | " + " | ".join(f"batch {b}: FP32 ms, FP16 x, INT8 x" for b in batches)
+             + " | MB (FP32 / FP16) | nodes on cpu (FP32 / FP16) |", "|" + "---|" * (4 + len(batches))]
+    for row in rows:
+        metric = " / ".join(f"{row['metric'][k]:.4f}" for k in ("FP32", "FP16", "INT8 QDQ"))
+        timing = " | ".join(
+            f"{row['latency'][f'batch {b}']['FP32']['ms']:.2f}, {row['latency'][f'batch {b}']['FP16']['ratio']:.2f}x, {row['latency'][f'batch {b}']['INT8 QDQ']['ratio']:.2f}x"
+            for b in batches
+        )
+        lines.append(f"| {row['model']} ({row['metric_name']}) | {metric} | {timing} | {row['files']['FP32']:.1f} / {row['files']['FP16']:.1f} | "
+                     f"{row['nodes_on_cpu']['FP32']} / {row['nodes_on_cpu']['FP16']} |")
+    return f"provider: {provider}\n\n" + "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="det,rec,minilm")
+    parser.add_argument("--torchvision", default="resnet50,convnext_tiny,vit_b_16")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--calib", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--provider", default="cuda", help="cuda (the point of this script), or cpu for a dry run of the script itself")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "cache" / "gpu_fp16.json"))
+    args = parser.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    provider = resolve_provider(args.provider)
+    if provider not in available_providers():
+        raise SystemExit(f"{args.provider}: not available in this onnxruntime ({', '.join(available_providers())}); install onnxruntime-gpu")
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        for name in [t for t in args.tasks.split(",") if t]:
+            task = TASKS[name]
+            if not task.model.exists() or not task.calib.is_dir():
+                print(f"{name}: skipped (run models/gather.py and calibration/make_datasets.py {name} first)", flush=True)
+                continue
+            calib = first_samples(task.calib, args.calib, work / f"{name}_calib")
+            feeds = eval_feeds(task)
+
+            def metric(reference, candidate, feeds, task=task):
+                return score(task, candidate, reference, feeds)
+
+            rows.append(bench(name, task.model, calib, feeds, metric, work, args, provider) | {"metric_name": task.metric})
+            print(markdown(rows[-1:], args.batches, provider), flush=True)
+        for name in [t for t in args.torchvision.split(",") if t]:
+            try:
+                path, calib, feeds = export_torchvision(name, work, args.calib)
+            except ImportError as exc:
+                print(f"{name}: skipped ({exc})", flush=True)
+                continue
+            rows.append(bench(name, path, calib, feeds, lambda r, c, f: top1_agreement(r, c), work, args, provider)
+                        | {"metric_name": "top-1 agreement with FP32, random weights"})
+            print(markdown(rows[-1:], args.batches, provider), flush=True)
+    Path(args.json).write_text(json.dumps(rows, indent=1))
+    print(markdown(rows, args.batches, provider))
+
+
+if __name__ == "__main__":
+    main()
