@@ -100,7 +100,7 @@ def bench(name: str, fp32: Path, calib: Path, feeds: list[dict], metric, work: P
 
 
 def markdown(rows: list[dict], batches: list[int], provider: str) -> str:
-    lines = [f"| model | metric (FP32 / FP16 / INT8) | " + " | ".join(f"batch {b}: FP32 ms, FP16 x, INT8 x" for b in batches)
+    lines = ["| model | metric (FP32 / FP16 / INT8) | " + " | ".join(f"batch {b}: FP32 ms, FP16 x, INT8 x" for b in batches)
              + " | MB (FP32 / FP16) | nodes on cpu (FP32 / FP16) |", "|" + "---|" * (4 + len(batches))]
     for row in rows:
         metric = " / ".join(f"{row['metric'][k]:.4f}" for k in ("FP32", "FP16", "INT8 QDQ"))
