@@ -10,7 +10,8 @@ the CUDA provider does with it), calibrated on the first ``--calib`` samples of
 torchvision classifiers (random weights: latency and top-1 agreement with FP32
 only) are exported here when torch and torchvision import. Latency: the three
 models of each row timed interleaved, median of ``--runs``, at every batch size
-(the first held-out sample repeated). ``nodes on cpu`` counts the FP16 model's
+(the first held-out sample repeated). Calibration runs on CUDA too
+(``--calibration-provider cuda``). ``nodes on cpu`` counts the FP16 model's
 nodes onnxruntime placed on the CPU (shape computations it keeps there on
 purpose are counted too; the FP32 model's count is next to it). Results:
 docs/gpu-validation.md.
@@ -77,8 +78,9 @@ def placement(path: Path, feed: dict, provider: str) -> dict:
 def bench(name: str, fp32: Path, calib: Path, feeds: list[dict], metric, work: Path, args, provider: str) -> dict:
     row = {"model": name, "files": {}, "metric": {}, "latency": {}, "seconds": {}}
     paths = {"FP32": fp32}
-    for label, config in (("FP16", QuantConfig(precision="fp16", target="cuda", latency_runs=0)),
-                          ("INT8 QDQ", QuantConfig(target="cuda", latency_runs=0, if_slower="write"))):
+    calibrate_on = "cuda" if provider == "CUDAExecutionProvider" else "cpu"  # --calibration-provider cuda, proven on the way
+    for label, config in (("FP16", QuantConfig(precision="fp16", target="cuda", latency_runs=0, calibration_provider=calibrate_on)),
+                          ("INT8 QDQ", QuantConfig(target="cuda", latency_runs=0, if_slower="write", calibration_provider=calibrate_on))):
         out = work / f"{name}.{label.split()[0].lower()}.onnx"
         started = time.time()
         _, report = quantize(fp32, str(calib), config=config, output=out, show_progress=False)
