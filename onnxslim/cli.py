@@ -288,7 +288,8 @@ def _warn(text: str) -> None:
     "Held-out data for the fidelity check, read like --data (default: every 5th batch of --data, not used for calibration)."
 ))
 @config_options(
-    QuantConfig, "precision", "target", "method", "percentile", "op_types", "exclude_nodes", "exclude_op_types", "quantize_attention", "quantize_output_layers",
+    QuantConfig, "precision", "weights_only", "block_size", "symmetric", "accuracy_level", "target", "method", "percentile", "op_types", "exclude_nodes",
+    "exclude_op_types", "quantize_attention", "quantize_output_layers",
     "embeddings", "accuracy_budget", "accuracy_metric", "calibration_provider", "max_calibration_samples", "eval_fraction", "max_eval_batches",
 )
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")
@@ -302,7 +303,7 @@ def quantize(model, output, eval_data, per_tensor, threads, report_path, quiet, 
     from onnxslim.quant import quantize as quantize_model
 
     config = QuantConfig(per_channel=not per_tensor, threads=threads, **config_values(QuantConfig, options))
-    data = _resolve_data(model, options)
+    data = _resolve_data(model, options, required=not config.weights_only)
     eval_data = _resolve_data(model, options, data=eval_data) if eval_data is not None else None
     _, report = quantize_model(model, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
     _print_quantization(report)
@@ -314,20 +315,26 @@ def _print_quantization(report) -> None:
         if result.changes:
             console.print(f"[dim]prepare {result.name}:[/] {escape(result.summary())}", highlight=False)
     quantized = report.quantized
-    label = report.precision.upper()
+    weights_only = report.precision.endswith("-weights")
+    label = {"int8": "INT8", "fp16": "FP16"}.get(report.precision, report.precision.split("-")[0].upper() + " weights")
     ops: dict[str, int] = {}
     for decision in quantized:
         ops[decision.op_type] = ops.get(decision.op_type, 0) + 1
-    verb = "quantized" if report.precision == "int8" else "in FP16:"
-    console.print(
-        f"{verb} {len(quantized)} of {len(report.decisions)} nodes ({', '.join(f'{op} {n}' for op, n in sorted(ops.items()))}); "
-        f"target {report.target}, {report.method} ranges from {report.calibration.batches} batch(es) in {report.calibration.seconds:.1f} s",
-        highlight=False,
-    )
+    listed = ", ".join(f"{op} {n}" for op, n in sorted(ops.items()))
+    if weights_only:
+        statistics = f"inputs' statistics from {report.calibration.batches} batch(es)" if report.calibration.batches else "no data"
+        console.print(f"{label}: {len(quantized)} of {len(report.decisions)} weights ({listed}); {statistics}, {report.calibration.seconds:.1f} s", highlight=False)
+    else:
+        verb = "quantized" if report.precision == "int8" else "in FP16:"
+        console.print(
+            f"{verb} {len(quantized)} of {len(report.decisions)} nodes ({listed}); "
+            f"target {report.target}, {report.method} ranges from {report.calibration.batches} batch(es) in {report.calibration.seconds:.1f} s",
+            highlight=False,
+        )
     if report.precision == "int8":
         kernels = ", ".join(f"{op} {n}" for op, n in sorted(report.integer_kernels.items()))
         console.print(f"onnxruntime runs: {kernels or 'no integer kernels'}", highlight=False)
-    else:
+    elif report.float16:
         console.print(f"{report.float16['casts_inserted']} Cast(s) where precision changes, {report.float16['weights_converted']} weight tensor(s) in float16", highlight=False)
     skipped = Table(title="kept in float" if report.precision == "int8" else "kept in float32", title_justify="left", show_lines=False)
     skipped.add_column("ops")
@@ -345,7 +352,8 @@ def _print_quantization(report) -> None:
         fidelity.add_column(column, justify="left" if column == "output" else "right")
     for output in report.fidelity:
         fidelity.add_row(escape(output.name), _fmt(output.cosine, 6), _fmt(output.snr_db, 3), _fmt(output.max_abs), _fmt(output.top1, 4))
-    console.print(fidelity)
+    if report.fidelity:
+        console.print(fidelity)
     latency = report.latency
     if latency:
         console.print(
@@ -361,6 +369,8 @@ def _print_quantization(report) -> None:
             what = f"INT8 QDQ model ({len(report.quantized)} of {len(report.decisions)} nodes quantized)"
         elif report.written == "fp16":
             what = f"FP16 model ({len(report.quantized)} of {len(report.decisions)} float nodes in FP16)"
+        elif report.written.endswith("-weights"):
+            what = f"{label} model ({len(report.quantized)} of {len(report.decisions)} weights stored low-bit; activations in float)"
         else:
             what = f"[bold yellow]FP32 model (cleaned), not {label}[/]"
         console.print(f"wrote {escape(report.output)}: {what}", highlight=False)

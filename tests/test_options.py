@@ -21,7 +21,8 @@ def test_every_declared_setting_is_an_option_with_the_same_default(command, conf
     for name, field in declared(config_type).items():
         assert name in params, f"{command} has no option for {config_type.__name__}.{name}"
         param = params[name]
-        assert option_name(name, field.metadata["setting"]) in param.opts
+        flags = option_name(name, field.metadata["setting"]).split("/")  # --flag/--no-flag pairs
+        assert flags[0] in param.opts and all(flag in param.opts + param.secondary_opts for flag in flags)
         default = param.default if not (param.default is None and field.default == ()) else ()
         assert default == field.default, name
 

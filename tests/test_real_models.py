@@ -117,3 +117,14 @@ def test_recognizer_in_fp16_keeps_char_accuracy(ppocr, rec_data, tmp_path):
     assert out.stat().st_size < ppocr["ppocr_rec.onnx"].stat().st_size * 0.55
     fp32, fp16 = char_accuracy(ppocr["ppocr_rec.onnx"], rec_data / "eval"), char_accuracy(out, rec_data / "eval")  # the CPU runs float16 through casts
     assert fp16 >= fp32 - 0.005
+
+
+def test_recognizer_weights_only_int4_keeps_char_accuracy(ppocr, rec_data, tmp_path):
+    out = tmp_path / "rec.w4.onnx"
+    config = QuantConfig(weights_only="int4", if_slower="write", latency_runs=0)
+    _, report = quantize(ppocr["ppocr_rec.onnx"], rec_data / "calib", eval_data=rec_data / "eval", output=out, config=config)
+    assert report.written == "int4-weights" and len(report.quantized) >= 8
+    assert all("error-compensated" in d.reason.text for d in report.quantized)
+    onnx.checker.check_model(str(out))
+    fp32, int4 = char_accuracy(ppocr["ppocr_rec.onnx"], rec_data / "eval"), char_accuracy(out, rec_data / "eval")
+    assert int4 >= fp32 - 0.01

@@ -74,3 +74,31 @@ def input_moments(
             sums[node.name] = sums.get(node.name, 0) + rows.sum(axis=0)
             counts[node.name] = counts.get(node.name, 0) + rows.shape[0]
     return {name: ChannelMoments(sums[name] / counts[name], squares[name] / counts[name]) for name in sums}
+
+
+def input_grams(
+    model: onnx.ModelProto, layers: Mapping[str, str], source: Iterable, *, token_mask: str | None = None, show_progress: bool = False,
+    description: str = "input statistics",
+) -> tuple[dict[str, np.ndarray], int]:
+    """Tensor -> X^T X of its rows (last axis = columns), for ``layers`` (tensor -> a node that reads it); and the batches read.
+
+    The Gram matrix of a MatMul's input is what error-compensating rounding
+    needs; summed over batches in float64, so memory is one (K, K) per tensor.
+    """
+    inputs = {v.name for v in model.graph.input}
+    names = sorted(set(layers) - inputs)
+    runner = observer(model, names) if names else None
+    nodes = {n.name: n for n in model.graph.node}
+    grams: dict[str, np.ndarray] = {}
+    batches = 0
+    for _, batch in track(source, description, enabled=show_progress):
+        values = dict(zip(runner.output_names, runner.run(batch))) if runner else {}
+        values.update(batch)
+        for tensor, node_name in layers.items():
+            x = values.get(tensor)
+            if x is None or x.dtype.kind != "f" or x.ndim < 2:
+                continue
+            rows = channel_rows(x, nodes[node_name], batch, token_mask).astype(np.float64)
+            grams[tensor] = grams.get(tensor, 0) + rows.T @ rows
+        batches += 1
+    return grams, batches

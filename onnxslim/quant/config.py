@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from onnxslim.errors import UsageError
 from onnxslim.measure.fidelity import SCORES
 from onnxslim.options import check_settings, setting
 from onnxslim.quant.ranges import METHODS
@@ -39,6 +40,15 @@ class QuantConfig:
         "int8", "int8: static INT8 (QDQ) with calibration; fp16: float16 with float32 islands where ranges or the accuracy budget need them (for GPUs).",
         choices=PRECISIONS,
     )
+    weights_only: str | None = setting(
+        None, "Store MatMul/Gemm weights and Gather tables in 4 or 8 bits (block-wise; activations stay float): "
+        "error-compensated rounding with --data, round-to-nearest with a clipping search without.", choices=("int4", "int8"),
+    )
+    block_size: int = setting(32, "Values per scale along the input axis, for --weights-only (a power of two).", low=16, high=256)
+    symmetric: bool = setting(False, "Symmetric blocks (no zero points) for --weights-only.", option="--symmetric/--asymmetric")
+    accuracy_level: int = setting(
+        4, "onnxruntime's MatMulNBits accuracy_level for --weights-only: 4 computes in INT8 (fastest on CPUs with VNNI/AMX), 0 in the activations' type.", low=0, high=4
+    )
     target: str = setting("cpu", "Layout to emit: cpu = what onnxruntime's CPU provider fuses (UINT8 activations); cuda/tensorrt = INT8 symmetric Q/DQ on weighted-op inputs.", choices=TARGETS)
     method: str = setting("percentile", "Calibration range method.", choices=METHODS)
     percentile: float = setting(99.999, "Percentile for --method percentile.", low=50.0, high=100.0, low_open=True)
@@ -70,6 +80,10 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.weights_only and self.precision != "int8":
+            raise UsageError("--weights-only and --precision fp16 do not combine: choose one")
+        if self.block_size & (self.block_size - 1):
+            raise UsageError(f"--block-size must be a power of two from 16 to 256 (got {self.block_size})")
 
     @property
     def signed_activations(self) -> bool:

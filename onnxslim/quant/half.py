@@ -18,12 +18,14 @@ import onnx
 from onnx import TensorProto
 
 from onnxslim.errors import NothingToDoError
+from onnxslim.ir.io import model_file_bytes
 from onnxslim.measure import fidelity, latency_ratio, worst_score
 from onnxslim.measure.latency import keep_fallback, threads_text
 from onnxslim.progress import track
 from onnxslim.quant.calibrate import calibrate
 from onnxslim.quant.decisions import NodeDecision, QuantReason
 from onnxslim.quant.float16 import FRAGILE_OPS, Float16Result, eligible_nodes, overflowing, to_float16
+from onnxslim.quant.report import Sizes
 from onnxslim.reasons import Reason
 from onnxslim.runtime import available_providers, resolve_provider
 
@@ -192,6 +194,7 @@ def quantize_half(run, config, report, eval_data_given: bool, evaluation_problem
 
 
 def _faster_or_float(run, converted: onnx.ModelProto, config, report, half_run: HalfRun) -> onnx.ModelProto:
+    report.sizes = Sizes(model_file_bytes(run.original), model_file_bytes(converted))  # the FP16 model's, whichever is written
     if config.latency_runs > 0 and half_run.on_target:
         report.latency = latency_ratio(
             run.original, converted, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,

@@ -38,6 +38,7 @@ from onnxslim.quant.qdq import insert_qdq
 from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
 from onnxslim.quant.tables import find_tables, store_tables_in_int8
+from onnxslim.quant.weights import quantize_weights
 from onnxslim.reasons import Reason
 from onnxslim.runtime import Runner, resolve_provider
 from onnxslim.runtime.session import optimized_ops
@@ -90,11 +91,16 @@ class QuantRun:
         for spec in inputs:
             if spec.dtype is not None and spec.dtype != np.float32 and spec.dtype.kind == "f":
                 raise ModelLoadError(f"{self.label}: input '{spec.name}' is {spec.dtype}; quantize the float32 model")
-        source = open_data(data, inputs, input_shapes=input_shapes)
         self.warnings: list[str] = []
-        if isinstance(data, str) and data == "random":
-            self.warnings.append("calibrating on random inputs: the ranges will not match real data; pass --data DIR")
-        self.calib_source, self.eval_batches, self.eval_label = self._split(source, eval_data, inputs, input_shapes)
+        self.inputs, self.input_shapes = inputs, input_shapes
+        self.has_data = data is not None
+        if self.has_data:
+            source = open_data(data, inputs, input_shapes=input_shapes)
+            if isinstance(data, str) and data == "random":
+                self.warnings.append("calibrating on random inputs: the ranges will not match real data; pass --data DIR")
+            self.calib_source, self.eval_batches, self.eval_label = self._split(source, eval_data, inputs, input_shapes)
+        else:
+            self.calib_source, self.eval_batches, self.eval_label = None, [], "no data"
         self._reference: Runner | None = None
         self.stats: dict = {}
         self.calibration_batches = 0
@@ -106,6 +112,16 @@ class QuantRun:
         if self._reference is None:
             self._reference = Runner(self.original, "CPUExecutionProvider", threads=None, label=self.label)
         return self._reference
+
+    def timing_feed(self) -> dict | None:
+        """A batch to time on: the first held-out one, or random inputs when there is no data and every shape is known."""
+        if self.eval_batches:
+            return self.eval_batches[0][1]
+        try:
+            return next(iter(open_data("random", self.inputs, input_shapes=self.input_shapes)))[1]
+        except (DataError, UsageError) as exc:
+            self.warnings.append(f"latency not measured: {first_line(exc)}")
+            return None
 
     def release_reference(self) -> None:
         """Drop the float model's session (its weights) before the result is timed and written."""
@@ -317,7 +333,7 @@ def _constant_inputs(batches) -> list[str]:
 
 def quantize(
     model: str | os.PathLike | onnx.ModelProto,
-    data: str | os.PathLike | DataSource,
+    data: str | os.PathLike | DataSource | None,
     *,
     config: QuantConfig = QuantConfig(),
     output: str | os.PathLike | None = None,
@@ -330,19 +346,24 @@ def quantize(
     Returns the model written (INT8 or FP16, or the cleaned FP32 model when
     the result is slower and ``config.if_slower`` is 'keep-fp32') and the report.
     """
+    if data is None and not config.weights_only:
+        raise UsageError("quantize needs calibration data (--data); only --weights-only works without it")
     run = QuantRun(model, data, config, eval_data, input_shapes, show_progress)
     _refuse_quantized(run.prepared, run.label)
     report = QuantReport(
-        run.label, str(output) if output else None, config.target, config.method if config.precision == "int8" else "minmax",
-        precision=config.precision, budget=config.accuracy_budget, accuracy_metric=config.accuracy_metric,
+        run.label, str(output) if output else None, config.target, _method(config),
+        precision=f"{config.weights_only}-weights" if config.weights_only else config.precision, budget=config.accuracy_budget, accuracy_metric=config.accuracy_metric,
     )
     report.prepare = run.prepare_results
     report.warnings.extend(run.warnings + _unknown_exclusions(run.prepared, config))
-    if config.precision == "fp16":
-        result = quantize_half(run, config, report, eval_data is not None, _evaluation_problems)
+    if config.precision == "fp16" or config.weights_only:
+        if config.weights_only:
+            result = quantize_weights(run, config, report, eval_data is not None, _evaluation_problems, latency_ratio)
+            report.warnings.extend(w for w in run.warnings if w not in report.warnings)
+        else:
+            result = quantize_half(run, config, report, eval_data is not None, _evaluation_problems)
         report.calibration = CalibrationSummary(run.calibration_batches, run.calibration_seconds, _peak_rss_mb())
         report.evaluation = EvaluationSummary(run.eval_label, len(run.eval_batches))
-        report.sizes = Sizes(model_file_bytes(run.original), model_file_bytes(result))
         if output is not None:
             write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
         return result, report
@@ -366,6 +387,13 @@ def quantize(
     if output is not None:
         write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
     return result, report
+
+
+def _method(config: QuantConfig) -> str:
+    """How ranges were chosen, as the report states it."""
+    if config.weights_only:
+        return "block-wise, error-compensated with data, clipping search without"
+    return config.method if config.precision == "int8" else "minmax"
 
 
 def _unknown_exclusions(model: onnx.ModelProto, config: QuantConfig) -> list[str]:
