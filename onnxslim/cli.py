@@ -26,6 +26,7 @@ from onnxslim.cli_options import (
     threads_option,
 )
 from onnxslim.compress import CompressConfig
+from onnxslim.distill import DistillConfig
 from onnxslim.errors import OnnxSlimError
 from onnxslim.ir.destinations import check_destinations
 from onnxslim.measure.latency import threads_text
@@ -458,6 +459,44 @@ def _print_pruning(report) -> None:
         else:
             what = ": unchanged (ratio 0 removes nothing)" if unchanged else ""
         console.print(f"wrote {escape(report.output)}{what}", highlight=False)
+
+
+@main.command()
+@click.argument("student", type=click.Path(dir_okay=True))
+@click.option("--teacher", required=True, type=click.Path(dir_okay=True), help="The original model the student learns to reproduce (same inputs and outputs).")
+@output_option
+@data_options
+@click.option("--eval-data", default=None, help="Held-out data to score every epoch, read like --data (default: every 5th batch of --data, not trained on).")
+@config_options(DistillConfig, "epochs", "time_budget", "lr", "batch_size", "patience", "features", "temperature", "augment", "accuracy_metric",
+                "max_calibration_samples", "eval_fraction", "max_eval_batches")
+@report_option
+@quiet_option
+def distill(student, teacher, output, eval_data, report_path, quiet, input_shapes, **options):
+    """Train STUDENT (a pruned or smaller model) to reproduce TEACHER on unlabeled --data; write the best epoch to OUTPUT.
+
+    Needs the distill extra (torch, onnx2pytorch). Only weights change: OUTPUT has the student's graph, inputs, outputs and opset.
+    """
+    check_destinations(inputs=[student, teacher], output=output, report=report_path)
+    from onnxslim.distill import distill as distill_model
+
+    config = DistillConfig(**config_values(DistillConfig, options))
+    data = _resolve_data(teacher, options)
+    eval_data = _resolve_data(teacher, options, data=eval_data) if eval_data is not None else None
+    _, report = distill_model(student, teacher, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
+    console.print(
+        f"{report.trainable_parameters:,} trainable parameters; matched: {len(report.output_kinds)} output(s) "
+        f"({', '.join(f'{escape(k)}: {v}' for k, v in report.output_kinds.items())}), {len(report.features)} shared feature(s)",
+        highlight=False,
+    )
+    for epoch in report.epochs:
+        console.print(f"  epoch {epoch.epoch}: loss {epoch.loss:.4f}, held-out {report.accuracy_metric} {epoch.score:.5f} ({epoch.seconds:.0f} s)", highlight=False)
+    console.print(f"{report.accuracy_metric} against the teacher on {escape(report.evaluation)}: {report.score_before:.5f} before, {report.score_after:.5f} after", highlight=False)
+    for warning in report.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if report.output:
+        what = f"the student trained for {report.best_epoch} epoch(s)" if report.written == "distilled" else "[bold yellow]the student as given (no epoch improved it)[/]"
+        console.print(f"wrote {escape(report.output)}: {what}", highlight=False)
+    _finish(report.to_dict(), report_path)
 
 
 @main.command()

@@ -1,0 +1,130 @@
+"""The student's ONNX graph as a trainable torch module, and its trained weights written back into the graph.
+
+onnx2pytorch turns the graph into modules; the weights of Conv, Gemm/MatMul
+(as Linear) and normalization layers become parameters, everything else stays
+fixed. Training changes weights only, so the result is the student's own
+graph with new initializer values: same inputs, outputs, opset and every other
+node. Each parameter is tied to its initializer by value when the module is
+built, among the tensors its node and that node's neighbours read (a MatMul
+and the Add fused into one Linear), never across the graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxslim.errors import UnsupportedModelError, UsageError, first_line
+from onnxslim.ir.tensors import from_array, initializer_map, to_array
+
+EXTRA = "pip install 'onnxslim[distill]'"
+
+
+def require_torch():
+    """torch and onnx2pytorch, or one line saying how to install them."""
+    try:
+        import torch
+        from onnx2pytorch import ConvertModel
+    except ImportError as exc:
+        raise UsageError(f"distill needs torch and onnx2pytorch ({exc.name or exc} is missing): {EXTRA}") from None
+    return torch, ConvertModel
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A trainable parameter and the initializer it came from (``transposed``: a Linear's weight is the MatMul weight's transpose)."""
+
+    parameter: str
+    initializer: str
+    transposed: bool
+
+
+def _neighbour_initializers(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Node's first output -> initializers read by the node, by its inputs' producers and by its outputs' readers."""
+    graph = model.graph
+    weights = initializer_map(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    readers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    near: dict[str, list[str]] = {}
+    for node in graph.node:
+        nodes = [node] + [producer[i] for i in node.input if i in producer] + [r for o in node.output for r in readers[o]]
+        near[node.output[0]] = list(dict.fromkeys(name for n in nodes for name in n.input if name in weights))
+    return near
+
+
+def bind_parameters(net, model: onnx.ModelProto) -> list[Binding]:
+    """Tie every trainable parameter of ``net`` (built from ``model``) to the initializer holding the same values."""
+    weights = initializer_map(model.graph)
+    near = _neighbour_initializers(model)
+    module_node = {module: output for output, module in net.mapping.items()}
+    bindings, taken = [], set()
+    for name, parameter in net.named_parameters():
+        module = name.rsplit(".", 1)[0]
+        values = parameter.detach().cpu().numpy()
+        found = None
+        for candidate in near.get(module_node.get(module, ""), []):
+            if candidate in taken:
+                continue
+            array = to_array(weights[candidate])
+            if array.size != values.size:
+                continue
+            if np.array_equal(array.reshape(values.shape), values) and np.squeeze(array).shape == np.squeeze(values).shape:
+                found = Binding(name, candidate, False)  # the same values, maybe with broadcast axes of 1 (an Add's bias)
+            elif array.ndim == 2 and array.T.shape == values.shape and np.array_equal(array.T, values):
+                found = Binding(name, candidate, True)
+            if found:
+                break
+        if found is None:
+            raise UnsupportedModelError(f"distill: parameter '{name}' of the converted student matches no weight of its node; this graph cannot be trained")
+        taken.add(found.initializer)
+        bindings.append(found)
+    return bindings
+
+
+def to_module(model: onnx.ModelProto):
+    """The trainable module for ``model`` and its parameter bindings; one line naming the node when conversion fails."""
+    torch, convert = require_torch()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        working = onnx.ModelProto()
+        working.CopyFrom(model)  # the converter rewrites the graph it is given (it folds a MatMul's bias Add away)
+        try:
+            net = convert(working, experimental=True)
+        except Exception as exc:  # the converter raises many kinds for ops it lacks
+            raise UnsupportedModelError(f"distill: the student cannot be turned into a trainable module: {first_line(exc, 200)}") from None
+    for buffer in net.buffers():
+        buffer.requires_grad_(False)
+    return net, bind_parameters(net, model)
+
+
+def forward(net, batch: dict, input_names: list[str]):
+    """The module's outputs on one batch (numpy in, torch tensors out, in graph-output order)."""
+    torch, _ = require_torch()
+    tensors = [torch.from_numpy(np.ascontiguousarray(batch[name])) for name in input_names]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outputs = net(*tensors)
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def written_back(model: onnx.ModelProto, net, bindings: list[Binding]) -> onnx.ModelProto:
+    """A copy of ``model`` whose bound initializers hold the module's current parameter values."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    weights = initializer_map(result.graph)
+    parameters = dict(net.named_parameters())
+    for binding in bindings:
+        values = parameters[binding.parameter].detach().cpu().numpy().astype(np.float32)
+        tensor = weights[binding.initializer]
+        shape = tuple(int(d) for d in tensor.dims)
+        tensor.CopyFrom(from_array((values.T if binding.transposed else values).reshape(shape), binding.initializer))
+    return result

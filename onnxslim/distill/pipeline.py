@@ -1,0 +1,284 @@
+"""``distill``: train a student ONNX model to reproduce its teacher, from unlabeled inputs and the two files alone.
+
+Order: check that student and teacher share their interface; turn the student
+into a trainable module and check that it reproduces onnxruntime's outputs;
+run the teacher once over the data (its outputs, and the features both graphs
+share by name and shape, are the targets); train with a loss shaped by each
+output; after every epoch write the weights back into the student's graph and
+measure it against the teacher on held-out data; keep the best epoch, stop
+early when it no longer improves, and write it only if it beats the student as
+given.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import onnx
+
+from onnxslim.data.sources import evaluation_split, for_several_passes, open_data
+from onnxslim.distill.losses import Term, output_kind, total_loss
+from onnxslim.distill.module import forward, require_torch, to_module, written_back
+from onnxslim.errors import DataError, NothingToDoError, UsageError
+from onnxslim.ir.graph import with_outputs
+from onnxslim.ir.io import load_model
+from onnxslim.ir.shapes import element_types
+from onnxslim.ir.tensors import graph_inputs, graph_outputs
+from onnxslim.measure import OutputComparison, fidelity, worst_score
+from onnxslim.measure.fidelity import SCORES
+from onnxslim.options import check_settings, setting
+from onnxslim.progress import stderr_console, track
+from onnxslim.quant.prepare import prepare
+from onnxslim.records import Record
+from onnxslim.runtime import Runner
+from onnxslim.runtime.write import write_verified
+
+REPRODUCTION_TOLERANCE = 1e-3  # the converted module must match onnxruntime's outputs this closely (relative to their scale)
+MAX_FEATURES = 16
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How to distill: how long, how fast, what to match, and the shared data settings."""
+
+    epochs: int = setting(10, "Passes over the training batches (fewer when --time-budget runs out first).", low=1)
+    time_budget: float | None = setting(None, "Stop after this many minutes of training (the best epoch so far is kept).", low=0.0, low_open=True, metavar="MIN")
+    lr: float = setting(1e-4, "Adam learning rate.", low=0.0, low_open=True)
+    patience: int = setting(3, "Stop when this many epochs in a row do not improve the held-out score.", low=1)
+    features: str = setting("auto", "Also match intermediate tensors that both graphs have by name and shape (auto), or outputs only (none).", choices=("auto", "none"))
+    temperature: float = setting(2.0, "Softening temperature for outputs that are class logits.", low=0.0, low_open=True)
+    batch_size: int = setting(16, "Samples per training step: consecutive batches of the same shapes are stacked up to this many samples.", low=1)
+    augment: str = setting("none", "flip: also train on horizontally flipped images (4-D float inputs), the teacher run on each.", choices=("none", "flip"))
+    accuracy_metric: str = setting("cosine", "How the held-out score compares the student with the teacher (as quantize).", choices=SCORES)
+    max_calibration_samples: int | None = setting(None, "Train on at most this many batches.", low=1, option="--max-samples")
+    eval_fraction: float = setting(0.2, "Share of --data held out to score every epoch.", low=0.05, high=0.5)
+    max_eval_batches: int = setting(64, "Score on at most this many held-out batches.", low=1)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass
+class EpochRecord(Record):
+    epoch: int
+    loss: float
+    score: float
+    seconds: float
+
+
+@dataclass
+class DistillReport(Record):
+    """Scores against the teacher before and after, every epoch, and what was written."""
+
+    command: ClassVar[str] = "distill"
+
+    student: str
+    teacher: str
+    output: str | None
+    evaluation: str = ""
+    accuracy_metric: str = "cosine"
+    trainable_parameters: int = 0
+    features: list[str] = field(default_factory=list)
+    output_kinds: dict[str, str] = field(default_factory=dict)
+    score_before: float | None = None
+    score_after: float | None = None
+    best_epoch: int = 0
+    epochs: list[EpochRecord] = field(default_factory=list)
+    fidelity_before: list[OutputComparison] = field(default_factory=list)
+    fidelity: list[OutputComparison] = field(default_factory=list)
+    written: str = "distilled"
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_interface(student: onnx.ModelProto, teacher: onnx.ModelProto, label: str) -> None:
+    s_in, t_in = {s.name for s in graph_inputs(student)}, {s.name for s in graph_inputs(teacher)}
+    if s_in != t_in:
+        name = sorted(s_in ^ t_in)[0]
+        raise DataError(f"{label}: input '{name}' is not in both the student and the teacher; distill needs the same inputs")
+    s_out, t_out = [s.name for s in graph_outputs(student)], [s.name for s in graph_outputs(teacher)]
+    if s_out != t_out:
+        name = next((a for a, b in zip(s_out + [""] * len(t_out), t_out + [""] * len(s_out)) if a != b), "?")
+        raise DataError(f"{label}: the student's outputs differ from the teacher's (at '{name or '(missing)'}'); distill needs the same outputs")
+
+
+def _shared_features(student: onnx.ModelProto, teacher: onnx.ModelProto, batch: dict) -> list[str]:
+    """Float tensors both graphs compute under the same name with the same shape (pruning keeps names), spread over the graph."""
+    from onnxslim.runtime.probe import runtime_shapes
+
+    s_types, t_types = element_types(student), element_types(teacher)
+    outputs = {o.name for o in student.graph.output}
+    names = [o for n in student.graph.node for o in n.output if o and o not in outputs and s_types.get(o) == onnx.TensorProto.FLOAT and t_types.get(o) == onnx.TensorProto.FLOAT]
+    teacher_names = {o for n in teacher.graph.node for o in n.output}
+    names = [n for n in names if n in teacher_names]
+    if not names:
+        return []
+    s_shapes, t_shapes = runtime_shapes(student, batch, set(names)), runtime_shapes(teacher, batch, set(names))
+    same = [n for n in names if n in s_shapes and s_shapes[n] == t_shapes.get(n) and len(s_shapes[n]) >= 2]
+    if len(same) > MAX_FEATURES:  # evenly spaced along the graph: one hint per stage, not a hundred from one block
+        same = [same[round(i * (len(same) - 1) / (MAX_FEATURES - 1))] for i in range(MAX_FEATURES)]
+    return list(dict.fromkeys(same))
+
+
+def _stacked(batches: list, size: int) -> list:
+    """Consecutive batches with the same input shapes joined along axis 0 until ``size`` samples; others stay as they are."""
+    stacked, group, count = [], [], 0
+
+    def flush():
+        if group:
+            joined = {name: np.concatenate([b[name] for _, b in group]) for name in group[0][1]}
+            stacked.append((group[0][0] if len(group) == 1 else f"{group[0][0]} .. {group[-1][0]}", joined))
+
+    for label, batch in batches:
+        rows = min(v.shape[0] for v in batch.values() if v.ndim) if any(v.ndim for v in batch.values()) else 1
+        same = group and all(group[0][1][k].shape[1:] == v.shape[1:] and v.ndim for k, v in batch.items())
+        if not same or count + rows > size:
+            flush()
+            group, count = [], 0
+        group.append((label, batch))
+        count += rows
+    flush()
+    return stacked
+
+
+def _flipped(batch: dict) -> dict:
+    return {k: (np.ascontiguousarray(v[..., ::-1]) if v.ndim == 4 and v.dtype.kind == "f" else v) for k, v in batch.items()}
+
+
+def distill(
+    student: str | os.PathLike | onnx.ModelProto,
+    teacher: str | os.PathLike | onnx.ModelProto,
+    data,
+    *,
+    config: DistillConfig = DistillConfig(),
+    output: str | os.PathLike | None = None,
+    eval_data=None,
+    input_shapes=None,
+    show_progress: bool = False,
+) -> tuple[onnx.ModelProto, DistillReport]:
+    """Train ``student`` on ``data`` to reproduce ``teacher``; returns the model written (the best epoch, or the student as given) and the report."""
+    torch, _ = require_torch()
+    torch.manual_seed(config.seed)
+    label = str(student) if not isinstance(student, onnx.ModelProto) else "<student>"
+    student_model, teacher_model = load_model(student), load_model(teacher)
+    _check_interface(student_model, teacher_model, label)
+    prepare(student_model)  # Paddle's Constant-node weights become initializers, BatchNorm folds: what the converter trains
+    inputs = graph_inputs(student_model)
+    source = for_several_passes(open_data(data, inputs, input_shapes=input_shapes), config.max_calibration_samples)
+    train, held, where = evaluation_split(source, eval_data, inputs, fraction=config.eval_fraction, cap=config.max_eval_batches, input_shapes=input_shapes)
+    if not held:
+        raise DataError(f"{label}: too few batches to hold any out for scoring; give more --data or --eval-data")
+    batch_axis_free = all(spec.shape and not isinstance(spec.shape[0], int) for spec in inputs)  # a fixed batch of 1 cannot take stacked samples
+    train_batches = _stacked(list(train), config.batch_size if batch_axis_free else 1)
+    report = DistillReport(label, str(teacher) if not isinstance(teacher, onnx.ModelProto) else "<teacher>", str(output) if output else None,
+                           evaluation=f"{len(held)} {'batch(es) of --eval-data' if where == 'eval-data' else 'held-out batch(es) of --data'}",
+                           accuracy_metric=config.accuracy_metric)
+
+    net, bindings = to_module(student_model)
+    report.trainable_parameters = int(sum(p.numel() for p in net.parameters()))
+    if not bindings:
+        raise NothingToDoError(f"{label}: the student has no trainable weights (Conv, Gemm/MatMul, normalization)")
+    input_names = [s.name for s in inputs]
+    output_names = [s.name for s in graph_outputs(student_model)]
+    _check_reproduces(net, student_model, held[0][1], input_names, output_names, label)
+
+    features = _shared_features(student_model, teacher_model, train_batches[0][1]) if config.features == "auto" else []
+    report.features = features
+    teacher_runner = Runner(with_outputs(teacher_model, features, element_types(teacher_model)) if features else teacher_model, threads=None, label="teacher")
+    targets = [teacher_runner.run(batch, output_names + features) for _, batch in track(train_batches, "teacher outputs", enabled=show_progress)]
+    kinds = [output_kind([t[i] for t in targets[:8]]) for i in range(len(output_names))]
+    report.output_kinds = dict(zip(output_names, kinds))
+    terms = [Term(n, k) for n, k in zip(output_names, kinds)] + [Term(n, "values", feature=True) for n in features]
+    student_net = _with_feature_outputs(student_model, features) if features else None
+    if student_net is not None:
+        net, bindings, _ = student_net
+
+    reference = Runner(teacher_model, threads=None, label="teacher")
+    before = fidelity(reference, student_model, held, label="student")
+    report.fidelity_before = before
+    report.score_before = worst_score(before, config.accuracy_metric)
+    best_score, best_state, best_epoch, stale = report.score_before, None, 0, 0
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        net.train()
+        losses = []
+        order = np.random.default_rng(config.seed + epoch).permutation(len(train_batches))
+        for index in track(order, f"epoch {epoch}/{config.epochs}", enabled=show_progress):
+            batch, target = train_batches[index][1], targets[index]
+            steps = [(batch, target)]
+            if config.augment == "flip":
+                flipped = _flipped(batch)
+                steps.append((flipped, teacher_runner.run(flipped, output_names + features)))
+            for feed, wanted in steps:
+                optimizer.zero_grad()
+                produced = forward(net, feed, input_names)
+                loss = total_loss(terms, produced, [torch.from_numpy(np.asarray(t)) for t in wanted], config.temperature)
+                if not torch.isfinite(loss):
+                    raise DataError(f"{label}: the distillation loss became {float(loss)} at epoch {epoch}; lower --lr")
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+        candidate = _strip_features(written_back(student_model if student_net is None else student_net[2], net, bindings), output_names)
+        scores = fidelity(reference, candidate, held, label="distilled student")
+        score = worst_score(scores, config.accuracy_metric)
+        seconds = time.perf_counter() - started
+        report.epochs.append(EpochRecord(epoch, float(np.mean(losses)), score, seconds))
+        improved = not math.isnan(score) and (math.isnan(best_score) or score > best_score)
+        if improved:
+            best_score, best_state, best_epoch, stale = score, (candidate, scores), epoch, 0
+        else:
+            stale += 1
+        if show_progress:
+            stderr_console.print(f"epoch {epoch}: loss {np.mean(losses):.4f}, held-out {config.accuracy_metric} {score:.5f}" + (" (best)" if improved else ""), highlight=False)
+        if stale >= config.patience:
+            report.warnings.append(f"stopped after epoch {epoch}: {config.patience} epoch(s) without improvement on the held-out batches")
+            break
+        if config.time_budget is not None and seconds >= config.time_budget * 60.0:
+            report.warnings.append(f"stopped after epoch {epoch}: --time-budget {config.time_budget:g} min reached")
+            break
+    report.best_epoch = best_epoch
+    if best_state is None:
+        report.written = "student"
+        report.score_after, report.fidelity = report.score_before, before
+        report.warnings.append("no epoch improved on the student as given (held-out score); the student is written unchanged")
+        result = load_model(student)
+    else:
+        result, report.fidelity = best_state
+        report.score_after = best_score
+    if output is not None:
+        write_verified(result, output, source=None if isinstance(student, onnx.ModelProto) else student)
+    return result, report
+
+
+def _check_reproduces(net, model: onnx.ModelProto, batch: dict, input_names: list[str], output_names: list[str], label: str) -> None:
+    """Refuse a student the converter does not reproduce: training it would train something else."""
+    import torch
+
+    expected = Runner(model, threads=None, label="student").run(batch, output_names)
+    with torch.no_grad():
+        produced = [p.detach().numpy() for p in forward(net, batch, input_names)]
+    for name, want, got in zip(output_names, expected, produced):
+        scale = float(np.abs(want).max()) or 1.0
+        error = float(np.abs(np.asarray(got, np.float64).reshape(want.shape) - want).max()) / scale if got.size == want.size else math.inf
+        if not error <= REPRODUCTION_TOLERANCE:
+            raise UsageError(f"{label}: the trainable module does not reproduce output '{name}' (relative error {error:.3g}); this graph cannot be distilled")
+
+
+def _with_feature_outputs(model: onnx.ModelProto, features: list[str]):
+    """The module of ``model`` with the feature tensors as extra outputs (after the real ones), its bindings, and that graph."""
+    extended = with_outputs(model, features, element_types(model))
+    net, bindings = to_module(extended)
+    return net, bindings, extended
+
+
+def _strip_features(model: onnx.ModelProto, output_names: list[str]) -> onnx.ModelProto:
+    kept = [o for o in model.graph.output if o.name in set(output_names)]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    return model

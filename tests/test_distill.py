@@ -1,0 +1,118 @@
+"""distill: the trainable module, write-back of weights, the losses, and training a pruned student toward its teacher."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("onnx2pytorch", reason="distill needs the distill extra (torch, torchvision, onnx2pytorch)")
+
+from models.builders import conv_bn_relu, sample_inputs  # noqa: E402
+from onnxslim.cli import main  # noqa: E402
+from onnxslim.distill import DistillConfig, distill  # noqa: E402
+from onnxslim.distill.losses import LOGITS, PROBABILITIES, VALUES, output_kind  # noqa: E402
+from onnxslim.distill.module import forward, to_module, written_back  # noqa: E402
+from onnxslim.errors import DataError  # noqa: E402
+from onnxslim.prune import PruneConfig, prune  # noqa: E402
+from onnxslim.quant.prepare import prepare  # noqa: E402
+from tests.conftest import run_model  # noqa: E402
+
+
+def test_output_kinds_are_read_off_the_teacher():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 10)).astype(np.float32)
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    assert output_kind([probabilities]) == PROBABILITIES
+    assert output_kind([logits]) == LOGITS
+    assert output_kind([rng.normal(size=(2, 8, 16, 16))]) == VALUES
+
+
+def test_the_module_reproduces_the_graph_and_writes_its_weights_back():
+    import torch
+
+    model = conv_bn_relu(channels=8, size=16)
+    prepare(model)
+    net, bindings = to_module(model)
+    assert {b.initializer for b in bindings} == {t.name for t in model.graph.initializer if len(t.dims) >= 1 and t.name in {i for n in model.graph.node for i in n.input[1:]}}
+    feed = sample_inputs(model, 1)[0]
+    with torch.no_grad():
+        produced = forward(net, feed, ["input"])[0].numpy()
+    np.testing.assert_allclose(produced, run_model(model, feed)[0], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.mul_(1.5)
+    changed = written_back(model, net, bindings)
+    with torch.no_grad():
+        produced = forward(net, feed, ["input"])[0].numpy()
+    np.testing.assert_allclose(run_model(changed, feed)[0], produced, rtol=1e-4, atol=1e-5)  # the graph computes what the module computes
+    assert [n.op_type for n in changed.graph.node] == [n.op_type for n in model.graph.node]
+
+
+@pytest.fixture(scope="module")
+def teacher_and_student(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distill")
+    teacher = conv_bn_relu(channels=16, size=16)
+    onnx.save(teacher, str(folder / "teacher.onnx"))
+    prune(str(folder / "teacher.onnx"), None, config=PruneConfig(ratio=0.5, latency_runs=0, round_to=1), output=str(folder / "student.onnx"))
+    data = folder / "data"
+    data.mkdir()
+    for index, batch in enumerate(sample_inputs(teacher, 60, seed=3)):
+        np.savez(data / f"{index:03d}.npz", **batch)
+    return folder
+
+
+def test_distilling_a_pruned_student_brings_it_closer_to_its_teacher(teacher_and_student, tmp_path):
+    folder = teacher_and_student
+    out = tmp_path / "distilled.onnx"
+    config = DistillConfig(epochs=8, lr=3e-3, patience=8, accuracy_metric="cosine")
+    model, report = distill(str(folder / "student.onnx"), str(folder / "teacher.onnx"), str(folder / "data"), config=config, output=str(out))
+    assert report.written == "distilled"
+    assert report.score_after > report.score_before + 0.02, (report.score_before, report.score_after)
+    assert report.output_kinds == {"logits": LOGITS}
+    written = onnx.load(str(out))
+    onnx.checker.check_model(written)
+    student = onnx.load(str(folder / "student.onnx"))
+    assert [o.name for o in written.graph.output] == [o.name for o in student.graph.output]
+    assert [i.name for i in written.graph.input] == [i.name for i in student.graph.input]
+    # the file scores what the report says on the held-out batches (every 5th)
+    held = [b for i, b in enumerate(sample_inputs(onnx.load(str(folder / "teacher.onnx")), 60, seed=3)) if i % 5 == 4]
+    ours = np.concatenate([run_model(written, b)[0].ravel() for b in held])
+    theirs = np.concatenate([run_model(onnx.load(str(folder / "teacher.onnx")), b)[0].ravel() for b in held])
+    assert float(ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs)) > report.score_before
+
+
+def test_a_student_with_other_outputs_is_refused_in_one_line(teacher_and_student, tmp_path):
+    folder = teacher_and_student
+    other = onnx.load(str(folder / "student.onnx"))
+    other.graph.output[0].name = "renamed"
+    other.graph.node[-1].output[0] = "renamed"
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    with pytest.raises(DataError, match="outputs differ from the teacher's"):
+        distill(str(tmp_path / "other.onnx"), str(folder / "teacher.onnx"), str(folder / "data"))
+    result = CliRunner().invoke(main, ["distill", str(tmp_path / "other.onnx"), "--teacher", str(folder / "teacher.onnx"), "-o", str(tmp_path / "o.onnx"),
+                                       "--data", str(folder / "data")])
+    assert result.exit_code != 0 and "outputs differ" in result.output and "Traceback" not in result.output
+
+
+def test_cli_distill_writes_model_and_report(teacher_and_student, tmp_path):
+    folder = teacher_and_student
+    out, report_path = tmp_path / "d.onnx", tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["distill", str(folder / "student.onnx"), "--teacher", str(folder / "teacher.onnx"), "-o", str(out), "--data",
+                                       str(folder / "data"), "--epochs", "2", "--lr", "0.003", "--report", str(report_path), "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert len(report["epochs"]) == 2 and report["score_before"] is not None
+    assert "before" in result.output and out.exists()
+
+
+def test_consecutive_batches_of_one_shape_are_stacked_up_to_the_batch_size():
+    from onnxslim.distill.pipeline import _stacked
+
+    small = [(f"b{i}", {"x": np.full((1, 3, 4), i, np.float32)}) for i in range(5)]
+    wide = ("w", {"x": np.zeros((1, 3, 6), np.float32)})
+    stacked = _stacked(small[:3] + [wide] + small[3:], 2)
+    assert [b["x"].shape for _, b in stacked] == [(2, 3, 4), (1, 3, 4), (1, 3, 6), (2, 3, 4)]
+    np.testing.assert_array_equal(stacked[0][1]["x"][:, 0, 0], [0, 1])
+    assert stacked[0][0] == "b0 .. b1"
