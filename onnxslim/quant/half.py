@@ -94,8 +94,9 @@ class HalfRun:
     def search(self, half: frozenset[str], budget: float) -> HalfSearch:
         """Keep the nodes that cost the most accuracy in float32 until ``budget`` holds: fragile ops first, then the rest."""
         batches = self.run.eval_batches[:SENSITIVITY_BATCHES]
-        fragile = [n for n in half if self.nodes[n].op_type in FRAGILE_OPS]
-        others = [n for n in half if n not in set(fragile)]
+        in_order = [n for n in self.eligibility.eligible if n in half]  # graph order: ties rank the same way every run
+        fragile = [n for n in in_order if self.nodes[n].op_type in FRAGILE_OPS]
+        others = [n for n in in_order if n not in set(fragile)]
         damage: dict[str, float] = {}
         kept: list[str] = []
         score = math.nan
