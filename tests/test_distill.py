@@ -76,6 +76,7 @@ def test_distilling_a_pruned_student_brings_it_closer_to_its_teacher(teacher_and
     student = onnx.load(str(folder / "student.onnx"))
     assert [o.name for o in written.graph.output] == [o.name for o in student.graph.output]
     assert [i.name for i in written.graph.input] == [i.name for i in student.graph.input]
+    assert [(o.domain, o.version) for o in written.opset_import] == [(o.domain, o.version) for o in student.opset_import]
     # the file scores what the report says on the held-out batches (every 5th)
     held = [b for i, b in enumerate(sample_inputs(onnx.load(str(folder / "teacher.onnx")), 60, seed=3)) if i % 5 == 4]
     ours = np.concatenate([run_model(written, b)[0].ravel() for b in held])

@@ -32,8 +32,8 @@ from onnxslim.ir.tensors import graph_inputs, graph_outputs
 from onnxslim.measure import OutputComparison, fidelity, worst_score
 from onnxslim.measure.fidelity import SCORES
 from onnxslim.options import check_settings, setting
+from onnxslim.passes import CLEANUP
 from onnxslim.progress import stderr_console, track
-from onnxslim.quant.prepare import prepare
 from onnxslim.records import Record
 from onnxslim.runtime import Runner
 from onnxslim.runtime.write import write_verified
@@ -167,7 +167,7 @@ def distill(
     label = str(student) if not isinstance(student, onnx.ModelProto) else "<student>"
     student_model, teacher_model = load_model(student), load_model(teacher)
     _check_interface(student_model, teacher_model, label)
-    prepare(student_model)  # Paddle's Constant-node weights become initializers, BatchNorm folds: what the converter trains
+    CLEANUP(student_model)  # Paddle's Constant-node weights become initializers, BatchNorm folds; the opset stays the student's
     inputs = graph_inputs(student_model)
     source = for_several_passes(open_data(data, inputs, input_shapes=input_shapes), config.max_calibration_samples)
     train, held, where = evaluation_split(source, eval_data, inputs, fraction=config.eval_fraction, cap=config.max_eval_batches, input_shapes=input_shapes)
