@@ -117,3 +117,17 @@ def test_consecutive_batches_of_one_shape_are_stacked_up_to_the_batch_size():
     assert [b["x"].shape for _, b in stacked] == [(2, 3, 4), (1, 3, 4), (1, 3, 6), (2, 3, 4)]
     np.testing.assert_array_equal(stacked[0][1]["x"][:, 0, 0], [0, 1])
     assert stacked[0][0] == "b0 .. b1"
+
+
+def test_compress_distill_trains_each_pruned_candidate_before_quantizing_it(monkeypatch, teacher_and_student):
+    from onnxslim.compress import CompressConfig, compress
+    from tests.test_compress import _timed_by_macs
+
+    _timed_by_macs(monkeypatch)
+    teacher = onnx.load(str(teacher_and_student / "teacher.onnx"))
+    config = CompressConfig(ratios=(0.5,), max_loss=0.9, accuracy_metric="cosine", latency_runs=3, distill=True, distill_epochs=2)
+    _, report = compress(teacher, str(teacher_and_student / "data"), config=config)
+    names = [c.name for c in report.candidates]
+    assert "pruned 50% + distilled" in names and "pruned 50% + distilled + quantized" in names
+    distilled = next(c for c in report.candidates if c.name == "pruned 50% + distilled")
+    assert len(distilled.details["distill"]["epochs"]) >= 1 and "distilled (best of" in distilled.note

@@ -21,6 +21,8 @@ import onnx
 
 from onnxslim.compress.search import Budget, Candidate, choose
 from onnxslim.data.sources import InMemory, evaluation_split, for_several_passes, open_data
+from onnxslim.distill import DistillConfig, distill
+from onnxslim.distill.module import require_torch
 from onnxslim.errors import BudgetError, NothingToDoError, ProviderError, UnsupportedModelError, UsageError
 from onnxslim.ir.counts import count_parameters
 from onnxslim.ir.io import load_model, model_file_bytes
@@ -55,6 +57,12 @@ class CompressConfig:
     target_latency: float | None = setting(None, "Instead of the fastest: the most faithful candidate at or below this latency ratio to the original.", low=0.0, high=1.0, low_open=True)
     ratios: tuple[float, ...] = setting((0.1, 0.2, 0.3, 0.4), "Pruning ratios to try, each also quantized (larger ones are skipped once one exceeds the budget).", metavar="R,R,...")
     importance: str = setting("auto", "Channel ranking for pruning, as prune --importance (auto: activation, since compress always has data).", choices=("auto", *METHODS))
+    distill: bool = setting(
+        False, "Distill every pruned candidate toward the original before measuring and quantizing it (the distill extra; larger ratios pay then).",
+        option="--distill/--no-distill",
+    )
+    distill_epochs: int = setting(5, "Epochs of distillation per pruned candidate, with --distill.", low=1)
+    distill_time_budget: float | None = setting(None, "Minutes of distillation per pruned candidate at most, with --distill.", low=0.0, low_open=True, metavar="MIN")
     quantize: bool = setting(True, "Also quantize the original and every pruned candidate (--no-quantize: pruning alone under the budget).", option="--quantize/--no-quantize")
     target: str = setting(
         "cpu", "Where the result runs: cpu = INT8 for onnxruntime's CPU provider; cuda/tensorrt = FP16 with FP32 islands (as quantize --precision fp16), "
@@ -107,6 +115,8 @@ def compress(
     """
     label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
     _timing_provider(config)
+    if config.distill:
+        require_torch()  # before any work: the extra is missing, say so now
     original = load_model(model)
     inputs = graph_inputs(original)
     source = for_several_passes(open_data(data, inputs, input_shapes=input_shapes), config.max_calibration_samples)
@@ -122,6 +132,8 @@ def compress(
         built.append(_quantized(original, "quantized", 0.0, 0.0, calibration, held, config, budget, reference, report, show_progress))
     for ratio in sorted(config.ratios):
         pruned = _pruned(original, ratio, calibration, held, config, show_progress)
+        if config.distill and pruned[1] is not None:
+            pruned = _distilled(pruned, original, calibration, config, show_progress)
         built.append(pruned)
         candidate, pruned_model = pruned
         _measure_fidelity(reference, candidate, pruned_model, held, config.accuracy_metric)
@@ -129,7 +141,7 @@ def compress(
             candidate.note += "; over the budget already, so larger ratios were not tried"
             break
         if not candidate.failed and config.quantize:
-            built.append(_quantized(pruned_model, f"pruned {ratio:.0%} + quantized", ratio, candidate.loss, calibration, held, config, budget, reference, report, show_progress))
+            built.append(_quantized(pruned_model, f"{candidate.name} + quantized", ratio, candidate.loss, calibration, held, config, budget, reference, report, show_progress))
     for candidate, candidate_model in built:
         if candidate_model is not None and math.isnan(candidate.loss):
             _measure_fidelity(reference, candidate, candidate_model, held, config.accuracy_metric)
@@ -166,6 +178,18 @@ def _as_source(held: list) -> InMemory:
     memory = InMemory([batch for _, batch in held], labels=[name for name, _ in held])
     memory.description = f"{len(held)} held-out batch(es)"
     return memory
+
+
+def _distilled(pruned: tuple[Candidate, onnx.ModelProto], original, calibration, config: CompressConfig, show_progress: bool) -> tuple[Candidate, onnx.ModelProto]:
+    """The pruned candidate trained toward the original on the building batches (distill holds out its own share of them)."""
+    candidate, model = pruned
+    _say(show_progress, f"compress: distilling {candidate.name}")
+    distill_config = DistillConfig(epochs=config.distill_epochs, time_budget=config.distill_time_budget, accuracy_metric=config.accuracy_metric)
+    student, distill_report = distill(model, original, calibration, config=distill_config, show_progress=show_progress)
+    epochs = f"best of {len(distill_report.epochs)} epoch(s): {distill_report.score_before:.4f} -> {distill_report.score_after:.4f}"
+    named = Candidate(f"{candidate.name} + distilled", candidate.prune_ratio, False, note=f"{candidate.note}; distilled ({epochs})",
+                      details=candidate.details | {"distill": distill_report.to_dict()})
+    return named, student
 
 
 def _pruned(original, ratio: float, calibration, held, config: CompressConfig, show_progress: bool) -> tuple[Candidate, onnx.ModelProto | None]:
