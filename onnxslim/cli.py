@@ -290,7 +290,7 @@ def _warn(text: str) -> None:
 ))
 @config_options(
     QuantConfig, "precision", "weights_only", "block_size", "symmetric", "accuracy_level", "target", "method", "percentile", "op_types", "exclude_nodes",
-    "exclude_op_types", "quantize_attention", "quantize_output_layers",
+    "exclude_op_types", "quantize_attention", "quantize_output_layers", "recurrent",
     "embeddings", "accuracy_budget", "accuracy_metric", "calibration_provider", "max_calibration_samples", "eval_fraction", "max_eval_batches",
 )
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")

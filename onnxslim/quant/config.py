@@ -61,6 +61,10 @@ class QuantConfig:
     embeddings: str = setting(
         "int8", "Lookup tables of Gathers (token embeddings) of at least 65,536 values: stored INT8 with a scale per row, or kept float.", choices=("int8", "float")
     )
+    recurrent: str = setting(
+        "int8", "LSTMs: weights stored INT8 per gate row as onnxruntime's DynamicQuantizeLSTM (inputs quantized per step at run time), or kept float.",
+        choices=("int8", "float"),
+    )
     concat_range_ratio: float = 16.0
     accuracy_budget: float | None = setting(
         None, "Keep the most sensitive layers in float until every output's cosine on held-out data reaches this.", low=-1.0, high=1.0, metavar="COSINE"

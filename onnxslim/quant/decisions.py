@@ -20,6 +20,7 @@ class QuantReason(Enum):
     QDQ_INPUTS = "qdq_inputs"  # INT8 Q/DQ on the inputs of a weighted layer (GPU targets)
     WEIGHT_ONLY = "weight_only"  # a lookup table stored in INT8, the looked-up rows turned back into float
     FLOAT16 = "float16"  # runs in float16 (--precision fp16)
+    DYNAMIC = "dynamic"  # INT8 weights, inputs quantized at run time (an LSTM as DynamicQuantizeLSTM)
     # kept in float
     EXCLUDED_BY_USER = "excluded_by_user"  # --exclude-nodes, --exclude-op-types, --op-types
     KEPT_FOR_ACCURACY = "kept_for_accuracy"  # kept in float to meet --accuracy-budget
@@ -35,7 +36,7 @@ class QuantReason(Enum):
 
 QUANTIZED = frozenset(
     {QuantReason.INTEGER_KERNEL, QuantReason.SHARED_SCALE, QuantReason.FOLDED, QuantReason.BIAS_FUSED, QuantReason.QDQ_INPUTS, QuantReason.WEIGHT_ONLY,
-     QuantReason.FLOAT16}
+     QuantReason.FLOAT16, QuantReason.DYNAMIC}
 )
 
 

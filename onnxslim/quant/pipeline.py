@@ -36,6 +36,7 @@ from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats
 from onnxslim.quant.prepare import float_tensors, prepare
 from onnxslim.quant.qdq import insert_qdq
 from onnxslim.quant.ranges import calibrated_range
+from onnxslim.quant.recurrent import find_recurrent, store_recurrent_in_int8
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
 from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
@@ -226,6 +227,8 @@ class QuantRun:
         quantized = insert_qdq(self.prepared, plan, params)
         if config.embeddings == "int8":
             plan = _with_int8_tables(plan, quantized, keep_float)
+        if config.recurrent == "int8":
+            plan = _with_int8_recurrent(plan, quantized, keep_float)
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
@@ -242,6 +245,20 @@ def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: froze
         if choice.node in rewritten:
             text = f"table {choice.table} ({choice.elements:,} values) stored INT8 per row; the looked-up rows are turned back into float"
             decisions[choice.node] = NodeDecision(choice.node, "Gather", Reason(QuantReason.WEIGHT_ONLY, text))
+    return dataclasses.replace(plan, decisions=decisions)
+
+
+def _with_int8_recurrent(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str]) -> QuantPlan:
+    """Rewrite (in place) the LSTMs of ``model`` not kept in float as DynamicQuantizeLSTM; the plan's decisions say so."""
+    found = find_recurrent(model)
+    rewritten = store_recurrent_in_int8(model, [c for c in found if c.node not in keep_float])
+    decisions = dict(plan.decisions)
+    for choice in found:
+        if choice.node in rewritten:
+            text = "DynamicQuantizeLSTM: INT8 weights with a scale per gate row, inputs and hidden state quantized per step at run time"
+            decisions[choice.node] = NodeDecision(choice.node, "LSTM", Reason(QuantReason.DYNAMIC, text))
+        elif choice.reason:
+            decisions[choice.node] = NodeDecision(choice.node, "LSTM", Reason(QuantReason.UNSUPPORTED, choice.reason))
     return dataclasses.replace(plan, decisions=decisions)
 
 
@@ -369,7 +386,8 @@ def quantize(
         return result, report
     plan = run.plan(config)
     tables = config.embeddings == "int8" and any(c.quantized for c in find_tables(run.prepared))
-    if not plan.quantized_nodes and not tables:
+    recurrent = config.recurrent == "int8" and any(c.quantized for c in find_recurrent(run.prepared))
+    if not plan.quantized_nodes and not tables and not recurrent:
         reasons = sorted({d.reason.text for d in plan.decisions.values()})[:3]
         raise NothingToDoError(f"{run.label}: nothing to quantize ({'; '.join(reasons) or 'no nodes'})")
     plan, quantized, comparisons = _within_budget(run, config, report, eval_data is not None)
