@@ -73,6 +73,8 @@ def test_distilling_a_pruned_student_brings_it_closer_to_its_teacher(teacher_and
     assert report.output_kinds == {"logits": LOGITS}
     written = onnx.load(str(out))
     onnx.checker.check_model(written)
+    read = {name for node in written.graph.node for name in node.input}
+    assert all(t.name in read for t in written.graph.initializer)
     student = onnx.load(str(folder / "student.onnx"))
     assert [o.name for o in written.graph.output] == [o.name for o in student.graph.output]
     assert [i.name for i in written.graph.input] == [i.name for i in student.graph.input]

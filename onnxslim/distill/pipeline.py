@@ -32,7 +32,7 @@ from onnxslim.ir.tensors import graph_inputs, graph_outputs
 from onnxslim.measure import OutputComparison, fidelity, worst_score
 from onnxslim.measure.fidelity import SCORES
 from onnxslim.options import check_settings, setting
-from onnxslim.passes import CLEANUP
+from onnxslim.passes import CLEANUP, remove_dead_nodes
 from onnxslim.progress import stderr_console, track
 from onnxslim.records import Record
 from onnxslim.runtime import Runner
@@ -251,6 +251,7 @@ def distill(
     else:
         result, report.fidelity = best_state
         report.score_after = best_score
+        remove_dead_nodes(result)  # initializers the cleaning left unread would make onnxruntime warn at every load
     if output is not None:
         write_verified(result, output, source=None if isinstance(student, onnx.ModelProto) else student)
     return result, report
