@@ -549,7 +549,7 @@ def share(model, output, eval_data, threads, report_path, quiet, input_shapes, *
 @click.option("--eval-data", default=None, help=(
     "Held-out data every candidate is measured on, read like --data (default: every 5th batch of --data, used to build no candidate)."
 ))
-@config_options(CompressConfig, "max_loss", "accuracy_metric", "target_latency", "ratios", "importance", "distill", "distill_epochs", "distill_time_budget", "quantize", "target",
+@config_options(CompressConfig, "max_loss", "accuracy_metric", "target_latency", "ratios", "importance", "distill", "distill_epochs", "distill_time_budget", "objective", "quantize", "target",
                 "max_calibration_samples", "eval_fraction", "max_eval_batches")
 @threads_option
 @config_options(CompressConfig, "latency_runs")
@@ -557,7 +557,7 @@ def share(model, output, eval_data, threads, report_path, quiet, input_shapes, *
 @report_option
 @quiet_option
 def compress(model, output, eval_data, threads, html_path, report_path, quiet, input_shapes, **options):
-    """Prune and quantize MODEL under one accuracy budget; write the fastest candidate that stays within it to OUTPUT.
+    """Prune and quantize MODEL under one accuracy budget; write the fastest (--objective size: smallest) candidate within it to OUTPUT.
 
     Every candidate (quantized; pruned at each ratio; pruned and quantized) is measured against MODEL on held-out data
     and timed interleaved with it. When none is within the budget and faster, nothing is written (exit 1).
@@ -613,7 +613,8 @@ def _print_candidates(report) -> None:
     chosen = next((c for c in report.candidates if c.chosen), None)
     if chosen is not None and report.output:
         console.print(
-            f"wrote {escape(report.output)}: {escape(chosen.name)} ({report.why}), {chosen.latency_ratio:.2f}x the original's latency, worst {metric} {1 - chosen.loss:.5f}",
+            f"wrote {escape(report.output)}: {escape(chosen.name)} ({report.why}), {chosen.latency_ratio:.2f}x the original's latency, "
+            f"{chosen.file_bytes / 1e6:.2f} MB, worst {metric} {1 - chosen.loss:.5f}",
             highlight=False,
         )
 

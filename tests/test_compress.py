@@ -220,3 +220,24 @@ def test_target_cuda_builds_fp16_candidates(monkeypatch, tmp_path):
     assert "FP16" in quantized.note and quantized.loss < 1e-4
     assert quantized.details["quantize"]["precision"] == "fp16"
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in written.graph.initializer)
+
+
+def test_choose_by_size_takes_the_smallest_faster_candidate_within_the_budget():
+    options = [candidate("original", 0.0, 1.0, ratio=0.0, quantized=False), candidate("int8", 0.01, 0.5), candidate("int4", 0.015, 0.9),
+               candidate("p50+int4", 0.05, 0.6), candidate("slow int4", 0.001, 1.1)]
+    sizes = {"original": 100, "int8": 30, "int4": 15, "p50+int4": 8, "slow int4": 5}
+    for c in options:
+        c.file_bytes = sizes[c.name]
+    best, why = choose(options, Budget(0.02, objective="size"))
+    assert best.name == "int4" and "smallest" in why  # p50+int4 is over the budget, slow int4 is slower than the original
+
+
+def test_objective_size_adds_int4_weight_candidates(monkeypatch):
+    _timed_by_macs(monkeypatch)
+    model = conv_bn_relu(channels=32, size=16)
+    _, report = compress(model, sample_inputs(model, 20), config=CompressConfig(ratios=(0.25,), max_loss=0.2, latency_runs=3, objective="size"))
+    names = [c.name for c in report.candidates]
+    assert "INT4 weights" in names and "pruned 25% + INT4 weights" in names
+    chosen = next(c for c in report.candidates if c.chosen)
+    fitting = [c for c in report.candidates if c.within_budget and c.latency_ratio is not None and c.latency_ratio < 1.0 and c.name != "original"]
+    assert chosen.file_bytes <= min(c.file_bytes for c in fitting) * 1.01

@@ -63,6 +63,10 @@ class CompressConfig:
     )
     distill_epochs: int = setting(5, "Epochs of distillation per pruned candidate, with --distill.", low=1)
     distill_time_budget: float | None = setting(None, "Minutes of distillation per pruned candidate at most, with --distill.", low=0.0, low_open=True, metavar="MIN")
+    objective: str = setting(
+        "latency", "What to minimize within the budget: latency, or size (the smallest file among candidates faster than the original; "
+        "INT4 weight-only candidates join).", choices=("latency", "size"),
+    )
     quantize: bool = setting(True, "Also quantize the original and every pruned candidate (--no-quantize: pruning alone under the budget).", option="--quantize/--no-quantize")
     target: str = setting(
         "cpu", "Where the result runs: cpu = INT8 for onnxruntime's CPU provider; cuda/tensorrt = FP16 with FP32 islands (as quantize --precision fp16), "
@@ -121,7 +125,7 @@ def compress(
     inputs = graph_inputs(original)
     source = for_several_passes(open_data(data, inputs, input_shapes=input_shapes), config.max_calibration_samples)
     calibration, held, evaluation = _split(source, eval_data, inputs, config, input_shapes)
-    budget = Budget(config.max_loss, config.target_latency)
+    budget = Budget(config.max_loss, config.target_latency, config.objective)
     report = CompressReport(label, str(output) if output else None, dataclasses.asdict(config), dataclasses.asdict(budget), evaluation, config.threads)
     reference = Runner(original, threads=None, label="original")
     given = Candidate("original", 0.0, False, loss=0.0, file_bytes=model_file_bytes(original), parameters=count_parameters(original), note="the model as given")
@@ -130,6 +134,8 @@ def compress(
     _say(show_progress, f"compress: quantizing the original, then pruning at {ratios}" if config.quantize else f"compress: pruning at {ratios}")
     if config.quantize:
         built.append(_quantized(original, "quantized", 0.0, 0.0, calibration, held, config, budget, reference, report, show_progress))
+    if config.objective == "size":
+        built.append(_weights_only(original, "INT4 weights", 0.0, calibration, config, show_progress))
     for ratio in sorted(config.ratios):
         pruned = _pruned(original, ratio, calibration, held, config, show_progress)
         if config.distill and pruned[1] is not None:
@@ -140,6 +146,8 @@ def compress(
         if not candidate.failed and candidate.loss > budget.max_loss:
             candidate.note += "; over the budget already, so larger ratios were not tried"
             break
+        if not candidate.failed and config.objective == "size":
+            built.append(_weights_only(pruned_model, f"{candidate.name} + INT4 weights", ratio, calibration, config, show_progress))
         if not candidate.failed and config.quantize:
             built.append(_quantized(pruned_model, f"{candidate.name} + quantized", ratio, candidate.loss, calibration, held, config, budget, reference, report, show_progress))
     for candidate, candidate_model in built:
@@ -178,6 +186,18 @@ def _as_source(held: list) -> InMemory:
     memory = InMemory([batch for _, batch in held], labels=[name for name, _ in held])
     memory.description = f"{len(held)} held-out batch(es)"
     return memory
+
+
+def _weights_only(model, name: str, ratio: float, calibration, config: CompressConfig, show_progress: bool) -> tuple[Candidate, onnx.ModelProto | None]:
+    """The candidate with MatMul/Gemm weights and tables in 4-bit blocks (error-compensated from the building batches)."""
+    _say(show_progress, f"compress: {name}")
+    quant_config = QuantConfig(weights_only="int4", threads=config.threads, latency_runs=0, if_slower="write", accuracy_metric=config.accuracy_metric)
+    try:
+        low_bit, quant_report = quantize(model, calibration, config=quant_config, show_progress=show_progress)
+    except (NothingToDoError, UnsupportedModelError) as exc:
+        return Candidate(name, ratio, True, note=f"not built: {exc}", failed=True), None
+    note = f"{len(quant_report.quantized)} weights in 4-bit blocks"
+    return Candidate(name, ratio, True, note=note, details={"quantize": quant_report.to_dict()}), low_bit
 
 
 def _distilled(pruned: tuple[Candidate, onnx.ModelProto], original, calibration, config: CompressConfig, show_progress: bool) -> tuple[Candidate, onnx.ModelProto]:

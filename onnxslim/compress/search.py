@@ -47,6 +47,7 @@ class Budget:
 
     max_loss: float
     target_latency: float | None = None
+    objective: str = "latency"  # or "size": the smallest file among those within the budget and faster than the original
 
     def fits(self, candidate: Candidate) -> bool:
         return candidate.measured and math.isfinite(candidate.loss) and candidate.loss <= self.max_loss + 1e-12
@@ -75,6 +76,12 @@ def choose(candidates: list[Candidate], budget: Budget) -> tuple[Candidate | Non
         best = min(meeting, key=lambda c: (c.loss, c.latency_ratio))
         best.chosen = True
         return best, f"the most faithful candidate at or below {budget.target_latency:g}x the original's latency"
+    if budget.objective == "size":
+        smallest = min(c.file_bytes for c in faster)
+        # a file within 1% of the smallest is as small: the more faithful one wins
+        best = min((c for c in faster if c.file_bytes <= smallest * 1.01), key=lambda c: (c.loss, c.file_bytes))
+        best.chosen = True
+        return best, "the smallest candidate within the budget that is faster than the original"
     fastest = min(c.latency_ratio for c in faster)
     # timings closer than the noise of a shared machine are a tie: the more faithful one wins it
     best = min((c for c in faster if c.latency_ratio <= fastest * (1 + LATENCY_TIE)), key=lambda c: (c.loss, c.latency_ratio))

@@ -1,0 +1,78 @@
+"""Pruning with and without distillation on PP-OCRv4 rec, scored by char accuracy on held-out lines.
+
+    python calibration/make_datasets.py rec                     # the 200 held-out lines (calibration/cache/rec/eval)
+    python benchmarks/distill_real.py --train 1000 --ratios 0.3,0.5 --time-budget 12
+
+Training lines are rendered apart from the held-out ones (``--train`` of them,
+into a folder of their own); distill holds out 1 in 5 of them to pick its best
+epoch, so the held-out set scores models that never saw it nor were chosen on
+it. Each ratio: ``prune`` (activation ranking, refit on the first 64 training
+lines), then ``distill`` toward the original, then ``quantize`` (64 lines);
+every model is scored and timed interleaved with FP32 and with ``quantize``
+alone (median of ``--runs``) at 1 and 2 threads. Needs the distill extra.
+Results: docs/distill-benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.tasks import TASKS, eval_feeds, run_all, score  # noqa: E402
+from benchmarks.timing import median_latencies  # noqa: E402
+from calibration.make_datasets import make  # noqa: E402
+from onnxslim import DistillConfig, PruneConfig, QuantConfig, distill, prune, quantize  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=int, default=1000)
+    parser.add_argument("--ratios", default="0.3,0.5")
+    parser.add_argument("--time-budget", type=float, default=12.0, help="minutes of distillation per ratio")
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "cache" / "distill_real.json"))
+    args = parser.parse_args()
+    task = TASKS["rec"]
+    feeds = eval_feeds(task)
+    reference = run_all(task.model, feeds)
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        train = make("rec", args.train, 8, root=work / "data") / "calib"
+        rows = [("FP32", task.model, 0.0)]
+        started = time.time()
+        quantize(task.model, str(train), config=QuantConfig(latency_runs=0, max_calibration_samples=64), output=work / "int8.onnx")
+        rows.append(("quantize", work / "int8.onnx", time.time() - started))
+        notes = {}
+        for ratio in (float(r) for r in args.ratios.split(",")):
+            tag = f"{ratio:.0%}"
+            started = time.time()
+            prune(task.model, str(train), config=PruneConfig(ratio=ratio, latency_runs=0, max_calibration_samples=64), output=work / f"p{tag}.onnx")
+            rows.append((f"prune {tag}", work / f"p{tag}.onnx", time.time() - started))
+            started = time.time()
+            _, report = distill(work / f"p{tag}.onnx", task.model, str(train), config=DistillConfig(epochs=20, time_budget=args.time_budget), output=work / f"d{tag}.onnx")
+            rows.append((f"prune {tag} + distill", work / f"d{tag}.onnx", time.time() - started))
+            notes[tag] = {"epochs": [e.to_dict() for e in report.epochs], "best_epoch": report.best_epoch, "score_before": report.score_before, "score_after": report.score_after}
+            started = time.time()
+            quantize(work / f"d{tag}.onnx", str(train), config=QuantConfig(latency_runs=0, max_calibration_samples=64), output=work / f"d{tag}.int8.onnx")
+            rows.append((f"prune {tag} + distill + quantize", work / f"d{tag}.int8.onnx", time.time() - started))
+        results = [{"setting": name, "char_accuracy": score(task, run_all(path, feeds), reference, feeds), "mb": Path(path).stat().st_size / 1e6, "seconds": s}
+                   for name, path, s in rows]
+        for threads in (1, 2):
+            medians = median_latencies([path for _, path, _ in rows], feeds[0], threads=threads, runs=args.runs)
+            for result, median in zip(results, medians):
+                result[f"latency_{threads}t"] = median / medians[0]
+    Path(args.json).write_text(json.dumps({"rows": results, "distill": notes}, indent=1))
+    print("| setting | char accuracy | MB | latency 1T | latency 2T | build s |\n|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['setting']} | {r['char_accuracy']:.4f} | {r['mb']:.2f} | {r['latency_1t']:.2f}x | {r['latency_2t']:.2f}x | {r['seconds']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
