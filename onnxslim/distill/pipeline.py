@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from onnxslim.data.sources import evaluation_split, for_several_passes, open_data
-from onnxslim.distill.losses import Term, output_kind, total_loss
+from onnxslim.distill.losses import VALUES, Term, output_kind, total_loss
 from onnxslim.distill.module import forward, require_torch, to_module, written_back
 from onnxslim.errors import DataError, NothingToDoError, UsageError
 from onnxslim.ir.graph import with_outputs
@@ -193,7 +193,7 @@ def distill(
     targets = [teacher_runner.run(batch, output_names + features) for _, batch in track(train_batches, "teacher outputs", enabled=show_progress)]
     kinds = [output_kind([t[i] for t in targets[:8]]) for i in range(len(output_names))]
     report.output_kinds = dict(zip(output_names, kinds))
-    terms = [Term(n, k) for n, k in zip(output_names, kinds)] + [Term(n, "values", feature=True) for n in features]
+    terms = [Term(n, k) for n, k in zip(output_names, kinds)] + [Term(n, VALUES, feature=True) for n in features]
     student_net = _with_feature_outputs(student_model, features) if features else None
     if student_net is not None:
         net, bindings, _ = student_net
