@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-import onnxslim.quant.pipeline as quantize_steps
+import onnxslim.quant.fallback as timing_step
 from models.builders import ALL_BUILDERS, GraphBuilder, constant_node_weights, conv_bn_relu, mixed_range_concat, mlp, residual, sample_inputs, transformer_block
 from onnxslim import QuantConfig, quantize
 from onnxslim.cli import main
@@ -222,7 +222,7 @@ def test_nothing_to_quantize_exits_nonzero(save, npz_folder):
 def test_slower_int8_writes_fp32_when_asked(monkeypatch, tmp_path):
     model = conv_bn_relu()
     slower = LatencyComparison(1, {"median_ms": 1.0, "runs": 3}, {"median_ms": 1.4, "runs": 3})
-    monkeypatch.setattr(quantize_steps, "latency_ratio", lambda *a, **k: slower)
+    monkeypatch.setattr(timing_step, "latency_ratio", lambda *a, **k: slower)
     written, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3), output=tmp_path / "a.onnx")
     assert report.written == "fp32" and not any(n.op_type == "QuantizeLinear" for n in written.graph.node)
     assert any("not faster" in w for w in report.warnings)

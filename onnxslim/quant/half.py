@@ -19,11 +19,11 @@ from onnx import TensorProto
 
 from onnxslim.errors import NothingToDoError
 from onnxslim.ir.io import model_file_bytes
-from onnxslim.measure import fidelity, latency_ratio, worst_score
-from onnxslim.measure.latency import keep_fallback, threads_text
+from onnxslim.measure import fidelity, worst_score
 from onnxslim.progress import track
 from onnxslim.quant.calibrate import calibrate
 from onnxslim.quant.decisions import NodeDecision, QuantReason
+from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.float16 import FRAGILE_OPS, Float16Result, eligible_nodes, overflowing, to_float16
 from onnxslim.quant.report import Sizes
 from onnxslim.reasons import Reason
@@ -196,18 +196,8 @@ def quantize_half(run, config, report, eval_data_given: bool, evaluation_problem
 
 def _faster_or_float(run, converted: onnx.ModelProto, config, report, half_run: HalfRun) -> onnx.ModelProto:
     report.sizes = Sizes(model_file_bytes(run.original), model_file_bytes(converted))  # the FP16 model's, whichever is written
-    if config.latency_runs > 0 and half_run.on_target:
-        report.latency = latency_ratio(
-            run.original, converted, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
-            description="timing FP32 vs FP16", labels=("float model", "FP16 model"), provider=half_run.target_provider,
-        )
-    ratio = report.latency.ratio if report.latency is not None else None
-    message = f"FP16 is not faster than FP32 on {config.target} ({ratio:.2f}x FP32 latency at {threads_text(config.threads)})" if ratio is not None else ""
-    use_fp32, warning = keep_fallback(ratio, config.if_slower, keep="keep-fp32", message=message, kept="wrote the cleaned FP32 model instead (--if-slower write writes FP16 anyway)")
-    if warning:
-        report.warnings.append(warning)
-    if use_fp32:
-        report.written = "fp32"
-        return run.prepared
-    report.written = "fp16"
-    return converted
+    return faster_or_float(
+        run, converted, config, report, feed=run.eval_batches[0][1] if half_run.on_target else None, subject="FP16 is", where=f"on {config.target}",
+        anyway="--if-slower write writes FP16 anyway", written="fp16", description="timing FP32 vs FP16", labels=("float model", "FP16 model"),
+        provider=half_run.target_provider,
+    )

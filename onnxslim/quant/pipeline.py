@@ -23,13 +23,13 @@ from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageEr
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.tensors import graph_inputs
-from onnxslim.measure import fidelity, latency_ratio, worst_score
-from onnxslim.measure.latency import keep_fallback, threads_text
+from onnxslim.measure import fidelity, worst_score
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.progress import track
 from onnxslim.quant.calibrate import calibrate
 from onnxslim.quant.config import QuantConfig
 from onnxslim.quant.decisions import NodeDecision
+from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.half import SENSITIVITY_BATCHES, budget_shortfall, quantize_half
 from onnxslim.quant.params import activation_params
 from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats, make_plan
@@ -375,7 +375,7 @@ def quantize(
     report.warnings.extend(run.warnings + _unknown_exclusions(run.prepared, config))
     if config.precision == "fp16" or config.weights_only:
         if config.weights_only:
-            result = quantize_weights(run, config, report, eval_data is not None, _evaluation_problems, latency_ratio)
+            result = quantize_weights(run, config, report, eval_data is not None, _evaluation_problems)
             report.warnings.extend(w for w in run.warnings if w not in report.warnings)
         else:
             result = quantize_half(run, config, report, eval_data is not None, _evaluation_problems)
@@ -401,7 +401,10 @@ def quantize(
         report.onnxruntime_kernels = dict(optimized_ops(quantized, threads=config.threads))
     except Exception as exc:  # an optimizer failure is worth reporting, not fatal
         report.warnings.append(f"could not read onnxruntime's optimized graph: {first_line(exc, 160)}")
-    result = _faster_or_float(run, quantized, config, report, show_progress)
+    result = faster_or_float(
+        run, quantized, config, report, feed=run.eval_batches[0][1], subject="INT8 is", where="here", anyway="--if-slower keep-int8 writes INT8 anyway",
+        written="int8", description="timing FP32 vs INT8", labels=("float model", "quantized model"),
+    )
     if output is not None:
         write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
     return result, report
@@ -444,20 +447,3 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
     comparisons = fidelity(run.reference, quantized, run.eval_batches)
     report.warnings.extend(budget_shortfall(comparisons, config, run))
     return plan, quantized, comparisons
-
-
-def _faster_or_float(run: QuantRun, quantized: onnx.ModelProto, config: QuantConfig, report: QuantReport, show_progress: bool) -> onnx.ModelProto:
-    """Time INT8 against FP32; the model to write under ``if_slower`` when INT8 is not faster."""
-    if config.latency_runs > 0:
-        report.latency = latency_ratio(run.original, quantized, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=show_progress)
-    ratio = report.latency.ratio if report.latency is not None else None
-    message = f"INT8 is not faster than FP32 here ({ratio:.2f}x FP32 latency at {threads_text(config.threads)})" if ratio is not None else ""
-    use_fp32, warning = keep_fallback(
-        ratio, config.if_slower, keep="keep-fp32", message=message, kept="wrote the cleaned FP32 model instead (--if-slower keep-int8 writes INT8 anyway)"
-    )
-    if warning:
-        report.warnings.append(warning)
-    if use_fp32:
-        report.written = "fp32"
-        return run.prepared
-    return quantized

@@ -18,9 +18,9 @@ from onnxslim.errors import NothingToDoError
 from onnxslim.ir.io import model_file_bytes
 from onnxslim.measure import fidelity
 from onnxslim.measure.channels import input_grams
-from onnxslim.measure.latency import keep_fallback, threads_text
 from onnxslim.quant.blocks import BlockQuantized, error_compensated, round_to_nearest
 from onnxslim.quant.decisions import NodeDecision, QuantReason
+from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.half import budget_shortfall
 from onnxslim.quant.nbits import WeightChoice, plan_weights, rewrite, weight_matrix
 from onnxslim.quant.report import Sizes
@@ -69,7 +69,7 @@ def _decision(choice: WeightChoice, config, compensated: bool) -> NodeDecision:
     return NodeDecision(choice.node, choice.op_type, Reason(QuantReason.WEIGHT_ONLY, text))
 
 
-def quantize_weights(run, config, report, eval_data_given: bool, evaluation_problems, latency_ratio) -> onnx.ModelProto:
+def quantize_weights(run, config, report, eval_data_given: bool, evaluation_problems) -> onnx.ModelProto:
     """The weight-only model (or the cleaned FP32 one under ``if_slower``), with ``report`` filled in; ``run`` may hold no data."""
     bits = BITS[config.weights_only]
     choices = plan_weights(
@@ -98,18 +98,8 @@ def quantize_weights(run, config, report, eval_data_given: bool, evaluation_prob
         report.warnings.append("no --data: accuracy not measured, and weights were rounded without the inputs' statistics; pass --data to do both")
     run.release_reference()
     report.sizes = Sizes(model_file_bytes(run.original), model_file_bytes(model))  # the low-bit model's, whichever is written
-    feed = run.timing_feed()
-    if config.latency_runs > 0 and feed is not None:
-        report.latency = latency_ratio(run.original, model, feed, threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
-                                       description="timing FP32 vs weight-only", labels=("float model", "weight-only model"))
-    ratio = report.latency.ratio if report.latency is not None else None
     label = f"{config.weights_only.upper()} weights"
-    message = f"{label} are not faster than FP32 here ({ratio:.2f}x FP32 latency at {threads_text(config.threads)})" if ratio is not None else ""
-    use_fp32, warning = keep_fallback(ratio, config.if_slower, keep="keep-fp32", message=message, kept="wrote the cleaned FP32 model instead (--if-slower write writes it anyway)")
-    if warning:
-        report.warnings.append(warning)
-    if use_fp32:
-        report.written = "fp32"
-        return run.prepared
-    report.written = f"{config.weights_only}-weights"
-    return model
+    return faster_or_float(
+        run, model, config, report, feed=run.timing_feed(), subject=f"{label} are", where="here", anyway="--if-slower write writes it anyway",
+        written=f"{config.weights_only}-weights", description="timing FP32 vs weight-only", labels=("float model", "weight-only model"),
+    )
