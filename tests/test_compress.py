@@ -53,8 +53,12 @@ def test_choose_never_writes_something_slower_or_outside_the_budget():
     assert best is None and "loss <= 0.02" in why
 
 
-def _timed_by_macs(monkeypatch):
-    """Latency proportional to the multiply-accumulates, for int8 a third cheaper: the decision logic, free of a shared machine's noise."""
+def _int8_discount(model: onnx.ModelProto) -> float:
+    return 0.66 if any(n.op_type == "QuantizeLinear" for n in model.graph.node) else 1.0
+
+
+def _timed_by_macs(monkeypatch, discount=_int8_discount):
+    """Latency proportional to the multiply-accumulates times ``discount(model)`` (int8: a third cheaper): the decision logic, free of a shared machine's noise."""
 
     def timed(runners, feed, **kwargs):
         costs = []
@@ -63,8 +67,7 @@ def _timed_by_macs(monkeypatch):
             if not isinstance(model, onnx.ModelProto):
                 model = onnx.load_from_string(model)
             macs = count_macs(model, infer_shapes(model, {k: v.shape for k, v in feed.items()}))[0]
-            int8 = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-            costs.append([macs * (0.66 if int8 else 1.0)])
+            costs.append([macs * discount(model)])
         return costs
 
     monkeypatch.setattr(compress_pipeline, "interleaved_latency", timed)
@@ -200,18 +203,10 @@ def test_target_cuda_needs_cuda_to_time_on(tmp_path, save, npz_folder):
 def test_target_cuda_builds_fp16_candidates(monkeypatch, tmp_path):
     """The FP16 path of compress, timed here by a cost model (a GPU runs FP16 at about half the cost) on the CPU provider."""
 
-    def timed(runners, feed, **kwargs):
-        costs = []
-        for runner in runners:
-            model = onnx.load(runner._model) if isinstance(runner._model, str) else runner._model
-            if not isinstance(model, onnx.ModelProto):
-                model = onnx.load_from_string(model)
-            macs = count_macs(model, infer_shapes(model, {k: v.shape for k, v in feed.items()}))[0]
-            half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-            costs.append([macs * (0.5 if half else 1.0)])
-        return costs
+    def half_cost(model: onnx.ModelProto) -> float:
+        return 0.5 if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) else 1.0
 
-    monkeypatch.setattr(compress_pipeline, "interleaved_latency", timed)
+    _timed_by_macs(monkeypatch, half_cost)
     monkeypatch.setattr(compress_pipeline, "_timing_provider", lambda config: "CPUExecutionProvider")
     model = conv_bn_relu(channels=32, size=16)
     config = CompressConfig(ratios=(0.25,), max_loss=0.05, accuracy_metric="cosine", latency_runs=3, target="cuda")
