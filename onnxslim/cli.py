@@ -220,7 +220,7 @@ def validate(reference, candidate, input_shapes, providers, threads, warmup, run
 
 def _print_validation(report) -> None:
     for warning in report.warnings:
-        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        _warn(warning)
     console.print(f"data: {report.data}; threads: {report.threads or 'onnxruntime default'}", highlight=False)
     accuracy = Table(title="accuracy (candidate vs reference)", title_justify="left")
     for column in ("provider", "output", "cosine", "SNR dB", "max abs", "mean abs", "top-1", "non-finite"):
@@ -364,7 +364,7 @@ def _print_quantization(report) -> None:
         )
     console.print(f"size: FP32 {report.sizes.fp32_bytes / 1e6:.2f} MB, {label} {report.sizes.quantized_bytes / 1e6:.2f} MB", highlight=False)
     for warning in report.warnings:
-        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        _warn(warning)
     if report.output:
         if report.written == "int8":
             what = f"INT8 QDQ model ({len(report.quantized)} of {len(report.decisions)} nodes quantized)"
@@ -451,7 +451,7 @@ def _print_pruning(report) -> None:
             highlight=False,
         )
     for warning in report.warnings:
-        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        _warn(warning)
     if report.output:
         unchanged = report.mode == "structured" and not report.pruned_groups
         if report.written == "original":
@@ -492,7 +492,7 @@ def distill(student, teacher, output, eval_data, report_path, quiet, input_shape
         console.print(f"  epoch {epoch.epoch}: loss {epoch.loss:.4f}, held-out {report.accuracy_metric} {epoch.score:.5f} ({epoch.seconds:.0f} s)", highlight=False)
     console.print(f"{report.accuracy_metric} against the teacher on {escape(report.evaluation)}: {report.score_before:.5f} before, {report.score_after:.5f} after", highlight=False)
     for warning in report.warnings:
-        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        _warn(warning)
     if report.output:
         what = f"the student trained for {report.best_epoch} epoch(s)" if report.written == "distilled" else "[bold yellow]the student as given (no epoch improved it)[/]"
         console.print(f"wrote {escape(report.output)}: {what}", highlight=False)
@@ -537,7 +537,7 @@ def share(model, output, eval_data, threads, report_path, quiet, input_shapes, *
     if report.latency and report.latency.ratio is not None:
         console.print(f"latency ({threads_text(report.latency.threads)}): ratio {report.latency.ratio:.3f} (the lookups are folded when the session loads)", highlight=False)
     for warning in report.warnings:
-        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        _warn(warning)
     console.print(f"wrote {escape(output)}", highlight=False)
     _finish(report.to_dict(), report_path)
 
@@ -609,7 +609,7 @@ def _print_candidates(report) -> None:
     what = "cosine or top-1 agreement (class scores)" if metric == "auto" else metric
     console.print(f"budget: every output's {what} >= {1 - budget['max_loss']:g} vs the original{target}", highlight=False)
     for warning in report.warnings:
-        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        _warn(warning)
     chosen = next((c for c in report.candidates if c.chosen), None)
     if chosen is not None and report.output:
         console.print(
