@@ -51,25 +51,32 @@ class ChannelMoments:
         return np.maximum(self.mean_square - self.mean**2, 0.0)
 
 
+def _input_rows(model: onnx.ModelProto, nodes: list[onnx.NodeProto], source: Iterable, token_mask: str | None, show_progress: bool, description: str):
+    """Per batch of ``source``, (node, float64 channels-last rows of its first input) for each node, computed by one observing session."""
+    inputs = {v.name for v in model.graph.input}
+    names = sorted({n.input[0] for n in nodes} - inputs)
+    runner = observer(model, names) if names else None
+    for _, batch in track(source, description, enabled=show_progress):
+        values = dict(zip(runner.output_names, runner.run(batch))) if runner else {}
+        values.update(batch)
+        rows = []
+        for node in nodes:
+            x = values.get(node.input[0])
+            if x is not None and x.dtype.kind == "f" and x.ndim >= 2:
+                rows.append((node, channel_rows(x, node, batch, token_mask).astype(np.float64)))
+        yield rows
+
+
 def input_moments(
     model: onnx.ModelProto, source: Iterable, *, token_mask: str | None = None, show_progress: bool = False, description: str = "activation statistics"
 ) -> dict[str, ChannelMoments]:
     """Layer (Conv, ConvTranspose, Gemm, MatMul) -> the moments of each of its input channels over ``source``."""
     layers = [n for n in model.graph.node if n.op_type in WEIGHTED_LAYERS and n.input]
-    inputs = {v.name for v in model.graph.input}
-    names = sorted({n.input[0] for n in layers} - inputs)
-    runner = observer(model, names) if names else None
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for _, batch in track(source, description, enabled=show_progress):
-        values = dict(zip(runner.output_names, runner.run(batch))) if runner else {}
-        values.update(batch)
-        for node in layers:
-            x = values.get(node.input[0])
-            if x is None or x.dtype.kind != "f" or x.ndim < 2:
-                continue
-            rows = channel_rows(x, node, batch, token_mask).astype(np.float64)
+    for batch_rows in _input_rows(model, layers, source, token_mask, show_progress, description):
+        for node, rows in batch_rows:
             squares[node.name] = squares.get(node.name, 0) + (rows**2).sum(axis=0)
             sums[node.name] = sums.get(node.name, 0) + rows.sum(axis=0)
             counts[node.name] = counts.get(node.name, 0) + rows.shape[0]
@@ -85,20 +92,11 @@ def input_grams(
     The Gram matrix of a MatMul's input is what error-compensating rounding
     needs; summed over batches in float64, so memory is one (K, K) per tensor.
     """
-    inputs = {v.name for v in model.graph.input}
-    names = sorted(set(layers) - inputs)
-    runner = observer(model, names) if names else None
-    nodes = {n.name: n for n in model.graph.node}
+    by_name = {n.name: n for n in model.graph.node}
     grams: dict[str, np.ndarray] = {}
     batches = 0
-    for _, batch in track(source, description, enabled=show_progress):
-        values = dict(zip(runner.output_names, runner.run(batch))) if runner else {}
-        values.update(batch)
-        for tensor, node_name in layers.items():
-            x = values.get(tensor)
-            if x is None or x.dtype.kind != "f" or x.ndim < 2:
-                continue
-            rows = channel_rows(x, nodes[node_name], batch, token_mask).astype(np.float64)
-            grams[tensor] = grams.get(tensor, 0) + rows.T @ rows
+    for batch_rows in _input_rows(model, [by_name[name] for name in layers.values()], source, token_mask, show_progress, description):
+        for node, rows in batch_rows:
+            grams[node.input[0]] = grams.get(node.input[0], 0) + rows.T @ rows
         batches += 1
     return grams, batches
