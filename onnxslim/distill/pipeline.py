@@ -179,7 +179,11 @@ def distill(
                            evaluation=f"{len(held)} {'batch(es) of --eval-data' if where == 'eval-data' else 'held-out batch(es) of --data'}",
                            accuracy_metric=config.accuracy_metric)
 
-    net, bindings = to_module(student_model)
+    features = _shared_features(student_model, teacher_model, train_batches[0][1]) if config.features == "auto" else []
+    report.features = features
+    # one module for training: the student with the feature tensors as extra outputs after its own
+    trainable = with_outputs(student_model, features, element_types(student_model)) if features else student_model
+    net, bindings = to_module(trainable)
     report.trainable_parameters = int(sum(p.numel() for p in net.parameters()))
     if not bindings:
         raise NothingToDoError(f"{label}: the student has no trainable weights (Conv, Gemm/MatMul, normalization)")
@@ -187,16 +191,11 @@ def distill(
     output_names = [s.name for s in graph_outputs(student_model)]
     _check_reproduces(net, student_model, held[0][1], input_names, output_names, label)
 
-    features = _shared_features(student_model, teacher_model, train_batches[0][1]) if config.features == "auto" else []
-    report.features = features
     teacher_runner = Runner(with_outputs(teacher_model, features, element_types(teacher_model)) if features else teacher_model, threads=None, label="teacher")
     targets = [teacher_runner.run(batch, output_names + features) for _, batch in track(train_batches, "teacher outputs", enabled=show_progress)]
     kinds = [output_kind([t[i] for t in targets[:8]]) for i in range(len(output_names))]
     report.output_kinds = dict(zip(output_names, kinds))
     terms = [Term(n, k) for n, k in zip(output_names, kinds)] + [Term(n, VALUES, feature=True) for n in features]
-    student_net = _with_feature_outputs(student_model, features) if features else None
-    if student_net is not None:
-        net, bindings, _ = student_net
 
     reference = Runner(teacher_model, threads=None, label="teacher")
     before = fidelity(reference, student_model, held, label="student")
@@ -224,7 +223,7 @@ def distill(
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
-        candidate = _strip_features(written_back(student_model if student_net is None else student_net[2], net, bindings), output_names)
+        candidate = _strip_features(written_back(trainable, net, bindings), output_names)
         scores = fidelity(reference, candidate, held, label="distilled student")
         score = worst_score(scores, config.accuracy_metric)
         seconds = time.perf_counter() - started
@@ -258,7 +257,7 @@ def distill(
 
 
 def _check_reproduces(net, model: onnx.ModelProto, batch: dict, input_names: list[str], output_names: list[str], label: str) -> None:
-    """Refuse a student the converter does not reproduce: training it would train something else."""
+    """Refuse a student the converter does not reproduce: training it would train something else (extra feature outputs after the real ones are not compared)."""
     import torch
 
     expected = Runner(model, threads=None, label="student").run(batch, output_names)
@@ -269,13 +268,6 @@ def _check_reproduces(net, model: onnx.ModelProto, batch: dict, input_names: lis
         error = float(np.abs(np.asarray(got, np.float64).reshape(want.shape) - want).max()) / scale if got.size == want.size else math.inf
         if not error <= REPRODUCTION_TOLERANCE:
             raise UsageError(f"{label}: the trainable module does not reproduce output '{name}' (relative error {error:.3g}); this graph cannot be distilled")
-
-
-def _with_feature_outputs(model: onnx.ModelProto, features: list[str]):
-    """The module of ``model`` with the feature tensors as extra outputs (after the real ones), its bindings, and that graph."""
-    extended = with_outputs(model, features, element_types(model))
-    net, bindings = to_module(extended)
-    return net, bindings, extended
 
 
 def _strip_features(model: onnx.ModelProto, output_names: list[str]) -> onnx.ModelProto:
