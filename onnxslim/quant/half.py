@@ -21,6 +21,7 @@ from onnxslim.errors import NothingToDoError
 from onnxslim.ir.io import model_file_bytes
 from onnxslim.measure import fidelity, worst_score
 from onnxslim.progress import track
+from onnxslim.quant.budget import SENSITIVITY_BATCHES, budget_shortfall
 from onnxslim.quant.calibrate import calibrate
 from onnxslim.quant.decisions import NodeDecision, QuantReason
 from onnxslim.quant.fallback import faster_or_float
@@ -29,7 +30,6 @@ from onnxslim.quant.report import Sizes
 from onnxslim.reasons import Reason
 from onnxslim.runtime import available_providers, resolve_provider
 
-SENSITIVITY_BATCHES = 16
 EMULATED = "cpu, FP16 rounding emulated in float32"
 
 
@@ -117,17 +117,6 @@ class HalfRun:
             kept += ranked
         chosen = [{"node": n, "score_when_alone_fp16": 1.0 - damage[n]} for n in kept]
         return HalfSearch(frozenset(kept), chosen, False, f"accuracy budget {budget} cannot be met even with every node in float32", _ranked(damage))
-
-
-def budget_shortfall(comparisons, config, run) -> list[str]:
-    """A warning when the result misses the accuracy budget on the whole held-out set (the search looks at its first batches)."""
-    if config.accuracy_budget is None:
-        return []
-    score = worst_score(comparisons, config.accuracy_metric)
-    if score >= config.accuracy_budget:
-        return []
-    return [f"accuracy budget {config.accuracy_budget} missed on {run.eval_label}: worst output {config.accuracy_metric} {score:.6f} "
-            f"(the search measured the first {min(SENSITIVITY_BATCHES, len(run.eval_batches))} batch(es))"]
 
 
 def _ranked(damage: dict[str, float]) -> list[dict]:

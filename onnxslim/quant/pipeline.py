@@ -26,11 +26,12 @@ from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import fidelity, worst_score
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.progress import track
+from onnxslim.quant.budget import SENSITIVITY_BATCHES, budget_shortfall
 from onnxslim.quant.calibrate import calibrate
 from onnxslim.quant.config import QuantConfig
 from onnxslim.quant.decisions import NodeDecision
 from onnxslim.quant.fallback import faster_or_float
-from onnxslim.quant.half import SENSITIVITY_BATCHES, budget_shortfall, quantize_half
+from onnxslim.quant.half import quantize_half
 from onnxslim.quant.params import activation_params
 from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats, make_plan
 from onnxslim.quant.prepare import float_tensors, prepare

@@ -19,9 +19,9 @@ from onnxslim.ir.io import model_file_bytes
 from onnxslim.measure import fidelity
 from onnxslim.measure.channels import input_grams
 from onnxslim.quant.blocks import BlockQuantized, error_compensated, round_to_nearest
+from onnxslim.quant.budget import budget_shortfall
 from onnxslim.quant.decisions import NodeDecision, QuantReason
 from onnxslim.quant.fallback import faster_or_float
-from onnxslim.quant.half import budget_shortfall
 from onnxslim.quant.nbits import WeightChoice, plan_weights, rewrite, weight_matrix
 from onnxslim.quant.report import Sizes
 from onnxslim.reasons import Reason
