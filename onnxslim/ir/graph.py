@@ -138,3 +138,18 @@ def observing_only(model: onnx.ModelProto, names: list[str], elem_type: Mapping[
     del probe.graph.output[:]
     probe.graph.output.extend(helper.make_tensor_value_info(name, elem_type.get(name, TensorProto.FLOAT), None) for name in names)
     return probe
+
+
+def drop_unread_initializers(graph: onnx.GraphProto, names) -> None:
+    """Remove the initializers among ``names`` that no node of ``graph`` reads any more (weights a rewrite replaced)."""
+    still_read = {name for node in graph.node for name in node.input}
+    dropped = set(names) - still_read
+    kept = [t for t in graph.initializer if t.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def import_domain(model: onnx.ModelProto, domain: str, version: int = 1) -> None:
+    """Import operator ``domain`` at ``version`` unless ``model`` already imports it."""
+    if not any(o.domain == domain for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(domain, version))

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import drop_unread_initializers, import_domain, node_attr
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 from onnxslim.quant.blocks import BlockQuantized, pack
 from onnxslim.quant.tables import MIN_TABLE_ELEMENTS
@@ -117,13 +117,8 @@ def weight_matrix(model: onnx.ModelProto, choice: WeightChoice) -> np.ndarray:
     return values.T if choice.transposed or choice.is_table else values
 
 
-def _packed_zero_points(result: BlockQuantized) -> np.ndarray:
-    return pack(result.zero_points, result.bits)
-
-
 def rewrite(model: onnx.ModelProto, choices: list[WeightChoice], results: dict[str, BlockQuantized], *, accuracy_level: int = 0) -> list[str]:
     """Replace (in place) each quantized choice's node; ``results`` is keyed by weight name. Returns the nodes rewritten."""
-    weights = initializer_map(model.graph)
     taken = all_value_names(model.graph)
     by_node = {c.node: c for c in choices if c.quantized and c.weight in results}
     stored: dict[tuple[str, int], tuple[str, str, str | None]] = {}
@@ -142,7 +137,7 @@ def rewrite(model: onnx.ModelProto, choices: list[WeightChoice], results: dict[s
             model.graph.initializer.append(from_array(pack(codes, result.bits), names[0]))
             model.graph.initializer.append(from_array(result.scales if choice.is_table else result.scales.reshape(-1), names[1]))
             if names[2]:
-                zero_points = _packed_zero_points(result)
+                zero_points = pack(result.zero_points, result.bits)
                 model.graph.initializer.append(from_array(zero_points if choice.is_table else zero_points.reshape(-1), names[2]))
             stored[key] = names
         codes_name, scales_name, zeros_name = stored[key]
@@ -165,10 +160,7 @@ def rewrite(model: onnx.ModelProto, choices: list[WeightChoice], results: dict[s
         rewritten.append(node.name)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    still_read = {name for node in model.graph.node for name in node.input}
-    kept = [t for t in model.graph.initializer if t.name in still_read or t.name not in weights]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    if rewritten and not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    drop_unread_initializers(model.graph, {by_node[name].weight for name in rewritten})
+    if rewritten:
+        import_domain(model, MS_DOMAIN)
     return rewritten

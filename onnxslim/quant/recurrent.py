@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxslim.ir.graph import drop_unread_initializers, import_domain
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
-
-MS_DOMAIN = "com.microsoft"
+from onnxslim.quant.nbits import MS_DOMAIN
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,7 @@ def store_recurrent_in_int8(model: onnx.ModelProto, choices: list[RecurrentChoic
         rewritten.append(node.name)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    still_read = {name for node in model.graph.node for name in node.input}
-    kept = [t for t in model.graph.initializer if t.name not in replaced or t.name in still_read]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    if rewritten and not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    drop_unread_initializers(model.graph, replaced)
+    if rewritten:
+        import_domain(model, MS_DOMAIN)
     return rewritten

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import drop_unread_initializers, node_attr
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 
 MIN_TABLE_ELEMENTS = 1 << 16  # smaller tables are not worth three extra nodes
@@ -105,8 +105,5 @@ def store_tables_in_int8(model: onnx.ModelProto, choices: list[TableChoice]) -> 
         rewritten.append(node.name)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    gone = {by_name[n].table for n in rewritten}
-    kept = [t for t in model.graph.initializer if t.name not in gone]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    drop_unread_initializers(model.graph, {by_name[n].table for n in rewritten})  # each table had its Gather as only reader
     return rewritten
