@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -25,18 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tasks import TASKS, eval_feeds, run_all, score  # noqa: E402
+from benchmarks.tasks import TASKS, eval_feeds, first_samples, run_all, score  # noqa: E402
 from benchmarks.timing import median_latencies  # noqa: E402
 from onnxslim import CompressConfig, QuantConfig, compress, quantize  # noqa: E402
 from onnxslim.errors import BudgetError  # noqa: E402
-
-
-def first_samples(task, count: int, folder: Path) -> Path:
-    """The first ``count`` calibration samples, as a folder of their own."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in sorted(task.calib.glob("*.npz"))[:count]:
-        shutil.copy(path, folder / path.name)
-    return folder
 
 
 def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], runs: int, work: Path) -> dict:

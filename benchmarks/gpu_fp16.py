@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -32,17 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tasks import TASKS, eval_feeds, run_all, score  # noqa: E402
+from benchmarks.tasks import TASKS, eval_feeds, first_samples, run_all, score  # noqa: E402
 from benchmarks.timing import median_latencies  # noqa: E402
 from onnxslim import QuantConfig, quantize  # noqa: E402
 from onnxslim.runtime import Runner, available_providers, resolve_provider  # noqa: E402
-
-
-def first_samples(folder: Path, count: int, target: Path) -> Path:
-    target.mkdir(parents=True, exist_ok=True)
-    for path in sorted(folder.glob("*.npz"))[:count]:
-        shutil.copy(path, target / path.name)
-    return target
 
 
 def export_torchvision(name: str, folder: Path, count: int) -> tuple[Path, Path, list[dict]]:
@@ -137,7 +129,7 @@ def main() -> None:
             if not task.model.exists() or not task.calib.is_dir():
                 print(f"{name}: skipped (run models/gather.py and calibration/make_datasets.py {name} first)", flush=True)
                 continue
-            calib = first_samples(task.calib, args.calib, work / f"{name}_calib")
+            calib = first_samples(task, args.calib, work / f"{name}_calib")
             feeds = eval_feeds(task)
 
             def metric(reference, candidate, feeds, task=task):

@@ -113,6 +113,16 @@ TASKS = {
 }
 
 
+def first_samples(task: Task, count: int, folder: Path) -> Path:
+    """The first ``count`` calibration samples of ``task``, copied into ``folder`` (a data folder of their own)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(task.calib.glob("*.npz"))[:count]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
 def eval_feeds(task: Task) -> list[dict[str, np.ndarray]]:
     feeds = []
     for entry in task.labels():

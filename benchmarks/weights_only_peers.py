@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import onnx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tasks import MODELS, TASKS, eval_feeds, run_all, score  # noqa: E402
+from benchmarks.tasks import MODELS, TASKS, eval_feeds, first_samples, run_all, score  # noqa: E402
 from benchmarks.timing import median_latencies  # noqa: E402
 from onnxslim import QuantConfig, quantize  # noqa: E402
 
@@ -65,13 +64,6 @@ def onnxruntime_variants(source: Path, work: Path, with_tables: bool) -> list[tu
         quantizer.model.save_model_to_file(str(path), use_external_data_format=file_mb(source) > 1500)
         built.append((name, path, time.time() - started))
     return built
-
-
-def first_samples(task, count: int, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in sorted(task.calib.glob("*.npz"))[:count]:
-        shutil.copy(path, folder / path.name)
-    return folder
 
 
 def ours(source: Path, data, work: Path, name: str, input_shapes=None) -> tuple[str, Path, float]:
