@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import topological_sort
 from onnxslim.ir.shapes import element_types
-from onnxslim.ir.tensors import from_array, outer_references, subgraphs, to_array
+from onnxslim.ir.tensors import all_value_names, from_array, outer_references, subgraphs, to_array, unique_name
 
 FP16_MAX = 65504.0
 HEADROOM = 2.0  # a tensor seen above FP16_MAX / HEADROOM on calibration data may overflow on other data
@@ -145,15 +145,6 @@ def _boundaries(model: onnx.ModelProto, half_nodes: set[str], types: Mapping[str
     return _Boundaries(half_outputs, dict(half_reads), dict(float_reads), {o.name for o in graph.output})
 
 
-def _unique(base: str, taken: set[str]) -> str:
-    name, count = base, 1
-    while name in taken:
-        count += 1
-        name = f"{base}_{count}"
-    taken.add(name)
-    return name
-
-
 def _to_half(values: np.ndarray) -> tuple[np.ndarray, int]:
     """``values`` in float16, saturated at the largest finite float16, and how many were saturated."""
     clipped = int(np.count_nonzero(np.abs(values) > FP16_MAX))
@@ -185,7 +176,7 @@ def to_float16(model: onnx.ModelProto, half_nodes: Iterable[str], types: Mapping
     types = dict(element_types(model) if types is None else types)
     graph = result_model.graph
     bounds = _boundaries(result_model, half, types)
-    taken = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer} | {v.name for v in graph.input}
+    taken = all_value_names(graph)
     node_names = {n.name for n in graph.node}
     result = Float16Result(result_model, half_nodes=sum(1 for n in graph.node if n.name in half))
     initializers = {t.name: t for t in graph.initializer}
@@ -200,10 +191,10 @@ def to_float16(model: onnx.ModelProto, half_nodes: Iterable[str], types: Mapping
     def rounding(source: str, target: str, stem: str) -> list[onnx.NodeProto]:
         """Nodes that make ``target`` the float16 version of float32 ``source`` (two Casts when emulating)."""
         if not emulate:
-            return [helper.make_node("Cast", [source], [target], name=_unique(f"{stem}_to_fp16", node_names), to=TensorProto.FLOAT16)]
-        middle = _unique(f"{target}_half", taken)
-        return [helper.make_node("Cast", [source], [middle], name=_unique(f"{stem}_to_fp16", node_names), to=TensorProto.FLOAT16),
-                helper.make_node("Cast", [middle], [target], name=_unique(f"{stem}_to_fp32", node_names), to=TensorProto.FLOAT)]
+            return [helper.make_node("Cast", [source], [target], name=unique_name(f"{stem}_to_fp16", node_names), to=TensorProto.FLOAT16)]
+        middle = unique_name(f"{target}_half", taken)
+        return [helper.make_node("Cast", [source], [middle], name=unique_name(f"{stem}_to_fp16", node_names), to=TensorProto.FLOAT16),
+                helper.make_node("Cast", [middle], [target], name=unique_name(f"{stem}_to_fp32", node_names), to=TensorProto.FLOAT)]
 
     # float32 tensors read by float16 nodes: weights converted, Casts to float32 retargeted, the rest cast once
     for name, reads in bounds.half_reads.items():
@@ -217,7 +208,7 @@ def to_float16(model: onnx.ModelProto, half_nodes: Iterable[str], types: Mapping
             if sole_reader:
                 initializers[name].CopyFrom(from_array(stored, name))
                 continue
-            target = _unique(f"{name}_fp16", taken)
+            target = unique_name(f"{name}_fp16", taken)
             graph.initializer.append(from_array(stored, target))
         elif producer is not None and producer.op_type == "Cast" and sole_reader and not emulate:
             for attribute in producer.attribute:
@@ -226,7 +217,7 @@ def to_float16(model: onnx.ModelProto, half_nodes: Iterable[str], types: Mapping
             retyped.add(name)
             continue
         else:
-            target = _unique(f"{name}_fp16", taken)
+            target = unique_name(f"{name}_fp16", taken)
             new_nodes.extend(rounding(name, target, name))
             result.casts += 1
         for node, index in reads:
@@ -240,25 +231,25 @@ def to_float16(model: onnx.ModelProto, half_nodes: Iterable[str], types: Mapping
             if name not in bounds.half_outputs:
                 continue
             if emulate:  # every stored float16 value is rounded, whoever reads it
-                stored = _unique(f"{name}_unrounded", taken)
+                stored = unique_name(f"{name}_unrounded", taken)
                 node.output[position] = stored
                 new_nodes.extend(rounding(stored, name, name)[0:2])
                 result.casts += 1
                 continue
             float_readers = bounds.float_reads.get(name, [])
             if name in bounds.graph_outputs:
-                inner = _unique(f"{name}_fp16", taken)
+                inner = unique_name(f"{name}_fp16", taken)
                 node.output[position] = inner
                 wide_reads = {(id(reader), index) for reader, index in float_readers}
                 for other in graph.node:
                     for index, read in enumerate(other.input):
                         if read == name and (id(other), index) not in wide_reads:
                             other.input[index] = inner
-                new_nodes.append(helper.make_node("Cast", [inner], [name], name=_unique(f"{name}_to_fp32", node_names), to=TensorProto.FLOAT))
+                new_nodes.append(helper.make_node("Cast", [inner], [name], name=unique_name(f"{name}_to_fp32", node_names), to=TensorProto.FLOAT))
                 result.casts += 1
             elif float_readers:
-                wide = _unique(f"{name}_fp32", taken)
-                new_nodes.append(helper.make_node("Cast", [name], [wide], name=_unique(f"{name}_to_fp32", node_names), to=TensorProto.FLOAT))
+                wide = unique_name(f"{name}_fp32", taken)
+                new_nodes.append(helper.make_node("Cast", [name], [wide], name=unique_name(f"{name}_to_fp32", node_names), to=TensorProto.FLOAT))
                 result.casts += 1
                 for reader, index in float_readers:
                     reader.input[index] = wide
