@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from onnxslim.errors import UnsupportedModelError, UsageError, first_line
-from onnxslim.ir.tensors import from_array, initializer_map, to_array
+from onnxslim.ir.tensors import consumers_map, from_array, initializer_map, producer_map, to_array
 
 EXTRA = "pip install 'onnxslim[distill]'"
 
@@ -49,14 +48,10 @@ def _neighbour_initializers(model: onnx.ModelProto) -> dict[str, list[str]]:
     """Node's first output -> initializers read by the node, by its inputs' producers and by its outputs' readers."""
     graph = model.graph
     weights = initializer_map(graph)
-    producer = {o: n for n in graph.node for o in n.output}
-    readers = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            readers[name].append(node)
+    producer, readers = producer_map(graph), consumers_map(graph)
     near: dict[str, list[str]] = {}
     for node in graph.node:
-        nodes = [node] + [producer[i] for i in node.input if i in producer] + [r for o in node.output for r in readers[o]]
+        nodes = [node] + [producer[i] for i in node.input if i in producer] + [r for o in node.output for r in readers.get(o, [])]
         near[node.output[0]] = list(dict.fromkeys(name for n in nodes for name in n.input if name in weights))
     return near
 

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import topological_sort
 from onnxslim.ir.shapes import element_types
-from onnxslim.ir.tensors import all_value_names, from_array, outer_references, subgraphs, to_array, unique_name
+from onnxslim.ir.tensors import all_value_names, from_array, outer_references, producer_map, subgraphs, to_array, unique_name
 
 FP16_MAX = 65504.0
 HEADROOM = 2.0  # a tensor seen above FP16_MAX / HEADROOM on calibration data may overflow on other data
@@ -180,7 +180,7 @@ def to_float16(model: onnx.ModelProto, half_nodes: Iterable[str], types: Mapping
     node_names = {n.name for n in graph.node}
     result = Float16Result(result_model, half_nodes=sum(1 for n in graph.node if n.name in half))
     initializers = {t.name: t for t in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
+    producers = producer_map(graph)
     readers: dict[str, int] = defaultdict(int)
     for node in graph.node:
         for name in node.input:

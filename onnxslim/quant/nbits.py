@@ -10,7 +10,7 @@ referenced by every reader.
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import drop_unread_initializers, import_domain, node_attr
-from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
+from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, to_array, unique_name
 from onnxslim.quant.blocks import BlockQuantized, pack
 from onnxslim.quant.tables import MIN_TABLE_ELEMENTS
 
@@ -49,13 +49,8 @@ class WeightChoice:
         return self.op_type == "Gather"
 
 
-def _feeds_output(model: onnx.ModelProto, node: onnx.NodeProto, constants: set[str]) -> bool:
+def _feeds_output(node: onnx.NodeProto, outputs: set[str], readers: dict[str, list[onnx.NodeProto]], constants: set[str]) -> bool:
     """Whether ``node``'s result reaches a graph output through ops that are not layers and whose other inputs are constants (bias, reshape, softmax)."""
-    outputs = {v.name for v in model.graph.output}
-    readers = defaultdict(list)
-    for other in model.graph.node:
-        for name in other.input:
-            readers[name].append(other)
     queue, seen = deque([(node.output[0], 0)]), set()
     while queue:
         tensor, depth = queue.popleft()
@@ -64,7 +59,7 @@ def _feeds_output(model: onnx.ModelProto, node: onnx.NodeProto, constants: set[s
         if depth >= 4 or tensor in seen:
             continue
         seen.add(tensor)
-        for reader in readers[tensor]:
+        for reader in readers.get(tensor, []):
             if reader.op_type not in LAYERS and all(name in constants or name == tensor or not name for name in reader.input):
                 queue.extend((out, depth + 1) for out in reader.output)
     return False
@@ -76,6 +71,7 @@ def plan_weights(
     """A choice for every MatMul/Gemm with a constant 2-D float weight and every Gather of a constant float table."""
     weights = initializer_map(model.graph)
     constants = set(weights)
+    outputs, readers = {v.name for v in model.graph.output}, consumers_map(model.graph)
     choices = []
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm", "Gather") or len(node.input) < 2:
@@ -105,7 +101,7 @@ def plan_weights(
             reason = "Gemm whose bias is not a constant vector"
         elif elements < MIN_WEIGHT_ELEMENTS:
             reason = f"weight of {elements} values: too small to be worth it"
-        elif bits < OUTPUT_LAYER_BITS and not quantize_output_layers and _feeds_output(model, node, constants):
+        elif bits < OUTPUT_LAYER_BITS and not quantize_output_layers and _feeds_output(node, outputs, readers, constants):
             chosen_bits, note = OUTPUT_LAYER_BITS, f"writes a graph output: {OUTPUT_LAYER_BITS}-bit blocks (--quantize-output-layers for {bits})"
         choices.append(WeightChoice(node.name, node.op_type, name, transposed, chosen_bits, reason, note))
     return choices
