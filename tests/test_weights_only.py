@@ -186,3 +186,14 @@ def test_cli_weights_only(save, npz_folder, tmp_path):
     assert any("symmetric blocks of 64" in d["reason"]["text"] for d in report["quantized_nodes"])
     bad = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "b.onnx"), "--weights-only", "int4", "--block-size", "48"])
     assert bad.exit_code != 0 and "--block-size must be a power of two" in bad.output and "Traceback" not in bad.output
+
+
+def test_user_exclusions_apply_to_weight_only_as_to_int8(save):
+    path = save(mlp())
+    shapes = {"x": (2, 100), "ids": (2,)}
+    _, report = quantize(str(path), None, config=QuantConfig(weights_only="int4", if_slower="write", latency_runs=0, exclude_nodes=("fc1",)), input_shapes=shapes)
+    codes = {d.node: d.reason.code.value for d in report.decisions}
+    assert codes["fc1"] == "excluded_by_user" and codes["fc2"] == "weight_only"
+    _, report = quantize(str(path), None, config=QuantConfig(weights_only="int4", if_slower="write", latency_runs=0, op_types=("Gather",)), input_shapes=shapes)
+    codes = {d.node: d.reason.code.value for d in report.decisions}
+    assert codes == {"fc1": "excluded_by_user", "fc2": "excluded_by_user", "lookup": "weight_only"}

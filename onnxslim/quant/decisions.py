@@ -40,6 +40,17 @@ QUANTIZED = frozenset(
 )
 
 
+def excluded_by_user(node, config, *, always_allowed: frozenset[str] = frozenset()) -> Reason | None:
+    """Why ``config``'s --exclude-nodes, --exclude-op-types or --op-types keep ``node`` as it is, or None (``always_allowed``: op types --op-types never leaves out)."""
+    if node.name in config.exclude_nodes:
+        return Reason(QuantReason.EXCLUDED_BY_USER, "excluded by --exclude-nodes")
+    if node.op_type in config.exclude_op_types:
+        return Reason(QuantReason.EXCLUDED_BY_USER, "excluded by --exclude-op-types")
+    if config.op_types and node.op_type not in config.op_types and node.op_type not in always_allowed:
+        return Reason(QuantReason.EXCLUDED_BY_USER, "op type not in --op-types")
+    return None
+
+
 @dataclass
 class ActivationQuant:
     """A tensor that gets QuantizeLinear -> DequantizeLinear."""

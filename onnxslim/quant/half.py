@@ -23,7 +23,7 @@ from onnxslim.measure import fidelity, worst_score
 from onnxslim.progress import track
 from onnxslim.quant.budget import SENSITIVITY_BATCHES, budget_shortfall
 from onnxslim.quant.calibrate import calibrate
-from onnxslim.quant.decisions import NodeDecision, QuantReason
+from onnxslim.quant.decisions import NodeDecision, QuantReason, excluded_by_user
 from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.float16 import FRAGILE_OPS, Float16Result, eligible_nodes, overflowing, to_float16
 from onnxslim.quant.report import Sizes
@@ -59,12 +59,13 @@ class HalfRun:
         self.on_target = self.target_provider in available_providers()
 
     def user_excluded(self) -> set[str]:
-        config, excluded = self.config, set()
+        excluded = set()
         for name in self.eligibility.eligible:
             node = self.nodes[name]
-            if name in config.exclude_nodes or node.op_type in config.exclude_op_types or (config.op_types and node.op_type not in config.op_types):
+            reason = excluded_by_user(node, self.config)
+            if reason is not None:
                 excluded.add(name)
-                self.decisions[name] = NodeDecision(name, node.op_type, Reason(QuantReason.EXCLUDED_BY_USER, "kept in float32 by --exclude-nodes/--exclude-op-types/--op-types"))
+                self.decisions[name] = NodeDecision(name, node.op_type, reason)
         return excluded
 
     def observe_ranges(self) -> dict[str, float]:

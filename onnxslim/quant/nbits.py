@@ -39,6 +39,7 @@ class WeightChoice:
     bits: int = 4
     reason: str | None = None  # None: quantized
     note: str = ""
+    by_user: bool = False  # kept in float by the user's --exclude-nodes/--exclude-op-types/--op-types
 
     @property
     def quantized(self) -> bool:
@@ -66,9 +67,12 @@ def _feeds_output(node: onnx.NodeProto, outputs: set[str], readers: dict[str, li
 
 
 def plan_weights(
-    model: onnx.ModelProto, bits: int, block_size: int, *, exclude_nodes=(), exclude_op_types=(), quantize_output_layers: bool = False
+    model: onnx.ModelProto, bits: int, block_size: int, *, excluded=lambda node: None, quantize_output_layers: bool = False
 ) -> list[WeightChoice]:
-    """A choice for every MatMul/Gemm with a constant 2-D float weight and every Gather of a constant float table."""
+    """A choice for every MatMul/Gemm with a constant 2-D float weight and every Gather of a constant float table.
+
+    ``excluded(node)``: the user's reason to keep ``node`` in float, or None.
+    """
     weights = initializer_map(model.graph)
     constants = set(weights)
     outputs, readers = {v.name for v in model.graph.output}, consumers_map(model.graph)
@@ -83,8 +87,9 @@ def plan_weights(
         elements = int(np.prod(tensor.dims))
         transposed = node.op_type == "Gemm" and bool(node_attr(node, "transB", 0))
         reason, chosen_bits, note = None, bits, ""
-        if node.name in exclude_nodes or node.op_type in exclude_op_types:
-            reason = "kept in float by --exclude-nodes/--exclude-op-types"
+        user = excluded(node)
+        if user is not None:
+            reason = user.text
         elif node.op_type == "Gather":
             columns = int(tensor.dims[1])
             if int(node_attr(node, "axis", 0)) != 0:
@@ -103,7 +108,7 @@ def plan_weights(
             reason = f"weight of {elements} values: too small to be worth it"
         elif bits < OUTPUT_LAYER_BITS and not quantize_output_layers and _feeds_output(node, outputs, readers, constants):
             chosen_bits, note = OUTPUT_LAYER_BITS, f"writes a graph output: {OUTPUT_LAYER_BITS}-bit blocks (--quantize-output-layers for {bits})"
-        choices.append(WeightChoice(node.name, node.op_type, name, transposed, chosen_bits, reason, note))
+        choices.append(WeightChoice(node.name, node.op_type, name, transposed, chosen_bits, reason, note, by_user=user is not None))
     return choices
 
 

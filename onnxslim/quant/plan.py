@@ -29,7 +29,7 @@ from onnxslim.ir.graph import node_attr
 from onnxslim.ir.layers import weight_axes
 from onnxslim.ir.tensors import constant_names, initializer_map, to_array
 from onnxslim.quant.config import QuantConfig
-from onnxslim.quant.decisions import ActivationQuant, BiasQuant, NodeDecision, QuantPlan, QuantReason, WeightQuant
+from onnxslim.quant.decisions import ActivationQuant, BiasQuant, NodeDecision, QuantPlan, QuantReason, WeightQuant, excluded_by_user
 from onnxslim.quant.rules import REMOVABLE, WEIGHTED_GPU, rule_for
 from onnxslim.reasons import Reason
 
@@ -145,12 +145,9 @@ class Planner:
         config = self.config
         if node.name in self.keep_float:
             return Reason(QuantReason.KEPT_FOR_ACCURACY, "kept in float to meet the accuracy budget (among the layers that cost the most accuracy)")
-        if node.name in config.exclude_nodes:
-            return Reason(QuantReason.EXCLUDED_BY_USER, "excluded by --exclude-nodes")
-        if node.op_type in config.exclude_op_types:
-            return Reason(QuantReason.EXCLUDED_BY_USER, "excluded by --exclude-op-types")
-        if config.op_types and node.op_type not in config.op_types and node.op_type not in REMOVABLE:
-            return Reason(QuantReason.EXCLUDED_BY_USER, "op type not in --op-types")
+        excluded = excluded_by_user(node, config, always_allowed=REMOVABLE)
+        if excluded is not None:
+            return excluded
         if node.domain not in ("", "ai.onnx"):
             return Reason(QuantReason.UNSUPPORTED, f"custom domain '{node.domain}'")
         return None

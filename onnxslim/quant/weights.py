@@ -20,7 +20,7 @@ from onnxslim.measure import fidelity
 from onnxslim.measure.channels import input_grams
 from onnxslim.quant.blocks import BlockQuantized, error_compensated, round_to_nearest
 from onnxslim.quant.budget import budget_shortfall
-from onnxslim.quant.decisions import NodeDecision, QuantReason
+from onnxslim.quant.decisions import NodeDecision, QuantReason, excluded_by_user
 from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.nbits import WeightChoice, plan_weights, rewrite, weight_matrix
 from onnxslim.quant.report import Sizes
@@ -61,7 +61,7 @@ def _quantize_all(run, choices: list[WeightChoice], config, grams: dict[str, np.
 
 def _decision(choice: WeightChoice, config, compensated: bool) -> NodeDecision:
     if not choice.quantized:
-        return NodeDecision(choice.node, choice.op_type, Reason(QuantReason.EXCLUDED_BY_USER if "--exclude" in choice.reason else QuantReason.UNSUPPORTED, choice.reason))
+        return NodeDecision(choice.node, choice.op_type, Reason(QuantReason.EXCLUDED_BY_USER if choice.by_user else QuantReason.UNSUPPORTED, choice.reason))
     kernel = "GatherBlockQuantized" if choice.is_table else "MatMulNBits"
     rounding = "error-compensated rounding from the inputs' statistics" if compensated and not choice.is_table else "round-to-nearest, clipping searched per block"
     kind = "symmetric" if config.symmetric else "asymmetric"
@@ -73,8 +73,7 @@ def quantize_weights(run, config, report, eval_data_given: bool, evaluation_prob
     """The weight-only model (or the cleaned FP32 one under ``if_slower``), with ``report`` filled in; ``run`` may hold no data."""
     bits = BITS[config.weights_only]
     choices = plan_weights(
-        run.prepared, bits, config.block_size, exclude_nodes=config.exclude_nodes, exclude_op_types=config.exclude_op_types,
-        quantize_output_layers=config.quantize_output_layers,
+        run.prepared, bits, config.block_size, excluded=lambda node: excluded_by_user(node, config), quantize_output_layers=config.quantize_output_layers,
     )
     if config.embeddings == "float":
         choices = [c if not c.is_table else WeightChoice(c.node, c.op_type, c.weight, reason="kept in float by --embeddings float") for c in choices]
