@@ -8,8 +8,25 @@ import pytest
 from onnxslim.runtime.providers import available_providers
 
 
+def _build_models_at_the_lowest_ir_version_their_opsets_allow() -> None:
+    """onnx.helper.make_model stamps the newest IR version the installed onnx knows (14 for onnx 1.23), which
+    onnxruntime-gpu 1.31, the newest CUDA build, refuses to load (it reads up to 13). Exporters stamp the
+    lowest version their opsets need; the models the tests build do the same, so the suite runs against
+    every onnxruntime the project supports, the GPU build included. An explicit ir_version is kept."""
+    make_model = onnx.helper.make_model
+
+    def lowest_ir_make_model(graph, **kwargs):
+        model = make_model(graph, **kwargs)
+        if "ir_version" not in kwargs:
+            model.ir_version = max(onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True), 7)
+        return model
+
+    onnx.helper.make_model = lowest_ir_make_model
+
+
 def pytest_configure(config):
     os.environ.setdefault("COLUMNS", "160")
+    _build_models_at_the_lowest_ir_version_their_opsets_allow()
     # measured channel widths are cached per machine; tests must measure, not read a developer's cache
     import tempfile
 
