@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -166,3 +167,31 @@ def test_a_candidate_running_more_nodes_on_the_cpu_fails_on_an_accelerator_by_de
     on_cpu = ProviderResult("CPUExecutionProvider", "ok")
     on_cpu.placement = result.placement
     assert _check_gates([on_cpu], Gates()) == []
+
+
+def test_a_float16_transpose_into_matmul_opens_on_the_cpu(tmp_path):
+    """onnxruntime's CPU provider crashes the process opening this graph with its NCHWc pass on (every FP16 ViT/BERT
+    holds it); run in a child process so that a regression fails this test instead of killing the suite."""
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xh"], to=TensorProto.FLOAT16),
+        helper.make_node("Transpose", ["xh"], ["t"], perm=[1, 0, 2]),
+        helper.make_node("MatMul", ["t", "w"], ["yh"]),
+        helper.make_node("Cast", ["yh"], ["y"], to=TensorProto.FLOAT),
+    ]
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(32, 16)).astype(np.float16), "w")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5, 32])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    path = tmp_path / "half.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    child = (
+        "import sys, numpy as np\nfrom onnxslim.runtime import Runner\nfrom onnxslim.runtime.session import optimized_ops\n"
+        "runner = Runner(sys.argv[1])\nprint(runner.run({'x': np.ones((2, 5, 32), np.float32)})[0].shape, sorted(optimized_ops(sys.argv[1])))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", child, str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-1500:]}"
+    assert "(5, 2, 16)" in result.stdout
+

@@ -8,6 +8,7 @@ the CPU is seen as such.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -87,6 +88,43 @@ class Placement:
         return ", ".join(short_name(p) for p in self.registered)
 
 
+# onnxruntime's CPU provider (1.31 and 1.32) crashes the whole process while it opens a float16 graph in
+# which a Transpose feeds a MatMul (every float16 ViT or BERT holds one) unless its NCHWc layout pass is
+# off. That pass serves convolutions, so it stays on for every other graph.
+FLOAT16_DISABLED_OPTIMIZERS = ["NchwcTransformer"]
+
+
+def crashes_cpu_layout_pass(model: onnx.ModelProto) -> bool:
+    """True for a float16 graph (float16 weights, or Casts to float16) with a Transpose read by a MatMul."""
+    half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute) for n in model.graph.node
+    )
+    if not half:
+        return False
+    transposed = {o for n in model.graph.node if n.op_type == "Transpose" for o in n.output}
+    return any(n.op_type in ("MatMul", "Gemm") and any(i in transposed for i in n.input) for n in model.graph.node)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_crashes_cpu_layout_pass(path: str, modified: int, size: int) -> bool:
+    return crashes_cpu_layout_pass(onnx.load(path, load_external_data=False))
+
+
+def disabled_optimizers(model: ModelSource) -> list[str]:
+    """onnxruntime graph passes to leave out for ``model`` (see FLOAT16_DISABLED_OPTIMIZERS)."""
+    try:
+        if isinstance(model, onnx.ModelProto):
+            crashes = crashes_cpu_layout_pass(model)
+        elif isinstance(model, bytes):
+            crashes = crashes_cpu_layout_pass(onnx.load_from_string(model))
+        else:
+            stat = os.stat(model)
+            crashes = _file_crashes_cpu_layout_pass(os.fspath(model), stat.st_mtime_ns, stat.st_size)
+    except Exception:  # onnxruntime will say what is wrong with the file when it opens it
+        return []
+    return list(FLOAT16_DISABLED_OPTIMIZERS) if crashes else []
+
+
 def _session_options(threads: int | None, optimization: str, profile_prefix: str | None = None, optimized_path: str | None = None):
     ort = _ort()
     options = ort.SessionOptions()
@@ -121,6 +159,7 @@ class Runner:
         self._file = SessionFile(model) if isinstance(model, onnx.ModelProto) else None
         self._model = self._file.source if self._file is not None else str(model) if isinstance(model, (str, os.PathLike)) else model
         self._optimization = optimization
+        self._disabled = disabled_optimizers(model)
         ort = _ort()
         if provider not in available_providers():
             raise ProviderError(
@@ -131,7 +170,7 @@ class Runner:
         if not prepack:  # a session run once or twice: repacking weights would cost a copy of them for nothing
             options.add_session_config_entry("session.disable_prepacking", "1")
         try:
-            self.session = ort.InferenceSession(self._model, sess_options=options, providers=provider_chain(provider))
+            self.session = ort.InferenceSession(self._model, sess_options=options, providers=provider_chain(provider), disabled_optimizers=self._disabled)
         except Exception as exc:  # onnxruntime raises its own exception types for bad models
             raise ModelLoadError(f"{label}: onnxruntime cannot load it on {short_name(provider)}: {first_line(exc)}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -158,7 +197,7 @@ class Runner:
         ort = _ort()
         with tempfile.TemporaryDirectory(prefix="onnxslim-profile-") as folder:
             options = _session_options(self.threads, self._optimization, profile_prefix=str(Path(folder) / "profile"))
-            session = ort.InferenceSession(self._model, sess_options=options, providers=provider_chain(self.provider))
+            session = ort.InferenceSession(self._model, sess_options=options, providers=provider_chain(self.provider), disabled_optimizers=self._disabled)
             try:
                 session.run(None, dict(feed))
             except Exception as exc:
@@ -209,11 +248,12 @@ def optimized_ops(model: ModelSource, *, threads: int = 1) -> Counter:
     ort = _ort()
     file = SessionFile(model) if isinstance(model, onnx.ModelProto) else None
     source = file.source if file is not None else model if isinstance(model, bytes) else str(model)
+    disabled = disabled_optimizers(model)
     with tempfile.TemporaryDirectory(prefix="onnxslim-opt-") as folder:
         target = str(Path(folder) / "optimized.onnx")
         options = _session_options(threads, "all", optimized_path=target)
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.onnx.data")
-        ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
         optimized = onnx.load(target, load_external_data=False)
     if file is not None:
         file.close()
