@@ -203,7 +203,9 @@ def test_cli_precision_fp16_writes_report(save, npz_folder, tmp_path):
     path = save(mlp())
     out, report_path = tmp_path / "o.onnx", tmp_path / "r.json"
     result = CliRunner().invoke(
-        main, ["quantize", str(path), "-o", str(out), "--precision", "fp16", "--target", "cuda", "--data", str(_data(npz_folder)), "--report", str(report_path), "-q"]
+        main,
+        # --if-slower write: where CUDA is present the 7-node model is timed there, and a GPU may well run it no faster
+        ["quantize", str(path), "-o", str(out), "--precision", "fp16", "--target", "cuda", "--data", str(_data(npz_folder)), "--if-slower", "write", "--report", str(report_path), "-q"],
     )
     assert result.exit_code == 0, result.output
     assert "FP16 model (7 of 7 float nodes in FP16)" in result.output
@@ -249,3 +251,52 @@ def test_a_cast_to_float32_read_only_by_fp16_nodes_casts_to_float16_instead():
     assert result.casts == 1  # only y back to float32
     feed = {"mask": np.array([[1, 0, 1, 1]], np.int64)}
     np.testing.assert_allclose(run_model(result.model, feed)[0], run_model(model, feed)[0])
+
+
+def layer_norm(epsilon: float):
+    """LayerNorm spelled out as exporters write it: ReduceMean, Sub, Pow, ReduceMean, Add(epsilon), Sqrt, Div, Mul, Add."""
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], name="mean", axes=[-1]),
+        helper.make_node("Sub", ["x", "mean"], ["centred"], name="centre"),
+        helper.make_node("Pow", ["centred", "two"], ["squared"], name="square"),
+        helper.make_node("ReduceMean", ["squared"], ["variance"], name="variance", axes=[-1]),
+        helper.make_node("Add", ["variance", "epsilon"], ["padded"], name="pad"),
+        helper.make_node("Sqrt", ["padded"], ["deviation"], name="sqrt"),
+        helper.make_node("Div", ["centred", "deviation"], ["normed"], name="divide"),
+        helper.make_node("Mul", ["normed", "gamma"], ["scaled"], name="gamma"),
+        helper.make_node("Add", ["scaled", "beta"], ["y"], name="beta"),
+    ]
+    inits = [_init("two", [2.0]), _init("epsilon", [epsilon]), _init("gamma", RNG.normal(size=8)), _init("beta", RNG.normal(size=8))]
+    graph = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_tiny_epsilon_stays_nonzero_in_float16():
+    model = layer_norm(1e-12)  # BERT's epsilon: float16 would round it to 0
+    result = to_float16(model, eligible_nodes(model).eligible)
+    epsilon = next(t for t in result.model.graph.initializer if t.name == "epsilon")
+    assert numpy_helper.to_array(epsilon).item() == np.finfo(np.float16).smallest_subnormal
+    assert result.lifted_weights == 1
+    feed = {"x": np.vstack([np.full(8, 3.0), RNG.normal(size=8)]).astype(np.float32)}  # a constant row has variance 0
+    got, reference = run_model(result.model, feed)[0], run_model(model, feed)[0]
+    assert np.isfinite(got).all()  # with epsilon 0 the constant row is 0 / 0
+    np.testing.assert_allclose(got, reference, atol=2e-2)
+
+
+def test_a_spelled_out_layernorm_becomes_one_fp16_layernormalization_without_islands(save, npz_folder):
+    model = layer_norm(1e-5)
+    batches = [{"x": (RNG.normal(size=(4, 8)) * 1000).astype(np.float32)} for _ in range(10)]  # squares near 1e6: beyond float16
+    converted, report = quantize(str(save(model)), str(npz_folder(batches)), config=QuantConfig(precision="fp16", target="cuda", if_slower="write"))
+    assert [n.op_type for n in converted.graph.node if n.op_type != "Cast"] == ["LayerNormalization"]
+    assert not [d for d in report.decisions if d.reason.code.value == "overflow"]
+    assert any(r.name == "fuse-layernorm" and r.modified for r in report.prepare)
+    assert report.fidelity[0].cosine > 0.9999
+
+
+def test_a_layernorm_the_user_excluded_stays_spelled_out(save, npz_folder):
+    model = layer_norm(1e-5)
+    batches = [{"x": RNG.normal(size=(4, 8)).astype(np.float32)} for _ in range(10)]
+    config = QuantConfig(precision="fp16", target="cuda", if_slower="write", exclude_nodes=("variance",))
+    converted, report = quantize(str(save(model)), str(npz_folder(batches)), config=config)
+    assert "LayerNormalization" not in [n.op_type for n in converted.graph.node]
+    assert {d.node: d.reason.code.value for d in report.decisions}["variance"] == "excluded_by_user"

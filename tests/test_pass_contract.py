@@ -219,3 +219,56 @@ def test_fold_constants_never_grows_the_weights():
     (result,) = checked(fold_constants)(model)
     assert not result.modified and result.declined[0].reason.code == DeclineCode.WOULD_GROW
     assert model_weight_bytes(model) == before
+
+
+LAYER_NORM = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[2, 3, 8] x) => (float[2, 3, 8] y)
+  <float two = {2.0}, float eps = {1e-12}, float[8] gamma = {1,2,3,4,5,6,7,8}, float[8] beta = {0,1,0,1,0,1,0,1}> {
+    mean = ReduceMean <axes = [-1]> (x)
+    d = Sub (x, mean)
+    sq = SQUARE
+    var = ReduceMean <axes = [-1]> (sq)
+    padded = Add (var, eps)
+    std = Sqrt (padded)
+    normed = Div (d, std)
+    scaled = Mul (normed, gamma)
+    y = Add (scaled, beta)
+}
+"""
+
+
+@pytest.mark.parametrize("square", ["Pow (d, two)", "Mul (d, d)"])
+def test_fuse_layernorm_upgrades_to_opset_17_and_keeps_numbers(square):
+    from onnxslim.passes import default_opset, fuse_layernorm
+
+    model = onnx.parser.parse_model(LAYER_NORM.replace("SQUARE", square))
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(fuse_layernorm)(work)
+    assert result.modified and default_opset(work) == 17
+    (fused,) = work.graph.node
+    assert fused.op_type == "LayerNormalization" and list(fused.input) == ["x", "gamma", "beta"] and list(fused.output) == ["y"]
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in fused.attribute}["stash_type"] == 1
+    left = {t.name for t in work.graph.initializer}
+    assert "eps" not in left and left <= {"beta", "gamma", "two"} and ("two" in left) == square.startswith("Mul")  # constants go with their nodes
+    feed = {"x": RNG.normal(size=(2, 3, 8)).astype(np.float32) * 50}
+    assert_same_outputs(model, work, feed)
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (("mean = ReduceMean <axes = [-1]> (x)", "mean = ReduceMean <axes = [1]> (x)"), "not the last axis"),
+        (("y = Add (scaled, beta)", "y = Add (scaled, d)"), "the centred tensor has a third reader"),
+        (("padded = Add (var, eps)", "padded = Add (var, var)"), "no constant epsilon"),
+    ],
+)
+def test_fuse_layernorm_leaves_what_is_not_a_layernorm(change, why):
+    from onnxslim.passes import fuse_layernorm
+
+    text = LAYER_NORM.replace("SQUARE", "Pow (d, two)").replace(*change)
+    model = onnx.parser.parse_model(text)
+    (result,) = checked(fuse_layernorm)(model)
+    assert not result.modified, why
+    assert "LayerNormalization" not in [n.op_type for n in model.graph.node]

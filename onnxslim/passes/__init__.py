@@ -14,6 +14,7 @@ from onnxslim.passes.cleanup import remove_dead_nodes, remove_identities
 from onnxslim.passes.constants import constants_to_initializers, initializers_out_of_inputs
 from onnxslim.passes.fold import fold_constants
 from onnxslim.passes.hardswish import fuse_hardswish
+from onnxslim.passes.layernorm import fuse_layernorm
 from onnxslim.passes.opset import default_opset, upgrade_opset
 
 CLEANUP_PASSES: tuple[GraphPass, ...] = (
@@ -43,6 +44,7 @@ __all__ = [
     "fold_constants",
     "fuse_batchnorm",
     "fuse_hardswish",
+    "fuse_layernorm",
     "graph_is_sorted",
     "initializers_out_of_inputs",
     "model_is_valid",

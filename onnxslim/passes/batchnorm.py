@@ -9,15 +9,14 @@ for Gemm (0 with transB=1, 1 otherwise).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import onnx
 from onnx import helper
 
 from onnxslim.ir.graph import node_attr
-from onnxslim.ir.tensors import all_value_names, constant_names, consumers_map, from_array, initializer_map, producer_map, to_array, unique_name
+from onnxslim.ir.tensors import all_value_names, from_array, to_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
+from onnxslim.passes.matching import GraphIndex
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 
@@ -68,7 +67,7 @@ def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
     """Fold each inference BatchNormalization into the Conv, ConvTranspose or Gemm before it (see the module docstring)."""
     result = PassResult("fuse-batchnorm")
     graph = model.graph
-    view = _GraphView(initializer_map(graph), constant_names(graph), producer_map(graph), consumers_map(graph), {v.name for v in graph.output})
+    view = GraphIndex(graph)
     taken = all_value_names(graph)
     fused_bn: set[int] = set()
     for bn in graph.node:
@@ -102,15 +101,7 @@ def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
     return result
 
 
-class _GraphView(NamedTuple):
-    inits: dict
-    constants: set
-    producers: dict
-    consumers: dict
-    outputs: set
-
-
-def _foldable_layer(bn: onnx.NodeProto, view: _GraphView) -> tuple[onnx.NodeProto, np.ndarray, bool]:
+def _foldable_layer(bn: onnx.NodeProto, view: GraphIndex) -> tuple[onnx.NodeProto, np.ndarray, bool]:
     """The layer ``bn`` folds into, its weight, and whether it has a bias; raises _Declined otherwise."""
     if len([o for o in bn.output if o]) > 1 or int(node_attr(bn, "training_mode", 0)):
         raise _Declined(DeclineCode.TRAINING_MODE, "training-mode outputs (running mean/var) are used")
@@ -120,7 +111,7 @@ def _foldable_layer(bn: onnx.NodeProto, view: _GraphView) -> tuple[onnx.NodeProt
     layer = view.producers.get(bn.input[0])
     if layer is None or layer.op_type not in FOLDABLE or layer.domain not in ("", "ai.onnx"):
         raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"input comes from {layer.op_type if layer is not None else 'a graph input'}, not Conv/ConvTranspose/Gemm")
-    if len(view.consumers.get(bn.input[0], [])) != 1 or bn.input[0] in view.outputs:
+    if not view.private(bn.input[0]):
         raise _Declined(DeclineCode.SHARED_VALUE, f"output of {layer.name or layer.op_type} is also read elsewhere")
     if len(layer.input) < 2 or layer.input[1] not in view.constants:
         raise _Declined(DeclineCode.NOT_CONSTANT, f"weights of {layer.name or layer.op_type} are not a constant initializer")

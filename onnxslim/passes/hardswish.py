@@ -12,31 +12,15 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from onnxslim.ir.tensors import constant_names, consumers_map, initializer_map, producer_map, to_array
 from onnxslim.passes.base import DeclineCode, PassResult
+from onnxslim.passes.matching import GraphIndex
 from onnxslim.passes.opset import default_opset
 
 SIXTH = 1.0 / 6.0
 
 
-class _Matcher:
-    """Looks up constants and readers while matching the spelled-out HardSwish patterns."""
-
-    def __init__(self, graph: onnx.GraphProto):
-        self.constants = constant_names(graph)
-        self.inits = initializer_map(graph)
-        self.producers = producer_map(graph)
-        self.consumers = consumers_map(graph)
-        self.outputs = {v.name for v in graph.output}
-
-    def value(self, name: str) -> float | None:
-        if name not in self.constants:
-            return None
-        array = to_array(self.inits[name])
-        return float(array.reshape(())) if array.size == 1 else None
-
-    def private(self, tensor: str) -> bool:
-        return len(self.consumers.get(tensor, [])) == 1 and tensor not in self.outputs
+class _Matcher(GraphIndex):
+    """Matches the spelled-out HardSwish patterns."""
 
     def other(self, node: onnx.NodeProto, name: str) -> str:
         return node.input[1] if node.input[0] == name else node.input[0]
@@ -54,10 +38,10 @@ class _Matcher:
             return None
         nodes = []
         if scaled:
-            if node.op_type == "Div" and self.value(node.input[1]) == 6.0:
+            if node.op_type == "Div" and self.scalar(node.input[1]) == 6.0:
                 inner = node.input[0]
-            elif node.op_type == "Mul" and any(abs((self.value(n) or 0) - SIXTH) < 1e-7 for n in node.input):
-                inner = node.input[0] if self.value(node.input[1]) is not None else node.input[1]
+            elif node.op_type == "Mul" and any(abs((self.scalar(n) or 0) - SIXTH) < 1e-7 for n in node.input):
+                inner = node.input[0] if self.scalar(node.input[1]) is not None else node.input[1]
             else:
                 return None
             nodes.append(node)
@@ -66,17 +50,17 @@ class _Matcher:
                 return None
         if node.op_type != "Clip":
             return None
-        low = self.value(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-        high = self.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        low = self.scalar(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        high = self.scalar(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if low != 0.0 or high != 6.0:
             return None
         nodes.append(node)
         add = self.producers.get(node.input[0])
         if add is None or add.op_type != "Add" or not self.private(node.input[0]):
             return None
-        if self.value(add.input[1]) == 3.0:
+        if self.scalar(add.input[1]) == 3.0:
             x = add.input[0]
-        elif self.value(add.input[0]) == 3.0:
+        elif self.scalar(add.input[0]) == 3.0:
             x = add.input[1]
         else:
             return None
@@ -91,11 +75,11 @@ class _Matcher:
                 if found and self.other(node, gate) == found[0]:
                     return found[0], found[1] + [node]
         divided = None
-        if node.op_type == "Div" and self.value(node.input[1]) == 6.0:
+        if node.op_type == "Div" and self.scalar(node.input[1]) == 6.0:
             divided = node.input[0]
         elif node.op_type == "Mul" and len(node.input) == 2:
             for index in (0, 1):
-                if abs((self.value(node.input[index]) or 0) - SIXTH) < 1e-7:
+                if abs((self.scalar(node.input[index]) or 0) - SIXTH) < 1e-7:
                     divided = node.input[1 - index]
         if divided is None or not self.private(divided):
             return None

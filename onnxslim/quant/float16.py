@@ -25,6 +25,7 @@ from onnxslim.ir.shapes import element_types
 from onnxslim.ir.tensors import all_value_names, from_array, outer_references, producer_map, subgraphs, to_array, unique_name
 
 FP16_MAX = 65504.0
+FP16_SMALLEST = float(np.finfo(np.float16).smallest_subnormal)  # 2**-24
 HEADROOM = 2.0  # a tensor seen above FP16_MAX / HEADROOM on calibration data may overflow on other data
 
 # Ops run in float16 and the input positions that take the float type T (None: every input).
@@ -145,10 +146,22 @@ def _boundaries(model: onnx.ModelProto, half_nodes: set[str], types: Mapping[str
     return _Boundaries(half_outputs, dict(half_reads), dict(float_reads), {o.name for o in graph.output})
 
 
-def _to_half(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """``values`` in float16, saturated at the largest finite float16, and how many were saturated."""
+def _to_half(values: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """``values`` in float16, how many were saturated and how many were kept from rounding to zero.
+
+    Values beyond float16's range saturate at +-65504. A nonzero value too
+    small for float16 becomes the smallest float16 of its sign rather than
+    zero: an epsilon such as LayerNorm's 1e-12 that turned into 0 would divide
+    by zero on a constant row, and onnxruntime declines to fuse a LayerNorm
+    whose epsilon is 0 (one kernel becomes nine).
+    """
     clipped = int(np.count_nonzero(np.abs(values) > FP16_MAX))
-    return np.clip(values, -FP16_MAX, FP16_MAX).astype(np.float16), clipped
+    half = np.clip(values, -FP16_MAX, FP16_MAX).astype(np.float16)
+    vanished = (half == 0) & (values != 0)
+    lifted = int(np.count_nonzero(vanished))
+    if lifted:
+        half[vanished] = np.copysign(FP16_SMALLEST, values[vanished]).astype(np.float16)
+    return half, clipped, lifted
 
 
 @dataclass
@@ -160,6 +173,7 @@ class Float16Result:
     casts: int = 0  # Cast nodes inserted where precision changes
     weights_converted: int = 0
     saturated_weights: int = 0  # weight values beyond float16's range, stored as +-65504
+    lifted_weights: int = 0  # nonzero weight values below float16's smallest, stored as +-2**-24 instead of 0
 
 
 def to_float16(model: onnx.ModelProto, half_nodes: Iterable[str], types: Mapping[str, int] | None = None, *, emulate: bool = False) -> Float16Result:
@@ -201,8 +215,9 @@ def to_float16(model: onnx.ModelProto, half_nodes: Iterable[str], types: Mapping
         producer = producers.get(name)
         sole_reader = readers[name] == len(reads) and name not in bounds.graph_outputs
         if name in initializers:
-            values, saturated = _to_half(to_array(initializers[name]))
+            values, saturated, lifted = _to_half(to_array(initializers[name]))
             result.saturated_weights += saturated
+            result.lifted_weights += lifted
             result.weights_converted += 1
             stored = values.astype(np.float32) if emulate else values
             if sole_reader:

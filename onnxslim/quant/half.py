@@ -20,6 +20,7 @@ from onnx import TensorProto
 from onnxslim.errors import NothingToDoError
 from onnxslim.ir.io import model_file_bytes
 from onnxslim.measure import fidelity, worst_score
+from onnxslim.passes import fuse_layernorm
 from onnxslim.progress import track
 from onnxslim.quant.budget import SENSITIVITY_BATCHES, budget_shortfall
 from onnxslim.quant.calibrate import calibrate
@@ -126,6 +127,10 @@ def _ranked(damage: dict[str, float]) -> list[dict]:
 
 def quantize_half(run, config, report, eval_data_given: bool, evaluation_problems) -> onnx.ModelProto:
     """The FP16 model (or the cleaned FP32 one under ``if_slower``), with ``report`` filled in."""
+    # one LayerNormalization keeps its statistics in float32: no square to overflow, one kernel instead of nine
+    fused = fuse_layernorm(run.prepared, leave=lambda node: excluded_by_user(node, config) is not None)
+    if fused.modified or fused.declined:
+        run.prepare_results.append(fused)
     half_run = HalfRun(run, config)
     excluded = half_run.user_excluded()
     candidates = [n for n in half_run.eligibility.eligible if n not in excluded]
@@ -176,7 +181,7 @@ def quantize_half(run, config, report, eval_data_given: bool, evaluation_problem
     report.decisions = [half_run.decisions[n.name] for n in run.prepared.graph.node if n.name in half_run.decisions]
     report.float16 = {
         "fidelity_measured_on": measured_on, "casts_inserted": converted.casts, "weights_converted": converted.weights_converted,
-        "saturated_weight_values": converted.saturated_weights,
+        "saturated_weight_values": converted.saturated_weights, "tiny_weight_values_kept_nonzero": converted.lifted_weights,
     }
     if converted.saturated_weights:
         report.warnings.append(f"{converted.saturated_weights} weight value(s) beyond float16's range stored as +-65504")
