@@ -126,6 +126,31 @@ def depthwise_separable(channels: int = 16, size: int = 16, *, seed: int = 2) ->
     return b.model([_image_input(3, size)], [_output("features", [1, 8, size, size])], "depthwise_separable")
 
 
+def _silu(b: GraphBuilder, x: str) -> str:
+    return b.node("Mul", [x, b.node("Sigmoid", [x])])
+
+
+def silu_se_block(channels: int = 16, size: int = 16, *, seed: int = 14, activation: str = "silu") -> onnx.ModelProto:
+    """An EfficientNet block: pointwise expand, depthwise 3x3, SiLU after each (x * Sigmoid(x)), squeeze-excitation
+    with a Sigmoid gate, pointwise project and a residual Add. ``activation="leaky"`` uses LeakyRelu instead of SiLU."""
+    b = GraphBuilder(seed)
+
+    def act(x: str) -> str:
+        return _silu(b, x) if activation == "silu" else b.node("LeakyRelu", [x], alpha=0.1)
+
+    stem = act(b.conv("input", 3, channels, k=1))
+    x = act(b.conv(stem, channels, channels * 2, k=1))
+    x = act(b.conv(x, channels * 2, channels * 2, groups=channels * 2))
+    gate = b.node("GlobalAveragePool", [x])
+    gate = act(b.conv(gate, channels * 2, channels // 2, k=1))
+    gate = b.node("Sigmoid", [b.conv(gate, channels // 2, channels * 2, k=1)])
+    x = b.node("Mul", [x, gate])
+    x = b.node("Add", [stem, b.conv(x, channels * 2, channels, k=1)])
+    y = b.conv(x, channels, 8, k=1)
+    _rename_output(b, y, "features")
+    return b.model([_image_input(3, size)], [_output("features", [1, 8, size, size])], "silu_se_block")
+
+
 def grouped_conv(channels: int = 16, groups: int = 4, size: int = 16, *, seed: int = 3) -> onnx.ModelProto:
     """Conv -> grouped Conv (``groups`` groups) -> Conv."""
     b = GraphBuilder(seed)
@@ -385,6 +410,7 @@ ALL_BUILDERS = {
     "unbound_attention": unbound_attention,
     "sliced_attention": lambda: unbound_attention(unbind="slice"),
     "window_attention": window_attention,
+    "silu_se_block": silu_se_block,
 }
 
 

@@ -222,7 +222,7 @@ def test_nothing_to_quantize_exits_nonzero(save, npz_folder):
 def test_slower_int8_writes_fp32_when_asked(monkeypatch, tmp_path):
     model = conv_bn_relu()
     slower = LatencyComparison(1, {"median_ms": 1.0, "runs": 3}, {"median_ms": 1.4, "runs": 3})
-    monkeypatch.setattr(timing_step, "latency_ratio", lambda *a, **k: slower)
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (slower, None))
     written, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3), output=tmp_path / "a.onnx")
     assert report.written == "fp32" and not any(n.op_type == "QuantizeLinear" for n in written.graph.node)
     assert any("not faster" in w for w in report.warnings)
@@ -364,3 +364,15 @@ def test_a_table_tied_to_an_output_projection_stays_float():
     model = embedding_model(tied=True)
     (choice,) = find_tables(model)
     assert not choice.quantized and "also read by other nodes" in choice.reason
+
+
+@pytest.mark.parametrize(("activation", "kernel"), [("silu", "QLinearSigmoid"), ("leaky", "QLinearLeakyRelu")])
+def test_silu_and_squeeze_excitation_run_on_integer_kernels(activation, kernel):
+    """x * Sigmoid(x) and the SE gate become QLinearSigmoid and QLinearMul in onnxruntime's optimized graph: no float island per block."""
+    model = ALL_BUILDERS["silu_se_block"](activation=activation)
+    quantized, report = quantize(model, calibrate_on(model, 24), config=EVERY_LAYER)
+    kernels = report.integer_kernels
+    assert kernels.get(kernel) == sum(1 for n in model.graph.node if n.op_type == {"silu": "Sigmoid", "leaky": "LeakyRelu"}[activation] and n.input[0] != "input")
+    assert kernels.get("QLinearMul", 0) == sum(1 for n in model.graph.node if n.op_type == "Mul")
+    assert kernels.get("QLinearConv") == sum(1 for n in model.graph.node if n.op_type == "Conv")
+    assert_close_to_float(model, quantized, 0.99)

@@ -29,6 +29,9 @@ Rule = Callable[["Planner", onnx.NodeProto], Reason]
 
 PASS_THROUGH = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Resize", "Slice", "DepthToSpace", "SpaceToDepth", "Gather"}
 INTEGER_UNARY = {"GlobalAveragePool", "AveragePool"}
+# activations with a QLinear kernel on onnxruntime's CPU provider (DQ -> op -> Q fuses): SiLU's and
+# squeeze-excitation's Sigmoid then joins QLinearMul instead of leaving a float island in every block
+CPU_INTEGER_ACTIVATIONS = {"Sigmoid", "LeakyRelu"}
 INTEGER_BINARY = {"Add", "Mul"}
 REMOVABLE = {"Relu", "Clip"}
 WEIGHTED_CPU = {"Conv", "Gemm", "MatMul"}
@@ -128,7 +131,7 @@ def shared_scale(planner: Planner, node: onnx.NodeProto) -> Reason:
 
 
 def integer_unary(planner: Planner, node: onnx.NodeProto) -> Reason:
-    """Pooling with a QLinear kernel: quantized input and output."""
+    """Pooling, Sigmoid, LeakyRelu with a QLinear kernel: quantized input and output."""
     data = node.input[0] if node.input else ""
     if not (planner.is_quantized(data) and data in planner.quantized_outputs):
         return _inputs_not_quantized()
@@ -180,7 +183,7 @@ def inputs_of_weighted_only(planner: Planner, node: onnx.NodeProto) -> Reason:
 CPU_RULES: dict[str, Rule] = {
     **{op: kept_float for op in KEPT_FLOAT_REASONS},
     **{op: shared_scale for op in PASS_THROUGH},
-    **{op: integer_unary for op in INTEGER_UNARY},
+    **{op: integer_unary for op in INTEGER_UNARY | CPU_INTEGER_ACTIVATIONS},
     **{op: integer_binary for op in INTEGER_BINARY},
     **{op: unfolded_clamp for op in REMOVABLE},
     "Concat": concat,

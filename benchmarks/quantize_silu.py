@@ -1,0 +1,105 @@
+"""INT8 on SiLU / squeeze-excitation / depthwise nets: onnxslim against onnxruntime.quantization, side by side.
+
+    pip install torch==2.14.1 torchvision==0.29.1
+    python benchmarks/quantize_silu.py --models efficientnet_b0 efficientnet_b3 mobilenet_v3_large regnet_y_400mf --threads 1 2
+
+torchvision architectures with random weights (their BatchNorm statistics set by a
+few training-mode passes, see benchmarks/gpu_fp16.py): these rows prove graph
+coverage and latency, not task accuracy. Each model is calibrated on ``--calib``
+random 224x224 images; output cosine is measured on ``--eval`` others. Latency:
+FP32 and every INT8 model interleaved, median of ``--runs``, at each thread count.
+onnxruntime.quantization runs with its defaults for static QDQ (per-tensor
+weights unless ``per_channel``: both are shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.gpu_fp16 import export_torchvision  # noqa: E402
+from benchmarks.tasks import run_all  # noqa: E402
+from benchmarks.timing import median_latencies  # noqa: E402
+from onnxslim import QuantConfig, quantize  # noqa: E402
+from onnxslim.measure import OutputComparison  # noqa: E402
+
+
+def onnxruntime_static(fp32: Path, calib: list[dict], out: Path, per_channel: bool) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calib)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel)
+    return out
+
+
+def bench(name: str, work: Path, args) -> dict:
+    fp32, calib_dir, held = export_torchvision(name, work, args.calib)
+    held = held[: args.eval]
+    calib = [dict(np.load(p)) for p in sorted(calib_dir.glob("*.npz"))]
+    models = {"FP32": fp32}
+    ours = work / f"{name}.onnxslim.onnx"
+    _, report = quantize(fp32, str(calib_dir), config=QuantConfig(latency_runs=0, if_slower="write"), output=ours, show_progress=False)
+    models["onnxslim"] = ours
+    for per_channel in (False, True):
+        label = f"onnxruntime{' per-channel' if per_channel else ''}"
+        models[label] = onnxruntime_static(fp32, calib, work / f"{name}.ort{int(per_channel)}.onnx", per_channel)
+    reference = run_all(fp32, held)
+    row = {"model": name, "cosine": {}, "latency_ms": {}, "integer_kernels": report.integer_kernels, "mb": {}}
+    for label, path in models.items():
+        comparison = OutputComparison("logits")
+        for ref, cand in zip(reference, run_all(path, held)):
+            comparison.add(ref[0], cand[0])
+        row["cosine"][label] = comparison.min_batch_cosine  # the lowest over the held-out images
+        row["mb"][label] = path.stat().st_size / 1e6
+    for threads in args.threads:
+        medians = median_latencies(list(models.values()), held[0], threads=threads, runs=args.runs)
+        row["latency_ms"][f"{threads}T"] = dict(zip(models, medians))
+    return row
+
+
+def markdown(rows: list[dict], threads: list[int]) -> str:
+    lines = ["| model | tool | min output cosine | " + " | ".join(f"{t}T ms (x FP32)" for t in threads) + " | MB |", "|" + "---|" * (4 + len(threads))]
+    for row in rows:
+        for label in row["cosine"]:
+            timing = " | ".join(
+                f"{row['latency_ms'][f'{t}T'][label]:.2f} ({row['latency_ms'][f'{t}T'][label] / row['latency_ms'][f'{t}T']['FP32']:.2f}x)" for t in threads
+            )
+            lines.append(f"| {row['model']} | {label} | {row['cosine'][label]:.4f} | {timing} | {row['mb'][label]:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["efficientnet_b0", "efficientnet_b3", "mobilenet_v3_large", "regnet_y_400mf"])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--calib", type=int, default=32)
+    parser.add_argument("--eval", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "cache" / "quantize_silu.json")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models:
+            rows.append(bench(name, Path(folder), args))
+            print(markdown(rows[-1:], args.threads), flush=True)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=1))
+    print(markdown(rows, args.threads))
+
+
+if __name__ == "__main__":
+    main()
