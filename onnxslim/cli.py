@@ -221,7 +221,7 @@ def validate(reference, candidate, input_shapes, providers, threads, warmup, run
 def _print_validation(report) -> None:
     for warning in report.warnings:
         _warn(warning)
-    console.print(f"data: {report.data}; threads: {report.threads or 'onnxruntime default'}", highlight=False)
+    console.print(f"data: {report.data}; threads: {threads_text(report.threads)}", highlight=False)
     accuracy = Table(title="accuracy (candidate vs reference)", title_justify="left")
     for column in ("provider", "output", "cosine", "SNR dB", "max abs", "mean abs", "top-1", "non-finite"):
         accuracy.add_column(column, justify="right" if column not in ("provider", "output") else "left")
@@ -248,6 +248,10 @@ def _print_validation(report) -> None:
             timing.add_row(name, ran, f"{ref['median_ms']:.3f} / {ref['p90_ms']:.3f}", f"{cand['median_ms']:.3f} / {cand['p90_ms']:.3f}", f"{latency.ratio:.3f}")
         else:
             timing.add_row(name, ran, "-", "-", "-")
+        single = result.latency_1_thread
+        if single:
+            ref, cand = single.reference, single.candidate
+            timing.add_row(f"{name}, 1 thread", "", f"{ref['median_ms']:.3f} / {ref['p90_ms']:.3f}", f"{cand['median_ms']:.3f} / {cand['p90_ms']:.3f}", f"{single.ratio:.3f}")
     console.print(accuracy)
     console.print(timing)
     failed = [g for g in report.gates if not g.passed]
@@ -355,13 +359,13 @@ def _print_quantization(report) -> None:
         fidelity.add_row(escape(output.name), _fmt(output.cosine, 6), _fmt(output.snr_db, 3), _fmt(output.max_abs), _fmt(output.top1, 4))
     if report.fidelity:
         console.print(fidelity)
-    latency = report.latency
-    if latency:
-        console.print(
-            f"latency ({threads_text(latency.threads)}, median of {latency.runs} interleaved runs): FP32 {latency.reference['median_ms']:.3f} ms, "
-            f"{label} {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
-            highlight=False,
-        )
+    for latency in (report.latency, report.latency_1_thread):
+        if latency:
+            console.print(
+                f"latency ({threads_text(latency.threads)}, median of {latency.runs} interleaved runs): FP32 {latency.reference['median_ms']:.3f} ms, "
+                f"{label} {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
+                highlight=False,
+            )
     console.print(f"size: FP32 {report.sizes.fp32_bytes / 1e6:.2f} MB, {label} {report.sizes.quantized_bytes / 1e6:.2f} MB", highlight=False)
     for warning in report.warnings:
         _warn(warning)
@@ -444,12 +448,12 @@ def _print_pruning(report) -> None:
     )
     for output in report.fidelity:
         console.print(f"output {escape(output.name)}: cosine {output.cosine:.5f} vs the original on {escape(report.evaluation)}", highlight=False)
-    if report.latency:
-        latency = report.latency
-        console.print(
-            f"latency ({threads_text(latency.threads)}): {latency.reference['median_ms']:.3f} ms -> {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
-            highlight=False,
-        )
+    for latency in (report.latency, report.latency_1_thread):
+        if latency:
+            console.print(
+                f"latency ({threads_text(latency.threads)}): {latency.reference['median_ms']:.3f} ms -> {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
+                highlight=False,
+            )
     for warning in report.warnings:
         _warn(warning)
     if report.output:
@@ -534,8 +538,9 @@ def share(model, output, eval_data, threads, report_path, quiet, input_shapes, *
     console.print(f"file {f0 / 1e6:.2f} MB -> {f1 / 1e6:.2f} MB ({f1 / max(f0, 1):.2f}x); zipped {z0 / 1e6:.2f} MB -> {z1 / 1e6:.2f} MB ({z1 / max(z0, 1):.2f}x)", highlight=False)
     for comparison in report.fidelity:
         console.print(f"output {escape(comparison.name)}: cosine {comparison.cosine:.5f} vs the original on {escape(report.evaluation)}", highlight=False)
-    if report.latency and report.latency.ratio is not None:
-        console.print(f"latency ({threads_text(report.latency.threads)}): ratio {report.latency.ratio:.3f} (the lookups are folded when the session loads)", highlight=False)
+    for latency in (report.latency, report.latency_1_thread):
+        if latency and latency.ratio is not None:
+            console.print(f"latency ({threads_text(latency.threads)}): ratio {latency.ratio:.3f} (the lookups are folded when the session loads)", highlight=False)
     for warning in report.warnings:
         _warn(warning)
     console.print(f"wrote {escape(output)}", highlight=False)
@@ -596,13 +601,16 @@ def _write_compress_reports(report, report_path, html_path) -> None:
 def _print_candidates(report) -> None:
     table = Table(title=f"candidates against the original ({escape(report.evaluation)}; latency at {threads_text(report.threads)})", title_justify="left")
     metric = report.config.get("accuracy_metric", "cosine")
-    for column in ("candidate", "latency", f"worst {metric}", "size MB", "budget", "what was done"):
-        table.add_column(column, justify="right" if column in ("latency", f"worst {metric}", "size MB") else "left")
+    one_thread = any(c.latency_ratio_1_thread is not None for c in report.candidates)
+    columns = ("candidate", "latency", *(("at 1 thread",) if one_thread else ()), f"worst {metric}", "size MB", "budget", "what was done")
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("latency", "at 1 thread", f"worst {metric}", "size MB") else "left")
     for c in report.candidates:
         latency = f"{c.latency_ratio:.3f}x" if c.latency_ratio is not None else "-"
+        single = (f"{c.latency_ratio_1_thread:.3f}x" if c.latency_ratio_1_thread is not None else "-",) if one_thread else ()
         score = "-" if c.failed or c.loss != c.loss else ("nan" if c.loss == float("inf") else f"{1 - c.loss:.5f}")
         mark = "[bold green]written[/]" if c.chosen else ("ok" if c.within_budget else "over" if c.measured else "-")
-        table.add_row(escape(c.name), latency, score, f"{c.file_bytes / 1e6:.2f}" if c.file_bytes else "-", mark, escape(c.note))
+        table.add_row(escape(c.name), latency, *single, score, f"{c.file_bytes / 1e6:.2f}" if c.file_bytes else "-", mark, escape(c.note))
     console.print(table)
     budget = report.budget
     target = f", target latency {budget['target_latency']:g}x" if budget.get("target_latency") else ""

@@ -54,7 +54,10 @@ def providers_option(default: str = "cpu"):
 
 
 def threads_option(f):
-    return click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True, help="onnxruntime intra-op threads for timing (0: onnxruntime's default).")(f)
+    return click.option(
+        "--threads", type=click.IntRange(min=0), default=0, show_default=True,
+        help="onnxruntime intra-op threads you deploy with: timings and what is written follow it (0: onnxruntime's default, one per core); 1 thread is timed and reported too.",
+    )(f)
 
 
 def quiet_option(f):

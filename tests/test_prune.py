@@ -354,7 +354,7 @@ def test_a_pruned_model_that_is_not_faster_is_not_written_by_default(monkeypatch
     from onnxslim.prune import structured
 
     slower = LatencyComparison(1, {"median_ms": 1.0, "runs": 3}, {"median_ms": 1.2, "runs": 3})
-    monkeypatch.setattr(structured, "latency_ratio", lambda *a, **k: slower)
+    monkeypatch.setattr(structured, "latency_ratios", lambda *a, **k: (slower, None))
     model = conv_bn_relu()
     config = PruneConfig(ratio=0.5, latency_runs=3, if_slower=if_slower)
     if if_slower == "fail":

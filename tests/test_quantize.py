@@ -232,6 +232,20 @@ def test_slower_int8_writes_fp32_when_asked(monkeypatch, tmp_path):
         quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3, if_slower="fail"))
 
 
+def test_the_deploy_thread_count_decides_and_a_disagreement_at_1_thread_is_reported(monkeypatch):
+    model = conv_bn_relu()
+    faster = LatencyComparison(0, {"median_ms": 1.0, "runs": 3}, {"median_ms": 0.7, "runs": 3})
+    slower_alone = LatencyComparison(1, {"median_ms": 2.0, "runs": 3}, {"median_ms": 2.2, "runs": 3})
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (faster, slower_alone))
+    _, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3))
+    assert report.written == "int8" and report.latency_1_thread.ratio == pytest.approx(1.1)
+    assert any("INT8: 1.10x the original's latency at 1 thread but 0.70x at onnxruntime's default threads" in w for w in report.warnings)
+    assert report.to_dict()["latency_1_thread"]["ratio"] == pytest.approx(1.1)
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (slower_alone, faster))  # slower where it is deployed: FP32
+    _, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3))
+    assert report.written == "fp32"
+
+
 def test_accuracy_budget_keeps_sensitive_layers_in_float():
     model = transformer_block()
     data = calibrate_on(model, 24)

@@ -195,3 +195,15 @@ def test_a_float16_transpose_into_matmul_opens_on_the_cpu(tmp_path):
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-1500:]}"
     assert "(5, 2, 16)" in result.stdout
 
+
+def test_latency_is_timed_at_the_deploy_thread_count_and_at_1_thread(save, npz_folder):
+    from onnxslim.measure.latency import also_one_thread
+
+    model = conv_bn_relu()
+    path, data = save(model), npz_folder(sample_inputs(model, 2))
+    deployed = validate(path, path, str(data), threads=2, runs=3)
+    (result,) = deployed.providers
+    assert result.latency.threads == 2 and result.latency_1_thread.threads == 1
+    alone = validate(path, path, str(data), threads=1, runs=3)
+    assert alone.providers[0].latency_1_thread is None
+    assert also_one_thread(4) and not also_one_thread(1) and not also_one_thread(4, "CUDAExecutionProvider")

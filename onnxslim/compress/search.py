@@ -28,6 +28,7 @@ class Candidate(Record):
     quantized: bool
     loss: float = math.nan  # 1 - the worst output's cosine to the original, on held-out data
     latency_ratio: float | None = None  # median latency over the original's, interleaved with every other candidate
+    latency_ratio_1_thread: float | None = None  # the same at 1 thread, when --threads is another count
     file_bytes: int = 0
     parameters: int = 0
     note: str = ""  # what was done, or why the candidate was not built

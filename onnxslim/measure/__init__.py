@@ -4,10 +4,10 @@ One implementation of each, used by validate, quantize and prune alike.
 """
 
 from onnxslim.measure.fidelity import SCORES, fidelity, output_score, worst_cosine, worst_score
-from onnxslim.measure.latency import LatencyComparison, interleaved_latency, latency_ratio, summarize_latency, time_pair
+from onnxslim.measure.latency import LatencyComparison, interleaved_latency, latency_ratio, latency_ratios, summarize_latency, time_pair
 from onnxslim.measure.outputs import OutputComparison, looks_like_class_scores
 
 __all__ = [
-    "SCORES", "LatencyComparison", "OutputComparison", "fidelity", "interleaved_latency", "latency_ratio", "looks_like_class_scores", "output_score",
+    "SCORES", "LatencyComparison", "OutputComparison", "fidelity", "interleaved_latency", "latency_ratio", "latency_ratios", "looks_like_class_scores", "output_score",
     "summarize_latency", "time_pair", "worst_cosine", "worst_score",
 ]

@@ -7,6 +7,7 @@ onnxslim reports.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -65,8 +66,25 @@ def keep_fallback(ratio: float | None, policy: str, *, keep: str, message: str, 
 def threads_text(threads: int | None) -> str:
     """'1 thread', '4 threads', or onnxruntime's default (0 or None)."""
     if not threads:
-        return "onnxruntime's default threads"
+        return f"onnxruntime's default threads ({os.cpu_count() or 1} cores)"
     return f"{threads} thread{'s' if threads != 1 else ''}"
+
+
+def also_one_thread(threads: int | None, provider: str = "CPUExecutionProvider") -> bool:
+    """Whether a CPU measurement at ``threads`` (the count the user deploys with) is worth repeating at 1 thread."""
+    return provider == "CPUExecutionProvider" and threads != 1 and (bool(threads) or (os.cpu_count() or 1) > 1)
+
+
+def disagreement(at_threads: LatencyComparison | None, at_one: LatencyComparison | None, subject: str) -> str | None:
+    """A warning when the candidate is faster at one thread count and not at the other (``subject``: "INT8")."""
+    if at_threads is None or at_one is None or at_threads.ratio is None or at_one.ratio is None:
+        return None
+    if (at_threads.ratio < 1.0) == (at_one.ratio < 1.0):
+        return None
+    return (
+        f"{subject}: {at_one.ratio:.2f}x the original's latency at 1 thread but {at_threads.ratio:.2f}x at {threads_text(at_threads.threads)}; "
+        f"what was written follows {threads_text(at_threads.threads)} (--threads sets the count you deploy with)"
+    )
 
 
 @dataclass(frozen=True)
@@ -111,3 +129,15 @@ def latency_ratio(
     """Interleaved median latency of both models on one batch on ``provider``, and their ratio; ``labels`` name them in errors."""
     runners = [Runner(reference, provider, threads=threads, label=labels[0]), Runner(candidate, provider, threads=threads, label=labels[1])]
     return time_pair(runners[0], runners[1], feed, warmup=max(3, runs // 10), runs=runs, show_progress=show_progress, description=description)
+
+
+def latency_ratios(
+    reference: ModelSource, candidate: ModelSource, feed: Mapping[str, np.ndarray], *, threads: int, runs: int, show_progress: bool = False,
+    description: str = "timing FP32 vs INT8", labels: tuple[str, str] = ("float model", "quantized model"), provider: str = "CPUExecutionProvider",
+) -> tuple[LatencyComparison, LatencyComparison | None]:
+    """:func:`latency_ratio` at ``threads`` (the count the user deploys with), and at 1 thread when that is another count (else None)."""
+    at_threads = latency_ratio(reference, candidate, feed, threads=threads, runs=runs, show_progress=show_progress, description=description, labels=labels, provider=provider)
+    if not also_one_thread(threads, provider):
+        return at_threads, None
+    at_one = latency_ratio(reference, candidate, feed, threads=1, runs=runs, show_progress=show_progress, description=f"{description} (1 thread)", labels=labels, provider=provider)
+    return at_threads, at_one

@@ -26,8 +26,8 @@ from onnxslim.ir.io import load_model, model_file_bytes, model_weight_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
-from onnxslim.measure import LatencyComparison, fidelity, latency_ratio
-from onnxslim.measure.latency import interleaved_latency, keep_fallback, threads_text
+from onnxslim.measure import LatencyComparison, fidelity, latency_ratios
+from onnxslim.measure.latency import also_one_thread, disagreement, interleaved_latency, keep_fallback, threads_text
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import PassResult, Pipeline, constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
 from onnxslim.passes.naming import name_unnamed_nodes
@@ -101,7 +101,7 @@ class PruneConfig:
     max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
     eval_fraction: float = setting(0.2, "Share of --data held out for the fidelity check.", low=0.0, high=0.5)
     max_eval_batches: int = setting(64, "Measure fidelity on at most this many held-out batches.", low=1)
-    threads: int = 1  # onnxruntime intra-op threads for timing; 0: onnxruntime's default
+    threads: int = 0  # onnxruntime intra-op threads to time at, the count the user deploys with (0: onnxruntime's default); 1 thread is timed too
     latency_runs: int = setting(30, "Timed runs of the original and the pruned model, interleaved (0: no timing).", low=0)
     if_slower: str = setting(
         "keep-original", "What to write when the pruned model is not faster than the original.", choices=("keep-original", "write", "fail")
@@ -137,7 +137,8 @@ class PruneReport(Record):
     parameters: BeforeAfter = BeforeAfter()
     macs: BeforeAfter = BeforeAfter()
     file_bytes: BeforeAfter = BeforeAfter()
-    latency: LatencyComparison | None = None
+    latency: LatencyComparison | None = None  # at --threads, the count the user deploys with
+    latency_1_thread: LatencyComparison | None = None  # the same at 1 thread, when --threads is another count
     fidelity: list = field(default_factory=list)
     groups: list[GroupReport] = field(default_factory=list)
     recovery: list[RecoveryStep] = field(default_factory=list)
@@ -373,21 +374,29 @@ def _select_widths(
             why = f"not measured: {weight_bytes / 1e9:.2f} GB of weights, and every candidate is held at once to time them (up to {MAX_MEASURED_BYTES / 1e6:.0f} MB); --round-to sets it"
         removed, reports = choices[1]
         return removed, reports, WidthChoice(1, note=why)
-    key = cache_key(_digest(work), repr(sorted(sorted(r) for r in distinct)), "CPUExecutionProvider", config.threads)
+    settings = repr(sorted(sorted(r) for r in distinct))
     measured = {m for multiples in distinct.values() for m in multiples}
-    ratios = cached(key)
-    from_cache = ratios is not None and set(ratios) == measured
-    if not from_cache:
-        candidates = [apply_removal(work, groups, set(removed)) for removed in distinct]
-        runners = [Runner(work, threads=config.threads, label="original")] + [Runner(c, threads=config.threads, label=f"candidate {i}") for i, c in enumerate(candidates)]
-        runs = max(5, min(config.latency_runs, 20))
-        samples = interleaved_latency(runners, probe, warmup=3, runs=runs, show_progress=show_progress, description="timing channel multiples")
-        medians = [float(np.median(s)) for s in samples]
-        ratios = {m: medians[i + 1] / medians[0] for i, multiples in enumerate(distinct.values()) for m in multiples}
-        remember(key, ratios)
-    multiple = choose_multiple(ratios)
+    digest = _digest(work)
+    # the widths must be fast where the user deploys (--threads) and at 1 thread: each count is measured, the slower ratio counts
+    by_threads, candidates = {}, None
+    for threads in [config.threads] + ([1] if also_one_thread(config.threads) else []):
+        key = cache_key(digest, settings, "CPUExecutionProvider", threads)
+        ratios = cached(key)
+        if ratios is None or set(ratios) != measured:
+            if candidates is None:  # built once, for whichever thread counts the cache lacks
+                candidates = [apply_removal(work, groups, set(removed)) for removed in distinct]
+            runners = [Runner(work, threads=threads, label="original")] + [Runner(c, threads=threads, label=f"candidate {i}") for i, c in enumerate(candidates)]
+            runs = max(5, min(config.latency_runs, 20))
+            samples = interleaved_latency(runners, probe, warmup=3, runs=runs, show_progress=show_progress, description=f"timing channel multiples ({threads_text(threads)})")
+            medians = [float(np.median(s)) for s in samples]
+            ratios = {m: medians[i + 1] / medians[0] for i, multiples in enumerate(distinct.values()) for m in multiples}
+            remember(key, ratios)
+        by_threads[threads] = ratios
+    worst = {m: max(r[m] for r in by_threads.values()) for m in measured}
+    multiple = choose_multiple(worst)
     removed, reports = choices[multiple]
-    return removed, reports, WidthChoice(multiple, ratios, config.threads, cached=from_cache)
+    one_thread = by_threads.get(1) if config.threads != 1 else None
+    return removed, reports, WidthChoice(multiple, by_threads[config.threads], config.threads, cached=candidates is None, measured_1_thread=one_thread or {})
 
 
 def _digest(model: onnx.ModelProto) -> str:
@@ -417,9 +426,12 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
     report.macs = BeforeAfter(count_macs(original, shapes)[0], count_macs(pruned, new_shapes)[0])
     report.file_bytes = BeforeAfter(model_file_bytes(original), model_file_bytes(pruned))
     if config.latency_runs > 0 and probe is not None and report.mode == "structured":
-        report.latency = latency_ratio(
+        report.latency, report.latency_1_thread = latency_ratios(
             original, pruned, probe, threads=config.threads, runs=config.latency_runs, description="timing original vs pruned", labels=("original", "pruned model")
         )
+        split = disagreement(report.latency, report.latency_1_thread, "the pruned model")
+        if split:
+            report.warnings.append(split)
     if source is not None:
         report.fidelity = fidelity(Runner(original, threads=None, label="original"), pruned, source, label="pruned model")
 

@@ -30,15 +30,18 @@ class WidthChoice(Record):
     """The channel multiple used, and the latency ratio to the original measured for each candidate (before recovery)."""
 
     multiple: int
-    measured: dict[int, float] = field(default_factory=dict)
+    measured: dict[int, float] = field(default_factory=dict)  # at ``threads``, the count the user deploys with
     threads: int | None = None
     cached: bool = False
     note: str = ""
+    measured_1_thread: dict[int, float] = field(default_factory=dict)  # when ``threads`` is another count; the slower of the two decides
 
     def __str__(self) -> str:
         if not self.measured:
             return f"channel counts kept at multiples of {self.multiple}{f' ({self.note})' if self.note else ''}"
         timings = ", ".join(f"{m}: {r:.2f}x" for m, r in sorted(self.measured.items()))
+        if self.measured_1_thread:
+            timings += "; at 1 thread " + ", ".join(f"{m}: {r:.2f}x" for m, r in sorted(self.measured_1_thread.items()))
         return f"channel counts kept at multiples of {self.multiple}, the fastest measured ({timings} of the original's latency{', cached' if self.cached else ''})"
 
 

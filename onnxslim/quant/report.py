@@ -57,7 +57,8 @@ class QuantReport(Record):
     budget: float | None = json_field(None, key="accuracy_budget")
     accuracy_metric: str = "cosine"  # what the budget bounds: cosine, top1 or auto
     fidelity: list[OutputComparison] = field(default_factory=list)
-    latency: LatencyComparison | None = None
+    latency: LatencyComparison | None = None  # at --threads, the count the user deploys with
+    latency_1_thread: LatencyComparison | None = None  # the same at 1 thread, when --threads is another count
     onnxruntime_kernels: dict[str, int] = field(default_factory=dict)
     sizes: Sizes = field(default_factory=Sizes)
     prepare: list[PassResult] = field(default_factory=list)

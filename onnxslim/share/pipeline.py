@@ -34,7 +34,7 @@ from onnxslim.errors import NothingToDoError, UsageError
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.layers import weight_axes
 from onnxslim.ir.tensors import all_value_names, from_array, graph_inputs, initializer_map, to_array, unique_name
-from onnxslim.measure import LatencyComparison, fidelity, latency_ratio
+from onnxslim.measure import LatencyComparison, fidelity, latency_ratios
 from onnxslim.measure.channels import input_moments
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import Pipeline, constants_to_initializers, initializers_out_of_inputs
@@ -61,7 +61,7 @@ class ShareConfig:
     max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
     eval_fraction: float = setting(0.2, "Share of --data held out for the fidelity check.", low=0.0, high=0.5)
     max_eval_batches: int = setting(64, "Measure fidelity on at most this many held-out batches.", low=1)
-    threads: int = 1
+    threads: int = 0  # onnxruntime intra-op threads to time at, the count the user deploys with (0: onnxruntime's default); 1 thread is timed too
     latency_runs: int = setting(30, "Timed runs of the original and the shared model, interleaved (0: no timing).", low=0)
 
     def __post_init__(self) -> None:
@@ -95,7 +95,8 @@ class ShareReport(Record):
     file_bytes: BeforeAfter = BeforeAfter()
     zipped_bytes: BeforeAfter = BeforeAfter()
     fidelity: list = field(default_factory=list)
-    latency: LatencyComparison | None = None
+    latency: LatencyComparison | None = None  # at --threads, the count the user deploys with
+    latency_1_thread: LatencyComparison | None = None  # the same at 1 thread, when --threads is another count
     evaluation: str = ""
     warnings: list[str] = field(default_factory=list)
 
@@ -299,7 +300,7 @@ def _measure(original: onnx.ModelProto, shared: onnx.ModelProto, held: list, inp
         report.fidelity = fidelity(Runner(original, threads=None, label="original"), shared, [("random", feed)], label="shared model")
         report.warnings.append("no --data: the fidelity is measured on random inputs, and the codebooks were fitted to the weights alone")
     if feed is not None and config.latency_runs > 0:
-        report.latency = latency_ratio(original, shared, feed, threads=config.threads, runs=config.latency_runs, labels=("original", "shared model"))
+        report.latency, report.latency_1_thread = latency_ratios(original, shared, feed, threads=config.threads, runs=config.latency_runs, labels=("original", "shared model"))
         if report.latency.ratio is not None and report.latency.ratio > 1.05:
             report.warnings.append(f"the shared model ran at {report.latency.ratio:.2f}x the original's latency: onnxruntime did not fold every lookup")
 

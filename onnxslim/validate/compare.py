@@ -23,6 +23,7 @@ from onnxslim.ir.graph import has_duplicate_node_names
 from onnxslim.ir.io import load_model
 from onnxslim.ir.tensors import graph_inputs, graph_outputs
 from onnxslim.measure import LatencyComparison, OutputComparison, time_pair
+from onnxslim.measure.latency import also_one_thread
 from onnxslim.progress import track
 from onnxslim.records import Record, json_field
 from onnxslim.runtime import Runner, available_providers, resolve_provider
@@ -63,7 +64,8 @@ class ProviderResult(Record):
     message: str = ""
     placement: dict = field(default_factory=dict)
     outputs: list[OutputComparison] = field(default_factory=list)
-    latency: LatencyComparison | None = None
+    latency: LatencyComparison | None = None  # at --threads, the count the user deploys with
+    latency_1_thread: LatencyComparison | None = None  # the same at 1 thread, on the CPU when --threads is another count
 
     def derived(self) -> dict:
         return {"provider": short_name(self.provider)}
@@ -114,7 +116,7 @@ def validate(
     *,
     providers: Sequence[str] = ("cpu",),
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-    threads: int | None = 1,
+    threads: int | None = 0,
     warmup: int = 5,
     runs: int = 50,
     gates: Gates = Gates(),
@@ -226,6 +228,12 @@ def _run_provider(provider, ref_model, cand_model, ref_label, cand_label, source
         result.latency = time_pair(
             ref_runner, cand_runner, feed, warmup=warmup, runs=runs, batch=first[0], show_progress=show_progress, description=f"{name}: timing"
         )
+        if also_one_thread(threads, provider):
+            del ref_runner, cand_runner  # one pair of sessions at a time
+            result.latency_1_thread = time_pair(
+                Runner(ref_model, provider, threads=1, label=ref_label), Runner(cand_model, provider, threads=1, label=cand_label), feed,
+                warmup=warmup, runs=runs, batch=first[0], show_progress=show_progress, description=f"{name}: timing at 1 thread",
+            )
     return result
 
 
