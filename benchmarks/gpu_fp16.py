@@ -42,7 +42,23 @@ def export_torchvision(name: str, folder: Path, count: int) -> tuple[Path, Path,
     import torch
     import torchvision
 
+    torch.manual_seed(0)  # the same random weights in every run, so runs compare
     model = getattr(torchvision.models, name)(weights=None).eval()
+    with torch.no_grad():  # some heads start at zero (vit_b_16's), which makes every logit 0 and agreement meaningless
+        for parameter in model.parameters():
+            if parameter.dim() > 1 and not parameter.any():
+                parameter.normal_(0.0, 0.02)
+        # fresh BatchNorm statistics (mean 0, variance 1) do not match random weights: efficientnet_b0's logits come out
+        # constant (std 1e-14) to the last digit; a few training-mode passes give every layer statistics of its own
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if norms:
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None  # a plain average over the passes
+            model.train()
+            for _ in range(4):
+                model(torch.randn(8, 3, 224, 224))
+            model.eval()
     path = folder / f"{name}.onnx"
     example = torch.randn(1, 3, 224, 224)
     torch.onnx.export(model, example, str(path), input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
@@ -137,6 +153,7 @@ def main() -> None:
 
             rows.append(bench(name, task.model, calib, feeds, metric, work, args, provider) | {"metric_name": task.metric})
             print(markdown(rows[-1:], args.batches, provider), flush=True)
+            Path(args.json).write_text(json.dumps(rows, indent=1))  # each row as it comes: a run cut short keeps what it measured
         for name in [t for t in args.torchvision.split(",") if t]:
             try:
                 path, calib, feeds = export_torchvision(name, work, args.calib)
@@ -146,6 +163,7 @@ def main() -> None:
             rows.append(bench(name, path, calib, feeds, lambda r, c, f: top1_agreement(r, c), work, args, provider)
                         | {"metric_name": "top-1 agreement with FP32, random weights"})
             print(markdown(rows[-1:], args.batches, provider), flush=True)
+            Path(args.json).write_text(json.dumps(rows, indent=1))
     Path(args.json).write_text(json.dumps(rows, indent=1))
     print(markdown(rows, args.batches, provider))
 
