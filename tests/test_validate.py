@@ -42,6 +42,24 @@ def test_metrics_match_numpy():
     assert not comparison.degenerate
 
 
+def test_probability_maps_report_mask_iou_and_class_scores_top1():
+    rng = np.random.default_rng(1)
+    ref = rng.uniform(size=(2, 1, 16, 16)).astype(np.float32)
+    cand = ref.copy()
+    cand[0, 0, :4] = 1.0 - cand[0, 0, :4]  # four rows flip sides of 0.5
+    comparison = OutputComparison("maps")
+    comparison.add(ref, cand)
+    a, b = ref > 0.5, cand > 0.5
+    assert comparison.mask_iou == pytest.approx((a & b).sum() / (a | b).sum()) and comparison.mask_iou < 1
+    assert comparison.task_metric == ("mask IoU", comparison.mask_iou) and comparison.top1 is None
+    assert comparison.to_dict()["mask_iou"] == comparison.mask_iou
+    logits = OutputComparison("logits")
+    logits.add(rng.standard_normal((4, 10)).astype(np.float32) * 5, rng.standard_normal((4, 10)).astype(np.float32) * 5)  # unbounded: not a map
+    unbounded = OutputComparison("features")
+    unbounded.add(rng.standard_normal((2, 8, 16, 16)).astype(np.float32), rng.standard_normal((2, 8, 16, 16)).astype(np.float32))
+    assert logits.task_metric[0] == "top-1" and logits.mask_iou is None and unbounded.task_metric is None
+
+
 def test_degenerate_reference_is_flagged():
     comparison = OutputComparison("y")
     comparison.add(np.full((2, 5), 3.0, np.float32), np.full((2, 5), 3.0, np.float32))

@@ -28,6 +28,19 @@ def looks_like_class_scores(array: np.ndarray) -> bool:
     return bool(np.all(array >= 0) and np.allclose(sums, 1.0, atol=1e-3))
 
 
+MASK_THRESHOLD = 0.5
+
+
+def looks_like_probability_map(array: np.ndarray) -> bool:
+    """Where mask IoU means something: per-pixel probabilities, (batch, channels, H, W) or (batch, H, W) in [0, 1] with H, W >= 8.
+
+    A segmentation or text-detection head; a map whose last axis sums to 1 is class scores per position instead.
+    """
+    if array.dtype.kind != "f" or array.ndim not in (3, 4) or min(array.shape[-2:]) < 8 or looks_like_class_scores(array):
+        return False
+    return bool(array.size and array.min() >= 0.0 and array.max() <= 1.0)
+
+
 @dataclass
 class OutputComparison:
     """Running sums comparing one output of a candidate with the reference's, batch by batch; ``add`` folds a batch in."""
@@ -45,6 +58,9 @@ class OutputComparison:
     exact: int = 0
     top1_match: int = 0
     top1_total: int = 0
+    mask_intersection: int = 0  # pixels above MASK_THRESHOLD in both, on probability maps
+    mask_union: int = 0
+    mask_batches: int = 0
     min_batch_cosine: float = 1.0
     nonfinite_candidate: int = 0  # NaN/Inf in the candidate where the reference is finite
     nonfinite_reference: int = 0  # NaN/Inf in the reference where the candidate is finite
@@ -88,6 +104,11 @@ class OutputComparison:
             cand_top = np.argmax(candidate, axis=-1)
             self.top1_match += int((ref_top == cand_top).sum())
             self.top1_total += int(ref_top.size)
+        elif looks_like_probability_map(reference):
+            ref_mask, cand_mask = reference > MASK_THRESHOLD, candidate > MASK_THRESHOLD
+            self.mask_intersection += int((ref_mask & cand_mask).sum())
+            self.mask_union += int((ref_mask | cand_mask).sum())
+            self.mask_batches += 1
 
     @property
     def nonfinite_mismatches(self) -> int:
@@ -120,6 +141,22 @@ class OutputComparison:
         return self.top1_match / self.top1_total if self.top1_total else None
 
     @property
+    def mask_iou(self) -> float | None:
+        """IoU of the pixels above MASK_THRESHOLD in candidate and reference, for probability maps (every batch one); else None."""
+        if not self.mask_batches or self.mask_batches != self.batches:
+            return None
+        return self.mask_intersection / self.mask_union if self.mask_union else 1.0
+
+    @property
+    def task_metric(self) -> tuple[str, float] | None:
+        """The decision-shaped score this output's shape calls for: top-1 agreement for class scores, mask IoU for probability maps."""
+        if self.top1 is not None:
+            return "top-1", self.top1
+        if self.mask_iou is not None:
+            return "mask IoU", self.mask_iou
+        return None
+
+    @property
     def reference_std(self) -> float:
         if not self.elements:
             return 0.0
@@ -146,6 +183,7 @@ class OutputComparison:
             "snr_db": _json_float(self.snr_db),
             "exact_match": self.exact / self.elements if self.elements else None,
             "top1_agreement": self.top1,
+            "mask_iou": self.mask_iou,
             "reference_std": self.reference_std,
             "degenerate_reference": self.degenerate,
             "nonfinite_candidate_values": self.nonfinite_candidate,
