@@ -191,6 +191,34 @@ def mlp(d_in: int = 32, hidden: int = 64, d_out: int = 10, *, seed: int = 5, bat
     return b.model(inputs, [_output("logits", [batch, d_out])], "mlp")
 
 
+def outlier_mlp(width: int = 64, layers: int = 4, *, seed: int = 15) -> onnx.ModelProto:
+    """MatMul -> Relu chains whose first weight ignores input channel 0 (zero row): fed :func:`outlier_inputs`,
+    the first layer's per-tensor INT8 input scale is set by a channel nothing reads, as activation outliers do in
+    real transformers, and rounds every other channel to zero; the later layers quantize well."""
+    b = GraphBuilder(seed)
+    x = "input"
+    for i in range(layers):
+        w = b.weight(width, width).T.copy()
+        if i == 0:
+            w[0, :] = 0.0
+        x = b.node("MatMul", [x, b.const(w)])
+        if i < layers - 1:
+            x = b.node("Relu", [x])
+    _rename_output(b, x, "features")
+    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])], [_output("features", ["batch", width])], "outlier_mlp")
+
+
+def outlier_inputs(count: int, width: int = 64, *, scale: float = 3000.0, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Batches for :func:`outlier_mlp`: normal values with channel 0 ``scale`` times larger."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        x = rng.standard_normal((8, width)).astype(np.float32)
+        x[:, 0] *= scale
+        batches.append({"input": x})
+    return batches
+
+
 def _layernorm(b: GraphBuilder, x: str, dim: int) -> str:
     scale = b.const((1.0 + 0.1 * b.rng.standard_normal(dim)).astype(np.float32), "ln_scale")
     bias = b.const((0.05 * b.rng.standard_normal(dim)).astype(np.float32), "ln_bias")

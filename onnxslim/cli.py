@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -223,7 +224,7 @@ def _print_validation(report) -> None:
         _warn(warning)
     console.print(f"data: {report.data}; threads: {threads_text(report.threads)}", highlight=False)
     accuracy = Table(title="accuracy (candidate vs reference)", title_justify="left")
-    for column in ("provider", "output", "cosine", "SNR dB", "max abs", "mean abs", "top-1", "non-finite"):
+    for column in ("provider", "output", "cosine", "SNR dB", "max abs", "mean abs", "task metric", "non-finite"):
         accuracy.add_column(column, justify="right" if column not in ("provider", "output") else "left")
     timing = Table(title="latency, interleaved", title_justify="left")
     for column in ("provider", "nodes ran on", "reference median / p90 ms", "candidate median / p90 ms", "ratio"):
@@ -237,7 +238,7 @@ def _print_validation(report) -> None:
             cos = _fmt(output.cosine, 6) + (" (degenerate)" if output.degenerate else "")
             nonfinite = f"[red]{output.nonfinite_mismatches}[/]" if output.nonfinite_mismatches else "0"
             max_abs = _fmt(float("inf") if output.nonfinite_mismatches else output.max_abs)
-            accuracy.add_row(name, escape(output.name), cos, _fmt(output.snr_db, 3), max_abs, _fmt(output.mean_abs), _fmt(output.top1, 4), nonfinite)
+            accuracy.add_row(name, escape(output.name), cos, _fmt(output.snr_db, 3), max_abs, _fmt(output.mean_abs), _task_text(output), nonfinite)
         placement = result.placement.get("candidate", {}).get("nodes_by_provider", {})
         ran = ", ".join(f"{p} {n}" for p, n in placement.items()) or "-"
         if result.status != "ok":
@@ -285,6 +286,23 @@ def _warn(text: str) -> None:
     err_console.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
+BUDGET_LINES = 5  # layers kept for the budget named on the console; the report has them all
+
+
+def _task_text(output) -> str:
+    """Top-1 agreement for class scores, mask IoU for probability maps, '-' for other outputs."""
+    task = output.task_metric
+    return f"{task[0]} {_fmt(task[1], 4)}" if task else "-"
+
+
+def _sensitivity_text(entry: dict, metric: str, label: str) -> str:
+    if "added_noise" in entry:
+        noise = entry["added_noise"]
+        return "adds NaN/Inf" if math.isinf(noise) else f"adds noise {10 * math.log10(1 / noise):.1f} dB below its output's power" if noise > 0 else "adds no measurable noise"
+    score = entry.get("score_when_alone_quantized", entry.get("score_when_alone_fp16"))
+    return f"{metric} {score:.5f} when it alone is {label}"
+
+
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=True))
 @output_option
@@ -295,7 +313,7 @@ def _warn(text: str) -> None:
 @config_options(
     QuantConfig, "precision", "weights_only", "block_size", "symmetric", "accuracy_level", "target", "method", "percentile", "op_types", "exclude_nodes",
     "exclude_op_types", "quantize_attention", "quantize_output_layers", "recurrent",
-    "embeddings", "accuracy_budget", "accuracy_metric", "calibration_provider", "max_calibration_samples", "eval_fraction", "max_eval_batches",
+    "embeddings", "accuracy_budget", "accuracy_metric", "sensitivity", "calibration_provider", "max_calibration_samples", "eval_fraction", "max_eval_batches",
 )
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")
 @threads_option
@@ -348,15 +366,17 @@ def _print_quantization(report) -> None:
         skipped.add_row(", ".join(f"{op} {n}" for op, n in counter.most_common()), escape(reason))
     if report.skipped:
         console.print(skipped)
-    for entry in report.kept_float_for_budget:
-        score = entry.get("score_when_alone_quantized", entry.get("score_when_alone_fp16"))
-        console.print(f"  kept in float for the accuracy budget: {escape(entry['node'])} ({report.accuracy_metric} {score:.5f} when it alone is {label})", highlight=False)
+    shown = report.kept_float_for_budget[:BUDGET_LINES]
+    for entry in shown:
+        console.print(f"  kept in float for the accuracy budget: {escape(entry['node'])} ({_sensitivity_text(entry, report.accuracy_metric, label)})", highlight=False)
+    if len(report.kept_float_for_budget) > len(shown):
+        console.print(f"  ... and {len(report.kept_float_for_budget) - len(shown)} more kept in float for the accuracy budget (--report lists every one)", highlight=False)
     where = f" (measured on {report.float16['fidelity_measured_on']})" if report.float16 else ""
     fidelity = Table(title=f"{label} vs FP32 on {report.evaluation.data}{where}", title_justify="left")
-    for column in ("output", "cosine", "SNR dB", "max abs", "top-1"):
+    for column in ("output", "cosine", "SNR dB", "max abs", "task metric"):
         fidelity.add_column(column, justify="left" if column == "output" else "right")
     for output in report.fidelity:
-        fidelity.add_row(escape(output.name), _fmt(output.cosine, 6), _fmt(output.snr_db, 3), _fmt(output.max_abs), _fmt(output.top1, 4))
+        fidelity.add_row(escape(output.name), _fmt(output.cosine, 6), _fmt(output.snr_db, 3), _fmt(output.max_abs), _task_text(output))
     if report.fidelity:
         console.print(fidelity)
     for latency in (report.latency, report.latency_1_thread):

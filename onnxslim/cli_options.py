@@ -114,6 +114,19 @@ def csv_option(name: str, help_text: str, dest: str | None = None):
     return click.option(*declarations, default=None, callback=_csv, metavar="A,B,...", help=help_text)
 
 
+class NoneOr(click.ParamType):
+    """A number in range, or 'none' for None: how the user turns off a setting that is on by default."""
+
+    def __init__(self, inner: click.ParamType):
+        self.inner = inner
+        self.name = f"{inner.name}|none"
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+            return None
+        return self.inner.convert(value, param, ctx)
+
+
 def config_option(config_type: type, name: str):
     """A click option built from the declaration of ``config_type.name``: its name, default, choices, range and help."""
     field = next(f for f in dataclasses.fields(config_type) if f.name == name)
@@ -131,6 +144,8 @@ def config_option(config_type: type, name: str):
     elif described.low is not None or described.high is not None:
         numeric = click.IntRange if "int" in str(field.type) else click.FloatRange
         kind = numeric(described.low, described.high, min_open=described.low_open, max_open=described.high_open)
+        if "None" in str(field.type) and field.default is not None:  # a default the user can switch off
+            kind = NoneOr(kind)
     else:
         kind = None
     return click.option(

@@ -10,13 +10,26 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxslim.quant.fallback as timing_step
-from models.builders import ALL_BUILDERS, GraphBuilder, constant_node_weights, conv_bn_relu, mixed_range_concat, mlp, residual, sample_inputs, transformer_block
+from models.builders import (
+    ALL_BUILDERS,
+    GraphBuilder,
+    constant_node_weights,
+    conv_bn_relu,
+    mixed_range_concat,
+    mlp,
+    outlier_inputs,
+    outlier_mlp,
+    residual,
+    sample_inputs,
+    transformer_block,
+)
 from onnxslim import QuantConfig, quantize
 from onnxslim.cli import main
 from onnxslim.errors import DataError, NothingToDoError
 from onnxslim.ir import load_model
 from onnxslim.measure import LatencyComparison
 from onnxslim.quant.decisions import QuantReason
+from onnxslim.quant.sensitivity import counts_to_try
 from tests.conftest import run_model
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -246,18 +259,63 @@ def test_the_deploy_thread_count_decides_and_a_disagreement_at_1_thread_is_repor
     assert report.written == "fp32"
 
 
-def test_accuracy_budget_keeps_sensitive_layers_in_float():
+@pytest.mark.parametrize("sensitivity", ["fast", "measured"])
+def test_accuracy_budget_keeps_sensitive_layers_in_float(sensitivity):
     model = transformer_block()
     data = calibrate_on(model, 24)
-    _, plain = quantize(model, data, config=FAST)
+    _, plain = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
     budget = min(c.cosine for c in plain.fidelity) + (1 - min(c.cosine for c in plain.fidelity)) * 0.5
-    _, strict = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=budget))
+    _, strict = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=budget, sensitivity=sensitivity))
     assert strict.kept_float_for_budget
     assert min(c.cosine for c in strict.fidelity) >= budget - 1e-6
     kept = {k["node"] for k in strict.kept_float_for_budget}
     # kept for the budget, and said so: not blamed on --exclude-nodes, which was not given
     assert all(d.code == QuantReason.KEPT_FOR_ACCURACY for d in strict.decisions if d.node in kept)
     assert not any(d.code == QuantReason.EXCLUDED_BY_USER for d in strict.decisions)
+
+
+def test_the_default_budget_is_099_on_every_output_and_none_switches_it_off(save, npz_folder, tmp_path):
+    model, data = outlier_mlp(), outlier_inputs(30)
+    _, unchecked = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
+    assert min(c.cosine for c in unchecked.fidelity) < 0.5 and unchecked.budget is None and not unchecked.kept_float_for_budget
+    _, default = quantize(model, data, config=FAST)
+    assert default.budget == 0.99 and min(c.cosine for c in default.fidelity) >= 0.99
+    # the layer whose input scale the outlier sets is found from one side-by-side pass, and it alone is kept in float
+    first = model.graph.node[0].name
+    assert [k["node"] for k in default.kept_float_for_budget] == [first]
+    assert default.sensitivity[0] == {"node": first, "added_noise": pytest.approx(1.0, abs=0.05)}
+    assert all(0 <= entry["added_noise"] < 0.01 for entry in default.sensitivity[1:])
+    path, folder = save(model), npz_folder(data)
+    for given, expected in (("none", None), ("0.95", 0.95)):
+        result = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--data", str(folder), "--latency-runs", "0",
+                                           "--accuracy-budget", given, "--report", str(tmp_path / "r.json"), "-q"])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / "r.json").read_text())["accuracy_budget"] == expected
+    result = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--data", str(folder), "--accuracy-budget", "nope"])
+    assert result.exit_code == 2 and "nope" in result.output
+
+
+def test_fast_sensitivity_builds_a_few_models_where_measured_builds_one_per_layer(monkeypatch):
+    from onnxslim.quant import pipeline
+
+    model = transformer_block()
+    data = calibrate_on(model, 24)
+    _, plain = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, quantize_output_layers=True))
+    worst = min(c.cosine for c in plain.fidelity)
+    budget = worst + (1 - worst) * 0.5
+    builds = []
+    real = pipeline.insert_qdq
+    monkeypatch.setattr(pipeline, "insert_qdq", lambda *a, **k: builds.append(1) or real(*a, **k))
+    counts = {}
+    for sensitivity in ("fast", "measured"):
+        builds.clear()
+        _, report = quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=budget, sensitivity=sensitivity))
+        assert min(c.cosine for c in report.fidelity) >= budget
+        counts[sensitivity] = (len(builds), len(report.sensitivity), len(report.kept_float_for_budget))
+    layers = counts["measured"][1]
+    assert counts["fast"][1] == layers >= 6
+    assert counts["measured"][0] >= layers + 2  # one build per layer, the plain one and the confirmed one
+    assert counts["fast"][0] <= 2 + len(list(counts_to_try(layers))) and counts["fast"][0] < counts["measured"][0]
 
 
 def test_a_top1_budget_bounds_decisions_not_cosine():
@@ -271,7 +329,9 @@ def test_a_top1_budget_bounds_decisions_not_cosine():
     assert report.accuracy_metric == "top1" and all(t is not None and t >= 0.999999 for t in top1)
     assert report.to_dict()["accuracy_metric"] == "top1"
     # the same budget on cosine is a different, stricter promise: no INT8 layer keeps the output's cosine at 1
-    with pytest.raises(NothingToDoError, match="cosine score"):
+    with pytest.raises(NothingToDoError, match="every layer alone brings an output's cosine score"):
+        quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=0.999999, sensitivity="measured"))
+    with pytest.raises(NothingToDoError, match="missed unless every layer is kept in float"):
         quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=0.999999))
 
 

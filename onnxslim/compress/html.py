@@ -59,7 +59,14 @@ def layer_figure(report: CompressReport):
     """Per-layer quantization sensitivity when quantize measured it; otherwise the share of channels each group kept in the written candidate."""
     go = _plotly()
     if report.sensitivity:
-        rows = sorted(report.sensitivity, key=lambda r: r["score_when_alone_quantized"])
+        rows = report.sensitivity
+        if "added_noise" in rows[0]:
+            rows = sorted(rows, key=lambda r: -r["added_noise"])
+            figure = go.Figure(go.Bar(x=[r["node"] for r in rows], y=[r["added_noise"] for r in rows]))
+            figure.update_layout(title="Per-layer sensitivity: noise each layer adds when INT8 (one side-by-side pass)", yaxis_title="added noise / signal power",
+                                 yaxis_type="log", template="plotly_white")
+            return figure
+        rows = sorted(rows, key=lambda r: r["score_when_alone_quantized"])
         figure = go.Figure(go.Bar(x=[r["node"] for r in rows], y=[1.0 - r["score_when_alone_quantized"] for r in rows]))
         figure.update_layout(title="Per-layer sensitivity: loss when only this layer is INT8", yaxis_title="1 - worst output cosine", template="plotly_white")
         return figure

@@ -9,11 +9,40 @@ import numpy as np
 import onnx
 
 from onnxslim.measure.outputs import OutputComparison
+from onnxslim.runtime.probe import probe_runner
 from onnxslim.runtime.session import Runner
 
 
+class RememberedReference:
+    """A reference session whose outputs are computed once per batch object and kept (up to ``limit_bytes``).
+
+    A search compares many candidates with the same reference on the same held-out batches;
+    remembering the reference's outputs halves the cost of every comparison after the first.
+    """
+
+    def __init__(self, runner: Runner, limit_bytes: int = 512 << 20):
+        self.runner = runner
+        self.output_names = runner.output_names
+        self.limit_bytes = limit_bytes
+        self._kept: dict[int, tuple[Mapping, list[np.ndarray]]] = {}
+        self._bytes = 0
+
+    def run(self, batch: Mapping[str, np.ndarray], names: Sequence[str] | None = None) -> list[np.ndarray]:
+        if names is not None and list(names) != list(self.output_names):
+            return self.runner.run(batch, names)
+        kept = self._kept.get(id(batch))
+        if kept is not None and kept[0] is batch:
+            return kept[1]
+        outputs = self.runner.run(batch)
+        size = sum(np.asarray(o).nbytes for o in outputs)
+        if self._bytes + size <= self.limit_bytes:
+            self._kept[id(batch)] = (batch, outputs)  # the batch is held too, so its id is not reused
+            self._bytes += size
+        return outputs
+
+
 def fidelity(
-    reference: Runner, candidate: onnx.ModelProto | Runner, batches: Sequence[tuple[str, Mapping[str, np.ndarray]]], *, provider: str = "CPUExecutionProvider",
+    reference: Runner | RememberedReference, candidate: onnx.ModelProto | Runner, batches: Sequence[tuple[str, Mapping[str, np.ndarray]]], *, provider: str = "CPUExecutionProvider",
     label: str = "quantized model",
 ) -> list[OutputComparison]:
     """Per-output comparison of ``candidate`` with ``reference`` over ``batches``; ``label`` names the candidate in errors."""
@@ -61,3 +90,17 @@ def worst_score(comparisons: Sequence[OutputComparison], metric: str = "cosine")
     if any(math.isnan(v) for v in values):
         return math.nan
     return min(values) if values else 1.0
+
+
+def tensor_fidelity(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, names: Sequence[str], batches: Sequence[tuple[str, Mapping[str, np.ndarray]]]
+) -> dict[str, OutputComparison]:
+    """Per-tensor comparison of the intermediate tensors ``names`` (present in both graphs) over ``batches``: one run of each model per batch."""
+    names = list(names)
+    ref_runner, cand_runner = probe_runner(reference, names), probe_runner(candidate, names)
+    comparisons = {name: OutputComparison(name) for name in names}
+    for label, batch in batches:
+        for name, a, b in zip(names, ref_runner.run(batch, names), cand_runner.run(batch, names)):
+            comparisons[name].add(a, b, label)
+    return comparisons
+

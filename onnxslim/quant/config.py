@@ -8,6 +8,7 @@ from onnxslim.errors import UsageError
 from onnxslim.measure.fidelity import SCORES
 from onnxslim.options import check_settings, setting
 from onnxslim.quant.ranges import METHODS
+from onnxslim.quant.sensitivity import RANKINGS
 
 TARGETS = ("cpu", "cuda", "tensorrt")
 IF_SLOWER = ("keep-fp32", "write", "keep-int8", "fail")  # keep-int8: the older name of write
@@ -31,7 +32,9 @@ class QuantConfig:
         float by default, since their rounding errors flip close decisions.
     accuracy_budget: minimum score per output on held-out data (cosine
         similarity, or top-1 agreement: ``accuracy_metric``); the most
-        sensitive layers are kept in float until it holds.
+        sensitive layers are kept in float until it holds (None: no search).
+    sensitivity: how layers are ranked for the budget ('fast': one pass
+        of per-tensor noise; 'measured': each layer alone).
     precision: 'int8' (static QDQ) or 'fp16' (float16 with float32 islands, for GPUs).
     if_slower: what to write when the result is not faster than FP32.
     """
@@ -67,7 +70,12 @@ class QuantConfig:
     )
     concat_range_ratio: float = 16.0
     accuracy_budget: float | None = setting(
-        None, "Keep the most sensitive layers in float until every output's cosine on held-out data reaches this.", low=-1.0, high=1.0, metavar="COSINE"
+        0.99, "Keep the most sensitive layers in float until every output's score (--accuracy-metric) on held-out data reaches this; 'none': no search.",
+        low=-1.0, high=1.0, metavar="SCORE|none",
+    )
+    sensitivity: str = setting(
+        "fast", "How --accuracy-budget ranks layers: fast = the noise each adds, from one side-by-side pass; measured = each layer alone quantized (a pass per layer).",
+        choices=RANKINGS,
     )
     accuracy_metric: str = setting(
         "cosine", "What --accuracy-budget bounds: cosine, top-1 agreement, or auto (top-1 for class scores and per-step probabilities, cosine otherwise).",

@@ -23,7 +23,7 @@ from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageEr
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.tensors import graph_inputs
-from onnxslim.measure import fidelity, worst_score
+from onnxslim.measure import RememberedReference, fidelity, tensor_fidelity, worst_score
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.progress import track
 from onnxslim.quant.budget import SENSITIVITY_BATCHES, budget_shortfall
@@ -39,6 +39,7 @@ from onnxslim.quant.qdq import insert_qdq
 from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.recurrent import find_recurrent, store_recurrent_in_int8
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
+from onnxslim.quant.sensitivity import counts_to_try, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
 from onnxslim.reasons import Reason
@@ -103,16 +104,16 @@ class QuantRun:
             self.calib_source, self.eval_batches, self.eval_label = self._split(source, eval_data, inputs, input_shapes)
         else:
             self.calib_source, self.eval_batches, self.eval_label = None, [], "no data"
-        self._reference: Runner | None = None
+        self._reference: RememberedReference | None = None
         self.stats: dict = {}
         self.calibration_batches = 0
         self.calibration_seconds = 0.0
 
     @property
-    def reference(self) -> Runner:
-        """The float model's session, opened on first use: its weights are not held during calibration."""
+    def reference(self) -> RememberedReference:
+        """The float model's session, opened on first use (its weights are not held during calibration); its outputs on the held-out batches are kept."""
         if self._reference is None:
-            self._reference = Runner(self.original, "CPUExecutionProvider", threads=None, label=self.label)
+            self._reference = RememberedReference(Runner(self.original, "CPUExecutionProvider", threads=None, label=self.label))
         return self._reference
 
     def timing_feed(self) -> dict | None:
@@ -274,10 +275,46 @@ class BudgetSearch:
     sensitivity: list[dict] = field(default_factory=list)  # every candidate layer, most harmful first
 
 
-def _sensitivity(run: QuantRun, plan: QuantPlan, budget: float) -> BudgetSearch:
-    """Keep the layers that cost the most accuracy in float until the budget holds."""
+WEIGHT_STORAGE_OPS = {"Gather", "LSTM"}  # quantized for storage (INT8 tables, DynamicQuantizeLSTM), not through Q/DQ on their inputs
+
+
+def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, budget: float) -> BudgetSearch:
+    """Keep the layers that cost the most accuracy in float until the budget holds.
+
+    ``config.sensitivity`` says how layers are ranked: 'fast' by the noise each adds in one side-by-side pass
+    of the float and the quantized model; 'measured' by the outputs' score with each layer alone quantized
+    (a model build and a pass over the batches per layer). Either way the budget is confirmed by measurement,
+    keeping 1, 2, 4, 8, ... of the ranked layers in float.
+    """
     batches = run.eval_batches[:SENSITIVITY_BATCHES]
     candidates = [d.node for d in plan.decisions.values() if d.quantized and d.code not in (QuantReason.FOLDED, QuantReason.BIAS_FUSED)]
+    metric = run.config.accuracy_metric
+    every = _ranked_by_added_noise(run, candidates, quantized, batches) if run.config.sensitivity == "fast" else _ranked_alone(run, candidates, batches)
+    # tables and LSTMs keep their inputs float and hold most of the bytes: kept in float last, when nothing else will do
+    stored_only = {d.node for d in plan.decisions.values() if d.op_type in WEIGHT_STORAGE_OPS}
+    every = [e for e in every if e["node"] not in stored_only] + [e for e in every if e["node"] in stored_only]
+    ranked = [entry["node"] for entry in every]
+    for count in counts_to_try(len(ranked)):
+        excluded = frozenset(ranked[:count])
+        _, model = run.build(run.config, excluded)
+        score = worst_score(fidelity(run.reference, model, batches), metric)
+        if score >= budget:
+            note = f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float ({metric} {score:.5f} on {len(batches)} batch(es))"
+            return BudgetSearch(excluded, every[:count], True, note, every)
+    return BudgetSearch(frozenset(ranked), every, False, f"accuracy budget {budget} cannot be met even with every quantized layer in float", every)
+
+
+def _ranked_by_added_noise(run: QuantRun, candidates: list[str], quantized: onnx.ModelProto, batches) -> list[dict]:
+    nodes = [n for n in run.prepared.graph.node if n.name in set(candidates)]
+    # activations only: weights are not computed, and the quantized graph replaces them
+    computed = {o for n in quantized.graph.node for o in n.output} | {v.name for v in quantized.graph.input}
+    activations = {t for t in run.float_names if t in computed} - {i.name for i in run.prepared.graph.initializer}
+    compared = tensor_fidelity(run.prepared, quantized, tensors_to_compare(nodes, activations), track(batches, "per-layer noise", enabled=run.show_progress))
+    noise = {name: noise_power(c.err_sq, c.ref_sq, c.nonfinite_mismatches) for name, c in compared.items()}
+    return [{"node": node, "added_noise": added} for node, added in rank_by_added_noise(nodes, noise)]
+
+
+def _ranked_alone(run: QuantRun, candidates: list[str], batches) -> list[dict]:
     damage: dict[str, float] = {}
     for node in track(candidates, "per-layer sensitivity", enabled=run.show_progress):
         others = frozenset(n for n in candidates if n != node)
@@ -285,19 +322,7 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, budget: float) -> BudgetSearch:
         score = worst_score(fidelity(run.reference, model, batches), run.config.accuracy_metric)
         damage[node] = 2.0 if math.isnan(score) else 1.0 - score  # NaN/Inf where FP32 is finite: worst of all
     ranked = sorted(candidates, key=lambda n: damage[n], reverse=True)
-    every = [{"node": n, "score_when_alone_quantized": 1.0 - damage[n]} for n in ranked]
-    count = 1
-    while count <= len(ranked):
-        excluded = frozenset(ranked[:count])
-        _, model = run.build(run.config, excluded)
-        score = worst_score(fidelity(run.reference, model, batches), run.config.accuracy_metric)
-        if score >= budget:
-            kept = [{"node": n, "score_when_alone_quantized": 1.0 - damage[n]} for n in ranked[:count]]
-            note = f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float ({run.config.accuracy_metric} {score:.5f} on {len(batches)} batch(es))"
-            return BudgetSearch(excluded, kept, True, note, every)
-        count = count * 2 if count < 8 else count + max(1, len(ranked) // 8)
-    kept = [{"node": n, "score_when_alone_quantized": 1.0 - damage[n]} for n in ranked]
-    return BudgetSearch(frozenset(ranked), kept, False, f"accuracy budget {budget} cannot be met even with every quantized layer in float", every)
+    return [{"node": n, "score_when_alone_quantized": 1.0 - damage[n]} for n in ranked]
 
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm"}
@@ -433,18 +458,18 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
     report.warnings.extend(_evaluation_problems(comparisons, run, eval_data_given))
     if config.accuracy_budget is None or worst_score(comparisons, config.accuracy_metric) >= config.accuracy_budget:  # NaN misses the budget
         return plan, quantized, comparisons
-    search = _sensitivity(run, plan, config.accuracy_budget)
+    search = _sensitivity(run, plan, quantized, config.accuracy_budget)
     report.kept_float_for_budget = search.kept
     report.sensitivity = search.sensitivity
     if not search.met:
         report.warnings.append(search.note)
     plan, quantized = run.build(config, search.keep_float)
     if not plan.quantized_nodes:
-        best = max((1.0 - k["score_when_alone_quantized"] for k in search.kept), default=None)
-        raise NothingToDoError(
-            f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: every layer alone brings an output's {config.accuracy_metric} score on "
-            f"{run.eval_label} below it" + (f" (the least harmful reaches {1.0 - best:.5f})" if best is not None else "") + "; nothing written"
-        )
+        alone = [k["score_when_alone_quantized"] for k in search.kept if "score_when_alone_quantized" in k]
+        why = (f"every layer alone brings an output's {config.accuracy_metric} score on {run.eval_label} below it"
+               + (f" (the least harmful reaches {max(alone):.5f})" if alone else "")) if config.sensitivity == "measured" else (
+               "it is missed unless every layer is kept in float (--sensitivity measured ranks layers one by one)")
+        raise NothingToDoError(f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: {why}; nothing written")
     comparisons = fidelity(run.reference, quantized, run.eval_batches)
     report.warnings.extend(budget_shortfall(comparisons, config, run))
     return plan, quantized, comparisons

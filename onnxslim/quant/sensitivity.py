@@ -1,0 +1,76 @@
+"""Which layers to keep in float for the accuracy budget, ranked from one pass of per-tensor noise.
+
+Measuring each layer alone (quantize only it, run the model, score the outputs)
+costs a model build and a pass over the data per layer. Instead the fully
+quantized model and the float model are run once side by side with every
+layer's inputs and outputs exposed: the noise a layer adds is the relative
+error power at its outputs less that already on its inputs. Ranked by it, the
+noisiest layers are kept in float a few at a time until the measured outputs
+meet the budget, so the ranking is only trusted once it is confirmed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import onnx
+
+RANKINGS = ("fast", "measured")
+
+
+def noise_power(error_sq: float, signal_sq: float, nonfinite: int = 0) -> float:
+    """Error power over signal power (1/SNR); infinite where the quantized model gives NaN/Inf the float one does not."""
+    if nonfinite:
+        return math.inf
+    if signal_sq == 0.0:
+        return 0.0 if error_sq == 0.0 else math.inf
+    return error_sq / signal_sq
+
+
+def added_noise(nodes: Sequence[onnx.NodeProto], noise: Mapping[str, float]) -> dict[str, float]:
+    """Per node: the noise at its noisiest output less the noise on its noisiest input (tensors not in ``noise`` count as exact).
+
+    A layer keeps roughly the relative noise it receives (a ReLU, a pooling, a
+    normalisation rescale signal and noise alike), so what its outputs carry
+    beyond its inputs is what rounding its inputs, weights and result added;
+    keeping it in float removes about that much. Never negative: a residual Add
+    or a Softmax that dilutes noise is not credited for it.
+    """
+    added = {}
+    for node in nodes:
+        out = max((noise.get(t, 0.0) for t in node.output if t), default=0.0)
+        into = max((noise.get(t, 0.0) for t in node.input if t), default=0.0)
+        if math.isinf(out):
+            added[node.name] = 0.0 if math.isinf(into) else math.inf
+        else:
+            added[node.name] = max(out - into, 0.0)
+    return added
+
+
+def rank_by_added_noise(nodes: Sequence[onnx.NodeProto], noise: Mapping[str, float]) -> list[tuple[str, float]]:
+    """``nodes`` by the noise each adds, the largest first (graph order breaks ties)."""
+    added = added_noise(nodes, noise)
+    order = {node.name: i for i, node in enumerate(nodes)}
+    return sorted(added.items(), key=lambda item: (-item[1], order[item[0]]))
+
+
+def tensors_to_compare(nodes: Sequence[onnx.NodeProto], float_tensors: set[str]) -> list[str]:
+    """The float tensors read or written by ``nodes``, in first-seen order: what the side-by-side pass exposes."""
+    seen: dict[str, None] = {}
+    for node in nodes:
+        for name in (*node.input, *node.output):
+            if name and name in float_tensors:
+                seen.setdefault(name, None)
+    return list(seen)
+
+
+def counts_to_try(total: int):
+    """How many of the ranked layers to keep in float, in the order tried: 1, 2, 4, 8, then steps of an eighth of them, then all."""
+    count, last = 1, 0
+    while count <= total:
+        yield count
+        last = count
+        count = count * 2 if count < 8 else count + max(1, total // 8)
+    if last < total:
+        yield total
