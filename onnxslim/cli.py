@@ -372,6 +372,8 @@ def _print_quantization(report) -> None:
     if len(report.kept_float_for_budget) > len(shown):
         console.print(f"  ... and {len(report.kept_float_for_budget) - len(shown)} more kept in float for the accuracy budget (--report lists every one)", highlight=False)
     where = f" (measured on {report.float16['fidelity_measured_on']})" if report.float16 else ""
+    padding = sorted({o.padding_left_out for o in report.fidelity if o.padding_left_out})
+    where += f" (real tokens only: positions where {', '.join(padding)} is 0 left out)" if padding else ""
     fidelity = Table(title=f"{label} vs FP32 on {report.evaluation.data}{where}", title_justify="left")
     for column in ("output", "cosine", "SNR dB", "max abs", "task metric"):
         fidelity.add_column(column, justify="left" if column == "output" else "right")

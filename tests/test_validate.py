@@ -225,3 +225,30 @@ def test_latency_is_timed_at_the_deploy_thread_count_and_at_1_thread(save, npz_f
     alone = validate(path, path, str(data), threads=1, runs=3)
     assert alone.providers[0].latency_1_thread is None
     assert also_one_thread(4) and not also_one_thread(1) and not also_one_thread(4, "CUDAExecutionProvider")
+
+
+def test_padding_positions_are_left_out_of_the_comparison(tmp_path):
+    """A candidate wrong only where attention_mask is 0 matches the reference on every real token."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxslim.measure import fidelity
+    from onnxslim.runtime import Runner
+
+    def model(noisy_padding: bool):
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 4]), helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "t"])]
+        nodes = [helper.make_node("Sub", ["one", "attention_mask"], ["padding"]), helper.make_node("Cast", ["padding"], ["padding_f"], to=TensorProto.FLOAT),
+                 helper.make_node("Unsqueeze", ["padding_f", "last"], ["padding_3d"]), helper.make_node("Mul", ["padding_3d", "size"], ["shift"]),
+                 helper.make_node("Add", ["x", "shift"], ["y"])]
+        inits = [numpy_helper.from_array(np.array(1, np.int64), "one"), numpy_helper.from_array(np.array([-1], np.int64), "last"),
+                 numpy_helper.from_array(np.array(5.0 if noisy_padding else 0.0, np.float32), "size")]
+        graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", 4])], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    rng = np.random.default_rng(0)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], np.int64)
+    batches = [("b0", {"x": rng.standard_normal((2, 5, 4)).astype(np.float32), "attention_mask": mask})]
+    reference = Runner(model(False), threads=None)
+    (masked,) = fidelity(reference, model(True), batches)
+    assert masked.cosine == pytest.approx(1.0) and masked.padding_left_out == "attention_mask" and masked.elements == 7 * 4
+    (everything,) = fidelity(reference, model(True), batches, padding_mask=None)
+    assert everything.cosine < 0.9 and not everything.padding_left_out and everything.to_dict()["padding_left_out"] is None

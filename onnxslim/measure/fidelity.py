@@ -41,19 +41,43 @@ class RememberedReference:
         return outputs
 
 
+PADDING_MASK = "attention_mask"  # an input whose zeros mark padding tokens, as transformer exporters name it
+
+
 def fidelity(
     reference: Runner | RememberedReference, candidate: onnx.ModelProto | Runner, batches: Sequence[tuple[str, Mapping[str, np.ndarray]]], *, provider: str = "CPUExecutionProvider",
-    label: str = "quantized model",
+    label: str = "quantized model", padding_mask: str | None = PADDING_MASK,
 ) -> list[OutputComparison]:
-    """Per-output comparison of ``candidate`` with ``reference`` over ``batches``; ``label`` names the candidate in errors."""
+    """Per-output comparison of ``candidate`` with ``reference`` over ``batches``; ``label`` names the candidate in errors.
+
+    Where a batch has the input ``padding_mask`` and an output starts with its (batch, tokens) shape,
+    only the rows of real tokens are compared: what a model computes at padding positions is read
+    by nothing (a pooled embedding masks it out), so its error would only blur the score.
+    """
     runner = candidate if isinstance(candidate, Runner) else Runner(candidate, provider, threads=None, label=label)
     comparisons = [OutputComparison(name) for name in reference.output_names]
     for label, batch in batches:
-        ref_out = reference.run(batch)
-        cand_out = runner.run(batch, reference.output_names)
-        for comparison, a, b in zip(comparisons, ref_out, cand_out):
-            comparison.add(a, b, label)
+        add_batch(comparisons, reference.run(batch), runner.run(batch, reference.output_names), batch, label, padding_mask)
     return comparisons
+
+
+def add_batch(
+    comparisons: Sequence[OutputComparison], reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], batch: Mapping[str, np.ndarray], label: str,
+    padding_mask: str | None = PADDING_MASK,
+) -> None:
+    """Fold one batch's outputs into ``comparisons``, real tokens only where ``padding_mask`` applies (see :func:`fidelity`)."""
+    mask = batch.get(padding_mask) if padding_mask else None
+    for comparison, a, b in zip(comparisons, reference, candidate):
+        if mask is not None and _per_token(a, mask) and _per_token(b, mask):
+            keep = np.asarray(mask) != 0
+            a, b = a[keep][None], b[keep][None]  # (1, real tokens, ...): never mistaken for (batch, classes)
+            comparison.padding_left_out = padding_mask
+        comparison.add(a, b, label)
+
+
+def _per_token(array: np.ndarray, mask: np.ndarray) -> bool:
+    mask = np.asarray(mask)
+    return mask.ndim == 2 and np.ndim(array) >= 3 and tuple(np.shape(array)[:2]) == mask.shape and bool((mask != 0).any())
 
 
 def worst_cosine(comparisons: Sequence[OutputComparison]) -> float:

@@ -62,6 +62,7 @@ class OutputComparison:
     mask_union: int = 0
     mask_batches: int = 0
     min_batch_cosine: float = 1.0
+    padding_left_out: str = ""  # the input whose zeros marked the token rows left out of the comparison
     nonfinite_candidate: int = 0  # NaN/Inf in the candidate where the reference is finite
     nonfinite_reference: int = 0  # NaN/Inf in the reference where the candidate is finite
     nonfinite_disagreeing: int = 0  # both non-finite, but not the same value (NaN vs Inf, +Inf vs -Inf)
@@ -184,6 +185,7 @@ class OutputComparison:
             "exact_match": self.exact / self.elements if self.elements else None,
             "top1_agreement": self.top1,
             "mask_iou": self.mask_iou,
+            "padding_left_out": self.padding_left_out or None,
             "reference_std": self.reference_std,
             "degenerate_reference": self.degenerate,
             "nonfinite_candidate_values": self.nonfinite_candidate,

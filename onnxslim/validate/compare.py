@@ -22,7 +22,7 @@ from onnxslim.errors import DataError, ProviderError, UsageError
 from onnxslim.ir.graph import has_duplicate_node_names
 from onnxslim.ir.io import load_model
 from onnxslim.ir.tensors import graph_inputs, graph_outputs
-from onnxslim.measure import LatencyComparison, OutputComparison, time_pair
+from onnxslim.measure import LatencyComparison, OutputComparison, add_batch, time_pair
 from onnxslim.measure.latency import also_one_thread
 from onnxslim.progress import track
 from onnxslim.records import Record, json_field
@@ -211,10 +211,7 @@ def _run_provider(provider, ref_model, cand_model, ref_label, cand_label, source
     for label, batch in track(source, f"{name}: comparing outputs", enabled=show_progress):
         if first is None:
             first = (label, batch)
-        ref_out = ref_runner.run(batch, output_names)
-        cand_out = cand_runner.run(batch, output_names)
-        for comparison, ref_value, cand_value in zip(comparisons, ref_out, cand_out):
-            comparison.add(ref_value, cand_value, label)
+        add_batch(comparisons, ref_runner.run(batch, output_names), cand_runner.run(batch, output_names), batch, label)
     result.outputs = comparisons
     feed = first[1]
     ref_place = ref_runner.placement(feed)
