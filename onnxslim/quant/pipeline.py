@@ -275,7 +275,7 @@ class BudgetSearch:
     sensitivity: list[dict] = field(default_factory=list)  # every candidate layer, most harmful first
 
 
-WEIGHT_STORAGE_OPS = {"Gather", "LSTM"}  # quantized for storage (INT8 tables, DynamicQuantizeLSTM), not through Q/DQ on their inputs
+STORED_IN_INT8 = (QuantReason.WEIGHT_ONLY, QuantReason.DYNAMIC)  # INT8 tables and DynamicQuantizeLSTM: weights stored low-bit, no Q/DQ on inputs
 
 
 def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, budget: float) -> BudgetSearch:
@@ -291,7 +291,7 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     metric = run.config.accuracy_metric
     every = _ranked_by_added_noise(run, candidates, quantized, batches) if run.config.sensitivity == "fast" else _ranked_alone(run, candidates, batches)
     # tables and LSTMs keep their inputs float and hold most of the bytes: kept in float last, when nothing else will do
-    stored_only = {d.node for d in plan.decisions.values() if d.op_type in WEIGHT_STORAGE_OPS}
+    stored_only = {d.node for d in plan.decisions.values() if d.code in STORED_IN_INT8}
     every = [e for e in every if e["node"] not in stored_only] + [e for e in every if e["node"] in stored_only]
     ranked = [entry["node"] for entry in every]
     for count in counts_to_try(len(ranked)):
