@@ -32,4 +32,5 @@ def test_only_float_activations_are_compared_and_counts_end_with_all():
     assert tensors_to_compare(_chain(), {"a", "c"}) == ["a", "c"]
     assert list(counts_to_try(3)) == [1, 2, 3] and list(counts_to_try(8)) == [1, 2, 4, 8] and list(counts_to_try(0)) == []
     assert list(counts_to_try(20)) == [1, 2, 4, 8, 10, 12, 14, 16, 18, 20]
+    assert list(counts_to_try(3, finish_with_all=False)) == [1, 2] and list(counts_to_try(9, finish_with_all=False)) == [1, 2, 4, 8, 9]
 

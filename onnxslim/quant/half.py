@@ -28,6 +28,7 @@ from onnxslim.quant.decisions import NodeDecision, QuantReason, excluded_by_user
 from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.float16 import FRAGILE_OPS, Float16Result, eligible_nodes, overflowing, to_float16
 from onnxslim.quant.report import Sizes
+from onnxslim.quant.sensitivity import counts_to_try
 from onnxslim.reasons import Reason
 from onnxslim.runtime import available_providers, resolve_provider
 
@@ -107,15 +108,13 @@ class HalfRun:
                 alone = self.score(frozenset({node}), batches)
                 damage[node] = 2.0 if math.isnan(alone) else 1.0 - alone
             ranked = sorted(candidates, key=lambda n: damage[n], reverse=True)
-            count = 1
-            while count <= len(ranked):
+            for count in counts_to_try(len(ranked), finish_with_all=False):
                 trial = kept + ranked[:count]
                 score = self.score(half - frozenset(trial), batches)
                 if score >= budget:
                     chosen = [{"node": n, "score_when_alone_fp16": 1.0 - damage[n]} for n in trial]
                     note = f"accuracy budget {budget} met with {len(trial)} node(s) kept in float32 ({self.config.accuracy_metric} {score:.6f} on {len(batches)} batch(es))"
                     return HalfSearch(frozenset(trial), chosen, True, note, _ranked(damage))
-                count = count * 2 if count < 8 else count + max(1, len(ranked) // 8)
             kept += ranked
         chosen = [{"node": n, "score_when_alone_fp16": 1.0 - damage[n]} for n in kept]
         return HalfSearch(frozenset(kept), chosen, False, f"accuracy budget {budget} cannot be met even with every node in float32", _ranked(damage))

@@ -65,12 +65,13 @@ def tensors_to_compare(nodes: Sequence[onnx.NodeProto], float_tensors: set[str])
     return list(seen)
 
 
-def counts_to_try(total: int):
-    """How many of the ranked layers to keep in float, in the order tried: 1, 2, 4, 8, then steps of an eighth of them, then all."""
+def counts_to_try(total: int, *, finish_with_all: bool = True):
+    """How many of the ranked layers to keep in float, in the order tried: 1, 2, 4, 8, then steps of an eighth of them, then all
+    (unless ``finish_with_all`` is false: a staged search that goes on to its next stage with every one of these kept)."""
     count, last = 1, 0
     while count <= total:
         yield count
         last = count
         count = count * 2 if count < 8 else count + max(1, total // 8)
-    if last < total:
+    if finish_with_all and last < total:
         yield total
