@@ -122,6 +122,9 @@ def test_gemm_weights_on_output_axis():
     _, default_report = quantize(model, calibrate_on(model), config=FAST)
     last = [d for d in default_report.decisions if d.node == model.graph.node[-1].name][0]
     assert not last.quantized and last.code == QuantReason.OUTPUT_LAYER and "output layer" in last.reason.text
+    # the Gemm before the float output layer is followed by a Relu: without an output quantizer onnxruntime would fuse
+    # the two into a float FusedGemm that dequantizes its weights on every run
+    assert default_report.integer_kernels == {"QGemm": 2} and "FusedGemm" not in default_report.onnxruntime_kernels
 
 
 def test_transformer_block_keeps_sensitive_paths_in_float():

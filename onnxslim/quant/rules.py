@@ -98,7 +98,25 @@ def weighted(planner: Planner, node: onnx.NodeProto) -> Reason:
     if op == "MatMul" and bias_name is None:
         planner.plan.zero_bias_for[node.name] = (activation, weight)
         return Reason(QuantReason.INTEGER_KERNEL, "QGemm: UINT8 input, INT8 per-channel weights, float output")
+    if _relu_follows(planner, node, bias_name):
+        # onnxruntime fuses a float-output Gemm with the Relu after it into a float FusedGemm that dequantizes its
+        # weights on every run; a quantized output (the Relu folded into its quantizer) keeps the integer QGemm
+        planner.quantize_output(planner.consumers[node.output[0]][0] if op == "MatMul" else node, allow_fold=True)
+        return Reason(QuantReason.INTEGER_KERNEL, "QGemm: UINT8 input and output (the Relu after it folded), INT8 per-channel weights, INT32 bias")
     return Reason(QuantReason.INTEGER_KERNEL, "QGemm: UINT8 input, INT8 per-channel weights, INT32 bias, float output")
+
+
+def _relu_follows(planner: Planner, node: onnx.NodeProto, bias_name: str | None) -> bool:
+    """The layer's result (after its bias Add, for a MatMul) is read only by a Relu or Clip(0, c) that can fold into a quantizer."""
+    if planner.plan.signed or bias_name is None:
+        return False
+    result = node
+    if node.op_type == "MatMul":
+        result = planner.consumers[node.output[0]][0]  # the bias Add matmul_bias found
+    readers = planner.consumers.get(result.output[0], [])
+    if len(readers) != 1 or result.output[0] in planner.graph_outputs or readers[0].name in planner.plan.decisions:
+        return False
+    return planner._foldable_clamp(readers[0]) is not False and planner._allowed(readers[0]) is None
 
 
 def activation_matmul(planner: Planner, node: onnx.NodeProto) -> Reason:
