@@ -423,6 +423,143 @@ def convnext_block(channels: int = 16, size: int = 8, *, seed: int = 10) -> onnx
     return b.model([_image_input(3, size)], [_output("logits", [1, 10])], "convnext_block")
 
 
+def _take_nodes(b: GraphBuilder) -> list[onnx.NodeProto]:
+    taken, b.nodes = b.nodes, []
+    return taken
+
+
+def _as_constant_nodes(b: GraphBuilder, first: int) -> list[onnx.NodeProto]:
+    """The initializers added since index ``first``, moved into Constant nodes (weights a subgraph holds itself)."""
+    moved = b.initializers[first:]
+    del b.initializers[first:]
+    return [helper.make_node("Constant", [], [t.name], name=f"{t.name}_Constant", value=t) for t in moved]
+
+
+def branching_convs(channels: int = 16, size: int = 16, *, seed: int = 20) -> onnx.ModelProto:
+    """A conv stem, then an If on the input's mean choosing between two conv blocks.
+
+    The then branch reads its weights and the stem's output from the main graph
+    (as exporters write it); the else branch holds its weights in Constant nodes.
+    Both branches run on inputs whose mean has either sign.
+    """
+    b = GraphBuilder(seed)
+    stem = b.node("Relu", [b.conv("input", 3, channels)])
+    cond = b.node("Greater", [b.node("ReduceMean", ["input"], keepdims=0), b.const(np.float32(0.0), "zero")])
+    main = _take_nodes(b)
+    then_out = b.node("Add", [b.conv(b.node("Relu", [b.conv(stem, channels, channels)]), channels, channels), stem])
+    then_nodes = _take_nodes(b)
+    first = len(b.initializers)
+    else_out = b.conv(b.node("Relu", [b.conv(stem, channels, channels, k=1)]), channels, channels)
+    else_nodes = _as_constant_nodes(b, first) + _take_nodes(b)
+    shape = [1, channels, size, size]
+    then_graph = helper.make_graph(then_nodes, "then_block", [], [_output(then_out, shape)])
+    else_graph = helper.make_graph(else_nodes, "else_block", [], [_output(else_out, shape)])
+    chosen = b.name("chosen")
+    b.nodes = [*main, helper.make_node("If", [cond], [chosen], name="choose_block", then_branch=then_graph, else_branch=else_graph)]
+    pooled = b.node("Flatten", [b.node("GlobalAveragePool", [chosen])])
+    logits = b.node("Gemm", [pooled, b.const(b.weight(10, channels)), b.const(np.zeros(10, np.float32), "b")], transB=1)
+    _rename_output(b, logits, "logits")
+    return b.model([_image_input(3, size)], [_output("logits", [1, 10])], "branching_convs")
+
+
+def looped_mlp(width: int = 32, steps: int = 3, *, seed: int = 21, with_branch: bool = False) -> onnx.ModelProto:
+    """A Loop applying the same residual MLP layer ``steps`` times (weights read from the main graph).
+
+    ``with_branch``: the layer sits in an If inside the loop body, choosing one
+    of two weight sets by the parity of the iteration (a nested subgraph).
+    """
+    b = GraphBuilder(seed)
+    x = b.node("Relu", [b.linear("input", width, width)])
+    main = _take_nodes(b)
+
+    def layer(h: str) -> str:
+        return b.node("Add", [h, b.node("Relu", [b.linear(h, width, width)])])
+
+    carried, step, keep_going = b.name("h"), b.name("step"), b.name("cond")
+    if with_branch:
+        parity = b.node("Equal", [b.node("Mod", [step, b.const(np.int64(2), "two")]), b.const(np.int64(0), "zero")])
+        outer = _take_nodes(b)
+        even, odd = layer(carried), None
+        even_graph = helper.make_graph(_take_nodes(b), "even_step", [], [_output(even, [1, width])])
+        odd = layer(carried)
+        odd_graph = helper.make_graph(_take_nodes(b), "odd_step", [], [_output(odd, [1, width])])
+        result = b.name("stepped")
+        b.nodes = [*outer, helper.make_node("If", [parity], [result], name="pick_step", then_branch=even_graph, else_branch=odd_graph)]
+    else:
+        result = layer(carried)
+    still = b.node("Identity", [keep_going])
+    body = helper.make_graph(
+        _take_nodes(b), "step_body",
+        [helper.make_tensor_value_info(step, TensorProto.INT64, []), helper.make_tensor_value_info(keep_going, TensorProto.BOOL, []), _output(carried, [1, width])],
+        [helper.make_tensor_value_info(still, TensorProto.BOOL, []), _output(result, [1, width])],
+    )
+    looped = b.name("looped")
+    trips, always = b.const(np.int64(steps), "trips"), b.const(np.bool_(True), "always")
+    b.nodes = [*main, helper.make_node("Loop", [trips, always, x], [looped], name="repeat_layer", body=body)]
+    logits = b.linear(looped, width, 10)
+    _rename_output(b, logits, "logits")
+    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, width])], [_output("logits", [1, 10])], "looped_mlp")
+
+
+def scanned_cell(width: int = 16, steps: int = 6, *, seed: int = 22) -> onnx.ModelProto:
+    """A Scan over the time axis: a recurrent cell h = tanh(x_t W + h U + c), every step's h as the scan output."""
+    b = GraphBuilder(seed)
+    state, x_t = b.name("state"), b.name("x_t")
+    mixed = b.node("Add", [b.linear(x_t, width, width), b.linear(state, width, width, bias=False)])
+    new_state = b.node("Tanh", [mixed])
+    emitted = b.node("Identity", [new_state])
+    body = helper.make_graph(
+        _take_nodes(b), "cell",
+        [_output(state, [1, width]), _output(x_t, [1, width])],
+        [_output(new_state, [1, width]), _output(emitted, [1, width])],
+    )
+    start = b.const(np.zeros((1, width), np.float32), "h0")
+    final, every = b.name("final"), b.name("every")
+    b.nodes = [helper.make_node("Scan", [start, "input"], [final, every], name="run_cell", body=body, num_scan_inputs=1)]
+    logits = b.linear(final, width, 4)
+    _rename_output(b, logits, "logits")
+    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [steps, 1, width])], [_output("logits", [1, 4])], "scanned_cell")
+
+
+def rate_branches(features: int = 16, hidden: int = 32, *, seed: int = 23) -> onnx.ModelProto:
+    """A voice-activity-shaped model: the sample rate input picks an If branch, each a 1-D conv front end and an LSTM.
+
+    ``input`` is (1, features, T) audio features, ``sr`` an int64 scalar (16000 takes the then branch). The then
+    branch reads its weights from the main graph; the else branch holds its own in Constant nodes.
+    """
+    b = GraphBuilder(seed)
+    cond = b.node("Equal", ["sr", b.const(np.int64(16000), "rate")])
+    main = _take_nodes(b)
+
+    def branch(name: str) -> onnx.GraphProto:
+        w = b.const(b.weight(hidden, features, 3))
+        h = b.node("Relu", [b.node("Conv", ["input", w, b.const(np.zeros(hidden, np.float32), "b")], kernel_shape=[3], pads=[1, 1])])
+        steps = b.node("Transpose", [h], perm=[2, 0, 1])  # (T, 1, hidden): sequence first for the LSTM
+        gates = [b.const((b.rng.standard_normal((1, 4 * hidden, hidden)) * 0.15).astype(np.float32), p) for p in ("W", "R")]
+        seq = b.node("LSTM", [steps, *gates], hidden_size=hidden)
+        last = b.node("Squeeze", [seq, b.const(np.array([1], np.int64), "axis")])  # (T, 1, hidden)
+        prob = b.node("Sigmoid", [b.linear(last, hidden, 1)])
+        return helper.make_graph(_take_nodes(b), name, [], [_output(prob, ["T", 1, 1])])
+
+    then_graph = branch("rate_16k")
+    first = len(b.initializers)
+    else_graph = branch("rate_8k")
+    nodes = [*_as_constant_nodes(b, first), *else_graph.node]
+    del else_graph.node[:]
+    else_graph.node.extend(nodes)
+    b.nodes = [*main, helper.make_node("If", [cond], ["speech"], name="by_rate", then_branch=then_graph, else_branch=else_graph)]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, features, "T"]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])]
+    return b.model(inputs, [_output("speech", ["T", 1, 1])], "rate_branches")
+
+
+CONTROL_FLOW_BUILDERS = {
+    "branching_convs": branching_convs,
+    "looped_mlp": looped_mlp,
+    "looped_branches": lambda: looped_mlp(with_branch=True),
+    "scanned_cell": scanned_cell,
+}
+
+
 ALL_BUILDERS = {
     "conv_bn_relu": conv_bn_relu,
     "residual": residual,

@@ -12,6 +12,7 @@ from models.builders import GraphBuilder, conv_bn_relu, sample_inputs
 from onnxslim import PruneConfig, QuantConfig, prune, quantize
 from onnxslim.cli import main
 from onnxslim.errors import DataError, NothingToDoError
+from onnxslim.ir.tensors import outer_references
 from tests.conftest import run_model
 
 
@@ -158,9 +159,10 @@ def test_subgraph_outer_references_survive_quantize_and_prune():
     quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0))
     onnx.checker.check_model(quantized)
     if_node = next(n for n in quantized.graph.node if n.op_type == "If")
-    produced = {o for n in quantized.graph.node for o in n.output}
-    inner = [n for n in if_node.attribute if n.name == "then_branch"][0].g.node[0]
-    assert inner.input[0] in produced  # still refers to a tensor the outer graph defines
+    produced = {o for n in quantized.graph.node for o in n.output} | {t.name for t in quantized.graph.initializer}
+    then_graph = [n for n in if_node.attribute if n.name == "then_branch"][0].g
+    assert outer_references(then_graph) and outer_references(then_graph) <= produced  # every outer reference still resolves
+    assert "DequantizeLinear" in {n.op_type for n in then_graph.node}  # the branch's conv is quantized in place
     for feed in sample_inputs(model, 2, seed=5):
         a, b = run_model(model, feed)[0], run_model(quantized, feed)[0]
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99

@@ -307,8 +307,8 @@ def test_fast_sensitivity_builds_a_few_models_where_measured_builds_one_per_laye
     worst = min(c.cosine for c in plain.fidelity)
     budget = worst + (1 - worst) * 0.5
     builds = []
-    real = pipeline.insert_qdq
-    monkeypatch.setattr(pipeline, "insert_qdq", lambda *a, **k: builds.append(1) or real(*a, **k))
+    real = pipeline.insert_qdq_everywhere
+    monkeypatch.setattr(pipeline, "insert_qdq_everywhere", lambda *a, **k: builds.append(1) or real(*a, **k))
     counts = {}
     for sensitivity in ("fast", "measured"):
         builds.clear()

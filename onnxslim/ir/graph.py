@@ -71,13 +71,24 @@ def has_duplicate_node_names(graph: onnx.GraphProto) -> bool:
 
 
 def name_nodes(graph: onnx.GraphProto) -> int:
-    """Give every unnamed node a unique name (op type and index); returns how many were named."""
+    """Give every unnamed node a unique name (op type and index); returns how many were named.
+
+    Nodes inside subgraphs are named too, and one whose name is already used
+    elsewhere in the model (a sibling branch, an enclosing graph) is renamed:
+    plans and reports name nodes across the whole model. Main-graph names that
+    are already unique stay as they are.
+    """
     taken = {n.name for n in graph.node if n.name}
+    return _name_nodes(graph, taken, "")
+
+
+def _name_nodes(graph: onnx.GraphProto, taken: set[str], prefix: str) -> int:
     named = 0
     for index, node in enumerate(graph.node):
-        if node.name:
+        if node.name and (not prefix or node.name not in taken):
+            taken.add(node.name)
             continue
-        base = f"{node.op_type}_{index}"
+        base = node.name or f"{prefix}{node.op_type}_{index}"
         name = base
         suffix = 1
         while name in taken:
@@ -86,6 +97,11 @@ def name_nodes(graph: onnx.GraphProto) -> int:
         node.name = name
         taken.add(name)
         named += 1
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+            for sub in subs:
+                named += _name_nodes(sub, taken, f"{node.name}.{attr.name}.")
     return named
 
 

@@ -9,7 +9,7 @@ from onnxslim.passes.base import PassResult
 
 
 def name_unnamed_nodes(model: onnx.ModelProto) -> PassResult:
-    """Name every unnamed node of the main graph after its op type and position; named nodes keep their names."""
+    """Name every unnamed node after its op type and position (inside subgraphs too, unique across the model); named nodes keep their names."""
     result = PassResult("name-nodes")
     named = name_nodes(model.graph)
     if named:

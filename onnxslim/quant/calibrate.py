@@ -1,6 +1,7 @@
 """Calibration: one pass over the data, folding the planned tensors into observers.
 
-The float model is run with the observed tensors added as outputs; each
+The float model is run with the observed tensors added as outputs (those inside
+If/Loop/Scan bodies carried out of them, see :func:`onnxslim.ir.scopes.expose`); each
 batch's values update fixed-size observers and are dropped, so memory stays
 flat however many samples there are, and samples may differ in shape.
 """
@@ -13,7 +14,7 @@ import numpy as np
 import onnx
 
 from onnxslim.errors import DataError
-from onnxslim.ir.graph import with_outputs
+from onnxslim.ir.scopes import expose
 from onnxslim.progress import track
 from onnxslim.quant.observers import HistogramObserver, MinMaxObserver, TensorStats
 from onnxslim.runtime import Runner
@@ -40,7 +41,7 @@ def calibrate(
     from_graph = [t for t in wanted if t not in inputs]
     for name in wanted:
         stats[name] = TensorStats(MinMaxObserver(), HistogramObserver(bins) if histogram else None)
-    runner = Runner(with_outputs(model, from_graph), provider, threads=None, label="calibration model")
+    runner = Runner(expose(model, from_graph), provider, threads=None, label="calibration model")
     seen = 0
     for label, batch in track(batches, "calibrating", total=total, enabled=show_progress):
         values = runner.run(batch, from_graph) if from_graph else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from onnxslim.ir.scopes import scoped
 from onnxslim.reasons import Reason
 from onnxslim.records import Record
 
@@ -31,6 +32,7 @@ class QuantReason(Enum):
     INPUTS_NOT_QUANTIZED = "inputs_not_quantized"  # would need extra quantizers before it
     UNSUPPORTED = "unsupported"  # weight, attribute, type or domain the rules do not handle
     MIXED_RANGES = "mixed_ranges"  # a Concat whose inputs' ranges differ too much for one scale
+    NOT_CALIBRATED = "not_calibrated"  # inside an If branch or Loop body the calibration data never ran
     OVERFLOW = "overflow"  # a tensor it reads or writes leaves float16's range
 
 
@@ -120,9 +122,15 @@ class QuantPlan:
     concat_candidates: list[str] = field(default_factory=list)
     decisions: dict[str, NodeDecision] = field(default_factory=dict)
     signed: bool = False
+    # body path -> the plan of that If branch or Loop/Scan body (nested bodies listed here too, not in their parents' plans)
+    bodies: dict[str, QuantPlan] = field(default_factory=dict)
 
     def observed_tensors(self) -> set[str]:
-        return {a.observe for a in self.activations.values()}
+        """Tensors calibration observes: plain names for the main graph, scoped keys inside bodies."""
+        observed = {a.observe for a in self.activations.values()}
+        for path, body in self.bodies.items():
+            observed |= {scoped(path, t) for t in body.observed_tensors()}
+        return observed
 
     @property
     def quantized_nodes(self) -> list[str]:

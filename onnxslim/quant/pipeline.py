@@ -22,10 +22,21 @@ from onnxslim.data.sources import DataSource, in_memory, open_data, read_once, r
 from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageError, first_line
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
+from onnxslim.ir.scopes import all_nodes, scoped
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import RememberedReference, fidelity, tensor_fidelity, worst_score
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.progress import track
+from onnxslim.quant.bodies import (
+    BodyScopes,
+    compared_body_nodes,
+    find_everywhere,
+    in_scope,
+    insert_qdq_everywhere,
+    plan_everywhere,
+    rewrite_everywhere,
+    uncalibrated_bodies,
+)
 from onnxslim.quant.budget import SENSITIVITY_BATCHES, budget_shortfall
 from onnxslim.quant.calibrate import calibrate
 from onnxslim.quant.config import QuantConfig
@@ -33,9 +44,8 @@ from onnxslim.quant.decisions import NodeDecision
 from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.half import quantize_half
 from onnxslim.quant.params import activation_params
-from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats, make_plan
+from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats
 from onnxslim.quant.prepare import float_tensors, prepare
-from onnxslim.quant.qdq import insert_qdq
 from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.recurrent import find_recurrent, store_recurrent_in_int8
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
@@ -89,6 +99,7 @@ class QuantRun:
         self.prepared = load_model(self.original)
         self.prepare_results = prepare(self.prepared)
         self.float_names = float_tensors(self.prepared)
+        self.scopes = BodyScopes(self.prepared)
         self.provider = resolve_provider(config.calibration_provider)
         inputs = graph_inputs(self.original)
         for spec in inputs:
@@ -106,6 +117,7 @@ class QuantRun:
             self.calib_source, self.eval_batches, self.eval_label = None, [], "no data"
         self._reference: RememberedReference | None = None
         self.stats: dict = {}
+        self.uncalibrated: dict[str, str] = {}  # node -> the body it sits in, which calibration never ran
         self.calibration_batches = 0
         self.calibration_seconds = 0.0
 
@@ -193,17 +205,48 @@ class QuantRun:
         self.calibration_seconds += time.perf_counter() - start
 
     def plan(self, config: QuantConfig, keep_float: frozenset[str] = frozenset()) -> QuantPlan:
-        """The plan for ``config``; calibrates first if it observes tensors not yet seen."""
-        plan = make_plan(self.prepared, config, self.float_names, keep_float)
+        """The plan for ``config``; calibrates first if it observes tensors not yet seen.
+
+        Layers inside a body the calibration data never ran (an If branch no batch took) have no ranges:
+        they stay in float, with a warning that names the body.
+        """
+        plan = plan_everywhere(self.prepared, self.scopes, config, self.float_names, keep_float | frozenset(self.uncalibrated))
         if any(t not in self.stats for t in plan.observed_tensors()):
             self.observe(plan)
+        unseen = uncalibrated_bodies(plan, self.stats)
+        if unseen:
+            for path in unseen:
+                nodes = [n for n in self.scopes.views[path].model.graph.node if plan.decisions[n.name].quantized]
+                self.uncalibrated.update({n.name: path for n in nodes})
+                self.warnings.append(
+                    f"{path} never ran on the {self.calibration_batches} calibration batch(es): its {len(nodes)} layer(s) stay in float "
+                    "(calibrate on data that runs it)"
+                )
+            plan = plan_everywhere(self.prepared, self.scopes, config, self.float_names, keep_float | frozenset(self.uncalibrated))
+        for node, path in self.uncalibrated.items():
+            if node not in keep_float:
+                why = f"inside {path}, which never ran on the calibration data: no ranges to quantize it with"
+                decision = NodeDecision(node, plan.decisions[node].op_type, Reason(QuantReason.NOT_CALIBRATED, why))
+                plan.decisions[node] = plan.bodies[path].decisions[node] = decision
         return plan
 
     def params(self, plan: QuantPlan) -> tuple[QuantPlan, dict]:
-        """The plan as calibration leaves it (a copy) and the scale and zero point of every quantized activation."""
+        """The plan as calibration leaves it (a copy) and the scale and zero point of every quantized activation (by scoped key)."""
+        ranges = {t: calibrated_range(self.stats[t], self.config.method, symmetric=plan.signed, percentile=self.config.percentile) for t in plan.observed_tensors()}
+        main, params = self._scope_params(plan, self.prepared, in_scope(ranges, ""))
+        bodies = {}
+        decisions = dict(main.decisions)
+        for path, body_plan in plan.bodies.items():
+            body_plan, body_params = self._scope_params(body_plan, self.scopes.views[path].model, in_scope(ranges, path))
+            bodies[path] = body_plan
+            decisions.update(body_plan.decisions)
+            params.update({scoped(path, key): value for key, value in body_params.items()})
+        return dataclasses.replace(main, bodies=bodies, decisions=decisions), params
+
+    def _scope_params(self, plan: QuantPlan, model: onnx.ModelProto, ranges: dict) -> tuple[QuantPlan, dict]:
+        """For one graph (the main one or a body's view): the plan with mixed-range Concats undone, and its activations' parameters."""
         signed = plan.signed
-        ranges = {t: calibrated_range(self.stats[t], self.config.method, symmetric=signed, percentile=self.config.percentile) for t in plan.observed_tensors()}
-        plan = drop_mixed_range_concats(plan, self.prepared, ranges, self.config.concat_range_ratio)
+        plan = drop_mixed_range_concats(dataclasses.replace(plan, bodies={}), model, ranges, self.config.concat_range_ratio)
         params: dict = {}
 
         def resolve(key: str, depth: int = 0):
@@ -226,7 +269,7 @@ class QuantRun:
     def build(self, config: QuantConfig, keep_float: frozenset[str] = frozenset()) -> tuple[QuantPlan, onnx.ModelProto]:
         """The QDQ model for ``config`` (``keep_float``: nodes kept in float for the budget) and the plan it follows."""
         plan, params = self.params(self.plan(config, keep_float))
-        quantized = insert_qdq(self.prepared, plan, params)
+        quantized = insert_qdq_everywhere(self.prepared, plan, params, self.scopes)
         if config.embeddings == "int8":
             plan = _with_int8_tables(plan, quantized, keep_float)
         if config.recurrent == "int8":
@@ -237,9 +280,15 @@ class QuantRun:
 
 
 def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str]) -> QuantPlan:
-    """Store the lookup tables of ``model`` in INT8 (in place), except those kept in float; the plan's decisions say so."""
-    choices = [c for c in find_tables(model) if c.node not in keep_float]
-    rewritten = store_tables_in_int8(model, choices)
+    """Store the lookup tables of ``model`` (inside If/Loop/Scan bodies too) in INT8, in place, except those kept in float; the plan's decisions say so."""
+    choices: list = []
+
+    def rewrite(graph_model: onnx.ModelProto, reserved: set[str]) -> list[str]:
+        found = [c for c in find_tables(graph_model) if c.node not in keep_float]
+        choices.extend(found)
+        return store_tables_in_int8(graph_model, found, reserved=reserved)
+
+    rewritten = set(rewrite_everywhere(model, rewrite))
     if not rewritten:
         return plan
     decisions = dict(plan.decisions)
@@ -251,9 +300,15 @@ def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: froze
 
 
 def _with_int8_recurrent(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str]) -> QuantPlan:
-    """Rewrite (in place) the LSTMs of ``model`` not kept in float as DynamicQuantizeLSTM; the plan's decisions say so."""
-    found = find_recurrent(model)
-    rewritten = store_recurrent_in_int8(model, [c for c in found if c.node not in keep_float])
+    """Rewrite (in place) the LSTMs of ``model`` (inside If/Loop/Scan bodies too) not kept in float as DynamicQuantizeLSTM; the plan's decisions say so."""
+    found: list = []
+
+    def rewrite(graph_model: onnx.ModelProto, reserved: set[str]) -> list[str]:
+        here = find_recurrent(graph_model)
+        found.extend(here)
+        return store_recurrent_in_int8(graph_model, [c for c in here if c.node not in keep_float], reserved=reserved)
+
+    rewritten = set(rewrite_everywhere(model, rewrite))
     decisions = dict(plan.decisions)
     for choice in found:
         if choice.node in rewritten:
@@ -309,6 +364,8 @@ def _ranked_by_added_noise(run: QuantRun, candidates: list[str], quantized: onnx
     # activations only: weights are not computed, and the quantized graph replaces them
     computed = {o for n in quantized.graph.node for o in n.output} | {v.name for v in quantized.graph.input}
     activations = {t for t in run.float_names if t in computed} - {i.name for i in run.prepared.graph.initializer}
+    body_nodes, body_activations = compared_body_nodes(run.scopes, quantized, set(candidates))
+    nodes, activations = nodes + body_nodes, activations | body_activations
     compared = tensor_fidelity(run.prepared, quantized, tensors_to_compare(nodes, activations), track(batches, "per-layer noise", enabled=run.show_progress))
     noise = {name: noise_power(c.err_sq, c.ref_sq, c.nonfinite_mismatches) for name, c in compared.items()}
     return [{"node": node, "added_noise": added} for node, added in rank_by_added_noise(nodes, noise)]
@@ -411,12 +468,13 @@ def quantize(
             write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
         return result, report
     plan = run.plan(config)
-    tables = config.embeddings == "int8" and any(c.quantized for c in find_tables(run.prepared))
-    recurrent = config.recurrent == "int8" and any(c.quantized for c in find_recurrent(run.prepared))
+    tables = config.embeddings == "int8" and any(c.quantized for c in find_everywhere(run.prepared, run.scopes, find_tables))
+    recurrent = config.recurrent == "int8" and any(c.quantized for c in find_everywhere(run.prepared, run.scopes, find_recurrent))
     if not plan.quantized_nodes and not tables and not recurrent:
         reasons = sorted({d.reason.text for d in plan.decisions.values()})[:3]
         raise NothingToDoError(f"{run.label}: nothing to quantize ({'; '.join(reasons) or 'no nodes'})")
     plan, quantized, comparisons = _within_budget(run, config, report, eval_data is not None)
+    report.warnings.extend(w for w in run.warnings if w not in report.warnings)
     report.decisions = list(plan.decisions.values())
     report.fidelity = comparisons
     report.calibration = CalibrationSummary(run.calibration_batches, run.calibration_seconds, _peak_rss_mb())
@@ -444,8 +502,8 @@ def _method(config: QuantConfig) -> str:
 
 
 def _unknown_exclusions(model: onnx.ModelProto, config: QuantConfig) -> list[str]:
-    names = {n.name for n in model.graph.node}
-    types = {n.op_type for n in model.graph.node}
+    names = {n.name for n in all_nodes(model.graph)}
+    types = {n.op_type for n in all_nodes(model.graph)}
     return [f"--exclude-nodes: no node named '{name}' (names as in the report's decisions)" for name in config.exclude_nodes if name not in names] + [
         f"--exclude-op-types: the model has no {op} node" for op in config.exclude_op_types if op not in types
     ]

@@ -25,12 +25,12 @@ from onnxslim.quant.params import quantize_bias, quantize_weight, weight_params
 class _Emitter:
     """Builds the QDQ graph: new initializers and nodes with unique names, then the rewired copy of the float graph."""
 
-    def __init__(self, model: onnx.ModelProto, plan: QuantPlan):
+    def __init__(self, model: onnx.ModelProto, plan: QuantPlan, reserved: frozenset[str] | set[str] = frozenset()):
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         self.graph = self.model.graph
         self.plan = plan
-        self.taken = all_value_names(self.graph) | {n.name for n in self.graph.node}
+        self.taken = all_value_names(self.graph) | {n.name for n in self.graph.node} | set(reserved)
         self.inits = initializer_map(self.graph)
         self.new_nodes: list[onnx.NodeProto] = []
         self.weight_scales: dict[str, np.ndarray] = {}
@@ -150,9 +150,13 @@ class _Emitter:
         return self.model
 
 
-def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, params: dict[str, tuple[np.float32, np.integer]]) -> onnx.ModelProto:
-    """The QDQ model for ``plan`` with activation ``params`` (tensor -> (scale, zero point))."""
-    emitter = _Emitter(model, plan)
+def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, params: dict[str, tuple[np.float32, np.integer]], *, reserved: frozenset[str] | set[str] = frozenset()) -> onnx.ModelProto:
+    """The QDQ model for ``plan`` with activation ``params`` (tensor -> (scale, zero point)); new tensor and node names avoid ``reserved``.
+
+    Only ``model``'s main graph is rewritten: the bodies of its If/Loop/Scan nodes are left as they are
+    (see :mod:`onnxslim.quant.bodies`).
+    """
+    emitter = _Emitter(model, plan, reserved)
     emitter.weights()
     emitter.biases(params)
     emitter.activations(params)

@@ -59,10 +59,10 @@ def row_symmetric(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, scales
 
 
-def store_recurrent_in_int8(model: onnx.ModelProto, choices: list[RecurrentChoice]) -> list[str]:
+def store_recurrent_in_int8(model: onnx.ModelProto, choices: list[RecurrentChoice], *, reserved: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """Rewrite (in place) each quantizable LSTM as DynamicQuantizeLSTM; returns the nodes rewritten."""
     weights = initializer_map(model.graph)
-    taken = all_value_names(model.graph)
+    taken = all_value_names(model.graph) | set(reserved)  # names of enclosing scopes, when model is a body's view
     wanted = {c.node for c in choices if c.quantized}
     nodes, rewritten, replaced = [], [], set()
     for node in model.graph.node:

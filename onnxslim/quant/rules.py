@@ -192,6 +192,14 @@ def no_integer_kernel(planner: Planner, node: onnx.NodeProto) -> Reason:
     return Reason(QuantReason.NO_INTEGER_KERNEL, f"no integer kernel for {node.op_type} on this target")
 
 
+CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+
+
+def control_flow(planner: Planner, node: onnx.NodeProto) -> Reason:
+    # the layers of its branches or body are planned one by one (onnxslim.quant.bodies), each with its own decision
+    return Reason(QuantReason.KEPT_FLOAT, f"{node.op_type} itself runs in float; the layers inside its subgraphs have decisions of their own")
+
+
 def inputs_of_weighted_only(planner: Planner, node: onnx.NodeProto) -> Reason:
     if node.op_type in KEPT_FLOAT_REASONS:
         return kept_float(planner, node)
@@ -206,8 +214,9 @@ CPU_RULES: dict[str, Rule] = {
     **{op: unfolded_clamp for op in REMOVABLE},
     "Concat": concat,
     **{op: weighted for op in WEIGHTED_CPU},
+    **{op: control_flow for op in CONTROL_FLOW},
 }
-SIGNED_RULES: dict[str, Rule] = {op: weighted for op in WEIGHTED_GPU}
+SIGNED_RULES: dict[str, Rule] = {**{op: weighted for op in WEIGHTED_GPU}, **{op: control_flow for op in CONTROL_FLOW}}
 
 
 def rule_for(op_type: str, signed: bool) -> Rule:

@@ -72,10 +72,10 @@ def row_quantize(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values, scales
 
 
-def store_tables_in_int8(model: onnx.ModelProto, choices: list[TableChoice]) -> list[str]:
+def store_tables_in_int8(model: onnx.ModelProto, choices: list[TableChoice], *, reserved: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """Rewrite (in place) every quantizable choice's Gather; returns the nodes rewritten."""
     weights = initializer_map(model.graph)
-    taken = all_value_names(model.graph)
+    taken = all_value_names(model.graph) | set(reserved)  # names of enclosing scopes, when model is a body's view
     by_name = {c.node: c for c in choices if c.quantized}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     rewritten: list[str] = []

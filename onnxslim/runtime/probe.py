@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from onnxslim.ir.graph import observing_only, with_outputs
+from onnxslim.ir.scopes import expose
 from onnxslim.ir.shapes import element_types
 from onnxslim.runtime.session import Runner
 
@@ -15,12 +16,14 @@ from onnxslim.runtime.session import Runner
 def probe_runner(model: onnx.ModelProto, names: list[str]) -> Runner:
     """A session of ``model`` that also returns the tensors ``names`` (declared with their own element types: FP16 stays FP16).
 
+    A name may be a scoped key of a tensor inside an If/Loop/Scan body (see :func:`onnxslim.ir.scopes.expose`).
+
     Without onnxruntime's layout transforms (level 'extended'): its blocked NCHWc rewrite of a graph
     whose intermediate tensors are outputs has failed on real detectors.
     """
     types = element_types(model)
     outputs = {name: types.get(name, onnx.TensorProto.FLOAT) for name in names}
-    return Runner(with_outputs(model, names, outputs), threads=None, optimization="extended", label="probe")
+    return Runner(expose(model, names, outputs), threads=None, optimization="extended", label="probe")
 
 
 def observer(model: onnx.ModelProto, names: list[str]) -> Runner:

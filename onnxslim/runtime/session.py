@@ -23,6 +23,7 @@ import onnx
 
 from onnxslim.errors import DataError, ModelLoadError, ProviderError, first_line
 from onnxslim.ir.mapped import SessionFile
+from onnxslim.ir.scopes import all_nodes
 from onnxslim.runtime.providers import available_providers, provider_chain, short_name
 
 # A model file's path, its serialized bytes, or a model in memory (written for onnxruntime as needed).
@@ -257,4 +258,4 @@ def optimized_ops(model: ModelSource, *, threads: int = 1) -> Counter:
         optimized = onnx.load(target, load_external_data=False)
     if file is not None:
         file.close()
-    return Counter(node.op_type for node in optimized.graph.node)
+    return Counter(node.op_type for node in all_nodes(optimized.graph))  # inside If/Loop/Scan bodies too

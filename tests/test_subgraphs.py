@@ -1,0 +1,210 @@
+"""Quantizing the layers inside If branches and Loop / Scan bodies."""
+
+import io
+import warnings
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from models.builders import CONTROL_FLOW_BUILDERS, branching_convs, looped_mlp, rate_branches, sample_inputs, scanned_cell
+from onnxslim import QuantConfig, quantize
+from onnxslim.cli import main
+from onnxslim.ir import load_model
+from onnxslim.ir.scopes import all_nodes, body_graph, expose, find_bodies, scoped
+from onnxslim.ir.tensors import all_value_names, outer_references
+from onnxslim.quant.decisions import QuantReason
+from onnxslim.quant.prepare import prepare
+from tests.conftest import run_model
+
+NO_BUDGET = QuantConfig(latency_runs=0, accuracy_budget=None)
+
+
+def both_ways(model, count, seed=1):
+    """Inputs whose mean is positive for even batches and negative for odd ones: both branches of branching_convs run."""
+    batches = sample_inputs(model, count, seed=seed)
+    for index, batch in enumerate(batches):
+        batch["input"] = batch["input"] + (0.5 if index % 2 == 0 else -0.5)
+    return batches
+
+
+def cosine(a, b):
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+
+def weighted_body_nodes(model):
+    """Conv / MatMul nodes with a constant weight, inside subgraphs only."""
+    inner = [n for n in all_nodes(model.graph) if n not in list(model.graph.node)]
+    return [n for n in inner if n.op_type in ("Conv", "MatMul", "Gemm")]
+
+
+def prepared(model):
+    """The model as quantize plans it (loaded as quantize loads it: duplicate names in one graph renamed)."""
+    copy = load_model(model)
+    prepare(copy)
+    return copy
+
+
+# ------------------------------------------------------------------ exposing tensors inside bodies
+def test_expose_returns_the_value_of_a_tensor_inside_each_kind_of_body():
+    model = prepared(branching_convs())
+    bodies = {b.path: b for b in find_bodies(model.graph)}
+    then_path, else_path = "choose_block.then_branch", "choose_block.else_branch"
+    then_out = body_graph(model, bodies[then_path]).output[0].name
+    else_out = body_graph(model, bodies[else_path]).output[0].name
+    chosen_name = next(n for n in model.graph.node if n.op_type == "If").output[0]
+    probe = expose(model, [chosen_name, scoped(then_path, then_out), scoped(else_path, else_out)])
+    onnx.checker.check_model(expose(model, []))
+    for batch in both_ways(model, 2):
+        chosen, from_then, from_else = run_model(probe, batch)[1:]
+        took_then = batch["input"].mean() > 0
+        assert np.array_equal(from_then if took_then else from_else, chosen)
+        assert (from_else if took_then else from_then).size == 0  # the branch that did not run gives nothing
+
+    loop = prepared(looped_mlp(steps=3))
+    path = find_bodies(loop.graph)[0].path
+    body = body_graph(loop, find_bodies(loop.graph)[0])
+    stepped = body.output[1].name
+    looped = next(n for n in loop.graph.node if n.op_type == "Loop").output[0]
+    values = run_model(expose(loop, [scoped(path, stepped), looped]), sample_inputs(loop, 1)[0])
+    every, final = values[1], values[2]
+    assert every.shape == (3 * 32,) and np.array_equal(every[-32:], final.ravel())  # three iterations, one after another
+
+    scan = prepared(scanned_cell(steps=5))
+    path = find_bodies(scan.graph)[0].path
+    state = body_graph(scan, find_bodies(scan.graph)[0]).output[0].name
+    every_step = next(n for n in scan.graph.node if n.op_type == "Scan").output[1]
+    values = run_model(expose(scan, [scoped(path, state), every_step]), sample_inputs(scan, 1)[0])
+    assert np.array_equal(values[1], values[2].ravel())
+
+
+def test_node_names_are_unique_across_bodies_after_preparation():
+    model = looped_mlp(with_branch=True)
+    for node in all_nodes(model.graph):
+        node.name = "same" if node.op_type == "MatMul" else ""
+    names = [n.name for n in all_nodes(prepared(model).graph)]
+    assert all(names) and len(names) == len(set(names))
+
+
+# ------------------------------------------------------------------ quantizing inside bodies
+@pytest.mark.parametrize("name", sorted(CONTROL_FLOW_BUILDERS))
+def test_layers_inside_bodies_become_integer_kernels(name):
+    model = CONTROL_FLOW_BUILDERS[name]()
+    before = model.SerializeToString()
+    data = both_ways(model, 30)
+    quantized, report = quantize(model, data, config=NO_BUDGET)
+    assert model.SerializeToString() == before  # the input model is never modified
+    onnx.checker.check_model(quantized, full_check=True)
+    inside = weighted_body_nodes(prepared(model))
+    decided = {d.node: d for d in report.decisions}
+    assert inside and all(decided[n.name].quantized for n in inside)
+    kernels = Counter(report.onnxruntime_kernels)
+    assert kernels["QLinearConv"] + kernels["QGemm"] >= len(inside)  # fused by onnxruntime inside the bodies too
+    assert kernels["FusedGemm"] == 0  # no float Gemm dequantizing its weights on every run
+    # weights read only inside bodies are stored once, in INT8, and nothing in a body shadows an outer name
+    float_weights = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.name in {i for n in inside for i in n.input}}
+    assert not float_weights & all_value_names(quantized.graph)
+    for sub in (body_graph(quantized, b) for b in find_bodies(quantized.graph)):
+        own = {o for n in sub.node for o in n.output} | {t.name for t in sub.initializer}
+        assert not own & ({o for n in quantized.graph.node for o in n.output} | {t.name for t in quantized.graph.initializer})
+        assert outer_references(sub) <= all_value_names(quantized.graph)
+    for batch in both_ways(model, 6, seed=9):
+        assert cosine(run_model(model, batch)[0], run_model(quantized, batch)[0]) > 0.99
+
+
+def test_a_branch_calibration_never_took_stays_float_with_a_warning():
+    model = branching_convs()
+    only_then = sample_inputs(model, 24, seed=2)
+    for batch in only_then:
+        batch["input"] = batch["input"] + 0.5  # positive mean: the else branch never runs
+    quantized, report = quantize(model, only_then, config=NO_BUDGET)
+    decided = {d.node: d for d in report.decisions}
+    prepared_model = prepared(model)
+    bodies = {b.path: body_graph(prepared_model, b) for b in find_bodies(prepared_model.graph)}
+    else_convs = [n.name for n in bodies["choose_block.else_branch"].node if n.op_type == "Conv"]
+    then_convs = [n.name for n in bodies["choose_block.then_branch"].node if n.op_type == "Conv"]
+    assert all(decided[n].code == QuantReason.NOT_CALIBRATED for n in else_convs)
+    assert all(decided[n].quantized for n in then_convs)
+    assert any("choose_block.else_branch never ran" in w for w in report.warnings)
+    for batch in sample_inputs(model, 4, seed=7):
+        negative = {"input": batch["input"] - 0.5}
+        assert cosine(run_model(model, negative)[0], run_model(quantized, negative)[0]) > 0.99  # the float branch works as before
+
+
+def test_body_layers_take_part_in_exclusions_and_the_accuracy_budget(tmp_path):
+    model = looped_mlp(with_branch=True)
+    data = both_ways(model, 30)
+    inside = [n.name for n in weighted_body_nodes(prepared(model))]
+    _, report = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, exclude_nodes=(inside[0],)))
+    decided = {d.node: d for d in report.decisions}
+    assert decided[inside[0]].code == QuantReason.EXCLUDED_BY_USER and decided[inside[1]].quantized
+    # the fast ranking measures the noise each layer inside the bodies adds, like any other
+    _, plain = quantize(model, data, config=NO_BUDGET)
+    worst = min(c.cosine for c in plain.fidelity)
+    _, report = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=worst + (1 - worst) * 0.5))
+    ranked = {entry["node"] for entry in report.sensitivity}
+    assert set(inside) <= ranked
+    assert min(c.cosine for c in report.fidelity) >= worst + (1 - worst) * 0.5
+
+    path = tmp_path / "loop.onnx"
+    onnx.save(model, path)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for index, batch in enumerate(data):
+        np.savez(folder / f"b{index:02d}.npz", **batch)
+    result = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--data", str(folder), "--exclude-nodes", inside[0], "-q"])
+    assert result.exit_code == 0, result.output
+    assert "no node named" not in result.output  # a body node's name is a name --exclude-nodes knows
+
+
+def test_lstms_and_convs_inside_if_branches_are_stored_in_int8():
+    model = rate_branches()
+    rng = np.random.default_rng(3)
+    feeds = [{"input": rng.standard_normal((1, 16, 40)).astype(np.float32), "sr": np.array(16000 if i % 2 else 8000, np.int64)} for i in range(30)]
+    quantized, report = quantize(model, feeds, config=NO_BUDGET)
+    onnx.checker.check_model(quantized)
+    kernels = Counter(report.onnxruntime_kernels)
+    assert kernels["DynamicQuantizeLSTM"] == 2 and kernels["QLinearConv"] == 2 and kernels["LSTM"] == 0
+    assert report.sizes.quantized_bytes < 0.4 * report.sizes.fp32_bytes  # no float copy of an LSTM's weights left behind
+    for rate in (16000, 8000):
+        feed = {"input": rng.standard_normal((1, 16, 25)).astype(np.float32), "sr": np.array(rate, np.int64)}
+        assert cosine(run_model(model, feed)[0], run_model(quantized, feed)[0]) > 0.99
+
+
+def test_torch_script_control_flow_export_is_quantized_inside_its_if_and_loop():
+    torch = pytest.importorskip("torch")
+
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.wide = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1))
+            self.narrow = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1))
+            self.repeat = torch.nn.Conv2d(16, 16, 3, padding=1)
+            self.head = torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            h = torch.relu(self.stem(x))
+            if bool(x.mean() > 0):
+                h = self.wide(h) + h
+            else:
+                h = self.narrow(h)
+            for _ in range(int(x.size(0)) + 1):
+                h = torch.relu(self.repeat(h)) + h
+            return self.head(h.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript and its exporter are deprecated, and still what exports data-dependent control flow
+        scripted = torch.jit.script(Branchy().eval())
+        torch.onnx.export(scripted, (torch.randn(1, 3, 16, 16),), buffer, dynamo=False, input_names=["input"], output_names=["logits"], opset_version=17)
+    model = onnx.load_from_string(buffer.getvalue())
+    assert {"If", "Loop"} <= {n.op_type for n in model.graph.node}
+    quantized, report = quantize(model, both_ways(model, 30), config=NO_BUDGET)
+    assert report.onnxruntime_kernels.get("QLinearConv", 0) >= 6  # the stem, two per branch, the one in the loop
+    for batch in both_ways(model, 6, seed=9):
+        assert cosine(run_model(model, batch)[0], run_model(quantized, batch)[0]) > 0.99
