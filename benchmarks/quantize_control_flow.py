@@ -1,0 +1,168 @@
+"""INT8 for models whose layers live inside If branches and Loop bodies: onnxslim against onnxruntime.quantization.
+
+    pip install torch==2.14.1
+    python benchmarks/quantize_control_flow.py --threads 1 2
+
+Three models, random weights (graph coverage, size and latency; fidelity as output cosine):
+
+- ``scripted_branches``: a conv net exported from ``torch.jit.script`` whose forward takes one of two conv
+  blocks by the sign of the input's mean (an ONNX If) and then repeats a conv block a data-dependent number of
+  times (an ONNX Loop); 64 channels, 56x56 inputs;
+- ``rate_branches``: voice-activity shaped (models/builders.py): the sample-rate input picks an If branch, each
+  a 1-D conv front end and an LSTM of 128; 200 frames;
+- ``looped_mlp``: a Loop applying a 512-wide residual MLP layer 4 times.
+
+Each is calibrated on ``--calib`` batches that take every branch and measured on ``--eval`` others. onnxslim
+runs with its defaults (accuracy budget 0.99, timing check off so the INT8 model is what is compared);
+onnxruntime.quantization with its static QDQ defaults and with quantize_dynamic. Latency: every model
+interleaved, median of ``--runs``, at each thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.tasks import run_all  # noqa: E402
+from benchmarks.timing import median_latencies  # noqa: E402
+from models.builders import looped_mlp, rate_branches  # noqa: E402
+from onnxslim import QuantConfig, quantize  # noqa: E402
+from onnxslim.measure import OutputComparison  # noqa: E402
+
+
+def scripted_branches() -> onnx.ModelProto:
+    import torch
+
+    class Branchy(torch.nn.Module):
+        def __init__(self, width: int = 64):
+            super().__init__()
+            conv = lambda k: torch.nn.Conv2d(width, width, k, padding=k // 2)  # noqa: E731
+            self.stem = torch.nn.Conv2d(3, width, 3, padding=1)
+            self.wide = torch.nn.Sequential(conv(3), torch.nn.ReLU(), conv(3))
+            self.narrow = torch.nn.Sequential(conv(1), torch.nn.ReLU(), conv(3))
+            self.repeat = conv(3)
+            self.head = torch.nn.Linear(width, 10)
+
+        def forward(self, x):
+            h = torch.relu(self.stem(x))
+            if bool(x.mean() > 0):
+                h = self.wide(h) + h
+            else:
+                h = self.narrow(h)
+            for _ in range(int(x.size(0)) + 1):
+                h = torch.relu(self.repeat(h)) + h
+            return self.head(h.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated, and still what exports data-dependent control flow
+        torch.onnx.export(torch.jit.script(Branchy().eval()), (torch.randn(1, 3, 56, 56),), buffer, dynamo=False, input_names=["input"],
+                          output_names=["logits"], opset_version=17)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def feeds(name: str, count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """Inputs that take every branch: alternating signs of the mean, alternating sample rates."""
+    rng = np.random.default_rng(seed)
+    if name == "scripted_branches":
+        return [{"input": (rng.standard_normal((1, 3, 56, 56)) + (0.5 if i % 2 else -0.5)).astype(np.float32)} for i in range(count)]
+    if name == "rate_branches":
+        return [{"input": rng.standard_normal((1, 64, 200)).astype(np.float32), "sr": np.array(16000 if i % 2 else 8000, np.int64)} for i in range(count)]
+    return [{"input": rng.standard_normal((1, 512)).astype(np.float32)} for _ in range(count)]
+
+
+MODELS = {"scripted_branches": scripted_branches, "rate_branches": lambda: rate_branches(features=64, hidden=128), "looped_mlp": lambda: looped_mlp(width=512, steps=4)}
+
+
+def onnxruntime_static(fp32: Path, calib: list[dict], out: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calib)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ)
+    return out
+
+
+def onnxruntime_dynamic(fp32: Path, out: Path) -> Path:
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(out))
+    return out
+
+
+def bench(name: str, work: Path, args) -> dict:
+    fp32 = work / f"{name}.onnx"
+    onnx.save(MODELS[name](), fp32)
+    calib, held = feeds(name, args.calib, seed=1), feeds(name, args.eval, seed=2)
+    models = {"FP32": fp32}
+    ours = work / f"{name}.onnxslim.onnx"
+    _, report = quantize(fp32, calib, config=QuantConfig(latency_runs=0, if_slower="write"), output=ours)
+    models["onnxslim"] = ours
+    models["onnxruntime static"] = onnxruntime_static(fp32, calib, work / f"{name}.ort_static.onnx")
+    models["onnxruntime dynamic"] = onnxruntime_dynamic(fp32, work / f"{name}.ort_dynamic.onnx")
+    reference = run_all(fp32, held)
+    row = {"model": name, "cosine": {}, "latency_ms": {}, "mb": {}, "integer_kernels": {}}
+    for label, path in models.items():
+        comparison = OutputComparison("output")
+        for ref, cand in zip(reference, run_all(path, held)):
+            comparison.add(ref[0], cand[0])
+        row["cosine"][label] = comparison.min_batch_cosine
+        row["mb"][label] = path.stat().st_size / 1e6
+    row["integer_kernels"]["onnxslim"] = report.integer_kernels
+    row["kept_float_for_budget"] = len(report.kept_float_for_budget)
+    for threads in args.threads:
+        medians = median_latencies(list(models.values()), held[0], threads=threads, runs=args.runs)
+        row["latency_ms"][f"{threads}T"] = dict(zip(models, medians))
+    return row
+
+
+def markdown(rows: list[dict], threads: list[int]) -> str:
+    lines = ["| model | tool | min output cosine | " + " | ".join(f"{t}T ms (x FP32)" for t in threads) + " | MB |", "|" + "---|" * (4 + len(threads))]
+    for row in rows:
+        for label in row["cosine"]:
+            timing = " | ".join(
+                f"{row['latency_ms'][f'{t}T'][label]:.2f} ({row['latency_ms'][f'{t}T'][label] / row['latency_ms'][f'{t}T']['FP32']:.2f}x)" for t in threads
+            )
+            lines.append(f"| {row['model']} | {label} | {row['cosine'][label]:.4f} | {timing} | {row['mb'][label]:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--calib", type=int, default=32)
+    parser.add_argument("--eval", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "cache" / "quantize_control_flow.json")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models:
+            rows.append(bench(name, Path(folder), args))
+            print(markdown(rows[-1:], args.threads), flush=True)
+            print("onnxslim integer kernels:", rows[-1]["integer_kernels"]["onnxslim"], flush=True)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=1))
+    print(markdown(rows, args.threads))
+
+
+if __name__ == "__main__":
+    main()
