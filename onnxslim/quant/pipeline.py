@@ -328,6 +328,8 @@ class BudgetSearch:
     met: bool
     note: str
     sensitivity: list[dict] = field(default_factory=list)  # every candidate layer, most harmful first
+    # the last model the search built and measured (plan, model, comparisons on the search's batches): kept so it is not built twice
+    built: tuple | None = field(default=None, repr=False, compare=False)
 
 
 STORED_IN_INT8 = (QuantReason.WEIGHT_ONLY, QuantReason.DYNAMIC)  # INT8 tables and DynamicQuantizeLSTM: weights stored low-bit, no Q/DQ on inputs
@@ -349,14 +351,18 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     stored_only = {d.node for d in plan.decisions.values() if d.code in STORED_IN_INT8}
     every = [e for e in every if e["node"] not in stored_only] + [e for e in every if e["node"] in stored_only]
     ranked = [entry["node"] for entry in every]
+    built = None
     for count in counts_to_try(len(ranked)):
         excluded = frozenset(ranked[:count])
-        _, model = run.build(run.config, excluded)
-        score = worst_score(fidelity(run.reference, model, batches), metric)
+        kept_plan, model = run.build(run.config, excluded)
+        comparisons = fidelity(run.reference, model, batches)
+        built = (kept_plan, model, comparisons)
+        score = worst_score(comparisons, metric)
         if score >= budget:
             note = f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float ({metric} {score:.5f} on {len(batches)} batch(es))"
-            return BudgetSearch(excluded, every[:count], True, note, every)
-    return BudgetSearch(frozenset(ranked), every, False, f"accuracy budget {budget} cannot be met even with every quantized layer in float", every)
+            return BudgetSearch(excluded, every[:count], True, note, every, built)
+    note = f"accuracy budget {budget} cannot be met even with every quantized layer in float"
+    return BudgetSearch(frozenset(ranked), every, False, note, every, built)  # counts_to_try ends with every ranked layer: the last one built
 
 
 def _ranked_by_added_noise(run: QuantRun, candidates: list[str], quantized: onnx.ModelProto, batches) -> list[dict]:
@@ -521,13 +527,17 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
     report.sensitivity = search.sensitivity
     if not search.met:
         report.warnings.append(search.note)
-    plan, quantized = run.build(config, search.keep_float)
+    if search.built is not None:
+        plan, quantized, searched = search.built
+    else:
+        (plan, quantized), searched = run.build(config, search.keep_float), None
     if not plan.quantized_nodes:
         alone = [k["score_when_alone_quantized"] for k in search.kept if "score_when_alone_quantized" in k]
         why = (f"every layer alone brings an output's {config.accuracy_metric} score on {run.eval_label} below it"
                + (f" (the least harmful reaches {max(alone):.5f})" if alone else "")) if config.sensitivity == "measured" else (
                "it is missed unless every layer is kept in float (--sensitivity measured ranks layers one by one)")
         raise NothingToDoError(f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: {why}; nothing written")
-    comparisons = fidelity(run.reference, quantized, run.eval_batches)
+    # the search measured the first SENSITIVITY_BATCHES held-out batches: the report covers all of them
+    comparisons = searched if searched is not None and len(run.eval_batches) <= SENSITIVITY_BATCHES else fidelity(run.reference, quantized, run.eval_batches)
     report.warnings.extend(budget_shortfall(comparisons, config, run))
     return plan, quantized, comparisons
