@@ -28,8 +28,8 @@ from onnxslim.cli import main
 from onnxslim.errors import DataError, NothingToDoError
 from onnxslim.ir import load_model
 from onnxslim.measure import LatencyComparison
+from onnxslim.measure.sensitivity import counts_to_try
 from onnxslim.quant.decisions import QuantReason
-from onnxslim.quant.sensitivity import counts_to_try
 from tests.conftest import run_model
 
 GOLDEN = Path(__file__).parent / "golden"

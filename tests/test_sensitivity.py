@@ -2,7 +2,7 @@ import math
 
 from onnx import helper
 
-from onnxslim.quant.sensitivity import added_noise, counts_to_try, noise_power, rank_by_added_noise, tensors_to_compare
+from onnxslim.measure.sensitivity import added_noise, counts_to_try, noise_power, rank_by_added_noise, tensors_to_compare
 
 
 def _chain():

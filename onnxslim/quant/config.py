@@ -8,7 +8,8 @@ from onnxslim.errors import UsageError
 from onnxslim.measure.fidelity import SCORES
 from onnxslim.options import check_settings, setting
 from onnxslim.quant.ranges import METHODS
-from onnxslim.quant.sensitivity import RANKINGS
+
+RANKINGS = ("fast", "measured")  # how the accuracy budget ranks layers: by the noise each adds in one pass, or each measured alone
 
 TARGETS = ("cpu", "cuda", "tensorrt")
 IF_SLOWER = ("keep-fp32", "write", "keep-int8", "fail")  # keep-int8: the older name of write

@@ -20,6 +20,7 @@ from onnx import TensorProto
 from onnxslim.errors import NothingToDoError
 from onnxslim.ir.io import model_file_bytes
 from onnxslim.measure import fidelity, worst_score
+from onnxslim.measure.sensitivity import counts_to_try
 from onnxslim.passes import fuse_layernorm
 from onnxslim.progress import track
 from onnxslim.quant.budget import SENSITIVITY_BATCHES, budget_shortfall
@@ -28,7 +29,6 @@ from onnxslim.quant.decisions import NodeDecision, QuantReason, excluded_by_user
 from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.float16 import FRAGILE_OPS, Float16Result, eligible_nodes, overflowing, to_float16
 from onnxslim.quant.report import Sizes
-from onnxslim.quant.sensitivity import counts_to_try
 from onnxslim.reasons import Reason
 from onnxslim.runtime import available_providers, resolve_provider
 

@@ -25,6 +25,7 @@ from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.scopes import all_nodes, scoped
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import RememberedReference, fidelity, tensor_fidelity, worst_score
+from onnxslim.measure.sensitivity import counts_to_try, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.progress import track
 from onnxslim.quant.bodies import (
@@ -49,7 +50,6 @@ from onnxslim.quant.prepare import float_tensors, prepare
 from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.recurrent import find_recurrent, store_recurrent_in_int8
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
-from onnxslim.quant.sensitivity import counts_to_try, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
 from onnxslim.reasons import Reason

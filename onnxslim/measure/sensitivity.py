@@ -1,5 +1,6 @@
-"""Which layers to keep in float for the accuracy budget, ranked from one pass of per-tensor noise.
+"""Which layers to keep exact for an accuracy budget, ranked from one pass of per-tensor noise.
 
+Shared by ``quantize`` (layers kept in float) and ``share`` (weights kept at 256 codes).
 Measuring each layer alone (quantize only it, run the model, score the outputs)
 costs a model build and a pass over the data per layer. Instead the fully
 quantized model and the float model are run once side by side with every
@@ -15,8 +16,6 @@ import math
 from collections.abc import Mapping, Sequence
 
 import onnx
-
-RANKINGS = ("fast", "measured")
 
 
 def noise_power(error_sq: float, signal_sq: float, nonfinite: int = 0) -> float:
