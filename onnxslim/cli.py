@@ -528,7 +528,7 @@ def distill(student, teacher, output, eval_data, report_path, quiet, input_shape
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=True))
 @output_option
-@config_options(ShareConfig, "clusters", "min_elements", "tolerance")
+@config_options(ShareConfig, "clusters", "min_elements", "tolerance", "accuracy_budget")
 @data_options
 @click.option("--eval-data", default=None, help="Held-out data for the fidelity check, read like --data (default: every 5th batch of --data).")
 @config_options(ShareConfig, "max_calibration_samples", "eval_fraction", "max_eval_batches")
@@ -553,7 +553,15 @@ def share(model, output, eval_data, threads, report_path, quiet, input_shapes, *
     tied = [t for t in report.tensors if t.how.startswith("tied")]
     if codebooks:
         worst = max(codebooks, key=lambda t: t.rms_error)
-        console.print(f"{len(codebooks)} weight(s) as codebooks of {config.clusters} values (largest relative RMS error {worst.rms_error:.4f}, {escape(worst.name)})", highlight=False)
+        sizes = Counter(t.how.split()[1] for t in codebooks)
+        counted = ", ".join(f"{n} of {size} values" for size, n in sorted(sizes.items(), key=lambda item: int(item[0])))
+        console.print(f"{len(codebooks)} weight(s) as codebooks: {counted} (largest relative RMS error {worst.rms_error:.4f}, {escape(worst.name)})", highlight=False)
+    if report.kept_for_budget:
+        moved = Counter(entry["to"] for entry in report.kept_for_budget)
+        console.print(
+            f"accuracy budget {config.accuracy_budget}: " + ", ".join(f"{n} weight(s) moved up to {level}" for level, n in moved.items())
+            + f", the noisiest first ({escape(report.kept_for_budget[0]['weight'])} first)", highlight=False,
+        )
     if tied:
         console.print(f"{len(tied)} tensor(s) tied to an identical one: {escape(', '.join(t.name for t in tied[:3]))}{' ...' if len(tied) > 3 else ''}", highlight=False)
     (f0, f1), (z0, z1) = report.file_bytes, report.zipped_bytes

@@ -11,7 +11,7 @@ from onnxslim import ShareConfig, share
 from onnxslim.cli import main
 from onnxslim.errors import NothingToDoError, UsageError
 from onnxslim.runtime.session import optimized_ops
-from onnxslim.share.codebook import identical_groups, kmeans_1d, pack_nibbles, unpack_nibbles
+from onnxslim.share.codebook import compensated_indices, identical_groups, kmeans_1d, pack_nibbles, refit_codebook, unpack_nibbles
 from tests.conftest import run_model
 
 
@@ -108,3 +108,66 @@ def test_pruned_zeros_stay_exactly_zero():
         restored = codebook[indices.astype(int)]
         assert np.all(restored[values == 0] == 0) and codebook.size == clusters
         assert np.sqrt(np.mean((restored - values)[values != 0] ** 2)) < (0.15 if clusters == 16 else 0.02)
+
+
+def correlated_layer(k=96, n=64, rows=3000, seed=5):
+    """Inputs with correlated channels (as real activations have) and a weight (K inputs x N outputs)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, k)) @ rng.standard_normal((k, k)) * 0.3 + rng.standard_normal((rows, k))
+    return x, (rng.standard_normal((k, n)) * 0.1).astype(np.float32)
+
+
+def output_error(x, weight, approx):
+    return float(np.linalg.norm(x @ (weight - approx)) / np.linalg.norm(x @ weight))
+
+
+def test_error_compensated_indices_and_refit_codebook_bring_the_layer_output_closer():
+    x, weight = correlated_layer()
+    scales = np.abs(weight).max(axis=0)
+    codebook, nearest = kmeans_1d(weight / scales, 16)
+    gram = x.T @ x
+    plain = codebook[nearest.astype(int)].reshape(weight.shape) * scales
+    chosen = compensated_indices(weight, scales, codebook, gram)
+    compensated = codebook[chosen] * scales
+    refit, order = refit_codebook(weight, scales, chosen, gram, codebook)
+    refitted = refit[order[chosen]] * scales
+    assert np.all(np.diff(refit) >= 0) and sorted(order) == list(range(16))
+    errors = [output_error(x, weight, q) for q in (plain, compensated, refitted)]
+    assert errors[1] < 0.85 * errors[0] and errors[2] <= errors[1] + 1e-9, errors
+    # a reference GPTQ loop (no lazy batches) makes the same choices
+    from onnxslim.measure.gram import inverse_cholesky_upper
+
+    work, upper, edges = weight.astype(np.float64).copy(), inverse_cholesky_upper(gram), (codebook[1:] + codebook[:-1]) / 2
+    for i in range(work.shape[0]):
+        pick = np.searchsorted(edges, work[i] / scales)
+        assert np.array_equal(pick, chosen[i])
+        work[i + 1 :] -= np.outer(upper[i, i + 1 :], (work[i] - codebook[pick] * scales) / upper[i, i])
+
+
+def test_compensation_keeps_a_pruned_weights_zeros():
+    x, weight = correlated_layer(seed=6)
+    weight[np.random.default_rng(1).random(weight.shape) < 0.4] = 0.0
+    scales = np.abs(weight).max(axis=0)
+    codebook, _ = kmeans_1d(weight / scales, 16)
+    assert 0.0 in codebook
+    chosen = compensated_indices(weight, scales, codebook, x.T @ x, keep_zeros=True)
+    refit, order = refit_codebook(weight, scales, chosen, x.T @ x, codebook)
+    assert np.all(refit[order[chosen]][weight == 0] == 0)
+
+
+def test_sixteen_codes_meet_the_accuracy_budget_by_moving_the_noisiest_weights_up():
+    model = residual(channels=32, size=8, blocks=6)
+    data = sample_inputs(model, 30, seed=3)
+    _, loose = share(model, data, config=ShareConfig(clusters=16, min_elements=1024, latency_runs=0, accuracy_budget=None))
+    worst = min(c.cosine for c in loose.fidelity)
+    budget = 1 - (1 - worst) / 2  # half the loss
+    _, report = share(model, data, config=ShareConfig(clusters=16, min_elements=1024, latency_runs=0, accuracy_budget=budget))
+    assert min(c.cosine for c in report.fidelity) >= budget
+    assert report.kept_for_budget and all(entry["to"] == "codebook 256" for entry in report.kept_for_budget)
+    levels = {t.name: t.how for t in report.tensors}
+    assert all(levels[entry["weight"]] == "codebook 256" for entry in report.kept_for_budget)
+    assert "codebook 16" in levels.values()  # the rest stay at 16 codes
+    # at 256 codes the next step up is float: the weight is left as it was
+    _, tight = share(model, data, config=ShareConfig(clusters=256, min_elements=1024, latency_runs=0, accuracy_budget=0.999999))
+    assert tight.kept_for_budget and {entry["to"] for entry in tight.kept_for_budget} == {"float"}
+    assert not {entry["weight"] for entry in tight.kept_for_budget} & {t.name for t in tight.tensors}

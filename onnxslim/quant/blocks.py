@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxslim.measure.gram import DAMPING, inverse_cholesky_upper
+
 CLIP_FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)  # fractions of a block's range tried by the clipping search
-DAMPING = 0.01  # added to H's diagonal, as a fraction of its mean, before inverting
 CHUNK_ROWS = 128  # rows updated together in the error-compensating pass
 
 
@@ -125,8 +126,7 @@ def error_compensated(weight: np.ndarray, gram: np.ndarray, bits: int, block_siz
     dead = np.diag(hessian) <= 0
     hessian[dead, dead] = 1.0
     work[dead] = 0.0
-    hessian[np.diag_indices(size)] += DAMPING * float(np.mean(np.diag(hessian)))
-    upper = _inverse_cholesky_upper(hessian)
+    upper = inverse_cholesky_upper(hessian, DAMPING)
     codes, restored = np.zeros_like(work), np.zeros_like(work)
     scales, zeros = [], []
     chunk = block_size * max(1, CHUNK_ROWS // block_size)
@@ -147,19 +147,6 @@ def error_compensated(weight: np.ndarray, gram: np.ndarray, bits: int, block_siz
             errors[i] = error
         work[stop:] -= upper[start:stop, stop:].T @ errors
     return _result(codes, scales, zeros, restored, k, bits, block_size, symmetric)
-
-
-def _inverse_cholesky_upper(hessian: np.ndarray) -> np.ndarray:
-    """The upper Cholesky factor of ``hessian``'s inverse, damping more until it is positive definite."""
-    extra = 0.0
-    for _ in range(6):
-        try:
-            lower = np.linalg.cholesky(hessian + extra * np.eye(len(hessian)))
-            inverse = np.linalg.inv(lower)
-            return np.linalg.cholesky(inverse.T @ inverse).T
-        except np.linalg.LinAlgError:
-            extra = max(extra * 10.0, 1e-6 * float(np.mean(np.diag(hessian))) or 1e-6)
-    raise np.linalg.LinAlgError("the inputs' Gram matrix could not be inverted")
 
 
 def pack(codes: np.ndarray, bits: int) -> np.ndarray:

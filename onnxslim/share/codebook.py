@@ -1,6 +1,6 @@
 """Codebooks for weights: 1-D k-means over a tensor's values, and 4-bit index packing.
 
-Pure numpy. A tensor becomes a codebook of ``clusters`` float values and one
+Numpy only. A tensor becomes a codebook of ``clusters`` float values and one
 index per element (8 bits for 256 clusters, two per byte for 16); the values
 are restored by a lookup that onnxruntime folds into a plain weight when it
 creates a session, so the file shrinks and inference does not change.
@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+
+from onnxslim.measure.gram import inverse_cholesky_upper
 
 FIT_SAMPLE = 1 << 20  # values a codebook is fitted on; every value is then assigned to its nearest code
 SPARSE_SHARE = 0.01  # with more exact zeros than this, zero gets a code of its own (pruned weights stay pruned)
@@ -129,3 +131,69 @@ def _same(a: np.ndarray, b: np.ndarray, atol: float) -> bool:
     if atol == 0 or a.dtype.kind != "f":
         return a.tobytes() == b.tobytes()
     return bool(np.allclose(a, b, rtol=0, atol=atol))
+
+
+def compensated_indices(
+    matrix: np.ndarray, scales: np.ndarray, codebook: np.ndarray, gram: np.ndarray, *, keep_zeros: bool = False, chunk: int = 128,
+) -> np.ndarray:
+    """Indices into ``codebook`` for ``matrix`` (K rows: the layer's inputs; N columns, each divided by its ``scales``), chosen row
+    by row with each row's error pushed onto the rows not yet chosen through the inverse of ``gram`` (X^T X of the layer's inputs).
+
+    The layer's outputs, not its weights, stay close: the same error compensation as GPTQ, with codebook values
+    in place of a uniform grid. Rows whose inputs are always zero take the code nearest zero. With ``keep_zeros``
+    (the codebook holds an exact 0) the weight's exact zeros keep that code, so a pruned weight stays pruned;
+    their neighbours still absorb the error of the others.
+    """
+    k, n = matrix.shape
+    work = np.array(matrix, np.float64)
+    hessian = np.array(gram, np.float64)
+    dead = np.diag(hessian) <= 0
+    hessian[dead, dead] = 1.0
+    work[dead] = 0.0
+    upper = inverse_cholesky_upper(hessian)
+    book = np.asarray(codebook, np.float64)
+    edges = (book[1:] + book[:-1]) / 2
+    column_scales = np.asarray(scales, np.float64).reshape(1, n)
+    zeros = np.asarray(matrix) == 0 if keep_zeros else None
+    zero_code = int(np.flatnonzero(book == 0)[0]) if keep_zeros else -1
+    indices = np.empty((k, n), np.int64)
+    for start in range(0, k, chunk):
+        stop = min(start + chunk, k)
+        local = work[start:stop].copy()
+        errors = np.zeros_like(local)
+        for i in range(stop - start):
+            chosen = np.searchsorted(edges, local[i] / column_scales[0])
+            if zeros is not None:
+                chosen[zeros[start + i]] = zero_code
+            indices[start + i] = chosen
+            error = (local[i] - book[chosen] * column_scales[0]) / upper[start + i, start + i]
+            local[i + 1 :] -= np.outer(upper[start + i, start + i + 1 : stop], error)
+            errors[i] = error
+        work[stop:] -= upper[start:stop, stop:].T @ errors
+    return indices
+
+
+def refit_codebook(matrix: np.ndarray, scales: np.ndarray, indices: np.ndarray, gram: np.ndarray, codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The codebook that, with ``indices`` fixed, minimizes the layer's output error tr((W - Q)^T G (W - Q)), Q = scales * codebook[indices].
+
+    Least squares in the codebook's few values; a code no value uses keeps its old value, and an exact 0 code stays 0
+    (the zeros of a pruned weight). Returns the codebook
+    sorted and, per old index, its new one (``new_codebook[order[i]]`` is the value refit for old code ``i``).
+    """
+    clusters = codebook.size
+    g = np.asarray(gram, np.float64)
+    column_scales = np.asarray(scales, np.float64).reshape(1, -1)
+    target = g @ np.asarray(matrix, np.float64)
+    members = [column_scales * (indices == a) for a in range(clusters)]
+    projected = [g @ m for m in members]
+    normal = np.array([[float(np.sum(projected[a] * members[b])) for b in range(clusters)] for a in range(clusters)])
+    right = np.array([float(np.sum(target * members[a])) for a in range(clusters)])
+    ridge = 1e-6 * (np.trace(normal) / clusters or 1.0)
+    old = np.asarray(codebook, np.float64)
+    free = old != 0
+    solved = old.copy()
+    solved[free] = np.linalg.solve(normal[np.ix_(free, free)] + ridge * np.eye(int(free.sum())), right[free] + ridge * old[free])
+    ranks = np.argsort(solved, kind="stable")
+    order = np.empty(clusters, np.int64)
+    order[ranks] = np.arange(clusters)
+    return solved[ranks].astype(np.float32), order

@@ -27,25 +27,24 @@ from typing import ClassVar
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from onnxslim.data.sources import DataSource, evaluation_split, for_several_passes, open_data
 from onnxslim.errors import NothingToDoError, UsageError
 from onnxslim.ir.io import load_model, model_file_bytes
-from onnxslim.ir.layers import weight_axes
-from onnxslim.ir.tensors import all_value_names, from_array, graph_inputs, initializer_map, to_array, unique_name
+from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
 from onnxslim.measure import LatencyComparison, fidelity, latency_ratios
-from onnxslim.measure.channels import input_moments
+from onnxslim.measure.channels import input_grams, input_moments
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import Pipeline, constants_to_initializers, initializers_out_of_inputs
-from onnxslim.progress import track
 from onnxslim.records import BeforeAfter, Record
 from onnxslim.runtime import Runner
 from onnxslim.runtime.write import write_verified
-from onnxslim.share.codebook import identical_groups, kmeans_1d, pack_nibbles
+from onnxslim.share.budget import within_budget
+from onnxslim.share.codebook import identical_groups
+from onnxslim.share.encode import TensorShare, codebook_candidates, compensable_layers, encode, fit_codebooks, fit_one, rms_error
 
 CLUSTERS = (0, 16, 256)
-WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "Gather": 0}  # op -> the input that holds its weight
 PREPARE = Pipeline((initializers_out_of_inputs, constants_to_initializers))
 
 
@@ -58,6 +57,10 @@ class ShareConfig:
     )
     min_elements: int = setting(4096, "Give a codebook only to weights of at least this many values.", low=1)
     tolerance: float = setting(0.0, "Tie tensors equal within this share of their largest magnitude (0: bitwise identical only).", low=0.0, high=0.1)
+    accuracy_budget: float | None = setting(
+        0.99, "With held-out data: give the weights that cost the most accuracy 256 codes (from 16) or keep them float (from 256) until every output's "
+        "cosine reaches this; 'none': no search.", low=-1.0, high=1.0, metavar="SCORE|none",
+    )
     max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
     eval_fraction: float = setting(0.2, "Share of --data held out for the fidelity check.", low=0.0, high=0.5)
     max_eval_batches: int = setting(64, "Measure fidelity on at most this many held-out batches.", low=1)
@@ -68,18 +71,6 @@ class ShareConfig:
         check_settings(self)
         if self.clusters not in CLUSTERS:
             raise UsageError(f"--clusters must be one of {', '.join(map(str, CLUSTERS))} (got {self.clusters})")
-
-
-@dataclass(frozen=True)
-class TensorShare(Record):
-    """What happened to one tensor."""
-
-    name: str
-    elements: int
-    bytes_before: int
-    bytes_after: int
-    how: str  # "codebook 16", "codebook 256", "tied to <name>"
-    rms_error: float = 0.0  # relative to the tensor's RMS
 
 
 @dataclass
@@ -98,6 +89,7 @@ class ShareReport(Record):
     latency: LatencyComparison | None = None  # at --threads, the count the user deploys with
     latency_1_thread: LatencyComparison | None = None  # the same at 1 thread, when --threads is another count
     evaluation: str = ""
+    kept_for_budget: list[dict] = field(default_factory=list)  # weights given more codes (or kept float) for the accuracy budget, worst first
     warnings: list[str] = field(default_factory=list)
 
 
@@ -122,28 +114,37 @@ def share(
         source, eval_data, graph_inputs(original), fraction=config.eval_fraction, cap=config.max_eval_batches, input_shapes=input_shapes
     )
     report.tensors.extend(tie_identical(work, config.tolerance))
+    result = work
     if config.clusters:
         energy = _input_energy(work, source, show_progress) if source is not None else {}
-        report.tensors.extend(give_codebooks(work, config.clusters, config.min_elements, energy, show_progress))
+        grams = _input_grams(work, source, config, show_progress) if source is not None and config.clusters <= 16 else None
+        fits = fit_codebooks(work, config.clusters, config.min_elements, energy, show_progress, grams)
+        result, coded = encode(work, fits)
+        if fits and held and config.accuracy_budget is not None:
+            refit = lambda name, clusters: fit_one(work, name, clusters, energy, grams)  # noqa: E731
+            result, coded, report.kept_for_budget, missed = within_budget(original, work, fits, refit, held, config.accuracy_budget, show_progress)
+            if missed:
+                report.warnings.append(missed)
+        report.tensors.extend(coded)
     if not report.tensors:
         raise NothingToDoError(f"{label}: nothing to share (no identical tensors, and no float weight of at least {config.min_elements} values)")
-    _measure(original, work, held, input_shapes, config, report)
+    _measure(original, result, held, input_shapes, config, report)
     if output is not None:
-        write_verified(work, output, source=None if isinstance(model, onnx.ModelProto) else model)
-    return work, report
+        write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
+    return result, report
 
 
 def tie_identical(model: onnx.ModelProto, tolerance: float) -> list[TensorShare]:
     """Point every reader of a tensor that repeats another at the first one; the copies are dropped."""
     inits = initializer_map(model.graph)
-    arrays = {name: to_array(t) for name, t in inits.items() if t.data_type != TensorProto.UNDEFINED and _elements(t) >= 16}
+    arrays = {name: to_array(t) for name, t in inits.items() if t.data_type != TensorProto.UNDEFINED and int(np.prod(t.dims)) >= 16}
     done = []
     renamed: dict[str, str] = {}
     for names in identical_groups(arrays, tolerance):
         keep = names[0]
         for copy in names[1:]:
             renamed[copy] = keep
-            done.append(TensorShare(copy, arrays[copy].size, arrays[copy].nbytes, 0, f"tied to {keep}", _rms_error(arrays[copy], arrays[keep])))
+            done.append(TensorShare(copy, arrays[copy].size, arrays[copy].nbytes, 0, f"tied to {keep}", rms_error(arrays[copy], arrays[keep])))
     if renamed:
         for node in model.graph.node:
             for i, name in enumerate(node.input):
@@ -158,128 +159,13 @@ def tie_identical(model: onnx.ModelProto, tolerance: float) -> list[TensorShare]
     return done
 
 
-def give_codebooks(model: onnx.ModelProto, clusters: int, min_elements: int, energy: dict[str, np.ndarray], show_progress: bool = False) -> list[TensorShare]:
-    """Replace each large float weight with a codebook and indices restored by a lookup (in place)."""
-    inits = initializer_map(model.graph)
-    outputs = {v.name for v in model.graph.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    taken = all_value_names(model.graph)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    packed = clusters <= 16 and opset >= 11  # BitShift, to unpack 4-bit indices, is opset 11
-    candidates = [
-        name for name, t in inits.items()
-        if t.data_type == TensorProto.FLOAT and _elements(t) >= min_elements and name not in outputs
-        and readers.get(name) and all(WEIGHTED.get(n.op_type) == list(n.input).index(name) for n in readers[name])
-    ]
-    done, lookups = [], []
-    for name in track(candidates, "fitting codebooks", enabled=show_progress):
-        array = to_array(inits[name]).astype(np.float32)
-        scales = _channel_scales(array, _output_axis(readers[name][0], array.ndim))
-        codebook, indices = kmeans_1d(array / scales, clusters, weights=_weights_of(array, readers[name], energy))
-        restored = codebook[indices.astype(np.int64)].reshape(array.shape) * scales
-        nodes, tensors = _lookup(name, array.shape, codebook, indices, scales, packed, opset, taken)
-        lookups.extend(nodes)
-        model.graph.initializer.extend(tensors)
-        after = sum(len(t.raw_data) or t.ByteSize() for t in tensors)
-        done.append(TensorShare(name, array.size, array.nbytes, after, f"codebook {clusters}" + ("" if packed or clusters > 16 else " (8-bit indices: opset < 11)"),
-                                _rms_error(restored, array)))
-    if done:
-        gone = {d.name for d in done}
-        kept = [t for t in model.graph.initializer if t.name not in gone]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
-        rest = list(model.graph.node)
-        del model.graph.node[:]
-        model.graph.node.extend(lookups + rest)  # lookups read initializers only: they can come first
-    return done
-
-
-def _output_axis(reader: onnx.NodeProto, ndim: int) -> int:
-    """The axis of a weight's output channels (rows of a Gather table)."""
-    if reader.op_type == "Gather":
-        return 0
-    return weight_axes(reader, ndim)[1]
-
-
-def _channel_scales(array: np.ndarray, axis: int) -> np.ndarray:
-    """Each output channel's largest magnitude (1 for an all-zero channel), shaped to broadcast over ``array``.
-
-    One codebook is shared by channels of very different ranges; dividing each
-    by its own scale first lets the codes follow the shape of the values rather
-    than the spread between channels, for one float per channel.
-    """
-    other = tuple(i for i in range(array.ndim) if i != axis)
-    peak = np.abs(array).max(axis=other, keepdims=True) if other else np.abs(array)
-    return np.where(peak > 0, peak, 1.0).astype(np.float32)
-
-
-def _lookup(name: str, shape: tuple, codebook: np.ndarray, indices: np.ndarray, scales: np.ndarray, packed: bool, opset: int, taken: set[str]):
-    """Nodes and initializers that compute tensor ``name``: Gather(codebook, indices) * per-channel scales."""
-    def fresh(suffix: str) -> str:
-        return unique_name(f"{name}_{suffix}", taken)
-
-    code, scale = fresh("codebook"), fresh("channel_scale")
-    tensors = [from_array(codebook, code), from_array(scales, scale)]
-    nodes = []
-    if packed:
-        bytes_name, four, flat_shape, column = fresh("indices4"), fresh("four"), fresh("flat"), fresh("axis")
-        tensors += [from_array(pack_nibbles(indices), bytes_name), from_array(np.array([4], np.uint8), four), from_array(np.array([-1], np.int64), flat_shape)]
-        if opset >= 13:  # Unsqueeze takes its axes as an input from opset 13
-            tensors.append(from_array(np.array([1], np.int64), column))
-        high, shifted, low, high1, low1, pairs, flat = (fresh(s) for s in ("high", "low_shifted", "low", "high_column", "low_column", "pairs", "flat_indices"))
-        # uint8 shifts drop the bits they push out: (b << 4) >> 4 is the low half (no Sub: uint8 Sub needs opset 14)
-        nodes += [
-            helper.make_node("BitShift", [bytes_name, four], [high], name=fresh("unpack_high"), direction="RIGHT"),
-            helper.make_node("BitShift", [bytes_name, four], [shifted], name=fresh("unpack_shift"), direction="LEFT"),
-            helper.make_node("BitShift", [shifted, four], [low], name=fresh("unpack_low"), direction="RIGHT"),
-            _unsqueeze(high, column, high1, opset, fresh("unsqueeze_high")),
-            _unsqueeze(low, column, low1, opset, fresh("unsqueeze_low")),
-            helper.make_node("Concat", [high1, low1], [pairs], name=fresh("pairs"), axis=1),
-            helper.make_node("Reshape", [pairs, flat_shape], [flat], name=fresh("flatten")),
-        ]
-        source = flat
-        if indices.size % 2:
-            starts, ends, trimmed = fresh("start"), fresh("end"), fresh("trimmed")
-            tensors += [from_array(np.array([0], np.int64), starts), from_array(np.array([indices.size], np.int64), ends)]
-            nodes.append(helper.make_node("Slice", [flat, starts, ends], [trimmed], name=fresh("trim")))
-            source = trimmed
-        target_shape, shaped = fresh("shape"), fresh("shaped_indices")
-        tensors.append(from_array(np.array(shape, np.int64), target_shape))
-        nodes.append(helper.make_node("Reshape", [source, target_shape], [shaped], name=fresh("reshape")))
-    else:
-        shaped = fresh("indices8")
-        tensors.append(from_array(indices.reshape(shape).astype(np.uint8), shaped))
-    wide, normalized = fresh("indices"), fresh("normalized")
-    nodes.append(helper.make_node("Cast", [shaped], [wide], name=fresh("cast"), to=TensorProto.INT32))
-    nodes.append(helper.make_node("Gather", [code, wide], [normalized], name=fresh("lookup"), axis=0))
-    nodes.append(helper.make_node("Mul", [normalized, scale], [name], name=fresh("scale")))
-    return nodes, tensors
-
-
-def _unsqueeze(tensor: str, axis: str, output: str, opset: int, name: str) -> onnx.NodeProto:
-    if opset >= 13:
-        return helper.make_node("Unsqueeze", [tensor, axis], [output], name=name)
-    return helper.make_node("Unsqueeze", [tensor], [output], name=name, axes=[1])
-
-
-def _weights_of(array: np.ndarray, readers: list[onnx.NodeProto], energy: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Per element: the mean square of the input channel it multiplies (summed over the layers that read it), or None without data."""
-    total = None
-    for node in readers:
-        channel = energy.get(node.name)
-        if channel is None or node.op_type == "Gather":
-            continue
-        axis = weight_axes(node, array.ndim)[0]
-        if array.shape[axis] != channel.size:  # grouped convolutions: their columns are not the input's channels
-            continue
-        shape = [1] * array.ndim
-        shape[axis] = channel.size
-        part = np.broadcast_to(channel.reshape(shape), array.shape)
-        total = part if total is None else total + part
-    return total
+def _input_grams(model: onnx.ModelProto, source, config: ShareConfig, show_progress: bool) -> dict[str, np.ndarray]:
+    """Input tensor -> X^T X over the data, for the layers whose 16-code weights get error-compensated indices."""
+    layers = compensable_layers(model, codebook_candidates(model, config.min_elements))
+    if not layers:
+        return {}
+    grams, _ = input_grams(model, layers, source, show_progress=show_progress, description="input Gram matrices")
+    return grams
 
 
 def _input_energy(model: onnx.ModelProto, source, show_progress: bool) -> dict[str, np.ndarray]:
@@ -317,12 +203,3 @@ def _zipped(model: onnx.ModelProto) -> int:
     if model.ByteSize() >= 2**31:
         return 0
     return len(zlib.compress(model.SerializeToString(), 9))
-
-
-def _elements(tensor: onnx.TensorProto) -> int:
-    return int(np.prod(tensor.dims)) if tensor.dims else 1
-
-
-def _rms_error(approx: np.ndarray, exact: np.ndarray) -> float:
-    scale = float(np.sqrt(np.mean(np.square(exact, dtype=np.float64)))) or 1.0
-    return float(np.sqrt(np.mean(np.square(approx.astype(np.float64) - exact)))) / scale
