@@ -171,3 +171,19 @@ def test_sixteen_codes_meet_the_accuracy_budget_by_moving_the_noisiest_weights_u
     _, tight = share(model, data, config=ShareConfig(clusters=256, min_elements=1024, latency_runs=0, accuracy_budget=0.999999))
     assert tight.kept_for_budget and {entry["to"] for entry in tight.kept_for_budget} == {"float"}
     assert not {entry["weight"] for entry in tight.kept_for_budget} & {t.name for t in tight.tensors}
+
+
+def test_a_channel_of_subnormal_weights_is_restored_as_exact_zeros():
+    model = residual(channels=32, size=8)
+    weight = next(t for t in model.graph.initializer if len(t.dims) == 4 and t.dims[0] == 32 and t.dims[1] == 32)
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array[5] = 1e-40  # a dead channel: every value below float32's smallest normal number (multiplied many times slower)
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    shared, _ = share(model, config=ShareConfig(min_elements=1024, latency_runs=0))
+    tiny = np.finfo(np.float32).tiny
+    for tensor in shared.graph.initializer:
+        values = onnx.numpy_helper.to_array(tensor)
+        if values.dtype == np.float32:
+            assert not np.any((values != 0) & (np.abs(values) < tiny)), tensor.name
+    scale = onnx.numpy_helper.to_array(next(t for t in shared.graph.initializer if t.name == f"{weight.name}_channel_scale"))
+    assert scale.reshape(-1)[5] == 0 and np.all(scale.reshape(-1)[np.arange(32) != 5] > 0)

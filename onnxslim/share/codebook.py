@@ -154,6 +154,7 @@ def compensated_indices(
     book = np.asarray(codebook, np.float64)
     edges = (book[1:] + book[:-1]) / 2
     column_scales = np.asarray(scales, np.float64).reshape(1, n)
+    live = column_scales[0] > 0  # a column of zeros has scale 0 and stays zeros whatever its code
     zeros = np.asarray(matrix) == 0 if keep_zeros else None
     zero_code = int(np.flatnonzero(book == 0)[0]) if keep_zeros else -1
     indices = np.empty((k, n), np.int64)
@@ -162,7 +163,7 @@ def compensated_indices(
         local = work[start:stop].copy()
         errors = np.zeros_like(local)
         for i in range(stop - start):
-            chosen = np.searchsorted(edges, local[i] / column_scales[0])
+            chosen = np.searchsorted(edges, np.divide(local[i], column_scales[0], out=np.zeros(n), where=live))
             if zeros is not None:
                 chosen[zeros[start + i]] = zero_code
             indices[start + i] = chosen
