@@ -18,18 +18,21 @@ FIT_SAMPLE = 1 << 20  # values a codebook is fitted on; every value is then assi
 SPARSE_SHARE = 0.01  # with more exact zeros than this, zero gets a code of its own (pruned weights stay pruned)
 
 
-def kmeans_1d(values: np.ndarray, clusters: int, *, weights: np.ndarray | None = None, iterations: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_1d(
+    values: np.ndarray, clusters: int, *, weights: np.ndarray | None = None, iterations: int = 30, seed: int = 0, zero_code: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """A codebook of ``clusters`` values (sorted) and each value's index in it, by weighted Lloyd iterations.
 
     ``weights`` (same shape, non-negative) make some values count more in the
     fit (how much their error costs); initialization is at weighted quantiles, so
     dense regions get more codes. A tensor with fewer distinct values than
-    clusters is represented exactly.
+    clusters is represented exactly. Exact zeros get a code of their own when
+    they are more than ``SPARSE_SHARE`` of the values, or whenever ``zero_code``.
     """
     flat = np.asarray(values, np.float64).ravel()
     w = np.ones_like(flat) if weights is None else np.broadcast_to(np.asarray(weights, np.float64), np.shape(values)).ravel()
     zeros = flat == 0
-    if clusters > 2 and zeros.mean() > SPARSE_SHARE and not zeros.all():
+    if clusters > 2 and (zeros.mean() > SPARSE_SHARE or (zero_code and zeros.any())) and not zeros.all():
         # a pruned (sparse) tensor keeps its zeros exact: one code is 0, the others fit the rest
         codes, _ = kmeans_1d(flat[~zeros], clusters - 1, weights=w[~zeros], iterations=iterations, seed=seed)
         codebook = np.sort(np.append(codes, np.float32(0.0)))

@@ -18,7 +18,7 @@ from onnxslim.ir.layers import weight_axes
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 from onnxslim.progress import track
 from onnxslim.records import Record
-from onnxslim.share.codebook import SPARSE_SHARE, compensated_indices, kmeans_1d, pack_nibbles, refit_codebook
+from onnxslim.share.codebook import compensated_indices, kmeans_1d, pack_nibbles, refit_codebook
 
 WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "Gather": 0}  # op -> the input that holds its weight
 
@@ -76,12 +76,12 @@ def fit_one(model: onnx.ModelProto, name: str, clusters: int, energy: dict[str, 
     array = to_array(initializer_map(model.graph)[name]).astype(np.float32)
     readers = _readers(model)[name]
     scales = _channel_scales(array, _output_axis(readers[0], array.ndim))
-    codebook, indices = kmeans_1d(_normalized(array, scales), clusters, weights=_weights_of(array, readers, energy))
+    codebook, indices = kmeans_1d(_normalized(array, scales), clusters, weights=_weights_of(array, readers, energy), zero_code=_needs_zero_code(array, scales))
     layout = _as_matrix(array, scales, readers) if grams and clusters <= 16 and len(readers) == 1 else None
     gram = grams.get(readers[0].input[0]) if layout is not None else None
     if layout is not None and gram is not None and gram.shape[0] == layout[0].shape[0]:
         matrix, column_scales, to_array_layout = layout
-        sparse = bool(np.any(codebook == 0)) and float(np.mean(array == 0)) > SPARSE_SHARE  # kmeans_1d gave the zeros a code of their own
+        sparse = bool(np.any(codebook == 0)) and bool(np.any(array == 0))  # kmeans_1d gave the zeros a code of their own
         chosen = compensated_indices(matrix, column_scales, codebook, gram, keep_zeros=sparse)
         codebook, order = refit_codebook(matrix, column_scales, chosen, gram, codebook)
         indices = to_array_layout(order[chosen]).astype(indices.dtype).ravel()
@@ -170,15 +170,23 @@ def _channel_scales(array: np.ndarray, axis: int) -> np.ndarray:
 
     One codebook is shared by channels of very different ranges; dividing each
     by its own scale first lets the codes follow the shape of the values rather
-    than the spread between channels, for one float per channel. A channel whose
-    largest value is below float32's smallest normal number counts as zeros: a
-    scale of 0 restores it as exact zeros, where a subnormal scale would make
-    every value of the channel subnormal, which the CPU multiplies many times
-    slower (one such channel doubled the recognizer's convolution time).
+    than the spread between channels, for one float per channel. A channel of
+    zeros keeps scale 0 and is restored as exact zeros.
     """
     other = tuple(i for i in range(array.ndim) if i != axis)
     peak = np.abs(array).max(axis=other, keepdims=True) if other else np.abs(array)
-    return np.where(peak >= np.finfo(np.float32).tiny, peak, 0.0).astype(np.float32)
+    return peak.astype(np.float32)
+
+
+def _needs_zero_code(array: np.ndarray, scales: np.ndarray) -> bool:
+    """True when a channel whose largest value is subnormal (below float32's smallest normal number) also holds exact zeros.
+
+    Its scale is subnormal, so any code but an exact 0 restores a subnormal value, which the CPU multiplies many
+    times slower than a normal one: a channel of 239 zeros and one subnormal value, restored as 240 subnormals,
+    took one of the recognizer's convolutions from 0.5 to 11 ms. With a zero code its zeros stay zeros.
+    """
+    subnormal = np.broadcast_to((scales > 0) & (scales < np.finfo(np.float32).tiny), array.shape)
+    return bool(np.any(subnormal & (array == 0)))
 
 
 def _normalized(array: np.ndarray, scales: np.ndarray) -> np.ndarray:

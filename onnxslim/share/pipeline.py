@@ -11,7 +11,10 @@ Two steps, each optional:
    file and the download shrink, inference is unchanged. With data, the fit
    weighs each weight by the mean square of the input channel it multiplies
    (the diagonal of the layer's input Gram matrix), so values that move the
-   layer's output most are reproduced best.
+   layer's output most are reproduced best; 16-code weights also take
+   error-compensated indices and a codebook refit from the whole Gram matrix
+   (:mod:`onnxslim.share.encode`), and the accuracy budget moves the weights
+   that cost the most up a step (:mod:`onnxslim.share.budget`).
 
 Contract: the input model is not modified; inputs, outputs and every node that
 reads a weight are unchanged (the weight's name is now produced by the lookup);
@@ -53,7 +56,8 @@ class ShareConfig:
     """How to share: codebook size, which tensors, the tie tolerance; data, timing and fidelity settings."""
 
     clusters: int = setting(
-        256, "Codebook size per weight: 256 (8-bit indices) or 16 (4-bit: a quarter of the bytes, and about 10% error per weight); 0: only tie identical tensors.", low=0
+        256, "Codebook size per weight: 256 (8-bit indices) or 16 (4-bit: half the bytes of 256; with --data, indices compensate each "
+        "other's error on the layer's outputs); 0: only tie identical tensors.", low=0
     )
     min_elements: int = setting(4096, "Give a codebook only to weights of at least this many values.", low=1)
     tolerance: float = setting(0.0, "Tie tensors equal within this share of their largest magnitude (0: bitwise identical only).", low=0.0, high=0.1)
