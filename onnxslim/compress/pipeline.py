@@ -39,6 +39,7 @@ from onnxslim.quant.config import TARGETS
 from onnxslim.records import Record
 from onnxslim.runtime import Runner, available_providers, resolve_provider
 from onnxslim.runtime.write import write_verified
+from onnxslim.share import ShareConfig, share
 
 RETRIES = 2  # INT8 builds after the first, when a candidate misses the budget on the held-out batches
 
@@ -64,8 +65,8 @@ class CompressConfig:
     distill_epochs: int = setting(5, "Epochs of distillation per pruned candidate, with --distill.", low=1)
     distill_time_budget: float | None = setting(None, "Minutes of distillation per pruned candidate at most, with --distill.", low=0.0, low_open=True, metavar="MIN")
     objective: str = setting(
-        "latency", "What to minimize within the budget: latency, or size (the smallest file among candidates faster than the original; "
-        "INT4 weight-only candidates join).", choices=("latency", "size"),
+        "latency", "What to minimize within the budget: latency, or size (the smallest file among candidates not slower than the original; "
+        "INT4 weight-only and 16-code shared candidates join).", choices=("latency", "size"),
     )
     quantize: bool = setting(True, "Also quantize the original and every pruned candidate (--no-quantize: pruning alone under the budget).", option="--quantize/--no-quantize")
     target: str = setting(
@@ -136,6 +137,7 @@ def compress(
         built.append(_quantized(original, "quantized", 0.0, 0.0, calibration, held, config, budget, reference, report, show_progress))
     if config.objective == "size":
         built.append(_weights_only(original, "INT4 weights", 0.0, calibration, config, show_progress))
+        built.append(_shared(original, "shared (16 codes)", 0.0, calibration, config, budget, show_progress))
     for ratio in sorted(config.ratios):
         pruned = _pruned(original, ratio, calibration, held, config, show_progress)
         if config.distill and pruned[1] is not None:
@@ -148,6 +150,7 @@ def compress(
             break
         if not candidate.failed and config.objective == "size":
             built.append(_weights_only(pruned_model, f"{candidate.name} + INT4 weights", ratio, calibration, config, show_progress))
+            built.append(_shared(pruned_model, f"{candidate.name} + shared (16 codes)", ratio, calibration, config, budget, show_progress, spent=candidate.loss))
         if not candidate.failed and config.quantize:
             built.append(_quantized(pruned_model, f"{candidate.name} + quantized", ratio, candidate.loss, calibration, held, config, budget, reference, report, show_progress))
     for candidate, candidate_model in built:
@@ -198,6 +201,24 @@ def _weights_only(model, name: str, ratio: float, calibration, config: CompressC
         return Candidate(name, ratio, True, note=f"not built: {exc}", failed=True), None
     note = f"{len(quant_report.quantized)} weights in 4-bit blocks"
     return Candidate(name, ratio, True, note=note, details={"quantize": quant_report.to_dict()}), low_bit
+
+
+def _shared(model, name: str, ratio: float, calibration, config: CompressConfig, budget: Budget, show_progress: bool, spent: float = 0.0):
+    """The candidate with its weights as 16-value codebooks (error-compensated from the building batches), the same speed as ``model``.
+
+    share's own accuracy budget gets what pruning left of compress's (cosine of every output, on share's held-out share
+    of the building batches); compress then measures the result against the original like every candidate.
+    """
+    _say(show_progress, f"compress: {name}")
+    left = budget.max_loss - (0.0 if math.isnan(spent) else spent)
+    share_config = ShareConfig(clusters=16, threads=config.threads, latency_runs=0, accuracy_budget=1.0 - left if config.accuracy_metric == "cosine" and left > 0 else None)
+    try:
+        shared, share_report = share(model, calibration, config=share_config, show_progress=show_progress)
+    except NothingToDoError as exc:
+        return Candidate(name, ratio, False, shared=True, note=f"not built: {exc}", failed=True), None
+    moved = len(share_report.kept_for_budget)
+    note = f"{sum(1 for t in share_report.tensors if t.how.startswith('codebook'))} weights as codebooks" + (f", {moved} moved up a step for the budget" if moved else "")
+    return Candidate(name, ratio, False, shared=True, note=note, details={"share": share_report.to_dict()}), shared
 
 
 def _distilled(pruned: tuple[Candidate, onnx.ModelProto], original, calibration, config: CompressConfig, show_progress: bool) -> tuple[Candidate, onnx.ModelProto]:

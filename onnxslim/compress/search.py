@@ -26,6 +26,7 @@ class Candidate(Record):
     name: str
     prune_ratio: float
     quantized: bool
+    shared: bool = False  # weights stored as codebooks (share): smaller, the original's speed
     loss: float = math.nan  # 1 - the worst output's cosine to the original, on held-out data
     latency_ratio: float | None = None  # median latency over the original's, interleaved with every other candidate
     latency_ratio_1_thread: float | None = None  # the same at 1 thread, when --threads is another count
@@ -48,7 +49,7 @@ class Budget:
 
     max_loss: float
     target_latency: float | None = None
-    objective: str = "latency"  # or "size": the smallest file among those within the budget and faster than the original
+    objective: str = "latency"  # or "size": the smallest file among those within the budget and not slower than the original
 
     def fits(self, candidate: Candidate) -> bool:
         return candidate.measured and math.isfinite(candidate.loss) and candidate.loss <= self.max_loss + 1e-12
@@ -58,13 +59,16 @@ def choose(candidates: list[Candidate], budget: Budget) -> tuple[Candidate | Non
     """The candidate to write (None: none helps) and why, marking ``within_budget`` and ``chosen`` on the candidates.
 
     A candidate no faster than the original is never chosen: writing it would
-    make the user's model slower for nothing.
+    make the user's model slower for nothing. With the size objective a
+    candidate as fast as the original (within the timing noise, ``LATENCY_TIE``)
+    is chosen too: a smaller download at the same speed is a gain.
     """
     for candidate in candidates:
         candidate.within_budget = budget.fits(candidate)
         candidate.chosen = False
-    fitting = [c for c in candidates if c.within_budget and (c.prune_ratio > 0 or c.quantized)]
-    faster = [c for c in fitting if c.latency_ratio is not None and c.latency_ratio < 1.0]
+    fitting = [c for c in candidates if c.within_budget and (c.prune_ratio > 0 or c.quantized or c.shared)]
+    limit = 1.0 + LATENCY_TIE if budget.objective == "size" else 1.0  # for a smaller file, the original's speed is enough
+    faster = [c for c in fitting if c.latency_ratio is not None and c.latency_ratio < limit]
     if not fitting:
         return None, f"no candidate keeps every output within the budget (loss <= {budget.max_loss:g})"
     if not faster:
@@ -82,7 +86,7 @@ def choose(candidates: list[Candidate], budget: Budget) -> tuple[Candidate | Non
         # a file within 1% of the smallest is as small: the more faithful one wins
         best = min((c for c in faster if c.file_bytes <= smallest * 1.01), key=lambda c: (c.loss, c.file_bytes))
         best.chosen = True
-        return best, "the smallest candidate within the budget that is faster than the original"
+        return best, "the smallest candidate within the budget that is not slower than the original"
     fastest = min(c.latency_ratio for c in faster)
     # timings closer than the noise of a shared machine are a tie: the more faithful one wins it
     best = min((c for c in faster if c.latency_ratio <= fastest * (1 + LATENCY_TIE)), key=lambda c: (c.loss, c.latency_ratio))
