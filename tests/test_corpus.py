@@ -2,7 +2,7 @@
 
 1,884 single-operator cases (plus a variant with constant weights for each
 Conv/ConvTranspose/Gemm/MatMul case), the pytorch-converted and simple model
-tests, and the 'light' model graphs. The counts are printed with the test
+tests, and the 'light' model graphs (the three over 200 MB through cleanup only). The counts are printed with the test
 output; a single failure fails the test, listing what broke.
 """
 
