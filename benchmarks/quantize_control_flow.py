@@ -21,11 +21,9 @@ interleaved, median of ``--runs``, at each thread count.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,43 +32,13 @@ import onnx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.quantize_silu import markdown, onnxruntime_static  # noqa: E402
 from benchmarks.tasks import run_all  # noqa: E402
 from benchmarks.timing import median_latencies  # noqa: E402
 from models.builders import looped_mlp, rate_branches  # noqa: E402
+from models.scripted_export import scripted_branches  # noqa: E402
 from onnxslim import QuantConfig, quantize  # noqa: E402
 from onnxslim.measure import OutputComparison  # noqa: E402
-
-
-def scripted_branches() -> onnx.ModelProto:
-    import torch
-
-    class Branchy(torch.nn.Module):
-        def __init__(self, width: int = 64):
-            super().__init__()
-            conv = lambda k: torch.nn.Conv2d(width, width, k, padding=k // 2)  # noqa: E731
-            self.stem = torch.nn.Conv2d(3, width, 3, padding=1)
-            self.wide = torch.nn.Sequential(conv(3), torch.nn.ReLU(), conv(3))
-            self.narrow = torch.nn.Sequential(conv(1), torch.nn.ReLU(), conv(3))
-            self.repeat = conv(3)
-            self.head = torch.nn.Linear(width, 10)
-
-        def forward(self, x):
-            h = torch.relu(self.stem(x))
-            if bool(x.mean() > 0):
-                h = self.wide(h) + h
-            else:
-                h = self.narrow(h)
-            for _ in range(int(x.size(0)) + 1):
-                h = torch.relu(self.repeat(h)) + h
-            return self.head(h.mean(dim=(2, 3)))
-
-    torch.manual_seed(0)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript is deprecated, and still what exports data-dependent control flow
-        torch.onnx.export(torch.jit.script(Branchy().eval()), (torch.randn(1, 3, 56, 56),), buffer, dynamo=False, input_names=["input"],
-                          output_names=["logits"], opset_version=17)
-    return onnx.load_from_string(buffer.getvalue())
 
 
 def feeds(name: str, count: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -84,20 +52,6 @@ def feeds(name: str, count: int, seed: int) -> list[dict[str, np.ndarray]]:
 
 
 MODELS = {"scripted_branches": scripted_branches, "rate_branches": lambda: rate_branches(features=64, hidden=128), "looped_mlp": lambda: looped_mlp(width=512, steps=4)}
-
-
-def onnxruntime_static(fp32: Path, calib: list[dict], out: Path) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter(calib)
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ)
-    return out
 
 
 def onnxruntime_dynamic(fp32: Path, out: Path) -> Path:
@@ -115,7 +69,7 @@ def bench(name: str, work: Path, args) -> dict:
     ours = work / f"{name}.onnxslim.onnx"
     _, report = quantize(fp32, calib, config=QuantConfig(latency_runs=0, if_slower="write"), output=ours)
     models["onnxslim"] = ours
-    models["onnxruntime static"] = onnxruntime_static(fp32, calib, work / f"{name}.ort_static.onnx")
+    models["onnxruntime static"] = onnxruntime_static(fp32, calib, work / f"{name}.ort_static.onnx", per_channel=False)
     models["onnxruntime dynamic"] = onnxruntime_dynamic(fp32, work / f"{name}.ort_dynamic.onnx")
     reference = run_all(fp32, held)
     row = {"model": name, "cosine": {}, "latency_ms": {}, "mb": {}, "integer_kernels": {}}
@@ -133,17 +87,6 @@ def bench(name: str, work: Path, args) -> dict:
     return row
 
 
-def markdown(rows: list[dict], threads: list[int]) -> str:
-    lines = ["| model | tool | min output cosine | " + " | ".join(f"{t}T ms (x FP32)" for t in threads) + " | MB |", "|" + "---|" * (4 + len(threads))]
-    for row in rows:
-        for label in row["cosine"]:
-            timing = " | ".join(
-                f"{row['latency_ms'][f'{t}T'][label]:.2f} ({row['latency_ms'][f'{t}T'][label] / row['latency_ms'][f'{t}T']['FP32']:.2f}x)" for t in threads
-            )
-            lines.append(f"| {row['model']} | {label} | {row['cosine'][label]:.4f} | {timing} | {row['mb'][label]:.2f} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -157,11 +100,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
             rows.append(bench(name, Path(folder), args))
-            print(markdown(rows[-1:], args.threads), flush=True)
+            print(markdown(rows[-1:], args.threads, mb_digits=2), flush=True)
             print("onnxslim integer kernels:", rows[-1]["integer_kernels"]["onnxslim"], flush=True)
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(rows, indent=1))
-    print(markdown(rows, args.threads))
+    print(markdown(rows, args.threads, mb_digits=2))
 
 
 if __name__ == "__main__":

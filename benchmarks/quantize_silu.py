@@ -71,14 +71,14 @@ def bench(name: str, work: Path, args) -> dict:
     return row
 
 
-def markdown(rows: list[dict], threads: list[int]) -> str:
+def markdown(rows: list[dict], threads: list[int], mb_digits: int = 1) -> str:
     lines = ["| model | tool | min output cosine | " + " | ".join(f"{t}T ms (x FP32)" for t in threads) + " | MB |", "|" + "---|" * (4 + len(threads))]
     for row in rows:
         for label in row["cosine"]:
             timing = " | ".join(
                 f"{row['latency_ms'][f'{t}T'][label]:.2f} ({row['latency_ms'][f'{t}T'][label] / row['latency_ms'][f'{t}T']['FP32']:.2f}x)" for t in threads
             )
-            lines.append(f"| {row['model']} | {label} | {row['cosine'][label]:.4f} | {timing} | {row['mb'][label]:.1f} |")
+            lines.append(f"| {row['model']} | {label} | {row['cosine'][label]:.4f} | {timing} | {row['mb'][label]:.{mb_digits}f} |")
     return "\n".join(lines)
 
 

@@ -1,7 +1,5 @@
 """Quantizing the layers inside If branches and Loop / Scan bodies."""
 
-import io
-import warnings
 from collections import Counter
 
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from models.builders import CONTROL_FLOW_BUILDERS, branching_convs, looped_mlp, rate_branches, sample_inputs, scanned_cell
+from models.scripted_export import scripted_branches
 from onnxslim import QuantConfig, quantize
 from onnxslim.cli import main
 from onnxslim.ir import load_model
@@ -175,34 +174,9 @@ def test_lstms_and_convs_inside_if_branches_are_stored_in_int8():
 
 
 def test_torch_script_control_flow_export_is_quantized_inside_its_if_and_loop():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
 
-    class Branchy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
-            self.wide = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1))
-            self.narrow = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1))
-            self.repeat = torch.nn.Conv2d(16, 16, 3, padding=1)
-            self.head = torch.nn.Linear(16, 10)
-
-        def forward(self, x):
-            h = torch.relu(self.stem(x))
-            if bool(x.mean() > 0):
-                h = self.wide(h) + h
-            else:
-                h = self.narrow(h)
-            for _ in range(int(x.size(0)) + 1):
-                h = torch.relu(self.repeat(h)) + h
-            return self.head(h.mean(dim=(2, 3)))
-
-    torch.manual_seed(0)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript and its exporter are deprecated, and still what exports data-dependent control flow
-        scripted = torch.jit.script(Branchy().eval())
-        torch.onnx.export(scripted, (torch.randn(1, 3, 16, 16),), buffer, dynamo=False, input_names=["input"], output_names=["logits"], opset_version=17)
-    model = onnx.load_from_string(buffer.getvalue())
+    model = scripted_branches(width=16, size=16)
     assert {"If", "Loop"} <= {n.op_type for n in model.graph.node}
     quantized, report = quantize(model, both_ways(model, 30), config=NO_BUDGET)
     assert report.onnxruntime_kernels.get("QLinearConv", 0) >= 6  # the stem, two per branch, the one in the loop
