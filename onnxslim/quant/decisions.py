@@ -120,6 +120,7 @@ class QuantPlan:
     folded_nodes: dict[str, str] = field(default_factory=dict)  # Relu/Clip node -> tensor quantized in its place
     zero_bias_for: dict[str, tuple[str, str]] = field(default_factory=dict)  # MatMul node -> (activation, weight)
     concat_candidates: list[str] = field(default_factory=list)
+    hard_activations: dict[str, tuple[float, float]] = field(default_factory=dict)  # HardSigmoid/HardSwish node -> (alpha, beta), written as QLinearAdd
     decisions: dict[str, NodeDecision] = field(default_factory=dict)
     signed: bool = False
     # body path -> the plan of that If branch or Loop/Scan body (nested bodies listed here too, not in their parents' plans)

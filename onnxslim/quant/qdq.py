@@ -41,7 +41,9 @@ class _Emitter:
 
     def constant(self, base: str, array: np.ndarray) -> str:
         name = self.name(base)
-        self.graph.initializer.append(self.store.tensor(np.asarray(array), name))
+        tensor = self.store.tensor(np.asarray(array), name)
+        self.graph.initializer.append(tensor)
+        self.inits[name] = tensor
         return name
 
     def node(self, op: str, inputs: list[str], output: str, **attrs) -> None:
@@ -143,6 +145,45 @@ class _Emitter:
         del self.graph.node[:]
         self.graph.node.extend(kept)
 
+    def hard_activations(self) -> None:
+        """Rewrite each planned HardSigmoid / HardSwish (already between a DequantizeLinear and a QuantizeLinear).
+
+        HardSigmoid(x) = clip(alpha * x + beta, 0, 1): x's UINT8 codes read with alpha times x's scale, plus beta,
+        into the node's own output quantizer, whose zero point 0 clamps at 0 (its calibrated top is at most 1).
+        HardSwish(x) = x * that gate, with the gate on a fixed UINT8 grid of step 1/255 so it clamps at 1 exactly.
+        onnxruntime fuses the Add and Mul between Q/DQ into QLinearAdd and QLinearMul.
+        """
+        if not self.plan.hard_activations:
+            return
+        dequantizers = {n.output[0]: n for n in self.new_nodes if n.op_type == "DequantizeLinear"}
+        replaced = set()
+        for node in self.graph.node:
+            if node.name not in self.plan.hard_activations:
+                continue
+            alpha, beta = self.plan.hard_activations[node.name]
+            source = dequantizers[node.input[0]]
+            codes, scale, zero = source.input
+            base = node.output[0]
+            scaled = self.name(f"{base}_scaled")
+            self.dequantize(codes, self.constant(f"{base}_scaled_scale", np.asarray(to_array(self.inits[scale]) * alpha, np.float32)), zero, scaled, None)
+            offset = self.name(f"{base}_offset")
+            self.dequantize(self.constant(f"{base}_offset_quantized", np.asarray(1, np.uint8)), self.constant(f"{base}_offset_scale", np.asarray(beta, np.float32)),
+                            self.constant(f"{base}_offset_zero_point", np.asarray(0, np.uint8)), offset, None)
+            if node.op_type == "HardSigmoid":
+                self.node("Add", [scaled, offset], node.output[0])
+            else:
+                gate_scale = self.constant(f"{base}_gate_scale", np.asarray(1.0 / 255.0, np.float32))
+                gate_zero = self.constant(f"{base}_gate_zero_point", np.asarray(0, np.uint8))
+                gate, gate_codes, gate_value = self.name(f"{base}_gate"), self.name(f"{base}_gate_quantized"), self.name(f"{base}_gate_dequantized")
+                self.node("Add", [scaled, offset], gate)
+                self.node("QuantizeLinear", [gate, gate_scale, gate_zero], gate_codes)
+                self.dequantize(gate_codes, gate_scale, gate_zero, gate_value, None)
+                self.node("Mul", [node.input[0], gate_value], node.output[0])
+            replaced.add(node.name)
+        kept = [n for n in self.graph.node if n.name not in replaced]
+        del self.graph.node[:]
+        self.graph.node.extend(kept)
+
     def finish(self) -> onnx.ModelProto:
         self.graph.node.extend(self.new_nodes)
         topological_sort(self.graph)
@@ -160,4 +201,5 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, params: dict[str, tuple[
     emitter.weights()
     emitter.biases(params)
     emitter.activations(params)
+    emitter.hard_activations()
     return emitter.finish()

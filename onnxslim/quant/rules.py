@@ -32,6 +32,11 @@ INTEGER_UNARY = {"GlobalAveragePool", "AveragePool"}
 # activations with a QLinear kernel on onnxruntime's CPU provider (DQ -> op -> Q fuses): SiLU's and
 # squeeze-excitation's Sigmoid then joins QLinearMul instead of leaving a float island in every block
 CPU_INTEGER_ACTIVATIONS = {"Sigmoid", "LeakyRelu"}
+# HardSigmoid(x) = clip(alpha * x + beta, 0, 1) and HardSwish(x) = x * HardSigmoid(x) with alpha 1/6, beta 1/2 have no
+# integer kernel, but alpha * x is x's own UINT8 codes read with alpha times its scale, and the clip is the saturation of
+# a UINT8 output with zero point 0 and scale <= 1/255: written as QLinearAdd (and QLinearMul), every MobileNetV3 block
+# stays in UINT8 instead of dequantizing around each activation
+HARD_ACTIVATIONS = {"HardSigmoid", "HardSwish"}
 INTEGER_BINARY = {"Add", "Mul"}
 REMOVABLE = {"Relu", "Clip"}
 WEIGHTED_CPU = {"Conv", "Gemm", "MatMul"}
@@ -158,6 +163,25 @@ def integer_unary(planner: Planner, node: onnx.NodeProto) -> Reason:
     return Reason(QuantReason.INTEGER_KERNEL, f"QLinear{node.op_type}")
 
 
+def hard_activation(planner: Planner, node: onnx.NodeProto) -> Reason:
+    """HardSigmoid / HardSwish after a quantized layer: QLinearAdd (and QLinearMul) on UINT8, see HARD_ACTIVATIONS."""
+    data = node.input[0] if node.input else ""
+    if not (planner.is_quantized(data) and data in planner.quantized_outputs):
+        return _inputs_not_quantized()
+    if node.op_type == "HardSwish":
+        alpha, beta = 1.0 / 6.0, 0.5
+    else:
+        alpha, beta = float(node_attr(node, "alpha", 0.2)), float(node_attr(node, "beta", 0.5))
+    if alpha <= 0.0 or beta <= 0.0:
+        return Reason(QuantReason.KEPT_FLOAT, f"HardSigmoid with alpha {alpha:g}, beta {beta:g}: not a scale and offset a UINT8 kernel can apply")
+    planner.quantize_input(data, node)
+    planner.quantize_output(node, allow_fold=False)
+    planner.plan.hard_activations[node.name] = (alpha, beta)
+    if node.op_type == "HardSwish":
+        return Reason(QuantReason.INTEGER_KERNEL, "QLinearAdd + QLinearMul: x * clip(x / 6 + 1/2, 0, 1) on UINT8")
+    return Reason(QuantReason.INTEGER_KERNEL, f"QLinearAdd: clip({alpha:g} * x + {beta:g}, 0, 1) on UINT8")
+
+
 def integer_binary(planner: Planner, node: onnx.NodeProto) -> Reason:
     """Add/Mul of two quantized tensors (residuals, SE scales): QLinearAdd/QLinearMul."""
     if not (len(node.input) == 2 and all(n in planner.quantized_outputs for n in node.input)):
@@ -211,6 +235,7 @@ CPU_RULES: dict[str, Rule] = {
     **{op: shared_scale for op in PASS_THROUGH},
     **{op: integer_unary for op in INTEGER_UNARY | CPU_INTEGER_ACTIVATIONS},
     **{op: integer_binary for op in INTEGER_BINARY},
+    **{op: hard_activation for op in HARD_ACTIVATIONS},
     **{op: unfolded_clamp for op in REMOVABLE},
     "Concat": concat,
     **{op: weighted for op in WEIGHTED_CPU},
