@@ -151,6 +151,27 @@ def silu_se_block(channels: int = 16, size: int = 16, *, seed: int = 14, activat
     return b.model([_image_input(3, size)], [_output("features", [1, 8, size, size])], "silu_se_block")
 
 
+def hardswish_block(channels: int = 16, expanded: int = 24, size: int = 16, *, seed: int = 24, batchnorm: bool = False) -> onnx.ModelProto:
+    """A MobileNetV3 block: pointwise expand to ``expanded`` channels (24: not a multiple of 16), HardSwish, depthwise 3x3,
+    HardSwish, squeeze-excitation with a HardSigmoid gate, pointwise project, residual Add. ``batchnorm`` leaves a
+    BatchNormalization after the depthwise layer unfolded (the expand layer's output is read twice)."""
+    b = GraphBuilder(seed)
+    stem = b.node("HardSwish", [b.conv("input", 3, channels)])
+    x = b.node("HardSwish", [b.conv(stem, channels, expanded, k=1)])
+    x = b.conv(x, expanded, expanded, groups=expanded)
+    if batchnorm:
+        x = b.batchnorm(x, expanded)
+    x = b.node("HardSwish", [x])
+    gate = b.node("GlobalAveragePool", [x])
+    gate = b.node("Relu", [b.conv(gate, expanded, channels // 2, k=1)])
+    gate = b.node("HardSigmoid", [b.conv(gate, channels // 2, expanded, k=1)], alpha=1.0 / 6, beta=0.5)
+    x = b.node("Mul", [x, gate])
+    x = b.node("Add", [stem, b.conv(x, expanded, channels, k=1)])
+    y = b.conv(x, channels, 8, k=1)
+    _rename_output(b, y, "features")
+    return b.model([_image_input(3, size)], [_output("features", [1, 8, size, size])], "hardswish_block")
+
+
 def grouped_conv(channels: int = 16, groups: int = 4, size: int = 16, *, seed: int = 3) -> onnx.ModelProto:
     """Conv -> grouped Conv (``groups`` groups) -> Conv."""
     b = GraphBuilder(seed)
@@ -576,6 +597,7 @@ ALL_BUILDERS = {
     "sliced_attention": lambda: unbound_attention(unbind="slice"),
     "window_attention": window_attention,
     "silu_se_block": silu_se_block,
+    "hardswish_block": hardswish_block,
 }
 
 

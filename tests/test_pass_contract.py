@@ -272,3 +272,61 @@ def test_fuse_layernorm_leaves_what_is_not_a_layernorm(change, why):
     (result,) = checked(fuse_layernorm)(model)
     assert not result.modified, why
     assert "LayerNormalization" not in [n.op_type for n in model.graph.node]
+
+
+def test_align_depthwise_channels_pads_every_layer_of_the_set_and_keeps_numbers():
+    from models.builders import hardswish_block
+    from onnxslim.passes.align import align_depthwise_channels
+
+    model = hardswish_block(batchnorm=True)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(align_depthwise_channels)(work)
+    assert result.modified and "from 24 to 32 channels" in result.changes[0]
+    shapes = {t.name: tuple(t.dims) for t in work.graph.initializer}
+    convs = [n for n in work.graph.node if n.op_type == "Conv"]
+    # expand (writes), depthwise, SE expand (writes the gate's channels), SE reduce and project (read)
+    assert shapes[convs[1].input[1]][0] == 32 and shapes[convs[2].input[1]] == (32, 1, 3, 3)
+    assert shapes[convs[3].input[1]][1] == 32 and shapes[convs[4].input[1]][0] == 32 and shapes[convs[5].input[1]][1] == 32
+    norm = next(n for n in work.graph.node if n.op_type == "BatchNormalization")
+    assert all(shapes[name] == (32,) for name in norm.input[1:])
+    assert not {t.name for t in model.graph.initializer if t.name in shapes and shapes[t.name] != tuple(t.dims)}  # no array changed under its old name
+    assert_same_outputs(model, work, {"input": RNG.normal(size=(1, 3, 16, 16)).astype(np.float32)})
+
+
+DEPTHWISE_TO_OUTPUT = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4, 8, 8] x) => (float[1, 24, 8, 8] y) {
+    e = Conv (x, we)
+    y = Conv <group = 24, pads = [1, 1, 1, 1]> (e, wd)
+}
+"""
+DEPTHWISE_INTO_RESHAPE = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4, 8, 8] x) => (float[1, 1536] y) {
+    e = Conv (x, we)
+    d = Conv <group = 24, pads = [1, 1, 1, 1]> (e, wd)
+    y = Flatten (d)
+}
+"""
+DEPTHWISE_SHARED_WEIGHT = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y, float[1, 24, 8, 8] z) {
+    e = Conv (x, we)
+    d = Conv <group = 24, pads = [1, 1, 1, 1]> (e, wd)
+    y = Conv (d, wp)
+    z = Conv (x, we)
+}
+"""
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    (DEPTHWISE_TO_OUTPUT, "is a graph output"), (DEPTHWISE_INTO_RESHAPE, "(Flatten) is not a per-channel op"), (DEPTHWISE_SHARED_WEIGHT, "'we' is shared"),
+])
+def test_align_depthwise_channels_declines_what_it_cannot_follow(text, problem):
+    from onnxslim.passes.align import align_depthwise_channels
+
+    model = with_weights(text, we=RNG.normal(size=(24, 4, 1, 1)), wd=RNG.normal(size=(24, 1, 3, 3)), wp=RNG.normal(size=(4, 24, 1, 1)))
+    (result,) = checked(align_depthwise_channels)(model)
+    assert not result.modified
+    assert problem in result.declined[0].reason.text

@@ -453,3 +453,33 @@ def test_silu_and_squeeze_excitation_run_on_integer_kernels(activation, kernel):
     assert kernels.get("QLinearMul", 0) == sum(1 for n in model.graph.node if n.op_type == "Mul")
     assert kernels.get("QLinearConv") == sum(1 for n in model.graph.node if n.op_type == "Conv")
     assert_close_to_float(model, quantized, 0.99)
+
+
+def test_hardswish_blocks_run_on_integer_kernels_with_aligned_depthwise_channels():
+    """MobileNetV3's HardSwish and HardSigmoid become QLinearAdd (+ QLinearMul) on UINT8, and its 24-channel depthwise
+    layer is padded to 32 so onnxruntime's fast integer depthwise kernel runs it; the function is unchanged."""
+    model = ALL_BUILDERS["hardswish_block"]()
+    quantized, report = quantize(model, calibrate_on(model, 24), config=EVERY_LAYER)
+    hard = [n.name for n in model.graph.node if n.op_type in ("HardSwish", "HardSigmoid")]
+    decisions = {d.node: d for d in report.decisions}
+    assert all(decisions[name].code == QuantReason.INTEGER_KERNEL for name in hard)
+    kernels = report.onnxruntime_kernels
+    assert not {"HardSwish", "HardSigmoid"} & set(kernels) and kernels["DequantizeLinear"] == 1, kernels  # only the graph output's
+    assert kernels["QLinearAdd"] == len(hard) + 1  # and the residual Add
+    assert kernels["QLinearMul"] == sum(1 for n in model.graph.node if n.op_type == "HardSwish") + 1  # and the SE scale
+    alignment = next(r for r in report.prepare if r.name == "align-depthwise-channels")
+    assert "from 24 to 32 channels" in alignment.changes[0]
+    depthwise = next(n for n in quantized.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute))
+    assert next(a.i for a in depthwise.attribute if a.name == "group") == 32
+    assert [a.i for n in model.graph.node for a in n.attribute if a.name == "group" and a.i > 1] == [24]  # the input model is left as it was
+    assert_close_to_float(model, quantized, 0.99)
+
+
+def test_the_fp32_fallback_is_written_without_the_aligned_channels(monkeypatch):
+    model = ALL_BUILDERS["hardswish_block"]()
+    slower = LatencyComparison(1, {"median_ms": 1.0, "runs": 3}, {"median_ms": 1.4, "runs": 3})
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (slower, None))
+    written, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3))
+    assert report.written == "fp32"
+    groups = [a.i for n in written.graph.node for a in n.attribute if a.name == "group" and a.i > 1]
+    assert groups == [24]

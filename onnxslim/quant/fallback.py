@@ -35,6 +35,6 @@ def faster_or_float(
         report.warnings.append(warning)
     if use_fp32:
         report.written = "fp32"
-        return run.prepared
+        return run.cleaned
     report.written = written
     return candidate

@@ -27,6 +27,7 @@ from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import RememberedReference, fidelity, tensor_fidelity, worst_score
 from onnxslim.measure.sensitivity import counts_to_try, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
+from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
 from onnxslim.progress import track
 from onnxslim.quant.bodies import (
     BodyScopes,
@@ -98,6 +99,13 @@ class QuantRun:
         self.original = load_model(model)
         self.prepared = load_model(self.original)
         self.prepare_results = prepare(self.prepared)
+        self.cleaned = self.prepared  # what --if-slower keep-fp32 writes: without the channels added for INT8 kernels
+        if config.target == "cpu" and config.precision == "int8" and not config.weights_only and has_unaligned_depthwise(self.prepared):
+            aligned = load_model(self.prepared)
+            alignment = align_depthwise_channels(aligned)
+            if alignment.modified:
+                self.prepared = aligned
+                self.prepare_results.append(alignment)
         self.float_names = float_tensors(self.prepared)
         self.scopes = BodyScopes(self.prepared)
         self.provider = resolve_provider(config.calibration_provider)
