@@ -330,3 +330,32 @@ def test_align_depthwise_channels_declines_what_it_cannot_follow(text, problem):
     (result,) = checked(align_depthwise_channels)(model)
     assert not result.modified
     assert problem in result.declined[0].reason.text
+
+
+TWO_DEPTHWISE_SETS = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4, 8, 8] x) => (float[1, 8, 8, 8] y) {
+    a = Conv (x, wa, ba)
+    da = Conv <group = 40, pads = [1, 1, 1, 1]> (a, wda)
+    b = Conv (da, wb, bb)
+    db = Conv <group = 24, pads = [1, 1, 1, 1]> (b, wdb)
+    y = Conv (db, wc)
+}
+"""
+
+
+def test_align_depthwise_channels_grows_a_layer_between_two_sets_on_both_axes():
+    """The 40 -> 24 layer reads the first padded set and writes the second: its weight becomes 32 x 48."""
+    from onnxslim.passes.align import align_depthwise_channels
+
+    model = with_weights(TWO_DEPTHWISE_SETS, wa=RNG.normal(size=(40, 4, 1, 1)), ba=RNG.normal(size=40), wda=RNG.normal(size=(40, 1, 3, 3)),
+                         wb=RNG.normal(size=(24, 40, 1, 1)), bb=RNG.normal(size=24), wdb=RNG.normal(size=(24, 1, 3, 3)), wc=RNG.normal(size=(8, 24, 1, 1)))
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(align_depthwise_channels)(work)
+    assert len(result.changes) == 2
+    shapes = {t.name: tuple(t.dims) for t in work.graph.initializer}
+    middle = next(n for n in work.graph.node if n.output[0] == "b")
+    assert shapes[middle.input[1]] == (32, 48, 1, 1) and shapes[middle.input[2]] == (32,)
+    assert len(work.graph.initializer) == len(model.graph.initializer)
+    assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 4, 8, 8)).astype(np.float32)})

@@ -483,3 +483,19 @@ def test_the_fp32_fallback_is_written_without_the_aligned_channels(monkeypatch):
     assert report.written == "fp32"
     groups = [a.i for n in written.graph.node for a in n.attribute if a.name == "group" and a.i > 1]
     assert groups == [24]
+
+
+def test_a_hardswish_no_quantized_node_reads_stays_float():
+    """HardSwish -> Mul by a constant (float): an integer HardSwish would only round its gate and output once more."""
+    b = GraphBuilder(25)
+    x = b.node("HardSwish", [b.conv("input", 3, 16)])
+    x = b.node("HardSwish", [b.conv(x, 16, 16)])
+    y = b.node("Mul", [x, b.const(np.full((16, 1, 1), 0.5, np.float32), "scale")])
+    y = b.conv(y, 16, 8, k=1)
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 8, 16, 16])], "hardswish_then_affine")
+    quantized, report = quantize(model, calibrate_on(model, 24), config=EVERY_LAYER)
+    first, second = [d for d in report.decisions if d.op_type == "HardSwish"]
+    assert first.code == QuantReason.INTEGER_KERNEL  # read by the second Conv, quantized
+    assert second.code == QuantReason.KEPT_FLOAT and "no quantized node reads" in second.reason.text
+    assert sum(1 for n in quantized.graph.node if n.op_type == "HardSwish") == 1
+    assert_close_to_float(model, quantized, 0.99)

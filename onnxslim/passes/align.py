@@ -48,17 +48,23 @@ class _ChannelSet:
 
     channels: int
     tensors: set[str] = field(default_factory=set)
-    producers: set[str] = field(default_factory=set)  # Conv (group 1): output channels
-    readers: set[str] = field(default_factory=set)  # Conv (group 1): input channels
-    depthwise: set[str] = field(default_factory=set)
-    constants: dict[tuple[str, int], float] = field(default_factory=dict)  # (node, input index) -> value of an added channel
+    # nodes by position in the graph
+    producers: set[int] = field(default_factory=set)  # Conv (group 1): output channels
+    readers: set[int] = field(default_factory=set)  # Conv (group 1): input channels
+    depthwise: set[int] = field(default_factory=set)
+    constants: dict[tuple[int, int], float] = field(default_factory=dict)  # (node, input index) -> value of an added channel
     problem: str | None = None
+
+
+def label(node: onnx.NodeProto) -> str:
+    return node.name or f"{node.op_type} writing '{node.output[0]}'"
 
 
 class _Walker(GraphIndex):
     def __init__(self, model: onnx.ModelProto):
         super().__init__(model.graph)
-        self.nodes = {n.name: n for n in model.graph.node}
+        self.nodes = list(model.graph.node)  # sets name nodes by position: passes also see unnamed nodes
+        self.position = {id(n): i for i, n in enumerate(self.nodes)}
         self.graph_inputs = {v.name for v in model.graph.input}
         try:
             inferred = shape_inference.infer_shapes(without_large_values(model), strict_mode=False)
@@ -68,6 +74,9 @@ class _Walker(GraphIndex):
         for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
             if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
                 self.shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+    def key(self, node: onnx.NodeProto) -> int:
+        return self.position[id(node)]
 
     def weight(self, node: onnx.NodeProto) -> np.ndarray | None:
         return self.array(node.input[1]) if len(node.input) > 1 else None
@@ -82,7 +91,7 @@ class _Walker(GraphIndex):
 
     def walk(self, start: onnx.NodeProto) -> _ChannelSet:
         channels = int(self.weight(start).shape[0])
-        found = _ChannelSet(channels, depthwise={start.name})
+        found = _ChannelSet(channels, depthwise={self.key(start)})
         pending = [start.input[0], start.output[0]]
         while pending and found.problem is None:
             tensor = pending.pop()
@@ -100,8 +109,8 @@ class _Walker(GraphIndex):
             return f"no producer for '{tensor}'"
         if self.is_dense_conv(node):
             if self.weight(node).shape[0] != found.channels:
-                return f"{node.name} writes {self.weight(node).shape[0]} channels, not {found.channels}"
-            found.producers.add(node.name)
+                return f"{label(node)} writes {self.weight(node).shape[0]} channels, not {found.channels}"
+            found.producers.add(self.key(node))
             return None
         return self._through(node, tensor, found, pending)
 
@@ -111,8 +120,8 @@ class _Walker(GraphIndex):
         for node in self.consumers.get(tensor, []):
             if self.is_dense_conv(node) and node.input[0] == tensor and tensor not in node.input[1:]:
                 if self.weight(node).shape[1] != found.channels:
-                    return f"{node.name} reads {self.weight(node).shape[1]} channels, not {found.channels}"
-                found.readers.add(node.name)
+                    return f"{label(node)} reads {self.weight(node).shape[1]} channels, not {found.channels}"
+                found.readers.add(self.key(node))
                 continue
             problem = self._through(node, tensor, found, pending)
             if problem:
@@ -122,38 +131,38 @@ class _Walker(GraphIndex):
     def _through(self, node: onnx.NodeProto, tensor: str, found: _ChannelSet, pending: list[str]) -> str | None:
         """A node the channels pass through: its channel-carrying inputs and output join the set."""
         if node.domain not in ("", "ai.onnx") or len(node.output) != 1:
-            return f"{node.name} ({node.op_type}) is not a per-channel op"
+            return f"{label(node)} ({node.op_type}) is not a per-channel op"
         op = node.op_type
         if op == "Conv":
             if not self.is_depthwise(node) or int(node_attr(node, "group", 1)) != found.channels or node.input[0] != tensor and node.output[0] != tensor:
-                return f"{node.name}: a Conv that is neither depthwise over these channels nor a plain reader"
-            found.depthwise.add(node.name)
+                return f"{label(node)}: a Conv that is neither depthwise over these channels nor a plain reader"
+            found.depthwise.add(self.key(node))
             pending.extend([node.input[0], node.output[0]])
             return None
         if op in PER_CHANNEL_UNARY:
             if any(name and name not in self.constants for name in node.input[1:]) or op == "PRelu" and not self._per_channel_ok(node, 1, found, 0.0):
-                return f"{node.name} ({op}) has run-time parameters"
+                return f"{label(node)} ({op}) has run-time parameters"
             pending.extend([node.input[0], node.output[0]])
             return None
         if op == "BatchNormalization":
             for index in (1, 2, 3, 4):
-                found.constants[(node.name, index)] = 1.0 if index in (1, 4) else 0.0
+                found.constants[(self.key(node), index)] = 1.0 if index in (1, 4) else 0.0
             if any(self.array(node.input[i]) is None for i in (1, 2, 3, 4)):
-                return f"{node.name}: BatchNormalization with run-time parameters"
+                return f"{label(node)}: BatchNormalization with run-time parameters"
             pending.extend([node.input[0], node.output[0]])
             return None
         if op in NEUTRAL and len(node.input) == 2:
             for index, name in enumerate(node.input):
                 if name in self.constants:
                     if not self._per_channel_ok(node, index, found, NEUTRAL[op]):
-                        return f"{node.name} ({op}): constant '{name}' does not broadcast per channel"
+                        return f"{label(node)} ({op}): constant '{name}' does not broadcast per channel"
                 elif self._channel_dim(name) != found.channels or self._channel_dim(node.output[0]) != found.channels:
-                    return f"{node.name} ({op}): cannot confirm '{name}' carries the {found.channels} channels"
+                    return f"{label(node)} ({op}): cannot confirm '{name}' carries the {found.channels} channels"
                 else:
                     pending.append(name)
             pending.append(node.output[0])
             return None
-        return f"{node.name} ({op}) is not a per-channel op"
+        return f"{label(node)} ({op}) is not a per-channel op"
 
     def _channel_dim(self, tensor: str) -> int | None:
         shape = self.shapes.get(tensor)
@@ -169,7 +178,7 @@ class _Walker(GraphIndex):
         shape = array.shape
         if len(shape) < 3 or shape[-3] != found.channels or any(d != 1 for d in shape[-2:]) or any(d != 1 for d in shape[:-3]):
             return False
-        found.constants[(node.name, index)] = neutral
+        found.constants[(self.key(node), index)] = neutral
         return True
 
 
@@ -192,7 +201,7 @@ def align_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_M
     done: set[str] = set()
     sets: list[_ChannelSet] = []
     for node in graph.node:
-        if node.name in done or not walker.is_depthwise(node) or walker.weight(node).shape[0] % multiple == 0:
+        if walker.key(node) in done or not walker.is_depthwise(node) or walker.weight(node).shape[0] % multiple == 0:
             continue
         found = walker.walk(node)
         done |= found.depthwise
@@ -205,24 +214,28 @@ def align_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_M
             if shared:
                 found.problem = f"weight '{shared[0]}' is shared with other nodes"
         if found.problem is not None:
-            result.decline(node.name, DeclineCode.UNSUPPORTED_FORM, found.problem)
+            result.decline(label(node), DeclineCode.UNSUPPORTED_FORM, found.problem)
             continue
         sets.append(found)
     if not sets:
         return result
     taken = all_value_names(graph)
     replaced: set[str] = set()
+    grown: dict[str, np.ndarray] = {}  # a layer between two sets (reads one, writes the other) grows twice
     for found in sets:
         extra = -found.channels % multiple
-        for (name, index), pads in _padded_inputs(walker, found).items():
+        for (name, index), pads in _padded_inputs(walker, found, grown).items():
             node = walker.nodes[name]
-            padded = walker.array(node.input[index])
+            tensor = node.input[index]
+            if tensor in grown:
+                padded = grown[tensor]
+            else:
+                padded = walker.array(tensor)
+                replaced.add(tensor)
+                tensor = node.input[index] = unique_name(f"{tensor}_aligned", taken)
             for axis, value in pads:
                 padded = _padded(padded, axis, extra, value)
-            replaced.add(node.input[index])
-            new_name = unique_name(f"{node.input[index]}_aligned", taken)
-            graph.initializer.append(onnx.numpy_helper.from_array(padded, new_name))
-            node.input[index] = new_name
+            grown[tensor] = padded
         for name in found.depthwise:
             for attr in walker.nodes[name].attribute:
                 if attr.name == "group":
@@ -230,22 +243,23 @@ def align_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_M
         stale = [v for v in graph.value_info if v.name in found.tensors]
         for value in stale:
             graph.value_info.remove(value)
-        names = sorted(found.depthwise)
+        names = [label(walker.nodes[k]) for k in sorted(found.depthwise)]
         result.change(f"padded {len(names)} depthwise Conv(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) from {found.channels} to "
                       f"{found.channels + extra} channels, onnxruntime's fast integer depthwise kernel needs multiples of {multiple}")
     still_read = replaced & set(consumers_map(graph))  # a shared bias's other readers
     kept = [t for t in graph.initializer if t.name not in replaced or t.name in still_read]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+    graph.initializer.extend(onnx.numpy_helper.from_array(array, name) for name, array in grown.items())
     return result
 
 
-def _padded_inputs(walker: _Walker, found: _ChannelSet) -> dict[tuple[str, int], list[tuple[int, float]]]:
+def _padded_inputs(walker: _Walker, found: _ChannelSet, grown: dict[str, np.ndarray] | None = None) -> dict[tuple[int, int], list[tuple[int, float]]]:
     """(node, input index) -> every (axis, value of the added channels) by which that constant grows.
 
     A Conv both writing and reading the channels (C -> C) grows on both axes of its weight.
     """
-    inputs: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    inputs: dict[tuple[int, int], list[tuple[int, float]]] = {}
     for name in found.producers | found.depthwise:
         node = walker.nodes[name]
         inputs.setdefault((name, 1), []).append((0, 0.0))
@@ -254,6 +268,7 @@ def _padded_inputs(walker: _Walker, found: _ChannelSet) -> dict[tuple[str, int],
     for name in found.readers:
         inputs.setdefault((name, 1), []).append((1, 0.0))
     for (name, index), value in found.constants.items():
-        array = walker.array(walker.nodes[name].input[index])
+        tensor = walker.nodes[name].input[index]
+        array = grown[tensor] if grown and tensor in grown else walker.array(tensor)
         inputs.setdefault((name, index), []).append((0 if array.ndim == 1 else array.ndim - 3, value))
     return inputs

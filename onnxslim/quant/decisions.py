@@ -64,6 +64,7 @@ class ActivationQuant:
     rewire_all: bool = False  # every reader reads the dequantized value (needed for producer fusion)
     readers: set[str] = field(default_factory=set)  # nodes reading the dequantized value, when not all
     folded_into: str | None = None  # a Relu/Clip output name that the dequantized value replaces
+    bounded: bool = False  # the op bounds its output (HardSigmoid's clip to [0, 1]): the observed min and max are its range, whatever the method
 
 
 @dataclass
@@ -126,11 +127,11 @@ class QuantPlan:
     # body path -> the plan of that If branch or Loop/Scan body (nested bodies listed here too, not in their parents' plans)
     bodies: dict[str, QuantPlan] = field(default_factory=dict)
 
-    def observed_tensors(self) -> set[str]:
-        """Tensors calibration observes: plain names for the main graph, scoped keys inside bodies."""
-        observed = {a.observe for a in self.activations.values()}
+    def observed_tensors(self, *, bounded_only: bool = False) -> set[str]:
+        """Tensors calibration observes (those of bounded outputs only, when asked): plain names for the main graph, scoped keys inside bodies."""
+        observed = {a.observe for a in self.activations.values() if a.bounded or not bounded_only}
         for path, body in self.bodies.items():
-            observed |= {scoped(path, t) for t in body.observed_tensors()}
+            observed |= {scoped(path, t) for t in body.observed_tensors(bounded_only=bounded_only)}
         return observed
 
     @property

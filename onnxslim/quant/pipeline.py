@@ -240,7 +240,11 @@ class QuantRun:
 
     def params(self, plan: QuantPlan) -> tuple[QuantPlan, dict]:
         """The plan as calibration leaves it (a copy) and the scale and zero point of every quantized activation (by scoped key)."""
-        ranges = {t: calibrated_range(self.stats[t], self.config.method, symmetric=plan.signed, percentile=self.config.percentile) for t in plan.observed_tensors()}
+        bounded = plan.observed_tensors(bounded_only=True)
+        ranges = {
+            t: calibrated_range(self.stats[t], "minmax" if t in bounded else self.config.method, symmetric=plan.signed, percentile=self.config.percentile)
+            for t in plan.observed_tensors()
+        }
         main, params = self._scope_params(plan, self.prepared, in_scope(ranges, ""))
         bodies = {}
         decisions = dict(main.decisions)

@@ -203,7 +203,29 @@ class Planner:
                 continue  # decided earlier: a Relu/Clip folded into its producer, a MatMul's bias Add
             reason = self._allowed(node) or rule_for(node.op_type, self.plan.signed)(self, node)
             self.decide(node, reason)
+        self._float_readers_keep_hard_activations_float()
         return self.plan
+
+    def _float_readers_keep_hard_activations_float(self) -> None:
+        """A HardSigmoid / HardSwish whose output no quantized node reads stays in float.
+
+        Its integer form pays off only when the next node takes UINT8; otherwise it adds
+        a rounding of the gate and of its output that the float op does not have.
+        """
+        for name in list(self.plan.hard_activations):
+            node = next(n for n in self.graph.node if n.name == name)
+            output = node.output[0]
+            readers = self.consumers.get(output, [])
+            if output in self.graph_outputs or any(self.plan.decisions[r.name].quantized for r in readers if r.name in self.plan.decisions):
+                continue
+            del self.plan.hard_activations[name]
+            del self.plan.activations[output]
+            self.quantized_outputs.discard(output)
+            data = self.plan.activations[node.input[0]]
+            data.readers.discard(name)
+            if not data.rewire_all and not data.readers:
+                del self.plan.activations[node.input[0]]
+            self.decide(node, Reason(QuantReason.KEPT_FLOAT, "kept in float: no quantized node reads its output, so an integer form would only add rounding"))
 
 
 def make_plan(model: onnx.ModelProto, config: QuantConfig, float_tensors: set[str], keep_float: frozenset[str] = frozenset()) -> QuantPlan:

@@ -175,7 +175,9 @@ def hard_activation(planner: Planner, node: onnx.NodeProto) -> Reason:
     if alpha <= 0.0 or beta <= 0.0:
         return Reason(QuantReason.KEPT_FLOAT, f"HardSigmoid with alpha {alpha:g}, beta {beta:g}: not a scale and offset a UINT8 kernel can apply")
     planner.quantize_input(data, node)
-    planner.quantize_output(node, allow_fold=False)
+    output = planner.quantize_output(node, allow_fold=False)
+    # HardSigmoid's clip at 1 is its quantizer's saturation: a method that clips the range lower would cut every gate there
+    planner.plan.activations[output].bounded = node.op_type == "HardSigmoid"
     planner.plan.hard_activations[node.name] = (alpha, beta)
     if node.op_type == "HardSwish":
         return Reason(QuantReason.INTEGER_KERNEL, "QLinearAdd + QLinearMul: x * clip(x / 6 + 1/2, 0, 1) on UINT8")
