@@ -54,11 +54,14 @@ def bench(name: str, work: Path, args) -> dict:
     ours = work / f"{name}.onnxslim.onnx"
     _, report = quantize(fp32, str(calib_dir), config=QuantConfig(latency_runs=0, if_slower="write"), output=ours, show_progress=False)
     models["onnxslim"] = ours
+    unbudgeted = work / f"{name}.onnxslim-no-budget.onnx"
+    quantize(fp32, str(calib_dir), config=QuantConfig(latency_runs=0, if_slower="write", accuracy_budget=None), output=unbudgeted, show_progress=False)
+    models["onnxslim --accuracy-budget none"] = unbudgeted
     for per_channel in (False, True):
         label = f"onnxruntime{' per-channel' if per_channel else ''}"
         models[label] = onnxruntime_static(fp32, calib, work / f"{name}.ort{int(per_channel)}.onnx", per_channel)
     reference = run_all(fp32, held)
-    row = {"model": name, "cosine": {}, "latency_ms": {}, "integer_kernels": report.integer_kernels, "mb": {}}
+    row = {"model": name, "cosine": {}, "latency_ms": {}, "integer_kernels": report.integer_kernels, "mb": {}, "kept_float_for_budget": len(report.kept_float_for_budget)}
     for label, path in models.items():
         comparison = OutputComparison("logits")
         for ref, cand in zip(reference, run_all(path, held)):
