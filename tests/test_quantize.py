@@ -28,7 +28,6 @@ from onnxslim.cli import main
 from onnxslim.errors import DataError, NothingToDoError
 from onnxslim.ir import load_model
 from onnxslim.measure import LatencyComparison
-from onnxslim.measure.sensitivity import counts_to_try
 from onnxslim.quant.decisions import QuantReason
 from tests.conftest import run_model
 
@@ -318,7 +317,7 @@ def test_fast_sensitivity_builds_a_few_models_where_measured_builds_one_per_laye
     layers = counts["measured"][1]
     assert counts["fast"][1] == layers >= 6
     assert counts["measured"][0] >= layers + 2  # one build per layer, the plain one and the confirmed one
-    assert counts["fast"][0] <= 2 + len(list(counts_to_try(layers))) and counts["fast"][0] < counts["measured"][0]
+    assert counts["fast"][0] <= 2 + 6 and counts["fast"][0] < counts["measured"][0]  # the plain build, at most 6 counts measured, the confirmed one
 
 
 def test_a_top1_budget_bounds_decisions_not_cosine():

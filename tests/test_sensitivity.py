@@ -1,8 +1,9 @@
 import math
 
+import pytest
 from onnx import helper
 
-from onnxslim.measure.sensitivity import added_noise, counts_to_try, noise_power, rank_by_added_noise, tensors_to_compare
+from onnxslim.measure.sensitivity import added_noise, counts_to_try, next_count, noise_power, rank_by_added_noise, tensors_to_compare
 
 
 def _chain():
@@ -34,3 +35,38 @@ def test_only_float_activations_are_compared_and_counts_end_with_all():
     assert list(counts_to_try(20)) == [1, 2, 4, 8, 10, 12, 14, 16, 18, 20]
     assert list(counts_to_try(3, finish_with_all=False)) == [1, 2] and list(counts_to_try(9, finish_with_all=False)) == [1, 2, 4, 8, 9]
 
+
+
+def _search(noise, loss_of, budget_loss):
+    """Run next_count against a loss function of the count; the counts measured, in order, and the smallest passing one."""
+    losses = {0: loss_of(0)}
+    tried = []
+    while (count := next_count(noise, losses, budget_loss)) is not None:
+        assert count not in losses and 0 < count <= len(noise)
+        tried.append(count)
+        losses[count] = loss_of(count)
+    passing = [k for k, loss in losses.items() if loss <= budget_loss]
+    return tried, min(passing) if passing else None
+
+
+@pytest.mark.parametrize("propagation", [1.0, 0.3, 3.0])  # loss proportional to the noise left, or growing slower or faster than it
+def test_the_budget_search_lands_near_the_fewest_layers_in_few_measurements(propagation):
+    noise = [1.0 / (i + 1) for i in range(80)]  # a long tail: most of the noise in a few layers
+    total = sum(noise)
+
+    def loss_of(count):
+        return 0.03 * (1.0 - sum(noise[:count]) / total) ** propagation
+
+    fewest = next(k for k in range(81) if loss_of(k) <= 0.01)
+    tried, found = _search(noise, loss_of, 0.01)
+    assert fewest <= found <= fewest + max(1, found // 4)
+    assert len(tried) <= 5, tried  # doubling from 1 needs more: 1, 2, 4, 8, 18, ...
+    assert loss_of(found) <= 0.01
+
+
+def test_the_budget_search_climbs_past_nan_and_ends_when_every_layer_fails():
+    noise = [math.inf, math.inf, 0.5, 0.25, 0.25]
+    tried, found = _search(noise, lambda count: math.inf if count < 2 else 0.02 * (5 - count) / 3, 0.01)
+    assert found in (4, 5) and tried[0] == 1
+    tried, found = _search(noise, lambda count: 0.5, 0.01)
+    assert found is None and tried[-1] == 5 and len(tried) <= 4

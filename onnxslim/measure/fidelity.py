@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from onnxslim.measure.outputs import OutputComparison
+from onnxslim.measure.outputs import OutputComparison, TensorNoise
 from onnxslim.runtime.probe import probe_runner
 from onnxslim.runtime.session import Runner
 
@@ -118,11 +118,11 @@ def worst_score(comparisons: Sequence[OutputComparison], metric: str = "cosine")
 
 def tensor_fidelity(
     reference: onnx.ModelProto, candidate: onnx.ModelProto, names: Sequence[str], batches: Sequence[tuple[str, Mapping[str, np.ndarray]]]
-) -> dict[str, OutputComparison]:
-    """Per-tensor comparison of the intermediate tensors ``names`` (present in both graphs) over ``batches``: one run of each model per batch."""
+) -> dict[str, TensorNoise]:
+    """Error and signal power of the intermediate tensors ``names`` (present in both graphs) over ``batches``: one run of each model per batch."""
     names = list(names)
     ref_runner, cand_runner = probe_runner(reference, names), probe_runner(candidate, names)
-    comparisons = {name: OutputComparison(name) for name in names}
+    comparisons = {name: TensorNoise(name) for name in names}
     for label, batch in batches:
         for name, a, b in zip(names, ref_runner.run(batch, names), cand_runner.run(batch, names)):
             comparisons[name].add(a, b, label)

@@ -41,6 +41,41 @@ def looks_like_probability_map(array: np.ndarray) -> bool:
     return bool(array.size and array.min() >= 0.0 and array.max() <= 1.0)
 
 
+def finite_pairs(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """The positions where both flat arrays are finite, and how many are not: (only the candidate's, only the reference's,
+    both but different values: NaN vs Inf, +Inf vs -Inf). Statistics cover the finite pairs; the counts fail every gate."""
+    ref_finite, cand_finite = np.isfinite(ref), np.isfinite(cand)
+    if ref_finite.all() and cand_finite.all():
+        return ref, cand, (0, 0, 0)
+    both = ~ref_finite & ~cand_finite
+    same = (np.isnan(ref) & np.isnan(cand)) | (ref == cand)
+    counts = (int((ref_finite & ~cand_finite).sum()), int((~ref_finite & cand_finite).sum()), int((both & ~same).sum()))
+    keep = ref_finite & cand_finite
+    return ref[keep], cand[keep], counts
+
+
+@dataclass
+class TensorNoise:
+    """Running error and signal power of one intermediate tensor: all a noise ranking reads, at a fraction of
+    :class:`OutputComparison`'s cost (float32 sums: a ranking needs ratios, not the last digits)."""
+
+    name: str
+    err_sq: float = 0.0
+    ref_sq: float = 0.0
+    nonfinite_mismatches: int = 0
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray, source: str = "") -> None:
+        if reference.shape != candidate.shape:
+            raise DataError(f"{source}: tensor '{self.name}' has shape {tuple(candidate.shape)} in the candidate, {tuple(reference.shape)} in the reference")
+        ref = np.asarray(reference, dtype=np.float32).ravel()
+        cand = np.asarray(candidate, dtype=np.float32).ravel()
+        ref, cand, counts = finite_pairs(ref, cand)
+        self.nonfinite_mismatches += sum(counts)
+        diff = ref - cand
+        self.err_sq += float(np.dot(diff, diff))
+        self.ref_sq += float(np.dot(ref, ref))
+
+
 @dataclass
 class OutputComparison:
     """Running sums comparing one output of a candidate with the reference's, batch by batch; ``add`` folds a batch in."""
@@ -75,16 +110,10 @@ class OutputComparison:
             )
         ref = np.asarray(reference, dtype=np.float64).ravel()
         cand = np.asarray(candidate, dtype=np.float64).ravel()
-        ref_finite, cand_finite = np.isfinite(ref), np.isfinite(cand)
-        if not (ref_finite.all() and cand_finite.all()):
-            self.nonfinite_candidate += int((ref_finite & ~cand_finite).sum())
-            self.nonfinite_reference += int((~ref_finite & cand_finite).sum())
-            both = ~ref_finite & ~cand_finite
-            same = (np.isnan(ref) & np.isnan(cand)) | (ref == cand)
-            self.nonfinite_disagreeing += int((both & ~same).sum())
-            # the statistics below cover the positions where both are finite; the counts above fail every gate
-            keep = ref_finite & cand_finite
-            ref, cand = ref[keep], cand[keep]
+        ref, cand, counts = finite_pairs(ref, cand)
+        self.nonfinite_candidate += counts[0]
+        self.nonfinite_reference += counts[1]
+        self.nonfinite_disagreeing += counts[2]
         diff = ref - cand
         dot = float(ref @ cand)
         ref_sq = float(ref @ ref)

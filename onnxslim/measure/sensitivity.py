@@ -74,3 +74,56 @@ def counts_to_try(total: int, *, finish_with_all: bool = True):
         count = count * 2 if count < 8 else count + max(1, total // 8)
     if finish_with_all and last < total:
         yield total
+
+
+def next_count(noise: Sequence[float], losses: Mapping[int, float], budget_loss: float) -> int | None:
+    """How many of the ranked layers to keep exact next, or None when the search is done.
+
+    ``noise``: each ranked layer's added noise, most harmful first. ``losses``: every count
+    measured so far -> its loss (1 - the worst output score; inf for NaN), with 0 (nothing kept)
+    among them. The loss is taken as proportional to the noise still left in the model, the
+    line drawn through the measured counts either side of the budget; the guess is aimed a
+    tenth inside it and kept well inside the bracket, so the bracket shrinks by a quarter or
+    more (or the count grows by half) every step. Done when the smallest passing count is
+    within a quarter of the largest failing one below it (or every layer is kept and fails):
+    each measurement costs a model build and a pass over the held-out batches, a layer too
+    many in float costs a little speed.
+    """
+    total = len(noise)
+    passing = [k for k, loss in losses.items() if loss <= budget_loss]
+    high = min(passing) if passing else None
+    low = max(k for k, loss in losses.items() if loss > budget_loss and (high is None or k < high))
+    if high is None and low >= total:
+        return None
+    if high is not None and high - low <= max(1, high // 4):
+        return None
+    left = _noise_left(noise)
+    target = 0.9 * budget_loss
+    low_loss = losses[low]
+    if math.isinf(low_loss) or math.isnan(low_loss):
+        guess = max(2 * low, 1)
+    elif high is None:
+        # through the origin: the loss left when no noise is left is 0
+        wanted = left[low] * target / low_loss if low_loss > 0 else 0.0
+        guess = next((k for k in range(low + 1, total + 1) if left[k] <= wanted), total)
+    else:
+        high_loss = losses[high]
+        slope = (low_loss - high_loss) / (left[low] - left[high]) if left[low] > left[high] else 0.0
+        wanted = left[high] + (target - high_loss) / slope if slope > 0 else left[high]
+        guess = next((k for k in range(low + 1, high) if left[k] <= wanted), high - 1)
+    if high is None:
+        return min(max(guess, low + max(1, low // 2)), total)
+    margin = max(1, (high - low) // 4)
+    return min(max(guess, low + margin), high - margin)
+
+
+def _noise_left(noise: Sequence[float]) -> list[float]:
+    """For each count k, the fraction of the finite added noise left when the first k ranked layers are exact (layers with
+    infinite noise, ranked first, count as nothing left to remove until they are all kept)."""
+    finite = [n if math.isfinite(n) else 0.0 for n in noise]
+    total = sum(finite)
+    left, removed = [1.0], 0.0
+    for value in finite:
+        removed += value
+        left.append(1.0 - removed / total if total > 0 else 0.0)
+    return left

@@ -25,7 +25,7 @@ from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.scopes import all_nodes, scoped
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import RememberedReference, fidelity, tensor_fidelity, worst_score
-from onnxslim.measure.sensitivity import counts_to_try, noise_power, rank_by_added_noise, tensors_to_compare
+from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
 from onnxslim.progress import track
@@ -347,13 +347,14 @@ class BudgetSearch:
 STORED_IN_INT8 = (QuantReason.WEIGHT_ONLY, QuantReason.DYNAMIC)  # INT8 tables and DynamicQuantizeLSTM: weights stored low-bit, no Q/DQ on inputs
 
 
-def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, budget: float) -> BudgetSearch:
+def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, budget: float, measured: list | None = None) -> BudgetSearch:
     """Keep the layers that cost the most accuracy in float until the budget holds.
 
     ``config.sensitivity`` says how layers are ranked: 'fast' by the noise each adds in one side-by-side pass
     of the float and the quantized model; 'measured' by the outputs' score with each layer alone quantized
     (a model build and a pass over the batches per layer). Either way the budget is confirmed by measurement,
-    keeping 1, 2, 4, 8, ... of the ranked layers in float.
+    keeping the first ranked layers in float, as many as :func:`next_count` guesses from the losses measured so far.
+    ``measured``: the fully quantized model's comparisons on the search's batches, when already known.
     """
     batches = run.eval_batches[:SENSITIVITY_BATCHES]
     candidates = [d.node for d in plan.decisions.values() if d.quantized and d.code not in (QuantReason.FOLDED, QuantReason.BIAS_FUSED)]
@@ -363,18 +364,29 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     stored_only = {d.node for d in plan.decisions.values() if d.code in STORED_IN_INT8}
     every = [e for e in every if e["node"] not in stored_only] + [e for e in every if e["node"] in stored_only]
     ranked = [entry["node"] for entry in every]
-    built = None
-    for count in counts_to_try(len(ranked)):
-        excluded = frozenset(ranked[:count])
-        kept_plan, model = run.build(run.config, excluded)
+    noise = [entry["added_noise"] if "added_noise" in entry else 1.0 - entry["score_when_alone_quantized"] for entry in every]
+    losses = {0: _loss(worst_score(measured if measured is not None else fidelity(run.reference, quantized, batches), metric))}
+    best = None  # (count, score, built) of the smallest count measured to meet the budget
+    last = None
+    while (count := next_count(noise, losses, 1.0 - budget)) is not None:
+        kept_plan, model = run.build(run.config, frozenset(ranked[:count]))
         comparisons = fidelity(run.reference, model, batches)
-        built = (kept_plan, model, comparisons)
         score = worst_score(comparisons, metric)
-        if score >= budget:
-            note = f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float ({metric} {score:.5f} on {len(batches)} batch(es))"
-            return BudgetSearch(excluded, every[:count], True, note, every, built)
+        losses[count] = _loss(score)
+        last = (kept_plan, model, comparisons)
+        if score >= budget and (best is None or count < best[0]):
+            best = (count, score, last)
+    if best is not None:
+        count, score, built = best
+        note = (f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float ({metric} {score:.5f} on {len(batches)} batch(es); "
+                f"{len(losses) - 1} count(s) measured)")
+        return BudgetSearch(frozenset(ranked[:count]), every[:count], True, note, every, built)
     note = f"accuracy budget {budget} cannot be met even with every quantized layer in float"
-    return BudgetSearch(frozenset(ranked), every, False, note, every, built)  # counts_to_try ends with every ranked layer: the last one built
+    return BudgetSearch(frozenset(ranked), every, False, note, every, last)  # the search ends by measuring every ranked layer kept
+
+
+def _loss(score: float) -> float:
+    return math.inf if math.isnan(score) else 1.0 - score
 
 
 def _ranked_by_added_noise(run: QuantRun, candidates: list[str], quantized: onnx.ModelProto, batches) -> list[dict]:
@@ -534,7 +546,7 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
     report.warnings.extend(_evaluation_problems(comparisons, run, eval_data_given))
     if config.accuracy_budget is None or worst_score(comparisons, config.accuracy_metric) >= config.accuracy_budget:  # NaN misses the budget
         return plan, quantized, comparisons
-    search = _sensitivity(run, plan, quantized, config.accuracy_budget)
+    search = _sensitivity(run, plan, quantized, config.accuracy_budget, comparisons if len(run.eval_batches) <= SENSITIVITY_BATCHES else None)
     report.kept_float_for_budget = search.kept
     report.sensitivity = search.sensitivity
     if not search.met:
