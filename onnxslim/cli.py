@@ -493,7 +493,7 @@ def _print_pruning(report) -> None:
 @output_option
 @data_options
 @click.option("--eval-data", default=None, help="Held-out data to score every epoch, read like --data (default: every 5th batch of --data, not trained on).")
-@config_options(DistillConfig, "epochs", "time_budget", "lr", "batch_size", "patience", "features", "temperature", "augment", "accuracy_metric",
+@config_options(DistillConfig, "epochs", "time_budget", "lr", "batch_size", "patience", "features", "temperature", "augment", "accuracy_metric", "int8",
                 "max_calibration_samples", "eval_fraction", "max_eval_batches")
 @report_option
 @quiet_option
@@ -514,13 +514,21 @@ def distill(student, teacher, output, eval_data, report_path, quiet, input_shape
         f"({', '.join(f'{escape(k)}: {v}' for k, v in report.output_kinds.items())}), {len(report.features)} shared feature(s)",
         highlight=False,
     )
+    if report.int8:
+        console.print(f"INT8 rounding simulated on {report.rounded_activations} activation(s) and {report.rounded_weights} weight(s); scores are of INT8 models", highlight=False)
     for epoch in report.epochs:
         console.print(f"  epoch {epoch.epoch}: loss {epoch.loss:.4f}, held-out {report.accuracy_metric} {epoch.score:.5f} ({epoch.seconds:.0f} s)", highlight=False)
-    console.print(f"{report.accuracy_metric} against the teacher on {escape(report.evaluation)}: {report.score_before:.5f} before, {report.score_after:.5f} after", highlight=False)
+    before = "quantize's INT8 student" if report.int8 else "before"
+    console.print(f"{report.accuracy_metric} against the teacher on {escape(report.evaluation)}: {report.score_before:.5f} {before}, {report.score_after:.5f} written",
+                  highlight=False)
     for warning in report.warnings:
         _warn(warning)
     if report.output:
-        what = f"the student trained for {report.best_epoch} epoch(s)" if report.written == "distilled" else "[bold yellow]the student as given (no epoch improved it)[/]"
+        what = {
+            "distilled": f"the student trained for {report.best_epoch} epoch(s)",
+            "distilled-int8": f"INT8 model of the student trained for {report.best_epoch} epoch(s) with INT8 rounding",
+            "int8-student": "[bold yellow]quantize's INT8 model of the student (training did not beat it)[/]",
+        }.get(report.written, "[bold yellow]the student as given (no epoch improved it)[/]")
         console.print(f"wrote {escape(report.output)}: {what}", highlight=False)
     _finish(report.to_dict(), report_path)
 

@@ -133,3 +133,60 @@ def test_compress_distill_trains_each_pruned_candidate_before_quantizing_it(monk
     assert "pruned 50% + distilled" in names and "pruned 50% + distilled + quantized" in names
     distilled = next(c for c in report.candidates if c.name == "pruned 50% + distilled")
     assert len(distilled.details["distill"]["epochs"]) >= 1 and "distilled (best of" in distilled.note
+
+
+def test_fake_quantization_simulates_the_int8_model_and_comes_off_cleanly():
+    """The module with quantize's rounding attached computes what onnxruntime's INT8 model computes; removed, the float one."""
+    import torch
+
+    from models.builders import hardswish_block
+    from onnxslim.distill.fakequant import attach, quantized_tensors
+    from onnxslim.quant import QuantConfig
+    from onnxslim.quant.pipeline import QuantRun
+
+    model = hardswish_block()
+    renamed = {o: f"{o}.tmp_0" for n in model.graph.node for o in n.output if o != "features"}  # Paddle-style names: module names with dots
+    for node in model.graph.node:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+        node.output[:] = [renamed.get(o, o) for o in node.output]
+    data = sample_inputs(model, 20, seed=4)
+    config = QuantConfig(accuracy_budget=None, latency_runs=0, quantize_output_layers=True)
+    run = QuantRun(model, data, config, None, None, False, align=False)
+    plan, params = run.params(run.plan(config))
+    activations, weights, hard_swish = quantized_tensors(plan, params, run.prepared)
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(run.prepared)
+    int8 = run.rebuilt_with_weights(run.prepared, config)
+    net, bindings = to_module(prepared)
+    parameters_before = {id(p) for p in net.parameters()}
+    rounding = attach(net, bindings, activations, weights, signed=False, input_names=["input"], hard_swish=hard_swish)
+    assert len(hard_swish) == 3
+    assert rounding.weights == len(weights) and not rounding.missed and "input" in rounding.inputs
+    feed = sample_inputs(model, 1, seed=50)[0]
+    with torch.no_grad():
+        simulated = forward(net, feed, ["input"], rounding)[0].numpy().ravel()
+    exact_float, real_int8 = run_model(prepared, feed)[0].ravel(), run_model(int8, feed)[0].ravel()
+
+    # the rounding accounts for most of the INT8 model's distance from float
+    assert np.linalg.norm(simulated - real_int8) < 0.35 * np.linalg.norm(exact_float - real_int8)
+    rounding.remove()
+    assert {id(p) for p in net.parameters()} == parameters_before  # the optimizer's parameters survive attach / remove
+    with torch.no_grad():
+        np.testing.assert_allclose(forward(net, feed, ["input"])[0].numpy().ravel(), exact_float, rtol=1e-4, atol=1e-5)
+
+
+def test_quantization_aware_distillation_writes_an_int8_model_at_least_as_faithful_as_quantize_alone(teacher_and_student, tmp_path):
+    folder = teacher_and_student
+    out = tmp_path / "qat.onnx"
+    config = DistillConfig(epochs=3, lr=1e-3, int8=True)
+    model, report = distill(str(folder / "teacher.onnx"), str(folder / "teacher.onnx"), str(folder / "data"), config=config, output=str(out))
+    assert report.int8 and report.rounded_weights == 2 and report.rounded_activations >= 3  # the classifier, an output layer, stays float
+    assert report.written in ("distilled-int8", "int8-student")
+    assert report.score_after >= report.score_before and len(report.epochs) >= 1
+    written = onnx.load(str(out))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in written.graph.node}
+    teacher = onnx.load(str(folder / "teacher.onnx"))
+    assert [o.name for o in written.graph.output] == [o.name for o in teacher.graph.output]
+    result = CliRunner().invoke(main, ["distill", str(folder / "teacher.onnx"), "--teacher", str(folder / "teacher.onnx"), "-o", str(tmp_path / "c.onnx"),
+                                       "--data", str(folder / "data"), "--epochs", "1", "--int8", "-q"])
+    assert result.exit_code == 0, result.output

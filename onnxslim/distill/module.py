@@ -101,10 +101,14 @@ def to_module(model: onnx.ModelProto):
     return net, bind_parameters(net, model)
 
 
-def forward(net, batch: dict, input_names: list[str]):
-    """The module's outputs on one batch (numpy in, torch tensors out, in graph-output order)."""
+def forward(net, batch: dict, input_names: list[str], rounding=None):
+    """The module's outputs on one batch (numpy in, torch tensors out, in graph-output order); ``rounding`` (a
+    :class:`~onnxslim.distill.fakequant.FakeQuantization`) rounds the quantized graph inputs first."""
     torch, _ = require_torch()
-    tensors = [torch.from_numpy(np.ascontiguousarray(batch[name])) for name in input_names]
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(batch[name])) for name in input_names}
+    if rounding is not None:
+        tensors = rounding.round_inputs(tensors)
+    tensors = [tensors[name] for name in input_names]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         outputs = net(*tensors)

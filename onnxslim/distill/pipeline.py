@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from onnxslim.data.sources import evaluation_split, for_several_passes, open_data
+from onnxslim.distill.fakequant import FakeQuantization, attach, quantized_tensors
 from onnxslim.distill.losses import VALUES, Term, output_kind, total_loss
 from onnxslim.distill.module import forward, require_torch, to_module, written_back
 from onnxslim.errors import DataError, NothingToDoError, UsageError
@@ -34,12 +35,15 @@ from onnxslim.measure.fidelity import SCORES
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import CLEANUP, remove_dead_nodes
 from onnxslim.progress import stderr_console, track
+from onnxslim.quant import QuantConfig, quantize
+from onnxslim.quant.pipeline import QuantRun
 from onnxslim.records import Record
 from onnxslim.runtime import Runner
 from onnxslim.runtime.write import write_verified
 
 REPRODUCTION_TOLERANCE = 1e-3  # the converted module must match onnxruntime's outputs this closely (relative to their scale)
 MAX_FEATURES = 16
+CALIBRATION_SAMPLES = 256  # batches --int8 calibrates its scales on (quantize's own runs inside distill)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class DistillConfig:
     max_calibration_samples: int | None = setting(None, "Train on at most this many batches.", low=1, option="--max-samples")
     eval_fraction: float = setting(0.2, "Share of --data held out to score every epoch.", low=0.05, high=0.5)
     max_eval_batches: int = setting(64, "Score on at most this many held-out batches.", low=1)
+    int8: bool = setting(False, "Quantization-aware: train with quantize's INT8 rounding in the forward pass (calibrated scales, straight-through "
+                                "gradients), score each epoch's INT8 model, and write the INT8 model of the best epoch (or quantize's own "
+                                "INT8 model of the student when training does not beat it).")
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,6 +93,9 @@ class DistillReport(Record):
     trainable_parameters: int = 0
     features: list[str] = field(default_factory=list)
     output_kinds: dict[str, str] = field(default_factory=dict)
+    int8: bool = False  # scores are of INT8 models: before = quantize's INT8 model of the student, after = the written one
+    rounded_activations: int = 0
+    rounded_weights: int = 0
     score_before: float | None = None
     score_after: float | None = None
     best_epoch: int = 0
@@ -179,6 +189,9 @@ def distill(
                            evaluation=f"{len(held)} {'batch(es) of --eval-data' if where == 'eval-data' else 'held-out batch(es) of --data'}",
                            accuracy_metric=config.accuracy_metric)
 
+    aware = _QuantizationAware(student_model, source, input_shapes) if config.int8 else None
+    if aware is not None:
+        student_model = load_model(aware.run.prepared)  # trained under quantize's names: its plan names these tensors
     features = _shared_features(student_model, teacher_model, train_batches[0][1]) if config.features == "auto" else []
     report.features = features
     # one module for training: the student with the feature tensors as extra outputs after its own
@@ -190,6 +203,7 @@ def distill(
     input_names = [s.name for s in inputs]
     output_names = [s.name for s in graph_outputs(student_model)]
     _check_reproduces(net, student_model, held[0][1], input_names, output_names, label)
+    rounding = aware.attach(net, bindings, input_names, report) if aware is not None else None
 
     teacher_runner = Runner(with_outputs(teacher_model, features, element_types(teacher_model)) if features else teacher_model, threads=None, label="teacher")
     targets = [teacher_runner.run(batch, output_names + features) for _, batch in track(train_batches, "teacher outputs", enabled=show_progress)]
@@ -198,7 +212,7 @@ def distill(
     terms = [Term(n, k) for n, k in zip(output_names, kinds)] + [Term(n, VALUES, feature=True) for n in features]
 
     reference = Runner(teacher_model, threads=None, label="teacher")
-    before = fidelity(reference, student_model, held, label="student")
+    before = fidelity(reference, aware.int8_as_quantized() if aware else student_model, held, label="student")
     report.fidelity_before = before
     report.score_before = worst_score(before, config.accuracy_metric)
     best_score, best_state, best_epoch, stale = report.score_before, None, 0, 0
@@ -216,15 +230,20 @@ def distill(
                 steps.append((flipped, teacher_runner.run(flipped, output_names + features)))
             for feed, wanted in steps:
                 optimizer.zero_grad()
-                produced = forward(net, feed, input_names)
+                produced = forward(net, feed, input_names, rounding)
                 loss = total_loss(terms, produced, [torch.from_numpy(np.asarray(t)) for t in wanted], config.temperature)
                 if not torch.isfinite(loss):
                     raise DataError(f"{label}: the distillation loss became {float(loss)} at epoch {epoch}; lower --lr")
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
+        if rounding is not None:
+            rounding.remove()  # plain float weights to write back
         candidate = _strip_features(written_back(trainable, net, bindings), output_names)
-        scores = fidelity(reference, candidate, held, label="distilled student")
+        scored = aware.int8_with_weights(candidate) if aware else candidate
+        if rounding is not None:
+            rounding = aware.attach(net, bindings, input_names, report)
+        scores = fidelity(reference, scored, held, label="distilled student")
         score = worst_score(scores, config.accuracy_metric)
         seconds = time.perf_counter() - started
         report.epochs.append(EpochRecord(epoch, float(np.mean(losses)), score, seconds))
@@ -242,7 +261,9 @@ def distill(
             report.warnings.append(f"stopped after epoch {epoch}: --time-budget {config.time_budget:g} min reached")
             break
     report.best_epoch = best_epoch
-    if best_state is None:
+    if aware is not None:
+        result = aware.finish(best_state[0] if best_state else None, reference, held, before, report)
+    elif best_state is None:
         report.written = "student"
         report.score_after, report.fidelity = report.score_before, before
         report.warnings.append("no epoch improved on the student as given (held-out score); the student is written unchanged")
@@ -254,6 +275,53 @@ def distill(
     if output is not None:
         write_verified(result, output, source=None if isinstance(student, onnx.ModelProto) else student)
     return result, report
+
+
+class _QuantizationAware:
+    """What --int8 adds to distillation: quantize's plan and calibrated scales for the student, its INT8 models, the choice at the end."""
+
+    def __init__(self, student: onnx.ModelProto, source, input_shapes):
+        # the plan without the depthwise channel padding: the module trains the student's own shapes (quantize pads the result)
+        # every layer quantize would quantize, each with its calibrated scale; ranges settle well before the training set's size
+        self.config = QuantConfig(accuracy_budget=None, latency_runs=0, max_calibration_samples=CALIBRATION_SAMPLES)
+        self.source, self.input_shapes = source, input_shapes
+        self.run = QuantRun(student, source, self.config, None, input_shapes, False, align=False)
+        plan, params = self.run.params(self.run.plan(self.config))
+        if not plan.quantized_nodes:
+            raise NothingToDoError("distill --int8: the student has nothing quantize would quantize")
+        self.activations, self.weights, self.hard_swish = quantized_tensors(plan, params, self.run.prepared)
+        self.signed = plan.signed
+        self.prepared = load_model(self.run.prepared)
+
+    def attach(self, net, bindings, input_names: list[str], report: DistillReport) -> FakeQuantization:
+        rounding = attach(net, bindings, self.activations, self.weights, signed=self.signed, input_names=input_names, hard_swish=self.hard_swish)
+        report.int8, report.rounded_activations, report.rounded_weights = True, rounding.activations + len(rounding.inputs), rounding.weights
+        return rounding
+
+    def int8_as_quantized(self) -> onnx.ModelProto:
+        """quantize's INT8 model of the student as given (what training has to beat)."""
+        self.ptq, _ = quantize(self.prepared, self.source, config=self.config, input_shapes=self.input_shapes)
+        return self.ptq
+
+    def int8_with_weights(self, candidate: onnx.ModelProto) -> onnx.ModelProto:
+        """The INT8 model of a trained candidate with the scales it was trained with."""
+        return self.run.rebuilt_with_weights(load_model(candidate), self.config)
+
+    def finish(self, best: onnx.ModelProto | None, reference, held, before, report: DistillReport) -> onnx.ModelProto:
+        """Quantize the best epoch's float weights afresh and write the more faithful of that and quantize's INT8 student."""
+        report.score_before, report.fidelity_before = worst_score(before, report.accuracy_metric), before
+        if best is not None:
+            trained, _ = quantize(best, self.source, config=self.config, input_shapes=self.input_shapes)
+            scores = fidelity(reference, trained, held, label="distilled INT8 student")
+            score = worst_score(scores, report.accuracy_metric)
+            if not math.isnan(score) and score > report.score_before:
+                report.written, report.score_after, report.fidelity = "distilled-int8", score, scores
+                return trained
+            report.warnings.append(f"the trained weights quantized afresh score {score:.5f}, not above quantize's INT8 student; that one is written")
+        else:
+            report.warnings.append("no epoch improved on quantize's INT8 student (held-out score); that one is written")
+        report.written, report.score_after, report.fidelity = "int8-student", report.score_before, before
+        return self.ptq
 
 
 def _check_reproduces(net, model: onnx.ModelProto, batch: dict, input_names: list[str], output_names: list[str], label: str) -> None:

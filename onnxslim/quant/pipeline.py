@@ -92,7 +92,7 @@ class _Calibration:
 class QuantRun:
     """State of one quantization run: the prepared model, data splits, statistics."""
 
-    def __init__(self, model, data, config: QuantConfig, eval_data, input_shapes, show_progress: bool):
+    def __init__(self, model, data, config: QuantConfig, eval_data, input_shapes, show_progress: bool, *, align: bool = True):
         self.config = config
         self.show_progress = show_progress
         self.label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
@@ -100,7 +100,7 @@ class QuantRun:
         self.prepared = load_model(self.original)
         self.prepare_results = prepare(self.prepared)
         self.cleaned = self.prepared  # what --if-slower keep-fp32 writes: without the channels added for INT8 kernels
-        if config.target == "cpu" and config.precision == "int8" and not config.weights_only and has_unaligned_depthwise(self.prepared):
+        if align and config.target == "cpu" and config.precision == "int8" and not config.weights_only and has_unaligned_depthwise(self.prepared):
             aligned = load_model(self.prepared)
             alignment = align_depthwise_channels(aligned)
             if alignment.modified:
@@ -277,6 +277,11 @@ class QuantRun:
         for key in plan.activations:
             resolve(key)
         return plan, params
+
+    def rebuilt_with_weights(self, model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
+        """The QDQ model of ``model`` (this run's prepared graph with new weight values) with this run's plan and scales, not recalibrated."""
+        self.prepared = model
+        return self.build(config)[1]
 
     def build(self, config: QuantConfig, keep_float: frozenset[str] = frozenset()) -> tuple[QuantPlan, onnx.ModelProto]:
         """The QDQ model for ``config`` (``keep_float``: nodes kept in float for the budget) and the plan it follows."""
