@@ -52,7 +52,7 @@ class DistillConfig:
 
     epochs: int = setting(10, "Passes over the training batches (fewer when --time-budget runs out first).", low=1)
     time_budget: float | None = setting(None, "Stop after this many minutes of training (the best epoch so far is kept).", low=0.0, low_open=True, metavar="MIN")
-    lr: float = setting(1e-4, "Adam learning rate.", low=0.0, low_open=True)
+    lr: float | None = setting(None, "Adam learning rate (default 1e-4; 1e-5 with --int8, which fine-tunes weights that are already trained).", low=0.0, low_open=True)
     patience: int = setting(3, "Stop when this many epochs in a row do not improve the held-out score.", low=1)
     features: str = setting("auto", "Also match intermediate tensors that both graphs have by name and shape (auto), or outputs only (none).", choices=("auto", "none"))
     temperature: float = setting(2.0, "Softening temperature for outputs that are class logits.", low=0.0, low_open=True)
@@ -216,7 +216,7 @@ def distill(
     report.fidelity_before = before
     report.score_before = worst_score(before, config.accuracy_metric)
     best_score, best_state, best_epoch, stale = report.score_before, None, 0, 0
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr if config.lr is not None else (1e-5 if config.int8 else 1e-4))
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         net.train()
