@@ -198,7 +198,7 @@ def align_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_M
     result = PassResult("align-depthwise-channels")
     graph = model.graph
     walker = _Walker(model)
-    done: set[str] = set()
+    done: set[int] = set()
     sets: list[_ChannelSet] = []
     for node in graph.node:
         if walker.key(node) in done or not walker.is_depthwise(node) or walker.weight(node).shape[0] % multiple == 0:
@@ -209,7 +209,7 @@ def align_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_M
             found.problem = "no layer produces these channels"
         if found.problem is None:
             # a shared bias gets a padded copy of its own; a shared weight would be stored twice
-            weights = [walker.nodes[name].input[index] for name, index in _padded_inputs(walker, found)]
+            weights = [walker.nodes[position].input[index] for position, index in _padded_inputs(walker, found)]
             shared = [n for n in weights if len(walker.consumers.get(n, [])) > 1 and walker.array(n).ndim > 1]
             if shared:
                 found.problem = f"weight '{shared[0]}' is shared with other nodes"
@@ -224,8 +224,8 @@ def align_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_M
     grown: dict[str, np.ndarray] = {}  # a layer between two sets (reads one, writes the other) grows twice
     for found in sets:
         extra = -found.channels % multiple
-        for (name, index), pads in _padded_inputs(walker, found, grown).items():
-            node = walker.nodes[name]
+        for (position, index), pads in _padded_inputs(walker, found, grown).items():
+            node = walker.nodes[position]
             tensor = node.input[index]
             if tensor in grown:
                 padded = grown[tensor]
@@ -236,8 +236,8 @@ def align_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_M
             for axis, value in pads:
                 padded = _padded(padded, axis, extra, value)
             grown[tensor] = padded
-        for name in found.depthwise:
-            for attr in walker.nodes[name].attribute:
+        for position in found.depthwise:
+            for attr in walker.nodes[position].attribute:
                 if attr.name == "group":
                     attr.i = found.channels + extra
         stale = [v for v in graph.value_info if v.name in found.tensors]
@@ -255,20 +255,20 @@ def align_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_M
 
 
 def _padded_inputs(walker: _Walker, found: _ChannelSet, grown: dict[str, np.ndarray] | None = None) -> dict[tuple[int, int], list[tuple[int, float]]]:
-    """(node, input index) -> every (axis, value of the added channels) by which that constant grows.
+    """(node position, input index) -> every (axis, value of the added channels) by which that constant grows.
 
     A Conv both writing and reading the channels (C -> C) grows on both axes of its weight.
     """
     inputs: dict[tuple[int, int], list[tuple[int, float]]] = {}
-    for name in found.producers | found.depthwise:
-        node = walker.nodes[name]
-        inputs.setdefault((name, 1), []).append((0, 0.0))
+    for position in found.producers | found.depthwise:
+        node = walker.nodes[position]
+        inputs.setdefault((position, 1), []).append((0, 0.0))
         if len(node.input) > 2 and node.input[2]:
-            inputs.setdefault((name, 2), []).append((0, 0.0))
-    for name in found.readers:
-        inputs.setdefault((name, 1), []).append((1, 0.0))
-    for (name, index), value in found.constants.items():
-        tensor = walker.nodes[name].input[index]
+            inputs.setdefault((position, 2), []).append((0, 0.0))
+    for position in found.readers:
+        inputs.setdefault((position, 1), []).append((1, 0.0))
+    for (position, index), value in found.constants.items():
+        tensor = walker.nodes[position].input[index]
         array = grown[tensor] if grown and tensor in grown else walker.array(tensor)
-        inputs.setdefault((name, index), []).append((0 if array.ndim == 1 else array.ndim - 3, value))
+        inputs.setdefault((position, index), []).append((0 if array.ndim == 1 else array.ndim - 3, value))
     return inputs
