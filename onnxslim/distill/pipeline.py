@@ -7,7 +7,9 @@ share by name and shape, are the targets); train with a loss shaped by each
 output; after every epoch write the weights back into the student's graph and
 measure it against the teacher on held-out data; keep the best epoch, stop
 early when it no longer improves, and write it only if it beats the student as
-given.
+given. With ``int8`` the forward pass rounds as quantize's INT8 model will
+(:mod:`onnxslim.distill.fakequant`), every score is of an INT8 model, and what
+is written is INT8: the best epoch's, or quantize's own model of the student.
 """
 
 from __future__ import annotations
@@ -281,8 +283,8 @@ class _QuantizationAware:
     """What --int8 adds to distillation: quantize's plan and calibrated scales for the student, its INT8 models, the choice at the end."""
 
     def __init__(self, student: onnx.ModelProto, source, input_shapes):
-        # the plan without the depthwise channel padding: the module trains the student's own shapes (quantize pads the result)
-        # every layer quantize would quantize, each with its calibrated scale; ranges settle well before the training set's size
+        # every layer quantize would quantize, with scales from a few hundred batches (ranges settle well before that); the plan is
+        # made without the depthwise channel padding, so the module trains the student's own shapes (quantize pads the result)
         self.config = QuantConfig(accuracy_budget=None, latency_runs=0, max_calibration_samples=CALIBRATION_SAMPLES)
         self.source, self.input_shapes = source, input_shapes
         self.run = QuantRun(student, source, self.config, None, input_shapes, False, align=False)
@@ -308,8 +310,8 @@ class _QuantizationAware:
         return self.run.rebuilt_with_weights(load_model(candidate), self.config)
 
     def finish(self, best: onnx.ModelProto | None, reference, held, before, report: DistillReport) -> onnx.ModelProto:
-        """Quantize the best epoch's float weights afresh and write the more faithful of that and quantize's INT8 student."""
-        report.score_before, report.fidelity_before = worst_score(before, report.accuracy_metric), before
+        """Quantize the best epoch's float weights afresh and write the more faithful of that and quantize's INT8 student
+        (:meth:`int8_as_quantized` made it before training)."""
         if best is not None:
             trained, _ = quantize(best, self.source, config=self.config, input_shapes=self.input_shapes)
             scores = fidelity(reference, trained, held, label="distilled INT8 student")
