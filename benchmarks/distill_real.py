@@ -30,8 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tasks import TASKS, eval_feeds, run_all, score  # noqa: E402
-from benchmarks.timing import median_latencies  # noqa: E402
+from benchmarks.tasks import TASKS, eval_feeds, results_table, run_all, scored_and_timed  # noqa: E402
 from calibration.make_datasets import make  # noqa: E402
 from onnxslim import DistillConfig, PruneConfig, QuantConfig, distill, prune, quantize  # noqa: E402
 
@@ -74,16 +73,9 @@ def main() -> None:
             started = time.time()
             quantize(work / f"d{tag}.onnx", str(train), config=QuantConfig(latency_runs=0, max_calibration_samples=64), output=work / f"d{tag}.int8.onnx")
             rows.append((f"prune {tag} + distill + quantize", work / f"d{tag}.int8.onnx", time.time() - started))
-        results = [{"setting": name, "metric": score(task, run_all(path, feeds), reference, feeds), "mb": Path(path).stat().st_size / 1e6, "seconds": s}
-                   for name, path, s in rows]
-        for threads in (1, 2):
-            medians = median_latencies([path for _, path, _ in rows], feeds[0], threads=threads, runs=args.runs)
-            for result, median in zip(results, medians):
-                result[f"latency_{threads}t"] = median / medians[0]
+        results = scored_and_timed(task, rows, feeds, reference, runs=args.runs)
     Path(args.json or ROOT / "benchmarks" / "cache" / f"distill_{args.task}.json").write_text(json.dumps({"rows": results, "distill": notes}, indent=1))
-    print(f"| setting | {task.metric} | MB | latency 1T | latency 2T | build s |\n|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['setting']} | {r['metric']:.4f} | {r['mb']:.2f} | {r['latency_1t']:.2f}x | {r['latency_2t']:.2f}x | {r['seconds']:.0f} |")
+    print(results_table(task, results))
 
 
 if __name__ == "__main__":

@@ -28,8 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tasks import TASKS, eval_feeds, run_all, score  # noqa: E402
-from benchmarks.timing import median_latencies  # noqa: E402
+from benchmarks.tasks import TASKS, eval_feeds, results_table, run_all, scored_and_timed  # noqa: E402
 from calibration.make_datasets import make  # noqa: E402
 from onnxslim import DistillConfig, QuantConfig, distill, quantize  # noqa: E402
 
@@ -67,19 +66,9 @@ def main() -> None:
         notes = {"written": report.written, "score_before": report.score_before, "score_after": report.score_after, "best_epoch": report.best_epoch,
                  "epochs": [e.to_dict() for e in report.epochs], "rounded_activations": report.rounded_activations, "rounded_weights": report.rounded_weights}
         rows.append(("distill --int8", work / "qat.onnx", time.time() - started, notes))
-        results = []
-        for name, path, seconds, extra in rows:
-            outputs = run_all(path, feeds)
-            results.append({"setting": name, "metric": score(task, outputs, reference, feeds), "cosine": pooled_cosine(reference, outputs),
-                            "mb": Path(path).stat().st_size / 1e6, "seconds": seconds, **extra})
-        for threads in (1, 2):
-            medians = median_latencies([path for _, path, _, _ in rows], feeds[0], threads=threads, runs=args.runs)
-            for result, median in zip(results, medians):
-                result[f"latency_{threads}t"] = median / medians[0]
+        results = scored_and_timed(task, rows, feeds, reference, runs=args.runs, also=lambda outputs: {"cosine": pooled_cosine(reference, outputs)})
     Path(args.json or ROOT / "benchmarks" / "cache" / f"qat_{args.task}.json").write_text(json.dumps(results, indent=1))
-    print(f"| setting | {task.metric} | output cosine vs FP32 | MB | latency 1T | latency 2T | build s |\n|---|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['setting']} | {r['metric']:.4f} | {r['cosine']:.4f} | {r['mb']:.2f} | {r['latency_1t']:.2f}x | {r['latency_2t']:.2f}x | {r['seconds']:.0f} |")
+    print(results_table(task, results, (("output cosine vs FP32", "cosine"),)))
     print(json.dumps(notes, indent=1))
 
 

@@ -147,3 +147,34 @@ def score(task: Task, outputs, reference_outputs, feeds) -> float:
     if task.name == "minilm":
         return embedding_cosine(reference_outputs, outputs, feeds)
     return task.against_labels(outputs, task.labels())
+
+
+def scored_and_timed(task: Task, rows: list[tuple], feeds: list[dict], reference, *, runs: int, also: Callable | None = None) -> list[dict]:
+    """One result per row (setting, model path, build seconds[, extra fields]): the task metric on ``feeds`` against
+    ``reference`` (the first row's outputs), the file's MB, the fields ``also(outputs)`` adds, and the latency ratio to
+    the first row's model at 1 and 2 threads, every model timed in one interleaved loop per thread count."""
+    from benchmarks.timing import median_latencies
+
+    results = []
+    for name, path, seconds, *extra in rows:
+        outputs = run_all(path, feeds)
+        result = {"setting": name, "metric": score(task, outputs, reference, feeds), "mb": Path(path).stat().st_size / 1e6, "seconds": seconds}
+        result.update(also(outputs) if also else {})
+        result.update(extra[0] if extra else {})
+        results.append(result)
+    for threads in (1, 2):
+        medians = median_latencies([row[1] for row in rows], feeds[0], threads=threads, runs=runs)
+        for result, median in zip(results, medians):
+            result[f"latency_{threads}t"] = median / medians[0]
+    return results
+
+
+def results_table(task: Task, results: list[dict], columns: tuple[tuple[str, str], ...] = ()) -> str:
+    """:func:`scored_and_timed`'s results as a markdown table; ``columns``: (header, key) of further 4-digit columns after the metric."""
+    headers = ["setting", task.metric, *(header for header, _ in columns), "MB", "latency 1T", "latency 2T", "build s"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for r in results:
+        cells = [r["setting"], f"{r['metric']:.4f}", *(f"{r[key]:.4f}" for _, key in columns), f"{r['mb']:.2f}", f"{r['latency_1t']:.2f}x", f"{r['latency_2t']:.2f}x",
+                 f"{r['seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -193,7 +193,7 @@ def distill(
 
     aware = _QuantizationAware(student_model, source, input_shapes) if config.int8 else None
     if aware is not None:
-        student_model = load_model(aware.run.prepared)  # trained under quantize's names: its plan names these tensors
+        student_model = aware.prepared  # trained under quantize's names: its plan names these tensors
     features = _shared_features(student_model, teacher_model, train_batches[0][1]) if config.features == "auto" else []
     report.features = features
     # one module for training: the student with the feature tensors as extra outputs after its own

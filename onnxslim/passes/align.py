@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import shape_inference
 
 from onnxslim.ir.graph import node_attr
-from onnxslim.ir.shapes import without_large_values
+from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names, consumers_map, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
@@ -66,14 +65,7 @@ class _Walker(GraphIndex):
         self.nodes = list(model.graph.node)  # sets name nodes by position: passes also see unnamed nodes
         self.position = {id(n): i for i, n in enumerate(self.nodes)}
         self.graph_inputs = {v.name for v in model.graph.input}
-        try:
-            inferred = shape_inference.infer_shapes(without_large_values(model), strict_mode=False)
-        except Exception:  # shapes help confirm broadcasting; without them binary ops decline
-            inferred = model
-        self.shapes: dict[str, list[int | None]] = {}
-        for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-            if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
-                self.shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        self.shapes = infer_shapes(model)  # they confirm broadcasting; where unknown, binary ops decline
 
     def key(self, node: onnx.NodeProto) -> int:
         return self.position[id(node)]
