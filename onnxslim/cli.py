@@ -494,7 +494,7 @@ def _print_pruning(report) -> None:
 @data_options
 @click.option("--eval-data", default=None, help="Held-out data to score every epoch, read like --data (default: every 5th batch of --data, not trained on).")
 @config_options(DistillConfig, "epochs", "time_budget", "lr", "batch_size", "patience", "features", "temperature", "augment", "accuracy_metric", "int8",
-                "max_calibration_samples", "eval_fraction", "max_eval_batches")
+                "teacher_memory_mb", "max_calibration_samples", "eval_fraction", "max_eval_batches")
 @report_option
 @quiet_option
 def distill(student, teacher, output, eval_data, report_path, quiet, input_shapes, **options):

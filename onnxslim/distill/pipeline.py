@@ -27,6 +27,7 @@ from onnxslim.data.sources import evaluation_split, for_several_passes, open_dat
 from onnxslim.distill.fakequant import FakeQuantization, attach, quantized_tensors
 from onnxslim.distill.losses import VALUES, Term, output_kind, total_loss
 from onnxslim.distill.module import forward, require_torch, to_module, written_back
+from onnxslim.distill.targets import TeacherTargets
 from onnxslim.errors import DataError, NothingToDoError, UsageError
 from onnxslim.ir.graph import with_outputs
 from onnxslim.ir.io import load_model
@@ -67,6 +68,8 @@ class DistillConfig:
     int8: bool = setting(False, "Quantization-aware: train with quantize's INT8 rounding in the forward pass (calibrated scales, straight-through "
                                 "gradients), score each epoch's INT8 model, and write the INT8 model of the best epoch (or quantize's own "
                                 "INT8 model of the student when training does not beat it).")
+    teacher_memory_mb: float = setting(2048.0, "Memory for the teacher's outputs and features kept across epochs; past it the teacher runs again "
+                                               "on the remaining batches at every epoch.", low=0.0, metavar="MB")
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -101,6 +104,8 @@ class DistillReport(Record):
     score_before: float | None = None
     score_after: float | None = None
     best_epoch: int = 0
+    teacher_batches_kept: int = 0
+    teacher_batches_recomputed: int = 0
     epochs: list[EpochRecord] = field(default_factory=list)
     fidelity_before: list[OutputComparison] = field(default_factory=list)
     fidelity: list[OutputComparison] = field(default_factory=list)
@@ -208,8 +213,13 @@ def distill(
     rounding = aware.attach(net, bindings, input_names, report) if aware is not None else None
 
     teacher_runner = Runner(with_outputs(teacher_model, features, element_types(teacher_model)) if features else teacher_model, threads=None, label="teacher")
-    targets = [teacher_runner.run(batch, output_names + features) for _, batch in track(train_batches, "teacher outputs", enabled=show_progress)]
-    kinds = [output_kind([t[i] for t in targets[:8]]) for i in range(len(output_names))]
+    targets = TeacherTargets(teacher_runner, output_names + features, [batch for _, batch in train_batches], int(config.teacher_memory_mb * 2**20),
+                             show_progress=show_progress)
+    report.teacher_batches_kept, report.teacher_batches_recomputed = len(targets.kept), targets.recomputed
+    if targets.recomputed:
+        report.warnings.append(f"the teacher's targets for {targets.recomputed} of {len(targets)} training batch(es) did not fit --teacher-memory-mb "
+                               f"{config.teacher_memory_mb:g}; the teacher runs on those again at every epoch")
+    kinds = [output_kind([t[i] for t in targets.sample]) for i in range(len(output_names))]
     report.output_kinds = dict(zip(output_names, kinds))
     terms = [Term(n, k) for n, k in zip(output_names, kinds)] + [Term(n, VALUES, feature=True) for n in features]
 
