@@ -6,10 +6,11 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import helper
 
 pytest.importorskip("onnx2pytorch", reason="distill needs the distill extra (torch, torchvision, onnx2pytorch)")
 
-from models.builders import conv_bn_relu, sample_inputs  # noqa: E402
+from models.builders import GraphBuilder, _rename_output, conv_bn_relu, sample_inputs  # noqa: E402
 from onnxslim.cli import main  # noqa: E402
 from onnxslim.distill import DistillConfig, distill  # noqa: E402
 from onnxslim.distill.losses import LOGITS, PROBABILITIES, VALUES, output_kind  # noqa: E402
@@ -48,6 +49,27 @@ def test_the_module_reproduces_the_graph_and_writes_its_weights_back():
         produced = forward(net, feed, ["input"])[0].numpy()
     np.testing.assert_allclose(run_model(changed, feed)[0], produced, rtol=1e-4, atol=1e-5)  # the graph computes what the module computes
     assert [n.op_type for n in changed.graph.node] == [n.op_type for n in model.graph.node]
+
+
+def test_a_layer_whose_module_holds_its_weight_in_a_child_is_bound_and_trained():
+    """A detector's upsampling ConvTranspose: the converter keeps its weight one module deeper than the node's."""
+    import torch
+
+    b = GraphBuilder(4)
+    x = b.node("Relu", [b.conv("input", 3, 8, stride=2)])
+    up = b.node("ConvTranspose", [x, b.const(b.weight(8, 4, 2, 2)), b.const(np.full(4, 0.1, np.float32), "b")], strides=[2, 2])
+    _rename_output(b, b.node("Sigmoid", [up]), "map")
+    model = b.model([helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+                    [helper.make_tensor_value_info("map", onnx.TensorProto.FLOAT, [1, 4, 16, 16])], "upsample")
+    net, bindings = to_module(model)
+    transposed = [n for n in model.graph.node if n.op_type == "ConvTranspose"][0]
+    assert set(transposed.input[1:]) <= {binding.initializer for binding in bindings}
+    feed = sample_inputs(model, 1)[0]
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.mul_(0.5)
+        produced = forward(net, feed, ["input"])[0].numpy()
+    np.testing.assert_allclose(run_model(written_back(model, net, bindings), feed)[0], produced, rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

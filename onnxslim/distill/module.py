@@ -56,6 +56,17 @@ def _neighbour_initializers(model: onnx.ModelProto) -> dict[str, list[str]]:
     return near
 
 
+def _node_of(parameter: str, module_node: dict) -> str:
+    """The node output a parameter's module was built for; some modules hold the parameter in a child (ConvTranspose's ``.conv``)."""
+    parts = parameter.split(".")[:-1]
+    while parts:
+        node = module_node.get(".".join(parts))
+        if node is not None:
+            return node
+        parts.pop()
+    return ""
+
+
 def bind_parameters(net, model: onnx.ModelProto) -> list[Binding]:
     """Tie every trainable parameter of ``net`` (built from ``model``) to the initializer holding the same values."""
     weights = initializer_map(model.graph)
@@ -63,10 +74,9 @@ def bind_parameters(net, model: onnx.ModelProto) -> list[Binding]:
     module_node = {module: output for output, module in net.mapping.items()}
     bindings, taken = [], set()
     for name, parameter in net.named_parameters():
-        module = name.rsplit(".", 1)[0]
         values = parameter.detach().cpu().numpy()
         found = None
-        for candidate in near.get(module_node.get(module, ""), []):
+        for candidate in near.get(_node_of(name, module_node), []):
             if candidate in taken:
                 continue
             array = to_array(weights[candidate])
