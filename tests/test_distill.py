@@ -14,7 +14,7 @@ from models.builders import GraphBuilder, _rename_output, conv_bn_relu, sample_i
 from onnxslim.cli import main  # noqa: E402
 from onnxslim.distill import DistillConfig, distill  # noqa: E402
 from onnxslim.distill.losses import LOGITS, PROBABILITIES, VALUES, output_kind  # noqa: E402
-from onnxslim.distill.module import forward, to_module, written_back  # noqa: E402
+from onnxslim.distill.module import forward, ready_to_train, to_module, written_back  # noqa: E402
 from onnxslim.errors import DataError  # noqa: E402
 from onnxslim.prune import PruneConfig, prune  # noqa: E402
 from onnxslim.quant.prepare import prepare  # noqa: E402
@@ -55,12 +55,7 @@ def test_a_layer_whose_module_holds_its_weight_in_a_child_is_bound_and_trained()
     """A detector's upsampling ConvTranspose: the converter keeps its weight one module deeper than the node's."""
     import torch
 
-    b = GraphBuilder(4)
-    x = b.node("Relu", [b.conv("input", 3, 8, stride=2)])
-    up = b.node("ConvTranspose", [x, b.const(b.weight(8, 4, 2, 2)), b.const(np.full(4, 0.1, np.float32), "b")], strides=[2, 2])
-    _rename_output(b, b.node("Sigmoid", [up]), "map")
-    model = b.model([helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
-                    [helper.make_tensor_value_info("map", onnx.TensorProto.FLOAT, [1, 4, 16, 16])], "upsample")
+    model = _upsampling_model()
     net, bindings = to_module(model)
     transposed = [n for n in model.graph.node if n.op_type == "ConvTranspose"][0]
     assert set(transposed.input[1:]) <= {binding.initializer for binding in bindings}
@@ -70,6 +65,60 @@ def test_a_layer_whose_module_holds_its_weight_in_a_child_is_bound_and_trained()
             parameter.mul_(0.5)
         produced = forward(net, feed, ["input"])[0].numpy()
     np.testing.assert_allclose(run_model(written_back(model, net, bindings), feed)[0], produced, rtol=1e-4, atol=1e-5)
+
+
+def _upsampling_model(seed: int = 4, *, batchnorm: bool = False) -> onnx.ModelProto:
+    b = GraphBuilder(seed)
+    x = b.node("Relu", [b.conv("input", 3, 8, stride=2)])
+    x = b.node("ConvTranspose", [x, b.const(b.weight(8, 4, 2, 2)), b.const(np.full(4, 0.1, np.float32), "b")], strides=[2, 2])
+    if batchnorm:  # after a Relu, where no layer can absorb it; stored statistics far from any batch's, as after training on other data
+        x = b.node("Relu", [x])
+        stats = [np.full(4, v, np.float32) for v in (1.5, -0.2, 0.7, 0.05)]
+        x = b.node("BatchNormalization", [x] + [b.const(v, "bn") for v in stats])
+    _rename_output(b, b.node("Sigmoid", [x]), "map")
+    return b.model([helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 3, 16, 16])],
+                   [helper.make_tensor_value_info("map", onnx.TensorProto.FLOAT, ["batch", 4, 16, 16])], "upsample")
+
+
+def test_training_steps_normalize_as_the_graph_does():
+    """A BatchNormalization no layer absorbs stays in the graph: the module trains with its stored statistics, not each batch's."""
+    import torch
+
+    model = _upsampling_model(batchnorm=True)
+    net, _ = to_module(model)
+    ready_to_train(net)
+    feed = {"input": np.concatenate([b["input"] for b in sample_inputs(model, 4)])}
+    produced = forward(net, feed, ["input"])[0]
+    np.testing.assert_allclose(produced.detach().numpy(), run_model(model, feed)[0], rtol=1e-4, atol=1e-5)
+    produced.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_a_weight_far_smaller_than_the_learning_rate_is_not_wrecked_by_a_step(tmp_path):
+    """A folded normalization can leave a layer's weights at 1e-5 with the next layer scaling back up (PP-OCRv4 det): Adam's
+    steps of about lr per element must not move such a tensor by its own size."""
+    b = GraphBuilder(6)
+    x = b.node("Relu", [b.conv("input", 3, 8)])
+    small = b.node("Relu", [b.conv(x, 8, 8)])
+    out = b.conv(small, 8, 4)
+    _rename_output(b, out, "map")
+    model = b.model([helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                    [helper.make_tensor_value_info("map", onnx.TensorProto.FLOAT, ["batch", 4, 8, 8])], "scaled")
+    weights = {t.name: t for t in model.graph.initializer}
+    middle, last = [n for n in model.graph.node if n.op_type == "Conv"][1:]
+    for name, factor in ((middle.input[1], 1e-5), (middle.input[2], 1e-5), (last.input[1], 1e5)):  # the same function
+        weights[name].CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weights[name]) * np.float32(factor), name))
+    student = onnx.ModelProto()
+    student.CopyFrom(model)
+    first = {t.name: t for t in student.graph.initializer}[[n for n in student.graph.node if n.op_type == "Conv"][0].input[1]]
+    noisy = onnx.numpy_helper.to_array(first) * np.float32(1.3)
+    first.CopyFrom(onnx.numpy_helper.from_array(noisy, first.name))
+    data = tmp_path / "data"
+    data.mkdir()
+    for index, batch in enumerate(sample_inputs(model, 30, seed=5)):
+        np.savez(data / f"{index:03d}.npz", **batch)
+    _, report = distill(student, model, str(data), config=DistillConfig(epochs=2, batch_size=2, patience=2))
+    assert report.epochs[0].score > report.score_before, (report.score_before, [e.score for e in report.epochs])
 
 
 @pytest.fixture(scope="module")

@@ -111,6 +111,15 @@ def to_module(model: onnx.ModelProto):
     return net, bind_parameters(net, model)
 
 
+def ready_to_train(net):
+    """``net`` set up for training steps that compute what the graph computes: a normalization left in the graph (one no layer
+    absorbed) uses its stored statistics, as onnxruntime will, not each batch's as torch's training mode would."""
+    net.eval()
+    for parameter in net.parameters():
+        parameter.requires_grad_(True)
+    return net
+
+
 def forward(net, batch: dict, input_names: list[str], rounding=None):
     """The module's outputs on one batch (numpy in, torch tensors out, in graph-output order); ``rounding`` (a
     :class:`~onnxslim.distill.fakequant.FakeQuantization`) rounds the quantized graph inputs first."""

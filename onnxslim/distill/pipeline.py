@@ -26,7 +26,7 @@ import onnx
 from onnxslim.data.sources import evaluation_split, for_several_passes, open_data
 from onnxslim.distill.fakequant import FakeQuantization, attach, quantized_tensors
 from onnxslim.distill.losses import VALUES, Term, output_kind, total_loss
-from onnxslim.distill.module import forward, require_torch, to_module, written_back
+from onnxslim.distill.module import forward, ready_to_train, require_torch, to_module, written_back
 from onnxslim.distill.targets import TeacherTargets
 from onnxslim.errors import DataError, NothingToDoError, UsageError
 from onnxslim.ir.graph import with_outputs
@@ -46,6 +46,7 @@ from onnxslim.runtime.write import write_verified
 
 REPRODUCTION_TOLERANCE = 1e-3  # the converted module must match onnxruntime's outputs this closely (relative to their scale)
 MAX_FEATURES = 16
+MAX_RELATIVE_STEP = 0.01  # no weight tensor's step exceeds about this share of its RMS
 CALIBRATION_SAMPLES = 256  # batches --int8 calibrates its scales on (quantize's own runs inside distill)
 
 
@@ -228,10 +229,10 @@ def distill(
     report.fidelity_before = before
     report.score_before = worst_score(before, config.accuracy_metric)
     best_score, best_state, best_epoch, stale = report.score_before, None, 0, 0
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr if config.lr is not None else (1e-5 if config.int8 else 1e-4))
+    optimizer = torch.optim.Adam(_parameter_groups(net, config.lr if config.lr is not None else (1e-5 if config.int8 else 1e-4)))
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        net.train()
+        ready_to_train(net)
         losses = []
         order = np.random.default_rng(config.seed + epoch).permutation(len(train_batches))
         for index in track(order, f"epoch {epoch}/{config.epochs}", enabled=show_progress):
@@ -334,6 +335,17 @@ class _QuantizationAware:
             report.warnings.append("no epoch improved on quantize's INT8 student (held-out score); that one is written")
         report.written, report.score_after, report.fidelity = "int8-student", report.score_before, before
         return self.ptq
+
+
+def _parameter_groups(net, lr: float) -> list[dict]:
+    """Adam moves every element by about ``lr`` a step whatever its size; a tensor whose values are far smaller (a layer a folded
+    normalization scaled down to 3e-5 in PP-OCRv4 det) would change by its own size in one step and wreck the model. Each tensor's
+    rate is capped at MAX_RELATIVE_STEP of its RMS; an all-zero tensor (a bias not yet used) keeps ``lr``."""
+    groups = []
+    for parameter in net.parameters():
+        rms = float(parameter.detach().double().pow(2).mean().sqrt())
+        groups.append({"params": [parameter], "lr": min(lr, MAX_RELATIVE_STEP * rms) if rms > 0 else lr})
+    return groups
 
 
 def _check_reproduces(net, model: onnx.ModelProto, batch: dict, input_names: list[str], output_names: list[str], label: str) -> None:
