@@ -7,6 +7,7 @@ import pytest
 from onnx import numpy_helper
 
 from onnxslim.passes import (
+    CLEANUP,
     DeclineCode,
     PassError,
     PassResult,
@@ -57,6 +58,29 @@ def test_fold_affine_into_conv_changes_and_keeps_numbers():
     assert result.modified and len(result.changes) == 2
     assert [n.op_type for n in work.graph.node] == ["Conv"]
     assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)})
+
+
+def test_a_transposed_convolution_takes_its_bias_add_scale_and_the_batchnorm_behind_them():
+    """PaddlePaddle writes ConvTranspose -> Add(bias) -> BatchNormalization; grouped, the output channels are axis 1 within each group."""
+    model = with_weights(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[1, 4, 8, 8] x) => (float[1, 6, 16, 16] y) {
+            t = ConvTranspose <strides = [2, 2], group = 2> (x, w)
+            a = Add (t, bias)
+            m = Mul (a, scale)
+            n = BatchNormalization (m, gamma, beta, mean, var)
+            y = Relu (n)
+        }
+        """,
+        w=RNG.normal(size=(4, 3, 2, 2)), bias=RNG.normal(size=(1, 6, 1, 1)), scale=RNG.normal(size=(6, 1, 1)),
+        gamma=RNG.normal(size=6), beta=RNG.normal(size=6), mean=RNG.normal(size=6), var=RNG.uniform(0.5, 2.0, size=6),
+    )
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    CLEANUP(work)
+    assert [n.op_type for n in work.graph.node] == ["ConvTranspose", "Relu"]
+    assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 4, 8, 8)).astype(np.float32)})
 
 
 def test_fold_affine_into_conv_declines_with_a_reason_and_leaves_the_model():

@@ -22,8 +22,9 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     constants_to_initializers,
     remove_identities,
     fold_constants,
+    fold_affine_into_conv,  # a bias Add between a layer and its BatchNormalization (Paddle's ConvTranspose) first,
     fuse_batchnorm,
-    fold_affine_into_conv,
+    fold_affine_into_conv,  # then a Mul/Add after a BatchNormalization just folded
     fuse_hardswish,
     remove_dead_nodes,
 )

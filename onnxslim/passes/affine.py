@@ -2,10 +2,12 @@
 
 Exporters of reparameterizable networks (PP-LCNet's learnable affine blocks,
 ONNX exports of ``x * gamma + beta`` layers) write Conv -> Mul(c) -> Add(d)
-with constants c and d that are scalars or one value per output channel.
+with constants c and d that are scalars or one value per output channel;
+PaddlePaddle writes a ConvTranspose's bias as an Add after it.
 Since Mul(Conv(x, W, b), c) = Conv(x, W * c, b * c) and
 Add(Conv(x, W, b), d) = Conv(x, W, b + d), both fold exactly, leaving fewer
-float ops between quantized layers.
+float ops between quantized layers (and a BatchNormalization after the Add
+next to the layer it folds into).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import onnx
 
 from onnxslim.ir.tensors import all_value_names, constant_names, consumers_map, from_array, initializer_map, to_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
+from onnxslim.passes.batchnorm import output_channels, scale_output_channels
+
+LAYERS = ("Conv", "ConvTranspose")
 
 
 def _per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
@@ -41,7 +46,7 @@ def _affine_follower(conv: onnx.NodeProto, consumers, constants: set[str]) -> tu
 
 
 def fold_affine_into_conv(model: onnx.ModelProto) -> PassResult:
-    """Fold every constant per-channel Mul/Add after a Conv into the Conv's weights and bias.
+    """Fold every constant per-channel Mul/Add after a Conv or ConvTranspose into its weights and bias.
 
     Declines (with a reason) each Conv -> Mul/Add(constant) it cannot fold;
     Convs followed by anything else are not candidates. The lookup maps are
@@ -56,7 +61,7 @@ def fold_affine_into_conv(model: onnx.ModelProto) -> PassResult:
     taken = all_value_names(graph)
     folded: set[int] = set()
     for conv in list(graph.node):
-        if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx"):
+        if conv.op_type not in LAYERS or conv.domain not in ("", "ai.onnx"):
             continue
         while True:  # Conv -> Mul -> Add folds one follower at a time
             found = _affine_follower(conv, consumers, constants)
@@ -92,7 +97,7 @@ def _why_not_foldable(conv, consumers, outputs, constants, inits, other) -> tupl
     weight = to_array(inits[conv.input[1]])
     if weight.dtype != np.float32:
         return DeclineCode.UNSUPPORTED_TYPE, f"weights of {conv.name or conv.op_type} are {weight.dtype}, not float32"
-    if _per_channel(to_array(inits[other]), weight.shape[0], weight.ndim) is None:
+    if _per_channel(to_array(inits[other]), output_channels(conv, weight), weight.ndim) is None:
         return DeclineCode.UNSUPPORTED_FORM, "constant does not act per output channel"
     return None
 
@@ -100,11 +105,12 @@ def _why_not_foldable(conv, consumers, outputs, constants, inits, other) -> tupl
 def _fold(conv, follower, other, inits, taken, graph) -> None:
     """Fold ``follower`` (Mul or Add by the constant ``other``) into ``conv``; ``conv`` takes over its output."""
     weight = to_array(inits[conv.input[1]])
-    values = _per_channel(to_array(inits[other]), weight.shape[0], weight.ndim)
+    channels = output_channels(conv, weight)
+    values = _per_channel(to_array(inits[other]), channels, weight.ndim)
     has_bias = len(conv.input) > 2 and conv.input[2]
-    bias = to_array(inits[conv.input[2]]).astype(np.float64) if has_bias else np.zeros(weight.shape[0])
+    bias = to_array(inits[conv.input[2]]).astype(np.float64) if has_bias else np.zeros(channels)
     if follower.op_type == "Mul":
-        new_weight = weight.astype(np.float64) * values.reshape((-1,) + (1,) * (weight.ndim - 1))
+        new_weight = scale_output_channels(conv, weight.astype(np.float64), values)
         new_bias = bias * values
     else:
         new_weight, new_bias = weight, bias + values

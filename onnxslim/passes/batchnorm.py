@@ -29,7 +29,8 @@ def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
-def _scale_weights(layer: onnx.NodeProto, weight: np.ndarray, scale: np.ndarray) -> np.ndarray | None:
+def scale_output_channels(layer: onnx.NodeProto, weight: np.ndarray, scale: np.ndarray) -> np.ndarray | None:
+    """``layer``'s weight with each output channel multiplied by its ``scale`` (None for a layout not understood)."""
     if layer.op_type == "Conv":
         return weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
     if layer.op_type == "ConvTranspose":
@@ -47,7 +48,8 @@ def _scale_weights(layer: onnx.NodeProto, weight: np.ndarray, scale: np.ndarray)
     return None
 
 
-def _out_channels(layer: onnx.NodeProto, weight: np.ndarray) -> int:
+def output_channels(layer: onnx.NodeProto, weight: np.ndarray) -> int:
+    """How many output channels (features) ``layer`` computes with ``weight``."""
     if layer.op_type == "ConvTranspose":
         return weight.shape[1] * int(node_attr(layer, "group", 1))
     if layer.op_type == "Gemm":
@@ -128,7 +130,7 @@ def _folded_parameters(bn: onnx.NodeProto, layer: onnx.NodeProto, weight: np.nda
     """W * scale and (b - mean) * scale + beta, in float64; raises _Declined where the shapes do not fit."""
     gamma, beta, mean, var = (to_array(inits[p]).astype(np.float64) for p in bn.input[1:5])
     scale = gamma / np.sqrt(var + float(node_attr(bn, "epsilon", 1e-5)))
-    channels = _out_channels(layer, weight)
+    channels = output_channels(layer, weight)
     if scale.shape != (channels,):
         raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{scale.shape[0] if scale.ndim == 1 else scale.shape} BN channels vs {channels} layer outputs")
     bias = np.zeros(channels, dtype=np.float64)
@@ -139,7 +141,7 @@ def _folded_parameters(bn: onnx.NodeProto, layer: onnx.NodeProto, weight: np.nda
                 raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"Gemm bias of shape {raw_bias.shape} is not per output feature")
             raw_bias = np.broadcast_to(raw_bias.reshape(-1), (channels,)) * float(node_attr(layer, "beta", 1.0))
         bias = raw_bias.reshape(channels)
-    new_weight = _scale_weights(layer, weight.astype(np.float64), scale)
+    new_weight = scale_output_channels(layer, weight.astype(np.float64), scale)
     if new_weight is None:
         raise _Declined(DeclineCode.UNSUPPORTED_FORM, "weight layout not understood")
     return new_weight, (bias - mean) * scale + beta
