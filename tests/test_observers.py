@@ -59,6 +59,15 @@ def test_entropy_and_mse_on_gaussian_are_sane():
     assert lo == -hi and 2.0 < hi <= np.abs(values).max()
 
 
+def test_entropy_is_not_pulled_in_by_a_spike_at_zero():
+    """After a ReLU half the values are exactly zero (exact on any grid); the rest decide the threshold, as without the zeros."""
+    positive = np.abs(np.random.default_rng(5).normal(0, 1, 150_000))
+    with_zeros = np.concatenate([np.zeros(150_000), positive])
+    for values in (positive, with_zeros):
+        _, hi = calibrated_range(stats_of(values), "entropy", symmetric=False)
+        assert 2.5 < hi <= positive.max(), hi
+
+
 def test_ranges_always_contain_zero():
     stats = stats_of(np.random.default_rng(4).uniform(2.0, 3.0, 10_000))
     for method in ("minmax", "percentile", "entropy", "mse"):
