@@ -15,7 +15,6 @@ the JSON. Results: docs/compress-benchmark.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tasks import TASKS, eval_feeds, first_samples, run_all, score  # noqa: E402
+from benchmarks.tasks import TASKS, eval_feeds, first_samples, run_all, save_json, score  # noqa: E402
 from benchmarks.timing import median_latencies  # noqa: E402
 from onnxslim import CompressConfig, QuantConfig, compress, quantize  # noqa: E402
 from onnxslim.errors import BudgetError  # noqa: E402
@@ -94,7 +93,7 @@ def main() -> None:
             if not TASKS[name].model.exists() or not TASKS[name].calib.is_dir():
                 raise SystemExit(f"{name}: run models/gather.py and calibration/make_datasets.py {name} first")
             results.append(bench_task(name, budgets, args.calib, threads, args.runs, Path(work)))
-            Path(args.json).write_text(json.dumps(results, indent=1))
+            save_json(args.json, results)
             print(markdown(results[-1:], threads), flush=True)
     print(markdown(results, threads))
 

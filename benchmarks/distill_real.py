@@ -25,7 +25,6 @@ Results: docs/distill-benchmark.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tasks import TASKS, eval_feeds, results_table, run_all, scored_and_timed  # noqa: E402
+from benchmarks.tasks import TASKS, eval_feeds, results_table, run_all, save_json, scored_and_timed  # noqa: E402
 from calibration.make_datasets import make  # noqa: E402
 from onnxslim import DistillConfig, PruneConfig, QuantConfig, distill, prune, quantize  # noqa: E402
 
@@ -80,8 +79,8 @@ def main() -> None:
             quantize(work / f"d{tag}.onnx", str(train), config=QuantConfig(latency_runs=0, max_calibration_samples=64), output=work / f"d{tag}.int8.onnx")
             rows.append((f"prune {tag} + distill + quantize", work / f"d{tag}.int8.onnx", time.time() - started))
         results = scored_and_timed(task, rows, feeds, reference, runs=args.runs)
-    Path(args.json or ROOT / "benchmarks" / "cache" / f"distill_{args.task}.json").write_text(json.dumps({"rows": results, "distill": notes}, indent=1))
     print(results_table(task, results))
+    save_json(args.json or ROOT / "benchmarks" / "cache" / f"distill_{args.task}.json", {"rows": results, "distill": notes})
 
 
 if __name__ == "__main__":

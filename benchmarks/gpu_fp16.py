@@ -20,7 +20,6 @@ docs/gpu-validation.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tasks import TASKS, eval_feeds, first_samples, run_all, score  # noqa: E402
+from benchmarks.tasks import TASKS, eval_feeds, first_samples, run_all, save_json, score  # noqa: E402
 from benchmarks.timing import median_latencies  # noqa: E402
 from onnxslim import QuantConfig, quantize  # noqa: E402
 from onnxslim.runtime import Runner, available_providers, resolve_provider  # noqa: E402
@@ -153,7 +152,7 @@ def main() -> None:
 
             rows.append(bench(name, task.model, calib, feeds, metric, work, args, provider) | {"metric_name": task.metric})
             print(markdown(rows[-1:], args.batches, provider), flush=True)
-            Path(args.json).write_text(json.dumps(rows, indent=1))  # each row as it comes: a run cut short keeps what it measured
+            save_json(args.json, rows)  # each row as it comes: a run cut short keeps what it measured
         for name in [t for t in args.torchvision.split(",") if t]:
             try:
                 path, calib, feeds = export_torchvision(name, work, args.calib)
@@ -163,8 +162,8 @@ def main() -> None:
             rows.append(bench(name, path, calib, feeds, lambda r, c, f: top1_agreement(r, c), work, args, provider)
                         | {"metric_name": "top-1 agreement with FP32, random weights"})
             print(markdown(rows[-1:], args.batches, provider), flush=True)
-            Path(args.json).write_text(json.dumps(rows, indent=1))
-    Path(args.json).write_text(json.dumps(rows, indent=1))
+            save_json(args.json, rows)
+    save_json(args.json, rows)
     print(markdown(rows, args.batches, provider))
 
 

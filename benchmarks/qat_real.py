@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tasks import TASKS, eval_feeds, results_table, run_all, scored_and_timed  # noqa: E402
+from benchmarks.tasks import TASKS, eval_feeds, results_table, run_all, save_json, scored_and_timed  # noqa: E402
 from calibration.make_datasets import make  # noqa: E402
 from onnxslim import DistillConfig, QuantConfig, distill, quantize  # noqa: E402
 
@@ -67,7 +67,7 @@ def main() -> None:
                  "epochs": [e.to_dict() for e in report.epochs], "rounded_activations": report.rounded_activations, "rounded_weights": report.rounded_weights}
         rows.append(("distill --int8", work / "qat.onnx", time.time() - started, notes))
         results = scored_and_timed(task, rows, feeds, reference, runs=args.runs, also=lambda outputs: {"cosine": pooled_cosine(reference, outputs)})
-    Path(args.json or ROOT / "benchmarks" / "cache" / f"qat_{args.task}.json").write_text(json.dumps(results, indent=1))
+    save_json(args.json or ROOT / "benchmarks" / "cache" / f"qat_{args.task}.json", results)
     print(results_table(task, results, (("output cosine vs FP32", "cosine"),)))
     print(json.dumps(notes, indent=1))
 

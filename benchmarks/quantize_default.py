@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tasks import TASKS, eval_feeds, first_samples, run_all, score  # noqa: E402
+from benchmarks.tasks import TASKS, eval_feeds, first_samples, run_all, save_json, score  # noqa: E402
 from onnxslim import QuantConfig, quantize  # noqa: E402
 
 VARIANTS = {
@@ -86,7 +86,7 @@ def main() -> None:
         for name in args.tasks:
             rows.extend(bench(name, Path(folder), args.calib, args.variants))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        save_json(args.json, rows)
     print(markdown(rows))
 
 

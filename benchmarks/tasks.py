@@ -18,6 +18,14 @@ MODELS = ROOT / "models" / "cache"
 DATA = ROOT / "calibration" / "cache"
 
 
+def save_json(path: str | Path, payload) -> Path:
+    """Write a benchmark's results as JSON, creating the folder (benchmarks/cache/ is not in a fresh checkout)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=str))
+    return path
+
+
 def edit_distance(a: str, b: str) -> int:
     previous = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):

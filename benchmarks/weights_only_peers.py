@@ -17,7 +17,6 @@ declared by onnxruntime). Results: docs/weights-only-benchmark.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ import onnx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tasks import MODELS, TASKS, eval_feeds, first_samples, run_all, score  # noqa: E402
+from benchmarks.tasks import MODELS, TASKS, eval_feeds, first_samples, run_all, save_json, score  # noqa: E402
 from benchmarks.timing import median_latencies  # noqa: E402
 from onnxslim import QuantConfig, quantize  # noqa: E402
 
@@ -151,7 +150,7 @@ def main() -> None:
         for name in args.tasks.split(","):
             result = bench_decoder(args, Path(folder)) if name == "decoder" else bench_task(name, args, Path(folder))
             results.append(result)
-            Path(args.json).write_text(json.dumps(results, indent=1))
+            save_json(args.json, results)
             print(markdown(result, args.threads), flush=True)
 
 
