@@ -33,7 +33,7 @@ from onnxslim.ir.destinations import check_destinations
 from onnxslim.measure.latency import threads_text
 from onnxslim.prune import PruneConfig
 from onnxslim.quant import QuantConfig
-from onnxslim.report import to_json, write_report
+from onnxslim.report import plotly_figures, to_json, write_report
 from onnxslim.share import ShareConfig
 
 console = Console()
@@ -495,15 +495,19 @@ def _print_pruning(report) -> None:
 @click.option("--eval-data", default=None, help="Held-out data to score every epoch, read like --data (default: every 5th batch of --data, not trained on).")
 @config_options(DistillConfig, "epochs", "time_budget", "lr", "batch_size", "patience", "features", "temperature", "augment", "accuracy_metric", "int8",
                 "teacher_memory_mb", "max_calibration_samples", "eval_fraction", "max_eval_batches")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, help="Also write one self-contained HTML page: held-out fidelity and training loss after every epoch.")
 @report_option
 @quiet_option
-def distill(student, teacher, output, eval_data, report_path, quiet, input_shapes, **options):
+def distill(student, teacher, output, eval_data, html_path, report_path, quiet, input_shapes, **options):
     """Train STUDENT (a pruned or smaller model) to reproduce TEACHER on unlabeled --data; write the best epoch to OUTPUT.
 
     Needs the distill extra (torch, onnx2pytorch). Only weights change: OUTPUT has the student's graph, inputs, outputs and opset.
     """
-    check_destinations(inputs=[student, teacher], output=output, report=report_path)
+    check_destinations(inputs=[student, teacher], output=output, report=report_path, html=html_path)
     from onnxslim.distill import distill as distill_model
+
+    if html_path:
+        plotly_figures()  # fail before the training, not after it
 
     config = DistillConfig(**config_values(DistillConfig, options))
     data = _resolve_data(teacher, options)
@@ -530,6 +534,11 @@ def distill(student, teacher, output, eval_data, report_path, quiet, input_shape
             "int8-student": "[bold yellow]quantize's INT8 model of the student (training did not beat it)[/]",
         }.get(report.written, "[bold yellow]the student as given (no epoch improved it)[/]")
         console.print(f"wrote {escape(report.output)}: {what}", highlight=False)
+    if html_path:
+        from onnxslim.distill.html import write_html
+
+        write_html(report, html_path)
+        err_console.print(f"HTML report written to {html_path}", highlight=False)
     _finish(report.to_dict(), report_path)
 
 
@@ -610,9 +619,7 @@ def compress(model, output, eval_data, threads, html_path, report_path, quiet, i
     from onnxslim.errors import BudgetError
 
     if html_path:
-        from onnxslim.compress.html import _plotly
-
-        _plotly()  # fail before the work, not after it
+        plotly_figures()  # fail before the work, not after it
     config = CompressConfig(threads=threads, **config_values(CompressConfig, options))
     data = _resolve_data(model, options, required=True)
     eval_data = _resolve_data(model, options, data=eval_data) if eval_data is not None else None

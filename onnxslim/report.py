@@ -44,3 +44,14 @@ def write_text(text: str, path: str | os.PathLike, role: str) -> Path:
             os.unlink(temp)
         raise ModelWriteError(f"cannot write {role} {target}: {exc.strerror or exc}") from None
     return target
+
+
+def plotly_figures():
+    """plotly's graph objects for the HTML reports (the ``html`` extra), or one line saying how to install it."""
+    from onnxslim.errors import UsageError
+
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        raise UsageError("--html needs plotly: pip install 'onnxslim[html]'") from None
+    return go

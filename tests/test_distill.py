@@ -185,13 +185,15 @@ def test_a_student_with_other_outputs_is_refused_in_one_line(teacher_and_student
 
 def test_cli_distill_writes_model_and_report(teacher_and_student, tmp_path):
     folder = teacher_and_student
-    out, report_path = tmp_path / "d.onnx", tmp_path / "r.json"
+    out, report_path, page = tmp_path / "d.onnx", tmp_path / "r.json", tmp_path / "r.html"
     result = CliRunner().invoke(main, ["distill", str(folder / "student.onnx"), "--teacher", str(folder / "teacher.onnx"), "-o", str(out), "--data",
-                                       str(folder / "data"), "--epochs", "2", "--lr", "0.003", "--report", str(report_path), "-q"])
+                                       str(folder / "data"), "--epochs", "2", "--lr", "0.003", "--report", str(report_path), "--html", str(page), "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     assert len(report["epochs"]) == 2 and report["score_before"] is not None
     assert "before" in result.output and out.exists()
+    text = page.read_text()
+    assert "<script" in text and "held-out cosine" in text and f"{report['score_after']:.5f}" in text
 
 
 def test_consecutive_batches_of_one_shape_are_stacked_up_to_the_batch_size():
@@ -205,7 +207,7 @@ def test_consecutive_batches_of_one_shape_are_stacked_up_to_the_batch_size():
     assert stacked[0][0] == "b0 .. b1"
 
 
-def test_compress_distill_trains_each_pruned_candidate_before_quantizing_it(monkeypatch, teacher_and_student):
+def test_compress_distill_trains_each_pruned_candidate_before_quantizing_it(monkeypatch, teacher_and_student, tmp_path):
     from onnxslim.compress import CompressConfig, compress
     from tests.test_compress import _timed_by_macs
 
@@ -217,6 +219,11 @@ def test_compress_distill_trains_each_pruned_candidate_before_quantizing_it(monk
     assert "pruned 50% + distilled" in names and "pruned 50% + distilled + quantized" in names
     distilled = next(c for c in report.candidates if c.name == "pruned 50% + distilled")
     assert len(distilled.details["distill"]["epochs"]) >= 1 and "distilled (best of" in distilled.note
+    pytest.importorskip("plotly", reason="the HTML report needs the html extra")
+    from onnxslim.compress.html import write_html
+
+    write_html(report, tmp_path / "c.html")
+    assert "distilled: held-out cosine" in (tmp_path / "c.html").read_text()  # the distilled candidate's curve
 
 
 def test_fake_quantization_simulates_the_int8_model_and_comes_off_cleanly():

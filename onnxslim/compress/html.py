@@ -1,4 +1,5 @@
-"""``compress --html``: one self-contained HTML file with the accuracy/latency plot of the candidates and a per-layer chart.
+"""``compress --html``: one self-contained HTML file with the accuracy/latency plot of the candidates, a per-layer chart,
+and with ``--distill`` each distilled candidate's fidelity by epoch.
 
 Drawn with plotly (the ``html`` extra); its JavaScript is embedded, so the file
 opens anywhere without a network.
@@ -10,21 +11,13 @@ import html
 import os
 
 from onnxslim.compress.pipeline import CompressReport
-from onnxslim.errors import UsageError
-from onnxslim.report import write_text
-
-
-def _plotly():
-    try:
-        import plotly.graph_objects as go
-    except ImportError:
-        raise UsageError("--html needs plotly: pip install 'onnxslim[html]'") from None
-    return go
+from onnxslim.distill.html import fidelity_curves
+from onnxslim.report import plotly_figures, write_text
 
 
 def pareto_figure(report: CompressReport):
     """Loss (1 - worst cosine) against latency ratio, one point per measured candidate; the budget as a line."""
-    go = _plotly()
+    go = plotly_figures()
     figure = go.Figure()
     measured = [c for c in report.candidates if c.measured]
     for chosen in (False, True):
@@ -57,7 +50,7 @@ def pareto_figure(report: CompressReport):
 
 def layer_figure(report: CompressReport):
     """Per-layer quantization sensitivity when quantize measured it; otherwise the share of channels each group kept in the written candidate."""
-    go = _plotly()
+    go = plotly_figures()
     if report.sensitivity:
         rows = report.sensitivity
         if "added_noise" in rows[0]:
@@ -84,6 +77,8 @@ def layer_figure(report: CompressReport):
 def write_html(report: CompressReport, path: str | os.PathLike) -> None:
     """The plot, the chart and the candidate table in one file, written atomically."""
     pareto, layers = pareto_figure(report), layer_figure(report)
+    distilled = [(c.name, c.details["distill"]) for c in report.candidates if c.details.get("distill")]
+    curves = fidelity_curves(distilled, distilled[0][1].get("accuracy_metric", "cosine")).to_html(full_html=False, include_plotlyjs=False) if distilled else ""
     rows = "".join(
         f"<tr><td>{'&#9733; ' if c.chosen else ''}{html.escape(c.name)}</td><td>{_num(c.latency_ratio, 'x')}</td><td>{_num(c.loss)}</td>"
         f"<td>{c.file_bytes / 1e6:.2f} MB</td><td>{'yes' if c.within_budget else 'no'}</td><td>{html.escape(c.note)}</td></tr>"
@@ -97,6 +92,7 @@ def write_html(report: CompressReport, path: str | os.PathLike) -> None:
 <table><tr><th>candidate</th><th>latency</th><th>loss</th><th>size</th><th>within budget</th><th>what was done</th></tr>{rows}</table>
 {pareto.to_html(full_html=False, include_plotlyjs=True)}
 {layers.to_html(full_html=False, include_plotlyjs=False)}
+{curves}
 </body></html>
 """
     write_text(document, path, "HTML report")
