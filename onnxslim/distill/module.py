@@ -114,9 +114,7 @@ def to_module(model: onnx.ModelProto):
 def ready_to_train(net):
     """``net`` set up for training steps that compute what the graph computes: a normalization left in the graph (one no layer
     absorbed) uses its stored statistics, as onnxruntime will, not each batch's as torch's training mode would."""
-    net.eval()
-    for parameter in net.parameters():
-        parameter.requires_grad_(True)
+    net.eval()  # gradients still flow: eval only changes how normalization (and dropout) behave
     return net
 
 

@@ -46,7 +46,7 @@ from onnxslim.runtime.write import write_verified
 
 REPRODUCTION_TOLERANCE = 1e-3  # the converted module must match onnxruntime's outputs this closely (relative to their scale)
 MAX_FEATURES = 16
-MAX_RELATIVE_STEP = 0.01  # no weight tensor's step exceeds about this share of its RMS
+MAX_RELATIVE_STEP = 0.01  # no tensor's step exceeds about this share of its RMS
 CALIBRATION_SAMPLES = 256  # batches --int8 calibrates its scales on (quantize's own runs inside distill)
 
 
