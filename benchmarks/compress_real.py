@@ -1,6 +1,7 @@
 """compress against quantize alone on the real pretrained models, scored by each task's metric on held-out data.
 
     python benchmarks/compress_real.py --tasks rec,det,minilm --budgets 0.005,0.01,0.02 --calib 64 --threads 1,2
+    python benchmarks/compress_real.py --tasks rec --budgets 0.04 --train 1000 --ratios 0.4 --distill 12
 
 For each task: the FP32 model, ``onnxslim quantize`` with its defaults, and
 ``onnxslim compress`` at each budget, all built from the first ``--calib``
@@ -9,7 +10,10 @@ out to judge its candidates) and scored on ``calibration/cache/<task>/eval``,
 which none of them saw. Latency: every model of a task timed in one
 interleaved loop against the FP32 model (median of ``--runs``), at each thread
 count. compress's table of candidates (pruned-only ones included) is kept in
-the JSON. Results: docs/compress-benchmark.md.
+the JSON. With ``--train N`` every model is built from N samples rendered
+apart from the held-out set instead (distillation needs more than 64), and
+``--distill MIN`` has compress distill each pruned candidate for up to MIN
+minutes. Results: docs/compress-benchmark.md.
 """
 
 from __future__ import annotations
@@ -25,25 +29,29 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.tasks import TASKS, eval_feeds, first_samples, run_all, save_json, score  # noqa: E402
 from benchmarks.timing import median_latencies  # noqa: E402
+from calibration.make_datasets import make  # noqa: E402
 from onnxslim import CompressConfig, QuantConfig, compress, quantize  # noqa: E402
 from onnxslim.errors import BudgetError  # noqa: E402
 
 
-def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], runs: int, work: Path) -> dict:
+def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], runs: int, work: Path, args) -> dict:
     task = TASKS[name]
-    data = first_samples(task, calib, work / name / "calib")
+    data = make(name, args.train, 8, root=work / name / "rendered") / "calib" if args.train else first_samples(task, calib, work / name / "calib")
+    extra = {"ratios": tuple(float(r) for r in args.ratios.split(","))} if args.ratios else {}
+    if args.distill:
+        extra |= {"distill": True, "distill_epochs": 20, "distill_time_budget": args.distill}
     feeds = eval_feeds(task)
     reference = run_all(task.model, feeds)
     rows = [{"setting": "FP32", "path": str(task.model), "seconds": 0.0}]
     started = time.time()
     out = work / name / "int8.onnx"
-    quantize(task.model, str(data), config=QuantConfig(latency_runs=0), output=out)
+    quantize(task.model, str(data), config=QuantConfig(latency_runs=0, max_calibration_samples=calib), output=out)
     rows.append({"setting": "quantize (defaults)", "path": str(out), "seconds": time.time() - started})
     for budget in budgets:
         out = work / name / f"compress_{budget}.onnx"
         started = time.time()
         try:
-            _, report = compress(task.model, str(data), config=CompressConfig(max_loss=budget, latency_runs=20), output=out, show_progress=True)
+            _, report = compress(task.model, str(data), config=CompressConfig(max_loss=budget, latency_runs=20, **extra), output=out, show_progress=True)
             rows.append({"setting": f"compress --max-loss {budget}", "path": str(out), "seconds": time.time() - started, "chosen": report.chosen,
                          "candidates": [c.to_dict() | {"details": None} for c in report.candidates]})
         except BudgetError as exc:
@@ -83,6 +91,9 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=64)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--train", type=int, default=0, help="build from this many samples rendered apart from the held-out set (default: the first --calib cached ones)")
+    parser.add_argument("--ratios", default=None, help="compress --ratios (default: its own)")
+    parser.add_argument("--distill", type=float, default=None, metavar="MIN", help="compress --distill, each pruned candidate for up to MIN minutes")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "cache" / "compress_real.json"))
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -92,7 +103,7 @@ def main() -> None:
         for name in args.tasks.split(","):
             if not TASKS[name].model.exists() or not TASKS[name].calib.is_dir():
                 raise SystemExit(f"{name}: run models/gather.py and calibration/make_datasets.py {name} first")
-            results.append(bench_task(name, budgets, args.calib, threads, args.runs, Path(work)))
+            results.append(bench_task(name, budgets, args.calib, threads, args.runs, Path(work), args))
             save_json(args.json, results)
             print(markdown(results[-1:], threads), flush=True)
     print(markdown(results, threads))
