@@ -55,3 +55,17 @@ def plotly_figures():
     except ImportError:
         raise UsageError("--html needs plotly: pip install 'onnxslim[html]'") from None
     return go
+
+
+def html_page(command: str, subject: str, body: str) -> str:
+    """A self-contained HTML report of ``command`` on ``subject`` (escaped here) around ``body`` (HTML already)."""
+    import html
+
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>onnxslim {command}: {html.escape(subject)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head>
+<body><h1>onnxslim {command}</h1>
+{body}
+</body></html>
+"""
+

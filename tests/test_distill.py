@@ -160,10 +160,10 @@ def test_distilling_a_pruned_student_brings_it_closer_to_its_teacher(teacher_and
 def test_targets_past_the_memory_budget_are_recomputed_and_train_the_same(teacher_and_student):
     folder = teacher_and_student
     args = (str(folder / "student.onnx"), str(folder / "teacher.onnx"), str(folder / "data"))
-    kept_model, kept = distill(*args, config=DistillConfig(epochs=2, lr=3e-3))
+    _, kept = distill(*args, config=DistillConfig(epochs=2, lr=3e-3))
     assert kept.teacher_batches_kept > 0 and kept.teacher_batches_recomputed == 0
     # room for none: every batch's targets come from the teacher again at each epoch
-    bounded_model, bounded = distill(*args, config=DistillConfig(epochs=2, lr=3e-3, teacher_memory_mb=0))
+    _, bounded = distill(*args, config=DistillConfig(epochs=2, lr=3e-3, teacher_memory_mb=0))
     assert bounded.teacher_batches_kept == 0 and bounded.teacher_batches_recomputed == kept.teacher_batches_kept
     assert any("--teacher-memory-mb" in w for w in bounded.warnings)
     assert [e.loss for e in bounded.epochs] == pytest.approx([e.loss for e in kept.epochs], rel=1e-5)

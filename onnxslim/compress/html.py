@@ -12,7 +12,7 @@ import os
 
 from onnxslim.compress.pipeline import CompressReport
 from onnxslim.distill.html import fidelity_curves
-from onnxslim.report import plotly_figures, write_text
+from onnxslim.report import html_page, plotly_figures, write_text
 
 
 def pareto_figure(report: CompressReport):
@@ -84,18 +84,12 @@ def write_html(report: CompressReport, path: str | os.PathLike) -> None:
         f"<td>{c.file_bytes / 1e6:.2f} MB</td><td>{'yes' if c.within_budget else 'no'}</td><td>{html.escape(c.note)}</td></tr>"
         for c in report.candidates
     )
-    document = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>onnxslim compress: {html.escape(report.model)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head>
-<body><h1>onnxslim compress</h1>
-<p>{html.escape(report.model)} &rarr; {html.escape(str(report.output or "(not written)"))}: {html.escape(report.why)}. Measured on {html.escape(report.evaluation)}.</p>
+    body = f"""<p>{html.escape(report.model)} &rarr; {html.escape(str(report.output or "(not written)"))}: {html.escape(report.why)}. Measured on {html.escape(report.evaluation)}.</p>
 <table><tr><th>candidate</th><th>latency</th><th>loss</th><th>size</th><th>within budget</th><th>what was done</th></tr>{rows}</table>
 {pareto.to_html(full_html=False, include_plotlyjs=True)}
 {layers.to_html(full_html=False, include_plotlyjs=False)}
-{curves}
-</body></html>
-"""
-    write_text(document, path, "HTML report")
+{curves}"""
+    write_text(html_page("compress", report.model, body), path, "HTML report")
 
 
 def _num(value, suffix: str = "") -> str:

@@ -10,7 +10,7 @@ import html
 import os
 
 from onnxslim.distill.pipeline import DistillReport
-from onnxslim.report import plotly_figures, write_text
+from onnxslim.report import html_page, plotly_figures, write_text
 
 
 def fidelity_curves(runs: list[tuple[str, dict]], metric: str):
@@ -49,18 +49,12 @@ def write_html(report: DistillReport, path: str | os.PathLike) -> None:
                "int8-student": "quantize's INT8 model of the student (training did not beat it)"}.get(report.written, "the student as given (no epoch beat it)")
     before = "quantize's INT8 student" if report.int8 else "the student as given"
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in report.warnings)
-    document = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>onnxslim distill: {html.escape(report.student)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head>
-<body><h1>onnxslim distill</h1>
-<p>{html.escape(report.student)} trained toward {html.escape(report.teacher)}; scored on {html.escape(report.evaluation)}:
+    body = f"""<p>{html.escape(report.student)} trained toward {html.escape(report.teacher)}; scored on {html.escape(report.evaluation)}:
 {report.accuracy_metric} {_num(report.score_before)} for {before}, {_num(report.score_after)} written ({html.escape(written)}).</p>
 <table><tr><th>epoch</th><th>training loss</th><th>held-out {report.accuracy_metric}</th><th>seconds</th></tr>{rows}</table>
 {"<ul>" + warnings + "</ul>" if warnings else ""}
-{figure.to_html(full_html=False, include_plotlyjs=True)}
-</body></html>
-"""
-    write_text(document, path, "HTML report")
+{figure.to_html(full_html=False, include_plotlyjs=True)}"""
+    write_text(html_page("distill", report.student, body), path, "HTML report")
 
 
 def _num(value) -> str:
