@@ -57,6 +57,13 @@ def plotly_figures():
     return go
 
 
+def html_number(value: float | None, digits: int = 3, suffix: str = "") -> str:
+    """A number for an HTML table cell: "-" when there is none, "nan" when it is not a number."""
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}{suffix}" if value == value else "nan"
+
+
 def html_page(command: str, subject: str, body: str) -> str:
     """A self-contained HTML report of ``command`` on ``subject`` (escaped here) around ``body`` (HTML already)."""
     import html

@@ -12,7 +12,7 @@ import os
 
 from onnxslim.compress.pipeline import CompressReport
 from onnxslim.distill.html import fidelity_curves
-from onnxslim.report import html_page, plotly_figures, write_text
+from onnxslim.report import html_number, html_page, plotly_figures, write_text
 
 
 def pareto_figure(report: CompressReport):
@@ -80,7 +80,7 @@ def write_html(report: CompressReport, path: str | os.PathLike) -> None:
     distilled = [(c.name, c.details["distill"]) for c in report.candidates if c.details.get("distill")]
     curves = fidelity_curves(distilled, distilled[0][1].get("accuracy_metric", "cosine")).to_html(full_html=False, include_plotlyjs=False) if distilled else ""
     rows = "".join(
-        f"<tr><td>{'&#9733; ' if c.chosen else ''}{html.escape(c.name)}</td><td>{_num(c.latency_ratio, 'x')}</td><td>{_num(c.loss)}</td>"
+        f"<tr><td>{'&#9733; ' if c.chosen else ''}{html.escape(c.name)}</td><td>{html_number(c.latency_ratio, suffix='x')}</td><td>{html_number(c.loss)}</td>"
         f"<td>{c.file_bytes / 1e6:.2f} MB</td><td>{'yes' if c.within_budget else 'no'}</td><td>{html.escape(c.note)}</td></tr>"
         for c in report.candidates
     )
@@ -90,9 +90,3 @@ def write_html(report: CompressReport, path: str | os.PathLike) -> None:
 {layers.to_html(full_html=False, include_plotlyjs=False)}
 {curves}"""
     write_text(html_page("compress", report.model, body), path, "HTML report")
-
-
-def _num(value, suffix: str = "") -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f}{suffix}" if value == value else "nan"
