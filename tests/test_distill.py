@@ -13,7 +13,7 @@ pytest.importorskip("onnx2pytorch", reason="distill needs the distill extra (tor
 from models.builders import GraphBuilder, _rename_output, conv_bn_relu, sample_inputs  # noqa: E402
 from onnxslim.cli import main  # noqa: E402
 from onnxslim.distill import DistillConfig, distill  # noqa: E402
-from onnxslim.distill.losses import LOGITS, PROBABILITIES, VALUES, output_kind  # noqa: E402
+from onnxslim.distill.losses import LOGITS, PROBABILITIES, VALUES, Term, output_kind, term_loss  # noqa: E402
 from onnxslim.distill.module import forward, ready_to_train, to_module, written_back  # noqa: E402
 from onnxslim.errors import DataError  # noqa: E402
 from onnxslim.prune import PruneConfig, prune  # noqa: E402
@@ -28,6 +28,48 @@ def test_output_kinds_are_read_off_the_teacher():
     assert output_kind([probabilities]) == PROBABILITIES
     assert output_kind([logits]) == LOGITS
     assert output_kind([rng.normal(size=(2, 8, 16, 16))]) == VALUES
+
+
+def test_padding_tokens_are_left_out_of_the_loss_as_the_score_leaves_them_out():
+    """A student that differs from its teacher only at padding positions has nothing to learn; at a real token it has."""
+    import torch
+
+    from onnxslim.distill.pipeline import _real_tokens
+
+    rng = np.random.default_rng(0)
+    teacher = torch.from_numpy(rng.standard_normal((2, 6, 8)).astype(np.float32))
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]], np.int64)
+    real = _real_tokens({"input_ids": mask * 7, "attention_mask": mask})
+    off_padding = teacher.clone()
+    off_padding[0, 4:] += 5.0
+    off_padding[1, 3:] -= 5.0
+    assert float(term_loss(Term("h", VALUES), off_padding, teacher, 1.0, real)) == pytest.approx(0.0, abs=1e-6)
+    assert float(term_loss(Term("h", VALUES), off_padding, teacher, 1.0, None)) > 0.1  # without the mask it would be trained on
+    off_real = teacher.clone()
+    off_real[1, 2] += 5.0
+    assert float(term_loss(Term("h", VALUES), off_real, teacher, 1.0, real)) > 0.01
+    pooled = torch.from_numpy(rng.standard_normal((2, 8)).astype(np.float32))  # not per token: compared whole
+    assert float(term_loss(Term("p", VALUES), pooled + 1.0, pooled, 1.0, real)) > 0.1
+    assert _real_tokens({"pixel_values": np.zeros((1, 3, 4, 4), np.float32)}) is None
+
+
+def test_feature_hints_leave_out_tensors_the_student_already_matches_and_pooled_statistics():
+    """Only tensors that differ between student and teacher teach anything; a pooled vector is a statistic, not a stage."""
+    from onnx import numpy_helper
+
+    from onnxslim.distill.pipeline import _shared_features
+
+    teacher = conv_bn_relu(channels=16, size=32)
+    student = onnx.ModelProto()
+    student.CopyFrom(teacher)
+    convs = [n for n in student.graph.node if n.op_type == "Conv"]
+    weight = next(i for i in student.graph.initializer if i.name == convs[1].input[1])
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 0.5, weight.name))  # only the second conv differs
+    batch = sample_inputs(teacher, 1, seed=0)[0]
+    features = _shared_features(student, teacher, batch)
+    nodes = list(student.graph.node)
+    second_block = [o for n in nodes[nodes.index(convs[1]):] for o in n.output if n.op_type in ("Conv", "BatchNormalization", "Relu")]
+    assert features == second_block  # not the first block's (the same in both), not the pooled vector nor its flattening
 
 
 def test_the_module_reproduces_the_graph_and_writes_its_weights_back():

@@ -6,6 +6,11 @@ class scores of shape (batch, classes) that are not probabilities are logits,
 matched by KL at a temperature; maps, embeddings and features by 1 - cosine
 plus the mean squared error over the teacher's variance. Every term is divided
 by its value on the first batch, so each starts at 1 and none dominates.
+
+Where the batch has a padding mask (``attention_mask``) and a tensor starts with
+its (batch, tokens) shape, only the rows of real tokens are compared, token by
+token: what a transformer computes at padding positions is read by nothing (a
+pooled embedding masks it out), and the held-out score leaves it out as well.
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ class Term:
     scale: float | None = None
 
 
-def term_loss(term: Term, student, teacher, temperature: float):
-    """The unscaled loss of one term (torch tensors)."""
+def term_loss(term: Term, student, teacher, temperature: float, real_tokens=None):
+    """The unscaled loss of one term (torch tensors); ``real_tokens``: a (batch, tokens) bool tensor, or None."""
     import torch
 
     student, teacher = student.float(), teacher.float()
+    if real_tokens is not None and student.ndim >= 3 and tuple(student.shape[:2]) == tuple(real_tokens.shape) and bool(real_tokens.any()):
+        student, teacher = student[real_tokens], teacher[real_tokens]  # (real tokens, ...): each token a row
     if term.kind == PROBABILITIES:
         target = teacher.clamp_min(1e-8)
         return (target * (target.log() - student.clamp_min(1e-8).log())).sum(-1).mean()
@@ -54,11 +61,12 @@ def term_loss(term: Term, student, teacher, temperature: float):
     return (1.0 - cosine) + ((flat_s - flat_t) ** 2).mean() / (flat_t.var() + 1e-8)
 
 
-def total_loss(terms: list[Term], students: list, teachers: list, temperature: float):
-    """The mean of the output terms plus the mean of the feature terms, each scaled to start at 1."""
+def total_loss(terms: list[Term], students: list, teachers: list, temperature: float, real_tokens=None):
+    """The mean of the output terms plus the mean of the feature terms, each scaled to start at 1 (``real_tokens``: see
+    :func:`term_loss`)."""
     outputs, features = [], []
     for term, student, teacher in zip(terms, students, teachers):
-        value = term_loss(term, student, teacher, temperature)
+        value = term_loss(term, student, teacher, temperature, real_tokens)
         if term.scale is None:
             term.scale = max(float(value.detach()), 1e-4)  # a student that starts equal to the teacher is not blown up
         (features if term.feature else outputs).append(value / term.scale)

@@ -34,7 +34,7 @@ from onnxslim.ir.io import load_model
 from onnxslim.ir.shapes import element_types
 from onnxslim.ir.tensors import graph_inputs, graph_outputs
 from onnxslim.measure import OutputComparison, fidelity, worst_score
-from onnxslim.measure.fidelity import SCORES
+from onnxslim.measure.fidelity import PADDING_MASK, SCORES
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import CLEANUP, remove_dead_nodes
 from onnxslim.progress import stderr_console, track
@@ -46,6 +46,7 @@ from onnxslim.runtime.write import write_verified
 
 REPRODUCTION_TOLERANCE = 1e-3  # the converted module must match onnxruntime's outputs this closely (relative to their scale)
 MAX_FEATURES = 16
+FEATURE_MIN_SHARE = 64
 MAX_RELATIVE_STEP = 0.01  # no tensor's step exceeds about this share of its RMS
 CALIBRATION_SAMPLES = 256  # batches --int8 calibrates its scales on (quantize's own runs inside distill)
 
@@ -126,8 +127,13 @@ def _check_interface(student: onnx.ModelProto, teacher: onnx.ModelProto, label: 
 
 
 def _shared_features(student: onnx.ModelProto, teacher: onnx.ModelProto, batch: dict) -> list[str]:
-    """Float tensors both graphs compute under the same name with the same shape (pruning keeps names), spread over the graph."""
-    from onnxslim.runtime.probe import runtime_shapes
+    """Float tensors both graphs compute under the same name with the same shape (pruning keeps names), spread over the graph.
+
+    Left out: tensors both compute alike on ``batch`` (upstream of every change: nothing to learn, and a term that starts at 0
+    would anchor them at full weight), and reductions (a normalization's per-token mean, a squeeze-excitation's pooled
+    vector) of less than 1/FEATURE_MIN_SHARE the size of the largest candidate: a hint per stage, not per statistic.
+    """
+    from onnxslim.runtime.probe import runtime_values
 
     s_types, t_types = element_types(student), element_types(teacher)
     outputs = {o.name for o in student.graph.output}
@@ -136,8 +142,14 @@ def _shared_features(student: onnx.ModelProto, teacher: onnx.ModelProto, batch: 
     names = [n for n in names if n in teacher_names]
     if not names:
         return []
-    s_shapes, t_shapes = runtime_shapes(student, batch, set(names)), runtime_shapes(teacher, batch, set(names))
-    same = [n for n in names if n in s_shapes and s_shapes[n] == t_shapes.get(n) and len(s_shapes[n]) >= 2]
+    leading = {np.shape(v)[0] for v in batch.values() if np.ndim(v)}
+    stacked = len(leading) == 1 and leading.pop() > 1  # samples stacked along axis 0: one is enough, and every tensor of two models is held at once
+    sample = {k: (v[:1] if stacked and np.ndim(v) else v) for k, v in batch.items()}
+    s_values, t_values = runtime_values(student, sample, set(names)), runtime_values(teacher, sample, set(names))
+    same = [n for n in names if n in s_values and n in t_values and s_values[n].shape == t_values[n].shape and s_values[n].ndim >= 2]
+    same = [n for n in same if not np.allclose(s_values[n], t_values[n], rtol=1e-5, atol=1e-6 * (float(np.abs(t_values[n]).max()) or 1.0))]
+    largest = max((s_values[n].size for n in same), default=0)
+    same = [n for n in same if s_values[n].size * FEATURE_MIN_SHARE >= largest]
     if len(same) > MAX_FEATURES:  # evenly spaced along the graph: one hint per stage, not a hundred from one block
         same = [same[round(i * (len(same) - 1) / (MAX_FEATURES - 1))] for i in range(MAX_FEATURES)]
     return list(dict.fromkeys(same))
@@ -162,6 +174,14 @@ def _stacked(batches: list, size: int) -> list:
         count += rows
     flush()
     return stacked
+
+
+def _real_tokens(batch: dict):
+    """Where the batch's padding mask marks real tokens (a torch bool tensor), as the held-out score reads them; None without one."""
+    import torch
+
+    mask = batch.get(PADDING_MASK)
+    return torch.from_numpy(np.asarray(mask) != 0) if mask is not None and np.ndim(mask) == 2 else None
 
 
 def _flipped(batch: dict) -> dict:
@@ -244,7 +264,7 @@ def distill(
             for feed, wanted in steps:
                 optimizer.zero_grad()
                 produced = forward(net, feed, input_names, rounding)
-                loss = total_loss(terms, produced, [torch.from_numpy(np.asarray(t)) for t in wanted], config.temperature)
+                loss = total_loss(terms, produced, [torch.from_numpy(np.asarray(t)) for t in wanted], config.temperature, _real_tokens(feed))
                 if not torch.isfinite(loss):
                     raise DataError(f"{label}: the distillation loss became {float(loss)} at epoch {epoch}; lower --lr")
                 loss.backward()

@@ -32,8 +32,8 @@ def observer(model: onnx.ModelProto, names: list[str]) -> Runner:
     return Runner(observing_only(model, names, types), threads=None, optimization="extended", label="probe")
 
 
-def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wanted: set[str] | None = None) -> dict[str, tuple]:
-    """Shapes of node outputs (all, or the ``wanted`` ones) on one batch, read off an actual run."""
+def runtime_values(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wanted: set[str] | None = None) -> dict[str, np.ndarray]:
+    """Values of node outputs (all, or the ``wanted`` ones) on one batch; empty when the model cannot expose them."""
     types = element_types(model)
     names = [o for n in model.graph.node for o in n.output if o and types.get(o) and (wanted is None or o in wanted)]
     try:
@@ -41,7 +41,12 @@ def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], want
         values = runner.run(batch)
     except Exception:  # a model that cannot expose every tensor still prunes with inferred shapes
         return {}
-    return {name: tuple(int(d) for d in np.shape(value)) for name, value in zip(runner.output_names, values)}
+    return dict(zip(runner.output_names, values))
+
+
+def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wanted: set[str] | None = None) -> dict[str, tuple]:
+    """Shapes of node outputs (all, or the ``wanted`` ones) on one batch, read off an actual run."""
+    return {name: tuple(int(d) for d in np.shape(value)) for name, value in runtime_values(model, batch, wanted).items()}
 
 
 def check_runs(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> str | None:
