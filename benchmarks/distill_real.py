@@ -2,7 +2,7 @@
 
     python calibration/make_datasets.py rec                     # the 200 held-out lines (calibration/cache/rec/eval)
     python benchmarks/distill_real.py --train 1000 --ratios 0.3,0.5 --time-budget 12
-    python benchmarks/distill_real.py --task minilm --train 1000 --ratios 0.5 --time-budget 12
+    python benchmarks/distill_real.py --task minilm --train 8000 --ratios 0.5 --time-budget 30 --lr 4e-4
     python benchmarks/distill_real.py --task det --train 800 --ratios 0.5 --by macs --time-budget 15
 
 PP-OCRv4 rec is scored by char accuracy on the 200 held-out lines; all-MiniLM-L6-v2 by
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--by", default="channels", choices=("channels", "macs"), help="what --ratios removes: each group's channels, or the model's multiply-accumulates")
     parser.add_argument("--time-budget", type=float, default=12.0, help="minutes of distillation per ratio")
     parser.add_argument("--epochs", type=int, default=20, help="at most this many epochs per ratio")
+    parser.add_argument("--lr", type=float, default=None, help="distill's learning rate (default: distill's own)")
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--json", default=None, help="default: benchmarks/cache/distill_<task>.json")
     args = parser.parse_args()
@@ -74,7 +75,7 @@ def main() -> None:
                 source = target
             rows.append((f"prune {tag}", work / f"p{tag}.onnx", time.time() - started))
             started = time.time()
-            _, report = distill(work / f"p{tag}.onnx", task.model, str(train), config=DistillConfig(epochs=args.epochs, time_budget=args.time_budget), output=work / f"d{tag}.onnx")
+            _, report = distill(work / f"p{tag}.onnx", task.model, str(train), config=DistillConfig(epochs=args.epochs, time_budget=args.time_budget, lr=args.lr), output=work / f"d{tag}.onnx")
             rows.append((f"prune {tag} + distill", work / f"d{tag}.onnx", time.time() - started))
             notes[tag] |= {"epochs": [e.to_dict() for e in report.epochs], "best_epoch": report.best_epoch, "score_before": report.score_before, "score_after": report.score_after}
             started = time.time()
