@@ -126,11 +126,11 @@ def _check_interface(student: onnx.ModelProto, teacher: onnx.ModelProto, label: 
         raise DataError(f"{label}: the student's outputs differ from the teacher's (at '{name or '(missing)'}'); distill needs the same outputs")
 
 
-def _shared_features(student: onnx.ModelProto, teacher: onnx.ModelProto, batch: dict) -> list[str]:
+def _shared_features(student: onnx.ModelProto, teacher: onnx.ModelProto, batch: dict, *, differing_only: bool = True) -> list[str]:
     """Float tensors both graphs compute under the same name with the same shape (pruning keeps names), spread over the graph.
 
-    Left out: tensors both compute alike on ``batch`` (upstream of every change: nothing to learn, and a term that starts at 0
-    would anchor them at full weight), and reductions (a normalization's per-token mean, a squeeze-excitation's pooled
+    Left out: with ``differing_only``, tensors both compute alike on ``batch`` (upstream of every change: nothing to learn, and a
+    term that starts at 0 would anchor them at full weight; --int8 keeps them, since its rounding makes them differ), and reductions (a normalization's per-token mean, a squeeze-excitation's pooled
     vector) of less than 1/FEATURE_MIN_SHARE the size of the largest candidate: a hint per stage, not per statistic.
     """
     from onnxslim.runtime.probe import runtime_values
@@ -147,7 +147,7 @@ def _shared_features(student: onnx.ModelProto, teacher: onnx.ModelProto, batch: 
     sample = {k: (v[:1] if stacked and np.ndim(v) else v) for k, v in batch.items()}
     s_values, t_values = runtime_values(student, sample, set(names)), runtime_values(teacher, sample, set(names))
     same = [n for n in names if n in s_values and n in t_values and s_values[n].shape == t_values[n].shape and s_values[n].ndim >= 2]
-    same = [n for n in same if not np.allclose(s_values[n], t_values[n], rtol=1e-5, atol=1e-6 * (float(np.abs(t_values[n]).max()) or 1.0))]
+    same = [n for n in same if not differing_only or not np.allclose(s_values[n], t_values[n], rtol=1e-5, atol=1e-6 * (float(np.abs(t_values[n]).max()) or 1.0))]
     largest = max((s_values[n].size for n in same), default=0)
     same = [n for n in same if s_values[n].size * FEATURE_MIN_SHARE >= largest]
     if len(same) > MAX_FEATURES:  # evenly spaced along the graph: one hint per stage, not a hundred from one block
@@ -220,7 +220,7 @@ def distill(
     aware = _QuantizationAware(student_model, source, input_shapes) if config.int8 else None
     if aware is not None:
         student_model = aware.prepared  # trained under quantize's names: its plan names these tensors
-    features = _shared_features(student_model, teacher_model, train_batches[0][1]) if config.features == "auto" else []
+    features = _shared_features(student_model, teacher_model, train_batches[0][1], differing_only=not config.int8) if config.features == "auto" else []
     report.features = features
     # one module for training: the student with the feature tensors as extra outputs after its own
     trainable = with_outputs(student_model, features, element_types(student_model)) if features else student_model
