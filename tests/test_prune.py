@@ -154,6 +154,17 @@ def test_round_to_and_budgets():
     assert macs.macs[1] <= 0.5 * macs.macs[0]
 
 
+def test_every_channel_multiple_timed_under_a_budget_meets_the_budget(monkeypatch):
+    """Rounding keeps more channels at larger multiples; each multiple is selected at its own ratio, so whichever is fastest fits."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["onnxslim.prune.structured"], "choose_multiple", lambda ratios: max(ratios))  # the largest multiple that removes channels
+    model = residual(channels=40)
+    _, report = prune(model, config=PruneConfig(target_macs=0.5, latency_runs=3))
+    assert report.widths.multiple >= 8 and len(report.widths.measured) >= 2, report.widths
+    assert report.macs[1] <= 0.5 * report.macs[0], (report.widths, report.macs)
+
+
 def test_recovery_brings_outputs_back():
     model = mlp(d_in=16, hidden=64)
     rng = np.random.default_rng(0)

@@ -320,8 +320,16 @@ def _remove_channels(
         raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights)")
     scores = channel_scores(work, groups, config.importance, energy)
     costs = class_costs(groups.classes, groups.tracing.edits, _node_macs(work, shapes)) if config.scope == "cost" else None
-    ratio = _ratio_for_budget(work, groups, scores, shapes, config, costs) if (config.target_params or config.target_macs) else config.ratio
-    removed, report.groups, report.widths = _select_widths(work, groups, scores, ratio, probe, config, show_progress, costs)
+
+    def ratio_for(multiple: int) -> tuple[float, bool]:
+        """--ratio, or under a parameter or MAC budget the ratio that meets it with channel counts at ``multiple`` (rounding keeps
+        more channels at larger multiples, so one ratio for all would time every other multiple over the budget); and whether
+        the budget can be met at that multiple."""
+        if not (config.target_params or config.target_macs):
+            return config.ratio, True
+        return _ratio_for_budget(work, groups, scores, shapes, dataclasses.replace(config, round_to=multiple), costs)
+
+    removed, report.groups, report.widths = _select_widths(work, groups, scores, ratio_for, probe, config, show_progress, costs)
     if config.ratio > 0 and not removed and not config.target_params and not config.target_macs:
         free = [g for g in report.groups if g.outcome in (GroupOutcome.UNCHANGED, GroupOutcome.PARTLY_BLOCKED)]
         if free:
@@ -350,13 +358,18 @@ def _node_macs(model: onnx.ModelProto, shapes: dict) -> dict[str, int]:
 
 
 def _select_widths(
-    work: onnx.ModelProto, groups: Groups, scores, ratio: float, probe: dict | None, config: PruneConfig, show_progress: bool, costs=None
+    work: onnx.ModelProto, groups: Groups, scores, ratio_for, probe: dict | None, config: PruneConfig, show_progress: bool, costs=None
 ):
-    """The classes to remove, the group reports, and the channel multiple used: the one given, or the fastest measured."""
+    """The classes to remove, the group reports, and the channel multiple used: the one given, or the fastest measured
+    (``ratio_for(multiple)``: the ratio to select at with channel counts at that multiple)."""
     if config.round_to:
-        removed, reports = select(groups, scores, ratio, config.selection, costs)
+        removed, reports = select(groups, scores, ratio_for(config.round_to)[0], config.selection, costs)
         return removed, reports, WidthChoice(config.round_to, note="--round-to")
-    choices = {m: select(groups, scores, ratio, dataclasses.replace(config.selection, round_to=m), costs) for m in CANDIDATE_MULTIPLES}
+    choices = {}
+    for m in CANDIDATE_MULTIPLES:
+        ratio, meets = ratio_for(m)
+        if meets or m == 1:  # a multiple whose smallest counts still exceed the budget is not a candidate; 1 comes closest
+            choices[m] = select(groups, scores, ratio, dataclasses.replace(config.selection, round_to=m), costs)
     distinct: dict[frozenset, list[int]] = {}
     for m, (removed, _) in choices.items():
         if removed:  # a multiple that keeps every channel is the original model, not a way to prune it
@@ -479,8 +492,8 @@ def _probe_feed(model: onnx.ModelProto, source, input_shapes) -> dict | None:
         return None
 
 
-def _ratio_for_budget(model: onnx.ModelProto, groups: Groups, scores, shapes: dict, config: PruneConfig, costs=None) -> float:
-    """The smallest ratio whose result fits the parameter or MAC budget (bisection)."""
+def _ratio_for_budget(model: onnx.ModelProto, groups: Groups, scores, shapes: dict, config: PruneConfig, costs=None) -> tuple[float, bool]:
+    """The smallest ratio whose result fits the parameter or MAC budget (bisection), and whether any does (if not: the largest tried)."""
     params0, macs0 = count_parameters(model), count_macs(model, shapes)[0]
 
     def fits(ratio: float) -> bool:
@@ -496,14 +509,14 @@ def _ratio_for_budget(model: onnx.ModelProto, groups: Groups, scores, shapes: di
 
     low, high = 0.0, 0.95
     if not fits(high):
-        return high
+        return high, False
     for _ in range(12):
         middle = (low + high) / 2
         if fits(middle):
             high = middle
         else:
             low = middle
-    return high
+    return high, True
 
 
 def _interface(model: onnx.ModelProto) -> list[tuple[str, bytes]]:
