@@ -365,8 +365,11 @@ def _select_widths(
     if config.round_to:
         removed, reports = select(groups, scores, ratio_for(config.round_to)[0], config.selection, costs)
         return removed, reports, WidthChoice(config.round_to, note="--round-to")
+    weight_bytes = model_weight_bytes(work)
+    measurable = probe is not None and config.latency_runs > 0 and weight_bytes <= MAX_MEASURED_BYTES
+    budgeted = bool(config.target_params or config.target_macs)
     choices = {}
-    for m in CANDIDATE_MULTIPLES:
+    for m in CANDIDATE_MULTIPLES if measurable or not budgeted else (1,):  # a budget is solved again per multiple: only when they are timed
         ratio, meets = ratio_for(m)
         if meets or m == 1:  # a multiple whose smallest counts still exceed the budget is not a candidate; 1 comes closest
             choices[m] = select(groups, scores, ratio, dataclasses.replace(config.selection, round_to=m), costs)
@@ -374,11 +377,11 @@ def _select_widths(
     for m, (removed, _) in choices.items():
         if removed:  # a multiple that keeps every channel is the original model, not a way to prune it
             distinct.setdefault(frozenset(removed), []).append(m)
-    weight_bytes = model_weight_bytes(work)
-    if len(distinct) <= 1 or probe is None or config.latency_runs == 0 or weight_bytes > MAX_MEASURED_BYTES:
-        if len(distinct) == 1:
+    if len(distinct) <= 1 or not measurable:
+        if len(distinct) == 1 and (measurable or not budgeted):
             multiple = max(next(iter(distinct.values())))
-            return *choices[multiple], WidthChoice(multiple, note="every multiple that removes channels removes the same ones")
+            same = "every multiple that removes channels" + (" and meets the budget" if budgeted else "") + " removes the same ones"
+            return *choices[multiple], WidthChoice(multiple, note=same)
         if not distinct:
             why = "no multiple removes a channel"
         elif probe is None or config.latency_runs == 0:
