@@ -2,7 +2,7 @@
 
     python calibration/make_datasets.py rec                     # the 200 held-out lines (calibration/cache/rec/eval)
     python benchmarks/distill_real.py --train 1000 --ratios 0.3,0.5 --time-budget 12
-    python benchmarks/distill_real.py --task minilm --train 8000 --ratios 0.5 --time-budget 30 --lr 4e-4
+    python benchmarks/distill_real.py --task minilm --train 12000 --ratios 0.5 --time-budget 30 --lr 4e-4
     python benchmarks/distill_real.py --task det --train 800 --ratios 0.5 --by macs --time-budget 15
 
 PP-OCRv4 rec is scored by char accuracy on the 200 held-out lines; all-MiniLM-L6-v2 by
