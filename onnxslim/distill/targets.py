@@ -25,7 +25,7 @@ class TeacherTargets:
         full = False
         for index, batch in enumerate(track(batches, "teacher outputs", enabled=show_progress)):
             if full and len(self.sample) >= 8:
-                break  # the rest is computed when training reaches it
+                continue  # computed when training reaches it (the bar still runs to its end)
             values = self.runner.run(batch, names)
             if len(self.sample) < 8:
                 self.sample.append(values)
