@@ -61,11 +61,16 @@ def stdlib_sentences() -> dict[str, list[str]]:
         for doc in docs:
             if not isinstance(doc, str):
                 continue
-            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
-                if 20 <= len(sentence) <= 160 and sentence not in seen and sentence[0].isalpha():
+            for sentence in doc_sentences(doc):
+                if sentence not in seen:
                     seen.add(sentence)
                     splits[split].append(sentence)
     return splits
+
+
+def doc_sentences(doc: str) -> list[str]:
+    """The sentences of one docstring that read as prose: 20 to 160 characters, starting with a letter."""
+    return [s for s in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())) if 20 <= len(s) <= 160 and s[0].isalpha()]
 
 
 def package_sentences(count: int, exclude: set[str]) -> list[str]:
@@ -89,9 +94,8 @@ def package_sentences(count: int, exclude: set[str]) -> list[str]:
             continue
         nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
         for node in nodes:
-            doc = ast.get_docstring(node) or ""
-            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
-                if 20 <= len(sentence) <= 160 and sentence not in seen and sentence[0].isalpha() and sentence.isascii():
+            for sentence in doc_sentences(ast.get_docstring(node) or ""):
+                if sentence not in seen and sentence.isascii():
                     seen.add(sentence)
                     found.append(sentence)
                     if len(found) >= count:

@@ -75,4 +75,3 @@ def html_page(command: str, subject: str, body: str) -> str:
 {body}
 </body></html>
 """
-

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxslim.measure.fidelity import per_token
+
 PROBABILITIES, LOGITS, VALUES = "probabilities", "logits", "values"
 
 
@@ -48,7 +50,7 @@ def term_loss(term: Term, student, teacher, temperature: float, real_tokens=None
     import torch
 
     student, teacher = student.float(), teacher.float()
-    if real_tokens is not None and student.ndim >= 3 and tuple(student.shape[:2]) == tuple(real_tokens.shape) and bool(real_tokens.any()):
+    if real_tokens is not None and per_token(student, real_tokens):
         student, teacher = student[real_tokens], teacher[real_tokens]  # (real tokens, ...): each token a row
     if term.kind == PROBABILITIES:
         target = teacher.clamp_min(1e-8)

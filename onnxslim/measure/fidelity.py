@@ -68,14 +68,15 @@ def add_batch(
     """Fold one batch's outputs into ``comparisons``, real tokens only where ``padding_mask`` applies (see :func:`fidelity`)."""
     mask = batch.get(padding_mask) if padding_mask else None
     for comparison, a, b in zip(comparisons, reference, candidate):
-        if mask is not None and _per_token(a, mask) and _per_token(b, mask):
+        if mask is not None and per_token(a, mask) and per_token(b, mask):
             keep = np.asarray(mask) != 0
             a, b = a[keep][None], b[keep][None]  # (1, real tokens, ...): never mistaken for (batch, classes)
             comparison.padding_left_out = padding_mask
         comparison.add(a, b, label)
 
 
-def _per_token(array: np.ndarray, mask: np.ndarray) -> bool:
+def per_token(array, mask) -> bool:
+    """Whether ``array`` (numpy or torch) starts with the (batch, tokens) shape of ``mask`` and the batch has a real token."""
     mask = np.asarray(mask)
     return mask.ndim == 2 and np.ndim(array) >= 3 and tuple(np.shape(array)[:2]) == mask.shape and bool((mask != 0).any())
 
