@@ -12,7 +12,7 @@ from onnxslim.cli import main
 from onnxslim.compress import Budget, Candidate, choose
 from onnxslim.compress import pipeline as compress_pipeline
 from onnxslim.errors import UsageError
-from onnxslim.ir.counts import count_macs
+from onnxslim.ir.counts import count_macs, count_parameters
 from onnxslim.ir.shapes import infer_shapes
 from tests.conftest import run_model
 
@@ -246,3 +246,17 @@ def test_objective_size_adds_int4_weight_candidates(monkeypatch):
     chosen = next(c for c in report.candidates if c.chosen)
     fitting = [c for c in report.candidates if c.within_budget and c.latency_ratio is not None and c.latency_ratio < 1.03 and c.name != "original"]
     assert chosen.file_bytes <= min(c.file_bytes for c in fitting) * 1.01
+
+
+@pytest.mark.parametrize("prune_by,counted", [("macs", lambda m: count_macs(m, infer_shapes(m, {"x": [1, 3, 16, 16]}))[0]), ("params", count_parameters)])
+def test_ratios_remove_a_share_of_the_macs_or_parameters_with_prune_by(monkeypatch, prune_by, counted):
+    _timed_by_macs(monkeypatch)
+    model = conv_bn_relu(channels=32, size=16)
+    config = CompressConfig(ratios=(0.4,), prune_by=prune_by, max_loss=0.5, quantize=False, latency_runs=3)
+    _, report = compress(model, sample_inputs(model, 20), config=config)
+    pruned = next(c for c in report.candidates if c.prune_ratio == 0.4)
+    what = "MACs" if prune_by == "macs" else "parameters"
+    assert pruned.name == f"pruned 40% of {what}" and f"of the {what} kept" in pruned.note
+    counts = pruned.details["prune"]["macs" if prune_by == "macs" else "parameters"]
+    assert counts["after"] <= 0.6 * counts["before"]
+    assert counts["before"] == counted(model)

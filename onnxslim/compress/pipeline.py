@@ -57,6 +57,10 @@ class CompressConfig:
     )
     target_latency: float | None = setting(None, "Instead of the fastest: the most faithful candidate at or below this latency ratio to the original.", low=0.0, high=1.0, low_open=True)
     ratios: tuple[float, ...] = setting((0.1, 0.2, 0.3, 0.4), "Pruning ratios to try, each also quantized (larger ones are skipped once one exceeds the budget).", metavar="R,R,...")
+    prune_by: str = setting(
+        "channels", "What each of --ratios removes a share of: every group's channels (prune --ratio), or the model's multiply-accumulates "
+        "or parameters (prune --target-macs / --target-params at 1 - ratio).", choices=("channels", "macs", "params"),
+    )
     importance: str = setting("auto", "Channel ranking for pruning, as prune --importance (auto: activation, since compress always has data).", choices=("auto", *METHODS))
     distill: bool = setting(
         False, "Distill every pruned candidate toward the original before measuring and quantizing it (the distill extra; larger ratios pay then).",
@@ -233,11 +237,15 @@ def _distilled(pruned: tuple[Candidate, onnx.ModelProto], original, calibration,
     return named, student
 
 
+PRUNED_SHARE = {"channels": "", "macs": " of MACs", "params": " of parameters"}
+
+
 def _pruned(original, ratio: float, calibration, held, config: CompressConfig, show_progress: bool) -> tuple[Candidate, onnx.ModelProto | None]:
-    name = f"pruned {ratio:.0%}"
+    name = f"pruned {ratio:.0%}{PRUNED_SHARE[config.prune_by]}"
     _say(show_progress, f"compress: {name}")
+    amount = {"ratio": ratio} if config.prune_by == "channels" else {f"target_{config.prune_by}": 1.0 - ratio}
     prune_config = PruneConfig(
-        ratio=ratio, importance=config.importance, threads=config.threads, latency_runs=min(config.latency_runs, 20), if_slower="write", eval_fraction=0.0
+        **amount, importance=config.importance, threads=config.threads, latency_runs=min(config.latency_runs, 20), if_slower="write", eval_fraction=0.0
     )
     try:
         pruned, prune_report = prune(original, calibration, config=prune_config, eval_data=_as_source(held), show_progress=show_progress)
@@ -245,6 +253,9 @@ def _pruned(original, ratio: float, calibration, held, config: CompressConfig, s
         return Candidate(name, ratio, False, note=f"not built: {exc}", failed=True), None
     widths = prune_report.widths.multiple if prune_report.widths is not None else 1
     note = f"{len(prune_report.pruned_groups)} of {len(prune_report.groups)} channel groups pruned, counts at multiples of {widths}"
+    if config.prune_by != "channels":
+        kept = prune_report.macs if config.prune_by == "macs" else prune_report.parameters
+        note += f", {kept.after / max(kept.before, 1):.0%} of the {'MACs' if config.prune_by == 'macs' else 'parameters'} kept"
     return Candidate(name, ratio, False, note=note, details={"prune": prune_report.to_dict()}), pruned
 
 
