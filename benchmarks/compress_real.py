@@ -2,6 +2,8 @@
 
     python benchmarks/compress_real.py --tasks rec,det,minilm --budgets 0.005,0.01,0.02 --calib 64 --threads 1,2
     python benchmarks/compress_real.py --tasks rec --budgets 0.04 --train 1000 --ratios 0.4 --distill 12
+    python benchmarks/compress_real.py --tasks minilm --torch-pruning 0.1,0.2
+    python benchmarks/compress_real.py --tasks det --budgets 0.04 --train 800 --ratios 0.5,0.6 --prune-by macs --distill 9
 
 For each task: the FP32 model, ``onnxslim quantize`` with its defaults, and
 ``onnxslim compress`` at each budget, all built from the first ``--calib``
@@ -13,7 +15,9 @@ count. compress's table of candidates (pruned-only ones included) is kept in
 the JSON. With ``--train N`` every model is built from N samples rendered
 apart from the held-out set instead (distillation needs more than 64), and
 ``--distill MIN`` has compress distill each pruned candidate for up to MIN
-minutes. Results: docs/compress-benchmark.md.
+minutes. ``--torch-pruning`` adds Torch-Pruning on MiniLM's PyTorch module
+(benchmarks/torch_pruning_minilm.py), alone and quantized by onnxslim.
+Results: docs/compress-benchmark.md.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.tasks import TASKS, eval_feeds, first_samples, run_all, save_json, score  # noqa: E402
 from benchmarks.timing import median_latencies  # noqa: E402
+from benchmarks.torch_pruning_minilm import torch_pruning_minilm  # noqa: E402
 from calibration.make_datasets import make  # noqa: E402
 from onnxslim import CompressConfig, QuantConfig, compress, quantize  # noqa: E402
 from onnxslim.errors import BudgetError  # noqa: E402
@@ -38,6 +43,7 @@ def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], 
     task = TASKS[name]
     data = make(name, args.train, 8, root=work / name / "rendered") / "calib" if args.train else first_samples(task, calib, work / name / "calib")
     extra = {"ratios": tuple(float(r) for r in args.ratios.split(","))} if args.ratios else {}
+    extra |= {"prune_by": args.prune_by}
     if args.distill:
         extra |= {"distill": True, "distill_epochs": 20, "distill_time_budget": args.distill}
     feeds = eval_feeds(task)
@@ -47,6 +53,13 @@ def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], 
     out = work / name / "int8.onnx"
     quantize(task.model, str(data), config=QuantConfig(latency_runs=0, max_calibration_samples=calib), output=out)
     rows.append({"setting": "quantize (defaults)", "path": str(out), "seconds": time.time() - started})
+    for ratio in args.torch_pruning:
+        started = time.time()
+        peer = torch_pruning_minilm(ratio, work / name / f"torch_pruning_{ratio}.onnx")
+        rows.append({"setting": f"Torch-Pruning {ratio:.0%} (L2, no recovery)", "path": str(peer), "seconds": time.time() - started})
+        out = work / name / f"torch_pruning_{ratio}.int8.onnx"
+        quantize(peer, str(data), config=QuantConfig(latency_runs=0, max_calibration_samples=calib), output=out)
+        rows.append({"setting": f"Torch-Pruning {ratio:.0%} + quantize", "path": str(out), "seconds": time.time() - started})
     for budget in budgets:
         out = work / name / f"compress_{budget}.onnx"
         started = time.time()
@@ -93,10 +106,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--train", type=int, default=0, help="build from this many samples rendered apart from the held-out set (default: the first --calib cached ones)")
     parser.add_argument("--ratios", default=None, help="compress --ratios (default: its own)")
+    parser.add_argument("--prune-by", default="channels", choices=("channels", "macs", "params"), help="compress --prune-by")
     parser.add_argument("--distill", type=float, default=None, metavar="MIN", help="compress --distill, each pruned candidate for up to MIN minutes")
+    parser.add_argument("--torch-pruning", default="", metavar="R,R,...",
+                        help="minilm only: also Torch-Pruning at these ratios of heads and FFN neurons, alone and quantized by onnxslim (needs torch-pruning)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "cache" / "compress_real.json"))
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
+    args.torch_pruning = [float(r) for r in args.torch_pruning.split(",") if r]
+    if args.torch_pruning and args.tasks != "minilm":
+        raise SystemExit("--torch-pruning applies to --tasks minilm only (the one real model whose PyTorch source is at hand)")
     threads = [int(t) for t in args.threads.split(",")]
     results = []
     with tempfile.TemporaryDirectory() as work:

@@ -31,6 +31,7 @@ def _bert(config: dict):
 
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
     eps = config["layer_norm_eps"]
+    head_size = hidden // heads
 
     class Layer(nn.Module):
         def __init__(self):
@@ -45,14 +46,15 @@ def _bert(config: dict):
             self.ffn_norm = nn.LayerNorm(hidden, eps=eps)
 
         def split(self, x):
+            # the head count is read off the projection (a constant in the export), so a module whose heads were removed still runs
             batch, seq, _ = x.shape
-            return x.view(batch, seq, heads, hidden // heads).transpose(1, 2)
+            return x.view(batch, seq, self.value.out_features // head_size, head_size).transpose(1, 2)
 
         def forward(self, x, mask_bias):
             q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))
-            scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hidden // heads) + mask_bias
+            scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + mask_bias
             context = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)
-            context = context.reshape(x.shape[0], x.shape[1], hidden)
+            context = context.reshape(x.shape[0], x.shape[1], self.value.out_features)
             x = self.attn_norm(x + self.attn_out(context))
             return self.ffn_norm(x + self.ffn_out(nn.functional.gelu(self.ffn_in(x))))
 
@@ -64,6 +66,7 @@ def _bert(config: dict):
             self.token_type = nn.Embedding(config["type_vocab_size"], hidden)
             self.norm = nn.LayerNorm(hidden, eps=eps)
             self.layers = nn.ModuleList(Layer() for _ in range(config["num_hidden_layers"]))
+            self.heads = heads  # per layer, as loaded
 
         def forward(self, input_ids, attention_mask, token_type_ids):
             positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
@@ -106,17 +109,21 @@ def _load_weights(model, weights: dict) -> None:
     model.load_state_dict(state)
 
 
-def export_minilm(target: Path, tokenizer_dir: Path, *, opset: int = 14) -> Path:
-    import torch
+def load_minilm():
+    """The all-MiniLM-L6-v2 encoder as a torch module (eval mode) with the package's weights."""
     from safetensors.numpy import load_file
 
     source = package_dir()
     config = json.loads((source / "config.json").read_text())
     model = _bert(config).eval()
     _load_weights(model, load_file(str(source / "model.safetensors")))
-    tokenizer_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copyfile(source / name, tokenizer_dir / name)
+    return model
+
+
+def export_module(model, target: Path, *, opset: int = 14) -> Path:
+    """``model`` (a module from :func:`load_minilm`, pruned or not) as ONNX with the three int64 inputs and dynamic batch and sequence."""
+    import torch
+
     example = (torch.ones(1, 16, dtype=torch.int64), torch.ones(1, 16, dtype=torch.int64), torch.zeros(1, 16, dtype=torch.int64))
     target.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
@@ -131,6 +138,14 @@ def export_minilm(target: Path, tokenizer_dir: Path, *, opset: int = 14) -> Path
             dynamo=False,
         )
     return target
+
+
+def export_minilm(target: Path, tokenizer_dir: Path, *, opset: int = 14) -> Path:
+    source = package_dir()
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(source / name, tokenizer_dir / name)
+    return export_module(load_minilm(), target, opset=opset)
 
 
 def tokenize(sentences: list[str], tokenizer_dir: Path, *, length: int = 32) -> dict[str, np.ndarray]:
