@@ -45,7 +45,7 @@ def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], 
     extra = {"ratios": tuple(float(r) for r in args.ratios.split(","))} if args.ratios else {}
     extra |= {"prune_by": args.prune_by}
     if args.distill:
-        extra |= {"distill": True, "distill_epochs": 20, "distill_time_budget": args.distill}
+        extra |= {"distill": True, "distill_epochs": 20, "distill_time_budget": args.distill, "distill_lr": args.lr}
     feeds = eval_feeds(task)
     reference = run_all(task.model, feeds)
     rows = [{"setting": "FP32", "path": str(task.model), "seconds": 0.0}]
@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--ratios", default=None, help="compress --ratios (default: its own)")
     parser.add_argument("--prune-by", default="channels", choices=("channels", "macs", "params"), help="compress --prune-by")
     parser.add_argument("--distill", type=float, default=None, metavar="MIN", help="compress --distill, each pruned candidate for up to MIN minutes")
+    parser.add_argument("--lr", type=float, default=None, help="compress --distill-lr (default: distill's own)")
     parser.add_argument("--torch-pruning", default="", metavar="R,R,...",
                         help="minilm only: also Torch-Pruning at these ratios of heads and FFN neurons, alone and quantized by onnxslim (needs torch-pruning)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "cache" / "compress_real.json"))

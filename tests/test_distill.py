@@ -235,6 +235,7 @@ def test_cli_distill_writes_model_and_report(teacher_and_student, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     assert len(report["epochs"]) == 2 and report["score_before"] is not None
+    assert report["config"]["lr"] == 0.003 and report["config"]["epochs"] == 2
     assert "before" in result.output and out.exists()
     text = page.read_text()
     assert "<script" in text and "held-out cosine" in text and f"{report['score_after']:.5f}" in text
@@ -257,12 +258,13 @@ def test_compress_distill_trains_each_pruned_candidate_before_quantizing_it(monk
 
     _timed_by_macs(monkeypatch)
     teacher = onnx.load(str(teacher_and_student / "teacher.onnx"))
-    config = CompressConfig(ratios=(0.5,), max_loss=0.9, accuracy_metric="cosine", latency_runs=3, distill=True, distill_epochs=2)
+    config = CompressConfig(ratios=(0.5,), max_loss=0.9, accuracy_metric="cosine", latency_runs=3, distill=True, distill_epochs=2, distill_lr=3e-4)
     _, report = compress(teacher, str(teacher_and_student / "data"), config=config)
     names = [c.name for c in report.candidates]
     assert "pruned 50% + distilled" in names and "pruned 50% + distilled + quantized" in names
     distilled = next(c for c in report.candidates if c.name == "pruned 50% + distilled")
     assert len(distilled.details["distill"]["epochs"]) >= 1 and "distilled (best of" in distilled.note
+    assert distilled.details["distill"]["config"]["lr"] == 3e-4
     pytest.importorskip("plotly", reason="the HTML report needs the html extra")
     from onnxslim.compress.html import write_html
 

@@ -14,6 +14,7 @@ is written is INT8: the best epoch's, or quantize's own model of the student.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -95,6 +96,7 @@ class DistillReport(Record):
     student: str
     teacher: str
     output: str | None
+    config: dict = field(default_factory=dict)  # the settings, the learning rate as used
     evaluation: str = ""
     accuracy_metric: str = "cosine"
     trainable_parameters: int = 0
@@ -213,7 +215,9 @@ def distill(
         raise DataError(f"{label}: too few batches to hold any out for scoring; give more --data or --eval-data")
     batch_axis_free = all(spec.shape and not isinstance(spec.shape[0], int) for spec in inputs)  # a fixed batch of 1 cannot take stacked samples
     train_batches = _stacked(list(train), config.batch_size if batch_axis_free else 1)
+    lr = config.lr if config.lr is not None else (1e-5 if config.int8 else 1e-4)
     report = DistillReport(label, str(teacher) if not isinstance(teacher, onnx.ModelProto) else "<teacher>", str(output) if output else None,
+                           config=dataclasses.asdict(config) | {"lr": lr},
                            evaluation=f"{len(held)} {'batch(es) of --eval-data' if where == 'eval-data' else 'held-out batch(es) of --data'}",
                            accuracy_metric=config.accuracy_metric)
 
@@ -249,7 +253,7 @@ def distill(
     report.fidelity_before = before
     report.score_before = worst_score(before, config.accuracy_metric)
     best_score, best_state, best_epoch, stale = report.score_before, None, 0, 0
-    optimizer = torch.optim.Adam(_parameter_groups(net, config.lr if config.lr is not None else (1e-5 if config.int8 else 1e-4)))
+    optimizer = torch.optim.Adam(_parameter_groups(net, lr))
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         ready_to_train(net)
