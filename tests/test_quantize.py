@@ -498,3 +498,41 @@ def test_a_hardswish_no_quantized_node_reads_stays_float():
     assert second.code == QuantReason.KEPT_FLOAT and "no quantized node reads" in second.reason.text
     assert sum(1 for n in quantized.graph.node if n.op_type == "HardSwish") == 1
     assert_close_to_float(model, quantized, 0.99)
+
+
+def _learnable_affine_block(after: str = "conv") -> onnx.ModelProto:
+    """Conv -> HardSwish -> Mul(scalar) -> Add(scalar) -> Conv (PP-LCNet's learnable affine block), or the affine's output as the graph output."""
+    b = GraphBuilder(26)
+    x = b.node("HardSwish", [b.conv("input", 3, 16)])
+    x = b.node("Mul", [x, b.const(np.asarray([1.7], np.float32), "lab_scale")])
+    x = b.node("Add", [x, b.const(np.asarray(-0.3, np.float32), "lab_bias")])
+    channels = 16
+    if after == "conv":
+        x, channels = b.conv(x, 16, 8), 8
+    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+                   [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, channels, 16, 16])], "learnable_affine")
+
+
+def test_a_scalar_affine_between_quantized_layers_runs_in_integers_with_its_constants_exact():
+    model = _learnable_affine_block()
+    quantized, report = quantize(model, calibrate_on(model, 24), config=EVERY_LAYER)
+    decisions = {d.op_type: d for d in report.decisions if d.op_type in ("HardSwish", "Mul", "Add")}
+    assert all(d.code == QuantReason.INTEGER_KERNEL for d in decisions.values()), decisions
+    kernels = report.onnxruntime_kernels
+    assert not {"HardSwish", "HardSigmoid", "Mul", "Add"} & set(kernels) and kernels["DequantizeLinear"] == 1, kernels  # only the graph output's
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in quantized.graph.initializer}
+    for constant, expected in (("lab_scale", np.float32(1.7)), ("lab_bias", np.float32(-0.3))):
+        (dq,) = [n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith(constant)]
+        codes, scale, zero = (inits[name] for name in dq.input)
+        assert codes.dtype == np.uint8 and codes.size == 1
+        assert np.float32(scale) * np.float32(int(codes.ravel()[0]) - int(zero)) == expected  # exact, not rounded to a grid
+    assert_close_to_float(model, quantized, 0.99)
+
+
+def test_a_scalar_affine_that_ends_the_graph_stays_float():
+    model = _learnable_affine_block(after="output")
+    quantized, report = quantize(model, calibrate_on(model, 24), config=EVERY_LAYER)
+    decisions = {d.op_type: d for d in report.decisions if d.op_type in ("HardSwish", "Mul", "Add")}
+    assert all(d.code == QuantReason.KEPT_FLOAT and "no quantized node reads" in d.reason.text for d in decisions.values()), decisions
+    assert {n.op_type for n in quantized.graph.node} >= {"HardSwish", "Mul", "Add"}
+    assert_close_to_float(model, quantized, 0.99)
