@@ -362,9 +362,7 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     ``measured``: the fully quantized model's comparisons on the search's batches, when already known.
     """
     batches = run.eval_batches[:SENSITIVITY_BATCHES]
-    # an Add/Mul with a constant scalar follows its neighbours: integer while they are, float once either side is kept float
-    candidates = [d.node for d in plan.decisions.values() if d.quantized and d.code not in (QuantReason.FOLDED, QuantReason.BIAS_FUSED)
-                  and d.node not in plan.constant_operands]
+    candidates = [d.node for d in plan.decisions.values() if d.quantized and d.code not in (QuantReason.FOLDED, QuantReason.BIAS_FUSED)]
     metric = run.config.accuracy_metric
     every = _ranked_by_added_noise(run, candidates, quantized, batches) if run.config.sensitivity == "fast" else _ranked_alone(run, candidates, batches)
     # tables and LSTMs keep their inputs float and hold most of the bytes: kept in float last, when nothing else will do
