@@ -16,7 +16,9 @@ the JSON. With ``--train N`` every model is built from N samples rendered
 apart from the held-out set instead (distillation needs more than 64), and
 ``--distill MIN`` has compress distill each pruned candidate for up to MIN
 minutes. ``--torch-pruning`` adds Torch-Pruning on MiniLM's PyTorch module
-(benchmarks/torch_pruning_minilm.py), alone and quantized by onnxslim.
+(benchmarks/torch_pruning_minilm.py), alone and quantized by onnxslim, next to
+``onnxslim prune`` at the same ratio (heads and FFN neurons, its defaults, the
+same calibration samples).
 Results: docs/compress-benchmark.md.
 """
 
@@ -35,7 +37,7 @@ from benchmarks.tasks import TASKS, eval_feeds, first_samples, run_all, save_jso
 from benchmarks.timing import median_latencies  # noqa: E402
 from benchmarks.torch_pruning_minilm import torch_pruning_minilm  # noqa: E402
 from calibration.make_datasets import make  # noqa: E402
-from onnxslim import CompressConfig, QuantConfig, compress, quantize  # noqa: E402
+from onnxslim import CompressConfig, PruneConfig, QuantConfig, compress, prune, quantize  # noqa: E402
 from onnxslim.errors import BudgetError  # noqa: E402
 
 
@@ -54,6 +56,10 @@ def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], 
     quantize(task.model, str(data), config=QuantConfig(latency_runs=0, max_calibration_samples=calib), output=out)
     rows.append({"setting": "quantize (defaults)", "path": str(out), "seconds": time.time() - started})
     for ratio in args.torch_pruning:
+        started = time.time()
+        ours = work / name / f"prune_{ratio}.onnx"
+        _, pruned = prune(task.model, str(data), config=PruneConfig(ratio=ratio, max_calibration_samples=calib), output=ours)
+        rows.append({"setting": f"onnxslim prune {ratio:.0%} (activation, refit)", "path": str(ours), "seconds": time.time() - started, "written": pruned.written})
         started = time.time()
         peer = torch_pruning_minilm(ratio, work / name / f"torch_pruning_{ratio}.onnx")
         rows.append({"setting": f"Torch-Pruning {ratio:.0%} (L2, no recovery)", "path": str(peer), "seconds": time.time() - started})
@@ -110,7 +116,8 @@ def main() -> None:
     parser.add_argument("--distill", type=float, default=None, metavar="MIN", help="compress --distill, each pruned candidate for up to MIN minutes")
     parser.add_argument("--lr", type=float, default=None, help="compress --distill-lr (default: distill's own)")
     parser.add_argument("--torch-pruning", default="", metavar="R,R,...",
-                        help="minilm only: also Torch-Pruning at these ratios of heads and FFN neurons, alone and quantized by onnxslim (needs torch-pruning)")
+                        help="minilm only: also Torch-Pruning at these ratios of heads and FFN neurons, alone and quantized by onnxslim, "
+                        "and onnxslim prune at the same ratios (needs torch-pruning)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "cache" / "compress_real.json"))
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
