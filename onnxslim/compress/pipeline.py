@@ -238,11 +238,13 @@ def _distilled(pruned: tuple[Candidate, onnx.ModelProto], original, calibration,
     return named, student
 
 
-PRUNED_SHARE = {"channels": "", "macs": " of MACs", "params": " of parameters"}
+# --prune-by budgets: what the candidate's name calls the amount, and the PruneReport count of it
+BUDGET_UNITS = {"macs": ("MACs", "macs"), "params": ("parameters", "parameters")}
 
 
 def _pruned(original, ratio: float, calibration, held, config: CompressConfig, show_progress: bool) -> tuple[Candidate, onnx.ModelProto | None]:
-    name = f"pruned {ratio:.0%}{PRUNED_SHARE[config.prune_by]}"
+    unit, counted = BUDGET_UNITS.get(config.prune_by, (None, None))
+    name = f"pruned {ratio:.0%}" + (f" of {unit}" if unit else "")
     _say(show_progress, f"compress: {name}")
     amount = {"ratio": ratio} if config.prune_by == "channels" else {f"target_{config.prune_by}": 1.0 - ratio}
     prune_config = PruneConfig(
@@ -254,9 +256,9 @@ def _pruned(original, ratio: float, calibration, held, config: CompressConfig, s
         return Candidate(name, ratio, False, note=f"not built: {exc}", failed=True), None
     widths = prune_report.widths.multiple if prune_report.widths is not None else 1
     note = f"{len(prune_report.pruned_groups)} of {len(prune_report.groups)} channel groups pruned, counts at multiples of {widths}"
-    if config.prune_by != "channels":
-        kept = prune_report.macs if config.prune_by == "macs" else prune_report.parameters
-        note += f", {kept.after / max(kept.before, 1):.0%} of the {'MACs' if config.prune_by == 'macs' else 'parameters'} kept"
+    if unit:
+        kept = getattr(prune_report, counted)
+        note += f", {kept.after / max(kept.before, 1):.0%} of the {unit} kept"
     return Candidate(name, ratio, False, note=note, details={"prune": prune_report.to_dict()}), pruned
 
 

@@ -111,6 +111,11 @@ class PruneConfig:
     def selection(self) -> SelectionSettings:
         return SelectionSettings(scope=self.scope, only=self.only, round_to=self.round_to)
 
+    @property
+    def budgeted(self) -> bool:
+        """The amount is a parameter or MAC budget (--target-params / --target-macs) rather than --ratio."""
+        return bool(self.target_params or self.target_macs)
+
     def __post_init__(self) -> None:
         check_settings(self)
 
@@ -325,7 +330,7 @@ def _remove_channels(
         """--ratio, or under a parameter or MAC budget the ratio that meets it with channel counts at ``multiple`` (rounding keeps
         more channels at larger multiples, so one ratio for all would time every other multiple over the budget); and whether
         the budget can be met at that multiple."""
-        if not (config.target_params or config.target_macs):
+        if not config.budgeted:
             return config.ratio, True
         return _ratio_for_budget(work, groups, scores, shapes, dataclasses.replace(config, round_to=multiple), costs)
 
@@ -367,9 +372,8 @@ def _select_widths(
         return removed, reports, WidthChoice(config.round_to, note="--round-to")
     weight_bytes = model_weight_bytes(work)
     measurable = probe is not None and config.latency_runs > 0 and weight_bytes <= MAX_MEASURED_BYTES
-    budgeted = bool(config.target_params or config.target_macs)
     choices = {}
-    for m in CANDIDATE_MULTIPLES if measurable or not budgeted else (1,):  # a budget is solved again per multiple: only when they are timed
+    for m in CANDIDATE_MULTIPLES if measurable or not config.budgeted else (1,):  # a budget is solved again per multiple: only when they are timed
         ratio, meets = ratio_for(m)
         if meets or m == 1:  # a multiple whose smallest counts still exceed the budget is not a candidate; 1 comes closest
             choices[m] = select(groups, scores, ratio, dataclasses.replace(config.selection, round_to=m), costs)
@@ -378,9 +382,9 @@ def _select_widths(
         if removed:  # a multiple that keeps every channel is the original model, not a way to prune it
             distinct.setdefault(frozenset(removed), []).append(m)
     if len(distinct) <= 1 or not measurable:
-        if len(distinct) == 1 and (measurable or not budgeted):
+        if len(distinct) == 1 and (measurable or not config.budgeted):
             multiple = max(next(iter(distinct.values())))
-            same = "every multiple that removes channels" + (" and meets the budget" if budgeted else "") + " removes the same ones"
+            same = "every multiple that removes channels" + (" and meets the budget" if config.budgeted else "") + " removes the same ones"
             return *choices[multiple], WidthChoice(multiple, note=same)
         if not distinct:
             why = "no multiple removes a channel"
