@@ -498,3 +498,106 @@ def test_a_hardswish_no_quantized_node_reads_stays_float():
     assert second.code == QuantReason.KEPT_FLOAT and "no quantized node reads" in second.reason.text
     assert sum(1 for n in quantized.graph.node if n.op_type == "HardSwish") == 1
     assert_close_to_float(model, quantized, 0.99)
+
+
+def _learnable_affine_block(after: str = "conv") -> onnx.ModelProto:
+    """Conv -> HardSwish -> Mul(scalar) -> Add(scalar) -> Conv (PP-LCNet's learnable affine block), or the affine's output as the graph output."""
+    b = GraphBuilder(26)
+    x = b.node("HardSwish", [b.conv("input", 3, 16)])
+    x = b.node("Mul", [x, b.const(np.asarray([1.7], np.float32), "lab_scale")])
+    x = b.node("Add", [x, b.const(np.asarray(-0.3, np.float32), "lab_bias")])
+    channels = 16
+    if after == "conv":
+        x, channels = b.conv(x, 16, 8), 8
+    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+                   [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, channels, 16, 16])], "learnable_affine")
+
+
+INTEGER_AFFINE = QuantConfig(latency_runs=0, quantize_output_layers=True, scalar_affine="int8")
+
+
+def test_a_scalar_affine_between_quantized_layers_runs_in_integers_with_its_constants_exact():
+    model = _learnable_affine_block()
+    quantized, report = quantize(model, calibrate_on(model, 24), config=INTEGER_AFFINE)
+    decisions = {d.op_type: d for d in report.decisions if d.op_type in ("HardSwish", "Mul", "Add")}
+    assert all(d.code == QuantReason.INTEGER_KERNEL for d in decisions.values()), decisions
+    kernels = report.onnxruntime_kernels
+    assert not {"HardSwish", "HardSigmoid", "Mul", "Add"} & set(kernels) and kernels["DequantizeLinear"] == 1, kernels  # only the graph output's
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in quantized.graph.initializer}
+    for constant, expected in (("lab_scale", np.float32(1.7)), ("lab_bias", np.float32(-0.3))):
+        (dq,) = [n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith(constant)]
+        codes, scale, zero = (inits[name] for name in dq.input)
+        assert codes.dtype == np.uint8 and codes.size == 1
+        assert np.float32(scale) * np.float32(int(codes.ravel()[0]) - int(zero)) == expected  # exact, not rounded to a grid
+    assert_close_to_float(model, quantized, 0.99)
+
+
+def test_a_scalar_affine_that_ends_the_graph_stays_float():
+    model = _learnable_affine_block(after="output")
+    quantized, report = quantize(model, calibrate_on(model, 24), config=INTEGER_AFFINE)
+    decisions = {d.op_type: d for d in report.decisions if d.op_type in ("HardSwish", "Mul", "Add")}
+    assert all(d.code == QuantReason.KEPT_FLOAT and "no quantized node reads" in d.reason.text for d in decisions.values()), decisions
+    assert {n.op_type for n in quantized.graph.node} >= {"HardSwish", "Mul", "Add"}
+    assert_close_to_float(model, quantized, 0.99)
+
+
+def _affine_decisions(report) -> dict:
+    return {d.op_type: d for d in report.decisions if d.op_type in ("Mul", "Add")}
+
+
+def test_scalar_affine_auto_keeps_the_float_form_when_it_cannot_time_it():
+    model = _learnable_affine_block()
+    data = calibrate_on(model, 24)
+    quantized, report = quantize(model, data, config=EVERY_LAYER)  # the default is auto; timing is off
+    assert report.scalar_affine["written"] == "float" and report.scalar_affine["nodes"] == 2
+    assert "not measured" in report.scalar_affine["why"]
+    assert all(d.code == QuantReason.KEPT_FLOAT and "not measured" in d.reason.text for d in _affine_decisions(report).values())
+    assert {"Mul", "Add"} <= {n.op_type for n in quantized.graph.node if not n.input[0].endswith("dequantized")}
+    _, forced = quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, scalar_affine="float"))
+    assert forced.scalar_affine == {}  # only auto measures and reports
+    _, plain = quantize(conv_bn_relu(), calibrate_on(conv_bn_relu()), config=EVERY_LAYER)
+    assert plain.scalar_affine == {}  # nothing to choose
+
+
+def _fake_timing(ratio_at_threads, ratio_at_one):
+    def fake(reference, candidate, feed, *, threads, **kwargs):
+        def comparison(ratio, count):
+            return LatencyComparison(count, {"median_ms": 1.0, "runs": 3}, {"median_ms": ratio, "runs": 3}) if ratio is not None else None
+        return comparison(ratio_at_threads, threads), comparison(ratio_at_one, 1)
+    return fake
+
+
+@pytest.mark.parametrize(("at_threads", "at_one", "written", "why"), [
+    (0.8, 0.9, "int8", "0.80x the float form's latency"),
+    (0.99, 0.8, "float", "not faster"),
+    (0.8, 1.05, "float", "slower at 1 thread"),
+])
+def test_scalar_affine_auto_writes_the_integer_form_only_when_measured_faster(monkeypatch, at_threads, at_one, written, why):
+    import onnxslim.quant.affine as affine_step
+
+    model = _learnable_affine_block()
+    monkeypatch.setattr(affine_step, "latency_ratios", _fake_timing(at_threads, at_one))
+    quantized, report = quantize(model, calibrate_on(model, 24), config=QuantConfig(latency_runs=3, quantize_output_layers=True, if_slower="write"))
+    assert report.scalar_affine["written"] == written and why in report.scalar_affine["why"], report.scalar_affine
+    assert report.scalar_affine["latency_vs_float_form"] == pytest.approx(at_threads)
+    integer = written == "int8"
+    assert all(d.quantized == integer for d in _affine_decisions(report).values())
+    assert any(n.op_type == "DequantizeLinear" and n.input[0].startswith("lab_scale") for n in quantized.graph.node) == integer
+    assert report.to_dict()["scalar_affine"]["written"] == written
+    assert_close_to_float(model, quantized, 0.99)
+
+
+def test_scalar_affine_auto_keeps_the_float_form_when_the_integer_form_misses_the_budget(monkeypatch):
+    import onnxslim.quant.affine as affine_step
+
+    model = _learnable_affine_block()
+    data = calibrate_on(model, 24)
+    monkeypatch.setattr(affine_step, "latency_ratios", _fake_timing(0.5, 0.5))
+    settings = {"latency_runs": 3, "quantize_output_layers": True, "if_slower": "write"}
+    _, unbounded = quantize(model, data, config=QuantConfig(accuracy_budget=None, **settings))
+    scores = unbounded.scalar_affine
+    assert scores["written"] == "int8" and scores["worst_score_integer_form"] < scores["worst_score_float_form"]  # the extra rounding costs a little
+    between = (scores["worst_score_integer_form"] + scores["worst_score_float_form"]) / 2
+    _, report = quantize(model, data, config=QuantConfig(accuracy_budget=between, **settings))
+    assert report.scalar_affine["written"] == "float" and "misses the accuracy budget" in report.scalar_affine["why"]
+    assert not report.kept_float_for_budget  # the float form met the budget by itself

@@ -14,6 +14,17 @@ RANKINGS = ("fast", "measured")  # how the accuracy budget ranks layers: by the 
 TARGETS = ("cpu", "cuda", "tensorrt")
 IF_SLOWER = ("keep-fp32", "write", "keep-int8", "fail")  # keep-int8: the older name of write
 PRECISIONS = ("int8", "fp16")
+SCALAR_AFFINE = ("auto", "int8", "float")  # auto: the pipeline builds both forms and measures; the planner itself plans 'auto' as 'float'
+
+
+def scalar_affine_setting():
+    """``--scalar-affine``, one definition for quantize and compress."""
+    return setting(
+        "auto", "Add/Mul of a quantized tensor and a constant scalar between quantized layers (a learnable scale or bias after an activation): "
+        "int8 = QLinearAdd/QLinearMul with the scalar exact; float = kept float; auto = both forms built and measured, "
+        "the integer one kept only when it is faster (at --threads and at 1 thread) and as faithful.",
+        choices=SCALAR_AFFINE,
+    )
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,7 @@ class QuantConfig:
         "int8", "LSTMs: weights stored INT8 per gate row as onnxruntime's DynamicQuantizeLSTM (inputs quantized per step at run time), or kept float.",
         choices=("int8", "float"),
     )
+    scalar_affine: str = scalar_affine_setting()
     concat_range_ratio: float = 16.0
     accuracy_budget: float | None = setting(
         0.99, "Keep the most sensitive layers in float until every output's score (--accuracy-metric) on held-out data reaches this; 'none': no search.",

@@ -122,6 +122,7 @@ class QuantPlan:
     zero_bias_for: dict[str, tuple[str, str]] = field(default_factory=dict)  # MatMul node -> (activation, weight)
     concat_candidates: list[str] = field(default_factory=list)
     hard_activations: dict[str, tuple[float, float]] = field(default_factory=dict)  # HardSigmoid/HardSwish node -> (alpha, beta), written as QLinearAdd
+    constant_operands: dict[str, int] = field(default_factory=dict)  # Add/Mul node -> index of its scalar constant input, written as an exact UINT8 DQ
     decisions: dict[str, NodeDecision] = field(default_factory=dict)
     signed: bool = False
     # body path -> the plan of that If branch or Loop/Scan body (nested bodies listed here too, not in their parents' plans)

@@ -29,6 +29,7 @@ from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
 from onnxslim.progress import track
+from onnxslim.quant.affine import integer_form_if_it_pays
 from onnxslim.quant.bodies import (
     BodyScopes,
     compared_body_nodes,
@@ -362,7 +363,9 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     ``measured``: the fully quantized model's comparisons on the search's batches, when already known.
     """
     batches = run.eval_batches[:SENSITIVITY_BATCHES]
-    candidates = [d.node for d in plan.decisions.values() if d.quantized and d.code not in (QuantReason.FOLDED, QuantReason.BIAS_FUSED)]
+    # an Add/Mul with a constant scalar follows its neighbours: integer while they are, float once either side is kept float
+    candidates = [d.node for d in plan.decisions.values() if d.quantized and d.code not in (QuantReason.FOLDED, QuantReason.BIAS_FUSED)
+                  and d.node not in plan.constant_operands]
     metric = run.config.accuracy_metric
     every = _ranked_by_added_noise(run, candidates, quantized, batches) if run.config.sensitivity == "fast" else _ranked_alone(run, candidates, batches)
     # tables and LSTMs keep their inputs float and hold most of the bytes: kept in float last, when nothing else will do
@@ -502,6 +505,8 @@ def quantize(
         if output is not None:
             write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
         return result, report
+    if config.scalar_affine == "auto":
+        run.plan(dataclasses.replace(config, scalar_affine="int8"))  # one calibration pass observes what both forms need
     plan = run.plan(config)
     tables = config.embeddings == "int8" and any(c.quantized for c in find_everywhere(run.prepared, run.scopes, find_tables))
     recurrent = config.recurrent == "int8" and any(c.quantized for c in find_everywhere(run.prepared, run.scopes, find_recurrent))
@@ -509,6 +514,8 @@ def quantize(
         reasons = sorted({d.reason.text for d in plan.decisions.values()})[:3]
         raise NothingToDoError(f"{run.label}: nothing to quantize ({'; '.join(reasons) or 'no nodes'})")
     plan, quantized, comparisons = _within_budget(run, config, report, eval_data is not None)
+    if config.scalar_affine == "auto" and config.target == "cpu":
+        plan, quantized, comparisons = integer_form_if_it_pays(run, config, report, plan, quantized, comparisons)
     report.warnings.extend(w for w in run.warnings if w not in report.warnings)
     report.decisions = list(plan.decisions.values())
     report.fidelity = comparisons

@@ -12,7 +12,8 @@ kernels (checked with its optimized-model dump): Conv with a quantized output
 becomes QLinearConv; MatMul or Gemm with a constant weight and an INT32 bias
 becomes QGemm (float output, so no output quantizer is needed); Add, Mul,
 GlobalAveragePool, AveragePool and Concat with quantized inputs and output
-become QLinear* ops; HardSigmoid and HardSwish are written as QLinearAdd (and
+become QLinear* ops, and so do an Add or Mul of a quantized tensor and a
+constant scalar (the scalar as one exact UINT8 code); HardSigmoid and HardSwish are written as QLinearAdd (and
 QLinearMul) on UINT8; MaxPool, Reshape, Transpose, Resize and the like run on
 UINT8 when the quantizers before and after them share one scale. ConvTranspose,
 Tanh, normalizations and reductions have no integer kernel and stay in float,
@@ -203,8 +204,32 @@ class Planner:
                 continue  # decided earlier: a Relu/Clip folded into its producer, a MatMul's bias Add
             reason = self._allowed(node) or rule_for(node.op_type, self.plan.signed)(self, node)
             self.decide(node, reason)
+        self._float_readers_keep_constant_operands_float()
         self._float_readers_keep_hard_activations_float()
         return self.plan
+
+    def _read_by_quantized(self, output: str) -> bool:
+        readers = self.consumers.get(output, [])
+        return output in self.graph_outputs or any(self.plan.decisions[r.name].quantized for r in readers if r.name in self.plan.decisions)
+
+    def _float_readers_keep_constant_operands_float(self) -> None:
+        """An Add/Mul with a constant scalar whose output no quantized node reads stays in float (last first, so chains unwind).
+
+        Like a hard activation's, its integer form pays off only when the next node takes UINT8.
+        """
+        order = [n for n in self.graph.node if n.name in self.plan.constant_operands]
+        for node in reversed(order):
+            output = node.output[0]
+            if output not in self.graph_outputs and self._read_by_quantized(output):
+                continue
+            constant = self.plan.constant_operands.pop(node.name)
+            del self.plan.activations[output]
+            self.quantized_outputs.discard(output)
+            data = self.plan.activations[node.input[1 - constant]]
+            data.readers.discard(node.name)
+            if not data.rewire_all and not data.readers:
+                del self.plan.activations[data.tensor]
+            self.decide(node, Reason(QuantReason.KEPT_FLOAT, "kept in float: no quantized node reads its output, so an integer form would only add rounding"))
 
     def _float_readers_keep_hard_activations_float(self) -> None:
         """A HardSigmoid / HardSwish whose output no quantized node reads stays in float.
@@ -215,8 +240,7 @@ class Planner:
         for name in list(self.plan.hard_activations):
             node = next(n for n in self.graph.node if n.name == name)
             output = node.output[0]
-            readers = self.consumers.get(output, [])
-            if output in self.graph_outputs or any(self.plan.decisions[r.name].quantized for r in readers if r.name in self.plan.decisions):
+            if self._read_by_quantized(output):
                 continue
             del self.plan.hard_activations[name]
             del self.plan.activations[output]

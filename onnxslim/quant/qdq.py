@@ -184,6 +184,25 @@ class _Emitter:
         del self.graph.node[:]
         self.graph.node.extend(kept)
 
+    def constant_operands(self) -> None:
+        """Give each planned Add/Mul's scalar constant a DequantizeLinear of one exact UINT8 code, so onnxruntime fuses it.
+
+        v > 0 is code 1 at scale v; v < 0 is code 0 at zero point 1 and scale -v; 0 is code 0. The code array keeps
+        the constant's shape, so broadcasting gives the node the output shape it had.
+        """
+        for node in self.graph.node:
+            index = self.plan.constant_operands.get(node.name)
+            if index is None:
+                continue
+            value = to_array(self.inits[node.input[index]])
+            v = float(value.reshape(()))
+            code, scale, zero = (1, v, 0) if v > 0 else (0, -v, 1) if v < 0 else (0, 1.0, 0)
+            base = f"{node.input[index]}_{node.name}"
+            output = self.name(f"{base}_dequantized")
+            self.dequantize(self.constant(f"{base}_quantized", np.full(value.shape, code, np.uint8)), self.constant(f"{base}_scale", np.asarray(scale, np.float32)),
+                            self.constant(f"{base}_zero_point", np.asarray(zero, np.uint8)), output, None)
+            node.input[index] = output
+
     def finish(self) -> onnx.ModelProto:
         self.graph.node.extend(self.new_nodes)
         topological_sort(self.graph)
@@ -202,4 +221,5 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, params: dict[str, tuple[
     emitter.biases(params)
     emitter.activations(params)
     emitter.hard_activations()
+    emitter.constant_operands()
     return emitter.finish()

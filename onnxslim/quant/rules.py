@@ -185,13 +185,36 @@ def hard_activation(planner: Planner, node: onnx.NodeProto) -> Reason:
 
 
 def integer_binary(planner: Planner, node: onnx.NodeProto) -> Reason:
-    """Add/Mul of two quantized tensors (residuals, SE scales): QLinearAdd/QLinearMul."""
-    if not (len(node.input) == 2 and all(n in planner.quantized_outputs for n in node.input)):
+    """Add/Mul of two quantized tensors (residuals, SE scales), or of one and a constant scalar: QLinearAdd/QLinearMul."""
+    if len(node.input) == 2 and all(n in planner.quantized_outputs for n in node.input):
+        for name in node.input:
+            planner.quantize_input(name, node)
+        planner.quantize_output(node, allow_fold=node.op_type == "Add")
+        return Reason(QuantReason.INTEGER_KERNEL, f"QLinear{node.op_type}: both inputs already quantized")
+    constant = _scalar_operand(planner, node)
+    if constant is None:
         return _inputs_not_quantized()
-    for name in node.input:
-        planner.quantize_input(name, node)
-    planner.quantize_output(node, allow_fold=node.op_type == "Add")
-    return Reason(QuantReason.INTEGER_KERNEL, f"QLinear{node.op_type}: both inputs already quantized")
+    planner.quantize_input(node.input[1 - constant], node)
+    planner.quantize_output(node, allow_fold=False)
+    planner.plan.constant_operands[node.name] = constant
+    return Reason(QuantReason.INTEGER_KERNEL, f"QLinear{node.op_type}: a quantized input and a constant scalar (one UINT8 code, exact)")
+
+
+def _scalar_operand(planner: Planner, node: onnx.NodeProto) -> int | None:
+    """The index of ``node``'s float scalar constant input when its other input is a quantized output, else None.
+
+    A scalar is one UINT8 code with its own scale, so the constant is exact: an affine step after an
+    activation (PP-LCNet's learnable scale and bias) then runs as QLinearMul/QLinearAdd between quantized layers.
+    """
+    if len(node.input) != 2 or planner.config.scalar_affine != "int8":
+        return None
+    for index, name in enumerate(node.input):
+        other = node.input[1 - index]
+        if name in planner.inits and other in planner.quantized_outputs:
+            value = to_array(planner.inits[name])
+            if value.dtype == np.float32 and value.size == 1 and np.isfinite(value).all():
+                return index
+    return None
 
 
 def concat(planner: Planner, node: onnx.NodeProto) -> Reason:

@@ -1,0 +1,86 @@
+"""``--scalar-affine auto``: build a constant-scalar Add/Mul in both forms and keep the integer one only when it pays.
+
+An Add or Mul of a quantized tensor and a constant scalar (a learnable scale or
+bias after an activation, as in PP-LCNet) can run as QLinearAdd/QLinearMul with
+the scalar as one exact UINT8 code, which takes the activation before it into
+integers too. Whether that is faster depends on the model and the thread count,
+and the extra requantization of its output costs some accuracy, so neither form
+is right everywhere: both are built with the same layers kept in float, and the
+integer form is written only when it is measured faster at the thread count the
+user deploys with (and not slower at 1 thread) and stays as faithful.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import onnx
+
+from onnxslim.measure import fidelity, worst_score
+from onnxslim.measure.latency import latency_ratios, threads_text
+from onnxslim.quant.decisions import NodeDecision, QuantPlan, QuantReason
+from onnxslim.reasons import Reason
+
+FASTER = 0.97  # the integer form must beat the float form's median latency by this factor at the deploy thread count
+LOSS_SLACK = 1.1  # ... and lose at most this multiple of the float form's accuracy loss (1 - worst score), plus ABSOLUTE_SLACK
+ABSOLUTE_SLACK = 0.001
+
+
+def scalar_affine_nodes(plan: QuantPlan) -> list[str]:
+    """The Add/Mul nodes ``plan`` writes with an exact scalar code, inside If/Loop/Scan bodies too."""
+    return list(plan.constant_operands) + [node for body in plan.bodies.values() for node in body.constant_operands]
+
+
+def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.ModelProto, comparisons: list):
+    """The plan, model and comparisons to write: the float form as given, or the integer form when it is measured to pay.
+
+    ``report.scalar_affine`` records what was measured and why one form was chosen; with the float
+    form the affected nodes' decisions say so. Nothing is recorded when the model has no such node.
+    """
+    keep_float = frozenset(entry["node"] for entry in report.kept_float_for_budget)
+    integer_plan, integer_model = run.build(dataclasses.replace(config, scalar_affine="int8"), keep_float)
+    nodes = scalar_affine_nodes(integer_plan)
+    if not nodes:
+        return plan, model, comparisons
+    metric = config.accuracy_metric
+    entry: dict = {"nodes": len(nodes), "written": "float"}
+    report.scalar_affine = entry
+    feed = run.eval_batches[0][1] if run.eval_batches else None
+    if config.latency_runs <= 0 or feed is None:
+        return _kept_float(plan, model, comparisons, nodes, entry, "not measured (timing is off): the float form is kept; --scalar-affine int8 writes the integer form")
+    integer_comparisons = fidelity(run.reference, integer_model, run.eval_batches)
+    score, integer_score = worst_score(comparisons, metric), worst_score(integer_comparisons, metric)
+    entry |= {"worst_score_float_form": score, "worst_score_integer_form": integer_score}
+    loss, integer_loss = 1.0 - score, 1.0 - integer_score
+    if math.isnan(integer_score) or (config.accuracy_budget is not None and integer_score < config.accuracy_budget):
+        return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form misses the accuracy budget ({metric} {integer_score:.5f})")
+    if not math.isnan(score) and integer_loss > loss * LOSS_SLACK + ABSOLUTE_SLACK:
+        return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form is less faithful ({metric} {integer_score:.5f} against {score:.5f})")
+    at_threads, at_one = latency_ratios(
+        model, integer_model, feed, threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
+        description="timing scalar Add/Mul: float vs integer form", labels=("float form", "integer form"),
+    )
+    entry["latency_vs_float_form"] = at_threads.ratio
+    if at_one is not None:
+        entry["latency_vs_float_form_1_thread"] = at_one.ratio
+    if at_threads.ratio is None or at_threads.ratio >= FASTER:
+        return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form is not faster ({_ratio(at_threads.ratio)} the float form's latency at {threads_text(config.threads)})")
+    if at_one is not None and at_one.ratio is not None and at_one.ratio > 1.0:
+        return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form is slower at 1 thread ({_ratio(at_one.ratio)} the float form's latency)")
+    entry["written"] = "int8"
+    entry["why"] = f"the integer form is {_ratio(at_threads.ratio)} the float form's latency at {threads_text(config.threads)}, {metric} {integer_score:.5f}"
+    return integer_plan, integer_model, integer_comparisons
+
+
+def _ratio(ratio: float | None) -> str:
+    return "unmeasured" if ratio is None else f"{ratio:.2f}x"
+
+
+def _kept_float(plan: QuantPlan, model, comparisons, nodes: list[str], entry: dict, why: str):
+    entry["why"] = why
+    decisions = dict(plan.decisions)
+    for node in nodes:
+        if node in decisions and not decisions[node].quantized:
+            decisions[node] = NodeDecision(node, decisions[node].op_type, Reason(QuantReason.KEPT_FLOAT, f"constant scalar {decisions[node].op_type} kept in float: {why}"))
+    return dataclasses.replace(plan, decisions=decisions), model, comparisons
