@@ -39,8 +39,8 @@ def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.Mo
     form the affected nodes' decisions say so. Nothing is recorded when the model has no such node.
     """
     keep_float = frozenset(entry["node"] for entry in report.kept_float_for_budget)
-    integer_plan, integer_model = run.build(dataclasses.replace(config, scalar_affine="int8"), keep_float)
-    nodes = scalar_affine_nodes(integer_plan)
+    integer_config = dataclasses.replace(config, scalar_affine="int8")
+    nodes = scalar_affine_nodes(run.plan(integer_config, keep_float))
     if not nodes:
         return plan, model, comparisons
     metric = config.accuracy_metric
@@ -49,6 +49,7 @@ def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.Mo
     feed = run.eval_batches[0][1] if run.eval_batches else None
     if config.latency_runs <= 0 or feed is None:
         return _kept_float(plan, model, comparisons, nodes, entry, "not measured (timing is off): the float form is kept; --scalar-affine int8 writes the integer form")
+    integer_plan, integer_model = run.build(integer_config, keep_float)
     integer_comparisons = fidelity(run.reference, integer_model, run.eval_batches)
     score, integer_score = worst_score(comparisons, metric), worst_score(integer_comparisons, metric)
     entry |= {"worst_score_float_form": score, "worst_score_integer_form": integer_score}

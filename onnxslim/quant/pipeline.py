@@ -505,7 +505,8 @@ def quantize(
         if output is not None:
             write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
         return result, report
-    if config.scalar_affine == "auto":
+    measure_scalar_affine = config.scalar_affine == "auto" and config.target == "cpu"
+    if measure_scalar_affine:
         run.plan(dataclasses.replace(config, scalar_affine="int8"))  # one calibration pass observes what both forms need
     plan = run.plan(config)
     tables = config.embeddings == "int8" and any(c.quantized for c in find_everywhere(run.prepared, run.scopes, find_tables))
@@ -514,7 +515,7 @@ def quantize(
         reasons = sorted({d.reason.text for d in plan.decisions.values()})[:3]
         raise NothingToDoError(f"{run.label}: nothing to quantize ({'; '.join(reasons) or 'no nodes'})")
     plan, quantized, comparisons = _within_budget(run, config, report, eval_data is not None)
-    if config.scalar_affine == "auto" and config.target == "cpu":
+    if measure_scalar_affine:
         plan, quantized, comparisons = integer_form_if_it_pays(run, config, report, plan, quantized, comparisons)
     report.warnings.extend(w for w in run.warnings if w not in report.warnings)
     report.decisions = list(plan.decisions.values())
