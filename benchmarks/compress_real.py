@@ -53,7 +53,7 @@ def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], 
     rows = [{"setting": "FP32", "path": str(task.model), "seconds": 0.0}]
     started = time.time()
     out = work / name / "int8.onnx"
-    quantize(task.model, str(data), config=QuantConfig(latency_runs=0, max_calibration_samples=calib), output=out)
+    quantize(task.model, str(data), config=QuantConfig(max_calibration_samples=calib), output=out)
     rows.append({"setting": "quantize (defaults)", "path": str(out), "seconds": time.time() - started})
     for ratio in args.torch_pruning:
         started = time.time()
@@ -64,7 +64,7 @@ def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], 
         peer = torch_pruning_minilm(ratio, work / name / f"torch_pruning_{ratio}.onnx")
         rows.append({"setting": f"Torch-Pruning {ratio:.0%} (L2, no recovery)", "path": str(peer), "seconds": time.time() - started})
         out = work / name / f"torch_pruning_{ratio}.int8.onnx"
-        quantize(peer, str(data), config=QuantConfig(latency_runs=0, max_calibration_samples=calib), output=out)
+        quantize(peer, str(data), config=QuantConfig(max_calibration_samples=calib), output=out)
         rows.append({"setting": f"Torch-Pruning {ratio:.0%} + quantize", "path": str(out), "seconds": time.time() - started})
     for budget in budgets:
         out = work / name / f"compress_{budget}.onnx"

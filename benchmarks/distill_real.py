@@ -25,6 +25,7 @@ Results: docs/distill-benchmark.md.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="distill's learning rate (default: distill's own)")
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--json", default=None, help="default: benchmarks/cache/distill_<task>.json")
+    parser.add_argument("--keep", type=Path, default=None, help="copy every model built into this folder (to quantize or time again later)")
     args = parser.parse_args()
     task = TASKS[args.task]
     feeds = eval_feeds(task)
@@ -58,7 +60,7 @@ def main() -> None:
         train = make(args.task, args.train, 8, root=work / "data") / "calib"
         rows = [("FP32", task.model, 0.0)]
         started = time.time()
-        quantize(task.model, str(train), config=QuantConfig(latency_runs=0, max_calibration_samples=64), output=work / "int8.onnx")
+        quantize(task.model, str(train), config=QuantConfig(max_calibration_samples=64), output=work / "int8.onnx")
         rows.append(("quantize", work / "int8.onnx", time.time() - started))
         notes = {}
         for ratio in (float(r) for r in args.ratios.split(",")):
@@ -79,8 +81,12 @@ def main() -> None:
             rows.append((f"prune {tag} + distill", work / f"d{tag}.onnx", time.time() - started))
             notes[tag] |= {"epochs": [e.to_dict() for e in report.epochs], "best_epoch": report.best_epoch, "score_before": report.score_before, "score_after": report.score_after}
             started = time.time()
-            quantize(work / f"d{tag}.onnx", str(train), config=QuantConfig(latency_runs=0, max_calibration_samples=64), output=work / f"d{tag}.int8.onnx")
+            quantize(work / f"d{tag}.onnx", str(train), config=QuantConfig(max_calibration_samples=64), output=work / f"d{tag}.int8.onnx")
             rows.append((f"prune {tag} + distill + quantize", work / f"d{tag}.int8.onnx", time.time() - started))
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for _, path, _ in rows[1:]:
+                shutil.copy(path, args.keep / Path(path).name)
         results = scored_and_timed(task, rows, feeds, reference, runs=args.runs)
     print(results_table(task, results))
     save_json(args.json or ROOT / "benchmarks" / "cache" / f"distill_{args.task}.json", {"rows": results, "distill": notes})

@@ -12,8 +12,10 @@ kernels (checked with its optimized-model dump): Conv with a quantized output
 becomes QLinearConv; MatMul or Gemm with a constant weight and an INT32 bias
 becomes QGemm (float output, so no output quantizer is needed); Add, Mul,
 GlobalAveragePool, AveragePool and Concat with quantized inputs and output
-become QLinear* ops, and so do an Add or Mul of a quantized tensor and a
-constant scalar (the scalar as one exact UINT8 code); HardSigmoid and HardSwish are written as QLinearAdd (and
+become QLinear* ops, and so does an Add or Mul of a quantized tensor and a
+constant scalar when the config plans ``scalar_affine='int8'`` (the scalar as
+one exact UINT8 code; 'auto' is planned as float, and :mod:`onnxslim.quant.affine`
+builds and measures both forms); HardSigmoid and HardSwish are written as QLinearAdd (and
 QLinearMul) on UINT8; MaxPool, Reshape, Transpose, Resize and the like run on
 UINT8 when the quantizers before and after them share one scale. ConvTranspose,
 Tanh, normalizations and reductions have no integer kernel and stay in float,
