@@ -144,8 +144,9 @@ class SessionFile:
 
     def __init__(self, model: onnx.ModelProto):
         self.paths: list[Path] = []
-        if not has_mapped(model) and _serialized_size(model) < SERIALIZE_LIMIT:
-            self.source: bytes | str = model.SerializeToString()
+        serialized = None if has_mapped(model) else _serialized(model)
+        if serialized is not None:
+            self.source: bytes | str = serialized
         else:
             folder = _home(model)
             stem = f"session-{os.getpid()}-{next(_COUNTER)}"
@@ -159,11 +160,13 @@ class SessionFile:
         self._finalizer()
 
 
-def _serialized_size(model: onnx.ModelProto) -> int:
+def _serialized(model: onnx.ModelProto) -> bytes | None:
+    """The model's bytes, or None when it is too big for one protobuf message (serializing is as fast as sizing it first)."""
     try:
-        return model.ByteSize()
-    except Exception:  # protobuf refuses to even size a message over 2 GiB
-        return SERIALIZE_LIMIT
+        data = model.SerializeToString()
+    except Exception:  # protobuf refuses to serialize a message over 2 GiB
+        return None
+    return data if len(data) < SERIALIZE_LIMIT else None
 
 
 def _unlink(paths: list[Path]) -> None:
