@@ -312,7 +312,7 @@ def _sensitivity_text(entry: dict, metric: str, label: str) -> str:
 ))
 @config_options(
     QuantConfig, "precision", "weights_only", "block_size", "symmetric", "accuracy_level", "target", "method", "percentile", "op_types", "exclude_nodes",
-    "exclude_op_types", "quantize_attention", "quantize_output_layers", "recurrent", "scalar_affine",
+    "exclude_op_types", "quantize_attention", "quantize_output_layers", "recurrent", "scalar_affine", "kept_float_weights",
     "embeddings", "accuracy_budget", "accuracy_metric", "sensitivity", "calibration_provider", "max_calibration_samples", "eval_fraction", "max_eval_batches",
 )
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")

@@ -601,3 +601,49 @@ def test_scalar_affine_auto_keeps_the_float_form_when_the_integer_form_misses_th
     _, report = quantize(model, data, config=QuantConfig(accuracy_budget=between, **settings))
     assert report.scalar_affine["written"] == "float" and "misses the accuracy budget" in report.scalar_affine["why"]
     assert not report.kept_float_for_budget  # the float form met the budget by itself
+
+
+def test_layers_kept_in_float_for_the_budget_store_their_weights_in_float16():
+    model, data = outlier_mlp(), outlier_inputs(30)
+    first = model.graph.node[0]
+    quantized, report = quantize(model, data, config=FAST)
+    assert [k["node"] for k in report.kept_float_for_budget] == [first.name]
+    (kept,) = [n for n in quantized.graph.node if n.name == first.name]
+    (cast,) = [n for n in quantized.graph.node if n.output[0] == kept.input[1]]
+    assert cast.op_type == "Cast"
+    half = {t.name: t for t in quantized.graph.initializer}[cast.input[0]]
+    assert half.data_type == TensorProto.FLOAT16
+    original = numpy_helper.to_array({t.name: t for t in model.graph.initializer}[first.input[1]])
+    np.testing.assert_array_equal(numpy_helper.to_array(half), original.astype(np.float16))
+    assert first.input[1] not in {t.name for t in quantized.graph.initializer}  # the float32 copy is gone
+    assert "weights stored in float16" in next(d for d in report.decisions if d.node == first.name).reason.text
+    assert "Cast" not in report.onnxruntime_kernels  # folded when onnxruntime loads the model
+    assert min(c.cosine for c in report.fidelity) >= 0.99  # the budget was measured with the float16 weights
+    _, full = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights="float32"))
+    assert full.sizes.quantized_bytes - report.sizes.quantized_bytes >= original.size * 2 - 512
+    assert "float16" not in next(d for d in full.decisions if d.node == first.name).reason.text
+
+
+def test_float16_weights_leave_shared_tiny_and_small_weights_as_they_are():
+    from onnxslim.quant.half_weights import store_weights_in_half
+
+    rng = np.random.default_rng(3)
+    weights = {"shared": rng.standard_normal((64, 128)), "tiny": 1e-7 * rng.standard_normal((128, 128)), "small": rng.standard_normal((128, 16)),
+               "back": rng.standard_normal((16, 128)), "own": rng.standard_normal((128, 64))}
+    steps = [("kept_a", "input", "shared", "a"), ("quantized_c", "input", "shared", "c"), ("kept_tiny", "ac", "tiny", "t"),
+             ("kept_small", "t", "small", "s"), ("quantized_back", "s", "back", "k"), ("kept_own", "k", "own", "out")]
+    nodes = [helper.make_node("MatMul", [x, w], [y], name=name) for name, x, w, y in steps]
+    nodes.insert(2, helper.make_node("Add", ["a", "c"], ["ac"], name="add"))
+    graph = helper.make_graph(nodes, "half", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 64])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 64])],
+                              [numpy_helper.from_array((w / 8).astype(np.float32), name) for name, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    feed = {"input": rng.standard_normal((2, 64)).astype(np.float32)}
+    before = run_model(model, feed)[0]
+    changed = store_weights_in_half(model, {"kept_a", "kept_tiny", "kept_small", "kept_own"})
+    assert changed == ["kept_own"]  # "shared" is also read by a quantized node; "tiny" falls below float16's range; "small" has 2,048 values
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    assert types["shared"] == types["tiny"] == types["small"] == TensorProto.FLOAT and "own" not in types
+    onnx.checker.check_model(model)
+    after = run_model(model, feed)[0]
+    assert np.abs(after - before).max() <= 2e-3 * np.abs(before).max()

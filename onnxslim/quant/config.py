@@ -81,6 +81,10 @@ class QuantConfig:
         choices=("int8", "float"),
     )
     scalar_affine: str = scalar_affine_setting()
+    kept_float_weights: str = setting(
+        "float16", "Weights of the layers --accuracy-budget keeps in float: float16 (half the bytes; cast back to float32 when the model loads, "
+        "and the budget is measured with them) or float32.", choices=("float16", "float32"),
+    )
     concat_range_ratio: float = 16.0
     accuracy_budget: float | None = setting(
         0.99, "Keep the most sensitive layers in float until every output's score (--accuracy-metric) on held-out data reaches this; 'none': no search.",

@@ -46,6 +46,7 @@ from onnxslim.quant.config import QuantConfig
 from onnxslim.quant.decisions import NodeDecision
 from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.half import quantize_half
+from onnxslim.quant.half_weights import store_weights_in_half
 from onnxslim.quant.params import activation_params
 from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats
 from onnxslim.quant.prepare import float_tensors, prepare
@@ -292,6 +293,8 @@ class QuantRun:
             plan = _with_int8_tables(plan, quantized, keep_float)
         if config.recurrent == "int8":
             plan = _with_int8_recurrent(plan, quantized, keep_float)
+        if keep_float and config.kept_float_weights == "float16":
+            plan = _with_half_weights(plan, quantized, keep_float)
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
@@ -314,6 +317,18 @@ def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: froze
         if choice.node in rewritten:
             text = f"table {choice.table} ({choice.elements:,} values) stored INT8 per row; the looked-up rows are turned back into float"
             decisions[choice.node] = NodeDecision(choice.node, "Gather", Reason(QuantReason.WEIGHT_ONLY, text))
+    return dataclasses.replace(plan, decisions=decisions)
+
+
+def _with_half_weights(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str]) -> QuantPlan:
+    """Store the weights of the main graph's layers kept in float for the budget in float16 (in place); their decisions say so."""
+    changed = set(store_weights_in_half(model, keep_float))
+    if not changed:
+        return plan
+    decisions = dict(plan.decisions)
+    for node in changed:
+        decision = decisions[node]
+        decisions[node] = NodeDecision(node, decision.op_type, Reason(decision.code, f"{decision.reason.text}; weights stored in float16"))
     return dataclasses.replace(plan, decisions=decisions)
 
 

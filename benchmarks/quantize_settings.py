@@ -1,0 +1,99 @@
+"""quantize with different settings on the same real model and data, side by side: what each setting buys.
+
+    python calibration/make_datasets.py rec det cls minilm
+    python benchmarks/quantize_settings.py --tasks det rec --settings scalar_affine=float scalar_affine=int8 scalar_affine=auto \\
+        accuracy_budget=none,scalar_affine=float accuracy_budget=none,scalar_affine=int8 accuracy_budget=none,scalar_affine=auto
+    python benchmarks/quantize_settings.py --tasks det --model pruned_det.onnx --label "det pruned 50% MACs + distilled" --settings ...
+    python benchmarks/quantize_settings.py --tasks minilm rec det --settings kept_float_weights=float32 kept_float_weights=float16
+
+Each ``--settings`` entry is one quantize run: comma-separated QuantConfig fields (``none`` for
+None) over quantize's defaults (timing on, so settings that measure, such as ``scalar_affine=auto``,
+do) with ``if_slower=write``. Every run calibrates on the first ``--calib`` samples of
+calibration/cache/<task>/calib and is scored on the task's held-out split by its metric (against the
+labels for rec and cls, against the FP32 model, or ``--model``, for det and minilm); every model is
+timed in one interleaved loop with that float model at 1 and 2 threads (median of ``--runs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.tasks import TASKS, Task, eval_feeds, first_samples, results_table, run_all, save_json, scored_and_timed  # noqa: E402
+from onnxslim import QuantConfig, quantize  # noqa: E402
+
+FIELDS = {f.name: f for f in dataclasses.fields(QuantConfig)}
+
+
+def parse_settings(text: str) -> dict:
+    """'accuracy_budget=none,scalar_affine=int8' -> QuantConfig keyword arguments, typed by each field's default."""
+    settings = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        if name not in FIELDS:
+            raise SystemExit(f"--settings: QuantConfig has no field '{name}'")
+        default = FIELDS[name].default
+        if value == "none":
+            settings[name] = None
+        elif isinstance(default, bool):
+            settings[name] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, int) and not isinstance(default, bool):
+            settings[name] = int(value)
+        elif isinstance(default, float) or name == "accuracy_budget":
+            settings[name] = float(value)
+        else:
+            settings[name] = value
+    return settings
+
+
+def bench(task: Task, model: Path, work: Path, calib_count: int, variants: list[str], runs: int) -> list[dict]:
+    calib = first_samples(task, calib_count, work / "calib")
+    feeds = eval_feeds(task)
+    reference = run_all(model, feeds)
+    rows: list[tuple] = [("FP32", model, 0.0, {"worst_cosine_reported": 1.0})]
+    for index, text in enumerate(variants):
+        out = work / f"{index}.onnx"
+        started = time.perf_counter()
+        _, report = quantize(model, str(calib), config=QuantConfig(**({"if_slower": "write"} | parse_settings(text))), output=out)
+        extra = {"written": report.written, "kept_float_for_budget": len(report.kept_float_for_budget), "scalar_affine": report.scalar_affine,
+                 "worst_cosine_reported": min(c.cosine for c in report.fidelity), "settings": text}
+        chose = f" (wrote the {report.scalar_affine['written']} form)" if "scalar_affine=auto" in text and report.scalar_affine else ""
+        rows.append((f"{text or 'defaults'}{chose}" + ("" if report.written == "int8" else f", wrote {report.written}"), out, time.perf_counter() - started, extra))
+        print(rows[-1][0], extra, flush=True)
+    return scored_and_timed(task, rows, feeds, reference, runs=runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["det", "rec"], choices=sorted(TASKS))
+    parser.add_argument("--settings", nargs="+", required=True, metavar="FIELD=VALUE[,FIELD=VALUE]", help="one quantize run each ('' for the defaults)")
+    parser.add_argument("--model", type=Path, default=None, help="quantize this model of the (single) task instead of the packaged one")
+    parser.add_argument("--label", default=None, help="what --model is, for the table")
+    parser.add_argument("--calib", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    if args.model is not None and len(args.tasks) != 1:
+        parser.error("--model goes with one task")
+    for text in args.settings:
+        parse_settings(text)  # fail before any work
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.tasks:
+            task = TASKS[name]
+            label = args.label or name
+            results[label] = bench(task, args.model or task.model, Path(folder) / name, args.calib, args.settings, args.runs)
+            table = results_table(task, results[label], (("worst output cosine reported", "worst_cosine_reported"),))
+            print(f"\n**{label}**\n\n{table}", flush=True)
+    save_json(args.json or ROOT / "benchmarks" / "cache" / "quantize_settings.json", results)
+
+
+if __name__ == "__main__":
+    main()
