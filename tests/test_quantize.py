@@ -619,6 +619,8 @@ def test_layers_kept_in_float_for_the_budget_store_their_weights_in_float16():
     assert "weights stored in float16" in next(d for d in report.decisions if d.node == first.name).reason.text
     assert "Cast" not in report.onnxruntime_kernels  # folded when onnxruntime loads the model
     assert min(c.cosine for c in report.fidelity) >= 0.99  # the budget was measured with the float16 weights
+    assert report.kept_float_weights["written"] == "float16" and report.kept_float_weights["layers"] == 1
+    assert report.kept_float_weights["bytes_saved"] >= original.size * 2 - 512
     _, full = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights="float32"))
     assert full.sizes.quantized_bytes - report.sizes.quantized_bytes >= original.size * 2 - 512
     assert "float16" not in next(d for d in full.decisions if d.node == first.name).reason.text
@@ -647,3 +649,24 @@ def test_float16_weights_leave_shared_tiny_and_small_weights_as_they_are():
     onnx.checker.check_model(model)
     after = run_model(model, feed)[0]
     assert np.abs(after - before).max() <= 2e-3 * np.abs(before).max()
+
+
+def test_float16_weights_that_break_the_budget_are_not_written(monkeypatch):
+    import onnxslim.quant.pipeline as pipeline_step
+    from onnxslim.quant.half_weights import store_weights_in_half
+
+    def halved_and_wrong(model, nodes, **kwargs):  # float16 weights that move the outputs far off
+        changed = store_weights_in_half(model, nodes, **kwargs)
+        for tensor in model.graph.initializer:
+            if tensor.data_type == TensorProto.FLOAT16:
+                tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
+        return changed
+
+    monkeypatch.setattr(pipeline_step, "store_weights_in_half", halved_and_wrong)
+    model, data = outlier_mlp(), outlier_inputs(30)
+    quantized, report = quantize(model, data, config=FAST)
+    assert report.kept_float_weights["written"] == "float32" and "below the budget" in report.kept_float_weights["why"]
+    assert report.kept_float_weights["worst_score_float16"] < 0.99 <= report.kept_float_weights["worst_score_float32"]
+    assert not any(t.data_type == TensorProto.FLOAT16 for t in quantized.graph.initializer)
+    assert min(c.cosine for c in report.fidelity) >= 0.99
+    assert not any("float16" in d.reason.text for d in report.decisions)

@@ -82,8 +82,8 @@ class QuantConfig:
     )
     scalar_affine: str = scalar_affine_setting()
     kept_float_weights: str = setting(
-        "float16", "Weights of the layers --accuracy-budget keeps in float: float16 (half the bytes; cast back to float32 when the model loads, "
-        "and the budget is measured with them) or float32.", choices=("float16", "float32"),
+        "float16", "Weights of the layers --accuracy-budget keeps in float: float16 (half the bytes; cast back to float32 when the model loads; "
+        "written only when every output still meets the budget with them) or float32.", choices=("float16", "float32"),
     )
     concat_range_ratio: float = 16.0
     accuracy_budget: float | None = setting(

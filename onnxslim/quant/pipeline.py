@@ -293,8 +293,6 @@ class QuantRun:
             plan = _with_int8_tables(plan, quantized, keep_float)
         if config.recurrent == "int8":
             plan = _with_int8_recurrent(plan, quantized, keep_float)
-        if keep_float and config.kept_float_weights == "float16":
-            plan = _with_half_weights(plan, quantized, keep_float)
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
@@ -320,16 +318,35 @@ def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: froze
     return dataclasses.replace(plan, decisions=decisions)
 
 
-def _with_half_weights(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str]) -> QuantPlan:
-    """Store the weights of the main graph's layers kept in float for the budget in float16 (in place); their decisions say so."""
-    changed = set(store_weights_in_half(model, keep_float))
+def _half_weights_within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, plan: QuantPlan, model: onnx.ModelProto, comparisons: list):
+    """The result with the weights of the layers kept in float for the budget stored in float16, when the outputs still meet it.
+
+    Done once the budget search has chosen its layers (float16 weights move some outputs, a peaked softmax
+    most, and the search's scores are not monotone: left to the search, they could change its choice).
+    ``report.kept_float_weights`` says what was measured and which was written.
+    """
+    keep_float = frozenset(entry["node"] for entry in report.kept_float_for_budget)
+    if config.kept_float_weights != "float16" or not keep_float or config.precision != "int8":
+        return plan, model, comparisons
+    half = onnx.ModelProto()
+    half.CopyFrom(model)
+    changed = set(store_weights_in_half(half, keep_float))
     if not changed:
-        return plan
+        return plan, model, comparisons
+    half_comparisons = fidelity(run.reference, half, run.eval_batches)
+    score, half_score = worst_score(comparisons, config.accuracy_metric), worst_score(half_comparisons, config.accuracy_metric)
+    saved = model_file_bytes(model) - model_file_bytes(half)
+    entry = {"layers": len(changed), "bytes_saved": saved, "worst_score_float32": score, "worst_score_float16": half_score}
+    report.kept_float_weights = entry
+    if config.accuracy_budget is not None and not half_score >= min(config.accuracy_budget, score):  # NaN fails
+        entry |= {"written": "float32", "why": f"with float16 weights an output's {config.accuracy_metric} falls to {half_score:.5f}, below the budget"}
+        return plan, model, comparisons
+    entry |= {"written": "float16", "why": f"{len(changed)} layer(s) kept in float store float16 weights ({saved / 1e6:.2f} MB less); {config.accuracy_metric} {half_score:.5f}"}
     decisions = dict(plan.decisions)
     for node in changed:
         decision = decisions[node]
         decisions[node] = NodeDecision(node, decision.op_type, Reason(decision.code, f"{decision.reason.text}; weights stored in float16"))
-    return dataclasses.replace(plan, decisions=decisions)
+    return dataclasses.replace(plan, decisions=decisions), half, half_comparisons
 
 
 def _with_int8_recurrent(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str]) -> QuantPlan:
@@ -532,6 +549,7 @@ def quantize(
     plan, quantized, comparisons = _within_budget(run, config, report, eval_data is not None)
     if measure_scalar_affine:
         plan, quantized, comparisons = integer_form_if_it_pays(run, config, report, plan, quantized, comparisons)
+    plan, quantized, comparisons = _half_weights_within_budget(run, config, report, plan, quantized, comparisons)
     report.warnings.extend(w for w in run.warnings if w not in report.warnings)
     report.decisions = list(plan.decisions.values())
     report.fidelity = comparisons
