@@ -333,6 +333,8 @@ def _half_weights_within_budget(run: QuantRun, config: QuantConfig, report: Quan
     changed = set(store_weights_in_half(half, keep_float))
     if not changed:
         return plan, model, comparisons
+    if has_mapped(run.original):
+        half = spill(half)  # the float16 copies join the other weights on disk
     half_comparisons = fidelity(run.reference, half, run.eval_batches)
     score, half_score = worst_score(comparisons, config.accuracy_metric), worst_score(half_comparisons, config.accuracy_metric)
     saved = model_file_bytes(model) - model_file_bytes(half)
