@@ -19,7 +19,7 @@ import onnx
 
 from onnxslim.measure import fidelity, worst_score
 from onnxslim.measure.latency import latency_ratios, threads_text
-from onnxslim.quant.decisions import NodeDecision, QuantPlan, QuantReason
+from onnxslim.quant.decisions import QuantPlan, QuantReason
 from onnxslim.reasons import Reason
 
 FASTER = 0.97  # the integer form must beat the float form's median latency by this factor at the deploy thread count
@@ -86,8 +86,6 @@ def _ratio(ratio: float | None) -> str:
 def _kept_float(plan: QuantPlan, model, comparisons, nodes: list[str], entry: dict, why: str, short: str):
     """The float form, with ``why`` in the report's entry and ``short`` in each affected node's decision."""
     entry["why"] = why
-    decisions = dict(plan.decisions)
-    for node in nodes:
-        if node in decisions and not decisions[node].quantized:
-            decisions[node] = NodeDecision(node, decisions[node].op_type, Reason(QuantReason.KEPT_FLOAT, f"constant scalar {decisions[node].op_type} kept in float: {short} (--report: scalar_affine)"))
-    return dataclasses.replace(plan, decisions=decisions), model, comparisons
+    kept = [plan.decisions[node] for node in nodes if node in plan.decisions and not plan.decisions[node].quantized]
+    reasons = {d.node: Reason(QuantReason.KEPT_FLOAT, f"constant scalar {d.op_type} kept in float: {short} (--report: scalar_affine)") for d in kept}
+    return plan.with_reasons(reasons), model, comparisons

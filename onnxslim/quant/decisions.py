@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -138,3 +140,10 @@ class QuantPlan:
     @property
     def quantized_nodes(self) -> list[str]:
         return [d.node for d in self.decisions.values() if d.quantized]
+
+    def with_reasons(self, reasons: Mapping[str, Reason]) -> QuantPlan:
+        """A copy whose decisions for the nodes of ``reasons`` carry those reasons (each node keeps its op type)."""
+        decisions = dict(self.decisions)
+        for node, reason in reasons.items():
+            decisions[node] = NodeDecision(node, decisions[node].op_type, reason)
+        return dataclasses.replace(self, decisions=decisions)

@@ -10,14 +10,12 @@ the float layer did, on float16-rounded weights.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import drop_unread_initializers
-from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, outer_references, subgraphs, to_array, unique_name
+from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, to_array, unique_name
 
 WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}  # op -> index of its weight input
 MIN_ELEMENTS = 4096  # smaller weights are not worth a Cast
@@ -42,12 +40,8 @@ def store_weights_in_half(model: onnx.ModelProto, nodes: frozenset[str] | set[st
     float16 keeps it within :data:`MAX_RELATIVE_ERROR`.
     """
     weights = initializer_map(model.graph)
-    readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            readers[name].append(node)
-    # read from inside an If/Loop body, or a graph output: kept as it is for those readers
-    elsewhere = {v.name for v in model.graph.output} | {name for node in model.graph.node for sub in subgraphs(node) for name in outer_references(sub)}
+    readers = consumers_map(model.graph)  # an If/Loop reading a weight inside its body is a reader not among ``nodes``
+    outputs = {v.name for v in model.graph.output}
     chosen: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         index = WEIGHTED.get(node.op_type)
@@ -57,7 +51,7 @@ def store_weights_in_half(model: onnx.ModelProto, nodes: frozenset[str] | set[st
         tensor = weights.get(name)
         if tensor is None or tensor.data_type != TensorProto.FLOAT or name in chosen:
             continue
-        if int(np.prod(tensor.dims)) < MIN_ELEMENTS or name in elsewhere or any(r.name not in nodes for r in readers[name]):
+        if int(np.prod(tensor.dims)) < MIN_ELEMENTS or name in outputs or any(r.name not in nodes for r in readers[name]):
             continue
         chosen[name] = readers[name]
     taken = all_value_names(model.graph) | set(reserved)

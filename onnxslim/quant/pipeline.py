@@ -344,11 +344,8 @@ def _half_weights_within_budget(run: QuantRun, config: QuantConfig, report: Quan
         entry |= {"written": "float32", "why": f"with float16 weights an output's {config.accuracy_metric} falls to {half_score:.5f}, below the budget"}
         return plan, model, comparisons
     entry |= {"written": "float16", "why": f"{len(changed)} layer(s) kept in float store float16 weights ({saved / 1e6:.2f} MB less); {config.accuracy_metric} {half_score:.5f}"}
-    decisions = dict(plan.decisions)
-    for node in changed:
-        decision = decisions[node]
-        decisions[node] = NodeDecision(node, decision.op_type, Reason(decision.code, f"{decision.reason.text}; weights stored in float16"))
-    return dataclasses.replace(plan, decisions=decisions), half, half_comparisons
+    reasons = {node: Reason(plan.decisions[node].code, f"{plan.decisions[node].reason.text}; weights stored in float16") for node in changed}
+    return plan.with_reasons(reasons), half, half_comparisons
 
 
 def _with_int8_recurrent(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str]) -> QuantPlan:
