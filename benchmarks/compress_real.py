@@ -2,6 +2,7 @@
 
     python benchmarks/compress_real.py --tasks rec,det,minilm --budgets 0.005,0.01,0.02 --calib 64 --threads 1,2
     python benchmarks/compress_real.py --tasks rec --budgets 0.04 --train 1000 --ratios 0.4 --distill 12
+    python benchmarks/compress_real.py --tasks rec --budgets 0.04 --train 1000 --ratios 0.4 --distill 12 --deploy-threads 1
     python benchmarks/compress_real.py --tasks minilm --torch-pruning 0.1,0.2
     python benchmarks/compress_real.py --tasks det --budgets 0.04 --train 800 --ratios 0.5,0.6 --prune-by macs --distill 9
 
@@ -70,7 +71,7 @@ def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], 
         out = work / name / f"compress_{budget}.onnx"
         started = time.time()
         try:
-            _, report = compress(task.model, str(data), config=CompressConfig(max_loss=budget, latency_runs=20, **extra), output=out, show_progress=True)
+            _, report = compress(task.model, str(data), config=CompressConfig(max_loss=budget, latency_runs=20, threads=args.deploy_threads, **extra), output=out, show_progress=True)
             rows.append({"setting": f"compress --max-loss {budget}", "path": str(out), "seconds": time.time() - started, "chosen": report.chosen,
                          "candidates": [c.to_dict() | {"details": None} for c in report.candidates]})
         except BudgetError as exc:
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=64)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--deploy-threads", type=int, default=0, help="compress --threads: the count its candidates are timed and chosen at (0: onnxruntime's default)")
     parser.add_argument("--train", type=int, default=0, help="build from this many samples rendered apart from the held-out set (default: the first --calib cached ones)")
     parser.add_argument("--ratios", default=None, help="compress --ratios (default: its own)")
     parser.add_argument("--prune-by", default="channels", choices=("channels", "macs", "params"), help="compress --prune-by")

@@ -2,6 +2,7 @@
 
     pip install torch==2.14.1 torchvision==0.29.1
     python benchmarks/quantize_silu.py --models efficientnet_b0 efficientnet_b3 mobilenet_v3_large regnet_y_400mf --threads 1 2
+    python benchmarks/quantize_silu.py --models convnext_tiny vit_b_16 swin_t --threads 1 2 --dynamic
 
 torchvision architectures with random weights (their BatchNorm statistics set by a
 few training-mode passes, see benchmarks/gpu_fp16.py): these rows prove graph
@@ -9,7 +10,8 @@ coverage and latency, not task accuracy. Each model is calibrated on ``--calib``
 random 224x224 images; output cosine is measured on ``--eval`` others. Latency:
 FP32 and every INT8 model interleaved, median of ``--runs``, at each thread count.
 onnxruntime.quantization runs with its defaults for static QDQ (per-tensor
-weights unless ``per_channel``: both are shown).
+weights unless ``per_channel``: both are shown), and with ``--dynamic`` its
+``quantize_dynamic`` too, the usual choice for transformers.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ def bench(name: str, work: Path, args) -> dict:
     for per_channel in (False, True):
         label = f"onnxruntime{' per-channel' if per_channel else ''}"
         models[label] = onnxruntime_static(fp32, calib, work / f"{name}.ort{int(per_channel)}.onnx", per_channel)
+    if args.dynamic:
+        from onnxruntime.quantization import quantize_dynamic
+
+        models["onnxruntime dynamic"] = work / f"{name}.ort-dynamic.onnx"
+        quantize_dynamic(str(fp32), str(models["onnxruntime dynamic"]))
     reference = run_all(fp32, held)
     row = {"model": name, "cosine": {}, "latency_ms": {}, "integer_kernels": report.integer_kernels, "mb": {}, "kept_float_for_budget": len(report.kept_float_for_budget)}
     for label, path in models.items():
@@ -92,6 +99,7 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=32)
     parser.add_argument("--eval", type=int, default=16)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--dynamic", action="store_true", help="also onnxruntime.quantization.quantize_dynamic (transformers: convnext_tiny, vit_b_16, swin_t)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "cache" / "quantize_silu.json")
     args = parser.parse_args()
     rows = []
