@@ -383,8 +383,9 @@ def _print_quantization(report) -> None:
         console.print(fidelity)
     for latency in (report.latency, report.latency_1_thread):
         if latency:
+            cleaned = f", cleaned FP32 {latency.fallback['median_ms']:.3f} ms" if latency.fallback else ""
             console.print(
-                f"latency ({threads_text(latency.threads)}, median of {latency.runs} interleaved runs): FP32 {latency.reference['median_ms']:.3f} ms, "
+                f"latency ({threads_text(latency.threads)}, median of {latency.runs} interleaved runs): FP32 {latency.reference['median_ms']:.3f} ms{cleaned}, "
                 f"{label} {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
                 highlight=False,
             )

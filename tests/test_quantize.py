@@ -261,6 +261,31 @@ def test_the_deploy_thread_count_decides_and_a_disagreement_at_1_thread_is_repor
     assert report.written == "fp32"
 
 
+def test_int8_must_beat_the_cleaned_fp32_model_it_would_otherwise_write(monkeypatch):
+    model = conv_bn_relu()
+    # faster than the original, slower than the cleaned FP32 model (BatchNorm folded) timed in the same loop
+    beaten = LatencyComparison(0, {"median_ms": 1.0, "runs": 3}, {"median_ms": 0.9, "runs": 3}, fallback={"median_ms": 0.8, "runs": 3})
+    calls = []
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: calls.append(k["fallback"]) or (beaten, None))
+    written, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3))
+    assert calls and calls[0] is not None and not any(n.op_type == "BatchNormalization" for n in calls[0].graph.node)
+    assert report.written == "fp32" and not any(n.op_type == "QuantizeLinear" for n in written.graph.node)
+    assert any("not faster than the cleaned FP32 model here (0.90x the original's latency, the cleaned FP32 model 0.80x" in w for w in report.warnings)
+    assert report.to_dict()["latency"]["fallback_ratio"] == pytest.approx(0.8)
+    ahead = LatencyComparison(0, {"median_ms": 1.0, "runs": 3}, {"median_ms": 0.7, "runs": 3}, fallback={"median_ms": 0.8, "runs": 3})
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (ahead, None))
+    _, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3))
+    assert report.written == "int8" and report.latency.ratio_to_fallback == pytest.approx(0.875)
+
+
+def test_quantize_times_the_cleaned_fp32_model_in_the_same_loop():
+    model = conv_bn_relu()
+    _, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3, threads=1, if_slower="write"))
+    timed = report.latency
+    assert timed.fallback["runs"] == timed.reference["runs"] == timed.candidate["runs"] == 3
+    assert timed.ratio_to_fallback == pytest.approx(timed.candidate["median_ms"] / timed.fallback["median_ms"])
+
+
 @pytest.mark.parametrize("sensitivity", ["fast", "measured"])
 def test_accuracy_budget_keeps_sensitive_layers_in_float(sensitivity):
     model = transformer_block()

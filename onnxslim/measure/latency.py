@@ -77,12 +77,13 @@ def also_one_thread(threads: int | None, provider: str = "CPUExecutionProvider")
 
 def disagreement(at_threads: LatencyComparison | None, at_one: LatencyComparison | None, subject: str) -> str | None:
     """A warning when the candidate is faster at one thread count and not at the other (``subject``: "INT8")."""
-    if at_threads is None or at_one is None or at_threads.ratio is None or at_one.ratio is None:
+    if at_threads is None or at_one is None or at_threads.ratio_to_fallback is None or at_one.ratio_to_fallback is None:
         return None
-    if (at_threads.ratio < 1.0) == (at_one.ratio < 1.0):
+    if (at_threads.ratio_to_fallback < 1.0) == (at_one.ratio_to_fallback < 1.0):
         return None
+    against = "the cleaned FP32 model's" if at_threads.fallback and at_one.fallback else "the original's"
     return (
-        f"{subject}: {at_one.ratio:.2f}x the original's latency at 1 thread but {at_threads.ratio:.2f}x at {threads_text(at_threads.threads)}; "
+        f"{subject}: {at_one.ratio_to_fallback:.2f}x {against} latency at 1 thread but {at_threads.ratio_to_fallback:.2f}x at {threads_text(at_threads.threads)}; "
         f"what was written follows {threads_text(at_threads.threads)} (--threads sets the count you deploy with)"
     )
 
@@ -93,24 +94,41 @@ class LatencyComparison(Record):
 
     ``reference`` and ``candidate`` are :func:`summarize_latency` results (runs,
     median, p90, min in milliseconds); ``ratio`` is candidate over reference median.
+    ``fallback``: the model written instead of the candidate when it does not pay
+    (quantize's cleaned FP32 model), timed in the same loop, or None.
     """
 
     threads: int | None
     reference: dict
     candidate: dict
     batch: str | None = None
+    fallback: dict | None = None
 
     @property
     def ratio(self) -> float | None:
-        ref, cand = self.reference.get("median_ms"), self.candidate.get("median_ms")
-        return cand / ref if ref and cand is not None else None
+        return _median_ratio(self.candidate, self.reference)
+
+    @property
+    def fallback_ratio(self) -> float | None:
+        """The fallback's latency over the reference's (None when it was not timed)."""
+        return _median_ratio(self.fallback, self.reference) if self.fallback else None
+
+    @property
+    def ratio_to_fallback(self) -> float | None:
+        """The candidate's latency over the fallback's, or over the reference's when no fallback was timed."""
+        return _median_ratio(self.candidate, self.fallback) if self.fallback else self.ratio
 
     @property
     def runs(self) -> int:
         return int(self.reference.get("runs", 0))
 
     def derived(self) -> dict:
-        return {"ratio": self.ratio}
+        return {"ratio": self.ratio} | ({"fallback_ratio": self.fallback_ratio} if self.fallback else {})
+
+
+def _median_ratio(numerator: dict, denominator: dict) -> float | None:
+    top, bottom = numerator.get("median_ms"), denominator.get("median_ms")
+    return top / bottom if bottom and top is not None else None
 
 
 def time_pair(
@@ -125,19 +143,25 @@ def time_pair(
 def latency_ratio(
     reference: ModelSource, candidate: ModelSource, feed: Mapping[str, np.ndarray], *, threads: int, runs: int, show_progress: bool = False,
     description: str = "timing FP32 vs INT8", labels: tuple[str, str] = ("float model", "quantized model"), provider: str = "CPUExecutionProvider",
+    fallback: ModelSource | None = None,
 ) -> LatencyComparison:
-    """Interleaved median latency of both models on one batch on ``provider``, and their ratio; ``labels`` name them in errors."""
+    """Interleaved median latency of both models (and ``fallback``, when given) on one batch on ``provider``; ``labels`` name them in errors."""
     runners = [Runner(reference, provider, threads=threads, label=labels[0]), Runner(candidate, provider, threads=threads, label=labels[1])]
-    return time_pair(runners[0], runners[1], feed, warmup=max(3, runs // 10), runs=runs, show_progress=show_progress, description=description)
+    if fallback is not None:
+        runners.append(Runner(fallback, provider, threads=threads, label=f"cleaned {labels[0]}"))
+    samples = interleaved_latency(runners, feed, warmup=max(3, runs // 10), runs=runs, show_progress=show_progress, description=description)
+    summaries = [summarize_latency(times) for times in samples]
+    return LatencyComparison(threads, summaries[0], summaries[1], fallback=summaries[2] if fallback is not None else None)
 
 
 def latency_ratios(
     reference: ModelSource, candidate: ModelSource, feed: Mapping[str, np.ndarray], *, threads: int, runs: int, show_progress: bool = False,
     description: str = "timing FP32 vs INT8", labels: tuple[str, str] = ("float model", "quantized model"), provider: str = "CPUExecutionProvider",
+    fallback: ModelSource | None = None,
 ) -> tuple[LatencyComparison, LatencyComparison | None]:
     """:func:`latency_ratio` at ``threads`` (the count the user deploys with), and at 1 thread when that is another count (else None)."""
-    at_threads = latency_ratio(reference, candidate, feed, threads=threads, runs=runs, show_progress=show_progress, description=description, labels=labels, provider=provider)
+    common = dict(runs=runs, show_progress=show_progress, labels=labels, provider=provider, fallback=fallback)
+    at_threads = latency_ratio(reference, candidate, feed, threads=threads, description=description, **common)
     if not also_one_thread(threads, provider):
         return at_threads, None
-    at_one = latency_ratio(reference, candidate, feed, threads=1, runs=runs, show_progress=show_progress, description=f"{description} (1 thread)", labels=labels, provider=provider)
-    return at_threads, at_one
+    return at_threads, latency_ratio(reference, candidate, feed, threads=1, description=f"{description} (1 thread)", **common)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
+from onnxslim.ir.mapped import has_mapped
 from onnxslim.measure import latency_ratios
 from onnxslim.measure.latency import disagreement, keep_fallback, threads_text
 
@@ -17,19 +18,32 @@ def faster_or_float(
 ) -> onnx.ModelProto:
     """``candidate``, or the cleaned FP32 model when it is not faster and ``config.if_slower`` keeps FP32; ``report`` says which and why.
 
+    The candidate is timed against the original and, in the same interleaved loop, against the cleaned
+    FP32 model that would be written instead (its folds can make it faster than the original): the
+    candidate is kept only when it is faster than that fallback. Models with weights in external data
+    skip the third session (memory) and are compared with the original alone.
+
     ``feed``: the batch to time on (None: not timed). ``subject`` ("INT8 is"),
     ``where`` ("here", "on cuda") and ``anyway`` (how to write it regardless)
     make the warning; ``written`` is what the report records when it is kept.
     """
     if config.latency_runs > 0 and feed is not None:
+        fallback = None if has_mapped(run.original) else run.cleaned
         report.latency, report.latency_1_thread = latency_ratios(
-            run.original, candidate, feed, threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress, description=description, labels=labels, provider=provider
+            run.original, candidate, feed, threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress, description=description,
+            labels=labels, provider=provider, fallback=fallback,
         )
         split = disagreement(report.latency, report.latency_1_thread, subject.rsplit(" ", 1)[0])  # "INT8 is" -> "INT8"
         if split:
             report.warnings.append(split)
-    ratio = report.latency.ratio if report.latency is not None else None
-    message = f"{subject} not faster than FP32 {where} ({ratio:.2f}x FP32 latency at {threads_text(config.threads)})" if ratio is not None else ""
+    latency = report.latency
+    ratio = latency.ratio_to_fallback if latency is not None else None
+    message = ""
+    if ratio is not None and latency.fallback:
+        message = (f"{subject} not faster than the cleaned FP32 model {where} ({latency.ratio:.2f}x the original's latency, the cleaned FP32 model "
+                   f"{latency.fallback_ratio:.2f}x, at {threads_text(config.threads)})")
+    elif ratio is not None:
+        message = f"{subject} not faster than FP32 {where} ({ratio:.2f}x FP32 latency at {threads_text(config.threads)})"
     use_fp32, warning = keep_fallback(ratio, config.if_slower, keep="keep-fp32", message=message, kept=f"wrote the cleaned FP32 model instead ({anyway})")
     if warning:
         report.warnings.append(warning)
