@@ -300,3 +300,24 @@ def test_a_layernorm_the_user_excluded_stays_spelled_out(save, npz_folder):
     converted, report = quantize(str(save(model)), str(npz_folder(batches)), config=config)
     assert "LayerNormalization" not in [n.op_type for n in converted.graph.node]
     assert {d.node: d.reason.code.value for d in report.decisions}["variance"] == "excluded_by_user"
+
+
+def _attention_like(weight_read_by: str) -> onnx.ModelProto:
+    """x @ Transpose(x) @ W, with W float16: read by a Cast to float32, or by the MatMul itself."""
+    w16 = numpy_helper.from_array(np.ones((4, 4), np.float16), "w16")
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "xt"], ["scores"])]
+    if weight_read_by == "cast":
+        nodes += [helper.make_node("Cast", ["w16"], ["w"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["scores", "w"], ["y"])]
+        io_type = TensorProto.FLOAT
+    else:
+        nodes += [helper.make_node("MatMul", ["scores", "w16"], ["y"])]
+        io_type = TensorProto.FLOAT16
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", io_type, [4, 4])], [helper.make_tensor_value_info("y", io_type, [4, 4])], [w16])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_float16_weights_cast_back_to_float32_keep_onnxruntimes_layout_pass():
+    from onnxslim.runtime.session import FLOAT16_DISABLED_OPTIMIZERS, disabled_optimizers
+
+    assert disabled_optimizers(_attention_like("cast")) == []  # computes in float32: timed as onnxruntime runs it for the user
+    assert disabled_optimizers(_attention_like("matmul")) == FLOAT16_DISABLED_OPTIMIZERS
