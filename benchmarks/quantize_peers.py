@@ -4,7 +4,8 @@
     python calibration/make_datasets.py rec det cls minilm --calib 1024 --eval 200
     python benchmarks/quantize_peers.py --tasks rec det cls minilm --markdown docs/quantization-benchmark.md
 
-Every tool gets the same calibration batches (the first N of calibration/cache/<task>/calib)
+Every tool gets the same calibration batches (the first N of calibration/cache/<task>/calib;
+``ort-dynamic``, onnxruntime's quantize_dynamic, computes its ranges at run time and needs none)
 and is scored on the same held-out evaluation set. Latency is the median of interleaved runs
 of the FP32 model and every quantized model on one evaluation input (batch 1), at 1 and 2
 threads. Calibration wall time and peak memory are measured in a fresh process per run.
