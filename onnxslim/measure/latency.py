@@ -133,11 +133,12 @@ def _median_ratio(numerator: dict, denominator: dict) -> float | None:
 
 def time_pair(
     reference: Runner, candidate: Runner, feed: Mapping[str, np.ndarray], *, warmup: int, runs: int, batch: str | None = None,
-    show_progress: bool = False, description: str = "timing",
+    show_progress: bool = False, description: str = "timing", fallback: Runner | None = None,
 ) -> LatencyComparison:
-    """Time two open sessions interleaved on ``feed``."""
-    ref_times, cand_times = interleaved_latency([reference, candidate], feed, warmup=warmup, runs=runs, show_progress=show_progress, description=description)
-    return LatencyComparison(reference.threads, summarize_latency(ref_times), summarize_latency(cand_times), batch)
+    """Time two open sessions (and ``fallback``, when given) interleaved on ``feed``."""
+    runners = [reference, candidate] + ([fallback] if fallback is not None else [])
+    summaries = [summarize_latency(times) for times in interleaved_latency(runners, feed, warmup=warmup, runs=runs, show_progress=show_progress, description=description)]
+    return LatencyComparison(reference.threads, summaries[0], summaries[1], batch, fallback=summaries[2] if fallback is not None else None)
 
 
 def latency_ratio(
@@ -147,11 +148,8 @@ def latency_ratio(
 ) -> LatencyComparison:
     """Interleaved median latency of both models (and ``fallback``, when given) on one batch on ``provider``; ``labels`` name them in errors."""
     runners = [Runner(reference, provider, threads=threads, label=labels[0]), Runner(candidate, provider, threads=threads, label=labels[1])]
-    if fallback is not None:
-        runners.append(Runner(fallback, provider, threads=threads, label=f"cleaned {labels[0]}"))
-    samples = interleaved_latency(runners, feed, warmup=max(3, runs // 10), runs=runs, show_progress=show_progress, description=description)
-    summaries = [summarize_latency(times) for times in samples]
-    return LatencyComparison(threads, summaries[0], summaries[1], fallback=summaries[2] if fallback is not None else None)
+    third = Runner(fallback, provider, threads=threads, label=f"cleaned {labels[0]}") if fallback is not None else None
+    return time_pair(runners[0], runners[1], feed, warmup=max(3, runs // 10), runs=runs, show_progress=show_progress, description=description, fallback=third)
 
 
 def latency_ratios(

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from onnxslim.errors import DataError, ModelLoadError, ProviderError, first_line
+from onnxslim.ir.graph import node_attr
 from onnxslim.ir.mapped import SessionFile
 from onnxslim.ir.scopes import all_nodes
 from onnxslim.runtime.providers import available_providers, provider_chain, short_name
@@ -109,7 +110,7 @@ def crashes_cpu_layout_pass(model: onnx.ModelProto) -> bool:
 
 
 def _casts_to(node: onnx.NodeProto, element_type: int) -> bool:
-    return node.op_type == "Cast" and any(a.name == "to" and a.i == element_type for a in node.attribute)
+    return node.op_type == "Cast" and node_attr(node, "to") == element_type
 
 
 def _computes_in_half(model: onnx.ModelProto) -> bool:
