@@ -141,6 +141,34 @@ def test_transformer_block_keeps_sensitive_paths_in_float():
     assert_close_to_float(model, quantized, 0.995)
 
 
+def _with_dynamic_sequence(model):
+    """``model`` with its sequence dim (dim 1 of inputs and outputs) left to the caller, as exporters write it."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.type.tensor_type.shape.dim[1].dim_param = "sequence"
+    return model
+
+
+def test_dynamic_sequence_matmul_keeps_its_bias_float():
+    # onnxruntime fuses MatMul + bias into QGemm only for a 2-D or fully static input; for a sequence of any length it
+    # runs MatMulIntegerToFloat, then the Add, so an INT32 bias would be dequantized on every run
+    model = _with_dynamic_sequence(transformer_block())
+    rng = np.random.default_rng(4)
+    data = [{"input": rng.standard_normal((1, length, 32)).astype(np.float32)} for length in (8, 5, 11) * 8]
+    quantized, report = quantize(model, data, config=FAST)
+    inits = initializers(quantized)
+    assert not stored_dq(quantized, inits, np.int32)
+    assert report.integer_kernels.get("MatMulIntegerToFloat", 0) >= 5 and "QGemm" not in report.integer_kernels
+    assert "DequantizeLinear" not in report.onnxruntime_kernels
+    linear = [d for d in report.decisions if d.op_type == "MatMul" and d.code == QuantReason.INTEGER_KERNEL]
+    assert len(linear) >= 5 and all("MatMulIntegerToFloat" in d.reason.text for d in linear)
+    original_biases = {t.name for t in model.graph.initializer if t.dims == [32] or t.dims == [64]}
+    adds = [n for n in quantized.graph.node if n.op_type == "Add" and any(i in original_biases for i in n.input)]
+    assert len(adds) >= 5  # the bias Adds still read the float initializers
+    for length in (3, 16):
+        feed = {"input": rng.standard_normal((1, length, 32)).astype(np.float32)}
+        assert cosine(run_model(model, feed)[0], run_model(quantized, feed)[0]) > 0.99
+
+
 def test_concat_of_differently_ranged_outputs_stays_float():
     model = mixed_range_concat()
     quantized, report = quantize(model, calibrate_on(model), config=FAST)

@@ -13,7 +13,7 @@ as they name main-graph ones.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import onnx
 from onnx import TensorProto, shape_inference
@@ -54,9 +54,12 @@ class BodyScopes:
 
 
 def plan_everywhere(model: onnx.ModelProto, scopes: BodyScopes, config: QuantConfig, float_names: set[str],
-                    keep_float: frozenset[str] = frozenset()) -> QuantPlan:
-    """The main graph's plan, with a plan per body in ``plan.bodies`` and every body node's decision among ``plan.decisions``."""
-    plan = make_plan(model, config, float_names, keep_float)
+                    keep_float: frozenset[str] = frozenset(), shapes: Mapping[str, tuple] | None = None) -> QuantPlan:
+    """The main graph's plan, with a plan per body in ``plan.bodies`` and every body node's decision among ``plan.decisions``.
+
+    ``shapes``: the main graph's tensor shapes where known (bodies are planned without them).
+    """
+    plan = make_plan(model, config, float_names, keep_float, shapes)
     model_outputs = {v.name for v in model.graph.output}
     owners = {n.name: n for n in model.graph.node}
     for body in scopes.bodies:

@@ -49,7 +49,7 @@ from onnxslim.quant.half import quantize_half
 from onnxslim.quant.half_weights import store_weights_in_half
 from onnxslim.quant.params import activation_params
 from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats
-from onnxslim.quant.prepare import float_tensors, prepare
+from onnxslim.quant.prepare import float_tensors_and_shapes, prepare
 from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.recurrent import find_recurrent, store_recurrent_in_int8
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
@@ -108,7 +108,7 @@ class QuantRun:
             if alignment.modified:
                 self.prepared = aligned
                 self.prepare_results.append(alignment)
-        self.float_names = float_tensors(self.prepared)
+        self.float_names, self.shapes = float_tensors_and_shapes(self.prepared)
         self.scopes = BodyScopes(self.prepared)
         self.provider = resolve_provider(config.calibration_provider)
         inputs = graph_inputs(self.original)
@@ -220,7 +220,7 @@ class QuantRun:
         Layers inside a body the calibration data never ran (an If branch no batch took) have no ranges:
         they stay in float, with a warning that names the body.
         """
-        plan = plan_everywhere(self.prepared, self.scopes, config, self.float_names, keep_float | frozenset(self.uncalibrated))
+        plan = plan_everywhere(self.prepared, self.scopes, config, self.float_names, keep_float | frozenset(self.uncalibrated), self.shapes)
         if any(t not in self.stats for t in plan.observed_tensors()):
             self.observe(plan)
         unseen = uncalibrated_bodies(plan, self.stats)
@@ -232,7 +232,7 @@ class QuantRun:
                     f"{path} never ran on the {self.calibration_batches} calibration batch(es): its {len(nodes)} layer(s) stay in float "
                     "(calibrate on data that runs it)"
                 )
-            plan = plan_everywhere(self.prepared, self.scopes, config, self.float_names, keep_float | frozenset(self.uncalibrated))
+            plan = plan_everywhere(self.prepared, self.scopes, config, self.float_names, keep_float | frozenset(self.uncalibrated), self.shapes)
         for node, path in self.uncalibrated.items():
             if node not in keep_float:
                 why = f"inside {path}, which never ran on the calibration data: no ranges to quantize it with"

@@ -10,7 +10,9 @@ with a reason. :mod:`onnxslim.quant.qdq` then turns the plan into nodes.
 Target 'cpu' follows what onnxruntime's CPU provider fuses into integer
 kernels (checked with its optimized-model dump): Conv with a quantized output
 becomes QLinearConv; MatMul or Gemm with a constant weight and an INT32 bias
-becomes QGemm (float output, so no output quantizer is needed); Add, Mul,
+becomes QGemm (float output, so no output quantizer is needed) where the input
+is 2-D or fully static, and a MatMul of a dynamically shaped input becomes
+MatMulIntegerToFloat followed by its float bias Add; Add, Mul,
 GlobalAveragePool, AveragePool and Concat with quantized inputs and output
 become QLinear* ops, and so does an Add or Mul of a quantized tensor and a
 constant scalar when the config plans ``scalar_affine='int8'`` (the scalar as
@@ -25,6 +27,7 @@ because quantizing around them only adds work.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -47,8 +50,10 @@ class Planner:
     plan being built; rules mark tensors through its helpers.
     """
 
-    def __init__(self, model: onnx.ModelProto, config: QuantConfig, float_tensors: set[str], keep_float: frozenset[str] = frozenset()):
+    def __init__(self, model: onnx.ModelProto, config: QuantConfig, float_tensors: set[str], keep_float: frozenset[str] = frozenset(),
+                 shapes: Mapping[str, tuple] | None = None):
         self.model = model
+        self.shapes = shapes or {}
         self.keep_float = keep_float
         self.graph = model.graph
         self.config = config
@@ -175,6 +180,17 @@ class Planner:
         self.plan.weight_readers.setdefault(name, set()).add(node.name)
         return True
 
+    def bias_fuses(self, activation: str) -> bool:
+        """Whether onnxruntime fuses a MatMul reading ``activation`` with its bias Add into QGemm.
+
+        It does for a 2-D input, and for a fully static one (reshaped to 2-D around the QGemm). Otherwise the
+        MatMul becomes MatMulIntegerToFloat and the Add stays: an INT32 bias would then be dequantized on
+        every run, and a zero bias added to a bias-less MatMul would be pure extra work. Unknown shapes are
+        assumed to fuse, so no Gemm silently loses its integer kernel.
+        """
+        shape = self.shapes.get(activation)
+        return shape is None or len(shape) == 2 or all(d is not None for d in shape)
+
     def matmul_bias(self, node: onnx.NodeProto) -> str | None:
         """The constant bias of the Add right after a MatMul, which QGemm fuses (marking that Add), or None."""
         readers = self.consumers.get(node.output[0], [])
@@ -254,12 +270,14 @@ class Planner:
             self.decide(node, Reason(QuantReason.KEPT_FLOAT, "kept in float: no quantized node reads its output, so an integer form would only add rounding"))
 
 
-def make_plan(model: onnx.ModelProto, config: QuantConfig, float_tensors: set[str], keep_float: frozenset[str] = frozenset()) -> QuantPlan:
+def make_plan(model: onnx.ModelProto, config: QuantConfig, float_tensors: set[str], keep_float: frozenset[str] = frozenset(),
+              shapes: Mapping[str, tuple] | None = None) -> QuantPlan:
     """Plan the quantization of a prepared model; ``float_tensors`` are the float32 tensor names.
 
     ``keep_float``: nodes kept in float for the accuracy budget (reported as such, not as the user's exclusions).
+    ``shapes``: tensor shapes where known (None for a dynamic dim); they decide how a MatMul's bias is written.
     """
-    return Planner(model, config, float_tensors, keep_float).run()
+    return Planner(model, config, float_tensors, keep_float, shapes).run()
 
 
 def drop_mixed_range_concats(plan: QuantPlan, model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], ratio: float) -> QuantPlan:

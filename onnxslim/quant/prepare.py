@@ -36,8 +36,8 @@ def prepare(model: onnx.ModelProto) -> list[PassResult]:
     return results + [r for r in NAMING(model) if r.modified]
 
 
-def float_tensors(model: onnx.ModelProto) -> set[str]:
-    """Names of float32 tensors, from the graph's declarations and shape inference."""
+def float_tensors_and_shapes(model: onnx.ModelProto) -> tuple[set[str], dict[str, tuple]]:
+    """Names of float32 tensors, and each tensor's shape (None for a dynamic dim) where known, from one shape inference."""
     try:
         inferred = shape_inference.infer_shapes(without_large_values(model), strict_mode=False)
     except Exception:  # inference is a help here, not a requirement
@@ -45,4 +45,9 @@ def float_tensors(model: onnx.ModelProto) -> set[str]:
     values = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
     names = {v.name for v in values if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type == TensorProto.FLOAT}
     names |= {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT}
-    return names
+    shapes = {
+        v.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim)
+        for v in values
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
+    }
+    return names, shapes
