@@ -383,3 +383,87 @@ def test_align_depthwise_channels_grows_a_layer_between_two_sets_on_both_axes():
     assert shapes[middle.input[1]] == (32, 48, 1, 1) and shapes[middle.input[2]] == (32,)
     assert len(work.graph.initializer) == len(model.graph.initializer)
     assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 4, 8, 8)).astype(np.float32)})
+
+
+PARALLEL_LINEAR = """
+<ir_version: 8, opset_import: ["" : OPSET]>
+g (float[1, S, 8] x) => (float[1, S, 4] q, float[1, S, 6] k, float[1, S, 8] v, float[1, S, 5] other) {
+    mq = MatMul (x, wq)
+    q = Add (mq, bq)
+    mk = MatMul (x, wk)
+    k = Add (bk, mk)
+    v = MatMul (x, wv)
+    other = MatMul (x, wo)
+}
+"""
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_merge_parallel_matmuls_keeps_every_output(opset):
+    from onnxslim.passes.parallel import merge_parallel_matmuls
+
+    model = with_weights(PARALLEL_LINEAR.replace("OPSET", str(opset)), wq=RNG.normal(size=(8, 4)), bq=RNG.normal(size=4),
+                         wk=RNG.normal(size=(8, 6)), bk=RNG.normal(size=6), wv=RNG.normal(size=(8, 8)), wo=RNG.normal(size=(8, 5)))
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(merge_parallel_matmuls)(work)
+    # q and k merge with their biases, v and other (no bias) with each other
+    assert result.modified and len(result.changes) == 2
+    assert sorted(n.op_type for n in work.graph.node) == ["Add", "MatMul", "MatMul", "Split", "Split"]
+    assert {t.name for t in work.graph.initializer}.isdisjoint({"wq", "bq", "wk", "bk", "wv", "wo"})
+    for length in (1, 7):
+        assert_same_outputs(model, work, {"x": RNG.normal(size=(1, length, 8)).astype(np.float32)})
+
+
+def test_merge_parallel_matmuls_leaves_shared_weights_and_named_nodes():
+    from onnxslim.passes.parallel import merge_parallel_matmuls
+
+    text = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[2, 8] x, float[2, 8] z) => (float[2, 4] a, float[2, 4] b, float[2, 4] c, float[2, 4] d) {
+    a = MatMul (x, w)
+    b = MatMul (x, u)
+    c = MatMul (z, w)
+    d = MatMul (x, t)
+}
+"""
+    model = with_weights(text, w=RNG.normal(size=(8, 4)), u=RNG.normal(size=(8, 4)), t=RNG.normal(size=(8, 4)))
+    for node, name in zip(model.graph.node, "abcd"):
+        node.name = name
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(lambda m: merge_parallel_matmuls(m, keep_separate=["d"]))(work)
+    # a's weight is also read by c, d is kept apart by name: only b is left, and one MatMul merges with nothing
+    assert not result.modified and [n.name for n in work.graph.node] == ["a", "b", "c", "d"]
+    assert [d.where for d in result.declined] == ["a"] and result.declined[0].reason.code == DeclineCode.SHARED_VALUE
+    (result,) = checked(merge_parallel_matmuls)(work)
+    assert result.modified and "b" in result.changes[0] and "d" in result.changes[0]
+    assert_same_outputs(model, work, {"x": RNG.normal(size=(2, 8)).astype(np.float32), "z": RNG.normal(size=(2, 8)).astype(np.float32)})
+
+
+def test_merge_parallel_matmuls_puts_int8_weights_and_their_scales_side_by_side():
+    from onnxslim.passes.parallel import merge_parallel_matmuls
+
+    text = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, S, 8] x) => (float[1, S, 4] a, float[1, S, 6] b) {
+    ka = DequantizeLinear <axis = 1> (qa, sa, za)
+    kb = DequantizeLinear <axis = 1> (qb, sb, zb)
+    a = MatMul (x, ka)
+    b = MatMul (x, kb)
+}
+"""
+    model = onnx.parser.parse_model(text)
+    for name, columns in (("a", 4), ("b", 6)):
+        model.graph.initializer.extend([
+            numpy_helper.from_array(RNG.integers(-127, 128, size=(8, columns)).astype(np.int8), f"q{name}"),
+            numpy_helper.from_array(RNG.uniform(0.01, 0.1, size=columns).astype(np.float32), f"s{name}"),
+            numpy_helper.from_array(np.zeros(columns, np.int8), f"z{name}"),
+        ])
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(merge_parallel_matmuls)(work)
+    assert result.modified
+    assert [n.op_type for n in work.graph.node] == ["DequantizeLinear", "MatMul", "Split"]
+    assert len(work.graph.initializer) == 4  # stored values, scales, zero points, widths
+    assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 5, 8)).astype(np.float32)})

@@ -28,6 +28,7 @@ from onnxslim.measure import RememberedReference, fidelity, tensor_fidelity, wor
 from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
+from onnxslim.passes.parallel import merge_parallel_matmuls
 from onnxslim.progress import track
 from onnxslim.quant.affine import integer_form_if_it_pays
 from onnxslim.quant.bodies import (
@@ -293,6 +294,9 @@ class QuantRun:
             plan = _with_int8_tables(plan, quantized, keep_float)
         if config.recurrent == "int8":
             plan = _with_int8_recurrent(plan, quantized, keep_float)
+        if config.target == "cpu":
+            # after planning, so the accuracy budget weighs and names every layer on its own
+            merge_parallel_matmuls(quantized, keep_separate=keep_float | frozenset(config.exclude_nodes))
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
