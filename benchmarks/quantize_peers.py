@@ -32,7 +32,8 @@ from benchmarks.timing import median_latencies  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "cache"
 INTEGER_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM"}
-TOOLS = ("onnxslim", "ort-default", "ort-best", "ort-dynamic", "nncf-default")
+TOOLS = ("onnxslim", "onnxslim-smooth", "ort-default", "ort-best", "ort-dynamic", "nncf-default")
+SMOOTH = 0.8  # onnxslim-smooth: quantize --smooth 0.8
 
 
 def calibration_batches(task, count: int) -> list[dict]:
@@ -48,14 +49,15 @@ def run_tool(tool: str, task_name: str, count: int, target: Path) -> None:
     """Quantize in this process (called in a child process so that peak memory is its own)."""
     task = TASKS[task_name]
     files = sorted(glob.glob(str(task.calib / "*.npz")))[:count]
-    if tool == "onnxslim":
+    if tool.startswith("onnxslim"):
         from onnxslim import QuantConfig, quantize
         from onnxslim.data.sources import NpzFolder
 
         source = NpzFolder(task.calib)
         source.files = [Path(f) for f in files]
         # every calibration batch is used for calibration; fidelity is checked on a few of them only
-        quantize(task.model, source, output=target, config=QuantConfig(eval_fraction=0.0, latency_runs=20, if_slower="keep-fp32"))
+        smooth = SMOOTH if tool == "onnxslim-smooth" else None
+        quantize(task.model, source, output=target, config=QuantConfig(eval_fraction=0.0, latency_runs=20, if_slower="keep-fp32", smooth=smooth))
         return
     if tool == "ort-dynamic":  # no calibration: activation ranges are computed at run time
         from onnxruntime.quantization import quantize_dynamic

@@ -35,7 +35,7 @@ from onnxslim.progress import stderr_console
 from onnxslim.prune import PruneConfig, prune
 from onnxslim.prune.importance import METHODS
 from onnxslim.quant import QuantConfig, quantize
-from onnxslim.quant.config import TARGETS, scalar_affine_setting
+from onnxslim.quant.config import TARGETS, scalar_affine_setting, smooth_setting
 from onnxslim.records import Record
 from onnxslim.runtime import Runner, available_providers, resolve_provider
 from onnxslim.runtime.write import write_verified
@@ -79,6 +79,7 @@ class CompressConfig:
         "every candidate timed on CUDA.", choices=TARGETS,
     )
     scalar_affine: str = scalar_affine_setting()
+    smooth: float | None = smooth_setting()
     max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
     eval_fraction: float = setting(0.2, "Share of --data held out to measure every candidate.", low=0.05, high=0.5)
     max_eval_batches: int = setting(64, "Measure fidelity on at most this many held-out batches.", low=1)
@@ -89,6 +90,8 @@ class CompressConfig:
         check_settings(self)
         if not self.ratios or any(not 0.0 < r < 1.0 for r in self.ratios):
             raise UsageError("--ratios must be numbers between 0 and 1 (exclusive), e.g. 0.1,0.2,0.3")
+        if self.smooth is not None and self.target != "cpu":
+            raise UsageError("--smooth applies to INT8 candidates (--target cpu); the cuda/tensorrt candidates are float16")
 
 
 @dataclass
@@ -283,7 +286,7 @@ def _quantized(
         _say(show_progress, f"compress: {name}" + (f" (again, quantize's budget {1 - allowance:.4f})" if attempt else ""))
         quant_config = QuantConfig(
             precision=_precision(config), target=config.target, threads=config.threads, if_slower="keep-int8", accuracy_budget=1.0 - allowance,
-            accuracy_metric=config.accuracy_metric, scalar_affine=config.scalar_affine,
+            accuracy_metric=config.accuracy_metric, scalar_affine=config.scalar_affine, smooth=config.smooth,
             latency_runs=config.latency_runs if config.scalar_affine == "auto" else 0,  # auto times both forms; compress times the candidates itself
         )
         try:

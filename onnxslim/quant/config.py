@@ -27,6 +27,15 @@ def scalar_affine_setting():
     )
 
 
+def smooth_setting():
+    """``--smooth``, one definition for quantize and compress."""
+    return setting(
+        None, "Move outlier input channels of MatMul layers into their weights before quantizing (SmoothQuant): channel j divided by "
+        "max|x_j|^ALPHA / max|W_j|^(1-ALPHA) with a Mul before the layer, weight row j multiplied by it; 0.8 suits transformers; 'none': off.",
+        low=0.0, high=1.0, low_open=True, metavar="ALPHA|none",
+    )
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """How to quantize.
@@ -81,6 +90,7 @@ class QuantConfig:
         choices=("int8", "float"),
     )
     scalar_affine: str = scalar_affine_setting()
+    smooth: float | None = smooth_setting()
     kept_float_weights: str = setting(
         "float16", "Weights of the layers --accuracy-budget keeps in float: float16 (half the bytes; cast back to float32 when the model loads; "
         "written only when every output still meets the budget with them) or float32.", choices=("float16", "float32"),
@@ -111,6 +121,8 @@ class QuantConfig:
         check_settings(self)
         if self.weights_only and self.precision != "int8":
             raise UsageError("--weights-only and --precision fp16 do not combine: choose one")
+        if self.smooth is not None and (self.weights_only or self.precision != "int8"):
+            raise UsageError("--smooth applies to static INT8 (activations quantized); drop it for --weights-only or --precision fp16")
         if self.block_size & (self.block_size - 1):
             raise UsageError(f"--block-size must be a power of two from 16 to 256 (got {self.block_size})")
 

@@ -54,6 +54,7 @@ from onnxslim.quant.prepare import float_tensors_and_shapes, prepare
 from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.recurrent import find_recurrent, store_recurrent_in_int8
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
+from onnxslim.quant.smooth import channel_maxima, smooth_inputs, smoothable
 from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
 from onnxslim.reasons import Reason
@@ -131,6 +132,28 @@ class QuantRun:
         self.uncalibrated: dict[str, str] = {}  # node -> the body it sits in, which calibration never ran
         self.calibration_batches = 0
         self.calibration_seconds = 0.0
+        if config.smooth is not None:
+            self._smooth(config.smooth)
+
+    def _smooth(self, alpha: float) -> None:
+        """Smooth the prepared model's MatMul inputs (see :mod:`onnxslim.quant.smooth`); the cleaned FP32 model stays as it was."""
+        if has_mapped(self.original):
+            self.warnings.append("--smooth skipped: the model's weights stay on disk (external data over 2 GB), and smoothing rewrites them")
+            return
+        smoothed = load_model(self.prepared)
+        groups = smoothable(smoothed, keep=self.config.exclude_nodes)
+        if not groups:
+            self.warnings.append("--smooth found no MatMul with a constant weight of its own to smooth")
+            return
+        start = time.perf_counter()
+        maxima = channel_maxima(self.prepared, list(groups), self.calib_source, provider=self.provider, total=self.calib_source.total,
+                                show_progress=self.show_progress)
+        result = smooth_inputs(smoothed, groups, maxima, alpha)
+        result.seconds = time.perf_counter() - start
+        self.prepare_results.append(result)
+        self.prepared = smoothed
+        self.float_names, self.shapes = float_tensors_and_shapes(self.prepared)
+        self.scopes = BodyScopes(self.prepared)
 
     @property
     def reference(self) -> RememberedReference:

@@ -1,0 +1,123 @@
+"""Move the outlier channels of MatMul inputs into their weights before quantizing (SmoothQuant).
+
+A transformer's activations often carry a few channels far larger than the rest
+(LayerNorm outputs, GELU outputs): one scale per tensor then rounds every other
+channel coarsely. ``x @ W == (x / s) @ (s * W)`` for any positive per-channel
+``s``: dividing channel j of the input by ``s_j = max|x_j|^a / max|W_j|^(1-a)``
+and multiplying row j of the weight by it flattens the input's range, at the
+price of a wider weight range, which per-column weight scales absorb better.
+The division is a Mul placed before the layer (one elementwise node per
+smoothed input); ``a`` near 1 moves more of the range into the weights.
+
+Smoothed: each float tensor read as the first input of MatMuls with a constant
+2-D float32 weight that no other node reads (scaling a shared weight would
+change its other readers); readers named in ``keep`` stay as they are. The
+channel maxima come from one pass over the calibration batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxslim.errors import DataError
+from onnxslim.ir.scopes import expose
+from onnxslim.ir.tensors import all_value_names, from_array, unique_name
+from onnxslim.passes.base import PassResult
+from onnxslim.passes.matching import GraphIndex
+from onnxslim.progress import track
+from onnxslim.runtime import Runner
+
+SCALE_LIMIT = 1e4  # a channel's scale is kept within [1 / limit, limit] of the tensor's typical one
+
+
+def smoothable(model: onnx.ModelProto, keep: Iterable[str] = ()) -> dict[str, list[onnx.NodeProto]]:
+    """Input tensor -> the MatMuls reading it whose weights may be scaled (see the module docstring)."""
+    index = GraphIndex(model.graph)
+    kept = set(keep)
+    found: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or node.name in kept or node.input[0] in index.constants:
+            continue
+        weight = index.array(node.input[1])
+        if weight is None or weight.dtype != np.float32 or weight.ndim != 2:
+            continue
+        if len(index.consumers.get(node.input[1], [])) != 1 or node.input[1] in index.outputs:
+            continue
+        found.setdefault(node.input[0], []).append(node)
+    return found
+
+
+def channel_maxima(model: onnx.ModelProto, tensors: list[str], batches, *, provider: str, total: int | None = None,
+                   show_progress: bool = False) -> dict[str, np.ndarray]:
+    """The largest magnitude of each channel (last axis) of ``tensors`` over ``batches`` ((label, feed) pairs)."""
+    inputs = {v.name for v in model.graph.input}
+    computed = [t for t in tensors if t not in inputs]
+    runner = Runner(expose(model, computed), provider, threads=None, label="channel maxima model")
+    maxima: dict[str, np.ndarray] = {}
+    for label, feed in track(batches, "channel maxima", total=total, enabled=show_progress):
+        values = dict(zip(computed, runner.run(feed, computed) if computed else []))
+        values.update({t: feed[t] for t in tensors if t in inputs})
+        for name, value in values.items():
+            value = np.asarray(value, np.float32)
+            if not np.isfinite(value).all():
+                raise DataError(f"{label}: the float model produces NaN/Inf in '{name}' on this batch")
+            flat = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+            maxima[name] = flat if name not in maxima else np.maximum(maxima[name], flat)
+    return maxima
+
+
+def channel_scales(input_maxima: np.ndarray, weight_maxima: np.ndarray, alpha: float) -> np.ndarray:
+    """s_j = max|x_j|^alpha / max|W_j|^(1 - alpha), normalized to a geometric mean of 1 and kept within SCALE_LIMIT.
+
+    A channel the weight ignores (a zero row) gets the largest scale: dividing it away costs nothing. A channel
+    that never moved keeps 1.
+    """
+    inputs = input_maxima.astype(np.float64)
+    weights = weight_maxima.astype(np.float64)
+    weights = np.maximum(weights, weights.max() / SCALE_LIMIT**2) if weights.max() > 0 else np.ones_like(weights)
+    live = inputs > 0
+    scales = np.ones_like(inputs)
+    scales[live] = inputs[live] ** alpha / weights[live] ** (1.0 - alpha)
+    if live.any():
+        scales[live] /= np.exp(np.mean(np.log(scales[live])))
+    return np.clip(scales, 1.0 / SCALE_LIMIT, SCALE_LIMIT)
+
+
+def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]], maxima: dict[str, np.ndarray], alpha: float) -> PassResult:
+    """Divide each input in ``groups`` by its channel scales (a Mul before its readers) and scale the readers' weight rows."""
+    result = PassResult("smooth-activations")
+    graph = model.graph
+    index = GraphIndex(graph)
+    taken = all_value_names(graph) | {n.name for n in graph.node}
+    inserted: dict[int, onnx.NodeProto] = {}
+    replaced: dict[str, onnx.TensorProto] = {}
+    for tensor, readers in groups.items():
+        weights = [index.array(node.input[1]) for node in readers]
+        if tensor not in maxima or maxima[tensor].shape != (weights[0].shape[0],):
+            continue
+        scales = channel_scales(maxima[tensor], np.max([np.abs(w).max(axis=1) for w in weights], axis=0), alpha)
+        inverse = from_array((1.0 / scales).astype(np.float32), unique_name(f"{tensor}_smoothing", taken))
+        graph.initializer.append(inverse)
+        smoothed = unique_name(f"{tensor}_smoothed", taken)
+        first = min(readers, key=lambda node: list(graph.node).index(node))
+        inserted[id(first)] = helper.make_node("Mul", [tensor, inverse.name], [smoothed], name=unique_name(f"{first.name}_smoothing", taken))
+        for node, weight in zip(readers, weights):
+            replaced[node.input[1]] = from_array((weight * scales[:, None]).astype(np.float32), node.input[1])
+            node.input[0] = smoothed
+        result.change(f"{tensor}: {len(readers)} MatMul(s) ({', '.join(n.name for n in readers)}), largest channel scale {scales.max():.3g}")
+    if replaced:
+        for tensor in graph.initializer:
+            if tensor.name in replaced:
+                tensor.CopyFrom(replaced[tensor.name])
+        nodes = []
+        for node in graph.node:
+            if id(node) in inserted:
+                nodes.append(inserted[id(node)])
+            nodes.append(node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return result

@@ -1,0 +1,78 @@
+"""--smooth: outlier input channels of MatMul layers moved into their weights before quantizing."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from models.builders import outlier_inputs, outlier_mlp, transformer_block
+from onnxslim import QuantConfig, quantize
+from onnxslim.cli import main
+from onnxslim.errors import UsageError
+from onnxslim.quant.smooth import SCALE_LIMIT, channel_maxima, channel_scales, smooth_inputs, smoothable
+from tests.conftest import run_model
+
+
+def test_channel_scales_follow_alpha_and_spare_dead_channels():
+    inputs = np.array([1.0, 4.0, 16.0, 0.0, 2.0])
+    weights = np.array([1.0, 1.0, 1.0, 1.0, 0.0])
+    scales = channel_scales(inputs, weights, alpha=0.5)
+    live = scales[:3]
+    np.testing.assert_allclose(live[1] / live[0], 2.0)  # sqrt of the input ratio at alpha 0.5
+    np.testing.assert_allclose(live[2] / live[0], 4.0)
+    assert scales[3] == 1.0  # a channel that never moved keeps its value
+    assert scales[4] > 100 * scales[:3].max() and scales.max() <= SCALE_LIMIT  # a channel no weight reads is divided away
+    full = channel_scales(inputs[:3], weights[:3], alpha=1.0)
+    np.testing.assert_allclose(inputs[:3] / full, inputs[0] / full[0])  # alpha 1 flattens the input's range
+    np.testing.assert_allclose(np.exp(np.mean(np.log(full))), 1.0)
+
+
+def test_smoothing_keeps_the_float_model_exact_and_skips_shared_weights():
+    model = transformer_block()
+    data = [{"input": np.random.default_rng(i).standard_normal((1, 8, 32)).astype(np.float32)} for i in range(6)]
+    groups = smoothable(model)
+    # query, key and value read one LayerNorm output: one Mul serves the three
+    assert max(len(readers) for readers in groups.values()) == 3
+    maxima = channel_maxima(model, list(groups), [(str(i), feed) for i, feed in enumerate(data)], provider="CPUExecutionProvider")
+    smoothed = onnx.ModelProto()
+    smoothed.CopyFrom(model)
+    result = smooth_inputs(smoothed, smoothable(smoothed), maxima, alpha=0.8)
+    assert result.modified and len(result.changes) == len(groups)
+    assert sum(1 for n in smoothed.graph.node if n.op_type == "Mul") == sum(1 for n in model.graph.node if n.op_type == "Mul") + len(groups)
+    for feed in data[:2]:
+        np.testing.assert_allclose(run_model(model, feed)[0], run_model(smoothed, feed)[0], rtol=1e-4, atol=1e-4)
+    shared = onnx.ModelProto()
+    shared.CopyFrom(model)
+    first = next(n for n in shared.graph.node if n.op_type == "MatMul" and n.input[1] in {t.name for t in shared.graph.initializer})
+    second = next(n for n in shared.graph.node if n.op_type == "MatMul" and n is not first and n.input[0] != first.input[0]
+                  and n.input[1] in {t.name for t in shared.graph.initializer})
+    second.input[1] = first.input[1]  # one weight read by two layers of different inputs (same shape in this block)
+    assert all(first.name not in {n.name for n in readers} for readers in smoothable(shared).values())
+
+
+def test_smooth_rescues_a_layer_whose_input_scale_an_outlier_channel_sets():
+    model, data = outlier_mlp(), outlier_inputs(30)
+    _, plain = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
+    _, smoothed = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, smooth=0.8))
+    assert plain.fidelity[0].cosine < 0.5 < 0.99 < smoothed.fidelity[0].cosine
+    assert [p.name for p in smoothed.prepare].count("smooth-activations") == 1
+    # with the default budget the layer no longer needs to stay in float
+    _, budgeted = quantize(model, data, config=QuantConfig(latency_runs=0, smooth=0.8))
+    assert not budgeted.kept_float_for_budget and budgeted.fidelity[0].cosine >= 0.99
+
+
+def test_smooth_from_the_command_line(save, npz_folder, tmp_path):
+    path, folder = save(outlier_mlp()), npz_folder(outlier_inputs(30))
+    report = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--data", str(folder), "--latency-runs", "0",
+                                       "--accuracy-budget", "none", "--smooth", "0.8", "--report", str(report), "-q"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(report.read_text())
+    assert written["fidelity"][0]["cosine"] > 0.99
+    assert any(p["pass"] == "smooth-activations" and p["modified"] for p in written["prepare"])
+    bad = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "w.onnx"), "--weights-only", "int8", "--smooth", "0.8"])
+    assert bad.exit_code == 2 and "--smooth" in bad.output and "Traceback" not in bad.output
+    with pytest.raises(UsageError, match="--smooth"):
+        QuantConfig(smooth=1.5)
