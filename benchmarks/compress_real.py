@@ -3,6 +3,7 @@
     python benchmarks/compress_real.py --tasks rec,det,minilm --budgets 0.005,0.01,0.02 --calib 64 --threads 1,2
     python benchmarks/compress_real.py --tasks rec --budgets 0.04 --train 1000 --ratios 0.4 --distill 12
     python benchmarks/compress_real.py --tasks rec --budgets 0.04 --train 1000 --ratios 0.4 --distill 12 --deploy-threads 1
+    python benchmarks/compress_real.py --tasks rec --budgets 0.04 --train 1000 --ratios 0.4 --distill 12 --deploy-threads 1 --smooth 0.8
     python benchmarks/compress_real.py --tasks minilm --torch-pruning 0.1,0.2
     python benchmarks/compress_real.py --tasks det --budgets 0.04 --train 800 --ratios 0.5,0.6 --prune-by macs --distill 9
 
@@ -46,7 +47,7 @@ def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], 
     task = TASKS[name]
     data = make(name, args.train, 8, root=work / name / "rendered") / "calib" if args.train else first_samples(task, calib, work / name / "calib")
     extra = {"ratios": tuple(float(r) for r in args.ratios.split(","))} if args.ratios else {}
-    extra |= {"prune_by": args.prune_by}
+    extra |= {"prune_by": args.prune_by, "smooth": args.smooth}
     if args.distill:
         extra |= {"distill": True, "distill_epochs": 20, "distill_time_budget": args.distill, "distill_lr": args.lr}
     feeds = eval_feeds(task)
@@ -56,6 +57,11 @@ def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], 
     out = work / name / "int8.onnx"
     quantize(task.model, str(data), config=QuantConfig(max_calibration_samples=calib), output=out)
     rows.append({"setting": "quantize (defaults)", "path": str(out), "seconds": time.time() - started})
+    if args.smooth is not None:
+        started = time.time()
+        out = work / name / "int8_smooth.onnx"
+        quantize(task.model, str(data), config=QuantConfig(max_calibration_samples=calib, smooth=args.smooth), output=out)
+        rows.append({"setting": f"quantize --smooth {args.smooth}", "path": str(out), "seconds": time.time() - started})
     for ratio in args.torch_pruning:
         started = time.time()
         ours = work / name / f"prune_{ratio}.onnx"
@@ -117,6 +123,7 @@ def main() -> None:
     parser.add_argument("--prune-by", default="channels", choices=("channels", "macs", "params"), help="compress --prune-by")
     parser.add_argument("--distill", type=float, default=None, metavar="MIN", help="compress --distill, each pruned candidate for up to MIN minutes")
     parser.add_argument("--lr", type=float, default=None, help="compress --distill-lr (default: distill's own)")
+    parser.add_argument("--smooth", type=float, default=None, metavar="ALPHA", help="quantize/compress --smooth (adds a quantize --smooth row)")
     parser.add_argument("--torch-pruning", default="", metavar="R,R,...",
                         help="minilm only: also Torch-Pruning at these ratios of heads and FFN neurons, alone and quantized by onnxslim, "
                         "and onnxslim prune at the same ratios (needs torch-pruning)")

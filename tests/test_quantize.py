@@ -139,6 +139,8 @@ def test_transformer_block_keeps_sensitive_paths_in_float():
         assert next(a.i for a in node.attribute if a.name == "axis") == 1  # MatMul weight (K, N)
     # query, key and value read one input: merged into one QGemm and a Split, after the plan weighed each on its own
     assert ops(quantized)["Split"] == 1 and report.integer_kernels.get("QGemm", 0) >= 3
+    merged = [p for p in report.prepare if p.name == "merge-parallel-matmuls"]
+    assert len(merged) == 1 and len(merged[0].changes) == 1  # the report says what was merged
     assert sum(1 for d in report.decisions if d.op_type == "MatMul" and d.code == QuantReason.INTEGER_KERNEL) >= 5
     assert_close_to_float(model, quantized, 0.995)
 
@@ -538,6 +540,18 @@ def test_the_fp32_fallback_is_written_without_the_aligned_channels(monkeypatch):
     assert report.written == "fp32"
     groups = [a.i for n in written.graph.node for a in n.attribute if a.name == "group" and a.i > 1]
     assert groups == [24]
+
+
+def test_the_fp32_fallback_has_its_parallel_matmuls_merged_too(monkeypatch):
+    model = _with_dynamic_sequence(transformer_block())
+    slower = LatencyComparison(1, {"median_ms": 1.0, "runs": 3}, {"median_ms": 1.4, "runs": 3})
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (slower, None))
+    data = [{"input": np.random.default_rng(i).standard_normal((1, 8, 32)).astype(np.float32)} for i in range(12)]
+    written, report = quantize(model, data, config=QuantConfig(latency_runs=3))
+    assert report.written == "fp32" and not any(n.op_type == "QuantizeLinear" for n in written.graph.node)
+    assert ops(written)["Split"] == 1 and ops(written)["MatMul"] == ops(model)["MatMul"] - 2
+    feed = {"input": np.random.default_rng(99).standard_normal((1, 5, 32)).astype(np.float32)}
+    np.testing.assert_allclose(run_model(model, feed)[0], run_model(written, feed)[0], rtol=1e-4, atol=1e-4)
 
 
 def test_a_hardswish_no_quantized_node_reads_stays_float():

@@ -27,6 +27,7 @@ from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import RememberedReference, fidelity, tensor_fidelity, worst_score
 from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
+from onnxslim.passes import PassResult
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
 from onnxslim.passes.parallel import merge_parallel_matmuls
 from onnxslim.progress import track
@@ -110,6 +111,10 @@ class QuantRun:
             if alignment.modified:
                 self.prepared = aligned
                 self.prepare_results.append(alignment)
+        if config.target == "cpu" and not has_mapped(self.original):
+            cleaned = load_model(self.cleaned)
+            if merge_parallel_matmuls(cleaned).modified:
+                self.cleaned = cleaned  # the float fallback gets the merge the INT8 model gets when it is built
         self.float_names, self.shapes = float_tensors_and_shapes(self.prepared)
         self.scopes = BodyScopes(self.prepared)
         self.provider = resolve_provider(config.calibration_provider)
@@ -132,6 +137,7 @@ class QuantRun:
         self.uncalibrated: dict[str, str] = {}  # node -> the body it sits in, which calibration never ran
         self.calibration_batches = 0
         self.calibration_seconds = 0.0
+        self.merges: dict[int, PassResult] = {}  # id of a built model -> the parallel MatMuls its build merged
         if config.smooth is not None:
             self._smooth(config.smooth)
 
@@ -319,7 +325,7 @@ class QuantRun:
             plan = _with_int8_recurrent(plan, quantized, keep_float)
         if config.target == "cpu":
             # after planning, so the accuracy budget weighs and names every layer on its own
-            merge_parallel_matmuls(quantized, keep_separate=keep_float | frozenset(config.exclude_nodes))
+            self.merges[id(quantized)] = merge_parallel_matmuls(quantized, keep_separate=keep_float | frozenset(config.exclude_nodes))
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
@@ -577,6 +583,9 @@ def quantize(
         plan, quantized, comparisons = integer_form_if_it_pays(run, config, report, plan, quantized, comparisons)
     plan, quantized, comparisons = _half_weights_within_budget(run, config, report, plan, quantized, comparisons)
     report.warnings.extend(w for w in run.warnings if w not in report.warnings)
+    merged = run.merges.get(id(quantized))
+    if merged is not None and merged.modified:
+        report.prepare = [*report.prepare, merged]
     report.decisions = list(plan.decisions.values())
     report.fidelity = comparisons
     report.calibration = CalibrationSummary(run.calibration_batches, run.calibration_seconds, _peak_rss_mb())
