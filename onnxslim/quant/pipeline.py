@@ -55,7 +55,7 @@ from onnxslim.quant.prepare import float_tensors_and_shapes, prepare
 from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.recurrent import find_recurrent, store_recurrent_in_int8
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
-from onnxslim.quant.smooth import channel_maxima, smooth_inputs, smoothable
+from onnxslim.quant.smooth import MAXIMA_BATCHES, channel_maxima, smooth_inputs, smoothable
 from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
 from onnxslim.reasons import Reason
@@ -152,8 +152,9 @@ class QuantRun:
             self.warnings.append("--smooth found no MatMul with a constant weight of its own to smooth")
             return
         start = time.perf_counter()
-        maxima = channel_maxima(self.prepared, list(groups), self.calib_source, provider=self.provider, total=self.calib_source.total,
-                                show_progress=self.show_progress)
+        total = MAXIMA_BATCHES if self.calib_source.total is None else min(self.calib_source.total, MAXIMA_BATCHES)
+        maxima = channel_maxima(self.prepared, list(groups), itertools.islice(self.calib_source, MAXIMA_BATCHES), provider=self.provider,
+                                total=total, show_progress=self.show_progress)
         result = smooth_inputs(smoothed, groups, maxima, alpha)
         result.seconds = time.perf_counter() - start
         self.prepare_results.append(result)

@@ -12,7 +12,8 @@ smoothed input); ``a`` near 1 moves more of the range into the weights.
 Smoothed: each float tensor read as the first input of MatMuls with a constant
 2-D float32 weight that no other node reads (scaling a shared weight would
 change its other readers); readers named in ``keep`` stay as they are. The
-channel maxima come from one pass over the calibration batches.
+channel maxima come from one pass over (at most MAXIMA_BATCHES of) the
+calibration batches.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from onnxslim.progress import track
 from onnxslim.runtime import Runner
 
 SCALE_LIMIT = 1e4  # a channel's scale is kept within [1 / limit, limit] of the tensor's typical one
+MAXIMA_BATCHES = 256  # the scales need each channel's rough size, not the extremes of a long calibration set
 
 
 def smoothable(model: onnx.ModelProto, keep: Iterable[str] = ()) -> dict[str, list[onnx.NodeProto]]:
