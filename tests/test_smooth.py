@@ -40,7 +40,11 @@ def test_smoothing_keeps_the_float_model_exact_and_skips_shared_weights():
     smoothed.CopyFrom(model)
     result = smooth_inputs(smoothed, smoothable(smoothed), maxima, alpha=0.8)
     assert result.modified and len(result.changes) == len(groups)
-    assert sum(1 for n in smoothed.graph.node if n.op_type == "Mul") == sum(1 for n in model.graph.node if n.op_type == "Mul") + len(groups)
+    # a pre-norm block: both LayerNorm outputs feed only the smoothed layers, so their division is folded into the
+    # LayerNorms' scale and shift; the attention output and the GELU output get a Mul each
+    normalized = [name for name in groups if any(n.op_type == "LayerNormalization" and name in n.output for n in model.graph.node)]
+    assert len(normalized) == 2 and sum("folded into" in change for change in result.changes) == 2
+    assert sum(1 for n in smoothed.graph.node if n.op_type == "Mul") == sum(1 for n in model.graph.node if n.op_type == "Mul") + len(groups) - 2
     for feed in data[:2]:
         np.testing.assert_allclose(run_model(model, feed)[0], run_model(smoothed, feed)[0], rtol=1e-4, atol=1e-4)
     shared = onnx.ModelProto()
@@ -76,3 +80,40 @@ def test_smooth_from_the_command_line(save, npz_folder, tmp_path):
     assert bad.exit_code == 2 and "--smooth" in bad.output and "Traceback" not in bad.output
     with pytest.raises(UsageError, match="--smooth"):
         QuantConfig(smooth=1.5)
+
+
+def test_a_spelled_out_scale_and_shift_takes_the_division_unless_something_else_reads_its_output():
+    import onnx.parser
+    from onnx import numpy_helper
+
+    text = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2, 5, 8] x) => (float[2, 5, 4] a, float[2, 5, 6] b, float[2, 5, 8] r) {
+    scaled = Mul (x, gamma)
+    h = Add (scaled, beta)
+    a = MatMul (h, wa)
+    b = MatMul (h, wb)
+    r = Relu (x)
+}
+"""
+    rng = np.random.default_rng(3)
+    model = onnx.parser.parse_model(text)
+    for name, shape in (("gamma", (8,)), ("beta", (8,)), ("wa", (8, 4)), ("wb", (8, 6))):
+        model.graph.initializer.append(numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name))
+    feeds = [{"x": (rng.normal(size=(2, 5, 8)) * np.linspace(0.1, 20, 8)).astype(np.float32)} for _ in range(4)]
+    for also_read in (False, True):
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        if also_read:  # the normalized tensor also feeds a residual path: the division needs its own Mul
+            work.graph.node[-1].input[0] = "h"
+        groups = smoothable(work)
+        maxima = channel_maxima(work, list(groups), [(str(i), f) for i, f in enumerate(feeds)], provider="CPUExecutionProvider")
+        result = smooth_inputs(work, groups, maxima, alpha=0.8)
+        assert ("folded into" in result.changes[0]) is not also_read
+        assert sum(1 for n in work.graph.node if n.op_type == "Mul") == 1 + also_read
+        reference = onnx.ModelProto()
+        reference.CopyFrom(model)
+        if also_read:
+            reference.graph.node[-1].input[0] = "h"
+        for a, b in zip(run_model(reference, feeds[0]), run_model(work, feeds[0])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -6,8 +6,11 @@ channel coarsely. ``x @ W == (x / s) @ (s * W)`` for any positive per-channel
 ``s``: dividing channel j of the input by ``s_j = max|x_j|^a / max|W_j|^(1-a)``
 and multiplying row j of the weight by it flattens the input's range, at the
 price of a wider weight range, which per-column weight scales absorb better.
-The division is a Mul placed before the layer (one elementwise node per
-smoothed input); ``a`` near 1 moves more of the range into the weights.
+The division costs nothing when the input comes from a LayerNormalization (or
+a spelled-out ``* gamma + beta``) that only these layers read, as in a pre-norm
+transformer: its scale and shift are divided instead. Otherwise it is a Mul
+placed before the layers (one elementwise node per smoothed input). ``a`` near
+1 moves more of the range into the weights.
 
 Smoothed: each float tensor read as the first input of MatMuls with a constant
 2-D float32 weight that no other node reads (scaling a shared weight would
@@ -89,8 +92,48 @@ def channel_scales(input_maxima: np.ndarray, weight_maxima: np.ndarray, alpha: f
     return np.clip(scales, 1.0 / SCALE_LIMIT, SCALE_LIMIT)
 
 
+def _affine_before(index: GraphIndex, tensor: str, readers: list[onnx.NodeProto], channels: int) -> list[str] | None:
+    """The constants whose division by the channel scales divides ``tensor`` itself: the scale and shift of the
+    LayerNormalization (or the spelled-out ``* gamma + beta``) that produces it, when nothing but ``readers`` reads
+    ``tensor`` and no other node reads those constants. None when a Mul is needed instead."""
+    if tensor in index.outputs or {id(n) for n in index.consumers.get(tensor, [])} != {id(n) for n in readers}:
+        return None
+    node = index.producers.get(tensor)
+    if node is None:
+        return None
+
+    def per_channel(names) -> bool:
+        return all(
+            index.array(name) is not None and index.array(name).shape == (channels,) and len(index.consumers.get(name, [])) == 1
+            and name not in index.outputs for name in names
+        )
+
+    if node.op_type == "LayerNormalization":  # a (channels,) scale: normalized over the last axis alone
+        constants = [name for name in node.input[1:3] if name]
+        return constants if constants and per_channel(constants) else None
+    constants = []
+    if node.op_type == "Add":  # ... * gamma + beta
+        shift = next((i for i in node.input if index.array(i) is not None), None)
+        product = next((i for i in node.input if i != shift), None)
+        if shift is None or product is None or not index.private(product):
+            return None
+        constants.append(shift)
+        node = index.producers.get(product)
+    if node is None or node.op_type != "Mul":
+        return None
+    gamma = next((i for i in node.input if index.array(i) is not None), None)
+    if gamma is None:
+        return None
+    constants.append(gamma)
+    return constants if per_channel(constants) else None
+
+
 def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]], maxima: dict[str, np.ndarray], alpha: float) -> PassResult:
-    """Divide each input in ``groups`` by its channel scales (a Mul before its readers) and scale the readers' weight rows."""
+    """Divide each input in ``groups`` by its channel scales and scale the readers' weight rows.
+
+    The division is folded into the normalization that produces the input when only these readers read it
+    (a pre-norm transformer's LayerNorm: free); otherwise it is a Mul before the readers.
+    """
     result = PassResult("smooth-activations")
     graph = model.graph
     index = GraphIndex(graph)
@@ -102,15 +145,23 @@ def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]
         if tensor not in maxima or maxima[tensor].shape != (weights[0].shape[0],):
             continue
         scales = channel_scales(maxima[tensor], np.max([np.abs(w).max(axis=1) for w in weights], axis=0), alpha)
-        inverse = from_array((1.0 / scales).astype(np.float32), unique_name(f"{tensor}_smoothing", taken))
-        graph.initializer.append(inverse)
-        smoothed = unique_name(f"{tensor}_smoothed", taken)
-        first = min(readers, key=lambda node: list(graph.node).index(node))
-        inserted[id(first)] = helper.make_node("Mul", [tensor, inverse.name], [smoothed], name=unique_name(f"{first.name}_smoothing", taken))
+        folded = _affine_before(index, tensor, readers, scales.size)
+        if folded is not None:
+            for name in folded:
+                replaced[name] = from_array((index.array(name) / scales).astype(np.float32), name)
+            how = f"folded into {index.producers[tensor].name}'s scale and shift"
+        else:
+            inverse = from_array((1.0 / scales).astype(np.float32), unique_name(f"{tensor}_smoothing", taken))
+            graph.initializer.append(inverse)
+            smoothed = unique_name(f"{tensor}_smoothed", taken)
+            first = min(readers, key=lambda node: list(graph.node).index(node))
+            inserted[id(first)] = helper.make_node("Mul", [tensor, inverse.name], [smoothed], name=unique_name(f"{first.name}_smoothing", taken))
+            for node in readers:
+                node.input[0] = smoothed
+            how = "a Mul before them"
         for node, weight in zip(readers, weights):
             replaced[node.input[1]] = from_array((weight * scales[:, None]).astype(np.float32), node.input[1])
-            node.input[0] = smoothed
-        result.change(f"{tensor}: {len(readers)} MatMul(s) ({', '.join(n.name for n in readers)}), largest channel scale {scales.max():.3g}")
+        result.change(f"{tensor}: {len(readers)} MatMul(s) ({', '.join(n.name for n in readers)}), largest channel scale {scales.max():.3g}, {how}")
     if replaced:
         for tensor in graph.initializer:
             if tensor.name in replaced:
