@@ -260,3 +260,26 @@ def test_ratios_remove_a_share_of_the_macs_or_parameters_with_prune_by(monkeypat
     counts = pruned.details["prune"]["macs" if prune_by == "macs" else "parameters"]
     assert counts["after"] <= 0.6 * counts["before"]
     assert counts["before"] == counted(model)
+
+
+def test_smooth_reaches_quantize_for_int8_candidates_only(monkeypatch):
+    from onnxslim.quant.report import QuantReport
+
+    seen = []
+
+    def fake_quantize(model, data, *, config, show_progress=False, **kwargs):
+        seen.append(config.smooth)
+        return model, QuantReport("m", None, "cpu", "percentile", budget=config.accuracy_budget)
+
+    def fake_fidelity(reference, candidate, model, held, metric):
+        candidate.loss, candidate.file_bytes = 0.0, 1
+
+    monkeypatch.setattr(compress_pipeline, "quantize", fake_quantize)
+    monkeypatch.setattr(compress_pipeline, "_measure_fidelity", fake_fidelity)
+    model = conv_bn_relu(channels=8, size=8)
+    report = compress_pipeline.CompressReport("m", None, {}, {})
+    compress_pipeline._quantized(model, "quantized", 0.0, 0.0, sample_inputs(model, 4), [], CompressConfig(smooth=0.8), Budget(0.02), None, report, False)
+    assert seen == [0.8]
+    with pytest.raises(UsageError, match="--smooth"):
+        CompressConfig(smooth=0.8, target="cuda")
+    assert "--smooth ALPHA|none" in CliRunner().invoke(main, ["compress", "--help"]).output
