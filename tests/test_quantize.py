@@ -141,6 +141,7 @@ def test_transformer_block_keeps_sensitive_paths_in_float():
     assert ops(quantized)["Split"] == 1 and report.integer_kernels.get("QGemm", 0) >= 3
     merged = [p for p in report.prepare if p.name == "merge-parallel-matmuls"]
     assert len(merged) == 1 and len(merged[0].changes) == 1  # the report says what was merged
+    assert "DequantizeLinear" not in report.onnxruntime_kernels  # the INT32 biases were merged too, into the QGemm
     assert sum(1 for d in report.decisions if d.op_type == "MatMul" and d.code == QuantReason.INTEGER_KERNEL) >= 5
     assert_close_to_float(model, quantized, 0.995)
 
@@ -740,3 +741,21 @@ def test_float16_weights_that_break_the_budget_are_not_written(monkeypatch):
     assert not any(t.data_type == TensorProto.FLOAT16 for t in quantized.graph.initializer)
     assert min(c.cosine for c in report.fidelity) >= 0.99
     assert not any("float16" in d.reason.text for d in report.decisions)
+
+
+def test_biases_onnxruntime_does_not_fuse_are_seen_and_kept_float():
+    # an input of unknown rank: the planner assumes a QGemm, onnxruntime cannot build one and would dequantize the
+    # INT32 bias on every run; its optimized graph says so, and the MatMul is planned again with its float bias
+    b = GraphBuilder(31)
+    x = b.node("Reshape", ["input", "shape"])  # a shape given at run time: neither inference knows the rank
+    h = b.node("Relu", [b.node("Add", [b.node("MatMul", [x, b.const(b.weight(16, 16).T.copy())]), b.const(np.ones(16, np.float32))])])
+    y = b.node("MatMul", [h, b.const(b.weight(16, 16).T.copy())])
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [6, 16]), helper.make_tensor_value_info("shape", TensorProto.INT64, ["rank"])]
+    model = b.model(inputs, [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["a", "b", "c"])], "unknown_rank")
+    rng = np.random.default_rng(5)
+    data = [{"input": rng.standard_normal((6, 16)).astype(np.float32), "shape": np.array([2, 3, 16], np.int64)} for _ in range(12)]
+    quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=None))
+    assert "DequantizeLinear" not in report.onnxruntime_kernels and report.integer_kernels.get("MatMulIntegerToFloat") == 2
+    assert not stored_dq(quantized, initializers(quantized), np.int32)
+    first = next(d for d in report.decisions if d.op_type == "MatMul")
+    assert "does not fuse it with its bias Add" in first.reason.text

@@ -12,8 +12,9 @@ weights are all float constants, or all INT8 constants behind a
 DequantizeLinear with a scale per column (a QDQ model's weights: the scales
 and zero points are put side by side too), of the same height, each read by
 no other node; those whose result goes only to an Add of a constant bias of
-shape (N,) are merged with their biases, the others (at least two of them)
-without. Nodes named in ``keep_separate`` stay as they are.
+shape (N,) (float, or INT32 behind a DequantizeLinear) are merged with their
+biases, the others (at least two of them) without. Nodes named in
+``keep_separate`` stay as they are.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class _Weight:
 class _Member:
     node: onnx.NodeProto
     weight: _Weight
-    bias: tuple[onnx.NodeProto, np.ndarray] | None  # the bias Add merged with it, and the bias values
+    bias: tuple[onnx.NodeProto, _Weight] | None  # the bias Add merged with it, and the bias (float, or INT32 behind a DequantizeLinear)
 
     @property
     def result(self) -> str:
@@ -89,8 +90,9 @@ def _weight(index: GraphIndex, node: onnx.NodeProto) -> _Weight | tuple[DeclineC
     return _Weight((stored, scales, zeros), (stored.dtype, scales.dtype, zeros.dtype), nodes=[dq], tensors=list(dq.input[:3]))
 
 
-def _bias(index: GraphIndex, node: onnx.NodeProto, columns: int) -> tuple[onnx.NodeProto, np.ndarray] | None:
-    """The Add of a constant (columns,) bias that alone reads ``node``'s result, with the bias values."""
+def _bias(index: GraphIndex, node: onnx.NodeProto, columns: int) -> tuple[onnx.NodeProto, _Weight] | None:
+    """The Add of a constant (columns,) bias that alone reads ``node``'s result, with the bias: float values, or
+    stored values, scales and zero points per column behind a DequantizeLinear (a QDQ model's INT32 bias)."""
     if not index.private(node.output[0]):
         return None
     add = index.readers(node.output[0])[0]
@@ -98,9 +100,15 @@ def _bias(index: GraphIndex, node: onnx.NodeProto, columns: int) -> tuple[onnx.N
         return None
     other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
     values = index.array(other)
-    if values is None or values.dtype != np.float32 or values.shape != (columns,):
+    if values is not None:
+        return (add, _Weight((values,), ("float",), tensors=[other])) if values.dtype == np.float32 and values.shape == (columns,) else None
+    dq = index.producers.get(other)
+    if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or not index.private(other):
         return None
-    return add, values
+    parts = tuple(_private_constant(index, name) for name in dq.input[:3])
+    if any(part is None or part.shape != (columns,) for part in parts) or node_attr(dq, "axis", 1) not in (0, -1):
+        return None
+    return add, _Weight(parts, tuple(part.dtype for part in parts), nodes=[dq], tensors=list(dq.input[:3]))
 
 
 def _groups(graph: onnx.GraphProto, index: GraphIndex, keep_separate: Iterable[str], result: PassResult) -> list[list[_Member]]:
@@ -122,20 +130,22 @@ def _groups(graph: onnx.GraphProto, index: GraphIndex, keep_separate: Iterable[s
                 members.append(_Member(node, weight, _bias(index, node, weight.shape[1])))
         alike: dict[tuple, list[_Member]] = {}
         for member in members:
-            alike.setdefault((member.weight.kind, member.weight.shape[0], member.bias is not None), []).append(member)
+            bias_kind = member.bias[1].kind if member.bias else None
+            alike.setdefault((member.weight.kind, member.weight.shape[0], bias_kind), []).append(member)
         groups.extend(part for part in alike.values() if len(part) >= 2)
     return groups
 
 
-def _merged_weight(graph: onnx.GraphProto, members: list[_Member], base: str, taken: set[str]) -> tuple[str, list[onnx.NodeProto]]:
-    """The merged weight's tensor name, and the DequantizeLinear that produces it for stored INT8 weights."""
-    parts = [np.concatenate([m.weight.parts[i] for m in members], axis=-1) for i in range(len(members[0].weight.parts))]
-    names = [unique_name(f"{base}_merged_{what}", taken) for what in ("weight", "scale", "zero_point")[: len(parts)]]
+def _side_by_side(graph: onnx.GraphProto, pieces: list[_Weight], base: str, taken: set[str], axis: int) -> tuple[str, list[onnx.NodeProto]]:
+    """``pieces`` (weights or biases) joined along their last axis: the tensor's name, and the DequantizeLinear that
+    produces it when they are stored quantized (``axis``: its per-column axis)."""
+    parts = [np.concatenate([piece.parts[i] for piece in pieces], axis=-1) for i in range(len(pieces[0].parts))]
+    names = [unique_name(f"{base}_{what}", taken) for what in ("values", "scale", "zero_point")[: len(parts)]]
     graph.initializer.extend(from_array(part, name) for part, name in zip(parts, names))
     if len(parts) == 1:
         return names[0], []
-    weight = unique_name(f"{base}_merged_weight_dequantized", taken)
-    return weight, [helper.make_node("DequantizeLinear", names, [weight], name=unique_name(f"{base}_merged_weight_dequantize", taken), axis=1)]
+    joined = unique_name(f"{base}_dequantized", taken)
+    return joined, [helper.make_node("DequantizeLinear", names, [joined], name=unique_name(f"{base}_dequantize", taken), axis=axis)]
 
 
 def merge_parallel_matmuls(model: onnx.ModelProto, keep_separate: Iterable[str] = ()) -> PassResult:
@@ -158,12 +168,12 @@ def merge_parallel_matmuls(model: onnx.ModelProto, keep_separate: Iterable[str] 
         first = members[0].node
         base = first.name or first.output[0]
         name = unique_name("+".join(m.node.name or m.node.output[0] for m in members), taken)
-        weight, nodes = _merged_weight(graph, members, base, taken)
+        weight, nodes = _side_by_side(graph, [m.weight for m in members], f"{base}_merged_weight", taken, axis=1)
         product = unique_name(f"{base}_merged_output", taken)
         nodes.append(helper.make_node("MatMul", [first.input[0], weight], [product], name=name))
         if members[0].bias is not None:
-            bias = unique_name(f"{base}_merged_bias", taken)
-            graph.initializer.append(from_array(np.concatenate([m.bias[1] for m in members]), bias))
+            bias, dequantize = _side_by_side(graph, [m.bias[1] for m in members], f"{base}_merged_bias", taken, axis=0)
+            nodes[:0] = dequantize
             biased = unique_name(f"{base}_merged_biased", taken)
             nodes.append(helper.make_node("Add", [product, bias], [biased], name=unique_name(f"{name}_bias", taken)))
             product = biased
@@ -181,8 +191,8 @@ def merge_parallel_matmuls(model: onnx.ModelProto, keep_separate: Iterable[str] 
             removed.update(id(n) for n in [m.node, *m.weight.nodes])
             dropped.update(m.weight.tensors)
             if m.bias is not None:
-                removed.add(id(m.bias[0]))
-                dropped.update(i for i in m.bias[0].input if i in index.inits)
+                removed.update(id(n) for n in [m.bias[0], *m.bias[1].nodes])
+                dropped.update(m.bias[1].tensors)
         result.change(f"merged {len(members)} MatMuls reading {first.input[0]} ({', '.join(m.node.name for m in members)}) into one, then a Split")
     kept = []
     for node in graph.node:

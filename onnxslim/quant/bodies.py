@@ -54,12 +54,13 @@ class BodyScopes:
 
 
 def plan_everywhere(model: onnx.ModelProto, scopes: BodyScopes, config: QuantConfig, float_names: set[str],
-                    keep_float: frozenset[str] = frozenset(), shapes: Mapping[str, tuple] | None = None) -> QuantPlan:
+                    keep_float: frozenset[str] = frozenset(), shapes: Mapping[str, tuple] | None = None,
+                    float_biases: frozenset[str] = frozenset()) -> QuantPlan:
     """The main graph's plan, with a plan per body in ``plan.bodies`` and every body node's decision among ``plan.decisions``.
 
     ``shapes``: the main graph's tensor shapes where known (bodies are planned without them).
     """
-    plan = make_plan(model, config, float_names, keep_float, shapes)
+    plan = make_plan(model, config, float_names, keep_float, shapes, float_biases)
     model_outputs = {v.name for v in model.graph.output}
     owners = {n.name: n for n in model.graph.node}
     for body in scopes.bodies:

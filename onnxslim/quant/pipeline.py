@@ -60,7 +60,7 @@ from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
 from onnxslim.reasons import Reason
 from onnxslim.runtime import Runner, resolve_provider
-from onnxslim.runtime.session import optimized_ops
+from onnxslim.runtime.session import optimized_graph, optimized_ops
 from onnxslim.runtime.write import write_verified
 
 
@@ -138,6 +138,8 @@ class QuantRun:
         self.calibration_batches = 0
         self.calibration_seconds = 0.0
         self.merges: dict[int, PassResult] = {}  # id of a built model -> the parallel MatMuls its build merged
+        self.float_biases: frozenset[str] = frozenset()  # MatMuls whose bias onnxruntime was seen not to fuse
+        self.biases_checked = False
         if config.smooth is not None:
             self._smooth(config.smooth)
 
@@ -251,7 +253,8 @@ class QuantRun:
         Layers inside a body the calibration data never ran (an If branch no batch took) have no ranges:
         they stay in float, with a warning that names the body.
         """
-        plan = plan_everywhere(self.prepared, self.scopes, config, self.float_names, keep_float | frozenset(self.uncalibrated), self.shapes)
+        plan = plan_everywhere(self.prepared, self.scopes, config, self.float_names, keep_float | frozenset(self.uncalibrated), self.shapes,
+                               self.float_biases)
         if any(t not in self.stats for t in plan.observed_tensors()):
             self.observe(plan)
         unseen = uncalibrated_bodies(plan, self.stats)
@@ -263,7 +266,8 @@ class QuantRun:
                     f"{path} never ran on the {self.calibration_batches} calibration batch(es): its {len(nodes)} layer(s) stay in float "
                     "(calibrate on data that runs it)"
                 )
-            plan = plan_everywhere(self.prepared, self.scopes, config, self.float_names, keep_float | frozenset(self.uncalibrated), self.shapes)
+            plan = plan_everywhere(self.prepared, self.scopes, config, self.float_names, keep_float | frozenset(self.uncalibrated), self.shapes,
+                                   self.float_biases)
         for node, path in self.uncalibrated.items():
             if node not in keep_float:
                 why = f"inside {path}, which never ran on the calibration data: no ranges to quantize it with"
@@ -320,6 +324,13 @@ class QuantRun:
         """The QDQ model for ``config`` (``keep_float``: nodes kept in float for the budget) and the plan it follows."""
         plan, params = self.params(self.plan(config, keep_float))
         quantized = insert_qdq_everywhere(self.prepared, plan, params, self.scopes)
+        if config.target == "cpu" and not self.biases_checked:
+            self.biases_checked = True
+            unfused = biases_dequantized_at_run_time(quantized, plan)
+            if unfused:  # onnxruntime runs these as MatMulIntegerToFloat + Add: their biases stay float from now on
+                self.float_biases = frozenset(unfused)
+                plan, params = self.params(self.plan(config, keep_float))
+                quantized = insert_qdq_everywhere(self.prepared, plan, params, self.scopes)
         if config.embeddings == "int8":
             plan = _with_int8_tables(plan, quantized, keep_float)
         if config.recurrent == "int8":
@@ -330,6 +341,39 @@ class QuantRun:
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
+
+
+def biases_dequantized_at_run_time(model: onnx.ModelProto, plan: QuantPlan) -> set[str]:
+    """The MatMuls of ``model`` (a QDQ build of ``plan``) whose INT32 bias onnxruntime dequantizes on every run.
+
+    onnxruntime folds a MatMul and its bias Add into QGemm only where its own shape inference and fusion rules
+    allow (a 2-D or static input, not an attention projection); elsewhere the MatMul becomes
+    MatMulIntegerToFloat and the bias's DequantizeLinear is left in its optimized graph, which this reads.
+    """
+    matmuls = ({spec.node for spec in plan.biases} | set(plan.zero_bias_for)) & {n.name for n in model.graph.node if n.op_type == "MatMul"}
+    if not matmuls:
+        return set()
+    try:
+        optimized = optimized_graph(model)
+    except Exception:  # no verdict: the planner's shape rule stands
+        return set()
+    stored = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT32}
+    surviving = {n.input[0] for n in optimized.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in stored}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    found = set()
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in surviving:
+            continue
+        for add in readers.get(node.output[0], []):
+            for name in add.input:
+                source = producers.get(name)
+                if add.op_type == "Add" and source is not None and source.name in matmuls:
+                    found.add(source.name)
+    return found
 
 
 def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str]) -> QuantPlan:

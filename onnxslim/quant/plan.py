@@ -51,9 +51,10 @@ class Planner:
     """
 
     def __init__(self, model: onnx.ModelProto, config: QuantConfig, float_tensors: set[str], keep_float: frozenset[str] = frozenset(),
-                 shapes: Mapping[str, tuple] | None = None):
+                 shapes: Mapping[str, tuple] | None = None, float_biases: frozenset[str] = frozenset()):
         self.model = model
         self.shapes = shapes or {}
+        self.float_biases = float_biases
         self.keep_float = keep_float
         self.graph = model.graph
         self.config = config
@@ -180,14 +181,17 @@ class Planner:
         self.plan.weight_readers.setdefault(name, set()).add(node.name)
         return True
 
-    def bias_fuses(self, activation: str) -> bool:
-        """Whether onnxruntime fuses a MatMul reading ``activation`` with its bias Add into QGemm.
+    def bias_fuses(self, node: onnx.NodeProto, activation: str) -> bool:
+        """Whether onnxruntime fuses ``node``, a MatMul reading ``activation``, with its bias Add into QGemm.
 
         It does for a 2-D input, and for a fully static one (reshaped to 2-D around the QGemm). Otherwise the
         MatMul becomes MatMulIntegerToFloat and the Add stays: an INT32 bias would then be dequantized on
         every run, and a zero bias added to a bias-less MatMul would be pure extra work. Unknown shapes are
-        assumed to fuse, so no Gemm silently loses its integer kernel.
+        assumed to fuse, so no Gemm silently loses its integer kernel; ``float_biases`` names the MatMuls
+        onnxruntime was seen not to fuse (its optimized graph kept their bias's DequantizeLinear).
         """
+        if node.name in self.float_biases:
+            return False
         shape = self.shapes.get(activation)
         return shape is None or len(shape) == 2 or all(d is not None for d in shape)
 
@@ -271,13 +275,14 @@ class Planner:
 
 
 def make_plan(model: onnx.ModelProto, config: QuantConfig, float_tensors: set[str], keep_float: frozenset[str] = frozenset(),
-              shapes: Mapping[str, tuple] | None = None) -> QuantPlan:
+              shapes: Mapping[str, tuple] | None = None, float_biases: frozenset[str] = frozenset()) -> QuantPlan:
     """Plan the quantization of a prepared model; ``float_tensors`` are the float32 tensor names.
 
     ``keep_float``: nodes kept in float for the accuracy budget (reported as such, not as the user's exclusions).
-    ``shapes``: tensor shapes where known (None for a dynamic dim); they decide how a MatMul's bias is written.
+    ``shapes``: tensor shapes where known (None for a dynamic dim); they decide how a MatMul's bias is written,
+    as does ``float_biases`` (MatMuls whose bias stays float: see :meth:`Planner.bias_fuses`).
     """
-    return Planner(model, config, float_tensors, keep_float, shapes).run()
+    return Planner(model, config, float_tensors, keep_float, shapes, float_biases).run()
 
 
 def drop_mixed_range_concats(plan: QuantPlan, model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], ratio: float) -> QuantPlan:

@@ -261,6 +261,11 @@ def optimized_ops(model: ModelSource, *, threads: int = 1) -> Counter:
     kernels (QLinearConv, MatMulInteger, ...) rather than left as float ops
     between Quantize/Dequantize pairs.
     """
+    return Counter(node.op_type for node in all_nodes(optimized_graph(model, threads=threads).graph))  # inside If/Loop/Scan bodies too
+
+
+def optimized_graph(model: ModelSource, *, threads: int = 1) -> onnx.ModelProto:
+    """The graph onnxruntime's CPU provider runs after its own optimizations (weights not loaded)."""
     ort = _ort()
     file = SessionFile(model) if isinstance(model, onnx.ModelProto) else None
     source = file.source if file is not None else model if isinstance(model, bytes) else str(model)
@@ -273,4 +278,4 @@ def optimized_ops(model: ModelSource, *, threads: int = 1) -> Counter:
         optimized = onnx.load(target, load_external_data=False)
     if file is not None:
         file.close()
-    return Counter(node.op_type for node in all_nodes(optimized.graph))  # inside If/Loop/Scan bodies too
+    return optimized
