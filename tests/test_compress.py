@@ -161,28 +161,31 @@ def test_no_quantize_spends_the_budget_on_pruning_alone(monkeypatch):
     assert "--quantize / --no-quantize" in result.output
 
 
-def test_an_int8_candidate_that_misses_the_budget_on_held_out_data_is_rebuilt_tighter(monkeypatch):
+def _quantized_with_fakes(monkeypatch, config: CompressConfig, configs: list, loss_of_allowed: float):
+    """compress's INT8 candidate step with quantize replaced (``configs`` collects each QuantConfig it gets) and the
+    held-out loss set to ``loss_of_allowed`` times what quantize's budget allowed."""
     from onnxslim.quant.report import QuantReport
 
-    budgets = []
-
     def fake_quantize(model, data, *, config, show_progress=False, **kwargs):
-        budgets.append(config.accuracy_budget)
+        configs.append(config)
         return model, QuantReport("m", None, "cpu", "percentile", budget=config.accuracy_budget)
 
     def fake_fidelity(reference, candidate, model, held, metric):
-        # held-out data is harsher than quantize's own split: the loss is 1.5x what quantize allowed
-        allowed = 1.0 - candidate.details["quantize"]["accuracy_budget"]
-        candidate.loss = 1.5 * allowed
+        candidate.loss = loss_of_allowed * (1.0 - candidate.details["quantize"]["accuracy_budget"])
         candidate.file_bytes = 1
 
     monkeypatch.setattr(compress_pipeline, "quantize", fake_quantize)
     monkeypatch.setattr(compress_pipeline, "_measure_fidelity", fake_fidelity)
     model = conv_bn_relu(channels=8, size=8)
     report = compress_pipeline.CompressReport("m", None, {}, {})
-    candidate, _ = compress_pipeline._quantized(
-        model, "quantized", 0.0, 0.0, sample_inputs(model, 4), [], CompressConfig(), Budget(0.02), None, report, False
-    )
+    return compress_pipeline._quantized(model, "quantized", 0.0, 0.0, sample_inputs(model, 4), [], config, Budget(0.02), None, report, False)
+
+
+def test_an_int8_candidate_that_misses_the_budget_on_held_out_data_is_rebuilt_tighter(monkeypatch):
+    configs = []
+    # held-out data is harsher than quantize's own split: the loss is 1.5x what quantize allowed
+    candidate, _ = _quantized_with_fakes(monkeypatch, CompressConfig(), configs, loss_of_allowed=1.5)
+    budgets = [c.accuracy_budget for c in configs]
     assert budgets[0] == pytest.approx(0.98) and budgets[1] > budgets[0]  # tightened after the miss
     assert len(budgets) == 2 and candidate.loss == pytest.approx(1.5 * (1 - budgets[1]))
 
@@ -263,23 +266,9 @@ def test_ratios_remove_a_share_of_the_macs_or_parameters_with_prune_by(monkeypat
 
 
 def test_smooth_reaches_quantize_for_int8_candidates_only(monkeypatch):
-    from onnxslim.quant.report import QuantReport
-
-    seen = []
-
-    def fake_quantize(model, data, *, config, show_progress=False, **kwargs):
-        seen.append(config.smooth)
-        return model, QuantReport("m", None, "cpu", "percentile", budget=config.accuracy_budget)
-
-    def fake_fidelity(reference, candidate, model, held, metric):
-        candidate.loss, candidate.file_bytes = 0.0, 1
-
-    monkeypatch.setattr(compress_pipeline, "quantize", fake_quantize)
-    monkeypatch.setattr(compress_pipeline, "_measure_fidelity", fake_fidelity)
-    model = conv_bn_relu(channels=8, size=8)
-    report = compress_pipeline.CompressReport("m", None, {}, {})
-    compress_pipeline._quantized(model, "quantized", 0.0, 0.0, sample_inputs(model, 4), [], CompressConfig(smooth=0.8), Budget(0.02), None, report, False)
-    assert seen == [0.8]
+    configs = []
+    _quantized_with_fakes(monkeypatch, CompressConfig(smooth=0.8), configs, loss_of_allowed=0.0)
+    assert [c.smooth for c in configs] == [0.8]
     with pytest.raises(UsageError, match="--smooth"):
         CompressConfig(smooth=0.8, target="cuda")
     assert "--smooth ALPHA|none" in CliRunner().invoke(main, ["compress", "--help"]).output

@@ -63,9 +63,7 @@ class _Member:
 
 
 def _private_constant(index: GraphIndex, name: str) -> np.ndarray | None:
-    if len(index.consumers.get(name, [])) != 1 or name in index.outputs:
-        return None
-    return index.array(name)
+    return index.array(name) if index.private(name) else None
 
 
 def _weight(index: GraphIndex, node: onnx.NodeProto) -> _Weight | tuple[DeclineCode, str] | None:

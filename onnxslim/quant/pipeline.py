@@ -23,7 +23,7 @@ from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageEr
 from onnxslim.ir.io import load_model, model_file_bytes
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.scopes import all_nodes, scoped
-from onnxslim.ir.tensors import graph_inputs
+from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
 from onnxslim.measure import RememberedReference, fidelity, tensor_fidelity, worst_score
 from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
@@ -359,11 +359,7 @@ def biases_dequantized_at_run_time(model: onnx.ModelProto, plan: QuantPlan) -> s
         return set()
     stored = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT32}
     surviving = {n.input[0] for n in optimized.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in stored}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    producers = {o: n for n in model.graph.node for o in n.output}
+    readers, producers = consumers_map(model.graph), producer_map(model.graph)
     found = set()
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or node.input[0] not in surviving:

@@ -50,7 +50,7 @@ def smoothable(model: onnx.ModelProto, keep: Iterable[str] = ()) -> dict[str, li
         weight = index.array(node.input[1])
         if weight is None or weight.dtype != np.float32 or weight.ndim != 2:
             continue
-        if len(index.consumers.get(node.input[1], [])) != 1 or node.input[1] in index.outputs:
+        if not index.private(node.input[1]):
             continue
         found.setdefault(node.input[0], []).append(node)
     return found
@@ -103,10 +103,7 @@ def _affine_before(index: GraphIndex, tensor: str, readers: list[onnx.NodeProto]
         return None
 
     def per_channel(names) -> bool:
-        return all(
-            index.array(name) is not None and index.array(name).shape == (channels,) and len(index.consumers.get(name, [])) == 1
-            and name not in index.outputs for name in names
-        )
+        return all(index.private(name) and index.array(name) is not None and index.array(name).shape == (channels,) for name in names)
 
     if node.op_type == "LayerNormalization":  # a (channels,) scale: normalized over the last axis alone
         constants = [name for name in node.input[1:3] if name]
@@ -140,6 +137,7 @@ def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]
     taken = all_value_names(graph) | {n.name for n in graph.node}
     inserted: dict[int, onnx.NodeProto] = {}
     replaced: dict[str, onnx.TensorProto] = {}
+    order = {id(node): position for position, node in enumerate(graph.node)}
     for tensor, readers in groups.items():
         weights = [index.array(node.input[1]) for node in readers]
         if tensor not in maxima or maxima[tensor].shape != (weights[0].shape[0],):
@@ -154,7 +152,7 @@ def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]
             inverse = from_array((1.0 / scales).astype(np.float32), unique_name(f"{tensor}_smoothing", taken))
             graph.initializer.append(inverse)
             smoothed = unique_name(f"{tensor}_smoothed", taken)
-            first = min(readers, key=lambda node: list(graph.node).index(node))
+            first = min(readers, key=lambda node: order[id(node)])
             inserted[id(first)] = helper.make_node("Mul", [tensor, inverse.name], [smoothed], name=unique_name(f"{first.name}_smoothing", taken))
             for node in readers:
                 node.input[0] = smoothed
