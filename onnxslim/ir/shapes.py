@@ -38,6 +38,13 @@ def with_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ..
     return copy
 
 
+def dims_of(value: onnx.ValueInfoProto) -> tuple | None:
+    """A value's declared or inferred shape: a tuple of ints (None for a dynamic dim), or None when its rank is unknown."""
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim)
+
+
 def infer_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, tuple]:
     """Tensor name -> shape tuple (ints or None) for everything shape inference could resolve."""
     stripped = with_input_shapes(model, shapes or {})
@@ -48,10 +55,9 @@ def infer_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] |
     known: dict[str, tuple] = {}
     values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
     for value in values:
-        if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
-            continue
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim)
-        known[value.name] = dims
+        dims = dims_of(value)
+        if dims is not None:
+            known[value.name] = dims
     for tensor in model.graph.initializer:
         known[tensor.name] = tuple(int(d) for d in tensor.dims)
     return known

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, shape_inference
 
-from onnxslim.ir.shapes import without_large_values
+from onnxslim.ir.shapes import dims_of, without_large_values
 from onnxslim.passes import CLEANUP_PASSES, PassResult, Pipeline, constants_to_initializers, fuse_hardswish, upgrade_opset
 from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.opset import default_opset
@@ -45,9 +45,5 @@ def float_tensors_and_shapes(model: onnx.ModelProto) -> tuple[set[str], dict[str
     values = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
     names = {v.name for v in values if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type == TensorProto.FLOAT}
     names |= {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT}
-    shapes = {
-        v.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim)
-        for v in values
-        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
-    }
+    shapes = {v.name: dims for v in values if (dims := dims_of(v)) is not None}
     return names, shapes
