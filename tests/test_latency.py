@@ -1,0 +1,63 @@
+"""The interleaved timing loop: its early stop once a faster/slower verdict is beyond doubt."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from onnxslim.measure.latency import SETTLED_MIN_ROUNDS, interleaved_latency, time_pair, verdict_settled
+
+
+class FakeRunner:
+    """A runner whose runs take the next of ``times`` (seconds), cycling."""
+
+    threads = 1
+
+    def __init__(self, times):
+        self.times = itertools.cycle(times)
+        self.calls = 0
+
+    def time_once(self, feed):
+        self.calls += 1
+        return next(self.times)
+
+
+def test_a_clear_verdict_settles_after_the_minimum_rounds():
+    assert not verdict_settled([1.0] * (SETTLED_MIN_ROUNDS - 1), [2.0] * (SETTLED_MIN_ROUNDS - 1))
+    assert verdict_settled([1.0] * SETTLED_MIN_ROUNDS, [2.0] * SETTLED_MIN_ROUNDS)  # twice as fast
+    assert verdict_settled([2.0] * SETTLED_MIN_ROUNDS, [1.0] * SETTLED_MIN_ROUNDS)  # twice as slow
+
+
+def test_close_or_disputed_timings_do_not_settle():
+    rounds = 30
+    assert not verdict_settled([0.95] * rounds, [1.0] * rounds)  # faster, but within the margin
+    candidate = [0.5] * (rounds - 3) + [1.5] * 3  # faster in the median, slower in three rounds
+    assert not verdict_settled(candidate, [1.0] * rounds)
+
+
+def test_the_loop_stops_early_only_when_asked():
+    fast, slow = FakeRunner([0.001]), FakeRunner([0.002])
+    samples = interleaved_latency([slow, fast], {}, warmup=0, runs=30, settle=(1, 0))
+    assert [len(s) for s in samples] == [SETTLED_MIN_ROUNDS, SETTLED_MIN_ROUNDS]
+    samples = interleaved_latency([FakeRunner([0.002]), FakeRunner([0.001])], {}, warmup=0, runs=30)
+    assert [len(s) for s in samples] == [30, 30]
+
+
+def test_noisy_timings_run_to_the_end():
+    rng = np.random.default_rng(0)
+    noisy = FakeRunner(list(1.0 + rng.random(64)))
+    other = FakeRunner(list(1.0 + rng.random(64)))
+    samples = interleaved_latency([noisy, other], {}, warmup=0, runs=30, settle=(1, 0))
+    assert len(samples[0]) == 30
+
+
+def test_time_pair_settles_against_the_fallback_and_reports_the_runs_made():
+    reference, candidate, fallback = FakeRunner([0.004]), FakeRunner([0.002]), FakeRunner([0.0021])
+    comparison = time_pair(reference, candidate, {}, warmup=0, runs=30, fallback=fallback, settle=True)
+    assert comparison.runs == 30  # twice as fast as the original, but the verdict is against the fallback: no early stop
+    reference, candidate, fallback = FakeRunner([0.004]), FakeRunner([0.002]), FakeRunner([0.0035])
+    comparison = time_pair(reference, candidate, {}, warmup=0, runs=30, fallback=fallback, settle=True)
+    assert comparison.runs == SETTLED_MIN_ROUNDS
+    assert comparison.candidate["runs"] == comparison.fallback["runs"] == SETTLED_MIN_ROUNDS
+    assert abs(comparison.ratio - 0.5) < 1e-9
