@@ -467,3 +467,67 @@ g (float[1, S, 8] x) => (float[1, S, 4] a, float[1, S, 6] b) {
     assert [n.op_type for n in work.graph.node] == ["DequantizeLinear", "MatMul", "Split"]
     assert len(work.graph.initializer) == 4  # stored values, scales, zero points, widths
     assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 5, 8)).astype(np.float32)})
+
+
+QDQ_LINEAR = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, S, 8] x) => (float[1, S, 6] y, float[1, S, 6] z) {
+    q = QuantizeLinear (x, xs, xz)
+    d = DequantizeLinear (q, xs, xz)
+    k = DequantizeLinear <axis = 1> (w, ws, wz)
+    m = MatMul (d, k)
+    y = Add (b, m)
+    n = MatMul (d, k)
+    z = Relu (n)
+}
+"""
+
+
+def qdq_linear(weight_zero=0, activation_type=np.uint8) -> onnx.ModelProto:
+    model = onnx.parser.parse_model(QDQ_LINEAR)
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.array(0.02, np.float32), "xs"), numpy_helper.from_array(np.array(128 if activation_type == np.uint8 else 0, activation_type), "xz"),
+        numpy_helper.from_array(RNG.integers(-127, 128, size=(8, 6)).astype(np.int8), "w"),
+        numpy_helper.from_array(RNG.uniform(0.01, 0.1, size=6).astype(np.float32), "ws"),
+        numpy_helper.from_array(np.full(6, weight_zero, np.int8), "wz"),
+        numpy_helper.from_array(RNG.normal(size=6).astype(np.float32), "b"),
+    ])
+    for index, node in enumerate(model.graph.node):
+        node.name = f"n{index}"
+    return model
+
+
+@pytest.mark.parametrize("weight_zero", [0, 3])
+def test_bias_into_integer_matmuls_keeps_every_value_and_onnxruntime_fuses_the_bias(weight_zero):
+    from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
+    from onnxslim.runtime.session import optimized_ops
+
+    model = qdq_linear(weight_zero)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(bias_into_integer_matmuls)(work)
+    # the MatMul with a bias is rewritten; the one without (n5, read by Relu) keeps its DequantizeLinear inputs
+    assert result.modified and len(result.changes) == 1 and "n3" in result.changes[0]
+    types = [n.op_type for n in work.graph.node]
+    assert types.count("MatMulInteger") == 1 and types.count("MatMul") == 1 and types.count("DequantizeLinear") == 3
+    integer = next(n for n in work.graph.node if n.op_type == "MatMulInteger")
+    assert len(integer.input) == (4 if weight_zero else 3)  # an all-zero weight zero point is left out
+    for length in (1, 7):
+        feed = {"x": RNG.normal(size=(1, length, 8)).astype(np.float32)}
+        for a, b in zip(run_model(model, feed), run_model(work, feed)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    before, after = optimized_ops(model), optimized_ops(work)
+    assert before["Add"] == 1 and after["Add"] == 0  # the bias went into the kernel
+    assert after["MatMulIntegerToFloat"] == 2 and after["MatMulInteger"] == 0 and after["Cast"] == 0
+
+
+def test_bias_into_integer_matmuls_leaves_signed_activations_and_named_nodes():
+    from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
+
+    work = qdq_linear(activation_type=np.int8)
+    (result,) = checked(bias_into_integer_matmuls)(work)
+    assert not result.modified and [d.where for d in result.declined] == ["n3", "n5"]
+    assert result.declined[0].reason.code == DeclineCode.UNSUPPORTED_TYPE
+    work = qdq_linear()
+    (result,) = checked(lambda m: bias_into_integer_matmuls(m, skip=["n3"]))(work)
+    assert not result.modified and "MatMulInteger" not in {n.op_type for n in work.graph.node}

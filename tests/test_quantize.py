@@ -29,6 +29,7 @@ from onnxslim.errors import DataError, NothingToDoError
 from onnxslim.ir import load_model
 from onnxslim.measure import LatencyComparison
 from onnxslim.quant.decisions import QuantReason
+from onnxslim.runtime.session import optimized_graph
 from tests.conftest import run_model
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -51,6 +52,12 @@ def initializers(model):
 def stored_dq(model, inits, dtype):
     """DequantizeLinear nodes reading a stored tensor of ``dtype`` (weights: int8, biases: int32)."""
     return [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == dtype]
+
+
+def int32_dequantized_at_run_time(model) -> list[str]:
+    """The DequantizeLinear nodes of onnxruntime's optimized graph that read a stored INT32 tensor (a bias it did not fuse)."""
+    stored = {t.name for t in model.graph.initializer if t.data_type == TensorProto.INT32}
+    return [n.name for n in optimized_graph(model).graph.node if n.op_type == "DequantizeLinear" and n.input[0] in stored]
 
 
 def cosine(a, b):
@@ -163,13 +170,16 @@ def test_dynamic_sequence_matmul_keeps_its_bias_float():
     inits = initializers(quantized)
     assert not stored_dq(quantized, inits, np.int32)
     assert report.integer_kernels.get("MatMulIntegerToFloat", 0) >= 4 and "QGemm" not in report.integer_kernels
-    assert "DequantizeLinear" not in report.onnxruntime_kernels
+    assert not int32_dequantized_at_run_time(quantized)
+    assert any(p.name == "bias-into-integer-matmuls" and p.modified for p in report.prepare)
     linear = [d for d in report.decisions if d.op_type == "MatMul" and d.code == QuantReason.INTEGER_KERNEL]
     assert len(linear) >= 5 and all("MatMulIntegerToFloat" in d.reason.text for d in linear)
     # each bias Add reads a float initializer: the layers' own, or query, key and value's side by side
     float_consts = {name for name, values in inits.items() if values.dtype == np.float32 and values.ndim == 1 and values.size in (32, 64, 96)}
     adds = [n for n in quantized.graph.node if n.op_type == "Add" and any(i in float_consts for i in n.input)]
     assert len(adds) >= 4
+    # written as MatMulInteger -> Cast -> Mul -> Add, which onnxruntime fuses: every bias is added inside the kernel
+    assert not [n for n in optimized_graph(quantized).graph.node if n.op_type == "Add" and any(i in float_consts for i in n.input)]
     for length in (3, 16):
         feed = {"input": rng.standard_normal((1, length, 32)).astype(np.float32)}
         assert cosine(run_model(model, feed)[0], run_model(quantized, feed)[0]) > 0.99
@@ -690,7 +700,10 @@ def test_layers_kept_in_float_for_the_budget_store_their_weights_in_float16():
     assert "weights stored in float16" in next(d for d in report.decisions if d.node == first.name).reason.text
     assert "Cast" not in report.onnxruntime_kernels  # folded when onnxruntime loads the model
     assert min(c.cosine for c in report.fidelity) >= 0.99  # the budget was measured with the float16 weights
-    assert report.kept_float_weights["written"] == "float16" and report.kept_float_weights["layers"] == 1
+    # the output layer, kept in float by the plan, stores float16 weights too
+    (output_layer,) = [d for d in report.decisions if d.code == QuantReason.OUTPUT_LAYER]
+    assert "weights stored in float16" in output_layer.reason.text
+    assert report.kept_float_weights["written"] == "float16" and report.kept_float_weights["layers"] == 2
     assert report.kept_float_weights["bytes_saved"] >= original.size * 2 - 512
     _, full = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights="float32"))
     assert full.sizes.quantized_bytes - report.sizes.quantized_bytes >= original.size * 2 - 512
@@ -755,7 +768,38 @@ def test_biases_onnxruntime_does_not_fuse_are_seen_and_kept_float():
     rng = np.random.default_rng(5)
     data = [{"input": rng.standard_normal((6, 16)).astype(np.float32), "shape": np.array([2, 3, 16], np.int64)} for _ in range(12)]
     quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=None))
-    assert "DequantizeLinear" not in report.onnxruntime_kernels and report.integer_kernels.get("MatMulIntegerToFloat") == 2
+    assert not int32_dequantized_at_run_time(quantized) and report.integer_kernels.get("MatMulIntegerToFloat") == 2
     assert not stored_dq(quantized, initializers(quantized), np.int32)
     first = next(d for d in report.decisions if d.op_type == "MatMul")
-    assert "does not fuse it with its bias Add" in first.reason.text
+    assert "float bias" in first.reason.text
+
+
+def test_integer_matmuls_onnxruntime_leaves_apart_stay_qdq(monkeypatch):
+    # should an onnxruntime not fuse MatMulInteger with its scale and bias, those layers are built again as QDQ MatMuls
+    import onnxslim.quant.pipeline as quant_pipeline
+
+    model = _with_dynamic_sequence(transformer_block())
+    rng = np.random.default_rng(4)
+    data = [{"input": rng.standard_normal((1, length, 32)).astype(np.float32)} for length in (8, 5, 11) * 4]
+    seen = []
+
+    def left_apart(candidate):
+        names = sorted(n.name for n in candidate.graph.node if n.op_type == "MatMulInteger")
+        seen.append(names)
+        return set(names[:1])
+
+    monkeypatch.setattr(quant_pipeline, "integer_matmuls_left_apart", left_apart)
+    quantized, report = quantize(model, data, config=FAST)
+    assert len(seen) == 1 and len(seen[0]) >= 2  # asked once, on the first build
+    written = {n.name for n in quantized.graph.node if n.op_type == "MatMulInteger"}
+    assert seen[0][0] not in written and written == set(seen[0][1:])
+    assert seen[0][0] in {n.name for n in quantized.graph.node if n.op_type == "MatMul"}
+    feed = {"input": rng.standard_normal((1, 7, 32)).astype(np.float32)}
+    assert cosine(run_model(model, feed)[0], run_model(quantized, feed)[0]) > 0.99
+
+
+def test_output_layers_keep_float32_weights_when_nothing_checks_them():
+    model, data = outlier_mlp(), outlier_inputs(30)
+    _, report = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
+    (output_layer,) = [d for d in report.decisions if d.code == QuantReason.OUTPUT_LAYER]
+    assert "float16" not in output_layer.reason.text and not report.kept_float_weights

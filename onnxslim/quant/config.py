@@ -92,7 +92,7 @@ class QuantConfig:
     scalar_affine: str = scalar_affine_setting()
     smooth: float | None = smooth_setting()
     kept_float_weights: str = setting(
-        "float16", "Weights of the layers --accuracy-budget keeps in float: float16 (half the bytes; cast back to float32 when the model loads; "
+        "float16", "Weights of the layers kept in float (for --accuracy-budget, and output layers): float16 (half the bytes; cast back to float32 when the model loads; "
         "written only when every output still meets the budget with them) or float32.", choices=("float16", "float32"),
     )
     concat_range_ratio: float = 16.0

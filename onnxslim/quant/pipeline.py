@@ -29,6 +29,7 @@ from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes import PassResult
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
+from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
 from onnxslim.passes.parallel import merge_parallel_matmuls
 from onnxslim.progress import track
 from onnxslim.quant.affine import integer_form_if_it_pays
@@ -137,9 +138,11 @@ class QuantRun:
         self.uncalibrated: dict[str, str] = {}  # node -> the body it sits in, which calibration never ran
         self.calibration_batches = 0
         self.calibration_seconds = 0.0
-        self.merges: dict[int, PassResult] = {}  # id of a built model -> the parallel MatMuls its build merged
+        self.layout_passes: dict[int, list[PassResult]] = {}  # id of a built model -> what its build rewrote for onnxruntime's CPU kernels
         self.float_biases: frozenset[str] = frozenset()  # MatMuls whose bias onnxruntime was seen not to fuse
         self.biases_checked = False
+        self.unfused_integer: frozenset[str] = frozenset()  # MatMuls onnxruntime was seen to leave apart from their bias as MatMulInteger
+        self.integer_checked = False
         if config.smooth is not None:
             self._smooth(config.smooth)
 
@@ -337,10 +340,27 @@ class QuantRun:
             plan = _with_int8_recurrent(plan, quantized, keep_float)
         if config.target == "cpu":
             # after planning, so the accuracy budget weighs and names every layer on its own
-            self.merges[id(quantized)] = merge_parallel_matmuls(quantized, keep_separate=keep_float | frozenset(config.exclude_nodes))
+            merged = merge_parallel_matmuls(quantized, keep_separate=keep_float | frozenset(config.exclude_nodes))
+            integer = bias_into_integer_matmuls(quantized, skip=self.unfused_integer)
+            if integer.modified and not self.integer_checked:
+                self.integer_checked = True
+                unfused = integer_matmuls_left_apart(quantized)
+                if unfused:  # this onnxruntime did not fuse them: they stay QDQ MatMuls with a float bias Add
+                    self.unfused_integer = frozenset(unfused)
+                    return self.build(config, keep_float)
+            self.layout_passes[id(quantized)] = [merged, integer]
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
+
+
+def integer_matmuls_left_apart(model: onnx.ModelProto) -> set[str]:
+    """The MatMulInteger nodes of ``model`` that onnxruntime's optimized graph still runs as MatMulInteger (not fused with their scale and bias)."""
+    try:
+        optimized = optimized_graph(model)
+    except Exception:  # no verdict: keep the rewrite, the final timing still guards the result
+        return set()
+    return {n.name for n in optimized.graph.node if n.op_type == "MatMulInteger"} & {n.name for n in model.graph.node if n.op_type == "MatMulInteger"}
 
 
 def biases_dequantized_at_run_time(model: onnx.ModelProto, plan: QuantPlan) -> set[str]:
@@ -393,14 +413,18 @@ def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: froze
 
 
 def _half_weights_within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, plan: QuantPlan, model: onnx.ModelProto, comparisons: list):
-    """The result with the weights of the layers kept in float for the budget stored in float16, when the outputs still meet it.
+    """The result with the weights of the layers kept in float stored in float16, when the outputs still meet the budget.
 
-    Done once the budget search has chosen its layers (float16 weights move some outputs, a peaked softmax
-    most, and the search's scores are not monotone: left to the search, they could change its choice).
-    ``report.kept_float_weights`` says what was measured and which was written.
+    Those are the layers the budget search kept in float and the output layers the plan keeps in float
+    (their weights can be most of a model's bytes: a recognizer's 6,625-way classifier). Done once the
+    budget search has chosen its layers (float16 weights move some outputs, a peaked softmax most, and
+    the search's scores are not monotone: left to the search, they could change its choice); without a
+    budget nothing is checked, so nothing is changed. ``report.kept_float_weights`` says what was
+    measured and which was written.
     """
-    keep_float = frozenset(entry["node"] for entry in report.kept_float_for_budget)
-    if config.kept_float_weights != "float16" or not keep_float or config.precision != "int8":
+    output_layers = {node for node, decision in plan.decisions.items() if decision.code == QuantReason.OUTPUT_LAYER}
+    keep_float = frozenset(entry["node"] for entry in report.kept_float_for_budget) | output_layers
+    if config.kept_float_weights != "float16" or not keep_float or config.precision != "int8" or config.accuracy_budget is None:
         return plan, model, comparisons
     half = onnx.ModelProto()
     half.CopyFrom(model)
@@ -624,9 +648,7 @@ def quantize(
         plan, quantized, comparisons = integer_form_if_it_pays(run, config, report, plan, quantized, comparisons)
     plan, quantized, comparisons = _half_weights_within_budget(run, config, report, plan, quantized, comparisons)
     report.warnings.extend(w for w in run.warnings if w not in report.warnings)
-    merged = run.merges.get(id(quantized))
-    if merged is not None and merged.modified:
-        report.prepare = [*report.prepare, merged]
+    report.prepare = [*report.prepare, *(p for p in run.layout_passes.get(id(quantized), []) if p.modified)]
     report.decisions = list(plan.decisions.values())
     report.fidelity = comparisons
     report.calibration = CalibrationSummary(run.calibration_batches, run.calibration_seconds, _peak_rss_mb())

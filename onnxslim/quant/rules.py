@@ -94,8 +94,8 @@ def weighted(planner: Planner, node: onnx.NodeProto) -> Reason:
         return Reason(QuantReason.QDQ_INPUTS, "INT8 input and per-channel weights (Q/DQ on inputs)")
     bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
     if op == "MatMul" and not planner.bias_fuses(node, activation):
-        return Reason(QuantReason.INTEGER_KERNEL, "MatMulIntegerToFloat: UINT8 input, INT8 per-channel weights, float output "
-                      "(onnxruntime does not fuse it with its bias Add here, which stays apart, in float)")
+        return Reason(QuantReason.INTEGER_KERNEL, "MatMulIntegerToFloat: UINT8 input, INT8 per-channel weights, float output, float bias "
+                      "(onnxruntime builds no QGemm here: an INT32 bias would be dequantized on every run)")
     if op == "MatMul":
         bias_name = planner.matmul_bias(node)
     if bias_name is not None:
