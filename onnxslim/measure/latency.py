@@ -184,9 +184,20 @@ def latency_ratio(
 
     A decision's timing: with ``settle`` it stops early once the verdict is clear (see :func:`time_pair`).
     """
-    runners = [Runner(reference, provider, threads=threads, label=labels[0]), Runner(candidate, provider, threads=threads, label=labels[1])]
-    third = Runner(fallback, provider, threads=threads, label=f"cleaned {labels[0]}") if fallback is not None else None
-    return time_pair(runners[0], runners[1], feed, warmup=max(3, runs // 10), runs=runs, show_progress=show_progress, description=description, fallback=third, settle=settle)
+    return _timed(_runners(reference, candidate, fallback, provider, threads, labels), feed, runs, show_progress, description, settle)
+
+
+def _runners(reference, candidate, fallback, provider: str, threads: int, labels: tuple[str, str], like: list[Runner | None] | None = None) -> list[Runner | None]:
+    """Sessions of the reference, the candidate and the fallback (None when not given) at ``threads``; ``like``: the same models' runners at another count."""
+    like = like or [None, None, None]
+    names = (labels[0], labels[1], f"cleaned {labels[0]}")
+    return [Runner(model, provider, threads=threads, label=name, like=other) if model is not None else None
+            for model, name, other in zip((reference, candidate, fallback), names, like)]
+
+
+def _timed(runners: list[Runner | None], feed, runs: int, show_progress: bool, description: str, settle: bool) -> LatencyComparison:
+    reference, candidate, fallback = runners
+    return time_pair(reference, candidate, feed, warmup=max(3, runs // 10), runs=runs, show_progress=show_progress, description=description, fallback=fallback, settle=settle)
 
 
 def latency_ratios(
@@ -195,8 +206,12 @@ def latency_ratios(
     fallback: ModelSource | None = None, settle: bool = True,
 ) -> tuple[LatencyComparison, LatencyComparison | None]:
     """:func:`latency_ratio` at ``threads`` (the count the user deploys with), and at 1 thread when that is another count (else None)."""
-    common = dict(runs=runs, show_progress=show_progress, labels=labels, provider=provider, fallback=fallback, settle=settle)
-    at_threads = latency_ratio(reference, candidate, feed, threads=threads, description=description, **common)
+    runners = _runners(reference, candidate, fallback, provider, threads, labels)
+    at_threads = _timed(runners, feed, runs, show_progress, description, settle)
     if not also_one_thread(threads, provider):
         return at_threads, None
-    return at_threads, latency_ratio(reference, candidate, feed, threads=1, description=f"{description} (1 thread)", **common)
+    for runner in runners:
+        if runner is not None:
+            del runner.session  # one set of sessions at a time (memory); the serialized models stay for the next set
+    one_thread = _runners(reference, candidate, fallback, provider, 1, labels, like=runners)  # each model serialized once for both counts
+    return at_threads, _timed(one_thread, feed, runs, show_progress, f"{description} (1 thread)", settle)

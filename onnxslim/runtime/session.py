@@ -167,15 +167,20 @@ class Runner:
     """One model on one execution provider."""
 
     def __init__(
-        self, model: ModelSource, provider: str = "CPUExecutionProvider", *, threads: int | None = 1, optimization: str = "all", label: str = "model", prepack: bool = True
+        self, model: ModelSource, provider: str = "CPUExecutionProvider", *, threads: int | None = 1, optimization: str = "all", label: str = "model", prepack: bool = True,
+        like: Runner | None = None,
     ):
+        """``like``: a runner of the same ``model`` whose serialized copy and optimizer choices this one reuses (another thread count)."""
         self.provider = provider
         self.threads = threads
         self.label = label
-        self._file = SessionFile(model) if isinstance(model, onnx.ModelProto) else None
-        self._model = self._file.source if self._file is not None else str(model) if isinstance(model, (str, os.PathLike)) else model
+        if like is not None:
+            self._file, self._model, self._disabled = like._file, like._model, like._disabled
+        else:
+            self._file = SessionFile(model) if isinstance(model, onnx.ModelProto) else None
+            self._model = self._file.source if self._file is not None else str(model) if isinstance(model, (str, os.PathLike)) else model
+            self._disabled = disabled_optimizers(model)
         self._optimization = optimization
-        self._disabled = disabled_optimizers(model)
         ort = _ort()
         if provider not in available_providers():
             raise ProviderError(
