@@ -203,6 +203,23 @@ def test_bad_options_and_nothing_to_prune():
         prune(model, config=FAST)
 
 
+def test_weights_computed_at_run_time_are_named_when_nothing_is_prunable():
+    import onnx.parser
+
+    model = onnx.parser.parse_model("""
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 64, 8, 8] x) => (float[1, 64, 8, 8] y) {
+    shape = Constant <value = int64[4] {64, 64, 3, 3}> ()
+    w = ConstantOfShape <value = float[1] {0.01}> (shape)
+    c = Conv <pads = [1, 1, 1, 1]> (x, w)
+    r = Relu (c)
+    y = Conv <pads = [1, 1, 1, 1]> (r, w)
+}
+""")
+    with pytest.raises(NothingToDoError, match="the weights of 2 layer.s. are computed at run time by ConstantOfShape"):
+        prune(model, config=FAST)
+
+
 def test_cli_prune_writes_model_and_report(save, npz_folder, tmp_path):
     model = residual()
     path = save(model)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -315,6 +316,16 @@ def _never_slower(original: onnx.ModelProto, pruned: onnx.ModelProto, config: Pr
     return pruned
 
 
+def _computed_weights(model: onnx.ModelProto) -> str:
+    """'; the weights of N layers are computed at run time by OP' when that is why no layer is prunable, else ''."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    makers = Counter(producers[n.input[1]].op_type for n in model.graph.node
+                     if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in producers)
+    if not makers:
+        return ""
+    return "; the weights of " + ", ".join(f"{count} layer(s) are computed at run time by {op}" for op, count in makers.most_common())
+
+
 def _remove_channels(
     work: onnx.ModelProto, shapes: dict, source, probe: dict | None, config: PruneConfig, report: PruneReport, label: str, show_progress: bool
 ) -> onnx.ModelProto:
@@ -322,7 +333,7 @@ def _remove_channels(
     energy = channel_energy(work, source, token_mask=config.token_mask, show_progress=show_progress) if config.importance == "activation" else None
     groups = build_groups(trace(work, shapes))
     if not any(group.roots for group in groups.groups):
-        raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights)")
+        raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights){_computed_weights(work)}")
     scores = channel_scores(work, groups, config.importance, energy)
     costs = class_costs(groups.classes, groups.tracing.edits, _node_macs(work, shapes)) if config.scope == "cost" else None
 

@@ -641,8 +641,7 @@ def quantize(
     tables = config.embeddings == "int8" and any(c.quantized for c in find_everywhere(run.prepared, run.scopes, find_tables))
     recurrent = config.recurrent == "int8" and any(c.quantized for c in find_everywhere(run.prepared, run.scopes, find_recurrent))
     if not plan.quantized_nodes and not tables and not recurrent:
-        reasons = sorted({d.reason.text for d in plan.decisions.values()})[:3]
-        raise NothingToDoError(f"{run.label}: nothing to quantize ({'; '.join(reasons) or 'no nodes'})")
+        raise NothingToDoError(f"{run.label}: nothing to quantize ({_main_reasons(plan) or 'no nodes'})")
     plan, quantized, comparisons = _within_budget(run, config, report, eval_data is not None)
     if measure_scalar_affine:
         plan, quantized, comparisons = integer_form_if_it_pays(run, config, report, plan, quantized, comparisons)
@@ -666,6 +665,18 @@ def quantize(
     if output is not None:
         write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
     return result, report
+
+
+LAYER_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _main_reasons(plan: QuantPlan, shown: int = 3) -> str:
+    """The most telling reasons nothing was quantized: the layers' first (they hold the work), then the commonest, with the op types they cover."""
+    groups: dict[str, Counter] = {}
+    for decision in plan.decisions.values():
+        groups.setdefault(decision.reason.text, Counter())[decision.op_type] += 1
+    ranked = sorted(groups.items(), key=lambda item: (not any(op in LAYER_TYPES for op in item[1]), -sum(item[1].values()), item[0]))
+    return "; ".join(f"{', '.join(f'{op} {count}' for op, count in ops.most_common())}: {text}" for text, ops in ranked[:shown])
 
 
 def _method(config: QuantConfig) -> str:

@@ -72,6 +72,9 @@ def weighted(planner: Planner, node: onnx.NodeProto) -> Reason:
     if weight not in planner.constants:
         if op == "MatMul" and planner.is_float_activation(weight):
             return activation_matmul(planner, node)
+        source = planner.producer.get(weight)
+        if source is not None:
+            return _unsupported(f"weight is computed at run time by {source.op_type}, not stored as a constant initializer")
         return _unsupported("weight is not a constant initializer")
     if not planner.is_float_activation(activation):
         return _unsupported("input is not a float activation")
