@@ -519,6 +519,7 @@ def test_bias_into_integer_matmuls_keeps_every_value_and_onnxruntime_fuses_the_b
     before, after = optimized_ops(model), optimized_ops(work)
     assert before["Add"] == 1 and after["Add"] == 0  # the bias went into the kernel
     assert after["MatMulIntegerToFloat"] == 2 and after["MatMulInteger"] == 0 and after["Cast"] == 0
+    assert after["DequantizeLinear"] == 1  # the 1.0 the kernel's scale is read from: one node, however many layers
 
 
 def test_bias_into_integer_matmuls_leaves_signed_activations_and_named_nodes():

@@ -172,6 +172,8 @@ def test_dynamic_sequence_matmul_keeps_its_bias_float():
     assert report.integer_kernels.get("MatMulIntegerToFloat", 0) >= 4 and "QGemm" not in report.integer_kernels
     assert not int32_dequantized_at_run_time(quantized)
     assert any(p.name == "bias-into-integer-matmuls" and p.modified for p in report.prepare)
+    integer_layers = sum(n.op_type == "MatMulInteger" for n in quantized.graph.node)
+    assert integer_layers >= 4 and report.onnxruntime_kernels["DequantizeLinear"] == 1  # the shared 1.0 the fused kernels read their scales from
     linear = [d for d in report.decisions if d.op_type == "MatMul" and d.code == QuantReason.INTEGER_KERNEL]
     assert len(linear) >= 5 and all("MatMulIntegerToFloat" in d.reason.text for d in linear)
     # each bias Add reads a float initializer: the layers' own, or query, key and value's side by side

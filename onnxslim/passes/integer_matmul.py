@@ -14,7 +14,8 @@ constants (onnxruntime folds constant expressions first, and would fold a Mul of
 two initializers away): the scale is written as ``Mul(one, scales)``, where
 ``one`` is 1.0 from a DequantizeLinear, a node onnxruntime keeps unfolded in
 QDQ models so that its quantization fusions can see it. One such node serves
-every rewritten MatMul.
+every rewritten MatMul, through a Reshape: onnxruntime gives each reader of a
+DequantizeLinear a copy of its own, one more node per layer at run time.
 
 Rewritten: a MatMul (standard domain) whose first input is a DequantizeLinear of
 UINT8 with a scalar scale and zero point (the quantized activation), whose
@@ -113,8 +114,10 @@ def bias_into_integer_matmuls(model: onnx.ModelProto, skip: Iterable[str] = ()) 
         result.decline("model", DeclineCode.OPSET, f"MatMulInteger needs opset {MATMUL_INTEGER_OPSET}; the model has {default_opset(model)}")
         return result
     taken = all_value_names(graph) | {n.name for n in graph.node}
-    stored_one, scale_one, one = (unique_name(f"integer_matmul_{what}", taken) for what in ("stored_one", "scale_one", "one"))
-    graph.initializer.extend([from_array(np.ones(1, np.int8), stored_one), from_array(np.array(1.0, np.float32), scale_one)])
+    stored_one, scale_one, shape, dequantized, one = (
+        unique_name(f"integer_matmul_{what}", taken) for what in ("stored_one", "scale_one", "one_shape", "one_dequantized", "one"))
+    graph.initializer.extend([
+        from_array(np.ones(1, np.int8), stored_one), from_array(np.array(1.0, np.float32), scale_one), from_array(np.ones(1, np.int64), shape)])
     replacements: dict[int, list[onnx.NodeProto]] = {}
     for match in matches:
         base = match.matmul.name or match.matmul.output[0]
@@ -131,7 +134,8 @@ def bias_into_integer_matmuls(model: onnx.ModelProto, skip: Iterable[str] = ()) 
         del match.add.input[:]
         match.add.input.extend([match.matmul.output[0], match.bias])  # onnxruntime takes the bias from the Add's second input
         result.change(f"{match.matmul.name}: MatMulInteger with its bias {match.bias}, fused by onnxruntime into one kernel")
-    nodes = [helper.make_node("DequantizeLinear", [stored_one, scale_one], [one], name=unique_name("integer_matmul_one", taken))]
+    nodes = [helper.make_node("DequantizeLinear", [stored_one, scale_one], [dequantized], name=unique_name("integer_matmul_one", taken)),
+             helper.make_node("Reshape", [dequantized, shape], [one], name=unique_name("integer_matmul_one_shared", taken))]
     for node in graph.node:
         nodes.extend(replacements.get(id(node), [node]))
     del graph.node[:]
