@@ -825,3 +825,20 @@ def test_output_layers_keep_float32_weights_when_nothing_checks_them():
     _, report = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
     (output_layer,) = [d for d in report.decisions if d.code == QuantReason.OUTPUT_LAYER]
     assert "float16" not in output_layer.reason.text and not report.kept_float_weights
+
+
+def test_the_report_lists_the_layout_rewrites_of_the_model_written():
+    # a transformer block with a float output layer whose weights the budget lets be stored in float16 (a copy of the
+    # built model): the merged and integer MatMuls of its build must still be in the report's preparation steps
+    model = _with_dynamic_sequence(transformer_block())
+    head = numpy_helper.from_array(np.random.default_rng(8).standard_normal((32, 160)).astype(np.float32) / 8, "head_weight")
+    model.graph.initializer.append(head)
+    last = model.graph.output[0]
+    model.graph.node.append(helper.make_node("MatMul", [last.name, "head_weight"], ["scores"], name="head"))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, "sequence", 160]))
+    rng = np.random.default_rng(4)
+    data = [{"input": rng.standard_normal((1, length, 32)).astype(np.float32)} for length in (8, 5, 11) * 8]
+    _, report = quantize(model, data, config=QuantConfig(latency_runs=0))
+    assert report.kept_float_weights.get("written") == "float16"
+    assert {"merge-parallel-matmuls", "bias-into-integer-matmuls"} <= {p.name for p in report.prepare if p.modified}

@@ -129,6 +129,8 @@ class QuantPlan:
     signed: bool = False
     # body path -> the plan of that If branch or Loop/Scan body (nested bodies listed here too, not in their parents' plans)
     bodies: dict[str, QuantPlan] = field(default_factory=dict)
+    # what the build of this plan rewrote after planning for onnxruntime's kernels (pass results: merged MatMuls, integer MatMuls)
+    layout: list = field(default_factory=list)
 
     def observed_tensors(self, *, bounded_only: bool = False) -> set[str]:
         """Tensors calibration observes (those of bounded outputs only, when asked): plain names for the main graph, scoped keys inside bodies."""

@@ -27,7 +27,6 @@ from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
 from onnxslim.measure import RememberedReference, fidelity, tensor_fidelity, worst_score
 from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
-from onnxslim.passes import PassResult
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
 from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
 from onnxslim.passes.parallel import merge_parallel_matmuls
@@ -138,7 +137,6 @@ class QuantRun:
         self.uncalibrated: dict[str, str] = {}  # node -> the body it sits in, which calibration never ran
         self.calibration_batches = 0
         self.calibration_seconds = 0.0
-        self.layout_passes: dict[int, list[PassResult]] = {}  # id of a built model -> what its build rewrote for onnxruntime's CPU kernels
         self.float_biases: frozenset[str] = frozenset()  # MatMuls whose bias onnxruntime was seen not to fuse
         self.biases_checked = False
         self.unfused_integer: frozenset[str] = frozenset()  # MatMuls onnxruntime was seen to leave apart from their bias as MatMulInteger
@@ -348,7 +346,7 @@ class QuantRun:
                 if unfused:  # this onnxruntime did not fuse them: they stay QDQ MatMuls with a float bias Add
                     self.unfused_integer = frozenset(unfused)
                     return self.build(config, keep_float)
-            self.layout_passes[id(quantized)] = [merged, integer]
+            plan = dataclasses.replace(plan, layout=[merged, integer])
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
@@ -647,7 +645,7 @@ def quantize(
         plan, quantized, comparisons = integer_form_if_it_pays(run, config, report, plan, quantized, comparisons)
     plan, quantized, comparisons = _half_weights_within_budget(run, config, report, plan, quantized, comparisons)
     report.warnings.extend(w for w in run.warnings if w not in report.warnings)
-    report.prepare = [*report.prepare, *(p for p in run.layout_passes.get(id(quantized), []) if p.modified)]
+    report.prepare = [*report.prepare, *(p for p in plan.layout if p.modified)]
     report.decisions = list(plan.decisions.values())
     report.fidelity = comparisons
     report.calibration = CalibrationSummary(run.calibration_batches, run.calibration_seconds, _peak_rss_mb())
