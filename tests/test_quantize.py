@@ -525,6 +525,22 @@ def test_embedding_tables_are_stored_in_int8_rows_and_looked_up_exactly():
         quantize(model, data, config=QuantConfig(latency_runs=0, embeddings="float"))
 
 
+def test_each_table_is_quantized_once_however_many_builds(monkeypatch):
+    import onnxslim.quant.tables as tables
+    from onnxslim.quant.pipeline import QuantRun
+
+    calls = []
+    original = tables.row_quantize
+    monkeypatch.setattr(tables, "row_quantize", lambda table: calls.append(table.shape) or original(table))
+    model = embedding_model()
+    data = [{"ids": np.random.default_rng(i).integers(0, 1000, (1, 16)).astype(np.int64)} for i in range(12)]
+    run = QuantRun(model, data, FAST, None, None, False)
+    first, second = run.build(FAST)[1], run.build(FAST)[1]
+    assert len(calls) == 1
+    stored = [{t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}["table_int8"] for m in (first, second)]
+    np.testing.assert_array_equal(*stored)
+
+
 def test_a_table_tied_to_an_output_projection_stays_float():
     from onnxslim.quant.tables import find_tables
 

@@ -139,6 +139,7 @@ class QuantRun:
         self.calibration_seconds = 0.0
         self.float_biases: frozenset[str] = frozenset()  # MatMuls whose bias onnxruntime was seen not to fuse
         self.biases_checked = False
+        self.table_rows: dict = {}  # INT8 rows of the lookup tables, quantized once for every build
         self.unfused_integer: frozenset[str] = frozenset()  # MatMuls onnxruntime was seen to leave apart from their bias as MatMulInteger
         self.integer_checked = False
         if config.smooth is not None:
@@ -319,6 +320,7 @@ class QuantRun:
     def rebuilt_with_weights(self, model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
         """The QDQ model of ``model`` (this run's prepared graph with new weight values) with this run's plan and scales, not recalibrated."""
         self.prepared = model
+        self.table_rows = {}  # new weights: new tables
         return self.build(config)[1]
 
     def build(self, config: QuantConfig, keep_float: frozenset[str] = frozenset()) -> tuple[QuantPlan, onnx.ModelProto]:
@@ -333,7 +335,7 @@ class QuantRun:
                 plan, params = self.params(self.plan(config, keep_float))
                 quantized = insert_qdq_everywhere(self.prepared, plan, params, self.scopes)
         if config.embeddings == "int8":
-            plan = _with_int8_tables(plan, quantized, keep_float)
+            plan = _with_int8_tables(plan, quantized, keep_float, self.table_rows)
         if config.recurrent == "int8":
             plan = _with_int8_recurrent(plan, quantized, keep_float)
         if config.target == "cpu":
@@ -390,14 +392,14 @@ def biases_dequantized_at_run_time(model: onnx.ModelProto, plan: QuantPlan) -> s
     return found
 
 
-def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str]) -> QuantPlan:
+def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str], rows_cache: dict | None = None) -> QuantPlan:
     """Store the lookup tables of ``model`` (inside If/Loop/Scan bodies too) in INT8, in place, except those kept in float; the plan's decisions say so."""
     choices: list = []
 
     def rewrite(graph_model: onnx.ModelProto, reserved: set[str]) -> list[str]:
         found = [c for c in find_tables(graph_model) if c.node not in keep_float]
         choices.extend(found)
-        return store_tables_in_int8(graph_model, found, reserved=reserved)
+        return store_tables_in_int8(graph_model, found, reserved=reserved, rows_cache=rows_cache)
 
     rewritten = set(rewrite_everywhere(model, rewrite))
     if not rewritten:

@@ -72,8 +72,14 @@ def row_quantize(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values, scales
 
 
-def store_tables_in_int8(model: onnx.ModelProto, choices: list[TableChoice], *, reserved: frozenset[str] | set[str] = frozenset()) -> list[str]:
-    """Rewrite (in place) every quantizable choice's Gather; returns the nodes rewritten."""
+def store_tables_in_int8(
+    model: onnx.ModelProto, choices: list[TableChoice], *, reserved: frozenset[str] | set[str] = frozenset(), rows_cache: dict | None = None
+) -> list[str]:
+    """Rewrite (in place) every quantizable choice's Gather; returns the nodes rewritten.
+
+    ``rows_cache``: INT8 rows and scales of tables quantized before, by table name and shape, for
+    a caller that builds the same model several times (each build would quantize them again).
+    """
     weights = initializer_map(model.graph)
     taken = all_value_names(model.graph) | set(reserved)  # names of enclosing scopes, when model is a body's view
     by_name = {c.node: c for c in choices if c.quantized}
@@ -85,7 +91,13 @@ def store_tables_in_int8(model: onnx.ModelProto, choices: list[TableChoice], *, 
         choice = by_name.get(node.name)
         if choice is None:
             continue
-        values, scales = row_quantize(to_array(weights[choice.table]).astype(np.float32))
+        key = (choice.table, tuple(weights[choice.table].dims))
+        if rows_cache is not None and key in rows_cache:
+            values, scales = rows_cache[key]
+        else:
+            values, scales = row_quantize(to_array(weights[choice.table]).astype(np.float32))
+            if rows_cache is not None:
+                rows_cache[key] = (values, scales)
         table_name = unique_name(f"{choice.table}_int8", taken)
         scale_name = unique_name(f"{choice.table}_row_scale", taken)
         model.graph.initializer.extend([from_array(values, table_name), from_array(scales, scale_name)])
