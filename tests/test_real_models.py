@@ -71,7 +71,8 @@ def test_compress_on_the_recognizer_writes_a_faster_model_within_its_budget(ppoc
     from onnxslim.errors import BudgetError
 
     out = tmp_path / "rec.small.onnx"
-    config = CompressConfig(ratios=(0.1,), latency_runs=10)
+    # timed at one thread: two threads on a two-core CI machine are noise-dominated (FP32 often slower than at one)
+    config = CompressConfig(ratios=(0.1,), latency_runs=20, threads=1)
     try:
         _, report = compress(ppocr["ppocr_rec.onnx"], rec_data / "calib", eval_data=rec_data / "eval", config=config, output=out)
     except BudgetError as exc:  # show what was measured
