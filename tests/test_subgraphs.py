@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
 
 from models.builders import CONTROL_FLOW_BUILDERS, branching_convs, looped_mlp, rate_branches, sample_inputs, scanned_cell
 from models.scripted_export import scripted_branches
@@ -182,3 +183,17 @@ def test_torch_script_control_flow_export_is_quantized_inside_its_if_and_loop():
     assert report.onnxruntime_kernels.get("QLinearConv", 0) >= 6  # the stem, two per branch, the one in the loop
     for batch in both_ways(model, 6, seed=9):
         assert cosine(run_model(model, batch)[0], run_model(quantized, batch)[0]) > 0.99
+
+
+def test_drop_unread_initializers_keeps_what_a_body_or_a_graph_output_reads():
+    from onnxslim.ir.graph import drop_unread_initializers
+
+    branch = helper.make_graph([helper.make_node("Add", ["x", "inner"], ["y"])], "branch", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["out"], then_branch=branch, else_branch=branch)], "g",
+        [helper.make_tensor_value_info("flag", TensorProto.BOOL, []), helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2]), helper.make_tensor_value_info("exported", TensorProto.FLOAT, [2])],
+        [numpy_helper.from_array(np.ones(2, np.float32), name) for name in ("inner", "exported", "unused")],
+    )
+    drop_unread_initializers(graph, {"inner", "exported", "unused"})
+    assert sorted(t.name for t in graph.initializer) == ["exported", "inner"]

@@ -157,8 +157,12 @@ def observing_only(model: onnx.ModelProto, names: list[str], elem_type: Mapping[
 
 
 def drop_unread_initializers(graph: onnx.GraphProto, names) -> None:
-    """Remove the initializers among ``names`` that no node of ``graph`` reads any more (weights a rewrite replaced)."""
-    still_read = {name for node in graph.node for name in node.input}
+    """Remove the initializers among ``names`` that nothing in ``graph`` reads any more (weights a rewrite replaced).
+
+    Read means: an input of a node, a name an If/Loop/Scan body of a node reads from outside, or a graph output.
+    """
+    still_read = {name for node in graph.node for name in node.input} | {v.name for v in graph.output}
+    still_read |= {name for node in graph.node for sub in subgraphs(node) for name in outer_references(sub)}
     dropped = set(names) - still_read
     kept = [t for t in graph.initializer if t.name not in dropped]
     del graph.initializer[:]

@@ -33,9 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxslim.ir.graph import node_attr
-from onnxslim.ir.scopes import all_nodes
-from onnxslim.ir.tensors import all_value_names, from_array, unique_name
+from onnxslim.ir.graph import drop_unread_initializers, node_attr
+from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
 from onnxslim.passes.opset import default_opset
@@ -140,14 +139,10 @@ def bias_into_integer_matmuls(model: onnx.ModelProto, skip: Iterable[str] = ()) 
         nodes.extend(replacements.get(id(node), [node]))
     del graph.node[:]
     graph.node.extend(nodes)
-    read = {name for node in all_nodes(graph) for name in node.input} | index.outputs
-    unread = {dq.output[0]: dq for match in matches for dq in match.dequantizers if dq.output[0] not in read}
-    dropped = {name for dq in unread.values() for name in dq.input}
+    readers = consumers_map(graph)  # reads from inside If/Loop/Scan bodies count
+    unread = {dq.output[0]: dq for match in matches for dq in match.dequantizers if dq.output[0] not in readers and dq.output[0] not in index.outputs}
     kept = [node for node in graph.node if not (node.op_type == "DequantizeLinear" and node.output[0] in unread)]
     del graph.node[:]
     graph.node.extend(kept)
-    read = {name for node in all_nodes(graph) for name in node.input} | index.outputs
-    initializers = [t for t in graph.initializer if t.name not in dropped or t.name in read]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
+    drop_unread_initializers(graph, {name for dq in unread.values() for name in dq.input})
     return result

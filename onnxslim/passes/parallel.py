@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import drop_unread_initializers, node_attr
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
@@ -199,9 +199,5 @@ def merge_parallel_matmuls(model: onnx.ModelProto, keep_separate: Iterable[str] 
             kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
-    read = {name for node in graph.node for name in node.input}
-    unread = {name for name in dropped if name not in read and name not in index.outputs}
-    initializers = [t for t in graph.initializer if t.name not in unread]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
+    drop_unread_initializers(graph, dropped)
     return result
