@@ -299,6 +299,25 @@ def constant_node_weights(channels: int = 8, size: int = 16, *, seed: int = 7, o
     return model
 
 
+def generated_weights(channels: int = 64, size: int = 8) -> onnx.ModelProto:
+    """Two 3x3 convolutions whose weight ConstantOfShape makes at run time, as in onnx's "light" model graphs.
+
+    Folding it would grow the file from a few bytes to ``channels**2 * 9`` floats, which onnxslim declines.
+    """
+    import onnx.parser
+
+    return onnx.parser.parse_model(f"""
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, {channels}, {size}, {size}] x) => (float[1, {channels}, {size}, {size}] y) {{
+    shape = Constant <value = int64[4] {{{channels}, {channels}, 3, 3}}> ()
+    w = ConstantOfShape <value = float[1] {{0.01}}> (shape)
+    c = Conv <pads = [1, 1, 1, 1]> (x, w)
+    r = Relu (c)
+    y = Conv <pads = [1, 1, 1, 1]> (r, w)
+}}
+""")
+
+
 def mixed_range_concat(size: int = 8, *, seed: int = 8) -> onnx.ModelProto:
     """A detector-style head: box coordinates in pixels concatenated with class scores in 0..1.
 

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from models.builders import ALL_BUILDERS, GraphBuilder, conv_bn_relu, mlp, residual, sample_inputs
+from models.builders import ALL_BUILDERS, GraphBuilder, conv_bn_relu, generated_weights, mlp, residual, sample_inputs
 from onnxslim import PruneConfig, prune
 from onnxslim.cli import main
 from onnxslim.errors import NothingToDoError, UsageError
@@ -204,18 +204,7 @@ def test_bad_options_and_nothing_to_prune():
 
 
 def test_weights_computed_at_run_time_are_named_when_nothing_is_prunable():
-    import onnx.parser
-
-    model = onnx.parser.parse_model("""
-<ir_version: 8, opset_import: ["" : 13]>
-g (float[1, 64, 8, 8] x) => (float[1, 64, 8, 8] y) {
-    shape = Constant <value = int64[4] {64, 64, 3, 3}> ()
-    w = ConstantOfShape <value = float[1] {0.01}> (shape)
-    c = Conv <pads = [1, 1, 1, 1]> (x, w)
-    r = Relu (c)
-    y = Conv <pads = [1, 1, 1, 1]> (r, w)
-}
-""")
+    model = generated_weights()
     with pytest.raises(NothingToDoError, match="the weights of 2 layer.s. are computed at run time by ConstantOfShape"):
         prune(model, config=FAST)
 

@@ -15,6 +15,7 @@ from models.builders import (
     GraphBuilder,
     constant_node_weights,
     conv_bn_relu,
+    generated_weights,
     mixed_range_concat,
     mlp,
     outlier_inputs,
@@ -269,18 +270,7 @@ def test_bad_calibration_data_is_named(npz_folder, mutate, message):
 
 def test_weights_computed_at_run_time_are_named_as_the_reason_nothing_was_quantized():
     # onnx's "light" model graphs make every weight with ConstantOfShape: the layers are what the message must talk about
-    import onnx.parser
-
-    model = onnx.parser.parse_model("""
-<ir_version: 8, opset_import: ["" : 13]>
-g (float[1, 64, 8, 8] x) => (float[1, 64, 8, 8] y) {
-    shape = Constant <value = int64[4] {64, 64, 3, 3}> ()
-    w = ConstantOfShape <value = float[1] {0.01}> (shape)
-    c = Conv <pads = [1, 1, 1, 1]> (x, w)
-    r = Relu (c)
-    y = Conv <pads = [1, 1, 1, 1]> (r, w)
-}
-""")
+    model = generated_weights()
     with pytest.raises(NothingToDoError) as info:  # folding the weight would grow the file from bytes to 147 KB: it is not folded
         quantize(model, [{"x": np.ones((1, 64, 8, 8), np.float32)}] * 3, config=FAST)
     message = str(info.value)

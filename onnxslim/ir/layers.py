@@ -5,6 +5,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+WEIGHTED_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers whose weights are quantized and pruned
+
 
 def weight_axes(node: onnx.NodeProto, weight_ndim: int = 2) -> tuple[int, int]:
     """(input-channel axis, output-channel axis) of a Conv, ConvTranspose, Gemm or MatMul weight.

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.progress import track
 from onnxslim.runtime.probe import observer
-
-WEIGHTED_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _channels_last(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:

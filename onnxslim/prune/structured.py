@@ -24,9 +24,10 @@ from onnxslim.data.sources import DataSource, evaluation_split, for_several_pass
 from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
 from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters, node_macs
 from onnxslim.ir.io import load_model, model_file_bytes, model_weight_bytes
+from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.shapes import infer_shapes
-from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
+from onnxslim.ir.tensors import graph_inputs, initializer_map, producer_map, to_array
 from onnxslim.measure import LatencyComparison, fidelity, latency_ratios
 from onnxslim.measure.latency import also_one_thread, disagreement, interleaved_latency, keep_fallback, threads_text
 from onnxslim.options import check_settings, setting
@@ -318,9 +319,9 @@ def _never_slower(original: onnx.ModelProto, pruned: onnx.ModelProto, config: Pr
 
 def _computed_weights(model: onnx.ModelProto) -> str:
     """'; the weights of N layers are computed at run time by OP' when that is why no layer is prunable, else ''."""
-    producers = {o: n for n in model.graph.node for o in n.output}
+    producers = producer_map(model.graph)
     makers = Counter(producers[n.input[1]].op_type for n in model.graph.node
-                     if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in producers)
+                     if n.op_type in WEIGHTED_LAYERS and len(n.input) > 1 and n.input[1] in producers)
     if not makers:
         return ""
     return "; the weights of " + ", ".join(f"{count} layer(s) are computed at run time by {op}" for op, count in makers.most_common())

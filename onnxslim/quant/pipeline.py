@@ -21,6 +21,7 @@ import onnx
 from onnxslim.data.sources import DataSource, in_memory, open_data, read_once, reiterable
 from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageError, first_line
 from onnxslim.ir.io import load_model, model_file_bytes
+from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.scopes import all_nodes, scoped
 from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
@@ -667,15 +668,12 @@ def quantize(
     return result, report
 
 
-LAYER_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
 def _main_reasons(plan: QuantPlan, shown: int = 3) -> str:
     """The most telling reasons nothing was quantized: the layers' first (they hold the work), then the commonest, with the op types they cover."""
     groups: dict[str, Counter] = {}
     for decision in plan.decisions.values():
         groups.setdefault(decision.reason.text, Counter())[decision.op_type] += 1
-    ranked = sorted(groups.items(), key=lambda item: (not any(op in LAYER_TYPES for op in item[1]), -sum(item[1].values()), item[0]))
+    ranked = sorted(groups.items(), key=lambda item: (not any(op in WEIGHTED_LAYERS for op in item[1]), -sum(item[1].values()), item[0]))
     return "; ".join(f"{', '.join(f'{op} {count}' for op, count in ops.most_common())}: {text}" for text, ops in ranked[:shown])
 
 
