@@ -175,18 +175,6 @@ def time_pair(
     return LatencyComparison(reference.threads, summaries[0], summaries[1], batch, fallback=summaries[2] if fallback is not None else None)
 
 
-def latency_ratio(
-    reference: ModelSource, candidate: ModelSource, feed: Mapping[str, np.ndarray], *, threads: int, runs: int, show_progress: bool = False,
-    description: str = "timing FP32 vs INT8", labels: tuple[str, str] = ("float model", "quantized model"), provider: str = "CPUExecutionProvider",
-    fallback: ModelSource | None = None, settle: bool = True,
-) -> LatencyComparison:
-    """Interleaved median latency of both models (and ``fallback``, when given) on one batch on ``provider``; ``labels`` name them in errors.
-
-    A decision's timing: with ``settle`` it stops early once the verdict is clear (see :func:`time_pair`).
-    """
-    return _timed(_runners(reference, candidate, fallback, provider, threads, labels), feed, runs, show_progress, description, settle)
-
-
 def _runners(reference, candidate, fallback, provider: str, threads: int, labels: tuple[str, str], like: list[Runner | None] | None = None) -> list[Runner | None]:
     """Sessions of the reference, the candidate and the fallback (None when not given) at ``threads``; ``like``: the same models' runners at another count."""
     like = like or [None, None, None]
@@ -205,7 +193,11 @@ def latency_ratios(
     description: str = "timing FP32 vs INT8", labels: tuple[str, str] = ("float model", "quantized model"), provider: str = "CPUExecutionProvider",
     fallback: ModelSource | None = None, settle: bool = True,
 ) -> tuple[LatencyComparison, LatencyComparison | None]:
-    """:func:`latency_ratio` at ``threads`` (the count the user deploys with), and at 1 thread when that is another count (else None)."""
+    """Interleaved median latency of both models (and ``fallback``, when given) on one batch on ``provider``, at ``threads`` (the count
+    the user deploys with) and at 1 thread when that is another count (else None); ``labels`` name them in errors.
+
+    A decision's timing: with ``settle`` each stops early once the verdict is clear (see :func:`time_pair`).
+    """
     runners = _runners(reference, candidate, fallback, provider, threads, labels)
     at_threads = _timed(runners, feed, runs, show_progress, description, settle)
     if not also_one_thread(threads, provider):
