@@ -48,15 +48,17 @@ def test_round_to_nearest_is_consistent_and_its_clipping_never_hurts(bits, symme
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_error_compensation_keeps_the_layer_output_closer_than_rounding(bits):
+    rng = np.random.default_rng(1)  # its own generator: the module's would give other numbers when tests run apart or reordered
     k, n = 192, 64
-    x = RNG.normal(size=(3000, k)) @ (RNG.normal(size=(k, k)) * 0.3 + np.eye(k)) * np.exp(RNG.normal(size=k))
-    weight = RNG.normal(size=(k, n)) * 0.05
+    x = rng.normal(size=(3000, k)) @ (rng.normal(size=(k, k)) * 0.3 + np.eye(k)) * np.exp(rng.normal(size=k))
+    weight = rng.normal(size=(k, n)) * 0.05
     def error(restored):
         return np.linalg.norm(x @ weight - x @ restored) / np.linalg.norm(x @ weight)
 
     rounded = round_to_nearest(weight, bits, 32)
     compensated = error_compensated(weight, x.T @ x, bits, 32)
-    assert error(compensated.dequantized) < 0.85 * error(rounded.dequantized)
+    # 0.71-0.87 of rounding's error over twelve seeds at 4 and 8 bits; this seed 0.80
+    assert error(compensated.dequantized) < 0.9 * error(rounded.dequantized)
     assert compensated.codes.max() <= 2**bits - 1
 
 
