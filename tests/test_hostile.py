@@ -193,3 +193,20 @@ def test_model_local_functions_are_kept(tmp_path):
     assert [f.name for f in pruned.functions] == ["Swish"]
     feed = data[0]
     assert run_model(quantized, feed)[0].shape == run_model(pruned, feed)[0].shape == (1, 4, 8, 8)
+
+
+def test_calibration_names_the_tensor_where_the_float_model_gives_nan(save, npz_folder):
+    rng = np.random.default_rng(0)
+    weights = [helper.make_tensor(name, TensorProto.FLOAT, shape, rng.normal(size=shape).ravel().tolist()) for name, shape in (("w1", [4, 4]), ("w2", [4, 3]))]
+    nodes = [helper.make_node("Sqrt", ["x"], ["root"], name="sqrt"), helper.make_node("MatMul", ["root", "w1"], ["h"], name="hidden"),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="head")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], weights,
+    )
+    model = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    rng = np.random.default_rng(1)
+    batches = [{"x": np.abs(rng.normal(size=(2, 4))).astype(np.float32)} for _ in range(8)]
+    batches[2]["x"][1, 3] = -1.0
+    result = invoke("quantize", model, "-o", model.parent / "out.onnx", "--data", npz_folder(batches), "--accuracy-budget", "none")
+    assert_one_line_error(result, "produces NaN/Inf in 'root'", "batch_002")
+    assert not (model.parent / "out.onnx").exists()

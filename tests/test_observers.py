@@ -144,3 +144,16 @@ def test_histogram_leaves_out_non_finite_values_and_survives_huge_ones():
     observer.update(np.array([-3e30, 2.0], np.float32))
     assert observer.total == 4 and observer.counts.sum() == 4
     assert observer.low <= -3e30 and observer.high > 1e30
+
+
+def test_known_extremes_count_the_same_as_recomputed_ones_and_flag_non_finite_batches():
+    rng = np.random.default_rng(9)
+    values = (rng.standard_t(3, 100_003) * 7).astype(np.float32)  # several counting chunks
+    given, found = TensorStats(MinMaxObserver(), HistogramObserver(256)), HistogramObserver(256)
+    assert given.update(values) is True
+    found.update(values)
+    assert (given.histogram.width, given.histogram.first, given.histogram.total) == (found.width, found.first, found.total)
+    np.testing.assert_array_equal(given.histogram.counts, found.counts)
+    expected, _ = np.histogram(values, bins=found.edges())
+    np.testing.assert_array_equal(found.counts, expected)
+    assert given.update(np.array([1.0, np.nan], np.float32)) is False and given.histogram.total == values.size + 1

@@ -42,6 +42,23 @@ def test_metrics_match_numpy():
     assert not comparison.degenerate
 
 
+@pytest.mark.parametrize("size", [7, 40 * 6625 + 3])  # one chunk, and many chunks with a ragged end
+def test_statistics_taken_a_chunk_at_a_time_equal_whole_array_float64(size):
+    rng = np.random.default_rng(1)
+    ref = rng.standard_normal(size).astype(np.float32)
+    cand = (ref + 0.01 * rng.standard_normal(size)).astype(np.float32)
+    cand[::5] = ref[::5]
+    comparison = OutputComparison("y")
+    comparison.add(ref, cand)
+    r, c = ref.astype(np.float64), cand.astype(np.float64)
+    assert comparison.dot == pytest.approx(r @ c, rel=1e-12) and comparison.cand_sq == pytest.approx(c @ c, rel=1e-12)
+    assert comparison.err_sq == pytest.approx((r - c) @ (r - c), rel=1e-12) and comparison.err_abs == pytest.approx(np.abs(r - c).sum(), rel=1e-12)
+    assert comparison.max_abs == np.abs(r - c).max() and comparison.exact == int((r == c).sum()) and comparison.ref_sum == pytest.approx(r.sum(), rel=1e-9)
+    integers = OutputComparison("ids")
+    integers.add(np.arange(size, dtype=np.int64), np.arange(size, dtype=np.int64))
+    assert integers.cosine == pytest.approx(1.0) and integers.exact == size
+
+
 def test_probability_maps_report_mask_iou_and_class_scores_top1():
     rng = np.random.default_rng(1)
     ref = rng.uniform(size=(2, 1, 16, 16)).astype(np.float32)

@@ -54,6 +54,50 @@ def finite_pairs(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndar
     return ref[keep], cand[keep], counts
 
 
+def _all_finite(array: np.ndarray) -> bool:
+    return array.dtype.kind not in "fc" or bool(np.isfinite(array).all())
+
+
+CHUNK = 1 << 15  # elements converted to float64 at a time: the buffers stay in cache and no large temporary is allocated
+
+
+@dataclass
+class _PairSums:
+    dot: float = 0.0
+    ref_sq: float = 0.0
+    cand_sq: float = 0.0
+    err_sq: float = 0.0
+    err_abs: float = 0.0
+    max_abs: float = 0.0
+    ref_sum: float = 0.0
+    exact: int = 0
+
+
+def _pair_sums(ref: np.ndarray, cand: np.ndarray) -> _PairSums:
+    """Float64 sums over two flat arrays of equal size, a chunk at a time (a model's outputs are often megabytes: whole-array
+    float64 copies and differences cost more in fresh memory than the arithmetic)."""
+    sums = _PairSums()
+    size = ref.size
+    r, c, d = (np.empty(min(size, CHUNK), np.float64) for _ in range(3))
+    for start in range(0, size, CHUNK):
+        stop = min(start + CHUNK, size)
+        n = stop - start
+        rc, cc, dc = r[:n], c[:n], d[:n]
+        np.copyto(rc, ref[start:stop], casting="unsafe")
+        np.copyto(cc, cand[start:stop], casting="unsafe")
+        sums.dot += float(np.einsum("i,i->", rc, cc))  # numpy's own loop: BLAS would start threads that fight onnxruntime's
+        sums.ref_sq += float(np.einsum("i,i->", rc, rc))
+        sums.cand_sq += float(np.einsum("i,i->", cc, cc))
+        sums.ref_sum += float(rc.sum())
+        sums.exact += int(np.count_nonzero(rc == cc))
+        np.subtract(rc, cc, out=dc)
+        sums.err_sq += float(np.einsum("i,i->", dc, dc))
+        np.abs(dc, out=dc)
+        sums.err_abs += float(dc.sum())
+        sums.max_abs = max(sums.max_abs, float(dc.max()))
+    return sums
+
+
 @dataclass
 class TensorNoise:
     """Running error and signal power of one intermediate tensor: all a noise ranking reads, at a fraction of
@@ -108,26 +152,24 @@ class OutputComparison:
                 f"{source}: output '{self.name}' has shape {tuple(candidate.shape)} in the candidate, "
                 f"{tuple(reference.shape)} in the reference"
             )
-        ref = np.asarray(reference, dtype=np.float64).ravel()
-        cand = np.asarray(candidate, dtype=np.float64).ravel()
-        ref, cand, counts = finite_pairs(ref, cand)
-        self.nonfinite_candidate += counts[0]
-        self.nonfinite_reference += counts[1]
-        self.nonfinite_disagreeing += counts[2]
-        diff = ref - cand
-        dot = float(ref @ cand)
-        ref_sq = float(ref @ ref)
-        cand_sq = float(cand @ cand)
+        ref, cand = np.asarray(reference).ravel(), np.asarray(candidate).ravel()
+        if not (_all_finite(ref) and _all_finite(cand)):
+            ref, cand, counts = finite_pairs(ref.astype(np.float64), cand.astype(np.float64))
+            self.nonfinite_candidate += counts[0]
+            self.nonfinite_reference += counts[1]
+            self.nonfinite_disagreeing += counts[2]
+        sums = _pair_sums(ref, cand)
+        dot, ref_sq, cand_sq = sums.dot, sums.ref_sq, sums.cand_sq
         self.elements += ref.size
         self.batches += 1
         self.dot += dot
         self.ref_sq += ref_sq
         self.cand_sq += cand_sq
-        self.err_sq += float(diff @ diff)
-        self.err_abs += float(np.abs(diff).sum())
-        self.max_abs = max(self.max_abs, float(np.abs(diff).max()) if diff.size else 0.0)
-        self.ref_sum += float(ref.sum())
-        self.exact += int((ref == cand).sum())
+        self.err_sq += sums.err_sq
+        self.err_abs += sums.err_abs
+        self.max_abs = max(self.max_abs, sums.max_abs)
+        self.ref_sum += sums.ref_sum
+        self.exact += sums.exact
         self.min_batch_cosine = min(self.min_batch_cosine, _cosine(dot, ref_sq, cand_sq))
         if looks_like_class_scores(reference):
             ref_top = np.argmax(reference, axis=-1)

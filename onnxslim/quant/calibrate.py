@@ -46,9 +46,8 @@ def calibrate(
     for label, batch in track(batches, "calibrating", total=total, enabled=show_progress):
         values = runner.run(batch, from_graph) if from_graph else []
         for name, value in zip(from_graph, values):
-            if not np.isfinite(value).all():
+            if not stats[name].update(value):
                 raise DataError(f"{label}: the float model produces NaN/Inf in '{name}' on this batch")
-            stats[name].update(value)
         for name in wanted:
             if name in inputs:
                 stats[name].update(batch[name])

@@ -37,7 +37,10 @@ class MinMaxObserver:
     def update(self, array: np.ndarray) -> None:
         if array.size == 0:
             return
-        lo, hi = float(np.min(array)), float(np.max(array))
+        self.update_extremes(float(np.min(array)), float(np.max(array)), array.size)
+
+    def update_extremes(self, lo: float, hi: float, size: int) -> None:
+        """Fold in a batch of ``size`` values whose extremes are ``lo`` and ``hi``."""
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         if self.avg_min is None:
             self.avg_min, self.avg_max = lo, hi
@@ -45,7 +48,7 @@ class MinMaxObserver:
         else:
             self.avg_min = self.momentum * self.avg_min + (1 - self.momentum) * lo
             self.avg_max = self.momentum * self.avg_max + (1 - self.momentum) * hi
-        self.count += array.size
+        self.count += size
         self.batches += 1
 
     def merge(self, later: MinMaxObserver) -> None:
@@ -64,6 +67,9 @@ class MinMaxObserver:
         self.min, self.max = min(self.min, later.min), max(self.max, later.max)
         self.count += later.count
         self.batches += later.batches
+
+
+CHUNK = 1 << 15  # values counted at a time
 
 
 class HistogramObserver:
@@ -122,17 +128,32 @@ class HistogramObserver:
         np.add.at(counts, index[keep], self.counts[keep])
         self.counts, self.width, self.first = counts, width, first
 
-    def update(self, array: np.ndarray) -> None:
+    def update(self, array: np.ndarray, extremes: tuple[float, float] | None = None) -> None:
+        """Count ``array``'s finite values; ``extremes``: its min and max when already known (and finite)."""
         values = np.asarray(array, dtype=np.float32).ravel()
-        if not np.isfinite(values).all():
-            values = values[np.isfinite(values)]
-        if values.size == 0:
+        if extremes is None or not all(map(math.isfinite, extremes)):
+            if not np.isfinite(values).all():
+                values = values[np.isfinite(values)]
+            if values.size == 0:
+                return
+            extremes = float(values.min()), float(values.max())
+        elif values.size == 0:
             return
-        lo, hi = float(values.min()), float(values.max())
+        lo, hi = extremes
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self._regrid(self._fitting_width(self.min, self.max, self.width), self.min)
-        index = np.floor(values / np.float32(self.width)).astype(np.int64) - self.first
-        self.counts += np.bincount(index, minlength=self.bins)
+        inverse = np.float32(1.0 / self.width)  # a power of two: multiplying is exactly dividing
+        # a chunk at a time: whole-tensor float and int64 temporaries cost more in fresh memory than the counting
+        scaled = np.empty(min(values.size, CHUNK), np.float32)
+        index = np.empty(scaled.size, np.int64)
+        for start in range(0, values.size, CHUNK):
+            chunk = values[start : start + CHUNK]
+            f, i = scaled[: chunk.size], index[: chunk.size]
+            np.multiply(chunk, inverse, out=f)
+            np.floor(f, out=f)
+            np.copyto(i, f, casting="unsafe")
+            i -= self.first
+            self.counts += np.bincount(i, minlength=self.bins)
         self.total += values.size
 
     def merge(self, other: HistogramObserver) -> None:
@@ -164,10 +185,16 @@ class TensorStats:
     minmax: MinMaxObserver
     histogram: HistogramObserver | None
 
-    def update(self, array: np.ndarray) -> None:
-        self.minmax.update(array)
+    def update(self, array: np.ndarray) -> bool:
+        """Fold in ``array``; False when it holds NaN or Inf (the histogram counts only its finite values)."""
+        if array.size == 0:
+            return True
+        lo, hi = float(np.min(array)), float(np.max(array))  # one pass each, shared by both observers; NaN if any is
+        self.minmax.update_extremes(lo, hi, array.size)
+        finite = math.isfinite(lo) and math.isfinite(hi)
         if self.histogram is not None:
-            self.histogram.update(array)
+            self.histogram.update(array, (lo, hi) if finite and array.dtype == np.float32 else None)
+        return finite
 
     def merge(self, later: TensorStats) -> None:
         """Fold in the statistics of the batches that came after this one's."""
