@@ -113,11 +113,15 @@ class TensorNoise:
             raise DataError(f"{source}: tensor '{self.name}' has shape {tuple(candidate.shape)} in the candidate, {tuple(reference.shape)} in the reference")
         ref = np.asarray(reference, dtype=np.float32).ravel()
         cand = np.asarray(candidate, dtype=np.float32).ravel()
-        ref, cand, counts = finite_pairs(ref, cand)
-        self.nonfinite_mismatches += sum(counts)
-        diff = ref - cand
-        self.err_sq += float(np.dot(diff, diff))
-        self.ref_sq += float(np.dot(ref, ref))
+        if not (_all_finite(ref) and _all_finite(cand)):
+            ref, cand, counts = finite_pairs(ref, cand)
+            self.nonfinite_mismatches += sum(counts)
+        diff = np.empty(min(ref.size, CHUNK), np.float32)
+        for start in range(0, ref.size, CHUNK):  # see _pair_sums
+            r, c = ref[start : start + CHUNK], cand[start : start + CHUNK]
+            d = np.subtract(r, c, out=diff[: r.size])
+            self.err_sq += float(np.einsum("i,i->", d, d))
+            self.ref_sq += float(np.einsum("i,i->", r, r))
 
 
 @dataclass
