@@ -36,37 +36,22 @@ def added_noise(nodes: Sequence[onnx.NodeProto], noise: Mapping[str, float]) -> 
     keeping it in float removes about that much. Never negative: a residual Add
     or a Softmax that dilutes noise is not credited for it.
     """
-    return {name: max(change, 0.0) for name, change in _noise_change(nodes, noise).items()}
-
-
-def rank_by_added_noise(nodes: Sequence[onnx.NodeProto], noise: Mapping[str, float]) -> list[tuple[str, float]]:
-    """``nodes`` by the noise each adds, the largest first.
-
-    Deep in a fully quantized model most layers receive more noise than they
-    pass on (a convolution sums its input channels' signal coherently and their
-    noise not), so many add none by this measure; among those, a layer that
-    dilutes its input's noise least comes first, since its own rounding is what
-    keeps its output's noise from falling further. Graph order breaks the
-    remaining ties.
-    """
-    change = _noise_change(nodes, noise)
-    order = {node.name: i for i, node in enumerate(nodes)}
-    ranked = sorted(change, key=lambda name: (-max(change[name], 0.0), -change[name], order[name]))
-    return [(name, max(change[name], 0.0)) for name in ranked]
-
-
-def _noise_change(nodes: Sequence[onnx.NodeProto], noise: Mapping[str, float]) -> dict[str, float]:
-    """Per node: noise at its noisiest output less that on its noisiest input, negative where it dilutes the noise it receives;
-    infinite where it is the first to give NaN/Inf, 0 where its input already does."""
-    change = {}
+    added = {}
     for node in nodes:
         out = max((noise.get(t, 0.0) for t in node.output if t), default=0.0)
         into = max((noise.get(t, 0.0) for t in node.input if t), default=0.0)
         if math.isinf(out):
-            change[node.name] = 0.0 if math.isinf(into) else math.inf
+            added[node.name] = 0.0 if math.isinf(into) else math.inf
         else:
-            change[node.name] = out - into if math.isfinite(into) else 0.0
-    return change
+            added[node.name] = max(out - into, 0.0)
+    return added
+
+
+def rank_by_added_noise(nodes: Sequence[onnx.NodeProto], noise: Mapping[str, float]) -> list[tuple[str, float]]:
+    """``nodes`` by the noise each adds, the largest first (graph order breaks ties)."""
+    added = added_noise(nodes, noise)
+    order = {node.name: i for i, node in enumerate(nodes)}
+    return sorted(added.items(), key=lambda item: (-item[1], order[item[0]]))
 
 
 def tensors_to_compare(nodes: Sequence[onnx.NodeProto], float_tensors: set[str]) -> list[str]:
