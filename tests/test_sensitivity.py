@@ -60,7 +60,9 @@ def test_the_budget_search_lands_near_the_fewest_layers_in_few_measurements(prop
     fewest = next(k for k in range(81) if loss_of(k) <= 0.01)
     tried, found = _search(noise, loss_of, 0.01)
     assert fewest <= found <= fewest + max(1, found // 4)
-    assert len(tried) <= 5, tried  # doubling from 1 needs more: 1, 2, 4, 8, 18, ...
+    # doubling from 1 needs more: 1, 2, 4, 8, 18, ...; one more where only nearly every layer will do, rather than all of them
+    assert len(tried) <= (5 if fewest < 0.75 * len(noise) else 6), tried
+    assert found < len(noise)
     assert loss_of(found) <= 0.01
 
 
@@ -70,3 +72,14 @@ def test_the_budget_search_climbs_past_nan_and_ends_when_every_layer_fails():
     assert found in (4, 5) and tried[0] == 1
     tried, found = _search(noise, lambda count: 0.5, 0.01)
     assert found is None and tried[-1] == 5 and len(tried) <= 4
+
+
+def test_the_budget_search_does_not_settle_for_every_layer_kept_when_fewer_may_do():
+    # measured on PP-OCRv4 rec: 36 of 46 layers kept missed 0.01 by 0.0006, all 46 met it; a quarter's bracket would stop
+    # there, and keeping every layer in float leaves nothing quantized
+    noise = [1.0 / (i + 1) for i in range(46)]
+    measured = {0: 0.0179, 4: 0.03, 10: 0.027, 15: 0.0247, 22: 0.016, 33: 0.0113, 36: 0.0106, 46: 0.0}
+    assert 36 < next_count(noise, measured, 0.01) < 46
+    tried, found = _search(noise, lambda count: measured.get(count, 0.0106 if count < 39 else 0.008), 0.01)
+    assert 39 <= found <= 39 + 39 // 4
+    assert next_count(noise, {0: 0.02, 45: 0.011, 46: 0.0}, 0.01) is None  # next to it: nothing fewer to try

@@ -85,7 +85,8 @@ def next_count(noise: Sequence[float], losses: Mapping[int, float], budget_loss:
     line drawn through the measured counts either side of the budget; the guess is aimed a
     tenth inside it and kept well inside the bracket, so the bracket shrinks by a quarter or
     more (or the count grows by half) every step. Done when the smallest passing count is
-    within a quarter of the largest failing one below it (or every layer is kept and fails):
+    within a quarter of the largest failing one below it (next to it, when only keeping every
+    layer passes), or every layer is kept and fails:
     each measurement costs a model build and a pass over the held-out batches, a layer too
     many in float costs a little speed.
     """
@@ -95,7 +96,8 @@ def next_count(noise: Sequence[float], losses: Mapping[int, float], budget_loss:
     low = max(k for k, loss in losses.items() if loss > budget_loss and (high is None or k < high))
     if high is None and low >= total:
         return None
-    if high is not None and high - low <= max(1, high // 4):
+    # every layer kept is no result at all (nothing left quantized): worth measuring down to the last layer
+    if high is not None and high - low <= (1 if high == total else max(1, high // 4)):
         return None
     left = _noise_left(noise)
     target = 0.9 * budget_loss
