@@ -532,3 +532,75 @@ def test_bias_into_integer_matmuls_leaves_signed_activations_and_named_nodes():
     work = qdq_linear()
     (result,) = checked(lambda m: bias_into_integer_matmuls(m, skip=["n3"]))(work)
     assert not result.modified and "MatMulInteger" not in {n.op_type for n in work.graph.node}
+
+
+QDQ_STEM = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, C, 16, 16] x) => (float[N, 8, 8, 8] y) {
+    q = QuantizeLinear (x, xs, xz)
+    d = DequantizeLinear (q, xs, xz)
+    k = DequantizeLinear <axis = 0> (w, ws, wz)
+    c = Conv <pads = [1, 1, 1, 1], strides = [2, 2], group = G> (d, k)
+    cq = QuantizeLinear (c, cs, cz)
+    y = DequantizeLinear (cq, cs, cz)
+}
+"""
+
+
+def qdq_stem(channels=3, weight_zero=0, group=1, weight_type=np.int8) -> onnx.ModelProto:
+    model = onnx.parser.parse_model(QDQ_STEM.replace("C, 16", f"{channels}, 16").replace("group = G", f"group = {group}"))
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.array(0.03, np.float32), "xs"), numpy_helper.from_array(np.array(128, np.uint8), "xz"),
+        numpy_helper.from_array(RNG.integers(-127, 128, size=(8, channels // group, 3, 3)).astype(weight_type), "w"),
+        numpy_helper.from_array(RNG.uniform(0.01, 0.1, size=8).astype(np.float32), "ws"),
+        numpy_helper.from_array(RNG.integers(-3, 4, size=8).astype(weight_type) if weight_zero else np.zeros(8, weight_type), "wz"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "cs"), numpy_helper.from_array(np.array(128, np.uint8), "cz"),
+    ])
+    model.graph.value_info.extend([onnx.helper.make_tensor_value_info("q", onnx.TensorProto.UINT8, ["N", channels, 16, 16])])
+    for index, node in enumerate(model.graph.node):
+        node.name = f"n{index}"
+    return model
+
+
+@pytest.mark.parametrize(("channels", "weight_zero"), [(3, 0), (1, 1), (2, 0)])
+def test_pad_conv_input_channels_gives_the_same_outputs_bit_for_bit(channels, weight_zero):
+    from onnxslim.passes.conv_channels import pad_conv_input_channels
+    from onnxslim.runtime.session import optimized_ops
+
+    model = qdq_stem(channels, weight_zero)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(pad_conv_input_channels)(work)
+    assert result.modified and "n3" in result.changes[0] and f"{channels} input channel" in result.changes[0]
+    assert [n.op_type for n in work.graph.node][:2] == ["Pad", "QuantizeLinear"]
+    stored = numpy_helper.to_array(next(t for t in work.graph.initializer if t.name == "w"))
+    zero = numpy_helper.to_array(next(t for t in work.graph.initializer if t.name == "wz"))
+    assert stored.shape == (8, 4, 3, 3) and (stored[:, channels:] == zero[:, None, None, None]).all()  # the zero point: exactly 0.0
+    assert "q" not in {v.name for v in work.graph.value_info}  # its recorded 3-channel shape no longer holds
+    for batch in (1, 2):
+        feed = {"x": RNG.normal(size=(batch, channels, 16, 16)).astype(np.float32)}
+        for a, b in zip(run_model(model, feed), run_model(work, feed)):
+            np.testing.assert_array_equal(a, b)
+    assert optimized_ops(work)["QLinearConv"] == 1
+
+
+def test_pad_conv_input_channels_leaves_wide_grouped_and_shared_convolutions():
+    from onnxslim.passes.conv_channels import pad_conv_input_channels
+
+    for model in (qdq_stem(channels=4), qdq_stem(channels=8)):
+        (result,) = checked(pad_conv_input_channels)(model)
+        assert not result.modified and not result.declined
+    (result,) = checked(pad_conv_input_channels)(qdq_stem(channels=2, group=2))
+    assert not result.modified and result.declined[0].reason.code == DeclineCode.UNSUPPORTED_FORM
+    for reads_input_too in (True, False):  # the quantized input, or only the weight, read by a second convolution
+        shared = qdq_stem()
+        source = "d"
+        if not reads_input_too:
+            source = "d2"
+            shared.graph.node.extend([onnx.helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["q2"], name="q2"),
+                                      onnx.helper.make_node("DequantizeLinear", ["q2", "xs", "xz"], ["d2"], name="d2")])
+        shared.graph.node.append(onnx.helper.make_node("Conv", [source, "k"], ["c2"], name="again", pads=[1, 1, 1, 1], strides=[2, 2]))
+        shared.graph.output.append(onnx.helper.make_tensor_value_info("c2", onnx.TensorProto.FLOAT, ["N", 8, 8, 8]))
+        (result,) = checked(pad_conv_input_channels)(shared)
+        assert not result.modified
+        assert reads_input_too or {d.reason.code for d in result.declined} == {DeclineCode.SHARED_VALUE}

@@ -90,6 +90,10 @@ def test_conv_bn_relu_layout_and_numbers():
     activations = [n for n in quantized.graph.node if n.op_type == "QuantizeLinear"]
     assert all(inits[n.input[2]].dtype == np.uint8 for n in activations)
     assert report.integer_kernels == {"QLinearConv": 2, "QLinearGlobalAveragePool": 1}
+    # the 3-channel stem reads a fourth channel of zeros: onnxruntime's fast integer kernel, the same numbers
+    padded = [p for p in report.prepare if p.name == "pad-conv-input-channels" and p.modified]
+    assert len(padded) == 1 and len(padded[0].changes) == 1 and ops(quantized)["Pad"] == 1
+    assert sorted(inits[n.input[0]].shape[1] for n in weights) == [4, 16]
     assert_close_to_float(model, quantized, 0.999)
     assert [i.name for i in quantized.graph.input] == [i.name for i in model.graph.input]
     assert [o.name for o in quantized.graph.output] == [o.name for o in model.graph.output]

@@ -29,6 +29,7 @@ from onnxslim.measure import RememberedReference, fidelity, tensor_fidelity, wor
 from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
+from onnxslim.passes.conv_channels import pad_conv_input_channels
 from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
 from onnxslim.passes.parallel import merge_parallel_matmuls
 from onnxslim.progress import track
@@ -349,7 +350,7 @@ class QuantRun:
                 if unfused:  # this onnxruntime did not fuse them: they stay QDQ MatMuls with a float bias Add
                     self.unfused_integer = frozenset(unfused)
                     return self.build(config, keep_float)
-            plan = dataclasses.replace(plan, layout=[merged, integer])
+            plan = dataclasses.replace(plan, layout=[merged, integer, pad_conv_input_channels(quantized)])
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
