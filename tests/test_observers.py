@@ -157,3 +157,13 @@ def test_known_extremes_count_the_same_as_recomputed_ones_and_flag_non_finite_ba
     expected, _ = np.histogram(values, bins=found.edges())
     np.testing.assert_array_equal(found.counts, expected)
     assert given.update(np.array([1.0, np.nan], np.float32)) is False and given.histogram.total == values.size + 1
+
+
+@pytest.mark.parametrize("size", [128, 130, 1000, 2047])
+def test_histogram_spread_over_quantization_levels_matches_splitting_it(size):
+    from onnxslim.quant.ranges import _spread_over_levels
+
+    rng = np.random.default_rng(size)
+    counts = rng.integers(0, 5, size).astype(np.float64) * (rng.random(size) < 0.7)
+    expected = np.concatenate([np.where(c > 0, c.sum() / max((c > 0).sum(), 1), 0.0) for c in np.array_split(counts, 128)])
+    np.testing.assert_allclose(_spread_over_levels(counts, 128), expected, rtol=1e-12)

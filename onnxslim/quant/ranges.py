@@ -60,13 +60,7 @@ def entropy_threshold(hist: HistogramObserver, *, symmetric: bool, levels: int =
     for edge in range(levels, n + 1, step):
         reference = counts[:edge].astype(np.float64).copy()
         reference[edge - 1] += counts[edge:].sum()
-        chunks = np.array_split(counts[:edge].astype(np.float64), levels)
-        expanded = []
-        for chunk in chunks:
-            nonzero = chunk > 0
-            fill = chunk.sum() / max(nonzero.sum(), 1)
-            expanded.append(np.where(nonzero, fill, 0.0))
-        candidate = np.concatenate(expanded)
+        candidate = _spread_over_levels(counts[:edge].astype(np.float64), levels)
         p = reference / reference.sum()
         q_total = candidate.sum()
         if q_total == 0:
@@ -77,6 +71,18 @@ def entropy_threshold(hist: HistogramObserver, *, symmetric: bool, levels: int =
         if kl < best_kl:
             best_kl, best_edge = kl, edge
     return (best_edge + 0.5) * width
+
+
+def _spread_over_levels(counts: np.ndarray, levels: int) -> np.ndarray:
+    """``counts`` merged into ``levels`` consecutive groups (``np.array_split``'s sizes) and each group's total spread evenly
+    over its nonzero bins: the histogram as it would look after quantization, as the KL search compares it."""
+    sizes = np.full(levels, counts.size // levels)
+    sizes[: counts.size % levels] += 1
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    nonzero = counts > 0
+    totals = np.add.reduceat(counts, starts)
+    filled = np.add.reduceat(nonzero.astype(np.float64), starts)
+    return np.where(nonzero, np.repeat(totals / np.maximum(filled, 1.0), sizes), 0.0)
 
 
 def mse_range(hist: HistogramObserver, *, symmetric: bool, levels: int) -> tuple[float, float]:
