@@ -493,6 +493,19 @@ def embedding_model(vocab: int = 1000, dim: int = 128, tied: bool = False) -> on
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def test_row_quantization_a_block_of_rows_at_a_time_equals_the_whole_table_formula():
+    from onnxslim.quant.tables import ROWS_AT_A_TIME, row_quantize
+
+    table = np.random.default_rng(3).normal(size=(2 * ROWS_AT_A_TIME + 5, 24)).astype(np.float32)
+    table[7] = 0.0
+    values, scales = row_quantize(table)
+    peak = np.abs(table).max(axis=1)
+    expected_scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    np.testing.assert_array_equal(scales, expected_scales)
+    np.testing.assert_array_equal(values, np.clip(np.rint(table / expected_scales[:, None]), -127, 127).astype(np.int8))
+    assert scales[7] == 1.0 and not values[7].any()
+
+
 def test_embedding_tables_are_stored_in_int8_rows_and_looked_up_exactly():
     from onnxslim.quant.tables import row_quantize
 

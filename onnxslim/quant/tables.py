@@ -64,11 +64,22 @@ def find_tables(model: onnx.ModelProto, *, min_elements: int = MIN_TABLE_ELEMENT
     return choices
 
 
+ROWS_AT_A_TIME = 1024  # a vocabulary table is tens of MB: whole-table float temporaries cost more in fresh memory than the rounding
+
+
 def row_quantize(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """INT8 rows and their float32 scales: row * 127 / max|row|, rounded; a zero row gets scale 1."""
-    peak = np.abs(table).max(axis=1).astype(np.float32)
+    peak = np.maximum(table.max(axis=1), -table.min(axis=1)).astype(np.float32)
     scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    values = np.clip(np.rint(table / scales[:, None]), -127, 127).astype(np.int8)
+    values = np.empty(table.shape, np.int8)
+    buffer = np.empty((min(ROWS_AT_A_TIME, table.shape[0]),) + table.shape[1:], np.float32)
+    for start in range(0, table.shape[0], ROWS_AT_A_TIME):
+        stop = min(start + ROWS_AT_A_TIME, table.shape[0])
+        rows = buffer[: stop - start]
+        np.divide(table[start:stop], scales[start:stop, None], out=rows)
+        np.rint(rows, out=rows)
+        np.clip(rows, -127, 127, out=rows)
+        values[start:stop] = rows
     return values, scales
 
 
