@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from onnxslim.ir.graph import remove_initializers
 from onnxslim.ir.tensors import constant_names, initializer_map, outer_references, subgraphs, to_array
 from onnxslim.passes.base import DeclineCode, PassResult
 
@@ -95,9 +96,7 @@ def remove_dead_nodes(model: onnx.ModelProto) -> PassResult:
     inputs = {v.name for v in graph.input}
     unused = {t.name for t in graph.initializer if t.name not in live and t.name not in inputs}
     if unused:
-        kept = [t for t in graph.initializer if t.name not in unused]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        remove_initializers(graph, unused)
         result.change(f"removed {len(unused)} unused initializer(s)")
     produced = {o for n in graph.node for o in n.output}
     stale = [v for v in graph.value_info if v.name not in produced]
