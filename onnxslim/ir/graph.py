@@ -146,11 +146,10 @@ def observing_only(model: onnx.ModelProto, names: list[str], elem_type: Mapping[
     probe.CopyFrom(model)
     nodes = [copy for copy, original in zip(probe.graph.node, model.graph.node) if id(original) in needed]
     reads = {name for node in nodes for name in node.input} | set().union(*(outer_references(s) for node in nodes for s in subgraphs(node)))
-    weights = [t for t in probe.graph.initializer if t.name in reads or t.name in names]
+    unneeded = {t.name for t in probe.graph.initializer if t.name not in reads and t.name not in names}
     del probe.graph.node[:]
     probe.graph.node.extend(nodes)
-    del probe.graph.initializer[:]
-    probe.graph.initializer.extend(weights)
+    remove_initializers(probe.graph, unneeded)
     del probe.graph.output[:]
     probe.graph.output.extend(helper.make_tensor_value_info(name, elem_type.get(name, TensorProto.FLOAT), None) for name in names)
     return probe
