@@ -556,7 +556,8 @@ def qdq_stem(channels=3, weight_zero=0, group=1, weight_type=np.int8) -> onnx.Mo
         numpy_helper.from_array(RNG.integers(-3, 4, size=8).astype(weight_type) if weight_zero else np.zeros(8, weight_type), "wz"),
         numpy_helper.from_array(np.array(0.5, np.float32), "cs"), numpy_helper.from_array(np.array(128, np.uint8), "cz"),
     ])
-    model.graph.value_info.extend([onnx.helper.make_tensor_value_info("q", onnx.TensorProto.UINT8, ["N", channels, 16, 16])])
+    model.graph.value_info.extend([onnx.helper.make_tensor_value_info("q", onnx.TensorProto.UINT8, ["N", channels, 16, 16]),
+                                   onnx.helper.make_tensor_value_info("k", onnx.TensorProto.FLOAT, [8, channels // group, 3, 3])])
     for index, node in enumerate(model.graph.node):
         node.name = f"n{index}"
     return model
@@ -576,7 +577,7 @@ def test_pad_conv_input_channels_gives_the_same_outputs_bit_for_bit(channels, we
     stored = numpy_helper.to_array(next(t for t in work.graph.initializer if t.name == "w"))
     zero = numpy_helper.to_array(next(t for t in work.graph.initializer if t.name == "wz"))
     assert stored.shape == (8, 4, 3, 3) and (stored[:, channels:] == zero[:, None, None, None]).all()  # the zero point: exactly 0.0
-    assert "q" not in {v.name for v in work.graph.value_info}  # its recorded 3-channel shape no longer holds
+    assert not {"q", "k"} & {v.name for v in work.graph.value_info}  # their recorded 3-channel shapes no longer hold
     for batch in (1, 2):
         feed = {"x": RNG.normal(size=(batch, channels, 16, 16)).astype(np.float32)}
         for a, b in zip(run_model(model, feed), run_model(work, feed)):

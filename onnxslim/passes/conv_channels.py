@@ -104,7 +104,7 @@ def pad_conv_input_channels(model: onnx.ModelProto) -> PassResult:
         graph.initializer.append(from_array(np.array([0] * stored.ndim + ends, np.int64), amounts))
         pads_before[id(quantize)] = helper.make_node("Pad", [quantize.input[0], amounts], [padded], name=unique_name(f"{conv.name}_pad_channels", taken))
         quantize.input[0] = padded
-        reshaped |= {quantize.output[0], dequantize_input.output[0]}
+        reshaped |= {quantize.output[0], dequantize_input.output[0], dequantize.output[0]}
         result.change(f"{conv.name}: {channels} input channel(s) padded with zeros to {FAST_CHANNELS}, onnxruntime's fast integer kernel")
     if not pads_before:
         return result
@@ -115,7 +115,7 @@ def pad_conv_input_channels(model: onnx.ModelProto) -> PassResult:
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    # shapes recorded for the quantized input no longer hold: onnxruntime would refuse to merge them with its own
+    # shapes recorded for the quantized input and the weight no longer hold: onnxruntime would refuse to merge them with its own
     kept = [info for info in graph.value_info if info.name not in reshaped]
     del graph.value_info[:]
     graph.value_info.extend(kept)
