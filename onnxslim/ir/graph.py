@@ -174,6 +174,19 @@ def remove_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
             del graph.initializer[index]
 
 
+def insert_before(graph: onnx.GraphProto, inserted: Mapping[int, onnx.NodeProto]) -> None:
+    """Put each node of ``inserted`` (keyed by the ``id`` of a node of ``graph``) just before that node."""
+    if not inserted:
+        return
+    nodes = []
+    for node in graph.node:
+        if id(node) in inserted:
+            nodes.append(inserted[id(node)])
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def import_domain(model: onnx.ModelProto, domain: str, version: int = 1) -> None:
     """Import operator ``domain`` at ``version`` unless ``model`` already imports it."""
     if not any(o.domain == domain for o in model.opset_import):

@@ -62,43 +62,6 @@ CHUNK = 1 << 15  # elements converted to float64 at a time: the buffers stay in 
 
 
 @dataclass
-class _PairSums:
-    dot: float = 0.0
-    ref_sq: float = 0.0
-    cand_sq: float = 0.0
-    err_sq: float = 0.0
-    err_abs: float = 0.0
-    max_abs: float = 0.0
-    ref_sum: float = 0.0
-    exact: int = 0
-
-
-def _pair_sums(ref: np.ndarray, cand: np.ndarray) -> _PairSums:
-    """Float64 sums over two flat arrays of equal size, a chunk at a time (a model's outputs are often megabytes: whole-array
-    float64 copies and differences cost more in fresh memory than the arithmetic)."""
-    sums = _PairSums()
-    size = ref.size
-    r, c, d = (np.empty(min(size, CHUNK), np.float64) for _ in range(3))
-    for start in range(0, size, CHUNK):
-        stop = min(start + CHUNK, size)
-        n = stop - start
-        rc, cc, dc = r[:n], c[:n], d[:n]
-        np.copyto(rc, ref[start:stop], casting="unsafe")
-        np.copyto(cc, cand[start:stop], casting="unsafe")
-        sums.dot += float(np.einsum("i,i->", rc, cc))  # numpy's own loop: BLAS would start threads that fight onnxruntime's
-        sums.ref_sq += float(np.einsum("i,i->", rc, rc))
-        sums.cand_sq += float(np.einsum("i,i->", cc, cc))
-        sums.ref_sum += float(rc.sum())
-        sums.exact += int(np.count_nonzero(rc == cc))
-        np.subtract(rc, cc, out=dc)
-        sums.err_sq += float(np.einsum("i,i->", dc, dc))
-        np.abs(dc, out=dc)
-        sums.err_abs += float(dc.sum())
-        sums.max_abs = max(sums.max_abs, float(dc.max()))
-    return sums
-
-
-@dataclass
 class TensorNoise:
     """Running error and signal power of one intermediate tensor: all a noise ranking reads, at a fraction of
     :class:`OutputComparison`'s cost (float32 sums: a ranking needs ratios, not the last digits)."""
@@ -117,7 +80,7 @@ class TensorNoise:
             ref, cand, counts = finite_pairs(ref, cand)
             self.nonfinite_mismatches += sum(counts)
         diff = np.empty(min(ref.size, CHUNK), np.float32)
-        for start in range(0, ref.size, CHUNK):  # see _pair_sums
+        for start in range(0, ref.size, CHUNK):  # see OutputComparison._add_sums
             r, c = ref[start : start + CHUNK], cand[start : start + CHUNK]
             d = np.subtract(r, c, out=diff[: r.size])
             self.err_sq += float(np.einsum("i,i->", d, d))
@@ -162,18 +125,9 @@ class OutputComparison:
             self.nonfinite_candidate += counts[0]
             self.nonfinite_reference += counts[1]
             self.nonfinite_disagreeing += counts[2]
-        sums = _pair_sums(ref, cand)
-        dot, ref_sq, cand_sq = sums.dot, sums.ref_sq, sums.cand_sq
+        dot, ref_sq, cand_sq = self._add_sums(ref, cand)
         self.elements += ref.size
         self.batches += 1
-        self.dot += dot
-        self.ref_sq += ref_sq
-        self.cand_sq += cand_sq
-        self.err_sq += sums.err_sq
-        self.err_abs += sums.err_abs
-        self.max_abs = max(self.max_abs, sums.max_abs)
-        self.ref_sum += sums.ref_sum
-        self.exact += sums.exact
         self.min_batch_cosine = min(self.min_batch_cosine, _cosine(dot, ref_sq, cand_sq))
         if looks_like_class_scores(reference):
             ref_top = np.argmax(reference, axis=-1)
@@ -185,6 +139,32 @@ class OutputComparison:
             self.mask_intersection += int((ref_mask & cand_mask).sum())
             self.mask_union += int((ref_mask | cand_mask).sum())
             self.mask_batches += 1
+
+    def _add_sums(self, ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float]:
+        """Fold two flat arrays into the running sums in float64, a chunk at a time (a model's outputs are often megabytes:
+        whole-array float64 copies and differences cost more in fresh memory than the arithmetic); returns this batch's
+        dot product and squared norms."""
+        dot = ref_sq = cand_sq = 0.0
+        r, c, d = (np.empty(min(ref.size, CHUNK), np.float64) for _ in range(3))
+        for start in range(0, ref.size, CHUNK):
+            n = min(CHUNK, ref.size - start)
+            rc, cc, dc = r[:n], c[:n], d[:n]
+            np.copyto(rc, ref[start : start + n], casting="unsafe")
+            np.copyto(cc, cand[start : start + n], casting="unsafe")
+            dot += float(np.einsum("i,i->", rc, cc))  # numpy's own loop: BLAS would start threads that fight onnxruntime's
+            ref_sq += float(np.einsum("i,i->", rc, rc))
+            cand_sq += float(np.einsum("i,i->", cc, cc))
+            self.ref_sum += float(rc.sum())
+            self.exact += int(np.count_nonzero(rc == cc))
+            np.subtract(rc, cc, out=dc)
+            self.err_sq += float(np.einsum("i,i->", dc, dc))
+            np.abs(dc, out=dc)
+            self.err_abs += float(dc.sum())
+            self.max_abs = max(self.max_abs, float(dc.max()))
+        self.dot += dot
+        self.ref_sq += ref_sq
+        self.cand_sq += cand_sq
+        return dot, ref_sq, cand_sq
 
     @property
     def nonfinite_mismatches(self) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import insert_before, node_attr
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
@@ -108,13 +108,7 @@ def pad_conv_input_channels(model: onnx.ModelProto) -> PassResult:
         result.change(f"{conv.name}: {channels} input channel(s) padded with zeros to {FAST_CHANNELS}, onnxruntime's fast integer kernel")
     if not pads_before:
         return result
-    nodes = []
-    for node in graph.node:
-        if id(node) in pads_before:
-            nodes.append(pads_before[id(node)])
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    insert_before(graph, pads_before)
     # shapes recorded for the quantized input and the weight no longer hold: onnxruntime would refuse to merge them with its own
     kept = [info for info in graph.value_info if info.name not in reshaped]
     del graph.value_info[:]

@@ -132,14 +132,12 @@ class HistogramObserver:
         """Count ``array``'s finite values; ``extremes``: its min and max when already known (and finite)."""
         values = np.asarray(array, dtype=np.float32).ravel()
         if extremes is None or not all(map(math.isfinite, extremes)):
+            extremes = None
             if not np.isfinite(values).all():
                 values = values[np.isfinite(values)]
-            if values.size == 0:
-                return
-            extremes = float(values.min()), float(values.max())
-        elif values.size == 0:
+        if values.size == 0:
             return
-        lo, hi = extremes
+        lo, hi = extremes if extremes is not None else (float(values.min()), float(values.max()))
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self._regrid(self._fitting_width(self.min, self.max, self.width), self.min)
         inverse = np.float32(1.0 / self.width)  # a power of two: multiplying is exactly dividing

@@ -28,6 +28,7 @@ import onnx
 from onnx import helper
 
 from onnxslim.errors import DataError
+from onnxslim.ir.graph import insert_before
 from onnxslim.ir.scopes import expose
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import PassResult
@@ -164,11 +165,5 @@ def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]
         for tensor in graph.initializer:
             if tensor.name in replaced:
                 tensor.CopyFrom(replaced[tensor.name])
-        nodes = []
-        for node in graph.node:
-            if id(node) in inserted:
-                nodes.append(inserted[id(node)])
-            nodes.append(node)
-        del graph.node[:]
-        graph.node.extend(nodes)
+        insert_before(graph, inserted)
     return result
