@@ -312,7 +312,7 @@ def _sensitivity_text(entry: dict, metric: str, label: str) -> str:
 ))
 @config_options(
     QuantConfig, "precision", "weights_only", "block_size", "symmetric", "accuracy_level", "target", "method", "percentile", "op_types", "exclude_nodes",
-    "exclude_op_types", "quantize_attention", "quantize_output_layers", "recurrent", "scalar_affine", "smooth", "kept_float_weights",
+    "exclude_op_types", "quantize_attention", "quantize_output_layers", "recurrent", "scalar_affine", "smooth", "kept_float_weights", "weight_range",
     "embeddings", "accuracy_budget", "accuracy_metric", "sensitivity", "calibration_provider", "max_calibration_samples", "eval_fraction", "max_eval_batches",
 )
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")
@@ -390,6 +390,8 @@ def _print_quantization(report) -> None:
                 highlight=False,
             )
     console.print(f"size: FP32 {report.sizes.fp32_bytes / 1e6:.2f} MB, {label} {report.sizes.quantized_bytes / 1e6:.2f} MB", highlight=False)
+    if report.weight_range.get("used") == "reduced":
+        console.print(f"INT8 weights in [-64, 64]: {escape(report.weight_range['why'])}", highlight=False)
     if report.scalar_affine:
         affine = report.scalar_affine
         form = "integer (QLinearAdd/QLinearMul)" if affine["written"] == "int8" else "float"
@@ -609,7 +611,7 @@ def share(model, output, eval_data, threads, report_path, quiet, input_shapes, *
     "Held-out data every candidate is measured on, read like --data (default: every 5th batch of --data, used to build no candidate)."
 ))
 @config_options(CompressConfig, "max_loss", "accuracy_metric", "target_latency", "ratios", "prune_by", "importance", "distill", "distill_epochs", "distill_time_budget",
-                "distill_lr", "objective", "quantize", "target", "scalar_affine", "smooth", "max_calibration_samples", "eval_fraction", "max_eval_batches")
+                "distill_lr", "objective", "quantize", "target", "scalar_affine", "smooth", "weight_range", "max_calibration_samples", "eval_fraction", "max_eval_batches")
 @threads_option
 @config_options(CompressConfig, "latency_runs")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, help="Also write one self-contained HTML page: the candidates' accuracy/latency plot and a per-layer chart.")

@@ -61,3 +61,40 @@ def test_time_pair_settles_against_the_fallback_and_reports_the_runs_made():
     assert comparison.runs == SETTLED_MIN_ROUNDS
     assert comparison.candidate["runs"] == comparison.fallback["runs"] == SETTLED_MIN_ROUNDS
     assert abs(comparison.ratio - 0.5) < 1e-9
+
+
+def _mlp_feed():
+    from models.builders import mlp
+
+    return mlp(), {"input": np.random.default_rng(0).standard_normal((1, 32)).astype(np.float32)}
+
+
+def test_an_open_session_of_the_reference_is_timed_as_it_is(monkeypatch):
+    from onnxslim.measure import latency
+    from onnxslim.runtime.session import Runner
+
+    model, feed = _mlp_feed()
+    opened = Runner(model, threads=2, label="float model")
+    created = []
+    original_init = Runner.__init__
+
+    def counting_init(self, *args, **kwargs):
+        created.append(kwargs.get("like") is not None)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Runner, "__init__", counting_init)
+    at_two, at_one = latency.latency_ratios(opened, model, feed, threads=2, runs=3)
+    assert at_two.reference["runs"] == 3 and at_one is not None
+    # at 2 threads only the candidate is opened; at 1 thread both, each from the serialized copy it already has
+    assert created == [False, True, True]
+
+
+def test_the_one_thread_timing_runs_only_when_the_first_asks_for_it():
+    from onnxslim.measure import latency
+
+    model, feed = _mlp_feed()
+    asked = []
+    at_two, at_one = latency.latency_ratios(model, model, feed, threads=2, runs=3, one_thread_when=lambda timed: asked.append(timed.ratio) or False)
+    assert at_one is None and asked == [at_two.ratio]
+    _, at_one = latency.latency_ratios(model, model, feed, threads=2, runs=3, one_thread_when=lambda timed: True)
+    assert at_one is not None and at_one.threads == 1

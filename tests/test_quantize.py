@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -686,10 +687,11 @@ def test_scalar_affine_auto_keeps_the_float_form_when_it_cannot_time_it():
 
 
 def _fake_timing(ratio_at_threads, ratio_at_one):
-    def fake(reference, candidate, feed, *, threads, **kwargs):
+    def fake(reference, candidate, feed, *, threads, one_thread_when=None, **kwargs):
         def comparison(ratio, count):
             return LatencyComparison(count, {"median_ms": 1.0, "runs": 3}, {"median_ms": ratio, "runs": 3}) if ratio is not None else None
-        return comparison(ratio_at_threads, threads), comparison(ratio_at_one, 1)
+        first = comparison(ratio_at_threads, threads)
+        return first, comparison(ratio_at_one, 1) if one_thread_when is None or one_thread_when(first) else None
     return fake
 
 
@@ -706,6 +708,8 @@ def test_scalar_affine_auto_writes_the_integer_form_only_when_measured_faster(mo
     quantized, report = quantize(model, calibrate_on(model, 24), config=QuantConfig(latency_runs=3, quantize_output_layers=True, if_slower="write"))
     assert report.scalar_affine["written"] == written and why in report.scalar_affine["why"], report.scalar_affine
     assert report.scalar_affine["latency_vs_float_form"] == pytest.approx(at_threads)
+    # 1 thread can only veto a form found faster: a form not faster where it is deployed is not timed again
+    assert ("latency_vs_float_form_1_thread" in report.scalar_affine) == (at_threads < 0.97)
     integer = written == "int8"
     assert all(d.quantized == integer for d in _affine_decisions(report).values())
     assert any(n.op_type == "DequantizeLinear" and n.input[0].startswith("lab_scale") for n in quantized.graph.node) == integer
@@ -865,3 +869,89 @@ def test_the_report_lists_the_layout_rewrites_of_the_model_written():
     _, report = quantize(model, data, config=QuantConfig(latency_runs=0))
     assert report.kept_float_weights.get("written") == "float16"
     assert {"merge-parallel-matmuls", "bias-into-integer-matmuls"} <= {p.name for p in report.prepare if p.modified}
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_the_final_timing_reuses_the_float_session_opened_for_fidelity(monkeypatch, threads):
+    from onnxslim.runtime.session import Runner
+
+    model = conv_bn_relu()
+    given = []
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda reference, *a, **k: given.append((reference, k["threads"])) or (None, None))
+    quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3, threads=threads))
+    # the held-out comparisons opened the float model at the thread count the result is timed at: that session is timed, not another
+    reference, timed_at = given[0]
+    assert isinstance(reference, Runner) and (reference.threads or None) == (timed_at or None) == (threads or None)
+    assert reference.provider == "CPUExecutionProvider"
+
+
+def test_a_float_session_on_another_provider_or_thread_count_is_not_handed_over():
+    from onnxslim.quant.pipeline import QuantRun
+
+    model = conv_bn_relu()
+    run = QuantRun(model, calibrate_on(model), QuantConfig(latency_runs=3, threads=2), None, None, False)
+    assert run.reference.runner.threads == 2
+    assert run.take_reference("CPUExecutionProvider", 1) is None
+    assert run.take_reference("CPUExecutionProvider", 2) is None  # handed over (or dropped) once: the run holds no session after
+    run.reference  # noqa: B018 (opens it again)
+    assert run.take_reference("CUDAExecutionProvider", 2) is None
+    run.reference  # noqa: B018
+    assert run.take_reference("CPUExecutionProvider", 2) is not None
+
+
+def _stored_weight_codes(model) -> dict[str, np.ndarray]:
+    """The INT8 codes behind every weight DequantizeLinear of a QDQ model, by the layer that reads them."""
+    inits = initializers(model)
+    dequantized = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    return {n.name: inits[dequantized[n.input[1]]] for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in dequantized}
+
+
+def test_reduced_weight_range_keeps_codes_within_64_except_depthwise_layers():
+    from models.builders import depthwise_separable
+
+    model = depthwise_separable()
+    config = QuantConfig(latency_runs=0, accuracy_budget=None, quantize_output_layers=True, weight_range="reduced")
+    quantized, report = quantize(model, calibrate_on(model), config=config)
+    codes = _stored_weight_codes(quantized)
+    groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in model.graph.node if n.op_type == "Conv"}
+    depthwise = {name for name, group in groups.items() if group > 1}
+    assert depthwise and set(codes) - depthwise
+    for name, values in codes.items():
+        assert np.abs(values.astype(int)).max() == (127 if name in depthwise else 64), name
+    assert report.weight_range == {"used": "reduced", "why": "--weight-range reduced"}
+    assert report.to_dict()["weight_range"]["used"] == "reduced"
+    full, report = quantize(model, calibrate_on(model), config=dataclasses.replace(config, weight_range="full"))
+    assert all(np.abs(v.astype(int)).max() == 127 for v in _stored_weight_codes(full).values())
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_weight_range_auto_follows_what_this_machines_kernels_compute(monkeypatch, saturates):
+    import onnxslim.quant.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "integer_products_saturate", lambda *a: saturates)
+    model = conv_bn_relu()
+    quantized, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=0, accuracy_budget=None, quantize_output_layers=True))
+    assert report.weight_range["used"] == ("reduced" if saturates else "full")
+    assert ("no VNNI" in report.weight_range["why"]) == saturates
+    peak = max(np.abs(v.astype(int)).max() for v in _stored_weight_codes(quantized).values())
+    assert peak == (64 if saturates else 127)
+    _, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=0, target="cuda", accuracy_budget=None))
+    assert report.weight_range["used"] == "full"  # GPUs add INT8 products in 32 bits
+
+
+def test_reduced_range_weights_are_computed_exactly_by_this_machines_onnxruntime():
+    """Whatever the CPU: a UINT8 x INT8 product sum over full-range activations and [-64, 64] weights is what integer math says."""
+    from onnxslim.runtime.kernels import integer_products_saturate
+
+    rng = np.random.default_rng(3)
+    activations = rng.integers(200, 256, size=(4, 96)).astype(np.uint8)
+    weight = rng.choice([-64, 64], size=(96, 16)).astype(np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "exact",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [4, 96])], [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 16])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    (computed,) = run_model(model, {"a": activations})
+    np.testing.assert_array_equal(computed, activations.astype(np.int64) @ weight.astype(np.int64))
+    assert isinstance(integer_products_saturate(), bool)

@@ -44,6 +44,9 @@ def test_row_scales_reconstruct_each_gate_row():
     assert codes.dtype == np.int8 and scales.shape == (2, 8)
     np.testing.assert_allclose(codes * scales[..., None], weight, atol=float(scales.max()) / 2 + 1e-7)
     assert (np.abs(codes).max(axis=2) == 127).all()
+    reduced, reduced_scales = row_symmetric(weight, 64)  # the reduced range, for CPUs without VNNI
+    assert (np.abs(reduced).max(axis=2) == 64).all()
+    np.testing.assert_allclose(reduced * reduced_scales[..., None], weight, atol=float(reduced_scales.max()) / 2 + 1e-7)
 
 
 def test_lstm_becomes_dynamic_quantize_lstm_and_keeps_its_outputs():

@@ -35,7 +35,7 @@ from onnxslim.progress import stderr_console
 from onnxslim.prune import PruneConfig, prune
 from onnxslim.prune.importance import METHODS
 from onnxslim.quant import QuantConfig, quantize
-from onnxslim.quant.config import TARGETS, scalar_affine_setting, smooth_setting
+from onnxslim.quant.config import TARGETS, scalar_affine_setting, smooth_setting, weight_range_setting
 from onnxslim.records import Record
 from onnxslim.runtime import Runner, available_providers, resolve_provider
 from onnxslim.runtime.write import write_verified
@@ -80,6 +80,7 @@ class CompressConfig:
     )
     scalar_affine: str = scalar_affine_setting()
     smooth: float | None = smooth_setting()
+    weight_range: str = weight_range_setting()
     max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
     eval_fraction: float = setting(0.2, "Share of --data held out to measure every candidate.", low=0.05, high=0.5)
     max_eval_batches: int = setting(64, "Measure fidelity on at most this many held-out batches.", low=1)
@@ -286,7 +287,7 @@ def _quantized(
         _say(show_progress, f"compress: {name}" + (f" (again, quantize's budget {1 - allowance:.4f})" if attempt else ""))
         quant_config = QuantConfig(
             precision=_precision(config), target=config.target, threads=config.threads, if_slower="keep-int8", accuracy_budget=1.0 - allowance,
-            accuracy_metric=config.accuracy_metric, scalar_affine=config.scalar_affine, smooth=config.smooth,
+            accuracy_metric=config.accuracy_metric, scalar_affine=config.scalar_affine, smooth=config.smooth, weight_range=config.weight_range,
             latency_runs=config.latency_runs if config.scalar_affine == "auto" else 0,  # auto times both forms; compress times the candidates itself
         )
         try:

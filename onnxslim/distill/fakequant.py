@@ -31,19 +31,19 @@ def _rounded(x, scale: float, zero: int, low: int, high: int):
     return ((codes - zero) * scale).detach() + (x - x.detach()) * inside
 
 
-def _weight_rounding(axis: int | None):
+def _weight_rounding(axis: int | None, levels: int):
     import torch
 
     class WeightRounding(torch.nn.Module):
-        """Symmetric INT8 per output channel (or per tensor), scales from the current weight, straight-through gradient."""
+        """Symmetric INT8 in [-levels, levels] per output channel (or per tensor), scales from the current weight, straight-through gradient."""
 
         def forward(self, weight):
             if axis is None:
                 peak = weight.detach().abs().max()
             else:
                 peak = weight.detach().abs().amax(dim=tuple(d for d in range(weight.dim()) if d != axis), keepdim=True)
-            scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak))
-            codes = torch.clamp(torch.round(weight / scale), -127, 127)
+            scale = torch.where(peak > 0, peak / float(levels), torch.ones_like(peak))
+            codes = torch.clamp(torch.round(weight / scale), -levels, levels)
             return (codes * scale).detach() + (weight - weight.detach())
 
     return WeightRounding()
@@ -83,10 +83,10 @@ def _hard_swish_on_grid(_module, inputs, _output):
 
 
 def attach(
-    net, bindings: list[Binding], activations: dict[str, tuple[float, int]], weights: dict[str, int | None], *, signed: bool, input_names: list[str],
+    net, bindings: list[Binding], activations: dict[str, tuple[float, int]], weights: dict[str, tuple[int | None, int]], *, signed: bool, input_names: list[str],
     hard_swish: frozenset[str] = frozenset(),
 ) -> FakeQuantization:
-    """Round ``activations`` (tensor -> (scale, zero point)) and ``weights`` (initializer -> per-channel axis in ONNX, or None)
+    """Round ``activations`` (tensor -> (scale, zero point)) and ``weights`` (initializer -> (per-channel axis in ONNX or None, largest code))
     inside ``net``, a module built by :func:`onnxslim.distill.module.to_module`; ``hard_swish``: outputs of HardSwish nodes
     quantize writes in integer form, whose gate is rounded too."""
     import torch
@@ -117,19 +117,19 @@ def attach(
         owner, _, name = binding.parameter.rpartition(".")
         module = modules[owner]
         parameter = getattr(module, name)
-        axis = weights[binding.initializer]
+        axis, levels = weights[binding.initializer]
         # a Linear holds a MatMul weight transposed: its output channels are axis 0 either way
         torch_axis = None if axis is None else (0 if binding.transposed or parameter.dim() > 2 else axis)
-        parametrize.register_parametrization(module, name, _weight_rounding(torch_axis))
+        parametrize.register_parametrization(module, name, _weight_rounding(torch_axis, levels))
         found._parametrized.append((module, name))
         found.weights += 1
     return found
 
 
-def quantized_tensors(plan, params, model) -> tuple[dict[str, tuple[float, int]], dict[str, int | None], frozenset[str]]:
+def quantized_tensors(plan, params, model) -> tuple[dict[str, tuple[float, int]], dict[str, tuple[int | None, int]], frozenset[str]]:
     """From a quantize plan, its parameters and the model it plans: every rounded activation (by the name its readers see),
-    every INT8 weight's axis, and the outputs of HardSwish nodes written in integer form."""
+    every INT8 weight's axis and largest code, and the outputs of HardSwish nodes written in integer form."""
     activations = {key: (float(np.asarray(params[key][0])), int(np.asarray(params[key][1]))) for key in plan.activations}
-    weights = {name: spec.axis for name, spec in plan.weights.items()}
+    weights = {name: (spec.axis, spec.levels) for name, spec in plan.weights.items()}
     hard_swish = frozenset(n.output[0] for n in model.graph.node if n.name in plan.hard_activations and n.op_type == "HardSwish")
     return activations, weights, hard_swish

@@ -8,7 +8,7 @@ onnxslim reports.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,10 +176,13 @@ def time_pair(
 
 
 def _runners(reference, candidate, fallback, provider: str, threads: int, labels: tuple[str, str], like: list[Runner | None] | None = None) -> list[Runner | None]:
-    """Sessions of the reference, the candidate and the fallback (None when not given) at ``threads``; ``like``: the same models' runners at another count."""
+    """Sessions of the reference, the candidate and the fallback (None when not given) at ``threads``; ``like``: the same models' runners at another count.
+
+    A model given as an open :class:`Runner` is used as it is (the caller opened it at ``threads``).
+    """
     like = like or [None, None, None]
     names = (labels[0], labels[1], f"cleaned {labels[0]}")
-    return [Runner(model, provider, threads=threads, label=name, like=other) if model is not None else None
+    return [None if model is None else model if isinstance(model, Runner) and other is None else Runner(model, provider, threads=threads, label=name, like=other)
             for model, name, other in zip((reference, candidate, fallback), names, like)]
 
 
@@ -189,18 +192,22 @@ def _timed(runners: list[Runner | None], feed, runs: int, show_progress: bool, d
 
 
 def latency_ratios(
-    reference: ModelSource, candidate: ModelSource, feed: Mapping[str, np.ndarray], *, threads: int, runs: int, show_progress: bool = False,
+    reference: ModelSource | Runner, candidate: ModelSource, feed: Mapping[str, np.ndarray], *, threads: int, runs: int, show_progress: bool = False,
     description: str = "timing FP32 vs INT8", labels: tuple[str, str] = ("float model", "quantized model"), provider: str = "CPUExecutionProvider",
-    fallback: ModelSource | None = None, settle: bool = True,
+    fallback: ModelSource | None = None, settle: bool = True, one_thread_when: Callable[[LatencyComparison], bool] | None = None,
 ) -> tuple[LatencyComparison, LatencyComparison | None]:
     """Interleaved median latency of both models (and ``fallback``, when given) on one batch on ``provider``, at ``threads`` (the count
     the user deploys with) and at 1 thread when that is another count (else None); ``labels`` name them in errors.
 
+    ``reference`` may be the float model's session, already open at ``threads`` on ``provider``: it is
+    used (and its session closed after) instead of opening another.
     A decision's timing: with ``settle`` each stops early once the verdict is clear (see :func:`time_pair`).
+    ``one_thread_when``: time at 1 thread only when it holds for the result at ``threads`` (a decision
+    that the first timing already settles skips the second).
     """
     runners = _runners(reference, candidate, fallback, provider, threads, labels)
     at_threads = _timed(runners, feed, runs, show_progress, description, settle)
-    if not also_one_thread(threads, provider):
+    if not also_one_thread(threads, provider) or (one_thread_when is not None and not one_thread_when(at_threads)):
         return at_threads, None
     for runner in runners:
         if runner is not None:

@@ -8,7 +8,10 @@ stem. Measured at one thread on this project's machine, efficientnet_b0's
 with a zero channel before it is quantized, and the weight with its zero point
 along the input-channel axis, adds exact zeros to every sum: the outputs are
 bit for bit those of the unpadded model (tested), and the stem runs on the
-fast path (0.26 ms, plus 0.1 ms for the Pad).
+fast path (0.26 ms, plus 0.1 ms for the Pad). That holds where the kernel's
+sums do not saturate: on x86 CPUs without VNNI, which add products in pairs in
+16 bits, quantize writes weights in the reduced range for that reason (see
+:mod:`onnxslim.quant.params`).
 
 Rewritten: a Conv (standard domain, one group) whose input is a
 DequantizeLinear of a QuantizeLinear of a float tensor, each read by nothing

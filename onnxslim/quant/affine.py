@@ -64,6 +64,7 @@ def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.Mo
     at_threads, at_one = latency_ratios(
         model, integer_model, feed, threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
         description="timing scalar Add/Mul: float vs integer form", labels=("float form", "integer form"),
+        one_thread_when=lambda timed: timed.ratio is not None and timed.ratio < FASTER,  # 1 thread can only veto a form found faster
     )
     entry["latency_vs_float_form"] = at_threads.ratio
     if at_one is not None:

@@ -17,6 +17,15 @@ PRECISIONS = ("int8", "fp16")
 SCALAR_AFFINE = ("auto", "int8", "float")  # auto: the pipeline builds both forms and measures; the planner itself plans 'auto' as 'float'
 
 
+def weight_range_setting():
+    """``--weight-range``, one definition for quantize and compress."""
+    return setting(
+        "auto", "INT8 weight codes: full = [-127, 127]; reduced = [-64, 64], for x86 CPUs without VNNI, whose UINT8 x INT8 kernels add pairs of products "
+        "in 16 bits and would saturate (depthwise layers keep the full range); auto = reduced where this machine's onnxruntime is seen to saturate.",
+        choices=("auto", "full", "reduced"),
+    )
+
+
 def scalar_affine_setting():
     """``--scalar-affine``, one definition for quantize and compress."""
     return setting(
@@ -77,6 +86,7 @@ class QuantConfig:
     method: str = setting("percentile", "Calibration range method.", choices=METHODS)
     percentile: float = setting(99.999, "Percentile for --method percentile.", low=50.0, high=100.0, low_open=True)
     per_channel: bool = True
+    weight_range: str = weight_range_setting()
     op_types: tuple[str, ...] = setting((), "Quantize only these op types.")
     exclude_nodes: tuple[str, ...] = setting((), "Keep these nodes (by name) in float.")
     exclude_op_types: tuple[str, ...] = setting((), "Keep these op types in float.")

@@ -71,10 +71,11 @@ class ActivationQuant:
 
 @dataclass
 class WeightQuant:
-    """A constant weight quantized to INT8, per channel along ``axis`` (None: per tensor)."""
+    """A constant weight quantized to INT8, per channel along ``axis`` (None: per tensor), codes in [-levels, levels]."""
 
     tensor: str
     axis: int | None
+    levels: int = 127
 
 
 @dataclass

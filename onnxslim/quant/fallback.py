@@ -27,10 +27,11 @@ def faster_or_float(
     ``where`` ("here", "on cuda") and ``anyway`` (how to write it regardless)
     make the warning; ``written`` is what the report records when it is kept.
     """
+    opened = run.take_reference(provider, config.threads)  # the float model's session, when the run still holds one that fits
     if config.latency_runs > 0 and feed is not None:
         fallback = None if has_mapped(run.original) else run.cleaned
         report.latency, report.latency_1_thread = latency_ratios(
-            run.original, candidate, feed, threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress, description=description,
+            opened or run.original, candidate, feed, threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress, description=description,
             labels=labels, provider=provider, fallback=fallback,
         )
         split = disagreement(report.latency, report.latency_1_thread, subject.rsplit(" ", 1)[0])  # "INT8 is" -> "INT8"

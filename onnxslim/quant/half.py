@@ -184,7 +184,6 @@ def quantize_half(run, config, report, eval_data_given: bool, evaluation_problem
     }
     if converted.saturated_weights:
         report.warnings.append(f"{converted.saturated_weights} weight value(s) beyond float16's range stored as +-65504")
-    run.release_reference()
     return _faster_or_float(run, converted.model, config, report, half_run)
 
 

@@ -3,8 +3,11 @@
 UINT8 activations are asymmetric: scale = (hi - lo) / 255, zero point places 0
 exactly on a code. INT8 activations (cuda/tensorrt targets) are symmetric with
 zero point 0. Weights are INT8 symmetric per output channel in [-127, 127], so
-the sum of products never needs the -128 code. Biases are INT32 with
-scale = input scale * weight scale and zero point 0.
+the sum of products never needs the -128 code; or, with the *reduced* range, in
+[-64, 64]: x86 CPUs without VNNI multiply UINT8 by INT8 with an instruction that
+adds each pair of products into 16 bits, and 255 * 127 * 2 overflows there while
+255 * 64 * 2 does not. Biases are INT32 with scale = input scale * weight scale
+and zero point 0.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 TINY = np.float32(1e-12)
+FULL_LEVELS = 127  # weight codes in [-127, 127]
+REDUCED_LEVELS = 64  # [-64, 64]: a pair of UINT8 x INT8 products stays within 16 bits (255 * 64 * 2 = 32640)
 
 
 def activation_params(lo: float, hi: float, *, signed: bool) -> tuple[np.float32, np.integer]:
@@ -29,23 +34,23 @@ def activation_params(lo: float, hi: float, *, signed: bool) -> tuple[np.float32
     return max(scale, TINY), np.uint8(min(max(zero_point, 0), 255))
 
 
-def weight_params(weight: np.ndarray, axis: int | None) -> np.ndarray:
-    """Symmetric INT8 scales of ``weight``: one per slice along ``axis``, or one for all."""
+def weight_params(weight: np.ndarray, axis: int | None, levels: int = FULL_LEVELS) -> np.ndarray:
+    """Symmetric INT8 scales of ``weight`` with codes in [-levels, levels]: one per slice along ``axis``, or one for all."""
     if axis is None:
         bound = float(np.max(np.abs(weight))) if weight.size else 0.0
-        return np.array(bound / 127.0 if bound > 0 else 1.0, dtype=np.float32)
+        return np.array(bound / levels if bound > 0 else 1.0, dtype=np.float32)
     moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
     bound = np.max(np.abs(moved), axis=1) if moved.size else np.zeros(weight.shape[axis])
-    scales = np.where(bound > 0, bound / 127.0, 1.0).astype(np.float32)
+    scales = np.where(bound > 0, bound / levels, 1.0).astype(np.float32)
     return scales
 
 
-def quantize_weight(weight: np.ndarray, scales: np.ndarray, axis: int | None) -> np.ndarray:
+def quantize_weight(weight: np.ndarray, scales: np.ndarray, axis: int | None, levels: int = FULL_LEVELS) -> np.ndarray:
     if axis is None:
-        return np.clip(np.round(weight / scales), -127, 127).astype(np.int8)
+        return np.clip(np.round(weight / scales), -levels, levels).astype(np.int8)
     shape = [1] * weight.ndim
     shape[axis] = -1
-    return np.clip(np.round(weight / scales.reshape(shape)), -127, 127).astype(np.int8)
+    return np.clip(np.round(weight / scales.reshape(shape)), -levels, levels).astype(np.int8)
 
 
 def quantize_bias(bias: np.ndarray, input_scale: np.float32, weight_scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

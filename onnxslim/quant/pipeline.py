@@ -51,7 +51,7 @@ from onnxslim.quant.decisions import NodeDecision
 from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.half import quantize_half
 from onnxslim.quant.half_weights import store_weights_in_half
-from onnxslim.quant.params import activation_params
+from onnxslim.quant.params import FULL_LEVELS, REDUCED_LEVELS, activation_params
 from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats
 from onnxslim.quant.prepare import float_tensors_and_shapes, prepare
 from onnxslim.quant.ranges import calibrated_range
@@ -62,6 +62,7 @@ from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
 from onnxslim.reasons import Reason
 from onnxslim.runtime import Runner, resolve_provider
+from onnxslim.runtime.kernels import integer_products_saturate
 from onnxslim.runtime.session import optimized_graph, optimized_ops
 from onnxslim.runtime.write import write_verified
 
@@ -119,6 +120,7 @@ class QuantRun:
                 self.cleaned = cleaned  # the float fallback gets the merge the INT8 model gets when it is built
         self.float_names, self.shapes = float_tensors_and_shapes(self.prepared)
         self.scopes = BodyScopes(self.prepared)
+        self.weight_range = resolve_weight_range(config)
         self.provider = resolve_provider(config.calibration_provider)
         inputs = graph_inputs(self.original)
         for spec in inputs:
@@ -172,8 +174,16 @@ class QuantRun:
     def reference(self) -> RememberedReference:
         """The float model's session, opened on first use (its weights are not held during calibration); its outputs on the held-out batches are kept."""
         if self._reference is None:
-            self._reference = RememberedReference(Runner(self.original, "CPUExecutionProvider", threads=None, label=self.label))
+            # at the thread count the result is timed at, so the final timing reuses this session (see take_reference)
+            self._reference = RememberedReference(Runner(self.original, "CPUExecutionProvider", threads=self.config.threads or None, label=self.label))
         return self._reference
+
+    def take_reference(self, provider: str, threads: int | None) -> Runner | None:
+        """The float model's open session, handed over to time the result with (it is not kept here), when it runs on ``provider`` at ``threads``."""
+        reference, self._reference = self._reference, None
+        if reference is None or reference.runner.provider != provider or (reference.runner.threads or None) != (threads or None):
+            return None
+        return reference.runner
 
     def timing_feed(self) -> dict | None:
         """A batch to time on: the first held-out one, or random inputs when there is no data and every shape is known."""
@@ -184,10 +194,6 @@ class QuantRun:
         except (DataError, UsageError) as exc:
             self.warnings.append(f"latency not measured: {first_line(exc)}")
             return None
-
-    def release_reference(self) -> None:
-        """Drop the float model's session (its weights) before the result is timed and written."""
-        self._reference = None
 
     def _split(self, source, eval_data, inputs, input_shapes):
         """Calibration batches (re-iterable) and held-out batches (kept in memory: they are few).
@@ -257,6 +263,8 @@ class QuantRun:
         Layers inside a body the calibration data never ran (an If branch no batch took) have no ranges:
         they stay in float, with a warning that names the body.
         """
+        if config.weight_range == "auto":
+            config = dataclasses.replace(config, weight_range=self.weight_range["used"])
         plan = plan_everywhere(self.prepared, self.scopes, config, self.float_names, keep_float | frozenset(self.uncalibrated), self.shapes,
                                self.float_biases)
         if any(t not in self.stats for t in plan.observed_tensors()):
@@ -339,7 +347,7 @@ class QuantRun:
         if config.embeddings == "int8":
             plan = _with_int8_tables(plan, quantized, keep_float, self.table_rows)
         if config.recurrent == "int8":
-            plan = _with_int8_recurrent(plan, quantized, keep_float)
+            plan = _with_int8_recurrent(plan, quantized, keep_float, REDUCED_LEVELS if self.weight_range["used"] == "reduced" else FULL_LEVELS)
         if config.target == "cpu":
             # after planning, so the accuracy budget weighs and names every layer on its own
             merged = merge_parallel_matmuls(quantized, keep_separate=keep_float | frozenset(config.exclude_nodes))
@@ -354,6 +362,18 @@ class QuantRun:
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
+
+
+def resolve_weight_range(config: QuantConfig) -> dict:
+    """The INT8 weight range the run uses ('full' or 'reduced') and why, resolving ``--weight-range auto`` by a run on this machine."""
+    if config.weight_range != "auto":
+        return {"used": config.weight_range, "why": "--weight-range " + config.weight_range}
+    if config.target != "cpu" or config.precision != "int8" or config.weights_only:
+        return {"used": "full", "why": f"target {config.target}: its integer kernels add in 32 bits"}
+    if integer_products_saturate():
+        return {"used": "reduced", "why": "this CPU's onnxruntime adds UINT8 x INT8 products in pairs in 16 bits (no VNNI) and saturates on full-range "
+                "weights: codes in [-64, 64] (depthwise layers, added in 32 bits, keep [-127, 127]); --weight-range full for CPUs with VNNI"}
+    return {"used": "full", "why": "this CPU's onnxruntime adds UINT8 x INT8 products in 32 bits (VNNI); --weight-range reduced for CPUs without it"}
 
 
 def integer_matmuls_left_apart(model: onnx.ModelProto) -> set[str]:
@@ -448,14 +468,14 @@ def _half_weights_within_budget(run: QuantRun, config: QuantConfig, report: Quan
     return plan.with_reasons(reasons), half, half_comparisons
 
 
-def _with_int8_recurrent(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str]) -> QuantPlan:
+def _with_int8_recurrent(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str], levels: int) -> QuantPlan:
     """Rewrite (in place) the LSTMs of ``model`` (inside If/Loop/Scan bodies too) not kept in float as DynamicQuantizeLSTM; the plan's decisions say so."""
     found: list = []
 
     def rewrite(graph_model: onnx.ModelProto, reserved: set[str]) -> list[str]:
         here = find_recurrent(graph_model)
         found.extend(here)
-        return store_recurrent_in_int8(graph_model, [c for c in here if c.node not in keep_float], reserved=reserved)
+        return store_recurrent_in_int8(graph_model, [c for c in here if c.node not in keep_float], reserved=reserved, levels=levels)
 
     rewritten = set(rewrite_everywhere(model, rewrite))
     decisions = dict(plan.decisions)
@@ -624,6 +644,8 @@ def quantize(
         precision=f"{config.weights_only}-weights" if config.weights_only else config.precision, budget=config.accuracy_budget, accuracy_metric=config.accuracy_metric,
     )
     report.prepare = run.prepare_results
+    if config.precision == "int8" and not config.weights_only:
+        report.weight_range = run.weight_range
     report.warnings.extend(run.warnings + _unknown_exclusions(run.prepared, config))
     if config.precision == "fp16" or config.weights_only:
         if config.weights_only:
@@ -654,7 +676,6 @@ def quantize(
     report.fidelity = comparisons
     report.calibration = CalibrationSummary(run.calibration_batches, run.calibration_seconds, _peak_rss_mb())
     report.evaluation = EvaluationSummary(run.eval_label, len(run.eval_batches))
-    run.release_reference()
     report.sizes = Sizes(model_file_bytes(run.original), model_file_bytes(quantized))
     try:
         report.onnxruntime_kernels = dict(optimized_ops(quantized, threads=config.threads))

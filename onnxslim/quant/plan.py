@@ -37,6 +37,7 @@ from onnxslim.ir.layers import weight_axes
 from onnxslim.ir.tensors import constant_names, initializer_map, to_array
 from onnxslim.quant.config import QuantConfig
 from onnxslim.quant.decisions import ActivationQuant, BiasQuant, NodeDecision, QuantPlan, QuantReason, WeightQuant, excluded_by_user
+from onnxslim.quant.params import FULL_LEVELS, REDUCED_LEVELS
 from onnxslim.quant.rules import REMOVABLE, WEIGHTED_GPU, rule_for
 from onnxslim.reasons import Reason
 
@@ -170,14 +171,25 @@ class Planner:
             return None  # its axis 1 holds output channels of one group only
         return weight_axes(node, weight.ndim)[1]
 
+    def weight_levels(self, node: onnx.NodeProto, weight: np.ndarray) -> int:
+        """The largest INT8 code of ``node``'s weight: the reduced range (``--weight-range reduced``) except for a depthwise
+        Conv, whose kernel adds its products in 32 bits."""
+        if self.config.weight_range != "reduced":
+            return FULL_LEVELS
+        depthwise = node.op_type == "Conv" and weight.ndim >= 3 and weight.shape[1] == 1 and int(node_attr(node, "group", 1)) == weight.shape[0]
+        return FULL_LEVELS if depthwise else REDUCED_LEVELS
+
     def add_weight(self, node: onnx.NodeProto, name: str) -> bool:
         """Mark the constant weight ``name`` of ``node`` for INT8; False when another layer quantizes it on another axis."""
         weight = to_array(self.inits[name])
         axis = self.weight_axis(node, weight)
+        levels = self.weight_levels(node, weight)
         existing = self.plan.weights.get(name)
         if existing is not None and existing.axis != axis:
             return False
-        self.plan.weights[name] = WeightQuant(name, axis)
+        if existing is not None:
+            levels = min(levels, existing.levels)  # shared by layers whose kernels differ: the range every one of them adds exactly
+        self.plan.weights[name] = WeightQuant(name, axis, levels)
         self.plan.weight_readers.setdefault(name, set()).add(node.name)
         return True
 

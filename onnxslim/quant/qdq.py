@@ -58,9 +58,9 @@ class _Emitter:
         replaced: dict[str, str] = {}
         for name, spec in self.plan.weights.items():
             array = to_array(self.inits[name]).astype(np.float32)
-            scales = weight_params(array, spec.axis)
+            scales = weight_params(array, spec.axis, spec.levels)
             self.weight_scales[name] = scales
-            quantized = self.constant(f"{name}_quantized", quantize_weight(array, scales, spec.axis))
+            quantized = self.constant(f"{name}_quantized", quantize_weight(array, scales, spec.axis, spec.levels))
             scale = self.constant(f"{name}_scale", scales)
             zero = self.constant(f"{name}_zero_point", np.zeros(scales.shape, np.int8))
             output = self.name(f"{name}_dequantized")

@@ -51,16 +51,16 @@ def find_recurrent(model: onnx.ModelProto) -> list[RecurrentChoice]:
     return choices
 
 
-def row_symmetric(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """INT8 codes and scales for a [directions, rows, columns] weight, one symmetric scale per (direction, row)."""
+def row_symmetric(weight: np.ndarray, levels: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """INT8 codes in [-levels, levels] and scales for a [directions, rows, columns] weight, one symmetric scale per (direction, row)."""
     peak = np.abs(weight).max(axis=2)
-    scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    codes = np.clip(np.rint(weight / scales[..., None]), -127, 127).astype(np.int8)
+    scales = np.where(peak > 0, peak / levels, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(weight / scales[..., None]), -levels, levels).astype(np.int8)
     return codes, scales
 
 
-def store_recurrent_in_int8(model: onnx.ModelProto, choices: list[RecurrentChoice], *, reserved: frozenset[str] | set[str] = frozenset()) -> list[str]:
-    """Rewrite (in place) each quantizable LSTM as DynamicQuantizeLSTM; returns the nodes rewritten."""
+def store_recurrent_in_int8(model: onnx.ModelProto, choices: list[RecurrentChoice], *, reserved: frozenset[str] | set[str] = frozenset(), levels: int = 127) -> list[str]:
+    """Rewrite (in place) each quantizable LSTM as DynamicQuantizeLSTM (weight codes in [-levels, levels]); returns the nodes rewritten."""
     weights = initializer_map(model.graph)
     taken = all_value_names(model.graph) | set(reserved)  # names of enclosing scopes, when model is a body's view
     wanted = {c.node for c in choices if c.quantized}
@@ -71,7 +71,7 @@ def store_recurrent_in_int8(model: onnx.ModelProto, choices: list[RecurrentChoic
             continue
         extra = []
         for index in (1, 2):
-            codes, scales = row_symmetric(to_array(weights[node.input[index]]).astype(np.float32))
+            codes, scales = row_symmetric(to_array(weights[node.input[index]]).astype(np.float32), levels)
             stem = node.input[index]
             names = [unique_name(f"{stem}_int8", taken), unique_name(f"{stem}_scale", taken), unique_name(f"{stem}_zero_point", taken)]
             model.graph.initializer.extend([

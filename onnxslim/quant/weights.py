@@ -95,7 +95,6 @@ def quantize_weights(run, config, report, eval_data_given: bool, evaluation_prob
         report.warnings.extend(budget_shortfall(comparisons, config, run))
     else:
         report.warnings.append("no --data: accuracy not measured, and weights were rounded without the inputs' statistics; pass --data to do both")
-    run.release_reference()
     report.sizes = Sizes(model_file_bytes(run.original), model_file_bytes(model))  # the low-bit model's, whichever is written
     label = f"{config.weights_only.upper()} weights"
     return faster_or_float(
