@@ -8,6 +8,8 @@ Each task is quantized three ways on the same calibration samples (the first ``-
 of calibration/cache/<task>/calib; quantize holds 1 in 5 of them out for its own check):
 no budget (``accuracy_budget=None``), the default budget (0.99 on every output, layers
 ranked from one side-by-side pass) and the same budget with every layer measured alone.
+The weight-range variants quantize with INT8 weights in [-127, 127] or [-64, 64] whatever
+the machine (the default picks by what its onnxruntime computes, see ``--weight-range``).
 Each row says how long the run took next to its calibration time (timing is switched off
 so that the run's own work is what is measured), how many layers the budget kept in float,
 the worst output cosine quantize reported, and the task metric on the evaluation split,
@@ -33,6 +35,10 @@ VARIANTS = {
     "no budget": {"accuracy_budget": None},
     "default (budget 0.99, fast ranking)": {},
     "budget 0.99, each layer measured": {"sensitivity": "measured"},
+    # the weight range by hand: auto picks reduced where this machine's integer kernels saturate (see --weight-range)
+    "no budget, full-range weights": {"accuracy_budget": None, "weight_range": "full"},
+    "no budget, reduced-range weights": {"accuracy_budget": None, "weight_range": "reduced"},
+    "default, full-range weights": {"weight_range": "full"},
 }
 
 
@@ -53,7 +59,7 @@ def bench(task_name: str, work: Path, calib_count: int, variants: list[str]) -> 
         metric = score(task, run_all(out, feeds), reference, feeds)
         rows.append({
             "task": task_name, "variant": label, "seconds": seconds, "calibration_seconds": report.calibration.seconds,
-            "kept_float_for_budget": len(report.kept_float_for_budget), "quantized": len(report.quantized),
+            "kept_float_for_budget": len(report.kept_float_for_budget), "quantized": len(report.quantized), "weight_range": report.weight_range.get("used"),
             "worst_cosine_reported": min(c.cosine for c in report.fidelity), "metric": task.metric, "fp32": fp32_metric, "int8": metric,
             "task_metrics_reported": {c.name: c.task_metric for c in report.fidelity}, "warnings": report.warnings,
         })
@@ -87,6 +93,9 @@ def main() -> None:
             rows.extend(bench(name, Path(folder), args.calib, args.variants))
     if args.json:
         save_json(args.json, rows)
+    from onnxslim.runtime.kernels import integer_products_saturate
+
+    print(f"this machine's onnxruntime adds UINT8 x INT8 product pairs in 16 bits (saturating): {integer_products_saturate()}")
     print(markdown(rows))
 
 

@@ -269,3 +269,22 @@ def test_padding_positions_are_left_out_of_the_comparison(tmp_path):
     assert masked.cosine == pytest.approx(1.0) and masked.padding_left_out == "attention_mask" and masked.elements == 7 * 4
     (everything,) = fidelity(reference, model(True), batches, padding_mask=None)
     assert everything.cosine < 0.9 and not everything.padding_left_out and everything.to_dict()["padding_left_out"] is None
+
+
+@pytest.mark.parametrize("weight_range", ["full", "reduced"])
+def test_full_range_int8_weights_are_flagged_where_this_cpu_would_saturate_them(monkeypatch, weight_range):
+    import importlib
+
+    from onnxslim import QuantConfig, quantize
+
+    compare = importlib.import_module("onnxslim.validate.compare")  # the package exports a function of the same name as the subpackage
+
+    model = conv_bn_relu()
+    data = sample_inputs(model, 10, seed=2)
+    quantized, _ = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, quantize_output_layers=True, weight_range=weight_range))
+    assert bool(compare.full_range_integer_layers(quantized)) == (weight_range == "full")
+    for saturates in (True, False):
+        monkeypatch.setattr(compare, "integer_products_saturate", lambda *a, saturates=saturates: saturates)
+        report = validate(model, quantized, "random", runs=0)
+        flagged = [w for w in report.warnings if "beyond +-64" in w and "--weight-range reduced" in w]
+        assert bool(flagged) == (saturates and weight_range == "full")

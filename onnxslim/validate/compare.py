@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnxslim.data.sources import DataSource, open_data
 from onnxslim.errors import DataError, ProviderError, UsageError
@@ -27,6 +29,7 @@ from onnxslim.measure.latency import also_one_thread
 from onnxslim.progress import track
 from onnxslim.records import Record, json_field
 from onnxslim.runtime import Runner, available_providers, resolve_provider
+from onnxslim.runtime.kernels import integer_products_saturate
 from onnxslim.runtime.providers import short_name
 
 
@@ -166,10 +169,50 @@ def validate(
         note = cpu_fallback_note(result)
         if note:
             report.warnings.append(note)
+    if "CPUExecutionProvider" in resolved and integer_products_saturate():
+        wide = full_range_integer_layers(cand_proto)
+        if wide:
+            report.warnings.append(
+                f"cpu: {len(wide)} INT8 layer(s) of the candidate have weight codes beyond +-64 (e.g. '{wide[0]}'); this CPU's onnxruntime adds UINT8 x INT8 "
+                "products in pairs in 16 bits (no VNNI), where those saturate: quantize for such CPUs with --weight-range reduced"
+            )
     report.gates = _check_gates(report.providers, gates)
     if gates.min_top1 is not None:
         _check_top1_applies(report)
     return report
+
+
+# where each integer layer reads its INT8 weight: directly (integer ops) or through a DequantizeLinear (QDQ)
+_INTEGER_WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3, "MatMulInteger": 1, "ConvInteger": 1, "MatMulIntegerToFloat": 1}
+_QDQ_WEIGHT_INPUT = {"Conv": 1, "MatMul": 1, "Gemm": 1}
+
+
+def full_range_integer_layers(model: onnx.ModelProto) -> list[str]:
+    """Layers of ``model`` whose INT8 weight (in the file, not external data) has codes beyond +-64, depthwise convolutions left out.
+
+    Those are the layers onnxruntime multiplies with a UINT8 x INT8 kernel that adds product pairs in 16 bits on x86 CPUs
+    without VNNI (depthwise convolutions add in 32 bits).
+    """
+    weights = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and t.data_location != onnx.TensorProto.EXTERNAL}
+    dequantized = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input and n.input[0] in weights}
+    found = []
+    for node in model.graph.node:
+        if node.op_type in _INTEGER_WEIGHT_INPUT:
+            index = _INTEGER_WEIGHT_INPUT[node.op_type]
+            name = node.input[index] if len(node.input) > index else ""
+        elif node.op_type in _QDQ_WEIGHT_INPUT and len(node.input) > 1:
+            name = dequantized.get(node.input[1], "")
+        else:
+            continue
+        if name not in weights:
+            continue
+        codes = numpy_helper.to_array(weights[name])
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type in ("Conv", "QLinearConv", "ConvInteger") and codes.ndim >= 3 and codes.shape[1] == 1 and group == codes.shape[0]:
+            continue  # depthwise
+        if codes.size and int(np.abs(codes.astype(np.int16)).max()) > 64:
+            found.append(node.name or node.output[0])
+    return found
 
 
 def _check_top1_applies(report: ValidationReport) -> None:
