@@ -371,9 +371,9 @@ def resolve_weight_range(config: QuantConfig) -> dict:
     if config.target != "cpu" or config.precision != "int8" or config.weights_only:
         return {"used": "full", "why": f"target {config.target}: its integer kernels add in 32 bits"}
     if integer_products_saturate():
-        return {"used": "reduced", "why": "this CPU's onnxruntime adds UINT8 x INT8 products in pairs in 16 bits (no VNNI) and saturates on full-range "
-                "weights: codes in [-64, 64] (depthwise layers, added in 32 bits, keep [-127, 127]); --weight-range full for CPUs with VNNI"}
-    return {"used": "full", "why": "this CPU's onnxruntime adds UINT8 x INT8 products in 32 bits (VNNI); --weight-range reduced for CPUs without it"}
+        return {"used": "reduced", "why": "this CPU's onnxruntime adds UINT8 x INT8 products in pairs in 16 bits (no VNNI), where full-range weights "
+                "can saturate: codes in [-64, 64] (depthwise layers, added in 32 bits, keep [-127, 127]); --weight-range full for CPUs with VNNI"}
+    return {"used": "full", "why": "this CPU's onnxruntime adds UINT8 x INT8 products without saturating; --weight-range reduced for x86 CPUs without VNNI"}
 
 
 def integer_matmuls_left_apart(model: onnx.ModelProto) -> set[str]:
