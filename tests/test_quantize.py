@@ -955,3 +955,18 @@ def test_reduced_range_weights_are_computed_exactly_by_this_machines_onnxruntime
     (computed,) = run_model(model, {"a": activations})
     np.testing.assert_array_equal(computed, activations.astype(np.int64) @ weight.astype(np.int64))
     assert isinstance(integer_products_saturate(), bool)
+
+
+def test_the_saturation_probe_reads_a_missing_kernel_as_no_saturation(monkeypatch):
+    import onnxslim.runtime.kernels as kernels
+    from onnxslim.errors import ProviderError
+
+    def unavailable(*args, **kwargs):
+        raise ProviderError("execution provider 'cpu' is not available")
+
+    monkeypatch.setattr(kernels, "Runner", unavailable)
+    kernels.integer_products_saturate.cache_clear()
+    try:
+        assert kernels.integer_products_saturate() is False
+    finally:
+        kernels.integer_products_saturate.cache_clear()
