@@ -902,7 +902,7 @@ def test_a_float_session_on_another_provider_or_thread_count_is_not_handed_over(
 def _stored_weight_codes(model) -> dict[str, np.ndarray]:
     """The INT8 codes behind every weight DequantizeLinear of a QDQ model, by the layer that reads them."""
     inits = initializers(model)
-    dequantized = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    dequantized = {n.output[0]: n.input[0] for n in stored_dq(model, inits, np.int8)}
     return {n.name: inits[dequantized[n.input[1]]] for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in dequantized}
 
 

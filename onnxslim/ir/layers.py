@@ -23,3 +23,10 @@ def weight_axes(node: onnx.NodeProto, weight_ndim: int = 2) -> tuple[int, int]:
         trans_b = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "transB"), 0)
         return (1, 0) if int(trans_b) else (0, 1)
     return weight_ndim - 2, weight_ndim - 1
+
+
+def one_channel_per_group(node: onnx.NodeProto, weight_shape) -> bool:
+    """Whether a convolution ``node`` (Conv, QLinearConv, ConvInteger) with a weight of ``weight_shape`` (C_out, C_in/g, k...)
+    reads and writes one channel per group: onnxruntime's integer depthwise kernel, which adds its products in 32 bits."""
+    group = next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == "group"), 1)
+    return len(weight_shape) >= 3 and weight_shape[1] == 1 and weight_shape[0] == group

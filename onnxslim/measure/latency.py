@@ -182,8 +182,13 @@ def _runners(reference, candidate, fallback, provider: str, threads: int, labels
     """
     like = like or [None, None, None]
     names = (labels[0], labels[1], f"cleaned {labels[0]}")
-    return [None if model is None else model if isinstance(model, Runner) and other is None else Runner(model, provider, threads=threads, label=name, like=other)
-            for model, name, other in zip((reference, candidate, fallback), names, like)]
+    runners: list[Runner | None] = []
+    for model, name, other in zip((reference, candidate, fallback), names, like):
+        if model is None or (isinstance(model, Runner) and other is None):
+            runners.append(model)
+        else:
+            runners.append(Runner(model, provider, threads=threads, label=name, like=other))
+    return runners
 
 
 def _timed(runners: list[Runner | None], feed, runs: int, show_progress: bool, description: str, settle: bool) -> LatencyComparison:

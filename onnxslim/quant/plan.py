@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 
 from onnxslim.ir.graph import node_attr
-from onnxslim.ir.layers import weight_axes
+from onnxslim.ir.layers import one_channel_per_group, weight_axes
 from onnxslim.ir.tensors import constant_names, initializer_map, to_array
 from onnxslim.quant.config import QuantConfig
 from onnxslim.quant.decisions import ActivationQuant, BiasQuant, NodeDecision, QuantPlan, QuantReason, WeightQuant, excluded_by_user
@@ -176,8 +176,7 @@ class Planner:
         Conv, whose kernel adds its products in 32 bits."""
         if self.config.weight_range != "reduced":
             return FULL_LEVELS
-        depthwise = node.op_type == "Conv" and weight.ndim >= 3 and weight.shape[1] == 1 and int(node_attr(node, "group", 1)) == weight.shape[0]
-        return FULL_LEVELS if depthwise else REDUCED_LEVELS
+        return FULL_LEVELS if node.op_type == "Conv" and one_channel_per_group(node, weight.shape) else REDUCED_LEVELS
 
     def add_weight(self, node: onnx.NodeProto, name: str) -> bool:
         """Mark the constant weight ``name`` of ``node`` for INT8; False when another layer quantizes it on another axis."""

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 from onnxslim.ir.graph import drop_unread_initializers, import_domain
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 from onnxslim.quant.nbits import MS_DOMAIN
+from onnxslim.quant.params import quantize_weight, weight_params
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,9 @@ def find_recurrent(model: onnx.ModelProto) -> list[RecurrentChoice]:
 
 def row_symmetric(weight: np.ndarray, levels: int = 127) -> tuple[np.ndarray, np.ndarray]:
     """INT8 codes in [-levels, levels] and scales for a [directions, rows, columns] weight, one symmetric scale per (direction, row)."""
-    peak = np.abs(weight).max(axis=2)
-    scales = np.where(peak > 0, peak / levels, 1.0).astype(np.float32)
-    codes = np.clip(np.rint(weight / scales[..., None]), -levels, levels).astype(np.int8)
-    return codes, scales
+    rows = weight.reshape(-1, weight.shape[2])
+    scales = weight_params(rows, 0, levels)
+    return quantize_weight(rows, scales, 0, levels).reshape(weight.shape), scales.reshape(weight.shape[:2])
 
 
 def store_recurrent_in_int8(model: onnx.ModelProto, choices: list[RecurrentChoice], *, reserved: frozenset[str] | set[str] = frozenset(), levels: int = 127) -> list[str]:

@@ -23,6 +23,7 @@ from onnxslim.data.sources import DataSource, open_data
 from onnxslim.errors import DataError, ProviderError, UsageError
 from onnxslim.ir.graph import has_duplicate_node_names
 from onnxslim.ir.io import load_model
+from onnxslim.ir.layers import one_channel_per_group
 from onnxslim.ir.tensors import graph_inputs, graph_outputs
 from onnxslim.measure import LatencyComparison, OutputComparison, add_batch, time_pair
 from onnxslim.measure.latency import also_one_thread
@@ -207,8 +208,7 @@ def full_range_integer_layers(model: onnx.ModelProto) -> list[str]:
         if name not in weights:
             continue
         codes = numpy_helper.to_array(weights[name])
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if node.op_type in ("Conv", "QLinearConv", "ConvInteger") and codes.ndim >= 3 and codes.shape[1] == 1 and group == codes.shape[0]:
+        if node.op_type in ("Conv", "QLinearConv", "ConvInteger") and one_channel_per_group(node, codes.shape):
             continue  # depthwise
         if codes.size and int(np.abs(codes.astype(np.int16)).max()) > 64:
             found.append(node.name or node.output[0])
