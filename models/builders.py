@@ -600,6 +600,20 @@ CONTROL_FLOW_BUILDERS = {
 }
 
 
+def upsample_head(channels: int = 16, size: int = 16, *, seed: int = 17) -> onnx.ModelProto:
+    """A segmentation head: strided features brought back to full size by a linear Resize whose output
+    ``sizes`` are a constant naming the channel count (as exporters write it once shapes are known), then
+    merged with the full-size features."""
+    b = GraphBuilder(seed)
+    x = b.node("Relu", [b.conv("input", 3, channels)])
+    low = b.node("Relu", [b.conv(x, channels, channels, stride=2)])
+    sizes = b.const(np.array([1, channels, size, size], np.int64), "sizes")
+    up = b.node("Resize", [low, "", "", sizes], mode="linear")
+    y = b.conv(b.node("Add", [x, up]), channels, 4, k=1)
+    _rename_output(b, y, "mask")
+    return b.model([_image_input(3, size)], [_output("mask", [1, 4, size, size])], "upsample_head")
+
+
 ALL_BUILDERS = {
     "conv_bn_relu": conv_bn_relu,
     "residual": residual,
@@ -617,6 +631,7 @@ ALL_BUILDERS = {
     "window_attention": window_attention,
     "silu_se_block": silu_se_block,
     "hardswish_block": hardswish_block,
+    "upsample_head": upsample_head,
 }
 
 

@@ -53,6 +53,16 @@ class UsageError(OnnxSlimError):
     exit_code = 2
 
 
+IN_MEMORY = "<in-memory model>"
+
+
+def naming_the_file(exc: OnnxSlimError, label: str) -> None:
+    """Make ``exc`` name ``label`` where a step that worked on an in-memory copy of the user's model named none."""
+    text = str(exc)
+    if label != IN_MEMORY and text.startswith(IN_MEMORY):
+        exc.args = (label + text[len(IN_MEMORY):], *exc.args[1:])
+
+
 def first_line(exc: BaseException, limit: int = 300, *, empty: str | None = None) -> str:
     """The first non-blank line of ``exc``'s message, cut to ``limit`` characters (libraries raise pages).
 

@@ -9,7 +9,7 @@ from typing import ClassVar
 import onnx
 
 from onnxslim.ir.counts import count_parameters
-from onnxslim.ir.io import load_model
+from onnxslim.ir.io import load_model, model_label
 from onnxslim.passes import CLEANUP, PassResult, Pipeline
 from onnxslim.records import Record
 from onnxslim.runtime.write import write_verified
@@ -40,7 +40,7 @@ def optimize(
     proto = load_model(model)
     nodes_before, params_before = len(proto.graph.node), count_parameters(proto)
     results = pipeline(proto)
-    label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
+    label = model_label(model)
     if output is not None:
         write_verified(proto, output, source=None if isinstance(model, onnx.ModelProto) else model)
     report = OptimizeReport(label, str(output) if output else None, nodes_before, len(proto.graph.node), params_before, count_parameters(proto), results)

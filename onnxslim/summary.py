@@ -16,7 +16,7 @@ from typing import ClassVar
 import onnx
 
 from onnxslim.ir.counts import count_macs, count_parameters
-from onnxslim.ir.io import load_model, model_weight_bytes
+from onnxslim.ir.io import load_model, model_label, model_weight_bytes
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import TensorSpec, graph_inputs, graph_outputs, subgraphs
 from onnxslim.records import Record, json_field
@@ -62,7 +62,7 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: Mapping
     macs, by_op, unknown = count_macs(proto, shapes)
     histogram = Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}" for node in _all_nodes(proto.graph))
     return ModelSummary(
-        path=str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>",
+        path=model_label(model),
         ir_version=int(proto.ir_version),
         opsets={(entry.domain or "ai.onnx"): int(entry.version) for entry in proto.opset_import},
         producer=f"{proto.producer_name} {proto.producer_version}".strip(),

@@ -272,3 +272,16 @@ def test_smooth_reaches_quantize_for_int8_candidates_only(monkeypatch):
     with pytest.raises(UsageError, match="--smooth"):
         CompressConfig(smooth=0.8, target="cuda")
     assert "--smooth ALPHA|none" in CliRunner().invoke(main, ["compress", "--help"]).output
+
+
+def test_fewer_batches_than_the_hold_out_period_still_hold_out_the_last_one():
+    """As quantize does: four random batches (1 in 5 held out) keep three to build with and judge on the fourth."""
+    from onnxslim.data.sources import evaluation_split, open_data
+    from onnxslim.ir.tensors import graph_inputs
+
+    inputs = graph_inputs(conv_bn_relu())
+    rest, held, origin = evaluation_split(open_data("random", inputs), None, inputs, fraction=0.2, cap=8)
+    assert origin == "held-out" and [name for name, _ in held] == ["random batch 3"]
+    assert [name for name, _ in rest] == ["random batch 0", "random batch 1", "random batch 2"]
+    single = open_data("random", inputs, random_batches=1)
+    assert evaluation_split(single, None, inputs, fraction=0.2, cap=8)[1] == []

@@ -23,9 +23,9 @@ from onnxslim.compress.search import Budget, Candidate, choose
 from onnxslim.data.sources import InMemory, evaluation_split, for_several_passes, open_data
 from onnxslim.distill import DistillConfig, distill
 from onnxslim.distill.module import require_torch
-from onnxslim.errors import BudgetError, NothingToDoError, ProviderError, UnsupportedModelError, UsageError
+from onnxslim.errors import BudgetError, NothingToDoError, OnnxSlimError, ProviderError, UnsupportedModelError, UsageError, naming_the_file
 from onnxslim.ir.counts import count_parameters
-from onnxslim.ir.io import load_model, model_file_bytes
+from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import fidelity
 from onnxslim.measure.fidelity import SCORES, worst_cosine, worst_score
@@ -128,49 +128,53 @@ def compress(
 
     The arguments mirror :func:`onnxslim.quantize` and :func:`onnxslim.prune`.
     """
-    label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
+    label = model_label(model)
     _timing_provider(config)
     if config.distill:
         require_torch()  # before any work: the extra is missing, say so now
-    original = load_model(model)
-    inputs = graph_inputs(original)
-    source = for_several_passes(open_data(data, inputs, input_shapes=input_shapes), config.max_calibration_samples)
-    calibration, held, evaluation = _split(source, eval_data, inputs, config, input_shapes)
-    budget = Budget(config.max_loss, config.target_latency, config.objective)
-    report = CompressReport(label, str(output) if output else None, dataclasses.asdict(config), dataclasses.asdict(budget), evaluation, config.threads)
-    reference = Runner(original, threads=None, label="original")
-    given = Candidate("original", 0.0, False, loss=0.0, file_bytes=model_file_bytes(original), parameters=count_parameters(original), note="the model as given")
-    built: list[tuple[Candidate, onnx.ModelProto | None]] = [(given, original)]
-    ratios = ", ".join(f"{r:.0%}" for r in sorted(config.ratios))
-    _say(show_progress, f"compress: quantizing the original, then pruning at {ratios}" if config.quantize else f"compress: pruning at {ratios}")
-    if config.quantize:
-        built.append(_quantized(original, "quantized", 0.0, 0.0, calibration, held, config, budget, reference, report, show_progress))
-    if config.objective == "size":
-        built.append(_weights_only(original, "INT4 weights", 0.0, calibration, config, show_progress))
-        built.append(_shared(original, "shared (16 codes)", 0.0, calibration, config, budget, show_progress))
-    for ratio in sorted(config.ratios):
-        pruned = _pruned(original, ratio, calibration, held, config, show_progress)
-        if config.distill and pruned[1] is not None:
-            pruned = _distilled(pruned, original, calibration, config, show_progress)
-        built.append(pruned)
-        candidate, pruned_model = pruned
-        _measure_fidelity(reference, candidate, pruned_model, held, config.accuracy_metric)
-        if not candidate.failed and candidate.loss > budget.max_loss:
-            candidate.note += "; over the budget already, so larger ratios were not tried"
-            break
-        if not candidate.failed and config.objective == "size":
-            built.append(_weights_only(pruned_model, f"{candidate.name} + INT4 weights", ratio, calibration, config, show_progress))
-            built.append(_shared(pruned_model, f"{candidate.name} + shared (16 codes)", ratio, calibration, config, budget, show_progress, spent=candidate.loss))
-        if not candidate.failed and config.quantize:
-            built.append(_quantized(pruned_model, f"{candidate.name} + quantized", ratio, candidate.loss, calibration, held, config, budget, reference, report, show_progress))
-    for candidate, candidate_model in built:
-        if candidate_model is not None and math.isnan(candidate.loss):
-            _measure_fidelity(reference, candidate, candidate_model, held, config.accuracy_metric)
-    _time_all(built, held, config, show_progress)
-    best, report.why = choose([c for c, _ in built], budget)
-    report.candidates = [c for c, _ in built]
-    if best is None:
-        raise BudgetError(f"{label}: {report.why}; nothing written", report=report)
+    try:  # candidates are built from in-memory copies: errors name the user's file
+        original = load_model(model)
+        inputs = graph_inputs(original)
+        source = for_several_passes(open_data(data, inputs, input_shapes=input_shapes), config.max_calibration_samples)
+        calibration, held, evaluation = _split(source, eval_data, inputs, config, input_shapes)
+        budget = Budget(config.max_loss, config.target_latency, config.objective)
+        report = CompressReport(label, str(output) if output else None, dataclasses.asdict(config), dataclasses.asdict(budget), evaluation, config.threads)
+        reference = Runner(original, threads=None, label="original")
+        given = Candidate("original", 0.0, False, loss=0.0, file_bytes=model_file_bytes(original), parameters=count_parameters(original), note="the model as given")
+        built: list[tuple[Candidate, onnx.ModelProto | None]] = [(given, original)]
+        ratios = ", ".join(f"{r:.0%}" for r in sorted(config.ratios))
+        _say(show_progress, f"compress: quantizing the original, then pruning at {ratios}" if config.quantize else f"compress: pruning at {ratios}")
+        if config.quantize:
+            built.append(_quantized(original, "quantized", 0.0, 0.0, calibration, held, config, budget, reference, report, show_progress))
+        if config.objective == "size":
+            built.append(_weights_only(original, "INT4 weights", 0.0, calibration, config, show_progress))
+            built.append(_shared(original, "shared (16 codes)", 0.0, calibration, config, budget, show_progress))
+        for ratio in sorted(config.ratios):
+            pruned = _pruned(original, ratio, calibration, held, config, show_progress)
+            if config.distill and pruned[1] is not None:
+                pruned = _distilled(pruned, original, calibration, config, show_progress)
+            built.append(pruned)
+            candidate, pruned_model = pruned
+            _measure_fidelity(reference, candidate, pruned_model, held, config.accuracy_metric)
+            if not candidate.failed and candidate.loss > budget.max_loss:
+                candidate.note += "; over the budget already, so larger ratios were not tried"
+                break
+            if not candidate.failed and config.objective == "size":
+                built.append(_weights_only(pruned_model, f"{candidate.name} + INT4 weights", ratio, calibration, config, show_progress))
+                built.append(_shared(pruned_model, f"{candidate.name} + shared (16 codes)", ratio, calibration, config, budget, show_progress, spent=candidate.loss))
+            if not candidate.failed and config.quantize:
+                built.append(_quantized(pruned_model, f"{candidate.name} + quantized", ratio, candidate.loss, calibration, held, config, budget, reference, report, show_progress))
+        for candidate, candidate_model in built:
+            if candidate_model is not None and math.isnan(candidate.loss):
+                _measure_fidelity(reference, candidate, candidate_model, held, config.accuracy_metric)
+        _time_all(built, held, config, show_progress)
+        best, report.why = choose([c for c, _ in built], budget)
+        report.candidates = [c for c, _ in built]
+        if best is None:
+            raise BudgetError(f"{label}: {report.why}; nothing written", report=report)
+    except OnnxSlimError as exc:
+        naming_the_file(exc, label)
+        raise
     report.chosen = best.name
     result = next(m for c, m in built if c is best)
     if output is not None:

@@ -235,16 +235,20 @@ class Excluding:
 def hold_out(source, fraction: float, cap: int) -> tuple[object, list[tuple[str, Batch]]]:
     """Every ``1/fraction``-th batch of ``source`` (at most ``cap``) set aside, and the rest as a source.
 
-    A source with fewer than ``1/fraction`` batches holds nothing out (the caller says so).
+    A source with fewer than ``1/fraction`` batches but at least two holds out its last
+    one, as quantize does; a single batch holds nothing out (the caller says so).
     """
     period = round(1.0 / fraction) if fraction > 0 else 0
     if not period:
         return source, []
-    held, skip = [], set()
+    held, skip, count, last = [], set(), 0, None
     for index, item in enumerate(source):
+        count, last = index + 1, item
         if index % period == period - 1 and len(held) < cap:
             held.append(item)
             skip.add(index)
+    if not held and count >= 2 and cap > 0:
+        held, skip = [last], {count - 1}
     if not held:
         return source, []
     return Excluding(source, skip), held

@@ -24,7 +24,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
-from onnxslim.errors import ModelLoadError, ModelWriteError, first_line
+from onnxslim.errors import IN_MEMORY, ModelLoadError, ModelWriteError, first_line
 from onnxslim.ir.destinations import check_writable_path
 from onnxslim.ir.external import write_skeleton
 from onnxslim.ir.graph import unique_node_names
@@ -97,6 +97,11 @@ def _check_external_locations(model: onnx.ModelProto, base_dir: Path, model_path
                 f"{model_path}: external data file '{location}' is truncated "
                 f"(tensor '{tensor.name}' needs bytes up to {end}, file has {size})"
             )
+
+
+def model_label(model: ModelLike) -> str:
+    """How messages name ``model``: its path, or a placeholder for a proto passed in."""
+    return IN_MEMORY if isinstance(model, onnx.ModelProto) else str(model)
 
 
 def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool | None = None, unique_names: bool = True) -> onnx.ModelProto:

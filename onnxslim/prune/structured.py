@@ -23,7 +23,7 @@ import onnx
 from onnxslim.data.sources import DataSource, evaluation_split, for_several_passes, open_data
 from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
 from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters, node_macs
-from onnxslim.ir.io import load_model, model_file_bytes, model_weight_bytes
+from onnxslim.ir.io import load_model, model_file_bytes, model_label, model_weight_bytes
 from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.shapes import infer_shapes
@@ -257,7 +257,7 @@ def prune(
 
     The arguments mirror :func:`onnxslim.quantize`: the model, its data, then keywords.
     """
-    label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
+    label = model_label(model)
     original = load_model(model)
     work = load_model(original)
     prepared = PREPARE(work)

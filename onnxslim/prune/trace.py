@@ -29,6 +29,7 @@ from onnxslim.prune.edits import (
     EditRole,
     GroupedInput,
     SetGroup,
+    ShapeEntry,
     SliceBounds,
     SliceInput,
     SplitSizes,
@@ -37,7 +38,7 @@ from onnxslim.prune.reshapes import ReshapeRules
 
 UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu", "Selu", "Softplus", "Softsign",
          "Mish", "Identity", "Dropout", "Cast", "Clip", "Abs", "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos"}
-SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Resize", "Upsample", "SpaceToDepth"}
+SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Upsample", "SpaceToDepth"}
 BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean"}
 
 
@@ -379,6 +380,21 @@ class Tracer(ReshapeRules):
         """Elementwise and spatial ops keep the channel axis as it is."""
         return data
 
+    def resize(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
+        """Resize by output ``sizes`` names the channel count: a constant one follows the kept channels, any other blocks."""
+        if len(node.input) < 4 or not node.input[3]:
+            return data  # by scales: the channel axis keeps its scale of 1
+        sizes = self.const(node.input[3])
+        rank = self.rank(node.input[0])
+        axes = node_attr(node, "axes")
+        axes = [] if rank is None else list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+        if sizes is None or rank is None or sizes.size != len(axes):
+            self.t.atoms.block_layout(data, f"Resize {node.name}: output sizes not constant")
+            return None
+        if data.axis in axes:
+            self.t.edits.append(ShapeEntry(node.name, 3, axes.index(data.axis), data, data.repeat))
+        return data
+
     def prelu(self, node: onnx.NodeProto, data: Layout) -> Layout:
         return (self.binary(node) or data) if len(node.input) > 1 else data
 
@@ -510,6 +526,7 @@ RULES: dict[str, Callable[[Tracer, onnx.NodeProto, Layout | None], Layout | None
     **{op: Tracer.same_layout for op in UNARY - {"PRelu"}},
     "PRelu": Tracer.prelu,
     **{op: Tracer.same_layout for op in SPATIAL},
+    "Resize": Tracer.resize,
     "BatchNormalization": Tracer.normalization,
     "InstanceNormalization": Tracer.normalization,
     **{op: Tracer.binary_rule for op in BINARY},

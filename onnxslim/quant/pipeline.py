@@ -20,7 +20,7 @@ import onnx
 
 from onnxslim.data.sources import DataSource, in_memory, open_data, read_once, reiterable
 from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageError, first_line
-from onnxslim.ir.io import load_model, model_file_bytes
+from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.scopes import all_nodes, scoped
@@ -103,7 +103,7 @@ class QuantRun:
     def __init__(self, model, data, config: QuantConfig, eval_data, input_shapes, show_progress: bool, *, align: bool = True):
         self.config = config
         self.show_progress = show_progress
-        self.label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
+        self.label = model_label(model)
         self.original = load_model(model)
         self.prepared = load_model(self.original)
         self.prepare_results = prepare(self.prepared)

@@ -34,7 +34,7 @@ from onnx import TensorProto
 
 from onnxslim.data.sources import DataSource, evaluation_split, for_several_passes, open_data
 from onnxslim.errors import NothingToDoError, UsageError
-from onnxslim.ir.io import load_model, model_file_bytes
+from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
 from onnxslim.measure import LatencyComparison, fidelity, latency_ratios
 from onnxslim.measure.channels import input_grams, input_moments
@@ -108,7 +108,7 @@ def share(
     show_progress: bool = False,
 ) -> tuple[onnx.ModelProto, ShareReport]:
     """Tie identical tensors and give large weights codebooks (see the module docstring); write to ``output`` when given."""
-    label = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>"
+    label = model_label(model)
     original = load_model(model)
     work = load_model(original)
     PREPARE(work)
