@@ -130,9 +130,10 @@ def _silu(b: GraphBuilder, x: str) -> str:
     return b.node("Mul", [x, b.node("Sigmoid", [x])])
 
 
-def silu_se_block(channels: int = 16, size: int = 16, *, seed: int = 14, activation: str = "silu") -> onnx.ModelProto:
+def silu_se_block(channels: int = 16, size: int = 16, *, seed: int = 14, activation: str = "silu", pool: str = "global") -> onnx.ModelProto:
     """An EfficientNet block: pointwise expand, depthwise 3x3, SiLU after each (x * Sigmoid(x)), squeeze-excitation
-    with a Sigmoid gate, pointwise project and a residual Add. ``activation="leaky"`` uses LeakyRelu instead of SiLU."""
+    with a Sigmoid gate, pointwise project and a residual Add. ``activation="leaky"`` uses LeakyRelu instead of SiLU;
+    ``pool="reduce_mean"`` pools as torch's dynamo exporter writes it (ReduceMean over axes 2 and 3)."""
     b = GraphBuilder(seed)
 
     def act(x: str) -> str:
@@ -141,7 +142,7 @@ def silu_se_block(channels: int = 16, size: int = 16, *, seed: int = 14, activat
     stem = act(b.conv("input", 3, channels, k=1))
     x = act(b.conv(stem, channels, channels * 2, k=1))
     x = act(b.conv(x, channels * 2, channels * 2, groups=channels * 2))
-    gate = b.node("GlobalAveragePool", [x])
+    gate = b.node("GlobalAveragePool", [x]) if pool == "global" else b.node("ReduceMean", [x], axes=[2, 3], keepdims=1)
     gate = act(b.conv(gate, channels * 2, channels // 2, k=1))
     gate = b.node("Sigmoid", [b.conv(gate, channels // 2, channels * 2, k=1)])
     x = b.node("Mul", [x, gate])

@@ -17,6 +17,7 @@ from onnxslim.passes import (
     graph_is_sorted,
     initializers_out_of_inputs,
     model_is_valid,
+    reduce_mean_to_global_pool,
 )
 from onnxslim.passes.static_dims import fold_static_dims
 from tests.conftest import run_model
@@ -132,6 +133,45 @@ def test_fuse_hardswish_declines_below_opset_14():
     model = onnx.parser.parse_model(HARDSWISH.replace('"" : 14', '"" : 13'))
     (result,) = checked(fuse_hardswish)(model)
     assert not result.modified and result.declined[0].reason.code == DeclineCode.OPSET
+
+
+SPATIAL_MEANS = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[N, 8, 6, 5] x, float[2, 7, 16] tokens) => (float[N, 8] head, float[N, 8, 6, 5] gated, float[N, 1, 6, 5] across, float[2, 7, 1] feature_mean)
+  <int64[2] spatial = {2, 3}, int64[2] negative = {-1, -2}, int64[1] channels = {1}, int64[1] last = {-1}> {
+    pooled = ReduceMean <keepdims = 1> (x, spatial)
+    gate = Sigmoid (pooled)
+    gated = Mul (x, gate)
+    head = ReduceMean <keepdims = 0> (gated, negative)
+    across = ReduceMean <keepdims = 1> (x, channels)
+    feature_mean = ReduceMean <keepdims = 1> (tokens, last)
+}
+"""
+
+
+def test_means_over_every_spatial_axis_become_global_pools_and_no_other_mean_does():
+    """The dynamo exporter's squeeze-excitation and classifier pooling; a channel mean and a LayerNorm-style mean stay."""
+    model = onnx.parser.parse_model(SPATIAL_MEANS)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(reduce_mean_to_global_pool)(work)
+    assert result.modified
+    ops = [n.op_type for n in work.graph.node]
+    assert ops.count("GlobalAveragePool") == 2 and ops.count("Flatten") == 1 and ops.count("ReduceMean") == 2
+    feed = {"x": RNG.normal(size=(3, 8, 6, 5)).astype(np.float32), "tokens": RNG.normal(size=(2, 7, 16)).astype(np.float32)}
+    assert_same_outputs(model, work, feed)
+
+
+def test_reduce_mean_to_global_pool_leaves_a_model_without_spatial_means_alone():
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 8, 6, 5] x, float[2, 7, 16] tokens) => (float[N, 8, 6] partial, float[2, 1, 1] token_mean) {
+        partial = ReduceMean <axes = [3], keepdims = 0> (x)
+        token_mean = ReduceMean <axes = [1, 2]> (tokens)
+    }
+    """)
+    (result,) = checked(reduce_mean_to_global_pool)(model)
+    assert not result.modified
 
 
 def static_dims_model(index: int) -> onnx.ModelProto:

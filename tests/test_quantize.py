@@ -557,12 +557,14 @@ def test_a_table_tied_to_an_output_projection_stays_float():
     assert not choice.quantized and "also read by other nodes" in choice.reason
 
 
-@pytest.mark.parametrize(("activation", "kernel"), [("silu", "QLinearSigmoid"), ("leaky", "QLinearLeakyRelu")])
-def test_silu_and_squeeze_excitation_run_on_integer_kernels(activation, kernel):
-    """x * Sigmoid(x) and the SE gate become QLinearSigmoid and QLinearMul in onnxruntime's optimized graph: no float island per block."""
-    model = ALL_BUILDERS["silu_se_block"](activation=activation)
+@pytest.mark.parametrize(("activation", "kernel", "pool"), [("silu", "QLinearSigmoid", "global"), ("leaky", "QLinearLeakyRelu", "global"), ("silu", "QLinearSigmoid", "reduce_mean")])
+def test_silu_and_squeeze_excitation_run_on_integer_kernels(activation, kernel, pool):
+    """x * Sigmoid(x) and the SE gate become QLinearSigmoid and QLinearMul in onnxruntime's optimized graph: no float island
+    per block; the dynamo exporter's ReduceMean pooling runs as QLinearGlobalAveragePool."""
+    model = ALL_BUILDERS["silu_se_block"](activation=activation, pool=pool)
     quantized, report = quantize(model, calibrate_on(model, 24), config=EVERY_LAYER)
     kernels = report.integer_kernels
+    assert kernels.get("QLinearGlobalAveragePool") == 1
     assert kernels.get(kernel) == sum(1 for n in model.graph.node if n.op_type == {"silu": "Sigmoid", "leaky": "LeakyRelu"}[activation] and n.input[0] != "input")
     assert kernels.get("QLinearMul", 0) == sum(1 for n in model.graph.node if n.op_type == "Mul")
     assert kernels.get("QLinearConv") == sum(1 for n in model.graph.node if n.op_type == "Conv")

@@ -16,12 +16,14 @@ from onnxslim.passes.fold import fold_constants
 from onnxslim.passes.hardswish import fuse_hardswish
 from onnxslim.passes.layernorm import fuse_layernorm
 from onnxslim.passes.opset import default_opset, upgrade_opset
+from onnxslim.passes.pooling import reduce_mean_to_global_pool
 
 CLEANUP_PASSES: tuple[GraphPass, ...] = (
     initializers_out_of_inputs,
     constants_to_initializers,
     remove_identities,
     fold_constants,
+    reduce_mean_to_global_pool,  # the dynamo exporter's pooling, as the integer kernels know it
     fold_affine_into_conv,  # a bias Add between a layer and its BatchNormalization (Paddle's ConvTranspose) first,
     fuse_batchnorm,
     fold_affine_into_conv,  # then a Mul/Add after a BatchNormalization just folded
@@ -49,6 +51,7 @@ __all__ = [
     "graph_is_sorted",
     "initializers_out_of_inputs",
     "model_is_valid",
+    "reduce_mean_to_global_pool",
     "remove_dead_nodes",
     "remove_identities",
     "run_passes",
