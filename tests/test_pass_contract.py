@@ -12,6 +12,7 @@ from onnxslim.passes import (
     PassError,
     PassResult,
     Pipeline,
+    deepen_attention_masks,
     fold_affine_into_conv,
     fuse_hardswish,
     graph_is_sorted,
@@ -171,6 +172,50 @@ def test_reduce_mean_to_global_pool_leaves_a_model_without_spatial_means_alone()
     }
     """)
     (result,) = checked(reduce_mean_to_global_pool)(model)
+    assert not result.modified
+
+
+MASKED_ATTENTION = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2, 3, 8, 4] q, float[2, 3, 4, 8] k, float[2, 3, 8, 4] v, bool[1, 1, 8, 8] blocked) => (float[2, 3, 8, 4] y, float[2, 3, 8, 8] w) {
+    s = MatMul (q, k)
+    m = Where (blocked, minus, zero)
+    a = Add (s, m)
+    b = Add (a, bias)
+    scaled = Mul (gate, gain)
+    c = Add (b, scaled)
+    w = Softmax <axis = -1> (c)
+    y = MatMul (w, v)
+}
+"""
+
+
+def test_attention_masks_are_deepened_until_masked_weights_are_exactly_zero():
+    """Shifted-window attention adds -100: weights near 4e-44 are subnormal and slow the MatMul after the Softmax."""
+    bias = RNG.normal(size=(1, 1, 8, 8))
+    bias[0, 0, 0, 1] = -100.0  # a masked entry inside a bias table
+    model = with_weights(MASKED_ATTENTION, minus=-100.0, zero=0.0, bias=bias, gate=np.zeros((1, 1, 8, 8)), gain=-100.0)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(deepen_attention_masks)(work)
+    assert result.modified and len(result.changes) == 2
+    inits = {t.name: numpy_helper.to_array(t) for t in work.graph.initializer}
+    reads = {name for node in work.graph.node for name in node.input}
+    assert inits["gain"] == -100.0 and "gain" in reads  # reached only through a product: left as it is
+    assert not {"minus", "bias"} & reads
+    feed = {
+        "q": RNG.normal(size=(2, 3, 8, 4)).astype(np.float32), "k": RNG.normal(size=(2, 3, 4, 8)).astype(np.float32),
+        "v": RNG.normal(size=(2, 3, 8, 4)).astype(np.float32), "blocked": RNG.random(size=(1, 1, 8, 8)) < 0.4,
+    }
+    before, after = run_model(model, feed)[1], run_model(work, feed)[1]
+    subnormal = lambda w: int(((w > 0) & (w < np.finfo(np.float32).tiny)).sum())  # noqa: E731
+    assert subnormal(before) > 0 and subnormal(after) == 0
+    assert_same_outputs(model, work, feed)
+
+
+def test_masks_already_deep_enough_are_left_alone():
+    model = with_weights(MASKED_ATTENTION, minus=-1e9, zero=0.0, bias=RNG.normal(size=(1, 1, 8, 8)), gate=np.zeros((1, 1, 8, 8)), gain=-100.0)
+    (result,) = checked(deepen_attention_masks)(model)
     assert not result.modified
 
 

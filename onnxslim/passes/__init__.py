@@ -15,6 +15,7 @@ from onnxslim.passes.constants import constants_to_initializers, initializers_ou
 from onnxslim.passes.fold import fold_constants
 from onnxslim.passes.hardswish import fuse_hardswish
 from onnxslim.passes.layernorm import fuse_layernorm
+from onnxslim.passes.masks import deepen_attention_masks
 from onnxslim.passes.opset import default_opset, upgrade_opset
 from onnxslim.passes.pooling import reduce_mean_to_global_pool
 
@@ -24,6 +25,7 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     remove_identities,
     fold_constants,
     reduce_mean_to_global_pool,  # the dynamo exporter's pooling, as the integer kernels know it
+    deepen_attention_masks,  # after folding: a mask built from constants is one by now
     fold_affine_into_conv,  # a bias Add between a layer and its BatchNormalization (Paddle's ConvTranspose) first,
     fuse_batchnorm,
     fold_affine_into_conv,  # then a Mul/Add after a BatchNormalization just folded
@@ -42,6 +44,7 @@ __all__ = [
     "PassResult",
     "Pipeline",
     "constants_to_initializers",
+    "deepen_attention_masks",
     "default_opset",
     "fold_affine_into_conv",
     "fold_constants",
