@@ -182,6 +182,24 @@ def test_recovery_brings_outputs_back():
     assert scores["refit"] > 0.99
 
 
+def test_bias_recovery_of_one_dimensional_convolutions():
+    """A speech front end's Conv1d layers (weights (out, in, k)): the removed inputs' mean contribution goes into the bias."""
+    b = GraphBuilder(31)
+    x = b.node("Relu", [b.node("Conv", ["input", b.const(b.weight(16, 4, 3)), b.const(np.zeros(16, np.float32))], pads=[1, 1])])
+    x = b.node("Relu", [b.node("Conv", [x, b.const(b.weight(16, 16, 3)), b.const(np.zeros(16, np.float32))], pads=[1, 1])])
+    y = b.node("Conv", [x, b.const(b.weight(4, 16, 1)), b.const(np.zeros(4, np.float32))])
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 32])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4, 32])], "conv1d")
+    rng = np.random.default_rng(3)
+    data = [{"input": (rng.standard_normal((1, 4, 32)) + 1.0).astype(np.float32)} for _ in range(10)]
+    scores = {}
+    for recovery in ("none", "bias"):
+        pruned, report = prune(model, config=PruneConfig(ratio=0.5, importance="activation", recovery=recovery, latency_runs=0), data=data)
+        scores[recovery] = report.fidelity[0].cosine
+        assert run_model(pruned, data[0])[0].shape == (1, 4, 32)
+    assert any(step.reason.code.value == "bias" for step in report.recovery)
+    assert scores["bias"] > scores["none"]
+
+
 def test_unstructured_sparsity_keeps_shapes():
     model = residual()
     pruned, report = prune(model, config=PruneConfig(ratio=0.5, unstructured=True, latency_runs=0))

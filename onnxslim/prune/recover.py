@@ -296,8 +296,8 @@ def _compensate_bias(pruned, layer: _Layer, taken) -> Reason:
     mean = layer.input_sum / max(layer.input_rows, 1)
     removed = np.setdiff1d(np.arange(weights.shape[axis]), layer.kept_in)
     contribution = np.take(weights, removed, axis=axis).astype(np.float64)
-    if new.op_type == "Conv":
-        delta = np.einsum("oikl,i->o", contribution, mean[removed])
+    if new.op_type == "Conv":  # (out, in, kernel...) of any spatial rank: each removed input's mean, times its kernel's sum
+        delta = contribution.reshape(contribution.shape[0], contribution.shape[1], -1).sum(axis=2) @ mean[removed]
     elif axis == 1:  # Gemm with transB: (N, K)
         delta = contribution @ mean[removed]
     else:
