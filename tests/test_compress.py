@@ -157,6 +157,9 @@ def test_no_quantize_spends_the_budget_on_pruning_alone(monkeypatch):
     _, report = compress(model, sample_inputs(model, 20), config=CompressConfig(ratios=(0.25, 0.5), max_loss=0.5, quantize=False, latency_runs=3))
     assert not any(c.quantized for c in report.candidates)
     assert report.chosen == "pruned 50%"  # the fastest within a loose budget
+    assert not report.warnings
+    _, report = compress(model, "random", config=CompressConfig(ratios=(0.25,), max_loss=0.5, quantize=False, latency_runs=3))
+    assert any(w.startswith("--data random") and "proves nothing" in w for w in report.warnings)
     result = CliRunner().invoke(main, ["compress", "--help"])
     assert "--quantize / --no-quantize" in result.output
 

@@ -139,6 +139,8 @@ def compress(
         calibration, held, evaluation = _split(source, eval_data, inputs, config, input_shapes)
         budget = Budget(config.max_loss, config.target_latency, config.objective)
         report = CompressReport(label, str(output) if output else None, dataclasses.asdict(config), dataclasses.asdict(budget), evaluation, config.threads)
+        if isinstance(data, str) and data == "random":
+            report.warnings.append("--data random: candidates were pruned, refit and calibrated on noise and judged on noise, which proves nothing about real inputs; the budget needs real data")
         reference = Runner(original, threads=None, label="original")
         given = Candidate("original", 0.0, False, loss=0.0, file_bytes=model_file_bytes(original), parameters=count_parameters(original), note="the model as given")
         built: list[tuple[Candidate, onnx.ModelProto | None]] = [(given, original)]
