@@ -36,8 +36,11 @@ from onnxslim import QuantConfig, quantize  # noqa: E402
 from onnxslim.runtime import Runner, available_providers, resolve_provider  # noqa: E402
 
 
-def export_torchvision(name: str, folder: Path, count: int) -> tuple[Path, Path, list[dict]]:
-    """A torchvision classifier with random weights, exported with a dynamic batch axis, and random 224x224 inputs."""
+def export_torchvision(name: str, folder: Path, count: int, exporter: str = "legacy") -> tuple[Path, Path, list[dict]]:
+    """A torchvision classifier with random weights, exported with a dynamic batch axis, and random 224x224 inputs.
+
+    ``exporter``: "legacy" (TorchScript, opset 17) or "dynamo" (torch.export, the default of recent torch releases).
+    """
     import torch
     import torchvision
 
@@ -58,9 +61,10 @@ def export_torchvision(name: str, folder: Path, count: int) -> tuple[Path, Path,
             for _ in range(4):
                 model(torch.randn(8, 3, 224, 224))
             model.eval()
-    path = folder / f"{name}.onnx"
+    path = folder / (f"{name}.onnx" if exporter == "legacy" else f"{name}.{exporter}.onnx")
     example = torch.randn(1, 3, 224, 224)
-    torch.onnx.export(model, example, str(path), input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    dynamo = {"dynamo": True, "external_data": False} if exporter == "dynamo" else {"dynamo": False}
+    torch.onnx.export(model, example, str(path), input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, **dynamo)
     rng = np.random.default_rng(0)
     feeds = [{"x": rng.normal(size=(1, 3, 224, 224)).astype(np.float32)} for _ in range(count * 2)]
     calib = folder / f"{name}_calib"

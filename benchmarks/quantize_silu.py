@@ -3,6 +3,7 @@
     pip install torch==2.14.1 torchvision==0.29.1
     python benchmarks/quantize_silu.py --models efficientnet_b0 efficientnet_b3 mobilenet_v3_large regnet_y_400mf --threads 1 2
     python benchmarks/quantize_silu.py --models convnext_tiny vit_b_16 swin_t --threads 1 2 --dynamic
+    python benchmarks/quantize_silu.py --models efficientnet_b0 regnet_y_400mf swin_t --threads 1 2 --exporter dynamo
 
 torchvision architectures with random weights (their BatchNorm statistics set by a
 few training-mode passes, see benchmarks/gpu_fp16.py): these rows prove graph
@@ -49,7 +50,7 @@ def onnxruntime_static(fp32: Path, calib: list[dict], out: Path, per_channel: bo
 
 
 def bench(name: str, work: Path, args) -> dict:
-    fp32, calib_dir, held = export_torchvision(name, work, args.calib)
+    fp32, calib_dir, held = export_torchvision(name, work, args.calib, args.exporter)
     held = held[: args.eval]
     calib = [dict(np.load(p)) for p in sorted(calib_dir.glob("*.npz"))]
     models = {"FP32": fp32}
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=32)
     parser.add_argument("--eval", type=int, default=16)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--exporter", choices=("legacy", "dynamo"), default="legacy", help="torch.onnx.export's TorchScript exporter (opset 17) or torch.export (dynamo, needs onnxscript)")
     parser.add_argument("--dynamic", action="store_true", help="also onnxruntime.quantization.quantize_dynamic (transformers: convnext_tiny, vit_b_16, swin_t)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "cache" / "quantize_silu.json")
     args = parser.parse_args()

@@ -219,6 +219,14 @@ def validate(reference, candidate, input_shapes, providers, threads, warmup, run
         sys.exit(GATE_FAILED_EXIT)
 
 
+def _cosine_text(output, digits: int) -> str:
+    """The cosine, and whether its channels were brought to one scale (a few of them dwarf the rest)."""
+    text = _fmt(output.cosine, digits)
+    if output.balanced_axis is not None:
+        text += f" (channels of axis {output.balanced_axis} at one scale; plain {_fmt(output.plain_cosine, digits)})"
+    return text
+
+
 def _print_validation(report) -> None:
     for warning in report.warnings:
         _warn(warning)
@@ -235,7 +243,7 @@ def _print_validation(report) -> None:
             accuracy.add_row(name, "-", "not available", "", "", "", "", "")
             continue
         for output in result.outputs:
-            cos = _fmt(output.cosine, 6) + (" (degenerate)" if output.degenerate else "")
+            cos = _cosine_text(output, 6) + (" (degenerate)" if output.degenerate else "")
             nonfinite = f"[red]{output.nonfinite_mismatches}[/]" if output.nonfinite_mismatches else "0"
             max_abs = _fmt(float("inf") if output.nonfinite_mismatches else output.max_abs)
             accuracy.add_row(name, escape(output.name), cos, _fmt(output.snr_db, 3), max_abs, _fmt(output.mean_abs), _task_text(output), nonfinite)
@@ -378,7 +386,7 @@ def _print_quantization(report) -> None:
     for column in ("output", "cosine", "SNR dB", "max abs", "task metric"):
         fidelity.add_column(column, justify="left" if column == "output" else "right")
     for output in report.fidelity:
-        fidelity.add_row(escape(output.name), _fmt(output.cosine, 6), _fmt(output.snr_db, 3), _fmt(output.max_abs), _task_text(output))
+        fidelity.add_row(escape(output.name), _cosine_text(output, 6), _fmt(output.snr_db, 3), _fmt(output.max_abs), _task_text(output))
     if report.fidelity:
         console.print(fidelity)
     for latency in (report.latency, report.latency_1_thread):
@@ -478,7 +486,7 @@ def _print_pruning(report) -> None:
         highlight=False,
     )
     for output in report.fidelity:
-        console.print(f"output {escape(output.name)}: cosine {output.cosine:.5f} vs the original on {escape(report.evaluation)}", highlight=False)
+        console.print(f"output {escape(output.name)}: cosine {_cosine_text(output, 5)} vs the original on {escape(report.evaluation)}", highlight=False)
     for latency in (report.latency, report.latency_1_thread):
         if latency:
             console.print(
@@ -593,7 +601,7 @@ def share(model, output, eval_data, threads, report_path, quiet, input_shapes, *
     (f0, f1), (z0, z1) = report.file_bytes, report.zipped_bytes
     console.print(f"file {f0 / 1e6:.2f} MB -> {f1 / 1e6:.2f} MB ({f1 / max(f0, 1):.2f}x); zipped {z0 / 1e6:.2f} MB -> {z1 / 1e6:.2f} MB ({z1 / max(z0, 1):.2f}x)", highlight=False)
     for comparison in report.fidelity:
-        console.print(f"output {escape(comparison.name)}: cosine {comparison.cosine:.5f} vs the original on {escape(report.evaluation)}", highlight=False)
+        console.print(f"output {escape(comparison.name)}: cosine {_cosine_text(comparison, 5)} vs the original on {escape(report.evaluation)}", highlight=False)
     for latency in (report.latency, report.latency_1_thread):
         if latency and latency.ratio is not None:
             console.print(f"latency ({threads_text(latency.threads)}): ratio {latency.ratio:.3f} (the lookups are folded when the session loads)", highlight=False)

@@ -77,6 +77,49 @@ def test_probability_maps_report_mask_iou_and_class_scores_top1():
     assert logits.task_metric[0] == "top-1" and logits.mask_iou is None and unbounded.task_metric is None
 
 
+def test_a_detector_output_whose_boxes_dwarf_its_scores_is_compared_channel_by_channel():
+    """YOLOv8's (1, 84, anchors): 4 box channels in pixels beside 80 class scores in (0, 1). The plain cosine is the
+    boxes' alone; with every channel at the same scale, scores that lost their information show."""
+    rng = np.random.default_rng(2)
+    anchors = 2100
+    boxes = rng.uniform(0, 320, size=(1, 4, anchors))
+    scores = rng.uniform(0, 0.05, size=(1, 80, anchors))
+    ref = np.concatenate([boxes, scores], axis=1).astype(np.float32)
+    cand = ref.copy()
+    cand[:, 4:] = rng.permutation(scores.ravel()).reshape(scores.shape)  # the same scores, shuffled: no information left
+    comparison = OutputComparison("output0")
+    comparison.add(ref, cand)
+    assert comparison.plain_cosine > 0.9999
+    assert comparison.balanced_axis == 1 and comparison.scale_spread > 1000
+    r, c = ref[0].astype(np.float64), cand[0].astype(np.float64)
+    scale = np.sqrt((r * r).sum(axis=1, keepdims=True))
+    expected = ((r / scale) * (c / scale)).sum() / np.sqrt(((r / scale) ** 2).sum() * ((c / scale) ** 2).sum())
+    assert comparison.cosine == pytest.approx(expected) and comparison.cosine < 0.8
+    assert comparison.worst_batch_cosine == pytest.approx(comparison.cosine)
+    report = comparison.to_dict()
+    assert report["channels_balanced_on_axis"] == 1 and report["plain_cosine"] == comparison.plain_cosine
+    # channel-last (YOLOv5's (1, anchors, 85)) is found the same way
+    last = OutputComparison("output")
+    last.add(np.moveaxis(ref, 1, 2), np.moveaxis(cand, 1, 2))
+    assert last.balanced_axis == 2 and last.cosine == pytest.approx(comparison.cosine)
+
+
+def test_features_of_similar_scale_and_maps_keep_the_plain_cosine():
+    """Token states with one nearly dead feature, and a probability map with empty columns: nothing dwarfs the rest."""
+    rng = np.random.default_rng(3)
+    tokens = rng.standard_normal((1, 32, 384)).astype(np.float32)
+    tokens[..., 7] *= 1e-5
+    noisy = tokens + 0.05 * rng.standard_normal(tokens.shape).astype(np.float32)
+    states = OutputComparison("last_hidden_state")
+    states.add(tokens, noisy)
+    assert states.balanced_axis is None and states.cosine == states.plain_cosine
+    probability = np.zeros((1, 1, 64, 64), np.float32)
+    probability[..., 10:20, 30:34] = 0.9
+    maps = OutputComparison("map")
+    maps.add(probability, probability * 0.98)
+    assert maps.balanced_axis is None and maps.cosine == maps.plain_cosine
+
+
 def test_degenerate_reference_is_flagged():
     comparison = OutputComparison("y")
     comparison.add(np.full((2, 5), 3.0, np.float32), np.full((2, 5), 3.0, np.float32))

@@ -7,7 +7,7 @@ and two comparisons of disjoint data merge exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +29,13 @@ def looks_like_class_scores(array: np.ndarray) -> bool:
 
 
 MASK_THRESHOLD = 0.5
+# A (batch, channels, n) or (batch, n, channels) output where a few channels dwarf the rest is compared with every
+# channel brought to the same scale: a detector's decoded boxes (hundreds of pixels) next to its class scores (at
+# most 1) would otherwise hide the scores from the cosine entirely. "A few dwarf the rest": the largest channel's
+# RMS is SCALE_SPREAD times the smallest's, and at most DOMINANT_SHARE of the channels hold 99% of the energy.
+SCALE_SPREAD = 1000.0
+DOMINANT_SHARE = 0.25
+MAX_BALANCED_CHANNELS = 1024
 
 
 def looks_like_probability_map(array: np.ndarray) -> bool:
@@ -112,6 +119,9 @@ class OutputComparison:
     nonfinite_candidate: int = 0  # NaN/Inf in the candidate where the reference is finite
     nonfinite_reference: int = 0  # NaN/Inf in the reference where the candidate is finite
     nonfinite_disagreeing: int = 0  # both non-finite, but not the same value (NaN vs Inf, +Inf vs -Inf)
+    # axis -> (3, channels) float64: per channel of that axis, the sums of ref * cand, ref^2 and cand^2
+    channel_sums: dict[int, np.ndarray] = field(default_factory=dict)
+    min_batch_balanced: dict[int, float] = field(default_factory=dict)  # axis -> the lowest balanced cosine of one batch
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, source: str = "") -> None:
         if reference.shape != candidate.shape:
@@ -129,6 +139,8 @@ class OutputComparison:
         self.elements += ref.size
         self.batches += 1
         self.min_batch_cosine = min(self.min_batch_cosine, _cosine(dot, ref_sq, cand_sq))
+        if not self.nonfinite_mismatches:
+            self._add_channel_sums(np.asarray(reference), np.asarray(candidate))
         if looks_like_class_scores(reference):
             ref_top = np.argmax(reference, axis=-1)
             cand_top = np.argmax(candidate, axis=-1)
@@ -166,6 +178,46 @@ class OutputComparison:
         self.cand_sq += cand_sq
         return dot, ref_sq, cand_sq
 
+    def _add_channel_sums(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        """Per-channel sums along axis 1 and axis 2 of (batch, channels, n) / (batch, n, channels) outputs."""
+        if reference.ndim != 3 or reference.dtype.kind != "f":
+            return
+        for axis in (1, 2):
+            channels = reference.shape[axis]
+            if not 2 <= channels <= MAX_BALANCED_CHANNELS or (axis == reference.ndim - 1 and looks_like_class_scores(reference)):
+                continue  # probabilities over classes: their scales differing is what they mean
+            ref = np.moveaxis(reference, axis, 0).reshape(channels, -1).astype(np.float64)
+            cand = np.moveaxis(candidate, axis, 0).reshape(channels, -1).astype(np.float64)
+            sums = np.stack([np.einsum("ij,ij->i", ref, cand), np.einsum("ij,ij->i", ref, ref), np.einsum("ij,ij->i", cand, cand)])
+            if axis in self.channel_sums and self.channel_sums[axis].shape != sums.shape:
+                self.channel_sums.pop(axis)  # batches disagree on the channel count: no balanced view of this axis
+                self.min_batch_balanced.pop(axis, None)
+                continue
+            self.channel_sums[axis] = self.channel_sums.get(axis, 0) + sums
+            self.min_batch_balanced[axis] = min(self.min_batch_balanced.get(axis, 1.0), _balanced_cosine(sums))
+
+    @property
+    def balanced_axis(self) -> int | None:
+        """The axis whose channels' scales spread over more than SCALE_SPREAD (the widest spread), or None."""
+        best, widest = None, SCALE_SPREAD
+        for axis, sums in self.channel_sums.items():
+            spread = _spread(sums)
+            if spread >= widest:
+                best, widest = axis, spread
+        return best
+
+    @property
+    def scale_spread(self) -> float | None:
+        axis = self.balanced_axis
+        return None if axis is None else _spread(self.channel_sums[axis])
+
+    @property
+    def plain_cosine(self) -> float:
+        """Cosine over every value as it is, whatever the channels' scales."""
+        if self.nonfinite_mismatches:
+            return math.nan
+        return _cosine(self.dot, self.ref_sq, self.cand_sq)
+
     @property
     def nonfinite_mismatches(self) -> int:
         """Positions where one model gave NaN/Inf and the other did not (or a different one)."""
@@ -173,10 +225,20 @@ class OutputComparison:
 
     @property
     def cosine(self) -> float:
-        """Cosine similarity over all batches; NaN when the models disagree on non-finite values, so no gate passes."""
+        """Cosine similarity over all batches, with every channel at the same scale where their scales spread over
+        SCALE_SPREAD (``balanced_axis``); NaN when the models disagree on non-finite values, so no gate passes."""
         if self.nonfinite_mismatches:
             return math.nan
+        axis = self.balanced_axis
+        if axis is not None:
+            return _balanced_cosine(self.channel_sums[axis])
         return _cosine(self.dot, self.ref_sq, self.cand_sq)
+
+    @property
+    def worst_batch_cosine(self) -> float:
+        """The lowest cosine of one batch, by the measure ``cosine`` uses."""
+        axis = self.balanced_axis
+        return self.min_batch_balanced[axis] if axis is not None else self.min_batch_cosine
 
     @property
     def mean_abs(self) -> float:
@@ -235,7 +297,10 @@ class OutputComparison:
             "max_abs_error": math.inf if self.nonfinite_mismatches else self.max_abs,
             "mean_abs_error": self.mean_abs,
             "cosine": self.cosine,
-            "min_batch_cosine": self.min_batch_cosine,
+            "min_batch_cosine": self.worst_batch_cosine,
+            "channels_balanced_on_axis": self.balanced_axis,
+            "channel_scale_spread": self.scale_spread,
+            "plain_cosine": self.plain_cosine,
             "snr_db": _json_float(self.snr_db),
             "exact_match": self.exact / self.elements if self.elements else None,
             "top1_agreement": self.top1,
@@ -247,6 +312,30 @@ class OutputComparison:
             "nonfinite_reference_values": self.nonfinite_reference,
             "nonfinite_disagreeing_values": self.nonfinite_disagreeing,
         }
+
+
+def _spread(sums: np.ndarray) -> float:
+    """Largest over smallest RMS of the reference's channels that are not all zero; 1 unless a few channels hold
+    99% of the energy (at most DOMINANT_SHARE of them): a feature or two near zero among many is not mixed scales."""
+    energy = np.sort(sums[1])[::-1]
+    live = energy[energy > 0]
+    if live.size < 2:
+        return 1.0
+    holding = int(np.searchsorted(np.cumsum(live), 0.99 * live.sum())) + 1
+    if holding > DOMINANT_SHARE * energy.size:
+        return 1.0
+    return float(np.sqrt(live[0] / live[-1]))
+
+
+def _balanced_cosine(sums: np.ndarray) -> float:
+    """The cosine once each channel is divided by the reference's RMS on it; a channel the reference leaves at 0
+    counts at the channels' mean scale, so a candidate that is not 0 there still loses."""
+    live = sums[1] > 0
+    if not live.any():
+        return _cosine(float(sums[0].sum()), 0.0, float(sums[2].sum()))
+    scale = np.where(live, sums[1], sums[1][live].mean())
+    weighted = sums / scale
+    return _cosine(float(weighted[0].sum()), float(weighted[1].sum()), float(weighted[2].sum()))
 
 
 def _cosine(dot: float, a: float, b: float) -> float:
