@@ -1,0 +1,170 @@
+"""Every command on exports the rest of the benchmarks do not cover: does it run, and what comes out.
+
+    pip install -e ".[bench]" torch==2.14.1 torchvision==0.29.1 transformers ultralytics
+    python benchmarks/unseen_exports.py --models lraspp deeplabv3 ssdlite fasterrcnn r3d_18 \
+        dynamo:efficientnet_b0 dynamo:regnet_y_400mf dynamo:swin_t legacy:swin_t bert wav2vec2 vit t5 detr yolov8n yolo11n
+
+Random weights (BatchNorm statistics from a few training-mode passes, so outputs are not constant) and
+``--data random``: these rows prove graph coverage and show latency, never task accuracy. Each model
+goes through ``onnxslim quantize``, ``prune --ratio 0.3`` and ``compress`` from the command line, as a
+user would run them; a row records the exit code, the wall time, the latency ratios the command
+measured (deploy threads, then 1 thread) and its last line (the error, where there is one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / "cache" / "unseen"
+COMMANDS = {"quantize": ["--data", "random"], "prune": ["--ratio", "0.3"], "compress": ["--data", "random"]}
+
+
+def _settle_batchnorm(model, example) -> None:
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, *example.shape[1:]))
+    model.eval()
+
+
+def _torchvision(name: str):
+    import torchvision.models as M
+
+    builders = {
+        "lraspp": lambda: M.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None),
+        "deeplabv3": lambda: M.segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, aux_loss=False),
+        "ssdlite": lambda: M.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None),
+        "fasterrcnn": lambda: M.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None),
+        "r3d_18": lambda: M.video.r3d_18(weights=None),
+    }
+    if name in builders:
+        return builders[name]()
+    return getattr(M, name)(weights=None)
+
+
+def _transformers(name: str):
+    import torch
+    import transformers as T
+
+    small = {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024}
+    if name == "bert":
+        return T.BertModel(T.BertConfig(**small)), {"input_ids": torch.randint(0, 1000, (1, 48)), "attention_mask": torch.ones(1, 48, dtype=torch.long)}
+    if name == "wav2vec2":
+        return T.Wav2Vec2Model(T.Wav2Vec2Config(**small)), {"input_values": torch.randn(1, 16000)}
+    if name == "vit":
+        return T.ViTModel(T.ViTConfig(**small)), {"pixel_values": torch.randn(1, 3, 224, 224)}
+    if name == "t5":
+        return T.T5EncoderModel(T.T5Config(num_layers=4, d_model=256, num_heads=4, d_ff=1024, use_cache=False)), {"input_ids": torch.randint(0, 1000, (1, 48))}
+    if name == "detr":
+        backbone = T.ResNetConfig(layer_type="basic", depths=[1, 1, 1, 1], hidden_sizes=[64, 128, 256, 512])
+        config = T.DetrConfig(use_pretrained_backbone=False, use_timm_backbone=False, backbone_config=backbone, encoder_layers=2, decoder_layers=2, num_queries=20)
+        return T.DetrForObjectDetection(config), {"pixel_values": torch.randn(1, 3, 320, 320)}
+    raise KeyError(name)
+
+
+def _first_output(inner, names: list[str]):
+    """``inner`` taking its keyword inputs in order and returning its first output (exporters want positional inputs)."""
+    import torch
+
+    class FirstOutput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            return self.inner(**dict(zip(names, args)))[0]
+
+    return FirstOutput()
+
+
+def export(spec: str, path: Path) -> None:
+    """Write ``spec`` ("[legacy:|dynamo:]torchvision name", a transformers family, or yolov8n / yolo11n) to ``path``."""
+    import torch
+
+    torch.manual_seed(0)
+    exporter, _, name = spec.rpartition(":")
+    if name in ("bert", "wav2vec2", "vit", "t5", "detr"):
+        model, inputs = _transformers(name)
+        module, args, names = _first_output(model.eval(), list(inputs)), tuple(inputs.values()), list(inputs)
+    elif name.startswith("yolo"):
+        from ultralytics.nn.tasks import DetectionModel
+
+        module = DetectionModel(f"{name}.yaml", verbose=False).eval()
+        for layer in module.modules():
+            if hasattr(layer, "export"):
+                layer.export, layer.format = True, "onnx"
+        args, names = (torch.randn(1, 3, 320, 320),), ["images"]
+    else:
+        module = _torchvision(name).eval()
+        shape = (1, 3, 8, 64, 64) if name == "r3d_18" else (1, 3, 320, 320) if name in ("ssdlite", "fasterrcnn") else (1, 3, 224, 224)
+        example = torch.randn(*shape)
+        if name not in ("ssdlite", "fasterrcnn"):
+            _settle_batchnorm(module, example)
+        args = ([example[0]],) if name in ("ssdlite", "fasterrcnn") else (example,)
+        names = ["image" if name in ("ssdlite", "fasterrcnn") else "input"]
+    torch.backends.mha.set_fastpath_enabled(False)
+    with torch.no_grad():
+        if exporter == "dynamo":
+            torch.onnx.export(module, args, str(path), input_names=names, dynamo=True, external_data=False)
+        else:
+            torch.onnx.export(module, args, str(path), input_names=names, opset_version=17, dynamo=False)
+
+
+def run(command: str, model: Path) -> dict:
+    out = WORK / f"{model.stem}.{command}.onnx"
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "onnxslim", command, str(model), "-o", str(out), *COMMANDS[command]], capture_output=True, text=True, timeout=1800)
+    text = done.stdout + done.stderr
+    lines = [line for line in text.splitlines() if line.strip()]
+    return {
+        "command": command,
+        "exit": done.returncode,
+        "seconds": round(time.perf_counter() - start, 1),
+        "ratios": [float(r) for r in re.findall(r"ratio\s+([0-9.]+)", text)],
+        "last_line": lines[-1][:240] if lines else "",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["lraspp", "deeplabv3", "r3d_18", "dynamo:efficientnet_b0", "dynamo:swin_t", "bert", "wav2vec2"])
+    parser.add_argument("--commands", nargs="+", default=list(COMMANDS), choices=list(COMMANDS))
+    parser.add_argument("--json", type=Path, default=WORK / "unseen_exports.json")
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    rows = []
+    print("| model | command | exit | s | latency ratio (deploy / 1 thread) | last line |\n|---|---|---|---|---|---|")
+    for spec in args.models:
+        path = WORK / (spec.replace(":", "_") + ".onnx")
+        try:
+            if not path.exists():
+                export(spec, path)
+        except Exception as exc:  # an exporter's failure is a row of the table, not the end of the run
+            rows.append({"model": spec, "command": "export", "exit": None, "last_line": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            print(f"| {spec} | export | failed | - | - | {rows[-1]['last_line']} |", flush=True)
+            continue
+        for command in args.commands:
+            row = {"model": spec, **run(command, path)}
+            rows.append(row)
+            ratios = " / ".join(f"{r:.2f}x" for r in row["ratios"][:2]) or "-"
+            print(f"| {spec} | {command} | {row['exit']} | {row['seconds']:.0f} | {ratios} | {row['last_line']} |", flush=True)
+            args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
