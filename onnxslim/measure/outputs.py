@@ -180,12 +180,12 @@ class OutputComparison:
 
     def _add_channel_sums(self, reference: np.ndarray, candidate: np.ndarray) -> None:
         """Per-channel sums along axis 1 and axis 2 of (batch, channels, n) / (batch, n, channels) outputs."""
-        if reference.ndim != 3 or reference.dtype.kind != "f":
-            return
+        if reference.ndim != 3 or reference.dtype.kind != "f" or looks_like_class_scores(reference):
+            return  # probabilities over classes per step: their scales differing is what they mean
         for axis in (1, 2):
             channels = reference.shape[axis]
-            if not 2 <= channels <= MAX_BALANCED_CHANNELS or (axis == reference.ndim - 1 and looks_like_class_scores(reference)):
-                continue  # probabilities over classes: their scales differing is what they mean
+            if not 2 <= channels <= MAX_BALANCED_CHANNELS:
+                continue
             ref = np.moveaxis(reference, axis, 0).reshape(channels, -1).astype(np.float64)
             cand = np.moveaxis(candidate, axis, 0).reshape(channels, -1).astype(np.float64)
             sums = np.stack([np.einsum("ij,ij->i", ref, cand), np.einsum("ij,ij->i", ref, ref), np.einsum("ij,ij->i", cand, cand)])
