@@ -516,7 +516,9 @@ def test_embedding_tables_are_stored_in_int8_rows_and_looked_up_exactly():
     decision = next(d for d in report.decisions if d.node == "lookup")
     assert decision.code == QuantReason.WEIGHT_ONLY and decision.quantized
     tables = {t.name: t for t in quantized.graph.initializer}
-    assert "table" not in tables and tables["table_int8"].data_type == TensorProto.INT8
+    # onnxruntime's CPU provider looks the INT8 rows up in one GatherBlockQuantized (as UINT8 around 128)
+    assert "table" not in tables and tables["table_uint8"].data_type == TensorProto.UINT8
+    assert [n.op_type for n in quantized.graph.node if n.domain == "com.microsoft"] == ["GatherBlockQuantized"]
     assert report.sizes.quantized_bytes < 0.4 * report.sizes.fp32_bytes  # 512 KB of float rows -> 128 KB of INT8 (+ scales)
     # the lookup computes exactly the per-row dequantization of the rows it reads
     table = onnx.numpy_helper.to_array(model.graph.initializer[0])
@@ -533,6 +535,23 @@ def test_embedding_tables_are_stored_in_int8_rows_and_looked_up_exactly():
         quantize(model, data, config=QuantConfig(latency_runs=0, embeddings="float"))
 
 
+def test_both_lookup_forms_give_the_same_rows():
+    """Standard operators (Gather, Cast, Mul: any runtime) and onnxruntime's GatherBlockQuantized look up the same rows."""
+    from onnxslim.quant.tables import find_tables, store_tables_in_int8
+
+    model = embedding_model()
+    feed = {"ids": np.random.default_rng(5).integers(0, 1000, (1, 16)).astype(np.int64)}
+    outputs = {}
+    for lookup in ("onnx", "contrib"):
+        work = load_model(model)
+        assert store_tables_in_int8(work, find_tables(work), lookup=lookup) == ["lookup"]
+        contrib = [n.op_type for n in work.graph.node if n.domain == "com.microsoft"]
+        assert contrib == ([] if lookup == "onnx" else ["GatherBlockQuantized"])
+        outputs[lookup] = run_model(work, feed)
+    for a, b in zip(outputs["onnx"], outputs["contrib"]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_each_table_is_quantized_once_however_many_builds(monkeypatch):
     import onnxslim.quant.tables as tables
     from onnxslim.quant.pipeline import QuantRun
@@ -545,7 +564,7 @@ def test_each_table_is_quantized_once_however_many_builds(monkeypatch):
     run = QuantRun(model, data, FAST, None, None, False)
     first, second = run.build(FAST)[1], run.build(FAST)[1]
     assert len(calls) == 1
-    stored = [{t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}["table_int8"] for m in (first, second)]
+    stored = [{t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}["table_uint8"] for m in (first, second)]
     np.testing.assert_array_equal(*stored)
 
 

@@ -62,7 +62,7 @@ from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
 from onnxslim.reasons import Reason
 from onnxslim.runtime import Runner, resolve_provider
-from onnxslim.runtime.kernels import integer_products_saturate
+from onnxslim.runtime.kernels import gathers_block_quantized_rows, integer_products_saturate
 from onnxslim.runtime.session import optimized_graph, optimized_ops
 from onnxslim.runtime.write import write_verified
 
@@ -345,7 +345,9 @@ class QuantRun:
                 plan, params = self.params(self.plan(config, keep_float))
                 quantized = insert_qdq_everywhere(self.prepared, plan, params, self.scopes)
         if config.embeddings == "int8":
-            plan = _with_int8_tables(plan, quantized, keep_float, self.table_rows)
+            # onnxruntime's CPU provider looks rows up in one contrib node; other targets get standard operators
+            lookup = "contrib" if config.target == "cpu" and gathers_block_quantized_rows() else "onnx"
+            plan = _with_int8_tables(plan, quantized, keep_float, self.table_rows, lookup)
         if config.recurrent == "int8":
             plan = _with_int8_recurrent(plan, quantized, keep_float, REDUCED_LEVELS if self.weight_range["used"] == "reduced" else FULL_LEVELS)
         if config.target == "cpu":
@@ -414,14 +416,14 @@ def biases_dequantized_at_run_time(model: onnx.ModelProto, plan: QuantPlan) -> s
     return found
 
 
-def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str], rows_cache: dict | None = None) -> QuantPlan:
+def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str], rows_cache: dict | None = None, lookup: str = "onnx") -> QuantPlan:
     """Store the lookup tables of ``model`` (inside If/Loop/Scan bodies too) in INT8, in place, except those kept in float; the plan's decisions say so."""
     choices: list = []
 
     def rewrite(graph_model: onnx.ModelProto, reserved: set[str]) -> list[str]:
         found = [c for c in find_tables(graph_model) if c.node not in keep_float]
         choices.extend(found)
-        return store_tables_in_int8(graph_model, found, reserved=reserved, rows_cache=rows_cache)
+        return store_tables_in_int8(graph_model, found, reserved=reserved, rows_cache=rows_cache, lookup=lookup)
 
     rewritten = set(rewrite_everywhere(model, rewrite))
     if not rewritten:

@@ -39,3 +39,26 @@ def integer_products_saturate(provider: str = "CPUExecutionProvider") -> bool:
         return False
     exact = activations.astype(np.int64) @ weight.astype(np.int64)
     return bool(np.any(computed.astype(np.int64) != exact))
+
+
+@functools.cache
+def gathers_block_quantized_rows(provider: str = "CPUExecutionProvider") -> bool:
+    """Whether ``provider`` runs com.microsoft GatherBlockQuantized on 8-bit rows as a lookup of exact dequantized rows."""
+    codes = np.array([[0, 128, 255], [7, 130, 129]], np.uint8)
+    scales = np.array([[0.5], [2.0]], np.float32)
+    zeros = np.full((2, 1), 128, np.uint8)
+    node = helper.make_node(
+        "GatherBlockQuantized", ["codes", "ids", "scales", "zeros"], ["rows"], domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=16, bits=8
+    )
+    graph = helper.make_graph(
+        [node], "gather_probe", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])], [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(codes, "codes"), numpy_helper.from_array(scales, "scales"), numpy_helper.from_array(zeros, "zeros")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    ids = np.array([1, 0], np.int64)
+    try:
+        rows = Runner(model, provider, threads=1, label="GatherBlockQuantized probe", prepack=False).run({"ids": ids})[0]
+    except OnnxSlimError:  # an onnxruntime without the op (or without 8-bit rows): the standard-ONNX form
+        return False
+    expected = (codes[ids].astype(np.float32) - 128.0) * scales[ids]
+    return bool(np.array_equal(rows, expected))
