@@ -1,8 +1,9 @@
 """Every command on exports the rest of the benchmarks do not cover: does it run, and what comes out.
 
-    pip install -e ".[bench]" torch==2.14.1 torchvision==0.29.1 transformers ultralytics
+    pip install -e ".[bench]" torch==2.14.1 torchvision==0.29.1 transformers ultralytics timm
     python benchmarks/unseen_exports.py --models lraspp deeplabv3 ssdlite fasterrcnn r3d_18 \
-        dynamo:efficientnet_b0 dynamo:regnet_y_400mf dynamo:swin_t legacy:swin_t bert wav2vec2 vit t5 detr yolov8n yolo11n
+        dynamo:efficientnet_b0 dynamo:regnet_y_400mf dynamo:swin_t legacy:swin_t bert wav2vec2 vit t5 detr yolov8n yolo11n \
+        timm:mobilevitv2_050 timm:levit_128s timm:efficientformerv2_s0 timm:repvit_m0_9 timm:fastvit_t8 timm:edgenext_xx_small
 
 Random weights (BatchNorm statistics from a few training-mode passes, so outputs are not constant) and
 ``--data random``: these rows prove graph coverage and show latency, never task accuracy. Each model
@@ -93,7 +94,7 @@ def _first_output(inner, names: list[str]):
 
 
 def export(spec: str, path: Path) -> None:
-    """Write ``spec`` ("[legacy:|dynamo:]torchvision name", a transformers family, or yolov8n / yolo11n) to ``path``."""
+    """Write ``spec`` ("[legacy:|dynamo:]torchvision name", "timm:name", a transformers family, or yolov8n / yolo11n) to ``path``."""
     import torch
 
     torch.manual_seed(0)
@@ -109,6 +110,14 @@ def export(spec: str, path: Path) -> None:
             if hasattr(layer, "export"):
                 layer.export, layer.format = True, "onnx"
         args, names = (torch.randn(1, 3, 320, 320),), ["images"]
+    elif exporter == "timm":
+        import timm
+
+        module = timm.create_model(name, pretrained=False).eval()
+        example = torch.randn(1, 3, 224, 224)
+        _settle_batchnorm(module, example)
+        args, names = (example,), ["input"]
+        exporter = "legacy"
     else:
         module = _torchvision(name).eval()
         shape = (1, 3, 8, 64, 64) if name == "r3d_18" else (1, 3, 320, 320) if name in ("ssdlite", "fasterrcnn") else (1, 3, 224, 224)
