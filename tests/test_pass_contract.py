@@ -20,6 +20,7 @@ from onnxslim.passes import (
     model_is_valid,
     reduce_mean_to_global_pool,
 )
+from onnxslim.passes.gelu import fuse_gelu
 from onnxslim.passes.static_dims import fold_static_dims
 from tests.conftest import run_model
 
@@ -216,6 +217,50 @@ def test_attention_masks_are_deepened_until_masked_weights_are_exactly_zero():
 def test_masks_already_deep_enough_are_left_alone():
     model = with_weights(MASKED_ATTENTION, minus=-1e9, zero=0.0, bias=RNG.normal(size=(1, 1, 8, 8)), gate=np.zeros((1, 1, 8, 8)), gain=-100.0)
     (result,) = checked(deepen_attention_masks)(model)
+    assert not result.modified
+
+
+SPELLED_GELUS = """
+<ir_version: 8, opset_import: ["" : OPSET]>
+g (float[2, 8, 5, 5] x) => (float[2, 8, 5, 5] a, float[2, 8, 5, 5] b, float[2, 8, 5, 5] shared) {
+    d = Div (x, sqrt2)
+    e = Erf (d)
+    p = Add (e, one)
+    q = Mul (x, p)
+    a = Mul (q, half)
+    m = Mul (inv_sqrt2, x)
+    f = Erf (m)
+    r = Add (one, f)
+    h = Mul (x, half)
+    b = Mul (h, r)
+    d2 = Div (x, sqrt2)
+    e2 = Erf (d2)
+    shared = Add (e2, one)
+}
+"""
+
+
+def _gelu_model(opset: int) -> onnx.ModelProto:
+    return with_weights(SPELLED_GELUS.replace("OPSET", str(opset)), sqrt2=np.sqrt(2.0), inv_sqrt2=1 / np.sqrt(2.0), one=1.0, half=0.5)
+
+
+@pytest.mark.parametrize(("opset", "domain"), [(20, ""), (17, "com.microsoft")])
+def test_spelled_out_gelus_become_one_node_and_keep_their_numbers(opset, domain):
+    """Both spellings exporters write; an Erf whose sum is a graph output is not a GELU and stays."""
+    model = _gelu_model(opset)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(lambda m: fuse_gelu(m, allow_contrib=True))(work)
+    assert result.modified and "fused 2" in result.changes[0]
+    gelus = [n for n in work.graph.node if n.op_type == "Gelu"]
+    assert [n.domain for n in gelus] == [domain, domain] and sum(n.op_type == "Erf" for n in work.graph.node) == 1
+    if domain:  # shape inference does not know the contrib op: its results are declared
+        assert {v.name for v in work.graph.value_info} >= {"a", "b"}
+    assert_same_outputs(model, work, {"x": RNG.normal(size=(2, 8, 5, 5)).astype(np.float32)})
+
+
+def test_gelu_is_left_spelled_out_below_opset_20_unless_the_contrib_op_is_allowed():
+    (result,) = checked(fuse_gelu)(_gelu_model(17))
     assert not result.modified
 
 

@@ -590,6 +590,23 @@ def test_silu_and_squeeze_excitation_run_on_integer_kernels(activation, kernel, 
     assert_close_to_float(model, quantized, 0.99)
 
 
+def test_a_gelu_between_quantized_convolutions_runs_as_one_float_kernel():
+    """onnxruntime does not fuse a spelled-out GELU whose input is a DequantizeLinear (each reader gets its own copy):
+    quantize fuses it, so the float island is one Gelu instead of Div, Erf, Add and two Muls."""
+    b = GraphBuilder(41)
+    x = b.conv("input", 3, 16)
+    erf = b.node("Erf", [b.node("Div", [x, b.const(np.array(np.sqrt(2.0), np.float32))])])
+    gelu = b.node("Mul", [b.node("Mul", [x, b.node("Add", [erf, b.const(np.array(1.0, np.float32))])]), b.const(np.array(0.5, np.float32))])
+    y = b.conv(b.node("Relu", [b.conv(gelu, 16, 16)]), 16, 4, k=1)
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4, 16, 16])], "conv_gelu")
+    quantized, report = quantize(model, calibrate_on(model, 16), config=EVERY_LAYER)
+    assert any(r.name == "fuse-gelu" and r.modified for r in report.prepare)
+    kernels = report.onnxruntime_kernels
+    assert kernels.get("Gelu") == 1 and "Erf" not in kernels and "Div" not in kernels, kernels
+    assert report.integer_kernels.get("QLinearConv") == 3
+    assert_close_to_float(model, quantized, 0.99)
+
+
 def test_hardswish_blocks_run_on_integer_kernels_with_aligned_depthwise_channels():
     """MobileNetV3's HardSwish and HardSigmoid become QLinearAdd (+ QLinearMul) on UINT8, and its 24-channel depthwise
     layer is padded to 32 so onnxruntime's fast integer depthwise kernel runs it; the function is unchanged."""

@@ -30,6 +30,7 @@ from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
 from onnxslim.passes.conv_channels import pad_conv_input_channels
+from onnxslim.passes.gelu import fuse_gelu
 from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
 from onnxslim.passes.parallel import merge_parallel_matmuls
 from onnxslim.progress import track
@@ -107,6 +108,10 @@ class QuantRun:
         self.original = load_model(model)
         self.prepared = load_model(self.original)
         self.prepare_results = prepare(self.prepared)
+        if config.target == "cpu" and config.precision == "int8" and not config.weights_only:  # a GELU reading a quantized tensor is no longer fused by onnxruntime: fuse it here
+            fused = fuse_gelu(self.prepared, allow_contrib=True)
+            if fused.modified:
+                self.prepare_results.append(fused)
         self.cleaned = self.prepared  # what --if-slower keep-fp32 writes: without the channels added for INT8 kernels
         if align and config.target == "cpu" and config.precision == "int8" and not config.weights_only and has_unaligned_depthwise(self.prepared):
             aligned = load_model(self.prepared)
