@@ -47,20 +47,29 @@ def dims_of(value: onnx.ValueInfoProto) -> tuple | None:
 
 def infer_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, tuple]:
     """Tensor name -> shape tuple (ints or None) for everything shape inference could resolve."""
+    return shapes_and_types(model, shapes)[0]
+
+
+def shapes_and_types(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] | None = None) -> tuple[dict[str, tuple], dict[str, int]]:
+    """:func:`infer_shapes` and each tensor's ONNX element type where declared or inferred, from one inference."""
     stripped = with_input_shapes(model, shapes or {})
     try:
         inferred = shape_inference.infer_shapes(stripped, strict_mode=False, data_prop=True)
     except Exception:  # an unknown op or a bad model: report what is known without inference
         inferred = stripped
     known: dict[str, tuple] = {}
+    types: dict[str, int] = {}
     values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
     for value in values:
         dims = dims_of(value)
         if dims is not None:
             known[value.name] = dims
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
     for tensor in model.graph.initializer:
         known[tensor.name] = tuple(int(d) for d in tensor.dims)
-    return known
+        types[tensor.name] = tensor.data_type
+    return known, types
 
 
 def element_types(model: onnx.ModelProto) -> dict[str, int]:

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import node_attr
-from onnxslim.ir.shapes import element_types, infer_shapes
+from onnxslim.ir.shapes import shapes_and_types
 from onnxslim.ir.tensors import all_value_names, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
@@ -47,7 +47,7 @@ def reduce_mean_to_global_pool(model: onnx.ModelProto) -> PassResult:
     ]
     if not candidates:
         return result
-    shapes, types = infer_shapes(model), element_types(model)
+    shapes, types = shapes_and_types(model)
     taken = all_value_names(graph)
     replacements: dict[int, list[onnx.NodeProto]] = {}
     for node, axes in candidates:
