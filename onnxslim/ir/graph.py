@@ -187,6 +187,9 @@ def insert_before(graph: onnx.GraphProto, inserted: Mapping[int, onnx.NodeProto]
     graph.node.extend(nodes)
 
 
+MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib operators
+
+
 def import_domain(model: onnx.ModelProto, domain: str, version: int = 1) -> None:
     """Import operator ``domain`` at ``version`` unless ``model`` already imports it."""
     if not any(o.domain == domain for o in model.opset_import):

@@ -20,14 +20,13 @@ import math
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import import_domain
-from onnxslim.ir.shapes import element_types, infer_shapes
+from onnxslim.ir.graph import MS_DOMAIN, import_domain
+from onnxslim.ir.shapes import shapes_and_types
 from onnxslim.passes.base import PassResult
 from onnxslim.passes.matching import GraphIndex
 from onnxslim.passes.opset import default_opset
 
 SQRT2 = math.sqrt(2.0)
-MS_DOMAIN = "com.microsoft"
 
 
 def _near(value: float | None, target: float) -> bool:
@@ -35,8 +34,7 @@ def _near(value: float | None, target: float) -> bool:
 
 
 class _Matcher(GraphIndex):
-    def other(self, node: onnx.NodeProto, name: str) -> str:
-        return node.input[1] if node.input[0] == name else node.input[0]
+    """Matches the spelled-out exact GELU patterns."""
 
     def constant_operand(self, node: onnx.NodeProto, target: float) -> str | None:
         """The operand of a two-input node that is not the constant ``target``, or None when neither is."""
@@ -103,7 +101,7 @@ def fuse_gelu(model: onnx.ModelProto, *, allow_contrib: bool = False) -> PassRes
         removed.update(id(n) for n in nodes[:-1])
     if replaced:
         if not standard:  # shape inference knows no com.microsoft op: the results' types and shapes are declared for it
-            shapes, types = infer_shapes(model), element_types(model)
+            shapes, types = shapes_and_types(model)
             declared = {v.name for v in graph.value_info}
             for fused in replaced.values():
                 x, y = fused.input[0], fused.output[0]

@@ -22,9 +22,6 @@ SIXTH = 1.0 / 6.0
 class _Matcher(GraphIndex):
     """Matches the spelled-out HardSwish patterns."""
 
-    def other(self, node: onnx.NodeProto, name: str) -> str:
-        return node.input[1] if node.input[0] == name else node.input[0]
-
     def hard_sigmoid_of(self, tensor: str, scaled: bool) -> tuple[str, list[onnx.NodeProto]] | None:
         """If ``tensor`` is relu6(x + 3) (scaled=False) or relu6(x + 3) / 6 (scaled=True), return x and the nodes."""
         node = self.producers.get(tensor)

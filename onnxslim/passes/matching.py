@@ -31,6 +31,11 @@ class GraphIndex:
         """The nodes reading ``tensor``; none for a graph output, whose value must stay as it is."""
         return [] if tensor in self.outputs else self.consumers.get(tensor, [])
 
+    @staticmethod
+    def other(node: onnx.NodeProto, name: str) -> str:
+        """The input of two-input ``node`` that is not ``name``."""
+        return node.input[1] if node.input[0] == name else node.input[0]
+
     def private(self, tensor: str) -> bool:
         """True when one node reads ``tensor`` and it is not a graph output: a pattern may absorb it."""
         return len(self.readers(tensor)) == 1

@@ -17,12 +17,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxslim.ir.graph import drop_unread_initializers, import_domain, node_attr
+from onnxslim.ir.graph import MS_DOMAIN, drop_unread_initializers, import_domain, node_attr
 from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, to_array, unique_name
 from onnxslim.quant.blocks import BlockQuantized, pack
 from onnxslim.quant.tables import MIN_TABLE_ELEMENTS
 
-MS_DOMAIN = "com.microsoft"
 MIN_WEIGHT_ELEMENTS = 1 << 12  # smaller weights are not worth a kernel change
 LAYERS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "MatMulNBits"})  # a later layer of these averages the errors out
 OUTPUT_LAYER_BITS = 8  # the layer that writes a graph output keeps finer steps: its errors are not averaged by later layers

@@ -108,12 +108,13 @@ class QuantRun:
         self.original = load_model(model)
         self.prepared = load_model(self.original)
         self.prepare_results = prepare(self.prepared)
-        if config.target == "cpu" and config.precision == "int8" and not config.weights_only:  # a GELU reading a quantized tensor is no longer fused by onnxruntime: fuse it here
+        integer_cpu = config.target == "cpu" and config.precision == "int8" and not config.weights_only
+        if integer_cpu:  # a GELU reading a quantized tensor is no longer fused by onnxruntime: fuse it here
             fused = fuse_gelu(self.prepared, allow_contrib=True)
             if fused.modified:
                 self.prepare_results.append(fused)
         self.cleaned = self.prepared  # what --if-slower keep-fp32 writes: without the channels added for INT8 kernels
-        if align and config.target == "cpu" and config.precision == "int8" and not config.weights_only and has_unaligned_depthwise(self.prepared):
+        if align and integer_cpu and has_unaligned_depthwise(self.prepared):
             aligned = load_model(self.prepared)
             alignment = align_depthwise_channels(aligned)
             if alignment.modified:

@@ -16,9 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxslim.ir.graph import drop_unread_initializers, import_domain
+from onnxslim.ir.graph import MS_DOMAIN, drop_unread_initializers, import_domain
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
-from onnxslim.quant.nbits import MS_DOMAIN
 from onnxslim.quant.params import quantize_weight, weight_params
 
 

@@ -26,12 +26,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxslim.ir.graph import drop_unread_initializers, import_domain, node_attr
+from onnxslim.ir.graph import MS_DOMAIN, drop_unread_initializers, import_domain, node_attr
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 
 MIN_TABLE_ELEMENTS = 1 << 16  # smaller tables are not worth three extra nodes
 LOOKUPS = ("onnx", "contrib")
-MS_DOMAIN = "com.microsoft"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim.errors import OnnxSlimError
+from onnxslim.ir.graph import MS_DOMAIN
 from onnxslim.runtime.session import Runner
 
 _DEPTH = 64  # products summed per output: enough pairs for a clipped pair to show
@@ -48,13 +49,13 @@ def gathers_block_quantized_rows(provider: str = "CPUExecutionProvider") -> bool
     scales = np.array([[0.5], [2.0]], np.float32)
     zeros = np.full((2, 1), 128, np.uint8)
     node = helper.make_node(
-        "GatherBlockQuantized", ["codes", "ids", "scales", "zeros"], ["rows"], domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=16, bits=8
+        "GatherBlockQuantized", ["codes", "ids", "scales", "zeros"], ["rows"], domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=16, bits=8
     )
     graph = helper.make_graph(
         [node], "gather_probe", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])], [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [2, 3])],
         [numpy_helper.from_array(codes, "codes"), numpy_helper.from_array(scales, "scales"), numpy_helper.from_array(zeros, "zeros")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(MS_DOMAIN, 1)])
     ids = np.array([1, 0], np.int64)
     try:
         rows = Runner(model, provider, threads=1, label="GatherBlockQuantized probe", prepack=False).run({"ids": ids})[0]
