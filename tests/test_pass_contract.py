@@ -31,6 +31,14 @@ def checked(graph_pass) -> Pipeline:
     return Pipeline((graph_pass,), checks=(model_is_valid, graph_is_sorted), verify_unmodified=True)
 
 
+def on_a_copy(graph_pass, model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassResult]:
+    """``graph_pass`` run (contract checked) on a copy of ``model``, which stays as it was to compare against."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    (result,) = checked(graph_pass)(work)
+    return work, result
+
+
 def with_weights(text: str, **arrays) -> onnx.ModelProto:
     model = onnx.parser.parse_model(text)
     model.graph.initializer.extend(numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arrays.items())
@@ -55,9 +63,7 @@ g (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) {
 
 def test_fold_affine_into_conv_changes_and_keeps_numbers():
     model = with_weights(CONV_AFFINE, w=RNG.normal(size=(4, 3, 3, 3)), scale=RNG.normal(size=(1, 4, 1, 1)), shift=RNG.normal(size=(4, 1, 1)))
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(fold_affine_into_conv)(work)
+    work, result = on_a_copy(fold_affine_into_conv, model)
     assert result.modified and len(result.changes) == 2
     assert [n.op_type for n in work.graph.node] == ["Conv"]
     assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)})
@@ -123,9 +129,7 @@ g (float[1, 4] x) => (float[1, 4] y)
 
 def test_fuse_hardswish_changes_and_keeps_numbers():
     model = onnx.parser.parse_model(HARDSWISH)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(fuse_hardswish)(work)
+    work, result = on_a_copy(fuse_hardswish, model)
     assert result.modified
     assert "HardSwish" in [n.op_type for n in work.graph.node]
     assert_same_outputs(model, work, {"x": np.linspace(-5, 5, 4, dtype=np.float32).reshape(1, 4)})
@@ -154,9 +158,7 @@ g (float[N, 8, 6, 5] x, float[2, 7, 16] tokens) => (float[N, 8] head, float[N, 8
 def test_means_over_every_spatial_axis_become_global_pools_and_no_other_mean_does():
     """The dynamo exporter's squeeze-excitation and classifier pooling; a channel mean and a LayerNorm-style mean stay."""
     model = onnx.parser.parse_model(SPATIAL_MEANS)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(reduce_mean_to_global_pool)(work)
+    work, result = on_a_copy(reduce_mean_to_global_pool, model)
     assert result.modified
     ops = [n.op_type for n in work.graph.node]
     assert ops.count("GlobalAveragePool") == 2 and ops.count("Flatten") == 1 and ops.count("ReduceMean") == 2
@@ -196,9 +198,7 @@ def test_attention_masks_are_deepened_until_masked_weights_are_exactly_zero():
     bias = RNG.normal(size=(1, 1, 8, 8))
     bias[0, 0, 0, 1] = -100.0  # a masked entry inside a bias table
     model = with_weights(MASKED_ATTENTION, minus=-100.0, zero=0.0, bias=bias, gate=np.zeros((1, 1, 8, 8)), gain=-100.0)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(deepen_attention_masks)(work)
+    work, result = on_a_copy(deepen_attention_masks, model)
     assert result.modified and len(result.changes) == 2
     inits = {t.name: numpy_helper.to_array(t) for t in work.graph.initializer}
     reads = {name for node in work.graph.node for name in node.input}
@@ -248,9 +248,7 @@ def _gelu_model(opset: int) -> onnx.ModelProto:
 def test_spelled_out_gelus_become_one_node_and_keep_their_numbers(opset, domain):
     """Both spellings exporters write; an Erf whose sum is a graph output is not a GELU and stays."""
     model = _gelu_model(opset)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(lambda m: fuse_gelu(m, allow_contrib=True))(work)
+    work, result = on_a_copy(lambda m: fuse_gelu(m, allow_contrib=True), model)
     assert result.modified and "fused 2" in result.changes[0]
     gelus = [n for n in work.graph.node if n.op_type == "Gelu"]
     assert [n.domain for n in gelus] == [domain, domain] and sum(n.op_type == "Erf" for n in work.graph.node) == 1
@@ -280,9 +278,7 @@ def static_dims_model(index: int) -> onnx.ModelProto:
 
 def test_fold_static_dims_turns_a_fixed_dimension_into_a_constant():
     model = static_dims_model(1)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(fold_static_dims)(work)
+    work, result = on_a_copy(fold_static_dims, model)
     assert result.modified and not any(n.op_type == "Gather" for n in work.graph.node)
     assert_same_outputs(model, work, {"x": np.ones((3, 6, 4), np.float32)})
 
@@ -397,9 +393,7 @@ def test_fuse_layernorm_upgrades_to_opset_17_and_keeps_numbers(square):
     from onnxslim.passes import default_opset, fuse_layernorm
 
     model = onnx.parser.parse_model(LAYER_NORM.replace("SQUARE", square))
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(fuse_layernorm)(work)
+    work, result = on_a_copy(fuse_layernorm, model)
     assert result.modified and default_opset(work) == 17
     (fused,) = work.graph.node
     assert fused.op_type == "LayerNormalization" and list(fused.input) == ["x", "gamma", "beta"] and list(fused.output) == ["y"]
@@ -433,9 +427,7 @@ def test_align_depthwise_channels_pads_every_layer_of_the_set_and_keeps_numbers(
     from onnxslim.passes.align import align_depthwise_channels
 
     model = hardswish_block(batchnorm=True)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(align_depthwise_channels)(work)
+    work, result = on_a_copy(align_depthwise_channels, model)
     assert result.modified and "from 24 to 32 channels" in result.changes[0]
     shapes = {t.name: tuple(t.dims) for t in work.graph.initializer}
     convs = [n for n in work.graph.node if n.op_type == "Conv"]
@@ -504,9 +496,7 @@ def test_align_depthwise_channels_grows_a_layer_between_two_sets_on_both_axes():
 
     model = with_weights(TWO_DEPTHWISE_SETS, wa=RNG.normal(size=(40, 4, 1, 1)), ba=RNG.normal(size=40), wda=RNG.normal(size=(40, 1, 3, 3)),
                          wb=RNG.normal(size=(24, 40, 1, 1)), bb=RNG.normal(size=24), wdb=RNG.normal(size=(24, 1, 3, 3)), wc=RNG.normal(size=(8, 24, 1, 1)))
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(align_depthwise_channels)(work)
+    work, result = on_a_copy(align_depthwise_channels, model)
     assert len(result.changes) == 2
     shapes = {t.name: tuple(t.dims) for t in work.graph.initializer}
     middle = next(n for n in work.graph.node if n.output[0] == "b")
@@ -534,9 +524,7 @@ def test_merge_parallel_matmuls_keeps_every_output(opset):
 
     model = with_weights(PARALLEL_LINEAR.replace("OPSET", str(opset)), wq=RNG.normal(size=(8, 4)), bq=RNG.normal(size=4),
                          wk=RNG.normal(size=(8, 6)), bk=RNG.normal(size=6), wv=RNG.normal(size=(8, 8)), wo=RNG.normal(size=(8, 5)))
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(merge_parallel_matmuls)(work)
+    work, result = on_a_copy(merge_parallel_matmuls, model)
     # q and k merge with their biases, v and other (no bias) with each other
     assert result.modified and len(result.changes) == 2
     assert sorted(n.op_type for n in work.graph.node) == ["Add", "MatMul", "MatMul", "Split", "Split"]
@@ -560,9 +548,7 @@ g (float[2, 8] x, float[2, 8] z) => (float[2, 4] a, float[2, 4] b, float[2, 4] c
     model = with_weights(text, w=RNG.normal(size=(8, 4)), u=RNG.normal(size=(8, 4)), t=RNG.normal(size=(8, 4)))
     for node, name in zip(model.graph.node, "abcd"):
         node.name = name
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(lambda m: merge_parallel_matmuls(m, keep_separate=["d"]))(work)
+    work, result = on_a_copy(lambda m: merge_parallel_matmuls(m, keep_separate=["d"]), model)
     # a's weight is also read by c, d is kept apart by name: only b is left, and one MatMul merges with nothing
     assert not result.modified and [n.name for n in work.graph.node] == ["a", "b", "c", "d"]
     assert [d.where for d in result.declined] == ["a"] and result.declined[0].reason.code == DeclineCode.SHARED_VALUE
@@ -590,9 +576,7 @@ g (float[1, S, 8] x) => (float[1, S, 4] a, float[1, S, 6] b) {
             numpy_helper.from_array(RNG.uniform(0.01, 0.1, size=columns).astype(np.float32), f"s{name}"),
             numpy_helper.from_array(np.zeros(columns, np.int8), f"z{name}"),
         ])
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(merge_parallel_matmuls)(work)
+    work, result = on_a_copy(merge_parallel_matmuls, model)
     assert result.modified
     assert [n.op_type for n in work.graph.node] == ["DequantizeLinear", "MatMul", "Split"]
     assert len(work.graph.initializer) == 4  # stored values, scales, zero points, widths
@@ -633,9 +617,7 @@ def test_bias_into_integer_matmuls_keeps_every_value_and_onnxruntime_fuses_the_b
     from onnxslim.runtime.session import optimized_ops
 
     model = qdq_linear(weight_zero)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(bias_into_integer_matmuls)(work)
+    work, result = on_a_copy(bias_into_integer_matmuls, model)
     # the MatMul with a bias is rewritten; the one without (n5, read by Relu) keeps its DequantizeLinear inputs
     assert result.modified and len(result.changes) == 1 and "n3" in result.changes[0]
     types = [n.op_type for n in work.graph.node]
@@ -704,9 +686,7 @@ def test_pad_conv_input_channels_gives_the_same_outputs_bit_for_bit(channels, we
     from onnxslim.runtime.session import optimized_ops
 
     model = qdq_stem(channels, weight_zero)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (result,) = checked(pad_conv_input_channels)(work)
+    work, result = on_a_copy(pad_conv_input_channels, model)
     assert result.modified and "n3" in result.changes[0] and f"{channels} input channel" in result.changes[0]
     assert [n.op_type for n in work.graph.node][:2] == ["Pad", "QuantizeLinear"]
     stored = numpy_helper.to_array(next(t for t in work.graph.initializer if t.name == "w"))
