@@ -17,6 +17,9 @@ import numpy as np
 TINY = np.float32(1e-12)
 FULL_LEVELS = 127  # weight codes in [-127, 127]
 REDUCED_LEVELS = 64  # [-64, 64]: a pair of UINT8 x INT8 products stays within 16 bits (255 * 64 * 2 = 32640)
+# the largest INT32 bias code a weight's scale is chosen for: with a layer's sum of products (up to 255 * 127 per
+# product, thousands of them) it stays inside INT32
+BIAS_CODES = 2**24
 
 
 def activation_params(lo: float, hi: float, *, signed: bool) -> tuple[np.float32, np.integer]:

@@ -19,7 +19,7 @@ from onnxslim.ir.mapped import ArrayStore
 from onnxslim.ir.tensors import all_value_names, initializer_map, to_array, unique_name
 from onnxslim.passes.cleanup import remove_dead_nodes
 from onnxslim.quant.decisions import QuantPlan
-from onnxslim.quant.params import quantize_bias, quantize_weight, weight_params
+from onnxslim.quant.params import BIAS_CODES, quantize_bias, quantize_weight, weight_params
 
 
 class _Emitter:
@@ -54,11 +54,14 @@ class _Emitter:
         self.node("DequantizeLinear", [quantized, scale, zero], output, **attrs)
 
     # ------------------------------------------------------------ weights and biases
-    def weights(self) -> dict[str, str]:
+    def weights(self, params=None) -> dict[str, str]:
         replaced: dict[str, str] = {}
+        floors = self._scales_biases_need(params or {})
         for name, spec in self.plan.weights.items():
             array = to_array(self.inits[name]).astype(np.float32)
             scales = weight_params(array, spec.axis, spec.levels)
+            if spec.axis is not None and name in floors and floors[name].shape == scales.shape:
+                scales = np.maximum(scales, floors[name]).astype(np.float32)
             self.weight_scales[name] = scales
             quantized = self.constant(f"{name}_quantized", quantize_weight(array, scales, spec.axis, spec.levels))
             scale = self.constant(f"{name}_scale", scales)
@@ -72,6 +75,23 @@ class _Emitter:
                 node = nodes[reader]
                 node.input[1] = replaced[name]
         return replaced
+
+    def _scales_biases_need(self, params) -> dict[str, np.ndarray]:
+        """Per weight, the smallest per-channel scales at which each INT32 bias it meets keeps its value.
+
+        A channel whose weights are all near zero gets a tiny scale, and its bias (input scale times that
+        scale per code) then needs more than INT32 holds: it used to be clipped, turning a constant channel
+        into zero. Such a channel's scale is raised until its bias fits in BIAS_CODES; its weights, next to
+        nothing, round the same either way.
+        """
+        floors: dict[str, np.ndarray] = {}
+        for spec in self.plan.biases:
+            if not spec.tensor or spec.activation not in params or spec.tensor not in self.inits:
+                continue
+            bias = np.abs(to_array(self.inits[spec.tensor]).astype(np.float64)).reshape(-1)
+            need = (bias / (float(params[spec.activation][0]) * BIAS_CODES)).astype(np.float32)
+            floors[spec.weight] = np.maximum(floors[spec.weight], need) if spec.weight in floors and floors[spec.weight].shape == need.shape else need
+        return floors
 
     def bias(self, bias_name: str, activation: str, weight: str, params) -> str:
         scale_in = params[activation][0]
@@ -217,7 +237,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, params: dict[str, tuple[
     (see :mod:`onnxslim.quant.bodies`).
     """
     emitter = _Emitter(model, plan, reserved)
-    emitter.weights()
+    emitter.weights(params)
     emitter.biases(params)
     emitter.activations(params)
     emitter.hard_activations()
