@@ -402,7 +402,7 @@ def _print_quantization(report) -> None:
         console.print(f"INT8 weights in [-64, 64]: {escape(report.weight_range['why'])}", highlight=False)
     if report.scalar_affine:
         affine = report.scalar_affine
-        form = "integer (QLinearAdd/QLinearMul)" if affine["written"] == "int8" else "float"
+        form = "integer" if affine["written"] == "int8" else "float"
         console.print(f"constant scalar Add/Mul ({affine['nodes']}): {form} form written: {escape(affine['why'])}", highlight=False)
     if report.kept_float_weights:
         console.print(f"weights of the layers kept in float: {report.kept_float_weights['written']}: {escape(report.kept_float_weights['why'])}", highlight=False)

@@ -720,3 +720,130 @@ def test_pad_conv_input_channels_leaves_wide_grouped_and_shared_convolutions():
         (result,) = checked(pad_conv_input_channels)(shared)
         assert not result.modified
         assert reads_input_too or {d.reason.code for d in result.declined} == {DeclineCode.SHARED_VALUE}
+
+
+AFFINE_CHAIN = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 8, 12, 12] x) => (float[N, 6, 12, 12] y) {
+    hq = QuantizeLinear (x, hs, hz)
+    h = DequantizeLinear (hq, hs, hz)
+    a = DequantizeLinear (ac, as, az)
+    m = Mul (h, a)
+    mq = QuantizeLinear (m, ms, mz)
+    md = DequantizeLinear (mq, ms, mz)
+    b = DequantizeLinear (bc, bs, bz)
+    s = Add (md, b)
+    sq = QuantizeLinear (s, ss, sz)
+    sd = DequantizeLinear (sq, ss, sz)
+    k = DequantizeLinear <axis = 0> (w, ws, wz)
+    kb = DequantizeLinear <axis = 0> (wb, wbs, wbz)
+    c = Conv <pads = [1, 1, 1, 1]> (sd, k, kb)
+    cq = QuantizeLinear (c, cs, cz)
+    y = DequantizeLinear (cq, cs, cz)
+}
+"""
+
+
+OUTPUT_STEP = 0.2  # the convolution's output quantizer: [-25.6, 25.4], wider than its outputs
+
+
+def affine_chain(scale=0.63, shift=-0.55, gate=False, low=-0.4, high=6.0) -> tuple[onnx.ModelProto, dict]:
+    """A quantized tensor h (0..6), then scale * h + shift with each step requantized (as quantize writes a learnable affine
+    block's integer form), read by a padded QDQ convolution; with ``gate``, the last quantizer clamps to [0, 1] (a HardSigmoid's)."""
+    from onnxslim.quant.params import activation_params, quantize_bias
+
+    m_range = sorted((scale * low, scale * high))
+    s_range = (0.0, 1.0) if gate else (m_range[0] + shift, m_range[1] + shift)
+    hs, hz = activation_params(low, high, signed=False)
+    ms, mz = activation_params(*m_range, signed=False)
+    ss, sz = activation_params(*s_range, signed=False)
+    rng = np.random.default_rng(3)
+    weights = rng.normal(0.0, 0.3, size=(6, 8, 3, 3)).astype(np.float32)
+    ws = (np.abs(weights).reshape(6, -1).max(axis=1) / 127).astype(np.float32)
+    bias_codes, bias_scale = quantize_bias(rng.normal(0.0, 0.5, size=6).astype(np.float32), ss, ws)
+    model = onnx.parser.parse_model(AFFINE_CHAIN)
+    arrays = {"hs": hs, "hz": hz, "ms": ms, "mz": mz, "ss": ss, "sz": sz, "cs": np.float32(OUTPUT_STEP), "cz": np.uint8(128),
+              "ac": np.uint8(1), "as": np.float32(abs(scale)), "az": np.uint8(0 if scale > 0 else 2),
+              "bc": np.uint8(1 if shift > 0 else 0), "bs": np.float32(abs(shift)), "bz": np.uint8(0 if shift > 0 else 1),
+              "w": np.round(weights / ws[:, None, None, None]).astype(np.int8), "ws": ws, "wz": np.zeros(6, np.int8),
+              "wb": bias_codes, "wbs": bias_scale, "wbz": np.zeros(6, np.int32)}
+    model.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in arrays.items())
+    for index, node in enumerate(model.graph.node):
+        node.name = f"n{index}"
+    # the layer as stored (its INT8 weights dequantized): what the graph computes apart from the affine's rounding
+    exact = {"scale": scale, "shift": shift, "weights": arrays["w"] * ws[:, None, None, None], "bias": bias_codes * bias_scale}
+    return model, exact
+
+
+def float_conv(x: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))  # N, C, H, W, 3, 3
+    return np.einsum("nchwij,ocij->nohw", windows, weights) + bias[None, :, None, None]
+
+
+def test_scalar_affines_into_dequantize_drops_the_integer_ops_and_keeps_the_result_as_close():
+    from onnxslim.passes.dequantize_affine import scalar_affines_into_dequantize
+    from onnxslim.quant.params import activation_params
+    from onnxslim.runtime.session import optimized_ops
+
+    step = 0.63 * float(activation_params(-0.4, 6.0, signed=False)[0])
+    model, exact = affine_chain(shift=-34.3 * step)  # 0.3 step off the codes' grid (a zero point can miss by half a step)
+    work, result = on_a_copy(scalar_affines_into_dequantize, model)
+    assert result.modified and "0.63 * x + -0.542" in result.changes[0] and "read from the codes of hq" in result.changes[0], result
+    assert not {"Mul", "Add"} & {n.op_type for n in work.graph.node}
+    assert optimized_ops(model)["QLinearMul"] == 1 and optimized_ops(model)["QLinearAdd"] == 1
+    assert not {"QLinearMul", "QLinearAdd"} & set(optimized_ops(work)) and optimized_ops(work)["QLinearConv"] == 1
+    x = np.random.default_rng(5).uniform(-0.4, 6.0, size=(8, 8, 12, 12)).astype(np.float32)
+    truth = float_conv(exact["scale"] * x + exact["shift"], exact["weights"], exact["bias"])
+    before, after = run_model(model, {"x": x})[0], run_model(work, {"x": x})[0]
+    error_before, error_after = np.sqrt(np.mean((before - truth) ** 2)), np.sqrt(np.mean((after - truth) ** 2))
+    assert error_after <= 1.05 * error_before, (error_before, error_after)
+    # the half step the shift's codes cannot hold goes into the bias: inside the border no offset remains, where the
+    # integer Add, which rounds the shift to the grid of its output, leaves one
+    offset_before, offset_after = (np.abs(np.mean((v - truth)[:, :, 1:-1, 1:-1], axis=(0, 2, 3))).max() for v in (before, after))
+    assert offset_after < 0.05 * OUTPUT_STEP < offset_before, (offset_before, offset_after)
+
+
+def test_scalar_affines_into_dequantize_takes_float_steps_too():
+    from onnxslim.passes.dequantize_affine import scalar_affines_into_dequantize
+
+    model, exact = affine_chain()
+    graph = model.graph
+    # the float form: Mul and Add by float scalars between one DequantizeLinear and one QuantizeLinear
+    steps = [n for n in graph.node if n.op_type in ("Mul", "Add")]
+    steps[0].input[1], steps[1].input[0], steps[1].input[1] = "a_float", "m", "b_float"
+    graph.initializer.extend([numpy_helper.from_array(np.float32(0.63), "a_float"), numpy_helper.from_array(np.float32(-0.55), "b_float")])
+    kept = [n for n in graph.node if n.output[0] not in ("a", "b", "mq", "md")]
+    del graph.node[:]
+    graph.node.extend(kept)
+    work, result = on_a_copy(scalar_affines_into_dequantize, model)
+    assert result.modified and not {"Mul", "Add"} & {n.op_type for n in work.graph.node}
+    x = np.random.default_rng(6).uniform(-0.4, 6.0, size=(2, 8, 12, 12)).astype(np.float32)
+    truth = float_conv(exact["scale"] * x + exact["shift"], exact["weights"], exact["bias"])
+    assert np.sqrt(np.mean((run_model(work, {"x": x})[0] - truth) ** 2)) <= 1.05 * np.sqrt(np.mean((run_model(model, {"x": x})[0] - truth) ** 2))
+
+
+@pytest.mark.parametrize(("kwargs", "why"), [
+    ({"scale": -0.63}, "a negative scale"),
+    ({"scale": 1 / 6, "shift": 0.5, "gate": True, "low": -8.0, "high": 8.0}, "clamp"),  # a HardSigmoid's gate: its quantizer's saturation is the clip
+])
+def test_scalar_affines_into_dequantize_leaves_chains_it_would_change(kwargs, why):
+    from onnxslim.passes.dequantize_affine import scalar_affines_into_dequantize
+
+    model, _ = affine_chain(**kwargs)
+    (result,) = checked(scalar_affines_into_dequantize)(model)
+    assert not result.modified and len(result.declined) == 1 and why in result.declined[0].reason.text, result
+
+
+def test_scalar_affines_into_dequantize_needs_a_reader_that_takes_the_leftover_shift():
+    from onnxslim.passes.dequantize_affine import scalar_affines_into_dequantize
+
+    model, _ = affine_chain()
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    conv.op_type = "Relu"  # no bias to take the shift, and a shift of 0.05-0.5 steps is not negligible
+    del conv.input[1:]
+    for attribute in list(conv.attribute):
+        conv.attribute.remove(attribute)
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 8
+    (result,) = checked(scalar_affines_into_dequantize)(model)
+    assert not result.modified and "remaining shift" in result.declined[0].reason.text, result

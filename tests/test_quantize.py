@@ -665,11 +665,11 @@ def test_a_hardswish_no_quantized_node_reads_stays_float():
     assert_close_to_float(model, quantized, 0.99)
 
 
-def _learnable_affine_block(after: str = "conv") -> onnx.ModelProto:
+def _learnable_affine_block(after: str = "conv", scale: float = 1.7) -> onnx.ModelProto:
     """Conv -> HardSwish -> Mul(scalar) -> Add(scalar) -> Conv (PP-LCNet's learnable affine block), or the affine's output as the graph output."""
     b = GraphBuilder(26)
     x = b.node("HardSwish", [b.conv("input", 3, 16)])
-    x = b.node("Mul", [x, b.const(np.asarray([1.7], np.float32), "lab_scale")])
+    x = b.node("Mul", [x, b.const(np.asarray([scale], np.float32), "lab_scale")])
     x = b.node("Add", [x, b.const(np.asarray(-0.3, np.float32), "lab_bias")])
     channels = 16
     if after == "conv":
@@ -681,15 +681,31 @@ def _learnable_affine_block(after: str = "conv") -> onnx.ModelProto:
 INTEGER_AFFINE = QuantConfig(latency_runs=0, quantize_output_layers=True, scalar_affine="int8")
 
 
-def test_a_scalar_affine_between_quantized_layers_runs_in_integers_with_its_constants_exact():
+def test_a_scalar_affine_between_quantized_layers_is_read_from_the_codes_before_it():
     model = _learnable_affine_block()
+    quantized, report = quantize(model, calibrate_on(model, 24), config=INTEGER_AFFINE)
+    decisions = {d.op_type: d for d in report.decisions if d.op_type in ("HardSwish", "Mul", "Add")}
+    assert decisions["HardSwish"].code == QuantReason.INTEGER_KERNEL
+    for op in ("Mul", "Add"):
+        assert decisions[op].code == QuantReason.FOLDED and "1.7 * x + -0.3 read from the codes of" in decisions[op].reason.text, decisions[op]
+    kernels = report.onnxruntime_kernels
+    # the HardSwish's gate and product are all that is left of the block: no integer op for the scale and shift
+    assert kernels["QLinearAdd"] == 1 and kernels["QLinearMul"] == 1 and kernels["QLinearConv"] == 2, kernels
+    assert not {"HardSwish", "HardSigmoid", "Mul", "Add"} & set(kernels) and kernels["DequantizeLinear"] == 1, kernels  # only the graph output's
+    assert not any(i.startswith(("lab_scale", "lab_bias")) for n in quantized.graph.node for i in n.input)
+    assert any(p.name == "scalar-affines-into-dequantize" and p.modified for p in report.prepare)
+    assert_close_to_float(model, quantized, 0.99)
+
+
+def test_a_negative_scalar_scale_runs_in_integers_with_its_constants_exact():
+    model = _learnable_affine_block(scale=-1.7)  # no dequantization has a negative scale: QLinearMul and QLinearAdd instead
     quantized, report = quantize(model, calibrate_on(model, 24), config=INTEGER_AFFINE)
     decisions = {d.op_type: d for d in report.decisions if d.op_type in ("HardSwish", "Mul", "Add")}
     assert all(d.code == QuantReason.INTEGER_KERNEL for d in decisions.values()), decisions
     kernels = report.onnxruntime_kernels
     assert not {"HardSwish", "HardSigmoid", "Mul", "Add"} & set(kernels) and kernels["DequantizeLinear"] == 1, kernels  # only the graph output's
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in quantized.graph.initializer}
-    for constant, expected in (("lab_scale", np.float32(1.7)), ("lab_bias", np.float32(-0.3))):
+    for constant, expected in (("lab_scale", np.float32(-1.7)), ("lab_bias", np.float32(-0.3))):
         (dq,) = [n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith(constant)]
         codes, scale, zero = (inits[name] for name in dq.input)
         assert codes.dtype == np.uint8 and codes.size == 1
@@ -750,7 +766,8 @@ def test_scalar_affine_auto_writes_the_integer_form_only_when_measured_faster(mo
     assert ("latency_vs_float_form_1_thread" in report.scalar_affine) == (at_threads < 0.97)
     integer = written == "int8"
     assert all(d.quantized == integer for d in _affine_decisions(report).values())
-    assert any(n.op_type == "DequantizeLinear" and n.input[0].startswith("lab_scale") for n in quantized.graph.node) == integer
+    # integer: read from the codes before it, no Mul left
+    assert any(n.op_type == "Mul" and any(i.startswith("lab_scale") for i in n.input) for n in quantized.graph.node) != integer
     assert report.to_dict()["scalar_affine"]["written"] == written
     assert_close_to_float(model, quantized, 0.99)
 
@@ -1008,3 +1025,30 @@ def test_the_saturation_probe_reads_a_missing_kernel_as_no_saturation(monkeypatc
         assert kernels.integer_products_saturate() is False
     finally:
         kernels.integer_products_saturate.cache_clear()
+
+
+def test_a_channel_with_next_to_no_weights_keeps_its_bias():
+    """A dead channel (weights ~1e-12, as a folded normalization leaves them) with a bias of 2.5: the output is the bias.
+
+    Its weight scale alone (1e-14 per code) would need 1e14 INT32 codes for the bias, which used to be clipped to
+    2**31 and read back as about zero (without an accuracy budget to keep the layer float, that was the written
+    model); the channel's scale is raised until the bias fits.
+    """
+    rng = np.random.default_rng(4)
+    weights = rng.normal(0.0, 0.3, size=(4, 4, 3, 3)).astype(np.float32)
+    weights[2] *= 1e-12
+    bias = np.array([0.1, -0.2, 2.5, 0.3], np.float32)
+    head = rng.normal(0.0, 0.5, size=(3, 4, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w", "b"], ["features"], name="body", pads=[1, 1, 1, 1]), helper.make_node("Relu", ["features"], ["relu"], name="relu"),
+         helper.make_node("Conv", ["relu", "head"], ["output"], name="head")],
+        "dead_channel", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b"), numpy_helper.from_array(head, "head")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    quantized, _ = quantize(model, calibrate_on(model, 24), config=dataclasses.replace(EVERY_LAYER, accuracy_budget=None))
+    inits = initializers(quantized)
+    (body_bias,) = [n for n in stored_dq(quantized, inits, np.int32) if n.input[0].startswith("b")]
+    codes, scale = inits[body_bias.input[0]], inits[body_bias.input[1]]
+    assert np.abs(codes).max() < 2**31 - 1 and codes[2] * scale[2] == pytest.approx(2.5, rel=1e-3)
+    assert_close_to_float(model, quantized, 0.99)

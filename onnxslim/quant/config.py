@@ -30,7 +30,8 @@ def scalar_affine_setting():
     """``--scalar-affine``, one definition for quantize and compress."""
     return setting(
         "auto", "Add/Mul of a quantized tensor and a constant scalar between quantized layers (a learnable scale or bias after an activation): "
-        "int8 = QLinearAdd/QLinearMul with the scalar exact; float = kept float; auto = both forms built and measured, "
+        "int8 = integer (a positive scale and its shift read from the codes of the tensor before them, or QLinearAdd/QLinearMul "
+        "with the scalar exact); float = kept float; auto = both forms built and measured, "
         "the integer one kept only when it is faster (at --threads and at 1 thread) and as faithful.",
         choices=SCALAR_AFFINE,
     )

@@ -30,6 +30,7 @@ from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
 from onnxslim.passes.conv_channels import pad_conv_input_channels
+from onnxslim.passes.dequantize_affine import fold_scalar_affines
 from onnxslim.passes.gelu import fuse_gelu
 from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
 from onnxslim.passes.parallel import merge_parallel_matmuls
@@ -366,10 +367,19 @@ class QuantRun:
                 if unfused:  # this onnxruntime did not fuse them: they stay QDQ MatMuls with a float bias Add
                     self.unfused_integer = frozenset(unfused)
                     return self.build(config, keep_float)
-            plan = dataclasses.replace(plan, layout=[merged, integer, pad_conv_input_channels(quantized)])
+            affines, read_from_codes = fold_scalar_affines(quantized)
+            plan = dataclasses.replace(plan, layout=[merged, integer, pad_conv_input_channels(quantized), affines], decisions=_read_from_codes(plan.decisions, read_from_codes))
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
+
+
+def _read_from_codes(decisions: dict[str, NodeDecision], removed: dict[str, str]) -> dict[str, NodeDecision]:
+    """``decisions`` with each Mul/Add that became DequantizeLinear parameters said so."""
+    if not removed:
+        return decisions
+    return {name: NodeDecision(name, decision.op_type, Reason(QuantReason.FOLDED, f"no integer op: {removed[name]}")) if name in removed else decision
+            for name, decision in decisions.items()}
 
 
 def resolve_weight_range(config: QuantConfig) -> dict:
