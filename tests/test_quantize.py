@@ -383,6 +383,26 @@ def test_the_default_budget_is_099_on_every_output_and_none_switches_it_off(save
     assert result.exit_code == 2 and "nope" in result.output
 
 
+def test_the_budget_holds_on_every_held_out_batch_not_only_on_those_the_search_samples(monkeypatch):
+    """The search measures its counts on the first held-out batches; the model written meets the budget on all of them.
+
+    Here the first two batches (the search's sample, made small) pass with every layer quantized and the other six,
+    at twice the calibrated amplitude, do not: the search used to stop there with no count to try (a bare max() error).
+    """
+    from onnxslim.quant import pipeline
+
+    monkeypatch.setattr(pipeline, "SENSITIVITY_BATCHES", 2)
+    model = mlp()
+    scaled = lambda feeds, factor: [{name: (value * factor).astype(value.dtype) for name, value in feed.items()} for feed in feeds]  # noqa: E731
+    held_out = sample_inputs(model, 2, seed=2) + scaled(sample_inputs(model, 6, seed=3), 2.0)
+    config = QuantConfig(latency_runs=0, quantize_output_layers=True)
+    _, sampled = quantize(model, calibrate_on(model, 24), eval_data=held_out[:2], config=config)
+    assert not sampled.kept_float_for_budget and min(c.cosine for c in sampled.fidelity) >= 0.99
+    _, report = quantize(model, calibrate_on(model, 24), eval_data=held_out, config=config)
+    assert report.kept_float_for_budget and min(c.cosine for c in report.fidelity) >= 0.99, report.fidelity
+    assert not any("accuracy budget" in w for w in report.warnings), report.warnings
+
+
 def test_fast_sensitivity_builds_a_few_models_where_measured_builds_one_per_layer(monkeypatch):
     from onnxslim.quant import pipeline
 

@@ -517,19 +517,22 @@ class BudgetSearch:
     sensitivity: list[dict] = field(default_factory=list)  # every candidate layer, most harmful first
     # the last model the search built and measured (plan, model, comparisons on the search's batches): kept so it is not built twice
     built: tuple | None = field(default=None, repr=False, compare=False)
+    built_on_every_batch: bool = False  # those comparisons cover every held-out batch
 
 
 STORED_IN_INT8 = (QuantReason.WEIGHT_ONLY, QuantReason.DYNAMIC)  # INT8 tables and DynamicQuantizeLSTM: weights stored low-bit, no Q/DQ on inputs
 
 
-def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, budget: float, measured: list | None = None) -> BudgetSearch:
+def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, budget: float, measured_all: list) -> BudgetSearch:
     """Keep the layers that cost the most accuracy in float until the budget holds.
 
     ``config.sensitivity`` says how layers are ranked: 'fast' by the noise each adds in one side-by-side pass
     of the float and the quantized model; 'measured' by the outputs' score with each layer alone quantized
     (a model build and a pass over the batches per layer). Either way the budget is confirmed by measurement,
     keeping the first ranked layers in float, as many as :func:`next_count` guesses from the losses measured so far.
-    ``measured``: the fully quantized model's comparisons on the search's batches, when already known.
+    The counts are measured on the first SENSITIVITY_BATCHES held-out batches; the count found is confirmed on
+    every held-out batch, and where it misses there, the search goes on over all of them.
+    ``measured_all``: the fully quantized model's comparisons on every held-out batch.
     """
     batches = run.eval_batches[:SENSITIVITY_BATCHES]
     # an Add/Mul with a constant scalar follows its neighbours: integer while they are, float once either side is kept float
@@ -542,24 +545,41 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     every = [e for e in every if e["node"] not in stored_only] + [e for e in every if e["node"] in stored_only]
     ranked = [entry["node"] for entry in every]
     noise = [entry["added_noise"] if "added_noise" in entry else 1.0 - entry["score_when_alone_quantized"] for entry in every]
-    losses = {0: _loss(worst_score(measured if measured is not None else fidelity(run.reference, quantized, batches), metric))}
-    best = None  # (count, score, built) of the smallest count measured to meet the budget
-    last = None
-    while (count := next_count(noise, losses, 1.0 - budget)) is not None:
-        kept_plan, model = run.build(run.config, frozenset(ranked[:count]))
-        comparisons = fidelity(run.reference, model, batches)
-        score = worst_score(comparisons, metric)
-        losses[count] = _loss(score)
-        last = (kept_plan, model, comparisons)
-        if score >= budget and (best is None or count < best[0]):
-            best = (count, score, last)
+    whole = len(batches) == len(run.eval_batches)
+    losses = {0: _loss(worst_score(measured_all if whole else fidelity(run.reference, quantized, batches), metric))}
+    if losses[0] <= 1.0 - budget:  # the sample passes with nothing kept, the whole held-out set does not: search on all of it
+        batches, whole = run.eval_batches, True
+        losses = {0: _loss(worst_score(measured_all, metric))}
+    measured = 0
+    while True:
+        best = None  # (count, score, built) of the smallest count measured to meet the budget
+        last = None
+        while (count := next_count(noise, losses, 1.0 - budget)) is not None:
+            kept_plan, model = run.build(run.config, frozenset(ranked[:count]))
+            comparisons = fidelity(run.reference, model, batches)
+            score = worst_score(comparisons, metric)
+            losses[count] = _loss(score)
+            measured += 1
+            last = (kept_plan, model, comparisons)
+            if score >= budget and (best is None or count < best[0]):
+                best = (count, score, last)
+        if best is None or whole:
+            break
+        count, _, (kept_plan, model, _) = best
+        confirmed = fidelity(run.reference, model, run.eval_batches)
+        if worst_score(confirmed, metric) >= budget:
+            best = (count, worst_score(confirmed, metric), (kept_plan, model, confirmed))
+            break
+        # a sample of the held-out set passed it, the whole set does not: measure every count on all of it from here
+        batches, whole = run.eval_batches, True
+        losses = {0: _loss(worst_score(measured_all, metric)), count: _loss(worst_score(confirmed, metric))}
     if best is not None:
         count, score, built = best
         note = (f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float ({metric} {score:.5f} on {len(batches)} batch(es); "
-                f"{len(losses) - 1} count(s) measured)")
-        return BudgetSearch(frozenset(ranked[:count]), every[:count], True, note, every, built)
+                f"{measured} count(s) measured)")
+        return BudgetSearch(frozenset(ranked[:count]), every[:count], True, note, every, built, whole)
     note = f"accuracy budget {budget} cannot be met even with every quantized layer in float"
-    return BudgetSearch(frozenset(ranked), every, False, note, every, last)  # the search ends by measuring every ranked layer kept
+    return BudgetSearch(frozenset(ranked), every, False, note, every, last, whole)  # the search ends by measuring every ranked layer kept
 
 
 def _loss(score: float) -> float:
@@ -739,7 +759,7 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
     report.warnings.extend(_evaluation_problems(comparisons, run, eval_data_given))
     if config.accuracy_budget is None or worst_score(comparisons, config.accuracy_metric) >= config.accuracy_budget:  # NaN misses the budget
         return plan, quantized, comparisons
-    search = _sensitivity(run, plan, quantized, config.accuracy_budget, comparisons if len(run.eval_batches) <= SENSITIVITY_BATCHES else None)
+    search = _sensitivity(run, plan, quantized, config.accuracy_budget, comparisons)
     report.kept_float_for_budget = search.kept
     report.sensitivity = search.sensitivity
     if not search.met:
@@ -754,7 +774,7 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
                + (f" (the least harmful reaches {max(alone):.5f})" if alone else "")) if config.sensitivity == "measured" else (
                "it is missed unless every layer is kept in float (--sensitivity measured ranks layers one by one)")
         raise NothingToDoError(f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: {why}; nothing written")
-    # the search measured the first SENSITIVITY_BATCHES held-out batches: the report covers all of them
-    comparisons = searched if searched is not None and len(run.eval_batches) <= SENSITIVITY_BATCHES else fidelity(run.reference, quantized, run.eval_batches)
+    # the search may have measured only the first SENSITIVITY_BATCHES held-out batches: the report covers all of them
+    comparisons = searched if searched is not None and search.built_on_every_batch else fidelity(run.reference, quantized, run.eval_batches)
     report.warnings.extend(budget_shortfall(comparisons, config, run))
     return plan, quantized, comparisons
