@@ -737,7 +737,7 @@ g (float[N, 8, 12, 12] x) => (float[N, 6, 12, 12] y) {
     sd = DequantizeLinear (sq, ss, sz)
     k = DequantizeLinear <axis = 0> (w, ws, wz)
     kb = DequantizeLinear <axis = 0> (wb, wbs, wbz)
-    c = Conv <pads = [1, 1, 1, 1]> (sd, k, kb)
+    c = Conv <pads = PADS> (sd, k, kb)
     cq = QuantizeLinear (c, cs, cz)
     y = DequantizeLinear (cq, cs, cz)
 }
@@ -747,9 +747,10 @@ g (float[N, 8, 12, 12] x) => (float[N, 6, 12, 12] y) {
 OUTPUT_STEP = 0.2  # the convolution's output quantizer: [-25.6, 25.4], wider than its outputs
 
 
-def affine_chain(scale=0.63, shift=-0.55, gate=False, low=-0.4, high=6.0) -> tuple[onnx.ModelProto, dict]:
+def affine_chain(scale=0.63, shift=-0.55, gate=False, low=-0.4, high=6.0, kernel=3) -> tuple[onnx.ModelProto, dict]:
     """A quantized tensor h (0..6), then scale * h + shift with each step requantized (as quantize writes a learnable affine
-    block's integer form), read by a padded QDQ convolution; with ``gate``, the last quantizer clamps to [0, 1] (a HardSigmoid's)."""
+    block's integer form), read by a QDQ convolution (3x3 padded, or 1x1); with ``gate``, the last quantizer clamps to [0, 1]
+    (a HardSigmoid's)."""
     from onnxslim.quant.params import activation_params, quantize_bias
 
     m_range = sorted((scale * low, scale * high))
@@ -758,10 +759,10 @@ def affine_chain(scale=0.63, shift=-0.55, gate=False, low=-0.4, high=6.0) -> tup
     ms, mz = activation_params(*m_range, signed=False)
     ss, sz = activation_params(*s_range, signed=False)
     rng = np.random.default_rng(3)
-    weights = rng.normal(0.0, 0.3, size=(6, 8, 3, 3)).astype(np.float32)
+    weights = rng.normal(0.0, 0.3, size=(6, 8, kernel, kernel)).astype(np.float32)
     ws = (np.abs(weights).reshape(6, -1).max(axis=1) / 127).astype(np.float32)
     bias_codes, bias_scale = quantize_bias(rng.normal(0.0, 0.5, size=6).astype(np.float32), ss, ws)
-    model = onnx.parser.parse_model(AFFINE_CHAIN)
+    model = onnx.parser.parse_model(AFFINE_CHAIN.replace("PADS", str([kernel // 2] * 4)))
     arrays = {"hs": hs, "hz": hz, "ms": ms, "mz": mz, "ss": ss, "sz": sz, "cs": np.float32(OUTPUT_STEP), "cz": np.uint8(128),
               "ac": np.uint8(1), "as": np.float32(abs(scale)), "az": np.uint8(0 if scale > 0 else 2),
               "bc": np.uint8(1 if shift > 0 else 0), "bs": np.float32(abs(shift)), "bz": np.uint8(0 if shift > 0 else 1),
@@ -776,20 +777,26 @@ def affine_chain(scale=0.63, shift=-0.55, gate=False, low=-0.4, high=6.0) -> tup
 
 
 def float_conv(x: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))  # N, C, H, W, 3, 3
+    size = weights.shape[-1]
+    padded = np.pad(x, ((0, 0), (0, 0), (size // 2, size // 2), (size // 2, size // 2)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (size, size), axis=(2, 3))  # N, C, H, W, k, k
     return np.einsum("nchwij,ocij->nohw", windows, weights) + bias[None, :, None, None]
 
 
-def test_scalar_affines_into_dequantize_drops_the_integer_ops_and_keeps_the_result_as_close():
+@pytest.mark.parametrize(("kernel", "how"), [
+    (1, "into the bias"),  # an unpadded convolution takes the shift the zero point cannot hold in its bias, exactly
+    (3, "coarser grid"),  # a padded one would get it wrong on the border: the codes' step grows until the shift is whole steps
+])
+def test_scalar_affines_into_dequantize_drops_the_integer_ops_and_keeps_the_result_as_close(kernel, how):
     from onnxslim.passes.dequantize_affine import scalar_affines_into_dequantize
     from onnxslim.quant.params import activation_params
     from onnxslim.runtime.session import optimized_ops
 
     step = 0.63 * float(activation_params(-0.4, 6.0, signed=False)[0])
-    model, exact = affine_chain(shift=-34.3 * step)  # 0.3 step off the codes' grid (a zero point can miss by half a step)
+    model, exact = affine_chain(shift=-34.45 * step, kernel=kernel)  # 0.45 step off the codes' grid (a zero point can miss by half a step)
     work, result = on_a_copy(scalar_affines_into_dequantize, model)
-    assert result.modified and "0.63 * x + -0.542" in result.changes[0] and "read from the codes of hq" in result.changes[0], result
+    assert result.modified and "0.63 * x + -0.544" in result.changes[0] and "read from the codes of hq" in result.changes[0], result
+    assert ("as coarse, so the shift is 34 whole steps" in result.changes[0]) == (how == "coarser grid"), result.changes
     assert not {"Mul", "Add"} & {n.op_type for n in work.graph.node}
     assert optimized_ops(model)["QLinearMul"] == 1 and optimized_ops(model)["QLinearAdd"] == 1
     assert not {"QLinearMul", "QLinearAdd"} & set(optimized_ops(work)) and optimized_ops(work)["QLinearConv"] == 1
@@ -798,10 +805,9 @@ def test_scalar_affines_into_dequantize_drops_the_integer_ops_and_keeps_the_resu
     before, after = run_model(model, {"x": x})[0], run_model(work, {"x": x})[0]
     error_before, error_after = np.sqrt(np.mean((before - truth) ** 2)), np.sqrt(np.mean((after - truth) ** 2))
     assert error_after <= 1.05 * error_before, (error_before, error_after)
-    # the half step the shift's codes cannot hold goes into the bias: inside the border no offset remains, where the
-    # integer Add, which rounds the shift to the grid of its output, leaves one
-    offset_before, offset_after = (np.abs(np.mean((v - truth)[:, :, 1:-1, 1:-1], axis=(0, 2, 3))).max() for v in (before, after))
-    assert offset_after < 0.05 * OUTPUT_STEP < offset_before, (offset_before, offset_after)
+    # the integer Add rounds the shift to its output's grid and leaves an offset in every channel; the rewrite leaves none
+    offset_before, offset_after = (np.abs(np.mean(v - truth, axis=(0, 2, 3))).max() for v in (before, after))
+    assert offset_after < 0.5 * offset_before, (offset_before, offset_after)
 
 
 def test_scalar_affines_into_dequantize_takes_float_steps_too():
@@ -837,10 +843,12 @@ def test_scalar_affines_into_dequantize_leaves_chains_it_would_change(kwargs, wh
 
 def test_scalar_affines_into_dequantize_needs_a_reader_that_takes_the_leftover_shift():
     from onnxslim.passes.dequantize_affine import scalar_affines_into_dequantize
+    from onnxslim.quant.params import activation_params
 
-    model, _ = affine_chain()
+    step = 0.63 * float(activation_params(-0.4, 6.0, signed=False)[0])
+    model, _ = affine_chain(shift=-3.3 * step)  # too few steps for a grid to be made coarser by a small amount
     conv = next(n for n in model.graph.node if n.op_type == "Conv")
-    conv.op_type = "Relu"  # no bias to take the shift, and a shift of 0.05-0.5 steps is not negligible
+    conv.op_type = "Relu"  # no bias to take the 0.3 step left over, which is not negligible
     del conv.input[1:]
     for attribute in list(conv.attribute):
         conv.attribute.remove(attribute)

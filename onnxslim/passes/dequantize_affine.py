@@ -11,12 +11,16 @@ Mul/Add chain (quantized between its steps or not) disappears.
 
 The remaining shift ``-e`` is put back where it can be: a convolution reading y
 gets ``e * (sum of its weights per output channel)`` added to its bias, which
-is exact except on the border pixels of a padded convolution (about half a
-step of y there). Its INT32 bias is requantized at the new input scale,
-because onnxruntime's integer convolution reads the INT32 codes as
-``input scale * weight scale`` (the scale of y's old quantizer is gone). A
-reader that cannot take the shift (no bias, or not a convolution) is left as
-it was, unless the shift is below ``NEGLIGIBLE`` of a step.
+is exact for an unpadded convolution and wrong on the border pixels of a
+padded one (by up to half a step of y there, which on a 48-pixel-high text
+line is most of the rows). So where a reader is padded, and h's quantizer feeds
+nothing else, h's step is first made a little coarser (at most 1/8) so that b
+is a whole number of steps and nothing is left over. Every reading
+convolution's INT32 bias is requantized at the new input scale, because
+onnxruntime's integer convolution reads the INT32 codes as ``input scale *
+weight scale`` (the scale of y's old quantizer is gone). A reader that cannot
+take a shift (no bias, or not a convolution) is left as it was, unless the
+shift is below ``NEGLIGIBLE`` of a step.
 
 Matched: a per-tensor DequantizeLinear read only by a Mul or Add whose other
 input is one constant value (a float scalar, or a DequantizeLinear of one
@@ -26,6 +30,7 @@ between, ending in a QuantizeLinear whose every reader is a DequantizeLinear.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +43,7 @@ from onnxslim.passes.cleanup import remove_dead_nodes
 from onnxslim.passes.matching import GraphIndex
 
 NEGLIGIBLE = 1.0 / 16.0  # a shift below this fraction of y's step needs no compensation
+REGRID_STEPS = 8  # a coarser grid for the codes is taken when the shift is at least this many steps (at most 1/8 coarser)
 STEPS = ("Mul", "Add")
 EDGE_STEPS = 2  # the result's own range may end this many steps inside the codes' (calibrated ranges of h and a * h + b round apart)
 INT32_MAX = np.iinfo(np.int32).max
@@ -219,6 +225,36 @@ def _compensating_biases(index: _Matcher, readers: list[onnx.NodeProto], residua
     return biases
 
 
+def _compensated_exactly(index: _Matcher, readers: list[onnx.NodeProto]) -> bool:
+    """True when every reader of the result is an unpadded convolution: a shift put into its bias is exact everywhere."""
+    for reader in readers:
+        if reader.output[0] in index.outputs:
+            return False
+        for node in index.consumers.get(reader.output[0], []):
+            if node.op_type != "Conv" or any(node_attr(node, "pads", [0])) or node_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
+                return False
+    return True
+
+
+def _coarser_grid(index: _Matcher, start: onnx.NodeProto, scale: float, shift: float, source: tuple) -> tuple[onnx.NodeProto, float, int] | None:
+    """The QuantizeLinear of the codes, with a step a little coarser on which ``shift`` is a whole number of steps of ``scale`` times it.
+
+    Only where that quantizer feeds nothing else and the step grows by at most 1 / REGRID_STEPS.
+    """
+    quantizer = index.producers.get(start.input[0])
+    if quantizer is None or quantizer.op_type != "QuantizeLinear" or quantizer.domain not in ("", "ai.onnx") or not index.private(start.input[0]):
+        return None
+    if index.per_tensor(quantizer) != source:
+        return None
+    step, zero, code_type = source
+    whole = math.floor(abs(shift) / (scale * step))
+    if whole < REGRID_STEPS:
+        return None
+    coarser = abs(shift) / (scale * whole)
+    limits = np.iinfo(code_type)
+    return quantizer, coarser, int(min(max(round(zero * step / coarser), limits.min), limits.max))
+
+
 def scalar_affines_into_dequantize(model: onnx.ModelProto) -> PassResult:
     """Replace each matched scalar affine chain by DequantizeLinear parameters (see the module docstring)."""
     return fold_scalar_affines(model)[0]
@@ -246,6 +282,13 @@ def fold_scalar_affines(model: onnx.ModelProto) -> tuple[PassResult, dict[str, s
             result.decline(final.name, DeclineCode.UNSUPPORTED_FORM, f"a scale of {scale:g}: a negative scale has no dequantization")
             continue
         new_scale = scale * step_scale
+        regrid = None
+        if abs(shift / new_scale - round(shift / new_scale)) > NEGLIGIBLE and not _compensated_exactly(index, readers):
+            # a shift put into a padded convolution's bias is wrong on the border: a grid on which it is whole steps instead
+            regrid = _coarser_grid(index, start, scale, shift, source)
+            if regrid is not None:
+                step_scale, zero = regrid[1], regrid[2]
+                new_scale = scale * step_scale
         steps = round(shift / new_scale)
         new_zero = zero - steps
         limits = np.iinfo(code_type)
@@ -254,7 +297,10 @@ def fold_scalar_affines(model: onnx.ModelProto) -> tuple[PassResult, dict[str, s
             continue
         residual = shift - steps * new_scale
         every_code = np.arange(limits.min, limits.max + 1, dtype=np.float64)
-        departure = np.abs(found.computed((every_code - zero) * step_scale) - (every_code - new_zero) * new_scale).max()
+        values = (every_code - zero) * step_scale
+        # over the values the codes held before (a coarser grid reaches a little further, where the data never went)
+        held = (values >= (limits.min - source[1]) * source[0] - 1e-6 * source[0]) & (values <= (limits.max - source[1]) * source[0] + 1e-6 * source[0])
+        departure = np.abs(found.computed(values[held]) - (every_code[held] - new_zero) * new_scale).max()
         if departure > found.rounding_allowance() + abs(residual) + EDGE_STEPS * found.step_of_result:
             result.decline(final.name, DeclineCode.UNSUPPORTED_FORM, f"the quantizers of the chain clamp its values (by up to {departure:g}): the saturation is part of what it computes")
             continue
@@ -268,12 +314,18 @@ def fold_scalar_affines(model: onnx.ModelProto) -> tuple[PassResult, dict[str, s
             continue
         for bias, (codes, bias_scale) in zip(biases, requantized):
             bias.write(index, codes, bias_scale)
+        if regrid is not None:
+            quantizer = regrid[0]
+            step_name, zero_name = unique_name(f"{quantizer.input[0]}_coarser_scale", taken), unique_name(f"{quantizer.input[0]}_coarser_zero_point", taken)
+            graph.initializer.extend([from_array(np.asarray(step_scale, np.float32), step_name), from_array(np.asarray(zero, code_type), zero_name)])
+            quantizer.input[1], quantizer.input[2] = step_name, zero_name
         scale_name, zero_name = unique_name(f"{final.input[0]}_from_codes_scale", taken), unique_name(f"{final.input[0]}_from_codes_zero_point", taken)
         graph.initializer.extend([from_array(np.asarray(new_scale, np.float32), scale_name), from_array(np.asarray(new_zero, code_type), zero_name)])
         for reader in readers:
             del reader.input[:]
             reader.input.extend([start.input[0], scale_name, zero_name])
-        result.change(f"{final.input[0]}: {scale:g} * x + {shift:g} read from the codes of {start.input[0]} (scale {new_scale:g}, zero point {new_zero})")
+        coarser = f"; their step {regrid[1] / source[0]:.3f}x as coarse, so the shift is {abs(steps)} whole steps" if regrid is not None else ""
+        result.change(f"{final.input[0]}: {scale:g} * x + {shift:g} read from the codes of {start.input[0]} (scale {new_scale:g}, zero point {new_zero}{coarser})")
         removed |= {node.name: result.changes[-1] for node in found.passed if node.op_type in STEPS}
     if result.modified:
         remove_dead_nodes(model)
