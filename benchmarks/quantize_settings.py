@@ -4,14 +4,15 @@
     python benchmarks/quantize_settings.py --tasks det rec --settings scalar_affine=float scalar_affine=int8 scalar_affine=auto \\
         accuracy_budget=none,scalar_affine=float accuracy_budget=none,scalar_affine=int8 accuracy_budget=none,scalar_affine=auto
     python benchmarks/quantize_settings.py --tasks det --model pruned_det.onnx --label "det pruned 50% MACs + distilled" --settings ...
+    python benchmarks/quantize_settings.py --tasks det --model pruned_det.onnx --against models/cache/ppocr_det.onnx --settings ...
     python benchmarks/quantize_settings.py --tasks minilm rec det --settings kept_float_weights=float32 kept_float_weights=float16
 
 Each ``--settings`` entry is one quantize run: comma-separated QuantConfig fields (``none`` for
 None) over quantize's defaults (timing on, so settings that measure, such as ``scalar_affine=auto``,
 do) with ``if_slower=write``. Every run calibrates on the first ``--calib`` samples of
 calibration/cache/<task>/calib and is scored on the task's held-out split by its metric (against the
-labels for rec and cls, against the FP32 model, or ``--model``, for det and minilm); every model is
-timed in one interleaved loop with that float model at 1 and 2 threads (median of ``--runs``).
+labels for rec and cls, against the FP32 model, ``--model``, or ``--against``, for det and minilm); every
+model is timed in one interleaved loop with that float model at 1 and 2 threads (median of ``--runs``).
 """
 
 from __future__ import annotations
@@ -53,11 +54,14 @@ def parse_settings(text: str) -> dict:
     return settings
 
 
-def bench(task: Task, model: Path, work: Path, calib_count: int, variants: list[str], runs: int) -> list[dict]:
+def bench(task: Task, model: Path, work: Path, calib_count: int, variants: list[str], runs: int, against: Path | None = None) -> list[dict]:
+    """``against``: the model every row is scored and timed against (default ``model``), e.g. the original of a pruned one."""
     calib = first_samples(task, calib_count, work / "calib")
     feeds = eval_feeds(task)
-    reference = run_all(model, feeds)
-    rows: list[tuple] = [("FP32", model, 0.0, {"worst_cosine_reported": 1.0})]
+    reference = run_all(against or model, feeds)
+    rows: list[tuple] = [("FP32", against or model, 0.0, {"worst_cosine_reported": 1.0})]
+    if against is not None:
+        rows.append(("the model quantized (float)", model, 0.0, {"worst_cosine_reported": 1.0}))
     for index, text in enumerate(variants):
         out = work / f"{index}.onnx"
         started = time.perf_counter()
@@ -76,6 +80,8 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", required=True, metavar="FIELD=VALUE[,FIELD=VALUE]", help="one quantize run each ('' for the defaults)")
     parser.add_argument("--model", type=Path, default=None, help="quantize this model of the (single) task instead of the packaged one")
     parser.add_argument("--label", default=None, help="what --model is, for the table")
+    parser.add_argument("--against", type=Path, default=None, help="score and time every row against this model (default: the model quantized), "
+                        "e.g. the packaged original of a pruned --model")
     parser.add_argument("--calib", type=int, default=64)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--json", type=Path, default=None)
@@ -89,7 +95,7 @@ def main() -> None:
         for name in args.tasks:
             task = TASKS[name]
             label = args.label or name
-            results[label] = bench(task, args.model or task.model, Path(folder) / name, args.calib, args.settings, args.runs)
+            results[label] = bench(task, args.model or task.model, Path(folder) / name, args.calib, args.settings, args.runs, args.against)
             table = results_table(task, results[label], (("worst output cosine reported", "worst_cosine_reported"),))
             print(f"\n**{label}**\n\n{table}", flush=True)
     save_json(args.json or ROOT / "benchmarks" / "cache" / "quantize_settings.json", results)
