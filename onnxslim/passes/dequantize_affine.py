@@ -80,7 +80,7 @@ class _Matcher(GraphIndex):
 
     def chain(self, start: onnx.NodeProto) -> _Chain | None:
         """The affine steps after ``start`` up to a QuantizeLinear read only by DequantizeLinear nodes, or None."""
-        chain = _Chain(start)
+        chain = _Chain()
         tensor = start.output[0]
         while True:
             node = self.single_reader(tensor)
@@ -105,7 +105,7 @@ class _Matcher(GraphIndex):
                 chain.passed += [node, readers[0]]  # a quantized step in between: go on through it
                 tensor = readers[0].output[0]
                 continue
-            chain.final, chain.readers, chain.step_of_result = node, readers, quantizer[0]
+            chain.final, chain.readers = node, readers
             return chain
 
 
@@ -113,22 +113,27 @@ class _Matcher(GraphIndex):
 class _Chain:
     """Scalar affine steps ``a * x + b`` from a DequantizeLinear to the QuantizeLinear of their result."""
 
-    start: onnx.NodeProto
     scale: float = 1.0
     shift: float = 0.0
-    steps: int = 0
-    passed: list = field(default_factory=list)  # the nodes between start and final
+    passed: list = field(default_factory=list)  # the nodes between the first DequantizeLinear and final
     operations: list = field(default_factory=list)  # ("mul" | "add", value) and ("round", scale, zero point, code type), in order
     final: onnx.NodeProto | None = None
     readers: list = field(default_factory=list)
-    step_of_result: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        return sum(1 for operation in self.operations if operation[0] != "round")
+
+    @property
+    def step_of_result(self) -> float:
+        """The step of the final quantizer (the last operation once the chain is complete)."""
+        return self.operations[-1][1]
 
     def step(self, node: onnx.NodeProto, value: float) -> None:
         if node.op_type == "Mul":
             self.scale, self.shift = self.scale * value, self.shift * value
         else:
             self.shift += value
-        self.steps += 1
         self.passed.append(node)
         self.operations.append((node.op_type.lower(), value))
 
@@ -160,31 +165,35 @@ class _Chain:
 class _Bias:
     """A convolution's INT32 bias, requantized for a new input scale with a shift added to the input."""
 
-    def __init__(self, index: _Matcher, conv: onnx.NodeProto):
-        self.conv = conv
+    def __init__(self, node: onnx.NodeProto, weight_scale: np.ndarray, weight_sums: np.ndarray, values: np.ndarray):
+        self.node = node  # the bias's DequantizeLinear
+        self.weight_scale = weight_scale  # per output channel
+        self.weight_sums = weight_sums  # the dequantized weights summed per output channel
+        self.values = values  # the bias as it dequantizes now
+
+    @classmethod
+    def of(cls, index: _Matcher, conv: onnx.NodeProto) -> _Bias | None:
+        """``conv``'s INT32 bias with what requantizing it needs, or None when it has none of that form."""
         weight = index.producers.get(conv.input[1])
         bias = index.producers.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        self.ok = False
         if weight is None or bias is None or weight.op_type != "DequantizeLinear" or bias.op_type != "DequantizeLinear":
-            return
+            return None
         codes, scale = index.array(weight.input[0]), index.array(weight.input[1])
         zero = index.array(weight.input[2]) if len(weight.input) > 2 and weight.input[2] else np.zeros((), np.int8)
         stored, bias_scale = index.array(bias.input[0]), index.array(bias.input[1])
         if any(v is None for v in (codes, scale, zero, stored, bias_scale)) or stored.dtype != np.int32 or codes.ndim < 3:
-            return
+            return None
         if not (index.private(bias.output[0]) and index.private(bias.input[0]) and index.private(bias.input[1])):
-            return
+            return None
         channels = codes.shape[0]
         if scale.size not in (1, channels) or zero.size not in (1, channels) or stored.shape != (channels,) or bias_scale.size not in (1, channels):
-            return
+            return None
         if scale.size > 1 and node_attr(weight, "axis", 1) != 0:
-            return
+            return None
         shape = (-1,) + (1,) * (codes.ndim - 1)
         weights = (codes.astype(np.float64) - zero.reshape(shape if zero.size > 1 else ()).astype(np.float64)) * scale.reshape(shape if scale.size > 1 else ())
-        self.weight_scale = np.broadcast_to(scale.reshape(-1).astype(np.float64), (channels,))
-        self.weight_sums = weights.reshape(channels, -1).sum(axis=1)
-        self.values = stored.astype(np.float64) * bias_scale.reshape(-1).astype(np.float64)
-        self.node, self.ok = bias, True
+        return cls(bias, np.broadcast_to(scale.reshape(-1).astype(np.float64), (channels,)), weights.reshape(channels, -1).sum(axis=1),
+                   stored.astype(np.float64) * bias_scale.reshape(-1).astype(np.float64))
 
     def requantized(self, input_scale: float, shift: float) -> tuple[np.ndarray, np.ndarray] | None:
         """INT32 codes and scales for ``input_scale`` with ``shift`` added to every input value; None when a code would overflow."""
@@ -217,8 +226,8 @@ def _compensating_biases(index: _Matcher, readers: list[onnx.NodeProto], residua
         if reader.output[0] in index.outputs and not negligible:
             return None
         for node in index.consumers.get(reader.output[0], []):
-            bias = _Bias(index, node) if node.op_type == "Conv" and node.domain in ("", "ai.onnx") and node.input[0] == reader.output[0] else None
-            if bias is not None and bias.ok:
+            bias = _Bias.of(index, node) if node.op_type == "Conv" and node.domain in ("", "ai.onnx") and node.input[0] == reader.output[0] else None
+            if bias is not None:
                 biases.append(bias)
             elif not negligible or _dequantizes_int32(index, node):
                 return None
