@@ -403,6 +403,27 @@ def test_the_budget_holds_on_every_held_out_batch_not_only_on_those_the_search_s
     assert not any("accuracy budget" in w for w in report.warnings), report.warnings
 
 
+def test_no_model_is_run_over_every_held_out_batch_twice(monkeypatch):
+    """The count the search confirms on every held-out batch is the comparison reported, not measured again."""
+    from onnxslim.quant import pipeline
+
+    monkeypatch.setattr(pipeline, "SENSITIVITY_BATCHES", 2)
+    model = mlp()
+    held_out = sample_inputs(model, 8, seed=2)
+    data = calibrate_on(model, 24)
+    settings = {"latency_runs": 0, "quantize_output_layers": True, "kept_float_weights": "float32"}
+    _, plain = quantize(model, data, eval_data=held_out, config=QuantConfig(accuracy_budget=None, **settings))
+    worst = min(c.cosine for c in plain.fidelity)
+    budget = worst + (1 - worst) * 0.5
+    passes = []
+    real = pipeline.fidelity
+    monkeypatch.setattr(pipeline, "fidelity", lambda reference, candidate, batches, **k: passes.append((id(candidate), len(batches))) or real(reference, candidate, batches, **k))
+    _, report = quantize(model, data, eval_data=held_out, config=QuantConfig(accuracy_budget=budget, **settings))
+    assert report.kept_float_for_budget and min(c.cosine for c in report.fidelity) >= budget
+    whole = [candidate for candidate, count in passes if count == len(held_out)]
+    assert len(whole) == 2 and len(set(whole)) == 2, passes  # the fully quantized model, then the count found: once each
+
+
 def test_fast_sensitivity_builds_a_few_models_where_measured_builds_one_per_layer(monkeypatch):
     from onnxslim.quant import pipeline
 
@@ -784,6 +805,8 @@ def test_scalar_affine_auto_writes_the_integer_form_only_when_measured_faster(mo
     assert report.scalar_affine["latency_vs_float_form"] == pytest.approx(at_threads)
     # 1 thread can only veto a form found faster: a form not faster where it is deployed is not timed again
     assert ("latency_vs_float_form_1_thread" in report.scalar_affine) == (at_threads < 0.97)
+    # the held-out set is run through the integer form only once it is measured faster
+    assert ("worst_score_integer_form" in report.scalar_affine) == (written == "int8")
     integer = written == "int8"
     assert all(d.quantized == integer for d in _affine_decisions(report).values())
     # integer: read from the codes before it, no Mul left

@@ -51,16 +51,7 @@ def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.Mo
         return _kept_float(plan, model, comparisons, nodes, entry, "not measured (timing is off): the float form is kept; --scalar-affine int8 writes the integer form",
                            "its integer form was not measured")
     integer_plan, integer_model = run.build(integer_config, keep_float)
-    integer_comparisons = fidelity(run.reference, integer_model, run.eval_batches)
-    score, integer_score = worst_score(comparisons, metric), worst_score(integer_comparisons, metric)
-    entry |= {"worst_score_float_form": score, "worst_score_integer_form": integer_score}
-    loss, integer_loss = 1.0 - score, 1.0 - integer_score
-    if math.isnan(integer_score) or (config.accuracy_budget is not None and integer_score < config.accuracy_budget):
-        return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form misses the accuracy budget ({metric} {integer_score:.5f})",
-                           "its integer form misses the budget")
-    if not math.isnan(score) and integer_loss > loss * LOSS_SLACK + ABSOLUTE_SLACK:
-        return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form is less faithful ({metric} {integer_score:.5f} against {score:.5f})",
-                           "its integer form is less faithful")
+    # timed first: a form that is not faster is not written however faithful, and a timing costs less than a pass over the held-out set
     at_threads, at_one = latency_ratios(
         model, integer_model, feed, threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
         description="timing scalar Add/Mul: float vs integer form", labels=("float form", "integer form"),
@@ -75,6 +66,16 @@ def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.Mo
     if at_one is not None and at_one.ratio is not None and at_one.ratio > 1.0:
         return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form is slower at 1 thread ({_ratio(at_one.ratio)} the float form's latency)",
                            "its integer form is slower at 1 thread")
+    integer_comparisons = fidelity(run.reference, integer_model, run.eval_batches)
+    score, integer_score = worst_score(comparisons, metric), worst_score(integer_comparisons, metric)
+    entry |= {"worst_score_float_form": score, "worst_score_integer_form": integer_score}
+    loss, integer_loss = 1.0 - score, 1.0 - integer_score
+    if math.isnan(integer_score) or (config.accuracy_budget is not None and integer_score < config.accuracy_budget):
+        return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form misses the accuracy budget ({metric} {integer_score:.5f})",
+                           "its integer form misses the budget")
+    if not math.isnan(score) and integer_loss > loss * LOSS_SLACK + ABSOLUTE_SLACK:
+        return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form is less faithful ({metric} {integer_score:.5f} against {score:.5f})",
+                           "its integer form is less faithful")
     entry["written"] = "int8"
     entry["why"] = f"the integer form is {_ratio(at_threads.ratio)} the float form's latency at {threads_text(config.threads)}, {metric} {integer_score:.5f}"
     return integer_plan, integer_model, integer_comparisons

@@ -569,6 +569,7 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
         confirmed = fidelity(run.reference, model, run.eval_batches)
         if worst_score(confirmed, metric) >= budget:
             best = (count, worst_score(confirmed, metric), (kept_plan, model, confirmed))
+            batches, whole = run.eval_batches, True  # what best's comparisons now cover
             break
         # a sample of the held-out set passed it, the whole set does not: measure every count on all of it from here
         batches, whole = run.eval_batches, True
