@@ -37,7 +37,14 @@ def pytest_configure(config):
     # measured channel widths are cached per machine; tests must measure, not read a developer's cache
     import tempfile
 
-    os.environ["ONNXSLIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="onnxslim-cache-")
+    config._onnxslim_cache = tempfile.TemporaryDirectory(prefix="onnxslim-cache-")
+    os.environ["ONNXSLIM_CACHE_DIR"] = config._onnxslim_cache.name
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_onnxslim_cache", None)
+    if cache is not None:
+        cache.cleanup()
 
 
 @pytest.fixture
