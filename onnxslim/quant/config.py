@@ -32,7 +32,8 @@ def scalar_affine_setting():
         "auto", "Add/Mul of a quantized tensor and a constant scalar between quantized layers (a learnable scale or bias after an activation): "
         "int8 = integer (a positive scale and its shift read from the codes of the tensor before them, or QLinearAdd/QLinearMul "
         "with the scalar exact); float = kept float; auto = both forms built and measured, "
-        "the integer one kept only when it is faster (at --threads and at 1 thread) and as faithful.",
+        "the integer one kept only when it is as faithful and faster at --threads (or within 3% there and faster at 1 thread), "
+        "and not slower at 1 thread.",
         choices=SCALAR_AFFINE,
     )
 
