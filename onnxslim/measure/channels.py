@@ -55,8 +55,9 @@ def _input_rows(model: onnx.ModelProto, nodes: list[onnx.NodeProto], source: Ite
     inputs = {v.name for v in model.graph.input}
     names = sorted({n.input[0] for n in nodes} - inputs)
     runner = observer(model, names) if names else None
-    for _, batch in track(source, description, enabled=show_progress):
-        values = dict(zip(runner.output_names, runner.run(batch))) if runner else {}
+    batches = track(source, description, enabled=show_progress)
+    for _, batch, outputs in runner.run_many(batches) if runner else ((label, batch, []) for label, batch in batches):
+        values = dict(zip(runner.output_names, outputs)) if runner else {}
         values.update(batch)
         rows = []
         for node in nodes:

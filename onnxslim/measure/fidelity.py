@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from onnxslim.measure.outputs import OutputComparison, TensorNoise
+from onnxslim.runtime.passes import PassRunner
 from onnxslim.runtime.probe import probe_runner
 from onnxslim.runtime.session import Runner
 
@@ -18,6 +20,7 @@ class RememberedReference:
 
     A search compares many candidates with the same reference on the same held-out batches;
     remembering the reference's outputs halves the cost of every comparison after the first.
+    Batches not yet seen are run by a :class:`PassRunner` of the same model (opened on first use).
     """
 
     def __init__(self, runner: Runner, limit_bytes: int = 512 << 20):
@@ -26,14 +29,46 @@ class RememberedReference:
         self.limit_bytes = limit_bytes
         self._kept: dict[int, tuple[Mapping, list[np.ndarray]]] = {}
         self._bytes = 0
+        self._passes: PassRunner | None = None
 
     def run(self, batch: Mapping[str, np.ndarray], names: Sequence[str] | None = None) -> list[np.ndarray]:
         if names is not None and list(names) != list(self.output_names):
             return self.runner.run(batch, names)
+        kept = self._remembered(batch)
+        return kept if kept is not None else self._remember(batch, self.runner.run(batch))
+
+    def run_many(self, batches: Sequence[tuple[str, Mapping[str, np.ndarray]]]) -> Iterator[tuple[str, Mapping[str, np.ndarray], list[np.ndarray]]]:
+        """``(label, batch, outputs)`` for each of ``batches`` in order: remembered ones as kept, the others run side by side."""
+        missing: dict[int, tuple[str, Mapping]] = {}
+        for label, batch in batches:
+            if self._remembered(batch) is None:
+                missing.setdefault(id(batch), (label, batch))
+        if missing and self._passes is None:
+            self._passes = PassRunner(self.runner.source, self.runner.provider, label=self.runner.label, like=self.runner)
+        stream = self._passes.run_many(list(missing.values())) if missing else iter(())
+        waiting: dict[int, list[np.ndarray]] = {}  # outputs that came before their batch's turn
+        for label, batch in batches:
+            outputs = waiting.pop(id(batch), None)
+            if outputs is None:
+                outputs = self._remembered(batch)
+            while outputs is None:
+                item = next(stream, None)
+                if item is None:  # a batch given twice, not kept (over the limit) the first time
+                    outputs = self._remember(batch, self.runner.run(batch))
+                    break
+                _, ran, computed = item
+                kept = self._remember(ran, computed)
+                if ran is batch:
+                    outputs = kept
+                else:
+                    waiting[id(ran)] = kept
+            yield label, batch, outputs
+
+    def _remembered(self, batch) -> list[np.ndarray] | None:
         kept = self._kept.get(id(batch))
-        if kept is not None and kept[0] is batch:
-            return kept[1]
-        outputs = self.runner.run(batch)
+        return kept[1] if kept is not None and kept[0] is batch else None
+
+    def _remember(self, batch, outputs: list[np.ndarray]) -> list[np.ndarray]:
         size = sum(np.asarray(o).nbytes for o in outputs)
         if self._bytes + size <= self.limit_bytes:
             self._kept[id(batch)] = (batch, outputs)  # the batch is held too, so its id is not reused
@@ -54,11 +89,21 @@ def fidelity(
     only the rows of real tokens are compared: what a model computes at padding positions is read
     by nothing (a pooled embedding masks it out), so its error would only blur the score.
     """
-    runner = candidate if isinstance(candidate, Runner) else Runner(candidate, provider, threads=None, label=label)
+    runner = candidate if isinstance(candidate, (Runner, PassRunner)) else PassRunner(candidate, provider, label=label)
     comparisons = [OutputComparison(name) for name in reference.output_names]
-    for label, batch in batches:
-        add_batch(comparisons, reference.run(batch), runner.run(batch, reference.output_names), batch, label, padding_mask)
+    expected = _outputs(reference, batches)
+    for label, batch, outputs in _outputs(runner, batches, reference.output_names):
+        add_batch(comparisons, next(expected)[2], outputs, batch, label, padding_mask)
     return comparisons
+
+
+def _outputs(runner, batches, names: Sequence[str] | None = None) -> Iterator[tuple[str, Mapping[str, np.ndarray], list[np.ndarray]]]:
+    """``(label, batch, outputs)`` for each batch: side by side where ``runner`` can, one by one where it cannot."""
+    if isinstance(runner, PassRunner):
+        return runner.run_many(batches, list(names) if names is not None else None)
+    if isinstance(runner, RememberedReference) and names is None:
+        return runner.run_many(batches)
+    return ((label, batch, runner.run(batch, names)) for label, batch in batches)
 
 
 def add_batch(
@@ -124,8 +169,9 @@ def tensor_fidelity(
     names = list(names)
     ref_runner, cand_runner = probe_runner(reference, names), probe_runner(candidate, names)
     comparisons = {name: TensorNoise(name) for name in names}
-    for label, batch in batches:
-        for name, a, b in zip(names, ref_runner.run(batch, names), cand_runner.run(batch, names)):
+    for_reference, for_candidate = itertools.tee(batches)  # one pass over ``batches`` (a progress bar advances once per batch)
+    for (label, _, expected), (_, _, got) in zip(ref_runner.run_many(for_reference, names), cand_runner.run_many(for_candidate, names)):
+        for name, a, b in zip(names, expected, got):
             comparisons[name].add(a, b, label)
     return comparisons
 

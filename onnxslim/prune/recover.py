@@ -181,8 +181,8 @@ def _observe_original(original: onnx.ModelProto, layers: list[_Layer], source: I
     names = sorted({layer.old.input[0] for layer in layers} | {layer.old.output[0] for layer in layers if layer.refit})
     runner = observer(original, [n for n in names if n not in _input_names(original)])
     rng = np.random.default_rng(0)
-    for _, batch in track(source, "observing the original model", total=batches, enabled=show_progress):
-        values = dict(zip(runner.output_names, runner.run(batch)))
+    for _, batch, outputs in runner.run_many(track(source, "observing the original model", total=batches, enabled=show_progress)):
+        values = dict(zip(runner.output_names, outputs))
         values.update(batch)
         for layer in layers:
             x = channel_rows(values[layer.old.input[0]], layer.old, batch, token_mask)
@@ -221,8 +221,8 @@ def _refit_wave(pruned: onnx.ModelProto, wave: list[_Layer], source: Iterable, c
     names = [layer.new.input[0] for layer in wave]
     runner = observer(pruned, sorted(set(names) - _input_names(pruned)))
     sums: dict[str, list] = {layer.new.name: [None, None, None, None, 0] for layer in wave}
-    for index, (_, batch) in enumerate(source):
-        values = dict(zip(runner.output_names, runner.run(batch)))
+    for index, (_, batch, outputs) in enumerate(runner.run_many(source)):
+        values = dict(zip(runner.output_names, outputs))
         values.update(batch)
         for layer in wave:
             x = channel_rows(values[layer.new.input[0]], layer.new, batch, config.token_mask)[layer.picks[index]].astype(np.float64)

@@ -17,7 +17,7 @@ from onnxslim.errors import DataError
 from onnxslim.ir.scopes import expose
 from onnxslim.progress import track
 from onnxslim.quant.observers import HistogramObserver, MinMaxObserver, TensorStats
-from onnxslim.runtime import Runner
+from onnxslim.runtime.passes import PassRunner
 
 
 def calibrate(
@@ -41,10 +41,10 @@ def calibrate(
     from_graph = [t for t in wanted if t not in inputs]
     for name in wanted:
         stats[name] = TensorStats(MinMaxObserver(), HistogramObserver(bins) if histogram else None)
-    runner = Runner(expose(model, from_graph), provider, threads=None, label="calibration model")
+    runner = PassRunner(expose(model, from_graph), provider, label="calibration model")
     seen = 0
-    for label, batch in track(batches, "calibrating", total=total, enabled=show_progress):
-        values = runner.run(batch, from_graph) if from_graph else []
+    for label, batch, outputs in runner.run_many(track(batches, "calibrating", total=total, enabled=show_progress), from_graph or None):
+        values = outputs if from_graph else []
         for name, value in zip(from_graph, values):
             if not stats[name].update(value):
                 raise DataError(f"{label}: the float model produces NaN/Inf in '{name}' on this batch")

@@ -34,7 +34,7 @@ from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import PassResult
 from onnxslim.passes.matching import GraphIndex
 from onnxslim.progress import track
-from onnxslim.runtime import Runner
+from onnxslim.runtime.passes import PassRunner
 
 SCALE_LIMIT = 1e4  # a channel's scale is kept within [1 / limit, limit] of the tensor's typical one
 MAXIMA_BATCHES = 256  # the scales need each channel's rough size, not the extremes of a long calibration set
@@ -62,10 +62,10 @@ def channel_maxima(model: onnx.ModelProto, tensors: list[str], batches, *, provi
     """The largest magnitude of each channel (last axis) of ``tensors`` over ``batches`` ((label, feed) pairs)."""
     inputs = {v.name for v in model.graph.input}
     computed = [t for t in tensors if t not in inputs]
-    runner = Runner(expose(model, computed), provider, threads=None, label="channel maxima model")
+    runner = PassRunner(expose(model, computed), provider, label="channel maxima model")
     maxima: dict[str, np.ndarray] = {}
-    for label, feed in track(batches, "channel maxima", total=total, enabled=show_progress):
-        values = dict(zip(computed, runner.run(feed, computed) if computed else []))
+    for label, feed, outputs in runner.run_many(track(batches, "channel maxima", total=total, enabled=show_progress), computed or None):
+        values = dict(zip(computed, outputs if computed else []))
         values.update({t: feed[t] for t in tensors if t in inputs})
         for name, value in values.items():
             value = np.asarray(value, np.float32)

@@ -10,10 +10,11 @@ import onnx
 from onnxslim.ir.graph import observing_only, with_outputs
 from onnxslim.ir.scopes import expose
 from onnxslim.ir.shapes import element_types
+from onnxslim.runtime.passes import PassRunner
 from onnxslim.runtime.session import Runner
 
 
-def probe_runner(model: onnx.ModelProto, names: list[str]) -> Runner:
+def probe_runner(model: onnx.ModelProto, names: list[str]) -> PassRunner:
     """A session of ``model`` that also returns the tensors ``names`` (declared with their own element types: FP16 stays FP16).
 
     A name may be a scoped key of a tensor inside an If/Loop/Scan body (see :func:`onnxslim.ir.scopes.expose`).
@@ -23,13 +24,13 @@ def probe_runner(model: onnx.ModelProto, names: list[str]) -> Runner:
     """
     types = element_types(model)
     outputs = {name: types.get(name, onnx.TensorProto.FLOAT) for name in names}
-    return Runner(expose(model, names, outputs), threads=None, optimization="extended", label="probe")
+    return PassRunner(expose(model, names, outputs), optimization="extended", label="probe")
 
 
-def observer(model: onnx.ModelProto, names: list[str]) -> Runner:
+def observer(model: onnx.ModelProto, names: list[str]) -> PassRunner:
     """A session that computes only the tensors ``names`` (and what they need), returned in that order."""
     types = element_types(model)
-    return Runner(observing_only(model, names, types), threads=None, optimization="extended", label="probe")
+    return PassRunner(observing_only(model, names, types), optimization="extended", label="probe")
 
 
 def runtime_values(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wanted: set[str] | None = None) -> dict[str, np.ndarray]:

@@ -122,8 +122,24 @@ def _computes_in_half(model: onnx.ModelProto) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
+def _file_facts(path: str, modified: int, size: int) -> tuple[bool, bool]:
+    """Whether the model file at ``path`` crashes the CPU layout pass, and whether it keeps weights in external data (one read for both)."""
+    model = onnx.load(path, load_external_data=False)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    return crashes_cpu_layout_pass(model), external
+
+
 def _file_crashes_cpu_layout_pass(path: str, modified: int, size: int) -> bool:
-    return crashes_cpu_layout_pass(onnx.load(path, load_external_data=False))
+    return _file_facts(path, modified, size)[0]
+
+
+def file_weight_bytes(path: str | os.PathLike) -> int | None:
+    """The bytes of the model file at ``path``, or None when its weights lie in external data (their size is not read)."""
+    try:
+        stat = os.stat(path)
+        return None if _file_facts(os.fspath(path), stat.st_mtime_ns, stat.st_size)[1] else stat.st_size
+    except Exception:  # onnxruntime says what is wrong with the file when it opens it
+        return None
 
 
 def disabled_optimizers(model: ModelSource) -> list[str]:
@@ -196,6 +212,22 @@ class Runner:
             raise ModelLoadError(f"{label}: onnxruntime cannot load it on {short_name(provider)}: {first_line(exc)}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def source(self) -> ModelSource:
+        """What onnxruntime opened: a file's path or serialized bytes."""
+        return self._model
+
+    @property
+    def source_bytes(self) -> int | None:
+        """The size of what onnxruntime opened, or None when weights lie in files beside it (mapped or external data)."""
+        if isinstance(self._model, bytes):
+            return len(self._model)
+        if self._file is not None:  # a skeleton beside its weights
+            return None
+        if isinstance(self._model, (str, os.PathLike)):
+            return file_weight_bytes(self._model)
+        return None
 
     @property
     def registered_providers(self) -> list[str]:

@@ -1,0 +1,72 @@
+"""Passes over data in several sessions side by side: same outputs, same order, one session's errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.builders import conv_bn_relu, sample_inputs
+from onnxslim.errors import DataError
+from onnxslim.measure.fidelity import RememberedReference, fidelity
+from onnxslim.runtime import Runner
+from onnxslim.runtime.passes import MAX_WORKERS, WEIGHT_COPIES_BYTES, PassRunner, pass_workers
+
+
+def _batches(model, count, seed=0):
+    return [(f"batch {i}", feed) for i, feed in enumerate(sample_inputs(model, count, seed=seed))]
+
+
+def test_batches_run_side_by_side_come_back_in_order_with_one_sessions_outputs():
+    model = conv_bn_relu(channels=8, size=16)
+    batches = _batches(model, 9)
+    single = Runner(model, threads=1)
+    runner = PassRunner(model, workers=3)
+    assert runner.workers == 3
+    seen = list(runner.run_many(batches))
+    assert [label for label, _, _ in seen] == [label for label, _ in batches]
+    for (_, batch, outputs), (_, expected_batch) in zip(seen, batches):
+        assert batch is expected_batch
+        np.testing.assert_array_equal(outputs[0], single.run(batch)[0])
+
+
+def test_how_many_sessions_a_pass_runs():
+    assert pass_workers(10 << 20, "CPUExecutionProvider", cores=2) == 2
+    assert pass_workers(10 << 20, "CPUExecutionProvider", cores=64) == MAX_WORKERS
+    assert pass_workers(WEIGHT_COPIES_BYTES // 2, "CPUExecutionProvider", cores=8) == 2  # every session copies the weights
+    assert pass_workers(WEIGHT_COPIES_BYTES, "CPUExecutionProvider", cores=8) == 1
+    assert pass_workers(None, "CPUExecutionProvider", cores=8) == 1  # weights beside the file: size unknown
+    assert pass_workers(10 << 20, "CUDAExecutionProvider", cores=8) == 1
+
+
+def test_a_bad_batch_fails_with_its_session_error_and_stops_the_pass():
+    model = conv_bn_relu(channels=8, size=16)
+    batches = _batches(model, 4)
+    name = next(iter(batches[2][1]))
+    batches[2] = ("bad", {name: np.zeros((1, 3, 5), np.float32)})
+    runner = PassRunner(model, workers=2)
+    with pytest.raises(DataError, match="failed to run this input"):
+        list(runner.run_many(batches))
+    # a pass left early (the reader stopped) does not leave work behind that blocks the next one
+    first = next(runner.run_many(_batches(model, 6)))
+    assert first[0] == "batch 0"
+    assert len(list(runner.run_many(_batches(model, 3)))) == 3
+
+
+def test_the_reference_runs_each_batch_once_and_fidelity_matches_one_session(monkeypatch):
+    model = conv_bn_relu(channels=8, size=16)
+    batches = _batches(model, 6)
+    passes = []
+    real = PassRunner.run_many
+
+    def counted(self, items, outputs=None):
+        items = list(items)
+        passes.append(len(items))
+        return real(self, items, outputs)
+
+    monkeypatch.setattr(PassRunner, "run_many", counted)
+    reference = RememberedReference(Runner(model, threads=1))
+    first = fidelity(reference, model, batches)
+    assert passes == [6, 6]  # the reference's outputs, then the candidate's
+    second = fidelity(reference, model, batches + batches[:2])  # a batch given twice
+    assert passes[2:] == [8]  # every reference output remembered: the candidate's pass alone
+    assert first[0].cosine == pytest.approx(1.0) and first[0].err_sq == 0.0 and second[0].batches == 8
