@@ -70,3 +70,14 @@ def test_the_reference_runs_each_batch_once_and_fidelity_matches_one_session(mon
     second = fidelity(reference, model, batches + batches[:2])  # a batch given twice
     assert passes[2:] == [8]  # every reference output remembered: the candidate's pass alone
     assert first[0].cosine == pytest.approx(1.0) and first[0].err_sq == 0.0 and second[0].batches == 8
+
+
+def test_the_reference_reads_a_stream_of_batches_once_and_keeps_its_order():
+    model = conv_bn_relu(channels=8, size=16)
+    batches = _batches(model, 7)
+    reference = RememberedReference(Runner(model, threads=1), limit_bytes=3 * 8 * 16 * 16 * 4)  # room for three batches' outputs
+    for _ in range(3):  # nothing remembered, then three of seven, then the same three again
+        seen = list(reference.run_many(iter(batches)))
+        assert [label for label, _, _ in seen] == [label for label, _ in batches]
+        for (_, batch, outputs) in seen:
+            np.testing.assert_array_equal(outputs[0], reference.runner.run(batch)[0])

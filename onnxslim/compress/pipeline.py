@@ -28,7 +28,7 @@ from onnxslim.ir.counts import count_parameters
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import fidelity
-from onnxslim.measure.fidelity import SCORES, worst_cosine, worst_score
+from onnxslim.measure.fidelity import SCORES, RememberedReference, worst_cosine, worst_score
 from onnxslim.measure.latency import also_one_thread, interleaved_latency, threads_text
 from onnxslim.options import check_settings, setting
 from onnxslim.progress import stderr_console
@@ -141,7 +141,7 @@ def compress(
         report = CompressReport(label, str(output) if output else None, dataclasses.asdict(config), dataclasses.asdict(budget), evaluation, config.threads)
         if isinstance(data, str) and data == "random":
             report.warnings.append("--data random: candidates were pruned, refit and calibrated on noise and judged on noise, which proves nothing about real inputs; the budget needs real data")
-        reference = Runner(original, threads=None, label="original")
+        reference = RememberedReference(Runner(original, threads=None, label="original"))  # every candidate is compared on the same held-out batches
         given = Candidate("original", 0.0, False, loss=0.0, file_bytes=model_file_bytes(original), parameters=count_parameters(original), note="the model as given")
         built: list[tuple[Candidate, onnx.ModelProto | None]] = [(given, original)]
         ratios = ", ".join(f"{r:.0%}" for r in sorted(config.ratios))
@@ -274,7 +274,7 @@ def _pruned(original, ratio: float, calibration, held, config: CompressConfig, s
 
 
 def _quantized(
-    model, name: str, ratio: float, spent: float, calibration, held, config: CompressConfig, budget: Budget, reference: Runner, report: CompressReport,
+    model, name: str, ratio: float, spent: float, calibration, held, config: CompressConfig, budget: Budget, reference: RememberedReference, report: CompressReport,
     show_progress: bool,
 ):
     """The INT8 candidate of ``model`` (the original, or a pruned copy), measured against the original.
@@ -333,7 +333,7 @@ def _timing_provider(config: CompressConfig) -> str:
     return provider
 
 
-def _measure_fidelity(reference: Runner, candidate: Candidate, model: onnx.ModelProto | None, held: list, metric: str) -> None:
+def _measure_fidelity(reference: RememberedReference, candidate: Candidate, model: onnx.ModelProto | None, held: list, metric: str) -> None:
     if model is None or candidate.failed:
         return
     comparisons = fidelity(reference, model, held, label=candidate.name)

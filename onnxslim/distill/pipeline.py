@@ -35,7 +35,7 @@ from onnxslim.ir.io import load_model
 from onnxslim.ir.shapes import element_types
 from onnxslim.ir.tensors import graph_inputs, graph_outputs
 from onnxslim.measure import OutputComparison, fidelity, worst_score
-from onnxslim.measure.fidelity import PADDING_MASK, SCORES
+from onnxslim.measure.fidelity import PADDING_MASK, SCORES, RememberedReference
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import CLEANUP, remove_dead_nodes
 from onnxslim.progress import stderr_console, track
@@ -248,7 +248,7 @@ def distill(
     report.output_kinds = dict(zip(output_names, kinds))
     terms = [Term(n, k) for n, k in zip(output_names, kinds)] + [Term(n, VALUES, feature=True) for n in features]
 
-    reference = Runner(teacher_model, threads=None, label="teacher")
+    reference = RememberedReference(Runner(teacher_model, threads=None, label="teacher"))  # every epoch is scored on the same held-out batches
     before = fidelity(reference, aware.int8_as_quantized() if aware else student_model, held, label="student")
     report.fidelity_before = before
     report.score_before = worst_score(before, config.accuracy_metric)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -37,32 +38,35 @@ class RememberedReference:
         kept = self._remembered(batch)
         return kept if kept is not None else self._remember(batch, self.runner.run(batch))
 
-    def run_many(self, batches: Sequence[tuple[str, Mapping[str, np.ndarray]]]) -> Iterator[tuple[str, Mapping[str, np.ndarray], list[np.ndarray]]]:
-        """``(label, batch, outputs)`` for each of ``batches`` in order: remembered ones as kept, the others run side by side."""
-        missing: dict[int, tuple[str, Mapping]] = {}
-        for label, batch in batches:
-            if self._remembered(batch) is None:
-                missing.setdefault(id(batch), (label, batch))
-        if missing and self._passes is None:
-            self._passes = PassRunner(self.runner.source, self.runner.provider, label=self.runner.label, like=self.runner)
-        stream = self._passes.run_many(list(missing.values())) if missing else iter(())
-        waiting: dict[int, list[np.ndarray]] = {}  # outputs that came before their batch's turn
-        for label, batch in batches:
-            outputs = waiting.pop(id(batch), None)
-            if outputs is None:
-                outputs = self._remembered(batch)
-            while outputs is None:
-                item = next(stream, None)
-                if item is None:  # a batch given twice, not kept (over the limit) the first time
-                    outputs = self._remember(batch, self.runner.run(batch))
-                    break
-                _, ran, computed = item
-                kept = self._remember(ran, computed)
-                if ran is batch:
-                    outputs = kept
-                else:
-                    waiting[id(ran)] = kept
-            yield label, batch, outputs
+    def run_many(self, batches: Iterable[tuple[str, Mapping[str, np.ndarray]]]) -> Iterator[tuple[str, Mapping[str, np.ndarray], list[np.ndarray]]]:
+        """``(label, batch, outputs)`` for each of ``batches`` in order (read once): remembered ones as kept, the others run side by side."""
+        pending: deque[list] = deque()  # [label, batch, outputs or None], in the order given
+
+        def missing():
+            for label, batch in batches:
+                pending.append([label, batch, self._remembered(batch)])
+                if pending[-1][2] is None:
+                    yield label, batch
+
+        def computed():
+            wanted = missing()
+            first = next(wanted, None)
+            if first is not None:  # sessions are opened only for batches not remembered
+                if self._passes is None:
+                    self._passes = PassRunner(self.runner.source, self.runner.provider, label=self.runner.label, like=self.runner)
+                yield from self._passes.run_many(itertools.chain([first], wanted))
+
+        stream = computed()
+        while True:
+            item = next(stream, None)  # reads ``batches`` up to the next batch not remembered, and runs it
+            if item is not None:
+                _, ran, outputs = item
+                next(entry for entry in pending if entry[2] is None)[2] = self._remember(ran, outputs)
+            while pending and pending[0][2] is not None:
+                label, batch, outputs = pending.popleft()
+                yield label, batch, outputs
+            if item is None:
+                return
 
     def _remembered(self, batch) -> list[np.ndarray] | None:
         kept = self._kept.get(id(batch))
@@ -91,8 +95,9 @@ def fidelity(
     """
     runner = candidate if isinstance(candidate, (Runner, PassRunner)) else PassRunner(candidate, provider, label=label)
     comparisons = [OutputComparison(name) for name in reference.output_names]
-    expected = _outputs(reference, batches)
-    for label, batch, outputs in _outputs(runner, batches, reference.output_names):
+    for_reference, for_candidate = itertools.tee(batches)  # ``batches`` is read once
+    expected = _outputs(reference, for_reference)
+    for label, batch, outputs in _outputs(runner, for_candidate, reference.output_names):
         add_batch(comparisons, next(expected)[2], outputs, batch, label, padding_mask)
     return comparisons
 

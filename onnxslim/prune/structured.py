@@ -28,7 +28,7 @@ from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, producer_map, to_array
-from onnxslim.measure import LatencyComparison, fidelity, latency_ratios
+from onnxslim.measure import LatencyComparison, RememberedReference, fidelity, latency_ratios
 from onnxslim.measure.latency import also_one_thread, disagreement, interleaved_latency, keep_fallback, threads_text
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import PassResult, Pipeline, constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
@@ -465,7 +465,7 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
         if split:
             report.warnings.append(split)
     if source is not None:
-        report.fidelity = fidelity(Runner(original, threads=None, label="original"), pruned, source, label="pruned model")
+        report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), pruned, source, label="pruned model")
 
 
 def _evaluation_split(source, eval_data, model: onnx.ModelProto, config: PruneConfig, input_shapes):

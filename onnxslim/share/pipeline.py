@@ -36,7 +36,7 @@ from onnxslim.data.sources import DataSource, evaluation_split, for_several_pass
 from onnxslim.errors import NothingToDoError, UsageError
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
-from onnxslim.measure import LatencyComparison, fidelity, latency_ratios
+from onnxslim.measure import LatencyComparison, RememberedReference, fidelity, latency_ratios
 from onnxslim.measure.channels import input_grams, input_moments
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import Pipeline, constants_to_initializers, initializers_out_of_inputs
@@ -184,10 +184,10 @@ def _measure(original: onnx.ModelProto, shared: onnx.ModelProto, held: list, inp
     feed = held[0][1] if held else _random_feed(original, input_shapes)
     if held:
         report.evaluation = f"{len(held)} held-out batch(es)"
-        report.fidelity = fidelity(Runner(original, threads=None, label="original"), shared, held, label="shared model")
+        report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), shared, held, label="shared model")
     elif feed is not None:
         report.evaluation = "random inputs (no --data): fidelity on noise says little about real inputs"
-        report.fidelity = fidelity(Runner(original, threads=None, label="original"), shared, [("random", feed)], label="shared model")
+        report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), shared, [("random", feed)], label="shared model")
         report.warnings.append("no --data: the fidelity is measured on random inputs, and the codebooks were fitted to the weights alone")
     if feed is not None and config.latency_runs > 0:
         report.latency, report.latency_1_thread = latency_ratios(original, shared, feed, threads=config.threads, runs=config.latency_runs, labels=("original", "shared model"))
