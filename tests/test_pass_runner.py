@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from models.builders import conv_bn_relu, sample_inputs
-from onnxslim.errors import DataError
+from onnxslim.errors import DataError, UsageError
 from onnxslim.measure.fidelity import RememberedReference, fidelity
-from onnxslim.runtime import Runner
+from onnxslim.runtime import Runner, passes
 from onnxslim.runtime.passes import MAX_WORKERS, WEIGHT_COPIES_BYTES, PassRunner, pass_workers
 
 
@@ -38,6 +38,15 @@ def test_how_many_sessions_a_pass_runs():
     assert pass_workers(10 << 20, "CUDAExecutionProvider", cores=8) == 1
 
 
+def test_the_environment_caps_the_sessions(monkeypatch):
+    monkeypatch.setenv("ONNXSLIM_PASS_WORKERS", "1")
+    assert pass_workers(10 << 20, "CPUExecutionProvider", cores=8) == 1
+    assert PassRunner(conv_bn_relu(channels=8, size=16)).workers == 1
+    monkeypatch.setenv("ONNXSLIM_PASS_WORKERS", "two")
+    with pytest.raises(UsageError, match="ONNXSLIM_PASS_WORKERS"):
+        pass_workers(10 << 20, "CPUExecutionProvider", cores=8)
+
+
 def test_a_bad_batch_fails_with_its_session_error_and_stops_the_pass():
     model = conv_bn_relu(channels=8, size=16)
     batches = _batches(model, 4)
@@ -55,20 +64,21 @@ def test_a_bad_batch_fails_with_its_session_error_and_stops_the_pass():
 def test_the_reference_runs_each_batch_once_and_fidelity_matches_one_session(monkeypatch):
     model = conv_bn_relu(channels=8, size=16)
     batches = _batches(model, 6)
-    passes = []
+    sizes = []
     real = PassRunner.run_many
 
     def counted(self, items, outputs=None):
         items = list(items)
-        passes.append(len(items))
+        sizes.append(len(items))
         return real(self, items, outputs)
 
     monkeypatch.setattr(PassRunner, "run_many", counted)
+    monkeypatch.setattr(passes, "available_cores", lambda: 2)  # side by side on any machine
     reference = RememberedReference(Runner(model, threads=1))
     first = fidelity(reference, model, batches)
-    assert passes == [6, 6]  # the reference's outputs, then the candidate's
+    assert sizes == [6, 6]  # the reference's outputs, then the candidate's
     second = fidelity(reference, model, batches + batches[:2])  # a batch given twice
-    assert passes[2:] == [8]  # every reference output remembered: the candidate's pass alone
+    assert sizes[2:] == [8]  # every reference output remembered: the candidate's pass alone
     assert first[0].cosine == pytest.approx(1.0) and first[0].err_sq == 0.0 and second[0].batches == 8
 
 
@@ -81,3 +91,11 @@ def test_the_reference_reads_a_stream_of_batches_once_and_keeps_its_order():
         assert [label for label, _, _ in seen] == [label for label, _ in batches]
         for (_, batch, outputs) in seen:
             np.testing.assert_array_equal(outputs[0], reference.runner.run(batch)[0])
+
+
+def test_a_reference_a_pass_would_run_in_one_session_runs_in_its_own(monkeypatch):
+    monkeypatch.setenv("ONNXSLIM_PASS_WORKERS", "1")
+    model = conv_bn_relu(channels=8, size=16)
+    reference = RememberedReference(Runner(model, threads=1))
+    assert len(list(reference.run_many(_batches(model, 3)))) == 3
+    assert reference._passes is None  # no second session of the same model

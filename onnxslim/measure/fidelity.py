@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from onnxslim.measure.outputs import OutputComparison, TensorNoise
-from onnxslim.runtime.passes import PassRunner
+from onnxslim.runtime.passes import PassRunner, pass_workers
 from onnxslim.runtime.probe import probe_runner
 from onnxslim.runtime.session import Runner
 
@@ -51,10 +51,10 @@ class RememberedReference:
         def computed():
             wanted = missing()
             first = next(wanted, None)
-            if first is not None:  # sessions are opened only for batches not remembered
-                if self._passes is None:
+            if first is not None:  # sessions are opened only for batches not remembered, and only where several pay
+                if self._passes is None and pass_workers(self.runner.source_bytes, self.runner.provider) > 1:
                     self._passes = PassRunner(self.runner.source, self.runner.provider, label=self.runner.label, like=self.runner)
-                yield from self._passes.run_many(itertools.chain([first], wanted))
+                yield from _outputs(self._passes or self.runner, itertools.chain([first], wanted))
 
         stream = computed()
         while True:
@@ -175,8 +175,11 @@ def tensor_fidelity(
     ref_runner, cand_runner = probe_runner(reference, names), probe_runner(candidate, names)
     comparisons = {name: TensorNoise(name) for name in names}
     for_reference, for_candidate = itertools.tee(batches)  # one pass over ``batches`` (a progress bar advances once per batch)
-    for (label, _, expected), (_, _, got) in zip(ref_runner.run_many(for_reference, names), cand_runner.run_many(for_candidate, names)):
+    candidate_outputs = cand_runner.run_many(for_candidate, names)
+    for label, _, expected in ref_runner.run_many(for_reference, names):
+        got = next(candidate_outputs)[2]
         for name, a, b in zip(names, expected, got):
             comparisons[name].add(a, b, label)
+        del expected, got  # every tensor of both models: not held while the next batch runs (nor by a zip's reused tuple)
     return comparisons
 

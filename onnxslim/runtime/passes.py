@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from onnxslim.errors import UsageError
 from onnxslim.runtime.session import ModelSource, Runner
 
 MAX_WORKERS = 4  # past this, sessions add memory faster than throughput
@@ -31,15 +32,29 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+WORKERS_VARIABLE = "ONNXSLIM_PASS_WORKERS"  # at most this many sessions per pass (1: one session, the least memory)
+
+
 def pass_workers(model_bytes: int | None, provider: str, cores: int | None = None) -> int:
-    """How many sessions a pass over data runs side by side: one per core up to MAX_WORKERS, fewer for large models, one off the CPU.
+    """How many sessions a pass over data runs side by side: one per core up to MAX_WORKERS (or $ONNXSLIM_PASS_WORKERS),
+    fewer for large models, one off the CPU.
 
     ``model_bytes``: the size of the model's weights (None: unknown, treated as too large to copy).
     """
     if provider != "CPUExecutionProvider" or model_bytes is None:
         return 1
-    workers = min(MAX_WORKERS, cores or available_cores())
+    workers = min(_most_workers(), cores or available_cores())
     return max(1, min(workers, WEIGHT_COPIES_BYTES // max(model_bytes, 1)))
+
+
+def _most_workers() -> int:
+    text = os.environ.get(WORKERS_VARIABLE, "").strip()
+    if not text:
+        return MAX_WORKERS
+    try:
+        return max(1, int(text))
+    except ValueError:
+        raise UsageError(f"${WORKERS_VARIABLE} must be a whole number of sessions, not '{text}'") from None
 
 
 class PassRunner:

@@ -20,11 +20,13 @@ def probe_runner(model: onnx.ModelProto, names: list[str]) -> PassRunner:
     A name may be a scoped key of a tensor inside an If/Loop/Scan body (see :func:`onnxslim.ir.scopes.expose`).
 
     Without onnxruntime's layout transforms (level 'extended'): its blocked NCHWc rewrite of a graph
-    whose intermediate tensors are outputs has failed on real detectors.
+    whose intermediate tensors are outputs has failed on real detectors. One session: a batch's every
+    tensor is most of a pass's memory (two sessions side by side took a detector's ranking pass from
+    0.71 to 1.14 GB), and comparisons run a reference and a candidate probe together.
     """
     types = element_types(model)
     outputs = {name: types.get(name, onnx.TensorProto.FLOAT) for name in names}
-    return PassRunner(expose(model, names, outputs), optimization="extended", label="probe")
+    return PassRunner(expose(model, names, outputs), optimization="extended", label="probe", workers=1)
 
 
 def observer(model: onnx.ModelProto, names: list[str]) -> PassRunner:
