@@ -99,3 +99,17 @@ def test_a_reference_a_pass_would_run_in_one_session_runs_in_its_own(monkeypatch
     reference = RememberedReference(Runner(model, threads=1))
     assert len(list(reference.run_many(_batches(model, 3)))) == 3
     assert reference._passes is None  # no second session of the same model
+
+
+def test_validate_compares_side_by_side_as_one_session_does():
+    from onnxslim.validate.compare import _compared
+
+    model = conv_bn_relu(channels=8, size=16)
+    other = conv_bn_relu(channels=8, size=16, seed=3)
+    names = [o.name for o in model.graph.output]
+    batches = _batches(model, 5)
+    side_by_side, first = _compared(PassRunner(model, workers=2), PassRunner(other, workers=2), iter(batches), names)
+    one_by_one, _ = _compared(Runner(model, threads=1), Runner(other, threads=1), iter(batches), names)
+    assert first[0] == "batch 0"
+    assert [(c.batches, c.cosine, c.err_sq) for c in side_by_side] == [(c.batches, c.cosine, c.err_sq) for c in one_by_one]
+    assert side_by_side[0].batches == 5 and side_by_side[0].cosine < 1.0

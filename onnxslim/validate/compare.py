@@ -8,6 +8,7 @@ turn the numbers into a verdict.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from onnxslim.progress import track
 from onnxslim.records import Record, json_field
 from onnxslim.runtime import Runner, available_providers, resolve_provider
 from onnxslim.runtime.kernels import integer_products_saturate
+from onnxslim.runtime.passes import PassRunner
 from onnxslim.runtime.providers import short_name
 
 
@@ -243,18 +245,17 @@ def _check_same_interface(ref: onnx.ModelProto, cand: onnx.ModelProto, ref_label
 
 def _run_provider(provider, ref_model, cand_model, ref_label, cand_label, source, output_names, threads, warmup, runs, show_progress) -> ProviderResult:
     name = short_name(provider)
+    batches = track(source, f"{name}: comparing outputs", enabled=show_progress)
+    if provider == "CPUExecutionProvider":  # outputs compared in sessions side by side; timed below at the thread count asked for
+        comparisons, first = _compared(PassRunner(ref_model, provider, label=ref_label), PassRunner(cand_model, provider, label=cand_label), batches, output_names)
     try:
         ref_runner = Runner(ref_model, provider, threads=threads, label=ref_label)
         cand_runner = Runner(cand_model, provider, threads=threads, label=cand_label)
     except ProviderError as exc:
         return ProviderResult(provider, "not available", str(exc))
     result = ProviderResult(provider, "ok")
-    comparisons = [OutputComparison(o) for o in output_names]
-    first = None
-    for label, batch in track(source, f"{name}: comparing outputs", enabled=show_progress):
-        if first is None:
-            first = (label, batch)
-        add_batch(comparisons, ref_runner.run(batch, output_names), cand_runner.run(batch, output_names), batch, label)
+    if provider != "CPUExecutionProvider":
+        comparisons, first = _compared(ref_runner, cand_runner, batches, output_names)
     result.outputs = comparisons
     feed = first[1]
     ref_place = ref_runner.placement(feed)
@@ -275,6 +276,26 @@ def _run_provider(provider, ref_model, cand_model, ref_label, cand_label, source
                 warmup=warmup, runs=runs, batch=first[0], show_progress=show_progress, description=f"{name}: timing at 1 thread",
             )
     return result
+
+
+def _compared(reference, candidate, batches, output_names: list[str]) -> tuple[list[OutputComparison], tuple | None]:
+    """Every output compared over ``batches`` (read once), and the first (label, batch) pair."""
+    comparisons = [OutputComparison(o) for o in output_names]
+    first = None
+    for_reference, for_candidate = itertools.tee(batches)
+    candidate_outputs = _outputs(candidate, for_candidate, output_names)
+    for label, batch, expected in _outputs(reference, for_reference, output_names):
+        if first is None:
+            first = (label, batch)
+        add_batch(comparisons, expected, next(candidate_outputs)[2], batch, label)
+        del expected
+    return comparisons, first
+
+
+def _outputs(runner, batches, names: list[str]):
+    if isinstance(runner, PassRunner):
+        return runner.run_many(batches, names)
+    return ((label, batch, runner.run(batch, names)) for label, batch in batches)
 
 
 def _extra_cpu_nodes(result: ProviderResult) -> int | None:
