@@ -1,10 +1,11 @@
 """Passes over many batches: several sessions of one model, each with its share of the cores, running consecutive batches at once.
 
-A pass over calibration or held-out data wants batches per second, not the latency of one batch.
-onnxruntime spreads one small batch over its threads poorly: on a 2-core machine a recognizer's 64
-held-out lines took 0.99 s in one session at onnxruntime's default threads and 0.44 s in two
-one-thread sessions side by side (a detector's 64 images: 2.56 s and 0.89 s). Timing is not done
-here: it runs one session at the thread count the user deploys with (:mod:`onnxslim.measure.latency`).
+A pass over calibration or held-out data wants batches per second, not the latency of one batch,
+and one small batch spreads over many threads poorly: on a 2-core machine a detector's 64 held-out
+images took 1.17 s in one session at onnxruntime's default threads and 1.00 s in two one-thread
+sessions side by side (2.56 s and 0.89 s while one of its cores was slowed by other work). Timing
+is not done here: it runs one session at the thread count the user deploys with
+(:mod:`onnxslim.measure.latency`).
 """
 
 from __future__ import annotations
