@@ -84,8 +84,8 @@ PADDING_MASK = "attention_mask"  # an input whose zeros mark padding tokens, as 
 
 
 def fidelity(
-    reference: Runner | RememberedReference, candidate: onnx.ModelProto | Runner, batches: Sequence[tuple[str, Mapping[str, np.ndarray]]], *, provider: str = "CPUExecutionProvider",
-    label: str = "quantized model", padding_mask: str | None = PADDING_MASK,
+    reference: Runner | PassRunner | RememberedReference, candidate: onnx.ModelProto | Runner | PassRunner, batches: Iterable[tuple[str, Mapping[str, np.ndarray]]], *,
+    provider: str = "CPUExecutionProvider", label: str = "quantized model", padding_mask: str | None = PADDING_MASK,
 ) -> list[OutputComparison]:
     """Per-output comparison of ``candidate`` with ``reference`` over ``batches``; ``label`` names the candidate in errors.
 

@@ -129,10 +129,6 @@ def _file_facts(path: str, modified: int, size: int) -> tuple[bool, bool]:
     return crashes_cpu_layout_pass(model), external
 
 
-def _file_crashes_cpu_layout_pass(path: str, modified: int, size: int) -> bool:
-    return _file_facts(path, modified, size)[0]
-
-
 def file_weight_bytes(path: str | os.PathLike) -> int | None:
     """The bytes of the model file at ``path``, or None when its weights lie in external data (their size is not read)."""
     try:
@@ -151,7 +147,7 @@ def disabled_optimizers(model: ModelSource) -> list[str]:
             crashes = crashes_cpu_layout_pass(onnx.load_from_string(model))
         else:
             stat = os.stat(model)
-            crashes = _file_crashes_cpu_layout_pass(os.fspath(model), stat.st_mtime_ns, stat.st_size)
+            crashes = _file_facts(os.fspath(model), stat.st_mtime_ns, stat.st_size)[0]
     except Exception:  # onnxruntime will say what is wrong with the file when it opens it
         return []
     return list(FLOAT16_DISABLED_OPTIMIZERS) if crashes else []

@@ -8,7 +8,6 @@ turn the numbers into a verdict.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,7 @@ from onnxslim.ir.graph import has_duplicate_node_names
 from onnxslim.ir.io import load_model
 from onnxslim.ir.layers import one_channel_per_group
 from onnxslim.ir.tensors import graph_inputs, graph_outputs
-from onnxslim.measure import LatencyComparison, OutputComparison, add_batch, time_pair
+from onnxslim.measure import LatencyComparison, OutputComparison, fidelity, time_pair
 from onnxslim.measure.latency import also_one_thread
 from onnxslim.progress import track
 from onnxslim.records import Record, json_field
@@ -279,23 +278,18 @@ def _run_provider(provider, ref_model, cand_model, ref_label, cand_label, source
 
 
 def _compared(reference, candidate, batches, output_names: list[str]) -> tuple[list[OutputComparison], tuple | None]:
-    """Every output compared over ``batches`` (read once), and the first (label, batch) pair."""
-    comparisons = [OutputComparison(o) for o in output_names]
-    first = None
-    for_reference, for_candidate = itertools.tee(batches)
-    candidate_outputs = _outputs(candidate, for_candidate, output_names)
-    for label, batch, expected in _outputs(reference, for_reference, output_names):
-        if first is None:
-            first = (label, batch)
-        add_batch(comparisons, expected, next(candidate_outputs)[2], batch, label)
-        del expected
-    return comparisons, first
+    """Every output compared over ``batches`` (read once, see :func:`fidelity`), and the first (label, batch) pair."""
+    first: list[tuple] = []
 
+    def noting_the_first(items):
+        for item in items:
+            if not first:
+                first.append(item)
+            yield item
 
-def _outputs(runner, batches, names: list[str]):
-    if isinstance(runner, PassRunner):
-        return runner.run_many(batches, names)
-    return ((label, batch, runner.run(batch, names)) for label, batch in batches)
+    comparisons = fidelity(reference, candidate, noting_the_first(batches))
+    by_name = {c.name: c for c in comparisons}
+    return [by_name[name] for name in output_names], first[0] if first else None
 
 
 def _extra_cpu_nodes(result: ProviderResult) -> int | None:
