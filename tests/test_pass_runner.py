@@ -29,6 +29,27 @@ def test_batches_run_side_by_side_come_back_in_order_with_one_sessions_outputs()
         np.testing.assert_array_equal(outputs[0], single.run(batch)[0])
 
 
+def test_a_session_that_does_not_open_leaves_its_batches_to_the_others(monkeypatch):
+    model = conv_bn_relu(channels=8, size=16)
+    batches = _batches(model, 6)
+    expected = [Runner(model, threads=1).run(batch)[0] for _, batch in batches]
+    opened = []
+    real = passes.Runner
+
+    def out_of_memory_after_two(*args, **kwargs):
+        opened.append(1)
+        if len(opened) > 2:
+            raise MemoryError("no room for another copy of the weights")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(passes, "Runner", out_of_memory_after_two)
+    runner = PassRunner(model, workers=4)
+    seen = list(runner.run_many(batches))
+    assert [label for label, _, _ in seen] == [label for label, _ in batches]
+    for (_, _, outputs), want in zip(seen, expected):
+        np.testing.assert_array_equal(outputs[0], want)
+
+
 def test_how_many_sessions_a_pass_runs():
     assert pass_workers(10 << 20, "CPUExecutionProvider", cores=2) == 2
     assert pass_workers(10 << 20, "CPUExecutionProvider", cores=64) == MAX_WORKERS

@@ -6,12 +6,13 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
 
 from onnxslim.measure.outputs import OutputComparison, TensorNoise
-from onnxslim.runtime.passes import PassRunner, pass_workers
+from onnxslim.runtime.passes import PassRunner, available_cores, pass_workers
 from onnxslim.runtime.probe import probe_runner
 from onnxslim.runtime.session import Runner
 
@@ -170,16 +171,22 @@ def worst_score(comparisons: Sequence[OutputComparison], metric: str = "cosine")
 def tensor_fidelity(
     reference: onnx.ModelProto, candidate: onnx.ModelProto, names: Sequence[str], batches: Sequence[tuple[str, Mapping[str, np.ndarray]]]
 ) -> dict[str, TensorNoise]:
-    """Error and signal power of the intermediate tensors ``names`` (present in both graphs) over ``batches``: one run of each model per batch."""
+    """Error and signal power of the intermediate tensors ``names`` (present in both graphs) over ``batches``: one run of each model per batch.
+
+    The two models run each batch at once, each with half the cores: both batches' tensors are held
+    together for the comparison anyway, and one small batch spreads over many threads poorly.
+    """
     names = list(names)
-    ref_runner, cand_runner = probe_runner(reference, names), probe_runner(candidate, names)
+    share = max(1, available_cores() // 2)
+    ref_runner, cand_runner = probe_runner(reference, names, cores=share), probe_runner(candidate, names, cores=share)
     comparisons = {name: TensorNoise(name) for name in names}
-    for_reference, for_candidate = itertools.tee(batches)  # one pass over ``batches`` (a progress bar advances once per batch)
-    candidate_outputs = cand_runner.run_many(for_candidate, names)
-    for label, _, expected in ref_runner.run_many(for_reference, names):
-        got = next(candidate_outputs)[2]
-        for name, a, b in zip(names, expected, got):
-            comparisons[name].add(a, b, label)
-        del expected, got  # every tensor of both models: not held while the next batch runs (nor by a zip's reused tuple)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxslim-probe") as pool:
+        for label, batch in batches:
+            reference_run = pool.submit(ref_runner.run, batch, names)
+            got = cand_runner.run(batch, names)
+            expected = reference_run.result()
+            for name, a, b in zip(names, expected, got):
+                comparisons[name].add(a, b, label)
+            del expected, got, reference_run  # every tensor of both models: not held while the next batch runs (nor by a zip's reused tuple)
     return comparisons
 

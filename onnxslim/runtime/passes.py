@@ -14,7 +14,7 @@ import os
 import queue
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -66,18 +66,25 @@ class PassRunner:
     """
 
     def __init__(self, model: ModelSource, provider: str = "CPUExecutionProvider", *, optimization: str = "all", label: str = "model", prepack: bool = True,
-                 workers: int | None = None, like: Runner | None = None):
-        """``like``: a runner of the same ``model`` whose serialized copy these sessions open (see :class:`Runner`)."""
-        cores = available_cores()
+                 workers: int | None = None, like: Runner | None = None, cores: int | None = None):
+        """``like``: a runner of the same ``model`` whose serialized copy these sessions open (see :class:`Runner`);
+        ``cores``: the cores its sessions share (default: all this process may use)."""
+        cores = cores or available_cores()
         planned = workers or pass_workers(0, provider, cores)  # sized before the model is serialized, checked after
         first = Runner(model, provider, threads=_share(cores, planned), optimization=optimization, label=label, prepack=prepack, like=like)
         if workers is None:
             workers = pass_workers(first.source_bytes, provider, cores)
             if workers != planned:
                 first = Runner(model, provider, threads=_share(cores, workers), optimization=optimization, label=label, prepack=prepack, like=first)
-        self.runners = [first] + [
-            Runner(model, provider, threads=first.threads, optimization=optimization, label=label, prepack=prepack, like=first) for _ in range(workers - 1)
-        ]
+        self._first = first
+        # the other sessions open in the background while the first one runs (opening one takes as long as several small batches)
+        self._opening = ThreadPoolExecutor(max_workers=max(1, workers - 1), thread_name_prefix="onnxslim-open") if workers > 1 else None
+        self._others: list[Future] = [
+            self._opening.submit(Runner, model, provider, threads=first.threads, optimization=optimization, label=label, prepack=prepack, like=first)
+            for _ in range(workers - 1)
+        ] if self._opening is not None else []
+        if self._opening is not None:
+            self._opening.shutdown(wait=False)
         self.provider = provider
         self.label = label
         self.input_names = first.input_names
@@ -85,21 +92,35 @@ class PassRunner:
 
     @property
     def workers(self) -> int:
-        return len(self.runners)
+        return 1 + len(self._others)
+
+    @property
+    def runners(self) -> list[Runner]:
+        """Every session, waiting for those still opening."""
+        return [self._first] + [opening.result() for opening in self._others]
 
     def run(self, feed: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
-        return self.runners[0].run(feed, outputs)
+        return self._first.run(feed, outputs)
 
     def run_many(self, batches: Iterable[tuple[str, Mapping[str, np.ndarray]]], outputs: list[str] | None = None
                  ) -> Iterator[tuple[str, Mapping[str, np.ndarray], list[np.ndarray]]]:
-        """``(label, batch, outputs)`` for each of ``batches``, in order; at most one batch per session in flight."""
-        if len(self.runners) == 1:
+        """``(label, batch, outputs)`` for each of ``batches``, in order; at most one batch per session in flight.
+
+        A session still opening joins the pass when it is ready; one that failed to open is left out (the first one runs every batch).
+        """
+        if not self._others:
             for label, batch in batches:
-                yield label, batch, self.runners[0].run(batch, outputs)
+                yield label, batch, self._first.run(batch, outputs)
             return
         free: queue.SimpleQueue[Runner] = queue.SimpleQueue()
-        for runner in self.runners:
-            free.put(runner)
+        free.put(self._first)
+
+        def joins(opened: Future) -> None:
+            if opened.exception() is None:
+                free.put(opened.result())
+
+        for opening in self._others:
+            opening.add_done_callback(joins)
 
         def run(batch):
             runner = free.get()
@@ -109,11 +130,11 @@ class PassRunner:
                 free.put(runner)
 
         pending: deque = deque()
-        with ThreadPoolExecutor(max_workers=len(self.runners), thread_name_prefix="onnxslim-pass") as pool:
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="onnxslim-pass") as pool:
             try:
                 for label, batch in batches:
                     pending.append((label, batch, pool.submit(run, batch)))
-                    if len(pending) >= len(self.runners):
+                    if len(pending) >= self.workers:
                         label, batch, future = pending.popleft()
                         yield label, batch, future.result()
                 while pending:

@@ -14,7 +14,7 @@ from onnxslim.runtime.passes import PassRunner
 from onnxslim.runtime.session import Runner
 
 
-def probe_runner(model: onnx.ModelProto, names: list[str]) -> PassRunner:
+def probe_runner(model: onnx.ModelProto, names: list[str], cores: int | None = None) -> PassRunner:
     """A session of ``model`` that also returns the tensors ``names`` (declared with their own element types: FP16 stays FP16).
 
     A name may be a scoped key of a tensor inside an If/Loop/Scan body (see :func:`onnxslim.ir.scopes.expose`).
@@ -23,10 +23,11 @@ def probe_runner(model: onnx.ModelProto, names: list[str]) -> PassRunner:
     whose intermediate tensors are outputs has failed on real detectors. One session: a batch's every
     tensor is most of a pass's memory (two sessions side by side took a detector's ranking pass from
     0.71 to 1.14 GB), and comparisons run a reference and a candidate probe together.
+    ``cores``: the cores its session may use (default: all); two probes run at once share them.
     """
     types = element_types(model)
     outputs = {name: types.get(name, onnx.TensorProto.FLOAT) for name in names}
-    return PassRunner(expose(model, names, outputs), optimization="extended", label="probe", workers=1)
+    return PassRunner(expose(model, names, outputs), optimization="extended", label="probe", workers=1, cores=cores)
 
 
 def observer(model: onnx.ModelProto, names: list[str]) -> PassRunner:
