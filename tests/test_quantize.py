@@ -767,11 +767,22 @@ def _affine_decisions(report) -> dict:
     return {d.op_type: d for d in report.decisions if d.op_type in ("Mul", "Add")}
 
 
-def test_scalar_affine_auto_keeps_the_float_form_when_it_cannot_time_it():
+def test_scalar_affine_auto_keeps_the_float_form_when_it_cannot_time_it(monkeypatch):
     model = _learnable_affine_block()
     data = calibrate_on(model, 24)
+    from onnxslim.quant import pipeline
+
+    observed = []
+    real = pipeline.calibrate
+    monkeypatch.setattr(pipeline, "calibrate", lambda model, needed, *args, **kwargs: observed.append(set(needed)) or real(model, needed, *args, **kwargs))
     quantized, report = quantize(model, data, config=EVERY_LAYER)  # the default is auto; timing is off
     assert report.scalar_affine["written"] == "float" and report.scalar_affine["nodes"] == 2
+    # one calibration pass, of what the float form needs: a form that is not measured is not observed either
+    (untimed,) = observed
+    observed.clear()
+    quantize(model, data, config=dataclasses.replace(EVERY_LAYER, latency_runs=3))
+    (timed,) = observed
+    assert untimed < timed
     assert "not measured" in report.scalar_affine["why"]
     assert all(d.code == QuantReason.KEPT_FLOAT and "not measured" in d.reason.text for d in _affine_decisions(report).values())
     assert {"Mul", "Add"} <= {n.op_type for n in quantized.graph.node if not n.input[0].endswith("dequantized")}

@@ -42,14 +42,15 @@ def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.Mo
     """
     keep_float = frozenset(entry["node"] for entry in report.kept_float_for_budget)
     integer_config = dataclasses.replace(config, scalar_affine="int8")
-    nodes = scalar_affine_nodes(run.plan(integer_config, keep_float))
+    feed = run.eval_batches[0][1] if run.eval_batches else None
+    measured = config.latency_runs > 0 and feed is not None
+    nodes = scalar_affine_nodes(run.plan(integer_config, keep_float, calibrated=measured))  # a form not measured needs no ranges
     if not nodes:
         return plan, model, comparisons
     metric = config.accuracy_metric
     entry: dict = {"nodes": len(nodes), "written": "float"}
     report.scalar_affine = entry
-    feed = run.eval_batches[0][1] if run.eval_batches else None
-    if config.latency_runs <= 0 or feed is None:
+    if not measured:
         return _kept_float(plan, model, comparisons, nodes, entry, "not measured (timing is off): the float form is kept; --scalar-affine int8 writes the integer form",
                            "its integer form was not measured")
     integer_plan, integer_model = run.build(integer_config, keep_float)

@@ -264,16 +264,19 @@ class QuantRun:
         self.calibration_batches = max(self.calibration_batches, seen)
         self.calibration_seconds += time.perf_counter() - start
 
-    def plan(self, config: QuantConfig, keep_float: frozenset[str] = frozenset()) -> QuantPlan:
+    def plan(self, config: QuantConfig, keep_float: frozenset[str] = frozenset(), *, calibrated: bool = True) -> QuantPlan:
         """The plan for ``config``; calibrates first if it observes tensors not yet seen.
 
         Layers inside a body the calibration data never ran (an If branch no batch took) have no ranges:
-        they stay in float, with a warning that names the body.
+        they stay in float, with a warning that names the body. ``calibrated=False``: the plan as the
+        graph alone decides it, without a calibration pass (what it would quantize, not with which ranges).
         """
         if config.weight_range == "auto":
             config = dataclasses.replace(config, weight_range=self.weight_range["used"])
         plan = plan_everywhere(self.prepared, self.scopes, config, self.float_names, keep_float | frozenset(self.uncalibrated), self.shapes,
                                self.float_biases)
+        if not calibrated:
+            return plan
         if any(t not in self.stats for t in plan.observed_tensors()):
             self.observe(plan)
         unseen = uncalibrated_bodies(plan, self.stats)
@@ -698,8 +701,9 @@ def quantize(
             write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
         return result, report
     measure_scalar_affine = config.scalar_affine == "auto" and config.target == "cpu"
-    if measure_scalar_affine:
-        run.plan(dataclasses.replace(config, scalar_affine="int8"))  # one calibration pass observes what both forms need
+    if measure_scalar_affine and config.latency_runs > 0 and run.eval_batches:
+        # one calibration pass observes what both forms need; without timing the integer form is not measured (nor observed)
+        run.plan(dataclasses.replace(config, scalar_affine="int8"))
     plan = run.plan(config)
     tables = config.embeddings == "int8" and any(c.quantized for c in find_everywhere(run.prepared, run.scopes, find_tables))
     recurrent = config.recurrent == "int8" and any(c.quantized for c in find_everywhere(run.prepared, run.scopes, find_recurrent))
