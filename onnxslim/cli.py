@@ -227,12 +227,22 @@ def _cosine_text(output, digits: int) -> str:
     return text
 
 
+RANGE_COLUMN = "90% range"
+
+
+def _range_text(output) -> str:
+    """Where 90% of resamples of the compared batches put the cosine, or '-' where it is not resampled."""
+    spread = output.cosine_range
+    return f"{spread[0]:.3f}-{spread[1]:.3f}" if spread else "-"
+
+
 def _print_validation(report) -> None:
     for warning in report.warnings:
         _warn(warning)
     console.print(f"data: {report.data}; threads: {threads_text(report.threads)}", highlight=False)
     accuracy = Table(title="accuracy (candidate vs reference)", title_justify="left")
-    for column in ("provider", "output", "cosine", "SNR dB", "max abs", "mean abs", "task metric", "non-finite"):
+    resampled = any(o.cosine_range for result in report.providers for o in result.outputs)
+    for column in ("provider", "output", "cosine", *((RANGE_COLUMN,) if resampled else ()), "SNR dB", "max abs", "mean abs", "task metric", "non-finite"):
         accuracy.add_column(column, justify="right" if column not in ("provider", "output") else "left")
     timing = Table(title="latency, interleaved", title_justify="left")
     for column in ("provider", "nodes ran on", "reference median / p90 ms", "candidate median / p90 ms", "ratio"):
@@ -240,13 +250,14 @@ def _print_validation(report) -> None:
     for result in report.providers:
         name = result.to_dict()["provider"]
         if result.status == "not available":
-            accuracy.add_row(name, "-", "not available", "", "", "", "", "")
+            accuracy.add_row(name, "-", "not available", *([""] if resampled else []), "", "", "", "", "")
             continue
         for output in result.outputs:
             cos = _cosine_text(output, 6) + (" (degenerate)" if output.degenerate else "")
             nonfinite = f"[red]{output.nonfinite_mismatches}[/]" if output.nonfinite_mismatches else "0"
             max_abs = _fmt(float("inf") if output.nonfinite_mismatches else output.max_abs)
-            accuracy.add_row(name, escape(output.name), cos, _fmt(output.snr_db, 3), max_abs, _fmt(output.mean_abs), _task_text(output), nonfinite)
+            accuracy.add_row(name, escape(output.name), cos, *([_range_text(output)] if resampled else []), _fmt(output.snr_db, 3), max_abs,
+                             _fmt(output.mean_abs), _task_text(output), nonfinite)
         placement = result.placement.get("candidate", {}).get("nodes_by_provider", {})
         ran = ", ".join(f"{p} {n}" for p, n in placement.items()) or "-"
         if result.status != "ok":
@@ -383,10 +394,12 @@ def _print_quantization(report) -> None:
     padding = sorted({o.padding_left_out for o in report.fidelity if o.padding_left_out})
     where += f" (real tokens only: positions where {', '.join(padding)} is 0 left out)" if padding else ""
     fidelity = Table(title=f"{label} vs FP32 on {report.evaluation.data}{where}", title_justify="left")
-    for column in ("output", "cosine", "SNR dB", "max abs", "task metric"):
+    resampled = any(o.cosine_range for o in report.fidelity)
+    for column in ("output", "cosine", *((RANGE_COLUMN,) if resampled else ()), "SNR dB", "max abs", "task metric"):
         fidelity.add_column(column, justify="left" if column == "output" else "right")
     for output in report.fidelity:
-        fidelity.add_row(escape(output.name), _cosine_text(output, 6), _fmt(output.snr_db, 3), _fmt(output.max_abs), _task_text(output))
+        fidelity.add_row(escape(output.name), _cosine_text(output, 6), *([_range_text(output)] if resampled else []), _fmt(output.snr_db, 3),
+                         _fmt(output.max_abs), _task_text(output))
     if report.fidelity:
         console.print(fidelity)
     for latency in (report.latency, report.latency_1_thread):

@@ -126,6 +126,27 @@ def test_degenerate_reference_is_flagged():
     assert comparison.degenerate
 
 
+def _resampled(noise_by_batch, seed=0):
+    rng = np.random.default_rng(seed)
+    comparison = OutputComparison("y")
+    for noise in noise_by_batch:
+        reference = rng.standard_normal(200).astype(np.float32)
+        comparison.add(reference, (reference + noise * rng.standard_normal(200)).astype(np.float32))
+    return comparison
+
+
+def test_the_cosine_range_comes_from_resampling_the_batches_compared():
+    assert _resampled([0.1] * 4).cosine_range is None  # too few batches to say how they spread
+    alike, mixed = _resampled([0.1] * 12), _resampled([0.02] * 10 + [0.5, 0.5])
+    for comparison in (alike, mixed):
+        low, high = comparison.cosine_range
+        assert low <= comparison.cosine <= high and comparison.cosine_range == (low, high)  # a fixed seed: the same range every time
+        assert comparison.to_dict()["cosine_range_90"] == [low, high]
+    assert np.diff(mixed.cosine_range)[0] > 5 * np.diff(alike.cosine_range)[0]  # two noisy batches of twelve: the cosine depends on drawing them
+    exact = _resampled([0.0] * 6)
+    assert exact.cosine_range == pytest.approx((1.0, 1.0))
+
+
 def test_validate_identical_and_perturbed(save, npz_folder):
     model = conv_bn_relu()
     ref = save(model, "ref.onnx")

@@ -65,6 +65,9 @@ def _all_finite(array: np.ndarray) -> bool:
     return array.dtype.kind not in "fc" or bool(np.isfinite(array).all())
 
 
+RESAMPLED_BATCHES = 5  # fewer batches say too little about their spread to resample
+RESAMPLES = 2000
+RANGE_CONFIDENCE = 0.9  # cosine_range: the central 90% of the resampled cosines
 CHUNK = 1 << 15  # elements converted to float64 at a time: the buffers stay in cache and no large temporary is allocated
 
 
@@ -122,6 +125,7 @@ class OutputComparison:
     # axis -> (3, channels) float64: per channel of that axis, the sums of ref * cand, ref^2 and cand^2
     channel_sums: dict[int, np.ndarray] = field(default_factory=dict)
     min_batch_balanced: dict[int, float] = field(default_factory=dict)  # axis -> the lowest balanced cosine of one batch
+    batch_sums: list[tuple[float, float, float]] = field(default_factory=list)  # per batch: ref * cand, ref^2, cand^2 (for cosine_range)
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, source: str = "") -> None:
         if reference.shape != candidate.shape:
@@ -136,6 +140,7 @@ class OutputComparison:
             self.nonfinite_reference += counts[1]
             self.nonfinite_disagreeing += counts[2]
         dot, ref_sq, cand_sq = self._add_sums(ref, cand)
+        self.batch_sums.append((dot, ref_sq, cand_sq))
         self.elements += ref.size
         self.batches += 1
         self.min_batch_cosine = min(self.min_batch_cosine, _cosine(dot, ref_sq, cand_sq))
@@ -235,6 +240,22 @@ class OutputComparison:
         return _cosine(self.dot, self.ref_sq, self.cand_sq)
 
     @property
+    def cosine_range(self) -> tuple[float, float] | None:
+        """Where the cosine of as many other batches like these would fall: the central RANGE_CONFIDENCE of the pooled
+        cosines of RESAMPLES draws (with replacement, a fixed seed) of the batches compared. None below RESAMPLED_BATCHES
+        batches, with NaN/Inf disagreement, or where channels are compared at one scale (``balanced_axis``)."""
+        if self.batches < RESAMPLED_BATCHES or self.nonfinite_mismatches or self.balanced_axis is not None or len(self.batch_sums) != self.batches:
+            return None
+        sums = np.asarray(self.batch_sums, np.float64)
+        draws = np.random.default_rng(0).integers(0, len(sums), size=(RESAMPLES, len(sums)))
+        dot, ref_sq, cand_sq = (sums[:, k][draws].sum(axis=1) for k in range(3))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cosines = np.where((ref_sq > 0) & (cand_sq > 0), dot / np.sqrt(ref_sq * cand_sq), np.where((ref_sq == 0) & (cand_sq == 0), 1.0, 0.0))
+        tail = (1.0 - RANGE_CONFIDENCE) / 2.0 * 100.0
+        low, high = np.percentile(np.clip(cosines, -1.0, 1.0), [tail, 100.0 - tail])
+        return float(low), float(high)
+
+    @property
     def worst_batch_cosine(self) -> float:
         """The lowest cosine of one batch, by the measure ``cosine`` uses."""
         axis = self.balanced_axis
@@ -290,6 +311,7 @@ class OutputComparison:
         return self.reference_std <= 1e-6 * max(1.0, mean)
 
     def to_dict(self) -> dict:
+        spread = self.cosine_range
         return {
             "name": self.name,
             "elements": self.elements,
@@ -298,6 +320,7 @@ class OutputComparison:
             "mean_abs_error": self.mean_abs,
             "cosine": self.cosine,
             "min_batch_cosine": self.worst_batch_cosine,
+            "cosine_range_90": list(spread) if spread else None,
             "channels_balanced_on_axis": self.balanced_axis,
             "channel_scale_spread": self.scale_spread,
             "plain_cosine": self.plain_cosine,

@@ -46,7 +46,7 @@ from onnxslim.quant.bodies import (
     rewrite_everywhere,
     uncalibrated_bodies,
 )
-from onnxslim.quant.budget import SENSITIVITY_BATCHES, budget_shortfall
+from onnxslim.quant.budget import SENSITIVITY_BATCHES, budget_shortfall, budget_uncertain
 from onnxslim.quant.calibrate import calibrate
 from onnxslim.quant.config import QuantConfig
 from onnxslim.quant.decisions import NodeDecision
@@ -713,6 +713,7 @@ def quantize(
     if measure_scalar_affine:
         plan, quantized, comparisons = integer_form_if_it_pays(run, config, report, plan, quantized, comparisons)
     plan, quantized, comparisons = _half_weights_within_budget(run, config, report, plan, quantized, comparisons)
+    report.warnings.extend(budget_uncertain(comparisons, config, run))
     report.warnings.extend(w for w in run.warnings if w not in report.warnings)
     report.prepare = [*report.prepare, *(p for p in plan.layout if p.modified)]
     report.decisions = list(plan.decisions.values())
