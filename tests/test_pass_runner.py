@@ -134,3 +134,27 @@ def test_validate_compares_side_by_side_as_one_session_does():
     assert first[0] == "batch 0"
     assert [(c.batches, c.cosine, c.err_sq) for c in side_by_side] == [(c.batches, c.cosine, c.err_sq) for c in one_by_one]
     assert side_by_side[0].batches == 5 and side_by_side[0].cosine < 1.0
+
+
+def test_tensor_noise_with_both_probes_running_at_once_is_each_model_run_alone():
+    from onnx import numpy_helper
+
+    from onnxslim.ir import load_model
+    from onnxslim.measure.fidelity import tensor_fidelity
+    from onnxslim.runtime.probe import runtime_values
+
+    model = conv_bn_relu(channels=8, size=16)
+    candidate = load_model(model)
+    for index, tensor in enumerate(candidate.graph.initializer):
+        array = numpy_helper.to_array(tensor)
+        if array.ndim >= 2:
+            candidate.graph.initializer[index].CopyFrom(numpy_helper.from_array((array * 1.05).astype(array.dtype), tensor.name))
+    names = [node.output[0] for node in model.graph.node]
+    batches = _batches(model, 5)
+    noise = tensor_fidelity(model, candidate, names, batches)
+    for name in names:
+        expected = [(runtime_values(model, batch, {name})[name], runtime_values(candidate, batch, {name})[name]) for _, batch in batches]
+        err = sum(float(((a.astype(np.float64) - b) ** 2).sum()) for a, b in expected)
+        ref = sum(float((a.astype(np.float64) ** 2).sum()) for a, _ in expected)
+        assert noise[name].err_sq == pytest.approx(err, rel=1e-4) and noise[name].ref_sq == pytest.approx(ref, rel=1e-4), name
+        assert err > 0
