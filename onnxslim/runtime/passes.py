@@ -94,11 +94,6 @@ class PassRunner:
     def workers(self) -> int:
         return 1 + len(self._others)
 
-    @property
-    def runners(self) -> list[Runner]:
-        """Every session, waiting for those still opening."""
-        return [self._first] + [opening.result() for opening in self._others]
-
     def run(self, feed: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
         return self._first.run(feed, outputs)
 
