@@ -85,3 +85,15 @@ requires_cuda = pytest.mark.skipif(
     reason="needs the CUDA execution provider (onnxruntime-gpu and an NVIDIA GPU); this onnxruntime has only "
     + ", ".join(available_providers()),
 )
+
+
+def noisy_comparison(noise_by_batch, seed: int = 0):
+    """An OutputComparison of random 200-value batches with their copies plus Gaussian noise of the given scale, one batch per entry."""
+    from onnxslim.measure import OutputComparison
+
+    rng = np.random.default_rng(seed)
+    comparison = OutputComparison("y")
+    for noise in noise_by_batch:
+        reference = rng.standard_normal(200).astype(np.float32)
+        comparison.add(reference, (reference + noise * rng.standard_normal(200)).astype(np.float32))
+    return comparison

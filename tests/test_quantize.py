@@ -32,7 +32,7 @@ from onnxslim.ir import load_model
 from onnxslim.measure import LatencyComparison
 from onnxslim.quant.decisions import QuantReason
 from onnxslim.runtime.session import optimized_graph
-from tests.conftest import run_model
+from tests.conftest import noisy_comparison, run_model
 
 GOLDEN = Path(__file__).parent / "golden"
 FAST = QuantConfig(latency_runs=0)
@@ -1110,29 +1110,18 @@ def test_a_channel_with_next_to_no_weights_keeps_its_bias():
     assert_close_to_float(model, quantized, 0.99)
 
 
-def _compared(noise_by_batch, seed=0):
-    from onnxslim.measure import OutputComparison
-
-    rng = np.random.default_rng(seed)
-    comparison = OutputComparison("y")
-    for noise in noise_by_batch:
-        reference = rng.standard_normal(200).astype(np.float32)
-        comparison.add(reference, (reference + noise * rng.standard_normal(200)).astype(np.float32))
-    return comparison
-
-
 def test_a_budget_met_on_held_out_batches_that_spread_around_it_says_so():
     from types import SimpleNamespace
 
     from onnxslim.quant.budget import budget_uncertain
 
     run = SimpleNamespace(eval_label="12 held-out batch(es)")
-    spread = _compared([0.02] * 10 + [0.5, 0.5])  # two of twelve batches carry most of the error
+    spread = noisy_comparison([0.02] * 10 + [0.5, 0.5])  # two of twelve batches carry most of the error
     budget = round(spread.cosine - 0.002, 4)
     (warning,) = budget_uncertain([spread], QuantConfig(accuracy_budget=budget), run)
     low, high = spread.cosine_range
     assert f"between {low:.5f} and {high:.5f}" in warning and "12 held-out batch(es)" in warning and "'y'" in warning
-    steady = _compared([0.1] * 12)
+    steady = noisy_comparison([0.1] * 12)
     assert budget_uncertain([steady], QuantConfig(accuracy_budget=round(steady.cosine_range[0] - 0.001, 4)), run) == []
     assert budget_uncertain([spread], QuantConfig(accuracy_budget=None), run) == []
     assert budget_uncertain([spread], QuantConfig(accuracy_budget=0.9999), run) == []  # missed outright: budget_shortfall says that

@@ -11,7 +11,7 @@ from onnxslim.cli import main
 from onnxslim.errors import DataError, UsageError
 from onnxslim.ir import load_model
 from onnxslim.measure import OutputComparison
-from tests.conftest import requires_cuda
+from tests.conftest import noisy_comparison, requires_cuda
 
 
 def perturbed(model, scale=0.2, seed=0):
@@ -126,24 +126,15 @@ def test_degenerate_reference_is_flagged():
     assert comparison.degenerate
 
 
-def _resampled(noise_by_batch, seed=0):
-    rng = np.random.default_rng(seed)
-    comparison = OutputComparison("y")
-    for noise in noise_by_batch:
-        reference = rng.standard_normal(200).astype(np.float32)
-        comparison.add(reference, (reference + noise * rng.standard_normal(200)).astype(np.float32))
-    return comparison
-
-
 def test_the_cosine_range_comes_from_resampling_the_batches_compared():
-    assert _resampled([0.1] * 4).cosine_range is None  # too few batches to say how they spread
-    alike, mixed = _resampled([0.1] * 12), _resampled([0.02] * 10 + [0.5, 0.5])
+    assert noisy_comparison([0.1] * 4).cosine_range is None  # too few batches to say how they spread
+    alike, mixed = noisy_comparison([0.1] * 12), noisy_comparison([0.02] * 10 + [0.5, 0.5])
     for comparison in (alike, mixed):
         low, high = comparison.cosine_range
         assert low <= comparison.cosine <= high and comparison.cosine_range == (low, high)  # a fixed seed: the same range every time
         assert comparison.to_dict()["cosine_range_90"] == [low, high]
     assert np.diff(mixed.cosine_range)[0] > 5 * np.diff(alike.cosine_range)[0]  # two noisy batches of twelve: the cosine depends on drawing them
-    exact = _resampled([0.0] * 6)
+    exact = noisy_comparison([0.0] * 6)
     assert exact.cosine_range == pytest.approx((1.0, 1.0))
 
 

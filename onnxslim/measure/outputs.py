@@ -248,11 +248,10 @@ class OutputComparison:
             return None
         sums = np.asarray(self.batch_sums, np.float64)
         draws = np.random.default_rng(0).integers(0, len(sums), size=(RESAMPLES, len(sums)))
-        dot, ref_sq, cand_sq = (sums[:, k][draws].sum(axis=1) for k in range(3))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cosines = np.where((ref_sq > 0) & (cand_sq > 0), dot / np.sqrt(ref_sq * cand_sq), np.where((ref_sq == 0) & (cand_sq == 0), 1.0, 0.0))
+        drawn = sums[draws].sum(axis=1)  # (RESAMPLES, 3): each draw's pooled sums
+        cosines = [_cosine(dot, ref_sq, cand_sq) for dot, ref_sq, cand_sq in drawn.tolist()]
         tail = (1.0 - RANGE_CONFIDENCE) / 2.0 * 100.0
-        low, high = np.percentile(np.clip(cosines, -1.0, 1.0), [tail, 100.0 - tail])
+        low, high = np.percentile(cosines, [tail, 100.0 - tail])
         return float(low), float(high)
 
     @property

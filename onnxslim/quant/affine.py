@@ -34,6 +34,11 @@ def scalar_affine_nodes(plan: QuantPlan) -> list[str]:
     return list(plan.constant_operands) + [node for body in plan.bodies.values() for node in body.constant_operands]
 
 
+def integer_form_measured(run, config) -> bool:
+    """Whether ``--scalar-affine auto`` will time the integer form (and so needs its ranges): timing is on and there is a batch to time."""
+    return config.latency_runs > 0 and bool(run.eval_batches)
+
+
 def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.ModelProto, comparisons: list):
     """The plan, model and comparisons to write: the float form as given, or the integer form when it is measured to pay.
 
@@ -42,8 +47,7 @@ def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.Mo
     """
     keep_float = frozenset(entry["node"] for entry in report.kept_float_for_budget)
     integer_config = dataclasses.replace(config, scalar_affine="int8")
-    feed = run.eval_batches[0][1] if run.eval_batches else None
-    measured = config.latency_runs > 0 and feed is not None
+    measured = integer_form_measured(run, config)
     nodes = scalar_affine_nodes(run.plan(integer_config, keep_float, calibrated=measured))  # a form not measured needs no ranges
     if not nodes:
         return plan, model, comparisons
@@ -56,7 +60,7 @@ def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.Mo
     integer_plan, integer_model = run.build(integer_config, keep_float)
     # timed first: a form that is not faster is not written however faithful, and a timing costs less than a pass over the held-out set
     at_threads, at_one = latency_ratios(
-        model, integer_model, feed, threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
+        model, integer_model, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
         description="timing scalar Add/Mul: float vs integer form", labels=("float form", "integer form"),
         one_thread_when=lambda timed: timed.ratio is not None and timed.ratio < TIE,  # a form slower where it is deployed is not timed again
     )

@@ -35,7 +35,7 @@ from onnxslim.passes.gelu import fuse_gelu
 from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
 from onnxslim.passes.parallel import merge_parallel_matmuls
 from onnxslim.progress import track
-from onnxslim.quant.affine import integer_form_if_it_pays
+from onnxslim.quant.affine import integer_form_if_it_pays, integer_form_measured
 from onnxslim.quant.bodies import (
     BodyScopes,
     compared_body_nodes,
@@ -701,7 +701,7 @@ def quantize(
             write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
         return result, report
     measure_scalar_affine = config.scalar_affine == "auto" and config.target == "cpu"
-    if measure_scalar_affine and config.latency_runs > 0 and run.eval_batches:
+    if measure_scalar_affine and integer_form_measured(run, config):
         # one calibration pass observes what both forms need; without timing the integer form is not measured (nor observed)
         run.plan(dataclasses.replace(config, scalar_affine="int8"))
     plan = run.plan(config)
