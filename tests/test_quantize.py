@@ -150,10 +150,15 @@ def test_transformer_block_keeps_sensitive_paths_in_float():
     inits = initializers(quantized)
     for node in stored_dq(quantized, inits, np.int8):
         assert next(a.i for a in node.attribute if a.name == "axis") == 1  # MatMul weight (K, N)
-    # query, key and value read one input: merged into one QGemm and a Split, after the plan weighed each on its own
-    assert ops(quantized)["Split"] == 1 and report.integer_kernels.get("QGemm", 0) >= 3
+    # query, key and value read one input: merged into one MatMul and a Split, after the plan weighed each on its own, then
+    # with the attention after them into one QAttention; the output projection and the feed-forward layers run as QGemm
+    assert "Split" not in ops(quantized) and report.onnxruntime_kernels.get("QAttention") == 1 and report.integer_kernels.get("QGemm", 0) >= 3
     merged = [p for p in report.prepare if p.name == "merge-parallel-matmuls"]
     assert len(merged) == 1 and len(merged[0].changes) == 1  # the report says what was merged
+    fused = [p for p in report.prepare if p.name == "fuse-quantized-attention"]
+    assert len(fused) == 1 and "QAttention" in fused[0].changes[0]
+    in_attention = [d for d in report.decisions if d.reason.text.startswith("QAttention")]
+    assert len(in_attention) == 3 and all(d.op_type == "MatMul" for d in in_attention)
     assert "DequantizeLinear" not in report.onnxruntime_kernels  # the INT32 biases were merged too, into the QGemm
     assert sum(1 for d in report.decisions if d.op_type == "MatMul" and d.code == QuantReason.INTEGER_KERNEL) >= 5
     assert_close_to_float(model, quantized, 0.995)
@@ -175,17 +180,19 @@ def test_dynamic_sequence_matmul_keeps_its_bias_float():
     quantized, report = quantize(model, data, config=FAST)
     inits = initializers(quantized)
     assert not stored_dq(quantized, inits, np.int32)
-    assert report.integer_kernels.get("MatMulIntegerToFloat", 0) >= 4 and "QGemm" not in report.integer_kernels
+    # query, key and value run inside the QAttention kernel; the other three layers as MatMulIntegerToFloat
+    assert report.integer_kernels.get("MatMulIntegerToFloat", 0) >= 3 and "QGemm" not in report.integer_kernels
+    assert report.onnxruntime_kernels.get("QAttention") == 1
     assert not int32_dequantized_at_run_time(quantized)
     assert any(p.name == "bias-into-integer-matmuls" and p.modified for p in report.prepare)
     integer_layers = sum(n.op_type == "MatMulInteger" for n in quantized.graph.node)
-    assert integer_layers >= 4 and report.onnxruntime_kernels["DequantizeLinear"] == 1  # the shared 1.0 the fused kernels read their scales from
+    assert integer_layers >= 3 and report.onnxruntime_kernels["DequantizeLinear"] == 1  # the shared 1.0 the fused kernels read their scales from
     linear = [d for d in report.decisions if d.op_type == "MatMul" and d.code == QuantReason.INTEGER_KERNEL]
-    assert len(linear) >= 5 and all("MatMulIntegerToFloat" in d.reason.text for d in linear)
-    # each bias Add reads a float initializer: the layers' own, or query, key and value's side by side
+    assert len(linear) >= 5 and all(d.reason.text.split(":")[0] in ("MatMulIntegerToFloat", "QAttention") for d in linear)
+    # each bias Add reads a float initializer of the layer's own (query, key and value's are the QAttention's)
     float_consts = {name for name, values in inits.items() if values.dtype == np.float32 and values.ndim == 1 and values.size in (32, 64, 96)}
     adds = [n for n in quantized.graph.node if n.op_type == "Add" and any(i in float_consts for i in n.input)]
-    assert len(adds) >= 4
+    assert len(adds) >= 3
     # written as MatMulInteger -> Cast -> Mul -> Add, which onnxruntime fuses: every bias is added inside the kernel
     assert not [n for n in optimized_graph(quantized).graph.node if n.op_type == "Add" and any(i in float_consts for i in n.input)]
     for length in (3, 16):

@@ -28,7 +28,9 @@ from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
 from onnxslim.measure import RememberedReference, fidelity, tensor_fidelity, worst_score
 from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
+from onnxslim.passes import PassResult
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
+from onnxslim.passes.attention import fuse_quantized_attention
 from onnxslim.passes.conv_channels import pad_conv_input_channels
 from onnxslim.passes.dequantize_affine import fold_scalar_affines
 from onnxslim.passes.gelu import fuse_gelu
@@ -64,7 +66,7 @@ from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
 from onnxslim.reasons import Reason
 from onnxslim.runtime import Runner, resolve_provider
-from onnxslim.runtime.kernels import gathers_block_quantized_rows, integer_products_saturate
+from onnxslim.runtime.kernels import gathers_block_quantized_rows, integer_products_saturate, runs_quantized_attention
 from onnxslim.runtime.session import optimized_graph, optimized_ops
 from onnxslim.runtime.write import write_verified
 
@@ -363,6 +365,7 @@ class QuantRun:
         if config.target == "cpu":
             # after planning, so the accuracy budget weighs and names every layer on its own
             merged = merge_parallel_matmuls(quantized, keep_separate=keep_float | frozenset(config.exclude_nodes))
+            attention, in_attention = _attention_fused(quantized) if runs_quantized_attention() else (None, set())
             integer = bias_into_integer_matmuls(quantized, skip=self.unfused_integer)
             if integer.modified and not self.integer_checked:
                 self.integer_checked = True
@@ -371,10 +374,26 @@ class QuantRun:
                     self.unfused_integer = frozenset(unfused)
                     return self.build(config, keep_float)
             affines, read_from_codes = fold_scalar_affines(quantized)
-            plan = dataclasses.replace(plan, layout=[merged, integer, pad_conv_input_channels(quantized), affines], decisions=_read_from_codes(plan.decisions, read_from_codes))
+            decisions = _in_attention(_read_from_codes(plan.decisions, read_from_codes), in_attention)
+            plan = dataclasses.replace(plan, layout=[merged, *filter(None, [attention]), integer, pad_conv_input_channels(quantized), affines], decisions=decisions)
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
+
+
+def _attention_fused(model: onnx.ModelProto) -> tuple[PassResult, set[str]]:
+    """``fuse_quantized_attention`` on ``model``, and the layers whose MatMul went into a QAttention (merged MatMuls are named A+B+C)."""
+    before = {n.name for n in model.graph.node if n.op_type == "MatMul"}
+    result = fuse_quantized_attention(model)
+    gone = before - {n.name for n in model.graph.node}
+    return result, {part for name in gone for part in name.split("+")}
+
+
+def _in_attention(decisions: dict[str, NodeDecision], fused: set[str]) -> dict[str, NodeDecision]:
+    """``decisions`` with each layer that runs inside a QAttention said so."""
+    text = "QAttention: UINT8 input, INT8 per-channel weights, float bias, inside onnxruntime's fused attention kernel"
+    return {name: NodeDecision(name, d.op_type, Reason(QuantReason.INTEGER_KERNEL, text)) if name in fused and d.quantized else d
+            for name, d in decisions.items()}
 
 
 def _read_from_codes(decisions: dict[str, NodeDecision], removed: dict[str, str]) -> dict[str, NodeDecision]:

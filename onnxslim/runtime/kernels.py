@@ -63,3 +63,36 @@ def gathers_block_quantized_rows(provider: str = "CPUExecutionProvider") -> bool
         return False
     expected = (codes[ids].astype(np.float32) - 128.0) * scales[ids]
     return bool(np.array_equal(rows, expected))
+
+
+@functools.cache
+def runs_quantized_attention(provider: str = "CPUExecutionProvider") -> bool:
+    """Whether ``provider`` runs com.microsoft QAttention (per-column weight scales, a 2-D padding mask) as the unfused graph computes it."""
+    rng = np.random.default_rng(0)
+    batch, length, heads, size = 2, 3, 2, 4
+    width = heads * size
+    stored = rng.integers(-127, 128, (width, 3 * width), dtype=np.int8)
+    weight_scale = rng.uniform(0.01, 0.02, 3 * width).astype(np.float32)
+    bias = rng.normal(size=3 * width).astype(np.float32)
+    codes = rng.integers(0, 256, (batch, length, width), dtype=np.uint8)
+    mask = np.array([[1, 1, 1], [1, 1, 0]], np.int32)
+    scale, zero, filler = np.float32(0.05), np.uint8(120), -10000.0
+    node = helper.make_node("QAttention", ["x", "w", "b", "x_scale", "w_scale", "mask", "x_zero"], ["y"], domain=MS_DOMAIN,
+                            num_heads=heads, scale=0.5, mask_filter_value=filler)
+    graph = helper.make_graph(
+        [node], "attention_probe",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [batch, length, width]), helper.make_tensor_value_info("mask", TensorProto.INT32, [batch, length])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, length, width])],
+        [numpy_helper.from_array(a, n) for a, n in ((stored, "w"), (bias, "b"), (np.array(scale), "x_scale"), (weight_scale, "w_scale"), (np.array(zero), "x_zero"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(MS_DOMAIN, 1)])
+    try:
+        computed = Runner(model, provider, threads=1, label="QAttention probe", prepack=False).run({"x": codes, "mask": mask})[0]
+    except OnnxSlimError:  # an onnxruntime without the contrib kernel: attention stays as exported
+        return False
+    products = (codes.astype(np.float64) - float(zero)) @ stored.astype(np.float64) * float(scale) * weight_scale + bias
+    q, k, v = (products[..., i * width:(i + 1) * width].reshape(batch, length, heads, size).transpose(0, 2, 1, 3) for i in range(3))
+    scores = 0.5 * q @ k.transpose(0, 1, 3, 2) + (1.0 - mask[:, None, None, :]) * filler
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    expected = (weights / weights.sum(axis=-1, keepdims=True) @ v).transpose(0, 2, 1, 3).reshape(batch, length, width)
+    return bool(np.allclose(computed, expected, rtol=1e-4, atol=1e-4))
