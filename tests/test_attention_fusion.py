@@ -15,13 +15,14 @@ DIM, HEADS, SEQ = 16, 2, 6
 
 
 def qdq_attention(*, mask: str | None = "padding", order=("q", "k", "v"), scale_op: str = "Div", extra_output: str | None = None,
-                  split_heads_with_shape: bool = True, mask_first: bool = False) -> onnx.ModelProto:
+                  split_heads_with_shape: bool = True, mask_first: bool = False, sliced_shapes: bool = False) -> onnx.ModelProto:
     """x (1, SEQ, DIM) -> QDQ merged query/key/value projection -> attention as exporters write it -> y.
 
     ``mask``: 'padding' ((1 - R) * -10000 from a 2-D input R), 'bias' (a constant added to the scores), or None.
     ``order``: which of q, k, v the Split gives first. ``extra_output``: a tensor of the block also made a graph output.
     ``split_heads_with_shape``: the Reshape shapes computed from Shape of q, k, v as torch exports them.
     ``mask_first``: the mask as the Add's first operand.
+    ``sliced_shapes``: the head shapes from Shape(x, start, end) slices and Reshape allowzero=1, as torch.export writes them.
     """
     rng = np.random.default_rng(0)
     width = DIM
@@ -56,7 +57,13 @@ def qdq_attention(*, mask: str | None = "padding", order=("q", "k", "v"), scale_
         helper.make_node("Split", ["qkv_biased", "widths"], list(order), axis=-1),
     ]
     for name, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
-        if split_heads_with_shape:  # Concat(Unsqueeze(Gather(Shape(t), 0)), Unsqueeze(Gather(Shape(t), 1)), N, H)
+        if sliced_shapes:  # Concat(Shape(x, 0, 1), Shape(x, 1, 2), N, H)
+            nodes += [
+                helper.make_node("Shape", ["x"], [f"{name}_b"], start=0, end=1),
+                helper.make_node("Shape", ["x"], [f"{name}_s"], start=1, end=2),
+                helper.make_node("Concat", [f"{name}_b", f"{name}_s", "heads", "head"], [f"{name}_heads_shape"], axis=0),
+            ]
+        elif split_heads_with_shape:  # Concat(Unsqueeze(Gather(Shape(t), 0)), Unsqueeze(Gather(Shape(t), 1)), N, H)
             nodes += [
                 helper.make_node("Shape", [name], [f"{name}_shape"]),
                 helper.make_node("Gather", [f"{name}_shape", "zero"], [f"{name}_b"], axis=0),
@@ -65,7 +72,7 @@ def qdq_attention(*, mask: str | None = "padding", order=("q", "k", "v"), scale_
             ]
         else:
             inits.append(numpy_helper.from_array(np.array([0, 0, HEADS, head], np.int64), f"{name}_heads_shape"))
-        nodes += [helper.make_node("Reshape", [name, f"{name}_heads_shape"], [f"{name}_split"]),
+        nodes += [helper.make_node("Reshape", [name, f"{name}_heads_shape"], [f"{name}_split"], **({"allowzero": 1} if sliced_shapes else {})),
                   helper.make_node("Transpose", [f"{name}_split"], [f"{name}_t"], perm=perm)]
     nodes += [helper.make_node("MatMul", ["q_t", "k_t"], ["scores"]), helper.make_node(scale_op, ["scores", "scale"], ["scaled"])]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, SEQ, DIM])]
@@ -94,7 +101,7 @@ def qdq_attention(*, mask: str | None = "padding", order=("q", "k", "v"), scale_
     if extra_output:
         outputs.append(helper.make_tensor_value_info(extra_output, TensorProto.FLOAT, [1, SEQ, DIM] if extra_output == "k" else [1, HEADS, SEQ, SEQ]))
     graph = helper.make_graph(nodes, "qdq_attention", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15 if sliced_shapes else 13)])
     onnx.checker.check_model(model)
     return model
 
@@ -132,8 +139,8 @@ def test_a_qdq_attention_block_becomes_one_qattention_with_the_same_outputs(mask
     assert unread(fused) <= unread(model)  # the merged weight, the shape and mask constants went with their nodes
 
 
-@pytest.mark.parametrize("variant", [{"split_heads_with_shape": False}, {"mask_first": True}])
-def test_constant_reshape_shapes_and_a_mask_added_first_are_read_too(variant):
+@pytest.mark.parametrize("variant", [{"split_heads_with_shape": False}, {"mask_first": True}, {"sliced_shapes": True}])
+def test_constant_or_sliced_head_shapes_and_a_mask_added_first_are_read_too(variant):
     model = qdq_attention(**variant)
     fused, result = on_a_copy(fuse_quantized_attention, model)
     assert ops(fused).get("QAttention") == 1
@@ -160,3 +167,13 @@ def test_a_block_whose_tensors_are_read_elsewhere_is_left_alone(extra_output):
 def test_this_onnxruntime_runs_qattention_as_the_unfused_graph_computes_it():
     # quantize fuses attention only where this probe passes; the onnxruntime the project installs must pass it
     assert runs_quantized_attention()
+
+
+def test_a_literal_zero_dimension_is_not_taken_for_a_copy():
+    model = qdq_attention(split_heads_with_shape=False)
+    for node in model.graph.node:
+        if node.op_type == "Reshape" and node.output[0] == "q_split":
+            node.attribute.append(helper.make_attribute("allowzero", 1))  # [0, 0, N, H] would then mean zero rows: not this block
+    model.opset_import[0].version = 14
+    result = fuse_quantized_attention(model)  # not through the contract's checks: such a block has no valid shapes to infer
+    assert not result.modified and "QAttention" not in ops(model)

@@ -112,13 +112,14 @@ class _Matcher(GraphIndex):
         piece = self.array(concat.input[position])
         return int(piece.reshape(-1)[0]) if piece is not None and piece.size == 1 else None
 
-    def keeps_leading_dims(self, shape: str) -> bool:
+    def keeps_leading_dims(self, reshape: onnx.NodeProto) -> bool:
         """Whether a Reshape to ``shape`` keeps its input's first two dimensions (batch, sequence): entries 0 (copy), or
-        pieces of a Concat that gather dimension 0 and 1 of a Shape."""
-        values = self.array(shape)
-        if values is not None:
-            return values.ndim == 1 and values.size >= 2 and not values[:2].any()
-        concat = self.producers.get(shape)
+        pieces of a Concat that take dimension 0 and 1 of a Shape (of the input, or of a graph input of the same batch and
+        sequence: a Reshape that kept other dimensions would not have the input's element count)."""
+        values = self.array(reshape.input[1])
+        if values is not None:  # 0 copies the input's dimension, unless allowzero makes it a literal 0
+            return values.ndim == 1 and values.size >= 2 and not values[:2].any() and not node_attr(reshape, "allowzero", 0)
+        concat = self.producers.get(reshape.input[1])
         if concat is None or concat.op_type != "Concat" or len(concat.input) < 2:
             return False
         for position, piece in enumerate(concat.input[:2]):
@@ -130,9 +131,13 @@ class _Matcher(GraphIndex):
             node = self.producers.get(piece)
             while node is not None and node.op_type in ("Unsqueeze", "Cast"):
                 node = self.producers.get(node.input[0])
+            if node is not None and node.op_type == "Shape":  # Shape(x, start=p, end=p + 1), as torch.export writes it
+                if (node_attr(node, "start", 0), node_attr(node, "end")) != (position, position + 1):
+                    return False
+                continue
             if node is None or node.op_type != "Gather" or self.scalar(node.input[1]) != position:
                 return False
-            if (source := self.producers.get(node.input[0])) is None or source.op_type != "Shape":
+            if (source := self.producers.get(node.input[0])) is None or source.op_type != "Shape" or node_attr(source, "start", 0) != 0:
                 return False
         return True
 
@@ -142,7 +147,7 @@ class _Matcher(GraphIndex):
         if transpose is None or list(node_attr(transpose, "perm", [])) != perm:
             return None
         reshape = self.made_by(transpose.input[0], "Reshape")
-        if reshape is None or node_attr(reshape, "allowzero", 0) or not self.keeps_leading_dims(reshape.input[1]):
+        if reshape is None or not self.keeps_leading_dims(reshape):
             return None
         return reshape.input[0], reshape.input[1], [reshape, transpose]
 
@@ -186,7 +191,7 @@ class _Matcher(GraphIndex):
         if value is None or merged is None or list(node_attr(merged, "perm", [])) != HEADS_FIRST:
             return None
         joined = self.only_reader(merged.output[0], "Reshape")
-        if joined is None or not self.keeps_leading_dims(joined.input[1]):
+        if joined is None or not self.keeps_leading_dims(joined):
             return None
         heads, head_size = self.shape_entry(query[1], 2, 4), self.shape_entry(query[1], 3, 4)
         if heads is None or head_size is None or heads <= 0 or head_size <= 0:

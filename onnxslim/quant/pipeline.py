@@ -36,6 +36,7 @@ from onnxslim.passes.dequantize_affine import fold_scalar_affines
 from onnxslim.passes.gelu import fuse_gelu
 from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
 from onnxslim.passes.parallel import merge_parallel_matmuls
+from onnxslim.passes.residual_sum import sum_before_layernorm
 from onnxslim.progress import track
 from onnxslim.quant.affine import integer_form_if_it_pays, integer_form_measured
 from onnxslim.quant.bodies import (
@@ -66,7 +67,7 @@ from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
 from onnxslim.reasons import Reason
 from onnxslim.runtime import Runner, resolve_provider
-from onnxslim.runtime.kernels import gathers_block_quantized_rows, integer_products_saturate, runs_quantized_attention
+from onnxslim.runtime.kernels import gathers_block_quantized_rows, integer_products_saturate, runs_quantized_attention, skip_layernorm_slower
 from onnxslim.runtime.session import optimized_graph, optimized_ops
 from onnxslim.runtime.write import write_verified
 
@@ -374,8 +375,10 @@ class QuantRun:
                     self.unfused_integer = frozenset(unfused)
                     return self.build(config, keep_float)
             affines, read_from_codes = fold_scalar_affines(quantized)
+            apart = sum_before_layernorm(quantized) if skip_layernorm_slower() else None
             decisions = _in_attention(_read_from_codes(plan.decisions, read_from_codes), in_attention)
-            plan = dataclasses.replace(plan, layout=[merged, *filter(None, [attention]), integer, pad_conv_input_channels(quantized), affines], decisions=decisions)
+            layout = [merged, attention, integer, pad_conv_input_channels(quantized), affines, apart]
+            plan = dataclasses.replace(plan, layout=[p for p in layout if p is not None], decisions=decisions)
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized

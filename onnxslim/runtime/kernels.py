@@ -12,6 +12,7 @@ picks.
 from __future__ import annotations
 
 import functools
+import time
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -96,3 +97,40 @@ def runs_quantized_attention(provider: str = "CPUExecutionProvider") -> bool:
     weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
     expected = (weights / weights.sum(axis=-1, keepdims=True) @ v).transpose(0, 2, 1, 3).reshape(batch, length, width)
     return bool(np.allclose(computed, expected, rtol=1e-4, atol=1e-4))
+
+
+_NORMALIZED_SHAPE = (1, 64, 384)  # a short sequence of a small transformer: where the fused kernel's cost shows most
+_PROBE_ROUNDS, _PROBE_RUNS = 5, 20
+SLOWER_BY = 1.3  # the fused kernel counts as slower past this ratio (the gap measured on 1.32 is 5-8x; timing noise is far below 1.3x)
+
+
+@functools.cache
+def skip_layernorm_slower(provider: str = "CPUExecutionProvider") -> bool:
+    """Whether ``provider``, left to fuse Add -> LayerNormalization into com.microsoft SkipLayerNormalization, runs them
+    slower than as Sum -> LayerNormalization (which it does not fuse): both timed interleaved, one thread."""
+    width = _NORMALIZED_SHAPE[-1]
+
+    def model(op: str):
+        graph = helper.make_graph(
+            [helper.make_node(op, ["a", "b"], ["s"]), helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["y"], axis=-1)],
+            "layernorm_probe", [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(_NORMALIZED_SHAPE)) for n in ("a", "b")],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(_NORMALIZED_SHAPE))],
+            [numpy_helper.from_array(np.ones(width, np.float32), "gamma"), numpy_helper.from_array(np.zeros(width, np.float32), "beta")],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    rng = np.random.default_rng(0)
+    feed = {n: rng.standard_normal(_NORMALIZED_SHAPE).astype(np.float32) for n in ("a", "b")}
+    try:
+        fused, apart = (Runner(model(op), provider, threads=1, label=f"{op} + LayerNormalization probe", prepack=False) for op in ("Add", "Sum"))
+    except OnnxSlimError:  # no LayerNormalization at opset 17: nothing to keep apart
+        return False
+    seconds: dict[str, list[float]] = {"fused": [], "apart": []}
+    for _ in range(_PROBE_ROUNDS):
+        for key, runner in (("fused", fused), ("apart", apart)):
+            runner.run(feed)
+            start = time.perf_counter()
+            for _ in range(_PROBE_RUNS):
+                runner.run(feed)
+            seconds[key].append(time.perf_counter() - start)
+    return float(np.median(seconds["fused"])) > SLOWER_BY * float(np.median(seconds["apart"]))
