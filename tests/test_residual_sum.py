@@ -43,8 +43,9 @@ g (float[1, 8, 16] x, float[1, 8, 16] r) => (float[1, 8, 16] y) {
 """
 
 
-def built(text: str) -> onnx.ModelProto:
+def built(text: str, **extra: np.ndarray) -> onnx.ModelProto:
     model = onnx.parser.parse_model(text)
+    model.graph.initializer.extend([numpy_helper.from_array(values, name) for name, values in extra.items()])
     model.graph.initializer.extend([
         numpy_helper.from_array(RNG.standard_normal((16, 16)).astype(np.float32), "w"),
         numpy_helper.from_array(RNG.uniform(0.5, 1.5, 16).astype(np.float32), "gamma"),
@@ -69,13 +70,21 @@ def test_the_add_before_a_layer_normalization_becomes_a_sum_with_the_same_output
     assert not [n for n in optimized_graph(rewritten).graph.node if n.op_type == "SkipLayerNormalization"]
 
 
-def test_an_add_read_elsewhere_or_of_a_constant_stays():
+def test_an_add_read_elsewhere_or_of_a_bias_stays():
     read_twice = NATIVE.replace("=> (float[1, 8, 16] y)", "=> (float[1, 8, 16] y, float[1, 8, 16] s)")
-    of_a_constant = NATIVE.replace("s = Add (h, r)", "s = Add (h, beta)")
-    for text in (read_twice, of_a_constant):
+    of_a_bias = NATIVE.replace("s = Add (h, r)", "s = Add (h, beta)")
+    for text in (read_twice, of_a_bias):
         model = built(text)
         rewritten, result = on_a_copy(sum_before_layernorm, model)
         assert not result.modified and "Sum" not in {n.op_type for n in rewritten.graph.node}
+
+
+def test_an_add_of_a_constant_sequence_becomes_a_sum_too():
+    # position embeddings folded to a (1, S, D) constant: onnxruntime fuses that Add as well
+    model = built(NATIVE.replace("s = Add (h, r)", "s = Add (h, table)"), table=RNG.standard_normal((1, 8, 16)).astype(np.float32))
+    rewritten, result = on_a_copy(sum_before_layernorm, model)
+    assert result.modified and "Sum" in {n.op_type for n in rewritten.graph.node}
+    assert not [n for n in optimized_graph(rewritten).graph.node if n.op_type == "SkipLayerNormalization"]
 
 
 def test_quantize_keeps_residual_adds_apart_where_the_fused_kernel_is_slower():

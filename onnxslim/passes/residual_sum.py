@@ -11,9 +11,10 @@ by torch.export. Sum of two tensors computes the same values with the same broad
 and the fusion does not look for it. quantize applies this pass only where a probe finds
 the fused kernel slower on the onnxruntime at hand (:func:`onnxslim.runtime.kernels.skip_layernorm_slower`).
 
-Rewritten: an Add (standard domain, two inputs, neither a constant) whose result is not a
-graph output and is read only by LayerNormalization nodes as their input, or only by the
-ReduceMean and Sub that start a spelled-out layer normalization.
+Rewritten: an Add (standard domain, two inputs, neither a constant of rank below 3, which
+would be a bias another fusion may want) whose result is not a graph output and is read only
+by LayerNormalization nodes as their input, or only by the ReduceMean and Sub that start a
+spelled-out layer normalization.
 """
 
 from __future__ import annotations
@@ -45,13 +46,19 @@ def _normalizes(index: GraphIndex, tensor: str) -> bool:
     return axes is not None and [int(a) for a in list(axes)] == [-1] and list(sub.input) == [tensor, mean.output[0]]
 
 
+def _vector(index: GraphIndex, name: str) -> bool:
+    """Whether ``name`` is a constant of rank below 3: a bias, which onnxruntime may fold into the layer before instead."""
+    values = index.array(name)
+    return values is not None and values.ndim < 3
+
+
 def sum_before_layernorm(model: onnx.ModelProto) -> PassResult:
     """Replace each Add that only a layer normalization reads (module docstring) by a Sum of the same two inputs."""
     result = PassResult("sum-before-layernorm")
     graph = model.graph
     index = GraphIndex(graph)
     found = [n for n in graph.node if n.op_type == "Add" and n.domain in ("", "ai.onnx") and len(n.input) == 2
-             and not any(i in index.constants for i in n.input) and _normalizes(index, n.output[0])]
+             and not any(_vector(index, i) for i in n.input) and _normalizes(index, n.output[0])]
     if not found:
         return result
     if default_opset(model) < SUM_BROADCAST_OPSET:
