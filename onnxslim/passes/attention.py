@@ -21,9 +21,10 @@ The mask must be absent or a padding mask built from a 2-D tensor R of ones and
 zeros the way exporters of BERT-like models write it,
 ``Mul(Sub(1, Cast(Unsqueeze(R, [1, 2]))), c)`` with c a large negative constant:
 QAttention reads R itself (as INT32) and writes c at the masked positions, where
-the unfused graph adds c (both give those positions a softmax weight of 0). Other
-masks (relative positions, causal masks) are left alone, as is any block whose
-intermediate tensors something else reads.
+the unfused graph adds c (both give those positions a softmax weight of 0; only a
+row with every position masked, a sequence without a single token, comes out
+differently). Other masks (relative positions, causal masks, boolean masks through
+Where) are left alone, as is any block whose intermediate tensors something else reads.
 """
 
 from __future__ import annotations
@@ -404,5 +405,9 @@ def fuse_quantized_attention(model: onnx.ModelProto) -> PassResult:
     del graph.node[:]
     graph.node.extend(kept)
     drop_unread_initializers(graph, replaced | read_by_gone)
+    produced = {o for n in graph.node for o in n.output}
+    kept_annotations = [v for v in graph.value_info if v.name in produced]  # the removed tensors' shapes go with them
+    del graph.value_info[:]
+    graph.value_info.extend(kept_annotations)
     import_domain(model, MS_DOMAIN)
     return result
