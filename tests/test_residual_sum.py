@@ -96,3 +96,14 @@ def test_quantize_keeps_residual_adds_apart_where_the_fused_kernel_is_slower():
     ops = {n.op_type for n in quantized.graph.node}
     assert ("Sum" in ops) == skip_layernorm_slower()  # decided by timing both forms on this onnxruntime
     assert any(p.name == "sum-before-layernorm" for p in report.prepare) == skip_layernorm_slower()
+
+
+def test_the_float_fallback_gets_the_sums_too():
+    # what --if-slower keep-fp32 writes when INT8 is not faster: the cleaned model, timed against the INT8 one
+    from onnxslim import QuantConfig
+    from onnxslim.quant.pipeline import QuantRun
+
+    model = built(NATIVE)
+    run = QuantRun(model, [feed() for _ in range(8)], QuantConfig(latency_runs=0), None, None, False)
+    assert ("Sum" in {n.op_type for n in run.cleaned.graph.node}) == skip_layernorm_slower()
+    assert "Sum" not in {n.op_type for n in run.original.graph.node}  # the original stays as given, for the reference timing

@@ -126,8 +126,10 @@ class QuantRun:
                 self.prepare_results.append(alignment)
         if config.target == "cpu" and not has_mapped(self.original):
             cleaned = load_model(self.cleaned)
-            if merge_parallel_matmuls(cleaned).modified:
-                self.cleaned = cleaned  # the float fallback gets the merge the INT8 model gets when it is built
+            # the float fallback gets the merge and the Sums the INT8 model gets when it is built
+            merged = merge_parallel_matmuls(cleaned).modified
+            if (skip_layernorm_slower() and sum_before_layernorm(cleaned).modified) or merged:
+                self.cleaned = cleaned
         self.float_names, self.shapes = float_tensors_and_shapes(self.prepared)
         self.scopes = BodyScopes(self.prepared)
         self.weight_range = resolve_weight_range(config)
