@@ -179,3 +179,15 @@ def test_a_literal_zero_dimension_is_not_taken_for_a_copy():
     model.opset_import[0].version = 14
     result = fuse_quantized_attention(model)  # not through the contract's checks: such a block has no valid shapes to infer
     assert not result.modified and "QAttention" not in ops(model)
+
+
+def test_a_block_whose_tensor_an_if_branch_reads_is_left_alone():
+    model = qdq_attention()
+    branch = [helper.make_node("Identity", ["k"], ["picked_k"])]
+    body = helper.make_graph(branch, "branch", [], [helper.make_tensor_value_info("picked_k", TensorProto.FLOAT, [1, SEQ, DIM])])
+    model.graph.node.append(helper.make_node("If", ["flag"], ["picked"], then_branch=body, else_branch=body))
+    model.graph.input.append(helper.make_tensor_value_info("flag", TensorProto.BOOL, []))
+    model.graph.output.append(helper.make_tensor_value_info("picked", TensorProto.FLOAT, [1, SEQ, DIM]))
+    onnx.checker.check_model(model)
+    fused, result = on_a_copy(fuse_quantized_attention, model)
+    assert not result.modified and [d.reason.code for d in result.declined] == [DeclineCode.SHARED_VALUE]
