@@ -84,7 +84,6 @@ class _Matcher(GraphIndex):
     def __init__(self, graph: onnx.GraphProto, opset: int):
         super().__init__(graph)
         self.declared = {v.name: v for v in (*graph.input, *graph.value_info)}
-        self.read_inside = {name for node in graph.node for sub in subgraphs(node) for name in outer_references(sub)}  # by If/Loop bodies
         self.softmax_default_axis = -1 if opset >= SOFTMAX_LAST_AXIS_OPSET else 1
 
     def rank(self, tensor: str) -> int | None:
@@ -214,7 +213,7 @@ class _Matcher(GraphIndex):
         extra: list[onnx.NodeProto] = []
         while vanishing:
             tensor = vanishing.pop()
-            if tensor in self.outputs or tensor in self.read_inside:
+            if tensor in self.outputs:
                 return tensor
             for reader in self.consumers.get(tensor, []):
                 if id(reader) in inside:
