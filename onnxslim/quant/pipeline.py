@@ -377,9 +377,9 @@ class QuantRun:
                     self.unfused_integer = frozenset(unfused)
                     return self.build(config, keep_float)
             affines, read_from_codes = fold_scalar_affines(quantized)
-            apart = sum_before_layernorm(quantized) if skip_layernorm_slower() else None
+            summed = sum_before_layernorm(quantized) if skip_layernorm_slower() else None
             decisions = _in_attention(_read_from_codes(plan.decisions, read_from_codes), in_attention)
-            layout = [merged, attention, integer, pad_conv_input_channels(quantized), affines, apart]
+            layout = [merged, attention, integer, pad_conv_input_channels(quantized), affines, summed]
             plan = dataclasses.replace(plan, layout=[p for p in layout if p is not None], decisions=decisions)
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
