@@ -98,3 +98,17 @@ def test_the_one_thread_timing_runs_only_when_the_first_asks_for_it():
     assert at_one is None and asked == [at_two.ratio]
     _, at_one = latency.latency_ratios(model, model, feed, threads=2, runs=3, one_thread_when=lambda timed: True)
     assert at_one is not None and at_one.threads == 1
+
+
+def test_sessions_on_several_threads_do_not_spin_between_runs():
+    # a session's idle intra-op threads spinning after its run take the cores from the next session timed in the same loop
+    from onnx import TensorProto, helper
+
+    from onnxslim.runtime import Runner
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    for threads in (2, None):  # None: onnxruntime's default, one thread per core
+        options = Runner(model, threads=threads).session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -166,6 +166,11 @@ def _session_options(threads: int | None, optimization: str, profile_prefix: str
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if threads != 1:
+        # after each run a session's intra-op threads spin, waiting for more work; with several sessions run in turn
+        # (interleaved timing, passes side by side) they hold the cores the next session needs: at two threads on two
+        # cores every model timed 2-3x slower than alone, by amounts that depend on the order (measured)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 4
     if profile_prefix:
         options.enable_profiling = True
