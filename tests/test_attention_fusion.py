@@ -10,6 +10,7 @@ from onnxslim.passes.attention import fuse_quantized_attention
 from onnxslim.runtime.kernels import runs_quantized_attention
 from tests.conftest import run_model
 from tests.test_pass_contract import on_a_copy
+from tests.test_quantize import ops
 
 DIM, HEADS, SEQ = 16, 2, 6
 
@@ -117,13 +118,6 @@ def feed(model: onnx.ModelProto) -> dict:
 def unread(model: onnx.ModelProto) -> set[str]:
     read = {i for n in model.graph.node for i in n.input}
     return {t.name for t in model.graph.initializer if t.name not in read}
-
-
-def ops(model: onnx.ModelProto) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
 
 
 @pytest.mark.parametrize("mask", ["padding", None])

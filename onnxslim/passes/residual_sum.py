@@ -52,13 +52,22 @@ def _vector(index: GraphIndex, name: str) -> bool:
     return values is not None and values.ndim < 3
 
 
+def _adds_before_layernorm(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    index = GraphIndex(graph)
+    return [n for n in graph.node if n.op_type == "Add" and n.domain in ("", "ai.onnx") and len(n.input) == 2
+            and not any(_vector(index, i) for i in n.input) and _normalizes(index, n.output[0])]
+
+
+def has_adds_before_layernorm(model: onnx.ModelProto) -> bool:
+    """Whether :func:`sum_before_layernorm` has an Add to rewrite in ``model`` (so whether its kernels are worth timing)."""
+    return bool(_adds_before_layernorm(model.graph))
+
+
 def sum_before_layernorm(model: onnx.ModelProto) -> PassResult:
     """Replace each Add that only a layer normalization reads (module docstring) by a Sum of the same two inputs."""
     result = PassResult("sum-before-layernorm")
     graph = model.graph
-    index = GraphIndex(graph)
-    found = [n for n in graph.node if n.op_type == "Add" and n.domain in ("", "ai.onnx") and len(n.input) == 2
-             and not any(_vector(index, i) for i in n.input) and _normalizes(index, n.output[0])]
+    found = _adds_before_layernorm(graph)
     if not found:
         return result
     if default_opset(model) < SUM_BROADCAST_OPSET:

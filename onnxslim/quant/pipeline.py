@@ -36,7 +36,7 @@ from onnxslim.passes.dequantize_affine import fold_scalar_affines
 from onnxslim.passes.gelu import fuse_gelu
 from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
 from onnxslim.passes.parallel import merge_parallel_matmuls
-from onnxslim.passes.residual_sum import sum_before_layernorm
+from onnxslim.passes.residual_sum import has_adds_before_layernorm, sum_before_layernorm
 from onnxslim.progress import track
 from onnxslim.quant.affine import integer_form_if_it_pays, integer_form_measured
 from onnxslim.quant.bodies import (
@@ -128,7 +128,8 @@ class QuantRun:
             cleaned = load_model(self.cleaned)
             # the float fallback gets the merge and the Sums the INT8 model gets when it is built
             merged = merge_parallel_matmuls(cleaned).modified
-            if (skip_layernorm_slower() and sum_before_layernorm(cleaned).modified) or merged:
+            summed = _sums_where_faster(cleaned)
+            if merged or (summed is not None and summed.modified):
                 self.cleaned = cleaned
         self.float_names, self.shapes = float_tensors_and_shapes(self.prepared)
         self.scopes = BodyScopes(self.prepared)
@@ -377,13 +378,21 @@ class QuantRun:
                     self.unfused_integer = frozenset(unfused)
                     return self.build(config, keep_float)
             affines, read_from_codes = fold_scalar_affines(quantized)
-            summed = sum_before_layernorm(quantized) if skip_layernorm_slower() else None
+            summed = _sums_where_faster(quantized)
             decisions = _in_attention(_read_from_codes(plan.decisions, read_from_codes), in_attention)
             layout = [merged, attention, integer, pad_conv_input_channels(quantized), affines, summed]
             plan = dataclasses.replace(plan, layout=[p for p in layout if p is not None], decisions=decisions)
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
+
+
+def _sums_where_faster(model: onnx.ModelProto) -> PassResult | None:
+    """``sum_before_layernorm`` on ``model`` where it has an Add to rewrite and this onnxruntime's fused kernel is the
+    slower one (timed once per process, and only for a model that has such an Add); None where it does not run."""
+    if not has_adds_before_layernorm(model) or not skip_layernorm_slower():
+        return None
+    return sum_before_layernorm(model)
 
 
 def _attention_fused(model: onnx.ModelProto) -> tuple[PassResult, set[str]]:
