@@ -78,13 +78,12 @@ class PassRunner:
                 first = Runner(model, provider, threads=_share(cores, workers), optimization=optimization, label=label, prepack=prepack, like=first)
         self._first = first
         # the other sessions open in the background while the first one runs (opening one takes as long as several small batches)
-        self._opening = ThreadPoolExecutor(max_workers=max(1, workers - 1), thread_name_prefix="onnxslim-open") if workers > 1 else None
-        self._others: list[Future] = [
-            self._opening.submit(Runner, model, provider, threads=first.threads, optimization=optimization, label=label, prepack=prepack, like=first)
-            for _ in range(workers - 1)
-        ] if self._opening is not None else []
-        if self._opening is not None:
-            self._opening.shutdown(wait=False)
+        self._others: list[Future] = []
+        if workers > 1:
+            opening = ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="onnxslim-open")
+            self._others = [opening.submit(Runner, model, provider, threads=first.threads, optimization=optimization, label=label, prepack=prepack,
+                                           like=first) for _ in range(workers - 1)]
+            opening.shutdown(wait=False)  # the pool's threads end once the sessions are open
         self.provider = provider
         self.label = label
         self.input_names = first.input_names
