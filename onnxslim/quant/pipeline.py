@@ -32,6 +32,7 @@ from onnxslim.passes import PassResult
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
 from onnxslim.passes.attention import fuse_quantized_attention
 from onnxslim.passes.conv_channels import pad_conv_input_channels
+from onnxslim.passes.depthwise_multiplier import expand_depthwise_multipliers, has_depthwise_multipliers
 from onnxslim.passes.dequantize_affine import fold_scalar_affines
 from onnxslim.passes.gelu import fuse_gelu
 from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
@@ -118,6 +119,13 @@ class QuantRun:
             if fused.modified:
                 self.prepare_results.append(fused)
         self.cleaned = self.prepared  # what --if-slower keep-fp32 writes: without the channels added for INT8 kernels
+        if integer_cpu and has_depthwise_multipliers(self.prepared):
+            # the float kernels can be faster as they are (few wide channels), so the FP32 fallback keeps them
+            expanded = load_model(self.prepared)
+            expansion = expand_depthwise_multipliers(expanded)
+            if expansion.modified:
+                self.prepared = expanded
+                self.prepare_results.append(expansion)
         if align and integer_cpu and has_unaligned_depthwise(self.prepared):
             aligned = load_model(self.prepared)
             alignment = align_depthwise_channels(aligned)
