@@ -428,6 +428,8 @@ def _print_quantization(report) -> None:
             what = f"FP16 model ({len(report.quantized)} of {len(report.decisions)} float nodes in FP16)"
         elif report.written.endswith("-weights"):
             what = f"{label} model ({len(report.quantized)} of {len(report.decisions)} weights stored low-bit; activations in float)"
+        elif report.written == "original":
+            what = f"[bold yellow]the original model, unchanged, not {label}[/]"
         else:
             what = f"[bold yellow]FP32 model (cleaned), not {label}[/]"
         console.print(f"wrote {escape(report.output)}: {what}", highlight=False)

@@ -346,6 +346,15 @@ def test_int8_must_beat_the_cleaned_fp32_model_it_would_otherwise_write(monkeypa
     assert report.written == "int8" and report.latency.ratio_to_fallback == pytest.approx(0.875)
 
 
+def test_where_the_cleaned_fp32_model_is_no_faster_than_the_original_the_original_is_written(monkeypatch, tmp_path):
+    model = conv_bn_relu()
+    neither = LatencyComparison(0, {"median_ms": 1.0, "runs": 3}, {"median_ms": 1.3, "runs": 3}, fallback={"median_ms": 1.1, "runs": 3})
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (neither, None))
+    written, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3), output=tmp_path / "o.onnx")
+    assert report.written == "original" and ops(written) == ops(model) and ops(onnx.load(tmp_path / "o.onnx")) == ops(model)
+    assert any("wrote the original model unchanged, the cleaned FP32 model being no faster than it" in w for w in report.warnings)
+
+
 def test_quantize_times_the_cleaned_fp32_model_in_the_same_loop():
     model = conv_bn_relu()
     _, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3, threads=1, if_slower="write"))

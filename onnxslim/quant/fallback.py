@@ -16,7 +16,8 @@ def faster_or_float(
     run, candidate: onnx.ModelProto, config, report, *, feed: Mapping[str, np.ndarray] | None, subject: str, where: str, anyway: str, written: str,
     description: str, labels: tuple[str, str], provider: str = "CPUExecutionProvider",
 ) -> onnx.ModelProto:
-    """``candidate``, or the cleaned FP32 model when it is not faster and ``config.if_slower`` keeps FP32; ``report`` says which and why.
+    """``candidate``, or the cleaned FP32 model when it is not faster and ``config.if_slower`` keeps FP32 (the original model
+    itself where the cleaned one was timed no faster than it); ``report`` says which and why.
 
     The candidate is timed against the original and, in the same interleaved loop, against the cleaned
     FP32 model that would be written instead (its folds can make it faster than the original): the
@@ -45,9 +46,16 @@ def faster_or_float(
                    f"{latency.fallback_ratio:.2f}x, at {threads_text(config.threads)})")
     elif ratio is not None:
         message = f"{subject} not faster than FP32 {where} ({ratio:.2f}x FP32 latency at {threads_text(config.threads)})"
-    use_fp32, warning = keep_fallback(ratio, config.if_slower, keep="keep-fp32", message=message, kept=f"wrote the cleaned FP32 model instead ({anyway})")
+    # the cleaned model's folds and merges are meant to make it faster; where it was timed no faster, the user's own model is the fallback
+    cleaned_not_faster = latency is not None and latency.fallback_ratio is not None and latency.fallback_ratio >= 1.0
+    kept = (f"wrote the original model unchanged, the cleaned FP32 model being no faster than it ({anyway})" if cleaned_not_faster
+            else f"wrote the cleaned FP32 model instead ({anyway})")
+    use_fp32, warning = keep_fallback(ratio, config.if_slower, keep="keep-fp32", message=message, kept=kept)
     if warning:
         report.warnings.append(warning)
+    if use_fp32 and cleaned_not_faster:
+        report.written = "original"
+        return run.original
     if use_fp32:
         report.written = "fp32"
         return run.cleaned

@@ -51,7 +51,7 @@ class QuantReport(Record):
     target: str
     method: str
     precision: str = "int8"
-    written: str = "int8"  # int8, fp16, or fp32 (the cleaned float model, when the result was not faster)
+    written: str = "int8"  # int8, fp16, fp32 (the cleaned float model, when the result was not faster) or original (when that was no faster either)
     calibration: CalibrationSummary = field(default_factory=CalibrationSummary)
     evaluation: EvaluationSummary = field(default_factory=EvaluationSummary)
     budget: float | None = json_field(None, key="accuracy_budget")
