@@ -98,7 +98,9 @@ class QuantConfig:
         "int8", "Lookup tables of Gathers (token embeddings) of at least 65,536 values: stored INT8 with a scale per row, or kept float.", choices=("int8", "float")
     )
     recurrent: str = setting(
-        "int8", "LSTMs: weights stored INT8 per gate row as onnxruntime's DynamicQuantizeLSTM (inputs quantized per step at run time), or kept float.",
+        "int8", "Recurrent layers: LSTM weights stored INT8 per gate row as onnxruntime's DynamicQuantizeLSTM (inputs quantized per step at run time); "
+        "GRU, RNN and batch-first LSTM weights stored INT8 per gate row and turned back into float when the model loads (a smaller file, float speed); "
+        "or kept float.",
         choices=("int8", "float"),
     )
     scalar_affine: str = scalar_affine_setting()

@@ -21,7 +21,7 @@ class QuantReason(Enum):
     FOLDED = "folded"  # a Relu/Clip folded into the quantizer before it
     BIAS_FUSED = "bias_fused"  # the bias Add of a MatMul, fused into QGemm
     QDQ_INPUTS = "qdq_inputs"  # INT8 Q/DQ on the inputs of a weighted layer (GPU targets)
-    WEIGHT_ONLY = "weight_only"  # a lookup table stored in INT8, the looked-up rows turned back into float
+    WEIGHT_ONLY = "weight_only"  # weights stored low-bit, computed on in float: a lookup table's rows, a GRU's gate rows
     FLOAT16 = "float16"  # runs in float16 (--precision fp16)
     DYNAMIC = "dynamic"  # INT8 weights, inputs quantized at run time (an LSTM as DynamicQuantizeLSTM)
     # kept in float

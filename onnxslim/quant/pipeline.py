@@ -531,7 +531,8 @@ def _half_weights_within_budget(run: QuantRun, config: QuantConfig, report: Quan
 
 
 def _with_int8_recurrent(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str], levels: int) -> QuantPlan:
-    """Rewrite (in place) the LSTMs of ``model`` (inside If/Loop/Scan bodies too) not kept in float as DynamicQuantizeLSTM; the plan's decisions say so."""
+    """Rewrite (in place) the recurrent layers of ``model`` (inside If/Loop/Scan bodies too) not kept in float: LSTMs as DynamicQuantizeLSTM,
+    GRUs and RNNs with INT8 weights turned back into float when the model loads; the plan's decisions say so."""
     found: list = []
 
     def rewrite(graph_model: onnx.ModelProto, reserved: set[str]) -> list[str]:
@@ -542,11 +543,15 @@ def _with_int8_recurrent(plan: QuantPlan, model: onnx.ModelProto, keep_float: fr
     rewritten = set(rewrite_everywhere(model, rewrite))
     decisions = dict(plan.decisions)
     for choice in found:
-        if choice.node in rewritten:
+        if choice.node in rewritten and choice.form == "dynamic":
             text = "DynamicQuantizeLSTM: INT8 weights with a scale per gate row, inputs and hidden state quantized per step at run time"
-            decisions[choice.node] = NodeDecision(choice.node, "LSTM", Reason(QuantReason.DYNAMIC, text))
+            decisions[choice.node] = NodeDecision(choice.node, choice.op_type, Reason(QuantReason.DYNAMIC, text))
+        elif choice.node in rewritten:
+            text = (f"weights stored in INT8 with a scale per gate row, turned back into float when onnxruntime loads the model "
+                    f"(no integer {choice.op_type} kernel{' for a batch-first LSTM' if choice.op_type == 'LSTM' else ''}): a smaller file, float speed")
+            decisions[choice.node] = NodeDecision(choice.node, choice.op_type, Reason(QuantReason.WEIGHT_ONLY, text))
         elif choice.reason:
-            decisions[choice.node] = NodeDecision(choice.node, "LSTM", Reason(QuantReason.UNSUPPORTED, choice.reason))
+            decisions[choice.node] = NodeDecision(choice.node, choice.op_type, Reason(QuantReason.UNSUPPORTED, choice.reason))
     return dataclasses.replace(plan, decisions=decisions)
 
 
@@ -564,7 +569,7 @@ class BudgetSearch:
     built_on_every_batch: bool = False  # those comparisons cover every held-out batch
 
 
-STORED_IN_INT8 = (QuantReason.WEIGHT_ONLY, QuantReason.DYNAMIC)  # INT8 tables and DynamicQuantizeLSTM: weights stored low-bit, no Q/DQ on inputs
+STORED_IN_INT8 = (QuantReason.WEIGHT_ONLY, QuantReason.DYNAMIC)  # INT8 tables and recurrent weights: weights stored low-bit, no Q/DQ on inputs
 
 
 def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, budget: float, measured_all: list) -> BudgetSearch:
@@ -584,7 +589,7 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
                   and d.node not in plan.constant_operands]
     metric = run.config.accuracy_metric
     every = _ranked_by_added_noise(run, candidates, quantized, batches) if run.config.sensitivity == "fast" else _ranked_alone(run, candidates, batches)
-    # tables and LSTMs keep their inputs float and hold most of the bytes: kept in float last, when nothing else will do
+    # tables and recurrent layers keep their inputs float and hold most of the bytes: kept in float last, when nothing else will do
     stored_only = {d.node for d in plan.decisions.values() if d.code in STORED_IN_INT8}
     every = [e for e in every if e["node"] not in stored_only] + [e for e in every if e["node"] in stored_only]
     ranked = [entry["node"] for entry in every]
