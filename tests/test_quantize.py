@@ -860,11 +860,42 @@ def test_scalar_affine_auto_keeps_the_float_form_when_the_integer_form_misses_th
     assert not report.kept_float_for_budget  # the float form met the budget by itself
 
 
-def test_layers_kept_in_float_for_the_budget_store_their_weights_in_float16():
+def test_layers_kept_in_float_for_the_budget_store_their_weights_in_int8():
     model, data = outlier_mlp(), outlier_inputs(30)
     first = model.graph.node[0]
     quantized, report = quantize(model, data, config=FAST)
     assert [k["node"] for k in report.kept_float_for_budget] == [first.name]
+    (kept,) = [n for n in quantized.graph.node if n.name == first.name]
+    producers = {o: n for n in quantized.graph.node for o in n.output}
+    rescale = producers[kept.input[1]]
+    cast = producers[rescale.input[0]]
+    assert (rescale.op_type, cast.op_type) == ("Mul", "Cast")
+    stored = {t.name: numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    codes, scales = stored[cast.input[0]], stored[rescale.input[1]]
+    original = numpy_helper.to_array({t.name: t for t in model.graph.initializer}[first.input[1]])
+    assert codes.dtype == np.int8 and scales.shape == (1, original.shape[1])  # a scale per output column of the MatMul
+    np.testing.assert_allclose(codes * scales, original, atol=float(scales.max()) / 2 + 1e-7)
+    assert first.input[1] not in stored  # the float32 copy is gone
+    assert "weights stored in INT8 per output channel" in next(d for d in report.decisions if d.node == first.name).reason.text
+    assert "Cast" not in report.onnxruntime_kernels and "Mul" not in report.onnxruntime_kernels  # folded when onnxruntime loads the model
+    assert min(c.cosine for c in report.fidelity) >= 0.99  # the budget was measured with the INT8 weights
+    # the output layer, kept in float by the plan, stores its weights so too
+    (output_layer,) = [d for d in report.decisions if d.code == QuantReason.OUTPUT_LAYER]
+    assert "weights stored in INT8" in output_layer.reason.text
+    assert report.kept_float_weights["written"] == "int8" and report.kept_float_weights["layers"] == 2
+    assert report.kept_float_weights["bytes_saved"] >= original.size * 3 - 1024
+    _, half = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights="float16"))
+    assert half.kept_float_weights["written"] == "float16"
+    assert half.sizes.quantized_bytes - report.sizes.quantized_bytes >= original.size * 2 - 1024
+    _, full = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights="float32"))
+    assert full.sizes.quantized_bytes - report.sizes.quantized_bytes >= original.size * 3 - 1024
+    assert "stored" not in next(d for d in full.decisions if d.node == first.name).reason.text
+
+
+def test_layers_kept_in_float_store_float16_weights_when_asked():
+    model, data = outlier_mlp(), outlier_inputs(30)
+    first = model.graph.node[0]
+    quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights="float16"))
     (kept,) = [n for n in quantized.graph.node if n.name == first.name]
     (cast,) = [n for n in quantized.graph.node if n.output[0] == kept.input[1]]
     assert cast.op_type == "Cast"
@@ -872,18 +903,29 @@ def test_layers_kept_in_float_for_the_budget_store_their_weights_in_float16():
     assert half.data_type == TensorProto.FLOAT16
     original = numpy_helper.to_array({t.name: t for t in model.graph.initializer}[first.input[1]])
     np.testing.assert_array_equal(numpy_helper.to_array(half), original.astype(np.float16))
-    assert first.input[1] not in {t.name for t in quantized.graph.initializer}  # the float32 copy is gone
     assert "weights stored in float16" in next(d for d in report.decisions if d.node == first.name).reason.text
-    assert "Cast" not in report.onnxruntime_kernels  # folded when onnxruntime loads the model
-    assert min(c.cosine for c in report.fidelity) >= 0.99  # the budget was measured with the float16 weights
-    # the output layer, kept in float by the plan, stores float16 weights too
-    (output_layer,) = [d for d in report.decisions if d.code == QuantReason.OUTPUT_LAYER]
-    assert "weights stored in float16" in output_layer.reason.text
-    assert report.kept_float_weights["written"] == "float16" and report.kept_float_weights["layers"] == 2
-    assert report.kept_float_weights["bytes_saved"] >= original.size * 2 - 512
-    _, full = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights="float32"))
-    assert full.sizes.quantized_bytes - report.sizes.quantized_bytes >= original.size * 2 - 512
-    assert "float16" not in next(d for d in full.decisions if d.node == first.name).reason.text
+    assert report.kept_float_weights["written"] == "float16" and "worst_score_int8" not in report.kept_float_weights
+
+
+def test_int8_weights_that_break_the_budget_give_way_to_float16(monkeypatch):
+    import onnxslim.quant.pipeline as pipeline_step
+    from onnxslim.quant.stored import store_weights_in_int8
+
+    def stored_and_wrong(model, nodes, **kwargs):  # INT8 weights that move the outputs far off
+        changed = store_weights_in_int8(model, nodes, **kwargs)
+        for tensor in model.graph.initializer:
+            if tensor.data_type == TensorProto.INT8:
+                tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
+        return changed
+
+    monkeypatch.setitem(pipeline_step.STORAGE, "int8", stored_and_wrong)
+    model, data = outlier_mlp(), outlier_inputs(30)
+    quantized, report = quantize(model, data, config=FAST)
+    entry = report.kept_float_weights
+    assert entry["written"] == "float16" and entry["worst_score_int8"] < 0.99 <= entry["worst_score_float16"]
+    assert "with int8 weights an output's cosine falls to" in entry["why"]
+    assert any(t.data_type == TensorProto.FLOAT16 for t in quantized.graph.initializer)
+    assert min(c.cosine for c in report.fidelity) >= 0.99
 
 
 def test_float16_weights_leave_shared_tiny_and_small_weights_as_they_are():
@@ -922,9 +964,9 @@ def test_float16_weights_that_break_the_budget_are_not_written(monkeypatch):
                 tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
         return changed
 
-    monkeypatch.setattr(pipeline_step, "store_weights_in_half", halved_and_wrong)
+    monkeypatch.setitem(pipeline_step.STORAGE, "float16", halved_and_wrong)
     model, data = outlier_mlp(), outlier_inputs(30)
-    quantized, report = quantize(model, data, config=FAST)
+    quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights="float16"))
     assert report.kept_float_weights["written"] == "float32" and "below the budget" in report.kept_float_weights["why"]
     assert report.kept_float_weights["worst_score_float16"] < 0.99 <= report.kept_float_weights["worst_score_float32"]
     assert not any(t.data_type == TensorProto.FLOAT16 for t in quantized.graph.initializer)
@@ -994,7 +1036,7 @@ def test_the_report_lists_the_layout_rewrites_of_the_model_written():
     rng = np.random.default_rng(4)
     data = [{"input": rng.standard_normal((1, length, 32)).astype(np.float32)} for length in (8, 5, 11) * 8]
     _, report = quantize(model, data, config=QuantConfig(latency_runs=0))
-    assert report.kept_float_weights.get("written") == "float16"
+    assert report.kept_float_weights.get("written") == "int8"
     assert {"merge-parallel-matmuls", "bias-into-integer-matmuls"} <= {p.name for p in report.prepare if p.modified}
 
 

@@ -64,6 +64,7 @@ from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.recurrent import find_recurrent, store_recurrent_in_int8
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
 from onnxslim.quant.smooth import MAXIMA_BATCHES, channel_maxima, smooth_inputs, smoothable
+from onnxslim.quant.stored import store_weights_in_int8
 from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
 from onnxslim.reasons import Reason
@@ -496,38 +497,54 @@ def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: froze
     return dataclasses.replace(plan, decisions=decisions)
 
 
-def _half_weights_within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, plan: QuantPlan, model: onnx.ModelProto, comparisons: list):
-    """The result with the weights of the layers kept in float stored in float16, when the outputs still meet the budget.
+STORAGE = {"int8": store_weights_in_int8, "float16": store_weights_in_half}
+# each --kept-float-weights setting and what is tried, in order, until the outputs meet the budget
+STORAGE_TRIED = {"int8": ("int8", "float16"), "float16": ("float16",), "float32": ()}
+
+
+def _kept_weights_within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, plan: QuantPlan, model: onnx.ModelProto, comparisons: list):
+    """The result with the weights of the layers kept in float stored smaller (INT8 per output channel, else float16), when the
+    outputs still meet the budget with them.
 
     Those are the layers the budget search kept in float and the output layers the plan keeps in float
     (their weights can be most of a model's bytes: a recognizer's 6,625-way classifier). Done once the
-    budget search has chosen its layers (float16 weights move some outputs, a peaked softmax most, and
+    budget search has chosen its layers (rounded weights move some outputs, a peaked softmax most, and
     the search's scores are not monotone: left to the search, they could change its choice); without a
     budget nothing is checked, so nothing is changed. ``report.kept_float_weights`` says what was
     measured and which was written.
     """
     output_layers = {node for node, decision in plan.decisions.items() if decision.code == QuantReason.OUTPUT_LAYER}
     keep_float = frozenset(entry["node"] for entry in report.kept_float_for_budget) | output_layers
-    if config.kept_float_weights != "float16" or not keep_float or config.precision != "int8" or config.accuracy_budget is None:
+    tried = STORAGE_TRIED[config.kept_float_weights]
+    if not tried or not keep_float or config.precision != "int8" or config.accuracy_budget is None:
         return plan, model, comparisons
-    half = onnx.ModelProto()
-    half.CopyFrom(model)
-    changed = set(store_weights_in_half(half, keep_float))
-    if not changed:
-        return plan, model, comparisons
-    if has_mapped(run.original):
-        half = spill(half)  # the float16 copies join the other weights on disk
-    half_comparisons = fidelity(run.reference, half, run.eval_batches)
-    score, half_score = worst_score(comparisons, config.accuracy_metric), worst_score(half_comparisons, config.accuracy_metric)
-    saved = model_file_bytes(model) - model_file_bytes(half)
-    entry = {"layers": len(changed), "bytes_saved": saved, "worst_score_float32": score, "worst_score_float16": half_score}
-    report.kept_float_weights = entry
-    if config.accuracy_budget is not None and not half_score >= min(config.accuracy_budget, score):  # NaN fails
-        entry |= {"written": "float32", "why": f"with float16 weights an output's {config.accuracy_metric} falls to {half_score:.5f}, below the budget"}
-        return plan, model, comparisons
-    entry |= {"written": "float16", "why": f"{len(changed)} layer(s) kept in float store float16 weights ({saved / 1e6:.2f} MB less); {config.accuracy_metric} {half_score:.5f}"}
-    reasons = {node: Reason(plan.decisions[node].code, f"{plan.decisions[node].reason.text}; weights stored in float16") for node in changed}
-    return plan.with_reasons(reasons), half, half_comparisons
+    score = worst_score(comparisons, config.accuracy_metric)
+    entry: dict = {"worst_score_float32": score}
+    for storage in tried:
+        smaller = onnx.ModelProto()
+        smaller.CopyFrom(model)
+        changed = set(STORAGE[storage](smaller, keep_float))
+        if not changed:
+            continue
+        if has_mapped(run.original):
+            smaller = spill(smaller)  # the stored copies join the other weights on disk
+        smaller_comparisons = fidelity(run.reference, smaller, run.eval_batches)
+        smaller_score = worst_score(smaller_comparisons, config.accuracy_metric)
+        saved = model_file_bytes(model) - model_file_bytes(smaller)
+        entry |= {"layers": len(changed), f"worst_score_{storage}": smaller_score}
+        report.kept_float_weights = entry
+        if not smaller_score >= min(config.accuracy_budget, score):  # NaN fails
+            entry["why"] = f"with {storage} weights an output's {config.accuracy_metric} falls to {smaller_score:.5f}, below the budget"
+            continue
+        missed = f"; {entry['why']}" if "why" in entry else ""  # the smaller form tried first
+        entry |= {"written": storage, "bytes_saved": saved,
+                  "why": f"{len(changed)} layer(s) kept in float store {storage} weights ({saved / 1e6:.2f} MB less); {config.accuracy_metric} {smaller_score:.5f}{missed}"}
+        how = "weights stored in INT8 per output channel, float when loaded" if storage == "int8" else "weights stored in float16"
+        reasons = {node: Reason(plan.decisions[node].code, f"{plan.decisions[node].reason.text}; {how}") for node in changed}
+        return plan.with_reasons(reasons), smaller, smaller_comparisons
+    if "why" in entry:
+        entry["written"] = "float32"
+    return plan, model, comparisons
 
 
 def _with_int8_recurrent(plan: QuantPlan, model: onnx.ModelProto, keep_float: frozenset[str], levels: int) -> QuantPlan:
@@ -758,7 +775,7 @@ def quantize(
     plan, quantized, comparisons = _within_budget(run, config, report, eval_data is not None)
     if measure_scalar_affine:
         plan, quantized, comparisons = integer_form_if_it_pays(run, config, report, plan, quantized, comparisons)
-    plan, quantized, comparisons = _half_weights_within_budget(run, config, report, plan, quantized, comparisons)
+    plan, quantized, comparisons = _kept_weights_within_budget(run, config, report, plan, quantized, comparisons)
     report.warnings.extend(budget_uncertain(comparisons, config, run))
     report.warnings.extend(w for w in run.warnings if w not in report.warnings)
     report.prepare = [*report.prepare, *(p for p in plan.layout if p.modified)]

@@ -27,6 +27,7 @@ from onnx import TensorProto, helper
 from onnxslim.ir.graph import MS_DOMAIN, drop_unread_initializers, import_domain
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 from onnxslim.quant.params import quantize_weight, weight_params
+from onnxslim.quant.stored import restored_at_load
 
 RECURRENT = ("LSTM", "GRU", "RNN")
 
@@ -88,7 +89,7 @@ def store_recurrent_in_int8(model: onnx.ModelProto, choices: list[RecurrentChoic
             for index in (1, 2):
                 stem = node.input[index]
                 if stem not in restored:
-                    restore, restored[stem] = _stored_in_int8(model.graph, to_array(weights[stem]).astype(np.float32), stem, taken)
+                    restore, restored[stem] = restored_at_load(model.graph, to_array(weights[stem]).astype(np.float32), (0, 1), stem, taken)  # per gate row
                     nodes.extend(restore)
                 node.input[index] = restored[stem]
                 replaced.add(stem)
@@ -119,15 +120,3 @@ def store_recurrent_in_int8(model: onnx.ModelProto, choices: list[RecurrentChoic
         import_domain(model, MS_DOMAIN)
     return rewritten
 
-
-def _stored_in_int8(graph: onnx.GraphProto, weight: np.ndarray, stem: str, taken: set[str]) -> tuple[list[onnx.NodeProto], str]:
-    """``weight`` ([directions, rows, columns]) as INT8 gate rows and their scales in ``graph``; the Cast and Mul that turn them back into
-    float (folded by onnxruntime when it loads the model), and the name of their result."""
-    codes, scales = row_symmetric(weight)
-    names = {part: unique_name(f"{stem}_{part}", taken) for part in ("int8", "scale", "as_float", "restored")}
-    graph.initializer.extend([from_array(codes, names["int8"]), from_array(scales[..., None], names["scale"])])
-    restore = [
-        helper.make_node("Cast", [names["int8"]], [names["as_float"]], name=unique_name(f"{stem}_cast", taken), to=TensorProto.FLOAT),
-        helper.make_node("Mul", [names["as_float"], names["scale"]], [names["restored"]], name=unique_name(f"{stem}_rescale", taken)),
-    ]
-    return restore, names["restored"]

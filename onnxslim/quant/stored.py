@@ -1,0 +1,98 @@
+"""Float weights stored in INT8 on disk and turned back into float when onnxruntime loads the model.
+
+A weight written as INT8 codes read through a Cast to float32 and a Mul by its
+scales is a constant expression: onnxruntime's constant folding computes it
+once, when the session is created, and the layer then runs its float kernel
+on weights within half a step of their scale of the original. (A
+DequantizeLinear would say the same, but onnxruntime keeps those for its QDQ
+fusions and runs them on every call.) The file holds a quarter of the bytes;
+the model in memory and its speed are the float model's.
+
+Used for layers that run in float anyway: GRU and RNN layers (no integer
+kernel), and the layers the accuracy budget or the output rule keeps in float.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxslim.ir.graph import drop_unread_initializers, node_attr
+from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, to_array, unique_name
+
+LEVELS = 127
+MIN_ELEMENTS = 4096  # smaller weights are not worth two nodes
+
+
+def int8_codes(values: np.ndarray, keep_axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric INT8 codes of ``values`` and their scales: one per slice along ``keep_axes`` (the scales keep every axis, size 1 elsewhere)."""
+    reduced = tuple(a for a in range(values.ndim) if a not in keep_axes)
+    bound = np.max(np.abs(values), axis=reduced, keepdims=True) if values.size else np.zeros([1] * values.ndim, np.float32)
+    scales = np.where(bound > 0, bound / LEVELS, 1.0).astype(np.float32)
+    return np.clip(np.round(values / scales), -LEVELS, LEVELS).astype(np.int8), scales
+
+
+def restored_at_load(graph: onnx.GraphProto, values: np.ndarray, keep_axes: tuple[int, ...], stem: str, taken: set[str]) -> tuple[list[onnx.NodeProto], str]:
+    """``values`` added to ``graph`` as INT8 codes and scales; the Cast and Mul that turn them back into float32, and their output's name."""
+    codes, scales = int8_codes(values, keep_axes)
+    names = {part: unique_name(f"{stem}_{part}", taken) for part in ("int8", "scale", "as_float", "restored")}
+    graph.initializer.extend([from_array(codes, names["int8"]), from_array(scales, names["scale"])])
+    nodes = [
+        helper.make_node("Cast", [names["int8"]], [names["as_float"]], name=unique_name(f"{stem}_cast", taken), to=TensorProto.FLOAT),
+        helper.make_node("Mul", [names["as_float"], names["scale"]], [names["restored"]], name=unique_name(f"{stem}_rescale", taken)),
+    ]
+    return nodes, names["restored"]
+
+
+def _output_axis(node: onnx.NodeProto, rank: int) -> int | None:
+    """The axis of ``node``'s weight along which its outputs lie (a scale per output channel or column)."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        return 0 if int(node_attr(node, "transB", 0)) else 1
+    if node.op_type == "MatMul" and rank >= 2:
+        return rank - 1
+    return None
+
+
+def store_weights_in_int8(model: onnx.ModelProto, nodes: frozenset[str] | set[str], *, reserved: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """Store (in place) the float32 weight of each of ``nodes`` (Conv, ConvTranspose, Gemm, MatMul) as INT8 with a scale per
+    output channel, restored at load; returns the nodes changed. A weight is stored so only when every node that reads it is
+    among ``nodes`` and it holds at least :data:`MIN_ELEMENTS` finite values."""
+    weights = initializer_map(model.graph)
+    readers = consumers_map(model.graph)  # an If/Loop reading a weight inside its body is a reader not among ``nodes``
+    outputs = {v.name for v in model.graph.output}
+    chosen: dict[str, tuple[int, list[onnx.NodeProto]]] = {}
+    for node in model.graph.node:
+        if node.name not in nodes or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        name = node.input[1]
+        tensor = weights.get(name)
+        if tensor is None or tensor.data_type != TensorProto.FLOAT or name in chosen or name in outputs:
+            continue
+        axis = _output_axis(node, len(tensor.dims))
+        if axis is None or int(np.prod(tensor.dims)) < MIN_ELEMENTS or any(r.name not in nodes for r in readers[name]):
+            continue
+        if any(_output_axis(r, len(tensor.dims)) != axis for r in readers[name]):
+            continue
+        chosen[name] = (axis, readers[name])
+    taken = all_value_names(model.graph) | {n.name for n in model.graph.node} | set(reserved)
+    restores, changed = [], []
+    for name, (axis, users) in chosen.items():
+        values = to_array(weights[name]).astype(np.float32)
+        if not np.isfinite(values).all():
+            continue
+        nodes_added, restored = restored_at_load(model.graph, values, (axis,), name, taken)
+        restores.extend(nodes_added)
+        for user in users:
+            user.input[:] = [restored if i == name else i for i in user.input]
+            changed.append(user.name)
+    if restores:
+        nodes_now = list(model.graph.node)
+        del model.graph.node[:]
+        model.graph.node.extend(restores + nodes_now)
+        drop_unread_initializers(model.graph, set(chosen))
+    return changed
