@@ -15,10 +15,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import drop_unread_initializers
-from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, to_array, unique_name
+from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
+from onnxslim.quant.stored import weights_only_read_by
 
-WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}  # op -> index of its weight input
-MIN_ELEMENTS = 4096  # smaller weights are not worth a Cast
 MAX_RELATIVE_ERROR = 1e-3  # a weight whose float16 copy is further from it than this (tiny or huge values) stays float32
 
 
@@ -35,25 +34,11 @@ def half_weight_error(values: np.ndarray) -> float:
 def store_weights_in_half(model: onnx.ModelProto, nodes: frozenset[str] | set[str], *, reserved: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """Store (in place) the float32 weight of each of ``nodes`` in float16 behind a Cast; returns the nodes changed.
 
-    A weight is converted only when every node that reads it is among ``nodes`` (one
-    Cast then serves them all), it holds at least :data:`MIN_ELEMENTS` values, and
-    float16 keeps it within :data:`MAX_RELATIVE_ERROR`.
+    A weight is converted when :func:`~onnxslim.quant.stored.weights_only_read_by` offers it (one Cast then
+    serves all its readers) and float16 keeps it within :data:`MAX_RELATIVE_ERROR`.
     """
     weights = initializer_map(model.graph)
-    readers = consumers_map(model.graph)  # an If/Loop reading a weight inside its body is a reader not among ``nodes``
-    outputs = {v.name for v in model.graph.output}
-    chosen: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        index = WEIGHTED.get(node.op_type)
-        if node.name not in nodes or index is None or node.domain not in ("", "ai.onnx") or len(node.input) <= index:
-            continue
-        name = node.input[index]
-        tensor = weights.get(name)
-        if tensor is None or tensor.data_type != TensorProto.FLOAT or name in chosen:
-            continue
-        if int(np.prod(tensor.dims)) < MIN_ELEMENTS or name in outputs or any(r.name not in nodes for r in readers[name]):
-            continue
-        chosen[name] = readers[name]
+    chosen = weights_only_read_by(model, nodes)
     taken = all_value_names(model.graph) | set(reserved)
     casts, changed = [], []
     for name, users in chosen.items():

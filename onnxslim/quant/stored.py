@@ -58,27 +58,37 @@ def _output_axis(node: onnx.NodeProto, rank: int) -> int | None:
     return None
 
 
-def store_weights_in_int8(model: onnx.ModelProto, nodes: frozenset[str] | set[str], *, reserved: frozenset[str] | set[str] = frozenset()) -> list[str]:
-    """Store (in place) the float32 weight of each of ``nodes`` (Conv, ConvTranspose, Gemm, MatMul) as INT8 with a scale per
-    output channel, restored at load; returns the nodes changed. A weight is stored so only when every node that reads it is
-    among ``nodes`` and it holds at least :data:`MIN_ELEMENTS` finite values."""
+WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # their weight is input 1
+
+
+def weights_only_read_by(model: onnx.ModelProto, nodes: frozenset[str] | set[str]) -> dict[str, list[onnx.NodeProto]]:
+    """The constant float32 weights of ``nodes`` (Conv, ConvTranspose, Gemm, MatMul) of at least :data:`MIN_ELEMENTS` values that
+    nothing else reads (not a graph output, no node outside ``nodes``, no If/Loop body), each with the nodes that read it."""
     weights = initializer_map(model.graph)
     readers = consumers_map(model.graph)  # an If/Loop reading a weight inside its body is a reader not among ``nodes``
     outputs = {v.name for v in model.graph.output}
-    chosen: dict[str, tuple[int, list[onnx.NodeProto]]] = {}
+    chosen: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
-        if node.name not in nodes or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+        if node.name not in nodes or node.op_type not in WEIGHTED or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
             continue
         name = node.input[1]
         tensor = weights.get(name)
         if tensor is None or tensor.data_type != TensorProto.FLOAT or name in chosen or name in outputs:
             continue
-        axis = _output_axis(node, len(tensor.dims))
-        if axis is None or int(np.prod(tensor.dims)) < MIN_ELEMENTS or any(r.name not in nodes for r in readers[name]):
-            continue
-        if any(_output_axis(r, len(tensor.dims)) != axis for r in readers[name]):
-            continue
-        chosen[name] = (axis, readers[name])
+        if int(np.prod(tensor.dims)) >= MIN_ELEMENTS and all(r.name in nodes for r in readers[name]):
+            chosen[name] = readers[name]
+    return chosen
+
+
+def store_weights_in_int8(model: onnx.ModelProto, nodes: frozenset[str] | set[str], *, reserved: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """Store (in place) the float32 weight of each of ``nodes`` as INT8 with a scale per output channel, restored at load
+    (see :func:`weights_only_read_by` for which); returns the nodes changed."""
+    weights = initializer_map(model.graph)
+    chosen = {}
+    for name, users in weights_only_read_by(model, nodes).items():
+        axes = {_output_axis(user, len(weights[name].dims)) for user in users}
+        if len(axes) == 1 and None not in axes:
+            chosen[name] = (axes.pop(), users)
     taken = all_value_names(model.graph) | {n.name for n in model.graph.node} | set(reserved)
     restores, changed = [], []
     for name, (axis, users) in chosen.items():
