@@ -526,7 +526,7 @@ def _print_pruning(report) -> None:
 @data_options
 @click.option("--eval-data", default=None, help="Held-out data to score every epoch, read like --data (default: every 5th batch of --data, not trained on).")
 @config_options(DistillConfig, "epochs", "time_budget", "lr", "batch_size", "patience", "features", "temperature", "augment", "accuracy_metric", "int8",
-                "teacher_memory_mb", "max_calibration_samples", "eval_fraction", "max_eval_batches")
+                "train_precision", "teacher_memory_mb", "max_calibration_samples", "eval_fraction", "max_eval_batches")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, help="Also write one self-contained HTML page: held-out fidelity and training loss after every epoch.")
 @report_option
 @quiet_option
@@ -547,7 +547,8 @@ def distill(student, teacher, output, eval_data, html_path, report_path, quiet, 
     _, report = distill_model(student, teacher, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
     console.print(
         f"{report.trainable_parameters:,} trainable parameters; matched: {len(report.output_kinds)} output(s) "
-        f"({', '.join(f'{escape(k)}: {v}' for k, v in report.output_kinds.items())}), {len(report.features)} shared feature(s)",
+        f"({', '.join(f'{escape(k)}: {v}' for k, v in report.output_kinds.items())}), {len(report.features)} shared feature(s); "
+        f"training steps in {config.train_precision}",
         highlight=False,
     )
     if report.int8:

@@ -15,7 +15,7 @@ from onnxslim.cli import main  # noqa: E402
 from onnxslim.distill import DistillConfig, distill  # noqa: E402
 from onnxslim.distill.losses import LOGITS, PROBABILITIES, VALUES, Term, output_kind, term_loss  # noqa: E402
 from onnxslim.distill.module import forward, ready_to_train, to_module, written_back  # noqa: E402
-from onnxslim.errors import DataError  # noqa: E402
+from onnxslim.errors import DataError, UsageError  # noqa: E402
 from onnxslim.prune import PruneConfig, prune  # noqa: E402
 from onnxslim.quant.prepare import prepare  # noqa: E402
 from tests.conftest import run_model  # noqa: E402
@@ -199,6 +199,19 @@ def test_distilling_a_pruned_student_brings_it_closer_to_its_teacher(teacher_and
     ours = np.concatenate([run_model(written, b)[0].ravel() for b in held])
     theirs = np.concatenate([run_model(onnx.load(str(folder / "teacher.onnx")), b)[0].ravel() for b in held])
     assert float(ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs)) > report.score_before
+
+
+def test_bfloat16_training_steps_train_the_student_too_and_int8_refuses_them(teacher_and_student):
+    folder = teacher_and_student
+    args = (str(folder / "student.onnx"), str(folder / "teacher.onnx"), str(folder / "data"))
+    _, float32 = distill(*args, config=DistillConfig(epochs=3, lr=3e-3, patience=3))
+    _, bfloat16 = distill(*args, config=DistillConfig(epochs=3, lr=3e-3, patience=3, train_precision="bfloat16"))
+    assert bfloat16.config["train_precision"] == "bfloat16"
+    assert bfloat16.score_after > bfloat16.score_before + 0.02
+    assert bfloat16.score_after == pytest.approx(float32.score_after, abs=0.01)  # the held-out score is of the float32 model written
+    assert [e.loss for e in bfloat16.epochs] != [e.loss for e in float32.epochs]  # the steps did run in another arithmetic
+    with pytest.raises(UsageError, match="--int8 rounds to quantize's INT8 grid"):
+        DistillConfig(int8=True, train_precision="bfloat16")
 
 
 def test_targets_past_the_memory_budget_are_recomputed_and_train_the_same(teacher_and_student):
