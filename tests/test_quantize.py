@@ -353,6 +353,12 @@ def test_where_the_cleaned_fp32_model_is_no_faster_than_the_original_the_origina
     written, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3), output=tmp_path / "o.onnx")
     assert report.written == "original" and ops(written) == ops(model) and ops(onnx.load(tmp_path / "o.onnx")) == ops(model)
     assert any("wrote the original model unchanged, the cleaned FP32 model being no faster than it" in w for w in report.warnings)
+    # faster than a cleaned model that is itself slower than the original is not enough: the original is what it must beat
+    between = LatencyComparison(0, {"median_ms": 1.0, "runs": 3}, {"median_ms": 1.05, "runs": 3}, fallback={"median_ms": 1.2, "runs": 3})
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (between, None))
+    written, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=3))
+    assert report.written == "original" and ops(written) == ops(model)
+    assert any("not faster than FP32 here (1.05x FP32 latency; the cleaned FP32 model 1.20x" in w for w in report.warnings)
 
 
 def test_quantize_times_the_cleaned_fp32_model_in_the_same_loop():

@@ -39,15 +39,18 @@ def faster_or_float(
         if split:
             report.warnings.append(split)
     latency = report.latency
-    ratio = latency.ratio_to_fallback if latency is not None else None
-    message = ""
-    if ratio is not None and latency.fallback:
+    # the cleaned model's folds and merges are meant to make it faster; where it was timed no faster, the user's own model is the
+    # fallback, and the candidate has to beat that one
+    cleaned_not_faster = latency is not None and latency.fallback_ratio is not None and latency.fallback_ratio >= 1.0
+    ratio, message = None, ""
+    if latency is not None and latency.fallback and not cleaned_not_faster:
+        ratio = latency.ratio_to_fallback
         message = (f"{subject} not faster than the cleaned FP32 model {where} ({latency.ratio:.2f}x the original's latency, the cleaned FP32 model "
                    f"{latency.fallback_ratio:.2f}x, at {threads_text(config.threads)})")
-    elif ratio is not None:
-        message = f"{subject} not faster than FP32 {where} ({ratio:.2f}x FP32 latency at {threads_text(config.threads)})"
-    # the cleaned model's folds and merges are meant to make it faster; where it was timed no faster, the user's own model is the fallback
-    cleaned_not_faster = latency is not None and latency.fallback_ratio is not None and latency.fallback_ratio >= 1.0
+    elif latency is not None:
+        ratio = latency.ratio
+        cleaned = f"; the cleaned FP32 model {latency.fallback_ratio:.2f}x" if latency.fallback else ""
+        message = f"{subject} not faster than FP32 {where} ({ratio:.2f}x FP32 latency{cleaned} at {threads_text(config.threads)})"
     kept = (f"wrote the original model unchanged, the cleaned FP32 model being no faster than it ({anyway})" if cleaned_not_faster
             else f"wrote the cleaned FP32 model instead ({anyway})")
     use_fp32, warning = keep_fallback(ratio, config.if_slower, keep="keep-fp32", message=message, kept=kept)
