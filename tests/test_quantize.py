@@ -934,6 +934,18 @@ def test_int8_weights_that_break_the_budget_give_way_to_float16(monkeypatch):
     assert min(c.cosine for c in report.fidelity) >= 0.99
 
 
+def test_int8_weights_that_move_the_outputs_more_than_a_little_give_way_to_float16(monkeypatch):
+    import onnxslim.quant.pipeline as pipeline_step
+
+    model, data = outlier_mlp(), outlier_inputs(30)
+    _, free = quantize(model, data, config=FAST)
+    moved = free.kept_float_weights["worst_score_float32"] - free.kept_float_weights["worst_score_int8"]
+    assert free.kept_float_weights["written"] == "int8" and moved <= pipeline_step.INT8_WEIGHTS_SCORE_DROP
+    monkeypatch.setattr(pipeline_step, "INT8_WEIGHTS_SCORE_DROP", moved / 2 if moved > 0 else -1.0)  # within the budget, but more than allowed
+    _, report = quantize(model, data, config=FAST)
+    assert report.kept_float_weights["written"] == "float16" and "with int8 weights an output's cosine falls to" in report.kept_float_weights["why"]
+
+
 def test_float16_weights_leave_shared_tiny_and_small_weights_as_they_are():
     from onnxslim.quant.half_weights import store_weights_in_half
 
