@@ -562,8 +562,8 @@ def scanned_cell(width: int = 16, steps: int = 6, *, seed: int = 22) -> onnx.Mod
     return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [steps, 1, width])], [_output("logits", [1, 4])], "scanned_cell")
 
 
-def rate_branches(features: int = 16, hidden: int = 32, *, seed: int = 23) -> onnx.ModelProto:
-    """A voice-activity-shaped model: the sample rate input picks an If branch, each a 1-D conv front end and an LSTM.
+def rate_branches(features: int = 16, hidden: int = 32, *, seed: int = 23, recurrent: str = "LSTM") -> onnx.ModelProto:
+    """A voice-activity-shaped model: the sample rate input picks an If branch, each a 1-D conv front end and an LSTM (or a GRU).
 
     ``input`` is (1, features, T) audio features, ``sr`` an int64 scalar (16000 takes the then branch). The then
     branch reads its weights from the main graph; the else branch holds its own in Constant nodes.
@@ -576,8 +576,9 @@ def rate_branches(features: int = 16, hidden: int = 32, *, seed: int = 23) -> on
         w = b.const(b.weight(hidden, features, 3))
         h = b.node("Relu", [b.node("Conv", ["input", w, b.const(np.zeros(hidden, np.float32), "b")], kernel_shape=[3], pads=[1, 1])])
         steps = b.node("Transpose", [h], perm=[2, 0, 1])  # (T, 1, hidden): sequence first for the LSTM
-        gates = [b.const((b.rng.standard_normal((1, 4 * hidden, hidden)) * 0.15).astype(np.float32), p) for p in ("W", "R")]
-        seq = b.node("LSTM", [steps, *gates], hidden_size=hidden)
+        count = {"LSTM": 4, "GRU": 3}[recurrent]
+        gates = [b.const((b.rng.standard_normal((1, count * hidden, hidden)) * 0.15).astype(np.float32), p) for p in ("W", "R")]
+        seq = b.node(recurrent, [steps, *gates], hidden_size=hidden)
         last = b.node("Squeeze", [seq, b.const(np.array([1], np.int64), "axis")])  # (T, 1, hidden)
         prob = b.node("Sigmoid", [b.linear(last, hidden, 1)])
         return helper.make_graph(_take_nodes(b), name, [], [_output(prob, ["T", 1, 1])])

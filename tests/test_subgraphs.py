@@ -160,15 +160,21 @@ def test_body_layers_take_part_in_exclusions_and_the_accuracy_budget(tmp_path):
     assert "no node named" not in result.output  # a body node's name is a name --exclude-nodes knows
 
 
-def test_lstms_and_convs_inside_if_branches_are_stored_in_int8():
-    model = rate_branches()
+@pytest.mark.parametrize("recurrent", ["LSTM", "GRU"])
+def test_recurrent_layers_and_convs_inside_if_branches_are_stored_in_int8(recurrent):
+    model = rate_branches(recurrent=recurrent)
     rng = np.random.default_rng(3)
     feeds = [{"input": rng.standard_normal((1, 16, 40)).astype(np.float32), "sr": np.array(16000 if i % 2 else 8000, np.int64)} for i in range(30)]
     quantized, report = quantize(model, feeds, config=NO_BUDGET)
     onnx.checker.check_model(quantized)
     kernels = Counter(report.onnxruntime_kernels)
-    assert kernels["DynamicQuantizeLSTM"] == 2 and kernels["QLinearConv"] == 2 and kernels["LSTM"] == 0
-    assert report.sizes.quantized_bytes < 0.4 * report.sizes.fp32_bytes  # no float copy of an LSTM's weights left behind
+    if recurrent == "LSTM":
+        assert kernels["DynamicQuantizeLSTM"] == 2 and kernels["LSTM"] == 0
+    else:  # float GRUs on INT8 weights folded back at load: no Cast or Mul runs
+        assert kernels["GRU"] == 2 and kernels["Cast"] == 0 and kernels["Mul"] == 0
+        assert {d.node: d for d in report.decisions if d.op_type == "GRU"} and all(d.quantized for d in report.decisions if d.op_type == "GRU")
+    assert kernels["QLinearConv"] == 2
+    assert report.sizes.quantized_bytes < 0.4 * report.sizes.fp32_bytes  # no float copy of a recurrent layer's weights left behind
     for rate in (16000, 8000):
         feed = {"input": rng.standard_normal((1, 16, 25)).astype(np.float32), "sr": np.array(rate, np.int64)}
         assert cosine(run_model(model, feed)[0], run_model(quantized, feed)[0]) > 0.99
