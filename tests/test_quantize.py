@@ -913,27 +913,6 @@ def test_layers_kept_in_float_store_float16_weights_when_asked():
     assert report.kept_float_weights["written"] == "float16" and "worst_score_int8" not in report.kept_float_weights
 
 
-def test_int8_weights_that_break_the_budget_give_way_to_float16(monkeypatch):
-    import onnxslim.quant.pipeline as pipeline_step
-    from onnxslim.quant.stored import store_weights_in_int8
-
-    def stored_and_wrong(model, nodes, **kwargs):  # INT8 weights that move the outputs far off
-        changed = store_weights_in_int8(model, nodes, **kwargs)
-        for tensor in model.graph.initializer:
-            if tensor.data_type == TensorProto.INT8:
-                tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
-        return changed
-
-    monkeypatch.setitem(pipeline_step.STORAGE, "int8", stored_and_wrong)
-    model, data = outlier_mlp(), outlier_inputs(30)
-    quantized, report = quantize(model, data, config=FAST)
-    entry = report.kept_float_weights
-    assert entry["written"] == "float16" and entry["worst_score_int8"] < 0.99 <= entry["worst_score_float16"]
-    assert "with int8 weights an output's cosine falls to" in entry["why"]
-    assert any(t.data_type == TensorProto.FLOAT16 for t in quantized.graph.initializer)
-    assert min(c.cosine for c in report.fidelity) >= 0.99
-
-
 def test_int8_weights_that_move_the_outputs_more_than_a_little_give_way_to_float16(monkeypatch):
     import onnxslim.quant.pipeline as pipeline_step
 
@@ -971,25 +950,30 @@ def test_float16_weights_leave_shared_tiny_and_small_weights_as_they_are():
     assert np.abs(after - before).max() <= 2e-3 * np.abs(before).max()
 
 
-def test_float16_weights_that_break_the_budget_are_not_written(monkeypatch):
+@pytest.mark.parametrize("storage, element, setting, written", [("int8", TensorProto.INT8, "int8", "float16"),
+                                                                  ("float16", TensorProto.FLOAT16, "float16", "float32")])
+def test_stored_weights_that_break_the_budget_give_way(monkeypatch, storage, element, setting, written):
     import onnxslim.quant.pipeline as pipeline_step
-    from onnxslim.quant.half_weights import store_weights_in_half
 
-    def halved_and_wrong(model, nodes, **kwargs):  # float16 weights that move the outputs far off
-        changed = store_weights_in_half(model, nodes, **kwargs)
+    store = pipeline_step.STORAGE[storage]
+
+    def stored_and_wrong(model, nodes, **kwargs):  # stored weights that move the outputs far off
+        changed = store(model, nodes, **kwargs)
         for tensor in model.graph.initializer:
-            if tensor.data_type == TensorProto.FLOAT16:
+            if tensor.data_type == element:
                 tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
         return changed
 
-    monkeypatch.setitem(pipeline_step.STORAGE, "float16", halved_and_wrong)
+    monkeypatch.setitem(pipeline_step.STORAGE, storage, stored_and_wrong)
     model, data = outlier_mlp(), outlier_inputs(30)
-    quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights="float16"))
-    assert report.kept_float_weights["written"] == "float32" and "below the budget" in report.kept_float_weights["why"]
-    assert report.kept_float_weights["worst_score_float16"] < 0.99 <= report.kept_float_weights["worst_score_float32"]
-    assert not any(t.data_type == TensorProto.FLOAT16 for t in quantized.graph.initializer)
+    quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights=setting))
+    entry = report.kept_float_weights
+    assert entry["written"] == written and entry[f"worst_score_{storage}"] < 0.99 <= entry[f"worst_score_{written}"]
+    assert f"with {storage} weights an output's cosine falls to" in entry["why"]
+    stored = {t.name: t.data_type for t in quantized.graph.initializer}
+    assert not any(n.op_type == "Cast" and stored.get(n.input[0]) == element for n in quantized.graph.node)  # no weight restored at load
     assert min(c.cosine for c in report.fidelity) >= 0.99
-    assert not any("float16" in d.reason.text for d in report.decisions)
+    assert not any(f"weights stored in {'INT8' if storage == 'int8' else 'float16'}" in d.reason.text for d in report.decisions)
 
 
 def test_biases_onnxruntime_does_not_fuse_are_seen_and_kept_float():

@@ -14,9 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxslim.ir.graph import drop_unread_initializers
-from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
-from onnxslim.quant.stored import weights_only_read_by
+from onnxslim.ir.tensors import from_array, unique_name
+from onnxslim.quant.stored import rewire_weights, weights_only_read_by
 
 MAX_RELATIVE_ERROR = 1e-3  # a weight whose float16 copy is further from it than this (tiny or huge values) stays float32
 
@@ -37,23 +36,12 @@ def store_weights_in_half(model: onnx.ModelProto, nodes: frozenset[str] | set[st
     A weight is converted when :func:`~onnxslim.quant.stored.weights_only_read_by` offers it (one Cast then
     serves all its readers) and float16 keeps it within :data:`MAX_RELATIVE_ERROR`.
     """
-    weights = initializer_map(model.graph)
-    chosen = weights_only_read_by(model, nodes)
-    taken = all_value_names(model.graph) | set(reserved)
-    casts, changed = [], []
-    for name, users in chosen.items():
-        values = to_array(weights[name]).astype(np.float32)
+
+    def restore(name: str, values: np.ndarray, taken: set[str]):
         if half_weight_error(values) > MAX_RELATIVE_ERROR:
-            continue
+            return None
         half, restored = unique_name(f"{name}_float16", taken), unique_name(f"{name}_restored", taken)
         model.graph.initializer.append(from_array(values.astype(np.float16), half))
-        casts.append(helper.make_node("Cast", [half], [restored], name=unique_name(f"{name}_to_float", taken), to=TensorProto.FLOAT))
-        for user in users:
-            user.input[:] = [restored if i == name else i for i in user.input]
-            changed.append(user.name)
-    if casts:
-        nodes_now = list(model.graph.node)
-        del model.graph.node[:]
-        model.graph.node.extend(casts + nodes_now)
-        drop_unread_initializers(model.graph, set(chosen))
-    return changed
+        return [helper.make_node("Cast", [half], [restored], name=unique_name(f"{name}_to_float", taken), to=TensorProto.FLOAT)], restored
+
+    return rewire_weights(model, weights_only_read_by(model, nodes), restore, reserved)

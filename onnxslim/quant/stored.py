@@ -14,6 +14,8 @@ kernel), and the layers the accuracy budget or the output rule keeps in float.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
@@ -80,29 +82,44 @@ def weights_only_read_by(model: onnx.ModelProto, nodes: frozenset[str] | set[str
     return chosen
 
 
+def rewire_weights(model: onnx.ModelProto, chosen: Mapping[str, list[onnx.NodeProto]],
+                   restore: Callable[[str, np.ndarray, set[str]], tuple[list[onnx.NodeProto], str] | None],
+                   reserved: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """Give every weight of ``chosen`` (name -> the nodes that read it) its stored form: ``restore(name, values, taken)`` adds
+    what it needs to ``model`` and returns the nodes that turn it back into float32 and their output's name (None: the
+    weight stays as it is). Those nodes go first in the graph, the readers read their output, the float32 copies go;
+    returns the readers changed."""
+    weights = initializer_map(model.graph)
+    taken = all_value_names(model.graph) | {n.name for n in model.graph.node} | set(reserved)
+    added, changed = [], []
+    for name, users in chosen.items():
+        made = restore(name, to_array(weights[name]).astype(np.float32), taken)
+        if made is None:
+            continue
+        nodes, restored = made
+        added.extend(nodes)
+        for user in users:
+            user.input[:] = [restored if i == name else i for i in user.input]
+            changed.append(user.name)
+    if added:
+        nodes_now = list(model.graph.node)
+        del model.graph.node[:]
+        model.graph.node.extend(added + nodes_now)
+        drop_unread_initializers(model.graph, set(chosen))
+    return changed
+
+
 def store_weights_in_int8(model: onnx.ModelProto, nodes: frozenset[str] | set[str], *, reserved: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """Store (in place) the float32 weight of each of ``nodes`` as INT8 with a scale per output channel, restored at load
     (see :func:`weights_only_read_by` for which); returns the nodes changed."""
     weights = initializer_map(model.graph)
-    chosen = {}
+    axes = {}
     for name, users in weights_only_read_by(model, nodes).items():
-        axes = {_output_axis(user, len(weights[name].dims)) for user in users}
-        if len(axes) == 1 and None not in axes:
-            chosen[name] = (axes.pop(), users)
-    taken = all_value_names(model.graph) | {n.name for n in model.graph.node} | set(reserved)
-    restores, changed = [], []
-    for name, (axis, users) in chosen.items():
-        values = to_array(weights[name]).astype(np.float32)
-        if not np.isfinite(values).all():
-            continue
-        nodes_added, restored = restored_at_load(model.graph, values, (axis,), name, taken)
-        restores.extend(nodes_added)
-        for user in users:
-            user.input[:] = [restored if i == name else i for i in user.input]
-            changed.append(user.name)
-    if restores:
-        nodes_now = list(model.graph.node)
-        del model.graph.node[:]
-        model.graph.node.extend(restores + nodes_now)
-        drop_unread_initializers(model.graph, set(chosen))
-    return changed
+        found = {_output_axis(user, len(weights[name].dims)) for user in users}
+        if len(found) == 1 and None not in found:
+            axes[name] = (found.pop(), users)
+
+    def restore(name: str, values: np.ndarray, taken: set[str]):
+        return restored_at_load(model.graph, values, (axes[name][0],), name, taken) if np.isfinite(values).all() else None
+
+    return rewire_weights(model, {name: users for name, (_, users) in axes.items()}, restore, reserved)
