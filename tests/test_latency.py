@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from onnxslim.measure.latency import SETTLED_MIN_ROUNDS, interleaved_latency, time_pair, verdict_settled
+from onnxslim.measure.latency import SETTLED_MIN_ROUNDS, LatencyComparison, disagreement, interleaved_latency, time_pair, verdict_settled
 
 
 class FakeRunner:
@@ -112,3 +112,16 @@ def test_sessions_on_several_threads_do_not_spin_between_runs():
     for threads in (2, None):  # None: onnxruntime's default, one thread per core
         options = Runner(model, threads=threads).session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_a_candidate_is_weighed_against_the_model_written_instead_of_it():
+    def timed(candidate, fallback, threads):
+        return LatencyComparison(threads, {"median_ms": 1.0, "runs": 3}, {"median_ms": candidate, "runs": 3}, fallback={"median_ms": fallback, "runs": 3})
+
+    slower_cleaned = timed(0.9, 1.1, 1)  # the cleaned model timed slower than the original: the original is written instead
+    assert slower_cleaned.fallback_not_faster and slower_cleaned.ratio_to_beat == 0.9
+    faster_cleaned = timed(1.05, 0.95, 2)
+    assert not faster_cleaned.fallback_not_faster and abs(faster_cleaned.ratio_to_beat - 1.05 / 0.95) < 1e-12
+    text = disagreement(faster_cleaned, slower_cleaned, "INT8")
+    assert text.startswith("INT8: 0.90x the original's latency at 1 thread but 1.11x the cleaned FP32 model's at 2 threads;")
+    assert disagreement(timed(0.8, 0.9, 2), slower_cleaned, "INT8") is None  # faster than what would be written at both counts

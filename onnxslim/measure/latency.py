@@ -103,16 +103,20 @@ def also_one_thread(threads: int | None, provider: str = "CPUExecutionProvider")
 
 
 def disagreement(at_threads: LatencyComparison | None, at_one: LatencyComparison | None, subject: str) -> str | None:
-    """A warning when the candidate is faster at one thread count and not at the other (``subject``: "INT8")."""
-    if at_threads is None or at_one is None or at_threads.ratio_to_fallback is None or at_one.ratio_to_fallback is None:
+    """A warning when the candidate beats the model written instead of it at one thread count and not at the other (``subject``: "INT8")."""
+    if at_threads is None or at_one is None or at_threads.ratio_to_beat is None or at_one.ratio_to_beat is None:
         return None
-    if (at_threads.ratio_to_fallback < 1.0) == (at_one.ratio_to_fallback < 1.0):
+    if (at_threads.ratio_to_beat < 1.0) == (at_one.ratio_to_beat < 1.0):
         return None
-    against = "the cleaned FP32 model's" if at_threads.fallback and at_one.fallback else "the original's"
+    one, many = _against(at_one), _against(at_threads)
     return (
-        f"{subject}: {at_one.ratio_to_fallback:.2f}x {against} latency at 1 thread but {at_threads.ratio_to_fallback:.2f}x at {threads_text(at_threads.threads)}; "
-        f"what was written follows {threads_text(at_threads.threads)} (--threads sets the count you deploy with)"
+        f"{subject}: {at_one.ratio_to_beat:.2f}x {one} latency at 1 thread but {at_threads.ratio_to_beat:.2f}x{'' if many == one else ' ' + many} "
+        f"at {threads_text(at_threads.threads)}; what was written follows {threads_text(at_threads.threads)} (--threads sets the count you deploy with)"
     )
+
+
+def _against(comparison: LatencyComparison) -> str:
+    return "the cleaned FP32 model's" if comparison.fallback and not comparison.fallback_not_faster else "the original's"
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,17 @@ class LatencyComparison(Record):
     def ratio_to_fallback(self) -> float | None:
         """The candidate's latency over the fallback's, or over the reference's when no fallback was timed."""
         return _median_ratio(self.candidate, self.fallback) if self.fallback else self.ratio
+
+    @property
+    def fallback_not_faster(self) -> bool:
+        """Whether the fallback was timed and no faster than the reference: then the reference itself is what gets written instead."""
+        return self.fallback_ratio is not None and self.fallback_ratio >= 1.0
+
+    @property
+    def ratio_to_beat(self) -> float | None:
+        """The candidate's latency over that of the model written instead of it: the fallback where it was timed faster than the
+        reference, the reference otherwise."""
+        return self.ratio_to_fallback if self.fallback and not self.fallback_not_faster else self.ratio
 
     @property
     def runs(self) -> int:

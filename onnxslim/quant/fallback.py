@@ -41,14 +41,12 @@ def faster_or_float(
     latency = report.latency
     # the cleaned model's folds and merges are meant to make it faster; where it was timed no faster, the user's own model is the
     # fallback, and the candidate has to beat that one
-    cleaned_not_faster = latency is not None and latency.fallback_ratio is not None and latency.fallback_ratio >= 1.0
-    ratio, message = None, ""
-    if latency is not None and latency.fallback and not cleaned_not_faster:
-        ratio = latency.ratio_to_fallback
+    cleaned_not_faster = latency is not None and latency.fallback_not_faster
+    ratio, message = (latency.ratio_to_beat, "") if latency is not None else (None, "")
+    if ratio is not None and latency.fallback and not cleaned_not_faster:
         message = (f"{subject} not faster than the cleaned FP32 model {where} ({latency.ratio:.2f}x the original's latency, the cleaned FP32 model "
                    f"{latency.fallback_ratio:.2f}x, at {threads_text(config.threads)})")
-    elif latency is not None:
-        ratio = latency.ratio
+    elif ratio is not None:
         cleaned = f"; the cleaned FP32 model {latency.fallback_ratio:.2f}x" if latency.fallback else ""
         message = f"{subject} not faster than FP32 {where} ({ratio:.2f}x FP32 latency{cleaned} at {threads_text(config.threads)})"
     kept = (f"wrote the original model unchanged, the cleaned FP32 model being no faster than it ({anyway})" if cleaned_not_faster
