@@ -4,21 +4,23 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxslim.quant.stored import int8_codes, store_weights_in_int8
+from onnxslim.quant.params import quantize_weight, weight_params
+from onnxslim.quant.stored import store_weights_in_int8
 from onnxslim.runtime.session import optimized_ops
 from tests.conftest import run_model
 
 RNG = np.random.default_rng(11)
 
 
-def test_codes_keep_a_scale_per_slice_of_the_kept_axes():
+def test_codes_keep_a_scale_per_output_channel():
     values = RNG.standard_normal((6, 4, 3, 3)).astype(np.float32)
-    codes, scales = int8_codes(values, (0,))
-    assert codes.dtype == np.int8 and scales.shape == (6, 1, 1, 1)
+    scales = weight_params(values, 0)
+    codes = quantize_weight(values, scales, 0)
+    assert codes.dtype == np.int8 and scales.shape == (6,)
     assert (np.abs(codes).reshape(6, -1).max(axis=1) == 127).all()
-    np.testing.assert_allclose(codes * scales, values, atol=float(scales.max()) / 2 + 1e-7)
-    zeros, unit = int8_codes(np.zeros((2, 8), np.float32), (1,))
-    assert not zeros.any() and (unit == 1.0).all()
+    np.testing.assert_allclose(codes * scales.reshape(6, 1, 1, 1), values, atol=float(scales.max()) / 2 + 1e-7)
+    unit = weight_params(np.zeros((2, 8), np.float32), 1)
+    assert not quantize_weight(np.zeros((2, 8), np.float32), unit, 1).any() and (unit == 1.0).all()
 
 
 def test_each_layer_kind_stores_its_weight_per_output_channel_and_onnxruntime_folds_it_back():

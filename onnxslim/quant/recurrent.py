@@ -89,7 +89,8 @@ def store_recurrent_in_int8(model: onnx.ModelProto, choices: list[RecurrentChoic
             for index in (1, 2):
                 stem = node.input[index]
                 if stem not in restored:
-                    restore, restored[stem] = restored_at_load(model.graph, to_array(weights[stem]).astype(np.float32), (0, 1), stem, taken)  # per gate row
+                    codes, scales = row_symmetric(to_array(weights[stem]).astype(np.float32))  # full range: nothing computes in integers
+                    restore, restored[stem] = restored_at_load(model.graph, codes, scales[..., None], stem, taken)
                     nodes.extend(restore)
                 node.input[index] = restored[stem]
                 replaced.add(stem)

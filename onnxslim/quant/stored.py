@@ -20,47 +20,24 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxslim.ir.graph import drop_unread_initializers, node_attr
+from onnxslim.ir.graph import drop_unread_initializers
+from onnxslim.ir.layers import WEIGHTED_LAYERS, weight_axes
 from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, to_array, unique_name
+from onnxslim.quant.params import quantize_weight, weight_params
 
-LEVELS = 127
 MIN_ELEMENTS = 4096  # smaller weights are not worth two nodes
 
 
-def int8_codes(values: np.ndarray, keep_axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric INT8 codes of ``values`` and their scales: one per slice along ``keep_axes`` (the scales keep every axis, size 1 elsewhere)."""
-    reduced = tuple(a for a in range(values.ndim) if a not in keep_axes)
-    bound = np.max(np.abs(values), axis=reduced, keepdims=True) if values.size else np.zeros([1] * values.ndim, np.float32)
-    scales = np.where(bound > 0, bound / LEVELS, 1.0).astype(np.float32)
-    return np.clip(np.round(values / scales), -LEVELS, LEVELS).astype(np.int8), scales
-
-
-def restored_at_load(graph: onnx.GraphProto, values: np.ndarray, keep_axes: tuple[int, ...], stem: str, taken: set[str]) -> tuple[list[onnx.NodeProto], str]:
-    """``values`` added to ``graph`` as INT8 codes and scales; the Cast and Mul that turn them back into float32, and their output's name."""
-    codes, scales = int8_codes(values, keep_axes)
+def restored_at_load(graph: onnx.GraphProto, codes: np.ndarray, scales: np.ndarray, stem: str, taken: set[str]) -> tuple[list[onnx.NodeProto], str]:
+    """INT8 ``codes`` and their ``scales`` (shaped to broadcast over them) added to ``graph``; the Cast and Mul that turn them
+    back into float32, and their output's name."""
     names = {part: unique_name(f"{stem}_{part}", taken) for part in ("int8", "scale", "as_float", "restored")}
-    graph.initializer.extend([from_array(codes, names["int8"]), from_array(scales, names["scale"])])
+    graph.initializer.extend([from_array(codes, names["int8"]), from_array(scales.astype(np.float32), names["scale"])])
     nodes = [
         helper.make_node("Cast", [names["int8"]], [names["as_float"]], name=unique_name(f"{stem}_cast", taken), to=TensorProto.FLOAT),
         helper.make_node("Mul", [names["as_float"], names["scale"]], [names["restored"]], name=unique_name(f"{stem}_rescale", taken)),
     ]
     return nodes, names["restored"]
-
-
-def _output_axis(node: onnx.NodeProto, rank: int) -> int | None:
-    """The axis of ``node``'s weight along which its outputs lie (a scale per output channel or column)."""
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        return 0 if int(node_attr(node, "transB", 0)) else 1
-    if node.op_type == "MatMul" and rank >= 2:
-        return rank - 1
-    return None
-
-
-WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # their weight is input 1
 
 
 def weights_only_read_by(model: onnx.ModelProto, nodes: frozenset[str] | set[str]) -> dict[str, list[onnx.NodeProto]]:
@@ -71,7 +48,7 @@ def weights_only_read_by(model: onnx.ModelProto, nodes: frozenset[str] | set[str
     outputs = {v.name for v in model.graph.output}
     chosen: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
-        if node.name not in nodes or node.op_type not in WEIGHTED or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+        if node.name not in nodes or node.op_type not in WEIGHTED_LAYERS or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
             continue
         name = node.input[1]
         tensor = weights.get(name)
@@ -110,16 +87,23 @@ def rewire_weights(model: onnx.ModelProto, chosen: Mapping[str, list[onnx.NodePr
 
 
 def store_weights_in_int8(model: onnx.ModelProto, nodes: frozenset[str] | set[str], *, reserved: frozenset[str] | set[str] = frozenset()) -> list[str]:
-    """Store (in place) the float32 weight of each of ``nodes`` as INT8 with a scale per output channel, restored at load
-    (see :func:`weights_only_read_by` for which); returns the nodes changed."""
+    """Store (in place) the float32 weight of each of ``nodes`` as INT8 with a scale per output channel (full range: nothing
+    computes in integers), restored at load (see :func:`weights_only_read_by` for which); returns the nodes changed."""
     weights = initializer_map(model.graph)
     axes = {}
     for name, users in weights_only_read_by(model, nodes).items():
-        found = {_output_axis(user, len(weights[name].dims)) for user in users}
-        if len(found) == 1 and None not in found:
+        rank = len(weights[name].dims)
+        found = {weight_axes(user, rank)[1] for user in users}
+        if rank >= 2 and len(found) == 1:
             axes[name] = (found.pop(), users)
 
     def restore(name: str, values: np.ndarray, taken: set[str]):
-        return restored_at_load(model.graph, values, (axes[name][0],), name, taken) if np.isfinite(values).all() else None
+        if not np.isfinite(values).all():
+            return None
+        axis = axes[name][0]
+        scales = weight_params(values, axis)
+        shape = [1] * values.ndim
+        shape[axis] = -1
+        return restored_at_load(model.graph, quantize_weight(values, scales, axis), scales.reshape(shape), name, taken)
 
     return rewire_weights(model, {name: users for name, (_, users) in axes.items()}, restore, reserved)
