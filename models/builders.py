@@ -594,6 +594,41 @@ def rate_branches(features: int = 16, hidden: int = 32, *, seed: int = 23, recur
     return b.model(inputs, [_output("speech", ["T", 1, 1])], "rate_branches")
 
 
+def rate_branch_convs(features: int = 8, hidden: int = 32, *, seed: int = 29) -> onnx.ModelProto:
+    """The sample rate input picks an If branch holding the whole network (two 1-D convolutions and a linear score),
+    as scripted voice-activity exports do: the main graph itself has no layer.
+
+    ``input`` is (1, features, T), ``sr`` an int64 scalar (16000 takes the then branch). The then branch reads its
+    weights from the main graph, whose ``weight_energy`` output also reads the first one; the else branch holds its
+    own in Constant nodes.
+    """
+    b = GraphBuilder(seed)
+    cond = b.node("Equal", ["sr", b.const(np.int64(16000), "rate")])
+    main = _take_nodes(b)
+    shared = []
+
+    def branch(name: str) -> onnx.GraphProto:
+        w1 = b.const(b.weight(hidden, features, 3))
+        shared.append(w1)
+        h = b.node("Relu", [b.node("Conv", ["input", w1, b.const((0.1 * b.rng.standard_normal(hidden)).astype(np.float32), "b")], kernel_shape=[3], pads=[1, 1])])
+        h = b.node("Relu", [b.node("Conv", [h, b.const(b.weight(hidden, hidden, 3)), b.const(np.zeros(hidden, np.float32), "b")], kernel_shape=[3], pads=[1, 1])])
+        steps = b.node("Transpose", [h], perm=[0, 2, 1])  # (1, T, hidden)
+        score = b.node("Sigmoid", [b.linear(steps, hidden, 1)])
+        return helper.make_graph(_take_nodes(b), name, [], [_output(score, [1, "T", 1])])
+
+    then_graph = branch("rate_16k")
+    first = len(b.initializers)
+    else_graph = branch("rate_8k")
+    nodes = [*_as_constant_nodes(b, first), *else_graph.node]
+    del else_graph.node[:]
+    else_graph.node.extend(nodes)
+    energy = b.node("ReduceSumSquare", [shared[0]], keepdims=0)
+    _rename_output(b, energy, "weight_energy")
+    b.nodes = [*main, helper.make_node("If", [cond], ["speech"], name="by_rate", then_branch=then_graph, else_branch=else_graph), *b.nodes]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, features, "T"]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])]
+    return b.model(inputs, [_output("speech", [1, "T", 1]), _output("weight_energy", [])], "rate_branch_convs")
+
+
 CONTROL_FLOW_BUILDERS = {
     "branching_convs": branching_convs,
     "looped_mlp": looped_mlp,

@@ -26,14 +26,16 @@ from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters, node_macs
 from onnxslim.ir.io import load_model, model_file_bytes, model_label, model_weight_bytes
 from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.ir.mapped import has_mapped, spill
+from onnxslim.ir.scopes import all_nodes
 from onnxslim.ir.shapes import infer_shapes
-from onnxslim.ir.tensors import graph_inputs, initializer_map, producer_map, to_array
+from onnxslim.ir.tensors import graph_inputs, initializer_map, producer_map, subgraphs, to_array
 from onnxslim.measure import LatencyComparison, RememberedReference, fidelity, latency_ratios
 from onnxslim.measure.latency import also_one_thread, disagreement, interleaved_latency, keep_fallback, threads_text
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import PassResult, Pipeline, constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
 from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.static_dims import fold_static_dims
+from onnxslim.prune.branches import branches_with_layers, prune_branches
 from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights
 from onnxslim.prune.groups import Groups, apply_removal, build_groups, kept_positions, renormalized
 from onnxslim.prune.importance import METHODS, class_costs, class_scores
@@ -327,14 +329,32 @@ def _computed_weights(model: onnx.ModelProto) -> str:
     return "; the weights of " + ", ".join(f"{count} layer(s) are computed at run time by {op}" for op, count in makers.most_common())
 
 
+def _layers_in_bodies(model: onnx.ModelProto) -> str:
+    """'; N Conv layer(s) sit inside the bodies of If ... (prune does not enter them)' when there are such layers, else ''."""
+    holders: Counter = Counter()
+    layers: Counter = Counter()
+    for node in model.graph.node:
+        inside = [n.op_type for sub in subgraphs(node) for n in all_nodes(sub) if n.op_type in WEIGHTED_LAYERS]
+        if inside:
+            holders[node.op_type] += 1
+            layers.update(inside)
+    if not layers:
+        return ""
+    found = ", ".join(f"{count} {op}" for op, count in layers.most_common())
+    where = ", ".join(f"{count} {op} node(s)" for op, count in holders.most_common())
+    return f"; {found} layer(s) sit inside the bodies of {where}, which prune leaves as they are (quantize enters them)"
+
+
 def _remove_channels(
     work: onnx.ModelProto, shapes: dict, source, probe: dict | None, config: PruneConfig, report: PruneReport, label: str, show_progress: bool
 ) -> onnx.ModelProto:
     """Trace, group, score, select and cut; then recover from the data when there is some."""
     energy = channel_energy(work, source, token_mask=config.token_mask, show_progress=show_progress) if config.importance == "activation" else None
     groups = build_groups(trace(work, shapes))
+    if not any(group.roots for group in groups.groups) and branches_with_layers(work):
+        return _remove_channels_in_branches(work, source, config, report, label, show_progress)
     if not any(group.roots for group in groups.groups):
-        raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights){_computed_weights(work)}")
+        raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights){_computed_weights(work)}{_layers_in_bodies(work)}")
     scores = channel_scores(work, groups, config.importance, energy)
     costs = class_costs(groups.classes, groups.tracing.edits, _node_macs(work, shapes)) if config.scope == "cost" else None
 
@@ -367,6 +387,38 @@ def _remove_channels(
     if source is not None and config.recovery != "none" and removed:
         report.recovery.extend(recover(work, pruned, source, config, kept_positions(groups, removed), show_progress=show_progress))
         remove_dead_nodes(pruned)
+    return pruned
+
+
+def _remove_channels_in_branches(work: onnx.ModelProto, source, config: PruneConfig, report: PruneReport, label: str, show_progress: bool) -> onnx.ModelProto:
+    """Prune the layers of a model that has them only inside If branches, one branch at a time (see :mod:`onnxslim.prune.branches`)."""
+
+    def prune_one(body: onnx.ModelProto, batches: list | None, branch: str) -> onnx.ModelProto | None:
+        PREPARE(body)
+        names = [spec.name for spec in graph_inputs(body)]
+        body_config = config if config.token_mask in names else dataclasses.replace(config, token_mask=None)
+        body_source = open_data(batches, graph_inputs(body)) if batches else None
+        shapes = _shapes_for(body, body_source) if body_source is not None else infer_shapes(body)
+        probe = batches[0] if batches else _probe_feed(body, None, None)
+        part = PruneReport(f"{label}: {branch}", None, "structured", report.config)
+        try:
+            pruned = _remove_channels(body, shapes, body_source, probe, body_config, part, f"{label}: {branch}", show_progress)
+        except NothingToDoError as exc:
+            report.warnings.append(f"{branch} left as it is: {str(exc).split(': ', 2)[-1]}")
+            return None
+        report.groups.extend(part.groups)
+        report.recovery.extend(part.recovery)
+        report.warnings.extend(part.warnings)
+        report.widths = report.widths or part.widths
+        return pruned
+
+    pruned, done = prune_branches(work, source, prune_one, report.warnings.append)
+    if not done:
+        raise NothingToDoError(f"{label}: no layer inside its If branches could be pruned ({'; '.join(report.warnings) or 'nothing to prune'})")
+    remove_dead_nodes(pruned)
+    report.warnings.append(
+        f"the model's layers are all inside If branches: {', '.join(done)} pruned, each as a graph of its own with its inputs and outputs unchanged"
+    )
     return pruned
 
 
@@ -539,8 +591,9 @@ def _ratio_for_budget(model: onnx.ModelProto, groups: Groups, scores, shapes: di
 
 
 def _interface(model: onnx.ModelProto) -> list[tuple[str, bytes]]:
-    weights = {t.name for t in model.graph.initializer}
-    return [(v.name, v.type.SerializeToString()) for v in list(model.graph.input) + list(model.graph.output) if v.name not in weights]
+    weights = {t.name for t in model.graph.initializer}  # inputs with a default value are not part of it; an output folded to a constant is
+    inputs = [v for v in model.graph.input if v.name not in weights]
+    return [(v.name, v.type.SerializeToString()) for v in inputs + list(model.graph.output)]
 
 
 def _check_interface(original: onnx.ModelProto, pruned: onnx.ModelProto, label: str) -> None:

@@ -1,0 +1,88 @@
+"""prune on a model whose layers all sit inside If branches: each branch pruned as a graph of its own."""
+
+import numpy as np
+import onnx
+import pytest
+
+from models.builders import rate_branch_convs
+from onnxslim import PruneConfig, prune
+from onnxslim.errors import NothingToDoError
+from onnxslim.ir.tensors import initializer_map, subgraphs
+from tests.conftest import run_model
+
+CONFIG = PruneConfig(ratio=0.5, latency_runs=0)
+
+
+def batches(rates, count=12, steps=20, seed=0, features=8):
+    rng = np.random.default_rng(seed)
+    return [{"input": rng.standard_normal((1, features, steps)).astype(np.float32), "sr": np.array(rates[i % len(rates)], np.int64)} for i in range(count)]
+
+
+def branch_weight_elements(model: onnx.ModelProto) -> dict[str, int]:
+    """Elements of the weights each branch holds or reads (its own initializers and Constant nodes, and the main graph's it reads)."""
+    main = initializer_map(model.graph)
+    if_node = next(n for n in model.graph.node if n.op_type == "If")
+    sizes = {}
+    for attr in if_node.attribute:
+        graph = attr.g
+        own = sum(int(np.prod(t.dims)) for t in graph.initializer)
+        own += sum(int(np.prod(a.t.dims)) for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value")
+        read = sum(int(np.prod(main[i].dims)) for n in graph.node for i in n.input if i in main)
+        sizes[attr.name] = own + read
+    return sizes
+
+
+def test_both_branches_pruned_with_data_that_runs_them():
+    model = rate_branch_convs()
+    pruned, report = prune(model, batches([16000, 8000]), config=CONFIG)
+    before, after = branch_weight_elements(model), branch_weight_elements(pruned)
+    assert after["then_branch"] < before["then_branch"] and after["else_branch"] < before["else_branch"]
+    assert [o.name for o in pruned.graph.output] == [o.name for o in model.graph.output]
+    assert any("If branches: " in w and "by_rate.then_branch" in w and "by_rate.else_branch" in w for w in report.warnings)
+    onnx.checker.check_model(pruned, full_check=True)
+    for feed in batches([16000, 8000], count=2, seed=1):
+        speech, energy = run_model(pruned, feed)
+        reference_speech, reference_energy = run_model(model, feed)
+        assert speech.shape == reference_speech.shape
+        # the main graph's own reader of a weight the then branch pruned still sees the original
+        np.testing.assert_allclose(energy, reference_energy, rtol=1e-6)
+    assert report.groups and all(g.producers for g in report.groups)
+
+
+def test_refit_branch_stays_close_to_the_original():
+    model = rate_branch_convs()
+    _, report = prune(model, batches([16000, 8000], count=40), config=PruneConfig(ratio=0.25, latency_runs=0), eval_data=batches([16000, 8000], count=10, seed=3))
+    speech = next(o for o in report.fidelity if o.name == "speech")
+    assert 0.9 < speech.cosine < 1.0
+
+
+def test_branch_the_data_never_takes_is_left_as_it_was():
+    model = rate_branch_convs()
+    pruned, report = prune(model, batches([16000]), config=CONFIG)
+    assert branch_weight_elements(pruned)["else_branch"] == branch_weight_elements(model)["else_branch"]
+    for feed in batches([8000], count=2, seed=2):
+        np.testing.assert_allclose(run_model(pruned, feed)[0], run_model(model, feed)[0], rtol=1e-5, atol=1e-6)
+    assert any("by_rate.else_branch never ran on the data" in w for w in report.warnings)
+    assert branch_weight_elements(pruned)["then_branch"] < branch_weight_elements(model)["then_branch"]
+
+
+def test_without_data_branches_are_pruned_by_weight_magnitude():
+    model = rate_branch_convs()
+    pruned, report = prune(model, config=PruneConfig(ratio=0.5, latency_runs=0, importance="l1"))
+    assert all(after < before for before, after in zip(branch_weight_elements(model).values(), branch_weight_elements(pruned).values()))
+    run_model(pruned, batches([8000], count=1)[0])
+
+
+def test_layers_a_branch_cannot_prune_are_named_in_the_error():
+    from models.builders import rate_branches
+
+    with pytest.raises(NothingToDoError, match="inside its If branches could be pruned"):
+        prune(rate_branches(), batches([16000, 8000], features=16), config=CONFIG)
+
+
+def test_input_model_is_not_modified():
+    model = rate_branch_convs()
+    before = model.SerializeToString()
+    prune(model, batches([16000, 8000]), config=CONFIG)
+    assert model.SerializeToString() == before
+    assert all(sub.input == [] or len(sub.input) == 0 for n in model.graph.node for sub in subgraphs(n))
