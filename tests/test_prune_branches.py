@@ -86,3 +86,22 @@ def test_input_model_is_not_modified():
     prune(model, batches([16000, 8000]), config=CONFIG)
     assert model.SerializeToString() == before
     assert all(sub.input == [] or len(sub.input) == 0 for n in model.graph.node for sub in subgraphs(n))
+
+
+def test_a_name_the_pruned_branch_defines_that_the_enclosing_graph_uses_is_renamed_inside_it():
+    from onnxslim.ir.shapes import shapes_and_types
+    from onnxslim.prune.branches import branch_model, branches_with_layers, put_back
+
+    model = rate_branch_convs()
+    branch = next(b for b in branches_with_layers(model) if b.attribute == "then_branch")
+    body, _ = branch_model(model, branch, *shapes_and_types(model))
+    clash = body.graph.initializer[-1]
+    reader = next(n for n in body.graph.node if clash.name in n.input)
+    reader.input[list(reader.input).index(clash.name)] = "rate_1"  # a weight named like the enclosing graph's constant
+    clash.name = "rate_1"
+    put_back(model, branch, body)
+    then_graph = next(a.g for a in next(n for n in model.graph.node if n.op_type == "If").attribute if a.name == "then_branch")
+    assert "rate_1" not in {t.name for t in then_graph.initializer}
+    feed = batches([16000], count=1)[0]
+    reference = run_model(rate_branch_convs(), feed)[0]
+    np.testing.assert_allclose(run_model(model, feed)[0], reference, rtol=1e-5, atol=1e-6)

@@ -80,6 +80,14 @@ def _rename_reads(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
             output.name = active[output.name]
 
 
+def _rename_reads_everywhere(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    """Point the reads of tensors renamed in ``graph`` itself at their new names, in its nested subgraphs too."""
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        for sub in subgraphs(node):
+            _rename_reads(sub, renames)
+
+
 def branch_model(model: onnx.ModelProto, branch: Branch, shapes: dict, types: dict) -> tuple[onnx.ModelProto, list[str]]:
     """``branch`` as a model of its own, and the enclosing graph's tensors it reads (its inputs, in order).
 
@@ -110,12 +118,38 @@ def branch_model(model: onnx.ModelProto, branch: Branch, shapes: dict, types: di
     return standalone, inputs
 
 
-def put_back(branch: Branch, pruned: onnx.ModelProto) -> None:
-    """Replace ``branch``'s graph in its If by ``pruned``'s graph, its inputs read again from the enclosing graph."""
+def _outside_names(model: onnx.ModelProto, branch: Branch) -> set[str]:
+    """Names the enclosing graph and the If's other branches define: a name the branch defines must differ from them all."""
+    graph = model.graph
+    names = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output if o}
+    for attr in branch.node.attribute:
+        if attr.name in BRANCHES and attr.name != branch.attribute:
+            names |= all_value_names(attr.g)
+    return names
+
+
+def put_back(model: onnx.ModelProto, branch: Branch, pruned: onnx.ModelProto) -> None:
+    """Replace ``branch``'s graph in its If by ``pruned``'s graph, its inputs read again from the enclosing graph.
+
+    A tensor the pruned graph defines under a name the enclosing graph or the other branch uses (new weights are
+    named by the pruning, which saw the branch alone) is renamed inside it.
+    """
     graph = onnx.GraphProto()
     graph.CopyFrom(pruned.graph)
+    outer = {v.name for v in graph.input}
     del graph.input[:]
     del graph.value_info[:]
+    outside = _outside_names(model, branch)
+    taken = outside | all_value_names(graph)
+    kept = outer | {v.name for v in graph.output}
+    defined = [t.name for t in graph.initializer] + [o for n in graph.node for o in n.output if o]
+    clashes = {name: unique_name(name, taken) for name in defined if name in outside and name not in kept}
+    if clashes:
+        for tensor in graph.initializer:
+            tensor.name = clashes.get(tensor.name, tensor.name)
+        for node in graph.node:
+            node.output[:] = [clashes.get(o, o) for o in node.output]
+        _rename_reads_everywhere(graph, clashes)
     graph.name = branch.graph.name
     for attr in branch.node.attribute:
         if attr.name == branch.attribute:
@@ -162,6 +196,6 @@ def prune_branches(model: onnx.ModelProto, source, prune_one: Callable, warn: Ca
             continue
         pruned = prune_one(body, data, branch.label)
         if pruned is not None:
-            put_back(branch, pruned)
+            put_back(result, branch, pruned)
             done.append(branch.label)
     return result, done
