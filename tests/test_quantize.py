@@ -1018,11 +1018,24 @@ def test_integer_matmuls_onnxruntime_leaves_apart_stay_qdq(monkeypatch):
     assert cosine(run_model(model, feed)[0], run_model(quantized, feed)[0]) > 0.99
 
 
-def test_output_layers_keep_float32_weights_when_nothing_checks_them():
-    model, data = outlier_mlp(), outlier_inputs(30)
+def test_without_a_budget_output_layers_store_smaller_weights_that_move_no_output(monkeypatch):
+    import onnxslim.quant.pipeline as pipeline_step
+    from models.builders import mlp
+
+    model = mlp(d_in=64, hidden=128, d_out=256)
+    data = sample_inputs(model, 30)
     _, report = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
     (output_layer,) = [d for d in report.decisions if d.code == QuantReason.OUTPUT_LAYER]
-    assert "float16" not in output_layer.reason.text and not report.kept_float_weights
+    entry = report.kept_float_weights
+    assert entry["worst_score_float32"] > 0.99  # a model that quantizes well: the rule below is not vacuous
+    assert entry["written"] == "int8" and entry["worst_score_float32"] - entry["worst_score_int8"] <= pipeline_step.INT8_WEIGHTS_SCORE_DROP
+    assert "weights stored in INT8" in output_layer.reason.text
+    # a drop larger than allowed keeps every form out, float16 included, since no budget bounds it
+    monkeypatch.setattr(pipeline_step, "INT8_WEIGHTS_SCORE_DROP", -1.0)
+    _, strict = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
+    assert strict.kept_float_weights["written"] == "float32" and "with float16 weights" in strict.kept_float_weights["why"]
+    (output_layer,) = [d for d in strict.decisions if d.code == QuantReason.OUTPUT_LAYER]
+    assert "stored" not in output_layer.reason.text
 
 
 def test_the_report_lists_the_layout_rewrites_of_the_model_written():

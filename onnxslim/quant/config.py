@@ -107,8 +107,9 @@ class QuantConfig:
     smooth: float | None = smooth_setting()
     kept_float_weights: str = setting(
         "int8", "Weights of the layers kept in float (for --accuracy-budget, and output layers), stored smaller and turned back into float32 when the "
-        "model loads, written only when every output still meets the budget with them: int8 (a quarter of the bytes, a scale per output channel, "
-        "where it moves no output's score by more than 0.001; float16 elsewhere), float16 (half), or float32 (as they were).",
+        "model loads, written only when every output still meets the budget with them (with --accuracy-budget none: when no output's score moves by "
+        "more than 0.001): int8 (a quarter of the bytes, a scale per output channel, where it moves no output's score by more than 0.001; float16 "
+        "elsewhere), float16 (half), or float32 (as they were).",
         choices=("int8", "float16", "float32"),
     )
     concat_range_ratio: float = 16.0

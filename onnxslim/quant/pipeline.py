@@ -512,14 +512,15 @@ def _kept_weights_within_budget(run: QuantRun, config: QuantConfig, report: Quan
     Those are the layers the budget search kept in float and the output layers the plan keeps in float
     (their weights can be most of a model's bytes: a recognizer's 6,625-way classifier). Done once the
     budget search has chosen its layers (rounded weights move some outputs, a peaked softmax most, and
-    the search's scores are not monotone: left to the search, they could change its choice); without a
-    budget nothing is checked, so nothing is changed. ``report.kept_float_weights`` says what was
-    measured and which was written.
+    the search's scores are not monotone: left to the search, they could change its choice). Without a
+    budget (``--accuracy-budget none``) a smaller form is written only when no output's score moves by
+    more than INT8_WEIGHTS_SCORE_DROP on the held-out batches, and with none of them nothing is checked,
+    so nothing is changed. ``report.kept_float_weights`` says what was measured and which was written.
     """
     output_layers = {node for node, decision in plan.decisions.items() if decision.code == QuantReason.OUTPUT_LAYER}
     keep_float = frozenset(entry["node"] for entry in report.kept_float_for_budget) | output_layers
     tried = STORAGE_TRIED[config.kept_float_weights]
-    if not tried or not keep_float or config.precision != "int8" or config.accuracy_budget is None:
+    if not tried or not keep_float or config.precision != "int8" or not comparisons:
         return plan, model, comparisons
     score = worst_score(comparisons, config.accuracy_metric)
     entry: dict = {"worst_score_float32": score}
@@ -536,11 +537,11 @@ def _kept_weights_within_budget(run: QuantRun, config: QuantConfig, report: Quan
         saved = model_file_bytes(model) - model_file_bytes(smaller)
         entry |= {"layers": len(changed), f"worst_score_{storage}": smaller_score}
         report.kept_float_weights = entry
-        if not smaller_score >= min(config.accuracy_budget, score):  # NaN fails
+        if config.accuracy_budget is not None and not smaller_score >= min(config.accuracy_budget, score):  # NaN fails
             entry["why"] = f"with {storage} weights an output's {config.accuracy_metric} falls to {smaller_score:.5f}, below the budget"
             continue
-        if storage == "int8" and not score - smaller_score <= INT8_WEIGHTS_SCORE_DROP:
-            entry["why"] = (f"with int8 weights an output's {config.accuracy_metric} falls to {smaller_score:.5f} from {score:.5f}, "
+        if (storage == "int8" or config.accuracy_budget is None) and not score - smaller_score <= INT8_WEIGHTS_SCORE_DROP:
+            entry["why"] = (f"with {storage} weights an output's {config.accuracy_metric} falls to {smaller_score:.5f} from {score:.5f}, "
                             f"more than {INT8_WEIGHTS_SCORE_DROP:g}")
             continue
         missed = f"; {entry['why']}" if "why" in entry else ""  # the smaller form tried first
