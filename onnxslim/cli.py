@@ -153,6 +153,8 @@ def _print_summary(summary) -> None:
     macs = f"{summary.macs / 1e6:,.1f} M"
     if summary.macs_unknown_nodes:
         macs += f" (shapes unknown for {len(summary.macs_unknown_nodes)} weighted node(s); give --input-shapes)"
+    if summary.macs_in_bodies:
+        macs += f" (not counted: {len(summary.macs_in_bodies)} weighted node(s) inside If/Loop/Scan bodies)"
     console.print(f"multiply-accumulates: {macs}", highlight=False)
 
 
@@ -495,7 +497,7 @@ def _print_pruning(report) -> None:
     if report.sparsity:
         console.print(f"zeroed the smallest weights of {len(report.sparsity)} layer(s) (details in --report)", highlight=False)
     (p0, p1), (m0, m1), (f0, f1) = report.parameters, report.macs, report.file_bytes
-    macs = f"MACs {m0 / 1e6:,.1f} M -> {m1 / 1e6:,.1f} M ({m1 / m0:.2f}x)" if m0 else "MACs not counted (no layer of the main graph has known sizes)"
+    macs = f"MACs {m0 / 1e6:,.1f} M -> {m1 / 1e6:,.1f} M ({m1 / m0:.2f}x)" if m0 else "MACs not counted (the main graph has no layer of known size)"
     console.print(
         f"parameters {_count(p0)} -> {_count(p1)} ({p1 / max(p0, 1):.2f}x); {macs}; "
         f"file {f0 / 1e6:.2f} MB -> {f1 / 1e6:.2f} MB",

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import onnx
 
-from onnxslim.ir.counts import count_macs, count_parameters
+from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters
 from onnxslim.ir.io import load_model, model_label, model_weight_bytes
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import TensorSpec, graph_inputs, graph_outputs, subgraphs
@@ -41,11 +41,12 @@ class ModelSummary(Record):
     macs: int = 0
     macs_by_op: dict[str, int] = field(default_factory=dict)
     macs_unknown_nodes: list[str] = field(default_factory=list)
+    macs_in_bodies: list[str] = field(default_factory=list)  # weighted nodes inside If/Loop/Scan bodies: not counted (a branch may not run)
     has_subgraphs: bool = False
     functions: int = json_field(0, key="local_functions")
 
     def derived(self) -> dict:
-        return {"macs_complete": not self.macs_unknown_nodes}
+        return {"macs_complete": not self.macs_unknown_nodes and not self.macs_in_bodies}
 
 
 def _all_nodes(graph: onnx.GraphProto):
@@ -75,6 +76,7 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: Mapping
         macs=macs,
         macs_unknown_nodes=unknown,
         macs_by_op=by_op,
+        macs_in_bodies=[n.name or n.output[0] for node in proto.graph.node for sub in subgraphs(node) for n in _all_nodes(sub) if n.op_type in MAC_OPS],
         has_subgraphs=any(True for node in proto.graph.node for _ in subgraphs(node)),
         functions=len(proto.functions),
     )

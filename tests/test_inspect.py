@@ -33,3 +33,11 @@ def test_cli_inspect_json(save):
     data = json.loads(result.output)
     assert data["op_histogram"]["MatMul"] == 8
     assert data["macs"] > 0
+
+
+def test_layers_inside_if_branches_are_named_as_not_counted():
+    from models.builders import rate_branch_convs
+
+    summary = inspect(rate_branch_convs())
+    assert summary.macs == 0 and len(summary.macs_in_bodies) == 6  # two convolutions and a MatMul in each branch
+    assert summary.to_dict()["macs_complete"] is False
