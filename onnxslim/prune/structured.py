@@ -330,7 +330,7 @@ def _computed_weights(model: onnx.ModelProto) -> str:
 
 
 def _layers_in_bodies(model: onnx.ModelProto) -> str:
-    """'; N Conv layer(s) sit inside the bodies of If ... (prune does not enter them)' when there are such layers, else ''."""
+    """'; N Conv layer(s) sit inside the bodies of Loop ...' for layers prune does not reach there, else ''."""
     holders: Counter = Counter()
     layers: Counter = Counter()
     for node in model.graph.node:
@@ -349,12 +349,12 @@ def _remove_channels(
     work: onnx.ModelProto, shapes: dict, source, probe: dict | None, config: PruneConfig, report: PruneReport, label: str, show_progress: bool
 ) -> onnx.ModelProto:
     """Trace, group, score, select and cut; then recover from the data when there is some."""
-    energy = channel_energy(work, source, token_mask=config.token_mask, show_progress=show_progress) if config.importance == "activation" else None
     groups = build_groups(trace(work, shapes))
     if not any(group.roots for group in groups.groups) and branches_with_layers(work):
         return _remove_channels_in_branches(work, source, config, report, label, show_progress)
     if not any(group.roots for group in groups.groups):
         raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights){_computed_weights(work)}{_layers_in_bodies(work)}")
+    energy = channel_energy(work, source, token_mask=config.token_mask, show_progress=show_progress) if config.importance == "activation" else None
     scores = channel_scores(work, groups, config.importance, energy)
     costs = class_costs(groups.classes, groups.tracing.edits, _node_macs(work, shapes)) if config.scope == "cost" else None
 
@@ -400,11 +400,13 @@ def _remove_channels_in_branches(work: onnx.ModelProto, source, config: PruneCon
         body_source = open_data(batches, graph_inputs(body)) if batches else None
         shapes = _shapes_for(body, body_source) if body_source is not None else infer_shapes(body)
         probe = batches[0] if batches else _probe_feed(body, None, None)
-        part = PruneReport(f"{label}: {branch}", None, "structured", report.config)
+        where = f"{label}: {branch}"
+        part = PruneReport(where, None, "structured", report.config)
         try:
-            pruned = _remove_channels(body, shapes, body_source, probe, body_config, part, f"{label}: {branch}", show_progress)
+            pruned = _remove_channels(body, shapes, body_source, probe, body_config, part, where, show_progress)
         except NothingToDoError as exc:
-            report.warnings.append(f"{branch} left as it is: {str(exc).split(': ', 2)[-1]}")
+            text = str(exc)
+            report.warnings.append(f"{branch} left as it is: {text.removeprefix(where + ': ')}")
             return None
         report.groups.extend(part.groups)
         report.recovery.extend(part.recovery)
