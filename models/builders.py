@@ -594,9 +594,10 @@ def rate_branches(features: int = 16, hidden: int = 32, *, seed: int = 23, recur
     return b.model(inputs, [_output("speech", ["T", 1, 1])], "rate_branches")
 
 
-def rate_branch_convs(features: int = 8, hidden: int = 32, *, seed: int = 29) -> onnx.ModelProto:
+def rate_branch_convs(features: int = 8, hidden: int = 32, *, seed: int = 29, front: bool = False) -> onnx.ModelProto:
     """The sample rate input picks an If branch holding the whole network (two 1-D convolutions and a linear score),
-    as scripted voice-activity exports do: the main graph itself has no layer.
+    as scripted voice-activity exports do: the main graph itself has no layer (``front``: it has a front end of two
+    1-D convolutions of its own, whose output the branches read).
 
     ``input`` is (1, features, T), ``sr`` an int64 scalar (16000 takes the then branch). The then branch reads its
     weights from the main graph, whose ``weight_energy`` output also reads the first one; the else branch holds its
@@ -604,13 +605,17 @@ def rate_branch_convs(features: int = 8, hidden: int = 32, *, seed: int = 29) ->
     """
     b = GraphBuilder(seed)
     cond = b.node("Equal", ["sr", b.const(np.int64(16000), "rate")])
+    source = "input"
+    if front:
+        inner = b.node("Relu", [b.node("Conv", [source, b.const(b.weight(hidden, features, 3)), b.const(np.zeros(hidden, np.float32), "b")], kernel_shape=[3], pads=[1, 1])])
+        source = b.node("Conv", [inner, b.const(b.weight(features, hidden, 1)), b.const(np.zeros(features, np.float32), "b")], kernel_shape=[1])
     main = _take_nodes(b)
     shared = []
 
     def branch(name: str) -> onnx.GraphProto:
         w1 = b.const(b.weight(hidden, features, 3))
         shared.append(w1)
-        h = b.node("Relu", [b.node("Conv", ["input", w1, b.const((0.1 * b.rng.standard_normal(hidden)).astype(np.float32), "b")], kernel_shape=[3], pads=[1, 1])])
+        h = b.node("Relu", [b.node("Conv", [source, w1, b.const((0.1 * b.rng.standard_normal(hidden)).astype(np.float32), "b")], kernel_shape=[3], pads=[1, 1])])
         h = b.node("Relu", [b.node("Conv", [h, b.const(b.weight(hidden, hidden, 3)), b.const(np.zeros(hidden, np.float32), "b")], kernel_shape=[3], pads=[1, 1])])
         steps = b.node("Transpose", [h], perm=[0, 2, 1])  # (1, T, hidden)
         score = b.node("Sigmoid", [b.linear(steps, hidden, 1)])

@@ -7,6 +7,7 @@ import pytest
 from models.builders import rate_branch_convs
 from onnxslim import PruneConfig, prune
 from onnxslim.errors import NothingToDoError
+from onnxslim.ir.scopes import all_nodes
 from onnxslim.ir.tensors import initializer_map, subgraphs
 from tests.conftest import run_model
 
@@ -76,7 +77,7 @@ def test_without_data_branches_are_pruned_by_weight_magnitude():
 def test_layers_a_branch_cannot_prune_are_named_in_the_error():
     from models.builders import rate_branches
 
-    with pytest.raises(NothingToDoError, match="inside its If branches could be pruned"):
+    with pytest.raises(NothingToDoError, match="nor inside its If branches"):
         prune(rate_branches(), batches([16000, 8000], features=16), config=CONFIG)
 
 
@@ -105,3 +106,40 @@ def test_a_name_the_pruned_branch_defines_that_the_enclosing_graph_uses_is_renam
     feed = batches([16000], count=1)[0]
     reference = run_model(rate_branch_convs(), feed)[0]
     np.testing.assert_allclose(run_model(model, feed)[0], reference, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_are_cut_in_the_main_graph_and_inside_the_if_branches():
+    model = rate_branch_convs(front=True)
+    pruned, report = prune(model, batches([16000, 8000], count=16), config=CONFIG)
+    if_node = next(n for n in model.graph.node if n.op_type == "If")
+    inside = {n.name for a in if_node.attribute for n in all_nodes(a.g)}
+    producers = {p for g in report.pruned_groups for p in g.producers}
+    assert producers - inside and producers & inside  # the front end's inner channels, and each branch's own
+    assert branch_weight_elements(pruned)["then_branch"] < branch_weight_elements(model)["then_branch"]
+    assert any("layers inside If branches: " in w for w in report.warnings)
+    for feed in batches([16000, 8000], count=2, seed=5):
+        assert run_model(pruned, feed)[0].shape == run_model(model, feed)[0].shape
+
+
+def test_scripted_export_is_pruned_inside_its_if_branches():
+    pytest.importorskip("torch")
+    from models.builders import sample_inputs
+    from models.scripted_export import scripted_branches
+
+    model = scripted_branches(width=16, size=16)
+
+    def both_ways(count, seed):
+        data = sample_inputs(model, count, seed=seed)
+        for index, batch in enumerate(data):
+            batch["input"] = batch["input"] + (0.5 if index % 2 == 0 else -0.5)  # the If goes one way on even batches, the other on odd
+        return data
+
+    # the main graph's stem is read inside the If and its head reaches the output: only the branches' own channels can go
+    pruned, report = prune(model, both_ways(24, 1), config=PruneConfig(ratio=0.5, latency_runs=0), eval_data=both_ways(6, 2))
+    if_node = next(n for n in model.graph.node if n.op_type == "If")
+    inside = {n.name for a in if_node.attribute for n in all_nodes(a.g)}
+    producers = {p for g in report.pruned_groups for p in g.producers}
+    assert producers and producers <= inside
+    assert report.parameters.after < report.parameters.before
+    for batch in both_ways(2, 3):
+        assert run_model(pruned, batch)[0].shape == run_model(model, batch)[0].shape

@@ -1,15 +1,16 @@
-"""Layers that live only inside If branches (models exported with ``torch.jit.script`` control flow).
+"""Channels inside If branches (models exported with ``torch.jit.script`` control flow).
 
 A voice-activity model that picks its network by sample rate holds every
 convolution inside the branches of one If: the main graph has nothing to prune.
-Each branch is a graph of its own whose only contact with the rest of the model
-is by name: the tensors it reads from the enclosing graph and the outputs it
-hands back. So a branch is pruned as a model whose inputs are those tensors and
-whose outputs are its own, which keeps every name the If and the enclosing
-graph see, and is put back in place of the old one.
+The main graph's own channel groups stop where a branch reads them. Each
+branch is a graph of its own whose only contact with the rest of the model is
+by name: the tensors it reads from the enclosing graph and the outputs it hands
+back. So a branch is pruned as a model whose inputs are those tensors and whose
+outputs are its own, which keeps every name the If and the enclosing graph see,
+and is put back in place of the old one.
 
-With data, the branch's inputs are the enclosing graph's tensors as the
-original model computes them on each batch, kept only for the batches on which
+With data, the branch's inputs are the enclosing graph's tensors as the model
+(the main graph already pruned) computes them on each batch, kept only for the batches on which
 the If took that branch (a branch that never ran is left as it is, and the
 report says so). Initializers of the enclosing graph that a branch reads are
 copied into the branch under names of its own, so the pruned copy never

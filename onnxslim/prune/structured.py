@@ -351,7 +351,7 @@ def _remove_channels(
     """Trace, group, score, select and cut; then recover from the data when there is some."""
     groups = build_groups(trace(work, shapes))
     if not any(group.roots for group in groups.groups) and branches_with_layers(work):
-        return _remove_channels_in_branches(work, source, config, report, label, show_progress)
+        return _remove_channels_in_branches(work, source, config, report, label, show_progress, main="no prunable layer in the main graph")
     if not any(group.roots for group in groups.groups):
         raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights){_computed_weights(work)}{_layers_in_bodies(work)}")
     energy = channel_energy(work, source, token_mask=config.token_mask, show_progress=show_progress) if config.importance == "activation" else None
@@ -368,6 +368,10 @@ def _remove_channels(
 
     removed, report.groups, report.widths = _select_widths(work, groups, scores, ratio_for, probe, config, show_progress, costs)
     if config.ratio > 0 and not removed and not config.target_params and not config.target_macs:
+        if branches_with_layers(work):  # nothing to cut in the main graph, but inside its If branches there may be
+            reasons = sorted({g.skipped for g in report.groups if g.skipped})[:3]
+            main = f"no channel group of the main graph can be pruned ({'; '.join(reasons)})"
+            return _remove_channels_in_branches(work, source, config, report, label, show_progress, main=main)
         free = [g for g in report.groups if g.outcome in (GroupOutcome.UNCHANGED, GroupOutcome.PARTLY_BLOCKED)]
         if free:
             largest = max(g.channels_before for g in free)
@@ -387,11 +391,17 @@ def _remove_channels(
     if source is not None and config.recovery != "none" and removed:
         report.recovery.extend(recover(work, pruned, source, config, kept_positions(groups, removed), show_progress=show_progress))
         remove_dead_nodes(pruned)
+    if branches_with_layers(pruned):  # the branches' own channels: the main graph's cut left every tensor they read or return as it was
+        pruned = _remove_channels_in_branches(pruned, source, config, report, label, show_progress)
     return pruned
 
 
-def _remove_channels_in_branches(work: onnx.ModelProto, source, config: PruneConfig, report: PruneReport, label: str, show_progress: bool) -> onnx.ModelProto:
-    """Prune the layers of a model that has them only inside If branches, one branch at a time (see :mod:`onnxslim.prune.branches`)."""
+def _remove_channels_in_branches(
+    work: onnx.ModelProto, source, config: PruneConfig, report: PruneReport, label: str, show_progress: bool, *, main: str | None = None
+) -> onnx.ModelProto:
+    """Prune the channels inside ``work``'s If branches, one branch at a time (see :mod:`onnxslim.prune.branches`); ``main``: why
+    nothing in the main graph was cut, when nothing was, so that a model where no branch could be pruned either is an error."""
+    first_note = len(report.warnings)
 
     def prune_one(body: onnx.ModelProto, batches: list | None, branch: str) -> onnx.ModelProto | None:
         PREPARE(body)
@@ -416,11 +426,11 @@ def _remove_channels_in_branches(work: onnx.ModelProto, source, config: PruneCon
 
     pruned, done = prune_branches(work, source, prune_one, report.warnings.append)
     if not done:
-        raise NothingToDoError(f"{label}: no layer inside its If branches could be pruned ({'; '.join(report.warnings) or 'nothing to prune'})")
+        if main is not None:
+            raise NothingToDoError(f"{label}: {main}, nor inside its If branches ({'; '.join(report.warnings[first_note:]) or 'nothing to prune'})")
+        return work
     remove_dead_nodes(pruned)
-    report.warnings.append(
-        f"the model's layers are all inside If branches: {', '.join(done)} pruned, each as a graph of its own with its inputs and outputs unchanged"
-    )
+    report.warnings.append(f"layers inside If branches: {', '.join(done)} pruned, each as a graph of its own with its inputs and outputs unchanged")
     return pruned
 
 
