@@ -145,12 +145,18 @@ def first_samples(task: Task, count: int, folder: Path) -> Path:
     return folder
 
 
-def eval_feeds(task: Task) -> list[dict[str, np.ndarray]]:
+def labelled_feeds(folder: Path) -> tuple[list[dict[str, np.ndarray]], list[dict]]:
+    """The samples of a data folder written by calibration/make_datasets.py, in the order of its labels.json, and the labels."""
+    labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
     feeds = []
-    for entry in task.labels():
-        with np.load(task.eval / entry["file"]) as archive:
+    for entry in labels:
+        with np.load(folder / entry["file"]) as archive:
             feeds.append({k: archive[k] for k in archive.files})
-    return feeds
+    return feeds, labels
+
+
+def eval_feeds(task: Task) -> list[dict[str, np.ndarray]]:
+    return labelled_feeds(task.eval)[0]
 
 
 def run_all(model_path: Path | str, feeds: list[dict], threads: int = 1, provider: str = "CPUExecutionProvider") -> list[list[np.ndarray]]:
@@ -161,6 +167,12 @@ def run_all(model_path: Path | str, feeds: list[dict], threads: int = 1, provide
     providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
     session = ort.InferenceSession(str(model_path), options, providers=providers)
     return [session.run(None, feed) for feed in feeds]
+
+
+def char_accuracy(model_path: Path | str, folder: Path, characters: list[str] | None = None) -> float:
+    """A recognizer's character accuracy on a labelled folder (``characters``: its CTC classes, default PP-OCRv4's)."""
+    feeds, labels = labelled_feeds(folder)
+    return score_rec(run_all(model_path, feeds), labels, characters)
 
 
 def score(task: Task, outputs, reference_outputs, feeds) -> float:

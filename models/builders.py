@@ -562,6 +562,18 @@ def scanned_cell(width: int = 16, steps: int = 6, *, seed: int = 22) -> onnx.Mod
     return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [steps, 1, width])], [_output("logits", [1, 4])], "scanned_cell")
 
 
+def _by_rate(b: GraphBuilder, cond: str, branch) -> onnx.NodeProto:
+    """The If ``by_rate`` on ``cond`` with ``branch(name)`` in both branches: the then branch reads its weights from the
+    main graph's initializers, the else branch holds its own in Constant nodes."""
+    then_graph = branch("rate_16k")
+    first = len(b.initializers)
+    else_graph = branch("rate_8k")
+    nodes = [*_as_constant_nodes(b, first), *else_graph.node]
+    del else_graph.node[:]
+    else_graph.node.extend(nodes)
+    return helper.make_node("If", [cond], ["speech"], name="by_rate", then_branch=then_graph, else_branch=else_graph)
+
+
 def rate_branches(features: int = 16, hidden: int = 32, *, seed: int = 23, recurrent: str = "LSTM") -> onnx.ModelProto:
     """A voice-activity-shaped model: the sample rate input picks an If branch, each a 1-D conv front end and an LSTM (or a GRU).
 
@@ -583,13 +595,7 @@ def rate_branches(features: int = 16, hidden: int = 32, *, seed: int = 23, recur
         prob = b.node("Sigmoid", [b.linear(last, hidden, 1)])
         return helper.make_graph(_take_nodes(b), name, [], [_output(prob, ["T", 1, 1])])
 
-    then_graph = branch("rate_16k")
-    first = len(b.initializers)
-    else_graph = branch("rate_8k")
-    nodes = [*_as_constant_nodes(b, first), *else_graph.node]
-    del else_graph.node[:]
-    else_graph.node.extend(nodes)
-    b.nodes = [*main, helper.make_node("If", [cond], ["speech"], name="by_rate", then_branch=then_graph, else_branch=else_graph)]
+    b.nodes = [*main, _by_rate(b, cond, branch)]
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, features, "T"]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])]
     return b.model(inputs, [_output("speech", ["T", 1, 1])], "rate_branches")
 
@@ -621,15 +627,10 @@ def rate_branch_convs(features: int = 8, hidden: int = 32, *, seed: int = 29, fr
         score = b.node("Sigmoid", [b.linear(steps, hidden, 1)])
         return helper.make_graph(_take_nodes(b), name, [], [_output(score, [1, "T", 1])])
 
-    then_graph = branch("rate_16k")
-    first = len(b.initializers)
-    else_graph = branch("rate_8k")
-    nodes = [*_as_constant_nodes(b, first), *else_graph.node]
-    del else_graph.node[:]
-    else_graph.node.extend(nodes)
+    by_rate = _by_rate(b, cond, branch)
     energy = b.node("ReduceSumSquare", [shared[0]], keepdims=0)
     _rename_output(b, energy, "weight_energy")
-    b.nodes = [*main, helper.make_node("If", [cond], ["speech"], name="by_rate", then_branch=then_graph, else_branch=else_graph), *b.nodes]
+    b.nodes = [*main, by_rate, *b.nodes]
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, features, "T"]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])]
     return b.model(inputs, [_output("speech", [1, "T", 1]), _output("weight_energy", [])], "rate_branch_convs")
 

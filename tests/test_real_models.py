@@ -16,7 +16,7 @@ pytest.importorskip("PIL", reason="rendering text lines needs Pillow (dev extra)
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tasks import ctc_decode, edit_distance, rec_characters  # noqa: E402
+from benchmarks.tasks import char_accuracy  # noqa: E402
 from calibration.make_datasets import make  # noqa: E402
 from models.gather import gather_ppocr  # noqa: E402
 from onnxslim import QuantConfig, quantize  # noqa: E402
@@ -33,21 +33,6 @@ def ppocr():
 @pytest.fixture(scope="module")
 def rec_data(ppocr, tmp_path_factory):
     return make("rec", 24, 48, root=tmp_path_factory.mktemp("data"))
-
-
-def char_accuracy(model_path, folder: Path) -> float:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    labels = json.loads((folder / "labels.json").read_text())
-    characters = rec_characters()
-    errors = total = 0
-    for entry in labels:
-        with np.load(folder / entry["file"]) as archive:
-            probabilities = session.run(None, {"x": archive["x"]})[0][0]
-        errors += edit_distance(ctc_decode(probabilities, characters), entry["text"])
-        total += len(entry["text"])
-    return 1 - errors / total
 
 
 def test_recognizer_quantizes_with_fused_kernels_and_keeps_accuracy(ppocr, rec_data, tmp_path):

@@ -5,11 +5,9 @@ calibration/make_datasets.py: turned page crops with their orientation, audio ch
 recurrent state Silero VAD carried into them, and rendered text lines.
 """
 
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
@@ -18,7 +16,7 @@ pytest.importorskip("PIL", reason="rendering pages needs Pillow (dev extra)")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.tasks import ctc_decode, edit_distance, model_characters  # noqa: E402
+from benchmarks.tasks import char_accuracy, labelled_feeds, model_characters, run_all, score_cls  # noqa: E402
 from calibration.make_datasets import make  # noqa: E402
 from models.gather import gather_unseen  # noqa: E402
 from onnxslim import PruneConfig, QuantConfig, prune, quantize  # noqa: E402
@@ -38,15 +36,8 @@ def data(unseen, tmp_path_factory):
 
 
 def orientation_accuracy(model_path, folder: Path) -> float:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    labels = json.loads((folder / "labels.json").read_text())
-    hits = 0
-    for entry in labels:
-        with np.load(folder / entry["file"]) as archive:
-            hits += int(session.run(None, {"x": archive["x"]})[0].argmax() == entry["label"])
-    return hits / len(labels)
+    feeds, labels = labelled_feeds(folder)
+    return score_cls(run_all(model_path, feeds), labels)
 
 
 def test_orientation_classifier_quantized_keeps_its_accuracy(unseen, data, tmp_path):
@@ -69,18 +60,6 @@ def test_voice_activity_model_prunes_inside_its_if_branches(unseen, data, tmp_pa
     written = onnx.load(str(out))
     assert [o.name for o in written.graph.output] == ["output", "stateN"]
     assert min(c.cosine for c in report.fidelity) > 0.9
-
-
-def char_accuracy(model_path, folder: Path, characters: list[str]) -> float:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    errors = total = 0
-    for entry in json.loads((folder / "labels.json").read_text()):
-        with np.load(folder / entry["file"]) as archive:
-            errors += edit_distance(ctc_decode(session.run(None, {"x": archive["x"]})[0][0], characters), entry["text"])
-        total += len(entry["text"])
-    return 1 - errors / total
 
 
 def test_newer_recognizer_quantized_with_defaults_keeps_its_character_accuracy(unseen, data, tmp_path):

@@ -120,4 +120,3 @@ def store_recurrent_in_int8(model: onnx.ModelProto, choices: list[RecurrentChoic
     if any(forms[name] == "dynamic" for name in rewritten):
         import_domain(model, MS_DOMAIN)
     return rewritten
-
