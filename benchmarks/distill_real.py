@@ -15,8 +15,8 @@ group's channels.
 Training lines are rendered apart from the held-out ones (``--train`` of them,
 into a folder of their own); distill holds out 1 in 5 of them to pick its best
 epoch, so the held-out set scores models that never saw it nor were chosen on
-it. Each ratio: ``prune`` (activation ranking, refit on the first 64 training
-lines), then ``distill`` toward the original, then ``quantize`` (64 lines);
+it. Each ratio: ``prune`` (activation ranking, refit on the first ``--prune-samples``
+training lines), then ``distill`` toward the original, then ``quantize`` (64 lines);
 every model is scored and timed interleaved with FP32 and with ``quantize``
 alone (median of ``--runs``) at 1 and 2 threads. Needs the distill extra.
 Results: docs/distill-benchmark.md.
@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--time-budget", type=float, default=12.0, help="minutes of distillation per ratio")
     parser.add_argument("--epochs", type=int, default=20, help="at most this many epochs per ratio")
     parser.add_argument("--lr", type=float, default=None, help="distill's learning rate (default: distill's own)")
+    parser.add_argument("--prune-samples", type=int, default=64, help="training samples prune refits on (its own default: all of them)")
+    parser.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"), help="distill's learning-rate schedule (default: distill's own)")
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--json", default=None, help="default: benchmarks/cache/distill_<task>.json")
     parser.add_argument("--keep", type=Path, default=None, help="copy every model built into this folder (to quantize or time again later)")
@@ -72,12 +74,14 @@ def main() -> None:
                 target = work / (f"p{tag}.onnx" if index == len(steps) - 1 else f"p{tag}.{only}.onnx")
                 amount = {"target_macs": 1.0 - ratio} if args.by == "macs" else {"ratio": ratio}
                 # prune's own defaults otherwise: channel counts on the multiple measured fastest here, never slower than the original
-                _, pruned = prune(source, str(train), config=PruneConfig(**amount, only=only, max_calibration_samples=64), output=target)
+                _, pruned = prune(source, str(train), config=PruneConfig(**amount, only=only, max_calibration_samples=args.prune_samples), output=target)
                 notes.setdefault(tag, {})[f"prune {only}"] = {"written": pruned.written, "multiple": pruned.widths.multiple if pruned.widths else None, "warnings": pruned.warnings}
                 source = target
             rows.append((f"prune {tag}", work / f"p{tag}.onnx", time.time() - started))
             started = time.time()
-            _, report = distill(work / f"p{tag}.onnx", task.model, str(train), config=DistillConfig(epochs=args.epochs, time_budget=args.time_budget, lr=args.lr), output=work / f"d{tag}.onnx")
+            schedule = {"lr_schedule": args.lr_schedule} if args.lr_schedule else {}
+            config = DistillConfig(epochs=args.epochs, time_budget=args.time_budget, lr=args.lr, **schedule)
+            _, report = distill(work / f"p{tag}.onnx", task.model, str(train), config=config, output=work / f"d{tag}.onnx")
             rows.append((f"prune {tag} + distill", work / f"d{tag}.onnx", time.time() - started))
             notes[tag] |= {"epochs": [e.to_dict() for e in report.epochs], "best_epoch": report.best_epoch, "score_before": report.score_before, "score_after": report.score_after}
             started = time.time()

@@ -528,7 +528,7 @@ def _print_pruning(report) -> None:
 @output_option
 @data_options
 @click.option("--eval-data", default=None, help="Held-out data to score every epoch, read like --data (default: every 5th batch of --data, not trained on).")
-@config_options(DistillConfig, "epochs", "time_budget", "lr", "batch_size", "patience", "features", "temperature", "augment", "accuracy_metric", "int8",
+@config_options(DistillConfig, "epochs", "time_budget", "lr", "lr_schedule", "batch_size", "patience", "features", "temperature", "augment", "accuracy_metric", "int8",
                 "train_precision", "teacher_memory_mb", "max_calibration_samples", "eval_fraction", "max_eval_batches")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, help="Also write one self-contained HTML page: held-out fidelity and training loss after every epoch.")
 @report_option
@@ -557,7 +557,8 @@ def distill(student, teacher, output, eval_data, html_path, report_path, quiet, 
     if report.int8:
         console.print(f"INT8 rounding simulated on {report.rounded_activations} activation(s) and {report.rounded_weights} weight(s); scores are of INT8 models", highlight=False)
     for epoch in report.epochs:
-        console.print(f"  epoch {epoch.epoch}: loss {epoch.loss:.4f}, held-out {report.accuracy_metric} {epoch.score:.5f} ({epoch.seconds:.0f} s)", highlight=False)
+        console.print(f"  epoch {epoch.epoch}: loss {epoch.loss:.4f}, held-out {report.accuracy_metric} {epoch.score:.5f}, lr {epoch.lr:.2g} ({epoch.seconds:.0f} s)",
+                      highlight=False)
     before = "quantize's INT8 student" if report.int8 else "before"
     console.print(f"{report.accuracy_metric} against the teacher on {escape(report.evaluation)}: {report.score_before:.5f} {before}, {report.score_after:.5f} written",
                   highlight=False)

@@ -161,7 +161,8 @@ def test_a_weight_far_smaller_than_the_learning_rate_is_not_wrecked_by_a_step(tm
     data.mkdir()
     for index, batch in enumerate(sample_inputs(model, 30, seed=5)):
         np.savez(data / f"{index:03d}.npz", **batch)
-    _, report = distill(student, model, str(data), config=DistillConfig(epochs=2, batch_size=2, patience=2))
+    # the full rate at every step of the first epoch: the size of a step is what is under test
+    _, report = distill(student, model, str(data), config=DistillConfig(epochs=2, batch_size=2, patience=2, lr_schedule="constant"))
     assert report.epochs[0].score > report.score_before, (report.score_before, [e.score for e in report.epochs])
 
 
@@ -212,6 +213,27 @@ def test_bfloat16_training_steps_train_the_student_too_and_int8_refuses_them(tea
     assert [e.loss for e in bfloat16.epochs] != [e.loss for e in float32.epochs]  # the steps did run in another arithmetic
     with pytest.raises(UsageError, match="--int8 rounds to quantize's INT8 grid"):
         DistillConfig(int8=True, train_precision="bfloat16")
+
+
+def test_a_cosine_schedule_decays_the_rate_to_zero_by_the_last_epoch_or_the_time_budget(teacher_and_student):
+    from onnxslim.distill.pipeline import _cosine_factor
+
+    assert _cosine_factor(0.0, 4, 0.0, None) == 1.0
+    assert _cosine_factor(2.0, 4, 0.0, None) == pytest.approx(0.5)
+    assert _cosine_factor(4.0, 4, 0.0, None) == pytest.approx(0.0)
+    assert _cosine_factor(1.0, 4, 30.0, 1.0) == pytest.approx(0.5)  # 30 s of a 1-minute budget: the time is further along than the epochs
+    assert _cosine_factor(1.0, 4, 120.0, 1.0) == pytest.approx(0.0)  # past the budget, never negative
+    folder = teacher_and_student
+    args = (str(folder / "student.onnx"), str(folder / "teacher.onnx"), str(folder / "data"))
+    _, constant = distill(*args, config=DistillConfig(epochs=3, lr=3e-3, patience=3, lr_schedule="constant"))
+    _, cosine = distill(*args, config=DistillConfig(epochs=3, lr=3e-3, patience=3))
+    assert cosine.config["lr_schedule"] == "cosine"  # the default
+    assert [e.lr for e in constant.epochs] == [3e-3] * 3
+    rates = [e.lr for e in cosine.epochs]
+    assert 3e-3 > rates[0] > rates[1] > rates[2] > 0  # each epoch's last step: just before 1/3, 2/3 and all of the way
+    assert rates[2] < 3e-3 * 0.1  # the last step of the last epoch: almost at zero
+    assert cosine.score_after > cosine.score_before + 0.02
+    assert [e.loss for e in cosine.epochs] != [e.loss for e in constant.epochs]
 
 
 def test_targets_past_the_memory_budget_are_recomputed_and_train_the_same(teacher_and_student):

@@ -42,7 +42,7 @@ def write_html(report: DistillReport, path: str | os.PathLike) -> None:
     data = report.to_dict()
     figure = fidelity_curves([("student", data)], report.accuracy_metric)
     rows = "".join(
-        f"<tr><td>{'&#9733; ' if e.epoch == report.best_epoch else ''}{e.epoch}</td><td>{e.loss:.4f}</td><td>{html_number(e.score, 5)}</td><td>{e.seconds:.0f}</td></tr>"
+        f"<tr><td>{'&#9733; ' if e.epoch == report.best_epoch else ''}{e.epoch}</td><td>{e.loss:.4f}</td><td>{html_number(e.score, 5)}</td><td>{e.lr:.2g}</td><td>{e.seconds:.0f}</td></tr>"
         for e in report.epochs
     )
     written = {"distilled": f"the student after epoch {report.best_epoch}", "distilled-int8": f"the INT8 model of epoch {report.best_epoch}",
@@ -51,7 +51,7 @@ def write_html(report: DistillReport, path: str | os.PathLike) -> None:
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in report.warnings)
     body = f"""<p>{html.escape(report.student)} trained toward {html.escape(report.teacher)}; scored on {html.escape(report.evaluation)}:
 {report.accuracy_metric} {html_number(report.score_before, 5)} for {before}, {html_number(report.score_after, 5)} written ({html.escape(written)}).</p>
-<table><tr><th>epoch</th><th>training loss</th><th>held-out {report.accuracy_metric}</th><th>seconds</th></tr>{rows}</table>
+<table><tr><th>epoch</th><th>training loss</th><th>held-out {report.accuracy_metric}</th><th>learning rate (last step)</th><th>seconds</th></tr>{rows}</table>
 {"<ul>" + warnings + "</ul>" if warnings else ""}
 {figure.to_html(full_html=False, include_plotlyjs=True)}"""
     write_text(html_page("distill", report.student, body), path, "HTML report")

@@ -59,6 +59,9 @@ class DistillConfig:
     epochs: int = setting(10, "Passes over the training batches (fewer when --time-budget runs out first).", low=1)
     time_budget: float | None = setting(None, "Stop after this many minutes of training (the best epoch so far is kept).", low=0.0, low_open=True, metavar="MIN")
     lr: float | None = setting(None, "Adam learning rate (default 1e-4; 1e-5 with --int8, which fine-tunes weights that are already trained).", low=0.0, low_open=True)
+    lr_schedule: str = setting("cosine", "cosine: decays the rate to zero along a cosine over --epochs, or over --time-budget when that ends "
+                               "first (the last steps settle the weights instead of jittering them); constant: the same rate throughout.",
+                               choices=("constant", "cosine"))
     patience: int = setting(3, "Stop when this many epochs in a row do not improve the held-out score.", low=1)
     features: str = setting("auto", "Also match intermediate tensors that both graphs have by name and shape (auto), or outputs only (none).", choices=("auto", "none"))
     temperature: float = setting(2.0, "Softening temperature for outputs that are class logits.", low=0.0, low_open=True)
@@ -93,6 +96,7 @@ class EpochRecord(Record):
     loss: float
     score: float
     seconds: float
+    lr: float  # the learning rate at the epoch's last step (each tensor's own rate is at most this; see _parameter_groups)
 
 
 @dataclass
@@ -265,9 +269,12 @@ def distill(
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         ready_to_train(net)
-        losses = []
+        losses, factor = [], 1.0
         order = np.random.default_rng(config.seed + epoch).permutation(len(train_batches))
-        for index in track(order, f"epoch {epoch}/{config.epochs}", enabled=show_progress):
+        for step, index in enumerate(track(order, f"epoch {epoch}/{config.epochs}", enabled=show_progress)):
+            if config.lr_schedule == "cosine":
+                factor = _cosine_factor(epoch - 1 + step / len(order), config.epochs, time.perf_counter() - started, config.time_budget)
+                _set_rate(optimizer, factor)
             batch, target = train_batches[index][1], targets[index]
             steps = [(batch, target)]
             if config.augment == "flip":
@@ -293,7 +300,7 @@ def distill(
         scores = fidelity(reference, scored, held, label="distilled student")
         score = worst_score(scores, config.accuracy_metric)
         seconds = time.perf_counter() - started
-        report.epochs.append(EpochRecord(epoch, float(np.mean(losses)), score, seconds))
+        report.epochs.append(EpochRecord(epoch, float(np.mean(losses)), score, seconds, lr * factor))
         improved = not math.isnan(score) and (math.isnan(best_score) or score > best_score)
         if improved:
             best_score, best_state, best_epoch, stale = score, (candidate, scores), epoch, 0
@@ -380,6 +387,19 @@ def _parameter_groups(net, lr: float) -> list[dict]:
         rms = float(parameter.detach().double().pow(2).mean().sqrt())
         groups.append({"params": [parameter], "lr": min(lr, MAX_RELATIVE_STEP * rms) if rms > 0 else lr})
     return groups
+
+
+def _cosine_factor(epochs_done: float, epochs: int, seconds: float, time_budget: float | None) -> float:
+    """The share of the base rate at this point of training: 1 at the start, 0 at the end of --epochs or of --time-budget, whichever comes first."""
+    progress = epochs_done / epochs
+    if time_budget is not None:
+        progress = max(progress, seconds / (time_budget * 60.0))
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _set_rate(optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
 
 
 def _check_reproduces(net, model: onnx.ModelProto, batch: dict, input_names: list[str], output_names: list[str], label: str) -> None:
