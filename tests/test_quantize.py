@@ -14,6 +14,7 @@ import onnxslim.quant.fallback as timing_step
 from models.builders import (
     ALL_BUILDERS,
     GraphBuilder,
+    _rename_output,
     constant_node_weights,
     conv_bn_relu,
     generated_weights,
@@ -403,6 +404,48 @@ def test_the_default_budget_is_099_on_every_output_and_none_switches_it_off(save
         assert json.loads((tmp_path / "r.json").read_text())["accuracy_budget"] == expected
     result = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--data", str(folder), "--accuracy-budget", "nope"])
     assert result.exit_code == 2 and "nope" in result.output
+
+
+def _chain_with_two_bad_layers(width=64, seed=15):
+    """Six MatMul -> Relu layers (the last without Relu). Fed outlier_inputs, the first layer's input scale is set by a channel
+    its weight ignores; the fourth layer's weight has one huge entry on an input channel that is always zero, which sets its
+    per-tensor weight scale. Each rounds what it uses to zero: both add noise of about the signal's power."""
+    b = GraphBuilder(seed)
+    x = "input"
+    for i in range(6):
+        w = b.weight(width, width).T.copy()
+        if i == 0:
+            w[0, :] = 0.0  # reads nothing of channel 0
+        if i == 2:
+            w[:, 0] = 0.0  # its output channel 0 is always zero
+        if i == 3:
+            w[0, 7] = 300.0  # multiplies that zero
+        x = b.node("MatMul", [x, b.const(w)])
+        if i < 5:
+            x = b.node("Relu", [x])
+    _rename_output(b, x, "features")
+    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+                   [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", width])], "two_bad_layers")
+
+
+def test_a_layer_deep_in_a_noisy_chain_is_charged_its_own_noise(monkeypatch):
+    """Compared side by side, the fourth layer's output is no noisier than its input (the first layer's noise already fills
+    it) and it looked harmless; measured with exact inputs it adds as much as the first, and the budget keeps just those two."""
+    from onnxslim.quant import pipeline
+
+    model, data = _chain_with_two_bad_layers(), outlier_inputs(30)
+    config = QuantConfig(latency_runs=0, per_channel=False)
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    first, fourth = matmuls[0], matmuls[3]
+    _, report = quantize(model, data, config=config)
+    noise = {e["node"]: e["added_noise"] for e in report.sensitivity}
+    assert noise[first] > 0.5 and noise[fourth] > 0.5, noise
+    assert {k["node"] for k in report.kept_float_for_budget} == {first, fourth}
+    assert min(c.cosine for c in report.fidelity) >= 0.99
+    monkeypatch.setattr(pipeline, "inputs_made_exact", lambda *a: None)  # the side-by-side charge, as for subgraph bodies
+    _, side_by_side = quantize(model, data, config=config)
+    assert {e["node"]: e["added_noise"] for e in side_by_side.sensitivity}[fourth] < 0.1
+    assert len(side_by_side.kept_float_for_budget) > 2  # kept in float on the way to finding it
 
 
 def test_the_budget_holds_on_every_held_out_batch_not_only_on_those_the_search_samples(monkeypatch):

@@ -3,11 +3,15 @@
 Shared by ``quantize`` (layers kept in float) and ``share`` (weights kept at 256 codes).
 Measuring each layer alone (quantize only it, run the model, score the outputs)
 costs a model build and a pass over the data per layer. Instead the fully
-quantized model and the float model are run once side by side with every
-layer's inputs and outputs exposed: the noise a layer adds is the relative
-error power at its outputs less that already on its inputs. Ranked by it, the
-noisiest layers are kept in float a few at a time until the measured outputs
-meet the budget, so the ranking is only trusted once it is confirmed.
+quantized model runs once with the float model computed inside it, every
+layer's quantized inputs rounded from the float values (quantize's
+:mod:`~onnxslim.quant.isolation`): the noise a layer adds is the relative error
+power at its outputs. Where that cannot be built (subgraph bodies) the two
+models run side by side and a layer is charged the error power at its outputs
+less that already on its inputs, which undercounts layers deep in a noisy
+chain. Ranked by it, the noisiest layers are kept in float a few at a time
+until the measured outputs meet the budget, so the ranking is only trusted once
+it is confirmed.
 """
 
 from __future__ import annotations
@@ -47,9 +51,15 @@ def added_noise(nodes: Sequence[onnx.NodeProto], noise: Mapping[str, float]) -> 
     return added
 
 
-def rank_by_added_noise(nodes: Sequence[onnx.NodeProto], noise: Mapping[str, float]) -> list[tuple[str, float]]:
-    """``nodes`` by the noise each adds, the largest first (graph order breaks ties)."""
-    added = added_noise(nodes, noise)
+def own_noise(nodes: Sequence[onnx.NodeProto], noise: Mapping[str, float]) -> dict[str, float]:
+    """Per node: the noise at its noisiest output, where every layer read exact inputs (nothing inherited to take off)."""
+    return {node.name: max((noise.get(t, 0.0) for t in node.output if t), default=0.0) for node in nodes}
+
+
+def rank_by_added_noise(nodes: Sequence[onnx.NodeProto], noise: Mapping[str, float], *, inputs_exact: bool = False) -> list[tuple[str, float]]:
+    """``nodes`` by the noise each adds, the largest first (graph order breaks ties). ``inputs_exact``: ``noise`` was measured
+    with every layer reading exact inputs (:func:`own_noise`); otherwise each node is charged what it adds to its inputs'."""
+    added = own_noise(nodes, noise) if inputs_exact else added_noise(nodes, noise)
     order = {node.name: i for i, node in enumerate(nodes)}
     return sorted(added.items(), key=lambda item: (-item[1], order[item[0]]))
 

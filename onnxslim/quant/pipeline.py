@@ -57,6 +57,7 @@ from onnxslim.quant.decisions import NodeDecision
 from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.half import quantize_half
 from onnxslim.quant.half_weights import store_weights_in_half
+from onnxslim.quant.isolation import inputs_made_exact
 from onnxslim.quant.params import FULL_LEVELS, REDUCED_LEVELS, activation_params
 from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats
 from onnxslim.quant.prepare import float_tensors_and_shapes, prepare
@@ -663,6 +664,14 @@ def _loss(score: float) -> float:
 
 def _ranked_by_added_noise(run: QuantRun, candidates: list[str], quantized: onnx.ModelProto, batches) -> list[dict]:
     nodes = [n for n in run.prepared.graph.node if n.name in set(candidates)]
+    exact_inputs = inputs_made_exact(run.prepared, quantized)
+    if exact_inputs is not None:  # each layer's own noise, measured with exact inputs: nothing inherited to subtract
+        computed = {o for n in quantized.graph.node for o in n.output}
+        outputs = [o for n in nodes for o in n.output if o in computed]
+        compared = tensor_fidelity(run.prepared, exact_inputs, outputs, track(batches, "per-layer noise", enabled=run.show_progress))
+        noise = {name: noise_power(c.err_sq, c.ref_sq, c.nonfinite_mismatches) for name, c in compared.items()}
+        return [{"node": node, "added_noise": own} for node, own in rank_by_added_noise(nodes, noise, inputs_exact=True)]
+    # with If/Loop/Scan bodies: both models side by side, each layer charged the noise beyond what its inputs carry
     # activations only: weights are not computed, and the quantized graph replaces them
     computed = {o for n in quantized.graph.node for o in n.output} | {v.name for v in quantized.graph.input}
     activations = {t for t in run.float_names if t in computed} - {i.name for i in run.prepared.graph.initializer}
