@@ -448,6 +448,27 @@ def test_a_layer_deep_in_a_noisy_chain_is_charged_its_own_noise(monkeypatch):
     assert len(side_by_side.kept_float_for_budget) > 2  # kept in float on the way to finding it
 
 
+def test_the_exact_input_model_feeds_every_activation_quantizer_from_the_float_copy():
+    from models.builders import branching_convs
+    from onnxslim.quant.isolation import FLOAT_PREFIX, inputs_made_exact
+    from onnxslim.quant.pipeline import QuantRun
+
+    model = conv_bn_relu()
+    run = QuantRun(model, calibrate_on(model), QuantConfig(latency_runs=0, accuracy_budget=None), None, None, False)
+    _, quantized = run.build(run.config, frozenset())
+    merged = inputs_made_exact(run.prepared, quantized)
+    computed_by_float = {o for n in run.prepared.graph.node for o in n.output}
+    quantizers = [n for n in merged.graph.node if n.op_type == "QuantizeLinear" and not n.name.startswith(FLOAT_PREFIX)]
+    # tensors the float model computes (not weights, not the graph input, not what quantize adds such as the stem's channel padding)
+    activations = [q for q in quantizers if q.input[0] in computed_by_float or q.input[0].startswith(FLOAT_PREFIX)]
+    assert len(activations) >= 2 and all(q.input[0].startswith(FLOAT_PREFIX) for q in activations)
+    batch = calibrate_on(model, 1, seed=9)[0]
+    # the quantized copy's outputs are the quantized model's own where nothing upstream was rounded differently: same names, same shapes
+    assert [o.name for o in merged.graph.output] == [o.name for o in quantized.graph.output]
+    assert run_model(merged, batch)[0].shape == run_model(quantized, batch)[0].shape
+    assert inputs_made_exact(branching_convs(), branching_convs()) is None  # If bodies: the side-by-side charge instead
+
+
 def test_the_budget_holds_on_every_held_out_batch_not_only_on_those_the_search_samples(monkeypatch):
     """The search measures its counts on the first held-out batches; the model written meets the budget on all of them.
 

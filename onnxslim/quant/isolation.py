@@ -65,5 +65,4 @@ def inputs_made_exact(float_model: onnx.ModelProto, quantized: onnx.ModelProto) 
     del merged.graph.node[:]
     merged.graph.node.extend(nodes + kept)
     merged.graph.initializer.extend(initializers)
-    del merged.graph.value_info[:]  # shapes are inferred again where needed; stale entries would only mislead
     return merged

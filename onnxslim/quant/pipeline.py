@@ -667,7 +667,7 @@ def _ranked_by_added_noise(run: QuantRun, candidates: list[str], quantized: onnx
     exact_inputs = inputs_made_exact(run.prepared, quantized)
     if exact_inputs is not None:  # each layer's own noise, measured with exact inputs: nothing inherited to subtract
         computed = {o for n in quantized.graph.node for o in n.output}
-        outputs = [o for n in nodes for o in n.output if o in computed]
+        outputs = [o for n in nodes for o in n.output if o in computed and o in run.float_names]
         compared = tensor_fidelity(run.prepared, exact_inputs, outputs, track(batches, "per-layer noise", enabled=run.show_progress))
         noise = {name: noise_power(c.err_sq, c.ref_sq, c.nonfinite_mismatches) for name, c in compared.items()}
         return [{"node": node, "added_noise": own} for node, own in rank_by_added_noise(nodes, noise, inputs_exact=True)]
