@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import onnx
 
+from onnxslim.ir.scopes import find_bodies
+
 FLOAT_PREFIX = "onnxslim_exact/"
-
-
-def has_bodies(model: onnx.ModelProto) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node for a in n.attribute)
 
 
 def inputs_made_exact(float_model: onnx.ModelProto, quantized: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -28,7 +26,7 @@ def inputs_made_exact(float_model: onnx.ModelProto, quantized: onnx.ModelProto) 
     Both models take the same graph inputs. None where the float model has If/Loop/Scan bodies (their outer
     references would need renaming inside them) or nothing would be rewired.
     """
-    if has_bodies(float_model) or has_bodies(quantized):
+    if find_bodies(float_model.graph) or find_bodies(quantized.graph):
         return None
     shared = {i.name for i in float_model.graph.input} - {t.name for t in float_model.graph.initializer}
 
