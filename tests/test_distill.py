@@ -293,13 +293,14 @@ def test_compress_distill_trains_each_pruned_candidate_before_quantizing_it(monk
 
     _timed_by_macs(monkeypatch)
     teacher = onnx.load(str(teacher_and_student / "teacher.onnx"))
-    config = CompressConfig(ratios=(0.5,), max_loss=0.9, accuracy_metric="cosine", latency_runs=3, distill=True, distill_epochs=2, distill_lr=3e-4)
+    config = CompressConfig(ratios=(0.5,), max_loss=0.9, accuracy_metric="cosine", latency_runs=3, distill=True, distill_epochs=2, distill_lr=3e-4,
+                            distill_lr_schedule="constant")
     _, report = compress(teacher, str(teacher_and_student / "data"), config=config)
     names = [c.name for c in report.candidates]
     assert "pruned 50% + distilled" in names and "pruned 50% + distilled + quantized" in names
     distilled = next(c for c in report.candidates if c.name == "pruned 50% + distilled")
     assert len(distilled.details["distill"]["epochs"]) >= 1 and "distilled (best of" in distilled.note
-    assert distilled.details["distill"]["config"]["lr"] == 3e-4
+    assert distilled.details["distill"]["config"]["lr"] == 3e-4 and distilled.details["distill"]["config"]["lr_schedule"] == "constant"
     pytest.importorskip("plotly", reason="the HTML report needs the html extra")
     from onnxslim.compress.html import write_html
 

@@ -69,6 +69,8 @@ class CompressConfig:
     distill_epochs: int = setting(5, "Epochs of distillation per pruned candidate, with --distill.", low=1)
     distill_time_budget: float | None = setting(None, "Minutes of distillation per pruned candidate at most, with --distill.", low=0.0, low_open=True, metavar="MIN")
     distill_lr: float | None = setting(None, "Learning rate of the distillation, with --distill (default: distill's own, as distill --lr).", low=0.0, low_open=True)
+    distill_lr_schedule: str = setting("cosine", "Learning-rate schedule of the distillation, with --distill (as distill --lr-schedule).",
+                                       choices=("constant", "cosine"))
     objective: str = setting(
         "latency", "What to minimize within the budget: latency, or size (the smallest file among candidates not slower than the original; "
         "INT4 weight-only and 16-code shared candidates join).", choices=("latency", "size"),
@@ -241,7 +243,8 @@ def _distilled(pruned: tuple[Candidate, onnx.ModelProto], original, calibration,
     """The pruned candidate trained toward the original on the building batches (distill holds out its own share of them)."""
     candidate, model = pruned
     _say(show_progress, f"compress: distilling {candidate.name}")
-    distill_config = DistillConfig(epochs=config.distill_epochs, time_budget=config.distill_time_budget, lr=config.distill_lr, accuracy_metric=config.accuracy_metric)
+    distill_config = DistillConfig(epochs=config.distill_epochs, time_budget=config.distill_time_budget, lr=config.distill_lr,
+                                   lr_schedule=config.distill_lr_schedule, accuracy_metric=config.accuracy_metric)
     student, distill_report = distill(model, original, calibration, config=distill_config, show_progress=show_progress)
     epochs = f"best of {len(distill_report.epochs)} epoch(s): {distill_report.score_before:.4f} -> {distill_report.score_after:.4f}"
     named = Candidate(f"{candidate.name} + distilled", candidate.prune_ratio, False, note=f"{candidate.note}; distilled ({epochs})",
