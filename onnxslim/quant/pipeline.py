@@ -664,22 +664,22 @@ def _loss(score: float) -> float:
 
 def _ranked_by_added_noise(run: QuantRun, candidates: list[str], quantized: onnx.ModelProto, batches) -> list[dict]:
     nodes = [n for n in run.prepared.graph.node if n.name in set(candidates)]
-    exact_inputs = inputs_made_exact(run.prepared, quantized)
-    if exact_inputs is not None:  # each layer's own noise, measured with exact inputs: nothing inherited to subtract
-        computed = {o for n in quantized.graph.node for o in n.output}
-        outputs = [o for n in nodes for o in n.output if o in computed and o in run.float_names]
-        compared = tensor_fidelity(run.prepared, exact_inputs, outputs, track(batches, "per-layer noise", enabled=run.show_progress))
-        noise = {name: noise_power(c.err_sq, c.ref_sq, c.nonfinite_mismatches) for name, c in compared.items()}
-        return [{"node": node, "added_noise": own} for node, own in rank_by_added_noise(nodes, noise, inputs_exact=True)]
-    # with If/Loop/Scan bodies: both models side by side, each layer charged the noise beyond what its inputs carry
-    # activations only: weights are not computed, and the quantized graph replaces them
-    computed = {o for n in quantized.graph.node for o in n.output} | {v.name for v in quantized.graph.input}
-    activations = {t for t in run.float_names if t in computed} - {i.name for i in run.prepared.graph.initializer}
-    body_nodes, body_activations = compared_body_nodes(run.scopes, quantized, set(candidates))
-    nodes, activations = nodes + body_nodes, activations | body_activations
-    compared = tensor_fidelity(run.prepared, quantized, tensors_to_compare(nodes, activations), track(batches, "per-layer noise", enabled=run.show_progress))
+    computed = {o for n in quantized.graph.node for o in n.output}
+    compared_with = inputs_made_exact(run.prepared, quantized)
+    if compared_with is not None:  # each layer's own noise, measured with exact inputs: nothing inherited to subtract
+        names = [o for n in nodes for o in n.output if o in computed and o in run.float_names]
+    else:  # with If/Loop/Scan bodies: both models side by side, each layer charged the noise beyond what its inputs carry
+        compared_with = quantized
+        # activations only: weights are not computed, and the quantized graph replaces them
+        computed |= {v.name for v in quantized.graph.input}
+        activations = {t for t in run.float_names if t in computed} - {i.name for i in run.prepared.graph.initializer}
+        body_nodes, body_activations = compared_body_nodes(run.scopes, quantized, set(candidates))
+        nodes, activations = nodes + body_nodes, activations | body_activations
+        names = tensors_to_compare(nodes, activations)
+    compared = tensor_fidelity(run.prepared, compared_with, names, track(batches, "per-layer noise", enabled=run.show_progress))
     noise = {name: noise_power(c.err_sq, c.ref_sq, c.nonfinite_mismatches) for name, c in compared.items()}
-    return [{"node": node, "added_noise": added} for node, added in rank_by_added_noise(nodes, noise)]
+    ranked = rank_by_added_noise(nodes, noise, inputs_exact=compared_with is not quantized)
+    return [{"node": node, "added_noise": added} for node, added in ranked]
 
 
 def _ranked_alone(run: QuantRun, candidates: list[str], batches) -> list[dict]:
