@@ -47,7 +47,7 @@ def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], 
     task = TASKS[name]
     data = make(name, args.train, 8, root=work / name / "rendered") / "calib" if args.train else first_samples(task, calib, work / name / "calib")
     extra = {"ratios": tuple(float(r) for r in args.ratios.split(","))} if args.ratios else {}
-    extra |= {"prune_by": args.prune_by, "smooth": args.smooth}
+    extra |= {"prune_by": args.prune_by, "only": args.only, "smooth": args.smooth}
     if args.distill:
         extra |= {"distill": True, "distill_epochs": 20, "distill_time_budget": args.distill, "distill_lr": args.lr}
     feeds = eval_feeds(task)
@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=0, help="build from this many samples rendered apart from the held-out set (default: the first --calib cached ones)")
     parser.add_argument("--ratios", default=None, help="compress --ratios (default: its own)")
     parser.add_argument("--prune-by", default="channels", choices=("channels", "macs", "params"), help="compress --prune-by")
+    parser.add_argument("--only", default="all", choices=("all", "heads", "channels"), help="compress --only (MiniLM: channels = the FFN neurons, every head kept)")
     parser.add_argument("--distill", type=float, default=None, metavar="MIN", help="compress --distill, each pruned candidate for up to MIN minutes")
     parser.add_argument("--lr", type=float, default=None, help="compress --distill-lr (default: distill's own)")
     parser.add_argument("--smooth", type=float, default=None, metavar="ALPHA", help="quantize/compress --smooth (adds a quantize --smooth row)")

@@ -151,6 +151,22 @@ def test_compress_options_are_checked_like_everywhere_else():
         CompressConfig(max_loss=1.5)
 
 
+def test_only_limits_every_candidate_to_heads_or_to_channels(monkeypatch):
+    from models.builders import transformer_block
+
+    _timed_by_macs(monkeypatch)
+    model = transformer_block(dim=32, heads=4, ffn=64)
+    data = sample_inputs(model, 10)
+    widths = {}
+    for only in ("all", "heads"):
+        _, report = compress(model, data, config=CompressConfig(ratios=(0.5,), max_loss=0.9, only=only, quantize=False, latency_runs=3))
+        pruned = next(c for c in report.candidates if c.prune_ratio == 0.5 and not c.quantized)
+        assert not pruned.failed
+        widths[pruned.name] = {g["channels_before"]: g["channels_after"] for g in pruned.details["prune"]["groups"]}
+    assert widths["pruned 50%"][64] == 32  # the FFN neurons, pruned when nothing limits it
+    assert widths["pruned 50% (heads only)"] == {4: 2, 32: 32, 64: 64}
+
+
 def test_no_quantize_spends_the_budget_on_pruning_alone(monkeypatch):
     _timed_by_macs(monkeypatch)
     model = conv_bn_relu(channels=32, size=16)

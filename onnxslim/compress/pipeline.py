@@ -34,6 +34,7 @@ from onnxslim.options import check_settings, setting
 from onnxslim.progress import stderr_console
 from onnxslim.prune import PruneConfig, prune
 from onnxslim.prune.importance import METHODS
+from onnxslim.prune.structured import only_setting
 from onnxslim.quant import QuantConfig, quantize
 from onnxslim.quant.config import TARGETS, scalar_affine_setting, smooth_setting, weight_range_setting
 from onnxslim.records import Record
@@ -61,6 +62,7 @@ class CompressConfig:
         "channels", "What each of --ratios removes a share of: every group's channels (prune --ratio), or the model's multiply-accumulates "
         "or parameters (prune --target-macs / --target-params at 1 - ratio).", choices=("channels", "macs", "params"),
     )
+    only: str = only_setting()
     importance: str = setting("auto", "Channel ranking for pruning, as prune --importance (auto: activation, since compress always has data).", choices=("auto", *METHODS))
     distill: bool = setting(
         False, "Distill every pruned candidate toward the original before measuring and quantizing it (the distill extra; larger ratios pay then).",
@@ -258,11 +260,11 @@ BUDGET_UNITS = {"macs": ("MACs", "macs"), "params": ("parameters", "parameters")
 
 def _pruned(original, ratio: float, calibration, held, config: CompressConfig, show_progress: bool) -> tuple[Candidate, onnx.ModelProto | None]:
     unit, counted = BUDGET_UNITS.get(config.prune_by, (None, None))
-    name = f"pruned {ratio:.0%}" + (f" of {unit}" if unit else "")
+    name = f"pruned {ratio:.0%}" + (f" of {unit}" if unit else "") + (f" ({config.only} only)" if config.only != "all" else "")
     _say(show_progress, f"compress: {name}")
     amount = {"ratio": ratio} if config.prune_by == "channels" else {f"target_{config.prune_by}": 1.0 - ratio}
     prune_config = PruneConfig(
-        **amount, importance=config.importance, threads=config.threads, latency_runs=min(config.latency_runs, 20), if_slower="write", eval_fraction=0.0
+        **amount, importance=config.importance, only=config.only, threads=config.threads, latency_runs=min(config.latency_runs, 20), if_slower="write", eval_fraction=0.0
     )
     try:
         pruned, prune_report = prune(original, calibration, config=prune_config, eval_data=_as_source(held), show_progress=show_progress)

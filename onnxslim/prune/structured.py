@@ -53,6 +53,11 @@ from onnxslim.runtime.write import write_verified
 MAX_MEASURED_BYTES = 256 * 2**20  # models with more weights keep the exact counts unless --round-to says otherwise
 
 
+def only_setting():
+    """``--only``, one definition for prune and compress."""
+    return setting("all", "Prune only whole attention heads, or only channels and neurons.", choices=("all", "heads", "channels"))
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """How to prune.
@@ -101,7 +106,7 @@ class PruneConfig:
         None, "Input whose zeros mark padding tokens, left out of statistics and recovery (default: attention_mask when the model has it; 'none': off).", metavar="INPUT"
     )
     unstructured: bool = setting(False, "Zero the smallest weights instead of removing channels (smaller after compression, not faster).")
-    only: str = setting("all", "Prune only whole attention heads, or only channels and neurons.", choices=("all", "heads", "channels"))
+    only: str = only_setting()
     max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
     eval_fraction: float = setting(0.2, "Share of --data held out for the fidelity check.", low=0.0, high=0.5)
     max_eval_batches: int = setting(64, "Measure fidelity on at most this many held-out batches.", low=1)
