@@ -1,5 +1,6 @@
 import json
 import math
+import sys
 
 import numpy as np
 import onnx
@@ -155,6 +156,7 @@ def test_only_limits_every_candidate_to_heads_or_to_channels(monkeypatch):
     from models.builders import transformer_block
 
     _timed_by_macs(monkeypatch)
+    monkeypatch.setattr(sys.modules["onnxslim.prune.structured"], "choose_multiple", lambda ratios: min(ratios))  # exact counts, whatever this machine times
     model = transformer_block(dim=32, heads=4, ffn=64)
     data = sample_inputs(model, 10)
     widths = {}
@@ -163,7 +165,7 @@ def test_only_limits_every_candidate_to_heads_or_to_channels(monkeypatch):
         pruned = next(c for c in report.candidates if c.prune_ratio == 0.5 and not c.quantized)
         assert not pruned.failed
         widths[pruned.name] = {g["channels_before"]: g["channels_after"] for g in pruned.details["prune"]["groups"]}
-    assert widths["pruned 50%"][64] == 32  # the FFN neurons, pruned when nothing limits it
+    assert widths["pruned 50%"][4] == 2 and widths["pruned 50%"][64] == 32  # heads and FFN neurons, when nothing limits them
     assert widths["pruned 50% (heads only)"] == {4: 2, 32: 32, 64: 64}
 
 
