@@ -63,6 +63,12 @@ def naming_the_file(exc: OnnxSlimError, label: str) -> None:
         exc.args = (label + text[len(IN_MEMORY):], *exc.args[1:])
 
 
+def without_model_label(exc: BaseException) -> str:
+    """``exc``'s message without the in-memory placeholder that starts it: a step inside a command that names the file already."""
+    text = str(exc)
+    return text[len(IN_MEMORY) + 2:] if text.startswith(IN_MEMORY + ": ") else text
+
+
 def first_line(exc: BaseException, limit: int = 300, *, empty: str | None = None) -> str:
     """The first non-blank line of ``exc``'s message, cut to ``limit`` characters (libraries raise pages).
 

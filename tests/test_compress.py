@@ -128,6 +128,22 @@ def test_a_budget_that_cannot_be_met_writes_nothing_and_exits_1(monkeypatch, tmp
     assert html.read_text().count("<table>") == 1
 
 
+def test_when_no_candidate_can_be_built_compress_says_why_naming_the_file(tmp_path, save, npz_folder):
+    from models.builders import GraphBuilder, _image_input, _output, _rename_output
+
+    b = GraphBuilder(0)
+    _rename_output(b, b.node("Relu", [b.conv("input", 3, 8)]), "features")  # its one layer writes the output: kept float, not prunable
+    model = b.model([_image_input(3, 16)], [_output("features", [1, 8, 16, 16])], "one_conv")
+    path, data, report = save(model), npz_folder(sample_inputs(model, 10)), tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["compress", str(path), "-o", str(tmp_path / "out.onnx"), "--data", str(data), "--latency-runs", "3", "--report", str(report), "-q"])
+    assert result.exit_code == 1, result.output
+    error = next(line for line in result.output.splitlines() if line.startswith("error:"))
+    assert f"{path}: no candidate could be built: quantized: nothing to quantize" in error, error
+    assert error.count("no channel group can be pruned") == 1 and "pruned 10%: no channel group" in error  # each reason once
+    notes = [c["note"] for c in json.loads(report.read_text())["candidates"]]
+    assert all(note.startswith("not built: ") and "<in-memory model>" not in note for note in notes[1:]), notes
+
+
 def test_cli_compress_writes_model_report_and_html(monkeypatch, tmp_path, save, npz_folder):
     _timed_by_macs(monkeypatch)
     model = conv_bn_relu(channels=32, size=16)

@@ -227,8 +227,31 @@ def test_an_already_quantized_model_is_named_as_such(save, npz_folder, tmp_path)
     data = npz_folder([{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)} for _ in range(6)])
     first = tmp_path / "q.onnx"
     assert invoke("quantize", path, "-o", first, "--data", data, "--latency-runs", "0", "--if-slower", "keep-int8", "-q").exit_code == 0
-    result = invoke("quantize", first, "-o", tmp_path / "qq.onnx", "--data", data, "--latency-runs", "0", "-q")
-    assert result.exit_code == 1 and "already quantized" in result.output, result.output
+    for command in ("quantize", "prune", "compress"):  # refused before any work, not after every candidate failed
+        out = tmp_path / f"{command}.onnx"
+        result = invoke(command, first, "-o", out, "--data", data, "--latency-runs", "3", "-q")
+        assert result.exit_code == 1, result.output
+        assert "already quantized (DequantizeLinear" in result.output and f"{command} its float original" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_integer_operators_inside_branches_count_as_quantized():
+    from onnx import TensorProto, helper
+
+    from onnxslim.ir.quantized import quantized_ops
+
+    def branch(op: str) -> onnx.GraphProto:
+        inputs = ["a_q", "b_q"] if op == "MatMulInteger" else []
+        node = helper.make_node(op, inputs, [f"{op}_out"], name=op)
+        out = helper.make_tensor_value_info(f"{op}_out", TensorProto.INT32 if op == "MatMulInteger" else TensorProto.FLOAT, None)
+        return helper.make_graph([node], op, [], [out])
+
+    branches = helper.make_node("If", ["cond"], ["y"], name="if", then_branch=branch("MatMulInteger"), else_branch=branch("Constant"))
+    graph = helper.make_graph(
+        [helper.make_node("QLinearAdd", ["x"] * 8, ["z"], name="add", domain="com.microsoft"), branches], "g",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])], [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+    )
+    assert quantized_ops(helper.make_model(graph)) == {"MatMulInteger": 1, "QLinearAdd": 1}
 
 
 @pytest.mark.parametrize("name", ["same", ""])

@@ -23,9 +23,10 @@ from onnxslim.compress.search import Budget, Candidate, choose
 from onnxslim.data.sources import InMemory, evaluation_split, for_several_passes, open_data
 from onnxslim.distill import DistillConfig, distill
 from onnxslim.distill.module import require_torch
-from onnxslim.errors import BudgetError, NothingToDoError, OnnxSlimError, ProviderError, UnsupportedModelError, UsageError, naming_the_file
+from onnxslim.errors import BudgetError, NothingToDoError, OnnxSlimError, ProviderError, UnsupportedModelError, UsageError, naming_the_file, without_model_label
 from onnxslim.ir.counts import count_parameters
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
+from onnxslim.ir.quantized import refuse_quantized
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import fidelity
 from onnxslim.measure.fidelity import SCORES, RememberedReference, worst_cosine, worst_score
@@ -138,6 +139,7 @@ def compress(
         require_torch()  # before any work: the extra is missing, say so now
     try:  # candidates are built from in-memory copies: errors name the user's file
         original = load_model(model)
+        refuse_quantized(original, label, "compress")
         inputs = graph_inputs(original)
         source = for_several_passes(open_data(data, inputs, input_shapes=input_shapes), config.max_calibration_samples)
         calibration, held, evaluation = _split(source, eval_data, inputs, config, input_shapes)
@@ -218,7 +220,7 @@ def _weights_only(model, name: str, ratio: float, calibration, config: CompressC
     try:
         low_bit, quant_report = quantize(model, calibration, config=quant_config, show_progress=show_progress)
     except (NothingToDoError, UnsupportedModelError) as exc:
-        return Candidate(name, ratio, True, note=f"not built: {exc}", failed=True), None
+        return Candidate(name, ratio, True, note=f"not built: {without_model_label(exc)}", failed=True), None
     note = f"{len(quant_report.quantized)} weights in 4-bit blocks"
     return Candidate(name, ratio, True, note=note, details={"quantize": quant_report.to_dict()}), low_bit
 
@@ -235,7 +237,7 @@ def _shared(model, name: str, ratio: float, calibration, config: CompressConfig,
     try:
         shared, share_report = share(model, calibration, config=share_config, show_progress=show_progress)
     except NothingToDoError as exc:
-        return Candidate(name, ratio, False, shared=True, note=f"not built: {exc}", failed=True), None
+        return Candidate(name, ratio, False, shared=True, note=f"not built: {without_model_label(exc)}", failed=True), None
     moved = len(share_report.kept_for_budget)
     note = f"{sum(1 for t in share_report.tensors if t.how.startswith('codebook'))} weights as codebooks" + (f", {moved} moved up a step for the budget" if moved else "")
     return Candidate(name, ratio, False, shared=True, note=note, details={"share": share_report.to_dict()}), shared
@@ -269,7 +271,7 @@ def _pruned(original, ratio: float, calibration, held, config: CompressConfig, s
     try:
         pruned, prune_report = prune(original, calibration, config=prune_config, eval_data=_as_source(held), show_progress=show_progress)
     except (NothingToDoError, UnsupportedModelError) as exc:
-        return Candidate(name, ratio, False, note=f"not built: {exc}", failed=True), None
+        return Candidate(name, ratio, False, note=f"not built: {without_model_label(exc)}", failed=True), None
     widths = prune_report.widths.multiple if prune_report.widths is not None else 1
     note = f"{len(prune_report.pruned_groups)} of {len(prune_report.groups)} channel groups pruned, counts at multiples of {widths}"
     if unit:
@@ -306,7 +308,7 @@ def _quantized(
         except (NothingToDoError, UnsupportedModelError) as exc:  # a candidate that cannot be built; the user's mistakes still stop the run
             if candidate is not None:
                 break  # keep the previous attempt, measured
-            return Candidate(name, ratio, True, note=f"not built: {exc}", failed=True), None
+            return Candidate(name, ratio, True, note=f"not built: {without_model_label(exc)}", failed=True), None
         kept = len(quant_report.kept_float_for_budget)
         note = f"{len(quant_report.quantized)} nodes {quant_report.precision.upper()}" + (f", {kept} kept in float for the budget" if kept else "")
         candidate = Candidate(name, ratio, True, note=note, details={"quantize": quant_report.to_dict()})

@@ -69,6 +69,8 @@ def choose(candidates: list[Candidate], budget: Budget) -> tuple[Candidate | Non
     fitting = [c for c in candidates if c.within_budget and (c.prune_ratio > 0 or c.quantized or c.shared)]
     limit = 1.0 + LATENCY_TIE if budget.objective == "size" else 1.0  # for a smaller file, the original's speed is enough
     faster = [c for c in fitting if c.latency_ratio is not None and c.latency_ratio < limit]
+    if not fitting and all(c.failed for c in candidates if c.prune_ratio > 0 or c.quantized or c.shared):
+        return None, f"no candidate could be built: {_why_not_built(candidates)}"
     if not fitting:
         return None, f"no candidate keeps every output within the budget (loss <= {budget.max_loss:g})"
     if not faster:
@@ -92,3 +94,12 @@ def choose(candidates: list[Candidate], budget: Budget) -> tuple[Candidate | Non
     best = min((c for c in faster if c.latency_ratio <= fastest * (1 + LATENCY_TIE)), key=lambda c: (c.loss, c.latency_ratio))
     best.chosen = True
     return best, "the fastest candidate within the budget" + (" (the more faithful of equally fast ones)" if best.latency_ratio > fastest else "")
+
+
+def _why_not_built(candidates: list[Candidate]) -> str:
+    """Each distinct reason candidates were not built, with the first candidate it stopped ('pruned 10%: ...; quantized: ...')."""
+    reasons: dict[str, str] = {}
+    for candidate in candidates:
+        if candidate.failed:
+            reasons.setdefault(candidate.note.removeprefix("not built: "), candidate.name)
+    return "; ".join(f"{name}: {reason}" for reason, name in reasons.items()) or "none was tried"

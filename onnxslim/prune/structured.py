@@ -26,6 +26,7 @@ from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters, node_macs
 from onnxslim.ir.io import load_model, model_file_bytes, model_label, model_weight_bytes
 from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.ir.mapped import has_mapped, spill
+from onnxslim.ir.quantized import refuse_quantized
 from onnxslim.ir.scopes import all_nodes
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, producer_map, subgraphs, to_array
@@ -266,6 +267,7 @@ def prune(
     """
     label = model_label(model)
     original = load_model(model)
+    refuse_quantized(original, label, "prune")
     work = load_model(original)
     prepared = PREPARE(work)
     source = open_data(data, graph_inputs(original), input_shapes=input_shapes) if data is not None else None

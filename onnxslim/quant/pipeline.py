@@ -23,6 +23,7 @@ from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageEr
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.ir.mapped import has_mapped, spill
+from onnxslim.ir.quantized import refuse_quantized
 from onnxslim.ir.scopes import all_nodes, scoped
 from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
 from onnxslim.measure import RememberedReference, fidelity, tensor_fidelity, worst_score
@@ -693,16 +694,6 @@ def _ranked_alone(run: QuantRun, candidates: list[str], batches) -> list[dict]:
     return [{"node": n, "score_when_alone_quantized": 1.0 - damage[n]} for n in ranked]
 
 
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm"}
-
-
-def _refuse_quantized(model: onnx.ModelProto, label: str) -> None:
-    found = Counter(n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS)
-    if found:
-        detail = ", ".join(f"{op} {n}" for op, n in found.most_common(3))
-        raise NothingToDoError(f"{label}: the model is already quantized ({detail}); quantize its float original")
-
-
 def _evaluation_problems(comparisons, run: QuantRun, eval_data_given: bool) -> list[str]:
     """Refuse (or, with --eval-data, warn about) held-out data that does not exercise the model.
 
@@ -760,7 +751,7 @@ def quantize(
     if data is None and not config.weights_only:
         raise UsageError("quantize needs calibration data (--data); only --weights-only works without it")
     run = QuantRun(model, data, config, eval_data, input_shapes, show_progress)
-    _refuse_quantized(run.prepared, run.label)
+    refuse_quantized(run.prepared, run.label, "quantize")
     report = QuantReport(
         run.label, str(output) if output else None, config.target, _method(config),
         precision=f"{config.weights_only}-weights" if config.weights_only else config.precision, budget=config.accuracy_budget, accuracy_metric=config.accuracy_metric,
