@@ -31,6 +31,7 @@ from onnxslim.distill import DistillConfig
 from onnxslim.errors import OnnxSlimError
 from onnxslim.ir.destinations import check_destinations
 from onnxslim.measure.latency import threads_text
+from onnxslim.measure.outputs import DETECTION_SCORE
 from onnxslim.prune import PruneConfig
 from onnxslim.quant import QuantConfig
 from onnxslim.report import plotly_figures, to_json, write_report
@@ -222,9 +223,11 @@ def validate(reference, candidate, input_shapes, providers, threads, warmup, run
 
 
 def _cosine_text(output, digits: int) -> str:
-    """The cosine, and whether its channels were brought to one scale (a few of them dwarf the rest)."""
+    """The cosine, and how it was taken where not over every value alike: as a detector's output, or with channels at one scale."""
     text = _fmt(output.cosine, digits)
-    if output.balanced_axis is not None:
+    if output.detection_view is not None:
+        text += f" (as detections, score >= {DETECTION_SCORE:g}; plain {_fmt(output.plain_cosine, digits)})"
+    elif output.balanced_axis is not None:
         text += f" (channels of axis {output.balanced_axis} at one scale; plain {_fmt(output.plain_cosine, digits)})"
     return text
 

@@ -77,9 +77,9 @@ def test_probability_maps_report_mask_iou_and_class_scores_top1():
     assert logits.task_metric[0] == "top-1" and logits.mask_iou is None and unbounded.task_metric is None
 
 
-def test_a_detector_output_whose_boxes_dwarf_its_scores_is_compared_channel_by_channel():
+def test_a_detector_output_whose_boxes_dwarf_its_scores_is_compared_as_detections():
     """YOLOv8's (1, 84, anchors): 4 box channels in pixels beside 80 class scores in (0, 1). The plain cosine is the
-    boxes' alone; with every channel at the same scale, scores that lost their information show."""
+    boxes' alone; compared as detections, scores that lost their information show."""
     rng = np.random.default_rng(2)
     anchors = 2100
     boxes = rng.uniform(0, 320, size=(1, 4, anchors))
@@ -90,18 +90,76 @@ def test_a_detector_output_whose_boxes_dwarf_its_scores_is_compared_channel_by_c
     comparison = OutputComparison("output0")
     comparison.add(ref, cand)
     assert comparison.plain_cosine > 0.9999
-    assert comparison.balanced_axis == 1 and comparison.scale_spread > 1000
-    r, c = ref[0].astype(np.float64), cand[0].astype(np.float64)
-    scale = np.sqrt((r * r).sum(axis=1, keepdims=True))
-    expected = ((r / scale) * (c / scale)).sum() / np.sqrt(((r / scale) ** 2).sum() * ((c / scale) ** 2).sum())
-    assert comparison.cosine == pytest.approx(expected) and comparison.cosine < 0.8
+    assert comparison.balanced_axis == 1 and comparison.scale_spread > 1000  # still reported
+    assert comparison.detection_view == (1, 4, 84)
+    r, c = ref[0, 4:].astype(np.float64), cand[0, 4:].astype(np.float64)
+    scores_cosine = (r * c).sum() / np.sqrt((r * r).sum() * (c * c).sum())
+    assert comparison.cosine == pytest.approx(scores_cosine) and comparison.cosine < 0.8  # no anchor scored: no box to place
     assert comparison.worst_batch_cosine == pytest.approx(comparison.cosine)
     report = comparison.to_dict()
-    assert report["channels_balanced_on_axis"] == 1 and report["plain_cosine"] == comparison.plain_cosine
+    assert report["compared_as_detections"]["scored_anchors"] == 0 and report["plain_cosine"] == comparison.plain_cosine
     # channel-last (YOLOv5's (1, anchors, 85)) is found the same way
     last = OutputComparison("output")
     last.add(np.moveaxis(ref, 1, 2), np.moveaxis(cand, 1, 2))
-    assert last.balanced_axis == 2 and last.cosine == pytest.approx(comparison.cosine)
+    assert last.detection_view == (2, 4, 84) and last.cosine == pytest.approx(comparison.cosine)
+
+
+def yolox_like(rng, anchors=3549, objects=20):
+    """(1, anchors, 6) as a YOLOX head writes it: offsets and log sizes, then objectness and a class score; few anchors hold objects."""
+    out = np.empty((1, anchors, 6), np.float32)
+    out[0, :, :2] = rng.uniform(-0.5, 1.5, size=(anchors, 2))
+    out[0, :, 2:4] = rng.normal(0.5, 0.8, size=(anchors, 2))
+    out[0, :, 4] = rng.uniform(0, 0.02, size=anchors)
+    out[0, :, 5] = rng.uniform(0, 0.2, size=anchors)
+    held = rng.choice(anchors, objects, replace=False)
+    out[0, held, 4] = rng.uniform(0.6, 0.95, size=objects)
+    out[0, held, 5] = rng.uniform(0.5, 0.95, size=objects)
+    return out, held
+
+
+def test_background_anchors_boxes_do_not_set_a_detectors_cosine():
+    rng = np.random.default_rng(5)
+    ref, held = yolox_like(rng)
+    noisy = ref.copy()
+    noisy[0, :, 5] = np.clip(noisy[0, :, 5] + 0.005, 0, 1)
+    # objects, and anchors whose class score alone reaches 0.1 in either model
+    scored = np.maximum(ref[0, :, 4:].max(axis=1), noisy[0, :, 4:].max(axis=1)) >= 0.1
+    noisy[0, ~scored, :4] += 0.5 * rng.standard_normal((int((~scored).sum()), 4)).astype(np.float32)  # unread box values move a lot ...
+    noisy[0, scored, :4] += 0.01  # ... read ones barely
+    comparison = OutputComparison("output")
+    comparison.add(ref, noisy)
+    assert comparison.detection_view == (2, 4, 6)
+    assert comparison.plain_cosine < 0.98 < 0.999 < comparison.cosine
+    found = comparison.to_dict()["compared_as_detections"]
+    assert found["scored_anchors"] == scored.sum() > found["object_anchors"] == len(held)
+    # a box that moves where an object is, or scores that move anywhere, do show
+    moved = ref.copy()
+    moved[0, held, :4] += 1.0
+    wrong_place = OutputComparison("output")
+    wrong_place.add(ref, moved)
+    assert wrong_place.cosine < 0.9
+    missed = ref.copy()
+    missed[0, held, 4] = 0.01
+    lost = OutputComparison("output")
+    lost.add(ref, missed)
+    assert lost.cosine < 0.95 and lost.plain_cosine > 0.99
+
+
+def test_outputs_that_do_not_look_like_detections_keep_their_cosine():
+    rng = np.random.default_rng(6)
+    tokens = rng.standard_normal((1, 32, 384)).astype(np.float32)  # token states: no column in [0, 1]
+    probabilities = rng.dirichlet(np.ones(10), size=(1, 200)).astype(np.float32)  # per-step class probabilities
+    unit = rng.uniform(size=(1, 500, 6)).astype(np.float32)  # every column in [0, 1]: nothing says which are boxes
+    few = np.concatenate([rng.normal(size=(1, 40, 4)), rng.uniform(size=(1, 40, 2))], axis=2).astype(np.float32)  # 40 rows: too few anchors
+    for array in (tokens, probabilities, unit, few):
+        comparison = OutputComparison("y")
+        comparison.add(array, array * 1.01)
+        assert comparison.detection_view is None
+    flips = OutputComparison("y")  # a batch that does not look like detections ends the view for every batch
+    ref, _ = yolox_like(rng)
+    flips.add(ref, ref)
+    flips.add(unit, unit * 0.5)
+    assert flips.detection_view is None and flips.cosine == flips.plain_cosine
 
 
 def test_features_of_similar_scale_and_maps_keep_the_plain_cosine():

@@ -48,6 +48,39 @@ def looks_like_probability_map(array: np.ndarray) -> bool:
     return bool(array.size and array.min() >= 0.0 and array.max() <= 1.0)
 
 
+# A detector's (batch, anchors, 4 + scores [+ extras]) or (batch, 4 + scores [+ extras], anchors) output: box columns
+# first (some value outside [0, 1]: pixels, offsets, log sizes), then a run of score columns in [0, 1] (objectness, class
+# scores), then anything per detection (mask coefficients). Its boxes mean something only where a score says an object
+# is there, and most anchors are background: compared over every anchor, the background's unread box values set the
+# cosine. So scores are compared on every anchor and the other columns on the anchors where either model finds an
+# object, and the cosine is the lowest of those. An object is found where the best score reaches DETECTION_SCORE
+# (YOLOv8's class scores), or where the first score times the best of the others does (YOLOv5's and YOLOX's
+# objectness times class: their class scores are high on background too, and those anchors would outnumber the
+# objects); the output does not say which layout it has, so both are compared and the lower counts.
+BOX_COLUMNS = 4
+DETECTION_SCORE = 0.1
+MIN_ANCHORS = 64
+
+
+def detection_layout(array: np.ndarray) -> tuple[int, int, int] | None:
+    """(axis of the columns, first score column, end of the score columns) when ``array`` looks like a detector's output, else None."""
+    if array.dtype.kind != "f" or array.ndim != 3 or looks_like_class_scores(array):
+        return None
+    for axis in (2, 1):
+        columns, anchors = array.shape[axis], array.shape[3 - axis]
+        if not BOX_COLUMNS + 1 <= columns <= MAX_BALANCED_CHANNELS or anchors < max(MIN_ANCHORS, 4 * columns):
+            continue
+        rows = np.moveaxis(array, axis, -1).reshape(-1, columns)
+        in_unit = (rows.min(axis=0) >= 0.0) & (rows.max(axis=0) <= 1.0)
+        if in_unit[:BOX_COLUMNS].all() or not in_unit[BOX_COLUMNS]:
+            continue
+        end = BOX_COLUMNS
+        while end < columns and in_unit[end]:
+            end += 1
+        return axis, BOX_COLUMNS, end
+    return None
+
+
 def finite_pairs(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
     """The positions where both flat arrays are finite, and how many are not: (only the candidate's, only the reference's,
     both but different values: NaN vs Inf, +Inf vs -Inf). Statistics cover the finite pairs; the counts fail every gate."""
@@ -126,6 +159,14 @@ class OutputComparison:
     channel_sums: dict[int, np.ndarray] = field(default_factory=dict)
     min_batch_balanced: dict[int, float] = field(default_factory=dict)  # axis -> the lowest balanced cosine of one batch
     batch_sums: list[tuple[float, float, float]] = field(default_factory=list)  # per batch: ref * cand, ref^2, cand^2 (for cosine_range)
+    # a detector's output (detection_layout, the same in every batch): rows (scores on every anchor; the other columns
+    # where the best score finds an object; where objectness times class does) x (ref * cand, ref^2, cand^2), and the counts
+    detection: tuple[int, int, int] | None = None
+    detection_sums: np.ndarray | None = None
+    detection_batches: int = 0
+    scored_anchors: int = 0
+    object_anchors: int = 0
+    min_batch_detection: float = 1.0
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, source: str = "") -> None:
         if reference.shape != candidate.shape:
@@ -146,6 +187,7 @@ class OutputComparison:
         self.min_batch_cosine = min(self.min_batch_cosine, _cosine(dot, ref_sq, cand_sq))
         if not self.nonfinite_mismatches:
             self._add_channel_sums(np.asarray(reference), np.asarray(candidate))
+            self._add_detection_sums(np.asarray(reference), np.asarray(candidate))
         if looks_like_class_scores(reference):
             ref_top = np.argmax(reference, axis=-1)
             cand_top = np.argmax(candidate, axis=-1)
@@ -201,6 +243,33 @@ class OutputComparison:
             self.channel_sums[axis] = self.channel_sums.get(axis, 0) + sums
             self.min_batch_balanced[axis] = min(self.min_batch_balanced.get(axis, 1.0), _balanced_cosine(sums))
 
+    def _add_detection_sums(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        layout = detection_layout(reference)
+        if layout is None or (self.detection is not None and layout != self.detection) or self.detection_batches != self.batches - 1:
+            self.detection, self.detection_sums = None, None  # one batch that does not look like it ends the detection view
+            return
+        axis, first, end = layout
+        columns = reference.shape[axis]
+        ref = np.moveaxis(reference, axis, -1).reshape(-1, columns).astype(np.float64)
+        cand = np.moveaxis(candidate, axis, -1).reshape(-1, columns).astype(np.float64)
+        found = [np.maximum(_best_score(ref, first, end), _best_score(cand, first, end)) >= DETECTION_SCORE,
+                 np.maximum(_object_score(ref, first, end), _object_score(cand, first, end)) >= DETECTION_SCORE]
+        others = np.r_[0:first, end:columns]
+        sums = np.array([_sums(ref[:, first:end], cand[:, first:end])] + [_sums(ref[rows][:, others], cand[rows][:, others]) for rows in found])
+        self.detection = layout
+        self.detection_sums = sums if self.detection_sums is None else self.detection_sums + sums
+        self.detection_batches += 1
+        self.scored_anchors += int(found[0].sum())
+        self.object_anchors += int(found[1].sum())
+        self.min_batch_detection = min(self.min_batch_detection, _detection_cosine(sums))
+
+    @property
+    def detection_view(self) -> tuple[int, int, int] | None:
+        """The detection layout every batch had (see ``detection_layout``), or None."""
+        if self.detection is None or self.detection_sums is None or self.detection_batches != self.batches or self.nonfinite_mismatches:
+            return None
+        return self.detection
+
     @property
     def balanced_axis(self) -> int | None:
         """The axis whose channels' scales spread over more than SCALE_SPREAD (the widest spread), or None."""
@@ -230,10 +299,13 @@ class OutputComparison:
 
     @property
     def cosine(self) -> float:
-        """Cosine similarity over all batches, with every channel at the same scale where their scales spread over
+        """Cosine similarity over all batches: for a detector's output, the lower of its scores' and its scored anchors' other
+        columns' (``detection_view``); else with every channel at the same scale where their scales spread over
         SCALE_SPREAD (``balanced_axis``); NaN when the models disagree on non-finite values, so no gate passes."""
         if self.nonfinite_mismatches:
             return math.nan
+        if self.detection_view is not None:
+            return _detection_cosine(self.detection_sums)
         axis = self.balanced_axis
         if axis is not None:
             return _balanced_cosine(self.channel_sums[axis])
@@ -244,7 +316,8 @@ class OutputComparison:
         """Where the cosine of as many other batches like these would fall: the central RANGE_CONFIDENCE of the pooled
         cosines of RESAMPLES draws (with replacement, a fixed seed) of the batches compared. None below RESAMPLED_BATCHES
         batches, with NaN/Inf disagreement, or where channels are compared at one scale (``balanced_axis``)."""
-        if self.batches < RESAMPLED_BATCHES or self.nonfinite_mismatches or self.balanced_axis is not None or len(self.batch_sums) != self.batches:
+        if (self.batches < RESAMPLED_BATCHES or self.nonfinite_mismatches or self.balanced_axis is not None or self.detection_view is not None
+                or len(self.batch_sums) != self.batches):
             return None
         sums = np.asarray(self.batch_sums, np.float64)
         draws = np.random.default_rng(0).integers(0, len(sums), size=(RESAMPLES, len(sums)))
@@ -257,6 +330,8 @@ class OutputComparison:
     @property
     def worst_batch_cosine(self) -> float:
         """The lowest cosine of one batch, by the measure ``cosine`` uses."""
+        if self.detection_view is not None:
+            return self.min_batch_detection
         axis = self.balanced_axis
         return self.min_batch_balanced[axis] if axis is not None else self.min_batch_cosine
 
@@ -320,6 +395,7 @@ class OutputComparison:
             "cosine": self.cosine,
             "min_batch_cosine": self.worst_batch_cosine,
             "cosine_range_90": list(spread) if spread else None,
+            "compared_as_detections": self._detection_dict(),
             "channels_balanced_on_axis": self.balanced_axis,
             "channel_scale_spread": self.scale_spread,
             "plain_cosine": self.plain_cosine,
@@ -334,6 +410,34 @@ class OutputComparison:
             "nonfinite_reference_values": self.nonfinite_reference,
             "nonfinite_disagreeing_values": self.nonfinite_disagreeing,
         }
+
+
+    def _detection_dict(self) -> dict | None:
+        layout = self.detection_view
+        if layout is None:
+            return None
+        axis, first, end = layout
+        return {"columns_axis": axis, "score_columns": [first, end], "score_threshold": DETECTION_SCORE, "scores_cosine": _cosine(*self.detection_sums[0]),
+                "scored_anchors": self.scored_anchors, "scored_anchors_other_columns_cosine": _cosine(*self.detection_sums[1]),
+                "object_anchors": self.object_anchors, "object_anchors_other_columns_cosine": _cosine(*self.detection_sums[2])}
+
+
+def _sums(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float]:
+    return float(np.einsum("ij,ij->", ref, cand)), float(np.einsum("ij,ij->", ref, ref)), float(np.einsum("ij,ij->", cand, cand))
+
+
+def _best_score(rows: np.ndarray, first: int, end: int) -> np.ndarray:
+    return rows[:, first:end].max(axis=1)
+
+
+def _object_score(rows: np.ndarray, first: int, end: int) -> np.ndarray:
+    """The first score times the best of the others (the first alone when it is the only one)."""
+    return rows[:, first] * (rows[:, first + 1 : end].max(axis=1) if end - first > 1 else 1.0)
+
+
+def _detection_cosine(sums: np.ndarray) -> float:
+    """The lowest of the scores' cosine and the found objects' other columns' (1 where no object was found: nothing to place)."""
+    return min(_cosine(*row) for row in sums)
 
 
 def _spread(sums: np.ndarray) -> float:
