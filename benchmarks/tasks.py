@@ -102,6 +102,73 @@ def embedding_cosine(reference, candidate, feeds) -> float:
     return float(np.mean(scores))
 
 
+def ddddocr_characters() -> list[str]:
+    """The 8210 CTC classes of ddddocr's recognizer: the CHARSET_BETA list of its charsets.py, read as a literal (never imported)."""
+    import ast
+
+    source = (MODELS / "unseen" / "ddddocr_charsets.py").read_text(encoding="utf-8")
+    for statement in ast.parse(source).body:
+        if isinstance(statement, ast.Assign) and any(getattr(t, "id", "") == "CHARSET_BETA" for t in statement.targets):
+            return ast.literal_eval(statement.value)
+    raise ValueError("ddddocr_charsets.py has no CHARSET_BETA list")
+
+
+def score_captcha(outputs, labels) -> float:
+    """Captchas read exactly (letter case aside: these fonts draw c/C, s/S, x/X ... alike): the recognizer's (steps, 1, classes) scores."""
+    characters = ddddocr_characters()
+    read = [ctc_decode(out[0][:, 0, :], characters) for out in outputs]
+    return float(np.mean([text.lower() == label["text"].lower() for text, label in zip(read, labels)]))
+
+
+def yolox_boxes(output: np.ndarray, size: int = 416, threshold: float = 0.1, overlap: float = 0.45) -> np.ndarray:
+    """(x1, y1, x2, y2) of a YOLOX head's detections, as ddddocr decodes them: offsets on the 8/16/32 grids, exp sizes,
+    objectness times class above ``threshold``, greedy NMS at ``overlap`` IoU."""
+    grids, strides = [], []
+    for stride in (8, 16, 32):
+        cells = size // stride
+        xs, ys = np.meshgrid(np.arange(cells), np.arange(cells))
+        grids.append(np.stack((xs, ys), 2).reshape(-1, 2))
+        strides.append(np.full((cells * cells, 1), stride))
+    grid, stride = np.concatenate(grids), np.concatenate(strides)
+    rows = output[0].astype(np.float64)
+    centres, sizes = (rows[:, :2] + grid) * stride, np.exp(rows[:, 2:4]) * stride
+    scores = rows[:, 4] * rows[:, 5:].max(axis=1)
+    keep = scores > threshold
+    boxes, scores = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1)[keep], scores[keep]
+    order, kept = scores.argsort()[::-1], []
+    while order.size:
+        kept.append(order[0])
+        order = order[1:][box_iou(boxes[order[0]], boxes[order[1:]]) <= overlap]
+    return boxes[kept]
+
+
+def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    width = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
+    height = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
+    inter = width * height
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / (area(box) + area(others) - inter + 1e-9)
+
+
+def box_f1(found: list[np.ndarray], truth: list[np.ndarray], match: float = 0.5) -> float:
+    """F1 of detections against true boxes over all images: each true box matched at most once, at IoU >= ``match``."""
+    hits = shown = present = 0
+    for boxes, targets in zip(found, truth):
+        targets = np.asarray(targets, np.float64).reshape(-1, 4)
+        free = np.ones(len(targets), bool)
+        for box in boxes:
+            overlaps = np.where(free, box_iou(box, targets), 0.0) if len(targets) else np.zeros(0)
+            if overlaps.size and overlaps.max() >= match:
+                free[overlaps.argmax()] = False
+                hits += 1
+        shown, present = shown + len(boxes), present + len(targets)
+    return 2 * hits / (shown + present) if shown + present else 1.0
+
+
+def score_clicks(outputs, labels) -> float:
+    return box_f1([yolox_boxes(out[0]) for out in outputs], [label["boxes"] for label in labels])
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -132,6 +199,8 @@ TASKS = {
     "rec_v6": Task("rec_v6", MODELS / "unseen" / "ppocr_v6_rec.onnx", "char accuracy",
                    lambda outputs, labels: score_rec(outputs, labels, model_characters(MODELS / "unseen" / "ppocr_v6_rec.onnx")), data="rec"),
     "det_v6": Task("det_v6", MODELS / "unseen" / "ppocr_v6_det.onnx", "text-mask IoU vs FP32", None, data="det"),
+    "captcha": Task("captcha", MODELS / "unseen" / "ddddocr_rec.onnx", "captchas read exactly", score_captcha),
+    "clicks": Task("clicks", MODELS / "unseen" / "ddddocr_det.onnx", "box F1 vs FP32", None),
 }
 
 
@@ -164,6 +233,7 @@ def run_all(model_path: Path | str, feeds: list[dict], threads: int = 1, provide
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # ddddocr's recognizer declares its output (1, seqlen) and writes (steps, 1, classes): a warning per run
     providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
     session = ort.InferenceSession(str(model_path), options, providers=providers)
     return [session.run(None, feed) for feed in feeds]
@@ -180,6 +250,8 @@ def score(task: Task, outputs, reference_outputs, feeds) -> float:
         return mask_iou(reference_outputs, outputs)
     if task.name == "minilm":
         return embedding_cosine(reference_outputs, outputs, feeds)
+    if task.name == "clicks":  # against the original's detections; against the drawn boxes: score_clicks
+        return box_f1([yolox_boxes(out[0]) for out in outputs], [yolox_boxes(out[0]) for out in reference_outputs])
     return task.against_labels(outputs, task.labels())
 
 

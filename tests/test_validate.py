@@ -95,6 +95,7 @@ def test_a_detector_output_whose_boxes_dwarf_its_scores_is_compared_as_detection
     r, c = ref[0, 4:].astype(np.float64), cand[0, 4:].astype(np.float64)
     scores_cosine = (r * c).sum() / np.sqrt((r * r).sum() * (c * c).sum())
     assert comparison.cosine == pytest.approx(scores_cosine) and comparison.cosine < 0.8  # no anchor scored: no box to place
+    assert type(comparison.cosine) is float and type(comparison.worst_batch_cosine) is float
     assert comparison.worst_batch_cosine == pytest.approx(comparison.cosine)
     report = comparison.to_dict()
     assert report["compared_as_detections"]["scored_anchors"] == 0 and report["plain_cosine"] == comparison.plain_cosine

@@ -417,9 +417,9 @@ class OutputComparison:
         if layout is None:
             return None
         axis, first, end = layout
-        return {"columns_axis": axis, "score_columns": [first, end], "score_threshold": DETECTION_SCORE, "scores_cosine": _cosine(*self.detection_sums[0]),
-                "scored_anchors": self.scored_anchors, "scored_anchors_other_columns_cosine": _cosine(*self.detection_sums[1]),
-                "object_anchors": self.object_anchors, "object_anchors_other_columns_cosine": _cosine(*self.detection_sums[2])}
+        return {"columns_axis": axis, "score_columns": [first, end], "score_threshold": DETECTION_SCORE, "scores_cosine": _cosine(*map(float, self.detection_sums[0])),
+                "scored_anchors": self.scored_anchors, "scored_anchors_other_columns_cosine": _cosine(*map(float, self.detection_sums[1])),
+                "object_anchors": self.object_anchors, "object_anchors_other_columns_cosine": _cosine(*map(float, self.detection_sums[2]))}
 
 
 def _sums(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float]:
@@ -437,7 +437,7 @@ def _object_score(rows: np.ndarray, first: int, end: int) -> np.ndarray:
 
 def _detection_cosine(sums: np.ndarray) -> float:
     """The lowest of the scores' cosine and the found objects' other columns' (1 where no object was found: nothing to place)."""
-    return min(_cosine(*row) for row in sums)
+    return min(_cosine(*map(float, row)) for row in sums)
 
 
 def _spread(sums: np.ndarray) -> float:
