@@ -79,7 +79,7 @@ def test_the_module_reproduces_the_graph_and_writes_its_weights_back():
 
     model = conv_bn_relu(channels=8, size=16)
     prepare(model)
-    net, bindings = to_module(model)
+    net, bindings, _ = to_module(model)
     assert {b.initializer for b in bindings} == {t.name for t in model.graph.initializer if len(t.dims) >= 1 and t.name in {i for n in model.graph.node for i in n.input[1:]}}
     feed = sample_inputs(model, 1)[0]
     with torch.no_grad():
@@ -100,7 +100,7 @@ def test_a_layer_whose_module_holds_its_weight_in_a_child_is_bound_and_trained()
     import torch
 
     model = _upsampling_model()
-    net, bindings = to_module(model)
+    net, bindings, _ = to_module(model)
     transposed = [n for n in model.graph.node if n.op_type == "ConvTranspose"][0]
     assert set(transposed.input[1:]) <= {binding.initializer for binding in bindings}
     feed = sample_inputs(model, 1)[0]
@@ -129,7 +129,7 @@ def test_training_steps_normalize_as_the_graph_does():
     import torch
 
     model = _upsampling_model(batchnorm=True)
-    net, _ = to_module(model)
+    net, _, _ = to_module(model)
     ready_to_train(net)
     feed = {"input": np.concatenate([b["input"] for b in sample_inputs(model, 4)])}
     produced = forward(net, feed, ["input"])[0]
@@ -164,6 +164,44 @@ def test_a_weight_far_smaller_than_the_learning_rate_is_not_wrecked_by_a_step(tm
     # the full rate at every step of the first epoch: the size of a step is what is under test
     _, report = distill(student, model, str(data), config=DistillConfig(epochs=2, batch_size=2, patience=2, lr_schedule="constant"))
     assert report.epochs[0].score > report.score_before, (report.score_before, [e.score for e in report.epochs])
+
+
+def lstm_model(seed: int, scale: float = 1.0) -> onnx.ModelProto:
+    """(steps, 1, 6) -> MatMul -> LSTM (hidden 8) -> Squeeze -> MatMul -> (steps, 1, 5): a recognizer's tail."""
+    rng = np.random.default_rng(seed)
+    weight = lambda *shape: onnx.numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32))  # noqa: E731
+    inits = [weight(6, 8), weight(1, 32, 8), weight(1, 32, 8), weight(1, 64), weight(8, 5)]
+    for tensor, name in zip(inits, ("w_in", "W", "R", "B", "w_out")):
+        tensor.name = name
+    inits[0].CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(inits[0]) * np.float32(scale), "w_in"))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w_in"], ["features"], name="project"),
+        helper.make_node("LSTM", ["features", "W", "R", "B"], ["states"], name="lstm", hidden_size=8),
+        helper.make_node("Squeeze", ["states", "axis"], ["hidden"], name="squeeze"),
+        helper.make_node("MatMul", ["hidden", "w_out"], ["scores"], name="classify"),
+    ]
+    inits.append(onnx.numpy_helper.from_array(np.array([1], np.int64), "axis"))
+    graph = helper.make_graph(nodes, "lstm_tail", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [12, 1, 6])],
+                              [helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, [12, 1, 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_recurrent_layers_keep_their_weights_while_the_layers_around_them_train(tmp_path):
+    """torch's LSTM holds its gates in another order than ONNX's: the LSTM is left as it is, the projections train."""
+    teacher, student = lstm_model(7), lstm_model(7, scale=1.4)  # the same network, its input projection off by 40%
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(8)
+    for index in range(40):
+        np.savez(data / f"{index:03d}.npz", x=rng.standard_normal((12, 1, 6)).astype(np.float32))
+    out = tmp_path / "distilled.onnx"
+    _, report = distill(student, teacher, str(data), config=DistillConfig(epochs=6, lr=3e-3, patience=6, batch_size=4), output=str(out))
+    assert any(w.startswith("lstm: recurrent layer(s) keep their weights") for w in report.warnings), report.warnings
+    assert report.written == "distilled" and report.score_after > report.score_before, (report.score_before, report.score_after)
+    before, after = ({t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer} for m in (student, onnx.load(str(out))))
+    assert all(np.array_equal(before[name], after[name]) for name in ("W", "R", "B"))
+    assert not np.array_equal(before["w_in"], after["w_in"]) and not np.array_equal(before["w_out"], after["w_out"])
+    assert report.trainable_parameters == 6 * 8 + 8 * 5
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +368,7 @@ def test_fake_quantization_simulates_the_int8_model_and_comes_off_cleanly():
     prepared = onnx.ModelProto()
     prepared.CopyFrom(run.prepared)
     int8 = run.rebuilt_with_weights(run.prepared, config)
-    net, bindings = to_module(prepared)
+    net, bindings, _ = to_module(prepared)
     parameters_before = {id(p) for p in net.parameters()}
     rounding = attach(net, bindings, activations, weights, signed=False, input_names=["input"], hard_swish=hard_swish)
     assert len(hard_swish) == 3

@@ -67,13 +67,25 @@ def _node_of(parameter: str, module_node: dict) -> str:
     return ""
 
 
-def bind_parameters(net, model: onnx.ModelProto) -> list[Binding]:
-    """Tie every trainable parameter of ``net`` (built from ``model``) to the initializer holding the same values."""
+# torch's recurrent layers keep each gate's weights in another order (i, f, g, o against ONNX's i, o, f, c) and the two
+# biases apart: no parameter holds what one ONNX initializer holds, so these layers keep their weights as they are
+RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def bind_parameters(net, model: onnx.ModelProto) -> tuple[list[Binding], list[str]]:
+    """Tie every trainable parameter of ``net`` (built from ``model``) to the initializer holding the same values; the
+    parameters of recurrent layers are frozen instead. Returns the bindings and the frozen layers' node names."""
     weights = initializer_map(model.graph)
     near = _neighbour_initializers(model)
     module_node = {module: output for output, module in net.mapping.items()}
-    bindings, taken = [], set()
+    node_by_output = {node.output[0]: node for node in model.graph.node if node.output}
+    bindings, taken, frozen = [], set(), []
     for name, parameter in net.named_parameters():
+        node = node_by_output.get(_node_of(name, module_node))
+        if node is not None and node.op_type in RECURRENT:
+            parameter.requires_grad_(False)
+            frozen.append(node.name or node.output[0])
+            continue
         values = parameter.detach().cpu().numpy()
         found = None
         for candidate in near.get(_node_of(name, module_node), []):
@@ -92,11 +104,12 @@ def bind_parameters(net, model: onnx.ModelProto) -> list[Binding]:
             raise UnsupportedModelError(f"distill: parameter '{name}' of the converted student matches no weight of its node; this graph cannot be trained")
         taken.add(found.initializer)
         bindings.append(found)
-    return bindings
+    return bindings, list(dict.fromkeys(frozen))
 
 
 def to_module(model: onnx.ModelProto):
-    """The trainable module for ``model`` and its parameter bindings; one line naming the node when conversion fails."""
+    """The trainable module for ``model``, its parameter bindings and the layers whose weights stay as they are
+    (``bind_parameters``); one line naming the node when conversion fails."""
     torch, convert = require_torch()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -108,7 +121,7 @@ def to_module(model: onnx.ModelProto):
             raise UnsupportedModelError(f"distill: the student cannot be turned into a trainable module: {first_line(exc, 200)}") from None
     for buffer in net.buffers():
         buffer.requires_grad_(False)
-    return net, bind_parameters(net, model)
+    return (net, *bind_parameters(net, model))
 
 
 def ready_to_train(net):

@@ -240,8 +240,11 @@ def distill(
     report.features = features
     # one module for training: the student with the feature tensors as extra outputs after its own
     trainable = with_outputs(student_model, features, element_types(student_model)) if features else student_model
-    net, bindings = to_module(trainable)
-    report.trainable_parameters = int(sum(p.numel() for p in net.parameters()))
+    net, bindings, frozen = to_module(trainable)
+    report.trainable_parameters = int(sum(p.numel() for p in net.parameters() if p.requires_grad))
+    if frozen:
+        report.warnings.append(f"{', '.join(frozen)}: recurrent layer(s) keep their weights (onnx's gate layout has no one-to-one counterpart in torch's); "
+                               "the layers around them are trained")
     if not bindings:
         raise NothingToDoError(f"{label}: the student has no trainable weights (Conv, Gemm/MatMul, normalization)")
     input_names = [s.name for s in inputs]
@@ -383,7 +386,7 @@ def _parameter_groups(net, lr: float) -> list[dict]:
     normalization scaled down to 3e-5 in PP-OCRv4 det) would change by its own size in one step and wreck the model. Each tensor's
     rate is capped at MAX_RELATIVE_STEP of its RMS; an all-zero tensor (a bias not yet used) keeps ``lr``."""
     groups = []
-    for parameter in net.parameters():
+    for parameter in (p for p in net.parameters() if p.requires_grad):
         rms = float(parameter.detach().double().pow(2).mean().sqrt())
         groups.append({"params": [parameter], "lr": min(lr, MAX_RELATIVE_STEP * rms) if rms > 0 else lr})
     return groups
