@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from models.builders import ALL_BUILDERS, GraphBuilder, conv_bn_relu, generated_weights, mlp, residual, sample_inputs
+from models.builders import ALL_BUILDERS, GraphBuilder, _rename_output, conv_bn_relu, generated_weights, mlp, residual, sample_inputs
 from onnxslim import PruneConfig, prune
 from onnxslim.cli import main
 from onnxslim.errors import NothingToDoError, UsageError
@@ -180,6 +180,53 @@ def test_recovery_brings_outputs_back():
         assert report.evaluation.startswith("4 held-out batch(es)")
     assert scores["refit"] > scores["none"] and scores["bias"] >= scores["none"] - 1e-6
     assert scores["refit"] > 0.99
+
+
+def crnn_tail(seed: int = 41) -> onnx.ModelProto:
+    """A text recognizer's tail: Conv over a 1-pixel-high map, Squeeze of the height, Transpose to (steps, batch,
+    channels), an LSTM reading the channels as features, Squeeze of its direction, MatMul to the classes."""
+    b = GraphBuilder(seed)
+    x = b.node("Relu", [b.node("Conv", ["input", b.const(b.weight(24, 8, 1, 3)), b.const(np.full(24, 0.1, np.float32))], pads=[0, 1, 0, 1])])
+    x = b.node("Squeeze", [x, b.const(np.array([2], np.int64))])
+    x = b.node("Transpose", [x], perm=[2, 0, 1])
+    rng = np.random.default_rng(seed)
+    w, r = (b.const((rng.standard_normal((1, 32, n)) * 0.3).astype(np.float32)) for n in (24, 8))
+    states = b.node("LSTM", [x, w, r, b.const((rng.standard_normal((1, 64)) * 0.1).astype(np.float32))], hidden_size=8)
+    y = b.node("MatMul", [b.node("Squeeze", [states, b.const(np.array([1], np.int64))]), b.const(b.weight(8, 6))])
+    _rename_output(b, y, "scores")
+    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 1, 20])],
+                   [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [20, 1, 6])], "crnn_tail")
+
+
+def test_channels_read_by_a_recurrent_layer_are_pruned_through_squeeze_and_refit():
+    model = crnn_tail()
+    rng = np.random.default_rng(4)
+    data = [{"input": (rng.standard_normal((1, 8, 1, 20)) + 0.5).astype(np.float32)} for _ in range(40)]
+    scores = {}
+    for recovery in ("none", "bias", "refit"):
+        pruned, report = prune(model, config=PruneConfig(ratio=0.5, importance="activation", recovery=recovery, latency_runs=0, round_to=1), data=data)
+        scores[recovery] = report.fidelity[0].cosine
+        assert run_model(pruned, data[0])[0].shape == (20, 1, 6)
+    assert [g.channels_after for g in report.groups if g.channels_after < g.channels_before] == [12], report.groups
+    lstm = next(n for n in pruned.graph.node if n.op_type == "LSTM")
+    weights = {t.name: t for t in pruned.graph.initializer}
+    assert tuple(weights[lstm.input[1]].dims) == (1, 32, 12) and tuple(weights[lstm.input[3]].dims) == (1, 64)
+    assert [step.reason.code.value for step in report.recovery if step.layer == lstm.name] == ["refit"]
+    assert scores["refit"] > scores["bias"] > scores["none"], scores
+
+
+def test_unsqueeze_and_squeeze_of_other_axes_move_the_channel_axis():
+    b = GraphBuilder(42)
+    x = b.node("Relu", [b.conv("input", 3, 16)])
+    x = b.node("Unsqueeze", [x, b.const(np.array([0, 3], np.int64))])  # (1, 1, 16, 1, 8, 8): channels now on axis 2
+    x = b.node("Squeeze", [x, b.const(np.array([0, -3], np.int64))])  # back to (1, 16, 8, 8)
+    y = b.conv(x, 16, 4)
+    _rename_output(b, y, "map")
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])], [helper.make_tensor_value_info("map", TensorProto.FLOAT, [1, 4, 8, 8])], "moved")
+    pruned, report = prune(model, config=PruneConfig(ratio=0.5, latency_runs=0, round_to=1))
+    assert [g.channels_after for g in report.groups if g.channels_after < g.channels_before] == [8], report.groups
+    data = sample_inputs(model, 1)[0]
+    assert run_model(pruned, data)[0].shape == (1, 4, 8, 8)
 
 
 def test_bias_recovery_of_one_dimensional_convolutions():

@@ -77,8 +77,21 @@ def test_without_data_branches_are_pruned_by_weight_magnitude():
 def test_layers_a_branch_cannot_prune_are_named_in_the_error():
     from models.builders import rate_branches
 
-    with pytest.raises(NothingToDoError, match="nor inside its If branches"):
-        prune(rate_branches(), batches([16000, 8000], features=16), config=CONFIG)
+    with pytest.raises(NothingToDoError, match=r"nor inside its If branches \(by_rate.else_branch left as it is: no channel group can be pruned \(not selected by --only heads"):
+        prune(rate_branches(), batches([16000, 8000], features=16), config=PruneConfig(ratio=0.5, latency_runs=0, only="heads"))
+
+
+def test_the_convolutions_feeding_each_branchs_lstm_are_pruned():
+    from models.builders import rate_branches
+
+    model = rate_branches()
+    data = batches([16000, 8000], features=16)
+    pruned, report = prune(model, data, config=CONFIG)
+    convs = [(g.channels_before, g.channels_after) for g in report.groups if g.producers[0].startswith("Conv")]
+    assert convs == [(32, 16), (32, 16)], report.groups
+    assert report.fidelity[0].cosine > 0.99
+    for batch in data[:2]:  # both branches run
+        assert run_model(pruned, batch)[0].shape == run_model(model, batch)[0].shape
 
 
 def test_input_model_is_not_modified():

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from onnxslim.errors import UnsupportedModelError, UsageError, first_line
+from onnxslim.ir.layers import RECURRENT_LAYERS
 from onnxslim.ir.tensors import consumers_map, from_array, initializer_map, producer_map, to_array
 
 EXTRA = "pip install 'onnxslim[distill]'"
@@ -67,11 +68,6 @@ def _node_of(parameter: str, module_node: dict) -> str:
     return ""
 
 
-# torch's recurrent layers keep each gate's weights in another order (i, f, g, o against ONNX's i, o, f, c) and the two
-# biases apart: no parameter holds what one ONNX initializer holds, so these layers keep their weights as they are
-RECURRENT = ("LSTM", "GRU", "RNN")
-
-
 def bind_parameters(net, model: onnx.ModelProto) -> tuple[list[Binding], list[str]]:
     """Tie every trainable parameter of ``net`` (built from ``model``) to the initializer holding the same values; the
     parameters of recurrent layers are frozen instead. Returns the bindings and the frozen layers' node names."""
@@ -82,7 +78,9 @@ def bind_parameters(net, model: onnx.ModelProto) -> tuple[list[Binding], list[st
     bindings, taken, frozen = [], set(), []
     for name, parameter in net.named_parameters():
         node = node_by_output.get(_node_of(name, module_node))
-        if node is not None and node.op_type in RECURRENT:
+        # torch's recurrent layers keep each gate's weights in another order (i, f, g, o against ONNX's i, o, f, c) and the
+        # two biases apart: no parameter holds what one ONNX initializer holds, so these layers keep their weights as they are
+        if node is not None and node.op_type in RECURRENT_LAYERS:
             parameter.requires_grad_(False)
             frozen.append(node.name or node.output[0])
             continue

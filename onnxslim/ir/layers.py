@@ -6,6 +6,7 @@ import onnx
 from onnx import helper
 
 WEIGHTED_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers whose weights are quantized and pruned
+RECURRENT_LAYERS = ("LSTM", "GRU", "RNN")  # input weights W (directions, gates x hidden, features): prune removes features
 
 
 def weight_axes(node: onnx.NodeProto, weight_ndim: int = 2) -> tuple[int, int]:

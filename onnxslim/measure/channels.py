@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxslim.ir.layers import WEIGHTED_LAYERS
+from onnxslim.ir.layers import RECURRENT_LAYERS, WEIGHTED_LAYERS
 from onnxslim.progress import track
 from onnxslim.runtime.probe import observer
 
@@ -70,8 +70,8 @@ def _input_rows(model: onnx.ModelProto, nodes: list[onnx.NodeProto], source: Ite
 def input_moments(
     model: onnx.ModelProto, source: Iterable, *, token_mask: str | None = None, show_progress: bool = False, description: str = "activation statistics"
 ) -> dict[str, ChannelMoments]:
-    """Layer (Conv, ConvTranspose, Gemm, MatMul) -> the moments of each of its input channels over ``source``."""
-    layers = [n for n in model.graph.node if n.op_type in WEIGHTED_LAYERS and n.input]
+    """Layer (Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU, RNN) -> the moments of each of its input channels over ``source``."""
+    layers = [n for n in model.graph.node if n.op_type in WEIGHTED_LAYERS + RECURRENT_LAYERS and n.input]
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}

@@ -10,7 +10,9 @@ The original model is the teacher. For every layer whose inputs lost channels
   kept channels are re-solved by ridge least squares so that, on the
   calibration data, the pruned model's input to the layer reproduces the
   original model's output of the layer. The ridge term is
-  ``ridge * mean(diag(X^T X))``.
+  ``ridge * mean(diag(X^T X))``. A recurrent layer (LSTM, GRU, RNN) is linear
+  in its input before the gates: its input weights W are refit the same way,
+  to reproduce the original's X W^T, and the intercept goes into W's bias.
 
 Refits are sequential (each layer is fitted to inputs from the pruned model
 whose earlier layers are already refit, so errors do not pile up) without a
@@ -35,7 +37,7 @@ import numpy as np
 import onnx
 
 from onnxslim.ir.graph import node_attr
-from onnxslim.ir.layers import weight_axes
+from onnxslim.ir.layers import RECURRENT_LAYERS, weight_axes
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 from onnxslim.progress import track
 from onnxslim.prune.statistics import channel_rows
@@ -79,11 +81,12 @@ def _changed_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept:
     pairs = []
     for node in pruned.graph.node:
         old = by_name.get(node.name)
-        if old is None or node.op_type not in LINEAR or node.name not in kept or "in" not in kept[node.name]:
+        if old is None or node.op_type not in LINEAR + RECURRENT_LAYERS or node.name not in kept or "in" not in kept[node.name]:
             continue
         if node.op_type == "Conv" and int(node_attr(node, "group", 1)) != 1:
             continue
-        total = list(before[old.input[1]].dims)[weight_axes(old)[0]] if old.input[1] in before else None
+        axis = 2 if node.op_type in RECURRENT_LAYERS else weight_axes(old)[0]
+        total = list(before[old.input[1]].dims)[axis] if old.input[1] in before else None
         if total is not None and len(kept[node.name]["in"]) < total:
             pairs.append((old, node))
     return pairs
@@ -92,12 +95,16 @@ def _changed_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept:
 def _is_matrix(weight: onnx.TensorProto, node: onnx.NodeProto) -> bool:
     """Whether the layer is linear in its input channels with one weight matrix (Gemm, 2-D MatMul, unpadded 1x1 Conv): what a refit re-solves."""
     dims = tuple(weight.dims)
+    if node.op_type in RECURRENT_LAYERS:
+        return len(dims) == 3
     if node.op_type == "Conv":
         return len(dims) == 4 and dims[2:] == (1, 1) and all(p == 0 for p in node_attr(node, "pads", [0]))
     return len(dims) == 2
 
 
 def _from_matrix(matrix: np.ndarray, node: onnx.NodeProto, like: np.ndarray) -> np.ndarray:
+    if node.op_type in RECURRENT_LAYERS:  # (features, directions x gates x hidden) -> (directions, gates x hidden, features)
+        return matrix.T.reshape(like.shape[0], like.shape[1], matrix.shape[0])
     if node.op_type == "Conv":
         return matrix.T.reshape(like.shape[0], matrix.shape[0], 1, 1)
     if node.op_type == "Gemm" and int(node_attr(node, "transB", 0)):
@@ -109,6 +116,8 @@ def _bias_slot(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[onnx.NodeP
     """(node, input index) holding the layer's per-output bias: its own, or the Add right after a MatMul."""
     if node.op_type in ("Conv", "Gemm"):
         return node, 2
+    if node.op_type in RECURRENT_LAYERS:
+        return node, 3
     readers = [n for n in model.graph.node if node.output[0] in n.input]
     inits = initializer_map(model.graph)
     if len(readers) == 1 and readers[0].op_type == "Add":
@@ -178,7 +187,7 @@ def _observe_original(original: onnx.ModelProto, layers: list[_Layer], source: I
     """One pass of the original model: every layer's input means, and the refit layers' targets on a sample of rows."""
     known = source.known_length() if hasattr(source, "known_length") else None
     batches = known if known is not None else sum(1 for _ in source)  # counting reads every batch once more
-    names = sorted({layer.old.input[0] for layer in layers} | {layer.old.output[0] for layer in layers if layer.refit})
+    names = sorted({layer.old.input[0] for layer in layers} | {layer.old.output[0] for layer in layers if layer.refit and layer.old.op_type not in RECURRENT_LAYERS})
     runner = observer(original, [n for n in names if n not in _input_names(original)])
     rng = np.random.default_rng(0)
     for _, batch, outputs in runner.run_many(track(source, "observing the original model", total=batches, enabled=show_progress)):
@@ -189,12 +198,26 @@ def _observe_original(original: onnx.ModelProto, layers: list[_Layer], source: I
             layer.input_sum = x.sum(axis=0, dtype=np.float64) + (0 if layer.input_sum is None else layer.input_sum)
             layer.input_rows += x.shape[0]
             if layer.refit:
-                y = channel_rows(values[layer.old.output[0]], layer.old, batch, token_mask)
+                y = x @ _input_matrix(layer) if layer.old.op_type in RECURRENT_LAYERS else channel_rows(values[layer.old.output[0]], layer.old, batch, token_mask)
                 wanted = math.ceil(max(MIN_TARGET_ROWS, ROWS_PER_UNKNOWN * (len(layer.kept_in) + 1)) / max(batches, 1))
                 pick = np.sort(rng.choice(y.shape[0], wanted, replace=False)) if y.shape[0] > wanted else np.arange(y.shape[0])
                 y = y[pick]
                 layer.picks.append(pick)
                 layer.targets.append(np.ascontiguousarray(y[:, layer.kept_out] if layer.kept_out is not None else y, dtype=np.float32))
+
+
+def _input_matrix(layer: _Layer) -> np.ndarray:
+    """A recurrent layer's input weights as one (features, directions x gates x hidden) matrix: X times it is the input's share of every gate."""
+    weight = to_array(layer.old_weight).astype(np.float64)
+    return weight.reshape(-1, weight.shape[2]).T
+
+
+def _recurrent_bias(pruned: onnx.ModelProto, node: onnx.NodeProto, weight_shape: tuple) -> np.ndarray:
+    """B of a recurrent layer, (directions, 2 x gates x hidden), zeros where the node has none."""
+    inits = initializer_map(pruned.graph)
+    if len(node.input) > 3 and node.input[3]:
+        return to_array(inits[node.input[3]]).astype(np.float64)
+    return np.zeros((weight_shape[0], 2 * weight_shape[1]))
 
 
 def _input_names(model: onnx.ModelProto) -> set[str]:
@@ -268,6 +291,16 @@ def _apply_refit(pruned, new, xtx, xty, xsum, ysum, rows, ridge, taken) -> Reaso
         return None
     inits = initializer_map(pruned.graph)
     weight = to_array(inits[new.input[1]])
+    if new.op_type in RECURRENT_LAYERS:
+        solved = solve_refit(xtx, xty, xsum, ysum, rows, ridge)
+        if solved is None:
+            return None
+        new_matrix, intercept, penalty = solved
+        bias = _recurrent_bias(pruned, new, weight.shape)
+        bias[:, : weight.shape[1]] += intercept.reshape(weight.shape[0], weight.shape[1])  # the targets leave W's bias out: the intercept corrects it
+        _set_input(pruned, new, 3, bias, taken, weight.dtype)
+        _set_input(pruned, new, 1, _from_matrix(new_matrix, new, weight), taken, weight.dtype)
+        return Reason(RecoveryKind.REFIT, f"refit {xtx.shape[0]} input feature(s) of every gate by ridge least squares on {rows} rows (ridge {penalty:.3g})")
     bias_node, bias_index = _bias_slot(pruned, new)
     has_bias = bias_index < len(bias_node.input) and bool(bias_node.input[bias_index])
     bias = to_array(inits[bias_node.input[bias_index]]).astype(np.float64) if has_bias else np.zeros(xty.shape[1])
@@ -290,6 +323,13 @@ def _compensate_bias(pruned, layer: _Layer, taken) -> Reason:
     if slot is None:
         return Reason(RecoveryKind.NONE, "no bias to compensate into; left as pruned")
     weights = to_array(layer.old_weight)
+    if new.op_type in RECURRENT_LAYERS:
+        mean = layer.input_sum / max(layer.input_rows, 1)
+        removed = np.setdiff1d(np.arange(weights.shape[2]), layer.kept_in)
+        bias = _recurrent_bias(pruned, new, weights.shape)
+        bias[:, : weights.shape[1]] += weights[:, :, removed].astype(np.float64) @ mean[removed]
+        _set_input(pruned, new, 3, bias, taken, weights.dtype)
+        return Reason(RecoveryKind.BIAS, f"added the mean contribution of {removed.size} removed feature(s) to every gate's bias")
     axis = weight_axes(new)[0]
     if layer.kept_out is not None:
         weights = np.take(weights, layer.kept_out, axis=weight_axes(new)[1])

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from onnxslim.ir.graph import node_attr
+from onnxslim.ir.layers import RECURRENT_LAYERS
 from onnxslim.ir.tensors import (
     constant_names,
     initializer_map,
@@ -419,6 +420,40 @@ class Tracer(ReshapeRules):
             return None
         return Layout(list(perm).index(data.axis), data.atoms)
 
+    def squeeze(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
+        """Squeeze / Unsqueeze of other axes move the channel axis by the axes removed or inserted before it."""
+        op = node.op_type
+        rank = self.rank(node.input[0])
+        axes = node_attr(node, "axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            array = self.const(node.input[1])
+            axes = None if array is None else [int(a) for a in array.reshape(-1)]
+        if axes is None and op == "Squeeze" and rank is not None and self.shapes.get(node.input[0]) is not None:
+            axes = [i for i, size in enumerate(self.shapes[node.input[0]]) if size == 1]  # no axes: every axis of size 1
+        if axes is None or rank is None:
+            self.t.atoms.block_layout(data, f"{op} {node.name}: axes or rank unknown")
+            return None
+        if op == "Squeeze":
+            axes = {a % rank for a in axes}
+            if data.axis in axes:
+                self.t.atoms.block_layout(data, f"Squeeze {node.name} removes the channel axis")
+                return None
+            return Layout(data.axis - sum(a < data.axis for a in axes), data.atoms, data.repeat)
+        inserted = {a % (rank + len(axes)) for a in axes}
+        kept = [position for position in range(rank + len(axes)) if position not in inserted]  # input axis i lands at kept[i]
+        return Layout(kept[data.axis], data.atoms, data.repeat)
+
+    def recurrent(self, node: onnx.NodeProto, data: Layout) -> None:
+        """LSTM / GRU / RNN read their input features through W (directions, gates x hidden, features): a consumer.
+        Their hidden units are not pruned, so nothing is tracked past them."""
+        weight = self.const(node.input[1]) if len(node.input) > 1 else None
+        rank = self.rank(node.input[0])
+        if weight is None or weight.ndim != 3 or rank != 3 or data.axis != 2 or weight.shape[2] != len(data) * data.repeat:
+            self.t.atoms.block_layout(data, f"{node.op_type} {node.name}: input features or weight not as expected")
+            return None
+        self.consume(node, data, 1, 2)
+        return None
+
     def pad(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
         pads = self.const(node.input[1]) if len(node.input) > 1 and node.input[1] else np.array(node_attr(node, "pads", []))
         rank = self.rank(node.input[0])
@@ -537,6 +572,9 @@ RULES: dict[str, Callable[[Tracer, onnx.NodeProto, Layout | None], Layout | None
     "Flatten": Tracer.flatten,
     "Reshape": Tracer.flatten,
     "Transpose": Tracer.transpose,
+    "Squeeze": Tracer.squeeze,
+    "Unsqueeze": Tracer.squeeze,
+    **{op: Tracer.recurrent for op in RECURRENT_LAYERS},
     "Pad": Tracer.pad,
     "LayerNormalization": Tracer.layer_normalization,
     **{op: Tracer.reduction for op in ("Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2")},
