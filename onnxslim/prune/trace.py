@@ -428,8 +428,9 @@ class Tracer(ReshapeRules):
         if axes is None and len(node.input) > 1 and node.input[1]:
             array = self.const(node.input[1])
             axes = None if array is None else [int(a) for a in array.reshape(-1)]
-        if axes is None and op == "Squeeze" and rank is not None and self.shapes.get(node.input[0]) is not None:
-            axes = [i for i, size in enumerate(self.shapes[node.input[0]]) if size == 1]  # no axes: every axis of size 1
+        shape = self.shapes.get(node.input[0])
+        if axes is None and op == "Squeeze" and shape is not None and all(isinstance(size, int) for size in shape):
+            axes = [i for i, size in enumerate(shape) if size == 1]  # no axes: every axis of size 1 (a named size could be 1 too)
         if axes is None or rank is None:
             self.t.atoms.block_layout(data, f"{op} {node.name}: axes or rank unknown")
             return None
