@@ -165,10 +165,6 @@ def box_f1(found: list[np.ndarray], truth: list[np.ndarray], match: float = 0.5)
     return 2 * hits / (shown + present) if shown + present else 1.0
 
 
-def score_clicks(outputs, labels) -> float:
-    return box_f1([yolox_boxes(out[0]) for out in outputs], [label["boxes"] for label in labels])
-
-
 @dataclass(frozen=True)
 class Task:
     name: str
