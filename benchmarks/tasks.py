@@ -246,7 +246,7 @@ def score(task: Task, outputs, reference_outputs, feeds) -> float:
         return mask_iou(reference_outputs, outputs)
     if task.name == "minilm":
         return embedding_cosine(reference_outputs, outputs, feeds)
-    if task.name == "clicks":  # against the original's detections; against the drawn boxes: score_clicks
+    if task.name == "clicks":  # against the original's detections (the drawn boxes are in labels.json)
         return box_f1([yolox_boxes(out[0]) for out in outputs], [yolox_boxes(out[0]) for out in reference_outputs])
     return task.against_labels(outputs, task.labels())
 
