@@ -99,6 +99,7 @@ def test_a_detector_output_whose_boxes_dwarf_its_scores_is_compared_as_detection
     assert comparison.worst_batch_cosine == pytest.approx(comparison.cosine)
     report = comparison.to_dict()
     assert report["compared_as_detections"]["scored_anchors"] == 0 and report["plain_cosine"] == comparison.plain_cosine
+    assert comparison.anchor_iou == 1.0  # neither model finds an object anywhere: the scores' cosine is what shows the damage
     # channel-last (YOLOv5's (1, anchors, 85)) is found the same way
     last = OutputComparison("output")
     last.add(np.moveaxis(ref, 1, 2), np.moveaxis(cand, 1, 2))
@@ -144,6 +145,9 @@ def test_background_anchors_boxes_do_not_set_a_detectors_cosine():
     lost = OutputComparison("output")
     lost.add(ref, missed)
     assert lost.cosine < 0.95 and lost.plain_cosine > 0.99
+    # the task metric: the anchors where each model finds an object, as an IoU (objectness times class finds none here)
+    assert lost.task_metric == ("anchor IoU", 0.0) and lost.to_dict()["compared_as_detections"]["anchor_iou"] == 0.0
+    assert comparison.task_metric[0] == "anchor IoU" and 0.9 < comparison.anchor_iou < 1.0
 
 
 def test_outputs_that_do_not_look_like_detections_keep_their_cosine():

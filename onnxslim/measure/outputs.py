@@ -167,6 +167,9 @@ class OutputComparison:
     scored_anchors: int = 0
     object_anchors: int = 0
     min_batch_detection: float = 1.0
+    # per gate (best score; objectness times class): anchors where both models find an object, and where either does
+    found_both: list[int] = field(default_factory=lambda: [0, 0])
+    found_either: list[int] = field(default_factory=lambda: [0, 0])
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, source: str = "") -> None:
         if reference.shape != candidate.shape:
@@ -252,8 +255,12 @@ class OutputComparison:
         columns = reference.shape[axis]
         ref = np.moveaxis(reference, axis, -1).reshape(-1, columns).astype(np.float64)
         cand = np.moveaxis(candidate, axis, -1).reshape(-1, columns).astype(np.float64)
-        found = [np.maximum(_best_score(ref, first, end), _best_score(cand, first, end)) >= DETECTION_SCORE,
-                 np.maximum(_object_score(ref, first, end), _object_score(cand, first, end)) >= DETECTION_SCORE]
+        found = []
+        for gate, score in enumerate((_best_score, _object_score)):
+            in_ref, in_cand = score(ref, first, end) >= DETECTION_SCORE, score(cand, first, end) >= DETECTION_SCORE
+            self.found_both[gate] += int((in_ref & in_cand).sum())
+            self.found_either[gate] += int((in_ref | in_cand).sum())
+            found.append(in_ref | in_cand)
         others = np.r_[0:first, end:columns]
         sums = np.array([_sums(ref[:, first:end], cand[:, first:end])] + [_sums(ref[rows][:, others], cand[rows][:, others]) for rows in found])
         self.detection = layout
@@ -269,6 +276,14 @@ class OutputComparison:
         if self.detection is None or self.detection_sums is None or self.detection_batches != self.batches or self.nonfinite_mismatches:
             return None
         return self.detection
+
+    @property
+    def anchor_iou(self) -> float | None:
+        """For a detector's output: IoU of the anchors where each model finds an object (the lower of the two gates'; 1 where
+        neither finds any); else None."""
+        if self.detection_view is None:
+            return None
+        return min(both / either if either else 1.0 for both, either in zip(self.found_both, self.found_either))
 
     @property
     def balanced_axis(self) -> int | None:
@@ -362,11 +377,14 @@ class OutputComparison:
 
     @property
     def task_metric(self) -> tuple[str, float] | None:
-        """The decision-shaped score this output's shape calls for: top-1 agreement for class scores, mask IoU for probability maps."""
+        """The decision-shaped score this output's shape calls for: top-1 agreement for class scores, mask IoU for probability
+        maps, for a detector's output the IoU of the anchors where each model finds an object."""
         if self.top1 is not None:
             return "top-1", self.top1
         if self.mask_iou is not None:
             return "mask IoU", self.mask_iou
+        if self.anchor_iou is not None:
+            return "anchor IoU", self.anchor_iou
         return None
 
     @property
@@ -419,7 +437,8 @@ class OutputComparison:
         axis, first, end = layout
         return {"columns_axis": axis, "score_columns": [first, end], "score_threshold": DETECTION_SCORE, "scores_cosine": _cosine(*map(float, self.detection_sums[0])),
                 "scored_anchors": self.scored_anchors, "scored_anchors_other_columns_cosine": _cosine(*map(float, self.detection_sums[1])),
-                "object_anchors": self.object_anchors, "object_anchors_other_columns_cosine": _cosine(*map(float, self.detection_sums[2]))}
+                "object_anchors": self.object_anchors, "object_anchors_other_columns_cosine": _cosine(*map(float, self.detection_sums[2])),
+                "anchor_iou": self.anchor_iou}
 
 
 def _sums(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float]:
