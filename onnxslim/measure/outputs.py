@@ -63,8 +63,10 @@ MIN_ANCHORS = 64
 
 
 def detection_layout(array: np.ndarray) -> tuple[int, int, int] | None:
-    """(axis of the columns, first score column, end of the score columns) when ``array`` looks like a detector's output, else None."""
-    if array.dtype.kind != "f" or array.ndim != 3 or looks_like_class_scores(array):
+    """(axis of the columns, first score column, end of the score columns) when ``array`` looks like a detector's output, else None.
+
+    Class probabilities per step have every column in [0, 1], so no box column: they are never taken for detections."""
+    if array.dtype.kind != "f" or array.ndim != 3:
         return None
     for axis in (2, 1):
         columns, anchors = array.shape[axis], array.shape[3 - axis]
@@ -188,10 +190,11 @@ class OutputComparison:
         self.elements += ref.size
         self.batches += 1
         self.min_batch_cosine = min(self.min_batch_cosine, _cosine(dot, ref_sq, cand_sq))
+        class_scores = looks_like_class_scores(reference)
         if not self.nonfinite_mismatches:
-            self._add_channel_sums(np.asarray(reference), np.asarray(candidate))
+            self._add_channel_sums(np.asarray(reference), np.asarray(candidate), class_scores)
             self._add_detection_sums(np.asarray(reference), np.asarray(candidate))
-        if looks_like_class_scores(reference):
+        if class_scores:
             ref_top = np.argmax(reference, axis=-1)
             cand_top = np.argmax(candidate, axis=-1)
             self.top1_match += int((ref_top == cand_top).sum())
@@ -228,9 +231,9 @@ class OutputComparison:
         self.cand_sq += cand_sq
         return dot, ref_sq, cand_sq
 
-    def _add_channel_sums(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+    def _add_channel_sums(self, reference: np.ndarray, candidate: np.ndarray, class_scores: bool) -> None:
         """Per-channel sums along axis 1 and axis 2 of (batch, channels, n) / (batch, n, channels) outputs."""
-        if reference.ndim != 3 or reference.dtype.kind != "f" or looks_like_class_scores(reference):
+        if reference.ndim != 3 or reference.dtype.kind != "f" or class_scores:
             return  # probabilities over classes per step: their scales differing is what they mean
         for axis in (1, 2):
             channels = reference.shape[axis]
@@ -428,7 +431,6 @@ class OutputComparison:
             "nonfinite_reference_values": self.nonfinite_reference,
             "nonfinite_disagreeing_values": self.nonfinite_disagreeing,
         }
-
 
     def _detection_dict(self) -> dict | None:
         layout = self.detection_view

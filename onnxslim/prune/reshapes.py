@@ -242,10 +242,7 @@ class ReshapeRules:
             if len(readers) != 1 or rank is None:
                 return None
             step = readers[0]
-            axes = node_attr(step, "axes")
-            if axes is None and len(step.input) > 1 and step.input[1]:
-                array = self.const(step.input[1])
-                axes = None if array is None else [int(a) for a in array.reshape(-1)]
+            axes = self.listed_axes(step)
             if step.op_type == "Unsqueeze" and axes is not None:
                 rank += len(axes)
                 for added in sorted(a % rank for a in axes):

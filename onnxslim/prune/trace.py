@@ -80,6 +80,14 @@ class Tracer(ReshapeRules):
     def const(self, name: str) -> np.ndarray | None:
         return to_array(self.inits[name]) if name in self.constants else None
 
+    def listed_axes(self, node: onnx.NodeProto) -> list[int] | None:
+        """The axes ``node`` names: its ``axes`` attribute (older opsets) or its constant second input; None when neither."""
+        axes = node_attr(node, "axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            array = self.const(node.input[1])
+            axes = None if array is None else [int(a) for a in array.reshape(-1)]
+        return None if axes is None else [int(a) for a in axes]
+
     def block_inputs(self, node: onnx.NodeProto, reason: str) -> None:
         for name in node.input:
             self.t.atoms.block_layout(self.t.layouts.get(name), reason)
@@ -424,10 +432,7 @@ class Tracer(ReshapeRules):
         """Squeeze / Unsqueeze of other axes move the channel axis by the axes removed or inserted before it."""
         op = node.op_type
         rank = self.rank(node.input[0])
-        axes = node_attr(node, "axes")
-        if axes is None and len(node.input) > 1 and node.input[1]:
-            array = self.const(node.input[1])
-            axes = None if array is None else [int(a) for a in array.reshape(-1)]
+        axes = self.listed_axes(node)
         shape = self.shapes.get(node.input[0])
         if axes is None and op == "Squeeze" and shape is not None and all(isinstance(size, int) for size in shape):
             axes = [i for i, size in enumerate(shape) if size == 1]  # no axes: every axis of size 1 (a named size could be 1 too)
@@ -540,13 +545,10 @@ class Tracer(ReshapeRules):
         if node.op_type == "LayerNormalization":
             start = int(node_attr(node, "axis", -1)) % rank
             return set(range(start, rank))
-        axes = node_attr(node, "axes")
-        if axes is None and len(node.input) > 1 and node.input[1]:
-            array = self.const(node.input[1])
-            axes = None if array is None else [int(a) for a in array]
+        axes = self.listed_axes(node)
         if axes is None:
             return set(range(rank))
-        return {int(a) % rank for a in axes}
+        return {a % rank for a in axes}
 
     def run(self) -> Tracing:
         for node in self.graph.node:
