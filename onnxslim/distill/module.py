@@ -77,7 +77,8 @@ def bind_parameters(net, model: onnx.ModelProto) -> tuple[list[Binding], list[st
     node_by_output = {node.output[0]: node for node in model.graph.node if node.output}
     bindings, taken, frozen = [], set(), []
     for name, parameter in net.named_parameters():
-        node = node_by_output.get(_node_of(name, module_node))
+        output = _node_of(name, module_node)
+        node = node_by_output.get(output)
         # torch's recurrent layers keep each gate's weights in another order (i, f, g, o against ONNX's i, o, f, c) and the
         # two biases apart: no parameter holds what one ONNX initializer holds, so these layers keep their weights as they are
         if node is not None and node.op_type in RECURRENT_LAYERS:
@@ -86,7 +87,7 @@ def bind_parameters(net, model: onnx.ModelProto) -> tuple[list[Binding], list[st
             continue
         values = parameter.detach().cpu().numpy()
         found = None
-        for candidate in near.get(_node_of(name, module_node), []):
+        for candidate in near.get(output, []):
             if candidate in taken:
                 continue
             array = to_array(weights[candidate])

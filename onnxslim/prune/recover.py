@@ -289,31 +289,28 @@ def solve_refit(xtx: np.ndarray, xty: np.ndarray, xsum: np.ndarray, ysum: np.nda
 def _apply_refit(pruned, new, xtx, xty, xsum, ysum, rows, ridge, taken) -> Reason | None:
     if xtx is None:
         return None
-    inits = initializer_map(pruned.graph)
-    weight = to_array(inits[new.input[1]])
-    if new.op_type in RECURRENT_LAYERS:
-        solved = solve_refit(xtx, xty, xsum, ysum, rows, ridge)
-        if solved is None:
-            return None
-        new_matrix, intercept, penalty = solved
-        bias = _recurrent_bias(pruned, new, weight.shape)
-        bias[:, : weight.shape[1]] += intercept.reshape(weight.shape[0], weight.shape[1])  # the targets leave W's bias out: the intercept corrects it
-        _set_input(pruned, new, 3, bias, taken, weight.dtype)
-        _set_input(pruned, new, 1, _from_matrix(new_matrix, new, weight), taken, weight.dtype)
-        return Reason(RecoveryKind.REFIT, f"refit {xtx.shape[0]} input feature(s) of every gate by ridge least squares on {rows} rows (ridge {penalty:.3g})")
-    bias_node, bias_index = _bias_slot(pruned, new)
-    has_bias = bias_index < len(bias_node.input) and bool(bias_node.input[bias_index])
-    bias = to_array(inits[bias_node.input[bias_index]]).astype(np.float64) if has_bias else np.zeros(xty.shape[1])
     solved = solve_refit(xtx, xty, xsum, ysum, rows, ridge)
     if solved is None:
         return None
     new_matrix, intercept, penalty = solved
-    # Conv and Gemm outputs include their bias, so the intercept is the new bias; a MatMul's
-    # output does not, so the intercept is a correction added to the bias of the Add after it.
-    new_bias = intercept if bias_node is new else bias + intercept
-    _set_input(pruned, bias_node, bias_index, new_bias.reshape(bias.shape), taken, weight.dtype)
+    inits = initializer_map(pruned.graph)
+    weight = to_array(inits[new.input[1]])
+    if new.op_type in RECURRENT_LAYERS:
+        bias = _recurrent_bias(pruned, new, weight.shape)
+        bias[:, : weight.shape[1]] += intercept.reshape(weight.shape[0], weight.shape[1])  # the targets leave W's bias out: the intercept corrects it
+        _set_input(pruned, new, 3, bias, taken, weight.dtype)
+        inputs = "input feature(s) of every gate"
+    else:
+        bias_node, bias_index = _bias_slot(pruned, new)
+        has_bias = bias_index < len(bias_node.input) and bool(bias_node.input[bias_index])
+        bias = to_array(inits[bias_node.input[bias_index]]).astype(np.float64) if has_bias else np.zeros(xty.shape[1])
+        # Conv and Gemm outputs include their bias, so the intercept is the new bias; a MatMul's
+        # output does not, so the intercept is a correction added to the bias of the Add after it.
+        new_bias = intercept if bias_node is new else bias + intercept
+        _set_input(pruned, bias_node, bias_index, new_bias.reshape(bias.shape), taken, weight.dtype)
+        inputs = "input channel(s)"
     _set_input(pruned, new, 1, _from_matrix(new_matrix, new, weight), taken, weight.dtype)
-    return Reason(RecoveryKind.REFIT, f"refit {xtx.shape[0]} input channel(s) by ridge least squares on {rows} rows (ridge {penalty:.3g})")
+    return Reason(RecoveryKind.REFIT, f"refit {xtx.shape[0]} {inputs} by ridge least squares on {rows} rows (ridge {penalty:.3g})")
 
 
 def _compensate_bias(pruned, layer: _Layer, taken) -> Reason:
