@@ -48,7 +48,8 @@ def test_prune_recovery_defaults_to_refit_with_data_in_the_api_as_in_the_cli():
     assert PruneConfig().with_data(True).recovery == "refit"
     assert PruneConfig().with_data(False).recovery == "none"
     assert PruneConfig(recovery="bias").with_data(True).recovery == "bias"
-    assert PruneConfig().with_data(True).importance == "activation"
+    assert PruneConfig().with_data(True).importance == "second-order"
+    assert PruneConfig(recovery="bias").with_data(True).importance == "activation"
     assert PruneConfig().with_data(False).importance == "l2"
     assert PruneConfig(importance="l1").with_data(True).importance == "l1"
 

@@ -366,7 +366,7 @@ def test_packed_qkv_attention_loses_whole_heads():
 
 
 def test_token_mask_leaves_padding_out_of_recovery_statistics():
-    from onnxslim.prune.statistics import channel_rows as _rows
+    from onnxslim.measure.channels import channel_rows as _rows
 
     node = helper.make_node("MatMul", ["x", "w"], ["y"])
     x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)

@@ -64,7 +64,7 @@ class CompressConfig:
         "or parameters (prune --target-macs / --target-params at 1 - ratio).", choices=("channels", "macs", "params"),
     )
     only: str = only_setting()
-    importance: str = setting("auto", "Channel ranking for pruning, as prune --importance (auto: activation, since compress always has data).", choices=("auto", *METHODS))
+    importance: str = setting("auto", "Channel ranking for pruning, as prune --importance (auto: second-order, since compress always has data and refits).", choices=("auto", *METHODS))
     distill: bool = setting(
         False, "Distill every pruned candidate toward the original before measuring and quantizing it (the distill extra; larger ratios pay then).",
         option="--distill/--no-distill",

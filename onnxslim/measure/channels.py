@@ -6,7 +6,7 @@ its input channel's mean square. Both read the same moments from here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,14 +40,19 @@ def channel_rows(x: np.ndarray, node: onnx.NodeProto, batch: Mapping[str, np.nda
 
 @dataclass(frozen=True)
 class ChannelMoments:
-    """Mean and mean square of each input channel of one layer over the data."""
+    """Mean and mean square of each input channel of one layer over the data; ``cross``: E[x x^T], where asked for."""
 
     mean: np.ndarray
     mean_square: np.ndarray
+    cross: np.ndarray | None = None
 
     @property
     def variance(self) -> np.ndarray:
         return np.maximum(self.mean_square - self.mean**2, 0.0)
+
+    @property
+    def covariance(self) -> np.ndarray | None:
+        return None if self.cross is None else self.cross - np.outer(self.mean, self.mean)
 
 
 def _input_rows(model: onnx.ModelProto, nodes: list[onnx.NodeProto], source: Iterable, token_mask: str | None, show_progress: bool, description: str):
@@ -68,19 +73,60 @@ def _input_rows(model: onnx.ModelProto, nodes: list[onnx.NodeProto], source: Ite
 
 
 def input_moments(
-    model: onnx.ModelProto, source: Iterable, *, token_mask: str | None = None, show_progress: bool = False, description: str = "activation statistics"
+    model: onnx.ModelProto, source: Iterable, *, token_mask: str | None = None, show_progress: bool = False, description: str = "activation statistics",
+    cross_for: Collection[str] = (),
 ) -> dict[str, ChannelMoments]:
-    """Layer (Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU, RNN) -> the moments of each of its input channels over ``source``."""
+    """Layer (Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU, RNN) -> the moments of each of its input channels over ``source``.
+
+    The layers named in ``cross_for`` also get E[x x^T] over their channels.
+    """
     layers = [n for n in model.graph.node if n.op_type in WEIGHTED_LAYERS + RECURRENT_LAYERS and n.input]
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
+    crosses = {name: _GramSum() for name in cross_for}
     counts: dict[str, int] = {}
     for batch_rows in _input_rows(model, layers, source, token_mask, show_progress, description):
         for node, rows in batch_rows:
             squares[node.name] = squares.get(node.name, 0) + (rows**2).sum(axis=0)
             sums[node.name] = sums.get(node.name, 0) + rows.sum(axis=0)
             counts[node.name] = counts.get(node.name, 0) + rows.shape[0]
-    return {name: ChannelMoments(sums[name] / counts[name], squares[name] / counts[name]) for name in sums}
+            if node.name in crosses:
+                crosses[node.name].add(rows)
+    crosses = {name: gram.total() for name, gram in crosses.items() if gram.total() is not None}
+    return {
+        name: ChannelMoments(sums[name] / counts[name], squares[name] / counts[name], crosses[name] / counts[name] if name in crosses else None)
+        for name in sums
+    }
+
+
+class _GramSum:
+    """X^T X over rows that arrive a batch at a time, multiplied in blocks of at least ``BLOCK_ROWS`` rows:
+    a product per small batch (a sentence's tokens) is a rank-k update that rewrites the whole matrix each time."""
+
+    BLOCK_ROWS = 2048
+
+    def __init__(self):
+        self._pending: list[np.ndarray] = []
+        self._rows = 0
+        self._sum: np.ndarray | None = None
+
+    def add(self, rows: np.ndarray) -> None:
+        self._pending.append(rows)
+        self._rows += rows.shape[0]
+        if self._rows >= self.BLOCK_ROWS:
+            self._flush()
+
+    def total(self) -> np.ndarray | None:
+        self._flush()
+        return self._sum
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        product = block.T @ block
+        self._sum = product if self._sum is None else self._sum + product
+        self._pending, self._rows = [], 0
 
 
 def input_grams(

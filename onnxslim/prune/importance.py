@@ -7,7 +7,9 @@ normalization silences counts as small. Activation-aware: for each consumer,
 Var[x_c] (the variance of the channel's activation over the calibration
 data, its variance) times the squared norm of the consumer weights reading
 it: the energy a removal takes out of the consumer's output once bias
-compensation has restored the channel's mean.
+compensation has restored the channel's mean. Second-order: the same energy
+after the refit of every linear consumer has made up what the kept channels
+can (see :mod:`onnxslim.prune.second_order`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from onnxslim.prune.edits import EditRole, GroupedInput, SliceInput
+from onnxslim.prune.second_order import MAX_COVARIANCE_INPUTS, LinearConsumer, removal_scores
 
-METHODS = ("l1", "l2", "activation")
+METHODS = ("l1", "l2", "activation", "second-order")
+DATA_METHODS = ("activation", "second-order")  # rankings that read activation statistics
 
 
 def _slice_norms(array: np.ndarray, axis: int, count: int, repeat: int, p: int) -> np.ndarray:
@@ -79,6 +83,55 @@ def class_scores(
         for position, atom in enumerate(edit.layout.atoms):
             if atom is not None and atom in root_of:
                 scores[root_of[atom]] += float(norms[position])
+    return scores
+
+
+def linear_consumer_edits(edits: list, matrices: Mapping[str, np.ndarray]) -> list[SliceInput]:
+    """The consumer edits of layers a refit re-solves (``matrices``: node -> its (inputs, outputs) weight) narrow enough to hold their covariance."""
+    return [
+        edit for edit in edits
+        if isinstance(edit, SliceInput) and edit.kind == EditRole.CONSUMER and edit.index == 1 and edit.node in matrices
+        and matrices[edit.node].shape[0] == len(edit.layout) * edit.layout.repeat <= MAX_COVARIANCE_INPUTS
+    ]
+
+
+def second_order_scores(
+    classes: Mapping[int, list[int]],
+    group_roots: list[tuple[int, ...]],
+    edits: list,
+    weights: Mapping[tuple[str, int], np.ndarray],
+    *,
+    matrices: Mapping[str, np.ndarray],
+    covariances: Mapping[str, np.ndarray],
+    channel_energy: Mapping[str, np.ndarray],
+    ridge: float,
+) -> dict[int, float]:
+    """Score of each class by greedy second-order removal within each group of ``group_roots`` (higher: keep).
+
+    Consumers in ``matrices`` with a covariance are priced by the cost left after
+    their refit; every other consumer by the activation score.
+    """
+    linear = [edit for edit in linear_consumer_edits(edits, matrices) if edit.node in covariances]
+    handled = {id(edit) for edit in linear}
+    diagonal = class_scores(classes, [e for e in edits if id(e) not in handled], weights, method="activation", channel_energy=channel_energy)
+    root_of = {atom: root for root, members in classes.items() for atom in members}
+    scores = dict(diagonal)
+    for roots in group_roots:
+        if not roots:
+            continue
+        members = set(roots)
+        consumers = []
+        for edit in linear:
+            where: dict[int, list[int]] = {}
+            for position, atom in enumerate(edit.layout.atoms):
+                root = root_of.get(atom) if atom is not None else None
+                if root in members:
+                    start = position * edit.layout.repeat
+                    where.setdefault(root, []).extend(range(start, start + edit.layout.repeat))
+            if where:
+                positions = {root: np.array(p) for root, p in where.items()}
+                consumers.append(LinearConsumer(edit.node, matrices[edit.node], covariances[edit.node], positions))
+        scores.update(removal_scores(list(roots), consumers, diagonal, ridge=ridge))
     return scores
 
 

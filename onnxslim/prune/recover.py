@@ -39,8 +39,8 @@ import onnx
 from onnxslim.ir.graph import node_attr
 from onnxslim.ir.layers import RECURRENT_LAYERS, weight_axes
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
+from onnxslim.measure.channels import channel_rows
 from onnxslim.progress import track
-from onnxslim.prune.statistics import channel_rows
 from onnxslim.reasons import Reason
 from onnxslim.records import Record
 from onnxslim.runtime.probe import observer
@@ -100,6 +100,29 @@ def _is_matrix(weight: onnx.TensorProto, node: onnx.NodeProto) -> bool:
     if node.op_type == "Conv":
         return len(dims) == 4 and dims[2:] == (1, 1) and all(p == 0 for p in node_attr(node, "pads", [0]))
     return len(dims) == 2
+
+
+def as_matrix(weight: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+    """A layer's weight as one (inputs, outputs) matrix: x times it is the layer's output before bias (a recurrent layer's: every gate's input share)."""
+    if node.op_type in RECURRENT_LAYERS:  # (directions, gates x hidden, features) -> (features, directions x gates x hidden)
+        return weight.reshape(-1, weight.shape[2]).T
+    if node.op_type == "Conv":
+        return weight.reshape(weight.shape[0], weight.shape[1]).T
+    if node.op_type == "Gemm" and int(node_attr(node, "transB", 0)):
+        return weight.T
+    return weight
+
+
+def refittable(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict, readers: Counter) -> bool:
+    """Whether a refit would re-solve ``node``'s weights: a linear layer with one weight matrix it does not share,
+    and a bias to take the intercept; ``readers`` counts the nodes reading each tensor."""
+    if node.op_type not in LINEAR + RECURRENT_LAYERS or len(node.input) < 2 or node.input[1] not in inits:
+        return False
+    if node.op_type == "Conv" and int(node_attr(node, "group", 1)) != 1:
+        return False
+    if any(readers[name] > 1 for name in node.input[1:] if name):
+        return False
+    return _is_matrix(inits[node.input[1]], node) and _bias_slot(model, node) is not None
 
 
 def _from_matrix(matrix: np.ndarray, node: onnx.NodeProto, like: np.ndarray) -> np.ndarray:
@@ -167,7 +190,7 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable
             # a refit would give each use its own weights: the shared tensor would be written once per use
             steps[new.name] = RecoveryStep(new.name, Reason(RecoveryKind.NONE, "weights shared with other layers: left as pruned, so they stay one tensor"))
             continue
-        refit = config.recovery == "refit" and _is_matrix(after[new.input[1]], new) and _bias_slot(pruned, new) is not None
+        refit = config.recovery == "refit" and refittable(pruned, new, after, readers)
         layers.append(_Layer(old, new, kept[new.name]["in"], kept[new.name].get("out"), before[old.input[1]], refit))
     if layers:
         taken = all_value_names(pruned.graph)
@@ -208,8 +231,7 @@ def _observe_original(original: onnx.ModelProto, layers: list[_Layer], source: I
 
 def _input_matrix(layer: _Layer) -> np.ndarray:
     """A recurrent layer's input weights as one (features, directions x gates x hidden) matrix: X times it is the input's share of every gate."""
-    weight = to_array(layer.old_weight).astype(np.float64)
-    return weight.reshape(-1, weight.shape[2]).T
+    return as_matrix(to_array(layer.old_weight).astype(np.float64), layer.old)
 
 
 def _recurrent_bias(pruned: onnx.ModelProto, node: onnx.NodeProto, weight_shape: tuple) -> np.ndarray:

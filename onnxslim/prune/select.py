@@ -87,7 +87,7 @@ def select(
     groups: Groups, scores: Mapping[int, float], ratio: float, settings: SelectionSettings, costs: Mapping[int, float] | None = None
 ) -> tuple[set[int], list[GroupReport]]:
     """The classes to remove at ``ratio`` and a report per group; ``costs``: multiply-accumulates each class's removal saves (needed by scope 'cost')."""
-    prunable_by_group = {group.producers: _considered(group, settings) for group in groups.groups}
+    prunable_by_group = {group.producers: considered(group, settings) for group in groups.groups}
     removed: set[int] = set()
     if settings.scope == "global":
         removed = _select_global(prunable_by_group, scores, ratio, settings.round_to)
@@ -125,7 +125,8 @@ def select(
     return removed, reports
 
 
-def _considered(group: Group, settings: SelectionSettings) -> list[int]:
+def considered(group: Group, settings: SelectionSettings) -> list[int]:
+    """The group's classes selection may remove: its removable ones, less those --only leaves out."""
     if (settings.only == "heads" and not group.heads) or (settings.only == "channels" and group.heads):
         return []
     return list(group.removable)

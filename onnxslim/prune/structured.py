@@ -31,6 +31,7 @@ from onnxslim.ir.scopes import all_nodes
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, producer_map, subgraphs, to_array
 from onnxslim.measure import LatencyComparison, RememberedReference, fidelity, latency_ratios
+from onnxslim.measure.channels import ChannelMoments, input_moments
 from onnxslim.measure.latency import also_one_thread, disagreement, interleaved_latency, keep_fallback, threads_text
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import PassResult, Pipeline, constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
@@ -39,10 +40,9 @@ from onnxslim.passes.static_dims import fold_static_dims
 from onnxslim.prune.branches import branches_with_layers, prune_branches
 from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights
 from onnxslim.prune.groups import Groups, apply_removal, build_groups, kept_positions, renormalized
-from onnxslim.prune.importance import METHODS, class_costs, class_scores
-from onnxslim.prune.recover import RecoveryStep, recover
-from onnxslim.prune.select import GroupOutcome, GroupReport, SelectionSettings, select
-from onnxslim.prune.statistics import channel_energy
+from onnxslim.prune.importance import DATA_METHODS, METHODS, class_costs, class_scores, linear_consumer_edits, second_order_scores
+from onnxslim.prune.recover import RecoveryStep, as_matrix, recover, refittable
+from onnxslim.prune.select import GroupOutcome, GroupReport, SelectionSettings, considered, select
 from onnxslim.prune.trace import trace
 from onnxslim.prune.unstructured import magnitude_sparsify
 from onnxslim.prune.widths import CANDIDATE_MULTIPLES, WidthChoice, cache_key, cached, choose_multiple, remember
@@ -64,8 +64,12 @@ class PruneConfig:
     """How to prune.
 
     ratio: share of each group's channels to remove (0..1).
-    importance: 'l1', 'l2' (magnitude, BatchNorm-aware) or 'activation' (variance times
-        weights, needs data); 'auto' (the default): 'activation' with data, 'l2' without.
+    importance: 'l1', 'l2' (magnitude, BatchNorm-aware), 'activation' (variance times
+        weights, needs data) or 'second-order' (the output error left after the refit of
+        every linear consumer, from the inputs' covariance, removing greedily; needs data,
+        and with a recovery other than 'refit' it is 'activation'); 'auto' (the default):
+        'second-order' with data and refit, 'activation' with data and another recovery,
+        'l2' without data.
     scope: 'local' ranks within each group; 'global' ranks all groups together
         (scores normalized per group) and removes ``ratio`` of all channels; 'cost'
         ranks them by normalized score per multiply-accumulate saved and removes
@@ -91,7 +95,8 @@ class PruneConfig:
     ratio: float = setting(0.3, "Share of each group's channels to remove (or, with --unstructured, of each layer's weights to zero).", low=0.0, high=1.0, high_open=True)
     importance: str = setting(
         "auto",
-        "Channel ranking: weight magnitude (BatchNorm-aware) or activation-aware (needs --data); auto: activation with --data, l2 without.",
+        "Channel ranking: weight magnitude (BatchNorm-aware), activation-aware, or second-order (the error left after the refit; both need --data); "
+        "auto: second-order with --data (activation under --recovery bias or none), l2 without.",
         choices=("auto", *METHODS),
     )
     scope: str = setting(
@@ -130,12 +135,13 @@ class PruneConfig:
         check_settings(self)
 
     def with_data(self, has_data: bool) -> PruneConfig:
-        """The settings with 'auto' resolved: refit and activation ranking when there is data, no recovery and l2 otherwise."""
+        """The settings with 'auto' resolved: refit and second-order ranking when there is data, no recovery and l2 otherwise."""
         config = self
         if config.recovery == "auto":
             config = dataclasses.replace(config, recovery="refit" if has_data else "none")
         if config.importance == "auto":
-            config = dataclasses.replace(config, importance="activation" if has_data else "l2")
+            ranking = ("second-order" if config.recovery == "refit" else "activation") if has_data else "l2"
+            config = dataclasses.replace(config, importance=ranking)
         return config
 
 
@@ -218,13 +224,50 @@ class _OnDemand(Mapping):
         return len(self._keys)
 
 
-def channel_scores(model: onnx.ModelProto, groups: Groups, importance: str, channel_energy=None) -> dict[int, float]:
-    """Importance of every class of ``groups`` (higher: keep), read from ``model``'s weights one tensor at a time."""
+def channel_scores(
+    model: onnx.ModelProto, groups: Groups, importance: str, moments: Mapping[str, ChannelMoments] | None = None, *,
+    ridge: float = 1e-2, selection: SelectionSettings | None = None,
+) -> dict[int, float]:
+    """Importance of every class of ``groups`` (higher: keep), read from ``model``'s weights one tensor at a time.
+
+    ``moments``: the consumers' input statistics, for the data-driven rankings (with covariances for 'second-order',
+    whose greedy order runs over the classes ``selection`` may remove).
+    """
     view = WorkingWeights(model, set())
     keys = {(edit.node, edit.index) for edit in groups.tracing.edits if isinstance(edit, (SliceInput, GroupedInput))}
     # read one at a time and not kept: for a model with weights on disk they are memory maps
     weights = _OnDemand(lambda key: view.read(*key), keys)
-    return class_scores(groups.classes, groups.tracing.edits, weights, method=importance, bn_scale=_bn_scales(model), channel_energy=channel_energy)
+    energy = {name: m.variance for name, m in moments.items()} if moments is not None else None
+    if importance == "second-order":
+        covariances = {name: m.covariance for name, m in (moments or {}).items() if m.cross is not None}
+        matrices = {name: _refit_matrices(model)[name] for name in covariances}
+        roots = [tuple(considered(group, selection or SelectionSettings())) for group in groups.groups]
+        return second_order_scores(
+            groups.classes, roots, groups.tracing.edits, weights, matrices=matrices, covariances=covariances, channel_energy=energy or {}, ridge=ridge
+        )
+    return class_scores(groups.classes, groups.tracing.edits, weights, method=importance, bn_scale=_bn_scales(model), channel_energy=energy)
+
+
+def _refit_matrices(model: onnx.ModelProto) -> _OnDemand:
+    """Node -> its weight as (inputs, outputs), for the layers a refit re-solves; computed when read."""
+    inits = initializer_map(model.graph)
+    readers = Counter(name for node in model.graph.node for name in node.input[1:] if name)
+    nodes = {n.name: n for n in model.graph.node if refittable(model, n, inits, readers)}
+    return _OnDemand(lambda name: as_matrix(to_array(inits[nodes[name].input[1]]), nodes[name]), set(nodes))
+
+
+def _statistics(work: onnx.ModelProto, groups: Groups, source, config: PruneConfig, show_progress: bool) -> dict[str, ChannelMoments] | None:
+    """The consumers' input statistics the ranking reads: none for magnitude; covariances of the refit layers for 'second-order'."""
+    if config.importance not in DATA_METHODS:
+        return None
+    covariance_for: set[str] = set()
+    if config.importance == "second-order" and config.recovery == "refit":
+        roots = {root for group in groups.groups for root in considered(group, config.selection)}
+        atoms = {atom for root in roots for atom in groups.classes[root]}
+        covariance_for = {
+            edit.node for edit in linear_consumer_edits(groups.tracing.edits, _refit_matrices(work)) if any(atom in atoms for atom in edit.layout.atoms)
+        }
+    return input_moments(work, source, token_mask=config.token_mask, show_progress=show_progress, cross_for=covariance_for)
 
 
 def _fixed_input_shapes(model: onnx.ModelProto) -> dict | None:
@@ -277,7 +320,7 @@ def prune(
     if source is not None or eval_data is not None:
         source, held_out, evaluation = _evaluation_split(source, eval_data, original, config, input_shapes)
     config = config.with_data(source is not None)
-    if (config.importance == "activation" or config.recovery != "none") and source is None:
+    if (config.importance in DATA_METHODS or config.recovery != "none") and source is None:
         raise UsageError(f"--importance {config.importance} and recovery need calibration data: give --data")
     config = _resolve_token_mask(config, original)
     data_warnings = _data_warnings(data, eval_data, config)
@@ -361,8 +404,7 @@ def _remove_channels(
         return _remove_channels_in_branches(work, source, config, report, label, show_progress, main="no prunable layer in the main graph")
     if not any(group.roots for group in groups.groups):
         raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights){_computed_weights(work)}{_layers_in_bodies(work)}")
-    energy = channel_energy(work, source, token_mask=config.token_mask, show_progress=show_progress) if config.importance == "activation" else None
-    scores = channel_scores(work, groups, config.importance, energy)
+    scores = channel_scores(work, groups, config.importance, _statistics(work, groups, source, config, show_progress), ridge=config.ridge, selection=config.selection)
     costs = class_costs(groups.classes, groups.tracing.edits, _node_macs(work, shapes)) if config.scope == "cost" else None
 
     def ratio_for(multiple: int) -> tuple[float, bool]:
