@@ -8,7 +8,8 @@ from models.builders import GraphBuilder, _rename_output
 from onnxslim import PruneConfig, prune
 from onnxslim.errors import UsageError
 from onnxslim.measure.channels import ChannelMoments
-from onnxslim.prune.second_order import LinearConsumer, damped_inverse, removal_scores
+from onnxslim.prune import second_order
+from onnxslim.prune.second_order import LinearConsumer, affordable, damped_inverse, removal_scores
 
 
 def refit_residual(x: np.ndarray, y: np.ndarray, kept: list[int]) -> float:
@@ -99,3 +100,8 @@ def test_covariance_comes_with_the_moments():
     moments = ChannelMoments(rows.mean(axis=0), (rows**2).mean(axis=0), rows.T @ rows / 2)
     np.testing.assert_allclose(moments.covariance, np.cov(rows, rowvar=False, bias=True))
     assert ChannelMoments(rows.mean(axis=0), (rows**2).mean(axis=0)).covariance is None
+
+
+def test_covariances_are_held_narrowest_first_within_the_budget(monkeypatch):
+    monkeypatch.setattr(second_order, "COVARIANCE_BUDGET_BYTES", 8 * (100**2 + 200**2))
+    assert affordable({"wide": 300, "narrow": 100, "middle": 200, "too wide": second_order.MAX_COVARIANCE_INPUTS + 1}) == {"narrow", "middle"}

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from onnxslim.prune.edits import EditRole, GroupedInput, SliceInput
-from onnxslim.prune.second_order import MAX_COVARIANCE_INPUTS, LinearConsumer, removal_scores
+from onnxslim.prune.second_order import LinearConsumer, affordable, removal_scores
 
 METHODS = ("l1", "l2", "activation", "second-order")
 DATA_METHODS = ("activation", "second-order")  # rankings that read activation statistics
@@ -87,12 +87,15 @@ def class_scores(
 
 
 def linear_consumer_edits(edits: list, matrices: Mapping[str, np.ndarray]) -> list[SliceInput]:
-    """The consumer edits of layers a refit re-solves (``matrices``: node -> its (inputs, outputs) weight) narrow enough to hold their covariance."""
-    return [
+    """The consumer edits of layers a refit re-solves (``matrices``: node -> its (inputs, outputs) weight) whose
+    covariances can be held (see :func:`onnxslim.prune.second_order.affordable`)."""
+    found = [
         edit for edit in edits
         if isinstance(edit, SliceInput) and edit.kind == EditRole.CONSUMER and edit.index == 1 and edit.node in matrices
-        and matrices[edit.node].shape[0] == len(edit.layout) * edit.layout.repeat <= MAX_COVARIANCE_INPUTS
+        and matrices[edit.node].shape[0] == len(edit.layout) * edit.layout.repeat
     ]
+    held = affordable({edit.node: len(edit.layout) * edit.layout.repeat for edit in found})
+    return [edit for edit in found if edit.node in held]
 
 
 def second_order_scores(

@@ -33,6 +33,7 @@ import numpy as np
 
 ROUND_SHARE = 1 / 16  # share of the remaining classes taken per greedy round
 MAX_COVARIANCE_INPUTS = 2048  # wider consumers are priced by their diagonal cost
+COVARIANCE_BUDGET_BYTES = 2**30  # all covariances together (float64); the narrowest consumers get theirs first
 
 
 @dataclass
@@ -43,6 +44,17 @@ class LinearConsumer:
     weight: np.ndarray
     covariance: np.ndarray
     positions: Mapping[int, np.ndarray]  # class root -> the input positions it occupies
+
+
+def affordable(widths: Mapping[str, int]) -> set[str]:
+    """The consumers (name -> input width) whose covariances fit ``COVARIANCE_BUDGET_BYTES`` together, narrowest first."""
+    chosen, spent = set(), 0
+    for name, width in sorted(widths.items(), key=lambda item: (item[1], item[0])):
+        if width > MAX_COVARIANCE_INPUTS or spent + 8 * width * width > COVARIANCE_BUDGET_BYTES:
+            break
+        chosen.add(name)
+        spent += 8 * width * width
+    return chosen
 
 
 def damped_inverse(covariance: np.ndarray, ridge: float) -> np.ndarray:

@@ -38,7 +38,7 @@ from onnxslim.passes import PassResult, Pipeline, constants_to_initializers, fol
 from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.static_dims import fold_static_dims
 from onnxslim.prune.branches import branches_with_layers, prune_branches
-from onnxslim.prune.edits import GroupedInput, SliceInput, WorkingWeights
+from onnxslim.prune.edits import EditRole, GroupedInput, SliceInput, WorkingWeights
 from onnxslim.prune.groups import Groups, apply_removal, build_groups, kept_positions, renormalized
 from onnxslim.prune.importance import DATA_METHODS, METHODS, class_costs, class_scores, linear_consumer_edits, second_order_scores
 from onnxslim.prune.recover import RecoveryStep, as_matrix, recover, refittable
@@ -240,7 +240,8 @@ def channel_scores(
     energy = {name: m.variance for name, m in moments.items()} if moments is not None else None
     if importance == "second-order":
         covariances = {name: m.covariance for name, m in (moments or {}).items() if m.cross is not None}
-        matrices = {name: _refit_matrices(model)[name] for name in covariances}
+        refit = _refit_matrices(model, groups)
+        matrices = {name: refit[name] for name in covariances}
         roots = [tuple(considered(group, selection or SelectionSettings())) for group in groups.groups]
         return second_order_scores(
             groups.classes, roots, groups.tracing.edits, weights, matrices=matrices, covariances=covariances, channel_energy=energy or {}, ridge=ridge
@@ -248,11 +249,12 @@ def channel_scores(
     return class_scores(groups.classes, groups.tracing.edits, weights, method=importance, bn_scale=_bn_scales(model), channel_energy=energy)
 
 
-def _refit_matrices(model: onnx.ModelProto) -> _OnDemand:
-    """Node -> its weight as (inputs, outputs), for the layers a refit re-solves; computed when read."""
+def _refit_matrices(model: onnx.ModelProto, groups: Groups) -> _OnDemand:
+    """Node -> its weight as (inputs, outputs), for the consumers of ``groups`` a refit re-solves; computed when read."""
     inits = initializer_map(model.graph)
     readers = Counter(name for node in model.graph.node for name in node.input[1:] if name)
-    nodes = {n.name: n for n in model.graph.node if refittable(model, n, inits, readers)}
+    consumers = {edit.node for edit in groups.tracing.edits if isinstance(edit, SliceInput) and edit.kind == EditRole.CONSUMER}
+    nodes = {n.name: n for n in model.graph.node if n.name in consumers and refittable(model, n, inits, readers)}
     return _OnDemand(lambda name: as_matrix(to_array(inits[nodes[name].input[1]]), nodes[name]), set(nodes))
 
 
@@ -265,7 +267,7 @@ def _statistics(work: onnx.ModelProto, groups: Groups, source, config: PruneConf
         roots = {root for group in groups.groups for root in considered(group, config.selection)}
         atoms = {atom for root in roots for atom in groups.classes[root]}
         covariance_for = {
-            edit.node for edit in linear_consumer_edits(groups.tracing.edits, _refit_matrices(work)) if any(atom in atoms for atom in edit.layout.atoms)
+            edit.node for edit in linear_consumer_edits(groups.tracing.edits, _refit_matrices(work, groups)) if any(atom in atoms for atom in edit.layout.atoms)
         }
     return input_moments(work, source, token_mask=config.token_mask, show_progress=show_progress, cross_for=covariance_for)
 
