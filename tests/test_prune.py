@@ -523,11 +523,13 @@ def _three_layer_mlp(seed: int = 0) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _ridge(x, y, ridge):
-    """The refit's normal equations with an intercept, in numpy."""
+def _ridge(x, y, ridge, prior):
+    """The refit's normal equations with an intercept, the ridge term pulling toward ``prior``, in numpy."""
     xa = np.hstack([x, np.ones((x.shape[0], 1))]).astype(np.float64)
     penalty = ridge * np.mean(np.diag(x.T.astype(np.float64) @ x))
-    solution = np.linalg.solve(xa.T @ xa + np.diag(np.r_[np.full(x.shape[1], penalty), 0.0]), xa.T @ y)
+    cross = xa.T @ y
+    cross[:-1] += penalty * prior
+    solution = np.linalg.solve(xa.T @ xa + np.diag(np.r_[np.full(x.shape[1], penalty), 0.0]), cross)
     return solution[:-1], solution[-1]
 
 
@@ -558,10 +560,10 @@ def test_refit_is_sequential_each_layer_fitted_on_the_refit_model_before_it():
     h2 = np.maximum(h1 @ w[1] + bias[1], 0)
     # layer 2 on the pruned model's own input, towards the original's output at the kept channels
     h1_pruned = np.maximum(x @ w[0][:, k1] + bias[0][k1], 0)
-    w2, c2 = _ridge(h1_pruned, (h1 @ w[1])[:, k2], config.ridge)
+    w2, c2 = _ridge(h1_pruned, (h1 @ w[1])[:, k2], config.ridge, w[1][np.ix_(k1, k2)])
     # layer 3 on the output of the REFIT layer 2: sequential, not both from the unrefit model
     h2_refit = np.maximum(h1_pruned @ w2 + bias[1][k2] + c2, 0)
-    w3, _ = _ridge(h2_refit, h2 @ w[2], config.ridge)
+    w3, _ = _ridge(h2_refit, h2 @ w[2], config.ridge, w[2][k2])
     got = {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
     by_name = {n.name: n for n in pruned.graph.node}
     np.testing.assert_allclose(got[by_name[m2.name].input[1]], w2, rtol=2e-4, atol=2e-5)

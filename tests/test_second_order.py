@@ -105,3 +105,80 @@ def test_covariance_comes_with_the_moments():
 def test_covariances_are_held_narrowest_first_within_the_budget(monkeypatch):
     monkeypatch.setattr(second_order, "COVARIANCE_BUDGET_BYTES", 8 * (100**2 + 200**2))
     assert affordable({"wide": 300, "narrow": 100, "middle": 200, "too wide": second_order.MAX_COVARIANCE_INPUTS + 1}) == {"narrow", "middle"}
+
+
+def conv_consumers(stride: int, kernel: int, seed: int = 7):
+    """A 3x3 Conv + Relu whose 16 channels feed a Conv with the given kernel and stride (padding kernel // 2)."""
+    b = GraphBuilder(seed)
+    x = b.node("Relu", [b.conv("input", 4, 16, k=3)])
+    y = b.conv(x, 16, 6, k=kernel, stride=stride)
+    _rename_output(b, y, "output")
+    size = 12 // stride
+    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 12, 12])],
+                   [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 6, size, size])], "conv_consumer")
+
+
+@pytest.mark.parametrize(("stride", "kernel"), [(1, 3), (2, 3), (2, 1), (1, 1)])
+def test_conv_patches_times_the_weight_are_the_conv_output(stride, kernel):
+    from onnxslim.ir.tensors import initializer_map, to_array
+    from onnxslim.prune.recover import as_matrix, conv_patches
+    from tests.conftest import run_model
+
+    model = conv_consumers(stride, kernel)
+    inits = initializer_map(model.graph)
+    consumer = [n for n in model.graph.node if n.op_type == "Conv"][-1]
+    hidden = helper.make_tensor_value_info(consumer.input[0], TensorProto.FLOAT, None)
+    model.graph.output.append(hidden)
+    x = np.random.default_rng(0).standard_normal((1, 4, 12, 12)).astype(np.float32)
+    output, inner = run_model(model, {"input": x})
+    rows = np.arange(output.shape[0] * output.shape[2] * output.shape[3])
+    weight = to_array(inits[consumer.input[1]])
+    product = conv_patches(inner, consumer, weight.shape[2:], rows) @ as_matrix(weight, consumer) + to_array(inits[consumer.input[2]])
+    np.testing.assert_allclose(product, np.moveaxis(output, 1, -1).reshape(-1, 6), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("stride", "kernel"), [(1, 3), (2, 3), (2, 1)])
+def test_convolutions_reading_patches_are_refit(stride, kernel):
+    """A 3x3 consumer used to get bias compensation only; a strided 1x1 one was refit on input rows that were not
+    its output's (cosine 0.57 against 0.93 by bias compensation on this model)."""
+    model = conv_consumers(stride, kernel)
+    rng = np.random.default_rng(8)
+    data = [{"input": (rng.standard_normal((1, 4, 12, 12)) + 0.3).astype(np.float32)} for _ in range(30)]
+    cosine = {}
+    for recovery in ("bias", "refit"):
+        _, report = prune(model, data, config=PruneConfig(ratio=0.5, importance="activation", recovery=recovery, latency_runs=0, round_to=1))
+        cosine[recovery] = report.fidelity[0].cosine
+        consumer = report.recovery[0]
+        assert consumer.reason.code.value == recovery, report.recovery
+    assert cosine["refit"] > cosine["bias"] + 0.005, cosine
+
+
+def _sums(x, y):
+    from onnxslim.prune.recover import _Sums
+
+    sums = _Sums()
+    sums.add(x.astype(np.float64), y.astype(np.float64))
+    return sums
+
+
+def test_held_out_error_from_the_sums_is_the_squared_error():
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((50, 4)), rng.standard_normal((50, 3))
+    weights, intercept = rng.standard_normal((4, 3)), rng.standard_normal(3)
+    direct = float(((x @ weights + intercept - y) ** 2).sum() - (y**2).sum())
+    assert _sums(x, y).error(weights, intercept) == pytest.approx(direct, rel=1e-9)
+
+
+def test_ridge_is_chosen_on_held_out_rows():
+    from onnxslim.prune.recover import _chosen_ridge
+
+    rng = np.random.default_rng(3)
+    prior = rng.standard_normal((40, 2))
+    # few noisy rows around the layer's own weights: refitting 40 weights on 45 rows overfits, keeping them does not
+    x = rng.standard_normal((90, 40))
+    y = x @ prior + 0.5 * rng.standard_normal((90, 2))
+    assert _chosen_ridge(_sums(x[:45], y[:45]), _sums(x[45:], y[45:]), 1e-2, prior) >= 1.0
+    # many rows from other weights than the layer's own: the least-squares fit is right, the prior is not
+    x = rng.standard_normal((4000, 40))
+    y = x @ rng.standard_normal((40, 2))
+    assert _chosen_ridge(_sums(x[:3000], y[:3000]), _sums(x[3000:], y[3000:]), 1e-2, prior) <= 1e-2

@@ -6,10 +6,12 @@ The original model is the teacher. For every layer whose inputs lost channels
 - bias compensation: the removed channels contributed, on average,
   sum_c mean(x_c) * W[:, c] to the consumer's output; that constant is added
   to its bias, so the output keeps its mean; or
-- refit: for linear consumers (Gemm, MatMul, 1x1 Conv) the weights over the
-  kept channels are re-solved by ridge least squares so that, on the
-  calibration data, the pruned model's input to the layer reproduces the
-  original model's output of the layer. The ridge term is
+- refit: for linear consumers (Gemm, MatMul, 2-D Conv with a group of one) the
+  weights over the kept channels are re-solved by ridge least squares so that, on
+  the calibration data, the pruned model's input to the layer reproduces the
+  original model's output of the layer; a Conv with a kernel over 1x1, strides,
+  dilations or padding is a matrix over its input patches, taken at the sampled
+  output positions. The ridge term is
   ``ridge * mean(diag(X^T X))``. A recurrent layer (LSTM, GRU, RNN) is linear
   in its input before the gates: its input weights W are refit the same way,
   to reproduce the original's X W^T, and the intercept goes into W's bias.
@@ -72,6 +74,7 @@ class RecoveryStep(Record):
 MIN_ROWS_PER_INPUT = 1  # a refit needs at least as many observations as unknowns per output; the ridge term does the rest
 ROWS_PER_UNKNOWN = 32  # rows of targets kept per input channel of a refit layer (at least MIN_TARGET_ROWS)
 MIN_TARGET_ROWS = 16384
+ROWS_PER_PATCH_UNKNOWN = 8  # for a Conv refit over its patches (channels x kernel size unknowns per output)
 
 
 def _changed_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
@@ -93,21 +96,52 @@ def _changed_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept:
 
 
 def _is_matrix(weight: onnx.TensorProto, node: onnx.NodeProto) -> bool:
-    """Whether the layer is linear in its input channels with one weight matrix (Gemm, 2-D MatMul, unpadded 1x1 Conv): what a refit re-solves."""
+    """Whether the layer is linear in its input with one weight matrix: Gemm, 2-D MatMul, a recurrent layer's input
+    weights, or a 2-D Conv with explicit padding (a matrix over its input patches): what a refit re-solves."""
     dims = tuple(weight.dims)
     if node.op_type in RECURRENT_LAYERS:
         return len(dims) == 3
     if node.op_type == "Conv":
-        return len(dims) == 4 and dims[2:] == (1, 1) and all(p == 0 for p in node_attr(node, "pads", [0]))
+        return len(dims) == 4 and node_attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID")
     return len(dims) == 2
+
+
+def _reads_patches(node: onnx.NodeProto, weight_shape: tuple) -> bool:
+    """A Conv whose output rows are not its input rows one for one (a kernel over 1x1, strides, dilations or padding)."""
+    if node.op_type != "Conv":
+        return False
+    plain = [1] * (len(weight_shape) - 2)
+    return (
+        list(weight_shape[2:]) != plain or list(node_attr(node, "strides", plain)) != plain
+        or list(node_attr(node, "dilations", plain)) != plain or any(p != 0 for p in node_attr(node, "pads", [0]))
+    )
+
+
+def conv_patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int], rows: np.ndarray) -> np.ndarray:
+    """The input patches of a 2-D Conv at the output positions ``rows`` (indices into its (n, y, x) output rows), as
+    (len(rows), channels x kernel height x kernel width): times the weight as (c, i, j) columns, the output before bias."""
+    batch, channels, height, width = x.shape
+    kh, kw = kernel
+    sh, sw = node_attr(node, "strides", [1, 1])
+    dh, dw = node_attr(node, "dilations", [1, 1])
+    top, left, bottom, right = node_attr(node, "pads", [0, 0, 0, 0])
+    out_h = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + left + right - dw * (kw - 1) - 1) // sw + 1
+    n, rest = np.divmod(rows, out_h * out_w)
+    oy, ox = np.divmod(rest, out_w)
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    iy = oy[:, None] * sh + np.arange(kh)[None, :] * dh
+    ix = ox[:, None] * sw + np.arange(kw)[None, :] * dw
+    patches = padded[n[:, None, None, None], np.arange(channels)[None, :, None, None], iy[:, None, :, None], ix[:, None, None, :]]
+    return patches.reshape(len(rows), channels * kh * kw)
 
 
 def as_matrix(weight: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
     """A layer's weight as one (inputs, outputs) matrix: x times it is the layer's output before bias (a recurrent layer's: every gate's input share)."""
     if node.op_type in RECURRENT_LAYERS:  # (directions, gates x hidden, features) -> (features, directions x gates x hidden)
         return weight.reshape(-1, weight.shape[2]).T
-    if node.op_type == "Conv":
-        return weight.reshape(weight.shape[0], weight.shape[1]).T
+    if node.op_type == "Conv":  # (out, in, k...) -> (in x k..., out), the rows of conv_patches
+        return weight.reshape(weight.shape[0], -1).T
     if node.op_type == "Gemm" and int(node_attr(node, "transB", 0)):
         return weight.T
     return weight
@@ -129,7 +163,7 @@ def _from_matrix(matrix: np.ndarray, node: onnx.NodeProto, like: np.ndarray) -> 
     if node.op_type in RECURRENT_LAYERS:  # (features, directions x gates x hidden) -> (directions, gates x hidden, features)
         return matrix.T.reshape(like.shape[0], like.shape[1], matrix.shape[0])
     if node.op_type == "Conv":
-        return matrix.T.reshape(like.shape[0], matrix.shape[0], 1, 1)
+        return matrix.T.reshape(like.shape)
     if node.op_type == "Gemm" and int(node_attr(node, "transB", 0)):
         return matrix.T
     return matrix
@@ -170,6 +204,7 @@ class _Layer:
     kept_out: list[int] | None
     old_weight: onnx.TensorProto  # read only when the layer's bias is compensated
     refit: bool
+    patches: bool = False  # a Conv refit over its input patches rather than its input rows
     input_sum: np.ndarray | None = None  # the original model's input, summed per channel over all rows
     input_rows: int = 0
     picks: list[np.ndarray] = field(default_factory=list)  # per batch: the rows whose targets are kept
@@ -191,7 +226,8 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable
             steps[new.name] = RecoveryStep(new.name, Reason(RecoveryKind.NONE, "weights shared with other layers: left as pruned, so they stay one tensor"))
             continue
         refit = config.recovery == "refit" and refittable(pruned, new, after, readers)
-        layers.append(_Layer(old, new, kept[new.name]["in"], kept[new.name].get("out"), before[old.input[1]], refit))
+        weight = before[old.input[1]]
+        layers.append(_Layer(old, new, kept[new.name]["in"], kept[new.name].get("out"), weight, refit, refit and _reads_patches(old, tuple(weight.dims))))
     if layers:
         taken = all_value_names(pruned.graph)
         _observe_original(original, layers, source, config.token_mask, show_progress)
@@ -221,12 +257,24 @@ def _observe_original(original: onnx.ModelProto, layers: list[_Layer], source: I
             layer.input_sum = x.sum(axis=0, dtype=np.float64) + (0 if layer.input_sum is None else layer.input_sum)
             layer.input_rows += x.shape[0]
             if layer.refit:
-                y = x @ _input_matrix(layer) if layer.old.op_type in RECURRENT_LAYERS else channel_rows(values[layer.old.output[0]], layer.old, batch, token_mask)
-                wanted = math.ceil(max(MIN_TARGET_ROWS, ROWS_PER_UNKNOWN * (len(layer.kept_in) + 1)) / max(batches, 1))
+                if layer.old.op_type in RECURRENT_LAYERS:
+                    y = x @ _input_matrix(layer)
+                else:  # a patch-reading Conv's output rows are positions, never tokens
+                    y = channel_rows(values[layer.old.output[0]], layer.old, batch, None if layer.patches else token_mask)
+                wanted = math.ceil(_target_rows(layer) / max(batches, 1))
                 pick = np.sort(rng.choice(y.shape[0], wanted, replace=False)) if y.shape[0] > wanted else np.arange(y.shape[0])
                 y = y[pick]
                 layer.picks.append(pick)
                 layer.targets.append(np.ascontiguousarray(y[:, layer.kept_out] if layer.kept_out is not None else y, dtype=np.float32))
+
+
+def _target_rows(layer: _Layer) -> int:
+    """Rows of targets to keep for a refit layer: enough per unknown weight of an output (a patch has kernel-size times
+    the channels, and fewer rows per unknown, or the targets of a wide 3x3 layer would fill memory)."""
+    if not layer.patches:
+        return max(MIN_TARGET_ROWS, ROWS_PER_UNKNOWN * (len(layer.kept_in) + 1))
+    unknowns = len(layer.kept_in) * int(np.prod(layer.old_weight.dims[2:]))
+    return max(MIN_TARGET_ROWS, ROWS_PER_PATCH_UNKNOWN * (unknowns + 1))
 
 
 def _input_matrix(layer: _Layer) -> np.ndarray:
@@ -261,36 +309,77 @@ def _waves(model: onnx.ModelProto, layers: list[_Layer]) -> list[list[_Layer]]:
     return [waves[level] for level in sorted(waves)]
 
 
+@dataclass
+class _Sums:
+    """What a least-squares fit of targets Y from inputs X needs, summed over rows."""
+
+    xtx: np.ndarray | None = None
+    xty: np.ndarray | None = None
+    xsum: np.ndarray | None = None
+    ysum: np.ndarray | None = None
+    rows: int = 0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        parts = (x.T @ x, x.T @ y, x.sum(axis=0), y.sum(axis=0))
+        if self.xtx is None:
+            self.xtx, self.xty, self.xsum, self.ysum = parts
+        else:
+            self.xtx += parts[0]
+            self.xty += parts[1]
+            self.xsum += parts[2]
+            self.ysum += parts[3]
+        self.rows += x.shape[0]
+
+    def merged(self, other: _Sums) -> _Sums:
+        if other.xtx is None:
+            return self
+        if self.xtx is None:
+            return other
+        return _Sums(self.xtx + other.xtx, self.xty + other.xty, self.xsum + other.xsum, self.ysum + other.ysum, self.rows + other.rows)
+
+    def error(self, weights: np.ndarray, intercept: np.ndarray) -> float:
+        """Sum of squared errors of X weights + intercept against Y over these rows, less sum(Y^2) (the same for every fit)."""
+        fitted = weights.T @ self.xtx @ weights
+        return float(np.trace(fitted) - 2 * np.sum(weights * self.xty) - 2 * intercept @ self.ysum
+                     + 2 * intercept @ (weights.T @ self.xsum) + self.rows * intercept @ intercept)
+
+
+HOLDOUT_EVERY = 5  # every fifth batch checks the refit instead of fitting it, when there are at least this many
+RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # ridge strengths tried against the held-out batches (relative to mean(diag(X^T X)))
+
+
 def _refit_wave(pruned: onnx.ModelProto, wave: list[_Layer], source: Iterable, config, taken: set[str]) -> list[tuple[_Layer, Reason]]:
     """Fit every layer of ``wave`` on its input in the pruned model as it is now; the ones that cannot be fitted get bias compensation."""
     names = [layer.new.input[0] for layer in wave]
     runner = observer(pruned, sorted(set(names) - _input_names(pruned)))
-    sums: dict[str, list] = {layer.new.name: [None, None, None, None, 0] for layer in wave}
+    fits = {layer.new.name: _Sums() for layer in wave}
+    checks = {layer.new.name: _Sums() for layer in wave}
     for index, (_, batch, outputs) in enumerate(runner.run_many(source)):
         values = dict(zip(runner.output_names, outputs))
         values.update(batch)
         for layer in wave:
-            x = channel_rows(values[layer.new.input[0]], layer.new, batch, config.token_mask)[layer.picks[index]].astype(np.float64)
-            y = layer.targets[index].astype(np.float64)
-            acc = sums[layer.new.name]
-            if acc[0] is None:
-                acc[:4] = x.T @ x, x.T @ y, x.sum(axis=0), y.sum(axis=0)
+            if layer.patches:
+                x = conv_patches(values[layer.new.input[0]], layer.new, tuple(layer.old_weight.dims[2:]), layer.picks[index]).astype(np.float64)
             else:
-                acc[0] += x.T @ x
-                acc[1] += x.T @ y
-                acc[2] += x.sum(axis=0)
-                acc[3] += y.sum(axis=0)
-            acc[4] += x.shape[0]
+                x = channel_rows(values[layer.new.input[0]], layer.new, batch, config.token_mask)[layer.picks[index]].astype(np.float64)
+            held_out = len(layer.picks) >= HOLDOUT_EVERY and index % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+            (checks if held_out else fits)[layer.new.name].add(x, layer.targets[index].astype(np.float64))
     done = []
     for layer in wave:
-        reason = _apply_refit(pruned, layer.new, *sums[layer.new.name], config.ridge, taken)
+        reason = _apply_refit(pruned, layer.new, fits[layer.new.name], checks[layer.new.name], config.ridge, taken)
         done.append((layer, reason if reason is not None else _compensate_bias(pruned, layer, taken)))
         layer.targets, layer.picks = [], []  # free the targets as soon as the layer is fitted
     return done
 
 
-def solve_refit(xtx: np.ndarray, xty: np.ndarray, xsum: np.ndarray, ysum: np.ndarray, rows: int, ridge: float) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """Ridge least squares with an intercept from the sums: (weights (inputs, outputs), intercept, penalty), or None when underdetermined."""
+def solve_refit(
+    xtx: np.ndarray, xty: np.ndarray, xsum: np.ndarray, ysum: np.ndarray, rows: int, ridge: float, prior: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Ridge least squares with an intercept from the sums: (weights (inputs, outputs), intercept, penalty), or None when underdetermined.
+
+    The ridge term pulls the weights toward ``prior`` (the layer's own weights over the kept inputs) rather than
+    toward zero: the stronger it is, the closer the fit comes to keeping the weights and re-solving the bias only.
+    """
     count = xtx.shape[0]
     if rows < MIN_ROWS_PER_INPUT * (count + 1):
         return None  # too few samples to determine the weights; bias compensation is safer
@@ -301,6 +390,8 @@ def solve_refit(xtx: np.ndarray, xty: np.ndarray, xsum: np.ndarray, ysum: np.nda
     gram[count, count] = rows
     cross = np.vstack([xty, ysum[None, :]])
     penalty = ridge * float(np.mean(np.diag(xtx))) if count else 0.0
+    if prior is not None:
+        cross[:count] += penalty * prior
     try:
         solution = np.linalg.solve(gram + np.diag(np.r_[np.full(count, penalty), 0.0]), cross)
     except np.linalg.LinAlgError:
@@ -308,15 +399,30 @@ def solve_refit(xtx: np.ndarray, xty: np.ndarray, xsum: np.ndarray, ysum: np.nda
     return solution[:count], solution[count], penalty
 
 
-def _apply_refit(pruned, new, xtx, xty, xsum, ysum, rows, ridge, taken) -> Reason | None:
-    if xtx is None:
+def _chosen_ridge(fit: _Sums, check: _Sums, ridge: float, prior: np.ndarray) -> float:
+    """The ridge strength whose fit on ``fit`` errs least on the held-out ``check`` rows (``ridge`` without any)."""
+    if check.xtx is None or fit.xtx is None:
+        return ridge
+    errors = {}
+    for strength in sorted({ridge, *RIDGE_GRID}):
+        solved = solve_refit(fit.xtx, fit.xty, fit.xsum, fit.ysum, fit.rows, strength, prior)
+        if solved is not None:
+            errors[strength] = check.error(solved[0], solved[1])
+    return min(errors, key=errors.get) if errors else ridge
+
+
+def _apply_refit(pruned, new, fit: _Sums, check: _Sums, ridge: float, taken) -> Reason | None:
+    if fit.xtx is None:
         return None
-    solved = solve_refit(xtx, xty, xsum, ysum, rows, ridge)
+    inits = initializer_map(pruned.graph)
+    weight = to_array(inits[new.input[1]])
+    prior = as_matrix(weight.astype(np.float64), new)
+    strength = _chosen_ridge(fit, check, ridge, prior)
+    every = fit.merged(check)
+    solved = solve_refit(every.xtx, every.xty, every.xsum, every.ysum, every.rows, strength, prior)
     if solved is None:
         return None
     new_matrix, intercept, penalty = solved
-    inits = initializer_map(pruned.graph)
-    weight = to_array(inits[new.input[1]])
     if new.op_type in RECURRENT_LAYERS:
         bias = _recurrent_bias(pruned, new, weight.shape)
         bias[:, : weight.shape[1]] += intercept.reshape(weight.shape[0], weight.shape[1])  # the targets leave W's bias out: the intercept corrects it
@@ -325,14 +431,15 @@ def _apply_refit(pruned, new, xtx, xty, xsum, ysum, rows, ridge, taken) -> Reaso
     else:
         bias_node, bias_index = _bias_slot(pruned, new)
         has_bias = bias_index < len(bias_node.input) and bool(bias_node.input[bias_index])
-        bias = to_array(inits[bias_node.input[bias_index]]).astype(np.float64) if has_bias else np.zeros(xty.shape[1])
+        bias = to_array(inits[bias_node.input[bias_index]]).astype(np.float64) if has_bias else np.zeros(every.xty.shape[1])
         # Conv and Gemm outputs include their bias, so the intercept is the new bias; a MatMul's
         # output does not, so the intercept is a correction added to the bias of the Add after it.
         new_bias = intercept if bias_node is new else bias + intercept
         _set_input(pruned, bias_node, bias_index, new_bias.reshape(bias.shape), taken, weight.dtype)
         inputs = "input channel(s)"
     _set_input(pruned, new, 1, _from_matrix(new_matrix, new, weight), taken, weight.dtype)
-    return Reason(RecoveryKind.REFIT, f"refit {xtx.shape[0]} {inputs} by ridge least squares on {rows} rows (ridge {penalty:.3g})")
+    chosen = f"ridge {strength:g} of the mean input energy, chosen on {check.rows} held-out rows" if check.xtx is not None else f"ridge {penalty:.3g}"
+    return Reason(RecoveryKind.REFIT, f"refit {every.xtx.shape[0]} {inputs} by ridge least squares on {every.rows} rows ({chosen})")
 
 
 def _compensate_bias(pruned, layer: _Layer, taken) -> Reason:
