@@ -11,8 +11,10 @@ The original model is the teacher. For every layer whose inputs lost channels
   the calibration data, the pruned model's input to the layer reproduces the
   original model's output of the layer; a Conv with a kernel over 1x1, strides,
   dilations or padding is a matrix over its input patches, taken at the sampled
-  output positions. The ridge term is
-  ``ridge * mean(diag(X^T X))``. A recurrent layer (LSTM, GRU, RNN) is linear
+  output positions. The ridge term, ``strength * mean(diag(X^T X))``, pulls
+  the weights toward the layer's own kept weights (a strong one keeps them and
+  re-solves only the bias); the strength is chosen on every fifth batch, held
+  out of the fit, then the fit is made on all. A recurrent layer (LSTM, GRU, RNN) is linear
   in its input before the gates: its input weights W are refit the same way,
   to reproduce the original's X W^T, and the intercept goes into W's bias.
 
@@ -23,8 +25,8 @@ and every input mean, then one run per *wave* of the pruned model, truncated
 to what the wave reads, fits all layers whose refit inputs no longer change.
 A chain of n refit layers costs n truncated passes; independent branches share
 them. Targets are kept for a fixed random subset of rows per layer (at least
-``ROWS_PER_UNKNOWN`` per weight of a column), so memory does not grow with the
-amount of data.
+``ROWS_PER_UNKNOWN`` per weight of a column, ``ROWS_PER_PATCH_UNKNOWN`` for a
+patch-reading Conv), so memory does not grow with the amount of data.
 """
 
 from __future__ import annotations

@@ -82,8 +82,10 @@ class PruneConfig:
         reaching at most this share (0..1) of the original parameters / MACs.
     recovery: 'auto' (the default: 'refit' when data is given, 'none' without),
         'none', 'bias' (add the mean contribution of removed channels to the
-        consumer's bias) or 'refit' (ridge least squares of 1x1/linear consumers
-        against the original model's outputs, then 'bias' for the others); needs data.
+        consumer's bias) or 'refit' (ridge least squares of linear consumers and
+        convolutions against the original model's outputs, the ridge toward the layer's
+        own weights and its strength chosen on held-out batches; then 'bias' for the
+        others); needs data.
     unstructured: zero the smallest weights per layer to ``ratio`` sparsity instead.
     token_mask: name of an input whose zeros mark padding tokens (``attention_mask``,
         used by default when the model has an input of that name): activation
@@ -107,7 +109,7 @@ class PruneConfig:
     target_params: float | None = setting(None, "Instead of --ratio: keep at most this share of the parameters.", low=0.0, high=1.0, low_open=True)
     target_macs: float | None = setting(None, "Instead of --ratio: keep at most this share of the multiply-accumulates.", low=0.0, high=1.0, low_open=True)
     recovery: str = setting("auto", "Retraining-free recovery (auto: refit when data is given, else none).", choices=("auto", "none", "bias", "refit"))
-    ridge: float = 1e-2
+    ridge: float = 1e-2  # the refit's ridge strength when there are too few batches to choose one on held-out ones
     token_mask: str | None = setting(
         None, "Input whose zeros mark padding tokens, left out of statistics and recovery (default: attention_mask when the model has it; 'none': off).", metavar="INPUT"
     )
