@@ -15,9 +15,10 @@ A group's classes are removed greedily: the cheapest (summed over the group's
 consumers) first, then the consumers' weights and inverse covariances are updated
 as if the refit had happened, and the rest are priced again. Each round takes a
 small share of what is left, so a group of n classes costs about n^3 in all.
-Consumers a refit does not re-solve (k x k and grouped convolutions, layers too
-wide to hold their covariance) add their diagonal cost: the removed channel's
-variance times its squared weights.
+Consumers priced without a covariance of their inputs (convolutions over more
+than 1x1, which the refit re-solves over their patches but whose patch covariance
+is not gathered; grouped convolutions; layers too wide to hold one) add their
+diagonal cost: the removed channel's variance times its squared weights.
 
 A class's score is the cost at the moment it was taken, made increasing along the
 order, so that removing a group's lowest scores reproduces the greedy order at any
