@@ -368,7 +368,7 @@ def _refit_wave(pruned: onnx.ModelProto, wave: list[_Layer], source: Iterable, c
             (checks if held_out else fits)[layer.new.name].add(x, layer.targets[index].astype(np.float64))
     done = []
     for layer in wave:
-        reason = _apply_refit(pruned, layer.new, fits[layer.new.name], checks[layer.new.name], config.ridge, taken)
+        reason = _apply_refit(pruned, layer, fits[layer.new.name], checks[layer.new.name], config.ridge, taken)
         done.append((layer, reason if reason is not None else _compensate_bias(pruned, layer, taken)))
         layer.targets, layer.picks = [], []  # free the targets as soon as the layer is fitted
     return done
@@ -413,9 +413,10 @@ def _chosen_ridge(fit: _Sums, check: _Sums, ridge: float, prior: np.ndarray) -> 
     return min(errors, key=errors.get) if errors else ridge
 
 
-def _apply_refit(pruned, new, fit: _Sums, check: _Sums, ridge: float, taken) -> Reason | None:
+def _apply_refit(pruned, layer: _Layer, fit: _Sums, check: _Sums, ridge: float, taken) -> Reason | None:
     if fit.xtx is None:
         return None
+    new = layer.new
     inits = initializer_map(pruned.graph)
     weight = to_array(inits[new.input[1]])
     prior = as_matrix(weight.astype(np.float64), new)
@@ -438,7 +439,8 @@ def _apply_refit(pruned, new, fit: _Sums, check: _Sums, ridge: float, taken) -> 
         # output does not, so the intercept is a correction added to the bias of the Add after it.
         new_bias = intercept if bias_node is new else bias + intercept
         _set_input(pruned, bias_node, bias_index, new_bias.reshape(bias.shape), taken, weight.dtype)
-        inputs = "input channel(s)"
+        kernel = "x".join(str(d) for d in weight.shape[2:])
+        inputs = f"weights per output over {weight.shape[1]} input channel(s) x {kernel} patches" if layer.patches else "input channel(s)"
     _set_input(pruned, new, 1, _from_matrix(new_matrix, new, weight), taken, weight.dtype)
     chosen = f"ridge {strength:g} of the mean input energy, chosen on {check.rows} held-out rows" if check.xtx is not None else f"ridge {penalty:.3g}"
     return Reason(RecoveryKind.REFIT, f"refit {every.xtx.shape[0]} {inputs} by ridge least squares on {every.rows} rows ({chosen})")
