@@ -221,7 +221,7 @@ def _quantized_with_fakes(monkeypatch, config: CompressConfig, configs: list, lo
 def test_an_int8_candidate_that_misses_the_budget_on_held_out_data_is_rebuilt_tighter(monkeypatch):
     configs = []
     # held-out data is harsher than quantize's own split: the loss is 1.5x what quantize allowed
-    candidate, _ = _quantized_with_fakes(monkeypatch, CompressConfig(), configs, loss_of_allowed=1.5)
+    candidate, _ = _quantized_with_fakes(monkeypatch, CompressConfig(max_loss=0.02), configs, loss_of_allowed=1.5)
     budgets = [c.accuracy_budget for c in configs]
     assert budgets[0] == pytest.approx(0.98) and budgets[1] > budgets[0]  # tightened after the miss
     assert len(budgets) == 2 and candidate.loss == pytest.approx(1.5 * (1 - budgets[1]))

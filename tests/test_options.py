@@ -54,6 +54,13 @@ def test_prune_recovery_defaults_to_refit_with_data_in_the_api_as_in_the_cli():
     assert PruneConfig(importance="l1").with_data(True).importance == "l1"
 
 
+def test_compress_is_held_by_default_to_what_quantize_alone_is():
+    from onnxslim import CompressConfig
+
+    assert CompressConfig().max_loss == pytest.approx(1.0 - QuantConfig().accuracy_budget)
+    assert CompressConfig().accuracy_metric == QuantConfig().accuracy_metric
+
+
 DATA_OPTIONS = {"--data", "--data-loader", "--image-size", "--image-layout", "--image-scale", "--image-mean", "--image-std", "--image-channels", "--input-shapes"}
 
 

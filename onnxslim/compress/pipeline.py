@@ -50,8 +50,10 @@ RETRIES = 2  # INT8 builds after the first, when a candidate misses the budget o
 class CompressConfig:
     """How to compress: the budget, the pruning amounts to try, and the shared data, timing and target settings."""
 
+    # 0.01 is quantize's default budget (every output's score >= 0.99) as a loss: by default compress is held
+    # to what quantize alone is, and writes a pruned candidate only where it fits that and is faster
     max_loss: float = setting(
-        0.02, "Largest loss against the original allowed on any output, on held-out data: 1 - its --accuracy-metric.", low=0.0, high=1.0, high_open=True
+        0.01, "Largest loss against the original allowed on any output, on held-out data: 1 - its --accuracy-metric.", low=0.0, high=1.0, high_open=True
     )
     accuracy_metric: str = setting(
         "cosine", "What --max-loss bounds: cosine, top-1 agreement, or auto (top-1 for class scores and per-step probabilities, cosine otherwise).",
