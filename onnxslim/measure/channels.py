@@ -92,9 +92,9 @@ def input_moments(
             counts[node.name] = counts.get(node.name, 0) + rows.shape[0]
             if node.name in crosses:
                 crosses[node.name].add(rows)
-    crosses = {name: gram.total() for name, gram in crosses.items() if gram.total() is not None}
+    totals = {name: gram.total() for name, gram in crosses.items()}
     return {
-        name: ChannelMoments(sums[name] / counts[name], squares[name] / counts[name], crosses[name] / counts[name] if name in crosses else None)
+        name: ChannelMoments(sums[name] / counts[name], squares[name] / counts[name], totals[name] / counts[name] if totals.get(name) is not None else None)
         for name in sums
     }
 
