@@ -469,6 +469,28 @@ def test_the_exact_input_model_feeds_every_activation_quantizer_from_the_float_c
     assert inputs_made_exact(branching_convs(), branching_convs()) is None  # If bodies: the side-by-side charge instead
 
 
+def test_the_exact_input_model_measures_each_layer_against_its_own_float_copy_in_one_run():
+    """The ranking reads both sides of each layer from the merged model: the same sums as the float model run apart."""
+    from onnxslim.measure import paired_tensor_fidelity, tensor_fidelity
+    from onnxslim.quant.isolation import float_copy, inputs_made_exact
+    from onnxslim.quant.pipeline import QuantRun
+
+    model = conv_bn_relu()
+    run = QuantRun(model, calibrate_on(model), QuantConfig(latency_runs=0, accuracy_budget=None), None, None, False)
+    _, quantized = run.build(run.config, frozenset())
+    merged = inputs_made_exact(run.prepared, quantized)
+    computed = {o for n in quantized.graph.node for o in n.output}
+    names = [o for n in run.prepared.graph.node for o in n.output if o in computed]
+    batches = [(f"batch {i}", batch) for i, batch in enumerate(calibrate_on(model, 3, seed=5))]
+    paired = paired_tensor_fidelity(merged, {name: float_copy(name) for name in names}, batches)
+    apart = tensor_fidelity(run.prepared, merged, names, batches)
+    assert len(names) >= 2 and set(paired) == set(names)
+    for name in names:
+        assert paired[name].ref_sq == pytest.approx(apart[name].ref_sq, rel=1e-5), name
+        assert paired[name].err_sq == pytest.approx(apart[name].err_sq, rel=1e-4, abs=1e-9), name
+    assert any(paired[name].err_sq > 0 for name in names)
+
+
 def test_the_budget_holds_on_every_held_out_batch_not_only_on_those_the_search_samples(monkeypatch):
     """The search measures its counts on the first held-out batches; the model written meets the budget on all of them.
 

@@ -190,3 +190,23 @@ def tensor_fidelity(
             del expected, got, reference_run  # every tensor of both models: not held while the next batch runs (nor by a zip's reused tuple)
     return comparisons
 
+
+def paired_tensor_fidelity(model: onnx.ModelProto, pairs: Mapping[str, str], batches: Iterable[tuple[str, Mapping[str, np.ndarray]]]) -> dict[str, TensorNoise]:
+    """Error and signal power of the tensors ``pairs`` keys against their values, both computed by ``model``: one run per batch.
+
+    For a model that computes its reference beside the candidate (quantize's
+    :func:`~onnxslim.quant.isolation.inputs_made_exact`): one session with every core instead of
+    two, and the reference's tensors computed once rather than again in a model of their own.
+    """
+    candidates = list(pairs)
+    references = [pairs[name] for name in candidates]
+    names = list(dict.fromkeys(candidates + references))
+    runner = probe_runner(model, names)
+    position = {name: i for i, name in enumerate(names)}
+    comparisons = {name: TensorNoise(name) for name in candidates}
+    for label, batch in batches:
+        values = runner.run(batch, names)
+        for name, reference in zip(candidates, references):
+            comparisons[name].add(values[position[reference]], values[position[name]], label)
+        del values  # every exposed tensor: not held while the next batch runs
+    return comparisons

@@ -31,7 +31,7 @@ def inputs_made_exact(float_model: onnx.ModelProto, quantized: onnx.ModelProto) 
     shared = {i.name for i in float_model.graph.input} - {t.name for t in float_model.graph.initializer}
 
     def exact(name: str) -> str:
-        return name if not name or name in shared else FLOAT_PREFIX + name
+        return name if not name or name in shared else float_copy(name)
 
     merged = onnx.ModelProto()
     merged.CopyFrom(quantized)
@@ -64,3 +64,8 @@ def inputs_made_exact(float_model: onnx.ModelProto, quantized: onnx.ModelProto) 
     merged.graph.node.extend(nodes + kept)
     merged.graph.initializer.extend(initializers)
     return merged
+
+
+def float_copy(name: str) -> str:
+    """The name, in :func:`inputs_made_exact`'s model, of the float model's value of the node output ``name``."""
+    return FLOAT_PREFIX + name

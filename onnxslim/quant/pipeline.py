@@ -26,7 +26,7 @@ from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.quantized import refuse_quantized
 from onnxslim.ir.scopes import all_nodes, scoped
 from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
-from onnxslim.measure import RememberedReference, fidelity, tensor_fidelity, worst_score
+from onnxslim.measure import RememberedReference, fidelity, paired_tensor_fidelity, tensor_fidelity, worst_score
 from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes import PassResult
@@ -58,7 +58,7 @@ from onnxslim.quant.decisions import NodeDecision
 from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.half import quantize_half
 from onnxslim.quant.half_weights import store_weights_in_half
-from onnxslim.quant.isolation import inputs_made_exact
+from onnxslim.quant.isolation import float_copy, inputs_made_exact
 from onnxslim.quant.params import FULL_LEVELS, REDUCED_LEVELS, activation_params
 from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats
 from onnxslim.quant.prepare import float_tensors_and_shapes, prepare
@@ -666,20 +666,20 @@ def _loss(score: float) -> float:
 def _ranked_by_added_noise(run: QuantRun, candidates: list[str], quantized: onnx.ModelProto, batches) -> list[dict]:
     nodes = [n for n in run.prepared.graph.node if n.name in set(candidates)]
     computed = {o for n in quantized.graph.node for o in n.output}
-    compared_with = inputs_made_exact(run.prepared, quantized)
-    if compared_with is not None:  # each layer's own noise, measured with exact inputs: nothing inherited to subtract
+    batches = track(batches, "per-layer noise", enabled=run.show_progress)
+    isolated = inputs_made_exact(run.prepared, quantized)
+    if isolated is not None:  # each layer's own noise, measured with exact inputs: nothing inherited to subtract
         names = [o for n in nodes for o in n.output if o in computed and o in run.float_names]
+        compared = paired_tensor_fidelity(isolated, {name: float_copy(name) for name in names}, batches)
     else:  # with If/Loop/Scan bodies: both models side by side, each layer charged the noise beyond what its inputs carry
-        compared_with = quantized
         # activations only: weights are not computed, and the quantized graph replaces them
         computed |= {v.name for v in quantized.graph.input}
         activations = {t for t in run.float_names if t in computed} - {i.name for i in run.prepared.graph.initializer}
         body_nodes, body_activations = compared_body_nodes(run.scopes, quantized, set(candidates))
         nodes, activations = nodes + body_nodes, activations | body_activations
-        names = tensors_to_compare(nodes, activations)
-    compared = tensor_fidelity(run.prepared, compared_with, names, track(batches, "per-layer noise", enabled=run.show_progress))
+        compared = tensor_fidelity(run.prepared, quantized, tensors_to_compare(nodes, activations), batches)
     noise = {name: noise_power(c.err_sq, c.ref_sq, c.nonfinite_mismatches) for name, c in compared.items()}
-    ranked = rank_by_added_noise(nodes, noise, inputs_exact=compared_with is not quantized)
+    ranked = rank_by_added_noise(nodes, noise, inputs_exact=isolated is not None)
     return [{"node": node, "added_noise": added} for node, added in ranked]
 
 
