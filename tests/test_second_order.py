@@ -105,6 +105,8 @@ def test_covariance_comes_with_the_moments():
 def test_covariances_are_held_narrowest_first_within_the_budget(monkeypatch):
     monkeypatch.setattr(second_order, "COVARIANCE_BUDGET_BYTES", 8 * (100**2 + 200**2))
     assert affordable({"wide": 300, "narrow": 100, "middle": 200, "too wide": second_order.MAX_COVARIANCE_INPUTS + 1}) == {"narrow", "middle"}
+    # the rows each running sum holds before multiplying them in count too: then only the narrowest fits
+    assert affordable({"narrow": 100, "middle": 200}, pending_rows=200) == {"narrow"}
 
 
 def conv_consumers(stride: int, kernel: int, seed: int = 7):

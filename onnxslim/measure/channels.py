@@ -99,11 +99,14 @@ def input_moments(
     }
 
 
+GRAM_BLOCK_ROWS = 2048  # rows a running X^T X gathers before it multiplies them in
+
+
 class _GramSum:
     """X^T X over rows that arrive a batch at a time, multiplied in blocks of at least ``BLOCK_ROWS`` rows:
     a product per small batch (a sentence's tokens) is a rank-k update that rewrites the whole matrix each time."""
 
-    BLOCK_ROWS = 2048
+    BLOCK_ROWS = GRAM_BLOCK_ROWS
 
     def __init__(self):
         self._pending: list[np.ndarray] = []

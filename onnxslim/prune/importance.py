@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from onnxslim.measure.channels import GRAM_BLOCK_ROWS
 from onnxslim.prune.edits import EditRole, GroupedInput, SliceInput
 from onnxslim.prune.second_order import LinearConsumer, affordable, removal_scores
 
@@ -94,7 +95,7 @@ def linear_consumer_edits(edits: list, matrices: Mapping[str, np.ndarray]) -> li
         if isinstance(edit, SliceInput) and edit.kind == EditRole.CONSUMER and edit.index == 1 and edit.node in matrices
         and matrices[edit.node].shape[0] == len(edit.layout) * edit.layout.repeat
     ]
-    held = affordable({edit.node: len(edit.layout) * edit.layout.repeat for edit in found})
+    held = affordable({edit.node: len(edit.layout) * edit.layout.repeat for edit in found}, pending_rows=GRAM_BLOCK_ROWS)
     return [edit for edit in found if edit.node in held]
 
 

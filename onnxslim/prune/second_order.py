@@ -47,14 +47,19 @@ class LinearConsumer:
     positions: Mapping[int, np.ndarray]  # class root -> the input positions it occupies
 
 
-def affordable(widths: Mapping[str, int]) -> set[str]:
-    """The consumers (name -> input width) whose covariances fit ``COVARIANCE_BUDGET_BYTES`` together, narrowest first."""
+def affordable(widths: Mapping[str, int], pending_rows: int = 0) -> set[str]:
+    """The consumers (name -> input width) whose covariances fit ``COVARIANCE_BUDGET_BYTES`` together, narrowest first.
+
+    ``pending_rows``: the input rows each one's running sum holds before it multiplies them in (float64, as wide as
+    the covariance): for a narrow consumer they take more memory than the covariance itself.
+    """
     chosen, spent = set(), 0
     for name, width in sorted(widths.items(), key=lambda item: (item[1], item[0])):
-        if width > MAX_COVARIANCE_INPUTS or spent + 8 * width * width > COVARIANCE_BUDGET_BYTES:
+        cost = 8 * width * (width + pending_rows)
+        if width > MAX_COVARIANCE_INPUTS or spent + cost > COVARIANCE_BUDGET_BYTES:
             break
         chosen.add(name)
-        spent += 8 * width * width
+        spent += cost
     return chosen
 
 
