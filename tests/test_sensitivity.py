@@ -66,6 +66,18 @@ def test_the_budget_search_lands_near_the_fewest_layers_in_few_measurements(prop
     assert loss_of(found) <= 0.01
 
 
+@pytest.mark.parametrize("step", [2, 4, 9])
+def test_the_budget_search_halves_its_bracket_where_the_loss_is_flat(step):
+    """As PP-OCRv4 det's search measured: keeping its first few ranked layers in float takes the loss below the budget,
+    and every layer after them barely moves it, though they hold most of the noise. The line through the counts would
+    step down a quarter of the bracket at a time (10-12 measurements here); once two passing counts show the loss flat,
+    the bracket is halved."""
+    noise = [0.025] + [0.004 * 0.98**i for i in range(106)]
+    tried, found = _search(noise, lambda count: 0.0226 if count < step else 0.0063, 0.01)
+    assert step <= found <= step + max(1, found // 4)
+    assert len(tried) <= 7, tried
+
+
 def test_the_budget_search_climbs_past_nan_and_ends_when_every_layer_fails():
     noise = [math.inf, math.inf, 0.5, 0.25, 0.25]
     tried, found = _search(noise, lambda count: math.inf if count < 2 else 0.02 * (5 - count) / 3, 0.01)

@@ -94,7 +94,8 @@ def next_count(noise: Sequence[float], losses: Mapping[int, float], budget_loss:
     among them. The loss is taken as proportional to the noise still left in the model, the
     line drawn through the measured counts either side of the budget; the guess is aimed a
     tenth inside it and kept well inside the bracket, so the bracket shrinks by a quarter or
-    more (or the count grows by half) every step. Done when the smallest passing count is
+    more (or the count grows by half) every step. Where the loss fell between two passing counts
+    by much less than the noise between them predicts, it is flat there and the bracket is halved instead. Done when the smallest passing count is
     within a quarter of the largest failing one below it (next to it, when only keeping every
     layer passes), or every layer is kept and fails:
     each measurement costs a model build and a pass over the held-out batches, a layer too
@@ -118,6 +119,8 @@ def next_count(noise: Sequence[float], losses: Mapping[int, float], budget_loss:
         # through the origin: the loss left when no noise is left is 0
         wanted = left[low] * target / low_loss if low_loss > 0 else 0.0
         guess = next((k for k in range(low + 1, total + 1) if left[k] <= wanted), total)
+    elif _flat_above(losses, high, left):
+        guess = (low + high) // 2
     else:
         high_loss = losses[high]
         slope = (low_loss - high_loss) / (left[low] - left[high]) if left[low] > left[high] else 0.0
@@ -127,6 +130,26 @@ def next_count(noise: Sequence[float], losses: Mapping[int, float], budget_loss:
         return min(max(guess, low + max(1, low // 2)), total)
     margin = max(1, (high - low) // 4)
     return min(max(guess, low + margin), high - margin)
+
+
+FLAT = 0.5  # a passing count's loss fell by less than this share of what the noise removed predicts: flat there
+
+
+def _flat_above(losses: Mapping[int, float], high: int, left: Sequence[float]) -> bool:
+    """Whether keeping the layers between ``high`` (the smallest passing count) and the next passing count bought
+    much less than the noise they remove predicts.
+
+    Then the loss is not following the noise left there (a few layers near the top of the ranking
+    hold most of it, others add noise the outputs never see), the line through the measured counts
+    overestimates how many are needed, and halving the bracket finds the step sooner.
+    """
+    above = [k for k in losses if k > high and math.isfinite(losses[k])]
+    if not above or losses[high] <= 0 or left[high] <= 0:
+        return False
+    next_high = min(above)
+    predicted = 1.0 - left[next_high] / left[high]
+    measured = 1.0 - losses[next_high] / losses[high]
+    return predicted > 0 and measured < FLAT * predicted
 
 
 def _noise_left(noise: Sequence[float]) -> list[float]:
