@@ -95,11 +95,11 @@ def next_count(noise: Sequence[float], losses: Mapping[int, float], budget_loss:
     line drawn through the measured counts either side of the budget; the guess is aimed a
     tenth inside it and kept well inside the bracket, so the bracket shrinks by a quarter or
     more (or the count grows by half) every step. Where the loss fell between two passing counts
-    by much less than the noise between them predicts, it is flat there and the bracket is halved instead. Done when the smallest passing count is
-    within a quarter of the largest failing one below it (next to it, when only keeping every
-    layer passes), or every layer is kept and fails:
-    each measurement costs a model build and a pass over the held-out batches, a layer too
-    many in float costs a little speed.
+    by much less than the noise between them predicts, it is flat there and the bracket is
+    halved instead. Done when the smallest passing count is within a quarter of the largest
+    failing one below it (next to it, when only keeping every layer passes), or every layer is
+    kept and fails: each measurement costs a model build and a pass over the held-out batches,
+    a layer too many in float costs a little speed.
     """
     total = len(noise)
     passing = [k for k, loss in losses.items() if loss <= budget_loss]
