@@ -103,10 +103,8 @@ GRAM_BLOCK_ROWS = 2048  # rows a running X^T X gathers before it multiplies them
 
 
 class _GramSum:
-    """X^T X over rows that arrive a batch at a time, multiplied in blocks of at least ``BLOCK_ROWS`` rows:
+    """X^T X over rows that arrive a batch at a time, multiplied in blocks of at least ``GRAM_BLOCK_ROWS`` rows:
     a product per small batch (a sentence's tokens) is a rank-k update that rewrites the whole matrix each time."""
-
-    BLOCK_ROWS = GRAM_BLOCK_ROWS
 
     def __init__(self):
         self._pending: list[np.ndarray] = []
@@ -116,7 +114,7 @@ class _GramSum:
     def add(self, rows: np.ndarray) -> None:
         self._pending.append(rows)
         self._rows += rows.shape[0]
-        if self._rows >= self.BLOCK_ROWS:
+        if self._rows >= GRAM_BLOCK_ROWS:
             self._flush()
 
     def total(self) -> np.ndarray | None:
