@@ -664,7 +664,8 @@ def _loss(score: float) -> float:
 
 
 def _ranked_by_added_noise(run: QuantRun, candidates: list[str], quantized: onnx.ModelProto, batches) -> list[dict]:
-    nodes = [n for n in run.prepared.graph.node if n.name in set(candidates)]
+    wanted = set(candidates)
+    nodes = [n for n in run.prepared.graph.node if n.name in wanted]
     computed = {o for n in quantized.graph.node for o in n.output}
     batches = track(batches, "per-layer noise", enabled=run.show_progress)
     isolated = inputs_made_exact(run.prepared, quantized)
@@ -675,7 +676,7 @@ def _ranked_by_added_noise(run: QuantRun, candidates: list[str], quantized: onnx
         # activations only: weights are not computed, and the quantized graph replaces them
         computed |= {v.name for v in quantized.graph.input}
         activations = {t for t in run.float_names if t in computed} - {i.name for i in run.prepared.graph.initializer}
-        body_nodes, body_activations = compared_body_nodes(run.scopes, quantized, set(candidates))
+        body_nodes, body_activations = compared_body_nodes(run.scopes, quantized, wanted)
         nodes, activations = nodes + body_nodes, activations | body_activations
         compared = tensor_fidelity(run.prepared, quantized, tensors_to_compare(nodes, activations), batches)
     noise = {name: noise_power(c.err_sq, c.ref_sq, c.nonfinite_mismatches) for name, c in compared.items()}
