@@ -94,9 +94,9 @@ def next_count(noise: Sequence[float], losses: Mapping[int, float], budget_loss:
     among them. The loss is taken as proportional to the noise still left in the model, the
     line drawn through the measured counts either side of the budget; the guess is aimed a
     tenth inside it and kept well inside the bracket, so the bracket shrinks by a quarter or
-    more (or the count grows by half) every step. Where the loss fell between two passing counts
-    by much less than the noise between them predicts, it is flat there and the bracket is
-    halved instead. Done when the smallest passing count is within a quarter of the largest
+    more (or the count grows by half) every step. Where the loss fell between the smallest passing
+    count and the next one measured by much less than the noise between them predicts, it is
+    flat there and the bracket is halved instead. Done when the smallest passing count is within a quarter of the largest
     failing one below it (next to it, when only keeping every layer passes), or every layer is
     kept and fails: each measurement costs a model build and a pass over the held-out batches,
     a layer too many in float costs a little speed.
@@ -132,12 +132,12 @@ def next_count(noise: Sequence[float], losses: Mapping[int, float], budget_loss:
     return min(max(guess, low + margin), high - margin)
 
 
-FLAT = 0.5  # a passing count's loss fell by less than this share of what the noise removed predicts: flat there
+FLAT = 0.5  # the loss fell by less than this share of what the noise removed predicts: flat there
 
 
 def _flat_above(losses: Mapping[int, float], high: int, left: Sequence[float]) -> bool:
-    """Whether keeping the layers between ``high`` (the smallest passing count) and the next passing count bought
-    much less than the noise they remove predicts.
+    """Whether keeping the layers between ``high`` (the smallest passing count) and the next count measured above it
+    bought much less than the noise they remove predicts (or raised the loss: measured losses are not monotone).
 
     Then the loss is not following the noise left there (a few layers near the top of the ranking
     hold most of it, others add noise the outputs never see), the line through the measured counts
