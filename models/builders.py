@@ -450,6 +450,72 @@ def window_attention(dim: int = 16, heads: int = 4, tokens: int = 8, windows: in
     return b.model(inputs, [_output("hidden", [windows, tokens, dim])], "window_attention")
 
 
+def grouped_query_attention(dim: int = 32, heads: int = 4, kv_heads: int = 2, seq: int = 8, *, seed: int = 15) -> onnx.ModelProto:
+    """Causal self-attention as torch.export writes a Llama block: grouped-query heads and rotary positions.
+
+    (1, S, E) -> Q (E, H*D), K and V (E, Hkv*D) -> Reshape (1, S, -1, D) -> Transpose (1, h, S, D);
+    rotary positions on Q and K (x * cos + cat(-x2, x1) * sin, halves of the head size); K and V
+    repeated for the H / Hkv query heads of their group (Unsqueeze, Expand (1, Hkv, H / Hkv, S, D),
+    Reshape (1, H, S, D)); scores plus a causal mask, Softmax, its NaNs zeroed (IsNaN, Where);
+    Transpose -> Reshape (1, S, -1) -> output projection, residual.
+    """
+    b = GraphBuilder(seed)
+    head_dim, repeat = dim // heads, heads // kv_heads
+    half = head_dim // 2
+    angles = np.arange(seq)[:, None] / 100.0 ** (np.arange(head_dim) % half / half)
+    cos, sin = (b.const(f(angles).reshape(1, 1, seq, head_dim).astype(np.float32), name) for f, name in ((np.cos, "cos"), (np.sin, "sin")))
+    last = b.const(np.array([3], np.int64), "axes")
+
+    def heads_of(x: str) -> str:
+        return b.node("Transpose", [b.node("Reshape", [x, b.const(np.array([1, seq, -1, head_dim], np.int64), "shape")])], perm=[0, 2, 1, 3])
+
+    def rotary(x: str) -> str:
+        first = b.node("Slice", [x, b.const(np.array([0], np.int64), "start"), b.const(np.array([half], np.int64), "end"), last])
+        second = b.node("Slice", [x, b.const(np.array([half], np.int64), "start"), b.const(np.array([head_dim], np.int64), "end"), last])
+        turned = b.node("Concat", [b.node("Neg", [second]), first], axis=3)
+        return b.node("Add", [b.node("Mul", [x, cos]), b.node("Mul", [turned, sin])])
+
+    def repeated(x: str) -> str:
+        grown = b.node("Unsqueeze", [x, b.const(np.array([2], np.int64), "axes")])
+        grown = b.node("Expand", [grown, b.const(np.array([1, kv_heads, repeat, seq, head_dim], np.int64), "shape")])
+        return b.node("Reshape", [grown, b.const(np.array([1, heads, seq, head_dim], np.int64), "shape")])
+
+    q = rotary(heads_of(b.linear("input", dim, dim, bias=False)))
+    k = repeated(rotary(heads_of(b.linear("input", dim, kv_heads * head_dim, bias=False))))
+    v = repeated(heads_of(b.linear("input", dim, kv_heads * head_dim, bias=False)))
+    causal = np.triu(np.full((seq, seq), -np.inf, np.float32), 1).reshape(1, 1, seq, seq)
+    scores = b.node("MatMul", [b.node("Mul", [q, b.const(np.array(head_dim**-0.5, np.float32), "scale")]), b.node("Transpose", [k], perm=[0, 1, 3, 2])])
+    weights = b.node("Softmax", [b.node("Add", [scores, b.const(causal, "mask")])], axis=-1)
+    weights = b.node("Where", [b.node("IsNaN", [weights]), b.const(np.array(0.0, np.float32), "zero"), weights])
+    attn = b.node("MatMul", [weights, v])
+    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), b.const(np.array([1, seq, -1], np.int64), "shape")])
+    y = b.node("Add", ["input", b.linear(merged, dim, dim, bias=False)])
+    _rename_output(b, y, "hidden")
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, seq, dim])]
+    return b.model(inputs, [_output("hidden", [1, seq, dim])], "grouped_query_attention")
+
+
+def split_attention(dim: int = 16, heads: int = 4, seq: int = 8, *, seed: int = 16) -> onnx.ModelProto:
+    """Self-attention as GPT-2 exports it: one packed Q/K/V projection cut into three equal parts by a Split without sizes.
+
+    (1, S, E) -> MatMul (E, 3E) + bias -> Split (3 equal parts of the last axis) -> each Reshape (1, S, H, D)
+    -> Transpose (1, H, S, D); attention; Transpose -> Reshape (1, S, E) -> output projection, residual.
+    """
+    b = GraphBuilder(seed)
+    head_dim = dim // heads
+    q, k, v = (
+        b.node("Transpose", [b.node("Reshape", [part, b.const(np.array([1, seq, heads, head_dim], np.int64), "shape")])], perm=[0, 2, 1, 3])
+        for part in b.node("Split", [b.linear("input", dim, 3 * dim)], n_out=3, axis=-1)
+    )
+    scores = b.node("MatMul", [b.node("Mul", [q, b.const(np.array(head_dim**-0.5, np.float32), "scale")]), b.node("Transpose", [k], perm=[0, 1, 3, 2])])
+    attn = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
+    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), b.const(np.array([1, seq, dim], np.int64), "shape")])
+    y = b.node("Add", ["input", b.linear(merged, dim, dim)])
+    _rename_output(b, y, "hidden")
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, seq, dim])]
+    return b.model(inputs, [_output("hidden", [1, seq, dim])], "split_attention")
+
+
 def convnext_block(channels: int = 16, size: int = 8, *, seed: int = 10) -> onnx.ModelProto:
     """A ConvNeXt block: depthwise 7x7, permute to channels-last, LayerNorm over channels, MLP, layer scale, residual."""
     b = GraphBuilder(seed)
@@ -672,6 +738,8 @@ ALL_BUILDERS = {
     "unbound_attention": unbound_attention,
     "sliced_attention": lambda: unbound_attention(unbind="slice"),
     "window_attention": window_attention,
+    "grouped_query_attention": grouped_query_attention,
+    "split_attention": split_attention,
     "silu_se_block": silu_se_block,
     "hardswish_block": hardswish_block,
     "upsample_head": upsample_head,

@@ -365,6 +365,34 @@ def test_packed_qkv_attention_loses_whole_heads():
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
 
 
+def test_grouped_query_attention_loses_a_key_value_head_with_its_queries():
+    model = ALL_BUILDERS["grouped_query_attention"](dim=32, heads=4, kv_heads=2)
+    pruned, masked, groups, _ = masked_and_pruned(model)
+    heads = [g for g in groups if g.channels_before == 2]  # 2 key/value heads, each tied to the 2 query heads it serves
+    assert len(heads) == 1 and heads[0].channels_after == 1 and len(heads[0].producers) == 3
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    q, k, v, out = (n for n in pruned.graph.node if n.op_type == "MatMul" and n.input[1] in dims)
+    assert dims[q.input[1]] == [32, 16] and dims[k.input[1]] == dims[v.input[1]] == [32, 8] and dims[out.input[1]] == [16, 32]
+    expand = next(n for n in pruned.graph.node if n.op_type == "Expand")
+    assert onnx.numpy_helper.to_array(next(t for t in pruned.graph.initializer if t.name == expand.input[1])).tolist() == [1, 1, 2, 8, 8]
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_an_equal_split_of_a_packed_projection_keeps_its_parts_equal():
+    model = ALL_BUILDERS["split_attention"](dim=16, heads=4)
+    pruned, masked, groups, _ = masked_and_pruned(model)
+    heads = [g for g in groups if g.channels_before == 4]
+    assert len(heads) == 1 and heads[0].channels_after == 2
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    packed = next(n for n in pruned.graph.node if n.op_type == "MatMul" and n.input[1] in dims)
+    assert dims[packed.input[1]] == [16, 24]  # 3 parts of 2 heads x 4
+    split = next(n for n in pruned.graph.node if n.op_type == "Split")
+    assert len(split.input) == 1  # still equal parts: nothing to edit
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
 def test_token_mask_leaves_padding_out_of_recovery_statistics():
     from onnxslim.measure.channels import channel_rows as _rows
 

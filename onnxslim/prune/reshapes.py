@@ -167,9 +167,11 @@ class ReshapeRules:
         entries = self._target_entries(node)
         if split is None or entries is None:
             return None
-        (axis, heads), (_, size) = split
+        (axis, heads), (size_axis, size) = split
         value, where = entries[axis]
-        if value is None or where is None or value != heads:
+        # the head count stored, or -1 beside a stored head size (torch.export writes (N, S, -1, D)): either follows the heads kept
+        inferred = value == -1 and entries[size_axis][0] == size
+        if value is None or where is None or (value != heads and not inferred):
             return None
         for head in range(heads):
             first = layout.atoms[head * size]
@@ -178,7 +180,7 @@ class ReshapeRules:
         atoms = tuple(layout.atoms[head * size] for head in range(heads))
         self.t.head_atoms.update(a for a in atoms if a is not None)
         out = Layout(axis, atoms)
-        self.t.edits.append(ShapeEntry(where[0], where[1], where[2], out, 1))
+        self._resize(entries[axis], out, 1)
         return out
 
     def merge_heads(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:

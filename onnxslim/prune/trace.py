@@ -38,9 +38,10 @@ from onnxslim.prune.edits import (
 from onnxslim.prune.reshapes import ReshapeRules
 
 UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu", "Selu", "Softplus", "Softsign",
-         "Mish", "Identity", "Dropout", "Cast", "Clip", "Abs", "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos"}
+         "Mish", "Identity", "Dropout", "Cast", "Clip", "Abs", "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos",
+         "IsNaN", "IsInf", "Not"}
 SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Upsample", "SpaceToDepth"}
-BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean"}
+BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean", "Where", "Equal", "Less", "Greater", "And", "Or"}
 
 
 @dataclass
@@ -303,7 +304,7 @@ class Tracer(ReshapeRules):
         elif node_attr(node, "split") is not None:
             sizes = list(node_attr(node, "split"))
         else:
-            self.t.atoms.block_layout(layout, f"Split {node.name} splits into equal parts, which pruning would break")
+            self.equal_parts(node, layout, axis)
             return
         if sizes is None or layout.repeat != 1 or sum(sizes) != len(layout):
             self.t.atoms.block_layout(layout, f"Split {node.name}: split sizes not constant")
@@ -314,6 +315,20 @@ class Tracer(ReshapeRules):
             self.t.layouts[out] = Layout(axis, layout.atoms[start : start + size])
             start += size
         self.t.edits.append(SplitSizes(node.name, ranges, layout))
+
+    def equal_parts(self, node: onnx.NodeProto, layout: Layout, axis: int) -> None:
+        """Split into equal parts (a packed query/key/value projection, a gated unit's two halves): position j of every
+        part goes together, so the parts stay equal and the Split needs no edit."""
+        parts = len(node.output)
+        if layout.repeat != 1 or len(layout) % parts:
+            self.t.atoms.block_layout(layout, f"Split {node.name} splits into equal parts, which pruning would break")
+            return
+        size = len(layout) // parts
+        for part in range(1, parts):
+            for j in range(size):
+                self.t.atoms.tie(layout.atoms[j], layout.atoms[part * size + j])
+        for part, out in enumerate(node.output):
+            self.t.layouts[out] = Layout(axis, layout.atoms[part * size : (part + 1) * size])
 
     def gather(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
         """Picking along another axis (the class token of a ViT) keeps the channels; picking channels blocks them."""
@@ -423,10 +438,11 @@ class Tracer(ReshapeRules):
 
     def transpose(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
         perm = node_attr(node, "perm")
-        if perm is None or data.repeat != 1:
+        if perm is None:
             self.t.atoms.block_layout(data, f"Transpose {node.name} without perm")
             return None
-        return Layout(list(perm).index(data.axis), data.atoms)
+        # the channel axis moves whole, with the positions each atom spans along it
+        return Layout(list(perm).index(data.axis), data.atoms, data.repeat)
 
     def squeeze(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
         """Squeeze / Unsqueeze of other axes move the channel axis by the axes removed or inserted before it."""
@@ -448,6 +464,27 @@ class Tracer(ReshapeRules):
         inserted = {a % (rank + len(axes)) for a in axes}
         kept = [position for position in range(rank + len(axes)) if position not in inserted]  # input axis i lands at kept[i]
         return Layout(kept[data.axis], data.atoms, data.repeat)
+
+    def expand(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
+        """Expand broadcasting other axes (grouped-query attention repeats each key/value head this way) keeps the channels.
+
+        A target entry of 1 on the channel axis keeps the input's size; one equal to the channel count
+        follows the channels kept; a target that is not constant, or one that broadcasts the channels, blocks.
+        """
+        target = self.const(node.input[1]) if len(node.input) > 1 else None
+        rank = self.rank(node.input[0])
+        if target is None or rank is None or target.ndim != 1 or target.size < rank:
+            self.t.atoms.block_layout(data, f"Expand {node.name}: target shape not constant")
+            return None
+        axis = data.axis + target.size - rank
+        entry = int(target[axis])
+        if entry not in (1, len(data) * data.repeat):
+            self.t.atoms.block_layout(data, f"Expand {node.name} broadcasts the channel axis")
+            return None
+        out = Layout(axis, data.atoms, data.repeat)
+        if entry != 1:
+            self.t.edits.append(ShapeEntry(node.name, 1, axis, out, data.repeat))
+        return out
 
     def recurrent(self, node: onnx.NodeProto, data: Layout) -> None:
         """LSTM / GRU / RNN read their input features through W (directions, gates x hidden, features): a consumer.
@@ -520,15 +557,18 @@ class Tracer(ReshapeRules):
         out_rank = self.rank(node.output[0])
         ok = (
             a is not None and b is not None and None not in ranks and out_rank is not None and ranks[0] == ranks[1] == out_rank
-            and a.axis == b.axis and a.axis < out_rank - 2 and len(a) == len(b) and a.repeat == b.repeat == 1
+            and a.axis == b.axis and a.axis < out_rank - 2 and len(a) * a.repeat == len(b) * b.repeat and 1 in (a.repeat, b.repeat)
         )
         if not ok:
             for layout in (a, b):
                 self.t.atoms.block_layout(layout, f"MatMul {node.name} mixes two activations")
             return None
-        for x, y in zip(a.atoms, b.atoms):
-            self.t.atoms.tie(x, y)
-        return Layout(a.axis, a.atoms)
+        # a head of one side may stand for several consecutive heads of the other (grouped-query attention's repeated
+        # keys and values): each is tied to the heads it meets, so a key/value head goes with its whole group of queries
+        finer, coarser = (a, b) if a.repeat == 1 else (b, a)
+        for position, atom in enumerate(finer.atoms):
+            self.t.atoms.tie(atom, coarser.atoms[position // coarser.repeat])
+        return Layout(a.axis, finer.atoms)
 
     def _normalizes_channels_only(self, node: onnx.NodeProto, data: Layout) -> bool:
         rank = self.rank(node.input[0])
@@ -579,6 +619,7 @@ RULES: dict[str, Callable[[Tracer, onnx.NodeProto, Layout | None], Layout | None
     "Unsqueeze": Tracer.squeeze,
     **{op: Tracer.recurrent for op in RECURRENT_LAYERS},
     "Pad": Tracer.pad,
+    "Expand": Tracer.expand,
     "LayerNormalization": Tracer.layer_normalization,
     **{op: Tracer.reduction for op in ("Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2")},
     **{op: Tracer.weighted for op in ("Conv", "ConvTranspose", "Gemm", "MatMul")},
