@@ -308,6 +308,16 @@ def test_attention_heads_are_pruned_whole():
     assert all(g.channels_after == 4 for g in channels.groups if g.channels_before == 4)
 
 
+def test_a_channel_multiple_counts_a_heads_channels_not_heads():
+    from models.builders import transformer_block
+
+    model = transformer_block(dim=32, heads=4, ffn=64)  # heads of 8 channels
+    _, report = prune(model, config=PruneConfig(ratio=0.5, only="heads", round_to=16, latency_runs=0))
+    assert [g.channels_after for g in report.groups if g.channels_before == 4] == [2]  # 2 heads: 16 channels
+    with pytest.raises(NothingToDoError, match="at --round-to 32"):  # 2 heads are not a multiple of 32 channels
+        prune(model, config=PruneConfig(ratio=0.5, only="heads", round_to=32, latency_runs=0))
+
+
 def test_grouped_convolution_loses_channels_equally_in_every_group():
     model = ALL_BUILDERS["grouped_conv"](channels=16, groups=4)
     pruned, _, groups, _ = masked_and_pruned(model)

@@ -9,6 +9,7 @@ describes them, and applies a chosen removal to a model.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -27,7 +28,8 @@ class Group:
     ``blocked``: root -> why that class cannot be removed. ``heads``: the group
     stands for attention heads. ``blocks``: root -> (group count, group index)
     for channels of grouped convolutions, which every group must lose equally
-    ((0, 0) where the convolutions disagree).
+    ((0, 0) where the convolutions disagree). ``channels_per_class``: the fewest
+    channels one class holds in any of its producers (1 for channels; a head's size for heads).
     """
 
     producers: tuple[str, ...]
@@ -35,6 +37,7 @@ class Group:
     blocked: Mapping[int, str]
     heads: bool
     blocks: Mapping[int, tuple[int, int]]
+    channels_per_class: int = 1
 
     @property
     def removable(self) -> tuple[int, ...]:
@@ -75,7 +78,8 @@ def build_groups(tracing: Tracing) -> Groups:
     groups = []
     for key, roots in by_producers.items():
         blocked = {r: reason for r in roots if (reason := atoms.class_block_reason(list(classes[r]))) is not None}
-        groups.append(Group(key, tuple(roots), blocked, any(r in heads for r in roots), {r: blocks[r] for r in roots if r in blocks}))
+        per_class = min(min(Counter(atoms.producers[a][0] for a in classes[r]).values()) for r in roots)
+        groups.append(Group(key, tuple(roots), blocked, any(r in heads for r in roots), {r: blocks[r] for r in roots if r in blocks}, per_class))
     return Groups(tracing, classes, tuple(groups))
 
 

@@ -12,6 +12,7 @@ line: how many channels it keeps, and why any were left.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -76,6 +77,12 @@ def keep_count(total: int, ratio: float, round_to: int = 1) -> int:
     return int(min(total, max(1, keep)))
 
 
+def class_multiple(group: Group, round_to: int) -> int:
+    """How many of ``group``'s classes to keep a multiple of, so that its layers keep channel counts at multiples of ``round_to``
+    (a head of 32 channels keeps any count of heads at a multiple of 32 channels)."""
+    return max(1, round_to // math.gcd(round_to, group.channels_per_class))
+
+
 def select_local(scores: Mapping[int, float], prunable: list[int], ratio: float, round_to: int = 1) -> set[int]:
     """The lowest-scoring classes of one group, leaving ``keep_count`` of them."""
     keep = keep_count(len(prunable), ratio, round_to)
@@ -88,26 +95,28 @@ def select(
 ) -> tuple[set[int], list[GroupReport]]:
     """The classes to remove at ``ratio`` and a report per group; ``costs``: multiply-accumulates each class's removal saves (needed by scope 'cost')."""
     prunable_by_group = {group.producers: considered(group, settings) for group in groups.groups}
+    multiples = {group.producers: class_multiple(group, settings.round_to) for group in groups.groups}
     removed: set[int] = set()
     if settings.scope == "global":
-        removed = _select_global(prunable_by_group, scores, ratio, settings.round_to)
+        removed = _select_global(prunable_by_group, scores, ratio, multiples)
     elif settings.scope == "cost":
         if costs is None:
             raise ValueError("scope 'cost' needs the classes' costs")
-        removed = _select_global(prunable_by_group, scores, ratio, settings.round_to, costs)
+        removed = _select_global(prunable_by_group, scores, ratio, multiples, costs)
     reports = []
     for group in groups.groups:
         prunable = prunable_by_group[group.producers]
+        multiple = multiples[group.producers]
         outcome, reason = GroupOutcome.PRUNED, None
         if prunable and any(r in group.blocks for r in prunable):
             removed -= set(prunable)  # grouped convolutions: equal removal per group, always ranked locally
-            chosen = _select_blocked(group, prunable, scores, ratio, settings.round_to)
+            chosen = _select_blocked(group, prunable, scores, ratio, multiple)
             if isinstance(chosen, str):
                 outcome, reason, prunable = GroupOutcome.GROUP_STRUCTURE, chosen, []
             else:
                 removed |= chosen
         elif settings.scope == "local" and prunable:
-            removed |= select_local(scores, prunable, ratio, settings.round_to)
+            removed |= select_local(scores, prunable, ratio, multiple)
         gone = sum(1 for r in prunable if r in removed)
         if not prunable and reason is None:
             blocked = group.block_reason(group.roots)
@@ -151,7 +160,8 @@ def _select_blocked(group: Group, prunable: list[int], scores: Mapping[int, floa
 
 
 def _select_global(
-    prunable_by_group: Mapping[tuple, list[int]], scores: Mapping[int, float], ratio: float, round_to: int, costs: Mapping[int, float] | None = None
+    prunable_by_group: Mapping[tuple, list[int]], scores: Mapping[int, float], ratio: float, multiples: Mapping[tuple, int],
+    costs: Mapping[int, float] | None = None,
 ) -> set[int]:
     """Rank every class by its score over its group's mean (per unit of cost, with ``costs``) and remove the lowest.
 
@@ -178,15 +188,16 @@ def _select_global(
             break
         total = len(prunable_by_group[key])
         count = per_group.get(key, 0)
+        round_to = multiples[key]
         if total - count <= max(1, round_to if total > round_to else 1) or count + 1 > cap * total:
             continue
         removed.add(root)
         per_group[key] = count + 1
         spent += weight(root)
-    if round_to > 1:
-        for key, prunable in prunable_by_group.items():
+    for key, prunable in prunable_by_group.items():
+        if multiples[key] > 1:
             count = per_group.get(key, 0)
-            keep = keep_count(len(prunable), count / len(prunable) if prunable else 0, round_to)
+            keep = keep_count(len(prunable), count / len(prunable) if prunable else 0, multiples[key])
             excess = (len(prunable) - keep) - count
             if excess < 0:  # give channels back, most important first
                 chosen = sorted((r for r in prunable if r in removed), key=lambda r: -scores[r])[:-excess]

@@ -428,6 +428,12 @@ def _remove_channels(
         free = [g for g in report.groups if g.outcome in (GroupOutcome.UNCHANGED, GroupOutcome.PARTLY_BLOCKED)]
         if free:
             largest = max(g.channels_before for g in free)
+            if config.round_to > 1:
+                raise NothingToDoError(
+                    f"{label}: --ratio {config.ratio:g} removes no whole channel from any group at --round-to {config.round_to} (channel counts "
+                    f"kept at multiples of {config.round_to}); at --round-to 1 a ratio of at least {1 / largest:.3g} removes one from the "
+                    f"largest prunable group ({largest} channels)"
+                )
             raise NothingToDoError(
                 f"{label}: --ratio {config.ratio:g} removes no whole channel from any group (the largest prunable group has {largest} "
                 f"channels: a ratio of at least {1 / largest:.3g} removes one from it)"
