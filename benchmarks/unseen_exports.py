@@ -2,7 +2,8 @@
 
     pip install -e ".[bench]" torch==2.14.1 torchvision==0.29.1 transformers ultralytics timm
     python benchmarks/unseen_exports.py --models lraspp deeplabv3 ssdlite fasterrcnn r3d_18 \
-        dynamo:efficientnet_b0 dynamo:regnet_y_400mf dynamo:swin_t legacy:swin_t bert wav2vec2 vit t5 detr yolov8n yolo11n \
+        dynamo:efficientnet_b0 dynamo:regnet_y_400mf dynamo:swin_t legacy:swin_t bert wav2vec2 vit t5 detr dynamo:llama dynamo:gpt2 \
+        yolov8n yolo11n \
         timm:mobilevitv2_050 timm:levit_128s timm:efficientformerv2_s0 timm:repvit_m0_9 timm:fastvit_t8 timm:edgenext_xx_small
 
 Random weights (BatchNorm statistics from a few training-mode passes, so outputs are not constant) and
@@ -71,6 +72,13 @@ def _transformers(name: str):
         return T.ViTModel(T.ViTConfig(**small)), {"pixel_values": torch.randn(1, 3, 224, 224)}
     if name == "t5":
         return T.T5EncoderModel(T.T5Config(num_layers=4, d_model=256, num_heads=4, d_ff=1024, use_cache=False)), {"input_ids": torch.randint(0, 1000, (1, 48))}
+    if name == "llama":  # grouped-query attention (8 query heads, 4 key/value heads), rotary positions, a gated MLP
+        config = T.LlamaConfig(vocab_size=4000, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+                               num_key_value_heads=4, max_position_embeddings=256, use_cache=False)
+        return T.LlamaForCausalLM(config), {"input_ids": torch.randint(0, 4000, (1, 48))}
+    if name == "gpt2":  # one packed query/key/value projection, cut into three by a Split
+        config = T.GPT2Config(vocab_size=4000, n_embd=256, n_layer=4, n_head=8, n_positions=256, use_cache=False)
+        return T.GPT2LMHeadModel(config), {"input_ids": torch.randint(0, 4000, (1, 48))}
     if name == "detr":
         backbone = T.ResNetConfig(layer_type="basic", depths=[1, 1, 1, 1], hidden_sizes=[64, 128, 256, 512])
         config = T.DetrConfig(use_pretrained_backbone=False, use_timm_backbone=False, backbone_config=backbone, encoder_layers=2, decoder_layers=2, num_queries=20)
@@ -99,7 +107,7 @@ def export(spec: str, path: Path) -> None:
 
     torch.manual_seed(0)
     exporter, _, name = spec.rpartition(":")
-    if name in ("bert", "wav2vec2", "vit", "t5", "detr"):
+    if name in ("bert", "wav2vec2", "vit", "t5", "detr", "llama", "gpt2"):
         model, inputs = _transformers(name)
         module, args, names = _first_output(model.eval(), list(inputs)), tuple(inputs.values()), list(inputs)
     elif name.startswith("yolo"):
