@@ -626,16 +626,17 @@ def test_python_loader_reader_and_image_folder(tmp_path):
 
 
 def embedding_model(vocab: int = 1000, dim: int = 128, tied: bool = False) -> onnx.ModelProto:
-    """Token ids -> embedding lookup -> linear layer (and, tied, an output projection reading the same table)."""
+    """Token ids -> embedding lookup -> linear layer (tied: of dim outputs, then an output projection reading the same table
+    through a Transpose, as GPT-2's export does)."""
     rng = np.random.default_rng(0)
     table = (rng.standard_normal((vocab, dim)) * rng.uniform(0.01, 1.0, (vocab, 1))).astype(np.float32)  # rows of very different scales
-    weights = [onnx.numpy_helper.from_array(table, "table"), onnx.numpy_helper.from_array(rng.standard_normal((dim, 64)).astype(np.float32) * 0.1, "w")]
+    width = dim if tied else 64
+    weights = [onnx.numpy_helper.from_array(table, "table"), onnx.numpy_helper.from_array(rng.standard_normal((dim, width)).astype(np.float32) * 0.1, "w")]
     nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], name="lookup"), helper.make_node("MatMul", ["emb", "w"], ["hidden"], name="proj")]
     out = "hidden"
     if tied:
-        weights.append(onnx.numpy_helper.from_array(np.ascontiguousarray(table.T), "table_t"))
         nodes.append(helper.make_node("Transpose", ["table"], ["table_t_view"], name="tie", perm=[1, 0]))
-        nodes.append(helper.make_node("MatMul", ["emb", "table_t_view"], ["logits"], name="lm_head"))
+        nodes.append(helper.make_node("MatMul", ["hidden", "table_t_view"], ["logits"], name="lm_head"))
         out = "logits"
     graph = helper.make_graph(
         nodes, "embed", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], weights
@@ -723,6 +724,25 @@ def test_a_table_tied_to_an_output_projection_stays_float():
     model = embedding_model(tied=True)
     (choice,) = find_tables(model)
     assert not choice.quantized and "also read by other nodes" in choice.reason
+
+
+def test_a_tied_table_is_stored_once_in_int8_rows_with_its_output_layer():
+    from onnxslim.quant.stored import tied_tables_read_by
+
+    model = embedding_model(tied=True)
+    assert {name: [n.name for n in readers] for name, readers in tied_tables_read_by(model, {"lm_head"}).items()} == {"table": ["lookup", "tie"]}
+    assert not tied_tables_read_by(model, {"proj"})  # the projection that reads the table is not among the layers asked for
+    data = [{"ids": np.random.default_rng(i).integers(0, 1000, (1, 16)).astype(np.int64)} for i in range(12)]
+    quantized, report = quantize(model, data, config=FAST)
+    decisions = {d.node: d for d in report.decisions}
+    # the output projection reads the table through a Transpose: a layer with a weight, kept in float as the output layer
+    assert decisions["lm_head"].code == QuantReason.OUTPUT_LAYER and "INT8 per output channel" in decisions["lm_head"].reason.text
+    assert "tied" in decisions["lookup"].reason.text and report.kept_float_weights["written"] == "int8"
+    arrays = {t.name: onnx.numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    tables = [a.dtype for a in arrays.values() if a.shape in ((1000, 128), (128, 1000))]
+    assert tables == [np.int8]  # one copy, in INT8, restored to float when onnxruntime loads the model
+    assert report.sizes.quantized_bytes < 0.4 * report.sizes.fp32_bytes
+    assert min(c.cosine for c in report.fidelity) > 0.999
 
 
 @pytest.mark.parametrize(("activation", "kernel", "pool"), [("silu", "QLinearSigmoid", "global"), ("leaky", "QLinearLeakyRelu", "global"), ("silu", "QLinearSigmoid", "reduce_mean")])

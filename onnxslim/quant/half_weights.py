@@ -15,7 +15,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxslim.ir.tensors import from_array, unique_name
-from onnxslim.quant.stored import rewire_weights, weights_only_read_by
+from onnxslim.quant.stored import layers_behind_transposes, rewire_weights, tied_tables_read_by, weights_only_read_by
 
 MAX_RELATIVE_ERROR = 1e-3  # a weight whose float16 copy is further from it than this (tiny or huge values) stays float32
 
@@ -33,8 +33,9 @@ def half_weight_error(values: np.ndarray) -> float:
 def store_weights_in_half(model: onnx.ModelProto, nodes: frozenset[str] | set[str], *, reserved: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """Store (in place) the float32 weight of each of ``nodes`` in float16 behind a Cast; returns the nodes changed.
 
-    A weight is converted when :func:`~onnxslim.quant.stored.weights_only_read_by` offers it (one Cast then
-    serves all its readers) and float16 keeps it within :data:`MAX_RELATIVE_ERROR`.
+    A weight is converted when :func:`~onnxslim.quant.stored.weights_only_read_by` or
+    :func:`~onnxslim.quant.stored.tied_tables_read_by` offers it (one Cast then serves all its readers) and float16
+    keeps it within :data:`MAX_RELATIVE_ERROR`.
     """
 
     def restore(name: str, values: np.ndarray, taken: set[str]):
@@ -44,4 +45,4 @@ def store_weights_in_half(model: onnx.ModelProto, nodes: frozenset[str] | set[st
         model.graph.initializer.append(from_array(values.astype(np.float16), half))
         return [helper.make_node("Cast", [half], [restored], name=unique_name(f"{name}_to_float", taken), to=TensorProto.FLOAT)], restored
 
-    return rewire_weights(model, weights_only_read_by(model, nodes), restore, reserved)
+    return layers_behind_transposes(model, rewire_weights(model, weights_only_read_by(model, nodes) | tied_tables_read_by(model, nodes), restore, reserved))

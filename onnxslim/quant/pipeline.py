@@ -529,8 +529,9 @@ def _kept_weights_within_budget(run: QuantRun, config: QuantConfig, report: Quan
     for storage in tried:
         smaller = onnx.ModelProto()
         smaller.CopyFrom(model)
-        changed = set(STORAGE[storage](smaller, keep_float))
-        if not changed:
+        stored = set(STORAGE[storage](smaller, keep_float))
+        changed = {node for node in stored if plan.decisions.get(node) is None or plan.decisions[node].op_type != "Gather"}  # layers
+        if not stored:
             continue
         if has_mapped(run.original):
             smaller = spill(smaller)  # the stored copies join the other weights on disk
@@ -550,7 +551,9 @@ def _kept_weights_within_budget(run: QuantRun, config: QuantConfig, report: Quan
         entry |= {"written": storage, "bytes_saved": saved,
                   "why": f"{len(changed)} layer(s) kept in float store {storage} weights ({saved / 1e6:.2f} MB less); {config.accuracy_metric} {smaller_score:.5f}{missed}"}
         how = "weights stored in INT8 per output channel, float when loaded" if storage == "int8" else "weights stored in float16"
-        reasons = {node: Reason(plan.decisions[node].code, f"{plan.decisions[node].reason.text}; {how}") for node in changed}
+        shared = "its table stored with the output layer's weights (tied): " + ("INT8 with a scale per row" if storage == "int8" else "float16")
+        reasons = {node: Reason(plan.decisions[node].code, f"{plan.decisions[node].reason.text}; {how if node in changed else shared}")
+                   for node in stored if node in plan.decisions}
         return plan.with_reasons(reasons), smaller, smaller_comparisons
     if "why" in entry:
         entry["written"] = "float32"

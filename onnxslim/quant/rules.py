@@ -69,17 +69,23 @@ def weighted(planner: Planner, node: onnx.NodeProto) -> Reason:
     if len(node.input) < 2:
         return _unsupported("no weight input")
     activation, weight = node.input[0], node.input[1]
+    output_layer = Reason(QuantReason.OUTPUT_LAYER, "output layer kept in float: its rounding errors reach the result directly (--quantize-output-layers quantizes it)")
     if weight not in planner.constants:
+        source = planner.producer.get(weight)
+        if source is not None and source.op_type == "Transpose" and source.input and source.input[0] in planner.constants:
+            # left unfolded because other nodes read the table too (an output projection tied to the token embedding)
+            if node.name in planner.output_layers:
+                return output_layer
+            return _unsupported("weight is the transpose of a table other nodes also read (a tied embedding): kept as one float table")
         if op == "MatMul" and planner.is_float_activation(weight):
             return activation_matmul(planner, node)
-        source = planner.producer.get(weight)
         if source is not None:
             return _unsupported(f"weight is computed at run time by {source.op_type}, not stored as a constant initializer")
         return _unsupported("weight is not a constant initializer")
     if not planner.is_float_activation(activation):
         return _unsupported("input is not a float activation")
     if node.name in planner.output_layers:
-        return Reason(QuantReason.OUTPUT_LAYER, "output layer kept in float: its rounding errors reach the result directly (--quantize-output-layers quantizes it)")
+        return output_layer
     array = to_array(planner.inits[weight])
     if array.dtype != np.float32:
         return _unsupported(f"weight is {array.dtype}, not float32")

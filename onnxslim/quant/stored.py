@@ -9,7 +9,8 @@ fusions and runs them on every call.) The file holds a quarter of the bytes;
 the model in memory and its speed are the float model's.
 
 Used for layers that run in float anyway: GRU and RNN layers (no integer
-kernel), and the layers the accuracy budget or the output rule keeps in float.
+kernel), and the layers the accuracy budget or the output rule keeps in float
+(with the token-embedding table an output layer is tied to, one copy for both).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxslim.ir.graph import drop_unread_initializers
+from onnxslim.ir.graph import drop_unread_initializers, node_attr
 from onnxslim.ir.layers import WEIGHTED_LAYERS, weight_axes
 from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, to_array, unique_name
 from onnxslim.quant.params import quantize_weight, weight_params
@@ -57,6 +58,38 @@ def weights_only_read_by(model: onnx.ModelProto, nodes: frozenset[str] | set[str
         if int(np.prod(tensor.dims)) >= MIN_ELEMENTS and all(r.name in nodes for r in readers[name]):
             chosen[name] = readers[name]
     return chosen
+
+
+def tied_tables_read_by(model: onnx.ModelProto, nodes: frozenset[str] | set[str]) -> dict[str, list[onnx.NodeProto]]:
+    """Constant 2-D tables that a layer of ``nodes`` reads as its weight with the output channels on the table's rows (through a
+    Transpose, or a Gemm with transB) and that are otherwise only looked up by Gathers along those rows: an output projection
+    tied to the token embedding. Each with every node that reads it; its rows are the layer's output channels."""
+    weights = initializer_map(model.graph)
+    readers = consumers_map(model.graph)
+    outputs = {v.name for v in model.graph.output}
+    chosen: dict[str, list[onnx.NodeProto]] = {}
+    for name, tensor in weights.items():
+        users = readers.get(name, [])
+        if tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2 or int(np.prod(tensor.dims)) < MIN_ELEMENTS or name in outputs:
+            continue
+        layers = [u for u in users if _reads_rows_as_outputs(u, name, nodes, readers, outputs)]
+        lookups = [u for u in users if u.op_type == "Gather" and u.domain in ("", "ai.onnx") and u.input[0] == name and node_attr(u, "axis", 0) == 0]
+        if layers and lookups and len(layers) + len(lookups) == len(users):
+            chosen[name] = users
+    return chosen
+
+
+def _reads_rows_as_outputs(user: onnx.NodeProto, name: str, nodes, readers, outputs) -> bool:
+    """``user`` feeds ``name``'s rows to layers of ``nodes`` as their output channels: Gemm(transB=1), or a Transpose read only by them."""
+    if user.op_type == "Gemm":
+        return user.name in nodes and len(user.input) > 1 and user.input[1] == name and weight_axes(user)[1] == 0
+    if user.op_type != "Transpose" or list(node_attr(user, "perm", [1, 0])) != [1, 0] or user.output[0] in outputs:
+        return False
+    layers = readers.get(user.output[0], [])
+    return bool(layers) and all(
+        r.name in nodes and r.op_type in ("MatMul", "Gemm") and len(r.input) > 1 and r.input[1] == user.output[0] and weight_axes(r)[1] == 1
+        and r.input[0] != user.output[0] for r in layers
+    )
 
 
 def rewire_weights(model: onnx.ModelProto, chosen: Mapping[str, list[onnx.NodeProto]],
@@ -96,6 +129,7 @@ def store_weights_in_int8(model: onnx.ModelProto, nodes: frozenset[str] | set[st
         found = {weight_axes(user, rank)[1] for user in users}
         if rank >= 2 and len(found) == 1:
             axes[name] = (found.pop(), users)
+    axes |= {name: (0, users) for name, users in tied_tables_read_by(model, nodes).items()}  # a scale per row: per output channel
 
     def restore(name: str, values: np.ndarray, taken: set[str]):
         if not np.isfinite(values).all():
@@ -106,4 +140,15 @@ def store_weights_in_int8(model: onnx.ModelProto, nodes: frozenset[str] | set[st
         shape[axis] = -1
         return restored_at_load(model.graph, quantize_weight(values, scales, axis), scales.reshape(shape), name, taken)
 
-    return rewire_weights(model, {name: users for name, (_, users) in axes.items()}, restore, reserved)
+    return layers_behind_transposes(model, rewire_weights(model, {name: users for name, (_, users) in axes.items()}, restore, reserved))
+
+
+def layers_behind_transposes(model: onnx.ModelProto, changed: list[str]) -> list[str]:
+    """``changed`` with each Transpose replaced by the layers that read it: what a report names for a tied table's new form."""
+    by_name = {n.name: n for n in model.graph.node}
+    readers = consumers_map(model.graph)
+    named: list[str] = []
+    for name in changed:
+        node = by_name.get(name)
+        named.extend([r.name for r in readers.get(node.output[0], [])] if node is not None and node.op_type == "Transpose" else [name])
+    return list(dict.fromkeys(named))
