@@ -73,10 +73,12 @@ def weighted(planner: Planner, node: onnx.NodeProto) -> Reason:
     if weight not in planner.constants:
         source = planner.producer.get(weight)
         if source is not None and source.op_type == "Transpose" and source.input and source.input[0] in planner.constants:
-            # left unfolded because other nodes read the table too (an output projection tied to the token embedding)
+            # left unfolded because folding would copy it: other nodes read the table too (an output projection tied to the
+            # token embedding), or the weights are too big to hold twice
             if node.name in planner.output_layers:
                 return output_layer
-            return _unsupported("weight is the transpose of a table other nodes also read (a tied embedding): kept as one float table")
+            return _unsupported("weight is a constant read through a Transpose that folding left in place (a table other nodes also read, "
+                                "or weights too big to copy): kept in float")
         if op == "MatMul" and planner.is_float_activation(weight):
             return activation_matmul(planner, node)
         if source is not None:
