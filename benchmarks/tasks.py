@@ -197,6 +197,7 @@ TASKS = {
     "det_v6": Task("det_v6", MODELS / "unseen" / "ppocr_v6_det.onnx", "text-mask IoU vs FP32", None, data="det"),
     "captcha": Task("captcha", MODELS / "unseen" / "ddddocr_rec.onnx", "captchas read exactly", score_captcha),
     "clicks": Task("clicks", MODELS / "unseen" / "ddddocr_det.onnx", "box F1 vs FP32", None),
+    "magika": Task("magika", MODELS / "unseen" / "magika.onnx", "files typed right", score_cls),
 }
 
 

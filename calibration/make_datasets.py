@@ -4,6 +4,7 @@
     python calibration/make_datasets.py minilm            # sentences (needs the `bench` extra: tokenizers)
     python calibration/make_datasets.py orient vad        # for models/gather.py --unseen: turned page crops, generated audio
     python calibration/make_datasets.py captcha clicks    # for models/gather.py --unseen: text captchas, click-captcha characters
+    python calibration/make_datasets.py magika            # for models/gather.py --unseen: the standard library's files, typed
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -325,6 +326,56 @@ def make_vad(split: str, count: int, sentences: list[str], seed: int, out: Path)
     return labels
 
 
+# a file's suffix -> its content type in magika's label space, for the suffixes the standard library holds files of
+# (.txt, .toml and .xml left out: most are parsers' test cases, e-mails and fragments whose suffix does not say what they hold)
+MAGIKA_TYPES = {
+    ".py": "python", ".pyc": "pythonbytecode", ".so": "elf", ".pem": "pem", ".json": "json",
+    ".gif": "gif", ".png": "png", ".jpg": "jpeg", ".bmp": "bmp", ".webp": "webp", ".tiff": "tiff", ".wav": "wav", ".zip": "zip",
+    ".whl": "zip", ".tar": "tar", ".xz": "xz", ".c": "c", ".cpp": "cpp", ".rst": "rst", ".bat": "batch", ".html": "html",
+    ".pickle": "pickle", ".ini": "ini",
+}
+
+
+def magika_tokens(data: bytes, config: dict) -> np.ndarray:
+    """magika's input for a file: its first and last ``beg_size`` / ``end_size`` bytes, ASCII whitespace stripped from each
+    end of the first and last ``block_size``, padded with ``padding_token`` away from the middle; int32 (1, beg + end)."""
+    begin = data[: config["block_size"]].lstrip()[: config["beg_size"]]
+    end = data[-config["block_size"] :].rstrip()[-config["end_size"] :]
+    pad = config["padding_token"]
+    tokens = list(begin) + [pad] * (config["beg_size"] - len(begin)) + [pad] * (config["end_size"] - len(end)) + list(end)
+    return np.array([tokens], np.int32)
+
+
+def make_magika(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """Files of the Python standard library (source, bytecode, shared objects, test data: images, sounds, archives,
+    certificates, ...) as magika's byte tokens; label: the content type their suffix says. A file belongs to one split
+    by a hash of its path; each split takes its files a type at a time, so rare types are not drowned by Python source."""
+    import sysconfig
+
+    config = json.loads((MODELS / "unseen" / "magika_config.json").read_text())
+    space = config["target_labels_space"]
+    root = Path(sysconfig.get_paths()["stdlib"])
+    by_type: dict[str, list[Path]] = {}
+    for path in sorted(root.rglob("*")):
+        if "site-packages" in path.parts or path.suffix.lower() not in MAGIKA_TYPES or not path.is_file() or path.is_symlink():
+            continue
+        relative = path.relative_to(root).as_posix()
+        if (zlib.crc32(relative.encode()) % 2 == 0) != (split == "calib") or path.stat().st_size < config["min_file_size_for_dl"]:
+            continue
+        by_type.setdefault(MAGIKA_TYPES[path.suffix.lower()], []).append(path)
+    rng, labels = random.Random(seed), []
+    for files in by_type.values():
+        rng.shuffle(files)
+    while len(labels) < count and any(by_type.values()):
+        for kind in sorted(by_type):
+            if by_type[kind] and len(labels) < count:
+                path = by_type[kind].pop()
+                name = f"{len(labels):05d}.npz"
+                np.savez(out / name, bytes=magika_tokens(path.read_bytes(), config))
+                labels.append({"file": name, "label": space.index(kind), "type": kind, "source": path.relative_to(root).as_posix()})
+    return labels
+
+
 CAPTCHA_CHARACTERS = "abcdefghijkmnpqrstuvwxyz23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # without 0/O, 1/l/I: look-alikes captchas leave out
 
 
@@ -402,7 +453,8 @@ def make_clicks(split: str, count: int, sentences: list[str], seed: int, out: Pa
     return labels
 
 
-TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks}
+TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks,
+         "magika": make_magika}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:
