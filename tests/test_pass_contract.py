@@ -855,3 +855,35 @@ def test_scalar_affines_into_dequantize_needs_a_reader_that_takes_the_leftover_s
     model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 8
     (result,) = checked(scalar_affines_into_dequantize)(model)
     assert not result.modified and "remaining shift" in result.declined[0].reason.text, result
+
+
+RMS_NORM = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[1, 8, 64] x) => (float[1, 8, 64] y, float[1, 8, 64] twice)
+  <float two = {2.0}, int64[1] last = {-1}, float eps = {1e-6}> {
+    p = Pow (x, two)
+    m = ReduceMean <keepdims = 1> (p, last)
+    a = Add (m, eps)
+    s = Sqrt (a)
+    r = Reciprocal (s)
+    n = Mul (x, r)
+    y = Mul (gamma, n)
+    q = Reciprocal (x)
+    twice = Mul (q, q)
+}
+"""
+
+
+def test_a_reciprocal_square_root_becomes_a_division_and_onnxruntime_fuses_the_rms_norm():
+    """torch's rsqrt, as Llama's RMSNorm is exported: onnxruntime fuses the normalization only when it divides."""
+    from onnxslim.passes import reciprocal_products_as_division
+    from onnxslim.runtime.session import optimized_ops
+
+    model = with_weights(RMS_NORM, gamma=RNG.normal(size=64))
+    work, result = on_a_copy(reciprocal_products_as_division, model)
+    assert result.modified and len(result.changes) == 1  # Mul(q, q) squares a reciprocal: left as it is
+    ops = [n.op_type for n in work.graph.node]
+    assert ops.count("Reciprocal") == 1 and ops.count("Div") == 1
+    assert dict(optimized_ops(work)).get("SimplifiedLayerNormalization") == 1
+    assert "SimplifiedLayerNormalization" not in dict(optimized_ops(model))
+    assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 8, 64)).astype(np.float32)})

@@ -18,6 +18,7 @@ from onnxslim.passes.layernorm import fuse_layernorm
 from onnxslim.passes.masks import deepen_attention_masks
 from onnxslim.passes.opset import default_opset, upgrade_opset
 from onnxslim.passes.pooling import reduce_mean_to_global_pool
+from onnxslim.passes.reciprocal import reciprocal_products_as_division
 
 CLEANUP_PASSES: tuple[GraphPass, ...] = (
     initializers_out_of_inputs,
@@ -26,6 +27,7 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     fold_constants,
     reduce_mean_to_global_pool,  # the dynamo exporter's pooling, as the integer kernels know it
     deepen_attention_masks,  # after folding: a mask built from constants is one by now
+    reciprocal_products_as_division,  # after folding (a constant's reciprocal is a constant by now): RMSNorm fuses
     fold_affine_into_conv,  # a bias Add between a layer and its BatchNormalization (Paddle's ConvTranspose) first,
     fuse_batchnorm,
     fold_affine_into_conv,  # then a Mul/Add after a BatchNormalization just folded
@@ -54,6 +56,7 @@ __all__ = [
     "graph_is_sorted",
     "initializers_out_of_inputs",
     "model_is_valid",
+    "reciprocal_products_as_division",
     "reduce_mean_to_global_pool",
     "remove_dead_nodes",
     "remove_identities",
