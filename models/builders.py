@@ -399,6 +399,18 @@ def packed_attention(dim: int = 16, heads: int = 4, seq: int = 8, *, seed: int =
     return b.model(inputs, [_output("hidden", [seq, 1, dim])], "packed_attention")
 
 
+def _attention_block(b: GraphBuilder, q: str, k: str, v: str, dim: int, head_dim: int, seq: int, name: str) -> onnx.ModelProto:
+    """The rest of a (1, S, E) self-attention block from its (1, H, S, D) queries, keys and values: scores scaled by
+    1 / sqrt(D), Softmax, the heads merged back into (1, S, E), an output projection with bias, the residual."""
+    scores = b.node("MatMul", [b.node("Mul", [q, b.const(np.array(head_dim**-0.5, np.float32), "scale")]), b.node("Transpose", [k], perm=[0, 1, 3, 2])])
+    attn = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
+    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), b.const(np.array([1, seq, dim], np.int64), "shape")])
+    y = b.node("Add", ["input", b.linear(merged, dim, dim)])
+    _rename_output(b, y, "hidden")
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, seq, dim])]
+    return b.model(inputs, [_output("hidden", [1, seq, dim])], name)
+
+
 def unbound_attention(dim: int = 16, heads: int = 4, seq: int = 8, *, seed: int = 13, unbind: str = "split") -> onnx.ModelProto:
     """Self-attention as timm's ``Attention`` exports it (ViT-Tiny): packed Q/K/V taken apart by ``unbind``.
 
@@ -418,13 +430,7 @@ def unbound_attention(dim: int = 16, heads: int = 4, seq: int = 8, *, seed: int 
     else:
         parts = [b.node("Slice", [moved, b.const(np.array([i], np.int64), "start"), b.const(np.array([i + 1], np.int64), "end"), axis0]) for i in range(3)]
     q, k, v = (b.node("Squeeze", [part, axis0]) for part in parts)
-    scores = b.node("MatMul", [b.node("Mul", [q, b.const(np.array(head_dim**-0.5, np.float32), "scale")]), b.node("Transpose", [k], perm=[0, 1, 3, 2])])
-    attn = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
-    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), b.const(np.array([1, seq, dim], np.int64), "shape")])
-    y = b.node("Add", ["input", b.linear(merged, dim, dim)])
-    _rename_output(b, y, "hidden")
-    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, seq, dim])]
-    return b.model(inputs, [_output("hidden", [1, seq, dim])], "unbound_attention")
+    return _attention_block(b, q, k, v, dim, head_dim, seq, "unbound_attention")
 
 
 def window_attention(dim: int = 16, heads: int = 4, tokens: int = 8, windows: int = 2, *, seed: int = 12) -> onnx.ModelProto:
@@ -507,13 +513,7 @@ def split_attention(dim: int = 16, heads: int = 4, seq: int = 8, *, seed: int = 
         b.node("Transpose", [b.node("Reshape", [part, b.const(np.array([1, seq, heads, head_dim], np.int64), "shape")])], perm=[0, 2, 1, 3])
         for part in b.node("Split", [b.linear("input", dim, 3 * dim)], n_out=3, axis=-1)
     )
-    scores = b.node("MatMul", [b.node("Mul", [q, b.const(np.array(head_dim**-0.5, np.float32), "scale")]), b.node("Transpose", [k], perm=[0, 1, 3, 2])])
-    attn = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
-    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), b.const(np.array([1, seq, dim], np.int64), "shape")])
-    y = b.node("Add", ["input", b.linear(merged, dim, dim)])
-    _rename_output(b, y, "hidden")
-    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, seq, dim])]
-    return b.model(inputs, [_output("hidden", [1, seq, dim])], "split_attention")
+    return _attention_block(b, q, k, v, dim, head_dim, seq, "split_attention")
 
 
 def convnext_block(channels: int = 16, size: int = 8, *, seed: int = 10) -> onnx.ModelProto:
