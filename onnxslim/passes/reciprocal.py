@@ -12,24 +12,21 @@ forms compute the same quotient (within a rounding of the last bit).
 from __future__ import annotations
 
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
-from onnxslim.ir.shapes import shapes_and_types
-from onnxslim.passes.base import DeclineCode, PassResult
+from onnxslim.passes.base import PassResult
 from onnxslim.passes.matching import GraphIndex
-
-DIVISIBLE = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
 def reciprocal_products_as_division(model: onnx.ModelProto) -> PassResult:
-    """Replace each Mul by the output of a Reciprocal read by nothing else with a Div by the Reciprocal's input."""
+    """Replace each Mul by the output of a Reciprocal read by nothing else with a Div by the Reciprocal's input
+    (Reciprocal is defined on floating-point types only, each of which Div takes too: no type to check)."""
     result = PassResult("reciprocal-products-as-division")
     graph = model.graph
     index = GraphIndex(graph)
     reciprocals = [n for n in graph.node if n.op_type == "Reciprocal" and n.domain in ("", "ai.onnx")]
     if not reciprocals:
         return result
-    _, types = shapes_and_types(model)
     rewritten: dict[int, onnx.NodeProto] = {}
     dropped: set[int] = set()
     for reciprocal in reciprocals:
@@ -37,9 +34,6 @@ def reciprocal_products_as_division(model: onnx.ModelProto) -> PassResult:
         readers = index.readers(reciprocal.output[0])
         if len(readers) != 1 or readers[0].op_type != "Mul" or readers[0].domain not in ("", "ai.onnx") or len(readers[0].input) != 2:
             continue  # a reciprocal used more than once is cheaper computed once
-        if types.get(reciprocal.output[0]) not in DIVISIBLE:
-            result.decline(where, DeclineCode.UNSUPPORTED_TYPE, "not a floating-point reciprocal")
-            continue
         product = readers[0]
         numerator = GraphIndex.other(product, reciprocal.output[0])
         if numerator == reciprocal.output[0]:
