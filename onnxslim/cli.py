@@ -229,6 +229,8 @@ def _cosine_text(output, digits: int) -> str:
         text += f" (as detections, score >= {DETECTION_SCORE:g}; plain {_fmt(output.plain_cosine, digits)})"
     elif output.balanced_axis is not None:
         text += f" (channels of axis {output.balanced_axis} at one scale; plain {_fmt(output.plain_cosine, digits)})"
+    if output.lengths_differed:
+        text += f" (lengths differed on {output.lengths_differed} of {output.batches} batches: compared zero-padded)"
     return text
 
 

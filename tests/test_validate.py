@@ -42,6 +42,25 @@ def test_metrics_match_numpy():
     assert not comparison.degenerate
 
 
+def test_outputs_of_differing_length_are_compared_zero_padded():
+    """A decoder that stops at its end token writes as many steps as its outputs ask for: the shorter output is padded
+    with zeros, so a step one model wrote and the other did not counts against the candidate in full."""
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((1, 3, 4)).astype(np.float32)
+    cand = np.concatenate([ref, rng.standard_normal((1, 2, 4)).astype(np.float32)], axis=1)
+    comparison = OutputComparison("steps")
+    comparison.add(ref, cand, "batch 0")
+    comparison.add(ref, ref, "batch 1")
+    padded = np.concatenate([ref, np.zeros((1, 2, 4), np.float32)], axis=1).astype(np.float64).ravel()
+    r, c = np.concatenate([padded, ref.ravel()]), np.concatenate([cand.astype(np.float64).ravel(), ref.ravel()])
+    first = padded @ cand.ravel() / np.linalg.norm(padded) / np.linalg.norm(cand)
+    assert comparison.cosine == pytest.approx(r @ c / np.linalg.norm(r) / np.linalg.norm(c))
+    assert comparison.min_batch_cosine == pytest.approx(first) and first < 0.99  # the two extra steps cost what they hold
+    assert comparison.lengths_differed == 1 and comparison.to_dict()["batches_of_differing_length"] == 1
+    with pytest.raises(DataError, match="output 'steps' has shape \\(3, 4\\) in the candidate, \\(1, 3, 4\\) in the reference"):
+        comparison.add(ref, ref[0], "batch 2")  # a different rank is not a length
+
+
 @pytest.mark.parametrize("size", [7, 40 * 6625 + 3])  # one chunk, and many chunks with a ragged end
 def test_statistics_taken_a_chunk_at_a_time_equal_whole_array_float64(size):
     rng = np.random.default_rng(1)

@@ -100,6 +100,18 @@ def _all_finite(array: np.ndarray) -> bool:
     return array.dtype.kind not in "fc" or bool(np.isfinite(array).all())
 
 
+def zero_padded(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays zero-padded at the end of every axis to the larger length: how outputs whose length depends on the
+    data (a decoder that stops at its end token, detections kept by a threshold) are compared. A step one model wrote
+    and the other did not is compared with zeros, so it counts against the candidate in full."""
+    shape = tuple(max(a, b) for a, b in zip(reference.shape, candidate.shape))
+
+    def padded(array: np.ndarray) -> np.ndarray:
+        return np.pad(array, [(0, n - m) for n, m in zip(shape, array.shape)]) if array.shape != shape else array
+
+    return padded(reference), padded(candidate)
+
+
 RESAMPLED_BATCHES = 5  # fewer batches say too little about their spread to resample
 RESAMPLES = 2000
 RANGE_CONFIDENCE = 0.9  # cosine_range: the central 90% of the resampled cosines
@@ -154,6 +166,7 @@ class OutputComparison:
     mask_batches: int = 0
     min_batch_cosine: float = 1.0
     padding_left_out: str = ""  # the input whose zeros marked the token rows left out of the comparison
+    lengths_differed: int = 0  # batches whose two outputs differed in length along some axis (compared zero-padded)
     nonfinite_candidate: int = 0  # NaN/Inf in the candidate where the reference is finite
     nonfinite_reference: int = 0  # NaN/Inf in the reference where the candidate is finite
     nonfinite_disagreeing: int = 0  # both non-finite, but not the same value (NaN vs Inf, +Inf vs -Inf)
@@ -175,10 +188,13 @@ class OutputComparison:
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, source: str = "") -> None:
         if reference.shape != candidate.shape:
-            raise DataError(
-                f"{source}: output '{self.name}' has shape {tuple(candidate.shape)} in the candidate, "
-                f"{tuple(reference.shape)} in the reference"
-            )
+            if np.ndim(reference) != np.ndim(candidate):
+                raise DataError(
+                    f"{source}: output '{self.name}' has shape {tuple(candidate.shape)} in the candidate, "
+                    f"{tuple(reference.shape)} in the reference"
+                )
+            reference, candidate = zero_padded(np.asarray(reference), np.asarray(candidate))
+            self.lengths_differed += 1
         ref, cand = np.asarray(reference).ravel(), np.asarray(candidate).ravel()
         if not (_all_finite(ref) and _all_finite(cand)):
             ref, cand, counts = finite_pairs(ref.astype(np.float64), cand.astype(np.float64))
@@ -425,6 +441,7 @@ class OutputComparison:
             "top1_agreement": self.top1,
             "mask_iou": self.mask_iou,
             "padding_left_out": self.padding_left_out or None,
+            "batches_of_differing_length": self.lengths_differed,
             "reference_std": self.reference_std,
             "degenerate_reference": self.degenerate,
             "nonfinite_candidate_values": self.nonfinite_candidate,
