@@ -628,6 +628,27 @@ def scanned_cell(width: int = 16, steps: int = 6, *, seed: int = 22) -> onnx.Mod
     return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [steps, 1, width])], [_output("logits", [1, 4])], "scanned_cell")
 
 
+def stopping_decoder(width: int = 16, hidden: int = 48, max_steps: int = 12, *, seed: int = 30) -> onnx.ModelProto:
+    """An encoder (two linear layers) and a decoder Loop that stops on its own: each step h = tanh(h W + c) is emitted, and
+    the loop goes on while the sum of h stays below a threshold, so how many steps ``steps`` holds follows the input
+    (as a table or text decoder exported with its search in the graph stops at its end token)."""
+    b = GraphBuilder(seed)
+    encoded = b.linear(b.node("Relu", [b.linear("input", width, hidden)]), hidden, width)
+    main = _take_nodes(b)
+    step, keep_going, carried = b.name("step"), b.name("cond"), b.name("h")
+    stepped = b.node("Tanh", [b.linear(carried, width, width)])
+    emitted = b.node("Identity", [stepped])
+    still = b.node("Less", [b.node("ReduceSum", [stepped], keepdims=0), b.const(np.float32(0.5), "threshold")])
+    body = helper.make_graph(
+        _take_nodes(b), "decode_step",
+        [helper.make_tensor_value_info(step, TensorProto.INT64, []), helper.make_tensor_value_info(keep_going, TensorProto.BOOL, []), _output(carried, [1, width])],
+        [helper.make_tensor_value_info(still, TensorProto.BOOL, []), _output(stepped, [1, width]), _output(emitted, [1, width])],
+    )
+    trips, always = b.const(np.int64(max_steps), "max_steps"), b.const(np.bool_(True), "start")
+    b.nodes = [*main, helper.make_node("Loop", [trips, always, encoded], ["last", "steps"], name="decode", body=body)]
+    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, width])], [_output("steps", ["T", 1, width])], "stopping_decoder")
+
+
 def _by_rate(b: GraphBuilder, cond: str, branch) -> onnx.NodeProto:
     """The If ``by_rate`` on ``cond`` with ``branch(name)`` in both branches: the then branch reads its weights from the
     main graph's initializers, the else branch holds its own in Constant nodes."""

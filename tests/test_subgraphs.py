@@ -8,11 +8,12 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from models.builders import CONTROL_FLOW_BUILDERS, branching_convs, looped_mlp, rate_branches, sample_inputs, scanned_cell
+from models.builders import CONTROL_FLOW_BUILDERS, branching_convs, looped_mlp, rate_branches, sample_inputs, scanned_cell, stopping_decoder
 from models.scripted_export import scripted_branches
 from onnxslim import QuantConfig, quantize
 from onnxslim.cli import main
 from onnxslim.ir import load_model
+from onnxslim.ir.graph import with_outputs
 from onnxslim.ir.scopes import all_nodes, body_graph, expose, find_bodies, scoped
 from onnxslim.ir.tensors import all_value_names, outer_references
 from onnxslim.quant.decisions import QuantReason
@@ -203,3 +204,43 @@ def test_drop_unread_initializers_keeps_what_a_body_or_a_graph_output_reads():
     )
     drop_unread_initializers(graph, {"inner", "exported", "unused"})
     assert sorted(t.name for t in graph.initializer) == ["exported", "inner"]
+
+
+# ------------------------------------------------------------------ loops that stop on their own
+def test_a_loop_that_stops_on_its_own_is_cut_off_for_timing():
+    from onnxslim.ir.loops import data_dependent_loops, in_front_of_loops
+
+    model = stopping_decoder()
+    lengths = {run_model(model, feed)[0].shape[0] for feed in sample_inputs(model, 8, seed=3)}
+    assert len(lengths) > 1  # the data decide how many steps run
+    assert [model.graph.node[i].name for i in data_dependent_loops(model.graph)] == ["decode"]
+    cut = in_front_of_loops(model)
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    assert "Loop" not in {n.op_type for n in cut.graph.node}
+    assert [o.name for o in cut.graph.output] == [loop.input[2]]  # the encoder's output the loop starts from, nothing else computed
+    feed = sample_inputs(model, 1)[0]
+    encoded = run_model(with_outputs(model, [loop.input[2]]), feed)[-1]
+    np.testing.assert_array_equal(run_model(cut, feed)[0], encoded)
+    assert in_front_of_loops(looped_mlp()) is None  # a fixed step count is timed whole
+
+
+def test_pruning_times_channel_multiples_in_front_of_a_loop_that_stops_on_its_own(monkeypatch):
+    """An unrecovered candidate's decoder may run any number of steps: the widths are timed on the encoder alone."""
+    from onnxslim import PruneConfig, prune
+    from onnxslim.prune import structured
+
+    timed = []
+
+    def interleaved(runners, feed, **kwargs):
+        timed.extend(runners)
+        return [[1.0]] + [[0.8] for _ in runners[1:]]
+
+    monkeypatch.setattr(structured, "interleaved_latency", interleaved)
+    model = stopping_decoder(hidden=48)
+    pruned, report = prune(model, sample_inputs(model, 10, seed=3), config=PruneConfig(ratio=0.4, latency_runs=3))
+    assert timed and report.widths.measured and "in front of the loop" in str(report.widths)
+    opened = [onnx.load_from_string(r.source) if isinstance(r.source, bytes) else onnx.load(r.source) for r in timed]
+    assert not any("Loop" in {n.op_type for n in m.graph.node} for m in opened)
+    assert any(g.channels_after < g.channels_before for g in report.groups)
+    for feed in sample_inputs(model, 3, seed=5):
+        assert run_model(pruned, feed)[0].shape[1:] == (1, 16)

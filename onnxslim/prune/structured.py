@@ -25,6 +25,7 @@ from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, Us
 from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters, node_macs
 from onnxslim.ir.io import load_model, model_file_bytes, model_label, model_weight_bytes
 from onnxslim.ir.layers import WEIGHTED_LAYERS
+from onnxslim.ir.loops import in_front_of_loops
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.quantized import refuse_quantized
 from onnxslim.ir.scopes import all_nodes
@@ -529,7 +530,10 @@ def _select_widths(
             why = f"not measured: {weight_bytes / 1e9:.2f} GB of weights, and every candidate is held at once to time them (up to {MAX_MEASURED_BYTES / 1e6:.0f} MB); --round-to sets it"
         removed, reports = choices[1]
         return removed, reports, WidthChoice(1, note=why)
-    settings = repr(sorted(sorted(r) for r in distinct))
+    # a decoder whose loop stops at an end token runs as many steps as its outputs ask for, and an unrecovered candidate's
+    # outputs ask for any number: only the part in front of such loops is timed (the same cut of every model)
+    original_timed = in_front_of_loops(work)
+    settings = repr(sorted(sorted(r) for r in distinct)) + (" in front of loops" if original_timed is not None else "")
     measured = {m for multiples in distinct.values() for m in multiples}
     digest = _digest(work)
     # the widths must be fast where the user deploys (--threads) and at 1 thread: each count is measured, the slower ratio counts
@@ -540,7 +544,10 @@ def _select_widths(
         if ratios is None or set(ratios) != measured:
             if candidates is None:  # built once, for whichever thread counts the cache lacks
                 candidates = [apply_removal(work, groups, set(removed)) for removed in distinct]
-            runners = [Runner(work, threads=threads, label="original")] + [Runner(c, threads=threads, label=f"candidate {i}") for i, c in enumerate(candidates)]
+                if original_timed is not None:
+                    candidates = [in_front_of_loops(c) or c for c in candidates]
+            runners = [Runner(original_timed or work, threads=threads, label="original")]
+            runners += [Runner(c, threads=threads, label=f"candidate {i}") for i, c in enumerate(candidates)]
             runs = max(5, min(config.latency_runs, 20))
             samples = interleaved_latency(runners, probe, warmup=3, runs=runs, show_progress=show_progress, description=f"timing channel multiples ({threads_text(threads)})")
             medians = [float(np.median(s)) for s in samples]
@@ -551,7 +558,9 @@ def _select_widths(
     multiple = choose_multiple(worst)
     removed, reports = choices[multiple]
     one_thread = by_threads.get(1) if config.threads != 1 else None
-    return removed, reports, WidthChoice(multiple, by_threads[config.threads], config.threads, cached=candidates is None, measured_1_thread=one_thread or {})
+    where = "in front of the loop(s) that stop at a condition the data decide" if original_timed is not None else ""
+    return removed, reports, WidthChoice(multiple, by_threads[config.threads], config.threads, cached=candidates is None, measured_1_thread=one_thread or {},
+                                         note=where)
 
 
 def _digest(model: onnx.ModelProto) -> str:

@@ -42,7 +42,8 @@ class WidthChoice(Record):
         timings = ", ".join(f"{m}: {r:.2f}x" for m, r in sorted(self.measured.items()))
         if self.measured_1_thread:
             timings += "; at 1 thread " + ", ".join(f"{m}: {r:.2f}x" for m, r in sorted(self.measured_1_thread.items()))
-        return f"channel counts kept at multiples of {self.multiple}, the fastest measured ({timings} of the original's latency{', cached' if self.cached else ''})"
+        where = f", {self.note}" if self.note else ""
+        return f"channel counts kept at multiples of {self.multiple}, the fastest measured ({timings} of the original's latency{where}{', cached' if self.cached else ''})"
 
 
 def choose_multiple(ratios: Mapping[int, float], tolerance: float = TOLERANCE) -> int:
