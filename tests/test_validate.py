@@ -11,6 +11,7 @@ from onnxslim.cli import main
 from onnxslim.errors import DataError, UsageError
 from onnxslim.ir import load_model
 from onnxslim.measure import OutputComparison
+from onnxslim.measure.outputs import TensorNoise
 from tests.conftest import noisy_comparison, requires_cuda
 
 
@@ -57,6 +58,9 @@ def test_outputs_of_differing_length_are_compared_zero_padded():
     assert comparison.cosine == pytest.approx(r @ c / np.linalg.norm(r) / np.linalg.norm(c))
     assert comparison.min_batch_cosine == pytest.approx(first) and first < 0.99  # the two extra steps cost what they hold
     assert comparison.lengths_differed == 1 and comparison.to_dict()["batches_of_differing_length"] == 1
+    noise = TensorNoise("steps")  # what a layer ranking reads: the same padding
+    noise.add(ref, cand)
+    assert noise.err_sq == pytest.approx(((padded - cand.ravel()) ** 2).sum(), rel=1e-5) and noise.ref_sq == pytest.approx((ref**2).sum(), rel=1e-5)
     with pytest.raises(DataError, match="output 'steps' has shape \\(3, 4\\) in the candidate, \\(1, 3, 4\\) in the reference"):
         comparison.add(ref, ref[0], "batch 2")  # a different rank is not a length
 
