@@ -26,7 +26,7 @@ def save_json(path: str | Path, payload) -> Path:
     return path
 
 
-def edit_distance(a: str, b: str) -> int:
+def edit_distance(a: str | list, b: str | list) -> int:
     previous = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         current = [i]
@@ -120,6 +120,36 @@ def score_captcha(outputs, labels) -> float:
     return float(np.mean([text.lower() == label["text"].lower() for text, label in zip(read, labels)]))
 
 
+def table_tokens(path: Path) -> list[str]:
+    """SLANet+'s structure classes: start, the token list in its metadata with <td> merged into <td></td>, end."""
+    import onnx
+
+    metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    tokens = [t for t in metadata["character"].splitlines() if t != "<td>"]
+    return ["sos"] + tokens + ([] if "<td></td>" in tokens else ["<td></td>"]) + ["eos"]
+
+
+def table_structure(probabilities: np.ndarray, tokens: list[str]) -> list[str]:
+    """rapid-table's decoding of one table: the best token per step up to the first end token, start and end tokens dropped."""
+    read = []
+    for step, index in enumerate(probabilities.argmax(-1)):
+        if step > 0 and tokens[index] == "eos":
+            break
+        if tokens[index] not in ("sos", "eos"):
+            read.append(tokens[index])
+    return read
+
+
+def score_table(outputs, labels) -> float:
+    """Structure accuracy: 1 - total token edit distance / total ground-truth tokens (the structure-probability output)."""
+    tokens = table_tokens(MODELS / "unseen" / "slanet_plus.onnx")
+    errors = total = 0
+    for output, label in zip(outputs, labels):
+        errors += edit_distance(table_structure(output[1][0], tokens), label["tokens"])
+        total += len(label["tokens"])
+    return 1.0 - errors / max(total, 1)
+
+
 def yolox_boxes(output: np.ndarray, size: int = 416, threshold: float = 0.1, overlap: float = 0.45) -> np.ndarray:
     """(x1, y1, x2, y2) of a YOLOX head's detections, as ddddocr decodes them: offsets on the 8/16/32 grids, exp sizes,
     objectness times class above ``threshold``, greedy NMS at ``overlap`` IoU."""
@@ -198,6 +228,7 @@ TASKS = {
     "captcha": Task("captcha", MODELS / "unseen" / "ddddocr_rec.onnx", "captchas read exactly", score_captcha),
     "clicks": Task("clicks", MODELS / "unseen" / "ddddocr_det.onnx", "box F1 vs FP32", None),
     "magika": Task("magika", MODELS / "unseen" / "magika.onnx", "files typed right", score_cls),
+    "table": Task("table", MODELS / "unseen" / "slanet_plus.onnx", "structure accuracy", score_table),
 }
 
 

