@@ -533,19 +533,23 @@ def _select_widths(
     # a decoder whose loop stops at an end token runs as many steps as its outputs ask for, and an unrecovered candidate's
     # outputs ask for any number: only the part in front of such loops is timed (the same cut of every model)
     original_timed = in_front_of_loops(work)
-    settings = repr(sorted(sorted(r) for r in distinct)) + (" in front of loops" if original_timed is not None else "")
+    settings = repr(sorted(sorted(r) for r in distinct))
     measured = {m for multiples in distinct.values() for m in multiples}
     digest = _digest(work)
     # the widths must be fast where the user deploys (--threads) and at 1 thread: each count is measured, the slower ratio counts
     by_threads, candidates = {}, None
     for threads in [config.threads] + ([1] if also_one_thread(config.threads) else []):
-        key = cache_key(digest, settings, "CPUExecutionProvider", threads)
+        key = cache_key(digest, settings + (" in front of loops" if original_timed is not None else ""), "CPUExecutionProvider", threads)
         ratios = cached(key)
         if ratios is None or set(ratios) != measured:
             if candidates is None:  # built once, for whichever thread counts the cache lacks
                 candidates = [apply_removal(work, groups, set(removed)) for removed in distinct]
-                if original_timed is not None:
-                    candidates = [in_front_of_loops(c) or c for c in candidates]
+                cuts = [in_front_of_loops(c) for c in candidates] if original_timed is not None else []
+                if cuts and all(cut is not None for cut in cuts):
+                    candidates = cuts
+                elif original_timed is not None:  # a candidate the same cut does not apply to: every model is timed whole
+                    original_timed = None
+                    key = cache_key(digest, settings, "CPUExecutionProvider", threads)
             runners = [Runner(original_timed or work, threads=threads, label="original")]
             runners += [Runner(c, threads=threads, label=f"candidate {i}") for i, c in enumerate(candidates)]
             runs = max(5, min(config.latency_runs, 20))
