@@ -244,3 +244,21 @@ def test_pruning_times_channel_multiples_in_front_of_a_loop_that_stops_on_its_ow
     assert any(g.channels_after < g.channels_before for g in report.groups)
     for feed in sample_inputs(model, 3, seed=5):
         assert run_model(pruned, feed)[0].shape[1:] == (1, 16)
+
+
+def test_a_pruned_decoder_may_stop_at_another_step_where_its_loop_reads_the_same_shapes():
+    """The smoke test of a pruned model: an unrecovered decoder may decode for longer, which is not a stale size."""
+    from onnxslim.runtime.probe import check_runs
+
+    model = stopping_decoder()
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    encoder_bias = next(n for n in model.graph.node if loop.input[2] in n.output).input[1]
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    bias = next(t for t in changed.graph.initializer if t.name == encoder_bias)
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) - 2.0, bias.name))  # the decoder keeps going longer
+    feeds = sample_inputs(model, 8, seed=3)
+    lengths = [(run_model(model, f)[0].shape[0], run_model(changed, f)[0].shape[0]) for f in feeds]
+    feed = next(f for f, (a, b) in zip(feeds, lengths) if a != b)
+    assert check_runs(model, changed, feed) is None
+    assert check_runs(model, changed, feeds[0]) is None

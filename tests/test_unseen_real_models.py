@@ -128,7 +128,8 @@ def test_table_structure_recognizer_with_a_stopping_decoder_is_pruned_and_quanti
     pruned = tmp_path / "table.pruned.onnx"
     _, report = prune(model, folder / "calib", eval_data=folder / "eval", config=PruneConfig(ratio=0.3, latency_runs=3, if_slower="write"), output=pruned)
     assert report.parameters.after < 0.8 * report.parameters.before and "in front of the loop" in str(report.widths)
-    assert score_table(run_all(pruned, feeds), labels) >= fp32 - 0.03
+    # one table of 48 decoded to another length costs 1-3 points; pruned without its refit, the score falls to 0.1 or below 0
+    assert score_table(run_all(pruned, feeds), labels) >= fp32 - 0.06
     quantized = tmp_path / "table.int8.onnx"
     _, report = quantize(model, folder / "calib", eval_data=folder / "eval", config=QuantConfig(latency_runs=0), output=quantized)
     assert min(o.cosine for o in report.fidelity) >= 0.99  # the default budget: every output, lengths that differ counted in full
