@@ -262,3 +262,13 @@ def test_a_pruned_decoder_may_stop_at_another_step_where_its_loop_reads_the_same
     feed = next(f for f, (a, b) in zip(feeds, lengths) if a != b)
     assert check_runs(model, changed, feed) is None
     assert check_runs(model, changed, feeds[0]) is None
+    # a stale size in front of the loop is still caught while the decoded lengths differ: the hidden layer exposed
+    # as an output, doubled in the 'pruned' model
+    hidden = next(n for n in model.graph.node if n.op_type == "Relu").output[0]
+    exposed, stale = with_outputs(model, [hidden]), with_outputs(changed, [hidden])
+    relu = next(n for n in stale.graph.node if n.op_type == "Relu")
+    relu.output[0] = "raw_hidden"
+    for node in stale.graph.node:
+        node.input[:] = ["raw_hidden" if name == hidden else name for name in node.input]
+    stale.graph.node.append(helper.make_node("Concat", ["raw_hidden", "raw_hidden"], [hidden], axis=1))
+    assert check_runs(exposed, stale, feed) == f"output '{hidden}' has shape [1, 96] instead of [1, 48]"
