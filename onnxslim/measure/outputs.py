@@ -112,6 +112,17 @@ def zero_padded(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarra
     return padded(reference), padded(candidate)
 
 
+def _comparable(reference, candidate, what: str, source: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The two arrays as compared (zero-padded where only their lengths differ), and whether they were padded; a
+    different rank is a :class:`DataError` naming ``what`` (the tensor or output) and ``source`` (the batch)."""
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    if reference.shape == candidate.shape:
+        return reference, candidate, False
+    if reference.ndim != candidate.ndim:
+        raise DataError(f"{source}: {what} has shape {tuple(candidate.shape)} in the candidate, {tuple(reference.shape)} in the reference")
+    return (*zero_padded(reference, candidate), True)
+
+
 RESAMPLED_BATCHES = 5  # fewer batches say too little about their spread to resample
 RESAMPLES = 2000
 RANGE_CONFIDENCE = 0.9  # cosine_range: the central 90% of the resampled cosines
@@ -129,10 +140,7 @@ class TensorNoise:
     nonfinite_mismatches: int = 0
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, source: str = "") -> None:
-        if reference.shape != candidate.shape:
-            if np.ndim(reference) != np.ndim(candidate):
-                raise DataError(f"{source}: tensor '{self.name}' has shape {tuple(candidate.shape)} in the candidate, {tuple(reference.shape)} in the reference")
-            reference, candidate = zero_padded(np.asarray(reference), np.asarray(candidate))  # as OutputComparison compares them
+        reference, candidate, _ = _comparable(reference, candidate, f"tensor '{self.name}'", source)  # as OutputComparison compares them
         ref = np.asarray(reference, dtype=np.float32).ravel()
         cand = np.asarray(candidate, dtype=np.float32).ravel()
         if not (_all_finite(ref) and _all_finite(cand)):
@@ -189,14 +197,8 @@ class OutputComparison:
     found_either: list[int] = field(default_factory=lambda: [0, 0])
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, source: str = "") -> None:
-        if reference.shape != candidate.shape:
-            if np.ndim(reference) != np.ndim(candidate):
-                raise DataError(
-                    f"{source}: output '{self.name}' has shape {tuple(candidate.shape)} in the candidate, "
-                    f"{tuple(reference.shape)} in the reference"
-                )
-            reference, candidate = zero_padded(np.asarray(reference), np.asarray(candidate))
-            self.lengths_differed += 1
+        reference, candidate, padded = _comparable(reference, candidate, f"output '{self.name}'", source)
+        self.lengths_differed += padded
         ref, cand = np.asarray(reference).ravel(), np.asarray(candidate).ravel()
         if not (_all_finite(ref) and _all_finite(cand)):
             ref, cand, counts = finite_pairs(ref.astype(np.float64), cand.astype(np.float64))

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from onnxslim.ir.graph import observing_only, with_outputs
-from onnxslim.ir.loops import in_front_of_loops
+from onnxslim.ir.loops import data_dependent_loops, in_front_of_loops
 from onnxslim.ir.scopes import expose
 from onnxslim.ir.shapes import element_types
 from onnxslim.runtime.passes import PassRunner
@@ -72,7 +72,8 @@ def check_runs(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: Mapping
     differing = [(output.name, a, b) for output, a, b in zip(original.graph.output, expected, got) if a != b]
     if not differing:
         return None
-    cut = in_front_of_loops(pruned) if all(len(a) == len(b) for _, a, b in differing) and in_front_of_loops(original) is not None else None
+    only_lengths = all(len(a) == len(b) for _, a, b in differing) and data_dependent_loops(original.graph)
+    cut = in_front_of_loops(pruned) if only_lengths else None
     if cut is not None:
         names = [o.name for o in cut.graph.output]
         if set(names) <= {o for node in original.graph.node for o in node.output}:  # the same tensors, cut from the original
