@@ -65,6 +65,17 @@ def test_outputs_of_differing_length_are_compared_zero_padded():
         comparison.add(ref, ref[0], "batch 2")  # a different rank is not a length
 
 
+def test_top1_of_decoded_steps_counts_a_step_only_one_model_wrote_as_a_disagreement():
+    rng = np.random.default_rng(4)
+    ref = rng.dirichlet(np.ones(6), size=(1, 5)).astype(np.float32)  # 5 steps of class probabilities
+    cand = ref[:, :3].copy()  # stopped two steps early
+    cand[0, 0] = np.roll(cand[0, 0], 1)  # and read the first step differently
+    comparison = OutputComparison("probs")
+    comparison.add(ref, cand)
+    comparison.add(ref, ref)
+    assert comparison.top1 == pytest.approx((2 + 5) / (5 + 5)) and comparison.lengths_differed == 1
+
+
 @pytest.mark.parametrize("size", [7, 40 * 6625 + 3])  # one chunk, and many chunks with a ragged end
 def test_statistics_taken_a_chunk_at_a_time_equal_whole_array_float64(size):
     rng = np.random.default_rng(1)
@@ -98,6 +109,12 @@ def test_probability_maps_report_mask_iou_and_class_scores_top1():
     unbounded = OutputComparison("features")
     unbounded.add(rng.standard_normal((2, 8, 16, 16)).astype(np.float32), rng.standard_normal((2, 8, 16, 16)).astype(np.float32))
     assert logits.task_metric[0] == "top-1" and logits.mask_iou is None and unbounded.task_metric is None
+    corners = OutputComparison("loc_preds")  # a table recognizer's 8 cell-corner coordinates in [0, 1] per decoded step
+    corners.add(rng.uniform(size=(1, 40, 8)).astype(np.float32), rng.uniform(size=(1, 40, 8)).astype(np.float32))
+    assert corners.mask_iou is None and corners.task_metric is None
+    wide = OutputComparison("mask")  # (batch, H, W) maps still count
+    wide.add(ref[:, 0], cand[:, 0])
+    assert wide.task_metric == ("mask IoU", comparison.mask_iou)
 
 
 def test_a_detector_output_whose_boxes_dwarf_its_scores_is_compared_as_detections():

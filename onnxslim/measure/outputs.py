@@ -38,12 +38,20 @@ DOMINANT_SHARE = 0.25
 MAX_BALANCED_CHANNELS = 1024
 
 
+# A (batch, items, k) output with fewer columns than this is k values per item (a table cell's 8 corner coordinates
+# in [0, 1], 10 landmark coordinates), not an image: its "pixels" above 0.5 mean nothing.
+MIN_MAP_WIDTH_3D = 16
+
+
 def looks_like_probability_map(array: np.ndarray) -> bool:
-    """Where mask IoU means something: per-pixel probabilities, (batch, channels, H, W) or (batch, H, W) in [0, 1] with H, W >= 8.
+    """Where mask IoU means something: per-pixel probabilities, (batch, channels, H, W) in [0, 1] with H, W >= 8, or
+    (batch, H, W) with W >= MIN_MAP_WIDTH_3D too.
 
     A segmentation or text-detection head; a map whose last axis sums to 1 is class scores per position instead.
     """
     if array.dtype.kind != "f" or array.ndim not in (3, 4) or min(array.shape[-2:]) < 8 or looks_like_class_scores(array):
+        return False
+    if array.ndim == 3 and array.shape[-1] < MIN_MAP_WIDTH_3D:
         return False
     return bool(array.size and array.min() >= 0.0 and array.max() <= 1.0)
 
@@ -123,6 +131,17 @@ def _comparable(reference, candidate, what: str, source: str) -> tuple[np.ndarra
     return (*zero_padded(reference, candidate), True)
 
 
+def _top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[int, int]:
+    """Positions (every axis but the classes) where both arrays pick the same class, and positions either array has:
+    a step only one model decoded is a disagreement, not a match against padding."""
+    positions = math.prod(max(a, b) for a, b in zip(reference.shape[:-1], candidate.shape[:-1]))
+    if reference.shape[-1] != candidate.shape[-1]:
+        return 0, positions
+    common = tuple(slice(0, min(a, b)) for a, b in zip(reference.shape[:-1], candidate.shape[:-1]))
+    matches = int((np.argmax(reference[common], axis=-1) == np.argmax(candidate[common], axis=-1)).sum())
+    return matches, positions
+
+
 RESAMPLED_BATCHES = 5  # fewer batches say too little about their spread to resample
 RESAMPLES = 2000
 RANGE_CONFIDENCE = 0.9  # cosine_range: the central 90% of the resampled cosines
@@ -197,6 +216,7 @@ class OutputComparison:
     found_either: list[int] = field(default_factory=lambda: [0, 0])
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, source: str = "") -> None:
+        unpadded = np.asarray(reference), np.asarray(candidate)
         reference, candidate, padded = _comparable(reference, candidate, f"output '{self.name}'", source)
         self.lengths_differed += padded
         ref, cand = np.asarray(reference).ravel(), np.asarray(candidate).ravel()
@@ -210,15 +230,14 @@ class OutputComparison:
         self.elements += ref.size
         self.batches += 1
         self.min_batch_cosine = min(self.min_batch_cosine, _cosine(dot, ref_sq, cand_sq))
-        class_scores = looks_like_class_scores(reference)
+        class_scores = looks_like_class_scores(unpadded[0])  # padding rows of zeros would no longer sum to 1
         if not self.nonfinite_mismatches:
             self._add_channel_sums(np.asarray(reference), np.asarray(candidate), class_scores)
             self._add_detection_sums(np.asarray(reference), np.asarray(candidate))
         if class_scores:
-            ref_top = np.argmax(reference, axis=-1)
-            cand_top = np.argmax(candidate, axis=-1)
-            self.top1_match += int((ref_top == cand_top).sum())
-            self.top1_total += int(ref_top.size)
+            matches, positions = _top1_agreement(*unpadded)
+            self.top1_match += matches
+            self.top1_total += positions
         elif looks_like_probability_map(reference):
             ref_mask, cand_mask = reference > MASK_THRESHOLD, candidate > MASK_THRESHOLD
             self.mask_intersection += int((ref_mask & cand_mask).sum())
