@@ -887,3 +887,77 @@ def test_a_reciprocal_square_root_becomes_a_division_and_onnxruntime_fuses_the_r
     assert dict(optimized_ops(work)).get("SimplifiedLayerNormalization") == 1
     assert "SimplifiedLayerNormalization" not in dict(optimized_ops(model))
     assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 8, 64)).astype(np.float32)})
+
+
+ONE_SLICE_VOLUMES = """
+<ir_version: 8, opset_import: ["" : {opset}]>
+g (float[N, 3, 1, 10, 12] frame, float[N, 3, 2, 10, 12] clip) => (float[N, 4, 1, 10, 12] y, float[N, 4, 1, 10, 12] z, float[N, 4, 2, 10, 12] c) {{
+    a = Conv <kernel_shape = [1, 3, 3], pads = [0, 1, 1, 0, 1, 1]> (frame, w1, b1)
+    y = Conv <kernel_shape = [3, 3, 3], pads = [1, 1, 1, 1, 1, 1], strides = [2, 1, 1]> (a, w2)
+    t = Tanh (a)
+    z = Conv <kernel_shape = [3, 3, 3], pads = [1, 1, 1, 1, 1, 1]> (t, w2)
+    c = Conv <kernel_shape = [1, 3, 3], pads = [0, 1, 1, 0, 1, 1]> (clip, w1, b1)
+}}
+"""
+
+
+@pytest.mark.parametrize("opset", [11, 13])  # Squeeze's axes as an attribute, then as an input
+def test_convolutions_over_one_slice_become_2d_and_others_stay_3d(opset):
+    """A watermark network's (N, C, 1, H, W) frames: a (1, 3, 3) kernel, and a (3, 3, 3) kernel whose padding leaves only
+    its middle tap on the data; the same layer over two slices stays 3-D, and its weight stays for it."""
+    from onnxslim.passes import conv3d_on_one_slice_as_conv2d
+
+    model = with_weights(ONE_SLICE_VOLUMES.format(opset=opset), w1=RNG.normal(size=(4, 3, 1, 3, 3)), b1=RNG.normal(size=4),
+                         w2=RNG.normal(size=(4, 4, 3, 3, 3)))
+    work, result = on_a_copy(conv3d_on_one_slice_as_conv2d, model)
+    assert result.modified and result.changes == ["wrote 3 Conv(s) over a volume one slice deep as 2-D Conv(s)"]
+    ranks = sorted(len(t.dims) for t in work.graph.initializer if t.name.startswith("w"))
+    assert ranks == [4, 4, 5]  # w1 sliced (and kept for the two-slice clip), w2's middle slice shared by two Convs
+    ops = [n.op_type for n in work.graph.node]
+    assert ops.count("Conv") == 4 and ops.count("Squeeze") == 2  # frame's and the Tanh's: y reads a's 2-D Conv directly
+    producers = {o: n for n in work.graph.node for o in n.output}
+    y_conv = producers[producers["y"].input[0]]
+    assert producers[y_conv.input[0]].op_type == "Conv" and producers[y_conv.input[0]].name == producers[producers["a"].input[0]].name
+    feed = {"frame": RNG.normal(size=(2, 3, 1, 10, 12)).astype(np.float32), "clip": RNG.normal(size=(2, 3, 2, 10, 12)).astype(np.float32)}
+    assert_same_outputs(model, work, feed)
+
+
+def test_a_volume_whose_depth_is_known_only_at_run_time_keeps_its_3d_convolution():
+    from onnxslim.passes import conv3d_on_one_slice_as_conv2d
+
+    model = with_weights("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 3, D, 10, 12] clip) => (float[N, 4, D, 10, 12] y) {
+        y = Conv <kernel_shape = [1, 3, 3], pads = [0, 1, 1, 0, 1, 1]> (clip, w)
+    }
+    """, w=RNG.normal(size=(4, 3, 1, 3, 3)))
+    (result,) = checked(conv3d_on_one_slice_as_conv2d)(model)
+    assert not result.modified and result.declined[0].reason.code == DeclineCode.DYNAMIC
+
+
+def test_a_slice_whose_shape_onnx_cannot_infer_is_found_by_symbolic_inference():
+    """The watermark encoder's bits are reshaped to a shape built from the frame's batch size, then expanded over the
+    frame (how the legacy exporter writes view and expand_as): onnx's inference loses every shape after the Reshape,
+    onnxruntime's symbolic inference does not."""
+    from onnxslim.ir.shapes import infer_shapes
+    from onnxslim.passes import conv3d_on_one_slice_as_conv2d
+
+    model = with_weights("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 3, 1, H, W] frame, float[N, 1] bits) => (float[N, 4, 1, H, W] y)
+      <int64[1] first = {0}, int64[4] rest = {1, 1, 1, 1}> {
+        size = Shape (frame)
+        batch = Gather (size, first)
+        target = Concat <axis = 0> (batch, rest)
+        bits5 = Reshape (bits, target)
+        spread = Expand (bits5, size)
+        mean = ReduceMean <axes = [1], keepdims = 1> (spread)
+        x = Concat <axis = 1> (frame, mean)
+        y = Conv <kernel_shape = [1, 3, 3], pads = [0, 1, 1, 0, 1, 1]> (x, w)
+    }
+    """, w=RNG.normal(size=(4, 4, 1, 3, 3)))
+    assert len(infer_shapes(model).get("x") or ()) != 5
+    work, result = on_a_copy(conv3d_on_one_slice_as_conv2d, model)
+    assert result.modified and [n.op_type for n in work.graph.node].count("Squeeze") == 1
+    feed = {"frame": RNG.normal(size=(2, 3, 1, 6, 7)).astype(np.float32), "bits": RNG.normal(size=(2, 1)).astype(np.float32)}
+    assert_same_outputs(model, work, feed)

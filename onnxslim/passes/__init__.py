@@ -12,6 +12,7 @@ from onnxslim.passes.base import Decline, DeclineCode, GraphPass, PassError, Pas
 from onnxslim.passes.batchnorm import fuse_batchnorm
 from onnxslim.passes.cleanup import remove_dead_nodes, remove_identities
 from onnxslim.passes.constants import constants_to_initializers, initializers_out_of_inputs
+from onnxslim.passes.conv_rank import conv3d_on_one_slice_as_conv2d
 from onnxslim.passes.fold import fold_constants
 from onnxslim.passes.hardswish import fuse_hardswish
 from onnxslim.passes.layernorm import fuse_layernorm
@@ -32,6 +33,7 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     fuse_batchnorm,
     fold_affine_into_conv,  # then a Mul/Add after a BatchNormalization just folded
     fuse_hardswish,
+    conv3d_on_one_slice_as_conv2d,  # after the folds into Conv, which read the weights as written
     remove_dead_nodes,
 )
 CLEANUP = Pipeline(CLEANUP_PASSES)
@@ -46,6 +48,7 @@ __all__ = [
     "PassResult",
     "Pipeline",
     "constants_to_initializers",
+    "conv3d_on_one_slice_as_conv2d",
     "deepen_attention_masks",
     "default_opset",
     "fold_affine_into_conv",
