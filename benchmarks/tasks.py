@@ -6,12 +6,15 @@ outputs against the labels written by calibration/make_datasets.py.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from calibration.make_datasets import WATERMARK_THRESHOLD, watermark_frame, watermarked_pixels
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models" / "cache"
@@ -150,6 +153,29 @@ def score_table(outputs, labels) -> float:
     return 1.0 - errors / max(total, 1)
 
 
+def score_watermark(outputs, labels) -> float:
+    """Bits read right: RivaGAN decoder's scores above the threshold against the bits hidden in each frame."""
+    read = np.concatenate([out[0].reshape(-1) > WATERMARK_THRESHOLD for out in outputs])
+    return float(np.mean(read == np.concatenate([np.asarray(label["bits"], bool) for label in labels])))
+
+
+@functools.lru_cache(maxsize=1)
+def _watermark_decoder():
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(MODELS / "unseen" / "rivagan_decoder.onnx"), providers=["CPUExecutionProvider"])
+
+
+def score_embed(outputs, labels) -> float:
+    """Bits read right by the ORIGINAL decoder from what an encoder wrote, saved as 8-bit pixels as invisible-watermark does."""
+    decoder = _watermark_decoder()
+    decoded = []
+    for out in outputs:
+        pixels = watermarked_pixels(out[0])[0, :, 0].transpose(1, 2, 0)
+        decoded.append(decoder.run(None, {"frame": watermark_frame(pixels)}))
+    return score_watermark(decoded, labels)
+
+
 def yolox_boxes(output: np.ndarray, size: int = 416, threshold: float = 0.1, overlap: float = 0.45) -> np.ndarray:
     """(x1, y1, x2, y2) of a YOLOX head's detections, as ddddocr decodes them: offsets on the 8/16/32 grids, exp sizes,
     objectness times class above ``threshold``, greedy NMS at ``overlap`` IoU."""
@@ -229,6 +255,8 @@ TASKS = {
     "clicks": Task("clicks", MODELS / "unseen" / "ddddocr_det.onnx", "box F1 vs FP32", None),
     "magika": Task("magika", MODELS / "unseen" / "magika.onnx", "files typed right", score_cls),
     "table": Task("table", MODELS / "unseen" / "slanet_plus.onnx", "structure accuracy", score_table),
+    "embed": Task("embed", MODELS / "unseen" / "rivagan_encoder.onnx", "bits read right by the original decoder", score_embed),
+    "watermark": Task("watermark", MODELS / "unseen" / "rivagan_decoder.onnx", "bits read right", score_watermark),
 }
 
 

