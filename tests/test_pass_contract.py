@@ -961,3 +961,28 @@ def test_a_slice_whose_shape_onnx_cannot_infer_is_found_by_symbolic_inference():
     assert result.modified and [n.op_type for n in work.graph.node].count("Squeeze") == 1
     feed = {"frame": RNG.normal(size=(2, 3, 1, 6, 7)).astype(np.float32), "bits": RNG.normal(size=(2, 1)).astype(np.float32)}
     assert_same_outputs(model, work, feed)
+
+
+@pytest.mark.parametrize("shape, kernel, attrs, lowered", [
+    ((1, 4, 1, 6, 7), (3, 3, 3), 'pads = [2, 1, 1, 0, 1, 1]', True),  # the last tap reads the slice
+    ((1, 4, 1, 6, 7), (3, 3, 3), 'pads = [0, 1, 1, 2, 1, 1]', True),  # the first tap does
+    ((1, 4, 1, 6, 7), (3, 3, 3), 'pads = [1, 1, 1, 1, 1, 1], strides = [2, 1, 2]', True),
+    ((1, 4, 1, 6, 7), (3, 3, 3), 'pads = [1, 1, 1, 2, 1, 1]', False),  # two output slices: the second reads the first tap
+    ((1, 4, 5, 1, 7), (3, 1, 3), 'pads = [1, 0, 1, 1, 0, 1], group = 4', True),  # one row deep, depthwise
+    ((1, 4, 5, 6, 1), (3, 3, 1), 'auto_pad = "SAME_UPPER"', True),
+    ((1, 4, 5, 6, 1), (3, 3, 3), 'auto_pad = "SAME_UPPER"', False),  # padding that follows the input: kept
+    ((1, 4, 1, 6, 7), (1, 3, 3), 'auto_pad = "VALID", dilations = [3, 1, 2]', True),
+])
+def test_each_one_slice_convolution_form_computes_what_the_3d_one_did(shape, kernel, attrs, lowered):
+    from onnxslim.passes import conv3d_on_one_slice_as_conv2d
+
+    channels_in = 1 if "group" in attrs else shape[1]
+    model = with_weights(f"""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float{list(shape)} x) => (float[n, c, d, h, w] y) {{
+        y = Conv <kernel_shape = {list(kernel)}, {attrs}> (x, w, b)
+    }}
+    """, w=RNG.normal(size=(4, channels_in, *kernel)), b=RNG.normal(size=4))
+    work, result = on_a_copy(conv3d_on_one_slice_as_conv2d, model)
+    assert result.modified == lowered
+    assert_same_outputs(model, work, {"x": RNG.normal(size=shape).astype(np.float32)})
