@@ -986,3 +986,25 @@ def test_each_one_slice_convolution_form_computes_what_the_3d_one_did(shape, ker
     work, result = on_a_copy(conv3d_on_one_slice_as_conv2d, model)
     assert result.modified == lowered
     assert_same_outputs(model, work, {"x": RNG.normal(size=shape).astype(np.float32)})
+
+
+@pytest.mark.parametrize("opset", [10, 13])  # Clip's bounds as attributes, then as inputs
+def test_max_and_min_with_a_constant_scalar_become_clips_and_others_stay(opset):
+    from onnxslim.passes import max_min_with_a_constant_as_clip
+
+    model = with_weights(f"""
+    <ir_version: 8, opset_import: ["" : {opset}]>
+    g (float[2, 3, 4] x, float[2, 3, 4] other, float[4] row) => (float[2, 3, 4] y, float[2, 3, 4] both, float[1, 4] grown) {{
+        f = Max (x, floor)
+        y = Min (ceiling, f)
+        both = Max (x, other)
+        grown = Max (row, wide)
+    }}
+    """, floor=np.full((1, 1, 1), -0.4), ceiling=np.array(0.7), wide=np.full((1, 1), 0.1))
+    work, result = on_a_copy(max_min_with_a_constant_as_clip, model)
+    assert result.changes == ["wrote 2 Max/Min with a constant as Clip"]
+    assert [n.op_type for n in work.graph.node] == ["Clip", "Clip", "Max", "Max"]
+    assert result.declined[0].where == "grown" and result.declined[0].reason.code == DeclineCode.UNSUPPORTED_FORM  # (4,) -> (1, 4)
+    assert not {"floor", "ceiling"} & {t.name for t in work.graph.initializer}
+    x = RNG.normal(size=(2, 3, 4)).astype(np.float32)
+    assert_same_outputs(model, work, {"x": x, "other": RNG.normal(size=(2, 3, 4)).astype(np.float32), "row": x[0, 0]})

@@ -1304,3 +1304,38 @@ def test_a_budget_met_on_held_out_batches_that_spread_around_it_says_so():
     assert budget_uncertain([steady], QuantConfig(accuracy_budget=round(steady.cosine_range[0] - 0.001, 4)), run) == []
     assert budget_uncertain([spread], QuantConfig(accuracy_budget=None), run) == []
     assert budget_uncertain([spread], QuantConfig(accuracy_budget=0.9999), run) == []  # missed outright: budget_shortfall says that
+
+
+FLOORED_LEAKY_RELUS = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4, 12, 12] x) => (float[1, 8, 1, 1] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+    la = LeakyRelu <alpha = 0.2> (a)
+    fa = Max (la, floor)
+    c = Conv <pads = [1, 1, 1, 1]> (fa, w2, b2)
+    lc = LeakyRelu <alpha = 0.2> (c)
+    fc = Max (lc, positive_floor)
+    m = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (fc)
+    y = GlobalAveragePool (m)
+}
+"""
+
+
+def test_a_leaky_relu_floored_by_a_constant_max_runs_on_integer_kernels():
+    """openWakeWord's embedding network (a tf2onnx export) writes max(LeakyReLU(x), -0.4) as Max with a constant: written
+    as a Clip, its floor is where the LeakyReLU's UINT8 range starts, so it folds and the chain stays integer; a floor
+    above 0 cannot fold (the range holds 0) and stays a float Clip."""
+    rng = np.random.default_rng(5)
+    model = onnx.parser.parse_model(FLOORED_LEAKY_RELUS)
+    weights = {"w1": rng.normal(size=(8, 4, 3, 3)) * 0.3, "b1": rng.normal(size=8) * 0.1, "w2": rng.normal(size=(8, 8, 3, 3)) * 0.2,
+               "b2": rng.normal(size=8) * 0.1, "floor": np.full((1, 1, 1, 1), -0.4), "positive_floor": np.full((1, 1, 1, 1), 0.3)}
+    model.graph.initializer.extend(numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in weights.items())
+    quantized, report = quantize(model, calibrate_on(model, 24), config=EVERY_LAYER)
+    rewritten = next(p for p in report.prepare if p.name == "max-min-with-a-constant-as-clip")
+    assert rewritten.changes == ["wrote 2 Max/Min with a constant as Clip"]
+    decisions = {d.node: d for d in report.decisions}
+    assert decisions["fa"].code == QuantReason.FOLDED and "floor -0.4" in decisions["fa"].reason.text
+    assert decisions["fc"].code != QuantReason.FOLDED
+    assert report.integer_kernels.get("QLinearLeakyRelu") == 2 and report.integer_kernels.get("QLinearConv") == 2
+    assert "Clip" not in ops(quantized) or [n.name for n in quantized.graph.node if n.op_type == "Clip"] == ["fc"]
+    assert_close_to_float(model, quantized, 0.99)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from onnxslim.passes.affine import fold_affine_into_conv
 from onnxslim.passes.base import Decline, DeclineCode, GraphPass, PassError, PassResult, Pipeline, graph_is_sorted, model_is_valid, run_passes
 from onnxslim.passes.batchnorm import fuse_batchnorm
+from onnxslim.passes.clamps import max_min_with_a_constant_as_clip
 from onnxslim.passes.cleanup import remove_dead_nodes, remove_identities
 from onnxslim.passes.constants import constants_to_initializers, initializers_out_of_inputs
 from onnxslim.passes.conv_rank import conv3d_on_one_slice_as_conv2d
@@ -29,6 +30,7 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     reduce_mean_to_global_pool,  # the dynamo exporter's pooling, as the integer kernels know it
     deepen_attention_masks,  # after folding: a mask built from constants is one by now
     reciprocal_products_as_division,  # after folding (a constant's reciprocal is a constant by now): RMSNorm fuses
+    max_min_with_a_constant_as_clip,  # after folding too: the bound is a constant by now
     fold_affine_into_conv,  # a bias Add between a layer and its BatchNormalization (Paddle's ConvTranspose) first,
     fuse_batchnorm,
     fold_affine_into_conv,  # then a Mul/Add after a BatchNormalization just folded
@@ -58,6 +60,7 @@ __all__ = [
     "fuse_layernorm",
     "graph_is_sorted",
     "initializers_out_of_inputs",
+    "max_min_with_a_constant_as_clip",
     "model_is_valid",
     "reciprocal_products_as_division",
     "reduce_mean_to_global_pool",

@@ -347,6 +347,8 @@ class QuantRun:
             lo, hi = ranges[spec.observe]
             if spec.clamp_high is not None:
                 hi = min(hi, spec.clamp_high)
+            if spec.clamp_low is not None:
+                lo = max(lo, spec.clamp_low)
             params[key] = activation_params(lo, hi, signed=signed)
             return params[key]
 

@@ -27,6 +27,7 @@ because quantizing around them only adds work.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -121,35 +122,47 @@ class Planner:
         if allow_fold and not self.plan.signed and len(readers) == 1 and tensor not in self.graph_outputs:
             follower = readers[0]
             clamp = self._foldable_clamp(follower)
-            if clamp is not False and self._allowed(follower) is None:
+            if clamp is not None and self._allowed(follower) is None:
+                low, high = clamp
                 target.observe = follower.output[0]
-                target.clamp_high = clamp
+                target.clamp_low, target.clamp_high = low, high
                 target.folded_into = follower.output[0]
                 self.plan.folded_nodes[follower.name] = tensor
-                self.decide(follower, Reason(QuantReason.FOLDED, f"folded into the quantizer of {node.name}'s output (UINT8 with zero point 0 clamps like it)"))
+                if low == 0.0:
+                    how = "UINT8 with zero point 0 clamps like it"
+                elif low is None:
+                    how = "its range ends at the clip's ceiling: UINT8 saturates there"
+                else:
+                    how = f"its range starts at the clip's floor {low:g}: UINT8 saturates there, to half a step"
+                self.decide(follower, Reason(QuantReason.FOLDED, f"folded into the quantizer of {node.name}'s output ({how})"))
         visible = target.folded_into or tensor
         self.plan.activations[visible] = target
         self.quantized_outputs.add(visible)
         return visible
 
-    def _foldable_clamp(self, node: onnx.NodeProto):
-        """None for Relu, the upper bound for Clip(0, c), False when it cannot be folded."""
+    def _foldable_clamp(self, node: onnx.NodeProto) -> tuple[float | None, float | None] | None:
+        """(floor, ceiling) of a Relu or a Clip whose quantized output range can do its clamping (None where it has no
+        floor or ceiling), or None when it cannot be folded.
+
+        The UINT8 range holds 0 and what calibration saw at the clamp's output: it saturates where the clamp does when
+        the floor is at most 0 (exactly at 0, with zero point 0; below 0, at the code nearest the floor) and the
+        ceiling at least 0. A floor above 0 or a ceiling below it would leave values the clamp removes."""
         if node.domain not in ("", "ai.onnx") or node.op_type not in REMOVABLE:
-            return False
-        if node.op_type == "Relu":
             return None
+        if node.op_type == "Relu":
+            return 0.0, None
         low, high = node_attr(node, "min"), node_attr(node, "max")
-        if len(node.input) > 1 and node.input[1]:
-            if node.input[1] not in self.constants:
-                return False
-            low = float(to_array(self.inits[node.input[1]]))
-        if len(node.input) > 2 and node.input[2]:
-            if node.input[2] not in self.constants:
-                return False
-            high = float(to_array(self.inits[node.input[2]]))
-        if low is None or float(low) != 0.0:
-            return False
-        return None if high is None else float(high)
+        for index in (1, 2):
+            if len(node.input) > index and node.input[index]:
+                if node.input[index] not in self.constants:
+                    return None
+                value = float(to_array(self.inits[node.input[index]]).reshape(()))
+                low, high = (value, high) if index == 1 else (low, value)
+        low = None if low is None or not math.isfinite(float(low)) else float(low)
+        high = None if high is None or not math.isfinite(float(high)) else float(high)
+        if (low is not None and low > 0.0) or (high is not None and high < 0.0):
+            return None
+        return low, high
 
     def _allowed(self, node: onnx.NodeProto) -> Reason | None:
         """Why the user's options or the node's domain keep ``node`` in float, or None."""

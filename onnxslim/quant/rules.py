@@ -126,7 +126,7 @@ def weighted(planner: Planner, node: onnx.NodeProto) -> Reason:
 
 
 def _relu_follows(planner: Planner, node: onnx.NodeProto, bias_name: str | None) -> bool:
-    """The layer's result (after its bias Add, for a MatMul) is read only by a Relu or Clip(0, c) that can fold into a quantizer."""
+    """The layer's result (after its bias Add, for a MatMul) is read only by a Relu or Clip that can fold into a quantizer."""
     if planner.plan.signed or bias_name is None:
         return False
     result = node
@@ -135,7 +135,7 @@ def _relu_follows(planner: Planner, node: onnx.NodeProto, bias_name: str | None)
     readers = planner.consumers.get(result.output[0], [])
     if len(readers) != 1 or result.output[0] in planner.graph_outputs or readers[0].name in planner.plan.decisions:
         return False
-    return planner._foldable_clamp(readers[0]) is not False and planner._allowed(readers[0]) is None
+    return planner._foldable_clamp(readers[0]) is not None and planner._allowed(readers[0]) is None
 
 
 def activation_matmul(planner: Planner, node: onnx.NodeProto) -> Reason:
@@ -173,7 +173,7 @@ def integer_unary(planner: Planner, node: onnx.NodeProto) -> Reason:
     if not (planner.is_quantized(data) and data in planner.quantized_outputs):
         return _inputs_not_quantized()
     planner.quantize_input(data, node)
-    planner.quantize_output(node, allow_fold=False)
+    planner.quantize_output(node, allow_fold=True)
     return Reason(QuantReason.INTEGER_KERNEL, f"QLinear{node.op_type}")
 
 
