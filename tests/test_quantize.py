@@ -1335,7 +1335,7 @@ def test_a_leaky_relu_floored_by_a_constant_max_runs_on_integer_kernels():
     assert rewritten.changes == ["wrote 2 Max/Min with a constant as Clip"]
     decisions = {d.node: d for d in report.decisions}
     assert decisions["fa"].code == QuantReason.FOLDED and "floor -0.4" in decisions["fa"].reason.text
-    assert decisions["fc"].code != QuantReason.FOLDED
+    assert decisions["fc"].code == QuantReason.KEPT_FLOAT and "floor is above 0" in decisions["fc"].reason.text
     assert report.integer_kernels.get("QLinearLeakyRelu") == 2 and report.integer_kernels.get("QLinearConv") == 2
     assert "Clip" not in ops(quantized) or [n.name for n in quantized.graph.node if n.op_type == "Clip"] == ["fc"]
     assert_close_to_float(model, quantized, 0.99)

@@ -62,7 +62,7 @@ class ActivationQuant:
     tensor: str
     observe: str
     share: str | None = None  # take scale and zero point of this tensor (pass-through ops)
-    clamp_low: float | None = None  # lower bound from a folded Relu/Clip (None: none, or Relu's 0 that zero point 0 keeps)
+    clamp_low: float | None = None  # lower bound from a folded Relu/Clip
     clamp_high: float | None = None  # upper bound from a folded Clip
     rewire_all: bool = False  # every reader reads the dequantized value (needed for producer fusion)
     readers: set[str] = field(default_factory=set)  # nodes reading the dequantized value, when not all

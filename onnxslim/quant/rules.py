@@ -244,6 +244,11 @@ def concat(planner: Planner, node: onnx.NodeProto) -> Reason:
 
 def unfolded_clamp(planner: Planner, node: onnx.NodeProto) -> Reason:
     """A Relu/Clip the layer before it did not fold into its quantizer."""
+    if node.input and node.input[0] in planner.quantized_outputs and planner._foldable_clamp(node) is None:
+        if any(bound and bound not in planner.constants for bound in node.input[1:]):
+            return Reason(QuantReason.KEPT_FLOAT, "a Clip whose bounds are computed at run time cannot fold into a quantizer")
+        return Reason(QuantReason.KEPT_FLOAT, "a Clip whose floor is above 0 or ceiling below 0: the UINT8 range before it holds 0, "
+                                              "so saturating it cannot clamp like the Clip")
     return Reason(QuantReason.INPUTS_NOT_QUANTIZED, "not directly after a quantized layer, so it cannot be folded")
 
 
