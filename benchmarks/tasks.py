@@ -123,6 +123,7 @@ def score_captcha(outputs, labels) -> float:
     return float(np.mean([text.lower() == label["text"].lower() for text, label in zip(read, labels)]))
 
 
+@functools.lru_cache(maxsize=4)
 def table_tokens(path: Path) -> list[str]:
     """SLANet+'s structure classes: start, the token list in its metadata with <td> merged into <td></td>, end."""
     import onnx
