@@ -31,7 +31,8 @@ def _scalar_operand(node: onnx.NodeProto, index: GraphIndex) -> tuple[int, np.nd
     """(position, value) of the one-element float constant among the two inputs of ``node``, or None."""
     for position, name in enumerate(node.input):
         value = index.array(name)
-        if value is not None and value.size == 1 and value.dtype.kind == "f" and index.array(node.input[1 - position]) is None:
+        if (value is not None and value.size == 1 and value.dtype.kind == "f" and not np.isnan(value).any()
+                and index.array(node.input[1 - position]) is None):
             return position, value
     return None
 

@@ -158,8 +158,10 @@ class Planner:
                     return None
                 value = float(to_array(self.inits[node.input[index]]).reshape(()))
                 low, high = (value, high) if index == 1 else (low, value)
-        low = None if low is None or not math.isfinite(float(low)) else float(low)
-        high = None if high is None or not math.isfinite(float(high)) else float(high)
+        if any(bound is not None and math.isnan(float(bound)) for bound in (low, high)):
+            return None  # a NaN bound: what the Clip computes is not a clamp a range can stand for
+        low = None if low is None or float(low) == -math.inf else float(low)
+        high = None if high is None or float(high) == math.inf else float(high)
         if (low is not None and low > 0.0) or (high is not None and high < 0.0):
             return None
         return low, high
