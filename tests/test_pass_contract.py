@@ -1008,3 +1008,16 @@ def test_max_and_min_with_a_constant_scalar_become_clips_and_others_stay(opset):
     assert not {"floor", "ceiling"} & {t.name for t in work.graph.initializer}
     x = RNG.normal(size=(2, 3, 4)).astype(np.float32)
     assert_same_outputs(model, work, {"x": x, "other": RNG.normal(size=(2, 3, 4)).astype(np.float32), "row": x[0, 0]})
+
+
+def test_a_max_with_a_nan_constant_is_left_as_written():
+    from onnxslim.passes import max_min_with_a_constant_as_clip
+
+    model = with_weights("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[2, 3] x) => (float[2, 3] y) {
+        y = Max (x, nan)
+    }
+    """, nan=np.array(np.nan))
+    (result,) = checked(max_min_with_a_constant_as_clip)(model)
+    assert not result.modified and [n.op_type for n in model.graph.node] == ["Max"]
