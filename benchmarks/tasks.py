@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.make_datasets import WATERMARK_THRESHOLD, watermark_frame, watermarked_pixels
+from calibration.make_datasets import WATERMARK_THRESHOLD, saved_and_read_back
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models" / "cache"
@@ -170,11 +170,7 @@ def _watermark_decoder():
 def score_embed(outputs, labels) -> float:
     """Bits read right by the ORIGINAL decoder from what an encoder wrote, saved as 8-bit pixels as invisible-watermark does."""
     decoder = _watermark_decoder()
-    decoded = []
-    for out in outputs:
-        pixels = watermarked_pixels(out[0])[0, :, 0].transpose(1, 2, 0)
-        decoded.append(decoder.run(None, {"frame": watermark_frame(pixels)}))
-    return score_watermark(decoded, labels)
+    return score_watermark([decoder.run(None, {"frame": saved_and_read_back(out[0])}) for out in outputs], labels)
 
 
 def yolox_boxes(output: np.ndarray, size: int = 416, threshold: float = 0.1, overlap: float = 0.45) -> np.ndarray:

@@ -602,6 +602,11 @@ def watermarked_pixels(frame: np.ndarray) -> np.ndarray:
     return ((np.clip(frame, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
+def saved_and_read_back(frame: np.ndarray) -> np.ndarray:
+    """The frame an encoder wrote, as a decoder reads it after invisible-watermark saved it as 8-bit pixels."""
+    return watermark_frame(watermarked_pixels(frame)[0, :, 0].transpose(1, 2, 0))
+
+
 def watermark_samples(split: str, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``count`` (photograph crop as a frame, 32 random bits as a (1, 32) float32 row) pairs of ``split``'s photographs."""
     rng, pictures = random.Random(seed), photos(split)
@@ -627,7 +632,7 @@ def make_watermark(split: str, count: int, sentences: list[str], seed: int, out:
     labels = []
     for index, (frame, bits) in enumerate(watermark_samples(split, count, seed)):
         marked = encoder.run(None, {"frame": frame, "data": bits})[0]
-        np.savez(out / f"{index:05d}.npz", frame=watermark_frame(watermarked_pixels(marked)[0, :, 0].transpose(1, 2, 0)))
+        np.savez(out / f"{index:05d}.npz", frame=saved_and_read_back(marked))
         labels.append({"file": f"{index:05d}.npz", "bits": bits[0].astype(int).tolist()})
     return labels
 

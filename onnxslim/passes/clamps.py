@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import drop_unread_initializers
 from onnxslim.ir.shapes import shapes_and_types
-from onnxslim.ir.tensors import all_value_names, from_array, unique_name
+from onnxslim.ir.tensors import all_value_names, from_array, tensor_elements, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
 from onnxslim.passes.opset import default_opset
@@ -30,9 +30,11 @@ CLIPPABLE = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
 def _scalar_operand(node: onnx.NodeProto, index: GraphIndex) -> tuple[int, np.ndarray] | None:
     """(position, value) of the one-element float constant among the two inputs of ``node``, or None."""
     for position, name in enumerate(node.input):
+        # the sizes first: a Max of two large constants is left to constant folding, not read here
+        if name not in index.constants or tensor_elements(index.inits[name]) != 1 or node.input[1 - position] in index.constants:
+            continue
         value = index.array(name)
-        if (value is not None and value.size == 1 and value.dtype.kind == "f" and not np.isnan(value).any()
-                and index.array(node.input[1 - position]) is None):
+        if value.dtype.kind == "f" and not np.isnan(value).any():
             return position, value
     return None
 

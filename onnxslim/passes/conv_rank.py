@@ -22,7 +22,7 @@ import onnx
 from onnx import helper
 
 from onnxslim.ir.graph import drop_unread_initializers, node_attr
-from onnxslim.ir.shapes import shapes_and_types
+from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
@@ -30,6 +30,7 @@ from onnxslim.passes.opset import default_opset
 from onnxslim.runtime.shapes import symbolic_shapes
 
 AXES_AS_INPUT_OPSET = 13  # Squeeze/Unsqueeze take their axes as an input from here on
+PER_AXIS = ("kernel_shape", "strides", "dilations", "pads")  # Conv attributes with a value per spatial axis
 
 
 def _lowered_axis(node: onnx.NodeProto, input_shape: tuple, kernel: tuple) -> tuple[int, int] | None:
@@ -79,7 +80,7 @@ def conv3d_on_one_slice_as_conv2d(model: onnx.ModelProto) -> PassResult:
              and n.input[1] in index.inits and len(index.inits[n.input[1]].dims) == 5]
     if not convs:
         return result
-    shapes, _ = shapes_and_types(model)
+    shapes = infer_shapes(model)
     if any(len(shapes.get(n.input[0]) or ()) != 5 for n in convs):  # a shape computed at run time upstream
         shapes = symbolic_shapes(model) | {name: dims for name, dims in shapes.items() if len(dims) == 5}
     taken = all_value_names(graph)
@@ -138,9 +139,6 @@ def conv3d_on_one_slice_as_conv2d(model: onnx.ModelProto) -> PassResult:
     drop_unread_initializers(graph, {n.input[1] for n in convs})
     result.change(f"wrote {len(replacements)} Conv(s) over a volume one slice deep as 2-D Conv(s)")
     return result
-
-
-PER_AXIS = ("kernel_shape", "strides", "dilations", "pads")
 
 
 def _without_round_trips(nodes: list[onnx.NodeProto], added: list[onnx.NodeProto], graph_outputs: set[str]) -> list[onnx.NodeProto]:
