@@ -608,6 +608,67 @@ def test_refit_is_sequential_each_layer_fitted_on_the_refit_model_before_it():
     np.testing.assert_allclose(got[by_name[m3.name].input[1]], w3, rtol=2e-4, atol=2e-5)
 
 
+def _two_branch_mlp(seed: int = 0) -> onnx.ModelProto:
+    """x -> MatMul -> Relu, read by two MatMuls whose outputs are added: both readers lose the same channels and are
+    refit in one wave."""
+    b = GraphBuilder(seed)
+    h = b.node("Relu", [b.node("Add", [b.node("MatMul", ["x", b.const(b.weight(8, 32, fan_in=8))]), b.const(np.full(32, 0.1, np.float32), "b")])])
+    branches = [b.node("Add", [b.node("MatMul", [h, b.const(b.weight(32, 4, fan_in=32))]), b.const(np.full(4, 0.05 * k, np.float32), "b")]) for k in (1, 2)]
+    y = b.node("Add", branches)
+    graph = helper.make_graph(
+        b.nodes, "mlp2", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["n", 4])], b.initializers
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _recovered(model: onnx.ModelProto, rows: int, batches: int = 5):
+    from onnxslim.prune.groups import kept_positions
+    from onnxslim.prune.recover import recover
+
+    work = load_model(model)
+    PREPARE(work)
+    rng = np.random.default_rng(1)
+    data = [("b", {"x": rng.standard_normal((rows, 8)).astype(np.float32)}) for _ in range(batches)]
+    groups = build_groups(trace(work, infer_shapes(work, {"x": (rows, 8)})))
+    removed, _ = select(groups, channel_scores(work, groups, "l2"), 0.5, PruneConfig().selection)
+    pruned = apply_removal(work, groups, removed)
+    steps = recover(work, pruned, data, PruneConfig(recovery="refit"), kept_positions(groups, removed))
+    return steps, {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
+
+
+def test_a_refit_whose_gram_matrices_exceed_the_memory_budget_is_bias_compensated_and_says_why(monkeypatch):
+    """A wide Conv over its patches (CREPE's 1024 channels x 64 taps: 35 GB of Gram matrices) was summed until the
+    process ran out of memory; the size is known before any data is read."""
+    from onnxslim.prune import recover as recovery
+
+    monkeypatch.setattr(recovery, "REFIT_GRAM_BUDGET_BYTES", 2 * 8 * 16**2)  # less than one layer's 16 kept inputs + intercept
+    steps, _ = _recovered(_three_layer_mlp(), rows=64)
+    assert [s.kind.value for s in steps] == ["bias", "bias"]
+    assert all("not refit: a refit over 17 unknowns per output (16 input channel(s) and an intercept) needs" in str(s.reason) for s in steps)
+
+
+def test_a_wave_larger_than_the_memory_budget_is_refit_in_parts_with_the_same_result(monkeypatch):
+    from onnxslim.prune import recover as recovery
+
+    whole_steps, whole = _recovered(_two_branch_mlp(), rows=64)
+    passes = []
+    original_wave = recovery._refit_wave
+    monkeypatch.setattr(recovery, "_refit_wave", lambda pruned, wave, *args: passes.append(len(wave)) or original_wave(pruned, wave, *args))
+    monkeypatch.setattr(recovery, "REFIT_GRAM_BUDGET_BYTES", 2 * 8 * 17**2)  # one reader's Gram matrices at a time
+    parts_steps, parts = _recovered(_two_branch_mlp(), rows=64)
+    assert passes == [1, 1] and [s.kind.value for s in parts_steps] == [s.kind.value for s in whole_steps] == ["refit", "refit"]
+    assert whole.keys() == parts.keys()
+    for name in whole:
+        np.testing.assert_allclose(parts[name], whole[name], rtol=1e-6, atol=1e-7)
+
+
+def test_a_refit_with_fewer_rows_than_unknowns_is_bias_compensated_and_says_why():
+    steps, _ = _recovered(_three_layer_mlp(), rows=2)  # 10 rows in all for 16 weights and an intercept per output
+    assert [s.kind.value for s in steps] == ["bias", "bias"]
+    assert all("the calibration data gives 10 rows for 17 unknowns per output (16 input channel(s) and an intercept); a refit needs at least as many" in str(s.reason)
+               for s in steps), [str(s.reason) for s in steps]
+
+
 def test_a_multiple_that_keeps_every_channel_is_never_chosen(monkeypatch):
     from onnxslim.prune import structured
 

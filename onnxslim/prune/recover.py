@@ -77,6 +77,9 @@ MIN_ROWS_PER_INPUT = 1  # a refit needs at least as many observations as unknown
 ROWS_PER_UNKNOWN = 32  # rows of targets kept per input channel of a refit layer (at least MIN_TARGET_ROWS)
 MIN_TARGET_ROWS = 16384
 ROWS_PER_PATCH_UNKNOWN = 8  # for a Conv refit over its patches (channels x kernel size unknowns per output)
+# the Gram matrices a wave of refits holds at once (float64, one to fit and one to check per layer); a layer whose own
+# pair is larger gets bias compensation, and a wave whose layers together are larger is fitted in several passes
+REFIT_GRAM_BUDGET_BYTES = 2**31
 
 
 def _changed_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
@@ -207,6 +210,7 @@ class _Layer:
     old_weight: onnx.TensorProto  # read only when the layer's bias is compensated
     refit: bool
     patches: bool = False  # a Conv refit over its input patches rather than its input rows
+    not_refit: str = ""  # why a layer recovery would refit is compensated through its bias instead
     input_sum: np.ndarray | None = None  # the original model's input, summed per channel over all rows
     input_rows: int = 0
     picks: list[np.ndarray] = field(default_factory=list)  # per batch: the rows whose targets are kept
@@ -229,14 +233,26 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable
             continue
         refit = config.recovery == "refit" and refittable(pruned, new, after, readers)
         weight = before[old.input[1]]
-        layers.append(_Layer(old, new, kept[new.name]["in"], kept[new.name].get("out"), weight, refit, refit and _reads_patches(old, tuple(weight.dims))))
+        layer = _Layer(old, new, kept[new.name]["in"], kept[new.name].get("out"), weight, refit, refit and _reads_patches(old, tuple(weight.dims)))
+        if refit and _gram_bytes(layer) > REFIT_GRAM_BUDGET_BYTES:
+            layer.refit, layer.not_refit = False, (f"a refit over {_unknowns(layer):,} unknowns per output ({_inputs(layer)}) needs "
+                                                   f"{_gram_bytes(layer) / 1e9:.1f} GB of Gram matrices, more than the {REFIT_GRAM_BUDGET_BYTES / 1e9:.1f} GB allowed")
+        layers.append(layer)
     if layers:
         taken = all_value_names(pruned.graph)
         _observe_original(original, layers, source, config.token_mask, show_progress)
         for layer in layers:
+            rows = sum(len(pick) for pick in layer.picks)
+            if layer.refit and rows < MIN_ROWS_PER_INPUT * _unknowns(layer):  # known before the pass that would sum its Gram
+                layer.refit, layer.targets, layer.picks = False, [], []
+                layer.not_refit = (f"the calibration data gives {rows:,} rows for {_unknowns(layer):,} unknowns per output ({_inputs(layer)}); "
+                                   "a refit needs at least as many")
             if not layer.refit:
-                steps[layer.new.name] = RecoveryStep(layer.new.name, _compensate_bias(pruned, layer, taken))
-        waves = _waves(pruned, [layer for layer in layers if layer.refit])
+                reason = _compensate_bias(pruned, layer, taken)
+                if layer.not_refit:
+                    reason = Reason(reason.code, f"{reason.text}; not refit: {layer.not_refit}")
+                steps[layer.new.name] = RecoveryStep(layer.new.name, reason)
+        waves = [part for wave in _waves(pruned, [layer for layer in layers if layer.refit]) for part in _within_budget(wave)]
         for wave in track(waves, "refitting layers (sequential waves)", enabled=show_progress):
             for layer, reason in _refit_wave(pruned, wave, source, config, taken):
                 steps[layer.new.name] = RecoveryStep(layer.new.name, reason)
@@ -268,6 +284,34 @@ def _observe_original(original: onnx.ModelProto, layers: list[_Layer], source: I
                 y = y[pick]
                 layer.picks.append(pick)
                 layer.targets.append(np.ascontiguousarray(y[:, layer.kept_out] if layer.kept_out is not None else y, dtype=np.float32))
+
+
+def _unknowns(layer: _Layer) -> int:
+    """Unknowns per output of a layer's refit: a weight per kept input (per kept input and kernel tap, over patches), and the intercept."""
+    taps = int(np.prod(layer.old_weight.dims[2:])) if layer.patches else 1
+    return len(layer.kept_in) * taps + 1
+
+
+def _inputs(layer: _Layer) -> str:
+    if not layer.patches:
+        return f"{len(layer.kept_in)} input channel(s) and an intercept"
+    return f"{len(layer.kept_in)} input channel(s) x {int(np.prod(layer.old_weight.dims[2:]))} kernel taps, and an intercept"
+
+
+def _gram_bytes(layer: _Layer) -> int:
+    return 2 * 8 * _unknowns(layer) ** 2  # the fit's and the check's, float64
+
+
+def _within_budget(wave: list[_Layer]) -> list[list[_Layer]]:
+    """``wave`` in consecutive parts whose Gram matrices fit REFIT_GRAM_BUDGET_BYTES together (a pass of the data each)."""
+    parts, spent = [[]], 0
+    for layer in wave:
+        if parts[-1] and spent + _gram_bytes(layer) > REFIT_GRAM_BUDGET_BYTES:
+            parts.append([])
+            spent = 0
+        parts[-1].append(layer)
+        spent += _gram_bytes(layer)
+    return parts
 
 
 def _target_rows(layer: _Layer) -> int:
@@ -332,12 +376,18 @@ class _Sums:
             self.ysum += parts[3]
         self.rows += x.shape[0]
 
-    def merged(self, other: _Sums) -> _Sums:
+    def absorb(self, other: _Sums) -> _Sums:
+        """These sums with ``other``'s added, in place (a wide layer's Gram matrix is not copied)."""
         if other.xtx is None:
             return self
         if self.xtx is None:
             return other
-        return _Sums(self.xtx + other.xtx, self.xty + other.xty, self.xsum + other.xsum, self.ysum + other.ysum, self.rows + other.rows)
+        self.xtx += other.xtx
+        self.xty += other.xty
+        self.xsum += other.xsum
+        self.ysum += other.ysum
+        self.rows += other.rows
+        return self
 
     def error(self, weights: np.ndarray, intercept: np.ndarray) -> float:
         """Sum of squared errors of X weights + intercept against Y over these rows, less sum(Y^2) (the same for every fit)."""
@@ -394,8 +444,9 @@ def solve_refit(
     penalty = ridge * float(np.mean(np.diag(xtx))) if count else 0.0
     if prior is not None:
         cross[:count] += penalty * prior
+    gram[np.arange(count), np.arange(count)] += penalty
     try:
-        solution = np.linalg.solve(gram + np.diag(np.r_[np.full(count, penalty), 0.0]), cross)
+        solution = np.linalg.solve(gram, cross)
     except np.linalg.LinAlgError:
         return None
     return solution[:count], solution[count], penalty
@@ -421,7 +472,7 @@ def _apply_refit(pruned, layer: _Layer, fit: _Sums, check: _Sums, ridge: float, 
     weight = to_array(inits[new.input[1]])
     prior = as_matrix(weight.astype(np.float64), new)
     strength = _chosen_ridge(fit, check, ridge, prior)
-    every = fit.merged(check)
+    every = fit.absorb(check)
     solved = solve_refit(every.xtx, every.xty, every.xsum, every.ysum, every.rows, strength, prior)
     if solved is None:
         return None
