@@ -321,6 +321,12 @@ def _task_text(output) -> str:
     return f"{task[0]} {_fmt(task[1], 4)}" if task else "-"
 
 
+def _agreement_text(output) -> str:
+    """', top-1 0.9219' where the output's shape calls for a decision-level score (see _task_text); '' elsewhere."""
+    task = output.task_metric
+    return f", {task[0]} {_fmt(task[1], 4)}" if task else ""
+
+
 def _sensitivity_text(entry: dict, metric: str, label: str) -> str:
     if "added_noise" in entry:
         noise = entry["added_noise"]
@@ -509,7 +515,7 @@ def _print_pruning(report) -> None:
         highlight=False,
     )
     for output in report.fidelity:
-        console.print(f"output {escape(output.name)}: cosine {_cosine_text(output, 5)} vs the original on {escape(report.evaluation)}", highlight=False)
+        console.print(f"output {escape(output.name)}: cosine {_cosine_text(output, 5)}{_agreement_text(output)} vs the original on {escape(report.evaluation)}", highlight=False)
     for latency in (report.latency, report.latency_1_thread):
         if latency:
             console.print(
@@ -626,7 +632,7 @@ def share(model, output, eval_data, threads, report_path, quiet, input_shapes, *
     (f0, f1), (z0, z1) = report.file_bytes, report.zipped_bytes
     console.print(f"file {f0 / 1e6:.2f} MB -> {f1 / 1e6:.2f} MB ({f1 / max(f0, 1):.2f}x); zipped {z0 / 1e6:.2f} MB -> {z1 / 1e6:.2f} MB ({z1 / max(z0, 1):.2f}x)", highlight=False)
     for comparison in report.fidelity:
-        console.print(f"output {escape(comparison.name)}: cosine {_cosine_text(comparison, 5)} vs the original on {escape(report.evaluation)}", highlight=False)
+        console.print(f"output {escape(comparison.name)}: cosine {_cosine_text(comparison, 5)}{_agreement_text(comparison)} vs the original on {escape(report.evaluation)}", highlight=False)
     for latency in (report.latency, report.latency_1_thread):
         if latency and latency.ratio is not None:
             console.print(f"latency ({threads_text(latency.threads)}): ratio {latency.ratio:.3f} (the lookups are folded when the session loads)", highlight=False)
@@ -689,15 +695,18 @@ def _print_candidates(report) -> None:
     table = Table(title=f"candidates against the original ({escape(report.evaluation)}; latency at {threads_text(report.threads)})", title_justify="left")
     metric = report.config.get("accuracy_metric", "cosine")
     one_thread = any(c.latency_ratio_1_thread is not None for c in report.candidates)
-    columns = ("candidate", "latency", *(("at 1 thread",) if one_thread else ()), f"worst {metric}", "size MB", "budget", "what was done")
+    tasks = any("worst_task_metric" in c.details for c in report.candidates)
+    columns = ("candidate", "latency", *(("at 1 thread",) if one_thread else ()), f"worst {metric}", *(("task metric",) if tasks else ()), "size MB", "budget", "what was done")
     for column in columns:
-        table.add_column(column, justify="right" if column in ("latency", "at 1 thread", f"worst {metric}", "size MB") else "left")
+        table.add_column(column, justify="right" if column in ("latency", "at 1 thread", f"worst {metric}", "task metric", "size MB") else "left")
     for c in report.candidates:
         latency = f"{c.latency_ratio:.3f}x" if c.latency_ratio is not None else "-"
         single = (f"{c.latency_ratio_1_thread:.3f}x" if c.latency_ratio_1_thread is not None else "-",) if one_thread else ()
         score = "-" if c.failed or c.loss != c.loss else ("nan" if c.loss == float("inf") else f"{1 - c.loss:.5f}")
+        task = c.details.get("worst_task_metric")
+        agreement = (f"{task['metric']} {_fmt(task['value'], 4)}" if task else "-",) if tasks else ()
         mark = "[bold green]written[/]" if c.chosen else ("ok" if c.within_budget else "over" if c.measured else "-")
-        table.add_row(escape(c.name), latency, *single, score, f"{c.file_bytes / 1e6:.2f}" if c.file_bytes else "-", mark, escape(c.note))
+        table.add_row(escape(c.name), latency, *single, score, *agreement, f"{c.file_bytes / 1e6:.2f}" if c.file_bytes else "-", mark, escape(c.note))
     console.print(table)
     budget = report.budget
     target = f", target latency {budget['target_latency']:g}x" if budget.get("target_latency") else ""
@@ -709,7 +718,8 @@ def _print_candidates(report) -> None:
     if chosen is not None and report.output:
         console.print(
             f"wrote {escape(report.output)}: {escape(chosen.name)} ({report.why}), {chosen.latency_ratio:.2f}x the original's latency, "
-            f"{chosen.file_bytes / 1e6:.2f} MB, worst {metric} {1 - chosen.loss:.5f}",
+            f"{chosen.file_bytes / 1e6:.2f} MB, worst {metric} {1 - chosen.loss:.5f}"
+            + (f", {task['metric']} {_fmt(task['value'], 4)} on {escape(task['output'])}" if (task := chosen.details.get("worst_task_metric")) else ""),
             highlight=False,
         )
 

@@ -111,6 +111,8 @@ def test_auto_metric_judges_class_scores_by_their_decisions(monkeypatch):
             continue
         assert c.loss == pytest.approx(1.0 - c.details["fidelity"][0]["top1_agreement"])
         assert c.details["worst_cosine"] <= 1.0
+        # shown beside the budget's own score in the candidates' table, whichever metric the budget bounds
+        assert c.details["worst_task_metric"] == {"metric": "top-1", "value": c.details["fidelity"][0]["top1_agreement"], "output": c.details["fidelity"][0]["name"]}
 
 
 def test_a_budget_that_cannot_be_met_writes_nothing_and_exits_1(monkeypatch, tmp_path, save, npz_folder):

@@ -291,6 +291,20 @@ def test_cli_prune_writes_model_and_report(save, npz_folder, tmp_path):
     assert run_model(pruned, feed)[0].shape == run_model(model, feed)[0].shape
 
 
+def test_cli_prune_prints_the_decision_level_agreement_of_class_scores(save, npz_folder, tmp_path):
+    """A cosine near 1 can hide moved decisions (CREPE's pitch bins: 0.997 with a tenth of the frames' peaks moved)."""
+    import re
+
+    model = conv_bn_relu(channels=32, size=16)
+    path, data = save(model), npz_folder(sample_inputs(model, 10))
+    out, report = tmp_path / "pruned.onnx", tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), "--ratio", "0.5", "--round-to", "1", "--data", str(data), "--latency-runs", "0", "--report", str(report), "-q"])
+    assert result.exit_code == 0, result.output
+    printed = re.search(r"cosine [0-9.]+,\s+top-1\s+([0-9.]+)\s+vs the original", result.output)
+    assert printed, result.output
+    assert float(printed.group(1)) == pytest.approx(json.loads(report.read_text())["fidelity"][0]["top1_agreement"], abs=1e-4)
+
+
 def test_attention_heads_are_pruned_whole():
     from models.builders import transformer_block
 

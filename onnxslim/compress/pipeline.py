@@ -349,6 +349,10 @@ def _measure_fidelity(reference: RememberedReference, candidate: Candidate, mode
     score = worst_score(comparisons, metric)
     candidate.loss = math.inf if math.isnan(score) else 1.0 - score
     candidate.details["worst_cosine"] = worst_cosine(comparisons)
+    tasks = [(c.task_metric[1], c.task_metric[0], c.name) for c in comparisons if c.task_metric is not None]
+    if tasks:  # the decision-level score of the output that keeps the fewest (top-1 of class scores, mask IoU, ...)
+        value, label, output = min(tasks)
+        candidate.details["worst_task_metric"] = {"metric": label, "value": value, "output": output}
     candidate.parameters = count_parameters(model)
     candidate.file_bytes = model_file_bytes(model)
     candidate.details["fidelity"] = [c.to_dict() for c in comparisons]
