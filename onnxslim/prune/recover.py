@@ -26,7 +26,10 @@ to what the wave reads, fits all layers whose refit inputs no longer change.
 A chain of n refit layers costs n truncated passes; independent branches share
 them. Targets are kept for a fixed random subset of rows per layer (at least
 ``ROWS_PER_UNKNOWN`` per weight of a column, ``ROWS_PER_PATCH_UNKNOWN`` for a
-patch-reading Conv), so memory does not grow with the amount of data.
+patch-reading Conv), so memory does not grow with the amount of data. What a refit
+will need is known before its Gram matrix is summed: a layer with more unknowns
+per output than the data gives rows, or whose Gram matrices would exceed
+``REFIT_GRAM_BUDGET_BYTES``, is bias-compensated instead, and its step says why.
 """
 
 from __future__ import annotations
