@@ -695,16 +695,19 @@ def _print_candidates(report) -> None:
     table = Table(title=f"candidates against the original ({escape(report.evaluation)}; latency at {threads_text(report.threads)})", title_justify="left")
     metric = report.config.get("accuracy_metric", "cosine")
     one_thread = any(c.latency_ratio_1_thread is not None for c in report.candidates)
-    tasks = any("worst_task_metric" in c.details for c in report.candidates)
-    columns = ("candidate", "latency", *(("at 1 thread",) if one_thread else ()), f"worst {metric}", *(("task metric",) if tasks else ()), "size MB", "budget", "what was done")
-    for column in columns:
-        table.add_column(column, justify="right" if column in ("latency", "at 1 thread", f"worst {metric}", "task metric", "size MB") else "left")
+    # the decision-level score beside the budget's own: headed by its name ("top-1") where every candidate has the same one
+    labels = {c.details["worst_task_metric"]["metric"] for c in report.candidates if "worst_task_metric" in c.details}
+    task_column = (f"worst {next(iter(labels))}",) if len(labels) == 1 else ("task metric",) if labels else ()
+    columns = ("candidate", "latency", *(("at 1 thread",) if one_thread else ()), f"worst {metric}", *task_column, "size MB", "budget", "what was done")
+    numbers = ("latency", "at 1 thread", f"worst {metric}", *task_column, "size MB")
+    for column in columns:  # the numbers keep their width; what was done wraps
+        table.add_column(column, justify="right" if column in numbers else "left", no_wrap=column in numbers or column == "budget")
     for c in report.candidates:
         latency = f"{c.latency_ratio:.3f}x" if c.latency_ratio is not None else "-"
         single = (f"{c.latency_ratio_1_thread:.3f}x" if c.latency_ratio_1_thread is not None else "-",) if one_thread else ()
         score = "-" if c.failed or c.loss != c.loss else ("nan" if c.loss == float("inf") else f"{1 - c.loss:.5f}")
         task = c.details.get("worst_task_metric")
-        agreement = (f"{task['metric']} {_fmt(task['value'], 4)}" if task else "-",) if tasks else ()
+        agreement = ((_fmt(task["value"], 4) if len(labels) == 1 else f"{task['metric']} {_fmt(task['value'], 4)}") if task else "-",) if labels else ()
         mark = "[bold green]written[/]" if c.chosen else ("ok" if c.within_budget else "over" if c.measured else "-")
         table.add_row(escape(c.name), latency, *single, score, *agreement, f"{c.file_bytes / 1e6:.2f}" if c.file_bytes else "-", mark, escape(c.note))
     console.print(table)

@@ -159,6 +159,8 @@ def test_cli_compress_writes_model_report_and_html(monkeypatch, tmp_path, save, 
     assert result.exit_code == 0, result.output
     content = json.loads(report.read_text())
     assert content["command"] == "compress" and content["chosen"] and "wrote" in result.output
+    # class scores: the candidates' top-1 agreement is shown beside the cosine the budget bounds
+    assert "worst top-1" in result.output and all("worst_task_metric" in c["details"] for c in content["candidates"][1:] if not c["failed"])
     page = html.read_text()
     assert "plotly" in page.lower() and content["chosen"] in page and "<script" in page
     # a destination that is an input or another destination is refused before any work
