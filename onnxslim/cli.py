@@ -430,6 +430,9 @@ def _print_quantization(report) -> None:
         affine = report.scalar_affine
         form = "integer" if affine["written"] == "int8" else "float"
         console.print(f"constant scalar Add/Mul ({affine['nodes']}): {form} form written: {escape(affine['why'])}", highlight=False)
+    if report.depthwise:
+        form = "integer" if report.depthwise["written"] == "int8" else "float"
+        console.print(f"depthwise convolutions ({report.depthwise['nodes']}): {form} form written: {escape(report.depthwise['why'])}", highlight=False)
     if report.kept_float_weights:
         console.print(f"weights of the layers kept in float: {report.kept_float_weights['written']}: {escape(report.kept_float_weights['why'])}", highlight=False)
     for warning in report.warnings:

@@ -83,7 +83,8 @@ def test_quantize_runs_a_multiplier_convolution_on_the_depthwise_integer_kernel(
     weights = {"w1": (8, 8, 3, 3), "w2": (16, 1, 7, 7), "b2": (16,), "w3": (16, 16, 1, 1)}
     model.graph.initializer.extend(numpy_helper.from_array((0.3 * RNG.standard_normal(shape)).astype(np.float32), name) for name, shape in weights.items())
     data = calibrate_on(model, 16)
-    written, report = quantize(model, data, config=QuantConfig(latency_runs=3, if_slower="write", accuracy_budget=None))
+    # untimed: the integer form of depthwise layers is kept (timed, the float form may be written where it is faster)
+    written, report = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
     assert report.written == "int8"
     assert any(r.name == "expand-depthwise-multipliers" and r.modified for r in report.prepare)
     runs = optimized_graph(written)

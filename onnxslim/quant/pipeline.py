@@ -55,6 +55,7 @@ from onnxslim.quant.budget import SENSITIVITY_BATCHES, budget_shortfall, budget_
 from onnxslim.quant.calibrate import calibrate
 from onnxslim.quant.config import QuantConfig
 from onnxslim.quant.decisions import NodeDecision
+from onnxslim.quant.depthwise import float_depthwise_if_faster
 from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.half import quantize_half
 from onnxslim.quant.half_weights import store_weights_in_half
@@ -789,6 +790,8 @@ def quantize(
     plan, quantized, comparisons = _within_budget(run, config, report, eval_data is not None)
     if measure_scalar_affine:
         plan, quantized, comparisons = integer_form_if_it_pays(run, config, report, plan, quantized, comparisons)
+    if config.target == "cpu":
+        plan, quantized, comparisons = float_depthwise_if_faster(run, config, report, plan, quantized, comparisons)
     plan, quantized, comparisons = _kept_weights_within_budget(run, config, report, plan, quantized, comparisons)
     report.warnings.extend(budget_uncertain(comparisons, config, run))
     report.warnings.extend(w for w in run.warnings if w not in report.warnings)

@@ -1,0 +1,95 @@
+"""Convolutions onnxruntime would run on its depthwise integer kernel: both forms built, the faster one kept.
+
+onnxruntime's QLinearConv takes a kernel of its own when every group reads one input channel and writes
+one output channel (a depthwise convolution, or a one-channel filter such as an audio model's low-pass
+before each decimation). On a CPU without VNNI that kernel measured 2-7 times slower than the float
+depthwise convolution over the same shapes (onnxruntime 1.32: 3x3 over 32 channels of 112x112, 3.0x; a
+256-tap filter over one channel of 44,098 samples, 4.2x). Keeping such a layer in float costs a
+dequantize before it and a quantize after it, which can cost as much as it saves, so neither form is
+right everywhere: the model is built with those convolutions in float too, and the float form is
+written only when it is measured faster at the thread count the user deploys with and not slower at 1
+thread (or ties there and is faster at 1 thread), as faithful as the integer form and within the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import onnx
+
+from onnxslim.ir.graph import node_attr
+from onnxslim.ir.tensors import initializer_map
+from onnxslim.measure import fidelity, worst_score
+from onnxslim.measure.latency import latency_ratios, threads_text
+from onnxslim.quant.affine import FASTER, TIE
+from onnxslim.quant.decisions import QuantPlan, QuantReason
+from onnxslim.reasons import Reason
+
+
+def depthwise_convolutions(model: onnx.ModelProto, plan: QuantPlan) -> list[str]:
+    """The quantized Convs of ``model``'s main graph whose every group has one input and one output channel."""
+    weights = initializer_map(model.graph)
+    found = []
+    for node in model.graph.node:
+        decision = plan.decisions.get(node.name)
+        if node.op_type != "Conv" or decision is None or not decision.quantized or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        dims = list(weights[node.input[1]].dims)
+        if len(dims) >= 3 and dims[1] == 1 and dims[0] == int(node_attr(node, "group", 1)):
+            found.append(node.name)
+    return found
+
+
+def float_depthwise_if_faster(run, config, report, plan: QuantPlan, model: onnx.ModelProto, comparisons: list):
+    """The plan, model and comparisons to write: as given, or with the depthwise convolutions in float when that is measured faster.
+
+    ``report.depthwise`` records what was measured and which form was written; nothing is recorded for a model without such layers.
+    """
+    nodes = depthwise_convolutions(run.prepared, plan)
+    if not nodes:
+        return plan, model, comparisons
+    entry: dict = {"nodes": len(nodes), "written": "int8"}
+    report.depthwise = entry
+    if config.latency_runs <= 0 or not run.eval_batches:
+        entry["why"] = "not measured (timing is off): the integer form is kept"
+        return plan, model, comparisons
+    keep_float = frozenset(e["node"] for e in report.kept_float_for_budget) | frozenset(nodes)
+    # the same form of constant-scalar Add/Mul as the model measured against
+    form_config = dataclasses.replace(config, scalar_affine="int8") if report.scalar_affine.get("written") == "int8" else config
+    float_plan, float_model = run.build(form_config, keep_float)
+    at_threads, at_one = latency_ratios(
+        model, float_model, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
+        description="timing depthwise convolutions: integer vs float form", labels=("integer form", "float form"),
+        one_thread_when=lambda timed: timed.ratio is not None and timed.ratio < TIE,
+    )
+    entry["latency_vs_integer_form"] = at_threads.ratio
+    if at_one is not None:
+        entry["latency_vs_integer_form_1_thread"] = at_one.ratio
+    where = threads_text(config.threads)
+    faster_here = at_threads.ratio is not None and at_threads.ratio < FASTER
+    faster_alone = at_one is not None and at_one.ratio is not None and at_one.ratio < FASTER
+    slower_alone = at_one is not None and at_one.ratio is not None and at_one.ratio > 1.0
+    tied_here = at_threads.ratio is not None and at_threads.ratio < TIE
+    if not (faster_here and not slower_alone) and not (tied_here and faster_alone):
+        entry["why"] = f"the float form is not faster ({_speed(at_threads.ratio, at_one, where)})"
+        return plan, model, comparisons
+    float_comparisons = fidelity(run.reference, float_model, run.eval_batches)
+    metric = config.accuracy_metric
+    score, float_score = worst_score(comparisons, metric), worst_score(float_comparisons, metric)
+    entry |= {"worst_score_integer_form": score, "worst_score_float_form": float_score}
+    if math.isnan(float_score) or (not math.isnan(score) and float_score < score):
+        entry["why"] = f"the float form is faster ({_speed(at_threads.ratio, at_one, where)}) but less faithful ({metric} {float_score:.5f} against {score:.5f})"
+        return plan, model, comparisons
+    entry["written"] = "float"
+    entry["why"] = f"onnxruntime's integer depthwise kernel is slower here: the float form is {_speed(at_threads.ratio, at_one, where)}, {metric} {float_score:.5f}"
+    reasons = {node: Reason(QuantReason.KEPT_FLOAT, "depthwise convolution kept in float: measured faster than onnxruntime's integer depthwise kernel (--report: depthwise)")
+               for node in nodes if node in float_plan.decisions}
+    return float_plan.with_reasons(reasons), float_model, float_comparisons
+
+
+def _speed(ratio: float | None, at_one, where: str) -> str:
+    text = f"{'unmeasured' if ratio is None else f'{ratio:.2f}x'} the integer form's latency at {where}"
+    if at_one is not None and at_one.ratio is not None:
+        text += f", {at_one.ratio:.2f}x at 1 thread"
+    return text

@@ -1,0 +1,111 @@
+"""Convolutions onnxruntime runs on its depthwise integer kernel are written in float where that is measured faster."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import onnxslim.quant.depthwise as depthwise_step
+import onnxslim.quant.fallback as timing_step
+from models.builders import GraphBuilder, depthwise_separable, sample_inputs
+from onnxslim import QuantConfig, quantize
+from onnxslim.measure import LatencyComparison
+from onnxslim.quant.decisions import QuantReason
+from onnxslim.quant.depthwise import depthwise_convolutions
+from onnxslim.quant.pipeline import QuantRun
+from tests.conftest import run_model
+
+TIMED = QuantConfig(latency_runs=3, accuracy_budget=None)
+
+
+def _ratio(value: float, threads: int | None = 0) -> LatencyComparison:
+    return LatencyComparison(threads, {"median_ms": 1.0, "runs": 3}, {"median_ms": value, "runs": 3})
+
+
+def _timed(monkeypatch, float_form: tuple, int8_vs_fp32: float = 0.6) -> list:
+    """The depthwise step's timing gives ``float_form`` (at the deploy threads, at 1 thread); the final FP32 check gives INT8 faster."""
+    calls = []
+    monkeypatch.setattr(depthwise_step, "latency_ratios", lambda *a, **k: calls.append(k["labels"]) or float_form)
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (_ratio(int8_vs_fp32), None))
+    return calls
+
+
+def _depthwise_conv(model: onnx.ModelProto) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute))
+
+
+def _weight_is_dequantized(model: onnx.ModelProto, conv: onnx.NodeProto) -> bool:
+    return any(n.op_type == "DequantizeLinear" and conv.input[1] in n.output for n in model.graph.node)
+
+
+def test_a_depthwise_convolution_measured_faster_in_float_is_written_in_float(monkeypatch):
+    model = depthwise_separable()
+    data = sample_inputs(model, 10)
+    calls = _timed(monkeypatch, (_ratio(0.7), _ratio(0.8, 1)))
+    written, report = quantize(model, data, config=TIMED)
+    assert calls == [("integer form", "float form")]
+    assert report.written == "int8" and report.depthwise["written"] == "float" and report.depthwise["nodes"] == 1
+    assert report.depthwise["latency_vs_integer_form"] == 0.7 and "0.70x the integer form's latency" in report.depthwise["why"]
+    conv = _depthwise_conv(written)
+    assert not _weight_is_dequantized(written, conv)  # a float weight: the layer runs as a float Conv
+    decision = next(d for d in report.decisions if d.node == conv.name)
+    assert decision.reason.code == QuantReason.KEPT_FLOAT and "depthwise convolution kept in float" in decision.reason.text
+    # the comparisons reported are the written model's
+    held = [b for i, b in enumerate(data) if i % 5 == 4]
+    ours = np.concatenate([run_model(written, b)[0].ravel() for b in held])
+    theirs = np.concatenate([run_model(model, b)[0].ravel() for b in held])
+    assert report.fidelity[0].cosine == pytest.approx(float(ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs)), abs=1e-5)
+
+
+def test_the_integer_form_stays_where_float_is_not_faster_or_slower_at_one_thread(monkeypatch):
+    model = depthwise_separable()
+    data = sample_inputs(model, 10)
+    for float_form, why in [((_ratio(1.2), None), "the float form is not faster (1.20x"),
+                            ((_ratio(0.9), _ratio(1.1, 1)), "0.90x the integer form's latency at onnxruntime's default threads"),
+                            ((_ratio(1.0), _ratio(1.0, 1)), "the float form is not faster")]:
+        _timed(monkeypatch, float_form)
+        written, report = quantize(model, data, config=TIMED)
+        assert report.depthwise["written"] == "int8" and why in report.depthwise["why"], report.depthwise
+        assert _weight_is_dequantized(written, _depthwise_conv(written))
+
+
+def test_a_tie_where_deployed_and_faster_at_one_thread_writes_float(monkeypatch):
+    model = depthwise_separable()
+    _timed(monkeypatch, (_ratio(1.0), _ratio(0.8, 1)))
+    written, report = quantize(model, sample_inputs(model, 10), config=TIMED)
+    assert report.depthwise["written"] == "float" and not _weight_is_dequantized(written, _depthwise_conv(written))
+
+
+def test_without_timing_the_integer_form_is_kept_and_the_report_says_it_was_not_measured(monkeypatch):
+    model = depthwise_separable()
+    monkeypatch.setattr(depthwise_step, "latency_ratios", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
+    written, report = quantize(model, sample_inputs(model, 10), config=QuantConfig(latency_runs=0, accuracy_budget=None))
+    assert report.depthwise == {"nodes": 1, "written": "int8", "why": "not measured (timing is off): the integer form is kept"}
+    assert _weight_is_dequantized(written, _depthwise_conv(written))
+
+
+def _convs(shapes: list[tuple[int, int, int]]) -> onnx.ModelProto:
+    """A chain of Convs over (1, 8, 1, 64): each (output channels, input channels per group, group), kernel 1x5."""
+    b = GraphBuilder(5)
+    x, channels = "x", 8
+    for out, per_group, group in shapes:
+        assert per_group * group == channels
+        x = b.node("Relu", [b.node("Conv", [x, b.const(b.weight(out, per_group, 1, 5)), b.const(np.zeros(out, np.float32))], pads=[0, 2, 0, 2], group=group)])
+        channels = out
+    return b.model([helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 1, 64])], [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, channels, 1, 64])], "convs")
+
+
+def test_only_convolutions_with_one_input_and_one_output_channel_per_group_are_depthwise():
+    # depthwise; a channel multiplier of 2 (prepared as a Gather of each channel twice and a depthwise convolution);
+    # two channels per group; a plain convolution
+    model = _convs([(8, 1, 8), (16, 1, 8), (8, 2, 8), (1, 8, 1)])
+    run = QuantRun(model, sample_inputs(model, 6), QuantConfig(), None, None, False)
+    names = [n.name for n in run.prepared.graph.node if n.op_type == "Conv"]
+    assert depthwise_convolutions(run.prepared, run.plan(QuantConfig())) == names[:2]
+    b = GraphBuilder(6)
+    y = b.node("Conv", ["x", b.const(b.weight(1, 1, 1, 64)), b.const(np.zeros(1, np.float32))], strides=[1, 2])  # a low-pass before decimation
+    y = b.node("Conv", [b.node("Relu", [y]), b.const(b.weight(4, 1, 1, 3))])
+    single = b.model([helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 512])], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4, 1, 223])], "single")
+    run = QuantRun(single, sample_inputs(single, 6), QuantConfig(), None, None, False)
+    first = next(n.name for n in run.prepared.graph.node if n.op_type == "Conv")
+    assert depthwise_convolutions(run.prepared, run.plan(QuantConfig())) == [first]
