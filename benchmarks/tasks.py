@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.make_datasets import WATERMARK_THRESHOLD, saved_and_read_back
+from calibration.make_datasets import NOTES_LOWEST_KEY, WATERMARK_THRESHOLD, saved_and_read_back
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models" / "cache"
@@ -185,6 +185,21 @@ def score_pitch(outputs, labels) -> float:
     return float(np.mean(cents <= PITCH_CENTS))
 
 
+NOTE_FRAME_THRESHOLD = 0.3  # Basic Pitch's own frame threshold on its note posteriorgram
+NOTE_OUTPUT = 1  # Basic Pitch's outputs in graph order: onsets, notes (StatefulPartitionedCall:1), contours
+
+
+def score_notes(outputs, labels) -> float:
+    """Frame-level F1 of the keys sounding: Basic Pitch's note posteriorgram above its frame threshold against the notes generated."""
+    found = np.concatenate([out[NOTE_OUTPUT][0] > NOTE_FRAME_THRESHOLD for out in outputs])
+    truth = np.zeros_like(found)
+    for index, label in enumerate(labels):
+        for frame, keys in enumerate(label["keys"]):
+            truth[index * len(label["keys"]) + frame, [k - NOTES_LOWEST_KEY for k in keys]] = True
+    hits = np.sum(found & truth)
+    return float(2 * hits / (found.sum() + truth.sum())) if found.sum() + truth.sum() else 1.0
+
+
 def yolox_boxes(output: np.ndarray, size: int = 416, threshold: float = 0.1, overlap: float = 0.45) -> np.ndarray:
     """(x1, y1, x2, y2) of a YOLOX head's detections, as ddddocr decodes them: offsets on the 8/16/32 grids, exp sizes,
     objectness times class above ``threshold``, greedy NMS at ``overlap`` IoU."""
@@ -267,6 +282,7 @@ TASKS = {
     "embed": Task("embed", MODELS / "unseen" / "rivagan_encoder.onnx", "bits read right by the original decoder", score_embed),
     "watermark": Task("watermark", MODELS / "unseen" / "rivagan_decoder.onnx", "bits read right", score_watermark),
     "pitch": Task("pitch", MODELS / "unseen" / "crepe" / "crepe_full.onnx", f"pitch within {PITCH_CENTS} cents", score_pitch),
+    "notes": Task("notes", MODELS / "unseen" / "basic_pitch.onnx", "note frame F1", score_notes),
     "pitch_tiny": Task("pitch_tiny", MODELS / "unseen" / "crepe" / "crepe_tiny.onnx", f"pitch within {PITCH_CENTS} cents", score_pitch, data="pitch"),
 }
 

