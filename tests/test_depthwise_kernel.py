@@ -13,7 +13,7 @@ from onnxslim.measure import LatencyComparison
 from onnxslim.quant.decisions import QuantReason
 from onnxslim.quant.depthwise import depthwise_convolutions
 from onnxslim.quant.pipeline import QuantRun
-from tests.conftest import run_model
+from tests.conftest import noisy_comparison, run_model
 
 TIMED = QuantConfig(latency_runs=3, accuracy_budget=None)
 
@@ -109,3 +109,14 @@ def test_only_convolutions_with_one_input_and_one_output_channel_per_group_are_d
     run = QuantRun(single, sample_inputs(single, 6), QuantConfig(), None, None, False)
     first = next(n.name for n in run.prepared.graph.node if n.op_type == "Conv")
     assert depthwise_convolutions(run.prepared, run.plan(QuantConfig())) == [first]
+
+
+def test_a_faster_float_form_that_is_less_faithful_is_not_written(monkeypatch):
+    model = depthwise_separable()
+    data = sample_inputs(model, 10)
+    _timed(monkeypatch, (_ratio(0.7), _ratio(0.8, 1)))
+    # the float form's comparisons made noisier than the integer form's by more than the slack (cosine about 0.9)
+    monkeypatch.setattr(depthwise_step, "fidelity", lambda reference, model, batches: [noisy_comparison([0.5] * 4)])
+    written, report = quantize(model, data, config=TIMED)
+    assert report.depthwise["written"] == "int8" and "less faithful" in report.depthwise["why"]
+    assert _weight_is_dequantized(written, _depthwise_conv(written))

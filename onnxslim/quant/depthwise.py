@@ -8,7 +8,8 @@ depthwise convolution over the same shapes (onnxruntime 1.32: 3x3 over 32 channe
 dequantize before it and a quantize after it, which can cost as much as it saves, so neither form is
 right everywhere: the model is built with those convolutions in float too, and the float form is
 written only when it is measured faster at the thread count the user deploys with and not slower at 1
-thread (or ties there and is faster at 1 thread), as faithful as the integer form and within the budget.
+thread (or ties there and is faster at 1 thread), as faithful as the integer form (within the slack
+``--scalar-affine auto`` allows) and within the accuracy budget.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from onnxslim.ir.graph import node_attr
 from onnxslim.ir.tensors import initializer_map
 from onnxslim.measure import fidelity, worst_score
 from onnxslim.measure.latency import latency_ratios, threads_text
-from onnxslim.quant.affine import FASTER, TIE
+from onnxslim.quant.affine import ABSOLUTE_SLACK, FASTER, LOSS_SLACK, TIE
 from onnxslim.quant.decisions import QuantPlan, QuantReason
 from onnxslim.reasons import Reason
 
@@ -78,7 +79,9 @@ def float_depthwise_if_faster(run, config, report, plan: QuantPlan, model: onnx.
     metric = config.accuracy_metric
     score, float_score = worst_score(comparisons, metric), worst_score(float_comparisons, metric)
     entry |= {"worst_score_integer_form": score, "worst_score_float_form": float_score}
-    if math.isnan(float_score) or (not math.isnan(score) and float_score < score):
+    # as faithful: within the slack of --scalar-affine's rule (two forms' rounding differs), and within the budget
+    less_faithful = not math.isnan(score) and 1.0 - float_score > (1.0 - score) * LOSS_SLACK + ABSOLUTE_SLACK
+    if math.isnan(float_score) or less_faithful or (config.accuracy_budget is not None and float_score < config.accuracy_budget):
         entry["why"] = f"the float form is faster ({_speed(at_threads.ratio, at_one, where)}) but less faithful ({metric} {float_score:.5f} against {score:.5f})"
         return plan, model, comparisons
     entry["written"] = "float"
