@@ -344,7 +344,7 @@ def _sensitivity_text(entry: dict, metric: str, label: str) -> str:
 ))
 @config_options(
     QuantConfig, "precision", "weights_only", "block_size", "symmetric", "accuracy_level", "target", "method", "percentile", "op_types", "exclude_nodes",
-    "exclude_op_types", "quantize_attention", "quantize_output_layers", "recurrent", "scalar_affine", "smooth", "kept_float_weights", "weight_range",
+    "exclude_op_types", "quantize_attention", "quantize_output_layers", "recurrent", "scalar_affine", "depthwise", "smooth", "kept_float_weights", "weight_range",
     "embeddings", "accuracy_budget", "accuracy_metric", "sensitivity", "calibration_provider", "max_calibration_samples", "eval_fraction", "max_eval_batches",
 )
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")
@@ -653,7 +653,8 @@ def share(model, output, eval_data, threads, report_path, quiet, input_shapes, *
     "Held-out data every candidate is measured on, read like --data (default: every 5th batch of --data, used to build no candidate)."
 ))
 @config_options(CompressConfig, "max_loss", "accuracy_metric", "target_latency", "ratios", "prune_by", "only", "importance", "distill", "distill_epochs", "distill_time_budget",
-                "distill_lr", "distill_lr_schedule", "objective", "quantize", "target", "scalar_affine", "smooth", "weight_range", "max_calibration_samples", "eval_fraction", "max_eval_batches")
+                "distill_lr", "distill_lr_schedule", "objective", "quantize", "target", "scalar_affine", "depthwise", "smooth", "weight_range", "max_calibration_samples",
+                "eval_fraction", "max_eval_batches")
 @threads_option
 @config_options(CompressConfig, "latency_runs")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, help="Also write one self-contained HTML page: the candidates' accuracy/latency plot and a per-layer chart.")

@@ -120,3 +120,32 @@ def test_a_faster_float_form_that_is_less_faithful_is_not_written(monkeypatch):
     written, report = quantize(model, data, config=TIMED)
     assert report.depthwise["written"] == "int8" and "less faithful" in report.depthwise["why"]
     assert _weight_is_dequantized(written, _depthwise_conv(written))
+
+
+def test_depthwise_int8_or_float_writes_that_form_without_timing(monkeypatch):
+    """For a model quantized on one machine and deployed on another, where the measurement here says nothing."""
+    model = depthwise_separable()
+    data = sample_inputs(model, 10)
+    monkeypatch.setattr(depthwise_step, "latency_ratios", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (_ratio(0.6), None))
+    written, report = quantize(model, data, config=QuantConfig(latency_runs=3, accuracy_budget=None, depthwise="int8"))
+    assert report.depthwise == {"nodes": 1, "written": "int8", "why": "--depthwise int8"} and _weight_is_dequantized(written, _depthwise_conv(written))
+    written, report = quantize(model, data, config=QuantConfig(latency_runs=3, accuracy_budget=None, depthwise="float"))
+    assert report.depthwise == {"nodes": 1, "written": "float", "why": "--depthwise float"} and not _weight_is_dequantized(written, _depthwise_conv(written))
+    decision = next(d for d in report.decisions if d.node == _depthwise_conv(written).name)
+    assert decision.reason.text == "depthwise convolution kept in float: --depthwise float (--report: depthwise)"
+
+
+def test_cli_depthwise_option_reaches_quantize(tmp_path, save, npz_folder):
+    from click.testing import CliRunner
+
+    from onnxslim.cli import main
+
+    model = depthwise_separable()
+    path, data = save(model), npz_folder(sample_inputs(model, 10))
+    result = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--data", str(data), "--latency-runs", "0",
+                                       "--accuracy-budget", "none", "--depthwise", "float", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "depthwise convolutions (1): float form written: --depthwise float" in " ".join(result.output.split())
+    bad = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "r.onnx"), "--data", str(data), "--depthwise", "fp16"])
+    assert bad.exit_code == 2 and "--depthwise" in bad.output

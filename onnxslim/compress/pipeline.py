@@ -37,7 +37,7 @@ from onnxslim.prune import PruneConfig, prune
 from onnxslim.prune.importance import METHODS
 from onnxslim.prune.structured import only_setting
 from onnxslim.quant import QuantConfig, quantize
-from onnxslim.quant.config import TARGETS, scalar_affine_setting, smooth_setting, weight_range_setting
+from onnxslim.quant.config import TARGETS, depthwise_setting, scalar_affine_setting, smooth_setting, weight_range_setting
 from onnxslim.records import Record
 from onnxslim.runtime import Runner, available_providers, resolve_provider
 from onnxslim.runtime.write import write_verified
@@ -86,6 +86,7 @@ class CompressConfig:
         "every candidate timed on CUDA.", choices=TARGETS,
     )
     scalar_affine: str = scalar_affine_setting()
+    depthwise: str = depthwise_setting()
     smooth: float | None = smooth_setting()
     weight_range: str = weight_range_setting()
     max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
@@ -302,8 +303,10 @@ def _quantized(
         _say(show_progress, f"compress: {name}" + (f" (again, quantize's budget {1 - allowance:.4f})" if attempt else ""))
         quant_config = QuantConfig(
             precision=_precision(config), target=config.target, threads=config.threads, if_slower="keep-int8", accuracy_budget=1.0 - allowance,
-            accuracy_metric=config.accuracy_metric, scalar_affine=config.scalar_affine, smooth=config.smooth, weight_range=config.weight_range,
-            latency_runs=config.latency_runs if config.scalar_affine == "auto" else 0,  # auto times both forms; compress times the candidates itself
+            accuracy_metric=config.accuracy_metric, scalar_affine=config.scalar_affine, depthwise=config.depthwise, smooth=config.smooth,
+            weight_range=config.weight_range,
+            # auto times both forms; compress times the candidates itself
+            latency_runs=config.latency_runs if "auto" in (config.scalar_affine, config.depthwise) else 0,
         )
         try:
             quantized, quant_report = quantize(model, calibration, config=quant_config, show_progress=show_progress)

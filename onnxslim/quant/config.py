@@ -38,6 +38,20 @@ def scalar_affine_setting():
     )
 
 
+DEPTHWISE = ("auto", "int8", "float")
+
+
+def depthwise_setting():
+    """``--depthwise``, one definition for quantize and compress."""
+    return setting(
+        "auto", "Convolutions whose every group has one input and one output channel (depthwise ones, one-channel filters), which onnxruntime "
+        "runs on its depthwise integer kernel: int8 = integer; float = kept float (a dequantize before, a quantize after each); auto = both "
+        "forms built and measured, the float one kept only when the model is faster with it at --threads (or within 3% there and faster at "
+        "1 thread), not slower at 1 thread, and as faithful. Measure where you deploy: the integer kernel's speed depends on the CPU.",
+        choices=DEPTHWISE,
+    )
+
+
 def smooth_setting():
     """``--smooth``, one definition for quantize and compress."""
     return setting(
@@ -104,6 +118,7 @@ class QuantConfig:
         choices=("int8", "float"),
     )
     scalar_affine: str = scalar_affine_setting()
+    depthwise: str = depthwise_setting()
     smooth: float | None = smooth_setting()
     kept_float_weights: str = setting(
         "int8", "Weights of the layers kept in float (for --accuracy-budget, and output layers), stored smaller and turned back into float32 when the "

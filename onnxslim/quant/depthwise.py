@@ -9,7 +9,8 @@ dequantize before it and a quantize after it, which can cost as much as it saves
 right everywhere: the model is built with those convolutions in float too, and the float form is
 written only when it is measured faster at the thread count the user deploys with and not slower at 1
 thread (or ties there and is faster at 1 thread), as faithful as the integer form (within the slack
-``--scalar-affine auto`` allows) and within the accuracy budget.
+``--scalar-affine auto`` allows) and within the accuracy budget. That is ``--depthwise auto``; ``int8``
+and ``float`` write one form without measuring (quantizing on one machine for another: measure there).
 """
 
 from __future__ import annotations
@@ -52,13 +53,18 @@ def float_depthwise_if_faster(run, config, report, plan: QuantPlan, model: onnx.
         return plan, model, comparisons
     entry: dict = {"nodes": len(nodes), "written": "int8"}
     report.depthwise = entry
-    if config.latency_runs <= 0 or not run.eval_batches:
+    if config.depthwise == "int8":
+        entry["why"] = "--depthwise int8"
+        return plan, model, comparisons
+    if config.depthwise == "auto" and (config.latency_runs <= 0 or not run.eval_batches):
         entry["why"] = "not measured (timing is off): the integer form is kept"
         return plan, model, comparisons
     keep_float = frozenset(e["node"] for e in report.kept_float_for_budget) | frozenset(nodes)
     # the same form of constant-scalar Add/Mul as the model measured against
     form_config = dataclasses.replace(config, scalar_affine="int8") if report.scalar_affine.get("written") == "int8" else config
     float_plan, float_model = run.build(form_config, keep_float)
+    if config.depthwise == "float":
+        return _float_form(entry, "--depthwise float", nodes, float_plan, float_model, fidelity(run.reference, float_model, run.eval_batches))
     at_threads, at_one = latency_ratios(
         model, float_model, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
         description="timing depthwise convolutions: integer vs float form", labels=("integer form", "float form"),
@@ -84,11 +90,15 @@ def float_depthwise_if_faster(run, config, report, plan: QuantPlan, model: onnx.
     if math.isnan(float_score) or less_faithful or (config.accuracy_budget is not None and float_score < config.accuracy_budget):
         entry["why"] = f"the float form is faster ({_speed(at_threads.ratio, at_one, where)}) but less faithful ({metric} {float_score:.5f} against {score:.5f})"
         return plan, model, comparisons
-    entry["written"] = "float"
-    entry["why"] = f"onnxruntime's integer depthwise kernel is slower here: the float form is {_speed(at_threads.ratio, at_one, where)}, {metric} {float_score:.5f}"
-    reasons = {node: Reason(QuantReason.KEPT_FLOAT, "depthwise convolution kept in float: measured faster than onnxruntime's integer depthwise kernel (--report: depthwise)")
-               for node in nodes if node in float_plan.decisions}
-    return float_plan.with_reasons(reasons), float_model, float_comparisons
+    why = f"onnxruntime's integer depthwise kernel is slower here: the float form is {_speed(at_threads.ratio, at_one, where)}, {metric} {float_score:.5f}"
+    return _float_form(entry, why, nodes, float_plan, float_model, float_comparisons)
+
+
+def _float_form(entry: dict, why: str, nodes: list[str], plan: QuantPlan, model: onnx.ModelProto, comparisons: list):
+    entry["written"], entry["why"] = "float", why
+    short = "measured faster than onnxruntime's integer depthwise kernel" if why.startswith("onnxruntime") else why
+    reasons = {node: Reason(QuantReason.KEPT_FLOAT, f"depthwise convolution kept in float: {short} (--report: depthwise)") for node in nodes if node in plan.decisions}
+    return plan.with_reasons(reasons), model, comparisons
 
 
 def _speed(ratio: float | None, at_one, where: str) -> str:
