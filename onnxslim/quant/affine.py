@@ -6,27 +6,22 @@ the scalar as one exact UINT8 code, which takes the activation before it into
 integers too. Whether that is faster depends on the model and the thread count,
 and the extra requantization of its output costs some accuracy, so neither form
 is right everywhere: both are built with the same layers kept in float, and the
-integer form is written only when it stays as faithful and is measured faster at the
-thread count the user deploys with (and not slower at 1 thread), or ties there (within
-3%, where timing at several threads is noisy) and is faster at 1 thread.
+integer form is written only when it pays by the rule of :mod:`onnxslim.quant.forms`: as
+faithful, and measured faster at the thread count the user deploys with (and not slower at
+1 thread), or tied there (within 3%) and faster at 1 thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import onnx
 
 from onnxslim.measure import fidelity, worst_score
 from onnxslim.measure.latency import latency_ratios, threads_text
 from onnxslim.quant.decisions import QuantPlan, QuantReason
+from onnxslim.quant.forms import MISSES_BUDGET, NOT_FASTER, SLOWER_ALONE, TIED, fidelity_verdict, ratio_text, timing_verdict, worth_timing_alone
 from onnxslim.reasons import Reason
-
-FASTER = 0.97  # the integer form must beat the float form's median latency by this factor at the deploy thread count,
-TIE = 1.0 / FASTER  # or, within this much of it there (a tie, as timing noise at several threads often leaves it), at 1 thread
-LOSS_SLACK = 1.1  # ... and lose at most this multiple of the float form's accuracy loss (1 - worst score), plus ABSOLUTE_SLACK
-ABSOLUTE_SLACK = 0.001
 
 
 def scalar_affine_nodes(plan: QuantPlan) -> list[str]:
@@ -62,41 +57,38 @@ def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.Mo
     at_threads, at_one = latency_ratios(
         model, integer_model, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
         description="timing scalar Add/Mul: float vs integer form", labels=("float form", "integer form"),
-        one_thread_when=lambda timed: timed.ratio is not None and timed.ratio < TIE,  # a form slower where it is deployed is not timed again
+        one_thread_when=worth_timing_alone,  # a form slower where it is deployed is not timed again
     )
     entry["latency_vs_float_form"] = at_threads.ratio
     if at_one is not None:
         entry["latency_vs_float_form_1_thread"] = at_one.ratio
     where = threads_text(config.threads)
-    if at_threads.ratio is None or at_threads.ratio >= TIE:
-        return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form is not faster ({_ratio(at_threads.ratio)} the float form's latency at {where})",
+    verdict = timing_verdict(at_threads, at_one)
+    if verdict == NOT_FASTER:
+        return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form is not faster ({ratio_text(at_threads.ratio)} the float form's latency at {where})",
                            "its integer form measured no faster")
-    if at_one is not None and at_one.ratio is not None and at_one.ratio > 1.0:
-        return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form is slower at 1 thread ({_ratio(at_one.ratio)} the float form's latency)",
+    if verdict == SLOWER_ALONE:
+        return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form is slower at 1 thread ({ratio_text(at_one.ratio)} the float form's latency)",
                            "its integer form is slower at 1 thread")
-    faster_at_one = at_one is not None and at_one.ratio is not None and at_one.ratio < FASTER
-    if at_threads.ratio >= FASTER and not faster_at_one:
+    if verdict == TIED:
         return _kept_float(plan, model, comparisons, nodes, entry,
-                           f"the integer form is not faster ({_ratio(at_threads.ratio)} the float form's latency at {where}, {_ratio(at_one.ratio if at_one else None)} at 1 thread)",
+                           f"the integer form is not faster ({ratio_text(at_threads.ratio)} the float form's latency at {where}, "
+                           f"{ratio_text(at_one.ratio if at_one else None)} at 1 thread)",
                            "its integer form measured no faster")
     integer_comparisons = fidelity(run.reference, integer_model, run.eval_batches)
     score, integer_score = worst_score(comparisons, metric), worst_score(integer_comparisons, metric)
     entry |= {"worst_score_float_form": score, "worst_score_integer_form": integer_score}
-    loss, integer_loss = 1.0 - score, 1.0 - integer_score
-    if math.isnan(integer_score) or (config.accuracy_budget is not None and integer_score < config.accuracy_budget):
+    problem = fidelity_verdict(score, integer_score, config.accuracy_budget)
+    if problem == MISSES_BUDGET:
         return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form misses the accuracy budget ({metric} {integer_score:.5f})",
                            "its integer form misses the budget")
-    if not math.isnan(score) and integer_loss > loss * LOSS_SLACK + ABSOLUTE_SLACK:
+    if problem is not None:
         return _kept_float(plan, model, comparisons, nodes, entry, f"the integer form is less faithful ({metric} {integer_score:.5f} against {score:.5f})",
                            "its integer form is less faithful")
     entry["written"] = "int8"
-    speed = f"{_ratio(at_threads.ratio)} the float form's latency at {where}" + (f", {_ratio(at_one.ratio)} at 1 thread" if at_one is not None else "")
+    speed = f"{ratio_text(at_threads.ratio)} the float form's latency at {where}" + (f", {ratio_text(at_one.ratio)} at 1 thread" if at_one is not None else "")
     entry["why"] = f"the integer form is {speed}, {metric} {integer_score:.5f}"
     return integer_plan, integer_model, integer_comparisons
-
-
-def _ratio(ratio: float | None) -> str:
-    return "unmeasured" if ratio is None else f"{ratio:.2f}x"
 
 
 def _kept_float(plan: QuantPlan, model, comparisons, nodes: list[str], entry: dict, why: str, short: str):

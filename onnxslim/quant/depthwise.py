@@ -7,16 +7,15 @@ depthwise convolution over the same shapes (onnxruntime 1.32: 3x3 over 32 channe
 256-tap filter over one channel of 44,098 samples, 4.2x). Keeping such a layer in float costs a
 dequantize before it and a quantize after it, which can cost as much as it saves, so neither form is
 right everywhere: the model is built with those convolutions in float too, and the float form is
-written only when it is measured faster at the thread count the user deploys with and not slower at 1
-thread (or ties there and is faster at 1 thread), as faithful as the integer form (within the slack
-``--scalar-affine auto`` allows) and within the accuracy budget. That is ``--depthwise auto``; ``int8``
+written only when it pays by the rule ``--scalar-affine auto`` uses (:mod:`onnxslim.quant.forms`):
+measured faster at the thread count the user deploys with and not slower at 1 thread (or tied there and
+faster at 1 thread), as faithful and within the accuracy budget. That is ``--depthwise auto``; ``int8``
 and ``float`` write one form without measuring (quantizing on one machine for another: measure there).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import onnx
 
@@ -24,8 +23,8 @@ from onnxslim.ir.graph import node_attr
 from onnxslim.ir.tensors import initializer_map
 from onnxslim.measure import fidelity, worst_score
 from onnxslim.measure.latency import latency_ratios, threads_text
-from onnxslim.quant.affine import ABSOLUTE_SLACK, FASTER, LOSS_SLACK, TIE
 from onnxslim.quant.decisions import QuantPlan, QuantReason
+from onnxslim.quant.forms import fidelity_verdict, ratio_text, timing_verdict, worth_timing_alone
 from onnxslim.reasons import Reason
 
 
@@ -68,27 +67,22 @@ def float_depthwise_if_faster(run, config, report, plan: QuantPlan, model: onnx.
     at_threads, at_one = latency_ratios(
         model, float_model, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
         description="timing depthwise convolutions: integer vs float form", labels=("integer form", "float form"),
-        one_thread_when=lambda timed: timed.ratio is not None and timed.ratio < TIE,
+        one_thread_when=worth_timing_alone,
     )
     entry["latency_vs_integer_form"] = at_threads.ratio
     if at_one is not None:
         entry["latency_vs_integer_form_1_thread"] = at_one.ratio
     where = threads_text(config.threads)
-    faster_here = at_threads.ratio is not None and at_threads.ratio < FASTER
-    faster_alone = at_one is not None and at_one.ratio is not None and at_one.ratio < FASTER
-    slower_alone = at_one is not None and at_one.ratio is not None and at_one.ratio > 1.0
-    tied_here = at_threads.ratio is not None and at_threads.ratio < TIE
-    if not (faster_here and not slower_alone) and not (tied_here and faster_alone):
+    if timing_verdict(at_threads, at_one) is not None:
         entry["why"] = f"the float form is not faster ({_speed(at_threads.ratio, at_one, where)})"
         return plan, model, comparisons
     float_comparisons = fidelity(run.reference, float_model, run.eval_batches)
     metric = config.accuracy_metric
     score, float_score = worst_score(comparisons, metric), worst_score(float_comparisons, metric)
     entry |= {"worst_score_integer_form": score, "worst_score_float_form": float_score}
-    # as faithful: within the slack of --scalar-affine's rule (two forms' rounding differs), and within the budget
-    less_faithful = not math.isnan(score) and 1.0 - float_score > (1.0 - score) * LOSS_SLACK + ABSOLUTE_SLACK
-    if math.isnan(float_score) or less_faithful or (config.accuracy_budget is not None and float_score < config.accuracy_budget):
-        entry["why"] = f"the float form is faster ({_speed(at_threads.ratio, at_one, where)}) but less faithful ({metric} {float_score:.5f} against {score:.5f})"
+    problem = fidelity_verdict(score, float_score, config.accuracy_budget)
+    if problem is not None:
+        entry["why"] = f"the float form is faster ({_speed(at_threads.ratio, at_one, where)}) but {problem} ({metric} {float_score:.5f} against {score:.5f})"
         return plan, model, comparisons
     why = f"onnxruntime's integer depthwise kernel is slower here: the float form is {_speed(at_threads.ratio, at_one, where)}, {metric} {float_score:.5f}"
     return _float_form(entry, why, nodes, float_plan, float_model, float_comparisons)
@@ -102,7 +96,7 @@ def _float_form(entry: dict, why: str, nodes: list[str], plan: QuantPlan, model:
 
 
 def _speed(ratio: float | None, at_one, where: str) -> str:
-    text = f"{'unmeasured' if ratio is None else f'{ratio:.2f}x'} the integer form's latency at {where}"
+    text = f"{ratio_text(ratio)} the integer form's latency at {where}"
     if at_one is not None and at_one.ratio is not None:
-        text += f", {at_one.ratio:.2f}x at 1 thread"
+        text += f", {ratio_text(at_one.ratio)} at 1 thread"
     return text

@@ -1,0 +1,55 @@
+"""Two built forms of one model, and whether the form that would replace the other pays: the rule that
+``--scalar-affine auto`` and ``--depthwise auto`` share.
+
+The challenger is written only when it is measured faster at the thread count the user deploys with
+and not slower at 1 thread, or ties there (within 3%, where timing at several threads is noisy) and is
+faster at 1 thread; and when it stays as faithful (its loss at most LOSS_SLACK times the other form's,
+plus ABSOLUTE_SLACK: the two forms round differently) and within the accuracy budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+from onnxslim.measure.latency import LatencyComparison
+
+FASTER = 0.97  # the challenger must beat the other form's median latency by this factor at the deploy thread count,
+TIE = 1.0 / FASTER  # or, within this much of it there (a tie, as timing noise at several threads often leaves it), at 1 thread
+LOSS_SLACK = 1.1  # ... and lose at most this multiple of the other form's accuracy loss (1 - worst score), plus ABSOLUTE_SLACK
+ABSOLUTE_SLACK = 0.001
+
+NOT_FASTER = "not faster"  # at the deploy thread count
+SLOWER_ALONE = "slower at 1 thread"
+TIED = "tied"  # within TIE at the deploy thread count, and not faster at 1 thread
+MISSES_BUDGET = "misses the accuracy budget"  # or scores NaN
+LESS_FAITHFUL = "less faithful"
+
+
+def worth_timing_alone(timed: LatencyComparison) -> bool:
+    """Whether the timing at the deploy thread count leaves the verdict open, so that 1 thread is timed too."""
+    return timed.ratio is not None and timed.ratio < TIE
+
+
+def timing_verdict(at_threads: LatencyComparison, at_one: LatencyComparison | None) -> str | None:
+    """None when the challenger (the candidate of both comparisons) wins on time; else NOT_FASTER, SLOWER_ALONE or TIED."""
+    if at_threads.ratio is None or at_threads.ratio >= TIE:
+        return NOT_FASTER
+    if at_one is not None and at_one.ratio is not None and at_one.ratio > 1.0:
+        return SLOWER_ALONE
+    faster_alone = at_one is not None and at_one.ratio is not None and at_one.ratio < FASTER
+    if at_threads.ratio >= FASTER and not faster_alone:
+        return TIED
+    return None
+
+
+def fidelity_verdict(score: float, challenger: float, budget: float | None) -> str | None:
+    """None when the challenger's worst score is as faithful as ``score`` and within ``budget``; else MISSES_BUDGET or LESS_FAITHFUL."""
+    if math.isnan(challenger) or (budget is not None and challenger < budget):
+        return MISSES_BUDGET
+    if not math.isnan(score) and 1.0 - challenger > (1.0 - score) * LOSS_SLACK + ABSOLUTE_SLACK:
+        return LESS_FAITHFUL
+    return None
+
+
+def ratio_text(ratio: float | None) -> str:
+    return "unmeasured" if ratio is None else f"{ratio:.2f}x"
