@@ -289,16 +289,20 @@ def _observe_original(original: onnx.ModelProto, layers: list[_Layer], source: I
                 layer.targets.append(np.ascontiguousarray(y[:, layer.kept_out] if layer.kept_out is not None else y, dtype=np.float32))
 
 
+def _taps(layer: _Layer) -> int:
+    """Kernel taps a refit solves for per kept input: the kernel's size over patches, else 1."""
+    return int(np.prod(layer.old_weight.dims[2:])) if layer.patches else 1
+
+
 def _unknowns(layer: _Layer) -> int:
     """Unknowns per output of a layer's refit: a weight per kept input (per kept input and kernel tap, over patches), and the intercept."""
-    taps = int(np.prod(layer.old_weight.dims[2:])) if layer.patches else 1
-    return len(layer.kept_in) * taps + 1
+    return len(layer.kept_in) * _taps(layer) + 1
 
 
 def _inputs(layer: _Layer) -> str:
     if not layer.patches:
         return f"{len(layer.kept_in)} input channel(s) and an intercept"
-    return f"{len(layer.kept_in)} input channel(s) x {int(np.prod(layer.old_weight.dims[2:]))} kernel taps, and an intercept"
+    return f"{len(layer.kept_in)} input channel(s) x {_taps(layer)} kernel taps, and an intercept"
 
 
 def _gram_bytes(layer: _Layer) -> int:
@@ -320,10 +324,7 @@ def _within_budget(wave: list[_Layer]) -> list[list[_Layer]]:
 def _target_rows(layer: _Layer) -> int:
     """Rows of targets to keep for a refit layer: enough per unknown weight of an output (a patch has kernel-size times
     the channels, and fewer rows per unknown, or the targets of a wide 3x3 layer would fill memory)."""
-    if not layer.patches:
-        return max(MIN_TARGET_ROWS, ROWS_PER_UNKNOWN * (len(layer.kept_in) + 1))
-    unknowns = len(layer.kept_in) * int(np.prod(layer.old_weight.dims[2:]))
-    return max(MIN_TARGET_ROWS, ROWS_PER_PATCH_UNKNOWN * (unknowns + 1))
+    return max(MIN_TARGET_ROWS, (ROWS_PER_PATCH_UNKNOWN if layer.patches else ROWS_PER_UNKNOWN) * _unknowns(layer))
 
 
 def _input_matrix(layer: _Layer) -> np.ndarray:
