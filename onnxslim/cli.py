@@ -323,8 +323,7 @@ def _task_text(output) -> str:
 
 def _agreement_text(output) -> str:
     """', top-1 0.9219' where the output's shape calls for a decision-level score (see _task_text); '' elsewhere."""
-    task = output.task_metric
-    return f", {task[0]} {_fmt(task[1], 4)}" if task else ""
+    return f", {_task_text(output)}" if output.task_metric else ""
 
 
 def _sensitivity_text(entry: dict, metric: str, label: str) -> str:
