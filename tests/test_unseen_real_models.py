@@ -53,6 +53,12 @@ def data(unseen, tmp_path_factory):
     return {task: make(task, 24, 48, root=root) for task in tasks}
 
 
+def quantized_with_defaults(model, folder: Path, out: Path):
+    """quantize's report for ``model`` with its defaults, untimed: calibrated on ``folder``/calib, checked on ``folder``/eval, written to ``out``."""
+    _, report = quantize(model, folder / "calib", eval_data=folder / "eval", config=QuantConfig(latency_runs=0), output=out)
+    return report
+
+
 def orientation_accuracy(model_path, folder: Path) -> float:
     feeds, labels = labelled_feeds(folder)
     return score_cls(run_all(model_path, feeds), labels)
@@ -96,7 +102,7 @@ def test_click_captcha_detector_quantized_with_defaults_finds_the_same_character
     """A YOLOX head: compared over every anchor, the unread boxes of the background kept 228 of 270 layers in float."""
     model, folder = unseen["ddddocr_det.onnx"], data["clicks"]
     out = tmp_path / "clicks.int8.onnx"
-    _, report = quantize(model, folder / "calib", eval_data=folder / "eval", config=QuantConfig(latency_runs=0), output=out)
+    report = quantized_with_defaults(model, folder, out)
     assert report.fidelity[0].detection_view is not None and report.fidelity[0].cosine >= 0.99
     assert len(report.kept_float_for_budget) <= 20, len(report.kept_float_for_budget)
     feeds, labels = labelled_feeds(folder / "eval")
@@ -110,7 +116,7 @@ def test_click_captcha_detector_quantized_with_defaults_finds_the_same_character
 def test_captcha_recognizer_quantized_with_defaults_keeps_reading(unseen, data, tmp_path):
     model, folder = unseen["ddddocr_rec.onnx"], data["captcha"]
     out = tmp_path / "captcha.int8.onnx"
-    _, report = quantize(model, folder / "calib", eval_data=folder / "eval", config=QuantConfig(latency_runs=0), output=out)
+    report = quantized_with_defaults(model, folder, out)
     assert any(d.op_type == "LSTM" and d.quantized for d in report.decisions)
     assert out.stat().st_size < model.stat().st_size * 0.3
     feeds, labels = labelled_feeds(folder / "eval")
@@ -123,7 +129,7 @@ def test_file_type_classifier_quantized_keeps_typing_files_and_prune_says_why_it
     """magika: a tf2onnx export reading int32 byte tokens, one-hot through Equal, normalizations spelled out."""
     model, folder = unseen["magika.onnx"], data["magika"]
     out = tmp_path / "magika.int8.onnx"
-    _, report = quantize(model, folder / "calib", eval_data=folder / "eval", config=QuantConfig(latency_runs=0), output=out)
+    report = quantized_with_defaults(model, folder, out)
     assert report.fidelity[0].cosine >= 0.99 and out.stat().st_size < model.stat().st_size * 0.4
     feeds, labels = labelled_feeds(folder / "eval")
     fp32, int8 = score_cls(run_all(model, feeds), labels), score_cls(run_all(out, feeds), labels)
@@ -147,7 +153,7 @@ def test_table_structure_recognizer_with_a_stopping_decoder_is_pruned_and_quanti
     # one table of 48 decoded to another length costs 1-3 points; pruned without its refit, the score falls to 0.1 or below 0
     assert score_table(run_all(pruned, feeds), labels) >= fp32 - 0.06
     quantized = tmp_path / "table.int8.onnx"
-    _, report = quantize(model, folder / "calib", eval_data=folder / "eval", config=QuantConfig(latency_runs=0), output=quantized)
+    report = quantized_with_defaults(model, folder, quantized)
     assert min(o.cosine for o in report.fidelity) >= 0.99  # the default budget: every output, lengths that differ counted in full
     assert score_table(run_all(quantized, feeds), labels) >= fp32 - 0.02
 
@@ -161,7 +167,7 @@ def test_watermark_networks_convolving_one_frame_are_quantized_as_2d_layers_and_
     fp32 = score(run_all(unseen[network], feeds), labels)
     assert fp32 >= 0.9, "the watermark is read back from the photographs"
     out = tmp_path / network
-    _, report = quantize(unseen[network], folder / "calib", eval_data=folder / "eval", config=QuantConfig(latency_runs=0), output=out)
+    report = quantized_with_defaults(unseen[network], folder, out)
     lowered = next(p for p in report.prepare if p.name == "conv3d-on-one-slice-as-conv2d")
     assert lowered.changes == ["wrote 4 Conv(s) over a volume one slice deep as 2-D Conv(s)"] and report.written == "int8"
     written = onnx.load(str(out))
@@ -174,7 +180,7 @@ def test_speech_embedding_network_with_floored_leaky_relus_is_quantized_end_to_e
     now folds into the LeakyReLU's quantizer instead of leaving a float island in each of its 19 blocks."""
     folder = data["wakeword"]
     out = tmp_path / "wakeword.int8.onnx"
-    _, report = quantize(unseen["oww_embedding.onnx"], folder / "calib", eval_data=folder / "eval", config=QuantConfig(latency_runs=0), output=out)
+    report = quantized_with_defaults(unseen["oww_embedding.onnx"], folder, out)
     assert report.written == "int8" and min(o.cosine for o in report.fidelity) >= 0.99
     assert report.integer_kernels.get("QLinearLeakyRelu") == 19 and report.integer_kernels.get("QLinearConv") == 19
     assert not {"Max", "Clip"} & {n.op_type for n in onnx.load(str(out)).graph.node}
@@ -193,7 +199,7 @@ def test_pitch_tracker_quantized_keeps_its_pitch_accuracy(crepe, data, tmp_path)
     fp32 = score_pitch(run_all(crepe["crepe_tiny.onnx"], feeds), labels)
     assert fp32 >= 0.8, "the tones' pitch is found within 10 cents"
     out = tmp_path / "crepe_tiny.int8.onnx"
-    _, report = quantize(crepe["crepe_tiny.onnx"], folder / "calib", eval_data=folder / "eval", config=QuantConfig(latency_runs=0), output=out)
+    report = quantized_with_defaults(crepe["crepe_tiny.onnx"], folder, out)
     assert report.written == "int8" and report.integer_kernels.get("QLinearConv") == 6 and min(o.cosine for o in report.fidelity) >= 0.99
     # frames near the 10-cent line flip either way: two of 48 (200 held-out frames: 0.905 FP32, 0.905 INT8)
     assert score_pitch(run_all(out, feeds), labels) >= fp32 - 2 / len(labels)
@@ -219,7 +225,7 @@ def test_note_transcriber_with_one_channel_decimation_filters_is_quantized_and_k
     fp32 = score_notes(run_all(unseen["basic_pitch.onnx"], feeds), labels)
     assert fp32 >= 0.85, "the generated notes are transcribed"
     out = tmp_path / "basic_pitch.int8.onnx"
-    _, report = quantize(unseen["basic_pitch.onnx"], folder / "calib", eval_data=folder / "eval", config=QuantConfig(latency_runs=0), output=out)
+    report = quantized_with_defaults(unseen["basic_pitch.onnx"], folder, out)
     assert report.written == "int8" and min(o.cosine for o in report.fidelity) >= 0.99
     assert report.depthwise["nodes"] >= 1 and report.depthwise["written"] == "int8"  # untimed: the integer form
     assert score_notes(run_all(out, feeds), labels) >= fp32 - 0.02
