@@ -8,7 +8,7 @@ import click
 
 from onnxslim.data.sources import parse_input_shapes
 from onnxslim.errors import OnnxSlimError
-from onnxslim.options import option_name, setting_of
+from onnxslim.options import option_name, range_text, setting_of
 
 
 def _shapes(ctx, param, value):
@@ -127,6 +127,24 @@ class NoneOr(click.ParamType):
         return self.inner.convert(value, param, ctx)
 
 
+class WordOrNumber(click.ParamType):
+    """One of a few words, or a number in range: a setting with a named default mode and a tunable one."""
+
+    def __init__(self, words: tuple[str, ...], number: click.ParamType, number_text: str):
+        self.words = words
+        self.number = number
+        self.number_text = number_text
+        self.name = "|".join(words) + f"|{number.name}"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() in self.words:
+            return value.strip().lower()
+        try:
+            return self.number.convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"'{value}' is neither {', '.join(self.words)} nor a number in {self.number_text}", param, ctx)
+
+
 def config_option(config_type: type, name: str):
     """A click option built from the declaration of ``config_type.name``: its name, default, choices, range and help."""
     field = next(f for f in dataclasses.fields(config_type) if f.name == name)
@@ -139,11 +157,14 @@ def config_option(config_type: type, name: str):
     if field.type in ("tuple[float, ...]",):
         default = ",".join(f"{v:g}" for v in field.default)
         return click.option(flag, name, default=default, show_default=True, callback=_floats, metavar=described.metavar, help=described.help)
-    if described.choices is not None:
+    ranged = described.low is not None or described.high is not None
+    if described.choices is not None and not ranged:
         kind = click.Choice(list(described.choices))
-    elif described.low is not None or described.high is not None:
+    elif ranged:
         numeric = click.IntRange if "int" in str(field.type) else click.FloatRange
         kind = numeric(described.low, described.high, min_open=described.low_open, max_open=described.high_open)
+        if described.choices is not None:
+            kind = WordOrNumber(described.choices, kind, range_text(described))
         if "None" in str(field.type) and field.default is not None:  # a default the user can switch off
             kind = NoneOr(kind)
     else:

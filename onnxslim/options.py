@@ -71,7 +71,11 @@ def check_settings(config: Any) -> None:
         if described is None or value is None:
             continue
         name = option_name(field.name, described)
-        if described.choices is not None and value not in described.choices:
-            raise UsageError(f"{name} must be one of {', '.join(described.choices)} (got '{value}')")
-        if (described.low is not None or described.high is not None) and not isinstance(value, bool) and not _in_range(value, described):
+        ranged = described.low is not None or described.high is not None
+        if described.choices is not None and (isinstance(value, str) or not ranged) and value not in described.choices:
+            expected = ", ".join(described.choices) + (f" or a number in {range_text(described)}" if ranged else "")
+            raise UsageError(f"{name} must be one of {expected} (got '{value}')")
+        if ranged and not isinstance(value, (bool, str)) and not _in_range(value, described):
             raise UsageError(f"{name} {value} must be in {range_text(described)}")
+        if ranged and described.choices is None and isinstance(value, str):
+            raise UsageError(f"{name} must be a number in {range_text(described)} (got '{value}')")
