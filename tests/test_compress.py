@@ -315,7 +315,8 @@ def test_smooth_reaches_quantize_for_int8_candidates_only(monkeypatch):
     assert [c.smooth for c in configs] == [0.8]
     with pytest.raises(UsageError, match="--smooth"):
         CompressConfig(smooth=0.8, target="cuda")
-    assert "--smooth ALPHA|none" in CliRunner().invoke(main, ["compress", "--help"]).output
+    assert "--smooth outliers|ALPHA|none" in CliRunner().invoke(main, ["compress", "--help"]).output
+    assert CompressConfig(target="cuda").smooth == "outliers"  # the default is no request: float16 candidates ignore it
 
 
 def test_fewer_batches_than_the_hold_out_period_still_hold_out_the_last_one():

@@ -37,6 +37,8 @@ from tests.conftest import noisy_comparison, run_model
 
 GOLDEN = Path(__file__).parent / "golden"
 FAST = QuantConfig(latency_runs=0)
+# outlier_mlp's first layer needs float only while its outlier channel stays in its input; --smooth outliers (the default) removes it
+UNSMOOTHED = QuantConfig(latency_runs=0, smooth=None)
 EVERY_LAYER = QuantConfig(latency_runs=0, quantize_output_layers=True)
 
 
@@ -387,9 +389,9 @@ def test_accuracy_budget_keeps_sensitive_layers_in_float(sensitivity):
 
 def test_the_default_budget_is_099_on_every_output_and_none_switches_it_off(save, npz_folder, tmp_path):
     model, data = outlier_mlp(), outlier_inputs(30)
-    _, unchecked = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
+    _, unchecked = quantize(model, data, config=QuantConfig(latency_runs=0, smooth=None, accuracy_budget=None))
     assert min(c.cosine for c in unchecked.fidelity) < 0.5 and unchecked.budget is None and not unchecked.kept_float_for_budget
-    _, default = quantize(model, data, config=FAST)
+    _, default = quantize(model, data, config=UNSMOOTHED)
     assert default.budget == 0.99 and min(c.cosine for c in default.fidelity) >= 0.99
     # the layer whose input scale the outlier sets is found from one side-by-side pass, and it alone is kept in float
     first = model.graph.node[0].name
@@ -434,7 +436,7 @@ def test_a_layer_deep_in_a_noisy_chain_is_charged_its_own_noise(monkeypatch):
     from onnxslim.quant import pipeline
 
     model, data = _chain_with_two_bad_layers(), outlier_inputs(30)
-    config = QuantConfig(latency_runs=0, per_channel=False)
+    config = QuantConfig(latency_runs=0, smooth=None, per_channel=False)
     matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
     first, fourth = matmuls[0], matmuls[3]
     _, report = quantize(model, data, config=config)
@@ -975,7 +977,7 @@ def test_scalar_affine_auto_keeps_the_float_form_when_the_integer_form_misses_th
 def test_layers_kept_in_float_for_the_budget_store_their_weights_in_int8():
     model, data = outlier_mlp(), outlier_inputs(30)
     first = model.graph.node[0]
-    quantized, report = quantize(model, data, config=FAST)
+    quantized, report = quantize(model, data, config=UNSMOOTHED)
     assert [k["node"] for k in report.kept_float_for_budget] == [first.name]
     (kept,) = [n for n in quantized.graph.node if n.name == first.name]
     producers = {o: n for n in quantized.graph.node for o in n.output}
@@ -996,10 +998,10 @@ def test_layers_kept_in_float_for_the_budget_store_their_weights_in_int8():
     assert "weights stored in INT8" in output_layer.reason.text
     assert report.kept_float_weights["written"] == "int8" and report.kept_float_weights["layers"] == 2
     assert report.kept_float_weights["bytes_saved"] >= original.size * 3 - 1024
-    _, half = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights="float16"))
+    _, half = quantize(model, data, config=QuantConfig(latency_runs=0, smooth=None, kept_float_weights="float16"))
     assert half.kept_float_weights["written"] == "float16"
     assert half.sizes.quantized_bytes - report.sizes.quantized_bytes >= original.size * 2 - 1024
-    _, full = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights="float32"))
+    _, full = quantize(model, data, config=QuantConfig(latency_runs=0, smooth=None, kept_float_weights="float32"))
     assert full.sizes.quantized_bytes - report.sizes.quantized_bytes >= original.size * 3 - 1024
     assert "stored" not in next(d for d in full.decisions if d.node == first.name).reason.text
 
@@ -1007,7 +1009,7 @@ def test_layers_kept_in_float_for_the_budget_store_their_weights_in_int8():
 def test_layers_kept_in_float_store_float16_weights_when_asked():
     model, data = outlier_mlp(), outlier_inputs(30)
     first = model.graph.node[0]
-    quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights="float16"))
+    quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0, smooth=None, kept_float_weights="float16"))
     (kept,) = [n for n in quantized.graph.node if n.name == first.name]
     (cast,) = [n for n in quantized.graph.node if n.output[0] == kept.input[1]]
     assert cast.op_type == "Cast"
@@ -1023,11 +1025,11 @@ def test_int8_weights_that_move_the_outputs_more_than_a_little_give_way_to_float
     import onnxslim.quant.pipeline as pipeline_step
 
     model, data = outlier_mlp(), outlier_inputs(30)
-    _, free = quantize(model, data, config=FAST)
+    _, free = quantize(model, data, config=UNSMOOTHED)
     moved = free.kept_float_weights["worst_score_float32"] - free.kept_float_weights["worst_score_int8"]
     assert free.kept_float_weights["written"] == "int8" and moved <= pipeline_step.INT8_WEIGHTS_SCORE_DROP
     monkeypatch.setattr(pipeline_step, "INT8_WEIGHTS_SCORE_DROP", moved / 2 if moved > 0 else -1.0)  # within the budget, but more than allowed
-    _, report = quantize(model, data, config=FAST)
+    _, report = quantize(model, data, config=UNSMOOTHED)
     assert report.kept_float_weights["written"] == "float16" and "with int8 weights an output's cosine falls to" in report.kept_float_weights["why"]
 
 
@@ -1072,7 +1074,7 @@ def test_stored_weights_that_break_the_budget_give_way(monkeypatch, storage, ele
 
     monkeypatch.setitem(pipeline_step.STORAGE, storage, stored_and_wrong)
     model, data = outlier_mlp(), outlier_inputs(30)
-    quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0, kept_float_weights=setting))
+    quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0, smooth=None, kept_float_weights=setting))
     entry = report.kept_float_weights
     assert entry["written"] == written and entry[f"worst_score_{storage}"] < 0.99 <= entry[f"worst_score_{written}"]
     assert f"with {storage} weights an output's cosine falls to" in entry["why"]

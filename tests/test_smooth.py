@@ -11,7 +11,7 @@ from models.builders import outlier_inputs, outlier_mlp, transformer_block
 from onnxslim import QuantConfig, quantize
 from onnxslim.cli import main
 from onnxslim.errors import UsageError
-from onnxslim.quant.smooth import SCALE_LIMIT, channel_maxima, channel_scales, smooth_inputs, smoothable
+from onnxslim.quant.smooth import OUTLIER_GAIN, OUTLIER_RANK, SCALE_LIMIT, channel_maxima, channel_scales, outlier_scales, smooth_inputs, smoothable
 from tests.conftest import run_model
 
 
@@ -27,6 +27,26 @@ def test_channel_scales_follow_alpha_and_spare_dead_channels():
     full = channel_scales(inputs[:3], weights[:3], alpha=1.0)
     np.testing.assert_allclose(inputs[:3] / full, inputs[0] / full[0])  # alpha 1 flattens the input's range
     np.testing.assert_allclose(np.exp(np.mean(np.log(full))), 1.0)
+
+
+def test_outlier_scales_divide_only_the_channels_that_set_the_range():
+    maxima = np.linspace(1.0, 2.0, 384)
+    maxima[[5, 77, 300]] = [40.0, 10.0, 9.0]
+    scales = outlier_scales(maxima)
+    bound = np.sort(maxima)[::-1][OUTLIER_RANK]
+    np.testing.assert_allclose(scales[[5, 77, 300]], maxima[[5, 77, 300]] / bound)
+    np.testing.assert_allclose(np.sort(maxima / scales)[::-1][: OUTLIER_RANK + 1], bound)  # the range is now the bound
+    untouched = np.ones(384, bool)
+    untouched[[5, 77, 300]] = False
+    untouched &= maxima <= bound
+    assert np.all(scales[untouched] == 1.0)
+    # a range the largest channels stretch by less than OUTLIER_GAIN, or a tensor too narrow to speak of outliers: nothing
+    assert outlier_scales(np.r_[np.ones(100), OUTLIER_GAIN * 0.99]) is None
+    assert outlier_scales(np.r_[np.ones(100), OUTLIER_GAIN * 1.01]) is not None
+    assert outlier_scales(np.r_[np.ones(14), 100.0]) is None
+    narrow = outlier_scales(np.r_[np.ones(31), 100.0])  # 32 channels: only the single largest may move
+    assert narrow is not None and np.count_nonzero(narrow != 1.0) == 1
+    assert outlier_scales(np.zeros(64)) is None
 
 
 def test_smoothing_keeps_the_float_model_exact_and_skips_shared_weights():
@@ -58,13 +78,35 @@ def test_smoothing_keeps_the_float_model_exact_and_skips_shared_weights():
 
 def test_smooth_rescues_a_layer_whose_input_scale_an_outlier_channel_sets():
     model, data = outlier_mlp(), outlier_inputs(30)
-    _, plain = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
-    _, smoothed = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, smooth=0.8))
-    assert plain.fidelity[0].cosine < 0.5 < 0.99 < smoothed.fidelity[0].cosine
-    assert [p.name for p in smoothed.prepare].count("smooth-activations") == 1
-    # with the default budget the layer no longer needs to stay in float
-    _, budgeted = quantize(model, data, config=QuantConfig(latency_runs=0, smooth=0.8))
+    _, plain = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, smooth=None))
+    assert plain.fidelity[0].cosine < 0.5
+    for smooth in ("outliers", 0.8):
+        _, smoothed = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, smooth=smooth))
+        assert smoothed.fidelity[0].cosine > 0.99, smooth
+        assert [p.name for p in smoothed.prepare].count("smooth-activations") == 1
+    # by default (outliers, and the budget) the layer no longer needs to stay in float
+    _, budgeted = quantize(model, data, config=QuantConfig(latency_runs=0))
     assert not budgeted.kept_float_for_budget and budgeted.fidelity[0].cosine >= 0.99
+
+
+def test_the_default_leaves_a_model_without_outlier_channels_as_it_was():
+    model = transformer_block()
+    data = [{"input": np.random.default_rng(i).standard_normal((1, 8, 32)).astype(np.float32)} for i in range(12)]
+    plain, plain_report = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, smooth=None))
+    default, report = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
+    assert "smooth-activations" not in [p.name for p in report.prepare]
+    assert [n.op_type for n in default.graph.node] == [n.op_type for n in plain.graph.node]
+    assert report.fidelity[0].cosine == plain_report.fidelity[0].cosine
+    # an outlier channel in the input makes the first LayerNorm's output worth smoothing (folded: no Mul added)
+    skewed = [{"input": feed["input"] * np.r_[40.0, np.ones(31)].astype(np.float32)} for feed in data]
+    skewed_model = transformer_block()
+    first_norm_scale = next(t for t in skewed_model.graph.initializer if t.name.startswith("ln_scale"))
+    gamma = onnx.numpy_helper.to_array(first_norm_scale).copy()
+    gamma[3] = 60.0  # one channel the LayerNorm stretches, as trained transformers' norms do
+    first_norm_scale.CopyFrom(onnx.numpy_helper.from_array(gamma, first_norm_scale.name))
+    _, report = quantize(skewed_model, skewed, config=QuantConfig(latency_runs=0, accuracy_budget=None))
+    smoothing = next(p for p in report.prepare if p.name == "smooth-activations")
+    assert smoothing.modified and any("folded into" in change for change in smoothing.changes)
 
 
 def test_smooth_from_the_command_line(save, npz_folder, tmp_path):
@@ -80,6 +122,18 @@ def test_smooth_from_the_command_line(save, npz_folder, tmp_path):
     assert bad.exit_code == 2 and "--smooth" in bad.output and "Traceback" not in bad.output
     with pytest.raises(UsageError, match="--smooth"):
         QuantConfig(smooth=1.5)
+    with pytest.raises(UsageError, match="--smooth must be one of outliers or a number in"):
+        QuantConfig(smooth="sideways")
+    assert QuantConfig(weights_only="int8").smooth == "outliers"  # the default does not stand in the way of weight-only runs
+    word = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "o.onnx"), "--data", str(folder), "--latency-runs", "0",
+                                     "--accuracy-budget", "none", "--smooth", "sideways"])
+    assert word.exit_code == 2 and "'sideways' is neither outliers nor a number in (0, 1]" in word.output and "Traceback" not in word.output
+    for value, smoothed in (("outliers", True), ("none", False)):
+        result = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / f"{value}.onnx"), "--data", str(folder), "--latency-runs", "0",
+                                           "--accuracy-budget", "none", "--smooth", value, "--report", str(report), "-q"])
+        assert result.exit_code == 0, result.output
+        assert any(p["pass"] == "smooth-activations" for p in json.loads(report.read_text())["prepare"]) is smoothed
+    assert "--smooth outliers|ALPHA|none" in CliRunner().invoke(main, ["quantize", "--help"]).output
 
 
 def test_a_spelled_out_scale_and_shift_takes_the_division_unless_something_else_reads_its_output():

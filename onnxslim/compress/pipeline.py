@@ -87,7 +87,7 @@ class CompressConfig:
     )
     scalar_affine: str = scalar_affine_setting()
     depthwise: str = depthwise_setting()
-    smooth: float | None = smooth_setting()
+    smooth: float | str | None = smooth_setting()
     weight_range: str = weight_range_setting()
     max_calibration_samples: int | None = setting(None, "Use at most this many batches of the data.", low=1, option="--max-samples")
     eval_fraction: float = setting(0.2, "Share of --data held out to measure every candidate.", low=0.05, high=0.5)
@@ -99,7 +99,7 @@ class CompressConfig:
         check_settings(self)
         if not self.ratios or any(not 0.0 < r < 1.0 for r in self.ratios):
             raise UsageError("--ratios must be numbers between 0 and 1 (exclusive), e.g. 0.1,0.2,0.3")
-        if self.smooth is not None and self.target != "cpu":
+        if isinstance(self.smooth, (int, float)) and self.target != "cpu":
             raise UsageError("--smooth applies to INT8 candidates (--target cpu); the cuda/tensorrt candidates are float16")
 
 

@@ -55,9 +55,11 @@ def depthwise_setting():
 def smooth_setting():
     """``--smooth``, one definition for quantize and compress."""
     return setting(
-        None, "Move outlier input channels of MatMul layers into their weights before quantizing (SmoothQuant): channel j divided by "
-        "max|x_j|^ALPHA / max|W_j|^(1-ALPHA) with a Mul before the layer, weight row j multiplied by it; 0.8 suits transformers; 'none': off.",
-        low=0.0, high=1.0, low_open=True, metavar="ALPHA|none",
+        "outliers", "Move outlier input channels of MatMul layers into their weights before static INT8 (x @ W == (x / s) @ (s * W)): "
+        "outliers = only the few channels that set an input's range, brought down to the next one's size, where that narrows the range at "
+        "least 2x (elsewhere nothing changes); ALPHA = every channel, divided by max|x_j|^ALPHA / max|W_j|^(1-ALPHA) (SmoothQuant); "
+        "'none': off. The division is folded into a LayerNorm only these layers read, a Mul before them otherwise.",
+        choices=("outliers",), low=0.0, high=1.0, low_open=True, metavar="outliers|ALPHA|none",
     )
 
 
@@ -119,7 +121,7 @@ class QuantConfig:
     )
     scalar_affine: str = scalar_affine_setting()
     depthwise: str = depthwise_setting()
-    smooth: float | None = smooth_setting()
+    smooth: float | str | None = smooth_setting()
     kept_float_weights: str = setting(
         "int8", "Weights of the layers kept in float (for --accuracy-budget, and output layers), stored smaller and turned back into float32 when the "
         "model loads, written only when every output still meets the budget with them (with --accuracy-budget none: when no output's score moves by "
@@ -153,7 +155,7 @@ class QuantConfig:
         check_settings(self)
         if self.weights_only and self.precision != "int8":
             raise UsageError("--weights-only and --precision fp16 do not combine: choose one")
-        if self.smooth is not None and (self.weights_only or self.precision != "int8"):
+        if isinstance(self.smooth, (int, float)) and (self.weights_only or self.precision != "int8"):
             raise UsageError("--smooth applies to static INT8 (activations quantized); drop it for --weights-only or --precision fp16")
         if self.block_size & (self.block_size - 1):
             raise UsageError(f"--block-size must be a power of two from 16 to 256 (got {self.block_size})")

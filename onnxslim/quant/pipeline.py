@@ -66,7 +66,7 @@ from onnxslim.quant.prepare import float_tensors_and_shapes, prepare
 from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.recurrent import find_recurrent, store_recurrent_in_int8
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
-from onnxslim.quant.smooth import MAXIMA_BATCHES, channel_maxima, smooth_inputs, smoothable
+from onnxslim.quant.smooth import MAXIMA_BATCHES, OUTLIER_BATCHES, OUTLIERS, channel_maxima, smooth_inputs, smoothable
 from onnxslim.quant.stored import store_weights_in_int8
 from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
@@ -171,26 +171,35 @@ class QuantRun:
         self.table_rows: dict = {}  # INT8 rows of the lookup tables, quantized once for every build
         self.unfused_integer: frozenset[str] = frozenset()  # MatMuls onnxruntime was seen to leave apart from their bias as MatMulInteger
         self.integer_checked = False
-        if config.smooth is not None:
+        if config.smooth is not None and config.precision == "int8" and not config.weights_only and self.calib_source is not None:
             self._smooth(config.smooth)
 
-    def _smooth(self, alpha: float) -> None:
-        """Smooth the prepared model's MatMul inputs (see :mod:`onnxslim.quant.smooth`); the cleaned FP32 model stays as it was."""
+    def _smooth(self, alpha: float | str) -> None:
+        """Smooth the prepared model's MatMul inputs (see :mod:`onnxslim.quant.smooth`); the cleaned FP32 model stays as it was.
+
+        The default (OUTLIERS) is silent where there is nothing to smooth; an ALPHA the user asked for says why it was not applied.
+        """
+        asked = alpha != OUTLIERS
         if has_mapped(self.original):
-            self.warnings.append("--smooth skipped: the model's weights stay on disk (external data over 2 GB), and smoothing rewrites them")
+            self.warnings.append(f"--smooth {alpha} skipped: the model's weights stay on disk (external data over 2 GB), and smoothing rewrites them")
             return
         smoothed = load_model(self.prepared)
         groups = smoothable(smoothed, keep=self.config.exclude_nodes)
         if not groups:
-            self.warnings.append("--smooth found no MatMul with a constant weight of its own to smooth")
+            if asked:
+                self.warnings.append("--smooth found no MatMul with a constant weight of its own to smooth")
             return
         start = time.perf_counter()
-        total = MAXIMA_BATCHES if self.calib_source.total is None else min(self.calib_source.total, MAXIMA_BATCHES)
-        maxima = channel_maxima(self.prepared, list(groups), itertools.islice(self.calib_source, MAXIMA_BATCHES), provider=self.provider,
+        limit = MAXIMA_BATCHES if asked else OUTLIER_BATCHES
+        total = limit if self.calib_source.total is None else min(self.calib_source.total, limit)
+        maxima = channel_maxima(self.prepared, list(groups), itertools.islice(self.calib_source, limit), provider=self.provider,
                                 total=total, show_progress=self.show_progress)
         result = smooth_inputs(smoothed, groups, maxima, alpha)
         result.seconds = time.perf_counter() - start
-        self.prepare_results.append(result)
+        if asked or result.modified:
+            self.prepare_results.append(result)
+        if not result.modified:
+            return
         self.prepared = smoothed
         self.float_names, self.shapes = float_tensors_and_shapes(self.prepared)
         self.scopes = BodyScopes(self.prepared)

@@ -12,6 +12,12 @@ transformer: its scale and shift are divided instead. Otherwise it is a Mul
 placed before the layers (one elementwise node per smoothed input). ``a`` near
 1 moves more of the range into the weights.
 
+``outliers`` (the default) touches only the channels that set the range: each
+channel larger than the OUTLIER_RANK-th largest is brought down to it, the
+other channels keep their values, and a tensor is left alone (no Mul) unless
+this narrows its range at least OUTLIER_GAIN times. A model without such
+channels comes out as it went in.
+
 Smoothed: each float tensor read as the first input of MatMuls with a constant
 2-D float32 weight that no other node reads (scaling a shared weight would
 change its other readers); readers named in ``keep`` stay as they are. The
@@ -38,6 +44,10 @@ from onnxslim.runtime.passes import PassRunner
 
 SCALE_LIMIT = 1e4  # a channel's scale is kept within [1 / limit, limit] of the tensor's typical one
 MAXIMA_BATCHES = 256  # the scales need each channel's rough size, not the extremes of a long calibration set
+OUTLIERS = "outliers"
+OUTLIER_RANK = 16  # at most this many channels are brought down to the next one's size (fewer in narrow tensors)
+OUTLIER_GAIN = 2.0  # a tensor is smoothed for outliers only when its range narrows at least this much (one more bit)
+OUTLIER_BATCHES = 16  # which channels are outliers shows on a few inputs; the scales need no more
 
 
 def smoothable(model: onnx.ModelProto, keep: Iterable[str] = ()) -> dict[str, list[onnx.NodeProto]]:
@@ -93,6 +103,19 @@ def channel_scales(input_maxima: np.ndarray, weight_maxima: np.ndarray, alpha: f
     return np.clip(scales, 1.0 / SCALE_LIMIT, SCALE_LIMIT)
 
 
+def outlier_scales(input_maxima: np.ndarray) -> np.ndarray | None:
+    """1 for every channel but the few largest, which are divided down to the size of the largest one left as it is;
+    None when that narrows the tensor's range by less than OUTLIER_GAIN (nothing worth a Mul)."""
+    rank = min(OUTLIER_RANK, input_maxima.size // 16)
+    if rank < 1:
+        return None
+    maxima = input_maxima.astype(np.float64)
+    bound = np.sort(maxima)[::-1][rank]
+    if not bound > 0 or maxima.max() / bound < OUTLIER_GAIN:
+        return None
+    return np.clip(maxima / bound, 1.0, SCALE_LIMIT)
+
+
 def _affine_before(index: GraphIndex, tensor: str, readers: list[onnx.NodeProto], channels: int) -> list[str] | None:
     """The constants whose division by the channel scales divides ``tensor`` itself: the scale and shift of the
     LayerNormalization (or the spelled-out ``* gamma + beta``) that produces it, when nothing but ``readers`` reads
@@ -126,11 +149,13 @@ def _affine_before(index: GraphIndex, tensor: str, readers: list[onnx.NodeProto]
     return constants if per_channel(constants) else None
 
 
-def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]], maxima: dict[str, np.ndarray], alpha: float) -> PassResult:
+def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]], maxima: dict[str, np.ndarray],
+                  alpha: float | str) -> PassResult:
     """Divide each input in ``groups`` by its channel scales and scale the readers' weight rows.
 
-    The division is folded into the normalization that produces the input when only these readers read it
-    (a pre-norm transformer's LayerNorm: free); otherwise it is a Mul before the readers.
+    ``alpha``: SmoothQuant's migration strength, or OUTLIERS (see the module docstring). The division is folded into
+    the normalization that produces the input when only these readers read it (a pre-norm transformer's LayerNorm:
+    free); otherwise it is a Mul before the readers.
     """
     result = PassResult("smooth-activations")
     graph = model.graph
@@ -143,7 +168,12 @@ def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]
         weights = [index.array(node.input[1]) for node in readers]
         if tensor not in maxima or maxima[tensor].shape != (weights[0].shape[0],):
             continue
-        scales = channel_scales(maxima[tensor], np.max([np.abs(w).max(axis=1) for w in weights], axis=0), alpha)
+        if alpha == OUTLIERS:
+            scales = outlier_scales(maxima[tensor])
+            if scales is None:
+                continue
+        else:
+            scales = channel_scales(maxima[tensor], np.max([np.abs(w).max(axis=1) for w in weights], axis=0), alpha)
         folded = _affine_before(index, tensor, readers, scales.size)
         if folded is not None:
             for name in folded:
