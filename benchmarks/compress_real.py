@@ -27,10 +27,13 @@ Results: docs/compress-benchmark.md.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,7 +60,7 @@ def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], 
     out = work / name / "int8.onnx"
     quantize(task.model, str(data), config=QuantConfig(max_calibration_samples=calib), output=out)
     rows.append({"setting": "quantize (defaults)", "path": str(out), "seconds": time.time() - started})
-    if args.smooth is not None:
+    if args.smooth != "outliers":
         started = time.time()
         out = work / name / "int8_smooth.onnx"
         quantize(task.model, str(data), config=QuantConfig(max_calibration_samples=calib, smooth=args.smooth), output=out)
@@ -95,6 +98,24 @@ def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], 
     return {"task": name, "metric": task.metric, "rows": rows}
 
 
+def _keep_distilled_students(folder: Path) -> None:
+    """Also save each distilled student compress builds (float, before quantizing) in ``folder``, to study its INT8 step apart."""
+    pipeline = importlib.import_module("onnxslim.compress.pipeline")  # onnxslim.compress is also the function's name
+
+    distilled = pipeline._distilled
+
+    def saving(pruned, *args, **kwargs):
+        candidate, student = distilled(pruned, *args, **kwargs)
+        onnx.save(student, str(folder / f"student_{candidate.prune_ratio:g}.onnx"))
+        return candidate, student
+
+    pipeline._distilled = saving
+
+
+def _smooth(value: str) -> str | float | None:
+    return None if value == "none" else value if value == "outliers" else float(value)
+
+
 def markdown(results: list[dict], threads: list[int]) -> str:
     lines = []
     for result in results:
@@ -124,19 +145,25 @@ def main() -> None:
     parser.add_argument("--only", default="all", choices=("all", "heads", "channels"), help="compress --only (MiniLM: channels = the FFN neurons, every head kept)")
     parser.add_argument("--distill", type=float, default=None, metavar="MIN", help="compress --distill, each pruned candidate for up to MIN minutes")
     parser.add_argument("--lr", type=float, default=None, help="compress --distill-lr (default: distill's own)")
-    parser.add_argument("--smooth", type=float, default=None, metavar="ALPHA", help="quantize/compress --smooth (adds a quantize --smooth row)")
+    parser.add_argument("--smooth", type=_smooth, default="outliers", metavar="outliers|ALPHA|none",
+                        help="compress --smooth (another value than the default adds a quantize --smooth row)")
     parser.add_argument("--torch-pruning", default="", metavar="R,R,...",
                         help="minilm only: also Torch-Pruning at these ratios of heads and FFN neurons, alone and quantized by onnxslim, "
                         "and onnxslim prune at the same ratios (needs torch-pruning)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "cache" / "compress_real.json"))
+    parser.add_argument("--keep", default=None, metavar="DIR",
+                        help="build in this folder and keep what was built, the distilled students too (default: a temporary folder)")
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
     args.torch_pruning = [float(r) for r in args.torch_pruning.split(",") if r]
     if args.torch_pruning and args.tasks != "minilm":
         raise SystemExit("--torch-pruning applies to --tasks minilm only (the one real model whose PyTorch source is at hand)")
     threads = [int(t) for t in args.threads.split(",")]
+    if args.keep:
+        _keep_distilled_students(Path(args.keep))
     results = []
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.keep or temporary
         for name in args.tasks.split(","):
             if not TASKS[name].model.exists() or not TASKS[name].calib.is_dir():
                 raise SystemExit(f"{name}: run models/gather.py and calibration/make_datasets.py {name} first")

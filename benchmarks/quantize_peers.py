@@ -56,8 +56,8 @@ def run_tool(tool: str, task_name: str, count: int, target: Path) -> None:
         source = NpzFolder(task.calib)
         source.files = [Path(f) for f in files]
         # every calibration batch is used for calibration; fidelity is checked on a few of them only
-        smooth = SMOOTH if tool == "onnxslim-smooth" else None
-        quantize(task.model, source, output=target, config=QuantConfig(eval_fraction=0.0, latency_runs=20, if_slower="keep-fp32", smooth=smooth))
+        smooth = {"smooth": SMOOTH} if tool == "onnxslim-smooth" else {}  # onnxslim: its default (--smooth outliers)
+        quantize(task.model, source, output=target, config=QuantConfig(eval_fraction=0.0, latency_runs=20, if_slower="keep-fp32", **smooth))
         return
     if tool == "ort-dynamic":  # no calibration: activation ranges are computed at run time
         from onnxruntime.quantization import quantize_dynamic

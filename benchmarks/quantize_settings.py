@@ -6,6 +6,7 @@
     python benchmarks/quantize_settings.py --tasks det --model pruned_det.onnx --label "det pruned 50% MACs + distilled" --settings ...
     python benchmarks/quantize_settings.py --tasks det --model pruned_det.onnx --against models/cache/ppocr_det.onnx --settings ...
     python benchmarks/quantize_settings.py --tasks minilm rec det --settings kept_float_weights=float32 kept_float_weights=float16
+    python benchmarks/quantize_settings.py --tasks minilm rec cls table --settings smooth=none "" smooth=0.8
 
 Each ``--settings`` entry is one quantize run: comma-separated QuantConfig fields (``none`` for
 None) over quantize's defaults (timing on, so settings that measure, such as ``scalar_affine=auto``,
@@ -47,7 +48,7 @@ def parse_settings(text: str) -> dict:
             settings[name] = value.lower() in ("1", "true", "yes")
         elif isinstance(default, int) and not isinstance(default, bool):
             settings[name] = int(value)
-        elif isinstance(default, float) or name == "accuracy_budget":
+        elif isinstance(default, float) or name == "accuracy_budget" or (name == "smooth" and value != "outliers"):
             settings[name] = float(value)
         else:
             settings[name] = value
