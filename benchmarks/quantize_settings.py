@@ -35,21 +35,24 @@ FIELDS = {f.name: f for f in dataclasses.fields(QuantConfig)}
 
 
 def parse_settings(text: str) -> dict:
-    """'accuracy_budget=none,scalar_affine=int8' -> QuantConfig keyword arguments, typed by each field's default."""
+    """'accuracy_budget=none,scalar_affine=int8' -> QuantConfig keyword arguments, typed by each field's declaration:
+    a setting declared with a range takes a number unless the value is one of its words (``smooth=outliers``)."""
     settings = {}
     for item in filter(None, text.split(",")):
         name, _, value = item.partition("=")
         if name not in FIELDS:
             raise SystemExit(f"--settings: QuantConfig has no field '{name}'")
-        default = FIELDS[name].default
+        field = FIELDS[name]
+        described = field.metadata.get("setting")
+        ranged = described is not None and (described.low is not None or described.high is not None)
+        words = (described.choices or ()) if described is not None else ()
+        number = int if "int" in str(field.type) else float
         if value == "none":
             settings[name] = None
-        elif isinstance(default, bool):
+        elif isinstance(field.default, bool):
             settings[name] = value.lower() in ("1", "true", "yes")
-        elif isinstance(default, int) and not isinstance(default, bool):
-            settings[name] = int(value)
-        elif isinstance(default, float) or name == "accuracy_budget" or (name == "smooth" and value != "outliers"):
-            settings[name] = float(value)
+        elif isinstance(field.default, (int, float)) or (ranged and value not in words):
+            settings[name] = number(value)
         else:
             settings[name] = value
     return settings
