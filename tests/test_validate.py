@@ -10,7 +10,7 @@ from onnxslim import Gates, validate
 from onnxslim.cli import main
 from onnxslim.errors import DataError, UsageError
 from onnxslim.ir import load_model
-from onnxslim.measure import OutputComparison
+from onnxslim.measure import OutputComparison, few_objects
 from onnxslim.measure.outputs import TensorNoise
 from tests.conftest import noisy_comparison, requires_cuda
 
@@ -188,6 +188,45 @@ def test_background_anchors_boxes_do_not_set_a_detectors_cosine():
     # the task metric: the anchors where each model finds an object, as an IoU (objectness times class finds none here)
     assert lost.task_metric == ("anchor IoU", 0.0) and lost.to_dict()["compared_as_detections"]["anchor_iou"] == 0.0
     assert comparison.task_metric[0] == "anchor IoU" and 0.9 < comparison.anchor_iou < 1.0
+
+
+def yolov8_like(rng, anchors=2100, objects=0):
+    """(1, 84, anchors): boxes in pixels, then 80 class scores, near 0 on background; ``objects`` anchors score 0.5-0.9."""
+    out = np.concatenate([rng.uniform(0, 320, size=(1, 4, anchors)), rng.uniform(0, 0.05, size=(1, 80, anchors))], axis=1).astype(np.float32)
+    held = rng.choice(anchors, objects, replace=False)
+    out[0, 4 + rng.integers(0, 80, size=objects), held] = rng.uniform(0.5, 0.9, size=objects)
+    return out
+
+
+def test_a_detector_compared_on_data_with_few_objects_is_flagged():
+    rng = np.random.default_rng(8)
+    empty = yolov8_like(rng)  # photographs of nothing the detector knows: every score is background
+    quiet = OutputComparison("output0")
+    quiet.add(empty, empty * 1.01)
+    assert quiet.objects_found == 0
+    (warning,) = few_objects([quiet], "3 held-out batch(es)")
+    assert "'output0'" in warning and "only 0 anchor(s)" in warning and "--eval-data" in warning
+    busy = OutputComparison("output0")
+    for _ in range(2):
+        scene = yolov8_like(rng, objects=12)
+        busy.add(scene, scene * 1.01)
+    assert busy.objects_found == 24 and few_objects([busy], "2 batches") == []
+    assert quiet.to_dict()["compared_as_detections"]["objects_found"] == 0
+    tokens = OutputComparison("y")  # not a detector's output: nothing to say
+    tokens.add(rng.standard_normal((1, 32, 384)).astype(np.float32), rng.standard_normal((1, 32, 384)).astype(np.float32))
+    assert tokens.objects_found is None and few_objects([tokens], "x") == []
+
+
+def test_validate_says_when_a_detectors_data_shows_few_objects(save, npz_folder):
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 84, 2100])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 84, 2100])
+    node = onnx.helper.make_node("Identity", ["x"], ["y"], name="pass_through")
+    model = save(onnx.helper.make_model(onnx.helper.make_graph([node], "detector", [x], [y]), opset_imports=[onnx.helper.make_opsetid("", 17)]))
+    rng = np.random.default_rng(9)
+    empty = validate(model, model, npz_folder([{"x": yolov8_like(rng)} for _ in range(3)]), runs=0)
+    assert any("output 'y' is compared as a detector's" in w and "only 0 anchor(s)" in w for w in empty.warnings)
+    scenes = validate(model, model, npz_folder([{"x": yolov8_like(rng, objects=20)} for _ in range(3)], "scenes"), runs=0)
+    assert not any("detector's" in w for w in scenes.warnings)
 
 
 def test_outputs_that_do_not_look_like_detections_keep_their_cosine():

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnx
 
-from onnxslim.measure.outputs import OutputComparison, TensorNoise
+from onnxslim.measure.outputs import DETECTION_SCORE, FEW_OBJECTS, OutputComparison, TensorNoise
 from onnxslim.runtime.passes import PassRunner, available_cores, pass_workers
 from onnxslim.runtime.probe import probe_runner
 from onnxslim.runtime.session import Runner
@@ -166,6 +166,25 @@ def worst_score(comparisons: Sequence[OutputComparison], metric: str = "cosine")
     if any(math.isnan(v) for v in values):
         return math.nan
     return min(values) if values else 1.0
+
+
+def few_objects(comparisons: Sequence[OutputComparison], data_label: str) -> list[str]:
+    """A warning per detector output whose comparison on ``data_label`` saw fewer than FEW_OBJECTS anchors with an object.
+
+    On such data nearly every anchor is background: the scores compared are small values that
+    decide nothing, a cosine over them swings with noise, and an accuracy budget spent on them keeps
+    layers in float for nothing (or passes a model that misplaces the objects it never saw).
+    """
+    warnings = []
+    for comparison in comparisons:
+        found = comparison.objects_found
+        if found is not None and found < FEW_OBJECTS:
+            warnings.append(
+                f"output '{comparison.name}' is compared as a detector's, but on {data_label} only {found} anchor(s) hold an object "
+                f"(score >= {DETECTION_SCORE:g}): its score is mostly background noise; "
+                "measure on held-out data showing what the model detects (--eval-data)"
+            )
+    return warnings
 
 
 def tensor_fidelity(

@@ -68,6 +68,9 @@ def looks_like_probability_map(array: np.ndarray) -> bool:
 BOX_COLUMNS = 4
 DETECTION_SCORE = 0.1
 MIN_ANCHORS = 64
+# fewer anchors than this with an object, over every compared batch, and a detector's comparison is mostly of background
+# scores: each object lights up a handful of neighbouring anchors, so this is two or three objects
+FEW_OBJECTS = 16
 
 
 def detection_layout(array: np.ndarray) -> tuple[int, int, int] | None:
@@ -328,6 +331,13 @@ class OutputComparison:
         return min(both / either if either else 1.0 for both, either in zip(self.found_both, self.found_either))
 
     @property
+    def objects_found(self) -> int | None:
+        """For a detector's output: the anchors where either model finds an object, by the gate that finds more; else None."""
+        if self.detection_view is None:
+            return None
+        return max(self.found_either)
+
+    @property
     def balanced_axis(self) -> int | None:
         """The axis whose channels' scales spread over more than SCALE_SPREAD (the widest spread), or None."""
         best, widest = None, SCALE_SPREAD
@@ -480,7 +490,7 @@ class OutputComparison:
         return {"columns_axis": axis, "score_columns": [first, end], "score_threshold": DETECTION_SCORE, "scores_cosine": _cosine(*map(float, self.detection_sums[0])),
                 "scored_anchors": self.scored_anchors, "scored_anchors_other_columns_cosine": _cosine(*map(float, self.detection_sums[1])),
                 "object_anchors": self.object_anchors, "object_anchors_other_columns_cosine": _cosine(*map(float, self.detection_sums[2])),
-                "anchor_iou": self.anchor_iou}
+                "anchor_iou": self.anchor_iou, "objects_found": self.objects_found}
 
 
 def _sums(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float]:

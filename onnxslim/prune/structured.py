@@ -31,7 +31,7 @@ from onnxslim.ir.quantized import refuse_quantized
 from onnxslim.ir.scopes import all_nodes
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, producer_map, subgraphs, to_array
-from onnxslim.measure import LatencyComparison, RememberedReference, fidelity, latency_ratios
+from onnxslim.measure import LatencyComparison, RememberedReference, few_objects, fidelity, latency_ratios
 from onnxslim.measure.channels import ChannelMoments, input_moments
 from onnxslim.measure.latency import also_one_thread, disagreement, interleaved_latency, keep_fallback, threads_text
 from onnxslim.options import check_settings, setting
@@ -602,6 +602,7 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
             report.warnings.append(split)
     if source is not None:
         report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), pruned, source, label="pruned model")
+        report.warnings.extend(few_objects(report.fidelity, report.evaluation or "the data"))
 
 
 def _evaluation_split(source, eval_data, model: onnx.ModelProto, config: PruneConfig, input_shapes):

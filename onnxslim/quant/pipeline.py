@@ -26,7 +26,7 @@ from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.quantized import refuse_quantized
 from onnxslim.ir.scopes import all_nodes, scoped
 from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
-from onnxslim.measure import RememberedReference, fidelity, paired_tensor_fidelity, tensor_fidelity, worst_score
+from onnxslim.measure import RememberedReference, few_objects, fidelity, paired_tensor_fidelity, tensor_fidelity, worst_score
 from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes import PassResult
@@ -803,6 +803,7 @@ def quantize(
         plan, quantized, comparisons = float_depthwise_if_faster(run, config, report, plan, quantized, comparisons)
     plan, quantized, comparisons = _kept_weights_within_budget(run, config, report, plan, quantized, comparisons)
     report.warnings.extend(budget_uncertain(comparisons, config, run))
+    report.warnings.extend(few_objects(comparisons, run.eval_label))
     report.warnings.extend(w for w in run.warnings if w not in report.warnings)
     report.prepare = [*report.prepare, *(p for p in plan.layout if p.modified)]
     report.decisions = list(plan.decisions.values())
