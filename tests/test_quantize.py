@@ -292,6 +292,45 @@ def test_weights_computed_at_run_time_are_named_as_the_reason_nothing_was_quanti
     assert "nothing to quantize (Conv 2: weight is computed at run time by ConstantOfShape" in message
 
 
+def fused_block(dim: int = 32, hidden: int = 64, seq: int = 8, *, seed: int = 40) -> onnx.ModelProto:
+    """MatMul -> onnxruntime's BiasGelu -> MatMul -> Relu -> MatMul, as onnxruntime's transformer optimizer writes an FFN:
+    onnx's shape inference types nothing after the fused op."""
+    b = GraphBuilder(seed)
+    h = b.node("MatMul", ["input", b.const(b.weight(dim, hidden, fan_in=dim))])
+    g = b.node("BiasGelu", [h, b.const((0.1 * b.rng.standard_normal(hidden)).astype(np.float32), "b")], domain="com.microsoft")
+    r = b.node("Relu", [b.node("MatMul", [g, b.const(b.weight(hidden, hidden, fan_in=hidden))])])
+    y = b.node("MatMul", [r, b.const(b.weight(hidden, dim, fan_in=hidden))])
+    _rename_output(b, y, "output")
+    graph = helper.make_graph(b.nodes, "fused", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, seq, dim])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, seq, dim])], b.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_layers_after_an_operator_onnx_cannot_type_are_quantized():
+    from onnxslim.quant.prepare import float_tensors_and_shapes
+    from onnxslim.runtime.shapes import onnxruntime_types
+
+    model = fused_block()
+    gelu = model.graph.node[1].output[0]
+    assert gelu not in onnx.shape_inference.infer_shapes(model).graph.value_info  # what onnx's inference leaves
+    assert onnxruntime_types(model, [gelu]) == {gelu: (TensorProto.FLOAT, (1, 8, 64))}
+    names, shapes = float_tensors_and_shapes(model)
+    assert gelu in names and shapes[gelu] == (1, 8, 64)
+    quantized, report = quantize(model, sample_inputs(model, 20), config=dataclasses.replace(FAST, accuracy_budget=None))
+    decisions = {d.node: d for d in report.decisions}
+    assert [n for n, d in decisions.items() if d.op_type == "MatMul" and d.quantized] == [n.name for n in model.graph.node if n.op_type == "MatMul"][:2]
+    assert "output layer" in decisions[model.graph.node[-1].name].reason.text
+    assert report.fidelity[0].cosine > 0.99
+
+
+def test_onnxruntime_types_nothing_it_cannot_open():
+    from onnxslim.runtime.shapes import onnxruntime_types
+
+    model = fused_block()
+    model.graph.node[1].op_type = "NoSuchFusedOp"
+    assert onnxruntime_types(model, [model.graph.node[1].output[0]]) == {}
+
+
 def test_nothing_to_quantize_exits_nonzero(save, npz_folder):
     b = GraphBuilder(0)
     y = b.node("Sigmoid", ["input"])

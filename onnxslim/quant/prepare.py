@@ -9,6 +9,7 @@ from onnxslim.ir.shapes import dims_of, without_large_values
 from onnxslim.passes import CLEANUP_PASSES, PassResult, Pipeline, constants_to_initializers, fuse_hardswish, upgrade_opset
 from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.opset import default_opset
+from onnxslim.runtime.shapes import onnxruntime_types, untyped_outputs
 
 QDQ_MIN_OPSET = 13  # per-axis DequantizeLinear
 PREFERRED_OPSET = 14  # HardSwish as one op
@@ -43,7 +44,12 @@ def float_tensors_and_shapes(model: onnx.ModelProto) -> tuple[set[str], dict[str
     except Exception:  # inference is a help here, not a requirement
         inferred = model
     values = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
-    names = {v.name for v in values if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    typed = {v.name: v.type.tensor_type.elem_type for v in values if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type}
+    names = {name for name, kind in typed.items() if kind == TensorProto.FLOAT}
     names |= {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT}
     shapes = {v.name: dims for v in values if (dims := dims_of(v)) is not None}
+    # behind operators of other domains onnx's inference gives up: onnxruntime types what it left
+    resolved = onnxruntime_types(model, untyped_outputs(model, set(typed) | {t.name for t in model.graph.initializer}))
+    names |= {name for name, (kind, _) in resolved.items() if kind == TensorProto.FLOAT}
+    shapes.update({name: dims for name, (_, dims) in resolved.items() if name not in shapes})
     return names, shapes
