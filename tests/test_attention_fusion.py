@@ -5,6 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxslim.errors import NothingToDoError
 from onnxslim.passes import DeclineCode
 from onnxslim.passes.attention import fuse_quantized_attention
 from onnxslim.runtime.kernels import runs_quantized_attention
@@ -185,3 +186,61 @@ def test_a_block_whose_tensor_an_if_branch_reads_is_left_alone():
     onnx.checker.check_model(model)
     fused, result = on_a_copy(fuse_quantized_attention, model)
     assert not result.modified and [d.reason.code for d in result.declined] == [DeclineCode.SHARED_VALUE]
+
+
+def fused_attention_model(mask_rank: int = 2, *, seed: int = 3) -> onnx.ModelProto:
+    """x (1, SEQ, DIM) -> onnxruntime's fused com.microsoft Attention (mask_index 2-D ones and zeros, or 1-D lengths) -> MatMul -> y,
+    as its transformer optimizer writes a layer."""
+    rng = np.random.default_rng(seed)
+    weight = (rng.standard_normal((DIM, 3 * DIM)) / np.sqrt(DIM)).astype(np.float32)
+    bias = (0.1 * rng.standard_normal(3 * DIM)).astype(np.float32)
+    out = (rng.standard_normal((DIM, DIM)) / np.sqrt(DIM)).astype(np.float32)
+    nodes = [
+        helper.make_node("Attention", ["x", "qkv_weight", "qkv_bias", "mask_index"], ["context"], name="fused_attention", domain="com.microsoft", num_heads=HEADS),
+        helper.make_node("MatMul", ["context", "out_weight"], ["projected"], name="projection"),
+        helper.make_node("Relu", ["projected"], ["y"], name="relu"),
+    ]
+    mask = helper.make_tensor_value_info("mask_index", TensorProto.INT32, [1, SEQ] if mask_rank == 2 else [1])
+    graph = helper.make_graph(nodes, "fused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, SEQ, DIM]), mask],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, SEQ, DIM])],
+                              [numpy_helper.from_array(a, n) for a, n in ((weight, "qkv_weight"), (bias, "qkv_bias"), (out, "out_weight"))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def fused_attention_batches(mask_rank: int, count: int = 30, *, seed: int = 4) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        length = int(rng.integers(2, SEQ + 1))
+        mask = (np.arange(SEQ) < length).astype(np.int32)[None] if mask_rank == 2 else np.array([length], np.int32)
+        batches.append({"x": rng.standard_normal((1, SEQ, DIM)).astype(np.float32), "mask_index": mask})
+    return batches
+
+
+@pytest.mark.skipif(not runs_quantized_attention(), reason="this onnxruntime has no QAttention kernel that matches the unfused graph")
+@pytest.mark.parametrize("mask_rank", [2, 1])
+def test_onnxruntimes_fused_attention_is_quantized_as_qattention(mask_rank):
+    from onnxslim import QuantConfig, quantize
+
+    model = fused_attention_model(mask_rank)
+    batches = fused_attention_batches(mask_rank)
+    quantized, report = quantize(model, batches, config=QuantConfig(latency_runs=0, accuracy_budget=None))
+    decision = next(d for d in report.decisions if d.node == "fused_attention")
+    assert decision.quantized and "QAttention" in decision.reason.text
+    assert ops(quantized)["QAttention"] == 1 and ops(quantized)["Attention"] == 0
+    assert report.integer_kernels.get("QAttention") == 1
+    # the codes, scales, bias and mask QAttention reads give what the float Attention computes on the dequantized values
+    feeds = fused_attention_batches(mask_rank, 5, seed=9)
+    expected = [run_model(model, feed)[0] for feed in feeds]
+    got = [run_model(quantized, feed)[0] for feed in feeds]
+    for e, g in zip(expected, got):
+        assert np.dot(e.ravel(), g.ravel()) / np.linalg.norm(e) / np.linalg.norm(g) > 0.99
+
+
+def test_a_fused_attention_with_state_it_cannot_carry_stays_float():
+    from onnxslim import QuantConfig, quantize
+
+    model = fused_attention_model()
+    model.graph.node[0].attribute.append(helper.make_attribute("unidirectional", 1))
+    with pytest.raises(NothingToDoError, match="Attention 1: fused attention with unidirectional=1: QAttention does not compute it the same way"):
+        quantize(model, fused_attention_batches(2), config=QuantConfig(latency_runs=0, accuracy_budget=None))

@@ -411,3 +411,58 @@ def fuse_quantized_attention(model: onnx.ModelProto) -> PassResult:
     graph.value_info.extend(kept_annotations)
     import_domain(model, MS_DOMAIN)
     return result
+
+
+def quantize_fused_attention(model: onnx.ModelProto) -> PassResult:
+    """Write each com.microsoft Attention that reads a dequantized UINT8 input and a dequantized INT8 weight as QAttention.
+
+    onnxruntime's transformer optimizer leaves one fused Attention per layer (its query/key/value
+    projection inside); quantize puts Q/DQ on its input and weight like any layer's. QAttention
+    takes the same inputs as codes with their scales and zero points, the bias, mask and
+    attributes unchanged, and runs the projection on integer products.
+    """
+    result = PassResult("quantize-fused-attention")
+    graph = model.graph
+    index = GraphIndex(graph)
+    taken = all_value_names(graph) | {n.name for n in graph.node}
+    replaced: dict[int, onnx.NodeProto] = {}
+    for node in graph.node:
+        if node.op_type != "Attention" or node.domain != MS_DOMAIN or len(node.input) < 3:
+            continue
+        where = node.name or node.output[0]
+        activation, weight = index.producers.get(node.input[0]), index.producers.get(node.input[1])
+        if activation is None or weight is None or activation.op_type != "DequantizeLinear" or weight.op_type != "DequantizeLinear":
+            continue
+        scale, zero = index.array(activation.input[1]), index.array(activation.input[2]) if len(activation.input) > 2 else None
+        if scale is None or zero is None or scale.size != 1 or zero.size != 1 or zero.dtype != np.uint8:
+            result.decline(where, DeclineCode.UNSUPPORTED_TYPE, "the input is not UINT8 with one constant scale and zero point")
+            continue
+        stored = index.array(weight.input[0])
+        weight_scale = index.array(weight.input[1])
+        weight_zero = index.array(weight.input[2]) if len(weight.input) > 2 else None
+        if stored is None or weight_scale is None or stored.ndim != 2 or stored.dtype != np.int8:
+            continue
+        columns = stored.shape[1]
+        if weight_scale.size != 1 and (weight_scale.shape != (columns,) or node_attr(weight, "axis", 1) not in (1, -1)):
+            result.decline(where, DeclineCode.UNSUPPORTED_FORM, "the weight is not quantized per column or per tensor")
+            continue
+        inputs = [activation.input[0], weight.input[0], node.input[2], activation.input[1], weight.input[1],
+                  node.input[3] if len(node.input) > 3 else "", activation.input[2],
+                  weight.input[2] if weight_zero is not None and weight_zero.any() else ""]
+        while not inputs[-1]:
+            inputs.pop()
+        fused = helper.make_node("QAttention", inputs, list(node.output), name=unique_name(f"{where}_quantized", taken), domain=MS_DOMAIN)
+        fused.attribute.extend(node.attribute)
+        replaced[id(node)] = fused
+        result.change(f"{where}: its fused attention as QAttention on the UINT8 input and INT8 weight")
+    if not replaced:
+        return result
+    nodes = [replaced.get(id(n), n) for n in graph.node]
+    read = _reads(graph, nodes)
+    # the Q/DQ pairs now unread (the input's DequantizeLinear when only the attention read it, the weight's always)
+    nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or any(o in read for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    drop_unread_initializers(graph, {i for n in index.producers.values() for i in n.input})
+    import_domain(model, MS_DOMAIN)
+    return result

@@ -31,7 +31,7 @@ from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes import PassResult
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
-from onnxslim.passes.attention import fuse_quantized_attention
+from onnxslim.passes.attention import fuse_quantized_attention, quantize_fused_attention
 from onnxslim.passes.conv_channels import pad_conv_input_channels
 from onnxslim.passes.depthwise_multiplier import expand_depthwise_multipliers, has_depthwise_multipliers
 from onnxslim.passes.dequantize_affine import fold_scalar_affines
@@ -393,6 +393,7 @@ class QuantRun:
             # after planning, so the accuracy budget weighs and names every layer on its own
             merged = merge_parallel_matmuls(quantized, keep_separate=keep_float | frozenset(config.exclude_nodes))
             attention, in_attention = _attention_fused(quantized) if runs_quantized_attention() else (None, set())
+            fused_attention = quantize_fused_attention(quantized)
             integer = bias_into_integer_matmuls(quantized, skip=self.unfused_integer)
             if integer.modified and not self.integer_checked:
                 self.integer_checked = True
@@ -403,7 +404,7 @@ class QuantRun:
             affines, read_from_codes = fold_scalar_affines(quantized)
             summed = _sums_where_faster(quantized)
             decisions = _in_attention(_read_from_codes(plan.decisions, read_from_codes), in_attention)
-            layout = [merged, attention, integer, pad_conv_input_channels(quantized), affines, summed]
+            layout = [merged, attention, fused_attention, integer, pad_conv_input_channels(quantized), affines, summed]
             plan = dataclasses.replace(plan, layout=[p for p in layout if p is not None], decisions=decisions)
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk

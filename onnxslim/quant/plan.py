@@ -33,13 +33,13 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import MS_DOMAIN, node_attr
 from onnxslim.ir.layers import one_channel_per_group, weight_axes
 from onnxslim.ir.tensors import constant_names, initializer_map, to_array
 from onnxslim.quant.config import QuantConfig
 from onnxslim.quant.decisions import ActivationQuant, BiasQuant, NodeDecision, QuantPlan, QuantReason, WeightQuant, excluded_by_user
 from onnxslim.quant.params import FULL_LEVELS, REDUCED_LEVELS
-from onnxslim.quant.rules import REMOVABLE, WEIGHTED_GPU, rule_for
+from onnxslim.quant.rules import CONTRIB_QUANTIZED, REMOVABLE, WEIGHTED_GPU, rule_for
 from onnxslim.reasons import Reason
 
 __all__ = ["ActivationQuant", "BiasQuant", "NodeDecision", "Planner", "QuantPlan", "QuantReason", "WeightQuant", "drop_mixed_range_concats", "make_plan"]
@@ -174,7 +174,7 @@ class Planner:
         excluded = excluded_by_user(node, config, always_allowed=REMOVABLE)
         if excluded is not None:
             return excluded
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx") and not (node.domain == MS_DOMAIN and node.op_type in CONTRIB_QUANTIZED and not self.plan.signed):
             return Reason(QuantReason.UNSUPPORTED, f"custom domain '{node.domain}'")
         return None
 

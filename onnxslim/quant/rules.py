@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import MS_DOMAIN, node_attr
 from onnxslim.ir.tensors import to_array
 from onnxslim.quant.decisions import ActivationQuant, QuantReason
 from onnxslim.reasons import Reason
@@ -123,6 +123,40 @@ def weighted(planner: Planner, node: onnx.NodeProto) -> Reason:
         planner.quantize_output(planner.consumers[node.output[0]][0] if op == "MatMul" else node, allow_fold=True)
         return Reason(QuantReason.INTEGER_KERNEL, "QGemm: UINT8 input and output (the Relu after it folded), INT8 per-channel weights, INT32 bias")
     return Reason(QuantReason.INTEGER_KERNEL, "QGemm: UINT8 input, INT8 per-channel weights, INT32 bias, float output")
+
+
+# what a com.microsoft Attention may set for QAttention to compute the same: no past state, rotary embedding, causal
+# mask or unequal query/key/value widths
+FUSED_ATTENTION_ATTRIBUTES = {"num_heads", "scale", "mask_filter_value", "unidirectional"}
+CONTRIB_QUANTIZED = {"Attention"}  # com.microsoft operators with a rule of their own (on the CPU target)
+
+
+def fused_attention(planner: Planner, node: onnx.NodeProto) -> Reason:
+    """onnxruntime's fused com.microsoft Attention (its transformer optimizer writes one per layer): its input and weight
+    quantized, written as QAttention (the same kernel with UINT8 x INT8 products) once Q/DQ are in place."""
+    if node.domain != MS_DOMAIN:
+        return no_integer_kernel(planner, node)
+    from onnxslim.runtime.kernels import runs_quantized_attention
+
+    if not runs_quantized_attention():
+        return _unsupported("this onnxruntime has no QAttention kernel that computes fused attention the same way: kept in float")
+    unsupported = [a.name for a in node.attribute if a.name not in FUSED_ATTENTION_ATTRIBUTES]
+    if unsupported or int(node_attr(node, "unidirectional", 0)):
+        return _unsupported(f"fused attention with {', '.join(unsupported) or 'unidirectional=1'}: QAttention does not compute it the same way")
+    if len(node.input) > 4 and any(node.input[4:]):
+        return _unsupported("fused attention with past state or an attention bias: kept in float")
+    activation, weight, bias = node.input[0], node.input[1], node.input[2] if len(node.input) > 2 else ""
+    if weight not in planner.constants or not bias or bias not in planner.constants:
+        return _unsupported("fused attention whose weight or bias is not a constant initializer")
+    if not planner.is_float_activation(activation):
+        return _unsupported("input is not a float activation")
+    array = to_array(planner.inits[weight])
+    if array.dtype != np.float32 or array.ndim != 2 or array.shape[1] != 3 * array.shape[0] or to_array(planner.inits[bias]).shape != (array.shape[1],):
+        return _unsupported("fused attention whose weight is not (D, 3D) float32 with a bias of 3D")
+    if not planner.add_weight(node, weight):
+        return _unsupported("weight is shared with a layer that quantizes it on another axis")
+    planner.quantize_input(activation, node)
+    return Reason(QuantReason.INTEGER_KERNEL, "QAttention: UINT8 input, INT8 per-column weights, float bias (onnxruntime's fused attention, quantized)")
 
 
 def _relu_follows(planner: Planner, node: onnx.NodeProto, bias_name: str | None) -> bool:
@@ -282,6 +316,7 @@ CPU_RULES: dict[str, Rule] = {
     **{op: hard_activation for op in HARD_ACTIVATIONS},
     **{op: unfolded_clamp for op in REMOVABLE},
     "Concat": concat,
+    "Attention": fused_attention,
     **{op: weighted for op in WEIGHTED_CPU},
     **{op: control_flow for op in CONTROL_FLOW},
 }
