@@ -759,6 +759,49 @@ def test_each_table_is_quantized_once_however_many_builds(monkeypatch):
     np.testing.assert_array_equal(*stored)
 
 
+def fused_embedding_model(vocab: int = 4096, dim: int = 16, seq: int = 8) -> onnx.ModelProto:
+    """onnxruntime's fused EmbedLayerNormalization (word, position and segment tables, then LayerNorm) -> MatMul -> Relu -> MatMul,
+    as its transformer optimizer writes a BERT's first node."""
+    rng = np.random.default_rng(1)
+    arrays = {
+        "word": (rng.standard_normal((vocab, dim)) * rng.uniform(0.05, 1.0, (vocab, 1))).astype(np.float32),
+        "position": (0.1 * rng.standard_normal((seq, dim))).astype(np.float32), "segment": (0.1 * rng.standard_normal((2, dim))).astype(np.float32),
+        "gamma": np.ones(dim, np.float32), "beta": np.zeros(dim, np.float32),
+        "w1": (rng.standard_normal((dim, 32)) / 4).astype(np.float32), "w2": (rng.standard_normal((32, dim)) / 6).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("EmbedLayerNormalization", ["ids", "segments", "word", "position", "segment", "gamma", "beta", "mask"], ["embedded", "mask_index"],
+                         name="embed", domain="com.microsoft", epsilon=1e-12),
+        helper.make_node("MatMul", ["embedded", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="down"),
+    ]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.INT32, [1, seq]) for name in ("ids", "segments", "mask")]
+    graph = helper.make_graph(nodes, "fused_embedding", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, seq, dim])],
+                              [onnx.numpy_helper.from_array(a, n) for n, a in arrays.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_the_tables_of_a_fused_embedding_node_are_stored_in_int8_rows_and_restored_at_load():
+    from onnxslim.quant.tables import row_quantize
+
+    model = fused_embedding_model()
+    rng = np.random.default_rng(2)
+    data = [{"ids": rng.integers(0, 4096, (1, 8)).astype(np.int32), "segments": np.zeros((1, 8), np.int32), "mask": np.ones((1, 8), np.int32)} for _ in range(15)]
+    quantized, report = quantize(model, data, config=FAST)
+    decision = next(d for d in report.decisions if d.node == "embed")
+    assert decision.code == QuantReason.WEIGHT_ONLY and "word (65,536 values)" in decision.reason.text and "position" not in decision.reason.text
+    stored = {t.name: t for t in quantized.graph.initializer}
+    assert "word" not in stored and stored["word_int8"].data_type == TensorProto.INT8 and "position" in stored  # 128 values: too few
+    assert report.sizes.quantized_bytes < 0.4 * report.sizes.fp32_bytes
+    # onnxruntime folds the Cast and Mul when it loads the model: the fused node reads a float table, nothing is restored per run
+    assert [n.op_type for n in optimized_graph(quantized).graph.node if n.op_type in ("Cast", "Mul")] == []
+    values, scales = row_quantize(onnx.numpy_helper.to_array(model.graph.initializer[0]))
+    restored = load_model(model)
+    restored.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32) * scales[:, None], "word"))
+    np.testing.assert_allclose(run_model(quantized, data[0])[0], run_model(restored, data[0])[0], rtol=0.05, atol=0.05)
+    assert min(c.cosine for c in report.fidelity) > 0.99
+
+
 def test_a_table_tied_to_an_output_projection_stays_float():
     from onnxslim.quant.tables import find_tables
 

@@ -505,10 +505,15 @@ def _with_int8_tables(plan: QuantPlan, model: onnx.ModelProto, keep_float: froze
     if not rewritten:
         return plan
     decisions = dict(plan.decisions)
+    stored: dict[str, list] = {}
     for choice in choices:
-        if choice.node in rewritten:
-            text = f"table {choice.table} ({choice.elements:,} values) stored INT8 per row; the looked-up rows are turned back into float"
-            decisions[choice.node] = NodeDecision(choice.node, "Gather", Reason(QuantReason.WEIGHT_ONLY, text))
+        if choice.node in rewritten and choice.quantized:
+            stored.setdefault(choice.node, []).append(choice)
+    for node, tables in stored.items():
+        listed = ", ".join(f"{c.table} ({c.elements:,} values)" for c in tables)
+        restored = "the looked-up rows are turned back into float" if tables[0].op_type == "Gather" else "turned back into float when onnxruntime loads the model"
+        text = f"table{'s' if len(tables) > 1 else ''} {listed} stored INT8 per row; {restored}"
+        decisions[node] = NodeDecision(node, tables[0].op_type, Reason(QuantReason.WEIGHT_ONLY, text))
     return dataclasses.replace(plan, decisions=decisions)
 
 

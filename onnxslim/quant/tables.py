@@ -10,6 +10,11 @@ Each row is scaled symmetrically by its own largest magnitude (127 steps), so a
 rare token with small values keeps its precision. The rewrite computes exactly
 what a per-row DequantizeLinear would, on the looked-up rows only.
 
+onnxruntime's fused com.microsoft EmbedLayerNormalization (its transformer optimizer's first
+node) reads whole float tables: there the INT8 rows and their scales are turned back into float
+by a Cast and a Mul of constants, which onnxruntime folds when it loads the model: a file a
+quarter of the size, the float model's speed and memory.
+
 Where onnxruntime runs its com.microsoft GatherBlockQuantized on 8-bit rows
 (``lookup="contrib"``), the same codes, shifted by 128 to UINT8 with zero point 128,
 and the same scales go into that one node instead of five: the same rows to the
@@ -28,19 +33,24 @@ from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import MS_DOMAIN, drop_unread_initializers, import_domain, node_attr
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
+from onnxslim.quant.stored import restored_at_load
 
 MIN_TABLE_ELEMENTS = 1 << 16  # smaller tables are not worth three extra nodes
+# com.microsoft EmbedLayerNormalization: its word, position and segment embedding tables
+EMBEDDING_TABLE_INPUTS = (2, 3, 4)
 LOOKUPS = ("onnx", "contrib")
 
 
 @dataclass(frozen=True)
 class TableChoice:
-    """A Gather and whether its table is stored in INT8 (``reason`` when not)."""
+    """A Gather (or a fused EmbedLayerNormalization) and whether its table is stored in INT8 (``reason`` when not)."""
 
     node: str
     table: str
     elements: int
     reason: str | None = None
+    op_type: str = "Gather"
+    input_index: int = 0  # where the node reads the table
 
     @property
     def quantized(self) -> bool:
@@ -54,6 +64,9 @@ def find_tables(model: onnx.ModelProto, *, min_elements: int = MIN_TABLE_ELEMENT
     outputs = {v.name for v in model.graph.output}
     choices = []
     for node in model.graph.node:
+        if node.op_type == "EmbedLayerNormalization" and node.domain == MS_DOMAIN:
+            choices.extend(_embedding_tables(node, weights, readers, min_elements))
+            continue
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or not node.input or node.input[0] not in weights:
             continue
         table = weights[node.input[0]]
@@ -68,6 +81,23 @@ def find_tables(model: onnx.ModelProto, *, min_elements: int = MIN_TABLE_ELEMENT
         elif node.output[0] in outputs:
             reason = "the lookup is a graph output"
         choices.append(TableChoice(node.name, node.input[0], elements, reason))
+    return choices
+
+
+def _embedding_tables(node: onnx.NodeProto, weights: dict, readers: Counter, min_elements: int) -> list[TableChoice]:
+    choices = []
+    for index in EMBEDDING_TABLE_INPUTS:
+        name = node.input[index] if len(node.input) > index else ""
+        table = weights.get(name)
+        if table is None or table.data_type != TensorProto.FLOAT or len(table.dims) != 2:
+            continue
+        elements = int(np.prod(table.dims))
+        reason = None
+        if elements < min_elements:
+            reason = f"table of {elements} values: too small to be worth it"
+        elif readers[name] > 1:
+            reason = "the table is also read by other nodes: kept in float for them"
+        choices.append(TableChoice(node.name, name, elements, reason, node.op_type, index))
     return choices
 
 
@@ -104,22 +134,26 @@ def store_tables_in_int8(
         raise ValueError(f"lookup must be one of {LOOKUPS}, not {lookup!r}")
     weights = initializer_map(model.graph)
     taken = all_value_names(model.graph) | set(reserved)  # names of enclosing scopes, when model is a body's view
-    by_name = {c.node: c for c in choices if c.quantized}
+    by_name = {c.node: c for c in choices if c.quantized and c.op_type == "Gather"}
+    restored = {}
+    for choice in choices:
+        if choice.quantized and choice.op_type != "Gather":
+            restored.setdefault(choice.node, []).append(choice)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     rewritten: list[str] = []
     nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
+        for choice in restored.get(node.name, []):  # a fused node reading whole tables: they are restored once, at load
+            values, scales = _rows(weights, choice, rows_cache)
+            added, node.input[choice.input_index] = restored_at_load(model.graph, values, scales[:, None], choice.table, taken)
+            nodes.extend(added)
+        if node.name in restored:
+            rewritten.append(node.name)
         nodes.append(node)
         choice = by_name.get(node.name)
         if choice is None:
             continue
-        key = (choice.table, tuple(weights[choice.table].dims))
-        if rows_cache is not None and key in rows_cache:
-            values, scales = rows_cache[key]
-        else:
-            values, scales = row_quantize(to_array(weights[choice.table]).astype(np.float32))
-            if rows_cache is not None:
-                rows_cache[key] = (values, scales)
+        values, scales = _rows(weights, choice, rows_cache)
         if lookup == "contrib":
             nodes[-1] = _block_quantized_lookup(model, node, choice, values, scales, taken)
             rewritten.append(node.name)
@@ -143,10 +177,21 @@ def store_tables_in_int8(
         rewritten.append(node.name)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    drop_unread_initializers(model.graph, {by_name[n].table for n in rewritten})  # each table had its Gather as only reader
+    drop_unread_initializers(model.graph, {c.table for c in choices if c.node in rewritten})  # each table had one reader
     if rewritten and lookup == "contrib":
         import_domain(model, MS_DOMAIN)
     return rewritten
+
+
+def _rows(weights: dict, choice: TableChoice, rows_cache: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """``choice``'s table as INT8 rows and row scales (from ``rows_cache`` when quantized before)."""
+    key = (choice.table, tuple(weights[choice.table].dims))
+    if rows_cache is not None and key in rows_cache:
+        return rows_cache[key]
+    values, scales = row_quantize(to_array(weights[choice.table]).astype(np.float32))
+    if rows_cache is not None:
+        rows_cache[key] = (values, scales)
+    return values, scales
 
 
 def _block_quantized_lookup(model: onnx.ModelProto, node: onnx.NodeProto, choice: TableChoice, values: np.ndarray, scales: np.ndarray, taken: set[str]) -> onnx.NodeProto:
