@@ -510,7 +510,12 @@ def _print_pruning(report) -> None:
     if report.sparsity:
         console.print(f"zeroed the smallest weights of {len(report.sparsity)} layer(s) (details in --report)", highlight=False)
     (p0, p1), (m0, m1), (f0, f1) = report.parameters, report.macs, report.file_bytes
-    macs = f"MACs {m0 / 1e6:,.1f} M -> {m1 / 1e6:,.1f} M ({m1 / m0:.2f}x)" if m0 else "MACs not counted (the main graph has no layer of known size)"
+    if report.macs_unknown:  # a total without some layers would be a number that is not true
+        macs = f"MACs not counted (shapes unknown for {len(report.macs_unknown)} weighted node(s), e.g. {report.macs_unknown[0]}; give --input-shapes)"
+    elif m0:
+        macs = f"MACs {m0 / 1e6:,.1f} M -> {m1 / 1e6:,.1f} M ({m1 / m0:.2f}x)"
+    else:
+        macs = "MACs not counted (the main graph has no layer of known size)"
     console.print(
         f"parameters {_count(p0)} -> {_count(p1)} ({p1 / max(p0, 1):.2f}x); {macs}; "
         f"file {f0 / 1e6:.2f} MB -> {f1 / 1e6:.2f} MB",

@@ -712,3 +712,46 @@ def test_cost_scope_cuts_where_channels_are_expensive():
     assert first.channels_after >= 32 - int(0.5 * 32)  # but no more than twice the ratio
     assert cost.macs.after < local.macs.after  # same ratio, more of the cost removed
     assert first.macs_removed > second.macs_removed and 0 < first.score_removed < 1
+
+
+def fused_ffn(dim: int = 16, hidden: int = 32, seq: int = 8, *, seed: int = 31) -> onnx.ModelProto:
+    """x -> MatMul -> onnxruntime's BiasGelu -> MatMul -> SkipLayerNormalization(., x) -> y: an FFN as onnxruntime's transformer
+    optimizer writes it, the second layer's bias inside the fused normalization."""
+    b = GraphBuilder(seed)
+    h = b.node("MatMul", ["x", b.const(b.weight(dim, hidden, fan_in=dim))])
+    g = b.node("BiasGelu", [h, b.const((0.5 * b.rng.standard_normal(hidden)).astype(np.float32), "b")], domain="com.microsoft")
+    d = b.node("MatMul", [g, b.const(b.weight(hidden, dim, fan_in=hidden))])
+    gamma, beta = b.const(np.ones(dim, np.float32), "gamma"), b.const(np.zeros(dim, np.float32), "beta")
+    bias = b.const((0.1 * b.rng.standard_normal(dim)).astype(np.float32), "b")
+    b.nodes.append(helper.make_node("SkipLayerNormalization", [d, "x", gamma, beta, bias], ["y"], name="skip_norm", domain="com.microsoft", epsilon=1e-5))
+    graph = helper.make_graph(b.nodes, "fused_ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, dim])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, seq, dim])], b.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_ffn_neurons_are_pruned_through_onnxruntimes_fused_activation_and_compensated_in_its_fused_norm():
+    model = fused_ffn()
+    data = [{"x": np.random.default_rng(i).standard_normal((1, 8, 16)).astype(np.float32)} for i in range(20)]
+    pruned, report = prune(model, data, config=FAST)
+    shapes = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
+    gelu = next(n for n in pruned.graph.node if n.op_type == "BiasGelu")
+    up, down = (n for n in pruned.graph.node if n.op_type == "MatMul")
+    assert shapes[up.input[1]] == (16, 16) and shapes[gelu.input[1]] == (16,) and shapes[down.input[1]] == (16, 16)
+    # the removed neurons' mean contribution goes into the fused normalization's bias, the layer's own
+    norm = next(n for n in pruned.graph.node if n.op_type == "SkipLayerNormalization")
+    assert norm.input[4] != model.graph.node[-1].input[4] and shapes[norm.input[4]] == (16,)
+    assert [step.kind.value for step in report.recovery] in (["bias"], ["refit"])
+    # every layer's size is known through the fused operators: the MACs are counted, not left out
+    assert report.macs_unknown == [] and report.macs.before == 2 * 8 * 16 * 32 and report.macs.after == 2 * 8 * 16 * 16
+    out, ref = run_model(pruned, data[0])[0], run_model(model, data[0])[0]
+    assert out.shape == ref.shape and np.dot(out.ravel(), ref.ravel()) / np.linalg.norm(out) / np.linalg.norm(ref) > 0.8
+
+
+def test_macs_of_onnxruntimes_fused_attention_count_its_projection_and_scores():
+    from onnxslim.ir.counts import node_macs
+
+    node = helper.make_node("Attention", ["x", "w", "b"], ["y"], domain="com.microsoft", num_heads=2)
+    assert node_macs(node, {"x": (1, 8, 16), "w": (16, 48)}) == 8 * 16 * 48 + 2 * 8 * 8 * 16
+    assert node_macs(node, {"x": (1, None, 16), "w": (16, 48)}) is None  # unknown: said so, never counted as 0
+    standard = helper.make_node("Attention", ["q", "k", "v"], ["y"])  # onnx's own Attention (opset 23) is another operator
+    assert node_macs(standard, {"q": (1, 8, 16), "k": (1, 8, 16)}) == 0

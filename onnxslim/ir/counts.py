@@ -9,9 +9,11 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
+from onnxslim.ir.graph import MS_DOMAIN
 from onnxslim.ir.tensors import tensor_elements
 
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger")
+# onnxruntime's fused attention (com.microsoft Attention, QAttention) holds its query/key/value projection
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "Attention", "QAttention")
 
 
 def count_parameters(model: onnx.ModelProto) -> int:
@@ -52,6 +54,13 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple]) -> int | None:
         else:
             k = a[-1]
         return int(np.prod(out, dtype=np.int64) * k)
+    if op in ("Attention", "QAttention") and node.domain == MS_DOMAIN:
+        # the (B, S, D) x (D, 3D) projection, then scores and context: 2 S^2 D per sequence
+        inp, weight = get(node.input[0]), get(node.input[1])
+        if not (_static(inp) and _static(weight)) or len(inp) != 3 or len(weight) != 2:
+            return None
+        batch, length, width = inp
+        return int(batch * length * width * weight[1] + 2 * batch * length * length * (weight[1] // 3))
     return 0
 
 

@@ -43,7 +43,7 @@ from enum import Enum
 import numpy as np
 import onnx
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import MS_DOMAIN, node_attr
 from onnxslim.ir.layers import RECURRENT_LAYERS, weight_axes
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 from onnxslim.measure.channels import channel_rows
@@ -189,7 +189,15 @@ def _bias_slot(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[onnx.NodeP
         other = [i for i, name in enumerate(readers[0].input) if name != node.output[0]]
         if other and readers[0].input[other[0]] in inits and to_array(inits[readers[0].input[other[0]]]).ndim == 1:
             return readers[0], other[0]
+    if len(readers) == 1 and readers[0].op_type == "SkipLayerNormalization" and readers[0].domain == MS_DOMAIN and node.output[0] in readers[0].input[:2]:
+        # onnxruntime's fused residual Add and LayerNorm: input + skip + bias, then normalized; its bias input is the layer's
+        bias = readers[0].input[SKIP_NORM_BIAS] if len(readers[0].input) > SKIP_NORM_BIAS else ""
+        if not bias or (bias in inits and to_array(inits[bias]).ndim == 1):
+            return readers[0], SKIP_NORM_BIAS
     return None
+
+
+SKIP_NORM_BIAS = 4  # com.microsoft SkipLayerNormalization's inputs: input, skip, gamma, beta, bias
 
 
 def _set_input(model: onnx.ModelProto, node: onnx.NodeProto, index: int, array: np.ndarray, taken: set[str], dtype: np.dtype) -> None:

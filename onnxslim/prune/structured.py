@@ -29,7 +29,7 @@ from onnxslim.ir.loops import in_front_of_loops
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.quantized import refuse_quantized
 from onnxslim.ir.scopes import all_nodes
-from onnxslim.ir.shapes import infer_shapes
+from onnxslim.ir.shapes import infer_shapes, with_input_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, producer_map, subgraphs, to_array
 from onnxslim.measure import LatencyComparison, RememberedReference, few_objects, fidelity, latency_ratios
 from onnxslim.measure.channels import ChannelMoments, input_moments
@@ -50,6 +50,7 @@ from onnxslim.prune.widths import CANDIDATE_MULTIPLES, WidthChoice, cache_key, c
 from onnxslim.records import BeforeAfter, Record
 from onnxslim.runtime import Runner
 from onnxslim.runtime.probe import check_runs, runtime_shapes
+from onnxslim.runtime.shapes import onnxruntime_types
 from onnxslim.runtime.write import write_verified
 
 MAX_MEASURED_BYTES = 256 * 2**20  # models with more weights keep the exact counts unless --round-to says otherwise
@@ -160,6 +161,7 @@ class PruneReport(Record):
     config: dict
     parameters: BeforeAfter = BeforeAfter()
     macs: BeforeAfter = BeforeAfter()
+    macs_unknown: list[str] = field(default_factory=list)  # weighted nodes of either model whose shapes are unknown: not in ``macs``
     file_bytes: BeforeAfter = BeforeAfter()
     latency: LatencyComparison | None = None  # at --threads, the count the user deploys with
     latency_1_thread: LatencyComparison | None = None  # the same at 1 thread, when --threads is another count
@@ -335,7 +337,7 @@ def prune(
     report.warnings.extend(data_warnings)
     if data is not None and not held_out:
         report.warnings.append("no held-out data: fidelity is measured on the batches that ranked and refit the channels; give --eval-data or more batches")
-    shapes = _shapes_for(work, source) if source is not None else infer_shapes(work, input_shapes or {})
+    shapes = _shapes_for(work, source) if source is not None else _static_shapes(work, input_shapes or {})
     probe = _probe_feed(original, source, input_shapes)
     if config.unstructured:
         pruned, lines = magnitude_sparsify(work, config.ratio)
@@ -589,9 +591,11 @@ def _check_result(original: onnx.ModelProto, pruned: onnx.ModelProto, probe: dic
 def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, source, probe, config: PruneConfig, report: PruneReport) -> None:
     """Parameters, MACs and file bytes before and after; interleaved latency on ``probe``; with data, fidelity."""
     inputs = [i.name for i in graph_inputs(original)]
-    new_shapes = infer_shapes(pruned, {k: v for k, v in ((s, shapes.get(s)) for s in inputs) if v and all(isinstance(d, int) for d in v)})
+    new_shapes = _static_shapes(pruned, {k: v for k, v in ((s, shapes.get(s)) for s in inputs) if v and all(isinstance(d, int) for d in v)})
     report.parameters = BeforeAfter(count_parameters(original), count_parameters(pruned))
-    report.macs = BeforeAfter(count_macs(original, shapes)[0], count_macs(pruned, new_shapes)[0])
+    (before, _, unknown_before), (after, _, unknown_after) = count_macs(original, shapes), count_macs(pruned, new_shapes)
+    report.macs = BeforeAfter(before, after)
+    report.macs_unknown = sorted(set(unknown_before) | set(unknown_after))
     report.file_bytes = BeforeAfter(model_file_bytes(original), model_file_bytes(pruned))
     if config.latency_runs > 0 and probe is not None and report.mode == "structured":
         report.latency, report.latency_1_thread = latency_ratios(
@@ -648,6 +652,17 @@ def _probe_feed(model: onnx.ModelProto, source, input_shapes) -> dict | None:
         return None
 
 
+def _static_shapes(model: onnx.ModelProto, inputs: dict[str, tuple]) -> dict[str, tuple]:
+    """Every tensor's shape with the inputs at ``inputs``: onnx's inference, and onnxruntime's where that leaves a tensor without
+    a shape (behind another domain's operators: onnxruntime's fused attention and normalizations)."""
+    shapes = infer_shapes(model, inputs)
+    missing = [o for node in model.graph.node for o in node.output if o and shapes.get(o) is None]
+    if missing:
+        resolved = onnxruntime_types(with_input_shapes(model, inputs), missing)
+        shapes.update({name: dims for name, (_, dims) in resolved.items() if dims})
+    return shapes
+
+
 def _ratio_for_budget(model: onnx.ModelProto, groups: Groups, scores, shapes: dict, config: PruneConfig, costs=None) -> tuple[float, bool]:
     """The smallest ratio whose result fits the parameter or MAC budget (bisection), and whether any does (if not: the largest tried)."""
     params0, macs0 = count_parameters(model), count_macs(model, shapes)[0]
@@ -659,7 +674,7 @@ def _ratio_for_budget(model: onnx.ModelProto, groups: Groups, scores, shapes: di
             return False
         if config.target_macs is not None:
             inputs = {i.name: shapes[i.name] for i in graph_inputs(model) if i.name in shapes}
-            if count_macs(pruned, infer_shapes(pruned, inputs))[0] > config.target_macs * macs0:
+            if count_macs(pruned, _static_shapes(pruned, inputs))[0] > config.target_macs * macs0:
                 return False
         return True
 

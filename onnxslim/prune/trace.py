@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import MS_DOMAIN, node_attr
 from onnxslim.ir.layers import RECURRENT_LAYERS
 from onnxslim.ir.tensors import (
     constant_names,
@@ -378,6 +378,11 @@ class Tracer(ReshapeRules):
         op = node.op_type
         layouts = self.t.layouts
         data = layouts.get(node.input[0]) if node.input else None
+        if node.domain == MS_DOMAIN and op in CONTRIB_RULES and data is not None:
+            out = CONTRIB_RULES[op](self, node, data)
+            if out is not None:
+                layouts[node.output[0]] = out
+            return
         if node.domain not in ("", "ai.onnx"):
             self.block_inputs(node, f"custom op {node.domain}.{op} has no channel rule")
             return
@@ -402,6 +407,20 @@ class Tracer(ReshapeRules):
     # ------------------------------------------------------------ per-op rules: (node, layout of input 0) -> output layout
     def same_layout(self, node: onnx.NodeProto, data: Layout) -> Layout:
         """Elementwise and spatial ops keep the channel axis as it is."""
+        return data
+
+    def bias_activation(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
+        """onnxruntime's fused activations (BiasGelu, FastGelu, QuickGelu, Gelu): elementwise, with an optional bias along the
+        last axis that loses the removed channels; a bias this rule cannot follow, or channels on another axis, block."""
+        if len(node.input) < 2 or not node.input[1]:
+            return data
+        rank = self.rank(node.input[0])
+        bias = node.input[1]
+        if (rank is None or data.axis != rank - 1 or data.repeat != 1 or len(node.input) > 2 or bias not in self.constants
+                or tuple(self.inits[bias].dims) != (len(data),) or node.input[0] == bias):
+            self.block_inputs(node, f"{node.op_type} {node.name}: its bias does not follow the channels")
+            return None
+        self.t.edits.append(SliceInput(node.name, 1, 0, Layout(0, data.atoms), EditRole.PARAMETER))
         return data
 
     def resize(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
@@ -625,6 +644,11 @@ RULES: dict[str, Callable[[Tracer, onnx.NodeProto, Layout | None], Layout | None
     **{op: Tracer.weighted for op in ("Conv", "ConvTranspose", "Gemm", "MatMul")},
     "Shape": Tracer.shape,
     "Size": Tracer.shape,
+}
+# onnxruntime's com.microsoft operators that carry channels as their standard spelling would (its transformer optimizer's
+# fused activations); every other operator of another domain blocks the channels it reads
+CONTRIB_RULES: dict[str, Callable[[Tracer, onnx.NodeProto, Layout], Layout | None]] = {
+    op: Tracer.bias_activation for op in ("BiasGelu", "FastGelu", "QuickGelu", "Gelu")
 }
 RULES_WITHOUT_DATA = {Tracer.binary_rule, Tracer.concat_rule, Tracer.weighted, Tracer.shape}
 

@@ -13,6 +13,7 @@ from onnxslim.ir.scopes import expose
 from onnxslim.ir.shapes import element_types
 from onnxslim.runtime.passes import PassRunner
 from onnxslim.runtime.session import Runner
+from onnxslim.runtime.shapes import onnxruntime_types, untyped_outputs
 
 
 def probe_runner(model: onnx.ModelProto, names: list[str], cores: int | None = None) -> PassRunner:
@@ -40,6 +41,8 @@ def observer(model: onnx.ModelProto, names: list[str]) -> PassRunner:
 def runtime_values(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wanted: set[str] | None = None) -> dict[str, np.ndarray]:
     """Values of node outputs (all, or the ``wanted`` ones) on one batch; empty when the model cannot expose them."""
     types = element_types(model)
+    # tensors behind another domain's operators, which onnx's inference leaves untyped
+    types.update({name: kind for name, (kind, _) in onnxruntime_types(model, untyped_outputs(model, set(types))).items()})
     names = [o for n in model.graph.node for o in n.output if o and types.get(o) and (wanted is None or o in wanted)]
     try:
         runner = Runner(with_outputs(model, names, types), threads=None, optimization="disable", label="shape probe", prepack=False)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx
 import onnx.external_data_helper
+import onnx.numpy_helper
 
 from onnxslim.ir.shapes import dims_of, without_large_values
 
@@ -92,5 +94,14 @@ def onnxruntime_types(model: onnx.ModelProto, names: list[str]) -> dict[str, tup
     }
 
 
+SMALL_ELEMENTS = 1024  # shape constants and the like: their values can decide shapes downstream
+
+
 def _small(tensor: onnx.TensorProto) -> bool:
-    return not onnx.external_data_helper.uses_external_data(tensor) and tensor.ByteSize() <= 4096
+    """Whether ``tensor`` is a small constant with its values at hand (not a weight, nor one a skeleton copy emptied)."""
+    if onnx.external_data_helper.uses_external_data(tensor) or int(np.prod(tensor.dims)) > SMALL_ELEMENTS:
+        return False
+    try:
+        return onnx.numpy_helper.to_array(tensor).size == int(np.prod(tensor.dims))
+    except Exception:  # emptied of its bytes
+        return False
