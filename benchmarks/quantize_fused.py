@@ -9,7 +9,8 @@ com.microsoft operators (EmbedLayerNormalization, Attention, SkipLayerNormalizat
 deployment pipeline often has before it quantizes. onnx's shape inference types nothing behind those operators.
 Rows, all from that optimized model: FP32; ``onnxslim quantize`` with its defaults (the first ``--calib``
 sentences of calibration/cache/minilm/calib); onnxruntime's ``quantize_dynamic`` (INT8 weights; it stops on this
-graph unless told ``DefaultTensorType`` float) and the plain export's ``onnxslim quantize`` for reference. Scored by
+graph unless told ``DefaultTensorType`` float) and the plain export's ``onnxslim quantize`` for reference; ``onnxslim prune``
+of the FFN neurons (``--prune``, refit on the same sentences) of both forms. Scored by
 sentence-embedding cosine against the optimized FP32 model on calibration/cache/minilm/eval, timed in one
 interleaved loop per thread count against the optimized FP32 model (the plain export's row against the same).
 """
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.tasks import TASKS, eval_feeds, first_samples, results_table, run_all, save_json, scored_and_timed  # noqa: E402
-from onnxslim import QuantConfig, quantize  # noqa: E402
+from onnxslim import PruneConfig, QuantConfig, prune, quantize  # noqa: E402
 
 
 def optimized(model: Path, out: Path) -> Path:
@@ -42,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calib", type=int, default=64)
     parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--prune", type=float, default=0.3, help="FFN neurons pruned (--only channels) in both forms")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -64,6 +66,11 @@ def main() -> None:
         start = time.perf_counter()
         quantize(task.model, str(calib), config=QuantConfig(), output=work / "plain.onnx")
         rows.append(("onnxslim quantize (defaults) of the plain export", work / "plain.onnx", time.perf_counter() - start))
+        for label, source in (("", fused), (" of the plain export", task.model)):
+            start = time.perf_counter()
+            config = PruneConfig(ratio=args.prune, only="channels", latency_runs=0)
+            prune(source, str(calib), config=config, output=work / f"pruned{len(rows)}.onnx")
+            rows.append((f"onnxslim prune --only channels --ratio {args.prune}{label}", work / f"pruned{len(rows)}.onnx", time.perf_counter() - start))
         results = scored_and_timed(task, rows, feeds, run_all(fused, feeds), runs=args.runs)
     print(results_table(task, results))
     if args.json:

@@ -1,4 +1,5 @@
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -131,3 +132,54 @@ def test_cleanup_pipeline_on_conv_bn_relu_keeps_numbers():
     assert not any(n.op_type == "BatchNormalization" for n in work.graph.node)
     assert any(r.modified for r in results)
     assert_same_outputs(model, work, atol=1e-4)
+
+
+def onnxruntime_fused_layers() -> onnx.ModelProto:
+    """x -> FusedConv (Relu) -> FusedConv (+ the first's output, LeakyRelu) -> FusedConv (Clip) -> Flatten -> FusedGemm (HardSigmoid),
+    as onnxruntime saves a session optimized at its 'extended' level."""
+    b = GraphBuilder(41)
+    w1, w2, w3 = (b.const(b.weight(8, c, 3, 3)) for c in (3, 8, 8))
+    bias = [b.const((0.1 * b.rng.standard_normal(8)).astype(np.float32), "b") for _ in range(3)]
+    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    b.nodes += [
+        helper.make_node("FusedConv", ["x", w1, bias[0]], ["c1"], name="c1", domain="com.microsoft", activation="Relu", **conv),
+        helper.make_node("FusedConv", ["c1", w2, bias[1], "c1"], ["c2"], name="c2", domain="com.microsoft", activation="LeakyRelu",
+                         activation_params=[0.2], **conv),
+        helper.make_node("FusedConv", ["c2", w3, bias[2]], ["c3"], name="c3", domain="com.microsoft", activation="Clip", activation_params=[0.0, 6.0], **conv),
+        helper.make_node("Flatten", ["c3"], ["flat"], name="flat"),
+        helper.make_node("FusedGemm", ["flat", b.const(b.weight(10, 8 * 8 * 8)), b.const(np.zeros(10, np.float32), "b")], ["y"], name="head",
+                         domain="com.microsoft", transB=1, activation="HardSigmoid", activation_alpha=0.25, activation_beta=0.4),
+    ]
+    graph = helper.make_graph(b.nodes, "fused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], b.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_onnxruntimes_fused_layers_are_written_back_as_standard_operators():
+    from onnxslim.passes import unfuse_onnxruntime_layers
+
+    model = onnxruntime_fused_layers()
+    work = load_model(model)
+    result = unfuse_onnxruntime_layers(work)
+    assert len(result.changes) == 4 and not result.declined
+    assert [n.op_type for n in work.graph.node] == ["Conv", "Relu", "Conv", "Add", "LeakyRelu", "Conv", "Clip", "Flatten", "Gemm", "HardSigmoid"]
+    assert all(n.domain == "" for n in work.graph.node)
+    assert_same_outputs(model, work)
+    unknown = load_model(model)
+    unknown.graph.node[0].attribute[0].s = b"Gelu"  # no standard spelling here: left as it is, and said so
+    declined = unfuse_onnxruntime_layers(unknown)
+    assert declined.declined and declined.declined[0].where == "c1" and unknown.graph.node[0].op_type == "FusedConv"
+
+
+def test_a_model_in_onnxruntimes_blocked_layout_is_refused_in_one_line():
+    from onnxslim import PruneConfig, QuantConfig, prune, quantize
+    from onnxslim.errors import UnsupportedModelError
+
+    model = onnxruntime_fused_layers()
+    model.graph.node[0].domain = "com.microsoft.nchwc"
+    model.graph.node[0].op_type = "Conv"
+    model.opset_import.append(helper.make_opsetid("com.microsoft.nchwc", 1))
+    data = sample_inputs(model, 3)
+    for run in (lambda: quantize(model, data, config=QuantConfig(latency_runs=0)), lambda: prune(model, data, config=PruneConfig(ratio=0.3, latency_runs=0))):
+        with pytest.raises(UnsupportedModelError, match=r"blocked-layout operators \(com.microsoft.nchwc: Conv 1\)"):
+            run()

@@ -26,7 +26,7 @@ from onnxslim.distill.module import require_torch
 from onnxslim.errors import BudgetError, NothingToDoError, OnnxSlimError, ProviderError, UnsupportedModelError, UsageError, naming_the_file, without_model_label
 from onnxslim.ir.counts import count_parameters
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
-from onnxslim.ir.quantized import refuse_quantized
+from onnxslim.ir.quantized import refuse_blocked_layout, refuse_quantized
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import fidelity
 from onnxslim.measure.fidelity import SCORES, RememberedReference, few_objects, worst_cosine, worst_score
@@ -143,6 +143,7 @@ def compress(
     try:  # candidates are built from in-memory copies: errors name the user's file
         original = load_model(model)
         refuse_quantized(original, label, "compress")
+        refuse_blocked_layout(original, label, "compress")
         inputs = graph_inputs(original)
         source = for_several_passes(open_data(data, inputs, input_shapes=input_shapes), config.max_calibration_samples)
         calibration, held, evaluation = _split(source, eval_data, inputs, config, input_shapes)

@@ -21,8 +21,10 @@ from onnxslim.passes.masks import deepen_attention_masks
 from onnxslim.passes.opset import default_opset, upgrade_opset
 from onnxslim.passes.pooling import reduce_mean_to_global_pool
 from onnxslim.passes.reciprocal import reciprocal_products_as_division
+from onnxslim.passes.unfuse import unfuse_onnxruntime_layers
 
 CLEANUP_PASSES: tuple[GraphPass, ...] = (
+    unfuse_onnxruntime_layers,  # a model saved by onnxruntime: its fused layers as the operators every rule knows
     initializers_out_of_inputs,
     constants_to_initializers,
     remove_identities,
@@ -58,6 +60,7 @@ __all__ = [
     "fuse_batchnorm",
     "fuse_hardswish",
     "fuse_layernorm",
+    "unfuse_onnxruntime_layers",
     "graph_is_sorted",
     "initializers_out_of_inputs",
     "max_min_with_a_constant_as_clip",

@@ -27,7 +27,7 @@ from onnxslim.ir.io import load_model, model_file_bytes, model_label, model_weig
 from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.ir.loops import in_front_of_loops
 from onnxslim.ir.mapped import has_mapped, spill
-from onnxslim.ir.quantized import refuse_quantized
+from onnxslim.ir.quantized import refuse_blocked_layout, refuse_quantized
 from onnxslim.ir.scopes import all_nodes
 from onnxslim.ir.shapes import infer_shapes, with_input_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, producer_map, subgraphs, to_array
@@ -318,6 +318,7 @@ def prune(
     label = model_label(model)
     original = load_model(model)
     refuse_quantized(original, label, "prune")
+    refuse_blocked_layout(original, label, "prune")
     work = load_model(original)
     prepared = PREPARE(work)
     source = open_data(data, graph_inputs(original), input_shapes=input_shapes) if data is not None else None

@@ -23,7 +23,7 @@ from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageEr
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.ir.mapped import has_mapped, spill
-from onnxslim.ir.quantized import refuse_quantized
+from onnxslim.ir.quantized import refuse_blocked_layout, refuse_quantized
 from onnxslim.ir.scopes import all_nodes, scoped
 from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
 from onnxslim.measure import RememberedReference, few_objects, fidelity, paired_tensor_fidelity, tensor_fidelity, worst_score
@@ -774,6 +774,7 @@ def quantize(
         raise UsageError("quantize needs calibration data (--data); only --weights-only works without it")
     run = QuantRun(model, data, config, eval_data, input_shapes, show_progress)
     refuse_quantized(run.prepared, run.label, "quantize")
+    refuse_blocked_layout(run.prepared, run.label, "quantize")
     report = QuantReport(
         run.label, str(output) if output else None, config.target, _method(config),
         precision=f"{config.weights_only}-weights" if config.weights_only else config.precision, budget=config.accuracy_budget, accuracy_metric=config.accuracy_metric,

@@ -1,0 +1,96 @@
+"""Write onnxruntime's fused layers back as the standard operators they fuse.
+
+A model saved from an onnxruntime session at its 'extended' optimization level (or by a tool that
+does so) holds com.microsoft FusedConv and FusedGemm: a Conv or Gemm with its activation, and for
+FusedConv an optional tensor added before it. Every rule of onnxslim (quantizing, pruning, folding
+a BatchNormalization) is written for the standard operators, and onnxruntime fuses them again when
+it loads the model, so nothing is lost by spelling them out:
+
+    FusedConv(X, W, B, Z; activation)  ->  act(Add(Conv(X, W, B), Z))
+    FusedGemm(A, B, C; activation)     ->  act(Gemm(A, B, C))
+
+Activations: Relu, Sigmoid, Tanh, LeakyRelu (alpha), HardSigmoid (alpha, beta), Clip (min, max);
+a fused layer with another activation is left as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxslim.ir.graph import MS_DOMAIN, node_attr
+from onnxslim.ir.tensors import all_value_names, from_array, unique_name
+from onnxslim.passes.base import DeclineCode, PassResult
+from onnxslim.passes.opset import default_opset
+
+FUSED = {"FusedConv": "Conv", "FusedGemm": "Gemm"}
+FUSION_ATTRIBUTES = {"activation", "activation_params", "activation_alpha", "activation_beta", "activation_gamma"}
+CLIP_BOUNDS_AS_INPUTS_OPSET = 11
+
+
+def _activation_parameters(node: onnx.NodeProto) -> list[float]:
+    """FusedConv lists them in activation_params; FusedGemm names them activation_alpha, _beta."""
+    params = node_attr(node, "activation_params")
+    if params is not None:
+        return [float(p) for p in params]
+    return [float(v) for v in (node_attr(node, "activation_alpha"), node_attr(node, "activation_beta")) if v is not None]
+
+
+def _activation(node: onnx.NodeProto, x: str, y: str, taken: set[str], opset: int, graph: onnx.GraphProto) -> onnx.NodeProto | None:
+    """The standard node computing ``node``'s fused activation from ``x`` into ``y``, or None for one this pass does not know."""
+    kind = node_attr(node, "activation", "")
+    kind = kind.decode() if isinstance(kind, bytes) else kind
+    params = _activation_parameters(node)
+    name = unique_name(f"{node.name or y}_{kind.lower() or 'activation'}", taken)
+    if kind in ("Relu", "Sigmoid", "Tanh"):
+        return helper.make_node(kind, [x], [y], name=name)
+    if kind == "LeakyRelu":
+        return helper.make_node(kind, [x], [y], name=name, alpha=params[0] if params else 0.01)
+    if kind == "HardSigmoid":
+        alpha, beta = (params + [0.2, 0.5][len(params):])[:2]
+        return helper.make_node(kind, [x], [y], name=name, alpha=alpha, beta=beta)
+    if kind == "Clip" and len(params) == 2:
+        if opset < CLIP_BOUNDS_AS_INPUTS_OPSET:
+            return helper.make_node(kind, [x], [y], name=name, min=params[0], max=params[1])
+        bounds = [unique_name(f"{name}_{which}", taken) for which in ("min", "max")]
+        graph.initializer.extend(from_array(np.array(value, np.float32), bound) for value, bound in zip(params, bounds))
+        return helper.make_node(kind, [x, *bounds], [y], name=name)
+    return None
+
+
+def unfuse_onnxruntime_layers(model: onnx.ModelProto) -> PassResult:
+    """Rewrite every com.microsoft FusedConv and FusedGemm of the main graph as its layer, Add and activation (see the module docstring)."""
+    result = PassResult("unfuse-onnxruntime-layers")
+    graph = model.graph
+    if not any(n.op_type in FUSED and n.domain == MS_DOMAIN for n in graph.node):
+        return result
+    taken = all_value_names(graph) | {n.name for n in graph.node}
+    opset = default_opset(model)
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.op_type not in FUSED or node.domain != MS_DOMAIN:
+            nodes.append(node)
+            continue
+        where = node.name or node.output[0]
+        op = FUSED[node.op_type]
+        summed = node.op_type == "FusedConv" and len(node.input) > 3 and node.input[3]
+        layer_out = unique_name(f"{node.output[0]}_{op.lower()}", taken)
+        added_out = unique_name(f"{node.output[0]}_sum", taken) if summed else layer_out
+        activation = _activation(node, added_out, node.output[0], taken, opset, graph) if node_attr(node, "activation") else None
+        if node_attr(node, "activation") and activation is None:
+            result.decline(where, DeclineCode.UNSUPPORTED_FORM, f"activation {node_attr(node, 'activation')!r} has no standard spelling here")
+            nodes.append(node)
+            continue
+        final = added_out if activation is not None else node.output[0]
+        layer = helper.make_node(op, list(node.input[:3]), [layer_out if summed or activation is not None else final], name=node.name or where)
+        layer.attribute.extend(a for a in node.attribute if a.name not in FUSION_ATTRIBUTES)
+        nodes.append(layer)
+        if summed:
+            nodes.append(helper.make_node("Add", [layer.output[0], node.input[3]], [final], name=unique_name(f"{where}_sum", taken)))
+        if activation is not None:
+            nodes.append(activation)
+        result.change(f"{where}: {node.op_type} as {op}" + (" + Add" if summed else "") + (f" + {activation.op_type}" if activation is not None else ""))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return result
