@@ -1,18 +1,22 @@
-"""MiniLM after onnxruntime's transformer optimizer: quantize on a graph of fused contrib operators, against the peer.
+"""Models that onnxruntime itself rewrote before onnxslim sees them: fused contrib operators instead of standard ones.
 
     python models/gather.py --minilm
-    python calibration/make_datasets.py minilm
-    python benchmarks/quantize_fused.py --runs 40 --json fused.json
+    python calibration/make_datasets.py minilm det
+    python benchmarks/quantize_fused.py --tasks minilm det --runs 40 --json fused.json
 
-onnxruntime's optimizer (``onnxruntime.transformers.optimizer``, model type bert) rewrites each layer into
-com.microsoft operators (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu): a model a
-deployment pipeline often has before it quantizes. onnx's shape inference types nothing behind those operators.
-Rows, all from that optimized model: FP32; ``onnxslim quantize`` with its defaults (the first ``--calib``
-sentences of calibration/cache/minilm/calib); onnxruntime's ``quantize_dynamic`` (INT8 weights; it stops on this
-graph unless told ``DefaultTensorType`` float) and the plain export's ``onnxslim quantize`` for reference; ``onnxslim prune``
-of the FFN neurons (``--prune``, refit on the same sentences) of both forms. Scored by
-sentence-embedding cosine against the optimized FP32 model on calibration/cache/minilm/eval, timed in one
-interleaved loop per thread count against the optimized FP32 model (the plain export's row against the same).
+- minilm: all-MiniLM-L6-v2 through onnxruntime's transformer optimizer (``onnxruntime.transformers.optimizer``, model
+  type bert), which rewrites each layer into com.microsoft operators (EmbedLayerNormalization, Attention,
+  SkipLayerNormalization, BiasGelu): what a deployment pipeline often has before it quantizes. Rows: that model in FP32;
+  ``onnxslim quantize`` with its defaults; onnxruntime's ``quantize_dynamic`` (INT8 weights; it stops on this graph unless
+  told ``DefaultTensorType`` float); ``onnxslim prune --only channels --ratio`` ``--prune`` (the FFN neurons, refit on the
+  calibration sentences) of the optimized model and of the plain export; the plain export's ``onnxslim quantize``.
+  Scored by sentence-embedding cosine against the optimized FP32 model on calibration/cache/minilm/eval.
+- det: PP-OCRv4's text detector as an onnxruntime session saves it at its 'extended' optimization level (com.microsoft
+  FusedConv: convolutions with their activation). Rows: that model in FP32; ``onnxslim quantize`` of it and of the
+  detector as shipped. Scored by text-mask IoU against the saved FP32 model on calibration/cache/det/eval.
+
+Every row is timed in one interleaved loop per thread count against the first row's model (median of ``--runs``);
+calibration on the first ``--calib`` samples of calibration/cache/<task>/calib.
 """
 
 from __future__ import annotations
@@ -32,47 +36,73 @@ from benchmarks.tasks import TASKS, eval_feeds, first_samples, results_table, ru
 from onnxslim import PruneConfig, QuantConfig, prune, quantize  # noqa: E402
 
 
-def optimized(model: Path, out: Path) -> Path:
+def transformer_optimized(model: Path, out: Path) -> Path:
     from onnxruntime.transformers.optimizer import optimize_model
 
     optimize_model(str(model), model_type="bert", num_heads=12, hidden_size=384, opt_level=0).save_model_to_file(str(out))
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calib", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=40)
-    parser.add_argument("--prune", type=float, default=0.3, help="FFN neurons pruned (--only channels) in both forms")
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+def saved_by_a_session(model: Path, out: Path) -> Path:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return out
+
+
+def timed(label: str, build, path: Path) -> tuple[str, Path, float]:
+    start = time.perf_counter()
+    build(path)
+    return label, path, time.perf_counter() - start
+
+
+def bench(task_name: str, work: Path, calib_count: int, prune_ratio: float, runs: int) -> list[dict]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    task = TASKS["minilm"]
+    task = TASKS[task_name]
     feeds = eval_feeds(task)
+    calib = str(first_samples(task, calib_count, work / f"{task_name}-calib"))
+    if task_name == "minilm":
+        fused = transformer_optimized(task.model, work / "minilm-fused.onnx")
+    else:
+        fused = saved_by_a_session(task.model, work / f"{task_name}-fused.onnx")
+    ops = sorted({n.op_type for n in onnx.load(str(fused), load_external_data=False).graph.node if n.domain == "com.microsoft"})
+    print(f"{task_name}: contrib operators of the rewritten model: {', '.join(ops)}", flush=True)
+    rows = [("FP32, rewritten by onnxruntime", fused, 0.0)]
+    rows.append(timed("onnxslim quantize (defaults)", lambda out: quantize(fused, calib, config=QuantConfig(), output=out), work / f"{task_name}-q.onnx"))
+    if task_name == "minilm":
+        rows.append(timed(
+            "onnxruntime quantize_dynamic (DefaultTensorType float)",
+            lambda out: quantize_dynamic(str(fused), str(out), weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}),
+            work / "minilm-dynamic.onnx",
+        ))
+        config = PruneConfig(ratio=prune_ratio, only="channels", latency_runs=0)
+        rows.append(timed(f"onnxslim prune --only channels --ratio {prune_ratio}", lambda out: prune(fused, calib, config=config, output=out),
+                          work / "minilm-pruned.onnx"))
+        rows.append(timed(f"onnxslim prune --only channels --ratio {prune_ratio} of the plain export",
+                          lambda out: prune(task.model, calib, config=config, output=out), work / "minilm-plain-pruned.onnx"))
+    rows.append(timed("onnxslim quantize (defaults) of the model as shipped", lambda out: quantize(task.model, calib, config=QuantConfig(), output=out),
+                      work / f"{task_name}-plain-q.onnx"))
+    results = scored_and_timed(task, rows, feeds, run_all(fused, feeds), runs=runs)
+    print(results_table(task, results), flush=True)
+    return [{"task": task_name, **r} for r in results]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["minilm", "det"], choices=["minilm", "det"])
+    parser.add_argument("--calib", type=int, default=64)
+    parser.add_argument("--prune", type=float, default=0.3, help="MiniLM: share of the FFN neurons pruned (--only channels), both forms")
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        calib = first_samples(task, args.calib, work / "calib")
-        fused = optimized(task.model, work / "fused.onnx")
-        ops = sorted({n.op_type for n in onnx.load(str(fused), load_external_data=False).graph.node if n.domain == "com.microsoft"})
-        print(f"optimized graph's contrib operators: {', '.join(ops)}", flush=True)
-        rows = [("FP32, onnxruntime-optimized", fused, 0.0)]
-        start = time.perf_counter()
-        quantize(fused, str(calib), config=QuantConfig(), output=work / "onnxslim.onnx")
-        rows.append(("onnxslim quantize (defaults)", work / "onnxslim.onnx", time.perf_counter() - start))
-        start = time.perf_counter()
-        quantize_dynamic(str(fused), str(work / "dynamic.onnx"), weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        rows.append(("onnxruntime quantize_dynamic (DefaultTensorType float)", work / "dynamic.onnx", time.perf_counter() - start))
-        start = time.perf_counter()
-        quantize(task.model, str(calib), config=QuantConfig(), output=work / "plain.onnx")
-        rows.append(("onnxslim quantize (defaults) of the plain export", work / "plain.onnx", time.perf_counter() - start))
-        for label, source in (("", fused), (" of the plain export", task.model)):
-            start = time.perf_counter()
-            config = PruneConfig(ratio=args.prune, only="channels", latency_runs=0)
-            prune(source, str(calib), config=config, output=work / f"pruned{len(rows)}.onnx")
-            rows.append((f"onnxslim prune --only channels --ratio {args.prune}{label}", work / f"pruned{len(rows)}.onnx", time.perf_counter() - start))
-        results = scored_and_timed(task, rows, feeds, run_all(fused, feeds), runs=args.runs)
-    print(results_table(task, results))
+        for task in args.tasks:
+            results += bench(task, Path(tmp), args.calib, args.prune, args.runs)
     if args.json:
         save_json(args.json, results)
 
