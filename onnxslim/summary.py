@@ -17,9 +17,9 @@ import onnx
 
 from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters
 from onnxslim.ir.io import load_model, model_label, model_weight_bytes
-from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import TensorSpec, graph_inputs, graph_outputs, subgraphs
 from onnxslim.records import Record, json_field
+from onnxslim.runtime.shapes import known_shapes
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _all_nodes(graph: onnx.GraphProto):
 def inspect(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> ModelSummary:
     """Summarize ``model``; ``input_shapes`` fixes dynamic dimensions for the MAC estimate."""
     proto = load_model(model, load_weights=False)
-    shapes = infer_shapes(proto, input_shapes)
+    shapes = known_shapes(proto, input_shapes)
     macs, by_op, unknown = count_macs(proto, shapes)
     histogram = Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}" for node in _all_nodes(proto.graph))
     return ModelSummary(

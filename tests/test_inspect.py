@@ -41,3 +41,10 @@ def test_layers_inside_if_branches_are_named_as_not_counted():
     summary = inspect(rate_branch_convs())
     assert summary.macs == 0 and len(summary.macs_in_bodies) == 6  # two convolutions and a MatMul in each branch
     assert summary.to_dict()["macs_complete"] is False
+
+
+def test_multiply_accumulates_are_counted_through_onnxruntimes_fused_operators():
+    from tests.test_prune import fused_ffn
+
+    summary = inspect(fused_ffn())  # onnx's inference types nothing after the fused BiasGelu; onnxruntime does
+    assert summary.macs == 2 * 8 * 16 * 32 and summary.macs_unknown_nodes == []

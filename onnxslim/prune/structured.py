@@ -29,7 +29,7 @@ from onnxslim.ir.loops import in_front_of_loops
 from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.quantized import refuse_blocked_layout, refuse_quantized
 from onnxslim.ir.scopes import all_nodes
-from onnxslim.ir.shapes import infer_shapes, with_input_shapes
+from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, producer_map, subgraphs, to_array
 from onnxslim.measure import LatencyComparison, RememberedReference, few_objects, fidelity, latency_ratios
 from onnxslim.measure.channels import ChannelMoments, input_moments
@@ -50,7 +50,7 @@ from onnxslim.prune.widths import CANDIDATE_MULTIPLES, WidthChoice, cache_key, c
 from onnxslim.records import BeforeAfter, Record
 from onnxslim.runtime import Runner
 from onnxslim.runtime.probe import check_runs, runtime_shapes
-from onnxslim.runtime.shapes import onnxruntime_types
+from onnxslim.runtime.shapes import known_shapes
 from onnxslim.runtime.write import write_verified
 
 MAX_MEASURED_BYTES = 256 * 2**20  # models with more weights keep the exact counts unless --round-to says otherwise
@@ -338,7 +338,7 @@ def prune(
     report.warnings.extend(data_warnings)
     if data is not None and not held_out:
         report.warnings.append("no held-out data: fidelity is measured on the batches that ranked and refit the channels; give --eval-data or more batches")
-    shapes = _shapes_for(work, source) if source is not None else _static_shapes(work, input_shapes or {})
+    shapes = _shapes_for(work, source) if source is not None else known_shapes(work, input_shapes or {})
     probe = _probe_feed(original, source, input_shapes)
     if config.unstructured:
         pruned, lines = magnitude_sparsify(work, config.ratio)
@@ -592,7 +592,7 @@ def _check_result(original: onnx.ModelProto, pruned: onnx.ModelProto, probe: dic
 def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, source, probe, config: PruneConfig, report: PruneReport) -> None:
     """Parameters, MACs and file bytes before and after; interleaved latency on ``probe``; with data, fidelity."""
     inputs = [i.name for i in graph_inputs(original)]
-    new_shapes = _static_shapes(pruned, {k: v for k, v in ((s, shapes.get(s)) for s in inputs) if v and all(isinstance(d, int) for d in v)})
+    new_shapes = known_shapes(pruned, {k: v for k, v in ((s, shapes.get(s)) for s in inputs) if v and all(isinstance(d, int) for d in v)})
     report.parameters = BeforeAfter(count_parameters(original), count_parameters(pruned))
     (before, _, unknown_before), (after, _, unknown_after) = count_macs(original, shapes), count_macs(pruned, new_shapes)
     report.macs = BeforeAfter(before, after)
@@ -653,17 +653,6 @@ def _probe_feed(model: onnx.ModelProto, source, input_shapes) -> dict | None:
         return None
 
 
-def _static_shapes(model: onnx.ModelProto, inputs: dict[str, tuple]) -> dict[str, tuple]:
-    """Every tensor's shape with the inputs at ``inputs``: onnx's inference, and onnxruntime's where that leaves a tensor without
-    a shape (behind another domain's operators: onnxruntime's fused attention and normalizations)."""
-    shapes = infer_shapes(model, inputs)
-    missing = [o for node in model.graph.node for o in node.output if o and shapes.get(o) is None]
-    if missing:
-        resolved = onnxruntime_types(with_input_shapes(model, inputs), missing)
-        shapes.update({name: dims for name, (_, dims) in resolved.items() if dims})
-    return shapes
-
-
 def _ratio_for_budget(model: onnx.ModelProto, groups: Groups, scores, shapes: dict, config: PruneConfig, costs=None) -> tuple[float, bool]:
     """The smallest ratio whose result fits the parameter or MAC budget (bisection), and whether any does (if not: the largest tried)."""
     params0, macs0 = count_parameters(model), count_macs(model, shapes)[0]
@@ -675,7 +664,7 @@ def _ratio_for_budget(model: onnx.ModelProto, groups: Groups, scores, shapes: di
             return False
         if config.target_macs is not None:
             inputs = {i.name: shapes[i.name] for i in graph_inputs(model) if i.name in shapes}
-            if count_macs(pruned, _static_shapes(pruned, inputs))[0] > config.target_macs * macs0:
+            if count_macs(pruned, known_shapes(pruned, inputs))[0] > config.target_macs * macs0:
                 return False
         return True
 

@@ -8,13 +8,14 @@ onnxruntime's symbolic inference carries such shapes as expressions of the input
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
 import onnx.external_data_helper
 import onnx.numpy_helper
 
-from onnxslim.ir.shapes import dims_of, without_large_values
+from onnxslim.ir.shapes import dims_of, infer_shapes, with_input_shapes, without_large_values
 
 
 def symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
@@ -105,3 +106,14 @@ def _small(tensor: onnx.TensorProto) -> bool:
         return onnx.numpy_helper.to_array(tensor).size == int(np.prod(tensor.dims))
     except Exception:  # emptied of its bytes
         return False
+
+
+def known_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple] | None = None) -> dict[str, tuple]:
+    """Every tensor's shape with the inputs at ``input_shapes``: onnx's inference, and onnxruntime's where that leaves a tensor
+    without one (behind another domain's operators: onnxruntime's fused attention and normalizations)."""
+    shapes = infer_shapes(model, input_shapes)
+    missing = [o for node in model.graph.node for o in node.output if o and shapes.get(o) is None]
+    if missing:
+        resolved = onnxruntime_types(with_input_shapes(model, input_shapes) if input_shapes else model, missing)
+        shapes.update({name: dims for name, (_, dims) in resolved.items() if dims})
+    return shapes
