@@ -405,7 +405,8 @@ def _print_quantization(report) -> None:
     where = f" (measured on {report.float16['fidelity_measured_on']})" if report.float16 else ""
     padding = sorted({o.padding_left_out for o in report.fidelity if o.padding_left_out})
     where += f" (real tokens only: positions where {', '.join(padding)} is 0 left out)" if padding else ""
-    fidelity = Table(title=f"{label} vs FP32 on {report.evaluation.data}{where}", title_justify="left")
+    original = report.original_precision
+    fidelity = Table(title=f"{label} vs {original} on {report.evaluation.data}{where}", title_justify="left")
     resampled = any(o.cosine_range for o in report.fidelity)
     for column in ("output", "cosine", *((RANGE_COLUMN,) if resampled else ()), "SNR dB", "max abs", "task metric"):
         fidelity.add_column(column, justify="left" if column == "output" else "right")
@@ -418,11 +419,11 @@ def _print_quantization(report) -> None:
         if latency:
             cleaned = f", cleaned FP32 {latency.fallback['median_ms']:.3f} ms" if latency.fallback else ""
             console.print(
-                f"latency ({threads_text(latency.threads)}, median of {latency.runs} interleaved runs): FP32 {latency.reference['median_ms']:.3f} ms{cleaned}, "
+                f"latency ({threads_text(latency.threads)}, median of {latency.runs} interleaved runs): {original} {latency.reference['median_ms']:.3f} ms{cleaned}, "
                 f"{label} {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
                 highlight=False,
             )
-    console.print(f"size: FP32 {report.sizes.fp32_bytes / 1e6:.2f} MB, {label} {report.sizes.quantized_bytes / 1e6:.2f} MB", highlight=False)
+    console.print(f"size: {original} {report.sizes.fp32_bytes / 1e6:.2f} MB, {label} {report.sizes.quantized_bytes / 1e6:.2f} MB", highlight=False)
     if report.weight_range.get("used") == "reduced":
         console.print(f"INT8 weights in [-64, 64]: {escape(report.weight_range['why'])}", highlight=False)
     if report.scalar_affine:

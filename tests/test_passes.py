@@ -183,3 +183,49 @@ def test_a_model_in_onnxruntimes_blocked_layout_is_refused_in_one_line():
     for run in (lambda: quantize(model, data, config=QuantConfig(latency_runs=0)), lambda: prune(model, data, config=PruneConfig(ratio=0.3, latency_runs=0))):
         with pytest.raises(UnsupportedModelError, match=r"blocked-layout operators \(com.microsoft.nchwc: Conv 1\)"):
             run()
+
+
+def float16_conv_net() -> onnx.ModelProto:
+    """conv_bn_relu with every float in float16, its input and output included: a model exported in half precision."""
+    from onnxslim.passes import fuse_batchnorm
+
+    model = load_model(conv_bn_relu())
+    fuse_batchnorm(model)
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.data_type == TensorProto.FLOAT:
+            model.graph.initializer[index].CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    del model.graph.value_info[:]
+    return model
+
+
+def test_a_float16_model_is_computed_in_float32_behind_its_float16_interface():
+    from onnxslim.passes.widen import float16_to_float32
+
+    model = float16_conv_net()
+    work = load_model(model)
+    result = float16_to_float32(work)
+    assert result.modified and "float16 weight(s) widened exactly" in result.changes[0]
+    assert all(t.data_type != TensorProto.FLOAT16 for t in work.graph.initializer)
+    assert [v.type.tensor_type.elem_type for v in (*work.graph.input, *work.graph.output)] == [TensorProto.FLOAT16, TensorProto.FLOAT16]
+    assert work.graph.node[0].op_type == "Cast" and work.graph.node[-1].op_type == "Cast"
+    feed = {"input": np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float16)}
+    (half,), (wide,) = run_model(model, feed), run_model(work, feed)
+    assert wide.dtype == np.float16 and half.shape == wide.shape
+    np.testing.assert_allclose(wide.astype(np.float32), half.astype(np.float32), rtol=0.02, atol=0.02)
+    assert not float16_to_float32(work).modified  # once is enough
+
+
+def test_quantize_takes_a_float16_model_and_says_so():
+    from onnxslim import QuantConfig, quantize
+
+    model = float16_conv_net()
+    rng = np.random.default_rng(1)
+    data = [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float16)} for _ in range(10)]
+    quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0))
+    assert report.original_precision == "FP16" and report.written == "int8"
+    assert any(p.name == "float16-to-float32" and p.modified for p in report.prepare)
+    assert sum(d.quantized and d.op_type == "Conv" for d in report.decisions) == 2
+    assert quantized.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16  # the callers' interface is kept
+    assert report.fidelity[0].cosine > 0.99

@@ -30,7 +30,7 @@ def faster_or_float(
     """
     opened = run.take_reference(provider, config.threads)  # the float model's session, when the run still holds one that fits
     if config.latency_runs > 0 and feed is not None:
-        fallback = None if has_mapped(run.original) else run.cleaned
+        fallback = None if has_mapped(run.original) or run.original_precision != "FP32" else run.cleaned
         report.latency, report.latency_1_thread = latency_ratios(
             opened or run.original, candidate, feed, threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress, description=description,
             labels=labels, provider=provider, fallback=fallback,
@@ -42,19 +42,25 @@ def faster_or_float(
     # the cleaned model's folds and merges are meant to make it faster; where it was timed no faster, the user's own model is the
     # fallback, and the candidate has to beat that one
     cleaned_not_faster = latency is not None and latency.fallback_not_faster
+    original_is_fallback = cleaned_not_faster or run.original_precision != "FP32"
+    original = run.original_precision
     ratio, message = (latency.ratio_to_beat, "") if latency is not None else (None, "")
     if ratio is not None and latency.fallback and not cleaned_not_faster:
         message = (f"{subject} not faster than the cleaned FP32 model {where} ({latency.ratio:.2f}x the original's latency, the cleaned FP32 model "
                    f"{latency.fallback_ratio:.2f}x, at {threads_text(config.threads)})")
     elif ratio is not None:
         cleaned = f"; the cleaned FP32 model {latency.fallback_ratio:.2f}x" if latency.fallback else ""
-        message = f"{subject} not faster than FP32 {where} ({ratio:.2f}x FP32 latency{cleaned} at {threads_text(config.threads)})"
-    kept = (f"wrote the original model unchanged, the cleaned FP32 model being no faster than it ({anyway})" if cleaned_not_faster
-            else f"wrote the cleaned FP32 model instead ({anyway})")
+        message = f"{subject} not faster than {original} {where} ({ratio:.2f}x {original} latency{cleaned} at {threads_text(config.threads)})"
+    if cleaned_not_faster:
+        kept = f"wrote the original model unchanged, the cleaned FP32 model being no faster than it ({anyway})"
+    elif original_is_fallback:
+        kept = f"wrote the original {original} model unchanged ({anyway})"
+    else:
+        kept = f"wrote the cleaned FP32 model instead ({anyway})"
     use_fp32, warning = keep_fallback(ratio, config.if_slower, keep="keep-fp32", message=message, kept=kept)
     if warning:
         report.warnings.append(warning)
-    if use_fp32 and cleaned_not_faster:
+    if use_fp32 and original_is_fallback:
         report.written = "original"
         return run.original
     if use_fp32:

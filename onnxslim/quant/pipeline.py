@@ -123,6 +123,8 @@ class QuantRun:
             if fused.modified:
                 self.prepare_results.append(fused)
         self.cleaned = self.prepared  # what --if-slower keep-fp32 writes: without the channels added for INT8 kernels
+        # a float16 model computed in float32: twice the bytes, so never the fallback; the user's own model is
+        self.original_precision = "FP16" if any(r.name == "float16-to-float32" and r.modified for r in self.prepare_results) else "FP32"
         if integer_cpu and has_depthwise_multipliers(self.prepared):
             # the float kernels can be faster as they are (few wide channels), so the FP32 fallback keeps them
             expanded = load_model(self.prepared)
@@ -149,7 +151,8 @@ class QuantRun:
         self.provider = resolve_provider(config.calibration_provider)
         inputs = graph_inputs(self.original)
         for spec in inputs:
-            if spec.dtype is not None and spec.dtype != np.float32 and spec.dtype.kind == "f":
+            widened = spec.dtype == np.float16 and self.original_precision == "FP16"  # cast to float32 where it enters
+            if spec.dtype is not None and spec.dtype != np.float32 and spec.dtype.kind == "f" and not widened:
                 raise ModelLoadError(f"{self.label}: input '{spec.name}' is {spec.dtype}; quantize the float32 model")
         self.warnings: list[str] = []
         self.inputs, self.input_shapes = inputs, input_shapes
@@ -778,6 +781,7 @@ def quantize(
     report = QuantReport(
         run.label, str(output) if output else None, config.target, _method(config),
         precision=f"{config.weights_only}-weights" if config.weights_only else config.precision, budget=config.accuracy_budget, accuracy_metric=config.accuracy_metric,
+        original_precision=run.original_precision,
     )
     report.prepare = run.prepare_results
     if config.precision == "int8" and not config.weights_only:

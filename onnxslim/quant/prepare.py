@@ -1,4 +1,4 @@
-"""Make a float model ready to quantize: weights as initializers, BN folded, opset >= 13, named nodes."""
+"""Make a float model ready to quantize: weights as initializers, BN folded, float16 computed in float32, opset >= 13, named nodes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from onnxslim.ir.shapes import dims_of, without_large_values
 from onnxslim.passes import CLEANUP_PASSES, PassResult, Pipeline, constants_to_initializers, fuse_hardswish, upgrade_opset
 from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.opset import default_opset
+from onnxslim.passes.widen import float16_to_float32
 from onnxslim.runtime.shapes import onnxruntime_types, untyped_outputs
 
 QDQ_MIN_OPSET = 13  # per-axis DequantizeLinear
@@ -34,7 +35,8 @@ def prepare(model: onnx.ModelProto) -> list[PassResult]:
     results = BEFORE_UPGRADE(model)
     if results[-1].modified:
         results.append(AFTER_UPGRADE(model)[-1])
-    return results + [r for r in NAMING(model) if r.modified]
+    widened = float16_to_float32(model)
+    return results + [r for r in (widened, *NAMING(model)) if r.modified or r.declined]
 
 
 def float_tensors_and_shapes(model: onnx.ModelProto) -> tuple[set[str], dict[str, tuple]]:
