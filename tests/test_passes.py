@@ -229,3 +229,46 @@ def test_quantize_takes_a_float16_model_and_says_so():
     assert sum(d.quantized and d.op_type == "Conv" for d in report.decisions) == 2
     assert quantized.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16  # the callers' interface is kept
     assert report.fidelity[0].cosine > 0.99
+
+
+@pytest.mark.parametrize("equation, x_shape, w_shape", [
+    ("bld,dh->blh", (2, 5, 8), (8, 6)),
+    ("abc,cde->abde", (2, 5, 8), (8, 3, 4)),  # into heads (Keras' EinsumDense in MultiHeadAttention)
+    ("abcd,cde->abe", (2, 5, 3, 4), (3, 4, 8)),  # out of heads
+    ("...d,dh->...h", (2, 5, 8), (8, 6)),
+    ("dh,bld->blh", (8, 6), (2, 5, 8)),  # the weight first
+    ("bld,hd->blh", (2, 5, 8), (6, 8)),  # stored (out, in), as torch's Linear keeps it
+    ("abc,ecd->abde", (2, 5, 8), (4, 8, 3)),  # the weight's axes in another order than the product's
+])
+def test_an_einsum_applying_a_constant_weight_becomes_a_matmul(equation, x_shape, w_shape):
+    from onnxslim.passes import einsum_to_matmul
+
+    if equation.startswith("dh"):
+        x_shape, w_shape = w_shape, x_shape
+    rng = np.random.default_rng(2)
+    weight = onnx.numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), "w")
+    inputs = ["w", "x"] if equation.startswith("dh") else ["x", "w"]
+    node = helper.make_node("Einsum", inputs, ["y"], name="proj", equation=equation)
+    graph = helper.make_graph([node], "einsum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    work = load_model(model)
+    result = einsum_to_matmul(work)
+    assert result.modified and "Einsum" not in [n.op_type for n in work.graph.node]
+    assert next(n for n in work.graph.node if n.op_type == "MatMul").name == "proj"  # the layer keeps its name
+    feed = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    np.testing.assert_allclose(run_model(work, feed)[0], run_model(model, feed)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("equation", ["bld,bhd->blh", "bdl,dh->blh", "bii,id->bd"])
+def test_einsums_that_are_not_a_plain_product_are_left_alone(equation):
+    from onnxslim.passes import einsum_to_matmul
+
+    shapes = {"bld,bhd->blh": ((2, 5, 8), (2, 6, 8)), "bdl,dh->blh": ((2, 8, 5), (8, 6)), "bii,id->bd": ((2, 4, 4), (4, 3))}[equation]
+    weight = onnx.numpy_helper.from_array(np.ones(shapes[1], np.float32), "w")
+    node = helper.make_node("Einsum", ["x", "w"], ["y"], name="e", equation=equation)
+    graph = helper.make_graph([node], "einsum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shapes[0]))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    work = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = einsum_to_matmul(work)
+    assert not result.modified and result.declined and [n.op_type for n in work.graph.node] == ["Einsum"]

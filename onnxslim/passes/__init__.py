@@ -14,6 +14,7 @@ from onnxslim.passes.clamps import max_min_with_a_constant_as_clip
 from onnxslim.passes.cleanup import remove_dead_nodes, remove_identities
 from onnxslim.passes.constants import constants_to_initializers, initializers_out_of_inputs
 from onnxslim.passes.conv_rank import conv3d_on_one_slice_as_conv2d
+from onnxslim.passes.einsum import einsum_to_matmul
 from onnxslim.passes.fold import fold_constants
 from onnxslim.passes.hardswish import fuse_hardswish
 from onnxslim.passes.layernorm import fuse_layernorm
@@ -29,6 +30,7 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     constants_to_initializers,
     remove_identities,
     fold_constants,
+    einsum_to_matmul,  # after folding: a weight computed from constants is one by now
     reduce_mean_to_global_pool,  # the dynamo exporter's pooling, as the integer kernels know it
     deepen_attention_masks,  # after folding: a mask built from constants is one by now
     reciprocal_products_as_division,  # after folding (a constant's reciprocal is a constant by now): RMSNorm fuses
@@ -54,6 +56,7 @@ __all__ = [
     "constants_to_initializers",
     "conv3d_on_one_slice_as_conv2d",
     "deepen_attention_masks",
+    "einsum_to_matmul",
     "default_opset",
     "fold_affine_into_conv",
     "fold_constants",
