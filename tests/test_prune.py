@@ -755,3 +755,15 @@ def test_macs_of_onnxruntimes_fused_attention_count_its_projection_and_scores():
     assert node_macs(node, {"x": (1, None, 16), "w": (16, 48)}) is None  # unknown: said so, never counted as 0
     standard = helper.make_node("Attention", ["q", "k", "v"], ["y"])  # onnx's own Attention (opset 23) is another operator
     assert node_macs(standard, {"q": (1, 8, 16), "k": (1, 8, 16)}) == 0
+
+
+def test_a_model_saved_by_onnxruntime_with_fused_layers_is_pruned_as_the_standard_one():
+    from tests.test_passes import onnxruntime_fused_layers
+
+    model = onnxruntime_fused_layers()
+    data = sample_inputs(model, 12)
+    pruned, report = prune(model, data, config=FAST)
+    assert {n.op_type for n in pruned.graph.node} >= {"Conv", "Gemm"} and all(n.domain == "" for n in pruned.graph.node)
+    assert report.parameters.after < report.parameters.before
+    out, ref = run_model(pruned, data[0])[0], run_model(model, data[0])[0]
+    assert out.shape == ref.shape

@@ -35,7 +35,17 @@ from onnxslim.measure import LatencyComparison, RememberedReference, few_objects
 from onnxslim.measure.channels import ChannelMoments, input_moments
 from onnxslim.measure.latency import also_one_thread, disagreement, interleaved_latency, keep_fallback, threads_text
 from onnxslim.options import check_settings, setting
-from onnxslim.passes import PassResult, Pipeline, constants_to_initializers, fold_constants, initializers_out_of_inputs, remove_dead_nodes, remove_identities
+from onnxslim.passes import (
+    PassResult,
+    Pipeline,
+    constants_to_initializers,
+    einsum_to_matmul,
+    fold_constants,
+    initializers_out_of_inputs,
+    remove_dead_nodes,
+    remove_identities,
+    unfuse_onnxruntime_layers,
+)
 from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.static_dims import fold_static_dims
 from onnxslim.prune.branches import branches_with_layers, prune_branches
@@ -191,7 +201,8 @@ def fold_fixed_sizes(model: onnx.ModelProto) -> PassResult:
 
 
 # Only steps that leave every output bit-identical: ratio 0 must change nothing.
-PREPARE = Pipeline((initializers_out_of_inputs, constants_to_initializers, remove_identities, fold_constants, fold_fixed_sizes, remove_dead_nodes, name_unnamed_nodes))
+PREPARE = Pipeline((unfuse_onnxruntime_layers, initializers_out_of_inputs, constants_to_initializers, remove_identities, fold_constants, einsum_to_matmul,
+                    fold_fixed_sizes, remove_dead_nodes, name_unnamed_nodes))
 
 
 def _bn_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
