@@ -6,6 +6,7 @@ import onnx.parser
 import pytest
 from onnx import numpy_helper
 
+from onnxslim.ir import load_model
 from onnxslim.passes.residual_sum import sum_before_layernorm
 from onnxslim.runtime.kernels import skip_layernorm_slower
 from onnxslim.runtime.session import optimized_graph
@@ -107,3 +108,34 @@ def test_the_float_fallback_gets_the_sums_too():
     run = QuantRun(model, [feed() for _ in range(8)], QuantConfig(latency_runs=0), None, None, False)
     assert ("Sum" in {n.op_type for n in run.cleaned.graph.node}) == skip_layernorm_slower()
     assert "Sum" not in {n.op_type for n in run.original.graph.node}  # the original stays as given, for the reference timing
+
+
+def test_onnxruntimes_fused_skip_layernorm_is_written_as_sum_and_layernorm_with_the_same_outputs():
+    from onnxslim.passes.residual_sum import skip_layernorm_apart
+    from tests.test_prune import fused_ffn
+
+    model = fused_ffn()  # opset 17 already; the same model at opset 14 is upgraded first
+    model.opset_import[0].version = 14
+    work = load_model(model)
+    result = skip_layernorm_apart(work)
+    assert result.modified and "upgraded opset 14 -> 17" in result.changes[0]
+    ops = [n.op_type for n in work.graph.node]
+    assert "SkipLayerNormalization" not in ops and ops[-2:] == ["Sum", "LayerNormalization"]
+    summed = next(n for n in work.graph.node if n.op_type == "Sum")
+    assert len(summed.input) == 3  # input, skip and the layer's bias
+    feed = {"x": np.random.default_rng(3).standard_normal((1, 8, 16)).astype(np.float32)}
+    np.testing.assert_allclose(run_model(work, feed)[0], run_model(model, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_fused_skip_layernorm_whose_statistics_are_read_is_left_alone():
+    from onnx import TensorProto, helper
+
+    from onnxslim.passes.residual_sum import skip_layernorm_apart
+    from tests.test_prune import fused_ffn
+
+    model = fused_ffn()
+    norm = model.graph.node[-1]
+    norm.output.extend(["mean"])
+    model.graph.output.append(helper.make_tensor_value_info("mean", TensorProto.FLOAT, None))
+    result = skip_layernorm_apart(model)
+    assert not result.modified and result.declined and model.graph.node[-1].op_type == "SkipLayerNormalization"

@@ -23,9 +23,10 @@ import onnx
 from onnx import helper
 
 from onnxslim.ir.graph import node_attr
+from onnxslim.ir.tensors import all_value_names, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
-from onnxslim.passes.opset import default_opset
+from onnxslim.passes.opset import default_opset, upgrade_opset
 
 SUM_BROADCAST_OPSET = 8  # Sum broadcasts like Add from here on
 
@@ -79,4 +80,60 @@ def sum_before_layernorm(model: onnx.ModelProto) -> PassResult:
     graph.node.extend(rewritten)
     result.change(f"{len(found)} Add(s) before a layer normalization written as Sum (e.g. {found[0].name or found[0].output[0]}), "
                   "which onnxruntime does not fuse into its slower SkipLayerNormalization")
+    return result
+
+
+LAYER_NORM_OPSET = 17
+SKIP_NORM_OPTIONAL_STATISTICS = (1, 2)  # SkipLayerNormalization's mean and inverse standard deviation outputs
+SKIP_NORM_SUM = 3  # its input + skip + bias output
+
+
+def fused_skip_layernorms(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The main graph's com.microsoft SkipLayerNormalization nodes (onnxruntime's transformer optimizer writes one per residual)."""
+    return [n for n in model.graph.node if n.op_type == "SkipLayerNormalization" and n.domain == "com.microsoft"]
+
+
+def skip_layernorm_apart(model: onnx.ModelProto) -> PassResult:
+    """Write each com.microsoft SkipLayerNormalization as Sum(input, skip, bias) -> LayerNormalization (opset 17, upgraded to
+    where needed): the same values on the two kernels this module's docstring finds faster than the fused one. A node whose
+    mean or inverse standard deviation output is read is left as it is."""
+    result = PassResult("skip-layernorm-apart")
+    if not fused_skip_layernorms(model):
+        return result
+    if default_opset(model) < LAYER_NORM_OPSET:
+        upgraded = upgrade_opset(model, LAYER_NORM_OPSET)
+        if not upgraded.modified:
+            reason = upgraded.declined[0].reason.text if upgraded.declined else "the opset could not be upgraded"
+            result.decline("model", DeclineCode.OPSET, f"LayerNormalization needs opset {LAYER_NORM_OPSET}: {reason}")
+            return result
+        result.change(upgraded.changes[0])
+    graph = model.graph
+    index = GraphIndex(graph)
+    chosen = []
+    for node in fused_skip_layernorms(model):
+        statistics = [node.output[i] for i in SKIP_NORM_OPTIONAL_STATISTICS if len(node.output) > i and node.output[i]]
+        if any(index.readers(t) or t in index.outputs for t in statistics):
+            result.decline(node.name or node.output[0], DeclineCode.SHARED_VALUE, "its mean or inverse standard deviation is read")
+            continue
+        chosen.append(node)
+    if not chosen:
+        return result
+    taken = all_value_names(graph) | {n.name for n in graph.node}
+    placed: dict[int, list[onnx.NodeProto]] = {}
+    for node in chosen:
+        where = node.name or node.output[0]
+        summed = [name for name in (node.input[0], node.input[1], node.input[4] if len(node.input) > 4 else "") if name]
+        total = node.output[SKIP_NORM_SUM] if len(node.output) > SKIP_NORM_SUM and node.output[SKIP_NORM_SUM] else unique_name(f"{where}_sum", taken)
+        norm_inputs = [total, node.input[2]] + ([node.input[3]] if len(node.input) > 3 and node.input[3] else [])
+        placed[id(node)] = [
+            helper.make_node("Sum", summed, [total], name=unique_name(f"{where}_sum", taken)),
+            helper.make_node("LayerNormalization", norm_inputs, [node.output[0]], name=where, axis=-1, epsilon=float(node_attr(node, "epsilon", 1e-12))),
+        ]
+    nodes = []
+    for node in graph.node:
+        nodes.extend(placed.get(id(node), [node]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    result.change(f"{len(placed)} SkipLayerNormalization node(s) as Sum and LayerNormalization (e.g. {chosen[0].name or chosen[0].output[0]}), "
+                  "two kernels faster than the fused one on this onnxruntime")
     return result

@@ -38,7 +38,7 @@ from onnxslim.passes.dequantize_affine import fold_scalar_affines
 from onnxslim.passes.gelu import fuse_gelu
 from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
 from onnxslim.passes.parallel import merge_parallel_matmuls
-from onnxslim.passes.residual_sum import has_adds_before_layernorm, sum_before_layernorm
+from onnxslim.passes.residual_sum import fused_skip_layernorms, has_adds_before_layernorm, skip_layernorm_apart, sum_before_layernorm
 from onnxslim.progress import track
 from onnxslim.quant.affine import integer_form_if_it_pays, integer_form_measured
 from onnxslim.quant.bodies import (
@@ -122,6 +122,12 @@ class QuantRun:
             fused = fuse_gelu(self.prepared, allow_contrib=True)
             if fused.modified:
                 self.prepare_results.append(fused)
+        if config.target == "cpu" and fused_skip_layernorms(self.prepared) and skip_layernorm_slower():
+            # onnxruntime's transformer optimizer wrote its fused kernel, slower here than the two it joins: the INT8 model and
+            # the float fallback both get the two
+            apart = skip_layernorm_apart(self.prepared)
+            if apart.modified or apart.declined:
+                self.prepare_results.append(apart)
         self.cleaned = self.prepared  # what --if-slower keep-fp32 writes: without the channels added for INT8 kernels
         # a float16 model computed in float32: twice the bytes, so never the fallback; the user's own model is
         self.original_precision = "FP16" if any(r.name == "float16-to-float32" and r.modified for r in self.prepare_results) else "FP32"
