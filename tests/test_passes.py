@@ -272,3 +272,20 @@ def test_einsums_that_are_not_a_plain_product_are_left_alone(equation):
     work = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     result = einsum_to_matmul(work)
     assert not result.modified and result.declined and [n.op_type for n in work.graph.node] == ["Einsum"]
+
+
+def test_a_float16_model_with_external_weights_is_refused_in_one_line(tmp_path, monkeypatch):
+    import onnxslim.ir.io as io
+    import onnxslim.ir.mapped as mapped
+    from onnxslim import QuantConfig, quantize
+    from onnxslim.errors import ModelLoadError
+
+    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 0)  # weights left on disk, as for a model over 2 GB
+    monkeypatch.setattr(mapped, "MAP_MIN_BYTES", 0)
+
+    model = float16_conv_net()
+    path = tmp_path / "half.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="half.onnx.data", size_threshold=0)
+    data = [{"input": np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float16)} for i in range(6)]
+    with pytest.raises(ModelLoadError, match=r"half.onnx: the model computes in float16 and was not widened to float32 \(float16 weights in external data"):
+        quantize(str(path), data, config=QuantConfig(latency_runs=0))

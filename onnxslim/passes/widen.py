@@ -11,13 +11,14 @@ the float32 model computes what the float16 one approximates:
   cast back where it leaves, so the model keeps the inputs and outputs its callers feed and read.
 
 Models with If/Loop/Scan bodies are left as they are (their bodies would need the same rewrite
-and their outer-scope types checked).
+and their outer-scope types checked), and so are models whose float16 weights live in external
+data (over 2 GB: widened, they would take twice that in memory).
 """
 
 from __future__ import annotations
 
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from onnxslim.ir.tensors import all_value_names, subgraphs, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
@@ -67,6 +68,9 @@ def float16_to_float32(model: onnx.ModelProto) -> PassResult:
         return result
     if any(True for node in graph.node for _ in subgraphs(node)):
         result.decline("model", DeclineCode.UNSUPPORTED_FORM, "float16 with If/Loop/Scan bodies: left in float16")
+        return result
+    if any(t.data_type == TensorProto.FLOAT16 and external_data_helper.uses_external_data(t) for t in graph.initializer):
+        result.decline("model", DeclineCode.UNSUPPORTED_FORM, "float16 weights in external data: widened, they would take twice their size in memory")
         return result
     widened = 0
     for index, tensor in enumerate(graph.initializer):

@@ -131,6 +131,10 @@ class QuantRun:
         self.cleaned = self.prepared  # what --if-slower keep-fp32 writes: without the channels added for INT8 kernels
         # a float16 model computed in float32: twice the bytes, so never the fallback; the user's own model is
         self.original_precision = "FP16" if any(r.name == "float16-to-float32" and r.modified for r in self.prepare_results) else "FP32"
+        kept_half = next((r.declined[0] for r in self.prepare_results if r.name == "float16-to-float32" and r.declined), None)
+        if kept_half is not None:  # every rule reads float32 tensors: say why there are none rather than "nothing to quantize"
+            raise ModelLoadError(f"{self.label}: the model computes in float16 and was not widened to float32 ({kept_half.reason.text}); "
+                                 "quantize its float32 original")
         if integer_cpu and has_depthwise_multipliers(self.prepared):
             # the float kernels can be faster as they are (few wide channels), so the FP32 fallback keeps them
             expanded = load_model(self.prepared)
