@@ -289,3 +289,25 @@ def test_a_float16_model_with_external_weights_is_refused_in_one_line(tmp_path, 
     data = [{"input": np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float16)} for i in range(6)]
     with pytest.raises(ModelLoadError, match=r"half.onnx: the model computes in float16 and was not widened to float32 \(float16 weights in external data"):
         quantize(str(path), data, config=QuantConfig(latency_runs=0))
+
+
+def test_layernorm_written_by_onnxruntime_below_opset_17_is_made_valid():
+    from onnxslim.passes import layernorm_at_opset_17
+
+    rng = np.random.default_rng(4)
+    weights = [onnx.numpy_helper.from_array(a, n) for n, a in (("w", rng.standard_normal((16, 16)).astype(np.float32)),
+                                                               ("gamma", np.ones(16, np.float32)), ("beta", np.zeros(16, np.float32)))]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+             helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["y"], name="norm", axis=-1, epsilon=1e-5)]
+    graph = helper.make_graph(nodes, "saved", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])  # as an onnxruntime session saves it
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(model)
+    work = load_model(model)
+    result = layernorm_at_opset_17(work)
+    assert result.modified and "14 -> 17" in result.changes[0]
+    onnx.checker.check_model(work)
+    assert [e.domain for e in work.opset_import] == [""] and work.graph.node[-1].domain == ""
+    feed = {"x": rng.standard_normal((1, 4, 16)).astype(np.float32)}
+    np.testing.assert_allclose(run_model(work, feed)[0], run_model(model, feed)[0], rtol=1e-5, atol=1e-6)

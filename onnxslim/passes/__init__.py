@@ -22,10 +22,11 @@ from onnxslim.passes.masks import deepen_attention_masks
 from onnxslim.passes.opset import default_opset, upgrade_opset
 from onnxslim.passes.pooling import reduce_mean_to_global_pool
 from onnxslim.passes.reciprocal import reciprocal_products_as_division
-from onnxslim.passes.unfuse import unfuse_onnxruntime_layers
+from onnxslim.passes.unfuse import layernorm_at_opset_17, unfuse_onnxruntime_layers
 
 CLEANUP_PASSES: tuple[GraphPass, ...] = (
     unfuse_onnxruntime_layers,  # a model saved by onnxruntime: its fused layers as the operators every rule knows
+    layernorm_at_opset_17,  # and its LayerNormalization nodes, written below the opset that defines them, made valid
     initializers_out_of_inputs,
     constants_to_initializers,
     remove_identities,
@@ -63,6 +64,7 @@ __all__ = [
     "fuse_batchnorm",
     "fuse_hardswish",
     "fuse_layernorm",
+    "layernorm_at_opset_17",
     "unfuse_onnxruntime_layers",
     "graph_is_sorted",
     "initializers_out_of_inputs",

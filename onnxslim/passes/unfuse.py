@@ -11,6 +11,11 @@ it loads the model, so nothing is lost by spelling them out:
 
 Activations: Relu, Sigmoid, Tanh, LeakyRelu (alpha), HardSigmoid (alpha, beta), Clip (min, max);
 a fused layer with another activation is left as it is.
+
+Such a model also holds LayerNormalization nodes (fused by onnxruntime from the spelled-out form)
+at the model's own opset, where onnxruntime registers the operator and onnx does not (it exists
+from opset 17): no checker accepts the file. :func:`layernorm_at_opset_17` upgrades the model to
+opset 17, those nodes held aside while onnx's converter (which has no adapter for them) runs.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from onnx import helper
 from onnxslim.ir.graph import MS_DOMAIN, node_attr
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
-from onnxslim.passes.opset import default_opset
+from onnxslim.passes.opset import default_opset, upgrade_opset
 
 FUSED = {"FusedConv": "Conv", "FusedGemm": "Gemm"}
 FUSION_ATTRIBUTES = {"activation", "activation_params", "activation_alpha", "activation_beta", "activation_gamma"}
@@ -93,4 +98,33 @@ def unfuse_onnxruntime_layers(model: onnx.ModelProto) -> PassResult:
         result.change(f"{where}: {node.op_type} as {op}" + (" + Add" if summed else "") + (f" + {activation.op_type}" if activation is not None else ""))
     del graph.node[:]
     graph.node.extend(nodes)
+    return result
+
+
+LAYER_NORM_OPSET = 17
+HELD_DOMAIN = "onnxslim.held"  # a domain of its own, which onnx's version converter passes over
+
+
+def layernorm_at_opset_17(model: onnx.ModelProto) -> PassResult:
+    """Upgrade a model whose main graph holds standard LayerNormalization nodes below opset 17 (see the module docstring) to 17."""
+    result = PassResult("layernorm-at-opset-17")
+    held = [n for n in model.graph.node if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")]
+    current = default_opset(model)
+    if not held or current >= LAYER_NORM_OPSET:
+        return result
+    for node in held:
+        node.domain = HELD_DOMAIN
+    model.opset_import.append(helper.make_opsetid(HELD_DOMAIN, 1))
+    upgraded = upgrade_opset(model, LAYER_NORM_OPSET)
+    for node in model.graph.node:
+        if node.domain == HELD_DOMAIN:
+            node.domain = ""
+    kept = [entry for entry in model.opset_import if entry.domain != HELD_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    if not upgraded.modified:
+        reason = upgraded.declined[0].reason.text if upgraded.declined else "the converter did not run"
+        result.decline("model", DeclineCode.OPSET, f"{len(held)} LayerNormalization node(s) at opset {current}, below the 17 onnx defines them at: {reason}")
+        return result
+    result.change(f"upgraded opset {current} -> {LAYER_NORM_OPSET} for {len(held)} LayerNormalization node(s) onnxruntime wrote below it")
     return result
