@@ -25,6 +25,7 @@ from onnx import helper
 from onnxslim.ir.graph import node_attr
 from onnxslim.ir.tensors import all_value_names, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
+from onnxslim.passes.layernorm import LAYER_NORM_OPSET
 from onnxslim.passes.matching import GraphIndex
 from onnxslim.passes.opset import default_opset, upgrade_opset
 
@@ -83,7 +84,6 @@ def sum_before_layernorm(model: onnx.ModelProto) -> PassResult:
     return result
 
 
-LAYER_NORM_OPSET = 17
 SKIP_NORM_OPTIONAL_STATISTICS = (1, 2)  # SkipLayerNormalization's mean and inverse standard deviation outputs
 SKIP_NORM_SUM = 3  # its input + skip + bias output
 

@@ -27,11 +27,12 @@ from onnx import helper
 from onnxslim.ir.graph import MS_DOMAIN, node_attr
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
+from onnxslim.passes.clamps import CLIP_BOUNDS_AS_INPUTS_OPSET
+from onnxslim.passes.layernorm import LAYER_NORM_OPSET
 from onnxslim.passes.opset import default_opset, upgrade_opset
 
 FUSED = {"FusedConv": "Conv", "FusedGemm": "Gemm"}
 FUSION_ATTRIBUTES = {"activation", "activation_params", "activation_alpha", "activation_beta", "activation_gamma"}
-CLIP_BOUNDS_AS_INPUTS_OPSET = 11
 
 
 def _activation_parameters(node: onnx.NodeProto) -> list[float]:
@@ -101,7 +102,6 @@ def unfuse_onnxruntime_layers(model: onnx.ModelProto) -> PassResult:
     return result
 
 
-LAYER_NORM_OPSET = 17
 HELD_DOMAIN = "onnxslim.held"  # a domain of its own, which onnx's version converter passes over
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-import numpy as np
 import onnx
 import onnx.external_data_helper
 import onnx.numpy_helper
 
 from onnxslim.ir.shapes import dims_of, infer_shapes, with_input_shapes, without_large_values
+from onnxslim.ir.tensors import tensor_elements
 
 
 def symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
@@ -100,10 +100,10 @@ SMALL_ELEMENTS = 1024  # shape constants and the like: their values can decide s
 
 def _small(tensor: onnx.TensorProto) -> bool:
     """Whether ``tensor`` is a small constant with its values at hand (not a weight, nor one a skeleton copy emptied)."""
-    if onnx.external_data_helper.uses_external_data(tensor) or int(np.prod(tensor.dims)) > SMALL_ELEMENTS:
+    if onnx.external_data_helper.uses_external_data(tensor) or tensor_elements(tensor) > SMALL_ELEMENTS:
         return False
     try:
-        return onnx.numpy_helper.to_array(tensor).size == int(np.prod(tensor.dims))
+        return onnx.numpy_helper.to_array(tensor).size == tensor_elements(tensor)
     except Exception:  # emptied of its bytes
         return False
 
