@@ -767,3 +767,22 @@ def test_a_model_saved_by_onnxruntime_with_fused_layers_is_pruned_as_the_standar
     assert report.parameters.after < report.parameters.before
     out, ref = run_model(pruned, data[0])[0], run_model(model, data[0])[0]
     assert out.shape == ref.shape
+
+
+def test_a_model_with_layernorm_written_below_opset_17_is_pruned_and_written(tmp_path):
+    """A session saved at 'extended' writes LayerNormalization at the model's own opset: the pruned file must pass the checker."""
+    rng = np.random.default_rng(6)
+    weights = [onnx.numpy_helper.from_array(a, n) for n, a in (
+        ("w1", (rng.standard_normal((16, 32)) / 4).astype(np.float32)), ("w2", (rng.standard_normal((32, 16)) / 6).astype(np.float32)),
+        ("gamma", np.ones(16, np.float32)), ("beta", np.zeros(16, np.float32)))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["d"], name="down"),
+             helper.make_node("LayerNormalization", ["d", "gamma", "beta"], ["y"], name="norm", axis=-1, epsilon=1e-5)]
+    graph = helper.make_graph(nodes, "saved", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    data = [{"x": rng.standard_normal((1, 8, 16)).astype(np.float32)} for _ in range(12)]
+    pruned, report = prune(model, data, config=FAST, output=tmp_path / "pruned.onnx")
+    onnx.checker.check_model(onnx.load(str(tmp_path / "pruned.onnx")))
+    assert next(p for p in report.prepare if p.name == "layernorm-at-opset-17").modified
+    assert {tuple(t.dims) for t in pruned.graph.initializer if t.name.startswith("w")} == {(16, 16)}

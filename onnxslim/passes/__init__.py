@@ -24,9 +24,11 @@ from onnxslim.passes.pooling import reduce_mean_to_global_pool
 from onnxslim.passes.reciprocal import reciprocal_products_as_division
 from onnxslim.passes.unfuse import layernorm_at_opset_17, unfuse_onnxruntime_layers
 
+# a model saved by onnxruntime: its fused layers as the operators every rule knows, and its LayerNormalization nodes,
+# written below the opset that defines them, made valid; first in every command's preparation
+SAVED_BY_ONNXRUNTIME: tuple[GraphPass, ...] = (unfuse_onnxruntime_layers, layernorm_at_opset_17)
 CLEANUP_PASSES: tuple[GraphPass, ...] = (
-    unfuse_onnxruntime_layers,  # a model saved by onnxruntime: its fused layers as the operators every rule knows
-    layernorm_at_opset_17,  # and its LayerNormalization nodes, written below the opset that defines them, made valid
+    *SAVED_BY_ONNXRUNTIME,
     initializers_out_of_inputs,
     constants_to_initializers,
     remove_identities,
@@ -48,6 +50,7 @@ CLEANUP = Pipeline(CLEANUP_PASSES)
 __all__ = [
     "CLEANUP",
     "CLEANUP_PASSES",
+    "SAVED_BY_ONNXRUNTIME",
     "Decline",
     "DeclineCode",
     "GraphPass",

@@ -36,6 +36,7 @@ from onnxslim.measure.channels import ChannelMoments, input_moments
 from onnxslim.measure.latency import also_one_thread, disagreement, interleaved_latency, keep_fallback, threads_text
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import (
+    SAVED_BY_ONNXRUNTIME,
     PassResult,
     Pipeline,
     constants_to_initializers,
@@ -44,7 +45,6 @@ from onnxslim.passes import (
     initializers_out_of_inputs,
     remove_dead_nodes,
     remove_identities,
-    unfuse_onnxruntime_layers,
 )
 from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.static_dims import fold_static_dims
@@ -201,7 +201,7 @@ def fold_fixed_sizes(model: onnx.ModelProto) -> PassResult:
 
 
 # Only steps that leave every output bit-identical: ratio 0 must change nothing.
-PREPARE = Pipeline((unfuse_onnxruntime_layers, initializers_out_of_inputs, constants_to_initializers, remove_identities, fold_constants, einsum_to_matmul,
+PREPARE = Pipeline((*SAVED_BY_ONNXRUNTIME, initializers_out_of_inputs, constants_to_initializers, remove_identities, fold_constants, einsum_to_matmul,
                     fold_fixed_sizes, remove_dead_nodes, name_unnamed_nodes))
 
 
