@@ -5,6 +5,7 @@
     python benchmarks/distill_real.py --task minilm --train 12000 --ratios 0.5 --time-budget 30 --lr 4e-4
     python benchmarks/distill_real.py --task det --train 800 --ratios 0.5 --by macs --time-budget 15
     python benchmarks/distill_real.py --task minilm --train 12000 --ratios 0.5 --only channels --prune-samples 4000 --time-budget 25 --epochs 40 --lr 8e-4
+    python benchmarks/distill_real.py --task minilm --ratios 0.5 --train-data DIR --student p50.onnx --device cuda --time-budget 5 --epochs 60 --lr 8e-4 --runs 0
 
 PP-OCRv4 rec is scored by char accuracy on the 200 held-out lines; all-MiniLM-L6-v2 by
 sentence-embedding cosine to FP32 on 200 held-out sentences, and pruned as the issue
@@ -54,16 +55,22 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="distill's learning rate (default: distill's own)")
     parser.add_argument("--prune-samples", type=int, default=64, help="training samples prune refits on (its own default: all of them)")
     parser.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"), help="distill's learning-rate schedule (default: distill's own)")
-    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="distill --train-device (auto: the GPU when torch sees one)")
+    parser.add_argument("--teacher-memory-mb", type=float, default=None, help="distill --teacher-memory-mb (default: distill's own)")
+    parser.add_argument("--train-data", type=Path, default=None, help="a training folder made earlier (make_datasets' calib split) instead of rendering --train samples")
+    parser.add_argument("--student", type=Path, default=None, help="a pruned student made earlier (one ratio): distill it instead of pruning")
+    parser.add_argument("--runs", type=int, default=40, help="timing runs per model and thread count (0: score only, not timed)")
     parser.add_argument("--json", default=None, help="default: benchmarks/cache/distill_<task>.json")
     parser.add_argument("--keep", type=Path, default=None, help="copy every model built into this folder (to quantize or time again later)")
     args = parser.parse_args()
+    if args.student is not None and "," in args.ratios:
+        parser.error("--student is one pruned model: give the one ratio it was pruned at in --ratios")
     task = TASKS[args.task]
     feeds = eval_feeds(task)
     reference = run_all(task.model, feeds)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        train = make(args.task, args.train, 8, root=work / "data") / "calib"
+        train = args.train_data or make(args.task, args.train, 8, root=work / "data") / "calib"
         rows = [("FP32", task.model, 0.0)]
         started = time.time()
         quantize(task.model, str(train), config=QuantConfig(max_calibration_samples=64), output=work / "int8.onnx")
@@ -74,6 +81,9 @@ def main() -> None:
             started = time.time()
             steps = ("heads", "channels") if args.task == "minilm" and args.only == "all" else (args.only,)
             source = task.model
+            if args.student is not None:
+                steps = ()
+                shutil.copy(args.student, work / f"p{tag}.onnx")
             for index, only in enumerate(steps):
                 target = work / (f"p{tag}.onnx" if index == len(steps) - 1 else f"p{tag}.{only}.onnx")
                 amount = {"target_macs": 1.0 - ratio} if args.by == "macs" else {"ratio": ratio}
@@ -81,13 +91,16 @@ def main() -> None:
                 _, pruned = prune(source, str(train), config=PruneConfig(**amount, only=only, max_calibration_samples=args.prune_samples), output=target)
                 notes.setdefault(tag, {})[f"prune {only}"] = {"written": pruned.written, "multiple": pruned.widths.multiple if pruned.widths else None, "warnings": pruned.warnings}
                 source = target
-            rows.append((f"prune {tag}", work / f"p{tag}.onnx", time.time() - started))
+            rows.append((f"prune {tag}" + (" (given)" if args.student else ""), work / f"p{tag}.onnx", time.time() - started))
             started = time.time()
             schedule = {"lr_schedule": args.lr_schedule} if args.lr_schedule else {}
-            config = DistillConfig(epochs=args.epochs, time_budget=args.time_budget, lr=args.lr, **schedule)
+            memory = {"teacher_memory_mb": args.teacher_memory_mb} if args.teacher_memory_mb is not None else {}
+            config = DistillConfig(epochs=args.epochs, time_budget=args.time_budget, lr=args.lr, train_device=args.device, **schedule, **memory)
             _, report = distill(work / f"p{tag}.onnx", task.model, str(train), config=config, output=work / f"d{tag}.onnx")
             rows.append((f"prune {tag} + distill", work / f"d{tag}.onnx", time.time() - started))
-            notes[tag] |= {"epochs": [e.to_dict() for e in report.epochs], "best_epoch": report.best_epoch, "score_before": report.score_before, "score_after": report.score_after}
+            notes.setdefault(tag, {})
+            notes[tag] |= {"epochs": [e.to_dict() for e in report.epochs], "best_epoch": report.best_epoch, "score_before": report.score_before, "score_after": report.score_after,
+                           "train_device": report.train_device, "warnings": report.warnings}
             started = time.time()
             quantize(work / f"d{tag}.onnx", str(train), config=QuantConfig(max_calibration_samples=64), output=work / f"d{tag}.int8.onnx")
             rows.append((f"prune {tag} + distill + quantize", work / f"d{tag}.int8.onnx", time.time() - started))

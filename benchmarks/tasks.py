@@ -352,9 +352,9 @@ def scored_and_timed(task: Task, rows: list[tuple], feeds: list[dict], reference
         result.update(extra[0] if extra else {})
         results.append(result)
     for threads in (1, 2):
-        medians = median_latencies([row[1] for row in rows], feeds[0], threads=threads, runs=runs)
+        medians = median_latencies([row[1] for row in rows], feeds[0], threads=threads, runs=runs) if runs else [None] * len(rows)
         for result, median in zip(results, medians):
-            result[f"latency_{threads}t"] = median / medians[0]
+            result[f"latency_{threads}t"] = median / medians[0] if runs else None  # runs=0: not timed (on a machine whose timings are not the point)
     return results
 
 
@@ -363,7 +363,7 @@ def results_table(task: Task, results: list[dict], columns: tuple[tuple[str, str
     headers = ["setting", task.metric, *(header for header, _ in columns), "MB", "latency 1T", "latency 2T", "build s"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in results:
-        cells = [r["setting"], f"{r['metric']:.4f}", *(f"{r[key]:.4f}" for _, key in columns), f"{r['mb']:.2f}", f"{r['latency_1t']:.2f}x", f"{r['latency_2t']:.2f}x",
+        cells = [r["setting"], f"{r['metric']:.4f}", *(f"{r[key]:.4f}" for _, key in columns), f"{r['mb']:.2f}", *(f"{r[k]:.2f}x" if r[k] is not None else "-" for k in ("latency_1t", "latency_2t")),
                  f"{r['seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

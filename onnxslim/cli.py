@@ -548,7 +548,7 @@ def _print_pruning(report) -> None:
 @data_options
 @click.option("--eval-data", default=None, help="Held-out data to score every epoch, read like --data (default: every 5th batch of --data, not trained on).")
 @config_options(DistillConfig, "epochs", "time_budget", "lr", "lr_schedule", "batch_size", "patience", "features", "temperature", "augment", "accuracy_metric", "int8",
-                "train_precision", "teacher_memory_mb", "max_calibration_samples", "eval_fraction", "max_eval_batches")
+                "train_precision", "train_device", "teacher_memory_mb", "max_calibration_samples", "eval_fraction", "max_eval_batches")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, help="Also write one self-contained HTML page: held-out fidelity and training loss after every epoch.")
 @report_option
 @quiet_option
@@ -570,7 +570,7 @@ def distill(student, teacher, output, eval_data, html_path, report_path, quiet, 
     console.print(
         f"{report.trainable_parameters:,} trainable parameters; matched: {len(report.output_kinds)} output(s) "
         f"({', '.join(f'{escape(k)}: {v}' for k, v in report.output_kinds.items())}), {len(report.features)} shared feature(s); "
-        f"training steps in {config.train_precision}",
+        f"training steps in {config.train_precision} on {escape(report.train_device)}",
         highlight=False,
     )
     if report.int8:

@@ -39,7 +39,7 @@ def test_padding_tokens_are_left_out_of_the_loss_as_the_score_leaves_them_out():
     rng = np.random.default_rng(0)
     teacher = torch.from_numpy(rng.standard_normal((2, 6, 8)).astype(np.float32))
     mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]], np.int64)
-    real = _real_tokens({"input_ids": mask * 7, "attention_mask": mask})
+    real = _real_tokens({"input_ids": mask * 7, "attention_mask": mask}, torch.device("cpu"))
     off_padding = teacher.clone()
     off_padding[0, 4:] += 5.0
     off_padding[1, 3:] -= 5.0
@@ -50,7 +50,7 @@ def test_padding_tokens_are_left_out_of_the_loss_as_the_score_leaves_them_out():
     assert float(term_loss(Term("h", VALUES), off_real, teacher, 1.0, real)) > 0.01
     pooled = torch.from_numpy(rng.standard_normal((2, 8)).astype(np.float32))  # not per token: compared whole
     assert float(term_loss(Term("p", VALUES), pooled + 1.0, pooled, 1.0, real)) > 0.1
-    assert _real_tokens({"pixel_values": np.zeros((1, 3, 4, 4), np.float32)}) is None
+    assert _real_tokens({"pixel_values": np.zeros((1, 3, 4, 4), np.float32)}, torch.device("cpu")) is None
 
 
 def test_feature_hints_leave_out_tensors_the_student_already_matches_and_pooled_statistics():
@@ -251,6 +251,36 @@ def test_bfloat16_training_steps_train_the_student_too_and_int8_refuses_them(tea
     assert [e.loss for e in bfloat16.epochs] != [e.loss for e in float32.epochs]  # the steps did run in another arithmetic
     with pytest.raises(UsageError, match="--int8 rounds to quantize's INT8 grid"):
         DistillConfig(int8=True, train_precision="bfloat16")
+
+
+def test_training_device_auto_is_the_cpu_without_a_gpu_and_cuda_without_one_is_refused_in_one_line(teacher_and_student, monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    folder = teacher_and_student
+    args = (str(folder / "student.onnx"), str(folder / "teacher.onnx"), str(folder / "data"))
+    _, report = distill(*args, config=DistillConfig(epochs=1, lr=3e-3))
+    assert report.config["train_device"] == "auto" and report.train_device == "cpu"
+    with pytest.raises(UsageError, match=r"--train-device cuda: torch \S+ sees no CUDA device"):
+        distill(*args, config=DistillConfig(epochs=1, train_device="cuda"))
+    result = CliRunner().invoke(main, ["distill", args[0], "--teacher", args[1], "-o", str(tmp_path / "d.onnx"), "--data", args[2], "--train-device", "cuda"])
+    assert result.exit_code != 0 and "sees no CUDA device" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "d.onnx").exists()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs torch with a CUDA device")
+def test_training_steps_on_cuda_train_the_student_as_on_the_cpu(teacher_and_student, tmp_path):
+    folder = teacher_and_student
+    args = (str(folder / "student.onnx"), str(folder / "teacher.onnx"), str(folder / "data"))
+    _, cpu = distill(*args, config=DistillConfig(epochs=4, lr=3e-3, patience=4, train_device="cpu"))
+    model, cuda = distill(*args, config=DistillConfig(epochs=4, lr=3e-3, patience=4, train_device="cuda"), output=str(tmp_path / "d.onnx"))
+    assert cpu.train_device == "cpu" and cuda.train_device.startswith("cuda (")
+    assert cuda.score_after > cuda.score_before + 0.02
+    assert cuda.score_after == pytest.approx(cpu.score_after, abs=0.01)  # other kernels, the same training
+    assert [e.loss for e in cuda.epochs] == pytest.approx([e.loss for e in cpu.epochs], rel=0.05)
+    onnx.checker.check_model(onnx.load(str(tmp_path / "d.onnx")))
+    _, qat = distill(str(folder / "teacher.onnx"), *args[1:], config=DistillConfig(epochs=2, lr=1e-3, int8=True, train_device="cuda"))
+    assert qat.int8 and qat.score_after >= qat.score_before  # the INT8 rounding's hooks run on the GPU too
 
 
 def test_a_cosine_schedule_decays_the_rate_to_zero_by_the_last_epoch_or_the_time_budget(teacher_and_student):

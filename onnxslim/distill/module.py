@@ -130,11 +130,37 @@ def ready_to_train(net):
     return net
 
 
-def forward(net, batch: dict, input_names: list[str], rounding=None):
-    """The module's outputs on one batch (numpy in, torch tensors out, in graph-output order); ``rounding`` (a
-    :class:`~onnxslim.distill.fakequant.FakeQuantization`) rounds the quantized graph inputs first."""
+def training_device(name: str):
+    """The torch device ``name`` (auto, cpu or cuda) stands for: auto is CUDA when torch sees a CUDA device, else the CPU."""
     torch, _ = require_torch()
-    tensors = {name: torch.from_numpy(np.ascontiguousarray(batch[name])) for name in input_names}
+    cuda = torch.cuda.is_available()
+    if name == "cuda" and not cuda:
+        built = torch.version.cuda
+        raise UsageError(f"--train-device cuda: torch {torch.__version__} sees no CUDA device"
+                         + ("" if built else " (it is a CPU-only build)") + "; use --train-device cpu or auto")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and cuda) else "cpu")
+
+
+def device_name(device) -> str:
+    """``device`` as a report says it: 'cpu', or 'cuda (the GPU's name)'."""
+    import torch
+
+    return "cpu" if device.type == "cpu" else f"{device.type} ({torch.cuda.get_device_name(device)})"
+
+
+def device_of(net):
+    """Where ``net``'s parameters live (the CPU for a module without any)."""
+    import torch
+
+    return next((p.device for p in net.parameters()), torch.device("cpu"))
+
+
+def forward(net, batch: dict, input_names: list[str], rounding=None):
+    """The module's outputs on one batch (numpy in, torch tensors on the module's device out, in graph-output order);
+    ``rounding`` (a :class:`~onnxslim.distill.fakequant.FakeQuantization`) rounds the quantized graph inputs first."""
+    torch, _ = require_torch()
+    device = device_of(net)
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(batch[name])).to(device) for name in input_names}
     if rounding is not None:
         tensors = rounding.round_inputs(tensors)
     tensors = [tensors[name] for name in input_names]

@@ -27,7 +27,7 @@ import onnx
 from onnxslim.data.sources import evaluation_split, for_several_passes, open_data
 from onnxslim.distill.fakequant import FakeQuantization, attach, quantized_tensors
 from onnxslim.distill.losses import VALUES, Term, output_kind, total_loss
-from onnxslim.distill.module import forward, ready_to_train, require_torch, to_module, written_back
+from onnxslim.distill.module import device_name, forward, ready_to_train, require_torch, to_module, training_device, written_back
 from onnxslim.distill.targets import TeacherTargets
 from onnxslim.errors import DataError, NothingToDoError, UsageError
 from onnxslim.ir.graph import with_outputs
@@ -80,6 +80,8 @@ class DistillConfig:
         "without AMX it gave MiniLM's steps 1.24x the speed at the same held-out score, a recognizer's 1.09x at a slightly lower one.",
         choices=("float32", "bfloat16"),
     )
+    train_device: str = setting("auto", "Where the training steps run: cuda (torch's GPU), cpu, or auto (cuda when torch sees a GPU). The teacher "
+                                        "and every held-out score run in onnxruntime on the CPU either way.", choices=("auto", "cpu", "cuda"))
     teacher_memory_mb: float = setting(2048.0, "Memory for the teacher's outputs and features kept across epochs; past it the teacher runs again "
                                                "on the remaining batches at every epoch.", low=0.0, metavar="MB")
     seed: int = 0
@@ -112,6 +114,7 @@ class DistillReport(Record):
     evaluation: str = ""
     accuracy_metric: str = "cosine"
     trainable_parameters: int = 0
+    train_device: str = "cpu"  # where the training steps ran, with the GPU's name
     features: list[str] = field(default_factory=list)
     output_kinds: dict[str, str] = field(default_factory=dict)
     int8: bool = False  # scores are of INT8 models: before = quantize's INT8 model of the student, after = the written one
@@ -190,12 +193,12 @@ def _stacked(batches: list, size: int) -> list:
     return stacked
 
 
-def _real_tokens(batch: dict):
-    """Where the batch's padding mask marks real tokens (a torch bool tensor), as the held-out score reads them; None without one."""
+def _real_tokens(batch: dict, device):
+    """Where the batch's padding mask marks real tokens (a torch bool tensor on ``device``), as the held-out score reads them; None without one."""
     import torch
 
     mask = batch.get(PADDING_MASK)
-    return torch.from_numpy(np.asarray(mask) != 0) if mask is not None and np.ndim(mask) == 2 else None
+    return torch.from_numpy(np.asarray(mask) != 0).to(device) if mask is not None and np.ndim(mask) == 2 else None
 
 
 def _flipped(batch: dict) -> dict:
@@ -215,6 +218,7 @@ def distill(
 ) -> tuple[onnx.ModelProto, DistillReport]:
     """Train ``student`` on ``data`` to reproduce ``teacher``; returns the model written (the best epoch, or the student as given) and the report."""
     torch, _ = require_torch()
+    device = training_device(config.train_device)  # before any work: a GPU asked for and missing is a usage error
     torch.manual_seed(config.seed)
     label = str(student) if not isinstance(student, onnx.ModelProto) else "<student>"
     student_model, teacher_model = load_model(student), load_model(teacher)
@@ -242,6 +246,7 @@ def distill(
     trainable = with_outputs(student_model, features, element_types(student_model)) if features else student_model
     net, bindings, frozen = to_module(trainable)
     report.trainable_parameters = int(sum(p.numel() for p in net.parameters() if p.requires_grad))
+    report.train_device = device_name(device)
     if frozen:
         report.warnings.append(f"{', '.join(frozen)}: recurrent layer(s) keep their weights (onnx's gate layout has no one-to-one counterpart in torch's); "
                                "the layers around them are trained")
@@ -249,6 +254,7 @@ def distill(
         raise NothingToDoError(f"{label}: the student has no trainable weights (Conv, Gemm/MatMul, normalization)")
     input_names = [s.name for s in inputs]
     output_names = [s.name for s in graph_outputs(student_model)]
+    net.to(device)
     _check_reproduces(net, student_model, held[0][1], input_names, output_names, label)
     rounding = aware.attach(net, bindings, input_names, report) if aware is not None else None
 
@@ -285,10 +291,11 @@ def distill(
                 steps.append((flipped, teacher_runner.run(flipped, output_names + features)))
             for feed, wanted in steps:
                 optimizer.zero_grad()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train_precision == "bfloat16"):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train_precision == "bfloat16"):
                     produced = forward(net, feed, input_names, rounding)
                 produced = [p.float() if p.is_floating_point() else p for p in produced]
-                loss = total_loss(terms, produced, [torch.from_numpy(np.asarray(t)) for t in wanted], config.temperature, _real_tokens(feed))
+                expected = [torch.from_numpy(np.asarray(t)).to(device) for t in wanted]
+                loss = total_loss(terms, produced, expected, config.temperature, _real_tokens(feed, device))
                 if not torch.isfinite(loss):
                     raise DataError(f"{label}: the distillation loss became {float(loss)} at epoch {epoch}; lower --lr")
                 loss.backward()
@@ -411,7 +418,7 @@ def _check_reproduces(net, model: onnx.ModelProto, batch: dict, input_names: lis
 
     expected = Runner(model, threads=None, label="student").run(batch, output_names)
     with torch.no_grad():
-        produced = [p.detach().numpy() for p in forward(net, batch, input_names)]
+        produced = [p.detach().cpu().numpy() for p in forward(net, batch, input_names)]
     for name, want, got in zip(output_names, expected, produced):
         scale = float(np.abs(want).max()) or 1.0
         error = float(np.abs(np.asarray(got, np.float64).reshape(want.shape) - want).max()) / scale if got.size == want.size else math.inf
