@@ -202,6 +202,16 @@ def test_recurrent_layers_keep_their_weights_while_the_layers_around_them_train(
     assert all(np.array_equal(before[name], after[name]) for name in ("W", "R", "B"))
     assert not np.array_equal(before["w_in"], after["w_in"]) and not np.array_equal(before["w_out"], after["w_out"])
     assert report.trainable_parameters == 6 * 8 + 8 * 5
+    # cuDNN runs an LSTM's backward pass in training mode only: the LSTM is put in training mode and still computes what the graph does
+    import torch
+
+    net, _, _ = to_module(teacher)
+    ready_to_train(net)
+    recurrent = [m for m in net.modules() if isinstance(m, torch.nn.RNNBase)]
+    assert recurrent and all(m.training for m in recurrent) and not net.training
+    feed = {"x": rng.standard_normal((12, 1, 6)).astype(np.float32)}
+    with torch.no_grad():
+        np.testing.assert_allclose(forward(net, feed, ["x"])[0].numpy(), run_model(teacher, feed)[0], rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -125,8 +125,16 @@ def to_module(model: onnx.ModelProto):
 
 def ready_to_train(net):
     """``net`` set up for training steps that compute what the graph computes: a normalization left in the graph (one no layer
-    absorbed) uses its stored statistics, as onnxruntime will, not each batch's as torch's training mode would."""
+    absorbed) uses its stored statistics, as onnxruntime will, not each batch's as torch's training mode would; recurrent
+    layers without dropout are in training mode, which cuDNN's backward pass needs."""
+    import torch
+
     net.eval()  # gradients still flow: eval only changes how normalization (and dropout) behave
+    for module in net.modules():
+        # cuDNN computes a recurrent layer's backward pass only in training mode; without dropout (the converter sets none)
+        # training mode computes what eval mode does
+        if isinstance(module, torch.nn.RNNBase) and not module.dropout:
+            module.train()
     return net
 
 

@@ -128,8 +128,8 @@ def add_batch(
 
 def per_token(array, mask) -> bool:
     """Whether ``array`` (numpy or torch) starts with the (batch, tokens) shape of ``mask`` and the batch has a real token."""
-    mask = np.asarray(mask)
-    return mask.ndim == 2 and np.ndim(array) >= 3 and tuple(np.shape(array)[:2]) == mask.shape and bool((mask != 0).any())
+    shape = tuple(mask.shape)  # numpy, or a torch tensor on any device
+    return len(shape) == 2 and len(array.shape) >= 3 and tuple(array.shape[:2]) == shape and bool((mask != 0).any())
 
 
 def worst_cosine(comparisons: Sequence[OutputComparison]) -> float:
