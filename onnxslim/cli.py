@@ -658,7 +658,7 @@ def share(model, output, eval_data, threads, report_path, quiet, input_shapes, *
     "Held-out data every candidate is measured on, read like --data (default: every 5th batch of --data, used to build no candidate)."
 ))
 @config_options(CompressConfig, "max_loss", "accuracy_metric", "target_latency", "ratios", "prune_by", "only", "importance", "distill", "distill_epochs", "distill_time_budget",
-                "distill_lr", "distill_lr_schedule", "objective", "quantize", "target", "scalar_affine", "depthwise", "smooth", "weight_range", "max_calibration_samples",
+                "distill_lr", "distill_lr_schedule", "distill_train_device", "objective", "quantize", "target", "scalar_affine", "depthwise", "smooth", "weight_range", "max_calibration_samples",
                 "eval_fraction", "max_eval_batches")
 @threads_option
 @config_options(CompressConfig, "latency_runs")

@@ -274,8 +274,10 @@ def test_training_device_auto_is_the_cpu_without_a_gpu_and_cuda_without_one_is_r
     with pytest.raises(UsageError, match=r"--train-device cuda: torch \S+ sees no CUDA device"):
         distill(*args, config=DistillConfig(epochs=1, train_device="cuda"))
     result = CliRunner().invoke(main, ["distill", args[0], "--teacher", args[1], "-o", str(tmp_path / "d.onnx"), "--data", args[2], "--train-device", "cuda"])
-    assert result.exit_code != 0 and "sees no CUDA device" in result.output and "Traceback" not in result.output
+    assert result.exit_code != 0 and "--train-device cuda: torch" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "d.onnx").exists()
+    result = CliRunner().invoke(main, ["compress", args[1], "-o", str(tmp_path / "c.onnx"), "--data", args[2], "--distill", "--distill-train-device", "cuda"])
+    assert result.exit_code != 0 and "--distill-train-device cuda: torch" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs torch with a CUDA device")
@@ -372,13 +374,14 @@ def test_compress_distill_trains_each_pruned_candidate_before_quantizing_it(monk
     _timed_by_macs(monkeypatch)
     teacher = onnx.load(str(teacher_and_student / "teacher.onnx"))
     config = CompressConfig(ratios=(0.5,), max_loss=0.9, accuracy_metric="cosine", latency_runs=3, distill=True, distill_epochs=2, distill_lr=3e-4,
-                            distill_lr_schedule="constant")
+                            distill_lr_schedule="constant", distill_train_device="cpu")
     _, report = compress(teacher, str(teacher_and_student / "data"), config=config)
     names = [c.name for c in report.candidates]
     assert "pruned 50% + distilled" in names and "pruned 50% + distilled + quantized" in names
     distilled = next(c for c in report.candidates if c.name == "pruned 50% + distilled")
     assert len(distilled.details["distill"]["epochs"]) >= 1 and "distilled (best of" in distilled.note
     assert distilled.details["distill"]["config"]["lr"] == 3e-4 and distilled.details["distill"]["config"]["lr_schedule"] == "constant"
+    assert distilled.details["distill"]["config"]["train_device"] == "cpu" and distilled.details["distill"]["train_device"] == "cpu"
     pytest.importorskip("plotly", reason="the HTML report needs the html extra")
     from onnxslim.compress.html import write_html
 

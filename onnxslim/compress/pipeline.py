@@ -22,7 +22,7 @@ import onnx
 from onnxslim.compress.search import Budget, Candidate, choose
 from onnxslim.data.sources import InMemory, evaluation_split, for_several_passes, open_data
 from onnxslim.distill import DistillConfig, distill
-from onnxslim.distill.module import require_torch
+from onnxslim.distill.module import require_torch, training_device
 from onnxslim.errors import BudgetError, NothingToDoError, OnnxSlimError, ProviderError, UnsupportedModelError, UsageError, naming_the_file, without_model_label
 from onnxslim.ir.counts import count_parameters
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
@@ -76,6 +76,8 @@ class CompressConfig:
     distill_lr: float | None = setting(None, "Learning rate of the distillation, with --distill (default: distill's own, as distill --lr).", low=0.0, low_open=True)
     distill_lr_schedule: str = setting("cosine", "Learning-rate schedule of the distillation, with --distill (as distill --lr-schedule).",
                                        choices=("constant", "cosine"))
+    distill_train_device: str = setting("auto", "Where the distillation's training steps run, with --distill (as distill --train-device).",
+                                        choices=("auto", "cpu", "cuda"))
     objective: str = setting(
         "latency", "What to minimize within the budget: latency, or size (the smallest file among candidates not slower than the original; "
         "INT4 weight-only and 16-code shared candidates join).", choices=("latency", "size"),
@@ -139,7 +141,8 @@ def compress(
     label = model_label(model)
     _timing_provider(config)
     if config.distill:
-        require_torch()  # before any work: the extra is missing, say so now
+        require_torch()  # before any work: the extra is missing, or the GPU asked for, say so now
+        training_device(config.distill_train_device, "--distill-train-device")
     try:  # candidates are built from in-memory copies: errors name the user's file
         original = load_model(model)
         refuse_quantized(original, label, "compress")
@@ -254,7 +257,7 @@ def _distilled(pruned: tuple[Candidate, onnx.ModelProto], original, calibration,
     candidate, model = pruned
     _say(show_progress, f"compress: distilling {candidate.name}")
     distill_config = DistillConfig(epochs=config.distill_epochs, time_budget=config.distill_time_budget, lr=config.distill_lr,
-                                   lr_schedule=config.distill_lr_schedule, accuracy_metric=config.accuracy_metric)
+                                   lr_schedule=config.distill_lr_schedule, train_device=config.distill_train_device, accuracy_metric=config.accuracy_metric)
     student, distill_report = distill(model, original, calibration, config=distill_config, show_progress=show_progress)
     epochs = f"best of {len(distill_report.epochs)} epoch(s): {distill_report.score_before:.4f} -> {distill_report.score_after:.4f}"
     named = Candidate(f"{candidate.name} + distilled", candidate.prune_ratio, False, note=f"{candidate.note}; distilled ({epochs})",

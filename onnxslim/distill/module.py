@@ -138,14 +138,15 @@ def ready_to_train(net):
     return net
 
 
-def training_device(name: str):
-    """The torch device ``name`` (auto, cpu or cuda) stands for: auto is CUDA when torch sees a CUDA device, else the CPU."""
+def training_device(name: str, option: str = "--train-device"):
+    """The torch device ``name`` (auto, cpu or cuda) stands for: auto is CUDA when torch sees a CUDA device, else the CPU.
+    ``option``: the setting's name in the one-line refusal."""
     torch, _ = require_torch()
     cuda = torch.cuda.is_available()
     if name == "cuda" and not cuda:
         built = torch.version.cuda
-        raise UsageError(f"--train-device cuda: torch {torch.__version__} sees no CUDA device"
-                         + ("" if built else " (it is a CPU-only build)") + "; use --train-device cpu or auto")
+        raise UsageError(f"{option} cuda: torch {torch.__version__} sees no CUDA device"
+                         + ("" if built else " (it is a CPU-only build)") + f"; use {option} cpu or auto")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and cuda) else "cpu")
 
 
