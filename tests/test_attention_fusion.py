@@ -17,7 +17,7 @@ DIM, HEADS, SEQ = 16, 2, 6
 
 
 def qdq_attention(*, mask: str | None = "padding", order=("q", "k", "v"), scale_op: str = "Div", extra_output: str | None = None,
-                  split_heads_with_shape: bool = True, mask_first: bool = False, sliced_shapes: bool = False) -> onnx.ModelProto:
+                  split_heads_with_shape: bool = True, mask_first: bool = False, sliced_shapes: bool = False, merge_shape=(0, 0, DIM)) -> onnx.ModelProto:
     """x (1, SEQ, DIM) -> QDQ merged query/key/value projection -> attention as exporters write it -> y.
 
     ``mask``: 'padding' ((1 - R) * -10000 from a 2-D input R), 'bias' (a constant added to the scores), or None.
@@ -25,6 +25,7 @@ def qdq_attention(*, mask: str | None = "padding", order=("q", "k", "v"), scale_
     ``split_heads_with_shape``: the Reshape shapes computed from Shape of q, k, v as torch exports them.
     ``mask_first``: the mask as the Add's first operand.
     ``sliced_shapes``: the head shapes from Shape(x, start, end) slices and Reshape allowzero=1, as torch.export writes them.
+    ``merge_shape``: the constant shape the heads are joined back to.
     """
     rng = np.random.default_rng(0)
     width = DIM
@@ -40,7 +41,7 @@ def qdq_attention(*, mask: str | None = "padding", order=("q", "k", "v"), scale_
         numpy_helper.from_array(np.array(0.03, np.float32), "x_scale"),
         numpy_helper.from_array(np.array(128, np.uint8), "x_zero"),
         numpy_helper.from_array(np.array([width] * 3, np.int64), "widths"),
-        numpy_helper.from_array(np.array([0, 0, DIM], np.int64), "merge_shape"),
+        numpy_helper.from_array(np.array(merge_shape, np.int64), "merge_shape"),
         numpy_helper.from_array(np.array(np.sqrt(head), np.float32) if scale_op == "Div" else np.array(1 / np.sqrt(head), np.float32), "scale"),
         numpy_helper.from_array(np.array([HEADS], np.int64), "heads"),
         numpy_helper.from_array(np.array([head], np.int64), "head"),
@@ -99,7 +100,7 @@ def qdq_attention(*, mask: str | None = "padding", order=("q", "k", "v"), scale_
         helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", ["context_t", "merge_shape"], ["y"]),
     ]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, SEQ, DIM])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, merge_shape[2] if merge_shape[2] > 0 else DIM])]
     if extra_output:
         outputs.append(helper.make_tensor_value_info(extra_output, TensorProto.FLOAT, [1, SEQ, DIM] if extra_output == "k" else [1, HEADS, SEQ, SEQ]))
     graph = helper.make_graph(nodes, "qdq_attention", inputs, outputs, inits)
@@ -142,6 +143,16 @@ def test_constant_or_sliced_head_shapes_and_a_mask_added_first_are_read_too(vari
     fused, result = on_a_copy(fuse_quantized_attention, model)
     assert ops(fused).get("QAttention") == 1
     np.testing.assert_allclose(run_model(fused, feed(model))[0], run_model(model, feed(model))[0], rtol=1e-5, atol=1e-5)
+
+
+def test_heads_joined_by_a_shape_onnxruntime_folded_are_read_too():
+    """A session saved at 'extended' folds the join's Concat to [0, -1, width]: the -1 is the sequence when width is every head's."""
+    model = qdq_attention(merge_shape=(0, -1, DIM))
+    fused, result = on_a_copy(fuse_quantized_attention, model)
+    assert ops(fused).get("QAttention") == 1
+    np.testing.assert_allclose(run_model(fused, feed(model))[0], run_model(model, feed(model))[0], rtol=1e-5, atol=1e-5)
+    other = qdq_attention(merge_shape=(0, -1, DIM // 2))  # twice the rows, half the width: not attention's output
+    assert "QAttention" not in ops(on_a_copy(fuse_quantized_attention, other)[0])
 
 
 def test_a_mask_that_is_not_padding_is_left_alone():

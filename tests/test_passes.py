@@ -171,6 +171,40 @@ def test_onnxruntimes_fused_layers_are_written_back_as_standard_operators():
     assert declined.declined and declined.declined[0].where == "c1" and unknown.graph.node[0].op_type == "FusedConv"
 
 
+def fused_matmuls() -> onnx.ModelProto:
+    """Attention's query-key product as onnxruntime saves it at 'extended' (alpha: the 1/sqrt(d) scale), and FusedMatMuls that
+    swap either operand's last two axes, with and without a scale."""
+    b = GraphBuilder(43)
+    w = b.const(b.weight(4, 5))
+    b.nodes += [
+        helper.make_node("FusedMatMul", ["q", "k"], ["scores"], name="qk", domain="com.microsoft", alpha=0.25, transA=0, transB=0),
+        helper.make_node("FusedMatMul", ["scores", "v"], ["mixed"], name="sv", domain="com.microsoft", transB=1),
+        helper.make_node("FusedMatMul", ["mixed", w], ["projected"], name="proj", domain="com.microsoft", alpha=-1.5, transA=1),
+    ]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in (("q", [2, 3, 4, 8]), ("k", [2, 3, 8, 4]), ("v", [2, 3, 6, 4]))]
+    graph = helper.make_graph(b.nodes, "fused_matmuls", inputs, [helper.make_tensor_value_info("projected", TensorProto.FLOAT, [2, 3, 6, 5])],
+                              b.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_onnxruntimes_fused_matmuls_are_written_back_as_matmuls_and_their_scale():
+    from onnxslim.passes import unfuse_onnxruntime_layers
+
+    model = fused_matmuls()
+    work = load_model(model)
+    result = unfuse_onnxruntime_layers(work)
+    assert len(result.changes) == 3 and not result.declined
+    assert [n.op_type for n in work.graph.node] == ["MatMul", "Mul", "Transpose", "MatMul", "Transpose", "MatMul", "Mul"]
+    assert all(n.domain == "" for n in work.graph.node)
+    onnx.checker.check_model(work, full_check=True)
+    assert_same_outputs(model, work)
+    batched = load_model(model)
+    batched.graph.node[0].attribute.append(helper.make_attribute("transBatchA", 1))  # moves batch axes: no one-node spelling
+    declined = unfuse_onnxruntime_layers(batched)
+    assert [d.where for d in declined.declined] == ["qk"] and "transBatchA" in declined.declined[0].reason.text
+    assert batched.graph.node[0].op_type == "FusedMatMul" and len(declined.changes) == 2
+
+
 def test_a_model_in_onnxruntimes_blocked_layout_is_refused_in_one_line():
     from onnxslim import PruneConfig, QuantConfig, prune, quantize
     from onnxslim.errors import UnsupportedModelError

@@ -114,12 +114,16 @@ class _Matcher(GraphIndex):
         return int(piece.reshape(-1)[0]) if piece is not None and piece.size == 1 else None
 
     def keeps_leading_dims(self, reshape: onnx.NodeProto) -> bool:
-        """Whether a Reshape to ``shape`` keeps its input's first two dimensions (batch, sequence): entries 0 (copy), or
+        """Whether a Reshape to ``shape`` keeps its input's first two dimensions (batch, sequence): entries 0 (copy), a constant
+        [0, -1, width] (the caller checks the width), or
         pieces of a Concat that take dimension 0 and 1 of a Shape (of the input, or of a graph input of the same batch and
         sequence: a Reshape that kept other dimensions would not have the input's element count)."""
         values = self.array(reshape.input[1])
         if values is not None:  # 0 copies the input's dimension, unless allowzero makes it a literal 0
-            return values.ndim == 1 and values.size >= 2 and not values[:2].any() and not node_attr(reshape, "allowzero", 0)
+            if values.ndim != 1 or values.size < 2 or values[0] != 0 or node_attr(reshape, "allowzero", 0):
+                return False
+            # [0, -1, width] (onnxruntime folds the Concat to it): the -1 is the sequence when width is the heads' (checked by the caller)
+            return values[1] == 0 or (values[1] == -1 and values.size == 3 and values[2] > 0)
         concat = self.producers.get(reshape.input[1])
         if concat is None or concat.op_type != "Concat" or len(concat.input) < 2:
             return False

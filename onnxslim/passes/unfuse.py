@@ -10,7 +10,13 @@ it loads the model, so nothing is lost by spelling them out:
     FusedGemm(A, B, C; activation)     ->  act(Gemm(A, B, C))
 
 Activations: Relu, Sigmoid, Tanh, LeakyRelu (alpha), HardSigmoid (alpha, beta), Clip (min, max);
-a fused layer with another activation is left as it is.
+a fused layer with another activation is left as it is. FusedMatMul (a MatMul with its operands'
+last two axes swapped and its result scaled: attention's query-key product with its 1/sqrt(d)) is
+written as the MatMul an exporter writes, so quantize treats it as one:
+
+    FusedMatMul(A, B; alpha, transA, transB)  ->  Mul(MatMul(A', B'), alpha)    (A' = A with its last two axes swapped where transA)
+
+One that also moves batch axes (transBatchA, transBatchB) is left as it is.
 
 Such a model also holds LayerNormalization nodes (fused by onnxruntime from the spelled-out form)
 at the model's own opset, where onnxruntime registers the operator and onnx does not (it exists
@@ -25,6 +31,7 @@ import onnx
 from onnx import helper
 
 from onnxslim.ir.graph import MS_DOMAIN, node_attr
+from onnxslim.ir.shapes import shapes_and_types
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.clamps import CLIP_BOUNDS_AS_INPUTS_OPSET
@@ -65,16 +72,65 @@ def _activation(node: onnx.NodeProto, x: str, y: str, taken: set[str], opset: in
     return None
 
 
+def _matmul(node: onnx.NodeProto, taken: set[str], graph: onnx.GraphProto, shapes: dict, types: dict) -> list[onnx.NodeProto] | str:
+    """The standard nodes computing a FusedMatMul, or why it is left as it is."""
+    if node_attr(node, "transBatchA", 0) or node_attr(node, "transBatchB", 0):
+        return "it moves batch axes (transBatchA/transBatchB)"
+    where = node.name or node.output[0]
+    operands, nodes = [], []
+    for index, flag in enumerate(("transA", "transB")):
+        operand = node.input[index]
+        if node_attr(node, flag, 0):
+            rank = len(shapes[operand]) if operand in shapes else 0
+            if rank < 2:
+                return f"the rank of {flag}'s operand '{operand}' is unknown"
+            swapped = unique_name(f"{operand}_{flag}", taken)
+            perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+            nodes.append(helper.make_node("Transpose", [operand], [swapped], name=unique_name(f"{where}_{flag}", taken), perm=perm))
+            operand = swapped
+        operands.append(operand)
+    alpha = float(node_attr(node, "alpha", 1.0))
+    if alpha == 1.0:
+        nodes.append(helper.make_node("MatMul", operands, [node.output[0]], name=where))
+        return nodes
+    element = types.get(node.input[0])
+    if element not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+        return "the element type of its inputs is unknown"
+    product = unique_name(f"{node.output[0]}_product", taken)
+    scale = unique_name(f"{where}_alpha", taken)
+    graph.initializer.append(from_array(np.array(alpha, helper.tensor_dtype_to_np_dtype(element)), scale))
+    nodes.append(helper.make_node("MatMul", operands, [product], name=where))
+    nodes.append(helper.make_node("Mul", [product, scale], [node.output[0]], name=unique_name(f"{where}_scale", taken)))
+    return nodes
+
+
 def unfuse_onnxruntime_layers(model: onnx.ModelProto) -> PassResult:
-    """Rewrite every com.microsoft FusedConv and FusedGemm of the main graph as its layer, Add and activation (see the module docstring)."""
+    """Rewrite every com.microsoft FusedConv and FusedGemm of the main graph as its layer, Add and activation, and every
+    FusedMatMul as a MatMul and its scale (see the module docstring)."""
     result = PassResult("unfuse-onnxruntime-layers")
     graph = model.graph
-    if not any(n.op_type in FUSED and n.domain == MS_DOMAIN for n in graph.node):
+    if not any(n.op_type in (*FUSED, "FusedMatMul") and n.domain == MS_DOMAIN for n in graph.node):
         return result
     taken = all_value_names(graph) | {n.name for n in graph.node}
     opset = default_opset(model)
+    shapes, types = shapes_and_types(model) if any(n.op_type == "FusedMatMul" and n.domain == MS_DOMAIN for n in graph.node) else ({}, {})
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
+        if node.op_type == "FusedMatMul" and node.domain == MS_DOMAIN:
+            written = _matmul(node, taken, graph, shapes, types)
+            # onnx infers nothing behind a contrib operator: a chain of them passes its rank and element type on here
+            ranks = [len(shapes[i]) for i in node.input[:2] if i in shapes]
+            if len(ranks) == 2:
+                shapes.setdefault(node.output[0], (None,) * max(ranks))
+            if node.input[0] in types:
+                types.setdefault(node.output[0], types[node.input[0]])
+            if isinstance(written, str):
+                result.decline(node.name or node.output[0], DeclineCode.UNSUPPORTED_FORM, f"FusedMatMul kept: {written}")
+                nodes.append(node)
+            else:
+                nodes.extend(written)
+                result.change(f"{node.name or node.output[0]}: FusedMatMul as " + " + ".join(n.op_type for n in written))
+            continue
         if node.op_type not in FUSED or node.domain != MS_DOMAIN:
             nodes.append(node)
             continue
