@@ -2,15 +2,19 @@
 
     python models/gather.py --minilm
     python calibration/make_datasets.py minilm det
-    python benchmarks/quantize_fused.py --tasks minilm det --runs 40 --json fused.json
+    python benchmarks/quantize_fused.py --tasks minilm minilm_saved det --runs 40 --json fused.json
 
 - minilm: all-MiniLM-L6-v2 through onnxruntime's transformer optimizer (``onnxruntime.transformers.optimizer``, model
   type bert), which rewrites each layer into com.microsoft operators (EmbedLayerNormalization, Attention,
   SkipLayerNormalization, BiasGelu): what a deployment pipeline often has before it quantizes. Rows: that model in FP32;
   ``onnxslim quantize`` with its defaults; onnxruntime's ``quantize_dynamic`` (INT8 weights; it stops on this graph unless
   told ``DefaultTensorType`` float); ``onnxslim prune --only channels --ratio`` ``--prune`` (the FFN neurons, refit on the
-  calibration sentences) of the optimized model and of the plain export; the plain export's ``onnxslim quantize``.
+  calibration sentences) of the optimized model and of the plain export; ``onnxslim prune --only heads --ratio`` ``--heads``
+  (the heads, through the fused Attention) of both; the plain export's ``onnxslim quantize``.
   Scored by sentence-embedding cosine against the optimized FP32 model on calibration/cache/minilm/eval.
+- minilm_saved: all-MiniLM-L6-v2 as an onnxruntime session saves it at its 'extended' level (LayerNormalization below
+  opset 17, FusedMatMul for the attention scores, BiasGelu). Rows: that model in FP32; ``onnxslim quantize`` of it and of
+  the plain export.
 - det: PP-OCRv4's text detector as an onnxruntime session saves it at its 'extended' optimization level (com.microsoft
   FusedConv: convolutions with their activation). Rows: that model in FP32; ``onnxslim quantize`` of it and of the
   detector as shipped. Scored by text-mask IoU against the saved FP32 model on calibration/cache/det/eval.
@@ -59,10 +63,10 @@ def timed(label: str, build, path: Path) -> tuple[str, Path, float]:
     return label, path, time.perf_counter() - start
 
 
-def bench(task_name: str, work: Path, calib_count: int, prune_ratio: float, runs: int) -> list[dict]:
+def bench(task_name: str, work: Path, calib_count: int, prune_ratio: float, heads_ratio: float, runs: int) -> list[dict]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    task = TASKS[task_name]
+    task = TASKS["minilm" if task_name.startswith("minilm") else task_name]
     feeds = eval_feeds(task)
     calib = str(first_samples(task, calib_count, work / f"{task_name}-calib"))
     if task_name == "minilm":
@@ -84,6 +88,11 @@ def bench(task_name: str, work: Path, calib_count: int, prune_ratio: float, runs
                           work / "minilm-pruned.onnx"))
         rows.append(timed(f"onnxslim prune --only channels --ratio {prune_ratio} of the plain export",
                           lambda out: prune(task.model, calib, config=config, output=out), work / "minilm-plain-pruned.onnx"))
+        heads = PruneConfig(ratio=heads_ratio, only="heads", latency_runs=0)
+        rows.append(timed(f"onnxslim prune --only heads --ratio {heads_ratio}", lambda out: prune(fused, calib, config=heads, output=out),
+                          work / "minilm-heads.onnx"))
+        rows.append(timed(f"onnxslim prune --only heads --ratio {heads_ratio} of the plain export",
+                          lambda out: prune(task.model, calib, config=heads, output=out), work / "minilm-plain-heads.onnx"))
     rows.append(timed("onnxslim quantize (defaults) of the model as shipped", lambda out: quantize(task.model, calib, config=QuantConfig(), output=out),
                       work / f"{task_name}-plain-q.onnx"))
     results = scored_and_timed(task, rows, feeds, run_all(fused, feeds), runs=runs)
@@ -93,16 +102,17 @@ def bench(task_name: str, work: Path, calib_count: int, prune_ratio: float, runs
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["minilm", "det"], choices=["minilm", "det"])
+    parser.add_argument("--tasks", nargs="+", default=["minilm", "minilm_saved", "det"], choices=["minilm", "minilm_saved", "det"])
     parser.add_argument("--calib", type=int, default=64)
     parser.add_argument("--prune", type=float, default=0.3, help="MiniLM: share of the FFN neurons pruned (--only channels), both forms")
+    parser.add_argument("--heads", type=float, default=0.5, help="MiniLM: share of the attention heads pruned (--only heads), both forms")
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
-            results += bench(task, Path(tmp), args.calib, args.prune, args.runs)
+            results += bench(task, Path(tmp), args.calib, args.prune, args.heads, args.runs)
     if args.json:
         save_json(args.json, results)
 

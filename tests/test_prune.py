@@ -757,6 +757,50 @@ def test_macs_of_onnxruntimes_fused_attention_count_its_projection_and_scores():
     assert node_macs(standard, {"q": (1, 8, 16), "k": (1, 8, 16)}) == 0
 
 
+def test_heads_are_pruned_through_onnxruntimes_fused_attention():
+    """A head is its columns in the query, key and value parts of the packed weight; num_heads and the projection follow."""
+    from tests.test_attention_fusion import DIM, HEADS, fused_attention_batches, fused_attention_model
+
+    model = fused_attention_model()
+    pruned, report = prune(model, config=PruneConfig(ratio=0.5, only="heads", round_to=1, latency_runs=0))
+    attention = next(n for n in pruned.graph.node if n.op_type == "Attention")
+    head = DIM // HEADS
+    kept_heads = HEADS // 2
+    assert next(a.i for a in attention.attribute if a.name == "num_heads") == kept_heads
+    arrays = {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    projection = next(n for n in pruned.graph.node if n.op_type == "MatMul")
+    weight, bias = arrays[attention.input[1]], arrays[attention.input[2]]
+    assert weight.shape == (DIM, 3 * kept_heads * head) and bias.shape == (3 * kept_heads * head,)
+    assert arrays[projection.input[1]].shape == (kept_heads * head, DIM)
+    pruned_groups = [g for g in report.groups if g.channels_after < g.channels_before]
+    assert [(g.producers, g.channels_before, g.channels_after) for g in pruned_groups] == [(["fused_attention"], HEADS, kept_heads)]
+    # without data nothing is refit: the pruned model computes the original with the removed heads' share of the projection gone
+    original = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    width = DIM
+    kept = [h for h in range(HEADS) if any(np.array_equal(original["qkv_weight"][:, h * head:(h + 1) * head], weight[:, k * head:(k + 1) * head])
+                                           for k in range(kept_heads))]
+    assert len(kept) == kept_heads
+    for part in range(3):  # the same heads kept in the key and value parts as in the query part
+        expected = np.concatenate([original["qkv_weight"][:, part * width + h * head:part * width + (h + 1) * head] for h in kept], axis=1)
+        np.testing.assert_array_equal(weight[:, part * kept_heads * head:(part + 1) * kept_heads * head], expected)
+    reference = load_model(model)
+    silenced = original["out_weight"].copy()
+    for h in set(range(HEADS)) - set(kept):
+        silenced[h * head:(h + 1) * head] = 0.0
+    reference.graph.initializer[[t.name for t in reference.graph.initializer].index("out_weight")].CopyFrom(onnx.numpy_helper.from_array(silenced, "out_weight"))
+    for feed in fused_attention_batches(2, 4):
+        np.testing.assert_allclose(run_model(pruned, feed)[0], run_model(reference, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_fused_attention_with_parts_of_other_widths_keeps_its_heads():
+    from tests.test_attention_fusion import fused_attention_model
+
+    model = fused_attention_model()
+    model.graph.node[0].attribute.append(helper.make_attribute("qkv_hidden_sizes", [16, 16, 16]))
+    with pytest.raises(NothingToDoError):
+        prune(model, config=PruneConfig(ratio=0.5, only="heads", round_to=1, latency_runs=0))
+
+
 def test_a_model_saved_by_onnxruntime_with_fused_layers_is_pruned_as_the_standard_one():
     from tests.test_passes import onnxruntime_fused_layers
 

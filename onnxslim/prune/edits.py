@@ -123,6 +123,22 @@ class SetGroup:
 
 
 @dataclass
+class SetHeads:
+    """onnxruntime's fused Attention keeps num_heads equal to the heads its packed query/key/value weight holds."""
+
+    node: str
+    layout: Layout  # the query part of the weight's columns: head_size of them per head
+    head_size: int
+
+    def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
+        node = weights.nodes[self.node]
+        kept = len(self.layout) - len(positions(self.layout, removed))
+        for attr in node.attribute:
+            if attr.name == "num_heads":
+                attr.i = kept // self.head_size
+
+
+@dataclass
 class SplitSizes:
     """A Split along the channel axis: each output keeps the channels of its range."""
 

@@ -30,6 +30,7 @@ from onnxslim.prune.edits import (
     EditRole,
     GroupedInput,
     SetGroup,
+    SetHeads,
     ShapeEntry,
     SliceBounds,
     SliceInput,
@@ -378,7 +379,7 @@ class Tracer(ReshapeRules):
         op = node.op_type
         layouts = self.t.layouts
         data = layouts.get(node.input[0]) if node.input else None
-        if node.domain == MS_DOMAIN and op in CONTRIB_RULES and data is not None:
+        if node.domain == MS_DOMAIN and op in CONTRIB_RULES and (data is not None or CONTRIB_RULES[op] in RULES_WITHOUT_DATA):
             out = CONTRIB_RULES[op](self, node, data)
             if out is not None:
                 layouts[node.output[0]] = out
@@ -422,6 +423,45 @@ class Tracer(ReshapeRules):
             return None
         self.t.edits.append(SliceInput(node.name, 1, 0, Layout(0, data.atoms), EditRole.PARAMETER))
         return data
+
+    def fused_attention(self, node: onnx.NodeProto, data: Layout | None) -> Layout | None:
+        """onnxruntime's com.microsoft Attention: one weight of query, key and value columns side by side (num_heads heads of
+        the same size in each), producer of the heads; its output is the value part. A head is its columns in all three parts,
+        which go together, and num_heads follows the heads kept. Past state, an attention bias, unequal part widths
+        (qkv_hidden_sizes) and rotary embeddings block it."""
+        weight = self.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        heads = int(node_attr(node, "num_heads", 0))
+        why = None
+        if weight is None or weight.ndim != 2 or weight.shape[1] % 3:
+            why = "its weight is not one constant matrix of three equal parts"
+        elif heads <= 0 or (weight.shape[1] // 3) % heads:
+            why = f"num_heads {heads} does not divide its parts"
+        elif node_attr(node, "qkv_hidden_sizes") is not None or node_attr(node, "do_rotary", 0):
+            why = "its parts differ in width or it applies rotary embeddings"
+        elif any(node.input[4:]) or any(node.output[1:]):
+            why = "it carries past state or an attention bias"
+        rank = self.rank(node.input[0])
+        if why is None and data is not None and (rank is None or data.axis != rank - 1 or data.repeat != 1):
+            why = "it reads channels on a non-feature axis"
+        if why is not None:
+            self.block_inputs(node, f"Attention {node.name}: {why}")
+            return None
+        if data is not None:
+            self.consume(node, data, 1, 0)
+        width = weight.shape[1] // 3
+        size = width // heads
+        out = self.new_atoms(node, 3 * width, (self.rank(node.output[0]) or rank or 3) - 1)
+        self.t.edits.append(SliceInput(node.name, 1, 1, out, EditRole.PRODUCER))
+        if len(node.input) > 2 and node.input[2]:
+            self.t.edits.append(SliceInput(node.name, 2, 0, out, EditRole.PRODUCER_BIAS))
+        for head in range(heads):
+            first = out.atoms[head * size]
+            for part in range(3):
+                for offset in range(size):
+                    self.t.atoms.tie(first, out.atoms[part * width + head * size + offset])
+        self.t.head_atoms.update(out.atoms[head * size] for head in range(heads))
+        self.t.edits.append(SetHeads(node.name, Layout(out.axis, out.atoms[:width]), size))
+        return Layout(out.axis, out.atoms[2 * width:])
 
     def resize(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
         """Resize by output ``sizes`` names the channel count: a constant one follows the kept channels, any other blocks."""
@@ -646,11 +686,12 @@ RULES: dict[str, Callable[[Tracer, onnx.NodeProto, Layout | None], Layout | None
     "Size": Tracer.shape,
 }
 # onnxruntime's com.microsoft operators that carry channels as their standard spelling would (its transformer optimizer's
-# fused activations); every other operator of another domain blocks the channels it reads
+# fused activations and fused attention); every other operator of another domain blocks the channels it reads
 CONTRIB_RULES: dict[str, Callable[[Tracer, onnx.NodeProto, Layout], Layout | None]] = {
-    op: Tracer.bias_activation for op in ("BiasGelu", "FastGelu", "QuickGelu", "Gelu")
+    **{op: Tracer.bias_activation for op in ("BiasGelu", "FastGelu", "QuickGelu", "Gelu")},
+    "Attention": Tracer.fused_attention,
 }
-RULES_WITHOUT_DATA = {Tracer.binary_rule, Tracer.concat_rule, Tracer.weighted, Tracer.shape}
+RULES_WITHOUT_DATA = {Tracer.binary_rule, Tracer.concat_rule, Tracer.weighted, Tracer.shape, Tracer.fused_attention}
 
 
 def trace(model: onnx.ModelProto, shapes: dict[str, tuple]) -> Tracing:
