@@ -797,7 +797,7 @@ def test_a_fused_attention_with_parts_of_other_widths_keeps_its_heads():
 
     model = fused_attention_model()
     model.graph.node[0].attribute.append(helper.make_attribute("qkv_hidden_sizes", [16, 16, 16]))
-    with pytest.raises(NothingToDoError):
+    with pytest.raises(NothingToDoError, match="Attention fused_attention keeps its heads: its parts differ in width"):
         prune(model, config=PruneConfig(ratio=0.5, only="heads", round_to=1, latency_runs=0))
 
 

@@ -419,6 +419,7 @@ def _remove_channels(
 ) -> onnx.ModelProto:
     """Trace, group, score, select and cut; then recover from the data when there is some."""
     groups = build_groups(trace(work, shapes))
+    report.warnings.extend(groups.tracing.unprunable.values())
     if not any(group.roots for group in groups.groups) and branches_with_layers(work):
         return _remove_channels_in_branches(work, source, config, report, label, show_progress, main="no prunable layer in the main graph")
     if not any(group.roots for group in groups.groups):
@@ -453,7 +454,7 @@ def _remove_channels(
                 f"{label}: --ratio {config.ratio:g} removes no whole channel from any group (the largest prunable group has {largest} "
                 f"channels: a ratio of at least {1 / largest:.3g} removes one from it)"
             )
-        reasons = sorted({g.skipped for g in report.groups if g.skipped})[:3]
+        reasons = sorted({g.skipped for g in report.groups if g.skipped})[:3] + list(groups.tracing.unprunable.values())[:1]
         raise NothingToDoError(f"{label}: no channel group can be pruned ({'; '.join(reasons)})")
     pruned = apply_removal(work, groups, removed)
     layer_norms = renormalized(groups, removed)

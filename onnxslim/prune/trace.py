@@ -55,6 +55,9 @@ class Tracing:
     producers: dict[str, str] = field(default_factory=dict)  # producer node -> op type
     consumer_inputs: dict[str, str] = field(default_factory=dict)  # consumer node -> the tracked tensor it reads
     head_atoms: set[int] = field(default_factory=set)  # atoms standing for whole attention heads
+    # producers that make no prunable channels, and why (a fused Attention whose heads this rule cannot cut): nothing to attach
+    # a block to, so the report says it apart
+    unprunable: dict[str, str] = field(default_factory=dict)
     # (layout, groups): channels of a grouped convolution, which every group must lose equally
     block_constraints: list[tuple[Layout, int]] = field(default_factory=list)
     # LayerNormalization node -> the channels it normalizes over: removing any changes its statistics
@@ -444,6 +447,7 @@ class Tracer(ReshapeRules):
         if why is None and data is not None and (rank is None or data.axis != rank - 1 or data.repeat != 1):
             why = "it reads channels on a non-feature axis"
         if why is not None:
+            self.t.unprunable[node.name] = f"Attention {node.name} keeps its heads: {why}"
             self.block_inputs(node, f"Attention {node.name}: {why}")
             return None
         if data is not None:
