@@ -280,6 +280,20 @@ def test_training_device_auto_is_the_cpu_without_a_gpu_and_cuda_without_one_is_r
     assert result.exit_code != 0 and "--distill-train-device cuda: torch" in result.output and "Traceback" not in result.output
 
 
+def test_the_reproduction_check_runs_in_full_float32_and_training_keeps_torchs_own_setting():
+    import torch
+
+    from onnxslim.distill.module import full_float32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with full_float32():
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+    with pytest.raises(RuntimeError), full_float32():
+        raise RuntimeError("a failed check")
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs torch with a CUDA device")
 def test_training_steps_on_cuda_train_the_student_as_on_the_cpu(teacher_and_student, tmp_path):
     folder = teacher_and_student

@@ -157,6 +157,19 @@ def device_name(device) -> str:
     return "cpu" if device.type == "cpu" else f"{device.type} ({torch.cuda.get_device_name(device)})"
 
 
+@contextlib.contextmanager
+def full_float32():
+    """Matrix products and convolutions in full float32 on a GPU (torch lets cuDNN's convolutions use TF32, 10-bit mantissas,
+    by default): what checks the module against onnxruntime's float32 outputs must not round more than onnxruntime does."""
+    torch, _ = require_torch()
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def device_of(net):
     """Where ``net``'s parameters live (the CPU for a module without any)."""
     import torch

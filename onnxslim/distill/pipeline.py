@@ -27,7 +27,7 @@ import onnx
 from onnxslim.data.sources import evaluation_split, for_several_passes, open_data
 from onnxslim.distill.fakequant import FakeQuantization, attach, quantized_tensors
 from onnxslim.distill.losses import VALUES, Term, output_kind, total_loss
-from onnxslim.distill.module import device_name, forward, ready_to_train, require_torch, to_module, training_device, written_back
+from onnxslim.distill.module import device_name, forward, full_float32, ready_to_train, require_torch, to_module, training_device, written_back
 from onnxslim.distill.targets import TeacherTargets
 from onnxslim.errors import DataError, NothingToDoError, UsageError
 from onnxslim.ir.graph import with_outputs
@@ -417,7 +417,7 @@ def _check_reproduces(net, model: onnx.ModelProto, batch: dict, input_names: lis
     import torch
 
     expected = Runner(model, threads=None, label="student").run(batch, output_names)
-    with torch.no_grad():
+    with torch.no_grad(), full_float32():
         produced = [p.detach().cpu().numpy() for p in forward(net, batch, input_names)]
     for name, want, got in zip(output_names, expected, produced):
         scale = float(np.abs(want).max()) or 1.0
