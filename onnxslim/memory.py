@@ -1,7 +1,8 @@
-"""The process's peak resident memory, as reported in onnxslim's reports."""
+"""The process's peak resident memory, as reported in onnxslim's reports, and the memory the machine has available."""
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 
@@ -21,3 +22,19 @@ def peak_rss_bytes() -> int:
         pass
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def available_bytes() -> int | None:
+    """Memory the machine can give without swapping: Linux's ``MemAvailable`` (free memory and reclaimable caches), else the
+    free pages; None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None

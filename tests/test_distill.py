@@ -343,6 +343,23 @@ def test_targets_past_the_memory_budget_are_recomputed_and_train_the_same(teache
     assert bounded.score_after == pytest.approx(kept.score_after, abs=1e-6)
 
 
+def test_the_teachers_targets_may_take_half_the_memory_available_by_default(teacher_and_student, monkeypatch):
+    import importlib
+
+    pipeline = importlib.import_module("onnxslim.distill.pipeline")  # the package's name is also the distill function's
+
+    folder = teacher_and_student
+    args = (str(folder / "student.onnx"), str(folder / "teacher.onnx"), str(folder / "data"))
+    monkeypatch.setattr(pipeline, "available_bytes", lambda: 20 * 2**30)
+    _, report = distill(*args, config=DistillConfig(epochs=1, lr=3e-3))
+    assert report.config["teacher_memory_mb"] is None and report.teacher_memory_mb == 10 * 1024
+    monkeypatch.setattr(pipeline, "available_bytes", lambda: 1 * 2**30)  # a small machine: the floor
+    assert pipeline._teacher_memory_mb(DistillConfig()) == pipeline.MIN_TEACHER_MEMORY_MB
+    monkeypatch.setattr(pipeline, "available_bytes", lambda: None)  # unknown
+    assert pipeline._teacher_memory_mb(DistillConfig()) == pipeline.MIN_TEACHER_MEMORY_MB
+    assert pipeline._teacher_memory_mb(DistillConfig(teacher_memory_mb=100.0)) == 100.0
+
+
 def test_a_student_with_other_outputs_is_refused_in_one_line(teacher_and_student, tmp_path):
     folder = teacher_and_student
     other = onnx.load(str(folder / "student.onnx"))
