@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import onnx
 from onnx import TensorProto, helper
@@ -183,6 +183,15 @@ def insert_before(graph: onnx.GraphProto, inserted: Mapping[int, onnx.NodeProto]
         if id(node) in inserted:
             nodes.append(inserted[id(node)])
         nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def replace_nodes(graph: onnx.GraphProto, replacements: Mapping[int, Sequence[onnx.NodeProto]]) -> None:
+    """Put the nodes of ``replacements`` (keyed by the ``id`` of a node of ``graph``) where that node was, in their order."""
+    if not replacements:
+        return
+    nodes = [new for node in graph.node for new in replacements.get(id(node), [node])]
     del graph.node[:]
     graph.node.extend(nodes)
 

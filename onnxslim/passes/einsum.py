@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import drop_unread_initializers
+from onnxslim.ir.graph import drop_unread_initializers, replace_nodes
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
@@ -120,10 +120,6 @@ def einsum_to_matmul(model: onnx.ModelProto) -> PassResult:
         result.change(f"{where}: Einsum '{equation}' as " + " + ".join(n.op_type for n in nodes))
     if not placed:
         return result
-    nodes = []
-    for node in graph.node:
-        nodes.extend(placed.get(id(node), [node]))
-    del graph.node[:]
-    graph.node.extend(nodes)
+    replace_nodes(graph, placed)
     drop_unread_initializers(graph, replaced)
     return result

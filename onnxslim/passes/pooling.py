@@ -16,7 +16,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import node_attr, replace_nodes
 from onnxslim.ir.shapes import shapes_and_types
 from onnxslim.ir.tensors import all_value_names, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
@@ -71,8 +71,6 @@ def reduce_mean_to_global_pool(model: onnx.ModelProto) -> PassResult:
             helper.make_node("Flatten", [pooled], [node.output[0]], name=f"{where}_flatten", axis=1),
         ]
     if replacements:
-        nodes = [new for n in graph.node for new in replacements.get(id(n), [n])]
-        del graph.node[:]
-        graph.node.extend(nodes)
+        replace_nodes(graph, replacements)
         result.change(f"wrote {len(replacements)} ReduceMean(s) over every spatial axis as GlobalAveragePool")
     return result

@@ -22,7 +22,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import node_attr, replace_nodes
 from onnxslim.ir.tensors import all_value_names, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.layernorm import LAYER_NORM_OPSET
@@ -129,11 +129,7 @@ def skip_layernorm_apart(model: onnx.ModelProto) -> PassResult:
             helper.make_node("Sum", summed, [total], name=unique_name(f"{where}_sum", taken)),
             helper.make_node("LayerNormalization", norm_inputs, [node.output[0]], name=where, axis=-1, epsilon=float(node_attr(node, "epsilon", 1e-12))),
         ]
-    nodes = []
-    for node in graph.node:
-        nodes.extend(placed.get(id(node), [node]))
-    del graph.node[:]
-    graph.node.extend(nodes)
+    replace_nodes(graph, placed)
     result.change(f"{len(placed)} SkipLayerNormalization node(s) as Sum and LayerNormalization (e.g. {chosen[0].name or chosen[0].output[0]}), "
                   "two kernels faster than the fused one on this onnxruntime")
     return result
