@@ -107,6 +107,14 @@ class SliceInput:
             weights.set(self.node, self.index, np.delete(array, gone, axis=axis))
 
 
+def _count_kept(weights: WorkingWeights, node_name: str, attribute: str, layout: Layout, removed: set[int], per: int = 1) -> None:
+    """Set integer ``attribute`` of the node to the channels of ``layout`` it keeps, ``per`` of them counting as one."""
+    kept = len(layout) - len(positions(layout, removed))
+    for attr in weights.nodes[node_name].attribute:
+        if attr.name == attribute:
+            attr.i = kept // per
+
+
 @dataclass
 class SetGroup:
     """A depthwise convolution keeps group == its channel count."""
@@ -115,11 +123,7 @@ class SetGroup:
     layout: Layout
 
     def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
-        node = weights.nodes[self.node]
-        count = len(self.layout) - len(positions(self.layout, removed))
-        for attr in node.attribute:
-            if attr.name == "group":
-                attr.i = count
+        _count_kept(weights, self.node, "group", self.layout, removed)
 
 
 @dataclass
@@ -131,11 +135,7 @@ class SetHeads:
     head_size: int
 
     def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
-        node = weights.nodes[self.node]
-        kept = len(self.layout) - len(positions(self.layout, removed))
-        for attr in node.attribute:
-            if attr.name == "num_heads":
-                attr.i = kept // self.head_size
+        _count_kept(weights, self.node, "num_heads", self.layout, removed, self.head_size)
 
 
 @dataclass
