@@ -7,19 +7,27 @@ import resource
 import sys
 
 
+def _kib_entry(path: str, key: str) -> int | None:
+    """Bytes of a Linux /proc file's ``key`` line ('VmHWM:   1234 kB'), or None where the file or the line is missing."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process.
 
     Linux's ``VmHWM`` is preferred to ``ru_maxrss``: the latter survives exec,
     so a process started by a big parent reports the parent's peak.
     """
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _kib_entry("/proc/self/status", "VmHWM:")
+    if peak is not None:
+        return peak
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
@@ -27,13 +35,9 @@ def peak_rss_bytes() -> int:
 def available_bytes() -> int | None:
     """Memory the machine can give without swapping: Linux's ``MemAvailable`` (free memory and reclaimable caches), else the
     free pages; None where neither can be read."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    available = _kib_entry("/proc/meminfo", "MemAvailable:")
+    if available is not None:
+        return available
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, OSError, ValueError):
