@@ -89,6 +89,38 @@ def test_smooth_rescues_a_layer_whose_input_scale_an_outlier_channel_sets():
     assert not budgeted.kept_float_for_budget and budgeted.fidelity[0].cosine >= 0.99
 
 
+def test_the_budget_leaves_out_smoothing_muls_it_does_not_need(monkeypatch):
+    import onnxslim.quant.pipeline as pipeline
+
+    passes = []
+    calibrate = pipeline.calibrate
+    monkeypatch.setattr(pipeline, "calibrate", lambda *a, **k: passes.append(1) or calibrate(*a, **k))
+    # a mild outlier channel: worth a Mul by itself (the range narrows 4x), not needed for 0.99
+    model, data = outlier_mlp(), outlier_inputs(30, scale=6.0)
+    smoothed, unbudgeted = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
+    step = next(p for p in unbudgeted.prepare if p.name == "smooth-activations")
+    assert step.modified and "a Mul before them" in step.changes[0]
+    mul_before_first_layer = [n for n in smoothed.graph.node if n.op_type == "Mul" and n.input[0] == "input"]
+    assert len(mul_before_first_layer) == 1
+    passes.clear()
+    written, report = quantize(model, data, config=QuantConfig(latency_runs=0))
+    assert len(passes) == 1  # the input the Mul read was observed in the one calibration pass
+    assert not [n for n in written.graph.node if n.op_type == "Mul" and n.input[0] == "input"]
+    assert report.fidelity[0].cosine >= 0.99 and not report.kept_float_for_budget
+    step = next(p for p in report.prepare if p.name == "smooth-activations")
+    assert not step.modified and [d.where for d in step.declined] == ["input"]
+    assert step.declined[0].reason.code.value == "not_needed" and "accuracy budget holds without the Mul" in step.declined[0].reason.text
+    # a budget between the two graphs' scores: the Mul stays, and no layer needs to be kept in float
+    without, with_mul = report.fidelity[0].cosine, unbudgeted.fidelity[0].cosine
+    assert without < with_mul
+    strict, report = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=(without + with_mul) / 2))
+    assert next(p for p in report.prepare if p.name == "smooth-activations").modified and not report.kept_float_for_budget
+    assert [n for n in strict.graph.node if n.op_type == "Mul" and n.input[0] == "input"]
+    # an ALPHA the user asks for is always applied
+    asked, report = quantize(model, data, config=QuantConfig(latency_runs=0, smooth=0.8))
+    assert next(p for p in report.prepare if p.name == "smooth-activations").modified
+
+
 def test_the_default_leaves_a_model_without_outlier_channels_as_it_was():
     model = transformer_block()
     data = [{"input": np.random.default_rng(i).standard_normal((1, 8, 32)).astype(np.float32)} for i in range(12)]

@@ -37,6 +37,7 @@ class DeclineCode(Enum):
     INTERFACE = "interface"  # the rewrite would change the model's inputs or outputs
     TOOL_FAILED = "tool_failed"  # a library the pass relies on failed on this model
     TRAINING_MODE = "training_mode"  # the node computes training-only outputs that are read
+    NOT_NEEDED = "not_needed"  # the result meets its accuracy budget without the rewrite, which would cost time
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,10 @@ placed before the layers (one elementwise node per smoothed input). ``a`` near
 channel larger than the OUTLIER_RANK-th largest is brought down to it, the
 other channels keep their values, and a tensor is left alone (no Mul) unless
 this narrows its range at least OUTLIER_GAIN times. A model without such
-channels comes out as it went in.
+channels comes out as it went in. Where a Mul is needed, quantize also builds
+the graph without it (``muls=False``): when that graph meets the accuracy
+budget with every layer quantized, the outliers are left as they are, since a
+Mul costs time on every run.
 
 Smoothed: each float tensor read as the first input of MatMuls with a constant
 2-D float32 weight that no other node reads (scaling a shared weight would
@@ -37,7 +40,7 @@ from onnxslim.errors import DataError
 from onnxslim.ir.graph import insert_before
 from onnxslim.ir.scopes import expose
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
-from onnxslim.passes.base import PassResult
+from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
 from onnxslim.progress import track
 from onnxslim.runtime.passes import PassRunner
@@ -150,12 +153,12 @@ def _affine_before(index: GraphIndex, tensor: str, readers: list[onnx.NodeProto]
 
 
 def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]], maxima: dict[str, np.ndarray],
-                  alpha: float | str) -> PassResult:
+                  alpha: float | str, *, muls: bool = True) -> PassResult:
     """Divide each input in ``groups`` by its channel scales and scale the readers' weight rows.
 
     ``alpha``: SmoothQuant's migration strength, or OUTLIERS (see the module docstring). The division is folded into
     the normalization that produces the input when only these readers read it (a pre-norm transformer's LayerNorm:
-    free); otherwise it is a Mul before the readers.
+    free); otherwise it is a Mul before the readers, or, with ``muls`` false, the input is left as it is (declined).
     """
     result = PassResult("smooth-activations")
     graph = model.graph
@@ -179,6 +182,10 @@ def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]
             for name in folded:
                 replaced[name] = from_array((index.array(name) / scales).astype(np.float32), name)
             how = f"folded into {index.producers[tensor].name}'s scale and shift"
+        elif not muls:
+            result.decline(tensor, DeclineCode.NOT_NEEDED, f"{len(readers)} MatMul(s) ({', '.join(n.name for n in readers)}), largest channel scale "
+                           f"{scales.max():.3g}, left as they are: the accuracy budget holds without the Mul that smoothing them needs")
+            continue
         else:
             inverse = from_array((1.0 / scales).astype(np.float32), unique_name(f"{tensor}_smoothing", taken))
             graph.initializer.append(inverse)
