@@ -885,19 +885,23 @@ def _unknown_exclusions(model: onnx.ModelProto, config: QuantConfig) -> list[str
     ]
 
 
-def _without_smoothing_muls(run: QuantRun, config: QuantConfig, report: QuantReport):
+def _without_smoothing_muls(run: QuantRun, config: QuantConfig, report: QuantReport, smoothed_comparisons: list):
     """The plan, QDQ model and fidelity of the prepared graph without its smoothing Muls, every layer quantized, when that meets
-    the accuracy budget on every held-out batch; otherwise None, and the run builds from the smoothed graph again.
+    the accuracy budget on every held-out batch as firmly as the smoothed graph (``smoothed_comparisons``) does; otherwise
+    None, and the run builds from the smoothed graph again.
 
-    A Mul before a layer costs time on every run (a tenth of MiniLM's INT8 time at one thread); outlier channels the budget
-    tolerates are left as they are. The divisions folded into a normalization cost nothing and stay in both graphs.
+    A Mul before a layer costs time on every run (a tenth of MiniLM's INT8 time at one thread): outlier channels the budget
+    tolerates are left as they are. Firmly: where resampling the held-out batches puts the smoothed graph's score above the
+    budget, it must put this one's there too (the Muls are cheap insurance against a pass at the budget's edge). The
+    divisions folded into a normalization cost nothing and stay in both graphs.
     """
     smoothed = run.prepared
     free, free_result = run.without_smoothing_muls
     run.use_prepared(free)
     plan, quantized = run.build(config)
     comparisons = fidelity(run.reference, quantized, run.eval_batches)
-    if not worst_score(comparisons, config.accuracy_metric) >= config.accuracy_budget:  # NaN misses the budget
+    missed = not worst_score(comparisons, config.accuracy_metric) >= config.accuracy_budget  # NaN misses the budget
+    if missed or (budget_uncertain(comparisons, config, run) and not budget_uncertain(smoothed_comparisons, config, run)):
         run.use_prepared(smoothed)
         return None
     # the report's preparation steps say what this graph holds: the free divisions, and the Muls left out and why
@@ -916,7 +920,7 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
         return plan, quantized, comparisons
     if worst_score(comparisons, config.accuracy_metric) >= config.accuracy_budget:  # NaN misses the budget
         # where the smoothed graph needs layers in float, the graph without its Muls (noisier) would too: tried only here
-        chosen = _without_smoothing_muls(run, config, report) if run.without_smoothing_muls is not None else None
+        chosen = _without_smoothing_muls(run, config, report, comparisons) if run.without_smoothing_muls is not None else None
         return chosen or (plan, quantized, comparisons)
     search = _sensitivity(run, plan, quantized, config.accuracy_budget, comparisons)
     report.kept_float_for_budget = search.kept
