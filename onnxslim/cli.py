@@ -365,9 +365,16 @@ def quantize(model, output, eval_data, per_tensor, threads, report_path, quiet, 
 
 
 def _print_quantization(report) -> None:
+    from onnxslim.passes.base import DeclineCode
+
     for result in report.prepare:
         if result.changes:
             console.print(f"[dim]prepare {result.name}:[/] {escape(result.summary())}", highlight=False)
+        # left out because the budget holds without it: a choice the user should see, not a limitation
+        spared = [d for d in result.declined if d.reason.code == DeclineCode.NOT_NEEDED]
+        if spared:
+            console.print(f"[dim]prepare {result.name}:[/] {len(spared)} not applied, e.g. {escape(spared[0].where)}: "
+                          f"{escape(spared[0].reason.text)}", highlight=False)
     quantized = report.quantized
     weights_only = report.precision.endswith("-weights")
     label = {"int8": "INT8", "fp16": "FP16"}.get(report.precision, report.precision.split("-")[0].upper() + " weights")

@@ -208,3 +208,12 @@ g (float[2, 5, 8] x) => (float[2, 5, 4] a, float[2, 5, 6] b, float[2, 5, 8] r) {
             reference.graph.node[-1].input[0] = "h"
         for a, b in zip(run_model(reference, feeds[0]), run_model(work, feeds[0])):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_the_command_line_says_which_smoothing_the_budget_left_out(save, npz_folder, tmp_path):
+    path, folder = save(outlier_mlp()), npz_folder(outlier_inputs(30, scale=6.0))
+    result = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--data", str(folder), "--latency-runs", "0"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "prepare smooth-activations: 1 not applied, e.g. input: 1 MatMul(s)" in said
+    assert "the accuracy budget holds without the Mul that smoothing them needs" in said

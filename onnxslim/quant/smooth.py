@@ -184,7 +184,7 @@ def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]
             how = f"folded into {index.producers[tensor].name}'s scale and shift"
         elif not muls:
             result.decline(tensor, DeclineCode.NOT_NEEDED, f"{len(readers)} MatMul(s) ({', '.join(n.name for n in readers)}), largest channel scale "
-                           f"{scales.max():.3g}, left as they are: the accuracy budget holds without the Mul that smoothing them needs")
+                           f"{scales.max():.3g}: the accuracy budget holds without the Mul that smoothing them needs")
             continue
         else:
             inverse = from_array((1.0 / scales).astype(np.float32), unique_name(f"{tensor}_smoothing", taken))
