@@ -644,6 +644,7 @@ class BudgetSearch:
     # the last model the search built and measured (plan, model, comparisons on the search's batches): kept so it is not built twice
     built: tuple | None = field(default=None, repr=False, compare=False)
     built_on_every_batch: bool = False  # those comparisons cover every held-out batch
+    closest_miss: tuple[int, float] | None = None  # the most layers kept in float (count, score) that still missed the budget
 
 
 STORED_IN_INT8 = (QuantReason.WEIGHT_ONLY, QuantReason.DYNAMIC)  # INT8 tables and recurrent weights: weights stored low-bit, no Q/DQ on inputs
@@ -700,11 +701,13 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
         # a sample of the held-out set passed it, the whole set does not: measure every count on all of it from here
         batches, whole = run.eval_batches, True
         losses = {0: _loss(worst_score(measured_all, metric)), count: _loss(worst_score(confirmed, metric))}
+    missed = [k for k, loss in losses.items() if not loss <= 1.0 - budget]
+    closest = (max(missed), 1.0 - losses[max(missed)]) if missed else None
     if best is not None:
         count, score, built = best
         note = (f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float ({metric} {score:.5f} on {len(batches)} batch(es); "
                 f"{measured} count(s) measured)")
-        return BudgetSearch(frozenset(ranked[:count]), every[:count], True, note, every, built, whole)
+        return BudgetSearch(frozenset(ranked[:count]), every[:count], True, note, every, built, whole, closest)
     note = f"accuracy budget {budget} cannot be met even with every quantized layer in float"
     return BudgetSearch(frozenset(ranked), every, False, note, every, last, whole)  # the search ends by measuring every ranked layer kept
 
@@ -933,9 +936,14 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
         (plan, quantized), searched = run.build(config, search.keep_float), None
     if not plan.quantized_nodes:
         alone = [k["score_when_alone_quantized"] for k in search.kept if "score_when_alone_quantized" in k]
-        why = (f"every layer alone brings an output's {config.accuracy_metric} score on {run.eval_label} below it"
-               + (f" (the least harmful reaches {max(alone):.5f})" if alone else "")) if config.sensitivity == "measured" else (
-               "it is missed unless every layer is kept in float (--sensitivity measured ranks layers one by one)")
+        if config.sensitivity == "measured":
+            why = (f"every layer alone brings an output's {config.accuracy_metric} score on {run.eval_label} below it"
+                   + (f" (the least harmful reaches {max(alone):.5f})" if alone else ""))
+        else:  # what was measured: the ranked layers kept in float from the noisiest, not every set of them
+            kept, score = search.closest_miss or (0, math.nan)
+            why = (f"kept in float from the noisiest, the layers miss it until every one is (with {kept} of {len(search.sensitivity)} in float, "
+                   f"{config.accuracy_metric} {score:.5f}): where a layer's noise grows on its way to the outputs, its own noise does not show it; "
+                   "--sensitivity measured ranks layers one by one")
         raise NothingToDoError(f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: {why}; nothing written")
     # the search may have measured only the first SENSITIVITY_BATCHES held-out batches: the report covers all of them
     comparisons = searched if searched is not None and search.built_on_every_batch else fidelity(run.reference, quantized, run.eval_batches)
