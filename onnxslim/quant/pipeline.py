@@ -218,8 +218,8 @@ class QuantRun:
         if not result.modified:
             return
         mul_inputs = {tensor for tensor, readers in groups.items() if readers[0].input[0] != tensor}
-        if not asked and mul_inputs:
-            # a Mul costs time on every run: the budget gets to say whether the outliers need it (see _within_budget)
+        if not asked and mul_inputs and self.config.accuracy_budget is not None:
+            # a Mul costs time on every run: an accuracy budget gets to say whether the outliers need it (see _within_budget)
             free = load_model(self.prepared)
             free_result = smooth_inputs(free, smoothable(free, keep=self.config.exclude_nodes), maxima, alpha, muls=False)
             free_result.seconds = result.seconds
