@@ -58,7 +58,8 @@ def smooth_setting():
         "outliers", "Move outlier input channels of MatMul layers into their weights before static INT8 (x @ W == (x / s) @ (s * W)): "
         "outliers = only the few channels that set an input's range, brought down to the next one's size, where that narrows the range at "
         "least 2x (elsewhere nothing changes); ALPHA = every channel, divided by max|x_j|^ALPHA / max|W_j|^(1-ALPHA) (SmoothQuant); "
-        "'none': off. The division is folded into a LayerNorm only these layers read, a Mul before them otherwise.",
+        "'none': off. The division is folded into a LayerNorm only these layers read, a Mul before them otherwise; with outliers, "
+        "those Muls are left out where the accuracy budget holds as firmly without them.",
         choices=("outliers",), low=0.0, high=1.0, low_open=True, metavar="outliers|ALPHA|none",
     )
 
