@@ -217,3 +217,35 @@ def test_the_command_line_says_which_smoothing_the_budget_left_out(save, npz_fol
     said = " ".join(result.output.split())
     assert "prepare smooth-activations: 1 not applied, e.g. input: 1 MatMul(s)" in said
     assert "the accuracy budget holds without the Mul that smoothing them needs" in said
+
+
+def test_the_budget_keeps_only_the_strongest_smoothing_muls_when_that_is_enough():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    width = 64
+    weights = {name: (rng.standard_normal((width, width)) / 8).astype(np.float32) for name in ("wa", "wb")}
+    weights["wa"][0, :] = 0.0  # the outlier channel of input a is read by nothing: its range alone ruins the others' scale
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "wa"], ["ya"], name="layer_a"), helper.make_node("MatMul", ["b", "wb"], ["yb"], name="layer_b")],
+        "two_inputs",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", width]) for n in ("a", "b")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", width]) for n in ("ya", "yb")],
+        [numpy_helper.from_array(w, name) for name, w in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = []
+    for _ in range(30):
+        a, b = rng.standard_normal((8, width)).astype(np.float32), rng.standard_normal((8, width)).astype(np.float32)
+        a[:, 0] *= 3000.0  # strong: without its Mul, layer_a's output is lost
+        b[:, 0] *= 2.5  # mild: worth a Mul by itself, not needed for the budget
+        data.append({"a": a, "b": b})
+    config = QuantConfig(latency_runs=0, quantize_output_layers=True)
+    written, report = quantize(model, data, config=config)
+    muls = {n.input[0] for n in written.graph.node if n.op_type == "Mul"}
+    assert muls == {"a"} and not report.kept_float_for_budget and min(c.cosine for c in report.fidelity) >= 0.99
+    step = next(p for p in report.prepare if p.name == "smooth-activations")
+    assert [d.where for d in step.declined] == ["b"] and len(step.changes) == 1 and step.changes[0].startswith("a: 1 MatMul(s) (layer_a)")
+    # every Mul without a budget
+    everything, _ = quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=None))
+    assert {n.input[0] for n in everything.graph.node if n.op_type == "Mul"} == {"a", "b"}

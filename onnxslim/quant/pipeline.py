@@ -29,7 +29,7 @@ from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
 from onnxslim.measure import RememberedReference, few_objects, fidelity, paired_tensor_fidelity, tensor_fidelity, worst_score
 from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
-from onnxslim.passes import PassResult
+from onnxslim.passes import DeclineCode, PassResult
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
 from onnxslim.passes.attention import fuse_quantized_attention, quantize_fused_attention
 from onnxslim.passes.conv_channels import pad_conv_input_channels
@@ -66,7 +66,7 @@ from onnxslim.quant.prepare import float_tensors_and_shapes, prepare
 from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.recurrent import find_recurrent, store_recurrent_in_int8
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
-from onnxslim.quant.smooth import MAXIMA_BATCHES, OUTLIER_BATCHES, OUTLIERS, channel_maxima, smooth_inputs, smoothable
+from onnxslim.quant.smooth import MAXIMA_BATCHES, OUTLIER_BATCHES, OUTLIERS, STRONG_GAIN, channel_maxima, smooth_inputs, smoothable
 from onnxslim.quant.stored import store_weights_in_int8
 from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
@@ -184,9 +184,10 @@ class QuantRun:
         self.table_rows: dict = {}  # INT8 rows of the lookup tables, quantized once for every build
         self.unfused_integer: frozenset[str] = frozenset()  # MatMuls onnxruntime was seen to leave apart from their bias as MatMulInteger
         self.integer_checked = False
-        # the prepared graph without the smoothing Muls (the free divisions kept) and its smoothing result, and the tensors those
-        # Muls read, observed in the same calibration pass: the accuracy budget chooses between the two graphs
-        self.without_smoothing_muls: tuple[onnx.ModelProto, PassResult] | None = None
+        # the prepared graph with fewer smoothing Muls (none; only the strongest), fastest first, each with its smoothing result
+        # and Mul count (the free divisions kept in all), and the tensors the Muls read, observed in the same calibration pass:
+        # the accuracy budget chooses among these graphs and the smoothed one
+        self.fewer_smoothing_muls: list[tuple[onnx.ModelProto, PassResult, int]] = []
         self.smoothing_mul_inputs: frozenset[str] = frozenset()
         if config.smooth is not None and config.precision == "int8" and not config.weights_only and self.calib_source is not None:
             self._smooth(config.smooth)
@@ -219,11 +220,15 @@ class QuantRun:
             return
         mul_inputs = {tensor for tensor, readers in groups.items() if readers[0].input[0] != tensor}
         if not asked and mul_inputs and self.config.accuracy_budget is not None:
-            # a Mul costs time on every run: an accuracy budget gets to say whether the outliers need it (see _within_budget)
-            free = load_model(self.prepared)
-            free_result = smooth_inputs(free, smoothable(free, keep=self.config.exclude_nodes), maxima, alpha, muls=False)
-            free_result.seconds = result.seconds
-            self.without_smoothing_muls = (free, free_result)
+            # a Mul costs time on every run: an accuracy budget gets to say which outliers need one (see _within_budget)
+            muls = len(mul_inputs)
+            for min_gain in (math.inf, STRONG_GAIN):  # the fastest first
+                fewer = load_model(self.prepared)
+                fewer_result = smooth_inputs(fewer, smoothable(fewer, keep=self.config.exclude_nodes), maxima, alpha, min_mul_gain=min_gain)
+                left = muls - sum(1 for d in fewer_result.declined if d.reason.code == DeclineCode.NOT_NEEDED)
+                if left < muls and all(left != kept for _, _, kept in self.fewer_smoothing_muls):
+                    fewer_result.seconds = result.seconds
+                    self.fewer_smoothing_muls.append((fewer, fewer_result, left))
             self.smoothing_mul_inputs = frozenset(mul_inputs)
         self.use_prepared(smoothed)
 
@@ -311,7 +316,7 @@ class QuantRun:
     def observe(self, plan: QuantPlan) -> None:
         """Calibrate: one pass over the calibration batches, observing the plan's tensors not yet observed."""
         start = time.perf_counter()
-        needed = plan.observed_tensors() | (self.smoothing_mul_inputs & self.float_names if self.without_smoothing_muls else set())
+        needed = plan.observed_tensors() | (self.smoothing_mul_inputs & self.float_names if self.fewer_smoothing_muls else set())
         histogram = self.config.method != "minmax"
         self.stats, seen = calibrate(
             self.prepared, needed, self.calib_source, histogram=histogram, bins=self.config.histogram_bins,
@@ -888,30 +893,33 @@ def _unknown_exclusions(model: onnx.ModelProto, config: QuantConfig) -> list[str
     ]
 
 
-def _without_smoothing_muls(run: QuantRun, config: QuantConfig, report: QuantReport, smoothed_comparisons: list):
-    """The plan, QDQ model and fidelity of the prepared graph without its smoothing Muls, every layer quantized, when that meets
-    the accuracy budget on every held-out batch as firmly as the smoothed graph (``smoothed_comparisons``) does; otherwise
-    None, and the run builds from the smoothed graph again.
+def _fewer_smoothing_muls(run: QuantRun, config: QuantConfig, report: QuantReport, smoothed_comparisons: list):
+    """The plan, QDQ model and fidelity of the fastest prepared graph with fewer smoothing Muls (none, then only the
+    strongest), every layer quantized, that meets the accuracy budget on every held-out batch as firmly as the smoothed
+    graph (``smoothed_comparisons``) does; otherwise None, and the run builds from the smoothed graph again.
 
     A Mul before a layer costs time on every run (a tenth of MiniLM's INT8 time at one thread): outlier channels the budget
     tolerates are left as they are. Firmly: where resampling the held-out batches puts the smoothed graph's score above the
     budget, it must put this one's there too (the Muls are cheap insurance against a pass at the budget's edge). The
-    divisions folded into a normalization cost nothing and stay in both graphs.
+    divisions folded into a normalization cost nothing and stay in every graph.
     """
     smoothed = run.prepared
-    free, free_result = run.without_smoothing_muls
-    run.use_prepared(free)
-    plan, quantized = run.build(config)
-    comparisons = fidelity(run.reference, quantized, run.eval_batches)
-    missed = not worst_score(comparisons, config.accuracy_metric) >= config.accuracy_budget  # NaN misses the budget
-    if missed or (budget_uncertain(comparisons, config, run) and not budget_uncertain(smoothed_comparisons, config, run)):
-        run.use_prepared(smoothed)
-        return None
-    # the report's preparation steps say what this graph holds: the free divisions, and the Muls left out and why
-    steps = [free_result if step.name == free_result.name else step for step in run.prepare_results]
-    run.prepare_results[:] = [step for step in steps if step.modified or step.declined]
-    report.prepare = run.prepare_results
-    return plan, quantized, comparisons
+    firm = not budget_uncertain(smoothed_comparisons, config, run)
+    for fewer, fewer_result, _ in run.fewer_smoothing_muls:
+        run.use_prepared(fewer)
+        plan, quantized = run.build(config)
+        comparisons = fidelity(run.reference, quantized, run.eval_batches)
+        if not worst_score(comparisons, config.accuracy_metric) >= config.accuracy_budget:  # NaN misses the budget
+            continue
+        if firm and budget_uncertain(comparisons, config, run):
+            continue
+        # the report's preparation steps say what this graph holds: the Muls kept, those left out and why
+        steps = [fewer_result if step.name == fewer_result.name else step for step in run.prepare_results]
+        run.prepare_results[:] = [step for step in steps if step.modified or step.declined]
+        report.prepare = run.prepare_results
+        return plan, quantized, comparisons
+    run.use_prepared(smoothed)
+    return None
 
 
 def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval_data_given: bool):
@@ -923,7 +931,7 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
         return plan, quantized, comparisons
     if worst_score(comparisons, config.accuracy_metric) >= config.accuracy_budget:  # NaN misses the budget
         # where the smoothed graph needs layers in float, the graph without its Muls (noisier) would too: tried only here
-        chosen = _without_smoothing_muls(run, config, report, comparisons) if run.without_smoothing_muls is not None else None
+        chosen = _fewer_smoothing_muls(run, config, report, comparisons)
         return chosen or (plan, quantized, comparisons)
     search = _sensitivity(run, plan, quantized, config.accuracy_budget, comparisons)
     report.kept_float_for_budget = search.kept

@@ -16,10 +16,11 @@ placed before the layers (one elementwise node per smoothed input). ``a`` near
 channel larger than the OUTLIER_RANK-th largest is brought down to it, the
 other channels keep their values, and a tensor is left alone (no Mul) unless
 this narrows its range at least OUTLIER_GAIN times. A model without such
-channels comes out as it went in. Where a Mul is needed, quantize also builds
-the graph without it (``muls=False``): when that graph meets the accuracy
-budget with every layer quantized, the outliers are left as they are, since a
-Mul costs time on every run.
+channels comes out as it went in. Where Muls are needed, quantize also builds
+the graph without them, and the one with Muls only where the range narrows at
+least STRONG_GAIN times (``min_mul_gain``): the fastest of these that meets
+the accuracy budget with every layer quantized is written, since a Mul costs
+time on every run.
 
 Smoothed: each float tensor read as the first input of MatMuls with a constant
 2-D float32 weight that no other node reads (scaling a shared weight would
@@ -51,6 +52,7 @@ OUTLIERS = "outliers"
 OUTLIER_RANK = 16  # at most this many channels are brought down to the next one's size (fewer in narrow tensors)
 OUTLIER_GAIN = 2.0  # a tensor is smoothed for outliers only when its range narrows at least this much (one more bit)
 OUTLIER_BATCHES = 16  # which channels are outliers shows on a few inputs; the scales need no more
+STRONG_GAIN = 4.0  # a range narrowed this much (two bits) is the last Mul an accuracy budget gives up
 
 
 def smoothable(model: onnx.ModelProto, keep: Iterable[str] = ()) -> dict[str, list[onnx.NodeProto]]:
@@ -153,12 +155,13 @@ def _affine_before(index: GraphIndex, tensor: str, readers: list[onnx.NodeProto]
 
 
 def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]], maxima: dict[str, np.ndarray],
-                  alpha: float | str, *, muls: bool = True) -> PassResult:
+                  alpha: float | str, *, min_mul_gain: float = 0.0) -> PassResult:
     """Divide each input in ``groups`` by its channel scales and scale the readers' weight rows.
 
     ``alpha``: SmoothQuant's migration strength, or OUTLIERS (see the module docstring). The division is folded into
     the normalization that produces the input when only these readers read it (a pre-norm transformer's LayerNorm:
-    free); otherwise it is a Mul before the readers, or, with ``muls`` false, the input is left as it is (declined).
+    free); otherwise it is a Mul before the readers, or, where that narrows the input's range less than ``min_mul_gain``
+    times (its largest channel scale; ``math.inf``: every Mul), the input is left as it is (declined).
     """
     result = PassResult("smooth-activations")
     graph = model.graph
@@ -182,7 +185,7 @@ def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]
             for name in folded:
                 replaced[name] = from_array((index.array(name) / scales).astype(np.float32), name)
             how = f"folded into {index.producers[tensor].name}'s scale and shift"
-        elif not muls:
+        elif scales.max() < min_mul_gain:
             result.decline(tensor, DeclineCode.NOT_NEEDED, f"{len(readers)} MatMul(s) ({', '.join(n.name for n in readers)}), largest channel scale "
                            f"{scales.max():.3g}: the accuracy budget holds without the Mul that smoothing them needs")
             continue
