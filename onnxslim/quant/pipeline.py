@@ -29,7 +29,7 @@ from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
 from onnxslim.measure import RememberedReference, few_objects, fidelity, paired_tensor_fidelity, tensor_fidelity, worst_score
 from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
-from onnxslim.passes import DeclineCode, PassResult
+from onnxslim.passes import PassResult
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
 from onnxslim.passes.attention import fuse_quantized_attention, quantize_fused_attention
 from onnxslim.passes.conv_channels import pad_conv_input_channels
@@ -66,7 +66,7 @@ from onnxslim.quant.prepare import float_tensors_and_shapes, prepare
 from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.recurrent import find_recurrent, store_recurrent_in_int8
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
-from onnxslim.quant.smooth import MAXIMA_BATCHES, OUTLIER_BATCHES, OUTLIERS, STRONG_GAIN, channel_maxima, smooth_inputs, smoothable
+from onnxslim.quant.smooth import MAXIMA_BATCHES, OUTLIER_BATCHES, OUTLIERS, STRONG_GAIN, channel_maxima, outlier_scales, smooth_inputs, smoothable
 from onnxslim.quant.stored import store_weights_in_int8
 from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
@@ -184,11 +184,12 @@ class QuantRun:
         self.table_rows: dict = {}  # INT8 rows of the lookup tables, quantized once for every build
         self.unfused_integer: frozenset[str] = frozenset()  # MatMuls onnxruntime was seen to leave apart from their bias as MatMulInteger
         self.integer_checked = False
-        # the prepared graph with fewer smoothing Muls (none; only the strongest), fastest first, each with its smoothing result
-        # and Mul count (the free divisions kept in all), and the tensors the Muls read, observed in the same calibration pass:
-        # the accuracy budget chooses among these graphs and the smoothed one
-        self.fewer_smoothing_muls: list[tuple[onnx.ModelProto, PassResult, int]] = []
+        # the smallest gain a Mul needs in each graph with fewer smoothing Muls (none; only the strongest), fastest first (the
+        # free divisions kept in all), and the tensors the Muls read, observed in the same calibration pass: the accuracy
+        # budget chooses among these graphs and the smoothed one (see with_fewer_smoothing_muls)
+        self.fewer_smoothing_muls: list[float] = []
         self.smoothing_mul_inputs: frozenset[str] = frozenset()
+        self._unsmoothed: tuple | None = None  # the graph before smoothing, the channel maxima, alpha, and the seconds they took
         if config.smooth is not None and config.precision == "int8" and not config.weights_only and self.calib_source is not None:
             self._smooth(config.smooth)
 
@@ -221,16 +222,24 @@ class QuantRun:
         mul_inputs = {tensor for tensor, readers in groups.items() if readers[0].input[0] != tensor}
         if not asked and mul_inputs and self.config.accuracy_budget is not None:
             # a Mul costs time on every run: an accuracy budget gets to say which outliers need one (see _within_budget)
-            muls = len(mul_inputs)
-            for min_gain in (math.inf, STRONG_GAIN):  # the fastest first
-                fewer = load_model(self.prepared)
-                fewer_result = smooth_inputs(fewer, smoothable(fewer, keep=self.config.exclude_nodes), maxima, alpha, min_mul_gain=min_gain)
-                left = muls - sum(1 for d in fewer_result.declined if d.reason.code == DeclineCode.NOT_NEEDED)
-                if left < muls and all(left != kept for _, _, kept in self.fewer_smoothing_muls):
-                    fewer_result.seconds = result.seconds
-                    self.fewer_smoothing_muls.append((fewer, fewer_result, left))
+            gains = [outlier_scales(maxima[tensor]).max() for tensor in mul_inputs]
+            kept_muls = set()
+            for min_gain in (math.inf, STRONG_GAIN):  # the fastest first; each a graph of its own
+                left = sum(gain >= min_gain for gain in gains)
+                if left < len(gains) and left not in kept_muls:
+                    self.fewer_smoothing_muls.append(min_gain)
+                    kept_muls.add(left)
+            self._unsmoothed = (self.prepared, maxima, alpha, result.seconds)
             self.smoothing_mul_inputs = frozenset(mul_inputs)
         self.use_prepared(smoothed)
+
+    def with_fewer_smoothing_muls(self, min_gain: float) -> tuple[onnx.ModelProto, PassResult]:
+        """The prepared graph smoothed as before but with a Mul only where it narrows the range at least ``min_gain`` times."""
+        model, maxima, alpha, seconds = self._unsmoothed
+        fewer = load_model(model)
+        result = smooth_inputs(fewer, smoothable(fewer, keep=self.config.exclude_nodes), maxima, alpha, min_mul_gain=min_gain)
+        result.seconds = seconds
+        return fewer, result
 
     def use_prepared(self, model: onnx.ModelProto) -> None:
         """Build from ``model`` from now on: a variant of the prepared graph whose tensors calibration has observed."""
@@ -707,14 +716,14 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
         batches, whole = run.eval_batches, True
         losses = {0: _loss(worst_score(measured_all, metric)), count: _loss(worst_score(confirmed, metric))}
     missed = [k for k, loss in losses.items() if not loss <= 1.0 - budget]
-    closest = (max(missed), 1.0 - losses[max(missed)]) if missed else None
+    closest = (max(missed), 1.0 - losses[max(missed)] if math.isfinite(losses[max(missed)]) else math.nan) if missed else None  # NaN outputs: no score
     if best is not None:
         count, score, built = best
         note = (f"accuracy budget {budget} met with {count} most sensitive layer(s) kept in float ({metric} {score:.5f} on {len(batches)} batch(es); "
                 f"{measured} count(s) measured)")
         return BudgetSearch(frozenset(ranked[:count]), every[:count], True, note, every, built, whole, closest)
     note = f"accuracy budget {budget} cannot be met even with every quantized layer in float"
-    return BudgetSearch(frozenset(ranked), every, False, note, every, last, whole)  # the search ends by measuring every ranked layer kept
+    return BudgetSearch(frozenset(ranked), every, False, note, every, last, whole, closest)  # the search ends by measuring every ranked layer kept
 
 
 def _loss(score: float) -> float:
@@ -905,7 +914,8 @@ def _fewer_smoothing_muls(run: QuantRun, config: QuantConfig, report: QuantRepor
     """
     smoothed = run.prepared
     firm = not budget_uncertain(smoothed_comparisons, config, run)
-    for fewer, fewer_result, _ in run.fewer_smoothing_muls:
+    for min_gain in run.fewer_smoothing_muls:
+        fewer, fewer_result = run.with_fewer_smoothing_muls(min_gain)
         run.use_prepared(fewer)
         plan, quantized = run.build(config)
         comparisons = fidelity(run.reference, quantized, run.eval_batches)
@@ -947,8 +957,10 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
         if config.sensitivity == "measured":
             why = (f"every layer alone brings an output's {config.accuracy_metric} score on {run.eval_label} below it"
                    + (f" (the least harmful reaches {max(alone):.5f})" if alone else ""))
+        elif not search.met:
+            why = f"it is missed even with every one of the {len(search.sensitivity)} layers the search ranked in float"
         else:  # what was measured: the ranked layers kept in float from the noisiest, not every set of them
-            kept, score = search.closest_miss or (0, math.nan)
+            kept, score = search.closest_miss
             why = (f"kept in float from the noisiest, the layers miss it until every one is (with {kept} of {len(search.sensitivity)} in float, "
                    f"{config.accuracy_metric} {score:.5f}): where a layer's noise grows on its way to the outputs, its own noise does not show it; "
                    "--sensitivity measured ranks layers one by one")
