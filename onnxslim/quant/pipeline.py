@@ -229,22 +229,24 @@ class QuantRun:
                 if left < len(gains) and left not in kept_muls:
                     self.fewer_smoothing_muls.append(min_gain)
                     kept_muls.add(left)
-            self._unsmoothed = (self.prepared, maxima, alpha, result.seconds)
+            self._unsmoothed = (self.prepared, maxima, alpha, result.seconds, self.float_names, self.shapes)
             self.smoothing_mul_inputs = frozenset(mul_inputs)
         self.use_prepared(smoothed)
 
-    def with_fewer_smoothing_muls(self, min_gain: float) -> tuple[onnx.ModelProto, PassResult]:
-        """The prepared graph smoothed as before but with a Mul only where it narrows the range at least ``min_gain`` times."""
-        model, maxima, alpha, seconds = self._unsmoothed
+    def with_fewer_smoothing_muls(self, min_gain: float) -> tuple[onnx.ModelProto, PassResult, tuple]:
+        """The prepared graph smoothed as before but with a Mul only where it narrows the range at least ``min_gain`` times, its
+        smoothing result, and its float tensors and shapes (those of the graphs before and after smoothing: it holds no other)."""
+        model, maxima, alpha, seconds, names, shapes = self._unsmoothed
         fewer = load_model(model)
         result = smooth_inputs(fewer, smoothable(fewer, keep=self.config.exclude_nodes), maxima, alpha, min_mul_gain=min_gain)
         result.seconds = seconds
-        return fewer, result
+        return fewer, result, (names | self.float_names, {**shapes, **self.shapes})
 
-    def use_prepared(self, model: onnx.ModelProto) -> None:
-        """Build from ``model`` from now on: a variant of the prepared graph whose tensors calibration has observed."""
+    def use_prepared(self, model: onnx.ModelProto, tensors: tuple[set[str], dict] | None = None) -> None:
+        """Build from ``model`` from now on: a variant of the prepared graph whose tensors calibration has observed
+        (``tensors``: its float tensor names and shapes, where already known)."""
         self.prepared = model
-        self.float_names, self.shapes = float_tensors_and_shapes(self.prepared)
+        self.float_names, self.shapes = tensors or float_tensors_and_shapes(self.prepared)
         self.scopes = BodyScopes(self.prepared)
 
     @property
@@ -912,11 +914,11 @@ def _fewer_smoothing_muls(run: QuantRun, config: QuantConfig, report: QuantRepor
     budget, it must put this one's there too (the Muls are cheap insurance against a pass at the budget's edge). The
     divisions folded into a normalization cost nothing and stay in every graph.
     """
-    smoothed = run.prepared
+    smoothed, tensors = run.prepared, (run.float_names, run.shapes)
     firm = not budget_uncertain(smoothed_comparisons, config, run)
     for min_gain in run.fewer_smoothing_muls:
-        fewer, fewer_result = run.with_fewer_smoothing_muls(min_gain)
-        run.use_prepared(fewer)
+        fewer, fewer_result, fewer_tensors = run.with_fewer_smoothing_muls(min_gain)
+        run.use_prepared(fewer, fewer_tensors)
         plan, quantized = run.build(config)
         comparisons = fidelity(run.reference, quantized, run.eval_batches)
         if not worst_score(comparisons, config.accuracy_metric) >= config.accuracy_budget:  # NaN misses the budget
@@ -928,7 +930,7 @@ def _fewer_smoothing_muls(run: QuantRun, config: QuantConfig, report: QuantRepor
         run.prepare_results[:] = [step for step in steps if step.modified or step.declined]
         report.prepare = run.prepare_results
         return plan, quantized, comparisons
-    run.use_prepared(smoothed)
+    run.use_prepared(smoothed, tensors)
     return None
 
 
