@@ -5,6 +5,8 @@
         dynamo:efficientnet_b0 dynamo:regnet_y_400mf dynamo:swin_t legacy:swin_t bert wav2vec2 vit t5 detr dynamo:llama dynamo:gpt2 \
         yolov8n yolo11n \
         timm:mobilevitv2_050 timm:levit_128s timm:efficientformerv2_s0 timm:repvit_m0_9 timm:fastvit_t8 timm:edgenext_xx_small
+    python benchmarks/unseen_exports.py --models timm:ghostnetv2_100 timm:mixnet_s timm:beit_base_patch16_224 timm:poolformer_s12 \
+        timm:efficientvit_b0 timm:mobileone_s0 timm:xcit_nano_12_p16_224 timm:hgnetv2_b0 timm:coat_lite_tiny timm:starnet_s1
 
 Random weights (BatchNorm statistics from a few training-mode passes, so outputs are not constant) and
 ``--data random``: these rows prove graph coverage and show latency, never task accuracy. Each model
