@@ -327,7 +327,7 @@ class QuantRun:
     def observe(self, plan: QuantPlan) -> None:
         """Calibrate: one pass over the calibration batches, observing the plan's tensors not yet observed."""
         start = time.perf_counter()
-        needed = plan.observed_tensors() | (self.smoothing_mul_inputs & self.float_names if self.fewer_smoothing_muls else set())
+        needed = plan.observed_tensors() | (self.smoothing_mul_inputs & self.float_names)
         histogram = self.config.method != "minmax"
         self.stats, seen = calibrate(
             self.prepared, needed, self.calib_source, histogram=histogram, bins=self.config.histogram_bins,

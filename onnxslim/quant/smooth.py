@@ -161,7 +161,7 @@ def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]
     ``alpha``: SmoothQuant's migration strength, or OUTLIERS (see the module docstring). The division is folded into
     the normalization that produces the input when only these readers read it (a pre-norm transformer's LayerNorm:
     free); otherwise it is a Mul before the readers, or, where that narrows the input's range less than ``min_mul_gain``
-    times (its largest channel scale; ``math.inf``: every Mul), the input is left as it is (declined).
+    times (its largest channel scale; ``math.inf``: no Mul at all), the input is left as it is (declined).
     """
     result = PassResult("smooth-activations")
     graph = model.graph
