@@ -104,6 +104,37 @@ def model_label(model: ModelLike) -> str:
     return IN_MEMORY if isinstance(model, onnx.ModelProto) else str(model)
 
 
+def copy_fields(target, source, skip: set[str] | frozenset[str] = frozenset()) -> None:
+    """Copy every field of the protobuf message ``source`` into the empty ``target`` but those named in ``skip``."""
+    for field, value in source.ListFields():
+        if field.name in skip:
+            continue
+        if _repeated(field):
+            getattr(target, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def _repeated(field) -> bool:
+    repeated = getattr(field, "is_repeated", None)  # protobuf 6 and later; ``label`` before
+    return repeated if repeated is not None else field.label == field.LABEL_REPEATED
+
+
+def copy_leaving_out(model: onnx.ModelProto, initializers: set[str] | frozenset[str]) -> onnx.ModelProto:
+    """A copy of ``model`` without the main graph's initializers named in ``initializers``.
+
+    For a pass that replaces those weights: copying a model's float weights only to drop them costs more than the pass.
+    """
+    copy = onnx.ModelProto()
+    copy_fields(copy, model, skip={"graph"})
+    if model.HasField("graph"):
+        copy_fields(copy.graph, model.graph, skip={"initializer"})
+        copy.graph.initializer.extend(t for t in model.graph.initializer if t.name not in initializers)
+    return copy
+
+
 def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool | None = None, unique_names: bool = True) -> onnx.ModelProto:
     """Load a model from a path, or return a copy of a ``ModelProto``.
 

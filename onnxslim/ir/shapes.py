@@ -11,19 +11,44 @@ from collections.abc import Mapping
 import onnx
 from onnx import external_data_helper, shape_inference
 
+from onnxslim.ir.io import copy_fields
+from onnxslim.ir.tensors import nominal_bytes
+
+
+LARGE_VALUE_BYTES = 4096  # a tensor holding more bytes than this is left out of the copy shape inference reads
+
 
 def without_large_values(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy without the bytes of large tensors: enough for shape inference, small enough to serialize."""
+    """A copy without the bytes of large tensors: enough for shape inference, small enough to serialize.
+
+    The main graph's large initializers are never copied (copying a model's weights costs more than the inference).
+    """
     copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for tensor in external_data_helper._get_all_tensors(copy):
-        if external_data_helper.uses_external_data(tensor) or (tensor.HasField("raw_data") and len(tensor.raw_data) > 4096):
+    copy_fields(copy, model, skip={"graph"})
+    if model.HasField("graph"):
+        copy_fields(copy.graph, model.graph, skip={"initializer"})
+        for tensor in model.graph.initializer:
+            kept = copy.graph.initializer.add()
+            if _large(tensor):  # its name, type and dims: its fields without reading its bytes (reading one copies it)
+                kept.name, kept.data_type = tensor.name, tensor.data_type
+                kept.dims.extend(tensor.dims)
+                if tensor.HasField("doc_string"):
+                    kept.doc_string = tensor.doc_string
+                kept.raw_data = b""
+            else:
+                kept.CopyFrom(tensor)
+    for tensor in external_data_helper._get_all_tensors(copy):  # Constant values and subgraphs' initializers
+        if _large(tensor):
             # Shape inference needs only the dims of a big weight; values matter only for small shape tensors.
             tensor.ClearField("raw_data")
             tensor.ClearField("external_data")
             tensor.data_location = onnx.TensorProto.DEFAULT
             tensor.raw_data = b""
     return copy
+
+
+def _large(tensor: onnx.TensorProto) -> bool:
+    return external_data_helper.uses_external_data(tensor) or (tensor.HasField("raw_data") and nominal_bytes(tensor) > LARGE_VALUE_BYTES)
 
 
 def with_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:

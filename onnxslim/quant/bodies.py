@@ -92,13 +92,14 @@ def insert_qdq_everywhere(model: onnx.ModelProto, plan: QuantPlan, params: dict,
     ``params``: scale and zero point by scoped key. New names never repeat a name used anywhere in the model,
     so nothing inside a body shadows a tensor of an enclosing scope.
     """
+    by_depth = sorted((b for b in scopes.bodies if b.path in plan.bodies), key=lambda b: -b.depth)
+    by_depth = [b for b in by_depth if plan.bodies[b.path].activations or plan.bodies[b.path].weights]
+    if not by_depth:
+        return insert_qdq(model, plan, in_scope(params, ""))  # which works on a copy of its own
     work = onnx.ModelProto()
     work.CopyFrom(model)
-    by_depth = sorted((b for b in scopes.bodies if b.path in plan.bodies), key=lambda b: -b.depth)
     for body in by_depth:
         body_plan = plan.bodies[body.path]
-        if not (body_plan.activations or body_plan.weights):
-            continue
         reserved = all_value_names(work.graph) | {n.name for n in all_nodes(work.graph)}
         view = body_view(work, body, scopes.types.get(body.path))
         rewritten = insert_qdq(view.model, body_plan, in_scope(params, body.path), reserved=reserved)

@@ -15,7 +15,9 @@ import onnx
 from onnx import helper
 
 from onnxslim.ir.graph import topological_sort
-from onnxslim.ir.mapped import ArrayStore
+from onnxslim.ir.io import copy_leaving_out
+from onnxslim.ir.mapped import ArrayStore, has_mapped
+from onnxslim.ir.scopes import all_nodes
 from onnxslim.ir.tensors import all_value_names, initializer_map, to_array, unique_name
 from onnxslim.passes.cleanup import remove_dead_nodes
 from onnxslim.quant.decisions import QuantPlan
@@ -26,12 +28,13 @@ class _Emitter:
     """Builds the QDQ graph: new initializers and nodes with unique names, then the rewired copy of the float graph."""
 
     def __init__(self, model: onnx.ModelProto, plan: QuantPlan, reserved: frozenset[str] | set[str] = frozenset()):
-        self.model = onnx.ModelProto()
-        self.model.CopyFrom(model)
+        # the float weights INT8 codes replace are read from ``model``, not copied (on disk when mapped: copied as they are)
+        self.left_out = {} if has_mapped(model) else {t.name: t for t in model.graph.initializer if t.name in plan.weights}
+        self.model = copy_leaving_out(model, set(self.left_out))
         self.graph = self.model.graph
         self.plan = plan
-        self.taken = all_value_names(self.graph) | {n.name for n in self.graph.node} | set(reserved)
-        self.inits = initializer_map(self.graph)
+        self.taken = all_value_names(model.graph) | {n.name for n in model.graph.node} | set(reserved)
+        self.inits = {**initializer_map(self.graph), **self.left_out}
         self.new_nodes: list[onnx.NodeProto] = []
         self.weight_scales: dict[str, np.ndarray] = {}
         self.store = ArrayStore(self.model)
@@ -225,6 +228,8 @@ class _Emitter:
 
     def finish(self) -> onnx.ModelProto:
         self.graph.node.extend(self.new_nodes)
+        read = {name for node in all_nodes(self.graph) for name in node.input} | {v.name for v in self.graph.output}
+        self.graph.initializer.extend(tensor for name, tensor in self.left_out.items() if name in read)  # a weight float layers still read
         topological_sort(self.graph)
         remove_dead_nodes(self.model)
         return self.model
