@@ -128,3 +128,35 @@ def test_external_data_file_missing(tmp_path):
     (tmp_path / "model.onnx.data").unlink()
     with pytest.raises(ModelLoadError, match="missing"):
         load_model(tmp_path / "model.onnx")
+
+
+def test_sizes_and_copies_that_leave_weights_alone_agree_with_protobuf():
+    from onnx import TensorProto, helper
+
+    from onnxslim.ir.io import copy_leaving_out, model_weight_bytes, serialized_bytes
+    from onnxslim.ir.shapes import without_large_values
+
+    rng = np.random.default_rng(0)
+    big = numpy_helper.from_array(rng.standard_normal((300, 200)).astype(np.float32), "big")
+    big.doc_string = "a weight with a note"
+    big.data_location = TensorProto.DEFAULT
+    half = numpy_helper.from_array(rng.standard_normal((256, 256)).astype(np.float16), "half")
+    packed = helper.make_tensor("packed", TensorProto.INT4, [301, 300], rng.integers(-8, 8, 301 * 300).tolist())
+    packed = numpy_helper.from_array(numpy_helper.to_array(packed), "packed")  # raw data, two values a byte
+    small = numpy_helper.from_array(np.arange(6, dtype=np.int64), "small")
+    nodes = [helper.make_node("MatMul", ["x", "big"], ["y"], name="mm"), helper.make_node("Shape", ["y"], ["s"], name="shape")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 300])],
+                              [helper.make_tensor_value_info("s", TensorProto.INT64, [2])], initializer=[big, half, packed, small])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], doc_string="sized")
+    model.metadata_props.add(key="k", value="v")
+
+    assert serialized_bytes(model) == model.ByteSize()
+    assert model_weight_bytes(model) == sum(len(t.raw_data) for t in model.graph.initializer)
+    stripped = without_large_values(model)
+    assert [t.name for t in stripped.graph.initializer] == ["big", "half", "packed", "small"]
+    assert [list(t.dims) for t in stripped.graph.initializer] == [list(t.dims) for t in model.graph.initializer]
+    assert stripped.graph.initializer[3].raw_data == small.raw_data and not stripped.graph.initializer[0].raw_data
+    left = copy_leaving_out(model, {"big", "packed"})
+    assert [t.name for t in left.graph.initializer] == ["half", "small"]
+    assert left.graph.node == model.graph.node and left.metadata_props == model.metadata_props and left.doc_string == "sized"
+    assert len(model.graph.initializer) == 4  # the source is left as it was

@@ -54,7 +54,7 @@ def model_weight_bytes(model: onnx.ModelProto) -> int:
             info = external_data_helper.ExternalDataInfo(tensor)
             total += int(info.length) if info.length else nominal_bytes(tensor)
         elif tensor.HasField("raw_data"):
-            total += len(tensor.raw_data)
+            total += nominal_bytes(tensor)
         else:
             total += tensor.ByteSize()
     return total
@@ -65,7 +65,52 @@ def model_file_bytes(model: onnx.ModelProto) -> int:
     external = sum(
         int(external_data_helper.ExternalDataInfo(t).length or nominal_bytes(t)) for t in _tensors_of(model) if external_data_helper.uses_external_data(t)
     )
-    return model.ByteSize() + external
+    return serialized_bytes(model) + external
+
+
+SIZED_APART_BYTES = 1 << 16  # initializers whose raw data is at least this large are sized from their dims
+
+
+def serialized_bytes(model: onnx.ModelProto) -> int:
+    """``model.ByteSize()``, without serializing the raw data of its large initializers (protobuf sizes a message by
+    serializing it, and reading a bytes field copies it): their fields but the data are sized, the data from their dims."""
+    large = [t for t in model.graph.initializer if t.HasField("raw_data") and nominal_bytes(t) >= SIZED_APART_BYTES]
+    if not large:
+        return model.ByteSize()
+    apart = {id(t) for t in large}
+    graph = onnx.GraphProto()
+    copy_fields(graph, model.graph, skip={"initializer"})
+    graph_bytes = graph.ByteSize()
+    for tensor in model.graph.initializer:
+        if id(tensor) in apart:
+            stub = onnx.TensorProto()
+            for field in tensor.DESCRIPTOR.fields:  # every field but the data, read without touching it
+                if field.name == "raw_data":
+                    continue
+                if _repeated(field):
+                    getattr(stub, field.name).extend(getattr(tensor, field.name))
+                elif tensor.HasField(field.name):
+                    if field.type == field.TYPE_MESSAGE:
+                        getattr(stub, field.name).CopyFrom(getattr(tensor, field.name))
+                    else:
+                        setattr(stub, field.name, getattr(tensor, field.name))
+            data = nominal_bytes(tensor)  # what a valid tensor's raw data holds
+            size = stub.ByteSize() + _field_bytes(data)
+        else:
+            size = tensor.ByteSize()
+        graph_bytes += _field_bytes(size)
+    rest = onnx.ModelProto()
+    copy_fields(rest, model, skip={"graph"})
+    return rest.ByteSize() + _field_bytes(graph_bytes)
+
+
+def _field_bytes(length: int) -> int:
+    """A length-delimited field of ``length`` bytes with a one-byte tag (field numbers under 16), as serialized."""
+    return 1 + _varint_bytes(length) + length
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 def _check_external_locations(model: onnx.ModelProto, base_dir: Path, model_path: Path) -> None:

@@ -131,8 +131,14 @@ def tensor_elements(tensor: onnx.TensorProto) -> int:
     return count
 
 
+PACKED_4BIT = frozenset(getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, name))
+
+
 def nominal_bytes(tensor: onnx.TensorProto) -> int:
-    """Size implied by a tensor's dims and type (external data written without a length)."""
+    """Size implied by a tensor's dims and type: what its raw data holds (4-bit types two to a byte), or external data
+    written without a length. Reading ``raw_data`` itself to measure it copies its bytes."""
+    if tensor.data_type in PACKED_4BIT:
+        return (tensor_elements(tensor) + 1) // 2
     try:
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     except (KeyError, TypeError, ValueError):

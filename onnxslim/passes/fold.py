@@ -24,7 +24,7 @@ from onnx import helper
 from onnxslim.errors import first_line
 from onnxslim.ir.external import without_initializers
 from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, model_weight_bytes
-from onnxslim.ir.tensors import is_mapped
+from onnxslim.ir.tensors import is_mapped, nominal_bytes
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.runtime.folding import fold_with_onnxruntime
 
@@ -45,7 +45,7 @@ def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20)
     if model_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD // 2:
         # graphsurgeon would copy every weight; big ones take part as runtime values instead, so
         # shape arithmetic still folds while whatever reads a big weight stays as it is
-        hidden += [t for t in model.graph.initializer if not is_mapped(t) and t.HasField("raw_data") and len(t.raw_data) >= HIDE_BYTES]
+        hidden += [t for t in model.graph.initializer if not is_mapped(t) and t.HasField("raw_data") and nominal_bytes(t) >= HIDE_BYTES]
     work = _without(model, hidden)
     before = Counter(node.op_type for node in model.graph.node)
     size_before = model_weight_bytes(work)
