@@ -11,7 +11,8 @@ from models.builders import outlier_inputs, outlier_mlp, transformer_block
 from onnxslim import QuantConfig, quantize
 from onnxslim.cli import main
 from onnxslim.errors import UsageError
-from onnxslim.quant.smooth import OUTLIER_GAIN, OUTLIER_RANK, SCALE_LIMIT, channel_maxima, channel_scales, outlier_scales, smooth_inputs, smoothable
+from onnxslim.quant.calibrate import channel_maxima
+from onnxslim.quant.smooth import OUTLIER_GAIN, OUTLIER_RANK, SCALE_LIMIT, channel_scales, outlier_scales, smooth_inputs, smoothable
 from tests.conftest import run_model
 
 
@@ -94,7 +95,14 @@ def test_the_budget_leaves_out_smoothing_muls_it_does_not_need(monkeypatch):
 
     passes = []
     calibrate = pipeline.calibrate
-    monkeypatch.setattr(pipeline, "calibrate", lambda *a, **k: passes.append(1) or calibrate(*a, **k))
+
+
+    def counted(*args, **kwargs):  # the passes after the one that finds the outlier channels (which smoothing then makes stale)
+        if not kwargs.get("channel_maxima"):
+            passes.append(1)
+        return calibrate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "calibrate", counted)
     # a mild outlier channel: worth a Mul by itself (the range narrows several times), not needed for 0.99
     model, data = outlier_mlp(), outlier_inputs(30, scale=6.0)
     smoothed, unbudgeted = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
@@ -249,3 +257,49 @@ def test_the_budget_keeps_only_the_strongest_smoothing_muls_when_that_is_enough(
     # every Mul without a budget
     everything, _ = quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=None))
     assert {n.input[0] for n in everything.graph.node if n.op_type == "Mul"} == {"a", "b"}
+
+
+@pytest.mark.parametrize("count", [10, 20, 45])  # the data ends before, just after and well after the outlier pass's batches
+@pytest.mark.parametrize("method", ["percentile", "moving-minmax"])
+def test_a_graph_smoothing_leaves_alone_is_calibrated_as_without_smoothing(count, method, monkeypatch):
+    import onnxslim.quant.pipeline as pipeline
+
+    passes = []
+    calibrate = pipeline.calibrate
+
+
+    def counted(*args, **kwargs):  # the batches each pass ran
+        stats, seen = calibrate(*args, **kwargs)
+        passes.append(seen)
+        return stats, seen
+
+    monkeypatch.setattr(pipeline, "calibrate", counted)
+    model, data = outlier_mlp(), outlier_inputs(count, scale=1.0)  # no outlier channel: nothing to smooth
+    config = QuantConfig(latency_runs=0, accuracy_budget=None, method=method, eval_fraction=0.0)
+    plain, plain_report = quantize(model, data, config=QuantConfig(**{**config.__dict__, "smooth": None}))
+    passes.clear()
+    smoothed, report = quantize(model, data, config=config)
+    assert not [p for p in report.prepare if p.name == "smooth-activations"]
+    # the outlier pass was the first part of the calibration: the same statistics, the same bytes, no batch run twice
+    assert smoothed.SerializeToString() == plain.SerializeToString()
+    assert report.calibration.batches == plain_report.calibration.batches == count
+    assert sum(passes) == count
+
+
+def test_tensors_the_outlier_pass_did_not_observe_are_calibrated_on_every_batch():
+    from onnxslim.quant.pipeline import QuantRun
+
+    model, data = outlier_mlp(), outlier_inputs(40, scale=1.0)
+    config = QuantConfig(latency_runs=0, accuracy_budget=None, eval_fraction=0.0)
+    plain = QuantRun(model, data, QuantConfig(**{**config.__dict__, "smooth": None}), None, None, False)
+    plain_plan = plain.plan(config)
+    run = QuantRun(model, data, config, None, None, False)
+    head = run._calibration_head[0]
+    missed = sorted(head)[0]
+    del head[missed]  # as if a later plan asked for a tensor the first pass did not observe
+    plan = run.plan(config)
+    assert run.calibration_batches == 40 and run._calibration_head is None
+    assert set(run.stats) >= plan.observed_tensors() and missed in run.stats
+    for tensor in plain_plan.observed_tensors():
+        np.testing.assert_array_equal(run.stats[tensor].histogram.counts, plain.stats[tensor].histogram.counts)
+        assert run.stats[tensor].minmax == plain.stats[tensor].minmax

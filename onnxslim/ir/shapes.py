@@ -14,7 +14,6 @@ from onnx import external_data_helper, shape_inference
 from onnxslim.ir.io import copy_fields
 from onnxslim.ir.tensors import nominal_bytes
 
-
 LARGE_VALUE_BYTES = 4096  # a tensor holding more bytes than this is left out of the copy shape inference reads
 
 

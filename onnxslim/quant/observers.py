@@ -176,6 +176,24 @@ class HistogramObserver:
         return (self.first + np.arange(self.bins) + 0.5) * self.width
 
 
+class ChannelMaxima:
+    """The largest magnitude of each channel (the last axis) seen so far."""
+
+    def __init__(self):
+        self.maxima: np.ndarray | None = None
+
+    def update(self, array: np.ndarray) -> bool:
+        """Fold in ``array``; False when it holds NaN or Inf."""
+        value = np.asarray(array, np.float32)
+        if not np.isfinite(value).all():
+            return False
+        if value.size == 0:
+            return True
+        flat = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+        self.maxima = flat if self.maxima is None else np.maximum(self.maxima, flat)
+        return True
+
+
 @dataclass
 class TensorStats:
     """What calibration keeps per tensor."""

@@ -52,7 +52,7 @@ from onnxslim.quant.bodies import (
     uncalibrated_bodies,
 )
 from onnxslim.quant.budget import SENSITIVITY_BATCHES, budget_shortfall, budget_uncertain
-from onnxslim.quant.calibrate import calibrate
+from onnxslim.quant.calibrate import calibrate, channel_maxima
 from onnxslim.quant.config import QuantConfig
 from onnxslim.quant.decisions import NodeDecision
 from onnxslim.quant.depthwise import float_depthwise_if_faster
@@ -60,13 +60,14 @@ from onnxslim.quant.fallback import faster_or_float
 from onnxslim.quant.half import quantize_half
 from onnxslim.quant.half_weights import store_weights_in_half
 from onnxslim.quant.isolation import float_copy, inputs_made_exact
+from onnxslim.quant.observers import ChannelMaxima
 from onnxslim.quant.params import FULL_LEVELS, REDUCED_LEVELS, activation_params
 from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats
 from onnxslim.quant.prepare import float_tensors_and_shapes, prepare
 from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.recurrent import find_recurrent, store_recurrent_in_int8
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
-from onnxslim.quant.smooth import MAXIMA_BATCHES, OUTLIER_BATCHES, OUTLIERS, STRONG_GAIN, channel_maxima, outlier_scales, smooth_inputs, smoothable
+from onnxslim.quant.smooth import MAXIMA_BATCHES, OUTLIER_BATCHES, OUTLIERS, STRONG_GAIN, outlier_scales, smooth_inputs, smoothable
 from onnxslim.quant.stored import store_weights_in_int8
 from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
@@ -190,6 +191,9 @@ class QuantRun:
         self.fewer_smoothing_muls: list[float] = []
         self.smoothing_mul_inputs: frozenset[str] = frozenset()
         self._unsmoothed: tuple | None = None  # the graph before smoothing, the channel maxima, alpha, and the seconds they took
+        # the statistics the smoothing pass gathered of the graph it left as it was: (stats, batches seen, whether they were
+        # all of them, seconds), taken up by the first calibration pass
+        self._calibration_head: tuple | None = None
         if config.smooth is not None and config.precision == "int8" and not config.weights_only and self.calib_source is not None:
             self._smooth(config.smooth)
 
@@ -211,13 +215,24 @@ class QuantRun:
         start = time.perf_counter()
         limit = MAXIMA_BATCHES if asked else OUTLIER_BATCHES
         total = limit if self.calib_source.total is None else min(self.calib_source.total, limit)
-        maxima = channel_maxima(self.prepared, list(groups), itertools.islice(self.calib_source, limit), provider=self.provider,
-                                total=total, show_progress=self.show_progress)
+        batches = itertools.islice(self.calib_source, limit)
+        if asked:  # smoothing will rewrite the graph: the calibration of this one would be thrown away
+            maxima = channel_maxima(self.prepared, list(groups), batches, provider=self.provider, total=total, show_progress=self.show_progress)
+        else:
+            # most graphs have no outliers to smooth: the same pass starts the calibration of this graph, which goes on from
+            # where it stopped when smoothing leaves the graph as it is (see observe)
+            observers = {tensor: ChannelMaxima() for tensor in groups}
+            planned = self.plan(self.config, calibrated=False).observed_tensors()
+            head, seen = calibrate(self.prepared, planned, batches, histogram=self.config.method != "minmax", bins=self.config.histogram_bins,
+                                   provider=self.provider, total=total, show_progress=self.show_progress, channel_maxima=observers)
+            maxima = {tensor: observer.maxima for tensor, observer in observers.items() if observer.maxima is not None}
         result = smooth_inputs(smoothed, groups, maxima, alpha)
         result.seconds = time.perf_counter() - start
         if asked or result.modified:
             self.prepare_results.append(result)
         if not result.modified:
+            if not asked:
+                self._calibration_head = (head, seen, seen < limit, result.seconds)
             return
         mul_inputs = {tensor for tensor, readers in groups.items() if readers[0].input[0] != tensor}
         if not asked and mul_inputs and self.config.accuracy_budget is not None:
@@ -325,14 +340,30 @@ class QuantRun:
         return calibration, held_out, f"{len(held_out)} held-out batch(es) of --data (1 in {period}, not used for calibration)"
 
     def observe(self, plan: QuantPlan) -> None:
-        """Calibrate: one pass over the calibration batches, observing the plan's tensors not yet observed."""
+        """Calibrate: one pass over the calibration batches, observing the plan's tensors not yet observed.
+
+        Where the smoothing pass observed this graph over the first batches (it smoothed nothing), the pass goes on
+        from there: its tensors see only the batches after those, any other tensor the first ones too.
+        """
         start = time.perf_counter()
         needed = plan.observed_tensors() | (self.smoothing_mul_inputs & self.float_names)
-        histogram = self.config.method != "minmax"
-        self.stats, seen = calibrate(
-            self.prepared, needed, self.calib_source, histogram=histogram, bins=self.config.histogram_bins,
-            provider=self.provider, total=self.calib_source.total, show_progress=self.show_progress, stats=self.stats,
-        )
+        options = {"histogram": self.config.method != "minmax", "bins": self.config.histogram_bins, "provider": self.provider,
+                   "show_progress": self.show_progress}
+        total = self.calib_source.total
+        if self._calibration_head is None:
+            self.stats, seen = calibrate(self.prepared, needed, self.calib_source, total=total, stats=self.stats, **options)
+        else:
+            head, seen, exhausted, seconds = self._calibration_head
+            self._calibration_head = None
+            self.calibration_seconds += seconds
+            self.stats.update({tensor: head[tensor] for tensor in needed if tensor in head and tensor not in self.stats})
+            calibrate(self.prepared, needed, itertools.islice(self.calib_source, seen), total=min(seen, total or seen), stats=self.stats, **options)
+            rest = iter(itertools.islice(self.calib_source, seen, None)) if not exhausted else iter(())
+            following = next(rest, None)  # the data may end where the first pass stopped
+            if following is not None:
+                _, after = calibrate(self.prepared, needed, itertools.chain([following], rest), total=None if total is None else max(total - seen, 1),
+                                     stats=self.stats, resume=needed, **options)
+                seen += after
         self.calibration_batches = max(self.calibration_batches, seen)
         self.calibration_seconds += time.perf_counter() - start
 

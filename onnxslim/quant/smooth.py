@@ -37,14 +37,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.errors import DataError
 from onnxslim.ir.graph import insert_before
-from onnxslim.ir.scopes import expose
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
-from onnxslim.progress import track
-from onnxslim.runtime.passes import PassRunner
 
 SCALE_LIMIT = 1e4  # a channel's scale is kept within [1 / limit, limit] of the tensor's typical one
 MAXIMA_BATCHES = 256  # the scales need each channel's rough size, not the extremes of a long calibration set
@@ -70,25 +66,6 @@ def smoothable(model: onnx.ModelProto, keep: Iterable[str] = ()) -> dict[str, li
             continue
         found.setdefault(node.input[0], []).append(node)
     return found
-
-
-def channel_maxima(model: onnx.ModelProto, tensors: list[str], batches, *, provider: str, total: int | None = None,
-                   show_progress: bool = False) -> dict[str, np.ndarray]:
-    """The largest magnitude of each channel (last axis) of ``tensors`` over ``batches`` ((label, feed) pairs)."""
-    inputs = {v.name for v in model.graph.input}
-    computed = [t for t in tensors if t not in inputs]
-    runner = PassRunner(expose(model, computed), provider, label="channel maxima model")
-    maxima: dict[str, np.ndarray] = {}
-    for label, feed, outputs in runner.run_many(track(batches, "channel maxima", total=total, enabled=show_progress), computed or None):
-        values = dict(zip(computed, outputs if computed else []))
-        values.update({t: feed[t] for t in tensors if t in inputs})
-        for name, value in values.items():
-            value = np.asarray(value, np.float32)
-            if not np.isfinite(value).all():
-                raise DataError(f"{label}: the float model produces NaN/Inf in '{name}' on this batch")
-            flat = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
-            maxima[name] = flat if name not in maxima else np.maximum(maxima[name], flat)
-    return maxima
 
 
 def channel_scales(input_maxima: np.ndarray, weight_maxima: np.ndarray, alpha: float) -> np.ndarray:
