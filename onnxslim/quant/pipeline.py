@@ -108,25 +108,6 @@ class _Calibration:
             yield item
 
 
-def _unchanged_by(rewritten: set[str], model: onnx.ModelProto, stats: dict) -> dict:
-    """The entries of ``stats`` for tensors of ``model`` that nothing in ``rewritten`` (nodes added or given new constants) or
-    after it computes: their values are as they were. None kept where the graph has If/Loop/Scan bodies (which read outer tensors)."""
-    if not rewritten:
-        return stats
-    if any(attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in model.graph.node for attribute in node.attribute):
-        return {}
-    readers = consumers_map(model.graph)
-    changed: set[str] = set()
-    pending = [node for node in model.graph.node if node.name in rewritten]
-    while pending:
-        node = pending.pop()
-        for output in node.output:
-            if output and output not in changed:
-                changed.add(output)
-                pending.extend(readers.get(output, []))
-    return {tensor: value for tensor, value in stats.items() if tensor not in changed}
-
-
 class QuantRun:
     """State of one quantization run: the prepared model, data splits, statistics."""
 
@@ -245,19 +226,13 @@ class QuantRun:
             head, seen = calibrate(self.prepared, planned, batches, histogram=self.config.method != "minmax", bins=self.config.histogram_bins,
                                    provider=self.provider, total=total, show_progress=self.show_progress, channel_maxima=observers)
             maxima = {tensor: observer.maxima for tensor, observer in observers.items() if observer.maxima is not None}
-        passed = time.perf_counter()
-        rewritten: set[str] = set()
-        result = smooth_inputs(smoothed, groups, maxima, alpha, rewritten=rewritten)
+        result = smooth_inputs(smoothed, groups, maxima, alpha)
         result.seconds = time.perf_counter() - start
-        if not asked:
-            # what smoothing did not change keeps the statistics of the first batches; the pass counts as calibration where
-            # smoothing changed nothing (where it did, it counts as smoothing, whatever it leaves for calibration)
-            self._calibration_head = (_unchanged_by(rewritten, smoothed, head), seen, seen < limit, 0.0 if result.modified else passed - start)
-            if not result.modified:
-                result.seconds -= passed - start
         if asked or result.modified:
             self.prepare_results.append(result)
         if not result.modified:
+            if not asked:
+                self._calibration_head = (head, seen, seen < limit, result.seconds)
             return
         mul_inputs = {tensor for tensor, readers in groups.items() if readers[0].input[0] != tensor}
         if not asked and mul_inputs and self.config.accuracy_budget is not None:

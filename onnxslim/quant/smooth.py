@@ -132,14 +132,13 @@ def _affine_before(index: GraphIndex, tensor: str, readers: list[onnx.NodeProto]
 
 
 def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]], maxima: dict[str, np.ndarray],
-                  alpha: float | str, *, min_mul_gain: float = 0.0, rewritten: set[str] | None = None) -> PassResult:
+                  alpha: float | str, *, min_mul_gain: float = 0.0) -> PassResult:
     """Divide each input in ``groups`` by its channel scales and scale the readers' weight rows.
 
     ``alpha``: SmoothQuant's migration strength, or OUTLIERS (see the module docstring). The division is folded into
     the normalization that produces the input when only these readers read it (a pre-norm transformer's LayerNorm:
     free); otherwise it is a Mul before the readers, or, where that narrows the input's range less than ``min_mul_gain``
     times (its largest channel scale; ``math.inf``: no Mul at all), the input is left as it is (declined).
-    ``rewritten``: where given, receives the names of the nodes added and of the nodes whose constants changed.
     """
     result = PassResult("smooth-activations")
     graph = model.graph
@@ -184,7 +183,4 @@ def smooth_inputs(model: onnx.ModelProto, groups: dict[str, list[onnx.NodeProto]
             if tensor.name in replaced:
                 tensor.CopyFrom(replaced[tensor.name])
         insert_before(graph, inserted)
-    if rewritten is not None:
-        rewritten.update(node.name for node in graph.node if any(name in replaced for name in node.input))
-        rewritten.update(node.name for node in inserted.values())
     return result
