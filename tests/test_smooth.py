@@ -303,3 +303,50 @@ def test_tensors_the_outlier_pass_did_not_observe_are_calibrated_on_every_batch(
     for tensor in plain_plan.observed_tensors():
         np.testing.assert_array_equal(run.stats[tensor].histogram.counts, plain.stats[tensor].histogram.counts)
         assert run.stats[tensor].minmax == plain.stats[tensor].minmax
+
+
+@pytest.mark.parametrize("builder", ["outlier_mlp", "transformer_block"])
+def test_statistics_after_smoothing_are_those_of_the_smoothed_graph(builder):
+    from onnxslim.quant.calibrate import calibrate
+    from onnxslim.quant.pipeline import QuantRun
+
+    if builder == "outlier_mlp":
+        model, data = outlier_mlp(), outlier_inputs(40)
+    else:
+        model = transformer_block()
+        rng = np.random.default_rng(3)
+        name = model.graph.input[0].name
+        shape = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
+        data = []
+        for _ in range(40):
+            x = rng.standard_normal(shape).astype(np.float32)
+            x[..., 3] *= 40.0  # an outlier channel in the residual stream
+            data.append({name: x})
+    config = QuantConfig(latency_runs=0, accuracy_budget=None, eval_fraction=0.0)
+    run = QuantRun(model, data, config, None, None, False)
+    assert any(p.name == "smooth-activations" and p.modified for p in run.prepare_results)
+    plan = run.plan(config)
+    again, seen = calibrate(run.prepared, plan.observed_tensors(), run.calib_source, histogram=True)
+    assert seen == run.calibration_batches == 40
+    for tensor in plan.observed_tensors():
+        np.testing.assert_array_equal(run.stats[tensor].histogram.counts, again[tensor].histogram.counts, err_msg=tensor)
+        assert run.stats[tensor].minmax == again[tensor].minmax, tensor
+
+
+def test_outliers_that_show_late_leave_the_first_pass_to_smoothing(monkeypatch):
+    import onnxslim.quant.pipeline as pipeline
+
+    observed = []
+    calibrate = pipeline.calibrate
+
+    def counted(*args, **kwargs):  # how many batches fed the planned tensors' statistics in the outlier pass
+        stats, seen = calibrate(*args, **kwargs)
+        if kwargs.get("channel_maxima"):
+            observed.append(max((s.minmax.batches for s in stats.values()), default=0))
+        return stats, seen
+
+    monkeypatch.setattr(pipeline, "calibrate", counted)
+    data = outlier_inputs(12, scale=1.0) + outlier_inputs(28, scale=3000.0, seed=1)  # the outlier channel shows at batch 13
+    run = pipeline.QuantRun(outlier_mlp(), data, QuantConfig(latency_runs=0, accuracy_budget=None, eval_fraction=0.0), None, None, False)
+    assert observed == [12] and run._calibration_head is None  # stopped there, and nothing of it kept
+    assert any(p.name == "smooth-activations" and p.modified for p in run.prepare_results)

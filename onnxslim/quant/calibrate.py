@@ -8,7 +8,7 @@ flat however many samples there are, and samples may differ in shape.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -33,12 +33,14 @@ def calibrate(
     stats: dict[str, TensorStats] | None = None,
     resume: Collection[str] = (),
     channel_maxima: Mapping[str, ChannelMaxima] | None = None,
+    observe_while: Callable[[], bool] | None = None,
 ) -> tuple[dict[str, TensorStats], int]:
     """Observe ``tensors`` over ``batches``; returns the statistics and the number of batches.
 
     ``stats``: statistics kept so far; its tensors are not observed again, but those in ``resume``, which saw
     the batches before ``batches`` of the same data and fold these in after them. ``channel_maxima``: observers of
-    each channel's largest magnitude, updated in the same pass.
+    each channel's largest magnitude, updated in the same pass. ``observe_while``: asked after the channel maxima take
+    in each batch; once it says no, ``tensors`` are no longer observed (their statistics are then incomplete).
     """
     stats = {} if stats is None else stats
     channel_maxima = channel_maxima or {}
@@ -55,11 +57,13 @@ def calibrate(
     for label, batch, outputs in runner.run_many(track(batches, "calibrating", total=total, enabled=show_progress), exposed or None):
         values = dict(zip(exposed, outputs if exposed else []))
         values.update({name: batch[name] for name in [*wanted, *channel_maxima] if name in inputs})
-        for name in wanted:
-            if not stats[name].update(values[name]):
-                raise DataError(f"{label}: the float model produces NaN/Inf in '{name}' on this batch")
         for name, observer in channel_maxima.items():
             if not observer.update(values[name]):
+                raise DataError(f"{label}: the float model produces NaN/Inf in '{name}' on this batch")
+        if observe_while is not None and wanted and not observe_while():
+            wanted = []
+        for name in wanted:
+            if not stats[name].update(values[name]):
                 raise DataError(f"{label}: the float model produces NaN/Inf in '{name}' on this batch")
         seen += 1
     if seen == 0:

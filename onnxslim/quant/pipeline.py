@@ -223,15 +223,24 @@ class QuantRun:
             # where it stopped when smoothing leaves the graph as it is (see observe)
             observers = {tensor: ChannelMaxima() for tensor in groups}
             planned = self.plan(self.config, calibrated=False).observed_tensors()
+
+            outliers_seen = []
+
+            def no_outliers_yet() -> bool:  # once one shows, smoothing will rewrite the graph: its statistics would be thrown away
+                if not outliers_seen and any(o.maxima is not None and outlier_scales(o.maxima) is not None for o in observers.values()):
+                    outliers_seen.append(True)
+                return not outliers_seen
+
             head, seen = calibrate(self.prepared, planned, batches, histogram=self.config.method != "minmax", bins=self.config.histogram_bins,
-                                   provider=self.provider, total=total, show_progress=self.show_progress, channel_maxima=observers)
+                                   provider=self.provider, total=total, show_progress=self.show_progress, channel_maxima=observers,
+                                   observe_while=no_outliers_yet)
             maxima = {tensor: observer.maxima for tensor, observer in observers.items() if observer.maxima is not None}
         result = smooth_inputs(smoothed, groups, maxima, alpha)
         result.seconds = time.perf_counter() - start
         if asked or result.modified:
             self.prepare_results.append(result)
         if not result.modified:
-            if not asked:
+            if not asked and not outliers_seen:  # the pass observed this graph on every batch it ran
                 self._calibration_head = (head, seen, seen < limit, result.seconds)
             return
         mul_inputs = {tensor for tensor, readers in groups.items() if readers[0].input[0] != tensor}
