@@ -206,8 +206,7 @@ class QuantRun:
         if has_mapped(self.original):
             self.warnings.append(f"--smooth {alpha} skipped: the model's weights stay on disk (external data over 2 GB), and smoothing rewrites them")
             return
-        smoothed = load_model(self.prepared)
-        groups = smoothable(smoothed, keep=self.config.exclude_nodes)
+        groups = smoothable(self.prepared, keep=self.config.exclude_nodes)
         if not groups:
             if asked:
                 self.warnings.append("--smooth found no MatMul with a constant weight of its own to smooth")
@@ -235,12 +234,18 @@ class QuantRun:
                                    provider=self.provider, total=total, show_progress=self.show_progress, channel_maxima=observers,
                                    observe_while=no_outliers_yet)
             maxima = {tensor: observer.maxima for tensor, observer in observers.items() if observer.maxima is not None}
+            if not any(outlier_scales(channels) is not None for channels in maxima.values()):
+                if not outliers_seen:  # the pass observed this graph on every batch it ran
+                    self._calibration_head = (head, seen, seen < limit, time.perf_counter() - start)
+                return  # nothing to smooth: the graph stays as it is, uncopied
+        smoothed = load_model(self.prepared)
+        groups = smoothable(smoothed, keep=self.config.exclude_nodes)  # the copy's nodes, which smoothing rewires
         result = smooth_inputs(smoothed, groups, maxima, alpha)
         result.seconds = time.perf_counter() - start
         if asked or result.modified:
             self.prepare_results.append(result)
         if not result.modified:
-            if not asked and not outliers_seen:  # the pass observed this graph on every batch it ran
+            if not asked and not outliers_seen:
                 self._calibration_head = (head, seen, seen < limit, result.seconds)
             return
         mul_inputs = {tensor for tensor, readers in groups.items() if readers[0].input[0] != tensor}
