@@ -34,6 +34,7 @@ def calibrate(
     resume: Collection[str] = (),
     channel_maxima: Mapping[str, ChannelMaxima] | None = None,
     observe_while: Callable[[], bool] | None = None,
+    description: str = "calibrating",
 ) -> tuple[dict[str, TensorStats], int]:
     """Observe ``tensors`` over ``batches``; returns the statistics and the number of batches.
 
@@ -54,7 +55,7 @@ def calibrate(
             stats[name] = TensorStats(MinMaxObserver(), HistogramObserver(bins) if histogram else None)
     runner = PassRunner(expose(model, exposed), provider, label="calibration model")
     seen = 0
-    for label, batch, outputs in runner.run_many(track(batches, "calibrating", total=total, enabled=show_progress), exposed or None):
+    for label, batch, outputs in runner.run_many(track(batches, description, total=total, enabled=show_progress), exposed or None):
         values = dict(zip(exposed, outputs if exposed else []))
         values.update({name: batch[name] for name in [*wanted, *channel_maxima] if name in inputs})
         for name, observer in channel_maxima.items():
@@ -75,5 +76,6 @@ def channel_maxima(model: onnx.ModelProto, tensors: Iterable[str], batches: Iter
                    total: int | None = None, show_progress: bool = False) -> dict[str, np.ndarray]:
     """The largest magnitude of each channel (last axis) of ``tensors`` over ``batches`` ((label, feed) pairs)."""
     observers = {name: ChannelMaxima() for name in tensors}
-    calibrate(model, (), batches, histogram=False, provider=provider, total=total, show_progress=show_progress, channel_maxima=observers)
+    calibrate(model, (), batches, histogram=False, provider=provider, total=total, show_progress=show_progress, channel_maxima=observers,
+              description="channel maxima")
     return {name: observer.maxima for name, observer in observers.items() if observer.maxima is not None}

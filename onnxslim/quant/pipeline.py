@@ -232,7 +232,7 @@ class QuantRun:
 
             head, seen = calibrate(self.prepared, planned, batches, histogram=self.config.method != "minmax", bins=self.config.histogram_bins,
                                    provider=self.provider, total=total, show_progress=self.show_progress, channel_maxima=observers,
-                                   observe_while=no_outliers_yet)
+                                   observe_while=no_outliers_yet, description="calibrating, looking for outlier channels")
             maxima = {tensor: observer.maxima for tensor, observer in observers.items() if observer.maxima is not None}
             if not any(outlier_scales(channels) is not None for channels in maxima.values()):
                 if not outliers_seen:  # the pass observed this graph on every batch it ran
@@ -371,12 +371,13 @@ class QuantRun:
             self._calibration_head = None
             self.calibration_seconds += seconds
             self.stats.update({tensor: head[tensor] for tensor in needed if tensor in head and tensor not in self.stats})
-            calibrate(self.prepared, needed, itertools.islice(self.calib_source, seen), total=min(seen, total or seen), stats=self.stats, **options)
+            calibrate(self.prepared, needed, itertools.islice(self.calib_source, seen), total=min(seen, total or seen), stats=self.stats,
+                      description=f"calibrating more tensors on the first {seen} batches", **options)
             rest = iter(itertools.islice(self.calib_source, seen, None)) if not exhausted else iter(())
             following = next(rest, None)  # the data may end where the first pass stopped
             if following is not None:
                 _, after = calibrate(self.prepared, needed, itertools.chain([following], rest), total=None if total is None else max(total - seen, 1),
-                                     stats=self.stats, resume=needed, **options)
+                                     stats=self.stats, resume=needed, description=f"calibrating the batches after the first {seen}", **options)
                 seen += after
         self.calibration_batches = max(self.calibration_batches, seen)
         self.calibration_seconds += time.perf_counter() - start
