@@ -92,6 +92,29 @@ def test_identity_and_dead_nodes_removed_and_subgraph_reference_kept():
     np.testing.assert_array_equal(run_model(model, feed)[0], run_model(work, feed)[0])
 
 
+def test_chained_identities_are_read_from_the_first_input_in_branches_too():
+    b = GraphBuilder(5)
+    x = b.node("Relu", ["input"])
+    first = b.node("Identity", [x])
+    second = b.node("Identity", [first])
+    then_out = helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [2, 3])
+    then_graph = helper.make_graph([helper.make_node("Neg", [second], ["then_out"])], "then", [], [then_out])
+    else_out = helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [2, 3])
+    else_graph = helper.make_graph([helper.make_node("Abs", [second], ["else_out"])], "else", [], [else_out])
+    y = b.node("If", [b.const(np.array(True), "cond")], then_branch=then_graph, else_branch=else_graph)
+    z = b.node("Add", [y, second])
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 3])], [helper.make_tensor_value_info(z, TensorProto.FLOAT, [2, 3])], "chain")
+    work = load_model(model)
+    result = remove_identities(work)
+    assert result.changes == ["removed 2 Identity/Dropout node(s)"]
+    relu = work.graph.node[0].output[0]
+    assert [n.op_type for n in work.graph.node] == ["Relu", "If", "Add"] and work.graph.node[2].input[1] == relu
+    assert [g.g.node[0].input[0] for g in work.graph.node[1].attribute] == [relu, relu]
+    onnx.checker.check_model(work, full_check=True)
+    feed = {"input": np.array([[-1.0, 2.0, 3.0], [4.0, -5.0, 6.0]], np.float32)}
+    np.testing.assert_array_equal(run_model(model, feed)[0], run_model(work, feed)[0])
+
+
 def test_identity_feeding_graph_output_is_kept_with_reason():
     b = GraphBuilder(6)
     x = b.node("Relu", ["input"])

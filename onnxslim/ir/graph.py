@@ -203,3 +203,28 @@ def import_domain(model: onnx.ModelProto, domain: str, version: int = 1) -> None
     """Import operator ``domain`` at ``version`` unless ``model`` already imports it."""
     if not any(o.domain == domain for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(domain, version))
+
+
+def rename_reads(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    """Point every read of a renamed outer tensor at its new name, inside nested subgraphs too (a name a scope defines itself stops it)."""
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    active = {old: new for old, new in renames.items() if old not in defined}
+    if not active:
+        return
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in active:
+                node.input[index] = active[name]
+        for sub in subgraphs(node):
+            rename_reads(sub, active)
+    for output in graph.output:
+        if output.name in active:  # a branch handing back an outer initializer: it reads the copy
+            output.name = active[output.name]
+
+
+def rename_reads_everywhere(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    """Point the reads of tensors renamed in ``graph`` itself at their new names, in its nested subgraphs too."""
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        for sub in subgraphs(node):
+            rename_reads(sub, renames)

@@ -10,25 +10,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxslim.ir.graph import remove_initializers
+from onnxslim.ir.graph import remove_initializers, rename_reads_everywhere
 from onnxslim.ir.tensors import constant_names, initializer_map, outer_references, subgraphs, to_array
 from onnxslim.passes.base import DeclineCode, PassResult
-
-
-def _defines(graph: onnx.GraphProto, name: str) -> bool:
-    if any(v.name == name for v in graph.input) or any(t.name == name for t in graph.initializer):
-        return True
-    return any(name in node.output for node in graph.node)
-
-
-def _rename_reads(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            if name == old:
-                node.input[index] = new
-        for sub in subgraphs(node):
-            if not _defines(sub, old):  # a subgraph that shadows the name keeps its own
-                _rename_reads(sub, old, new)
 
 
 def _is_passthrough(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
@@ -53,7 +37,7 @@ def remove_identities(model: onnx.ModelProto) -> PassResult:
     result = PassResult("remove-identity")
     graph = model.graph
     outputs = {v.name for v in graph.output}
-    removed = 0
+    renames: dict[str, str] = {}
     kept: list[onnx.NodeProto] = []
     for node in graph.node:
         if not _is_passthrough(node, graph):
@@ -64,12 +48,17 @@ def remove_identities(model: onnx.ModelProto) -> PassResult:
             result.decline(node.name or target, DeclineCode.GRAPH_OUTPUT, "its output is a graph output, whose name must stay")
             kept.append(node)
             continue
-        _rename_reads(graph, target, source)
-        removed += 1
-    if removed:
+        renames[target] = source
+    if renames:
+        for old in renames:  # a chain of them reads the first one's input, in whatever order they come
+            seen = {old}
+            while renames[old] in renames and renames[old] not in seen:
+                seen.add(renames[old])
+                renames[old] = renames[renames[old]]
+        rename_reads_everywhere(graph, renames)
         del graph.node[:]
         graph.node.extend(kept)
-        result.change(f"removed {removed} Identity/Dropout node(s)")
+        result.change(f"removed {len(renames)} Identity/Dropout node(s)")
     return result
 
 

@@ -26,10 +26,11 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxslim.ir.graph import rename_reads, rename_reads_everywhere
 from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.ir.scopes import all_nodes
 from onnxslim.ir.shapes import shapes_and_types
-from onnxslim.ir.tensors import all_value_names, initializer_map, outer_references, subgraphs, unique_name
+from onnxslim.ir.tensors import all_value_names, initializer_map, outer_references, unique_name
 from onnxslim.runtime.probe import probe_runner
 
 BRANCHES = ("then_branch", "else_branch")
@@ -64,31 +65,6 @@ def branches_with_layers(model: onnx.ModelProto) -> list[Branch]:
     return found
 
 
-def _rename_reads(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
-    """Point every read of a renamed outer tensor at its new name, inside nested subgraphs too (a name a scope defines itself stops it)."""
-    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-    active = {old: new for old, new in renames.items() if old not in defined}
-    if not active:
-        return
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            if name in active:
-                node.input[index] = active[name]
-        for sub in subgraphs(node):
-            _rename_reads(sub, active)
-    for output in graph.output:
-        if output.name in active:  # a branch handing back an outer initializer: it reads the copy
-            output.name = active[output.name]
-
-
-def _rename_reads_everywhere(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
-    """Point the reads of tensors renamed in ``graph`` itself at their new names, in its nested subgraphs too."""
-    for node in graph.node:
-        node.input[:] = [renames.get(name, name) for name in node.input]
-        for sub in subgraphs(node):
-            _rename_reads(sub, renames)
-
-
 def branch_model(model: onnx.ModelProto, branch: Branch, shapes: dict, types: dict) -> tuple[onnx.ModelProto, list[str]]:
     """``branch`` as a model of its own, and the enclosing graph's tensors it reads (its inputs, in order).
 
@@ -100,7 +76,7 @@ def branch_model(model: onnx.ModelProto, branch: Branch, shapes: dict, types: di
     reads = sorted(outer_references(graph))
     taken = all_value_names(model.graph)
     renames = {name: unique_name(f"{name}__{branch.attribute}", taken) for name in reads if name in outer_inits}
-    _rename_reads(graph, renames)
+    rename_reads(graph, renames)
     for old, new in renames.items():
         copy = onnx.TensorProto()
         copy.CopyFrom(outer_inits[old])
@@ -150,7 +126,7 @@ def put_back(model: onnx.ModelProto, branch: Branch, pruned: onnx.ModelProto) ->
             tensor.name = clashes.get(tensor.name, tensor.name)
         for node in graph.node:
             node.output[:] = [clashes.get(o, o) for o in node.output]
-        _rename_reads_everywhere(graph, clashes)
+        rename_reads_everywhere(graph, clashes)
     graph.name = branch.graph.name
     for attr in branch.node.attribute:
         if attr.name == branch.attribute:
