@@ -59,6 +59,15 @@ def test_how_many_sessions_a_pass_runs():
     assert pass_workers(10 << 20, "CUDAExecutionProvider", cores=8) == 1
 
 
+def test_a_short_pass_opens_no_session_it_would_not_keep_busy():
+    model = conv_bn_relu()
+    assert PassRunner(model, cores=8).workers == MAX_WORKERS
+    assert PassRunner(model, cores=8, batches=3).workers == 1  # three batches: the first session runs them sooner than a second opens
+    assert PassRunner(model, cores=8, batches=9).workers == 2
+    assert PassRunner(model, cores=8, batches=100).workers == MAX_WORKERS
+    assert PassRunner(model, cores=8, batches=3, workers=3).workers == 3  # asked for
+
+
 def test_the_environment_caps_the_sessions(monkeypatch):
     monkeypatch.setenv("ONNXSLIM_PASS_WORKERS", "1")
     assert pass_workers(10 << 20, "CPUExecutionProvider", cores=8) == 1

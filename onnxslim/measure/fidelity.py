@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -94,7 +94,8 @@ def fidelity(
     only the rows of real tokens are compared: what a model computes at padding positions is read
     by nothing (a pooled embedding masks it out), so its error would only blur the score.
     """
-    runner = candidate if isinstance(candidate, (Runner, PassRunner)) else PassRunner(candidate, provider, label=label)
+    count = len(batches) if isinstance(batches, Sized) else None
+    runner = candidate if isinstance(candidate, (Runner, PassRunner)) else PassRunner(candidate, provider, label=label, batches=count)
     comparisons = [OutputComparison(name) for name in reference.output_names]
     for_reference, for_candidate = itertools.tee(batches)  # ``batches`` is read once
     expected = _outputs(reference, for_reference)

@@ -53,7 +53,7 @@ def calibrate(
     for name in wanted:
         if name not in stats:
             stats[name] = TensorStats(MinMaxObserver(), HistogramObserver(bins) if histogram else None)
-    runner = PassRunner(expose(model, exposed), provider, label="calibration model")
+    runner = PassRunner(expose(model, exposed), provider, label="calibration model", batches=total)
     seen = 0
     for label, batch, outputs in runner.run_many(track(batches, description, total=total, enabled=show_progress), exposed or None):
         values = dict(zip(exposed, outputs if exposed else []))

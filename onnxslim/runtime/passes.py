@@ -23,6 +23,7 @@ from onnxslim.runtime.session import ModelSource, Runner
 
 MAX_WORKERS = 4  # past this, sessions add memory faster than throughput
 WEIGHT_COPIES_BYTES = 2 << 30  # every session holds its own copy of the weights: at most this much in all
+BATCHES_PER_SESSION = 4  # a session opened for fewer batches than this costs more than it runs
 
 
 def available_cores() -> int:
@@ -66,14 +67,16 @@ class PassRunner:
     """
 
     def __init__(self, model: ModelSource, provider: str = "CPUExecutionProvider", *, optimization: str = "all", label: str = "model", prepack: bool = True,
-                 workers: int | None = None, like: Runner | None = None, cores: int | None = None):
+                 workers: int | None = None, like: Runner | None = None, cores: int | None = None, batches: int | None = None):
         """``like``: a runner of the same ``model`` whose serialized copy these sessions open (see :class:`Runner`);
-        ``cores``: the cores its sessions share (default: all this process may use)."""
+        ``cores``: the cores its sessions share (default: all this process may use); ``batches``: how many the pass will
+        run, where known (a session is opened for every BATCHES_PER_SESSION of them at most)."""
         cores = cores or available_cores()
-        planned = workers or pass_workers(0, provider, cores)  # sized before the model is serialized, checked after
+        most = max(1, batches // BATCHES_PER_SESSION) if batches is not None else MAX_WORKERS
+        planned = workers or min(pass_workers(0, provider, cores), most)  # sized before the model is serialized, checked after
         first = Runner(model, provider, threads=_share(cores, planned), optimization=optimization, label=label, prepack=prepack, like=like)
         if workers is None:
-            workers = pass_workers(first.source_bytes, provider, cores)
+            workers = min(pass_workers(first.source_bytes, provider, cores), most)
             if workers != planned:
                 first = Runner(model, provider, threads=_share(cores, workers), optimization=optimization, label=label, prepack=prepack, like=first)
         self._first = first
