@@ -245,8 +245,6 @@ class QuantRun:
         if asked or result.modified:
             self.prepare_results.append(result)
         if not result.modified:
-            if not asked and not outliers_seen:
-                self._calibration_head = (head, seen, seen < limit, result.seconds)
             return
         mul_inputs = {tensor for tensor, readers in groups.items() if readers[0].input[0] != tensor}
         if not asked and mul_inputs and self.config.accuracy_budget is not None:
@@ -370,14 +368,15 @@ class QuantRun:
             head, seen, exhausted, seconds = self._calibration_head
             self._calibration_head = None
             self.calibration_seconds += seconds
-            self.stats.update({tensor: head[tensor] for tensor in needed if tensor in head and tensor not in self.stats})
-            calibrate(self.prepared, needed, itertools.islice(self.calib_source, seen), total=min(seen, total or seen), stats=self.stats,
+            partial = needed - set(self.stats)  # to be observed on every batch: from the first pass where it saw them
+            self.stats.update({tensor: head[tensor] for tensor in partial if tensor in head})
+            calibrate(self.prepared, partial, itertools.islice(self.calib_source, seen), total=min(seen, total or seen), stats=self.stats,
                       description=f"calibrating more tensors on the first {seen} batches", **options)
             rest = iter(itertools.islice(self.calib_source, seen, None)) if not exhausted else iter(())
             following = next(rest, None)  # the data may end where the first pass stopped
             if following is not None:
-                _, after = calibrate(self.prepared, needed, itertools.chain([following], rest), total=None if total is None else max(total - seen, 1),
-                                     stats=self.stats, resume=needed, description=f"calibrating the batches after the first {seen}", **options)
+                _, after = calibrate(self.prepared, partial, itertools.chain([following], rest), total=None if total is None else max(total - seen, 1),
+                                     stats=self.stats, resume=partial, description=f"calibrating the batches after the first {seen}", **options)
                 seen += after
         self.calibration_batches = max(self.calibration_batches, seen)
         self.calibration_seconds += time.perf_counter() - start
