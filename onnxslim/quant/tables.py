@@ -155,7 +155,7 @@ def store_tables_in_int8(
             continue
         values, scales = _rows(weights, choice, rows_cache)
         if lookup == "contrib":
-            nodes[-1] = _block_quantized_lookup(model, node, choice, values, scales, taken)
+            nodes[-1] = _block_quantized_lookup(model, node, choice, _uint8_rows(weights, choice, rows_cache), scales, taken)
             rewritten.append(node.name)
             continue
         table_name = unique_name(f"{choice.table}_int8", taken)
@@ -194,11 +194,23 @@ def _rows(weights: dict, choice: TableChoice, rows_cache: dict | None) -> tuple[
     return values, scales
 
 
+def _uint8_rows(weights: dict, choice: TableChoice, rows_cache: dict | None) -> np.ndarray:
+    """``choice``'s INT8 rows as UINT8 around 128 (from ``rows_cache`` when made before)."""
+    key = (choice.table, tuple(weights[choice.table].dims), "uint8")
+    if rows_cache is not None and key in rows_cache:
+        return rows_cache[key]
+    values, _ = _rows(weights, choice, rows_cache)
+    codes = (values.astype(np.int16) + 128).astype(np.uint8)
+    if rows_cache is not None:
+        rows_cache[key] = codes
+    return codes
+
+
 def _block_quantized_lookup(model: onnx.ModelProto, node: onnx.NodeProto, choice: TableChoice, values: np.ndarray, scales: np.ndarray, taken: set[str]) -> onnx.NodeProto:
-    """One GatherBlockQuantized reading the INT8 rows as UINT8 around 128, one block (and scale) per row."""
+    """One GatherBlockQuantized reading ``values`` (the rows as UINT8 around 128), one block (and scale) per row."""
     codes, scale_name, zero_name = (unique_name(f"{choice.table}_{suffix}", taken) for suffix in ("uint8", "row_scale", "zero_point"))
     model.graph.initializer.extend([
-        from_array((values.astype(np.int16) + 128).astype(np.uint8), codes),
+        from_array(values, codes),
         from_array(scales.reshape(-1, 1), scale_name),
         from_array(np.full((values.shape[0], 1), 128, np.uint8), zero_name),
     ])
