@@ -68,6 +68,12 @@ def test_a_short_pass_opens_no_session_it_would_not_keep_busy():
     assert PassRunner(model, cores=8, batches=3, workers=3).workers == 3  # asked for
 
 
+def test_the_environment_can_ask_for_more_sessions_than_the_default(monkeypatch):
+    monkeypatch.setenv("ONNXSLIM_PASS_WORKERS", str(MAX_WORKERS + 2))
+    assert PassRunner(conv_bn_relu(), cores=16).workers == MAX_WORKERS + 2
+    assert PassRunner(conv_bn_relu(), cores=16, batches=100).workers == MAX_WORKERS + 2
+
+
 def test_the_environment_caps_the_sessions(monkeypatch):
     monkeypatch.setenv("ONNXSLIM_PASS_WORKERS", "1")
     assert pass_workers(10 << 20, "CPUExecutionProvider", cores=8) == 1

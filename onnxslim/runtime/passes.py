@@ -72,11 +72,15 @@ class PassRunner:
         ``cores``: the cores its sessions share (default: all this process may use); ``batches``: how many the pass will
         run, where known (a session is opened for every BATCHES_PER_SESSION of them at most)."""
         cores = cores or available_cores()
-        most = max(1, batches // BATCHES_PER_SESSION) if batches is not None else MAX_WORKERS
-        planned = workers or min(pass_workers(0, provider, cores), most)  # sized before the model is serialized, checked after
+        most = max(1, batches // BATCHES_PER_SESSION) if batches is not None else None
+
+        def capped(count: int) -> int:
+            return count if most is None else min(count, most)
+
+        planned = workers or capped(pass_workers(0, provider, cores))  # sized before the model is serialized, checked after
         first = Runner(model, provider, threads=_share(cores, planned), optimization=optimization, label=label, prepack=prepack, like=like)
         if workers is None:
-            workers = min(pass_workers(first.source_bytes, provider, cores), most)
+            workers = capped(pass_workers(first.source_bytes, provider, cores))
             if workers != planned:
                 first = Runner(model, provider, threads=_share(cores, workers), optimization=optimization, label=label, prepack=prepack, like=first)
         self._first = first
