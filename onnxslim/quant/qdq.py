@@ -31,6 +31,7 @@ class _Emitter:
         # the float weights INT8 codes replace are read from ``model``, not copied (on disk when mapped: copied as they are)
         self.left_out = {} if has_mapped(model) else {t.name: t for t in model.graph.initializer if t.name in plan.weights}
         self.model = copy_leaving_out(model, set(self.left_out))
+        self.source_order = {t.name: index for index, t in enumerate(model.graph.initializer)}
         self.graph = self.model.graph
         self.plan = plan
         self.taken = all_value_names(model.graph) | {n.name for n in model.graph.node} | set(reserved)
@@ -229,7 +230,12 @@ class _Emitter:
     def finish(self) -> onnx.ModelProto:
         self.graph.node.extend(self.new_nodes)
         read = {name for node in all_nodes(self.graph) for name in node.input} | {v.name for v in self.graph.output}
-        self.graph.initializer.extend(tensor for name, tensor in self.left_out.items() if name in read)  # a weight float layers still read
+        still_read = [name for name in self.left_out if name in read]  # a weight float layers still read
+        if still_read:  # back in its place among the model's initializers, before the new ones
+            self.graph.initializer.extend(self.left_out[name] for name in still_read)
+            ordered = sorted(self.graph.initializer, key=lambda t: self.source_order.get(t.name, len(self.source_order)))
+            del self.graph.initializer[:]
+            self.graph.initializer.extend(ordered)
         topological_sort(self.graph)
         remove_dead_nodes(self.model)
         return self.model
