@@ -26,7 +26,8 @@ Smoothed: each float tensor read as the first input of MatMuls with a constant
 2-D float32 weight that no other node reads (scaling a shared weight would
 change its other readers); readers named in ``keep`` stay as they are. The
 channel maxima come from one pass over (at most MAXIMA_BATCHES of) the
-calibration batches.
+calibration batches; for ``outliers``, the first OUTLIER_BATCHES, in the pass
+that also starts the calibration of a graph with nothing to smooth.
 """
 
 from __future__ import annotations
