@@ -520,11 +520,20 @@ g (float[1, S, 8] x) => (float[1, S, 4] q, float[1, S, 6] k, float[1, S, 8] v, f
 
 @pytest.mark.parametrize("opset", [11, 13])
 def test_merge_parallel_matmuls_keeps_every_output(opset):
-    from onnxslim.passes.parallel import merge_parallel_matmuls
+    from onnxslim.passes.parallel import has_parallel_matmuls, merge_parallel_matmuls
 
     model = with_weights(PARALLEL_LINEAR.replace("OPSET", str(opset)), wq=RNG.normal(size=(8, 4)), bq=RNG.normal(size=4),
                          wk=RNG.normal(size=(8, 6)), bk=RNG.normal(size=6), wv=RNG.normal(size=(8, 8)), wo=RNG.normal(size=(8, 5)))
+    assert has_parallel_matmuls(model)
     work, result = on_a_copy(merge_parallel_matmuls, model)
+    chain = with_weights("""
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[2, 8] x) => (float[2, 8] y) {
+    h = MatMul (x, w1)
+    y = MatMul (h, w2)
+}
+""", w1=RNG.normal(size=(8, 8)), w2=RNG.normal(size=(8, 8)))
+    assert not has_parallel_matmuls(chain)  # nothing to merge: quantize then copies no weights for it
     # q and k merge with their biases, v and other (no bias) with each other
     assert result.modified and len(result.changes) == 2
     assert sorted(n.op_type for n in work.graph.node) == ["Add", "MatMul", "MatMul", "Split", "Split"]

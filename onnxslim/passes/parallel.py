@@ -146,6 +146,13 @@ def _side_by_side(graph: onnx.GraphProto, pieces: list[_Weight], base: str, take
     return joined, [helper.make_node("DequantizeLinear", names, [joined], name=unique_name(f"{base}_dequantize", taken), axis=axis)]
 
 
+def has_parallel_matmuls(model: onnx.ModelProto) -> bool:
+    """Whether two MatMuls of the main graph read one input: what :func:`merge_parallel_matmuls` could merge, found
+    without reading a weight."""
+    inputs = [node.input[0] for node in model.graph.node if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and node.input]
+    return len(inputs) != len(set(inputs))
+
+
 def merge_parallel_matmuls(model: onnx.ModelProto, keep_separate: Iterable[str] = ()) -> PassResult:
     """Merge each group of MatMuls reading one input (see the module docstring) into MatMul [+ Add] + Split."""
     result = PassResult("merge-parallel-matmuls")

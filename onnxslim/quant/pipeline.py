@@ -37,7 +37,7 @@ from onnxslim.passes.depthwise_multiplier import expand_depthwise_multipliers, h
 from onnxslim.passes.dequantize_affine import fold_scalar_affines
 from onnxslim.passes.gelu import fuse_gelu
 from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
-from onnxslim.passes.parallel import merge_parallel_matmuls
+from onnxslim.passes.parallel import has_parallel_matmuls, merge_parallel_matmuls
 from onnxslim.passes.residual_sum import fused_skip_layernorms, has_adds_before_layernorm, skip_layernorm_apart, sum_before_layernorm
 from onnxslim.progress import track
 from onnxslim.quant.affine import integer_form_if_it_pays, integer_form_measured
@@ -149,7 +149,7 @@ class QuantRun:
             if alignment.modified:
                 self.prepared = aligned
                 self.prepare_results.append(alignment)
-        if config.target == "cpu" and not has_mapped(self.original):
+        if config.target == "cpu" and not has_mapped(self.original) and _rewrites_for_cpu(self.cleaned):
             cleaned = load_model(self.cleaned)
             # the float fallback gets the merge and the Sums the INT8 model gets when it is built
             merged = merge_parallel_matmuls(cleaned).modified
@@ -499,6 +499,11 @@ class QuantRun:
         if has_mapped(self.original):
             quantized = spill(quantized)  # the INT8 weights join the float ones on disk
         return plan, quantized
+
+
+def _rewrites_for_cpu(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` has MatMuls to merge or Adds to write as Sums (see QuantRun), found without copying its weights."""
+    return has_parallel_matmuls(model) or (has_adds_before_layernorm(model) and skip_layernorm_slower())
 
 
 def _sums_where_faster(model: onnx.ModelProto) -> PassResult | None:
