@@ -99,7 +99,7 @@ def test_a_bad_batch_fails_with_its_session_error_and_stops_the_pass():
 
 def test_the_reference_runs_each_batch_once_and_fidelity_matches_one_session(monkeypatch):
     model = conv_bn_relu(channels=8, size=16)
-    batches = _batches(model, 6)
+    batches = _batches(model, 10)
     sizes = []
     real = PassRunner.run_many
 
@@ -112,10 +112,12 @@ def test_the_reference_runs_each_batch_once_and_fidelity_matches_one_session(mon
     monkeypatch.setattr(passes, "available_cores", lambda: 2)  # side by side on any machine
     reference = RememberedReference(Runner(model, threads=1))
     first = fidelity(reference, model, batches)
-    assert sizes == [6, 6]  # the reference's outputs, then the candidate's
+    assert sizes == [10, 10]  # the reference's outputs, then the candidate's
     second = fidelity(reference, model, batches + batches[:2])  # a batch given twice
-    assert sizes[2:] == [8]  # every reference output remembered: the candidate's pass alone
-    assert first[0].cosine == pytest.approx(1.0) and first[0].err_sq == 0.0 and second[0].batches == 8
+    assert sizes[2:] == [12]  # every reference output remembered: the candidate's pass alone
+    assert first[0].cosine == pytest.approx(1.0) and first[0].err_sq == 0.0 and second[0].batches == 12
+    few = fidelity(RememberedReference(Runner(model, threads=1)), model, _batches(model, 3, seed=1))
+    assert sizes[3:] == [3] and few[0].batches == 3  # too few batches to open sessions for: the reference's own session runs them
 
 
 def test_the_reference_reads_a_stream_of_batches_once_and_keeps_its_order():

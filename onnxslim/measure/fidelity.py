@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from onnxslim.measure.outputs import DETECTION_SCORE, FEW_OBJECTS, OutputComparison, TensorNoise
-from onnxslim.runtime.passes import PassRunner, available_cores, pass_workers
+from onnxslim.runtime.passes import BATCHES_PER_SESSION, PassRunner, available_cores, pass_workers
 from onnxslim.runtime.probe import probe_runner
 from onnxslim.runtime.session import Runner
 
@@ -39,8 +39,10 @@ class RememberedReference:
         kept = self._remembered(batch)
         return kept if kept is not None else self._remember(batch, self.runner.run(batch))
 
-    def run_many(self, batches: Iterable[tuple[str, Mapping[str, np.ndarray]]]) -> Iterator[tuple[str, Mapping[str, np.ndarray], list[np.ndarray]]]:
-        """``(label, batch, outputs)`` for each of ``batches`` in order (read once): remembered ones as kept, the others run side by side."""
+    def run_many(self, batches: Iterable[tuple[str, Mapping[str, np.ndarray]]], count: int | None = None
+                 ) -> Iterator[tuple[str, Mapping[str, np.ndarray], list[np.ndarray]]]:
+        """``(label, batch, outputs)`` for each of ``batches`` in order (read once): remembered ones as kept, the others run
+        side by side (``count``: how many batches there are, where known; too few for sessions of their own run in this one)."""
         pending: deque[list] = deque()  # [label, batch, outputs or None], in the order given
 
         def missing():
@@ -53,7 +55,8 @@ class RememberedReference:
             wanted = missing()
             first = next(wanted, None)
             if first is not None:  # sessions are opened only for batches not remembered, and only where several pay
-                if self._passes is None and pass_workers(self.runner.source_bytes, self.runner.provider) > 1:
+                worth_sessions = count is None or count >= 2 * BATCHES_PER_SESSION
+                if self._passes is None and worth_sessions and pass_workers(self.runner.source_bytes, self.runner.provider) > 1:
                     self._passes = PassRunner(self.runner.source, self.runner.provider, label=self.runner.label, like=self.runner)
                 yield from _outputs(self._passes or self.runner, itertools.chain([first], wanted))
 
@@ -98,7 +101,7 @@ def fidelity(
     runner = candidate if isinstance(candidate, (Runner, PassRunner)) else PassRunner(candidate, provider, label=label, batches=count)
     comparisons = [OutputComparison(name) for name in reference.output_names]
     for_reference, for_candidate = itertools.tee(batches)  # ``batches`` is read once
-    expected = _outputs(reference, for_reference)
+    expected = reference.run_many(for_reference, count) if isinstance(reference, RememberedReference) else _outputs(reference, for_reference)
     for label, batch, outputs in _outputs(runner, for_candidate, reference.output_names):
         add_batch(comparisons, next(expected)[2], outputs, batch, label, padding_mask)
     return comparisons
