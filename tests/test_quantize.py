@@ -1170,6 +1170,48 @@ def test_stored_weights_that_break_the_budget_give_way(monkeypatch, storage, ele
     assert not any(f"weights stored in {'INT8' if storage == 'int8' else 'float16'}" in d.reason.text for d in report.decisions)
 
 
+
+def test_where_every_kept_layer_cannot_store_smaller_weights_those_holding_most_of_the_bytes_do(monkeypatch):
+    """The first layer (kept in float by the budget, 4,096 weights) moves the outputs with any stored form; the output layer
+    (65,536 weights, 94% of the bytes) does not: it alone stores INT8 weights."""
+    import onnxslim.quant.pipeline as pipeline_step
+
+    b = GraphBuilder(15)
+    x = "input"
+    for i in range(3):
+        w = b.weight(64, 64).T.copy()
+        if i == 0:
+            w[0, :] = 0.0  # the outlier channel of outlier_inputs sets its input scale: the budget keeps it in float
+        x = b.node("Relu", [b.node("MatMul", [x, b.const(w)])])
+    head = b.node("MatMul", [x, b.const(b.weight(1024, 64).T.copy())])
+    _rename_output(b, head, "scores")
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+                    [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 1024])], "wide_head")
+    first, output_layer = model.graph.node[0].name, model.graph.node[-1].name
+
+    def small_ones_wrong(store):
+        def stored(model, nodes, **kwargs):
+            before = {t.name for t in model.graph.initializer}
+            changed = store(model, nodes, **kwargs)
+            for tensor in model.graph.initializer:
+                if tensor.name not in before and tensor.data_type in (TensorProto.INT8, TensorProto.FLOAT16) and int(np.prod(tensor.dims)) < 10_000:
+                    tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
+            return changed
+        return stored
+
+    for storage in ("int8", "float16"):
+        monkeypatch.setitem(pipeline_step.STORAGE, storage, small_ones_wrong(pipeline_step.STORAGE[storage]))
+    quantized, report = quantize(model, outlier_inputs(30), config=UNSMOOTHED)
+    entry = report.kept_float_weights
+    assert [k["node"] for k in report.kept_float_for_budget] == [first]
+    assert entry["worst_score_int8"] < 0.99 and entry["worst_score_float16"] < 0.99  # every kept layer: the first breaks the outputs
+    assert entry["written"] == "int8" and entry["layers"] == 1 and entry["worst_score_int8_largest"] >= 0.99
+    assert "1 of the 2 layer(s) kept in float, those holding most of the bytes, store int8 weights" in entry["why"]
+    reasons = {d.node: d.reason.text for d in report.decisions}
+    assert "weights stored in INT8" in reasons[output_layer] and "stored" not in reasons[first]
+    assert min(c.cosine for c in report.fidelity) >= 0.99
+    assert entry["bytes_saved"] > 65536 * 4 * 0.7  # INT8 codes and a scale per output channel for float32 weights
+
 def test_biases_onnxruntime_does_not_fuse_are_seen_and_kept_float():
     # an input of unknown rank: the planner assumes a QGemm, onnxruntime cannot build one and would dequantize the
     # INT32 bias on every run; its optimized graph says so, and the MatMul is planned again with its float bias

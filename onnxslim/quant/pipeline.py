@@ -68,7 +68,7 @@ from onnxslim.quant.ranges import calibrated_range
 from onnxslim.quant.recurrent import find_recurrent, store_recurrent_in_int8
 from onnxslim.quant.report import CalibrationSummary, EvaluationSummary, QuantReport, Sizes
 from onnxslim.quant.smooth import MAXIMA_BATCHES, OUTLIER_BATCHES, OUTLIERS, STRONG_GAIN, outlier_scales, smooth_inputs, smoothable
-from onnxslim.quant.stored import store_weights_in_int8
+from onnxslim.quant.stored import readers_of_largest_weights, store_weights_in_int8
 from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
 from onnxslim.reasons import Reason
@@ -630,7 +630,9 @@ def _kept_weights_within_budget(run: QuantRun, config: QuantConfig, report: Quan
     the search's scores are not monotone: left to the search, they could change its choice). Without a
     budget (``--accuracy-budget none``) a smaller form is written only when no output's score moves by
     more than INT8_WEIGHTS_SCORE_DROP on the held-out batches, and with none of them nothing is checked,
-    so nothing is changed. ``report.kept_float_weights`` says what was measured and which was written.
+    so nothing is changed. Where neither form holds for every kept layer, the weights of the few layers
+    holding most of the bytes are tried alone (a small depthwise layer can be the one whose outputs
+    float16 rounding moves). ``report.kept_float_weights`` says what was measured and which was written.
     """
     output_layers = {node for node, decision in plan.decisions.items() if decision.code == QuantReason.OUTPUT_LAYER}
     keep_float = frozenset(entry["node"] for entry in report.kept_float_for_budget) | output_layers
@@ -639,10 +641,13 @@ def _kept_weights_within_budget(run: QuantRun, config: QuantConfig, report: Quan
         return plan, model, comparisons
     score = worst_score(comparisons, config.accuracy_metric)
     entry: dict = {"worst_score_float32": score}
-    for storage in tried:
+    largest = readers_of_largest_weights(model, keep_float)
+    # every layer's weights first; where no form holds for all of them, those of the layers holding most of the bytes alone
+    attempts = [(storage, keep_float, "") for storage in tried] + [(storage, largest, "_largest") for storage in tried if largest and largest != keep_float]
+    for storage, layers, which in attempts:
         smaller = onnx.ModelProto()
         smaller.CopyFrom(model)
-        stored = set(STORAGE[storage](smaller, keep_float))
+        stored = set(STORAGE[storage](smaller, layers))
         changed = {node for node in stored if plan.decisions.get(node) is None or plan.decisions[node].op_type != "Gather"}  # layers
         if not stored:
             continue
@@ -651,18 +656,20 @@ def _kept_weights_within_budget(run: QuantRun, config: QuantConfig, report: Quan
         smaller_comparisons = fidelity(run.reference, smaller, run.eval_batches)
         smaller_score = worst_score(smaller_comparisons, config.accuracy_metric)
         saved = model_file_bytes(model) - model_file_bytes(smaller)
-        entry |= {"layers": len(changed), f"worst_score_{storage}": smaller_score}
+        entry |= {"layers": len(changed), f"worst_score_{storage}{which}": smaller_score}
         report.kept_float_weights = entry
+        subject = f"with {storage} weights" + (f" on the {len(changed)} holding most of the bytes" if which else "")
         if config.accuracy_budget is not None and not smaller_score >= min(config.accuracy_budget, score):  # NaN fails
-            entry["why"] = f"with {storage} weights an output's {config.accuracy_metric} falls to {smaller_score:.5f}, below the budget"
+            entry["why"] = f"{subject} an output's {config.accuracy_metric} falls to {smaller_score:.5f}, below the budget"
             continue
         if (storage == "int8" or config.accuracy_budget is None) and not score - smaller_score <= INT8_WEIGHTS_SCORE_DROP:
-            entry["why"] = (f"with {storage} weights an output's {config.accuracy_metric} falls to {smaller_score:.5f} from {score:.5f}, "
+            entry["why"] = (f"{subject} an output's {config.accuracy_metric} falls to {smaller_score:.5f} from {score:.5f}, "
                             f"more than {INT8_WEIGHTS_SCORE_DROP:g}")
             continue
         missed = f"; {entry['why']}" if "why" in entry else ""  # the smaller form tried first
+        which_layers = f"{len(changed)} of the {len(keep_float)} layer(s) kept in float, those holding most of the bytes," if which else f"{len(changed)} layer(s) kept in float"
         entry |= {"written": storage, "bytes_saved": saved,
-                  "why": f"{len(changed)} layer(s) kept in float store {storage} weights ({saved / 1e6:.2f} MB less); {config.accuracy_metric} {smaller_score:.5f}{missed}"}
+                  "why": f"{which_layers} store {storage} weights ({saved / 1e6:.2f} MB less); {config.accuracy_metric} {smaller_score:.5f}{missed}"}
         how = "weights stored in INT8 per output channel, float when loaded" if storage == "int8" else "weights stored in float16"
         shared = "its table stored with the output layer's weights (tied): " + ("INT8 with a scale per row" if storage == "int8" else "float16")
         reasons = {node: Reason(plan.decisions[node].code, f"{plan.decisions[node].reason.text}; {how if node in changed else shared}")

@@ -79,6 +79,30 @@ def tied_tables_read_by(model: onnx.ModelProto, nodes: frozenset[str] | set[str]
     return chosen
 
 
+MOST_BYTES = 0.9  # the share of the stored weights' bytes that the largest of them are tried alone for
+
+
+def readers_of_largest_weights(model: onnx.ModelProto, nodes: frozenset[str] | set[str], share: float = MOST_BYTES) -> frozenset[str]:
+    """The layers of ``nodes`` that read the fewest, largest of their storable weights (:func:`weights_only_read_by`,
+    :func:`tied_tables_read_by`) holding ``share`` of those weights' values, with every other node that reads those.
+
+    Where the weights of every layer kept in float cannot all take a smaller form (a depthwise convolution whose output
+    cancels large terms moves the outputs with float16 rounding), the few that hold most of the bytes usually can.
+    """
+    weights = initializer_map(model.graph)
+    chosen = weights_only_read_by(model, nodes) | tied_tables_read_by(model, nodes)
+    sizes = sorted(((int(np.prod(weights[name].dims)), name) for name in chosen), reverse=True)
+    total = sum(size for size, _ in sizes)
+    readers: set[str] = set()
+    held = 0
+    for size, name in sizes:
+        if held >= share * total:
+            break
+        held += size
+        readers.update(r.name for r in chosen[name])
+    return frozenset(readers)
+
+
 def _reads_rows_as_outputs(user: onnx.NodeProto, name: str, nodes, readers, outputs) -> bool:
     """``user`` feeds ``name``'s rows to layers of ``nodes`` as their output channels: Gemm(transB=1), or a Transpose read only by them."""
     if user.op_type == "Gemm":
