@@ -436,7 +436,7 @@ def test_the_default_budget_is_099_on_every_output_and_none_switches_it_off(save
     # the layer whose input scale the outlier sets is found from one side-by-side pass, and it alone is kept in float
     first = model.graph.node[0].name
     assert [k["node"] for k in default.kept_float_for_budget] == [first]
-    assert default.sensitivity[0] == {"node": first, "added_noise": pytest.approx(1.0, abs=0.05)}
+    assert default.sensitivity[0] == {"node": first, "added_noise": pytest.approx(1.0, abs=0.05), "work_share": pytest.approx(0.25)}
     assert all(0 <= entry["added_noise"] < 0.01 for entry in default.sensitivity[1:])
     path, folder = save(model), npz_folder(data)
     for given, expected in (("none", None), ("0.95", 0.95)):
@@ -489,6 +489,51 @@ def test_a_layer_deep_in_a_noisy_chain_is_charged_its_own_noise(monkeypatch):
     assert {e["node"]: e["added_noise"] for e in side_by_side.sensitivity}[fourth] < 0.1
     assert len(side_by_side.kept_float_for_budget) > 2  # kept in float on the way to finding it
 
+
+
+def _two_branches_of_unequal_work(seed=3):
+    """y = A(small_in) + D(relu(B(wide_in))): A is 64 -> 64, B 64 -> 1024 (16 times A's multiply-adds). Each input's channel 0,
+    which its layer's weight ignores, is an outlier that sets that layer's per-tensor input scale (see :func:`outlier_inputs`)."""
+    b = GraphBuilder(seed)
+    small, wide = b.weight(64, 64).T.copy(), b.weight(1024, 64).T.copy()
+    small[0, :] = wide[0, :] = 0.0
+    a = b.node("MatMul", ["small_in", b.const(small)])
+    d = b.node("MatMul", [b.node("Relu", [b.node("MatMul", ["wide_in", b.const(wide)])]), b.const(b.weight(64, 1024).T.copy())])
+    _rename_output(b, b.node("Add", [a, d]), "y")
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 64]) for name in ("small_in", "wide_in")]
+    return b.model(inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])], "two_branches")
+
+
+def _two_outlier_inputs(count, small_scale=20.0, wide_scale=24.0, seed=0):
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        batch = {name: rng.standard_normal((8, 64)).astype(np.float32) for name in ("small_in", "wide_in")}
+        batch["small_in"][:, 0] *= small_scale
+        batch["wide_in"][:, 0] *= wide_scale
+        batches.append(batch)
+    return batches
+
+
+def test_the_budget_keeps_in_float_the_layer_that_gives_back_most_accuracy_per_share_of_the_work(monkeypatch):
+    """Either branch's first layer kept in float meets the budget; the wide one adds a little more noise, the small one holds
+    1/16 of its work: the small one is kept, and the wide one stays INT8."""
+    from onnxslim.quant import pipeline
+
+    model, data = _two_branches_of_unequal_work(), _two_outlier_inputs(30)
+    small, wide, _ = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    _, plain = quantize(model, data, config=dataclasses.replace(UNSMOOTHED, accuracy_budget=None))
+    loss = 1 - min(c.cosine for c in plain.fidelity)
+    budget = 1 - 0.75 * loss
+    _, report = quantize(model, data, config=dataclasses.replace(UNSMOOTHED, accuracy_budget=budget))
+    entries = {e["node"]: e for e in report.sensitivity}
+    assert entries[wide]["added_noise"] > entries[small]["added_noise"] > 0
+    assert entries[small]["work_share"] == pytest.approx(4096 / (4096 + 2 * 65536)) and entries[wide]["work_share"] == pytest.approx(65536 / (4096 + 2 * 65536))
+    assert [k["node"] for k in report.kept_float_for_budget] == [small]
+    assert min(c.cosine for c in report.fidelity) >= budget
+    monkeypatch.setattr(pipeline, "_by_damage_per_work", lambda run, every: every)  # ranked by the noise alone
+    _, noisiest_first = quantize(model, data, config=dataclasses.replace(UNSMOOTHED, accuracy_budget=budget))
+    assert [k["node"] for k in noisiest_first.kept_float_for_budget] == [wide] and min(c.cosine for c in noisiest_first.fidelity) >= budget
 
 def test_the_exact_input_model_feeds_every_activation_quantizer_from_the_float_copy():
     from models.builders import branching_convs

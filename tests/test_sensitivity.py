@@ -3,7 +3,7 @@ import math
 import pytest
 from onnx import helper
 
-from onnxslim.measure.sensitivity import added_noise, counts_to_try, next_count, noise_power, rank_by_added_noise, tensors_to_compare
+from onnxslim.measure.sensitivity import WORK_FLOOR, added_noise, by_damage_per_work, counts_to_try, next_count, noise_power, rank_by_added_noise, tensors_to_compare
 
 
 def _chain():
@@ -35,6 +35,26 @@ def test_only_float_activations_are_compared_and_counts_end_with_all():
     assert list(counts_to_try(20)) == [1, 2, 4, 8, 10, 12, 14, 16, 18, 20]
     assert list(counts_to_try(3, finish_with_all=False)) == [1, 2] and list(counts_to_try(9, finish_with_all=False)) == [1, 2, 4, 8, 9]
 
+
+
+def test_layers_are_kept_in_float_by_the_noise_they_add_per_share_of_the_work():
+    ranked = [("head", 0.004), ("stem", 0.003), ("add", 0.001), ("body", 0.0004)]
+    shares = {"head": 0.16, "stem": 0.001, "add": 0.0, "body": 0.02}
+    # the stem gives back 3/4 of the head's noise for 1/16 of its work (its share counts as the floor); the Add, without
+    # multiply-adds, still counts as the floor: its conversions to and from float are work too
+    assert by_damage_per_work(ranked, shares) == [("stem", 0.003), ("add", 0.001), ("head", 0.004), ("body", 0.0004)]
+    assert 0.001 < WORK_FLOOR
+    # NaN/Inf stays first whatever it holds; equal ratios keep the given order
+    assert by_damage_per_work([("a", 0.01), ("b", math.inf)], {"a": 0.1, "b": 0.5}) == [("b", math.inf), ("a", 0.01)]
+    assert by_damage_per_work([("a", 0.02), ("b", 0.01)], {"a": 0.2, "b": 0.1}) == [("a", 0.02), ("b", 0.01)]
+
+
+def test_a_layer_whose_work_is_unknown_counts_as_the_average_layer_with_work():
+    ranked = [("unknown", 0.375), ("big", 0.5), ("small", 0.25)]
+    # the working layers average (0.5 + 0.25) / 2 = 0.375: each gives 1.0 per share (ties keep the order)
+    assert by_damage_per_work(ranked, {"big": 0.5, "small": 0.25, "norm": 0.0}) == ranked
+    assert by_damage_per_work(ranked, {"big": 0.5, "small": 0.125}) == [("small", 0.25), ("unknown", 0.375), ("big", 0.5)]
+    assert by_damage_per_work(ranked, {}) == ranked  # nothing known: the damage alone
 
 
 def _search(noise, loss_of, budget_loss):
@@ -95,3 +115,21 @@ def test_the_budget_search_does_not_settle_for_every_layer_kept_when_fewer_may_d
     tried, found = _search(noise, lambda count: measured.get(count, 0.0106 if count < 39 else 0.008), 0.01)
     assert 39 <= found <= 39 + 39 // 4
     assert next_count(noise, {0: 0.02, 45: 0.011, 46: 0.0}, 0.01) is None  # next to it: nothing fewer to try
+
+
+def test_work_shares_are_each_layers_part_of_the_multiply_adds_at_the_given_shapes():
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    from onnxslim.ir.counts import work_shares
+    from onnxslim.runtime.shapes import known_shapes
+
+    weights = [numpy_helper.from_array(np.ones((8, 16), np.float32), "w0"), numpy_helper.from_array(np.ones((16, 64), np.float32), "w1")]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["a"], name="narrow"), helper.make_node("Relu", ["a"], ["b"], name="relu"),
+             helper.make_node("MatMul", ["b", "w1"], ["y"], name="wide")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    shares = work_shares(model, ["narrow", "relu", "wide"], known_shapes(model, {"x": (4, 8)}))
+    assert shares == pytest.approx({"narrow": 512 / 4608, "relu": 0.0, "wide": 4096 / 4608})
+    assert work_shares(model, ["narrow", "wide"], known_shapes(model)) == {}  # the batch size unknown: no work known

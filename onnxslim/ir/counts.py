@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -79,3 +79,16 @@ def count_macs(model: onnx.ModelProto, shapes: Mapping[str, tuple]) -> tuple[int
         total += macs
         by_op[node.op_type] += macs
     return total, dict(by_op), unknown
+
+
+def work_shares(model: onnx.ModelProto, nodes: Iterable[str], shapes: Mapping[str, tuple]) -> dict[str, float]:
+    """Each of ``nodes`` (names of ``model``'s main graph) -> its share of the model's multiply-accumulates at ``shapes``.
+
+    Nodes whose shapes are unknown are left out (the total counts only the known ones); nodes without
+    multiply-accumulates (an Add, a pooling) get 0; with no work known at all, the result is empty.
+    """
+    total, _, _ = count_macs(model, shapes)
+    if total <= 0:
+        return {}
+    wanted = set(nodes)
+    return {node.name: macs / total for node in model.graph.node if node.name in wanted and (macs := node_macs(node, shapes)) is not None}

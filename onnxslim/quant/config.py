@@ -80,10 +80,12 @@ class QuantConfig:
         output through single-input ops only (a final classifier); kept in
         float by default, since their rounding errors flip close decisions.
     accuracy_budget: minimum score per output on held-out data (cosine
-        similarity, or top-1 agreement: ``accuracy_metric``); the most
-        sensitive layers are kept in float until it holds (None: no search).
+        similarity, or top-1 agreement: ``accuracy_metric``); the layers that
+        cost the most accuracy per share of the model's multiply-adds are kept
+        in float until it holds (None: no search).
     sensitivity: how layers are ranked for the budget ('fast': one pass
-        of per-tensor noise; 'measured': each layer alone).
+        of per-tensor noise; 'measured': each layer alone), before that
+        damage is divided by each layer's share of the work.
     precision: 'int8' (static QDQ) or 'fp16' (float16 with float32 islands, for GPUs).
     if_slower: what to write when the result is not faster than FP32.
     """

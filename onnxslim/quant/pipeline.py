@@ -20,6 +20,7 @@ import onnx
 
 from onnxslim.data.sources import DataSource, in_memory, open_data, read_once, reiterable
 from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageError, first_line
+from onnxslim.ir.counts import work_shares
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.ir.mapped import has_mapped, spill
@@ -27,7 +28,7 @@ from onnxslim.ir.quantized import refuse_blocked_layout, refuse_quantized
 from onnxslim.ir.scopes import all_nodes, scoped
 from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
 from onnxslim.measure import RememberedReference, few_objects, fidelity, paired_tensor_fidelity, tensor_fidelity, worst_score
-from onnxslim.measure.sensitivity import next_count, noise_power, rank_by_added_noise, tensors_to_compare
+from onnxslim.measure.sensitivity import by_damage_per_work, next_count, noise_power, rank_by_added_noise, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes import PassResult
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
@@ -75,6 +76,7 @@ from onnxslim.reasons import Reason
 from onnxslim.runtime import Runner, resolve_provider
 from onnxslim.runtime.kernels import gathers_block_quantized_rows, integer_products_saturate, runs_quantized_attention, skip_layernorm_slower
 from onnxslim.runtime.session import optimized_graph, optimized_ops
+from onnxslim.runtime.shapes import known_shapes
 from onnxslim.runtime.write import write_verified
 
 
@@ -713,7 +715,7 @@ class BudgetSearch:
     kept: list[dict]
     met: bool
     note: str
-    sensitivity: list[dict] = field(default_factory=list)  # every candidate layer, most harmful first
+    sensitivity: list[dict] = field(default_factory=list)  # every candidate layer, in the order the search keeps them in float
     # the last model the search built and measured (plan, model, comparisons on the search's batches): kept so it is not built twice
     built: tuple | None = field(default=None, repr=False, compare=False)
     built_on_every_batch: bool = False  # those comparisons cover every held-out batch
@@ -724,11 +726,13 @@ STORED_IN_INT8 = (QuantReason.WEIGHT_ONLY, QuantReason.DYNAMIC)  # INT8 tables a
 
 
 def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, budget: float, measured_all: list) -> BudgetSearch:
-    """Keep the layers that cost the most accuracy in float until the budget holds.
+    """Keep the layers that cost the most accuracy per share of the work they hold in float until the budget holds.
 
     ``config.sensitivity`` says how layers are ranked: 'fast' by the noise each adds in one side-by-side pass
     of the float and the quantized model; 'measured' by the outputs' score with each layer alone quantized
-    (a model build and a pass over the batches per layer). Either way the budget is confirmed by measurement,
+    (a model build and a pass over the batches per layer). Either way that damage is divided by the layer's
+    share of the model's multiply-adds (a layer kept in float gives up the speed-up of its work), and the
+    budget is confirmed by measurement,
     keeping the first ranked layers in float, as many as :func:`next_count` guesses from the losses measured so far.
     The counts are measured on the first SENSITIVITY_BATCHES held-out batches; the count found is confirmed on
     every held-out batch, and where it misses there, the search goes on over all of them.
@@ -740,11 +744,12 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
                   and d.node not in plan.constant_operands]
     metric = run.config.accuracy_metric
     every = _ranked_by_added_noise(run, candidates, quantized, batches) if run.config.sensitivity == "fast" else _ranked_alone(run, candidates, batches)
+    every = _by_damage_per_work(run, every)
     # tables and recurrent layers keep their inputs float and hold most of the bytes: kept in float last, when nothing else will do
     stored_only = {d.node for d in plan.decisions.values() if d.code in STORED_IN_INT8}
     every = [e for e in every if e["node"] not in stored_only] + [e for e in every if e["node"] in stored_only]
     ranked = [entry["node"] for entry in every]
-    noise = [entry["added_noise"] if "added_noise" in entry else 1.0 - entry["score_when_alone_quantized"] for entry in every]
+    noise = [_damage(entry) for entry in every]
     whole = len(batches) == len(run.eval_batches)
     losses = {0: _loss(worst_score(measured_all if whole else fidelity(run.reference, quantized, batches), metric))}
     if losses[0] <= 1.0 - budget:  # the sample passes with nothing kept, the whole held-out set does not: search on all of it
@@ -783,6 +788,31 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
         return BudgetSearch(frozenset(ranked[:count]), every[:count], True, note, every, built, whole, closest)
     note = f"accuracy budget {budget} cannot be met even with every quantized layer in float"
     return BudgetSearch(frozenset(ranked), every, False, note, every, last, whole, closest)  # the search ends by measuring every ranked layer kept
+
+
+def _below(score: float, budget: float) -> str:
+    """``score`` with the digits that show it below ``budget`` (five at least): 0.9999996 misses 0.999999, "1.00000" would not say so."""
+    for digits in range(5, 10):
+        text = f"{score:.{digits}f}"
+        if float(text) < budget:
+            return text
+    return f"{score:.10f}"
+
+
+def _damage(entry: dict) -> float:
+    """What quantizing a ranked layer costs the outputs: the noise it adds, or the score it takes away when it alone is quantized."""
+    return entry["added_noise"] if "added_noise" in entry else 1.0 - entry["score_when_alone_quantized"]
+
+
+def _by_damage_per_work(run: QuantRun, every: list[dict]) -> list[dict]:
+    """``every`` (ranked by damage) in the order the budget keeps layers in float, by damage per share of the model's
+    multiply-adds at the held-out batches' shapes (:func:`by_damage_per_work`); each entry gains its ``work_share`` where known."""
+    inputs = {i.name for i in run.prepared.graph.input}
+    feed = run.eval_batches[0][1]
+    shares = work_shares(run.prepared, [e["node"] for e in every], known_shapes(run.prepared, {k: v.shape for k, v in feed.items() if k in inputs}))
+    entries = {entry["node"]: entry for entry in every}
+    ordered = by_damage_per_work([(entry["node"], _damage(entry)) for entry in every], shares)
+    return [entries[node] | ({"work_share": shares[node]} if node in shares else {}) for node, _ in ordered]
 
 
 def _loss(score: float) -> float:
@@ -1018,10 +1048,10 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
                    + (f" (the least harmful reaches {max(alone):.5f})" if alone else ""))
         elif not search.met:
             why = f"it is missed even with every one of the {len(search.sensitivity)} layers the search ranked in float"
-        else:  # what was measured: the ranked layers kept in float from the noisiest, not every set of them
+        else:  # what was measured: the ranked layers kept in float in their order, not every set of them
             kept, score = search.closest_miss
-            why = (f"kept in float from the noisiest, the layers miss it until every one is (with {kept} of {len(search.sensitivity)} in float, "
-                   f"{config.accuracy_metric} {score:.5f}): where a layer's noise grows on its way to the outputs, its own noise does not show it; "
+            why = (f"kept in float from the noisiest per share of the work, the layers miss it until every one is (with {kept} of {len(search.sensitivity)} in float, "
+                   f"{config.accuracy_metric} {_below(score, config.accuracy_budget)}): where a layer's noise grows on its way to the outputs, its own noise does not show it; "
                    "--sensitivity measured ranks layers one by one")
         raise NothingToDoError(f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: {why}; nothing written")
     # the search may have measured only the first SENSITIVITY_BATCHES held-out batches: the report covers all of them
