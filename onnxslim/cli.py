@@ -327,11 +327,18 @@ def _agreement_text(output) -> str:
 
 
 def _sensitivity_text(entry: dict, metric: str, label: str) -> str:
+    work = f"; {_share_text(entry['work_share'])} of the multiply-adds" if "work_share" in entry else ""
     if "added_noise" in entry:
         noise = entry["added_noise"]
-        return "adds NaN/Inf" if math.isinf(noise) else f"adds noise {10 * math.log10(1 / noise):.1f} dB below its output's power" if noise > 0 else "adds no measurable noise"
+        damage = "adds NaN/Inf" if math.isinf(noise) else f"adds noise {10 * math.log10(1 / noise):.1f} dB below its output's power" if noise > 0 else "adds no measurable noise"
+        return damage + work
     score = entry.get("score_when_alone_quantized", entry.get("score_when_alone_fp16"))
-    return f"{metric} {score:.5f} when it alone is {label}"
+    return f"{metric} {score:.5f} when it alone is {label}{work}"
+
+
+def _share_text(share: float) -> str:
+    """A share of the work as a percentage with the digits that keep a small one from reading 0%."""
+    return "0%" if share == 0 else f"{100 * share:.1f}%" if share >= 0.001 else f"{100 * share:.2g}%"
 
 
 @main.command()

@@ -535,6 +535,16 @@ def test_the_budget_keeps_in_float_the_layer_that_gives_back_most_accuracy_per_s
     _, noisiest_first = quantize(model, data, config=dataclasses.replace(UNSMOOTHED, accuracy_budget=budget))
     assert [k["node"] for k in noisiest_first.kept_float_for_budget] == [wide] and min(c.cosine for c in noisiest_first.fidelity) >= budget
 
+
+def test_the_command_line_names_each_kept_layers_noise_and_share_of_the_work(save, npz_folder, tmp_path):
+    model, data = _two_branches_of_unequal_work(), _two_outlier_inputs(30)
+    small = next(n.name for n in model.graph.node if n.op_type == "MatMul")
+    result = CliRunner().invoke(main, ["quantize", str(save(model)), "-o", str(tmp_path / "q.onnx"), "--data", str(npz_folder(data)), "--latency-runs", "0",
+                                       "--smooth", "none", "--accuracy-budget", "0.999"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if f"kept in float for the accuracy budget: {small}" in line)
+    assert re.search(r"adds noise [0-9.]+ dB below its output's power; 3\.0% of the multiply-adds\)$", line), line
+
 def test_the_exact_input_model_feeds_every_activation_quantizer_from_the_float_copy():
     from models.builders import branching_convs
     from onnxslim.quant.isolation import FLOAT_PREFIX, inputs_made_exact
