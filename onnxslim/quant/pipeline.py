@@ -809,7 +809,11 @@ def _by_damage_per_work(run: QuantRun, every: list[dict]) -> list[dict]:
     multiply-adds at the held-out batches' shapes (:func:`by_damage_per_work`); each entry gains its ``work_share`` where known."""
     inputs = {i.name for i in run.prepared.graph.input}
     feed = run.eval_batches[0][1]
-    shares = work_shares(run.prepared, [e["node"] for e in every], known_shapes(run.prepared, {k: v.shape for k, v in feed.items() if k in inputs}))
+    try:
+        shapes = known_shapes(run.prepared, {name: np.shape(value) for name, value in feed.items() if name in inputs})
+    except Exception:  # no shapes, no shares: the damage alone orders the layers (every count is measured all the same)
+        shapes = {}
+    shares = work_shares(run.prepared, [e["node"] for e in every], shapes)
     entries = {entry["node"]: entry for entry in every}
     ordered = by_damage_per_work([(entry["node"], _damage(entry)) for entry in every], shares)
     return [entries[node] | ({"work_share": shares[node]} if node in shares else {}) for node, _ in ordered]
