@@ -645,7 +645,7 @@ def _kept_weights_within_budget(run: QuantRun, config: QuantConfig, report: Quan
     entry: dict = {"worst_score_float32": score}
     largest = readers_of_largest_weights(model, keep_float)
     # every layer's weights first; where no form holds for all of them, those of the layers holding most of the bytes alone
-    attempts = [(storage, keep_float, "") for storage in tried] + [(storage, largest, "_largest") for storage in tried if largest and largest != keep_float]
+    attempts = [(storage, keep_float, "") for storage in tried] + [(storage, largest, "_largest") for storage in tried if largest and not keep_float <= largest]
     for storage, layers, which in attempts:
         smaller = onnx.ModelProto()
         smaller.CopyFrom(model)
