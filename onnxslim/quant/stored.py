@@ -86,8 +86,8 @@ def readers_of_largest_weights(model: onnx.ModelProto, nodes: frozenset[str] | s
     """The layers of ``nodes`` that read the fewest, largest of their storable weights (:func:`weights_only_read_by`,
     :func:`tied_tables_read_by`) holding ``share`` of those weights' values, with every other node that reads those.
 
-    Where the weights of every layer kept in float cannot all take a smaller form (a depthwise convolution whose output
-    cancels large terms moves the outputs with float16 rounding), the few that hold most of the bytes usually can.
+    Where the weights of every layer kept in float cannot all take a smaller form (some depthwise convolutions move the
+    outputs with float16 rounding alone), the few that hold most of the bytes usually can.
     """
     weights = initializer_map(model.graph)
     chosen = weights_only_read_by(model, nodes) | tied_tables_read_by(model, nodes)
