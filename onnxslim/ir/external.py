@@ -104,21 +104,37 @@ def set_external_location(tensor: onnx.TensorProto, location: str, offset: int, 
 def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with no initializers in its main graph, assembled field by field so the weights are never copied."""
     copy = onnx.ModelProto()
-    for descriptor, value in model.ListFields():
-        if descriptor.name != "graph":
-            _copy_field(copy, descriptor, value)
-    for descriptor, value in model.graph.ListFields():
-        if descriptor.name != "initializer":
-            _copy_field(copy.graph, descriptor, value)
+    copy_fields(copy, model, skip={"graph"})
+    copy_fields(copy.graph, model.graph, skip={"initializer"})
     return copy
+
+
+def copy_fields(target, source, skip: set[str] | frozenset[str] = frozenset()) -> None:
+    """Copy every field of the protobuf message ``source`` into the empty ``target`` but those named in ``skip``."""
+    for descriptor, value in source.ListFields():
+        if descriptor.name not in skip:
+            _copy_field(target, descriptor, value)
+
+
+def tensor_without_data(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """Every field of ``tensor`` but its raw data, read without touching that (reading a bytes field copies it)."""
+    stub = onnx.TensorProto()
+    for descriptor in tensor.DESCRIPTOR.fields:
+        if descriptor.name == "raw_data" or not (_repeated(descriptor) or tensor.HasField(descriptor.name)):
+            continue
+        _copy_field(stub, descriptor, getattr(tensor, descriptor.name))
+    return stub
 
 
 def _copy_field(target, descriptor, value) -> None:
     """Set field ``descriptor`` of ``target`` to ``value`` (repeated, message or scalar)."""
-    repeated = descriptor.is_repeated if hasattr(descriptor, "is_repeated") else descriptor.label == descriptor.LABEL_REPEATED
-    if repeated:
+    if _repeated(descriptor):
         getattr(target, descriptor.name).extend(value)
     elif descriptor.type == descriptor.TYPE_MESSAGE:
         getattr(target, descriptor.name).CopyFrom(value)
     else:
         setattr(target, descriptor.name, value)
+
+
+def _repeated(descriptor) -> bool:
+    return descriptor.is_repeated if hasattr(descriptor, "is_repeated") else descriptor.label == descriptor.LABEL_REPEATED  # protobuf 6: is_repeated

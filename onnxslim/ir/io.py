@@ -26,7 +26,7 @@ from onnx import external_data_helper
 
 from onnxslim.errors import IN_MEMORY, ModelLoadError, ModelWriteError, first_line
 from onnxslim.ir.destinations import check_writable_path
-from onnxslim.ir.external import write_skeleton
+from onnxslim.ir.external import copy_fields, tensor_without_data, without_initializers, write_skeleton
 from onnxslim.ir.graph import unique_node_names
 from onnxslim.ir.mapped import map_external_weights
 from onnxslim.ir.staging import STAGING_PREFIX, remove_stale
@@ -83,19 +83,8 @@ def serialized_bytes(model: onnx.ModelProto) -> int:
     graph_bytes = graph.ByteSize()
     for tensor in model.graph.initializer:
         if id(tensor) in apart:
-            stub = onnx.TensorProto()
-            for field in tensor.DESCRIPTOR.fields:  # every field but the data, read without touching it
-                if field.name == "raw_data":
-                    continue
-                if _repeated(field):
-                    getattr(stub, field.name).extend(getattr(tensor, field.name))
-                elif tensor.HasField(field.name):
-                    if field.type == field.TYPE_MESSAGE:
-                        getattr(stub, field.name).CopyFrom(getattr(tensor, field.name))
-                    else:
-                        setattr(stub, field.name, getattr(tensor, field.name))
             data = nominal_bytes(tensor)  # what a valid tensor's raw data holds
-            size = stub.ByteSize() + _field_bytes(data)
+            size = tensor_without_data(tensor).ByteSize() + _field_bytes(data)
         else:
             size = tensor.ByteSize()
         graph_bytes += _field_bytes(size)
@@ -149,33 +138,13 @@ def model_label(model: ModelLike) -> str:
     return IN_MEMORY if isinstance(model, onnx.ModelProto) else str(model)
 
 
-def copy_fields(target, source, skip: set[str] | frozenset[str] = frozenset()) -> None:
-    """Copy every field of the protobuf message ``source`` into the empty ``target`` but those named in ``skip``."""
-    for field, value in source.ListFields():
-        if field.name in skip:
-            continue
-        if _repeated(field):
-            getattr(target, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
-
-
-def _repeated(field) -> bool:
-    repeated = getattr(field, "is_repeated", None)  # protobuf 6 and later; ``label`` before
-    return repeated if repeated is not None else field.label == field.LABEL_REPEATED
-
-
 def copy_leaving_out(model: onnx.ModelProto, initializers: set[str] | frozenset[str]) -> onnx.ModelProto:
     """A copy of ``model`` without the main graph's initializers named in ``initializers``.
 
     For a pass that replaces those weights: copying a model's float weights only to drop them costs more than the pass.
     """
-    copy = onnx.ModelProto()
-    copy_fields(copy, model, skip={"graph"})
+    copy = without_initializers(model)
     if model.HasField("graph"):
-        copy_fields(copy.graph, model.graph, skip={"initializer"})
         copy.graph.initializer.extend(t for t in model.graph.initializer if t.name not in initializers)
     return copy
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import onnx
 from onnx import external_data_helper, shape_inference
 
-from onnxslim.ir.io import copy_fields
+from onnxslim.ir.external import tensor_without_data, without_initializers
 from onnxslim.ir.tensors import nominal_bytes
 
 LARGE_VALUE_BYTES = 4096  # a tensor holding more bytes than this is left out of the copy shape inference reads
@@ -22,20 +22,14 @@ def without_large_values(model: onnx.ModelProto) -> onnx.ModelProto:
 
     The main graph's large initializers are never copied (copying a model's weights costs more than the inference).
     """
-    copy = onnx.ModelProto()
-    copy_fields(copy, model, skip={"graph"})
-    if model.HasField("graph"):
-        copy_fields(copy.graph, model.graph, skip={"initializer"})
-        for tensor in model.graph.initializer:
-            kept = copy.graph.initializer.add()
-            if _large(tensor):  # its name, type and dims: its fields without reading its bytes (reading one copies it)
-                kept.name, kept.data_type = tensor.name, tensor.data_type
-                kept.dims.extend(tensor.dims)
-                if tensor.HasField("doc_string"):
-                    kept.doc_string = tensor.doc_string
-                kept.raw_data = b""
-            else:
-                kept.CopyFrom(tensor)
+    copy = without_initializers(model)
+    for tensor in model.graph.initializer:
+        kept = copy.graph.initializer.add()
+        if _large(tensor):  # its fields but its bytes, which are never read (reading one copies it)
+            kept.CopyFrom(tensor_without_data(tensor))
+            kept.raw_data = b""
+        else:
+            kept.CopyFrom(tensor)
     for tensor in external_data_helper._get_all_tensors(copy):  # Constant values and subgraphs' initializers
         if _large(tensor):
             # Shape inference needs only the dims of a big weight; values matter only for small shape tensors.
