@@ -374,7 +374,7 @@ class QuantRun:
             self.stats.update({tensor: head[tensor] for tensor in partial if tensor in head})
             calibrate(self.prepared, partial, itertools.islice(self.calib_source, seen), total=min(seen, total or seen), stats=self.stats,
                       description=f"calibrating more tensors on the first {seen} batches", **options)
-            rest = iter(itertools.islice(self.calib_source, seen, None)) if not exhausted else iter(())
+            rest = itertools.islice(self.calib_source, seen, None) if not exhausted else iter(())
             following = next(rest, None)  # the data may end where the first pass stopped
             if following is not None:
                 _, after = calibrate(self.prepared, partial, itertools.chain([following], rest), total=None if total is None else max(total - seen, 1),

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import drop_unread_initializers, node_attr
 from onnxslim.ir.layers import WEIGHTED_LAYERS, weight_axes
-from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, to_array, unique_name
+from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, tensor_elements, to_array, unique_name
 from onnxslim.quant.params import quantize_weight, weight_params
 
 MIN_ELEMENTS = 4096  # smaller weights are not worth two nodes
@@ -91,7 +91,7 @@ def readers_of_largest_weights(model: onnx.ModelProto, nodes: frozenset[str] | s
     """
     weights = initializer_map(model.graph)
     chosen = weights_only_read_by(model, nodes) | tied_tables_read_by(model, nodes)
-    sizes = sorted(((int(np.prod(weights[name].dims)), name) for name in chosen), reverse=True)
+    sizes = sorted(((tensor_elements(weights[name]), name) for name in chosen), reverse=True)
     total = sum(size for size, _ in sizes)
     readers: set[str] = set()
     held = 0
