@@ -330,3 +330,21 @@ def test_fewer_batches_than_the_hold_out_period_still_hold_out_the_last_one():
     assert [name for name, _ in rest] == ["random batch 0", "random batch 1", "random batch 2"]
     single = open_data("random", inputs, random_batches=1)
     assert evaluation_split(single, None, inputs, fraction=0.2, cap=8)[1] == []
+
+
+def test_the_sensitivity_chart_shows_what_the_budget_ranked_layers_by():
+    pytest.importorskip("plotly", reason="the HTML report's charts need the 'html' extra (plotly)")
+    from onnxslim.compress.html import layer_figure
+    from onnxslim.compress.pipeline import CompressReport
+
+    def chart(rows):
+        figure = layer_figure(CompressReport(model="m.onnx", output=None, config={}, budget={}, sensitivity=rows))
+        return figure.layout.title.text, list(figure.data[0].x), list(figure.data[0].y)
+
+    checked = [{"node": "head", "added_noise": 0.5, "output_effect": 0.0005}, {"node": "stem", "added_noise": 0.001, "output_effect": 0.02}]
+    title, nodes, values = chart(checked)
+    assert "stretch of the graph" in title and nodes == ["stem", "head"] and values == [0.02, 0.0005]
+    title, nodes, _ = chart([{k: v for k, v in row.items() if k != "output_effect"} for row in checked])
+    assert "noise each layer adds" in title and nodes == ["head", "stem"]
+    title, nodes, _ = chart([{"node": "a", "score_when_alone_quantized": 0.99}, {"node": "b", "score_when_alone_quantized": 0.9}])
+    assert "only this layer" in title and nodes == ["b", "a"]

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -487,8 +488,44 @@ def test_a_layer_deep_in_a_noisy_chain_is_charged_its_own_noise(monkeypatch):
     monkeypatch.setattr(pipeline, "inputs_made_exact", lambda *a: None)  # the side-by-side charge, as for subgraph bodies
     _, side_by_side = quantize(model, data, config=config)
     assert {e["node"]: e["added_noise"] for e in side_by_side.sensitivity}[fourth] < 0.1
-    assert len(side_by_side.kept_float_for_budget) > 2  # kept in float on the way to finding it
+    # ranked by that charge, more layers were kept in float on the way to finding it; what the outputs lose with each
+    # stretch of the chain alone quantized puts it back among the first
+    check = side_by_side.ranking_check
+    assert check["noise_ranking"]["kept"] > 2 and check["taken"] == "checked_ranking", check
+    assert {k["node"] for k in side_by_side.kept_float_for_budget} == {first, fourth}
 
+
+
+def test_the_check_by_stretches_is_kept_only_where_it_keeps_less_work_in_float(monkeypatch):
+    """Where the noise ranking's float layers hold more than RECHECK_SHARE of the work, each stretch of the graph is measured
+    alone and the layers searched again; a checked ranking that keeps more work in float is reported and not taken."""
+    from onnxslim.quant import pipeline
+
+    model, data = _chain_with_two_bad_layers(), outlier_inputs(30)
+    config = QuantConfig(latency_runs=0, smooth=None, per_channel=False)
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    builds = []
+    real_build = pipeline.QuantRun.build
+    monkeypatch.setattr(pipeline.QuantRun, "build", lambda self, *a, **k: builds.append(a[1] if len(a) > 1 else None) or real_build(self, *a, **k))
+    monkeypatch.setattr(pipeline, "RECHECK_SHARE", 0.5)  # the two noisy layers hold a third of the multiply-adds
+    _, unchecked = quantize(model, data, config=config)
+    assert unchecked.ranking_check == {} and {k["node"] for k in unchecked.kept_float_for_budget} == {matmuls[0], matmuls[3]}
+    assert all("stretch" not in entry for entry in unchecked.sensitivity)
+    plain_builds = len(builds)
+
+    # a check that gets the order backwards (the quietest layers first) finds a set holding more of the work: not taken
+    monkeypatch.setattr(pipeline, "RECHECK_SHARE", 0.25)
+    real_effect = pipeline.effect_at_outputs
+    monkeypatch.setattr(pipeline, "effect_at_outputs", lambda stretch, own, loss: {n: 1.0 / (1e-9 + e) for n, e in real_effect(stretch, own, loss).items()})
+    builds.clear()
+    _, checked = quantize(model, data, config=config)
+    check = checked.ranking_check
+    assert check["taken"] == "noise_ranking" and check["noise_ranking"]["kept"] == 2, check
+    assert check["checked_ranking"]["work_share"] > check["noise_ranking"]["work_share"] or not check["checked_ranking"]["met"]
+    assert {k["node"] for k in checked.kept_float_for_budget} == {matmuls[0], matmuls[3]}
+    assert check["stretches"] == len(checked.sensitivity)  # fewer layers than STRETCHES: each measured alone
+    assert plain_builds < len(builds) <= plain_builds + check["stretches"] + 8  # the stretches and the second search's counts
+    assert min(c.cosine for c in checked.fidelity) >= 0.99
 
 
 def _two_branches_of_unequal_work(seed=3):
@@ -544,6 +581,24 @@ def test_the_command_line_names_each_kept_layers_noise_and_share_of_the_work(sav
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if f"kept in float for the accuracy budget: {small}" in line)
     assert re.search(r"adds noise [0-9.]+ dB below its output's power; 3\.0% of the multiply-adds\)$", line), line
+
+
+def test_the_command_line_says_what_checking_the_ranking_by_stretches_found(save, npz_folder, tmp_path, monkeypatch):
+    from onnxslim.quant import pipeline
+
+    monkeypatch.setattr(pipeline, "inputs_made_exact", lambda *a: None)  # the side-by-side charge, which misses the fourth layer
+    model, data = _chain_with_two_bad_layers(), outlier_inputs(30)
+    result = CliRunner().invoke(main, ["quantize", str(save(model)), "-o", str(tmp_path / "q.onnx"), "--data", str(npz_folder(data)), "--latency-runs", "0",
+                                       "--smooth", "none", "--per-tensor", "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    check = json.loads((tmp_path / "r.json").read_text())["ranking_check"]
+    assert check["taken"] == "checked_ranking" and check["checked_ranking"]["kept"] == 2, check
+    assert re.search(rf"ranked by their own noise, the layers kept in float held [0-9.]+% of the multiply-adds \({check['noise_ranking']['kept']} layer\(s\)\); "
+                     r"each layer's noise weighted by what the outputs lose with its stretch of the graph alone quantized \([0-9]+ stretches measured\): "
+                     r"2 layer\(s\) holding 33\.3% \(kept\)", text), text
+    assert re.search(r"kept in float for the accuracy budget: \S+ \((adds noise [0-9.]+ dB below its output's power|adds no measurable noise); "
+                     r"its stretch of the graph alone quantized: cosine [0-9]\.[0-9]{5}; 16\.7% of the multiply-adds\)", text), text
 
 def test_the_exact_input_model_feeds_every_activation_quantizer_from_the_float_copy():
     from models.builders import branching_convs
@@ -613,6 +668,7 @@ def test_no_model_is_run_over_every_held_out_batch_twice(monkeypatch):
     from onnxslim.quant import pipeline
 
     monkeypatch.setattr(pipeline, "SENSITIVITY_BATCHES", 2)
+    monkeypatch.setattr(pipeline, "RECHECK_SHARE", math.inf)  # one search (the check by stretches searches again, with its own count)
     model = mlp()
     held_out = sample_inputs(model, 8, seed=2)
     data = calibrate_on(model, 24)
@@ -640,6 +696,7 @@ def test_fast_sensitivity_builds_a_few_models_where_measured_builds_one_per_laye
     builds = []
     real = pipeline.insert_qdq_everywhere
     monkeypatch.setattr(pipeline, "insert_qdq_everywhere", lambda *a, **k: builds.append(1) or real(*a, **k))
+    monkeypatch.setattr(pipeline, "RECHECK_SHARE", math.inf)  # the noise ranking alone (its check by stretches is tested on its own)
     counts = {}
     for sensitivity in ("fast", "measured"):
         builds.clear()

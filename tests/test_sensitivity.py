@@ -3,7 +3,18 @@ import math
 import pytest
 from onnx import helper
 
-from onnxslim.measure.sensitivity import WORK_FLOOR, added_noise, by_damage_per_work, counts_to_try, next_count, noise_power, rank_by_added_noise, tensors_to_compare
+from onnxslim.measure.sensitivity import (
+    WORK_FLOOR,
+    added_noise,
+    by_damage_per_work,
+    counts_to_try,
+    effect_at_outputs,
+    next_count,
+    noise_power,
+    rank_by_added_noise,
+    stretches,
+    tensors_to_compare,
+)
 
 
 def _chain():
@@ -55,6 +66,30 @@ def test_a_layer_whose_work_is_unknown_counts_as_the_average_layer_with_work():
     assert by_damage_per_work(ranked, {"big": 0.5, "small": 0.25, "norm": 0.0}) == ranked
     assert by_damage_per_work(ranked, {"big": 0.5, "small": 0.125}) == [("small", 0.25), ("unknown", 0.375), ("big", 0.5)]
     assert by_damage_per_work(ranked, {}) == ranked  # nothing known: the damage alone
+
+
+def test_stretches_are_runs_of_consecutive_layers_of_nearly_equal_length():
+    layers = [f"n{i}" for i in range(10)]
+    runs = stretches(layers, 4)
+    assert [len(run) for run in runs] == [2, 3, 3, 2] and sum(runs, []) == layers
+    assert stretches(layers[:3], 12) == [["n0"], ["n1"], ["n2"]]  # fewer layers than stretches: one each
+    assert stretches([], 4) == []
+
+
+def test_a_stretchs_measured_loss_is_shared_among_its_layers_by_their_own_noise():
+    own = {"stem": 0.001, "act": 0.003, "head": 0.5, "quiet": 0.0}
+    # the outputs lost 0.02 with the first stretch alone quantized: 4 times what its layers' own noise says,
+    # while the head's large noise barely shows (the pooling after it averages it away)
+    early = effect_at_outputs(["stem", "act"], own, 0.02)
+    late = effect_at_outputs(["head", "quiet"], own, 0.0005)
+    assert early == pytest.approx({"stem": 0.005, "act": 0.015}) and late == pytest.approx({"head": 0.0005, "quiet": 0.0})
+    assert by_damage_per_work(sorted({**early, **late}.items(), key=lambda item: -item[1]), {})[0][0] == "act"
+    # no own noise shows in the stretch: its loss is shared evenly; a stretch that brings NaN/Inf charges all of it
+    assert effect_at_outputs(["quiet", "other"], own, 0.002) == pytest.approx({"quiet": 0.001, "other": 0.001})
+    assert all(math.isinf(v) for v in effect_at_outputs(["stem", "act"], own, math.inf).values())
+    assert math.isinf(effect_at_outputs(["bad", "stem"], {"bad": math.inf, "stem": 0.001}, 0.01)["bad"])
+    assert effect_at_outputs(["bad", "stem"], {"bad": math.inf, "stem": 0.001}, 0.01)["stem"] == pytest.approx(0.01)
+    assert effect_at_outputs(["stem"], own, -1e-9) == {"stem": 0.0}  # a score above 1 by rounding is no negative damage
 
 
 def _search(noise, loss_of, budget_loss):

@@ -53,6 +53,12 @@ def layer_figure(report: CompressReport):
     go = plotly_figures()
     if report.sensitivity:
         rows = report.sensitivity
+        if "output_effect" in rows[0]:
+            rows = sorted(rows, key=lambda r: -r["output_effect"])
+            figure = go.Figure(go.Bar(x=[r["node"] for r in rows], y=[r["output_effect"] for r in rows]))
+            figure.update_layout(title="Per-layer sensitivity: each layer's share of what the outputs lose with its stretch of the graph alone INT8",
+                                 yaxis_title="estimated loss: 1 - worst output cosine", yaxis_type="log", template="plotly_white")
+            return figure
         if "added_noise" in rows[0]:
             rows = sorted(rows, key=lambda r: -r["added_noise"])
             figure = go.Figure(go.Bar(x=[r["node"] for r in rows], y=[r["added_noise"] for r in rows]))

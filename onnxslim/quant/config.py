@@ -138,7 +138,8 @@ class QuantConfig:
         low=-1.0, high=1.0, metavar="SCORE|none",
     )
     sensitivity: str = setting(
-        "fast", "How --accuracy-budget ranks layers: fast = the noise each adds, from one side-by-side pass; measured = each layer alone quantized (a pass per layer).",
+        "fast", "How --accuracy-budget ranks layers: fast = the noise each adds, from one side-by-side pass (checked against the outputs, a pass per stretch of "
+        "the graph, where the layers it keeps in float hold over a quarter of the work); measured = each layer alone quantized (a pass per layer).",
         choices=RANKINGS,
     )
     accuracy_metric: str = setting(

@@ -28,7 +28,7 @@ from onnxslim.ir.quantized import refuse_blocked_layout, refuse_quantized
 from onnxslim.ir.scopes import all_nodes, scoped
 from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
 from onnxslim.measure import RememberedReference, few_objects, fidelity, paired_tensor_fidelity, tensor_fidelity, worst_score
-from onnxslim.measure.sensitivity import by_damage_per_work, next_count, noise_power, rank_by_added_noise, tensors_to_compare
+from onnxslim.measure.sensitivity import by_damage_per_work, effect_at_outputs, next_count, noise_power, rank_by_added_noise, stretches, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes import PassResult
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
@@ -720,6 +720,7 @@ class BudgetSearch:
     built: tuple | None = field(default=None, repr=False, compare=False)
     built_on_every_batch: bool = False  # those comparisons cover every held-out batch
     closest_miss: tuple[int, float] | None = None  # the most layers kept in float (count, score) that still missed the budget
+    recheck: dict | None = None  # the fast ranking checked against the outputs by stretches (see _sensitivity): both results, which was taken
 
 
 STORED_IN_INT8 = (QuantReason.WEIGHT_ONLY, QuantReason.DYNAMIC)  # INT8 tables and recurrent weights: weights stored low-bit, no Q/DQ on inputs
@@ -732,10 +733,9 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     of the float and the quantized model; 'measured' by the outputs' score with each layer alone quantized
     (a model build and a pass over the batches per layer). Either way that damage is divided by the layer's
     share of the model's multiply-adds (a layer kept in float gives up the speed-up of its work), and the
-    budget is confirmed by measurement,
-    keeping the first ranked layers in float, as many as :func:`next_count` guesses from the losses measured so far.
-    The counts are measured on the first SENSITIVITY_BATCHES held-out batches; the count found is confirmed on
-    every held-out batch, and where it misses there, the search goes on over all of them.
+    budget is confirmed by measurement (:func:`_search_counts`). Where the fast ranking's result keeps
+    layers holding more than RECHECK_SHARE of the work in float, the ranking is checked against the
+    outputs (:func:`_with_stretch_effects`) and searched again; the result keeping less work in float is taken.
     ``measured_all``: the fully quantized model's comparisons on every held-out batch.
     """
     batches = run.eval_batches[:SENSITIVITY_BATCHES]
@@ -743,18 +743,82 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     candidates = [d.node for d in plan.decisions.values() if d.quantized and d.code not in (QuantReason.FOLDED, QuantReason.BIAS_FUSED)
                   and d.node not in plan.constant_operands]
     metric = run.config.accuracy_metric
-    every = _ranked_by_added_noise(run, candidates, quantized, batches) if run.config.sensitivity == "fast" else _ranked_alone(run, candidates, batches)
-    every = _by_damage_per_work(run, every)
+    fast = run.config.sensitivity == "fast"
+    every = _ranked_by_added_noise(run, candidates, quantized, batches) if fast else _ranked_alone(run, candidates, batches)
     # tables and recurrent layers keep their inputs float and hold most of the bytes: kept in float last, when nothing else will do
     stored_only = {d.node for d in plan.decisions.values() if d.code in STORED_IN_INT8}
-    every = [e for e in every if e["node"] not in stored_only] + [e for e in every if e["node"] in stored_only]
+
+    def in_keep_order(entries: list[dict]) -> list[dict]:
+        ordered = _by_damage_per_work(run, entries)
+        return [e for e in ordered if e["node"] not in stored_only] + [e for e in ordered if e["node"] in stored_only]
+
+    whole = len(batches) == len(run.eval_batches)
+    first_loss = _loss(worst_score(measured_all if whole else fidelity(run.reference, quantized, batches), metric))
+    if first_loss <= 1.0 - budget:  # the sample passes with nothing kept, the whole held-out set does not: search on all of it
+        batches, whole = run.eval_batches, True
+        first_loss = _loss(worst_score(measured_all, metric))
+    search = _search_counts(run, in_keep_order(every), budget, measured_all, batches, first_loss)
+    if not (fast and search.met and _float_share(search.kept) > RECHECK_SHARE):
+        return search
+    rescaled = _with_stretch_effects(run, every, batches)
+    if rescaled is None:
+        return search
+    again = _search_counts(run, in_keep_order(rescaled), budget, measured_all, batches, first_loss)
+    lighter = again.met and (_float_share(again.kept), len(again.kept)) < (_float_share(search.kept), len(search.kept))
+    recheck = {
+        "stretches": len({e["stretch"] for e in rescaled}),
+        "noise_ranking": {"kept": len(search.kept), "work_share": _float_share(search.kept)},
+        "checked_ranking": {"kept": len(again.kept), "work_share": _float_share(again.kept), "met": again.met},
+        "taken": "checked_ranking" if lighter else "noise_ranking",
+    }
+    return dataclasses.replace(again if lighter else search, recheck=recheck)
+
+
+RECHECK_SHARE = 0.25  # the fast ranking's float layers hold more of the multiply-adds than this: checked against the outputs
+STRETCHES = 12  # runs of consecutive layers each measured alone quantized for that check
+
+
+def _float_share(kept: list[dict]) -> float:
+    """The share of the model's multiply-adds the ``kept`` entries hold (those whose share is known)."""
+    return sum(entry.get("work_share", 0.0) for entry in kept)
+
+
+def _with_stretch_effects(run: QuantRun, every: list[dict], batches) -> list[dict] | None:
+    """``every`` (ranked by the noise each layer adds) with each layer's estimated effect at the outputs: the graph's
+    ranked layers are cut into STRETCHES runs in graph order, each run alone is quantized and measured, and its loss is
+    shared among its layers by their own noise (:func:`effect_at_outputs`). Each entry gains ``output_effect``, ``stretch``
+    (its run's index) and ``stretch_score`` (the worst output score with that run alone quantized). None where a ranked
+    layer lies inside a subgraph body (no place in the main graph's order)."""
+    position = {node.name: index for index, node in enumerate(run.prepared.graph.node)}
+    if any(entry["node"] not in position for entry in every):
+        return None
+    ordered = sorted((entry["node"] for entry in every), key=position.__getitem__)
+    own = {entry["node"]: entry["added_noise"] for entry in every}
+    everyone = frozenset(ordered)
+    effects: dict[str, tuple[float, int, float]] = {}
+    runs = stretches(ordered, STRETCHES)
+    for index, stretch in enumerate(track(runs, "checking the ranking by stretches", enabled=run.show_progress)):
+        _, model = run.build(run.config, everyone - frozenset(stretch))
+        score = worst_score(fidelity(run.reference, model, batches), run.config.accuracy_metric)
+        for node, effect in effect_at_outputs(stretch, own, _loss(score)).items():
+            effects[node] = (effect, index, score)
+    return [entry | {"output_effect": effects[entry["node"]][0], "stretch": effects[entry["node"]][1], "stretch_score": effects[entry["node"]][2]}
+            for entry in every]
+
+
+def _search_counts(run: QuantRun, every: list[dict], budget: float, measured_all: list, batches, first_loss: float) -> BudgetSearch:
+    """Keep the first of ``every`` (in the order they are kept in float) in float, as many as :func:`next_count` guesses
+    from the losses measured so far, until the smallest count that meets the budget is found.
+
+    The counts are measured on ``batches`` (the first SENSITIVITY_BATCHES held-out batches, or all of them); a count found
+    on a sample is confirmed on every held-out batch, and where it misses there, the search goes on over all of them.
+    ``first_loss``: the fully quantized model's loss on ``batches``.
+    """
+    metric = run.config.accuracy_metric
     ranked = [entry["node"] for entry in every]
     noise = [_damage(entry) for entry in every]
     whole = len(batches) == len(run.eval_batches)
-    losses = {0: _loss(worst_score(measured_all if whole else fidelity(run.reference, quantized, batches), metric))}
-    if losses[0] <= 1.0 - budget:  # the sample passes with nothing kept, the whole held-out set does not: search on all of it
-        batches, whole = run.eval_batches, True
-        losses = {0: _loss(worst_score(measured_all, metric))}
+    losses = {0: first_loss}
     measured = 0
     while True:
         best = None  # (count, score, built) of the smallest count measured to meet the budget
@@ -800,7 +864,10 @@ def _below(score: float, budget: float) -> str:
 
 
 def _damage(entry: dict) -> float:
-    """What quantizing a ranked layer costs the outputs: the noise it adds, or the score it takes away when it alone is quantized."""
+    """What quantizing a ranked layer costs the outputs: its estimated effect at the outputs where its stretch was measured,
+    else the noise it adds, or the score it takes away when it alone is quantized."""
+    if "output_effect" in entry:
+        return entry["output_effect"]
     return entry["added_noise"] if "added_noise" in entry else 1.0 - entry["score_when_alone_quantized"]
 
 
@@ -1039,6 +1106,7 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
     search = _sensitivity(run, plan, quantized, config.accuracy_budget, comparisons)
     report.kept_float_for_budget = search.kept
     report.sensitivity = search.sensitivity
+    report.ranking_check = search.recheck or {}
     if not search.met:
         report.warnings.append(search.note)
     if search.built is not None:

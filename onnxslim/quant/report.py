@@ -67,6 +67,7 @@ class QuantReport(Record):
     decisions: list[NodeDecision] = json_field(omit=True, factory=list)
     kept_float_for_budget: list[dict] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)  # with a budget search: every layer's score when it alone is quantized
+    ranking_check: dict = field(default_factory=dict)  # the fast ranking checked against the outputs by stretches of the graph: both searches, which was taken
     weight_range: dict = field(default_factory=dict)  # INT8 weight codes used ('full' or 'reduced', see --weight-range) and why
     scalar_affine: dict = field(default_factory=dict)  # --scalar-affine auto: both forms of constant-scalar Add/Mul measured, which was written and why
     depthwise: dict = field(default_factory=dict)  # convolutions on onnxruntime's depthwise integer kernel: both forms measured, which was written and why
