@@ -50,7 +50,7 @@ def bench_task(name: str, budgets: list[float], calib: int, threads: list[int], 
     task = TASKS[name]
     data = make(name, args.train, 8, root=work / name / "rendered") / "calib" if args.train else first_samples(task, calib, work / name / "calib")
     extra = {"ratios": tuple(float(r) for r in args.ratios.split(","))} if args.ratios else {}
-    extra |= {"prune_by": args.prune_by, "only": args.only, "smooth": args.smooth}
+    extra |= {"prune_by": args.prune_by, "only": args.only, "smooth": args.smooth, "accuracy_metric": args.accuracy_metric}
     if args.distill:
         extra |= {"distill": True, "distill_epochs": 20, "distill_time_budget": args.distill, "distill_lr": args.lr}
     feeds = eval_feeds(task)
@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=0, help="build from this many samples rendered apart from the held-out set (default: the first --calib cached ones)")
     parser.add_argument("--ratios", default=None, help="compress --ratios (default: its own)")
     parser.add_argument("--prune-by", default="channels", choices=("channels", "macs", "params"), help="compress --prune-by")
+    parser.add_argument("--accuracy-metric", default="cosine", choices=("cosine", "top1", "auto"), help="compress --accuracy-metric: what --max-loss bounds")
     parser.add_argument("--only", default="all", choices=("all", "heads", "channels"), help="compress --only (MiniLM: channels = the FFN neurons, every head kept)")
     parser.add_argument("--distill", type=float, default=None, metavar="MIN", help="compress --distill, each pruned candidate for up to MIN minutes")
     parser.add_argument("--lr", type=float, default=None, help="compress --distill-lr (default: distill's own)")

@@ -79,7 +79,7 @@ def test_stretches_are_runs_of_consecutive_layers_of_nearly_equal_length():
 def test_a_stretchs_measured_loss_is_shared_among_its_layers_by_their_own_noise():
     own = {"stem": 0.001, "act": 0.003, "head": 0.5, "quiet": 0.0}
     # the outputs lost 0.02 with the first stretch alone quantized: 4 times what its layers' own noise says,
-    # while the head's large noise barely shows (the pooling after it averages it away)
+    # while the head's large noise barely shows
     early = effect_at_outputs(["stem", "act"], own, 0.02)
     late = effect_at_outputs(["head", "quiet"], own, 0.0005)
     assert early == pytest.approx({"stem": 0.005, "act": 0.015}) and late == pytest.approx({"head": 0.0005, "quiet": 0.0})

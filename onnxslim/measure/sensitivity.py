@@ -109,9 +109,9 @@ def effect_at_outputs(stretch: Sequence[str], own: Mapping[str, float], loss: fl
     to the noise each adds itself (``own``), evenly where none shows.
 
     A layer's own noise misses what the graph after it does to that noise: the layers behind a
-    mobile network's stem carry it through every block and grow it, while a late activation's
-    noise is averaged away by the pooling after it (on a random-weight MobileNetV3 the outputs
-    lost 4 times the stem stretch's own noise and a thousandth of the last one's). Layers next to
+    mobile network's stem carry it through every block and grow it, while most of a late
+    layer's noise may never reach the outputs (on a random-weight MobileNetV3 the outputs lost
+    4 times the stem stretch's own noise and a thousandth of the last one's). Layers next to
     each other share most of that path, so one measurement per stretch puts its layers' noise in
     the outputs' units. A stretch that alone brings NaN/Inf to the outputs charges every layer
     of it infinitely; infinite own noise stays infinite.
