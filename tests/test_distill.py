@@ -1,5 +1,6 @@
 """distill: the trainable module, write-back of weights, the losses, and training a pruned student toward its teacher."""
 
+import importlib
 import json
 
 import numpy as np
@@ -225,6 +226,23 @@ def teacher_and_student(tmp_path_factory):
     for index, batch in enumerate(sample_inputs(teacher, 60, seed=3)):
         np.savez(data / f"{index:03d}.npz", **batch)
     return folder
+
+
+def test_patience_stops_a_cosine_schedule_only_once_its_rate_has_settled(teacher_and_student, monkeypatch):
+    """Held-out scores that never beat the student as given: a constant rate stops after --patience epochs; the cosine
+    schedule goes on until its rate is down to half (end of epoch 3 of 6), where its gains would come."""
+    distill_pipeline = importlib.import_module("onnxslim.distill.pipeline")  # onnxslim.distill is also the function's name
+
+    scores = iter([0.9] + [0.5] * 20)  # the student as given, then every epoch worse
+    monkeypatch.setattr(distill_pipeline, "worst_score", lambda comparisons, metric: next(scores))
+    folder = teacher_and_student
+    args = (str(folder / "student.onnx"), str(folder / "teacher.onnx"), str(folder / "data"))
+    _, constant = distill(*args, config=DistillConfig(epochs=6, lr=1e-4, patience=1, lr_schedule="constant"))
+    assert len(constant.epochs) == 1 and any("stopped after epoch 1" in w for w in constant.warnings)
+    scores = iter([0.9] + [0.5] * 20)
+    _, cosine = distill(*args, config=DistillConfig(epochs=6, lr=1e-4, patience=1))
+    assert len(cosine.epochs) == 3 and any("stopped after epoch 3" in w for w in cosine.warnings), cosine.warnings
+    assert cosine.written == constant.written == "student"
 
 
 def test_distilling_a_pruned_student_brings_it_closer_to_its_teacher(teacher_and_student, tmp_path):
