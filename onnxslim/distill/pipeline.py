@@ -325,7 +325,7 @@ def distill(
         if show_progress:
             stderr_console.print(f"epoch {epoch}: loss {np.mean(losses):.4f}, held-out {config.accuracy_metric} {score:.5f}" + (" (best)" if improved else ""), highlight=False)
         # while a cosine schedule is in its first half the rate is high and the held-out score jitters; its gains come as
-        # the rate settles (a recognizer's student: best at epoch 2 of 5 when this stopped it, the rate still at 3/4)
+        # the rate settles (a recognizer's student: best at epoch 2 of 5 when this stopped it, the rate still above half)
         settling = config.lr_schedule != "cosine" or _cosine_factor(epoch, config.epochs, seconds, config.time_budget) <= SETTLED_RATE
         if stale >= config.patience and settling:
             report.warnings.append(f"stopped after epoch {epoch}: {config.patience} epoch(s) without improvement on the held-out batches")
