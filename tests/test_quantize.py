@@ -567,7 +567,7 @@ def test_the_budget_keeps_in_float_the_layer_that_gives_back_most_accuracy_per_s
     assert entries[small]["work_share"] == pytest.approx(4096 / (4096 + 2 * 65536)) and entries[wide]["work_share"] == pytest.approx(65536 / (4096 + 2 * 65536))
     assert [k["node"] for k in report.kept_float_for_budget] == [small]
     assert min(c.cosine for c in report.fidelity) >= budget
-    monkeypatch.setattr(pipeline, "_by_damage_per_work", lambda run, every: every)  # ranked by the noise alone
+    monkeypatch.setattr(pipeline, "_by_damage_per_work", lambda every, shares: every)  # ranked by the noise alone
     _, noisiest_first = quantize(model, data, config=dataclasses.replace(UNSMOOTHED, accuracy_budget=budget))
     assert [k["node"] for k in noisiest_first.kept_float_for_budget] == [wide] and min(c.cosine for c in noisiest_first.fidelity) >= budget
 

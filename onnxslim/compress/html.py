@@ -54,20 +54,15 @@ def layer_figure(report: CompressReport):
     if report.sensitivity:
         rows = report.sensitivity
         if "output_effect" in rows[0]:
-            rows = sorted(rows, key=lambda r: -r["output_effect"])
-            figure = go.Figure(go.Bar(x=[r["node"] for r in rows], y=[r["output_effect"] for r in rows]))
-            figure.update_layout(title="Per-layer sensitivity: each layer's share of what the outputs lose with its stretch of the graph alone INT8",
-                                 yaxis_title="estimated loss: 1 - worst output cosine", yaxis_type="log", template="plotly_white")
-            return figure
-        if "added_noise" in rows[0]:
-            rows = sorted(rows, key=lambda r: -r["added_noise"])
-            figure = go.Figure(go.Bar(x=[r["node"] for r in rows], y=[r["added_noise"] for r in rows]))
-            figure.update_layout(title="Per-layer sensitivity: noise each layer adds when INT8 (one side-by-side pass)", yaxis_title="added noise / signal power",
-                                 yaxis_type="log", template="plotly_white")
-            return figure
-        rows = sorted(rows, key=lambda r: r["score_when_alone_quantized"])
-        figure = go.Figure(go.Bar(x=[r["node"] for r in rows], y=[1.0 - r["score_when_alone_quantized"] for r in rows]))
-        figure.update_layout(title="Per-layer sensitivity: loss when only this layer is INT8", yaxis_title="1 - worst output cosine", template="plotly_white")
+            value, title, axis, scale = (lambda r: r["output_effect"], "each layer's share of what the outputs lose with its stretch of the graph alone INT8",
+                                         "estimated loss: 1 - worst output cosine", "log")
+        elif "added_noise" in rows[0]:
+            value, title, axis, scale = lambda r: r["added_noise"], "noise each layer adds when INT8 (one side-by-side pass)", "added noise / signal power", "log"
+        else:
+            value, title, axis, scale = lambda r: 1.0 - r["score_when_alone_quantized"], "loss when only this layer is INT8", "1 - worst output cosine", "linear"
+        rows = sorted(rows, key=lambda r: -value(r))
+        figure = go.Figure(go.Bar(x=[r["node"] for r in rows], y=[value(r) for r in rows]))
+        figure.update_layout(title=f"Per-layer sensitivity: {title}", yaxis_title=axis, yaxis_type=scale, template="plotly_white")
         return figure
     chosen = next((c for c in report.candidates if c.chosen), None)
     groups = (chosen.details.get("prune", {}) if chosen else {}).get("groups", [])

@@ -748,8 +748,10 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     # tables and recurrent layers keep their inputs float and hold most of the bytes: kept in float last, when nothing else will do
     stored_only = {d.node for d in plan.decisions.values() if d.code in STORED_IN_INT8}
 
+    shares = _work_shares(run, [entry["node"] for entry in every])  # shape inference: once for both searches
+
     def in_keep_order(entries: list[dict]) -> list[dict]:
-        ordered = _by_damage_per_work(run, entries)
+        ordered = _by_damage_per_work(entries, shares)
         return [e for e in ordered if e["node"] not in stored_only] + [e for e in ordered if e["node"] in stored_only]
 
     whole = len(batches) == len(run.eval_batches)
@@ -795,15 +797,14 @@ def _with_stretch_effects(run: QuantRun, every: list[dict], batches) -> list[dic
     ordered = sorted((entry["node"] for entry in every), key=position.__getitem__)
     own = {entry["node"]: entry["added_noise"] for entry in every}
     everyone = frozenset(ordered)
-    effects: dict[str, tuple[float, int, float]] = {}
+    measured: dict[str, dict] = {}
     runs = stretches(ordered, STRETCHES)
     for index, stretch in enumerate(track(runs, "checking the ranking by stretches", enabled=run.show_progress)):
         _, model = run.build(run.config, everyone - frozenset(stretch))
         score = worst_score(fidelity(run.reference, model, batches), run.config.accuracy_metric)
         for node, effect in effect_at_outputs(stretch, own, _loss(score)).items():
-            effects[node] = (effect, index, score)
-    return [entry | {"output_effect": effects[entry["node"]][0], "stretch": effects[entry["node"]][1], "stretch_score": effects[entry["node"]][2]}
-            for entry in every]
+            measured[node] = {"output_effect": effect, "stretch": index, "stretch_score": score}
+    return [entry | measured[entry["node"]] for entry in every]
 
 
 def _search_counts(run: QuantRun, every: list[dict], budget: float, measured_all: list, batches, first_loss: float) -> BudgetSearch:
@@ -871,16 +872,20 @@ def _damage(entry: dict) -> float:
     return entry["added_noise"] if "added_noise" in entry else 1.0 - entry["score_when_alone_quantized"]
 
 
-def _by_damage_per_work(run: QuantRun, every: list[dict]) -> list[dict]:
-    """``every`` (ranked by damage) in the order the budget keeps layers in float, by damage per share of the model's
-    multiply-adds at the held-out batches' shapes (:func:`by_damage_per_work`); each entry gains its ``work_share`` where known."""
+def _work_shares(run: QuantRun, nodes: list[str]) -> dict[str, float]:
+    """Each of ``nodes``' share of the model's multiply-adds at the held-out batches' shapes, where known."""
     inputs = {i.name for i in run.prepared.graph.input}
     feed = run.eval_batches[0][1]
     try:
         shapes = known_shapes(run.prepared, {name: np.shape(value) for name, value in feed.items() if name in inputs})
     except Exception:  # no shapes, no shares: the damage alone orders the layers (every count is measured all the same)
         shapes = {}
-    shares = work_shares(run.prepared, [e["node"] for e in every], shapes)
+    return work_shares(run.prepared, nodes, shapes)
+
+
+def _by_damage_per_work(every: list[dict], shares: Mapping[str, float]) -> list[dict]:
+    """``every`` (ranked by damage) in the order the budget keeps layers in float, by damage per share of the model's
+    multiply-adds (``shares``, :func:`by_damage_per_work`); each entry gains its ``work_share`` where known."""
     entries = {entry["node"]: entry for entry in every}
     ordered = by_damage_per_work([(entry["node"], _damage(entry)) for entry in every], shares)
     return [entries[node] | ({"work_share": shares[node]} if node in shares else {}) for node, _ in ordered]
