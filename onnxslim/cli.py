@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import sys
+import textwrap
 import threading
 from collections import Counter
 
@@ -729,6 +730,10 @@ def _write_compress_reports(report, report_path, html_path) -> None:
     _finish(report.to_dict(), report_path)
 
 
+WIDE_CANDIDATE_TABLE = 120  # console columns from which compress's candidate table has room for what was done beside the numbers
+CANDIDATE_NAME_WIDTH = 14  # "pruned 40% +" on one line: a name squeezed narrower is unreadable
+
+
 def _print_candidates(report) -> None:
     table = Table(title=f"candidates against the original ({escape(report.evaluation)}; latency at {threads_text(report.threads)})", title_justify="left")
     metric = report.config.get("accuracy_metric", "cosine")
@@ -736,10 +741,13 @@ def _print_candidates(report) -> None:
     # the decision-level score beside the budget's own: headed by its name ("top-1") where every candidate has the same one
     labels = {c.details["worst_task_metric"]["metric"] for c in report.candidates if "worst_task_metric" in c.details}
     task_column = (f"worst {next(iter(labels))}",) if len(labels) == 1 else ("task metric",) if labels else ()
-    columns = ("candidate", "latency", *(("at 1 thread",) if one_thread else ()), f"worst {metric}", *task_column, "size MB", "budget", "what was done")
-    numbers = ("latency", "at 1 thread", f"worst {metric}", *task_column, "size MB")
-    for column in columns:  # the numbers keep their width; what was done wraps
-        table.add_column(column, justify="right" if column in numbers else "left", no_wrap=column in numbers or column == "budget")
+    # the numbers keep their width (their headings on two lines); on a console too narrow for what was done beside them
+    # (a CI log's 80 columns), it is listed under the table instead of being squeezed out of sight
+    numbers = ("latency", *(("at 1\nthread",) if one_thread else ()), f"worst\n{metric}", *(heading.replace(" ", "\n", 1) for heading in task_column), "size\nMB")
+    notes_beside = console.width >= WIDE_CANDIDATE_TABLE
+    for column in ("candidate", *numbers, "budget", *(("what was done",) if notes_beside else ())):
+        table.add_column(column, justify="right" if column in numbers else "left", no_wrap=column in numbers or column == "budget",
+                         min_width=CANDIDATE_NAME_WIDTH if column == "candidate" else None)
     for c in report.candidates:
         latency = f"{c.latency_ratio:.3f}x" if c.latency_ratio is not None else "-"
         single = (f"{c.latency_ratio_1_thread:.3f}x" if c.latency_ratio_1_thread is not None else "-",) if one_thread else ()
@@ -747,8 +755,14 @@ def _print_candidates(report) -> None:
         task = c.details.get("worst_task_metric")
         agreement = ((_fmt(task["value"], 4) if len(labels) == 1 else f"{task['metric']} {_fmt(task['value'], 4)}") if task else "-",) if labels else ()
         mark = "[bold green]written[/]" if c.chosen else ("ok" if c.within_budget else "over" if c.measured else "-")
-        table.add_row(escape(c.name), latency, *single, score, *agreement, f"{c.file_bytes / 1e6:.2f}" if c.file_bytes else "-", mark, escape(c.note))
+        table.add_row(escape(c.name), latency, *single, score, *agreement, f"{c.file_bytes / 1e6:.2f}" if c.file_bytes else "-", mark,
+                      *((escape(c.note),) if notes_beside else ()))
     console.print(table)
+    if not notes_beside:
+        console.print("what was done:", highlight=False)
+        for c in report.candidates:
+            console.print(textwrap.fill(f"{c.name}: {c.note}", width=console.width - 1, initial_indent="  ", subsequent_indent="    "),
+                          markup=False, highlight=False)
     budget = report.budget
     target = f", target latency {budget['target_latency']:g}x" if budget.get("target_latency") else ""
     what = "cosine or top-1 agreement (class scores)" if metric == "auto" else metric

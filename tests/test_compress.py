@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from models.builders import conv_bn_relu, sample_inputs
-from onnxslim import CompressConfig, compress
+from onnxslim import CompressConfig, cli, compress
 from onnxslim.cli import main
 from onnxslim.compress import Budget, Candidate, choose
 from onnxslim.compress import pipeline as compress_pipeline
@@ -155,12 +155,16 @@ def test_cli_compress_writes_model_report_and_html(monkeypatch, tmp_path, save, 
     path, data = save(model), npz_folder(sample_inputs(model, 10))
     out, report, html = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "r.html"
     args = ["compress", str(path), "-o", str(out), "--data", str(data), "--max-loss", "0.1", "--ratios", "0.25", "--latency-runs", "3", "--report", str(report), "--html", str(html)]
+    monkeypatch.setattr(cli.console, "width", 80)
     result = CliRunner().invoke(main, args + ["-q"])
     assert result.exit_code == 0, result.output
     content = json.loads(report.read_text())
     assert content["command"] == "compress" and content["chosen"] and "wrote" in result.output
     # class scores: the candidates' top-1 agreement is shown beside the cosine the budget bounds
-    assert "worst top-1" in result.output and all("worst_task_metric" in c["details"] for c in content["candidates"][1:] if not c["failed"])
+    assert "top-1" in result.output and all("worst_task_metric" in c["details"] for c in content["candidates"][1:] if not c["failed"])
+    # a console of 80 columns (a CI log's) lists what was done under the table: every candidate's name and note readable
+    assert "what was done:" in result.output
+    assert all(f"{c['name']}: {c['note']}" in " ".join(result.output.split()) for c in content["candidates"])
     page = html.read_text()
     assert "plotly" in page.lower() and content["chosen"] in page and "<script" in page
     # a destination that is an input or another destination is refused before any work

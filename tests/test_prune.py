@@ -506,6 +506,25 @@ def test_a_pruned_model_that_is_not_faster_is_not_written_by_default(monkeypatch
         assert report.written == "pruned" and report.parameters.after < report.parameters.before
 
 
+def test_without_data_a_dynamic_batch_axis_is_one_for_the_test_run_timing_and_macs(monkeypatch):
+    from onnxslim.measure import LatencyComparison
+    from onnxslim.prune import structured
+
+    faster = LatencyComparison(1, {"median_ms": 1.0, "runs": 3}, {"median_ms": 0.7, "runs": 3})
+    timed = []
+    monkeypatch.setattr(structured, "latency_ratios", lambda original, pruned, probe, **k: timed.append(probe) or (faster, None))
+    _, report = prune(conv_bn_relu(batch="N"), config=PruneConfig(ratio=0.5, latency_runs=3, round_to=1))
+    assert [array.shape for array in timed[0].values()] == [(1, 3, 32, 32)]
+    assert report.macs.before > report.macs.after > 0 and not report.macs_unknown
+    assert any("batch axis of input taken as 1" in w for w in report.warnings)
+    assert not any("not test-run" in w or "not timed" in w for w in report.warnings)
+    # another dynamic size: nothing is guessed, and the report says what was not checked
+    model = conv_bn_relu(batch="N")
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "width"
+    _, unsized = prune(model, config=PruneConfig(ratio=0.5, latency_runs=3, round_to=1))
+    assert any("not test-run" in w for w in unsized.warnings) and not any("taken as 1" in w for w in unsized.warnings)
+
+
 def test_a_conv_reading_tracked_channels_off_its_channel_axis_blocks_them():
     """YOLOv8's DFL head: 4 box sides x 16 bins in one conv's channels, bins moved onto the channel axis of a fixed 1x1 conv."""
     b = GraphBuilder(21)

@@ -316,12 +316,19 @@ def test_cli_validate_exit_codes_and_report(save, npz_folder, tmp_path):
 
 
 def test_random_data_warns_and_needs_shapes_for_dynamic_dims(save):
+    # a dynamic batch axis alone is taken as 1, and the data's description says so
+    batched = save(conv_bn_relu(batch="N"), "batched.onnx")
+    report = validate(batched, batched, "random", runs=0)
+    assert "batch axis of input taken as 1" in report.data and report.passed
+    assert any("random" in w for w in report.warnings)
+    # any other dynamic size has no default
     model = conv_bn_relu(batch="N")
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
     path = save(model)
     with pytest.raises(UsageError, match="dynamic dimension 'N'"):
         validate(path, path, "random", runs=0)
     report = validate(path, path, "random", input_shapes={"input": (2, 3, 32, 32)}, runs=0)
-    assert any("random" in w for w in report.warnings)
+    assert "taken as 1" not in report.data and any("random" in w for w in report.warnings)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from onnxslim.compress.search import Budget, Candidate, choose
-from onnxslim.data.sources import InMemory, evaluation_split, for_several_passes, open_data
+from onnxslim.data.sources import InMemory, batch_of_one_note, evaluation_split, for_several_passes, open_data
 from onnxslim.distill import DistillConfig, distill
 from onnxslim.distill.module import require_torch, training_device
 from onnxslim.errors import BudgetError, NothingToDoError, OnnxSlimError, ProviderError, UnsupportedModelError, UsageError, naming_the_file, without_model_label
@@ -153,7 +153,8 @@ def compress(
         budget = Budget(config.max_loss, config.target_latency, config.objective)
         report = CompressReport(label, str(output) if output else None, dataclasses.asdict(config), dataclasses.asdict(budget), evaluation, config.threads)
         if isinstance(data, str) and data == "random":
-            report.warnings.append("--data random: candidates were pruned, refit and calibrated on noise and judged on noise, which proves nothing about real inputs; the budget needs real data")
+            report.warnings.append(f"--data random{batch_of_one_note(inputs, input_shapes)}: candidates were pruned, refit and calibrated on noise and judged on noise, "
+                                   "which proves nothing about real inputs; the budget needs real data")
         reference = RememberedReference(Runner(original, threads=None, label="original"))  # every candidate is compared on the same held-out batches
         given = Candidate("original", 0.0, False, loss=0.0, file_bytes=model_file_bytes(original), parameters=count_parameters(original), note="the model as given")
         built: list[tuple[Candidate, onnx.ModelProto | None]] = [(given, original)]
@@ -321,7 +322,8 @@ def _quantized(
                 break  # keep the previous attempt, measured
             return Candidate(name, ratio, True, note=f"not built: {without_model_label(exc)}", failed=True), None
         kept = len(quant_report.kept_float_for_budget)
-        note = f"{len(quant_report.quantized)} nodes {quant_report.precision.upper()}" + (f", {kept} kept in float for the budget" if kept else "")
+        count = len(quant_report.quantized)
+        note = f"{count} node{'s' if count != 1 else ''} {quant_report.precision.upper()}" + (f", {kept} kept in float for the budget" if kept else "")
         candidate = Candidate(name, ratio, True, note=note, details={"quantize": quant_report.to_dict()})
         _measure_fidelity(reference, candidate, quantized, held, config.accuracy_metric)
         if ratio == 0.0 and quant_report.sensitivity:

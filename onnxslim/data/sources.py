@@ -94,8 +94,21 @@ def parse_input_shapes(specs: str | list[str] | tuple[str, ...] | None) -> dict[
     return shapes
 
 
+def batch_axis_only(spec: TensorSpec) -> bool:
+    """Whether the first axis is the only dynamic one of an input of rank 2 or more: a batch, which random data makes 1
+    (as a data loader would, one sample at a time); any other dynamic size (frames, tokens, pixels) has no such default."""
+    return spec.shape is not None and len(spec.shape) >= 2 and not isinstance(spec.shape[0], int) and all(isinstance(d, int) for d in spec.shape[1:])
+
+
+def batch_of_one_note(inputs: list[TensorSpec], shapes: Mapping[str, tuple[int, ...]] | None) -> str:
+    """"; batch axis of X taken as 1 ..." for the inputs random data makes a batch of one for (see :func:`batch_axis_only`),
+    else "": every warning about random inputs carries it, so that the sizes measured are never a guess nobody saw."""
+    taken = [spec.name for spec in inputs if spec.name not in (shapes or {}) and batch_axis_only(spec)]
+    return f"; batch axis of {', '.join(taken)} taken as 1, --input-shapes sets it" if taken else ""
+
+
 def resolve_shape(spec: TensorSpec, overrides: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
-    """A concrete shape for ``spec``: the override if given, else its static dims."""
+    """A concrete shape for ``spec``: the override if given, else its static dims (a dynamic batch axis alone: 1)."""
     if spec.name in overrides:
         shape = overrides[spec.name]
         if spec.shape is not None:
@@ -107,6 +120,8 @@ def resolve_shape(spec: TensorSpec, overrides: Mapping[str, tuple[int, ...]]) ->
         return shape
     if spec.shape is None:
         raise UsageError(f"input '{spec.name}' has unknown rank; give --input-shapes {spec.name}:D1,D2,...")
+    if batch_axis_only(spec):
+        return (1, *spec.shape[1:])
     dynamic = [(axis, dim) for axis, dim in enumerate(spec.shape) if not isinstance(dim, int)]
     if dynamic:
         axis, dim = dynamic[0]
@@ -129,7 +144,7 @@ class RandomInputs:
         self.shapes = {spec.name: resolve_shape(spec, shapes or {}) for spec in inputs}
         self.batches = batches
         self.seed = seed
-        self.description = f"{batches} random batch(es) (seed {seed})"
+        self.description = f"{batches} random batch(es) (seed {seed}{batch_of_one_note(inputs, shapes)})"
 
     def __len__(self) -> int:
         return self.batches

@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 import onnx
 
-from onnxslim.data.sources import DataSource, evaluation_split, for_several_passes, open_data
+from onnxslim.data.sources import DataSource, batch_of_one_note, evaluation_split, for_several_passes, open_data
 from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
 from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters, node_macs
 from onnxslim.ir.io import load_model, model_file_bytes, model_label, model_weight_bytes
@@ -342,15 +342,17 @@ def prune(
     if (config.importance in DATA_METHODS or config.recovery != "none") and source is None:
         raise UsageError(f"--importance {config.importance} and recovery need calibration data: give --data")
     config = _resolve_token_mask(config, original)
-    data_warnings = _data_warnings(data, eval_data, config)
+    data_warnings = _data_warnings(data, eval_data, config, batch_of_one_note(graph_inputs(original), input_shapes))
     report = PruneReport(label, str(output) if output else None, "unstructured" if config.unstructured else "structured", config.__dict__.copy())
     report.prepare = prepared
     report.evaluation = evaluation
     report.warnings.extend(data_warnings)
     if data is not None and not held_out:
         report.warnings.append("no held-out data: fidelity is measured on the batches that ranked and refit the channels; give --eval-data or more batches")
-    shapes = _shapes_for(work, source) if source is not None else known_shapes(work, input_shapes or {})
     probe = _probe_feed(original, source, input_shapes)
+    # without data, the sizes of the random test batch (a dynamic batch axis alone taken as 1) count the MACs
+    without_data = {name: tuple(array.shape) for name, array in (probe or {}).items()} | dict(input_shapes or {})
+    shapes = _shapes_for(work, source) if source is not None else known_shapes(work, without_data)
     if config.unstructured:
         pruned, lines = magnitude_sparsify(work, config.ratio)
         report.sparsity.extend(lines)
@@ -632,15 +634,17 @@ def _evaluation_split(source, eval_data, model: onnx.ModelProto, config: PruneCo
     return rest, held, f"{len(held)} held-out batch(es) of --data (1 in {round(1 / config.eval_fraction)}, not used for pruning)"
 
 
-def _data_warnings(data, eval_data, config: PruneConfig) -> list[str]:
-    """What the user must know about the data behind the numbers (or their absence)."""
+def _data_warnings(data, eval_data, config: PruneConfig, batch_of_one: str = "") -> list[str]:
+    """What the user must know about the data behind the numbers (or their absence). ``batch_of_one``: what random inputs
+    assume of the batch axes (:func:`batch_of_one_note`), said where random inputs are run."""
     if data is None and eval_data is not None:
         return ["no --data: channels were ranked by their weights and nothing was recovered; the accuracy is measured on --eval-data"]
     if data is None:
-        return ["no --data: the pruned model's accuracy was not measured and nothing was recovered; give real inputs with --data"]
+        timed = f" (the test run and timing on random inputs{batch_of_one})" if batch_of_one else ""
+        return [f"no --data: the pruned model's accuracy was not measured and nothing was recovered{timed}; give real inputs with --data"]
     if isinstance(data, str) and data == "random":
         what = "channels were ranked and layers refit on noise" if config.recovery == "refit" else "the fidelity reported is on noise"
-        return [f"--data random: {what}, which proves nothing about real inputs; recovery and accuracy need real data"]
+        return [f"--data random{batch_of_one}: {what}, which proves nothing about real inputs; recovery and accuracy need real data"]
     return []
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxslim.data.sources import DataSource, in_memory, open_data, read_once, reiterable
+from onnxslim.data.sources import DataSource, batch_of_one_note, in_memory, open_data, read_once, reiterable
 from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageError, first_line
 from onnxslim.ir.counts import work_shares
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
@@ -173,7 +173,7 @@ class QuantRun:
         if self.has_data:
             source = open_data(data, inputs, input_shapes=input_shapes)
             if isinstance(data, str) and data == "random":
-                self.warnings.append("calibrating on random inputs: the ranges will not match real data; pass --data DIR")
+                self.warnings.append(f"calibrating on random inputs{batch_of_one_note(inputs, input_shapes)}: the ranges will not match real data; pass --data DIR")
             self.calib_source, self.eval_batches, self.eval_label = self._split(source, eval_data, inputs, input_shapes)
         else:
             self.calib_source, self.eval_batches, self.eval_label = None, [], "no data"

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from onnxslim.data.sources import DataSource, evaluation_split, for_several_passes, open_data
+from onnxslim.data.sources import DataSource, batch_of_one_note, evaluation_split, for_several_passes, open_data
 from onnxslim.errors import NothingToDoError, UsageError
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
@@ -189,7 +189,8 @@ def _measure(original: onnx.ModelProto, shared: onnx.ModelProto, held: list, inp
     elif feed is not None:
         report.evaluation = "random inputs (no --data): fidelity on noise says little about real inputs"
         report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), shared, [("random", feed)], label="shared model")
-        report.warnings.append("no --data: the fidelity is measured on random inputs, and the codebooks were fitted to the weights alone")
+        report.warnings.append(f"no --data: the fidelity is measured on random inputs{batch_of_one_note(graph_inputs(original), input_shapes)}, "
+                               "and the codebooks were fitted to the weights alone")
     if feed is not None and config.latency_runs > 0:
         report.latency, report.latency_1_thread = latency_ratios(original, shared, feed, threads=config.threads, runs=config.latency_runs, labels=("original", "shared model"))
         if report.latency.ratio is not None and report.latency.ratio > 1.05:

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxslim.data.sources import DataSource, open_data
+from onnxslim.data.sources import DataSource, batch_of_one_note, open_data
 from onnxslim.errors import DataError, ProviderError, UsageError
 from onnxslim.ir.graph import has_duplicate_node_names
 from onnxslim.ir.io import load_model
@@ -140,7 +140,7 @@ def validate(
     is_random = isinstance(data, str) and data == "random"
     report = ValidationReport(ref_label, cand_label, source.description, is_random, threads)
     if is_random:
-        report.warnings.append("inputs are random: agreement on random data proves little about real inputs; pass --data DIR")
+        report.warnings.append(f"inputs are random{batch_of_one_note(inputs, input_shapes)}: agreement on random data proves little about real inputs; pass --data DIR")
     ref_model, cand_model = _as_session_input(reference, ref_proto), _as_session_input(candidate, cand_proto)
     output_names = [o.name for o in graph_outputs(ref_proto)]
     available = available_providers()
