@@ -219,6 +219,36 @@ def test_constant_calibration_data_is_refused_unless_evaluation_data_is_given(sa
     assert result.exit_code == 0, result.output
 
 
+def test_an_output_of_one_value_is_not_called_constant_and_is_not_judged_by_its_cosine(save, npz_folder, tmp_path):
+    """A score per input (a quality estimator's MOS) held out on one sample: one number, whose cosine is 1 whenever the signs
+    agree; neither "nearly constant" nor a passed check."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from onnxslim import validate
+
+    model = conv_bn_relu(batch="N")
+    logits = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("ReduceMean", [logits], ["score"], axes=[1], keepdims=0))  # one score per input
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"]))
+    path = save(model)
+    rng = np.random.default_rng(3)
+    one = npz_folder([{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)} for _ in range(5)], name="one")
+    result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data", one, "--latency-runs", "0", "-q")
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "output 'score' gives one value" in text and "nearly constant" not in text and "--input-shapes" in text
+    assert not (tmp_path / "q.onnx").exists()
+    # several held-out samples in one batch: checked as any output
+    eight = npz_folder([{"input": rng.normal(size=(8, 3, 32, 32)).astype(np.float32)} for _ in range(5)], name="eight")
+    result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data", eight, "--latency-runs", "0", "--accuracy-budget", "none", "-q")
+    assert result.exit_code == 0, result.output
+    single = npz_folder([{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)}], name="single")
+    report = validate(path, path, single, runs=0)
+    assert any("'score' gives one value" in w for w in report.warnings) and not any("nearly constant" in w for w in report.warnings)
+
+
 def test_an_already_quantized_model_is_named_as_such(save, npz_folder, tmp_path):
     import numpy as np
 

@@ -447,10 +447,17 @@ class OutputComparison:
         return math.sqrt(max(self.ref_sq / self.elements - mean * mean, 0.0))
 
     @property
+    def single_value(self) -> bool:
+        """One value in all: its cosine is 1 whenever the signs agree (a score per input, one held-out sample)."""
+        return self.elements == 1
+
+    @property
     def degenerate(self) -> bool:
-        """The reference output barely varies, so closeness to it proves little."""
+        """The reference output barely varies, so closeness to it proves little (one value does not vary: see ``single_value``)."""
         if not self.elements:
             return True
+        if self.single_value:
+            return False
         mean = abs(self.ref_sum / self.elements)
         return self.reference_std <= 1e-6 * max(1.0, mean)
 

@@ -945,6 +945,14 @@ def _evaluation_problems(comparisons, run: QuantRun, eval_data_given: bool) -> l
             f"the float model's output '{constant[0].name}' is nearly constant on {run.eval_label} (std {constant[0].reference_std:.3g}): "
             "agreement with it proves nothing"
         )
+    single = [c for c in comparisons if c.single_value]
+    if single:
+        problems.append(
+            f"the float model's output '{single[0].name}' gives one value on {run.eval_label}: the cosine of one number is 1 whenever "
+            "the signs agree, so it shows nothing"
+        )
+        if not eval_data_given:
+            raise DataError(f"{run.label}: {problems[-1]}; give more batches (more held out), a larger batch (--input-shapes), or --eval-data")
     refuse = constant or (float_inputs and set(still) >= float_inputs)
     if refuse and not eval_data_given:
         raise DataError(f"{run.label}: {problems[0]}; calibrate on real inputs, or give --eval-data to measure on other data")

@@ -157,6 +157,11 @@ def validate(
         if result.status != "ok":
             report.warnings.append(f"{short_name(result.provider)}: {result.status}: {result.message}")
         for output in result.outputs:
+            if output.single_value:
+                report.warnings.append(
+                    f"{short_name(result.provider)}: output '{output.name}' gives one value on this data: its cosine is 1 whenever the signs agree; "
+                    "give more batches or a larger batch (--input-shapes)"
+                )
             if output.degenerate:
                 report.warnings.append(
                     f"{short_name(result.provider)}: reference output '{output.name}' is nearly constant (std {output.reference_std:.3g}); any candidate would match it"
