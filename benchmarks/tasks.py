@@ -200,6 +200,24 @@ def score_notes(outputs, labels) -> float:
     return float(2 * hits / (found.sum() + truth.sum())) if found.sum() + truth.sum() else 1.0
 
 
+# DNSMOS P.835's fit of its raw outputs to the MOS scale (SIG, BAK, OVRL: polynomial coefficients, highest power first),
+# as speechmos applies it
+DNSMOS_FIT = ([-0.08397278, 1.22083953, 0.0052439], [-0.13166888, 1.60915514, -0.39604546], [-0.06766283, 1.11546468, 0.04602535])
+MOS_TOLERANCE = 0.1
+
+
+def dnsmos_scores(output: np.ndarray) -> np.ndarray:
+    """(clips, 3) raw outputs -> SIG, BAK and OVRL on the MOS scale."""
+    return np.stack([np.polyval(fit, output[:, index]) for index, fit in enumerate(DNSMOS_FIT)], axis=1)
+
+
+def mos_agreement(reference, candidate) -> float:
+    """Share of clips whose SIG, BAK and OVRL all lie within MOS_TOLERANCE of the original's."""
+    ours = dnsmos_scores(np.concatenate([out[0] for out in candidate]))
+    theirs = dnsmos_scores(np.concatenate([out[0] for out in reference]))
+    return float(np.mean(np.all(np.abs(ours - theirs) <= MOS_TOLERANCE, axis=1)))
+
+
 def yolox_boxes(output: np.ndarray, size: int = 416, threshold: float = 0.1, overlap: float = 0.45) -> np.ndarray:
     """(x1, y1, x2, y2) of a YOLOX head's detections, as ddddocr decodes them: offsets on the 8/16/32 grids, exp sizes,
     objectness times class above ``threshold``, greedy NMS at ``overlap`` IoU."""
@@ -283,6 +301,7 @@ TASKS = {
     "watermark": Task("watermark", MODELS / "unseen" / "rivagan_decoder.onnx", "bits read right", score_watermark),
     "pitch": Task("pitch", MODELS / "unseen" / "crepe" / "crepe_full.onnx", f"pitch within {PITCH_CENTS} cents", score_pitch),
     "notes": Task("notes", MODELS / "unseen" / "basic_pitch.onnx", "note frame F1", score_notes),
+    "mos": Task("mos", MODELS / "unseen" / "dnsmos_sig_bak_ovr.onnx", f"clips within {MOS_TOLERANCE} MOS of FP32", None),
     "pitch_tiny": Task("pitch_tiny", MODELS / "unseen" / "crepe" / "crepe_tiny.onnx", f"pitch within {PITCH_CENTS} cents", score_pitch, data="pitch"),
 }
 
@@ -333,6 +352,8 @@ def score(task: Task, outputs, reference_outputs, feeds) -> float:
         return mask_iou(reference_outputs, outputs)
     if task.name == "minilm":
         return embedding_cosine(reference_outputs, outputs, feeds)
+    if task.name == "mos":
+        return mos_agreement(reference_outputs, outputs)
     if task.name == "clicks":  # against the original's detections (the drawn boxes are in labels.json)
         return box_f1([yolox_boxes(out[0]) for out in outputs], [yolox_boxes(out[0]) for out in reference_outputs])
     return task.against_labels(outputs, task.labels())

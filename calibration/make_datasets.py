@@ -9,6 +9,7 @@
     python calibration/make_datasets.py table             # for models/gather.py --unseen: rendered tables and their structure
     python calibration/make_datasets.py embed watermark   # for models/gather.py --unseen: photographs and the bits hidden in them
     python calibration/make_datasets.py pitch notes       # for models/gather.py --unseen: tones of known pitch, generated notes
+    python calibration/make_datasets.py mos               # for models/gather.py --unseen: generated voiced audio in noise of known SNR
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -715,9 +716,32 @@ def make_notes(split: str, count: int, sentences: list[str], seed: int, out: Pat
     return labels
 
 
+MOS_SAMPLES = 144160  # DNSMOS P.835's window: 9.01 s at 16 kHz
+
+
+def make_mos(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """9.01 s clips for DNSMOS P.835 (models/gather.py --unseen), as (1, 144160) in [-1, 1]: the generated voiced audio of
+    the vad sets with white or low-passed noise added at a signal-to-noise ratio drawn from -5 to 40 dB (measured over
+    the voiced samples); label: that ratio. As with the other generated audio, this is not speech: the sets exercise the
+    model on inputs whose noise it does respond to, and the benchmark scores candidates against the original's scores."""
+    rng, labels = random.Random(seed), []
+    for index in range(count):
+        clean, voiced = speech_like_audio(rng, MOS_SAMPLES / VAD_RATE)
+        noise = np.random.default_rng(rng.randint(0, 1 << 30)).normal(0, 1, MOS_SAMPLES)
+        if rng.random() < 0.5:  # a rumble rather than a hiss
+            noise = np.convolve(noise, np.ones(8) / 8, mode="same")
+        snr = rng.uniform(-5, 40)
+        speech_power = float(np.mean(clean[voiced] ** 2)) if voiced.any() else float(np.mean(clean**2))
+        audio = clean + noise * np.sqrt(speech_power / 10 ** (snr / 10) / np.mean(noise**2))
+        audio = 0.9 * audio / max(1e-6, np.abs(audio).max())
+        np.savez(out / f"{index:05d}.npz", input_1=audio[None, :MOS_SAMPLES].astype(np.float32))
+        labels.append({"file": f"{index:05d}.npz", "snr_db": round(snr, 2)})
+    return labels
+
+
 TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks,
          "magika": make_magika, "table": make_table, "embed": make_embed, "watermark": make_watermark,
-         "wakeword": make_wakeword, "pitch": make_pitch, "notes": make_notes}
+         "wakeword": make_wakeword, "pitch": make_pitch, "notes": make_notes, "mos": make_mos}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:

