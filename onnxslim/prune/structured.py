@@ -350,8 +350,8 @@ def prune(
     if data is not None and not held_out:
         report.warnings.append("no held-out data: fidelity is measured on the batches that ranked and refit the channels; give --eval-data or more batches")
     probe = _probe_feed(original, source, input_shapes)
-    # without data, the sizes of the random test batch (a dynamic batch axis alone taken as 1) count the MACs
-    without_data = {name: tuple(array.shape) for name, array in (probe or {}).items()} | dict(input_shapes or {})
+    # without data, the random test batch's sizes (--input-shapes, a dynamic batch axis alone taken as 1) count the MACs
+    without_data = {name: tuple(array.shape) for name, array in probe.items()} if probe is not None else dict(input_shapes or {})
     shapes = _shapes_for(work, source) if source is not None else known_shapes(work, without_data)
     if config.unstructured:
         pruned, lines = magnitude_sparsify(work, config.ratio)
