@@ -224,12 +224,15 @@ def validate(reference, candidate, input_shapes, providers, threads, warmup, run
 
 
 def _cosine_text(output, digits: int) -> str:
-    """The cosine, and how it was taken where not over every value alike: as a detector's output, or with channels at one scale."""
+    """The cosine, and how it was taken where not over every value alike: as a detector's output, with channels at one scale,
+    or around the reference's mean."""
     text = _fmt(output.cosine, digits)
     if output.detection_view is not None:
         text += f" (as detections, score >= {DETECTION_SCORE:g}; plain {_fmt(output.plain_cosine, digits)})"
     elif output.balanced_axis is not None:
         text += f" (channels of axis {output.balanced_axis} at one scale; plain {_fmt(output.plain_cosine, digits)})"
+    elif output.centred_on is not None:
+        text += f" (around the reference's mean {output.centred_on:.4g}; plain {_fmt(output.plain_cosine, digits)})"
     if output.lengths_differed:
         text += f" (lengths differed on {output.lengths_differed} of {output.batches} batches: compared zero-padded)"
     return text

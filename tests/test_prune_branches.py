@@ -54,7 +54,8 @@ def test_refit_branch_stays_close_to_the_original():
     model = rate_branch_convs()
     _, report = prune(model, batches([16000, 8000], count=40), config=PruneConfig(ratio=0.25, latency_runs=0), eval_data=batches([16000, 8000], count=10, seed=3))
     speech = next(o for o in report.fidelity if o.name == "speech")
-    assert 0.9 < speech.cosine < 1.0
+    # sigmoid scores near 0.4 that vary by a little: compared around their mean (0.856 without recovery)
+    assert speech.centred_on is not None and 0.87 < speech.cosine < 1.0
 
 
 def test_branch_the_data_never_takes_is_left_as_it_was():
@@ -89,7 +90,7 @@ def test_the_convolutions_feeding_each_branchs_lstm_are_pruned():
     pruned, report = prune(model, data, config=CONFIG)
     convs = [(g.channels_before, g.channels_after) for g in report.groups if g.producers[0].startswith("Conv")]
     assert convs == [(32, 16), (32, 16)], report.groups
-    assert report.fidelity[0].cosine > 0.99
+    assert report.fidelity[0].cosine > 0.85  # around the scores' mean: 0.45 without recovery, 0.84 with biases alone
     for batch in data[:2]:  # both branches run
         assert run_model(pruned, batch)[0].shape == run_model(model, batch)[0].shape
 

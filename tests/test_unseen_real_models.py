@@ -219,7 +219,7 @@ def test_pruning_a_wide_pitch_tracker_stays_within_memory_and_says_which_layers_
 
 def test_note_transcriber_with_one_channel_decimation_filters_is_quantized_and_keeps_its_notes(unseen, data, tmp_path):
     """Spotify's Basic Pitch (tf2onnx): its constant-Q transform in the graph, decimating through one-channel 256-tap
-    low-pass convolutions, which onnxruntime runs on its integer depthwise kernel (slower than float on some CPUs)."""
+    low-pass convolutions."""
     folder = data["notes"]
     feeds, labels = labelled_feeds(folder / "eval")
     fp32 = score_notes(run_all(unseen["basic_pitch.onnx"], feeds), labels)
@@ -227,5 +227,7 @@ def test_note_transcriber_with_one_channel_decimation_filters_is_quantized_and_k
     out = tmp_path / "basic_pitch.int8.onnx"
     report = quantized_with_defaults(unseen["basic_pitch.onnx"], folder, out)
     assert report.written == "int8" and min(o.cosine for o in report.fidelity) >= 0.99
-    assert report.depthwise["nodes"] >= 1 and report.depthwise["written"] == "int8"  # untimed: the integer form
+    # its note posteriors sit near 0.1 and vary by less: compared around that mean, the budget keeps the decimation
+    # filters in float (8 bits lose the octaves they carry) and the rest of the network runs integer
+    assert report.fidelity[0].centred_on is not None and report.kept_float_for_budget and report.integer_kernels.get("QLinearConv", 0) >= 1
     assert score_notes(run_all(out, feeds), labels) >= fp32 - 0.02

@@ -262,6 +262,42 @@ def test_features_of_similar_scale_and_maps_keep_the_plain_cosine():
     assert maps.balanced_axis is None and maps.cosine == maps.plain_cosine
 
 
+def test_scores_far_from_zero_are_compared_around_the_reference_mean():
+    """Quality scores near 3 that vary by half a point: an error of a third of that spread still reads 0.99 over the raw
+    values; around the reference's mean it reads what it costs, and a constant shift counts against the candidate."""
+    rng = np.random.default_rng(4)
+    scores = (3.0 + 0.5 * rng.standard_normal((40, 1, 3))).astype(np.float32)
+    noisy = scores + 0.17 * rng.standard_normal(scores.shape).astype(np.float32)
+    comparison = OutputComparison("mos")
+    for ref, cand in zip(scores, noisy):
+        comparison.add(ref, cand)
+    r, c = scores.astype(np.float64).ravel(), noisy.astype(np.float64).ravel()
+    mean = r.mean()
+    assert comparison.centred_on == pytest.approx(mean)
+    assert comparison.plain_cosine > 0.99 > 0.95 > comparison.cosine
+    assert comparison.cosine == pytest.approx((r - mean) @ (c - mean) / np.linalg.norm(r - mean) / np.linalg.norm(c - mean))
+    per_batch = [(a - mean) @ (b - mean) / np.linalg.norm(a - mean) / np.linalg.norm(b - mean)
+                 for a, b in zip(scores.astype(np.float64).reshape(40, -1), noisy.astype(np.float64).reshape(40, -1))]
+    assert comparison.worst_batch_cosine == pytest.approx(min(per_batch))
+    low, high = comparison.cosine_range
+    assert low < comparison.cosine < high < 0.99
+    assert comparison.to_dict()["centred_on_reference_mean"] == pytest.approx(mean)
+    shifted = OutputComparison("mos")
+    shifted.add(scores, scores + 0.25)
+    assert shifted.plain_cosine > 0.999 and shifted.cosine < 0.9
+
+
+def test_outputs_near_zero_keep_the_plain_cosine():
+    """Logits, embeddings and ReLU features (a mean below twice their spread) are compared as they are."""
+    rng = np.random.default_rng(5)
+    for values in (rng.standard_normal((4, 64)), np.maximum(rng.standard_normal((4, 64)), 0) + 0.2):
+        values = values.astype(np.float32)
+        comparison = OutputComparison("y")
+        comparison.add(values, values + 0.05 * rng.standard_normal(values.shape).astype(np.float32))
+        assert comparison.centred_on is None and comparison.cosine == comparison.plain_cosine
+        assert comparison.to_dict()["centred_on_reference_mean"] is None
+
+
 def test_degenerate_reference_is_flagged():
     comparison = OutputComparison("y")
     comparison.add(np.full((2, 5), 3.0, np.float32), np.full((2, 5), 3.0, np.float32))
@@ -313,6 +349,22 @@ def test_cli_validate_exit_codes_and_report(save, npz_folder, tmp_path):
     assert "FAILED" in fail.output
     usage = runner.invoke(main, ["validate", str(ref), str(ref), "--data", str(data), "--min-top1", "7"])
     assert usage.exit_code == 2
+
+
+def test_cli_validate_says_scores_were_compared_around_their_mean(save, npz_folder, tmp_path):
+    """A regression head whose scores sit far from zero: the gate reads the cosine around the reference's mean, and the
+    printed cosine and the report say so, with the plain cosine beside it."""
+    model = mlp(d_out=3)
+    bias = next(t for t in model.graph.initializer if t.name == model.graph.node[-1].input[2])
+    bias.CopyFrom(onnx.numpy_helper.from_array(np.full(3, 40.0, np.float32), bias.name))
+    ref, cand = save(model, "ref.onnx"), save(perturbed(model, 0.3), "cand.onnx")
+    data = npz_folder(sample_inputs(model, 8))
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["validate", str(ref), str(cand), "--data", str(data), "--runs", "0", "--min-cosine", "0.99", "--report", str(report)])
+    output = json.loads(report.read_text())["providers"][0]["outputs"][0]
+    assert output["centred_on_reference_mean"] == pytest.approx(40.0, abs=2.0)
+    assert output["plain_cosine"] > 0.99 > output["cosine"], output
+    assert result.exit_code == 3 and "around the reference's mean" in result.output, result.output
 
 
 def test_random_data_warns_and_needs_shapes_for_dynamic_dims(save):

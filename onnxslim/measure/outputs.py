@@ -145,6 +145,13 @@ def _top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[int, 
     return matches, positions
 
 
+# An output whose values sit far from zero next to their spread (a quality score near 3 that varies by a point, a
+# probability that rarely leaves 0.9): the cosine over raw values is mostly the agreement of the offset, and an error
+# that moves every score by a third of its spread still reads 0.99. Where the reference's mean is OFFSET_RATIO times its
+# standard deviation or more (the raw cosine's loss then is at most 1 / (1 + OFFSET_RATIO^2) of the loss measured on the
+# variation), both are compared around the reference's mean: what is left is what tells one input from another.
+OFFSET_RATIO = 2.0
+
 RESAMPLED_BATCHES = 5  # fewer batches say too little about their spread to resample
 RESAMPLES = 2000
 RANGE_CONFIDENCE = 0.9  # cosine_range: the central 90% of the resampled cosines
@@ -190,6 +197,7 @@ class OutputComparison:
     err_abs: float = 0.0
     max_abs: float = 0.0
     ref_sum: float = 0.0
+    cand_sum: float = 0.0
     exact: int = 0
     top1_match: int = 0
     top1_total: int = 0
@@ -205,7 +213,8 @@ class OutputComparison:
     # axis -> (3, channels) float64: per channel of that axis, the sums of ref * cand, ref^2 and cand^2
     channel_sums: dict[int, np.ndarray] = field(default_factory=dict)
     min_batch_balanced: dict[int, float] = field(default_factory=dict)  # axis -> the lowest balanced cosine of one batch
-    batch_sums: list[tuple[float, float, float]] = field(default_factory=list)  # per batch: ref * cand, ref^2, cand^2 (for cosine_range)
+    # per batch: sums of ref * cand, ref^2, cand^2, ref and cand, and the count (for cosine_range, and around the mean)
+    batch_sums: list[tuple[float, float, float, float, float, int]] = field(default_factory=list)
     # a detector's output (detection_layout, the same in every batch): rows (scores on every anchor; the other columns
     # where the best score finds an object; where objectness times class does) x (ref * cand, ref^2, cand^2), and the counts
     detection: tuple[int, int, int] | None = None
@@ -228,8 +237,9 @@ class OutputComparison:
             self.nonfinite_candidate += counts[0]
             self.nonfinite_reference += counts[1]
             self.nonfinite_disagreeing += counts[2]
-        dot, ref_sq, cand_sq = self._add_sums(ref, cand)
-        self.batch_sums.append((dot, ref_sq, cand_sq))
+        sums = self._add_sums(ref, cand)
+        self.batch_sums.append((*sums, ref.size))
+        dot, ref_sq, cand_sq = sums[:3]
         self.elements += ref.size
         self.batches += 1
         self.min_batch_cosine = min(self.min_batch_cosine, _cosine(dot, ref_sq, cand_sq))
@@ -247,11 +257,11 @@ class OutputComparison:
             self.mask_union += int((ref_mask | cand_mask).sum())
             self.mask_batches += 1
 
-    def _add_sums(self, ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float]:
+    def _add_sums(self, ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float, float, float]:
         """Fold two flat arrays into the running sums in float64, a chunk at a time (a model's outputs are often megabytes:
         whole-array float64 copies and differences cost more in fresh memory than the arithmetic); returns this batch's
-        dot product and squared norms."""
-        dot = ref_sq = cand_sq = 0.0
+        dot product, squared norms and sums."""
+        dot = ref_sq = cand_sq = ref_sum = cand_sum = 0.0
         r, c, d = (np.empty(min(ref.size, CHUNK), np.float64) for _ in range(3))
         for start in range(0, ref.size, CHUNK):
             n = min(CHUNK, ref.size - start)
@@ -261,7 +271,8 @@ class OutputComparison:
             dot += float(np.einsum("i,i->", rc, cc))  # numpy's own loop: BLAS would start threads that fight onnxruntime's
             ref_sq += float(np.einsum("i,i->", rc, rc))
             cand_sq += float(np.einsum("i,i->", cc, cc))
-            self.ref_sum += float(rc.sum())
+            ref_sum += float(rc.sum())
+            cand_sum += float(cc.sum())
             self.exact += int(np.count_nonzero(rc == cc))
             np.subtract(rc, cc, out=dc)
             self.err_sq += float(np.einsum("i,i->", dc, dc))
@@ -271,7 +282,9 @@ class OutputComparison:
         self.dot += dot
         self.ref_sq += ref_sq
         self.cand_sq += cand_sq
-        return dot, ref_sq, cand_sq
+        self.ref_sum += ref_sum
+        self.cand_sum += cand_sum
+        return dot, ref_sq, cand_sq, ref_sum, cand_sum
 
     def _add_channel_sums(self, reference: np.ndarray, candidate: np.ndarray, class_scores: bool) -> None:
         """Per-channel sums along axis 1 and axis 2 of (batch, channels, n) / (batch, n, channels) outputs."""
@@ -376,17 +389,36 @@ class OutputComparison:
         axis = self.balanced_axis
         if axis is not None:
             return _balanced_cosine(self.channel_sums[axis])
+        mean = self.centred_on
+        if mean is not None:
+            return _cosine(*_centred((self.dot, self.ref_sq, self.cand_sq, self.ref_sum, self.cand_sum, self.elements), mean))
         return _cosine(self.dot, self.ref_sq, self.cand_sq)
+
+    @property
+    def centred_on(self) -> float | None:
+        """The reference's mean, where it is OFFSET_RATIO times the reference's standard deviation or more: the cosine then
+        compares both outputs around it. None for one value, a reference that does not vary, or NaN/Inf disagreement."""
+        if self.elements < 2 or self.nonfinite_mismatches or self.degenerate:
+            return None
+        mean = self.ref_sum / self.elements
+        return mean if abs(mean) >= OFFSET_RATIO * self.reference_std else None
+
+    def _per_batch_sums(self) -> list[tuple[float, float, float]] | None:
+        """Each batch's (ref * cand, ref^2, cand^2), around ``centred_on`` where it applies; None when some batch's are not kept."""
+        if len(self.batch_sums) != self.batches:
+            return None
+        mean = self.centred_on
+        return [_centred(sums, mean) if mean is not None else sums[:3] for sums in self.batch_sums]
 
     @property
     def cosine_range(self) -> tuple[float, float] | None:
         """Where the cosine of as many other batches like these would fall: the central RANGE_CONFIDENCE of the pooled
         cosines of RESAMPLES draws (with replacement, a fixed seed) of the batches compared. None below RESAMPLED_BATCHES
         batches, with NaN/Inf disagreement, or where channels are compared at one scale (``balanced_axis``)."""
-        if (self.batches < RESAMPLED_BATCHES or self.nonfinite_mismatches or self.balanced_axis is not None or self.detection_view is not None
-                or len(self.batch_sums) != self.batches):
+        per_batch = self._per_batch_sums()
+        if self.batches < RESAMPLED_BATCHES or self.nonfinite_mismatches or self.balanced_axis is not None or self.detection_view is not None or per_batch is None:
             return None
-        sums = np.asarray(self.batch_sums, np.float64)
+        sums = np.asarray(per_batch, np.float64)  # sums around a fixed mean add up over batches like the plain ones
         draws = np.random.default_rng(0).integers(0, len(sums), size=(RESAMPLES, len(sums)))
         drawn = sums[draws].sum(axis=1)  # (RESAMPLES, 3): each draw's pooled sums
         cosines = [_cosine(dot, ref_sq, cand_sq) for dot, ref_sq, cand_sq in drawn.tolist()]
@@ -400,7 +432,10 @@ class OutputComparison:
         if self.detection_view is not None:
             return self.min_batch_detection
         axis = self.balanced_axis
-        return self.min_batch_balanced[axis] if axis is not None else self.min_batch_cosine
+        if axis is not None:
+            return self.min_batch_balanced[axis]
+        per_batch = self._per_batch_sums() if self.centred_on is not None else None
+        return min(_cosine(*sums) for sums in per_batch) if per_batch else self.min_batch_cosine
 
     @property
     def mean_abs(self) -> float:
@@ -475,6 +510,7 @@ class OutputComparison:
             "compared_as_detections": self._detection_dict(),
             "channels_balanced_on_axis": self.balanced_axis,
             "channel_scale_spread": self.scale_spread,
+            "centred_on_reference_mean": self.centred_on,
             "plain_cosine": self.plain_cosine,
             "snr_db": _json_float(self.snr_db),
             "exact_match": self.exact / self.elements if self.elements else None,
@@ -540,6 +576,15 @@ def _balanced_cosine(sums: np.ndarray) -> float:
     scale = np.where(live, sums[1], sums[1][live].mean())
     weighted = sums / scale
     return _cosine(float(weighted[0].sum()), float(weighted[1].sum()), float(weighted[2].sum()))
+
+
+def _centred(sums: tuple, mean: float) -> tuple[float, float, float]:
+    """(ref * cand, ref^2, cand^2) summed with ``mean`` taken from every value of both, from the plain sums
+    (ref * cand, ref^2, cand^2, ref, cand, count); float64 keeps the digits for means up to about 10^6 standard deviations."""
+    dot, ref_sq, cand_sq, ref_sum, cand_sum, count = sums
+    offset = count * mean * mean
+    return (dot - mean * (ref_sum + cand_sum) + offset, max(ref_sq - 2.0 * mean * ref_sum + offset, 0.0),
+            max(cand_sq - 2.0 * mean * cand_sum + offset, 0.0))
 
 
 def _cosine(dot: float, a: float, b: float) -> float:
