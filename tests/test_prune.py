@@ -207,10 +207,12 @@ def test_channels_read_by_a_recurrent_layer_are_pruned_through_squeeze_and_refit
         pruned, report = prune(model, config=PruneConfig(ratio=0.5, importance="activation", recovery=recovery, latency_runs=0, round_to=1), data=data)
         scores[recovery] = report.fidelity[0].cosine
         assert run_model(pruned, data[0])[0].shape == (20, 1, 6)
-    assert [g.channels_after for g in report.groups if g.channels_after < g.channels_before] == [12], report.groups
+    # the convolution's channels, and the LSTM's own hidden units (8 -> 4: every gate's rows, R's columns, hidden_size)
+    assert [g.channels_after for g in report.groups if g.channels_after < g.channels_before] == [12, 4], report.groups
     lstm = next(n for n in pruned.graph.node if n.op_type == "LSTM")
     weights = {t.name: t for t in pruned.graph.initializer}
-    assert tuple(weights[lstm.input[1]].dims) == (1, 32, 12) and tuple(weights[lstm.input[3]].dims) == (1, 64)
+    assert tuple(weights[lstm.input[1]].dims) == (1, 16, 12) and tuple(weights[lstm.input[3]].dims) == (1, 32)
+    assert tuple(weights[lstm.input[2]].dims) == (1, 16, 4) and next(a.i for a in lstm.attribute if a.name == "hidden_size") == 4
     assert [step.reason.code.value for step in report.recovery if step.layer == lstm.name] == ["refit"]
     assert scores["refit"] > scores["bias"] > scores["none"], scores
 

@@ -90,7 +90,9 @@ def test_the_convolutions_feeding_each_branchs_lstm_are_pruned():
     pruned, report = prune(model, data, config=CONFIG)
     convs = [(g.channels_before, g.channels_after) for g in report.groups if g.producers[0].startswith("Conv")]
     assert convs == [(32, 16), (32, 16)], report.groups
-    assert report.fidelity[0].cosine > 0.85  # around the scores' mean: 0.45 without recovery, 0.84 with biases alone
+    lstms = [(g.channels_before, g.channels_after) for g in report.groups if g.producers[0].startswith("LSTM")]
+    assert lstms == [(32, 16), (32, 16)], report.groups  # their own hidden units too, each branch's LSTM
+    assert report.fidelity[0].cosine > 0.7  # half of every layer, around the scores' mean
     for batch in data[:2]:  # both branches run
         assert run_model(pruned, batch)[0].shape == run_model(model, batch)[0].shape
 

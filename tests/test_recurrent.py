@@ -7,6 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxslim.ir.counts import count_macs, node_macs
+from onnxslim.ir.shapes import infer_shapes
 from onnxslim.quant import QuantConfig, quantize
 from onnxslim.quant.recurrent import find_recurrent, row_symmetric, store_recurrent_in_int8
 from onnxslim.runtime.session import optimized_ops
@@ -143,3 +145,143 @@ def test_quantize_stores_a_gru_in_int8_and_says_how(save, npz_folder):
     assert decision.quantized and decision.reason.code.value == "weight_only" and "no integer GRU kernel" in decision.reason.text
     assert report.sizes.quantized_bytes < 0.35 * report.sizes.fp32_bytes and report.fidelity[0].cosine > 0.999
     assert optimized_ops(written)["GRU"] == 1
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+def test_recurrent_layers_count_their_multiply_adds_per_step(layout):
+    """An LSTM multiplies its input by W and its previous hidden state by R at every step, each direction: 30 steps of a
+    bidirectional 64-unit LSTM over 48 features are 30 * 2 * 4 * 64 * (48 + 64) multiply-adds, in either layout, and as
+    onnxruntime's DynamicQuantizeLSTM (W and R transposed)."""
+    model = crnn_head(layout)
+    lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
+    steps_first = (30, 1, FEATURES) if layout == 0 else (1, 30, FEATURES)
+    expected = 30 * 2 * 4 * HIDDEN * (FEATURES + HIDDEN)
+    assert node_macs(lstm, {"x": steps_first, "W": (2, 4 * HIDDEN, FEATURES), "R": (2, 4 * HIDDEN, HIDDEN)}) == expected
+    assert node_macs(lstm, {"x": ("t", 1, FEATURES), "W": (2, 4 * HIDDEN, FEATURES), "R": (2, 4 * HIDDEN, HIDDEN)}) is None
+    if layout == 0:
+        store_recurrent_in_int8(model, find_recurrent(model))
+        total, by_op, unknown = count_macs(model, infer_shapes(model, {"x": [30, 1, FEATURES]}))
+        assert by_op["DynamicQuantizeLSTM"] == expected and "lstm" not in unknown
+
+
+def test_a_gru_counts_three_gates():
+    gru = recurrent_head("GRU")
+    total, by_op, _ = count_macs(gru, infer_shapes(gru, {"x": [10, 1, FEATURES]}))
+    assert by_op["GRU"] == total == 10 * 2 * 3 * HIDDEN * (FEATURES + HIDDEN)
+
+
+H0, H1, STEPS = 16, 16, 20
+
+
+def stacked_lstm(initial_state_as_input: bool = False) -> onnx.ModelProto:
+    """features (T, 1, 12) -> LSTM (16 units) -> LSTM (16 units) -> its final state -> Gemm to 5 scores, as torch writes a
+    two-layer ``nn.LSTM`` without a state: zeros built at run time for the initial states, the final states of both layers
+    joined, the last one picked. ``initial_state_as_input``: the first layer's state is the model's input instead."""
+    rng = np.random.default_rng(1)
+
+    def lstm_weights(prefix, features, hidden):
+        return [numpy_helper.from_array((rng.normal(size=shape) * 0.3).astype(np.float32), f"{prefix}_{name}")
+                for name, shape in (("W", (1, 4 * hidden, features)), ("R", (1, 4 * hidden, hidden)), ("B", (1, 8 * hidden)))]
+
+    inits = lstm_weights("l0", 12, H0) + lstm_weights("l1", H0, H1)
+    inits += [numpy_helper.from_array((rng.normal(size=(5, H1)) * 0.5).astype(np.float32), "head_w"),
+              numpy_helper.from_array(np.zeros(5, np.float32), "head_b"),
+              numpy_helper.from_array(np.array([1], np.int64), "axis1"), numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+              numpy_helper.from_array(np.array(1, np.int64), "last"), numpy_helper.from_array(np.array([2, 1, H0], np.int64), "state_shape")]
+    state = "h0" if initial_state_as_input else "zeros0"
+    nodes = [
+        helper.make_node("ConstantOfShape", ["state_shape"], ["zeros"], name="zeros", value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+        helper.make_node("Slice", ["zeros", "axis0", "axis1", "axis0"], ["zeros0"], name="state0"),
+        helper.make_node("Slice", ["zeros", "axis1", "last2", "axis0"], ["zeros1"], name="state1"),
+        helper.make_node("LSTM", ["x", "l0_W", "l0_R", "l0_B", "", state, state], ["y0", "h_0"], name="lstm0", hidden_size=H0),
+        helper.make_node("Squeeze", ["y0", "axis1"], ["s0"], name="squeeze0"),
+        helper.make_node("LSTM", ["s0", "l1_W", "l1_R", "l1_B", "", "zeros1", "zeros1"], ["y1", "h_1"], name="lstm1", hidden_size=H1),
+        helper.make_node("Concat", ["h_0", "h_1"], ["finals"], name="finals", axis=0),
+        helper.make_node("Gather", ["finals", "last"], ["final"], name="pick_last", axis=0),
+        helper.make_node("Gemm", ["final", "head_w", "head_b"], ["scores"], name="head", transB=1),
+    ]
+    inits.append(numpy_helper.from_array(np.array([2], np.int64), "last2"))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["t", 1, 12])]
+    if initial_state_as_input:
+        inputs.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 1, H0]))
+    graph = helper.make_graph(nodes, "stacked_lstm", inputs, [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _lstm_feeds(count, seed=0, with_state=False):
+    rng = np.random.default_rng(seed)
+    feeds = [{"x": rng.normal(size=(STEPS, 1, 12)).astype(np.float32)} for _ in range(count)]
+    for feed in feeds:
+        if with_state:
+            feed["h0"] = np.zeros((1, 1, H0), np.float32)
+    return feeds
+
+
+def test_zero_initial_states_are_left_out_and_a_picked_final_state_is_read_from_its_layer():
+    from onnxslim.passes import picked_concat_inputs_read_directly, remove_dead_nodes, zero_initial_states_left_out
+
+    model = stacked_lstm()
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert zero_initial_states_left_out(rewritten).modified and picked_concat_inputs_read_directly(rewritten).modified
+    remove_dead_nodes(rewritten)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert "ConstantOfShape" not in ops and "Concat" not in ops and "Gather" not in ops, ops
+    assert all(len(n.input) == 4 for n in rewritten.graph.node if n.op_type == "LSTM")
+    head = next(n for n in rewritten.graph.node if n.op_type == "Gemm")
+    squeeze = next(n for n in rewritten.graph.node if n.output[0] == head.input[0])
+    assert squeeze.op_type == "Squeeze" and squeeze.input[0] == "h_1"
+    onnx.checker.check_model(rewritten, full_check=True)
+    for feed in _lstm_feeds(2):
+        np.testing.assert_allclose(run_model(rewritten, feed)[0], run_model(model, feed)[0], rtol=1e-5, atol=1e-6)
+    # a state the model is given is not zeros: left as it is
+    given = stacked_lstm(initial_state_as_input=True)
+    assert not any("lstm0" in change for change in zero_initial_states_left_out(given).changes)
+
+
+def test_stacked_lstm_hidden_units_are_pruned_with_their_gates_and_feedback():
+    from onnxslim import PruneConfig, prune
+
+    model = stacked_lstm()
+    pruned, report = prune(model, _lstm_feeds(24), config=PruneConfig(ratio=0.25, latency_runs=0), eval_data=_lstm_feeds(6, seed=1))
+    kept = {g.producers[0]: (g.channels_before, g.channels_after) for g in report.groups}
+    assert kept["lstm0"] == (H0, 12) and kept["lstm1"] == (H1, 12), kept  # each layer on its own: the picked state is read directly
+    weights = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    for name, features in (("lstm0", 12), ("lstm1", 12)):
+        node = next(n for n in pruned.graph.node if n.name == name)
+        assert next(a.i for a in node.attribute if a.name == "hidden_size") == 12
+        assert weights[node.input[1]].shape == (1, 48, features) and weights[node.input[2]].shape == (1, 48, 12)
+        assert weights[node.input[3]].shape == (1, 96)
+    onnx.checker.check_model(pruned, full_check=True)
+    feed = _lstm_feeds(1, seed=3)[0]
+    assert run_model(pruned, feed)[0].shape == run_model(model, feed)[0].shape
+    assert report.macs.after < 0.7 * report.macs.before
+    assert report.fidelity[0].cosine > 0.5
+
+
+def test_an_lstm_whose_state_is_given_at_run_time_keeps_its_hidden_size():
+    from onnxslim import PruneConfig, prune
+
+    model = stacked_lstm(initial_state_as_input=True)
+    _, report = prune(model, _lstm_feeds(12, with_state=True), config=PruneConfig(ratio=0.25, latency_runs=0))
+    producers = {g.producers[0] for g in report.groups}
+    assert "lstm0" not in producers and "lstm1" in producers
+
+
+def test_hidden_units_read_back_through_r_count_in_their_ranking():
+    """A unit nothing downstream reads but the layer's own next step is not free to remove: its R columns times its
+    energy count toward it."""
+    from onnxslim.prune.atoms import Layout
+    from onnxslim.prune.edits import EditRole, SliceInput
+    from onnxslim.prune.importance import class_scores
+
+    classes = {0: [0], 1: [1]}
+    recurrence = np.ones((1, 8, 2), np.float32)
+    downstream = np.array([[0.0, 1.0]], np.float32)  # (outputs, inputs): unit 0 unread downstream
+    edits = [SliceInput("lstm", 2, 2, Layout(2, (0, 1)), EditRole.RECURRENT), SliceInput("head", 1, 1, Layout(1, (0, 1)), EditRole.CONSUMER)]
+    weights = {("lstm", 2): recurrence, ("head", 1): downstream}
+    energy = {"lstm/state": np.array([4.0, 1.0]), "head": np.array([4.0, 1.0])}
+    scores = class_scores(classes, edits, weights, method="activation", channel_energy=energy)
+    assert scores[0] > scores[1] > 0
+    without = class_scores(classes, edits[1:], weights, method="activation", channel_energy=energy)
+    assert without[0] == 0.0

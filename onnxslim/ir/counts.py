@@ -13,7 +13,9 @@ from onnxslim.ir.graph import MS_DOMAIN
 from onnxslim.ir.tensors import tensor_elements
 
 # onnxruntime's fused attention (com.microsoft Attention, QAttention) holds its query/key/value projection
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "Attention", "QAttention")
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "Attention", "QAttention",
+           "LSTM", "GRU", "RNN", "DynamicQuantizeLSTM")
+RECURRENT_OPS = ("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM")
 
 
 def count_parameters(model: onnx.ModelProto) -> int:
@@ -54,6 +56,15 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple]) -> int | None:
         else:
             k = a[-1]
         return int(np.prod(out, dtype=np.int64) * k)
+    if op in RECURRENT_OPS:
+        # every step multiplies its input by W and the previous hidden state by R, each gate of each direction
+        # (DynamicQuantizeLSTM holds W and R transposed: the same elements)
+        inp, w, r = get(node.input[0]), get(node.input[1]), get(node.input[2])
+        if not (_static(inp) and _static(w) and _static(r)) or len(inp) != 3:
+            return None
+        batch_first = any(attr.name == "layout" and attr.i == 1 for attr in node.attribute)
+        steps, batch = (inp[1], inp[0]) if batch_first else (inp[0], inp[1])
+        return int(steps * batch * (np.prod(w, dtype=np.int64) + np.prod(r, dtype=np.int64)))
     if op in ("Attention", "QAttention") and node.domain == MS_DOMAIN:
         # the (B, S, D) x (D, 3D) projection, then scores and context: 2 S^2 D per sequence
         inp, weight = get(node.input[0]), get(node.input[1])

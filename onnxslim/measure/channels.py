@@ -55,10 +55,16 @@ class ChannelMoments:
         return None if self.cross is None else self.cross - np.outer(self.mean, self.mean)
 
 
-def _input_rows(model: onnx.ModelProto, nodes: list[onnx.NodeProto], source: Iterable, token_mask: str | None, show_progress: bool, description: str):
-    """Per batch of ``source``, (node, float64 channels-last rows of its first input) for each node, computed by one observing session."""
+STATE = "/state"  # a recurrent layer's name and this: the key of its hidden state's statistics (what its R reads back)
+
+
+def _input_rows(model: onnx.ModelProto, nodes: list[onnx.NodeProto], source: Iterable, token_mask: str | None, show_progress: bool, description: str,
+                states: list[onnx.NodeProto] = ()):
+    """Per batch of ``source``, (key, float64 channels-last rows) for each node's first input (key: the node's name), and
+    for each of ``states`` (recurrent layers) its hidden state, every step's (key: its name and STATE), computed by one
+    observing session."""
     inputs = {v.name for v in model.graph.input}
-    names = sorted({n.input[0] for n in nodes} - inputs)
+    names = sorted(({n.input[0] for n in nodes} | {n.output[0] for n in states}) - inputs)
     runner = observer(model, names) if names else None
     batches = track(source, description, enabled=show_progress)
     for _, batch, outputs in runner.run_many(batches) if runner else ((label, batch, []) for label, batch in batches):
@@ -68,7 +74,11 @@ def _input_rows(model: onnx.ModelProto, nodes: list[onnx.NodeProto], source: Ite
         for node in nodes:
             x = values.get(node.input[0])
             if x is not None and x.dtype.kind == "f" and x.ndim >= 2:
-                rows.append((node, channel_rows(x, node, batch, token_mask).astype(np.float64)))
+                rows.append((node.name, channel_rows(x, node, batch, token_mask).astype(np.float64)))
+        for node in states:
+            y = values.get(node.output[0])
+            if y is not None and y.dtype.kind == "f" and y.ndim >= 2:  # (steps, directions, batch, hidden): hidden last
+                rows.append((node.name + STATE, y.reshape(-1, y.shape[-1]).astype(np.float64)))
         yield rows
 
 
@@ -76,22 +86,24 @@ def input_moments(
     model: onnx.ModelProto, source: Iterable, *, token_mask: str | None = None, show_progress: bool = False, description: str = "activation statistics",
     cross_for: Collection[str] = (),
 ) -> dict[str, ChannelMoments]:
-    """Layer (Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU, RNN) -> the moments of each of its input channels over ``source``.
+    """Layer (Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU, RNN) -> the moments of each of its input channels over ``source``;
+    a recurrent layer's name and STATE -> the moments of its hidden units, which it reads back at every step.
 
     The layers named in ``cross_for`` also get E[x x^T] over their channels.
     """
     layers = [n for n in model.graph.node if n.op_type in WEIGHTED_LAYERS + RECURRENT_LAYERS and n.input]
+    states = [n for n in layers if n.op_type in RECURRENT_LAYERS and n.output and n.output[0]]
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
     crosses = {name: _GramSum() for name in cross_for}
     counts: dict[str, int] = {}
-    for batch_rows in _input_rows(model, layers, source, token_mask, show_progress, description):
-        for node, rows in batch_rows:
-            squares[node.name] = squares.get(node.name, 0) + (rows**2).sum(axis=0)
-            sums[node.name] = sums.get(node.name, 0) + rows.sum(axis=0)
-            counts[node.name] = counts.get(node.name, 0) + rows.shape[0]
-            if node.name in crosses:
-                crosses[node.name].add(rows)
+    for batch_rows in _input_rows(model, layers, source, token_mask, show_progress, description, states):
+        for name, rows in batch_rows:
+            squares[name] = squares.get(name, 0) + (rows**2).sum(axis=0)
+            sums[name] = sums.get(name, 0) + rows.sum(axis=0)
+            counts[name] = counts.get(name, 0) + rows.shape[0]
+            if name in crosses:
+                crosses[name].add(rows)
     totals = {name: gram.total() for name, gram in crosses.items()}
     return {
         name: ChannelMoments(sums[name] / counts[name], squares[name] / counts[name], totals[name] / counts[name] if totals.get(name) is not None else None)
@@ -143,7 +155,8 @@ def input_grams(
     grams: dict[str, np.ndarray] = {}
     batches = 0
     for batch_rows in _input_rows(model, [by_name[name] for name in layers.values()], source, token_mask, show_progress, description):
-        for node, rows in batch_rows:
-            grams[node.input[0]] = grams.get(node.input[0], 0) + rows.T @ rows
+        for name, rows in batch_rows:
+            tensor = by_name[name].input[0]
+            grams[tensor] = grams.get(tensor, 0) + rows.T @ rows
         batches += 1
     return grams, batches

@@ -20,8 +20,10 @@ from onnxslim.passes.hardswish import fuse_hardswish
 from onnxslim.passes.layernorm import fuse_layernorm
 from onnxslim.passes.masks import deepen_attention_masks
 from onnxslim.passes.opset import default_opset, upgrade_opset
+from onnxslim.passes.picked_concat import picked_concat_inputs_read_directly
 from onnxslim.passes.pooling import reduce_mean_to_global_pool
 from onnxslim.passes.reciprocal import reciprocal_products_as_division
+from onnxslim.passes.recurrent_state import zero_initial_states_left_out
 from onnxslim.passes.unfuse import layernorm_at_opset_17, unfuse_onnxruntime_layers
 
 # a model saved by onnxruntime: its fused layers as the operators every rule knows, and its LayerNormalization nodes,
@@ -43,6 +45,8 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     fold_affine_into_conv,  # then a Mul/Add after a BatchNormalization just folded
     fuse_hardswish,
     conv3d_on_one_slice_as_conv2d,  # after the folds into Conv, which read the weights as written
+    zero_initial_states_left_out,
+    picked_concat_inputs_read_directly,  # a stacked LSTM's last final state, read from its own layer
     remove_dead_nodes,
 )
 CLEANUP = Pipeline(CLEANUP_PASSES)
@@ -73,10 +77,12 @@ __all__ = [
     "initializers_out_of_inputs",
     "max_min_with_a_constant_as_clip",
     "model_is_valid",
+    "picked_concat_inputs_read_directly",
     "reciprocal_products_as_division",
     "reduce_mean_to_global_pool",
     "remove_dead_nodes",
     "remove_identities",
     "run_passes",
+    "zero_initial_states_left_out",
     "upgrade_opset",
 ]

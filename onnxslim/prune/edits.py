@@ -85,6 +85,8 @@ class EditRole(Enum):
     CONSUMER = "consumer"  # the weight columns that read the channels
     PARAMETER = "parameter"  # per-channel parameters of ops in between (BatchNorm, LayerNorm, biases of Add)
     PASSTHROUGH = "passthrough"  # depthwise filters: one per channel, in and out
+    RECURRENT = "recurrent"  # a recurrent layer's R columns: its own hidden state, read back at the next step
+
 
 
 @dataclass
@@ -136,6 +138,17 @@ class SetHeads:
 
     def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
         _count_kept(weights, self.node, "num_heads", self.layout, removed, self.head_size)
+
+
+@dataclass
+class SetHiddenSize:
+    """A recurrent layer's hidden_size is the hidden units it keeps."""
+
+    node: str
+    layout: Layout
+
+    def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
+        _count_kept(weights, self.node, "hidden_size", self.layout, removed)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from onnxslim.measure.channels import GRAM_BLOCK_ROWS
+from onnxslim.measure.channels import GRAM_BLOCK_ROWS, STATE
 from onnxslim.prune.edits import EditRole, GroupedInput, SliceInput
 from onnxslim.prune.second_order import LinearConsumer, affordable, removal_scores
 
@@ -49,13 +49,14 @@ def class_scores(
 
     ``weights`` maps (node, input index) to the array an edit slices; ``bn_scale``
     maps a producer node to the per-channel factor of a BatchNormalization after
-    it; ``channel_energy`` maps a consumer node to E[x^2] per input position.
+    it; ``channel_energy`` maps a consumer node to E[x^2] per input position (a recurrent layer's name and
+    :data:`~onnxslim.measure.channels.STATE` to its hidden state's, which its R columns read back).
     """
     p = 1 if method == "l1" else 2
     root_of = {atom: root for root, members in classes.items() for atom in members}
     scores = {root: 0.0 for root in classes}
     for edit in edits:
-        if not isinstance(edit, (SliceInput, GroupedInput)) or edit.kind not in (EditRole.PRODUCER, EditRole.CONSUMER):
+        if not isinstance(edit, (SliceInput, GroupedInput)) or edit.kind not in (EditRole.PRODUCER, EditRole.CONSUMER, EditRole.RECURRENT):
             continue
         array = weights.get((edit.node, edit.index))
         if array is None:
@@ -67,10 +68,11 @@ def class_scores(
             elif method == "activation":
                 continue
         elif method == "activation":
-            if edit.kind != EditRole.CONSUMER or channel_energy is None or edit.node not in channel_energy:
+            reader = edit.node + STATE if edit.kind == EditRole.RECURRENT else edit.node
+            if edit.kind == EditRole.PRODUCER or channel_energy is None or reader not in channel_energy:
                 continue
             norms = _slice_norms(array, edit.axis, len(edit.layout), edit.layout.repeat, 2)
-            energy = channel_energy[edit.node]
+            energy = channel_energy[reader]
             if energy.size == len(edit.layout) * edit.layout.repeat:
                 energy = energy.reshape(len(edit.layout), edit.layout.repeat).mean(axis=1)
             if energy.size != norms.size:

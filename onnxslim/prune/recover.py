@@ -244,7 +244,11 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, source: Iterable
             continue
         refit = config.recovery == "refit" and refittable(pruned, new, after, readers)
         weight = before[old.input[1]]
-        layer = _Layer(old, new, kept[new.name]["in"], kept[new.name].get("out"), weight, refit, refit and _reads_patches(old, tuple(weight.dims)))
+        kept_out = kept[new.name].get("out")
+        if kept_out is not None and old.op_type in RECURRENT_LAYERS:  # kept gate rows of one direction -> of every direction
+            directions, rows = weight.dims[0], weight.dims[1]
+            kept_out = [direction * rows + row for direction in range(directions) for row in kept_out]
+        layer = _Layer(old, new, kept[new.name]["in"], kept_out, weight, refit, refit and _reads_patches(old, tuple(weight.dims)))
         if refit and _gram_bytes(layer) > REFIT_GRAM_BUDGET_BYTES:
             layer.refit, layer.not_refit = False, (f"a refit over {_unknowns(layer):,} unknowns per output ({_inputs(layer)}) needs "
                                                    f"{_gram_bytes(layer) / 1e9:.1f} GB of Gram matrices, more than the {REFIT_GRAM_BUDGET_BYTES / 1e9:.1f} GB allowed")
@@ -519,6 +523,8 @@ def _compensate_bias(pruned, layer: _Layer, taken) -> Reason:
     if new.op_type in RECURRENT_LAYERS:
         mean = layer.input_sum / max(layer.input_rows, 1)
         removed = np.setdiff1d(np.arange(weights.shape[2]), layer.kept_in)
+        if layer.kept_out is not None:  # the gate rows of the hidden units kept
+            weights = weights.reshape(-1, weights.shape[2])[layer.kept_out].reshape(weights.shape[0], -1, weights.shape[2])
         bias = _recurrent_bias(pruned, new, weights.shape)
         bias[:, : weights.shape[1]] += weights[:, :, removed].astype(np.float64) @ mean[removed]
         _set_input(pruned, new, 3, bias, taken, weights.dtype)

@@ -43,8 +43,10 @@ from onnxslim.passes import (
     einsum_to_matmul,
     fold_constants,
     initializers_out_of_inputs,
+    picked_concat_inputs_read_directly,
     remove_dead_nodes,
     remove_identities,
+    zero_initial_states_left_out,
 )
 from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.static_dims import fold_static_dims
@@ -202,7 +204,7 @@ def fold_fixed_sizes(model: onnx.ModelProto) -> PassResult:
 
 # Only steps that leave every output bit-identical: ratio 0 must change nothing.
 PREPARE = Pipeline((*SAVED_BY_ONNXRUNTIME, initializers_out_of_inputs, constants_to_initializers, remove_identities, fold_constants, einsum_to_matmul,
-                    fold_fixed_sizes, remove_dead_nodes, name_unnamed_nodes))
+                    fold_fixed_sizes, zero_initial_states_left_out, picked_concat_inputs_read_directly, remove_dead_nodes, name_unnamed_nodes))
 
 
 def _bn_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:

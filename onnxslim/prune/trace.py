@@ -31,6 +31,7 @@ from onnxslim.prune.edits import (
     GroupedInput,
     SetGroup,
     SetHeads,
+    SetHiddenSize,
     ShapeEntry,
     SliceBounds,
     SliceInput,
@@ -549,16 +550,53 @@ class Tracer(ReshapeRules):
             self.t.edits.append(ShapeEntry(node.name, 1, axis, out, data.repeat))
         return out
 
-    def recurrent(self, node: onnx.NodeProto, data: Layout) -> None:
-        """LSTM / GRU / RNN read their input features through W (directions, gates x hidden, features): a consumer.
-        Their hidden units are not pruned, so nothing is tracked past them."""
+    def recurrent(self, node: onnx.NodeProto, data: Layout | None) -> Layout | None:
+        """LSTM / GRU / RNN: a consumer of its input features through W (directions, gates x hidden, features), and the
+        producer of its hidden units (:meth:`_hidden_units`)."""
         weight = self.const(node.input[1]) if len(node.input) > 1 else None
-        rank = self.rank(node.input[0])
-        if weight is None or weight.ndim != 3 or rank != 3 or data.axis != 2 or weight.shape[2] != len(data) * data.repeat:
-            self.t.atoms.block_layout(data, f"{node.op_type} {node.name}: input features or weight not as expected")
+        if data is not None:
+            rank = self.rank(node.input[0])
+            if weight is None or weight.ndim != 3 or rank != 3 or data.axis != 2 or weight.shape[2] != len(data) * data.repeat:
+                self.t.atoms.block_layout(data, f"{node.op_type} {node.name}: input features or weight not as expected")
+            else:
+                self.consume(node, data, 1, 2)
+        return self._hidden_units(node, weight)
+
+    def _hidden_units(self, node: onnx.NodeProto, weight: np.ndarray | None) -> Layout | None:
+        """Hidden unit j of every direction goes as one: row j of each gate of W, R, B (and the peepholes), column j of R
+        (the state it feeds back), entry j of a constant initial state, and position j of the last axis of Y, Y_h and Y_c;
+        ``hidden_size`` follows. A state given at run time (a graph input, a computed tensor) keeps its size: not pruned."""
+        recurrence = self.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if weight is None or recurrence is None or weight.ndim != 3 or recurrence.ndim != 3 or weight.shape[1] % recurrence.shape[2]:
+            self.t.unprunable[node.name] = f"{node.op_type} {node.name}: weights not constant or not as expected"
             return None
-        self.consume(node, data, 1, 2)
-        return None
+        hidden = recurrence.shape[2]
+        gates = weight.shape[1] // hidden
+        states = (5, 6) if node.op_type == "LSTM" else (5,)
+        given = [node.input[i] for i in states if len(node.input) > i and node.input[i] and node.input[i] not in self.constants]
+        if given:
+            self.t.unprunable[node.name] = f"{node.op_type} {node.name}: its initial state '{given[0]}' is given at run time, so its hidden size stays"
+            return None
+        units = self.new_atoms(node, hidden, 2)
+
+        def tiled(times: int, axis: int = 1) -> Layout:
+            return Layout(axis, units.atoms * times)
+
+        self.t.edits.append(SliceInput(node.name, 1, 1, tiled(gates), EditRole.PRODUCER))
+        self.t.edits.append(SliceInput(node.name, 2, 1, tiled(gates), EditRole.PRODUCER))
+        self.t.edits.append(SliceInput(node.name, 2, 2, Layout(2, units.atoms), EditRole.RECURRENT))
+        if len(node.input) > 3 and node.input[3]:
+            self.t.edits.append(SliceInput(node.name, 3, 1, tiled(2 * gates), EditRole.PARAMETER))
+        for index in states:
+            if len(node.input) > index and node.input[index]:
+                self.t.edits.append(SliceInput(node.name, index, 2, Layout(2, units.atoms), EditRole.PARAMETER))
+        if node.op_type == "LSTM" and len(node.input) > 7 and node.input[7]:
+            self.t.edits.append(SliceInput(node.name, 7, 1, tiled(3), EditRole.PARAMETER))
+        self.t.edits.append(SetHiddenSize(node.name, units))
+        for index, axis in ((1, 2), (2, 2)):  # Y_h and Y_c: (directions, batch, hidden), or (batch, directions, hidden)
+            if len(node.output) > index and node.output[index]:
+                self.t.layouts[node.output[index]] = Layout(axis, units.atoms)
+        return Layout(3, units.atoms)  # Y: (steps, directions, batch, hidden), or (batch, steps, directions, hidden)
 
     def pad(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
         pads = self.const(node.input[1]) if len(node.input) > 1 and node.input[1] else np.array(node_attr(node, "pads", []))
@@ -695,7 +733,7 @@ CONTRIB_RULES: dict[str, Callable[[Tracer, onnx.NodeProto, Layout], Layout | Non
     **{op: Tracer.bias_activation for op in ("BiasGelu", "FastGelu", "QuickGelu", "Gelu")},
     "Attention": Tracer.fused_attention,
 }
-RULES_WITHOUT_DATA = {Tracer.binary_rule, Tracer.concat_rule, Tracer.weighted, Tracer.shape, Tracer.fused_attention}
+RULES_WITHOUT_DATA = {Tracer.binary_rule, Tracer.concat_rule, Tracer.weighted, Tracer.shape, Tracer.fused_attention, Tracer.recurrent}
 
 
 def trace(model: onnx.ModelProto, shapes: dict[str, tuple]) -> Tracing:
