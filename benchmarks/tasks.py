@@ -218,6 +218,17 @@ def mos_agreement(reference, candidate) -> float:
     return float(np.mean(np.all(np.abs(ours - theirs) <= MOS_TOLERANCE, axis=1)))
 
 
+def score_voice(outputs, labels) -> float:
+    """Speaker identification by nearest clip: the share of clips whose most similar other clip (embedding cosine) is of the
+    same generated voice."""
+    embeddings = np.concatenate([out[0] for out in outputs]).astype(np.float64)
+    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    similarity = embeddings @ embeddings.T
+    np.fill_diagonal(similarity, -np.inf)
+    voices = np.array([label["voice"] for label in labels])
+    return float(np.mean(voices[similarity.argmax(axis=1)] == voices))
+
+
 def yolox_boxes(output: np.ndarray, size: int = 416, threshold: float = 0.1, overlap: float = 0.45) -> np.ndarray:
     """(x1, y1, x2, y2) of a YOLOX head's detections, as ddddocr decodes them: offsets on the 8/16/32 grids, exp sizes,
     objectness times class above ``threshold``, greedy NMS at ``overlap`` IoU."""
@@ -302,6 +313,7 @@ TASKS = {
     "pitch": Task("pitch", MODELS / "unseen" / "crepe" / "crepe_full.onnx", f"pitch within {PITCH_CENTS} cents", score_pitch),
     "notes": Task("notes", MODELS / "unseen" / "basic_pitch.onnx", "note frame F1", score_notes),
     "mos": Task("mos", MODELS / "unseen" / "dnsmos_sig_bak_ovr.onnx", f"clips within {MOS_TOLERANCE} MOS of FP32", None),
+    "voice": Task("voice", MODELS / "unseen" / "voice_encoder.onnx", "clips nearest a clip of their own voice", score_voice),
     "pitch_tiny": Task("pitch_tiny", MODELS / "unseen" / "crepe" / "crepe_tiny.onnx", f"pitch within {PITCH_CENTS} cents", score_pitch, data="pitch"),
 }
 

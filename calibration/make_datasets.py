@@ -10,6 +10,7 @@
     python calibration/make_datasets.py embed watermark   # for models/gather.py --unseen: photographs and the bits hidden in them
     python calibration/make_datasets.py pitch notes       # for models/gather.py --unseen: tones of known pitch, generated notes
     python calibration/make_datasets.py mos               # for models/gather.py --unseen: generated voiced audio in noise of known SNR
+    python calibration/make_datasets.py voice             # for models/gather.py --unseen: clips of generated voices
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -739,9 +740,64 @@ def make_mos(split: str, count: int, sentences: list[str], seed: int, out: Path)
     return labels
 
 
+VOICE_SAMPLES = 25440  # the voice encoder's partial utterance: 160 mel frames of 10 ms
+VOICES_PER_SPLIT = 20
+
+
+def voice_traits(rng: random.Random) -> dict:
+    """A generated voice: its pitch (85-255 Hz), three formants scaled by a vocal-tract length, a spectral tilt and a
+    breath noise level; a split draws voices of its own, so no voice is in both."""
+    tract = rng.uniform(0.82, 1.18)
+    return {"pitch": rng.uniform(85, 255), "formants": [f * tract for f in (rng.uniform(450, 750), rng.uniform(1100, 1900), rng.uniform(2300, 3000))],
+            "tilt": rng.uniform(0.75, 1.35), "breath": rng.uniform(0.005, 0.05), "vibrato": rng.uniform(3, 7)}
+
+
+def voice_clip(rng: random.Random, voice: dict) -> np.ndarray:
+    """1.59 s of 16 kHz audio of ``voice``: syllables with a moving pitch around the voice's own, vowels whose formants
+    move up to 15% about the voice's, harmonics shaped by those resonances and the voice's tilt, breath noise between."""
+    noise = np.random.default_rng(rng.randint(0, 1 << 30))
+    t = np.arange(VOICE_SAMPLES) / VAD_RATE
+    audio = noise.normal(0, voice["breath"] * 0.2, t.size)
+    position = rng.uniform(0.0, 0.15)
+    while position < t[-1]:
+        duration = rng.uniform(0.15, 0.45)
+        start, stop = int(position * VAD_RATE), min(int((position + duration) * VAD_RATE), t.size)
+        local = t[start:stop] - position
+        pitch = voice["pitch"] * rng.uniform(0.9, 1.1) * (1 + 0.03 * np.sin(2 * np.pi * voice["vibrato"] * local) + rng.uniform(-0.1, 0.1) * local / duration)
+        phase = 2 * np.pi * np.cumsum(pitch) / VAD_RATE
+        formants = [f * rng.uniform(0.85, 1.15) for f in voice["formants"]]
+        envelope = np.maximum(np.sin(np.pi * local / duration), 0.0) ** 0.6
+        voiced = np.zeros(local.size)
+        for k in range(1, int(4000 / pitch.mean())):
+            frequency = k * pitch.mean()
+            resonance = sum(1.0 / (1.0 + ((frequency - f) / (60 + 0.06 * f)) ** 2) for f in formants)
+            voiced += resonance * np.sin(k * phase + rng.uniform(0, 6.28)) / k ** voice["tilt"]
+        audio[start:stop] += rng.uniform(0.1, 0.3) * envelope * voiced + voice["breath"] * envelope * noise.normal(0, 1, local.size)
+        position += duration + rng.uniform(0.03, 0.2)
+    return (0.9 * audio / max(1e-6, np.abs(audio).max())).astype(np.float32)
+
+
+def make_voice(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """Mel frames (1, 160, 40) for resemblyzer's voice encoder (models/gather.py --unseen), computed as the package does:
+    clips of VOICES_PER_SPLIT generated voices, each with its own pitch, formants, tilt and breathiness; label: the
+    voice. As with the other generated audio this is not speech; the original's embeddings do tell these voices apart
+    (a clip's nearest other clip is of its own voice for most clips), which is what the sets exercise."""
+    sys.path.insert(0, str(ROOT))
+    from models.resemblyzer_export import mel_frames
+
+    rng, labels = random.Random(seed), []
+    voices = [voice_traits(rng) for _ in range(VOICES_PER_SPLIT)]
+    for index in range(count):
+        voice = index % VOICES_PER_SPLIT
+        np.savez(out / f"{index:05d}.npz", mels=mel_frames(voice_clip(rng, voices[voice]))[None])
+        labels.append({"file": f"{index:05d}.npz", "voice": voice})
+    return labels
+
+
 TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks,
          "magika": make_magika, "table": make_table, "embed": make_embed, "watermark": make_watermark,
-         "wakeword": make_wakeword, "pitch": make_pitch, "notes": make_notes, "mos": make_mos}
+         "wakeword": make_wakeword, "pitch": make_pitch, "notes": make_notes, "mos": make_mos,
+         "voice": make_voice}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:

