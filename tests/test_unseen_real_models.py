@@ -30,11 +30,12 @@ from benchmarks.tasks import (  # noqa: E402
     score_notes,
     score_pitch,
     score_table,
+    score_voice,
     score_watermark,
     yolox_boxes,
 )
 from calibration.make_datasets import make  # noqa: E402
-from models.gather import gather_crepe, gather_unseen  # noqa: E402
+from models.gather import gather_crepe, gather_unseen, gather_voice_encoder  # noqa: E402
 from onnxslim import PruneConfig, QuantConfig, prune, quantize  # noqa: E402
 from onnxslim.errors import NothingToDoError  # noqa: E402
 
@@ -231,3 +232,25 @@ def test_note_transcriber_with_one_channel_decimation_filters_is_quantized_and_k
     # filters in float (8 bits lose the octaves they carry) and the rest of the network runs integer
     assert report.fidelity[0].centred_on is not None and report.kept_float_for_budget and report.integer_kernels.get("QLinearConv", 0) >= 1
     assert score_notes(run_all(out, feeds), labels) >= fp32 - 0.02
+
+
+def test_speaker_encoder_of_stacked_lstms_is_pruned_unit_by_unit_and_quantized(tmp_path_factory, tmp_path):
+    """Resemblyzer's speaker encoder (three stacked LSTMs, exported from its wheel's weights): prune removes hidden units of
+    each layer on its own and halves the work; quantize runs the LSTMs as DynamicQuantizeLSTM where the budget allows."""
+    pytest.importorskip("torch", reason="the encoder is exported from Resemblyzer's PyTorch weights (the distill extra installs torch)")
+    model = gather_voice_encoder()
+    folder = make("voice", 24, 100, root=tmp_path_factory.mktemp("voice"))  # 5 clips of each of 20 voices to tell apart
+    feeds, labels = labelled_feeds(folder / "eval")
+    fp32 = score_voice(run_all(model, feeds), labels)
+    assert fp32 >= 0.6, "the generated voices are told apart"
+    out = tmp_path / "voice.pruned.onnx"
+    _, report = prune(model, folder / "calib", eval_data=folder / "eval", config=PruneConfig(ratio=0.3, latency_runs=0), output=out)
+    pruned = {g.producers[0]: g.channels_after for g in report.groups if g.channels_after < g.channels_before}
+    assert sorted(pruned) == ["/lstm/LSTM", "/lstm/LSTM_1", "/lstm/LSTM_2"] and set(pruned.values()) == {180}, report.groups
+    assert report.macs.after < 0.55 * report.macs.before and report.fidelity[0].cosine > 0.75
+    assert score_voice(run_all(out, feeds), labels) >= fp32 - 0.1
+    quantized = tmp_path / "voice.int8.onnx"
+    report = quantized_with_defaults(model, folder, quantized)
+    assert report.written == "int8" and report.fidelity[0].cosine >= 0.99
+    assert "DynamicQuantizeLSTM" in {n.op_type for n in onnx.load(quantized).graph.node}
+    assert score_voice(run_all(quantized, feeds), labels) >= fp32 - 0.05
