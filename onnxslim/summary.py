@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import onnx
 
+from onnxslim.data.sources import check_input_shapes
 from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters
 from onnxslim.ir.io import load_model, model_label, model_weight_bytes
 from onnxslim.ir.tensors import TensorSpec, graph_inputs, graph_outputs, subgraphs
@@ -59,6 +60,7 @@ def _all_nodes(graph: onnx.GraphProto):
 def inspect(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> ModelSummary:
     """Summarize ``model``; ``input_shapes`` fixes dynamic dimensions for the MAC estimate."""
     proto = load_model(model, load_weights=False)
+    check_input_shapes(input_shapes, graph_inputs(proto))
     shapes = known_shapes(proto, input_shapes)
     macs, by_op, unknown = count_macs(proto, shapes)
     histogram = Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}" for node in _all_nodes(proto.graph))

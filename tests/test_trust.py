@@ -401,6 +401,10 @@ def test_silently_ignored_input_is_named(save, npz_folder, tmp_path):
     assert result.exit_code == 0 and "no node named 'no_such_node'" in result.output, result.output
     result = invoke(*quantize, "--data", data, "--input-shapes", "image:1,3,32,32")
     assert result.exit_code == 2 and "'image', which is not a model input" in result.output, result.output
+    # without data too, where only a random test batch or the MAC count would read the shapes
+    for command in (("prune", path, "-o", out, "--ratio", "0.5", "-q"), ("share", path, "-o", out, "-q"), ("inspect", path)):
+        result = invoke(*command, "--input-shapes", "image:1,3,32,32")
+        assert result.exit_code == 2 and "'image', which is not a model input" in result.output, (command, result.output)
     result = invoke("prune", path, "-o", out, "--ratio", "0.5", "--target-macs", "0.5", "-q")
     assert result.exit_code == 2 and "not both" in result.output
 

@@ -291,6 +291,13 @@ def for_several_passes(source, limit: int | None):
     return FirstBatches(source, limit) if limit is not None else source
 
 
+def check_input_shapes(input_shapes: Mapping[str, tuple[int, ...]] | None, inputs: list[TensorSpec]) -> None:
+    """A :class:`UsageError` naming the first entry of ``input_shapes`` that is not one of ``inputs``."""
+    unknown = sorted(set(input_shapes or {}) - {spec.name for spec in inputs})
+    if unknown:
+        raise UsageError(f"--input-shapes names '{unknown[0]}', which is not a model input ({', '.join(spec.name for spec in inputs)})")
+
+
 def open_data(
     data: str | Path | DataSource,
     inputs: list[TensorSpec],
@@ -300,9 +307,7 @@ def open_data(
     seed: int = 0,
 ) -> CheckedSource:
     """Open ``data`` ('random', a folder or file of .npz, a DataSource, a reader, a list) as checked batches."""
-    unknown = sorted(set(input_shapes or {}) - {spec.name for spec in inputs})
-    if unknown:
-        raise UsageError(f"--input-shapes names '{unknown[0]}', which is not a model input ({', '.join(spec.name for spec in inputs)})")
+    check_input_shapes(input_shapes, inputs)
     data = as_source(data)
     if isinstance(data, (str, Path)):
         if str(data) == "random":

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from onnxslim.data.sources import DataSource, batch_of_one_note, evaluation_split, for_several_passes, open_data
+from onnxslim.data.sources import DataSource, batch_of_one_note, check_input_shapes, evaluation_split, for_several_passes, open_data
 from onnxslim.errors import NothingToDoError, UsageError
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
@@ -110,6 +110,7 @@ def share(
     """Tie identical tensors and give large weights codebooks (see the module docstring); write to ``output`` when given."""
     label = model_label(model)
     original = load_model(model)
+    check_input_shapes(input_shapes, graph_inputs(original))  # also without data, where only the random batch reads them
     work = load_model(original)
     PREPARE(work)
     report = ShareReport(label, str(output) if output else None, dict(config.__dict__))
