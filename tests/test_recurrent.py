@@ -285,3 +285,23 @@ def test_hidden_units_read_back_through_r_count_in_their_ranking():
     assert scores[0] > scores[1] > 0
     without = class_scores(classes, edits[1:], weights, method="activation", channel_energy=energy)
     assert without[0] == 0.0
+
+
+def test_a_bidirectional_lstm_whose_directions_a_reshape_joins_loses_the_same_units_in_both():
+    """A CRNN's (T, 2, N, H) -> Transpose -> (T, N, 2, H) -> Reshape (0, 0, 2H): the joined features are the hidden units
+    twice in a row, so the classifier loses the rows of unit j in both halves and the target entry follows."""
+    from onnxslim import PruneConfig, prune
+
+    model = crnn_head()
+    pruned, report = prune(model, [_feed() for _ in range(16)], config=PruneConfig(ratio=0.25, latency_runs=0), eval_data=[_feed() for _ in range(4)])
+    assert [(g.producers, g.channels_before, g.channels_after) for g in report.groups if g.channels_after < g.channels_before] == [(["lstm"], HIDDEN, 48)]
+    weights = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    lstm = next(n for n in pruned.graph.node if n.op_type == "LSTM")
+    assert weights[lstm.input[1]].shape == (2, 4 * 48, FEATURES) and weights[lstm.input[2]].shape == (2, 4 * 48, 48)
+    head = next(n for n in pruned.graph.node if n.name == "classifier")
+    join = next(n for n in pruned.graph.node if n.name == "join_directions")
+    assert weights[head.input[1]].shape == (2 * 48, CLASSES) and list(weights[join.input[1]]) == [0, 0, 2 * 48]
+    onnx.checker.check_model(pruned, full_check=True)
+    feed = _feed(steps=17)
+    assert run_model(pruned, feed)[0].shape == run_model(model, feed)[0].shape
+    assert report.fidelity[0].cosine > 0.8

@@ -88,7 +88,7 @@ class ReshapeRules:
                 return None
             if self.packed_parts(node, layout):
                 return None
-            heads = self.split_heads(node, layout) or self.merge_heads(node, layout) or self.keep_channel_axis(node, layout)
+            heads = self.split_heads(node, layout) or self.merge_heads(node, layout) or self.keep_channel_axis(node, layout) or self.merge_outer(node, layout)
             if heads is not None:
                 return heads
             target = self.const(node.input[1])
@@ -203,6 +203,36 @@ class ReshapeRules:
         if not _resizable(entries[merged_axis]):
             return None
         self._resize(entries[merged_axis], out, out.repeat)
+        return out
+
+    def merge_outer(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        """Reshape (..., P, C, ...) -> (..., P*C, ...) with the channels inner: the channels P times in a row (a bidirectional
+        recurrent layer's two directions joined into one feature axis).
+
+        Only the two joined dims need fixed sizes: the others are copied (0) or stated as they are, so a
+        sequence of any length passes.
+        """
+        in_shape, entries = self.shapes.get(node.input[0]), self._target_entries(node)
+        axis = layout.axis
+        if layout.repeat != 1 or axis < 1 or in_shape is None or entries is None or len(entries) != len(in_shape) - 1:
+            return None
+        parts = in_shape[axis - 1]
+        if not isinstance(parts, int) or parts < 2 or in_shape[axis] != len(layout):
+            return None
+        merged_value = entries[axis - 1][0]
+        if merged_value is None or merged_value not in (-1, parts * len(layout)) or not _resizable(entries[axis - 1]):
+            return None
+        for out_axis, (value, _) in enumerate(entries):
+            if out_axis == axis - 1:
+                continue
+            source = out_axis if out_axis < axis - 1 else out_axis + 1  # the input dim this output dim holds
+            if value == 0 and source == out_axis:
+                continue  # 0 copies the input dim at the same index: right whatever its size
+            copied = in_shape[out_axis] if value == 0 else value
+            if value is None or value == -1 or copied is None or copied != in_shape[source]:
+                return None
+        out = Layout(axis - 1, layout.atoms * parts)
+        self._resize(entries[axis - 1], out, 1)
         return out
 
     def keep_channel_axis(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:

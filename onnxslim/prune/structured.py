@@ -332,6 +332,7 @@ def prune(
     original = load_model(model)
     refuse_quantized(original, label, "prune")
     refuse_blocked_layout(original, label, "prune")
+    check_input_shapes(input_shapes, graph_inputs(original))  # also without data, where only the random test batch reads them
     work = load_model(original)
     prepared = PREPARE(work)
     source = open_data(data, graph_inputs(original), input_shapes=input_shapes) if data is not None else None
