@@ -287,6 +287,25 @@ def test_scores_far_from_zero_are_compared_around_the_reference_mean():
     assert shifted.plain_cosine > 0.999 and shifted.cosine < 0.9
 
 
+def test_unit_length_embeddings_are_scored_by_the_cosine_of_each_row_not_by_an_argmax():
+    """A speaker or sentence embedding scaled to length 1 is compared row by row, as its users compare embeddings; logits
+    of the same shape stay class scores."""
+    rng = np.random.default_rng(6)
+    rows = rng.standard_normal((6, 64))
+    reference = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    moved = reference + 0.05 * rng.standard_normal(reference.shape).astype(np.float32)
+    candidate = moved / np.linalg.norm(moved, axis=1, keepdims=True)
+    comparison = OutputComparison("embedding")
+    comparison.add(reference[:3], candidate[:3])
+    comparison.add(reference[3:], candidate[3:])
+    expected = np.mean(np.sum(reference.astype(np.float64) * candidate, axis=1))
+    assert comparison.top1 is None and comparison.task_metric == ("row cosine", pytest.approx(expected))
+    assert comparison.to_dict()["mean_row_cosine"] == pytest.approx(expected)
+    logits = OutputComparison("logits")
+    logits.add(rows.astype(np.float32), rows.astype(np.float32))
+    assert logits.task_metric == ("top-1", 1.0) and logits.embedding_cosine is None
+
+
 def test_outputs_near_zero_keep_the_plain_cosine():
     """Logits, embeddings and ReLU features (a mean below twice their spread) are compared as they are."""
     rng = np.random.default_rng(5)

@@ -13,9 +13,22 @@ import numpy as np
 
 from onnxslim.errors import DataError
 
+UNIT_NORM_TOLERANCE = 1e-3
+MIN_EMBEDDING_WIDTH = 8
+
+
+def looks_like_embeddings(array: np.ndarray) -> bool:
+    """(batch, features) floats, at least MIN_EMBEDDING_WIDTH of them, every row of length 1: an L2-normalized embedding
+    (a sentence's, a speaker's, a face's). Its users compare rows by their cosine; an argmax over its features means nothing."""
+    if array.dtype.kind != "f" or array.ndim != 2 or array.shape[-1] < MIN_EMBEDDING_WIDTH or not array.size:
+        return False
+    norms = np.linalg.norm(array.astype(np.float64), axis=-1)
+    return bool(np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE))
+
 
 def looks_like_class_scores(array: np.ndarray) -> bool:
-    """Where top-1 agreement means something: (batch, classes) floats, or (batch, steps, classes) probabilities.
+    """Where top-1 agreement means something: (batch, classes) floats that are not unit-length embeddings, or
+    (batch, steps, classes) probabilities.
 
     A 3-D output must sum to 1 over its last axis: otherwise that axis may hold
     anchors or positions (a detector's (1, 84, 8400)), where an argmax means nothing.
@@ -23,7 +36,7 @@ def looks_like_class_scores(array: np.ndarray) -> bool:
     if array.dtype.kind != "f" or array.ndim not in (2, 3) or array.shape[-1] < 2:
         return False
     if array.ndim == 2:
-        return True
+        return not looks_like_embeddings(array)
     sums = array.sum(axis=-1, dtype=np.float64)
     return bool(np.all(array >= 0) and np.allclose(sums, 1.0, atol=1e-3))
 
@@ -204,6 +217,9 @@ class OutputComparison:
     mask_intersection: int = 0  # pixels above MASK_THRESHOLD in both, on probability maps
     mask_union: int = 0
     mask_batches: int = 0
+    row_cosine_sum: float = 0.0  # on unit-length embeddings: the cosine of each row with the reference's, summed
+    embedding_rows: int = 0
+    embedding_batches: int = 0
     min_batch_cosine: float = 1.0
     padding_left_out: str = ""  # the input whose zeros marked the token rows left out of the comparison
     lengths_differed: int = 0  # batches whose two outputs differed in length along some axis (compared zero-padded)
@@ -251,6 +267,12 @@ class OutputComparison:
             matches, positions = _top1_agreement(*unpadded)
             self.top1_match += matches
             self.top1_total += positions
+        elif not padded and looks_like_embeddings(unpadded[0]) and np.asarray(unpadded[1]).dtype.kind == "f":
+            a, b = (np.asarray(x, np.float64) for x in unpadded)
+            norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+            self.row_cosine_sum += float(np.sum(np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-30)))
+            self.embedding_rows += a.shape[0]
+            self.embedding_batches += 1
         elif looks_like_probability_map(reference):
             ref_mask, cand_mask = reference > MASK_THRESHOLD, candidate > MASK_THRESHOLD
             self.mask_intersection += int((ref_mask & cand_mask).sum())
@@ -463,11 +485,21 @@ class OutputComparison:
         return self.mask_intersection / self.mask_union if self.mask_union else 1.0
 
     @property
+    def embedding_cosine(self) -> float | None:
+        """For unit-length embeddings (every batch): the mean over rows of each row's cosine with the reference's; else None."""
+        if not self.embedding_batches or self.embedding_batches != self.batches or self.nonfinite_mismatches:
+            return None
+        return self.row_cosine_sum / self.embedding_rows
+
+    @property
     def task_metric(self) -> tuple[str, float] | None:
         """The decision-shaped score this output's shape calls for: top-1 agreement for class scores, mask IoU for probability
-        maps, for a detector's output the IoU of the anchors where each model finds an object."""
+        maps, for a detector's output the IoU of the anchors where each model finds an object, for unit-length embeddings
+        the mean cosine of each row with the reference's (the comparison their users make)."""
         if self.top1 is not None:
             return "top-1", self.top1
+        if self.embedding_cosine is not None:
+            return "row cosine", self.embedding_cosine
         if self.mask_iou is not None:
             return "mask IoU", self.mask_iou
         if self.anchor_iou is not None:
@@ -516,6 +548,7 @@ class OutputComparison:
             "exact_match": self.exact / self.elements if self.elements else None,
             "top1_agreement": self.top1,
             "mask_iou": self.mask_iou,
+            "mean_row_cosine": self.embedding_cosine,
             "padding_left_out": self.padding_left_out or None,
             "batches_of_differing_length": self.lengths_differed,
             "reference_std": self.reference_std,
