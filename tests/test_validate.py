@@ -285,6 +285,16 @@ def test_scores_far_from_zero_are_compared_around_the_reference_mean():
     shifted = OutputComparison("mos")
     shifted.add(scores, scores + 0.25)
     assert shifted.plain_cosine > 0.999 and shifted.cosine < 0.9
+    # three scores per input: which is largest decides nothing, so no top-1 is reported for them
+    per_input = OutputComparison("mos")
+    for ref, cand in zip(scores, noisy):
+        per_input.add(ref, cand)
+    assert per_input.top1_total and per_input.top1 is None and per_input.task_metric is None
+    # probabilities near uniform sit far from zero too, and keep their top-1
+    probabilities = np.full((8, 4), 0.25, np.float32) + np.linspace(-0.01, 0.01, 4, dtype=np.float32)
+    near_uniform = OutputComparison("probs")
+    near_uniform.add(probabilities, probabilities[:, ::-1])
+    assert near_uniform.centred_on is not None and near_uniform.top1 == 0.0
 
 
 def test_unit_length_embeddings_are_scored_by_the_cosine_of_each_row_not_by_an_argmax():

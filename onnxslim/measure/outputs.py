@@ -26,6 +26,11 @@ def looks_like_embeddings(array: np.ndarray) -> bool:
     return bool(np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE))
 
 
+def _probability_rows(array: np.ndarray) -> bool:
+    """Whether every row (last axis) is a distribution: non-negative, summing to 1."""
+    return bool(np.all(array >= 0) and np.allclose(array.sum(axis=-1, dtype=np.float64), 1.0, atol=1e-3))
+
+
 def looks_like_class_scores(array: np.ndarray) -> bool:
     """Where top-1 agreement means something: (batch, classes) floats that are not unit-length embeddings, or
     (batch, steps, classes) probabilities.
@@ -37,8 +42,7 @@ def looks_like_class_scores(array: np.ndarray) -> bool:
         return False
     if array.ndim == 2:
         return not looks_like_embeddings(array)
-    sums = array.sum(axis=-1, dtype=np.float64)
-    return bool(np.all(array >= 0) and np.allclose(sums, 1.0, atol=1e-3))
+    return _probability_rows(array)
 
 
 MASK_THRESHOLD = 0.5
@@ -214,6 +218,8 @@ class OutputComparison:
     exact: int = 0
     top1_match: int = 0
     top1_total: int = 0
+    # batches of (batch, k) scores that are not probabilities (rows not summing to 1): logits, or k regression scores
+    unnormalized_score_rows: int = 0
     mask_intersection: int = 0  # pixels above MASK_THRESHOLD in both, on probability maps
     mask_union: int = 0
     mask_batches: int = 0
@@ -267,6 +273,8 @@ class OutputComparison:
             matches, positions = _top1_agreement(*unpadded)
             self.top1_match += matches
             self.top1_total += positions
+            if np.ndim(unpadded[0]) == 2 and not _probability_rows(np.asarray(unpadded[0])):
+                self.unnormalized_score_rows += 1
         elif not padded and looks_like_embeddings(unpadded[0]) and np.asarray(unpadded[1]).dtype.kind == "f":
             a, b = (np.asarray(x, np.float64) for x in unpadded)
             norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
@@ -475,7 +483,12 @@ class OutputComparison:
 
     @property
     def top1(self) -> float | None:
-        return self.top1_match / self.top1_total if self.top1_total else None
+        """Top-1 agreement of class scores; None elsewhere, and for (batch, k) values that are not probabilities yet sit far
+        from zero next to their spread (``centred_on``): a few regression scores (quality on three scales), whose largest
+        means nothing, rather than logits, which a classifier leaves near zero."""
+        if not self.top1_total or (self.unnormalized_score_rows and self.centred_on is not None):
+            return None
+        return self.top1_match / self.top1_total
 
     @property
     def mask_iou(self) -> float | None:
