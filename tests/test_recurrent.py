@@ -305,3 +305,33 @@ def test_a_bidirectional_lstm_whose_directions_a_reshape_joins_loses_the_same_un
     feed = _feed(steps=17)
     assert run_model(pruned, feed)[0].shape == run_model(model, feed)[0].shape
     assert report.fidelity[0].cosine > 0.8
+
+
+@pytest.mark.parametrize("op_type", ["GRU", "RNN"])
+def test_gru_and_rnn_hidden_units_are_pruned_with_every_gate(op_type):
+    """A GRU's three gates (with linear_before_reset, its recurrence bias inside the reset gate) and an RNN's one lose the
+    same units in W, R and B; a MatMul reading the sequence loses their rows."""
+    from onnxslim import PruneConfig, prune
+
+    gates = {"GRU": 3, "RNN": 1}[op_type]
+    rng = np.random.default_rng(2)
+    extra = {"linear_before_reset": 1} if op_type == "GRU" else {}
+    inits = [numpy_helper.from_array((rng.normal(size=shape) * 0.3).astype(np.float32), name)
+             for name, shape in (("W", (1, gates * 16, 12)), ("R", (1, gates * 16, 16)), ("B", (1, 2 * gates * 16)), ("head", (16, 5)))]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    nodes = [helper.make_node(op_type, ["x", "W", "R", "B"], ["y"], name="recurrent", hidden_size=16, **extra),
+             helper.make_node("Squeeze", ["y", "axis1"], ["seq"], name="squeeze"),
+             helper.make_node("MatMul", ["seq", "head"], ["scores"], name="head")]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["t", 1, 12])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["t", 1, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.normal(size=(STEPS, 1, 12)).astype(np.float32)} for _ in range(12)]
+    pruned, report = prune(model, feeds, config=PruneConfig(ratio=0.25, latency_runs=0))
+    assert [(g.producers, g.channels_after) for g in report.groups if g.channels_after < g.channels_before] == [(["recurrent"], 12)]
+    weights = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    node = next(n for n in pruned.graph.node if n.op_type == op_type)
+    assert weights[node.input[1]].shape == (1, gates * 12, 12) and weights[node.input[2]].shape == (1, gates * 12, 12)
+    assert weights[node.input[3]].shape == (1, 2 * gates * 12) and next(a.i for a in node.attribute if a.name == "hidden_size") == 12
+    onnx.checker.check_model(pruned, full_check=True)
+    assert run_model(pruned, feeds[0])[0].shape == (STEPS, 1, 5)
+    assert report.fidelity[0].cosine > 0.6  # random weights, a quarter of every gate's units gone
