@@ -335,3 +335,27 @@ def test_gru_and_rnn_hidden_units_are_pruned_with_every_gate(op_type):
     onnx.checker.check_model(pruned, full_check=True)
     assert run_model(pruned, feeds[0])[0].shape == (STEPS, 1, 5)
     assert report.fidelity[0].cosine > 0.6  # random weights, a quarter of every gate's units gone
+
+
+def test_share_gives_recurrent_weights_codebooks_weighted_by_what_they_multiply():
+    """W and R of every LSTM become 256-code codebooks, each element weighted by the energy of what it multiplies (W's by
+    the layer's input features, R's by the state the layer reads back), and the outputs stay close."""
+    from onnxslim import ShareConfig, share
+    from onnxslim.measure.channels import STATE
+    from onnxslim.share.encode import _weights_of
+
+    model = stacked_lstm()
+    shared, report = share(model, _lstm_feeds(16), config=ShareConfig(min_elements=512, latency_runs=0), eval_data=_lstm_feeds(4, seed=1))
+    coded = {t.name for t in report.tensors if t.how.startswith("codebook")}
+    assert {"l0_W", "l0_R", "l1_W", "l1_R"} <= coded, report.tensors
+    assert report.fidelity[0].cosine > 0.99
+    feed = _lstm_feeds(1, seed=5)[0]
+    np.testing.assert_allclose(run_model(shared, feed)[0], run_model(model, feed)[0], atol=0.05)
+    from onnxslim.share.pipeline import _why_slower
+
+    assert "folded every lookup" in _why_slower(model, shared)  # a slower timing is then not the codebooks'
+    lstm = next(n for n in model.graph.node if n.name == "lstm0")
+    energy = {"lstm0": np.arange(1.0, 13.0), "lstm0" + STATE: np.arange(1.0, 17.0)}
+    w = _weights_of(np.zeros((1, 4 * H0, 12), np.float32), "l0_W", [lstm], energy)
+    r = _weights_of(np.zeros((1, 4 * H0, H0), np.float32), "l0_R", [lstm], energy)
+    assert np.array_equal(w[0, 5], energy["lstm0"]) and np.array_equal(r[0, 5], energy["lstm0" + STATE])

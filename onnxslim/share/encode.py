@@ -14,13 +14,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxslim.ir.layers import weight_axes
+from onnxslim.ir.layers import RECURRENT_LAYERS, weight_axes
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
+from onnxslim.measure.channels import STATE
 from onnxslim.progress import track
 from onnxslim.records import Record
 from onnxslim.share.codebook import compensated_indices, kmeans_1d, pack_nibbles, refit_codebook
 
-WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "Gather": 0}  # op -> the input that holds its weight
+# op -> the inputs that hold its weights; a recurrent layer's W (directions, gates x hidden, features) reads its input,
+# its R (directions, gates x hidden, hidden) the state it carries
+WEIGHTED = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1,), "MatMul": (1,), "Gather": (0,), **{op: (1, 2) for op in RECURRENT_LAYERS}}
 
 
 @dataclass(frozen=True)
@@ -55,14 +58,15 @@ def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 
 
 def codebook_candidates(model: onnx.ModelProto, min_elements: int) -> list[str]:
-    """Float weights of at least ``min_elements`` values read only as the weight of Conv, Gemm, MatMul or Gather."""
+    """Float weights of at least ``min_elements`` values read only as the weight of Conv, Gemm, MatMul, Gather or a
+    recurrent layer (its W or R)."""
     inits = initializer_map(model.graph)
     outputs = {v.name for v in model.graph.output}
     readers = _readers(model)
     return [
         name for name, t in inits.items()
         if t.data_type == TensorProto.FLOAT and _elements(t) >= min_elements and name not in outputs
-        and readers.get(name) and all(WEIGHTED.get(n.op_type) == list(n.input).index(name) for n in readers[name])
+        and readers.get(name) and all(list(n.input).index(name) in WEIGHTED.get(n.op_type, ()) for n in readers[name])
     ]
 
 
@@ -76,7 +80,7 @@ def fit_one(model: onnx.ModelProto, name: str, clusters: int, energy: dict[str, 
     array = to_array(initializer_map(model.graph)[name]).astype(np.float32)
     readers = _readers(model)[name]
     scales = _channel_scales(array, _output_axis(readers[0], array.ndim))
-    codebook, indices = kmeans_1d(_normalized(array, scales), clusters, weights=_weights_of(array, readers, energy), zero_code=_needs_zero_code(array, scales))
+    codebook, indices = kmeans_1d(_normalized(array, scales), clusters, weights=_weights_of(array, name, readers, energy), zero_code=_needs_zero_code(array, scales))
     layout = _as_matrix(array, scales, readers) if grams and clusters <= 16 and len(readers) == 1 else None
     gram = grams.get(readers[0].input[0]) if layout is not None else None
     if layout is not None and gram is not None and gram.shape[0] == layout[0].shape[0]:
@@ -162,6 +166,8 @@ def _output_axis(reader: onnx.NodeProto, ndim: int) -> int:
     """The axis of a weight's output channels (rows of a Gather table)."""
     if reader.op_type == "Gather":
         return 0
+    if reader.op_type in RECURRENT_LAYERS:
+        return 1  # each gate row of each direction
     return weight_axes(reader, ndim)[1]
 
 
@@ -243,14 +249,18 @@ def _unsqueeze(tensor: str, axis: str, output: str, opset: int, name: str) -> on
     return helper.make_node("Unsqueeze", [tensor], [output], name=name, axes=[1])
 
 
-def _weights_of(array: np.ndarray, readers: list[onnx.NodeProto], energy: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Per element: the mean square of the input channel it multiplies (summed over the layers that read it), or None without data."""
+def _weights_of(array: np.ndarray, name: str, readers: list[onnx.NodeProto], energy: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Per element of weight ``name``: the mean square of the input channel it multiplies (summed over the layers that
+    read it), or None without data. A recurrent layer's R multiplies the state it carries, kept under its name and STATE."""
     total = None
     for node in readers:
-        channel = energy.get(node.name)
-        if channel is None or node.op_type == "Gather":
+        if node.op_type == "Gather":
             continue
-        axis = weight_axes(node, array.ndim)[0]
+        recurrent = node.op_type in RECURRENT_LAYERS
+        channel = energy.get(node.name + STATE if recurrent and list(node.input).index(name) == 2 else node.name)
+        if channel is None:
+            continue
+        axis = 2 if recurrent else weight_axes(node, array.ndim)[0]
         if array.shape[axis] != channel.size:  # grouped convolutions: their columns are not the input's channels
             continue
         shape = [1] * array.ndim
