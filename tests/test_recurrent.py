@@ -237,6 +237,11 @@ def test_zero_initial_states_are_left_out_and_a_picked_final_state_is_read_from_
     # a state the model is given is not zeros: left as it is
     given = stacked_lstm(initial_state_as_input=True)
     assert not any("lstm0" in change for change in zero_initial_states_left_out(given).changes)
+    # a layer without zero states keeps its inputs as written, trailing empty ones included
+    plain = crnn_head()
+    lstm = next(n for n in plain.graph.node if n.op_type == "LSTM")
+    lstm.input.append("")
+    assert not zero_initial_states_left_out(plain).modified and list(lstm.input) == ["x", "W", "R", "B", ""]
 
 
 def test_stacked_lstm_hidden_units_are_pruned_with_their_gates_and_feedback():

@@ -10,12 +10,12 @@ import onnx
 from onnx import external_data_helper
 
 from onnxslim.ir.graph import MS_DOMAIN
+from onnxslim.ir.layers import RECURRENT_LAYERS
 from onnxslim.ir.tensors import tensor_elements
 
 # onnxruntime's fused attention (com.microsoft Attention, QAttention) holds its query/key/value projection
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "Attention", "QAttention",
-           "LSTM", "GRU", "RNN", "DynamicQuantizeLSTM")
-RECURRENT_OPS = ("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM")
+RECURRENT_OPS = (*RECURRENT_LAYERS, "DynamicQuantizeLSTM")
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "Attention", "QAttention", *RECURRENT_OPS)
 
 
 def count_parameters(model: onnx.ModelProto) -> int:

@@ -7,6 +7,7 @@ from onnx import helper
 
 WEIGHTED_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers whose weights are quantized and pruned
 RECURRENT_LAYERS = ("LSTM", "GRU", "RNN")  # input weights W (directions, gates x hidden, features): prune removes features
+INITIAL_STATE_INPUTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}  # each recurrent layer's initial_h (and initial_c) inputs
 
 
 def weight_axes(node: onnx.NodeProto, weight_ndim: int = 2) -> tuple[int, int]:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from onnxslim.ir.layers import INITIAL_STATE_INPUTS
 from onnxslim.ir.tensors import to_array
 from onnxslim.passes.base import PassResult
 
-RECURRENT = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}  # op -> its initial-state inputs
 # ops that pass a tensor of zeros on as zeros (whatever they select, reshape or repeat)
 ZEROS_KEPT = {"Slice", "Squeeze", "Unsqueeze", "Gather", "Identity", "Reshape", "Expand", "Cast", "Tile", "Concat", "Transpose"}
 
@@ -29,13 +29,13 @@ def zero_initial_states_left_out(model: onnx.ModelProto) -> PassResult:
     producers = {output: node for node in graph.node for output in node.output}
     inits = {t.name: t for t in graph.initializer}
     for node in graph.node:
-        if node.op_type not in RECURRENT or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in INITIAL_STATE_INPUTS or node.domain not in ("", "ai.onnx"):
             continue
-        for position in RECURRENT[node.op_type]:
-            if position < len(node.input) and node.input[position] and _all_zeros(node.input[position], producers, inits):
-                node.input[position] = ""
-                result.change(f"{node.op_type} {node.name or node.output[0]}: initial state input {position} (zeros) left out")
-        while node.input and not node.input[-1]:
+        zeros = [i for i in INITIAL_STATE_INPUTS[node.op_type] if i < len(node.input) and node.input[i] and _all_zeros(node.input[i], producers, inits)]
+        for position in zeros:
+            node.input[position] = ""
+            result.change(f"{node.op_type} {node.name or node.output[0]}: initial state input {position} (zeros) left out")
+        while zeros and node.input and not node.input[-1]:  # a node left alone keeps its inputs exactly as written
             node.input.pop()
     return result
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from onnxslim.ir.graph import MS_DOMAIN, node_attr
-from onnxslim.ir.layers import RECURRENT_LAYERS
+from onnxslim.ir.layers import INITIAL_STATE_INPUTS, RECURRENT_LAYERS
 from onnxslim.ir.tensors import (
     constant_names,
     initializer_map,
@@ -572,7 +572,7 @@ class Tracer(ReshapeRules):
             return None
         hidden = recurrence.shape[2]
         gates = weight.shape[1] // hidden
-        states = (5, 6) if node.op_type == "LSTM" else (5,)
+        states = INITIAL_STATE_INPUTS[node.op_type]
         given = [node.input[i] for i in states if len(node.input) > i and node.input[i] and node.input[i] not in self.constants]
         if given:
             self.t.unprunable[node.name] = f"{node.op_type} {node.name}: its initial state '{given[0]}' is given at run time, so its hidden size stays"
