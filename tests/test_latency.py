@@ -29,11 +29,37 @@ def test_a_clear_verdict_settles_after_the_minimum_rounds():
     assert verdict_settled([2.0] * SETTLED_MIN_ROUNDS, [1.0] * SETTLED_MIN_ROUNDS)  # twice as slow
 
 
+def test_the_interval_bounds_the_median_with_the_stated_confidence():
+    from math import comb
+
+    from onnxslim.measure.latency import SETTLED_CONFIDENCE, _interval_rank
+
+    def outside(rounds: int, k: int) -> float:  # P(the median lies outside the k-th smallest and k-th largest of ``rounds`` values)
+        return 2 * sum(comb(rounds, i) for i in range(k)) / 2**rounds
+
+    for rounds in range(1, 41):
+        rank = _interval_rank(rounds)
+        if rank:
+            assert outside(rounds, rank) <= 1 - SETTLED_CONFIDENCE < outside(rounds, rank + 1)
+        else:
+            assert outside(rounds, 1) > 1 - SETTLED_CONFIDENCE
+    assert (_interval_rank(7), _interval_rank(8), _interval_rank(12), _interval_rank(30)) == (0, 1, 2, 8)
+
+
 def test_close_or_disputed_timings_do_not_settle():
     rounds = 30
-    assert not verdict_settled([0.95] * rounds, [1.0] * rounds)  # faster, but within the margin
-    candidate = [0.5] * (rounds - 3) + [1.5] * 3  # faster in the median, slower in three rounds
+    candidate = [0.5] * (rounds - 10) + [1.5] * 10  # faster in the median, slower in a third of the rounds
     assert not verdict_settled(candidate, [1.0] * rounds)
+    straddling = [0.98, 1.02] * (rounds // 2)  # each round on either side of 1
+    assert not verdict_settled(straddling, [1.0] * rounds)
+
+
+def test_a_small_steady_difference_settles_on_every_threshold_it_clears():
+    rounds = SETTLED_MIN_ROUNDS
+    assert verdict_settled([0.95] * rounds, [1.0] * rounds)  # faster in every round: no margin needed
+    # a form's decision reads two thresholds: a tie between them is a verdict too, a ratio at one of them is not
+    assert verdict_settled([0.99] * rounds, [1.0] * rounds, (0.97, 1.03))
+    assert not verdict_settled([0.96, 0.98] * (rounds // 2), [1.0] * rounds, (0.97, 1.03))
 
 
 def test_the_loop_stops_early_only_when_asked():
@@ -53,11 +79,11 @@ def test_noisy_timings_run_to_the_end():
 
 
 def test_time_pair_settles_against_the_fallback_and_reports_the_runs_made():
-    reference, candidate, fallback = FakeRunner([0.004]), FakeRunner([0.002]), FakeRunner([0.0021])
-    comparison = time_pair(reference, candidate, {}, warmup=0, runs=30, fallback=fallback, settle=True)
-    assert comparison.runs == 30  # twice as fast as the original, but the verdict is against the fallback: no early stop
+    reference, candidate, fallback = FakeRunner([0.004]), FakeRunner([0.002]), FakeRunner([0.0019, 0.0021])
+    comparison = time_pair(reference, candidate, {}, warmup=0, runs=30, fallback=fallback, settle=(1.0,))
+    assert comparison.runs == 30  # twice as fast as the original, but tied with the fallback the verdict is against: no early stop
     reference, candidate, fallback = FakeRunner([0.004]), FakeRunner([0.002]), FakeRunner([0.0035])
-    comparison = time_pair(reference, candidate, {}, warmup=0, runs=30, fallback=fallback, settle=True)
+    comparison = time_pair(reference, candidate, {}, warmup=0, runs=30, fallback=fallback, settle=(1.0,))
     assert comparison.runs == SETTLED_MIN_ROUNDS
     assert comparison.candidate["runs"] == comparison.fallback["runs"] == SETTLED_MIN_ROUNDS
     assert abs(comparison.ratio - 0.5) < 1e-9

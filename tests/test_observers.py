@@ -146,6 +146,20 @@ def test_histogram_leaves_out_non_finite_values_and_survives_huge_ones():
     assert observer.low <= -3e30 and observer.high > 1e30
 
 
+@pytest.mark.parametrize("offset", [0.0, -40.0, 3e4, 3e7])
+def test_bin_numbers_far_from_zero_count_as_those_near_it(offset):
+    # near zero the index is taken through float32 and int32; where bin numbers pass 2**24 (values far from zero for
+    # their spread) through int64: either way, numpy's histogram on the same edges
+    rng = np.random.default_rng(10)
+    values = (offset + rng.standard_normal(70_000) * (1.0 + abs(offset) * 1e-6)).astype(np.float32)
+    observer = HistogramObserver(2048)
+    for chunk in np.array_split(values, 3):
+        observer.update(chunk)
+    assert (abs(observer.first) >= 1 << 24) == (offset == 3e7)
+    expected, _ = np.histogram(values.astype(np.float64), bins=observer.edges())
+    np.testing.assert_array_equal(observer.counts, expected)
+
+
 def test_known_extremes_count_the_same_as_recomputed_ones_and_flag_non_finite_batches():
     rng = np.random.default_rng(9)
     values = (rng.standard_t(3, 100_003) * 7).astype(np.float32)  # several counting chunks

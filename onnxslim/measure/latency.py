@@ -7,6 +7,7 @@ onnxslim reports.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,21 +19,22 @@ from onnxslim.progress import track
 from onnxslim.records import Record
 from onnxslim.runtime.session import ModelSource, Runner
 
-# A timing that only decides "faster or not" stops once the verdict is beyond doubt: at least this many rounds,
-# the medians at least SETTLED_MARGIN apart, and the candidate on the same side in every round but one (a sign test:
-# under equal speeds, 12 rounds agree this well about 0.6% of the time)
-SETTLED_MIN_ROUNDS = 12
-SETTLED_MARGIN = 0.1
+# A timing that only decides stops once the verdict is beyond doubt: after at least SETTLED_MIN_ROUNDS interleaved rounds,
+# when the distribution-free SETTLED_CONFIDENCE interval of the median per-round ratio (candidate / baseline, from the
+# rounds' order statistics, as a sign test gives it) and the ratio of the medians lie on the same side of every threshold
+# the decision reads. Under equal speeds, 8 rounds agree that well (every round on one side) 0.8% of the time.
+SETTLED_MIN_ROUNDS = 8
+SETTLED_CONFIDENCE = 0.99
 
 
 def interleaved_latency(
     runners: Sequence[Runner], feed: Mapping[str, np.ndarray], *, warmup: int = 5, runs: int = 50, show_progress: bool = False, description: str = "timing",
-    settle: tuple[int, int] | None = None,
+    settle: tuple[int, int] | None = None, thresholds: Sequence[float] = (1.0,),
 ) -> list[list[float]]:
     """Seconds per run for each runner, measured alternately.
 
     ``settle``: (candidate, baseline) indices; the loop stops before ``runs`` rounds once
-    :func:`verdict_settled` holds for that pair (every runner then has the same, smaller count).
+    :func:`verdict_settled` holds for that pair at ``thresholds`` (every runner then has the same, smaller count).
     """
     for runner in runners:
         for _ in range(warmup):
@@ -43,23 +45,34 @@ def interleaved_latency(
         for index in order:
             samples[index].append(runners[index].time_once(feed))
         order.reverse()
-        if settle is not None and verdict_settled(samples[settle[0]], samples[settle[1]]):
+        if settle is not None and verdict_settled(samples[settle[0]], samples[settle[1]], thresholds):
             break
     return samples
 
 
-def verdict_settled(candidate: Sequence[float], baseline: Sequence[float]) -> bool:
-    """Whether interleaved rounds so far leave no doubt on which side of 1 the candidate's latency ratio lies."""
+def _interval_rank(rounds: int) -> int:
+    """The rank k for which the k-th smallest and k-th largest of ``rounds`` values bound their median with at least
+    SETTLED_CONFIDENCE (from the binomial distribution of how many fall below it); 0 when so few rounds give no such bound."""
+    tail = (1.0 - SETTLED_CONFIDENCE) / 2.0
+    below = 0.0
+    for rank in range(rounds + 1):
+        below += math.comb(rounds, rank) / 2.0**rounds  # P(at most ``rank`` values below the median)
+        if below > tail:
+            return rank
+    return 0
+
+
+def verdict_settled(candidate: Sequence[float], baseline: Sequence[float], thresholds: Sequence[float] = (1.0,)) -> bool:
+    """Whether interleaved rounds so far leave no doubt on which side of each of ``thresholds`` the candidate's latency
+    ratio lies (the ratio of the medians, and the confidence interval of the per-round ratios' median, on the same side)."""
     rounds = len(candidate)
-    if rounds < SETTLED_MIN_ROUNDS:
+    rank = _interval_rank(rounds) if rounds >= SETTLED_MIN_ROUNDS else 0
+    if rank == 0:
         return False
+    per_round = sorted(c / b for c, b in zip(candidate, baseline))
+    low, high = per_round[rank - 1], per_round[rounds - rank]
     ratio = float(np.median(candidate) / np.median(baseline))
-    faster = sum(c < b for c, b in zip(candidate, baseline))
-    if ratio <= 1.0 - SETTLED_MARGIN:
-        return faster >= rounds - 1
-    if ratio >= 1.0 + SETTLED_MARGIN:
-        return faster <= 1
-    return False
+    return all((low > threshold and ratio > threshold) or (high < threshold and ratio < threshold) for threshold in thresholds)
 
 
 def summarize_latency(samples: list[float]) -> dict:
@@ -175,17 +188,18 @@ def _median_ratio(numerator: dict, denominator: dict) -> float | None:
 
 def time_pair(
     reference: Runner, candidate: Runner, feed: Mapping[str, np.ndarray], *, warmup: int, runs: int, batch: str | None = None,
-    show_progress: bool = False, description: str = "timing", fallback: Runner | None = None, settle: bool = False,
+    show_progress: bool = False, description: str = "timing", fallback: Runner | None = None, settle: Sequence[float] = (),
 ) -> LatencyComparison:
     """Time two open sessions (and ``fallback``, when given) interleaved on ``feed``.
 
-    ``settle``: stop before ``runs`` once the candidate is clearly faster or slower than the model
-    it would replace (the fallback when given), for a timing that only decides; the summaries
-    record the runs made.
+    ``settle``: the thresholds of a timing that only decides; it stops before ``runs`` once the candidate's
+    ratio to the model it would replace (the fallback when given) is clearly on one side of each
+    (:func:`verdict_settled`); the summaries record the runs made.
     """
     runners = [reference, candidate] + ([fallback] if fallback is not None else [])
     pair = (1, 2 if fallback is not None else 0) if settle else None
-    times = interleaved_latency(runners, feed, warmup=warmup, runs=runs, show_progress=show_progress, description=description, settle=pair)
+    times = interleaved_latency(runners, feed, warmup=warmup, runs=runs, show_progress=show_progress, description=description, settle=pair,
+                                thresholds=settle)
     summaries = [summarize_latency(t) for t in times]
     return LatencyComparison(reference.threads, summaries[0], summaries[1], batch, fallback=summaries[2] if fallback is not None else None)
 
@@ -206,7 +220,7 @@ def _runners(reference, candidate, fallback, provider: str, threads: int, labels
     return runners
 
 
-def _timed(runners: list[Runner | None], feed, runs: int, show_progress: bool, description: str, settle: bool) -> LatencyComparison:
+def _timed(runners: list[Runner | None], feed, runs: int, show_progress: bool, description: str, settle: Sequence[float]) -> LatencyComparison:
     reference, candidate, fallback = runners
     return time_pair(reference, candidate, feed, warmup=max(3, runs // 10), runs=runs, show_progress=show_progress, description=description, fallback=fallback, settle=settle)
 
@@ -214,23 +228,25 @@ def _timed(runners: list[Runner | None], feed, runs: int, show_progress: bool, d
 def latency_ratios(
     reference: ModelSource | Runner, candidate: ModelSource, feed: Mapping[str, np.ndarray], *, threads: int, runs: int, show_progress: bool = False,
     description: str = "timing FP32 vs INT8", labels: tuple[str, str] = ("float model", "quantized model"), provider: str = "CPUExecutionProvider",
-    fallback: ModelSource | None = None, settle: bool = True, one_thread_when: Callable[[LatencyComparison], bool] | None = None,
+    fallback: ModelSource | None = None, settle: tuple[Sequence[float], Sequence[float]] | None = ((1.0,), (1.0,)),
+    one_thread_when: Callable[[LatencyComparison], bool] | None = None,
 ) -> tuple[LatencyComparison, LatencyComparison | None]:
     """Interleaved median latency of both models (and ``fallback``, when given) on one batch on ``provider``, at ``threads`` (the count
     the user deploys with) and at 1 thread when that is another count (else None); ``labels`` name them in errors.
 
     ``reference`` may be the float model's session, already open at ``threads`` on ``provider``: it is
     used (and its session closed after) instead of opening another.
-    A decision's timing: with ``settle`` each stops early once the verdict is clear (see :func:`time_pair`).
+    A decision's timing: ``settle`` holds the thresholds its verdict reads at ``threads`` and at 1 thread, and each timing
+    stops early once the ratio is clearly on one side of every one of them (see :func:`time_pair`); None makes every run.
     ``one_thread_when``: time at 1 thread only when it holds for the result at ``threads`` (a decision
     that the first timing already settles skips the second).
     """
     runners = _runners(reference, candidate, fallback, provider, threads, labels)
-    at_threads = _timed(runners, feed, runs, show_progress, description, settle)
+    at_threads = _timed(runners, feed, runs, show_progress, description, settle[0] if settle else ())
     if not also_one_thread(threads, provider) or (one_thread_when is not None and not one_thread_when(at_threads)):
         return at_threads, None
     for runner in runners:
         if runner is not None:
             del runner.session  # one set of sessions at a time (memory); the serialized models stay for the next set
     one_thread = _runners(reference, candidate, fallback, provider, 1, labels, like=runners)  # each model serialized once for both counts
-    return at_threads, _timed(one_thread, feed, runs, show_progress, f"{description} (1 thread)", settle)
+    return at_threads, _timed(one_thread, feed, runs, show_progress, f"{description} (1 thread)", settle[1] if settle else ())

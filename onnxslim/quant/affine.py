@@ -20,7 +20,7 @@ import onnx
 from onnxslim.measure import fidelity, worst_score
 from onnxslim.measure.latency import latency_ratios, threads_text
 from onnxslim.quant.decisions import QuantPlan, QuantReason
-from onnxslim.quant.forms import MISSES_BUDGET, NOT_FASTER, SLOWER_ALONE, TIED, fidelity_verdict, ratio_text, timing_verdict, worth_timing_alone
+from onnxslim.quant.forms import MISSES_BUDGET, NOT_FASTER, SETTLE_AT, SLOWER_ALONE, TIED, fidelity_verdict, ratio_text, timing_verdict, worth_timing_alone
 from onnxslim.reasons import Reason
 
 
@@ -57,7 +57,7 @@ def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.Mo
     at_threads, at_one = latency_ratios(
         model, integer_model, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
         description="timing scalar Add/Mul: float vs integer form", labels=("float form", "integer form"),
-        one_thread_when=worth_timing_alone,  # a form slower where it is deployed is not timed again
+        one_thread_when=worth_timing_alone, settle=SETTLE_AT,  # a form slower where it is deployed is not timed again
     )
     entry["latency_vs_float_form"] = at_threads.ratio
     if at_one is not None:

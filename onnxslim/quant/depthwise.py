@@ -24,7 +24,7 @@ from onnxslim.ir.tensors import initializer_map
 from onnxslim.measure import fidelity, worst_score
 from onnxslim.measure.latency import latency_ratios, threads_text
 from onnxslim.quant.decisions import QuantPlan, QuantReason
-from onnxslim.quant.forms import fidelity_verdict, ratio_text, timing_verdict, worth_timing_alone
+from onnxslim.quant.forms import SETTLE_AT, fidelity_verdict, ratio_text, timing_verdict, worth_timing_alone
 from onnxslim.reasons import Reason
 
 
@@ -67,7 +67,7 @@ def float_depthwise_if_faster(run, config, report, plan: QuantPlan, model: onnx.
     at_threads, at_one = latency_ratios(
         model, float_model, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
         description="timing depthwise convolutions: integer vs float form", labels=("integer form", "float form"),
-        one_thread_when=worth_timing_alone,
+        one_thread_when=worth_timing_alone, settle=SETTLE_AT,
     )
     entry["latency_vs_integer_form"] = at_threads.ratio
     if at_one is not None:

@@ -70,6 +70,7 @@ class MinMaxObserver:
 
 
 CHUNK = 1 << 15  # values counted at a time
+FLOAT32_EXACT_INTEGERS = 1 << 24
 
 
 class HistogramObserver:
@@ -143,14 +144,21 @@ class HistogramObserver:
         inverse = np.float32(1.0 / self.width)  # a power of two: multiplying is exactly dividing
         # a chunk at a time: whole-tensor float and int64 temporaries cost more in fresh memory than the counting
         scaled = np.empty(min(values.size, CHUNK), np.float32)
-        index = np.empty(scaled.size, np.int64)
+        # the bin index as float32 then int32 (a third of the time of a float32 -> int64 cast) where float32 holds every
+        # bin number exactly: integers below 2**24, so that subtracting the first is exact
+        small = abs(self.first) + self.bins < FLOAT32_EXACT_INTEGERS
+        index = np.empty(scaled.size, np.int32 if small else np.int64)
         for start in range(0, values.size, CHUNK):
             chunk = values[start : start + CHUNK]
             f, i = scaled[: chunk.size], index[: chunk.size]
             np.multiply(chunk, inverse, out=f)
             np.floor(f, out=f)
-            np.copyto(i, f, casting="unsafe")
-            i -= self.first
+            if small:
+                f -= np.float32(self.first)
+                np.copyto(i, f, casting="unsafe")
+            else:
+                np.copyto(i, f, casting="unsafe")
+                i -= self.first
             self.counts += np.bincount(i, minlength=self.bins)
         self.total += values.size
 
