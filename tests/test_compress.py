@@ -222,7 +222,7 @@ def _quantized_with_fakes(monkeypatch, config: CompressConfig, configs: list, lo
         candidate.loss = loss_of_allowed * (1.0 - candidate.details["quantize"]["accuracy_budget"])
         candidate.file_bytes = 1
 
-    monkeypatch.setattr(compress_pipeline, "quantize", fake_quantize)
+    monkeypatch.setattr(compress_pipeline, "quantized_untimed", fake_quantize)
     monkeypatch.setattr(compress_pipeline, "_measure_fidelity", fake_fidelity)
     model = conv_bn_relu(channels=8, size=8)
     report = compress_pipeline.CompressReport("m", None, {}, {})

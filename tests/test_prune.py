@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -851,3 +852,28 @@ def test_a_model_with_layernorm_written_below_opset_17_is_pruned_and_written(tmp
     onnx.checker.check_model(onnx.load(str(tmp_path / "pruned.onnx")))
     assert next(p for p in report.prepare if p.name == "layernorm-at-opset-17").modified
     assert {tuple(t.dims) for t in pruned.graph.initializer if t.name.startswith("w")} == {(16, 16)}
+
+
+def test_pruning_one_model_at_several_amounts_gathers_its_statistics_once(monkeypatch):
+    from onnxslim.data.sources import InMemory
+    from onnxslim.prune import structured
+
+    model = residual(channels=16, size=8)
+    data = InMemory(sample_inputs(model, 10, seed=3))
+    passes, timings = [], []
+    real = structured.input_moments
+    monkeypatch.setattr(structured, "input_moments", lambda *a, **k: passes.append(1) or real(*a, **k))
+    real_timing = structured.latency_ratios
+    monkeypatch.setattr(structured, "latency_ratios", lambda *a, **k: timings.append(1) or real_timing(*a, **k))
+    memo: dict = {}
+    for ratio in (0.25, 0.5):
+        config = PruneConfig(ratio=ratio, latency_runs=3, round_to=1, eval_fraction=0.0)
+        shared, shared_report = structured.pruned_unmeasured(model, data, config=config, memo=memo)
+        assert shared_report.latency is None and not shared_report.fidelity  # the caller measures it
+        assert shared_report.macs.after < shared_report.macs.before
+        alone, alone_report = prune(model, data, config=dataclasses.replace(config, if_slower="write"))
+        assert alone_report.latency is not None and alone_report.fidelity
+        assert shared.SerializeToString() == alone.SerializeToString()  # the statistics read from the memo are the ones a pass gives
+        assert shared_report.config["importance"] == alone_report.config["importance"] == "second-order"
+    assert len(passes) == 3  # the first shared pruning's pass, then one per pruning alone
+    assert len(timings) == 2  # prune alone's, twice

@@ -709,6 +709,24 @@ def test_fast_sensitivity_builds_a_few_models_where_measured_builds_one_per_laye
     assert counts["fast"][0] <= 2 + 6 and counts["fast"][0] < counts["measured"][0]  # the plain build, at most 6 counts measured, the confirmed one
 
 
+def test_an_untimed_build_writes_int8_without_timing_it_against_fp32(monkeypatch):
+    from onnxslim.quant.pipeline import quantized_untimed
+
+    model = conv_bn_relu()
+    data = calibrate_on(model, 10)
+    config = QuantConfig(if_slower="keep-fp32", accuracy_budget=None)
+    timings = []
+    # timed, this INT8 model would lose to FP32 and FP32 would be written
+    slower = LatencyComparison(None, {"runs": 8, "median_ms": 1.0}, {"runs": 8, "median_ms": 2.0})
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: timings.append(1) or (slower, None))
+    timed, timed_report = quantize(model, data, config=config)
+    assert timings and timed_report.written == "fp32" and "QuantizeLinear" not in ops(timed)
+    timings.clear()
+    untimed, report = quantized_untimed(model, data, config=config)
+    assert not timings and report.latency is None and report.written == "int8"
+    assert ops(untimed)["QuantizeLinear"] > 0 and report.fidelity[0].cosine == pytest.approx(timed_report.fidelity[0].cosine)
+
+
 def test_a_top1_budget_bounds_decisions_not_cosine():
     from models.builders import conv_bn_relu
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from onnxslim.compress.search import Budget, Candidate, choose
-from onnxslim.data.sources import InMemory, batch_of_one_note, evaluation_split, for_several_passes, open_data
+from onnxslim.data.sources import batch_of_one_note, evaluation_split, for_several_passes, open_data
 from onnxslim.distill import DistillConfig, distill
 from onnxslim.distill.module import require_torch, training_device
 from onnxslim.errors import BudgetError, NothingToDoError, OnnxSlimError, ProviderError, UnsupportedModelError, UsageError, naming_the_file, without_model_label
@@ -33,11 +33,12 @@ from onnxslim.measure.fidelity import SCORES, RememberedReference, few_objects, 
 from onnxslim.measure.latency import also_one_thread, interleaved_latency, threads_text
 from onnxslim.options import check_settings, setting
 from onnxslim.progress import stderr_console
-from onnxslim.prune import PruneConfig, prune
+from onnxslim.prune import PruneConfig
 from onnxslim.prune.importance import METHODS
-from onnxslim.prune.structured import only_setting
+from onnxslim.prune.structured import only_setting, pruned_unmeasured
 from onnxslim.quant import QuantConfig, quantize
 from onnxslim.quant.config import TARGETS, depthwise_setting, scalar_affine_setting, smooth_setting, weight_range_setting
+from onnxslim.quant.pipeline import quantized_untimed
 from onnxslim.records import Record
 from onnxslim.runtime import Runner, available_providers, resolve_provider
 from onnxslim.runtime.write import write_verified
@@ -165,8 +166,9 @@ def compress(
         if config.objective == "size":
             built.append(_weights_only(original, "INT4 weights", 0.0, calibration, config, show_progress))
             built.append(_shared(original, "shared (16 codes)", 0.0, calibration, config, budget, show_progress))
+        statistics: dict = {}  # the original's activation statistics on the building batches, gathered once for every amount
         for ratio in sorted(config.ratios):
-            pruned = _pruned(original, ratio, calibration, held, config, show_progress)
+            pruned = _pruned(original, ratio, calibration, config, show_progress, statistics)
             if config.distill and pruned[1] is not None:
                 pruned = _distilled(pruned, original, calibration, config, show_progress)
             built.append(pruned)
@@ -217,12 +219,6 @@ def _split(source, eval_data, inputs, config: CompressConfig, input_shapes):
     return rest, held, f"{len(held)} held-out batch(es) of --data (1 in {round(1 / config.eval_fraction)}, not used to build any candidate)"
 
 
-def _as_source(held: list) -> InMemory:
-    memory = InMemory([batch for _, batch in held], labels=[name for name, _ in held])
-    memory.description = f"{len(held)} held-out batch(es)"
-    return memory
-
-
 def _weights_only(model, name: str, ratio: float, calibration, config: CompressConfig, show_progress: bool) -> tuple[Candidate, onnx.ModelProto | None]:
     """The candidate with MatMul/Gemm weights and tables in 4-bit blocks (error-compensated from the building batches)."""
     _say(show_progress, f"compress: {name}")
@@ -270,7 +266,7 @@ def _distilled(pruned: tuple[Candidate, onnx.ModelProto], original, calibration,
 BUDGET_UNITS = {"macs": ("MACs", "macs"), "params": ("parameters", "parameters")}
 
 
-def _pruned(original, ratio: float, calibration, held, config: CompressConfig, show_progress: bool) -> tuple[Candidate, onnx.ModelProto | None]:
+def _pruned(original, ratio: float, calibration, config: CompressConfig, show_progress: bool, statistics: dict) -> tuple[Candidate, onnx.ModelProto | None]:
     unit, counted = BUDGET_UNITS.get(config.prune_by, (None, None))
     name = f"pruned {ratio:.0%}" + (f" of {unit}" if unit else "") + (f" ({config.only} only)" if config.only != "all" else "")
     _say(show_progress, f"compress: {name}")
@@ -279,7 +275,8 @@ def _pruned(original, ratio: float, calibration, held, config: CompressConfig, s
         **amount, importance=config.importance, only=config.only, threads=config.threads, latency_runs=min(config.latency_runs, 20), if_slower="write", eval_fraction=0.0
     )
     try:
-        pruned, prune_report = prune(original, calibration, config=prune_config, eval_data=_as_source(held), show_progress=show_progress)
+        # compress compares and times every candidate itself, on its own held-out batches
+        pruned, prune_report = pruned_unmeasured(original, calibration, config=prune_config, memo=statistics, show_progress=show_progress)
     except (NothingToDoError, UnsupportedModelError) as exc:
         return Candidate(name, ratio, False, note=f"not built: {without_model_label(exc)}", failed=True), None
     widths = prune_report.widths.multiple if prune_report.widths is not None else 1
@@ -312,11 +309,11 @@ def _quantized(
             precision=_precision(config), target=config.target, threads=config.threads, if_slower="keep-int8", accuracy_budget=1.0 - allowance,
             accuracy_metric=config.accuracy_metric, scalar_affine=config.scalar_affine, depthwise=config.depthwise, smooth=config.smooth,
             weight_range=config.weight_range,
-            # auto times both forms; compress times the candidates itself
+            # auto times both forms; compress times the candidates itself, so quantize's own timing against FP32 is left out
             latency_runs=config.latency_runs if "auto" in (config.scalar_affine, config.depthwise) else 0,
         )
         try:
-            quantized, quant_report = quantize(model, calibration, config=quant_config, show_progress=show_progress)
+            quantized, quant_report = quantized_untimed(model, calibration, config=quant_config, show_progress=show_progress)
         except (NothingToDoError, UnsupportedModelError) as exc:  # a candidate that cannot be built; the user's mistakes still stop the run
             if candidate is not None:
                 break  # keep the previous attempt, measured

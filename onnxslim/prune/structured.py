@@ -276,8 +276,13 @@ def _refit_matrices(model: onnx.ModelProto, groups: Groups) -> _OnDemand:
     return _OnDemand(lambda name: as_matrix(to_array(inits[nodes[name].input[1]]), nodes[name]), set(nodes))
 
 
-def _statistics(work: onnx.ModelProto, groups: Groups, source, config: PruneConfig, show_progress: bool) -> dict[str, ChannelMoments] | None:
-    """The consumers' input statistics the ranking reads: none for magnitude; covariances of the refit layers for 'second-order'."""
+def _statistics(work: onnx.ModelProto, groups: Groups, source, config: PruneConfig, show_progress: bool,
+                memo: dict | None = None) -> dict[str, ChannelMoments] | None:
+    """The consumers' input statistics the ranking reads: none for magnitude; covariances of the refit layers for 'second-order'.
+
+    ``memo``: statistics already gathered from this model on this data by an earlier pruning (at another amount), by what
+    they cover; those are read instead of passing over the data again, and new ones are added.
+    """
     if config.importance not in DATA_METHODS:
         return None
     covariance_for: set[str] = set()
@@ -287,7 +292,13 @@ def _statistics(work: onnx.ModelProto, groups: Groups, source, config: PruneConf
         covariance_for = {
             edit.node for edit in linear_consumer_edits(groups.tracing.edits, _refit_matrices(work, groups)) if any(atom in atoms for atom in edit.layout.atoms)
         }
-    return input_moments(work, source, token_mask=config.token_mask, show_progress=show_progress, cross_for=covariance_for)
+    key = (config.importance, config.token_mask, frozenset(covariance_for))
+    if memo is not None and key in memo:
+        return memo[key]
+    moments = input_moments(work, source, token_mask=config.token_mask, show_progress=show_progress, cross_for=covariance_for)
+    if memo is not None:
+        memo[key] = moments
+    return moments
 
 
 def _fixed_input_shapes(model: onnx.ModelProto) -> dict | None:
@@ -328,6 +339,19 @@ def prune(
 
     The arguments mirror :func:`onnxslim.quantize`: the model, its data, then keywords.
     """
+    return _prune(model, data, config, output, eval_data, input_shapes, show_progress, memo=None, measured=True)
+
+
+def pruned_unmeasured(model: onnx.ModelProto, data: DataSource, *, config: PruneConfig, memo: dict, show_progress: bool = False) -> tuple[onnx.ModelProto, PruneReport]:
+    """:func:`prune` for a caller that prunes one model on the same data at several amounts and measures every result
+    itself (compress): the activation statistics the ranking reads are gathered once and kept in ``memo`` (a dict the caller
+    keeps for that model and data), and the pruned model is neither timed against the original nor compared with it here
+    (``config.if_slower`` does not apply); the channel multiples are still timed, and parameters and MACs counted."""
+    return _prune(model, data, config, None, None, None, show_progress, memo=memo, measured=False)
+
+
+def _prune(model, data, config: PruneConfig, output, eval_data, input_shapes, show_progress: bool, *, memo: dict | None,
+           measured: bool) -> tuple[onnx.ModelProto, PruneReport]:
     label = model_label(model)
     original = load_model(model)
     refuse_quantized(original, label, "prune")
@@ -361,12 +385,12 @@ def prune(
         report.sparsity.extend(lines)
         report.warnings.append("unstructured sparsity keeps every tensor's shape: the model compresses better but dense runtimes do not run it faster")
     else:
-        pruned = _remove_channels(work, shapes, source, probe, config, report, label, show_progress)
+        pruned = _remove_channels(work, shapes, source, probe, config, report, label, show_progress, memo)
     if has_mapped(original):
         pruned = spill(pruned)
     _check_result(original, pruned, probe, report, label)
-    _measure(original, pruned, shapes, held_out or source, probe, config, report)
-    result = _never_slower(original, pruned, config, report)
+    _measure(original, pruned, shapes, held_out or source, probe if measured else None, config, report, compared=measured)
+    result = _never_slower(original, pruned, config, report) if measured else pruned
     if output is not None:
         write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
     return result, report
@@ -420,16 +444,17 @@ def _layers_in_bodies(model: onnx.ModelProto) -> str:
 
 
 def _remove_channels(
-    work: onnx.ModelProto, shapes: dict, source, probe: dict | None, config: PruneConfig, report: PruneReport, label: str, show_progress: bool
+    work: onnx.ModelProto, shapes: dict, source, probe: dict | None, config: PruneConfig, report: PruneReport, label: str, show_progress: bool,
+    memo: dict | None = None,
 ) -> onnx.ModelProto:
-    """Trace, group, score, select and cut; then recover from the data when there is some."""
+    """Trace, group, score, select and cut; then recover from the data when there is some (``memo``: see :func:`_statistics`)."""
     groups = build_groups(trace(work, shapes))
     report.warnings.extend(groups.tracing.unprunable.values())
     if not any(group.roots for group in groups.groups) and branches_with_layers(work):
         return _remove_channels_in_branches(work, source, config, report, label, show_progress, main="no prunable layer in the main graph")
     if not any(group.roots for group in groups.groups):
         raise NothingToDoError(f"{label}: no prunable layer (Conv, ConvTranspose, Gemm or MatMul with constant weights){_computed_weights(work)}{_layers_in_bodies(work)}")
-    scores = channel_scores(work, groups, config.importance, _statistics(work, groups, source, config, show_progress), ridge=config.ridge, selection=config.selection)
+    scores = channel_scores(work, groups, config.importance, _statistics(work, groups, source, config, show_progress, memo), ridge=config.ridge, selection=config.selection)
     costs = class_costs(groups.classes, groups.tracing.edits, _node_macs(work, shapes)) if config.scope == "cost" else None
 
     def ratio_for(multiple: int) -> tuple[float, bool]:
@@ -606,8 +631,10 @@ def _check_result(original: onnx.ModelProto, pruned: onnx.ModelProto, probe: dic
         raise OnnxSlimError(f"{label}: the pruned model fails a test run ({problem}); nothing written. This is a bug in onnxslim's rules, please report it")
 
 
-def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, source, probe, config: PruneConfig, report: PruneReport) -> None:
-    """Parameters, MACs and file bytes before and after; interleaved latency on ``probe``; with data, fidelity."""
+def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, source, probe, config: PruneConfig, report: PruneReport, *,
+             compared: bool = True) -> None:
+    """Parameters, MACs and file bytes before and after; interleaved latency on ``probe`` (None: not timed); with data and
+    ``compared``, fidelity."""
     inputs = [i.name for i in graph_inputs(original)]
     new_shapes = known_shapes(pruned, {k: v for k, v in ((s, shapes.get(s)) for s in inputs) if v and all(isinstance(d, int) for d in v)})
     report.parameters = BeforeAfter(count_parameters(original), count_parameters(pruned))
@@ -622,7 +649,7 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
         split = disagreement(report.latency, report.latency_1_thread, "the pruned model")
         if split:
             report.warnings.append(split)
-    if source is not None:
+    if source is not None and compared:
         report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), pruned, source, label="pruned model")
         report.warnings.extend(few_objects(report.fidelity, report.evaluation or "the data"))
 

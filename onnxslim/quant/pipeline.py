@@ -989,6 +989,23 @@ def quantize(
     Returns the model written (INT8 or FP16, or the cleaned FP32 model when
     the result is slower and ``config.if_slower`` is 'keep-fp32') and the report.
     """
+    return _quantize(model, data, config, output, eval_data, input_shapes, show_progress, timed=True)
+
+
+def quantized_untimed(
+    model: str | os.PathLike | onnx.ModelProto,
+    data: str | os.PathLike | DataSource | None,
+    *,
+    config: QuantConfig = QuantConfig(),
+    show_progress: bool = False,
+) -> tuple[onnx.ModelProto, QuantReport]:
+    """:func:`quantize` without its final timing against the float model, for a caller that times the result itself (compress
+    times every candidate in one loop): the INT8 model is returned whatever its speed, and the report has no latency. The
+    forms ``--scalar-affine auto`` and ``--depthwise auto`` choose between are still timed when ``config.latency_runs`` allows."""
+    return _quantize(model, data, config, None, None, None, show_progress, timed=False)
+
+
+def _quantize(model, data, config: QuantConfig, output, eval_data, input_shapes, show_progress: bool, *, timed: bool) -> tuple[onnx.ModelProto, QuantReport]:
     if data is None and not config.weights_only:
         raise UsageError("quantize needs calibration data (--data); only --weights-only works without it")
     run = QuantRun(model, data, config, eval_data, input_shapes, show_progress)
@@ -1043,7 +1060,7 @@ def quantize(
     except Exception as exc:  # an optimizer failure is worth reporting, not fatal
         report.warnings.append(f"could not read onnxruntime's optimized graph: {first_line(exc, 160)}")
     result = faster_or_float(
-        run, quantized, config, report, feed=run.eval_batches[0][1], subject="INT8 is", where="here", anyway="--if-slower keep-int8 writes INT8 anyway",
+        run, quantized, config, report, feed=run.eval_batches[0][1] if timed else None, subject="INT8 is", where="here", anyway="--if-slower keep-int8 writes INT8 anyway",
         written="int8", description="timing FP32 vs INT8", labels=("float model", "quantized model"),
     )
     if output is not None:
