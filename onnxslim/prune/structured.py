@@ -133,7 +133,7 @@ class PruneConfig:
     eval_fraction: float = setting(0.2, "Share of --data held out for the fidelity check.", low=0.0, high=0.5)
     max_eval_batches: int = setting(64, "Measure fidelity on at most this many held-out batches.", low=1)
     threads: int = 0  # onnxruntime intra-op threads to time at, the count the user deploys with (0: onnxruntime's default); 1 thread is timed too
-    latency_runs: int = setting(30, "Timed runs of the original and the pruned model, interleaved; 12 once one is clearly faster (0: no timing).", low=0)
+    latency_runs: int = setting(30, "Timed runs of the original and the pruned model, interleaved; fewer (8 at least) once one is clearly faster (0: no timing).", low=0)
     if_slower: str = setting(
         "keep-original", "What to write when the pruned model is not faster than the original.", choices=("keep-original", "write", "fail")
     )

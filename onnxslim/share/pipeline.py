@@ -70,7 +70,7 @@ class ShareConfig:
     eval_fraction: float = setting(0.2, "Share of --data held out for the fidelity check.", low=0.0, high=0.5)
     max_eval_batches: int = setting(64, "Measure fidelity on at most this many held-out batches.", low=1)
     threads: int = 0  # onnxruntime intra-op threads to time at, the count the user deploys with (0: onnxruntime's default); 1 thread is timed too
-    latency_runs: int = setting(30, "Timed runs of the original and the shared model, interleaved; 12 once one is clearly faster (0: no timing).", low=0)
+    latency_runs: int = setting(30, "Timed runs of the original and the shared model, interleaved; fewer (8 at least) once one is clearly faster (0: no timing).", low=0)
 
     def __post_init__(self) -> None:
         check_settings(self)
