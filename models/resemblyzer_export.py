@@ -11,11 +11,11 @@ loaded from its wheel, downloaded, not installed, and the export is checked agai
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 
+from models.torch_export import export_checked
 from models.wheels import take_from_wheel
 
 WHEEL = "resemblyzer==0.1.4"
@@ -46,7 +46,6 @@ def _network():
 
 def export_voice_encoder(folder: Path) -> Path:
     """``voice_encoder.onnx`` in ``folder``: input ``mels`` (batch, frames, 40), output ``embedding`` (batch, 256)."""
-    import onnxruntime as ort
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,18 +62,8 @@ def export_voice_encoder(folder: Path) -> Path:
     rng = np.random.default_rng(0)
     mels = torch.from_numpy(mel_frames(_tone(rng, seconds=1.6))[None])
     check = torch.from_numpy(np.stack([mel_frames(_tone(rng, seconds=1.2)) for _ in range(2)]))  # another batch size and length
-    partial = target.with_suffix(".part.onnx")
-    with warnings.catch_warnings():  # the exporter's caution about LSTM states at other batch sizes: the check below runs one
-        warnings.simplefilter("ignore", UserWarning)
-        torch.onnx.export(network, (mels,), str(partial), input_names=["mels"], output_names=["embedding"],
-                          dynamic_axes={"mels": {0: "batch", 1: "frames"}, "embedding": {0: "batch"}}, opset_version=17, dynamo=False)
-    with torch.no_grad():
-        expected = network(check).numpy()
-    got = ort.InferenceSession(str(partial), providers=["CPUExecutionProvider"]).run(None, {"mels": check.numpy()})[0]
-    if not np.allclose(got, expected, atol=1e-4):
-        raise RuntimeError(f"{target.name}: the export differs from torch by {np.abs(got - expected).max():.2e}")
-    partial.replace(target)
-    return target
+    return export_checked(network, mels, target, input_name="mels", output_name="embedding",
+                          dynamic_axes={"mels": {0: "batch", 1: "frames"}, "embedding": {0: "batch"}}, check=check)
 
 
 def _tone(rng: np.random.Generator, seconds: float) -> np.ndarray:
