@@ -151,3 +151,23 @@ def test_a_candidate_is_weighed_against_the_model_written_instead_of_it():
     text = disagreement(faster_cleaned, slower_cleaned, "INT8")
     assert text.startswith("INT8: 0.90x the original's latency at 1 thread but 1.11x the cleaned FP32 model's at 2 threads;")
     assert disagreement(timed(0.8, 0.9, 2), slower_cleaned, "INT8") is None  # faster than what would be written at both counts
+
+
+def test_a_forms_timing_stops_once_the_challenger_clearly_can_or_cannot_win():
+    from onnxslim.quant.forms import FASTER, NOT_FASTER, SETTLE_AT, TIED, one_thread_threshold, timing_verdict
+
+    rounds, at_threads, alone = SETTLED_MIN_ROUNDS, SETTLE_AT[0], SETTLE_AT[1]
+    # 2% slower in every round: clearly unable to win at the deploy count, though inside the tie band (a median decides which)
+    assert verdict_settled([1.02] * rounds, [1.0] * rounds, at_threads)
+    assert not verdict_settled([0.96, 0.98] * (rounds // 2), [1.0] * rounds, at_threads)  # on either side of FASTER
+
+    def timed(ratio):
+        return LatencyComparison(None, {"runs": rounds, "median_ms": 1.0}, {"runs": rounds, "median_ms": ratio})
+
+    assert timing_verdict(timed(1.05), None) == NOT_FASTER
+    tie = timed(1.02)
+    assert one_thread_threshold(tie) == (FASTER,)  # a tie: is it faster alone?
+    assert timing_verdict(tie, timed(0.99)) == TIED and timing_verdict(tie, timed(0.95)) is None
+    win = timed(0.9)
+    assert alone(win) == (1.0,)  # a win: is it slower alone?
+    assert timing_verdict(win, timed(0.99)) is None

@@ -228,7 +228,8 @@ def _timed(runners: list[Runner | None], feed, runs: int, show_progress: bool, d
 def latency_ratios(
     reference: ModelSource | Runner, candidate: ModelSource, feed: Mapping[str, np.ndarray], *, threads: int, runs: int, show_progress: bool = False,
     description: str = "timing FP32 vs INT8", labels: tuple[str, str] = ("float model", "quantized model"), provider: str = "CPUExecutionProvider",
-    fallback: ModelSource | None = None, settle: tuple[Sequence[float], Sequence[float]] | None = ((1.0,), (1.0,)),
+    fallback: ModelSource | None = None,
+    settle: tuple[Sequence[float], Sequence[float] | Callable[[LatencyComparison], Sequence[float]]] | None = ((1.0,), (1.0,)),
     one_thread_when: Callable[[LatencyComparison], bool] | None = None,
 ) -> tuple[LatencyComparison, LatencyComparison | None]:
     """Interleaved median latency of both models (and ``fallback``, when given) on one batch on ``provider``, at ``threads`` (the count
@@ -236,8 +237,9 @@ def latency_ratios(
 
     ``reference`` may be the float model's session, already open at ``threads`` on ``provider``: it is
     used (and its session closed after) instead of opening another.
-    A decision's timing: ``settle`` holds the thresholds its verdict reads at ``threads`` and at 1 thread, and each timing
-    stops early once the ratio is clearly on one side of every one of them (see :func:`time_pair`); None makes every run.
+    A decision's timing: ``settle`` holds the thresholds its verdict reads at ``threads`` and at 1 thread (those at 1 thread
+    may be a function of the result at ``threads``), and each timing stops early once the ratio is clearly on one side of
+    every one of them (see :func:`time_pair`); None makes every run.
     ``one_thread_when``: time at 1 thread only when it holds for the result at ``threads`` (a decision
     that the first timing already settles skips the second).
     """
@@ -249,4 +251,5 @@ def latency_ratios(
         if runner is not None:
             del runner.session  # one set of sessions at a time (memory); the serialized models stay for the next set
     one_thread = _runners(reference, candidate, fallback, provider, 1, labels, like=runners)  # each model serialized once for both counts
-    return at_threads, _timed(one_thread, feed, runs, show_progress, f"{description} (1 thread)", settle[1] if settle else ())
+    alone = (settle[1](at_threads) if callable(settle[1]) else settle[1]) if settle else ()
+    return at_threads, _timed(one_thread, feed, runs, show_progress, f"{description} (1 thread)", alone)

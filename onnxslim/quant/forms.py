@@ -18,8 +18,6 @@ TIE = 1.0 / FASTER  # or, within this much of it there (a tie, as timing noise a
 LOSS_SLACK = 1.1  # ... and lose at most this multiple of the other form's accuracy loss (1 - worst score), plus ABSOLUTE_SLACK
 ABSOLUTE_SLACK = 0.001
 
-# the ratios timing_verdict reads, at the deploy thread count and at 1 thread: a timing may stop once it is clear of them
-SETTLE_AT = ((FASTER, TIE), (FASTER, 1.0))
 
 NOT_FASTER = "not faster"  # at the deploy thread count
 SLOWER_ALONE = "slower at 1 thread"
@@ -31,6 +29,18 @@ LESS_FAITHFUL = "less faithful"
 def worth_timing_alone(timed: LatencyComparison) -> bool:
     """Whether the timing at the deploy thread count leaves the verdict open, so that 1 thread is timed too."""
     return timed.ratio is not None and timed.ratio < TIE
+
+
+def one_thread_threshold(at_threads: LatencyComparison) -> tuple[float, ...]:
+    """The ratio the 1-thread timing decides on: 1 where the challenger won at the deploy thread count (is it slower alone?),
+    FASTER where it tied there (is it faster alone?)."""
+    return (1.0,) if at_threads.ratio is not None and at_threads.ratio < FASTER else (FASTER,)
+
+
+# where a form's timings may stop (see latency_ratios): at the deploy thread count once the ratio is clearly on one side of
+# FASTER (the challenger can win there or it cannot; the median then tells a tie from a loss), at 1 thread once it is
+# clearly on one side of the threshold the first timing left to decide
+SETTLE_AT = ((FASTER,), one_thread_threshold)
 
 
 def timing_verdict(at_threads: LatencyComparison, at_one: LatencyComparison | None) -> str | None:
