@@ -45,13 +45,19 @@ def track(items: Iterable[T], description: str, *, total: int | None = None, ena
 def _plain_lines(items: Iterable[T], description: str, total: int | None) -> Iterator[T]:
     start = last = time.monotonic()
     done = 0
-    for item in items:
-        yield item
-        done += 1
-        now = time.monotonic()
-        if now - last >= PLAIN_INTERVAL_S:
-            last = now
-            print(_line(description, done, total, now - start), file=sys.stderr, flush=True)
+    try:
+        for item in items:
+            yield item
+            done += 1
+            now = time.monotonic()
+            if now - last >= PLAIN_INTERVAL_S:
+                last = now
+                print(_line(description, done, total, now - start), file=sys.stderr, flush=True)
+    except GeneratorExit:  # the caller stopped before the end (a timing whose verdict is clear, or an error): the last line says so
+        of = f" of up to {total}" if total else ""
+        handed = done + 1  # the item the caller held when it stopped counts too
+        print(f"{description}: {handed}{of}, {time.monotonic() - start:.1f} s, stopped", file=sys.stderr, flush=True)
+        raise
     if done:
         print(_line(description, done, total, time.monotonic() - start) + " done", file=sys.stderr, flush=True)
 

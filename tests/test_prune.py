@@ -555,6 +555,37 @@ def test_choose_multiple_takes_the_most_accurate_of_the_fastest():
         choose_multiple({})
 
 
+def test_timing_the_multiples_stops_once_the_choice_is_beyond_doubt():
+    import itertools
+
+    from onnxslim.measure.latency import SETTLED_MIN_ROUNDS, interleaved_latency
+    from onnxslim.prune.widths import choice_stopper, settled_multiple
+
+    rounds = SETTLED_MIN_ROUNDS
+    original = [1.0] * rounds
+    # multiples 4, 16, 32: 16 the fastest; 32 far slower, out; 4 within the tolerance of 16 but a smaller multiple
+    steady = [[0.605] * rounds, [0.60] * rounds, [0.85] * rounds]
+    assert settled_multiple(original, steady, [4, 16, 32], set()) == (True, {2})
+    assert settled_multiple(original[: rounds - 1], [t[: rounds - 1] for t in steady], [4, 16, 32], set()) == (False, set())  # too few rounds
+    noisy = [[0.60, 0.66] * (rounds // 2), [0.62] * rounds]  # 8's ratio straddles 16's tolerance band: 16 is not surely in it
+    assert settled_multiple(original, noisy, [8, 16], set())[0] is False
+
+    class Fake:
+        def __init__(self, times):
+            self.times, self.calls = itertools.cycle(times), 0
+
+        def time_once(self, feed):
+            self.calls += 1
+            return next(self.times)
+
+    runners = [Fake([1.0]), Fake([0.605]), Fake([0.60]), Fake([0.85])]
+    samples = interleaved_latency(runners, {}, warmup=0, runs=20, until=choice_stopper([4, 16, 32]))
+    assert [len(s) for s in samples] == [rounds] * 4  # the choice (16) is settled at the first round it can be
+    runners = [Fake([1.0]), Fake([0.60, 0.66]), Fake([0.62]), Fake([0.85])]
+    samples = interleaved_latency(runners, {}, warmup=0, runs=20, until=choice_stopper([8, 16, 32]))
+    assert len(samples[0]) == 20 and len(samples[3]) == rounds  # the slow one left out at the first chance, the others timed to the end
+
+
 def test_default_width_is_measured_and_kept_counts_follow_it(monkeypatch):
     from onnxslim.prune import structured
     from onnxslim.prune.widths import CANDIDATE_MULTIPLES

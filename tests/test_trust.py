@@ -424,6 +424,11 @@ def test_progress_shows_as_plain_lines_when_output_is_piped(monkeypatch, capsys)
     assert list(progress.track(range(3), "calibrating")) == [0, 1, 2]
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("calibrating: 1/3 (33%)") and lines[-1].startswith("calibrating: 3/3 (100%)") and lines[-1].endswith("done")
+    for round_ in progress.track(range(20), "timing", total=20):  # a loop that stops once its verdict is clear says where it stopped
+        if round_ == 7:
+            break
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("timing: 8 of up to 20, ") and last.endswith("stopped"), last
 
 
 def test_misleading_reasons_say_what_really_happened(save, tmp_path):

@@ -30,11 +30,14 @@ SETTLED_CONFIDENCE = 0.99
 def interleaved_latency(
     runners: Sequence[Runner], feed: Mapping[str, np.ndarray], *, warmup: int = 5, runs: int = 50, show_progress: bool = False, description: str = "timing",
     settle: tuple[int, int] | None = None, thresholds: Sequence[float] = (1.0,),
+    until: Callable[[list[list[float]]], tuple[bool, set[int]]] | None = None,
 ) -> list[list[float]]:
     """Seconds per run for each runner, measured alternately.
 
     ``settle``: (candidate, baseline) indices; the loop stops before ``runs`` rounds once
     :func:`verdict_settled` holds for that pair at ``thresholds`` (every runner then has the same, smaller count).
+    ``until``: called with the samples after each round; it returns whether the loop may stop and the indices of
+    runners not worth timing further (their samples end there, paired round by round with the others' first ones).
     """
     for runner in runners:
         for _ in range(warmup):
@@ -47,6 +50,11 @@ def interleaved_latency(
         order.reverse()
         if settle is not None and verdict_settled(samples[settle[0]], samples[settle[1]], thresholds):
             break
+        if until is not None:
+            stop, left_out = until(samples)
+            order = [index for index in order if index not in left_out]
+            if stop:
+                break
     return samples
 
 
@@ -62,15 +70,23 @@ def _interval_rank(rounds: int) -> int:
     return 0
 
 
+def median_interval(values: Sequence[float]) -> tuple[float, float] | None:
+    """The SETTLED_CONFIDENCE interval of ``values``' median from their order statistics; None for fewer than
+    SETTLED_MIN_ROUNDS values."""
+    rank = _interval_rank(len(values)) if len(values) >= SETTLED_MIN_ROUNDS else 0
+    if rank == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[rank - 1], ordered[len(values) - rank]
+
+
 def verdict_settled(candidate: Sequence[float], baseline: Sequence[float], thresholds: Sequence[float] = (1.0,)) -> bool:
     """Whether interleaved rounds so far leave no doubt on which side of each of ``thresholds`` the candidate's latency
     ratio lies (the ratio of the medians, and the confidence interval of the per-round ratios' median, on the same side)."""
-    rounds = len(candidate)
-    rank = _interval_rank(rounds) if rounds >= SETTLED_MIN_ROUNDS else 0
-    if rank == 0:
+    interval = median_interval([c / b for c, b in zip(candidate, baseline)])
+    if interval is None:
         return False
-    per_round = sorted(c / b for c, b in zip(candidate, baseline))
-    low, high = per_round[rank - 1], per_round[rounds - rank]
+    low, high = interval
     ratio = float(np.median(candidate) / np.median(baseline))
     return all((low > threshold and ratio > threshold) or (high < threshold and ratio < threshold) for threshold in thresholds)
 

@@ -58,7 +58,7 @@ from onnxslim.prune.recover import RecoveryStep, as_matrix, recover, refittable
 from onnxslim.prune.select import GroupOutcome, GroupReport, SelectionSettings, considered, select
 from onnxslim.prune.trace import trace
 from onnxslim.prune.unstructured import magnitude_sparsify
-from onnxslim.prune.widths import CANDIDATE_MULTIPLES, WidthChoice, cache_key, cached, choose_multiple, remember
+from onnxslim.prune.widths import CANDIDATE_MULTIPLES, WidthChoice, cache_key, cached, choice_stopper, choose_multiple, remember
 from onnxslim.records import BeforeAfter, Record
 from onnxslim.runtime import Runner
 from onnxslim.runtime.probe import check_runs, runtime_shapes
@@ -598,9 +598,10 @@ def _select_widths(
             runners = [Runner(original_timed or work, threads=threads, label="original")]
             runners += [Runner(c, threads=threads, label=f"candidate {i}") for i, c in enumerate(candidates)]
             runs = max(5, min(config.latency_runs, 20))
-            samples = interleaved_latency(runners, probe, warmup=3, runs=runs, show_progress=show_progress, description=f"timing channel multiples ({threads_text(threads)})")
-            medians = [float(np.median(s)) for s in samples]
-            ratios = {m: medians[i + 1] / medians[0] for i, multiples in enumerate(distinct.values()) for m in multiples}
+            samples = interleaved_latency(runners, probe, warmup=3, runs=runs, show_progress=show_progress, description=f"timing channel multiples ({threads_text(threads)})",
+                                          until=choice_stopper([max(multiples) for multiples in distinct.values()]))
+            # a candidate left out is compared with the original's runs of the same rounds
+            ratios = {m: float(np.median(s)) / float(np.median(samples[0][: len(s)])) for s, multiples in zip(samples[1:], distinct.values()) for m in multiples}
             remember(key, ratios)
         by_threads[threads] = ratios
     worst = {m: max(r[m] for r in by_threads.values()) for m in measured}

@@ -15,10 +15,11 @@ import hashlib
 import json
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onnxslim.measure.latency import median_interval
 from onnxslim.records import Record
 
 CANDIDATE_MULTIPLES = (1, 4, 8, 16, 32)
@@ -56,6 +57,41 @@ def choose_multiple(ratios: Mapping[int, float], tolerance: float = TOLERANCE) -
         raise ValueError("no candidate was measured")
     fastest = min(ratios.values())
     return max(m for m, r in ratios.items() if r <= fastest * (1 + tolerance))
+
+
+def settled_multiple(original: Sequence[float], candidates: Sequence[Sequence[float]], largest: Sequence[int], left_out: set[int],
+                     tolerance: float = TOLERANCE) -> tuple[bool, set[int]]:
+    """Whether interleaved rounds so far leave no doubt which candidate :func:`choose_multiple` takes, and the candidates now
+    clearly outside ``tolerance`` of the fastest (not worth timing further).
+
+    ``candidates[i]``: candidate i's run times, paired round by round with ``original``'s (one left out earlier has fewer);
+    ``largest[i]``: the largest multiple that gives candidate i; ``left_out``: the candidates no longer timed. From the
+    confidence intervals of each candidate's median ratio to the original (:func:`median_interval`): a candidate is out
+    when its interval lies above ``1 + tolerance`` times the fastest one's upper bound, and the choice is settled when
+    the largest multiple still in has its interval within ``1 + tolerance`` of the fastest one's lower bound (it is
+    within the tolerance of the fastest, and every larger multiple is out).
+    """
+    intervals = [median_interval([c / o for c, o in zip(times, original)]) for times in candidates]
+    if any(interval is None for interval in intervals):
+        return False, set()
+    fastest_low = min(low for low, _ in intervals)
+    fastest_high = min(high for _, high in intervals)
+    out = {i for i, (low, _) in enumerate(intervals) if i in left_out or low > (1 + tolerance) * fastest_high}
+    top = max((i for i in range(len(candidates)) if i not in out), key=lambda i: largest[i])
+    return intervals[top][1] <= (1 + tolerance) * fastest_low, out - left_out
+
+
+def choice_stopper(largest: Sequence[int], tolerance: float = TOLERANCE) -> Callable[[list[list[float]]], tuple[bool, set[int]]]:
+    """``until`` for :func:`onnxslim.measure.latency.interleaved_latency` over [the original, candidate 0, candidate 1, ...]:
+    the loop stops once :func:`settled_multiple` holds and stops timing the candidates it finds out (``largest``: as there)."""
+    left_out: set[int] = set()
+
+    def until(samples: list[list[float]]) -> tuple[bool, set[int]]:
+        settled, out = settled_multiple(samples[0], samples[1:], largest, left_out, tolerance)
+        left_out.update(out)
+        return settled, {index + 1 for index in out}
+
+    return until
 
 
 def cache_key(model_bytes_digest: str, settings: str, provider: str, threads: int | None) -> str:
