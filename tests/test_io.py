@@ -160,3 +160,33 @@ def test_sizes_and_copies_that_leave_weights_alone_agree_with_protobuf():
     assert [t.name for t in left.graph.initializer] == ["half", "small"]
     assert left.graph.node == model.graph.node and left.metadata_props == model.metadata_props and left.doc_string == "sized"
     assert len(model.graph.initializer) == 4  # the source is left as it was
+
+
+def test_batches_are_kept_in_memory_between_passes_where_they_fit(tmp_path, monkeypatch):
+    import numpy as np
+
+    from onnxslim.data import sources
+    from onnxslim.data.sources import for_several_passes, open_data
+    from onnxslim.ir.tensors import TensorSpec
+
+    for index in range(5):
+        np.savez(tmp_path / f"{index:03d}.npz", x=np.full((2, 4), index, np.float32))
+    inputs = [TensorSpec("x", np.dtype(np.float32), ("n", 4))]
+    reads = []
+    real = sources.NpzFolder._read
+    monkeypatch.setattr(sources.NpzFolder, "_read", staticmethod(lambda path: reads.append(path) or real(path)))
+
+    source = for_several_passes(open_data(tmp_path, inputs), 3)
+    first = next(iter(source))  # a pass stopped early keeps nothing
+    assert first[1]["x"][0, 0] == 0 and len(reads) == 1
+    passes = [[float(batch["x"][0, 0]) for _, batch in source] for _ in range(3)]
+    assert passes == [[0.0, 1.0, 2.0]] * 3 and len(reads) == 1 + 3  # the whole first pass read the files, the next two none
+    assert source.known_length() == 3
+    kept = next(iter(source))[1]["x"]
+    with pytest.raises(ValueError):
+        kept[0, 0] = 7.0  # read-only: no pass can change what the next one reads
+
+    reads.clear()
+    monkeypatch.setattr(sources, "KEPT_BYTES", 100)  # three batches of 32 bytes fit, five do not: nothing is kept
+    large = for_several_passes(open_data(tmp_path, inputs), None)
+    assert [len(list(large)) for _ in range(2)] == [5, 5] and len(reads) == 10

@@ -19,6 +19,7 @@ import numpy as np
 from onnxslim.data.checks import check_batch
 from onnxslim.errors import DataError, UsageError, first_line
 from onnxslim.ir.tensors import TensorSpec
+from onnxslim.memory import available_bytes
 
 Batch = dict[str, np.ndarray]
 
@@ -213,20 +214,51 @@ def read_once(source, limit: int | None) -> CheckedSource:
     return in_memory(list(itertools.islice(source, limit)), source)
 
 
-class FirstBatches:
-    """The first ``limit`` batches of a source that can be read again, read again as often as needed."""
+KEPT_BYTES = 1 << 30  # batches kept in memory between passes over the data, at most this much (and a quarter of what is available)
 
-    def __init__(self, source, limit: int):
+
+class KeptBetweenPasses:
+    """The batches of a source that can be read again (the first ``limit`` of them, when given), for work that passes over
+    them several times (pruning's refit waves, compress's candidates).
+
+    The first whole pass keeps what it reads, when the batches fit in KEPT_BYTES and a quarter of the memory available,
+    and later passes read those instead of reading and checking the files again. Kept arrays are made read-only, so no
+    pass can change what the next one reads.
+    """
+
+    def __init__(self, source, limit: int | None = None):
         self.source, self.limit = source, limit
-        self.description = f"the first {limit} batch(es) of {source.description}"
+        self.description = source.description if limit is None else f"the first {limit} batch(es) of {source.description}"
         self.inputs = getattr(source, "inputs", [])
+        self._kept: list[tuple[str, Batch]] | None = None
 
     def known_length(self) -> int | None:
-        total = self.source.known_length()
-        return None if total is None else min(total, self.limit)
+        if self._kept is not None:
+            return len(self._kept)
+        total = self.source.known_length() if hasattr(self.source, "known_length") else None
+        return None if total is None else total if self.limit is None else min(total, self.limit)
 
     def __iter__(self) -> Iterator[tuple[str, Batch]]:
-        yield from itertools.islice(self.source, self.limit)
+        if self._kept is not None:
+            yield from self._kept
+            return
+        available = available_bytes()
+        room = KEPT_BYTES if available is None else min(KEPT_BYTES, available // 4)
+        kept: list[tuple[str, Batch]] | None = []
+        size = 0
+        for label, batch in itertools.islice(self.source, self.limit):
+            if kept is not None:
+                size += sum(np.asarray(value).nbytes for value in batch.values())
+                if size > room:
+                    kept = None  # too large to keep: every pass reads the files
+                else:
+                    for value in batch.values():
+                        if isinstance(value, np.ndarray):
+                            value.flags.writeable = False
+                    kept.append((label, batch))
+            yield label, batch
+        if kept is not None:  # a whole pass: a pass stopped early keeps nothing
+            self._kept = kept
 
 
 class Excluding:
@@ -285,10 +317,11 @@ def evaluation_split(source, eval_data, inputs: list[TensorSpec], *, fraction: f
 
 
 def for_several_passes(source, limit: int | None):
-    """``source`` bounded to ``limit`` batches, readable as often as a pass over the data needs it."""
+    """``source`` bounded to ``limit`` batches, readable as often as a pass over the data needs it (kept in memory
+    between passes where it fits, see :class:`KeptBetweenPasses`)."""
     if not reiterable(source):
         return read_once(source, limit)
-    return FirstBatches(source, limit) if limit is not None else source
+    return KeptBetweenPasses(source, limit)
 
 
 def check_input_shapes(input_shapes: Mapping[str, tuple[int, ...]] | None, inputs: list[TensorSpec]) -> None:

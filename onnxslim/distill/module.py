@@ -182,7 +182,8 @@ def forward(net, batch: dict, input_names: list[str], rounding=None):
     ``rounding`` (a :class:`~onnxslim.distill.fakequant.FakeQuantization`) rounds the quantized graph inputs first."""
     torch, _ = require_torch()
     device = device_of(net)
-    tensors = {name: torch.from_numpy(np.ascontiguousarray(batch[name])).to(device) for name in input_names}
+    # copied: a batch kept between passes over the data is read-only, and torch takes numpy's memory as writable
+    tensors = {name: torch.from_numpy(np.array(batch[name], order="C")).to(device) for name in input_names}
     if rounding is not None:
         tensors = rounding.round_inputs(tensors)
     tensors = [tensors[name] for name in input_names]
