@@ -185,6 +185,9 @@ def test_batches_are_kept_in_memory_between_passes_where_they_fit(tmp_path, monk
     kept = next(iter(source))[1]["x"]
     with pytest.raises(ValueError):
         kept[0, 0] = 7.0  # read-only: no pass can change what the next one reads
+    fresh = for_several_passes(open_data(tmp_path, inputs), 2)
+    handed = [batch["x"] for _, batch in fresh]
+    assert all(array.flags.writeable for array in handed)  # the first pass's arrays keep their flags (a reader's own arrays)
 
     reads.clear()
     monkeypatch.setattr(sources, "KEPT_BYTES", 100)  # three batches of 32 bytes fit, five do not: nothing is kept

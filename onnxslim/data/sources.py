@@ -222,8 +222,8 @@ class KeptBetweenPasses:
     them several times (pruning's refit waves, compress's candidates).
 
     The first whole pass keeps what it reads, when the batches fit in KEPT_BYTES and a quarter of the memory available,
-    and later passes read those instead of reading and checking the files again. Kept arrays are made read-only, so no
-    pass can change what the next one reads.
+    and later passes read those instead of reading and checking the files again. Later passes get read-only views of
+    the arrays, so no pass can change what the next one reads (the arrays the first pass handed out keep their flags).
     """
 
     def __init__(self, source, limit: int | None = None):
@@ -252,10 +252,7 @@ class KeptBetweenPasses:
                 if size > room:
                     kept = None  # too large to keep: every pass reads the files
                 else:
-                    for value in batch.values():
-                        if isinstance(value, np.ndarray):
-                            value.flags.writeable = False
-                    kept.append((label, batch))
+                    kept.append((label, {name: _read_only(value) for name, value in batch.items()}))
             yield label, batch
         if kept is not None:  # a whole pass: a pass stopped early keeps nothing
             self._kept = kept
@@ -314,6 +311,15 @@ def evaluation_split(source, eval_data, inputs: list[TensorSpec], *, fraction: f
         return None, [], None
     rest, held = hold_out(source, fraction, cap)
     return (rest, held, "held-out") if held else (source, [], None)
+
+
+def _read_only(value):
+    """A read-only view of an array (the caller's own array keeps its flags), anything else as it is."""
+    if not isinstance(value, np.ndarray):
+        return value
+    view = value.view()
+    view.flags.writeable = False
+    return view
 
 
 def for_several_passes(source, limit: int | None):
