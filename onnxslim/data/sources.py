@@ -330,6 +330,12 @@ def for_several_passes(source, limit: int | None):
     return KeptBetweenPasses(source, limit)
 
 
+def random_batch(inputs: list[TensorSpec], input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Batch:
+    """One batch of random inputs of the model's sizes (``input_shapes`` for its dynamic ones, a lone batch axis as 1), to
+    test-run or time a model without data; DataError or UsageError, saying which, where a size is unknown."""
+    return next(iter(open_data("random", inputs, input_shapes=input_shapes, random_batches=1)))[1]
+
+
 def check_input_shapes(input_shapes: Mapping[str, tuple[int, ...]] | None, inputs: list[TensorSpec]) -> None:
     """A :class:`UsageError` naming the first entry of ``input_shapes`` that is not one of ``inputs``."""
     unknown = sorted(set(input_shapes or {}) - {spec.name for spec in inputs})

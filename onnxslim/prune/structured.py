@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 import onnx
 
-from onnxslim.data.sources import DataSource, batch_of_one_note, check_input_shapes, evaluation_split, for_several_passes, open_data
+from onnxslim.data.sources import DataSource, batch_of_one_note, check_input_shapes, evaluation_split, for_several_passes, open_data, random_batch
 from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
 from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters, node_macs
 from onnxslim.ir.io import load_model, model_file_bytes, model_label, model_weight_bytes
@@ -695,7 +695,7 @@ def _probe_feed(model: onnx.ModelProto, source, input_shapes) -> dict | None:
     if source is not None:
         return next(iter(source))[1]
     try:
-        return next(iter(open_data("random", graph_inputs(model), input_shapes=input_shapes, random_batches=1)))[1]
+        return random_batch(graph_inputs(model), input_shapes)
     except OnnxSlimError:
         return None
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxslim.data.sources import DataSource, batch_of_one_note, in_memory, open_data, read_once, reiterable
+from onnxslim.data.sources import DataSource, batch_of_one_note, in_memory, open_data, random_batch, read_once, reiterable
 from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageError, first_line
 from onnxslim.ir.counts import work_shares
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
@@ -298,7 +298,7 @@ class QuantRun:
         if self.eval_batches:
             return self.eval_batches[0][1]
         try:
-            return next(iter(open_data("random", self.inputs, input_shapes=self.input_shapes)))[1]
+            return random_batch(self.inputs, self.input_shapes)
         except (DataError, UsageError) as exc:
             self.warnings.append(f"latency not measured: {first_line(exc)}")
             return None

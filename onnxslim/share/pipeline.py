@@ -32,8 +32,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from onnxslim.data.sources import DataSource, batch_of_one_note, check_input_shapes, evaluation_split, for_several_passes, open_data
-from onnxslim.errors import NothingToDoError, UsageError
+from onnxslim.data.sources import DataSource, batch_of_one_note, check_input_shapes, evaluation_split, for_several_passes, open_data, random_batch
+from onnxslim.errors import NothingToDoError, OnnxSlimError, UsageError
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
 from onnxslim.measure import LatencyComparison, RememberedReference, few_objects, fidelity, latency_ratios
@@ -210,8 +210,8 @@ def _why_slower(original: onnx.ModelProto, shared: onnx.ModelProto) -> str:
 
 def _random_feed(model: onnx.ModelProto, input_shapes) -> dict | None:
     try:
-        return next(iter(open_data("random", graph_inputs(model), input_shapes=input_shapes, random_batches=1)))[1]
-    except Exception:  # inputs of unknown size: no timing, and the report says there was no data
+        return random_batch(graph_inputs(model), input_shapes)
+    except OnnxSlimError:  # inputs of unknown size: no timing, and the report says there was no data
         return None
 
 
