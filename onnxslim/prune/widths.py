@@ -71,14 +71,15 @@ def settled_multiple(original: Sequence[float], candidates: Sequence[Sequence[fl
     the largest multiple still in has its interval within ``1 + tolerance`` of the fastest one's lower bound (it is
     within the tolerance of the fastest, and every larger multiple is out).
     """
-    intervals = [median_interval([c / o for c, o in zip(times, original)]) for times in candidates]
-    if any(interval is None for interval in intervals):
+    timed = [i for i in range(len(candidates)) if i not in left_out]  # those left out were clearly slower than these
+    intervals = {i: median_interval([c / o for c, o in zip(candidates[i], original)]) for i in timed}
+    if not intervals or any(interval is None for interval in intervals.values()):
         return False, set()
-    fastest_low = min(low for low, _ in intervals)
-    fastest_high = min(high for _, high in intervals)
-    out = {i for i, (low, _) in enumerate(intervals) if i in left_out or low > (1 + tolerance) * fastest_high}
-    top = max((i for i in range(len(candidates)) if i not in out), key=lambda i: largest[i])
-    return intervals[top][1] <= (1 + tolerance) * fastest_low, out - left_out
+    fastest_low = min(low for low, _ in intervals.values())
+    fastest_high = min(high for _, high in intervals.values())
+    out = {i for i, (low, _) in intervals.items() if low > (1 + tolerance) * fastest_high}  # never the one with the lowest upper bound
+    top = max((i for i in timed if i not in out), key=lambda i: largest[i])
+    return intervals[top][1] <= (1 + tolerance) * fastest_low, out
 
 
 def choice_stopper(largest: Sequence[int], tolerance: float = TOLERANCE) -> Callable[[list[list[float]]], tuple[bool, set[int]]]:
