@@ -569,6 +569,8 @@ def test_timing_the_multiples_stops_once_the_choice_is_beyond_doubt():
     assert settled_multiple(original[: rounds - 1], [t[: rounds - 1] for t in steady], [4, 16, 32], set()) == (False, set())  # too few rounds
     noisy = [[0.60, 0.66] * (rounds // 2), [0.62] * rounds]  # 8's ratio straddles 16's tolerance band: 16 is not surely in it
     assert settled_multiple(original, noisy, [8, 16], set())[0] is False
+    # a candidate left out is not what the others are compared with, whatever its last rounds said
+    assert settled_multiple(original, [[0.5] * rounds, [0.9] * rounds], [4, 16], {0}) == (True, set())
 
     class Fake:
         def __init__(self, times):
