@@ -18,7 +18,6 @@ TIE = 1.0 / FASTER  # or, within this much of it there (a tie, as timing noise a
 LOSS_SLACK = 1.1  # ... and lose at most this multiple of the other form's accuracy loss (1 - worst score), plus ABSOLUTE_SLACK
 ABSOLUTE_SLACK = 0.001
 
-
 NOT_FASTER = "not faster"  # at the deploy thread count
 SLOWER_ALONE = "slower at 1 thread"
 TIED = "tied"  # within TIE at the deploy thread count, and not faster at 1 thread
