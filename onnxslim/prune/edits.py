@@ -109,46 +109,22 @@ class SliceInput:
             weights.set(self.node, self.index, np.delete(array, gone, axis=axis))
 
 
-def _count_kept(weights: WorkingWeights, node_name: str, attribute: str, layout: Layout, removed: set[int], per: int = 1) -> None:
-    """Set integer ``attribute`` of the node to the channels of ``layout`` it keeps, ``per`` of them counting as one."""
-    kept = len(layout) - len(positions(layout, removed))
-    for attr in weights.nodes[node_name].attribute:
-        if attr.name == attribute:
-            attr.i = kept // per
-
-
 @dataclass
-class SetGroup:
-    """A depthwise convolution keeps group == its channel count."""
+class SetKeptCount:
+    """An integer attribute that counts a node's channels follows the channels it keeps: a depthwise convolution's
+    ``group``, a recurrent layer's ``hidden_size``, onnxruntime's fused Attention's ``num_heads`` (``per`` channels of
+    its query part to a head)."""
 
     node: str
+    attribute: str
     layout: Layout
+    per: int = 1
 
     def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
-        _count_kept(weights, self.node, "group", self.layout, removed)
-
-
-@dataclass
-class SetHeads:
-    """onnxruntime's fused Attention keeps num_heads equal to the heads its packed query/key/value weight holds."""
-
-    node: str
-    layout: Layout  # the query part of the weight's columns: head_size of them per head
-    head_size: int
-
-    def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
-        _count_kept(weights, self.node, "num_heads", self.layout, removed, self.head_size)
-
-
-@dataclass
-class SetHiddenSize:
-    """A recurrent layer's hidden_size is the hidden units it keeps."""
-
-    node: str
-    layout: Layout
-
-    def apply(self, weights: WorkingWeights, removed: set[int]) -> None:
-        _count_kept(weights, self.node, "hidden_size", self.layout, removed)
+        kept = len(self.layout) - len(positions(self.layout, removed))
+        for attr in weights.nodes[self.node].attribute:
+            if attr.name == self.attribute:
+                attr.i = kept // self.per
 
 
 @dataclass

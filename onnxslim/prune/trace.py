@@ -29,9 +29,7 @@ from onnxslim.prune.atoms import AtomTable, Layout
 from onnxslim.prune.edits import (
     EditRole,
     GroupedInput,
-    SetGroup,
-    SetHeads,
-    SetHiddenSize,
+    SetKeptCount,
     ShapeEntry,
     SliceBounds,
     SliceInput,
@@ -174,7 +172,7 @@ class Tracer(ReshapeRules):
             self.t.edits.append(SliceInput(node.name, 1, 0, layout, EditRole.PASSTHROUGH))
             if bias:
                 self.t.edits.append(SliceInput(node.name, 2, 0, layout, EditRole.PASSTHROUGH))
-            self.t.edits.append(SetGroup(node.name, layout))
+            self.t.edits.append(SetKeptCount(node.name, "group", layout))
             return Layout(1, layout.atoms)
         if op != "Conv" or c_in % group or c_out % group:
             self.t.atoms.block_layout(layout, f"grouped {op} {node.name} (group={group}) keeps its groups whole")
@@ -465,7 +463,7 @@ class Tracer(ReshapeRules):
                 for offset in range(size):
                     self.t.atoms.tie(first, out.atoms[part * width + head * size + offset])
         self.t.head_atoms.update(out.atoms[head * size] for head in range(heads))
-        self.t.edits.append(SetHeads(node.name, Layout(out.axis, out.atoms[:width]), size))
+        self.t.edits.append(SetKeptCount(node.name, "num_heads", Layout(out.axis, out.atoms[:width]), size))
         return Layout(out.axis, out.atoms[2 * width:])
 
     def resize(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
@@ -592,7 +590,7 @@ class Tracer(ReshapeRules):
                 self.t.edits.append(SliceInput(node.name, index, 2, Layout(2, units.atoms), EditRole.PARAMETER))
         if node.op_type == "LSTM" and len(node.input) > 7 and node.input[7]:
             self.t.edits.append(SliceInput(node.name, 7, 1, tiled(3), EditRole.PARAMETER))
-        self.t.edits.append(SetHiddenSize(node.name, units))
+        self.t.edits.append(SetKeptCount(node.name, "hidden_size", units))
         for index, axis in ((1, 2), (2, 2)):  # Y_h and Y_c: (directions, batch, hidden), or (batch, directions, hidden)
             if len(node.output) > index and node.output[index]:
                 self.t.layouts[node.output[index]] = Layout(axis, units.atoms)
