@@ -64,7 +64,7 @@ class GraphBuilder:
     def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], name: str, opset: int = OPSET) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxslim-models")
-        model.ir_version = min(model.ir_version, 8)
+        model.ir_version = min(model.ir_version, 8 if opset <= 17 else 10)  # the oldest that holds the opset
         onnx.checker.check_model(model)
         return model
 
@@ -744,6 +744,38 @@ def upsample_head(channels: int = 16, size: int = 16, *, seed: int = 17) -> onnx
     return b.model([_image_input(3, size)], [_output("mask", [1, 4, size, size])], "upsample_head")
 
 
+def group_norm(channels: int = 16, groups: int = 4, size: int = 8, *, spelling: str = "reshape", closing: str = "shape", seed: int = 19) -> onnx.ModelProto:
+    """Two Conv -> GroupNorm -> Relu blocks (the normalization of UNets and detection heads), then a 1x1 head.
+
+    ``spelling`` "reshape": as torch exports GroupNorm, Reshape (N, G, -1) -> InstanceNormalization (a scale and shift per
+    group) -> Reshape back -> Mul and Add per channel, the closing target read from the input's Shape (``closing`` "shape")
+    or stored ("constant", as constant folding leaves it once shapes are known). "op": ONNX's GroupNormalization (opset 21:
+    a scale and bias per channel).
+    """
+    b = GraphBuilder(seed)
+    x = "input"
+    c_in = 3
+    for _ in range(2):
+        y = b.conv(x, c_in, channels)
+        if spelling == "op":
+            scale = b.const((1.0 + 0.2 * b.rng.standard_normal(channels)).astype(np.float32), "gamma")
+            shift = b.const((0.1 * b.rng.standard_normal(channels)).astype(np.float32), "beta")
+            y = b.node("GroupNormalization", [y, scale, shift], num_groups=groups, epsilon=1e-5)
+        else:
+            rows = b.node("Reshape", [y, b.const(np.array([0, groups, -1], np.int64), "shape")])
+            scale = b.const((1.0 + 0.2 * b.rng.standard_normal(groups)).astype(np.float32), "gamma")
+            shift = b.const((0.1 * b.rng.standard_normal(groups)).astype(np.float32), "beta")
+            rows = b.node("InstanceNormalization", [rows, scale, shift], epsilon=1e-5)
+            back = b.node("Shape", [y]) if closing == "shape" else b.const(np.array([1, channels, size, size], np.int64), "shape")
+            y = b.node("Reshape", [rows, back])
+            y = b.node("Mul", [y, b.const((1.0 + 0.2 * b.rng.standard_normal((channels, 1, 1))).astype(np.float32), "gamma")])
+            y = b.node("Add", [y, b.const((0.1 * b.rng.standard_normal((channels, 1, 1))).astype(np.float32), "beta")])
+        x, c_in = b.node("Relu", [y]), channels
+    head = b.conv(x, channels, 4, k=1)
+    _rename_output(b, head, "mask")
+    return b.model([_image_input(3, size)], [_output("mask", [1, 4, size, size])], "group_norm", opset=21 if spelling == "op" else OPSET)
+
+
 ALL_BUILDERS = {
     "conv_bn_relu": conv_bn_relu,
     "residual": residual,
@@ -764,6 +796,9 @@ ALL_BUILDERS = {
     "silu_se_block": silu_se_block,
     "hardswish_block": hardswish_block,
     "upsample_head": upsample_head,
+    "group_norm": group_norm,
+    "group_norm_constant_target": lambda: group_norm(closing="constant"),
+    "group_norm_op": lambda: group_norm(spelling="op"),
 }
 
 

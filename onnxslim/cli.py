@@ -531,7 +531,8 @@ def _print_pruning(report) -> None:
         for group in report.groups:
             producers = ", ".join(group.producers[:3]) + (f" +{len(group.producers) - 3}" if len(group.producers) > 3 else "")
             cut = f"{group.score_removed:.1%}" if group.score_removed else ""
-            table.add_row(escape(producers), str(group.channels_before), str(group.channels_after), cut, escape(group.skipped or ""))
+            width = f" x {group.channels_per_class}" if group.channels_per_class > 1 else ""  # heads or groups of that many channels
+            table.add_row(escape(producers), f"{group.channels_before}{width}", f"{group.channels_after}{width}", cut, escape(group.skipped or ""))
         console.print(table)
         console.print(f"pruned {len(report.pruned_groups)} of {len(report.groups)} groups", highlight=False)
         if report.widths is not None:

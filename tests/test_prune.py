@@ -370,6 +370,39 @@ def test_layernorm_over_channels_is_pruned_and_said_to_renormalize():
     assert out.shape == (1, 10) and np.isfinite(out).all()
 
 
+@pytest.mark.parametrize("spelling, closing", [("reshape", "shape"), ("reshape", "constant"), ("op", "shape")])
+def test_group_norm_loses_whole_groups_and_its_group_count_follows(spelling, closing):
+    from models.builders import group_norm
+
+    model = group_norm(channels=16, groups=4, spelling=spelling, closing=closing)
+    pruned, report = prune(model, config=FAST)
+    convs = [g for g in report.groups if g.channels_per_class == 4]
+    assert len(convs) == 2 and all((g.channels_before, g.channels_after) == (4, 2) for g in convs)  # 4 groups of 4 -> 2
+    assert not any("over pruned channels" in w for w in report.warnings)  # the kept groups' statistics are unchanged
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    values = {t.name: onnx.numpy_helper.to_array(t).tolist() for t in pruned.graph.initializer}
+    if spelling == "op":
+        norms = [n for n in pruned.graph.node if n.op_type == "GroupNormalization"]
+        assert [next(a.i for a in n.attribute if a.name == "num_groups") for n in norms] == [2, 2]
+        assert all(dims[n.input[1]] == dims[n.input[2]] == [8] for n in norms)
+    else:
+        norms = [n for n in pruned.graph.node if n.op_type == "InstanceNormalization"]
+        assert all(dims[n.input[1]] == dims[n.input[2]] == [2] for n in norms)
+        opening = [n for n in pruned.graph.node if n.op_type == "Reshape" and values.get(n.input[1]) == [0, 2, -1]]
+        assert len(opening) == 2
+        if closing == "constant":
+            assert sum(1 for n in pruned.graph.node if n.op_type == "Reshape" and values.get(n.input[1]) == [1, 8, 8, 8]) == 2
+    assert run_model(pruned, sample_inputs(model, 1)[0])[0].shape == (1, 4, 8, 8)
+
+
+def test_a_group_norm_of_one_group_blocks_its_channels():
+    from models.builders import group_norm
+
+    model = group_norm(channels=8, groups=1)
+    with pytest.raises(NothingToDoError, match=r"GroupNorm \(Reshape \w+\) normalizes all 8 channels as one group"):
+        prune(model, config=FAST)
+
+
 def test_a_rule_that_leaves_a_stale_size_is_caught_before_writing(monkeypatch, tmp_path):
     from onnxslim.errors import OnnxSlimError
     from onnxslim.prune.edits import SliceBounds

@@ -28,8 +28,8 @@ class Group:
     ``blocked``: root -> why that class cannot be removed. ``heads``: the group
     stands for attention heads. ``blocks``: root -> (group count, group index)
     for channels of grouped convolutions, which every group must lose equally
-    ((0, 0) where the convolutions disagree). ``channels_per_class``: for heads, the fewest
-    channels one head holds in any of its producers (its size); 1 for channels.
+    ((0, 0) where the convolutions disagree). ``channels_per_class``: the fewest channels one class
+    holds in any of its producers (a head's size, a GroupNorm group's channels); 1 for single channels.
     """
 
     producers: tuple[str, ...]
@@ -79,8 +79,9 @@ def build_groups(tracing: Tracing) -> Groups:
     for key, roots in by_producers.items():
         blocked = {r: reason for r in roots if (reason := atoms.class_block_reason(list(classes[r]))) is not None}
         is_heads = any(r in heads for r in roots)
-        # a head is as many channels as its size in each layer; other classes count as one channel (the layer reading them sees one)
-        per_class = min(min(Counter(atoms.producers[a][0] for a in classes[r]).values()) for r in roots) if is_heads else 1
+        # a class is as many channels as it holds in each of its layers: a head's size, a GroupNorm group's channels, one
+        # channel of every group of a channel shuffle, and one channel for the rest
+        per_class = min(min(Counter(atoms.producers[a][0] for a in classes[r]).values()) for r in roots)
         groups.append(Group(key, tuple(roots), blocked, is_heads, {r: blocks[r] for r in roots if r in blocks}, per_class))
     return Groups(tracing, classes, tuple(groups))
 

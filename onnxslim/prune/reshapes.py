@@ -1,4 +1,4 @@
-"""Channel rules for Reshape: flattening into features, attention heads, packed projections, channel shuffles.
+"""Channel rules for Reshape: flattening into features, attention heads, packed projections, channel shuffles, GroupNorm.
 
 Exporters spell head splits, Q/K/V unpacking and channel shuffles with
 Reshape, Transpose and Gather; each rule here recognizes one such spelling
@@ -14,7 +14,7 @@ import onnx
 
 from onnxslim.ir.graph import node_attr
 from onnxslim.prune.atoms import Layout
-from onnxslim.prune.edits import ReshapeChannels, ShapeEntry
+from onnxslim.prune.edits import EditRole, ReshapeChannels, ShapeEntry, SliceInput
 
 
 def _resizable(entry: tuple[int | None, tuple[str, int, int] | None]) -> bool:
@@ -72,6 +72,82 @@ class ReshapeRules:
         self.handled.update((transpose.name, merge.name))
         return out, merge.output[0]
 
+    def group_norm_reshapes(self, node: onnx.NodeProto, layout: Layout) -> tuple[Layout, str] | None:
+        """Reshape (N, C, ...) -> (N, G, -1), InstanceNormalization of each of the G rows, Reshape back: a GroupNorm as
+        torch writes it (its per-channel scale and shift follow as a Mul and an Add, which other rules carry).
+
+        Returns the layout after the closing Reshape and that tensor's name. A group is C / G channels that go together:
+        removing whole groups leaves every other group's mean and variance as they were, so the kept channels are
+        normalized exactly as before. G, the normalization's per-group parameters and a constant closing target
+        follow the kept groups; a closing target read from the input's Shape adapts by itself.
+        """
+        found = self._group_norm_parts(node)
+        in_shape = self.shapes.get(node.input[0])
+        if found is None or in_shape is None or layout.axis != 1 or layout.repeat != 1 or in_shape[1] != len(layout):
+            return None
+        norm, close, entries, close_entries = found
+        groups = entries[1][0]
+        if groups < 2:  # the statistics of the one group are every channel's: removing any changes them
+            self.t.atoms.block_layout(layout, f"GroupNorm (Reshape {node.name}) normalizes all {len(layout)} channels as one group")
+            return None
+        if len(layout) % groups:
+            return None
+        size = len(layout) // groups
+        for group in range(groups):
+            for offset in range(1, size):
+                self.t.atoms.tie(layout.atoms[group * size], layout.atoms[group * size + offset])
+        per_group = Layout(0, tuple(layout.atoms[group * size] for group in range(groups)))
+        self._resize(entries[1], Layout(1, per_group.atoms), 1)
+        for index in (1, 2):
+            self.t.edits.append(SliceInput(norm.name, index, 0, per_group, EditRole.PARAMETER))
+        if close_entries is not None:
+            self._resize(close_entries[1], layout, 1)
+        self.handled.update((norm.name, close.name))
+        return Layout(1, layout.atoms), close.output[0]
+
+    def _group_norm_parts(self, node: onnx.NodeProto):
+        """For a Reshape opening a GroupNorm: (the InstanceNormalization, the closing Reshape, the opening target's entries,
+        the closing target's entries or None where it is the input's Shape); None when ``node`` opens none."""
+        in_shape, out_shape = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+        entries = self._target_entries(node)
+        if in_shape is None or out_shape is None or len(in_shape) < 3 or len(out_shape) != 3 or entries is None or len(entries) != 3:
+            return None
+        (batch, _), (groups, where), (rest, _) = entries
+        per_row = None if None in in_shape[1:] else int(np.prod(in_shape[1:], dtype=np.int64)) // max(groups or 1, 1)
+        if groups is None or where is None or groups < 1 or batch not in (0, in_shape[0]) or rest not in (-1, per_row):
+            return None
+        norm = self._sole_reader(node.output[0])
+        if norm is None or norm.op_type != "InstanceNormalization" or len(norm.input) < 3:
+            return None
+        if any(self.const(norm.input[i]) is None or self.const(norm.input[i]).shape != (groups,) for i in (1, 2)):
+            return None
+        close = self._sole_reader(norm.output[0])
+        if close is None or close.op_type != "Reshape":
+            return None
+        source = next((n for n in self.graph.node if close.input[1] in n.output), None)
+        if source is not None and source.op_type == "Shape" and source.input[0] == node.input[0] and not source.attribute:
+            return norm, close, entries, None
+        close_entries = self._target_entries(close)
+        if close_entries is None or len(close_entries) != len(in_shape) or not _resizable(close_entries[1]):
+            return None
+        if close_entries[1][0] not in (in_shape[1], -1) or any(
+            value not in (0, in_shape[axis]) for axis, (value, _) in enumerate(close_entries) if axis != 1
+        ):
+            return None
+        return norm, close, entries, close_entries
+
+    def restores_group_norm_input(self, shape_node: onnx.NodeProto) -> bool:
+        """Whether ``shape_node`` only gives a GroupNorm's closing Reshape its input's shape, which follows the kept channels."""
+        close = self._sole_reader(shape_node.output[0])
+        if close is None or close.op_type != "Reshape" or close.input[1] != shape_node.output[0] or shape_node.attribute:
+            return False
+        norm = next((n for n in self.graph.node if close.input[0] in n.output), None)
+        opening = None if norm is None else next((n for n in self.graph.node if norm.input[0] in n.output), None)
+        if opening is None or opening.op_type != "Reshape" or opening.input[0] != shape_node.input[0]:
+            return False
+        found = self._group_norm_parts(opening)
+        return found is not None and found[1] is close
+
     def _sole_reader(self, name: str) -> onnx.NodeProto | None:
         readers = [n for n in self.graph.node if name in n.input]
         is_output = any(o.name == name for o in self.graph.output)
@@ -81,7 +157,7 @@ class ReshapeRules:
         shape = self.shapes.get(node.input[0])
         axis = int(node_attr(node, "axis", 1)) if node.op_type == "Flatten" else 1
         if node.op_type == "Reshape":
-            shuffled = self.channel_shuffle(node, layout)
+            shuffled = self.group_norm_reshapes(node, layout) or self.channel_shuffle(node, layout)
             if shuffled is not None:
                 out, name = shuffled
                 self.t.layouts[name] = out

@@ -44,7 +44,8 @@ class GroupReport(Record):
 
     ``score_removed``: the share of the group's importance the removed channels
     carried (an estimate of the loss at its consumers); ``macs_removed``: the
-    multiply-accumulates their removal saves, where known.
+    multiply-accumulates their removal saves, where known. The counts are of classes, channels that go together (a head,
+    a GroupNorm group), each ``channels_per_class`` channels wide in every layer.
     """
 
     producers: list[str]
@@ -54,6 +55,7 @@ class GroupReport(Record):
     skipped: str | None = None
     score_removed: float | None = None
     macs_removed: float | None = None
+    channels_per_class: int = 1
 
     @property
     def reason(self) -> Reason | None:
@@ -130,7 +132,7 @@ def select(
         total = sum(scores.get(r, 0.0) for r in group.roots)
         share = sum(scores.get(r, 0.0) for r in group.roots if r in removed) / total if total > 0 else None
         saved = sum(costs.get(r, 0.0) for r in group.roots if r in removed) if costs is not None else None
-        reports.append(GroupReport(list(group.producers), len(group.roots), len(group.roots) - gone, outcome, reason, share, saved))
+        reports.append(GroupReport(list(group.producers), len(group.roots), len(group.roots) - gone, outcome, reason, share, saved, group.channels_per_class))
     return removed, reports
 
 

@@ -491,9 +491,28 @@ class Tracer(ReshapeRules):
                 self.t.edits.append(SliceInput(node.name, index, 0, Layout(0, data.atoms), EditRole.PARAMETER))
         return data
 
+    def group_normalization(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
+        """GroupNormalization: ``num_groups`` runs of consecutive channels that go together (removing whole groups leaves
+        the others' mean and variance as they were). ``num_groups`` follows the groups kept, and its scale and bias lose
+        theirs: one entry per group (opset 18) or per channel (from opset 21)."""
+        groups = int(node_attr(node, "num_groups", 0))
+        params = [self.const(name) for name in node.input[1:3]]
+        if data.axis != 1 or data.repeat != 1 or groups < 2 or len(data) % groups or any(p is None or p.shape not in ((groups,), (len(data),)) for p in params):
+            self.t.atoms.block_layout(data, f"GroupNormalization {node.name} normalizes its channels together")
+            return None
+        size = len(data) // groups
+        for group in range(groups):
+            for offset in range(1, size):
+                self.t.atoms.tie(data.atoms[group * size], data.atoms[group * size + offset])
+        per_group = Layout(0, tuple(data.atoms[group * size] for group in range(groups)))
+        for index, param in enumerate(params, start=1):
+            self.t.edits.append(SliceInput(node.name, index, 0, per_group if len(param) == groups else Layout(0, data.atoms), EditRole.PARAMETER))
+        self.t.edits.append(SetKeptCount(node.name, "num_groups", per_group))
+        return data
+
     def shape(self, node: onnx.NodeProto, data: Layout | None) -> None:
         """Reading only batch or sequence sizes is unaffected by pruning; reading the channel count blocks it."""
-        if node.op_type == "Shape" and data is not None and self._reads_other_dims(node, data):
+        if node.op_type == "Shape" and data is not None and (self._reads_other_dims(node, data) or self.restores_group_norm_input(node)):
             return None
         self.block_inputs(node, f"its size is read by {node.op_type} {node.name}")
         return None
@@ -706,6 +725,7 @@ RULES: dict[str, Callable[[Tracer, onnx.NodeProto, Layout | None], Layout | None
     "Resize": Tracer.resize,
     "BatchNormalization": Tracer.normalization,
     "InstanceNormalization": Tracer.normalization,
+    "GroupNormalization": Tracer.group_normalization,
     **{op: Tracer.binary_rule for op in BINARY},
     "Concat": Tracer.concat_rule,
     "Split": Tracer.split_rule,
