@@ -395,6 +395,61 @@ def test_group_norm_loses_whole_groups_and_its_group_count_follows(spelling, clo
     assert run_model(pruned, sample_inputs(model, 1)[0])[0].shape == (1, 4, 8, 8)
 
 
+@pytest.mark.parametrize("opset", [17, 18])  # ReduceMean's axes: an attribute, then an input
+def test_mean_pooling_over_tokens_moves_the_channel_axis_forward(opset):
+    """(1, T, D) -> MatMul -> Relu -> ReduceMean over T without keepdims -> Gemm: the pooled features keep their channels."""
+    b = GraphBuilder(23)
+    hidden = b.node("Relu", [b.node("MatMul", ["input", b.const(b.weight(32, 16).T.copy())])])
+    axes = {"axes": [1]} if opset < 18 else {}
+    inputs = [hidden] if opset < 18 else [hidden, b.const(np.array([1], np.int64), "axes")]
+    pooled = b.node("ReduceMean", inputs, keepdims=0, **axes)
+    logits = b.node("Gemm", [pooled, b.const(b.weight(4, 32)), b.const(np.zeros(4, np.float32), "b")], transB=1)
+    _rename_output(b, logits, "logits")
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 6, 16])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])], "pooled", opset=opset)
+    pruned, masked, reports, atoms = masked_and_pruned(model)
+    assert [(g.channels_before, g.channels_after) for g in reports if g.channels_before == 32] == [(32, 16)]
+    gemm = next(n for n in pruned.graph.node if n.op_type == "Gemm")
+    assert [list(t.dims) for t in pruned.graph.initializer if t.name == gemm.input[1]] == [[4, 16]]
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(pruned, feed)[0], run_model(masked, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def einsum_attention(dim: int = 32, heads: int = 4, seq: int = 6, *, summed_heads: bool = False) -> onnx.ModelProto:
+    """Attention written with Einsum, as some exports keep it: Q, K, V projections split into heads, scores
+    'bnhd,bmhd->bhnm', softmax, 'bhnm,bmhd->bnhd', heads merged, output projection. ``summed_heads``: the heads are
+    added up ('bnhd->bnd') instead of merged, and projected from one head's width."""
+    b = GraphBuilder(29)
+    size = dim // heads
+    split = b.const(np.array([1, seq, heads, size], np.int64), "shape")
+    q, k, v = (b.node("Reshape", [b.node("MatMul", ["input", b.const(b.weight(dim, dim).T.copy())]), split]) for _ in range(3))
+    scores = b.node("Einsum", [q, k], equation="bnhd,bmhd->bhnm")
+    mixed = b.node("Einsum", [b.node("Softmax", [scores], axis=-1), v], equation="bhnm,bmhd->bnhd")
+    if summed_heads:
+        out = b.node("MatMul", [b.node("Einsum", [mixed], equation="bnhd->bnd"), b.const(b.weight(dim, size).T.copy())])
+    else:
+        merged = b.node("Reshape", [mixed, b.const(np.array([1, seq, dim], np.int64), "shape")])
+        out = b.node("MatMul", [merged, b.const(b.weight(dim, dim).T.copy())])
+    _rename_output(b, out, "states")
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, seq, dim]) for name in ("input", "states")]
+    return b.model(io[:1], io[1:], "einsum_attention")
+
+
+def test_einsum_attention_loses_whole_heads():
+    model = einsum_attention()
+    pruned, masked, reports, atoms = masked_and_pruned(model)
+    heads = [g for g in reports if g.channels_per_class == 8]
+    assert [(g.channels_before, g.channels_after) for g in heads] == [(4, 2)] and len(heads[0].producers) == 3  # Q, K, V tied
+    assert [onnx.numpy_helper.to_array(t).tolist() for t in pruned.graph.initializer if t.name.startswith("shape") and "pruned" in t.name] == [
+        [1, 6, 2, 8], [1, 6, 16]]
+    for feed in sample_inputs(model, 2, seed=4):
+        np.testing.assert_allclose(run_model(pruned, feed)[0], run_model(masked, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_an_einsum_summing_over_the_channels_blocks_them():
+    with pytest.raises(NothingToDoError, match=r"Einsum \w+ sums over or repeats the channels' subscript 'h'"):
+        prune(einsum_attention(summed_heads=True), config=PruneConfig(ratio=0.5, only="heads", latency_runs=0))
+
+
 def test_a_group_norm_of_one_group_blocks_its_channels():
     from models.builders import group_norm
 

@@ -647,14 +647,17 @@ class Tracer(ReshapeRules):
         return data
 
     def reduction(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
-        """Softmax, normalizations and reductions over other axes keep the channels; across them, block."""
+        """Softmax, normalizations and reductions over other axes keep the channels (on an axis moved forward by the axes a
+        reduction drops before it: mean pooling over tokens or time); across them, block."""
         op = node.op_type
         rank = self.rank(node.input[0])
         axes = self._reduced_axes(node, rank)
         keepdims = int(node_attr(node, "keepdims", 1)) if op.startswith("Reduce") else 1
-        if axes is None or data.axis in axes or (not keepdims and any(a < data.axis for a in axes)):
+        if axes is None or data.axis in axes:
             self.t.atoms.block_layout(data, f"{op} {node.name} works across the channel axis")
             return None
+        if not keepdims:
+            return Layout(data.axis - sum(1 for a in axes if a < data.axis), data.atoms, data.repeat)
         return data
 
     def _reads_other_dims(self, shape_node: onnx.NodeProto, layout: Layout) -> bool:
@@ -687,6 +690,45 @@ class Tracer(ReshapeRules):
         for position, atom in enumerate(finer.atoms):
             self.t.atoms.tie(atom, coarser.atoms[position // coarser.repeat])
         return Layout(a.axis, finer.atoms)
+
+    def einsum(self, node: onnx.NodeProto, data: Layout | None) -> Layout | None:
+        """Einsum of activations, as some exports write attention ('bnhd,bmhd->bhnm'): the channels' subscript moves to its
+        place in the output, and operands that share it tie their channels, as a MatMul of two activations does. A
+        subscript summed away or read by an operand that carries no channels (a constant), an ellipsis or an implicit
+        output blocks them."""
+        layouts = [self.t.layouts.get(name) for name in node.input]
+        equation = node_attr(node, "equation", b"")
+        equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+        terms, _, output = equation.partition("->")
+        terms = terms.split(",")
+        letters = {terms[i][layout.axis] for i, layout in enumerate(layouts)
+                   if layout is not None and i < len(terms) and layout.axis < len(terms[i])}
+        why = None
+        if "." in equation or "->" not in equation or len(terms) != len(node.input):
+            why = "has an ellipsis, an implicit output or operands its equation does not name"
+        elif any(layout is not None and self.rank(name) != len(term) for name, term, layout in zip(node.input, terms, layouts)):
+            why = "names other axes than its operands have"
+        elif len(letters) != 1:
+            why = "reads channels under different subscripts"
+        if why is None:
+            (letter,) = letters
+            carriers = [layout for term, layout in zip(terms, layouts) if letter in term]
+            if output.count(letter) != 1 or any(term.count(letter) > 1 for term in terms):
+                why = f"sums over or repeats the channels' subscript '{letter}'"
+            elif any(layout is None for layout in carriers) or any(
+                terms[i].index(letter) != layout.axis for i, layout in enumerate(layouts) if layout is not None
+            ):
+                why = f"reads the channels' subscript '{letter}' from an operand that carries none"
+            elif any(len(layout) != len(carriers[0]) or layout.repeat != carriers[0].repeat for layout in carriers):
+                why = "reads channels laid out differently in its operands"
+        if why is not None:
+            for layout in layouts:
+                self.t.atoms.block_layout(layout, f"Einsum {node.name} {why}")
+            return None
+        for layout in carriers[1:]:
+            for a, b in zip(carriers[0].atoms, layout.atoms):
+                self.t.atoms.tie(a, b)
+        return Layout(output.index(letter), carriers[0].atoms, carriers[0].repeat)
 
     def _normalizes_channels_only(self, node: onnx.NodeProto, data: Layout) -> bool:
         rank = self.rank(node.input[0])
@@ -744,6 +786,7 @@ RULES: dict[str, Callable[[Tracer, onnx.NodeProto, Layout | None], Layout | None
     **{op: Tracer.weighted for op in ("Conv", "ConvTranspose", "Gemm", "MatMul")},
     "Shape": Tracer.shape,
     "Size": Tracer.shape,
+    "Einsum": Tracer.einsum,
 }
 # onnxruntime's com.microsoft operators that carry channels as their standard spelling would (its transformer optimizer's
 # fused activations and fused attention); every other operator of another domain blocks the channels it reads
@@ -751,7 +794,7 @@ CONTRIB_RULES: dict[str, Callable[[Tracer, onnx.NodeProto, Layout], Layout | Non
     **{op: Tracer.bias_activation for op in ("BiasGelu", "FastGelu", "QuickGelu", "Gelu")},
     "Attention": Tracer.fused_attention,
 }
-RULES_WITHOUT_DATA = {Tracer.binary_rule, Tracer.concat_rule, Tracer.weighted, Tracer.shape, Tracer.fused_attention, Tracer.recurrent}
+RULES_WITHOUT_DATA = {Tracer.binary_rule, Tracer.concat_rule, Tracer.weighted, Tracer.shape, Tracer.fused_attention, Tracer.recurrent, Tracer.einsum}
 
 
 def trace(model: onnx.ModelProto, shapes: dict[str, tuple]) -> Tracing:
