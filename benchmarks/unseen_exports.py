@@ -7,6 +7,8 @@
         timm:mobilevitv2_050 timm:levit_128s timm:efficientformerv2_s0 timm:repvit_m0_9 timm:fastvit_t8 timm:edgenext_xx_small
     python benchmarks/unseen_exports.py --models timm:ghostnetv2_100 timm:mixnet_s timm:beit_base_patch16_224 timm:poolformer_s12 \
         timm:efficientvit_b0 timm:mobileone_s0 timm:xcit_nano_12_p16_224 timm:hgnetv2_b0 timm:coat_lite_tiny timm:starnet_s1
+    python benchmarks/unseen_exports.py --models block:unet dynamo-block:unet block:gru_text block:einsum_attention \
+        block:conformer_conv block:sdpa_block block:tcn block:mixer
 
 Random weights (BatchNorm statistics from a few training-mode passes, so outputs are not constant) and
 ``--data random``: these rows prove graph coverage and show latency, never task accuracy. Each model
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 WORK = ROOT / "benchmarks" / "cache" / "unseen"
 COMMANDS = {"quantize": ["--data", "random"], "prune": ["--ratio", "0.3"], "compress": ["--data", "random"]}
 
@@ -104,7 +107,8 @@ def _first_output(inner, names: list[str]):
 
 
 def export(spec: str, path: Path) -> None:
-    """Write ``spec`` ("[legacy:|dynamo:]torchvision name", "timm:name", a transformers family, or yolov8n / yolo11n) to ``path``."""
+    """Write ``spec`` ("[legacy:|dynamo:]torchvision name", "timm:name", "[dynamo-]block:name" of models/torch_blocks.py, a
+    transformers family, or yolov8n / yolo11n) to ``path``."""
     import torch
 
     torch.manual_seed(0)
@@ -120,6 +124,11 @@ def export(spec: str, path: Path) -> None:
             if hasattr(layer, "export"):
                 layer.export, layer.format = True, "onnx"
         args, names = (torch.randn(1, 3, 320, 320),), ["images"]
+    elif exporter in ("block", "dynamo-block"):
+        from models.torch_blocks import export_block
+
+        export_block(name, path, "dynamo" if exporter == "dynamo-block" else "legacy")
+        return
     elif exporter == "timm":
         import timm
 
