@@ -94,7 +94,7 @@ def _size(ctx, param, value):
 def data_options(f):
     """--data and everything that says how to read it: shared by quantize and prune."""
     options = [
-        click.option("--data", default=None, help="Calibration data: a folder of .npz batches (keys = input names), a folder of images, or 'random'."),
+        click.option("--data", default=None, help="Calibration data: a folder of .npz batches (keys = input names), of .npy batches (a model with one input), of images, or 'random'."),
         click.option("--data-loader", default=None, metavar="MODULE:FUNCTION", help="A Python function yielding dicts of input name -> array."),
         click.option("--image-size", callback=_size, default=None, metavar="HxW", help="Image folder: resize to this size."),
         click.option("--image-layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True, help="Image folder: tensor layout."),

@@ -193,3 +193,33 @@ def test_batches_are_kept_in_memory_between_passes_where_they_fit(tmp_path, monk
     monkeypatch.setattr(sources, "KEPT_BYTES", 100)  # three batches of 32 bytes fit, five do not: nothing is kept
     large = for_several_passes(open_data(tmp_path, inputs), None)
     assert [len(list(large)) for _ in range(2)] == [5, 5] and len(reads) == 10
+
+
+def test_a_folder_of_npy_files_feeds_a_model_with_one_input(tmp_path, save):
+    from click.testing import CliRunner
+
+    from onnxslim.cli import main
+    from onnxslim.data.sources import open_data
+    from onnxslim.errors import DataError, UsageError
+    from onnxslim.ir.tensors import TensorSpec
+
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    for index in range(3):
+        np.save(folder / f"{index:03d}.npy", np.full((1, 4), index, np.float32))
+    one = [TensorSpec("x", np.dtype(np.float32), ("n", 4))]
+    assert [float(batch["x"][0, 0]) for _, batch in open_data(folder, one)] == [0.0, 1.0, 2.0]
+    assert [list(batch) for _, batch in open_data(folder / "001.npy", one)] == [["x"]]  # one file: one batch
+    with pytest.raises(UsageError, match=r"\.npy files name no input and this model has 2 \(x, y\); write \.npz batches"):
+        open_data(folder, one + [TensorSpec("y", np.dtype(np.float32), ("n", 4))])
+    (folder / "003.npy").write_bytes(b"not numpy")
+    with pytest.raises(DataError, match=r"003\.npy: not a \.npy file \(it starts with b'not nu'\)"):
+        list(open_data(folder, one))
+    (folder / "003.npy").unlink()
+    model = conv_bn_relu(channels=8, size=8)
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(8):
+        np.save(images / f"{index:03d}.npy", np.random.default_rng(index).standard_normal((1, 3, 8, 8)).astype(np.float32))
+    result = CliRunner().invoke(main, ["quantize", str(save(model)), "-o", str(tmp_path / "q.onnx"), "--data", str(images), "--latency-runs", "0", "-q"])
+    assert result.exit_code == 0 and "wrote" in result.output, result.output

@@ -43,12 +43,12 @@ class NpzFolder:
             raise DataError(f"data folder not found: {self.folder}")
         if self.folder.is_file():
             if self.folder.suffix != ".npz":
-                raise DataError(f"{self.folder}: data must be a folder of .npz files (or one .npz file)")
+                raise DataError(f"{self.folder}: data must be a folder of .npz files (or one .npz file, or .npy for a model with one input)")
             self.files = [self.folder]
         else:
             self.files = sorted(self.folder.glob("*.npz"))
         if not self.files:
-            raise DataError(f"data folder {self.folder} holds no .npz files")
+            raise DataError(f"data folder {self.folder} holds no .npz files (nor .npy files)")
         self.description = f"{len(self.files)} batch(es) from {self.folder}"
 
     def __len__(self) -> int:
@@ -73,6 +73,37 @@ class NpzFolder:
                 return {key: archive[key] for key in archive.files}
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             raise DataError(f"{path}: not a readable .npz file ({first_line(exc, 120)})") from None
+
+
+class NpyFolder:
+    """A folder of ``.npy`` files, read in name order, one batch each of a model's only input (``input_name``): the format
+    numpy.save writes, which names no input, so it feeds one-input models only."""
+
+    def __init__(self, folder: str | Path, input_name: str):
+        self.folder = Path(folder)
+        self.files = sorted(self.folder.glob("*.npy")) if self.folder.is_dir() else [self.folder]
+        if not self.files:
+            raise DataError(f"data folder {self.folder} holds no .npy files")
+        self.input_name = input_name
+        self.description = f"{len(self.files)} batch(es) of '{input_name}' from {self.folder}"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __iter__(self) -> Iterator[tuple[str, Batch]]:
+        for path in self.files:
+            try:
+                with open(path, "rb") as handle:
+                    head = handle.read(6)
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+            if head != b"\x93NUMPY":
+                raise DataError(f"{path}: not a .npy file (it starts with {head!r}); write batches with numpy.save")
+            try:
+                array = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise DataError(f"{path}: not a readable .npy file ({first_line(exc, 120)}); write batches with numpy.save") from None
+            yield str(path), {self.input_name: array}
 
 
 def parse_input_shapes(specs: str | list[str] | tuple[str, ...] | None) -> dict[str, tuple[int, ...]]:
@@ -351,17 +382,29 @@ def open_data(
     random_batches: int = 4,
     seed: int = 0,
 ) -> CheckedSource:
-    """Open ``data`` ('random', a folder or file of .npz, a DataSource, a reader, a list) as checked batches."""
+    """Open ``data`` ('random', a folder or file of .npz, of .npy for a one-input model, a DataSource, a reader, a list) as checked batches."""
     check_input_shapes(input_shapes, inputs)
     data = as_source(data)
     if isinstance(data, (str, Path)):
         if str(data) == "random":
             source: DataSource = RandomInputs(inputs, input_shapes, batches=random_batches, seed=seed)
+        elif _npy_only(Path(data)):
+            if len(inputs) != 1:
+                raise UsageError(f"{data}: .npy files name no input and this model has {len(inputs)} ({', '.join(spec.name for spec in inputs)}); "
+                                 "write .npz batches keyed by input name (numpy.savez)")
+            source = NpyFolder(data, inputs[0].name)
         else:
             source = NpzFolder(data)
     else:
         source = data
     return CheckedSource(source, inputs)
+
+
+def _npy_only(path: Path) -> bool:
+    """A .npy file, or a folder holding .npy files and no .npz ones."""
+    if path.is_file():
+        return path.suffix == ".npy"
+    return path.is_dir() and any(path.glob("*.npy")) and not any(path.glob("*.npz"))
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
