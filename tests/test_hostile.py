@@ -210,3 +210,32 @@ def test_calibration_names_the_tensor_where_the_float_model_gives_nan(save, npz_
     result = invoke("quantize", model, "-o", model.parent / "out.onnx", "--data", npz_folder(batches), "--accuracy-budget", "none")
     assert_one_line_error(result, "produces NaN/Inf in 'root'", "batch_002")
     assert not (model.parent / "out.onnx").exists()
+
+
+def scikit_classifier(features: int = 8, classes: int = 4) -> onnx.ModelProto:
+    """A classifier as scikit-learn's exporter writes it: a label (int64) and the probabilities as a ZipMap, a sequence of
+    {label: probability} maps, which onnxruntime hands back as a list of dicts."""
+    b = GraphBuilder(31)
+    hidden = b.node("Relu", [b.node("MatMul", ["X", b.const(b.weight(16, features).T.copy())])])
+    probabilities = b.node("Softmax", [b.node("MatMul", [hidden, b.const(b.weight(classes, 16).T.copy())])], axis=-1)
+    b.nodes.append(helper.make_node("ArgMax", [probabilities], ["label"], axis=1, keepdims=0, name="argmax"))
+    b.nodes.append(helper.make_node("ZipMap", [probabilities], ["output_probability"], classlabels_int64s=list(range(classes)), domain="ai.onnx.ml", name="zipmap"))
+    maps = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    graph = helper.make_graph(b.nodes, "scikit", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, features])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, [None]), helper.make_value_info("output_probability", maps)], b.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 8
+    return model
+
+
+def test_sequence_of_maps_outputs_are_compared_as_class_probabilities(tmp_path):
+    model = scikit_classifier()
+    rng = np.random.default_rng(2)
+    batches = [{"X": (4 * rng.standard_normal((1, 8))).astype(np.float32)} for _ in range(40)]
+    _, report = quantize(model, batches, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=None), output=tmp_path / "q.onnx")
+    by_name = {c.name: c for c in report.fidelity}
+    assert by_name["output_probability"].task_metric[0] == "top-1" and by_name["output_probability"].cosine > 0.99
+    assert by_name["label"].task_metric[0] == "exact"
+    assert by_name["label"].task_metric[1] == by_name["output_probability"].task_metric[1]  # the same decisions, counted twice
+    _, pruned = prune(model, batches, config=PruneConfig(ratio=0.5, latency_runs=0, if_slower="write"), output=tmp_path / "p.onnx")
+    assert {c.name for c in pruned.fidelity} == {"label", "output_probability"}

@@ -316,6 +316,24 @@ def test_unit_length_embeddings_are_scored_by_the_cosine_of_each_row_not_by_an_a
     assert logits.task_metric == ("top-1", 1.0) and logits.embedding_cosine is None
 
 
+def test_a_confident_softmax_is_class_scores_in_every_batch_and_integer_labels_are_matched_exactly():
+    """A classifier sure of its answer gives a nearly one-hot softmax row, of length 1 like an embedding: it stays class
+    scores, so top-1 counts every sample (not only the unsure ones). Integer outputs (a label per sample, as scikit-learn
+    exports write beside the probabilities) are scored by the share of equal values."""
+    confident = np.full((1, 10), 1e-6, np.float32)
+    confident[0, 3] = 1.0 - 9e-6
+    unsure = np.full((1, 10), 0.05, np.float32)
+    unsure[0, 2], unsure[0, 7] = 0.30, 0.25
+    comparison = OutputComparison("probabilities")
+    for reference, candidate in ((confident, confident), (unsure, unsure[:, ::-1]), (confident, confident)):
+        comparison.add(reference, candidate)
+    assert comparison.task_metric == ("top-1", pytest.approx(2 / 3)) and comparison.embedding_cosine is None
+    labels = OutputComparison("label")
+    for reference, candidate in ((3, 3), (2, 7), (3, 3), (5, 5)):
+        labels.add(np.array([reference], np.int64), np.array([candidate], np.int64))
+    assert labels.task_metric == ("exact", 0.75)
+
+
 def test_outputs_near_zero_keep_the_plain_cosine():
     """Logits, embeddings and ReLU features (a mean below twice their spread) are compared as they are."""
     rng = np.random.default_rng(5)

@@ -19,11 +19,15 @@ MIN_EMBEDDING_WIDTH = 8
 
 def looks_like_embeddings(array: np.ndarray) -> bool:
     """(batch, features) floats, at least MIN_EMBEDDING_WIDTH of them, every row of length 1: an L2-normalized embedding
-    (a sentence's, a speaker's, a face's). Its users compare rows by their cosine; an argmax over its features means nothing."""
+    (a sentence's, a speaker's, a face's). Its users compare rows by their cosine; an argmax over its features means nothing.
+
+    Rows that are distributions are class probabilities, not embeddings: a confident classifier's softmax is nearly one-hot,
+    and so of length 1 too.
+    """
     if array.dtype.kind != "f" or array.ndim != 2 or array.shape[-1] < MIN_EMBEDDING_WIDTH or not array.size:
         return False
     norms = np.linalg.norm(array.astype(np.float64), axis=-1)
-    return bool(np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE))
+    return bool(np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE)) and not _probability_rows(array)
 
 
 def _probability_rows(array: np.ndarray) -> bool:
@@ -216,6 +220,7 @@ class OutputComparison:
     ref_sum: float = 0.0
     cand_sum: float = 0.0
     exact: int = 0
+    integer_values: bool = False  # the reference gave integers or booleans (class labels, indices, counts, flags)
     top1_match: int = 0
     top1_total: int = 0
     # batches of (batch, k) scores that are not probabilities (rows not summing to 1): logits, or k regression scores
@@ -251,6 +256,7 @@ class OutputComparison:
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, source: str = "") -> None:
         unpadded = np.asarray(reference), np.asarray(candidate)
+        self.integer_values = self.integer_values or unpadded[0].dtype.kind in "iub"
         reference, candidate, padded = _comparable(reference, candidate, f"output '{self.name}'", source)
         self.lengths_differed += padded
         ref, cand = np.asarray(reference).ravel(), np.asarray(candidate).ravel()
@@ -508,7 +514,10 @@ class OutputComparison:
     def task_metric(self) -> tuple[str, float] | None:
         """The decision-shaped score this output's shape calls for: top-1 agreement for class scores, mask IoU for probability
         maps, for a detector's output the IoU of the anchors where each model finds an object, for unit-length embeddings
-        the mean cosine of each row with the reference's (the comparison their users make)."""
+        the mean cosine of each row with the reference's (the comparison their users make), and for integer or boolean
+        outputs (class labels, indices, flags) the share of values that are exactly the reference's."""
+        if self.integer_values and self.elements:
+            return "exact", self.exact / self.elements
         if self.top1 is not None:
             return "top-1", self.top1
         if self.embedding_cosine is not None:

@@ -180,6 +180,25 @@ def _session_options(threads: int | None, optimization: str, profile_prefix: str
     return options
 
 
+def as_array(value) -> np.ndarray:
+    """One model output as an array. onnxruntime hands non-tensor outputs over as Python objects: a sequence of maps (a
+    scikit-learn classifier's ZipMap, one {label: probability} per row) becomes (rows, labels) in label order, a map its
+    values in key order, a sequence of tensors its tensors stacked (joined flat where their shapes differ)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, Mapping):
+        return np.asarray([value[key] for key in sorted(value)])
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(item, Mapping) for item in value):
+            keys = sorted(value[0])
+            return np.asarray([[row.get(key, np.nan) for key in keys] for row in value])
+        arrays = [np.asarray(item) for item in value]
+        if len({a.shape for a in arrays}) == 1:
+            return np.stack(arrays)
+        return np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, np.float32)
+    return np.asarray(value)
+
+
 class Runner:
     """One model on one execution provider."""
 
@@ -236,9 +255,10 @@ class Runner:
 
     def run(self, feed: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
         try:
-            return self.session.run(outputs, dict(feed))
+            values = self.session.run(outputs, dict(feed))
         except Exception as exc:
             raise DataError(f"{self.label}: onnxruntime failed to run this input: {first_line(exc)}") from None
+        return [as_array(value) for value in values]
 
     def time_once(self, feed: Mapping[str, np.ndarray]) -> float:
         """Seconds for one run of ``feed``."""
