@@ -387,7 +387,8 @@ class Tracer(ReshapeRules):
                 layouts[node.output[0]] = out
             return
         if node.domain not in ("", "ai.onnx"):
-            self.block_inputs(node, f"custom op {node.domain}.{op} has no channel rule")
+            kind = "ONNX-ML operator" if node.domain == "ai.onnx.ml" else "custom op"
+            self.block_inputs(node, f"{kind} {node.domain}.{op} has no channel rule")
             return
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             self.block_inputs(node, f"{op} {node.name} has subgraphs")

@@ -175,6 +175,8 @@ class Planner:
         if excluded is not None:
             return excluded
         if node.domain not in ("", "ai.onnx") and not (node.domain == MS_DOMAIN and node.op_type in CONTRIB_QUANTIZED and not self.plan.signed):
+            if node.domain == "ai.onnx.ml":  # classical machine learning (trees, linear models, ZipMap): no integer form
+                return Reason(QuantReason.UNSUPPORTED, "an ONNX-ML operator (no integer kernel)")
             return Reason(QuantReason.UNSUPPORTED, f"custom domain '{node.domain}'")
         return None
 
