@@ -332,6 +332,10 @@ def test_a_confident_softmax_is_class_scores_in_every_batch_and_integer_labels_a
     for reference, candidate in ((3, 3), (2, 7), (3, 3), (5, 5)):
         labels.add(np.array([reference], np.int64), np.array([candidate], np.int64))
     assert labels.task_metric == ("exact", 0.75)
+    names = OutputComparison("label names")  # string labels (a classifier trained on class names): compared the same way
+    for reference, candidate in (("three", "three"), ("two", "seven"), ("three", "three"), ("five", "five")):
+        names.add(np.array([reference]), np.array([candidate], dtype=object))
+    assert names.task_metric == ("exact", 0.75) and names.nonfinite_mismatches == 0
 
 
 def test_outputs_near_zero_keep_the_plain_cosine():

@@ -30,6 +30,16 @@ def looks_like_embeddings(array: np.ndarray) -> bool:
     return bool(np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE)) and not _probability_rows(array)
 
 
+def _as_codes(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Text outputs (a classifier's string labels) as integer codes shared by both, from 1, so that they are compared as
+    integer labels are (exact agreement); numbers pass unchanged."""
+    if reference.dtype.kind not in "OSU" and candidate.dtype.kind not in "OSU":
+        return reference, candidate
+    _, codes = np.unique(np.concatenate([reference.astype(str).ravel(), candidate.astype(str).ravel()]), return_inverse=True)
+    codes = codes.astype(np.int64) + 1
+    return codes[: reference.size].reshape(reference.shape), codes[reference.size :].reshape(candidate.shape)
+
+
 def _probability_rows(array: np.ndarray) -> bool:
     """Whether every row (last axis) is a distribution: non-negative, summing to 1."""
     return bool(np.all(array >= 0) and np.allclose(array.sum(axis=-1, dtype=np.float64), 1.0, atol=1e-3))
@@ -255,6 +265,7 @@ class OutputComparison:
     found_either: list[int] = field(default_factory=lambda: [0, 0])
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, source: str = "") -> None:
+        reference, candidate = _as_codes(np.asarray(reference), np.asarray(candidate))
         unpadded = np.asarray(reference), np.asarray(candidate)
         self.integer_values = self.integer_values or unpadded[0].dtype.kind in "iub"
         reference, candidate, padded = _comparable(reference, candidate, f"output '{self.name}'", source)
