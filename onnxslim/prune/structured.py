@@ -643,6 +643,9 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
     report.macs = BeforeAfter(before, after)
     report.macs_unknown = sorted(set(unknown_before) | set(unknown_after))
     report.file_bytes = BeforeAfter(model_file_bytes(original), model_file_bytes(pruned))
+    if report.parameters.after > report.parameters.before:  # pruning removes; a preparation step must have added them
+        report.warnings.append(f"the pruned model holds more parameters than the original ({report.parameters.before:,} -> {report.parameters.after:,}): "
+                               "see the preparation steps in the report")
     if config.latency_runs > 0 and probe is not None and report.mode == "structured":
         report.latency, report.latency_1_thread = latency_ratios(
             original, pruned, probe, threads=config.threads, runs=config.latency_runs, description="timing original vs pruned", labels=("original", "pruned model")
