@@ -219,6 +219,26 @@ def test_constant_calibration_data_is_refused_unless_evaluation_data_is_given(sa
     assert result.exit_code == 0, result.output
 
 
+def test_a_fixed_float_setting_beside_varying_token_ids_is_warned_about_not_refused(save, npz_folder, tmp_path):
+    """Token ids (int64) that vary carry the samples' differences; a float scalar input (a temperature) fixed over the
+    held-out batches is said, not a reason to refuse."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from models.builders import GraphBuilder, _rename_output
+
+    b = GraphBuilder(41)
+    embedded = b.node("Gather", [b.const(b.rng.standard_normal((50, 16)).astype(np.float32), "table"), "ids"])
+    hidden = b.node("Relu", [b.node("MatMul", [embedded, b.const(b.weight(32, 16).T.copy())])])
+    _rename_output(b, b.node("Mul", [b.node("MatMul", [hidden, b.const(b.weight(8, 32).T.copy())]), "temperature"]), "logits")
+    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 6]), helper.make_tensor_value_info("temperature", TensorProto.FLOAT, [])]
+    path = save(b.model(inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 6, 8])], "ids_and_setting"))
+    rng = np.random.default_rng(2)
+    data = npz_folder([{"ids": rng.integers(0, 50, (1, 6)).astype(np.int64), "temperature": np.array(1.5, np.float32)} for _ in range(20)])
+    result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data", data, "--latency-runs", "0", "--accuracy-budget", "none")
+    assert result.exit_code == 0 and "temperature barely vary" in result.output.replace("\n", " "), result.output
+
+
 def test_an_output_of_one_value_is_not_called_constant_and_is_not_judged_by_its_cosine(save, npz_folder, tmp_path):
     """A score per input (a quality estimator's MOS) held out on one sample: one number, whose cosine is 1 whenever the signs
     agree; neither "nearly constant" nor a passed check."""

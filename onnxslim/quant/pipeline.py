@@ -953,7 +953,8 @@ def _evaluation_problems(comparisons, run: QuantRun, eval_data_given: bool) -> l
         )
         if not eval_data_given:
             raise DataError(f"{run.label}: {problems[-1]}; give more batches (more held out), a larger batch (--input-shapes), or --eval-data")
-    refuse = constant or (float_inputs and set(still) >= float_inputs)
+    # token ids or masks that vary carry the samples' differences even where every float input (a scalar setting) stands still
+    refuse = constant or (float_inputs and set(still) >= float_inputs and not _varying_other_inputs(run.eval_batches))
     if refuse and not eval_data_given:
         raise DataError(f"{run.label}: {problems[0]}; calibrate on real inputs, or give --eval-data to measure on other data")
     return problems
@@ -972,6 +973,16 @@ def _constant_inputs(batches) -> list[str]:
         if joined.size and joined.std() <= 1e-6 * max(1.0, abs(float(joined.mean()))):
             still.append(name)
     return still
+
+
+def _varying_other_inputs(batches) -> list[str]:
+    """Integer and boolean inputs (token ids, masks) that take more than one value over ``batches``."""
+    values: dict[str, set] = {}
+    for _, batch in batches:
+        for name, array in batch.items():
+            if array.dtype.kind in "iub":
+                values.setdefault(name, set()).update(np.unique(array).tolist())
+    return [name for name, seen in values.items() if len(seen) > 1]
 
 
 def quantize(
