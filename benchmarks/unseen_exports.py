@@ -7,6 +7,7 @@
         timm:mobilevitv2_050 timm:levit_128s timm:efficientformerv2_s0 timm:repvit_m0_9 timm:fastvit_t8 timm:edgenext_xx_small
     python benchmarks/unseen_exports.py --models timm:ghostnetv2_100 timm:mixnet_s timm:beit_base_patch16_224 timm:poolformer_s12 \
         timm:efficientvit_b0 timm:mobileone_s0 timm:xcit_nano_12_p16_224 timm:hgnetv2_b0 timm:coat_lite_tiny timm:starnet_s1
+    python benchmarks/unseen_exports.py --models distilbert albert whisper segformer
     python benchmarks/unseen_exports.py --models block:unet dynamo-block:unet block:gru_text block:einsum_attention \
         block:conformer_conv block:sdpa_block block:tcn block:mixer
 
@@ -84,6 +85,18 @@ def _transformers(name: str):
     if name == "gpt2":  # one packed query/key/value projection, cut into three by a Split
         config = T.GPT2Config(vocab_size=4000, n_embd=256, n_layer=4, n_head=8, n_positions=256, use_cache=False)
         return T.GPT2LMHeadModel(config), {"input_ids": torch.randint(0, 4000, (1, 48))}
+    if name == "distilbert":
+        config = T.DistilBertConfig(n_layers=4, dim=256, n_heads=4, hidden_dim=1024)
+        return T.DistilBertModel(config), {"input_ids": torch.randint(0, 1000, (1, 48)), "attention_mask": torch.ones(1, 48, dtype=torch.long)}
+    if name == "albert":  # every layer reuses one set of weights
+        config = T.AlbertConfig(embedding_size=128, num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024)
+        return T.AlbertModel(config), {"input_ids": torch.randint(0, 1000, (1, 48)), "attention_mask": torch.ones(1, 48, dtype=torch.long)}
+    if name == "whisper":  # the encoder: two Conv1d over a log-mel spectrogram, then pre-norm transformer layers
+        config = T.WhisperConfig(d_model=256, encoder_layers=4, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=1024, num_mel_bins=80, max_source_positions=1500)
+        return T.WhisperModel(config).get_encoder(), {"input_features": torch.randn(1, 80, 3000)}
+    if name == "segformer":  # efficient self-attention (keys and values from a strided convolution), Mix-FFN with a depthwise convolution
+        config = T.SegformerConfig(num_encoder_blocks=4, depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 160, 256], decoder_hidden_size=128, num_labels=8)
+        return T.SegformerForSemanticSegmentation(config), {"pixel_values": torch.randn(1, 3, 256, 256)}
     if name == "detr":
         backbone = T.ResNetConfig(layer_type="basic", depths=[1, 1, 1, 1], hidden_sizes=[64, 128, 256, 512])
         config = T.DetrConfig(use_pretrained_backbone=False, use_timm_backbone=False, backbone_config=backbone, encoder_layers=2, decoder_layers=2, num_queries=20)
@@ -113,7 +126,7 @@ def export(spec: str, path: Path) -> None:
 
     torch.manual_seed(0)
     exporter, _, name = spec.rpartition(":")
-    if name in ("bert", "wav2vec2", "vit", "t5", "detr", "llama", "gpt2"):
+    if name in ("bert", "wav2vec2", "vit", "t5", "detr", "llama", "gpt2", "distilbert", "albert", "whisper", "segformer"):
         model, inputs = _transformers(name)
         module, args, names = _first_output(model.eval(), list(inputs)), tuple(inputs.values()), list(inputs)
     elif name.startswith("yolo"):
