@@ -151,7 +151,8 @@ def _print_summary(summary) -> None:
     console.print(table)
     ops = ", ".join(f"{op} {count}" for op, count in summary.op_histogram.items())
     console.print(f"nodes: {summary.nodes}  ({ops})", highlight=False)
-    console.print(f"parameters: {_count(summary.parameters)}  weights: {summary.weight_bytes / 1e6:.2f} MB", highlight=False)
+    in_attributes = f" (and {summary.ml_attribute_values:,} in the attributes of ai.onnx.ml operators)" if summary.ml_attribute_values else ""
+    console.print(f"parameters: {_count(summary.parameters)}{in_attributes}  weights: {summary.weight_bytes / 1e6:.2f} MB", highlight=False)
     macs = f"{summary.macs / 1e6:,.1f} M"
     if summary.macs_unknown_nodes:
         macs += f" (shapes unknown for {len(summary.macs_unknown_nodes)} weighted node(s); give --input-shapes)"

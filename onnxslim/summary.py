@@ -1,7 +1,7 @@
 """``inspect``: what a model is made of, without running it.
 
 Opset and IR version, inputs and outputs, an op-type histogram, parameter
-count and bytes, and multiply-accumulates of the weighted ops (Conv,
+count and bytes (with the numbers classical machine-learning operators hold in their attributes), and multiply-accumulates of the weighted ops (Conv,
 ConvTranspose, Gemm, MatMul) wherever shape inference knows the shapes.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import onnx
 
 from onnxslim.data.sources import check_input_shapes
@@ -38,6 +39,9 @@ class ModelSummary(Record):
     nodes: int = 0
     op_histogram: dict[str, int] = field(default_factory=dict)
     parameters: int = 0
+    # numbers held in the attributes of ai.onnx.ml operators (a tree ensemble's thresholds and leaf values, a linear
+    # model's coefficients): their parameters, which no initializer holds
+    ml_attribute_values: int = 0
     weight_bytes: int = 0
     macs: int = 0
     macs_by_op: dict[str, int] = field(default_factory=dict)
@@ -57,6 +61,16 @@ def _all_nodes(graph: onnx.GraphProto):
             yield from _all_nodes(sub)
 
 
+def _attribute_values(node: onnx.NodeProto) -> int:
+    """How many numbers ``node``'s attributes hold (lists and tensors; names and strings aside)."""
+    total = 0
+    for attribute in node.attribute:
+        total += len(attribute.floats) + len(attribute.ints)
+        if attribute.HasField("t"):
+            total += int(np.prod(attribute.t.dims, dtype=np.int64))
+    return total
+
+
 def inspect(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> ModelSummary:
     """Summarize ``model``; ``input_shapes`` fixes dynamic dimensions for the MAC estimate."""
     proto = load_model(model, load_weights=False)
@@ -74,6 +88,7 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: Mapping
         op_histogram=dict(histogram.most_common()),
         nodes=sum(histogram.values()),
         parameters=count_parameters(proto),
+        ml_attribute_values=sum(_attribute_values(node) for node in _all_nodes(proto.graph) if node.domain == "ai.onnx.ml"),
         weight_bytes=model_weight_bytes(proto),
         macs=macs,
         macs_unknown_nodes=unknown,

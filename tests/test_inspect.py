@@ -48,3 +48,19 @@ def test_multiply_accumulates_are_counted_through_onnxruntimes_fused_operators()
 
     summary = inspect(fused_ffn())  # onnx's inference types nothing after the fused BiasGelu; onnxruntime does
     assert summary.macs == 2 * 8 * 16 * 32 and summary.macs_unknown_nodes == []
+
+
+def test_classical_operators_count_the_numbers_their_attributes_hold(save):
+    """A scikit-learn export keeps a linear model's coefficients in attributes, not in initializers: 'parameters: 0'
+    alone would be false, so the count beside it says how many numbers the ai.onnx.ml operators hold."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("LinearRegressor", ["X"], ["Y"], domain="ai.onnx.ml", coefficients=[0.5, -1.0, 2.0, 0.25], intercepts=[0.1])
+    graph = helper.make_graph([node], "linear", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 8
+    summary = inspect(model)
+    assert summary.parameters == 0 and summary.ml_attribute_values == 5
+    result = CliRunner().invoke(main, ["inspect", str(save(model))])
+    assert result.exit_code == 0 and "parameters: 0 (and 5 in the attributes of ai.onnx.ml operators)" in result.output, result.output
