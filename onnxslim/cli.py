@@ -322,7 +322,8 @@ BUDGET_LINES = 5  # layers kept for the budget named on the console; the report 
 
 def _task_text(output) -> str:
     """Top-1 agreement for class scores, mask IoU for probability maps, anchor IoU for a detector's output, the mean row cosine
-    for unit-length embeddings, the share of equal values for integer outputs, '-' for other outputs."""
+    for unit-length embeddings, the share of agreeing decisions at 0.5 for a probability per sample, the share of equal
+    values for integer outputs, '-' for other outputs."""
     task = output.task_metric
     return f"{task[0]} {_fmt(task[1], 4)}" if task else "-"
 

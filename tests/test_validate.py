@@ -338,6 +338,19 @@ def test_a_confident_softmax_is_class_scores_in_every_batch_and_integer_labels_a
     assert names.task_metric == ("exact", 0.75) and names.nonfinite_mismatches == 0
 
 
+def test_a_probability_per_sample_is_scored_by_the_decisions_at_one_half():
+    """A voice-activity model's speech probability per window, or a binary classifier's sigmoid ((n,) or (n, 1) in [0, 1]):
+    the share of values on the same side of 0.5, the decision its users take; scores outside [0, 1] get none."""
+    reference = np.array([0.1, 0.45, 0.55, 0.9], np.float32)
+    comparison = OutputComparison("speech")
+    comparison.add(reference, np.array([0.12, 0.52, 0.56, 0.88], np.float32))  # one window crosses 0.5
+    comparison.add(reference[:, None], reference[:, None])
+    assert comparison.task_metric == ("decisions", pytest.approx(7 / 8)) and comparison.to_dict()["decision_agreement"] == pytest.approx(7 / 8)
+    scores = OutputComparison("quality")
+    scores.add(np.array([1.5, 3.0, 4.5], np.float32), np.array([1.4, 3.1, 4.4], np.float32))
+    assert scores.task_metric is None
+
+
 def test_outputs_near_zero_keep_the_plain_cosine():
     """Logits, embeddings and ReLU features (a mean below twice their spread) are compared as they are."""
     rng = np.random.default_rng(5)

@@ -69,6 +69,14 @@ DOMINANT_SHARE = 0.25
 MAX_BALANCED_CHANNELS = 1024
 
 
+def looks_like_probability_scores(array: np.ndarray) -> bool:
+    """Where the decision at 0.5 means something: one probability per sample or step in [0, 1], shaped (n,) or (n, 1)
+    (a binary classifier's sigmoid, a voice-activity model's speech probability per window)."""
+    if array.dtype.kind != "f" or not array.size or not (array.ndim == 1 or array.ndim == 2 and array.shape[-1] == 1):
+        return False
+    return bool(array.min() >= 0.0 and array.max() <= 1.0)
+
+
 # A (batch, items, k) output with fewer columns than this is k values per item (a table cell's 8 corner coordinates
 # in [0, 1], 10 landmark coordinates), not an image: its "pixels" above 0.5 mean nothing.
 MIN_MAP_WIDTH_3D = 16
@@ -238,6 +246,8 @@ class OutputComparison:
     mask_intersection: int = 0  # pixels above MASK_THRESHOLD in both, on probability maps
     mask_union: int = 0
     mask_batches: int = 0
+    decisions_agreed: int = 0  # on probabilities per sample: values on the same side of MASK_THRESHOLD in both
+    decision_batches: int = 0
     row_cosine_sum: float = 0.0  # on unit-length embeddings: the cosine of each row with the reference's, summed
     embedding_rows: int = 0
     embedding_batches: int = 0
@@ -303,6 +313,9 @@ class OutputComparison:
             self.mask_intersection += int((ref_mask & cand_mask).sum())
             self.mask_union += int((ref_mask | cand_mask).sum())
             self.mask_batches += 1
+        elif looks_like_probability_scores(reference) and np.shape(reference) == np.shape(candidate):
+            self.decisions_agreed += int(np.count_nonzero((reference > MASK_THRESHOLD) == (candidate > MASK_THRESHOLD)))
+            self.decision_batches += 1
 
     def _add_sums(self, ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float, float, float]:
         """Fold two flat arrays into the running sums in float64, a chunk at a time (a model's outputs are often megabytes:
@@ -515,6 +528,14 @@ class OutputComparison:
         return self.mask_intersection / self.mask_union if self.mask_union else 1.0
 
     @property
+    def decision_agreement(self) -> float | None:
+        """For probabilities per sample (every batch, :func:`looks_like_probability_scores`): the share of values on the same
+        side of MASK_THRESHOLD in candidate and reference, the decisions their users take; else None."""
+        if not self.decision_batches or self.decision_batches != self.batches:
+            return None
+        return self.decisions_agreed / self.elements
+
+    @property
     def embedding_cosine(self) -> float | None:
         """For unit-length embeddings (every batch): the mean over rows of each row's cosine with the reference's; else None."""
         if not self.embedding_batches or self.embedding_batches != self.batches or self.nonfinite_mismatches:
@@ -525,8 +546,9 @@ class OutputComparison:
     def task_metric(self) -> tuple[str, float] | None:
         """The decision-shaped score this output's shape calls for: top-1 agreement for class scores, mask IoU for probability
         maps, for a detector's output the IoU of the anchors where each model finds an object, for unit-length embeddings
-        the mean cosine of each row with the reference's (the comparison their users make), and for integer or boolean
-        outputs (class labels, indices, flags) the share of values that are exactly the reference's."""
+        the mean cosine of each row with the reference's (the comparison their users make), for a probability per sample the
+        share of decisions at 0.5 that agree, and for integer or boolean outputs (class labels, indices, flags) the share of
+        values that are exactly the reference's."""
         if self.integer_values and self.elements:
             return "exact", self.exact / self.elements
         if self.top1 is not None:
@@ -537,6 +559,8 @@ class OutputComparison:
             return "mask IoU", self.mask_iou
         if self.anchor_iou is not None:
             return "anchor IoU", self.anchor_iou
+        if self.decision_agreement is not None:
+            return "decisions", self.decision_agreement
         return None
 
     @property
@@ -581,6 +605,7 @@ class OutputComparison:
             "exact_match": self.exact / self.elements if self.elements else None,
             "top1_agreement": self.top1,
             "mask_iou": self.mask_iou,
+            "decision_agreement": self.decision_agreement,
             "mean_row_cosine": self.embedding_cosine,
             "padding_left_out": self.padding_left_out or None,
             "batches_of_differing_length": self.lengths_differed,
