@@ -92,11 +92,7 @@ class ReshapeRules:
             return None
         if len(layout) % groups:
             return None
-        size = len(layout) // groups
-        for group in range(groups):
-            for offset in range(1, size):
-                self.t.atoms.tie(layout.atoms[group * size], layout.atoms[group * size + offset])
-        per_group = Layout(0, tuple(layout.atoms[group * size] for group in range(groups)))
+        per_group = self.tie_groups(layout, groups)
         self._resize(entries[1], Layout(1, per_group.atoms), 1)
         for index in (1, 2):
             self.t.edits.append(SliceInput(norm.name, index, 0, per_group, EditRole.PARAMETER))
@@ -104,6 +100,15 @@ class ReshapeRules:
             self._resize(close_entries[1], layout, 1)
         self.handled.update((norm.name, close.name))
         return Layout(1, layout.atoms), close.output[0]
+
+    def tie_groups(self, layout: Layout, groups: int) -> Layout:
+        """Tie each of ``groups`` runs of consecutive channels (a normalization's groups); returns one atom per group, for
+        the per-group parameters and counts that follow the groups kept."""
+        size = len(layout) // groups
+        for group in range(groups):
+            for offset in range(1, size):
+                self.t.atoms.tie(layout.atoms[group * size], layout.atoms[group * size + offset])
+        return Layout(0, tuple(layout.atoms[group * size] for group in range(groups)))
 
     def _group_norm_parts(self, node: onnx.NodeProto):
         """For a Reshape opening a GroupNorm: (the InstanceNormalization, the closing Reshape, the opening target's entries,

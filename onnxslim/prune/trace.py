@@ -501,11 +501,7 @@ class Tracer(ReshapeRules):
         if data.axis != 1 or data.repeat != 1 or groups < 2 or len(data) % groups or any(p is None or p.shape not in ((groups,), (len(data),)) for p in params):
             self.t.atoms.block_layout(data, f"GroupNormalization {node.name} normalizes its channels together")
             return None
-        size = len(data) // groups
-        for group in range(groups):
-            for offset in range(1, size):
-                self.t.atoms.tie(data.atoms[group * size], data.atoms[group * size + offset])
-        per_group = Layout(0, tuple(data.atoms[group * size] for group in range(groups)))
+        per_group = self.tie_groups(data, groups)
         for index, param in enumerate(params, start=1):
             self.t.edits.append(SliceInput(node.name, index, 0, per_group if len(param) == groups else Layout(0, data.atoms), EditRole.PARAMETER))
         self.t.edits.append(SetKeptCount(node.name, "num_groups", per_group))
