@@ -1,7 +1,8 @@
 """``inspect``: what a model is made of, without running it.
 
 Opset and IR version, inputs and outputs, an op-type histogram, parameter
-count and bytes (with the numbers classical machine-learning operators hold in their attributes), and multiply-accumulates of the weighted ops (Conv,
+count and bytes (and the numbers classical machine-learning operators hold in
+their attributes), and multiply-accumulates of the weighted ops (Conv,
 ConvTranspose, Gemm, MatMul) wherever shape inference knows the shapes.
 """
 
