@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from onnxslim.measure.latency import SETTLED_MIN_ROUNDS, LatencyComparison, disagreement, interleaved_latency, time_pair, verdict_settled
+from onnxslim.measure.latency import SETTLED_MIN_ROUNDS, LatencyComparison, disagreement, interleaved_latency, settled_pair, time_pair, verdict_settled
 
 
 class FakeRunner:
@@ -64,7 +64,7 @@ def test_a_small_steady_difference_settles_on_every_threshold_it_clears():
 
 def test_the_loop_stops_early_only_when_asked():
     fast, slow = FakeRunner([0.001]), FakeRunner([0.002])
-    samples = interleaved_latency([slow, fast], {}, warmup=0, runs=30, settle=(1, 0))
+    samples = interleaved_latency([slow, fast], {}, warmup=0, runs=30, until=settled_pair(1, 0))
     assert [len(s) for s in samples] == [SETTLED_MIN_ROUNDS, SETTLED_MIN_ROUNDS]
     samples = interleaved_latency([FakeRunner([0.002]), FakeRunner([0.001])], {}, warmup=0, runs=30)
     assert [len(s) for s in samples] == [30, 30]
@@ -74,7 +74,7 @@ def test_noisy_timings_run_to_the_end():
     rng = np.random.default_rng(0)
     noisy = FakeRunner(list(1.0 + rng.random(64)))
     other = FakeRunner(list(1.0 + rng.random(64)))
-    samples = interleaved_latency([noisy, other], {}, warmup=0, runs=30, settle=(1, 0))
+    samples = interleaved_latency([noisy, other], {}, warmup=0, runs=30, until=settled_pair(1, 0))
     assert len(samples[0]) == 30
 
 

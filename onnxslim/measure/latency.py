@@ -29,15 +29,13 @@ SETTLED_CONFIDENCE = 0.99
 
 def interleaved_latency(
     runners: Sequence[Runner], feed: Mapping[str, np.ndarray], *, warmup: int = 5, runs: int = 50, show_progress: bool = False, description: str = "timing",
-    settle: tuple[int, int] | None = None, thresholds: Sequence[float] = (1.0,),
     until: Callable[[list[list[float]]], tuple[bool, set[int]]] | None = None,
 ) -> list[list[float]]:
     """Seconds per run for each runner, measured alternately.
 
-    ``settle``: (candidate, baseline) indices; the loop stops before ``runs`` rounds once
-    :func:`verdict_settled` holds for that pair at ``thresholds`` (every runner then has the same, smaller count).
-    ``until``: called with the samples after each round; it returns whether the loop may stop and the indices of
-    runners not worth timing further (their samples end there, paired round by round with the others' first ones).
+    ``until``: called with the samples after each round (:func:`settled_pair` for a decision between two runners); it
+    returns whether the loop may stop before ``runs`` rounds and the indices of runners not worth timing further (their
+    samples end there, paired round by round with the others' first ones).
     """
     for runner in runners:
         for _ in range(warmup):
@@ -48,8 +46,6 @@ def interleaved_latency(
         for index in order:
             samples[index].append(runners[index].time_once(feed))
         order.reverse()
-        if settle is not None and verdict_settled(samples[settle[0]], samples[settle[1]], thresholds):
-            break
         if until is not None:
             stop, left_out = until(samples)
             order = [index for index in order if index not in left_out]
@@ -78,6 +74,12 @@ def median_interval(values: Sequence[float]) -> tuple[float, float] | None:
         return None
     ordered = sorted(values)
     return ordered[rank - 1], ordered[len(values) - rank]
+
+
+def settled_pair(candidate: int, baseline: int, thresholds: Sequence[float] = (1.0,)) -> Callable[[list[list[float]]], tuple[bool, set[int]]]:
+    """``until`` for :func:`interleaved_latency`: stop once :func:`verdict_settled` holds for the runners at indices
+    ``candidate`` and ``baseline`` at ``thresholds`` (every runner then has the same, smaller count)."""
+    return lambda samples: (verdict_settled(samples[candidate], samples[baseline], thresholds), set())
 
 
 def verdict_settled(candidate: Sequence[float], baseline: Sequence[float], thresholds: Sequence[float] = (1.0,)) -> bool:
@@ -213,9 +215,8 @@ def time_pair(
     (:func:`verdict_settled`); the summaries record the runs made.
     """
     runners = [reference, candidate] + ([fallback] if fallback is not None else [])
-    pair = (1, 2 if fallback is not None else 0) if settle else None
-    times = interleaved_latency(runners, feed, warmup=warmup, runs=runs, show_progress=show_progress, description=description, settle=pair,
-                                thresholds=settle)
+    until = settled_pair(1, 2 if fallback is not None else 0, settle) if settle else None
+    times = interleaved_latency(runners, feed, warmup=warmup, runs=runs, show_progress=show_progress, description=description, until=until)
     summaries = [summarize_latency(t) for t in times]
     return LatencyComparison(reference.threads, summaries[0], summaries[1], batch, fallback=summaries[2] if fallback is not None else None)
 
