@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from onnxslim.data.checks import check_batch
-from onnxslim.errors import DataError, UsageError, first_line
+from onnxslim.errors import DataError, OnnxSlimError, UsageError, first_line
 from onnxslim.ir.tensors import TensorSpec
 from onnxslim.memory import available_bytes
 
@@ -60,11 +60,7 @@ class NpzFolder:
 
     @staticmethod
     def _read(path: Path) -> Batch:
-        try:
-            with open(path, "rb") as handle:
-                head = handle.read(6)
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        head = _head(path)
         if not head.startswith(b"PK"):
             what = "pickled Python objects, which onnxslim never loads" if head[:1] == b"\x80" else f"no zip archive (it starts with {head!r})"
             raise DataError(f"{path}: not a .npz file: {what}; write batches with numpy.savez")
@@ -73,6 +69,15 @@ class NpzFolder:
                 return {key: archive[key] for key in archive.files}
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             raise DataError(f"{path}: not a readable .npz file ({first_line(exc, 120)})") from None
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of a batch file, enough to tell its format (a zip archive, numpy's own, a pickle) before loading it."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(6)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 class NpyFolder:
@@ -92,11 +97,7 @@ class NpyFolder:
 
     def __iter__(self) -> Iterator[tuple[str, Batch]]:
         for path in self.files:
-            try:
-                with open(path, "rb") as handle:
-                    head = handle.read(6)
-            except OSError as exc:
-                raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+            head = _head(path)
             if head != b"\x93NUMPY":
                 raise DataError(f"{path}: not a .npy file (it starts with {head!r}); write batches with numpy.save")
             try:
@@ -365,6 +366,14 @@ def random_batch(inputs: list[TensorSpec], input_shapes: Mapping[str, tuple[int,
     """One batch of random inputs of the model's sizes (``input_shapes`` for its dynamic ones, a lone batch axis as 1), to
     test-run or time a model without data; DataError or UsageError, saying which, where a size is unknown."""
     return next(iter(open_data("random", inputs, input_shapes=input_shapes, random_batches=1)))[1]
+
+
+def random_batch_or_none(inputs: list[TensorSpec], input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Batch | None:
+    """:func:`random_batch`, or None where a size is unknown (the caller then leaves the test run or timing out)."""
+    try:
+        return random_batch(inputs, input_shapes)
+    except OnnxSlimError:
+        return None
 
 
 def check_input_shapes(input_shapes: Mapping[str, tuple[int, ...]] | None, inputs: list[TensorSpec]) -> None:

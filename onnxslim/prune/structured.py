@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 import onnx
 
-from onnxslim.data.sources import DataSource, batch_of_one_note, check_input_shapes, evaluation_split, for_several_passes, open_data, random_batch
+from onnxslim.data.sources import DataSource, batch_of_one_note, check_input_shapes, evaluation_split, for_several_passes, open_data, random_batch_or_none
 from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
 from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters, node_macs
 from onnxslim.ir.io import load_model, model_file_bytes, model_label, model_weight_bytes
@@ -697,10 +697,7 @@ def _probe_feed(model: onnx.ModelProto, source, input_shapes) -> dict | None:
     """One batch to test-run the result on: the first of the data, or random inputs where every size is known."""
     if source is not None:
         return next(iter(source))[1]
-    try:
-        return random_batch(graph_inputs(model), input_shapes)
-    except OnnxSlimError:
-        return None
+    return random_batch_or_none(graph_inputs(model), input_shapes)
 
 
 def _ratio_for_budget(model: onnx.ModelProto, groups: Groups, scores, shapes: dict, config: PruneConfig, costs=None) -> tuple[float, bool]:

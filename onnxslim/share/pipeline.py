@@ -32,8 +32,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from onnxslim.data.sources import DataSource, batch_of_one_note, check_input_shapes, evaluation_split, for_several_passes, open_data, random_batch
-from onnxslim.errors import NothingToDoError, OnnxSlimError, UsageError
+from onnxslim.data.sources import DataSource, batch_of_one_note, check_input_shapes, evaluation_split, for_several_passes, open_data, random_batch_or_none
+from onnxslim.errors import NothingToDoError, UsageError
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
 from onnxslim.measure import LatencyComparison, RememberedReference, few_objects, fidelity, latency_ratios
@@ -183,7 +183,7 @@ def _input_energy(model: onnx.ModelProto, source, show_progress: bool) -> dict[s
 def _measure(original: onnx.ModelProto, shared: onnx.ModelProto, held: list, input_shapes, config: ShareConfig, report: ShareReport) -> None:
     report.file_bytes = BeforeAfter(model_file_bytes(original), model_file_bytes(shared))
     report.zipped_bytes = BeforeAfter(_zipped(original), _zipped(shared))
-    feed = held[0][1] if held else _random_feed(original, input_shapes)
+    feed = held[0][1] if held else random_batch_or_none(graph_inputs(original), input_shapes)  # unknown sizes: no timing
     if held:
         report.evaluation = f"{len(held)} held-out batch(es)"
         report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), shared, held, label="shared model")
@@ -206,13 +206,6 @@ def _why_slower(original: onnx.ModelProto, shared: onnx.ModelProto) -> str:
     if left > 0:
         return f"onnxruntime did not fold every lookup ({left} more node(s) run than in the original)"
     return "yet onnxruntime folded every lookup when loading it (no more nodes run than in the original), so the codebooks cost no time at run time"
-
-
-def _random_feed(model: onnx.ModelProto, input_shapes) -> dict | None:
-    try:
-        return random_batch(graph_inputs(model), input_shapes)
-    except OnnxSlimError:  # inputs of unknown size: no timing, and the report says there was no data
-        return None
 
 
 def _zipped(model: onnx.ModelProto) -> int:
