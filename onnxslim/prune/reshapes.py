@@ -124,7 +124,7 @@ class ReshapeRules:
         norm = self._sole_reader(node.output[0])
         if norm is None or norm.op_type != "InstanceNormalization" or len(norm.input) < 3:
             return None
-        if any(self.const(norm.input[i]) is None or self.const(norm.input[i]).shape != (groups,) for i in (1, 2)):
+        if any(scale_or_shift is None or scale_or_shift.shape != (groups,) for scale_or_shift in map(self.const, norm.input[1:3])):
             return None
         close = self._sole_reader(norm.output[0])
         if close is None or close.op_type != "Reshape":
