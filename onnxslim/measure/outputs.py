@@ -69,12 +69,24 @@ DOMINANT_SHARE = 0.25
 MAX_BALANCED_CHANNELS = 1024
 
 
+# float32 rounding puts a sigmoid's or softmax's largest values a few units in the last place above 1 (onnxruntime's
+# Sigmoid gives 1.0000001): a probability stays one within this slack
+UNIT_SLACK = 1e-6
+
+
+def in_unit_interval(low, high):
+    """Whether values whose least is ``low`` and largest ``high`` lie in [0, 1], up to float rounding (UNIT_SLACK);
+    elementwise for arrays of minima and maxima."""
+    inside = (np.asarray(low) >= -UNIT_SLACK) & (np.asarray(high) <= 1.0 + UNIT_SLACK)
+    return bool(inside) if inside.ndim == 0 else inside
+
+
 def looks_like_probability_scores(array: np.ndarray) -> bool:
     """Where the decision at 0.5 means something: one probability per sample or step in [0, 1], shaped (n,) or (n, 1)
     (a binary classifier's sigmoid, a voice-activity model's speech probability per window)."""
     if array.dtype.kind != "f" or not array.size or not (array.ndim == 1 or array.ndim == 2 and array.shape[-1] == 1):
         return False
-    return bool(array.min() >= 0.0 and array.max() <= 1.0)
+    return in_unit_interval(array.min(), array.max())
 
 
 # A (batch, items, k) output with fewer columns than this is k values per item (a table cell's 8 corner coordinates
@@ -92,7 +104,7 @@ def looks_like_probability_map(array: np.ndarray) -> bool:
         return False
     if array.ndim == 3 and array.shape[-1] < MIN_MAP_WIDTH_3D:
         return False
-    return bool(array.size and array.min() >= 0.0 and array.max() <= 1.0)
+    return bool(array.size) and in_unit_interval(array.min(), array.max())
 
 
 # A detector's (batch, anchors, 4 + scores [+ extras]) or (batch, 4 + scores [+ extras], anchors) output: box columns
@@ -123,7 +135,7 @@ def detection_layout(array: np.ndarray) -> tuple[int, int, int] | None:
         if not BOX_COLUMNS + 1 <= columns <= MAX_BALANCED_CHANNELS or anchors < max(MIN_ANCHORS, 4 * columns):
             continue
         rows = np.moveaxis(array, axis, -1).reshape(-1, columns)
-        in_unit = (rows.min(axis=0) >= 0.0) & (rows.max(axis=0) <= 1.0)
+        in_unit = in_unit_interval(rows.min(axis=0), rows.max(axis=0))
         if in_unit[:BOX_COLUMNS].all() or not in_unit[BOX_COLUMNS]:
             continue
         end = BOX_COLUMNS
