@@ -600,6 +600,28 @@ def test_the_command_line_says_what_checking_the_ranking_by_stretches_found(save
                      r"its stretch of the graph alone quantized: cosine [0-9]\.[0-9]{5}; 16\.7% of the multiply-adds\)", text), text
 
 
+def test_nodes_without_work_that_change_nothing_in_float_are_kept_in_float_last():
+    """Between integer layers, a pooling or a product kept in float alone still reads its producers' codes and has its
+    output quantized for the layers after it: the outputs do not move, so the budget keeps such nodes after the layers
+    that take noise back. A node whose float plan changes what another node reads is not among them."""
+    from onnxslim.quant.pipeline import QuantRun, _inert_alone, _work_shares
+
+    model = ALL_BUILDERS["silu_se_block"]()
+    run = QuantRun(model, calibrate_on(model), QuantConfig(latency_runs=0), None, None, False)
+    plan = run.plan(run.config)
+    candidates = [name for name, d in plan.decisions.items() if d.quantized and name not in plan.constant_operands]
+    shares = _work_shares(run, candidates)
+    inert = _inert_alone(run, candidates, shares)
+    workless = {name for name in candidates if shares.get(name) == 0.0}
+    assert inert and inert < workless
+    batch = calibrate_on(model, 1, seed=3)[0]
+    everything = run_model(run.build(run.config)[1], batch)[0]
+    for node in sorted(inert):
+        np.testing.assert_array_equal(run_model(run.build(run.config, frozenset({node}))[1], batch)[0], everything)
+    moved = [node for node in sorted(workless - inert) if not np.array_equal(run_model(run.build(run.config, frozenset({node}))[1], batch)[0], everything)]
+    assert moved  # some workless node does take noise back in float: those keep their rank
+
+
 def test_the_exact_input_model_feeds_every_activation_quantizer_from_the_float_copy():
     from models.builders import branching_convs
     from onnxslim.quant.isolation import FLOAT_PREFIX, inputs_made_exact

@@ -750,9 +750,14 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
 
     shares = _work_shares(run, [entry["node"] for entry in every])  # shape inference: once for both searches
 
+    # kept in float alone these take nothing back (every other node reads the same conversions): after the layers that do
+    inert = _inert_alone(run, candidates, shares)
+
     def in_keep_order(entries: list[dict]) -> list[dict]:
         ordered = _by_damage_per_work(entries, shares)
-        return [e for e in ordered if e["node"] not in stored_only] + [e for e in ordered if e["node"] in stored_only]
+        last = stored_only | inert
+        return ([e for e in ordered if e["node"] not in last] + [e for e in ordered if e["node"] in inert - stored_only]
+                + [e for e in ordered if e["node"] in stored_only])
 
     whole = len(batches) == len(run.eval_batches)
     first_loss = _loss(worst_score(measured_all if whole else fidelity(run.reference, quantized, batches), metric))
@@ -774,6 +779,44 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
         "taken": "checked_ranking" if lighter else "noise_ranking",
     }
     return dataclasses.replace(again if lighter else search, recheck=recheck)
+
+
+def _inert_alone(run: QuantRun, candidates: list[str], shares: Mapping[str, float]) -> set[str]:
+    """The ``candidates`` without multiply-adds that, kept in float alone, leave every other node and every graph output
+    reading what it read: the same tensors quantized with the same ranges.
+
+    Between integer convolutions an Add, a Resize, a Concat or a pooling kept in float still gets its inputs as the codes
+    its producers write, and its output is still quantized for the layers after it: the outputs do not move. Ranked by
+    their own noise, which is mostly those conversions, for work they do not have, such nodes filled a budget's float
+    layers without taking noise back; they go after the layers that do, and follow their neighbours into float where
+    those are kept (the planner's rule for a node whose inputs are not all quantized). A node whose float plan changes
+    what another node reads (a gate whose product then reads it exact, an Add read by a float LayerNorm, an output)
+    keeps its rank.
+    """
+    workless = [node for node in candidates if shares.get(node) == 0.0]
+    if not workless:
+        return set()
+    readers = consumers_map(run.prepared.graph)
+    everyone = {n.name for n in run.prepared.graph.node} | {o.name for o in run.prepared.graph.output}
+    base = run.plan(run.config, calibrated=False)
+    inert = set()
+    for node in workless:
+        others = everyone - {node}
+        if _conversions_read_by(run.plan(run.config, frozenset({node}), calibrated=False), readers, others) == _conversions_read_by(base, readers, others):
+            inert.add(node)
+    return inert
+
+
+def _conversions_read_by(plan: QuantPlan, readers: Mapping[str, list], watched: set[str]) -> dict:
+    """The plan's quantized tensors that a node of ``watched`` reads dequantized, or that are themselves a graph output
+    (in ``watched``), each with its range and those readers."""
+    every = {}
+    for key, spec in plan.activations.items():
+        dequantized_by = {n.name for n in readers.get(key, [])} if spec.rewire_all else set(spec.readers)
+        seen_by = frozenset(dequantized_by & watched)
+        if seen_by or key in watched:
+            every[key] = (spec.tensor, spec.observe, spec.share, spec.clamp_low, spec.clamp_high, spec.folded_into, spec.bounded, seen_by)
+    return every
 
 
 RECHECK_SHARE = 0.25  # the fast ranking's float layers hold more of the multiply-adds than this: checked against the outputs
