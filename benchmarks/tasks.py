@@ -315,6 +315,7 @@ TASKS = {
     "mos": Task("mos", MODELS / "unseen" / "dnsmos_sig_bak_ovr.onnx", f"clips within {MOS_TOLERANCE} MOS of FP32", None),
     "voice": Task("voice", MODELS / "unseen" / "voice_encoder.onnx", "clips nearest a clip of their own voice", score_voice),
     "pitch_tiny": Task("pitch_tiny", MODELS / "unseen" / "crepe" / "crepe_tiny.onnx", f"pitch within {PITCH_CENTS} cents", score_pitch, data="pitch"),
+    "seal": Task("seal", MODELS / "unseen" / "seal_det.onnx", "stamp-mask IoU vs FP32", None),
 }
 
 
@@ -360,7 +361,7 @@ def char_accuracy(model_path: Path | str, folder: Path, characters: list[str] | 
 
 
 def score(task: Task, outputs, reference_outputs, feeds) -> float:
-    if task.name in ("det", "det_v6"):
+    if task.name in ("det", "det_v6", "seal"):
         return mask_iou(reference_outputs, outputs)
     if task.name == "minilm":
         return embedding_cosine(reference_outputs, outputs, feeds)

