@@ -109,7 +109,7 @@ def test_seal_detector_quantized_with_defaults_keeps_its_stamp_masks(unseen, dat
     report = quantized_with_defaults(model, folder, out)
     stamps = report.fidelity[0]
     assert stamps.cosine >= 0.99 and stamps.mask_iou is not None and stamps.mask_iou >= 0.95
-    feeds, labels = labelled_feeds(folder / "eval")
+    feeds, _ = labelled_feeds(folder / "eval")
     lit = [float((o[0] > 0.3).mean()) for o in run_all(model, feeds[:8])]
     assert min(lit) > 0.01, "the detector lights up the rendered stamps"
     assert report.kept_float_for_budget, "fully in INT8 the stamps' map misses the budget"
