@@ -754,10 +754,10 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     inert = _inert_alone(run, [entry["node"] for entry in every], shares)
 
     def in_keep_order(entries: list[dict]) -> list[dict]:
-        ordered = _by_damage_per_work(entries, shares)
-        last = stored_only | inert
-        return ([e for e in ordered if e["node"] not in last] + [e for e in ordered if e["node"] in inert - stored_only]
-                + [e for e in ordered if e["node"] in stored_only])
+        def tier(entry: dict) -> int:
+            return 2 if entry["node"] in stored_only else 1 if entry["node"] in inert else 0
+
+        return sorted(_by_damage_per_work(entries, shares), key=tier)  # stable: damage per work within each tier
 
     whole = len(batches) == len(run.eval_batches)
     first_loss = _loss(worst_score(measured_all if whole else fidelity(run.reference, quantized, batches), metric))
@@ -804,26 +804,31 @@ def _inert_alone(run: QuantRun, candidates: list[str], shares: Mapping[str, floa
     if not workless:
         return set()
     readers = consumers_map(run.prepared.graph)
-    everyone = {n.name for n in run.prepared.graph.node} | {o.name for o in run.prepared.graph.output}
-    base = run.plan(run.config, calibrated=False)
-    inert = set()
-    for node in workless:
-        others = everyone - {node}
-        if _conversions_read_by(run.plan(run.config, frozenset({node}), calibrated=False), readers, others) == _conversions_read_by(base, readers, others):
-            inert.add(node)
-    return inert
+    outputs = {o.name for o in run.prepared.graph.output}
+    base = _conversions(run.plan(run.config, calibrated=False), readers, outputs)
+    return {node for node in workless
+            if _seen_by_others(_conversions(run.plan(run.config, frozenset({node}), calibrated=False), readers, outputs), node) == _seen_by_others(base, node)}
 
 
-def _conversions_read_by(plan: QuantPlan, readers: Mapping[str, list], watched: set[str]) -> dict:
-    """The plan's quantized tensors that a node of ``watched`` reads dequantized, or that are themselves a graph output
-    (in ``watched``), each with its range and those readers."""
+def _conversions(plan: QuantPlan, readers: Mapping[str, list], outputs: set[str]) -> dict:
+    """The plan's quantized tensors, each with its range, the nodes that read it dequantized, and whether it is a graph output."""
     every = {}
     for key, spec in plan.activations.items():
         dequantized_by = {n.name for n in readers.get(key, [])} if spec.rewire_all else set(spec.readers)
-        seen_by = frozenset(dequantized_by & watched)
-        if seen_by or key in watched:
-            every[key] = (spec.tensor, spec.observe, spec.share, spec.clamp_low, spec.clamp_high, spec.folded_into, spec.bounded, seen_by)
+        every[key] = ((spec.tensor, spec.observe, spec.share, spec.clamp_low, spec.clamp_high, spec.folded_into, spec.bounded),
+                      frozenset(dequantized_by), key in outputs)
     return every
+
+
+def _seen_by_others(conversions: dict, node: str) -> dict:
+    """``conversions`` as every node but ``node`` and the graph's outputs see them: the tensors read dequantized by another
+    node or written as an output, each with its range and those other readers."""
+    seen = {}
+    for key, (quantization, dequantized_by, is_output) in conversions.items():
+        others = dequantized_by - {node}
+        if others or is_output:
+            seen[key] = (quantization, others)
+    return seen
 
 
 RECHECK_SHARE = 0.25  # the fast ranking's float layers hold more of the multiply-adds than this: checked against the outputs
