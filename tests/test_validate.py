@@ -358,6 +358,32 @@ def test_a_confident_softmax_is_class_scores_in_every_batch_and_integer_labels_a
     assert names.task_metric == ("exact", 0.75) and names.nonfinite_mismatches == 0
 
 
+def test_an_integer_label_map_is_scored_by_its_mean_iou_per_class():
+    """A segmentation model's argmax (a table-line detector's background / horizontal / vertical labels per pixel): the
+    share of equal pixels is set by the background; the mean IoU per label, summed over batches, weighs the thin lines
+    as much. Token ids in a sequence and labels per sample stay compared exactly."""
+    reference = np.zeros((1, 1, 16, 16), np.int64)
+    reference[0, 0, 4, :] = 1  # a horizontal line: 16 pixels
+    reference[0, 0, :, 9] = 2  # a vertical line: 16 pixels, one of them over the horizontal one
+    candidate = reference.copy()
+    candidate[0, 0, 4, :4] = 0  # four line pixels missed
+    comparison = OutputComparison("output")
+    comparison.add(reference, candidate)
+    comparison.add(reference[:, 0], reference[:, 0])  # (batch, H, W) too, and a batch in full agreement
+    both = np.array([225 + 225, 11 + 15, 16 + 16])  # per label, summed over the two batches
+    either = np.array([229 + 225, 15 + 15, 16 + 16])
+    assert comparison.task_metric == ("class IoU", pytest.approx(np.mean(both / either)))
+    assert comparison.to_dict()["class_iou"] == pytest.approx(np.mean(both / either))
+    assert comparison.to_dict()["exact_match"] == pytest.approx(1 - 4 / 512)
+    tokens = OutputComparison("token ids")
+    tokens.add(np.arange(40, dtype=np.int64)[None], np.arange(40, dtype=np.int64)[None])
+    assert tokens.task_metric == ("exact", 1.0) and tokens.class_iou is None
+    mixed = OutputComparison("indices")  # values past the label range in one batch: not labels
+    mixed.add(reference, candidate)
+    mixed.add(reference + 5000, reference + 5000)
+    assert mixed.task_metric == ("exact", pytest.approx(1 - 4 / 512))
+
+
 def test_a_probability_per_sample_is_scored_by_the_decisions_at_one_half():
     """A voice-activity model's speech probability per window, or a binary classifier's sigmoid ((n,) or (n, 1) in [0, 1]):
     the share of values on the same side of 0.5, the decision its users take; scores outside [0, 1] get none."""

@@ -107,6 +107,20 @@ def looks_like_probability_map(array: np.ndarray) -> bool:
     return bool(array.size) and in_unit_interval(array.min(), array.max())
 
 
+MAX_LABELS = 1024  # an integer map holding values in [0, MAX_LABELS) can be class labels; larger ones are indices or counts
+
+
+def looks_like_label_map(array: np.ndarray) -> bool:
+    """Where per-class IoU means something: a segmentation model's argmax, integer (or boolean) labels over an image,
+    (batch, [1,] H, W) with H, W >= 8 and every value in [0, MAX_LABELS). A label per sample, a sequence of token ids or
+    a list of indices has fewer than two such axes."""
+    if array.dtype.kind not in "iub" or array.ndim not in (3, 4) or min(array.shape[-2:]) < 8 or not array.size:
+        return False
+    if array.ndim == 4 and array.shape[1] != 1:
+        return False
+    return bool(array.min() >= 0 and array.max() < MAX_LABELS)
+
+
 # A detector's (batch, anchors, 4 + scores [+ extras]) or (batch, 4 + scores [+ extras], anchors) output: box columns
 # first (some value outside [0, 1]: pixels, offsets, log sizes), then a run of score columns in [0, 1] (objectness, class
 # scores), then anything per detection (mask coefficients). Its boxes mean something only where a score says an object
@@ -258,6 +272,10 @@ class OutputComparison:
     mask_intersection: int = 0  # pixels above MASK_THRESHOLD in both, on probability maps
     mask_union: int = 0
     mask_batches: int = 0
+    # on integer label maps, per label value: pixels holding it in both, and in either
+    label_intersections: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    label_unions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    label_batches: int = 0
     decisions_agreed: int = 0  # on probabilities per sample: values on the same side of MASK_THRESHOLD in both
     decision_batches: int = 0
     row_cosine_sum: float = 0.0  # on unit-length embeddings: the cosine of each row with the reference's, summed
@@ -320,6 +338,8 @@ class OutputComparison:
             self.row_cosine_sum += float(np.sum(np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-30)))
             self.embedding_rows += a.shape[0]
             self.embedding_batches += 1
+        elif looks_like_label_map(np.asarray(reference)) and looks_like_label_map(np.asarray(candidate)):
+            self._add_label_counts(np.asarray(reference).ravel(), np.asarray(candidate).ravel())
         elif looks_like_probability_map(reference):
             ref_mask, cand_mask = reference > MASK_THRESHOLD, candidate > MASK_THRESHOLD
             self.mask_intersection += int((ref_mask & cand_mask).sum())
@@ -328,6 +348,15 @@ class OutputComparison:
         elif looks_like_probability_scores(reference) and np.shape(reference) == np.shape(candidate):
             self.decisions_agreed += int(np.count_nonzero((reference > MASK_THRESHOLD) == (candidate > MASK_THRESHOLD)))
             self.decision_batches += 1
+
+    def _add_label_counts(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        size = int(max(ref.max(), cand.max())) + 1
+        both = np.bincount(ref[ref == cand].astype(np.int64), minlength=size)
+        either = np.bincount(ref.astype(np.int64), minlength=size) + np.bincount(cand.astype(np.int64), minlength=size) - both
+        grown = max(size, self.label_unions.size)
+        self.label_intersections = np.pad(self.label_intersections, (0, grown - self.label_intersections.size)) + np.pad(both, (0, grown - size))
+        self.label_unions = np.pad(self.label_unions, (0, grown - self.label_unions.size)) + np.pad(either, (0, grown - size))
+        self.label_batches += 1
 
     def _add_sums(self, ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float, float, float]:
         """Fold two flat arrays into the running sums in float64, a chunk at a time (a model's outputs are often megabytes:
@@ -540,6 +569,16 @@ class OutputComparison:
         return self.mask_intersection / self.mask_union if self.mask_union else 1.0
 
     @property
+    def class_iou(self) -> float | None:
+        """For integer label maps (every batch, :func:`looks_like_label_map`): the mean over the labels either model gave of
+        the pixels labelled so by both over those labelled so by either, summed over the batches; else None. Unlike the
+        share of equal pixels, a class covering little of the image counts as much as the background."""
+        if not self.label_batches or self.label_batches != self.batches:
+            return None
+        seen = self.label_unions > 0
+        return float(np.mean(self.label_intersections[seen] / self.label_unions[seen])) if seen.any() else 1.0
+
+    @property
     def decision_agreement(self) -> float | None:
         """For probabilities per sample (every batch, :func:`looks_like_probability_scores`): the share of values on the same
         side of MASK_THRESHOLD in candidate and reference, the decisions their users take; else None."""
@@ -560,9 +599,10 @@ class OutputComparison:
         maps, for a detector's output the IoU of the anchors where each model finds an object, for unit-length embeddings
         the mean cosine of each row with the reference's (the comparison their users make), for a probability per sample the
         share of decisions at 0.5 that agree, and for integer or boolean outputs (class labels, indices, flags) the share of
-        values that are exactly the reference's."""
+        values that are exactly the reference's, or for integer label maps their mean IoU per class."""
         if self.integer_values and self.elements:
-            return "exact", self.exact / self.elements
+            class_iou = self.class_iou
+            return ("class IoU", class_iou) if class_iou is not None else ("exact", self.exact / self.elements)
         if self.top1 is not None:
             return "top-1", self.top1
         if self.embedding_cosine is not None:
@@ -617,6 +657,7 @@ class OutputComparison:
             "exact_match": self.exact / self.elements if self.elements else None,
             "top1_agreement": self.top1,
             "mask_iou": self.mask_iou,
+            "class_iou": self.class_iou,
             "decision_agreement": self.decision_agreement,
             "mean_row_cosine": self.embedding_cosine,
             "padding_left_out": self.padding_left_out or None,
