@@ -212,6 +212,22 @@ def test_calibration_names_the_tensor_where_the_float_model_gives_nan(save, npz_
     assert not (model.parent / "out.onnx").exists()
 
 
+def test_random_data_a_model_refuses_names_the_batch_and_its_integer_inputs(save):
+    """Random indices are often out of the model's range: the error says which batch, and that its integer inputs were
+    drawn at random, so the user knows to pass real data."""
+    rng = np.random.default_rng(0)
+    weights = [helper.make_tensor("table", TensorProto.FLOAT, [1, 8], rng.normal(size=8).tolist()),
+               helper.make_tensor("w", TensorProto.FLOAT, [8, 4], rng.normal(size=32).tolist())]
+    nodes = [helper.make_node("Gather", ["table", "row"], ["picked"], name="pick_row"), helper.make_node("Add", ["picked", "x"], ["h"], name="add"),
+             helper.make_node("MatMul", ["h", "w"], ["y"], name="project")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]), helper.make_tensor_value_info("row", TensorProto.INT64, [6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 4])], weights)
+    model = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    result = invoke("quantize", model, "-o", model.parent / "out.onnx", "--data", "random")
+    assert_one_line_error(result, "random batch 0 (0 or 1 at random in integer input(s) 'row')", "pick_row")
+    assert not (model.parent / "out.onnx").exists()
+
+
 def scikit_classifier(features: int = 8, classes: int = 4) -> onnx.ModelProto:
     """A classifier as scikit-learn's exporter writes it: a label (int64) and the probabilities as a ZipMap, a sequence of
     {label: probability} maps, which onnxruntime hands back as a list of dicts."""

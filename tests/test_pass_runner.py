@@ -89,8 +89,10 @@ def test_a_bad_batch_fails_with_its_session_error_and_stops_the_pass():
     name = next(iter(batches[2][1]))
     batches[2] = ("bad", {name: np.zeros((1, 3, 5), np.float32)})
     runner = PassRunner(model, workers=2)
-    with pytest.raises(DataError, match="failed to run this input"):
+    with pytest.raises(DataError, match="^bad: .*failed to run this input"):  # the batch is named: which file the model refused
         list(runner.run_many(batches))
+    with pytest.raises(DataError, match="^bad: .*failed to run this input"):
+        list(PassRunner(model, workers=1).run_many(batches))
     # a pass left early (the reader stopped) does not leave work behind that blocks the next one
     first = next(runner.run_many(_batches(model, 6)))
     assert first[0] == "batch 0"

@@ -184,6 +184,9 @@ class RandomInputs:
 
     def __iter__(self) -> Iterator[tuple[str, Batch]]:
         rng = np.random.default_rng(self.seed)
+        integer = [spec.name for spec in self.inputs if spec.dtype is not None and spec.dtype.kind in "iu"]
+        # indices, lengths and ids drawn at random often mean nothing to the model: a batch it refuses says why
+        note = f" (0 or 1 at random in integer input(s) {', '.join(repr(name) for name in integer)})" if integer else ""
         for index in range(self.batches):
             batch: Batch = {}
             for spec in self.inputs:
@@ -197,7 +200,7 @@ class RandomInputs:
                     batch[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
                 else:
                     raise UsageError(f"input '{spec.name}' is {dtype}; random data cannot be made for it")
-            yield f"random batch {index}", batch
+            yield f"random batch {index}{note}", batch
 
 
 class CheckedSource:

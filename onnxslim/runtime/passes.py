@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from onnxslim.errors import UsageError
+from onnxslim.errors import DataError, UsageError
 from onnxslim.runtime.session import ModelSource, Runner
 
 MAX_WORKERS = 4  # past this, sessions add memory faster than throughput
@@ -111,7 +111,7 @@ class PassRunner:
         """
         if not self._others:
             for label, batch in batches:
-                yield label, batch, self._first.run(batch, outputs)
+                yield label, batch, _named(label, self._first.run, batch, outputs)
             return
         free: queue.SimpleQueue[Runner] = queue.SimpleQueue()
         free.put(self._first)
@@ -137,13 +137,21 @@ class PassRunner:
                     pending.append((label, batch, pool.submit(run, batch)))
                     if len(pending) >= self.workers:
                         label, batch, future = pending.popleft()
-                        yield label, batch, future.result()
+                        yield label, batch, _named(label, future.result)
                 while pending:
                     label, batch, future = pending.popleft()
-                    yield label, batch, future.result()
+                    yield label, batch, _named(label, future.result)
             finally:
                 for _, _, future in pending:
                     future.cancel()
+
+
+def _named(label: str, outputs, *args):
+    """``outputs(*args)``, with a failure to run the batch naming it (which file or random batch the model refused)."""
+    try:
+        return outputs(*args)
+    except DataError as exc:
+        raise DataError(f"{label}: {exc}") from None
 
 
 def _share(cores: int, workers: int) -> int:
