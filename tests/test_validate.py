@@ -10,7 +10,7 @@ from onnxslim import Gates, validate
 from onnxslim.cli import main
 from onnxslim.errors import DataError, UsageError
 from onnxslim.ir import load_model
-from onnxslim.measure import OutputComparison, few_objects
+from onnxslim.measure import OutputComparison, few_objects, output_score
 from onnxslim.measure.outputs import TensorNoise, detection_layout, looks_like_probability_map, looks_like_probability_scores
 from tests.conftest import noisy_comparison, requires_cuda
 
@@ -375,9 +375,11 @@ def test_an_integer_label_map_is_scored_by_its_mean_iou_per_class():
     assert comparison.task_metric == ("class IoU", pytest.approx(np.mean(both / either)))
     assert comparison.to_dict()["class_iou"] == pytest.approx(np.mean(both / either))
     assert comparison.to_dict()["exact_match"] == pytest.approx(1 - 4 / 512)
+    # what --accuracy-metric auto bounds: the same class IoU; the default bounds the cosine, as its label says
+    assert output_score(comparison, "auto") == comparison.task_metric[1] and output_score(comparison, "cosine") == comparison.cosine
     tokens = OutputComparison("token ids")
     tokens.add(np.arange(40, dtype=np.int64)[None], np.arange(40, dtype=np.int64)[None])
-    assert tokens.task_metric == ("exact", 1.0) and tokens.class_iou is None
+    assert tokens.task_metric == ("exact", 1.0) and tokens.class_iou is None and output_score(tokens, "auto") == 1.0
     mixed = OutputComparison("indices")  # values past the label range in one batch: not labels
     mixed.add(reference, candidate)
     mixed.add(reference + 5000, reference + 5000)

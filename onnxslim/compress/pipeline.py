@@ -57,7 +57,8 @@ class CompressConfig:
         0.01, "Largest loss against the original allowed on any output, on held-out data: 1 - its --accuracy-metric.", low=0.0, high=1.0, high_open=True
     )
     accuracy_metric: str = setting(
-        "cosine", "What --max-loss bounds: cosine, top-1 agreement, or auto (top-1 for class scores and per-step probabilities, cosine otherwise).",
+        "cosine", "What --max-loss bounds: cosine, top-1 agreement, or auto (top-1 for class scores and per-step probabilities, for integer outputs "
+        "the share of equal values or a label map's mean IoU per class, cosine otherwise).",
         choices=SCORES,
     )
     target_latency: float | None = setting(None, "Instead of the fastest: the most faithful candidate at or below this latency ratio to the original.", low=0.0, high=1.0, low_open=True)

@@ -152,8 +152,11 @@ def output_score(comparison: OutputComparison, metric: str = "cosine") -> float:
 
     'auto' uses top-1 agreement where the output is class scores or per-step
     probabilities (the decision is the argmax, and cosine over probabilities
-    punishes changes no decision sees), cosine elsewhere; 'top1' falls back to
-    cosine on outputs that are not class scores. NaN/Inf disagreement is NaN.
+    punishes changes no decision sees), for integer outputs the share of equal
+    values or, on a label map, the mean IoU per class (a cosine over label
+    numbers weighs a 0 read as 2 more than one read as 1), cosine elsewhere;
+    'top1' falls back to cosine on outputs that are not class scores. NaN/Inf
+    disagreement is NaN.
     """
     cosine = comparison.cosine
     if math.isnan(cosine):
@@ -161,6 +164,8 @@ def output_score(comparison: OutputComparison, metric: str = "cosine") -> float:
     top1 = comparison.top1
     if metric in ("top1", "auto") and top1 is not None:
         return top1
+    if metric == "auto" and comparison.integer_values and comparison.elements:
+        return comparison.task_metric[1]
     return cosine
 
 

@@ -30,8 +30,8 @@ def budget_uncertain(comparisons, config, run) -> list[str]:
         return []
     warnings = []
     for comparison in comparisons:
-        if config.accuracy_metric != "cosine" and comparison.top1 is not None:
-            continue  # judged by top-1 agreement, which is not resampled
+        if config.accuracy_metric != "cosine" and (comparison.top1 is not None or (config.accuracy_metric == "auto" and comparison.integer_values)):
+            continue  # judged by top-1 agreement or, integer values, by their agreement: not resampled
         spread = comparison.cosine_range
         score = output_score(comparison, config.accuracy_metric)
         if spread is None or not score >= budget or spread[0] >= budget:

@@ -143,7 +143,8 @@ class QuantConfig:
         choices=RANKINGS,
     )
     accuracy_metric: str = setting(
-        "cosine", "What --accuracy-budget bounds: cosine, top-1 agreement, or auto (top-1 for class scores and per-step probabilities, cosine otherwise).",
+        "cosine", "What --accuracy-budget bounds: cosine, top-1 agreement, or auto (top-1 for class scores and per-step probabilities, for integer outputs "
+        "the share of equal values or a label map's mean IoU per class, cosine otherwise).",
         choices=SCORES,
     )
     calibration_provider: str = setting("cpu", "Execution provider for calibration runs.")
