@@ -1016,6 +1016,60 @@ def test_a_gelu_between_quantized_convolutions_runs_as_one_float_kernel():
     assert_close_to_float(model, quantized, 0.99)
 
 
+def prelu_block(slopes: np.ndarray, tail: bool = True):
+    """Conv -> PRelu (per-channel slopes) -> Conv, as face-recognition ResNets write every block; ``tail=False``: the
+    PRelu's output is the graph's."""
+    b = GraphBuilder(43)
+    x = b.node("PRelu", [b.conv("input", 3, slopes.size), b.const(slopes.reshape(-1, 1, 1).astype(np.float32))])
+    y = b.conv(x, slopes.size, 4, k=1) if tail else x
+    channels = 4 if tail else slopes.size
+    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+                   [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, channels, 16, 16])], "conv_prelu")
+
+
+def test_a_prelu_between_quantized_layers_runs_as_max_of_codes():
+    """PRelu(x) = max(x, slope * x) for slopes in [0, 1]: a QLinearMul on x's grid and a Max of UINT8 codes, no float
+    island; the slope rounds to one of 256 codes, so the result is within one step of x's grid of the float PRelu's."""
+    slopes = np.linspace(0.0, 1.0, 16)
+    model = prelu_block(slopes)
+    quantized, report = quantize(model, calibrate_on(model, 24), config=EVERY_LAYER)
+    prelu = next(n.name for n in model.graph.node if n.op_type == "PRelu")
+    assert next(d for d in report.decisions if d.node == prelu).code == QuantReason.INTEGER_KERNEL
+    kernels = report.onnxruntime_kernels
+    assert "PRelu" not in kernels and kernels.get("QLinearMul") == 1 and kernels.get("Max") == 1, kernels
+    assert kernels["DequantizeLinear"] == 1, kernels  # only the graph output's
+    assert_close_to_float(model, quantized, 0.995)
+    # the codes after the Max: those of the float PRelu of x's dequantized values, within one step
+    codes = next(n.output[0] for n in quantized.graph.node if n.op_type == "Max")
+    x_codes = next(n.input[0] for n in quantized.graph.node if n.op_type == "Max")
+    probe = onnx.ModelProto()
+    probe.CopyFrom(quantized)
+    probe.graph.output.extend([helper.make_tensor_value_info(codes, TensorProto.UINT8, None), helper.make_tensor_value_info(x_codes, TensorProto.UINT8, None)])
+    scale = next(numpy_helper.to_array(t) for t in quantized.graph.initializer if t.name == next(n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == x_codes).input[1])
+    zero = next(numpy_helper.to_array(t) for t in quantized.graph.initializer if t.name == next(n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == x_codes).input[2])
+    for feed in sample_inputs(model, 3, seed=7):
+        got, xq = run_model(probe, feed)[-2:]
+        x = (xq.astype(np.float32) - zero) * scale
+        wanted = np.clip(np.round(np.where(x > 0, x, x * slopes.reshape(-1, 1, 1)) / scale) + zero, 0, 255)
+        assert np.abs(got.astype(np.int32) - wanted).max() <= 1
+
+
+def test_a_prelu_outside_the_max_form_or_read_in_float_stays_in_float():
+    """A slope above 1 or below 0 is not max(x, slope * x); a PRelu no quantized node reads would only add a rounding."""
+    for slopes, why in ((np.linspace(-0.3, 0.5, 8), "outside [0, 1]"), (np.linspace(0.1, 1.5, 8), "outside [0, 1]")):
+        model = prelu_block(slopes)
+        quantized, report = quantize(model, calibrate_on(model), config=EVERY_LAYER)
+        decision = next(d for d in report.decisions if d.op_type == "PRelu")
+        assert decision.code == QuantReason.KEPT_FLOAT and why in decision.reason.text
+        assert "Max" not in ops(quantized)
+        assert_close_to_float(model, quantized, 0.99)
+    model = prelu_block(np.linspace(0.0, 0.5, 8), tail=False)
+    quantized, report = quantize(model, calibrate_on(model), config=EVERY_LAYER)
+    decision = next(d for d in report.decisions if d.op_type == "PRelu")
+    assert decision.code == QuantReason.KEPT_FLOAT and "no quantized node reads its output" in decision.reason.text
+    assert ops(quantized)["PRelu"] == 1 and "Max" not in ops(quantized)
+
+
 def test_hardswish_blocks_run_on_integer_kernels_with_aligned_depthwise_channels():
     """MobileNetV3's HardSwish and HardSigmoid become QLinearAdd (+ QLinearMul) on UINT8, and its 24-channel depthwise
     layer is padded to 32 so onnxruntime's fast integer depthwise kernel runs it; the function is unchanged."""

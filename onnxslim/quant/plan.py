@@ -256,6 +256,7 @@ class Planner:
             self.decide(node, reason)
         self._float_readers_keep_constant_operands_float()
         self._float_readers_keep_hard_activations_float()
+        self._float_readers_keep_slope_activations_float()
         return self.plan
 
     def _read_by_quantized(self, output: str) -> bool:
@@ -297,6 +298,26 @@ class Planner:
             self.quantized_outputs.discard(output)
             data = self.plan.activations[node.input[0]]
             data.readers.discard(name)
+            if not data.rewire_all and not data.readers:
+                del self.plan.activations[node.input[0]]
+            self.decide(node, Reason(QuantReason.KEPT_FLOAT, "kept in float: no quantized node reads its output, so an integer form would only add rounding"))
+
+
+    def _float_readers_keep_slope_activations_float(self) -> None:
+        """A PRelu whose output no quantized node reads, or a graph output, stays in float (last first, so chains unwind): its
+        float form reads x's dequantized values as they are, where the integer one adds a rounding of slope * x."""
+        order = [n for n in self.graph.node if n.name in self.plan.slope_activations]
+        for node in reversed(order):
+            output = node.output[0]
+            if output not in self.graph_outputs and self._read_by_quantized(output):
+                continue
+            del self.plan.slope_activations[node.name]
+            del self.plan.activations[output]
+            self.quantized_outputs.discard(output)
+            for dependent in [a for a in self.plan.activations.values() if a.share == output]:
+                dependent.share = None  # falls back to its own observed range
+            data = self.plan.activations[node.input[0]]
+            data.readers.discard(node.name)
             if not data.rewire_all and not data.readers:
                 del self.plan.activations[node.input[0]]
             self.decide(node, Reason(QuantReason.KEPT_FLOAT, "kept in float: no quantized node reads its output, so an integer form would only add rounding"))

@@ -208,6 +208,34 @@ class _Emitter:
         del self.graph.node[:]
         self.graph.node.extend(kept)
 
+    def slope_activations(self) -> None:
+        """Rewrite each planned PRelu (between x's DequantizeLinear and the QuantizeLinear of its output, which has x's
+        scale and zero point) as max(x, slope * x) on UINT8 codes: the PRelu becomes a Mul by the slopes as UINT8 codes
+        (scale: the largest slope over 255), quantized on x's grid, and a Max of those codes and x's writes the output's
+        codes. onnxruntime fuses the Mul between Q/DQ into QLinearMul and runs Max on UINT8.
+        """
+        if not self.plan.slope_activations:
+            return
+        dequantizers = {n.output[0]: n for n in self.new_nodes if n.op_type == "DequantizeLinear"}
+        quantizers = {n.input[0]: n for n in self.new_nodes if n.op_type == "QuantizeLinear"}
+        for node in self.graph.node:
+            if node.name not in self.plan.slope_activations:
+                continue
+            codes = dequantizers[node.input[0]].input[0]
+            quantizer = quantizers[node.output[0]]
+            slopes = to_array(self.inits[node.input[1]]).astype(np.float64)
+            top = float(slopes.max())
+            scale = top / 255.0 if top > 0 else 1.0
+            base = node.output[0]
+            slope_value = self.name(f"{base}_slope_dequantized")
+            self.dequantize(self.constant(f"{base}_slope_quantized", np.round(slopes / scale).astype(np.uint8)), self.constant(f"{base}_slope_scale", np.asarray(scale, np.float32)),
+                            self.constant(f"{base}_slope_zero_point", np.asarray(0, np.uint8)), slope_value, None)
+            node.op_type = "Mul"
+            node.input[1] = slope_value
+            result = quantizer.output[0]
+            quantizer.output[0] = self.name(f"{base}_product_quantized")
+            self.node("Max", [codes, quantizer.output[0]], result)
+
     def constant_operands(self) -> None:
         """Give each planned Add/Mul's scalar constant a DequantizeLinear of one exact UINT8 code, so onnxruntime fuses it.
 
@@ -252,5 +280,6 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, params: dict[str, tuple[
     emitter.biases(params)
     emitter.activations(params)
     emitter.hard_activations()
+    emitter.slope_activations()
     emitter.constant_operands()
     return emitter.finish()

@@ -37,6 +37,10 @@ CPU_INTEGER_ACTIVATIONS = {"Sigmoid", "LeakyRelu"}
 # a UINT8 output with zero point 0 and scale <= 1/255: written as QLinearAdd (and QLinearMul), every MobileNetV3 block
 # stays in UINT8 instead of dequantizing around each activation
 HARD_ACTIVATIONS = {"HardSigmoid", "HardSwish"}
+# PRelu(x) = max(x, slope * x) where every slope lies in [0, 1]: slope * x on x's own UINT8 grid (QLinearMul with the
+# slopes as UINT8 codes), then Max of the two code tensors, which on one grid is the codes of the max; onnxruntime has no
+# integer PRelu, and its float PRelu between a DequantizeLinear and a QuantizeLinear cost an IResNet block four times this
+SLOPE_ACTIVATIONS = {"PRelu"}
 INTEGER_BINARY = {"Add", "Mul"}
 REMOVABLE = {"Relu", "Clip"}
 WEIGHTED_CPU = {"Conv", "Gemm", "MatMul"}
@@ -232,6 +236,26 @@ def hard_activation(planner: Planner, node: onnx.NodeProto) -> Reason:
     return Reason(QuantReason.INTEGER_KERNEL, f"QLinearAdd: clip({alpha:g} * x + {beta:g}, 0, 1) on UINT8")
 
 
+def slope_activation(planner: Planner, node: onnx.NodeProto) -> Reason:
+    """PRelu after a quantized layer, every slope a constant in [0, 1]: QLinearMul and Max on UINT8, see SLOPE_ACTIVATIONS."""
+    data = node.input[0] if node.input else ""
+    if not (planner.is_quantized(data) and data in planner.quantized_outputs):
+        return _inputs_not_quantized()
+    slope = node.input[1] if len(node.input) > 1 else ""
+    if slope not in planner.inits:
+        return Reason(QuantReason.KEPT_FLOAT, "PRelu whose slope is computed at run time: kept in float")
+    slopes = to_array(planner.inits[slope])
+    if slopes.dtype != np.float32 or not slopes.size or not np.isfinite(slopes).all() or slopes.min() < 0.0 or slopes.max() > 1.0:
+        return Reason(QuantReason.KEPT_FLOAT, "PRelu with a slope outside [0, 1]: max(x, slope * x) would not compute it; kept in float")
+    planner.quantize_input(data, node)
+    out = node.output[0]
+    # the Max of two code tensors is the codes of the max only on one grid: the output takes x's scale and zero point
+    planner.plan.activations[out] = ActivationQuant(out, observe=out, share=data, rewire_all=True)
+    planner.quantized_outputs.add(out)
+    planner.plan.slope_activations[node.name] = slope
+    return Reason(QuantReason.INTEGER_KERNEL, "QLinearMul + Max: max(x, slope * x) on x's UINT8 codes (every slope in [0, 1])")
+
+
 def integer_binary(planner: Planner, node: onnx.NodeProto) -> Reason:
     """Add/Mul of two quantized tensors (residuals, SE scales), or of one and a constant scalar: QLinearAdd/QLinearMul."""
     if len(node.input) == 2 and all(n in planner.quantized_outputs for n in node.input):
@@ -314,6 +338,7 @@ CPU_RULES: dict[str, Rule] = {
     **{op: integer_unary for op in INTEGER_UNARY | CPU_INTEGER_ACTIVATIONS},
     **{op: integer_binary for op in INTEGER_BINARY},
     **{op: hard_activation for op in HARD_ACTIVATIONS},
+    **{op: slope_activation for op in SLOPE_ACTIVATIONS},
     **{op: unfolded_clamp for op in REMOVABLE},
     "Concat": concat,
     "Attention": fused_attention,
