@@ -772,7 +772,7 @@ def _print_candidates(report) -> None:
                           markup=False, highlight=False)
     budget = report.budget
     target = f", target latency {budget['target_latency']:g}x" if budget.get("target_latency") else ""
-    what = "cosine or top-1 agreement (class scores)" if metric == "auto" else metric
+    what = "cosine, top-1 agreement (class scores) or share of equal values (integer outputs; a label map's class IoU)" if metric == "auto" else metric
     console.print(f"budget: every output's {what} >= {1 - budget['max_loss']:g} vs the original{target}", highlight=False)
     for warning in report.warnings:
         _warn(warning)
