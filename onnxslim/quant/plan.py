@@ -302,7 +302,6 @@ class Planner:
                 del self.plan.activations[node.input[0]]
             self.decide(node, Reason(QuantReason.KEPT_FLOAT, "kept in float: no quantized node reads its output, so an integer form would only add rounding"))
 
-
     def _float_readers_keep_slope_activations_float(self) -> None:
         """A PRelu whose output no quantized node reads, or a graph output, stays in float (last first, so chains unwind): its
         float form reads x's dequantized values as they are, where the integer one adds a rounding of slope * x."""

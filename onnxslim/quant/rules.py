@@ -39,7 +39,8 @@ CPU_INTEGER_ACTIVATIONS = {"Sigmoid", "LeakyRelu"}
 HARD_ACTIVATIONS = {"HardSigmoid", "HardSwish"}
 # PRelu(x) = max(x, slope * x) where every slope lies in [0, 1]: slope * x on x's own UINT8 grid (QLinearMul with the
 # slopes as UINT8 codes), then Max of the two code tensors, which on one grid is the codes of the max; onnxruntime has no
-# integer PRelu, and its float PRelu between a DequantizeLinear and a QuantizeLinear cost an IResNet block four times this
+# integer PRelu, and its float one between a DequantizeLinear and a QuantizeLinear took 4.2 ms on 64 channels of 112x112
+# at one thread, more than the 3x3 convolution beside it (2.3 ms), where this form takes 0.3 ms
 SLOPE_ACTIVATIONS = {"PRelu"}
 INTEGER_BINARY = {"Add", "Mul"}
 REMOVABLE = {"Relu", "Clip"}
