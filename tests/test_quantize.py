@@ -1016,15 +1016,16 @@ def test_a_gelu_between_quantized_convolutions_runs_as_one_float_kernel():
     assert_close_to_float(model, quantized, 0.99)
 
 
-def prelu_block(slopes: np.ndarray, tail: bool = True):
+def prelu_block(slopes: np.ndarray, tail: bool = True, exposed: bool = False):
     """Conv -> PRelu (per-channel slopes) -> Conv, as face-recognition ResNets write every block; ``tail=False``: the
-    PRelu's output is the graph's."""
+    PRelu's output is the graph's; ``exposed``: a graph output besides the Conv's input."""
     b = GraphBuilder(43)
     x = b.node("PRelu", [b.conv("input", 3, slopes.size), b.const(slopes.reshape(-1, 1, 1).astype(np.float32))])
     y = b.conv(x, slopes.size, 4, k=1) if tail else x
-    channels = 4 if tail else slopes.size
-    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
-                   [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, channels, 16, 16])], "conv_prelu")
+    outputs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4 if tail else slopes.size, 16, 16])]
+    if exposed:
+        outputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, slopes.size, 16, 16]))
+    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])], outputs, "conv_prelu")
 
 
 def test_a_prelu_between_quantized_layers_runs_as_max_of_codes():
@@ -1055,7 +1056,8 @@ def test_a_prelu_between_quantized_layers_runs_as_max_of_codes():
 
 
 def test_a_prelu_outside_the_max_form_or_read_in_float_stays_in_float():
-    """A slope above 1 or below 0 is not max(x, slope * x); a PRelu no quantized node reads would only add a rounding."""
+    """A slope above 1 or below 0 is not max(x, slope * x); a PRelu no quantized node reads would only add a rounding, but
+    one that is a graph output and read by a quantized layer too keeps the integer form."""
     for slopes, why in ((np.linspace(-0.3, 0.5, 8), "outside [0, 1]"), (np.linspace(0.1, 1.5, 8), "outside [0, 1]")):
         model = prelu_block(slopes)
         quantized, report = quantize(model, calibrate_on(model), config=EVERY_LAYER)
@@ -1068,6 +1070,12 @@ def test_a_prelu_outside_the_max_form_or_read_in_float_stays_in_float():
     decision = next(d for d in report.decisions if d.op_type == "PRelu")
     assert decision.code == QuantReason.KEPT_FLOAT and "no quantized node reads its output" in decision.reason.text
     assert ops(quantized)["PRelu"] == 1 and "Max" not in ops(quantized)
+    # a graph output that a quantized layer also reads: the layer needs its codes, the output reads them dequantized
+    model = prelu_block(np.linspace(0.0, 0.5, 8), exposed=True)
+    quantized, report = quantize(model, calibrate_on(model), config=EVERY_LAYER)
+    assert next(d for d in report.decisions if d.op_type == "PRelu").code == QuantReason.INTEGER_KERNEL
+    assert report.integer_kernels.get("QLinearConv") == 2 and "Max" in ops(quantized)
+    assert_close_to_float(model, quantized, 0.99)
 
 
 def test_hardswish_blocks_run_on_integer_kernels_with_aligned_depthwise_channels():
@@ -1183,6 +1191,22 @@ def test_a_scalar_affine_that_ends_the_graph_stays_float():
     assert all(d.code == QuantReason.KEPT_FLOAT and "no quantized node reads" in d.reason.text for d in decisions.values()), decisions
     assert {n.op_type for n in quantized.graph.node} >= {"HardSwish", "Mul", "Add"}
     assert_close_to_float(model, quantized, 0.99)
+
+
+def test_a_scalar_affine_that_is_a_graph_output_and_read_by_a_quantized_layer_stays_integer():
+    """The layer after it needs its codes, so the integer form stays (it used to be undone for being a graph output, and the
+    layer's bias then asked for a scale the plan no longer had: a KeyError)."""
+    for op, value in (("Add", -0.3), ("Mul", -0.5)):
+        b = GraphBuilder(5)
+        x = b.node("MaxPool", [b.node("Relu", [b.conv("input", 3, 8)])], kernel_shape=[2, 2], strides=[2, 2])
+        y = b.node(op, [x, b.const(np.array(value, np.float32))])
+        z = b.conv(y, 8, 4, k=1)
+        model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+                        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 8, 8, 8]), helper.make_tensor_value_info(z, TensorProto.FLOAT, [1, 4, 8, 8])], "affine_exposed")
+        quantized, report = quantize(model, calibrate_on(model, 24), config=INTEGER_AFFINE)
+        assert next(d for d in report.decisions if d.op_type == op).quantized  # QLinear form, or read from the codes before it
+        assert report.integer_kernels.get("QLinearConv") == 2
+        assert_close_to_float(model, quantized, 0.99)
 
 
 def _affine_decisions(report) -> dict:

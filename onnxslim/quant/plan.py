@@ -260,18 +260,22 @@ class Planner:
         return self.plan
 
     def _read_by_quantized(self, output: str) -> bool:
+        return output in self.graph_outputs or self._read_by_quantized_node(output)
+
+    def _read_by_quantized_node(self, output: str) -> bool:
         readers = self.consumers.get(output, [])
-        return output in self.graph_outputs or any(self.plan.decisions[r.name].quantized for r in readers if r.name in self.plan.decisions)
+        return any(self.plan.decisions[r.name].quantized for r in readers if r.name in self.plan.decisions)
 
     def _float_readers_keep_constant_operands_float(self) -> None:
         """An Add/Mul with a constant scalar whose output no quantized node reads stays in float (last first, so chains unwind).
 
-        Like a hard activation's, its integer form pays off only when the next node takes UINT8.
+        Like a hard activation's, its integer form pays off only when the next node takes UINT8. A graph output that a
+        quantized layer also reads keeps it: the layer needs its codes.
         """
         order = [n for n in self.graph.node if n.name in self.plan.constant_operands]
         for node in reversed(order):
             output = node.output[0]
-            if output not in self.graph_outputs and self._read_by_quantized(output):
+            if self._read_by_quantized_node(output):
                 continue
             constant = self.plan.constant_operands.pop(node.name)
             del self.plan.activations[output]
@@ -303,12 +307,13 @@ class Planner:
             self.decide(node, Reason(QuantReason.KEPT_FLOAT, "kept in float: no quantized node reads its output, so an integer form would only add rounding"))
 
     def _float_readers_keep_slope_activations_float(self) -> None:
-        """A PRelu whose output no quantized node reads, or a graph output, stays in float (last first, so chains unwind): its
-        float form reads x's dequantized values as they are, where the integer one adds a rounding of slope * x."""
+        """A PRelu whose output no quantized node reads stays in float (last first, so chains unwind): its float form reads
+        x's dequantized values as they are, where the integer one adds a rounding of slope * x. One that is also a graph
+        output keeps the integer form where quantized layers read it: they need its codes."""
         order = [n for n in self.graph.node if n.name in self.plan.slope_activations]
         for node in reversed(order):
             output = node.output[0]
-            if output not in self.graph_outputs and self._read_by_quantized(output):
+            if self._read_by_quantized_node(output):
                 continue
             del self.plan.slope_activations[node.name]
             del self.plan.activations[output]
