@@ -1016,15 +1016,16 @@ def test_a_gelu_between_quantized_convolutions_runs_as_one_float_kernel():
     assert_close_to_float(model, quantized, 0.99)
 
 
-def prelu_block(slopes: np.ndarray, tail: bool = True, exposed: bool = False):
-    """Conv -> PRelu (per-channel slopes) -> Conv, as face-recognition ResNets write every block; ``tail=False``: the
-    PRelu's output is the graph's; ``exposed``: a graph output besides the Conv's input."""
+def prelu_block(slopes: np.ndarray, tail: bool = True, exposed: bool = False, channels: int | None = None):
+    """Conv -> PRelu (per-channel slopes, or one for all ``channels``) -> Conv, as face-recognition ResNets write every
+    block; ``tail=False``: the PRelu's output is the graph's; ``exposed``: a graph output besides the Conv's input."""
     b = GraphBuilder(43)
-    x = b.node("PRelu", [b.conv("input", 3, slopes.size), b.const(slopes.reshape(-1, 1, 1).astype(np.float32))])
-    y = b.conv(x, slopes.size, 4, k=1) if tail else x
-    outputs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4 if tail else slopes.size, 16, 16])]
+    channels = channels or slopes.size
+    x = b.node("PRelu", [b.conv("input", 3, channels), b.const(slopes.reshape(-1, 1, 1).astype(np.float32))])
+    y = b.conv(x, channels, 4, k=1) if tail else x
+    outputs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4 if tail else channels, 16, 16])]
     if exposed:
-        outputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, slopes.size, 16, 16]))
+        outputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, channels, 16, 16]))
     return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])], outputs, "conv_prelu")
 
 
@@ -1053,6 +1054,19 @@ def test_a_prelu_between_quantized_layers_runs_as_max_of_codes():
         x = (xq.astype(np.float32) - zero) * scale
         wanted = np.clip(np.round(np.where(x > 0, x, x * slopes.reshape(-1, 1, 1)) / scale) + zero, 0, 255)
         assert np.abs(got.astype(np.int32) - wanted).max() <= 1
+
+
+@pytest.mark.parametrize("slope", [-0.2, 0.25, 1.5])
+def test_a_prelu_with_one_slope_runs_as_qlinear_leaky_relu_whatever_the_slope(slope):
+    """torch's nn.PReLU() keeps one slope for every channel: that is LeakyRelu, whose integer kernel is a table of every
+    code's exact result, so any slope runs in integers (no rounding of the slope, no Max)."""
+    model = prelu_block(np.array([slope]), channels=16)
+    quantized, report = quantize(model, calibrate_on(model, 24), config=EVERY_LAYER)
+    decision = next(d for d in report.decisions if d.op_type == "PRelu")
+    assert decision.code == QuantReason.INTEGER_KERNEL and "QLinearLeakyRelu" in decision.reason.text
+    kernels = report.onnxruntime_kernels
+    assert kernels.get("QLinearLeakyRelu") == 1 and "Max" not in kernels and "PRelu" not in kernels, kernels
+    assert_close_to_float(model, quantized, 0.995)
 
 
 def test_a_prelu_outside_the_max_form_or_read_in_float_stays_in_float():

@@ -310,12 +310,13 @@ class Planner:
         """A PRelu whose output no quantized node reads stays in float (last first, so chains unwind): its float form reads
         x's dequantized values as they are, where the integer one adds a rounding of slope * x. One that is also a graph
         output keeps the integer form where quantized layers read it: they need its codes."""
-        order = [n for n in self.graph.node if n.name in self.plan.slope_activations]
+        order = [n for n in self.graph.node if n.name in self.plan.slope_activations or n.name in self.plan.single_slopes]
         for node in reversed(order):
             output = node.output[0]
             if self._read_by_quantized_node(output):
                 continue
-            del self.plan.slope_activations[node.name]
+            self.plan.slope_activations.pop(node.name, None)
+            self.plan.single_slopes.pop(node.name, None)
             del self.plan.activations[output]
             self.quantized_outputs.discard(output)
             for dependent in [a for a in self.plan.activations.values() if a.share == output]:

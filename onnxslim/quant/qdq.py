@@ -212,8 +212,14 @@ class _Emitter:
         """Rewrite each planned PRelu (between x's DequantizeLinear and the QuantizeLinear of its output, which has x's
         scale and zero point) as max(x, slope * x) on UINT8 codes: the PRelu becomes a Mul by the slopes as UINT8 codes
         (scale: the largest slope over 255), quantized on x's grid, and a Max of those codes and x's writes the output's
-        codes. onnxruntime fuses the Mul between Q/DQ into QLinearMul and runs Max on UINT8.
+        codes. onnxruntime fuses the Mul between Q/DQ into QLinearMul and runs Max on UINT8. A PRelu with one slope
+        becomes LeakyRelu instead (its output quantized on its own grid).
         """
+        for node in self.graph.node:
+            if node.name in self.plan.single_slopes:  # one slope: LeakyRelu, which onnxruntime fuses into QLinearLeakyRelu
+                node.op_type = "LeakyRelu"
+                del node.input[1:]
+                node.attribute.append(helper.make_attribute("alpha", self.plan.single_slopes[node.name]))
         if not self.plan.slope_activations:
             return
         dequantizers = {n.output[0]: n for n in self.new_nodes if n.op_type == "DequantizeLinear"}

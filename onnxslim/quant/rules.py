@@ -238,7 +238,8 @@ def hard_activation(planner: Planner, node: onnx.NodeProto) -> Reason:
 
 
 def slope_activation(planner: Planner, node: onnx.NodeProto) -> Reason:
-    """PRelu after a quantized layer, every slope a constant in [0, 1]: QLinearMul and Max on UINT8, see SLOPE_ACTIVATIONS."""
+    """PRelu after a quantized layer, every slope a constant in [0, 1]: QLinearMul and Max on UINT8, see SLOPE_ACTIVATIONS;
+    one slope for every channel, whatever its value: QLinearLeakyRelu, a table of every code's exact result."""
     data = node.input[0] if node.input else ""
     if not (planner.is_quantized(data) and data in planner.quantized_outputs):
         return _inputs_not_quantized()
@@ -246,7 +247,14 @@ def slope_activation(planner: Planner, node: onnx.NodeProto) -> Reason:
     if slope not in planner.inits:
         return Reason(QuantReason.KEPT_FLOAT, "PRelu whose slope is computed at run time: kept in float")
     slopes = to_array(planner.inits[slope])
-    if slopes.dtype != np.float32 or not slopes.size or not np.isfinite(slopes).all() or slopes.min() < 0.0 or slopes.max() > 1.0:
+    if slopes.dtype != np.float32 or not slopes.size or not np.isfinite(slopes).all():
+        return Reason(QuantReason.KEPT_FLOAT, "PRelu whose slope is not finite float32: kept in float")
+    if (slopes == slopes.flat[0]).all():  # one slope for every channel (torch's nn.PReLU() default): LeakyRelu, any slope
+        planner.quantize_input(data, node)
+        planner.quantize_output(node, allow_fold=True)
+        planner.plan.single_slopes[node.name] = float(slopes.flat[0])
+        return Reason(QuantReason.INTEGER_KERNEL, f"QLinearLeakyRelu: one slope ({float(slopes.flat[0]):g}) for every channel")
+    if slopes.min() < 0.0 or slopes.max() > 1.0:
         return Reason(QuantReason.KEPT_FLOAT, "PRelu with a slope outside [0, 1]: max(x, slope * x) would not compute it; kept in float")
     planner.quantize_input(data, node)
     out = node.output[0]
