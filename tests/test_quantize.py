@@ -1069,16 +1069,29 @@ def test_a_prelu_with_one_slope_runs_as_qlinear_leaky_relu_whatever_the_slope(sl
     assert_close_to_float(model, quantized, 0.995)
 
 
+def test_a_prelu_with_negative_slopes_runs_on_its_own_grid():
+    """MTCNN's slopes run from -0.73 to 0.75: max(x, slope * x) still holds (every slope at most 1), but slope * x of a
+    negative x can pass x's largest value, so x and slope * x both go onto the output's own grid before the Max."""
+    slopes = np.linspace(-0.7, 0.75, 16)
+    model = prelu_block(slopes)
+    quantized, report = quantize(model, calibrate_on(model, 24), config=EVERY_LAYER)
+    decision = next(d for d in report.decisions if d.op_type == "PRelu")
+    assert decision.code == QuantReason.INTEGER_KERNEL and "output's UINT8 grid" in decision.reason.text
+    kernels = report.onnxruntime_kernels
+    assert "PRelu" not in kernels and kernels.get("QLinearMul") == 2 and kernels.get("Max") == 1, kernels
+    assert kernels["DequantizeLinear"] == 1, kernels
+    assert_close_to_float(model, quantized, 0.995)
+
+
 def test_a_prelu_outside_the_max_form_or_read_in_float_stays_in_float():
-    """A slope above 1 or below 0 is not max(x, slope * x); a PRelu no quantized node reads would only add a rounding, but
-    one that is a graph output and read by a quantized layer too keeps the integer form."""
-    for slopes, why in ((np.linspace(-0.3, 0.5, 8), "outside [0, 1]"), (np.linspace(0.1, 1.5, 8), "outside [0, 1]")):
-        model = prelu_block(slopes)
-        quantized, report = quantize(model, calibrate_on(model), config=EVERY_LAYER)
-        decision = next(d for d in report.decisions if d.op_type == "PRelu")
-        assert decision.code == QuantReason.KEPT_FLOAT and why in decision.reason.text
-        assert "Max" not in ops(quantized)
-        assert_close_to_float(model, quantized, 0.99)
+    """A slope above 1 is not max(x, slope * x); a PRelu no quantized node reads would only add a rounding, but one that is
+    a graph output and read by a quantized layer too keeps the integer form."""
+    model = prelu_block(np.linspace(0.1, 1.5, 8))
+    quantized, report = quantize(model, calibrate_on(model), config=EVERY_LAYER)
+    decision = next(d for d in report.decisions if d.op_type == "PRelu")
+    assert decision.code == QuantReason.KEPT_FLOAT and "above 1" in decision.reason.text
+    assert "Max" not in ops(quantized)
+    assert_close_to_float(model, quantized, 0.99)
     model = prelu_block(np.linspace(0.0, 0.5, 8), tail=False)
     quantized, report = quantize(model, calibrate_on(model), config=EVERY_LAYER)
     decision = next(d for d in report.decisions if d.op_type == "PRelu")

@@ -210,10 +210,11 @@ class _Emitter:
 
     def slope_activations(self) -> None:
         """Rewrite each planned PRelu (between x's DequantizeLinear and the QuantizeLinear of its output, which has x's
-        scale and zero point) as max(x, slope * x) on UINT8 codes: the PRelu becomes a Mul by the slopes as UINT8 codes
-        (scale: the largest slope over 255), quantized on x's grid, and a Max of those codes and x's writes the output's
-        codes. onnxruntime fuses the Mul between Q/DQ into QLinearMul and runs Max on UINT8. A PRelu with one slope
-        becomes LeakyRelu instead (its output quantized on its own grid).
+        scale and zero point where every slope is in [0, 1]) as max(x, slope * x) on UINT8 codes: the PRelu becomes a
+        Mul by the slopes as UINT8 codes, quantized on the output's grid, and a Max of those codes and x's (requantized
+        onto the output's grid first where the grids differ) writes the output's codes. onnxruntime fuses each Mul between
+        Q/DQ into QLinearMul and runs Max on UINT8. A PRelu with one slope becomes LeakyRelu instead (its output quantized
+        on its own grid).
         """
         for node in self.graph.node:
             if node.name in self.plan.single_slopes:  # one slope: LeakyRelu, which onnxruntime fuses into QLinearLeakyRelu
@@ -230,12 +231,22 @@ class _Emitter:
             codes = dequantizers[node.input[0]].input[0]
             quantizer = quantizers[node.output[0]]
             slopes = to_array(self.inits[node.input[1]]).astype(np.float64)
-            top = float(slopes.max())
-            scale = top / 255.0 if top > 0 else 1.0
+            low, high = min(float(slopes.min()), 0.0), max(float(slopes.max()), 0.0)
+            scale = (high - low) / 255.0 if high > low else 1.0
+            zero = int(round(-low / scale))
             base = node.output[0]
+            if low < 0.0:  # the output has a grid of its own: x goes onto it too (a QLinearMul by one exact code)
+                one = self.name(f"{base}_one")
+                self.dequantize(self.constant(f"{base}_one_quantized", np.asarray(1, np.uint8)), self.constant(f"{base}_one_scale", np.asarray(1.0, np.float32)),
+                                self.constant(f"{base}_one_zero_point", np.asarray(0, np.uint8)), one, None)
+                moved = self.name(f"{base}_input_on_output_grid")
+                self.node("Mul", [node.input[0], one], moved)
+                codes = self.name(f"{base}_input_on_output_grid_quantized")
+                self.node("QuantizeLinear", [moved, quantizer.input[1], quantizer.input[2]], codes)
             slope_value = self.name(f"{base}_slope_dequantized")
-            self.dequantize(self.constant(f"{base}_slope_quantized", np.round(slopes / scale).astype(np.uint8)), self.constant(f"{base}_slope_scale", np.asarray(scale, np.float32)),
-                            self.constant(f"{base}_slope_zero_point", np.asarray(0, np.uint8)), slope_value, None)
+            self.dequantize(self.constant(f"{base}_slope_quantized", np.clip(np.round(slopes / scale) + zero, 0, 255).astype(np.uint8)),
+                            self.constant(f"{base}_slope_scale", np.asarray(scale, np.float32)), self.constant(f"{base}_slope_zero_point", np.asarray(zero, np.uint8)),
+                            slope_value, None)
             node.op_type = "Mul"
             node.input[1] = slope_value
             result = quantizer.output[0]

@@ -37,8 +37,9 @@ CPU_INTEGER_ACTIVATIONS = {"Sigmoid", "LeakyRelu"}
 # a UINT8 output with zero point 0 and scale <= 1/255: written as QLinearAdd (and QLinearMul), every MobileNetV3 block
 # stays in UINT8 instead of dequantizing around each activation
 HARD_ACTIVATIONS = {"HardSigmoid", "HardSwish"}
-# PRelu(x) = max(x, slope * x) where every slope lies in [0, 1]: slope * x on x's own UINT8 grid (QLinearMul with the
-# slopes as UINT8 codes), then Max of the two code tensors, which on one grid is the codes of the max; onnxruntime has no
+# PRelu(x) = max(x, slope * x) where every slope is at most 1: slope * x on x's own UINT8 grid (QLinearMul with the
+# slopes as UINT8 codes), then Max of the two code tensors, which on one grid is the codes of the max (with a negative
+# slope, slope * x can pass x's largest value: then both go onto the output's own grid, x by a QLinearMul by 1); onnxruntime has no
 # integer PRelu, and its float one between a DequantizeLinear and a QuantizeLinear took 4.2 ms on 64 channels of 112x112
 # at one thread, more than the 3x3 convolution beside it (2.3 ms), where this form takes 0.3 ms
 SLOPE_ACTIVATIONS = {"PRelu"}
@@ -238,8 +239,9 @@ def hard_activation(planner: Planner, node: onnx.NodeProto) -> Reason:
 
 
 def slope_activation(planner: Planner, node: onnx.NodeProto) -> Reason:
-    """PRelu after a quantized layer, every slope a constant in [0, 1]: QLinearMul and Max on UINT8, see SLOPE_ACTIVATIONS;
-    one slope for every channel, whatever its value: QLinearLeakyRelu, a table of every code's exact result."""
+    """PRelu after a quantized layer, every slope a constant at most 1: QLinearMul and Max on UINT8, see SLOPE_ACTIVATIONS (with
+    a negative slope, x requantized onto the output's grid first); one slope for every channel, whatever its value:
+    QLinearLeakyRelu, a table of every code's exact result."""
     data = node.input[0] if node.input else ""
     if not (planner.is_quantized(data) and data in planner.quantized_outputs):
         return _inputs_not_quantized()
@@ -254,14 +256,18 @@ def slope_activation(planner: Planner, node: onnx.NodeProto) -> Reason:
         planner.quantize_output(node, allow_fold=True)
         planner.plan.single_slopes[node.name] = float(slopes.flat[0])
         return Reason(QuantReason.INTEGER_KERNEL, f"QLinearLeakyRelu: one slope ({float(slopes.flat[0]):g}) for every channel")
-    if slopes.min() < 0.0 or slopes.max() > 1.0:
-        return Reason(QuantReason.KEPT_FLOAT, "PRelu with a slope outside [0, 1]: max(x, slope * x) would not compute it; kept in float")
+    if slopes.max() > 1.0:
+        return Reason(QuantReason.KEPT_FLOAT, "PRelu with a slope above 1: max(x, slope * x) would not compute it; kept in float")
     planner.quantize_input(data, node)
+    planner.plan.slope_activations[node.name] = slope
+    if slopes.min() < 0.0:
+        # slope * x of a negative x and slope is positive, possibly past x's largest value: both go onto the output's own grid
+        planner.quantize_output(node, allow_fold=False)
+        return Reason(QuantReason.INTEGER_KERNEL, "2 QLinearMul + Max: max(x, slope * x) on the output's UINT8 grid (slopes <= 1, some negative)")
     out = node.output[0]
     # the Max of two code tensors is the codes of the max only on one grid: the output takes x's scale and zero point
     planner.plan.activations[out] = ActivationQuant(out, observe=out, share=data, rewire_all=True)
     planner.quantized_outputs.add(out)
-    planner.plan.slope_activations[node.name] = slope
     return Reason(QuantReason.INTEGER_KERNEL, "QLinearMul + Max: max(x, slope * x) on x's UINT8 codes (every slope in [0, 1])")
 
 
