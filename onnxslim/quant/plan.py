@@ -278,13 +278,7 @@ class Planner:
             if self._read_by_quantized_node(output):
                 continue
             constant = self.plan.constant_operands.pop(node.name)
-            del self.plan.activations[output]
-            self.quantized_outputs.discard(output)
-            data = self.plan.activations[node.input[1 - constant]]
-            data.readers.discard(node.name)
-            if not data.rewire_all and not data.readers:
-                del self.plan.activations[data.tensor]
-            self.decide(node, Reason(QuantReason.KEPT_FLOAT, "kept in float: no quantized node reads its output, so an integer form would only add rounding"))
+            self._keep_float_unread(node, node.input[1 - constant])
 
     def _float_readers_keep_hard_activations_float(self) -> None:
         """A HardSigmoid / HardSwish whose output no quantized node reads stays in float.
@@ -298,13 +292,7 @@ class Planner:
             if self._read_by_quantized(output):
                 continue
             del self.plan.hard_activations[name]
-            del self.plan.activations[output]
-            self.quantized_outputs.discard(output)
-            data = self.plan.activations[node.input[0]]
-            data.readers.discard(name)
-            if not data.rewire_all and not data.readers:
-                del self.plan.activations[node.input[0]]
-            self.decide(node, Reason(QuantReason.KEPT_FLOAT, "kept in float: no quantized node reads its output, so an integer form would only add rounding"))
+            self._keep_float_unread(node, node.input[0])
 
     def _float_readers_keep_slope_activations_float(self) -> None:
         """A PRelu whose output no quantized node reads stays in float (last first, so chains unwind): its float form reads
@@ -317,15 +305,21 @@ class Planner:
                 continue
             self.plan.slope_activations.pop(node.name, None)
             self.plan.single_slopes.pop(node.name, None)
-            del self.plan.activations[output]
-            self.quantized_outputs.discard(output)
-            for dependent in [a for a in self.plan.activations.values() if a.share == output]:
-                dependent.share = None  # falls back to its own observed range
-            data = self.plan.activations[node.input[0]]
-            data.readers.discard(node.name)
-            if not data.rewire_all and not data.readers:
-                del self.plan.activations[node.input[0]]
-            self.decide(node, Reason(QuantReason.KEPT_FLOAT, "kept in float: no quantized node reads its output, so an integer form would only add rounding"))
+            self._keep_float_unread(node, node.input[0])
+
+    def _keep_float_unread(self, node: onnx.NodeProto, data: str) -> None:
+        """Undo the integer form of ``node``, whose output no quantized node reads: its output is no longer quantized (a
+        tensor that shared its scale falls back to its own range), and ``data``, its quantized input, loses it as a reader."""
+        output = node.output[0]
+        del self.plan.activations[output]
+        self.quantized_outputs.discard(output)
+        for dependent in [a for a in self.plan.activations.values() if a.share == output]:
+            dependent.share = None
+        source = self.plan.activations[data]
+        source.readers.discard(node.name)
+        if not source.rewire_all and not source.readers:
+            del self.plan.activations[data]
+        self.decide(node, Reason(QuantReason.KEPT_FLOAT, "kept in float: no quantized node reads its output, so an integer form would only add rounding"))
 
 
 def make_plan(model: onnx.ModelProto, config: QuantConfig, float_tensors: set[str], keep_float: frozenset[str] = frozenset(),
