@@ -65,13 +65,18 @@ def export_torchvision(name: str, folder: Path, count: int, exporter: str = "leg
     example = torch.randn(1, 3, 224, 224)
     dynamo = {"dynamo": True, "external_data": False} if exporter == "dynamo" else {"dynamo": False}
     torch.onnx.export(model, example, str(path), input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, **dynamo)
+    calib, held = random_inputs(folder / f"{name}_calib", "x", (1, 3, 224, 224), count)
+    return path, calib, held
+
+
+def random_inputs(calib: Path, input_name: str, shape: tuple[int, ...], count: int) -> tuple[Path, list[dict]]:
+    """``count`` seeded random inputs written to the folder ``calib`` as .npz batches, and ``count`` others held out."""
     rng = np.random.default_rng(0)
-    feeds = [{"x": rng.normal(size=(1, 3, 224, 224)).astype(np.float32)} for _ in range(count * 2)]
-    calib = folder / f"{name}_calib"
+    feeds = [{input_name: rng.normal(size=shape).astype(np.float32)} for _ in range(count * 2)]
     calib.mkdir(exist_ok=True)
     for index, feed in enumerate(feeds[:count]):
         np.savez(calib / f"{index:05d}.npz", **feed)
-    return path, calib, feeds[count:]
+    return calib, feeds[count:]
 
 
 def top1_agreement(reference, candidate) -> float:

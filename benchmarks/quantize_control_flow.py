@@ -21,9 +21,7 @@ interleaved, median of ``--runs``, at each thread count.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +30,10 @@ import onnx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.quantize_silu import markdown, onnxruntime_static  # noqa: E402
-from benchmarks.tasks import run_all  # noqa: E402
-from benchmarks.timing import median_latencies  # noqa: E402
+from benchmarks.quantize_silu import measured, onnxruntime_static, run_benchmarks  # noqa: E402
 from models.builders import looped_mlp, rate_branches  # noqa: E402
 from models.scripted_export import scripted_branches  # noqa: E402
 from onnxslim import QuantConfig, quantize  # noqa: E402
-from onnxslim.measure import OutputComparison  # noqa: E402
 
 
 def feeds(name: str, count: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -71,19 +66,8 @@ def bench(name: str, work: Path, args) -> dict:
     models["onnxslim"] = ours
     models["onnxruntime static"] = onnxruntime_static(fp32, calib, work / f"{name}.ort_static.onnx", per_channel=False)
     models["onnxruntime dynamic"] = onnxruntime_dynamic(fp32, work / f"{name}.ort_dynamic.onnx")
-    reference = run_all(fp32, held)
-    row = {"model": name, "cosine": {}, "latency_ms": {}, "mb": {}, "integer_kernels": {}}
-    for label, path in models.items():
-        comparison = OutputComparison("output")
-        for ref, cand in zip(reference, run_all(path, held)):
-            comparison.add(ref[0], cand[0])
-        row["cosine"][label] = comparison.min_batch_cosine
-        row["mb"][label] = path.stat().st_size / 1e6
-    row["integer_kernels"]["onnxslim"] = report.integer_kernels
+    row = {"model": name, **measured(models, held, args), "integer_kernels": {"onnxslim": report.integer_kernels}}
     row["kept_float_for_budget"] = len(report.kept_float_for_budget)
-    for threads in args.threads:
-        medians = median_latencies(list(models.values()), held[0], threads=threads, runs=args.runs)
-        row["latency_ms"][f"{threads}T"] = dict(zip(models, medians))
     return row
 
 
@@ -96,15 +80,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "cache" / "quantize_control_flow.json")
     args = parser.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        for name in args.models:
-            rows.append(bench(name, Path(folder), args))
-            print(markdown(rows[-1:], args.threads, mb_digits=2), flush=True)
-            print("onnxslim integer kernels:", rows[-1]["integer_kernels"]["onnxslim"], flush=True)
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(rows, indent=1))
-    print(markdown(rows, args.threads, mb_digits=2))
+    run_benchmarks(args.models, bench, args, mb_digits=2, also=lambda row: print("onnxslim integer kernels:", row["integer_kernels"]["onnxslim"], flush=True))
 
 
 if __name__ == "__main__":

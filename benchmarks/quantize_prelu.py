@@ -17,9 +17,7 @@ that onnxruntime's quantizer writes too.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +25,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.quantize_silu import markdown, onnxruntime_static  # noqa: E402
-from benchmarks.tasks import run_all  # noqa: E402
-from benchmarks.timing import median_latencies  # noqa: E402
+from benchmarks.gpu_fp16 import random_inputs  # noqa: E402
+from benchmarks.quantize_silu import measured, onnxruntime_static, run_benchmarks  # noqa: E402
 from onnxslim import QuantConfig, quantize  # noqa: E402
-from onnxslim.measure import OutputComparison  # noqa: E402
 
 LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
 
@@ -83,13 +79,8 @@ def export(depth: int, folder: Path, count: int) -> tuple[Path, Path, list[dict]
 
     path = folder / f"iresnet{depth}.onnx"
     torch.onnx.export(iresnet(depth), torch.randn(1, 3, 112, 112), str(path), input_names=["face"], output_names=["embedding"], opset_version=17, dynamo=False)
-    rng = np.random.default_rng(0)
-    feeds = [{"face": rng.normal(size=(1, 3, 112, 112)).astype(np.float32)} for _ in range(count * 2)]
-    calib = folder / f"iresnet{depth}_calib"
-    calib.mkdir(exist_ok=True)
-    for index, feed in enumerate(feeds[:count]):
-        np.savez(calib / f"{index:05d}.npz", **feed)
-    return path, calib, feeds[count:]
+    calib, held = random_inputs(folder / f"iresnet{depth}_calib", "face", (1, 3, 112, 112), count)
+    return path, calib, held
 
 
 def bench(depth: int, work: Path, args) -> dict:
@@ -103,18 +94,7 @@ def bench(depth: int, work: Path, args) -> dict:
     for per_channel in (False, True):
         label = f"onnxruntime{' per-channel' if per_channel else ''}"
         models[label] = onnxruntime_static(fp32, calib, work / f"iresnet{depth}.ort{int(per_channel)}.onnx", per_channel)
-    reference = run_all(fp32, held)
-    row = {"model": f"iresnet{depth}", "cosine": {}, "latency_ms": {}, "mb": {}}
-    for label, path in models.items():
-        comparison = OutputComparison("embedding")
-        for ref, cand in zip(reference, run_all(path, held)):
-            comparison.add(ref[0], cand[0])
-        row["cosine"][label] = comparison.min_batch_cosine
-        row["mb"][label] = path.stat().st_size / 1e6
-    for threads in args.threads:
-        medians = median_latencies(list(models.values()), held[0], threads=threads, runs=args.runs)
-        row["latency_ms"][f"{threads}T"] = dict(zip(models, medians))
-    return row
+    return {"model": f"iresnet{depth}", **measured(models, held, args)}
 
 
 def main() -> None:
@@ -126,14 +106,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "cache" / "quantize_prelu.json")
     args = parser.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        for depth in args.depths:
-            rows.append(bench(depth, Path(folder), args))
-            print(markdown(rows[-1:], args.threads), flush=True)
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(rows, indent=1))
-    print(markdown(rows, args.threads))
+    run_benchmarks(args.depths, bench, args)
 
 
 if __name__ == "__main__":

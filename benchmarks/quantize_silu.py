@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,18 +69,40 @@ def bench(name: str, work: Path, args) -> dict:
 
         models["onnxruntime dynamic"] = work / f"{name}.ort-dynamic.onnx"
         quantize_dynamic(str(fp32), str(models["onnxruntime dynamic"]))
-    reference = run_all(fp32, held)
-    row = {"model": name, "cosine": {}, "latency_ms": {}, "integer_kernels": report.integer_kernels, "mb": {}, "kept_float_for_budget": len(report.kept_float_for_budget)}
+    return {"model": name, **measured(models, held, args), "integer_kernels": report.integer_kernels, "kept_float_for_budget": len(report.kept_float_for_budget)}
+
+
+def measured(models: dict[str, Path], held: list[dict], args) -> dict:
+    """Each model against the one labelled FP32 on ``held``: the lowest cosine of its first output over the inputs, its file's
+    MB, and the median latency of every model in one interleaved loop at each of ``args.threads``."""
+    reference = run_all(models["FP32"], held)
+    row: dict = {"cosine": {}, "latency_ms": {}, "mb": {}}
     for label, path in models.items():
-        comparison = OutputComparison("logits")
+        comparison = OutputComparison("output")
         for ref, cand in zip(reference, run_all(path, held)):
             comparison.add(ref[0], cand[0])
-        row["cosine"][label] = comparison.min_batch_cosine  # the lowest over the held-out images
+        row["cosine"][label] = comparison.min_batch_cosine
         row["mb"][label] = path.stat().st_size / 1e6
     for threads in args.threads:
         medians = median_latencies(list(models.values()), held[0], threads=threads, runs=args.runs)
         row["latency_ms"][f"{threads}T"] = dict(zip(models, medians))
     return row
+
+
+def run_benchmarks(names: list, bench, args, *, mb_digits: int = 1, also: Callable[[dict], None] | None = None) -> list[dict]:
+    """``bench(name, folder, args)`` for each of ``names`` in one scratch folder: each row printed as it comes (then ``also``
+    with it) and all of them kept in ``args.json``; the whole table at the end."""
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in names:
+            rows.append(bench(name, Path(folder), args))
+            print(markdown(rows[-1:], args.threads, mb_digits), flush=True)
+            if also is not None:
+                also(rows[-1])
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=1))
+    print(markdown(rows, args.threads, mb_digits))
+    return rows
 
 
 def markdown(rows: list[dict], threads: list[int], mb_digits: int = 1) -> str:
@@ -104,14 +127,7 @@ def main() -> None:
     parser.add_argument("--dynamic", action="store_true", help="also onnxruntime.quantization.quantize_dynamic (transformers: convnext_tiny, vit_b_16, swin_t)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "cache" / "quantize_silu.json")
     args = parser.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        for name in args.models:
-            rows.append(bench(name, Path(folder), args))
-            print(markdown(rows[-1:], args.threads), flush=True)
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(rows, indent=1))
-    print(markdown(rows, args.threads))
+    run_benchmarks(args.models, bench, args)
 
 
 if __name__ == "__main__":
