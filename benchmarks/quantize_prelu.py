@@ -90,7 +90,7 @@ def bench(depth: int, work: Path, args) -> dict:
     models = {"FP32": fp32}
     for label, extra in (("onnxslim", {}), ("onnxslim, PRelu in float", {"exclude_op_types": ("PRelu",)})):
         models[label] = work / f"iresnet{depth}.{len(models)}.onnx"
-        quantize(fp32, str(calib_dir), config=QuantConfig(latency_runs=0, if_slower="write", **extra), output=models[label], show_progress=False)
+        quantize(fp32, str(calib_dir), config=QuantConfig(if_slower="write", **extra), output=models[label], show_progress=False)
     for per_channel in (False, True):
         label = f"onnxruntime{' per-channel' if per_channel else ''}"
         models[label] = onnxruntime_static(fp32, calib, work / f"iresnet{depth}.ort{int(per_channel)}.onnx", per_channel)

@@ -71,8 +71,10 @@ def bench(task: Task, model: Path, work: Path, calib_count: int, variants: list[
         started = time.perf_counter()
         _, report = quantize(model, str(calib), config=QuantConfig(**({"if_slower": "write"} | parse_settings(text))), output=out)
         extra = {"written": report.written, "kept_float_for_budget": len(report.kept_float_for_budget), "scalar_affine": report.scalar_affine,
-                 "worst_cosine_reported": min(c.cosine for c in report.fidelity), "settings": text}
-        chose = f" (wrote the {report.scalar_affine['written']} form)" if "scalar_affine=auto" in text and report.scalar_affine else ""
+                 "depthwise": report.depthwise, "output_layers": report.output_layers, "worst_cosine_reported": min(c.cosine for c in report.fidelity), "settings": text}
+        # what each form measured by default chose: the scalar affines and output layers, in the setting's label
+        forms = [f"{label} {entry['written']}" for label, entry in (("scalar affines", report.scalar_affine), ("output layers", report.output_layers)) if entry]
+        chose = f" ({', '.join(forms)})" if forms else ""
         rows.append((f"{text or 'defaults'}{chose}" + ("" if report.written == "int8" else f", wrote {report.written}"), out, time.perf_counter() - started, extra))
         print(rows[-1][0], extra, flush=True)
     return scored_and_timed(task, rows, feeds, reference, runs=runs)

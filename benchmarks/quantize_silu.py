@@ -56,11 +56,15 @@ def bench(name: str, work: Path, args) -> dict:
     calib = [dict(np.load(p)) for p in sorted(calib_dir.glob("*.npz"))]
     models = {"FP32": fp32}
     ours = work / f"{name}.onnxslim.onnx"
-    _, report = quantize(fp32, str(calib_dir), config=QuantConfig(latency_runs=0, if_slower="write"), output=ours, show_progress=False)
+    _, report = quantize(fp32, str(calib_dir), config=QuantConfig(if_slower="write"), output=ours, show_progress=False)
     models["onnxslim"] = ours
     unbudgeted = work / f"{name}.onnxslim-no-budget.onnx"
-    quantize(fp32, str(calib_dir), config=QuantConfig(latency_runs=0, if_slower="write", accuracy_budget=None), output=unbudgeted, show_progress=False)
+    quantize(fp32, str(calib_dir), config=QuantConfig(if_slower="write", accuracy_budget=None), output=unbudgeted, show_progress=False)
     models["onnxslim --accuracy-budget none"] = unbudgeted
+    if args.float_output_layers:  # what a default run wrote before --output-layers auto
+        kept = work / f"{name}.onnxslim-float-output-layers.onnx"
+        quantize(fp32, str(calib_dir), config=QuantConfig(if_slower="write", output_layers="float"), output=kept, show_progress=False)
+        models["onnxslim --output-layers float"] = kept
     for per_channel in (False, True):
         label = f"onnxruntime{' per-channel' if per_channel else ''}"
         models[label] = onnxruntime_static(fp32, calib, work / f"{name}.ort{int(per_channel)}.onnx", per_channel)
@@ -125,6 +129,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--exporter", choices=("legacy", "dynamo"), default="legacy", help="torch.onnx.export's TorchScript exporter (opset 17) or torch.export (dynamo, needs onnxscript)")
     parser.add_argument("--dynamic", action="store_true", help="also onnxruntime.quantization.quantize_dynamic (transformers: convnext_tiny, vit_b_16, swin_t)")
+    parser.add_argument("--float-output-layers", action="store_true", help="also onnxslim with --output-layers float (the output layer kept in float, as before auto)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "cache" / "quantize_silu.json")
     args = parser.parse_args()
     run_benchmarks(args.models, bench, args)

@@ -453,7 +453,7 @@ def test_fake_quantization_simulates_the_int8_model_and_comes_off_cleanly():
         node.input[:] = [renamed.get(i, i) for i in node.input]
         node.output[:] = [renamed.get(o, o) for o in node.output]
     data = sample_inputs(model, 20, seed=4)
-    config = QuantConfig(accuracy_budget=None, latency_runs=0, quantize_output_layers=True)
+    config = QuantConfig(accuracy_budget=None, latency_runs=0, output_layers="int8")
     run = QuantRun(model, data, config, None, None, False, align=False)
     plan, params = run.params(run.plan(config))
     activations, weights, hard_swish = quantized_tensors(plan, params, run.prepared)

@@ -87,7 +87,7 @@ def test_random_graphs_prune_exactly(model, ratio):
 def test_random_graphs_quantize_and_stay_close(model, target):
     data = sample_inputs(model, 12, seed=1)
     # graph coverage: every layer quantized, the closeness bound below instead of the default budget (which may keep them all in float)
-    quantized, report = quantize(model, data, config=QuantConfig(target=target, latency_runs=0, quantize_output_layers=True, accuracy_budget=None))
+    quantized, report = quantize(model, data, config=QuantConfig(target=target, latency_runs=0, output_layers="int8", accuracy_budget=None))
     onnx.checker.check_model(quantized)
     assert report.quantized
     for feed in sample_inputs(model, 2, seed=9):

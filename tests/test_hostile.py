@@ -185,7 +185,7 @@ def test_model_local_functions_are_kept(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.local", 1)], functions=[function])
     model.ir_version = 8
     data = sample_inputs(model, 6)
-    quantized, _ = quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True))
+    quantized, _ = quantize(model, data, config=QuantConfig(latency_runs=0, output_layers="int8"))
     assert [f.name for f in quantized.functions] == ["Swish"]
     pruned, report = prune(model, config=PruneConfig(ratio=0.5, latency_runs=0))
     assert any("custom op" in (g.skipped or "") for g in report.groups)
@@ -248,7 +248,7 @@ def test_sequence_of_maps_outputs_are_compared_as_class_probabilities(tmp_path):
     model = scikit_classifier()
     rng = np.random.default_rng(2)
     batches = [{"X": (4 * rng.standard_normal((1, 8))).astype(np.float32)} for _ in range(40)]
-    _, report = quantize(model, batches, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=None), output=tmp_path / "q.onnx")
+    _, report = quantize(model, batches, config=QuantConfig(latency_runs=0, output_layers="int8", accuracy_budget=None), output=tmp_path / "q.onnx")
     by_name = {c.name: c for c in report.fidelity}
     assert by_name["output_probability"].task_metric[0] == "top-1" and by_name["output_probability"].cosine > 0.99
     assert by_name["label"].task_metric[0] == "exact"

@@ -41,7 +41,7 @@ GOLDEN = Path(__file__).parent / "golden"
 FAST = QuantConfig(latency_runs=0)
 # outlier_mlp's first layer needs float only while its outlier channel stays in its input; --smooth outliers (the default) removes it
 UNSMOOTHED = QuantConfig(latency_runs=0, smooth=None)
-EVERY_LAYER = QuantConfig(latency_runs=0, quantize_output_layers=True)
+EVERY_LAYER = QuantConfig(latency_runs=0, output_layers="int8")
 
 
 def calibrate_on(model, count=20, seed=1):
@@ -131,7 +131,7 @@ def test_depthwise_grouped_and_concat_models_quantize_every_conv():
 
 def test_gemm_weights_on_output_axis():
     model = mlp()
-    quantized, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=0, quantize_output_layers=True))
+    quantized, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=0, output_layers="int8"))
     inits = initializers(quantized)
     for node in stored_dq(quantized, inits, np.int8):
         assert next(a.i for a in node.attribute if a.name == "axis") == 0  # transB=1: (N, K)
@@ -677,7 +677,7 @@ def test_the_budget_holds_on_every_held_out_batch_not_only_on_those_the_search_s
     model = mlp()
     scaled = lambda feeds, factor: [{name: (value * factor).astype(value.dtype) for name, value in feed.items()} for feed in feeds]  # noqa: E731
     held_out = sample_inputs(model, 2, seed=2) + scaled(sample_inputs(model, 6, seed=3), 2.0)
-    config = QuantConfig(latency_runs=0, quantize_output_layers=True)
+    config = QuantConfig(latency_runs=0, output_layers="int8")
     _, sampled = quantize(model, calibrate_on(model, 24), eval_data=held_out[:2], config=config)
     assert not sampled.kept_float_for_budget and min(c.cosine for c in sampled.fidelity) >= 0.99
     _, report = quantize(model, calibrate_on(model, 24), eval_data=held_out, config=config)
@@ -694,7 +694,7 @@ def test_no_model_is_run_over_every_held_out_batch_twice(monkeypatch):
     model = mlp()
     held_out = sample_inputs(model, 8, seed=2)
     data = calibrate_on(model, 24)
-    settings = {"latency_runs": 0, "quantize_output_layers": True, "kept_float_weights": "float32"}
+    settings = {"latency_runs": 0, "output_layers": "int8", "kept_float_weights": "float32"}
     _, plain = quantize(model, data, eval_data=held_out, config=QuantConfig(accuracy_budget=None, **settings))
     worst = min(c.cosine for c in plain.fidelity)
     budget = worst + (1 - worst) * 0.5
@@ -712,7 +712,7 @@ def test_fast_sensitivity_builds_a_few_models_where_measured_builds_one_per_laye
 
     model = transformer_block()
     data = calibrate_on(model, 24)
-    _, plain = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, quantize_output_layers=True))
+    _, plain = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, output_layers="int8"))
     worst = min(c.cosine for c in plain.fidelity)
     budget = worst + (1 - worst) * 0.5
     builds = []
@@ -722,7 +722,7 @@ def test_fast_sensitivity_builds_a_few_models_where_measured_builds_one_per_laye
     counts = {}
     for sensitivity in ("fast", "measured"):
         builds.clear()
-        _, report = quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=budget, sensitivity=sensitivity))
+        _, report = quantize(model, data, config=QuantConfig(latency_runs=0, output_layers="int8", accuracy_budget=budget, sensitivity=sensitivity))
         assert min(c.cosine for c in report.fidelity) >= budget
         counts[sensitivity] = (len(builds), len(report.sensitivity), len(report.kept_float_for_budget))
     layers = counts["measured"][1]
@@ -736,7 +736,7 @@ def test_an_untimed_build_writes_int8_without_timing_it_against_fp32(monkeypatch
 
     model = conv_bn_relu()
     data = calibrate_on(model, 10)
-    config = QuantConfig(if_slower="keep-fp32", accuracy_budget=None)
+    config = QuantConfig(if_slower="keep-fp32", accuracy_budget=None, output_layers="float")  # no timed form to choose: the same model both ways
     timings = []
     # timed, this INT8 model would lose to FP32 and FP32 would be written
     slower = LatencyComparison(None, {"runs": 8, "median_ms": 1.0}, {"runs": 8, "median_ms": 2.0})
@@ -754,17 +754,17 @@ def test_a_top1_budget_bounds_decisions_not_cosine():
 
     model = conv_bn_relu(channels=32, size=16)  # ends in (batch, classes) scores
     data = calibrate_on(model, 24)
-    config = QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=0.999999, accuracy_metric="top1")
+    config = QuantConfig(latency_runs=0, output_layers="int8", accuracy_budget=0.999999, accuracy_metric="top1")
     _, report = quantize(model, data, config=config)
     top1 = [c.top1 for c in report.fidelity]
     assert report.accuracy_metric == "top1" and all(t is not None and t >= 0.999999 for t in top1)
     assert report.to_dict()["accuracy_metric"] == "top1"
     # the same budget on cosine is a different, stricter promise: no INT8 layer keeps the output's cosine at 1
     with pytest.raises(NothingToDoError, match="every layer alone brings an output's cosine score"):
-        quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=0.999999, sensitivity="measured"))
+        quantize(model, data, config=QuantConfig(latency_runs=0, output_layers="int8", accuracy_budget=0.999999, sensitivity="measured"))
     # the fast ranking says what it measured: the most layers it kept in float that still missed, and the score there
     with pytest.raises(NothingToDoError, match="miss it until every one is") as refused:
-        quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=0.999999))
+        quantize(model, data, config=QuantConfig(latency_runs=0, output_layers="int8", accuracy_budget=0.999999))
     kept, total, score = re.search(r"\(with (\d+) of (\d+) in float, cosine ([0-9.]+)\)", str(refused.value)).groups()
     assert 0 <= int(kept) < int(total) and float(score) < 0.999999
 
@@ -775,7 +775,7 @@ def test_cli_quantize_writes_model_and_report(save, npz_folder, tmp_path):
     data = npz_folder(calibrate_on(model, 10))
     out, report = tmp_path / "int8.onnx", tmp_path / "report.json"
     result = CliRunner().invoke(
-        main, ["quantize", str(path), "-o", str(out), "--data", str(data), "--latency-runs", "0", "--quantize-output-layers", "--report", str(report), "-q"]
+        main, ["quantize", str(path), "-o", str(out), "--data", str(data), "--latency-runs", "0", "--output-layers", "int8", "--report", str(report), "-q"]
     )
     assert result.exit_code == 0, result.output
     content = json.loads(report.read_text())
@@ -1176,7 +1176,7 @@ def _learnable_affine_block(after: str = "conv", scale: float = 1.7) -> onnx.Mod
                    [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, channels, 16, 16])], "learnable_affine")
 
 
-INTEGER_AFFINE = QuantConfig(latency_runs=0, quantize_output_layers=True, scalar_affine="int8")
+INTEGER_AFFINE = QuantConfig(latency_runs=0, output_layers="int8", scalar_affine="int8")
 
 
 def test_a_scalar_affine_between_quantized_layers_is_read_from_the_codes_before_it():
@@ -1259,7 +1259,7 @@ def test_scalar_affine_auto_keeps_the_float_form_when_it_cannot_time_it(monkeypa
     assert "not measured" in report.scalar_affine["why"]
     assert all(d.code == QuantReason.KEPT_FLOAT and "not measured" in d.reason.text for d in _affine_decisions(report).values())
     assert {"Mul", "Add"} <= {n.op_type for n in quantized.graph.node if not n.input[0].endswith("dequantized")}
-    _, forced = quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, scalar_affine="float"))
+    _, forced = quantize(model, data, config=QuantConfig(latency_runs=0, output_layers="int8", scalar_affine="float"))
     assert forced.scalar_affine == {}  # only auto measures and reports
     _, plain = quantize(conv_bn_relu(), calibrate_on(conv_bn_relu()), config=EVERY_LAYER)
     assert plain.scalar_affine == {}  # nothing to choose
@@ -1286,7 +1286,7 @@ def test_scalar_affine_auto_writes_the_integer_form_only_when_measured_faster(mo
 
     model = _learnable_affine_block()
     monkeypatch.setattr(affine_step, "latency_ratios", _fake_timing(at_threads, at_one))
-    quantized, report = quantize(model, calibrate_on(model, 24), config=QuantConfig(latency_runs=3, quantize_output_layers=True, if_slower="write"))
+    quantized, report = quantize(model, calibrate_on(model, 24), config=QuantConfig(latency_runs=3, output_layers="int8", if_slower="write"))
     assert report.scalar_affine["written"] == written and why in report.scalar_affine["why"], report.scalar_affine
     assert report.scalar_affine["latency_vs_float_form"] == pytest.approx(at_threads)
     # a form slower where it is deployed is not timed again at 1 thread
@@ -1307,7 +1307,7 @@ def test_scalar_affine_auto_keeps_the_float_form_when_the_integer_form_misses_th
     model = _learnable_affine_block()
     data = calibrate_on(model, 24)
     monkeypatch.setattr(affine_step, "latency_ratios", _fake_timing(0.5, 0.5))
-    settings = {"latency_runs": 3, "quantize_output_layers": True, "if_slower": "write"}
+    settings = {"latency_runs": 3, "output_layers": "int8", "if_slower": "write"}
     _, unbounded = quantize(model, data, config=QuantConfig(accuracy_budget=None, **settings))
     scores = unbounded.scalar_affine
     assert scores["written"] == "int8" and scores["worst_score_integer_form"] < scores["worst_score_float_form"]  # the extra rounding costs a little
@@ -1480,7 +1480,7 @@ def test_biases_onnxruntime_does_not_fuse_are_seen_and_kept_float():
     model = b.model(inputs, [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["a", "b", "c"])], "unknown_rank")
     rng = np.random.default_rng(5)
     data = [{"input": rng.standard_normal((6, 16)).astype(np.float32), "shape": np.array([2, 3, 16], np.int64)} for _ in range(12)]
-    quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=None))
+    quantized, report = quantize(model, data, config=QuantConfig(latency_runs=0, output_layers="int8", accuracy_budget=None))
     assert not int32_dequantized_at_run_time(quantized) and report.integer_kernels.get("MatMulIntegerToFloat") == 2
     assert not stored_dq(quantized, initializers(quantized), np.int32)
     first = next(d for d in report.decisions if d.op_type == "MatMul")
@@ -1587,7 +1587,7 @@ def test_reduced_weight_range_keeps_codes_within_64_except_depthwise_layers():
     from models.builders import depthwise_separable
 
     model = depthwise_separable()
-    config = QuantConfig(latency_runs=0, accuracy_budget=None, quantize_output_layers=True, weight_range="reduced")
+    config = QuantConfig(latency_runs=0, accuracy_budget=None, output_layers="int8", weight_range="reduced")
     quantized, report = quantize(model, calibrate_on(model), config=config)
     codes = _stored_weight_codes(quantized)
     groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in model.graph.node if n.op_type == "Conv"}
@@ -1607,7 +1607,7 @@ def test_weight_range_auto_follows_what_this_machines_kernels_compute(monkeypatc
 
     monkeypatch.setattr(pipeline_module, "integer_products_saturate", lambda *a: saturates)
     model = conv_bn_relu()
-    quantized, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=0, accuracy_budget=None, quantize_output_layers=True))
+    quantized, report = quantize(model, calibrate_on(model), config=QuantConfig(latency_runs=0, accuracy_budget=None, output_layers="int8"))
     assert report.weight_range["used"] == ("reduced" if saturates else "full")
     assert ("no VNNI" in report.weight_range["why"]) == saturates
     peak = max(np.abs(v.astype(int)).max() for v in _stored_weight_codes(quantized).values())

@@ -122,13 +122,13 @@ def test_two_grus_sharing_their_weights_store_them_once():
 def test_quantize_stores_the_lstm_in_int8_unless_asked_not_to(save, npz_folder):
     path = save(crnn_head())
     data = str(npz_folder([_feed(int(RNG.integers(20, 40))) for _ in range(20)]))
-    model, report = quantize(str(path), data, config=QuantConfig(latency_runs=0, quantize_output_layers=True))
+    model, report = quantize(str(path), data, config=QuantConfig(latency_runs=0, output_layers="int8"))
     decisions = {d.node: d for d in report.decisions}
     assert decisions["lstm"].reason.code.value == "dynamic" and decisions["lstm"].quantized
     assert any(n.op_type == "DynamicQuantizeLSTM" for n in model.graph.node)
     assert report.sizes.quantized_bytes < 0.4 * report.sizes.fp32_bytes
     assert report.fidelity[0].cosine > 0.99
-    kept, kept_report = quantize(str(path), data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, recurrent="float"))
+    kept, kept_report = quantize(str(path), data, config=QuantConfig(latency_runs=0, output_layers="int8", recurrent="float"))
     assert any(n.op_type == "LSTM" for n in kept.graph.node)
     assert "lstm" not in {d.node for d in kept_report.quantized}
 

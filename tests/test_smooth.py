@@ -248,14 +248,14 @@ def test_the_budget_keeps_only_the_strongest_smoothing_muls_when_that_is_enough(
         a[:, 0] *= 3000.0  # strong: without its Mul, layer_a's output is lost
         b[:, 0] *= 2.5  # mild: worth a Mul by itself, not needed for the budget
         data.append({"a": a, "b": b})
-    config = QuantConfig(latency_runs=0, quantize_output_layers=True)
+    config = QuantConfig(latency_runs=0, output_layers="int8")
     written, report = quantize(model, data, config=config)
     muls = {n.input[0] for n in written.graph.node if n.op_type == "Mul"}
     assert muls == {"a"} and not report.kept_float_for_budget and min(c.cosine for c in report.fidelity) >= 0.99
     step = next(p for p in report.prepare if p.name == "smooth-activations")
     assert [d.where for d in step.declined] == ["b"] and len(step.changes) == 1 and step.changes[0].startswith("a: 1 MatMul(s) (layer_a)")
     # every Mul without a budget
-    everything, _ = quantize(model, data, config=QuantConfig(latency_runs=0, quantize_output_layers=True, accuracy_budget=None))
+    everything, _ = quantize(model, data, config=QuantConfig(latency_runs=0, output_layers="int8", accuracy_budget=None))
     assert {n.input[0] for n in everything.graph.node if n.op_type == "Mul"} == {"a", "b"}
 
 

@@ -649,7 +649,7 @@ def test_full_range_int8_weights_are_flagged_where_this_cpu_would_saturate_them(
 
     model = conv_bn_relu()
     data = sample_inputs(model, 10, seed=2)
-    quantized, _ = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, quantize_output_layers=True, weight_range=weight_range))
+    quantized, _ = quantize(model, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, output_layers="int8", weight_range=weight_range))
     assert bool(compare.full_range_integer_layers(quantized)) == (weight_range == "full")
     for saturates in (True, False):
         monkeypatch.setattr(compare, "integer_products_saturate", lambda *a, saturates=saturates: saturates)

@@ -69,7 +69,7 @@ def plan_everywhere(model: onnx.ModelProto, scopes: BodyScopes, config: QuantCon
         # a body's outputs are the model's outputs only when its outermost owner writes them; otherwise more layers follow
         outermost = owners[body.chain[0][0]]
         ends_model = any(o in model_outputs for o in outermost.output)
-        body_config = config if ends_model or config.quantize_output_layers else dataclasses.replace(config, quantize_output_layers=True)
+        body_config = config if ends_model or config.output_layers == "int8" else dataclasses.replace(config, output_layers="int8")
         body_plan = make_plan(view.model, body_config, scopes.float_names[path], keep_float)
         plan.bodies[path] = body_plan
         plan.decisions.update(body_plan.decisions)

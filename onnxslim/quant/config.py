@@ -39,6 +39,7 @@ def scalar_affine_setting():
 
 
 DEPTHWISE = ("auto", "int8", "float")
+OUTPUT_LAYERS = ("auto", "int8", "float")
 
 
 def depthwise_setting():
@@ -49,6 +50,17 @@ def depthwise_setting():
         "forms built and measured, the float one kept only when the model is faster with it at --threads (or within 3% there and faster at "
         "1 thread), not slower at 1 thread, and as faithful. Measure where you deploy: the integer kernel's speed depends on the CPU.",
         choices=DEPTHWISE,
+    )
+
+
+def output_layers_setting():
+    """``--output-layers``, one definition for quantize and compress."""
+    return setting(
+        "auto", "Layers whose result reaches a graph output through single-input ops only (a final classifier): float = kept float (their "
+        "rounding is not averaged by any later layer); int8 = quantized; auto = MatMul/Gemm ones (whose integer kernels write float results) "
+        "built quantized too and kept so only when as faithful, within the accuracy budget, and faster at --threads (or within 3% there and "
+        "faster at 1 thread) and not slower at 1 thread; convolutions stay float.",
+        choices=OUTPUT_LAYERS,
     )
 
 
@@ -76,9 +88,10 @@ class QuantConfig:
         moving average of per-batch extremes, entropy (KL), mse).
     op_types: only these op types are quantized (empty: every supported one).
     exclude_nodes / exclude_op_types: kept in float.
-    quantize_output_layers: quantize the layers whose results reach a graph
-        output through single-input ops only (a final classifier); kept in
-        float by default, since their rounding errors flip close decisions.
+    output_layers: the layers whose results reach a graph output through
+        single-input ops only (a final classifier): 'float' keeps them (their
+        rounding errors flip close decisions), 'int8' quantizes them, 'auto'
+        quantizes MatMul/Gemm ones where measured as faithful and faster.
     accuracy_budget: minimum score per output on held-out data (cosine
         similarity, or top-1 agreement: ``accuracy_metric``); the layers that
         cost the most accuracy per share of the model's multiply-adds are kept
@@ -112,7 +125,7 @@ class QuantConfig:
     exclude_nodes: tuple[str, ...] = setting((), "Keep these nodes (by name) in float.")
     exclude_op_types: tuple[str, ...] = setting((), "Keep these op types in float.")
     quantize_attention: bool = setting(False, "Also quantize MatMuls of two activations (attention scores).")
-    quantize_output_layers: bool = setting(False, "Also quantize layers that feed a graph output directly (kept in float by default).")
+    output_layers: str = output_layers_setting()
     embeddings: str = setting(
         "int8", "Lookup tables of Gathers (token embeddings) of at least 65,536 values: stored INT8 with a scale per row, or kept float.", choices=("int8", "float")
     )

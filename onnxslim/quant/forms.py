@@ -1,5 +1,5 @@
 """Two built forms of one model, and whether the form that would replace the other pays: the rule that
-``--scalar-affine auto`` and ``--depthwise auto`` share.
+``--scalar-affine auto``, ``--depthwise auto`` and ``--output-layers auto`` share.
 
 The challenger is written only when it is measured faster at the thread count the user deploys with
 and not slower at 1 thread, or ties there (within 3%, where timing at several threads is noisy) and is

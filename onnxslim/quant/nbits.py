@@ -106,7 +106,7 @@ def plan_weights(
         elif elements < MIN_WEIGHT_ELEMENTS:
             reason = f"weight of {elements} values: too small to be worth it"
         elif bits < OUTPUT_LAYER_BITS and not quantize_output_layers and _feeds_output(node, outputs, readers, constants):
-            chosen_bits, note = OUTPUT_LAYER_BITS, f"writes a graph output: {OUTPUT_LAYER_BITS}-bit blocks (--quantize-output-layers for {bits})"
+            chosen_bits, note = OUTPUT_LAYER_BITS, f"writes a graph output: {OUTPUT_LAYER_BITS}-bit blocks (--output-layers int8 for {bits})"
         choices.append(WeightChoice(node.name, node.op_type, name, transposed, chosen_bits, reason, note, by_user=user is not None))
     return choices
 

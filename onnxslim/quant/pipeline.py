@@ -62,6 +62,7 @@ from onnxslim.quant.half import quantize_half
 from onnxslim.quant.half_weights import store_weights_in_half
 from onnxslim.quant.isolation import float_copy, inputs_made_exact
 from onnxslim.quant.observers import ChannelMaxima
+from onnxslim.quant.output_layers import int8_output_layers_if_they_pay
 from onnxslim.quant.params import FULL_LEVELS, REDUCED_LEVELS, activation_params
 from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats
 from onnxslim.quant.prepare import float_tensors_and_shapes, prepare
@@ -223,7 +224,7 @@ class QuantRun:
             # most graphs have no outliers to smooth: the same pass starts the calibration of this graph, which goes on from
             # where it stopped when smoothing leaves the graph as it is (see observe)
             observers = {tensor: ChannelMaxima() for tensor in groups}
-            planned = self.plan(self.config, calibrated=False).observed_tensors()
+            planned = self.plan(self.config, calibrated=False).observed_tensors() | self._output_layer_inputs(self.config, frozenset())
 
             outliers_seen = []
 
@@ -353,14 +354,14 @@ class QuantRun:
         calibration = _Calibration(source, held_index, limit)
         return calibration, held_out, f"{len(held_out)} held-out batch(es) of --data (1 in {period}, not used for calibration)"
 
-    def observe(self, plan: QuantPlan) -> None:
-        """Calibrate: one pass over the calibration batches, observing the plan's tensors not yet observed.
+    def observe(self, plan: QuantPlan, also: set[str] = frozenset()) -> None:
+        """Calibrate: one pass over the calibration batches, observing the plan's tensors (and ``also``) not yet observed.
 
         Where the smoothing pass observed this graph over the first batches (it smoothed nothing), the pass goes on
         from there: its tensors see only the batches after those, any other tensor the first ones too.
         """
         start = time.perf_counter()
-        needed = plan.observed_tensors() | (self.smoothing_mul_inputs & self.float_names)
+        needed = plan.observed_tensors() | set(also) | (self.smoothing_mul_inputs & self.float_names)
         options = {"histogram": self.config.method != "minmax", "bins": self.config.histogram_bins, "provider": self.provider,
                    "show_progress": self.show_progress}
         total = self.calib_source.total
@@ -397,7 +398,7 @@ class QuantRun:
         if not calibrated:
             return plan
         if any(t not in self.stats for t in plan.observed_tensors()):
-            self.observe(plan)
+            self.observe(plan, also=set() if self.stats else self._output_layer_inputs(config, keep_float))
         unseen = uncalibrated_bodies(plan, self.stats)
         if unseen:
             for path in unseen:
@@ -415,6 +416,15 @@ class QuantRun:
                 decision = NodeDecision(node, plan.decisions[node].op_type, Reason(QuantReason.NOT_CALIBRATED, why))
                 plan.decisions[node] = plan.bodies[path].decisions[node] = decision
         return plan
+
+    def _output_layer_inputs(self, config: QuantConfig, keep_float: frozenset[str]) -> set[str]:
+        """The tensors ``--output-layers auto``'s integer form reads beyond what ``config``'s plan observes, observed in the
+        first calibration pass so that trying that form needs no second one."""
+        if config.output_layers != "auto" or config.precision != "int8" or config.target != "cpu" or config.weights_only:
+            return set()
+        integer = plan_everywhere(self.prepared, self.scopes, dataclasses.replace(config, output_layers="int8"), self.float_names,
+                                  keep_float | frozenset(self.uncalibrated), self.shapes, self.float_biases)
+        return integer.observed_tensors()
 
     def params(self, plan: QuantPlan) -> tuple[QuantPlan, dict]:
         """The plan as calibration leaves it (a copy) and the scale and zero point of every quantized activation (by scoped key)."""
@@ -1067,7 +1077,7 @@ def quantized_untimed(
 ) -> tuple[onnx.ModelProto, QuantReport]:
     """:func:`quantize` without its final timing against the float model, for a caller that times the result itself (compress
     times every candidate in one loop): the INT8 model is returned whatever its speed, and the report has no latency. The
-    forms ``--scalar-affine auto`` and ``--depthwise auto`` choose between are still timed when ``config.latency_runs`` allows."""
+    forms ``--scalar-affine auto``, ``--depthwise auto`` and ``--output-layers auto`` choose between are still timed when ``config.latency_runs`` allows."""
     return _quantize(model, data, config, None, None, None, show_progress, timed=False)
 
 
@@ -1111,6 +1121,7 @@ def _quantize(model, data, config: QuantConfig, output, eval_data, input_shapes,
         plan, quantized, comparisons = integer_form_if_it_pays(run, config, report, plan, quantized, comparisons)
     if config.target == "cpu":
         plan, quantized, comparisons = float_depthwise_if_faster(run, config, report, plan, quantized, comparisons)
+    plan, quantized, comparisons = int8_output_layers_if_they_pay(run, config, report, plan, quantized, comparisons)
     plan, quantized, comparisons = _kept_weights_within_budget(run, config, report, plan, quantized, comparisons)
     report.warnings.extend(budget_uncertain(comparisons, config, run))
     report.warnings.extend(few_objects(comparisons, run.eval_label))

@@ -72,7 +72,7 @@ class Planner:
         self.graph_outputs = {v.name for v in self.graph.output}
         self.plan = QuantPlan(signed=config.signed_activations)
         self.quantized_outputs: set[str] = set()  # tensors produced by quantized nodes and quantized
-        self.output_layers = set() if config.quantize_output_layers else self._output_layers()
+        self.output_layers = set() if config.output_layers == "int8" else self._output_layers()
 
     def _output_layers(self) -> set[str]:
         """Weighted nodes whose output reaches a graph output through single-activation ops only."""

@@ -75,7 +75,7 @@ def weighted(planner: Planner, node: onnx.NodeProto) -> Reason:
     if len(node.input) < 2:
         return _unsupported("no weight input")
     activation, weight = node.input[0], node.input[1]
-    output_layer = Reason(QuantReason.OUTPUT_LAYER, "output layer kept in float: its rounding errors reach the result directly (--quantize-output-layers quantizes it)")
+    output_layer = Reason(QuantReason.OUTPUT_LAYER, "output layer kept in float: its rounding errors reach the result directly (--output-layers int8 quantizes it)")
     if weight not in planner.constants:
         source = planner.producer.get(weight)
         if source is not None and source.op_type == "Transpose" and source.input and source.input[0] in planner.constants:

@@ -73,7 +73,7 @@ def quantize_weights(run, config, report, eval_data_given: bool, evaluation_prob
     """The weight-only model (or the cleaned FP32 one under ``if_slower``), with ``report`` filled in; ``run`` may hold no data."""
     bits = BITS[config.weights_only]
     choices = plan_weights(
-        run.prepared, bits, config.block_size, excluded=lambda node: excluded_by_user(node, config), quantize_output_layers=config.quantize_output_layers,
+        run.prepared, bits, config.block_size, excluded=lambda node: excluded_by_user(node, config), quantize_output_layers=config.output_layers == "int8",
     )
     if config.embeddings == "float":
         choices = [c if not c.is_table else WeightChoice(c.node, c.op_type, c.weight, reason="kept in float by --embeddings float") for c in choices]

@@ -26,7 +26,7 @@ from onnxslim.passes import CLEANUP_PASSES, Pipeline
 # (resnet50, densenet121, inception), which every step covers, and tests/test_large_model.py runs quantize and prune
 # on a model over 2 GB.
 HEAVY_BYTES = 200 << 20
-QUANT = QuantConfig(latency_runs=0, quantize_output_layers=True)  # single-layer cases: the layer is the output layer
+QUANT = QuantConfig(latency_runs=0, output_layers="int8")  # single-layer cases: the layer is the output layer
 PRUNE = PruneConfig(ratio=0.5, latency_runs=0)
 
 

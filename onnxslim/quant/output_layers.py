@@ -1,0 +1,105 @@
+"""``--output-layers auto``: a MatMul/Gemm that writes a graph output runs on its integer kernel where that is measured to pay.
+
+The layer whose result reaches a graph output through single-input ops (a classifier's last Gemm, a
+recognizer's per-step projection) is planned in float: its rounding is not averaged by any later layer,
+and on PP-OCRv4 rec it moved the characters read. Yet in float it can cost more than its multiply-adds
+say: at batch 1 a 1280 x 1000 Gemm reads 5 MB of float weights (MobileNetV3's last layer, 6% of its INT8
+time at one thread), and where its input is already a tensor of codes (after an integer global pooling)
+the integer kernel computes the same numbers from the same rounded input and INT8 weights the float form
+restores at load. onnxruntime runs a quantized MatMul/Gemm with a float result (MatMulIntegerToFloat,
+QGemm without an output scale), so the output itself is not rounded; a convolution has no such kernel
+(QLinearConv writes codes), and stays in float.
+
+The model is built with those layers quantized too (the same layers kept in float for the budget, the
+same forms for depthwise convolutions and scalar affines), and that form is written only when it pays by
+the rule of :mod:`onnxslim.quant.forms`: as faithful and within the accuracy budget on every held-out
+batch, and measured faster at the thread count the user deploys with (not slower at 1 thread), or tied
+there and faster at 1 thread. ``int8`` quantizes every output layer without measuring, ``float`` keeps them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+
+from onnxslim.measure import fidelity, worst_score
+from onnxslim.measure.latency import latency_ratios, threads_text
+from onnxslim.quant.decisions import QuantPlan, QuantReason
+from onnxslim.quant.depthwise import depthwise_convolutions
+from onnxslim.quant.forms import MISSES_BUDGET, NOT_FASTER, SETTLE_AT, SLOWER_ALONE, TIED, fidelity_verdict, ratio_text, timing_verdict, worth_timing_alone
+from onnxslim.reasons import Reason
+
+FLOAT_RESULT_KERNELS = ("Gemm", "MatMul")  # quantized with a float output, onnxruntime fuses them into QGemm / MatMulIntegerToFloat
+
+
+def int8_output_layers_if_they_pay(run, config, report, plan: QuantPlan, model: onnx.ModelProto, comparisons: list):
+    """The plan, model and comparisons to write: as given (output layers in float), or with the MatMul/Gemm output layers
+    quantized where that is measured to pay (see the module docstring).
+
+    ``report.output_layers`` records what was measured and which form was written; nothing is recorded for a model
+    without such layers, or where ``--output-layers`` is not auto.
+    """
+    if config.output_layers != "auto" or config.precision != "int8" or config.target != "cpu" or config.weights_only:
+        return plan, model, comparisons
+    outputs = {d.node: d for d in plan.decisions.values() if d.code == QuantReason.OUTPUT_LAYER}
+    nodes = [node for node, d in outputs.items() if d.op_type in FLOAT_RESULT_KERNELS]
+    if not nodes:
+        return plan, model, comparisons
+    entry: dict = {"nodes": len(nodes), "written": "float"}
+    report.output_layers = entry
+    if config.latency_runs <= 0 or not run.eval_batches:
+        entry["why"] = "not measured (timing is off): kept in float; --output-layers int8 quantizes them"
+        return plan, model, comparisons
+    budget_kept = frozenset(e["node"] for e in report.kept_float_for_budget)
+    form_config = dataclasses.replace(config, output_layers="int8", scalar_affine="int8" if report.scalar_affine.get("written") == "int8" else config.scalar_affine)
+    # the forms chosen before this step stay as they are: depthwise convolutions written in float, the other output layers
+    floated = set(depthwise_convolutions(run.prepared, run.plan(form_config, budget_kept))) if report.depthwise.get("written") == "float" else set()
+    others = set(outputs) - set(nodes)
+    candidate_plan, candidate = run.build(form_config, budget_kept | floated | others)
+    candidate_plan = candidate_plan.with_reasons({node: plan.decisions[node].reason for node in floated | others if node in plan.decisions})
+    quantized = [node for node in nodes if candidate_plan.decisions[node].quantized]
+    if not quantized:
+        entry["why"] = "none of them can be quantized (see their decisions)"
+        return plan, model, comparisons
+    entry["nodes"] = len(quantized)
+    metric = config.accuracy_metric
+    candidate_comparisons = fidelity(run.reference, candidate, run.eval_batches)
+    score, candidate_score = worst_score(comparisons, metric), worst_score(candidate_comparisons, metric)
+    entry |= {"worst_score_float": score, "worst_score_int8": candidate_score}
+    problem = fidelity_verdict(score, candidate_score, config.accuracy_budget)
+    if problem == MISSES_BUDGET:
+        return _kept_float(plan, model, comparisons, quantized, entry, f"quantized, an output's {metric} falls to {candidate_score:.5f}, below the budget",
+                           "quantized it misses the accuracy budget")
+    if problem is not None:
+        return _kept_float(plan, model, comparisons, quantized, entry, f"quantized, they are less faithful ({metric} {candidate_score:.5f} against {score:.5f})",
+                           "quantized it is less faithful")
+    at_threads, at_one = latency_ratios(
+        model, candidate, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
+        description="timing output layers: float vs integer", labels=("float output layers", "integer output layers"),
+        one_thread_when=worth_timing_alone, settle=SETTLE_AT,
+    )
+    entry["latency_vs_float"] = at_threads.ratio
+    if at_one is not None:
+        entry["latency_vs_float_1_thread"] = at_one.ratio
+    where = threads_text(config.threads)
+    verdict = timing_verdict(at_threads, at_one)
+    if verdict in (NOT_FASTER, TIED):
+        alone = f", {ratio_text(at_one.ratio)} at 1 thread" if verdict == TIED and at_one is not None else ""
+        return _kept_float(plan, model, comparisons, quantized, entry,
+                           f"quantized, the model is not faster ({ratio_text(at_threads.ratio)} its latency at {where}{alone})", "quantized it measured no faster")
+    if verdict == SLOWER_ALONE:
+        return _kept_float(plan, model, comparisons, quantized, entry, f"quantized, the model is slower at 1 thread ({ratio_text(at_one.ratio)} its latency)",
+                           "quantized it is slower at 1 thread")
+    speed = f"{ratio_text(at_threads.ratio)} the latency with them in float at {where}" + (f", {ratio_text(at_one.ratio)} at 1 thread" if at_one is not None else "")
+    entry |= {"written": "int8", "why": f"quantized, the model is {speed}, {metric} {candidate_score:.5f} (against {score:.5f})"}
+    reasons = {node: Reason(candidate_plan.decisions[node].code, f"{candidate_plan.decisions[node].reason.text}; output layer quantized: measured as faithful "
+                                                                 "and faster (--report: output_layers)") for node in quantized}
+    return candidate_plan.with_reasons(reasons), candidate, candidate_comparisons
+
+
+def _kept_float(plan: QuantPlan, model, comparisons, nodes: list[str], entry: dict, why: str, short: str):
+    """The float form, with ``why`` in the report's entry and ``short`` in each output layer's decision."""
+    entry["why"] = why
+    reasons = {node: Reason(QuantReason.OUTPUT_LAYER, f"{plan.decisions[node].reason.text}; {short} (--report: output_layers)") for node in nodes}
+    return plan.with_reasons(reasons), model, comparisons
