@@ -68,10 +68,10 @@ def test_an_output_gemm_measured_as_faithful_and_faster_is_quantized(monkeypatch
     data = sample_inputs(model, 10)
     calls = _timed(monkeypatch, (_ratio(0.8), _ratio(0.9, 1)))
     written, report = quantize(model, data, config=TIMED)
-    assert calls == [("float output layers", "integer output layers")]
+    assert calls == [("float form", "integer form")]
     entry = report.output_layers
-    assert entry["written"] == "int8" and entry["nodes"] == 1 and entry["latency_vs_float"] == 0.8 and entry["latency_vs_float_1_thread"] == 0.9
-    assert "0.80x the latency with them in float" in entry["why"] and entry["worst_score_int8"] <= 1.0
+    assert entry["written"] == "int8" and entry["nodes"] == 1 and entry["latency_vs_float_form"] == 0.8 and entry["latency_vs_float_form_1_thread"] == 0.9
+    assert "0.80x the float form's latency" in entry["why"] and entry["worst_score_integer_form"] <= 1.0
     gemm = _output_gemm(written)
     assert _weight_is_dequantized(written, gemm)
     decision = _decision(report, gemm)
@@ -87,9 +87,9 @@ def test_an_output_gemm_measured_as_faithful_and_faster_is_quantized(monkeypatch
 
 
 @pytest.mark.parametrize("integer_form, why", [
-    ((_ratio(1.2), None), "the model is not faster (1.20x its latency"),
-    ((_ratio(1.0), _ratio(1.0, 1)), "the model is not faster (1.00x its latency at onnxruntime's default threads (2 cores), 1.00x at 1 thread)"),
-    ((_ratio(0.9), _ratio(1.1, 1)), "the model is slower at 1 thread (1.10x its latency)"),
+    ((_ratio(1.2), None), "the integer form is not faster (1.20x the float form's latency"),
+    ((_ratio(1.0), _ratio(1.0, 1)), "the integer form is not faster (1.00x the float form's latency at onnxruntime's default threads (2 cores), 1.00x at 1 thread)"),
+    ((_ratio(0.9), _ratio(1.1, 1)), "the integer form is slower at 1 thread (1.10x the float form's latency)"),
 ])
 def test_an_output_gemm_that_does_not_pay_in_time_stays_float(monkeypatch, integer_form, why):
     model = mlp()
@@ -123,7 +123,7 @@ def test_an_integer_output_layer_that_misses_the_budget_stays_float(monkeypatch)
     _timed(monkeypatch, (_ratio(0.5), _ratio(0.5, 1)))
     monkeypatch.setattr(output_step, "fidelity", lambda reference, model, batches: [noisy_comparison([0.5] * 4)])
     _, report = quantize(model, sample_inputs(model, 10), config=QuantConfig(latency_runs=3, accuracy_budget=0.95))
-    assert report.output_layers["written"] == "float" and "below the budget" in report.output_layers["why"]
+    assert report.output_layers["written"] == "float" and "misses the accuracy budget" in report.output_layers["why"]
 
 
 def test_without_timing_output_layers_stay_float_and_the_report_says_they_were_not_measured(monkeypatch):
