@@ -65,8 +65,6 @@ def int8_output_layers_if_they_pay(run, config, report, plan: QuantPlan, model: 
     return candidate_plan.with_reasons(reasons), candidate, candidate_comparisons
 
 
-
-
 def _with_integer_output_layers(run, config, report, plan: QuantPlan) -> tuple[QuantPlan, onnx.ModelProto]:
     """The plan and QDQ model of ``plan`` (what the run would write) with its MatMul/Gemm output layers quantized, every form
     chosen before kept: the budget's float layers, the scalar Add/Mul and depthwise forms, the other output layers in

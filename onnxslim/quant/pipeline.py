@@ -62,7 +62,7 @@ from onnxslim.quant.half import quantize_half
 from onnxslim.quant.half_weights import store_weights_in_half
 from onnxslim.quant.isolation import float_copy, inputs_made_exact
 from onnxslim.quant.observers import ChannelMaxima
-from onnxslim.quant.output_layers import int8_output_layers_if_they_pay
+from onnxslim.quant.output_layers import FLOAT_RESULT_KERNELS, int8_output_layers_if_they_pay
 from onnxslim.quant.params import FULL_LEVELS, REDUCED_LEVELS, activation_params
 from onnxslim.quant.plan import QuantPlan, QuantReason, drop_mixed_range_concats
 from onnxslim.quant.prepare import float_tensors_and_shapes, prepare
@@ -224,7 +224,8 @@ class QuantRun:
             # most graphs have no outliers to smooth: the same pass starts the calibration of this graph, which goes on from
             # where it stopped when smoothing leaves the graph as it is (see observe)
             observers = {tensor: ChannelMaxima() for tensor in groups}
-            planned = self.plan(self.config, calibrated=False).observed_tensors() | self._output_layer_inputs(self.config, frozenset())
+            unobserved = self.plan(self.config, calibrated=False)
+            planned = unobserved.observed_tensors() | self._output_layer_inputs(self.config, frozenset(), unobserved)
 
             outliers_seen = []
 
@@ -398,7 +399,7 @@ class QuantRun:
         if not calibrated:
             return plan
         if any(t not in self.stats for t in plan.observed_tensors()):
-            self.observe(plan, also=set() if self.stats else self._output_layer_inputs(config, keep_float))
+            self.observe(plan, also=set() if self.stats else self._output_layer_inputs(config, keep_float, plan))
         unseen = uncalibrated_bodies(plan, self.stats)
         if unseen:
             for path in unseen:
@@ -417,10 +418,12 @@ class QuantRun:
                 plan.decisions[node] = plan.bodies[path].decisions[node] = decision
         return plan
 
-    def _output_layer_inputs(self, config: QuantConfig, keep_float: frozenset[str]) -> set[str]:
-        """The tensors ``--output-layers auto``'s integer form reads beyond what ``config``'s plan observes, observed in the
-        first calibration pass so that trying that form needs no second one."""
+    def _output_layer_inputs(self, config: QuantConfig, keep_float: frozenset[str], plan: QuantPlan) -> set[str]:
+        """The tensors ``--output-layers auto``'s integer form reads beyond what ``plan`` (``config``'s) observes, observed in
+        the first calibration pass so that trying that form needs no second one."""
         if config.output_layers != "auto" or config.precision != "int8" or config.target != "cpu" or config.weights_only:
+            return set()
+        if not any(d.code == QuantReason.OUTPUT_LAYER and d.op_type in FLOAT_RESULT_KERNELS for d in plan.decisions.values()):
             return set()
         integer = plan_everywhere(self.prepared, self.scopes, dataclasses.replace(config, output_layers="int8"), self.float_names,
                                   keep_float | frozenset(self.uncalibrated), self.shapes, self.float_biases)
