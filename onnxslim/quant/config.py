@@ -59,7 +59,8 @@ def output_layers_setting():
         "auto", "Layers whose result reaches a graph output through single-input ops only (a final classifier): float = kept float (their "
         "rounding is not averaged by any later layer); int8 = quantized; auto = MatMul/Gemm ones (whose integer kernels write float results) "
         "built quantized too and kept so only when as faithful, within the accuracy budget, and faster at --threads (or within 3% there and "
-        "faster at 1 thread) and not slower at 1 thread; convolutions stay float.",
+        "faster at 1 thread) and not slower at 1 thread; convolutions stay float. With --weights-only, int8 gives them its bits, "
+        "auto and float 8-bit blocks.",
         choices=OUTPUT_LAYERS,
     )
 
