@@ -80,6 +80,26 @@ def run_model(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
     return session.run(None, feed)
 
 
+def timed_as(ratio: float, threads: int | None = 0):
+    """A LatencyComparison at ``threads`` whose candidate takes ``ratio`` times the reference's median (1 ms)."""
+    from onnxslim.measure import LatencyComparison
+
+    return LatencyComparison(threads, {"median_ms": 1.0, "runs": 3}, {"median_ms": ratio, "runs": 3})
+
+
+def weight_is_dequantized(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
+    """Whether ``node`` reads its weight through a DequantizeLinear (an integer layer) rather than as a float constant."""
+    return any(n.op_type == "DequantizeLinear" and node.input[1] in n.output for n in model.graph.node)
+
+
+def reported_cosine_is_the_written_models(model: onnx.ModelProto, written: onnx.ModelProto, data: list, report) -> bool:
+    """Whether the report's output cosine is that of ``written`` against ``model`` on the held-out batches (every fifth of ``data``)."""
+    held = [b for i, b in enumerate(data) if i % 5 == 4]
+    ours = np.concatenate([run_model(written, b)[0].ravel() for b in held])
+    theirs = np.concatenate([run_model(model, b)[0].ravel() for b in held])
+    return report.fidelity[0].cosine == pytest.approx(float(ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs)), abs=1e-5)
+
+
 requires_cuda = pytest.mark.skipif(
     "CUDAExecutionProvider" not in available_providers(),
     reason="needs the CUDA execution provider (onnxruntime-gpu and an NVIDIA GPU); this onnxruntime has only "

@@ -2,31 +2,25 @@
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper
 
 import onnxslim.quant.depthwise as depthwise_step
 import onnxslim.quant.fallback as timing_step
 from models.builders import GraphBuilder, depthwise_separable, sample_inputs
 from onnxslim import QuantConfig, quantize
-from onnxslim.measure import LatencyComparison
 from onnxslim.quant.decisions import QuantReason
 from onnxslim.quant.depthwise import depthwise_convolutions
 from onnxslim.quant.pipeline import QuantRun
-from tests.conftest import noisy_comparison, run_model
+from tests.conftest import noisy_comparison, reported_cosine_is_the_written_models, timed_as, weight_is_dequantized
 
 TIMED = QuantConfig(latency_runs=3, accuracy_budget=None)
-
-
-def _ratio(value: float, threads: int | None = 0) -> LatencyComparison:
-    return LatencyComparison(threads, {"median_ms": 1.0, "runs": 3}, {"median_ms": value, "runs": 3})
 
 
 def _timed(monkeypatch, float_form: tuple, int8_vs_fp32: float = 0.6) -> list:
     """The depthwise step's timing gives ``float_form`` (at the deploy threads, at 1 thread); the final FP32 check gives INT8 faster."""
     calls = []
     monkeypatch.setattr(depthwise_step, "latency_ratios", lambda *a, **k: calls.append(k["labels"]) or float_form)
-    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (_ratio(int8_vs_fp32), None))
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (timed_as(int8_vs_fp32), None))
     return calls
 
 
@@ -34,46 +28,39 @@ def _depthwise_conv(model: onnx.ModelProto) -> onnx.NodeProto:
     return next(n for n in model.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute))
 
 
-def _weight_is_dequantized(model: onnx.ModelProto, conv: onnx.NodeProto) -> bool:
-    return any(n.op_type == "DequantizeLinear" and conv.input[1] in n.output for n in model.graph.node)
-
-
 def test_a_depthwise_convolution_measured_faster_in_float_is_written_in_float(monkeypatch):
     model = depthwise_separable()
     data = sample_inputs(model, 10)
-    calls = _timed(monkeypatch, (_ratio(0.7), _ratio(0.8, 1)))
+    calls = _timed(monkeypatch, (timed_as(0.7), timed_as(0.8, 1)))
     written, report = quantize(model, data, config=TIMED)
     assert calls == [("integer form", "float form")]
     assert report.written == "int8" and report.depthwise["written"] == "float" and report.depthwise["nodes"] == 1
     assert report.depthwise["latency_vs_integer_form"] == 0.7 and "0.70x the integer form's latency" in report.depthwise["why"]
     conv = _depthwise_conv(written)
-    assert not _weight_is_dequantized(written, conv)  # a float weight: the layer runs as a float Conv
+    assert not weight_is_dequantized(written, conv)  # a float weight: the layer runs as a float Conv
     decision = next(d for d in report.decisions if d.node == conv.name)
     assert decision.reason.code == QuantReason.KEPT_FLOAT and "depthwise convolution kept in float" in decision.reason.text
     # the comparisons reported are the written model's
-    held = [b for i, b in enumerate(data) if i % 5 == 4]
-    ours = np.concatenate([run_model(written, b)[0].ravel() for b in held])
-    theirs = np.concatenate([run_model(model, b)[0].ravel() for b in held])
-    assert report.fidelity[0].cosine == pytest.approx(float(ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs)), abs=1e-5)
+    assert reported_cosine_is_the_written_models(model, written, data, report)
 
 
 def test_the_integer_form_stays_where_float_is_not_faster_or_slower_at_one_thread(monkeypatch):
     model = depthwise_separable()
     data = sample_inputs(model, 10)
-    for float_form, why in [((_ratio(1.2), None), "the float form is not faster (1.20x"),
-                            ((_ratio(0.9), _ratio(1.1, 1)), "0.90x the integer form's latency at onnxruntime's default threads"),
-                            ((_ratio(1.0), _ratio(1.0, 1)), "the float form is not faster")]:
+    for float_form, why in [((timed_as(1.2), None), "the float form is not faster (1.20x"),
+                            ((timed_as(0.9), timed_as(1.1, 1)), "0.90x the integer form's latency at onnxruntime's default threads"),
+                            ((timed_as(1.0), timed_as(1.0, 1)), "the float form is not faster")]:
         _timed(monkeypatch, float_form)
         written, report = quantize(model, data, config=TIMED)
         assert report.depthwise["written"] == "int8" and why in report.depthwise["why"], report.depthwise
-        assert _weight_is_dequantized(written, _depthwise_conv(written))
+        assert weight_is_dequantized(written, _depthwise_conv(written))
 
 
 def test_a_tie_where_deployed_and_faster_at_one_thread_writes_float(monkeypatch):
     model = depthwise_separable()
-    _timed(monkeypatch, (_ratio(1.0), _ratio(0.8, 1)))
+    _timed(monkeypatch, (timed_as(1.0), timed_as(0.8, 1)))
     written, report = quantize(model, sample_inputs(model, 10), config=TIMED)
-    assert report.depthwise["written"] == "float" and not _weight_is_dequantized(written, _depthwise_conv(written))
+    assert report.depthwise["written"] == "float" and not weight_is_dequantized(written, _depthwise_conv(written))
 
 
 def test_without_timing_the_integer_form_is_kept_and_the_report_says_it_was_not_measured(monkeypatch):
@@ -81,7 +68,7 @@ def test_without_timing_the_integer_form_is_kept_and_the_report_says_it_was_not_
     monkeypatch.setattr(depthwise_step, "latency_ratios", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
     written, report = quantize(model, sample_inputs(model, 10), config=QuantConfig(latency_runs=0, accuracy_budget=None))
     assert report.depthwise == {"nodes": 1, "written": "int8", "why": "not measured (timing is off): the integer form is kept"}
-    assert _weight_is_dequantized(written, _depthwise_conv(written))
+    assert weight_is_dequantized(written, _depthwise_conv(written))
 
 
 def _convs(shapes: list[tuple[int, int, int]]) -> onnx.ModelProto:
@@ -114,12 +101,12 @@ def test_only_convolutions_with_one_input_and_one_output_channel_per_group_are_d
 def test_a_faster_float_form_that_is_less_faithful_is_not_written(monkeypatch):
     model = depthwise_separable()
     data = sample_inputs(model, 10)
-    _timed(monkeypatch, (_ratio(0.7), _ratio(0.8, 1)))
+    _timed(monkeypatch, (timed_as(0.7), timed_as(0.8, 1)))
     # the float form's comparisons made noisier than the integer form's by more than the slack (cosine about 0.9)
     monkeypatch.setattr(depthwise_step, "fidelity", lambda reference, model, batches: [noisy_comparison([0.5] * 4)])
     written, report = quantize(model, data, config=TIMED)
     assert report.depthwise["written"] == "int8" and "less faithful" in report.depthwise["why"]
-    assert _weight_is_dequantized(written, _depthwise_conv(written))
+    assert weight_is_dequantized(written, _depthwise_conv(written))
 
 
 def test_depthwise_int8_or_float_writes_that_form_without_timing(monkeypatch):
@@ -127,11 +114,11 @@ def test_depthwise_int8_or_float_writes_that_form_without_timing(monkeypatch):
     model = depthwise_separable()
     data = sample_inputs(model, 10)
     monkeypatch.setattr(depthwise_step, "latency_ratios", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
-    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (_ratio(0.6), None))
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (timed_as(0.6), None))
     written, report = quantize(model, data, config=QuantConfig(latency_runs=3, accuracy_budget=None, depthwise="int8"))
-    assert report.depthwise == {"nodes": 1, "written": "int8", "why": "--depthwise int8"} and _weight_is_dequantized(written, _depthwise_conv(written))
+    assert report.depthwise == {"nodes": 1, "written": "int8", "why": "--depthwise int8"} and weight_is_dequantized(written, _depthwise_conv(written))
     written, report = quantize(model, data, config=QuantConfig(latency_runs=3, accuracy_budget=None, depthwise="float"))
-    assert report.depthwise == {"nodes": 1, "written": "float", "why": "--depthwise float"} and not _weight_is_dequantized(written, _depthwise_conv(written))
+    assert report.depthwise == {"nodes": 1, "written": "float", "why": "--depthwise float"} and not weight_is_dequantized(written, _depthwise_conv(written))
     decision = next(d for d in report.decisions if d.node == _depthwise_conv(written).name)
     assert decision.reason.text == "depthwise convolution kept in float: --depthwise float (--report: depthwise)"
 
