@@ -10,6 +10,7 @@ from __future__ import annotations
 from onnxslim.passes.affine import fold_affine_into_conv
 from onnxslim.passes.base import Decline, DeclineCode, GraphPass, PassError, PassResult, Pipeline, graph_is_sorted, model_is_valid, run_passes
 from onnxslim.passes.batchnorm import fuse_batchnorm
+from onnxslim.passes.branches import parallel_convs_as_one
 from onnxslim.passes.clamps import max_min_with_a_constant_as_clip
 from onnxslim.passes.cleanup import remove_dead_nodes, remove_identities
 from onnxslim.passes.constants import constants_to_initializers, initializers_out_of_inputs
@@ -42,7 +43,8 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     max_min_with_a_constant_as_clip,  # after folding too: the bound is a constant by now
     fold_affine_into_conv,  # a bias Add between a layer and its BatchNormalization (Paddle's ConvTranspose) first,
     fuse_batchnorm,
-    fold_affine_into_conv,  # then a Mul/Add after a BatchNormalization just folded
+    parallel_convs_as_one,  # after the folds into each branch's Conv: a multi-branch block's sum as one Conv
+    fold_affine_into_conv,  # then a Mul/Add after a BatchNormalization just folded, or after the merged sum
     fuse_hardswish,
     conv3d_on_one_slice_as_conv2d,  # after the folds into Conv, which read the weights as written
     zero_initial_states_left_out,
@@ -76,6 +78,7 @@ __all__ = [
     "graph_is_sorted",
     "initializers_out_of_inputs",
     "max_min_with_a_constant_as_clip",
+    "parallel_convs_as_one",
     "model_is_valid",
     "picked_concat_inputs_read_directly",
     "reciprocal_products_as_division",

@@ -1,0 +1,294 @@
+"""Sum the parallel convolutions of one input into one convolution (structural re-parameterization).
+
+Multi-branch blocks trained for accuracy (RepVGG, MobileOne, RepViT, FastViT's token mixers and
+position encodings, ACNet-style kernels) are meant to be folded into one convolution per block
+before deployment; exported without that step, each block runs every branch and adds them:
+
+    Add(Conv_a(x), Conv_b(x))             ->  Conv(x), W = W_a + W_b, b = b_a + b_b
+    Add(Conv(x), x)                        ->  Conv(x), 1 added at each output channel's own input tap
+    Add(Conv(x), BatchNormalization(x))    ->  the same with the normalization's factor, its shift in the bias
+
+A branch may go on through Mul and Add by constants of one value per channel (a layer scale, a
+bias the exporter moved out of the convolutions), and Sub takes the second branch away (FastViT's
+``x + scale * (mixer(x) - norm(x))``). A convolution is linear in its weights, so the merged layer
+computes the same sum (within float rounding) in one pass over its output, with no Add: faster in
+float, and in INT8 one quantized layer where there were several quantized outputs and an integer Add.
+The smaller kernel is placed inside the larger one where its taps fall; a merge is made only where
+one kernel holds the other's taps (1x1 inside 3x3, and not 1x3 with 3x1, which would grow into a
+3x3 with more multiply-adds than the two). Chains of Adds (``a + b + c + ...``) merge pair by pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxslim.ir.graph import node_attr
+from onnxslim.ir.tensors import all_value_names, from_array, unique_name
+from onnxslim.passes.base import DeclineCode, PassResult
+from onnxslim.passes.matching import GraphIndex
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+CHANNEL_OPS = ("Mul", "Add", "Sub")  # with a constant of one value per channel: what a branch may go on through
+
+
+class _Declined(Exception):
+    def __init__(self, code: DeclineCode, text: str):
+        super().__init__(text)
+        self.code, self.text = code, text
+
+
+def parallel_convs_as_one(model: onnx.ModelProto) -> PassResult:
+    """Merge each Add (or Sub) of two convolutions of one tensor, or of a convolution and that tensor (itself or
+    batch-normalized), into one convolution (see the module docstring); repeated until no such sum is left."""
+    result = PassResult("parallel-convs-as-one")
+    declined: dict[str, tuple[DeclineCode, str]] = {}
+    while _merge_round(model.graph, result, declined):
+        pass
+    for where, (code, text) in declined.items():
+        result.decline(where, code, text)
+    return result
+
+
+@dataclass
+class _Branch:
+    """One side of a sum: ``scale * conv(source) + shift`` per output channel, or ``scale * source + shift`` without a conv."""
+
+    source: str
+    conv: onnx.NodeProto | None
+    nodes: list[onnx.NodeProto] = field(default_factory=list)  # the nodes the merged convolution replaces
+    channel_ops: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (Mul / Add / Sub, its constant), in order
+
+
+def _merge_round(graph: onnx.GraphProto, result: PassResult, declined: dict) -> bool:
+    """One pass over the sums: each whose two sides merge becomes a Conv (a sum reading another merged in this round
+    waits for the next); whether any did."""
+    index = GraphIndex(graph)
+    taken = all_value_names(graph)
+    replaced: dict[int, onnx.NodeProto] = {}
+    dropped: set[int] = set()
+    for node in graph.node:
+        if node.op_type not in ("Add", "Sub") or node.domain not in DEFAULT_DOMAINS or len(node.input) != 2:
+            continue
+        where = node.name or node.output[0]
+        try:
+            sides = _sides(node, index)
+            if sides is None:
+                continue
+            used = [n for side in sides for n in side.nodes]
+            if any(id(n) in dropped or id(n) in replaced for n in used):
+                continue  # rewritten this round: its merged form is matched in the next
+            merged, initializers, text = _merged(node, *sides, index, taken)
+        except _Declined as why:
+            declined[where] = (why.code, why.text)
+            continue
+        declined.pop(where, None)
+        graph.initializer.extend(initializers)
+        replaced[id(node)] = merged
+        dropped.update(id(n) for n in used)
+        result.change(f"{where}: {text}")
+    if not replaced:
+        return False
+    nodes = [replaced.get(id(node), node) for node in graph.node if id(node) not in dropped]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return True
+
+
+def _sides(node: onnx.NodeProto, index: GraphIndex) -> tuple[_Branch, _Branch] | None:
+    """Both sides of the sum ``node`` as branches of one source, at least one through a Conv; else None (nothing is
+    checked here beyond the graph's shape). Raises _Declined for two convolutions of one input whose outputs are not
+    the sum's alone."""
+    first, second = (_branch(name, index) for name in node.input)
+    if first.source != second.source or (first.conv is None and second.conv is None):
+        producers = [index.producers.get(name) for name in node.input]
+        if all(_is_op(p, "Conv") for p in producers) and producers[0] is not producers[1] and producers[0].input[0] == producers[1].input[0]:
+            shared = next(p for p in producers if not index.private(p.output[0]))
+            raise _Declined(DeclineCode.SHARED_VALUE, f"the output of {shared.name or shared.output[0]} is also read elsewhere")
+        return None
+    if first.conv is not None and first.conv is second.conv:
+        return None  # conv(x) + conv(x): a doubling, not two branches
+    if node.op_type == "Sub":
+        second.channel_ops.append(("Mul", np.array(-1.0)))
+    return first, second
+
+
+def _branch(tensor: str, index: GraphIndex) -> _Branch:
+    """``tensor`` as a branch: back through per-channel Mul/Add/Sub by constants and a BatchNormalization to a Conv's
+    output, or to the tensor the normalization reads, or to ``tensor`` itself."""
+    producer = index.producers.get(tensor)
+    if producer is None or producer.domain not in DEFAULT_DOMAINS or not index.private(tensor):
+        return _Branch(tensor, None)
+    if producer.op_type in CHANNEL_OPS and len(producer.input) == 2:
+        constants = [index.array(name) for name in producer.input]
+        for position in (0, 1):
+            value, constant = producer.input[1 - position], constants[position]
+            if constant is None or constants[1 - position] is not None or (producer.op_type == "Sub" and position == 0):
+                continue  # Sub(c, t) turns the branch around: not followed
+            inner = _branch(value, index)
+            if inner.conv is None and not inner.nodes:
+                break  # a constant applied to the source itself: the source of this branch is the op's output
+            inner.nodes.append(producer)
+            inner.channel_ops.append((producer.op_type, constant.astype(np.float64)))
+            return inner
+        return _Branch(tensor, None)
+    if _is_op(producer, "Conv") and len(producer.input) >= 2:
+        return _Branch(producer.input[0], producer, [producer])
+    if _is_op(producer, "BatchNormalization") and producer.input:
+        return _Branch(producer.input[0], None, [producer])
+    return _Branch(tensor, None)
+
+
+def _is_op(node: onnx.NodeProto | None, op_type: str) -> bool:
+    return node is not None and node.op_type == op_type and node.domain in DEFAULT_DOMAINS
+
+
+class _Conv:
+    """One convolution's weight, bias and geometry, checked to be mergeable on its own."""
+
+    def __init__(self, node: onnx.NodeProto, index: GraphIndex):
+        label = node.name or node.output[0]
+        weight = index.array(node.input[1])
+        if weight is None:
+            raise _Declined(DeclineCode.NOT_CONSTANT, f"the weight of {label} is not a constant")
+        if weight.dtype.kind != "f" or weight.ndim < 3:
+            raise _Declined(DeclineCode.UNSUPPORTED_TYPE, f"the weight of {label} is {weight.dtype} of rank {weight.ndim}")
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        bias = index.array(node.input[2]) if has_bias else np.zeros(weight.shape[0], weight.dtype)
+        if bias is None or bias.shape != (weight.shape[0],):
+            raise _Declined(DeclineCode.NOT_CONSTANT, f"the bias of {label} is not a constant of one value per output channel")
+        # a shared bias is one value per channel (exporters share equal ones, zeros most often); a shared weight would stay
+        # for its other readers beside the merged copy, and the model would grow
+        if len(index.consumers.get(node.input[1], [])) > 1:
+            raise _Declined(DeclineCode.SHARED_VALUE, f"{label} shares its weight with another node (a merged copy would grow the model)")
+        spatial = weight.ndim - 2
+        auto_pad = node_attr(node, "auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        if auto_pad not in ("NOTSET", "VALID"):
+            raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{label} pads with auto_pad={auto_pad}")
+        pads = [0] * (2 * spatial) if auto_pad == "VALID" else list(node_attr(node, "pads", [0] * (2 * spatial)))
+        self.node, self.label, self.weight, self.bias = node, label, weight.astype(np.float64), bias.astype(np.float64)
+        self.dtype = weight.dtype
+        self.kernel = tuple(weight.shape[2:])
+        self.begin, self.end = pads[:spatial], pads[spatial:]
+        self.group = int(node_attr(node, "group", 1))
+        self.strides = tuple(node_attr(node, "strides", [1] * spatial))
+        self.dilations = tuple(node_attr(node, "dilations", [1] * spatial))
+
+    def reach(self, axis: int) -> int:
+        """How many input positions the output size falls short of the padded input along ``axis`` (equal for two
+        convolutions with the same strides: then their outputs have the same size for every input)."""
+        return self.begin[axis] + self.end[axis] - (self.kernel[axis] - 1) * self.dilations[axis]
+
+
+def _merged(node: onnx.NodeProto, first: _Branch, second: _Branch, index: GraphIndex,
+            taken: set[str]) -> tuple[onnx.NodeProto, list[onnx.TensorProto], str]:
+    """The Conv replacing the sum ``node``, its new initializers and what was merged; raises _Declined where it cannot be."""
+    convs = [(side, _Conv(side.conv, index)) for side in (first, second) if side.conv is not None]
+    (big_side, larger), *rest = sorted(convs, key=lambda pair: -int(np.prod(pair[1].kernel)))
+    channels, rank = larger.weight.shape[0], larger.weight.ndim
+    scale, shift = _channel_affine(big_side, channels, rank, index)
+    weight, bias = larger.weight * scale.reshape((-1,) + (1,) * (rank - 1)), larger.bias * scale + shift
+    if rest:
+        (small_side, smaller), = rest
+        offsets = _placement(larger, smaller)
+        scale, shift = _channel_affine(small_side, channels, rank, index)
+        window = (slice(None), slice(None), *(slice(o, o + k) for o, k in zip(offsets, smaller.kernel)))
+        weight[window] += smaller.weight * scale.reshape((-1,) + (1,) * (rank - 1))
+        bias += smaller.bias * scale + shift
+        text = f"{larger.label} and {smaller.label} as one {'x'.join(map(str, larger.kernel))} Conv"
+    else:
+        other = second if big_side is first else first
+        factor, shift = _channel_affine(other, channels, rank, index)
+        _add_identity(larger, weight, factor)
+        bias += shift
+        text = f"{larger.label} plus its input as one Conv"
+    weight_name = unique_name(f"{larger.node.input[1]}_merged", taken)
+    bias_name = unique_name(f"{node.output[0]}_merged_bias", taken)
+    merged = helper.make_node("Conv", [larger.node.input[0], weight_name, bias_name], [node.output[0]], name=larger.node.name or None)
+    merged.attribute.extend(a for a in larger.node.attribute if a.name != "kernel_shape")
+    merged.attribute.append(helper.make_attribute("kernel_shape", list(larger.kernel)))
+    return merged, [from_array(weight.astype(larger.dtype), weight_name), from_array(bias.astype(larger.dtype), bias_name)], text
+
+
+def _channel_affine(side: _Branch, channels: int, rank: int, index: GraphIndex) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel ``scale`` and ``shift`` (each of ``channels`` values) that ``side``'s normalization and constants apply
+    after its conv (or to its source); raises _Declined for a constant that is not one value per channel of a rank-``rank`` output."""
+    scale, shift = np.ones(channels), np.zeros(channels)
+    steps = list(side.channel_ops)
+    if side.nodes and _is_op(side.nodes[0], "BatchNormalization"):
+        factor, offset = _normalization(side.nodes[0], index)
+        per_channel = (-1,) + (1,) * (rank - 2)
+        steps = [("Mul", factor.reshape(per_channel)), ("Add", offset.reshape(per_channel)), *steps]
+    for op, constant in steps:
+        values = _per_channel(constant, channels, rank)
+        if values is None:
+            raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"a {op} by a constant of shape {list(constant.shape)} is not one value per channel")
+        if op == "Mul":
+            scale, shift = scale * values, shift * values
+        else:
+            shift = shift + values if op == "Add" else shift - values
+    return scale, shift
+
+
+def _per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+    """``constant``'s values as one per channel (axis 1) of a rank-``rank`` output it is broadcast against, or None."""
+    if constant.ndim > rank:
+        return None
+    full = constant.reshape((1,) * (rank - constant.ndim) + constant.shape)
+    if any(size != 1 for axis, size in enumerate(full.shape) if axis != 1) or full.shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(full.reshape(-1), (channels,)).astype(np.float64)
+
+
+def _placement(larger: _Conv, smaller: _Conv) -> list[int]:
+    """Where ``smaller``'s kernel sits inside ``larger``'s (an offset per spatial axis); raises _Declined where the two do not
+    compute on the same grid or the larger kernel does not hold the smaller one's taps."""
+    pair = f"{larger.label} and {smaller.label}"
+    if larger.weight.shape[:2] != smaller.weight.shape[:2] or larger.group != smaller.group:
+        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{pair} differ in channels or groups")
+    if larger.strides != smaller.strides or larger.dilations != smaller.dilations or len(larger.kernel) != len(smaller.kernel):
+        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{pair} differ in strides or dilations")
+    offsets = []
+    for axis, (big, small) in enumerate(zip(larger.kernel, smaller.kernel)):
+        if larger.reach(axis) != smaller.reach(axis):
+            raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{pair} pad to outputs of different sizes")
+        shift, dilation = larger.begin[axis] - smaller.begin[axis], larger.dilations[axis]
+        if shift % dilation or shift < 0 or shift // dilation + small > big:
+            raise _Declined(DeclineCode.WOULD_GROW, f"neither kernel of {pair} holds the other's taps (merged, the kernel would grow)")
+        offsets.append(shift // dilation)
+    return offsets
+
+
+def _add_identity(conv: _Conv, weight: np.ndarray, factor: np.ndarray) -> None:
+    """Add ``factor`` times the identity to ``weight`` (in place): each output channel's tap on its own input channel at the
+    kernel position that reads the output's own location; raises _Declined where the convolution cannot hold it."""
+    out_channels, per_group = weight.shape[0], weight.shape[1]
+    if per_group * conv.group != out_channels:
+        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{conv.label} has {per_group * conv.group} input and {out_channels} output channels")
+    if any(s != 1 for s in conv.strides):
+        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{conv.label} is strided: its output is smaller than its input")
+    taps = []
+    for axis, size in enumerate(conv.kernel):
+        dilation = conv.dilations[axis]
+        if conv.reach(axis) != 0 or conv.begin[axis] % dilation or not 0 <= conv.begin[axis] // dilation < size:
+            raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{conv.label} pads to an output of another size than its input, or off its taps")
+        taps.append(conv.begin[axis] // dilation)
+    channels = np.arange(out_channels)
+    weight[(channels, channels % per_group, *taps)] += factor
+
+
+def _normalization(node: onnx.NodeProto, index: GraphIndex) -> tuple[np.ndarray, np.ndarray]:
+    """An inference BatchNormalization's factor and shift per channel (y = factor * x + shift); raises _Declined otherwise."""
+    label = node.name or node.output[0]
+    if len([o for o in node.output if o]) > 1 or int(node_attr(node, "training_mode", 0)):
+        raise _Declined(DeclineCode.TRAINING_MODE, f"{label} computes training-mode statistics")
+    params = [index.array(name) for name in node.input[1:5]]
+    if len(params) < 4 or any(p is None for p in params):
+        raise _Declined(DeclineCode.NOT_CONSTANT, f"the scale, bias, mean or variance of {label} is not a constant")
+    gamma, beta, mean, var = (p.astype(np.float64).reshape(-1) for p in params)
+    factor = gamma / np.sqrt(var + float(node_attr(node, "epsilon", 1e-5)))
+    return factor, beta - mean * factor
