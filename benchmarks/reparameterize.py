@@ -96,7 +96,13 @@ def main() -> None:
     rows = []
     print("| model | form | nodes | parameters | largest difference | latency 1T | latency default threads |\n|---|---|---|---|---|---|---|")
     for name in args.models:
-        for row in bench(name, args.runs):
+        try:
+            measured = bench(name, args.runs)
+        except Exception as exc:  # an exporter's or a command's failure is a row of the table, not the end of the run
+            rows.append({"model": name, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            print(f"| {name} | failed: {rows[-1]['error']} | | | | | |", flush=True)
+            continue
+        for row in measured:
             rows.append(row)
             difference = f"{row['largest_difference']:.1e}" if row["largest_difference"] is not None else f"cosine {row['worst_cosine_reported']:.4f} (its report)"
             print(f"| {name} | {row['form']} | {row['nodes']} | {row['parameters']:,} | {difference} | {row['ratio_1_thread']:.2f}x "

@@ -4,8 +4,10 @@ import numpy as np
 import onnx
 import pytest
 
+from onnxslim import PruneConfig, prune
 from onnxslim.ir.counts import count_parameters
 from onnxslim.passes import CLEANUP, DeclineCode, parallel_convs_as_one
+from tests.conftest import run_model
 from tests.test_pass_contract import assert_same_outputs, on_a_copy, with_weights
 
 RNG = np.random.default_rng(3)
@@ -112,6 +114,42 @@ def test_branches_through_per_channel_constants_and_differences_become_one_conv(
     model = with_weights(text, **weights)
     work, result = on_a_copy(parallel_convs_as_one, model)
     assert [n.op_type for n in work.graph.node] == ["Conv"], result.declined
+    assert_same_outputs(model, work, feed())
+
+
+UNFOLDED_NORMS = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, wa)
+    na = BatchNormalization (a, gamma, beta, mean, var)
+    b = Conv (x, wb)
+    nb = BatchNormalization (b, gamma2, beta2, mean2, var2)
+    y = Add (na, nb)
+}
+"""
+SCALED_INPUT = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) {
+    c = Conv <group = 4, pads = [2, 2, 2, 2]> (x, w)
+    s = Mul (x, gamma)
+    y = Add (c, s)
+}
+"""
+
+
+def test_branches_whose_normalizations_are_not_folded_yet_become_one_conv():
+    """As the dynamo exporter writes them (prune merges before it folds anything)."""
+    norm2 = {f"{k}2": RNG.uniform(0.5, 2, 4) if k in ("gamma", "var") else RNG.normal(size=4) for k in NORM}
+    model = with_weights(UNFOLDED_NORMS, wa=RNG.normal(size=(4, 4, 3, 3)), wb=RNG.normal(size=(4, 4, 1, 1)), **NORM, **norm2)
+    work, _ = on_a_copy(parallel_convs_as_one, model)
+    assert [n.op_type for n in work.graph.node] == ["Conv"]
+    assert_same_outputs(model, work, feed())
+
+
+def test_a_layer_scaled_shortcut_joins_a_5x5_depthwise_conv():
+    model = with_weights(SCALED_INPUT, w=RNG.normal(size=(4, 1, 5, 5)), gamma=RNG.normal(size=(1, 4, 1, 1)))
+    work, _ = on_a_copy(parallel_convs_as_one, model)
+    assert [n.op_type for n in work.graph.node] == ["Conv"]
     assert_same_outputs(model, work, feed())
 
 
@@ -224,3 +262,34 @@ def test_a_model_without_parallel_branches_is_left_alone():
     model = with_weights(DEPTHWISE_RESIDUAL.replace("y = Add (x, d)", "y = Relu (d)"), w=RNG.normal(size=(4, 1, 3, 3)), bias=RNG.normal(size=4))
     _, result = on_a_copy(parallel_convs_as_one, model)
     assert not result.modified and not result.declined
+
+
+TWO_BLOCKS = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4, 8, 8] x) => (float[1, 8, 8, 8] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, wa)
+    b = Conv (x, wb)
+    s = Add (a, b)
+    r = Relu (s)
+    c = Conv <pads = [1, 1, 1, 1]> (r, wc)
+    d = Conv (r, wd)
+    n = BatchNormalization (c, gamma, beta, mean, var)
+    t = Add (n, d)
+    y = Relu (t)
+}
+"""
+
+
+def test_prune_cuts_a_multi_branch_block_as_the_one_conv_it_becomes():
+    """Tied by their Add, the branches used to be pruned together or not at all; merged first, the block is one layer."""
+    norm = {k: np.resize(v, 8) for k, v in NORM.items()}
+    model = with_weights(TWO_BLOCKS, wa=RNG.normal(size=(8, 4, 3, 3)), wb=RNG.normal(size=(8, 4, 1, 1)), wc=RNG.normal(size=(8, 8, 3, 3)),
+                         wd=RNG.normal(size=(8, 8, 1, 1)), **norm)
+    pruned, report = prune(model, config=PruneConfig(ratio=0.5, latency_runs=0, round_to=1))
+    merge = next(r for r in report.prepare if r.name == "parallel-convs-as-one")
+    assert len(merge.changes) == 2
+    assert [n.op_type for n in pruned.graph.node] == ["Conv", "Relu", "Conv", "Relu"]
+    assert [d.dim_value for d in pruned.graph.output[0].type.tensor_type.shape.dim] == [1, 8, 8, 8]
+    assert report.parameters.after < 8 * 4 * 9 + 8 + 8 * 8 * 9 + 8  # the merged layers' own count: the hidden channels went
+    assert report.macs.before > 0 and not report.macs_unknown  # the original's branches counted on its own shapes
+    assert run_model(pruned, feed())[0].shape == (1, 8, 8, 8)

@@ -22,7 +22,7 @@ from onnxslim.passes.batchnorm import output_channels, scale_output_channels
 LAYERS = ("Conv", "ConvTranspose")
 
 
-def _per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+def per_channel_values(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
     """The constant as one value per output channel, if it broadcasts that way over an NC... tensor."""
     if constant.size == 1:
         return np.full(channels, constant.reshape(()), dtype=np.float64)
@@ -97,7 +97,7 @@ def _why_not_foldable(conv, consumers, outputs, constants, inits, other) -> tupl
     weight = to_array(inits[conv.input[1]])
     if weight.dtype != np.float32:
         return DeclineCode.UNSUPPORTED_TYPE, f"weights of {conv.name or conv.op_type} are {weight.dtype}, not float32"
-    if _per_channel(to_array(inits[other]), output_channels(conv, weight), weight.ndim) is None:
+    if per_channel_values(to_array(inits[other]), output_channels(conv, weight), weight.ndim) is None:
         return DeclineCode.UNSUPPORTED_FORM, "constant does not act per output channel"
     return None
 
@@ -106,7 +106,7 @@ def _fold(conv, follower, other, inits, taken, graph) -> None:
     """Fold ``follower`` (Mul or Add by the constant ``other``) into ``conv``; ``conv`` takes over its output."""
     weight = to_array(inits[conv.input[1]])
     channels = output_channels(conv, weight)
-    values = _per_channel(to_array(inits[other]), channels, weight.ndim)
+    values = per_channel_values(to_array(inits[other]), channels, weight.ndim)
     has_bias = len(conv.input) > 2 and conv.input[2]
     bias = to_array(inits[conv.input[2]]).astype(np.float64) if has_bias else np.zeros(channels)
     if follower.op_type == "Mul":

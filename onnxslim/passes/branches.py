@@ -28,6 +28,7 @@ from onnx import helper
 
 from onnxslim.ir.graph import node_attr
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
+from onnxslim.passes.affine import per_channel_values
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
 
@@ -60,7 +61,8 @@ class _Branch:
     source: str
     conv: onnx.NodeProto | None
     nodes: list[onnx.NodeProto] = field(default_factory=list)  # the nodes the merged convolution replaces
-    channel_ops: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (Mul / Add / Sub, its constant), in order
+    # in order: (Mul / Add / Sub, its constant), or (BatchNormalization, the node)
+    channel_ops: list[tuple[str, np.ndarray | onnx.NodeProto]] = field(default_factory=list)
 
 
 def _merge_round(graph: onnx.GraphProto, result: PassResult, declined: dict) -> bool:
@@ -117,8 +119,8 @@ def _sides(node: onnx.NodeProto, index: GraphIndex) -> tuple[_Branch, _Branch] |
 
 
 def _branch(tensor: str, index: GraphIndex) -> _Branch:
-    """``tensor`` as a branch: back through per-channel Mul/Add/Sub by constants and a BatchNormalization to a Conv's
-    output, or to the tensor the normalization reads, or to ``tensor`` itself."""
+    """``tensor`` as a branch: back through per-channel Mul/Add/Sub by constants and BatchNormalizations to a Conv's
+    output, or to the tensor a normalization reads, or to ``tensor`` itself."""
     producer = index.producers.get(tensor)
     if producer is None or producer.domain not in DEFAULT_DOMAINS or not index.private(tensor):
         return _Branch(tensor, None)
@@ -129,8 +131,6 @@ def _branch(tensor: str, index: GraphIndex) -> _Branch:
             if constant is None or constants[1 - position] is not None or (producer.op_type == "Sub" and position == 0):
                 continue  # Sub(c, t) turns the branch around: not followed
             inner = _branch(value, index)
-            if inner.conv is None and not inner.nodes:
-                break  # a constant applied to the source itself: the source of this branch is the op's output
             inner.nodes.append(producer)
             inner.channel_ops.append((producer.op_type, constant.astype(np.float64)))
             return inner
@@ -138,7 +138,10 @@ def _branch(tensor: str, index: GraphIndex) -> _Branch:
     if _is_op(producer, "Conv") and len(producer.input) >= 2:
         return _Branch(producer.input[0], producer, [producer])
     if _is_op(producer, "BatchNormalization") and producer.input:
-        return _Branch(producer.input[0], None, [producer])
+        inner = _branch(producer.input[0], index)
+        inner.nodes.append(producer)  # one more scale and shift per channel, after a convolution or on the source itself
+        inner.channel_ops.append(("BatchNormalization", producer))
+        return inner
     return _Branch(tensor, None)
 
 
@@ -218,13 +221,16 @@ def _channel_affine(side: _Branch, channels: int, rank: int, index: GraphIndex) 
     """The per-channel ``scale`` and ``shift`` (each of ``channels`` values) that ``side``'s normalization and constants apply
     after its conv (or to its source); raises _Declined for a constant that is not one value per channel of a rank-``rank`` output."""
     scale, shift = np.ones(channels), np.zeros(channels)
-    steps = list(side.channel_ops)
-    if side.nodes and _is_op(side.nodes[0], "BatchNormalization"):
-        factor, offset = _normalization(side.nodes[0], index)
-        per_channel = (-1,) + (1,) * (rank - 2)
-        steps = [("Mul", factor.reshape(per_channel)), ("Add", offset.reshape(per_channel)), *steps]
+    steps = []
+    for op, operand in side.channel_ops:
+        if op == "BatchNormalization":
+            factor, offset = _normalization(operand, index)
+            per_channel = (-1,) + (1,) * (rank - 2)
+            steps += [("Mul", factor.reshape(per_channel)), ("Add", offset.reshape(per_channel))]
+        else:
+            steps.append((op, operand))
     for op, constant in steps:
-        values = _per_channel(constant, channels, rank)
+        values = per_channel_values(constant, channels, rank)
         if values is None:
             raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"a {op} by a constant of shape {list(constant.shape)} is not one value per channel")
         if op == "Mul":
@@ -232,16 +238,6 @@ def _channel_affine(side: _Branch, channels: int, rank: int, index: GraphIndex) 
         else:
             shift = shift + values if op == "Add" else shift - values
     return scale, shift
-
-
-def _per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
-    """``constant``'s values as one per channel (axis 1) of a rank-``rank`` output it is broadcast against, or None."""
-    if constant.ndim > rank:
-        return None
-    full = constant.reshape((1,) * (rank - constant.ndim) + constant.shape)
-    if any(size != 1 for axis, size in enumerate(full.shape) if axis != 1) or full.shape[1] not in (1, channels):
-        return None
-    return np.broadcast_to(full.reshape(-1), (channels,)).astype(np.float64)
 
 
 def _placement(larger: _Conv, smaller: _Conv) -> list[int]:

@@ -1,7 +1,8 @@
 """``prune``: find coupled channel groups, rank them, cut the weights, verify, recover.
 
 Contract: the input model is not modified; inputs and outputs keep their names
-and shapes; at ratio 0 no weight changes, so outputs are bit-identical; a group
+and shapes; at ratio 0 no weight changes, so outputs are bit-identical (but where
+sums of parallel convolutions were merged into one: the same within float rounding); a group
 is either pruned consistently everywhere its channels reach or left whole with
 its reason in the report; the result must pass the checker and run in
 onnxruntime with the original output shapes, or nothing is written.
@@ -43,6 +44,7 @@ from onnxslim.passes import (
     einsum_to_matmul,
     fold_constants,
     initializers_out_of_inputs,
+    parallel_convs_as_one,
     picked_concat_inputs_read_directly,
     remove_dead_nodes,
     remove_identities,
@@ -202,9 +204,13 @@ def fold_fixed_sizes(model: onnx.ModelProto) -> PassResult:
     return result
 
 
-# Only steps that leave every output bit-identical: ratio 0 must change nothing.
+# Only steps that leave every output as it was, bit-identical (ratio 0 must change nothing), but one: the sums of parallel
+# convolutions of one input become one convolution (the same sums within float rounding), so that a multi-branch block
+# exported as trained is pruned as the one layer it is once deployed, not as branches tied by their Adds (timm's
+# mobileone_s0 at 0.3 without data: 3 of 5 channel groups pruned, 0.64x the export's latency; merged first, 19 of 23, 0.17x)
 PREPARE = Pipeline((*SAVED_BY_ONNXRUNTIME, initializers_out_of_inputs, constants_to_initializers, remove_identities, fold_constants, einsum_to_matmul,
-                    fold_fixed_sizes, zero_initial_states_left_out, picked_concat_inputs_read_directly, remove_dead_nodes, name_unnamed_nodes))
+                    parallel_convs_as_one, fold_fixed_sizes, zero_initial_states_left_out, picked_concat_inputs_read_directly, remove_dead_nodes,
+                    name_unnamed_nodes))
 
 
 def _bn_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -637,9 +643,12 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
     """Parameters, MACs and file bytes before and after; interleaved latency on ``probe`` (None: not timed); with data and
     ``compared``, fidelity."""
     inputs = [i.name for i in graph_inputs(original)]
-    new_shapes = known_shapes(pruned, {k: v for k, v in ((s, shapes.get(s)) for s in inputs) if v and all(isinstance(d, int) for d in v)})
+    sizes = {k: v for k, v in ((s, shapes.get(s)) for s in inputs) if v and all(isinstance(d, int) for d in v)}
+    new_shapes = known_shapes(pruned, sizes)
+    # ``shapes`` are the prepared graph's: the branches its preparation merged are the original's alone
+    original_shapes = {**known_shapes(original, sizes), **shapes} if any(r.name == "parallel-convs-as-one" and r.modified for r in report.prepare) else shapes
     report.parameters = BeforeAfter(count_parameters(original), count_parameters(pruned))
-    (before, _, unknown_before), (after, _, unknown_after) = count_macs(original, shapes), count_macs(pruned, new_shapes)
+    (before, _, unknown_before), (after, _, unknown_after) = count_macs(original, original_shapes), count_macs(pruned, new_shapes)
     report.macs = BeforeAfter(before, after)
     report.macs_unknown = sorted(set(unknown_before) | set(unknown_after))
     report.file_bytes = BeforeAfter(model_file_bytes(original), model_file_bytes(pruned))
