@@ -45,6 +45,7 @@ def test_every_branch_of_a_multi_branch_block_becomes_one_conv():
     assert len(result.changes) == 3 and not result.declined
     conv = work.graph.node[0]
     assert list(conv.input[:1]) == ["x"] and conv.output[0] == "s"  # the sum's own name: what read it reads the merged layer
+    assert {t.name for t in work.graph.initializer} == set(conv.input[1:])  # the branches' weights are gone with them
     assert_same_outputs(model, work, feed())
 
 
@@ -148,6 +149,28 @@ def test_branches_whose_normalizations_are_not_folded_yet_become_one_conv():
 
 def test_a_layer_scaled_shortcut_joins_a_5x5_depthwise_conv():
     model = with_weights(SCALED_INPUT, w=RNG.normal(size=(4, 1, 5, 5)), gamma=RNG.normal(size=(1, 4, 1, 1)))
+    work, _ = on_a_copy(parallel_convs_as_one, model)
+    assert [n.op_type for n in work.graph.node] == ["Conv"]
+    assert_same_outputs(model, work, feed())
+
+
+SHARED_NORM = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) {
+    n = BatchNormalization (x, gamma, beta, mean, var)
+    c = Conv <group = 4, pads = [1, 1, 1, 1]> (x, w)
+    m = Add (c, n)
+    d = Sub (m, n)
+    s = Mul (d, layer_scale)
+    y = Add (x, s)
+}
+"""
+
+
+def test_a_normalization_shared_by_two_sums_joins_both():
+    """FastViT's RepMixer as the dynamo exporter writes it with equal normalizations made one: mixer(x) = conv(x) + norm(x)
+    and the norm(x) taken away read the same node, which stays until the second sum takes it."""
+    model = with_weights(SHARED_NORM, w=RNG.normal(size=(4, 1, 3, 3)), layer_scale=RNG.normal(size=(4, 1, 1)), **NORM)
     work, _ = on_a_copy(parallel_convs_as_one, model)
     assert [n.op_type for n in work.graph.node] == ["Conv"]
     assert_same_outputs(model, work, feed())

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import drop_unread_initializers, node_attr, replace_nodes
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.affine import per_channel_values
 from onnxslim.passes.base import DeclineCode, PassResult
@@ -70,8 +70,8 @@ def _merge_round(graph: onnx.GraphProto, result: PassResult, declined: dict) -> 
     waits for the next); whether any did."""
     index = GraphIndex(graph)
     taken = all_value_names(graph)
-    replaced: dict[int, onnx.NodeProto] = {}
-    dropped: set[int] = set()
+    replaced: dict[int, list[onnx.NodeProto]] = {}  # a sum -> [its Conv]; each node merged into it -> []
+    weights: set[str] = set()
     for node in graph.node:
         if node.op_type not in ("Add", "Sub") or node.domain not in DEFAULT_DOMAINS or len(node.input) != 2:
             continue
@@ -81,7 +81,7 @@ def _merge_round(graph: onnx.GraphProto, result: PassResult, declined: dict) -> 
             if sides is None:
                 continue
             used = [n for side in sides for n in side.nodes]
-            if any(id(n) in dropped or id(n) in replaced for n in used):
+            if any(id(n) in replaced for n in used):
                 continue  # rewritten this round: its merged form is matched in the next
             merged, initializers, text = _merged(node, *sides, index, taken)
         except _Declined as why:
@@ -89,14 +89,14 @@ def _merge_round(graph: onnx.GraphProto, result: PassResult, declined: dict) -> 
             continue
         declined.pop(where, None)
         graph.initializer.extend(initializers)
-        replaced[id(node)] = merged
-        dropped.update(id(n) for n in used)
+        replaced[id(node)] = [merged]
+        replaced.update((id(n), []) for n in used)
+        weights.update(name for n in used for name in n.input)
         result.change(f"{where}: {text}")
     if not replaced:
         return False
-    nodes = [replaced.get(id(node), node) for node in graph.node if id(node) not in dropped]
-    del graph.node[:]
-    graph.node.extend(nodes)
+    replace_nodes(graph, replaced)
+    drop_unread_initializers(graph, weights - {v.name for v in graph.input})  # an initializer listed as an input stays one
     return True
 
 
@@ -122,7 +122,13 @@ def _branch(tensor: str, index: GraphIndex) -> _Branch:
     """``tensor`` as a branch: back through per-channel Mul/Add/Sub by constants and BatchNormalizations to a Conv's
     output, or to the tensor a normalization reads, or to ``tensor`` itself."""
     producer = index.producers.get(tensor)
-    if producer is None or producer.domain not in DEFAULT_DOMAINS or not index.private(tensor):
+    if producer is None or producer.domain not in DEFAULT_DOMAINS:
+        return _Branch(tensor, None)
+    if not index.private(tensor):
+        if _is_op(producer, "BatchNormalization") and producer.input:
+            # a normalization of the source read elsewhere too (an exporter shares equal ones): the merged layer takes its
+            # scale and shift as well, and the normalization stays for its other readers
+            return _Branch(producer.input[0], None, [], [("BatchNormalization", producer)])
         return _Branch(tensor, None)
     if producer.op_type in CHANNEL_OPS and len(producer.input) == 2:
         constants = [index.array(name) for name in producer.input]
