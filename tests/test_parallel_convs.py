@@ -316,3 +316,30 @@ def test_prune_cuts_a_multi_branch_block_as_the_one_conv_it_becomes():
     assert report.parameters.after < 8 * 4 * 9 + 8 + 8 * 8 * 9 + 8  # the merged layers' own count: the hidden channels went
     assert report.macs.before > 0 and not report.macs_unknown  # the original's branches counted on its own shapes
     assert run_model(pruned, feed())[0].shape == (1, 8, 8, 8)
+
+
+DISTILLED_HEAD = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[2, 8] x) => (float[2, 5] y) {
+    na = BatchNormalization (x, gamma, beta, mean, var)
+    a = Gemm <transB = 1> (na, wa, ba)
+    nb = BatchNormalization (x, gamma2, beta2, mean2, var2)
+    b = Gemm <alpha = 0.5, beta = 2.0> (nb, wb, bb)
+    s = Add (a, b)
+    y = Div (s, two)
+}
+"""
+
+
+def test_a_distilled_classifier_heads_two_linears_become_one():
+    """RepViT's (and DeiT's, LeViT's) head: a BatchNorm then a Linear, twice, averaged; the normalizations fold into the Gemms
+    after them, and the two Gemms of one input into one."""
+    norms = {f"{k}{suffix}": RNG.uniform(0.5, 2, 8) if k in ("gamma", "var") else RNG.normal(size=8) for k in NORM for suffix in ("", "2")}
+    model = with_weights(DISTILLED_HEAD, wa=RNG.normal(size=(5, 8)), ba=RNG.normal(size=5), wb=RNG.normal(size=(8, 5)), bb=RNG.normal(size=(1, 5)),
+                         two=np.array(2.0), **norms)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    CLEANUP(work)
+    assert [n.op_type for n in work.graph.node] == ["Gemm", "Div"]
+    assert count_parameters(work) == 5 * 8 + 5 + 1
+    assert_same_outputs(model, work, {"x": RNG.normal(size=(2, 8)).astype(np.float32)})

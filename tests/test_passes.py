@@ -368,3 +368,32 @@ def test_layernorm_written_by_onnxruntime_below_opset_17_is_made_valid():
     assert [e.domain for e in work.opset_import] == [""] and work.graph.node[-1].domain == ""
     feed = {"x": rng.standard_normal((1, 4, 16)).astype(np.float32)}
     np.testing.assert_allclose(run_model(work, feed)[0], run_model(model, feed)[0], rtol=1e-5, atol=1e-6)
+
+
+HEAD_NORM = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[2, 4] x) => (float[2, 3] y, float[2, 3] z) {
+    n = BatchNormalization (x, gamma, beta, mean, var)
+    y = Gemm <transB = 1> (n, w, b)
+    z = Gemm <transB = 1> (x, w2, b)
+}
+"""
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_batchnorm_with_no_layer_before_it_folds_into_the_gemm_after_it(shared):
+    from tests.test_pass_contract import with_weights
+
+    rng = np.random.default_rng(1)
+    text = HEAD_NORM.replace("(x, w2, b)", "(x, w, b)") if shared else HEAD_NORM
+    weights = {"gamma": rng.uniform(0.5, 2, 4), "beta": rng.normal(size=4), "mean": rng.normal(size=4), "var": rng.uniform(0.5, 2, 4),
+               "w": rng.normal(size=(3, 4)), "b": rng.normal(size=3)} | ({} if shared else {"w2": rng.normal(size=(3, 4))})
+    model = with_weights(text, **weights)
+    work = load_model(model)
+    result = fuse_batchnorm(work)
+    if shared:  # a folded copy of a weight another layer reads would grow the model
+        assert not result.modified and result.declined[0].reason.code == DeclineCode.SHARED_VALUE
+        return
+    assert result.changes == ["folded n into Gemm after it"]
+    assert [n.op_type for n in work.graph.node] == ["Gemm", "Gemm"]
+    assert_same_outputs(model, work)

@@ -1,10 +1,13 @@
-"""Fold inference-mode BatchNormalization into the Conv, ConvTranspose or Gemm before it.
+"""Fold inference-mode BatchNormalization into the Conv, ConvTranspose or Gemm before it (or the Gemm after it).
 
 With s = gamma / sqrt(var + eps), a BatchNormalization y = s * (x - mean) + beta
 after a layer x = W * a + b equals a layer with weights W' = s * W (scaled on
 the output-channel axis) and bias b' = s * (b - mean) + beta. The output channel
 axis of W is 0 for Conv, 1 inside each group for ConvTranspose, and the N axis
-for Gemm (0 with transB=1, 1 otherwise).
+for Gemm (0 with transB=1, 1 otherwise). A normalization with no layer before it (a classifier
+head's pooled features, as RepViT's and LeViT's heads write it) folds into the Gemm that alone
+reads it: its scale goes into the rows of the weight that read each feature, its shift through
+the weight into the bias.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ class _Declined(Exception):
 
 
 def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
-    """Fold each inference BatchNormalization into the Conv, ConvTranspose or Gemm before it (see the module docstring)."""
+    """Fold each inference BatchNormalization into the Conv, ConvTranspose or Gemm before it, or else into a Gemm after it
+    (see the module docstring)."""
     result = PassResult("fuse-batchnorm")
     graph = model.graph
     view = GraphIndex(graph)
@@ -80,7 +84,17 @@ def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
             layer, weight, has_bias = _foldable_layer(bn, view)
             new_weight, new_bias = _folded_parameters(bn, layer, weight, has_bias, view.inits)
         except _Declined as declined:
-            result.decline(where, declined.code, declined.text)
+            reader = _linear_reader(bn, view)
+            if reader is None:
+                result.decline(where, declined.code, declined.text)
+                continue
+            try:  # nothing to fold into before it (a classifier head's pooled features): the Gemm after it takes it
+                _fold_into_reader(bn, reader, view, graph, taken)
+            except _Declined as forward:
+                result.decline(where, forward.code, forward.text)
+                continue
+            fused_bn.add(id(bn))
+            result.change(f"folded {where} into {reader.name or reader.op_type} after it")
             continue
         weight_name = unique_name(layer.input[1] + "_bnfused", taken)
         bias_name = unique_name((layer.input[2] if has_bias else layer.output[0] + "_bias") + "_bnfused", taken)
@@ -101,6 +115,57 @@ def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
         del graph.node[:]
         graph.node.extend(kept)
     return result
+
+
+def _linear_reader(bn: onnx.NodeProto, view: GraphIndex) -> onnx.NodeProto | None:
+    """The Gemm that alone reads ``bn``'s output as its first operand (not transposed), or None."""
+    readers = view.readers(bn.output[0])
+    if len(readers) != 1 or readers[0].op_type != "Gemm" or readers[0].domain not in ("", "ai.onnx"):
+        return None
+    gemm = readers[0]
+    return gemm if gemm.input[0] == bn.output[0] and gemm.input[1] != bn.output[0] and not int(node_attr(gemm, "transA", 0)) else None
+
+
+def _fold_into_reader(bn: onnx.NodeProto, gemm: onnx.NodeProto, view: GraphIndex, graph: onnx.GraphProto, taken: set[str]) -> None:
+    """Fold ``bn`` (y = s * x + t per feature) into the Gemm reading it: alpha * (s * x + t) @ B + beta * C equals
+    alpha * x @ (s[:, None] * B) + (alpha * t @ B + beta * C). Edits ``gemm`` in place; raises _Declined where it cannot."""
+    label = gemm.name or gemm.op_type
+    if len([o for o in bn.output if o]) > 1 or int(node_attr(bn, "training_mode", 0)):
+        raise _Declined(DeclineCode.TRAINING_MODE, "training-mode outputs (running mean/var) are used")
+    if not all(p in view.constants for p in bn.input[1:5]) or len(bn.input) < 5:
+        raise _Declined(DeclineCode.NOT_CONSTANT, "scale, bias, mean or variance is not a constant initializer")
+    weight = view.array(gemm.input[1])
+    has_bias = len(gemm.input) > 2 and bool(gemm.input[2])
+    bias = view.array(gemm.input[2]) if has_bias else None
+    if weight is None or (has_bias and bias is None):
+        raise _Declined(DeclineCode.NOT_CONSTANT, f"the weight or bias of {label} after it is not a constant initializer")
+    if weight.dtype.kind != "f" or weight.ndim != 2:
+        raise _Declined(DeclineCode.UNSUPPORTED_TYPE, f"the weight of {label} after it is {weight.dtype} of rank {weight.ndim}")
+    if len(view.consumers.get(gemm.input[1], [])) > 1:
+        raise _Declined(DeclineCode.SHARED_VALUE, f"the weight of {label} after it is shared (a folded copy would grow the model)")
+    gamma, beta, mean, var = (to_array(view.inits[p]).astype(np.float64).reshape(-1) for p in bn.input[1:5])
+    scale = gamma / np.sqrt(var + float(node_attr(bn, "epsilon", 1e-5)))
+    shift = beta - mean * scale
+    transposed = bool(int(node_attr(gemm, "transB", 0)))
+    product = (weight.T if transposed else weight).astype(np.float64)  # (features in, features out)
+    if scale.shape != (product.shape[0],):
+        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{scale.size} BN channels vs {product.shape[0]} inputs of {label}")
+    alpha, gemm_beta = float(node_attr(gemm, "alpha", 1.0)), float(node_attr(gemm, "beta", 1.0))
+    outputs = product.shape[1]
+    if bias is not None and bias.size not in (1, outputs):
+        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"the bias of {label} of shape {bias.shape} is not per output feature")
+    new_bias = alpha * shift @ product + (gemm_beta * np.broadcast_to(bias.astype(np.float64).reshape(-1), (outputs,)) if bias is not None else 0.0)
+    scaled = product * scale[:, None]
+    weight_name = unique_name(gemm.input[1] + "_bnfused", taken)
+    bias_name = unique_name((gemm.input[2] if has_bias else gemm.output[0] + "_bias") + "_bnfused", taken)
+    graph.initializer.append(from_array((scaled.T if transposed else scaled).astype(weight.dtype), weight_name))
+    graph.initializer.append(from_array(np.asarray(new_bias).astype(weight.dtype), bias_name))
+    gemm.input[0], gemm.input[1] = bn.input[0], weight_name
+    if has_bias:
+        gemm.input[2] = bias_name
+    else:
+        gemm.input.append(bias_name)
+    _set_attr(gemm, "beta", 1.0)
 
 
 def _foldable_layer(bn: onnx.NodeProto, view: GraphIndex) -> tuple[onnx.NodeProto, np.ndarray, bool]:

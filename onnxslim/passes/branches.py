@@ -141,7 +141,7 @@ def _branch(tensor: str, index: GraphIndex) -> _Branch:
             inner.channel_ops.append((producer.op_type, constant.astype(np.float64)))
             return inner
         return _Branch(tensor, None)
-    if _is_op(producer, "Conv") and len(producer.input) >= 2:
+    if (_is_op(producer, "Conv") or _is_op(producer, "Gemm") and not int(node_attr(producer, "transA", 0))) and len(producer.input) >= 2:
         return _Branch(producer.input[0], producer, [producer])
     if _is_op(producer, "BatchNormalization") and producer.input:
         inner = _branch(producer.input[0], index)
@@ -187,16 +187,49 @@ class _Conv:
         self.strides = tuple(node_attr(node, "strides", [1] * spatial))
         self.dilations = tuple(node_attr(node, "dilations", [1] * spatial))
 
+    def written(self, inputs: list[str], output: str) -> onnx.NodeProto:
+        """This convolution's node with other weights and bias: ``inputs`` (source, weight, bias), writing ``output``."""
+        merged = helper.make_node("Conv", inputs, [output], name=self.node.name or None)
+        merged.attribute.extend(a for a in self.node.attribute if a.name != "kernel_shape")
+        merged.attribute.append(helper.make_attribute("kernel_shape", list(self.kernel)))
+        return merged
+
     def reach(self, axis: int) -> int:
         """How many input positions the output size falls short of the padded input along ``axis`` (equal for two
         convolutions with the same strides: then their outputs have the same size for every input)."""
         return self.begin[axis] + self.end[axis] - (self.kernel[axis] - 1) * self.dilations[axis]
 
 
+class _Gemm(_Conv):
+    """A Gemm's weight as (outputs, inputs) and its bias, alpha and beta applied: a 1x1 convolution of a (batch, features) input."""
+
+    def __init__(self, node: onnx.NodeProto, index: GraphIndex):
+        label = node.name or node.output[0]
+        weight = index.array(node.input[1])
+        if weight is None:
+            raise _Declined(DeclineCode.NOT_CONSTANT, f"the weight of {label} is not a constant")
+        if weight.dtype.kind != "f" or weight.ndim != 2:
+            raise _Declined(DeclineCode.UNSUPPORTED_TYPE, f"the weight of {label} is {weight.dtype} of rank {weight.ndim}")
+        if len(index.consumers.get(node.input[1], [])) > 1:
+            raise _Declined(DeclineCode.SHARED_VALUE, f"{label} shares its weight with another node (a merged copy would grow the model)")
+        alpha, beta = float(node_attr(node, "alpha", 1.0)), float(node_attr(node, "beta", 1.0))
+        matrix = (weight if int(node_attr(node, "transB", 0)) else weight.T).astype(np.float64) * alpha  # (outputs, inputs)
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        bias = index.array(node.input[2]) if has_bias else np.zeros(1, weight.dtype)
+        if bias is None or bias.size not in (1, matrix.shape[0]) or bias.ndim > 2:
+            raise _Declined(DeclineCode.NOT_CONSTANT, f"the bias of {label} is not a constant of one value per output")
+        self.node, self.label, self.weight, self.dtype = node, label, matrix, weight.dtype
+        self.bias = np.broadcast_to(bias.astype(np.float64).reshape(-1), (matrix.shape[0],)) * (beta if has_bias else 0.0)
+        self.kernel, self.begin, self.end, self.group, self.strides, self.dilations = (), [], [], 1, (), ()
+
+    def written(self, inputs: list[str], output: str) -> onnx.NodeProto:
+        return helper.make_node("Gemm", inputs, [output], name=self.node.name or None, transB=1)
+
+
 def _merged(node: onnx.NodeProto, first: _Branch, second: _Branch, index: GraphIndex,
             taken: set[str]) -> tuple[onnx.NodeProto, list[onnx.TensorProto], str]:
     """The Conv replacing the sum ``node``, its new initializers and what was merged; raises _Declined where it cannot be."""
-    convs = [(side, _Conv(side.conv, index)) for side in (first, second) if side.conv is not None]
+    convs = [(side, (_Conv if side.conv.op_type == "Conv" else _Gemm)(side.conv, index)) for side in (first, second) if side.conv is not None]
     (big_side, larger), *rest = sorted(convs, key=lambda pair: -int(np.prod(pair[1].kernel)))
     channels, rank = larger.weight.shape[0], larger.weight.ndim
     scale, shift = _channel_affine(big_side, channels, rank, index)
@@ -208,18 +241,16 @@ def _merged(node: onnx.NodeProto, first: _Branch, second: _Branch, index: GraphI
         window = (slice(None), slice(None), *(slice(o, o + k) for o, k in zip(offsets, smaller.kernel)))
         weight[window] += smaller.weight * scale.reshape((-1,) + (1,) * (rank - 1))
         bias += smaller.bias * scale + shift
-        text = f"{larger.label} and {smaller.label} as one {'x'.join(map(str, larger.kernel))} Conv"
+        text = f"{larger.label} and {smaller.label} as one {'x'.join(map(str, larger.kernel)) + ' ' if larger.kernel else ''}{larger.node.op_type}"
     else:
         other = second if big_side is first else first
         factor, shift = _channel_affine(other, channels, rank, index)
         _add_identity(larger, weight, factor)
         bias += shift
-        text = f"{larger.label} plus its input as one Conv"
+        text = f"{larger.label} plus its input as one {larger.node.op_type}"
     weight_name = unique_name(f"{larger.node.input[1]}_merged", taken)
     bias_name = unique_name(f"{node.output[0]}_merged_bias", taken)
-    merged = helper.make_node("Conv", [larger.node.input[0], weight_name, bias_name], [node.output[0]], name=larger.node.name or None)
-    merged.attribute.extend(a for a in larger.node.attribute if a.name != "kernel_shape")
-    merged.attribute.append(helper.make_attribute("kernel_shape", list(larger.kernel)))
+    merged = larger.written([larger.node.input[0], weight_name, bias_name], node.output[0])
     return merged, [from_array(weight.astype(larger.dtype), weight_name), from_array(bias.astype(larger.dtype), bias_name)], text
 
 
@@ -250,6 +281,8 @@ def _placement(larger: _Conv, smaller: _Conv) -> list[int]:
     """Where ``smaller``'s kernel sits inside ``larger``'s (an offset per spatial axis); raises _Declined where the two do not
     compute on the same grid or the larger kernel does not hold the smaller one's taps."""
     pair = f"{larger.label} and {smaller.label}"
+    if larger.node.op_type != smaller.node.op_type:
+        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{pair} are a {larger.node.op_type} and a {smaller.node.op_type}")
     if larger.weight.shape[:2] != smaller.weight.shape[:2] or larger.group != smaller.group:
         raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{pair} differ in channels or groups")
     if larger.strides != smaller.strides or larger.dilations != smaller.dilations or len(larger.kernel) != len(smaller.kernel):
