@@ -43,16 +43,21 @@ def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.Mo
     keep_float = frozenset(entry["node"] for entry in report.kept_float_for_budget)
     integer_config = dataclasses.replace(config, scalar_affine="int8")
     measured = integer_form_measured(run, config)
-    nodes = scalar_affine_nodes(run.plan(integer_config, keep_float, calibrated=measured))  # a form not measured needs no ranges
-    if not nodes:
+    # the graph alone says whether the integer form has such nodes once the budget has chosen its float layers (often it
+    # has none left: PP-OCRv4 rec's all sit beside layers kept in float); its own tensors are observed only when it does
+    planned = scalar_affine_nodes(run.plan(integer_config, keep_float, calibrated=False))
+    if not planned:
         return plan, model, comparisons
     metric = config.accuracy_metric
-    entry: dict = {"nodes": len(nodes), "written": "float"}
-    report.scalar_affine = entry
-    if not measured:
-        return _kept_float(plan, model, comparisons, nodes, entry, "not measured (timing is off): the float form is kept; --scalar-affine int8 writes the integer form",
+    if not measured:  # a form not measured needs no ranges
+        report.scalar_affine = entry = {"nodes": len(planned), "written": "float"}
+        return _kept_float(plan, model, comparisons, planned, entry, "not measured (timing is off): the float form is kept; --scalar-affine int8 writes the integer form",
                            "its integer form was not measured")
-    integer_plan, integer_model = run.build(integer_config, keep_float)
+    integer_plan, integer_model = run.build(integer_config, keep_float)  # a calibration pass for the tensors it adds, first
+    nodes = scalar_affine_nodes(integer_plan)  # without those in a body no calibration batch ran
+    if not nodes:
+        return plan, model, comparisons
+    report.scalar_affine = entry = {"nodes": len(nodes), "written": "float"}
     # timed first: a form that is not faster is not written however faithful, and a timing costs less than a pass over the held-out set
     at_threads, at_one = latency_ratios(
         model, integer_model, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,

@@ -41,7 +41,7 @@ from onnxslim.passes.integer_matmul import bias_into_integer_matmuls
 from onnxslim.passes.parallel import has_parallel_matmuls, merge_parallel_matmuls
 from onnxslim.passes.residual_sum import fused_skip_layernorms, has_adds_before_layernorm, skip_layernorm_apart, sum_before_layernorm
 from onnxslim.progress import track
-from onnxslim.quant.affine import integer_form_if_it_pays, integer_form_measured
+from onnxslim.quant.affine import integer_form_if_it_pays
 from onnxslim.quant.bodies import (
     BodyScopes,
     compared_body_nodes,
@@ -1110,10 +1110,8 @@ def _quantize(model, data, config: QuantConfig, output, eval_data, input_shapes,
         if output is not None:
             write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
         return result, report
+    # the integer form of constant-scalar Add/Mul is observed later, and only where the budget leaves it nodes to measure
     measure_scalar_affine = config.scalar_affine == "auto" and config.target == "cpu"
-    if measure_scalar_affine and integer_form_measured(run, config):
-        # one calibration pass observes what both forms need; without timing the integer form is not measured (nor observed)
-        run.plan(dataclasses.replace(config, scalar_affine="int8"))
     plan = run.plan(config)
     tables = config.embeddings == "int8" and any(c.quantized for c in find_everywhere(run.prepared, run.scopes, find_tables))
     recurrent = config.recurrent == "int8" and any(c.quantized for c in find_everywhere(run.prepared, run.scopes, find_recurrent))
