@@ -16,6 +16,7 @@ float, and in INT8 one quantized layer where there were several quantized output
 The smaller kernel is placed inside the larger one where its taps fall; a merge is made only where
 one kernel holds the other's taps (1x1 inside 3x3, and not 1x3 with 3x1, which would grow into a
 3x3 with more multiply-adds than the two). Chains of Adds (``a + b + c + ...``) merge pair by pair.
+Two Gemms of one input merge the same way (a distilled classifier's head and distillation head).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _sides(node: onnx.NodeProto, index: GraphIndex) -> tuple[_Branch, _Branch] |
     if first.source != second.source or (first.conv is None and second.conv is None):
         producers = [index.producers.get(name) for name in node.input]
         if all(_is_op(p, "Conv") for p in producers) and producers[0] is not producers[1] and producers[0].input[0] == producers[1].input[0]:
-            shared = next(p for p in producers if not index.private(p.output[0]))
+            shared = next((p for p in producers if not index.private(p.output[0])), producers[0])
             raise _Declined(DeclineCode.SHARED_VALUE, f"the output of {shared.name or shared.output[0]} is also read elsewhere")
         return None
     if first.conv is not None and first.conv is second.conv:
