@@ -7,7 +7,7 @@ import pytest
 
 from models.builders import conv_bn_relu, sample_inputs
 from onnxslim.errors import DataError, UsageError
-from onnxslim.measure.fidelity import RememberedReference, fidelity
+from onnxslim.measure.fidelity import RememberedReference, fidelity, fidelity_with_head
 from onnxslim.runtime import Runner, passes
 from onnxslim.runtime.passes import MAX_WORKERS, WEIGHT_COPIES_BYTES, PassRunner, pass_workers
 
@@ -177,3 +177,15 @@ def test_tensor_noise_with_both_probes_running_at_once_is_each_model_run_alone()
         ref = sum(float((a.astype(np.float64) ** 2).sum()) for a, _ in expected)
         assert noise[name].err_sq == pytest.approx(err, rel=1e-4) and noise[name].ref_sq == pytest.approx(ref, rel=1e-4), name
         assert err > 0
+
+
+def test_one_pass_gives_the_comparisons_over_every_batch_and_over_the_first_few():
+    model = conv_bn_relu(channels=8, size=16)
+    candidate = conv_bn_relu(channels=8, size=16, seed=5)  # other weights: comparisons that are not all 1
+    batches = _batches(model, 7)
+    reference = RememberedReference(Runner(model, threads=1))
+    every, first = fidelity_with_head(reference, candidate, batches, 3)
+    alone = fidelity(reference, candidate, batches[:3])
+    assert first[0].batches == 3 and every[0].batches == 7
+    assert (first[0].dot, first[0].ref_sq, first[0].cand_sq) == (alone[0].dot, alone[0].ref_sq, alone[0].cand_sq)
+    assert fidelity_with_head(reference, candidate, batches, 7)[1] is None  # no more batches than the head: no sample of its own

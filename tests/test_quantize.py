@@ -699,12 +699,15 @@ def test_no_model_is_run_over_every_held_out_batch_twice(monkeypatch):
     worst = min(c.cosine for c in plain.fidelity)
     budget = worst + (1 - worst) * 0.5
     passes = []
-    real = pipeline.fidelity
+    real, real_with_head = pipeline.fidelity, pipeline.fidelity_with_head
     monkeypatch.setattr(pipeline, "fidelity", lambda reference, candidate, batches, **k: passes.append((id(candidate), len(batches))) or real(reference, candidate, batches, **k))
+    monkeypatch.setattr(pipeline, "fidelity_with_head", lambda reference, candidate, batches, head, **k: passes.append((id(candidate), len(batches)))
+                        or real_with_head(reference, candidate, batches, head, **k))
     _, report = quantize(model, data, eval_data=held_out, config=QuantConfig(accuracy_budget=budget, **settings))
     assert report.kept_float_for_budget and min(c.cosine for c in report.fidelity) >= budget
     whole = [candidate for candidate, count in passes if count == len(held_out)]
     assert len(whole) == 2 and len(set(whole)) == 2, passes  # the fully quantized model, then the count found: once each
+    assert (whole[0], 2) not in passes  # nor the fully quantized one on the search's sample: read from its pass over all
 
 
 def test_fast_sensitivity_builds_a_few_models_where_measured_builds_one_per_layer(monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections import deque
@@ -97,14 +98,26 @@ def fidelity(
     only the rows of real tokens are compared: what a model computes at padding positions is read
     by nothing (a pooled embedding masks it out), so its error would only blur the score.
     """
+    return fidelity_with_head(reference, candidate, batches, None, provider=provider, label=label, padding_mask=padding_mask)[0]
+
+
+def fidelity_with_head(
+    reference: Runner | PassRunner | RememberedReference, candidate: onnx.ModelProto | Runner | PassRunner, batches: Iterable[tuple[str, Mapping[str, np.ndarray]]],
+    head: int | None, *, provider: str = "CPUExecutionProvider", label: str = "quantized model", padding_mask: str | None = PADDING_MASK,
+) -> tuple[list[OutputComparison], list[OutputComparison] | None]:
+    """:func:`fidelity` over ``batches``, and the comparisons as they stood after the first ``head`` of them (None where
+    there are no more than that): the same pass answers for the whole set and for the sample a search measures on."""
     count = len(batches) if isinstance(batches, Sized) else None
     runner = candidate if isinstance(candidate, (Runner, PassRunner)) else PassRunner(candidate, provider, label=label, batches=count)
     comparisons = [OutputComparison(name) for name in reference.output_names]
+    at_head, seen = None, 0
     for_reference, for_candidate = itertools.tee(batches)  # ``batches`` is read once
     expected = reference.run_many(for_reference, count) if isinstance(reference, RememberedReference) else _outputs(reference, for_reference)
-    for label, batch, outputs in _outputs(runner, for_candidate, reference.output_names):
+    for seen, (label, batch, outputs) in enumerate(_outputs(runner, for_candidate, reference.output_names), 1):
         add_batch(comparisons, next(expected)[2], outputs, batch, label, padding_mask)
-    return comparisons
+        if seen == head:
+            at_head = copy.deepcopy(comparisons)
+    return comparisons, at_head if at_head is not None and seen > head else None
 
 
 def _outputs(runner, batches, names: Sequence[str] | None = None) -> Iterator[tuple[str, Mapping[str, np.ndarray], list[np.ndarray]]]:

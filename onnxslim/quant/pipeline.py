@@ -27,7 +27,7 @@ from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.quantized import refuse_blocked_layout, refuse_quantized
 from onnxslim.ir.scopes import all_nodes, scoped
 from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
-from onnxslim.measure import RememberedReference, few_objects, fidelity, paired_tensor_fidelity, tensor_fidelity, worst_score
+from onnxslim.measure import RememberedReference, few_objects, fidelity, fidelity_with_head, paired_tensor_fidelity, tensor_fidelity, worst_score
 from onnxslim.measure.sensitivity import by_damage_per_work, effect_at_outputs, next_count, noise_power, rank_by_added_noise, stretches, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes import PassResult
@@ -739,7 +739,8 @@ class BudgetSearch:
 STORED_IN_INT8 = (QuantReason.WEIGHT_ONLY, QuantReason.DYNAMIC)  # INT8 tables and recurrent weights: weights stored low-bit, no Q/DQ on inputs
 
 
-def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, budget: float, measured_all: list) -> BudgetSearch:
+def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, budget: float, measured_all: list,
+                 measured_sample: list | None = None) -> BudgetSearch:
     """Keep the layers that cost the most accuracy per share of the work they hold in float until the budget holds.
 
     ``config.sensitivity`` says how layers are ranked: 'fast' by the noise each adds in one side-by-side pass
@@ -749,7 +750,8 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     budget is confirmed by measurement (:func:`_search_counts`). Where the fast ranking's result keeps
     layers holding more than RECHECK_SHARE of the work in float, the ranking is checked against the
     outputs (:func:`_with_stretch_effects`) and searched again; the result keeping less work in float is taken.
-    ``measured_all``: the fully quantized model's comparisons on every held-out batch.
+    ``measured_all``: the fully quantized model's comparisons on every held-out batch; ``measured_sample``: on the first
+    SENSITIVITY_BATCHES of them (taken in the same pass), where there are more.
     """
     batches = run.eval_batches[:SENSITIVITY_BATCHES]
     # an Add/Mul with a constant scalar follows its neighbours: integer while they are, float once either side is kept float
@@ -773,7 +775,8 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
         return sorted(_by_damage_per_work(entries, shares), key=tier)  # stable: damage per work within each tier
 
     whole = len(batches) == len(run.eval_batches)
-    first_loss = _loss(worst_score(measured_all if whole else fidelity(run.reference, quantized, batches), metric))
+    on_sample = measured_all if whole else measured_sample or fidelity(run.reference, quantized, batches)
+    first_loss = _loss(worst_score(on_sample, metric))
     if first_loss <= 1.0 - budget:  # the sample passes with nothing kept, the whole held-out set does not: search on all of it
         batches, whole = run.eval_batches, True
         first_loss = _loss(worst_score(measured_all, metric))
@@ -1203,7 +1206,8 @@ def _fewer_smoothing_muls(run: QuantRun, config: QuantConfig, report: QuantRepor
 def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval_data_given: bool):
     """The plan, the QDQ model and its fidelity: with an accuracy budget, the most sensitive layers kept in float until it holds."""
     plan, quantized = run.build(config)
-    comparisons = fidelity(run.reference, quantized, run.eval_batches)
+    # the search measures its counts on the first SENSITIVITY_BATCHES held-out batches, and starts from this model there
+    comparisons, on_sample = fidelity_with_head(run.reference, quantized, run.eval_batches, SENSITIVITY_BATCHES if config.accuracy_budget is not None else None)
     report.warnings.extend(_evaluation_problems(comparisons, run, eval_data_given))
     if config.accuracy_budget is None:
         return plan, quantized, comparisons
@@ -1211,7 +1215,7 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
         # where the smoothed graph needs layers in float, the graph without its Muls (noisier) would too: tried only here
         chosen = _fewer_smoothing_muls(run, config, report, comparisons)
         return chosen or (plan, quantized, comparisons)
-    search = _sensitivity(run, plan, quantized, config.accuracy_budget, comparisons)
+    search = _sensitivity(run, plan, quantized, config.accuracy_budget, comparisons, on_sample)
     report.kept_float_for_budget = search.kept
     report.sensitivity = search.sensitivity
     report.ranking_check = search.recheck or {}
