@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.timing import median_latencies  # noqa: E402
-from benchmarks.unseen_exports import _settle_batchnorm  # noqa: E402
+from benchmarks.unseen_exports import settle_batchnorm  # noqa: E402
 from onnxslim import QuantConfig, optimize, quantize  # noqa: E402
 from onnxslim.ir.counts import count_parameters  # noqa: E402
 from onnxslim.ir.io import load_model  # noqa: E402
@@ -47,7 +47,7 @@ def export_both(name: str, trained: Path, folded: Path) -> None:
     torch.manual_seed(0)
     module = timm.create_model(name, pretrained=False).eval()
     example = torch.randn(1, 3, 224, 224)
-    _settle_batchnorm(module, example)
+    settle_batchnorm(module, example)
     with torch.no_grad():
         torch.onnx.export(module, (example,), str(trained), input_names=["input"], opset_version=17, dynamo=False)
         torch.onnx.export(reparameterize_model(module), (example,), str(folded), input_names=["input"], opset_version=17, dynamo=False)

@@ -34,7 +34,7 @@ WORK = ROOT / "benchmarks" / "cache" / "unseen"
 COMMANDS = {"quantize": ["--data", "random"], "prune": ["--ratio", "0.3"], "compress": ["--data", "random"]}
 
 
-def _settle_batchnorm(model, example) -> None:
+def settle_batchnorm(model, example) -> None:
     import torch
 
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -147,7 +147,7 @@ def export(spec: str, path: Path) -> None:
 
         module = timm.create_model(name, pretrained=False).eval()
         example = torch.randn(1, 3, 224, 224)
-        _settle_batchnorm(module, example)
+        settle_batchnorm(module, example)
         args, names = (example,), ["input"]
         exporter = "legacy"
     else:
@@ -155,7 +155,7 @@ def export(spec: str, path: Path) -> None:
         shape = (1, 3, 8, 64, 64) if name == "r3d_18" else (1, 3, 320, 320) if name in ("ssdlite", "fasterrcnn") else (1, 3, 224, 224)
         example = torch.randn(*shape)
         if name not in ("ssdlite", "fasterrcnn"):
-            _settle_batchnorm(module, example)
+            settle_batchnorm(module, example)
         args = ([example[0]],) if name in ("ssdlite", "fasterrcnn") else (example,)
         names = ["image" if name in ("ssdlite", "fasterrcnn") else "input"]
     torch.backends.mha.set_fastpath_enabled(False)
