@@ -35,6 +35,8 @@ COMMANDS = {"quantize": ["--data", "random"], "prune": ["--ratio", "0.3"], "comp
 
 
 def settle_batchnorm(model, example) -> None:
+    """Give ``model``'s BatchNorm layers the statistics of three training-mode passes over random inputs shaped like
+    ``example``, so that random weights give outputs that are not constant; ``model`` is left in eval mode."""
     import torch
 
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
