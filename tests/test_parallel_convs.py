@@ -194,6 +194,26 @@ def test_a_strided_1x1_branch_joins_the_3x3_at_its_centre():
     assert_same_outputs(model, work, feed((1, 3, 9, 9)))
 
 
+SAME_PADDED = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) {
+    a = Conv <auto_pad = "SAME_UPPER"> (x, wa)
+    b = Conv <auto_pad = "SAME_UPPER"> (x, wb)
+    c = Conv <pads = [1, 1, 1, 1]> (x, wc)
+    s = Add (a, b)
+    y = Add (s, c)
+}
+"""
+
+
+def test_unstrided_same_padding_merges_with_explicit_padding():
+    """auto_pad SAME (as tf2onnx writes it where sizes are unknown) pads by the kernel alone when unstrided."""
+    model = with_weights(SAME_PADDED, wa=RNG.normal(size=(4, 4, 3, 3)), wb=RNG.normal(size=(4, 4, 1, 1)), wc=RNG.normal(size=(4, 4, 3, 3)))
+    work, _ = on_a_copy(parallel_convs_as_one, model)
+    assert [n.op_type for n in work.graph.node] == ["Conv"]
+    assert_same_outputs(model, work, feed())
+
+
 CONV1D_PAIR = """
 <ir_version: 8, opset_import: ["" : 13]>
 g (float[1, 4, 16] x) => (float[1, 6, 16] y) {
@@ -216,6 +236,14 @@ ASYMMETRIC = """
 g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) {
     a = Conv <pads = [0, 1, 0, 1]> (x, wa)
     b = Conv <pads = [1, 0, 1, 0]> (x, wb)
+    y = Add (a, b)
+}
+"""
+STRIDED_SAME = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4, 8, 8] x) => (float[1, 4, 4, 4] y) {
+    a = Conv <auto_pad = "SAME_UPPER", strides = [2, 2]> (x, wa)
+    b = Conv <auto_pad = "SAME_UPPER", strides = [2, 2]> (x, wb)
     y = Add (a, b)
 }
 """
@@ -271,7 +299,8 @@ FULL = {"wa": RNG.normal(size=(4, 4, 3, 3)), "wb": RNG.normal(size=(4, 4, 3, 3))
     (SHARED_WEIGHT, FULL, DeclineCode.SHARED_VALUE, "shares its weight"),
     (COMPUTED_WEIGHT, {"wb": FULL["wb"]}, DeclineCode.NOT_CONSTANT, "not a constant"),
     (POSITIONAL, {"w": FULL["wa"], "table": RNG.normal(size=(1, 4, 8, 8))}, DeclineCode.UNSUPPORTED_FORM, "not one value per channel"),
-], ids=["1x3-with-3x1", "other-groups", "branch-read-elsewhere", "shared-weight", "computed-weight", "a-table-per-position"])
+    (STRIDED_SAME, FULL, DeclineCode.UNSUPPORTED_FORM, "by the input's size"),
+], ids=["1x3-with-3x1", "other-groups", "branch-read-elsewhere", "shared-weight", "computed-weight", "a-table-per-position", "strided-same-padding"])
 def test_branches_that_cannot_be_one_conv_are_left_with_a_reason(text, weights, code, why):
     model = with_weights(text, **weights)
     work, result = on_a_copy(parallel_convs_as_one, model)

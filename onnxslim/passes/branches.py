@@ -175,18 +175,24 @@ class _Conv:
         if len(index.consumers.get(node.input[1], [])) > 1:
             raise _Declined(DeclineCode.SHARED_VALUE, f"{label} shares its weight with another node (a merged copy would grow the model)")
         spatial = weight.ndim - 2
-        auto_pad = node_attr(node, "auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-        if auto_pad not in ("NOTSET", "VALID"):
-            raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{label} pads with auto_pad={auto_pad}")
-        pads = [0] * (2 * spatial) if auto_pad == "VALID" else list(node_attr(node, "pads", [0] * (2 * spatial)))
         self.node, self.label, self.weight, self.bias = node, label, weight.astype(np.float64), bias.astype(np.float64)
         self.dtype = weight.dtype
         self.kernel = tuple(weight.shape[2:])
-        self.begin, self.end = pads[:spatial], pads[spatial:]
         self.group = int(node_attr(node, "group", 1))
         self.strides = tuple(node_attr(node, "strides", [1] * spatial))
         self.dilations = tuple(node_attr(node, "dilations", [1] * spatial))
+        auto_pad = node_attr(node, "auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER") and all(s == 1 for s in self.strides):
+            # unstrided, SAME pads (kernel - 1) * dilation in all whatever the input's size: the extra one at the end (UPPER)
+            totals = [(k - 1) * d for k, d in zip(self.kernel, self.dilations)]
+            self.begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
+            self.end = [t - b for t, b in zip(totals, self.begin)]
+            return
+        if auto_pad not in ("NOTSET", "VALID"):
+            raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{label} pads with auto_pad={auto_pad} at stride {list(self.strides)} (by the input's size)")
+        pads = [0] * (2 * spatial) if auto_pad == "VALID" else list(node_attr(node, "pads", [0] * (2 * spatial)))
+        self.begin, self.end = pads[:spatial], pads[spatial:]
 
     def written(self, inputs: list[str], output: str) -> onnx.NodeProto:
         """This convolution's node with other weights and bias: ``inputs`` (source, weight, bias), writing ``output``."""
