@@ -48,6 +48,14 @@ class Decline(Record):
     reason: Reason
 
 
+class NotRewritten(Exception):
+    """Why a pass leaves one place alone: raised inside its checks, turned into a :class:`Decline` by the pass."""
+
+    def __init__(self, code: DeclineCode, text: str):
+        super().__init__(text)
+        self.code, self.text = code, text
+
+
 @dataclass
 class PassResult(Record):
     """What one run of a pass did: whether it changed the model, each change, each decline."""

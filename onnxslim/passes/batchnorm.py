@@ -18,7 +18,7 @@ from onnx import helper
 
 from onnxslim.ir.graph import node_attr
 from onnxslim.ir.tensors import all_value_names, from_array, to_array, unique_name
-from onnxslim.passes.base import DeclineCode, PassResult
+from onnxslim.passes.base import DeclineCode, NotRewritten, PassResult
 from onnxslim.passes.matching import GraphIndex
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
@@ -60,13 +60,6 @@ def output_channels(layer: onnx.NodeProto, weight: np.ndarray) -> int:
     return weight.shape[0]
 
 
-class _Declined(Exception):
-    """Why one BatchNormalization cannot be folded (raised inside the checks, turned into a decline)."""
-
-    def __init__(self, code: DeclineCode, text: str):
-        super().__init__(text)
-        self.code, self.text = code, text
-
 
 def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
     """Fold each inference BatchNormalization into the Conv, ConvTranspose or Gemm before it, or else into a Gemm after it
@@ -83,14 +76,14 @@ def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
         try:
             layer, weight, has_bias = _foldable_layer(bn, view)
             new_weight, new_bias = _folded_parameters(bn, layer, weight, has_bias, view.inits)
-        except _Declined as declined:
+        except NotRewritten as declined:
             reader = _linear_reader(bn, view)
             if reader is None:
                 result.decline(where, declined.code, declined.text)
                 continue
             try:  # nothing to fold into before it (a classifier head's pooled features): the Gemm after it takes it
                 _fold_into_reader(bn, reader, view, graph, taken)
-            except _Declined as forward:
+            except NotRewritten as forward:
                 result.decline(where, forward.code, forward.text)
                 continue
             fused_bn.add(id(bn))
@@ -128,32 +121,29 @@ def _linear_reader(bn: onnx.NodeProto, view: GraphIndex) -> onnx.NodeProto | Non
 
 def _fold_into_reader(bn: onnx.NodeProto, gemm: onnx.NodeProto, view: GraphIndex, graph: onnx.GraphProto, taken: set[str]) -> None:
     """Fold ``bn`` (y = s * x + t per feature) into the Gemm reading it: alpha * (s * x + t) @ B + beta * C equals
-    alpha * x @ (s[:, None] * B) + (alpha * t @ B + beta * C). Edits ``gemm`` in place; raises _Declined where it cannot."""
+    alpha * x @ (s[:, None] * B) + (alpha * t @ B + beta * C). Edits ``gemm`` in place; raises NotRewritten where it cannot."""
     label = gemm.name or gemm.op_type
-    if len([o for o in bn.output if o]) > 1 or int(node_attr(bn, "training_mode", 0)):
-        raise _Declined(DeclineCode.TRAINING_MODE, "training-mode outputs (running mean/var) are used")
-    if not all(p in view.constants for p in bn.input[1:5]) or len(bn.input) < 5:
-        raise _Declined(DeclineCode.NOT_CONSTANT, "scale, bias, mean or variance is not a constant initializer")
+    _check_inference(bn, view)
     weight = view.array(gemm.input[1])
     has_bias = len(gemm.input) > 2 and bool(gemm.input[2])
     bias = view.array(gemm.input[2]) if has_bias else None
     if weight is None or (has_bias and bias is None):
-        raise _Declined(DeclineCode.NOT_CONSTANT, f"the weight or bias of {label} after it is not a constant initializer")
+        raise NotRewritten(DeclineCode.NOT_CONSTANT, f"the weight or bias of {label} after it is not a constant initializer")
     if weight.dtype.kind != "f" or weight.ndim != 2:
-        raise _Declined(DeclineCode.UNSUPPORTED_TYPE, f"the weight of {label} after it is {weight.dtype} of rank {weight.ndim}")
+        raise NotRewritten(DeclineCode.UNSUPPORTED_TYPE, f"the weight of {label} after it is {weight.dtype} of rank {weight.ndim}")
     if len(view.consumers.get(gemm.input[1], [])) > 1:
-        raise _Declined(DeclineCode.SHARED_VALUE, f"the weight of {label} after it is shared (a folded copy would grow the model)")
-    gamma, beta, mean, var = (to_array(view.inits[p]).astype(np.float64).reshape(-1) for p in bn.input[1:5])
-    scale = gamma / np.sqrt(var + float(node_attr(bn, "epsilon", 1e-5)))
+        raise NotRewritten(DeclineCode.SHARED_VALUE, f"the weight of {label} after it is shared (a folded copy would grow the model)")
+    scale = normalization_scale(bn, view.inits).reshape(-1)
+    beta, mean = (to_array(view.inits[p]).astype(np.float64).reshape(-1) for p in bn.input[2:4])
     shift = beta - mean * scale
     transposed = bool(int(node_attr(gemm, "transB", 0)))
     product = (weight.T if transposed else weight).astype(np.float64)  # (features in, features out)
     if scale.shape != (product.shape[0],):
-        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{scale.size} BN channels vs {product.shape[0]} inputs of {label}")
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"{scale.size} BN channels vs {product.shape[0]} inputs of {label}")
     alpha, gemm_beta = float(node_attr(gemm, "alpha", 1.0)), float(node_attr(gemm, "beta", 1.0))
     outputs = product.shape[1]
     if bias is not None and bias.size not in (1, outputs):
-        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"the bias of {label} of shape {bias.shape} is not per output feature")
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"the bias of {label} of shape {bias.shape} is not per output feature")
     new_bias = alpha * shift @ product + (gemm_beta * np.broadcast_to(bias.astype(np.float64).reshape(-1), (outputs,)) if bias is not None else 0.0)
     scaled = product * scale[:, None]
     weight_name = unique_name(gemm.input[1] + "_bnfused", taken)
@@ -168,45 +158,56 @@ def _fold_into_reader(bn: onnx.NodeProto, gemm: onnx.NodeProto, view: GraphIndex
     _set_attr(gemm, "beta", 1.0)
 
 
-def _foldable_layer(bn: onnx.NodeProto, view: GraphIndex) -> tuple[onnx.NodeProto, np.ndarray, bool]:
-    """The layer ``bn`` folds into, its weight, and whether it has a bias; raises _Declined otherwise."""
+def _check_inference(bn: onnx.NodeProto, view: GraphIndex) -> None:
+    """Raise NotRewritten unless ``bn`` computes in inference mode from constant parameters."""
     if len([o for o in bn.output if o]) > 1 or int(node_attr(bn, "training_mode", 0)):
-        raise _Declined(DeclineCode.TRAINING_MODE, "training-mode outputs (running mean/var) are used")
+        raise NotRewritten(DeclineCode.TRAINING_MODE, "training-mode outputs (running mean/var) are used")
     params = list(bn.input[1:5])
     if len(params) < 4 or not all(p in view.constants for p in params):
-        raise _Declined(DeclineCode.NOT_CONSTANT, "scale, bias, mean or variance is not a constant initializer")
+        raise NotRewritten(DeclineCode.NOT_CONSTANT, "scale, bias, mean or variance is not a constant initializer")
+
+
+def normalization_scale(bn: onnx.NodeProto, inits) -> np.ndarray:
+    """An inference BatchNormalization's gamma / sqrt(var + eps), in float64 (its parameters read from ``inits``)."""
+    gamma, var = (to_array(inits[name]).astype(np.float64) for name in (bn.input[1], bn.input[4]))
+    return gamma / np.sqrt(var + float(node_attr(bn, "epsilon", 1e-5)))
+
+
+def _foldable_layer(bn: onnx.NodeProto, view: GraphIndex) -> tuple[onnx.NodeProto, np.ndarray, bool]:
+    """The layer ``bn`` folds into, its weight, and whether it has a bias; raises NotRewritten otherwise."""
+    _check_inference(bn, view)
     layer = view.producers.get(bn.input[0])
     if layer is None or layer.op_type not in FOLDABLE or layer.domain not in ("", "ai.onnx"):
-        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"input comes from {layer.op_type if layer is not None else 'a graph input'}, not Conv/ConvTranspose/Gemm")
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"input comes from {layer.op_type if layer is not None else 'a graph input'}, not Conv/ConvTranspose/Gemm")
     if not view.private(bn.input[0]):
-        raise _Declined(DeclineCode.SHARED_VALUE, f"output of {layer.name or layer.op_type} is also read elsewhere")
+        raise NotRewritten(DeclineCode.SHARED_VALUE, f"output of {layer.name or layer.op_type} is also read elsewhere")
     if len(layer.input) < 2 or layer.input[1] not in view.constants:
-        raise _Declined(DeclineCode.NOT_CONSTANT, f"weights of {layer.name or layer.op_type} are not a constant initializer")
+        raise NotRewritten(DeclineCode.NOT_CONSTANT, f"weights of {layer.name or layer.op_type} are not a constant initializer")
     has_bias = len(layer.input) > 2 and bool(layer.input[2])
     if has_bias and layer.input[2] not in view.constants:
-        raise _Declined(DeclineCode.NOT_CONSTANT, f"bias of {layer.name or layer.op_type} is not a constant initializer")
+        raise NotRewritten(DeclineCode.NOT_CONSTANT, f"bias of {layer.name or layer.op_type} is not a constant initializer")
     weight = to_array(view.inits[layer.input[1]])
     if weight.dtype not in (np.float32, np.float64, np.float16):
-        raise _Declined(DeclineCode.UNSUPPORTED_TYPE, f"weights are {weight.dtype}, not floating point")
+        raise NotRewritten(DeclineCode.UNSUPPORTED_TYPE, f"weights are {weight.dtype}, not floating point")
     return layer, weight, has_bias
 
 
 def _folded_parameters(bn: onnx.NodeProto, layer: onnx.NodeProto, weight: np.ndarray, has_bias: bool, inits: dict) -> tuple[np.ndarray, np.ndarray]:
-    """W * scale and (b - mean) * scale + beta, in float64; raises _Declined where the shapes do not fit."""
-    gamma, beta, mean, var = (to_array(inits[p]).astype(np.float64) for p in bn.input[1:5])
-    scale = gamma / np.sqrt(var + float(node_attr(bn, "epsilon", 1e-5)))
+    """W * scale and (b - mean) * scale + beta, in float64; raises NotRewritten where the shapes do not fit."""
+    beta, mean = (to_array(inits[p]).astype(np.float64) for p in bn.input[2:4])
+    scale = normalization_scale(bn, inits)
     channels = output_channels(layer, weight)
     if scale.shape != (channels,):
-        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{scale.shape[0] if scale.ndim == 1 else scale.shape} BN channels vs {channels} layer outputs")
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"{scale.shape[0] if scale.ndim == 1 else scale.shape} BN channels vs {channels} layer outputs")
     bias = np.zeros(channels, dtype=np.float64)
     if has_bias:
         raw_bias = to_array(inits[layer.input[2]]).astype(np.float64)
         if layer.op_type == "Gemm":
             if raw_bias.size not in (1, channels):
-                raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"Gemm bias of shape {raw_bias.shape} is not per output feature")
+                raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"Gemm bias of shape {raw_bias.shape} is not per output feature")
             raw_bias = np.broadcast_to(raw_bias.reshape(-1), (channels,)) * float(node_attr(layer, "beta", 1.0))
         bias = raw_bias.reshape(channels)
     new_weight = scale_output_channels(layer, weight.astype(np.float64), scale)
     if new_weight is None:
-        raise _Declined(DeclineCode.UNSUPPORTED_FORM, "weight layout not understood")
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "weight layout not understood")
     return new_weight, (bias - mean) * scale + beta

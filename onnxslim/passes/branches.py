@@ -30,17 +30,13 @@ from onnx import helper
 from onnxslim.ir.graph import drop_unread_initializers, node_attr, replace_nodes
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.affine import per_channel_values
-from onnxslim.passes.base import DeclineCode, PassResult
+from onnxslim.passes.base import DeclineCode, NotRewritten, PassResult
+from onnxslim.passes.batchnorm import normalization_scale
 from onnxslim.passes.matching import GraphIndex
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 CHANNEL_OPS = ("Mul", "Add", "Sub")  # with a constant of one value per channel: what a branch may go on through
 
-
-class _Declined(Exception):
-    def __init__(self, code: DeclineCode, text: str):
-        super().__init__(text)
-        self.code, self.text = code, text
 
 
 def parallel_convs_as_one(model: onnx.ModelProto) -> PassResult:
@@ -85,7 +81,7 @@ def _merge_round(graph: onnx.GraphProto, result: PassResult, declined: dict) -> 
             if any(id(n) in replaced for n in used):
                 continue  # rewritten this round: its merged form is matched in the next
             merged, initializers, text = _merged(node, *sides, index, taken)
-        except _Declined as why:
+        except NotRewritten as why:
             declined[where] = (why.code, why.text)
             continue
         declined.pop(where, None)
@@ -103,14 +99,14 @@ def _merge_round(graph: onnx.GraphProto, result: PassResult, declined: dict) -> 
 
 def _sides(node: onnx.NodeProto, index: GraphIndex) -> tuple[_Branch, _Branch] | None:
     """Both sides of the sum ``node`` as branches of one source, at least one through a Conv; else None (nothing is
-    checked here beyond the graph's shape). Raises _Declined for two convolutions of one input whose outputs are not
+    checked here beyond the graph's shape). Raises NotRewritten for two convolutions of one input whose outputs are not
     the sum's alone."""
     first, second = (_branch(name, index) for name in node.input)
     if first.source != second.source or (first.conv is None and second.conv is None):
         producers = [index.producers.get(name) for name in node.input]
         if all(_is_op(p, "Conv") for p in producers) and producers[0] is not producers[1] and producers[0].input[0] == producers[1].input[0]:
             shared = next((p for p in producers if not index.private(p.output[0])), producers[0])
-            raise _Declined(DeclineCode.SHARED_VALUE, f"the output of {shared.name or shared.output[0]} is also read elsewhere")
+            raise NotRewritten(DeclineCode.SHARED_VALUE, f"the output of {shared.name or shared.output[0]} is also read elsewhere")
         return None
     if first.conv is not None and first.conv is second.conv:
         return None  # conv(x) + conv(x): a doubling, not two branches
@@ -156,24 +152,30 @@ def _is_op(node: onnx.NodeProto | None, op_type: str) -> bool:
     return node is not None and node.op_type == op_type and node.domain in DEFAULT_DOMAINS
 
 
+def _own_weight(node: onnx.NodeProto, index: GraphIndex, label: str, rank_ok) -> np.ndarray:
+    """``node``'s constant floating-point weight of a rank ``rank_ok`` accepts, read by no other node; raises NotRewritten
+    otherwise. A shared bias is one value per channel (exporters share equal ones, zeros most often) and is not checked;
+    a shared weight would stay for its other readers beside the merged copy, and the model would grow."""
+    weight = index.array(node.input[1])
+    if weight is None:
+        raise NotRewritten(DeclineCode.NOT_CONSTANT, f"the weight of {label} is not a constant")
+    if weight.dtype.kind != "f" or not rank_ok(weight.ndim):
+        raise NotRewritten(DeclineCode.UNSUPPORTED_TYPE, f"the weight of {label} is {weight.dtype} of rank {weight.ndim}")
+    if len(index.consumers.get(node.input[1], [])) > 1:
+        raise NotRewritten(DeclineCode.SHARED_VALUE, f"{label} shares its weight with another node (a merged copy would grow the model)")
+    return weight
+
+
 class _Conv:
     """One convolution's weight, bias and geometry, checked to be mergeable on its own."""
 
     def __init__(self, node: onnx.NodeProto, index: GraphIndex):
         label = node.name or node.output[0]
-        weight = index.array(node.input[1])
-        if weight is None:
-            raise _Declined(DeclineCode.NOT_CONSTANT, f"the weight of {label} is not a constant")
-        if weight.dtype.kind != "f" or weight.ndim < 3:
-            raise _Declined(DeclineCode.UNSUPPORTED_TYPE, f"the weight of {label} is {weight.dtype} of rank {weight.ndim}")
+        weight = _own_weight(node, index, label, lambda rank: rank >= 3)
         has_bias = len(node.input) > 2 and bool(node.input[2])
         bias = index.array(node.input[2]) if has_bias else np.zeros(weight.shape[0], weight.dtype)
         if bias is None or bias.shape != (weight.shape[0],):
-            raise _Declined(DeclineCode.NOT_CONSTANT, f"the bias of {label} is not a constant of one value per output channel")
-        # a shared bias is one value per channel (exporters share equal ones, zeros most often); a shared weight would stay
-        # for its other readers beside the merged copy, and the model would grow
-        if len(index.consumers.get(node.input[1], [])) > 1:
-            raise _Declined(DeclineCode.SHARED_VALUE, f"{label} shares its weight with another node (a merged copy would grow the model)")
+            raise NotRewritten(DeclineCode.NOT_CONSTANT, f"the bias of {label} is not a constant of one value per output channel")
         spatial = weight.ndim - 2
         self.node, self.label, self.weight, self.bias = node, label, weight.astype(np.float64), bias.astype(np.float64)
         self.dtype = weight.dtype
@@ -190,7 +192,7 @@ class _Conv:
             self.end = [t - b for t, b in zip(totals, self.begin)]
             return
         if auto_pad not in ("NOTSET", "VALID"):
-            raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{label} pads with auto_pad={auto_pad} at stride {list(self.strides)} (by the input's size)")
+            raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"{label} pads with auto_pad={auto_pad} at stride {list(self.strides)} (by the input's size)")
         pads = [0] * (2 * spatial) if auto_pad == "VALID" else list(node_attr(node, "pads", [0] * (2 * spatial)))
         self.begin, self.end = pads[:spatial], pads[spatial:]
 
@@ -212,19 +214,13 @@ class _Gemm(_Conv):
 
     def __init__(self, node: onnx.NodeProto, index: GraphIndex):
         label = node.name or node.output[0]
-        weight = index.array(node.input[1])
-        if weight is None:
-            raise _Declined(DeclineCode.NOT_CONSTANT, f"the weight of {label} is not a constant")
-        if weight.dtype.kind != "f" or weight.ndim != 2:
-            raise _Declined(DeclineCode.UNSUPPORTED_TYPE, f"the weight of {label} is {weight.dtype} of rank {weight.ndim}")
-        if len(index.consumers.get(node.input[1], [])) > 1:
-            raise _Declined(DeclineCode.SHARED_VALUE, f"{label} shares its weight with another node (a merged copy would grow the model)")
+        weight = _own_weight(node, index, label, lambda rank: rank == 2)
         alpha, beta = float(node_attr(node, "alpha", 1.0)), float(node_attr(node, "beta", 1.0))
         matrix = (weight if int(node_attr(node, "transB", 0)) else weight.T).astype(np.float64) * alpha  # (outputs, inputs)
         has_bias = len(node.input) > 2 and bool(node.input[2])
         bias = index.array(node.input[2]) if has_bias else np.zeros(1, weight.dtype)
         if bias is None or bias.size not in (1, matrix.shape[0]) or bias.ndim > 2:
-            raise _Declined(DeclineCode.NOT_CONSTANT, f"the bias of {label} is not a constant of one value per output")
+            raise NotRewritten(DeclineCode.NOT_CONSTANT, f"the bias of {label} is not a constant of one value per output")
         self.node, self.label, self.weight, self.dtype = node, label, matrix, weight.dtype
         self.bias = np.broadcast_to(bias.astype(np.float64).reshape(-1), (matrix.shape[0],)) * (beta if has_bias else 0.0)
         self.kernel, self.begin, self.end, self.group, self.strides, self.dilations = (), [], [], 1, (), ()
@@ -235,7 +231,7 @@ class _Gemm(_Conv):
 
 def _merged(node: onnx.NodeProto, first: _Branch, second: _Branch, index: GraphIndex,
             taken: set[str]) -> tuple[onnx.NodeProto, list[onnx.TensorProto], str]:
-    """The Conv replacing the sum ``node``, its new initializers and what was merged; raises _Declined where it cannot be."""
+    """The Conv replacing the sum ``node``, its new initializers and what was merged; raises NotRewritten where it cannot be."""
     convs = [(side, (_Conv if side.conv.op_type == "Conv" else _Gemm)(side.conv, index)) for side in (first, second) if side.conv is not None]
     (big_side, larger), *rest = sorted(convs, key=lambda pair: -int(np.prod(pair[1].kernel)))
     channels, rank = larger.weight.shape[0], larger.weight.ndim
@@ -263,7 +259,7 @@ def _merged(node: onnx.NodeProto, first: _Branch, second: _Branch, index: GraphI
 
 def _channel_affine(side: _Branch, channels: int, rank: int, index: GraphIndex) -> tuple[np.ndarray, np.ndarray]:
     """The per-channel ``scale`` and ``shift`` (each of ``channels`` values) that ``side``'s normalization and constants apply
-    after its conv (or to its source); raises _Declined for a constant that is not one value per channel of a rank-``rank`` output."""
+    after its conv (or to its source); raises NotRewritten for a constant that is not one value per channel of a rank-``rank`` output."""
     scale, shift = np.ones(channels), np.zeros(channels)
     steps = []
     for op, operand in side.channel_ops:
@@ -276,7 +272,7 @@ def _channel_affine(side: _Branch, channels: int, rank: int, index: GraphIndex) 
     for op, constant in steps:
         values = per_channel_values(constant, channels, rank)
         if values is None:
-            raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"a {op} by a constant of shape {list(constant.shape)} is not one value per channel")
+            raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"a {op} by a constant of shape {list(constant.shape)} is not one value per channel")
         if op == "Mul":
             scale, shift = scale * values, shift * values
         else:
@@ -285,52 +281,52 @@ def _channel_affine(side: _Branch, channels: int, rank: int, index: GraphIndex) 
 
 
 def _placement(larger: _Conv, smaller: _Conv) -> list[int]:
-    """Where ``smaller``'s kernel sits inside ``larger``'s (an offset per spatial axis); raises _Declined where the two do not
+    """Where ``smaller``'s kernel sits inside ``larger``'s (an offset per spatial axis); raises NotRewritten where the two do not
     compute on the same grid or the larger kernel does not hold the smaller one's taps."""
     pair = f"{larger.label} and {smaller.label}"
     if larger.node.op_type != smaller.node.op_type:
-        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{pair} are a {larger.node.op_type} and a {smaller.node.op_type}")
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"{pair} are a {larger.node.op_type} and a {smaller.node.op_type}")
     if larger.weight.shape[:2] != smaller.weight.shape[:2] or larger.group != smaller.group:
-        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{pair} differ in channels or groups")
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"{pair} differ in channels or groups")
     if larger.strides != smaller.strides or larger.dilations != smaller.dilations or len(larger.kernel) != len(smaller.kernel):
-        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{pair} differ in strides or dilations")
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"{pair} differ in strides or dilations")
     offsets = []
     for axis, (big, small) in enumerate(zip(larger.kernel, smaller.kernel)):
         if larger.reach(axis) != smaller.reach(axis):
-            raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{pair} pad to outputs of different sizes")
+            raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"{pair} pad to outputs of different sizes")
         shift, dilation = larger.begin[axis] - smaller.begin[axis], larger.dilations[axis]
         if shift % dilation or shift < 0 or shift // dilation + small > big:
-            raise _Declined(DeclineCode.WOULD_GROW, f"neither kernel of {pair} holds the other's taps (merged, the kernel would grow)")
+            raise NotRewritten(DeclineCode.WOULD_GROW, f"neither kernel of {pair} holds the other's taps (merged, the kernel would grow)")
         offsets.append(shift // dilation)
     return offsets
 
 
 def _add_identity(conv: _Conv, weight: np.ndarray, factor: np.ndarray) -> None:
     """Add ``factor`` times the identity to ``weight`` (in place): each output channel's tap on its own input channel at the
-    kernel position that reads the output's own location; raises _Declined where the convolution cannot hold it."""
+    kernel position that reads the output's own location; raises NotRewritten where the convolution cannot hold it."""
     out_channels, per_group = weight.shape[0], weight.shape[1]
     if per_group * conv.group != out_channels:
-        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{conv.label} has {per_group * conv.group} input and {out_channels} output channels")
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"{conv.label} has {per_group * conv.group} input and {out_channels} output channels")
     if any(s != 1 for s in conv.strides):
-        raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{conv.label} is strided: its output is smaller than its input")
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"{conv.label} is strided: its output is smaller than its input")
     taps = []
     for axis, size in enumerate(conv.kernel):
         dilation = conv.dilations[axis]
         if conv.reach(axis) != 0 or conv.begin[axis] % dilation or not 0 <= conv.begin[axis] // dilation < size:
-            raise _Declined(DeclineCode.UNSUPPORTED_FORM, f"{conv.label} pads to an output of another size than its input, or off its taps")
+            raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, f"{conv.label} pads to an output of another size than its input, or off its taps")
         taps.append(conv.begin[axis] // dilation)
     channels = np.arange(out_channels)
     weight[(channels, channels % per_group, *taps)] += factor
 
 
 def _normalization(node: onnx.NodeProto, index: GraphIndex) -> tuple[np.ndarray, np.ndarray]:
-    """An inference BatchNormalization's factor and shift per channel (y = factor * x + shift); raises _Declined otherwise."""
+    """An inference BatchNormalization's factor and shift per channel (y = factor * x + shift); raises NotRewritten otherwise."""
     label = node.name or node.output[0]
     if len([o for o in node.output if o]) > 1 or int(node_attr(node, "training_mode", 0)):
-        raise _Declined(DeclineCode.TRAINING_MODE, f"{label} computes training-mode statistics")
+        raise NotRewritten(DeclineCode.TRAINING_MODE, f"{label} computes training-mode statistics")
     params = [index.array(name) for name in node.input[1:5]]
     if len(params) < 4 or any(p is None for p in params):
-        raise _Declined(DeclineCode.NOT_CONSTANT, f"the scale, bias, mean or variance of {label} is not a constant")
-    gamma, beta, mean, var = (p.astype(np.float64).reshape(-1) for p in params)
-    factor = gamma / np.sqrt(var + float(node_attr(node, "epsilon", 1e-5)))
+        raise NotRewritten(DeclineCode.NOT_CONSTANT, f"the scale, bias, mean or variance of {label} is not a constant")
+    factor = normalization_scale(node, index.inits).reshape(-1)
+    beta, mean = (p.astype(np.float64).reshape(-1) for p in params[1:3])
     return factor, beta - mean * factor
