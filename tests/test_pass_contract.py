@@ -288,6 +288,29 @@ def test_fold_static_dims_declines_a_dynamic_dimension():
     assert not result.modified and [d.reason.code for d in result.declined] == [DeclineCode.DYNAMIC]
 
 
+def test_fold_static_dims_turns_a_whole_static_shape_into_a_constant_whatever_reads_it():
+    # Swin V2's cosine attention: a norm expanded to its query's shape, the Shape read by Expand directly
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[N, 6, 4] x, float[2, 3, 4] q) => (float[N, 6, 4] y, float[2, 3, 4] z) {
+            n = ReduceL2 <axes = [-1], keepdims = 1> (q)
+            s = Shape (q)
+            e = Expand (n, s)
+            z = Div (q, e)
+            batch = Shape (x)
+            y = Reshape (x, batch)
+        }
+        """
+    )
+    work, result = on_a_copy(fold_static_dims, model)
+    assert result.modified and [n.op_type for n in work.graph.node].count("Shape") == 1  # x's batch size is not static
+    assert any("static shape became a constant" in change for change in result.changes)
+    rng = np.random.default_rng(3)
+    feed = {"x": rng.normal(size=(3, 6, 4)).astype(np.float32), "q": rng.normal(size=(2, 3, 4)).astype(np.float32)}
+    assert_same_outputs(model, work, feed)
+
+
 def test_initializers_out_of_inputs_changes_old_models_only():
     old = with_weights(
         """
@@ -384,6 +407,60 @@ def test_fold_constants_never_grows_the_weights():
     before = model_weight_bytes(large)
     (result,) = checked(fold_constants)(large)
     assert result.declined and result.declined[0].reason.code == DeclineCode.WOULD_GROW and model_weight_bytes(large) == before
+
+
+
+def _expanded_rows_model(op: str, rows: int, count: int) -> onnx.ModelProto:
+    """``count`` constants of ``rows`` x 16 values made at run time from a few stored values (``op``: Expand of a row or
+    ConstantOfShape), each added in turn to a Reshape of x whose target is computed from constants."""
+    names = [f"c{k}" for k in range(count)]
+    made = {
+        "Expand": lambda k: f"{k} = Expand (row_{k}, rows)",
+        "ConstantOfShape": lambda k: f"{k} = ConstantOfShape <value = float[1] {{0.5}}> (rows)",
+    }[op]
+    sums = "\n".join(f"s{i + 1} = Add (s{i}, {k})" for i, k in enumerate(names))
+    model = onnx.parser.parse_model(
+        f"""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[{rows}, 16] x) => (float[{rows}, 16] s{count}) {{
+            {chr(10).join(made(k) for k in names)}
+            t = Concat <axis = 0> (minus_one, sixteen)
+            s0 = Reshape (x, t)
+            {sums}
+        }}
+        """
+    )
+    rng = np.random.default_rng(2)
+    if op == "Expand":
+        model.graph.initializer.extend([numpy_helper.from_array(rng.normal(size=(1, 16)).astype(np.float32), f"row_{k}") for k in names])
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.array([rows, 16], np.int64), "rows"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+        numpy_helper.from_array(np.array([16], np.int64), "sixteen"),
+    ])
+    return model
+
+
+@pytest.mark.parametrize(
+    ("op", "rows", "count", "declined"),
+    [
+        # each 2 KB constant expanded from a 64-byte row: the node outgrows its inputs and stays
+        ("Expand", 32, 4, "results larger than what they are computed from were left to run time"),
+        # each 1 KB constant is within the per-node allowance, all eight together over the slack: only small sizes fold
+        ("ConstantOfShape", 16, 8, "only results under 256 bytes were folded"),
+    ],
+)
+def test_fold_constants_folds_the_shape_arithmetic_where_other_results_would_grow_the_model(op, rows, count, declined):
+    from onnxslim.ir.io import model_weight_bytes
+    from onnxslim.passes import fold_constants
+
+    model = _expanded_rows_model(op, rows, count)
+    work, result = on_a_copy(fold_constants, model)
+    ops = [n.op_type for n in work.graph.node]
+    assert result.modified and "Concat" not in ops and ops.count(op) == count
+    assert declined in result.declined[0].reason.text
+    assert model_weight_bytes(work) <= model_weight_bytes(model) + 4096
+    assert_same_outputs(model, work, {"x": np.random.default_rng(4).normal(size=(rows, 16)).astype(np.float32)})
 
 
 LAYER_NORM = """

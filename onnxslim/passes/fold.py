@@ -7,8 +7,10 @@ Folding never grows the model's weights (beyond ``GROWTH_SLACK_BYTES`` of shape
 constants): an Expand or Tile of a constant, a Gather of a bias table by
 constant indices, a Cast of float16 weights to float32 or a DequantizeLinear
 of INT8 weights is left to run time, while the shape arithmetic around it
-still folds. However small its share of a large model (LeViT's attention
-biases are 4% of it), a fold that grows the file is declined.
+and the constant expressions that come out no larger than what they read
+(torchvision's Swin V2 zeroing a third of a bias) still fold. However small
+its share of a large model (LeViT's attention biases are 4% of it), a fold
+that grows the file is declined.
 graphsurgeon holds its own copy of every constant, so weights kept on disk
 (mapped) and, in models with weights over half the protobuf limit, every
 tensor of ``HIDE_BYTES`` or more take part as runtime values instead:
@@ -20,13 +22,15 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import onnx
 from onnx import helper
 
 from onnxslim.errors import first_line
 from onnxslim.ir.external import without_initializers
 from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, model_weight_bytes
-from onnxslim.ir.tensors import is_mapped, nominal_bytes
+from onnxslim.ir.shapes import shapes_and_types
+from onnxslim.ir.tensors import is_mapped, nominal_bytes, subgraphs
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.runtime.folding import fold_with_onnxruntime
 
@@ -35,8 +39,13 @@ HIDE_BYTES = 1 << 20
 # Folding may not grow the weights by more than this (shape constants): a Gather of a bias table by constant
 # indices, or a DequantizeLinear of INT8 weights, is cheaper left to run time than stored.
 GROWTH_SLACK_BYTES = 4096
-# When a full fold would grow the model, only results up to this size are evaluated (shape arithmetic).
-SMALL_RESULT_BYTES = 4096
+# When a full fold would grow the model, a constant larger than the stored tensors it is computed from and than this is
+# left to run time, with whatever reads it (shape arithmetic and a rewritten bias fold; a gathered table, a float16 weight
+# cast to float32 or a dequantized INT8 weight does not) ...
+SMALL_RESULT_BYTES_EACH = 1024
+# ... and where even that grows the weights, only results up to one of these sizes are evaluated (shape arithmetic), the
+# largest that keeps the weights within the slack: many results of a few KB (Swin V2's window indices) can add up.
+SMALL_RESULT_BYTES = (4096, 1024, 256, 64)
 
 
 def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20) -> PassResult:
@@ -63,16 +72,21 @@ def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20)
     limit = size_before + GROWTH_SLACK_BYTES
     grown = model_weight_bytes(folded)
     if grown > limit:
-        try:
-            small = fold_with_onnxruntime(work, size_threshold=SMALL_RESULT_BYTES)
-        except Exception:  # the full fold worked; a smaller one failing leaves nothing to do
-            small = work
         text = f"evaluating every constant expression would grow the weights from {size_before / 1e6:.2f} MB to {grown / 1e6:.2f} MB"
-        if model_weight_bytes(small) > limit:
-            result.decline("model", DeclineCode.WOULD_GROW, text + "; nothing folded")
-            return result
-        result.decline("model", DeclineCode.WOULD_GROW, text + f"; only results under {SMALL_RESULT_BYTES} bytes were folded")
-        folded = small
+        try:
+            guarded = _fold_leaving_growth_to_run_time(work, max_growth_bytes)
+        except Exception:  # the full fold worked; a guarded one failing leaves the smaller ones to try
+            guarded = None
+        if guarded is not None and model_weight_bytes(guarded) <= limit:
+            folded = guarded
+            result.decline("model", DeclineCode.WOULD_GROW, text + "; results larger than what they are computed from were left to run time")
+        else:
+            smaller = _largest_fold_within(work, limit)
+            if smaller is None:
+                result.decline("model", DeclineCode.WOULD_GROW, text + "; nothing folded")
+                return result
+            folded, threshold = smaller
+            result.decline("model", DeclineCode.WOULD_GROW, text + f"; only results under {threshold} bytes were folded")
     after = Counter(node.op_type for node in folded.graph.node)
     removed = before - after
     if not removed:
@@ -93,6 +107,80 @@ def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20)
     return result
 
 
+def _fold_leaving_growth_to_run_time(work: onnx.ModelProto, threshold: int) -> onnx.ModelProto:
+    """``work`` with its constant expressions evaluated, except those whose result would be larger than the stored
+    tensors it is computed from (and than ``SMALL_RESULT_BYTES_EACH``): a table gathered or expanded into a larger one is
+    left to run time, with the nodes after it. A node whose result is larger only on the way to a result that is not (zeros
+    scattered into a bias of the same size) folds with it."""
+    graph = work.graph
+    shapes, types = shapes_and_types(work)
+    stored = {t.name: nominal_bytes(t) for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output if o}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    computed: set[str] = set()  # tensors computed from stored values alone
+    for node in graph.node:
+        if not any(True for _ in subgraphs(node)) and all(not name or name in stored or name in computed for name in node.input):
+            computed.update(o for o in node.output if o)
+    outputs = {v.name for v in graph.output}
+    folds: dict[str, bool] = {}
+    for node in reversed(graph.node):
+        results = [o for o in node.output if o]
+        if not results or results[0] not in computed or results[0] != node.output[0]:
+            continue
+        # a result whose size inference does not know counts as large: it folds only on the way to a known small one
+        small = all((_bytes(name, shapes, types) or SMALL_RESULT_BYTES_EACH + 1) <= max(SMALL_RESULT_BYTES_EACH, _stored_bytes(name, producers, stored))
+                    for name in results)
+        # a larger result may fold where every reader of it folds too: it is then used up on the way, never stored
+        used_up = all(name not in outputs and readers.get(name) and all(folds.get(r.output[0], False) for r in readers[name]) for name in results)
+        folds[results[0]] = small or used_up  # nodes by their first result: names may be missing or repeated
+    unfolded = frozenset(name for name, folded in folds.items() if not folded)
+    guarded = fold_with_onnxruntime(work, size_threshold=threshold, keep_unfolded=_writes_one_of(unfolded))
+    # then what inference could not size, where it turns out small (shape arithmetic after an op inference does not know)
+    return fold_with_onnxruntime(guarded, size_threshold=SMALL_RESULT_BYTES_EACH)
+
+
+def _bytes(name: str, shapes: dict, types: dict) -> int | None:
+    shape = shapes.get(name)
+    if shape is None or name not in types or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return None
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(types[name]).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    return int(np.prod(shape, dtype=np.int64)) * itemsize
+
+
+def _stored_bytes(name: str, producers: dict[str, onnx.NodeProto], stored: dict[str, int]) -> int:
+    """How many stored bytes the constant expression computing ``name`` reads, each tensor counted once."""
+    total, seen, pending = 0, set(), [name]
+    while pending:
+        tensor = pending.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        if tensor in stored:
+            total += stored[tensor]
+        elif tensor in producers:
+            pending.extend(i for i in producers[tensor].input if i)
+    return total
+
+
+def _largest_fold_within(work: onnx.ModelProto, limit: int) -> tuple[onnx.ModelProto, int] | None:
+    """The fold of ``work`` with the largest result-size threshold in ``SMALL_RESULT_BYTES`` whose weights stay within
+    ``limit`` bytes, with that threshold; None where none does."""
+    for threshold in SMALL_RESULT_BYTES:
+        try:
+            folded = fold_with_onnxruntime(work, size_threshold=threshold)
+        except Exception:  # the full fold worked; a smaller one failing leaves nothing to do
+            return None
+        if model_weight_bytes(folded) <= limit:
+            return folded, threshold
+    return None
+
+
 def _without(model: onnx.ModelProto, hidden: list[onnx.TensorProto]) -> onnx.ModelProto:
     """A copy of ``model`` in which the ``hidden`` initializers are graph inputs, assembled without copying them."""
     if not hidden:
@@ -106,3 +194,8 @@ def _without(model: onnx.ModelProto, hidden: list[onnx.TensorProto]) -> onnx.Mod
             work.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     return work
 
+
+
+def _writes_one_of(unfolded: frozenset[str]):
+    """graphsurgeon's exclusion test: a node that writes one of the ``unfolded`` tensors stays."""
+    return lambda inputs, outputs: any(o in unfolded for o in outputs)

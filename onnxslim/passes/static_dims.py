@@ -6,6 +6,8 @@ Shape -> Gather -> Add -> Div -> Mul -> Slice). Replacing ``Gather(Shape(x),
 i)`` (or a ``Slice`` of it) by its value, for dimensions that shape inference finds static
 without being told any input size, changes no output for any input the model
 accepts; constant folding then turns the arithmetic after it into constants.
+A ``Shape`` whose every entry is static becomes a constant whatever reads it
+(Swin V2 expands a norm to the shape of its query with ``Expand(n, Shape(q))``).
 Dynamic dimensions (batch, sequence, image size) are left to be read at run time.
 """
 
@@ -32,7 +34,17 @@ def fold_static_dims(model: onnx.ModelProto, run_shapes: dict | None = None) -> 
     constants = constant_names(graph)
     inits = initializer_map(graph)
     replaced: list[onnx.NodeProto] = []
+    outputs = {v.name for v in graph.output}
     for node in graph.node:
+        if node.op_type == "Shape" and node.output[0] not in outputs:
+            read = _read_dims(node, shapes.get(node.input[0]))
+            if read is not None and np.all(read > 0):
+                graph.initializer.append(numpy_helper.from_array(read, node.output[0]))
+                replaced.append(node)
+    static_shapes = {node.output[0] for node in replaced}
+    for node in graph.node:
+        if node.input and node.input[0] in static_shapes:
+            continue  # reads a Shape that is now a constant: constant folding evaluates it
         if node.op_type not in ("Gather", "Slice") or len(node.input) < 2:
             continue
         shape_node = producers.get(node.input[0])
@@ -45,13 +57,10 @@ def fold_static_dims(model: onnx.ModelProto, run_shapes: dict | None = None) -> 
         if int(node_attr(node, "axis", 0)) != 0:
             result.decline(where, DeclineCode.UNSUPPORTED_FORM, "Gather of a shape along an axis other than 0")
             continue
-        dims = shapes.get(shape_node.input[0])
-        if dims is None:
+        read = _read_dims(shape_node, shapes.get(shape_node.input[0]))
+        if read is None:
             result.decline(where, DeclineCode.DYNAMIC, f"the shape of '{shape_node.input[0]}' is not known before run time")
             continue
-        start = int(node_attr(shape_node, "start", 0))
-        end = node_attr(shape_node, "end", None)
-        read = np.array([-1 if not isinstance(d, int) or d <= 0 else d for d in (list(dims)[start:end] if end is not None else list(dims)[start:])], np.int64)
         values = _entries(node, read, inits)
         if values is None:
             result.decline(where, DeclineCode.UNSUPPORTED_FORM, f"indices or slice bounds into the shape of '{shape_node.input[0]}' that onnxslim does not evaluate")
@@ -63,8 +72,19 @@ def fold_static_dims(model: onnx.ModelProto, run_shapes: dict | None = None) -> 
         replaced.append(node)
     for node in replaced:
         graph.node.remove(node)
-        result.change(f"{node.name or node.output[0]}: static dimension read from a Shape became a constant")
+        what = "static shape" if node.op_type == "Shape" else "static dimension read from a Shape"
+        result.change(f"{node.name or node.output[0]}: {what} became a constant")
     return result
+
+
+def _read_dims(shape_node: onnx.NodeProto, dims) -> np.ndarray | None:
+    """The entries a Shape node returns for a tensor of shape ``dims`` (-1 where one is not static), or None where the rank is unknown."""
+    if dims is None:
+        return None
+    start = int(node_attr(shape_node, "start", 0))
+    end = node_attr(shape_node, "end", None)
+    kept = list(dims)[start:end] if end is not None else list(dims)[start:]
+    return np.array([-1 if not isinstance(d, int) or d <= 0 else d for d in kept], np.int64)
 
 
 def _entries(node: onnx.NodeProto, read: np.ndarray, inits) -> np.ndarray | None:
