@@ -433,12 +433,15 @@ def unbound_attention(dim: int = 16, heads: int = 4, seq: int = 8, *, seed: int 
     return _attention_block(b, q, k, v, dim, head_dim, seq, "unbound_attention")
 
 
-def window_attention(dim: int = 16, heads: int = 4, tokens: int = 8, windows: int = 2, *, seed: int = 12) -> onnx.ModelProto:
+def window_attention(dim: int = 16, heads: int = 4, tokens: int = 8, windows: int = 2, *, seed: int = 12, position_bias: str = "stored") -> onnx.ModelProto:
     """Swin's window attention: the packed Q/K/V reshaped straight into (3, heads, head size).
 
     (W, N, E) -> MatMul (E, 3E) -> Reshape (W, N, 3, H, D) -> Transpose (3, W, H, N, D) ->
     Gather 0 / 1 / 2; scores plus a per-head relative position bias (H, N, N); attention;
-    Transpose -> Reshape (W, N, E) -> output projection, residual.
+    Transpose -> Reshape (W, N, E) -> output projection, residual. ``position_bias``: 'stored' (one constant) or
+    'gathered' (Swin V2's form: a (2N - 1, H) table gathered by each pair's relative position at run time, Reshape
+    (N, N, H), Transpose (H, N, N), 16 * Sigmoid) or 'interpolated' (BEiT's: gathered for N / 2 positions, then
+    Unsqueeze, Resize to (1, H, N, N), Squeeze).
     """
     b = GraphBuilder(seed)
     head_dim = dim // heads
@@ -447,7 +450,24 @@ def window_attention(dim: int = 16, heads: int = 4, tokens: int = 8, windows: in
     parts = b.node("Transpose", [split], perm=[2, 0, 3, 1, 4])
     q, k, v = (b.node("Gather", [parts, b.const(np.array(i, np.int64), "index")], axis=0) for i in range(3))
     scores = b.node("MatMul", [b.node("Mul", [q, b.const(np.array(head_dim**-0.5, np.float32), "scale")]), b.node("Transpose", [k], perm=[0, 1, 3, 2])])
-    scores = b.node("Add", [scores, b.const((0.1 * b.rng.standard_normal((heads, tokens, tokens))).astype(np.float32), "position_bias")])
+    if position_bias == "stored":
+        bias = b.const((0.1 * b.rng.standard_normal((heads, tokens, tokens))).astype(np.float32), "position_bias")
+    else:
+        # 'interpolated' (BEiT at another resolution): gathered for half the tokens, then resized over positions
+        n = tokens // 2 if position_bias == "interpolated" else tokens
+        table = b.const((0.1 * b.rng.standard_normal((2 * n - 1, heads))).astype(np.float32), "bias_table")
+        relative = (np.arange(n)[:, None] - np.arange(n)[None, :] + n - 1).reshape(-1).astype(np.int64)
+        gathered = b.node("Gather", [table, b.const(relative, "relative_index")], axis=0)
+        by_pair = b.node("Reshape", [gathered, b.const(np.array([n, n, heads], np.int64), "shape")])
+        if position_bias == "interpolated":
+            batched = b.node("Unsqueeze", [b.node("Transpose", [by_pair], perm=[2, 0, 1]), b.const(np.array([0], np.int64), "axes")])
+            sizes = b.const(np.array([1, heads, tokens, tokens], np.int64), "sizes")
+            resized = b.node("Resize", [batched, "", "", sizes], mode="linear")
+            bias = b.node("Squeeze", [resized, b.const(np.array([0], np.int64), "axes")])
+        else:
+            squashed = b.node("Sigmoid", [b.node("Transpose", [by_pair], perm=[2, 0, 1])])
+            bias = b.node("Mul", [squashed, b.const(np.array(16.0, np.float32), "sixteen")])
+    scores = b.node("Add", [scores, bias])
     attn = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
     merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), b.const(np.array([windows, tokens, dim], np.int64), "shape")])
     y = b.node("Add", ["input", b.linear(merged, dim, dim)])

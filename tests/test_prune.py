@@ -532,6 +532,60 @@ def test_window_attention_heads_take_their_position_bias_along():
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("position_bias", "table_rows"), [("gathered", 31), ("interpolated", 15)])
+def test_a_position_bias_gathered_at_run_time_loses_the_removed_heads_from_its_table(position_bias, table_rows):
+    # Swin V2 / BEiT: folding the gathered bias would grow the model, so it stays a chain over the table; the removed
+    # heads are cut from the table, from the Reshape's explicit head count and from the Resize's sizes
+    model = ALL_BUILDERS["window_attention"](dim=32, heads=8, tokens=16, position_bias=position_bias)
+    pruned, masked, groups, _ = masked_and_pruned(model)
+    assert any(g.channels_before == 8 and g.channels_after == 4 for g in groups)
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    gather = next(n for n in pruned.graph.node if n.op_type == "Gather" and n.input[0].startswith("bias_table"))  # still gathered at run time
+    assert dims[gather.input[0]] == [table_rows, 4]
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def _conv_plus_expanded_constant(form: str) -> onnx.ModelProto:
+    """Conv (8 channels) + a per-channel map made from stored rows at run time (too large to fold), then Conv."""
+    b = GraphBuilder(21)
+    x = b.conv("input", 3, 8)
+
+    def expanded(width: int) -> str:
+        row = b.const((0.1 * b.rng.standard_normal((1, 8, 1, 1))).astype(np.float32), "row")
+        return b.node("Expand", [row, b.const(np.array([1, 8, 16, width], np.int64), "shape")])
+
+    if form == "expand":
+        added = expanded(16)
+    else:  # two halves along the width, the first sliced out of a wider map
+        left = b.node("Slice", [expanded(20), *(b.const(np.array([v], np.int64), "bound") for v in (0, 8, 3))])
+        added = b.node("Concat", [left, expanded(8)], axis=3)
+    y = b.conv(b.node("Relu", [b.node("Add", [x, added])]), 8, 4)
+    _rename_output(b, y, "out")
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])]
+    return b.model(inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 16, 16])], form)
+
+
+@pytest.mark.parametrize("form", ["expand", "slice_concat"])
+def test_a_per_channel_map_expanded_at_run_time_loses_the_removed_channels(form):
+    model = _conv_plus_expanded_constant(form)
+    pruned, masked, groups, _ = masked_and_pruned(model)
+    assert any(g.channels_before == 8 and g.channels_after == 4 for g in groups)
+    assert "Expand" in {n.op_type for n in pruned.graph.node}  # the map is still made at run time, from cut rows
+    for feed in sample_inputs(model, 2, seed=5):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_constant_expression_read_elsewhere_keeps_its_channels():
+    model = ALL_BUILDERS["window_attention"](dim=32, heads=8, tokens=16, position_bias="gathered")
+    squashed = next(n for n in model.graph.node if n.op_type == "Sigmoid").output[0]
+    model.graph.output.append(helper.make_tensor_value_info(squashed, TensorProto.FLOAT, None))  # the bias read outside its chain
+    work = load_model(model)
+    PREPARE(work)
+    reasons = set(trace(work, infer_shapes(work)).atoms.blocked.values())
+    assert any("combines the channels with" in r and "which is not pruned with them" in r for r in reasons)
+
+
 def shared_ffn_model(blocks: int = 3, dim: int = 16, hidden: int = 32) -> onnx.ModelProto:
     """Residual FFN blocks that all reuse one set of weights (tied layers, as in ALBERT-style encoders)."""
     rng = np.random.default_rng(5)

@@ -26,6 +26,7 @@ from onnxslim.ir.tensors import (
     to_array,
 )
 from onnxslim.prune.atoms import AtomTable, Layout
+from onnxslim.prune.constant_operands import GraphView, NotFollowed, constant_operand_edits
 from onnxslim.prune.edits import (
     EditRole,
     GroupedInput,
@@ -75,6 +76,7 @@ class Tracer(ReshapeRules):
         self.handled: set[str] = set()  # nodes a pattern rule already accounted for
         # (side, weight name) -> the layout of the first layer using that weight: later uses tie to it
         self.shared_weights: dict[tuple[str, str], Layout] = {}
+        self._view: GraphView | None = None  # built when a constant expression first meets tracked channels
 
     # ------------------------------------------------------------ helpers
     def rank(self, name: str) -> int | None:
@@ -259,8 +261,28 @@ class Tracer(ReshapeRules):
             if name in self.constants and shape[axis] == len(first) * first.repeat and first.repeat == 1:
                 self.t.edits.append(SliceInput(node.name, index, axis, Layout(axis, first.atoms), EditRole.PARAMETER))
                 continue
+            if self._cut_constant_operand(name, axis, first):
+                continue
             self.t.atoms.block_layout(first, f"{node.op_type} {node.name} combines the channels with '{name}', which is not pruned with them")
         return result
+
+    def _cut_constant_operand(self, name: str, axis: int, layout: Layout) -> bool:
+        """Where ``name`` is computed from constants (a relative position bias gathered at run time), the removed
+        channels are cut from those constants; False where its channels cannot be followed back to them."""
+        if self._view is None:
+            producers = {o: n for n in self.graph.node for o in n.output if o}
+            readers: dict[str, list[onnx.NodeProto]] = {}
+            for n in self.graph.node:
+                for i in n.input:
+                    readers.setdefault(i, []).append(n)
+            self._view = GraphView(producers, readers, {v.name for v in self.graph.output}, self.shapes, lambda n: n in self.constants,
+                                   self.const, lambda n: n in self.t.layouts)
+        try:
+            edits = constant_operand_edits(self._view, name, axis, layout)
+        except NotFollowed:
+            return False
+        self.t.edits.extend(edits)
+        return True
 
     def concat(self, node: onnx.NodeProto) -> Layout | None:
         layouts = [self.t.layouts.get(n) for n in node.input]

@@ -1,0 +1,198 @@
+"""Per-channel operands computed from constants at run time, cut along with the channels they meet.
+
+A relative position bias (BEiT, Swin V2, LeViT) is a small table gathered into
+a larger one when the model runs: folding it would grow the model, so it stays
+a chain of nodes over constants. Where such a chain meets pruned channels (the
+attention heads it is added to), each channel is followed back through the
+chain to the constants it comes from, and those constants lose the removed
+channels instead. Every step must keep the channels apart (elementwise ops,
+gathers, slices, joins, expansions, resizes, transposes and reshapes of other
+axes), and no tensor of the chain may be read outside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxslim.ir.graph import node_attr
+from onnxslim.prune.atoms import Layout
+from onnxslim.prune.edits import EditRole, ShapeEntry, SliceInput
+
+ELEMENTWISE_ONE_INPUT = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh", "Erf", "Gelu", "Elu", "Softplus", "Identity", "Dropout",
+                         "Cast", "Abs", "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Sign", "Floor", "Ceil", "Round"}
+ELEMENTWISE_BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where"}
+
+
+class NotFollowed(Exception):
+    """A step of the chain that the channels cannot be followed through; the message says which and why."""
+
+
+@dataclass
+class GraphView:
+    """What the walk reads of the graph: who writes and who reads each tensor, its shape, and the constants' values."""
+
+    producers: dict[str, onnx.NodeProto]
+    readers: dict[str, list[onnx.NodeProto]]
+    outputs: set[str]
+    shapes: dict[str, tuple]
+    is_constant: Callable[[str], bool]
+    const: Callable[[str], np.ndarray | None]
+    tracked: Callable[[str], bool]  # the tensor already carries prunable channels of its own
+
+
+def constant_operand_edits(view: GraphView, tensor: str, axis: int, layout: Layout) -> list:
+    """The edits that remove ``layout``'s channels from ``tensor`` (channels on ``axis``), a tensor computed from
+    constants alone, by cutting the constants it is computed from. Raises :class:`NotFollowed`."""
+    size = len(layout) * layout.repeat
+    edits: list = []
+    chain: set[str] = set()  # names of the chain's nodes
+    internal: list[str] = []  # tensors the chain computes and reads
+    pending = [(tensor, axis)]
+    seen: dict[str, int] = {}
+    while pending:
+        name, channel_axis = pending.pop()
+        if name in seen:
+            if seen[name] != channel_axis:
+                raise NotFollowed(f"'{name}' is read with its channels on two axes")
+            continue
+        seen[name] = channel_axis
+        node = view.producers.get(name)
+        if node is None:
+            raise NotFollowed(f"'{name}' is not computed from constants alone")
+        if view.tracked(name):
+            raise NotFollowed(f"'{name}' carries channels of its own")
+        shape = view.shapes.get(name)
+        if shape is None or channel_axis >= len(shape) or shape[channel_axis] != size:
+            raise NotFollowed(f"shape of '{name}' unknown or not {size} channels on axis {channel_axis}")
+        chain.add(node.name)
+        internal.append(name)
+        for index, in_axis in _input_axes(view, node, channel_axis, size, layout, edits):
+            source = node.input[index]
+            if view.is_constant(source):
+                edits.append(SliceInput(node.name, index, in_axis, layout, EditRole.PARAMETER))
+            else:
+                pending.append((source, in_axis))
+    for name in internal:
+        readers = view.readers.get(name, [])
+        if name in view.outputs or (name != tensor and any(r.name not in chain for r in readers)):
+            raise NotFollowed(f"'{name}' is also read outside the constant expression")
+    return edits
+
+
+def _input_axes(view: GraphView, node: onnx.NodeProto, axis: int, size: int, layout: Layout, edits: list) -> list[tuple[int, int]]:
+    """(input index, channel axis in that input) for each input of ``node`` that carries the channels its output has on
+    ``axis``; edits to ``node``'s own shape inputs are appended to ``edits``. Raises :class:`NotFollowed`."""
+    op, where = node.op_type, f"{node.op_type} {node.name}"
+    out_rank = len(view.shapes[node.output[0]])
+    if op in ELEMENTWISE_ONE_INPUT:
+        return [(0, axis)]
+    if op in ELEMENTWISE_BROADCAST:
+        return [(i, a) for i, a in ((i, _broadcast_axis(view, name, axis, out_rank, size, where)) for i, name in enumerate(node.input) if name) if a is not None]
+    if op == "Transpose":
+        perm = node_attr(node, "perm")
+        return [(0, int(perm[axis]) if perm is not None else out_rank - 1 - axis)]
+    if op in ("Unsqueeze", "Squeeze"):
+        return [(0, _squeeze_axis(view, node, axis, out_rank, where))]
+    if op == "Gather":
+        indices = view.shapes.get(node.input[1])
+        data_rank = len(view.shapes.get(node.input[0]) or ())
+        if indices is None or not data_rank:
+            raise NotFollowed(f"{where}: shapes unknown")
+        gathered = int(node_attr(node, "axis", 0)) % data_rank
+        if gathered <= axis < gathered + len(indices):
+            raise NotFollowed(f"{where} picks along the channel axis")
+        return [(0, axis if axis < gathered else axis - len(indices) + 1)]
+    if op == "Slice":
+        data_rank = len(view.shapes.get(node.input[0]) or ())
+        axes = view.const(node.input[3]) if len(node.input) > 3 and node.input[3] else np.arange(data_rank)
+        if axes is None or any(int(a) % data_rank == axis for a in np.reshape(axes, -1)):
+            raise NotFollowed(f"{where} slices the channel axis")
+        return [(0, axis)]
+    if op == "Concat":
+        if int(node_attr(node, "axis", 0)) % out_rank == axis:
+            raise NotFollowed(f"{where} joins along the channel axis")
+        return [(i, axis) for i, name in enumerate(node.input) if name]
+    if op == "Reshape":
+        return [(0, _reshape_axis(view, node, axis, size, layout, edits, where))]
+    if op == "Expand":
+        shape = view.const(node.input[1])
+        if shape is None:
+            raise NotFollowed(f"{where}: target shape not constant")
+        entry = axis - (out_rank - shape.size)
+        if entry >= 0 and int(shape.reshape(-1)[entry]) == size:
+            edits.append(ShapeEntry(node.name, 1, entry, layout, layout.repeat))
+        in_axis = _broadcast_axis(view, node.input[0], axis, out_rank, size, where)
+        return [] if in_axis is None else [(0, in_axis)]
+    if op == "Resize":
+        return [(0, _resize_axis(view, node, axis, size, layout, edits, where))]
+    raise NotFollowed(f"{where} has no rule in a constant expression")
+
+
+def _resize_axis(view: GraphView, node: onnx.NodeProto, axis: int, size: int, layout: Layout, edits: list, where: str) -> int:
+    """A Resize that leaves the channel axis at its size (BEiT interpolates its bias table over positions); an explicit
+    size of that axis follows the kept channels."""
+    scales = view.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    sizes = view.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    if node_attr(node, "axes") is not None or (scales is None and sizes is None):
+        raise NotFollowed(f"{where}: scales or sizes not constant")
+    if sizes is not None and sizes.size:
+        if int(sizes.reshape(-1)[axis]) != size:
+            raise NotFollowed(f"{where} resizes the channel axis")
+        edits.append(ShapeEntry(node.name, 3, axis, layout, layout.repeat))
+    elif float(scales.reshape(-1)[axis]) != 1.0:
+        raise NotFollowed(f"{where} resizes the channel axis")
+    return axis
+
+
+def _broadcast_axis(view: GraphView, name: str, axis: int, out_rank: int, size: int, where: str) -> int | None:
+    """The channel axis of an input broadcast into an output of rank ``out_rank``, or None where it is broadcast along it."""
+    shape = view.shapes.get(name)
+    if shape is None:
+        raise NotFollowed(f"{where}: shape of '{name}' unknown")
+    in_axis = axis - (out_rank - len(shape))
+    if in_axis < 0 or shape[in_axis] == 1:
+        return None
+    if shape[in_axis] != size:
+        raise NotFollowed(f"{where}: '{name}' has {shape[in_axis]} entries on the channel axis, not {size}")
+    return in_axis
+
+
+def _squeeze_axis(view: GraphView, node: onnx.NodeProto, axis: int, out_rank: int, where: str) -> int:
+    axes = node_attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        array = view.const(node.input[1])
+        axes = None if array is None else array.reshape(-1).tolist()
+    in_rank = len(view.shapes.get(node.input[0]) or ())
+    if axes is None or not in_rank:
+        raise NotFollowed(f"{where}: axes not constant")
+    if node.op_type == "Unsqueeze":
+        inserted = {int(a) % out_rank for a in axes}
+        if axis in inserted:
+            raise NotFollowed(f"{where} inserts the channel axis")
+        return axis - sum(1 for a in inserted if a < axis)
+    removed = {int(a) % in_rank for a in axes}
+    kept = [a for a in range(in_rank) if a not in removed]
+    return kept[axis]
+
+
+def _reshape_axis(view: GraphView, node: onnx.NodeProto, axis: int, size: int, layout: Layout, edits: list, where: str) -> int:
+    """The input axis of a Reshape that moves the channel axis whole (the dimensions after it hold as many values on
+    both sides); an explicit channel count in the target follows the kept channels."""
+    source, target = view.shapes.get(node.input[0]), view.const(node.input[1])
+    out = view.shapes.get(node.output[0])
+    if source is None or target is None or out is None or not all(isinstance(d, int) for d in (*source, *out)):
+        raise NotFollowed(f"{where}: shapes or target not constant")
+    after = int(np.prod(out[axis + 1 :], dtype=np.int64))
+    matches = [a for a in range(len(source)) if source[a] == size and int(np.prod(source[a + 1 :], dtype=np.int64)) == after]
+    if not matches:
+        raise NotFollowed(f"{where} rearranges the channel axis")
+    entries = target.reshape(-1)
+    if int(entries[axis]) == size:
+        edits.append(ShapeEntry(node.name, 1, axis, layout, layout.repeat))
+    elif int(entries[axis]) == 0 and matches[0] != axis:
+        raise NotFollowed(f"{where} copies the channel count from another axis")
+    return matches[0]
