@@ -103,7 +103,60 @@ def _transformers(name: str):
         backbone = T.ResNetConfig(layer_type="basic", depths=[1, 1, 1, 1], hidden_sizes=[64, 128, 256, 512])
         config = T.DetrConfig(use_pretrained_backbone=False, use_timm_backbone=False, backbone_config=backbone, encoder_layers=2, decoder_layers=2, num_queries=20)
         return T.DetrForObjectDetection(config), {"pixel_values": torch.randn(1, 3, 320, 320)}
+    if name in MORE_TRANSFORMERS:
+        return _more_transformers(small)[name]()
     raise KeyError(name)
+
+
+MORE_TRANSFORMERS = ("deberta", "mobilebert", "roberta", "mpnet", "clip_text", "clip_vision", "swinv2", "convnextv2", "dinov2", "beit", "mobilevit",
+                     "resnet_hf", "hubert", "bart", "qwen2", "gemma", "phi", "bloom", "opt")
+
+
+def _more_transformers(small: dict) -> dict:
+    """The families of ``MORE_TRANSFORMERS``, small configurations: name -> a function returning (model, example inputs)."""
+    import torch
+    import transformers as T
+
+    def ids(length: int = 48, vocab: int = 1000):
+        return torch.randint(5, vocab, (1, length))
+
+    def text(model):
+        return lambda: (model(), {"input_ids": ids(), "attention_mask": torch.ones(1, 48, dtype=torch.long)})
+
+    def image(model, size: int = 224):
+        return lambda: (model(), {"pixel_values": torch.randn(1, 3, size, size)})
+
+    def decoder(model):
+        return lambda: (model(), {"input_ids": ids(48, 4000)})
+
+    lm = {"vocab_size": 4000, "hidden_size": 256, "num_hidden_layers": 4, "use_cache": False}
+    layers = {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024}
+    return {
+        "deberta": text(lambda: T.DebertaV2Model(T.DebertaV2Config(**small, vocab_size=1000))),
+        "mobilebert": text(lambda: T.MobileBertModel(T.MobileBertConfig(num_hidden_layers=4, vocab_size=1000))),
+        "roberta": text(lambda: T.RobertaModel(T.RobertaConfig(**small, vocab_size=1000))),
+        "mpnet": text(lambda: T.MPNetModel(T.MPNetConfig(**small, vocab_size=1000))),
+        "clip_text": lambda: (T.CLIPTextModel(T.CLIPTextConfig(**layers, vocab_size=1000)), {"input_ids": ids()}),
+        "clip_vision": image(lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**layers, patch_size=32))),
+        "swinv2": image(lambda: T.Swinv2Model(T.Swinv2Config(embed_dim=48, depths=[2, 2, 2, 2], num_heads=[3, 6, 12, 24], window_size=7))),
+        "convnextv2": image(lambda: T.ConvNextV2Model(T.ConvNextV2Config(depths=[2, 2, 4, 2], hidden_sizes=[40, 80, 160, 320]))),
+        "dinov2": image(lambda: T.Dinov2Model(T.Dinov2Config(**small, patch_size=14, image_size=224))),
+        "beit": image(lambda: T.BeitModel(T.BeitConfig(**small, use_relative_position_bias=True))),
+        "mobilevit": image(lambda: T.MobileViTModel(T.MobileViTConfig(image_size=256)), 256),
+        "resnet_hf": image(lambda: T.ResNetModel(T.ResNetConfig())),
+        "hubert": lambda: (T.HubertModel(T.HubertConfig(**small)), {"input_values": torch.randn(1, 16000)}),
+        "bart": lambda: (
+            T.BartModel(T.BartConfig(vocab_size=1000, d_model=256, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                                     decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024, use_cache=False)),
+            {"input_ids": ids(), "decoder_input_ids": ids(16)},
+        ),
+        # decoders: grouped-query (Qwen2: 2 key/value heads; Gemma: 1), partial rotary positions (Phi), ALiBi (BLOOM), OPT
+        "qwen2": decoder(lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**lm, intermediate_size=688, num_attention_heads=8, num_key_value_heads=2))),
+        "gemma": decoder(lambda: T.GemmaForCausalLM(T.GemmaConfig(**lm, intermediate_size=688, num_attention_heads=4, num_key_value_heads=1, head_dim=64))),
+        "phi": decoder(lambda: T.PhiForCausalLM(T.PhiConfig(**lm, intermediate_size=1024, num_attention_heads=4, partial_rotary_factor=0.5))),
+        "bloom": decoder(lambda: T.BloomForCausalLM(T.BloomConfig(vocab_size=4000, hidden_size=256, n_layer=4, n_head=4, use_cache=False))),
+        "opt": decoder(lambda: T.OPTForCausalLM(T.OPTConfig(**lm, ffn_dim=1024, num_attention_heads=4, word_embed_proj_dim=256))),
+    }
 
 
 def _first_output(inner, names: list[str]):
@@ -128,7 +181,7 @@ def export(spec: str, path: Path) -> None:
 
     torch.manual_seed(0)
     exporter, _, name = spec.rpartition(":")
-    if name in ("bert", "wav2vec2", "vit", "t5", "detr", "llama", "gpt2", "distilbert", "albert", "whisper", "segformer"):
+    if name in ("bert", "wav2vec2", "vit", "t5", "detr", "llama", "gpt2", "distilbert", "albert", "whisper", "segformer", *MORE_TRANSFORMERS):
         model, inputs = _transformers(name)
         module, args, names = _first_output(model.eval(), list(inputs)), tuple(inputs.values()), list(inputs)
     elif name.startswith("yolo"):
