@@ -8,6 +8,8 @@
     python benchmarks/unseen_exports.py --models timm:ghostnetv2_100 timm:mixnet_s timm:beit_base_patch16_224 timm:poolformer_s12 \
         timm:efficientvit_b0 timm:mobileone_s0 timm:xcit_nano_12_p16_224 timm:hgnetv2_b0 timm:coat_lite_tiny timm:starnet_s1
     python benchmarks/unseen_exports.py --models distilbert albert whisper segformer
+    python benchmarks/unseen_exports.py --models deberta mobilebert roberta mpnet clip_text clip_vision swinv2 convnextv2 dinov2 \
+        beit mobilevit resnet_hf hubert bart dynamo:qwen2 dynamo:gemma dynamo:phi bloom opt
     python benchmarks/unseen_exports.py --models block:unet dynamo-block:unet block:gru_text block:einsum_attention \
         block:conformer_conv block:sdpa_block block:tcn block:mixer
 
