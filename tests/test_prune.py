@@ -546,6 +546,42 @@ def test_a_position_bias_gathered_at_run_time_loses_the_removed_heads_from_its_t
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
 
 
+def _single_head_attention(features: int = 8, dim: int = 16, seq: int = 6) -> tuple[onnx.ModelProto, str]:
+    """One head over (1, S, E) without a head axis, as EfficientViT writes each of its heads: q (S, F) @ k^T (F, S),
+    softmax, @ v (S, E), an output projection. Returns the model and the name of the query projection."""
+    b = GraphBuilder(5)
+    q = b.linear("input", dim, features, bias=False)
+    k = b.linear("input", dim, features, bias=False)
+    v = b.linear("input", dim, dim, bias=False)
+    scores = b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 2, 1])])
+    y = b.linear(b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v]), dim, dim)
+    _rename_output(b, y, "out")
+    query = next(n.name for n in b.nodes if n.output[0] == q)
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, seq, dim])]
+    return b.model(inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, seq, dim])], "single_head"), query
+
+
+def test_query_and_key_features_summed_by_the_product_lose_the_same_positions():
+    model, query = _single_head_attention()
+    pruned, masked, groups, atoms = masked_and_pruned(model)
+    assert sorted((g.channels_before, g.channels_after) for g in groups)[:2] == [(8, 4), (16, 8)]  # query/key features, values
+    # removing feature j from the query and the key leaves the scores of the original with query feature j zeroed
+    view = WorkingWeights(masked, all_value_names(masked.graph))
+    producer = next(e for e in trace_of(model).edits if isinstance(e, SliceInput) and e.kind == EditRole.PRODUCER and e.node == query)
+    weight = view.get(query, 1).copy()
+    weight[:, positions(producer.layout, atoms)] = 0
+    view.set(query, 1, weight)
+    view.commit()
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def trace_of(model: onnx.ModelProto):
+    work = load_model(model)
+    PREPARE(work)
+    return trace(work, infer_shapes(work))
+
+
 def _conv_plus_expanded_constant(form: str) -> onnx.ModelProto:
     """Conv (8 channels) + a per-channel map made from stored rows at run time (too large to fold), then Conv."""
     b = GraphBuilder(21)

@@ -691,10 +691,28 @@ class Tracer(ReshapeRules):
         return True
 
     def activation_matmul(self, node: onnx.NodeProto) -> Layout | None:
-        """Both operands are activations: channels on a shared batch axis (attention heads) tie; others block."""
+        """Both operands are activations: channels on a shared batch axis (attention heads) tie; channels on the axis the
+        product sums over (a query's and a key's features, one head per layer as EfficientViT writes it) tie position
+        by position and are summed away; rows of the left side or columns of the right one pass through where the
+        other side carries no channels; others block."""
         a, b = (self.t.layouts.get(n) for n in node.input[:2])
         ranks = [self.rank(n) for n in node.input[:2]]
         out_rank = self.rank(node.output[0])
+        if (
+            a is not None and b is not None and None not in ranks and ranks[0] >= 2 and ranks[1] >= 2
+            and a.axis == ranks[0] - 1 and b.axis == ranks[1] - 2 and a.repeat == b.repeat == 1 and len(a) == len(b)
+        ):
+            # removing feature j from both sides leaves the product it would have with feature j of either side zeroed
+            for left, right in zip(a.atoms, b.atoms):
+                self.t.atoms.tie(left, right)
+            return None
+        if (a is None) != (b is None) and None not in ranks and out_rank is not None and min(ranks) >= 2:
+            # the other side carries no channels (attention weights whose features were summed away): rows of the left
+            # side and columns of the right side are the product's own rows and columns
+            if a is not None and a.axis == ranks[0] - 2:
+                return Layout(out_rank - 2, a.atoms, a.repeat)
+            if b is not None and b.axis == ranks[1] - 1:
+                return Layout(out_rank - 1, b.atoms, b.repeat)
         ok = (
             a is not None and b is not None and None not in ranks and out_rank is not None and ranks[0] == ranks[1] == out_rank
             and a.axis == b.axis and a.axis < out_rank - 2 and len(a) * a.repeat == len(b) * b.repeat and 1 in (a.repeat, b.repeat)
