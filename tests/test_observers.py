@@ -82,6 +82,9 @@ def test_uint8_and_int8_parameters():
     assert int(zero) == 0
     scale, zero = activation_params(-1.0, 3.0, signed=True)
     assert zero.dtype == np.int8 and int(zero) == 0 and scale == pytest.approx(3.0 / 127)
+    # a range of a few subnormal floats (a random HF MobileViT's attention output): a scale of 0 would divide by zero
+    scale, zero = activation_params(-1e-44, 1e-44, signed=False)
+    assert scale > 0 and np.isfinite(scale) and int(zero) == 0
 
 
 def test_weight_and_bias_quantization_round_trip():

@@ -32,9 +32,9 @@ def activation_params(lo: float, hi: float, *, signed: bool) -> tuple[np.float32
     span = hi - lo
     if span <= 0:
         return np.float32(1.0), np.uint8(0)
-    scale = np.float32(span / 255.0)
+    scale = max(np.float32(span / 255.0), TINY)  # a span of a few subnormals rounds to 0 in float32
     zero_point = int(round(-lo / float(scale)))
-    return max(scale, TINY), np.uint8(min(max(zero_point, 0), 255))
+    return scale, np.uint8(min(max(zero_point, 0), 255))
 
 
 def weight_params(weight: np.ndarray, axis: int | None, levels: int = FULL_LEVELS) -> np.ndarray:
