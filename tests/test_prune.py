@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from models.builders import ALL_BUILDERS, GraphBuilder, _rename_output, conv_bn_relu, generated_weights, mlp, residual, sample_inputs
 from onnxslim import PruneConfig, prune
@@ -580,6 +580,55 @@ def trace_of(model: onnx.ModelProto):
     work = load_model(model)
     PREPARE(work)
     return trace(work, infer_shapes(work))
+
+
+def _channel_reduction_block(reduce: str) -> onnx.ModelProto:
+    """Conv (8 channels, no bias) -> ``reduce`` over the channels -> Sigmoid gate -> gated channels -> Conv (4)."""
+    b = GraphBuilder(8)
+    x = b.node("Conv", ["input", b.const(b.weight(8, 3, 3, 3))], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    gate = b.node("Sigmoid", [b.node(reduce, [x, b.const(np.array([1], np.int64), "axes")], keepdims=1)])
+    y = b.conv(b.node("Mul", [x, gate]), 8, 4)
+    _rename_output(b, y, "out")
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])]
+    return b.model(inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])], reduce, opset=18)
+
+
+def _with_removed_channels_zero_where_made(model: onnx.ModelProto, masked: onnx.ModelProto, atoms: set[int]) -> None:
+    """Zero, in ``masked``, the filters that make the removed channels."""
+    view = WorkingWeights(masked, all_value_names(masked.graph))
+    for edit in trace_of(model).edits:
+        if isinstance(edit, SliceInput) and edit.kind == EditRole.PRODUCER:
+            weight = view.get(edit.node, edit.index).copy()
+            weight[positions(edit.layout, atoms)] = 0
+            view.set(edit.node, edit.index, weight)
+    view.commit()
+
+
+def test_a_sum_over_the_channels_loses_the_removed_channels_terms():
+    model = _channel_reduction_block("ReduceSum")
+    pruned, masked, groups, atoms = masked_and_pruned(model)
+    assert any(g.channels_before == 8 and g.channels_after == 4 for g in groups)
+    _with_removed_channels_zero_where_made(model, masked, atoms)  # as if the removed channels were zero where they are made
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_mean_over_the_channels_averages_over_the_kept_ones_and_says_so():
+    # ConvNeXt V2's global response normalization divides by a mean over the channels
+    model = _channel_reduction_block("ReduceMean")
+    pruned, masked, groups, atoms = masked_and_pruned(model)
+    assert any(g.channels_before == 8 and g.channels_after == 4 for g in groups)
+    # the original with the removed channels zero and the mean's divisor the kept count: a sum times 1/4
+    _with_removed_channels_zero_where_made(model, masked, atoms)
+    mean = next(n for n in masked.graph.node if n.op_type == "ReduceMean")
+    mean.op_type = "ReduceSum"
+    summed, mean.output[0] = mean.output[0], mean.output[0] + "_sum"
+    masked.graph.initializer.append(numpy_helper.from_array(np.array(0.25, np.float32), "quarter"))
+    masked.graph.node.insert(list(masked.graph.node).index(mean) + 1, helper.make_node("Mul", [mean.output[0], "quarter"], [summed]))
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    _, report = prune(model, config=FAST)
+    assert any(w.startswith("ReduceMean over pruned channels") for w in report.warnings)
 
 
 def _conv_plus_expanded_constant(form: str) -> onnx.ModelProto:

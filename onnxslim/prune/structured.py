@@ -493,11 +493,12 @@ def _remove_channels(
         reasons = sorted({g.skipped for g in report.groups if g.skipped})[:3] + list(groups.tracing.unprunable.values())[:1]
         raise NothingToDoError(f"{label}: no channel group can be pruned ({'; '.join(reasons)})")
     pruned = apply_removal(work, groups, removed)
-    layer_norms = renormalized(groups, removed)
-    if layer_norms:
+    statistics = renormalized(groups, removed)
+    if statistics:
+        kinds = " and ".join(sorted({n.op_type for n in work.graph.node if n.name in statistics}))
         report.warnings.append(
-            f"LayerNormalization over pruned channels ({', '.join(layer_norms[:3])}{' ...' if len(layer_norms) > 3 else ''}): "
-            "its mean and variance are now taken over the kept channels, so outputs change beyond the removed channels' share"
+            f"{kinds} over pruned channels ({', '.join(statistics[:3])}{' ...' if len(statistics) > 3 else ''}): "
+            "its statistics are now taken over the kept channels, so outputs change beyond the removed channels' share"
         )
     if source is not None and config.recovery != "none" and removed:
         report.recovery.extend(recover(work, pruned, source, config, kept_positions(groups, removed), show_progress=show_progress))

@@ -42,6 +42,8 @@ UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "T
          "Mish", "Identity", "Dropout", "Cast", "Clip", "Abs", "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos",
          "IsNaN", "IsInf", "Not"}
 SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Upsample", "SpaceToDepth"}
+# reductions that may run across the channels: each channel is one term of the result
+SUMS_OVER_CHANNELS = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2"}
 BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean", "Where", "Equal", "Less", "Greater", "And", "Or"}
 
 
@@ -60,7 +62,7 @@ class Tracing:
     unprunable: dict[str, str] = field(default_factory=dict)
     # (layout, groups): channels of a grouped convolution, which every group must lose equally
     block_constraints: list[tuple[Layout, int]] = field(default_factory=list)
-    # LayerNormalization node -> the channels it normalizes over: removing any changes its statistics
+    # LayerNormalization or ReduceMean node -> the channels it normalizes or averages over: removing any changes its statistics
     renormalized: dict[str, Layout] = field(default_factory=dict)
 
 
@@ -672,6 +674,12 @@ class Tracer(ReshapeRules):
         rank = self.rank(node.input[0])
         axes = self._reduced_axes(node, rank)
         keepdims = int(node_attr(node, "keepdims", 1)) if op.startswith("Reduce") else 1
+        if axes is not None and data.axis in axes and op in SUMS_OVER_CHANNELS:
+            # a removed channel's terms leave the sum: as if it were zero, and for a mean (ConvNeXt V2's response
+            # normalization, a spelled-out norm) with the divisor now the kept count
+            if op == "ReduceMean":
+                self.t.renormalized[node.name] = data
+            return None
         if axes is None or data.axis in axes:
             self.t.atoms.block_layout(data, f"{op} {node.name} works across the channel axis")
             return None
