@@ -661,14 +661,25 @@ def test_a_per_channel_map_expanded_at_run_time_loses_the_removed_channels(form)
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
 
 
-def test_a_constant_expression_read_elsewhere_keeps_its_channels():
+@pytest.mark.parametrize("read", ["step", "operand", "table"])
+def test_a_constant_expression_read_elsewhere_keeps_its_channels(read):
+    # a step of the bias, the bias itself or its table read by something else as well: cutting it would change that reader
+    # or store a second, cut copy (OPT's token embeddings, read by the residual stream and its first norm; a table tied to
+    # the output layer)
     model = ALL_BUILDERS["window_attention"](dim=32, heads=8, tokens=16, position_bias="gathered")
-    squashed = next(n for n in model.graph.node if n.op_type == "Sigmoid").output[0]
-    model.graph.output.append(helper.make_tensor_value_info(squashed, TensorProto.FLOAT, None))  # the bias read outside its chain
+    sigmoid = next(n for n in model.graph.node if n.op_type == "Sigmoid")
+    bias = next(n for n in model.graph.node if n.op_type == "Mul" and sigmoid.output[0] in n.input)
+    other = {"step": sigmoid.output[0], "operand": bias.output[0], "table": next(n.input[0] for n in model.graph.node if n.op_type == "Gather"
+                                                                                   and n.input[0].startswith("bias_table"))}[read]
+    # read with the input's mean, so that folding cannot take the reader away
+    model.graph.node.append(helper.make_node("ReduceMean", ["input"], ["input_mean"], keepdims=0))
+    model.graph.node.append(helper.make_node("Mul", [other, "input_mean"], ["elsewhere"]))
+    model.graph.output.append(helper.make_tensor_value_info("elsewhere", TensorProto.FLOAT, None))
     work = load_model(model)
     PREPARE(work)
+    scores = next(n.name for n in work.graph.node if n.op_type == "Add" and bias.output[0] in n.input)
     reasons = set(trace(work, infer_shapes(work)).atoms.blocked.values())
-    assert any("combines the channels with" in r and "which is not pruned with them" in r for r in reasons)
+    assert any(f"{scores} combines the channels with '{bias.output[0]}'" in r for r in reasons)
 
 
 def shared_ffn_model(blocks: int = 3, dim: int = 16, hidden: int = 32) -> onnx.ModelProto:

@@ -51,6 +51,7 @@ def constant_operand_edits(view: GraphView, tensor: str, axis: int, layout: Layo
     edits: list = []
     chain: set[str] = set()  # names of the chain's nodes
     internal: list[str] = []  # tensors the chain computes and reads
+    stored: list[str] = []  # the constants it cuts
     pending = [(tensor, axis)]
     seen: dict[str, int] = {}
     while pending:
@@ -74,11 +75,17 @@ def constant_operand_edits(view: GraphView, tensor: str, axis: int, layout: Layo
             source = node.input[index]
             if view.is_constant(source):
                 edits.append(SliceInput(node.name, index, in_axis, layout, EditRole.PARAMETER))
+                stored.append(source)
             else:
                 pending.append((source, in_axis))
     for name in internal:
         readers = view.readers.get(name, [])
-        if name in view.outputs or (name != tensor and any(r.name not in chain for r in readers)):
+        inside = 1 if name == tensor else 0  # the operand itself is read once outside: by the node that meets the channels
+        if name in view.outputs or sum(1 for r in readers if r.name not in chain) > inside:
+            raise NotFollowed(f"'{name}' is also read outside the constant expression")
+    for name in stored:
+        if any(r.name not in chain for r in view.readers.get(name, [])):
+            # cutting it for this expression alone would store a second, cut copy (a token table tied to the output layer)
             raise NotFollowed(f"'{name}' is also read outside the constant expression")
     return edits
 
