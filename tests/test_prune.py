@@ -611,6 +611,9 @@ def test_a_sum_over_the_channels_loses_the_removed_channels_terms():
     _with_removed_channels_zero_where_made(model, masked, atoms)  # as if the removed channels were zero where they are made
     for feed in sample_inputs(model, 2, seed=3):
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    # a statistic of the kept channels from then on (a spelled-out norm sums (x - mean)^2, nonzero for a zeroed channel)
+    _, report = prune(model, config=FAST)
+    assert any(w.startswith("ReduceSum over pruned channels") for w in report.warnings)
 
 
 def test_a_mean_over_the_channels_averages_over_the_kept_ones_and_says_so():

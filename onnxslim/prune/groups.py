@@ -127,6 +127,6 @@ def kept_positions(groups: Groups, removed: set[int]) -> dict[str, dict[str, lis
 
 
 def renormalized(groups: Groups, removed: set[int]) -> list[str]:
-    """LayerNormalization and ReduceMean nodes that normalize or average over some of the removed channels."""
+    """LayerNormalization and reduction nodes that normalize or sum over some of the removed channels."""
     gone = groups.atoms_of(removed)
     return [name for name, layout in groups.tracing.renormalized.items() if any(a in gone for a in layout.atoms if a is not None)]

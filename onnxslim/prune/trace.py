@@ -62,7 +62,7 @@ class Tracing:
     unprunable: dict[str, str] = field(default_factory=dict)
     # (layout, groups): channels of a grouped convolution, which every group must lose equally
     block_constraints: list[tuple[Layout, int]] = field(default_factory=list)
-    # LayerNormalization or ReduceMean node -> the channels it normalizes or averages over: removing any changes its statistics
+    # LayerNormalization or reduction node -> the channels it normalizes or sums over: removing any changes its statistics
     renormalized: dict[str, Layout] = field(default_factory=dict)
 
 
@@ -675,10 +675,9 @@ class Tracer(ReshapeRules):
         axes = self._reduced_axes(node, rank)
         keepdims = int(node_attr(node, "keepdims", 1)) if op.startswith("Reduce") else 1
         if axes is not None and data.axis in axes and op in SUMS_OVER_CHANNELS:
-            # a removed channel's terms leave the sum: as if it were zero, and for a mean (ConvNeXt V2's response
-            # normalization, a spelled-out norm) with the divisor now the kept count
-            if op == "ReduceMean":
-                self.t.renormalized[node.name] = data
+            # the removed channels' terms leave the sum (a mean's divisor becomes the kept count): a statistic of the
+            # kept channels from then on (ConvNeXt V2's response normalization, a spelled-out norm), said as for LayerNorm
+            self.t.renormalized[node.name] = data
             return None
         if axes is None or data.axis in axes:
             self.t.atoms.block_layout(data, f"{op} {node.name} works across the channel axis")
