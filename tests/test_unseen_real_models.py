@@ -38,7 +38,6 @@ from benchmarks.tasks import (  # noqa: E402
 from calibration.make_datasets import make  # noqa: E402
 from models.gather import gather_crepe, gather_unseen, gather_voice_encoder  # noqa: E402
 from onnxslim import PruneConfig, QuantConfig, prune, quantize  # noqa: E402
-from onnxslim.errors import NothingToDoError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +141,7 @@ def test_captcha_recognizer_quantized_with_defaults_keeps_reading(unseen, data, 
     assert int8 >= fp32 - 0.05
 
 
-def test_file_type_classifier_quantized_keeps_typing_files_and_prune_says_why_it_cannot(unseen, data, tmp_path):
+def test_file_type_classifier_quantized_keeps_typing_files_and_pruned_says_its_norms_changed(unseen, data, tmp_path):
     """magika: a tf2onnx export reading int32 byte tokens, one-hot through Equal, normalizations spelled out."""
     model, folder = unseen["magika.onnx"], data["magika"]
     out = tmp_path / "magika.int8.onnx"
@@ -152,9 +151,13 @@ def test_file_type_classifier_quantized_keeps_typing_files_and_prune_says_why_it
     fp32, int8 = score_cls(run_all(model, feeds), labels), score_cls(run_all(out, feeds), labels)
     assert fp32 >= 0.9, "the classifier types the standard library's files as their suffixes say"
     assert int8 >= fp32 - 0.03
-    # its one convolution's channels are normalized together and its embedding is regrouped by a computed shape
-    with pytest.raises(NothingToDoError, match="no channel group can be pruned .*works across the channel axis"):
-        prune(model, folder / "calib", config=PruneConfig(ratio=0.3, latency_runs=0))
+    # its one convolution's channels are normalized by sums over them (LayerNorm spelled out with ReduceSum): pruned, they
+    # are said to be taken over the kept channels; 30% of them cost 6 points on these 48 files after the refit
+    pruned = tmp_path / "magika.pruned.onnx"
+    _, report = prune(model, folder / "calib", eval_data=folder / "eval", config=PruneConfig(ratio=0.3, latency_runs=0), output=pruned)
+    assert report.parameters.after < 0.8 * report.parameters.before
+    assert any(w.startswith("ReduceSum over pruned channels") for w in report.warnings)
+    assert score_cls(run_all(pruned, feeds), labels) >= fp32 - 0.12
 
 
 def test_table_structure_recognizer_with_a_stopping_decoder_is_pruned_and_quantized_faithfully(unseen, data, tmp_path):
