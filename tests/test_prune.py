@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import onnx
+import onnx.compose
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
@@ -682,7 +683,24 @@ def test_a_constant_expression_read_elsewhere_keeps_its_channels(read):
     PREPARE(work)
     scores = next(n.name for n in work.graph.node if n.op_type == "Add" and bias.output[0] in n.input)
     reasons = set(trace(work, infer_shapes(work)).atoms.blocked.values())
-    assert any(f"{scores} combines the channels with '{bias.output[0]}'" in r for r in reasons)
+    expected = f"'{bias.output[0]}' is computed from" if read == "table" else f"{scores} combines the channels with '{bias.output[0]}'"
+    assert any(expected in r for r in reasons), reasons
+
+
+def test_blocks_reading_one_stored_bias_table_lose_the_same_heads_and_keep_one_table():
+    # two window-attention blocks whose gathered bias tables the exporter stored once (identical, zero-initialized)
+    first = ALL_BUILDERS["window_attention"](dim=32, heads=8, tokens=16, position_bias="gathered")
+    model = onnx.compose.merge_models(first, onnx.compose.add_prefix(first, "second/"), io_map=[("hidden", "second/input")])
+    table = next(n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0].startswith("bias_table"))
+    for node in model.graph.node:
+        if node.op_type == "Gather" and node.input[0].startswith("second/bias_table"):
+            node.input[0] = table
+    pruned, masked, groups, _ = masked_and_pruned(model)
+    assert sum(1 for g in groups if g.channels_before == 8 and g.channels_after == 4) == 1  # the two blocks' heads as one group
+    tables = {n.input[0] for n in pruned.graph.node if n.op_type == "Gather" and "bias_table" in n.input[0]}
+    assert len(tables) == 1 and [list(t.dims) for t in pruned.graph.initializer if t.name in tables] == [[31, 4]]
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
 
 
 def shared_ffn_model(blocks: int = 3, dim: int = 16, hidden: int = 32) -> onnx.ModelProto:

@@ -44,14 +44,26 @@ class GraphView:
     tracked: Callable[[str], bool]  # the tensor already carries prunable channels of its own
 
 
-def constant_operand_edits(view: GraphView, tensor: str, axis: int, layout: Layout) -> list:
+@dataclass
+class ConstantCut:
+    """What cutting a constant expression takes: the edits, the nodes of the expression, and each stored constant it
+    cuts (name -> axis) that something outside the expression reads as well."""
+
+    edits: list
+    nodes: set[str]
+    shared: dict[str, int]
+
+
+def constant_operand_edits(view: GraphView, tensor: str, axis: int, layout: Layout) -> ConstantCut:
     """The edits that remove ``layout``'s channels from ``tensor`` (channels on ``axis``), a tensor computed from
-    constants alone, by cutting the constants it is computed from. Raises :class:`NotFollowed`."""
+    constants alone, by cutting the constants it is computed from. A stored constant read outside the expression as
+    well is listed in the result: the caller keeps it one tensor (every reader cut alike) or blocks the channels.
+    Raises :class:`NotFollowed`."""
     size = len(layout) * layout.repeat
     edits: list = []
     chain: set[str] = set()  # names of the chain's nodes
     internal: list[str] = []  # tensors the chain computes and reads
-    stored: list[str] = []  # the constants it cuts
+    stored: dict[str, int] = {}  # the constants it cuts, and along which axis
     pending = [(tensor, axis)]
     seen: dict[str, int] = {}
     while pending:
@@ -75,7 +87,8 @@ def constant_operand_edits(view: GraphView, tensor: str, axis: int, layout: Layo
             source = node.input[index]
             if view.is_constant(source):
                 edits.append(SliceInput(node.name, index, in_axis, layout, EditRole.PARAMETER))
-                stored.append(source)
+                if stored.setdefault(source, in_axis) != in_axis:
+                    raise NotFollowed(f"'{source}' is cut along two axes")
             else:
                 pending.append((source, in_axis))
     for name in internal:
@@ -83,11 +96,8 @@ def constant_operand_edits(view: GraphView, tensor: str, axis: int, layout: Layo
         inside = 1 if name == tensor else 0  # the operand itself is read once outside: by the node that meets the channels
         if name in view.outputs or sum(1 for r in readers if r.name not in chain) > inside:
             raise NotFollowed(f"'{name}' is also read outside the constant expression")
-    for name in stored:
-        if any(r.name not in chain for r in view.readers.get(name, [])):
-            # cutting it for this expression alone would store a second, cut copy (a token table tied to the output layer)
-            raise NotFollowed(f"'{name}' is also read outside the constant expression")
-    return edits
+    shared = {name: a for name, a in stored.items() if any(r.name not in chain for r in view.readers.get(name, []))}
+    return ConstantCut(edits, chain, shared)
 
 
 def _input_axes(view: GraphView, node: onnx.NodeProto, axis: int, size: int, layout: Layout, edits: list) -> list[tuple[int, int]]:

@@ -79,6 +79,9 @@ class Tracer(ReshapeRules):
         # (side, weight name) -> the layout of the first layer using that weight: later uses tie to it
         self.shared_weights: dict[tuple[str, str], Layout] = {}
         self._view: GraphView | None = None  # built when a constant expression first meets tracked channels
+        # (stored constant, axis) cut by several constant expressions -> (the first one's layout, its operand, the nodes
+        # of all of them)
+        self.shared_tables: dict[tuple[str, int], tuple[Layout, str, set[str]]] = {}
 
     # ------------------------------------------------------------ helpers
     def rank(self, name: str) -> int | None:
@@ -280,11 +283,28 @@ class Tracer(ReshapeRules):
             self._view = GraphView(producers, readers, {v.name for v in self.graph.output}, self.shapes, lambda n: n in self.constants,
                                    self.const, lambda n: n in self.t.layouts)
         try:
-            edits = constant_operand_edits(self._view, name, axis, layout)
+            cut = constant_operand_edits(self._view, name, axis, layout)
         except NotFollowed:
             return False
-        self.t.edits.extend(edits)
+        for table, table_axis in cut.shared.items():
+            # a stored constant several expressions read (blocks whose identical tables the exporter stored once) loses
+            # the same channels in each, so that it stays one tensor: as a weight shared by several layers does
+            first, _, readers = self.shared_tables.setdefault((table, table_axis), (layout, name, set()))
+            if len(first) != len(layout) or first.repeat != layout.repeat:
+                return False
+            for a, b in zip(first.atoms, layout.atoms):
+                self.t.atoms.tie(a, b)
+            readers.update(cut.nodes)
+        self.t.edits.extend(cut.edits)
         return True
+
+    def _block_tables_read_elsewhere(self) -> None:
+        """A shared stored constant that something besides the cut expressions reads (a token table tied to the output
+        layer) would be stored twice, once cut: the channels it was to lose stay."""
+        for (table, _), (layout, operand, readers) in self.shared_tables.items():
+            others = [r.name for r in self._view.readers.get(table, []) if r.name not in readers]
+            if others:
+                self.t.atoms.block_layout(layout, f"'{operand}' is computed from '{table}', which {others[0]} reads as well")
 
     def concat(self, node: onnx.NodeProto) -> Layout | None:
         layouts = [self.t.layouts.get(n) for n in node.input]
@@ -797,6 +817,7 @@ class Tracer(ReshapeRules):
     def run(self) -> Tracing:
         for node in self.graph.node:
             self.node(node)
+        self._block_tables_read_elsewhere()
         for output in self.graph.output:
             self.t.atoms.block_layout(self.t.layouts.get(output.name), f"reaches graph output '{output.name}'")
         return self.t
