@@ -142,6 +142,11 @@ def _fold_leaving_growth_to_run_time(work: onnx.ModelProto, threshold: int) -> o
     return fold_with_onnxruntime(guarded, size_threshold=SMALL_RESULT_BYTES_EACH)
 
 
+def _writes_one_of(unfolded: frozenset[str]):
+    """graphsurgeon's exclusion test: a node that writes one of the ``unfolded`` tensors stays."""
+    return lambda inputs, outputs: any(o in unfolded for o in outputs)
+
+
 def _bytes(name: str, shapes: dict, types: dict) -> int | None:
     shape = shapes.get(name)
     if shape is None or name not in types or not all(isinstance(d, int) and d >= 0 for d in shape):
@@ -194,8 +199,3 @@ def _without(model: onnx.ModelProto, hidden: list[onnx.TensorProto]) -> onnx.Mod
             work.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     return work
 
-
-
-def _writes_one_of(unfolded: frozenset[str]):
-    """graphsurgeon's exclusion test: a node that writes one of the ``unfolded`` tensors stays."""
-    return lambda inputs, outputs: any(o in unfolded for o in outputs)

@@ -1,13 +1,15 @@
-"""Per-channel operands computed from constants at run time, cut along with the channels they meet.
+"""Per-channel operands computed from stored constants at run time, cut along with the channels they meet.
 
 A relative position bias (BEiT, Swin V2, LeViT) is a small table gathered into
 a larger one when the model runs: folding it would grow the model, so it stays
 a chain of nodes over constants. Where such a chain meets pruned channels (the
 attention heads it is added to), each channel is followed back through the
-chain to the constants it comes from, and those constants lose the removed
+chain to the stored constants it comes from, and those lose the removed
 channels instead. Every step must keep the channels apart (elementwise ops,
-gathers, slices, joins, expansions, resizes, transposes and reshapes of other
-axes), and no tensor of the chain may be read outside it.
+gathers by any indices, slices, joins, expansions, resizes, transposes and
+reshapes of other axes), and no tensor of the chain may be read outside it. A
+stored constant that something else reads too is reported, for the caller to
+keep it one tensor or leave the channels whole.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def constant_operand_edits(view: GraphView, tensor: str, axis: int, layout: Layo
         seen[name] = channel_axis
         node = view.producers.get(name)
         if node is None:
-            raise NotFollowed(f"'{name}' is not computed from constants alone")
+            raise NotFollowed(f"'{name}' is not computed from stored constants")
         if view.tracked(name):
             raise NotFollowed(f"'{name}' carries channels of its own")
         shape = view.shapes.get(name)

@@ -286,12 +286,13 @@ class Tracer(ReshapeRules):
             cut = constant_operand_edits(self._view, name, axis, layout)
         except NotFollowed:
             return False
-        for table, table_axis in cut.shared.items():
-            # a stored constant several expressions read (blocks whose identical tables the exporter stored once) loses
-            # the same channels in each, so that it stays one tensor: as a weight shared by several layers does
-            first, _, readers = self.shared_tables.setdefault((table, table_axis), (layout, name, set()))
-            if len(first) != len(layout) or first.repeat != layout.repeat:
-                return False
+        # a stored constant several expressions read (blocks whose identical tables the exporter stored once) loses the
+        # same channels in each, so that it stays one tensor: as a weight shared by several layers does
+        earlier = [self.shared_tables.get(key) for key in cut.shared.items()]
+        if any(e is not None and (len(e[0]) != len(layout) or e[0].repeat != layout.repeat) for e in earlier):
+            return False
+        for key in cut.shared.items():
+            first, _, readers = self.shared_tables.setdefault(key, (layout, name, set()))
             for a, b in zip(first.atoms, layout.atoms):
                 self.t.atoms.tie(a, b)
             readers.update(cut.nodes)
