@@ -635,6 +635,24 @@ def test_a_mean_over_the_channels_averages_over_the_kept_ones_and_says_so():
     assert any(w.startswith("ReduceMean over pruned channels") for w in report.warnings)
 
 
+@pytest.mark.parametrize(("repeats", "pruned"), [([1, 1, 2, 1], True), ([1, 2, 1, 1], False)])
+def test_tile_of_other_axes_keeps_the_channels_and_of_the_channel_axis_blocks_them(repeats, pruned):
+    b = GraphBuilder(9)
+    tiled = b.node("Tile", [b.node("Relu", [b.conv("input", 3, 8)]), b.const(np.array(repeats, np.int64), "repeats")])
+    y = b.conv(tiled, 8 * repeats[1], 4)
+    _rename_output(b, y, "out")
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])]
+    model = b.model(inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8 * repeats[2], 8])], "tile")
+    if not pruned:
+        reasons = set(trace_of(model).atoms.blocked.values())
+        assert any("repeats the channel axis" in r for r in reasons)
+        return
+    pruned_model, masked, groups, _ = masked_and_pruned(model)
+    assert any(g.channels_before == 8 and g.channels_after == 4 for g in groups)
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned_model, feed)[0], rtol=1e-4, atol=1e-5)
+
+
 def _conv_plus_expanded_constant(form: str) -> onnx.ModelProto:
     """Conv (8 channels) + a per-channel map made from stored rows at run time (too large to fold), then Conv."""
     b = GraphBuilder(21)

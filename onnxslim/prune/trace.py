@@ -588,6 +588,18 @@ class Tracer(ReshapeRules):
         kept = [position for position in range(rank + len(axes)) if position not in inserted]  # input axis i lands at kept[i]
         return Layout(kept[data.axis], data.atoms, data.repeat)
 
+    def tile(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
+        """Tile repeating other axes (GCViT's global query, one copy per window) keeps the channels; repeating the
+        channel axis, or repeats computed at run time, block."""
+        repeats = self.const(node.input[1]) if len(node.input) > 1 else None
+        if repeats is None or repeats.ndim != 1 or data.axis >= repeats.size:
+            self.t.atoms.block_layout(data, f"Tile {node.name}: repeats not constant")
+            return None
+        if int(repeats[data.axis]) != 1:
+            self.t.atoms.block_layout(data, f"Tile {node.name} repeats the channel axis")
+            return None
+        return data
+
     def expand(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
         """Expand broadcasting other axes (grouped-query attention repeats each key/value head this way) keeps the channels.
 
@@ -847,6 +859,7 @@ RULES: dict[str, Callable[[Tracer, onnx.NodeProto, Layout | None], Layout | None
     **{op: Tracer.recurrent for op in RECURRENT_LAYERS},
     "Pad": Tracer.pad,
     "Expand": Tracer.expand,
+    "Tile": Tracer.tile,
     "LayerNormalization": Tracer.layer_normalization,
     **{op: Tracer.reduction for op in ("Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2")},
     **{op: Tracer.weighted for op in ("Conv", "ConvTranspose", "Gemm", "MatMul")},
