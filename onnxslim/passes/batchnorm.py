@@ -60,7 +60,6 @@ def output_channels(layer: onnx.NodeProto, weight: np.ndarray) -> int:
     return weight.shape[0]
 
 
-
 def fuse_batchnorm(model: onnx.ModelProto) -> PassResult:
     """Fold each inference BatchNormalization into the Conv, ConvTranspose or Gemm before it, or else into a Gemm after it
     (see the module docstring)."""
@@ -133,9 +132,7 @@ def _fold_into_reader(bn: onnx.NodeProto, gemm: onnx.NodeProto, view: GraphIndex
         raise NotRewritten(DeclineCode.UNSUPPORTED_TYPE, f"the weight of {label} after it is {weight.dtype} of rank {weight.ndim}")
     if len(view.consumers.get(gemm.input[1], [])) > 1:
         raise NotRewritten(DeclineCode.SHARED_VALUE, f"the weight of {label} after it is shared (a folded copy would grow the model)")
-    scale = normalization_scale(bn, view.inits).reshape(-1)
-    beta, mean = (to_array(view.inits[p]).astype(np.float64).reshape(-1) for p in bn.input[2:4])
-    shift = beta - mean * scale
+    scale, shift = normalization_affine(bn, view.inits)
     transposed = bool(int(node_attr(gemm, "transB", 0)))
     product = (weight.T if transposed else weight).astype(np.float64)  # (features in, features out)
     if scale.shape != (product.shape[0],):
@@ -171,6 +168,13 @@ def normalization_scale(bn: onnx.NodeProto, inits) -> np.ndarray:
     """An inference BatchNormalization's gamma / sqrt(var + eps), in float64 (its parameters read from ``inits``)."""
     gamma, var = (to_array(inits[name]).astype(np.float64) for name in (bn.input[1], bn.input[4]))
     return gamma / np.sqrt(var + float(node_attr(bn, "epsilon", 1e-5)))
+
+
+def normalization_affine(bn: onnx.NodeProto, inits) -> tuple[np.ndarray, np.ndarray]:
+    """An inference BatchNormalization as y = scale * x + shift per channel, each a float64 vector."""
+    scale = normalization_scale(bn, inits).reshape(-1)
+    beta, mean = (to_array(inits[name]).astype(np.float64).reshape(-1) for name in bn.input[2:4])
+    return scale, beta - mean * scale
 
 
 def _foldable_layer(bn: onnx.NodeProto, view: GraphIndex) -> tuple[onnx.NodeProto, np.ndarray, bool]:

@@ -31,12 +31,11 @@ from onnxslim.ir.graph import drop_unread_initializers, node_attr, replace_nodes
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.affine import per_channel_values
 from onnxslim.passes.base import DeclineCode, NotRewritten, PassResult
-from onnxslim.passes.batchnorm import normalization_scale
+from onnxslim.passes.batchnorm import normalization_affine
 from onnxslim.passes.matching import GraphIndex
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 CHANNEL_OPS = ("Mul", "Add", "Sub")  # with a constant of one value per channel: what a branch may go on through
-
 
 
 def parallel_convs_as_one(model: onnx.ModelProto) -> PassResult:
@@ -327,6 +326,4 @@ def _normalization(node: onnx.NodeProto, index: GraphIndex) -> tuple[np.ndarray,
     params = [index.array(name) for name in node.input[1:5]]
     if len(params) < 4 or any(p is None for p in params):
         raise NotRewritten(DeclineCode.NOT_CONSTANT, f"the scale, bias, mean or variance of {label} is not a constant")
-    factor = normalization_scale(node, index.inits).reshape(-1)
-    beta, mean = (p.astype(np.float64).reshape(-1) for p in params[1:3])
-    return factor, beta - mean * factor
+    return normalization_affine(node, index.inits)

@@ -50,6 +50,7 @@ from onnxslim.passes import (
     remove_identities,
     zero_initial_states_left_out,
 )
+from onnxslim.passes.batchnorm import normalization_scale
 from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.passes.static_dims import fold_static_dims
 from onnxslim.prune.branches import branches_with_layers, prune_branches
@@ -216,7 +217,7 @@ PREPARE = Pipeline((*SAVED_BY_ONNXRUNTIME, initializers_out_of_inputs, constants
 def _bn_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Producer node -> gamma / sqrt(var + eps) of the BatchNormalization right after it."""
     inits = initializer_map(model.graph)
-    producers = {o: n for n in model.graph.node for o in n.output}
+    producers = producer_map(model.graph)
     scales = {}
     for node in model.graph.node:
         if node.op_type != "BatchNormalization" or not all(n in inits for n in node.input[1:5]):
@@ -224,9 +225,7 @@ def _bn_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         producer = producers.get(node.input[0])
         if producer is None:
             continue
-        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-        gamma, var = to_array(inits[node.input[1]]), to_array(inits[node.input[4]])
-        scales[producer.name] = gamma / np.sqrt(var + eps)
+        scales[producer.name] = normalization_scale(node, inits)
     return scales
 
 
