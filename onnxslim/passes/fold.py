@@ -30,7 +30,7 @@ from onnxslim.errors import first_line
 from onnxslim.ir.external import without_initializers
 from onnxslim.ir.io import EXTERNAL_DATA_THRESHOLD, model_weight_bytes
 from onnxslim.ir.shapes import shapes_and_types
-from onnxslim.ir.tensors import is_mapped, nominal_bytes, subgraphs
+from onnxslim.ir.tensors import consumers_map, is_mapped, nominal_bytes, producer_map, subgraphs
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.runtime.folding import fold_with_onnxruntime
 
@@ -115,11 +115,7 @@ def _fold_leaving_growth_to_run_time(work: onnx.ModelProto, threshold: int) -> o
     graph = work.graph
     shapes, types = shapes_and_types(work)
     stored = {t.name: nominal_bytes(t) for t in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output if o}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producers, readers = producer_map(graph), consumers_map(graph)
     computed: set[str] = set()  # tensors computed from stored values alone
     for node in graph.node:
         if not any(True for _ in subgraphs(node)) and all(not name or name in stored or name in computed for name in node.input):

@@ -20,8 +20,10 @@ from onnxslim.ir.graph import MS_DOMAIN, node_attr
 from onnxslim.ir.layers import INITIAL_STATE_INPUTS, RECURRENT_LAYERS
 from onnxslim.ir.tensors import (
     constant_names,
+    consumers_map,
     initializer_map,
     outer_references,
+    producer_map,
     subgraphs,
     to_array,
 )
@@ -79,8 +81,8 @@ class Tracer(ReshapeRules):
         # (side, weight name) -> the layout of the first layer using that weight: later uses tie to it
         self.shared_weights: dict[tuple[str, str], Layout] = {}
         self._view: GraphView | None = None  # built when a constant expression first meets tracked channels
-        # (stored constant, axis) cut by several constant expressions -> (the first one's layout, its operand, the nodes
-        # of all of them)
+        # (stored constant, axis) cut by several constant expressions -> (the first one's layout, its operand, the nodes of
+        # all of them); cut along two axes, each cut has readers the other's nodes are not, and both keep their channels
         self.shared_tables: dict[tuple[str, int], tuple[Layout, str, set[str]]] = {}
 
     # ------------------------------------------------------------ helpers
@@ -275,27 +277,17 @@ class Tracer(ReshapeRules):
         """Where ``name`` is computed from constants (a relative position bias gathered at run time), the removed
         channels are cut from those constants; False where its channels cannot be followed back to them."""
         if self._view is None:
-            producers = {o: n for n in self.graph.node for o in n.output if o}
-            readers: dict[str, list[onnx.NodeProto]] = {}
-            for n in self.graph.node:
-                for i in n.input:
-                    readers.setdefault(i, []).append(n)
-            self._view = GraphView(producers, readers, {v.name for v in self.graph.output}, self.shapes, lambda n: n in self.constants,
-                                   self.const, lambda n: n in self.t.layouts)
+            self._view = GraphView(producer_map(self.graph), consumers_map(self.graph), {v.name for v in self.graph.output}, self.shapes,
+                                   lambda n: n in self.constants, self.const, lambda n: n in self.t.layouts)
         try:
             cut = constant_operand_edits(self._view, name, axis, layout)
         except NotFollowed:
             return False
         # a stored constant several expressions read (blocks whose identical tables the exporter stored once) loses the
         # same channels in each, so that it stays one tensor: as a weight shared by several layers does
-        earlier = [self.shared_tables.get(key) for key in cut.shared.items()]
-        if any(e is not None and (len(e[0]) != len(layout) or e[0].repeat != layout.repeat) for e in earlier):
-            return False
-        for key in cut.shared.items():
-            first, _, readers = self.shared_tables.setdefault(key, (layout, name, set()))
-            for a, b in zip(first.atoms, layout.atoms):
-                self.t.atoms.tie(a, b)
-            readers.update(cut.nodes)
+        for table, table_axis in cut.shared.items():
+            self._tie_shared(f"table axis {table_axis}", table, layout)
+            self.shared_tables.setdefault((table, table_axis), (layout, name, set()))[2].update(cut.nodes)
         self.t.edits.extend(cut.edits)
         return True
 
