@@ -336,6 +336,38 @@ def test_a_channel_multiple_counts_a_heads_channels_not_heads():
         prune(model, config=PruneConfig(ratio=0.5, only="heads", round_to=32, latency_runs=0))
 
 
+def _channels_first_attention(dim: int = 32, heads: int = 4, seq: int = 6) -> onnx.ModelProto:
+    """Attention over (1, C, S) with 1x1 Conv1d projections, as SqueezeBERT writes it: heads split off the channel axis,
+    and merged back into it for the output Conv."""
+    b = GraphBuilder(12)
+    head_dim = dim // heads
+    split = b.const(np.array([1, heads, head_dim, seq], np.int64), "shape")
+
+    def projection(x: str) -> str:
+        return b.node("Conv", [x, b.const(b.weight(dim, dim, 1)), b.const(b.weight(dim))], kernel_shape=[1])
+
+    def heads_of(x: str, transposed: bool) -> str:
+        split_off = b.node("Reshape", [projection(x), split])
+        return b.node("Transpose", [split_off], perm=[0, 1, 3, 2]) if transposed else split_off
+
+    q, k, v = heads_of("input", True), heads_of("input", False), heads_of("input", True)
+    attn = b.node("MatMul", [b.node("Softmax", [b.node("MatMul", [q, k])], axis=-1), v])
+    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 1, 3, 2]), b.const(np.array([1, dim, seq], np.int64), "shape")])
+    _rename_output(b, projection(merged), "out")
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, dim, seq])]
+    return b.model(inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, dim, seq])], "channels_first_attention")
+
+
+def test_heads_merged_back_into_channels_are_cut_from_the_conv_that_reads_them():
+    model = _channels_first_attention()
+    pruned, masked, groups, atoms = masked_and_pruned(model)
+    assert [(g.channels_before, g.channels_after) for g in groups if g.channels_before == 4] == [(4, 2)]
+    conv_weights = [tuple(t.dims) for t in pruned.graph.initializer if len(t.dims) == 3]
+    assert (32, 16, 1) in conv_weights  # the output projection reads the 2 heads kept, 8 channels each
+    for feed in sample_inputs(model, 2, seed=5):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
 def test_grouped_convolution_loses_channels_equally_in_every_group():
     model = ALL_BUILDERS["grouped_conv"](channels=16, groups=4)
     pruned, _, groups, _ = masked_and_pruned(model)

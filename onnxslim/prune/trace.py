@@ -156,7 +156,8 @@ class Tracer(ReshapeRules):
         in_axis, out_axis = (1, 0) if op == "Conv" else (0, 1)
         c_in = weight.shape[1] * group if op == "Conv" else weight.shape[0]
         c_out = weight.shape[0] if op == "Conv" else weight.shape[1] * group
-        if layout is not None and layout.repeat != 1:
+        if layout is not None and layout.repeat != 1 and (group != 1 or len(layout) * layout.repeat != c_in):
+            # heads merged back into channels (SqueezeBERT's 1x1 Conv1d after attention) read like features; a grouped Conv does not
             self.t.atoms.block_layout(layout, f"{op} {node.name} reads flattened channels")
             layout = None
         if layout is not None and layout.axis != 1:
