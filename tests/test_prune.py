@@ -483,12 +483,38 @@ def test_an_einsum_summing_over_the_channels_blocks_them():
         prune(einsum_attention(summed_heads=True), config=PruneConfig(ratio=0.5, only="heads", latency_runs=0))
 
 
-def test_a_group_norm_of_one_group_blocks_its_channels():
+@pytest.mark.parametrize("spelling, closing", [("reshape", "shape"), ("reshape", "constant"), ("op", "shape")])
+def test_a_group_norm_of_one_group_normalizes_the_kept_channels_and_says_so(spelling, closing):
     from models.builders import group_norm
 
-    model = group_norm(channels=8, groups=1)
-    with pytest.raises(NothingToDoError, match=r"GroupNorm \(Reshape \w+\) normalizes all 8 channels as one group"):
-        prune(model, config=FAST)
+    model = group_norm(channels=8, groups=1, spelling=spelling, closing=closing)
+    pruned, report = prune(model, config=FAST)
+    assert [(g.channels_before, g.channels_after) for g in report.groups][:2] == [(8, 4), (8, 4)]  # then the head, an output
+    assert any("over pruned channels" in w for w in report.warnings), report.warnings
+    # the first block's output: its kept channels normalized together over channels and positions, then its affine
+    first_relu = next(n for n in pruned.graph.node if n.op_type == "Relu")
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(pruned)
+    exposed.graph.output.append(helper.make_tensor_value_info(first_relu.output[0], TensorProto.FLOAT, None))
+    feed = sample_inputs(model, 1, seed=4)[0]
+    got = run_model(exposed, feed)[-1]
+    inits = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    conv = next(n for n in pruned.graph.node if n.op_type == "Conv")
+    weight, bias = inits[conv.input[1]], inits[conv.input[2]]
+    x = np.pad(feed["input"], ((0, 0), (0, 0), (1, 1), (1, 1)))
+    y = np.stack([sum((weight[o, i] * x[0, i, r : r + 3, c : c + 3]).sum() for i in range(3))
+                  for o in range(4) for r in range(8) for c in range(8)]).reshape(1, 4, 8, 8) + bias.reshape(1, 4, 1, 1)
+    normalized = (y - y.mean()) / np.sqrt(y.var() + 1e-5)
+    if spelling == "op":
+        norm = next(n for n in pruned.graph.node if n.op_type == "GroupNormalization")
+        scale, shift = (inits[norm.input[i]].reshape(1, 4, 1, 1) for i in (1, 2))
+    else:
+        norm = next(n for n in pruned.graph.node if n.op_type == "InstanceNormalization")
+        muls = [n for n in pruned.graph.node if n.op_type in ("Mul", "Add")][:2]
+        scale = inits[norm.input[1]] * inits[next(i for i in muls[0].input if i in inits)]
+        shift = inits[norm.input[2]] * inits[next(i for i in muls[0].input if i in inits)] + inits[next(i for i in muls[1].input if i in inits)]
+        scale, shift = scale.reshape(1, 4, 1, 1), shift.reshape(1, 4, 1, 1)
+    np.testing.assert_allclose(got, np.maximum(normalized * scale + shift, 0), rtol=1e-4, atol=1e-4)
 
 
 def test_a_rule_that_leaves_a_stale_size_is_caught_before_writing(monkeypatch, tmp_path):

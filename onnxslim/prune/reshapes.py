@@ -87,9 +87,8 @@ class ReshapeRules:
             return None
         norm, close, entries, close_entries = found
         groups = entries[1][0]
-        if groups < 2:  # the statistics of the one group are every channel's: removing any changes them
-            self.t.atoms.block_layout(layout, f"GroupNorm (Reshape {node.name}) normalizes all {len(layout)} channels as one group")
-            return None
+        if groups < 2:
+            return self._one_group_norm(node, layout, found)
         if len(layout) % groups:
             return None
         per_group = self.tie_groups(layout, groups)
@@ -98,6 +97,25 @@ class ReshapeRules:
             self.t.edits.append(SliceInput(norm.name, index, 0, per_group, EditRole.PARAMETER))
         if close_entries is not None:
             self._resize(close_entries[1], layout, 1)
+        self.handled.update((norm.name, close.name))
+        return Layout(1, layout.atoms), close.output[0]
+
+    def _one_group_norm(self, node: onnx.NodeProto, layout: Layout, found) -> tuple[Layout, str] | None:
+        """A GroupNorm of one group (PoolFormer's and MobileViTV2's norm: a LayerNorm over channels and positions): its
+        mean and variance come from the kept channels from then on, as a LayerNorm's over pruned channels do (said in the
+        warning). Its scale and shift are one value each; an opening target that states the row's size follows the
+        channels kept."""
+        norm, close, entries, close_entries = found
+        rest, where = entries[2]
+        in_shape = self.shapes.get(node.input[0])
+        if rest != -1:
+            positions_each = int(np.prod(in_shape[2:], dtype=np.int64))
+            if where is None or rest != len(layout) * positions_each:
+                return None
+            self._resize(entries[2], layout, positions_each)
+        if close_entries is not None:
+            self._resize(close_entries[1], layout, 1)
+        self.t.renormalized[norm.name] = layout
         self.handled.update((norm.name, close.name))
         return Layout(1, layout.atoms), close.output[0]
 

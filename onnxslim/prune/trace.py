@@ -536,6 +536,13 @@ class Tracer(ReshapeRules):
         theirs: one entry per group (opset 18) or per channel (from opset 21)."""
         groups = int(node_attr(node, "num_groups", 0))
         params = [self.const(name) for name in node.input[1:3]]
+        if groups == 1 and data.axis == 1 and data.repeat == 1 and all(p is not None and p.shape in ((1,), (len(data),)) for p in params):
+            # one group: a LayerNorm over channels and positions, whose statistics then come from the kept channels
+            for index, param in enumerate(params, start=1):
+                if len(param) == len(data) and len(data) != 1:
+                    self.t.edits.append(SliceInput(node.name, index, 0, Layout(0, data.atoms), EditRole.PARAMETER))
+            self.t.renormalized[node.name] = data
+            return data
         if data.axis != 1 or data.repeat != 1 or groups < 2 or len(data) % groups or any(p is None or p.shape not in ((groups,), (len(data),)) for p in params):
             self.t.atoms.block_layout(data, f"GroupNormalization {node.name} normalizes its channels together")
             return None
