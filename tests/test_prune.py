@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from models.builders import ALL_BUILDERS, GraphBuilder, _rename_output, conv_bn_relu, generated_weights, mlp, residual, sample_inputs
+from models.builders import ALL_BUILDERS, GraphBuilder, _image_input, _output, _rename_output, conv_bn_relu, generated_weights, mlp, residual, sample_inputs
 from onnxslim import PruneConfig, prune
 from onnxslim.cli import main
 from onnxslim.errors import NothingToDoError, UsageError
@@ -368,6 +368,25 @@ def test_heads_merged_back_into_channels_are_cut_from_the_conv_that_reads_them()
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
 
 
+def _gated_by_one_channel() -> onnx.ModelProto:
+    """One Conv makes 8 channels and a gate (FocalNet's modulation): Split [8, 1], the gate's one channel times all 8."""
+    b = GraphBuilder(14)
+    both = b.conv("input", 3, 9)
+    context, gate = b.node("Split", [both, b.const(np.array([8, 1], np.int64), "split")], n_out=2, axis=1)
+    y = b.conv(b.node("Mul", [b.node("Relu", [context]), gate]), 8, 4)
+    _rename_output(b, y, "out")
+    return b.model([_image_input(3, 8)], [_output("out", [1, 4, 8, 8])], "gated_by_one_channel")
+
+
+def test_one_channel_spread_over_the_others_stays_and_they_are_pruned():
+    model = _gated_by_one_channel()
+    pruned, masked, groups, _ = masked_and_pruned(model)
+    assert [(g.channels_before, g.channels_after) for g in groups if g.channels_before == 9] == [(9, 5)]  # 4 of the 8, the gate kept
+    assert any("spreads its one channel" in (g.skipped or "") for g in groups)
+    for feed in sample_inputs(model, 2, seed=6):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
 def test_grouped_convolution_loses_channels_equally_in_every_group():
     model = ALL_BUILDERS["grouped_conv"](channels=16, groups=4)
     pruned, _, groups, _ = masked_and_pruned(model)
@@ -605,14 +624,18 @@ def test_a_position_bias_gathered_at_run_time_loses_the_removed_heads_from_its_t
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
 
 
-def _single_head_attention(features: int = 8, dim: int = 16, seq: int = 6) -> tuple[onnx.ModelProto, str]:
+def _single_head_attention(features: int = 8, dim: int = 16, seq: int = 6, *, einsum: bool = False) -> tuple[onnx.ModelProto, str]:
     """One head over (1, S, E) without a head axis, as EfficientViT writes each of its heads: q (S, F) @ k^T (F, S),
-    softmax, @ v (S, E), an output projection. Returns the model and the name of the query projection."""
+    softmax, @ v (S, E), an output projection (``einsum``: the scores as Einsum 'bnf,bmf->bnm', as CvT writes them).
+    Returns the model and the name of the query projection."""
     b = GraphBuilder(5)
     q = b.linear("input", dim, features, bias=False)
     k = b.linear("input", dim, features, bias=False)
     v = b.linear("input", dim, dim, bias=False)
-    scores = b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 2, 1])])
+    if einsum:
+        scores = b.node("Einsum", [q, k], equation="bnf,bmf->bnm")
+    else:
+        scores = b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 2, 1])])
     y = b.linear(b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v]), dim, dim)
     _rename_output(b, y, "out")
     query = next(n.name for n in b.nodes if n.output[0] == q)
@@ -620,8 +643,9 @@ def _single_head_attention(features: int = 8, dim: int = 16, seq: int = 6) -> tu
     return b.model(inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, seq, dim])], "single_head"), query
 
 
-def test_query_and_key_features_summed_by_the_product_lose_the_same_positions():
-    model, query = _single_head_attention()
+@pytest.mark.parametrize("einsum", [False, True])
+def test_query_and_key_features_summed_by_the_product_lose_the_same_positions(einsum):
+    model, query = _single_head_attention(einsum=einsum)
     pruned, masked, groups, atoms = masked_and_pruned(model)
     assert sorted((g.channels_before, g.channels_after) for g in groups)[:2] == [(8, 4), (16, 8)]  # query/key features, values
     # removing feature j from the query and the key leaves the scores of the original with query feature j zeroed

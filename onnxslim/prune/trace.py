@@ -242,12 +242,21 @@ class Tracer(ReshapeRules):
             for _, layout in tracked:
                 self.t.atoms.block_layout(layout, f"{node.op_type} {node.name}: shape unknown")
             return None
+        broadcast = set()
+        if max(len(layout) * layout.repeat for _, layout in tracked) > 1:
+            # a tensor of one channel (FocalNet's gate for a focal level) is spread over every channel of the other side:
+            # that one channel stays, the other side's channels pass through
+            for index, layout in tracked:
+                if len(layout) * layout.repeat == 1:
+                    self.t.atoms.block_layout(layout, f"{node.op_type} {node.name} spreads its one channel '{node.input[index]}' over the others")
+                    broadcast.add(index)
+            tracked = [(index, layout) for index, layout in tracked if index not in broadcast]
         first_index, first = tracked[0]
         in_rank = self.rank(node.input[first_index])
         out_axis = first.axis + (out_rank - in_rank) if in_rank is not None else first.axis
         result = Layout(out_axis, first.atoms, first.repeat)
         for index, name in enumerate(node.input):
-            if not name or index == first_index:
+            if not name or index == first_index or index in broadcast:
                 continue
             layout = self.t.layouts.get(name)
             rank = self.rank(name)
@@ -790,6 +799,8 @@ class Tracer(ReshapeRules):
         if why is None:
             (letter,) = letters
             carriers = [layout for term, layout in zip(terms, layouts) if letter in term]
+            if self._einsum_contraction(terms, output, letter, carriers):
+                return None
             if output.count(letter) != 1 or any(term.count(letter) > 1 for term in terms):
                 why = f"sums over or repeats the channels' subscript '{letter}'"
             elif any(layout is None for layout in carriers) or any(
@@ -806,6 +817,19 @@ class Tracer(ReshapeRules):
             for a, b in zip(carriers[0].atoms, layout.atoms):
                 self.t.atoms.tie(a, b)
         return Layout(output.index(letter), carriers[0].atoms, carriers[0].repeat)
+
+    def _einsum_contraction(self, terms: list[str], output: str, letter: str, carriers: list[Layout | None]) -> bool:
+        """The channels' subscript summed over by exactly two operands that both carry them (a query's and a key's features,
+        'bhlk,bhtk->bhlt'): feature j of one goes with feature j of the other, as for a MatMul of two activations. The
+        product carries no channels."""
+        if letter in output or len(carriers) != 2 or any(term.count(letter) > 1 for term in terms):
+            return False
+        left, right = carriers
+        if left is None or right is None or left.repeat != 1 or right.repeat != 1 or len(left) != len(right):
+            return False
+        for a, b in zip(left.atoms, right.atoms):
+            self.t.atoms.tie(a, b)
+        return True
 
     def _normalizes_channels_only(self, node: onnx.NodeProto, data: Layout) -> bool:
         rank = self.rank(node.input[0])
