@@ -10,6 +10,9 @@
     python benchmarks/unseen_exports.py --models distilbert albert whisper segformer
     python benchmarks/unseen_exports.py --models deberta mobilebert roberta mpnet clip_text clip_vision swinv2 convnextv2 dinov2 \
         beit mobilevit resnet_hf hubert bart dynamo:qwen2 dynamo:gemma dynamo:phi bloom opt
+    python benchmarks/unseen_exports.py --models squeezebert convbert funnel electra dynamo:gpt_neox dynamo:falcon dynamo:llama_mha wavlm \
+        mobilenet_v2_hf poolformer cvt levit_hf focalnet glpn yolos ast regnet_hf pvt swiftformer siglip convnext_hf \
+        dynamo:mobilevitv2 data2vec_vision bit
     python benchmarks/unseen_exports.py --models block:unet dynamo-block:unet block:gru_text block:einsum_attention \
         block:conformer_conv block:sdpa_block block:tcn block:mixer
 
@@ -105,17 +108,21 @@ def _transformers(name: str):
         backbone = T.ResNetConfig(layer_type="basic", depths=[1, 1, 1, 1], hidden_sizes=[64, 128, 256, 512])
         config = T.DetrConfig(use_pretrained_backbone=False, use_timm_backbone=False, backbone_config=backbone, encoder_layers=2, decoder_layers=2, num_queries=20)
         return T.DetrForObjectDetection(config), {"pixel_values": torch.randn(1, 3, 320, 320)}
-    if name in MORE_TRANSFORMERS:
+    if name in MORE_TRANSFORMERS or name in FURTHER_TRANSFORMERS:
         return _more_transformers(small)[name]()
     raise KeyError(name)
 
 
 MORE_TRANSFORMERS = ("deberta", "mobilebert", "roberta", "mpnet", "clip_text", "clip_vision", "swinv2", "convnextv2", "dinov2", "beit", "mobilevit",
                      "resnet_hf", "hubert", "bart", "qwen2", "gemma", "phi", "bloom", "opt")
+# torch.export for gpt_neox, falcon, llama_mha and mobilevitv2 ("dynamo:" specs: TorchScript lacks aten::diff and aten::col2im at opset 17)
+FURTHER_TRANSFORMERS = ("squeezebert", "convbert", "funnel", "electra", "gpt_neox", "falcon", "llama_mha", "wavlm", "mobilenet_v2_hf", "poolformer",
+                        "cvt", "levit_hf", "focalnet", "glpn", "yolos", "ast", "regnet_hf", "pvt", "swiftformer", "siglip", "convnext_hf",
+                        "mobilevitv2", "data2vec_vision", "bit")
 
 
 def _more_transformers(small: dict) -> dict:
-    """The families of ``MORE_TRANSFORMERS``, small configurations: name -> a function returning (model, example inputs)."""
+    """The families of ``MORE_TRANSFORMERS`` and ``FURTHER_TRANSFORMERS``, small configurations: name -> a function returning (model, example inputs)."""
     import torch
     import transformers as T
 
@@ -158,6 +165,34 @@ def _more_transformers(small: dict) -> dict:
         "phi": decoder(lambda: T.PhiForCausalLM(T.PhiConfig(**lm, intermediate_size=1024, num_attention_heads=4, partial_rotary_factor=0.5))),
         "bloom": decoder(lambda: T.BloomForCausalLM(T.BloomConfig(vocab_size=4000, hidden_size=256, n_layer=4, n_head=4, use_cache=False))),
         "opt": decoder(lambda: T.OPTForCausalLM(T.OPTConfig(**lm, ffn_dim=1024, num_attention_heads=4, word_embed_proj_dim=256))),
+        # FURTHER_TRANSFORMERS: grouped 1x1 Conv1d attention (SqueezeBERT), span convolutions (ConvBERT), pooled queries and
+        # relative attention in Einsums (Funnel), packed per-head projections (GPT-NeoX), one key/value head (Falcon),
+        # gated relative positions (WavLM), one-group GroupNorm (PoolFormer), focal modulation (FocalNet), convolutional
+        # projections (CvT), additive attention (SwiftFormer), linear attention (MobileViTV2), weight standardization (BiT)
+        "squeezebert": text(lambda: T.SqueezeBertModel(T.SqueezeBertConfig(**small, vocab_size=1000, embedding_size=256))),
+        "convbert": text(lambda: T.ConvBertModel(T.ConvBertConfig(**small, vocab_size=1000, embedding_size=256))),
+        "funnel": text(lambda: T.FunnelModel(T.FunnelConfig(vocab_size=1000, block_sizes=[1, 1, 1], d_model=256, n_head=4, d_head=64, d_inner=1024))),
+        "electra": text(lambda: T.ElectraModel(T.ElectraConfig(**small, vocab_size=1000, embedding_size=128))),
+        "gpt_neox": decoder(lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**lm, num_attention_heads=4, intermediate_size=1024))),
+        "falcon": decoder(lambda: T.FalconForCausalLM(T.FalconConfig(vocab_size=4000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, use_cache=False))),
+        "llama_mha": decoder(lambda: T.LlamaForCausalLM(T.LlamaConfig(**lm, intermediate_size=688, num_attention_heads=4, num_key_value_heads=4))),
+        "wavlm": lambda: (T.WavLMModel(T.WavLMConfig(**small)), {"input_values": torch.randn(1, 16000)}),
+        "mobilenet_v2_hf": image(lambda: T.MobileNetV2Model(T.MobileNetV2Config())),
+        "poolformer": image(lambda: T.PoolFormerModel(T.PoolFormerConfig())),
+        "cvt": image(lambda: T.CvtModel(T.CvtConfig())),
+        "levit_hf": image(lambda: T.LevitModel(T.LevitConfig())),
+        "focalnet": image(lambda: T.FocalNetModel(T.FocalNetConfig())),
+        "glpn": image(lambda: T.GLPNForDepthEstimation(T.GLPNConfig()), 256),
+        "yolos": lambda: (T.YolosModel(T.YolosConfig(**small, image_size=[320, 320], num_detection_tokens=20)), {"pixel_values": torch.randn(1, 3, 320, 320)}),
+        "ast": lambda: (T.ASTModel(T.ASTConfig(**small)), {"input_values": torch.randn(1, 1024, 128)}),
+        "regnet_hf": image(lambda: T.RegNetModel(T.RegNetConfig())),
+        "pvt": image(lambda: T.PvtModel(T.PvtConfig())),
+        "swiftformer": image(lambda: T.SwiftFormerModel(T.SwiftFormerConfig())),
+        "siglip": image(lambda: T.SiglipVisionModel(T.SiglipVisionConfig(**small, patch_size=16))),
+        "convnext_hf": image(lambda: T.ConvNextModel(T.ConvNextConfig())),
+        "mobilevitv2": image(lambda: T.MobileViTV2Model(T.MobileViTV2Config()), 256),
+        "data2vec_vision": image(lambda: T.Data2VecVisionModel(T.Data2VecVisionConfig(**small, use_relative_position_bias=True))),
+        "bit": image(lambda: T.BitModel(T.BitConfig())),
     }
 
 
@@ -183,8 +218,10 @@ def export(spec: str, path: Path) -> None:
 
     torch.manual_seed(0)
     exporter, _, name = spec.rpartition(":")
-    if name in ("bert", "wav2vec2", "vit", "t5", "detr", "llama", "gpt2", "distilbert", "albert", "whisper", "segformer", *MORE_TRANSFORMERS):
+    if name in ("bert", "wav2vec2", "vit", "t5", "detr", "llama", "gpt2", "distilbert", "albert", "whisper", "segformer", *MORE_TRANSFORMERS, *FURTHER_TRANSFORMERS):
         model, inputs = _transformers(name)
+        if name in FURTHER_TRANSFORMERS and "pixel_values" in inputs:  # BatchNorm statistics for MobileNetV2, LeViT, MobileViTV2, RegNet ...
+            settle_batchnorm(_first_output(model, ["pixel_values"]), inputs["pixel_values"])
         module, args, names = _first_output(model.eval(), list(inputs)), tuple(inputs.values()), list(inputs)
     elif name.startswith("yolo"):
         from ultralytics.nn.tasks import DetectionModel

@@ -558,18 +558,55 @@ def test_packed_qkv_attention_loses_whole_heads():
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
 
 
-def test_grouped_query_attention_loses_a_key_value_head_with_its_queries():
-    model = ALL_BUILDERS["grouped_query_attention"](dim=32, heads=4, kv_heads=2)
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_grouped_query_attention_loses_query_heads_one_at_a_time(kv_heads):
+    from onnxslim.passes import repeated_heads_as_gathers
+
+    model = ALL_BUILDERS["grouped_query_attention"](dim=32, heads=4, kv_heads=kv_heads)
+    rewritten = load_model(model)
+    assert len(repeated_heads_as_gathers(rewritten).changes) == 2  # keys and values
+    for feed in sample_inputs(model, 2, seed=3):  # the same copies, read by a Gather: bit for bit
+        np.testing.assert_array_equal(run_model(model, feed)[0], run_model(rewritten, feed)[0])
     pruned, masked, groups, _ = masked_and_pruned(model)
-    heads = [g for g in groups if g.channels_before == 2]  # 2 key/value heads, each tied to the 2 query heads it serves
-    assert len(heads) == 1 and heads[0].channels_after == 1 and len(heads[0].producers) == 3
+    queries = [g for g in groups if g.channels_before == 4 and "MatMul_6" in g.producers]  # the query projection's heads
+    assert [(g.channels_after, g.channels_per_class) for g in queries] == [(2, 8)]
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    q, k, v, out = (n for n in pruned.graph.node if n.op_type == "MatMul" and n.input[1] in dims)
+    # the key/value heads stay, each listed once for every query head kept
+    assert dims[q.input[1]] == [32, 16] and dims[k.input[1]] == dims[v.input[1]] == [32, 8 * kv_heads] and dims[out.input[1]] == [16, 32]
+    lists = [onnx.numpy_helper.to_array(t).tolist() for t in pruned.graph.initializer
+             if t.name in {n.input[1] for n in pruned.graph.node if n.op_type == "Gather"}]
+    assert len(lists) == 2 and all(len(entries) == 2 and set(entries) <= set(range(kv_heads)) for entries in lists)
+    assert not any(n.op_type == "Expand" for n in pruned.graph.node)
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_with_four_key_value_heads_or_more_a_key_value_head_goes_with_its_query_heads():
+    model = ALL_BUILDERS["grouped_query_attention"](dim=32, heads=8, kv_heads=4)  # heads of 4 channels, 2 queries per group
+    pruned, masked, groups, _ = masked_and_pruned(model)
+    whole = [g for g in groups if g.channels_before == 4 and len(g.producers) == 3]  # Q, K and V, tied per group
+    assert [g.channels_after for g in whole] == [2]
     dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
     q, k, v, out = (n for n in pruned.graph.node if n.op_type == "MatMul" and n.input[1] in dims)
     assert dims[q.input[1]] == [32, 16] and dims[k.input[1]] == dims[v.input[1]] == [32, 8] and dims[out.input[1]] == [16, 32]
     expand = next(n for n in pruned.graph.node if n.op_type == "Expand")
-    assert onnx.numpy_helper.to_array(next(t for t in pruned.graph.initializer if t.name == expand.input[1])).tolist() == [1, 1, 2, 8, 8]
+    assert onnx.numpy_helper.to_array(next(t for t in pruned.graph.initializer if t.name == expand.input[1])).tolist() == [1, 2, 2, 8, 4]
     for feed in sample_inputs(model, 2, seed=3):
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_repeat_that_also_broadcasts_another_axis_is_left_as_it_is():
+    from onnxslim.passes import repeated_heads_as_gathers
+
+    b = GraphBuilder(3)
+    grown = b.node("Unsqueeze", ["input", b.const(np.array([2], np.int64), "axes")])
+    grown = b.node("Expand", [grown, b.const(np.array([3, 2, 4, 5], np.int64), "shape")])  # the batch of 1 becomes 3
+    y = b.node("Reshape", [grown, b.const(np.array([3, 8, 5], np.int64), "shape")])
+    _rename_output(b, y, "out")
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 5])],
+                    [helper.make_tensor_value_info("out", TensorProto.FLOAT, [3, 8, 5])], "broadcast_repeat")
+    assert not repeated_heads_as_gathers(load_model(model)).changes
 
 
 def test_an_equal_split_of_a_packed_projection_keeps_its_parts_equal():

@@ -25,6 +25,7 @@ from onnxslim.passes.picked_concat import picked_concat_inputs_read_directly
 from onnxslim.passes.pooling import reduce_mean_to_global_pool
 from onnxslim.passes.reciprocal import reciprocal_products_as_division
 from onnxslim.passes.recurrent_state import zero_initial_states_left_out
+from onnxslim.passes.repeated_heads import repeated_heads_as_gathers
 from onnxslim.passes.unfuse import layernorm_at_opset_17, unfuse_onnxruntime_layers
 
 # a model saved by onnxruntime: its fused layers as the operators every rule knows, and its LayerNormalization nodes,
@@ -85,6 +86,7 @@ __all__ = [
     "reduce_mean_to_global_pool",
     "remove_dead_nodes",
     "remove_identities",
+    "repeated_heads_as_gathers",
     "run_passes",
     "zero_initial_states_left_out",
     "upgrade_opset",

@@ -80,8 +80,9 @@ def build_groups(tracing: Tracing) -> Groups:
         blocked = {r: reason for r in roots if (reason := atoms.class_block_reason(list(classes[r]))) is not None}
         is_heads = any(r in heads for r in roots)
         # a class is as many channels as it holds in each of its layers: a head's size, a GroupNorm group's channels, one
-        # channel of every group of a channel shuffle, and one channel for the rest
-        per_class = min(min(Counter(atoms.producers[a][0] for a in classes[r]).values()) for r in roots)
+        # channel of every group of a channel shuffle, and one channel for the rest (a Gather listing heads is no layer)
+        per_class = min(min(Counter(atoms.producers[a][0] for a in classes[r] if tracing.producers.get(atoms.producers[a][0]) != "Gather").values(),
+                            default=1) for r in roots)
         groups.append(Group(key, tuple(roots), blocked, is_heads, {r: blocks[r] for r in roots if r in blocks}, per_class))
     return Groups(tracing, classes, tuple(groups))
 

@@ -381,7 +381,8 @@ class Tracer(ReshapeRules):
             self.t.layouts[out] = Layout(axis, layout.atoms[part * size : (part + 1) * size])
 
     def gather(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
-        """Picking along another axis (the class token of a ViT) keeps the channels; picking channels blocks them."""
+        """Picking along another axis (the class token of a ViT) keeps the channels; a constant list of channels makes
+        channels of its own (:meth:`_listed_channels`); other picks of channels block them."""
         rank = self.rank(node.input[0])
         indices = self.shapes.get(node.input[1]) if len(node.input) > 1 else None
         if rank is None or indices is None or node.input[1] in self.t.layouts:
@@ -389,9 +390,27 @@ class Tracer(ReshapeRules):
             return None
         axis = int(node_attr(node, "axis", 0)) % rank
         if axis == layout.axis:
+            return self._listed_channels(node, layout)
+        source, listed = self.shapes.get(node.input[0]), self.const(node.input[1])
+        if source is not None and source[axis] == 1 and listed is not None and listed.ndim == 1 and listed.size > 1:
+            # one entry copied for each query head (a single key/value head, its channels its features): the copies
+            # are the channels from here on, and the features stay (every query head reads them)
+            self.t.atoms.block_layout(layout, f"Gather {node.name} copies them for the channels after it")
+            return self._listed_channels(node, Layout(axis, (None,)))
+        return Layout(layout.axis if layout.axis < axis else layout.axis - 1 + len(indices), layout.atoms, layout.repeat)
+
+    def _listed_channels(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        """A Gather of the channel axis by a constant list (a key/value head listed once per query head it serves, see
+        :mod:`onnxslim.passes.repeated_heads`): each entry is a channel of its own, removed by leaving it out of the
+        list, so the channels after it go one at a time. The channels it copies stay: an entry left in still reads them."""
+        listed = self.const(node.input[1])
+        if listed is None or listed.ndim != 1 or layout.repeat != 1:
             self.t.atoms.block_layout(layout, f"Gather {node.name} picks channels")
             return None
-        return Layout(layout.axis if layout.axis < axis else layout.axis - 1 + len(indices), layout.atoms, layout.repeat)
+        self.t.atoms.block_layout(layout, f"Gather {node.name} lists them for the channels after it")
+        out = self.new_atoms(node, listed.size, layout.axis)
+        self.t.edits.append(SliceInput(node.name, 1, 0, Layout(0, out.atoms), EditRole.PARAMETER))
+        return out
 
     def slice(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
         """Slices of other axes keep the channels; a constant-bounds slice of the channel axis keeps a range of them."""
