@@ -13,6 +13,7 @@ from onnxslim import PruneConfig, prune
 from onnxslim.cli import main
 from onnxslim.errors import NothingToDoError, UsageError
 from onnxslim.ir import load_model
+from onnxslim.ir.graph import node_attr
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names
 from onnxslim.prune.edits import EditRole, GroupedInput, SliceInput, WorkingWeights, positions
@@ -466,15 +467,19 @@ def test_mean_pooling_over_tokens_moves_the_channel_axis_forward(opset):
         np.testing.assert_allclose(run_model(pruned, feed)[0], run_model(masked, feed)[0], rtol=1e-4, atol=1e-5)
 
 
-def einsum_attention(dim: int = 32, heads: int = 4, seq: int = 6, *, summed_heads: bool = False) -> onnx.ModelProto:
+def einsum_attention(dim: int = 32, heads: int = 4, seq: int = 6, *, summed_heads: bool = False, head_table: bool = False) -> onnx.ModelProto:
     """Attention written with Einsum, as some exports keep it: Q, K, V projections split into heads, scores
     'bnhd,bmhd->bhnm', softmax, 'bhnm,bmhd->bnhd', heads merged, output projection. ``summed_heads``: the heads are
-    added up ('bnhd->bnd') instead of merged, and projected from one head's width."""
+    added up ('bnhd->bnd') instead of merged, and projected from one head's width. ``head_table``: the scores also get
+    each query's product with a stored vector of its head ('bnhd,hd->bhn', as Funnel adds its segment terms)."""
     b = GraphBuilder(29)
     size = dim // heads
     split = b.const(np.array([1, seq, heads, size], np.int64), "shape")
     q, k, v = (b.node("Reshape", [b.node("MatMul", ["input", b.const(b.weight(dim, dim).T.copy())]), split]) for _ in range(3))
     scores = b.node("Einsum", [q, k], equation="bnhd,bmhd->bhnm")
+    if head_table:
+        per_head = b.node("Einsum", [q, b.const(b.weight(heads, size), "table")], equation="bnhd,hd->bhn")
+        scores = b.node("Add", [scores, b.node("Unsqueeze", [per_head, b.const(np.array([3], np.int64), "axes")])])
     mixed = b.node("Einsum", [b.node("Softmax", [scores], axis=-1), v], equation="bhnm,bmhd->bnhd")
     if summed_heads:
         out = b.node("MatMul", [b.node("Einsum", [mixed], equation="bnhd->bnd"), b.const(b.weight(dim, size).T.copy())])
@@ -495,6 +500,16 @@ def test_einsum_attention_loses_whole_heads():
         [1, 6, 2, 8], [1, 6, 16]]
     for feed in sample_inputs(model, 2, seed=4):
         np.testing.assert_allclose(run_model(pruned, feed)[0], run_model(masked, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_stored_operand_of_an_einsum_loses_the_removed_heads():
+    model = einsum_attention(head_table=True)
+    pruned, masked, reports, atoms = masked_and_pruned(model)
+    assert [(g.channels_before, g.channels_after) for g in reports if g.channels_before == 4] == [(4, 2)]
+    einsum = next(n for n in pruned.graph.node if n.op_type == "Einsum" and ",hd->" in node_attr(n, "equation").decode())
+    assert next(list(t.dims) for t in pruned.graph.initializer if t.name == einsum.input[1]) == [2, 8]
+    for feed in sample_inputs(model, 2, seed=7):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_an_einsum_summing_over_the_channels_blocks_them():

@@ -820,14 +820,17 @@ class Tracer(ReshapeRules):
             carriers = [layout for term, layout in zip(terms, layouts) if letter in term]
             if self._einsum_contraction(terms, output, letter, carriers):
                 return None
+            carried = [layout for layout in carriers if layout is not None]
             if output.count(letter) != 1 or any(term.count(letter) > 1 for term in terms):
                 why = f"sums over or repeats the channels' subscript '{letter}'"
-            elif any(layout is None for layout in carriers) or any(
-                terms[i].index(letter) != layout.axis for i, layout in enumerate(layouts) if layout is not None
-            ):
-                why = f"reads the channels' subscript '{letter}' from an operand that carries none"
-            elif any(len(layout) != len(carriers[0]) or layout.repeat != carriers[0].repeat for layout in carriers):
+            elif any(terms[i].index(letter) != layout.axis for i, layout in enumerate(layouts) if layout is not None):
+                why = f"reads the channels' subscript '{letter}' on another axis than its operand carries them"
+            elif any(len(layout) != len(carried[0]) or layout.repeat != carried[0].repeat for layout in carried):
                 why = "reads channels laid out differently in its operands"
+            elif not all(self._einsum_constant_cut(node, i, terms[i].index(letter), carried[0])
+                         for i, (term, layout) in enumerate(zip(terms, layouts)) if letter in term and layout is None):
+                why = f"reads the channels' subscript '{letter}' from an operand that carries none"
+            carriers = carried
         if why is not None:
             for layout in layouts:
                 self.t.atoms.block_layout(layout, f"Einsum {node.name} {why}")
@@ -836,6 +839,16 @@ class Tracer(ReshapeRules):
             for a, b in zip(carriers[0].atoms, layout.atoms):
                 self.t.atoms.tie(a, b)
         return Layout(output.index(letter), carriers[0].atoms, carriers[0].repeat)
+
+    def _einsum_constant_cut(self, node: onnx.NodeProto, index: int, axis: int, layout: Layout) -> bool:
+        """An Einsum operand without channels that is a stored constant (Funnel's per-head segment embeddings) or computed
+        from constants loses the removed channels along their subscript's axis; False where it cannot."""
+        name = node.input[index]
+        shape = self.shapes.get(name)
+        if name in self.constants and layout.repeat == 1 and shape is not None and shape[axis] == len(layout):
+            self.t.edits.append(SliceInput(node.name, index, axis, Layout(axis, layout.atoms), EditRole.PARAMETER))
+            return True
+        return self._cut_constant_operand(name, axis, layout)
 
     def _einsum_contraction(self, terms: list[str], output: str, letter: str, carriers: list[Layout | None]) -> bool:
         """The channels' subscript summed over by exactly two operands that both carry them (a query's and a key's features,
