@@ -573,6 +573,32 @@ def test_packed_qkv_attention_loses_whole_heads():
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
 
 
+def _packed_per_head_attention(dim: int = 16, heads: int = 4, seq: int = 6) -> onnx.ModelProto:
+    """Q, K and V packed per head as BLOOM writes them: one projection to (1, S, H, 3, D), each part picked by a Gather of
+    axis 3, scaled dot product, heads merged, output projection."""
+    b = GraphBuilder(33)
+    size = dim // heads
+    packed = b.node("Reshape", [b.linear("input", dim, 3 * dim), b.const(np.array([1, seq, heads, 3, size], np.int64), "shape")])
+    q, k, v = (b.node("Transpose", [b.node("Gather", [packed, b.const(np.array(part, np.int64), "part")], axis=3)], perm=perm)
+               for part, perm in ((0, [0, 2, 1, 3]), (1, [0, 2, 3, 1]), (2, [0, 2, 1, 3])))
+    attn = b.node("MatMul", [b.node("Softmax", [b.node("MatMul", [q, k])], axis=-1), v])
+    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), b.const(np.array([1, seq, dim], np.int64), "shape")])
+    _rename_output(b, b.linear(merged, dim, dim), "out")
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, seq, dim]) for name in ("input", "out")]
+    return b.model(io[:1], io[1:], "packed_per_head_attention")
+
+
+def test_query_key_and_value_packed_per_head_lose_whole_heads():
+    model = _packed_per_head_attention()
+    pruned, masked, groups, atoms = masked_and_pruned(model)
+    assert [(g.channels_before, g.channels_after, g.channels_per_class) for g in groups if g.channels_before == 4] == [(4, 2, 12)]
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    packed = next(n for n in pruned.graph.node if n.op_type == "MatMul")
+    assert dims[packed.input[1]] == [16, 24]  # 2 heads x 3 parts x 4
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("kv_heads", [2, 1])
 def test_grouped_query_attention_loses_query_heads_one_at_a_time(kv_heads):
     from onnxslim.passes import repeated_heads_as_gathers

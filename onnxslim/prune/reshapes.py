@@ -260,16 +260,18 @@ class ReshapeRules:
         """Reshape (..., H*D, ...) -> (..., H, D, ...): a head is D channels that go together.
 
         Dims of 1 may come and go on the way ((S, 1, H*D) -> (S, H, D) merges a
-        batch of one into the heads, as nn.MultiheadAttention exports write it).
+        batch of one into the heads, as nn.MultiheadAttention exports write it). A head may also split into two dims,
+        (..., H, 3, D) where query, key and value are packed per head (BLOOM): a head is then 3*D channels.
         """
-        split = self._split_axes(node, layout)
+        split = self._split_axes(node, layout) or self._split_axes(node, layout, pieces=3)
         entries = self._target_entries(node)
         if split is None or entries is None:
             return None
-        (axis, heads), (size_axis, size) = split
+        (axis, heads), *within = split
+        size = int(np.prod([d for _, d in within]))
         value, where = entries[axis]
         # the head count stored, or -1 beside a stored head size (torch.export writes (N, S, -1, D)): either follows the heads kept
-        inferred = value == -1 and entries[size_axis][0] == size
+        inferred = value == -1 and all(entries[a][0] == d for a, d in within)
         if value is None or where is None or (value != heads and not inferred):
             return None
         for head in range(heads):
