@@ -599,6 +599,32 @@ def test_query_key_and_value_packed_per_head_lose_whole_heads():
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
 
 
+def _gated_heads_attention(dim: int = 16, heads: int = 4, seq: int = 6) -> onnx.ModelProto:
+    """Each head's scores scaled by a gate computed from its own query features by one weight shared by every head
+    (WavLM's gated relative positions): Sigmoid(q @ W (D, 1)), q of shape (1, H, S, D)."""
+    b = GraphBuilder(35)
+    size = dim // heads
+    split = b.const(np.array([1, seq, heads, size], np.int64), "shape")
+    q, k, v = (b.node("Transpose", [b.node("Reshape", [b.linear("input", dim, dim), split])], perm=perm)
+               for perm in ([0, 2, 1, 3], [0, 2, 3, 1], [0, 2, 1, 3]))
+    gate = b.node("Sigmoid", [b.node("MatMul", [q, b.const(b.weight(size, 1))])])
+    attn = b.node("MatMul", [b.node("Softmax", [b.node("Mul", [b.node("MatMul", [q, k]), gate])], axis=-1), v])
+    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), b.const(np.array([1, seq, dim], np.int64), "shape")])
+    _rename_output(b, b.linear(merged, dim, dim), "out")
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, seq, dim]) for name in ("input", "out")]
+    return b.model(io[:1], io[1:], "gated_heads_attention")
+
+
+def test_a_weight_applied_to_every_head_alike_lets_the_heads_pass():
+    model = _gated_heads_attention()
+    pruned, masked, groups, atoms = masked_and_pruned(model)
+    assert [(g.channels_before, g.channels_after) for g in groups if g.channels_before == 4] == [(4, 2)]
+    gate = next(n for n in pruned.graph.node if n.op_type == "MatMul" and any(t.name == n.input[1] and list(t.dims) == [4, 1] for t in pruned.graph.initializer))
+    assert gate is not None  # the shared weight keeps its shape: each kept head still reads all of it
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("kv_heads", [2, 1])
 def test_grouped_query_attention_loses_query_heads_one_at_a_time(kv_heads):
     from onnxslim.passes import repeated_heads_as_gathers

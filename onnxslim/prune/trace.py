@@ -223,6 +223,11 @@ class Tracer(ReshapeRules):
             self.t.atoms.block_layout(layout, f"MatMul {node.name} has a batched weight")
             return None
         rank = self.rank(node.input[0])
+        if layout is not None and rank is not None and self.rank(node.output[0]) == rank and layout.axis < rank - 2:
+            # the weight is applied to every head alike: channels on a batch axis pass through (WavLM's gate of each
+            # head's relative positions, a Linear of the head's own features). Channels on the rows (a token-mixing MLP
+            # over (C, T)) still make way for the features the weight makes.
+            return Layout(layout.axis, layout.atoms, layout.repeat)
         if layout is not None:
             if rank is None or layout.axis != rank - 1:
                 self.t.atoms.block_layout(layout, f"MatMul {node.name} reads channels on a non-feature axis")
