@@ -1122,3 +1122,54 @@ def test_a_max_with_a_nan_constant_is_left_as_written():
     """, nan=np.array(np.nan))
     (result,) = checked(max_min_with_a_constant_as_clip)(model)
     assert not result.modified and [n.op_type for n in model.graph.node] == ["Max"]
+
+
+def _padded_convs(pads: list[int], *, value: float = 0.0, readers: str = "two convolutions", mode: str = "constant") -> onnx.ModelProto:
+    """Pad (stored pads and value) -> two 3x3 Convs (one with pads of its own), or -> a Conv and a Relu."""
+    second = "r = Relu (p)" if readers == "a conv and a relu" else "r = Conv <pads = [1, 0, 0, 1]> (p, w2)"
+    model = onnx.parser.parse_model(f"""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 3, 8, 8] x) => (float[1, 4, 6, 6] y, float r) {{
+        p = Pad <mode = "{mode}"> (x, pads, value)
+        y = Conv (p, w)
+        {second}
+    }}
+    """)
+    model.graph.initializer.extend([
+        numpy_helper.from_array(RNG.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(RNG.normal(size=(4, 3, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array(pads, np.int64), "pads"),
+        numpy_helper.from_array(np.array(value, np.float32), "value"),
+    ])
+    del model.graph.output[:]
+    model.graph.output.extend([onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["n", "c", "h", "w"]) for n in ("y", "r")])
+    return model
+
+
+@pytest.mark.parametrize("pads", [[0, 0, 0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0, 0, 0]])
+def test_zero_padding_folds_into_the_convolutions_that_read_it(pads):
+    from onnxslim.passes import pads_into_convs
+
+    model = _padded_convs(pads)
+    work, result = on_a_copy(pads_into_convs, model)
+    assert result.modified and [n.op_type for n in work.graph.node] == ["Conv", "Conv"]
+    assert all(n.input[0] == "x" for n in work.graph.node)
+    assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)})
+
+
+@pytest.mark.parametrize(("pads", "value", "readers", "mode"), [
+    ([0, 1, 0, 0, 0, 1, 0, 0], 0.0, "two convolutions", "constant"),  # the channel axis
+    ([0, 0, 1, 1, 0, 0, 1, 1], 1.0, "two convolutions", "constant"),  # padded with ones
+    ([0, 0, 1, 1, 0, 0, 1, 1], 0.0, "a conv and a relu", "constant"),  # read by another op too
+    ([0, 0, 1, 1, 0, 0, 1, 1], 0.0, "two convolutions", "reflect"),
+    ([0, 0, -1, 0, 0, 0, 1, 1], 0.0, "two convolutions", "constant"),  # a crop
+])
+def test_padding_a_convolution_cannot_add_stays(pads, value, readers, mode):
+    from onnxslim.passes import pads_into_convs
+
+    model = _padded_convs(pads, value=value, readers=readers, mode=mode)
+    if pads[1]:  # the Convs cannot read 5 channels: only the pass's own choice is tested
+        (result,) = Pipeline((pads_into_convs,))(model)
+    else:
+        _, result = on_a_copy(pads_into_convs, model)
+    assert not result.modified

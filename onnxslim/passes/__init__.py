@@ -21,6 +21,7 @@ from onnxslim.passes.hardswish import fuse_hardswish
 from onnxslim.passes.layernorm import fuse_layernorm
 from onnxslim.passes.masks import deepen_attention_masks
 from onnxslim.passes.opset import default_opset, upgrade_opset
+from onnxslim.passes.pads import pads_into_convs
 from onnxslim.passes.picked_concat import picked_concat_inputs_read_directly
 from onnxslim.passes.pooling import reduce_mean_to_global_pool
 from onnxslim.passes.reciprocal import reciprocal_products_as_division
@@ -38,6 +39,7 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     remove_identities,
     fold_constants,
     einsum_to_matmul,  # after folding: a weight computed from constants is one by now
+    pads_into_convs,  # after folding too: "same" padding computed from shapes is a constant by now
     reduce_mean_to_global_pool,  # the dynamo exporter's pooling, as the integer kernels know it
     deepen_attention_masks,  # after folding: a mask built from constants is one by now
     reciprocal_products_as_division,  # after folding (a constant's reciprocal is a constant by now): RMSNorm fuses
@@ -79,6 +81,7 @@ __all__ = [
     "graph_is_sorted",
     "initializers_out_of_inputs",
     "max_min_with_a_constant_as_clip",
+    "pads_into_convs",
     "parallel_convs_as_one",
     "model_is_valid",
     "picked_concat_inputs_read_directly",
