@@ -625,6 +625,31 @@ def test_a_weight_applied_to_every_head_alike_lets_the_heads_pass():
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
 
 
+def _unfolded_patches(channels: int = 8, size: int = 4, patch: int = 2) -> onnx.ModelProto:
+    """MobileViT's unfolding: Conv -> (1, C, H, W) as (C*h, p, w, p) -> swap -> (1, C, N, P) -> (1, P, N, C) ->
+    (P, N, C), a Linear over the channels, then folded back the same way and a Conv."""
+    b = GraphBuilder(37)
+    cells = size // patch
+    shape = lambda *dims: b.const(np.array(dims, np.int64), "shape")  # noqa: E731
+    x = b.conv("input", 3, channels)
+    x = b.node("Transpose", [b.node("Reshape", [x, shape(channels * cells, patch, cells, patch)])], perm=[0, 2, 1, 3])
+    x = b.node("Transpose", [b.node("Reshape", [x, shape(1, channels, cells * cells, patch * patch)])], perm=[0, 3, 2, 1])
+    x = b.linear(b.node("Reshape", [x, shape(patch * patch, cells * cells, channels)]), channels, channels)
+    x = b.node("Transpose", [b.node("Reshape", [x, shape(1, patch * patch, cells * cells, channels)])], perm=[0, 3, 2, 1])
+    x = b.node("Transpose", [b.node("Reshape", [x, shape(channels * cells, cells, patch, patch)])], perm=[0, 2, 1, 3])
+    y = b.conv(b.node("Reshape", [x, shape(1, channels, size, size)]), channels, 4)
+    _rename_output(b, y, "out")
+    return b.model([_image_input(3, size)], [_output("out", [1, 4, size, size])], "unfolded_patches")
+
+
+def test_channels_unfolded_into_patches_and_folded_back_are_followed():
+    model = _unfolded_patches()
+    pruned, masked, groups, atoms = masked_and_pruned(model)
+    assert sorted((g.channels_before, g.channels_after) for g in groups)[1:] == [(8, 4), (8, 4)]  # the Conv's and the Linear's; the head's 4 are outputs
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("kv_heads", [2, 1])
 def test_grouped_query_attention_loses_query_heads_one_at_a_time(kv_heads):
     from onnxslim.passes import repeated_heads_as_gathers

@@ -187,7 +187,8 @@ class ReshapeRules:
                 return None
             if self.packed_parts(node, layout):
                 return None
-            heads = self.split_heads(node, layout) or self.merge_heads(node, layout) or self.keep_channel_axis(node, layout) or self.merge_outer(node, layout)
+            heads = (self.split_heads(node, layout) or self.merge_heads(node, layout) or self.keep_channel_axis(node, layout)
+                     or self.merge_outer(node, layout) or self.regroup(node, layout))
             if heads is not None:
                 return heads
             target = self.const(node.input[1])
@@ -358,6 +359,30 @@ class ReshapeRules:
             return None
         self._resize(entries[axis], out, out.repeat)
         return out
+
+    def regroup(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
+        """A Reshape that keeps each channel's elements together and in place: what lies before the channel axis is the
+        same, and one output axis holds the channels, each over the same number of consecutive positions (MobileViT's
+        unfolding: (1, C, H, W) -> (C * h, H / h, w, W / w) puts channel c at positions c*h .. c*h + h - 1 of the first
+        axis, and (C * h, ...) -> (1, C, N, P) folds them back)."""
+        in_shape, out_shape = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+        entries = self._target_entries(node)
+        if in_shape is None or out_shape is None or entries is None or not all(isinstance(d, int) for d in (*in_shape, *out_shape)):
+            return None
+        channels, axis = len(layout), layout.axis
+        before = int(np.prod(in_shape[:axis], dtype=np.int64))
+        each = layout.repeat * int(np.prod(in_shape[axis + 1 :], dtype=np.int64))  # elements of one channel in a row
+        for k, size in enumerate(out_shape):
+            if int(np.prod(out_shape[:k], dtype=np.int64)) != before:
+                continue
+            if size % channels or (size // channels) * int(np.prod(out_shape[k + 1 :], dtype=np.int64)) != each:
+                continue
+            out = Layout(k, layout.atoms, size // channels)
+            if len(entries) != len(out_shape) or not _resizable(entries[k]):
+                return None
+            self._resize(entries[k], out, out.repeat)
+            return out
+        return None
 
     def _follow_to_gathers(self, node: onnx.NodeProto, parts_axis: int, channel_axis: int):
         """Follow Unsqueeze / Squeeze / Transpose after ``node`` to the Gathers that take the parts apart.
