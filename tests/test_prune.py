@@ -650,6 +650,21 @@ def test_channels_unfolded_into_patches_and_folded_back_are_followed():
         np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
 
 
+def test_patches_folded_back_by_col2im_keep_their_channels():
+    """Conv (4 channels over 2x2-block positions and 16 patches) -> Reshape (1, 4 * 4, 16) -> Col2Im into (1, 4, 8, 8)
+    -> Conv, as torch.export writes MobileViTV2's folding."""
+    b = GraphBuilder(39)
+    x = b.node("Conv", ["input", b.const(b.weight(4, 3, 1, 1))], kernel_shape=[1, 1])
+    x = b.node("Reshape", [x, b.const(np.array([1, 16, 16], np.int64), "shape")])
+    x = b.node("Col2Im", [x, b.const(np.array([8, 8], np.int64), "image"), b.const(np.array([2, 2], np.int64), "block")], strides=[2, 2])
+    _rename_output(b, b.node("Conv", [x, b.const(b.weight(2, 4, 1, 1))], kernel_shape=[1, 1]), "out")
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 16])], [_output("out", [1, 2, 8, 8])], "col2im", opset=18)
+    pruned, masked, groups, atoms = masked_and_pruned(model)
+    assert [(g.channels_before, g.channels_after) for g in groups if g.channels_before == 4] == [(4, 2)]
+    for feed in sample_inputs(model, 2, seed=3):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("kv_heads", [2, 1])
 def test_grouped_query_attention_loses_query_heads_one_at_a_time(kv_heads):
     from onnxslim.passes import repeated_heads_as_gathers

@@ -621,6 +621,15 @@ class Tracer(ReshapeRules):
         kept = [position for position in range(rank + len(axes)) if position not in inserted]  # input axis i lands at kept[i]
         return Layout(kept[data.axis], data.atoms, data.repeat)
 
+    def col2im(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
+        """Col2Im folds (N, C * block, L) back into images (N, C, H, W): channel c's block of consecutive positions
+        (MobileViTV2's patches, folded back) becomes channel c; the image and block shapes do not count channels."""
+        block = self.const(node.input[2]) if len(node.input) > 2 else None
+        if block is None or data.axis != 1 or data.repeat != int(np.prod(block)):
+            self.t.atoms.block_layout(data, f"Col2Im {node.name} folds the channel axis other than channel by channel")
+            return None
+        return Layout(1, data.atoms)
+
     def tile(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
         """Tile repeating other axes (GCViT's global query, one copy per window) keeps the channels; repeating the
         channel axis, or repeats computed at run time, block."""
@@ -921,6 +930,7 @@ RULES: dict[str, Callable[[Tracer, onnx.NodeProto, Layout | None], Layout | None
     "Pad": Tracer.pad,
     "Expand": Tracer.expand,
     "Tile": Tracer.tile,
+    "Col2Im": Tracer.col2im,
     "LayerNormalization": Tracer.layer_normalization,
     **{op: Tracer.reduction for op in ("Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2")},
     **{op: Tracer.weighted for op in ("Conv", "ConvTranspose", "Gemm", "MatMul")},
