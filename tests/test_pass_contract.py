@@ -1173,3 +1173,19 @@ def test_padding_a_convolution_cannot_add_stays(pads, value, readers, mode):
     else:
         _, result = on_a_copy(pads_into_convs, model)
     assert not result.modified
+
+
+def test_zero_padding_of_an_old_opset_folds_from_its_attributes():
+    from onnxslim.passes import pads_into_convs
+
+    model = onnx.parser.parse_model("""
+    <ir_version: 5, opset_import: ["" : 10]>
+    g (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) {
+        p = Pad <mode = "constant", pads = [0, 0, 1, 1, 0, 0, 1, 1], value = 0.0> (x)
+        y = Conv (p, w)
+    }
+    """)
+    model.graph.initializer.append(numpy_helper.from_array(RNG.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"))
+    work, result = on_a_copy(pads_into_convs, model)
+    assert result.modified and [n.op_type for n in work.graph.node] == ["Conv"]
+    assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)})
