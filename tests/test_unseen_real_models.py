@@ -221,8 +221,10 @@ def test_pitch_tracker_quantized_keeps_its_pitch_accuracy(crepe, data, tmp_path)
     out = tmp_path / "crepe_tiny.int8.onnx"
     report = quantized_with_defaults(crepe["crepe_tiny.onnx"], folder, out)
     assert report.written == "int8" and report.integer_kernels.get("QLinearConv") == 6 and min(o.cosine for o in report.fidelity) >= 0.99
-    # frames near the 10-cent line flip either way: two of 48 (200 held-out frames: 0.905 FP32, 0.905 INT8)
-    assert score_pitch(run_all(out, feeds), labels) >= fp32 - 2 / len(labels)
+    # frames near the 10-cent line flip either way: two of 48 (200 held-out frames: 0.905 FP32, 0.905 INT8), counted as
+    # frames (0.8958 - 2/48 in floats lies a rounding above the score of 41 frames)
+    frames = len(labels)
+    assert round(score_pitch(run_all(out, feeds), labels) * frames) >= round(fp32 * frames) - 2
 
 
 def test_pruning_a_wide_pitch_tracker_stays_within_memory_and_says_which_layers_were_not_refit(crepe, data, tmp_path):
