@@ -582,10 +582,15 @@ def _packed_per_head_attention(dim: int = 16, heads: int = 4, seq: int = 6) -> o
     q, k, v = (b.node("Transpose", [b.node("Gather", [packed, b.const(np.array(part, np.int64), "part")], axis=3)], perm=perm)
                for part, perm in ((0, [0, 2, 1, 3]), (1, [0, 2, 3, 1]), (2, [0, 2, 1, 3])))
     attn = b.node("MatMul", [b.node("Softmax", [b.node("MatMul", [q, k])], axis=-1), v])
+    return _heads_merged_and_projected(b, attn, dim, seq, "packed_per_head_attention")
+
+
+def _heads_merged_and_projected(b: GraphBuilder, attn: str, dim: int, seq: int, name: str) -> onnx.ModelProto:
+    """The model of ``b``: (1, H, S, D) ``attn`` merged back into (1, S, H*D) and projected, input and output (1, S, dim)."""
     merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), b.const(np.array([1, seq, dim], np.int64), "shape")])
     _rename_output(b, b.linear(merged, dim, dim), "out")
-    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, seq, dim]) for name in ("input", "out")]
-    return b.model(io[:1], io[1:], "packed_per_head_attention")
+    io = [helper.make_tensor_value_info(io_name, TensorProto.FLOAT, [1, seq, dim]) for io_name in ("input", "out")]
+    return b.model(io[:1], io[1:], name)
 
 
 def test_query_key_and_value_packed_per_head_lose_whole_heads():
@@ -609,10 +614,7 @@ def _gated_heads_attention(dim: int = 16, heads: int = 4, seq: int = 6) -> onnx.
                for perm in ([0, 2, 1, 3], [0, 2, 3, 1], [0, 2, 1, 3]))
     gate = b.node("Sigmoid", [b.node("MatMul", [q, b.const(b.weight(size, 1))])])
     attn = b.node("MatMul", [b.node("Softmax", [b.node("Mul", [b.node("MatMul", [q, k]), gate])], axis=-1), v])
-    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), b.const(np.array([1, seq, dim], np.int64), "shape")])
-    _rename_output(b, b.linear(merged, dim, dim), "out")
-    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, seq, dim]) for name in ("input", "out")]
-    return b.model(io[:1], io[1:], "gated_heads_attention")
+    return _heads_merged_and_projected(b, attn, dim, seq, "gated_heads_attention")
 
 
 def test_a_weight_applied_to_every_head_alike_lets_the_heads_pass():

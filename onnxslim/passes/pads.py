@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import node_attr, replace_nodes
 from onnxslim.ir.tensors import consumers_map, initializer_map, to_array
 from onnxslim.passes.base import PassResult
 
@@ -29,7 +29,7 @@ def pads_into_convs(model: onnx.ModelProto) -> PassResult:
     inits = initializer_map(graph)
     readers = consumers_map(graph)
     outputs = {v.name for v in graph.output}
-    removed: set[int] = set()
+    removed: dict[int, list[onnx.NodeProto]] = {}  # Pads, by id, to drop
     for pad in pads_nodes:
         pads = _zero_padding(pad, inits)
         after = readers.get(pad.output[0], [])
@@ -39,7 +39,7 @@ def pads_into_convs(model: onnx.ModelProto) -> PassResult:
         if not any(pads):
             for reader in after:
                 reader.input[:] = [pad.input[0] if name == pad.output[0] else name for name in reader.input]
-            removed.add(id(pad))
+            removed[id(pad)] = []
             result.change(f"Pad {where} pads nothing: removed")
             continue
         rank = len(pads) // 2
@@ -55,12 +55,9 @@ def pads_into_convs(model: onnx.ModelProto) -> PassResult:
             del conv.attribute[:]
             conv.attribute.extend([*kept, helper.make_attribute("pads", merged)])
             conv.input[0] = pad.input[0]
-        removed.add(id(pad))
+        removed[id(pad)] = []
         result.change(f"Pad {where} folded into {', '.join(c.name or c.op_type for c in after)}")
-    if removed:
-        kept_nodes = [n for n in graph.node if id(n) not in removed]
-        del graph.node[:]
-        graph.node.extend(kept_nodes)
+    replace_nodes(graph, removed)
     return result
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import node_attr, replace_nodes
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names, consumers_map, initializer_map, producer_map, to_array, unique_name
 from onnxslim.passes.base import PassResult
@@ -65,10 +65,7 @@ def repeated_heads_as_gathers(model: onnx.ModelProto) -> PassResult:
             reshape.input[0] = gathered
         replaced[id(expand)] = [gather]
         result.change(f"Expand {where}: {groups} head(s) along axis {axis} of '{source}' repeated {copies} times, as a Gather of each one's copies")
-    if replaced:
-        nodes = [new for node in graph.node for new in replaced.get(id(node), [node])]
-        del graph.node[:]
-        graph.node.extend(nodes)
+    replace_nodes(graph, replaced)
     return result
 
 
