@@ -187,8 +187,7 @@ class ReshapeRules:
                 return None
             if self.packed_parts(node, layout):
                 return None
-            heads = (self.split_heads(node, layout) or self.merge_heads(node, layout) or self.keep_channel_axis(node, layout)
-                     or self.merge_outer(node, layout) or self.regroup(node, layout))
+            heads = self.split_heads(node, layout) or self.merge_outer(node, layout) or self.regroup(node, layout)
             if heads is not None:
                 return heads
             target = self.const(node.input[1])
@@ -285,28 +284,6 @@ class ReshapeRules:
         self._resize(entries[axis], out, 1)
         return out
 
-    def merge_heads(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
-        """Reshape (..., H, D, ...) -> (..., H*D, ...): heads back into channels, D positions each (dims of 1 aside)."""
-        dims = self._unit_free(node)
-        entries = self._target_entries(node)
-        if dims is None or entries is None:
-            return None
-        ins, outs = dims
-        k = next((i for i, (axis, _) in enumerate(ins) if axis == layout.axis), None)
-        if k is None or k + 1 >= len(ins) or len(outs) != len(ins) - 1:
-            return None
-        size = ins[k + 1][1]
-        merged_axis, merged = outs[k]
-        if merged != len(layout) * layout.repeat * size:
-            return None
-        if [d for _, d in outs[:k]] != [d for _, d in ins[:k]] or [d for _, d in outs[k + 1 :]] != [d for _, d in ins[k + 2 :]]:
-            return None
-        out = Layout(merged_axis, layout.atoms, layout.repeat * size)
-        if not _resizable(entries[merged_axis]):
-            return None
-        self._resize(entries[merged_axis], out, out.repeat)
-        return out
-
     def merge_outer(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
         """Reshape (..., P, C, ...) -> (..., P*C, ...) with the channels inner: the channels P times in a row (a bidirectional
         recurrent layer's two directions joined into one feature axis).
@@ -337,44 +314,24 @@ class ReshapeRules:
         self._resize(entries[axis - 1], out, 1)
         return out
 
-    def keep_channel_axis(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
-        """A Reshape that regroups only the other dims ((N, C, H, W) -> (N, C, H*W), dims of 1 added or dropped).
-
-        The channel dim stands alone on both sides with the same number of
-        elements before and after it, so its positions keep their meaning.
-        """
-        in_shape, out_shape = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
-        entries = self._target_entries(node)
-        if in_shape is None or out_shape is None or entries is None or not all(isinstance(d, int) for d in (*in_shape, *out_shape)):
-            return None
-        size = len(layout) * layout.repeat
-        before = int(np.prod(in_shape[: layout.axis], dtype=np.int64))
-        if size < 2 or in_shape[layout.axis] != size:
-            return None
-        axis = next((j for j, d in enumerate(out_shape) if d == size and int(np.prod(out_shape[:j], dtype=np.int64)) == before), None)
-        if axis is None:
-            return None
-        out = Layout(axis, layout.atoms, layout.repeat)
-        if not _resizable(entries[axis]):
-            return None
-        self._resize(entries[axis], out, out.repeat)
-        return out
-
     def regroup(self, node: onnx.NodeProto, layout: Layout) -> Layout | None:
         """A Reshape that keeps each channel's elements together and in place: what lies before the channel axis is the
-        same, and one output axis holds the channels, each over the same number of consecutive positions (MobileViT's
-        unfolding: (1, C, H, W) -> (C * h, H / h, w, W / w) puts channel c at positions c*h .. c*h + h - 1 of the first
-        axis, and (C * h, ...) -> (1, C, N, P) folds them back)."""
+        same, and one output axis holds the channels, each over the same number of consecutive positions. That is the
+        other dims regrouped ((N, C, H, W) -> (N, C, H*W), dims of 1 added or dropped), heads merged back into channels
+        ((..., H, D) -> (..., H*D): D positions each), and MobileViT's unfolding ((1, C, H, W) -> (C * h, H / h, w, W / w)
+        puts channel c at positions c*h .. c*h + h - 1 of the first axis; (C * h, ...) -> (1, C, N, P) folds them back)."""
         in_shape, out_shape = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
         entries = self._target_entries(node)
         if in_shape is None or out_shape is None or entries is None or not all(isinstance(d, int) for d in (*in_shape, *out_shape)):
             return None
         channels, axis = len(layout), layout.axis
+        if in_shape[axis] != channels * layout.repeat:
+            return None
         before = int(np.prod(in_shape[:axis], dtype=np.int64))
         each = layout.repeat * int(np.prod(in_shape[axis + 1 :], dtype=np.int64))  # elements of one channel in a row
         for k, size in enumerate(out_shape):
-            if int(np.prod(out_shape[:k], dtype=np.int64)) != before:
-                continue
+            if int(np.prod(out_shape[:k], dtype=np.int64)) != before or (size == 1 and channels * layout.repeat > 1):
+                continue  # (a dim of 1 ahead of the channels' own)
             if size % channels or (size // channels) * int(np.prod(out_shape[k + 1 :], dtype=np.int64)) != each:
                 continue
             out = Layout(k, layout.atoms, size // channels)
