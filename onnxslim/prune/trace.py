@@ -280,13 +280,21 @@ class Tracer(ReshapeRules):
             axis = out_axis - (out_rank - len(shape))
             if axis < 0 or shape[axis] == 1:
                 continue  # broadcast along the channel axis
-            if name in self.constants and shape[axis] == len(first) * first.repeat and first.repeat == 1:
-                self.t.edits.append(SliceInput(node.name, index, axis, Layout(axis, first.atoms), EditRole.PARAMETER))
-                continue
-            if self._cut_constant_operand(name, axis, first):
+            if self._cut_operand(node, index, axis, first):
                 continue
             self.t.atoms.block_layout(first, f"{node.op_type} {node.name} combines the channels with '{name}', which is not pruned with them")
         return result
+
+    def _cut_operand(self, node: onnx.NodeProto, index: int, axis: int, layout: Layout) -> bool:
+        """Input ``index`` of ``node``, which carries no channels of its own, loses ``layout``'s removed channels along
+        ``axis``: a stored constant of one value per channel (a bias added, Funnel's per-head segment embeddings in an
+        Einsum) is sliced, one computed from constants is cut at them; False where neither."""
+        name = node.input[index]
+        shape = self.shapes.get(name)
+        if name in self.constants and layout.repeat == 1 and shape is not None and shape[axis] == len(layout):
+            self.t.edits.append(SliceInput(node.name, index, axis, Layout(axis, layout.atoms), EditRole.PARAMETER))
+            return True
+        return self._cut_constant_operand(name, axis, layout)
 
     def _cut_constant_operand(self, name: str, axis: int, layout: Layout) -> bool:
         """Where ``name`` is computed from constants (a relative position bias gathered at run time), the removed
@@ -841,7 +849,7 @@ class Tracer(ReshapeRules):
                 why = f"reads the channels' subscript '{letter}' on another axis than its operand carries them"
             elif any(len(layout) != len(carried[0]) or layout.repeat != carried[0].repeat for layout in carried):
                 why = "reads channels laid out differently in its operands"
-            elif not all(self._einsum_constant_cut(node, i, terms[i].index(letter), carried[0])
+            elif not all(self._cut_operand(node, i, terms[i].index(letter), carried[0])
                          for i, (term, layout) in enumerate(zip(terms, layouts)) if letter in term and layout is None):
                 why = f"reads the channels' subscript '{letter}' from an operand that carries none"
             carriers = carried
@@ -853,16 +861,6 @@ class Tracer(ReshapeRules):
             for a, b in zip(carriers[0].atoms, layout.atoms):
                 self.t.atoms.tie(a, b)
         return Layout(output.index(letter), carriers[0].atoms, carriers[0].repeat)
-
-    def _einsum_constant_cut(self, node: onnx.NodeProto, index: int, axis: int, layout: Layout) -> bool:
-        """An Einsum operand without channels that is a stored constant (Funnel's per-head segment embeddings) or computed
-        from constants loses the removed channels along their subscript's axis; False where it cannot."""
-        name = node.input[index]
-        shape = self.shapes.get(name)
-        if name in self.constants and layout.repeat == 1 and shape is not None and shape[axis] == len(layout):
-            self.t.edits.append(SliceInput(node.name, index, axis, Layout(axis, layout.atoms), EditRole.PARAMETER))
-            return True
-        return self._cut_constant_operand(name, axis, layout)
 
     def _einsum_contraction(self, terms: list[str], output: str, letter: str, carriers: list[Layout | None]) -> bool:
         """The channels' subscript summed over by exactly two operands that both carry them (a query's and a key's features,
