@@ -26,6 +26,12 @@ from tests.conftest import run_model
 FAST = PruneConfig(ratio=0.5, latency_runs=0)
 
 
+def assert_pruned_as_masked(model, masked, pruned, count: int, seed: int = 100, atol: float = 1e-5) -> None:
+    """The first output of ``pruned`` equals ``masked``'s (see :func:`masked_and_pruned`) on ``count`` random inputs."""
+    for feed in sample_inputs(model, count, seed=seed):
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=atol)
+
+
 def masked_and_pruned(model, ratio=0.5, config=FAST):
     """The pruned model, and the original with the removed channels' consumer weights zeroed.
 
@@ -365,8 +371,7 @@ def test_heads_merged_back_into_channels_are_cut_from_the_conv_that_reads_them()
     assert [(g.channels_before, g.channels_after) for g in groups if g.channels_before == 4] == [(4, 2)]
     conv_weights = [tuple(t.dims) for t in pruned.graph.initializer if len(t.dims) == 3]
     assert (32, 16, 1) in conv_weights  # the output projection reads the 2 heads kept, 8 channels each
-    for feed in sample_inputs(model, 2, seed=5):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=5)
 
 
 def _gated_by_one_channel() -> onnx.ModelProto:
@@ -384,8 +389,7 @@ def test_one_channel_spread_over_the_others_stays_and_they_are_pruned():
     pruned, masked, groups, _ = masked_and_pruned(model)
     assert [(g.channels_before, g.channels_after) for g in groups if g.channels_before == 9] == [(9, 5)]  # 4 of the 8, the gate kept
     assert any("spreads its one channel" in (g.skipped or "") for g in groups)
-    for feed in sample_inputs(model, 2, seed=6):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=6)
 
 
 def test_grouped_convolution_loses_channels_equally_in_every_group():
@@ -508,8 +512,7 @@ def test_a_stored_operand_of_an_einsum_loses_the_removed_heads():
     assert [(g.channels_before, g.channels_after) for g in reports if g.channels_before == 4] == [(4, 2)]
     einsum = next(n for n in pruned.graph.node if n.op_type == "Einsum" and ",hd->" in node_attr(n, "equation").decode())
     assert next(list(t.dims) for t in pruned.graph.initializer if t.name == einsum.input[1]) == [2, 8]
-    for feed in sample_inputs(model, 2, seed=7):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=7)
 
 
 def test_an_einsum_summing_over_the_channels_blocks_them():
@@ -569,8 +572,7 @@ def test_packed_qkv_attention_loses_whole_heads():
     dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
     packed = next(n for n in pruned.graph.node if n.op_type == "MatMul")
     assert dims[packed.input[1]] == [16, 24]  # 3 x 2 heads x 4
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
 
 
 def _packed_per_head_attention(dim: int = 16, heads: int = 4, seq: int = 6) -> onnx.ModelProto:
@@ -600,8 +602,7 @@ def test_query_key_and_value_packed_per_head_lose_whole_heads():
     dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
     packed = next(n for n in pruned.graph.node if n.op_type == "MatMul")
     assert dims[packed.input[1]] == [16, 24]  # 2 heads x 3 parts x 4
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
 
 
 def _gated_heads_attention(dim: int = 16, heads: int = 4, seq: int = 6) -> onnx.ModelProto:
@@ -623,8 +624,7 @@ def test_a_weight_applied_to_every_head_alike_lets_the_heads_pass():
     assert [(g.channels_before, g.channels_after) for g in groups if g.channels_before == 4] == [(4, 2)]
     gate = next(n for n in pruned.graph.node if n.op_type == "MatMul" and any(t.name == n.input[1] and list(t.dims) == [4, 1] for t in pruned.graph.initializer))
     assert gate is not None  # the shared weight keeps its shape: each kept head still reads all of it
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
 
 
 def _unfolded_patches(channels: int = 8, size: int = 4, patch: int = 2) -> onnx.ModelProto:
@@ -648,8 +648,7 @@ def test_channels_unfolded_into_patches_and_folded_back_are_followed():
     model = _unfolded_patches()
     pruned, masked, groups, atoms = masked_and_pruned(model)
     assert sorted((g.channels_before, g.channels_after) for g in groups)[1:] == [(8, 4), (8, 4)]  # the Conv's and the Linear's; the head's 4 are outputs
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
 
 
 def test_patches_folded_back_by_col2im_keep_their_channels():
@@ -663,8 +662,7 @@ def test_patches_folded_back_by_col2im_keep_their_channels():
     model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 16])], [_output("out", [1, 2, 8, 8])], "col2im", opset=18)
     pruned, masked, groups, atoms = masked_and_pruned(model)
     assert [(g.channels_before, g.channels_after) for g in groups if g.channels_before == 4] == [(4, 2)]
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
 
 
 @pytest.mark.parametrize("kv_heads", [2, 1])
@@ -687,8 +685,7 @@ def test_grouped_query_attention_loses_query_heads_one_at_a_time(kv_heads):
              if t.name in {n.input[1] for n in pruned.graph.node if n.op_type == "Gather"}]
     assert len(lists) == 2 and all(len(entries) == 2 and set(entries) <= set(range(kv_heads)) for entries in lists)
     assert not any(n.op_type == "Expand" for n in pruned.graph.node)
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
 
 
 def test_with_four_key_value_heads_or_more_a_key_value_head_goes_with_its_query_heads():
@@ -701,8 +698,7 @@ def test_with_four_key_value_heads_or_more_a_key_value_head_goes_with_its_query_
     assert dims[q.input[1]] == [32, 16] and dims[k.input[1]] == dims[v.input[1]] == [32, 8] and dims[out.input[1]] == [16, 32]
     expand = next(n for n in pruned.graph.node if n.op_type == "Expand")
     assert onnx.numpy_helper.to_array(next(t for t in pruned.graph.initializer if t.name == expand.input[1])).tolist() == [1, 2, 2, 8, 4]
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
 
 
 def test_a_repeat_that_also_broadcasts_another_axis_is_left_as_it_is():
@@ -728,8 +724,7 @@ def test_an_equal_split_of_a_packed_projection_keeps_its_parts_equal():
     assert dims[packed.input[1]] == [16, 24]  # 3 parts of 2 heads x 4
     split = next(n for n in pruned.graph.node if n.op_type == "Split")
     assert len(split.input) == 1  # still equal parts: nothing to edit
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
 
 
 def test_token_mask_leaves_padding_out_of_recovery_statistics():
@@ -752,8 +747,7 @@ def test_window_attention_heads_take_their_position_bias_along():
     dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
     bias = next(n for n in pruned.graph.node if n.op_type == "Add" and any(i.startswith("position_bias") for i in n.input))
     assert dims[next(i for i in bias.input if i.startswith("position_bias"))] == [2, 8, 8]
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
 
 
 @pytest.mark.parametrize(("position_bias", "table_rows"), [("gathered", 31), ("interpolated", 15)])
@@ -766,8 +760,7 @@ def test_a_position_bias_gathered_at_run_time_loses_the_removed_heads_from_its_t
     dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
     gather = next(n for n in pruned.graph.node if n.op_type == "Gather" and n.input[0].startswith("bias_table"))  # still gathered at run time
     assert dims[gather.input[0]] == [table_rows, 4]
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
 
 
 def _single_head_attention(features: int = 8, dim: int = 16, seq: int = 6, *, einsum: bool = False) -> tuple[onnx.ModelProto, str]:
@@ -801,8 +794,7 @@ def test_query_and_key_features_summed_by_the_product_lose_the_same_positions(ei
     weight[:, positions(producer.layout, atoms)] = 0
     view.set(query, 1, weight)
     view.commit()
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
 
 
 def trace_of(model: onnx.ModelProto):
@@ -838,8 +830,7 @@ def test_a_sum_over_the_channels_loses_the_removed_channels_terms():
     pruned, masked, groups, atoms = masked_and_pruned(model)
     assert any(g.channels_before == 8 and g.channels_after == 4 for g in groups)
     _with_removed_channels_zero_where_made(model, masked, atoms)  # as if the removed channels were zero where they are made
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
     # a statistic of the kept channels from then on (a spelled-out norm sums (x - mean)^2, nonzero for a zeroed channel)
     _, report = prune(model, config=FAST)
     assert any(w.startswith("ReduceSum over pruned channels") for w in report.warnings)
@@ -857,8 +848,7 @@ def test_a_mean_over_the_channels_averages_over_the_kept_ones_and_says_so():
     summed, mean.output[0] = mean.output[0], mean.output[0] + "_sum"
     masked.graph.initializer.append(numpy_helper.from_array(np.array(0.25, np.float32), "quarter"))
     masked.graph.node.insert(list(masked.graph.node).index(mean) + 1, helper.make_node("Mul", [mean.output[0], "quarter"], [summed]))
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
     _, report = prune(model, config=FAST)
     assert any(w.startswith("ReduceMean over pruned channels") for w in report.warnings)
 
@@ -907,8 +897,7 @@ def test_a_per_channel_map_expanded_at_run_time_loses_the_removed_channels(form)
     pruned, masked, groups, _ = masked_and_pruned(model)
     assert any(g.channels_before == 8 and g.channels_after == 4 for g in groups)
     assert "Expand" in {n.op_type for n in pruned.graph.node}  # the map is still made at run time, from cut rows
-    for feed in sample_inputs(model, 2, seed=5):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=5)
 
 
 @pytest.mark.parametrize("read", ["step", "operand", "table"])
@@ -945,8 +934,7 @@ def test_blocks_reading_one_stored_bias_table_lose_the_same_heads_and_keep_one_t
     assert sum(1 for g in groups if g.channels_before == 8 and g.channels_after == 4) == 1  # the two blocks' heads as one group
     tables = {n.input[0] for n in pruned.graph.node if n.op_type == "Gather" and "bias_table" in n.input[0]}
     assert len(tables) == 1 and [list(t.dims) for t in pruned.graph.initializer if t.name in tables] == [[31, 4]]
-    for feed in sample_inputs(model, 2, seed=3):
-        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
 
 
 def shared_ffn_model(blocks: int = 3, dim: int = 16, hidden: int = 32) -> onnx.ModelProto:
