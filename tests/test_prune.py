@@ -918,7 +918,8 @@ def test_a_constant_expression_read_elsewhere_keeps_its_channels(read):
     PREPARE(work)
     scores = next(n.name for n in work.graph.node if n.op_type == "Add" and bias.output[0] in n.input)
     reasons = set(trace(work, infer_shapes(work)).atoms.blocked.values())
-    expected = f"'{bias.output[0]}' is computed from" if read == "table" else f"{scores} combines the channels with '{bias.output[0]}'"
+    expected = {"table": f"'{bias.output[0]}' is computed from", "step": f"{scores} combines the channels with '{bias.output[0]}'",
+                "operand": f"{scores} combines the channels with '{bias.output[0]}', which Mul"}[read]
     assert any(expected in r for r in reasons), reasons
 
 
@@ -935,6 +936,39 @@ def test_blocks_reading_one_stored_bias_table_lose_the_same_heads_and_keep_one_t
     tables = {n.input[0] for n in pruned.graph.node if n.op_type == "Gather" and "bias_table" in n.input[0]}
     assert len(tables) == 1 and [list(t.dims) for t in pruned.graph.initializer if t.name in tables] == [[31, 4]]
     assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
+
+
+def test_blocks_adding_one_computed_attention_bias_lose_the_same_heads_and_cut_it_once():
+    # one relative-position bias computed at run time and added by several attention blocks (a layer applied repeatedly,
+    # as a molecule transformer does with its distance bias): every block meeting it ties its heads, and its table is
+    # cut once (64 tokens: folding the gathered bias would grow the model, so it stays computed)
+    first = ALL_BUILDERS["window_attention"](dim=32, heads=8, tokens=64, position_bias="gathered")
+    other = ALL_BUILDERS["window_attention"](dim=32, heads=8, tokens=64, position_bias="gathered", seed=13)
+    model = onnx.compose.merge_models(first, onnx.compose.add_prefix(other, "second/"), io_map=[("hidden", "second/input")])
+    sigmoid = next(n for n in first.graph.node if n.op_type == "Sigmoid")
+    bias = next(n for n in first.graph.node if n.op_type == "Mul" and sigmoid.output[0] in n.input).output[0]
+    second = next(n for n in model.graph.node if n.op_type == "Add" and f"second/{bias}" in n.input)
+    second.input[list(second.input).index(f"second/{bias}")] = bias
+    pruned, masked, groups, _ = masked_and_pruned(model)
+    assert [(g.channels_before, g.channels_after) for g in groups if g.channels_before == 8] == [(8, 4)]  # the two blocks' heads
+    assert [list(t.dims) for t in pruned.graph.initializer if t.name.startswith("bias_table")] == [[127, 4]]
+    assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
+
+
+def test_a_table_an_edit_reads_without_cutting_stays_the_one_tensor_every_reader_shares():
+    # rotary tables read by every layer, visited by edits of a group that lost nothing there: storing what was only read
+    # would give one reader a copy beside the tensor the others keep
+    table = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "table")
+    nodes = [helper.make_node("Mul", ["x", "table"], ["a"], name="first"), helper.make_node("Mul", ["a", "table"], ["y"], name="second")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])], [table]))
+    view = WorkingWeights(model, all_value_names(model.graph))
+    view.get("first", 1)
+    view.commit()
+    assert [i.name for i in model.graph.initializer] == ["table"] and [n.input[1] for n in model.graph.node] == ["table", "table"]
+    view.set("first", 1, np.delete(view.get("first", 1), [0], axis=1))
+    view.commit()
+    assert [n.input[1] for n in model.graph.node] == ["table_pruned", "table"]
 
 
 def shared_ffn_model(blocks: int = 3, dim: int = 16, hidden: int = 32) -> onnx.ModelProto:

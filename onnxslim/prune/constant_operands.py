@@ -54,13 +54,15 @@ class ConstantCut:
     edits: list
     nodes: set[str]
     shared: dict[str, int]
+    readers: set[str]  # the nodes outside the expression that read the operand itself (the ones meeting the channels)
 
 
 def constant_operand_edits(view: GraphView, tensor: str, axis: int, layout: Layout) -> ConstantCut:
     """The edits that remove ``layout``'s channels from ``tensor`` (channels on ``axis``), a tensor computed from
     constants alone, by cutting the constants it is computed from. A stored constant read outside the expression as
     well is listed in the result: the caller keeps it one tensor (every reader cut alike) or blocks the channels.
-    Raises :class:`NotFollowed`."""
+    So are the readers of ``tensor`` itself (several layers may add one mask or bias): each must meet the same
+    channels. Raises :class:`NotFollowed`."""
     size = len(layout) * layout.repeat
     edits: list = []
     chain: set[str] = set()  # names of the chain's nodes
@@ -94,12 +96,11 @@ def constant_operand_edits(view: GraphView, tensor: str, axis: int, layout: Layo
             else:
                 pending.append((source, in_axis))
     for name in internal:
-        readers = view.readers.get(name, [])
-        inside = 1 if name == tensor else 0  # the operand itself is read once outside: by the node that meets the channels
-        if name in view.outputs or sum(1 for r in readers if r.name not in chain) > inside:
+        outside = [r.name for r in view.readers.get(name, []) if r.name not in chain]
+        if name in view.outputs or (outside and name != tensor):
             raise NotFollowed(f"'{name}' is also read outside the constant expression")
     shared = {name: a for name, a in stored.items() if any(r.name not in chain for r in view.readers.get(name, []))}
-    return ConstantCut(edits, chain, shared)
+    return ConstantCut(edits, chain, shared, {r.name for r in view.readers.get(tensor, []) if r.name not in chain})
 
 
 def _input_axes(view: GraphView, node: onnx.NodeProto, axis: int, size: int, layout: Layout, edits: list) -> list[tuple[int, int]]:

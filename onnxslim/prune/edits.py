@@ -28,6 +28,7 @@ class WorkingWeights:
         self.inits = initializer_map(model.graph)
         self.nodes = {n.name: n for n in model.graph.node}
         self.arrays: dict[tuple[str, int], np.ndarray] = {}
+        self.changed: set[tuple[str, int]] = set()
         self.taken = taken
         self.store = ArrayStore(model)
 
@@ -44,9 +45,14 @@ class WorkingWeights:
 
     def set(self, node: str, index: int, array: np.ndarray) -> None:
         self.arrays[(node, index)] = array
+        self.changed.add((node, index))
 
     def commit(self) -> None:
-        """Write every changed array as a new initializer; uses of one weight that came out equal share one tensor."""
+        """Write every changed array as a new initializer; uses of one weight that came out equal share one tensor. An
+        array only read (an edit that removed nothing from it) stays the tensor it was: a copy would be stored beside
+        the original wherever another node reads that too."""
+        for key in set(self.arrays) - self.changed:
+            del self.arrays[key]
         def original_of(node_name: str, index: int) -> str:
             node = self.nodes[node_name]
             return node.input[index] if index < len(node.input) else f"{node_name}_input{index}"
@@ -67,6 +73,7 @@ class WorkingWeights:
             while len(node.input) <= index:
                 node.input.append("")
             node.input[index] = name
+        self.changed.clear()
 
 
 def positions(layout: Layout, removed: set[int]) -> list[int]:

@@ -84,6 +84,10 @@ class Tracer(ReshapeRules):
         # (stored constant, axis) cut by several constant expressions -> (the first one's layout, its operand, the nodes of
         # all of them); cut along two axes, each cut has readers the other's nodes are not, and both keep their channels
         self.shared_tables: dict[tuple[str, int], tuple[Layout, str, set[str]]] = {}
+        # computed operand already cut -> (its channel axis, the layout it was cut for, the nodes that read it, those of
+        # them that met the same channels): a mask or bias several layers add (the uses of a layer applied repeatedly).
+        # Unlike a stored one, which each reader may cut for itself, it is computed once: its readers lose the same channels
+        self.cut_operands: dict[str, tuple[int, Layout, set[str], set[str]]] = {}
 
     # ------------------------------------------------------------ helpers
     def rank(self, name: str) -> int | None:
@@ -294,11 +298,21 @@ class Tracer(ReshapeRules):
         if name in self.constants and layout.repeat == 1 and shape is not None and shape[axis] == len(layout):
             self.t.edits.append(SliceInput(node.name, index, axis, Layout(axis, layout.atoms), EditRole.PARAMETER))
             return True
-        return self._cut_constant_operand(name, axis, layout)
+        return self._cut_constant_operand(name, axis, layout, node.name)
 
-    def _cut_constant_operand(self, name: str, axis: int, layout: Layout) -> bool:
+    def _cut_constant_operand(self, name: str, axis: int, layout: Layout, reader: str) -> bool:
         """Where ``name`` is computed from constants (a relative position bias gathered at run time), the removed
-        channels are cut from those constants; False where its channels cannot be followed back to them."""
+        channels are cut from those constants; False where its channels cannot be followed back to them. An operand
+        cut already for another of its readers is cut once: the channels ``reader`` meets are tied to those."""
+        if name in self.cut_operands:
+            first_axis, first, _, met = self.cut_operands[name]
+            if first_axis != axis or len(first) != len(layout) or first.repeat != layout.repeat:
+                self.t.atoms.block_layout(first, f"'{name}' meets channels laid out differently in its readers")
+                return False
+            for a, b in zip(first.atoms, layout.atoms):
+                self.t.atoms.tie(a, b)
+            met.add(reader)
+            return True
         if self._view is None:
             self._view = GraphView(producer_map(self.graph), consumers_map(self.graph), {v.name for v in self.graph.output}, self.shapes,
                                    lambda n: n in self.constants, self.const, lambda n: n in self.t.layouts)
@@ -312,15 +326,21 @@ class Tracer(ReshapeRules):
             self._tie_shared(f"table axis {table_axis}", table, layout)
             self.shared_tables.setdefault((table, table_axis), (layout, name, set()))[2].update(cut.nodes)
         self.t.edits.extend(cut.edits)
+        self.cut_operands[name] = (axis, layout, cut.readers, {reader})
         return True
 
     def _block_tables_read_elsewhere(self) -> None:
         """A shared stored constant that something besides the cut expressions reads (a token table tied to the output
-        layer) would be stored twice, once cut: the channels it was to lose stay."""
+        layer) would be stored twice, once cut: the channels it was to lose stay. So do those of a computed operand cut
+        for them that another node reads without meeting such channels."""
         for (table, _), (layout, operand, readers) in self.shared_tables.items():
             others = [r.name for r in self._view.readers.get(table, []) if r.name not in readers]
             if others:
                 self.t.atoms.block_layout(layout, f"'{operand}' is computed from '{table}', which {others[0]} reads as well")
+        for operand, (_, layout, readers, met) in self.cut_operands.items():
+            others = sorted(readers - met)
+            if others:
+                self.t.atoms.block_layout(layout, f"{min(met)} combines the channels with '{operand}', which {others[0]} reads as well")
 
     def concat(self, node: onnx.NodeProto) -> Layout | None:
         layouts = [self.t.layouts.get(n) for n in node.input]
