@@ -45,6 +45,9 @@ UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "T
          "IsNaN", "IsInf", "Not"}
 SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Upsample", "SpaceToDepth"}
 # reductions that may run across the channels: each channel is one term of the result
+# a stored map several layers add (a folded attention bias) is cut for each of them on its own while its copies weigh
+# at most this share of the model's weights; a heavier one stays one tensor and its readers lose the same channels
+COPIED_MAP_SHARE = 0.01
 SUMS_OVER_CHANNELS = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2"}
 BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean", "Where", "Equal", "Less", "Greater", "And", "Or"}
 
@@ -88,6 +91,8 @@ class Tracer(ReshapeRules):
         # them that met the same channels): a mask or bias several layers add (the uses of a layer applied repeatedly).
         # Unlike a stored one, which each reader may cut for itself, it is computed once: its readers lose the same channels
         self.cut_operands: dict[str, tuple[int, Layout, set[str], set[str]]] = {}
+        self._weights_total: int | None = None  # counted when a stored map first meets channels
+        self._readers: dict[str, list[onnx.NodeProto]] = {}
 
     # ------------------------------------------------------------ helpers
     def rank(self, name: str) -> int | None:
@@ -297,8 +302,21 @@ class Tracer(ReshapeRules):
         shape = self.shapes.get(name)
         if name in self.constants and layout.repeat == 1 and shape is not None and shape[axis] == len(layout):
             self.t.edits.append(SliceInput(node.name, index, axis, Layout(axis, layout.atoms), EditRole.PARAMETER))
+            if self._copies_would_weigh(name, shape, layout):
+                self._tie_shared(f"operand axis {axis}", name, layout)
             return True
         return self._cut_constant_operand(name, axis, layout, node.name)
+
+    def _copies_would_weigh(self, name: str, shape: tuple, layout: Layout) -> bool:
+        """Whether the stored operand ``name``, cut by each of its readers for its own channels, would add copies
+        weighing more than COPIED_MAP_SHARE of the model's weights (a vector of one value per channel never does)."""
+        size = int(np.prod(shape))
+        if size <= len(layout):
+            return False
+        if self._weights_total is None:
+            self._weights_total = sum(int(np.prod(t.dims)) for t in self.inits.values())
+            self._readers = consumers_map(self.graph)
+        return (len(self._readers.get(name, [])) - 1) * size > COPIED_MAP_SHARE * self._weights_total
 
     def _cut_constant_operand(self, name: str, axis: int, layout: Layout, reader: str) -> bool:
         """Where ``name`` is computed from constants (a relative position bias gathered at run time), the removed
