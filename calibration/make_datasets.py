@@ -12,6 +12,7 @@
     python calibration/make_datasets.py mos               # for models/gather.py --unseen: generated voiced audio in noise of known SNR
     python calibration/make_datasets.py voice             # for models/gather.py --unseen: clips of generated voices
     python calibration/make_datasets.py seal              # for models/gather.py --unseen: rendered stamps for PP-OCRv4's seal detector
+    python calibration/make_datasets.py imagecaptcha      # for models/gather.py --unseen: the `captcha` package's image captchas
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -849,10 +850,33 @@ def make_voice(split: str, count: int, sentences: list[str], seed: int, out: Pat
     return labels
 
 
+IMAGECAPTCHA_CHARACTERS = "123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # captcha-whisperer's classes but its blank and "0", which its decoder never emits
+
+
+def make_imagecaptcha(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """Image captchas of four characters drawn by the `captcha` package (its bundled fonts, warping and noise, 160 x 60,
+    the size captcha-whisperer's CRNN reads) for that model (models/gather.py --unseen): BGR values 0-255, channels first
+    (image [1, 3, 60, 160]). Label: the text."""
+    from types import SimpleNamespace
+
+    import captcha.image
+
+    rng = random.Random(seed)
+    # the package draws from `secrets`; a seeded stand-in makes the sets the same on every machine
+    captcha.image.secrets = SimpleNamespace(randbits=rng.getrandbits, randbelow=rng.randrange, choice=rng.choice)
+    generator, labels = captcha.image.ImageCaptcha(width=160, height=60), []
+    for index in range(count):
+        text = "".join(rng.choice(IMAGECAPTCHA_CHARACTERS) for _ in range(4))
+        rgb = np.asarray(generator.generate_image(text).convert("RGB"), np.float32)
+        np.savez(out / f"{index:05d}.npz", image=np.ascontiguousarray(rgb[:, :, ::-1].transpose(2, 0, 1))[None])
+        labels.append({"file": f"{index:05d}.npz", "text": text})
+    return labels
+
+
 TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks,
          "magika": make_magika, "table": make_table, "embed": make_embed, "watermark": make_watermark,
          "wakeword": make_wakeword, "pitch": make_pitch, "notes": make_notes, "mos": make_mos,
-         "voice": make_voice, "seal": make_seal}
+         "voice": make_voice, "seal": make_seal, "imagecaptcha": make_imagecaptcha}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:

