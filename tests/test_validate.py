@@ -489,7 +489,7 @@ def test_random_data_warns_and_needs_shapes_for_dynamic_dims(save):
     model = conv_bn_relu(batch="N")
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
     path = save(model)
-    with pytest.raises(UsageError, match="dynamic dimension 'N'"):
+    with pytest.raises(UsageError, match="dynamic dimensions 'N' \\(axis 0\\), 'height' \\(axis 2\\); give --input-shapes input:N,3,N,"):
         validate(path, path, "random", runs=0)
     report = validate(path, path, "random", input_shapes={"input": (2, 3, 32, 32)}, runs=0)
     assert "taken as 1" not in report.data and any("random" in w for w in report.warnings)

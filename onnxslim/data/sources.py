@@ -157,10 +157,9 @@ def resolve_shape(spec: TensorSpec, overrides: Mapping[str, tuple[int, ...]]) ->
         return (1, *spec.shape[1:])
     dynamic = [(axis, dim) for axis, dim in enumerate(spec.shape) if not isinstance(dim, int)]
     if dynamic:
-        axis, dim = dynamic[0]
-        label = f"'{dim}'" if dim else "unnamed"
+        named = ", ".join(f"{repr(dim) if dim else 'unnamed'} (axis {axis})" for axis, dim in dynamic)
         raise UsageError(
-            f"input '{spec.name}' has dynamic dimension {label} (axis {axis}); give --input-shapes {spec.name}:"
+            f"input '{spec.name}' has dynamic dimension{'s' if len(dynamic) > 1 else ''} {named}; give --input-shapes {spec.name}:"
             + ",".join("N" if not isinstance(d, int) else str(d) for d in spec.shape)
         )
     return tuple(int(d) for d in spec.shape)
