@@ -900,6 +900,37 @@ def test_a_per_channel_map_expanded_at_run_time_loses_the_removed_channels(form)
     assert_pruned_as_masked(model, masked, pruned, 2, seed=5)
 
 
+def _conv_plus_mask_expanded_to_its_channels() -> onnx.ModelProto:
+    """Conv (8 channels) + a mask input (1, 1, h, w) expanded to (1, 8, h, w) by a target computed at run time as torch
+    writes ``mask.expand(1, 8, h, w)``: Where(target == -1, 1, target), the target a Concat of a stored count and the
+    sizes read with Shape; then Conv (4). Sizes h, w are dynamic, so that nothing folds the target."""
+    b = GraphBuilder(23)
+    x = b.conv("input", 3, 8)
+    sizes = b.node("Slice", [b.node("Shape", ["mask"]), *(b.const(np.array([v], np.int64), "bound") for v in (2, 4))])
+    target = b.node("Reshape", [b.node("Concat", [b.const(np.array([1], np.int64), "one"), b.const(np.array([8], np.int64), "count"),
+                                                  sizes], axis=0),
+                               b.const(np.array([-1], np.int64), "flat")])
+    ones = b.node("ConstantOfShape", [b.node("Shape", [target])], value=numpy_helper.from_array(np.array([1], np.int64)))
+    keep = b.node("Where", [b.node("Equal", [target, b.node("Mul", [ones, b.const(np.array(-1, np.int64), "minus")])]), ones, target])
+    y = b.conv(b.node("Relu", [b.node("Add", [x, b.node("Expand", ["mask", keep])])]), 8, 4)
+    _rename_output(b, y, "out")
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "h", "w"]),
+              helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, "h", "w"])]
+    return b.model(inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, "h", "w"])], "expanded_mask")
+
+
+def test_a_mask_expanded_to_the_channels_by_a_computed_target_follows_the_channels_kept():
+    model = _conv_plus_mask_expanded_to_its_channels()
+    pruned, masked, groups, _ = masked_and_pruned(model)
+    assert any(g.channels_before == 8 and g.channels_after == 4 for g in groups)
+    count = next(n for n in pruned.graph.node if n.op_type == "Concat")
+    assert [int(numpy_helper.to_array(t)[0]) for t in pruned.graph.initializer if t.name == count.input[1]] == [4]
+    rng = np.random.default_rng(4)
+    for size in (5, 7):  # the sizes the target reads at run time
+        feed = {"input": rng.standard_normal((1, 3, size, size)).astype(np.float32), "mask": rng.standard_normal((1, 1, size, size)).astype(np.float32)}
+        np.testing.assert_allclose(run_model(masked, feed)[0], run_model(pruned, feed)[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("read", ["step", "operand", "table"])
 def test_a_constant_expression_read_elsewhere_keeps_its_channels(read):
     # a step of the bias, the bias itself or its table read by something else as well: cutting it would change that reader

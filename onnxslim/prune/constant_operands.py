@@ -83,6 +83,8 @@ def constant_operand_edits(view: GraphView, tensor: str, axis: int, layout: Layo
         if view.tracked(name):
             raise NotFollowed(f"'{name}' carries channels of its own")
         shape = view.shapes.get(name)
+        if shape is not None and node.op_type == "Expand" and channel_axis < len(shape) and shape[channel_axis] is None:
+            shape = _expanded_shape(view, node) or shape  # a target computed at run time, its channel entry stored
         if shape is None or channel_axis >= len(shape) or shape[channel_axis] != size:
             raise NotFollowed(f"shape of '{name}' unknown or not {size} channels on axis {channel_axis}")
         chain.add(node.name)
@@ -139,17 +141,94 @@ def _input_axes(view: GraphView, node: onnx.NodeProto, axis: int, size: int, lay
     if op == "Reshape":
         return [(0, _reshape_axis(view, node, axis, size, layout, edits, where))]
     if op == "Expand":
-        shape = view.const(node.input[1])
-        if shape is None:
-            raise NotFollowed(f"{where}: target shape not constant")
-        entry = axis - (out_rank - shape.size)
-        if entry >= 0 and int(shape.reshape(-1)[entry]) == size:
-            edits.append(ShapeEntry(node.name, 1, entry, layout, layout.repeat))
+        entries = target_entries(view, node, 1)
+        if entries is None:
+            raise NotFollowed(f"{where}: target shape not readable")
+        entry = axis - (out_rank - len(entries))
+        if entry >= 0 and entries[entry][0] == size:
+            if entries[entry][1] is None:
+                raise NotFollowed(f"{where}: the target's channel count is not stored where it can be edited")
+            edits.append(ShapeEntry(*entries[entry][1], layout, layout.repeat))
         in_axis = _broadcast_axis(view, node.input[0], axis, out_rank, size, where)
         return [] if in_axis is None else [(0, in_axis)]
     if op == "Resize":
         return [(0, _resize_axis(view, node, axis, size, layout, edits, where))]
     raise NotFollowed(f"{where} has no rule in a constant expression")
+
+
+Entry = tuple  # (value or None where unknown, (node, input index, element) where that value is stored, or None)
+
+
+def target_entries(view: GraphView, reader: onnx.NodeProto, index: int, depth: int = 12) -> list[Entry] | None:
+    """The elements of a 1-D shape tensor, input ``index`` of ``reader``: each value where it is known, and where it is
+    stored when a constant holds it. Reads what exporters compute shapes with (torch's ``expand(-1, heads, -1, -1)``:
+    a Concat of stored counts and sizes taken from Shape, then ``Where(target == -1, 1, target)``); None where the
+    number of elements is unknown."""
+    name = reader.input[index]
+    array = view.const(name)
+    if array is not None:
+        return [(int(v), (reader.name, index, i)) for i, v in enumerate(np.reshape(array, -1))]
+    node = view.producers.get(name)
+    if node is None or depth == 0:
+        return None
+    op = node.op_type
+
+    def inputs(position: int) -> list[Entry] | None:
+        return target_entries(view, node, position, depth - 1) if len(node.input) > position and node.input[position] else None
+
+    if op == "Concat":
+        parts = [inputs(i) for i in range(len(node.input))]
+        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+    if op in ("Reshape", "Cast", "Unsqueeze", "Squeeze", "Identity"):  # the same elements, in order
+        return inputs(0)
+    if op == "Shape":
+        shape = view.shapes.get(node.input[0])
+        return None if shape is None or node_attr(node, "start") is not None or node_attr(node, "end") is not None else [(d, None) for d in shape]
+    if op == "Gather":
+        data, picked = inputs(0), view.const(node.input[1])
+        if data is None or picked is None:
+            return None
+        return [data[int(i)] for i in np.reshape(picked, -1)]
+    if op == "Slice":  # of a 1-D vector, stored bounds and step 1
+        data = inputs(0)
+        bounds = [view.const(node.input[i]) if len(node.input) > i and node.input[i] else None for i in range(1, 5)]
+        if data is None or bounds[0] is None or bounds[1] is None or any(b is not None and b.size != 1 for b in bounds):
+            return None
+        if (bounds[2] is not None and int(bounds[2].reshape(-1)[0]) not in (0, -1)) or (bounds[3] is not None and int(bounds[3].reshape(-1)[0]) != 1):
+            return None
+        return data[int(bounds[0].reshape(-1)[0]) : int(bounds[1].reshape(-1)[0])]
+    if op == "ConstantOfShape":
+        count = inputs(0)
+        if count is None or len(count) != 1 or count[0][0] is None:
+            return None
+        value = node_attr(node, "value")
+        fill = int(np.reshape(onnx.numpy_helper.to_array(value), -1)[0]) if value is not None else 0
+        return [(fill, None)] * count[0][0]
+    if op in ("Mul", "Add", "Sub", "Equal"):
+        a, b = inputs(0), inputs(1)
+        if a is None or b is None or (len(a) != len(b) and 1 not in (len(a), len(b))):
+            return None
+        apply = {"Mul": lambda x, y: x * y, "Add": lambda x, y: x + y, "Sub": lambda x, y: x - y, "Equal": lambda x, y: int(x == y)}[op]
+        a, b = (a * len(b), b) if len(a) == 1 else (a, b * len(a) if len(b) == 1 else b)
+        return [(apply(x[0], y[0]) if x[0] is not None and y[0] is not None else None, None) for x, y in zip(a, b)]
+    if op == "Where":
+        condition, chosen, other = inputs(0), inputs(1), inputs(2)
+        if condition is None or chosen is None or other is None or not len(condition) == len(chosen) == len(other):
+            return None
+        return [(c if flag[0] else o) if flag[0] is not None else (None, None) for flag, c, o in zip(condition, chosen, other)]
+    return None
+
+
+def _expanded_shape(view: GraphView, node: onnx.NodeProto) -> tuple | None:
+    """An Expand's output shape where its target is computed: each known target entry other than 1 or -1 (which keep
+    the input's size), else the input's size."""
+    entries = target_entries(view, node, 1)
+    source = view.shapes.get(node.input[0])
+    if entries is None or source is None or len(source) > len(entries):
+        return None
+    source = (1,) * (len(entries) - len(source)) + tuple(source)
+    return tuple(value if value is not None and value not in (1, -1) else (s if value in (1, -1) else None)
+                 for (value, _), s in zip(entries, source))
 
 
 def _resize_axis(view: GraphView, node: onnx.NodeProto, axis: int, size: int, layout: Layout, edits: list, where: str) -> int:
