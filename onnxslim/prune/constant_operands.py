@@ -157,6 +157,7 @@ def _input_axes(view: GraphView, node: onnx.NodeProto, axis: int, size: int, lay
 
 
 Entry = tuple  # (value or None where unknown, (node, input index, element) where that value is stored, or None)
+MAX_TARGET_RANK = 16  # a shape vector longer than this is not one
 
 
 def target_entries(view: GraphView, reader: onnx.NodeProto, index: int, depth: int = 12) -> list[Entry] | None:
@@ -188,7 +189,8 @@ def target_entries(view: GraphView, reader: onnx.NodeProto, index: int, depth: i
         data, picked = inputs(0), view.const(node.input[1])
         if data is None or picked is None:
             return None
-        return [data[int(i)] for i in np.reshape(picked, -1)]
+        indices = [int(i) for i in np.reshape(picked, -1)]
+        return [data[i] for i in indices] if all(-len(data) <= i < len(data) for i in indices) else None
     if op == "Slice":  # of a 1-D vector, stored bounds and step 1
         data = inputs(0)
         bounds = [view.const(node.input[i]) if len(node.input) > i and node.input[i] else None for i in range(1, 5)]
@@ -199,7 +201,7 @@ def target_entries(view: GraphView, reader: onnx.NodeProto, index: int, depth: i
         return data[int(bounds[0].reshape(-1)[0]) : int(bounds[1].reshape(-1)[0])]
     if op == "ConstantOfShape":
         count = inputs(0)
-        if count is None or len(count) != 1 or count[0][0] is None:
+        if count is None or len(count) != 1 or count[0][0] is None or not 0 <= count[0][0] <= MAX_TARGET_RANK:
             return None
         value = node_attr(node, "value")
         fill = int(np.reshape(onnx.numpy_helper.to_array(value), -1)[0]) if value is not None else 0
@@ -215,7 +217,14 @@ def target_entries(view: GraphView, reader: onnx.NodeProto, index: int, depth: i
         condition, chosen, other = inputs(0), inputs(1), inputs(2)
         if condition is None or chosen is None or other is None or not len(condition) == len(chosen) == len(other):
             return None
-        return [(c if flag[0] else o) if flag[0] is not None else (None, None) for flag, c, o in zip(condition, chosen, other)]
+        picked = [(c if flag[0] else o) if flag[0] is not None else (None, None) for flag, c, o in zip(condition, chosen, other)]
+        # an edited count must not flip the choice: it may stay stored only behind a comparison with -1 or 0, values a
+        # count of channels never takes
+        test = view.producers.get(node.input[0])
+        steady = test is not None and test.op_type == "Equal" and any(
+            side is not None and all(v is not None and v <= 0 for v, _ in side)
+            for side in (target_entries(view, test, i, depth - 1) for i in (0, 1)))
+        return picked if steady else [(value, None) for value, _ in picked]
     return None
 
 

@@ -387,7 +387,12 @@ def _prune(model, data, config: PruneConfig, output, eval_data, input_shapes, sh
     probe = _probe_feed(original, source, input_shapes)
     # without data, the random test batch's sizes (--input-shapes, a dynamic batch axis alone taken as 1) count the MACs
     without_data = {name: tuple(array.shape) for name, array in probe.items()} if probe is not None else dict(input_shapes or {})
-    shapes = _shapes_for(work, source) if source is not None else known_shapes(work, without_data)
+    if source is not None:
+        shapes = _shapes_for(work, source)
+    else:
+        shapes = known_shapes(work, without_data)
+        if probe is not None:  # a run of the random test batch sizes what inference leaves unknown, as a data batch does
+            shapes.update(runtime_shapes(work, probe))
     if config.unstructured:
         pruned, lines = magnitude_sparsify(work, config.ratio)
         report.sparsity.extend(lines)
@@ -648,6 +653,8 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
     inputs = [i.name for i in graph_inputs(original)]
     sizes = {k: v for k, v in ((s, shapes.get(s)) for s in inputs) if v and all(isinstance(d, int) for d in v)}
     new_shapes = known_shapes(pruned, sizes)
+    if probe is not None:
+        new_shapes.update(runtime_shapes(pruned, probe))
     # ``shapes`` are the prepared graph's: the branches its preparation merged are the original's alone
     original_shapes = {**known_shapes(original, sizes), **shapes} if any(r.name == "parallel-convs-as-one" and r.modified for r in report.prepare) else shapes
     report.parameters = BeforeAfter(count_parameters(original), count_parameters(pruned))
