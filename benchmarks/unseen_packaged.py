@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -67,7 +68,7 @@ def run(command: str, model: Path, shapes: list[str]) -> dict:
     extra = [arg for shape in shapes for arg in ("--input-shapes", shape)] if command in SHAPED else []
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "onnxslim", command, str(model), "-o", str(out), *COMMANDS[command], *extra],
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800, env={**os.environ, "COLUMNS": "400"})  # one line a message
     text = done.stdout + done.stderr
     lines = [line for line in text.splitlines() if line.strip()]
     return {
@@ -77,6 +78,7 @@ def run(command: str, model: Path, shapes: list[str]) -> dict:
         "seconds": round(time.perf_counter() - start, 1),
         "ratios": [float(r) for r in re.findall(r"ratio\s+([0-9.]+)", text)],
         "parameters": re.findall(r"parameters ([0-9,]+ -> [0-9,]+ \([0-9.]+x\))", text)[:1],
+        "wrote": next((line[:240] for line in lines if line.startswith("wrote")), ""),
         "last_line": lines[-1][:240] if lines else "",
     }
 
@@ -89,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     (WORK / "out").mkdir(parents=True, exist_ok=True)
     rows = []
-    print("| model | command | exit | s | latency ratio (deploy / 1 thread) | parameters | last line |\n|---|---|---|---|---|---|---|")
+    print("| model | command | exit | s | latency ratio (deploy / 1 thread) | parameters | what it wrote (or its last line) |\n|---|---|---|---|---|---|---|")
     for name in args.models:
         model = gather(name)
         for command in args.commands:
@@ -97,8 +99,8 @@ def main() -> None:
             rows.append(row)
             ratios = " / ".join(f"{r:.2f}x" for r in row["ratios"][:2]) or "-"
             exit_code = f"{row['exit']} (traceback)" if row["traceback"] else row["exit"]
-            print(f"| {name} | {command} | {exit_code} | {row['seconds']:.0f} | {ratios} | {' '.join(row['parameters']) or '-'} | {row['last_line']} |",
-                  flush=True)
+            print(f"| {name} | {command} | {exit_code} | {row['seconds']:.0f} | {ratios} | {' '.join(row['parameters']) or '-'} | "
+                  f"{row['wrote'] or row['last_line']} |", flush=True)
             args.json.write_text(json.dumps(rows, indent=1))
 
 
