@@ -43,6 +43,19 @@ def test_bad_model_files_get_one_line_errors(tmp_path, content, expected):
     assert "bad.onnx" in message and expected in message and "\n" not in message
 
 
+@pytest.mark.parametrize(
+    "identifier, named, advice",
+    [(b"ORTM", "onnxruntime ORT-format model", "converted from"), (b"TFL3", "TensorFlow Lite model", "convert it to ONNX")],
+)
+def test_model_files_of_other_formats_are_named_as_such(tmp_path, identifier, named, advice):
+    path = tmp_path / "model.onnx"  # the suffix says ONNX; the flatbuffer's identifier says otherwise
+    path.write_bytes(b"\x18\x00\x00\x00" + identifier + b"\x00" * 24)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert "model.onnx" in message and named in message and advice in message and "\n" not in message
+
+
 def test_truncated_model_is_refused(save):
     path = save(conv_bn_relu())
     data = path.read_bytes()

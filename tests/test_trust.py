@@ -1,6 +1,7 @@
 """No command destroys a file: destinations are checked before any work, with exit 2 and one line."""
 
 import hashlib
+import json
 import os
 
 import onnx
@@ -267,6 +268,27 @@ def test_an_output_of_one_value_is_not_called_constant_and_is_not_judged_by_its_
     single = npz_folder([{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)}], name="single")
     report = validate(path, path, single, runs=0)
     assert any("'score' gives one value" in w for w in report.warnings) and not any("nearly constant" in w for w in report.warnings)
+
+
+def test_an_integer_side_output_of_one_value_is_said_not_refused(save, npz_folder, tmp_path):
+    """A speech front-end's frame count beside its features: one integer per input, which quantization cannot blind the
+    check of while the features vary; a float output of one value is still refused (above)."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    model = conv_bn_relu()
+    model.graph.input.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, [1]))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([160], np.int64), "hop"))
+    model.graph.node.append(helper.make_node("Div", ["lengths", "hop"], ["frames"]))
+    model.graph.output.append(helper.make_tensor_value_info("frames", TensorProto.INT64, [1]))
+    path = save(model)
+    rng = np.random.default_rng(4)
+    data = npz_folder([{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32), "lengths": np.array([16000], np.int64)} for _ in range(5)])
+    report_path = tmp_path / "r.json"
+    result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data", data, "--latency-runs", "0", "--report", report_path, "-q")
+    assert result.exit_code == 0, result.output
+    assert any("integer output 'frames' gives one value" in w for w in json.loads(report_path.read_text())["warnings"])
+    assert (tmp_path / "q.onnx").exists()
 
 
 def test_an_already_quantized_model_is_named_as_such(save, npz_folder, tmp_path):

@@ -171,6 +171,9 @@ def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool
         raise ModelLoadError(f"{path} is a folder, not an ONNX model file")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path} is empty, not an ONNX model")
+    foreign = _foreign_format(path)
+    if foreign:
+        raise ModelLoadError(f"{path} is {foreign}")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError) as exc:
@@ -188,6 +191,23 @@ def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool
             else:
                 external_data_helper.load_external_data_for_model(proto, str(path.parent))
     return proto
+
+
+# Flatbuffer files carry a four-byte identifier after the root offset; these are the model formats met beside ONNX files.
+_FLATBUFFER_FORMATS = {
+    b"ORTM": "an onnxruntime ORT-format model, not an ONNX model: give the .onnx file it was converted from",
+    b"TFL3": "a TensorFlow Lite model, not an ONNX model: convert it to ONNX first (tf2onnx reads TFLite files)",
+}
+
+
+def _foreign_format(path: Path) -> str | None:
+    """What ``path`` is, and what to give instead, when it is a model file of a format often mistaken for ONNX; else None."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return None  # onnx.load names the reading error
+    return _FLATBUFFER_FORMATS.get(head[4:8])
 
 
 def _check_plausible(proto: onnx.ModelProto, path: Path) -> None:

@@ -1010,6 +1010,11 @@ def _evaluation_problems(comparisons, run: QuantRun, eval_data_given: bool) -> l
     still = _constant_inputs(run.eval_batches)
     if still:
         problems.append(f"input(s) {', '.join(still)} barely vary over {run.eval_label}: agreement on such data says little about real inputs")
+    # An integer output (a length, a count) that stands still (one value, the same for every sample) blinds no check
+    # while a float output carries the samples' differences: said, not refused.
+    informative = any(not (c.single_value or c.degenerate) for c in comparisons)
+    incidental = [c for c in comparisons if (c.single_value or c.degenerate) and c.integer_values and informative]
+    comparisons = [c for c in comparisons if c not in incidental]
     constant = [c for c in comparisons if c.degenerate]
     if constant:
         problems.append(
@@ -1022,12 +1027,16 @@ def _evaluation_problems(comparisons, run: QuantRun, eval_data_given: bool) -> l
             f"the float model's output '{single[0].name}' gives one value on {run.eval_label}: the cosine of one number is 1 whenever "
             "the signs agree, so it shows nothing"
         )
-        if not eval_data_given:
+        if not eval_data_given and not constant:
             raise DataError(f"{run.label}: {problems[-1]}; give more batches (more held out), a larger batch (--input-shapes), or --eval-data")
     # token ids or masks that vary carry the samples' differences even where every float input (a scalar setting) stands still
     refuse = constant or (float_inputs and set(still) >= float_inputs and not _varying_other_inputs(run.eval_batches))
     if refuse and not eval_data_given:
         raise DataError(f"{run.label}: {problems[0]}; calibrate on real inputs, or give --eval-data to measure on other data")
+    problems.extend(
+        f"the float model's integer output '{c.name}' {'gives one value' if c.single_value else 'is the same for every sample'} on {run.eval_label}: "
+        "the check that it is unchanged shows little" for c in incidental
+    )
     return problems
 
 
