@@ -327,6 +327,36 @@ def test_initializers_out_of_inputs_changes_old_models_only():
     assert not again.modified
 
 
+def test_initializers_out_of_inputs_takes_every_weight_listed_by_habit_and_keeps_settings_listed_on_purpose():
+    text = """
+        <ir_version: 7, opset_import: ["" : 13]>
+        g (float[1, 4] x, float[4, 2] w, float[2] b) => (float[1, 2] y) {
+            m = MatMul (x, w)
+            y = Add (m, b)
+        }
+        """
+    habit = with_weights(text, w=RNG.normal(size=(4, 2)), b=RNG.normal(size=(2,)))  # torch's keep_initializers_as_inputs
+    before = onnx.ModelProto()
+    before.CopyFrom(habit)
+    (result,) = checked(initializers_out_of_inputs)(habit)
+    assert result.modified and habit.ir_version == 7 and [v.name for v in habit.graph.input] == ["x"]
+    assert "every weight" in result.changes[0]
+    assert_same_outputs(before, habit, {"x": RNG.normal(size=(1, 4)).astype(np.float32)})
+    on_purpose = with_weights(
+        """
+        <ir_version: 7, opset_import: ["" : 13]>
+        g (float[1, 4] x, float[1] threshold) => (bool[1, 2] y) {
+            m = MatMul (x, w)
+            y = Greater (m, threshold)
+        }
+        """,
+        w=RNG.normal(size=(4, 2)),
+        threshold=np.array([0.5]),
+    )  # a setting with a default, its weight not listed: the listing is meant
+    (kept,) = checked(initializers_out_of_inputs)(on_purpose)
+    assert not kept.modified and [v.name for v in on_purpose.graph.input] == ["x", "threshold"]
+
+
 def test_pipeline_names_the_pass_that_breaks_its_contract():
     def lying_pass(model):
         model.graph.node[0].name = "renamed"

@@ -346,6 +346,19 @@ def test_nothing_to_quantize_exits_nonzero(save, npz_folder):
     assert not (path.parent / "q.onnx").exists()
 
 
+def test_weights_an_exporter_listed_as_inputs_are_quantized_as_weights(tmp_path):
+    """torch's keep_initializers_as_inputs lists every weight as a graph input; nothing was quantized ("weight is not a
+    constant initializer") and onnxruntime would not fold a BatchNormalization."""
+    model = conv_bn_relu()
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in model.graph.initializer)
+    data = [{"input": np.random.default_rng(i).normal(size=(1, 3, 32, 32)).astype(np.float32)} for i in range(10)]
+    out = tmp_path / "q.onnx"
+    _, report = quantize(model, data, config=FAST, output=out)
+    written = onnx.load(str(out))
+    assert report.written == "int8" and [v.name for v in written.graph.input] == ["input"]
+    assert Counter(n.op_type for n in written.graph.node)["DequantizeLinear"] >= 3
+
+
 def test_slower_int8_writes_fp32_when_asked(monkeypatch, tmp_path):
     model = conv_bn_relu()
     slower = LatencyComparison(1, {"median_ms": 1.0, "runs": 3}, {"median_ms": 1.4, "runs": 3})

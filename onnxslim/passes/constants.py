@@ -72,21 +72,30 @@ def constants_to_initializers(model: onnx.ModelProto) -> PassResult:
 
 
 def initializers_out_of_inputs(model: onnx.ModelProto) -> PassResult:
-    """Models of IR version < 4 had to list every initializer as a graph input too.
+    """Stop listing initializers as graph inputs where the listing is a format rule or an exporter's habit.
 
-    There that listing is a format rule, not a wish to feed weights at run time,
-    yet it makes every weight look overridable. Such models are moved to IR 4
-    with the listing removed, so weights are constants again.
+    Models of IR version < 4 had to list every initializer as a graph input too; exporters asked to keep
+    initializers as inputs (torch's ``keep_initializers_as_inputs``, the default of its early releases) list
+    every weight in later IR versions as well. Either way the listing is not a wish to feed weights at run
+    time, yet it makes every weight look overridable, so nothing treats them as constants. Old models are
+    moved to IR 4 with the listing removed; a later model loses it where every initializer of two or more
+    dimensions is listed, and keeps it otherwise (a threshold or a setting with a default is an input on purpose).
     """
     result = PassResult("initializers-out-of-inputs")
-    if model.ir_version >= 4:
-        return result
     names = {t.name for t in model.graph.initializer}
+    listed = names & {v.name for v in model.graph.input}
+    if model.ir_version >= 4:
+        arrays = {t.name for t in model.graph.initializer if len(t.dims) >= 2}
+        if not listed or not arrays or not arrays <= listed:
+            return result
     kept = [v for v in model.graph.input if v.name not in names]
     dropped = len(model.graph.input) - len(kept)
     if dropped:
         del model.graph.input[:]
         model.graph.input.extend(kept)
-    result.change(f"IR version {model.ir_version} -> 4: {dropped} initializer(s) are no longer listed as inputs")
-    model.ir_version = 4
+    if model.ir_version < 4:
+        result.change(f"IR version {model.ir_version} -> 4: {dropped} initializer(s) are no longer listed as inputs")
+        model.ir_version = 4
+    else:
+        result.change(f"{dropped} initializer(s), every weight among them, were listed as graph inputs as well (an exporter's habit): no longer listed, so they are constants")
     return result
