@@ -308,7 +308,7 @@ def _quantized(
     for attempt in range(RETRIES + 1):
         _say(show_progress, f"compress: {name}" + (f" (again, quantize's budget {1 - allowance:.4f})" if attempt else ""))
         quant_config = QuantConfig(
-            precision=_precision(config), target=config.target, threads=config.threads, if_slower="keep-int8", accuracy_budget=1.0 - allowance,
+            precision=_precision(config), target=config.target, threads=config.threads, if_slower="write", accuracy_budget=1.0 - allowance,
             accuracy_metric=config.accuracy_metric, scalar_affine=config.scalar_affine, depthwise=config.depthwise, output_layers=config.output_layers, smooth=config.smooth,
             weight_range=config.weight_range,
             # auto times both forms; compress times the candidates itself, so quantize's own timing against FP32 is left out

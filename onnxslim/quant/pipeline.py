@@ -1150,7 +1150,7 @@ def _quantize(model, data, config: QuantConfig, output, eval_data, input_shapes,
     except Exception as exc:  # an optimizer failure is worth reporting, not fatal
         report.warnings.append(f"could not read onnxruntime's optimized graph: {first_line(exc, 160)}")
     result = faster_or_float(
-        run, quantized, config, report, feed=run.eval_batches[0][1] if timed else None, subject="INT8 is", where="here", anyway="--if-slower keep-int8 writes INT8 anyway",
+        run, quantized, config, report, feed=run.eval_batches[0][1] if timed else None, subject="INT8 is", where="here", anyway="--if-slower write writes INT8 anyway",
         written="int8", description="timing FP32 vs INT8", labels=("float model", "quantized model"),
     )
     if output is not None:
