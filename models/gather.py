@@ -34,6 +34,8 @@ Files written (all under models/cache/):
         oww_melspectrogram.onnx openWakeWord's melspectrogram (a PyTorch export): 16 kHz samples [N,samples] -> mel frames
         oww_embedding.onnx      openWakeWord's speech embedding network (a tf2onnx export of Google's speech embedding):
                                 76 mel frames x 32 [N,76,32,1] -> a 96-value embedding [N,1,1,96]
+        oww_alexa.onnx ...      openWakeWord's v0.1 wake-word classifiers for "alexa", "hey jarvis" and "hey marvin" (openwakeword
+                                0.4.0): 16 embeddings [1,16,96] -> a probability [1,1]
         basic_pitch.onnx        Spotify's Basic Pitch note transcriber (basic-pitch; a tf2onnx export, its constant-Q transform
                                 inside the graph): 2 s of 22.05 kHz audio [N,43844,1] -> 172 frames of note, onset and contour
                                 posteriorgrams over 88 keys (264 contour bins)
@@ -109,6 +111,10 @@ def gather_ppocr(cache: Path = CACHE) -> dict[str, Path]:
     return written
 
 
+# the wake words openWakeWord's v0.1 classifiers detect (shipped in its 0.4.0 wheel; later releases download them), each over
+# 16 embeddings of its embedding network
+OWW_WORDS = ("alexa", "hey_jarvis", "hey_marvin")
+
 # the words EfficientWord-Net ships reference embeddings of (sample_refs/<word>_ref.json)
 EFFWORD_WORDS = ("alexa", "balloon", "computer", "lights_off", "lights_on", "mobile", "mycroft")
 
@@ -130,6 +136,7 @@ UNSEEN = {
     "rivagan_decoder.onnx": ("invisible-watermark==0.2.0", "imwatermark/rivagan_decoder.onnx"),
     "oww_melspectrogram.onnx": ("openwakeword==0.5.1", "openwakeword/resources/models/melspectrogram.onnx"),
     "oww_embedding.onnx": ("openwakeword==0.5.1", "openwakeword/resources/models/embedding_model.onnx"),
+    **{f"oww_{word}.onnx": ("openwakeword==0.4.0", f"openwakeword/resources/models/{word}_v0.1.onnx") for word in OWW_WORDS},
     "basic_pitch.onnx": ("basic-pitch==0.4.0", "basic_pitch/saved_models/icassp_2022/nmp.onnx"),
     "dnsmos_sig_bak_ovr.onnx": ("speechmos==0.0.1.1", "speechmos/dnsmos_models/sig_bak_ovr.onnx"),
     "aecmos_gru.onnx": ("speechmos==0.0.1.1", "speechmos/aecmos_models/Run_1663829550_Stage_0.onnx"),
