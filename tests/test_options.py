@@ -97,3 +97,34 @@ def test_validate_reads_images_like_quantize(tmp_path):
                                        "--latency-runs", "0", "--min-cosine", "0.999", "-q"])
     assert result.exit_code == 0, result.output
     assert "PASSED" in result.output
+
+
+def test_image_folders_are_laid_out_as_the_model_reads_them(tmp_path):
+    """A channels-last export (tf2onnx: [N, 224, 224, 3]) gets channels-last images without being told; asked for
+    channels first, it is refused naming the input and its shape."""
+    import numpy as np
+    import onnx
+    from click.testing import CliRunner
+    from onnx import helper
+    from PIL import Image
+
+    from models.builders import conv_bn_relu
+    from onnxslim.data.resolve import image_layout_of
+
+    assert image_layout_of(("N", 32, 32, 3)) == "nhwc" and image_layout_of(("N", 3, 32, 32)) == "nchw" and image_layout_of(("N", 3, 32, 3)) == "nchw"
+    model = conv_bn_relu()
+    model.graph.input[0].name = "pixels"
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value, model.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 32, 3
+    model.graph.node.insert(0, helper.make_node("Transpose", ["pixels"], ["input"], perm=[0, 3, 1, 2]))
+    path = tmp_path / "nhwc.onnx"
+    onnx.save(model, str(path))
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    common = ["validate", str(path), str(path), "--data", str(images), "--latency-runs", "0", "-q"]
+    result = CliRunner().invoke(main, common)
+    assert result.exit_code == 0 and "PASSED" in result.output, result.output
+    result = CliRunner().invoke(main, [*common, "--image-layout", "nchw"])
+    assert result.exit_code != 0 and "input 'pixels'" in result.output and "Traceback" not in result.output, result.output

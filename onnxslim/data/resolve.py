@@ -33,8 +33,10 @@ def data_from_options(model: onnx.ModelProto, *, data: str | None, data_loader: 
         inputs = graph_inputs(model)
         if len(inputs) != 1:
             raise UsageError(f"an image folder feeds models with one input; this one has {len(inputs)}: {', '.join(i.name for i in inputs)}")
+        shape = inputs[0].shape or ()
+        if image_layout == "auto":
+            image_layout = image_layout_of(shape)
         if image_size is None:
-            shape = inputs[0].shape or ()
             spatial = shape[2:4] if image_layout == "nchw" else shape[1:3]
             if len(spatial) == 2 and all(isinstance(d, int) for d in spatial):
                 image_size = tuple(spatial)
@@ -47,3 +49,10 @@ def data_from_options(model: onnx.ModelProto, *, data: str | None, data_loader: 
             mean=image_mean or (0.0, 0.0, 0.0), std=image_std or (1.0, 1.0, 1.0), channels=image_channels,
         )
     return data
+
+
+def image_layout_of(shape) -> str:
+    """'nhwc' for a 4-D input with 3 values on its last axis and not on axis 1 (a channels-last export's), else 'nchw'."""
+    if len(shape) == 4 and shape[3] == 3 and shape[1] != 3:
+        return "nhwc"
+    return "nchw"
