@@ -128,3 +128,40 @@ def test_image_folders_are_laid_out_as_the_model_reads_them(tmp_path):
     assert result.exit_code == 0 and "PASSED" in result.output, result.output
     result = CliRunner().invoke(main, [*common, "--image-layout", "nchw"])
     assert result.exit_code != 0 and "input 'pixels'" in result.output and "Traceback" not in result.output, result.output
+
+
+def test_a_model_taking_uint8_pixels_gets_them_as_decoded_from_images_and_random_data(tmp_path):
+    """An export that takes images as decoded (uint8, channels last) and scales them itself: image folders give the
+    pixels unscaled, and random data draws them over 0-255 (not the 0 or 1 of ids and lengths)."""
+    import numpy as np
+    import onnx
+    from click.testing import CliRunner
+    from onnx import TensorProto, helper
+    from PIL import Image
+
+    from models.builders import conv_bn_relu
+    from onnxslim.data.sources import ImageFolder, RandomInputs
+    from onnxslim.ir.tensors import graph_inputs
+
+    model = conv_bn_relu()
+    model.graph.input[0].name = "pixels"
+    tensor_type = model.graph.input[0].type.tensor_type
+    tensor_type.elem_type = TensorProto.UINT8
+    tensor_type.shape.dim[1].dim_value, tensor_type.shape.dim[3].dim_value = 32, 3
+    model.graph.node.insert(0, helper.make_node("Cast", ["pixels"], ["scaled"], to=TensorProto.FLOAT))
+    model.graph.node.insert(1, helper.make_node("Transpose", ["scaled"], ["input"], perm=[0, 3, 1, 2]))
+    path = tmp_path / "pixels.onnx"
+    onnx.save(model, str(path))
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    result = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--data", str(images), "--image-mean", "0.5,0.5,0.5",
+                                       "--latency-runs", "0", "--accuracy-budget", "none"])
+    assert result.exit_code == 0, result.output
+    assert "not applied" in " ".join(result.output.split())
+    (_, batch), *_ = ImageFolder(images, "pixels", size=(32, 32), layout="nhwc", dtype=np.uint8)
+    assert batch["pixels"].dtype == np.uint8 and np.array_equal(batch["pixels"][0], np.asarray(Image.open(images / "0.png")))
+    (_, drawn), *_ = RandomInputs(graph_inputs(model), batches=1)
+    assert drawn["pixels"].dtype == np.uint8 and drawn["pixels"].max() > 200

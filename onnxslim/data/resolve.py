@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from onnxslim.data.sources import IMAGE_SUFFIXES, ImageFolder, LoaderFunction
@@ -42,11 +43,14 @@ def data_from_options(model: onnx.ModelProto, *, data: str | None, data_loader: 
                 image_size = tuple(spatial)
             else:
                 raise UsageError(f"{folder} holds images: give --image-size HxW (the model's input '{inputs[0].name}' is {inputs[0].shape_text()})")
-        if image_mean is None and image_std is None:
+        pixels = inputs[0].dtype == np.uint8  # the model takes images as decoded and scales them itself
+        if pixels and (image_mean is not None or image_std is not None):
+            warn(f"{folder}: the model's input '{inputs[0].name}' takes uint8 pixels, so --image-mean and --image-std are not applied (the model normalizes them)")
+        elif not pixels and image_mean is None and image_std is None:
             warn(f"{folder}: images are only scaled by {image_scale:g}: give --image-mean and --image-std if the model was trained on normalized inputs")
         return ImageFolder(
             folder, inputs[0].name, size=image_size, layout=image_layout, scale=image_scale,
-            mean=image_mean or (0.0, 0.0, 0.0), std=image_std or (1.0, 1.0, 1.0), channels=image_channels,
+            mean=image_mean or (0.0, 0.0, 0.0), std=image_std or (1.0, 1.0, 1.0), channels=image_channels, dtype=np.uint8 if pixels else np.float32,
         )
     return data
 

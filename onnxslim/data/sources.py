@@ -183,7 +183,8 @@ class RandomInputs:
 
     def __iter__(self) -> Iterator[tuple[str, Batch]]:
         rng = np.random.default_rng(self.seed)
-        integer = [spec.name for spec in self.inputs if spec.dtype is not None and spec.dtype.kind in "iu"]
+        # uint8 inputs are pixels (a model that takes an image as it is decoded): drawn over 0-255
+        integer = [spec.name for spec in self.inputs if spec.dtype is not None and spec.dtype.kind in "iu" and spec.dtype != np.uint8]
         # indices, lengths and ids drawn at random often mean nothing to the model: a batch it refuses says why
         note = f" (0 or 1 at random in integer input(s) {', '.join(repr(name) for name in integer)})" if integer else ""
         for index in range(self.batches):
@@ -193,6 +194,8 @@ class RandomInputs:
                 dtype = spec.dtype if spec.dtype is not None else np.dtype(np.float32)
                 if dtype.kind == "f":
                     batch[spec.name] = rng.standard_normal(shape).astype(dtype)
+                elif dtype == np.uint8:
+                    batch[spec.name] = rng.integers(0, 256, size=shape).astype(dtype)
                 elif dtype.kind in "iu":
                     batch[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
                 elif dtype.kind == "b":
@@ -426,11 +429,13 @@ class ImageFolder:
 
     Each image is converted to RGB (or BGR), resized to ``size`` (height,
     width), multiplied by ``scale``, normalized per channel with ``mean`` and
-    ``std``, and laid out as NCHW or NHWC with a batch dimension of 1.
+    ``std``, and laid out as NCHW or NHWC with a batch dimension of 1. With
+    ``dtype`` uint8 (a model that takes pixels as decoded) the pixels are
+    given as they are: ``scale``, ``mean`` and ``std`` do not apply.
     """
 
     def __init__(self, folder: str | Path, input_name: str, *, size: tuple[int, int], layout: str = "nchw", scale: float = 1.0 / 255.0,
-                 mean: tuple[float, ...] = (0.0, 0.0, 0.0), std: tuple[float, ...] = (1.0, 1.0, 1.0), channels: str = "rgb"):
+                 mean: tuple[float, ...] = (0.0, 0.0, 0.0), std: tuple[float, ...] = (1.0, 1.0, 1.0), channels: str = "rgb", dtype=np.float32):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataError(f"image folder not found: {self.folder}")
@@ -445,7 +450,11 @@ class ImageFolder:
             raise UsageError("image mean and std need three values each, std non-zero")
         self.input_name, self.size, self.layout, self.scale = input_name, size, layout, scale
         self.mean, self.std, self.channels = np.array(mean, np.float32), np.array(std, np.float32), channels
-        self.description = f"{len(self.files)} image(s) from {self.folder} ({size[0]}x{size[1]} {layout}, {channels})"
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.uint8):
+            raise UsageError(f"image folders give float32 or uint8 pixels, not {self.dtype}")
+        pixels = ", uint8 pixels as decoded" if self.dtype == np.uint8 else ""
+        self.description = f"{len(self.files)} image(s) from {self.folder} ({size[0]}x{size[1]} {layout}, {channels}{pixels})"
 
     def __len__(self) -> int:
         return len(self.files)
@@ -461,13 +470,14 @@ class ImageFolder:
                     rgb = image.convert("RGB").resize((self.size[1], self.size[0]), Image.BILINEAR)
             except OSError as exc:
                 raise DataError(f"{path}: not a readable image ({exc})") from None
-            array = np.asarray(rgb, dtype=np.float32)
+            array = np.asarray(rgb, dtype=np.float32 if self.dtype == np.float32 else np.uint8)
             if self.channels == "bgr":
                 array = array[:, :, ::-1]
-            array = (array * self.scale - self.mean) / self.std
+            if self.dtype == np.float32:
+                array = (array * self.scale - self.mean) / self.std
             if self.layout == "nchw":
                 array = array.transpose(2, 0, 1)
-            yield str(path), {self.input_name: np.ascontiguousarray(array[None], dtype=np.float32)}
+            yield str(path), {self.input_name: np.ascontiguousarray(array[None], dtype=self.dtype)}
 
 
 class LoaderFunction:
