@@ -79,6 +79,28 @@ def test_codebooks_shrink_the_file_and_onnxruntime_folds_the_lookups(clusters):
     assert report.evaluation.startswith("2 held-out")
 
 
+def test_a_float16_models_weights_become_codebooks_restored_as_float16_and_folded():
+    """FP16 exports (GPU deployments) were refused ("no float weight"): their weights are coded as float32 ones are and
+    restored in float32 then cast, which onnxruntime folds at load (float16 lookups were left to run on the CPU)."""
+    rng = np.random.default_rng(5)
+    first, second = rng.standard_normal((64, 512)).astype(np.float16), rng.standard_normal((512, 32)).astype(np.float16)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"])],
+        "half", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 32])],
+        [onnx.numpy_helper.from_array(first, "w1"), onnx.numpy_helper.from_array(second, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = [{"x": rng.standard_normal((4, 64)).astype(np.float16)} for _ in range(10)]
+    shared, report = share(model, data, config=ShareConfig(min_elements=1024, latency_runs=0))
+    onnx.checker.check_model(shared)
+    codebooks = [t for t in report.tensors if t.how.startswith("codebook")]
+    assert {t.name for t in codebooks} == {"w1", "w2"} and all(t.bytes_before == t.elements * 2 for t in codebooks)
+    assert all(t.bytes_after < 0.6 * t.bytes_before for t in codebooks)
+    assert optimized_ops(shared) == optimized_ops(model)  # every lookup folded at load: the session runs what the original's runs
+    out = run_model(shared, data[0])[0]
+    assert out.dtype == np.float16 and report.fidelity[0].cosine > 0.999
+
+
 def test_share_refuses_what_it_cannot_do():
     with pytest.raises(UsageError, match="--clusters"):
         ShareConfig(clusters=64)

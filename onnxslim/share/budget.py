@@ -35,7 +35,7 @@ def ranked_weights(work: onnx.ModelProto, coded_model: onnx.ModelProto, weights:
     readers = [n for n in work.graph.node if wanted & set(n.input)]
     types = element_types(work)
     constants = {t.name for t in work.graph.initializer}
-    activations = {name for name, kind in types.items() if kind == onnx.TensorProto.FLOAT} - constants
+    activations = {name for name, kind in types.items() if kind in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)} - constants
     compared = tensor_fidelity(work, coded_model, tensors_to_compare(readers, activations), track(batches, "per-weight noise", enabled=show_progress))
     noise = {name: noise_power(c.err_sq, c.ref_sq, c.nonfinite_mismatches) for name, c in compared.items()}
     by_node = {n.name: n for n in readers}

@@ -58,14 +58,14 @@ def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 
 
 def codebook_candidates(model: onnx.ModelProto, min_elements: int) -> list[str]:
-    """Float weights of at least ``min_elements`` values read only as the weight of Conv, Gemm, MatMul, Gather or a
-    recurrent layer (its W or R)."""
+    """Float (32- or 16-bit) weights of at least ``min_elements`` values read only as the weight of Conv, Gemm, MatMul,
+    Gather or a recurrent layer (its W or R)."""
     inits = initializer_map(model.graph)
     outputs = {v.name for v in model.graph.output}
     readers = _readers(model)
     return [
         name for name, t in inits.items()
-        if t.data_type == TensorProto.FLOAT and _elements(t) >= min_elements and name not in outputs
+        if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16) and _elements(t) >= min_elements and name not in outputs
         and readers.get(name) and all(list(n.input).index(name) in WEIGHTED.get(n.op_type, ()) for n in readers[name])
     ]
 
@@ -145,12 +145,13 @@ def encode(model: onnx.ModelProto, fits: dict[str, Coded | None]) -> tuple[onnx.
             continue
         packed = coded.clusters <= 16 and opset >= 11  # BitShift, to unpack 4-bit indices, is opset 11
         shape = tuple(inits[name].dims)
-        nodes, tensors = _lookup(name, shape, coded.codebook, coded.indices, coded.scales, packed, opset, taken)
+        dtype = helper.tensor_dtype_to_np_dtype(inits[name].data_type)
+        nodes, tensors = _lookup(name, shape, coded.codebook, coded.indices, coded.scales, packed, opset, taken, dtype)
         lookups.extend(nodes)
         result.graph.initializer.extend(tensors)
         after = sum(len(t.raw_data) or t.ByteSize() for t in tensors)
         how = f"codebook {coded.clusters}" + ("" if packed or coded.clusters > 16 else " (8-bit indices: opset < 11)")
-        done.append(TensorShare(name, coded.indices.size, coded.indices.size * 4, after, how, coded.rms_error))
+        done.append(TensorShare(name, coded.indices.size, coded.indices.size * dtype.itemsize, after, how, coded.rms_error))
     if done:
         gone = {d.name for d in done}
         kept = [t for t in result.graph.initializer if t.name not in gone]
@@ -200,8 +201,11 @@ def _normalized(array: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return np.divide(array, scales, out=np.zeros(array.shape, np.float32), where=np.broadcast_to(scales > 0, array.shape))
 
 
-def _lookup(name: str, shape: tuple, codebook: np.ndarray, indices: np.ndarray, scales: np.ndarray, packed: bool, opset: int, taken: set[str]):
-    """Nodes and initializers that compute tensor ``name``: Gather(codebook, indices) * per-channel scales."""
+def _lookup(name: str, shape: tuple, codebook: np.ndarray, indices: np.ndarray, scales: np.ndarray, packed: bool, opset: int, taken: set[str],
+            dtype=np.dtype(np.float32)):
+    """Nodes and initializers that compute tensor ``name``: Gather(codebook, indices) * per-channel scales, cast to ``dtype``
+    where that is not float32 (a float16 model's weight: computed in float32, which onnxruntime folds at load on the CPU,
+    where float16 lookups are left to run)."""
     def fresh(suffix: str) -> str:
         return unique_name(f"{name}_{suffix}", taken)
 
@@ -239,7 +243,12 @@ def _lookup(name: str, shape: tuple, codebook: np.ndarray, indices: np.ndarray, 
     wide, normalized = fresh("indices"), fresh("normalized")
     nodes.append(helper.make_node("Cast", [shaped], [wide], name=fresh("cast"), to=TensorProto.INT32))
     nodes.append(helper.make_node("Gather", [code, wide], [normalized], name=fresh("lookup"), axis=0))
-    nodes.append(helper.make_node("Mul", [normalized, scale], [name], name=fresh("scale")))
+    if dtype == np.float32:
+        nodes.append(helper.make_node("Mul", [normalized, scale], [name], name=fresh("scale")))
+    else:
+        restored = fresh("restored")
+        nodes.append(helper.make_node("Mul", [normalized, scale], [restored], name=fresh("scale")))
+        nodes.append(helper.make_node("Cast", [restored], [name], name=fresh("to_weight_type"), to=helper.np_dtype_to_tensor_dtype(dtype)))
     return nodes, tensors
 
 

@@ -40,6 +40,7 @@ from onnxslim.measure import LatencyComparison, RememberedReference, few_objects
 from onnxslim.measure.channels import input_grams, input_moments
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import Pipeline, constants_to_initializers, initializers_out_of_inputs
+from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.records import BeforeAfter, Record
 from onnxslim.runtime import Runner
 from onnxslim.runtime.session import optimized_ops
@@ -49,7 +50,8 @@ from onnxslim.share.codebook import identical_groups
 from onnxslim.share.encode import TensorShare, codebook_candidates, compensable_layers, encode, fit_codebooks, fit_one, rms_error
 
 CLUSTERS = (0, 16, 256)
-PREPARE = Pipeline((initializers_out_of_inputs, constants_to_initializers))
+# the per-layer statistics are kept by node name: an unnamed node gets one, as quantize and prune give it
+PREPARE = Pipeline((initializers_out_of_inputs, constants_to_initializers, name_unnamed_nodes))
 
 
 @dataclass(frozen=True)
