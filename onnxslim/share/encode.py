@@ -202,7 +202,7 @@ def _normalized(array: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 def _lookup(name: str, shape: tuple, codebook: np.ndarray, indices: np.ndarray, scales: np.ndarray, packed: bool, opset: int, taken: set[str],
-            dtype=np.dtype(np.float32)):
+            dtype=np.float32):
     """Nodes and initializers that compute tensor ``name``: Gather(codebook, indices) * per-channel scales, cast to ``dtype``
     where that is not float32 (a float16 model's weight: computed in float32, which onnxruntime folds at load on the CPU,
     where float16 lookups are left to run)."""
