@@ -656,3 +656,29 @@ def test_full_range_int8_weights_are_flagged_where_this_cpu_would_saturate_them(
         report = validate(model, quantized, "random", runs=0)
         flagged = [w for w in report.warnings if "beyond +-64" in w and "--weight-range reduced" in w]
         assert bool(flagged) == (saturates and weight_range == "full")
+
+
+def test_a_float16_conversion_is_validated_against_its_float32_original(tmp_path, npz_folder):
+    """A float16 model with float16 inputs (how converters write one for the GPU) against the float32 original: the data,
+    read as the reference's, is cast for the candidate, and the report says so."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((16, 8)).astype(np.float32)
+
+    def matmul_model(element_type, array):
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Tanh", ["h"], ["y"], name="tanh")], "m",
+            [helper.make_tensor_value_info("x", element_type, ["N", 16])], [helper.make_tensor_value_info("y", element_type, ["N", 8])],
+            [onnx.numpy_helper.from_array(array, "w")],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    reference, half = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
+    onnx.save(matmul_model(TensorProto.FLOAT, weight), str(reference))
+    onnx.save(matmul_model(TensorProto.FLOAT16, weight.astype(np.float16)), str(half))
+    data = npz_folder([{"x": rng.standard_normal((4, 16)).astype(np.float32) * 0.3} for _ in range(6)])
+    report = validate(reference, half, data, runs=3, gates=Gates(min_cosine=0.999))
+    assert report.passed, report.failures
+    assert any("input 'x' is float16" in w and "cast to float16" in w for w in report.warnings)
+    assert report.providers[0].latency is not None

@@ -67,10 +67,10 @@ class PassRunner:
     """
 
     def __init__(self, model: ModelSource, provider: str = "CPUExecutionProvider", *, optimization: str = "all", label: str = "model", prepack: bool = True,
-                 workers: int | None = None, like: Runner | None = None, cores: int | None = None, batches: int | None = None):
+                 workers: int | None = None, like: Runner | None = None, cores: int | None = None, batches: int | None = None, cast_floats: bool = False):
         """``like``: a runner of the same ``model`` whose serialized copy these sessions open (see :class:`Runner`);
         ``cores``: the cores its sessions share (default: all this process may use); ``batches``: how many the pass will
-        run, where known (a session is opened for every BATCHES_PER_SESSION of them at most)."""
+        run, where known (a session is opened for every BATCHES_PER_SESSION of them at most); ``cast_floats``: see :class:`Runner`."""
         cores = cores or available_cores()
         most = max(1, batches // BATCHES_PER_SESSION) if batches is not None else None
 
@@ -78,18 +78,19 @@ class PassRunner:
             return count if most is None else min(count, most)
 
         planned = workers or capped(pass_workers(0, provider, cores))  # sized before the model is serialized, checked after
-        first = Runner(model, provider, threads=_share(cores, planned), optimization=optimization, label=label, prepack=prepack, like=like)
+        first = Runner(model, provider, threads=_share(cores, planned), optimization=optimization, label=label, prepack=prepack, like=like, cast_floats=cast_floats)
         if workers is None:
             workers = capped(pass_workers(first.source_bytes, provider, cores))
             if workers != planned:
-                first = Runner(model, provider, threads=_share(cores, workers), optimization=optimization, label=label, prepack=prepack, like=first)
+                first = Runner(model, provider, threads=_share(cores, workers), optimization=optimization, label=label, prepack=prepack, like=first,
+                               cast_floats=cast_floats)
         self._first = first
         # the other sessions open in the background while the first one runs (opening one takes as long as several small batches)
         self._others: list[Future] = []
         if workers > 1:
             opening = ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="onnxslim-open")
             self._others = [opening.submit(Runner, model, provider, threads=first.threads, optimization=optimization, label=label, prepack=prepack,
-                                           like=first) for _ in range(workers - 1)]
+                                           like=first, cast_floats=cast_floats) for _ in range(workers - 1)]
             opening.shutdown(wait=False)  # the pool's threads end once the sessions are open
         self.provider = provider
         self.label = label

@@ -199,14 +199,19 @@ def as_array(value) -> np.ndarray:
     return np.asarray(value)
 
 
+# onnxruntime's names of float tensor types -> numpy's
+FLOAT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16), "tensor(double)": np.dtype(np.float64)}
+
+
 class Runner:
     """One model on one execution provider."""
 
     def __init__(
         self, model: ModelSource, provider: str = "CPUExecutionProvider", *, threads: int | None = 1, optimization: str = "all", label: str = "model", prepack: bool = True,
-        like: Runner | None = None,
+        like: Runner | None = None, cast_floats: bool = False,
     ):
-        """``like``: a runner of the same ``model`` whose serialized copy and optimizer choices this one reuses (another thread count)."""
+        """``like``: a runner of the same ``model`` whose serialized copy and optimizer choices this one reuses (another thread count);
+        ``cast_floats``: float inputs fed in another float type (float32 data for a float16 model) are cast to the model's."""
         self.provider = provider
         self.threads = threads
         self.label = label
@@ -232,6 +237,19 @@ class Runner:
             raise ModelLoadError(f"{label}: onnxruntime cannot load it on {short_name(provider)}: {first_line(exc)}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.float_inputs = {i.name: FLOAT_TYPES[i.type] for i in self.session.get_inputs() if i.type in FLOAT_TYPES} if cast_floats else {}
+        self._fitted: tuple[tuple, dict] | None = None
+
+    def fitted(self, feed: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """``feed`` with its float inputs in this model's float types (where ``cast_floats`` was asked; the last one kept, so
+        a timing loop casts once)."""
+        if not self.float_inputs or all(self.float_inputs.get(k, v.dtype) == v.dtype for k, v in feed.items()):
+            return feed
+        key = tuple((k, id(v)) for k, v in feed.items())
+        if self._fitted is None or self._fitted[0] != key:
+            cast = {k: v.astype(self.float_inputs[k]) if k in self.float_inputs and v.dtype.kind == "f" else v for k, v in feed.items()}
+            self._fitted = (key, cast)
+        return self._fitted[1]
 
     @property
     def source(self) -> ModelSource:
@@ -255,15 +273,16 @@ class Runner:
 
     def run(self, feed: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
         try:
-            values = self.session.run(outputs, dict(feed))
+            values = self.session.run(outputs, dict(self.fitted(feed)))
         except Exception as exc:
             raise DataError(f"{self.label}: onnxruntime failed to run this input: {first_line(exc)}") from None
         return [as_array(value) for value in values]
 
     def time_once(self, feed: Mapping[str, np.ndarray]) -> float:
         """Seconds for one run of ``feed``."""
+        feed = dict(self.fitted(feed))
         start = time.perf_counter()
-        self.session.run(None, dict(feed))
+        self.session.run(None, feed)
         return time.perf_counter() - start
 
     def placement(self, feed: Mapping[str, np.ndarray]) -> Placement:
@@ -273,7 +292,7 @@ class Runner:
             options = _session_options(self.threads, self._optimization, profile_prefix=str(Path(folder) / "profile"))
             session = ort.InferenceSession(self._model, sess_options=options, providers=provider_chain(self.provider), disabled_optimizers=self._disabled)
             try:
-                session.run(None, dict(feed))
+                session.run(None, dict(self.fitted(feed)))
             except Exception as exc:
                 raise DataError(f"{self.label}: onnxruntime failed to run this input: {first_line(exc)}") from None
             profile_file = session.end_profiling()

@@ -141,6 +141,7 @@ def validate(
     report = ValidationReport(ref_label, cand_label, source.description, is_random, threads)
     if is_random:
         report.warnings.append(f"inputs are random{batch_of_one_note(inputs, input_shapes)}: agreement on random data proves little about real inputs; pass --data DIR")
+    report.warnings.extend(_float_types_differ(ref_proto, cand_proto, cand_label))
     ref_model, cand_model = _as_session_input(reference, ref_proto), _as_session_input(candidate, cand_proto)
     output_names = [o.name for o in graph_outputs(ref_proto)]
     available = available_providers()
@@ -235,6 +236,17 @@ def _check_top1_applies(report: ValidationReport) -> None:
         report.warnings.append(f"--min-top1 not checked on output '{name}': it is not a class-score vector, so top-1 is not meaningful there")
 
 
+def _float_types_differ(ref: onnx.ModelProto, cand: onnx.ModelProto, cand_label: str) -> list[str]:
+    """A note per input the candidate takes in another float type than the reference (a float16 conversion): the data,
+    read as the reference's, is cast for it."""
+    ref_types = {s.name: s.dtype for s in graph_inputs(ref)}
+    return [
+        f"{cand_label}: input '{spec.name}' is {spec.dtype}, the reference's {ref_types[spec.name]}: the data is cast to {spec.dtype} for it"
+        for spec in graph_inputs(cand)
+        if spec.dtype is not None and spec.dtype.kind == "f" and ref_types.get(spec.name) is not None and ref_types[spec.name].kind == "f" and spec.dtype != ref_types[spec.name]
+    ]
+
+
 def _check_same_interface(ref: onnx.ModelProto, cand: onnx.ModelProto, ref_label: str, cand_label: str) -> None:
     ref_in = {s.name for s in graph_inputs(ref)}
     cand_in = {s.name for s in graph_inputs(cand)}
@@ -252,10 +264,11 @@ def _run_provider(provider, ref_model, cand_model, ref_label, cand_label, source
     name = short_name(provider)
     batches = track(source, f"{name}: comparing outputs", enabled=show_progress)
     if provider == "CPUExecutionProvider":  # outputs compared in sessions side by side; timed below at the thread count asked for
-        comparisons, first = _compared(PassRunner(ref_model, provider, label=ref_label), PassRunner(cand_model, provider, label=cand_label), batches, output_names)
+        comparisons, first = _compared(PassRunner(ref_model, provider, label=ref_label, cast_floats=True), PassRunner(cand_model, provider, label=cand_label, cast_floats=True),
+                                       batches, output_names)
     try:
-        ref_runner = Runner(ref_model, provider, threads=threads, label=ref_label)
-        cand_runner = Runner(cand_model, provider, threads=threads, label=cand_label)
+        ref_runner = Runner(ref_model, provider, threads=threads, label=ref_label, cast_floats=True)
+        cand_runner = Runner(cand_model, provider, threads=threads, label=cand_label, cast_floats=True)
     except ProviderError as exc:
         return ProviderResult(provider, "not available", str(exc))
     result = ProviderResult(provider, "ok")
@@ -277,7 +290,7 @@ def _run_provider(provider, ref_model, cand_model, ref_label, cand_label, source
         if also_one_thread(threads, provider):
             del ref_runner, cand_runner  # one pair of sessions at a time
             result.latency_1_thread = time_pair(
-                Runner(ref_model, provider, threads=1, label=ref_label), Runner(cand_model, provider, threads=1, label=cand_label), feed,
+                Runner(ref_model, provider, threads=1, label=ref_label, cast_floats=True), Runner(cand_model, provider, threads=1, label=cand_label, cast_floats=True), feed,
                 warmup=warmup, runs=runs, batch=first[0], show_progress=show_progress, description=f"{name}: timing at 1 thread",
             )
     return result
