@@ -1506,3 +1506,14 @@ def test_pruning_one_model_at_several_amounts_gathers_its_statistics_once(monkey
         assert shared_report.config["importance"] == alone_report.config["importance"] == "second-order"
     assert len(passes) == 3  # the first shared pruning's pass, then one per pruning alone
     assert len(timings) == 2  # prune alone's, twice
+
+
+def test_a_pruned_model_whose_outputs_moved_past_the_default_budget_says_so():
+    """prune does what --ratio asks; where that moves an output's cosine under the 0.99 quantize and compress hold, the
+    report says which output and how far, and points to compress."""
+    faithful, wide = conv_bn_relu(), mlp()
+    _, light = prune(faithful, sample_inputs(faithful, 20), config=PruneConfig(ratio=0.1, latency_runs=0))
+    _, heavy = prune(wide, sample_inputs(wide, 20), config=PruneConfig(ratio=0.9, latency_runs=0))
+    worst = min(c.cosine for c in heavy.fidelity)
+    assert worst < 0.99 and any(w.startswith("output ") and "moved" in w and f"{worst:.4f}" in w and "compress" in w for w in heavy.warnings), heavy.warnings
+    assert min(c.cosine for c in light.fidelity) >= 0.99 and not any("moved" in w for w in light.warnings), light.warnings

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 from collections import Counter
 from collections.abc import Mapping
@@ -676,6 +677,23 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
     if source is not None and compared:
         report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), pruned, source, label="pruned model")
         report.warnings.extend(few_objects(report.fidelity, report.evaluation or "the data"))
+        moved = _moved_outputs(report.fidelity, report.evaluation or "the data")
+        if moved:
+            report.warnings.append(moved)
+
+
+# quantize's and compress's default budget: every output's cosine with the original at least this on held-out data
+FAITHFUL_COSINE = 0.99
+
+
+def _moved_outputs(comparisons, data_label: str) -> str | None:
+    """A warning when some output of the pruned model is further from the original's than the default budgets allow
+    (NaN counts as furthest): pruning as much as asked costs this model accuracy, which the number alone may not say."""
+    worst = min(comparisons, key=lambda c: -1.0 if math.isnan(c.cosine) else c.cosine, default=None)
+    if worst is None or worst.cosine >= FAITHFUL_COSINE:
+        return None
+    return (f"output '{worst.name}' moved: cosine {worst.cosine:.4f} with the original on {data_label}, under the {FAITHFUL_COSINE} quantize and compress "
+            "hold by default; prune less (--ratio), or let `onnxslim compress` choose how much under an accuracy budget")
 
 
 def _evaluation_split(source, eval_data, model: onnx.ModelProto, config: PruneConfig, input_shapes):
