@@ -139,6 +139,25 @@ def test_training_steps_normalize_as_the_graph_does():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 
+def test_a_normalization_written_with_its_training_mode_is_converted_and_one_in_training_mode_refused():
+    """torch writes BatchNormalization's training_mode=0 from opset 14 (EfficientWord-Net's input normalization), which the
+    converter could not read: at 0 it changes nothing and is left out of the converter's copy; 1 is named in one line."""
+    from onnxslim.errors import UnsupportedModelError
+
+    model = _upsampling_model(batchnorm=True)
+    model.opset_import[0].version = 15
+    normalization = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    normalization.attribute.append(helper.make_attribute("training_mode", 0))
+    net, _, _ = to_module(model)
+    ready_to_train(net)
+    feed = sample_inputs(model, 1)[0]
+    np.testing.assert_allclose(forward(net, feed, ["input"])[0].detach().numpy(), run_model(model, feed)[0], rtol=1e-4, atol=1e-5)
+    assert any(a.name == "training_mode" for a in normalization.attribute)  # the student's own graph keeps it
+    normalization.attribute[-1].i = 1
+    with pytest.raises(UnsupportedModelError, match="training_mode=1"):
+        to_module(model)
+
+
 def test_a_weight_far_smaller_than_the_learning_rate_is_not_wrecked_by_a_step(tmp_path):
     """A folded normalization can leave a layer's weights at 1e-5 with the next layer scaling back up (PP-OCRv4 det): Adam's
     steps of about lr per element must not move such a tensor by its own size."""

@@ -114,6 +114,7 @@ def to_module(model: onnx.ModelProto):
         warnings.simplefilter("ignore")
         working = onnx.ModelProto()
         working.CopyFrom(model)  # the converter rewrites the graph it is given (it folds a MatMul's bias Add away)
+        _drop_default_attributes(working)
         try:
             net = convert(working, experimental=True)
         except Exception as exc:  # the converter raises many kinds for ops it lacks
@@ -121,6 +122,25 @@ def to_module(model: onnx.ModelProto):
     for buffer in net.buffers():
         buffer.requires_grad_(False)
     return (net, *bind_parameters(net, model))
+
+
+# attributes the converter does not read, which change nothing at the value the graph gives them: (op, attribute, value)
+DEFAULT_ATTRIBUTES = (("BatchNormalization", "training_mode", 0),)
+
+
+def _drop_default_attributes(model: onnx.ModelProto) -> None:
+    """Remove from ``model`` (the converter's copy) the attributes of DEFAULT_ATTRIBUTES that hold their default value (torch
+    writes BatchNormalization's training_mode=0 from opset 14); one line naming the node where one holds another value."""
+    for node in model.graph.node:
+        for op, name, default in DEFAULT_ATTRIBUTES:
+            if node.op_type != op:
+                continue
+            found = next((a for a in node.attribute if a.name == name), None)
+            if found is None:
+                continue
+            if onnx.helper.get_attribute_value(found) != default:
+                raise UnsupportedModelError(f"distill: {op} {node.name or node.output[0]} has {name}={onnx.helper.get_attribute_value(found)}, which cannot be trained here")
+            node.attribute.remove(found)
 
 
 def ready_to_train(net):
