@@ -158,6 +158,44 @@ def test_a_normalization_written_with_its_training_mode_is_converted_and_one_in_
         to_module(model)
 
 
+def test_a_dense_layers_bias_of_broadcast_shape_is_trained_and_written_back_in_its_shape():
+    """jax2tf writes a Dense layer's bias as (1, 1, N) after a MatMul of (batch, steps, features): the converter's Linear
+    wants it 1-D, which its copy of the graph gets; the student's graph keeps (1, 1, N)."""
+    import torch
+
+    b = GraphBuilder(6)
+    hidden = b.node("MatMul", ["tokens", b.const(b.weight(16, 8).T.copy())])
+    biased = b.node("Add", [hidden, b.const(np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 1, 16), "bias")])
+    _rename_output(b, b.node("Tanh", [biased]), "features")
+    model = b.model([helper.make_tensor_value_info("tokens", onnx.TensorProto.FLOAT, [2, 5, 8])],
+                    [helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, [2, 5, 16])], "dense")
+    net, bindings, _ = to_module(model)
+    feed = {"tokens": np.random.default_rng(1).standard_normal((2, 5, 8)).astype(np.float32)}
+    with torch.no_grad():
+        np.testing.assert_allclose(forward(net, feed, ["tokens"])[0].numpy(), run_model(model, feed)[0], rtol=1e-4, atol=1e-5)
+        for parameter in net.parameters():
+            parameter.add_(0.25)
+        produced = forward(net, feed, ["tokens"])[0].numpy()
+    changed = written_back(model, net, bindings)
+    bias = next(t for t in changed.graph.initializer if t.name.startswith("bias"))
+    assert list(bias.dims) == [1, 1, 16] and any(b.initializer == bias.name for b in bindings)
+    np.testing.assert_allclose(run_model(changed, feed)[0], produced, rtol=1e-4, atol=1e-5)
+
+
+def test_a_module_torch_cannot_run_is_refused_in_one_line(teacher_and_student, monkeypatch):
+    distill_pipeline = importlib.import_module("onnxslim.distill.pipeline")
+    from onnxslim.errors import UnsupportedModelError
+
+    def broken(net, batch, input_names, rounding=None):
+        raise RuntimeError("expand(torch.FloatTensor{[1, 1, 64]}, size=[2048, 64]): the number of sizes provided (2) must be greater\nsecond line")
+
+    monkeypatch.setattr(distill_pipeline, "forward", broken)
+    folder = teacher_and_student
+    with pytest.raises(UnsupportedModelError, match="fails on a held-out batch .expand") as info:
+        distill(str(folder / "student.onnx"), str(folder / "teacher.onnx"), str(folder / "data"), config=DistillConfig(epochs=1))
+    assert "\n" not in str(info.value) and "cannot be distilled" in str(info.value)
+
+
 def test_a_weight_far_smaller_than_the_learning_rate_is_not_wrecked_by_a_step(tmp_path):
     """A folded normalization can leave a layer's weights at 1e-5 with the next layer scaling back up (PP-OCRv4 det): Adam's
     steps of about lr per element must not move such a tensor by its own size."""

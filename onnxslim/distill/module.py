@@ -115,6 +115,7 @@ def to_module(model: onnx.ModelProto):
         working = onnx.ModelProto()
         working.CopyFrom(model)  # the converter rewrites the graph it is given (it folds a MatMul's bias Add away)
         _drop_default_attributes(working)
+        _flat_linear_biases(working)
         try:
             net = convert(working, experimental=True)
         except Exception as exc:  # the converter raises many kinds for ops it lacks
@@ -141,6 +142,23 @@ def _drop_default_attributes(model: onnx.ModelProto) -> None:
             if onnx.helper.get_attribute_value(found) != default:
                 raise UnsupportedModelError(f"distill: {op} {node.name or node.output[0]} has {name}={onnx.helper.get_attribute_value(found)}, which cannot be trained here")
             node.attribute.remove(found)
+
+
+def _flat_linear_biases(model: onnx.ModelProto) -> None:
+    """In the converter's copy, a bias of shape (1, ..., 1, N) that only an Add after a MatMul reads becomes (N,): the
+    converter folds the pair into a Linear module, whose bias must be 1-D (a jax2tf export's Dense writes (1, 1, 64));
+    broadcasting gives the same sums. The student's own graph keeps its shapes (bindings match values, not shapes)."""
+    graph = model.graph
+    producer, readers = producer_map(graph), consumers_map(graph)
+    for tensor in graph.initializer:
+        dims = list(tensor.dims)
+        if len(dims) < 2 or any(d != 1 for d in dims[:-1]):
+            continue
+        users = readers.get(tensor.name, [])
+        if users and all(u.op_type == "Add" and any(producer.get(i) is not None and producer[i].op_type == "MatMul" for i in u.input if i != tensor.name)
+                         for u in users):
+            del tensor.dims[:]
+            tensor.dims.append(dims[-1])
 
 
 def ready_to_train(net):

@@ -29,7 +29,7 @@ from onnxslim.distill.fakequant import FakeQuantization, attach, quantized_tenso
 from onnxslim.distill.losses import VALUES, Term, output_kind, total_loss
 from onnxslim.distill.module import device_name, forward, full_float32, ready_to_train, require_torch, to_module, training_device, written_back
 from onnxslim.distill.targets import TeacherTargets
-from onnxslim.errors import DataError, NothingToDoError, UsageError
+from onnxslim.errors import DataError, NothingToDoError, UnsupportedModelError, UsageError, first_line
 from onnxslim.ir.graph import with_outputs
 from onnxslim.ir.io import load_model
 from onnxslim.ir.shapes import element_types
@@ -439,7 +439,10 @@ def _check_reproduces(net, model: onnx.ModelProto, batch: dict, input_names: lis
 
     expected = Runner(model, threads=None, label="student").run(batch, output_names)
     with torch.no_grad(), full_float32():
-        produced = [p.detach().cpu().numpy() for p in forward(net, batch, input_names)]
+        try:
+            produced = [p.detach().cpu().numpy() for p in forward(net, batch, input_names)]
+        except Exception as exc:  # a module the converter built but torch cannot run (a shape it got wrong)
+            raise UnsupportedModelError(f"{label}: the trainable module fails on a held-out batch ({first_line(exc, 200)}); this graph cannot be distilled") from None
     for name, want, got in zip(output_names, expected, produced):
         scale = float(np.abs(want).max()) or 1.0
         error = float(np.abs(np.asarray(got, np.float64).reshape(want.shape) - want).max()) / scale if got.size == want.size else math.inf
