@@ -191,9 +191,27 @@ def test_a_module_torch_cannot_run_is_refused_in_one_line(teacher_and_student, m
 
     monkeypatch.setattr(distill_pipeline, "forward", broken)
     folder = teacher_and_student
-    with pytest.raises(UnsupportedModelError, match="fails on a held-out batch .expand") as info:
+    with pytest.raises(UnsupportedModelError, match="fails on a held-out batch .RuntimeError: expand") as info:
         distill(str(folder / "student.onnx"), str(folder / "teacher.onnx"), str(folder / "data"), config=DistillConfig(epochs=1))
     assert "\n" not in str(info.value) and "cannot be distilled" in str(info.value)
+
+
+def test_a_scalar_input_is_fed_as_it_came_and_control_flow_is_refused_in_one_line():
+    """Silero VAD takes its sample rate as a 0-d input, which no training batch can be joined along; its layers live in
+    the branches of an If, which the trainable module cannot follow (SLANet+'s decoder: a Loop)."""
+    from onnxslim.errors import UnsupportedModelError
+
+    stacked = importlib.import_module("onnxslim.distill.pipeline")._stacked
+    batches = [(f"{i}.npz", {"audio": np.zeros((1, 512), np.float32), "sr": np.array(16000, np.int64)}) for i in range(3)]
+    assert stacked(batches, 1) == batches
+    b = GraphBuilder(7)
+    branch = helper.make_graph([helper.make_node("Relu", ["input"], ["out"])], "branch", [], [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)])
+    flag = b.node("ReduceMax", ["input"], keepdims=0)
+    chosen = b.node("If", [b.node("Greater", [flag, b.const(np.array(0.0, np.float32), "zero")])], then_branch=branch, else_branch=branch)
+    _rename_output(b, chosen, "y")
+    model = b.model([helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 4])], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], "flow")
+    with pytest.raises(UnsupportedModelError, match="control flow .If .*cannot be distilled"):
+        to_module(model)
 
 
 def test_a_weight_far_smaller_than_the_learning_rate_is_not_wrecked_by_a_step(tmp_path):

@@ -110,6 +110,10 @@ def to_module(model: onnx.ModelProto):
     """The trainable module for ``model``, its parameter bindings and the layers whose weights stay as they are
     (``bind_parameters``); one line naming the node when conversion fails."""
     torch, convert = require_torch()
+    flow = next((n for n in model.graph.node if n.op_type in CONTROL_FLOW), None)
+    if flow is not None:  # the converter builds no module for a subgraph's layers, or one that cannot run
+        raise UnsupportedModelError(f"distill: the student's graph has control flow ({flow.op_type} {flow.name or flow.output[0]}), which the trainable module "
+                                    "cannot follow; this graph cannot be distilled")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         working = onnx.ModelProto()
@@ -124,6 +128,8 @@ def to_module(model: onnx.ModelProto):
         buffer.requires_grad_(False)
     return (net, *bind_parameters(net, model))
 
+
+CONTROL_FLOW = ("If", "Loop", "Scan")
 
 # attributes the converter does not read, which change nothing at the value the graph gives them: (op, attribute, value)
 DEFAULT_ATTRIBUTES = (("BatchNormalization", "training_mode", 0),)

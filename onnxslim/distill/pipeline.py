@@ -182,9 +182,11 @@ def _stacked(batches: list, size: int) -> list:
     stacked, group, count = [], [], 0
 
     def flush():
-        if group:
+        if len(group) == 1:  # as it came (a scalar input, a sample rate, cannot be joined to anything)
+            stacked.append(group[0])
+        elif group:
             joined = {name: np.concatenate([b[name] for _, b in group]) for name in group[0][1]}
-            stacked.append((group[0][0] if len(group) == 1 else f"{group[0][0]} .. {group[-1][0]}", joined))
+            stacked.append((f"{group[0][0]} .. {group[-1][0]}", joined))
 
     for label, batch in batches:
         rows = min(v.shape[0] for v in batch.values() if v.ndim) if any(v.ndim for v in batch.values()) else 1
@@ -442,7 +444,9 @@ def _check_reproduces(net, model: onnx.ModelProto, batch: dict, input_names: lis
         try:
             produced = [p.detach().cpu().numpy() for p in forward(net, batch, input_names)]
         except Exception as exc:  # a module the converter built but torch cannot run (a shape it got wrong)
-            raise UnsupportedModelError(f"{label}: the trainable module fails on a held-out batch ({first_line(exc, 200)}); this graph cannot be distilled") from None
+            raise UnsupportedModelError(
+                f"{label}: the trainable module fails on a held-out batch ({type(exc).__name__}: {first_line(exc, 200)}); this graph cannot be distilled"
+            ) from None
     for name, want, got in zip(output_names, expected, produced):
         scale = float(np.abs(want).max()) or 1.0
         error = float(np.abs(np.asarray(got, np.float64).reshape(want.shape) - want).max()) / scale if got.size == want.size else math.inf
