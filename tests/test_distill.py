@@ -214,6 +214,27 @@ def test_a_scalar_input_is_fed_as_it_came_and_control_flow_is_refused_in_one_lin
         to_module(model)
 
 
+def test_a_weight_several_layers_read_is_one_parameter_trained_once():
+    """An LSTM unrolled by its export (captcha-whisperer's: one Gemm weight per gate read at every step) or a constant-Q
+    kernel read by many convolutions (Basic Pitch): each node's module gets its own copy of the weight, which could not be
+    bound ("matches no weight of its node"). The copies are now one parameter, so a step changes the weight everywhere."""
+    import torch
+
+    b = GraphBuilder(8)
+    shared = b.const(b.weight(12, 12).T.copy(), "shared")
+    x = b.node("Tanh", [b.node("MatMul", ["input", shared])])
+    x = b.node("Tanh", [b.node("MatMul", [x, shared])])
+    _rename_output(b, b.node("MatMul", [x, shared]), "y")
+    model = b.model([helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [3, 12])], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 12])], "tied")
+    net, bindings, _ = to_module(model)
+    assert [b.initializer for b in bindings] == [shared] and len(list(net.parameters())) == 1
+    feed = {"input": np.random.default_rng(2).standard_normal((3, 12)).astype(np.float32)}
+    with torch.no_grad():
+        next(net.parameters()).mul_(0.8)
+        produced = forward(net, feed, ["input"])[0].numpy()
+    np.testing.assert_allclose(run_model(written_back(model, net, bindings), feed)[0], produced, rtol=1e-4, atol=1e-5)
+
+
 def test_a_weight_far_smaller_than_the_learning_rate_is_not_wrecked_by_a_step(tmp_path):
     """A folded normalization can leave a layer's weights at 1e-5 with the next layer scaling back up (PP-OCRv4 det): Adam's
     steps of about lr per element must not move such a tensor by its own size."""

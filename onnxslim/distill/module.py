@@ -75,8 +75,10 @@ def bind_parameters(net, model: onnx.ModelProto) -> tuple[list[Binding], list[st
     near = _neighbour_initializers(model)
     module_node = {module: output for output, module in net.mapping.items()}
     node_by_output = {node.output[0]: node for node in model.graph.node if node.output}
-    bindings, taken, frozen = [], set(), []
-    for name, parameter in net.named_parameters():
+    readers = consumers_map(model.graph)
+    shared = {name for name in weights if len(readers.get(name, [])) > 1}  # one weight read by several nodes (an unrolled LSTM's steps)
+    bindings, taken, frozen = [], {}, []
+    for name, parameter in list(net.named_parameters()):
         output = _node_of(name, module_node)
         node = node_by_output.get(output)
         # torch's recurrent layers keep each gate's weights in another order (i, f, g, o against ONNX's i, o, f, c) and the
@@ -86,24 +88,30 @@ def bind_parameters(net, model: onnx.ModelProto) -> tuple[list[Binding], list[st
             frozen.append(node.name or node.output[0])
             continue
         values = parameter.detach().cpu().numpy()
-        found = None
-        for candidate in near.get(output, []):
-            if candidate in taken:
+        found = _matching(name, values, [c for c in near.get(output, []) if c not in taken], weights)
+        if found is None:  # a weight several nodes read, bound already: this module's copy becomes that parameter, trained once
+            found = _matching(name, values, [c for c in near.get(output, []) if c in shared and c in taken], weights)
+            if found is not None and taken[found.initializer][1] == found.transposed and taken[found.initializer][0].shape == parameter.shape:
+                owner, _, attribute = name.rpartition(".")
+                setattr(net.get_submodule(owner), attribute, taken[found.initializer][0])
                 continue
-            array = to_array(weights[candidate])
-            if array.size != values.size:
-                continue
-            if np.array_equal(array.reshape(values.shape), values) and np.squeeze(array).shape == np.squeeze(values).shape:
-                found = Binding(name, candidate, False)  # the same values, maybe with broadcast axes of 1 (an Add's bias)
-            elif array.ndim == 2 and array.T.shape == values.shape and np.array_equal(array.T, values):
-                found = Binding(name, candidate, True)
-            if found:
-                break
-        if found is None:
             raise UnsupportedModelError(f"distill: parameter '{name}' of the converted student matches no weight of its node; this graph cannot be trained")
-        taken.add(found.initializer)
+        taken[found.initializer] = (parameter, found.transposed)
         bindings.append(found)
     return bindings, list(dict.fromkeys(frozen))
+
+
+def _matching(name: str, values: np.ndarray, candidates: list[str], weights: dict) -> Binding | None:
+    """The binding of parameter ``name`` (holding ``values``) to the first of ``candidates`` holding the same values, or None."""
+    for candidate in candidates:
+        array = to_array(weights[candidate])
+        if array.size != values.size:
+            continue
+        if np.array_equal(array.reshape(values.shape), values) and np.squeeze(array).shape == np.squeeze(values).shape:
+            return Binding(name, candidate, False)  # the same values, maybe with broadcast axes of 1 (an Add's bias)
+        if array.ndim == 2 and array.T.shape == values.shape and np.array_equal(array.T, values):
+            return Binding(name, candidate, True)
+    return None
 
 
 def to_module(model: onnx.ModelProto):
