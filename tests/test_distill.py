@@ -180,6 +180,12 @@ def test_a_dense_layers_bias_of_broadcast_shape_is_trained_and_written_back_in_i
     bias = next(t for t in changed.graph.initializer if t.name.startswith("bias"))
     assert list(bias.dims) == [1, 1, 16] and any(b.initializer == bias.name for b in bindings)
     np.testing.assert_allclose(run_model(changed, feed)[0], produced, rtol=1e-4, atol=1e-5)
+    # a product of lower rank than the bias: the bias adds an axis, and flattening it would drop that axis
+    module = importlib.import_module("onnxslim.distill.module")
+    model.graph.input[0].type.tensor_type.shape.dim.pop(0)
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    module._flat_linear_biases(model)
+    assert [list(t.dims) for t in model.graph.initializer if t.name.startswith("bias")] == [[1, 1, 16]]
 
 
 def test_a_module_torch_cannot_run_is_refused_in_one_line(teacher_and_student, monkeypatch):

@@ -21,6 +21,7 @@ import onnx
 
 from onnxslim.errors import UnsupportedModelError, UsageError, first_line
 from onnxslim.ir.layers import RECURRENT_LAYERS
+from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import consumers_map, from_array, initializer_map, producer_map, to_array
 
 EXTRA = "pip install 'onnxslim[distill]'"
@@ -164,13 +165,18 @@ def _flat_linear_biases(model: onnx.ModelProto) -> None:
     broadcasting gives the same sums. The student's own graph keeps its shapes (bindings match values, not shapes)."""
     graph = model.graph
     producer, readers = producer_map(graph), consumers_map(graph)
+    shapes = None
     for tensor in graph.initializer:
         dims = list(tensor.dims)
         if len(dims) < 2 or any(d != 1 for d in dims[:-1]):
             continue
         users = readers.get(tensor.name, [])
-        if users and all(u.op_type == "Add" and any(producer.get(i) is not None and producer[i].op_type == "MatMul" for i in u.input if i != tensor.name)
-                         for u in users):
+        products = [i for u in users for i in u.input if i != tensor.name]
+        if not users or any(u.op_type != "Add" for u in users) or not all(producer.get(i) is not None and producer[i].op_type == "MatMul" for i in products):
+            continue
+        shapes = infer_shapes(model) if shapes is None else shapes
+        # only where the product has at least the bias's rank: a flat bias then broadcasts to the same shape
+        if all(shapes.get(i) is not None and len(shapes[i]) >= len(dims) for i in products):
             del tensor.dims[:]
             tensor.dims.append(dims[-1])
 
