@@ -324,3 +324,20 @@ def test_float16_weights_cast_back_to_float32_keep_onnxruntimes_layout_pass():
 
     assert disabled_optimizers(_attention_like("cast")) == []  # computes in float32: timed as onnxruntime runs it for the user
     assert disabled_optimizers(_attention_like("matmul")) == FLOAT16_DISABLED_OPTIMIZERS
+
+
+def test_a_float16_model_is_not_converted_to_float16_again():
+    """Its weights are float16 already: quantize works on it in float32, and converting that back would only relabel it."""
+    from onnxslim.errors import NothingToDoError
+
+    half = mlp()
+    for tensor in half.graph.initializer:
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
+    for value in list(half.graph.input) + list(half.graph.output)[:2]:
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    data = [{"x": _feed()["x"].astype(np.float16)} for _ in range(6)]
+    assert run_model(half, data[0])[0].dtype == np.float16
+    with pytest.raises(NothingToDoError, match="float16 already"):
+        quantize(half, data, config=QuantConfig(precision="fp16", latency_runs=0))
+    _, report = quantize(mlp(), [_feed() for _ in range(6)], config=QuantConfig(precision="fp16", latency_runs=0, accuracy_budget=None))
+    assert report.precision == "fp16"

@@ -126,6 +126,9 @@ def _ranked(damage: dict[str, float]) -> list[dict]:
 
 def quantize_half(run, config, report, eval_data_given: bool, evaluation_problems) -> onnx.ModelProto:
     """The FP16 model (or the cleaned FP32 one under ``if_slower``), with ``report`` filled in."""
+    weights = {t.data_type for t in run.original.graph.initializer if len(t.dims) >= 2 and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    if weights == {onnx.TensorProto.FLOAT16}:  # widened to float32 to be worked on: converting it back would only relabel it
+        raise NothingToDoError(f"{run.label}: the model is float16 already (every weight is float16); nothing to convert (INT8 makes it smaller)")
     # one LayerNormalization keeps its statistics in float32: no square to overflow, one kernel instead of nine
     fused = fuse_layernorm(run.prepared, leave=lambda node: excluded_by_user(node, config) is not None)
     if fused.modified or fused.declined:
