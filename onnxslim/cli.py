@@ -152,7 +152,12 @@ def _print_summary(summary) -> None:
     ops = ", ".join(f"{op} {count}" for op, count in summary.op_histogram.items())
     console.print(f"nodes: {summary.nodes}  ({ops})", highlight=False)
     in_attributes = f" (and {summary.ml_attribute_values:,} in the attributes of ai.onnx.ml operators)" if summary.ml_attribute_values else ""
-    console.print(f"parameters: {_count(summary.parameters)}{in_attributes}  weights: {summary.weight_bytes / 1e6:.2f} MB", highlight=False)
+    stored = ", ".join(kind if len(summary.weight_types) == 1 else f"{kind} {_count(count)}" for kind, count in summary.weight_types.items())
+    console.print(f"parameters: {_count(summary.parameters)}{in_attributes}  weights: {summary.weight_bytes / 1e6:.2f} MB" + (f" ({stored})" if stored else ""),
+                  highlight=False)
+    if summary.initializers_listed_as_inputs:
+        console.print(f"{summary.initializers_listed_as_inputs} initializer(s) are listed as graph inputs too, so onnxruntime may fold none of them "
+                      "(optimize drops the listing where it lists every weight)", highlight=False)
     macs = f"{summary.macs / 1e6:,.1f} M"
     if summary.macs_unknown_nodes:
         macs += f" (shapes unknown for {len(summary.macs_unknown_nodes)} weighted node(s); give --input-shapes)"

@@ -44,6 +44,9 @@ class ModelSummary(Record):
     # model's coefficients): their parameters, which no initializer holds
     ml_attribute_values: int = 0
     weight_bytes: int = 0
+    weight_types: dict[str, int] = field(default_factory=dict)  # element type -> values of the weights (2+ dimensions) stored so
+    # initializers the graph lists as inputs too (IR 3's rule, or torch's keep_initializers_as_inputs): overridable, so no runtime folds them
+    initializers_listed_as_inputs: int = 0
     macs: int = 0
     macs_by_op: dict[str, int] = field(default_factory=dict)
     macs_unknown_nodes: list[str] = field(default_factory=list)
@@ -72,6 +75,18 @@ def _attribute_values(node: onnx.NodeProto) -> int:
     return total
 
 
+def _weight_types(graph: onnx.GraphProto) -> dict[str, int]:
+    """Values of the main graph's weights (initializers and Constant nodes of two or more dimensions) per element type, the
+    most first."""
+    counts: Counter = Counter()
+    constants = [a.t for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx") for a in n.attribute if a.name == "value"]
+    for tensor in [*graph.initializer, *constants]:
+        if len(tensor.dims) >= 2:
+            name = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
+            counts[{"float": "float32", "double": "float64"}.get(name, name)] += int(np.prod(tensor.dims))
+    return dict(counts.most_common())
+
+
 def inspect(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> ModelSummary:
     """Summarize ``model``; ``input_shapes`` fixes dynamic dimensions for the MAC estimate."""
     proto = load_model(model, load_weights=False)
@@ -91,6 +106,8 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: Mapping
         parameters=count_parameters(proto),
         ml_attribute_values=sum(_attribute_values(node) for node in _all_nodes(proto.graph) if node.domain == "ai.onnx.ml"),
         weight_bytes=model_weight_bytes(proto),
+        weight_types=_weight_types(proto.graph),
+        initializers_listed_as_inputs=len({t.name for t in proto.graph.initializer} & {v.name for v in proto.graph.input}),
         macs=macs,
         macs_unknown_nodes=unknown,
         macs_by_op=by_op,

@@ -64,3 +64,20 @@ def test_classical_operators_count_the_numbers_their_attributes_hold(save):
     assert summary.parameters == 0 and summary.ml_attribute_values == 5
     result = CliRunner().invoke(main, ["inspect", str(save(model))])
     assert result.exit_code == 0 and "parameters: 0 (and 5 in the attributes of ai.onnx.ml operators)" in result.output, result.output
+
+
+def test_inspect_says_what_type_the_weights_are_stored_in_and_which_are_listed_as_inputs(save):
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    model = conv_bn_relu()
+    assert inspect(model).weight_types == {"float32": sum(int(np.prod(t.dims)) for t in model.graph.initializer if len(t.dims) >= 2)}
+    assert inspect(model).initializers_listed_as_inputs == 0
+    first = model.graph.initializer[0]
+    first.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(first).astype(np.float16), first.name))
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in model.graph.initializer)
+    summary = inspect(model)
+    assert set(summary.weight_types) == {"float32", "float16"} and summary.initializers_listed_as_inputs == len(model.graph.initializer)
+    result = CliRunner().invoke(main, ["inspect", str(save(model))])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "float16" in text and f"{len(model.graph.initializer)} initializer(s) are listed as graph inputs too" in text
