@@ -69,6 +69,9 @@ def test_missing_file_and_folder(tmp_path):
         load_model(tmp_path / "nope.onnx")
     with pytest.raises(ModelLoadError, match="is a folder"):
         load_model(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(b"")  # an exported folder (a Hugging Face repo's onnx/): the files it holds are named
+    with pytest.raises(ModelLoadError, match="is a folder, not an ONNX model file: it holds model.onnx; give one of them"):
+        load_model(tmp_path)
 
 
 def test_save_is_atomic_and_verified(tmp_path):

@@ -168,7 +168,9 @@ def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path}")
     if path.is_dir():
-        raise ModelLoadError(f"{path} is a folder, not an ONNX model file")
+        inside = sorted(p.name for p in path.glob("*.onnx"))[:4]
+        hint = f": it holds {', '.join(inside)}; give one of them" if inside else ""
+        raise ModelLoadError(f"{path} is a folder, not an ONNX model file{hint}")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path} is empty, not an ONNX model")
     foreign = _foreign_format(path)
