@@ -165,3 +165,26 @@ def test_a_model_taking_uint8_pixels_gets_them_as_decoded_from_images_and_random
     assert batch["pixels"].dtype == np.uint8 and np.array_equal(batch["pixels"][0], np.asarray(Image.open(images / "0.png")))
     (_, drawn), *_ = RandomInputs(graph_inputs(model), batches=1)
     assert drawn["pixels"].dtype == np.uint8 and drawn["pixels"].max() > 200
+
+
+def test_images_in_a_folder_per_class_are_read_as_an_imagenet_style_set_is_laid_out(tmp_path):
+    import numpy as np
+    import onnx
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from models.builders import conv_bn_relu
+    from onnxslim.data.sources import image_files
+
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_bn_relu(), str(path))
+    images = tmp_path / "calib"
+    rng = np.random.default_rng(1)
+    for label in ("cat", "dog"):
+        (images / label).mkdir(parents=True)
+        for index in range(2):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / label / f"{index}.jpg")
+    assert [p.relative_to(images).as_posix() for p in image_files(images)] == ["cat/0.jpg", "cat/1.jpg", "dog/0.jpg", "dog/1.jpg"]
+    result = CliRunner().invoke(main, ["validate", str(path), str(path), "--data", str(images), "--latency-runs", "0", "-q", "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 0 and "PASSED" in result.output, result.output
+    assert "4 image(s)" in (tmp_path / "r.json").read_text()

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxslim.data.sources import IMAGE_SUFFIXES, ImageFolder, LoaderFunction
+from onnxslim.data.sources import IMAGE_SUFFIXES, ImageFolder, LoaderFunction, image_files
 from onnxslim.errors import UsageError
 from onnxslim.ir.tensors import graph_inputs
 
@@ -27,7 +27,8 @@ def data_from_options(model: onnx.ModelProto, *, data: str | None, data_loader: 
             raise UsageError("give --data DIR (.npz batches or images), --data-loader MODULE:FUNCTION, or --data random")
         return None
     folder = Path(data)
-    has_images = data != "random" and folder.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
+    has_images = data != "random" and folder.is_dir() and (any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
+                                                         or (not any(folder.glob("*.np[yz]")) and bool(image_files(folder))))
     if has_images and any(folder.glob("*.npz")):
         raise UsageError(f"{folder} holds both .npz batches and images: put them in separate folders (onnxslim reads one kind)")
     if has_images:

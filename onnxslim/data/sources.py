@@ -424,10 +424,15 @@ def _npy_only(path: Path) -> bool:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images in ``folder`` and its subfolders (a folder per class, as ImageNet-style sets are laid out), in path order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 class ImageFolder:
     """A folder of images turned into one-image batches by a declared preprocessing.
 
-    Each image is converted to RGB (or BGR), resized to ``size`` (height,
+    Each image (subfolders included) is converted to RGB (or BGR), resized to ``size`` (height,
     width), multiplied by ``scale``, normalized per channel with ``mean`` and
     ``std``, and laid out as NCHW or NHWC with a batch dimension of 1. With
     ``dtype`` uint8 (a model that takes pixels as decoded) the pixels are
@@ -439,7 +444,7 @@ class ImageFolder:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataError(f"image folder not found: {self.folder}")
-        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = image_files(self.folder)
         if not self.files:
             raise DataError(f"{self.folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         if layout not in ("nchw", "nhwc"):
