@@ -341,3 +341,26 @@ def test_a_float16_model_is_not_converted_to_float16_again():
         quantize(half, data, config=QuantConfig(precision="fp16", latency_runs=0))
     _, report = quantize(mlp(), [_feed() for _ in range(6)], config=QuantConfig(precision="fp16", latency_runs=0, accuracy_budget=None))
     assert report.precision == "fp16"
+
+
+def test_a_float32_model_with_a_float16_weight_is_labelled_mixed_not_fp16():
+    """The label of the model quantize compares with says what it is: a float32 model with one float16 weight (cast up where
+    it is read) is 'mixed FP16/FP32'; one whose every weight is float16 is 'FP16'."""
+    mixed = mlp()
+    # beside the float32 MatMul, a second one computes in float16 between two Casts (an island), and their sum goes on
+    mixed.graph.initializer.append(numpy_helper.from_array((RNG.normal(size=(16, 32)) * 0.3).astype(np.float16), "w_half"))
+    mixed.graph.node[1].input[0] = "summed"
+    mixed.graph.node.insert(1, helper.make_node("Cast", ["x"], ["x_half"], name="down", to=TensorProto.FLOAT16))
+    mixed.graph.node.insert(2, helper.make_node("MatMul", ["x_half", "w_half"], ["h_half"], name="mm_half"))
+    mixed.graph.node.insert(3, helper.make_node("Cast", ["h_half"], ["h2"], name="up", to=TensorProto.FLOAT))
+    mixed.graph.node.insert(4, helper.make_node("Add", ["h", "h2"], ["summed"], name="sum"))
+    _, report = quantize(mixed, [_feed() for _ in range(6)], config=QuantConfig(latency_runs=0, accuracy_budget=None, output_layers="int8"))
+    assert report.original_precision == "mixed FP16/FP32"
+    half = mlp()
+    for tensor in half.graph.initializer:
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
+    for value in list(half.graph.input) + list(half.graph.output)[:2]:
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    _, report = quantize(half, [{"x": _feed()["x"].astype(np.float16)} for _ in range(6)],
+                         config=QuantConfig(latency_runs=0, accuracy_budget=None, output_layers="int8"))
+    assert report.original_precision == "FP16"

@@ -134,7 +134,7 @@ class QuantRun:
                 self.prepare_results.append(apart)
         self.cleaned = self.prepared  # what --if-slower keep-fp32 writes: without the channels added for INT8 kernels
         # a float16 model computed in float32: twice the bytes, so never the fallback; the user's own model is
-        self.original_precision = "FP16" if any(r.name == "float16-to-float32" and r.modified for r in self.prepare_results) else "FP32"
+        self.original_precision = _precision_of(self.original) if any(r.name == "float16-to-float32" and r.modified for r in self.prepare_results) else "FP32"
         kept_half = next((r.declined[0] for r in self.prepare_results if r.name == "float16-to-float32" and r.declined), None)
         if kept_half is not None:  # every rule reads float32 tensors: say why there are none rather than "nothing to quantize"
             raise ModelLoadError(f"{self.label}: the model computes in float16 and was not widened to float32 ({kept_half.reason.text}); "
@@ -996,6 +996,13 @@ def _ranked_alone(run: QuantRun, candidates: list[str], batches) -> list[dict]:
         damage[node] = 2.0 if math.isnan(score) else 1.0 - score  # NaN/Inf where FP32 is finite: worst of all
     ranked = sorted(candidates, key=lambda n: damage[n], reverse=True)
     return [{"node": n, "score_when_alone_quantized": 1.0 - damage[n]} for n in ranked]
+
+
+def _precision_of(model: onnx.ModelProto) -> str:
+    """How a model that uses float16 stores its weights (initializers of two or more dimensions): 'FP16' when none is
+    float32, else 'mixed FP16/FP32' (a float32 model with a float16 island), so that no label calls it what it is not."""
+    stored = {t.data_type for t in model.graph.initializer if len(t.dims) >= 2}
+    return "mixed FP16/FP32" if onnx.TensorProto.FLOAT in stored else "FP16"
 
 
 def _evaluation_problems(comparisons, run: QuantRun, eval_data_given: bool) -> list[str]:
