@@ -44,10 +44,10 @@ UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "T
          "Mish", "Identity", "Dropout", "Cast", "Clip", "Abs", "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos",
          "IsNaN", "IsInf", "Not"}
 SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Upsample", "SpaceToDepth"}
-# reductions that may run across the channels: each channel is one term of the result
 # a stored map several layers add (a folded attention bias) is cut for each of them on its own while its copies weigh
 # at most this share of the model's weights; a heavier one stays one tensor and its readers lose the same channels
 COPIED_MAP_SHARE = 0.01
+# reductions that may run across the channels: each channel is one term of the result
 SUMS_OVER_CHANNELS = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2"}
 BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean", "Where", "Equal", "Less", "Greater", "And", "Or"}
 
@@ -92,7 +92,6 @@ class Tracer(ReshapeRules):
         # Unlike a stored one, which each reader may cut for itself, it is computed once: its readers lose the same channels
         self.cut_operands: dict[str, tuple[int, Layout, set[str], set[str]]] = {}
         self._weights_total: int | None = None  # counted when a stored map first meets channels
-        self._readers: dict[str, list[onnx.NodeProto]] = {}
 
     # ------------------------------------------------------------ helpers
     def rank(self, name: str) -> int | None:
@@ -307,6 +306,13 @@ class Tracer(ReshapeRules):
             return True
         return self._cut_constant_operand(name, axis, layout, node.name)
 
+    def _graph_view(self) -> GraphView:
+        """The graph's producers, readers and constants as constant expressions are followed (built once, when first needed)."""
+        if self._view is None:
+            self._view = GraphView(producer_map(self.graph), consumers_map(self.graph), {v.name for v in self.graph.output}, self.shapes,
+                                   lambda n: n in self.constants, self.const, lambda n: n in self.t.layouts)
+        return self._view
+
     def _copies_would_weigh(self, name: str, shape: tuple, layout: Layout) -> bool:
         """Whether the stored operand ``name``, cut by each of its readers for its own channels, would add copies
         weighing more than COPIED_MAP_SHARE of the model's weights (a vector of one value per channel never does)."""
@@ -315,8 +321,7 @@ class Tracer(ReshapeRules):
             return False
         if self._weights_total is None:
             self._weights_total = sum(int(np.prod(t.dims)) for t in self.inits.values())
-            self._readers = consumers_map(self.graph)
-        return (len(self._readers.get(name, [])) - 1) * size > COPIED_MAP_SHARE * self._weights_total
+        return (len(self._graph_view().readers.get(name, [])) - 1) * size > COPIED_MAP_SHARE * self._weights_total
 
     def _cut_constant_operand(self, name: str, axis: int, layout: Layout, reader: str) -> bool:
         """Where ``name`` is computed from constants (a relative position bias gathered at run time), the removed
@@ -331,11 +336,8 @@ class Tracer(ReshapeRules):
                 self.t.atoms.tie(a, b)
             met.add(reader)
             return True
-        if self._view is None:
-            self._view = GraphView(producer_map(self.graph), consumers_map(self.graph), {v.name for v in self.graph.output}, self.shapes,
-                                   lambda n: n in self.constants, self.const, lambda n: n in self.t.layouts)
         try:
-            cut = constant_operand_edits(self._view, name, axis, layout)
+            cut = constant_operand_edits(self._graph_view(), name, axis, layout)
         except NotFollowed:
             return False
         # a stored constant several expressions read (blocks whose identical tables the exporter stored once) loses the
