@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from onnxslim.data.sources import check_input_shapes
-from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters
+from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters, weight_types
 from onnxslim.ir.io import load_model, model_label, model_weight_bytes
 from onnxslim.ir.tensors import TensorSpec, graph_inputs, graph_outputs, subgraphs
 from onnxslim.records import Record, json_field
@@ -76,15 +76,9 @@ def _attribute_values(node: onnx.NodeProto) -> int:
 
 
 def _weight_types(graph: onnx.GraphProto) -> dict[str, int]:
-    """Values of the main graph's weights (initializers and Constant nodes of two or more dimensions) per element type, the
-    most first."""
-    counts: Counter = Counter()
-    constants = [a.t for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx") for a in n.attribute if a.name == "value"]
-    for tensor in [*graph.initializer, *constants]:
-        if len(tensor.dims) >= 2:
-            name = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
-            counts[{"float": "float32", "double": "float64"}.get(name, name)] += int(np.prod(tensor.dims))
-    return dict(counts.most_common())
+    """Values of the main graph's weights (:func:`~onnxslim.ir.counts.weight_types`) per element type's name, the most first."""
+    names = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64"}
+    return {names.get(kind, onnx.TensorProto.DataType.Name(kind).lower()): count for kind, count in weight_types(graph).most_common()}
 
 
 def inspect(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> ModelSummary:

@@ -27,6 +27,17 @@ def count_parameters(model: onnx.ModelProto) -> int:
     return total
 
 
+def weight_types(graph: onnx.GraphProto) -> Counter:
+    """ONNX element type -> values of ``graph``'s weights of that type: its initializers and Constant node values of two
+    or more dimensions (the matrices and kernels, not the scalars and vectors beside them)."""
+    constants = [a.t for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx") for a in n.attribute if a.name == "value"]
+    counts: Counter = Counter()
+    for tensor in [*graph.initializer, *constants]:
+        if len(tensor.dims) >= 2:
+            counts[tensor.data_type] += tensor_elements(tensor)
+    return counts
+
+
 def _static(shape) -> bool:
     return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
 

@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto
 
 from onnxslim.errors import NothingToDoError
+from onnxslim.ir.counts import weight_types
 from onnxslim.ir.io import model_file_bytes
 from onnxslim.measure import few_objects, fidelity, worst_score
 from onnxslim.measure.sensitivity import counts_to_try
@@ -126,8 +127,8 @@ def _ranked(damage: dict[str, float]) -> list[dict]:
 
 def quantize_half(run, config, report, eval_data_given: bool, evaluation_problems) -> onnx.ModelProto:
     """The FP16 model (or the cleaned FP32 one under ``if_slower``), with ``report`` filled in."""
-    weights = {t.data_type for t in run.original.graph.initializer if len(t.dims) >= 2 and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
-    if weights == {onnx.TensorProto.FLOAT16}:  # widened to float32 to be worked on: converting it back would only relabel it
+    floats = {kind for kind in weight_types(run.original.graph) if kind in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    if floats == {onnx.TensorProto.FLOAT16}:  # widened to float32 to be worked on: converting it back would only relabel it
         raise NothingToDoError(f"{run.label}: the model is float16 already (every weight is float16); nothing to convert (INT8 makes it smaller)")
     # one LayerNormalization keeps its statistics in float32: no square to overflow, one kernel instead of nine
     fused = fuse_layernorm(run.prepared, leave=lambda node: excluded_by_user(node, config) is not None)

@@ -20,7 +20,7 @@ import onnx
 
 from onnxslim.data.sources import DataSource, batch_of_one_note, in_memory, open_data, random_batch, read_once, reiterable
 from onnxslim.errors import DataError, ModelLoadError, NothingToDoError, UsageError, first_line
-from onnxslim.ir.counts import work_shares
+from onnxslim.ir.counts import weight_types, work_shares
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.layers import WEIGHTED_LAYERS
 from onnxslim.ir.mapped import has_mapped, spill
@@ -999,10 +999,9 @@ def _ranked_alone(run: QuantRun, candidates: list[str], batches) -> list[dict]:
 
 
 def _precision_of(model: onnx.ModelProto) -> str:
-    """How a model that uses float16 stores its weights (initializers of two or more dimensions): 'FP16' when none is
+    """How a model that uses float16 stores its weights (:func:`~onnxslim.ir.counts.weight_types`): 'FP16' when none is
     float32, else 'mixed FP16/FP32' (a float32 model with a float16 island), so that no label calls it what it is not."""
-    stored = {t.data_type for t in model.graph.initializer if len(t.dims) >= 2}
-    return "mixed FP16/FP32" if onnx.TensorProto.FLOAT in stored else "FP16"
+    return "mixed FP16/FP32" if onnx.TensorProto.FLOAT in weight_types(model.graph) else "FP16"
 
 
 def _evaluation_problems(comparisons, run: QuantRun, eval_data_given: bool) -> list[str]:
