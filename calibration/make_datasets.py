@@ -392,6 +392,12 @@ def make_vad(split: str, count: int, sentences: list[str], seed: int, out: Path)
 WAKEWORD_FRAMES, WAKEWORD_HOP = 76, 160  # openWakeWord's embedding window: 76 mel frames, one every 160 samples (10 ms)
 
 
+def oww_mel_frames(session, samples: np.ndarray) -> np.ndarray:
+    """openWakeWord's mel frames (frames, 32) of 16-bit-scaled samples (1, n), from its melspectrogram model's ``session``,
+    scaled as openWakeWord does (/ 10 + 2)."""
+    return session.run(None, {"input": samples})[0][0, 0] / 10.0 + 2.0
+
+
 def make_wakeword(split: str, count: int, sentences: list[str], seed: int, out: Path) -> list:
     """Windows of 76 mel frames (0.76 s) of generated audio for openWakeWord's embedding network (models/gather.py --unseen):
     16-bit-scaled samples through openWakeWord's own melspectrogram model, scaled as openWakeWord does (/ 10 + 2), as
@@ -403,8 +409,7 @@ def make_wakeword(split: str, count: int, sentences: list[str], seed: int, out: 
     rng, labels = random.Random(seed), []
     while len(labels) < count:
         audio, voiced = speech_like_audio(rng, 4.0)
-        samples = np.clip(audio * 16384.0, -32768, 32767).astype(np.float32)[None]
-        mel = session.run(None, {"input": samples})[0][0, 0] / 10.0 + 2.0  # (frames, 32)
+        mel = oww_mel_frames(session, np.clip(audio * 16384.0, -32768, 32767).astype(np.float32)[None])
         for start in range(0, mel.shape[0] - WAKEWORD_FRAMES, WAKEWORD_FRAMES // 2):
             if len(labels) == count:
                 break
@@ -898,6 +903,20 @@ def spoken(text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
     return np.interp(times, np.arange(samples.size) / rate_in, samples)
 
 
+def spoken_word(rng: random.Random, split: str, word: str, rates: tuple[int, int], pitches: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """``word`` spoken in an accent and voice variant of ``split``'s, at a rate and pitch drawn from ``rates`` and
+    ``pitches``, the silence around it trimmed; and the voice."""
+    voice = f"{rng.choice(KEYWORD_ACCENTS[split])}+{rng.choice(KEYWORD_VOICES[split])}"
+    speech = spoken(word, voice, rng.randint(*rates), rng.randint(*pitches))
+    loud = np.flatnonzero(np.abs(speech) > 1e-3)
+    return (speech[loud[0] : loud[-1] + 1] if loud.size else speech), voice
+
+
+def add_noise(signal: np.ndarray, speech: np.ndarray, rng: random.Random, noise: np.random.Generator, below_db: tuple[float, float]) -> None:
+    """Add to ``signal`` white noise ``below_db`` (drawn from the range) under ``speech``'s power."""
+    signal += noise.normal(0, np.sqrt(np.mean(speech**2)) * 10 ** (-rng.uniform(*below_db) / 20), signal.size)
+
+
 def mel_filterbank(filters: int = 64, fft: int = 512, rate: int = 16000) -> np.ndarray:
     """Triangular filters evenly spaced in mel from 0 Hz to half ``rate``, on the FFT bins (python_speech_features' layout,
     which EfficientWord-Net computes its features with)."""
@@ -931,17 +950,14 @@ def make_keywords(split: str, count: int, sentences: list[str], seed: int, out: 
     noise = np.random.default_rng(seed)
     for index in range(count):
         word = KEYWORD_WORDS[index % len(KEYWORD_WORDS)]
-        voice = f"{rng.choice(KEYWORD_ACCENTS[split])}+{rng.choice(KEYWORD_VOICES[split])}"
-        speech = spoken(word, voice, rng.randint(120, 210), rng.randint(25, 75))
-        loud = np.flatnonzero(np.abs(speech) > 1e-3)
-        speech = speech[loud[0] : loud[-1] + 1] if loud.size else speech
+        speech, voice = spoken_word(rng, split, word, (120, 210), (25, 75))
         if speech.size > KEYWORD_SAMPLES:
             start = (speech.size - KEYWORD_SAMPLES) // 2
             speech = speech[start : start + KEYWORD_SAMPLES]
         window = np.zeros(KEYWORD_SAMPLES)
         start = rng.randint(0, KEYWORD_SAMPLES - speech.size)
         window[start : start + speech.size] = speech
-        window += noise.normal(0, np.sqrt(np.mean(speech**2)) * 10 ** (-rng.uniform(15, 35) / 20), KEYWORD_SAMPLES)
+        add_noise(window, speech, rng, noise, (15, 35))
         np.savez(out / f"{index:05d}.npz", input=log_filterbank(window, bank)[None, None])
         labels.append({"file": f"{index:05d}.npz", "word": word.replace(" ", "_"), "voice": voice})
     return labels
@@ -966,16 +982,13 @@ def make_wakewords(split: str, count: int, sentences: list[str], seed: int, out:
     words = WAKE_WORDS + OTHER_WORDS
     for index in range(count):
         word = words[index % len(words)]
-        voice = f"{rng.choice(KEYWORD_ACCENTS[split])}+{rng.choice(KEYWORD_VOICES[split])}"
-        speech = spoken(word, voice, rng.randint(130, 190), rng.randint(35, 65))
-        loud = np.flatnonzero(np.abs(speech) > 1e-3)
-        speech = speech[loud[0] : loud[-1] + 1][: WAKEWORD_CLIP - 12000] if loud.size else speech
+        speech, voice = spoken_word(rng, split, word, (130, 190), (35, 65))
+        speech = speech[: WAKEWORD_CLIP - 12000]
         clip = np.zeros(WAKEWORD_CLIP)
         start = rng.randint(8000, WAKEWORD_CLIP - 4000 - speech.size)
         clip[start : start + speech.size] = speech
-        clip += noise.normal(0, np.sqrt(np.mean(speech**2)) * 10 ** (-rng.uniform(20, 40) / 20), WAKEWORD_CLIP)
-        samples = (np.clip(clip, -1, 1) * 32767).astype(np.float32)[None]
-        mel = session.run(None, {"input": samples})[0][0, 0] / 10.0 + 2.0  # (frames, 32)
+        add_noise(clip, speech, rng, noise, (20, 40))
+        mel = oww_mel_frames(session, (np.clip(clip, -1, 1) * 32767).astype(np.float32)[None])
         windows = np.stack([mel[s : s + WAKEWORD_FRAMES] for s in range(0, mel.shape[0] - WAKEWORD_FRAMES + 1, 8)])
         np.savez(out / f"{index:05d}.npz", input_1=np.ascontiguousarray(windows[..., None], np.float32))
         labels.append({"file": f"{index:05d}.npz", "word": word.replace(" ", "_"), "voice": voice})
