@@ -77,22 +77,45 @@ def test_the_same_option_names_on_every_command():
     assert "--max-samples" in options_of("quantize") and "--max-samples" in options_of("prune")
 
 
-def test_validate_reads_images_like_quantize(tmp_path):
+def _images(folder, count: int, size: int, *, seed: int = 0, suffix: str = ".png") -> None:
+    """``count`` random RGB images of ``size`` x ``size`` pixels written to ``folder`` (made if missing)."""
     import numpy as np
-    from click.testing import CliRunner
     from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{index}{suffix}")
+
+
+def _channels_last(element_type):
+    """conv_bn_relu reading its image channels last ([1, 32, 32, 3]) as ``element_type``, as a tf2onnx export does."""
+    from onnx import TensorProto, helper
+
+    from models.builders import conv_bn_relu
+
+    model = conv_bn_relu()
+    model.graph.input[0].name = "pixels"
+    tensor_type = model.graph.input[0].type.tensor_type
+    tensor_type.elem_type = element_type
+    tensor_type.shape.dim[1].dim_value, tensor_type.shape.dim[3].dim_value = 32, 3
+    cast = [helper.make_node("Cast", ["pixels"], ["scaled"], to=TensorProto.FLOAT)] if element_type != TensorProto.FLOAT else []
+    transpose = helper.make_node("Transpose", [cast[0].output[0] if cast else "pixels"], ["input"], perm=[0, 3, 1, 2])
+    for index, node in enumerate([*cast, transpose]):
+        model.graph.node.insert(index, node)
+    return model
+
+
+def test_validate_reads_images_like_quantize(tmp_path):
+    import onnx
+    from click.testing import CliRunner
 
     from models.builders import conv_bn_relu
 
     path = tmp_path / "m.onnx"
-    import onnx
-
     onnx.save(conv_bn_relu(), str(path))
     images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for index in range(3):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    _images(images, 3, 40)
     result = CliRunner().invoke(main, ["validate", str(path), str(path), "--data", str(images), "--image-mean", "0.5,0.5,0.5", "--image-std", "0.25,0.25,0.25",
                                        "--latency-runs", "0", "--min-cosine", "0.999", "-q"])
     assert result.exit_code == 0, result.output
@@ -102,27 +125,17 @@ def test_validate_reads_images_like_quantize(tmp_path):
 def test_image_folders_are_laid_out_as_the_model_reads_them(tmp_path):
     """A channels-last export (tf2onnx: [N, 224, 224, 3]) gets channels-last images without being told; asked for
     channels first, it is refused naming the input and its shape."""
-    import numpy as np
     import onnx
     from click.testing import CliRunner
-    from onnx import helper
-    from PIL import Image
+    from onnx import TensorProto
 
-    from models.builders import conv_bn_relu
     from onnxslim.data.resolve import image_layout_of
 
     assert image_layout_of(("N", 32, 32, 3)) == "nhwc" and image_layout_of(("N", 3, 32, 32)) == "nchw" and image_layout_of(("N", 3, 32, 3)) == "nchw"
-    model = conv_bn_relu()
-    model.graph.input[0].name = "pixels"
-    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value, model.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 32, 3
-    model.graph.node.insert(0, helper.make_node("Transpose", ["pixels"], ["input"], perm=[0, 3, 1, 2]))
     path = tmp_path / "nhwc.onnx"
-    onnx.save(model, str(path))
+    onnx.save(_channels_last(TensorProto.FLOAT), str(path))
     images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for index in range(3):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    _images(images, 3, 40)
     common = ["validate", str(path), str(path), "--data", str(images), "--latency-runs", "0", "-q"]
     result = CliRunner().invoke(main, common)
     assert result.exit_code == 0 and "PASSED" in result.output, result.output
@@ -136,27 +149,17 @@ def test_a_model_taking_uint8_pixels_gets_them_as_decoded_from_images_and_random
     import numpy as np
     import onnx
     from click.testing import CliRunner
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
     from PIL import Image
 
-    from models.builders import conv_bn_relu
     from onnxslim.data.sources import ImageFolder, RandomInputs
     from onnxslim.ir.tensors import graph_inputs
 
-    model = conv_bn_relu()
-    model.graph.input[0].name = "pixels"
-    tensor_type = model.graph.input[0].type.tensor_type
-    tensor_type.elem_type = TensorProto.UINT8
-    tensor_type.shape.dim[1].dim_value, tensor_type.shape.dim[3].dim_value = 32, 3
-    model.graph.node.insert(0, helper.make_node("Cast", ["pixels"], ["scaled"], to=TensorProto.FLOAT))
-    model.graph.node.insert(1, helper.make_node("Transpose", ["scaled"], ["input"], perm=[0, 3, 1, 2]))
+    model = _channels_last(TensorProto.UINT8)
     path = tmp_path / "pixels.onnx"
     onnx.save(model, str(path))
     images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for index in range(6):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    _images(images, 6, 32)
     result = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--data", str(images), "--image-mean", "0.5,0.5,0.5",
                                        "--latency-runs", "0", "--accuracy-budget", "none"])
     assert result.exit_code == 0, result.output
@@ -168,10 +171,8 @@ def test_a_model_taking_uint8_pixels_gets_them_as_decoded_from_images_and_random
 
 
 def test_images_in_a_folder_per_class_are_read_as_an_imagenet_style_set_is_laid_out(tmp_path):
-    import numpy as np
     import onnx
     from click.testing import CliRunner
-    from PIL import Image
 
     from models.builders import conv_bn_relu
     from onnxslim.data.sources import image_files
@@ -179,11 +180,8 @@ def test_images_in_a_folder_per_class_are_read_as_an_imagenet_style_set_is_laid_
     path = tmp_path / "m.onnx"
     onnx.save(conv_bn_relu(), str(path))
     images = tmp_path / "calib"
-    rng = np.random.default_rng(1)
-    for label in ("cat", "dog"):
-        (images / label).mkdir(parents=True)
-        for index in range(2):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / label / f"{index}.jpg")
+    for seed, label in enumerate(("cat", "dog"), start=1):
+        _images(images / label, 2, 40, seed=seed, suffix=".jpg")
     assert [p.relative_to(images).as_posix() for p in image_files(images)] == ["cat/0.jpg", "cat/1.jpg", "dog/0.jpg", "dog/1.jpg"]
     result = CliRunner().invoke(main, ["validate", str(path), str(path), "--data", str(images), "--latency-runs", "0", "-q", "--report", str(tmp_path / "r.json")])
     assert result.exit_code == 0 and "PASSED" in result.output, result.output

@@ -969,19 +969,25 @@ def test_blocks_reading_one_stored_bias_table_lose_the_same_heads_and_keep_one_t
     assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
 
 
+def _two_blocks_adding_one_bias(dim: int, tokens: int) -> onnx.ModelProto:
+    """Two attention blocks in a row, the second adding the first's computed position bias instead of its own."""
+    first = ALL_BUILDERS["window_attention"](dim=dim, heads=8, tokens=tokens, position_bias="gathered")
+    other = ALL_BUILDERS["window_attention"](dim=dim, heads=8, tokens=tokens, position_bias="gathered", seed=13)
+    model = onnx.compose.merge_models(first, onnx.compose.add_prefix(other, "second/"), io_map=[("hidden", "second/input")])
+    sigmoid = next(n for n in first.graph.node if n.op_type == "Sigmoid")
+    bias = next(n for n in first.graph.node if n.op_type == "Mul" and sigmoid.output[0] in n.input).output[0]
+    second = next(n for n in model.graph.node if n.op_type == "Add" and f"second/{bias}" in n.input)
+    second.input[list(second.input).index(f"second/{bias}")] = bias
+    return model
+
+
 @pytest.mark.parametrize(("tokens", "kept"), [(16, ("mul_", [4, 16, 16])), (64, ("bias_table", [127, 4]))])
 def test_blocks_adding_one_attention_bias_lose_the_same_heads_and_keep_one_bias(tokens, kept):
     # one relative-position bias added by several attention blocks (a layer applied repeatedly, as a molecule
     # transformer does with its distance bias; MPNet computes one for all its layers): every block meeting it ties its
     # heads and the bias stays one tensor, whether folded into a stored map heavier than its copies may be (16 tokens)
     # or still gathered from its table at run time (64: folding it would grow the model)
-    first = ALL_BUILDERS["window_attention"](dim=32, heads=8, tokens=tokens, position_bias="gathered")
-    other = ALL_BUILDERS["window_attention"](dim=32, heads=8, tokens=tokens, position_bias="gathered", seed=13)
-    model = onnx.compose.merge_models(first, onnx.compose.add_prefix(other, "second/"), io_map=[("hidden", "second/input")])
-    sigmoid = next(n for n in first.graph.node if n.op_type == "Sigmoid")
-    bias = next(n for n in first.graph.node if n.op_type == "Mul" and sigmoid.output[0] in n.input).output[0]
-    second = next(n for n in model.graph.node if n.op_type == "Add" and f"second/{bias}" in n.input)
-    second.input[list(second.input).index(f"second/{bias}")] = bias
+    model = _two_blocks_adding_one_bias(dim=32, tokens=tokens)
     pruned, masked, groups, _ = masked_and_pruned(model)
     assert [(g.channels_before, g.channels_after) for g in groups if g.channels_before == 8] == [(8, 4)]  # the two blocks' heads
     prefix, dims = kept
@@ -991,13 +997,7 @@ def test_blocks_adding_one_attention_bias_lose_the_same_heads_and_keep_one_bias(
 
 def test_a_light_stored_bias_several_blocks_add_is_cut_for_each_and_leaves_their_heads_free():
     # a folded bias map small beside the weights: a copy per block costs little, and each block keeps its own heads
-    first = ALL_BUILDERS["window_attention"](dim=256, heads=8, tokens=16, position_bias="gathered")
-    other = ALL_BUILDERS["window_attention"](dim=256, heads=8, tokens=16, position_bias="gathered", seed=13)
-    model = onnx.compose.merge_models(first, onnx.compose.add_prefix(other, "second/"), io_map=[("hidden", "second/input")])
-    sigmoid = next(n for n in first.graph.node if n.op_type == "Sigmoid")
-    bias = next(n for n in first.graph.node if n.op_type == "Mul" and sigmoid.output[0] in n.input).output[0]
-    second = next(n for n in model.graph.node if n.op_type == "Add" and f"second/{bias}" in n.input)
-    second.input[list(second.input).index(f"second/{bias}")] = bias
+    model = _two_blocks_adding_one_bias(dim=256, tokens=16)
     pruned, masked, groups, _ = masked_and_pruned(model)
     assert [(g.channels_before, g.channels_after) for g in groups if g.channels_before == 8] == [(8, 4), (8, 4)]
     assert_pruned_as_masked(model, masked, pruned, 2, seed=3)
