@@ -1517,3 +1517,44 @@ def test_a_pruned_model_whose_outputs_moved_past_the_default_budget_says_so():
     worst = min(c.cosine for c in heavy.fidelity)
     assert worst < 0.99 and any(w.startswith("output ") and "moved" in w and f"{worst:.4f}" in w and "compress" in w for w in heavy.warnings), heavy.warnings
     assert min(c.cosine for c in light.fidelity) >= 0.99 and not any("moved" in w for w in light.warnings), light.warnings
+
+
+def _tensordot_ffn(dim: int = 8, hidden: int = 16, seq: int = 4) -> onnx.ModelProto:
+    """Dense layers on (N, S, D) as tf2onnx writes Keras's Tensordot: flatten to (N*S, D), MatMul, and a Reshape back whose
+    target is built in int32 from the input's Shape (its batch and sequence sizes) and the layer's width, then cast."""
+    b = GraphBuilder(29)
+
+    def dense(x: str, d_in: int, d_out: int) -> str:
+        flat = b.node("Reshape", [x, b.const(np.array([-1, d_in], np.int64), "flat")])
+        product = b.node("MatMul", [flat, b.const(b.weight(d_out, d_in).T.copy())])
+        sizes = b.node("Gather", [b.node("Cast", [b.node("Shape", [x])], to=TensorProto.INT32), b.const(np.array([0, 1], np.int64), "free")], axis=0)
+        target = b.node("Cast", [b.node("Concat", [sizes, b.const(np.array([d_out], np.int32), "width")], axis=0)], to=TensorProto.INT64)
+        return b.node("Add", [b.node("Reshape", [product, target]), b.const(np.full(d_out, 0.1, np.float32), "bias")])
+
+    out = dense(b.node("Relu", [dense("input", dim, hidden)]), hidden, dim)
+    _rename_output(b, out, "output")
+    return b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", seq, dim])], [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", seq, dim])], "tensordot")
+
+
+def test_dense_layers_spelled_as_tf2onnx_tensordot_lose_their_hidden_neurons():
+    """The Reshape back to (N, S, hidden) reads its target through int32 Casts of a Shape: only the width entry counts the
+    neurons, and the Shape of the hidden activation is read for its batch and sequence sizes alone."""
+    model = _tensordot_ffn()
+    pruned, report = prune(model, config=PruneConfig(ratio=0.5, latency_runs=0), input_shapes={"input": (2, 4, 8)})
+    assert [(g.channels_before, g.channels_after) for g in report.groups] == [(16, 8), (8, 8)]
+    weights = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    first, second = (weights[n.input[1]] for n in pruned.graph.node if n.op_type == "MatMul")
+    assert first.shape == (8, 8) and second.shape == (8, 8)
+    original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    w1, w2 = (original[n.input[1]] for n in model.graph.node if n.op_type == "MatMul")
+    kept = [next(j for j in range(16) if np.array_equal(w1[:, j], column)) for column in first.T]
+    masked = load_model(model)
+    for tensor in masked.graph.initializer:
+        if tensor.name == next(n.input[1] for n in model.graph.node if n.op_type == "MatMul" and original[n.input[1]] is w2):
+            cut = w2.copy()
+            cut[[j for j in range(16) if j not in kept]] = 0
+            tensor.CopyFrom(numpy_helper.from_array(cut, tensor.name))
+    for batch in (1, 3):  # the batch stays dynamic: the target's other entries are still read at run time
+        feed = {"input": np.random.default_rng(batch).standard_normal((batch, 4, 8)).astype(np.float32)}
+        np.testing.assert_allclose(run_model(pruned, feed)[0], run_model(masked, feed)[0], rtol=1e-4, atol=1e-5)
+

@@ -219,6 +219,9 @@ class ReshapeRules:
         if array is not None:
             return [(int(v), (node.name, 1, i)) for i, v in enumerate(array.reshape(-1))]
         producer = next((n for n in self.graph.node if target in n.output), None)
+        if producer is not None and producer.op_type == "Cast" and int(node_attr(producer, "to", 0)) == onnx.TensorProto.INT64:
+            # tf2onnx builds targets in int32 (TensorFlow's shape type) and casts them: the entries are the Concat's
+            producer = next((n for n in self.graph.node if producer.input[0] in n.output), None)
         if producer is None or producer.op_type != "Concat":
             return None
         entries = []

@@ -810,13 +810,25 @@ class Tracer(ReshapeRules):
         return data
 
     def _reads_other_dims(self, shape_node: onnx.NodeProto, layout: Layout) -> bool:
-        readers = [n for n in self.graph.node if shape_node.output[0] in n.input]
+        """Whether every reader of ``shape_node`` takes only entries other than the channel axis's (Gathers of constant
+        indices, seen through integer Casts: tf2onnx reads shapes in int32)."""
         rank = self.rank(shape_node.input[0])
-        if not readers or rank is None or node_attr(shape_node, "start") is not None:
+        if rank is None or node_attr(shape_node, "start") is not None:
             return False
+        pending, readers = [shape_node.output[0]], []
+        while pending:
+            name = pending.pop()
+            found = [n for n in self.graph.node if name in n.input]
+            if not found or any(o.name == name for o in self.graph.output):
+                return False
+            for reader in found:
+                if reader.op_type == "Cast" and onnx.helper.tensor_dtype_to_np_dtype(int(node_attr(reader, "to", 0))).kind in "iu":
+                    pending.append(reader.output[0])
+                else:
+                    readers.append(reader)
         for reader in readers:
-            index = self.const(reader.input[1]) if reader.op_type == "Gather" and len(reader.input) > 1 else None
-            if index is None or index.size != 1 or int(index.reshape(())) % rank == layout.axis:
+            index = self.const(reader.input[1]) if reader.op_type == "Gather" and len(reader.input) > 1 and reader.input[0] != reader.input[1] else None
+            if index is None or index.size == 0 or any(int(i) % rank == layout.axis for i in index.reshape(-1)):
                 return False
         return True
 
