@@ -1558,3 +1558,21 @@ def test_dense_layers_spelled_as_tf2onnx_tensordot_lose_their_hidden_neurons():
         feed = {"input": np.random.default_rng(batch).standard_normal((batch, 4, 8)).astype(np.float32)}
         np.testing.assert_allclose(run_model(pruned, feed)[0], run_model(masked, feed)[0], rtol=1e-4, atol=1e-5)
 
+
+def test_macs_of_an_einsum_are_its_indices_sizes_multiplied_and_counted_before_pruning():
+    from onnxslim.ir.counts import node_macs
+
+    node = helper.make_node("Einsum", ["a", "b"], ["c"], equation="abcd,cde->abe")
+    assert node_macs(node, {"a": (1, 32, 8, 16), "b": (8, 16, 128)}) == 32 * 128 * 128
+    broadcast = helper.make_node("Einsum", ["a", "b"], ["c"], equation="...ij,...jk->...ik")
+    assert node_macs(broadcast, {"a": (2, 3, 4, 5), "b": (3, 5, 6)}) == 2 * 3 * 4 * 5 * 6
+    assert node_macs(helper.make_node("Einsum", ["a"], ["c"], equation="ij->ji"), {"a": (2, 3)}) == 0
+    assert node_macs(node, {"a": (1, None, 8, 16), "b": (8, 16, 128)}) is None
+    # preparation rewrites the Einsums as MatMuls: the original's are still counted, so the ratio is the work pruning saved
+    b = GraphBuilder(31)
+    hidden = b.node("Relu", [b.node("Einsum", ["input", b.const(b.weight(16, 8).T.copy())], equation="bsd,de->bse")])
+    out = b.node("Einsum", [hidden, b.const(b.weight(8, 16).T.copy())], equation="bse,ed->bsd")
+    _rename_output(b, out, "output")
+    model = b.model([helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 8])], [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 8])], "einsum_ffn")
+    _, report = prune(model, config=PruneConfig(ratio=0.5, latency_runs=0))
+    assert report.macs_unknown == [] and (report.macs.before, report.macs.after) == (2 * 4 * 8 * 16, 2 * 4 * 8 * 8)

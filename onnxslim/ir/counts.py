@@ -15,7 +15,7 @@ from onnxslim.ir.tensors import tensor_elements
 
 # onnxruntime's fused attention (com.microsoft Attention, QAttention) holds its query/key/value projection
 RECURRENT_OPS = (*RECURRENT_LAYERS, "DynamicQuantizeLSTM")
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "Attention", "QAttention", *RECURRENT_OPS)
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "Attention", "QAttention", *RECURRENT_OPS)
 
 
 def count_parameters(model: onnx.ModelProto) -> int:
@@ -67,6 +67,8 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple]) -> int | None:
         else:
             k = a[-1]
         return int(np.prod(out, dtype=np.int64) * k)
+    if op == "Einsum":
+        return _einsum_macs(node, [get(name) for name in node.input])
     if op in RECURRENT_OPS:
         # every step multiplies its input by W and the previous hidden state by R, each gate of each direction
         # (DynamicQuantizeLSTM holds W and R transposed: the same elements)
@@ -114,3 +116,35 @@ def work_shares(model: onnx.ModelProto, nodes: Iterable[str], shapes: Mapping[st
         return {}
     wanted = set(nodes)
     return {node.name: macs / total for node in model.graph.node if node.name in wanted and (macs := node_macs(node, shapes)) is not None}
+
+
+def _einsum_macs(node: onnx.NodeProto, shapes: list) -> int | None:
+    """A product of several operands multiplies once for every combination of its indices: the product of all their
+    sizes (an ellipsis counts its broadcast dims). One operand (a transpose, a sum) multiplies nothing."""
+    equation = next((attr.s.decode() for attr in node.attribute if attr.name == "equation"), None)
+    if equation is None or not all(_static(shape) for shape in shapes):
+        return None
+    terms = equation.replace(" ", "").split("->")[0].split(",")
+    if len(terms) != len(shapes):
+        return None
+    if len(terms) < 2:
+        return 0
+    sizes: dict[str, int] = {}
+    ellipsis: list[int] = []
+    for term, shape in zip(terms, shapes):
+        letters = term.replace("...", "")
+        extra = len(shape) - len(letters)
+        if extra < 0 or (extra and "..." not in term):
+            return None
+        dims = list(shape)
+        if "..." in term:
+            at = term.index("...")
+            broadcast = dims[at : at + extra]
+            del dims[at : at + extra]
+            # right-aligned broadcasting between the operands' ellipsis dims
+            padded = [1] * (len(ellipsis) - len(broadcast)) + broadcast
+            ellipsis = [max(a, b) for a, b in zip([1] * (len(padded) - len(ellipsis)) + ellipsis, padded)]
+        for letter, size in zip(letters, dims):
+            sizes[letter] = max(sizes.get(letter, 1), size)
+    return int(np.prod(list(sizes.values()) + ellipsis, dtype=np.int64))
+
