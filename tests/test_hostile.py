@@ -228,6 +228,18 @@ def test_random_data_a_model_refuses_names_the_batch_and_its_integer_inputs(save
     assert not (model.parent / "out.onnx").exists()
 
 
+def test_random_data_for_a_string_input_is_refused_in_one_line_naming_it(save):
+    """scikit-learn's encoders take strings: no random batch stands for them, so the error names the input and asks for data."""
+    nodes = [helper.make_node("LabelEncoder", ["category"], ["code"], domain="ai.onnx.ml", keys_strings=["a", "b"], values_floats=[0.0, 1.0], default_float=-1.0),
+             helper.make_node("Add", ["code", "x"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("category", TensorProto.STRING, [1, 4]), helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)]))
+    result = invoke("quantize", model, "-o", model.parent / "out.onnx", "--data", "random")
+    assert_one_line_error(result, "input 'category' holds strings", "--data", exit_code=2)
+    assert not (model.parent / "out.onnx").exists()
+
+
 def scikit_classifier(features: int = 8, classes: int = 4) -> onnx.ModelProto:
     """A classifier as scikit-learn's exporter writes it: a label (int64) and the probabilities as a ZipMap, a sequence of
     {label: probability} maps, which onnxruntime hands back as a list of dicts."""

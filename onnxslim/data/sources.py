@@ -201,7 +201,8 @@ class RandomInputs:
                 elif dtype.kind == "b":
                     batch[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
                 else:
-                    raise UsageError(f"input '{spec.name}' is {dtype}; random data cannot be made for it")
+                    kind = "strings" if dtype.kind in "OSU" else dtype
+                    raise UsageError(f"input '{spec.name}' holds {kind}; random data cannot be made for it: give --data or --data-loader")
             yield f"random batch {index}{note}", batch
 
 
