@@ -72,10 +72,20 @@ def without_model_label(exc: BaseException) -> str:
 def first_line(exc: BaseException, limit: int = 300, *, empty: str | None = None) -> str:
     """The first non-blank line of ``exc``'s message, cut to ``limit`` characters (libraries raise pages).
 
+    onnxruntime's messages lose their source file, C++ signature and failed check first, so the
+    sentence that says what is wrong (the shapes a Reshape got) survives the cut.
     An exception without a message gives ``empty``, or its type name.
     """
     for line in str(exc).strip().splitlines():
-        line = line.strip()
+        line = _without_onnxruntime_internals(line.strip())
         if line:
             return line[:limit]
     return empty if empty is not None else type(exc).__name__
+
+
+def _without_onnxruntime_internals(line: str) -> str:
+    import re
+
+    line = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)
+    line = re.sub(r"\S*onnxruntime_src/\S+:\d+ (?:[\w:~]+\([^()]*\)\S* )?", "", line)
+    return re.sub(r"(Status Message: )[^.]*? was false\. ", r"\1", line)

@@ -240,6 +240,30 @@ def test_random_data_for_a_string_input_is_refused_in_one_line_naming_it(save):
     assert not (model.parent / "out.onnx").exists()
 
 
+def _takes_views_in_fours() -> onnx.ModelProto:
+    """A classifier that averages its scores over four views of each sample (mne-icalabel's ICLabel): a batch that is not
+    a multiple of four cannot run."""
+    b = GraphBuilder(37)
+    hidden = b.node("Relu", [b.node("MatMul", ["x", b.const(b.weight(16, 8).T.copy())])])
+    scores = b.node("MatMul", [hidden, b.const(b.weight(3, 16).T.copy())])
+    views = b.node("Reshape", [scores, b.const(np.array([4, -1, 3], np.int64), "views")])
+    out = b.node("ReduceMean", [views], axes=[0], keepdims=0)
+    graph = helper.make_graph(b.nodes, "views", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [None, 3])], b.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_random_test_batch_the_model_refuses_stops_prune_in_one_line_with_onnxruntimes_reason(save):
+    """Without data, prune times and test-runs on a random batch of the given sizes: one the model cannot run is named
+    with the sizes and onnxruntime's own sentence about the shapes, its source file and C++ signature left out."""
+    model = save(_takes_views_in_fours())
+    result = invoke("prune", model, "-o", model.parent / "out.onnx", "--input-shapes", "x:1,8")
+    assert_one_line_error(result, "the random test batch (x 1x8) does not run", "cannot be reshaped to the requested shape", "--input-shapes")
+    assert "onnxruntime_src" not in result.output and "ReshapeHelper(" not in result.output
+    assert not (model.parent / "out.onnx").exists()
+    assert invoke("prune", model, "-o", model.parent / "out.onnx", "--input-shapes", "x:4,8").exit_code == 0
+
+
 def scikit_classifier(features: int = 8, classes: int = 4) -> onnx.ModelProto:
     """A classifier as scikit-learn's exporter writes it: a label (int64) and the probabilities as a ZipMap, a sequence of
     {label: probability} maps, which onnxruntime hands back as a list of dicts."""

@@ -282,7 +282,10 @@ class Runner:
         """Seconds for one run of ``feed``."""
         feed = dict(self.fitted(feed))
         start = time.perf_counter()
-        self.session.run(None, feed)
+        try:
+            self.session.run(None, feed)
+        except Exception as exc:
+            raise DataError(f"{self.label}: onnxruntime failed to run this input: {first_line(exc)}") from None
         return time.perf_counter() - start
 
     def placement(self, feed: Mapping[str, np.ndarray]) -> Placement:
