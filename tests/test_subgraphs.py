@@ -272,3 +272,61 @@ def test_a_pruned_decoder_may_stop_at_another_step_where_its_loop_reads_the_same
         node.input[:] = ["raw_hidden" if name == hidden else name for name in node.input]
     stale.graph.node.append(helper.make_node("Concat", ["raw_hidden", "raw_hidden"], [hidden], axis=1))
     assert check_runs(exposed, stale, feed) == f"output '{hidden}' has shape [1, 96] instead of [1, 48]"
+
+
+EVERY_LAYER = QuantConfig(latency_runs=0, accuracy_budget=None, output_layers="int8")
+
+
+def _weights_handed_to_a_loop(width: int = 64, steps: int = 3, *, in_body: bool = False) -> onnx.ModelProto:
+    """A recurrent layer as tf2onnx writes Keras's: the first step's MatMul in the main graph, the others in a Loop. The
+    weight goes into the Loop as one of its carried values (tf2onnx) or, with ``in_body``, is read by the body directly."""
+    rng = np.random.default_rng(5)
+    weight = numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "recurrent")
+    carried = [] if in_body else ["w_in"]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Gemm" if in_body else "MatMul", ["h_in", "recurrent" if in_body else "w_in"], ["product"]),
+         helper.make_node("Tanh", ["product"], ["h_out"])] + ([] if in_body else [helper.make_node("Identity", ["w_in"], ["w_out"])]),
+        "step",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [1, width])] + [helper.make_tensor_value_info(n, TensorProto.FLOAT, [width, width]) for n in carried],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, width])]
+        + ([] if in_body else [helper.make_tensor_value_info("w_out", TensorProto.FLOAT, [width, width])]),
+    )
+    nodes = [helper.make_node("MatMul", ["input", "recurrent"], ["first"], name="first_step"),
+             helper.make_node("Relu", ["first"], ["h0"], name="relu"),
+             helper.make_node("Loop", ["trips", "", "h0"] + ([] if in_body else ["recurrent"]), ["h"] + ([] if in_body else ["w_last"]), name="steps", body=body)]
+    trips = numpy_helper.from_array(np.array(steps, np.int64), "trips")
+    graph = helper.make_graph(nodes, "handed", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, width])],
+                              [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, width])], [weight, trips])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_weight_handed_to_a_loop_is_stored_once_as_int8_codes_the_loop_reads_restored():
+    """The first step's MatMul runs in INT8; the Loop still needs the weight in float. Keeping the float weight beside its codes
+    made a Keras BiLSTM's INT8 model larger than its original (21.3 -> 26.2 MB); the Loop now reads it restored from the
+    same codes (a Cast and a Mul onnxruntime folds at load), and the file holds one copy."""
+    model = _weights_handed_to_a_loop()
+    batches = sample_inputs(model, 12, seed=3)
+    quantized, report = quantize(model, batches, config=EVERY_LAYER)
+    assert [d.node for d in report.decisions if d.quantized and d.op_type == "MatMul"] == ["first_step"]
+    floats = [t.name for t in quantized.graph.initializer if t.data_type == TensorProto.FLOAT and t.name == "recurrent"]
+    assert floats == [] and report.sizes.quantized_bytes < report.sizes.fp32_bytes / 2
+    assert not any("larger than the original" in w for w in report.warnings)
+    loop = next(n for n in quantized.graph.node if n.op_type == "Loop")
+    restore = next(n for n in quantized.graph.node if loop.input[3] in n.output)
+    assert restore.op_type == "Mul"  # codes cast to float, times the scales
+    for feed in batches[:3]:
+        a, b = run_model(model, feed)[0], run_model(quantized, feed)[0]
+        assert np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b) > 0.99
+
+
+def test_a_weight_a_float_layer_in_a_loop_body_reads_keeps_its_float_copy_and_a_larger_int8_model_says_so():
+    """The body's Gemm (excluded, so float) reads the weight from the main graph: it keeps the float weight, the main
+    graph's MatMul adds its codes, and the INT8 model is larger than the original: written, with a warning that says so."""
+    model = _weights_handed_to_a_loop(in_body=True)
+    config = QuantConfig(latency_runs=0, accuracy_budget=None, output_layers="int8", exclude_op_types=("Gemm",))
+    quantized, report = quantize(model, sample_inputs(model, 12, seed=3), config=config)
+    assert "recurrent" in outer_references(next(n for n in quantized.graph.node if n.op_type == "Loop").attribute[0].g)
+    assert report.sizes.quantized_bytes > report.sizes.fp32_bytes
+    assert any("INT8 model is larger than the original" in w and "subgraph body" in w for w in report.warnings), report.warnings

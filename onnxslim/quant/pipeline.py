@@ -1151,6 +1151,12 @@ def _quantize(model, data, config: QuantConfig, output, eval_data, input_shapes,
     report.calibration = CalibrationSummary(run.calibration_batches, run.calibration_seconds, _peak_rss_mb())
     report.evaluation = EvaluationSummary(run.eval_label, len(run.eval_batches))
     report.sizes = Sizes(model_file_bytes(run.original), model_file_bytes(quantized))
+    if report.sizes.quantized_bytes > report.sizes.fp32_bytes:
+        report.warnings.append(
+            f"the INT8 model is larger than the original ({report.sizes.quantized_bytes / 1e6:.2f} MB against {report.sizes.fp32_bytes / 1e6:.2f} MB): "
+            "a weight kept in float beside its INT8 codes for readers in a subgraph body, or quantizers outweighing small weights, "
+            "can do that; --if-slower and the latency check do not look at size"
+        )
     try:
         report.onnxruntime_kernels = dict(optimized_ops(quantized, threads=config.threads))
     except Exception as exc:  # an optimizer failure is worth reporting, not fatal

@@ -18,10 +18,11 @@ from onnxslim.ir.graph import topological_sort
 from onnxslim.ir.io import copy_leaving_out
 from onnxslim.ir.mapped import ArrayStore, has_mapped
 from onnxslim.ir.scopes import all_nodes
-from onnxslim.ir.tensors import all_value_names, initializer_map, to_array, unique_name
+from onnxslim.ir.tensors import all_value_names, initializer_map, outer_references, subgraphs, tensor_elements, to_array, unique_name
 from onnxslim.passes.cleanup import remove_dead_nodes
 from onnxslim.quant.decisions import QuantPlan
 from onnxslim.quant.params import BIAS_CODES, quantize_bias, quantize_weight, weight_params
+from onnxslim.quant.stored import MIN_ELEMENTS, restored_from
 
 
 class _Emitter:
@@ -38,6 +39,7 @@ class _Emitter:
         self.inits = {**initializer_map(self.graph), **self.left_out}
         self.new_nodes: list[onnx.NodeProto] = []
         self.weight_scales: dict[str, np.ndarray] = {}
+        self.weight_codes: dict[str, tuple[str, np.ndarray, int | None]] = {}  # weight -> (its INT8 codes' name, scales, axis)
         self.store = ArrayStore(self.model)
 
     def name(self, base: str) -> str:
@@ -67,7 +69,9 @@ class _Emitter:
             if spec.axis is not None and name in floors and floors[name].shape == scales.shape:
                 scales = np.maximum(scales, floors[name]).astype(np.float32)
             self.weight_scales[name] = scales
-            quantized = self.constant(f"{name}_quantized", quantize_weight(array, scales, spec.axis, spec.levels))
+            codes = quantize_weight(array, scales, spec.axis, spec.levels)
+            quantized = self.constant(f"{name}_quantized", codes)
+            self.weight_codes[name] = (quantized, scales, spec.axis)
             scale = self.constant(f"{name}_scale", scales)
             zero = self.constant(f"{name}_zero_point", np.zeros(scales.shape, np.int8))
             output = self.name(f"{name}_dequantized")
@@ -275,7 +279,7 @@ class _Emitter:
     def finish(self) -> onnx.ModelProto:
         self.graph.node.extend(self.new_nodes)
         read = {name for node in all_nodes(self.graph) for name in node.input} | {v.name for v in self.graph.output}
-        still_read = [name for name in self.left_out if name in read]  # a weight float layers still read
+        still_read = [name for name in self.left_out if name in read and not self._restored_from_codes(name)]  # a weight float layers still read
         if still_read:  # back in its place among the model's initializers, before the new ones
             self.graph.initializer.extend(self.left_out[name] for name in still_read)
             ordered = sorted(self.graph.initializer, key=lambda t: self.source_order.get(t.name, len(self.source_order)))
@@ -284,6 +288,28 @@ class _Emitter:
         topological_sort(self.graph)
         remove_dead_nodes(self.model)
         return self.model
+
+
+    def _restored_from_codes(self, name: str) -> bool:
+        """Where the nodes that still read a quantized weight in float (a Loop it is handed to) all read it as an input of the
+        main graph, they read it restored from its INT8 codes (a Cast and a Mul onnxruntime folds when it loads the model):
+        one copy on disk instead of the float weight beside its codes. Small weights, graph outputs and weights read
+        inside subgraph bodies keep their float copy."""
+        if name not in self.weight_codes or tensor_elements(self.left_out[name]) < MIN_ELEMENTS or any(v.name == name for v in self.graph.output):
+            return False
+        readers = [node for node in self.graph.node if name in node.input]
+        if any(name in outer_references(sub) for node in self.graph.node for sub in subgraphs(node)):
+            return False
+        codes, scales, axis = self.weight_codes[name]
+        rank = len(self.left_out[name].dims)
+        shape = [1] * rank
+        if axis is not None:
+            shape[axis] = scales.size
+        nodes, restored = restored_from(codes, np.reshape(scales, shape), self.model.graph, f"{name}_restored", self.taken)
+        self.graph.node.extend(nodes)  # finish() has placed the new nodes already; it sorts the graph after this
+        for node in readers:
+            node.input[:] = [restored if value == name else value for value in node.input]
+        return True
 
 
 def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, params: dict[str, tuple[np.float32, np.integer]], *, reserved: frozenset[str] | set[str] = frozenset()) -> onnx.ModelProto:

@@ -32,10 +32,18 @@ MIN_ELEMENTS = 4096  # smaller weights are not worth two nodes
 def restored_at_load(graph: onnx.GraphProto, codes: np.ndarray, scales: np.ndarray, stem: str, taken: set[str]) -> tuple[list[onnx.NodeProto], str]:
     """INT8 ``codes`` and their ``scales`` (shaped to broadcast over them) added to ``graph``; the Cast and Mul that turn them
     back into float32, and their output's name."""
-    names = {part: unique_name(f"{stem}_{part}", taken) for part in ("int8", "scale", "as_float", "restored")}
-    graph.initializer.extend([from_array(codes, names["int8"]), from_array(scales.astype(np.float32), names["scale"])])
+    name = unique_name(f"{stem}_int8", taken)
+    graph.initializer.append(from_array(codes, name))
+    return restored_from(name, scales, graph, stem, taken)
+
+
+def restored_from(codes: str, scales: np.ndarray, graph: onnx.GraphProto, stem: str, taken: set[str]) -> tuple[list[onnx.NodeProto], str]:
+    """The Cast and Mul that turn the INT8 initializer ``codes`` of ``graph`` back into float32 with ``scales`` (added to
+    ``graph``, shaped to broadcast over the codes), and their output's name."""
+    names = {part: unique_name(f"{stem}_{part}", taken) for part in ("scale", "as_float", "restored")}
+    graph.initializer.append(from_array(scales.astype(np.float32), names["scale"]))
     nodes = [
-        helper.make_node("Cast", [names["int8"]], [names["as_float"]], name=unique_name(f"{stem}_cast", taken), to=TensorProto.FLOAT),
+        helper.make_node("Cast", [codes], [names["as_float"]], name=unique_name(f"{stem}_cast", taken), to=TensorProto.FLOAT),
         helper.make_node("Mul", [names["as_float"], names["scale"]], [names["restored"]], name=unique_name(f"{stem}_rescale", taken)),
     ]
     return nodes, names["restored"]
