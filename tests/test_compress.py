@@ -57,6 +57,22 @@ def test_choose_never_writes_something_slower_or_outside_the_budget():
     assert best is None and "loss <= 0.02" in why
 
 
+def test_choose_never_writes_a_larger_file_than_the_original():
+    """An INT8 candidate that kept float weights beside their codes (a Keras BiLSTM's, 26.2 MB from 21.3 MB) was the
+    fastest within the budget and written; a larger file is now never chosen, and where only larger ones are faster the
+    reason names them."""
+    def sized(c, size):
+        c.file_bytes = size
+        return c
+
+    original = sized(candidate("original", 0.0, 1.0, ratio=0.0, quantized=False), 1000)
+    options = [original, sized(candidate("int8", 0.004, 0.50, ratio=0.0), 1200), sized(candidate("p10+int8", 0.008, 0.60), 400)]
+    best, _ = choose(options, Budget(0.02))
+    assert best.name == "p10+int8"
+    best, why = choose(options[:2], Budget(0.02))
+    assert best is None and "larger file than the original (int8)" in why
+
+
 def _int8_discount(model: onnx.ModelProto) -> float:
     return 0.66 if any(n.op_type == "QuantizeLinear" for n in model.graph.node) else 1.0
 

@@ -59,7 +59,7 @@ def choose(candidates: list[Candidate], budget: Budget) -> tuple[Candidate | Non
     """The candidate to write (None: none helps) and why, marking ``within_budget`` and ``chosen`` on the candidates.
 
     A candidate no faster than the original is never chosen: writing it would
-    make the user's model slower for nothing. Faster means by more than the
+    make the user's model slower for nothing; nor is one whose file is larger. Faster means by more than the
     timing noise of a shared machine (``LATENCY_TIE``): a candidate measured at
     0.97x in one loop timed 1.04x in the next on a table recognizer, and a
     gain that small is not worth a model that may be the slower one. With the
@@ -72,10 +72,15 @@ def choose(candidates: list[Candidate], budget: Budget) -> tuple[Candidate | Non
     fitting = [c for c in candidates if c.within_budget and (c.prune_ratio > 0 or c.quantized or c.shared)]
     limit = 1.0 + LATENCY_TIE if budget.objective == "size" else 1.0 - LATENCY_TIE  # for a smaller file, the original's speed is enough
     faster = [c for c in fitting if c.latency_ratio is not None and c.latency_ratio < limit]
+    original = next((c for c in candidates if c.prune_ratio == 0 and not c.quantized and not c.shared), None)
+    larger = [c for c in faster if original is not None and original.file_bytes and c.file_bytes > original.file_bytes]
+    faster = [c for c in faster if c not in larger]  # never a bigger file than the user gave
     if not fitting and all(c.failed for c in candidates if c.prune_ratio > 0 or c.quantized or c.shared):
         return None, f"no candidate could be built: {_why_not_built(candidates)}"
     if not fitting:
         return None, f"no candidate keeps every output within the budget (loss <= {budget.max_loss:g})"
+    if not faster and larger:
+        return None, f"every faster candidate within the budget is a larger file than the original ({', '.join(c.name for c in larger)})"
     if not faster:
         return None, f"every candidate within the budget is as slow as the original or slower (none below {limit:.2f}x its latency)"
     if budget.target_latency is not None:
