@@ -262,6 +262,9 @@ def test_a_random_test_batch_the_model_refuses_stops_prune_in_one_line_with_onnx
     assert "onnxruntime_src" not in result.output and "ReshapeHelper(" not in result.output
     assert not (model.parent / "out.onnx").exists()
     assert invoke("prune", model, "-o", model.parent / "out.onnx", "--input-shapes", "x:4,8").exit_code == 0
+    result = invoke("share", model, "-o", model.parent / "shared.onnx", "--input-shapes", "x:1,8", "--min-elements", "16")
+    assert_one_line_error(result, "the random test batch (x 1x8) does not run", "the original:")  # not "shared model": the original fails
+    assert not (model.parent / "shared.onnx").exists()
 
 
 def scikit_classifier(features: int = 8, classes: int = 4) -> onnx.ModelProto:

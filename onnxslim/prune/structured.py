@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from onnxslim.data.sources import DataSource, batch_of_one_note, check_input_shapes, evaluation_split, for_several_passes, open_data, random_batch_or_none
-from onnxslim.errors import DataError, ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
+from onnxslim.errors import ModelWriteError, NothingToDoError, OnnxSlimError, UsageError
 from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters, node_macs
 from onnxslim.ir.io import load_model, model_file_bytes, model_label, model_weight_bytes
 from onnxslim.ir.layers import WEIGHTED_LAYERS
@@ -66,7 +66,7 @@ from onnxslim.prune.unstructured import magnitude_sparsify
 from onnxslim.prune.widths import CANDIDATE_MULTIPLES, WidthChoice, cache_key, cached, choice_stopper, choose_multiple, remember
 from onnxslim.records import BeforeAfter, Record
 from onnxslim.runtime import Runner
-from onnxslim.runtime.probe import check_runs, runtime_shapes
+from onnxslim.runtime.probe import check_random_batch, check_runs, runtime_shapes
 from onnxslim.runtime.shapes import known_shapes
 from onnxslim.runtime.write import write_verified
 
@@ -387,7 +387,7 @@ def _prune(model, data, config: PruneConfig, output, eval_data, input_shapes, sh
         report.warnings.append("no held-out data: fidelity is measured on the batches that ranked and refit the channels; give --eval-data or more batches")
     probe = _probe_feed(original, source, input_shapes)
     if source is None and probe is not None:
-        _check_random_probe(original, probe, label)
+        check_random_batch(original, probe, label)
     # without data, the random test batch's sizes (--input-shapes, a dynamic batch axis alone taken as 1) count the MACs
     without_data = {name: tuple(array.shape) for name, array in probe.items()} if probe is not None else dict(input_shapes or {})
     if source is not None:
@@ -740,17 +740,6 @@ def _probe_feed(model: onnx.ModelProto, source, input_shapes) -> dict | None:
     if source is not None:
         return next(iter(source))[1]
     return random_batch_or_none(graph_inputs(model), input_shapes)
-
-
-def _check_random_probe(original: onnx.ModelProto, probe: dict, label: str) -> None:
-    """The random batch that times and test-runs the result must be one the original accepts: a model that only takes
-    some sizes (a batch of four views of one sample) says so in one line, before anything is timed."""
-    try:
-        Runner(original, threads=None, optimization="disable", label="the original", prepack=False).run(probe)
-    except DataError as exc:
-        sizes = ", ".join(f"{name} {'x'.join(str(d) for d in np.shape(value))}" for name, value in probe.items())
-        raise DataError(f"{label}: the random test batch ({sizes}) does not run: {exc}; give --input-shapes sizes the model "
-                        "accepts, or --data") from None
 
 
 def _ratio_for_budget(model: onnx.ModelProto, groups: Groups, scores, shapes: dict, config: PruneConfig, costs=None) -> tuple[float, bool]:

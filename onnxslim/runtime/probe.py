@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
+from onnxslim.errors import DataError
 from onnxslim.ir.graph import observing_only, with_outputs
 from onnxslim.ir.loops import data_dependent_loops, in_front_of_loops
 from onnxslim.ir.scopes import expose
@@ -55,6 +56,16 @@ def runtime_values(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], want
 def runtime_shapes(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wanted: set[str] | None = None) -> dict[str, tuple]:
     """Shapes of node outputs (all, or the ``wanted`` ones) on one batch, read off an actual run."""
     return {name: tuple(int(d) for d in np.shape(value)) for name, value in runtime_values(model, batch, wanted).items()}
+
+
+def check_random_batch(model: onnx.ModelProto, batch: Mapping[str, np.ndarray], label: str) -> None:
+    """Without data, a command times and test-runs on a random batch of the given sizes: one the original cannot run (a
+    model that takes a batch of four views of one sample) stops in one line naming the sizes, before anything is built on it."""
+    try:
+        Runner(model, threads=None, optimization="disable", label="the original", prepack=False).run(batch)
+    except DataError as exc:
+        sizes = ", ".join(f"{name} {'x'.join(str(d) for d in np.shape(value))}" for name, value in batch.items())
+        raise DataError(f"{label}: the random test batch ({sizes}) does not run: {exc}; give --input-shapes sizes the model accepts, or --data") from None
 
 
 def check_runs(original: onnx.ModelProto, pruned: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> str | None:

@@ -43,6 +43,7 @@ from onnxslim.passes import Pipeline, constants_to_initializers, initializers_ou
 from onnxslim.passes.naming import name_unnamed_nodes
 from onnxslim.records import BeforeAfter, Record
 from onnxslim.runtime import Runner
+from onnxslim.runtime.probe import check_random_batch
 from onnxslim.runtime.session import optimized_ops
 from onnxslim.runtime.write import write_verified
 from onnxslim.share.budget import within_budget
@@ -191,6 +192,7 @@ def _measure(original: onnx.ModelProto, shared: onnx.ModelProto, held: list, inp
         report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), shared, held, label="shared model")
         report.warnings.extend(few_objects(report.fidelity, report.evaluation))
     elif feed is not None:
+        check_random_batch(original, feed, report.model)
         report.evaluation = "random inputs (no --data): fidelity on noise says little about real inputs"
         report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), shared, [("random", feed)], label="shared model")
         report.warnings.append(f"no --data: the fidelity is measured on random inputs{batch_of_one_note(graph_inputs(original), input_shapes)}, "
