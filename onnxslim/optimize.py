@@ -10,6 +10,7 @@ import onnx
 
 from onnxslim.ir.counts import count_parameters
 from onnxslim.ir.io import load_model, model_label
+from onnxslim.ir.scopes import all_nodes
 from onnxslim.passes import CLEANUP, PassResult, Pipeline
 from onnxslim.records import Record
 from onnxslim.runtime.write import write_verified
@@ -38,10 +39,11 @@ def optimize(
 ) -> tuple[onnx.ModelProto, OptimizeReport]:
     """Run the cleanup passes on a copy of ``model``; write it to ``output`` when given."""
     proto = load_model(model)
-    nodes_before, params_before = len(proto.graph.node), count_parameters(proto)
+    # nodes inside If/Loop/Scan bodies count, as inspect and quantize count them
+    nodes_before, params_before = len(all_nodes(proto.graph)), count_parameters(proto)
     results = pipeline(proto)
     label = model_label(model)
     if output is not None:
         write_verified(proto, output, source=None if isinstance(model, onnx.ModelProto) else model)
-    report = OptimizeReport(label, str(output) if output else None, nodes_before, len(proto.graph.node), params_before, count_parameters(proto), results)
+    report = OptimizeReport(label, str(output) if output else None, nodes_before, len(all_nodes(proto.graph)), params_before, count_parameters(proto), results)
     return proto, report

@@ -330,3 +330,14 @@ def test_a_weight_a_float_layer_in_a_loop_body_reads_keeps_its_float_copy_and_a_
     assert "recurrent" in outer_references(next(n for n in quantized.graph.node if n.op_type == "Loop").attribute[0].g)
     assert report.sizes.quantized_bytes > report.sizes.fp32_bytes
     assert any("INT8 model is larger than the original" in w and "subgraph body" in w for w in report.warnings), report.warnings
+
+
+def test_optimize_counts_the_nodes_inside_bodies_as_inspect_does():
+    """A Keras LSTM unrolled into a Loop (nakdimon) read 'nodes 176 -> 176' in optimize and 'nodes: 332' in inspect."""
+    from onnxslim import inspect, optimize
+
+    model = looped_mlp()
+    inside = sum(len(sub.node) for node in model.graph.node for sub in (a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH))
+    assert inside > 0
+    _, report = optimize(model)
+    assert report.nodes_before == inspect(model).nodes == len(model.graph.node) + inside
