@@ -8,6 +8,8 @@ escaping the CLI is a bug in onnxslim and is shown with its traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class OnnxSlimError(Exception):
     """A problem with the user's input, with a message that names what is at fault."""
@@ -84,8 +86,6 @@ def first_line(exc: BaseException, limit: int = 300, *, empty: str | None = None
 
 
 def _without_onnxruntime_internals(line: str) -> str:
-    import re
-
     line = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)
     line = re.sub(r"\S*onnxruntime_src/\S+:\d+ (?:[\w:~]+\([^()]*\)\S* )?", "", line)
     return re.sub(r"(Status Message: )[^.]*? was false\. ", r"\1", line)

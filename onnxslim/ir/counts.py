@@ -147,4 +147,3 @@ def _einsum_macs(node: onnx.NodeProto, shapes: list) -> int | None:
         for letter, size in zip(letters, dims):
             sizes[letter] = max(sizes.get(letter, 1), size)
     return int(np.prod(list(sizes.values()) + ellipsis, dtype=np.int64))
-

@@ -279,7 +279,10 @@ class _Emitter:
     def finish(self) -> onnx.ModelProto:
         self.graph.node.extend(self.new_nodes)
         read = {name for node in all_nodes(self.graph) for name in node.input} | {v.name for v in self.graph.output}
-        still_read = [name for name in self.left_out if name in read and not self._restored_from_codes(name)]  # a weight float layers still read
+        still_read = []  # a weight float nodes still read, which they cannot read restored from its codes
+        for name in self.left_out:
+            if name in read and not self._restored_from_codes(name):
+                still_read.append(name)
         if still_read:  # back in its place among the model's initializers, before the new ones
             self.graph.initializer.extend(self.left_out[name] for name in still_read)
             ordered = sorted(self.graph.initializer, key=lambda t: self.source_order.get(t.name, len(self.source_order)))
@@ -288,7 +291,6 @@ class _Emitter:
         topological_sort(self.graph)
         remove_dead_nodes(self.model)
         return self.model
-
 
     def _restored_from_codes(self, name: str) -> bool:
         """Where the nodes that still read a quantized weight in float (a Loop it is handed to) all read it as an input of the
