@@ -1546,14 +1546,12 @@ def test_dense_layers_spelled_as_tf2onnx_tensordot_lose_their_hidden_neurons():
     first, second = (weights[n.input[1]] for n in pruned.graph.node if n.op_type == "MatMul")
     assert first.shape == (8, 8) and second.shape == (8, 8)
     original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    w1, w2 = (original[n.input[1]] for n in model.graph.node if n.op_type == "MatMul")
-    kept = [next(j for j in range(16) if np.array_equal(w1[:, j], column)) for column in first.T]
-    masked = load_model(model)
-    for tensor in masked.graph.initializer:
-        if tensor.name == next(n.input[1] for n in model.graph.node if n.op_type == "MatMul" and original[n.input[1]] is w2):
-            cut = w2.copy()
-            cut[[j for j in range(16) if j not in kept]] = 0
-            tensor.CopyFrom(numpy_helper.from_array(cut, tensor.name))
+    first_name, second_name = (n.input[1] for n in model.graph.node if n.op_type == "MatMul")
+    kept = [next(j for j in range(16) if np.array_equal(original[first_name][:, j], column)) for column in first.T]
+    masked = load_model(model)  # the original with the removed neurons' rows of the second layer zeroed
+    cut = original[second_name].copy()
+    cut[[j for j in range(16) if j not in kept]] = 0
+    next(t for t in masked.graph.initializer if t.name == second_name).CopyFrom(numpy_helper.from_array(cut, second_name))
     for batch in (1, 3):  # the batch stays dynamic: the target's other entries are still read at run time
         feed = {"input": np.random.default_rng(batch).standard_normal((batch, 4, 8)).astype(np.float32)}
         np.testing.assert_allclose(run_model(pruned, feed)[0], run_model(masked, feed)[0], rtol=1e-4, atol=1e-5)
