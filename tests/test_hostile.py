@@ -264,6 +264,7 @@ def test_a_random_test_batch_the_model_refuses_stops_prune_in_one_line_with_onnx
     assert invoke("prune", model, "-o", model.parent / "out.onnx", "--input-shapes", "x:4,8").exit_code == 0
     result = invoke("share", model, "-o", model.parent / "shared.onnx", "--input-shapes", "x:1,8", "--min-elements", "16")
     assert_one_line_error(result, "the random test batch (x 1x8) does not run", "the original:")  # not "shared model": the original fails
+    assert "codebooks" not in result.output  # said before any work on the weights
     assert not (model.parent / "shared.onnx").exists()
 
 

@@ -122,6 +122,8 @@ def share(
     source, held, _ = evaluation_split(
         source, eval_data, graph_inputs(original), fraction=config.eval_fraction, cap=config.max_eval_batches, input_shapes=input_shapes
     )
+    if not held and (feed := random_batch_or_none(graph_inputs(original), input_shapes)) is not None:
+        check_random_batch(original, feed, label)  # before the codebooks are fitted: a batch the model refuses says so at once
     report.tensors.extend(tie_identical(work, config.tolerance))
     result = work
     if config.clusters:
@@ -192,7 +194,6 @@ def _measure(original: onnx.ModelProto, shared: onnx.ModelProto, held: list, inp
         report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), shared, held, label="shared model")
         report.warnings.extend(few_objects(report.fidelity, report.evaluation))
     elif feed is not None:
-        check_random_batch(original, feed, report.model)
         report.evaluation = "random inputs (no --data): fidelity on noise says little about real inputs"
         report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), shared, [("random", feed)], label="shared model")
         report.warnings.append(f"no --data: the fidelity is measured on random inputs{batch_of_one_note(graph_inputs(original), input_shapes)}, "
