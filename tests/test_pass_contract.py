@@ -1219,3 +1219,45 @@ def test_zero_padding_of_an_old_opset_folds_from_its_attributes():
     work, result = on_a_copy(pads_into_convs, model)
     assert result.modified and [n.op_type for n in work.graph.node] == ["Conv"]
     assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)})
+
+
+def _upsampler(kernel: int, stride: int, pads: int, output_padding: int = 0, *, to_output: bool = False) -> onnx.ModelProto:
+    """Conv -> ConvTranspose (the decoder's upsampling) -> Relu -> Conv, or with ``to_output`` the ConvTranspose's Relu as the output."""
+    from onnx import TensorProto, helper
+
+    w0 = numpy_helper.from_array(RNG.standard_normal((6, 3, 3, 3)).astype(np.float32) * 0.3, "w0")
+    wt = numpy_helper.from_array(RNG.standard_normal((6, 4, kernel, kernel)).astype(np.float32) * 0.3, "wt")
+    bt = numpy_helper.from_array(RNG.standard_normal(4).astype(np.float32), "bt")
+    w1 = numpy_helper.from_array(RNG.standard_normal((2, 4, 3, 3)).astype(np.float32) * 0.3, "w1")
+    extra = {"output_padding": [output_padding] * 2} if output_padding else {}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], name="encode", pads=[1, 1, 1, 1]),
+             helper.make_node("ConvTranspose", ["a", "wt", "bt"], ["up"], name="upsample", strides=[stride] * 2, pads=[pads] * 4, **extra),
+             helper.make_node("Relu", ["up"], ["r"], name="relu")]
+    if not to_output:
+        nodes.append(helper.make_node("Conv", ["r", "w1"], ["y"], name="decode", pads=[1, 1, 1, 1]))
+    graph = helper.make_graph(nodes, "upsampler", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 5])],
+                              [helper.make_tensor_value_info("r" if to_output else "y", TensorProto.FLOAT, ["n", "c", "h", "w"])], [w0, wt, bt, w1])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("kernel,stride,pads,output_padding", [(4, 2, 1, 0), (3, 2, 1, 1), (6, 2, 2, 0), (8, 4, 2, 0)])
+def test_an_upsampling_convtranspose_becomes_a_subpixel_conv_with_the_same_outputs(kernel, stride, pads, output_padding):
+    from onnxslim.passes.conv_transpose import convtranspose_as_subpixel_conv
+
+    model = _upsampler(kernel, stride, pads, output_padding)
+    work, result = on_a_copy(convtranspose_as_subpixel_conv, model)
+    assert result.modified and [n.op_type for n in work.graph.node] == ["Conv", "Conv", "DepthToSpace", "Relu", "Conv"]
+    assert not any(t.name in ("wt", "bt") for t in work.graph.initializer)
+    x = {"x": RNG.standard_normal((1, 3, 6, 5)).astype(np.float32)}
+    np.testing.assert_allclose(run_model(work, x)[0], run_model(model, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_convtransposes_without_overlap_or_ending_the_model_stay():
+    from onnxslim.passes.conv_transpose import convtranspose_as_subpixel_conv
+
+    _, same = on_a_copy(convtranspose_as_subpixel_conv, _upsampler(2, 2, 0))  # kernel == stride: a 1x1 form gains nothing
+    assert not same.modified
+    _, last = on_a_copy(convtranspose_as_subpixel_conv, _upsampler(4, 2, 1, to_output=True))
+    assert not last.modified and "output layer" in last.declined[0].reason.text
+    _, cropped = on_a_copy(convtranspose_as_subpixel_conv, _upsampler(4, 2, 0))  # an output of 2H + 2: not stride x the input
+    assert not cropped.modified

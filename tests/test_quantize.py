@@ -1748,3 +1748,24 @@ def test_a_leaky_relu_floored_by_a_constant_max_runs_on_integer_kernels():
     assert report.integer_kernels.get("QLinearLeakyRelu") == 2 and report.integer_kernels.get("QLinearConv") == 2
     assert "Clip" not in ops(quantized) or [n.name for n in quantized.graph.node if n.op_type == "Clip"] == ["fc"]
     assert_close_to_float(model, quantized, 0.99)
+
+
+def test_an_upsampling_convtranspose_runs_in_int8_as_a_subpixel_conv_and_the_float_fallback_keeps_it(monkeypatch):
+    """onnxruntime's CPU provider has no integer ConvTranspose: the graph quantize builds has it as a Conv and a
+    DepthToSpace (QLinearConv), the FP32 model it writes when INT8 is not faster keeps the ConvTranspose, faster in float."""
+    from onnxslim import optimize
+    from tests.test_pass_contract import _upsampler
+
+    model = _upsampler(4, 2, 1)
+    batches = [{"x": np.random.default_rng(i).standard_normal((1, 3, 6, 5)).astype(np.float32)} for i in range(10)]
+    quantized, report = quantize(model, batches, config=QuantConfig(latency_runs=0, accuracy_budget=None, output_layers="int8"))
+    assert any(r.name == "convtranspose-as-subpixel-conv" and r.modified for r in report.prepare)
+    assert report.onnxruntime_kernels.get("QLinearConv") == 3 and "ConvTranspose" not in report.onnxruntime_kernels
+    assert min(c.cosine for c in report.fidelity) > 0.99
+    cleaned, _ = optimize(model)
+    assert [n.op_type for n in cleaned.graph.node].count("ConvTranspose") == 1
+    # INT8 judged slower: the fallback written is the cleaned float model, ConvTranspose and all
+    slower = LatencyComparison(1, {"median_ms": 1.0, "runs": 3}, {"median_ms": 1.4, "runs": 3})
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (slower, None))
+    fallback, report = quantize(model, batches, config=QuantConfig(latency_runs=3, accuracy_budget=None))
+    assert report.written == "fp32" and [n.op_type for n in fallback.graph.node].count("ConvTranspose") == 1

@@ -34,6 +34,7 @@ from onnxslim.passes import PassResult
 from onnxslim.passes.align import align_depthwise_channels, has_unaligned_depthwise
 from onnxslim.passes.attention import fuse_quantized_attention, quantize_fused_attention
 from onnxslim.passes.conv_channels import pad_conv_input_channels
+from onnxslim.passes.conv_transpose import convtranspose_as_subpixel_conv
 from onnxslim.passes.depthwise_multiplier import expand_depthwise_multipliers, has_depthwise_multipliers
 from onnxslim.passes.dequantize_affine import fold_scalar_affines
 from onnxslim.passes.gelu import fuse_gelu
@@ -146,6 +147,13 @@ class QuantRun:
             if expansion.modified:
                 self.prepared = expanded
                 self.prepare_results.append(expansion)
+        if integer_cpu and any(n.op_type == "ConvTranspose" for n in self.prepared.graph.node):
+            # no integer ConvTranspose on the CPU: the INT8 graph gets it as a Conv and a DepthToSpace, the float fallback keeps it
+            rewritten = load_model(self.prepared)
+            subpixel = convtranspose_as_subpixel_conv(rewritten)
+            if subpixel.modified:
+                self.prepared = rewritten
+                self.prepare_results.append(subpixel)
         if align and integer_cpu and has_unaligned_depthwise(self.prepared):
             aligned = load_model(self.prepared)
             alignment = align_depthwise_channels(aligned)
