@@ -20,6 +20,7 @@ import onnx
 from onnxslim.data.sources import check_input_shapes
 from onnxslim.ir.counts import MAC_OPS, count_macs, count_parameters, weight_types
 from onnxslim.ir.io import load_model, model_label, model_weight_bytes
+from onnxslim.ir.scopes import all_nodes
 from onnxslim.ir.tensors import TensorSpec, graph_inputs, graph_outputs, subgraphs
 from onnxslim.records import Record, json_field
 from onnxslim.runtime.shapes import known_shapes
@@ -58,13 +59,6 @@ class ModelSummary(Record):
         return {"macs_complete": not self.macs_unknown_nodes and not self.macs_in_bodies}
 
 
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for sub in subgraphs(node):
-            yield from _all_nodes(sub)
-
-
 def _attribute_values(node: onnx.NodeProto) -> int:
     """How many numbers ``node``'s attributes hold (lists and tensors; names and strings aside)."""
     total = 0
@@ -87,7 +81,7 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: Mapping
     check_input_shapes(input_shapes, graph_inputs(proto))
     shapes = known_shapes(proto, input_shapes)
     macs, by_op, unknown = count_macs(proto, shapes)
-    histogram = Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}" for node in _all_nodes(proto.graph))
+    histogram = Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}" for node in all_nodes(proto.graph))
     return ModelSummary(
         path=model_label(model),
         ir_version=int(proto.ir_version),
@@ -98,14 +92,14 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: Mapping
         op_histogram=dict(histogram.most_common()),
         nodes=sum(histogram.values()),
         parameters=count_parameters(proto),
-        ml_attribute_values=sum(_attribute_values(node) for node in _all_nodes(proto.graph) if node.domain == "ai.onnx.ml"),
+        ml_attribute_values=sum(_attribute_values(node) for node in all_nodes(proto.graph) if node.domain == "ai.onnx.ml"),
         weight_bytes=model_weight_bytes(proto),
         weight_types=_weight_types(proto.graph),
         initializers_listed_as_inputs=len({t.name for t in proto.graph.initializer} & {v.name for v in proto.graph.input}),
         macs=macs,
         macs_unknown_nodes=unknown,
         macs_by_op=by_op,
-        macs_in_bodies=[n.name or n.output[0] for node in proto.graph.node for sub in subgraphs(node) for n in _all_nodes(sub) if n.op_type in MAC_OPS],
+        macs_in_bodies=[n.name or n.output[0] for node in proto.graph.node for sub in subgraphs(node) for n in all_nodes(sub) if n.op_type in MAC_OPS],
         has_subgraphs=any(True for node in proto.graph.node for _ in subgraphs(node)),
         functions=len(proto.functions),
     )

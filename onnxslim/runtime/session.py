@@ -272,21 +272,21 @@ class Runner:
         return list(self.session.get_providers())
 
     def run(self, feed: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
-        try:
-            values = self.session.run(outputs, dict(self.fitted(feed)))
-        except Exception as exc:
-            raise DataError(f"{self.label}: onnxruntime failed to run this input: {first_line(exc)}") from None
-        return [as_array(value) for value in values]
+        return [as_array(value) for value in self._ran(self.session, outputs, dict(self.fitted(feed)))]
 
     def time_once(self, feed: Mapping[str, np.ndarray]) -> float:
         """Seconds for one run of ``feed``."""
         feed = dict(self.fitted(feed))
         start = time.perf_counter()
+        self._ran(self.session, None, feed)
+        return time.perf_counter() - start
+
+    def _ran(self, session, outputs: list[str] | None, feed: dict):
+        """``session``'s outputs for ``feed``; onnxruntime's failure as one line naming this model."""
         try:
-            self.session.run(None, feed)
+            return session.run(outputs, feed)
         except Exception as exc:
             raise DataError(f"{self.label}: onnxruntime failed to run this input: {first_line(exc)}") from None
-        return time.perf_counter() - start
 
     def placement(self, feed: Mapping[str, np.ndarray]) -> Placement:
         """Run ``feed`` once with profiling and count the nodes each provider ran."""
@@ -294,10 +294,7 @@ class Runner:
         with tempfile.TemporaryDirectory(prefix="onnxslim-profile-") as folder:
             options = _session_options(self.threads, self._optimization, profile_prefix=str(Path(folder) / "profile"))
             session = ort.InferenceSession(self._model, sess_options=options, providers=provider_chain(self.provider), disabled_optimizers=self._disabled)
-            try:
-                session.run(None, dict(self.fitted(feed)))
-            except Exception as exc:
-                raise DataError(f"{self.label}: onnxruntime failed to run this input: {first_line(exc)}") from None
+            self._ran(session, None, dict(self.fitted(feed)))
             profile_file = session.end_profiling()
             counts, ops = _nodes_by_provider(Path(profile_file))
             registered = list(session.get_providers())

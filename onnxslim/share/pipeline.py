@@ -122,8 +122,9 @@ def share(
     source, held, _ = evaluation_split(
         source, eval_data, graph_inputs(original), fraction=config.eval_fraction, cap=config.max_eval_batches, input_shapes=input_shapes
     )
-    if not held and (feed := random_batch_or_none(graph_inputs(original), input_shapes)) is not None:
-        check_random_batch(original, feed, label)  # before the codebooks are fitted: a batch the model refuses says so at once
+    random_feed = None if held else random_batch_or_none(graph_inputs(original), input_shapes)  # unknown sizes: no timing
+    if random_feed is not None:
+        check_random_batch(original, random_feed, label)  # before the codebooks are fitted: a batch the model refuses says so at once
     report.tensors.extend(tie_identical(work, config.tolerance))
     result = work
     if config.clusters:
@@ -139,7 +140,7 @@ def share(
         report.tensors.extend(coded)
     if not report.tensors:
         raise NothingToDoError(f"{label}: nothing to share (no identical tensors, and no float weight of at least {config.min_elements} values)")
-    _measure(original, result, held, input_shapes, config, report)
+    _measure(original, result, held, random_feed, input_shapes, config, report)
     if output is not None:
         write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
     return result, report
@@ -185,10 +186,11 @@ def _input_energy(model: onnx.ModelProto, source, show_progress: bool) -> dict[s
     return {name: m.mean_square for name, m in moments.items()}
 
 
-def _measure(original: onnx.ModelProto, shared: onnx.ModelProto, held: list, input_shapes, config: ShareConfig, report: ShareReport) -> None:
+def _measure(original: onnx.ModelProto, shared: onnx.ModelProto, held: list, random_feed, input_shapes, config: ShareConfig, report: ShareReport) -> None:
+    """Sizes; fidelity on the held-out batches, or else on ``random_feed`` (None: sizes unknown, neither compared nor timed); latency."""
     report.file_bytes = BeforeAfter(model_file_bytes(original), model_file_bytes(shared))
     report.zipped_bytes = BeforeAfter(_zipped(original), _zipped(shared))
-    feed = held[0][1] if held else random_batch_or_none(graph_inputs(original), input_shapes)  # unknown sizes: no timing
+    feed = held[0][1] if held else random_feed
     if held:
         report.evaluation = f"{len(held)} held-out batch(es)"
         report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), shared, held, label="shared model")
