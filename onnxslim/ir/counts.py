@@ -139,11 +139,11 @@ def _einsum_macs(node: onnx.NodeProto, shapes: list) -> int | None:
         dims = list(shape)
         if "..." in term:
             at = term.index("...")
-            broadcast = dims[at : at + extra]
+            try:
+                ellipsis = list(np.broadcast_shapes(tuple(ellipsis), tuple(dims[at : at + extra])))
+            except ValueError:  # ellipsis dims that do not broadcast: not an equation onnxruntime runs
+                return None
             del dims[at : at + extra]
-            # right-aligned broadcasting between the operands' ellipsis dims
-            padded = [1] * (len(ellipsis) - len(broadcast)) + broadcast
-            ellipsis = [max(a, b) for a, b in zip([1] * (len(padded) - len(ellipsis)) + ellipsis, padded)]
         for letter, size in zip(letters, dims):
             sizes[letter] = max(sizes.get(letter, 1), size)
     return int(np.prod(list(sizes.values()) + ellipsis, dtype=np.int64))

@@ -140,26 +140,14 @@ class QuantRun:
         if kept_half is not None:  # every rule reads float32 tensors: say why there are none rather than "nothing to quantize"
             raise ModelLoadError(f"{self.label}: the model computes in float16 and was not widened to float32 ({kept_half.reason.text}); "
                                  "quantize its float32 original")
+        # rewrites for the integer kernels, on a copy: the float kernels can be faster as the model was (few wide depthwise
+        # channels; a ConvTranspose, which has no integer kernel on the CPU), so the FP32 fallback keeps the cleaned graph
         if integer_cpu and has_depthwise_multipliers(self.prepared):
-            # the float kernels can be faster as they are (few wide channels), so the FP32 fallback keeps them
-            expanded = load_model(self.prepared)
-            expansion = expand_depthwise_multipliers(expanded)
-            if expansion.modified:
-                self.prepared = expanded
-                self.prepare_results.append(expansion)
+            self._prepared_for_int8(expand_depthwise_multipliers)
         if integer_cpu and any(n.op_type == "ConvTranspose" for n in self.prepared.graph.node):
-            # no integer ConvTranspose on the CPU: the INT8 graph gets it as a Conv and a DepthToSpace, the float fallback keeps it
-            rewritten = load_model(self.prepared)
-            subpixel = convtranspose_as_subpixel_conv(rewritten)
-            if subpixel.modified:
-                self.prepared = rewritten
-                self.prepare_results.append(subpixel)
+            self._prepared_for_int8(convtranspose_as_subpixel_conv)
         if align and integer_cpu and has_unaligned_depthwise(self.prepared):
-            aligned = load_model(self.prepared)
-            alignment = align_depthwise_channels(aligned)
-            if alignment.modified:
-                self.prepared = aligned
-                self.prepare_results.append(alignment)
+            self._prepared_for_int8(align_depthwise_channels)
         if config.target == "cpu" and not has_mapped(self.original) and _rewrites_for_cpu(self.cleaned):
             cleaned = load_model(self.cleaned)
             # the float fallback gets the merge and the Sums the INT8 model gets when it is built
@@ -207,6 +195,14 @@ class QuantRun:
         self._calibration_head: tuple | None = None
         if config.smooth is not None and config.precision == "int8" and not config.weights_only and self.calib_source is not None:
             self._smooth(config.smooth)
+
+    def _prepared_for_int8(self, graph_pass) -> None:
+        """Run ``graph_pass`` on a copy of the prepared graph, which becomes the one quantized where the pass changed it."""
+        rewritten = load_model(self.prepared)
+        result = graph_pass(rewritten)
+        if result.modified:
+            self.prepared = rewritten
+            self.prepare_results.append(result)
 
     def _smooth(self, alpha: float | str) -> None:
         """Smooth the prepared model's MatMul inputs (see :mod:`onnxslim.quant.smooth`); the cleaned FP32 model stays as it was.
