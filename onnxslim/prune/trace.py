@@ -815,11 +815,12 @@ class Tracer(ReshapeRules):
         rank = self.rank(shape_node.input[0])
         if rank is None or node_attr(shape_node, "start") is not None:
             return False
+        view = self._graph_view()
         pending, readers = [shape_node.output[0]], []
         while pending:
             name = pending.pop()
-            found = [n for n in self.graph.node if name in n.input]
-            if not found or any(o.name == name for o in self.graph.output):
+            found = view.readers.get(name, [])
+            if not found or name in view.outputs:
                 return False
             for reader in found:
                 if reader.op_type == "Cast" and onnx.helper.tensor_dtype_to_np_dtype(int(node_attr(reader, "to", 0))).kind in "iu":
