@@ -19,6 +19,7 @@ from onnxslim.passes.einsum import einsum_to_matmul
 from onnxslim.passes.fold import fold_constants
 from onnxslim.passes.hardswish import fuse_hardswish
 from onnxslim.passes.layernorm import fuse_layernorm
+from onnxslim.passes.loop_lstm import unrolled_lstm_loops_as_lstm
 from onnxslim.passes.masks import deepen_attention_masks
 from onnxslim.passes.opset import default_opset, upgrade_opset
 from onnxslim.passes.pads import pads_into_convs
@@ -50,7 +51,8 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     fold_affine_into_conv,  # then a Mul/Add after a BatchNormalization just folded, or after the merged sum
     fuse_hardswish,
     conv3d_on_one_slice_as_conv2d,  # after the folds into Conv, which read the weights as written
-    zero_initial_states_left_out,
+    unrolled_lstm_loops_as_lstm,  # after folding: the weights a step slices are constants by now
+    zero_initial_states_left_out,  # after the Loops turned LSTMs: their zero states too
     picked_concat_inputs_read_directly,  # a stacked LSTM's last final state, read from its own layer
     remove_dead_nodes,
 )
@@ -92,5 +94,6 @@ __all__ = [
     "repeated_heads_as_gathers",
     "run_passes",
     "zero_initial_states_left_out",
+    "unrolled_lstm_loops_as_lstm",
     "upgrade_opset",
 ]

@@ -50,6 +50,7 @@ from onnxslim.passes import (
     remove_dead_nodes,
     remove_identities,
     repeated_heads_as_gathers,
+    unrolled_lstm_loops_as_lstm,
     zero_initial_states_left_out,
 )
 from onnxslim.passes.batchnorm import normalization_scale
@@ -212,9 +213,10 @@ def fold_fixed_sizes(model: onnx.ModelProto) -> PassResult:
 # exported as trained is pruned as the one layer it is once deployed, not as branches tied by their Adds (timm's
 # mobileone_s0 at 0.3 without data, one thread: 3 of 5 channel groups pruned, 0.64x the export's latency; merged first, 19 of 23, 0.18x)
 # a key/value head repeated for its query heads (grouped-query attention) is listed once per query head, after the
-# sizes fold (the repeat's target is a constant by then), so that query heads go one at a time
+# sizes fold (the repeat's target is a constant by then), so that query heads go one at a time. An LSTM a converter
+# unrolled into a Loop becomes the LSTM node it is (the same sums, in another order), whose hidden units prune
 PREPARE = Pipeline((*SAVED_BY_ONNXRUNTIME, initializers_out_of_inputs, constants_to_initializers, remove_identities, fold_constants, einsum_to_matmul,
-                    parallel_convs_as_one, fold_fixed_sizes, repeated_heads_as_gathers, zero_initial_states_left_out,
+                    parallel_convs_as_one, fold_fixed_sizes, repeated_heads_as_gathers, unrolled_lstm_loops_as_lstm, zero_initial_states_left_out,
                     picked_concat_inputs_read_directly, remove_dead_nodes, name_unnamed_nodes))
 
 
@@ -386,8 +388,6 @@ def _prune(model, data, config: PruneConfig, output, eval_data, input_shapes, sh
     if data is not None and not held_out:
         report.warnings.append("no held-out data: fidelity is measured on the batches that ranked and refit the channels; give --eval-data or more batches")
     probe = _probe_feed(original, source, input_shapes)
-    if source is None and probe is not None:
-        check_random_batch(original, probe, label)
     # without data, the random test batch's sizes (--input-shapes, a dynamic batch axis alone taken as 1) count the MACs
     without_data = {name: tuple(array.shape) for name, array in probe.items()} if probe is not None else dict(input_shapes or {})
     if source is not None:
@@ -395,7 +395,13 @@ def _prune(model, data, config: PruneConfig, output, eval_data, input_shapes, sh
     else:
         shapes = known_shapes(work, without_data)
         if probe is not None:  # a run of the random test batch sizes what inference leaves unknown, as a data batch does
-            shapes.update(runtime_shapes(work, probe))
+            seen = runtime_shapes(work, probe)
+            if not seen:  # the run failed or could not expose its tensors: the original on the same batch says which
+                check_random_batch(original, probe, label)
+            shapes.update(seen)
+    # the work of a Loop body has no count: where preparation wrote unrolled LSTM steps as LSTM nodes, the original's
+    # multiply-adds are those of the prepared graph, which computes the same
+    prepared_macs = count_macs(work, shapes) if any(r.name == "unrolled-lstm-loops-as-lstm" and r.modified for r in prepared) else None
     if config.unstructured:
         pruned, lines = magnitude_sparsify(work, config.ratio)
         report.sparsity.extend(lines)
@@ -405,7 +411,7 @@ def _prune(model, data, config: PruneConfig, output, eval_data, input_shapes, sh
     if has_mapped(original):
         pruned = spill(pruned)
     _check_result(original, pruned, probe, report, label)
-    _measure(original, pruned, shapes, held_out or source, probe if measured else None, config, report, compared=measured)
+    _measure(original, pruned, shapes, held_out or source, probe if measured else None, config, report, compared=measured, prepared_macs=prepared_macs)
     result = _never_slower(original, pruned, config, report) if measured else pruned
     if output is not None:
         write_verified(result, output, source=None if isinstance(model, onnx.ModelProto) else model)
@@ -650,9 +656,9 @@ def _check_result(original: onnx.ModelProto, pruned: onnx.ModelProto, probe: dic
 
 
 def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, source, probe, config: PruneConfig, report: PruneReport, *,
-             compared: bool = True) -> None:
+             compared: bool = True, prepared_macs: tuple | None = None) -> None:
     """Parameters, MACs and file bytes before and after; interleaved latency on ``probe`` (None: not timed); with data and
-    ``compared``, fidelity."""
+    ``compared``, fidelity. ``prepared_macs``: the original's count, taken on the prepared graph (see :func:`_prune`)."""
     inputs = [i.name for i in graph_inputs(original)]
     sizes = {k: v for k, v in ((s, shapes.get(s)) for s in inputs) if v and all(isinstance(d, int) for d in v)}
     new_shapes = known_shapes(pruned, sizes)
@@ -662,6 +668,8 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
     (before, _, unknown_before), (after, _, unknown_after) = count_macs(original, original_shapes), count_macs(pruned, new_shapes)
     if unknown_before and original_shapes is shapes:  # nodes preparation rewrote (an Einsum as a MatMul) are the original's alone
         before, _, unknown_before = count_macs(original, {**known_shapes(original, sizes), **shapes})
+    if prepared_macs is not None:
+        before, _, unknown_before = prepared_macs
     if unknown_after and probe is not None:  # sizes inference leaves unknown, read off a run of the test batch
         new_shapes.update(runtime_shapes(pruned, probe))
         after, _, unknown_after = count_macs(pruned, new_shapes)

@@ -1,0 +1,460 @@
+"""Write an LSTM layer that an exporter unrolled into a Loop over the time steps as one LSTM node.
+
+tf2onnx writes a Keras LSTM it cannot map onto ONNX's LSTM (one with recurrent dropout masks, or
+``implementation=1``'s gate-by-gate weights) as a Loop whose body computes one step: each gate is a product
+of the step's input and of the previous hidden state with weights sliced from the layer's kernels. onnxruntime
+runs such a body node by node, step after step, and no integer kernel ever sees those weights. Where the body
+is exactly an LSTM step over the rows of one tensor, the Loop becomes an LSTM node, which onnxruntime runs with
+its fused kernel and quantize stores in INT8:
+
+    Loop(body: x = Gather(X, t); i, f, g, o = affine in (x, h); c' = sigmoid(f) c + sigmoid(i) tanh(g);
+         h' = sigmoid(o) tanh(c'); t' = t + 1; go on while t' < X's first dimension)
+      ->  LSTM(X, W, R, B, initial_h = h0, initial_c = c0)
+
+The cell is matched by its last two equations. The four gates' inputs may be computed any way that is affine
+in (x, h) with constant weights (split kernels, slices, masks of ones): their weights are read off by
+evaluating them, in onnxruntime, on unit vectors, and checked on random rows. The loop must run once per row
+of X: the step counter starts at 0, goes up by one, and the condition compares it with X's first dimension
+(read through Shape, of X or of a tensor of the same length). Keras's ``go_backwards`` reverses X in front
+of the Loop, which stays as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxslim.ir.graph import node_attr, replace_nodes
+from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, producer_map, subgraphs, to_array, unique_name
+from onnxslim.passes.base import DeclineCode, NotRewritten, PassResult
+from onnxslim.passes.opset import default_opset
+
+AXES_AS_INPUT_OPSET = 13  # Squeeze and Unsqueeze take their axes as an input from here
+# ops through which a tensor keeps its first dimension (a reversed sequence is as long as the sequence)
+SAME_LENGTH = {"Identity", "Cast", "ReverseSequence", "Relu", "Neg", "Abs", "Sigmoid", "Tanh"}
+RANDOM_ROWS = 8  # rows on which the weights read off are checked
+TOLERANCE = 1e-4  # of the gates' largest magnitude: what float32 sums of the probe's size leave
+
+
+@dataclass(frozen=True)
+class LstmStep:
+    """What a Loop body that is one LSTM step holds, by role: body tensor names and carried-state positions."""
+
+    x: str  # the step's input row, Gather(sequence, counter)
+    sequence: str  # the outer tensor the body reads a row of at each step
+    hidden: str  # the previous hidden state (a body input)
+    gates: tuple[str, str, str, str]  # the inputs of the input, output, forget and cell gates' activations (ONNX's order)
+    hidden_state: int  # positions among the carried states
+    cell_state: int
+    counter: int
+    limit: int | None  # the carried state the condition compares the counter with (None: an outer tensor)
+    limit_tensor: str  # that tensor's name: a body input, or an outer tensor
+    passed_through: tuple[int, ...]  # carried states the body hands back unchanged
+    scans: int  # scan outputs, each the new hidden state
+
+
+def unrolled_lstm_loops_as_lstm(model: onnx.ModelProto) -> PassResult:
+    """Replace each main-graph Loop whose body is one LSTM step over the rows of a float tensor by an LSTM node."""
+    result = PassResult("unrolled-lstm-loops-as-lstm")
+    graph = model.graph
+    producers = producer_map(graph)
+    consumers = consumers_map(graph)
+    inits = initializer_map(graph)
+    outputs = {o.name for o in graph.output}
+    taken = all_value_names(graph) | {n.name for n in graph.node}
+    replacements: dict[int, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        if node.op_type != "Loop" or node.domain not in ("", "ai.onnx"):
+            continue
+        body = node_attr(node, "body")
+        step = _lstm_step(body, inits)
+        if step is None:
+            continue  # not an LSTM step: nothing to say
+        where = node.name or node.output[0]
+        try:
+            _check_steps(node, step, producers, inits)
+            weights = _gate_weights(body, step, node, inits, default_opset(model))
+            nodes, initializers = _as_lstm(node, step, weights, consumers, outputs, taken, default_opset(model))
+        except NotRewritten as exc:
+            result.decline(where, exc.code, exc.text)
+            continue
+        replacements[id(node)] = nodes
+        graph.initializer.extend(initializers)
+        hidden = weights[1].shape[-1]
+        result.change(f"Loop {where}: an LSTM step over the rows of '{step.sequence}' (hidden size {hidden}) as one LSTM node")
+    replace_nodes(graph, replacements)
+    return result
+
+
+def _source(name: str, producers: dict) -> str:
+    """``name`` with the Identity nodes in front of it skipped."""
+    seen = 0
+    while name in producers and producers[name].op_type == "Identity" and seen < 32:
+        name, seen = producers[name].input[0], seen + 1
+    return name
+
+
+def _without_casts(name: str, producers: dict) -> str:
+    seen = 0
+    while name in producers and producers[name].op_type in ("Identity", "Cast") and seen < 32:
+        name, seen = producers[name].input[0], seen + 1
+    return name
+
+
+def _made_by(name: str, producers: dict, op_type: str) -> onnx.NodeProto | None:
+    node = producers.get(_source(name, producers))
+    return node if node is not None and node.op_type == op_type else None
+
+
+def _lstm_step(body: onnx.GraphProto, outer_constants: dict) -> LstmStep | None:
+    """The roles of a Loop body that computes one LSTM step, or None where it does not (decided by its structure alone)."""
+    producers = producer_map(body)
+    body_inputs = [v.name for v in body.input]
+    if len(body_inputs) < 4 or len(body.output) < len(body_inputs) - 1:
+        return None
+    carried = body_inputs[2:]
+    handed_back = [_source(o.name, producers) for o in body.output[1:len(body_inputs) - 1]]
+    for mul in body.node:
+        cell = _cell_equations(mul, producers)
+        if cell is None:
+            continue
+        new_hidden, new_cell, previous_cell, (i, f, g, o) = cell
+        if previous_cell not in carried or new_hidden not in handed_back or new_cell not in handed_back:
+            continue
+        hidden_state, cell_state = handed_back.index(new_hidden), handed_back.index(new_cell)
+        if carried[cell_state] != previous_cell:
+            continue
+        step = _step_counter(body, producers, carried, handed_back, outer_constants)
+        if step is None:
+            continue
+        x, sequence, counter = step
+        scans = [_source(o.name, producers) for o in body.output[len(body_inputs) - 1:]]
+        if any(scan != new_hidden for scan in scans):
+            return None
+        limit = _limit(body, producers, carried, handed_back, counter)
+        if limit is None:
+            return None
+        limit_position, limit_tensor = limit
+        roles = {hidden_state, cell_state, counter} | ({limit_position} if limit_position is not None else set())
+        passed = tuple(k for k in range(len(carried)) if k not in roles)
+        if len(roles) != 3 + (limit_position is not None) or any(handed_back[k] != carried[k] for k in passed):
+            return None
+        if limit_position is not None and handed_back[limit_position] != carried[limit_position]:
+            return None
+        return LstmStep(x, sequence, carried[hidden_state], (i, o, f, g), hidden_state, cell_state, counter, limit_position,
+                        limit_tensor, passed, len(scans))
+    return None
+
+
+def _cell_equations(mul: onnx.NodeProto, producers: dict):
+    """Where ``mul`` is h' = sigmoid(o) * tanh(c') with c' = sigmoid(f) * c + sigmoid(i) * tanh(g): (h', c', c, the
+    gates' inputs i, f, g, o); else None."""
+    if mul.op_type != "Mul" or len(mul.input) != 2:
+        return None
+    for gate_side, tanh_side in (mul.input, reversed(mul.input)):
+        output_gate, squashed = _made_by(gate_side, producers, "Sigmoid"), _made_by(tanh_side, producers, "Tanh")
+        if output_gate is None or squashed is None:
+            continue
+        new_cell = _source(squashed.input[0], producers)
+        add = producers.get(new_cell)
+        if add is None or add.op_type != "Add":
+            continue
+        kept, written = (_made_by(name, producers, "Mul") for name in add.input)
+        for forget_product, input_product in ((kept, written), (written, kept)):
+            if forget_product is None or input_product is None:
+                continue
+            forget = _gate_and_other(forget_product, producers, "Sigmoid")
+            new = _gate_and_other(input_product, producers, "Sigmoid")
+            if forget is None or new is None:
+                continue
+            (forget_gate, previous_cell), (input_gate, candidate) = forget, new
+            candidate_tanh = _made_by(candidate, producers, "Tanh")
+            if candidate_tanh is None or previous_cell in producers:
+                continue
+            gates = (input_gate.input[0], forget_gate.input[0], candidate_tanh.input[0], output_gate.input[0])
+            return mul.output[0], new_cell, previous_cell, gates
+    return None
+
+
+def _gate_and_other(mul: onnx.NodeProto, producers: dict, op_type: str):
+    for gate_side, other in (mul.input, reversed(mul.input)):
+        gate = _made_by(gate_side, producers, op_type)
+        if gate is not None:
+            return gate, _source(other, producers)
+    return None
+
+
+def _step_counter(body: onnx.GraphProto, producers: dict, carried: list[str], handed_back: list[str], outer_constants: dict):
+    """(the step's input row, the outer sequence, the counter's carried position): a Gather of an outer tensor's rows by
+    a carried counter that the body hands back plus one."""
+    defined = set(producers) | {v.name for v in body.input} | {t.name for t in body.initializer}
+    constants = {name: to_array(t) for name, t in outer_constants.items() if t.data_type != TensorProto.FLOAT or len(t.dims) == 0}
+    constants |= {t.name: to_array(t) for t in body.initializer}
+    constants |= {n.output[0]: to_array(n.attribute[0].t) for n in body.node if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    for gather in body.node:
+        if gather.op_type != "Gather" or node_attr(gather, "axis", 0) != 0 or gather.input[0] in defined:
+            continue
+        index = _source(gather.input[1], producers)
+        if index not in carried:
+            continue
+        position = carried.index(index)
+        plus_one = producers.get(handed_back[position])
+        if plus_one is None or plus_one.op_type != "Add" or index not in plus_one.input:
+            continue
+        one = constants.get(plus_one.input[1] if plus_one.input[0] == index else plus_one.input[0])
+        if one is not None and one.size == 1 and float(one.reshape(())) == 1.0:
+            return gather.output[0], gather.input[0], position
+    return None
+
+
+def _limit(body: onnx.GraphProto, producers: dict, carried: list[str], handed_back: list[str], counter: int):
+    """(carried position or None, tensor) of what the loop's condition compares the next step's counter with:
+    the condition must be Less(counter + 1, limit), through casts."""
+    condition = producers.get(_source(body.output[0].name, producers))
+    if condition is None or condition.op_type != "Less":
+        return None
+    if _without_casts(condition.input[0], producers) != handed_back[counter]:
+        return None
+    limit = _without_casts(condition.input[1], producers)
+    if limit in carried:
+        return carried.index(limit), limit
+    if limit in producers or limit in {t.name for t in body.initializer}:
+        return None
+    return None, limit  # an outer tensor
+
+
+def _check_steps(loop: onnx.NodeProto, step: LstmStep, producers: dict, inits: dict) -> None:
+    """The Loop runs once per row of the sequence: the counter starts at 0, and the limit (and the trip count, where
+    given) is the sequence's first dimension."""
+    start = _main_constant(loop.input[2 + step.counter], producers, inits)
+    if start is None or start.size != 1 or float(start.reshape(())) != 0.0:
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the step counter does not start at 0")
+    limit = loop.input[2 + step.limit] if step.limit is not None else step.limit_tensor
+    length = _length_root(step.sequence, producers)
+    if _length_root(_first_dim_of(limit, producers, inits), producers) != length:
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the loop's limit is not read as the sequence's length")
+    if loop.input[0] and _length_root(_first_dim_of(loop.input[0], producers, inits), producers) != length:
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the loop's trip count is not the sequence's length")
+
+
+def _main_constant(name: str, producers: dict, inits: dict) -> np.ndarray | None:
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        return to_array(node.attribute[0].t)
+    return to_array(inits[name]) if name in inits else None
+
+
+def _first_dim_of(name: str | None, producers: dict, inits: dict) -> str | None:
+    """The tensor whose first dimension the scalar ``name`` holds (read through Shape and a Slice or Gather of its
+    entry 0), or None."""
+    for _ in range(16):
+        node = producers.get(name) if name is not None else None
+        if node is None:
+            return None
+        if node.op_type in ("Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape"):
+            name = node.input[0]
+            continue
+        if node.op_type not in ("Slice", "Gather"):
+            return None
+        shape = producers.get(_without_casts(node.input[0], producers))
+        if shape is None or shape.op_type != "Shape" or node_attr(shape, "start", 0) != 0:
+            return None
+        values = [_main_constant(i, producers, inits) if i else None for i in node.input[1:]]
+        if node.op_type == "Gather":
+            picks_first = values[0] is not None and values[0].size == 1 and int(values[0].reshape(())) == 0
+        else:
+            starts, ends = values[0], values[1]
+            axes = values[2] if len(values) > 2 else None
+            picks_first = (starts is not None and ends is not None and starts.size == 1 and ends.size == 1
+                           and int(starts.reshape(())) == 0 and int(ends.reshape(())) == 1
+                           and (axes is None or int(axes.reshape(-1)[0]) == 0))
+        return shape.input[0] if picks_first else None
+    return None
+
+
+def _length_root(name: str | None, producers: dict) -> str | None:
+    """The tensor ``name`` has its first dimension from, through ops that keep it."""
+    for _ in range(64):
+        node = producers.get(name) if name is not None else None
+        if node is None or node.op_type not in SAME_LENGTH:
+            return name
+        name = node.input[0]
+    return name
+
+
+def _gate_weights(body: onnx.GraphProto, step: LstmStep, loop: onnx.NodeProto, inits: dict, opset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(W [4H, D], R [4H, H], bias [4H]) of the gates in ONNX's order, read off the body's gate inputs evaluated on
+    unit vectors and checked on random rows; NotRewritten where they are not affine in the step's input and the
+    hidden state with constant weights."""
+    producers = producer_map(body)
+    needed: list[onnx.NodeProto] = []
+    seen: set[str] = set()
+    pending = list(step.gates)
+    while pending:
+        name = pending.pop()
+        if name in seen or name in (step.x, step.hidden):
+            continue
+        seen.add(name)
+        node = producers.get(name)
+        if node is not None and id(node) not in {id(n) for n in needed}:
+            needed.append(node)
+            pending.extend(i for i in node.input if i)
+    order = {id(node): position for position, node in enumerate(body.node)}
+    needed.sort(key=lambda node: order[id(node)])
+    if any(True for node in needed for _ in subgraphs(node)):
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the gates are computed inside a nested subgraph")
+    made = {o for node in needed for o in node.output}
+    values = _free_values(body, step, loop, inits, {i for node in needed for i in node.input if i and i not in made} - {step.x, step.hidden})
+    varying = {step.x, step.hidden}
+    for node in needed:
+        if varying & set(node.input):
+            varying.update(node.output)
+    fixed = [node for node in needed if not varying & set(node.output)]
+    computed = [node for node in needed if varying & set(node.output)]
+    try:
+        constants = _evaluate(fixed, values, [i for node in computed for i in node.input if i and i not in varying], opset)
+        inputs, hidden = _sizes(computed, step, constants)
+        rows = _probe_rows(inputs, hidden)
+        gates = _evaluate(computed, constants | {step.x: rows[0], step.hidden: rows[1]}, list(step.gates), opset)
+    except NotRewritten:
+        raise
+    except Exception as exc:  # an operator the reference evaluator lacks, or sizes that do not fit
+        raise NotRewritten(DeclineCode.TOOL_FAILED, f"the gates could not be evaluated: {type(exc).__name__}: {exc}") from None
+    return _affine_parts([gates[name] for name in step.gates], rows, inputs, hidden)
+
+
+def _free_values(body: onnx.GraphProto, step: LstmStep, loop: onnx.NodeProto, inits: dict, names: set[str]) -> dict[str, np.ndarray]:
+    """The values of the tensors the gates read from outside their own nodes: the body's constants, the carried states
+    the body hands back unchanged (from the Loop's inputs) and the main graph's initializers."""
+    body_inits = {t.name: t for t in body.initializer}
+    passed = {body.input[2 + k].name: loop.input[2 + k] for k in step.passed_through}
+    values = {}
+    for name in sorted(names):
+        source = body_inits.get(name) or inits.get(passed.get(name, name))
+        if source is None:
+            raise NotRewritten(DeclineCode.NOT_CONSTANT, f"the gates read '{name}', which is not a constant")
+        values[name] = to_array(source)
+    return values
+
+
+def _evaluate(nodes: list[onnx.NodeProto], values: dict[str, np.ndarray], wanted: list[str], opset: int) -> dict[str, np.ndarray]:
+    """``values`` with the ``wanted`` tensors that ``nodes`` compute from them (onnx's reference evaluator)."""
+    from onnx.reference import ReferenceEvaluator
+
+    wanted = [name for name in dict.fromkeys(wanted) if name not in values]
+    if not wanted:
+        return dict(values)
+    feeds = sorted(values)
+    graph = helper.make_graph(nodes, "gates", [helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None) for name in feeds],
+                              [helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None) for name in wanted])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    results = ReferenceEvaluator(model).run(wanted, {name: values[name] for name in feeds})
+    return dict(values) | dict(zip(wanted, results))
+
+
+
+
+def _sizes(computed: list[onnx.NodeProto], step: LstmStep, constants: dict[str, np.ndarray]) -> tuple[int, int]:
+    """The step input's and the hidden state's sizes: the rows of the constant weights the gates multiply each by."""
+    depends = {step.x: {step.x}, step.hidden: {step.hidden}}
+    sizes: dict[str, set[int]] = {step.x: set(), step.hidden: set()}
+    for node in computed:
+        reads = set().union(*(depends.get(i, set()) for i in node.input))
+        for output in node.output:
+            depends[output] = reads
+        if node.op_type not in ("MatMul", "Gemm") or node_attr(node, "transA", 0):
+            continue
+        weight = constants.get(node.input[1])
+        source = depends.get(node.input[0], set())
+        if weight is not None and weight.ndim == 2 and len(source) == 1:
+            sizes[next(iter(source))].add(weight.shape[1 if node_attr(node, "transB", 0) else 0])
+    if len(sizes[step.x]) != 1 or len(sizes[step.hidden]) != 1:
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the gates do not multiply the step's input and the hidden state by weights of one size each")
+    return sizes[step.x].pop(), sizes[step.hidden].pop()
+
+
+def _probe_rows(inputs: int, hidden: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of (step input, hidden state): zeros, then each unit vector of either, then random rows for the check."""
+    count = 1 + inputs + hidden + RANDOM_ROWS
+    x = np.zeros((count, inputs), np.float32)
+    h = np.zeros((count, hidden), np.float32)
+    x[1:1 + inputs] = np.eye(inputs, dtype=np.float32)
+    h[1 + inputs:1 + inputs + hidden] = np.eye(hidden, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    x[-RANDOM_ROWS:] = rng.standard_normal((RANDOM_ROWS, inputs), dtype=np.float32)
+    h[-RANDOM_ROWS:] = rng.uniform(-1.0, 1.0, (RANDOM_ROWS, hidden)).astype(np.float32)  # a hidden state is a tanh's output
+    return x, h
+
+
+def _affine_parts(gates: list[np.ndarray], rows: tuple[np.ndarray, np.ndarray], inputs: int, hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(W [4H, D], R [4H, H], bias [4H]) of ``gates`` (each evaluated on the probe rows), checked on the random rows."""
+    x, h = (r.astype(np.float64) for r in rows)
+    weights, recurrent, biases = [], [], []
+    for values in gates:
+        if values.dtype != np.float32 or values.shape != (len(x), hidden):
+            raise NotRewritten(DeclineCode.UNSUPPORTED_TYPE, f"a gate gives {values.dtype} of shape {list(values.shape)}, not float32 rows of the hidden size")
+        values = values.astype(np.float64)
+        bias = values[0]
+        kernel = values[1:1 + inputs] - bias
+        recurrent_kernel = values[1 + inputs:1 + inputs + hidden] - bias
+        expected = x[-RANDOM_ROWS:] @ kernel + h[-RANDOM_ROWS:] @ recurrent_kernel + bias
+        if not np.all(np.abs(expected - values[-RANDOM_ROWS:]) <= TOLERANCE * max(1.0, float(np.abs(values).max()))):
+            raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the gates are not affine in the step's input and the hidden state")
+        weights.append(kernel.T)
+        recurrent.append(recurrent_kernel.T)
+        biases.append(bias)
+    return (np.concatenate(weights).astype(np.float32), np.concatenate(recurrent).astype(np.float32),
+            np.concatenate(biases).astype(np.float32))
+
+
+def _as_lstm(loop: onnx.NodeProto, step: LstmStep, weights: tuple[np.ndarray, np.ndarray, np.ndarray], consumers: dict, outputs: set[str],
+             taken: set[str], opset: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The LSTM node, and the Squeeze/Unsqueeze around it, that write the Loop's outputs under their names; the new
+    initializers."""
+    kernel, recurrent_kernel, bias = weights
+    hidden = recurrent_kernel.shape[1]
+    carried = len(loop.input) - 2
+    base = loop.name or loop.output[0]
+
+    def name(suffix: str) -> str:
+        fresh = unique_name(f"{base}/{suffix}", taken)
+        taken.add(fresh)
+        return fresh
+
+    def read(tensor: str) -> bool:
+        return bool(tensor) and (bool(consumers.get(tensor)) or tensor in outputs)
+
+    if read(loop.output[step.counter]):
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the step counter's final value is read")
+    initializers = [from_array(kernel[None], name("W")), from_array(recurrent_kernel[None], name("R")),
+                    from_array(np.concatenate([bias, np.zeros_like(bias)])[None], name("B"))]
+    nodes: list[onnx.NodeProto] = []
+
+    def axes_op(op_type: str, tensor: str, axis: int, out: str) -> str:
+        if opset >= AXES_AS_INPUT_OPSET:
+            axes = name("axes")
+            initializers.append(from_array(np.array([axis], np.int64), axes))
+            nodes.append(helper.make_node(op_type, [tensor, axes], [out], name=name(op_type)))
+        else:
+            nodes.append(helper.make_node(op_type, [tensor], [out], name=name(op_type), axes=[axis]))
+        return out
+
+    initial_h = axes_op("Unsqueeze", loop.input[2 + step.hidden_state], 0, name("initial_h"))
+    initial_c = axes_op("Unsqueeze", loop.input[2 + step.cell_state], 0, name("initial_c"))
+    every_step, last_hidden, last_cell = name("Y"), name("Y_h"), name("Y_c")
+    nodes.append(helper.make_node("LSTM", [step.sequence, *(t.name for t in initializers[:3]), "", initial_h, initial_c],
+                                  [every_step, last_hidden, last_cell], name=name("LSTM"), hidden_size=hidden))
+    for k, state in ((step.hidden_state, last_hidden), (step.cell_state, last_cell)):
+        if read(loop.output[k]):
+            axes_op("Squeeze", state, 0, loop.output[k])
+    for k in (*step.passed_through, *((step.limit,) if step.limit is not None else ())):
+        if read(loop.output[k]):
+            nodes.append(helper.make_node("Identity", [loop.input[2 + k]], [loop.output[k]], name=name("Identity")))
+    scans = [o for o in loop.output[carried:] if read(o)]
+    if scans:
+        axes_op("Squeeze", every_step, 1, scans[0])
+        nodes += [helper.make_node("Identity", [scans[0]], [scan], name=name("Identity")) for scan in scans[1:]]
+    return nodes, initializers

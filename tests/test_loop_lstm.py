@@ -1,0 +1,163 @@
+"""An LSTM a converter unrolled into a Loop over the time steps (tf2onnx's form of a Keras LSTM with recurrent dropout or
+split gate weights) becomes one LSTM node, with the same outputs; Loops that only look like one are left, with a reason."""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxslim.passes import CLEANUP, unrolled_lstm_loops_as_lstm
+from onnxslim.quant import QuantConfig, quantize
+from tests.conftest import run_model
+
+FEATURES, HIDDEN = 6, 5
+
+
+def _const(name: str, value, dtype=np.float32) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype), name)
+
+
+def _step_body(sequence: str, gate_of_hidden: str = "linear") -> onnx.GraphProto:
+    """One Keras LSTM step as tf2onnx writes it: gate weights split from the kernels, the hidden state multiplied by a
+    mask of ones, gates i, f, c, o; the step's row read from the outer tensor ``sequence``. ``gate_of_hidden='square'`` multiplies the hidden state by itself in the forget gate."""
+    n = helper.make_node
+    nodes = [
+        n("Split", ["kernel", "four"], ["k0", "k1", "k2", "k3"], axis=1),
+        n("Split", ["bias", "four"], ["b0", "b1", "b2", "b3"], axis=0),
+        n("Split", ["recurrent", "four"], ["r0", "r1", "r2", "r3"], axis=1),
+        n("Add", ["t", "one"], ["t_next"]),
+        n("Gather", [sequence, "t"], ["x"], axis=0),
+        n("Shape", ["h"], ["h_shape"]),
+        n("ConstantOfShape", ["h_shape"], ["ones"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        n("Mul", ["h", "ones"], ["h_masked"]),
+    ]
+    for k in range(4):
+        recurrent_input = "h_masked"
+        if k == 1 and gate_of_hidden == "square":
+            nodes.append(n("Mul", ["h", "h"], ["h_squared"]))
+            recurrent_input = "h_squared"
+        nodes += [
+            n("MatMul", ["x", f"k{k}"], [f"xw{k}"]),
+            n("Add", [f"xw{k}", f"b{k}"], [f"xb{k}"]),
+            n("MatMul", [recurrent_input, f"r{k}"], [f"hr{k}"]),
+            n("Add", [f"xb{k}", f"hr{k}"], [f"pre{k}"]),
+        ]
+    nodes += [
+        n("Sigmoid", ["pre0"], ["i"]), n("Sigmoid", ["pre1"], ["f"]), n("Tanh", ["pre2"], ["g"]), n("Sigmoid", ["pre3"], ["o"]),
+        n("Mul", ["f", "c"], ["kept"]), n("Mul", ["i", "g"], ["written"]), n("Add", ["kept", "written"], ["c_next"]),
+        n("Tanh", ["c_next"], ["c_squashed"]), n("Mul", ["o", "c_squashed"], ["h_next"]),
+        n("Identity", ["h_next"], ["h_out"]), n("Identity", ["h_next"], ["h_scan"]),
+        n("Cast", ["t_next"], ["t_float"], to=TensorProto.FLOAT), n("Cast", ["limit"], ["limit_float"], to=TensorProto.FLOAT),
+        n("Less", ["t_float", "limit_float"], ["go_on"]),
+    ]
+    value = helper.make_tensor_value_info
+    inputs = [value("iteration", TensorProto.INT64, []), value("condition", TensorProto.BOOL, []), value("t", TensorProto.INT64, []),
+              value("h", TensorProto.FLOAT, None), value("c", TensorProto.FLOAT, None), value("limit", TensorProto.INT64, []),
+              value("kernel", TensorProto.FLOAT, None), value("recurrent", TensorProto.FLOAT, None), value("bias", TensorProto.FLOAT, None)]
+    outputs = [value("go_on", TensorProto.BOOL, []), value("t_next", TensorProto.INT64, []), value("h_out", TensorProto.FLOAT, None),
+               value("c_next", TensorProto.FLOAT, None), value("limit", TensorProto.INT64, []), value("kernel", TensorProto.FLOAT, None),
+               value("recurrent", TensorProto.FLOAT, None), value("bias", TensorProto.FLOAT, None), value("h_scan", TensorProto.FLOAT, None)]
+    initializers = [_const("one", 1, np.int64), _const("four", [HIDDEN] * 4, np.int64)]
+    return helper.make_graph(nodes, "step", inputs, outputs, initializers)
+
+
+def keras_loop_lstm(*, limit: str = "length", start: int = 0, gate_of_hidden: str = "linear", backwards: bool = False) -> onnx.ModelProto:
+    """inputs (N, T, F) -> a Keras-style LSTM unrolled into a Loop -> the last hidden state (N, H), every step's (T, N, H),
+    the final cell state. ``limit='five'`` runs the loop five steps whatever the length; ``start`` is the counter's first value."""
+    rng = np.random.default_rng(3)
+    n = helper.make_node
+    nodes = [n("Transpose", ["inputs"], ["time_major"], perm=[1, 0, 2])]
+    sequence = "time_major"
+    if backwards:
+        nodes += [n("Shape", ["time_major"], ["tm_shape"]), n("Gather", ["tm_shape", "zero_index"], ["steps_scalar"], axis=0),
+                  n("Gather", ["tm_shape", "one_index"], ["batch_scalar"], axis=0), n("Expand", ["steps_scalar", "batch_scalar"], ["lengths"]),
+                  n("ReverseSequence", ["time_major", "lengths"], ["reversed"], batch_axis=1, time_axis=0)]
+        sequence = "reversed"
+    nodes += [
+        n("Shape", ["time_major"], ["shape"]),
+        n("Slice", ["shape", "zero", "one_end", "zero"], ["first"]),
+        n("Squeeze", ["first", "zero"], ["length"]),
+        n("Less", ["start", limit], ["go"]),
+        n("Shape", ["inputs"], ["input_shape"]),
+        n("Slice", ["input_shape", "zero", "one_end", "zero"], ["batch"]),
+        n("Concat", ["batch", "hidden_size"], ["state_shape"], axis=0),
+        n("Expand", ["zero_float", "state_shape"], ["zeros"]),
+    ]
+    loop_outputs = ["t_end", "h_end", "c_end", "limit_end", "kernel_end", "recurrent_end", "bias_end", "every_h"]
+    nodes += [
+        n("Loop", ["", "go", "start", "zeros", "zeros", limit, "kernel", "recurrent", "bias"], loop_outputs, body=_step_body(sequence, gate_of_hidden)),
+        n("Gather", ["every_h", "minus_one"], ["last"], axis=0),
+    ]
+    initializers = [
+        _const("kernel", rng.normal(size=(FEATURES, 4 * HIDDEN)) * 0.5), _const("recurrent", rng.normal(size=(HIDDEN, 4 * HIDDEN)) * 0.5),
+        _const("bias", rng.normal(size=4 * HIDDEN) * 0.3), _const("start", start, np.int64), _const("zero", [0], np.int64),
+        _const("one_end", [1], np.int64), _const("hidden_size", [HIDDEN], np.int64), _const("zero_float", 0.0),
+        _const("minus_one", -1, np.int64), _const("five", 5, np.int64), _const("zero_index", 0, np.int64), _const("one_index", [1], np.int64),
+    ]
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "keras_lstm", [value("inputs", TensorProto.FLOAT, ["N", "T", FEATURES])],
+                              [value("last", TensorProto.FLOAT, ["N", HIDDEN]), value("every_h", TensorProto.FLOAT, ["T", "N", HIDDEN]),
+                               value("c_end", TensorProto.FLOAT, ["N", HIDDEN])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+@pytest.mark.parametrize("steps", [1, 7])
+def test_a_loop_that_is_an_lstm_step_becomes_an_lstm_with_the_same_outputs(steps, backwards):
+    model = keras_loop_lstm(backwards=backwards)
+    rewritten = _copy(model)
+    result = unrolled_lstm_loops_as_lstm(rewritten)
+    assert result.modified and "hidden size 5" in result.changes[0]
+    ops = Counter(node.op_type for node in rewritten.graph.node)
+    assert ops["LSTM"] == 1 and ops["Loop"] == 0
+    onnx.checker.check_model(rewritten, full_check=True)
+    feed = {"inputs": np.random.default_rng(steps).normal(size=(3, steps, FEATURES)).astype(np.float32)}
+    for expected, got in zip(run_model(model, feed), run_model(rewritten, feed)):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=2e-6)
+
+
+def test_the_cleanup_leaves_the_lstms_zero_states_out_and_nothing_of_the_loop():
+    model = keras_loop_lstm()
+    cleaned = _copy(model)
+    CLEANUP(cleaned)
+    ops = Counter(node.op_type for node in cleaned.graph.node)
+    assert ops["LSTM"] == 1 and not ops["Loop"] and not ops["Expand"]
+    lstm = next(node for node in cleaned.graph.node if node.op_type == "LSTM")
+    assert len(lstm.input) == 4  # the zero initial states are ONNX's default
+    feed = {"inputs": np.random.default_rng(0).normal(size=(2, 9, FEATURES)).astype(np.float32)}
+    for expected, got in zip(run_model(model, feed), run_model(cleaned, feed)):
+        np.testing.assert_allclose(got, expected, atol=2e-6)
+
+
+@pytest.mark.parametrize(("settings", "why"), [
+    ({"limit": "five"}, "the loop's limit is not read as the sequence's length"),
+    ({"start": 1}, "the step counter does not start at 0"),
+    ({"gate_of_hidden": "square"}, "the gates are not affine in the step's input and the hidden state"),
+])
+def test_a_loop_that_only_looks_like_an_lstm_is_left_with_its_reason(settings, why):
+    model = keras_loop_lstm(**settings)
+    rewritten = _copy(model)
+    result = unrolled_lstm_loops_as_lstm(rewritten)
+    assert not result.modified and rewritten == model
+    assert [d.reason.text for d in result.declined] == [why]
+
+
+def test_quantize_runs_the_recovered_lstm_as_dynamic_quantize_lstm(save, npz_folder):
+    model = keras_loop_lstm()
+    rng = np.random.default_rng(5)
+    data = npz_folder([{"inputs": rng.normal(size=(4, 12, FEATURES)).astype(np.float32)} for _ in range(10)])
+    quantized, report = quantize(save(model), str(data), config=QuantConfig(latency_runs=0, accuracy_budget=None))
+    assert Counter(node.op_type for node in quantized.graph.node)["DynamicQuantizeLSTM"] == 1
+    assert any(r.name == "unrolled-lstm-loops-as-lstm" and r.modified for r in report.prepare)
+    feed = {"inputs": rng.normal(size=(4, 12, FEATURES)).astype(np.float32)}
+    expected, got = run_model(model, feed)[0], run_model(quantized, feed)[0]
+    assert float(expected.ravel() @ got.ravel() / np.linalg.norm(expected) / np.linalg.norm(got)) > 0.99
