@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxslim import PruneConfig, prune
 from onnxslim.passes import CLEANUP, unrolled_lstm_loops_as_lstm
 from onnxslim.quant import QuantConfig, quantize
 from tests.conftest import run_model
@@ -19,9 +20,10 @@ def _const(name: str, value, dtype=np.float32) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value, dtype), name)
 
 
-def _step_body(sequence: str, gate_of_hidden: str = "linear") -> onnx.GraphProto:
+def _step_body(sequence: str, gate_of_hidden: str = "linear", fused: bool = False, hidden: int = HIDDEN) -> onnx.GraphProto:
     """One Keras LSTM step as tf2onnx writes it: gate weights split from the kernels, the hidden state multiplied by a
-    mask of ones, gates i, f, c, o; the step's row read from the outer tensor ``sequence``. ``gate_of_hidden='square'`` multiplies the hidden state by itself in the forget gate."""
+    mask of ones, gates i, f, c, o; the step's row read from the outer tensor ``sequence``. ``fused``: the four gates as
+one product of each kernel, split after the bias (Keras's ``implementation=2``, without the mask). ``gate_of_hidden='square'`` multiplies the hidden state by itself in the forget gate."""
     n = helper.make_node
     nodes = [
         n("Split", ["kernel", "four"], ["k0", "k1", "k2", "k3"], axis=1),
@@ -33,7 +35,10 @@ def _step_body(sequence: str, gate_of_hidden: str = "linear") -> onnx.GraphProto
         n("ConstantOfShape", ["h_shape"], ["ones"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
         n("Mul", ["h", "ones"], ["h_masked"]),
     ]
-    for k in range(4):
+    if fused:
+        nodes += [n("MatMul", ["x", "kernel"], ["xw"]), n("MatMul", ["h", "recurrent"], ["hr"]), n("Add", ["xw", "hr"], ["z"]),
+                  n("Add", ["z", "bias"], ["zb"]), n("Split", ["zb", "four"], ["pre0", "pre1", "pre2", "pre3"], axis=1)]
+    for k in range(0 if fused else 4):
         recurrent_input = "h_masked"
         if k == 1 and gate_of_hidden == "square":
             nodes.append(n("Mul", ["h", "h"], ["h_squared"]))
@@ -59,13 +64,15 @@ def _step_body(sequence: str, gate_of_hidden: str = "linear") -> onnx.GraphProto
     outputs = [value("go_on", TensorProto.BOOL, []), value("t_next", TensorProto.INT64, []), value("h_out", TensorProto.FLOAT, None),
                value("c_next", TensorProto.FLOAT, None), value("limit", TensorProto.INT64, []), value("kernel", TensorProto.FLOAT, None),
                value("recurrent", TensorProto.FLOAT, None), value("bias", TensorProto.FLOAT, None), value("h_scan", TensorProto.FLOAT, None)]
-    initializers = [_const("one", 1, np.int64), _const("four", [HIDDEN] * 4, np.int64)]
+    initializers = [_const("one", 1, np.int64), _const("four", [hidden] * 4, np.int64)]
     return helper.make_graph(nodes, "step", inputs, outputs, initializers)
 
 
-def keras_loop_lstm(*, limit: str = "length", start: int = 0, gate_of_hidden: str = "linear", backwards: bool = False) -> onnx.ModelProto:
+def keras_loop_lstm(*, limit: str = "length", start: int = 0, gate_of_hidden: str = "linear", backwards: bool = False, fused: bool = False,
+                    hidden: int = HIDDEN, head: bool = False) -> onnx.ModelProto:
     """inputs (N, T, F) -> a Keras-style LSTM unrolled into a Loop -> the last hidden state (N, H), every step's (T, N, H),
-    the final cell state. ``limit='five'`` runs the loop five steps whatever the length; ``start`` is the counter's first value."""
+    the final cell state. ``limit='five'`` runs the loop five steps whatever the length; ``start`` is the counter's first value;
+``head``: the last hidden state through a dense layer to 3 scores, the one output."""
     rng = np.random.default_rng(3)
     n = helper.make_node
     nodes = [n("Transpose", ["inputs"], ["time_major"], perm=[1, 0, 2])]
@@ -87,19 +94,23 @@ def keras_loop_lstm(*, limit: str = "length", start: int = 0, gate_of_hidden: st
     ]
     loop_outputs = ["t_end", "h_end", "c_end", "limit_end", "kernel_end", "recurrent_end", "bias_end", "every_h"]
     nodes += [
-        n("Loop", ["", "go", "start", "zeros", "zeros", limit, "kernel", "recurrent", "bias"], loop_outputs, body=_step_body(sequence, gate_of_hidden)),
+        n("Loop", ["", "go", "start", "zeros", "zeros", limit, "kernel", "recurrent", "bias"], loop_outputs, body=_step_body(sequence, gate_of_hidden, fused, hidden)),
         n("Gather", ["every_h", "minus_one"], ["last"], axis=0),
     ]
     initializers = [
-        _const("kernel", rng.normal(size=(FEATURES, 4 * HIDDEN)) * 0.5), _const("recurrent", rng.normal(size=(HIDDEN, 4 * HIDDEN)) * 0.5),
-        _const("bias", rng.normal(size=4 * HIDDEN) * 0.3), _const("start", start, np.int64), _const("zero", [0], np.int64),
-        _const("one_end", [1], np.int64), _const("hidden_size", [HIDDEN], np.int64), _const("zero_float", 0.0),
+        _const("kernel", rng.normal(size=(FEATURES, 4 * hidden)) * 0.5), _const("recurrent", rng.normal(size=(hidden, 4 * hidden)) * 0.5),
+        _const("bias", rng.normal(size=4 * hidden) * 0.3), _const("start", start, np.int64), _const("zero", [0], np.int64),
+        _const("one_end", [1], np.int64), _const("hidden_size", [hidden], np.int64), _const("zero_float", 0.0),
         _const("minus_one", -1, np.int64), _const("five", 5, np.int64), _const("zero_index", 0, np.int64), _const("one_index", [1], np.int64),
     ]
     value = helper.make_tensor_value_info
-    graph = helper.make_graph(nodes, "keras_lstm", [value("inputs", TensorProto.FLOAT, ["N", "T", FEATURES])],
-                              [value("last", TensorProto.FLOAT, ["N", HIDDEN]), value("every_h", TensorProto.FLOAT, ["T", "N", HIDDEN]),
-                               value("c_end", TensorProto.FLOAT, ["N", HIDDEN])], initializers)
+    outputs = [value("last", TensorProto.FLOAT, ["N", hidden]), value("every_h", TensorProto.FLOAT, ["T", "N", hidden]),
+               value("c_end", TensorProto.FLOAT, ["N", hidden])]
+    if head:
+        nodes.append(n("MatMul", ["last", "dense"], ["scores"]))
+        initializers.append(_const("dense", rng.normal(size=(hidden, 3))))
+        outputs = [value("scores", TensorProto.FLOAT, ["N", 3])]
+    graph = helper.make_graph(nodes, "keras_lstm", [value("inputs", TensorProto.FLOAT, ["N", "T", FEATURES])], outputs, initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
 
 
@@ -109,13 +120,13 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-@pytest.mark.parametrize("backwards", [False, True])
+@pytest.mark.parametrize(("backwards", "fused"), [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("steps", [1, 7])
-def test_a_loop_that_is_an_lstm_step_becomes_an_lstm_with_the_same_outputs(steps, backwards):
-    model = keras_loop_lstm(backwards=backwards)
+def test_a_loop_that_is_an_lstm_step_becomes_an_lstm_with_the_same_outputs(steps, backwards, fused):
+    model = keras_loop_lstm(backwards=backwards, fused=fused)
     rewritten = _copy(model)
     result = unrolled_lstm_loops_as_lstm(rewritten)
-    assert result.modified and "hidden size 5" in result.changes[0]
+    assert result.modified and f"hidden size {HIDDEN}" in result.changes[0]
     ops = Counter(node.op_type for node in rewritten.graph.node)
     assert ops["LSTM"] == 1 and ops["Loop"] == 0
     onnx.checker.check_model(rewritten, full_check=True)
@@ -161,3 +172,15 @@ def test_quantize_runs_the_recovered_lstm_as_dynamic_quantize_lstm(save, npz_fol
     feed = {"inputs": rng.normal(size=(4, 12, FEATURES)).astype(np.float32)}
     expected, got = run_model(model, feed)[0], run_model(quantized, feed)[0]
     assert float(expected.ravel() @ got.ravel() / np.linalg.norm(expected) / np.linalg.norm(got)) > 0.99
+
+
+def test_prune_removes_hidden_units_of_the_recovered_lstm_and_counts_the_loops_work():
+    """The original's Loop body has no multiply-add count; prune counts the prepared graph's, which computes the same."""
+    model = keras_loop_lstm(hidden=32, head=True)
+    pruned, report = prune(model, config=PruneConfig(ratio=0.5, latency_runs=0), input_shapes={"inputs": (2, 9, FEATURES)})
+    lstm = next(node for node in pruned.graph.node if node.op_type == "LSTM")
+    assert 0 < helper.get_attribute_value(next(a for a in lstm.attribute if a.name == "hidden_size")) < 32
+    steps, batch = 9, 2
+    # W, R and the dense head, at the input's sizes: what the Loop computed, counted before a unit was cut
+    assert report.macs.before == steps * batch * 4 * 32 * (FEATURES + 32) + batch * 32 * 3
+    assert 0 < report.macs.after < report.macs.before

@@ -31,7 +31,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import node_attr, replace_nodes
-from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, producer_map, subgraphs, to_array, unique_name
+from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, producer_map, subgraphs, tensor_elements, to_array, unique_name
 from onnxslim.passes.base import DeclineCode, NotRewritten, PassResult
 from onnxslim.passes.opset import default_opset
 
@@ -192,10 +192,16 @@ def _gate_and_other(mul: onnx.NodeProto, producers: dict, op_type: str):
 def _step_counter(body: onnx.GraphProto, producers: dict, carried: list[str], handed_back: list[str], outer_constants: dict):
     """(the step's input row, the outer sequence, the counter's carried position): a Gather of an outer tensor's rows by
     a carried counter that the body hands back plus one."""
-    defined = set(producers) | {v.name for v in body.input} | {t.name for t in body.initializer}
-    constants = {name: to_array(t) for name, t in outer_constants.items() if t.data_type != TensorProto.FLOAT or len(t.dims) == 0}
-    constants |= {t.name: to_array(t) for t in body.initializer}
-    constants |= {n.output[0]: to_array(n.attribute[0].t) for n in body.node if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    body_inits = {t.name: t for t in body.initializer}
+    defined = set(producers) | {v.name for v in body.input} | set(body_inits)
+
+    def constant(name: str) -> np.ndarray | None:
+        node = producers.get(name)
+        if node is not None:
+            return _main_constant(name, producers, {})
+        tensor = body_inits.get(name) or outer_constants.get(name)
+        return to_array(tensor) if tensor is not None and tensor_elements(tensor) == 1 else None
+
     for gather in body.node:
         if gather.op_type != "Gather" or node_attr(gather, "axis", 0) != 0 or gather.input[0] in defined:
             continue
@@ -206,7 +212,7 @@ def _step_counter(body: onnx.GraphProto, producers: dict, carried: list[str], ha
         plus_one = producers.get(handed_back[position])
         if plus_one is None or plus_one.op_type != "Add" or index not in plus_one.input:
             continue
-        one = constants.get(plus_one.input[1] if plus_one.input[0] == index else plus_one.input[0])
+        one = constant(plus_one.input[1] if plus_one.input[0] == index else plus_one.input[0])
         if one is not None and one.size == 1 and float(one.reshape(())) == 1.0:
             return gather.output[0], gather.input[0], position
     return None
