@@ -1,5 +1,6 @@
 """credsweeper's secret classifier (three bidirectional Keras LSTMs that tf2onnx unrolled into Loops) on the candidates
-credsweeper itself finds, before and after onnxslim, against onnxruntime's dynamic quantization.
+credsweeper itself finds, before and after onnxslim's optimize, quantize and compress (defaults), against onnxruntime's
+dynamic quantization.
 
     pip install credsweeper==1.19.5          # the benchmark's own dependency: it finds the candidates and encodes them
     python benchmarks/secrets_lstm.py --json secrets.json
@@ -134,7 +135,7 @@ def main() -> None:
     for index, batch in enumerate(calibration):
         np.savez(calib_dir / f"batch_{index:03d}.npz", **batch)
     models = {"original": original}
-    for command, extra in (("optimize", []), ("quantize", ["--data", str(calib_dir)])):
+    for command, extra in (("optimize", []), ("quantize", ["--data", str(calib_dir)]), ("compress", ["--data", str(calib_dir)])):
         models[command] = work / f"{command}.onnx"
         subprocess.run([sys.executable, "-m", "onnxslim", command, str(original), "-o", str(models[command]), *extra], check=True,
                        stdout=subprocess.DEVNULL)

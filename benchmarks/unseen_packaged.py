@@ -55,6 +55,9 @@ PACKAGED = {
                ["spatial_input:1,120,120,3", "temporal_input:1,15000,1"]),
     "mrz_seg": ("fastmrz==2.1.2", {"mrz_seg.onnx": "fastmrz/model/mrz_seg.onnx"}, "mrz_seg.onnx", ["input_4:1,256,256,3"]),
     "nakdimon": ("piper-tts==1.8.0", {"nakdimon.onnx": "piper/hebrew/nakdimon.onnx"}, "nakdimon.onnx", ["input_1:1,40"]),
+    # a batch of 16: the one output is a probability per candidate, whose cosine over a batch of one says nothing
+    "credsweeper": ("credsweeper==1.19.5", {"credsweeper.onnx": "credsweeper/ml_model/ml_model.onnx"}, "credsweeper.onnx",
+                    ["feature_input:16,529", "line_input:16,128,101", "value_input:16,64,101", "variable_input:16,64,101"]),
 }
 COMMANDS = {"optimize": [], "quantize": ["--data", "random"], "prune": ["--ratio", "0.3"], "compress": ["--data", "random"], "share": []}
 SHAPED = {"quantize", "prune", "compress", "share"}
