@@ -20,7 +20,18 @@ def _const(name: str, value, dtype=np.float32) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value, dtype), name)
 
 
-def _step_body(sequence: str, gate_of_hidden: str = "linear", fused: bool = False, hidden: int = HIDDEN) -> onnx.GraphProto:
+def _sigmoid(x: str, out: str, form: str) -> list[onnx.NodeProto]:
+    """The gates' sigmoid: ``Sigmoid``, ``HardSigmoid`` (Keras's hard_sigmoid, alpha 0.2, beta 0.5), or that written as
+    ``Clip`` of x * 0.2 + 0.5 to [0, 1], as tf2onnx writes Keras's."""
+    if form == "Sigmoid":
+        return [helper.make_node("Sigmoid", [x], [out])]
+    if form == "HardSigmoid":
+        return [helper.make_node("HardSigmoid", [x], [out], alpha=0.2, beta=0.5)]
+    return [helper.make_node("Mul", [x, "a_fifth"], [f"{out}_scaled"]), helper.make_node("Add", [f"{out}_scaled", "a_half"], [f"{out}_shifted"]),
+            helper.make_node("Clip", [f"{out}_shifted", "clip_low", "clip_high"], [out])]
+
+
+def _step_body(sequence: str, gate_of_hidden: str = "linear", fused: bool = False, hidden: int = HIDDEN, sigmoid: str = "Sigmoid") -> onnx.GraphProto:
     """One Keras LSTM step as tf2onnx writes it: gate weights split from the kernels, the hidden state multiplied by a
     mask of ones, gates i, f, c, o; the step's row read from the outer tensor ``sequence``. ``fused``: the four gates as
 one product of each kernel, split after the bias (Keras's ``implementation=2``, without the mask). ``gate_of_hidden='square'`` multiplies the hidden state by itself in the forget gate."""
@@ -50,7 +61,7 @@ one product of each kernel, split after the bias (Keras's ``implementation=2``, 
             n("Add", [f"xb{k}", f"hr{k}"], [f"pre{k}"]),
         ]
     nodes += [
-        n("Sigmoid", ["pre0"], ["i"]), n("Sigmoid", ["pre1"], ["f"]), n("Tanh", ["pre2"], ["g"]), n("Sigmoid", ["pre3"], ["o"]),
+        *_sigmoid("pre0", "i", sigmoid), *_sigmoid("pre1", "f", sigmoid), n("Tanh", ["pre2"], ["g"]), *_sigmoid("pre3", "o", sigmoid),
         n("Mul", ["f", "c"], ["kept"]), n("Mul", ["i", "g"], ["written"]), n("Add", ["kept", "written"], ["c_next"]),
         n("Tanh", ["c_next"], ["c_squashed"]), n("Mul", ["o", "c_squashed"], ["h_next"]),
         n("Identity", ["h_next"], ["h_out"]), n("Identity", ["h_next"], ["h_scan"]),
@@ -64,12 +75,13 @@ one product of each kernel, split after the bias (Keras's ``implementation=2``, 
     outputs = [value("go_on", TensorProto.BOOL, []), value("t_next", TensorProto.INT64, []), value("h_out", TensorProto.FLOAT, None),
                value("c_next", TensorProto.FLOAT, None), value("limit", TensorProto.INT64, []), value("kernel", TensorProto.FLOAT, None),
                value("recurrent", TensorProto.FLOAT, None), value("bias", TensorProto.FLOAT, None), value("h_scan", TensorProto.FLOAT, None)]
-    initializers = [_const("one", 1, np.int64), _const("four", [hidden] * 4, np.int64)]
+    initializers = [_const("one", 1, np.int64), _const("four", [hidden] * 4, np.int64), _const("a_fifth", 0.2), _const("a_half", 0.5),
+                    _const("clip_low", 0.0), _const("clip_high", 1.0)]
     return helper.make_graph(nodes, "step", inputs, outputs, initializers)
 
 
 def keras_loop_lstm(*, limit: str = "length", start: int = 0, gate_of_hidden: str = "linear", backwards: bool = False, fused: bool = False,
-                    hidden: int = HIDDEN, head: bool = False) -> onnx.ModelProto:
+                    hidden: int = HIDDEN, head: bool = False, sigmoid: str = "Sigmoid") -> onnx.ModelProto:
     """inputs (N, T, F) -> a Keras-style LSTM unrolled into a Loop -> the last hidden state (N, H), every step's (T, N, H),
     the final cell state. ``limit='five'`` runs the loop five steps whatever the length; ``start`` is the counter's first value;
 ``head``: the last hidden state through a dense layer to 3 scores, the one output."""
@@ -94,7 +106,7 @@ def keras_loop_lstm(*, limit: str = "length", start: int = 0, gate_of_hidden: st
     ]
     loop_outputs = ["t_end", "h_end", "c_end", "limit_end", "kernel_end", "recurrent_end", "bias_end", "every_h"]
     nodes += [
-        n("Loop", ["", "go", "start", "zeros", "zeros", limit, "kernel", "recurrent", "bias"], loop_outputs, body=_step_body(sequence, gate_of_hidden, fused, hidden)),
+        n("Loop", ["", "go", "start", "zeros", "zeros", limit, "kernel", "recurrent", "bias"], loop_outputs, body=_step_body(sequence, gate_of_hidden, fused, hidden, sigmoid)),
         n("Gather", ["every_h", "minus_one"], ["last"], axis=0),
     ]
     initializers = [
@@ -120,10 +132,11 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-@pytest.mark.parametrize(("backwards", "fused"), [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize(("backwards", "fused", "sigmoid"), [(False, False, "Sigmoid"), (True, False, "Sigmoid"), (False, True, "Sigmoid"),
+                                                          (False, False, "HardSigmoid"), (False, True, "Clip")])
 @pytest.mark.parametrize("steps", [1, 7])
-def test_a_loop_that_is_an_lstm_step_becomes_an_lstm_with_the_same_outputs(steps, backwards, fused):
-    model = keras_loop_lstm(backwards=backwards, fused=fused)
+def test_a_loop_that_is_an_lstm_step_becomes_an_lstm_with_the_same_outputs(steps, backwards, fused, sigmoid):
+    model = keras_loop_lstm(backwards=backwards, fused=fused, sigmoid=sigmoid)
     rewritten = _copy(model)
     result = unrolled_lstm_loops_as_lstm(rewritten)
     assert result.modified and f"hidden size {HIDDEN}" in result.changes[0]
@@ -162,8 +175,9 @@ def test_a_loop_that_only_looks_like_an_lstm_is_left_with_its_reason(settings, w
     assert [d.reason.text for d in result.declined] == [why]
 
 
-def test_quantize_runs_the_recovered_lstm_as_dynamic_quantize_lstm(save, npz_folder):
-    model = keras_loop_lstm()
+@pytest.mark.parametrize("sigmoid", ["Sigmoid", "Clip"])
+def test_quantize_runs_the_recovered_lstm_as_dynamic_quantize_lstm(save, npz_folder, sigmoid):
+    model = keras_loop_lstm(sigmoid=sigmoid)
     rng = np.random.default_rng(5)
     data = npz_folder([{"inputs": rng.normal(size=(4, 12, FEATURES)).astype(np.float32)} for _ in range(10)])
     quantized, report = quantize(save(model), str(data), config=QuantConfig(latency_runs=0, accuracy_budget=None))

@@ -11,7 +11,8 @@ its fused kernel and quantize stores in INT8:
          h' = sigmoid(o) tanh(c'); t' = t + 1; go on while t' < X's first dimension)
       ->  LSTM(X, W, R, B, initial_h = h0, initial_c = c0)
 
-The cell is matched by its last two equations. The four gates' inputs may be computed any way that is affine
+The cell is matched by its last two equations, its gates' sigmoid a Sigmoid, a HardSigmoid, or Keras's
+hard_sigmoid written out (Clip(x * alpha + beta, 0, 1)), the same for the three gates. The four gates' inputs may be computed any way that is affine
 in (x, h) with constant weights (split kernels, slices, masks of ones): their weights are read off by
 evaluating them, in onnxruntime, on unit vectors, and checked on random rows. The loop must run once per row
 of X: the step counter starts at 0, goes up by one, and the condition compares it with X's first dimension
@@ -56,6 +57,7 @@ class LstmStep:
     limit: int | None  # the carried state the condition compares the counter with (None: an outer tensor)
     limit_tensor: str  # that tensor's name: a body input, or an outer tensor
     passed_through: tuple[int, ...]  # carried states the body hands back unchanged
+    activation: tuple = ("Sigmoid",)  # the gates' sigmoid: ("Sigmoid",) or ("HardSigmoid", alpha, beta)
 
 
 def unrolled_lstm_loops_as_lstm(model: onnx.ModelProto) -> PassResult:
@@ -114,22 +116,30 @@ def _made_by(name: str, producers: dict, op_type: str) -> onnx.NodeProto | None:
 def _lstm_step(body: onnx.GraphProto, outer_constants: dict) -> LstmStep | None:
     """The roles of a Loop body that computes one LSTM step, or None where it does not (decided by its structure alone)."""
     producers = producer_map(body)
+    body_inits = {t.name: t for t in body.initializer}
+
+    def constant(name: str) -> np.ndarray | None:  # a small constant of the body, or of the graph around it
+        if name in producers:
+            return _main_constant(name, producers, {})
+        tensor = body_inits.get(name) or outer_constants.get(name)
+        return to_array(tensor) if tensor is not None and tensor_elements(tensor) == 1 else None
+
     body_inputs = [v.name for v in body.input]
     if len(body_inputs) < 4 or len(body.output) < len(body_inputs) - 1:
         return None
     carried = body_inputs[2:]
     handed_back = [_source(o.name, producers) for o in body.output[1:len(body_inputs) - 1]]
     for mul in body.node:
-        cell = _cell_equations(mul, producers)
+        cell = _cell_equations(mul, producers, constant)
         if cell is None:
             continue
-        new_hidden, new_cell, previous_cell, (i, f, g, o) = cell
+        new_hidden, new_cell, previous_cell, (i, f, g, o), activation = cell
         if previous_cell not in carried or new_hidden not in handed_back or new_cell not in handed_back:
             continue
         hidden_state, cell_state = handed_back.index(new_hidden), handed_back.index(new_cell)
         if carried[cell_state] != previous_cell:
             continue
-        step = _step_counter(body, producers, carried, handed_back, outer_constants)
+        step = _step_counter(body, producers, carried, handed_back, constant)
         if step is None:
             continue
         x, sequence, counter = step
@@ -147,17 +157,17 @@ def _lstm_step(body: onnx.GraphProto, outer_constants: dict) -> LstmStep | None:
         if limit_position is not None and handed_back[limit_position] != carried[limit_position]:
             return None
         return LstmStep(x, sequence, carried[hidden_state], (i, o, f, g), hidden_state, cell_state, counter, limit_position,
-                        limit_tensor, passed)
+                        limit_tensor, passed, activation)
     return None
 
 
-def _cell_equations(mul: onnx.NodeProto, producers: dict):
-    """Where ``mul`` is h' = sigmoid(o) * tanh(c') with c' = sigmoid(f) * c + sigmoid(i) * tanh(g): (h', c', c, the
-    gates' inputs i, f, g, o); else None."""
+def _cell_equations(mul: onnx.NodeProto, producers: dict, constant):
+    """Where ``mul`` is h' = sigmoid(o) * tanh(c') with c' = sigmoid(f) * c + sigmoid(i) * tanh(g), one sigmoid (see
+    :func:`_gate`) for all three gates: (h', c', c, the gates' inputs i, f, g, o, that sigmoid); else None."""
     if mul.op_type != "Mul" or len(mul.input) != 2:
         return None
     for gate_side, tanh_side in (mul.input, reversed(mul.input)):
-        output_gate, squashed = _made_by(gate_side, producers, "Sigmoid"), _made_by(tanh_side, producers, "Tanh")
+        output_gate, squashed = _gate(gate_side, producers, constant), _made_by(tanh_side, producers, "Tanh")
         if output_gate is None or squashed is None:
             continue
         new_cell = _source(squashed.input[0], producers)
@@ -168,40 +178,60 @@ def _cell_equations(mul: onnx.NodeProto, producers: dict):
         for forget_product, input_product in ((kept, written), (written, kept)):
             if forget_product is None or input_product is None:
                 continue
-            forget = _gate_and_other(forget_product, producers, "Sigmoid")
-            new = _gate_and_other(input_product, producers, "Sigmoid")
+            forget, new = _gate_and_other(forget_product, producers, constant), _gate_and_other(input_product, producers, constant)
             if forget is None or new is None:
                 continue
-            (forget_gate, previous_cell), (input_gate, candidate) = forget, new
+            ((forget_input, forget_kind), previous_cell), ((input_input, input_kind), candidate) = forget, new
             candidate_tanh = _made_by(candidate, producers, "Tanh")
-            if candidate_tanh is None or previous_cell in producers:
+            if candidate_tanh is None or previous_cell in producers or not forget_kind == input_kind == output_gate[1]:
                 continue
-            gates = (input_gate.input[0], forget_gate.input[0], candidate_tanh.input[0], output_gate.input[0])
-            return mul.output[0], new_cell, previous_cell, gates
+            gates = (input_input, forget_input, candidate_tanh.input[0], output_gate[0])
+            return mul.output[0], new_cell, previous_cell, gates, output_gate[1]
     return None
 
 
-def _gate_and_other(mul: onnx.NodeProto, producers: dict, op_type: str):
+def _gate_and_other(mul: onnx.NodeProto, producers: dict, constant):
     for gate_side, other in (mul.input, reversed(mul.input)):
-        gate = _made_by(gate_side, producers, op_type)
+        gate = _gate(gate_side, producers, constant)
         if gate is not None:
             return gate, _source(other, producers)
     return None
 
 
-def _step_counter(body: onnx.GraphProto, producers: dict, carried: list[str], handed_back: list[str], outer_constants: dict):
+def _gate(name: str, producers: dict, constant) -> tuple[str, tuple] | None:
+    """(the input, the activation as ONNX's LSTM names it) where ``name`` is a sigmoid of that input: a Sigmoid, a
+    HardSigmoid, or Clip(x * alpha + beta, 0, 1), Keras's hard_sigmoid as tf2onnx writes it."""
+    node = producers.get(_source(name, producers))
+    if node is None:
+        return None
+    if node.op_type == "Sigmoid":
+        return node.input[0], ("Sigmoid",)
+    if node.op_type == "HardSigmoid":
+        return node.input[0], ("HardSigmoid", float(node_attr(node, "alpha", 0.2)), float(node_attr(node, "beta", 0.5)))
+    if node.op_type != "Clip" or len(node.input) != 3 or _scalar(constant(node.input[1])) != 0.0 or _scalar(constant(node.input[2])) != 1.0:
+        return None
+    shift = producers.get(node.input[0])
+    if shift is None or shift.op_type != "Add":
+        return None
+    for scaled_side, beta_side in (shift.input, reversed(shift.input)):
+        scale, beta = producers.get(scaled_side), _scalar(constant(beta_side))
+        if scale is None or scale.op_type != "Mul" or beta is None:
+            continue
+        for x, alpha_side in (scale.input, reversed(scale.input)):
+            alpha = _scalar(constant(alpha_side))
+            if alpha is not None:
+                return x, ("HardSigmoid", alpha, beta)
+    return None
+
+
+def _scalar(value: np.ndarray | None) -> float | None:
+    return float(value.reshape(())) if value is not None and value.size == 1 else None
+
+
+def _step_counter(body: onnx.GraphProto, producers: dict, carried: list[str], handed_back: list[str], constant):
     """(the step's input row, the outer sequence, the counter's carried position): a Gather of an outer tensor's rows by
     a carried counter that the body hands back plus one."""
-    body_inits = {t.name: t for t in body.initializer}
-    defined = set(producers) | {v.name for v in body.input} | set(body_inits)
-
-    def constant(name: str) -> np.ndarray | None:
-        node = producers.get(name)
-        if node is not None:
-            return _main_constant(name, producers, {})
-        tensor = body_inits.get(name) or outer_constants.get(name)
-        return to_array(tensor) if tensor is not None and tensor_elements(tensor) == 1 else None
-
+    defined = set(producers) | {v.name for v in body.input} | {t.name for t in body.initializer}
     for gather in body.node:
         if gather.op_type != "Gather" or node_attr(gather, "axis", 0) != 0 or gather.input[0] in defined:
             continue
@@ -212,8 +242,7 @@ def _step_counter(body: onnx.GraphProto, producers: dict, carried: list[str], ha
         plus_one = producers.get(handed_back[position])
         if plus_one is None or plus_one.op_type != "Add" or index not in plus_one.input:
             continue
-        one = constant(plus_one.input[1] if plus_one.input[0] == index else plus_one.input[0])
-        if one is not None and one.size == 1 and float(one.reshape(())) == 1.0:
+        if _scalar(constant(plus_one.input[1] if plus_one.input[0] == index else plus_one.input[0])) == 1.0:
             return gather.output[0], gather.input[0], position
     return None
 
@@ -453,8 +482,12 @@ def _as_lstm(loop: onnx.NodeProto, step: LstmStep, weights: tuple[np.ndarray, np
     initial_h = axes_op("Unsqueeze", loop.input[2 + step.hidden_state], 0, name("initial_h"))
     initial_c = axes_op("Unsqueeze", loop.input[2 + step.cell_state], 0, name("initial_c"))
     every_step, last_hidden, last_cell = name("Y"), name("Y_h"), name("Y_c")
+    activations = {}
+    if step.activation[0] != "Sigmoid":  # the cell's two tanh take no parameters: the one alpha and beta are the gates'
+        activations = {"activations": [step.activation[0], "Tanh", "Tanh"], "activation_alpha": [step.activation[1]],
+                       "activation_beta": [step.activation[2]]}
     nodes.append(helper.make_node("LSTM", [step.sequence, *(t.name for t in initializers[:3]), "", initial_h, initial_c],
-                                  [every_step, last_hidden, last_cell], name=name("LSTM"), hidden_size=hidden))
+                                  [every_step, last_hidden, last_cell], name=name("LSTM"), hidden_size=hidden, **activations))
     for k, state in ((step.hidden_state, last_hidden), (step.cell_state, last_cell)):
         if read(loop.output[k]):
             axes_op("Squeeze", state, 0, loop.output[k])
