@@ -19,13 +19,13 @@ from onnxslim.passes.einsum import einsum_to_matmul
 from onnxslim.passes.fold import fold_constants
 from onnxslim.passes.hardswish import fuse_hardswish
 from onnxslim.passes.layernorm import fuse_layernorm
-from onnxslim.passes.loop_lstm import unrolled_lstm_loops_as_lstm
 from onnxslim.passes.masks import deepen_attention_masks
 from onnxslim.passes.opset import default_opset, upgrade_opset
 from onnxslim.passes.pads import pads_into_convs
 from onnxslim.passes.picked_concat import picked_concat_inputs_read_directly
 from onnxslim.passes.pooling import reduce_mean_to_global_pool
 from onnxslim.passes.reciprocal import reciprocal_products_as_division
+from onnxslim.passes.recurrent_loops import recurrent_loops_as_layers
 from onnxslim.passes.recurrent_state import zero_initial_states_left_out
 from onnxslim.passes.repeated_heads import repeated_heads_as_gathers
 from onnxslim.passes.unfuse import layernorm_at_opset_17, unfuse_onnxruntime_layers
@@ -51,7 +51,7 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     fold_affine_into_conv,  # then a Mul/Add after a BatchNormalization just folded, or after the merged sum
     fuse_hardswish,
     conv3d_on_one_slice_as_conv2d,  # after the folds into Conv, which read the weights as written
-    unrolled_lstm_loops_as_lstm,  # after folding: the weights a step slices are constants by now
+    recurrent_loops_as_layers,  # after folding: the weights a step slices are constants by now
     zero_initial_states_left_out,  # after the Loops turned LSTMs: their zero states too
     picked_concat_inputs_read_directly,  # a stacked LSTM's last final state, read from its own layer
     remove_dead_nodes,
@@ -88,12 +88,12 @@ __all__ = [
     "model_is_valid",
     "picked_concat_inputs_read_directly",
     "reciprocal_products_as_division",
+    "recurrent_loops_as_layers",
     "reduce_mean_to_global_pool",
     "remove_dead_nodes",
     "remove_identities",
     "repeated_heads_as_gathers",
     "run_passes",
     "zero_initial_states_left_out",
-    "unrolled_lstm_loops_as_lstm",
     "upgrade_opset",
 ]

@@ -47,10 +47,10 @@ from onnxslim.passes import (
     initializers_out_of_inputs,
     parallel_convs_as_one,
     picked_concat_inputs_read_directly,
+    recurrent_loops_as_layers,
     remove_dead_nodes,
     remove_identities,
     repeated_heads_as_gathers,
-    unrolled_lstm_loops_as_lstm,
     zero_initial_states_left_out,
 )
 from onnxslim.passes.batchnorm import normalization_scale
@@ -213,10 +213,10 @@ def fold_fixed_sizes(model: onnx.ModelProto) -> PassResult:
 # exported as trained is pruned as the one layer it is once deployed, not as branches tied by their Adds (timm's
 # mobileone_s0 at 0.3 without data, one thread: 3 of 5 channel groups pruned, 0.64x the export's latency; merged first, 19 of 23, 0.18x)
 # a key/value head repeated for its query heads (grouped-query attention) is listed once per query head, after the
-# sizes fold (the repeat's target is a constant by then), so that query heads go one at a time. An LSTM a converter
-# unrolled into a Loop becomes the LSTM node it is (the same sums, in another order), whose hidden units prune
+# sizes fold (the repeat's target is a constant by then), so that query heads go one at a time. An LSTM or GRU a
+# converter unrolled into a Loop becomes the node it is (the same sums, in another order), whose hidden units prune
 PREPARE = Pipeline((*SAVED_BY_ONNXRUNTIME, initializers_out_of_inputs, constants_to_initializers, remove_identities, fold_constants, einsum_to_matmul,
-                    parallel_convs_as_one, fold_fixed_sizes, repeated_heads_as_gathers, unrolled_lstm_loops_as_lstm, zero_initial_states_left_out,
+                    parallel_convs_as_one, fold_fixed_sizes, repeated_heads_as_gathers, recurrent_loops_as_layers, zero_initial_states_left_out,
                     picked_concat_inputs_read_directly, remove_dead_nodes, name_unnamed_nodes))
 
 
@@ -401,7 +401,7 @@ def _prune(model, data, config: PruneConfig, output, eval_data, input_shapes, sh
             shapes.update(seen)
     # the work of a Loop body has no count: where preparation wrote unrolled LSTM steps as LSTM nodes, the original's
     # multiply-adds are those of the prepared graph, which computes the same
-    prepared_macs = count_macs(work, shapes) if any(r.name == "unrolled-lstm-loops-as-lstm" and r.modified for r in prepared) else None
+    prepared_macs = count_macs(work, shapes) if any(r.name == "recurrent-loops-as-layers" and r.modified for r in prepared) else None
     if config.unstructured:
         pruned, lines = magnitude_sparsify(work, config.ratio)
         report.sparsity.extend(lines)

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim import PruneConfig, prune
-from onnxslim.passes import CLEANUP, unrolled_lstm_loops_as_lstm
+from onnxslim.passes import CLEANUP, recurrent_loops_as_layers
 from onnxslim.quant import QuantConfig, quantize
 from tests.conftest import run_model
 
@@ -80,10 +80,40 @@ one product of each kernel, split after the bias (Keras's ``implementation=2``, 
     return helper.make_graph(nodes, "step", inputs, outputs, initializers)
 
 
+def _gru_step_body(sequence: str, sigmoid: str = "Sigmoid") -> onnx.GraphProto:
+    """One Keras GRU step (reset_after=True, TF2's default) as tf2onnx writes it: both products split into the update,
+    reset and candidate parts, the reset gate scaling the recurrent part of the candidate, bias included."""
+    n = helper.make_node
+    nodes = [
+        n("Add", ["t", "one"], ["t_next"]),
+        n("Gather", [sequence, "t"], ["x"], axis=0),
+        n("MatMul", ["x", "kernel"], ["xw"]), n("Add", ["xw", "input_bias"], ["xb"]), n("Split", ["xb", "three"], ["x_z", "x_r", "x_h"], axis=1),
+        n("Shape", ["h"], ["h_shape"]),
+        n("ConstantOfShape", ["h_shape"], ["ones"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        n("Mul", ["h", "ones"], ["h_masked"]),
+        n("MatMul", ["h_masked", "recurrent"], ["hr"]), n("Add", ["hr", "recurrent_bias"], ["hb"]), n("Split", ["hb", "three"], ["h_z", "h_r", "h_h"], axis=1),
+        n("Add", ["x_z", "h_z"], ["pre_z"]), *_sigmoid("pre_z", "z", sigmoid),
+        n("Add", ["x_r", "h_r"], ["pre_r"]), *_sigmoid("pre_r", "r", sigmoid),
+        n("Mul", ["r", "h_h"], ["reset_h"]), n("Add", ["x_h", "reset_h"], ["pre_n"]), n("Tanh", ["pre_n"], ["candidate"]),
+        n("Mul", ["z", "h"], ["kept"]), n("Sub", ["one_float", "z"], ["not_z"]), n("Mul", ["not_z", "candidate"], ["written"]),
+        n("Add", ["kept", "written"], ["h_next"]), n("Identity", ["h_next"], ["h_out"]), n("Identity", ["h_next"], ["h_scan"]),
+        n("Less", ["t_next", "limit"], ["go_on"]),
+    ]
+    value = helper.make_tensor_value_info
+    names = ["kernel", "recurrent", "input_bias", "recurrent_bias"]
+    inputs = [value("iteration", TensorProto.INT64, []), value("condition", TensorProto.BOOL, []), value("t", TensorProto.INT64, []),
+              value("h", TensorProto.FLOAT, None), value("limit", TensorProto.INT64, []), *(value(w, TensorProto.FLOAT, None) for w in names)]
+    outputs = [value("go_on", TensorProto.BOOL, []), value("t_next", TensorProto.INT64, []), value("h_out", TensorProto.FLOAT, None),
+               value("limit", TensorProto.INT64, []), *(value(w, TensorProto.FLOAT, None) for w in names), value("h_scan", TensorProto.FLOAT, None)]
+    initializers = [_const("one", 1, np.int64), _const("three", [HIDDEN] * 3, np.int64), _const("one_float", 1.0), _const("a_fifth", 0.2),
+                    _const("a_half", 0.5), _const("clip_low", 0.0), _const("clip_high", 1.0)]
+    return helper.make_graph(nodes, "gru_step", inputs, outputs, initializers)
+
+
 def keras_loop_lstm(*, limit: str = "length", start: int = 0, gate_of_hidden: str = "linear", backwards: bool = False, fused: bool = False,
-                    hidden: int = HIDDEN, head: bool = False, sigmoid: str = "Sigmoid") -> onnx.ModelProto:
-    """inputs (N, T, F) -> a Keras-style LSTM unrolled into a Loop -> the last hidden state (N, H), every step's (T, N, H),
-    the final cell state. ``limit='five'`` runs the loop five steps whatever the length; ``start`` is the counter's first value;
+                    hidden: int = HIDDEN, head: bool = False, sigmoid: str = "Sigmoid", cell: str = "LSTM") -> onnx.ModelProto:
+    """inputs (N, T, F) -> a Keras-style LSTM (or ``cell='GRU'``) unrolled into a Loop -> the last hidden state (N, H), every
+    step's (T, N, H), the final cell state (an LSTM's). ``limit='five'`` runs the loop five steps whatever the length; ``start`` is the counter's first value;
 ``head``: the last hidden state through a dense layer to 3 scores, the one output."""
     rng = np.random.default_rng(3)
     n = helper.make_node
@@ -104,20 +134,27 @@ def keras_loop_lstm(*, limit: str = "length", start: int = 0, gate_of_hidden: st
         n("Concat", ["batch", "hidden_size"], ["state_shape"], axis=0),
         n("Expand", ["zero_float", "state_shape"], ["zeros"]),
     ]
-    loop_outputs = ["t_end", "h_end", "c_end", "limit_end", "kernel_end", "recurrent_end", "bias_end", "every_h"]
-    nodes += [
-        n("Loop", ["", "go", "start", "zeros", "zeros", limit, "kernel", "recurrent", "bias"], loop_outputs, body=_step_body(sequence, gate_of_hidden, fused, hidden, sigmoid)),
-        n("Gather", ["every_h", "minus_one"], ["last"], axis=0),
-    ]
+    if cell == "GRU":
+        loop_outputs = ["t_end", "h_end", "limit_end", "kernel_end", "recurrent_end", "input_bias_end", "recurrent_bias_end", "every_h"]
+        nodes.append(n("Loop", ["", "go", "start", "zeros", limit, "gru_kernel", "gru_recurrent", "gru_input_bias", "gru_recurrent_bias"], loop_outputs,
+                       body=_gru_step_body(sequence, sigmoid)))
+    else:
+        loop_outputs = ["t_end", "h_end", "c_end", "limit_end", "kernel_end", "recurrent_end", "bias_end", "every_h"]
+        nodes.append(n("Loop", ["", "go", "start", "zeros", "zeros", limit, "kernel", "recurrent", "bias"], loop_outputs,
+                       body=_step_body(sequence, gate_of_hidden, fused, hidden, sigmoid)))
+    nodes.append(n("Gather", ["every_h", "minus_one"], ["last"], axis=0))
     initializers = [
         _const("kernel", rng.normal(size=(FEATURES, 4 * hidden)) * 0.5), _const("recurrent", rng.normal(size=(hidden, 4 * hidden)) * 0.5),
         _const("bias", rng.normal(size=4 * hidden) * 0.3), _const("start", start, np.int64), _const("zero", [0], np.int64),
         _const("one_end", [1], np.int64), _const("hidden_size", [hidden], np.int64), _const("zero_float", 0.0),
         _const("minus_one", -1, np.int64), _const("five", 5, np.int64), _const("zero_index", 0, np.int64), _const("one_index", [1], np.int64),
+        _const("gru_kernel", rng.normal(size=(FEATURES, 3 * HIDDEN)) * 0.5), _const("gru_recurrent", rng.normal(size=(HIDDEN, 3 * HIDDEN)) * 0.5),
+        _const("gru_input_bias", rng.normal(size=3 * HIDDEN) * 0.3), _const("gru_recurrent_bias", rng.normal(size=3 * HIDDEN) * 0.3),
     ]
     value = helper.make_tensor_value_info
-    outputs = [value("last", TensorProto.FLOAT, ["N", hidden]), value("every_h", TensorProto.FLOAT, ["T", "N", hidden]),
-               value("c_end", TensorProto.FLOAT, ["N", hidden])]
+    outputs = [value("last", TensorProto.FLOAT, ["N", hidden]), value("every_h", TensorProto.FLOAT, ["T", "N", hidden])]
+    if cell == "LSTM":
+        outputs.append(value("c_end", TensorProto.FLOAT, ["N", hidden]))
     if head:
         nodes.append(n("MatMul", ["last", "dense"], ["scores"]))
         initializers.append(_const("dense", rng.normal(size=(hidden, 3))))
@@ -132,16 +169,18 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-@pytest.mark.parametrize(("backwards", "fused", "sigmoid"), [(False, False, "Sigmoid"), (True, False, "Sigmoid"), (False, True, "Sigmoid"),
-                                                          (False, False, "HardSigmoid"), (False, True, "Clip")])
+@pytest.mark.parametrize(("cell", "backwards", "fused", "sigmoid"), [
+    ("LSTM", False, False, "Sigmoid"), ("LSTM", True, False, "Sigmoid"), ("LSTM", False, True, "Sigmoid"), ("LSTM", False, False, "HardSigmoid"),
+    ("LSTM", False, True, "Clip"), ("GRU", False, False, "Sigmoid"), ("GRU", True, False, "Sigmoid"), ("GRU", False, False, "Clip"),
+])
 @pytest.mark.parametrize("steps", [1, 7])
-def test_a_loop_that_is_an_lstm_step_becomes_an_lstm_with_the_same_outputs(steps, backwards, fused, sigmoid):
-    model = keras_loop_lstm(backwards=backwards, fused=fused, sigmoid=sigmoid)
+def test_a_loop_that_is_a_recurrent_step_becomes_that_layer_with_the_same_outputs(steps, cell, backwards, fused, sigmoid):
+    model = keras_loop_lstm(backwards=backwards, fused=fused, sigmoid=sigmoid, cell=cell)
     rewritten = _copy(model)
-    result = unrolled_lstm_loops_as_lstm(rewritten)
-    assert result.modified and f"hidden size {HIDDEN}" in result.changes[0]
+    result = recurrent_loops_as_layers(rewritten)
+    assert result.modified and f"{cell} step" in result.changes[0] and f"hidden size {HIDDEN}" in result.changes[0]
     ops = Counter(node.op_type for node in rewritten.graph.node)
-    assert ops["LSTM"] == 1 and ops["Loop"] == 0
+    assert ops[cell] == 1 and ops["Loop"] == 0
     onnx.checker.check_model(rewritten, full_check=True)
     feed = {"inputs": np.random.default_rng(steps).normal(size=(3, steps, FEATURES)).astype(np.float32)}
     for expected, got in zip(run_model(model, feed), run_model(rewritten, feed)):
@@ -170,19 +209,23 @@ def test_the_cleanup_leaves_the_lstms_zero_states_out_and_nothing_of_the_loop():
 def test_a_loop_that_only_looks_like_an_lstm_is_left_with_its_reason(settings, why):
     model = keras_loop_lstm(**settings)
     rewritten = _copy(model)
-    result = unrolled_lstm_loops_as_lstm(rewritten)
+    result = recurrent_loops_as_layers(rewritten)
     assert not result.modified and rewritten == model
     assert [d.reason.text for d in result.declined] == [why]
 
 
-@pytest.mark.parametrize("sigmoid", ["Sigmoid", "Clip"])
-def test_quantize_runs_the_recovered_lstm_as_dynamic_quantize_lstm(save, npz_folder, sigmoid):
-    model = keras_loop_lstm(sigmoid=sigmoid)
+@pytest.mark.parametrize(("cell", "sigmoid", "quantized_as"), [("LSTM", "Sigmoid", "DynamicQuantizeLSTM"), ("LSTM", "Clip", "DynamicQuantizeLSTM"),
+                                                            ("GRU", "Sigmoid", "GRU")])
+def test_quantize_stores_the_recovered_layer_in_int8(save, npz_folder, cell, sigmoid, quantized_as):
+    """An LSTM runs as DynamicQuantizeLSTM; a GRU, which onnxruntime has no integer kernel for, keeps INT8 gate rows."""
+    model = keras_loop_lstm(sigmoid=sigmoid, cell=cell)
     rng = np.random.default_rng(5)
     data = npz_folder([{"inputs": rng.normal(size=(4, 12, FEATURES)).astype(np.float32)} for _ in range(10)])
     quantized, report = quantize(save(model), str(data), config=QuantConfig(latency_runs=0, accuracy_budget=None))
-    assert Counter(node.op_type for node in quantized.graph.node)["DynamicQuantizeLSTM"] == 1
-    assert any(r.name == "unrolled-lstm-loops-as-lstm" and r.modified for r in report.prepare)
+    ops = Counter(node.op_type for node in quantized.graph.node)
+    assert ops[quantized_as] == 1 and not ops["Loop"]
+    assert any(r.name == "recurrent-loops-as-layers" and r.modified for r in report.prepare)
+    assert any(d.op_type == cell and d.quantized for d in report.decisions)
     feed = {"inputs": rng.normal(size=(4, 12, FEATURES)).astype(np.float32)}
     expected, got = run_model(model, feed)[0], run_model(quantized, feed)[0]
     assert float(expected.ravel() @ got.ravel() / np.linalg.norm(expected) / np.linalg.norm(got)) > 0.99

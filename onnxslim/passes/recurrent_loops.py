@@ -1,26 +1,30 @@
-"""Write an LSTM layer that an exporter unrolled into a Loop over the time steps as one LSTM node.
+"""Write an LSTM or GRU layer that an exporter unrolled into a Loop over the time steps as one LSTM or GRU node.
 
-tf2onnx writes a Keras LSTM it cannot map onto ONNX's LSTM (one with recurrent dropout masks, or
+tf2onnx writes a Keras LSTM or GRU it cannot map onto ONNX's (one with recurrent dropout masks, or
 ``implementation=1``'s gate-by-gate weights) as a Loop whose body computes one step: each gate is a product
 of the step's input and of the previous hidden state with weights sliced from the layer's kernels. onnxruntime
 runs such a body node by node, step after step, and no integer kernel ever sees those weights. Where the body
-is exactly an LSTM step over the rows of one tensor, the Loop becomes an LSTM node, which onnxruntime runs with
-its fused kernel and quantize stores in INT8:
+is exactly one step over the rows of one tensor, the Loop becomes an LSTM or GRU node, which onnxruntime runs
+with its fused kernel and quantize stores in INT8:
 
     Loop(body: x = Gather(X, t); i, f, g, o = affine in (x, h); c' = sigmoid(f) c + sigmoid(i) tanh(g);
          h' = sigmoid(o) tanh(c'); t' = t + 1; go on while t' < X's first dimension)
       ->  LSTM(X, W, R, B, initial_h = h0, initial_c = c0)
+    Loop(body: x = Gather(X, t); z, r = affine in (x, h); n = tanh(affine in x + sigmoid(r) * affine in h);
+         h' = sigmoid(z) h + (1 - sigmoid(z)) n; t' = t + 1; ...)
+      ->  GRU(X, W, R, B, initial_h = h0, linear_before_reset = 1)      (Keras's reset_after=True)
 
-The cell is matched by its last two equations, its gates' sigmoid a Sigmoid, a HardSigmoid, or Keras's
-hard_sigmoid written out (Clip(x * alpha + beta, 0, 1)), the same for the three gates. The four gates' inputs may be computed any way that is affine
-in (x, h) with constant weights (split kernels, slices, masks of ones): their weights are read off by
-evaluating them, in onnxruntime, on unit vectors, and checked on random rows. The loop must run once per row
-of X: the step counter starts at 0, goes up by one, and the condition compares it with X's first dimension
-(read through Shape, of X or of a tensor of the same length). Keras's ``go_backwards`` reverses X in front
-of the Loop, which stays as it is. ONNX's LSTM adds a second, recurrent bias, written as zeros: 4 x hidden
-values more per layer than the Loop read, while the Loop's slicing and splitting of its kernels goes.
-On credsweeper's secret classifier (three bidirectional Keras LSTMs, 160 and 80 steps) the float model runs
-in 0.48x the Loops' time at one thread, with outputs equal to 5e-7.
+A cell is matched by its last equations, its gates' sigmoid a Sigmoid, a HardSigmoid, or Keras's hard_sigmoid
+written out (Clip(x * alpha + beta, 0, 1)), the same for every gate. The gates' inputs may be computed any
+way that is affine in (x, h) with constant weights (split kernels, slices, masks of ones): their weights are
+read off by evaluating them (onnx's reference evaluator) on unit vectors, and checked on random rows. The loop
+must run once per row of X: the step counter starts at 0, goes up by one, and the condition compares it with
+X's first dimension (read through Shape, of X or of a tensor of the same length). Keras's ``go_backwards``
+reverses X in front of the Loop, which stays as it is. ONNX's LSTM adds a second, recurrent bias, written as
+zeros (and a GRU's update and reset gates take theirs so): 4 (3) x hidden values more per layer than the Loop
+read, while the Loop's slicing and splitting of its kernels goes. On credsweeper's secret classifier (three
+bidirectional Keras LSTMs, 128 and 64 steps) the float model runs in 0.50x the Loops' time at one thread,
+with every decision the same.
 """
 
 from __future__ import annotations
@@ -44,25 +48,29 @@ TOLERANCE = 1e-4  # of the gates' largest magnitude: what float32 sums of the pr
 
 
 @dataclass(frozen=True)
-class LstmStep:
-    """What a Loop body that is one LSTM step holds, by role: body tensor names and carried-state positions."""
+class RecurrentStep:
+    """What a Loop body that is one LSTM or GRU step holds, by role: body tensor names and carried-state positions."""
 
+    op_type: str  # LSTM or GRU
     x: str  # the step's input row, Gather(sequence, counter)
     sequence: str  # the outer tensor the body reads a row of at each step
     hidden: str  # the previous hidden state (a body input)
-    gates: tuple[str, str, str, str]  # the inputs of the input, output, forget and cell gates' activations (ONNX's order)
+    # the inputs of the gates' activations in ONNX's order: an LSTM's input, output, forget and cell gates; a GRU's update
+    # and reset gates and its candidate state
+    gates: tuple[str, ...]
     hidden_state: int  # positions among the carried states
-    cell_state: int
+    cell_state: int | None
     counter: int
     limit: int | None  # the carried state the condition compares the counter with (None: an outer tensor)
     limit_tensor: str  # that tensor's name: a body input, or an outer tensor
     passed_through: tuple[int, ...]  # carried states the body hands back unchanged
     activation: tuple = ("Sigmoid",)  # the gates' sigmoid: ("Sigmoid",) or ("HardSigmoid", alpha, beta)
+    reset: tuple[str, str] | None = None  # a GRU's reset gate and the recurrent term it scales
 
 
-def unrolled_lstm_loops_as_lstm(model: onnx.ModelProto) -> PassResult:
-    """Replace each main-graph Loop whose body is one LSTM step over the rows of a float tensor by an LSTM node."""
-    result = PassResult("unrolled-lstm-loops-as-lstm")
+def recurrent_loops_as_layers(model: onnx.ModelProto) -> PassResult:
+    """Replace each main-graph Loop whose body is one LSTM or GRU step over the rows of a float tensor by that layer."""
+    result = PassResult("recurrent-loops-as-layers")
     graph = model.graph
     producers = producer_map(graph)
     consumers = consumers_map(graph)
@@ -74,21 +82,21 @@ def unrolled_lstm_loops_as_lstm(model: onnx.ModelProto) -> PassResult:
         if node.op_type != "Loop" or node.domain not in ("", "ai.onnx"):
             continue
         body = node_attr(node, "body")
-        step = _lstm_step(body, inits)
+        step = _recurrent_step(body, inits)
         if step is None:
-            continue  # not an LSTM step: nothing to say
+            continue  # not a recurrent step: nothing to say
         where = node.name or node.output[0]
         try:
             _check_steps(node, step, producers, inits)
             weights = _gate_weights(body, step, node, inits, default_opset(model))
-            nodes, initializers = _as_lstm(node, step, weights, consumers, outputs, taken, default_opset(model))
+            nodes, initializers = _as_layer(node, step, weights, consumers, outputs, taken, default_opset(model))
         except NotRewritten as exc:
             result.decline(where, exc.code, exc.text)
             continue
         replacements[id(node)] = nodes
         graph.initializer.extend(initializers)
         hidden = weights[1].shape[-1]
-        result.change(f"Loop {where}: an LSTM step over the rows of '{step.sequence}' (hidden size {hidden}) as one LSTM node")
+        result.change(f"Loop {where}: {step.op_type} step over the rows of '{step.sequence}' (hidden size {hidden}) as one {step.op_type} node")
     replace_nodes(graph, replacements)
     return result
 
@@ -113,8 +121,9 @@ def _made_by(name: str, producers: dict, op_type: str) -> onnx.NodeProto | None:
     return node if node is not None and node.op_type == op_type else None
 
 
-def _lstm_step(body: onnx.GraphProto, outer_constants: dict) -> LstmStep | None:
-    """The roles of a Loop body that computes one LSTM step, or None where it does not (decided by its structure alone)."""
+def _recurrent_step(body: onnx.GraphProto, outer_constants: dict) -> RecurrentStep | None:
+    """The roles of a Loop body that computes one LSTM or GRU step, or None where it does not (decided by its structure
+    alone)."""
     producers = producer_map(body)
     body_inits = {t.name: t for t in body.initializer}
 
@@ -129,15 +138,20 @@ def _lstm_step(body: onnx.GraphProto, outer_constants: dict) -> LstmStep | None:
         return None
     carried = body_inputs[2:]
     handed_back = [_source(o.name, producers) for o in body.output[1:len(body_inputs) - 1]]
-    for mul in body.node:
-        cell = _cell_equations(mul, producers, constant)
+    for node in body.node:
+        cell = _lstm_equations(node, producers, constant) or _gru_equations(node, producers, constant)
         if cell is None:
             continue
-        new_hidden, new_cell, previous_cell, (i, f, g, o), activation = cell
-        if previous_cell not in carried or new_hidden not in handed_back or new_cell not in handed_back:
+        op_type, new_hidden, states, gates, activation, reset = cell
+        new_states = [new_hidden] + [new for new, _ in states]
+        if any(new not in handed_back for new in new_states):
             continue
-        hidden_state, cell_state = handed_back.index(new_hidden), handed_back.index(new_cell)
-        if carried[cell_state] != previous_cell:
+        hidden_state = handed_back.index(new_hidden)
+        kept = {handed_back.index(new): previous for new, previous in states}
+        if any(carried[k] != previous for k, previous in kept.items()):
+            continue
+        cell_state = next((k for k in kept if k != hidden_state), None)
+        if cell_state is None and op_type == "LSTM":
             continue
         step = _step_counter(body, producers, carried, handed_back, constant)
         if step is None:
@@ -150,20 +164,22 @@ def _lstm_step(body: onnx.GraphProto, outer_constants: dict) -> LstmStep | None:
         if limit is None:
             return None
         limit_position, limit_tensor = limit
-        roles = {hidden_state, cell_state, counter} | ({limit_position} if limit_position is not None else set())
+        roles = {hidden_state, counter} | ({cell_state} if cell_state is not None else set()) | ({limit_position} if limit_position is not None else set())
         passed = tuple(k for k in range(len(carried)) if k not in roles)
-        if len(roles) != 3 + (limit_position is not None) or any(handed_back[k] != carried[k] for k in passed):
+        expected = 2 + (cell_state is not None) + (limit_position is not None)
+        if len(roles) != expected or any(handed_back[k] != carried[k] for k in passed):
             return None
         if limit_position is not None and handed_back[limit_position] != carried[limit_position]:
             return None
-        return LstmStep(x, sequence, carried[hidden_state], (i, o, f, g), hidden_state, cell_state, counter, limit_position,
-                        limit_tensor, passed, activation)
+        return RecurrentStep(op_type, x, sequence, carried[hidden_state], gates, hidden_state, cell_state, counter, limit_position,
+                             limit_tensor, passed, activation, reset)
     return None
 
 
-def _cell_equations(mul: onnx.NodeProto, producers: dict, constant):
+def _lstm_equations(mul: onnx.NodeProto, producers: dict, constant):
     """Where ``mul`` is h' = sigmoid(o) * tanh(c') with c' = sigmoid(f) * c + sigmoid(i) * tanh(g), one sigmoid (see
-    :func:`_gate`) for all three gates: (h', c', c, the gates' inputs i, f, g, o, that sigmoid); else None."""
+    :func:`_gate`) for all three gates: ("LSTM", h', [(c', c)], the gates' inputs in ONNX's order i, o, f, g, that
+    sigmoid, None); else None."""
     if mul.op_type != "Mul" or len(mul.input) != 2:
         return None
     for gate_side, tanh_side in (mul.input, reversed(mul.input)):
@@ -181,20 +197,72 @@ def _cell_equations(mul: onnx.NodeProto, producers: dict, constant):
             forget, new = _gate_and_other(forget_product, producers, constant), _gate_and_other(input_product, producers, constant)
             if forget is None or new is None:
                 continue
-            ((forget_input, forget_kind), previous_cell), ((input_input, input_kind), candidate) = forget, new
+            ((forget_input, forget_kind), previous_cell, _), ((input_input, input_kind), candidate, _) = forget, new
             candidate_tanh = _made_by(candidate, producers, "Tanh")
             if candidate_tanh is None or previous_cell in producers or not forget_kind == input_kind == output_gate[1]:
                 continue
-            gates = (input_input, forget_input, candidate_tanh.input[0], output_gate[0])
-            return mul.output[0], new_cell, previous_cell, gates, output_gate[1]
+            gates = (input_input, output_gate[0], forget_input, candidate_tanh.input[0])
+            return "LSTM", mul.output[0], [(new_cell, previous_cell)], gates, output_gate[1], None
     return None
 
 
+def _gru_equations(add: onnx.NodeProto, producers: dict, constant):
+    """Where ``add`` is h' = z * h + (1 - z) * tanh(n) with z = sigmoid(gate) and n = a + r * b, r = sigmoid(gate) (Keras's
+    GRU with reset_after=True; see :func:`_gate`): ("GRU", h', [(h', h)], the inputs of z, r and tanh in ONNX's order,
+    that sigmoid, (r, b)); else None."""
+    if add.op_type != "Add" or len(add.input) != 2:
+        return None
+    for kept_side, new_side in (add.input, reversed(add.input)):
+        kept, new = _made_by(kept_side, producers, "Mul"), _made_by(new_side, producers, "Mul")
+        if kept is None or new is None:
+            continue
+        update = _gate_and_other(kept, producers, constant)
+        if update is None or update[1] in producers:
+            continue
+        (update_input, kind), previous_hidden, update_gate = update
+        candidate = None
+        for complement_side, tanh_side in (new.input, reversed(new.input)):
+            complement, squashed = _made_by(complement_side, producers, "Sub"), _made_by(tanh_side, producers, "Tanh")
+            if (complement is not None and squashed is not None and _scalar(constant(complement.input[0])) == 1.0
+                    and _source(complement.input[1], producers) == update_gate):
+                candidate = squashed.input[0]
+        if candidate is None:
+            continue
+        reset = _reset_product(candidate, producers, constant, previous_hidden)
+        if reset is None or reset[1] != kind:
+            continue
+        reset_input, _, reset_gate, scaled = reset
+        return "GRU", add.output[0], [(add.output[0], previous_hidden)], (update_input, reset_input, candidate), kind, (reset_gate, scaled)
+    return None
+
+
+def _reset_product(candidate: str, producers: dict, constant, previous_hidden: str):
+    """(the reset gate's input, its sigmoid, its output, the term it scales) where one product in front of ``candidate``
+    scales a term by a sigmoid gate other than one of the hidden state itself; else None."""
+    found = []
+    pending, seen = [candidate], set()
+    while pending:
+        name = pending.pop()
+        node = producers.get(name)
+        if name in seen or node is None:
+            continue
+        seen.add(name)
+        if node.op_type == "Mul":
+            gate = _gate_and_other(node, producers, constant)
+            if gate is not None and gate[1] != previous_hidden:
+                found.append((gate[0][0], gate[0][1], gate[2], gate[1]))
+                continue
+        if node.op_type in ("Add", "Sub", "Identity", "Mul"):
+            pending.extend(i for i in node.input if i)
+    return found[0] if len(found) == 1 else None
+
+
 def _gate_and_other(mul: onnx.NodeProto, producers: dict, constant):
+    """((the gate's input, its sigmoid), the other factor, the gate's output) where one factor of ``mul`` is a sigmoid gate."""
     for gate_side, other in (mul.input, reversed(mul.input)):
         gate = _gate(gate_side, producers, constant)
         if gate is not None:
-            return gate, _source(other, producers)
+            return gate, _source(other, producers), _source(gate_side, producers)
     return None
 
 
@@ -263,7 +331,7 @@ def _limit(body: onnx.GraphProto, producers: dict, carried: list[str], handed_ba
     return None, limit  # an outer tensor
 
 
-def _check_steps(loop: onnx.NodeProto, step: LstmStep, producers: dict, inits: dict) -> None:
+def _check_steps(loop: onnx.NodeProto, step: RecurrentStep, producers: dict, inits: dict) -> None:
     """The Loop runs once per row of the sequence: the counter starts at 0, and the limit (and the trip count, where
     given) is the sequence's first dimension."""
     start = _main_constant(loop.input[2 + step.counter], producers, inits)
@@ -322,14 +390,15 @@ def _length_root(name: str | None, producers: dict) -> str | None:
     return name
 
 
-def _gate_weights(body: onnx.GraphProto, step: LstmStep, loop: onnx.NodeProto, inits: dict, opset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _gate_weights(body: onnx.GraphProto, step: RecurrentStep, loop: onnx.NodeProto, inits: dict, opset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(W [4H, D], R [4H, H], bias [4H]) of the gates in ONNX's order, read off the body's gate inputs evaluated on
     unit vectors and checked on random rows; NotRewritten where they are not affine in the step's input and the
     hidden state with constant weights."""
     producers = producer_map(body)
     needed: list[onnx.NodeProto] = []
     seen: set[str] = set()
-    pending = list(step.gates)
+    wanted = [*step.gates, *(step.reset or ())]
+    pending = list(wanted)
     while pending:
         name = pending.pop()
         if name in seen or name in (step.x, step.hidden):
@@ -355,15 +424,27 @@ def _gate_weights(body: onnx.GraphProto, step: LstmStep, loop: onnx.NodeProto, i
         constants = _evaluate(fixed, values, [i for node in computed for i in node.input if i and i not in varying], opset)
         inputs, hidden = _sizes(computed, step, constants)
         rows = _probe_rows(inputs, hidden)
-        gates = _evaluate(computed, constants | {step.x: rows[0], step.hidden: rows[1]}, list(step.gates), opset)
+        values = _evaluate(computed, constants | {step.x: rows[0], step.hidden: rows[1]}, wanted, opset)
     except NotRewritten:
         raise
     except Exception as exc:  # an operator the reference evaluator lacks, or sizes that do not fit
         raise NotRewritten(DeclineCode.TOOL_FAILED, f"the gates could not be evaluated: {type(exc).__name__}: {exc}") from None
-    return _affine_parts([gates[name] for name in step.gates], rows, inputs, hidden)
+    for name in wanted:
+        if values[name].dtype != np.float32 or values[name].shape != (len(rows[0]), hidden):
+            raise NotRewritten(DeclineCode.UNSUPPORTED_TYPE, f"a gate gives {values[name].dtype} of shape {list(values[name].shape)}, "
+                                                             "not float32 rows of the hidden size")
+    affine = step.gates if step.reset is None else step.gates[:2]
+    parts = [_affine(values[name], rows, inputs) for name in affine]
+    if step.reset is not None:  # a GRU's candidate: a + r * b, a affine in the input alone, b in the hidden state alone
+        reset, scaled = (values[name].astype(np.float64) for name in step.reset)
+        parts.append(_affine(values[step.gates[2]] - reset * scaled, rows, inputs))
+        parts.append(_affine(scaled, rows, inputs))
+        if not (_negligible(parts[2][1], parts[2]) and _negligible(parts[3][0], parts[3])):
+            raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the candidate state's input and reset-scaled parts are not separate")
+    return _layer_weights(step, parts)
 
 
-def _free_values(body: onnx.GraphProto, step: LstmStep, loop: onnx.NodeProto, inits: dict, names: set[str]) -> dict[str, np.ndarray]:
+def _free_values(body: onnx.GraphProto, step: RecurrentStep, loop: onnx.NodeProto, inits: dict, names: set[str]) -> dict[str, np.ndarray]:
     """The values of the tensors the gates read from outside their own nodes: the body's constants, the carried states
     the body hands back unchanged (from the Loop's inputs) and the main graph's initializers."""
     body_inits = {t.name: t for t in body.initializer}
@@ -394,7 +475,7 @@ def _evaluate(nodes: list[onnx.NodeProto], values: dict[str, np.ndarray], wanted
 
 
 
-def _sizes(computed: list[onnx.NodeProto], step: LstmStep, constants: dict[str, np.ndarray]) -> tuple[int, int]:
+def _sizes(computed: list[onnx.NodeProto], step: RecurrentStep, constants: dict[str, np.ndarray]) -> tuple[int, int]:
     """The step input's and the hidden state's sizes: the rows of the constant weights the gates multiply each by."""
     depends = {step.x: {step.x}, step.hidden: {step.hidden}}
     sizes: dict[str, set[int]] = {step.x: set(), step.hidden: set()}
@@ -426,31 +507,41 @@ def _probe_rows(inputs: int, hidden: int) -> tuple[np.ndarray, np.ndarray]:
     return x, h
 
 
-def _affine_parts(gates: list[np.ndarray], rows: tuple[np.ndarray, np.ndarray], inputs: int, hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(W [4H, D], R [4H, H], bias [4H]) of ``gates`` (each evaluated on the probe rows), checked on the random rows."""
+def _affine(values: np.ndarray, rows: tuple[np.ndarray, np.ndarray], inputs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kernel [D, H], recurrent kernel [H, H], bias [H]) of a tensor evaluated on the probe rows, such that it is
+    x @ kernel + h @ recurrent kernel + bias, checked on the random rows."""
     x, h = (r.astype(np.float64) for r in rows)
-    weights, recurrent, biases = [], [], []
-    for values in gates:
-        if values.dtype != np.float32 or values.shape != (len(x), hidden):
-            raise NotRewritten(DeclineCode.UNSUPPORTED_TYPE, f"a gate gives {values.dtype} of shape {list(values.shape)}, not float32 rows of the hidden size")
-        values = values.astype(np.float64)
-        bias = values[0]
-        kernel = values[1:1 + inputs] - bias
-        recurrent_kernel = values[1 + inputs:1 + inputs + hidden] - bias
-        expected = x[-RANDOM_ROWS:] @ kernel + h[-RANDOM_ROWS:] @ recurrent_kernel + bias
-        if not np.all(np.abs(expected - values[-RANDOM_ROWS:]) <= TOLERANCE * max(1.0, float(np.abs(values).max()))):
-            raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the gates are not affine in the step's input and the hidden state")
-        weights.append(kernel.T)
-        recurrent.append(recurrent_kernel.T)
-        biases.append(bias)
-    return (np.concatenate(weights).astype(np.float32), np.concatenate(recurrent).astype(np.float32),
-            np.concatenate(biases).astype(np.float32))
+    values = values.astype(np.float64)
+    bias = values[0]
+    kernel = values[1:1 + inputs] - bias
+    recurrent_kernel = values[1 + inputs:1 + inputs + h.shape[1]] - bias
+    expected = x[-RANDOM_ROWS:] @ kernel + h[-RANDOM_ROWS:] @ recurrent_kernel + bias
+    if not np.all(np.abs(expected - values[-RANDOM_ROWS:]) <= TOLERANCE * max(1.0, float(np.abs(values).max()))):
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the gates are not affine in the step's input and the hidden state")
+    return kernel, recurrent_kernel, bias
 
 
-def _as_lstm(loop: onnx.NodeProto, step: LstmStep, weights: tuple[np.ndarray, np.ndarray, np.ndarray], consumers: dict, outputs: set[str],
-             taken: set[str], opset: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The LSTM node, and the Squeeze/Unsqueeze around it, that write the Loop's outputs under their names; the new
-    initializers."""
+def _negligible(part: np.ndarray, whole: tuple[np.ndarray, ...]) -> bool:
+    return float(np.abs(part).max(initial=0.0)) <= TOLERANCE * max(1.0, max(float(np.abs(p).max(initial=0.0)) for p in whole))
+
+
+def _layer_weights(step: RecurrentStep, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(W [gates x H, D], R [gates x H, H], B [2 x gates x H]) as ONNX's LSTM or GRU reads them, from each gate's
+    (kernel, recurrent kernel, bias) in ONNX's order (a GRU's fourth part: the reset-scaled term's)."""
+    gates = parts[:3] if step.op_type == "GRU" else parts
+    weights = np.concatenate([kernel.T for kernel, _, _ in gates])
+    recurrent = np.concatenate([(parts[3] if step.op_type == "GRU" and index == 2 else part)[1].T for index, part in enumerate(gates)])
+    input_bias = np.concatenate([bias for _, _, bias in gates])
+    recurrent_bias = np.zeros_like(input_bias)
+    if step.op_type == "GRU":  # the reset gate scales the candidate's recurrent term with its bias (linear_before_reset)
+        recurrent_bias[-len(parts[3][2]):] = parts[3][2]
+    return weights.astype(np.float32), recurrent.astype(np.float32), np.concatenate([input_bias, recurrent_bias]).astype(np.float32)
+
+
+def _as_layer(loop: onnx.NodeProto, step: RecurrentStep, weights: tuple[np.ndarray, np.ndarray, np.ndarray], consumers: dict, outputs: set[str],
+              taken: set[str], opset: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The LSTM or GRU node, and the Squeeze/Unsqueeze around it, that write the Loop's outputs under their names; the
+    new initializers."""
     kernel, recurrent_kernel, bias = weights
     hidden = recurrent_kernel.shape[1]
     carried = len(loop.input) - 2
@@ -466,8 +557,7 @@ def _as_lstm(loop: onnx.NodeProto, step: LstmStep, weights: tuple[np.ndarray, np
 
     if read(loop.output[step.counter]):
         raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the step counter's final value is read")
-    initializers = [from_array(kernel[None], name("W")), from_array(recurrent_kernel[None], name("R")),
-                    from_array(np.concatenate([bias, np.zeros_like(bias)])[None], name("B"))]
+    initializers = [from_array(kernel[None], name("W")), from_array(recurrent_kernel[None], name("R")), from_array(bias[None], name("B"))]
     nodes: list[onnx.NodeProto] = []
 
     def axes_op(op_type: str, tensor: str, axis: int, out: str) -> str:
@@ -479,17 +569,22 @@ def _as_lstm(loop: onnx.NodeProto, step: LstmStep, weights: tuple[np.ndarray, np
             nodes.append(helper.make_node(op_type, [tensor], [out], name=name(op_type), axes=[axis]))
         return out
 
-    initial_h = axes_op("Unsqueeze", loop.input[2 + step.hidden_state], 0, name("initial_h"))
-    initial_c = axes_op("Unsqueeze", loop.input[2 + step.cell_state], 0, name("initial_c"))
+    states = [axes_op("Unsqueeze", loop.input[2 + step.hidden_state], 0, name("initial_h"))]
+    if step.cell_state is not None:
+        states.append(axes_op("Unsqueeze", loop.input[2 + step.cell_state], 0, name("initial_c")))
     every_step, last_hidden, last_cell = name("Y"), name("Y_h"), name("Y_c")
-    activations = {}
-    if step.activation[0] != "Sigmoid":  # the cell's two tanh take no parameters: the one alpha and beta are the gates'
-        activations = {"activations": [step.activation[0], "Tanh", "Tanh"], "activation_alpha": [step.activation[1]],
+    attributes: dict = {"hidden_size": hidden}
+    if step.op_type == "GRU":
+        attributes["linear_before_reset"] = 1  # Keras's reset_after: the reset gate scales the recurrent term, bias included
+    if step.activation[0] != "Sigmoid":  # the tanh take no parameters: the one alpha and beta are the gates'
+        tanh = ["Tanh", "Tanh"] if step.op_type == "LSTM" else ["Tanh"]
+        attributes |= {"activations": [step.activation[0], *tanh], "activation_alpha": [step.activation[1]],
                        "activation_beta": [step.activation[2]]}
-    nodes.append(helper.make_node("LSTM", [step.sequence, *(t.name for t in initializers[:3]), "", initial_h, initial_c],
-                                  [every_step, last_hidden, last_cell], name=name("LSTM"), hidden_size=hidden, **activations))
+    layer_outputs = [every_step, last_hidden] + ([last_cell] if step.cell_state is not None else [])
+    nodes.append(helper.make_node(step.op_type, [step.sequence, *(t.name for t in initializers[:3]), "", *states], layer_outputs,
+                                  name=name(step.op_type), **attributes))
     for k, state in ((step.hidden_state, last_hidden), (step.cell_state, last_cell)):
-        if read(loop.output[k]):
+        if k is not None and read(loop.output[k]):
             axes_op("Squeeze", state, 0, loop.output[k])
     for k in (*step.passed_through, *((step.limit,) if step.limit is not None else ())):
         if read(loop.output[k]):
