@@ -2,6 +2,7 @@
 split gate weights) becomes one LSTM node, with the same outputs; Loops that only look like one are left, with a reason."""
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -241,3 +242,24 @@ def test_prune_removes_hidden_units_of_the_recovered_lstm_and_counts_the_loops_w
     # W, R and the dense head, at the input's sizes: what the Loop computed, counted before a unit was cut
     assert report.macs.before == steps * batch * 4 * 32 * (FEATURES + 32) + batch * 32 * 3
     assert 0 < report.macs.after < report.macs.before
+
+
+EXPORTED = Path(__file__).parent / "exported" / "keras_recurrent"  # written by models/keras_recurrent_export.py
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in EXPORTED.glob("*.onnx")))
+def test_keras_layers_as_tf2onnx_writes_them_become_lstm_and_gru_nodes_with_kerass_outputs(name):
+    """TensorFlow 2.21's Keras layers through tf2onnx 1.17: every one a Loop (dropout, hard_sigmoid, both GRU forms)."""
+    model = onnx.load(str(EXPORTED / f"{name}.onnx"))
+    assert any(node.op_type == "Loop" for node in model.graph.node)
+    cleaned = _copy(model)
+    results = CLEANUP(cleaned)
+    rewritten = next(r for r in results if r.name == "recurrent-loops-as-layers")
+    layers = 2 if name.startswith("bi") else 1
+    assert len(rewritten.changes) == layers and not rewritten.declined
+    ops = Counter(node.op_type for node in cleaned.graph.node)
+    assert not ops["Loop"] and ops["GRU" if name.startswith("gru") else "LSTM"] == layers
+    with np.load(EXPORTED / f"{name}.npz") as data:
+        x, kerass = data["x"], data["keras"]
+    np.testing.assert_allclose(run_model(cleaned, {"x": x})[0], kerass, atol=1e-5)
+    np.testing.assert_allclose(run_model(cleaned, {"x": x[:, :5]})[0], run_model(model, {"x": x[:, :5]})[0], atol=1e-5)  # another length

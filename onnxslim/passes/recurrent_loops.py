@@ -12,10 +12,11 @@ with its fused kernel and quantize stores in INT8:
       ->  LSTM(X, W, R, B, initial_h = h0, initial_c = c0)
     Loop(body: x = Gather(X, t); z, r = affine in (x, h); n = tanh(affine in x + sigmoid(r) * affine in h);
          h' = sigmoid(z) h + (1 - sigmoid(z)) n; t' = t + 1; ...)
-      ->  GRU(X, W, R, B, initial_h = h0, linear_before_reset = 1)      (Keras's reset_after=True)
+      ->  GRU(X, W, R, B, initial_h = h0, linear_before_reset = 1)      (Keras's reset_after=True; with
+          n = tanh(affine in (x, sigmoid(r) * h)), reset_after=False, linear_before_reset = 0)
 
 A cell is matched by its last equations, its gates' sigmoid a Sigmoid, a HardSigmoid, or Keras's hard_sigmoid
-written out (Clip(x * alpha + beta, 0, 1)), the same for every gate. The gates' inputs may be computed any
+written out (Clip(x * 0.2 + 0.5, 0, 1), or Keras 3's relu6(x + 3) / 6), the same for every gate. The gates' inputs may be computed any
 way that is affine in (x, h) with constant weights (split kernels, slices, masks of ones): their weights are
 read off by evaluating them (onnx's reference evaluator) on unit vectors, and checked on random rows. The loop
 must run once per row of X: the step counter starts at 0, goes up by one, and the condition compares it with
@@ -61,8 +62,9 @@ class RecurrentStep:
     hidden_state: int  # positions among the carried states
     cell_state: int | None
     counter: int
-    limit: int | None  # the carried state the condition compares the counter with (None: an outer tensor)
-    limit_tensor: str  # that tensor's name: a body input, or an outer tensor
+    # what the condition compares the counter (or the Loop's iteration number) with: (carried position, or None for an
+    # outer tensor; the tensor's name), one per term of the condition
+    limits: tuple[tuple[int | None, str], ...]
     passed_through: tuple[int, ...]  # carried states the body hands back unchanged
     activation: tuple = ("Sigmoid",)  # the gates' sigmoid: ("Sigmoid",) or ("HardSigmoid", alpha, beta)
     reset: tuple[str, str] | None = None  # a GRU's reset gate and the recurrent term it scales
@@ -160,19 +162,17 @@ def _recurrent_step(body: onnx.GraphProto, outer_constants: dict) -> RecurrentSt
         scans = [_source(o.name, producers) for o in body.output[len(body_inputs) - 1:]]
         if any(scan != new_hidden for scan in scans):
             return None
-        limit = _limit(body, producers, carried, handed_back, counter)
-        if limit is None:
+        limits = _limits(body, producers, carried, handed_back, counter)
+        if limits is None:
             return None
-        limit_position, limit_tensor = limit
-        roles = {hidden_state, counter} | ({cell_state} if cell_state is not None else set()) | ({limit_position} if limit_position is not None else set())
+        limit_positions = {k for k, _ in limits if k is not None}
+        roles = {hidden_state, counter} | ({cell_state} if cell_state is not None else set()) | limit_positions
         passed = tuple(k for k in range(len(carried)) if k not in roles)
-        expected = 2 + (cell_state is not None) + (limit_position is not None)
-        if len(roles) != expected or any(handed_back[k] != carried[k] for k in passed):
+        expected = 2 + (cell_state is not None) + len(limit_positions)
+        if len(roles) != expected or any(handed_back[k] != carried[k] for k in (*passed, *limit_positions)):
             return None
-        if limit_position is not None and handed_back[limit_position] != carried[limit_position]:
-            return None
-        return RecurrentStep(op_type, x, sequence, carried[hidden_state], gates, hidden_state, cell_state, counter, limit_position,
-                             limit_tensor, passed, activation, reset)
+        return RecurrentStep(op_type, x, sequence, carried[hidden_state], gates, hidden_state, cell_state, counter, limits, passed,
+                             activation, reset)
     return None
 
 
@@ -207,9 +207,9 @@ def _lstm_equations(mul: onnx.NodeProto, producers: dict, constant):
 
 
 def _gru_equations(add: onnx.NodeProto, producers: dict, constant):
-    """Where ``add`` is h' = z * h + (1 - z) * tanh(n) with z = sigmoid(gate) and n = a + r * b, r = sigmoid(gate) (Keras's
-    GRU with reset_after=True; see :func:`_gate`): ("GRU", h', [(h', h)], the inputs of z, r and tanh in ONNX's order,
-    that sigmoid, (r, b)); else None."""
+    """Where ``add`` is h' = z * h + (1 - z) * tanh(n) with z = sigmoid(gate) and n = a + r * b (Keras's GRU with
+    reset_after=True) or n = a + (r * h) U (reset_after=False), r = sigmoid(gate) (see :func:`_gate`): ("GRU", h',
+    [(h', h)], the inputs of z, r and tanh in ONNX's order, that sigmoid, (r, b or h)); else None."""
     if add.op_type != "Add" or len(add.input) != 2:
         return None
     for kept_side, new_side in (add.input, reversed(add.input)):
@@ -228,7 +228,7 @@ def _gru_equations(add: onnx.NodeProto, producers: dict, constant):
                 candidate = squashed.input[0]
         if candidate is None:
             continue
-        reset = _reset_product(candidate, producers, constant, previous_hidden)
+        reset = _reset_product(candidate, producers, constant)
         if reset is None or reset[1] != kind:
             continue
         reset_input, _, reset_gate, scaled = reset
@@ -236,9 +236,10 @@ def _gru_equations(add: onnx.NodeProto, producers: dict, constant):
     return None
 
 
-def _reset_product(candidate: str, producers: dict, constant, previous_hidden: str):
+def _reset_product(candidate: str, producers: dict, constant):
     """(the reset gate's input, its sigmoid, its output, the term it scales) where one product in front of ``candidate``
-    scales a term by a sigmoid gate other than one of the hidden state itself; else None."""
+    scales a term by a sigmoid gate: the hidden state itself (Keras's reset_after=False), or its product with the
+    candidate's recurrent weights (reset_after=True); else None."""
     found = []
     pending, seen = [candidate], set()
     while pending:
@@ -249,10 +250,10 @@ def _reset_product(candidate: str, producers: dict, constant, previous_hidden: s
         seen.add(name)
         if node.op_type == "Mul":
             gate = _gate_and_other(node, producers, constant)
-            if gate is not None and gate[1] != previous_hidden:
+            if gate is not None:
                 found.append((gate[0][0], gate[0][1], gate[2], gate[1]))
                 continue
-        if node.op_type in ("Add", "Sub", "Identity", "Mul"):
+        if node.op_type in ("Add", "Sub", "Identity", "Mul", "MatMul"):
             pending.extend(i for i in node.input if i)
     return found[0] if len(found) == 1 else None
 
@@ -268,7 +269,7 @@ def _gate_and_other(mul: onnx.NodeProto, producers: dict, constant):
 
 def _gate(name: str, producers: dict, constant) -> tuple[str, tuple] | None:
     """(the input, the activation as ONNX's LSTM names it) where ``name`` is a sigmoid of that input: a Sigmoid, a
-    HardSigmoid, or Clip(x * alpha + beta, 0, 1), Keras's hard_sigmoid as tf2onnx writes it."""
+    HardSigmoid, or one written out (:func:`_written_hard_sigmoid`)."""
     node = producers.get(_source(name, producers))
     if node is None:
         return None
@@ -276,20 +277,39 @@ def _gate(name: str, producers: dict, constant) -> tuple[str, tuple] | None:
         return node.input[0], ("Sigmoid",)
     if node.op_type == "HardSigmoid":
         return node.input[0], ("HardSigmoid", float(node_attr(node, "alpha", 0.2)), float(node_attr(node, "beta", 0.5)))
-    if node.op_type != "Clip" or len(node.input) != 3 or _scalar(constant(node.input[1])) != 0.0 or _scalar(constant(node.input[2])) != 1.0:
+    return _written_hard_sigmoid(node, producers, constant)
+
+
+def _written_hard_sigmoid(node: onnx.NodeProto, producers: dict, constant) -> tuple[str, tuple] | None:
+    """(x, ("HardSigmoid", alpha, beta)) where ``node`` computes Clip(x * a + b, 0, m) * s with m * s == 1 (each of the
+    products and the sum may be left out): Keras 2's hard_sigmoid (a 0.2, b 0.5, m 1) and Keras 3's relu6(x + 3) / 6."""
+
+    def factor(product: onnx.NodeProto | None, op_type: str) -> tuple[str, float] | None:  # (the other input, the constant)
+        if product is None or product.op_type != op_type:
+            return None
+        for other, side in (product.input, reversed(product.input)):
+            value = _scalar(constant(side))
+            if value is not None:
+                return other, value
         return None
-    shift = producers.get(node.input[0])
-    if shift is None or shift.op_type != "Add":
+
+    scale = 1.0
+    outer = factor(node, "Mul")
+    if outer is not None:
+        node, scale = producers.get(outer[0]), outer[1]
+    if node is None or node.op_type != "Clip" or len(node.input) != 3:
         return None
-    for scaled_side, beta_side in (shift.input, reversed(shift.input)):
-        scale, beta = producers.get(scaled_side), _scalar(constant(beta_side))
-        if scale is None or scale.op_type != "Mul" or beta is None:
-            continue
-        for x, alpha_side in (scale.input, reversed(scale.input)):
-            alpha = _scalar(constant(alpha_side))
-            if alpha is not None:
-                return x, ("HardSigmoid", alpha, beta)
-    return None
+    low, high = _scalar(constant(node.input[1])), _scalar(constant(node.input[2]))
+    if low != 0.0 or high is None or abs(high * scale - 1.0) > 1e-6:
+        return None
+    x, alpha, beta = node.input[0], 1.0, 0.0
+    shift = factor(producers.get(x), "Add")
+    if shift is not None:
+        x, beta = shift
+    slope = factor(producers.get(x), "Mul")
+    if slope is not None:
+        x, alpha = slope
+    return x, ("HardSigmoid", alpha * scale, beta * scale)
 
 
 def _scalar(value: np.ndarray | None) -> float | None:
@@ -315,20 +335,31 @@ def _step_counter(body: onnx.GraphProto, producers: dict, carried: list[str], ha
     return None
 
 
-def _limit(body: onnx.GraphProto, producers: dict, carried: list[str], handed_back: list[str], counter: int):
-    """(carried position or None, tensor) of what the loop's condition compares the next step's counter with:
-    the condition must be Less(counter + 1, limit), through casts."""
+def _limits(body: onnx.GraphProto, producers: dict, carried: list[str], handed_back: list[str], counter: int):
+    """(carried position or None, tensor) of each limit the loop's condition compares with: Less(counter + 1, limit), or
+    a LogicalAnd of such terms and of Less(iteration number, limit) (TensorFlow's bound on a while loop's iterations,
+    which stops it no sooner), through casts; None where the condition is anything else."""
     condition = producers.get(_source(body.output[0].name, producers))
-    if condition is None or condition.op_type != "Less":
-        return None
-    if _without_casts(condition.input[0], producers) != handed_back[counter]:
-        return None
-    limit = _without_casts(condition.input[1], producers)
-    if limit in carried:
-        return carried.index(limit), limit
-    if limit in producers or limit in {t.name for t in body.initializer}:
-        return None
-    return None, limit  # an outer tensor
+    terms = [condition]
+    while any(t is not None and t.op_type == "And" for t in terms):
+        terms = [part for t in terms for part in ([producers.get(_source(i, producers)) for i in t.input] if t is not None and t.op_type == "And" else [t])]
+    limits, counted = [], False
+    for term in terms:
+        if term is None or term.op_type != "Less":
+            return None
+        left = _without_casts(term.input[0], producers)
+        if left == handed_back[counter]:
+            counted = True
+        elif left != body.input[0].name:
+            return None
+        limit = _without_casts(term.input[1], producers)
+        if limit in carried:
+            limits.append((carried.index(limit), limit))
+        elif limit in producers or limit in {t.name for t in body.initializer}:
+            return None
+        else:
+            limits.append((None, limit))  # an outer tensor
+    return tuple(limits) if counted else None
 
 
 def _check_steps(loop: onnx.NodeProto, step: RecurrentStep, producers: dict, inits: dict) -> None:
@@ -337,10 +368,11 @@ def _check_steps(loop: onnx.NodeProto, step: RecurrentStep, producers: dict, ini
     start = _main_constant(loop.input[2 + step.counter], producers, inits)
     if start is None or start.size != 1 or float(start.reshape(())) != 0.0:
         raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the step counter does not start at 0")
-    limit = loop.input[2 + step.limit] if step.limit is not None else step.limit_tensor
     length = _length_root(step.sequence, producers)
-    if _length_root(_first_dim_of(limit, producers, inits), producers) != length:
-        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the loop's limit is not read as the sequence's length")
+    for position, tensor in step.limits:
+        limit = loop.input[2 + position] if position is not None else tensor
+        if _length_root(_first_dim_of(limit, producers, inits), producers) != length:
+            raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the loop's limit is not read as the sequence's length")
     if loop.input[0] and _length_root(_first_dim_of(loop.input[0], producers, inits), producers) != length:
         raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the loop's trip count is not the sequence's length")
 
@@ -397,6 +429,7 @@ def _gate_weights(body: onnx.GraphProto, step: RecurrentStep, loop: onnx.NodePro
     producers = producer_map(body)
     needed: list[onnx.NodeProto] = []
     seen: set[str] = set()
+    reset_after = step.reset is not None and step.reset[1] != step.hidden
     wanted = [*step.gates, *(step.reset or ())]
     pending = list(wanted)
     while pending:
@@ -425,6 +458,13 @@ def _gate_weights(body: onnx.GraphProto, step: RecurrentStep, loop: onnx.NodePro
         inputs, hidden = _sizes(computed, step, constants)
         rows = _probe_rows(inputs, hidden)
         values = _evaluate(computed, constants | {step.x: rows[0], step.hidden: rows[1]}, wanted, opset)
+        if step.reset is not None and not reset_after:  # the candidate with the reset gate held at one, random on the check's rows
+            gate = np.ones_like(rows[1])
+            gate[-RANDOM_ROWS:] = np.random.default_rng(1).uniform(0.0, 1.0, (RANDOM_ROWS, hidden))
+            without_gate = [node for node in computed if step.reset[0] not in node.output]
+            feeds = constants | {step.x: rows[0], step.hidden: rows[1], step.reset[0]: gate.astype(np.float32)}
+            values[step.gates[2]] = _evaluate(without_gate, feeds, [step.gates[2]], opset)[step.gates[2]]
+            gated_rows = (rows[0], rows[1] * gate)
     except NotRewritten:
         raise
     except Exception as exc:  # an operator the reference evaluator lacks, or sizes that do not fit
@@ -435,7 +475,9 @@ def _gate_weights(body: onnx.GraphProto, step: RecurrentStep, loop: onnx.NodePro
                                                              "not float32 rows of the hidden size")
     affine = step.gates if step.reset is None else step.gates[:2]
     parts = [_affine(values[name], rows, inputs) for name in affine]
-    if step.reset is not None:  # a GRU's candidate: a + r * b, a affine in the input alone, b in the hidden state alone
+    if step.reset is not None and not reset_after:  # a GRU's candidate: affine in the input and the gated hidden state
+        parts.append(_affine(values[step.gates[2]], gated_rows, inputs))
+    elif step.reset is not None:  # a GRU's candidate: a + r * b, a affine in the input alone, b in the hidden state alone
         reset, scaled = (values[name].astype(np.float64) for name in step.reset)
         parts.append(_affine(values[step.gates[2]] - reset * scaled, rows, inputs))
         parts.append(_affine(scaled, rows, inputs))
@@ -527,13 +569,15 @@ def _negligible(part: np.ndarray, whole: tuple[np.ndarray, ...]) -> bool:
 
 def _layer_weights(step: RecurrentStep, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(W [gates x H, D], R [gates x H, H], B [2 x gates x H]) as ONNX's LSTM or GRU reads them, from each gate's
-    (kernel, recurrent kernel, bias) in ONNX's order (a GRU's fourth part: the reset-scaled term's)."""
+    (kernel, recurrent kernel, bias) in ONNX's order (a GRU's fourth part, where the reset gate scales the recurrent
+    term: that term's)."""
     gates = parts[:3] if step.op_type == "GRU" else parts
+    reset_after = step.op_type == "GRU" and len(parts) == 4
     weights = np.concatenate([kernel.T for kernel, _, _ in gates])
-    recurrent = np.concatenate([(parts[3] if step.op_type == "GRU" and index == 2 else part)[1].T for index, part in enumerate(gates)])
+    recurrent = np.concatenate([(parts[3] if reset_after and index == 2 else part)[1].T for index, part in enumerate(gates)])
     input_bias = np.concatenate([bias for _, _, bias in gates])
     recurrent_bias = np.zeros_like(input_bias)
-    if step.op_type == "GRU":  # the reset gate scales the candidate's recurrent term with its bias (linear_before_reset)
+    if reset_after:  # the reset gate scales the candidate's recurrent term with its bias (linear_before_reset)
         recurrent_bias[-len(parts[3][2]):] = parts[3][2]
     return weights.astype(np.float32), recurrent.astype(np.float32), np.concatenate([input_bias, recurrent_bias]).astype(np.float32)
 
@@ -574,7 +618,7 @@ def _as_layer(loop: onnx.NodeProto, step: RecurrentStep, weights: tuple[np.ndarr
         states.append(axes_op("Unsqueeze", loop.input[2 + step.cell_state], 0, name("initial_c")))
     every_step, last_hidden, last_cell = name("Y"), name("Y_h"), name("Y_c")
     attributes: dict = {"hidden_size": hidden}
-    if step.op_type == "GRU":
+    if step.op_type == "GRU" and step.reset[1] != step.hidden:
         attributes["linear_before_reset"] = 1  # Keras's reset_after: the reset gate scales the recurrent term, bias included
     if step.activation[0] != "Sigmoid":  # the tanh take no parameters: the one alpha and beta are the gates'
         tanh = ["Tanh", "Tanh"] if step.op_type == "LSTM" else ["Tanh"]
@@ -586,7 +630,7 @@ def _as_layer(loop: onnx.NodeProto, step: RecurrentStep, weights: tuple[np.ndarr
     for k, state in ((step.hidden_state, last_hidden), (step.cell_state, last_cell)):
         if k is not None and read(loop.output[k]):
             axes_op("Squeeze", state, 0, loop.output[k])
-    for k in (*step.passed_through, *((step.limit,) if step.limit is not None else ())):
+    for k in (*step.passed_through, *(position for position, _ in step.limits if position is not None)):
         if read(loop.output[k]):
             nodes.append(helper.make_node("Identity", [loop.input[2 + k]], [loop.output[k]], name=name("Identity")))
     scans = [o for o in loop.output[carried:] if read(o)]
