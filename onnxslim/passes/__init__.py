@@ -52,7 +52,7 @@ CLEANUP_PASSES: tuple[GraphPass, ...] = (
     fuse_hardswish,
     conv3d_on_one_slice_as_conv2d,  # after the folds into Conv, which read the weights as written
     recurrent_loops_as_layers,  # after folding: the weights a step slices are constants by now
-    zero_initial_states_left_out,  # after the Loops turned LSTMs: their zero states too
+    zero_initial_states_left_out,  # after the Loops turned LSTMs and GRUs: their zero states too
     picked_concat_inputs_read_directly,  # a stacked LSTM's last final state, read from its own layer
     remove_dead_nodes,
 )

@@ -45,6 +45,7 @@ AXES_AS_INPUT_OPSET = 13  # Squeeze and Unsqueeze take their axes as an input fr
 # ops through which a tensor keeps its first dimension (a reversed sequence is as long as the sequence)
 SAME_LENGTH = {"Identity", "Cast", "ReverseSequence", "Relu", "Neg", "Abs", "Sigmoid", "Tanh"}
 RANDOM_ROWS = 8  # rows on which the weights read off are checked
+PROBE_ELEMENTS = 1 << 25  # rows x (input + hidden size) the probe may evaluate at once: 128 MB of float32
 TOLERANCE = 1e-4  # of the gates' largest magnitude: what float32 sums of the probe's size leave
 
 
@@ -368,6 +369,9 @@ def _check_steps(loop: onnx.NodeProto, step: RecurrentStep, producers: dict, ini
     start = _main_constant(loop.input[2 + step.counter], producers, inits)
     if start is None or start.size != 1 or float(start.reshape(())) != 0.0:
         raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the step counter does not start at 0")
+    first_condition = _main_constant(loop.input[1], producers, inits) if loop.input[1] else None
+    if first_condition is not None and not first_condition.all():
+        raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the loop never runs: its first condition is false")
     length = _length_root(step.sequence, producers)
     for position, tensor in step.limits:
         limit = loop.input[2 + position] if position is not None else tensor
@@ -423,9 +427,9 @@ def _length_root(name: str | None, producers: dict) -> str | None:
 
 
 def _gate_weights(body: onnx.GraphProto, step: RecurrentStep, loop: onnx.NodeProto, inits: dict, opset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(W [4H, D], R [4H, H], bias [4H]) of the gates in ONNX's order, read off the body's gate inputs evaluated on
-    unit vectors and checked on random rows; NotRewritten where they are not affine in the step's input and the
-    hidden state with constant weights."""
+    """The layer's (W, R, B) as ONNX's LSTM or GRU reads them (:func:`_layer_weights`), read off the body's gate inputs
+    evaluated on unit vectors and checked on random rows; NotRewritten where they are not affine in the step's input and
+    the hidden state with constant weights (a GRU's candidate: in the input and the reset-scaled state)."""
     producers = producer_map(body)
     needed: list[onnx.NodeProto] = []
     seen: set[str] = set()
@@ -456,6 +460,8 @@ def _gate_weights(body: onnx.GraphProto, step: RecurrentStep, loop: onnx.NodePro
     try:
         constants = _evaluate(fixed, values, [i for node in computed for i in node.input if i and i not in varying], opset)
         inputs, hidden = _sizes(computed, step, constants)
+        if (1 + inputs + hidden + RANDOM_ROWS) * (inputs + hidden) > PROBE_ELEMENTS:
+            raise NotRewritten(DeclineCode.WOULD_GROW, f"input size {inputs} and hidden size {hidden}: too large to read the weights off")
         rows = _probe_rows(inputs, hidden)
         values = _evaluate(computed, constants | {step.x: rows[0], step.hidden: rows[1]}, wanted, opset)
         if step.reset is not None and not reset_after:  # the candidate with the reset gate held at one, random on the check's rows
@@ -513,8 +519,6 @@ def _evaluate(nodes: list[onnx.NodeProto], values: dict[str, np.ndarray], wanted
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     results = ReferenceEvaluator(model).run(wanted, {name: values[name] for name in feeds})
     return dict(values) | dict(zip(wanted, results))
-
-
 
 
 def _sizes(computed: list[onnx.NodeProto], step: RecurrentStep, constants: dict[str, np.ndarray]) -> tuple[int, int]:

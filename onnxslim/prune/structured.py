@@ -399,7 +399,7 @@ def _prune(model, data, config: PruneConfig, output, eval_data, input_shapes, sh
             if not seen:  # the run failed or could not expose its tensors: the original on the same batch says which
                 check_random_batch(original, probe, label)
             shapes.update(seen)
-    # the work of a Loop body has no count: where preparation wrote unrolled LSTM steps as LSTM nodes, the original's
+    # the work of a Loop body has no count: where preparation wrote unrolled LSTM and GRU steps as layer nodes, the original's
     # multiply-adds are those of the prepared graph, which computes the same
     prepared_macs = count_macs(work, shapes) if any(r.name == "recurrent-loops-as-layers" and r.modified for r in prepared) else None
     if config.unstructured:
