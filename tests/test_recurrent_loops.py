@@ -112,10 +112,11 @@ def _gru_step_body(sequence: str, sigmoid: str = "Sigmoid") -> onnx.GraphProto:
 
 
 def keras_loop_lstm(*, limit: str = "length", start: int = 0, gate_of_hidden: str = "linear", backwards: bool = False, fused: bool = False,
-                    hidden: int = HIDDEN, head: bool = False, sigmoid: str = "Sigmoid", cell: str = "LSTM") -> onnx.ModelProto:
+                    hidden: int = HIDDEN, head: bool = False, sigmoid: str = "Sigmoid", cell: str = "LSTM", first_condition: str = "go") -> onnx.ModelProto:
     """inputs (N, T, F) -> a Keras-style LSTM (or ``cell='GRU'``) unrolled into a Loop -> the last hidden state (N, H), every
     step's (T, N, H), the final cell state (an LSTM's). ``limit='five'`` runs the loop five steps whatever the length; ``start`` is the counter's first value;
-``head``: the last hidden state through a dense layer to 3 scores, the one output."""
+``head``: the last hidden state through a dense layer to 3 scores, the one output; ``first_condition='never'`` starts the
+loop with a constant false."""
     rng = np.random.default_rng(3)
     n = helper.make_node
     nodes = [n("Transpose", ["inputs"], ["time_major"], perm=[1, 0, 2])]
@@ -141,7 +142,7 @@ def keras_loop_lstm(*, limit: str = "length", start: int = 0, gate_of_hidden: st
                        body=_gru_step_body(sequence, sigmoid)))
     else:
         loop_outputs = ["t_end", "h_end", "c_end", "limit_end", "kernel_end", "recurrent_end", "bias_end", "every_h"]
-        nodes.append(n("Loop", ["", "go", "start", "zeros", "zeros", limit, "kernel", "recurrent", "bias"], loop_outputs,
+        nodes.append(n("Loop", ["", first_condition, "start", "zeros", "zeros", limit, "kernel", "recurrent", "bias"], loop_outputs,
                        body=_step_body(sequence, gate_of_hidden, fused, hidden, sigmoid)))
     nodes.append(n("Gather", ["every_h", "minus_one"], ["last"], axis=0))
     initializers = [
@@ -149,6 +150,7 @@ def keras_loop_lstm(*, limit: str = "length", start: int = 0, gate_of_hidden: st
         _const("bias", rng.normal(size=4 * hidden) * 0.3), _const("start", start, np.int64), _const("zero", [0], np.int64),
         _const("one_end", [1], np.int64), _const("hidden_size", [hidden], np.int64), _const("zero_float", 0.0),
         _const("minus_one", -1, np.int64), _const("five", 5, np.int64), _const("zero_index", 0, np.int64), _const("one_index", [1], np.int64),
+        _const("never", False, np.bool_),
         _const("gru_kernel", rng.normal(size=(FEATURES, 3 * HIDDEN)) * 0.5), _const("gru_recurrent", rng.normal(size=(HIDDEN, 3 * HIDDEN)) * 0.5),
         _const("gru_input_bias", rng.normal(size=3 * HIDDEN) * 0.3), _const("gru_recurrent_bias", rng.normal(size=3 * HIDDEN) * 0.3),
     ]
@@ -205,6 +207,7 @@ def test_the_cleanup_leaves_the_lstms_zero_states_out_and_nothing_of_the_loop():
 @pytest.mark.parametrize(("settings", "why"), [
     ({"limit": "five"}, "the loop's limit is not read as the sequence's length"),
     ({"start": 1}, "the step counter does not start at 0"),
+    ({"first_condition": "never"}, "the loop never runs: its first condition is false"),
     ({"gate_of_hidden": "square"}, "the gates are not affine in the step's input and the hidden state"),
 ])
 def test_a_loop_that_only_looks_like_an_lstm_is_left_with_its_reason(settings, why):
