@@ -239,3 +239,28 @@ def test_a_folder_of_npy_files_feeds_a_model_with_one_input(tmp_path, save):
         np.save(images / f"{index:03d}.npy", np.random.default_rng(index).standard_normal((1, 3, 8, 8)).astype(np.float32))
     result = CliRunner().invoke(main, ["quantize", str(save(model)), "-o", str(tmp_path / "q.onnx"), "--data", str(images), "--latency-runs", "0", "-q"])
     assert result.exit_code == 0 and "wrote" in result.output, result.output
+
+
+def test_erfc_which_no_opset_defines_is_read_as_one_minus_erf(save):
+    """tf2onnx writes TensorFlow's erfc (Keras 3's exact GELU) as an Erfc node: the file stays as it is, the copy runs,
+    and every command writes a model onnx's checker and onnxruntime accept."""
+    import math
+
+    from onnx import TensorProto, helper
+
+    from tests.conftest import run_model
+    from tests.test_hostile import invoke
+
+    node = helper.make_node("Erfc", ["x"], ["y"], name="gelu/erfc")
+    graph = helper.make_graph([node], "erfc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    before = path.read_bytes()
+    loaded = load_model(path)
+    assert [n.op_type for n in loaded.graph.node] == ["Erf", "Constant", "Sub"]
+    x = np.linspace(-2, 2, 6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(run_model(loaded, {"x": x})[0], np.vectorize(math.erfc)(x), atol=1e-6)
+    result = invoke("optimize", path, "-o", path.parent / "out.onnx")
+    assert result.exit_code == 0, result.output
+    onnx.checker.check_model(onnx.load(str(path.parent / "out.onnx")), full_check=True)
+    assert path.read_bytes() == before

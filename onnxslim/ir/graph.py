@@ -64,6 +64,35 @@ def unique_node_names(graph: onnx.GraphProto) -> int:
     return renamed
 
 
+def erfc_as_one_minus_erf(graph: onnx.GraphProto) -> int:
+    """Write each Erfc node (in ``graph`` and its subgraphs) as 1 - Erf; returns how many.
+
+    tf2onnx (1.17) writes TensorFlow's erfc, which Keras 3's exact GELU computes, as an ``Erfc`` node, an operator no
+    ONNX opset defines: onnx's checker and onnxruntime refuse the model. Its meaning is plain, and Erf is defined."""
+    rewritten = 0
+    nodes = []
+    taken = {o for n in graph.node for o in n.output} | {n.name for n in graph.node}
+    for node in graph.node:
+        for sub in subgraphs(node):
+            rewritten += erfc_as_one_minus_erf(sub)
+        if node.op_type != "Erfc" or node.domain not in ("", "ai.onnx") or len(node.input) != 1 or len(node.output) != 1:
+            nodes.append(node)
+            continue
+        base = node.name or node.output[0]
+        erf, one = f"{base}/erf", f"{base}/one"
+        while erf in taken or one in taken:
+            erf, one = f"{erf}_", f"{one}_"
+        taken.update((erf, one))
+        nodes += [helper.make_node("Erf", [node.input[0]], [erf], name=f"{base}/Erf"),
+                  helper.make_node("Constant", [], [one], name=f"{base}/One", value=helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])),
+                  helper.make_node("Sub", [one, erf], [node.output[0]], name=node.name or f"{base}/Sub")]
+        rewritten += 1
+    if rewritten:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return rewritten
+
+
 def has_duplicate_node_names(graph: onnx.GraphProto) -> bool:
     """True when two nodes of ``graph`` (or of one of its subgraphs) share a non-empty name."""
     names = [n.name for n in graph.node if n.name]

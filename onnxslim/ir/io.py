@@ -27,7 +27,7 @@ from onnx import external_data_helper
 from onnxslim.errors import IN_MEMORY, ModelLoadError, ModelWriteError, first_line
 from onnxslim.ir.destinations import check_writable_path
 from onnxslim.ir.external import copy_fields, tensor_without_data, without_initializers, write_skeleton
-from onnxslim.ir.graph import unique_node_names
+from onnxslim.ir.graph import erfc_as_one_minus_erf, unique_node_names
 from onnxslim.ir.mapped import map_external_weights
 from onnxslim.ir.staging import STAGING_PREFIX, remove_stale
 from onnxslim.ir.tensors import nominal_bytes
@@ -163,6 +163,7 @@ def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool
         copy.CopyFrom(model)
         if unique_names:
             unique_node_names(copy.graph)
+        erfc_as_one_minus_erf(copy.graph)
         return copy
     path = Path(model)
     if not path.exists():
@@ -185,6 +186,7 @@ def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool
     _check_plausible(proto, path)
     if unique_names:
         unique_node_names(proto.graph)  # onnxruntime refuses duplicates; the copy, never the file, is renamed
+    erfc_as_one_minus_erf(proto.graph)  # an operator an exporter writes that no opset defines, in the copy too
     if _uses_external_data(proto):
         _check_external_locations(proto, path.parent, path)
         if load_weights:
