@@ -1,7 +1,7 @@
 """Keras recurrent layers (random weights) as tf2onnx writes them: the models tests/exported/keras_recurrent holds.
 
-With TensorFlow 2.21 (Keras 3) and tf2onnx 1.17 every Keras LSTM and GRU but the plainest LSTM comes out as a
-Loop over the time steps, one step's gates computed node by node (recurrent dropout, hard_sigmoid, every GRU).
+With TensorFlow 2.21 (Keras 3) and tf2onnx 1.17 every Keras LSTM, GRU and SimpleRNN but the plainest LSTM comes out
+as a Loop over the time steps, one step's gates computed node by node (recurrent dropout, hard_sigmoid, every GRU).
 Each variant reads (N, 12, 7) and ends in a dense layer to 3 scores; next to each model, an .npz holds an input
 and Keras's own output for it. The pass that writes such Loops as LSTM and GRU nodes is tested on these files.
 
@@ -28,6 +28,9 @@ def variants(layers) -> dict:
         "gru": lambda: layers.GRU(UNITS),
         "gru_recurrent_dropout": lambda: layers.GRU(UNITS, recurrent_dropout=0.1),
         "gru_reset_before": lambda: layers.GRU(UNITS, reset_after=False),
+        "simple_rnn_recurrent_dropout": lambda: layers.SimpleRNN(UNITS, recurrent_dropout=0.1),
+        # the length fixed at export: the loop's bounds are constants
+        "simple_rnn_fixed_length": lambda: layers.SimpleRNN(UNITS, activation="relu"),
     }
 
 
@@ -42,7 +45,7 @@ def main() -> None:
         keras.utils.set_random_seed(0)
         inputs = keras.Input((STEPS, FEATURES), name="x")
         model = keras.Model(inputs, keras.layers.Dense(3)(layer()(inputs)))
-        signature = (tf.TensorSpec((None, None, FEATURES), tf.float32, name="x"),)
+        signature = (tf.TensorSpec((None, STEPS if "fixed_length" in name else None, FEATURES), tf.float32, name="x"),)
         function = tf.function(lambda x, model=model: model(x, training=False), input_signature=signature)
         tf2onnx.convert.from_function(function, input_signature=signature, opset=15, output_path=str(OUT / f"{name}.onnx"))
         x = np.random.default_rng(0).normal(size=(3, STEPS, FEATURES)).astype(np.float32)

@@ -37,6 +37,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import node_attr, replace_nodes
+from onnxslim.ir.shapes import infer_shapes, without_large_values
 from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, producer_map, subgraphs, tensor_elements, to_array, unique_name
 from onnxslim.passes.base import DeclineCode, NotRewritten, PassResult
 from onnxslim.passes.opset import default_opset
@@ -53,7 +54,7 @@ TOLERANCE = 1e-4  # of the gates' largest magnitude: what float32 sums of the pr
 class RecurrentStep:
     """What a Loop body that is one LSTM or GRU step holds, by role: body tensor names and carried-state positions."""
 
-    op_type: str  # LSTM or GRU
+    op_type: str  # LSTM, GRU or RNN
     x: str  # the step's input row, Gather(sequence, counter)
     sequence: str  # the outer tensor the body reads a row of at each step
     hidden: str  # the previous hidden state (a body input)
@@ -64,10 +65,10 @@ class RecurrentStep:
     cell_state: int | None
     counter: int
     # what the condition compares the counter (or the Loop's iteration number) with: (carried position, or None for an
-    # outer tensor; the tensor's name), one per term of the condition
-    limits: tuple[tuple[int | None, str], ...]
+    # outer tensor or a constant; the tensor's name; its value where a constant), one per term of the condition
+    limits: tuple[tuple[int | None, str, float | None], ...]
     passed_through: tuple[int, ...]  # carried states the body hands back unchanged
-    activation: tuple = ("Sigmoid",)  # the gates' sigmoid: ("Sigmoid",) or ("HardSigmoid", alpha, beta)
+    activation: tuple = ("Sigmoid",)  # the gates' sigmoid: ("Sigmoid",) or ("HardSigmoid", alpha, beta); an RNN's activation
     reset: tuple[str, str] | None = None  # a GRU's reset gate and the recurrent term it scales
 
 
@@ -81,6 +82,7 @@ def recurrent_loops_as_layers(model: onnx.ModelProto) -> PassResult:
     outputs = {o.name for o in graph.output}
     taken = all_value_names(graph) | {n.name for n in graph.node}
     replacements: dict[int, list[onnx.NodeProto]] = {}
+    known: dict = {}  # the model's inferred shapes, once asked for
     for node in graph.node:
         if node.op_type != "Loop" or node.domain not in ("", "ai.onnx"):
             continue
@@ -90,7 +92,7 @@ def recurrent_loops_as_layers(model: onnx.ModelProto) -> PassResult:
             continue  # not a recurrent step: nothing to say
         where = node.name or node.output[0]
         try:
-            _check_steps(node, step, producers, inits)
+            _check_steps(node, step, producers, inits, lambda step=step: _static_first_dim(model, step.sequence, known))
             weights = _gate_weights(body, step, node, inits, default_opset(model))
             nodes, initializers = _as_layer(node, step, weights, consumers, outputs, taken, default_opset(model))
         except NotRewritten as exc:
@@ -142,7 +144,7 @@ def _recurrent_step(body: onnx.GraphProto, outer_constants: dict) -> RecurrentSt
     carried = body_inputs[2:]
     handed_back = [_source(o.name, producers) for o in body.output[1:len(body_inputs) - 1]]
     for node in body.node:
-        cell = _lstm_equations(node, producers, constant) or _gru_equations(node, producers, constant)
+        cell = _lstm_equations(node, producers, constant) or _gru_equations(node, producers, constant) or _rnn_equation(node)
         if cell is None:
             continue
         op_type, new_hidden, states, gates, activation, reset = cell
@@ -163,10 +165,10 @@ def _recurrent_step(body: onnx.GraphProto, outer_constants: dict) -> RecurrentSt
         scans = [_source(o.name, producers) for o in body.output[len(body_inputs) - 1:]]
         if any(scan != new_hidden for scan in scans):
             return None
-        limits = _limits(body, producers, carried, handed_back, counter)
+        limits = _limits(body, producers, carried, handed_back, counter, constant)
         if limits is None:
             return None
-        limit_positions = {k for k, _ in limits if k is not None}
+        limit_positions = {k for k, _, _ in limits if k is not None}
         roles = {hidden_state, counter} | ({cell_state} if cell_state is not None else set()) | limit_positions
         passed = tuple(k for k in range(len(carried)) if k not in roles)
         expected = 2 + (cell_state is not None) + len(limit_positions)
@@ -235,6 +237,14 @@ def _gru_equations(add: onnx.NodeProto, producers: dict, constant):
         reset_input, _, reset_gate, scaled = reset
         return "GRU", add.output[0], [(add.output[0], previous_hidden)], (update_input, reset_input, candidate), kind, (reset_gate, scaled)
     return None
+
+
+def _rnn_equation(node: onnx.NodeProto):
+    """Where ``node`` is a Tanh or Relu, h' = tanh(its input) (Keras's SimpleRNN; whether that input is affine in the
+    step's input and the hidden state, the weights' probe says): ("RNN", h', [], (its input,), the activation, None)."""
+    if node.op_type not in ("Tanh", "Relu") or len(node.input) != 1:
+        return None
+    return "RNN", node.output[0], [], (node.input[0],), (node.op_type,), None
 
 
 def _reset_product(candidate: str, producers: dict, constant):
@@ -336,10 +346,10 @@ def _step_counter(body: onnx.GraphProto, producers: dict, carried: list[str], ha
     return None
 
 
-def _limits(body: onnx.GraphProto, producers: dict, carried: list[str], handed_back: list[str], counter: int):
-    """(carried position or None, tensor) of each limit the loop's condition compares with: Less(counter + 1, limit), or
-    a LogicalAnd of such terms and of Less(iteration number, limit) (TensorFlow's bound on a while loop's iterations,
-    which stops it no sooner), through casts; None where the condition is anything else."""
+def _limits(body: onnx.GraphProto, producers: dict, carried: list[str], handed_back: list[str], counter: int, constant):
+    """(carried position or None, tensor, its value where a constant) of each limit the loop's condition compares with:
+    Less(counter + 1, limit), or a LogicalAnd of such terms and of Less(iteration number, limit) (TensorFlow's bound on
+    a while loop's iterations, which stops it no sooner), through casts; None where the condition is anything else."""
     condition = producers.get(_source(body.output[0].name, producers))
     terms = [condition]
     while any(t is not None and t.op_type == "And" for t in terms):
@@ -354,18 +364,22 @@ def _limits(body: onnx.GraphProto, producers: dict, carried: list[str], handed_b
         elif left != body.input[0].name:
             return None
         limit = _without_casts(term.input[1], producers)
+        value = _scalar(constant(limit))
         if limit in carried:
-            limits.append((carried.index(limit), limit))
+            limits.append((carried.index(limit), limit, None))
+        elif value is not None:  # a length known when the model was exported
+            limits.append((None, limit, value))
         elif limit in producers or limit in {t.name for t in body.initializer}:
             return None
         else:
-            limits.append((None, limit))  # an outer tensor
+            limits.append((None, limit, None))  # an outer tensor
     return tuple(limits) if counted else None
 
 
-def _check_steps(loop: onnx.NodeProto, step: RecurrentStep, producers: dict, inits: dict) -> None:
+def _check_steps(loop: onnx.NodeProto, step: RecurrentStep, producers: dict, inits: dict, static_length) -> None:
     """The Loop runs once per row of the sequence: the counter starts at 0, and the limit (and the trip count, where
-    given) is the sequence's first dimension."""
+    given) is the sequence's first dimension, read through Shape or, where the export fixed it, equal to it
+    (``static_length()``: that dimension where shape inference knows it)."""
     start = _main_constant(loop.input[2 + step.counter], producers, inits)
     if start is None or start.size != 1 or float(start.reshape(())) != 0.0:
         raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the step counter does not start at 0")
@@ -373,12 +387,27 @@ def _check_steps(loop: onnx.NodeProto, step: RecurrentStep, producers: dict, ini
     if first_condition is not None and not first_condition.all():
         raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the loop never runs: its first condition is false")
     length = _length_root(step.sequence, producers)
-    for position, tensor in step.limits:
-        limit = loop.input[2 + position] if position is not None else tensor
-        if _length_root(_first_dim_of(limit, producers, inits), producers) != length:
+
+    def is_length(tensor: str, value: float | None) -> bool:
+        if value is None:
+            value = _scalar(_main_constant(tensor, producers, inits))
+        if value is not None:
+            return value == static_length()
+        return _length_root(_first_dim_of(tensor, producers, inits), producers) == length
+
+    for position, tensor, value in step.limits:
+        if not is_length(loop.input[2 + position] if position is not None else tensor, value):
             raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the loop's limit is not read as the sequence's length")
-    if loop.input[0] and _length_root(_first_dim_of(loop.input[0], producers, inits), producers) != length:
+    if loop.input[0] and not is_length(loop.input[0], None):
         raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the loop's trip count is not the sequence's length")
+
+
+def _static_first_dim(model: onnx.ModelProto, tensor: str, known: dict) -> int | None:
+    """``tensor``'s first dimension where shape inference fixes it (the inference made once, kept in ``known``)."""
+    if "shapes" not in known:
+        known["shapes"] = infer_shapes(without_large_values(model))
+    dims = known["shapes"].get(tensor)
+    return dims[0] if dims and isinstance(dims[0], int) else None
 
 
 def _main_constant(name: str, producers: dict, inits: dict) -> np.ndarray | None:
@@ -624,7 +653,9 @@ def _as_layer(loop: onnx.NodeProto, step: RecurrentStep, weights: tuple[np.ndarr
     attributes: dict = {"hidden_size": hidden}
     if step.op_type == "GRU" and step.reset[1] != step.hidden:
         attributes["linear_before_reset"] = 1  # Keras's reset_after: the reset gate scales the recurrent term, bias included
-    if step.activation[0] != "Sigmoid":  # the tanh take no parameters: the one alpha and beta are the gates'
+    if step.op_type == "RNN" and step.activation[0] != "Tanh":
+        attributes["activations"] = [step.activation[0]]
+    elif step.op_type != "RNN" and step.activation[0] != "Sigmoid":  # the tanh take no parameters: the one alpha and beta are the gates'
         tanh = ["Tanh", "Tanh"] if step.op_type == "LSTM" else ["Tanh"]
         attributes |= {"activations": [step.activation[0], *tanh], "activation_alpha": [step.activation[1]],
                        "activation_beta": [step.activation[2]]}
@@ -634,7 +665,7 @@ def _as_layer(loop: onnx.NodeProto, step: RecurrentStep, weights: tuple[np.ndarr
     for k, state in ((step.hidden_state, last_hidden), (step.cell_state, last_cell)):
         if k is not None and read(loop.output[k]):
             axes_op("Squeeze", state, 0, loop.output[k])
-    for k in (*step.passed_through, *(position for position, _ in step.limits if position is not None)):
+    for k in (*step.passed_through, *(position for position, _, _ in step.limits if position is not None)):
         if read(loop.output[k]):
             nodes.append(helper.make_node("Identity", [loop.input[2 + k]], [loop.output[k]], name=name("Identity")))
     scans = [o for o in loop.output[carried:] if read(o)]
