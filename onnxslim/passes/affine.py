@@ -115,14 +115,17 @@ def _fold(conv, follower, other, inits, taken, graph) -> None:
     else:
         new_weight, new_bias = weight, bias + values
     weight_name = unique_name(conv.input[1] + "_folded", taken)
-    bias_name = unique_name((conv.input[2] if has_bias else conv.output[0] + "_bias") + "_folded", taken)
-    for array, name in ((new_weight, weight_name), (new_bias, bias_name)):
+    written = [(new_weight, weight_name)]
+    if has_bias or follower.op_type == "Add":  # a scale of no bias is no bias: none is added (no zeros grow the model)
+        bias_name = unique_name((conv.input[2] if has_bias else conv.output[0] + "_bias") + "_folded", taken)
+        written.append((new_bias, bias_name))
+        if len(conv.input) > 2:
+            conv.input[2] = bias_name
+        else:
+            conv.input.append(bias_name)
+    for array, name in written:
         tensor = from_array(np.asarray(array, np.float32), name)
         graph.initializer.append(tensor)
         inits[name] = tensor
     conv.input[1] = weight_name
-    if len(conv.input) > 2:
-        conv.input[2] = bias_name
-    else:
-        conv.input.append(bias_name)
     conv.output[0] = follower.output[0]
