@@ -1,5 +1,6 @@
-"""An LSTM a converter unrolled into a Loop over the time steps (tf2onnx's form of a Keras LSTM with recurrent dropout or
-split gate weights) becomes one LSTM node, with the same outputs; Loops that only look like one are left, with a reason."""
+"""An LSTM, GRU or simple RNN a converter unrolled into a Loop over the time steps (tf2onnx's form of nearly every Keras
+recurrent layer) becomes one LSTM, GRU or RNN node, with the same outputs; Loops that only look like one are left, with
+a reason. Models built here, and Keras 3 layers as tf2onnx 1.17 writes them (tests/exported/keras_recurrent)."""
 
 from collections import Counter
 from pathlib import Path
@@ -111,7 +112,7 @@ def _gru_step_body(sequence: str, sigmoid: str = "Sigmoid") -> onnx.GraphProto:
     return helper.make_graph(nodes, "gru_step", inputs, outputs, initializers)
 
 
-def keras_loop_lstm(*, limit: str = "length", start: int = 0, gate_of_hidden: str = "linear", backwards: bool = False, fused: bool = False,
+def keras_loop(*, limit: str = "length", start: int = 0, gate_of_hidden: str = "linear", backwards: bool = False, fused: bool = False,
                     hidden: int = HIDDEN, head: bool = False, sigmoid: str = "Sigmoid", cell: str = "LSTM", first_condition: str = "go") -> onnx.ModelProto:
     """inputs (N, T, F) -> a Keras-style LSTM (or ``cell='GRU'``) unrolled into a Loop -> the last hidden state (N, H), every
     step's (T, N, H), the final cell state (an LSTM's). ``limit='five'`` runs the loop five steps whatever the length; ``start`` is the counter's first value;
@@ -178,7 +179,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 ])
 @pytest.mark.parametrize("steps", [1, 7])
 def test_a_loop_that_is_a_recurrent_step_becomes_that_layer_with_the_same_outputs(steps, cell, backwards, fused, sigmoid):
-    model = keras_loop_lstm(backwards=backwards, fused=fused, sigmoid=sigmoid, cell=cell)
+    model = keras_loop(backwards=backwards, fused=fused, sigmoid=sigmoid, cell=cell)
     rewritten = _copy(model)
     result = recurrent_loops_as_layers(rewritten)
     assert result.modified and f"{cell} step" in result.changes[0] and f"hidden size {HIDDEN}" in result.changes[0]
@@ -192,7 +193,7 @@ def test_a_loop_that_is_a_recurrent_step_becomes_that_layer_with_the_same_output
 
 
 def test_the_cleanup_leaves_the_lstms_zero_states_out_and_nothing_of_the_loop():
-    model = keras_loop_lstm()
+    model = keras_loop()
     cleaned = _copy(model)
     CLEANUP(cleaned)
     ops = Counter(node.op_type for node in cleaned.graph.node)
@@ -210,8 +211,8 @@ def test_the_cleanup_leaves_the_lstms_zero_states_out_and_nothing_of_the_loop():
     ({"first_condition": "never"}, "the loop never runs: its first condition is false"),
     ({"gate_of_hidden": "square"}, "the gates are not affine in the step's input and the hidden state"),
 ])
-def test_a_loop_that_only_looks_like_an_lstm_is_left_with_its_reason(settings, why):
-    model = keras_loop_lstm(**settings)
+def test_a_loop_that_only_looks_like_a_recurrent_step_is_left_with_its_reason(settings, why):
+    model = keras_loop(**settings)
     rewritten = _copy(model)
     result = recurrent_loops_as_layers(rewritten)
     assert not result.modified and rewritten == model
@@ -222,7 +223,7 @@ def test_a_loop_that_only_looks_like_an_lstm_is_left_with_its_reason(settings, w
                                                             ("GRU", "Sigmoid", "GRU")])
 def test_quantize_stores_the_recovered_layer_in_int8(save, npz_folder, cell, sigmoid, quantized_as):
     """An LSTM runs as DynamicQuantizeLSTM; a GRU, which onnxruntime has no integer kernel for, keeps INT8 gate rows."""
-    model = keras_loop_lstm(sigmoid=sigmoid, cell=cell)
+    model = keras_loop(sigmoid=sigmoid, cell=cell)
     rng = np.random.default_rng(5)
     data = npz_folder([{"inputs": rng.normal(size=(4, 12, FEATURES)).astype(np.float32)} for _ in range(10)])
     quantized, report = quantize(save(model), str(data), config=QuantConfig(latency_runs=0, accuracy_budget=None))
@@ -237,7 +238,7 @@ def test_quantize_stores_the_recovered_layer_in_int8(save, npz_folder, cell, sig
 
 def test_prune_removes_hidden_units_of_the_recovered_lstm_and_counts_the_loops_work():
     """The original's Loop body has no multiply-add count; prune counts the prepared graph's, which computes the same."""
-    model = keras_loop_lstm(hidden=32, head=True)
+    model = keras_loop(hidden=32, head=True)
     pruned, report = prune(model, config=PruneConfig(ratio=0.5, latency_runs=0), input_shapes={"inputs": (2, 9, FEATURES)})
     lstm = next(node for node in pruned.graph.node if node.op_type == "LSTM")
     assert 0 < helper.get_attribute_value(next(a for a in lstm.attribute if a.name == "hidden_size")) < 32
