@@ -15,6 +15,9 @@
         dynamo:mobilevitv2 data2vec_vision bit
     python benchmarks/unseen_exports.py --models block:unet dynamo-block:unet block:gru_text block:einsum_attention \
         block:conformer_conv block:sdpa_block block:tcn block:mixer
+    python models/keras_export.py   # TensorFlow 2.21 and tf2onnx 1.17, in an environment of their own
+    python benchmarks/unseen_exports.py --models keras:mobilenet_v3_small keras:efficientnet_b0 keras:resnet50 \
+        keras:densenet121 keras:text_cnn keras:transformer keras:simple_rnn keras:conv_bn
 
 Random weights (BatchNorm statistics from a few training-mode passes, so outputs are not constant) and
 ``--data random``: these rows prove graph coverage and show latency, never task accuracy. Each model
@@ -213,11 +216,13 @@ def _first_output(inner, names: list[str]):
 
 def export(spec: str, path: Path) -> None:
     """Write ``spec`` ("[legacy:|dynamo:]torchvision name", "timm:name", "[dynamo-]block:name" of models/torch_blocks.py, a
-    transformers family, or yolov8n / yolo11n) to ``path``."""
+    transformers family, or yolov8n / yolo11n) to ``path``; "keras:name" models are written by models/keras_export.py."""
+    exporter, _, name = spec.rpartition(":")
+    if exporter == "keras":  # TensorFlow and tf2onnx live in an environment of their own
+        raise FileNotFoundError(f"{path} is not there: export it first with models/keras_export.py {name}")
     import torch
 
     torch.manual_seed(0)
-    exporter, _, name = spec.rpartition(":")
     if name in ("bert", "wav2vec2", "vit", "t5", "detr", "llama", "gpt2", "distilbert", "albert", "whisper", "segformer", *MORE_TRANSFORMERS, *FURTHER_TRANSFORMERS):
         model, inputs = _transformers(name)
         if name in FURTHER_TRANSFORMERS and "pixel_values" in inputs:  # BatchNorm statistics for MobileNetV2, LeViT, MobileViTV2, RegNet ...
