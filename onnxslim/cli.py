@@ -37,6 +37,7 @@ from onnxslim.prune import PruneConfig
 from onnxslim.quant import QuantConfig
 from onnxslim.report import plotly_figures, to_json, write_report
 from onnxslim.share import ShareConfig
+from onnxslim.units import size_text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -464,7 +465,7 @@ def _print_quantization(report) -> None:
                 f"{label} {latency.candidate['median_ms']:.3f} ms, ratio {latency.ratio:.3f}",
                 highlight=False,
             )
-    console.print(f"size: {original} {report.sizes.fp32_bytes / 1e6:.2f} MB, {label} {report.sizes.quantized_bytes / 1e6:.2f} MB", highlight=False)
+    console.print(f"size: {original} {size_text(report.sizes.fp32_bytes)}, {label} {size_text(report.sizes.quantized_bytes)}", highlight=False)
     if report.weight_range.get("used") == "reduced":
         console.print(f"INT8 weights in [-64, 64]: {escape(report.weight_range['why'])}", highlight=False)
     if report.scalar_affine:
@@ -564,7 +565,7 @@ def _print_pruning(report) -> None:
         macs = "MACs not counted (the main graph has no layer of known size)"
     console.print(
         f"parameters {_count(p0)} -> {_count(p1)} ({p1 / max(p0, 1):.2f}x); {macs}; "
-        f"file {f0 / 1e6:.2f} MB -> {f1 / 1e6:.2f} MB",
+        f"file {size_text(f0)} -> {size_text(f1)}",
         highlight=False,
     )
     for output in report.fidelity:
@@ -683,7 +684,7 @@ def share(model, output, eval_data, threads, report_path, quiet, input_shapes, *
     if tied:
         console.print(f"{len(tied)} tensor(s) tied to an identical one: {escape(', '.join(t.name for t in tied[:3]))}{' ...' if len(tied) > 3 else ''}", highlight=False)
     (f0, f1), (z0, z1) = report.file_bytes, report.zipped_bytes
-    console.print(f"file {f0 / 1e6:.2f} MB -> {f1 / 1e6:.2f} MB ({f1 / max(f0, 1):.2f}x); zipped {z0 / 1e6:.2f} MB -> {z1 / 1e6:.2f} MB ({z1 / max(z0, 1):.2f}x)", highlight=False)
+    console.print(f"file {size_text(f0)} -> {size_text(f1)} ({f1 / max(f0, 1):.2f}x); zipped {size_text(z0)} -> {size_text(z1)} ({z1 / max(z0, 1):.2f}x)", highlight=False)
     for comparison in report.fidelity:
         console.print(f"output {escape(comparison.name)}: cosine {_cosine_text(comparison, 5)}{_agreement_text(comparison)} vs the original on {escape(report.evaluation)}", highlight=False)
     for latency in (report.latency, report.latency_1_thread):
@@ -789,7 +790,7 @@ def _print_candidates(report) -> None:
     if chosen is not None and report.output:
         console.print(
             f"wrote {escape(report.output)}: {escape(chosen.name)} ({report.why}), {chosen.latency_ratio:.2f}x the original's latency, "
-            f"{chosen.file_bytes / 1e6:.2f} MB, worst {metric} {1 - chosen.loss:.5f}"
+            f"{size_text(chosen.file_bytes)}, worst {metric} {1 - chosen.loss:.5f}"
             + (f", {task['metric']} {_fmt(task['value'], 4)} on {escape(task['output'])}" if (task := chosen.details.get("worst_task_metric")) else ""),
             highlight=False,
         )

@@ -520,3 +520,10 @@ def test_prune_measures_fidelity_on_batches_it_did_not_use(save, npz_folder, tmp
     result = invoke("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--eval-data", other, "--latency-runs", "0", "-q")
     flat = result.output.replace("\n", " ")
     assert result.exit_code == 0 and "cosine" in flat and "measured on --eval-data" in flat, result.output
+
+
+def test_sizes_are_printed_with_digits_that_tell_them_apart():
+    """A 30 kB model printed as '0.03 MB against 0.03 MB' said two different sizes were the same."""
+    from onnxslim.units import size_text
+
+    assert [size_text(n) for n in (512, 30_912, 31_208, 11_545_911)] == ["512 bytes", "30.9 kB", "31.2 kB", "11.55 MB"]

@@ -80,6 +80,7 @@ from onnxslim.runtime.kernels import gathers_block_quantized_rows, integer_produ
 from onnxslim.runtime.session import optimized_graph, optimized_ops
 from onnxslim.runtime.shapes import known_shapes
 from onnxslim.runtime.write import write_verified
+from onnxslim.units import size_text
 
 
 def _peak_rss_mb() -> float:
@@ -1157,7 +1158,8 @@ def _quantize(model, data, config: QuantConfig, output, eval_data, input_shapes,
     report.sizes = Sizes(model_file_bytes(run.original), model_file_bytes(quantized))
     if report.sizes.quantized_bytes > report.sizes.fp32_bytes:
         report.warnings.append(
-            f"the INT8 model is larger than the original ({report.sizes.quantized_bytes / 1e6:.2f} MB against {report.sizes.fp32_bytes / 1e6:.2f} MB): "
+            f"the INT8 model is larger than the original ({size_text(report.sizes.quantized_bytes)} against {size_text(report.sizes.fp32_bytes)}, "
+            f"{report.sizes.quantized_bytes - report.sizes.fp32_bytes:,} bytes more): "
             "a weight kept in float beside its INT8 codes for readers in a subgraph body, or quantizers outweighing small weights, "
             "can do that; --if-slower and the latency check do not look at size"
         )
