@@ -264,3 +264,19 @@ def test_erfc_which_no_opset_defines_is_read_as_one_minus_erf(save):
     assert result.exit_code == 0, result.output
     onnx.checker.check_model(onnx.load(str(path.parent / "out.onnx")), full_check=True)
     assert path.read_bytes() == before
+
+
+def test_an_operator_no_opset_defines_is_refused_in_one_line_naming_the_node(save):
+    """tf2onnx leaves what it cannot convert as the TensorFlow call it was (Keras 3's ConvNeXt: StatefulPartitionedCall);
+    every command said the result or a calibration model could not be loaded, as if onnxslim had written it."""
+    from onnx import TensorProto, helper
+
+    from tests.test_hostile import assert_one_line_error, invoke
+
+    node = helper.make_node("StatefulPartitionedCall", ["x"], ["y"], name="block/depthwise_conv/call")
+    graph = helper.make_graph([node], "tf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    for command in (["optimize"], ["quantize", "--data", "random"], ["prune", "--ratio", "0.3"]):
+        result = invoke(command[0], path, "-o", path.parent / "out.onnx", *command[1:])
+        assert_one_line_error(result, "'block/depthwise_conv/call' is a StatefulPartitionedCall, an operator no ONNX opset defines")

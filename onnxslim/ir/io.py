@@ -29,6 +29,7 @@ from onnxslim.ir.destinations import check_writable_path
 from onnxslim.ir.external import copy_fields, tensor_without_data, without_initializers, write_skeleton
 from onnxslim.ir.graph import erfc_as_one_minus_erf, unique_node_names
 from onnxslim.ir.mapped import map_external_weights
+from onnxslim.ir.scopes import all_nodes
 from onnxslim.ir.staging import STAGING_PREFIX, remove_stale
 from onnxslim.ir.tensors import nominal_bytes
 
@@ -187,6 +188,7 @@ def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool
     if unique_names:
         unique_node_names(proto.graph)  # onnxruntime refuses duplicates; the copy, never the file, is renamed
     erfc_as_one_minus_erf(proto.graph)  # an operator an exporter writes that no opset defines, in the copy too
+    _refuse_undefined_operators(proto, path)
     if _uses_external_data(proto):
         _check_external_locations(proto, path.parent, path)
         if load_weights:
@@ -222,6 +224,17 @@ def _check_plausible(proto: onnx.ModelProto, path: Path) -> None:
         raise ModelLoadError(f"{path} is not a usable ONNX model: its graph has no outputs")
     if not any(op.domain in ("", "ai.onnx") for op in proto.opset_import) and proto.graph.node:
         raise ModelLoadError(f"{path} does not declare the default ONNX opset")
+
+
+def _refuse_undefined_operators(proto: onnx.ModelProto, path: Path) -> None:
+    """A node of the default domain whose operator no ONNX opset defines (and no function of the model): the exporter
+    left it unconverted (tf2onnx's StatefulPartitionedCall), and no runtime can run the model."""
+    functions = {(f.domain, f.name) for f in proto.functions}
+    for node in all_nodes(proto.graph):
+        if node.domain in ("", "ai.onnx") and (node.domain, node.op_type) not in functions and not onnx.defs.has(node.op_type):
+            raise ModelLoadError(
+                f"{path}: node {node.name or node.output[0]!r} is a {node.op_type}, an operator no ONNX opset defines "
+                "(the exporter left it unconverted); no runtime can run this model: export it again")
 
 
 def _same_file(a: Path, b: Path) -> bool:
