@@ -72,6 +72,7 @@ def erfc_as_one_minus_erf(graph: onnx.GraphProto) -> int:
     rewritten = 0
     nodes = []
     taken = {o for n in graph.node for o in n.output} | {n.name for n in graph.node}
+    declared = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output) if v.type.HasField("tensor_type")}
     for node in graph.node:
         for sub in subgraphs(node):
             rewritten += erfc_as_one_minus_erf(sub)
@@ -84,7 +85,8 @@ def erfc_as_one_minus_erf(graph: onnx.GraphProto) -> int:
             erf, one = f"{erf}_", f"{one}_"
         taken.update((erf, one))
         nodes += [helper.make_node("Erf", [node.input[0]], [erf], name=f"{base}/Erf"),
-                  helper.make_node("Constant", [], [one], name=f"{base}/One", value=helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])),
+                  helper.make_node("Constant", [], [one], name=f"{base}/One",  # of the input's type where declared (float32 else)
+                                   value=helper.make_tensor("one", declared.get(node.input[0]) or TensorProto.FLOAT, [], [1.0])),
                   helper.make_node("Sub", [one, erf], [node.output[0]], name=node.name or f"{base}/Sub")]
         rewritten += 1
     if rewritten:

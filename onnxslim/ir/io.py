@@ -165,6 +165,7 @@ def load_model(model: ModelLike, *, load_weights: bool = True, map_weights: bool
         if unique_names:
             unique_node_names(copy.graph)
         erfc_as_one_minus_erf(copy.graph)
+        _refuse_undefined_operators(copy, IN_MEMORY)
         return copy
     path = Path(model)
     if not path.exists():
@@ -226,7 +227,7 @@ def _check_plausible(proto: onnx.ModelProto, path: Path) -> None:
         raise ModelLoadError(f"{path} does not declare the default ONNX opset")
 
 
-def _refuse_undefined_operators(proto: onnx.ModelProto, path: Path) -> None:
+def _refuse_undefined_operators(proto: onnx.ModelProto, path: Path | str) -> None:
     """A node of the default domain whose operator no ONNX opset defines (and no function of the model): the exporter
     left it unconverted (tf2onnx's StatefulPartitionedCall), and no runtime can run the model."""
     functions = {(f.domain, f.name) for f in proto.functions}
