@@ -41,10 +41,9 @@ from onnxslim.ir.shapes import infer_shapes, without_large_values
 from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, producer_map, subgraphs, tensor_elements, to_array, unique_name
 from onnxslim.passes.base import DeclineCode, NotRewritten, PassResult
 from onnxslim.passes.opset import default_opset
+from onnxslim.passes.sequences import constant_value, first_dim_of, length_root, without_casts
 
 AXES_AS_INPUT_OPSET = 13  # Squeeze and Unsqueeze take their axes as an input from here
-# ops through which a tensor keeps its first dimension (a reversed sequence is as long as the sequence)
-SAME_LENGTH = {"Identity", "Cast", "ReverseSequence", "Relu", "Neg", "Abs", "Sigmoid", "Tanh"}
 RANDOM_ROWS = 8  # rows on which the weights read off are checked
 PROBE_ELEMENTS = 1 << 25  # rows x (input + hidden size) the probe may evaluate at once: 128 MB of float32
 TOLERANCE = 1e-4  # of the gates' largest magnitude: what float32 sums of the probe's size leave
@@ -114,13 +113,6 @@ def _source(name: str, producers: dict) -> str:
     return name
 
 
-def _without_casts(name: str, producers: dict) -> str:
-    seen = 0
-    while name in producers and producers[name].op_type in ("Identity", "Cast") and seen < 32:
-        name, seen = producers[name].input[0], seen + 1
-    return name
-
-
 def _made_by(name: str, producers: dict, op_type: str) -> onnx.NodeProto | None:
     node = producers.get(_source(name, producers))
     return node if node is not None and node.op_type == op_type else None
@@ -134,7 +126,7 @@ def _recurrent_step(body: onnx.GraphProto, outer_constants: dict) -> RecurrentSt
 
     def constant(name: str) -> np.ndarray | None:  # a small constant of the body, or of the graph around it
         if name in producers:
-            return _main_constant(name, producers, {})
+            return constant_value(name, producers, {})
         tensor = body_inits.get(name) or outer_constants.get(name)
         return to_array(tensor) if tensor is not None and tensor_elements(tensor) == 1 else None
 
@@ -358,12 +350,12 @@ def _limits(body: onnx.GraphProto, producers: dict, carried: list[str], handed_b
     for term in terms:
         if term is None or term.op_type != "Less":
             return None
-        left = _without_casts(term.input[0], producers)
+        left = without_casts(term.input[0], producers)
         if left == handed_back[counter]:
             counted = True
         elif left != body.input[0].name:
             return None
-        limit = _without_casts(term.input[1], producers)
+        limit = without_casts(term.input[1], producers)
         value = _scalar(constant(limit))
         if limit in carried:
             limits.append((carried.index(limit), limit, None))
@@ -380,20 +372,20 @@ def _check_steps(loop: onnx.NodeProto, step: RecurrentStep, producers: dict, ini
     """The Loop runs once per row of the sequence: the counter starts at 0, and the limit (and the trip count, where
     given) is the sequence's first dimension, read through Shape or, where the export fixed it, equal to it
     (``static_length()``: that dimension where shape inference knows it)."""
-    start = _main_constant(loop.input[2 + step.counter], producers, inits)
+    start = constant_value(loop.input[2 + step.counter], producers, inits)
     if start is None or start.size != 1 or float(start.reshape(())) != 0.0:
         raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the step counter does not start at 0")
-    first_condition = _main_constant(loop.input[1], producers, inits) if loop.input[1] else None
+    first_condition = constant_value(loop.input[1], producers, inits) if loop.input[1] else None
     if first_condition is not None and not first_condition.all():
         raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the loop never runs: its first condition is false")
-    length = _length_root(step.sequence, producers)
+    length = length_root(step.sequence, producers)
 
     def is_length(tensor: str, value: float | None) -> bool:
         if value is None:
-            value = _scalar(_main_constant(tensor, producers, inits))
+            value = _scalar(constant_value(tensor, producers, inits))
         if value is not None:
             return value == static_length()
-        return _length_root(_first_dim_of(tensor, producers, inits), producers) == length
+        return length_root(first_dim_of(tensor, producers, inits), producers) == length
 
     for position, tensor, value in step.limits:
         if not is_length(loop.input[2 + position] if position is not None else tensor, value):
@@ -408,51 +400,6 @@ def _static_first_dim(model: onnx.ModelProto, tensor: str, known: dict) -> int |
         known["shapes"] = infer_shapes(without_large_values(model))
     dims = known["shapes"].get(tensor)
     return dims[0] if dims and isinstance(dims[0], int) else None
-
-
-def _main_constant(name: str, producers: dict, inits: dict) -> np.ndarray | None:
-    node = producers.get(name)
-    if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-        return to_array(node.attribute[0].t)
-    return to_array(inits[name]) if name in inits else None
-
-
-def _first_dim_of(name: str | None, producers: dict, inits: dict) -> str | None:
-    """The tensor whose first dimension the scalar ``name`` holds (read through Shape and a Slice or Gather of its
-    entry 0), or None."""
-    for _ in range(16):
-        node = producers.get(name) if name is not None else None
-        if node is None:
-            return None
-        if node.op_type in ("Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape"):
-            name = node.input[0]
-            continue
-        if node.op_type not in ("Slice", "Gather"):
-            return None
-        shape = producers.get(_without_casts(node.input[0], producers))
-        if shape is None or shape.op_type != "Shape" or node_attr(shape, "start", 0) != 0:
-            return None
-        values = [_main_constant(i, producers, inits) if i else None for i in node.input[1:]]
-        if node.op_type == "Gather":
-            picks_first = values[0] is not None and values[0].size == 1 and int(values[0].reshape(())) == 0
-        else:
-            starts, ends = values[0], values[1]
-            axes = values[2] if len(values) > 2 else None
-            picks_first = (starts is not None and ends is not None and starts.size == 1 and ends.size == 1
-                           and int(starts.reshape(())) == 0 and int(ends.reshape(())) == 1
-                           and (axes is None or int(axes.reshape(-1)[0]) == 0))
-        return shape.input[0] if picks_first else None
-    return None
-
-
-def _length_root(name: str | None, producers: dict) -> str | None:
-    """The tensor ``name`` has its first dimension from, through ops that keep it."""
-    for _ in range(64):
-        node = producers.get(name) if name is not None else None
-        if node is None or node.op_type not in SAME_LENGTH:
-            return name
-        name = node.input[0]
-    return name
 
 
 def _gate_weights(body: onnx.GraphProto, step: RecurrentStep, loop: onnx.NodeProto, inits: dict, opset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
