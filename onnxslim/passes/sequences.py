@@ -1,8 +1,8 @@
-"""Where a sequence's length is read: the helpers that prove a loop runs, or a reversal spans, every step of a sequence.
+"""Where a sequence's length is read: the helpers that prove a loop runs once per step of a sequence.
 
 Exporters read a sequence's length at run time (Shape, then a Slice or Gather of its entry 0, through casts and
-squeezes) or fix it at export; a pass that replaces a loop over the steps, or a reversal of the whole sequence, by a
-layer that takes every step must see that the length it reads is the sequence's own.
+squeezes); a pass that replaces a loop over the steps by a layer that takes every step must see that the length the
+loop's bounds read is the sequence's own, or that of one as long (a reversed copy).
 """
 
 from __future__ import annotations
