@@ -26,10 +26,9 @@ from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
-from onnxslim.passes.opset import default_opset
+from onnxslim.passes.opset import default_opset, with_axes
 from onnxslim.runtime.shapes import symbolic_shapes
 
-AXES_AS_INPUT_OPSET = 13  # Squeeze/Unsqueeze take their axes as an input from here on
 PER_AXIS = ("kernel_shape", "strides", "dilations", "pads")  # Conv attributes with a value per spatial axis
 
 
@@ -84,18 +83,19 @@ def conv3d_on_one_slice_as_conv2d(model: onnx.ModelProto) -> PassResult:
     if any(len(shapes.get(n.input[0]) or ()) != 5 for n in convs):  # a shape computed at run time upstream
         shapes = symbolic_shapes(model) | {name: dims for name, dims in shapes.items() if len(dims) == 5}
     taken = all_value_names(graph)
-    axes_as_input = default_opset(model) >= AXES_AS_INPUT_OPSET
+    opset = default_opset(model)
     axes_names: dict[int, str] = {}
     sliced_weights: dict[tuple[str, int, int], str] = {}
     replacements: dict[int, list[onnx.NodeProto]] = {}
 
-    def reshaping(op_type: str, source: str, target: str, tensor_axis: int, name: str) -> onnx.NodeProto:
-        if not axes_as_input:
-            return helper.make_node(op_type, [source], [target], name=name, axes=[tensor_axis])
+    def axes_tensor(tensor_axis: int) -> str:  # one initializer per axis, shared by every node that needs it
         if tensor_axis not in axes_names:
             axes_names[tensor_axis] = unique_name(f"slice_axis_{tensor_axis}", taken)
             graph.initializer.append(from_array(np.array([tensor_axis], np.int64), axes_names[tensor_axis]))
-        return helper.make_node(op_type, [source, axes_names[tensor_axis]], [target], name=name)
+        return axes_names[tensor_axis]
+
+    def reshaping(op_type: str, source: str, target: str, tensor_axis: int, name: str) -> onnx.NodeProto:
+        return with_axes(op_type, source, target, tensor_axis, opset, name, axes_tensor)
 
     for node in convs:
         where = node.name or node.output[0]

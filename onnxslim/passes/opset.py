@@ -1,9 +1,11 @@
-"""Upgrade the default-domain opset when a later step needs a newer one."""
+"""The default-domain opset: reading it, writing nodes whose form depends on it, upgrading it when a step needs a newer one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import onnx
-from onnx import version_converter
+from onnx import helper, version_converter
 
 from onnxslim.errors import first_line
 from onnxslim.passes.base import DeclineCode, PassResult
@@ -15,6 +17,17 @@ def default_opset(model: onnx.ModelProto) -> int:
         if entry.domain in ("", "ai.onnx"):
             return int(entry.version)
     return 0
+
+
+AXES_AS_INPUT_OPSET = 13  # Squeeze and Unsqueeze take their axes as an input from here on
+
+
+def with_axes(op_type: str, tensor: str, output: str, axis: int, opset: int, name: str, axes_tensor: Callable[[int], str]) -> onnx.NodeProto:
+    """A Squeeze or Unsqueeze of ``tensor`` along ``axis``: its axes an input from opset 13 on (``axes_tensor(axis)`` names
+    the initializer holding them, adding it where needed), an attribute before."""
+    if opset >= AXES_AS_INPUT_OPSET:
+        return helper.make_node(op_type, [tensor, axes_tensor(axis)], [output], name=name)
+    return helper.make_node(op_type, [tensor], [output], name=name, axes=[axis])
 
 
 def upgrade_opset(model: onnx.ModelProto, target: int = 13) -> PassResult:

@@ -18,8 +18,7 @@ from onnxslim.ir.graph import node_attr
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names, initializer_map, to_array, unique_name
 from onnxslim.passes.base import PassResult
-
-SQUEEZE_AXES_AS_INPUT = 13  # from this opset on Squeeze takes its axes as an input
+from onnxslim.passes.opset import AXES_AS_INPUT_OPSET, with_axes
 
 
 def picked_concat_inputs_read_directly(model: onnx.ModelProto) -> PassResult:
@@ -35,7 +34,7 @@ def picked_concat_inputs_read_directly(model: onnx.ModelProto) -> PassResult:
     if not candidates:
         return result
     shapes = infer_shapes(model, {})
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), SQUEEZE_AXES_AS_INPUT)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), AXES_AS_INPUT_OPSET)
     taken = all_value_names(graph)
     replaced: dict[int, list[onnx.NodeProto]] = {}
     for gather in candidates:
@@ -61,13 +60,12 @@ def picked_concat_inputs_read_directly(model: onnx.ModelProto) -> PassResult:
             continue
         source = concat.input[position]
         where = gather.name or gather.output[0]
-        if opset >= SQUEEZE_AXES_AS_INPUT:
+        def axes_tensor(axis: int, where: str = where) -> str:
             axes = unique_name(f"{where}_axes", taken)
             graph.initializer.append(helper.make_tensor(axes, onnx.TensorProto.INT64, [1], [axis]))
-            squeeze = helper.make_node("Squeeze", [source, axes], list(gather.output), name=gather.name)
-        else:
-            squeeze = helper.make_node("Squeeze", [source], list(gather.output), name=gather.name, axes=[axis])
-        replaced[id(gather)] = [squeeze]
+            return axes
+
+        replaced[id(gather)] = [with_axes("Squeeze", source, gather.output[0], axis, opset, gather.name, axes_tensor)]
         result.change(f"Gather {where}: entry {int(index)} of Concat {concat.name or concat.output[0]} read from '{source}' directly")
     if replaced:
         nodes = [new for node in graph.node for new in replaced.get(id(node), [node])]

@@ -40,10 +40,9 @@ from onnxslim.ir.graph import node_attr, replace_nodes
 from onnxslim.ir.shapes import infer_shapes, without_large_values
 from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, producer_map, subgraphs, tensor_elements, to_array, unique_name
 from onnxslim.passes.base import DeclineCode, NotRewritten, PassResult
-from onnxslim.passes.opset import default_opset
+from onnxslim.passes.opset import default_opset, with_axes
 from onnxslim.passes.sequences import constant_value, first_dim_of, length_root, without_casts
 
-AXES_AS_INPUT_OPSET = 13  # Squeeze and Unsqueeze take their axes as an input from here
 RANDOM_ROWS = 8  # rows on which the weights read off are checked
 PROBE_ELEMENTS = 1 << 25  # rows x (input + hidden size) the probe may evaluate at once: 128 MB of float32
 TOLERANCE = 1e-4  # of the gates' largest magnitude: what float32 sums of the probe's size leave
@@ -584,13 +583,13 @@ def _as_layer(loop: onnx.NodeProto, step: RecurrentStep, weights: tuple[np.ndarr
     initializers = [from_array(kernel[None], name("W")), from_array(recurrent_kernel[None], name("R")), from_array(bias[None], name("B"))]
     nodes: list[onnx.NodeProto] = []
 
+    def axes_tensor(axis: int) -> str:
+        axes = name("axes")
+        initializers.append(from_array(np.array([axis], np.int64), axes))
+        return axes
+
     def axes_op(op_type: str, tensor: str, axis: int, out: str) -> str:
-        if opset >= AXES_AS_INPUT_OPSET:
-            axes = name("axes")
-            initializers.append(from_array(np.array([axis], np.int64), axes))
-            nodes.append(helper.make_node(op_type, [tensor, axes], [out], name=name(op_type)))
-        else:
-            nodes.append(helper.make_node(op_type, [tensor], [out], name=name(op_type), axes=[axis]))
+        nodes.append(with_axes(op_type, tensor, out, axis, opset, name(op_type), axes_tensor))
         return out
 
     states = [axes_op("Unsqueeze", loop.input[2 + step.hidden_state], 0, name("initial_h"))]
