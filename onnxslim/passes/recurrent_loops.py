@@ -37,11 +37,11 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import node_attr, replace_nodes
-from onnxslim.ir.shapes import infer_shapes, without_large_values
+from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names, consumers_map, from_array, initializer_map, producer_map, subgraphs, tensor_elements, to_array, unique_name
 from onnxslim.passes.base import DeclineCode, NotRewritten, PassResult
 from onnxslim.passes.opset import default_opset, with_axes
-from onnxslim.passes.sequences import constant_value, first_dim_of, length_root, without_casts
+from onnxslim.passes.sequences import constant_value, first_dim_of, length_root, without_casts, without_identities
 
 RANDOM_ROWS = 8  # rows on which the weights read off are checked
 PROBE_ELEMENTS = 1 << 25  # rows x (input + hidden size) the probe may evaluate at once: 128 MB of float32
@@ -69,6 +69,11 @@ class RecurrentStep:
     activation: tuple = ("Sigmoid",)  # the gates' sigmoid: ("Sigmoid",) or ("HardSigmoid", alpha, beta); an RNN's activation
     reset: tuple[str, str] | None = None  # a GRU's reset gate and the recurrent term it scales
 
+    @property
+    def resets_after(self) -> bool:
+        """A GRU whose reset gate scales the recurrent term (Keras's reset_after, ONNX's linear_before_reset), not the state."""
+        return self.reset is not None and self.reset[1] != self.hidden
+
 
 def recurrent_loops_as_layers(model: onnx.ModelProto) -> PassResult:
     """Replace each main-graph Loop whose body is one LSTM or GRU step over the rows of a float tensor by that layer."""
@@ -81,6 +86,7 @@ def recurrent_loops_as_layers(model: onnx.ModelProto) -> PassResult:
     taken = all_value_names(graph) | {n.name for n in graph.node}
     replacements: dict[int, list[onnx.NodeProto]] = {}
     known: dict = {}  # the model's inferred shapes, once asked for
+    opset = default_opset(model)
     for node in graph.node:
         if node.op_type != "Loop" or node.domain not in ("", "ai.onnx"):
             continue
@@ -91,8 +97,8 @@ def recurrent_loops_as_layers(model: onnx.ModelProto) -> PassResult:
         where = node.name or node.output[0]
         try:
             _check_steps(node, step, producers, inits, lambda step=step: _static_first_dim(model, step.sequence, known))
-            weights = _gate_weights(body, step, node, inits, default_opset(model))
-            nodes, initializers = _as_layer(node, step, weights, consumers, outputs, taken, default_opset(model))
+            weights = _gate_weights(body, step, node, inits, opset)
+            nodes, initializers = _as_layer(node, step, weights, consumers, outputs, taken, opset)
         except NotRewritten as exc:
             result.decline(where, exc.code, exc.text)
             continue
@@ -104,16 +110,8 @@ def recurrent_loops_as_layers(model: onnx.ModelProto) -> PassResult:
     return result
 
 
-def _source(name: str, producers: dict) -> str:
-    """``name`` with the Identity nodes in front of it skipped."""
-    seen = 0
-    while name in producers and producers[name].op_type == "Identity" and seen < 32:
-        name, seen = producers[name].input[0], seen + 1
-    return name
-
-
 def _made_by(name: str, producers: dict, op_type: str) -> onnx.NodeProto | None:
-    node = producers.get(_source(name, producers))
+    node = producers.get(without_identities(name, producers))
     return node if node is not None and node.op_type == op_type else None
 
 
@@ -133,7 +131,7 @@ def _recurrent_step(body: onnx.GraphProto, outer_constants: dict) -> RecurrentSt
     if len(body_inputs) < 4 or len(body.output) < len(body_inputs) - 1:
         return None
     carried = body_inputs[2:]
-    handed_back = [_source(o.name, producers) for o in body.output[1:len(body_inputs) - 1]]
+    handed_back = [without_identities(o.name, producers) for o in body.output[1:len(body_inputs) - 1]]
     for node in body.node:
         cell = _lstm_equations(node, producers, constant) or _gru_equations(node, producers, constant) or _rnn_equation(node)
         if cell is None:
@@ -153,7 +151,7 @@ def _recurrent_step(body: onnx.GraphProto, outer_constants: dict) -> RecurrentSt
         if step is None:
             continue
         x, sequence, counter = step
-        scans = [_source(o.name, producers) for o in body.output[len(body_inputs) - 1:]]
+        scans = [without_identities(o.name, producers) for o in body.output[len(body_inputs) - 1:]]
         if any(scan != new_hidden for scan in scans):
             return None
         limits = _limits(body, producers, carried, handed_back, counter, constant)
@@ -180,7 +178,7 @@ def _lstm_equations(mul: onnx.NodeProto, producers: dict, constant):
         output_gate, squashed = _gate(gate_side, producers, constant), _made_by(tanh_side, producers, "Tanh")
         if output_gate is None or squashed is None:
             continue
-        new_cell = _source(squashed.input[0], producers)
+        new_cell = without_identities(squashed.input[0], producers)
         add = producers.get(new_cell)
         if add is None or add.op_type != "Add":
             continue
@@ -218,7 +216,7 @@ def _gru_equations(add: onnx.NodeProto, producers: dict, constant):
         for complement_side, tanh_side in (new.input, reversed(new.input)):
             complement, squashed = _made_by(complement_side, producers, "Sub"), _made_by(tanh_side, producers, "Tanh")
             if (complement is not None and squashed is not None and _scalar(constant(complement.input[0])) == 1.0
-                    and _source(complement.input[1], producers) == update_gate):
+                    and without_identities(complement.input[1], producers) == update_gate):
                 candidate = squashed.input[0]
         if candidate is None:
             continue
@@ -265,14 +263,14 @@ def _gate_and_other(mul: onnx.NodeProto, producers: dict, constant):
     for gate_side, other in (mul.input, reversed(mul.input)):
         gate = _gate(gate_side, producers, constant)
         if gate is not None:
-            return gate, _source(other, producers), _source(gate_side, producers)
+            return gate, without_identities(other, producers), without_identities(gate_side, producers)
     return None
 
 
 def _gate(name: str, producers: dict, constant) -> tuple[str, tuple] | None:
     """(the input, the activation as ONNX's LSTM names it) where ``name`` is a sigmoid of that input: a Sigmoid, a
     HardSigmoid, or one written out (:func:`_written_hard_sigmoid`)."""
-    node = producers.get(_source(name, producers))
+    node = producers.get(without_identities(name, producers))
     if node is None:
         return None
     if node.op_type == "Sigmoid":
@@ -325,7 +323,7 @@ def _step_counter(body: onnx.GraphProto, producers: dict, carried: list[str], ha
     for gather in body.node:
         if gather.op_type != "Gather" or node_attr(gather, "axis", 0) != 0 or gather.input[0] in defined:
             continue
-        index = _source(gather.input[1], producers)
+        index = without_identities(gather.input[1], producers)
         if index not in carried:
             continue
         position = carried.index(index)
@@ -341,10 +339,10 @@ def _limits(body: onnx.GraphProto, producers: dict, carried: list[str], handed_b
     """(carried position or None, tensor, its value where a constant) of each limit the loop's condition compares with:
     Less(counter + 1, limit), or a LogicalAnd of such terms and of Less(iteration number, limit) (TensorFlow's bound on
     a while loop's iterations, which stops it no sooner), through casts; None where the condition is anything else."""
-    condition = producers.get(_source(body.output[0].name, producers))
+    condition = producers.get(without_identities(body.output[0].name, producers))
     terms = [condition]
     while any(t is not None and t.op_type == "And" for t in terms):
-        terms = [part for t in terms for part in ([producers.get(_source(i, producers)) for i in t.input] if t is not None and t.op_type == "And" else [t])]
+        terms = [part for t in terms for part in ([producers.get(without_identities(i, producers)) for i in t.input] if t is not None and t.op_type == "And" else [t])]
     limits, counted = [], False
     for term in terms:
         if term is None or term.op_type != "Less":
@@ -371,8 +369,7 @@ def _check_steps(loop: onnx.NodeProto, step: RecurrentStep, producers: dict, ini
     """The Loop runs once per row of the sequence: the counter starts at 0, and the limit (and the trip count, where
     given) is the sequence's first dimension, read through Shape or, where the export fixed it, equal to it
     (``static_length()``: that dimension where shape inference knows it)."""
-    start = constant_value(loop.input[2 + step.counter], producers, inits)
-    if start is None or start.size != 1 or float(start.reshape(())) != 0.0:
+    if _scalar(constant_value(loop.input[2 + step.counter], producers, inits)) != 0.0:
         raise NotRewritten(DeclineCode.UNSUPPORTED_FORM, "the step counter does not start at 0")
     first_condition = constant_value(loop.input[1], producers, inits) if loop.input[1] else None
     if first_condition is not None and not first_condition.all():
@@ -396,7 +393,7 @@ def _check_steps(loop: onnx.NodeProto, step: RecurrentStep, producers: dict, ini
 def _static_first_dim(model: onnx.ModelProto, tensor: str, known: dict) -> int | None:
     """``tensor``'s first dimension where shape inference fixes it (the inference made once, kept in ``known``)."""
     if "shapes" not in known:
-        known["shapes"] = infer_shapes(without_large_values(model))
+        known["shapes"] = infer_shapes(model)
     dims = known["shapes"].get(tensor)
     return dims[0] if dims and isinstance(dims[0], int) else None
 
@@ -408,7 +405,7 @@ def _gate_weights(body: onnx.GraphProto, step: RecurrentStep, loop: onnx.NodePro
     producers = producer_map(body)
     needed: list[onnx.NodeProto] = []
     seen: set[str] = set()
-    reset_after = step.reset is not None and step.reset[1] != step.hidden
+    taken_nodes: set[int] = set()
     wanted = [*step.gates, *(step.reset or ())]
     pending = list(wanted)
     while pending:
@@ -417,7 +414,8 @@ def _gate_weights(body: onnx.GraphProto, step: RecurrentStep, loop: onnx.NodePro
             continue
         seen.add(name)
         node = producers.get(name)
-        if node is not None and id(node) not in {id(n) for n in needed}:
+        if node is not None and id(node) not in taken_nodes:
+            taken_nodes.add(id(node))
             needed.append(node)
             pending.extend(i for i in node.input if i)
     order = {id(node): position for position, node in enumerate(body.node)}
@@ -439,7 +437,7 @@ def _gate_weights(body: onnx.GraphProto, step: RecurrentStep, loop: onnx.NodePro
             raise NotRewritten(DeclineCode.WOULD_GROW, f"input size {inputs} and hidden size {hidden}: too large to read the weights off")
         rows = _probe_rows(inputs, hidden)
         values = _evaluate(computed, constants | {step.x: rows[0], step.hidden: rows[1]}, wanted, opset)
-        if step.reset is not None and not reset_after:  # the candidate with the reset gate held at one, random on the check's rows
+        if step.reset is not None and not step.resets_after:  # the candidate with the reset gate held at one, random on the check's rows
             gate = np.ones_like(rows[1])
             gate[-RANDOM_ROWS:] = np.random.default_rng(1).uniform(0.0, 1.0, (RANDOM_ROWS, hidden))
             without_gate = [node for node in computed if step.reset[0] not in node.output]
@@ -456,7 +454,7 @@ def _gate_weights(body: onnx.GraphProto, step: RecurrentStep, loop: onnx.NodePro
                                                              "not float32 rows of the hidden size")
     affine = step.gates if step.reset is None else step.gates[:2]
     parts = [_affine(values[name], rows, inputs) for name in affine]
-    if step.reset is not None and not reset_after:  # a GRU's candidate: affine in the input and the gated hidden state
+    if step.reset is not None and not step.resets_after:  # a GRU's candidate: affine in the input and the gated hidden state
         parts.append(_affine(values[step.gates[2]], gated_rows, inputs))
     elif step.reset is not None:  # a GRU's candidate: a + r * b, a affine in the input alone, b in the hidden state alone
         reset, scaled = (values[name].astype(np.float64) for name in step.reset)
@@ -551,12 +549,11 @@ def _layer_weights(step: RecurrentStep, parts: list[tuple[np.ndarray, np.ndarray
     (kernel, recurrent kernel, bias) in ONNX's order (a GRU's fourth part, where the reset gate scales the recurrent
     term: that term's)."""
     gates = parts[:3] if step.op_type == "GRU" else parts
-    reset_after = step.op_type == "GRU" and len(parts) == 4
     weights = np.concatenate([kernel.T for kernel, _, _ in gates])
-    recurrent = np.concatenate([(parts[3] if reset_after and index == 2 else part)[1].T for index, part in enumerate(gates)])
+    recurrent = np.concatenate([(parts[3] if step.resets_after and index == 2 else part)[1].T for index, part in enumerate(gates)])
     input_bias = np.concatenate([bias for _, _, bias in gates])
     recurrent_bias = np.zeros_like(input_bias)
-    if reset_after:  # the reset gate scales the candidate's recurrent term with its bias (linear_before_reset)
+    if step.resets_after:  # the reset gate scales the candidate's recurrent term with its bias (linear_before_reset)
         recurrent_bias[-len(parts[3][2]):] = parts[3][2]
     return weights.astype(np.float32), recurrent.astype(np.float32), np.concatenate([input_bias, recurrent_bias]).astype(np.float32)
 
@@ -595,9 +592,10 @@ def _as_layer(loop: onnx.NodeProto, step: RecurrentStep, weights: tuple[np.ndarr
     states = [axes_op("Unsqueeze", loop.input[2 + step.hidden_state], 0, name("initial_h"))]
     if step.cell_state is not None:
         states.append(axes_op("Unsqueeze", loop.input[2 + step.cell_state], 0, name("initial_c")))
-    every_step, last_hidden, last_cell = name("Y"), name("Y_h"), name("Y_c")
+    every_step, last_hidden = name("Y"), name("Y_h")
+    last_cell = name("Y_c") if step.cell_state is not None else None
     attributes: dict = {"hidden_size": hidden}
-    if step.op_type == "GRU" and step.reset[1] != step.hidden:
+    if step.resets_after:
         attributes["linear_before_reset"] = 1  # Keras's reset_after: the reset gate scales the recurrent term, bias included
     if step.op_type == "RNN" and step.activation[0] != "Tanh":
         attributes["activations"] = [step.activation[0]]

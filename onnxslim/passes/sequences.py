@@ -16,12 +16,22 @@ from onnxslim.ir.tensors import to_array
 SAME_LENGTH = {"Identity", "Cast", "ReverseSequence", "Relu", "Neg", "Abs", "Sigmoid", "Tanh"}
 
 
-def without_casts(name: str, producers: dict) -> str:
-    """``name`` with the Identity and Cast nodes in front of it skipped (tf2onnx casts lengths to int32 and back)."""
+def _behind(name: str, producers: dict, op_types: tuple[str, ...]) -> str:
+    """``name`` with the nodes of ``op_types`` in front of it skipped (32 at most)."""
     seen = 0
-    while name in producers and producers[name].op_type in ("Identity", "Cast") and seen < 32:
+    while name in producers and producers[name].op_type in op_types and seen < 32:
         name, seen = producers[name].input[0], seen + 1
     return name
+
+
+def without_identities(name: str, producers: dict) -> str:
+    """``name`` with the Identity nodes in front of it skipped."""
+    return _behind(name, producers, ("Identity",))
+
+
+def without_casts(name: str, producers: dict) -> str:
+    """``name`` with the Identity and Cast nodes in front of it skipped (tf2onnx casts lengths to int32 and back)."""
+    return _behind(name, producers, ("Identity", "Cast"))
 
 
 def constant_value(name: str, producers: dict, inits: dict) -> np.ndarray | None:
