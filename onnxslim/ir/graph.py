@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import onnx
 from onnx import TensorProto, helper
 
-from onnxslim.ir.tensors import outer_references, subgraphs
+from onnxslim.ir.tensors import outer_references, subgraphs, unique_name
 
 
 def node_attr(node: onnx.NodeProto, name: str, default=None):
@@ -80,10 +80,7 @@ def erfc_as_one_minus_erf(graph: onnx.GraphProto) -> int:
             nodes.append(node)
             continue
         base = node.name or node.output[0]
-        erf, one = f"{base}/erf", f"{base}/one"
-        while erf in taken or one in taken:
-            erf, one = f"{erf}_", f"{one}_"
-        taken.update((erf, one))
+        erf, one = unique_name(f"{base}/erf", taken), unique_name(f"{base}/one", taken)
         nodes += [helper.make_node("Erf", [node.input[0]], [erf], name=f"{base}/Erf"),
                   helper.make_node("Constant", [], [one], name=f"{base}/One",  # of the input's type where declared (float32 else)
                                    value=helper.make_tensor("one", declared.get(node.input[0]) or TensorProto.FLOAT, [], [1.0])),

@@ -568,9 +568,7 @@ def _as_layer(loop: onnx.NodeProto, step: RecurrentStep, weights: tuple[np.ndarr
     base = loop.name or loop.output[0]
 
     def name(suffix: str) -> str:
-        fresh = unique_name(f"{base}/{suffix}", taken)
-        taken.add(fresh)
-        return fresh
+        return unique_name(f"{base}/{suffix}", taken)
 
     def read(tensor: str) -> bool:
         return bool(tensor) and (bool(consumers.get(tensor)) or tensor in outputs)

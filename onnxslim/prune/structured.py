@@ -662,14 +662,17 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
     inputs = [i.name for i in graph_inputs(original)]
     sizes = {k: v for k, v in ((s, shapes.get(s)) for s in inputs) if v and all(isinstance(d, int) for d in v)}
     new_shapes = known_shapes(pruned, sizes)
-    # ``shapes`` are the prepared graph's: the branches its preparation merged are the original's alone
-    original_shapes = {**known_shapes(original, sizes), **shapes} if any(r.name == "parallel-convs-as-one" and r.modified for r in report.prepare) else shapes
     report.parameters = BeforeAfter(count_parameters(original), count_parameters(pruned))
-    (before, _, unknown_before), (after, _, unknown_after) = count_macs(original, original_shapes), count_macs(pruned, new_shapes)
-    if unknown_before and original_shapes is shapes:  # nodes preparation rewrote (an Einsum as a MatMul) are the original's alone
-        before, _, unknown_before = count_macs(original, {**known_shapes(original, sizes), **shapes})
     if prepared_macs is not None:
         before, _, unknown_before = prepared_macs
+    else:
+        # ``shapes`` are the prepared graph's: the branches its preparation merged are the original's alone
+        merged = any(r.name == "parallel-convs-as-one" and r.modified for r in report.prepare)
+        original_shapes = {**known_shapes(original, sizes), **shapes} if merged else shapes
+        before, _, unknown_before = count_macs(original, original_shapes)
+        if unknown_before and original_shapes is shapes:  # nodes preparation rewrote (an Einsum as a MatMul) are the original's alone
+            before, _, unknown_before = count_macs(original, {**known_shapes(original, sizes), **shapes})
+    after, _, unknown_after = count_macs(pruned, new_shapes)
     if unknown_after and probe is not None:  # sizes inference leaves unknown, read off a run of the test batch
         new_shapes.update(runtime_shapes(pruned, probe))
         after, _, unknown_after = count_macs(pruned, new_shapes)
