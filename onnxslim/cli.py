@@ -154,7 +154,7 @@ def _print_summary(summary) -> None:
     console.print(f"nodes: {summary.nodes}  ({ops})", highlight=False)
     in_attributes = f" (and {summary.ml_attribute_values:,} in the attributes of ai.onnx.ml operators)" if summary.ml_attribute_values else ""
     stored = ", ".join(kind if len(summary.weight_types) == 1 else f"{kind} {_count(count)}" for kind, count in summary.weight_types.items())
-    console.print(f"parameters: {_count(summary.parameters)}{in_attributes}  weights: {summary.weight_bytes / 1e6:.2f} MB" + (f" ({stored})" if stored else ""),
+    console.print(f"parameters: {_count(summary.parameters)}{in_attributes}  weights: {size_text(summary.weight_bytes)}" + (f" ({stored})" if stored else ""),
                   highlight=False)
     if summary.initializers_listed_as_inputs:
         console.print(f"{summary.initializers_listed_as_inputs} initializer(s) are listed as graph inputs too, so onnxruntime may fold none of them "

@@ -13,6 +13,7 @@ import os
 from onnxslim.compress.pipeline import CompressReport
 from onnxslim.distill.html import fidelity_curves
 from onnxslim.report import html_number, html_page, plotly_figures, write_text
+from onnxslim.units import size_text
 
 
 def pareto_figure(report: CompressReport):
@@ -33,7 +34,7 @@ def pareto_figure(report: CompressReport):
                 textposition="top center",
                 marker={"size": 14 if chosen else 9, "symbol": "star" if chosen else "circle"},
                 name="written" if chosen else "candidates",
-                hovertext=[f"{c.name}: {c.note}; {c.file_bytes / 1e6:.2f} MB" for c in points],
+                hovertext=[f"{c.name}: {c.note}; {size_text(c.file_bytes)}" for c in points],
             )
         )
     figure.add_hline(y=report.budget["max_loss"], line_dash="dash", annotation_text=f"budget: loss {report.budget['max_loss']:g}")
@@ -82,7 +83,7 @@ def write_html(report: CompressReport, path: str | os.PathLike) -> None:
     curves = fidelity_curves(distilled, distilled[0][1].get("accuracy_metric", "cosine")).to_html(full_html=False, include_plotlyjs=False) if distilled else ""
     rows = "".join(
         f"<tr><td>{'&#9733; ' if c.chosen else ''}{html.escape(c.name)}</td><td>{html_number(c.latency_ratio, suffix='x')}</td><td>{html_number(c.loss)}</td>"
-        f"<td>{c.file_bytes / 1e6:.2f} MB</td><td>{'yes' if c.within_budget else 'no'}</td><td>{html.escape(c.note)}</td></tr>"
+        f"<td>{size_text(c.file_bytes)}</td><td>{'yes' if c.within_budget else 'no'}</td><td>{html.escape(c.note)}</td></tr>"
         for c in report.candidates
     )
     body = f"""<p>{html.escape(report.model)} &rarr; {html.escape(str(report.output or "(not written)"))}: {html.escape(report.why)}. Measured on {html.escape(report.evaluation)}.</p>

@@ -33,6 +33,7 @@ from onnxslim.ir.shapes import shapes_and_types
 from onnxslim.ir.tensors import consumers_map, is_mapped, nominal_bytes, producer_map, subgraphs
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.runtime.folding import fold_with_onnxruntime
+from onnxslim.units import size_text
 
 # With weights over half the protobuf limit, tensors at least this big are kept out of folding.
 HIDE_BYTES = 1 << 20
@@ -72,7 +73,7 @@ def fold_constants(model: onnx.ModelProto, *, max_growth_bytes: int = 128 << 20)
     limit = size_before + GROWTH_SLACK_BYTES
     grown = model_weight_bytes(folded)
     if grown > limit:
-        text = f"evaluating every constant expression would grow the weights from {size_before / 1e6:.2f} MB to {grown / 1e6:.2f} MB"
+        text = f"evaluating every constant expression would grow the weights from {size_text(size_before)} to {size_text(grown)}"
         try:
             guarded = _fold_leaving_growth_to_run_time(work, max_growth_bytes)
         except Exception:  # the full fold worked; a guarded one failing leaves the smaller ones to try

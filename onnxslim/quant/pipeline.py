@@ -689,7 +689,7 @@ def _kept_weights_within_budget(run: QuantRun, config: QuantConfig, report: Quan
         missed = f"; {entry['why']}" if "why" in entry else ""  # the smaller form tried first
         which_layers = f"{len(changed)} of the {len(keep_float)} layer(s) kept in float, those holding most of the bytes," if which else f"{len(changed)} layer(s) kept in float"
         entry |= {"written": storage, "bytes_saved": saved,
-                  "why": f"{which_layers} store {storage} weights ({saved / 1e6:.2f} MB less); {config.accuracy_metric} {smaller_score:.5f}{missed}"}
+                  "why": f"{which_layers} store {storage} weights ({size_text(saved)} less); {config.accuracy_metric} {smaller_score:.5f}{missed}"}
         how = "weights stored in INT8 per output channel, float when loaded" if storage == "int8" else "weights stored in float16"
         shared = "its table stored with the output layer's weights (tied): " + ("INT8 with a scale per row" if storage == "int8" else "float16")
         reasons = {node: Reason(plan.decisions[node].code, f"{plan.decisions[node].reason.text}; {how if node in changed else shared}")
