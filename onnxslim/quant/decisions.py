@@ -129,6 +129,7 @@ class QuantPlan:
     constant_operands: dict[str, int] = field(default_factory=dict)  # Add/Mul node -> index of its scalar constant input, written as an exact UINT8 DQ
     slope_activations: dict[str, str] = field(default_factory=dict)  # PRelu node -> its slope constant, written as max(x, slope * x) on UINT8
     single_slopes: dict[str, float] = field(default_factory=dict)  # PRelu node with one slope -> that slope, written as LeakyRelu
+    code_pads: set[str] = field(default_factory=set)  # Pad nodes written on their input's UINT8 codes (no Q/DQ around them)
     decisions: dict[str, NodeDecision] = field(default_factory=dict)
     signed: bool = False
     # body path -> the plan of that If branch or Loop/Scan body (nested bodies listed here too, not in their parents' plans)

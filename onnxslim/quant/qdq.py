@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import topological_sort
+from onnxslim.ir.graph import node_attr, topological_sort
 from onnxslim.ir.io import copy_leaving_out
 from onnxslim.ir.mapped import ArrayStore, has_mapped
 from onnxslim.ir.scopes import all_nodes
@@ -235,6 +235,9 @@ class _Emitter:
             codes = dequantizers[node.input[0]].input[0]
             quantizer = quantizers[node.output[0]]
             slopes = to_array(self.inits[node.input[1]]).astype(np.float64)
+            if slopes.max() > 1.0:
+                self._slopes_above_one(node, dequantizers[node.input[0]], slopes)
+                continue
             low, high = min(float(slopes.min()), 0.0), max(float(slopes.max()), 0.0)
             scale = (high - low) / 255.0 if high > low else 1.0
             zero = int(round(-low / scale))
@@ -256,6 +259,62 @@ class _Emitter:
             result = quantizer.output[0]
             quantizer.output[0] = self.name(f"{base}_product_quantized")
             self.node("Max", [codes, quantizer.output[0]], result)
+
+    def _slopes_above_one(self, node: onnx.NodeProto, source: onnx.NodeProto, slopes: np.ndarray) -> None:
+        """Rewrite a PRelu with some slope above 1 (between x's DequantizeLinear ``source`` and its output's QuantizeLinear) as
+        x + (slope - 1) * min(x, 0): min(x, 0) is the Min of x's codes and its zero point, on x's grid; the product goes onto a
+        grid of its own, from x's lowest value on its grid times the extreme factors (a QLinearMul), and the sum onto the
+        output's (a QLinearAdd)."""
+        codes, scale, zero = source.input
+        lowest = -float(to_array(self.inits[zero]).astype(np.float64).reshape(())) * float(to_array(self.inits[scale]).reshape(()))
+        factors = slopes - 1.0
+        base = node.output[0]
+        negative_codes, negative = self.name(f"{base}_negative_part_quantized"), self.name(f"{base}_negative_part")
+        self.node("Min", [codes, zero], negative_codes)
+        self.dequantize(negative_codes, scale, zero, negative, None)
+        low, high = min(float(factors.min()), 0.0), max(float(factors.max()), 0.0)
+        factor_scale = (high - low) / 255.0
+        factor_zero = int(round(-low / factor_scale))
+        factor = self.name(f"{base}_factor_dequantized")
+        self.dequantize(self.constant(f"{base}_factor_quantized", np.clip(np.round(factors / factor_scale) + factor_zero, 0, 255).astype(np.uint8)),
+                        self.constant(f"{base}_factor_scale", np.asarray(factor_scale, np.float32)),
+                        self.constant(f"{base}_factor_zero_point", np.asarray(factor_zero, np.uint8)), factor, None)
+        # the product's range: the lowest x times the largest factor, and times the smallest where it is negative
+        product_low, product_high = min(0.0, lowest * high), max(0.0, lowest * low)
+        product_scale = (product_high - product_low) / 255.0 if product_high > product_low else 1.0
+        product_zero = int(round(-product_low / product_scale))
+        product_scale_name = self.constant(f"{base}_correction_scale", np.asarray(product_scale, np.float32))
+        product_zero_name = self.constant(f"{base}_correction_zero_point", np.asarray(product_zero, np.uint8))
+        product, product_codes, correction = self.name(f"{base}_correction_float"), self.name(f"{base}_correction_quantized"), self.name(f"{base}_correction")
+        self.node("Mul", [negative, factor], product)
+        self.node("QuantizeLinear", [product, product_scale_name, product_zero_name], product_codes)
+        self.dequantize(product_codes, product_scale_name, product_zero_name, correction, None)
+        node.op_type = "Add"
+        node.input[1] = correction
+
+    def code_pads(self) -> None:
+        """Rewrite each planned Pad (between its input's DequantizeLinear and the QuantizeLinear of its output, which share
+        one scale and zero point) as a Pad of the input's UINT8 codes whose constant is the zero point: the same codes that
+        quantizing the float Pad's output would give, without the dequantize and quantize onnxruntime would run around it."""
+        if not self.plan.code_pads:
+            return
+        dequantizers = {n.output[0]: n for n in self.new_nodes if n.op_type == "DequantizeLinear"}
+        quantizers = {n.input[0]: n for n in self.new_nodes if n.op_type == "QuantizeLinear"}
+        replaced = set()
+        for node in self.graph.node:
+            if node.name not in self.plan.code_pads:
+                continue
+            codes, _, zero = dequantizers[node.input[0]].input
+            quantizer = quantizers[node.output[0]]
+            node.input[0] = codes
+            mode = node_attr(node, "mode", b"constant")
+            if (mode.decode() if isinstance(mode, bytes) else mode) == "constant":
+                if len(node.input) < 3:
+                    node.input.append(zero)
+                node.input[2] = zero
+            node.output[0] = quantizer.output[0]
+            replaced.add(id(quantizer))
+        self.new_nodes = [n for n in self.new_nodes if id(n) not in replaced]
 
     def constant_operands(self) -> None:
         """Give each planned Add/Mul's scalar constant a DequantizeLinear of one exact UINT8 code, so onnxruntime fuses it.
@@ -326,5 +385,6 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, params: dict[str, tuple[
     emitter.activations(params)
     emitter.hard_activations()
     emitter.slope_activations()
+    emitter.code_pads()
     emitter.constant_operands()
     return emitter.finish()

@@ -19,6 +19,7 @@ import onnx
 
 from onnxslim.ir.graph import MS_DOMAIN, node_attr
 from onnxslim.ir.tensors import to_array
+from onnxslim.passes.opset import default_opset
 from onnxslim.quant.decisions import ActivationQuant, QuantReason
 from onnxslim.reasons import Reason
 
@@ -39,7 +40,9 @@ CPU_INTEGER_ACTIVATIONS = {"Sigmoid", "LeakyRelu"}
 HARD_ACTIVATIONS = {"HardSigmoid", "HardSwish"}
 # PRelu(x) = max(x, slope * x) where every slope is at most 1: slope * x on x's own UINT8 grid (QLinearMul with the
 # slopes as UINT8 codes), then Max of the two code tensors, which on one grid is the codes of the max (with a negative
-# slope, slope * x can pass x's largest value: then both go onto the output's own grid, x by a QLinearMul by 1); onnxruntime has no
+# slope, slope * x can pass x's largest value: then both go onto the output's own grid, x by a QLinearMul by 1); with
+# some slopes above 1 (TFLite's MediaPipe nets), x + (slope - 1) * min(x, 0), min(x, 0) the Min of x's codes and its
+# zero point, the rest QLinearMul and QLinearAdd; onnxruntime has no
 # integer PRelu, and its float one between a DequantizeLinear and a QuantizeLinear took 4.2 ms on 64 channels of 112x112
 # at one thread, more than the 3x3 convolution beside it (2.3 ms), where this form takes 0.3 ms
 SLOPE_ACTIVATIONS = {"PRelu"}
@@ -207,6 +210,28 @@ def shared_scale(planner: Planner, node: onnx.NodeProto) -> Reason:
     return Reason(QuantReason.SHARED_SCALE, "runs on UINT8: same scale before and after")
 
 
+def code_pad(planner: Planner, node: onnx.NodeProto) -> Reason:
+    """A Pad after a quantized layer (BlazeFace's and other TFLite nets' zero channels added to a residual): run on the
+    UINT8 codes, padding with the zero point, which is zero exactly; onnxruntime drops no Q/DQ around a Pad, so without
+    this the Add it feeds stays in float with a dequantize and a quantize around it."""
+    data = node.input[0] if node.input else ""
+    if not (planner.is_quantized(data) and data in planner.quantized_outputs):
+        return _inputs_not_quantized()
+    if default_opset(planner.model) < 11:
+        return Reason(QuantReason.UNSUPPORTED, "Pad before opset 11 pads float tensors only")
+    mode = node_attr(node, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    value = node.input[2] if len(node.input) > 2 else ""
+    if mode == "constant" and value:
+        if value not in planner.inits or np.any(to_array(planner.inits[value]) != 0):
+            return Reason(QuantReason.KEPT_FLOAT, "Pad with a value other than zero: its UINT8 code would round it")
+    out = node.output[0]
+    planner.plan.activations[out] = ActivationQuant(out, observe=out, share=data, rewire_all=True)
+    planner.quantized_outputs.add(out)
+    planner.plan.code_pads.add(node.name)
+    return Reason(QuantReason.SHARED_SCALE, f"Pad ({mode}) on the UINT8 codes: same scale before and after, zero padded as the zero point")
+
+
 def integer_unary(planner: Planner, node: onnx.NodeProto) -> Reason:
     """Pooling, Sigmoid, LeakyRelu with a QLinear kernel: quantized input and output."""
     data = node.input[0] if node.input else ""
@@ -256,10 +281,12 @@ def slope_activation(planner: Planner, node: onnx.NodeProto) -> Reason:
         planner.quantize_output(node, allow_fold=True)
         planner.plan.single_slopes[node.name] = float(slopes.flat[0])
         return Reason(QuantReason.INTEGER_KERNEL, f"QLinearLeakyRelu: one slope ({float(slopes.flat[0]):g}) for every channel")
-    if slopes.max() > 1.0:
-        return Reason(QuantReason.KEPT_FLOAT, "PRelu with a slope above 1: max(x, slope * x) would not compute it; kept in float")
     planner.quantize_input(data, node)
     planner.plan.slope_activations[node.name] = slope
+    if slopes.max() > 1.0:
+        # max(x, slope * x) is min(x, slope * x) in those channels; x + (slope - 1) * min(x, 0) holds for every slope
+        planner.quantize_output(node, allow_fold=False)
+        return Reason(QuantReason.INTEGER_KERNEL, "Min + QLinearMul + QLinearAdd: x + (slope - 1) * min(x, 0) on UINT8 (some slopes above 1)")
     if slopes.min() < 0.0:
         # slope * x of a negative x and slope is positive, possibly past x's largest value: both go onto the output's own grid
         planner.quantize_output(node, allow_fold=False)
@@ -356,6 +383,7 @@ CPU_RULES: dict[str, Rule] = {
     **{op: slope_activation for op in SLOPE_ACTIVATIONS},
     **{op: unfolded_clamp for op in REMOVABLE},
     "Concat": concat,
+    "Pad": code_pad,
     "Attention": fused_attention,
     **{op: weighted for op in WEIGHTED_CPU},
     **{op: control_flow for op in CONTROL_FLOW},
