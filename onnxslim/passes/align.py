@@ -10,10 +10,15 @@ per-channel constants in between neutral values. The model computes the same
 function: every added channel is a finite value (an activation of zero) that
 only zero weights read.
 
+A Pad that adds zero channels (TFLite's residual blocks that widen: BlazeFace, MediaPipe's landmark nets) bounds a set
+like a layer: where it writes the set, it adds the set's zero channels too; where it reads one, it adds fewer (or crops
+some of the set's added channels), so its output keeps its width. Cropping or passing on the set's added channels is
+exact only while they are zero, so a set with a Sigmoid-like op (non-zero at zero) read by such a Pad is left as it is.
+
 Contract: changes ``model`` in place; its inputs and outputs keep their names,
 types and shapes. A set of channels is padded only when every node that
 touches it is understood: the producing and reading layers are Conv with
-group 1 and constant weights, and everything in between is elementwise per
+group 1 and constant weights or Pads of zero channels, and everything in between is elementwise per
 channel, a depthwise Conv, BatchNormalization or pooling. Anything else
 (a reshape, a concat, a reduction over channels, a graph output, a shared
 weight) leaves that set as it is, with a reason.
@@ -28,17 +33,21 @@ import onnx
 
 from onnxslim.ir.graph import node_attr
 from onnxslim.ir.shapes import infer_shapes
-from onnxslim.ir.tensors import all_value_names, consumers_map, unique_name
+from onnxslim.ir.tensors import all_value_names, consumers_map, outer_references, subgraphs, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
+from onnxslim.passes.opset import default_opset
 
 DEPTHWISE_MULTIPLE = 16
 
 # elementwise ops of one activation input that map a zero channel to finite values
 PER_CHANNEL_UNARY = {"Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Mish", "Gelu", "Identity",
                      "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
+# ... of which these map a zero to something else, so the added channels after them are not zero
+NONZERO_AT_ZERO = {"Sigmoid", "HardSigmoid", "Softplus"}
 # the value a per-channel constant gets in an added channel
 NEUTRAL = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0}
+PAD_OPSET = 11  # Pad reads its amounts from an input from here on
 
 
 @dataclass
@@ -52,6 +61,9 @@ class _ChannelSet:
     readers: set[int] = field(default_factory=set)  # Conv (group 1): input channels
     depthwise: set[int] = field(default_factory=set)
     constants: dict[tuple[int, int], float] = field(default_factory=dict)  # (node, input index) -> value of an added channel
+    pad_writers: set[int] = field(default_factory=set)  # Pad adding zero channels: writes these channels
+    pad_readers: set[int] = field(default_factory=set)  # Pad adding zero channels to these channels
+    nonzero: str | None = None  # a node after which the added channels are not zero
     problem: str | None = None
 
 
@@ -62,6 +74,7 @@ def label(node: onnx.NodeProto) -> str:
 class _Walker(GraphIndex):
     def __init__(self, model: onnx.ModelProto):
         super().__init__(model.graph)
+        self.pads_as_input = default_opset(model) >= PAD_OPSET
         self.nodes = list(model.graph.node)  # sets name nodes by position: passes also see unnamed nodes
         self.position = {id(n): i for i, n in enumerate(self.nodes)}
         self.graph_inputs = {v.name for v in model.graph.input}
@@ -81,6 +94,23 @@ class _Walker(GraphIndex):
     def is_dense_conv(self, node: onnx.NodeProto) -> bool:
         return node.op_type == "Conv" and int(node_attr(node, "group", 1)) == 1 and self.weight(node) is not None
 
+    def channel_pads(self, node: onnx.NodeProto) -> np.ndarray | None:
+        """The amounts of a Pad of zeros (constant mode, constant amounts, every axis named) on an input of rank 3 or more, or None."""
+        if node.op_type != "Pad" or node.domain not in ("", "ai.onnx") or not self.pads_as_input or not 2 <= len(node.input) <= 3:
+            return None
+        mode = node_attr(node, "mode", b"constant")
+        if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+            return None
+        if len(node.input) == 3 and node.input[2] and (self.array(node.input[2]) is None or np.any(self.array(node.input[2]) != 0)):
+            return None
+        pads = self.array(node.input[1])
+        return pads if pads is not None and pads.ndim == 1 and pads.size >= 6 and pads.size % 2 == 0 else None
+
+    def adds_channels(self, node: onnx.NodeProto) -> bool:
+        """A Pad of zeros that adds or removes channels (axis 1): a boundary of the sets on both sides."""
+        pads = self.channel_pads(node)
+        return pads is not None and bool(pads[1] or pads[pads.size // 2 + 1])
+
     def walk(self, start: onnx.NodeProto) -> _ChannelSet:
         channels = int(self.weight(start).shape[0])
         found = _ChannelSet(channels, depthwise={self.key(start)})
@@ -91,6 +121,9 @@ class _Walker(GraphIndex):
                 continue
             found.tensors.add(tensor)
             found.problem = self._backward(tensor, found, pending) or self._forward(tensor, found, pending)
+        if found.problem is None and found.pad_readers and found.nonzero:
+            reader = label(self.nodes[min(found.pad_readers)])
+            found.problem = f"{reader} passes these channels on, and the added ones are not zero after {found.nonzero}"
         return found
 
     def _backward(self, tensor: str, found: _ChannelSet, pending: list[str]) -> str | None:
@@ -104,6 +137,11 @@ class _Walker(GraphIndex):
                 return f"{label(node)} writes {self.weight(node).shape[0]} channels, not {found.channels}"
             found.producers.add(self.key(node))
             return None
+        if self.adds_channels(node):
+            if self._channel_dim(tensor) != found.channels:
+                return f"{label(node)} (Pad): cannot confirm it writes {found.channels} channels"
+            found.pad_writers.add(self.key(node))
+            return None
         return self._through(node, tensor, found, pending)
 
     def _forward(self, tensor: str, found: _ChannelSet, pending: list[str]) -> str | None:
@@ -114,6 +152,9 @@ class _Walker(GraphIndex):
                 if self.weight(node).shape[1] != found.channels:
                     return f"{label(node)} reads {self.weight(node).shape[1]} channels, not {found.channels}"
                 found.readers.add(self.key(node))
+                continue
+            if self.adds_channels(node) and node.input[0] == tensor and tensor not in node.input[1:]:
+                found.pad_readers.add(self.key(node))
                 continue
             problem = self._through(node, tensor, found, pending)
             if problem:
@@ -131,9 +172,11 @@ class _Walker(GraphIndex):
             found.depthwise.add(self.key(node))
             pending.extend([node.input[0], node.output[0]])
             return None
-        if op in PER_CHANNEL_UNARY:
+        if op in PER_CHANNEL_UNARY or self.channel_pads(node) is not None:  # (a Pad that adds no channel pads each one)
             if any(name and name not in self.constants for name in node.input[1:]) or op == "PRelu" and not self._per_channel_ok(node, 1, found, 0.0):
                 return f"{label(node)} ({op}) has run-time parameters"
+            if op in NONZERO_AT_ZERO or op == "Clip" and not self._clips_zero_to_zero(node):
+                found.nonzero = found.nonzero or label(node)
             pending.extend([node.input[0], node.output[0]])
             return None
         if op == "BatchNormalization":
@@ -155,6 +198,11 @@ class _Walker(GraphIndex):
             pending.append(node.output[0])
             return None
         return f"{label(node)} ({op}) is not a per-channel op"
+
+    def _clips_zero_to_zero(self, node: onnx.NodeProto) -> bool:
+        low = self.scalar(node.input[1]) if len(node.input) > 1 and node.input[1] else float(node_attr(node, "min", -np.inf))
+        high = self.scalar(node.input[2]) if len(node.input) > 2 and node.input[2] else float(node_attr(node, "max", np.inf))
+        return low is not None and high is not None and low <= 0.0 <= high
 
     def _channel_dim(self, tensor: str) -> int | None:
         shape = self.shapes.get(tensor)
@@ -197,7 +245,7 @@ def align_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_M
             continue
         found = walker.walk(node)
         done |= found.depthwise
-        if found.problem is None and not found.producers:
+        if found.problem is None and not found.producers and not found.pad_writers:
             found.problem = "no layer produces these channels"
         if found.problem is None:
             # a shared bias gets a padded copy of its own; a shared weight would be stored twice
@@ -214,6 +262,7 @@ def align_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_M
     taken = all_value_names(graph)
     replaced: set[str] = set()
     grown: dict[str, np.ndarray] = {}  # a layer between two sets (reads one, writes the other) grows twice
+    pad_amounts: dict[int, np.ndarray] = {}  # likewise a Pad between two sets
     for found in sets:
         extra = -found.channels % multiple
         for (position, index), pads in _padded_inputs(walker, found, grown).items():
@@ -232,18 +281,44 @@ def align_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_M
             for attr in walker.nodes[position].attribute:
                 if attr.name == "group":
                     attr.i = found.channels + extra
+        for position, change in [(p, extra) for p in found.pad_writers] + [(p, -extra) for p in found.pad_readers]:
+            pad = walker.nodes[position]
+            amounts = pad_amounts.setdefault(position, walker.array(pad.input[1]).copy())
+            amounts[amounts.size // 2 + 1] += change  # the end of the channel axis
         stale = [v for v in graph.value_info if v.name in found.tensors]
         for value in stale:
             graph.value_info.remove(value)
         names = [label(walker.nodes[k]) for k in sorted(found.depthwise)]
         result.change(f"padded {len(names)} depthwise Conv(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) from {found.channels} to "
                       f"{found.channels + extra} channels, onnxruntime's fast integer depthwise kernel needs multiples of {multiple}")
+    emptied = []
+    for position, amounts in pad_amounts.items():  # each Pad its own amounts: Pads of one width may share them
+        pad = walker.nodes[position]
+        replaced.add(pad.input[1])
+        if not amounts.any() and _bypass(graph, pad):
+            emptied.append(pad)
+            continue
+        pad.input[1] = unique_name(f"{pad.input[1]}_aligned", taken)
+        grown[pad.input[1]] = amounts
+    for pad in emptied:
+        graph.node.remove(pad)
+        result.change(f"{label(pad)}: a Pad that now adds no channel, left out")
     still_read = replaced & set(consumers_map(graph))  # a shared bias's other readers
     kept = [t for t in graph.initializer if t.name not in replaced or t.name in still_read]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     graph.initializer.extend(onnx.numpy_helper.from_array(array, name) for name, array in grown.items())
     return result
+
+
+def _bypass(graph: onnx.GraphProto, pad: onnx.NodeProto) -> bool:
+    """Make the main graph's readers of ``pad``'s output read its input instead, unless a graph output or a subgraph reads it."""
+    output = pad.output[0]
+    if any(v.name == output for v in graph.output) or any(output in outer_references(sub) for node in graph.node for sub in subgraphs(node)):
+        return False
+    for node in graph.node:
+        node.input[:] = [pad.input[0] if name == output else name for name in node.input]
+    return True
 
 
 def _padded_inputs(walker: _Walker, found: _ChannelSet, grown: dict[str, np.ndarray] | None = None) -> dict[tuple[int, int], list[tuple[int, float]]]:
