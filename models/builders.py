@@ -173,6 +173,19 @@ def hardswish_block(channels: int = 16, expanded: int = 24, size: int = 16, *, s
     return b.model([_image_input(3, size)], [_output("features", [1, 8, size, size])], "hardswish_block")
 
 
+def widening_residual(narrow: int = 24, wide: int = 28, size: int = 16, *, seed: int = 31, activation: str = "Relu") -> onnx.ModelProto:
+    """BlazeFace's block as tf2onnx writes a TFLite export: depthwise 3x3 and pointwise ``narrow`` -> ``wide`` beside a
+    shortcut widened by a Pad of zero channels, their Add and a Relu, then a depthwise layer over the ``wide`` channels."""
+    b = GraphBuilder(seed)
+    stem = b.node(activation, [b.conv("input", 3, narrow)])
+    x = b.conv(b.conv(stem, narrow, narrow, groups=narrow), narrow, wide, k=1)
+    shortcut = b.node("Pad", [stem, b.const(np.array([0, 0, 0, 0, 0, wide - narrow, 0, 0], np.int64), "channel_pads")])
+    x = b.node("Relu", [b.node("Add", [x, shortcut])])
+    y = b.conv(b.conv(x, wide, wide, groups=wide), wide, 8, k=1)
+    _rename_output(b, y, "features")
+    return b.model([_image_input(3, size)], [_output("features", [1, 8, size, size])], "widening_residual")
+
+
 def grouped_conv(channels: int = 16, groups: int = 4, size: int = 16, *, seed: int = 3) -> onnx.ModelProto:
     """Conv -> grouped Conv (``groups`` groups) -> Conv."""
     b = GraphBuilder(seed)

@@ -646,6 +646,38 @@ def test_align_depthwise_channels_grows_a_layer_between_two_sets_on_both_axes():
     assert_same_outputs(model, work, {"x": RNG.normal(size=(1, 4, 8, 8)).astype(np.float32)})
 
 
+@pytest.mark.parametrize(("narrow", "wide", "channels_added"), [(24, 28, None), (24, 36, 16), (24, 40, 16)])
+def test_align_depthwise_channels_follows_a_pad_that_adds_channels(narrow, wide, channels_added):
+    """The Pad reads the narrow set and writes the wide one: it adds the wide set's zero channels and as many fewer as
+    the narrow set gained (24 -> 32 and 28 -> 32: none, and it is left out; 24 -> 32 and 36 -> 48: 16)."""
+    from models.builders import widening_residual
+    from onnxslim.passes.align import align_depthwise_channels
+
+    model = widening_residual(narrow, wide)
+    work, result = on_a_copy(align_depthwise_channels, model)
+    assert result.modified and f"from {narrow} to 32 channels" in result.changes[0]
+    pads = [n for n in work.graph.node if n.op_type == "Pad"]
+    if channels_added is None:
+        assert not pads and "left out" in result.changes[-1]
+    else:
+        amounts = numpy_helper.to_array(next(t for t in work.graph.initializer if t.name == pads[0].input[1]))
+        assert amounts.tolist() == [0, 0, 0, 0, 0, channels_added, 0, 0]
+        assert not {t.name for t in model.graph.initializer if t.name.startswith("channel_pads")} & {t.name for t in work.graph.initializer}
+    assert_same_outputs(model, work, {"input": RNG.normal(size=(1, 3, 16, 16)).astype(np.float32)})
+
+
+def test_align_depthwise_channels_leaves_a_pad_that_would_pass_on_non_zero_channels():
+    """After a Sigmoid the narrow set's added channels hold 0.5: the Pad would pass them on where the wide set reads zeros."""
+    from models.builders import widening_residual
+    from onnxslim.passes.align import align_depthwise_channels
+
+    model = widening_residual(24, 28, activation="Sigmoid")
+    work, result = on_a_copy(align_depthwise_channels, model)
+    assert any("not zero after" in d.reason.text for d in result.declined)
+    assert [n.op_type for n in work.graph.node].count("Pad") == 1
+    assert_same_outputs(model, work, {"input": RNG.normal(size=(1, 3, 16, 16)).astype(np.float32)})
+
+
 PARALLEL_LINEAR = """
 <ir_version: 8, opset_import: ["" : OPSET]>
 g (float[1, S, 8] x) => (float[1, S, 4] q, float[1, S, 6] k, float[1, S, 8] v, float[1, S, 5] other) {
@@ -870,6 +902,20 @@ def test_pad_conv_input_channels_leaves_wide_grouped_and_shared_convolutions():
         (result,) = checked(pad_conv_input_channels)(shared)
         assert not result.modified
         assert reads_input_too or {d.reason.code for d in result.declined} == {DeclineCode.SHARED_VALUE}
+
+
+def test_pad_conv_input_channels_leaves_a_channels_last_input():
+    """A TensorFlow export's image arrives channels-last and a Transpose turns it: onnxruntime would run the Pad on the
+    innermost axis of three, slower than the stem it speeds up."""
+    from onnxslim.passes.conv_channels import pad_conv_input_channels
+
+    model = qdq_stem()
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 16
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 3
+    model.graph.node.insert(0, onnx.helper.make_node("Transpose", ["x"], ["turned"], name="turn", perm=[0, 3, 1, 2]))
+    model.graph.node[1].input[0] = "turned"
+    (result,) = checked(pad_conv_input_channels)(model)
+    assert not result.modified and "channels-last" in result.declined[0].reason.text
 
 
 AFFINE_CHAIN = """

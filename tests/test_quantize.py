@@ -27,6 +27,7 @@ from models.builders import (
     residual,
     sample_inputs,
     transformer_block,
+    widening_residual,
 )
 from onnxslim import QuantConfig, quantize
 from onnxslim.cli import main
@@ -1099,15 +1100,39 @@ def test_a_prelu_with_negative_slopes_runs_on_its_own_grid():
     assert_close_to_float(model, quantized, 0.995)
 
 
-def test_a_prelu_outside_the_max_form_or_read_in_float_stays_in_float():
-    """A slope above 1 is not max(x, slope * x); a PRelu no quantized node reads would only add a rounding, but one that is
-    a graph output and read by a quantized layer too keeps the integer form."""
-    model = prelu_block(np.linspace(0.1, 1.5, 8))
-    quantized, report = quantize(model, calibrate_on(model), config=EVERY_LAYER)
+def test_a_prelu_with_slopes_above_one_runs_as_x_plus_a_correction_of_its_negative_part():
+    """MediaPipe's TFLite nets mix slopes below 0, in [0, 1] and above 1 in one PRelu: max(x, slope * x) no longer holds,
+    x + (slope - 1) * min(x, 0) does: a Min of x's codes and its zero point, a QLinearMul and a QLinearAdd, no float island;
+    the result is within two steps of the output's grid of the float PRelu of x's dequantized values."""
+    slopes = np.linspace(-0.6, 1.8, 16)
+    model = prelu_block(slopes)
+    quantized, report = quantize(model, calibrate_on(model, 24), config=EVERY_LAYER)
     decision = next(d for d in report.decisions if d.op_type == "PRelu")
-    assert decision.code == QuantReason.KEPT_FLOAT and "above 1" in decision.reason.text
-    assert "Max" not in ops(quantized)
-    assert_close_to_float(model, quantized, 0.99)
+    assert decision.code == QuantReason.INTEGER_KERNEL and "above 1" in decision.reason.text
+    kernels = report.onnxruntime_kernels
+    assert "PRelu" not in kernels and kernels.get("Min") == 1 and kernels.get("QLinearMul") == 1 and kernels.get("QLinearAdd") == 1, kernels
+    assert kernels["DequantizeLinear"] == 1, kernels  # only the graph output's
+    assert_close_to_float(model, quantized, 0.995)
+    add = next(n for n in quantized.graph.node if n.op_type == "Add")
+    quantizer = next(n for n in quantized.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == add.output[0])
+    x_dequantizer = next(n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == add.input[0])
+    probe = onnx.ModelProto()
+    probe.CopyFrom(quantized)
+    probe.graph.output.extend([helper.make_tensor_value_info(quantizer.output[0], TensorProto.UINT8, None),
+                               helper.make_tensor_value_info(x_dequantizer.input[0], TensorProto.UINT8, None)])
+    constant = {t.name: numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    x_scale, x_zero = constant[x_dequantizer.input[1]], constant[x_dequantizer.input[2]].astype(np.float32)
+    out_scale, out_zero = constant[quantizer.input[1]], constant[quantizer.input[2]].astype(np.float32)
+    for feed in sample_inputs(model, 3, seed=7):
+        got, x_codes = run_model(probe, feed)[-2:]
+        x = (x_codes.astype(np.float32) - x_zero) * x_scale
+        wanted = np.clip(np.round(np.where(x > 0, x, x * slopes.reshape(-1, 1, 1)) / out_scale) + out_zero, 0, 255)
+        assert np.abs(got.astype(np.int32) - wanted).max() <= 2  # the correction's rounding and the output's
+
+
+def test_a_prelu_read_in_float_stays_in_float():
+    """A PRelu no quantized node reads would only add a rounding, but one that is a graph output and read by a quantized
+    layer too keeps the integer form."""
     model = prelu_block(np.linspace(0.0, 0.5, 8), tail=False)
     quantized, report = quantize(model, calibrate_on(model), config=EVERY_LAYER)
     decision = next(d for d in report.decisions if d.op_type == "PRelu")
@@ -1119,6 +1144,29 @@ def test_a_prelu_outside_the_max_form_or_read_in_float_stays_in_float():
     assert next(d for d in report.decisions if d.op_type == "PRelu").code == QuantReason.INTEGER_KERNEL
     assert report.integer_kernels.get("QLinearConv") == 2 and "Max" in ops(quantized)
     assert_close_to_float(model, quantized, 0.99)
+
+
+@pytest.mark.parametrize(("narrow", "wide"), [(32, 48), (24, 28)])
+def test_a_shortcut_widened_by_a_pad_stays_in_integers(narrow, wide):
+    """BlazeFace's shortcut: a Pad of zero channels runs on its input's UINT8 codes (padding with the zero point), so the
+    Add it feeds is a QLinearAdd; where the widths are not multiples of 16, the depthwise layers' padding takes the Pad's
+    channels with it (24 -> 32 and 28 -> 32: the Pad adds none and is left out)."""
+    model = widening_residual(narrow, wide)
+    quantized, report = quantize(model, calibrate_on(model, 24), config=EVERY_LAYER)
+    decisions = {d.op_type: d for d in report.decisions}
+    assert decisions["Add"].code == QuantReason.INTEGER_KERNEL
+    kernels = report.onnxruntime_kernels
+    assert "Add" not in kernels and kernels["QLinearAdd"] == 1 and kernels["DequantizeLinear"] == 1, kernels  # only the graph output's
+    shortcut = next(n.name for n in model.graph.node if n.op_type == "Pad")
+    pads = [n for n in quantized.graph.node if n.name == shortcut]  # (the RGB stem's input gets a Pad of its own)
+    if narrow % 16:
+        assert not pads
+    else:
+        assert decisions["Pad"].code == QuantReason.SHARED_SCALE
+        (pad,) = pads
+        assert next(n for n in quantized.graph.node if pad.input[0] in n.output).op_type == "QuantizeLinear"
+        assert numpy_helper.to_array(next(t for t in quantized.graph.initializer if t.name == pad.input[2])).dtype == np.uint8
+    assert_close_to_float(model, quantized, 0.995)
 
 
 def test_hardswish_blocks_run_on_integer_kernels_with_aligned_depthwise_channels():
