@@ -1100,34 +1100,36 @@ def test_a_prelu_with_negative_slopes_runs_on_its_own_grid():
     assert_close_to_float(model, quantized, 0.995)
 
 
-def test_a_prelu_with_slopes_above_one_runs_as_x_plus_a_correction_of_its_negative_part():
-    """MediaPipe's TFLite nets mix slopes below 0, in [0, 1] and above 1 in one PRelu: max(x, slope * x) no longer holds,
-    x + (slope - 1) * min(x, 0) does: a Min of x's codes and its zero point, a QLinearMul and a QLinearAdd, no float island;
-    the result is within two steps of the output's grid of the float PRelu of x's dequantized values."""
+def test_a_prelu_with_slopes_above_one_takes_the_min_in_those_channels():
+    """MediaPipe's TFLite nets mix slopes below 0, in [0, 1] and above 1 in one PRelu: where a slope is above 1,
+    PRelu(x) = min(x, slope * x). x and slope * x go onto the output's grid (QLinearMul), a Max and a Min of their codes,
+    and a Max and a Min with constant codes per channel pick each one's: no float island, within one step of the output's
+    grid of the float PRelu of x's dequantized values (the slope's and the product's roundings)."""
     slopes = np.linspace(-0.6, 1.8, 16)
     model = prelu_block(slopes)
     quantized, report = quantize(model, calibrate_on(model, 24), config=EVERY_LAYER)
     decision = next(d for d in report.decisions if d.op_type == "PRelu")
     assert decision.code == QuantReason.INTEGER_KERNEL and "above 1" in decision.reason.text
     kernels = report.onnxruntime_kernels
-    assert "PRelu" not in kernels and kernels.get("Min") == 1 and kernels.get("QLinearMul") == 1 and kernels.get("QLinearAdd") == 1, kernels
+    assert "PRelu" not in kernels and kernels.get("QLinearMul") == 2 and kernels.get("Max") == kernels.get("Min") == 2, kernels
     assert kernels["DequantizeLinear"] == 1, kernels  # only the graph output's
     assert_close_to_float(model, quantized, 0.995)
-    add = next(n for n in quantized.graph.node if n.op_type == "Add")
-    quantizer = next(n for n in quantized.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == add.output[0])
-    x_dequantizer = next(n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == add.input[0])
+    picked = next(n for n in quantized.graph.node if n.op_type == "Min" and any(m.op_type == "DequantizeLinear" and n.output[0] == m.input[0] for m in quantized.graph.node))
+    source = next(n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == next(
+        m for m in quantized.graph.node if m.op_type == "Mul" and m.output[0].endswith("input_on_output_grid")).input[0])
+    output = next(n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == picked.output[0])
     probe = onnx.ModelProto()
     probe.CopyFrom(quantized)
-    probe.graph.output.extend([helper.make_tensor_value_info(quantizer.output[0], TensorProto.UINT8, None),
-                               helper.make_tensor_value_info(x_dequantizer.input[0], TensorProto.UINT8, None)])
+    probe.graph.output.extend([helper.make_tensor_value_info(picked.output[0], TensorProto.UINT8, None),
+                               helper.make_tensor_value_info(source.input[0], TensorProto.UINT8, None)])
     constant = {t.name: numpy_helper.to_array(t) for t in quantized.graph.initializer}
-    x_scale, x_zero = constant[x_dequantizer.input[1]], constant[x_dequantizer.input[2]].astype(np.float32)
-    out_scale, out_zero = constant[quantizer.input[1]], constant[quantizer.input[2]].astype(np.float32)
+    x_scale, x_zero = constant[source.input[1]], constant[source.input[2]].astype(np.float32)
+    out_scale, out_zero = constant[output.input[1]], constant[output.input[2]].astype(np.float32)
     for feed in sample_inputs(model, 3, seed=7):
         got, x_codes = run_model(probe, feed)[-2:]
         x = (x_codes.astype(np.float32) - x_zero) * x_scale
         wanted = np.clip(np.round(np.where(x > 0, x, x * slopes.reshape(-1, 1, 1)) / out_scale) + out_zero, 0, 255)
-        assert np.abs(got.astype(np.int32) - wanted).max() <= 2  # the correction's rounding and the output's
+        assert np.abs(got.astype(np.int32) - wanted).max() <= 1
 
 
 def test_a_prelu_read_in_float_stays_in_float():

@@ -40,9 +40,9 @@ CPU_INTEGER_ACTIVATIONS = {"Sigmoid", "LeakyRelu"}
 HARD_ACTIVATIONS = {"HardSigmoid", "HardSwish"}
 # PRelu(x) = max(x, slope * x) where every slope is at most 1: slope * x on x's own UINT8 grid (QLinearMul with the
 # slopes as UINT8 codes), then Max of the two code tensors, which on one grid is the codes of the max (with a negative
-# slope, slope * x can pass x's largest value: then both go onto the output's own grid, x by a QLinearMul by 1); with
-# some slopes above 1 (TFLite's MediaPipe nets), x + (slope - 1) * min(x, 0), min(x, 0) the Min of x's codes and its
-# zero point, the rest QLinearMul and QLinearAdd; onnxruntime has no
+# slope, slope * x can pass x's largest value: then both go onto the output's own grid, x by a QLinearMul by 1); where
+# a slope is above 1 (TFLite's MediaPipe nets mix them), that channel's PRelu is min(x, slope * x): a Min of the same two
+# code tensors beside the Max, and a Max and a Min with constant codes per channel pick each one's; onnxruntime has no
 # integer PRelu, and its float one between a DequantizeLinear and a QuantizeLinear took 4.2 ms on 64 channels of 112x112
 # at one thread, more than the 3x3 convolution beside it (2.3 ms), where this form takes 0.3 ms
 SLOPE_ACTIVATIONS = {"PRelu"}
@@ -284,9 +284,9 @@ def slope_activation(planner: Planner, node: onnx.NodeProto) -> Reason:
     planner.quantize_input(data, node)
     planner.plan.slope_activations[node.name] = slope
     if slopes.max() > 1.0:
-        # max(x, slope * x) is min(x, slope * x) in those channels; x + (slope - 1) * min(x, 0) holds for every slope
+        # in a channel whose slope is above 1, PRelu(x) is min(x, slope * x): both go onto the output's own grid
         planner.quantize_output(node, allow_fold=False)
-        return Reason(QuantReason.INTEGER_KERNEL, "Min + QLinearMul + QLinearAdd: x + (slope - 1) * min(x, 0) on UINT8 (some slopes above 1)")
+        return Reason(QuantReason.INTEGER_KERNEL, "2 QLinearMul + Max and Min: max(x, slope * x), min(x, slope * x) where a slope is above 1, on the output's UINT8 grid")
     if slopes.min() < 0.0:
         # slope * x of a negative x and slope is positive, possibly past x's largest value: both go onto the output's own grid
         planner.quantize_output(node, allow_fold=False)
