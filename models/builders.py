@@ -828,6 +828,7 @@ ALL_BUILDERS = {
     "split_attention": split_attention,
     "silu_se_block": silu_se_block,
     "hardswish_block": hardswish_block,
+    "widening_residual": widening_residual,
     "upsample_head": upsample_head,
     "group_norm": group_norm,
     "group_norm_constant_target": lambda: group_norm(closing="constant"),

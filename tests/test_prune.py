@@ -8,7 +8,19 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from models.builders import ALL_BUILDERS, GraphBuilder, _image_input, _output, _rename_output, conv_bn_relu, generated_weights, mlp, residual, sample_inputs
+from models.builders import (
+    ALL_BUILDERS,
+    GraphBuilder,
+    _image_input,
+    _output,
+    _rename_output,
+    conv_bn_relu,
+    generated_weights,
+    mlp,
+    residual,
+    sample_inputs,
+    widening_residual,
+)
 from onnxslim import PruneConfig, prune
 from onnxslim.cli import main
 from onnxslim.errors import NothingToDoError, UsageError
@@ -72,6 +84,20 @@ def test_pruned_model_equals_original_with_removed_channels_cut(name):
         for a, b in zip(run_model(masked, feed), run_model(pruned, feed)):
             assert a.shape == b.shape
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_shortcut_widened_by_a_pad_prunes_with_the_channels_it_meets():
+    """TFLite's widened shortcut: the narrow channels leave together with the wide ones the Pad lines them up with, the
+    Pad keeps its zero channels (the wide channels opposite them stay), and nothing else changes."""
+    model = widening_residual(24, 28)
+    pruned, masked, groups, _ = masked_and_pruned(model)
+    shapes = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
+    stem, _, pointwise, *_ = [shapes[n.input[1]] for n in pruned.graph.node if n.op_type == "Conv"]
+    kept = stem[0]
+    assert kept < 24 and pointwise[0] == kept + 4  # the 4 channels opposite the Pad's zeros stay
+    pad = next(n for n in pruned.graph.node if n.op_type == "Pad")
+    assert numpy_helper.to_array(next(t for t in pruned.graph.initializer if t.name == pad.input[1])).tolist() == [0, 0, 0, 0, 0, 4, 0, 0]
+    assert_pruned_as_masked(model, masked, pruned, 2)
 
 
 def test_weights_really_shrink_and_residual_groups_are_tied():

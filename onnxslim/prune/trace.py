@@ -760,12 +760,21 @@ class Tracer(ReshapeRules):
         return Layout(3, units.atoms)  # Y: (steps, directions, batch, hidden), or (batch, steps, directions, hidden)
 
     def pad(self, node: onnx.NodeProto, data: Layout) -> Layout | None:
+        """Spatial padding keeps the channels; constant channels added before or after them (TFLite's widened shortcuts)
+        are positions no channel of it can be removed from, as a Concat with a constant; other channel padding blocks."""
         pads = self.const(node.input[1]) if len(node.input) > 1 and node.input[1] else np.array(node_attr(node, "pads", []))
         rank = self.rank(node.input[0])
-        if pads is None or rank is None or pads.size != 2 * rank or pads[data.axis] != 0 or pads[data.axis + rank] != 0:
+        if pads is None or rank is None or pads.size != 2 * rank or (len(node.input) > 3 and node.input[3]):
             self.t.atoms.block_layout(data, f"Pad {node.name} may pad the channel axis")
             return None
-        return data
+        before, after = int(pads[data.axis]), int(pads[data.axis + rank])
+        if not before and not after:
+            return data
+        mode = node_attr(node, "mode", b"constant")
+        if (mode.decode() if isinstance(mode, bytes) else mode) != "constant" or before < 0 or after < 0 or data.repeat != 1:
+            self.t.atoms.block_layout(data, f"Pad {node.name} crops the channels or pads them with copies of their own")
+            return None
+        return Layout(data.axis, (None,) * before + data.atoms + (None,) * after)
 
     def binary_rule(self, node: onnx.NodeProto, data: Layout | None) -> Layout | None:
         return self.binary(node)
