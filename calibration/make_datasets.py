@@ -14,6 +14,7 @@
     python calibration/make_datasets.py seal              # for models/gather.py --unseen: rendered stamps for PP-OCRv4's seal detector
     python calibration/make_datasets.py imagecaptcha      # for models/gather.py --unseen: the `captcha` package's image captchas
     python calibration/make_datasets.py keywords wakewords  # for models/gather.py --unseen: wake words spoken by espeak-ng
+    python calibration/make_datasets.py photos64 photos128 photos192 photos224  # for models/tflite_export.py: photograph crops
     python calibration/make_datasets.py rec --calib 256 --eval 200
 
 Each set is written as the project's data format (see calibration/README.md):
@@ -32,6 +33,7 @@ packages (read, not imported), none of them in either half.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import pkgutil
@@ -652,6 +654,23 @@ def photo_crop(rng: random.Random, pictures: list[np.ndarray], size: int) -> np.
     return resized[top : top + size, left : left + size]
 
 
+# MediaPipe's TFLite models (models/tflite_export.py): channels-last crops of photographs, values in [0, 1] (the face
+# detector's in [-1, 1]), under each model's input name; no labels, they are judged against the original's outputs
+PHOTO_TENSORS = {"photos64": (64, 0.0, "input_1"), "photos128": (128, -1.0, "input"), "photos192": (192, 0.0, "input_1"),
+                 "photos224": (224, 0.0, "input_1")}
+
+
+def make_photo_tensors(split: str, count: int, sentences: list[str], seed: int, out: Path, *, task: str) -> list:
+    """``count`` crops of ``split``'s photographs as (1, size, size, 3) float32 in [low, 1], for ``task`` (see PHOTO_TENSORS)."""
+    size, low, name = PHOTO_TENSORS[task]
+    rng, pictures, labels = random.Random(seed), photos(split), []
+    for index in range(count):
+        crop = photo_crop(rng, pictures, size).astype(np.float32) / 255.0
+        np.savez(out / f"{index:05d}.npz", **{name: (crop * (1.0 - low) + low)[None]})
+        labels.append({"file": f"{index:05d}.npz"})
+    return labels
+
+
 # RivaGAN (invisible-watermark's watermark encoder and decoder, models/gather.py --unseen): 32 bits hidden in a frame
 # of (1, 3, 1, H, W) values in [-1, 1]; a decoded bit is set where the decoder's output exceeds the package's threshold.
 WATERMARK_BITS, WATERMARK_SIZE, WATERMARK_THRESHOLD = 32, 128, 0.52
@@ -999,7 +1018,8 @@ TASKS = {"rec": make_rec, "cls": make_cls, "det": make_det, "minilm": make_minil
          "magika": make_magika, "table": make_table, "embed": make_embed, "watermark": make_watermark,
          "wakeword": make_wakeword, "pitch": make_pitch, "notes": make_notes, "mos": make_mos,
          "voice": make_voice, "seal": make_seal, "imagecaptcha": make_imagecaptcha, "keywords": make_keywords,
-         "wakewords": make_wakewords}
+         "wakewords": make_wakewords,
+         **{task: functools.partial(make_photo_tensors, task=task) for task in PHOTO_TENSORS}}
 
 
 def make(task: str, calib: int, evaluation: int, root: Path = CACHE) -> Path:
