@@ -29,7 +29,7 @@ from onnxslim.cli_options import (
 )
 from onnxslim.compress import CompressConfig
 from onnxslim.distill import DistillConfig
-from onnxslim.errors import OnnxSlimError
+from onnxslim.errors import NothingToDoError, OnnxSlimError
 from onnxslim.ir.destinations import check_destinations
 from onnxslim.measure.latency import threads_text
 from onnxslim.measure.outputs import DETECTION_SCORE
@@ -392,7 +392,12 @@ def quantize(model, output, eval_data, per_tensor, threads, report_path, quiet, 
     config = QuantConfig(per_channel=not per_tensor, threads=threads, **config_values(QuantConfig, options))
     data = _resolve_data(model, options, required=not config.weights_only)
     eval_data = _resolve_data(model, options, data=eval_data) if eval_data is not None else None
-    _, report = quantize_model(model, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
+    try:
+        _, report = quantize_model(model, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
+    except NothingToDoError as exc:
+        if exc.report is not None:  # an accuracy budget that left nothing quantized: the layers it ranked and kept are in the report
+            _finish(exc.report.to_dict(), report_path)
+        raise
     _print_quantization(report)
     _finish(report.to_dict(), report_path)
 

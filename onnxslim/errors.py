@@ -34,7 +34,11 @@ class ModelWriteError(OnnxSlimError):
 
 
 class NothingToDoError(OnnxSlimError):
-    """The requested transformation found nothing it could change."""
+    """The requested transformation found nothing it could change; ``report``, where given, holds what was measured on the way."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
 
 
 class UnsupportedModelError(OnnxSlimError):

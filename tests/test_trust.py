@@ -198,10 +198,15 @@ def test_a_budget_that_leaves_nothing_quantized_exits_1_with_the_real_reason(sav
     rng = np.random.default_rng(0)
     data = npz_folder([{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)} for _ in range(6)])
     out = tmp_path / "q.onnx"
-    result = invoke("quantize", path, "-o", out, "--data", data, "--accuracy-budget", "1", "--latency-runs", "0", "-q")
+    report = tmp_path / "report.json"
+    result = invoke("quantize", path, "-o", out, "--data", data, "--accuracy-budget", "1", "--latency-runs", "0", "-q", "--report", report)
     assert result.exit_code == 1, result.output
     assert "leaves nothing quantized" in result.output and "--exclude-nodes" not in result.output
     assert not out.exists()
+    # what the search measured is kept: every layer it ranked, each kept in float, and nothing claimed as written
+    written = json.loads(report.read_text())
+    assert written["kept_float_for_budget"] and len(written["kept_float_for_budget"]) == len(written["sensitivity"])
+    assert written["written"] == "nothing" and written["output"] is None
 
 
 def test_constant_calibration_data_is_refused_unless_evaluation_data_is_given(save, npz_folder, tmp_path):

@@ -1264,7 +1264,8 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
             why = (f"kept in float from the noisiest per share of the work, the layers miss it until every one is (with {kept} of {len(search.sensitivity)} in float, "
                    f"{config.accuracy_metric} {_below(score, config.accuracy_budget)}): where a layer's noise grows on its way to the outputs, its own noise does not show it; "
                    "--sensitivity measured ranks layers one by one")
-        raise NothingToDoError(f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: {why}; nothing written")
+        report.written, report.output = "nothing", None
+        raise NothingToDoError(f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: {why}; nothing written", report=report)
     # the search may have measured only the first SENSITIVITY_BATCHES held-out batches: the report covers all of them
     comparisons = searched if searched is not None and search.built_on_every_batch else fidelity(run.reference, quantized, run.eval_batches)
     report.warnings.extend(budget_shortfall(comparisons, config, run))

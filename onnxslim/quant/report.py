@@ -53,7 +53,9 @@ class QuantReport(Record):
     method: str
     precision: str = "int8"
     original_precision: str = "FP32"  # FP16 for a float16 model, which quantize computes in float32 (passes/widen.py); "mixed FP16/FP32" for a float32 one with float16 weights
-    written: str = "int8"  # int8, fp16, fp32 (the cleaned float model, when the result was not faster) or original (when that was no faster either)
+    # int8, fp16, fp32 (the cleaned float model, when the result was not faster), original (when that was no faster either),
+    # or nothing (an accuracy budget that left nothing quantized: the report the refusal carries)
+    written: str = "int8"
     calibration: CalibrationSummary = field(default_factory=CalibrationSummary)
     evaluation: EvaluationSummary = field(default_factory=EvaluationSummary)
     budget: float | None = json_field(None, key="accuracy_budget")
