@@ -313,14 +313,7 @@ def yolox_boxes(output: np.ndarray, size: int = 416, threshold: float = 0.1, ove
     grid, stride = np.concatenate(grids), np.concatenate(strides)
     rows = output[0].astype(np.float64)
     centres, sizes = (rows[:, :2] + grid) * stride, np.exp(rows[:, 2:4]) * stride
-    scores = rows[:, 4] * rows[:, 5:].max(axis=1)
-    keep = scores > threshold
-    boxes, scores = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1)[keep], scores[keep]
-    order, kept = scores.argsort()[::-1], []
-    while order.size:
-        kept.append(order[0])
-        order = order[1:][box_iou(boxes[order[0]], boxes[order[1:]]) <= overlap]
-    return boxes[kept]
+    return kept_boxes(centres, sizes, rows[:, 4] * rows[:, 5:].max(axis=1), threshold, overlap)
 
 
 def mediapipe_boxes(regressors: np.ndarray, logits: np.ndarray, size: int, threshold: float = 0.5, overlap: float = 0.3) -> np.ndarray:
@@ -336,8 +329,13 @@ def mediapipe_boxes(regressors: np.ndarray, logits: np.ndarray, size: int, thres
     rows = regressors[0].astype(np.float64)
     centre, extent = np.concatenate(centres) + rows[:, :2], rows[:, 2:4]
     scores = 1.0 / (1.0 + np.exp(-np.clip(logits[0, :, 0].astype(np.float64), -100.0, 100.0)))
+    return kept_boxes(centre, extent, scores, threshold, overlap)
+
+
+def kept_boxes(centres: np.ndarray, sizes: np.ndarray, scores: np.ndarray, threshold: float, overlap: float) -> np.ndarray:
+    """(x1, y1, x2, y2) of the boxes scored above ``threshold`` that greedy NMS keeps at ``overlap`` IoU, best first."""
     keep = scores > threshold
-    boxes, scores = np.concatenate([centre - extent / 2, centre + extent / 2], axis=1)[keep], scores[keep]
+    boxes, scores = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1)[keep], scores[keep]
     order, kept = scores.argsort()[::-1], []
     while order.size:
         kept.append(order[0])

@@ -12,11 +12,16 @@ coverage and latency, never accuracy (the applications end in a softmax that ran
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "benchmarks" / "cache" / "unseen"
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models.choice import chosen_names  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "cache" / "unseen"
 
 
 def builders(keras) -> dict:
@@ -59,14 +64,9 @@ def main() -> None:
     import tf2onnx
 
     every = builders(tf.keras)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help=f"any of {', '.join(every)} (default: all)")
-    args = parser.parse_args()
-    unknown = [name for name in args.names if name not in every]
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(every)}")
+    names = chosen_names(__doc__.splitlines()[0], every)
     OUT.mkdir(parents=True, exist_ok=True)
-    for name in args.names or every:
+    for name in names:
         tf.keras.utils.set_random_seed(0)
         model = every[name]()
         spec = model.inputs[0]

