@@ -209,6 +209,22 @@ def test_a_budget_that_leaves_nothing_quantized_exits_1_with_the_real_reason(sav
     assert written["written"] == "nothing" and written["output"] is None
 
 
+def test_quantize_names_a_held_out_batch_that_decides_the_cosine_alone(save, npz_folder, tmp_path):
+    """One held-out input far outside the others (a crop no face detector was made for) holds most of an output's energy:
+    the fidelity check is that input's, and the warning says which it is."""
+    import numpy as np
+
+    path = save(conv_bn_relu())
+    rng = np.random.default_rng(2)
+    calibration = npz_folder([{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)} for _ in range(8)], name="calib")
+    held_out = [{"input": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)} for _ in range(7)] + [{"input": np.full((1, 3, 32, 32), 60.0, np.float32)}]
+    report = tmp_path / "report.json"
+    result = invoke("quantize", path, "-o", tmp_path / "q.onnx", "--data", calibration, "--eval-data", npz_folder(held_out, name="held_out"),
+                    "--accuracy-budget", "none", "--latency-runs", "0", "-q", "--report", report)
+    assert result.exit_code == 0, result.output
+    assert any("batch_007.npz holds" in w and "mostly that one batch's" in w for w in json.loads(report.read_text())["warnings"]), result.output
+
+
 def test_constant_calibration_data_is_refused_unless_evaluation_data_is_given(save, npz_folder, tmp_path):
     import numpy as np
 

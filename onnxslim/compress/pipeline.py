@@ -29,7 +29,7 @@ from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.quantized import refuse_blocked_layout, refuse_quantized
 from onnxslim.ir.tensors import graph_inputs
 from onnxslim.measure import fidelity
-from onnxslim.measure.fidelity import SCORES, RememberedReference, few_objects, worst_cosine, worst_score
+from onnxslim.measure.fidelity import SCORES, RememberedReference, evaluation_warnings, worst_cosine, worst_score
 from onnxslim.measure.latency import also_one_thread, interleaved_latency, threads_text
 from onnxslim.options import check_settings, setting
 from onnxslim.progress import stderr_console
@@ -362,7 +362,7 @@ def _measure_fidelity(reference: RememberedReference, candidate: Candidate, mode
     score = worst_score(comparisons, metric)
     candidate.loss = math.inf if math.isnan(score) else 1.0 - score
     candidate.details["worst_cosine"] = worst_cosine(comparisons)
-    candidate.details["data_warnings"] = few_objects(comparisons, "the held-out batches")
+    candidate.details["data_warnings"] = evaluation_warnings(comparisons, "the held-out batches")
     tasks = [(c.task_metric[1], c.task_metric[0], c.name) for c in comparisons if c.task_metric is not None]
     if tasks:  # the decision-level score of the output that keeps the fewest (top-1 of class scores, mask IoU, ...)
         value, label, output = min(tasks)

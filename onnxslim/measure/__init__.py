@@ -7,6 +7,8 @@ from onnxslim.measure.fidelity import (
     SCORES,
     RememberedReference,
     add_batch,
+    dominant_batches,
+    evaluation_warnings,
     few_objects,
     fidelity,
     fidelity_with_head,
@@ -20,6 +22,7 @@ from onnxslim.measure.latency import LatencyComparison, interleaved_latency, lat
 from onnxslim.measure.outputs import OutputComparison, looks_like_class_scores
 
 __all__ = [
-    "SCORES", "LatencyComparison", "RememberedReference", "add_batch", "OutputComparison", "few_objects", "fidelity", "fidelity_with_head", "interleaved_latency", "latency_ratios",
-    "looks_like_class_scores", "output_score", "paired_tensor_fidelity", "summarize_latency", "tensor_fidelity", "time_pair", "worst_cosine", "worst_score",
+    "SCORES", "LatencyComparison", "RememberedReference", "add_batch", "OutputComparison", "dominant_batches", "evaluation_warnings", "few_objects", "fidelity",
+    "fidelity_with_head", "interleaved_latency", "latency_ratios", "looks_like_class_scores", "output_score", "paired_tensor_fidelity", "summarize_latency",
+    "tensor_fidelity", "time_pair", "worst_cosine", "worst_score",
 ]

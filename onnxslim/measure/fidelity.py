@@ -209,6 +209,28 @@ def few_objects(comparisons: Sequence[OutputComparison], data_label: str) -> lis
     return warnings
 
 
+def dominant_batches(comparisons: Sequence[OutputComparison], data_label: str) -> list[str]:
+    """A warning per output whose cosine on ``data_label`` is mostly one batch's (see OutputComparison.dominant_batch).
+
+    An input unlike the others can drive an output far past its usual range (a face detector's score logit at -14,671
+    on one crop of a photograph, within +-560 on 199 others): that batch then decides every check alone, so a model
+    faithful on the rest can fail it and one that misses the rest can pass.
+    """
+    warnings = []
+    for comparison in comparisons:
+        found = comparison.dominant_batch
+        if found is not None:
+            label, share = found
+            warnings.append(f"output '{comparison.name}': {label} holds {share:.0%} of its values' energy on {data_label}, so its cosine is mostly "
+                            "that one batch's: look at that input, or measure without it")
+    return warnings
+
+
+def evaluation_warnings(comparisons: Sequence[OutputComparison], data_label: str) -> list[str]:
+    """What makes a comparison on ``data_label`` say less than it seems to: few objects for a detector, one batch deciding alone."""
+    return few_objects(comparisons, data_label) + dominant_batches(comparisons, data_label)
+
+
 def tensor_fidelity(
     reference: onnx.ModelProto, candidate: onnx.ModelProto, names: Sequence[str], batches: Sequence[tuple[str, Mapping[str, np.ndarray]]]
 ) -> dict[str, TensorNoise]:

@@ -218,6 +218,8 @@ def _top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[int, 
 OFFSET_RATIO = 2.0
 
 RESAMPLED_BATCHES = 5  # fewer batches say too little about their spread to resample
+# one batch holding more of an output's energy than this, among RESAMPLED_BATCHES or more, sets its cosine by itself
+DOMINANT_BATCH_SHARE = 0.5
 RESAMPLES = 2000
 RANGE_CONFIDENCE = 0.9  # cosine_range: the central 90% of the resampled cosines
 CHUNK = 1 << 15  # elements converted to float64 at a time: the buffers stay in cache and no large temporary is allocated
@@ -292,6 +294,7 @@ class OutputComparison:
     min_batch_balanced: dict[int, float] = field(default_factory=dict)  # axis -> the lowest balanced cosine of one batch
     # per batch: sums of ref * cand, ref^2, cand^2, ref and cand, and the count (for cosine_range, and around the mean)
     batch_sums: list[tuple[float, float, float, float, float, int]] = field(default_factory=list)
+    batch_labels: list[str] = field(default_factory=list)  # where each batch came from (a file name), in order
     # a detector's output (detection_layout, the same in every batch): rows (scores on every anchor; the other columns
     # where the best score finds an object; where objectness times class does) x (ref * cand, ref^2, cand^2), and the counts
     detection: tuple[int, int, int] | None = None
@@ -318,6 +321,7 @@ class OutputComparison:
             self.nonfinite_disagreeing += counts[2]
         sums = self._add_sums(ref, cand)
         self.batch_sums.append((*sums, ref.size))
+        self.batch_labels.append(source)
         dot, ref_sq, cand_sq = sums[:3]
         self.elements += ref.size
         self.batches += 1
@@ -510,6 +514,22 @@ class OutputComparison:
             return None
         mean = self.centred_on
         return [_centred(sums, mean) if mean is not None else sums[:3] for sums in self.batch_sums]
+
+    @property
+    def dominant_batch(self) -> tuple[str, float] | None:
+        """(where it came from, its share) of the one batch holding over DOMINANT_BATCH_SHARE of the reference's energy as
+        ``cosine`` weighs it (its squared values, around ``centred_on`` where that applies), among RESAMPLED_BATCHES or
+        more: the cosine is then mostly that batch's. None otherwise, and where the cosine is not taken over the values as
+        they are (detections, channels at one scale)."""
+        per_batch = self._per_batch_sums()
+        if self.batches < RESAMPLED_BATCHES or self.nonfinite_mismatches or self.balanced_axis is not None or self.detection_view is not None or per_batch is None:
+            return None
+        energy = np.asarray([sums[1] for sums in per_batch], np.float64)
+        total, position = float(energy.sum()), int(energy.argmax())
+        if total <= 0.0 or energy[position] <= DOMINANT_BATCH_SHARE * total:
+            return None
+        label = self.batch_labels[position] if position < len(self.batch_labels) and self.batch_labels[position] else f"batch {position + 1}"
+        return label, float(energy[position] / total)
 
     @property
     def cosine_range(self) -> tuple[float, float] | None:

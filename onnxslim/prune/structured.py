@@ -33,7 +33,7 @@ from onnxslim.ir.quantized import refuse_blocked_layout, refuse_quantized
 from onnxslim.ir.scopes import all_nodes
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import graph_inputs, initializer_map, producer_map, subgraphs, to_array
-from onnxslim.measure import LatencyComparison, RememberedReference, few_objects, fidelity, latency_ratios
+from onnxslim.measure import LatencyComparison, RememberedReference, evaluation_warnings, fidelity, latency_ratios
 from onnxslim.measure.channels import ChannelMoments, input_moments
 from onnxslim.measure.latency import also_one_thread, disagreement, interleaved_latency, keep_fallback, threads_text
 from onnxslim.options import check_settings, setting
@@ -691,7 +691,7 @@ def _measure(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict, s
             report.warnings.append(split)
     if source is not None and compared:
         report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), pruned, source, label="pruned model")
-        report.warnings.extend(few_objects(report.fidelity, report.evaluation or "the data"))
+        report.warnings.extend(evaluation_warnings(report.fidelity, report.evaluation or "the data"))
         moved = _moved_outputs(report.fidelity, report.evaluation or "the data")
         if moved:
             report.warnings.append(moved)

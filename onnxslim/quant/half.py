@@ -20,7 +20,7 @@ from onnx import TensorProto
 from onnxslim.errors import NothingToDoError
 from onnxslim.ir.counts import weight_types
 from onnxslim.ir.io import model_file_bytes
-from onnxslim.measure import few_objects, fidelity, worst_score
+from onnxslim.measure import evaluation_warnings, fidelity, worst_score
 from onnxslim.measure.sensitivity import counts_to_try
 from onnxslim.passes import fuse_layernorm
 from onnxslim.progress import track
@@ -181,7 +181,7 @@ def quantize_half(run, config, report, eval_data_given: bool, evaluation_problem
         )
     report.fidelity = comparisons
     report.warnings.extend(budget_shortfall(comparisons, config, run))
-    report.warnings.extend(few_objects(comparisons, run.eval_label))
+    report.warnings.extend(evaluation_warnings(comparisons, run.eval_label))
     report.decisions = [half_run.decisions[n.name] for n in run.prepared.graph.node if n.name in half_run.decisions]
     report.float16 = {
         "fidelity_measured_on": measured_on, "casts_inserted": converted.casts, "weights_converted": converted.weights_converted,

@@ -27,7 +27,7 @@ from onnxslim.ir.mapped import has_mapped, spill
 from onnxslim.ir.quantized import refuse_blocked_layout, refuse_quantized
 from onnxslim.ir.scopes import all_nodes, scoped
 from onnxslim.ir.tensors import consumers_map, graph_inputs, producer_map
-from onnxslim.measure import RememberedReference, few_objects, fidelity, fidelity_with_head, paired_tensor_fidelity, tensor_fidelity, worst_score
+from onnxslim.measure import RememberedReference, dominant_batches, evaluation_warnings, fidelity, fidelity_with_head, paired_tensor_fidelity, tensor_fidelity, worst_score
 from onnxslim.measure.sensitivity import by_damage_per_work, effect_at_outputs, next_count, noise_power, rank_by_added_noise, stretches, tensors_to_compare
 from onnxslim.memory import peak_rss_bytes
 from onnxslim.passes import PassResult
@@ -1148,7 +1148,7 @@ def _quantize(model, data, config: QuantConfig, output, eval_data, input_shapes,
     plan, quantized, comparisons = int8_output_layers_if_they_pay(run, config, report, plan, quantized, comparisons)
     plan, quantized, comparisons = _kept_weights_within_budget(run, config, report, plan, quantized, comparisons)
     report.warnings.extend(budget_uncertain(comparisons, config, run))
-    report.warnings.extend(few_objects(comparisons, run.eval_label))
+    report.warnings.extend(evaluation_warnings(comparisons, run.eval_label))
     report.warnings.extend(w for w in run.warnings if w not in report.warnings)
     report.prepare = [*report.prepare, *(p for p in plan.layout if p.modified)]
     report.decisions = list(plan.decisions.values())
@@ -1265,6 +1265,8 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
                    f"{config.accuracy_metric} {_below(score, config.accuracy_budget)}): where a layer's noise grows on its way to the outputs, its own noise does not show it; "
                    "--sensitivity measured ranks layers one by one")
         report.written, report.output = "nothing", None
+        alone = dominant_batches(comparisons, run.eval_label)  # the INT8 model's comparison on every held-out batch
+        why += f" ({alone[0]})" if alone else ""
         raise NothingToDoError(f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: {why}; nothing written", report=report)
     # the search may have measured only the first SENSITIVITY_BATCHES held-out batches: the report covers all of them
     comparisons = searched if searched is not None and search.built_on_every_batch else fidelity(run.reference, quantized, run.eval_batches)

@@ -16,7 +16,7 @@ import onnx
 
 from onnxslim.errors import NothingToDoError
 from onnxslim.ir.io import model_file_bytes
-from onnxslim.measure import few_objects, fidelity
+from onnxslim.measure import evaluation_warnings, fidelity
 from onnxslim.measure.channels import input_grams
 from onnxslim.quant.blocks import BlockQuantized, error_compensated, round_to_nearest
 from onnxslim.quant.budget import budget_shortfall
@@ -93,7 +93,7 @@ def quantize_weights(run, config, report, eval_data_given: bool, evaluation_prob
         report.warnings.extend(evaluation_problems(comparisons, run, eval_data_given))
         report.fidelity = comparisons
         report.warnings.extend(budget_shortfall(comparisons, config, run))
-        report.warnings.extend(few_objects(comparisons, run.eval_label))
+        report.warnings.extend(evaluation_warnings(comparisons, run.eval_label))
     else:
         report.warnings.append("no --data: accuracy not measured, and weights were rounded without the inputs' statistics; pass --data to do both")
     report.sizes = Sizes(model_file_bytes(run.original), model_file_bytes(model))  # the low-bit model's, whichever is written

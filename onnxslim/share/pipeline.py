@@ -36,7 +36,7 @@ from onnxslim.data.sources import DataSource, batch_of_one_note, check_input_sha
 from onnxslim.errors import NothingToDoError, UsageError
 from onnxslim.ir.io import load_model, model_file_bytes, model_label
 from onnxslim.ir.tensors import graph_inputs, initializer_map, to_array
-from onnxslim.measure import LatencyComparison, RememberedReference, few_objects, fidelity, latency_ratios
+from onnxslim.measure import LatencyComparison, RememberedReference, evaluation_warnings, fidelity, latency_ratios
 from onnxslim.measure.channels import input_grams, input_moments
 from onnxslim.options import check_settings, setting
 from onnxslim.passes import Pipeline, constants_to_initializers, initializers_out_of_inputs
@@ -194,7 +194,7 @@ def _measure(original: onnx.ModelProto, shared: onnx.ModelProto, held: list, ran
     if held:
         report.evaluation = f"{len(held)} held-out batch(es)"
         report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), shared, held, label="shared model")
-        report.warnings.extend(few_objects(report.fidelity, report.evaluation))
+        report.warnings.extend(evaluation_warnings(report.fidelity, report.evaluation))
     elif feed is not None:
         report.evaluation = "random inputs (no --data): fidelity on noise says little about real inputs"
         report.fidelity = fidelity(RememberedReference(Runner(original, threads=None, label="original")), shared, [("random", feed)], label="shared model")

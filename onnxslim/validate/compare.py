@@ -25,7 +25,7 @@ from onnxslim.ir.graph import has_duplicate_node_names
 from onnxslim.ir.io import load_model
 from onnxslim.ir.layers import one_channel_per_group
 from onnxslim.ir.tensors import graph_inputs, graph_outputs
-from onnxslim.measure import LatencyComparison, OutputComparison, few_objects, fidelity, time_pair
+from onnxslim.measure import LatencyComparison, OutputComparison, evaluation_warnings, fidelity, time_pair
 from onnxslim.measure.latency import also_one_thread
 from onnxslim.progress import track
 from onnxslim.records import Record, json_field
@@ -173,7 +173,7 @@ def validate(
                     f"(reference {output.nonfinite_reference}, candidate {output.nonfinite_candidate}, both but different {output.nonfinite_disagreeing}); "
                     "every accuracy gate fails"
                 )
-        report.warnings.extend(f"{short_name(result.provider)}: {w}" for w in few_objects(result.outputs, source.description))
+        report.warnings.extend(f"{short_name(result.provider)}: {w}" for w in evaluation_warnings(result.outputs, source.description))
     for result in report.providers:
         note = cpu_fallback_note(result)
         if note:
