@@ -54,8 +54,9 @@
   the ones later releases download) decide right: exactly the classifier of the clip's word fires.
 - MediaPipe's face detector (BlazeFace), palm detector, face mesh, hand landmarks and iris landmarks (mediapipe 0.10.14's
   TFLite models through tf2onnx: models/tflite_export.py): 64 / 200 crops of photographs at each model's input size
-  (calibration/make_datasets.py photos64 photos128 photos192 photos224; the splits share no photograph), scored by the
-  worst output's cosine against the original (every held-out crop's values of an output taken together): no task metric.
+  (calibration/make_datasets.py photos64 photos128 photos192 photos224; the splits share no photograph); no labels: the
+  detectors are scored by box F1 against the original's detections (decoded as MediaPipe does), the landmark models by
+  their worst output's cosine against the original as onnxslim's checks compute it.
   Every model of these twenty-seven is timed interleaved with the original at 1 and 2 threads (median of ``--runs``).
 - Silero VAD v5, whose networks sit inside the branches of an If: 64 / 200 chunks of generated
   audio with the recurrent state the model itself carried into each. Silero scores this audio as
