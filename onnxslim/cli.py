@@ -90,6 +90,13 @@ def _finish(report: dict, report_path: str | None) -> None:
         err_console.print(f"report written to {report_path}", highlight=False)
 
 
+def _report_refusal(exc: NothingToDoError, report_path: str | None) -> None:
+    """A run that changed nothing still writes what it measured on the way (a budget's ranking, every channel group and
+    why it stayed), where the error carries it."""
+    if exc.report is not None:
+        _finish(exc.report.to_dict(), report_path)
+
+
 def _grouped_declines(declined) -> list[tuple]:
     """One (first decline, count) per reason code, in order of first appearance: the report keeps every one."""
     groups: dict = {}
@@ -395,8 +402,7 @@ def quantize(model, output, eval_data, per_tensor, threads, report_path, quiet, 
     try:
         _, report = quantize_model(model, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
     except NothingToDoError as exc:
-        if exc.report is not None:  # an accuracy budget that left nothing quantized: the layers it ranked and kept are in the report
-            _finish(exc.report.to_dict(), report_path)
+        _report_refusal(exc, report_path)
         raise
     _print_quantization(report)
     _finish(report.to_dict(), report_path)
@@ -529,7 +535,11 @@ def prune(model, output, eval_data, threads, report_path, quiet, input_shapes, *
     config = PruneConfig(threads=threads, **config_values(PruneConfig, options))
     data = _resolve_data(model, options, required=False)
     eval_data = _resolve_data(model, options, data=eval_data) if eval_data is not None else None
-    _, report = prune_model(model, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
+    try:
+        _, report = prune_model(model, data, config=config, output=output, eval_data=eval_data, input_shapes=input_shapes, show_progress=not quiet)
+    except NothingToDoError as exc:
+        _report_refusal(exc, report_path)
+        raise
     _print_pruning(report)
     _finish(report.to_dict(), report_path)
 

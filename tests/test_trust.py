@@ -496,8 +496,13 @@ def test_progress_shows_as_plain_lines_when_output_is_piped(monkeypatch, capsys)
 
 def test_misleading_reasons_say_what_really_happened(save, tmp_path):
     path = save(conv_bn_relu())
-    result = invoke("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "1e-9", "-q")
+    report = tmp_path / "prune.json"
+    result = invoke("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "1e-9", "-q", "--report", report)
     assert result.exit_code == 1 and "removes no whole channel" in result.output.replace("\n", " "), result.output
+    # the refusal still writes every channel group it weighed, and nothing claimed as written
+    written = json.loads(report.read_text())
+    assert written["written"] == "nothing" and written["output"] is None and written["groups"]
+    assert all(group["channels_after"] == group["channels_before"] for group in written["groups"])
     garbage = tmp_path / "garbage"
     garbage.mkdir()
     (garbage / "a.npz").write_bytes(b"not an archive at all")
