@@ -15,6 +15,12 @@ def node_attr(node: onnx.NodeProto, name: str, default=None):
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
+def text_attr(node: onnx.NodeProto, name: str, default: str) -> str:
+    """The value of ``node``'s string attribute ``name`` as text (onnx hands strings back as bytes), or ``default``."""
+    value = node_attr(node, name, default)
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def topological_sort(graph: onnx.GraphProto) -> None:
     """Order ``graph``'s nodes so that every tensor is produced before it is read (stable)."""
     available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxslim.ir.graph import node_attr
+from onnxslim.ir.graph import node_attr, text_attr
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names, consumers_map, outer_references, subgraphs, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
@@ -98,8 +98,7 @@ class _Walker(GraphIndex):
         """The amounts of a Pad of zeros (constant mode, constant amounts, every axis named) on an input of rank 3 or more, or None."""
         if node.op_type != "Pad" or node.domain not in ("", "ai.onnx") or not self.pads_as_input or not 2 <= len(node.input) <= 3:
             return None
-        mode = node_attr(node, "mode", b"constant")
-        if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        if text_attr(node, "mode", "constant") != "constant":
             return None
         if len(node.input) == 3 and node.input[2] and (self.array(node.input[2]) is None or np.any(self.array(node.input[2]) != 0)):
             return None

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import drop_unread_initializers, node_attr, replace_nodes
+from onnxslim.ir.graph import drop_unread_initializers, node_attr, replace_nodes, text_attr
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.affine import per_channel_values
 from onnxslim.passes.base import DeclineCode, NotRewritten, PassResult
@@ -182,8 +182,7 @@ class _Conv:
         self.group = int(node_attr(node, "group", 1))
         self.strides = tuple(node_attr(node, "strides", [1] * spatial))
         self.dilations = tuple(node_attr(node, "dilations", [1] * spatial))
-        auto_pad = node_attr(node, "auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        auto_pad = text_attr(node, "auto_pad", "NOTSET")
         if auto_pad in ("SAME_UPPER", "SAME_LOWER") and all(s == 1 for s in self.strides):
             # unstrided, SAME pads (kernel - 1) * dilation in all whatever the input's size: the extra one at the end (UPPER)
             totals = [(k - 1) * d for k, d in zip(self.kernel, self.dilations)]

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import drop_unread_initializers, node_attr
+from onnxslim.ir.graph import drop_unread_initializers, node_attr, text_attr
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
@@ -39,8 +39,7 @@ def _lowered_axis(node: onnx.NodeProto, input_shape: tuple, kernel: tuple) -> tu
     pads = list(node_attr(node, "pads", [0] * 2 * spatial))
     strides = list(node_attr(node, "strides", [1] * spatial))
     dilations = list(node_attr(node, "dilations", [1] * spatial))
-    auto_pad = node_attr(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = text_attr(node, "auto_pad", "NOTSET")
     for axis in range(spatial):
         if input_shape[2 + axis] != 1:
             continue

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import drop_unread_initializers, node_attr
+from onnxslim.ir.graph import drop_unread_initializers, node_attr, text_attr
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
@@ -112,8 +112,7 @@ def _subpixel_layout(node: onnx.NodeProto, weight_shape: tuple) -> tuple[int, in
     strides = [int(s) for s in node_attr(node, "strides", [1, 1])]
     pads = [int(p) for p in node_attr(node, "pads", [0, 0, 0, 0])]
     extra = [int(p) for p in node_attr(node, "output_padding", [0, 0])]
-    auto_pad = node_attr(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = text_attr(node, "auto_pad", "NOTSET")
     if any(int(d) != 1 for d in node_attr(node, "dilations", [1, 1])) or auto_pad not in ("NOTSET", "VALID") or node_attr(node, "output_shape") is not None:
         return None
     if len(strides) != 2 or strides[0] != strides[1] or strides[0] < 2 or len(pads) != 4 or pads[0] != pads[1] or pads[2] != pads[3] or extra[0] != extra[1]:

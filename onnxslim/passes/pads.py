@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import node_attr, replace_nodes
+from onnxslim.ir.graph import node_attr, replace_nodes, text_attr
 from onnxslim.ir.tensors import consumers_map, initializer_map, to_array
 from onnxslim.passes.base import PassResult
 
@@ -64,8 +64,7 @@ def pads_into_convs(model: onnx.ModelProto) -> PassResult:
 def _zero_padding(pad: onnx.NodeProto, inits) -> list[int] | None:
     """A constant-mode Pad's pads (begins, then ends, every axis) where they and its value are stored and the value is
     zero; None otherwise (other modes, pads computed at run time, an axes input)."""
-    mode = node_attr(pad, "mode", b"constant")
-    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant" or (len(pad.input) > 3 and pad.input[3]):
+    if text_attr(pad, "mode", "constant") != "constant" or (len(pad.input) > 3 and pad.input[3]):
         return None
     if len(pad.input) > 1 and pad.input[1]:
         if pad.input[1] not in inits:
@@ -91,8 +90,7 @@ def _takes_pads(node: onnx.NodeProto, name: str, spatial: int) -> bool:
     """``node`` is a Conv reading ``name`` as its data alone, with explicit pads (or none) over ``spatial`` axes."""
     if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or list(node.input).count(name) != 1 or node.input[0] != name:
         return False
-    auto_pad = node_attr(node, "auto_pad", b"NOTSET")
-    if (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) != "NOTSET":
+    if text_attr(node, "auto_pad", "NOTSET") != "NOTSET":
         return False
     own = node_attr(node, "pads")
     return own is None or len(own) == 2 * spatial

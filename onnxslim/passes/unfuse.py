@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import MS_DOMAIN, node_attr
+from onnxslim.ir.graph import MS_DOMAIN, node_attr, text_attr
 from onnxslim.ir.shapes import shapes_and_types
 from onnxslim.ir.tensors import all_value_names, from_array, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
@@ -52,8 +52,7 @@ def _activation_parameters(node: onnx.NodeProto) -> list[float]:
 
 def _activation(node: onnx.NodeProto, x: str, y: str, taken: set[str], opset: int, graph: onnx.GraphProto) -> onnx.NodeProto | None:
     """The standard node computing ``node``'s fused activation from ``x`` into ``y``, or None for one this pass does not know."""
-    kind = node_attr(node, "activation", "")
-    kind = kind.decode() if isinstance(kind, bytes) else kind
+    kind = text_attr(node, "activation", "")
     params = _activation_parameters(node)
     name = unique_name(f"{node.name or y}_{kind.lower() or 'activation'}", taken)
     if kind in ("Relu", "Sigmoid", "Tanh"):

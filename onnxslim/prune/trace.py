@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxslim.ir.graph import MS_DOMAIN, node_attr
+from onnxslim.ir.graph import MS_DOMAIN, node_attr, text_attr
 from onnxslim.ir.layers import INITIAL_STATE_INPUTS, RECURRENT_LAYERS
 from onnxslim.ir.tensors import (
     constant_names,
@@ -770,8 +770,7 @@ class Tracer(ReshapeRules):
         before, after = int(pads[data.axis]), int(pads[data.axis + rank])
         if not before and not after:
             return data
-        mode = node_attr(node, "mode", b"constant")
-        if (mode.decode() if isinstance(mode, bytes) else mode) != "constant" or before < 0 or after < 0 or data.repeat != 1:
+        if text_attr(node, "mode", "constant") != "constant" or before < 0 or after < 0 or data.repeat != 1:
             self.t.atoms.block_layout(data, f"Pad {node.name} crops the channels or pads them with copies of their own")
             return None
         return Layout(data.axis, (None,) * before + data.atoms + (None,) * after)
@@ -886,8 +885,7 @@ class Tracer(ReshapeRules):
         subscript summed away or read by an operand that carries no channels (a constant), an ellipsis or an implicit
         output blocks them."""
         layouts = [self.t.layouts.get(name) for name in node.input]
-        equation = node_attr(node, "equation", b"")
-        equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+        equation = text_attr(node, "equation", "").replace(" ", "")
         terms, _, output = equation.partition("->")
         terms = terms.split(",")
         letters = {terms[i][layout.axis] for i, layout in enumerate(layouts)

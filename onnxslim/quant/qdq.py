@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim.ir.graph import node_attr, topological_sort
+from onnxslim.ir.graph import text_attr, topological_sort
 from onnxslim.ir.io import copy_leaving_out
 from onnxslim.ir.mapped import ArrayStore, has_mapped
 from onnxslim.ir.scopes import all_nodes
@@ -283,8 +283,7 @@ class _Emitter:
             codes, _, zero = dequantizers[node.input[0]].input
             quantizer = quantizers[node.output[0]]
             node.input[0] = codes
-            mode = node_attr(node, "mode", b"constant")
-            if (mode.decode() if isinstance(mode, bytes) else mode) == "constant":
+            if text_attr(node, "mode", "constant") == "constant":
                 if len(node.input) < 3:
                     node.input.append(zero)
                 node.input[2] = zero

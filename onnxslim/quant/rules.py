@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from onnxslim.ir.graph import MS_DOMAIN, node_attr
+from onnxslim.ir.graph import MS_DOMAIN, node_attr, text_attr
 from onnxslim.ir.tensors import to_array
 from onnxslim.passes.opset import default_opset
 from onnxslim.quant.decisions import ActivationQuant, QuantReason
@@ -219,8 +219,7 @@ def code_pad(planner: Planner, node: onnx.NodeProto) -> Reason:
         return _inputs_not_quantized()
     if default_opset(planner.model) < 11:
         return Reason(QuantReason.UNSUPPORTED, "Pad before opset 11 pads float tensors only")
-    mode = node_attr(node, "mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = text_attr(node, "mode", "constant")
     value = node.input[2] if len(node.input) > 2 else ""
     if mode == "constant" and value:
         if value not in planner.inits or np.any(to_array(planner.inits[value]) != 0):
