@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxslim.ir.graph import node_attr, text_attr
+from onnxslim.ir.graph import node_attr, rename_reads_everywhere
 from onnxslim.ir.shapes import infer_shapes
-from onnxslim.ir.tensors import all_value_names, consumers_map, outer_references, subgraphs, unique_name
+from onnxslim.ir.tensors import all_value_names, consumers_map, unique_name
 from onnxslim.passes.base import DeclineCode, PassResult
 from onnxslim.passes.matching import GraphIndex
 from onnxslim.passes.opset import default_opset
+from onnxslim.passes.pads import zero_padding
 
 DEPTHWISE_MULTIPLE = 16
 
@@ -94,21 +95,17 @@ class _Walker(GraphIndex):
     def is_dense_conv(self, node: onnx.NodeProto) -> bool:
         return node.op_type == "Conv" and int(node_attr(node, "group", 1)) == 1 and self.weight(node) is not None
 
-    def channel_pads(self, node: onnx.NodeProto) -> np.ndarray | None:
-        """The amounts of a Pad of zeros (constant mode, constant amounts, every axis named) on an input of rank 3 or more, or None."""
-        if node.op_type != "Pad" or node.domain not in ("", "ai.onnx") or not self.pads_as_input or not 2 <= len(node.input) <= 3:
+    def channel_pads(self, node: onnx.NodeProto) -> list[int] | None:
+        """The amounts of a Pad of zeros (see :func:`zero_padding`), a constant input of it, on an input of rank 3 or more; else None."""
+        if node.op_type != "Pad" or node.domain not in ("", "ai.onnx") or not self.pads_as_input or len(node.input) < 2 or node.input[1] not in self.constants:
             return None
-        if text_attr(node, "mode", "constant") != "constant":
-            return None
-        if len(node.input) == 3 and node.input[2] and (self.array(node.input[2]) is None or np.any(self.array(node.input[2]) != 0)):
-            return None
-        pads = self.array(node.input[1])
-        return pads if pads is not None and pads.ndim == 1 and pads.size >= 6 and pads.size % 2 == 0 else None
+        pads = zero_padding(node, self.inits)
+        return pads if pads is not None and len(pads) >= 6 else None
 
     def adds_channels(self, node: onnx.NodeProto) -> bool:
         """A Pad of zeros that adds or removes channels (axis 1): a boundary of the sets on both sides."""
         pads = self.channel_pads(node)
-        return pads is not None and bool(pads[1] or pads[pads.size // 2 + 1])
+        return pads is not None and bool(pads[1] or pads[len(pads) // 2 + 1])
 
     def walk(self, start: onnx.NodeProto) -> _ChannelSet:
         channels = int(self.weight(start).shape[0])
@@ -311,12 +308,10 @@ def align_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_M
 
 
 def _bypass(graph: onnx.GraphProto, pad: onnx.NodeProto) -> bool:
-    """Make the main graph's readers of ``pad``'s output read its input instead, unless a graph output or a subgraph reads it."""
-    output = pad.output[0]
-    if any(v.name == output for v in graph.output) or any(output in outer_references(sub) for node in graph.node for sub in subgraphs(node)):
+    """Make the readers of ``pad``'s output (inside subgraphs too) read its input instead, unless it is a graph output."""
+    if any(v.name == pad.output[0] for v in graph.output):
         return False
-    for node in graph.node:
-        node.input[:] = [pad.input[0] if name == output else name for name in node.input]
+    rename_reads_everywhere(graph, {pad.output[0]: pad.input[0]})
     return True
 
 

@@ -31,7 +31,7 @@ def pads_into_convs(model: onnx.ModelProto) -> PassResult:
     outputs = {v.name for v in graph.output}
     removed: dict[int, list[onnx.NodeProto]] = {}  # Pads, by id, to drop
     for pad in pads_nodes:
-        pads = _zero_padding(pad, inits)
+        pads = zero_padding(pad, inits)
         after = readers.get(pad.output[0], [])
         if pads is None or pad.output[0] in outputs or not after or any(pad.output[0] not in r.input for r in after):
             continue  # (a reader inside a subgraph reads it by name)
@@ -61,7 +61,7 @@ def pads_into_convs(model: onnx.ModelProto) -> PassResult:
     return result
 
 
-def _zero_padding(pad: onnx.NodeProto, inits) -> list[int] | None:
+def zero_padding(pad: onnx.NodeProto, inits) -> list[int] | None:
     """A constant-mode Pad's pads (begins, then ends, every axis) where they and its value are stored and the value is
     zero; None otherwise (other modes, pads computed at run time, an axes input)."""
     if text_attr(pad, "mode", "constant") != "constant" or (len(pad.input) > 3 and pad.input[3]):
