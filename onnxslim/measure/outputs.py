@@ -515,14 +515,21 @@ class OutputComparison:
         mean = self.centred_on
         return [_centred(sums, mean) if mean is not None else sums[:3] for sums in self.batch_sums]
 
+    def _pooled_batch_sums(self) -> list[tuple[float, float, float]] | None:
+        """:meth:`_per_batch_sums` where the cosine pools the values as they are over RESAMPLED_BATCHES or more batches;
+        None with fewer, with NaN/Inf disagreement, and where it compares detections or channels at one scale."""
+        if self.batches < RESAMPLED_BATCHES or self.nonfinite_mismatches or self.balanced_axis is not None or self.detection_view is not None:
+            return None
+        return self._per_batch_sums()
+
     @property
     def dominant_batch(self) -> tuple[str, float] | None:
         """(where it came from, its share) of the one batch holding over DOMINANT_BATCH_SHARE of the reference's energy as
         ``cosine`` weighs it (its squared values, around ``centred_on`` where that applies), among RESAMPLED_BATCHES or
         more: the cosine is then mostly that batch's. None otherwise, and where the cosine is not taken over the values as
         they are (detections, channels at one scale)."""
-        per_batch = self._per_batch_sums()
-        if self.batches < RESAMPLED_BATCHES or self.nonfinite_mismatches or self.balanced_axis is not None or self.detection_view is not None or per_batch is None:
+        per_batch = self._pooled_batch_sums()
+        if per_batch is None:
             return None
         energy = np.asarray([sums[1] for sums in per_batch], np.float64)
         total, position = float(energy.sum()), int(energy.argmax())
@@ -536,8 +543,8 @@ class OutputComparison:
         """Where the cosine of as many other batches like these would fall: the central RANGE_CONFIDENCE of the pooled
         cosines of RESAMPLES draws (with replacement, a fixed seed) of the batches compared. None below RESAMPLED_BATCHES
         batches, with NaN/Inf disagreement, or where channels are compared at one scale (``balanced_axis``)."""
-        per_batch = self._per_batch_sums()
-        if self.batches < RESAMPLED_BATCHES or self.nonfinite_mismatches or self.balanced_axis is not None or self.detection_view is not None or per_batch is None:
+        per_batch = self._pooled_batch_sums()
+        if per_batch is None:
             return None
         sums = np.asarray(per_batch, np.float64)  # sums around a fixed mean add up over batches like the plain ones
         draws = np.random.default_rng(0).integers(0, len(sums), size=(RESAMPLES, len(sums)))
