@@ -173,6 +173,12 @@ class _Emitter:
         del self.graph.node[:]
         self.graph.node.extend(kept)
 
+    def _added_pairs(self) -> tuple[dict[str, onnx.NodeProto], dict[str, onnx.NodeProto]]:
+        """The DequantizeLinear nodes added so far by the tensor each writes, and the QuantizeLinear nodes by the tensor each reads."""
+        dequantizers = {n.output[0]: n for n in self.new_nodes if n.op_type == "DequantizeLinear"}
+        quantizers = {n.input[0]: n for n in self.new_nodes if n.op_type == "QuantizeLinear"}
+        return dequantizers, quantizers
+
     def hard_activations(self) -> None:
         """Rewrite each planned HardSigmoid / HardSwish (already between a DequantizeLinear and a QuantizeLinear).
 
@@ -183,7 +189,7 @@ class _Emitter:
         """
         if not self.plan.hard_activations:
             return
-        dequantizers = {n.output[0]: n for n in self.new_nodes if n.op_type == "DequantizeLinear"}
+        dequantizers, _ = self._added_pairs()
         replaced = set()
         for node in self.graph.node:
             if node.name not in self.plan.hard_activations:
@@ -228,8 +234,7 @@ class _Emitter:
                 node.attribute.append(helper.make_attribute("alpha", self.plan.single_slopes[node.name]))
         if not self.plan.slope_activations:
             return
-        dequantizers = {n.output[0]: n for n in self.new_nodes if n.op_type == "DequantizeLinear"}
-        quantizers = {n.input[0]: n for n in self.new_nodes if n.op_type == "QuantizeLinear"}
+        dequantizers, quantizers = self._added_pairs()
         for node in self.graph.node:
             if node.name not in self.plan.slope_activations:
                 continue
@@ -274,8 +279,7 @@ class _Emitter:
         quantizing the float Pad's output would give, without the dequantize and quantize onnxruntime would run around it."""
         if not self.plan.code_pads:
             return
-        dequantizers = {n.output[0]: n for n in self.new_nodes if n.op_type == "DequantizeLinear"}
-        quantizers = {n.input[0]: n for n in self.new_nodes if n.op_type == "QuantizeLinear"}
+        dequantizers, quantizers = self._added_pairs()
         replaced = set()
         for node in self.graph.node:
             if node.name not in self.plan.code_pads:
