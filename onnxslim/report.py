@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from onnxslim.errors import ModelWriteError
+from onnxslim.errors import ModelWriteError, NothingToDoError
 from onnxslim.ir.destinations import check_writable_path
 from onnxslim.records import plain
 
@@ -16,6 +16,13 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def nothing_written(report, message: str) -> NothingToDoError:
+    """The error of a run that changes nothing, carrying ``report`` (what was measured on the way) for --report, marked as
+    having written nothing."""
+    report.written, report.output = "nothing", None
+    return NothingToDoError(message, report=report)
 
 
 def to_json(data: dict) -> str:

@@ -18,7 +18,7 @@ from onnxslim.ir.graph import node_attr
 from onnxslim.ir.shapes import infer_shapes
 from onnxslim.ir.tensors import all_value_names, initializer_map, to_array, unique_name
 from onnxslim.passes.base import PassResult
-from onnxslim.passes.opset import AXES_AS_INPUT_OPSET, with_axes
+from onnxslim.passes.opset import default_opset, with_axes
 
 
 def picked_concat_inputs_read_directly(model: onnx.ModelProto) -> PassResult:
@@ -34,7 +34,7 @@ def picked_concat_inputs_read_directly(model: onnx.ModelProto) -> PassResult:
     if not candidates:
         return result
     shapes = infer_shapes(model, {})
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), AXES_AS_INPUT_OPSET)
+    opset = default_opset(model)
     taken = all_value_names(graph)
     replaced: dict[int, list[onnx.NodeProto]] = {}
     for gather in candidates:

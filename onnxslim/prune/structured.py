@@ -66,6 +66,7 @@ from onnxslim.prune.trace import trace
 from onnxslim.prune.unstructured import magnitude_sparsify
 from onnxslim.prune.widths import CANDIDATE_MULTIPLES, WidthChoice, cache_key, cached, choice_stopper, choose_multiple, remember
 from onnxslim.records import BeforeAfter, Record
+from onnxslim.report import nothing_written
 from onnxslim.runtime import Runner
 from onnxslim.runtime.probe import check_random_batch, check_runs, runtime_shapes
 from onnxslim.runtime.shapes import known_shapes
@@ -498,17 +499,17 @@ def _remove_channels(
         if free:
             largest = max(g.channels_before for g in free)
             if config.round_to > 1:
-                raise _nothing_pruned(
+                raise nothing_written(
                     report, f"{label}: --ratio {config.ratio:g} removes no whole channel from any group at --round-to {config.round_to} (channel counts "
                     f"kept at multiples of {config.round_to}); at --round-to 1 a ratio of at least {1 / largest:.3g} removes one from the "
                     f"largest prunable group ({largest} channels)"
                 )
-            raise _nothing_pruned(
+            raise nothing_written(
                 report, f"{label}: --ratio {config.ratio:g} removes no whole channel from any group (the largest prunable group has {largest} "
                 f"channels: a ratio of at least {1 / largest:.3g} removes one from it)"
             )
         reasons = sorted({g.skipped for g in report.groups if g.skipped})[:3] + list(groups.tracing.unprunable.values())[:1]
-        raise _nothing_pruned(report, f"{label}: no channel group can be pruned ({'; '.join(reasons)})")
+        raise nothing_written(report, f"{label}: no channel group can be pruned ({'; '.join(reasons)})")
     pruned = apply_removal(work, groups, removed)
     statistics = renormalized(groups, removed)
     if statistics:
@@ -561,12 +562,6 @@ def _remove_channels_in_branches(
     remove_dead_nodes(pruned)
     report.warnings.append(f"layers inside If branches: {', '.join(done)} pruned, each as a graph of its own with its inputs and outputs unchanged")
     return pruned
-
-
-def _nothing_pruned(report: PruneReport, message: str) -> NothingToDoError:
-    """The error of a run that removes nothing, carrying ``report`` (every channel group and why it stayed) for --report."""
-    report.written, report.output = "nothing", None
-    return NothingToDoError(message, report=report)
 
 
 def _node_macs(model: onnx.ModelProto, shapes: dict) -> dict[str, int]:

@@ -75,6 +75,7 @@ from onnxslim.quant.stored import readers_of_largest_weights, store_weights_in_i
 from onnxslim.quant.tables import find_tables, store_tables_in_int8
 from onnxslim.quant.weights import quantize_weights
 from onnxslim.reasons import Reason
+from onnxslim.report import nothing_written
 from onnxslim.runtime import Runner, resolve_provider
 from onnxslim.runtime.kernels import gathers_block_quantized_rows, integer_products_saturate, runs_quantized_attention, skip_layernorm_slower
 from onnxslim.runtime.session import optimized_graph, optimized_ops
@@ -1264,10 +1265,9 @@ def _within_budget(run: QuantRun, config: QuantConfig, report: QuantReport, eval
             why = (f"kept in float from the noisiest per share of the work, the layers miss it until every one is (with {kept} of {len(search.sensitivity)} in float, "
                    f"{config.accuracy_metric} {_below(score, config.accuracy_budget)}): where a layer's noise grows on its way to the outputs, its own noise does not show it; "
                    "--sensitivity measured ranks layers one by one")
-        report.written, report.output = "nothing", None
         alone = dominant_batches(comparisons, run.eval_label)  # the INT8 model's comparison on every held-out batch
         why += f" ({alone[0]})" if alone else ""
-        raise NothingToDoError(f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: {why}; nothing written", report=report)
+        raise nothing_written(report, f"{run.label}: the accuracy budget {config.accuracy_budget} leaves nothing quantized: {why}; nothing written")
     # the search may have measured only the first SENSITIVITY_BATCHES held-out batches: the report covers all of them
     comparisons = searched if searched is not None and search.built_on_every_batch else fidelity(run.reference, quantized, run.eval_batches)
     report.warnings.extend(budget_shortfall(comparisons, config, run))

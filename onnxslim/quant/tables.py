@@ -33,6 +33,7 @@ from onnx import TensorProto, helper
 
 from onnxslim.ir.graph import MS_DOMAIN, drop_unread_initializers, import_domain, node_attr
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
+from onnxslim.passes.opset import default_opset
 from onnxslim.quant.stored import restored_at_load
 
 MIN_TABLE_ELEMENTS = 1 << 16  # smaller tables are not worth three extra nodes
@@ -139,7 +140,7 @@ def store_tables_in_int8(
     for choice in choices:
         if choice.quantized and choice.op_type != "Gather":
             restored.setdefault(choice.node, []).append(choice)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    opset = default_opset(model)
     rewritten: list[str] = []
     nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from onnxslim.ir.layers import RECURRENT_LAYERS, weight_axes
 from onnxslim.ir.tensors import all_value_names, from_array, initializer_map, to_array, unique_name
 from onnxslim.measure.channels import STATE
+from onnxslim.passes.opset import default_opset
 from onnxslim.progress import track
 from onnxslim.records import Record
 from onnxslim.share.codebook import compensated_indices, kmeans_1d, pack_nibbles, refit_codebook
@@ -138,7 +139,7 @@ def encode(model: onnx.ModelProto, fits: dict[str, Coded | None]) -> tuple[onnx.
     result.CopyFrom(model)
     inits = initializer_map(result.graph)
     taken = all_value_names(result.graph)
-    opset = next((o.version for o in result.opset_import if o.domain in ("", "ai.onnx")), 13)
+    opset = default_opset(result)
     done, lookups = [], []
     for name, coded in fits.items():
         if coded is None:
