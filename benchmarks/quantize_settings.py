@@ -71,9 +71,12 @@ def bench(task: Task, model: Path, work: Path, calib_count: int, variants: list[
         started = time.perf_counter()
         _, report = quantize(model, str(calib), config=QuantConfig(**({"if_slower": "write"} | parse_settings(text))), output=out)
         extra = {"written": report.written, "kept_float_for_budget": len(report.kept_float_for_budget), "scalar_affine": report.scalar_affine,
-                 "depthwise": report.depthwise, "output_layers": report.output_layers, "worst_cosine_reported": min(c.cosine for c in report.fidelity), "settings": text}
+                 "depthwise": report.depthwise, "output_layers": report.output_layers,
+                 "conv_kernel": {k: v for k, v in report.conv_kernel.items() if k != "layers"}, "worst_cosine_reported": min(c.cosine for c in report.fidelity), "settings": text}
         # what each form measured by default chose: the scalar affines and output layers, in the setting's label
         forms = [f"{label} {entry['written']}" for label, entry in (("scalar affines", report.scalar_affine), ("output layers", report.output_layers)) if entry]
+        if report.conv_kernel.get("offset_nodes"):
+            forms.append(f"{len(report.conv_kernel['offset_nodes'])} of {report.conv_kernel['candidates']} convolutions on the matrix product")
         chose = f" ({', '.join(forms)})" if forms else ""
         rows.append((f"{text or 'defaults'}{chose}" + ("" if report.written == "int8" else f", wrote {report.written}"), out, time.perf_counter() - started, extra))
         print(rows[-1][0], extra, flush=True)

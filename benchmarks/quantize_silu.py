@@ -4,6 +4,7 @@
     python benchmarks/quantize_silu.py --models efficientnet_b0 efficientnet_b3 mobilenet_v3_large regnet_y_400mf --threads 1 2
     python benchmarks/quantize_silu.py --models convnext_tiny vit_b_16 swin_t --threads 1 2 --dynamic
     python benchmarks/quantize_silu.py --models efficientnet_b0 regnet_y_400mf swin_t --threads 1 2 --exporter dynamo
+    python benchmarks/quantize_silu.py --models resnet50 regnet_y_400mf --threads 1 2 --also conv_kernel=symmetric
 
 torchvision architectures with random weights (their BatchNorm statistics set by a
 few training-mode passes, see benchmarks/gpu_fp16.py): these rows prove graph
@@ -12,7 +13,8 @@ random 224x224 images; output cosine is measured on ``--eval`` others. Latency:
 FP32 and every INT8 model interleaved, median of ``--runs``, at each thread count.
 onnxruntime.quantization runs with its defaults for static QDQ (per-tensor
 weights unless ``per_channel``: both are shown), and with ``--dynamic`` its
-``quantize_dynamic`` too, the usual choice for transformers.
+``quantize_dynamic`` too, the usual choice for transformers. ``--also`` adds onnxslim runs with other settings
+(comma-separated QuantConfig fields, as benchmarks/quantize_settings.py reads them).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu_fp16 import export_torchvision  # noqa: E402
+from benchmarks.quantize_settings import parse_settings  # noqa: E402
 from benchmarks.tasks import run_all  # noqa: E402
 from benchmarks.timing import median_latencies  # noqa: E402
 from onnxslim import QuantConfig, quantize  # noqa: E402
@@ -61,6 +64,10 @@ def bench(name: str, work: Path, args) -> dict:
     unbudgeted = work / f"{name}.onnxslim-no-budget.onnx"
     quantize(fp32, str(calib_dir), config=QuantConfig(if_slower="write", accuracy_budget=None), output=unbudgeted, show_progress=False)
     models["onnxslim --accuracy-budget none"] = unbudgeted
+    for index, settings in enumerate(args.also):
+        other = work / f"{name}.onnxslim-also{index}.onnx"
+        quantize(fp32, str(calib_dir), config=QuantConfig(if_slower="write", **parse_settings(settings)), output=other, show_progress=False)
+        models[f"onnxslim {settings}"] = other
     if args.float_output_layers:  # what a default run wrote before --output-layers auto
         kept = work / f"{name}.onnxslim-float-output-layers.onnx"
         quantize(fp32, str(calib_dir), config=QuantConfig(if_slower="write", output_layers="float"), output=kept, show_progress=False)
@@ -129,6 +136,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--exporter", choices=("legacy", "dynamo"), default="legacy", help="torch.onnx.export's TorchScript exporter (opset 17) or torch.export (dynamo, needs onnxscript)")
     parser.add_argument("--dynamic", action="store_true", help="also onnxruntime.quantization.quantize_dynamic (transformers: convnext_tiny, vit_b_16, swin_t)")
+    parser.add_argument("--also", nargs="+", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]", help="also onnxslim with these settings over its defaults, one run each")
     parser.add_argument("--float-output-layers", action="store_true", help="also onnxslim with --output-layers float (the output layer kept in float, as before auto)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "cache" / "quantize_silu.json")
     args = parser.parse_args()

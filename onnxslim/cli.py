@@ -383,7 +383,7 @@ def _share_text(share: float) -> str:
 ))
 @config_options(
     QuantConfig, "precision", "weights_only", "block_size", "symmetric", "accuracy_level", "target", "method", "percentile", "op_types", "exclude_nodes",
-    "exclude_op_types", "quantize_attention", "output_layers", "recurrent", "scalar_affine", "depthwise", "smooth", "kept_float_weights", "weight_range",
+    "exclude_op_types", "quantize_attention", "output_layers", "recurrent", "scalar_affine", "depthwise", "conv_kernel", "smooth", "kept_float_weights", "weight_range",
     "embeddings", "accuracy_budget", "accuracy_metric", "sensitivity", "calibration_provider", "max_calibration_samples", "eval_fraction", "max_eval_batches",
 )
 @click.option("--per-tensor", is_flag=True, help="One scale per weight tensor instead of per output channel.")
@@ -486,6 +486,10 @@ def _print_quantization(report) -> None:
     if report.depthwise:
         form = "integer" if report.depthwise["written"] == "int8" else "float"
         console.print(f"depthwise convolutions ({report.depthwise['nodes']}): {form} form written: {escape(report.depthwise['why'])}", highlight=False)
+    if report.conv_kernel:
+        kernels = report.conv_kernel
+        offset = f"{len(kernels['offset_nodes'])} of {kernels['candidates']} on the integer matrix product" if kernels["written"] == "gemm" else "all on the symmetric kernels"
+        console.print(f"convolution kernels ({kernels['candidates']} candidates): {offset}: {escape(kernels['why'])}", highlight=False)
     if report.output_layers:
         form = "integer" if report.output_layers["written"] == "int8" else "float"
         console.print(f"output layers ({report.output_layers['nodes']}): {form} form written: {escape(report.output_layers['why'])}", highlight=False)
@@ -719,7 +723,7 @@ def share(model, output, eval_data, threads, report_path, quiet, input_shapes, *
     "Held-out data every candidate is measured on, read like --data (default: every 5th batch of --data, used to build no candidate)."
 ))
 @config_options(CompressConfig, "max_loss", "accuracy_metric", "target_latency", "ratios", "prune_by", "only", "importance", "distill", "distill_epochs", "distill_time_budget",
-                "distill_lr", "distill_lr_schedule", "distill_train_device", "objective", "quantize", "target", "scalar_affine", "depthwise", "output_layers", "smooth", "weight_range",
+                "distill_lr", "distill_lr_schedule", "distill_train_device", "objective", "quantize", "target", "scalar_affine", "depthwise", "conv_kernel", "output_layers", "smooth", "weight_range",
                 "max_calibration_samples",
                 "eval_fraction", "max_eval_batches")
 @threads_option

@@ -37,7 +37,7 @@ from onnxslim.prune import PruneConfig
 from onnxslim.prune.importance import METHODS
 from onnxslim.prune.structured import only_setting, pruned_unmeasured
 from onnxslim.quant import QuantConfig, quantize
-from onnxslim.quant.config import TARGETS, depthwise_setting, output_layers_setting, scalar_affine_setting, smooth_setting, weight_range_setting
+from onnxslim.quant.config import TARGETS, conv_kernel_setting, depthwise_setting, output_layers_setting, scalar_affine_setting, smooth_setting, weight_range_setting
 from onnxslim.quant.pipeline import quantized_untimed
 from onnxslim.records import Record
 from onnxslim.runtime import Runner, available_providers, resolve_provider
@@ -93,6 +93,7 @@ class CompressConfig:
     )
     scalar_affine: str = scalar_affine_setting()
     depthwise: str = depthwise_setting()
+    conv_kernel: str = conv_kernel_setting()
     output_layers: str = output_layers_setting()
     smooth: float | str | None = smooth_setting()
     weight_range: str = weight_range_setting()
@@ -313,9 +314,9 @@ def _quantized(
         quant_config = QuantConfig(
             precision=_precision(config), target=config.target, threads=config.threads, if_slower="write", accuracy_budget=1.0 - allowance,
             accuracy_metric=config.accuracy_metric, scalar_affine=config.scalar_affine, depthwise=config.depthwise, output_layers=config.output_layers, smooth=config.smooth,
-            weight_range=config.weight_range,
+            weight_range=config.weight_range, conv_kernel=config.conv_kernel,
             # auto times both forms; compress times the candidates itself, so quantize's own timing against FP32 is left out
-            latency_runs=config.latency_runs if "auto" in (config.scalar_affine, config.depthwise, config.output_layers) else 0,
+            latency_runs=config.latency_runs if "auto" in (config.scalar_affine, config.depthwise, config.output_layers, config.conv_kernel) else 0,
         )
         try:
             quantized, quant_report = quantized_untimed(model, calibration, config=quant_config, show_progress=show_progress)

@@ -39,6 +39,7 @@ def scalar_affine_setting():
 
 
 DEPTHWISE = ("auto", "int8", "float")
+CONV_KERNELS = ("auto", "symmetric", "gemm")
 OUTPUT_LAYERS = ("auto", "int8", "float")
 
 
@@ -50,6 +51,18 @@ def depthwise_setting():
         "forms built and measured, the float one kept only when the model is faster with it at --threads (or within 3% there and faster at "
         "1 thread), not slower at 1 thread, and as faithful. Measure where you deploy: the integer kernel's speed depends on the CPU.",
         choices=DEPTHWISE,
+    )
+
+
+def conv_kernel_setting():
+    """``--conv-kernel``, one definition for quantize and compress."""
+    return setting(
+        "auto", "Which onnxruntime integer kernel runs each quantized convolution (target cpu): symmetric = its symmetric convolution "
+        "kernels (INT8 weights with zero points of 0); gemm = its integer matrix product (the same weights stored with a zero point of -1: "
+        "the same values and results; it uses AMX where the CPU has it); auto = each layer timed alone in both forms at its input's size, "
+        "those faster on the matrix product offset, kept only when the model is faster with them at --threads (or within 3% there and "
+        "faster at 1 thread), not slower at 1 thread, and its outputs unchanged. Nothing is offset where weights use the reduced range.",
+        choices=CONV_KERNELS,
     )
 
 
@@ -138,6 +151,7 @@ class QuantConfig:
     )
     scalar_affine: str = scalar_affine_setting()
     depthwise: str = depthwise_setting()
+    conv_kernel: str = conv_kernel_setting()
     smooth: float | str | None = smooth_setting()
     kept_float_weights: str = setting(
         "int8", "Weights of the layers kept in float (for --accuracy-budget, and output layers), stored smaller and turned back into float32 when the "

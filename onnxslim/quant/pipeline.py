@@ -56,6 +56,7 @@ from onnxslim.quant.bodies import (
 from onnxslim.quant.budget import SENSITIVITY_BATCHES, budget_shortfall, budget_uncertain
 from onnxslim.quant.calibrate import calibrate, channel_maxima
 from onnxslim.quant.config import QuantConfig
+from onnxslim.quant.conv_kernels import gemm_kernels_if_faster
 from onnxslim.quant.decisions import NodeDecision
 from onnxslim.quant.depthwise import float_depthwise_if_faster
 from onnxslim.quant.fallback import faster_or_float
@@ -1148,6 +1149,8 @@ def _quantize(model, data, config: QuantConfig, output, eval_data, input_shapes,
         plan, quantized, comparisons = float_depthwise_if_faster(run, config, report, plan, quantized, comparisons)
     plan, quantized, comparisons = int8_output_layers_if_they_pay(run, config, report, plan, quantized, comparisons)
     plan, quantized, comparisons = _kept_weights_within_budget(run, config, report, plan, quantized, comparisons)
+    if config.target == "cpu":  # last: it changes no value, only which kernel runs a layer
+        quantized, comparisons = gemm_kernels_if_faster(run, config, report, quantized, comparisons)
     report.warnings.extend(budget_uncertain(comparisons, config, run))
     report.warnings.extend(evaluation_warnings(comparisons, run.eval_label))
     report.warnings.extend(w for w in run.warnings if w not in report.warnings)

@@ -73,6 +73,7 @@ class QuantReport(Record):
     weight_range: dict = field(default_factory=dict)  # INT8 weight codes used ('full' or 'reduced', see --weight-range) and why
     scalar_affine: dict = field(default_factory=dict)  # --scalar-affine auto: both forms of constant-scalar Add/Mul measured, which was written and why
     depthwise: dict = field(default_factory=dict)  # convolutions on onnxruntime's depthwise integer kernel: both forms measured, which was written and why
+    conv_kernel: dict = field(default_factory=dict)  # convolutions onnxruntime could run on its integer matrix product: timed, which were offset and why
     output_layers: dict = field(default_factory=dict)  # MatMul/Gemm layers writing a graph output: both forms measured, which was written and why
     kept_float_weights: dict = field(default_factory=dict)  # the float layers' weights stored smaller (INT8, float16): measured, written or not, and why
     float16: dict = field(default_factory=dict)  # --precision fp16: where fidelity was measured, Casts inserted, weights converted
