@@ -12,10 +12,10 @@ from onnxslim import CompressConfig, cli, compress
 from onnxslim.cli import main
 from onnxslim.compress import Budget, Candidate, choose
 from onnxslim.compress import pipeline as compress_pipeline
-from onnxslim.prune import structured as prune_structured
 from onnxslim.errors import UsageError
 from onnxslim.ir.counts import count_macs, count_parameters
 from onnxslim.ir.shapes import infer_shapes
+from onnxslim.prune import structured as prune_structured
 from tests.conftest import run_model
 
 

@@ -59,6 +59,15 @@ def test_candidates_are_single_group_convolutions_with_symmetric_weights():
     assert offset_candidates(offset_weights(int8, sites)) == []
 
 
+def test_weights_whose_zero_points_another_layer_reads_are_not_candidates():
+    int8 = _int8(residual(channels=16, size=12))
+    sites = offset_candidates(int8)
+    first, second = [s for s in sites if initializer_map(int8.graph)[s.zero_point].dims == [16]][:2]
+    next(n for n in second.nodes if n.op_type == "DequantizeLinear" and n.input[0] == second.weight).input[2] = first.zero_point
+    names = {s.conv.name for s in offset_candidates(int8)}
+    assert first.conv.name not in names and second.conv.name not in names and len(names) == len(sites) - 2
+
+
 def test_offset_weights_store_the_same_values_and_onnxruntime_computes_the_same_outputs():
     model = residual(channels=16, size=12)
     int8 = _int8(model)

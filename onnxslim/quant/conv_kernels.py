@@ -53,8 +53,8 @@ class ConvSite:
 
 
 def offset_candidates(model: onnx.ModelProto) -> list[ConvSite]:
-    """Convolutions of ``model``'s main graph with one group whose INT8 weights are symmetric, within [-127, 127] and read
-    by this layer alone, between a DequantizeLinear of UINT8 codes and one QuantizeLinear: the layers onnxruntime runs on its
+    """Convolutions of ``model``'s main graph with one group whose INT8 weights are symmetric, within [-127, 127] and (with
+    their zero points) read by this layer alone, between a DequantizeLinear of UINT8 codes and one QuantizeLinear: the layers onnxruntime runs on its
     symmetric kernels and could run on its matrix product instead."""
     index = GraphIndex(model.graph)
     sites = []
@@ -68,7 +68,7 @@ def offset_candidates(model: onnx.ModelProto) -> list[ConvSite]:
         if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or not index.private(conv.input[1]) or len(weights.input) < 3:
             continue
         codes, zero_points = index.array(weights.input[0]), index.array(weights.input[2])
-        if zero_points is None or np.any(zero_points != 0) or codes.min(initial=0) < -127 or len(index.readers(weights.input[0])) != 1:
+        if zero_points is None or np.any(zero_points != 0) or codes.min(initial=0) < -127 or not index.private(weights.input[0]) or not index.private(weights.input[2]):
             continue
         bias = index.producers.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
         if len(conv.input) > 2 and conv.input[2] and bias is not None and bias.op_type != "DequantizeLinear":
