@@ -157,3 +157,12 @@ def test_cli_conv_kernel_option_reaches_quantize(tmp_path, save, npz_folder):
     assert all(z == {OFFSET} for z in _weight_zero_points(onnx.load(str(tmp_path / "out.onnx"))).values())
     result = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "o2.onnx"), "--data", str(data), "--conv-kernel", "fast"])
     assert result.exit_code == 2 and "--conv-kernel" in result.output
+
+
+def test_layer_sizes_that_cannot_be_read_leave_the_symmetric_kernels_and_say_so(monkeypatch):
+    net = residual(channels=16, size=12)
+    _timed(monkeypatch, (timed_as(0.5), timed_as(0.5, 1)))
+    monkeypatch.setattr(conv_step, "observer", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no run")))
+    written, report = quantize(net, sample_inputs(net, 10), config=TIMED)
+    assert report.conv_kernel["written"] == "symmetric" and "input sizes could not be read" in report.conv_kernel["why"]
+    assert all(zeros == {0} for zeros in _weight_zero_points(written).values())

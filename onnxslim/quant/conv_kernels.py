@@ -33,7 +33,7 @@ from onnxslim.measure.latency import latency_ratios, threads_text
 from onnxslim.passes.matching import GraphIndex
 from onnxslim.progress import track
 from onnxslim.quant.forms import SETTLE_AT, fidelity_verdict, ratio_text, timing_verdict, worth_timing_alone
-from onnxslim.runtime.probe import runtime_shapes
+from onnxslim.runtime.probe import observer
 from onnxslim.runtime.session import Runner
 
 OFFSET = -1  # the zero point that moves a layer off the symmetric kernels; codes in [-127, 127] stay within INT8 after it
@@ -163,7 +163,7 @@ def gemm_kernels_if_faster(run, config, report, model: onnx.ModelProto, comparis
 
 def _faster_layers(run, config, model: onnx.ModelProto, sites: list[ConvSite]) -> tuple[list[ConvSite], list[dict]]:
     """The sites whose layer, timed alone at its input's size, wins on the matrix product; and what was measured, per shape."""
-    shapes = runtime_shapes(model, run.eval_batches[0][1], {site.codes for site in sites} | {site.conv.output[0] for site in sites})
+    shapes = _input_and_output_shapes(model, sites, run.eval_batches[0][1])
     weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
     by_shape: dict[str, list[ConvSite]] = {}
     work: dict[str, int] = {}
@@ -172,7 +172,7 @@ def _faster_layers(run, config, model: onnx.ModelProto, sites: list[ConvSite]) -
             continue
         key = _shape_key(site, shapes[site.codes], weights[site.weight])
         by_shape.setdefault(key, []).append(site)
-        macs = node_macs(site.conv, {site.conv.output[0]: shapes.get(site.conv.output[0]), site.conv.input[1]: weights[site.weight]}) or 0
+        macs = node_macs(site.conv, {site.conv.output[0]: shapes.get(site.nodes[-1].output[0]), site.conv.input[1]: weights[site.weight]}) or 0
         work[key] = work.get(key, 0) + macs
     total = sum(work.values()) or 1
     timed = sorted((k for k in by_shape if work[k] >= SHARE_TIMED * total), key=lambda k: -work[k])[:MOST_SHAPES_TIMED]
@@ -195,6 +195,17 @@ def _faster_layers(run, config, model: onnx.ModelProto, sites: list[ConvSite]) -
         if faster:
             chosen.extend(group)
     return chosen, layers
+
+
+def _input_and_output_shapes(model: onnx.ModelProto, sites: list[ConvSite], batch) -> dict[str, tuple[int, ...]]:
+    """The shapes of the sites' input codes and output codes on ``batch``, read off a run of the part of the model in front
+    of them (the codes, unlike the float tensors between, leave onnxruntime's fusions as they are); empty when it fails."""
+    names = sorted({site.codes for site in sites} | {site.nodes[-1].output[0] for site in sites})
+    try:
+        values = observer(model, names).run(batch)
+    except Exception:  # an unreadable size leaves the step unmeasured, which the report says
+        return {}
+    return {name: tuple(int(d) for d in np.shape(value)) for name, value in zip(names, values)}
 
 
 def _offset_form(run, config, entry: dict, why: str, model: onnx.ModelProto, offset_model: onnx.ModelProto, sites: list[ConvSite], comparisons: list):
