@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 import onnxslim.quant.conv_kernels as conv_step
 import onnxslim.quant.fallback as timing_step
+import onnxslim.quant.forms as forms_step
 from models.builders import conv_bn_relu, depthwise_separable, residual, sample_inputs
 from onnxslim import QuantConfig, quantize
 from onnxslim.cli import main
@@ -42,7 +43,8 @@ def _timed(monkeypatch, layer: tuple, model: tuple = (timed_as(0.8), timed_as(0.
         calls.append(kwargs["labels"])
         return layer if kwargs["labels"] == ("symmetric kernel", "matrix product") else model
 
-    monkeypatch.setattr(conv_step, "latency_ratios", timing)
+    monkeypatch.setattr(conv_step, "latency_ratios", timing)  # each layer alone
+    monkeypatch.setattr(forms_step, "latency_ratios", timing)  # the whole model
     monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (timed_as(int8_vs_fp32), None))
     return calls
 
@@ -125,7 +127,8 @@ def test_the_symmetric_kernels_stay_where_the_matrix_product_does_not_pay(monkey
 def test_settings_that_leave_every_layer_on_the_symmetric_kernels(monkeypatch):
     net = residual(channels=16, size=12)
     data = sample_inputs(net, 10)
-    monkeypatch.setattr(conv_step, "latency_ratios", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
+    for step in (conv_step, forms_step):
+        monkeypatch.setattr(step, "latency_ratios", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
     written, report = quantize(net, data, config=QuantConfig(latency_runs=0, accuracy_budget=None))
     assert report.conv_kernel["written"] == "symmetric" and report.conv_kernel["why"] == "not measured (timing is off): the symmetric kernels are kept"
     written, report = quantize(net, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, conv_kernel="symmetric"))
@@ -138,7 +141,8 @@ def test_settings_that_leave_every_layer_on_the_symmetric_kernels(monkeypatch):
 def test_gemm_offsets_every_candidate_without_timing_and_computes_the_same_outputs(monkeypatch):
     net = residual(channels=16, size=12)
     data = sample_inputs(net, 10)
-    monkeypatch.setattr(conv_step, "latency_ratios", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
+    for step in (conv_step, forms_step):
+        monkeypatch.setattr(step, "latency_ratios", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
     symmetric, _ = quantize(net, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, conv_kernel="symmetric"))
     gemm, report = quantize(net, data, config=QuantConfig(latency_runs=0, accuracy_budget=None, conv_kernel="gemm"))
     assert report.conv_kernel["written"] == "gemm" and report.conv_kernel["why"] == "--conv-kernel gemm"

@@ -6,6 +6,7 @@ from onnx import TensorProto, helper
 
 import onnxslim.quant.depthwise as depthwise_step
 import onnxslim.quant.fallback as timing_step
+import onnxslim.quant.forms as forms_step
 from models.builders import GraphBuilder, depthwise_separable, sample_inputs
 from onnxslim import QuantConfig, quantize
 from onnxslim.quant.decisions import QuantReason
@@ -13,13 +14,13 @@ from onnxslim.quant.depthwise import depthwise_convolutions
 from onnxslim.quant.pipeline import QuantRun
 from tests.conftest import noisy_comparison, reported_cosine_is_the_written_models, timed_as, weight_is_dequantized
 
-TIMED = QuantConfig(latency_runs=3, accuracy_budget=None)
+TIMED = QuantConfig(latency_runs=3, accuracy_budget=None, conv_kernel="symmetric")  # the depthwise form's timing alone
 
 
 def _timed(monkeypatch, float_form: tuple, int8_vs_fp32: float = 0.6) -> list:
     """The depthwise step's timing gives ``float_form`` (at the deploy threads, at 1 thread); the final FP32 check gives INT8 faster."""
     calls = []
-    monkeypatch.setattr(depthwise_step, "latency_ratios", lambda *a, **k: calls.append(k["labels"]) or float_form)
+    monkeypatch.setattr(forms_step, "latency_ratios", lambda *a, **k: calls.append(k["labels"]) or float_form)
     monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (timed_as(int8_vs_fp32), None))
     return calls
 
@@ -65,7 +66,7 @@ def test_a_tie_where_deployed_and_faster_at_one_thread_writes_float(monkeypatch)
 
 def test_without_timing_the_integer_form_is_kept_and_the_report_says_it_was_not_measured(monkeypatch):
     model = depthwise_separable()
-    monkeypatch.setattr(depthwise_step, "latency_ratios", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
+    monkeypatch.setattr(forms_step, "latency_ratios", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
     written, report = quantize(model, sample_inputs(model, 10), config=QuantConfig(latency_runs=0, accuracy_budget=None))
     assert report.depthwise == {"nodes": 1, "written": "int8", "why": "not measured (timing is off): the integer form is kept"}
     assert weight_is_dequantized(written, _depthwise_conv(written))
@@ -113,11 +114,11 @@ def test_depthwise_int8_or_float_writes_that_form_without_timing(monkeypatch):
     """For a model quantized on one machine and deployed on another, where the measurement here says nothing."""
     model = depthwise_separable()
     data = sample_inputs(model, 10)
-    monkeypatch.setattr(depthwise_step, "latency_ratios", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
+    monkeypatch.setattr(forms_step, "latency_ratios", lambda *a, **k: (_ for _ in ()).throw(AssertionError("timed")))
     monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (timed_as(0.6), None))
-    written, report = quantize(model, data, config=QuantConfig(latency_runs=3, accuracy_budget=None, depthwise="int8"))
+    written, report = quantize(model, data, config=QuantConfig(latency_runs=3, accuracy_budget=None, depthwise="int8", conv_kernel="symmetric"))
     assert report.depthwise == {"nodes": 1, "written": "int8", "why": "--depthwise int8"} and weight_is_dequantized(written, _depthwise_conv(written))
-    written, report = quantize(model, data, config=QuantConfig(latency_runs=3, accuracy_budget=None, depthwise="float"))
+    written, report = quantize(model, data, config=QuantConfig(latency_runs=3, accuracy_budget=None, depthwise="float", conv_kernel="symmetric"))
     assert report.depthwise == {"nodes": 1, "written": "float", "why": "--depthwise float"} and not weight_is_dequantized(written, _depthwise_conv(written))
     decision = next(d for d in report.decisions if d.node == _depthwise_conv(written).name)
     assert decision.reason.text == "depthwise convolution kept in float: --depthwise float (--report: depthwise)"

@@ -20,7 +20,7 @@ import onnx
 from onnxslim.measure import fidelity, worst_score
 from onnxslim.measure.latency import latency_ratios, threads_text
 from onnxslim.quant.decisions import QuantPlan, QuantReason
-from onnxslim.quant.forms import MISSES_BUDGET, NOT_FASTER, SETTLE_AT, SLOWER_ALONE, TIED, fidelity_verdict, ratio_text, timing_verdict, worth_timing_alone
+from onnxslim.quant.forms import MISSES_BUDGET, NOT_FASTER, SETTLE_AT, SLOWER_ALONE, TIED, fidelity_verdict, ratio_text, record_ratios, timing_verdict, worth_timing_alone
 from onnxslim.reasons import Reason
 
 
@@ -64,9 +64,7 @@ def integer_form_if_it_pays(run, config, report, plan: QuantPlan, model: onnx.Mo
         description="timing scalar Add/Mul: float vs integer form", labels=("float form", "integer form"),
         one_thread_when=worth_timing_alone, settle=SETTLE_AT,  # a form slower where it is deployed is not timed again
     )
-    entry["latency_vs_float_form"] = at_threads.ratio
-    if at_one is not None:
-        entry["latency_vs_float_form_1_thread"] = at_one.ratio
+    record_ratios(entry, "latency_vs_float_form", at_threads, at_one)
     where = threads_text(config.threads)
     verdict = timing_verdict(at_threads, at_one)
     if verdict == NOT_FASTER:

@@ -29,10 +29,10 @@ from onnx import helper
 from onnxslim.ir.counts import node_macs
 from onnxslim.ir.tensors import from_array, to_array
 from onnxslim.measure import fidelity, worst_score
-from onnxslim.measure.latency import latency_ratios, threads_text
+from onnxslim.measure.latency import latency_ratios
 from onnxslim.passes.matching import GraphIndex
 from onnxslim.progress import track
-from onnxslim.quant.forms import SETTLE_AT, fidelity_verdict, ratio_text, timing_verdict, worth_timing_alone
+from onnxslim.quant.forms import SETTLE_AT, fidelity_verdict, timed_decision, timing_verdict, worth_timing_alone
 from onnxslim.runtime.probe import observer
 from onnxslim.runtime.session import Runner
 
@@ -145,16 +145,11 @@ def gemm_kernels_if_faster(run, config, report, model: onnx.ModelProto, comparis
         entry["why"] = "no layer timed alone was faster on the matrix product"
         return model, comparisons
     offset = offset_weights(model, chosen)
-    at_threads, at_one = latency_ratios(
-        model, offset, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
-        description="timing convolution kernels: symmetric vs matrix product", labels=("symmetric kernels", "offset weights"),
-        one_thread_when=worth_timing_alone, settle=SETTLE_AT,
+    verdict, speed = timed_decision(
+        run, config, model, offset, entry, "latency_vs_symmetric", description="timing convolution kernels: symmetric vs matrix product",
+        labels=("symmetric kernels", "offset weights"), against="the symmetric form's",
     )
-    entry["latency_vs_symmetric"] = at_threads.ratio
-    if at_one is not None:
-        entry["latency_vs_symmetric_1_thread"] = at_one.ratio
-    speed = _speed(at_threads.ratio, at_one, threads_text(config.threads))
-    if timing_verdict(at_threads, at_one) is not None:
+    if verdict is not None:
         entry["why"] = f"{len(chosen)} layer(s) timed faster alone on the matrix product, but the model with them there is not faster ({speed})"
         return model, comparisons
     why = f"the layers timed faster alone there; the model with them is {speed}"
@@ -230,10 +225,3 @@ def _offset_form(run, config, entry: dict, why: str, model: onnx.ModelProto, off
         return model, comparisons
     entry.update(written, outputs=f"differ; {metric} {offset_score:.5f} against {score:.5f}")
     return offset_model, offset_comparisons
-
-
-def _speed(ratio: float | None, at_one, where: str) -> str:
-    text = f"{ratio_text(ratio)} the symmetric form's latency at {where}"
-    if at_one is not None and at_one.ratio is not None:
-        text += f", {ratio_text(at_one.ratio)} at 1 thread"
-    return text

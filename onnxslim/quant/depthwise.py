@@ -22,9 +22,8 @@ import onnx
 from onnxslim.ir.graph import node_attr
 from onnxslim.ir.tensors import initializer_map
 from onnxslim.measure import fidelity, worst_score
-from onnxslim.measure.latency import latency_ratios, threads_text
 from onnxslim.quant.decisions import QuantPlan, QuantReason
-from onnxslim.quant.forms import SETTLE_AT, fidelity_verdict, ratio_text, timing_verdict, worth_timing_alone
+from onnxslim.quant.forms import fidelity_verdict, timed_decision
 from onnxslim.reasons import Reason
 
 
@@ -64,17 +63,12 @@ def float_depthwise_if_faster(run, config, report, plan: QuantPlan, model: onnx.
     float_plan, float_model = run.build(form_config, keep_float)
     if config.depthwise == "float":
         return _float_form(entry, "--depthwise float", nodes, float_plan, float_model, fidelity(run.reference, float_model, run.eval_batches))
-    at_threads, at_one = latency_ratios(
-        model, float_model, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
-        description="timing depthwise convolutions: integer vs float form", labels=("integer form", "float form"),
-        one_thread_when=worth_timing_alone, settle=SETTLE_AT,
+    verdict, speed = timed_decision(
+        run, config, model, float_model, entry, "latency_vs_integer_form", description="timing depthwise convolutions: integer vs float form",
+        labels=("integer form", "float form"), against="the integer form's",
     )
-    entry["latency_vs_integer_form"] = at_threads.ratio
-    if at_one is not None:
-        entry["latency_vs_integer_form_1_thread"] = at_one.ratio
-    where = threads_text(config.threads)
-    if timing_verdict(at_threads, at_one) is not None:
-        entry["why"] = f"the float form is not faster ({_speed(at_threads.ratio, at_one, where)})"
+    if verdict is not None:
+        entry["why"] = f"the float form is not faster ({speed})"
         return plan, model, comparisons
     float_comparisons = fidelity(run.reference, float_model, run.eval_batches)
     metric = config.accuracy_metric
@@ -82,9 +76,9 @@ def float_depthwise_if_faster(run, config, report, plan: QuantPlan, model: onnx.
     entry |= {"worst_score_integer_form": score, "worst_score_float_form": float_score}
     problem = fidelity_verdict(score, float_score, config.accuracy_budget)
     if problem is not None:
-        entry["why"] = f"the float form is faster ({_speed(at_threads.ratio, at_one, where)}) but {problem} ({metric} {float_score:.5f} against {score:.5f})"
+        entry["why"] = f"the float form is faster ({speed}) but {problem} ({metric} {float_score:.5f} against {score:.5f})"
         return plan, model, comparisons
-    why = f"onnxruntime's integer depthwise kernel is slower here: the float form is {_speed(at_threads.ratio, at_one, where)}, {metric} {float_score:.5f}"
+    why = f"onnxruntime's integer depthwise kernel is slower here: the float form is {speed}, {metric} {float_score:.5f}"
     return _float_form(entry, why, nodes, float_plan, float_model, float_comparisons)
 
 
@@ -93,10 +87,3 @@ def _float_form(entry: dict, why: str, nodes: list[str], plan: QuantPlan, model:
     short = "measured faster than onnxruntime's integer depthwise kernel" if why.startswith("onnxruntime") else why
     reasons = {node: Reason(QuantReason.KEPT_FLOAT, f"depthwise convolution kept in float: {short} (--report: depthwise)") for node in nodes if node in plan.decisions}
     return plan.with_reasons(reasons), model, comparisons
-
-
-def _speed(ratio: float | None, at_one, where: str) -> str:
-    text = f"{ratio_text(ratio)} the integer form's latency at {where}"
-    if at_one is not None and at_one.ratio is not None:
-        text += f", {ratio_text(at_one.ratio)} at 1 thread"
-    return text

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from onnxslim.measure.latency import LatencyComparison
+from onnxslim.measure.latency import LatencyComparison, latency_ratios, threads_text
 
 FASTER = 0.97  # the challenger must beat the other form's median latency by this factor at the deploy thread count,
 TIE = 1.0 / FASTER  # or, within this much of it there (a tie, as timing noise at several threads often leaves it), at 1 thread
@@ -65,3 +65,31 @@ def fidelity_verdict(score: float, challenger: float, budget: float | None) -> s
 
 def ratio_text(ratio: float | None) -> str:
     return "unmeasured" if ratio is None else f"{ratio:.2f}x"
+
+
+def record_ratios(entry: dict, key: str, at_threads: LatencyComparison, at_one: LatencyComparison | None) -> None:
+    """A form timing's ratios in its report entry: ``key`` at the deploy thread count, ``key``_1_thread where 1 thread was timed too."""
+    entry[key] = at_threads.ratio
+    if at_one is not None:
+        entry[f"{key}_1_thread"] = at_one.ratio
+
+
+def speed_text(at_threads: LatencyComparison, at_one: LatencyComparison | None, where: str, against: str) -> str:
+    """'0.91x <against> latency at <where>, 0.84x at 1 thread' (the second part where 1 thread was timed)."""
+    text = f"{ratio_text(at_threads.ratio)} {against} latency at {where}"
+    if at_one is not None and at_one.ratio is not None:
+        text += f", {ratio_text(at_one.ratio)} at 1 thread"
+    return text
+
+
+def timed_decision(run, config, incumbent, challenger, entry: dict, key: str, *, description: str, labels: tuple[str, str], against: str) -> tuple[str | None, str]:
+    """Time ``challenger`` against ``incumbent`` on the first held-out batch as a decision between two forms (at --threads, and
+    at 1 thread where that leaves the verdict open), the ratios recorded in ``entry`` under ``key``: the timing verdict
+    (None when the challenger wins) and the challenger's speed in words, against ``against`` (e.g. "the integer form's")."""
+    at_threads, at_one = latency_ratios(
+        incumbent, challenger, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
+        description=description, labels=labels, one_thread_when=worth_timing_alone, settle=SETTLE_AT,
+    )
+    record_ratios(entry, key, at_threads, at_one)
+    return timing_verdict(at_threads, at_one), speed_text(at_threads, at_one, threads_text(config.threads), against)
+

@@ -27,7 +27,7 @@ from onnxslim.measure import fidelity, worst_score
 from onnxslim.measure.latency import latency_ratios, threads_text
 from onnxslim.quant.decisions import QuantPlan, QuantReason
 from onnxslim.quant.depthwise import depthwise_convolutions
-from onnxslim.quant.forms import MISSES_BUDGET, NOT_FASTER, SETTLE_AT, SLOWER_ALONE, TIED, fidelity_verdict, ratio_text, timing_verdict, worth_timing_alone
+from onnxslim.quant.forms import MISSES_BUDGET, NOT_FASTER, SETTLE_AT, SLOWER_ALONE, TIED, fidelity_verdict, ratio_text, record_ratios, timing_verdict, worth_timing_alone
 from onnxslim.reasons import Reason
 
 FLOAT_RESULT_KERNELS = ("Gemm", "MatMul")  # output layers auto quantizes: onnxruntime runs them with a float result
@@ -98,9 +98,7 @@ def _challenge(run, config, entry: dict, model: onnx.ModelProto, comparisons: li
         model, candidate, run.eval_batches[0][1], threads=config.threads, runs=config.latency_runs, show_progress=run.show_progress,
         description=description, labels=("float form", "integer form"), one_thread_when=worth_timing_alone, settle=SETTLE_AT,
     )
-    entry["latency_vs_float_form"] = at_threads.ratio
-    if at_one is not None:
-        entry["latency_vs_float_form_1_thread"] = at_one.ratio
+    record_ratios(entry, "latency_vs_float_form", at_threads, at_one)
     where = threads_text(config.threads)
     alone = f", {ratio_text(at_one.ratio)} at 1 thread" if at_one is not None else ""
     verdict = timing_verdict(at_threads, at_one)
