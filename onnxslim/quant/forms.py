@@ -92,4 +92,3 @@ def timed_decision(run, config, incumbent, challenger, entry: dict, key: str, *,
     )
     record_ratios(entry, key, at_threads, at_one)
     return timing_verdict(at_threads, at_one), speed_text(at_threads, at_one, threads_text(config.threads), against)
-
