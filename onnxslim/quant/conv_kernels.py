@@ -19,7 +19,6 @@ offset: a code of -65 could saturate there.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -71,7 +70,7 @@ def offset_candidates(model: onnx.ModelProto) -> list[ConvSite]:
         if zero_points is None or np.any(zero_points != 0) or codes.min(initial=0) < -127 or not index.private(weights.input[0]) or not index.private(weights.input[2]):
             continue
         bias = index.producers.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        if len(conv.input) > 2 and conv.input[2] and bias is not None and bias.op_type != "DequantizeLinear":
+        if bias is not None and bias.op_type != "DequantizeLinear":
             continue
         nodes = (source, weights, *((bias,) if bias is not None else ()), conv, readers[0])
         sites.append(ConvSite(conv, source.input[0], weights.input[0], weights.input[2], nodes))
@@ -113,22 +112,22 @@ def single_layer(model: onnx.ModelProto, site: ConvSite, input_shape: tuple[int,
     return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
 
-def _shape_key(site: ConvSite, input_shape: tuple[int, ...], weight_dims: tuple[int, ...]) -> str:
-    attributes = sorted((a.name, str(helper.get_attribute_value(a))) for a in site.conv.attribute)
-    return json.dumps([list(input_shape), list(weight_dims), attributes])
+def _shape_key(site: ConvSite, input_shape: tuple[int, ...], weight_dims: tuple[int, ...]) -> tuple:
+    """What a layer's timing depends on: its input's and weight's shapes and its attributes."""
+    return input_shape, weight_dims, tuple(sorted((a.name, str(helper.get_attribute_value(a))) for a in site.conv.attribute))
 
 
 def gemm_kernels_if_faster(run, config, report, model: onnx.ModelProto, comparisons: list) -> tuple[onnx.ModelProto, list]:
-    """The model and comparisons to write: as given, or with the convolutions measured faster on onnxruntime's integer matrix
-    product offset there (see the module docstring). ``report.conv_kernel`` records what was measured; nothing for a model without candidates."""
-    if config.conv_kernel == "symmetric" or config.target != "cpu":
+    """The model and comparisons to write (target cpu): as given, or with the convolutions measured faster on onnxruntime's integer
+    matrix product offset there (see the module docstring). ``report.conv_kernel`` records what was measured; nothing for a model without candidates."""
+    if config.conv_kernel == "symmetric":
         return model, comparisons
     sites = offset_candidates(model)
     if not sites:
         return model, comparisons
     entry: dict = {"candidates": len(sites), "written": "symmetric", "offset_nodes": []}
     report.conv_kernel = entry
-    if (report.weight_range or {}).get("used") == "reduced":
+    if report.weight_range.get("used") == "reduced":
         entry["why"] = "weights use the reduced range (this CPU adds pairs of products in 16 bits): an offset code could saturate"
         return model, comparisons
     if config.conv_kernel == "gemm":
@@ -160,8 +159,8 @@ def _faster_layers(run, config, model: onnx.ModelProto, sites: list[ConvSite]) -
     """The sites whose layer, timed alone at its input's size, wins on the matrix product; and what was measured, per shape."""
     shapes = _input_and_output_shapes(model, sites, run.eval_batches[0][1])
     weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    by_shape: dict[str, list[ConvSite]] = {}
-    work: dict[str, int] = {}
+    by_shape: dict[tuple, list[ConvSite]] = {}
+    work: dict[tuple, int] = {}
     for site in sites:
         if site.codes not in shapes:
             continue
@@ -182,9 +181,9 @@ def _faster_layers(run, config, model: onnx.ModelProto, sites: list[ConvSite]) -
             one_thread_when=worth_timing_alone, settle=SETTLE_AT,
         )
         faster = timing_verdict(at_threads, at_one) is None
-        input_shape, weight_dims, _ = json.loads(key)
+        input_shape, weight_dims, _ = key
         layers.append({
-            "nodes": [site.conv.name for site in group], "input": input_shape, "weight": weight_dims, "work_share": work[key] / total,
+            "nodes": [site.conv.name for site in group], "input": list(input_shape), "weight": list(weight_dims), "work_share": work[key] / total,
             "gemm_vs_symmetric": at_threads.ratio, **({"gemm_vs_symmetric_1_thread": at_one.ratio} if at_one is not None else {}), "offset": faster,
         })
         if faster:
