@@ -241,6 +241,26 @@ def test_constant_calibration_data_is_refused_unless_evaluation_data_is_given(sa
     assert result.exit_code == 0, result.output
 
 
+def test_inputs_that_barely_vary_are_found_over_every_held_out_batch_together():
+    """The spread is taken over all held-out batches at once (a batch at a time, in float64): a constant far from zero
+    with float32 rounding noise is constant, batches each constant but different are not, NaN or Inf never are."""
+    import numpy as np
+
+    from onnxslim.quant.pipeline import _constant_inputs
+
+    def batches(*arrays, name="x"):
+        return [(f"batch_{i}", {name: np.asarray(a, np.float32), "ids": np.arange(3)}) for i, a in enumerate(arrays)]
+
+    rng = np.random.default_rng(0)
+    assert _constant_inputs(batches(np.zeros((2, 5)), np.zeros((2, 5)))) == ["x"]
+    near = 1000.0 + rng.normal(size=(4, 2, 5)) * 1e-5  # std 1e-5 against a bound of 1e-3 at this mean
+    assert _constant_inputs(batches(*near)) == ["x"]
+    assert _constant_inputs(batches(np.full((2, 5), 3.0), np.full((2, 5), 3.5))) == []
+    assert _constant_inputs(batches(np.zeros(10), np.eye(1, 10)[0] * 1e-2)) == []  # one value moves: std 2e-3 > 1e-6
+    assert _constant_inputs(batches(np.array([np.nan, 1.0]), np.array([np.inf, np.inf]))) == []
+    assert _constant_inputs(batches(np.zeros(0))) == []  # no values: nothing to call constant
+
+
 def test_a_fixed_float_setting_beside_varying_token_ids_is_warned_about_not_refused(save, npz_folder, tmp_path):
     """Token ids (int64) that vary carry the samples' differences; a float scalar input (a temperature) fixed over the
     held-out batches is said, not a reason to refuse."""
