@@ -358,15 +358,31 @@ def _sensitivity_text(entry: dict, metric: str, label: str) -> str:
     return f"{metric} {score:.5f} when it alone is {label}{work}"
 
 
-def _ranking_check_text(check: dict) -> str:
-    """What checking the noise ranking against the outputs found, and which search's layers were kept in float."""
-    noise, checked = check["noise_ranking"], check["checked_ranking"]
-    found = (f"{checked['kept']} layer(s) holding {_share_text(checked['work_share'])}" if checked["met"]
-             else "no set of layers meeting the budget")
-    taken = "kept" if check["taken"] == "checked_ranking" else "not kept"
-    return (f"ranked by their own noise, the layers kept in float held {_share_text(noise['work_share'])} of the multiply-adds ({noise['kept']} layer(s)); "
-            f"each layer's noise weighted by what the outputs lose with its stretch of the graph alone quantized ({check['stretches']} stretches measured): "
-            f"{found} ({taken})")
+def _ranking_check_lines(check: dict) -> list[str]:
+    """What checking the noise ranking against the outputs found, what ranking by the conversions each layer makes found,
+    and which search's layers were kept in float."""
+    lines = []
+    if "noise_ranking" in check:
+        noise, checked = check["noise_ranking"], check["checked_ranking"]
+        found = (f"{checked['kept']} layer(s) holding {_share_text(checked['work_share'])}" if checked["met"]
+                 else "no set of layers meeting the budget")
+        taken = "kept" if check["taken"] == "checked_ranking" else "not kept"
+        if check.get("conversions", {}).get("taken") == "conversions":
+            taken += ", then replaced as below"
+        lines.append(f"ranked by their own noise, the layers kept in float held {_share_text(noise['work_share'])} of the multiply-adds ({noise['kept']} layer(s)); "
+                     f"each layer's noise weighted by what the outputs lose with its stretch of the graph alone quantized ({check['stretches']} stretches measured): "
+                     f"{found} ({taken})")
+    if "conversions" in check:
+        other = check["conversions"]
+        if not other["met"]:
+            found = "no set of layers meeting the budget"
+        elif "why" in other:
+            found = other["why"]
+        else:
+            found = "the same layers"
+        taken = "kept" if other["taken"] == "conversions" else "not kept"
+        lines.append(f"ranked counting the values each layer converts to and from float, besides its multiply-adds: {found} ({taken})")
+    return lines
 
 
 def _share_text(share: float) -> str:
@@ -453,8 +469,8 @@ def _print_quantization(report) -> None:
         console.print(f"  kept in float for the accuracy budget: {escape(entry['node'])} ({_sensitivity_text(entry, report.accuracy_metric, label)})", highlight=False)
     if len(report.kept_float_for_budget) > len(shown):
         console.print(f"  ... and {len(report.kept_float_for_budget) - len(shown)} more kept in float for the accuracy budget (--report lists every one)", highlight=False)
-    if report.ranking_check:
-        console.print(f"  {_ranking_check_text(report.ranking_check)}", highlight=False)
+    for line in _ranking_check_lines(report.ranking_check):
+        console.print(f"  {escape(line)}", highlight=False)
     where = f" (measured on {report.float16['fidelity_measured_on']})" if report.float16 else ""
     padding = sorted({o.padding_left_out for o in report.fidelity if o.padding_left_out})
     where += f" (real tokens only: positions where {', '.join(padding)} is 0 left out)" if padding else ""

@@ -36,7 +36,7 @@ from onnxslim.ir import load_model
 from onnxslim.measure import LatencyComparison
 from onnxslim.quant.decisions import QuantReason
 from onnxslim.runtime.session import optimized_graph
-from tests.conftest import noisy_comparison, run_model
+from tests.conftest import noisy_comparison, reported_cosine_is_the_written_models, run_model
 
 GOLDEN = Path(__file__).parent / "golden"
 FAST = QuantConfig(latency_runs=0)
@@ -1819,3 +1819,66 @@ def test_an_upsampling_convtranspose_runs_in_int8_as_a_subpixel_conv_and_the_flo
     monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (slower, None))
     fallback, report = quantize(model, batches, config=QuantConfig(latency_runs=3, accuracy_budget=None))
     assert report.written == "fp32" and [n.op_type for n in fallback.graph.node].count("ConvTranspose") == 1
+
+
+def _rankings_timed(monkeypatch, ratio: float) -> list:
+    """Every measured form's timing gives the challenger ``ratio`` at both thread counts; INT8 is faster than FP32."""
+    import onnxslim.quant.fallback as timing_step
+    import onnxslim.quant.forms as forms_step
+    from tests.conftest import timed_as
+
+    labels = []
+    monkeypatch.setattr(forms_step, "latency_ratios", lambda *a, **k: labels.append(k["labels"]) or (timed_as(ratio), timed_as(ratio, 1)))
+    monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (timed_as(0.6), None))
+    return labels
+
+
+BUDGET_RANKED = dict(latency_runs=3, accuracy_budget=0.9999, conv_kernel="symmetric", depthwise="int8", scalar_affine="float", output_layers="float")
+
+
+def test_the_budget_keeps_the_layers_counted_with_their_conversions_where_that_model_is_measured_faster(monkeypatch):
+    """Counted by multiply-adds alone, the layers on large maps cost the least to keep in float; counting the values each
+    converts to and from float, others do. Where both meet the budget with different layers, both are timed and the faster kept."""
+    from models.builders import sample_inputs, silu_se_block
+
+    model = silu_se_block()
+    data = sample_inputs(model, 20)
+    labels = _rankings_timed(monkeypatch, 0.8)
+    written, report = quantize(model, data, config=QuantConfig(**BUDGET_RANKED))
+    entry = report.ranking_check["conversions"]
+    assert ("ranked by multiply-adds", "counting conversions") in labels
+    assert entry["taken"] == "conversions" and entry["met"] and entry["latency_vs_multiply_adds"] == 0.8, entry
+    assert entry["kept_counting_conversions"] == len(report.kept_float_for_budget)
+    assert all("work_share_with_conversions" in k and k["work_share_with_conversions"] > k["work_share"] for k in report.kept_float_for_budget)
+    assert min(c.cosine for c in report.fidelity) >= 0.9999
+    assert reported_cosine_is_the_written_models(model, written, data, report)
+
+    labels = _rankings_timed(monkeypatch, 1.1)  # the other set measured slower: the layers ranked by multiply-adds stay
+    _, slower = quantize(model, data, config=QuantConfig(**BUDGET_RANKED))
+    check = slower.ranking_check["conversions"]
+    assert check["taken"] == "multiply-adds" and "not faster" in check["why"] and check["kept"] == len(slower.kept_float_for_budget)
+    assert all("work_share_with_conversions" not in k for k in slower.kept_float_for_budget)
+    assert {k["node"] for k in slower.kept_float_for_budget} != {k["node"] for k in report.kept_float_for_budget}
+
+
+def test_without_timing_the_budget_ranks_by_multiply_adds_alone(monkeypatch):
+    from models.builders import sample_inputs, silu_se_block
+    from onnxslim.quant import pipeline
+
+    model = silu_se_block()
+    monkeypatch.setattr(pipeline, "_fewer_conversions_if_faster", lambda *a, **k: (_ for _ in ()).throw(AssertionError("second ranking")))
+    _, report = quantize(model, sample_inputs(model, 20), config=QuantConfig(**{**BUDGET_RANKED, "latency_runs": 0}))
+    assert report.kept_float_for_budget and "conversions" not in report.ranking_check
+
+
+def test_cli_says_which_ranking_of_the_budgets_layers_was_kept(monkeypatch, tmp_path, save, npz_folder):
+    from models.builders import sample_inputs, silu_se_block
+
+    model = silu_se_block()
+    _rankings_timed(monkeypatch, 0.8)
+    result = CliRunner().invoke(main, ["quantize", str(save(model)), "-o", str(tmp_path / "q.onnx"), "--data", str(npz_folder(sample_inputs(model, 20))),
+                                       "--accuracy-budget", "0.9999", "--latency-runs", "3", "--conv-kernel", "symmetric", "--depthwise", "int8",
+                                       "--scalar-affine", "float", "--output-layers", "float"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"ranked counting the values each layer converts to and from float, besides its multiply-adds: [0-9]+ layer\(s\) in float "
+                     r"against [0-9]+: 0\.80x the other set's latency at .*, 0\.80x at 1 thread \(kept\)", " ".join(result.output.split())), result.output

@@ -168,3 +168,6 @@ def test_work_shares_are_each_layers_part_of_the_multiply_adds_at_the_given_shap
     shares = work_shares(model, ["narrow", "relu", "wide"], known_shapes(model, {"x": (4, 8)}))
     assert shares == pytest.approx({"narrow": 512 / 4608, "relu": 0.0, "wide": 4096 / 4608})
     assert work_shares(model, ["narrow", "wide"], known_shapes(model)) == {}  # the batch size unknown: no work known
+    # each value a node reads or writes (its constants aside) can count as work too: what converting it costs where it alone is float
+    with_values = work_shares(model, ["narrow", "relu", "wide"], known_shapes(model, {"x": (4, 8)}), per_element=10.0)
+    assert with_values == pytest.approx({"narrow": (512 + 10 * (32 + 64)) / 4608, "relu": 10 * (64 + 64) / 4608, "wide": (4096 + 10 * (64 + 256)) / 4608})

@@ -105,17 +105,28 @@ def count_macs(model: onnx.ModelProto, shapes: Mapping[str, tuple]) -> tuple[int
     return total, dict(by_op), unknown
 
 
-def work_shares(model: onnx.ModelProto, nodes: Iterable[str], shapes: Mapping[str, tuple]) -> dict[str, float]:
+def work_shares(model: onnx.ModelProto, nodes: Iterable[str], shapes: Mapping[str, tuple], per_element: float = 0.0) -> dict[str, float]:
     """Each of ``nodes`` (names of ``model``'s main graph) -> its share of the model's multiply-accumulates at ``shapes``.
 
     Nodes whose shapes are unknown are left out (the total counts only the known ones); nodes without
     multiply-accumulates (an Add, a pooling) get 0; with no work known at all, the result is empty.
+    ``per_element``: each value of the tensors a node reads and writes (its constants aside) also counts as this many
+    multiply-accumulates, over the same total: what converting them to and from float costs where the node alone is float.
     """
     total, _, _ = count_macs(model, shapes)
     if total <= 0:
         return {}
     wanted = set(nodes)
-    return {node.name: macs / total for node in model.graph.node if node.name in wanted and (macs := node_macs(node, shapes)) is not None}
+    constants = {init.name for init in model.graph.initializer}
+    shares = {}
+    for node in model.graph.node:
+        if node.name not in wanted or (macs := node_macs(node, shapes)) is None:
+            continue
+        if per_element:
+            macs += per_element * sum(int(np.prod(shapes[name])) for name in (*node.input, *node.output)
+                                      if name and name not in constants and _static(shapes.get(name)))
+        shares[node.name] = macs / total
+    return shares
 
 
 def _einsum_macs(node: onnx.NodeProto, shapes: list) -> int | None:

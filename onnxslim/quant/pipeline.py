@@ -60,6 +60,7 @@ from onnxslim.quant.conv_kernels import gemm_kernels_if_faster
 from onnxslim.quant.decisions import NodeDecision
 from onnxslim.quant.depthwise import float_depthwise_if_faster
 from onnxslim.quant.fallback import faster_or_float
+from onnxslim.quant.forms import timed_decision
 from onnxslim.quant.half import quantize_half
 from onnxslim.quant.half_weights import store_weights_in_half
 from onnxslim.quant.isolation import float_copy, inputs_made_exact
@@ -770,38 +771,92 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     # tables and recurrent layers keep their inputs float and hold most of the bytes: kept in float last, when nothing else will do
     stored_only = {d.node for d in plan.decisions.values() if d.code in STORED_IN_INT8}
 
-    shares = _work_shares(run, [entry["node"] for entry in every])  # shape inference: once for both searches
-
-    # kept in float alone these take nothing back (every other node reads the same conversions): after the layers that do
-    inert = _inert_alone(run, [entry["node"] for entry in every], shares)
-
-    def in_keep_order(entries: list[dict]) -> list[dict]:
-        def tier(entry: dict) -> int:
-            return 2 if entry["node"] in stored_only else 1 if entry["node"] in inert else 0
-
-        return sorted(_by_damage_per_work(entries, shares), key=tier)  # stable: damage per work within each tier
-
     whole = len(batches) == len(run.eval_batches)
     on_sample = measured_all if whole else measured_sample or fidelity(run.reference, quantized, batches)
     first_loss = _loss(worst_score(on_sample, metric))
     if first_loss <= 1.0 - budget:  # the sample passes with nothing kept, the whole held-out set does not: search on all of it
         batches, whole = run.eval_batches, True
         first_loss = _loss(worst_score(measured_all, metric))
-    search = _search_counts(run, in_keep_order(every), budget, measured_all, batches, first_loss)
-    if not (fast and search.met and _float_share(search.kept) > RECHECK_SHARE):
+
+    def searched(shares: Mapping[str, float]) -> BudgetSearch:
+        """The search over ``every`` kept in float by damage per ``shares`` of the work (checked by stretches where it keeps much)."""
+        # kept in float alone these take nothing back (every other node reads the same conversions): after the layers that do
+        inert = _inert_alone(run, [entry["node"] for entry in every], shares)
+
+        def in_keep_order(entries: list[dict]) -> list[dict]:
+            def tier(entry: dict) -> int:
+                return 2 if entry["node"] in stored_only else 1 if entry["node"] in inert else 0
+
+            return sorted(_by_damage_per_work(entries, shares), key=tier)  # stable: damage per work within each tier
+
+        search = _search_counts(run, in_keep_order(every), budget, measured_all, batches, first_loss)
+        if not (fast and search.met and _float_share(search.kept) > RECHECK_SHARE):
+            return search
+        rescaled = _with_stretch_effects(run, every, batches)
+        if rescaled is None:
+            return search
+        again = _search_counts(run, in_keep_order(rescaled), budget, measured_all, batches, first_loss)
+        lighter = again.met and (_float_share(again.kept), len(again.kept)) < (_float_share(search.kept), len(search.kept))
+        recheck = {
+            "stretches": len({e["stretch"] for e in rescaled}),
+            "noise_ranking": {"kept": len(search.kept), "work_share": _float_share(search.kept)},
+            "checked_ranking": {"kept": len(again.kept), "work_share": _float_share(again.kept), "met": again.met},
+            "taken": "checked_ranking" if lighter else "noise_ranking",
+        }
+        return dataclasses.replace(again if lighter else search, recheck=recheck)
+
+    nodes = [entry["node"] for entry in every]
+    search = searched(_work_shares(run, nodes))
+    if not (fast and search.met and search.kept and search.built is not None and run.config.latency_runs > 0 and run.config.target == "cpu"):
         return search
-    rescaled = _with_stretch_effects(run, every, batches)
-    if rescaled is None:
-        return search
-    again = _search_counts(run, in_keep_order(rescaled), budget, measured_all, batches, first_loss)
-    lighter = again.met and (_float_share(again.kept), len(again.kept)) < (_float_share(search.kept), len(search.kept))
-    recheck = {
-        "stretches": len({e["stretch"] for e in rescaled}),
-        "noise_ranking": {"kept": len(search.kept), "work_share": _float_share(search.kept)},
-        "checked_ranking": {"kept": len(again.kept), "work_share": _float_share(again.kept), "met": again.met},
-        "taken": "checked_ranking" if lighter else "noise_ranking",
-    }
-    return dataclasses.replace(again if lighter else search, recheck=recheck)
+    return _fewer_conversions_if_faster(run, search, searched, nodes)
+
+
+# what converting one value to and from float costs where a node alone is kept float, in multiply-adds of an integer
+# layer: regnet_y_400mf's 11 residual Adds (and Relus) kept float took 1.6 ms of its 9.6 at one thread (onnxruntime 1.32,
+# AVX512-VNNI + AMX), about 2 ns per value of the tensors they read and write, where its integer convolutions take
+# 0.018 ns per multiply-add
+CONVERSION_MACS = 100.0
+
+
+def _fewer_conversions_if_faster(run: QuantRun, search: BudgetSearch, searched, nodes: list[str]) -> BudgetSearch:
+    """``search``, or the search with the work of each layer counting the values it converts to and from float
+    (CONVERSION_MACS multiply-adds each) besides its multiply-adds, when that meets the budget with other layers and the
+    model is measured faster.
+
+    Counted by multiply-adds alone, a node without work (a residual Add, its Relu) costs the least to keep in float, and so
+    do the first convolutions of a net; but each float island converts the tensors around it, and on large maps that costs
+    more than the work: regnet_y_400mf's default budget kept 11 residual Adds in float at 0.69x FP32 (one thread), where
+    keeping its squeeze-excitation convolutions meets the same budget at 0.61x. Neither count is right everywhere (a
+    recognizer whose stem convolutions are cheap to keep loses with the second), so both are built and timed like any
+    other form, by the rule of :mod:`onnxslim.quant.forms`. ``searched``: the search for a given count of the work. The
+    result's ``recheck`` gains a ``conversions`` entry saying what was found and taken; its entries keep their share of
+    the multiply-adds as ``work_share``."""
+    by_work = {entry["node"]: entry.get("work_share") for entry in search.sensitivity}
+    other = searched(_work_shares(run, nodes, CONVERSION_MACS))
+    kept = frozenset(entry["node"] for entry in search.kept)
+    entry: dict = {"kept": len(search.kept), "kept_counting_conversions": len(other.kept), "met": other.met}
+    recheck = dict(search.recheck or {})
+    if not other.met or other.built is None or frozenset(e["node"] for e in other.kept) == kept:
+        entry["taken"] = "multiply-adds"
+        return dataclasses.replace(search, recheck=recheck | {"conversions": entry})
+    verdict, speed = timed_decision(
+        run, run.config, search.built[1], other.built[1], entry, "latency_vs_multiply_adds",
+        description="timing the budget's float layers: two rankings", labels=("ranked by multiply-adds", "counting conversions"),
+        against="the other set's",
+    )
+    entry["why"] = f"{len(other.kept)} layer(s) in float against {len(search.kept)}: {speed}" + ("" if verdict is None else f" ({verdict})")
+    if verdict is not None:
+        entry["taken"] = "multiply-adds"
+        return dataclasses.replace(search, recheck=recheck | {"conversions": entry})
+    entry["taken"] = "conversions"
+
+    def as_reported(entries: list[dict]) -> list[dict]:
+        return [e | {"work_share_with_conversions": e["work_share"]} | ({"work_share": by_work[e["node"]]} if by_work.get(e["node"]) is not None else {})
+                if "work_share" in e else e for e in entries]
+
+    # the report's ranking check stays the first search's (its shares are of the multiply-adds); this entry says what replaced it
+    return dataclasses.replace(other, kept=as_reported(other.kept), sensitivity=as_reported(other.sensitivity), recheck=recheck | {"conversions": entry})
 
 
 # nodes without work are planned in float one at a time, the noisiest first, as many as keep the plans to this many nodes
@@ -950,15 +1005,16 @@ def _damage(entry: dict) -> float:
     return entry["added_noise"] if "added_noise" in entry else 1.0 - entry["score_when_alone_quantized"]
 
 
-def _work_shares(run: QuantRun, nodes: list[str]) -> dict[str, float]:
-    """Each of ``nodes``' share of the model's multiply-adds at the held-out batches' shapes, where known."""
+def _work_shares(run: QuantRun, nodes: list[str], per_element: float = 0.0) -> dict[str, float]:
+    """Each of ``nodes``' share of the model's multiply-adds at the held-out batches' shapes, where known (``per_element``:
+    see :func:`~onnxslim.ir.counts.work_shares`)."""
     inputs = {i.name for i in run.prepared.graph.input}
     feed = run.eval_batches[0][1]
     try:
         shapes = known_shapes(run.prepared, {name: np.shape(value) for name, value in feed.items() if name in inputs})
     except Exception:  # no shapes, no shares: the damage alone orders the layers (every count is measured all the same)
         shapes = {}
-    return work_shares(run.prepared, nodes, shapes)
+    return work_shares(run.prepared, nodes, shapes, per_element)
 
 
 def _by_damage_per_work(every: list[dict], shares: Mapping[str, float]) -> list[dict]:
