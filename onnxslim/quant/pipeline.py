@@ -781,6 +781,7 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     def searched(shares: Mapping[str, float]) -> BudgetSearch:
         """The search over ``every`` kept in float by damage per ``shares`` of the work (checked by stretches where it keeps much)."""
         # kept in float alone these take nothing back (every other node reads the same conversions): after the layers that do
+        # (with conversions counted no node is without work, and none is set aside: they compete by what they convert)
         inert = _inert_alone(run, [entry["node"] for entry in every], shares)
 
         def in_keep_order(entries: list[dict]) -> list[dict]:
