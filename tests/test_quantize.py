@@ -1825,9 +1825,11 @@ def _rankings_timed(monkeypatch, ratio: float) -> list:
     """Every measured form's timing gives the challenger ``ratio`` at both thread counts; INT8 is faster than FP32."""
     import onnxslim.quant.fallback as timing_step
     import onnxslim.quant.forms as forms_step
+    from onnxslim.quant import pipeline
     from tests.conftest import timed_as
 
     labels = []
+    monkeypatch.setattr(pipeline, "CONVERSIONS_CHECKED_BELOW", 1.0)  # this block's float layers hold a fifth of its work: checked all the same
     monkeypatch.setattr(forms_step, "latency_ratios", lambda *a, **k: labels.append(k["labels"]) or (timed_as(ratio), timed_as(ratio, 1)))
     monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (timed_as(0.6), None))
     return labels
@@ -1861,13 +1863,18 @@ def test_the_budget_keeps_the_layers_counted_with_their_conversions_where_that_m
     assert {k["node"] for k in slower.kept_float_for_budget} != {k["node"] for k in report.kept_float_for_budget}
 
 
-def test_without_timing_the_budget_ranks_by_multiply_adds_alone(monkeypatch):
+def test_without_timing_or_where_the_float_layers_hold_much_work_the_budget_ranks_by_multiply_adds_alone(monkeypatch):
     from models.builders import sample_inputs, silu_se_block
     from onnxslim.quant import pipeline
 
     model = silu_se_block()
+    data = sample_inputs(model, 20)
     monkeypatch.setattr(pipeline, "_fewer_conversions_if_faster", lambda *a, **k: (_ for _ in ()).throw(AssertionError("second ranking")))
-    _, report = quantize(model, sample_inputs(model, 20), config=QuantConfig(**{**BUDGET_RANKED, "latency_runs": 0}))
+    _, report = quantize(model, data, config=QuantConfig(**{**BUDGET_RANKED, "latency_runs": 0}))
+    assert report.kept_float_for_budget and "conversions" not in report.ranking_check
+    _rankings_timed(monkeypatch, 0.8)
+    monkeypatch.setattr(pipeline, "CONVERSIONS_CHECKED_BELOW", 0.0)  # any share of the work is too much: their conversions are not what they cost
+    _, report = quantize(model, data, config=QuantConfig(**BUDGET_RANKED))
     assert report.kept_float_for_budget and "conversions" not in report.ranking_check
 
 

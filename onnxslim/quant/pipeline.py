@@ -810,7 +810,14 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
     search = searched(_work_shares(run, nodes))
     if not (fast and search.met and search.kept and search.built is not None and run.config.latency_runs > 0 and run.config.target == "cpu"):
         return search
+    if _float_share(search.kept) > CONVERSIONS_CHECKED_BELOW:
+        return search
     return _fewer_conversions_if_faster(run, search, searched, nodes)
+
+
+# the float layers hold less of the multiply-adds than this: what they cost is mostly the conversions around them, and the
+# search counting those is run (a second search, often checked by stretches, and a timing: 10 s of PP-OCRv4 det's 49)
+CONVERSIONS_CHECKED_BELOW = 0.1
 
 
 # what converting one value to and from float costs where a node alone is kept float, in multiply-adds of an integer
@@ -830,7 +837,9 @@ def _fewer_conversions_if_faster(run: QuantRun, search: BudgetSearch, searched, 
     more than the work: regnet_y_400mf's default budget kept 11 residual Adds in float at 0.69x FP32 (one thread), where
     keeping its squeeze-excitation convolutions meets the same budget at 0.61x. Neither count is right everywhere (a
     recognizer whose stem convolutions are cheap to keep loses with the second), so both are built and timed like any
-    other form, by the rule of :mod:`onnxslim.quant.forms`. ``searched``: the search for a given count of the work. The
+    other form, by the rule of :mod:`onnxslim.quant.forms`; only where the first search's float layers hold less than
+    CONVERSIONS_CHECKED_BELOW of the multiply-adds (the recognizer's hold a quarter: its second search and timing took 11 s
+    for nothing). ``searched``: the search for a given count of the work. The
     result's ``recheck`` gains a ``conversions`` entry saying what was found and taken; its entries keep their share of
     the multiply-adds as ``work_share``."""
     by_work = {entry["node"]: entry.get("work_share") for entry in search.sensitivity}
