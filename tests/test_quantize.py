@@ -1829,7 +1829,7 @@ def _rankings_timed(monkeypatch, ratio: float) -> list:
     from tests.conftest import timed_as
 
     labels = []
-    monkeypatch.setattr(pipeline, "CONVERSIONS_CHECKED_BELOW", 1.0)  # this block's float layers hold a fifth of its work: checked all the same
+    monkeypatch.setattr(pipeline, "CONVERSIONS_CHECKED_BELOW", 1.0)  # this block's float layers hold more than a tenth of its work: checked all the same
     monkeypatch.setattr(forms_step, "latency_ratios", lambda *a, **k: labels.append(k["labels"]) or (timed_as(ratio), timed_as(ratio, 1)))
     monkeypatch.setattr(timing_step, "latency_ratios", lambda *a, **k: (timed_as(0.6), None))
     return labels
