@@ -618,13 +618,14 @@ def test_nodes_without_work_that_change_nothing_in_float_are_kept_in_float_last(
     """Between integer layers, a pooling or a product kept in float alone still reads its producers' codes and has its
     output quantized for the layers after it: the outputs do not move, so the budget keeps such nodes after the layers
     that take noise back. A node whose float plan changes what another node reads is not among them."""
-    from onnxslim.quant.pipeline import QuantRun, _inert_alone, _work_shares
+    from onnxslim.ir.counts import work_shares
+    from onnxslim.quant.pipeline import QuantRun, _held_out_shapes, _inert_alone
 
     model = ALL_BUILDERS["silu_se_block"]()
     run = QuantRun(model, calibrate_on(model), QuantConfig(latency_runs=0), None, None, False)
     plan = run.plan(run.config)
     candidates = [name for name, d in plan.decisions.items() if d.quantized and name not in plan.constant_operands]
-    shares = _work_shares(run, candidates)
+    shares = work_shares(run.prepared, candidates, _held_out_shapes(run))
     inert = _inert_alone(run, candidates, shares)
     workless = {name for name in candidates if shares.get(name) == 0.0}
     assert inert and inert < workless

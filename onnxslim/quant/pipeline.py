@@ -807,12 +807,13 @@ def _sensitivity(run: QuantRun, plan: QuantPlan, quantized: onnx.ModelProto, bud
         return dataclasses.replace(again if lighter else search, recheck=recheck)
 
     nodes = [entry["node"] for entry in every]
-    search = searched(_work_shares(run, nodes))
+    shapes = _held_out_shapes(run)  # shape inference once, for both counts of the work
+    search = searched(work_shares(run.prepared, nodes, shapes))
     if not (fast and search.met and search.kept and search.built is not None and run.config.latency_runs > 0 and run.config.target == "cpu"):
         return search
     if _float_share(search.kept) > CONVERSIONS_CHECKED_BELOW:
         return search
-    return _fewer_conversions_if_faster(run, search, searched, nodes)
+    return _fewer_conversions_if_faster(run, search, searched, work_shares(run.prepared, nodes, shapes, CONVERSION_MACS))
 
 
 # the float layers hold less of the multiply-adds than this: what they cost is mostly the conversions around them, and the
@@ -827,7 +828,7 @@ CONVERSIONS_CHECKED_BELOW = 0.1
 CONVERSION_MACS = 100.0
 
 
-def _fewer_conversions_if_faster(run: QuantRun, search: BudgetSearch, searched, nodes: list[str]) -> BudgetSearch:
+def _fewer_conversions_if_faster(run: QuantRun, search: BudgetSearch, searched, shares: Mapping[str, float]) -> BudgetSearch:
     """``search``, or the search with the work of each layer counting the values it converts to and from float
     (CONVERSION_MACS multiply-adds each) besides its multiply-adds, when that meets the budget with other layers and the
     model is measured faster.
@@ -839,17 +840,16 @@ def _fewer_conversions_if_faster(run: QuantRun, search: BudgetSearch, searched, 
     recognizer whose stem convolutions are cheap to keep loses with the second), so both are built and timed like any
     other form, by the rule of :mod:`onnxslim.quant.forms`; only where the first search's float layers hold less than
     CONVERSIONS_CHECKED_BELOW of the multiply-adds (the recognizer's hold a quarter: its second search and timing took 11 s
-    for nothing). ``searched``: the search for a given count of the work. The
+    for nothing). ``searched``: the search for a given count of the work; ``shares``: the work counted with conversions. The
     result's ``recheck`` gains a ``conversions`` entry saying what was found and taken; its entries keep their share of
     the multiply-adds as ``work_share``."""
     by_work = {entry["node"]: entry.get("work_share") for entry in search.sensitivity}
-    other = searched(_work_shares(run, nodes, CONVERSION_MACS))
+    other = searched(shares)
     kept = frozenset(entry["node"] for entry in search.kept)
-    entry: dict = {"kept": len(search.kept), "kept_counting_conversions": len(other.kept), "met": other.met}
-    recheck = dict(search.recheck or {})
+    entry: dict = {"kept": len(search.kept), "kept_counting_conversions": len(other.kept), "met": other.met, "taken": "multiply-adds"}
+    recheck = dict(search.recheck or {}) | {"conversions": entry}
     if not other.met or other.built is None or frozenset(e["node"] for e in other.kept) == kept:
-        entry["taken"] = "multiply-adds"
-        return dataclasses.replace(search, recheck=recheck | {"conversions": entry})
+        return dataclasses.replace(search, recheck=recheck)
     verdict, speed = timed_decision(
         run, run.config, search.built[1], other.built[1], entry, "latency_vs_multiply_adds",
         description="timing the budget's float layers: two rankings", labels=("ranked by multiply-adds", "counting conversions"),
@@ -857,8 +857,7 @@ def _fewer_conversions_if_faster(run: QuantRun, search: BudgetSearch, searched, 
     )
     entry["why"] = f"{len(other.kept)} layer(s) in float against {len(search.kept)}: {speed}" + ("" if verdict is None else f" ({verdict})")
     if verdict is not None:
-        entry["taken"] = "multiply-adds"
-        return dataclasses.replace(search, recheck=recheck | {"conversions": entry})
+        return dataclasses.replace(search, recheck=recheck)
     entry["taken"] = "conversions"
 
     def as_reported(entries: list[dict]) -> list[dict]:
@@ -866,7 +865,7 @@ def _fewer_conversions_if_faster(run: QuantRun, search: BudgetSearch, searched, 
                 if "work_share" in e else e for e in entries]
 
     # the report's ranking check stays the first search's (its shares are of the multiply-adds); this entry says what replaced it
-    return dataclasses.replace(other, kept=as_reported(other.kept), sensitivity=as_reported(other.sensitivity), recheck=recheck | {"conversions": entry})
+    return dataclasses.replace(other, kept=as_reported(other.kept), sensitivity=as_reported(other.sensitivity), recheck=recheck)
 
 
 # nodes without work are planned in float one at a time, the noisiest first, as many as keep the plans to this many nodes
@@ -1015,16 +1014,14 @@ def _damage(entry: dict) -> float:
     return entry["added_noise"] if "added_noise" in entry else 1.0 - entry["score_when_alone_quantized"]
 
 
-def _work_shares(run: QuantRun, nodes: list[str], per_element: float = 0.0) -> dict[str, float]:
-    """Each of ``nodes``' share of the model's multiply-adds at the held-out batches' shapes, where known (``per_element``:
-    see :func:`~onnxslim.ir.counts.work_shares`)."""
+def _held_out_shapes(run: QuantRun) -> dict:
+    """The prepared graph's tensor shapes at the first held-out batch's input sizes, where known (for :func:`work_shares`)."""
     inputs = {i.name for i in run.prepared.graph.input}
     feed = run.eval_batches[0][1]
     try:
-        shapes = known_shapes(run.prepared, {name: np.shape(value) for name, value in feed.items() if name in inputs})
+        return known_shapes(run.prepared, {name: np.shape(value) for name, value in feed.items() if name in inputs})
     except Exception:  # no shapes, no shares: the damage alone orders the layers (every count is measured all the same)
-        shapes = {}
-    return work_shares(run.prepared, nodes, shapes, per_element)
+        return {}
 
 
 def _by_damage_per_work(every: list[dict], shares: Mapping[str, float]) -> list[dict]:
