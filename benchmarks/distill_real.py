@@ -92,8 +92,8 @@ def main() -> None:
                 target = work / (f"p{tag}.onnx" if index == len(steps) - 1 else f"p{tag}.{only}.onnx")
                 amount = {"target_macs": 1.0 - ratio} if args.by == "macs" else {"ratio": ratio}
                 # prune's own defaults otherwise: channel counts on the multiple measured fastest here, never slower than the original
-                _, pruned = prune(source, str(train), config=PruneConfig(**amount, only=only, max_calibration_samples=args.prune_samples,
-                                                                         scope=args.heads_scope if only == "heads" else "local"), output=target)
+                scope = {"scope": args.heads_scope} if only == "heads" else {}
+                _, pruned = prune(source, str(train), config=PruneConfig(**amount, **scope, only=only, max_calibration_samples=args.prune_samples), output=target)
                 notes.setdefault(tag, {})[f"prune {only}"] = {"written": pruned.written, "multiple": pruned.widths.multiple if pruned.widths else None, "warnings": pruned.warnings}
                 source = target
             rows.append((f"prune {tag}" + (" (given)" if args.student else ""), work / f"p{tag}.onnx", time.time() - started))
